@@ -1,0 +1,8 @@
+//! Condition types and reasons (standard `metav1.Condition` shape) used in weft's statuses.
+
+pub const READY: &str = "Ready";
+pub const RECONCILED: &str = "Reconciled";
+pub const UNSUPPORTED: &str = "Unsupported";
+pub const DEGRADED: &str = "Degraded";
+pub const RESOLVED: &str = "Resolved";
+pub const IN_USE: &str = "InUse";

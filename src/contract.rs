@@ -1,0 +1,148 @@
+//! The contract between the injector and the proxy (SPEC §5, §6): every port, path, environment
+//! variable, label and annotation key that both sides must agree on lives here and nowhere else.
+//! Kube-free: the proxy binary compiles this module.
+
+// === Ports (SPEC §6) ===
+
+/// Outbound capture: iptables redirects the pod's outgoing TCP here.
+pub const PORT_OUTBOUND: u16 = 15001;
+/// Inbound capture: iptables redirects incoming TCP here (mTLS or plaintext).
+pub const PORT_INBOUND: u16 = 15006;
+/// `/stats/prometheus` and `/app-health/<container>/{livez,readyz,startupz}`.
+pub const PORT_STATS: u16 = 15020;
+/// `/healthz/ready`.
+pub const PORT_HEALTH: u16 = 15021;
+/// Admin, bound to 127.0.0.1 only: `/config_dump`, `/certs`, `/logging`.
+pub const PORT_ADMIN: u16 = 15000;
+/// Operator: CSR endpoint and proxy config stream (TLS).
+pub const PORT_DISCOVERY: u16 = 15012;
+/// Operator: admission webhook (the `weft-webhook` Service maps 443 here).
+pub const PORT_WEBHOOK: u16 = 15017;
+/// Operator: `/metrics`, `/healthz`, `/readyz`.
+pub const PORT_MONITORING: u16 = 15014;
+
+/// Every port the proxy itself listens on; iptables never captures traffic to them.
+pub const PROXY_PORTS: [u16; 5] = [
+    PORT_OUTBOUND,
+    PORT_INBOUND,
+    PORT_STATS,
+    PORT_HEALTH,
+    PORT_ADMIN,
+];
+
+// === Identity of the proxy process ===
+
+/// UID and GID the proxy runs as; iptables lets their traffic out uncaptured.
+pub const PROXY_UID: u32 = 1337;
+pub const PROXY_GID: u32 = 1337;
+/// Source address of connections the proxy forwards inbound to the app, so the loopback
+/// rules can tell them from the app's own traffic (as Istio does).
+pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
+/// ALPN protocol spoken between weft proxies.
+pub const ALPN_WEFT: &[u8] = b"weft/1";
+
+// === HTTP paths ===
+
+pub const PATH_READY: &str = "/healthz/ready";
+pub const PATH_STATS: &str = "/stats/prometheus";
+pub const PATH_APP_HEALTH_PREFIX: &str = "/app-health/";
+pub const PATH_INJECT: &str = "/inject";
+pub const PATH_CERTIFICATES: &str = "/v1/certificates";
+pub const PATH_CONFIG_STREAM: &str = "/v1/config/stream";
+
+// === Environment of the injected proxy (set by the webhook, read by the proxy) ===
+
+pub const ENV_POD_NAME: &str = "POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const ENV_POD_IP: &str = "POD_IP";
+pub const ENV_SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+pub const ENV_NODE_NAME: &str = "NODE_NAME";
+pub const ENV_REVISION: &str = "WEFT_REVISION";
+pub const ENV_DISCOVERY_ADDRESS: &str = "WEFT_DISCOVERY_ADDRESS";
+pub const ENV_TRUST_DOMAIN: &str = "WEFT_TRUST_DOMAIN";
+/// JSON map `container name -> {livez,readyz,startupz: original probe}`.
+pub const ENV_APP_PROBERS: &str = "WEFT_APP_PROBERS";
+/// JSON of the app's own `prometheus.io/{scrape,port,path}` annotations, merged into
+/// `/stats/prometheus`.
+pub const ENV_PROMETHEUS_ANNOTATIONS: &str = "WEFT_PROMETHEUS_ANNOTATIONS";
+pub const ENV_LOG_LEVEL: &str = "WEFT_LOG_LEVEL";
+pub const ENV_DRAIN_DURATION: &str = "WEFT_DRAIN_DURATION";
+pub const ENV_CONCURRENCY: &str = "WEFT_CONCURRENCY";
+
+/// Where the control plane is reached from a pod, unless the revision says otherwise.
+pub const DEFAULT_DISCOVERY_ADDRESS: &str = "weft-operator.weft-system.svc:15012";
+/// TLS server name of the operator's discovery endpoint.
+pub const DISCOVERY_SERVER_NAME: &str = "weft-operator.weft-system.svc";
+
+// === Files mounted into the proxy ===
+
+pub const TOKEN_AUDIENCE: &str = "weft-ca";
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 12 * 3600;
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+pub const TOKEN_FILE: &str = "weft-token";
+pub const ROOT_CERT_DIR: &str = "/var/run/secrets/weft/root";
+pub const ROOT_CERT_KEY: &str = "root-cert.pem";
+pub const ROOT_CERT_CONFIGMAP: &str = "weft-ca-root-cert";
+/// In-memory working directory of the proxy (its key never touches a disk).
+pub const WORK_DIR: &str = "/var/run/weft";
+
+// === Container and volume names added by injection ===
+
+pub const CONTAINER_INIT: &str = "weft-init";
+pub const CONTAINER_PROXY: &str = "weft-proxy";
+pub const VOLUME_TOKEN: &str = "weft-token";
+pub const VOLUME_ROOT_CERT: &str = "weft-ca-root-cert";
+pub const VOLUME_WORK: &str = "weft-work";
+
+// === Labels and annotations (SPEC §4, §5) ===
+
+pub const ANNOTATION_STATUS: &str = "weft.dev/status";
+pub const LABEL_REVISION: &str = "weft.dev/revision";
+pub const LABEL_ISTIO_REV: &str = "istio.io/rev";
+pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
+pub const LABEL_SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
+pub const ANNOTATION_ISTIO_STATUS: &str = "sidecar.istio.io/status";
+pub const LABEL_OSM_MONITORED_BY: &str = "openservicemesh.io/monitored-by";
+pub const ANNOTATION_OSM_INJECTION: &str = "openservicemesh.io/sidecar-injection";
+pub const ANNOTATION_REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+pub const ANNOTATION_INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
+pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+pub const ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+pub const ANNOTATION_PROMETHEUS_PORT: &str = "prometheus.io/port";
+pub const ANNOTATION_PROMETHEUS_PATH: &str = "prometheus.io/path";
+
+/// The tag that serves `istio-injection=enabled`, `sidecar.istio.io/inject=true` and
+/// `openservicemesh.io/monitored-by=<mesh>`.
+pub const DEFAULT_TAG: &str = "default";
+
+/// SPIFFE identity of a workload: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_ports_are_distinct_and_include_capture_ports() {
+        let mut ports = PROXY_PORTS.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), PROXY_PORTS.len());
+        assert!(PROXY_PORTS.contains(&PORT_INBOUND) && PROXY_PORTS.contains(&PORT_OUTBOUND));
+    }
+
+    #[test]
+    fn spiffe_id_has_the_istio_shape() {
+        assert_eq!(
+            spiffe_id("cluster.local", "pets", "web"),
+            "spiffe://cluster.local/ns/pets/sa/web"
+        );
+    }
+}

@@ -47,5 +47,13 @@ unit: ## Unit, golden and schema tests (no cluster)
 cluster-components: ## Build the local cluster's Kubernetes, etcd and CoreDNS binaries (cached)
 	@bash e2e/components/build.sh >/dev/null
 
+.PHONY: cluster-up
+cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); needs root
+	@bash e2e/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove everything it made (safe to run twice)
+	@bash e2e/cluster/down.sh
+
 .PHONY: test
 test: lint check-proxy-kube-free unit ## The whole suite: lint, kube-free check, all tests

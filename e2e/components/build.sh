@@ -36,6 +36,6 @@ build kubernetes "$cache/kubernetes-v$K8S_VERSION" "$here/kubernetes" "$k8s_ldfl
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
 build etcd "$cache/etcd-v$ETCD_VERSION" "$here/etcd" "" go.etcd.io/etcd/server/v3
-# etcd's main package is named after its module directory; give it its usual name.
-[[ -x $cache/etcd-v$ETCD_VERSION/etcd ]] || mv "$cache/etcd-v$ETCD_VERSION/v3" "$cache/etcd-v$ETCD_VERSION/etcd"
+# etcd's main package is named after its directory (server/); give it its usual name.
+[[ -x $cache/etcd-v$ETCD_VERSION/etcd ]] || mv "$cache/etcd-v$ETCD_VERSION/server" "$cache/etcd-v$ETCD_VERSION/etcd"
 build coredns "$cache/coredns-v$COREDNS_VERSION" "$here/coredns" "" github.com/coredns/coredns

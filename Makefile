@@ -30,7 +30,7 @@ crds: generate ## Alias of generate: write crds/ from the Rust API types
 .PHONY: lint
 lint: tools ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: check-proxy-kube-free
 check-proxy-kube-free: ## Prove weft-proxy builds without kube (the data plane is kube-free)
@@ -41,7 +41,8 @@ check-proxy-kube-free: ## Prove weft-proxy builds without kube (the data plane i
 
 .PHONY: unit
 unit: ## Unit, golden and schema tests (no cluster)
-	$(CARGO) test --locked
+	$(CARGO) test --locked -p weft
+	$(CARGO) test --locked -p weft-node-agent --bins
 
 .PHONY: cluster-components
 cluster-components: ## Build the local cluster's Kubernetes, etcd and CoreDNS binaries (cached)
@@ -55,5 +56,9 @@ cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); 
 cluster-down: ## Stop the local cluster and remove everything it made (safe to run twice)
 	@bash e2e/cluster/down.sh
 
+.PHONY: e2e
+e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down); needs root
+	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster -- --test-threads=4
+
 .PHONY: test
-test: lint check-proxy-kube-free unit ## The whole suite: lint, kube-free check, all tests
+test: lint check-proxy-kube-free unit e2e ## The whole suite: lint, kube-free check, unit and golden tests, cluster tests

@@ -125,6 +125,72 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
+// === Injection details shared by the webhook and the proxy (appended by the injector) ===
+
+/// Program the injected containers run; the proxy image has it on its PATH. The webhook sets
+/// it as the container `command` so one image can carry both `weft` and `weft-proxy`.
+pub const PROXY_COMMAND: &str = "weft-proxy";
+/// `weft-proxy init ...`: install the iptables capture rules, then exit.
+pub const PROXY_SUBCOMMAND_INIT: &str = "init";
+/// `weft-proxy run`: the sidecar proxy itself.
+pub const PROXY_SUBCOMMAND_RUN: &str = "run";
+/// Flags of `weft-proxy init`, written as `--flag=value`. Each appears only when it has a
+/// value, except that `--include-inbound-ports=` (empty) means "capture no inbound port", as
+/// Istio's annotation does; without the flag every inbound port is captured (`*`).
+pub const INIT_FLAG_INCLUDE_INBOUND_PORTS: &str = "--include-inbound-ports";
+/// Comma-separated ports; the proxy's own ports are always excluded by `init` itself.
+pub const INIT_FLAG_EXCLUDE_INBOUND_PORTS: &str = "--exclude-inbound-ports";
+pub const INIT_FLAG_EXCLUDE_OUTBOUND_PORTS: &str = "--exclude-outbound-ports";
+/// Comma-separated CIDRs.
+pub const INIT_FLAG_EXCLUDE_OUTBOUND_IP_RANGES: &str = "--exclude-outbound-ip-ranges";
+
+/// Last path segment of `/app-health/<container>/<kind>` and the keys of each container's
+/// entry in `WEFT_APP_PROBERS`. Each entry holds the original probe's handler (`httpGet`,
+/// `tcpSocket` or `grpc`, with a named port resolved to its number) and `timeoutSeconds`.
+pub const APP_HEALTH_LIVEZ: &str = "livez";
+pub const APP_HEALTH_READYZ: &str = "readyz";
+pub const APP_HEALTH_STARTUPZ: &str = "startupz";
+
+/// Names of the proxy's container ports (IANA service names: at most 15 characters).
+pub const PORT_NAME_STATS: &str = "http-weft-prom";
+pub const PORT_NAME_HEALTH: &str = "http-weft-ready";
+
+/// The annotation `istio.io/rev` (same key as the label) carries the resolved revision.
+pub const ANNOTATION_ISTIO_REV: &str = LABEL_ISTIO_REV;
+/// Workload labels the canonical service name and revision are read from, in Istio's order.
+pub const LABEL_APP: &str = "app";
+pub const LABEL_VERSION: &str = "version";
+pub const LABEL_K8S_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_K8S_VERSION: &str = "app.kubernetes.io/version";
+/// Set by the ReplicaSet controller; stripped from a pod's name to find its Deployment.
+pub const LABEL_POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// Namespaces the injector never touches (besides the operator's own).
+pub const NEVER_INJECTED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
+/// The operator's namespace unless `--namespace` says otherwise.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "weft-system";
+/// Value of `openservicemesh.io/monitored-by` that enrols a namespace in weft (`--mesh-name`).
+pub const DEFAULT_MESH_NAME: &str = "weft";
+/// Trust domain of workload identities unless the MeshConfig names another.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+// === Inputs of `weft-proxy run` (appended by the proxy) ===
+
+/// Directory holding the workload certificate files below (`weft-proxy run --cert-dir`).
+pub const ENV_CERT_DIR: &str = "WEFT_CERT_DIR";
+/// A config snapshot file (`weft-proxy run --snapshot-file`): used until the config stream
+/// client lands, and by tests and benchmarks that run the proxy without an operator.
+pub const ENV_SNAPSHOT_FILE: &str = "WEFT_SNAPSHOT_FILE";
+/// Files in the certificate directory: the leaf first then intermediates, the PKCS#8 key;
+/// the trust roots use the root ConfigMap's key name, `ROOT_CERT_KEY`.
+pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
+pub const KEY_FILE: &str = "key.pem";
+
 #[cfg(test)]
 mod tests {
     use super::*;

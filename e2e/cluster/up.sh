@@ -97,7 +97,8 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" \
   --authorization-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
   --leader-elect=false --bind-address 127.0.0.1 --secure-port 10259 --profiling=false
 
-cat > "$CLUSTER_DIR/kube-proxy.yaml" <<KP
+# kube-proxy exits when its config file changes: write it only when the content differs.
+cat > "$CLUSTER_DIR/kube-proxy.yaml.new" <<KP
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -113,6 +114,8 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 KP
+if cmp -s "$CLUSTER_DIR/kube-proxy.yaml.new" "$CLUSTER_DIR/kube-proxy.yaml"; then rm "$CLUSTER_DIR/kube-proxy.yaml.new"
+else mv "$CLUSTER_DIR/kube-proxy.yaml.new" "$CLUSTER_DIR/kube-proxy.yaml"; fi
 start kube-proxy "$K8S_BIN/kube-proxy" --config "$CLUSTER_DIR/kube-proxy.yaml"
 
 start node-agent "$NODE_AGENT" run \

@@ -41,7 +41,10 @@ pub fn repository_of(image: &str) -> &str {
 impl ImageTable {
     pub fn load(file: &Path, root: &Path) -> anyhow::Result<Self> {
         let table: TableFile = serde_json::from_slice(&std::fs::read(file)?)?;
-        Ok(Self { entries: table.entries_checked()?, root: root.to_path_buf() })
+        Ok(Self {
+            entries: table.entries_checked()?,
+            root: root.to_path_buf(),
+        })
     }
 
     /// The image, or the reason a real kubelet would give for failing to pull it.
@@ -54,16 +57,26 @@ impl ImageTable {
             .ok_or_else(|| format!("image {image:?} is not in the node agent's image table (e2e/cluster/images.json)"))?;
         let bin_dir = self.root.join(&entry.dir).join("bin");
         if !bin_dir.is_dir() {
-            return Err(format!("image {image:?}: its programs are not installed in {}", bin_dir.display()));
+            return Err(format!(
+                "image {image:?}: its programs are not installed in {}",
+                bin_dir.display()
+            ));
         }
-        Ok(Image { bin_dir, entrypoint: entry.entrypoint.clone() })
+        Ok(Image {
+            bin_dir,
+            entrypoint: entry.entrypoint.clone(),
+        })
     }
 }
 
 impl TableFile {
     fn entries_checked(self) -> anyhow::Result<Vec<Entry>> {
         for e in &self.images {
-            anyhow::ensure!(!e.entrypoint.is_empty(), "image {} has an empty entrypoint", e.repository);
+            anyhow::ensure!(
+                !e.entrypoint.is_empty(),
+                "image {} has an empty entrypoint",
+                e.repository
+            );
         }
         Ok(self.images)
     }
@@ -71,7 +84,10 @@ impl TableFile {
 
 impl Image {
     pub fn path_env(&self) -> String {
-        format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display())
+        format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            self.bin_dir.display()
+        )
     }
 
     /// Resolves argv[0] as a container runtime would inside the image: a bare name through the
@@ -100,7 +116,10 @@ mod tests {
     fn strips_tags_and_digests_not_registry_ports() {
         assert_eq!(repository_of("busybox:1.36"), "busybox");
         assert_eq!(repository_of("busybox"), "busybox");
-        assert_eq!(repository_of("localhost:5000/weft:dev"), "localhost:5000/weft");
+        assert_eq!(
+            repository_of("localhost:5000/weft:dev"),
+            "localhost:5000/weft"
+        );
         assert_eq!(repository_of("localhost:5000/weft"), "localhost:5000/weft");
         assert_eq!(repository_of("ghcr.io/x/y@sha256:abc"), "ghcr.io/x/y");
     }

@@ -44,12 +44,25 @@ pub struct BindMount {
 
 /// The capabilities a container runtime grants a root container by default (containerd's list).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid", "setfcap",
-    "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write",
+    "chown",
+    "dac_override",
+    "fsetid",
+    "fowner",
+    "mknod",
+    "net_raw",
+    "setgid",
+    "setuid",
+    "setfcap",
+    "setpcap",
+    "net_bind_service",
+    "sys_chroot",
+    "kill",
+    "audit_write",
 ];
 
 pub fn main() -> anyhow::Result<()> {
-    let spec: LaunchSpec = serde_json::from_str(&std::env::var(SPEC_ENV).context("WEFT_LAUNCH_SPEC is not set")?)?;
+    let spec: LaunchSpec =
+        serde_json::from_str(&std::env::var(SPEC_ENV).context("WEFT_LAUNCH_SPEC is not set")?)?;
     // Errors go to the container's stderr (its log), where `kubectl logs` shows them.
     if let Err(e) = enter(&spec) {
         eprintln!("weft-node-agent: cannot start container: {e:#}");
@@ -62,19 +75,33 @@ pub fn main() -> anyhow::Result<()> {
 
 fn enter(spec: &LaunchSpec) -> anyhow::Result<()> {
     if let Some(pid) = spec.join_pid {
-        for (ns, flag) in [("net", CloneFlags::CLONE_NEWNET), ("uts", CloneFlags::CLONE_NEWUTS), ("mnt", CloneFlags::CLONE_NEWNS)] {
-            let f = File::open(format!("/proc/{pid}/ns/{ns}")).with_context(|| format!("container process {pid} is gone"))?;
+        for (ns, flag) in [
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let f = File::open(format!("/proc/{pid}/ns/{ns}"))
+                .with_context(|| format!("container process {pid} is gone"))?;
             setns(f.as_fd(), flag).with_context(|| format!("setns {ns}"))?;
         }
     } else {
-        let f = File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
+        let f =
+            File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
         setns(f.as_fd(), CloneFlags::CLONE_NEWNET).context("setns net")?;
         unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS).context("unshare mount+uts")?;
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .context("making / private")?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making / private")?;
         nix::unistd::sethostname(&spec.hostname).context("sethostname")?;
         for m in &spec.mounts {
-            bind(m).with_context(|| format!("mounting {} at {}", m.source.display(), m.target.display()))?;
+            bind(m).with_context(|| {
+                format!("mounting {} at {}", m.source.display(), m.target.display())
+            })?;
         }
     }
     nix::unistd::setsid().context("setsid")?;
@@ -92,7 +119,13 @@ fn bind(m: &BindMount) -> anyhow::Result<()> {
             File::create(&m.target)?;
         }
     }
-    mount(Some(&m.source), &m.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    mount(
+        Some(&m.source),
+        &m.target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     if m.read_only {
         mount(
             None::<&str>,
@@ -106,19 +139,35 @@ fn bind(m: &BindMount) -> anyhow::Result<()> {
 }
 
 fn exec(spec: &LaunchSpec) -> anyhow::Error {
-    let Some(program) = spec.argv.first() else { return anyhow::anyhow!("empty command") };
+    let Some(program) = spec.argv.first() else {
+        return anyhow::anyhow!("empty command");
+    };
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         return anyhow::anyhow!("working directory {}: {e}", spec.cwd.display());
     }
     let caps = if spec.capabilities.is_empty() {
         "-all".to_string()
     } else {
-        format!("-all,{}", spec.capabilities.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","))
+        format!(
+            "-all,{}",
+            spec.capabilities
+                .iter()
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     };
     let groups = if spec.groups.is_empty() {
         "--clear-groups".to_string()
     } else {
-        format!("--groups={}", spec.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        format!(
+            "--groups={}",
+            spec.groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     };
     let mut argv = vec![
         "setpriv".to_string(),
@@ -140,9 +189,17 @@ fn exec(spec: &LaunchSpec) -> anyhow::Error {
     argv.extend(spec.argv.iter().skip(1).cloned());
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let c_argv: Vec<CString> = argv.iter().map(|a| to_c(a)).collect();
-    let c_env: Vec<CString> = spec.env.iter().map(|(k, v)| to_c(&format!("{k}={v}"))).collect();
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
-    let Some(setpriv) = setpriv else { return anyhow::anyhow!("setpriv (util-linux) is not installed") };
+    let c_env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| to_c(&format!("{k}={v}")))
+        .collect();
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(setpriv) = setpriv else {
+        return anyhow::anyhow!("setpriv (util-linux) is not installed");
+    };
     match nix::unistd::execve(&to_c(setpriv), &c_argv, &c_env) {
         Ok(never) => match never {},
         Err(e) => {

@@ -15,7 +15,10 @@ mod volumes;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft-node-agent", about = "The node agent of weft's local test cluster")]
+#[command(
+    name = "weft-node-agent",
+    about = "The node agent of weft's local test cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Register the node and run the pods bound to it.
-    Run(config::Config),
+    Run(Box<config::Config>),
     /// Internal: become a container process (namespaces, mounts, identity) and exec its command.
     /// The launch spec comes as JSON in the environment variable WEFT_LAUNCH_SPEC.
     Launch,
@@ -45,7 +48,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(node::run(config))
+                .block_on(node::run(*config))
         }
     }
 }

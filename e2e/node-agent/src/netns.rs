@@ -16,18 +16,30 @@ pub struct Ipam {
 impl Ipam {
     /// `pod_cidr` must be a /24 such as 198.18.1.0/24.
     pub fn new(pod_cidr: &str) -> anyhow::Result<Self> {
-        let (net, len) = pod_cidr.split_once('/').context("pod CIDR needs a prefix length")?;
+        let (net, len) = pod_cidr
+            .split_once('/')
+            .context("pod CIDR needs a prefix length")?;
         if len != "24" {
             bail!("pod CIDR {pod_cidr}: only /24 is supported");
         }
         let o = net.parse::<Ipv4Addr>()?.octets();
-        Ok(Self { base: [o[0], o[1], o[2]], used: BTreeSet::new() })
+        Ok(Self {
+            base: [o[0], o[1], o[2]],
+            used: BTreeSet::new(),
+        })
     }
 
     pub fn allocate(&mut self) -> anyhow::Result<Ipv4Addr> {
-        let host = (2..=254).find(|h| !self.used.contains(h)).context("pod CIDR exhausted")?;
+        let host = (2..=254)
+            .find(|h| !self.used.contains(h))
+            .context("pod CIDR exhausted")?;
         self.used.insert(host);
-        Ok(Ipv4Addr::new(self.base[0], self.base[1], self.base[2], host))
+        Ok(Ipv4Addr::new(
+            self.base[0],
+            self.base[1],
+            self.base[2],
+            host,
+        ))
     }
 
     pub fn release(&mut self, ip: Ipv4Addr) {
@@ -42,9 +54,17 @@ pub struct Sandbox {
 }
 
 async fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().await.context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -52,8 +72,16 @@ async fn ip(args: &[&str]) -> anyhow::Result<()> {
 impl Sandbox {
     /// Names derive from the pod UID, so a restarted agent finds (and replaces) leftovers.
     pub fn for_pod(uid: &str, ip: Ipv4Addr) -> Self {
-        let short: String = uid.chars().filter(|c| c.is_ascii_hexdigit()).take(10).collect();
-        Self { name: format!("weft-pod-{short}"), host_veth: format!("wv{short}"), ip }
+        let short: String = uid
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(10)
+            .collect();
+        Self {
+            name: format!("weft-pod-{short}"),
+            host_veth: format!("wv{short}"),
+            ip,
+        }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -67,19 +95,44 @@ impl Sandbox {
         let pod_ip = format!("{}/32", self.ip);
         let node = node_ip.to_string();
         ip(&["netns", "add", ns]).await?;
-        ip(&["link", "add", &self.host_veth, "type", "veth", "peer", "name", &peer]).await?;
+        ip(&[
+            "link",
+            "add",
+            &self.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])
+        .await?;
         ip(&["link", "set", &peer, "netns", ns]).await?;
         ip(&["-n", ns, "link", "set", &peer, "name", "eth0"]).await?;
         ip(&["-n", ns, "link", "set", "lo", "up"]).await?;
         ip(&["-n", ns, "addr", "add", &pod_ip, "dev", "eth0"]).await?;
         ip(&["-n", ns, "link", "set", "eth0", "up"]).await?;
-        ip(&["-n", ns, "route", "add", &node, "dev", "eth0", "scope", "link"]).await?;
-        ip(&["-n", ns, "route", "add", "default", "via", &node, "dev", "eth0"]).await?;
+        ip(&[
+            "-n", ns, "route", "add", &node, "dev", "eth0", "scope", "link",
+        ])
+        .await?;
+        ip(&[
+            "-n", ns, "route", "add", "default", "via", &node, "dev", "eth0",
+        ])
+        .await?;
         // The node address on the host end too: kube-proxy masquerades hairpin traffic (a pod
         // reaching itself through its Service) to the outgoing interface's address.
         ip(&["addr", "add", &format!("{node}/32"), "dev", &self.host_veth]).await?;
         ip(&["link", "set", &self.host_veth, "up"]).await?;
-        ip(&["route", "replace", &pod_ip, "dev", &self.host_veth, "src", &node]).await?;
+        ip(&[
+            "route",
+            "replace",
+            &pod_ip,
+            "dev",
+            &self.host_veth,
+            "src",
+            &node,
+        ])
+        .await?;
         Ok(())
     }
 

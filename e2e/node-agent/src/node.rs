@@ -31,12 +31,15 @@ pub type PodTable = Arc<Mutex<HashMap<String, (Arc<PodRuntime>, watch::Sender<Op
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let kubeconfig = Kubeconfig::read_from(&config.kubeconfig)?;
-    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(client_config)?;
     let images = ImageTable::load(&config.images_file, &config.images_dir)?;
     std::fs::create_dir_all(config.state_dir.join("pods"))?;
 
-    register(&client, &config).await.context("registering the node")?;
+    register(&client, &config)
+        .await
+        .context("registering the node")?;
     tokio::spawn(keep_lease(client.clone(), config.node_name.clone()));
     tokio::spawn(heartbeat(client.clone(), config.clone()));
 
@@ -53,10 +56,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kubernetes_service,
     });
     let pods: PodTable = Arc::new(Mutex::new(HashMap::new()));
-    tokio::spawn(crate::server::serve(config.clone(), ctx.clone(), pods.clone()));
+    tokio::spawn(crate::server::serve(
+        config.clone(),
+        ctx.clone(),
+        pods.clone(),
+    ));
 
     let api: Api<Pod> = Api::all(client.clone());
-    let selector = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
+    let selector =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name));
     let mut events = watcher(api, selector).boxed();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(node = %config.node_name, "node agent running");
@@ -81,7 +89,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         for (rt, _) in table.values() {
             if let Ok(st) = rt.state.lock() {
                 for pid in st.containers.values().filter_map(|s| s.pid) {
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -90,7 +101,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn dispatch(ctx: &Arc<NodeContext>, pods: &PodTable, pod: Pod) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
     let Ok(mut table) = pods.lock() else { return };
     if let Some((_, tx)) = table.get(&uid) {
         let _ = tx.send(Some(pod));
@@ -120,11 +133,13 @@ fn dispatch(ctx: &Arc<NodeContext>, pods: &PodTable, pod: Pod) {
 }
 
 fn gone(pods: &PodTable, pod: &Pod) {
-    let Some(uid) = pod.metadata.uid.as_deref() else { return };
-    if let Ok(table) = pods.lock() {
-        if let Some((_, tx)) = table.get(uid) {
-            let _ = tx.send(None);
-        }
+    let Some(uid) = pod.metadata.uid.as_deref() else {
+        return;
+    };
+    if let Ok(table) = pods.lock()
+        && let Some((_, tx)) = table.get(uid)
+    {
+        let _ = tx.send(None);
     }
 }
 
@@ -132,8 +147,16 @@ async fn kubernetes_service(client: &Client) -> (String, u16) {
     let api: Api<Service> = Api::namespaced(client.clone(), "default");
     for _ in 0..60 {
         if let Ok(svc) = api.get("kubernetes").await {
-            let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
-            let port = svc.spec.and_then(|s| s.ports).and_then(|p| p.first().map(|p| p.port)).unwrap_or(443);
+            let ip = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.clone())
+                .unwrap_or_default();
+            let port = svc
+                .spec
+                .and_then(|s| s.ports)
+                .and_then(|p| p.first().map(|p| p.port))
+                .unwrap_or(443);
             return (ip, port as u16);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -143,10 +166,15 @@ async fn kubernetes_service(client: &Client) -> (String, u16) {
 
 fn node_status(config: &Config) -> NodeStatus {
     let q = |s: &str| Quantity(s.to_string());
-    let resources = [("cpu", q("2")), ("memory", q("24Gi")), ("pods", q("110")), ("ephemeral-storage", q("100Gi"))]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect::<std::collections::BTreeMap<_, _>>();
+    let resources = [
+        ("cpu", q("2")),
+        ("memory", q("24Gi")),
+        ("pods", q("110")),
+        ("ephemeral-storage", q("100Gi")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect::<std::collections::BTreeMap<_, _>>();
     let now = Time(Timestamp::now());
     let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),
@@ -160,23 +188,55 @@ fn node_status(config: &Config) -> NodeStatus {
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         conditions: Some(vec![
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "weft node agent has sufficient memory available"),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "weft node agent has no disk pressure"),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "weft node agent has sufficient PID available"),
-            condition("Ready", "True", "KubeletReady", "weft node agent is posting ready status"),
+            condition(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "weft node agent has sufficient memory available",
+            ),
+            condition(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "weft node agent has no disk pressure",
+            ),
+            condition(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "weft node agent has sufficient PID available",
+            ),
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "weft node agent is posting ready status",
+            ),
         ]),
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: config.node_ip.to_string() },
-            NodeAddress { type_: "Hostname".into(), address: config.node_name.clone() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: config.node_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: config.node_name.clone(),
+            },
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: config.port.into() }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: config.port.into(),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
-            architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
             operating_system: "linux".into(),
             os_image: "weft local cluster".into(),
-            kernel_version: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            kernel_version: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             container_runtime_version: "weft-node-agent://0.1.0".into(),
             kubelet_version: "v1.37.2".into(),
             machine_id: "weft-e2e".into(),
@@ -224,7 +284,12 @@ async fn register(client: &Client, config: &Config) -> anyhow::Result<()> {
 
 async fn patch_status(api: &Api<Node>, config: &Config) -> anyhow::Result<()> {
     let patch = serde_json::json!({ "status": node_status(config) });
-    api.patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+    api.patch_status(
+        &config.node_name,
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -242,7 +307,10 @@ async fn keep_lease(client: Client, node: String) {
     let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     loop {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(node.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(node.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(node.clone()),
                 lease_duration_seconds: Some(40),

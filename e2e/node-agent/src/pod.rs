@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, EnvVar, Pod, PodCondition, PodIP, PodStatus, HostIP,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, EnvVar, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -84,7 +84,10 @@ pub struct PodRuntime {
 
 impl PodRuntime {
     pub fn log_path(&self, container: &str, restart: i32) -> PathBuf {
-        self.dir.join("logs").join(container).join(format!("{restart}.log"))
+        self.dir
+            .join("logs")
+            .join(container)
+            .join(format!("{restart}.log"))
     }
 
     fn update(&self, f: impl FnOnce(&mut PodState)) {
@@ -112,33 +115,57 @@ fn now() -> Time {
 }
 
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
-    ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message }), ..Default::default() }
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
 }
 
 /// Runs a pod until it is deleted. `pods` carries every newer version of the pod object.
-pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Receiver<Option<Pod>>) {
-    let Some(pod) = pods.borrow().clone() else { return };
+pub async fn run(
+    ctx: Arc<NodeContext>,
+    rt: Arc<PodRuntime>,
+    mut pods: watch::Receiver<Option<Pod>>,
+) {
+    let Some(pod) = pods.borrow().clone() else {
+        return;
+    };
     let spec = pod.spec.clone().unwrap_or_default();
     rt.update(|st| {
         st.start_time = Some(Timestamp::now());
-        for (kind, c) in spec.init_containers.iter().flatten().map(|c| (init_kind(c), c))
+        for (kind, c) in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| (init_kind(c), c))
             .chain(spec.containers.iter().map(|c| (Kind::Main, c)))
         {
-            st.containers.insert(c.name.clone(), Slot {
-                kind,
-                restart_count: 0,
-                state: waiting("PodInitializing", None),
-                last_state: None,
-                ready: false,
-                started: false,
-                pid: None,
-            });
+            st.containers.insert(
+                c.name.clone(),
+                Slot {
+                    kind,
+                    restart_count: 0,
+                    state: waiting("PodInitializing", None),
+                    last_state: None,
+                    ready: false,
+                    started: false,
+                    pid: None,
+                },
+            );
         }
     });
     let status_task = tokio::spawn(sync_status(ctx.clone(), rt.clone(), pods.clone()));
 
     // Sandbox and volumes, retried until they work or the pod goes away.
-    let ip = match ctx.ipam.lock().map_err(|_| anyhow::anyhow!("ipam poisoned")).and_then(|mut i| i.allocate()) {
+    let ip = match ctx
+        .ipam
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ipam poisoned"))
+        .and_then(|mut i| i.allocate())
+    {
         Ok(ip) => ip,
         Err(e) => {
             rt.update(|st| st.message = Some(format!("no pod IP: {e}")));
@@ -151,7 +178,9 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
     let (stop_sidecars, stop_sidecars_rx) = watch::channel(false);
     // Supervisors are detached tasks: they stop through the stop channels, never by being
     // dropped, so no container process is orphaned.
-    let spawn_supervisor = |sup: Supervisor, policy: String, stop: watch::Receiver<bool>| tokio::spawn(sup.run(policy, stop));
+    let spawn_supervisor = |sup: Supervisor, policy: String, stop: watch::Receiver<bool>| {
+        tokio::spawn(sup.run(policy, stop))
+    };
     let work_pods = pods.clone();
     let pods_now = move || work_pods.borrow().clone();
 
@@ -178,8 +207,14 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
                 Ok(()) => break,
                 Err(e) => {
                     let msg = format!("{e:#}");
-                    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-                        rt.slot(&c.name, |s| s.state = waiting("CreateContainerConfigError", Some(msg.clone())));
+                    for c in spec
+                        .containers
+                        .iter()
+                        .chain(spec.init_containers.iter().flatten())
+                    {
+                        rt.slot(&c.name, |s| {
+                            s.state = waiting("CreateContainerConfigError", Some(msg.clone()))
+                        });
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
@@ -199,9 +234,18 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
             })
         };
 
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         for c in spec.init_containers.iter().flatten() {
-            let sup = Supervisor { ctx: ctx.clone(), rt: rt.clone(), pod: pod.clone(), container: c.clone(), volumes: volumes.clone() };
+            let sup = Supervisor {
+                ctx: ctx.clone(),
+                rt: rt.clone(),
+                pod: pod.clone(),
+                container: c.clone(),
+                volumes: volumes.clone(),
+            };
             if init_kind(c) == Kind::Sidecar {
                 let mut started = rt_started(&rt, &c.name);
                 spawn_supervisor(sup, "Always".into(), stop_sidecars_rx.clone());
@@ -212,8 +256,15 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             } else {
-                let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
-                let exit = spawn_supervisor(sup, init_policy.into(), stop_main_rx.clone()).await.ok().flatten();
+                let init_policy = if policy == "Never" {
+                    "Never"
+                } else {
+                    "OnFailure"
+                };
+                let exit = spawn_supervisor(sup, init_policy.into(), stop_main_rx.clone())
+                    .await
+                    .ok()
+                    .flatten();
                 if exit != Some(0) {
                     if pods_now().as_ref().is_none_or(deleting) {
                         return Ok(());
@@ -224,10 +275,20 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
             }
         }
         rt.update(|st| st.initialized = true);
-        let mains: Vec<_> = spec.containers.iter().map(|c| {
-            let sup = Supervisor { ctx: ctx.clone(), rt: rt.clone(), pod: pod.clone(), container: c.clone(), volumes: volumes.clone() };
-            spawn_supervisor(sup, policy.clone(), stop_main_rx.clone())
-        }).collect();
+        let mains: Vec<_> = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let sup = Supervisor {
+                    ctx: ctx.clone(),
+                    rt: rt.clone(),
+                    pod: pod.clone(),
+                    container: c.clone(),
+                    volumes: volumes.clone(),
+                };
+                spawn_supervisor(sup, policy.clone(), stop_main_rx.clone())
+            })
+            .collect();
         let results = futures::future::join_all(mains).await;
         // Every main container is done for good (Never, or OnFailure with success): the pod
         // completes and its sidecars stop, as for a Job.
@@ -268,7 +329,10 @@ pub async fn run(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, mut pods: watch::Re
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &rt.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(rt.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(rt.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         if let Err(e) = api.delete(&rt.name, &params).await {
@@ -300,7 +364,11 @@ fn deleting(pod: &Pod) -> bool {
 }
 
 fn init_kind(c: &Container) -> Kind {
-    if c.restart_policy.as_deref() == Some("Always") { Kind::Sidecar } else { Kind::Init }
+    if c.restart_policy.as_deref() == Some("Always") {
+        Kind::Sidecar
+    } else {
+        Kind::Init
+    }
 }
 
 fn rt_started(rt: &Arc<PodRuntime>, name: &str) -> impl FnMut() -> bool {
@@ -311,7 +379,17 @@ fn rt_started(rt: &Arc<PodRuntime>, name: &str) -> impl FnMut() -> bool {
 async fn wait_stopped(rt: &PodRuntime, which: impl Fn(Kind) -> bool, limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let pids: Vec<i32> = rt.state.lock().map(|st| st.containers.values().filter(|s| which(s.kind)).filter_map(|s| s.pid).collect()).unwrap_or_default();
+        let pids: Vec<i32> = rt
+            .state
+            .lock()
+            .map(|st| {
+                st.containers
+                    .values()
+                    .filter(|s| which(s.kind))
+                    .filter_map(|s| s.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
         if pids.is_empty() {
             return;
         }
@@ -320,20 +398,36 @@ async fn wait_stopped(rt: &PodRuntime, which: impl Fn(Kind) -> bool, limit: Dura
 }
 
 /// The pod's /etc/resolv.conf and /etc/hosts, bound over the host's in each container.
-fn write_dns_files(ctx: &NodeContext, rt: &PodRuntime, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<()> {
+fn write_dns_files(
+    ctx: &NodeContext,
+    rt: &PodRuntime,
+    pod: &Pod,
+    ip: Ipv4Addr,
+) -> anyhow::Result<()> {
     let spec = pod.spec.as_ref();
-    let policy = spec.and_then(|s| s.dns_policy.clone()).unwrap_or_else(|| "ClusterFirst".into());
+    let policy = spec
+        .and_then(|s| s.dns_policy.clone())
+        .unwrap_or_else(|| "ClusterFirst".into());
     let resolv = if policy == "Default" {
         std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
     } else {
         let d = &ctx.cluster_domain;
-        format!("search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n", ns = rt.namespace, dns = ctx.dns_ip)
+        format!(
+            "search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n",
+            ns = rt.namespace,
+            dns = ctx.dns_ip
+        )
     };
     let etc = rt.dir.join("etc");
     std::fs::create_dir_all(&etc)?;
     std::fs::write(etc.join("resolv.conf"), resolv)?;
-    let hostname = spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| rt.name.clone());
-    std::fs::write(etc.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{hostname}\n"))?;
+    let hostname = spec
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| rt.name.clone());
+    std::fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{hostname}\n"),
+    )?;
     std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
     Ok(())
 }
@@ -365,9 +459,16 @@ impl Supervisor {
                     let terminated = reason == "StartError";
                     self.rt.slot(&name, |s| {
                         if terminated {
-                            s.last_state = Some(ContainerState { terminated: Some(ContainerStateTerminated {
-                                exit_code: 128, reason: Some(reason.clone()), message: Some(message.clone()),
-                                finished_at: Some(now()), ..Default::default() }), ..Default::default() });
+                            s.last_state = Some(ContainerState {
+                                terminated: Some(ContainerStateTerminated {
+                                    exit_code: 128,
+                                    reason: Some(reason.clone()),
+                                    message: Some(message.clone()),
+                                    finished_at: Some(now()),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            });
                         }
                         s.state = waiting(&reason, Some(message.clone()));
                     });
@@ -389,8 +490,13 @@ impl Supervisor {
             if exit.is_some() {
                 self.rt.slot(&name, |s| {
                     s.restart_count += 1;
-                    let message = format!("back-off {}s restarting failed container={name} pod={}", backoff.as_secs(), self.rt.name);
-                    let previous = std::mem::replace(&mut s.state, waiting("CrashLoopBackOff", Some(message)));
+                    let message = format!(
+                        "back-off {}s restarting failed container={name} pod={}",
+                        backoff.as_secs(),
+                        self.rt.name
+                    );
+                    let previous =
+                        std::mem::replace(&mut s.state, waiting("CrashLoopBackOff", Some(message)));
                     if previous.terminated.is_some() {
                         s.last_state = Some(previous);
                     }
@@ -408,11 +514,27 @@ impl Supervisor {
     async fn start(&self) -> Result<tokio::process::Child, (String, String)> {
         let c = &self.container;
         let image_ref = c.image.clone().unwrap_or_default();
-        let image = self.ctx.images.resolve(&image_ref).map_err(|m| ("ImagePullBackOff".to_string(), format!("Back-off pulling image {image_ref:?}: ErrImagePull: {m}")))?;
-        let env = self.env(&image).await.map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
+        let image = self.ctx.images.resolve(&image_ref).map_err(|m| {
+            (
+                "ImagePullBackOff".to_string(),
+                format!("Back-off pulling image {image_ref:?}: ErrImagePull: {m}"),
+            )
+        })?;
+        let env = self
+            .env(&image)
+            .await
+            .map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
         let mut argv: Vec<String> = match (&c.command, &c.args) {
-            (Some(cmd), args) if !cmd.is_empty() => cmd.iter().chain(args.iter().flatten()).cloned().collect(),
-            (_, Some(args)) if !args.is_empty() => image.entrypoint.iter().take(1).chain(args.iter()).cloned().collect(),
+            (Some(cmd), args) if !cmd.is_empty() => {
+                cmd.iter().chain(args.iter().flatten()).cloned().collect()
+            }
+            (_, Some(args)) if !args.is_empty() => image
+                .entrypoint
+                .iter()
+                .take(1)
+                .chain(args.iter())
+                .cloned()
+                .collect(),
             _ => image.entrypoint.clone(),
         };
         argv = argv.iter().map(|a| expand(a, &env)).collect();
@@ -423,19 +545,44 @@ impl Supervisor {
 
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
-            let source = self.volumes.lock().await.source(&self.pod, &m.name)
-                .ok_or_else(|| ("CreateContainerConfigError".to_string(), format!("volumeMount {:?} names no volume of the pod", m.name)))?;
-            let source = match m.sub_path.as_deref() { Some(sub) if !sub.is_empty() => source.join(sub), _ => source };
-            mounts.push(BindMount { source, target: PathBuf::from(&m.mount_path), read_only: m.read_only.unwrap_or(false) });
+            let source = self
+                .volumes
+                .lock()
+                .await
+                .source(&self.pod, &m.name)
+                .ok_or_else(|| {
+                    (
+                        "CreateContainerConfigError".to_string(),
+                        format!("volumeMount {:?} names no volume of the pod", m.name),
+                    )
+                })?;
+            let source = match m.sub_path.as_deref() {
+                Some(sub) if !sub.is_empty() => source.join(sub),
+                _ => source,
+            };
+            mounts.push(BindMount {
+                source,
+                target: PathBuf::from(&m.mount_path),
+                read_only: m.read_only.unwrap_or(false),
+            });
         }
         let etc = self.rt.dir.join("etc");
         for f in ["resolv.conf", "hosts", "hostname"] {
-            mounts.push(BindMount { source: etc.join(f), target: PathBuf::from("/etc").join(f), read_only: false });
+            mounts.push(BindMount {
+                source: etc.join(f),
+                target: PathBuf::from("/etc").join(f),
+                read_only: false,
+            });
         }
         let (uid, gid, groups, capabilities, no_new_privs) = identity(&self.pod, c);
         let spec = LaunchSpec {
             netns: Sandbox::for_pod(&self.rt.uid, Ipv4Addr::UNSPECIFIED).path(),
-            hostname: self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| self.rt.name.clone()),
+            hostname: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_else(|| self.rt.name.clone()),
             mounts,
             join_pid: None,
             uid,
@@ -449,9 +596,13 @@ impl Supervisor {
         };
         let restart = self.rt.snapshot(&c.name).map_or(0, |s| s.restart_count);
         let log_path = self.rt.log_path(&c.name, restart);
-        let log = open_log(&log_path).map_err(|e| ("RunContainerError".to_string(), format!("log file: {e}")))?;
-        let log2 = log.try_clone().map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
-        let spec_json = serde_json::to_string(&spec).map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        let log = open_log(&log_path)
+            .map_err(|e| ("RunContainerError".to_string(), format!("log file: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        let spec_json = serde_json::to_string(&spec)
+            .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
         let child = tokio::process::Command::new(&self.ctx.self_exe)
             .arg("launch")
             .env_clear()
@@ -466,7 +617,12 @@ impl Supervisor {
             st.launch.insert(c.name.clone(), spec);
             if let Some(s) = st.containers.get_mut(&c.name) {
                 s.pid = pid;
-                s.state = ContainerState { running: Some(ContainerStateRunning { started_at: Some(now()) }), ..Default::default() };
+                s.state = ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now()),
+                    }),
+                    ..Default::default()
+                };
                 s.ready = false;
                 s.started = false;
             }
@@ -475,12 +631,27 @@ impl Supervisor {
     }
 
     /// Waits for the process, running its probes; stops it on request or failed liveness.
-    async fn watch(&self, mut child: tokio::process::Child, stop: &mut watch::Receiver<bool>) -> Option<i32> {
+    async fn watch(
+        &self,
+        mut child: tokio::process::Child,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<i32> {
         let c = &self.container;
         let pid = child.id().map(|p| p as i32);
         let (kill_tx, mut kill_rx) = tokio::sync::mpsc::channel::<String>(1);
-        let probes = tokio::spawn(run_probes(self.ctx.clone(), self.rt.clone(), c.clone(), kill_tx));
-        let grace = self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
+        let probes = tokio::spawn(run_probes(
+            self.ctx.clone(),
+            self.rt.clone(),
+            c.clone(),
+            kill_tx,
+        ));
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
         let mut reason_override = None;
         let status = tokio::select! {
             status = child.wait() => status.ok(),
@@ -497,13 +668,20 @@ impl Supervisor {
         let exit = code.unwrap_or(137);
         self.rt.slot(&c.name, |s| {
             let started_at = s.state.running.as_ref().and_then(|r| r.started_at.clone());
-            s.state = ContainerState { terminated: Some(ContainerStateTerminated {
-                exit_code: exit,
-                reason: Some(reason_override.unwrap_or(if exit == 0 { "Completed" } else { "Error" }).into()),
-                started_at,
-                finished_at: Some(now()),
+            s.state = ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: exit,
+                    reason: Some(
+                        reason_override
+                            .unwrap_or(if exit == 0 { "Completed" } else { "Error" })
+                            .into(),
+                    ),
+                    started_at,
+                    finished_at: Some(now()),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }), ..Default::default() };
+            };
             s.pid = None;
             s.ready = false;
         });
@@ -522,8 +700,14 @@ impl Supervisor {
             ("KUBERNETES_SERVICE_HOST".into(), svc_ip.clone()),
             ("KUBERNETES_SERVICE_PORT".into(), svc_port.to_string()),
             ("KUBERNETES_SERVICE_PORT_HTTPS".into(), svc_port.to_string()),
-            ("KUBERNETES_PORT".into(), format!("tcp://{svc_ip}:{svc_port}")),
-            ("KUBERNETES_PORT_443_TCP".into(), format!("tcp://{svc_ip}:{svc_port}")),
+            (
+                "KUBERNETES_PORT".into(),
+                format!("tcp://{svc_ip}:{svc_port}"),
+            ),
+            (
+                "KUBERNETES_PORT_443_TCP".into(),
+                format!("tcp://{svc_ip}:{svc_port}"),
+            ),
             ("KUBERNETES_PORT_443_TCP_PROTO".into(), "tcp".into()),
             ("KUBERNETES_PORT_443_TCP_PORT".into(), svc_port.to_string()),
             ("KUBERNETES_PORT_443_TCP_ADDR".into(), svc_ip.clone()),
@@ -541,17 +725,33 @@ impl Supervisor {
         for from in c.env_from.iter().flatten() {
             let prefix = from.prefix.clone().unwrap_or_default();
             let data = if let Some(cm) = &from.config_map_ref {
-                volumes::config_map_data(&self.ctx.client, &ns, &cm.name, cm.optional.unwrap_or(false)).await?
+                volumes::config_map_data(
+                    &self.ctx.client,
+                    &ns,
+                    &cm.name,
+                    cm.optional.unwrap_or(false),
+                )
+                .await?
             } else if let Some(s) = &from.secret_ref {
-                volumes::secret_data(&self.ctx.client, &ns, &s.name, s.optional.unwrap_or(false)).await?
+                volumes::secret_data(&self.ctx.client, &ns, &s.name, s.optional.unwrap_or(false))
+                    .await?
             } else {
                 BTreeMap::new()
             };
             for (k, v) in data {
-                set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+                set(
+                    &mut env,
+                    format!("{prefix}{k}"),
+                    String::from_utf8_lossy(&v).into_owned(),
+                );
             }
         }
-        for EnvVar { name, value, value_from } in c.env.iter().flatten() {
+        for EnvVar {
+            name,
+            value,
+            value_from,
+        } in c.env.iter().flatten()
+        {
             let value = match (value, value_from) {
                 (Some(v), _) => expand(v, &env),
                 (None, Some(from)) => {
@@ -560,18 +760,38 @@ impl Supervisor {
                     } else if let Some(r) = &from.resource_field_ref {
                         volumes::resource_value(&r.resource)
                     } else if let Some(k) = &from.config_map_key_ref {
-                        let data = volumes::config_map_data(&self.ctx.client, &ns, &k.name, k.optional.unwrap_or(false)).await?;
+                        let data = volumes::config_map_data(
+                            &self.ctx.client,
+                            &ns,
+                            &k.name,
+                            k.optional.unwrap_or(false),
+                        )
+                        .await?;
                         match data.get(&k.key) {
                             Some(v) => String::from_utf8_lossy(v).into_owned(),
                             None if k.optional.unwrap_or(false) => continue,
-                            None => anyhow::bail!("couldn't find key {} in ConfigMap {ns}/{}", k.key, k.name),
+                            None => anyhow::bail!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                k.key,
+                                k.name
+                            ),
                         }
                     } else if let Some(k) = &from.secret_key_ref {
-                        let data = volumes::secret_data(&self.ctx.client, &ns, &k.name, k.optional.unwrap_or(false)).await?;
+                        let data = volumes::secret_data(
+                            &self.ctx.client,
+                            &ns,
+                            &k.name,
+                            k.optional.unwrap_or(false),
+                        )
+                        .await?;
                         match data.get(&k.key) {
                             Some(v) => String::from_utf8_lossy(v).into_owned(),
                             None if k.optional.unwrap_or(false) => continue,
-                            None => anyhow::bail!("couldn't find key {} in Secret {ns}/{}", k.key, k.name),
+                            None => anyhow::bail!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                k.key,
+                                k.name
+                            ),
                         }
                     } else {
                         String::new()
@@ -621,11 +841,20 @@ fn expand(input: &str, env: &[(String, String)]) -> String {
 
 /// UID, GID, groups, capabilities and no_new_privs from the pod's and container's securityContext.
 fn identity(pod: &Pod, c: &Container) -> (u32, u32, Vec<u32>, Vec<String>, bool) {
-    let psc = pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let psc = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
     let csc = c.security_context.clone().unwrap_or_default();
     let uid = csc.run_as_user.or(psc.run_as_user).unwrap_or(0) as u32;
     let gid = csc.run_as_group.or(psc.run_as_group).unwrap_or(0) as u32;
-    let mut groups: Vec<u32> = psc.supplemental_groups.iter().flatten().map(|g| *g as u32).collect();
+    let mut groups: Vec<u32> = psc
+        .supplemental_groups
+        .iter()
+        .flatten()
+        .map(|g| *g as u32)
+        .collect();
     if let Some(fs) = psc.fs_group {
         groups.push(fs as u32);
     }
@@ -635,7 +864,11 @@ fn identity(pod: &Pod, c: &Container) -> (u32, u32, Vec<u32>, Vec<String>, bool)
     let mut set: Vec<String> = if csc.privileged == Some(true) {
         vec!["all".into()]
     } else if uid == 0 && !drop.iter().any(|d| d == "all") {
-        DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
+        DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
     } else {
         Vec::new()
     };
@@ -652,11 +885,18 @@ fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// SIGTERM to the container's process group, SIGKILL after the grace period.
-async fn terminate(child: &mut tokio::process::Child, pid: Option<i32>, grace: u64) -> Option<std::process::ExitStatus> {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: Option<i32>,
+    grace: u64,
+) -> Option<std::process::ExitStatus> {
     if let Some(pid) = pid {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
     }
@@ -672,14 +912,26 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<i32>, grace: u
 }
 
 /// Startup, then liveness and readiness probes of one container run.
-async fn run_probes(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, c: Container, kill: tokio::sync::mpsc::Sender<String>) {
-    let Some(ip) = rt.state.lock().ok().and_then(|s| s.ip) else { return };
-    let exec = |rt: Arc<PodRuntime>, ctx: Arc<NodeContext>, name: String| move |cmd: Vec<String>| {
-        let (rt, ctx, name) = (rt.clone(), ctx.clone(), name.clone());
-        async move { exec_in(&ctx, &rt, &name, cmd).await }
+async fn run_probes(
+    ctx: Arc<NodeContext>,
+    rt: Arc<PodRuntime>,
+    c: Container,
+    kill: tokio::sync::mpsc::Sender<String>,
+) {
+    let Some(ip) = rt.state.lock().ok().and_then(|s| s.ip) else {
+        return;
+    };
+    let exec = |rt: Arc<PodRuntime>, ctx: Arc<NodeContext>, name: String| {
+        move |cmd: Vec<String>| {
+            let (rt, ctx, name) = (rt.clone(), ctx.clone(), name.clone());
+            async move { exec_in(&ctx, &rt, &name, cmd).await }
+        }
     };
     if let Some(p) = &c.startup_probe {
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let mut failures = 0;
         loop {
             match probe::check(p, &c, ip, exec(rt.clone(), ctx.clone(), c.name.clone())).await {
@@ -692,7 +944,10 @@ async fn run_probes(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, c: Container, ki
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)).await;
+            tokio::time::sleep(Duration::from_secs(
+                p.period_seconds.unwrap_or(10).max(1) as u64
+            ))
+            .await;
         }
     }
     rt.slot(&c.name, |s| {
@@ -704,11 +959,18 @@ async fn run_probes(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, c: Container, ki
     let liveness = c.liveness_probe.clone().map(|p| {
         let (rt, ctx, c, kill) = (rt.clone(), ctx.clone(), c.clone(), kill.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+            tokio::time::sleep(Duration::from_secs(
+                p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+            ))
+            .await;
             let mut failures = 0;
             loop {
-                tokio::time::sleep(Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)).await;
-                match probe::check(&p, &c, ip, exec(rt.clone(), ctx.clone(), c.name.clone())).await {
+                tokio::time::sleep(Duration::from_secs(
+                    p.period_seconds.unwrap_or(10).max(1) as u64
+                ))
+                .await;
+                match probe::check(&p, &c, ip, exec(rt.clone(), ctx.clone(), c.name.clone())).await
+                {
                     Outcome::Success => failures = 0,
                     Outcome::Failure(why) => {
                         failures += 1;
@@ -722,20 +984,41 @@ async fn run_probes(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, c: Container, ki
         })
     });
     if let Some(p) = &c.readiness_probe {
-        tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+        tokio::time::sleep(Duration::from_secs(
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64,
+        ))
+        .await;
         let (mut ok, mut bad) = (0, 0);
         loop {
-            let outcome = probe::check(p, &c, ip, exec(rt.clone(), ctx.clone(), c.name.clone())).await;
+            let outcome =
+                probe::check(p, &c, ip, exec(rt.clone(), ctx.clone(), c.name.clone())).await;
             match outcome {
-                Outcome::Success => { ok += 1; bad = 0; }
-                Outcome::Failure(_) => { bad += 1; ok = 0; }
+                Outcome::Success => {
+                    ok += 1;
+                    bad = 0;
+                }
+                Outcome::Failure(_) => {
+                    bad += 1;
+                    ok = 0;
+                }
             }
             if ok >= p.success_threshold.unwrap_or(1) {
-                rt.slot(&c.name, |s| if !s.ready { s.ready = true });
+                rt.slot(&c.name, |s| {
+                    if !s.ready {
+                        s.ready = true
+                    }
+                });
             } else if bad >= p.failure_threshold.unwrap_or(3) {
-                rt.slot(&c.name, |s| if s.ready { s.ready = false });
+                rt.slot(&c.name, |s| {
+                    if s.ready {
+                        s.ready = false
+                    }
+                });
             }
-            tokio::time::sleep(Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)).await;
+            tokio::time::sleep(Duration::from_secs(
+                p.period_seconds.unwrap_or(10).max(1) as u64
+            ))
+            .await;
         }
     }
     if let Some(l) = liveness {
@@ -744,43 +1027,91 @@ async fn run_probes(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, c: Container, ki
 }
 
 /// Runs a command inside a running container (exec probes); returns its exit code.
-pub async fn exec_in(ctx: &NodeContext, rt: &PodRuntime, container: &str, argv: Vec<String>) -> anyhow::Result<i32> {
+pub async fn exec_in(
+    ctx: &NodeContext,
+    rt: &PodRuntime,
+    container: &str,
+    argv: Vec<String>,
+) -> anyhow::Result<i32> {
     let mut cmd = exec_command(ctx, rt, container, argv)?;
-    let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().await?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await?;
     Ok(status.code().unwrap_or(137))
 }
 
 /// A command that enters a running container's namespaces with its identity.
-pub fn exec_command(ctx: &NodeContext, rt: &PodRuntime, container: &str, argv: Vec<String>) -> anyhow::Result<tokio::process::Command> {
-    let st = rt.state.lock().map_err(|_| anyhow::anyhow!("pod state poisoned"))?;
-    let pid = st.containers.get(container).and_then(|s| s.pid).context("container is not running")?;
-    let mut spec = st.launch.get(container).cloned().context("container was never started")?;
+pub fn exec_command(
+    ctx: &NodeContext,
+    rt: &PodRuntime,
+    container: &str,
+    argv: Vec<String>,
+) -> anyhow::Result<tokio::process::Command> {
+    let st = rt
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("pod state poisoned"))?;
+    let pid = st
+        .containers
+        .get(container)
+        .and_then(|s| s.pid)
+        .context("container is not running")?;
+    let mut spec = st
+        .launch
+        .get(container)
+        .cloned()
+        .context("container was never started")?;
     drop(st);
     spec.join_pid = Some(pid);
     spec.mounts.clear();
     let program = argv.first().cloned().context("empty command")?;
     // Resolve through the container's PATH (its image's programs first).
-    let path = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
-    let resolved = if program.contains('/') { Some(PathBuf::from(&program)) } else {
-        path.split(':').map(|d| PathBuf::from(d).join(&program)).find(|p| p.exists())
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let resolved = if program.contains('/') {
+        Some(PathBuf::from(&program))
+    } else {
+        path.split(':')
+            .map(|d| PathBuf::from(d).join(&program))
+            .find(|p| p.exists())
     };
     spec.argv = argv;
-    spec.argv[0] = resolved.map(|p| p.to_string_lossy().into_owned()).unwrap_or(program);
+    spec.argv[0] = resolved
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or(program);
     let mut cmd = tokio::process::Command::new(&ctx.self_exe);
-    cmd.arg("launch").env_clear().env(SPEC_ENV, serde_json::to_string(&spec)?);
+    cmd.arg("launch")
+        .env_clear()
+        .env(SPEC_ENV, serde_json::to_string(&spec)?);
     Ok(cmd)
 }
 
 /// Patches the pod status whenever the runtime state changes (and every few seconds).
-async fn sync_status(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, pods: watch::Receiver<Option<Pod>>) {
+async fn sync_status(
+    ctx: Arc<NodeContext>,
+    rt: Arc<PodRuntime>,
+    pods: watch::Receiver<Option<Pod>>,
+) {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &rt.namespace);
     let mut last: Option<serde_json::Value> = None;
     loop {
-        let Some(pod) = pods.borrow().clone() else { return };
+        let Some(pod) = pods.borrow().clone() else {
+            return;
+        };
         let status = build_status(&ctx, &rt, &pod);
         let value = serde_json::json!({ "status": status });
         if last.as_ref() != Some(&value) {
-            match api.patch_status(&rt.name, &PatchParams::default(), &Patch::Merge(&value)).await {
+            match api
+                .patch_status(&rt.name, &PatchParams::default(), &Patch::Merge(&value))
+                .await
+            {
                 Ok(_) => last = Some(value),
                 Err(e) => tracing::debug!(pod = %rt.name, "status patch: {e}"),
             }
@@ -791,7 +1122,9 @@ async fn sync_status(ctx: Arc<NodeContext>, rt: Arc<PodRuntime>, pods: watch::Re
 }
 
 fn build_status(ctx: &NodeContext, rt: &PodRuntime, pod: &Pod) -> PodStatus {
-    let Ok(st) = rt.state.lock() else { return PodStatus::default() };
+    let Ok(st) = rt.state.lock() else {
+        return PodStatus::default();
+    };
     let spec = pod.spec.clone().unwrap_or_default();
     let status_of = |c: &Container| -> ContainerStatus {
         let slot = st.containers.get(&c.name);
@@ -799,7 +1132,9 @@ fn build_status(ctx: &NodeContext, rt: &PodRuntime, pod: &Pod) -> PodStatus {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             image_id: format!("weft-local://{}", c.image.clone().unwrap_or_default()),
-            container_id: slot.filter(|s| s.state.waiting.is_none()).map(|s| format!("weft://{}-{}-{}", rt.uid, c.name, s.restart_count)),
+            container_id: slot
+                .filter(|s| s.state.waiting.is_none())
+                .map(|s| format!("weft://{}-{}-{}", rt.uid, c.name, s.restart_count)),
             ready: slot.is_some_and(|s| s.ready),
             started: Some(slot.is_some_and(|s| s.started)),
             restart_count: slot.map_or(0, |s| s.restart_count),
@@ -808,13 +1143,30 @@ fn build_status(ctx: &NodeContext, rt: &PodRuntime, pod: &Pod) -> PodStatus {
             ..Default::default()
         }
     };
-    let init: Vec<ContainerStatus> = spec.init_containers.iter().flatten().map(status_of).collect();
+    let init: Vec<ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(status_of)
+        .collect();
     let mains: Vec<ContainerStatus> = spec.containers.iter().map(status_of).collect();
-    let sidecars_ready = spec.init_containers.iter().flatten().filter(|c| init_kind(c) == Kind::Sidecar)
+    let sidecars_ready = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| init_kind(c) == Kind::Sidecar)
         .all(|c| st.containers.get(&c.name).is_some_and(|s| s.ready));
     let containers_ready = st.initialized && sidecars_ready && mains.iter().all(|c| c.ready);
-    let any_running = mains.iter().any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
-    let phase = st.phase.unwrap_or(if st.initialized && (any_running || mains.iter().any(|c| c.restart_count > 0)) { "Running" } else { "Pending" });
+    let any_running = mains
+        .iter()
+        .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    let phase = st.phase.unwrap_or(
+        if st.initialized && (any_running || mains.iter().any(|c| c.restart_count > 0)) {
+            "Running"
+        } else {
+            "Pending"
+        },
+    );
     let cond = |t: &str, ok: bool| PodCondition {
         type_: t.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -826,7 +1178,9 @@ fn build_status(ctx: &NodeContext, rt: &PodRuntime, pod: &Pod) -> PodStatus {
         phase: Some(phase.into()),
         message: st.message.clone(),
         host_ip: Some(ctx.node_ip.to_string()),
-        host_ips: Some(vec![HostIP { ip: ctx.node_ip.to_string() }]),
+        host_ips: Some(vec![HostIP {
+            ip: ctx.node_ip.to_string(),
+        }]),
         pod_ip: ip.clone(),
         pod_ips: ip.map(|ip| vec![PodIP { ip }]),
         start_time: st.start_time.map(Time),
@@ -849,7 +1203,10 @@ mod tests {
 
     #[test]
     fn expands_like_the_kubelet() {
-        let env = vec![("A".to_string(), "1".to_string()), ("B".to_string(), "x".to_string())];
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "x".to_string()),
+        ];
         assert_eq!(expand("$(A)-$(B)", &env), "1-x");
         assert_eq!(expand("$$(A)", &env), "$(A)");
         assert_eq!(expand("$(MISSING)", &env), "$(MISSING)");

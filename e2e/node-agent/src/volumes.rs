@@ -24,7 +24,11 @@ pub struct PodVolumes {
 
 impl PodVolumes {
     pub fn new(pod_dir: &Path) -> Self {
-        Self { root: pod_dir.join("volumes"), tokens: HashMap::new(), tmpfs: Vec::new() }
+        Self {
+            root: pod_dir.join("volumes"),
+            tokens: HashMap::new(),
+            tmpfs: Vec::new(),
+        }
     }
 
     pub fn path(&self, volume: &str) -> PathBuf {
@@ -34,7 +38,11 @@ impl PodVolumes {
     /// Creates or refreshes every volume of the pod.
     pub async fn sync(&mut self, client: &Client, pod: &Pod) -> anyhow::Result<()> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
         for volume in &volumes {
             let dir = self.path(&volume.name);
             std::fs::create_dir_all(&dir)?;
@@ -46,10 +54,24 @@ impl PodVolumes {
         Ok(())
     }
 
-    async fn sync_one(&mut self, client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Path) -> anyhow::Result<()> {
+    async fn sync_one(
+        &mut self,
+        client: &Client,
+        pod: &Pod,
+        ns: &str,
+        v: &Volume,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
         if let Some(empty) = &v.empty_dir {
-            if empty.medium.as_deref() == Some("Memory") && !self.tmpfs.contains(&dir.to_path_buf()) {
-                nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("mode=1777"))?;
+            if empty.medium.as_deref() == Some("Memory") && !self.tmpfs.contains(&dir.to_path_buf())
+            {
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::empty(),
+                    Some("mode=1777"),
+                )?;
                 self.tmpfs.push(dir.to_path_buf());
             } else {
                 set_mode(dir, 0o777)?;
@@ -59,36 +81,60 @@ impl PodVolumes {
         let mut files: BTreeMap<PathBuf, (Vec<u8>, u32)> = BTreeMap::new();
         if let Some(cm) = &v.config_map {
             let data = config_map_data(client, ns, &cm.name, cm.optional.unwrap_or(false)).await?;
-            project(&mut files, data, cm.items.as_deref(), cm.default_mode.unwrap_or(0o644) as u32)?;
+            project(
+                &mut files,
+                data,
+                cm.items.as_deref(),
+                cm.default_mode.unwrap_or(0o644) as u32,
+            )?;
         } else if let Some(secret) = &v.secret {
             let name = secret.secret_name.clone().unwrap_or_default();
             let data = secret_data(client, ns, &name, secret.optional.unwrap_or(false)).await?;
-            project(&mut files, data, secret.items.as_deref(), secret.default_mode.unwrap_or(0o644) as u32)?;
+            project(
+                &mut files,
+                data,
+                secret.items.as_deref(),
+                secret.default_mode.unwrap_or(0o644) as u32,
+            )?;
         } else if let Some(downward) = &v.downward_api {
             for item in downward.items.iter().flatten() {
-                files.insert(PathBuf::from(&item.path), (downward_value(pod, item)?.into_bytes(), 0o644));
+                files.insert(
+                    PathBuf::from(&item.path),
+                    (downward_value(pod, item)?.into_bytes(), 0o644),
+                );
             }
         } else if let Some(projected) = &v.projected {
             let mode = projected.default_mode.unwrap_or(0o644) as u32;
             for source in projected.sources.iter().flatten() {
                 if let Some(t) = &source.service_account_token {
                     let path = dir.join(&t.path);
-                    let due = self.tokens.get(&path).is_none_or(|at| Instant::now() >= *at);
+                    let due = self
+                        .tokens
+                        .get(&path)
+                        .is_none_or(|at| Instant::now() >= *at);
                     if due {
                         let ttl = t.expiration_seconds.unwrap_or(3600);
                         let token = request_token(client, pod, t.audience.clone(), ttl).await?;
                         write_file(&path, token.as_bytes(), 0o644)?;
-                        self.tokens.insert(path, Instant::now() + Duration::from_secs((ttl as u64) * 8 / 10));
+                        self.tokens.insert(
+                            path,
+                            Instant::now() + Duration::from_secs((ttl as u64) * 8 / 10),
+                        );
                     }
                 } else if let Some(cm) = &source.config_map {
-                    let data = config_map_data(client, ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+                    let data =
+                        config_map_data(client, ns, &cm.name, cm.optional.unwrap_or(false)).await?;
                     project(&mut files, data, cm.items.as_deref(), mode)?;
                 } else if let Some(s) = &source.secret {
-                    let data = secret_data(client, ns, &s.name, s.optional.unwrap_or(false)).await?;
+                    let data =
+                        secret_data(client, ns, &s.name, s.optional.unwrap_or(false)).await?;
                     project(&mut files, data, s.items.as_deref(), mode)?;
                 } else if let Some(d) = &source.downward_api {
                     for item in d.items.iter().flatten() {
-                        files.insert(PathBuf::from(&item.path), (downward_value(pod, item)?.into_bytes(), mode));
+                        files.insert(
+                            PathBuf::from(&item.path),
+                            (downward_value(pod, item)?.into_bytes(), mode),
+                        );
                     }
                 }
             }
@@ -99,11 +145,20 @@ impl PodVolumes {
             }
             return Ok(());
         } else {
-            bail!("this volume type is not supported by the local cluster's node agent (supported: emptyDir, configMap, secret, downwardAPI, projected, hostPath)");
+            bail!(
+                "this volume type is not supported by the local cluster's node agent (supported: emptyDir, configMap, secret, downwardAPI, projected, hostPath)"
+            );
         }
         for (rel, (contents, mode)) in files {
-            if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                bail!("item path {} must be relative and stay inside the volume", rel.display());
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                bail!(
+                    "item path {} must be relative and stay inside the volume",
+                    rel.display()
+                );
             }
             write_file(&dir.join(rel), &contents, mode)?;
         }
@@ -113,7 +168,13 @@ impl PodVolumes {
     /// Where a volume lives on the host, for the launcher's bind mount (hostPath volumes are
     /// their host path).
     pub fn source(&self, pod: &Pod, volume: &str) -> Option<PathBuf> {
-        let v = pod.spec.as_ref()?.volumes.as_ref()?.iter().find(|v| v.name == volume)?;
+        let v = pod
+            .spec
+            .as_ref()?
+            .volumes
+            .as_ref()?
+            .iter()
+            .find(|v| v.name == volume)?;
         Some(match &v.host_path {
             Some(h) => PathBuf::from(&h.path),
             None => self.path(volume),
@@ -161,20 +222,42 @@ fn project(
         }
         Some(items) => {
             for item in items {
-                let value = data.get(&item.key).with_context(|| format!("key {:?} not found", item.key))?;
-                files.insert(PathBuf::from(&item.path), (value.clone(), item.mode.map_or(mode, |m| m as u32)));
+                let value = data
+                    .get(&item.key)
+                    .with_context(|| format!("key {:?} not found", item.key))?;
+                files.insert(
+                    PathBuf::from(&item.path),
+                    (value.clone(), item.mode.map_or(mode, |m| m as u32)),
+                );
             }
         }
     }
     Ok(())
 }
 
-pub async fn config_map_data(client: &Client, ns: &str, name: &str, optional: bool) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    match Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await? {
+pub async fn config_map_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    match Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         Some(cm) => {
-            let mut out: BTreeMap<String, Vec<u8>> =
-                cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-            out.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            let mut out: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            out.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             Ok(out)
         }
         None if optional => Ok(BTreeMap::new()),
@@ -182,11 +265,29 @@ pub async fn config_map_data(client: &Client, ns: &str, name: &str, optional: bo
     }
 }
 
-pub async fn secret_data(client: &Client, ns: &str, name: &str, optional: bool) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await? {
+pub async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         Some(s) => {
-            let mut out: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-            out.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            let mut out: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            out.extend(
+                s.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
             Ok(out)
         }
         None if optional => Ok(BTreeMap::new()),
@@ -194,9 +295,18 @@ pub async fn secret_data(client: &Client, ns: &str, name: &str, optional: bool) 
     }
 }
 
-async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, ttl: i64) -> anyhow::Result<String> {
+async fn request_token(
+    client: &Client,
+    pod: &Pod,
+    audience: Option<String>,
+    ttl: i64,
+) -> anyhow::Result<String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: Some(audience.into_iter().collect()),
@@ -212,8 +322,13 @@ async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, ttl
         ..Default::default()
     };
     let api = Api::<ServiceAccount>::namespaced(client.clone(), ns);
-    let issued = api.create_token_request(&sa, &PostParams::default(), &request).await?;
-    issued.status.and_then(|s| s.token).context("TokenRequest returned no token")
+    let issued = api
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest returned no token")
 }
 
 /// The value of a downward API field, formatted as the kubelet formats it.
@@ -222,7 +337,11 @@ pub fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let map_lines = |m: Option<&BTreeMap<String, String>>| {
-        m.into_iter().flatten().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join("\n")
+        m.into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let keyed = |prefix: &str, m: Option<&BTreeMap<String, String>>| -> Option<String> {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
@@ -241,10 +360,14 @@ pub fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
         "metadata.labels" => map_lines(meta.labels.as_ref()),
         "metadata.annotations" => map_lines(meta.annotations.as_ref()),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" => status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
         "status.podIPs" => status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" => status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => {
+            status.and_then(|s| s.host_ip.clone()).unwrap_or_default()
+        }
         other => bail!("downward API field {other:?} is not supported"),
     })
 }
@@ -256,7 +379,10 @@ fn downward_value(pod: &Pod, item: &DownwardAPIVolumeFile) -> anyhow::Result<Str
     if let Some(r) = &item.resource_field_ref {
         return Ok(resource_value(&r.resource));
     }
-    bail!("downward API item {:?} has neither fieldRef nor resourceFieldRef", item.path)
+    bail!(
+        "downward API item {:?} has neither fieldRef nor resourceFieldRef",
+        item.path
+    )
 }
 
 /// Resource limits are not enforced here; report the node's capacity, as the kubelet does for

@@ -11,9 +11,14 @@ use tokio::net::TcpListener;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
     let message = std::env::var("MESSAGE").unwrap_or_else(|_| "hello".into());
-    let who = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default();
+    let who = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
     let ready = Arc::new(AtomicBool::new(true));
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     eprintln!("weft-echo listening on :{port}");
@@ -54,17 +59,37 @@ async fn main() -> std::io::Result<()> {
                 if reader.read_exact(&mut body).await.is_err() {
                     return;
                 }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
                 let (code, text) = match path.as_str() {
                     "/healthz" if ready.load(Ordering::Relaxed) => (200, "ok\n".to_string()),
                     "/healthz" => (503, "not ready\n".to_string()),
-                    "/set-ready?false" => { ready.store(false, Ordering::Relaxed); (200, "ready=false\n".to_string()) }
-                    "/set-ready?true" => { ready.store(true, Ordering::Relaxed); (200, "ready=true\n".to_string()) }
-                    _ => (200, format!("{message} from {who} path={path} peer={peer} bytes={}\n", body.len())),
+                    "/set-ready?false" => {
+                        ready.store(false, Ordering::Relaxed);
+                        (200, "ready=false\n".to_string())
+                    }
+                    "/set-ready?true" => {
+                        ready.store(true, Ordering::Relaxed);
+                        (200, "ready=true\n".to_string())
+                    }
+                    _ => (
+                        200,
+                        format!(
+                            "{message} from {who} path={path} peer={peer} bytes={}\n",
+                            body.len()
+                        ),
+                    ),
                 };
                 let response = format!(
                     "HTTP/1.1 {code} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
-                    if code == 200 { "OK" } else { "Service Unavailable" },
+                    if code == 200 {
+                        "OK"
+                    } else {
+                        "Service Unavailable"
+                    },
                     text.len()
                 );
                 if write.write_all(response.as_bytes()).await.is_err() || close {

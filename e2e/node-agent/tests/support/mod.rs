@@ -1,0 +1,202 @@
+//! Test support for end-to-end tests on the local cluster: the cluster is brought up once
+//! (`make cluster-up`, idempotent) and each test gets its own namespace, deleted when it ends.
+//! Everything goes through the real kubectl, as a user would type it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+fn kubectl_path() -> PathBuf {
+    let versions = std::fs::read_to_string(repo_root().join("e2e/components/versions.env"))
+        .expect("versions.env");
+    let k8s = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .expect("K8S_VERSION");
+    let cache = std::env::var("WEFT_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/weft-e2e")
+        });
+    cache.join(format!("kubernetes-v{k8s}/kubectl"))
+}
+
+/// Brings the cluster up once per test process.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("e2e/cluster/up.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("running up.sh");
+        assert!(
+            status.success(),
+            "make cluster-up failed; see e2e/.cluster/logs/"
+        );
+        Cluster {
+            kubectl: kubectl_path(),
+            kubeconfig: root.join("e2e/.cluster/kubeconfig"),
+        }
+    })
+}
+
+pub struct Cluster {
+    pub kubectl: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writing stdin");
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn namespace(&'static self, name: &str) -> Namespace {
+        let _ = self.kubectl(&["delete", "namespace", name, "--wait=true", "--timeout=60s"]);
+        self.ok(&["create", "namespace", name]);
+        // The service account controller creates `default` asynchronously.
+        eventually(Duration::from_secs(30), || {
+            self.kubectl(&["-n", name, "get", "serviceaccount", "default"])
+                .status
+                .success()
+        });
+        Namespace {
+            cluster: self,
+            name: name.to_string(),
+        }
+    }
+}
+
+pub struct Namespace {
+    pub cluster: &'static Cluster,
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(&all)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        self.cluster.ok(&all)
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let out = self
+            .cluster
+            .kubectl_stdin(&["-n", &self.name, "apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `what` is what follows `kubectl get`, such as "pod web" or "pods -l app=web".
+    pub fn jsonpath(&self, what: &str, path: &str) -> String {
+        let mut args = vec!["get"];
+        args.extend(what.split_whitespace());
+        let output = format!("jsonpath={path}");
+        args.extend(["-o", output.as_str()]);
+        self.ok(&args)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Polls `check` until it holds; panics after `limit` (a bound on waiting, not a speed claim).
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("condition not met within {limit:?}");
+}
+
+/// Like `eventually`, returning the last value seen for the assertion message.
+pub fn wait_for(
+    limit: Duration,
+    mut probe: impl FnMut() -> String,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        last = probe();
+        if want(&last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("condition not met within {limit:?}; last value: {last:?}");
+}

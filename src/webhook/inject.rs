@@ -1,0 +1,996 @@
+//! What injection adds to a pod (SPEC §5), as an RFC 6902 JSON Patch built from typed
+//! `PatchOperation`s. Pure: the pod and the decision in, the patch out. Every map or array the
+//! patch writes into is created when the pod lacks it, and keys are escaped by `jsonptr`
+//! (`/` → `~1`, `~` → `~0`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::decision::Injection;
+use super::probes::rewrite_app_probes;
+use super::state::InjectorSettings;
+use crate::contract;
+
+/// A pod weft cannot inject as asked. Every variant says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error(
+        "annotation {key}={value:?} is not valid: {problem}. Write {expected}, or remove the annotation"
+    )]
+    InvalidAnnotation {
+        key: &'static str,
+        value: String,
+        problem: String,
+        expected: &'static str,
+    },
+    #[error(
+        "the pod already has a {kind} named {name:?}, a name weft's injection adds; rename it, \
+         or opt the pod out with the label {optout}=false",
+        optout = contract::LABEL_SIDECAR_INJECT
+    )]
+    NameTaken { kind: &'static str, name: String },
+    #[error("the pod has no spec; a pod needs spec.containers")]
+    NoSpec,
+    #[error("cannot encode the injected {what} as JSON (a weft bug; please report it): {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl InjectError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            InjectError::InvalidAnnotation { .. } => "invalid_annotation",
+            InjectError::NameTaken { .. } => "name_taken",
+            InjectError::NoSpec => "no_spec",
+            InjectError::Encode { .. } => "encode",
+        }
+    }
+}
+
+/// The `weft.dev/status` annotation: how the pod was injected and what was added. Its presence
+/// makes re-admission a no-op; controllers read it to count pods per revision and tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionStatus {
+    pub revision: String,
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub init_containers: Vec<String>,
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// The JSON Patch that adds the proxy of `injection.revision` to `pod`.
+pub fn inject(
+    pod: &Pod,
+    injection: &Injection,
+    settings: &InjectorSettings,
+) -> Result<Patch, InjectError> {
+    let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
+    check_names_are_free(pod)?;
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mesh = &injection.meshconfig;
+
+    let rewrite_probes = annotations
+        .get(contract::ANNOTATION_REWRITE_PROBES)
+        .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
+    let probes = if rewrite_probes {
+        rewrite_app_probes(&spec.containers)
+    } else {
+        Default::default()
+    };
+    let probers = serde_json::to_string(&probes.probers).map_err(|source| InjectError::Encode {
+        what: "app probers",
+        source,
+    })?;
+    let prometheus = prometheus_merge(&annotations)?;
+
+    let mut env = vec![
+        field_env(contract::ENV_POD_NAME, "metadata.name"),
+        field_env(contract::ENV_POD_NAMESPACE, "metadata.namespace"),
+        field_env(contract::ENV_POD_IP, "status.podIP"),
+        field_env(contract::ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+        field_env(contract::ENV_NODE_NAME, "spec.nodeName"),
+        env_var(contract::ENV_REVISION, &injection.revision),
+        env_var(contract::ENV_DISCOVERY_ADDRESS, &settings.discovery_address),
+        env_var(contract::ENV_TRUST_DOMAIN, &mesh.trust_domain),
+        env_var(contract::ENV_APP_PROBERS, &probers),
+    ];
+    if let Some(PrometheusMerge {
+        app_annotations: Some(app),
+    }) = &prometheus
+    {
+        env.push(env_var(contract::ENV_PROMETHEUS_ANNOTATIONS, app));
+    }
+    env.extend([
+        env_var(contract::ENV_LOG_LEVEL, &mesh.log_level),
+        env_var(contract::ENV_DRAIN_DURATION, &mesh.drain_duration),
+        env_var(contract::ENV_CONCURRENCY, &mesh.concurrency.to_string()),
+    ]);
+
+    let init = init_container(injection, init_args(&annotations, injection)?);
+    let proxy = proxy_container(injection, env);
+    let volumes = proxy_volumes();
+
+    let status = InjectionStatus {
+        revision: injection.revision.clone(),
+        via: injection.via.clone(),
+        tag: injection.tag.clone(),
+        init_containers: vec![
+            contract::CONTAINER_INIT.into(),
+            contract::CONTAINER_PROXY.into(),
+        ],
+        containers: Vec::new(),
+        volumes: volumes.iter().map(|v| v.name.clone()).collect(),
+    };
+    let status = serde_json::to_string(&status).map_err(|source| InjectError::Encode {
+        what: "status annotation",
+        source,
+    })?;
+
+    let mut new_annotations = BTreeMap::from([
+        (contract::ANNOTATION_STATUS.to_string(), status),
+        (
+            contract::ANNOTATION_ISTIO_REV.to_string(),
+            injection.revision.clone(),
+        ),
+    ]);
+    if prometheus.is_some() {
+        new_annotations.extend([
+            (contract::ANNOTATION_PROMETHEUS_SCRAPE.into(), "true".into()),
+            (
+                contract::ANNOTATION_PROMETHEUS_PORT.into(),
+                contract::PORT_STATS.to_string(),
+            ),
+            (
+                contract::ANNOTATION_PROMETHEUS_PATH.into(),
+                contract::PATH_STATS.into(),
+            ),
+        ]);
+    }
+    let mut new_labels = BTreeMap::from([(
+        contract::LABEL_REVISION.to_string(),
+        injection.revision.clone(),
+    )]);
+    if !labels.contains_key(contract::LABEL_CANONICAL_NAME) {
+        new_labels.insert(contract::LABEL_CANONICAL_NAME.into(), canonical_name(pod));
+    }
+    if !labels.contains_key(contract::LABEL_CANONICAL_REVISION) {
+        new_labels.insert(
+            contract::LABEL_CANONICAL_REVISION.into(),
+            canonical_revision(&labels),
+        );
+    }
+
+    let mut patch = PatchBuilder::default();
+    patch.set_entries(
+        "annotations",
+        pod.metadata.annotations.as_ref(),
+        new_annotations,
+    );
+    patch.set_entries("labels", pod.metadata.labels.as_ref(), new_labels);
+
+    // weft-init, then the proxy, then the user's init containers: the proxy is up before any
+    // user code runs, and iptables is in place before the proxy starts.
+    let init = encode(&init, "init container")?;
+    let proxy = encode(&proxy, "proxy container")?;
+    match &spec.init_containers {
+        None => patch.add(&["spec", "initContainers"], Value::Array(vec![init, proxy])),
+        Some(_) => {
+            patch.add(&["spec", "initContainers", "0"], init);
+            patch.add(&["spec", "initContainers", "1"], proxy);
+        }
+    }
+
+    for replacement in &probes.replacements {
+        let index = replacement.container.to_string();
+        patch.replace(
+            &["spec", "containers", &index, replacement.field],
+            encode(&replacement.probe, "rewritten probe")?,
+        );
+    }
+
+    let volumes = volumes
+        .iter()
+        .map(|v| encode(v, "volume"))
+        .collect::<Result<Vec<_>, _>>()?;
+    match &spec.volumes {
+        None => patch.add(&["spec", "volumes"], Value::Array(volumes)),
+        Some(_) => {
+            for volume in volumes {
+                patch.add(&["spec", "volumes", "-"], volume);
+            }
+        }
+    }
+    Ok(Patch(patch.ops))
+}
+
+// === Patch building ===
+
+#[derive(Default)]
+struct PatchBuilder {
+    ops: Vec<PatchOperation>,
+}
+
+impl PatchBuilder {
+    fn add(&mut self, path: &[&str], value: Value) {
+        self.ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value,
+        }));
+    }
+
+    fn replace(&mut self, path: &[&str], value: Value) {
+        self.ops.push(PatchOperation::Replace(ReplaceOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value,
+        }));
+    }
+
+    /// Writes `entries` into `metadata.<field>`: the whole map when the pod has none, else one
+    /// `add` per changed key (`add` on an existing member replaces it, RFC 6902 §4.1).
+    fn set_entries(
+        &mut self,
+        field: &str,
+        existing: Option<&BTreeMap<String, String>>,
+        entries: BTreeMap<String, String>,
+    ) {
+        match existing {
+            None => {
+                let map = entries.into_iter().map(|(k, v)| (k, Value::String(v)));
+                self.add(&["metadata", field], Value::Object(map.collect()));
+            }
+            Some(existing) => {
+                for (key, value) in entries {
+                    if existing.get(&key) != Some(&value) {
+                        self.add(&["metadata", field, &key], Value::String(value));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Value, InjectError> {
+    serde_json::to_value(value).map_err(|source| InjectError::Encode { what, source })
+}
+
+/// A pod that already uses one of our names would end up with duplicates, which the API
+/// server rejects with a message about the patch rather than about the pod.
+fn check_names_are_free(pod: &Pod) -> Result<(), InjectError> {
+    let Some(spec) = &pod.spec else {
+        return Ok(());
+    };
+    let ours = [contract::CONTAINER_INIT, contract::CONTAINER_PROXY];
+    let containers = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| c.name.as_str());
+    for name in containers {
+        if ours.contains(&name) {
+            return Err(InjectError::NameTaken {
+                kind: "container",
+                name: name.into(),
+            });
+        }
+    }
+    let our_volumes = [
+        contract::VOLUME_TOKEN,
+        contract::VOLUME_ROOT_CERT,
+        contract::VOLUME_WORK,
+    ];
+    for volume in spec.volumes.iter().flatten() {
+        if our_volumes.contains(&volume.name.as_str()) {
+            return Err(InjectError::NameTaken {
+                kind: "volume",
+                name: volume.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+// === The containers ===
+
+fn init_container(injection: &Injection, args: Vec<String>) -> Container {
+    let mesh = &injection.meshconfig;
+    Container {
+        name: contract::CONTAINER_INIT.into(),
+        image: Some(mesh.image.clone()),
+        image_pull_policy: Some(mesh.image_pull_policy.clone()),
+        command: Some(vec![contract::PROXY_COMMAND.into()]),
+        args: Some(args),
+        resources: Some(mesh.resources.clone()),
+        // Root with NET_ADMIN and NET_RAW only: enough for iptables, nothing else.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(injection: &Injection, env: Vec<EnvVar>) -> Container {
+    let mesh = &injection.meshconfig;
+    let ready = |period, failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(contract::PATH_READY.into()),
+            port: IntOrString::Int(i32::from(contract::PORT_HEALTH)),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(3),
+        ..Default::default()
+    };
+    let port = |number: u16, name: &str| ContainerPort {
+        container_port: i32::from(number),
+        name: Some(name.into()),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    };
+    Container {
+        name: contract::CONTAINER_PROXY.into(),
+        image: Some(mesh.image.clone()),
+        image_pull_policy: Some(mesh.image_pull_policy.clone()),
+        command: Some(vec![contract::PROXY_COMMAND.into()]),
+        args: Some(vec![contract::PROXY_SUBCOMMAND_RUN.into()]),
+        // A native sidecar: runs for the pod's lifetime, and the kubelet starts the next init
+        // container (then the app) only once its startup probe passes.
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![
+            port(contract::PORT_STATS, contract::PORT_NAME_STATS),
+            port(contract::PORT_HEALTH, contract::PORT_NAME_HEALTH),
+        ]),
+        env: Some(env),
+        resources: Some(mesh.resources.clone()),
+        // Polled every second for up to 10 minutes: app start waits on this, so be quick to
+        // notice readiness and patient with a slow certificate.
+        startup_probe: Some(ready(1, 600)),
+        readiness_probe: Some(ready(15, 4)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(i64::from(contract::PROXY_UID)),
+            run_as_group: Some(i64::from(contract::PROXY_GID)),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount(contract::VOLUME_TOKEN, contract::TOKEN_DIR, true),
+            mount(contract::VOLUME_ROOT_CERT, contract::ROOT_CERT_DIR, true),
+            mount(contract::VOLUME_WORK, contract::WORK_DIR, false),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn proxy_volumes() -> Vec<Volume> {
+    vec![
+        Volume {
+            name: contract::VOLUME_TOKEN.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(contract::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(contract::TOKEN_EXPIRATION_SECONDS),
+                        path: contract::TOKEN_FILE.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: contract::VOLUME_ROOT_CERT.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract::ROOT_CERT_CONFIGMAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: contract::VOLUME_WORK.into(),
+            // Memory-backed: the workload key never touches a disk.
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+// === Traffic capture flags ===
+
+/// `weft-proxy init` arguments from the `traffic.sidecar.istio.io/*` annotations and the
+/// revision's `traffic` excludes. Excludes are the union of both (a pod can exclude more than
+/// the mesh, never less); `includeInboundPorts` is the pod's alone, as in Istio.
+fn init_args(
+    annotations: &BTreeMap<String, String>,
+    injection: &Injection,
+) -> Result<Vec<String>, InjectError> {
+    let mesh = &injection.meshconfig;
+    let mut args = vec![contract::PROXY_SUBCOMMAND_INIT.to_string()];
+    let flag = |name: &str, value: String| format!("{name}={value}");
+
+    if let Some(value) = annotations.get(contract::ANNOTATION_INCLUDE_INBOUND_PORTS) {
+        let value = if value.trim() == "*" {
+            "*".to_string()
+        } else {
+            join(&parse_ports(
+                contract::ANNOTATION_INCLUDE_INBOUND_PORTS,
+                value,
+                true,
+            )?)
+        };
+        args.push(flag(contract::INIT_FLAG_INCLUDE_INBOUND_PORTS, value));
+    }
+
+    let mut inbound = mesh.exclude_inbound_ports.clone();
+    if let Some(value) = annotations.get(contract::ANNOTATION_EXCLUDE_INBOUND_PORTS) {
+        inbound.extend(parse_ports(
+            contract::ANNOTATION_EXCLUDE_INBOUND_PORTS,
+            value,
+            false,
+        )?);
+    }
+    if !inbound.is_empty() {
+        args.push(flag(
+            contract::INIT_FLAG_EXCLUDE_INBOUND_PORTS,
+            join(&inbound),
+        ));
+    }
+
+    let mut outbound = mesh.exclude_outbound_ports.clone();
+    if let Some(value) = annotations.get(contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS) {
+        outbound.extend(parse_ports(
+            contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
+            value,
+            false,
+        )?);
+    }
+    if !outbound.is_empty() {
+        args.push(flag(
+            contract::INIT_FLAG_EXCLUDE_OUTBOUND_PORTS,
+            join(&outbound),
+        ));
+    }
+
+    let mut ranges = mesh.exclude_outbound_ip_ranges.clone();
+    if let Some(value) = annotations.get(contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES) {
+        ranges.extend(parse_cidrs(
+            contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
+            value,
+        )?);
+    }
+    if !ranges.is_empty() {
+        let ranges: Vec<_> = ranges.into_iter().collect();
+        args.push(flag(
+            contract::INIT_FLAG_EXCLUDE_OUTBOUND_IP_RANGES,
+            ranges.join(","),
+        ));
+    }
+    Ok(args)
+}
+
+fn join(ports: &BTreeSet<u16>) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const PORT_LIST: &str = "a comma-separated list of port numbers such as \"8080,9090\"";
+const PORT_LIST_OR_STAR: &str =
+    "a comma-separated list of port numbers such as \"8080,9090\", or \"*\" for every port";
+const CIDR_LIST: &str = "a comma-separated list of CIDRs such as \"10.0.0.0/8,169.254.169.254/32\"";
+
+fn parse_ports(
+    key: &'static str,
+    value: &str,
+    star_allowed: bool,
+) -> Result<BTreeSet<u16>, InjectError> {
+    let expected = if star_allowed {
+        PORT_LIST_OR_STAR
+    } else {
+        PORT_LIST
+    };
+    let invalid = |problem: String| InjectError::InvalidAnnotation {
+        key,
+        value: value.into(),
+        problem,
+        expected,
+    };
+    let mut ports = BTreeSet::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<u16>() {
+            Ok(port) if port > 0 => {
+                ports.insert(port);
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{item:?} is not a port number from 1 to 65535"
+                )));
+            }
+        }
+    }
+    Ok(ports)
+}
+
+fn parse_cidrs(key: &'static str, value: &str) -> Result<BTreeSet<String>, InjectError> {
+    let mut cidrs = BTreeSet::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let valid = item.split_once('/').is_some_and(|(address, length)| {
+            let max = match address.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) => 32,
+                Ok(IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            length.parse::<u8>().is_ok_and(|len| len <= max)
+        });
+        if !valid {
+            return Err(InjectError::InvalidAnnotation {
+                key,
+                value: value.into(),
+                problem: format!("{item:?} is not a CIDR (address/prefix length)"),
+                expected: CIDR_LIST,
+            });
+        }
+        cidrs.insert(item.to_string());
+    }
+    Ok(cidrs)
+}
+
+// === Prometheus ===
+
+/// `Some` when the proxy takes over scraping; carries the app's own `prometheus.io/*` values
+/// (JSON) when it had any, so the proxy can merge the app's metrics as Istio does.
+struct PrometheusMerge {
+    app_annotations: Option<String>,
+}
+
+/// An app that says `prometheus.io/scrape: "false"` asked not to be scraped; weft keeps that.
+fn prometheus_merge(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<PrometheusMerge>, InjectError> {
+    let keys = [
+        ("scrape", contract::ANNOTATION_PROMETHEUS_SCRAPE),
+        ("port", contract::ANNOTATION_PROMETHEUS_PORT),
+        ("path", contract::ANNOTATION_PROMETHEUS_PATH),
+    ];
+    let app: BTreeMap<&str, &String> = keys
+        .iter()
+        .filter_map(|(short, key)| annotations.get(*key).map(|v| (*short, v)))
+        .collect();
+    if app
+        .get("scrape")
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+    {
+        return Ok(None);
+    }
+    let app_annotations = if app.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string(&app).map_err(|source| InjectError::Encode {
+                what: "prometheus annotations",
+                source,
+            })?,
+        )
+    };
+    Ok(Some(PrometheusMerge { app_annotations }))
+}
+
+// === Canonical service labels ===
+
+/// Istio's order: `app.kubernetes.io/name`, then `app`, then the workload's name.
+fn canonical_name(pod: &Pod) -> String {
+    let labels = pod.metadata.labels.as_ref();
+    let from_label = [contract::LABEL_K8S_NAME, contract::LABEL_APP]
+        .iter()
+        .find_map(|key| labels.and_then(|l| l.get(*key)))
+        .cloned();
+    label_value(&from_label.unwrap_or_else(|| workload_name(pod)))
+}
+
+fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
+    [contract::LABEL_K8S_VERSION, contract::LABEL_VERSION]
+        .iter()
+        .find_map(|key| labels.get(*key))
+        .map(|v| label_value(v))
+        .unwrap_or_else(|| "latest".into())
+}
+
+/// The name of what created the pod: a ReplicaSet's Deployment (its name without the
+/// `pod-template-hash` suffix), another controller's name, or the pod's own name prefix.
+fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(contract::LABEL_POD_TEMPLATE_HASH));
+    if let Some(owner) = controller {
+        if owner.kind == "ReplicaSet"
+            && let Some(deployment) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}")))
+        {
+            return deployment.to_string();
+        }
+        return owner.name.clone();
+    }
+    let prefix = meta
+        .generate_name
+        .as_deref()
+        .map(|g| g.trim_end_matches('-'))
+        .filter(|g| !g.is_empty());
+    prefix
+        .or(meta.name.as_deref())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Fits a derived name into a label value: at most 63 characters, alphanumeric at both ends.
+fn label_value(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if trimmed.is_empty() {
+        "unknown".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MeshConfigSpec;
+    use crate::webhook::state::EffectiveMeshConfig;
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use serde_json::json;
+
+    fn injection() -> Injection {
+        Injection {
+            revision: "stable".into(),
+            tag: Some("default".into()),
+            via: "namespace label istio-injection=enabled (tag default)".into(),
+            meshconfig: EffectiveMeshConfig::resolve(
+                &MeshConfigSpec::default(),
+                &InjectorSettings::default(),
+            ),
+            conflict: None,
+        }
+    }
+
+    fn bare_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                generate_name: Some("web-".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("busybox".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn patched(pod: &Pod) -> Value {
+        let patch = inject(pod, &injection(), &InjectorSettings::default()).unwrap();
+        let mut doc = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        doc
+    }
+
+    #[test]
+    fn bare_pod_gets_maps_and_arrays_created() {
+        let doc = patched(&bare_pod());
+        assert_eq!(doc["metadata"]["labels"]["weft.dev/revision"], "stable");
+        assert_eq!(
+            doc["metadata"]["labels"]["service.istio.io/canonical-name"],
+            "web"
+        );
+        assert_eq!(
+            doc["metadata"]["labels"]["service.istio.io/canonical-revision"],
+            "latest"
+        );
+        assert_eq!(doc["metadata"]["annotations"]["istio.io/rev"], "stable");
+        assert_eq!(
+            doc["metadata"]["annotations"]["prometheus.io/port"],
+            "15020"
+        );
+        let names: Vec<_> = doc["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("weft-init"), json!("weft-proxy")]);
+        assert_eq!(doc["spec"]["volumes"].as_array().map(Vec::len), Some(3));
+        let status: InjectionStatus = serde_json::from_str(
+            doc["metadata"]["annotations"]["weft.dev/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status.revision, "stable");
+        assert_eq!(status.tag.as_deref(), Some("default"));
+        assert_eq!(
+            status.volumes,
+            ["weft-token", "weft-ca-root-cert", "weft-work"]
+        );
+    }
+
+    #[test]
+    fn user_init_containers_run_after_the_proxy() {
+        let mut pod = bare_pod();
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.init_containers = Some(vec![Container {
+                name: "migrate".into(),
+                ..Default::default()
+            }]);
+        }
+        let doc = patched(&pod);
+        let names: Vec<_> = doc["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names, ["weft-init", "weft-proxy", "migrate"]);
+    }
+
+    #[test]
+    fn keys_with_slash_and_tilde_are_escaped() {
+        let mut pod = bare_pod();
+        pod.metadata.annotations = Some(BTreeMap::from([("a~b/c".into(), "x".into())]));
+        let patch = inject(&pod, &injection(), &InjectorSettings::default()).unwrap();
+        let text = serde_json::to_string(&patch).unwrap();
+        assert!(
+            text.contains("/metadata/annotations/weft.dev~1status"),
+            "{text}"
+        );
+        let doc = patched(&pod);
+        assert_eq!(doc["metadata"]["annotations"]["a~b/c"], "x");
+    }
+
+    #[test]
+    fn patch_paths_escape_tilde_and_slash() {
+        let mut patch = PatchBuilder::default();
+        let entries = BTreeMap::from([("a~b/c".to_string(), "v".to_string())]);
+        patch.set_entries("annotations", Some(&BTreeMap::new()), entries);
+        let text = serde_json::to_string(&Patch(patch.ops)).unwrap();
+        assert!(
+            text.contains(r#""/metadata/annotations/a~0b~1c""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn traffic_annotations_become_init_flags_and_merge_with_the_mesh() {
+        let mut injection = injection();
+        injection.meshconfig.exclude_inbound_ports = BTreeSet::from([9999]);
+        injection.meshconfig.exclude_outbound_ip_ranges =
+            BTreeSet::from(["169.254.169.254/32".into()]);
+        let annotations = BTreeMap::from([
+            (
+                contract::ANNOTATION_INCLUDE_INBOUND_PORTS.to_string(),
+                "8080, 80".to_string(),
+            ),
+            (
+                contract::ANNOTATION_EXCLUDE_INBOUND_PORTS.to_string(),
+                "9090".to_string(),
+            ),
+            (
+                contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS.to_string(),
+                "5432,".to_string(),
+            ),
+            (
+                contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES.to_string(),
+                "10.0.0.0/8,fd00::/8".to_string(),
+            ),
+        ]);
+        assert_eq!(
+            init_args(&annotations, &injection).unwrap(),
+            [
+                "init",
+                "--include-inbound-ports=80,8080",
+                "--exclude-inbound-ports=9090,9999",
+                "--exclude-outbound-ports=5432",
+                "--exclude-outbound-ip-ranges=10.0.0.0/8,169.254.169.254/32,fd00::/8",
+            ]
+        );
+        let empty_include = BTreeMap::from([(
+            contract::ANNOTATION_INCLUDE_INBOUND_PORTS.to_string(),
+            String::new(),
+        )]);
+        assert_eq!(
+            init_args(&empty_include, &injection).unwrap()[1],
+            "--include-inbound-ports="
+        );
+    }
+
+    #[test]
+    fn bad_traffic_annotations_are_refused_with_the_fix() {
+        for (key, value) in [
+            (contract::ANNOTATION_EXCLUDE_INBOUND_PORTS, "http"),
+            (contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS, "70000"),
+            (contract::ANNOTATION_INCLUDE_INBOUND_PORTS, "0"),
+            (contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0"),
+            (
+                contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
+                "10.0.0.0/33",
+            ),
+        ] {
+            let annotations = BTreeMap::from([(key.to_string(), value.to_string())]);
+            let err = init_args(&annotations, &injection()).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(key) && message.contains("such as"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pod_using_our_names_is_refused() {
+        let mut pod = bare_pod();
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.containers[0].name = "weft-proxy".into();
+        }
+        let err = inject(&pod, &injection(), &InjectorSettings::default()).unwrap_err();
+        assert!(err.to_string().contains("rename it"), "{err}");
+    }
+
+    #[test]
+    fn app_prometheus_annotations_are_kept_for_the_proxy() {
+        let mut pod = bare_pod();
+        pod.metadata.annotations = Some(BTreeMap::from([
+            ("prometheus.io/scrape".into(), "true".into()),
+            ("prometheus.io/port".into(), "9102".into()),
+        ]));
+        let doc = patched(&pod);
+        assert_eq!(
+            doc["metadata"]["annotations"]["prometheus.io/port"],
+            "15020"
+        );
+        assert_eq!(
+            doc["metadata"]["annotations"]["prometheus.io/path"],
+            "/stats/prometheus"
+        );
+        let env = doc["spec"]["initContainers"][1]["env"].as_array().unwrap();
+        let merged = env
+            .iter()
+            .find(|e| e["name"] == "WEFT_PROMETHEUS_ANNOTATIONS")
+            .unwrap();
+        assert_eq!(merged["value"], r#"{"port":"9102","scrape":"true"}"#);
+
+        // scrape=false is respected: no scraping annotations, no merge.
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            "prometheus.io/scrape".into(),
+            "false".into(),
+        )]));
+        let doc = patched(&pod);
+        assert_eq!(
+            doc["metadata"]["annotations"]["prometheus.io/scrape"],
+            "false"
+        );
+        assert!(
+            doc["metadata"]["annotations"]
+                .get("prometheus.io/port")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn canonical_names_follow_istio() {
+        let mut pod = bare_pod();
+        pod.metadata.generate_name = Some("reviews-v2-5d4b7c9f8-".into());
+        pod.metadata.labels = Some(BTreeMap::from([(
+            "pod-template-hash".into(),
+            "5d4b7c9f8".into(),
+        )]));
+        pod.metadata.owner_references = Some(vec![OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: "reviews-v2-5d4b7c9f8".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        assert_eq!(canonical_name(&pod), "reviews-v2");
+        pod.metadata.labels = Some(BTreeMap::from([
+            ("app".into(), "reviews".into()),
+            ("app.kubernetes.io/name".into(), "reviews-k8s".into()),
+            ("version".into(), "v2".into()),
+        ]));
+        assert_eq!(canonical_name(&pod), "reviews-k8s");
+        assert_eq!(
+            canonical_revision(pod.metadata.labels.as_ref().unwrap()),
+            "v2"
+        );
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+        assert_eq!(label_value("-a.b-"), "a.b");
+    }
+}

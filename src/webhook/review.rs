@@ -1,0 +1,508 @@
+//! One AdmissionReview in, one HTTP answer out: the pure heart of the `/inject` handler. The
+//! server around it only reads the body (at most `MAX_REVIEW_BODY_BYTES`), looks namespaces up
+//! in its cache and writes events; everything that can be decided from bytes is decided here,
+//! and no input makes it panic.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+use serde::Serialize;
+
+use super::decision::{Decision, decide};
+use super::inject::inject;
+use super::state::{InjectorSettings, MeshState};
+
+/// Bodies above this are refused unread (413). The API server stores objects of at most
+/// 1.5 MiB in etcd; a pod CREATE review is that plus the envelope, so 3 MiB leaves room.
+pub const MAX_REVIEW_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+const API_VERSION: &str = "admission.k8s.io/v1";
+const KIND: &str = "AdmissionReview";
+/// Key of the audit annotation (the API server prefixes it with the webhook's name).
+const AUDIT_KEY: &str = "injection";
+
+/// A request the webhook cannot answer with an AdmissionReview (no uid to answer to).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(
+        "the AdmissionReview is {size} bytes; weft accepts at most {MAX_REVIEW_BODY_BYTES} bytes \
+         (3 MiB), more than the API server stores for one pod: shrink the pod spec"
+    )]
+    TooLarge { size: usize },
+    #[error("the request body is empty: POST an admission.k8s.io/v1 AdmissionReview as JSON")]
+    Empty,
+    #[error(
+        "the request body is not an admission.k8s.io/v1 AdmissionReview: {0}. POST the JSON the \
+         API server sends to mutating webhooks"
+    )]
+    Malformed(serde_json::Error),
+    #[error(
+        "expected apiVersion {API_VERSION} and kind {KIND}, got {api_version:?} and {kind:?}: \
+         list only v1 in the webhook's admissionReviewVersions"
+    )]
+    WrongVersion { api_version: String, kind: String },
+    #[error("the AdmissionReview carries no request")]
+    NoRequest,
+}
+
+impl ReviewError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReviewError::TooLarge { .. } => "too_large",
+            ReviewError::Empty => "empty",
+            ReviewError::Malformed(_) => "malformed",
+            ReviewError::WrongVersion { .. } => "wrong_version",
+            ReviewError::NoRequest => "no_request",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ReviewError::TooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+}
+
+/// Everything the handler needs to answer and to report.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// HTTP status of the answer: 200 whenever the body is an AdmissionReview response.
+    pub status: u16,
+    /// JSON: an AdmissionReview response, or `{"error": "..."}` for 4xx.
+    pub body: Vec<u8>,
+    /// What was decided for a pod (for events and metrics); `None` when no pod was decided.
+    pub decision: Option<Decision>,
+    /// Namespace and name (or generateName) of the pod, for events.
+    pub pod: Option<(String, String)>,
+    /// Why the request could not be read, when it could not.
+    pub error: Option<ReviewError>,
+}
+
+/// `(HTTP status, body)` for one request body. Namespaces come from the caller's cache.
+pub fn review<F>(
+    body: &[u8],
+    namespaces: F,
+    state: &MeshState,
+    settings: &InjectorSettings,
+) -> (u16, Vec<u8>)
+where
+    F: Fn(&str) -> Option<Arc<Namespace>>,
+{
+    let reviewed = review_detailed(body, namespaces, state, settings);
+    (reviewed.status, reviewed.body)
+}
+
+/// As `review`, with the decision and pod kept for events and metrics.
+pub fn review_detailed<F>(
+    body: &[u8],
+    namespaces: F,
+    state: &MeshState,
+    settings: &InjectorSettings,
+) -> Reviewed
+where
+    F: Fn(&str) -> Option<Arc<Namespace>>,
+{
+    let request = match read_request(body) {
+        Ok(request) => request,
+        Err(error) => {
+            let body = serde_json::to_vec(&serde_json::json!({ "error": error.to_string() }))
+                .unwrap_or_default();
+            return Reviewed {
+                status: error.http_status(),
+                body,
+                decision: None,
+                pod: None,
+                error: Some(error),
+            };
+        }
+    };
+    let mut answer = Answer::allow(&request.uid);
+    let (decision, pod) = admit(&request, &namespaces, state, settings, &mut answer);
+    Reviewed {
+        status: 200,
+        body: answer.into_body(),
+        decision,
+        pod,
+        error: None,
+    }
+}
+
+fn read_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+    if body.len() > MAX_REVIEW_BODY_BYTES {
+        return Err(ReviewError::TooLarge { size: body.len() });
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ReviewError::Empty);
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    if review.types.api_version != API_VERSION || review.types.kind != KIND {
+        return Err(ReviewError::WrongVersion {
+            api_version: review.types.api_version,
+            kind: review.types.kind,
+        });
+    }
+    review.try_into().map_err(|_| ReviewError::NoRequest)
+}
+
+/// Decides for the request and fills `answer`. Only pod creations are injected: the webhook is
+/// registered for those, and anything else routed here by mistake passes untouched.
+fn admit<F>(
+    request: &AdmissionRequest<DynamicObject>,
+    namespaces: &F,
+    state: &MeshState,
+    settings: &InjectorSettings,
+    answer: &mut Answer,
+) -> (Option<Decision>, Option<(String, String)>)
+where
+    F: Fn(&str) -> Option<Arc<Namespace>>,
+{
+    let is_pod = request.kind.group.is_empty()
+        && request.kind.version == "v1"
+        && request.kind.kind == "Pod"
+        && request.resource.resource == "pods"
+        && request.sub_resource.as_deref().is_none_or(str::is_empty);
+    if !is_pod || request.operation != Operation::Create {
+        return (None, None);
+    }
+    let Some(object) = &request.object else {
+        answer.refuse(
+            400,
+            "BadRequest",
+            "the pod CREATE request carries no object".into(),
+        );
+        return (None, None);
+    };
+    let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
+        Ok(pod) => pod,
+        Err(e) => {
+            answer.refuse(
+                400,
+                "BadRequest",
+                format!("the object is not a valid v1 Pod: {e}"),
+            );
+            return (None, None);
+        }
+    };
+    let Some(namespace_name) = request
+        .namespace
+        .clone()
+        .or_else(|| pod.metadata.namespace.clone())
+        .filter(|n| !n.is_empty())
+    else {
+        answer.refuse(
+            400,
+            "BadRequest",
+            "the pod CREATE request names no namespace".into(),
+        );
+        return (None, None);
+    };
+    let pod_name = pod
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default();
+    let subject = Some((namespace_name.clone(), pod_name));
+
+    let namespace = if settings.never_injects(&namespace_name) {
+        // System namespaces are decided by name alone; no need to have them cached.
+        Arc::new(Namespace {
+            metadata: kube::core::ObjectMeta {
+                name: Some(namespace_name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    } else if let Some(namespace) = namespaces(&namespace_name) {
+        namespace
+    } else {
+        // Admitting without the namespace's labels could silently skip an enrolled pod;
+        // refusing makes the pod's controller retry once the cache has caught up.
+        answer.refuse(
+            503,
+            "ServiceUnavailable",
+            format!(
+                "weft has not seen namespace {namespace_name} yet (its cache is still syncing); \
+                 retry in a few seconds. If this persists, run `weft check`: the operator may \
+                 lack permission to watch namespaces"
+            ),
+        );
+        return (None, subject);
+    };
+
+    let decision = decide(&pod, &namespace, state, settings);
+    if let Some(conflict) = decision.conflict() {
+        answer.warnings.push(conflict.to_string());
+    }
+    match &decision {
+        Decision::Skip { reason, .. } => {
+            answer.audit(format!("skipped: {reason}"));
+        }
+        Decision::Deny { message } => {
+            answer.refuse(403, "Forbidden", message.clone());
+        }
+        Decision::Inject(injection) => match inject(&pod, injection, settings) {
+            Ok(patch) => {
+                answer.audit(format!(
+                    "injected revision {} via {}",
+                    injection.revision, injection.via
+                ));
+                match serde_json::to_vec(&patch) {
+                    Ok(bytes) => {
+                        answer.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    }
+                    Err(e) => answer.refuse(
+                        500,
+                        "InternalError",
+                        format!("cannot encode the patch (a weft bug; please report it): {e}"),
+                    ),
+                }
+            }
+            Err(e) => answer.refuse(400, "BadRequest", e.to_string()),
+        },
+    }
+    (Some(decision), subject)
+}
+
+// === The response ===
+
+/// The AdmissionReview response as the API server reads it (the patch base64-encoded, as Go
+/// encodes `[]byte`).
+struct Answer {
+    uid: String,
+    allowed: bool,
+    status: Option<Status>,
+    patch: Option<String>,
+    warnings: Vec<String>,
+    audit_annotations: BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    audit_annotations: &'a BTreeMap<&'static str, String>,
+}
+
+impl Answer {
+    fn allow(uid: &str) -> Self {
+        Self {
+            uid: uid.to_string(),
+            allowed: true,
+            status: None,
+            patch: None,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+        }
+    }
+
+    /// `kubectl` shows `admission webhook "..." denied the request: <message>`.
+    fn refuse(&mut self, code: u16, reason: &str, message: String) {
+        self.allowed = false;
+        self.patch = None;
+        self.status = Some(Status::failure(&message, reason).with_code(code));
+    }
+
+    fn audit(&mut self, value: String) {
+        self.audit_annotations.insert(AUDIT_KEY, value);
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        let out = ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: ResponseOut {
+                uid: &self.uid,
+                allowed: self.allowed,
+                status: self.status.as_ref(),
+                patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
+                patch: self.patch.as_deref(),
+                warnings: &self.warnings,
+                audit_annotations: &self.audit_annotations,
+            },
+        };
+        // Serializing these plain structs cannot fail; an empty body would still be a clear
+        // failure at the API server rather than a panic here.
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MeshConfigSpec;
+    use serde_json::{Value, json};
+
+    fn body(namespace: &str, labels: Value, dry_run: bool) -> Vec<u8> {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "userInfo": {"username": "alice"},
+                "dryRun": dry_run,
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "web", "labels": labels},
+                    "spec": {"containers": [{"name": "web", "image": "web"}]}
+                }
+            }
+        });
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    fn world() -> MeshState {
+        MeshState {
+            tags: [("default".to_string(), "stable".to_string())].into(),
+            meshconfigs: [("stable".to_string(), MeshConfigSpec::default())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn plain_namespace(name: &str) -> Option<Arc<Namespace>> {
+        Some(Arc::new(Namespace {
+            metadata: kube::core::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }))
+    }
+
+    fn run(body: &[u8]) -> Reviewed {
+        review_detailed(
+            body,
+            plain_namespace,
+            &world(),
+            &InjectorSettings::default(),
+        )
+    }
+
+    fn response(reviewed: &Reviewed) -> Value {
+        let out: Value = serde_json::from_slice(&reviewed.body).unwrap();
+        out["response"].clone()
+    }
+
+    #[test]
+    fn injection_answers_with_a_base64_json_patch() {
+        let reviewed = run(&body(
+            "pets",
+            json!({"sidecar.istio.io/inject": "true"}),
+            false,
+        ));
+        assert_eq!(reviewed.status, 200);
+        let response = response(&reviewed);
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        assert!(!patch.is_empty());
+        assert!(matches!(reviewed.decision, Some(Decision::Inject(_))));
+        assert_eq!(reviewed.pod, Some(("pets".into(), "web".into())));
+    }
+
+    #[test]
+    fn dry_run_is_answered_like_a_real_request() {
+        let real = run(&body(
+            "pets",
+            json!({"sidecar.istio.io/inject": "true"}),
+            false,
+        ));
+        let dry = run(&body(
+            "pets",
+            json!({"sidecar.istio.io/inject": "true"}),
+            true,
+        ));
+        assert_eq!(real.body, dry.body);
+    }
+
+    #[test]
+    fn denial_carries_a_403_status_with_the_message() {
+        let reviewed = run(&body("pets", json!({"istio.io/rev": "nope"}), false));
+        let response = response(&reviewed);
+        assert_eq!(response["allowed"], false);
+        assert_eq!(response["status"]["code"], 403);
+        assert!(
+            response["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("istio.io/rev=nope")
+        );
+        assert!(response.get("patch").is_none());
+    }
+
+    #[test]
+    fn unknown_namespace_is_refused_for_a_retry_but_system_ones_pass() {
+        let reviewed = review_detailed(
+            &body("pets", json!({"sidecar.istio.io/inject": "true"}), false),
+            |_| None,
+            &world(),
+            &InjectorSettings::default(),
+        );
+        assert_eq!(response(&reviewed)["status"]["code"], 503);
+        let reviewed = review_detailed(
+            &body(
+                "kube-system",
+                json!({"sidecar.istio.io/inject": "true"}),
+                false,
+            ),
+            |_| None,
+            &world(),
+            &InjectorSettings::default(),
+        );
+        assert_eq!(response(&reviewed)["allowed"], true);
+    }
+
+    #[test]
+    fn unreadable_bodies_say_why_with_a_4xx() {
+        let too_big = vec![b'{'; MAX_REVIEW_BODY_BYTES + 1];
+        let cases: [(&[u8], u16, &str); 3] = [
+            (b"", 400, "empty"),
+            (b"{]", 400, "malformed"),
+            (&too_big, 413, "too_large"),
+        ];
+        for (input, status, label) in cases {
+            let reviewed = run(input);
+            assert_eq!(reviewed.status, status);
+            assert_eq!(
+                reviewed.error.as_ref().map(ReviewError::metric_label),
+                Some(label)
+            );
+            let out: Value = serde_json::from_slice(&reviewed.body).unwrap();
+            assert!(out["error"].as_str().is_some_and(|e| !e.is_empty()));
+        }
+    }
+}

@@ -10,5 +10,7 @@ pub mod pki;
 pub mod api;
 #[cfg(feature = "control-plane")]
 pub mod cli;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 #[cfg(feature = "control-plane")]
 pub mod webhook;

@@ -1,10 +1,8 @@
+//! weft-proxy: the sidecar proxy (`run`) and its init container (`init`). Thin: parse, then
+//! hand over to `weft::proxy::cli`.
+
 use clap::Parser;
 
-/// weft-proxy: weft's sidecar proxy and its init container.
-#[derive(Debug, Parser)]
-#[command(name = "weft-proxy", version, about)]
-struct Args {}
-
-fn main() {
-    let _ = Args::parse();
+fn main() -> std::process::ExitCode {
+    weft::proxy::cli::main(weft::proxy::cli::Cli::parse())
 }

@@ -1,0 +1,647 @@
+//! The config snapshot the operator streams to each proxy (SPEC §8), its validation, and the
+//! index the data path reads. A snapshot is decoded and checked whole before it is applied:
+//! a bad one is rejected and the proxy keeps running on the last good one.
+//!
+//! # Schema (version [`SNAPSHOT_SCHEMA_VERSION`])
+//!
+//! JSON, camelCase. Unknown fields are ignored so an operator may add optional fields without
+//! breaking older proxies during a canary; a change that older proxies must not misread bumps
+//! `schemaVersion`, and a proxy rejects versions it does not know.
+//!
+//! ```json
+//! {
+//!   "schemaVersion": 1,
+//!   "version": "sha256:3f1c…",                 // content hash; opaque, acknowledged as-is
+//!   "identity": "spiffe://cluster.local/ns/pets/sa/web",
+//!   "trustDomain": "cluster.local",
+//!   "workload": { "name": "web", "namespace": "pets" },          // optional, for metrics
+//!   "inbound": {
+//!     "defaultMode": "PERMISSIVE",              // PERMISSIVE | STRICT | DISABLE
+//!     "ports": { "8080": "STRICT" }             // container port -> mode (overrides default)
+//!   },
+//!   "outbound": {
+//!     "policy": "ALLOW_ANY",                    // ALLOW_ANY | REGISTRY_ONLY (default ALLOW_ANY)
+//!     "services": [{
+//!       "clusterIp": "198.19.0.10", "port": 80,
+//!       "name": "db.pets.svc.cluster.local",
+//!       "protocol": "tcp",                      // tcp | http (default tcp)
+//!       "endpoints": [{
+//!         "ip": "198.18.0.7", "port": 8080,
+//!         "identity": "spiffe://cluster.local/ns/pets/sa/db",   // required when meshed
+//!         "meshed": true,
+//!         "mtlsModeForPort": "PERMISSIVE",      // the server's effective mode (default PERMISSIVE)
+//!         "workload": { "name": "db", "namespace": "pets" }      // optional, for metrics
+//!       }]
+//!     }]
+//!   }
+//! }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this proxy reads and the operator writes.
+pub const SNAPSHOT_SCHEMA_VERSION: u32 = 1;
+/// Largest snapshot accepted. A proxy only receives what concerns it; 8 MiB is far above any
+/// real one and keeps a misbehaving sender from making the proxy allocate without bound.
+pub const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024;
+/// Longest `version` string accepted (a hash with a prefix fits easily).
+pub const MAX_VERSION_LEN: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("config snapshot is {size} bytes, more than the {max} byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("config snapshot is not valid JSON of the snapshot schema: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "config snapshot has schemaVersion {got}, this proxy reads {supported}: upgrade the proxy or run an operator that speaks its version"
+    )]
+    UnsupportedSchema { got: u32, supported: u32 },
+    #[error("config snapshot is invalid: {0}")]
+    Invalid(String),
+}
+
+impl SnapshotError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SnapshotError::TooLarge { .. } => "too_large",
+            SnapshotError::Json(_) => "json",
+            SnapshotError::UnsupportedSchema { .. } => "schema_version",
+            SnapshotError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// mTLS mode of an inbound port, with PeerAuthentication's names and meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// mTLS and plaintext are both accepted.
+    #[default]
+    Permissive,
+    /// Only mTLS from a peer whose certificate chains to the trust roots.
+    Strict,
+    /// No mTLS expected: clients send plaintext.
+    Disable,
+}
+
+impl MtlsMode {
+    pub fn accepts_plaintext(self) -> bool {
+        !matches!(self, MtlsMode::Strict)
+    }
+}
+
+/// What the proxy does with outbound connections to destinations the snapshot does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundPolicy {
+    #[default]
+    AllowAny,
+    RegistryOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySnapshot {
+    pub schema_version: u32,
+    pub version: String,
+    pub identity: String,
+    pub trust_domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadMeta>,
+    pub inbound: InboundConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// Names the metrics use for a workload (`*_workload`, `*_workload_namespace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadMeta {
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundConfig {
+    pub default_mode: MtlsMode,
+    #[serde(default)]
+    pub ports: BTreeMap<u16, MtlsMode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundConfig {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub policy: OutboundPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub cluster_ip: IpAddr,
+    pub port: u16,
+    /// Host name, `<name>.<namespace>.svc.<domain>`: the `destination_service` label.
+    pub name: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    pub meshed: bool,
+    /// The server's effective mode for this port; DISABLE turns auto-mTLS off towards it.
+    #[serde(default)]
+    pub mtls_mode_for_port: MtlsMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadMeta>,
+}
+
+/// How the outbound side talks to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSecurity {
+    /// mTLS with ALPN `weft/1`; the server must present exactly this SPIFFE identity.
+    Mtls {
+        identity: String,
+    },
+    Plaintext,
+}
+
+impl Endpoint {
+    /// Auto-mTLS as Istio computes it: meshed peers get mTLS unless their port is DISABLE.
+    pub fn security(&self) -> UpstreamSecurity {
+        match (&self.identity, self.meshed, self.mtls_mode_for_port) {
+            (Some(identity), true, MtlsMode::Permissive | MtlsMode::Strict) => {
+                UpstreamSecurity::Mtls {
+                    identity: identity.clone(),
+                }
+            }
+            _ => UpstreamSecurity::Plaintext,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// Decodes and validates a snapshot from untrusted bytes. Never panics.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<ProxySnapshot, SnapshotError> {
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge {
+            size: bytes.len(),
+            max: MAX_SNAPSHOT_BYTES,
+        });
+    }
+    // Read the schema version first so a future schema gets the clear error, not a field one.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Versioned {
+        schema_version: u32,
+    }
+    let versioned: Versioned = serde_json::from_slice(bytes)?;
+    if versioned.schema_version != SNAPSHOT_SCHEMA_VERSION {
+        return Err(SnapshotError::UnsupportedSchema {
+            got: versioned.schema_version,
+            supported: SNAPSHOT_SCHEMA_VERSION,
+        });
+    }
+    let snapshot: ProxySnapshot = serde_json::from_slice(bytes)?;
+    snapshot.validate()?;
+    Ok(snapshot)
+}
+
+// === impl ProxySnapshot ===
+
+impl ProxySnapshot {
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        let invalid = |msg: String| Err(SnapshotError::Invalid(msg));
+        if self.version.is_empty()
+            || self.version.len() > MAX_VERSION_LEN
+            || !self.version.chars().all(|c| c.is_ascii_graphic())
+        {
+            return invalid(format!(
+                "version must be 1 to {MAX_VERSION_LEN} printable ASCII characters, got {:?}",
+                truncate(&self.version)
+            ));
+        }
+        if !is_valid_trust_domain(&self.trust_domain) {
+            return invalid(format!(
+                "trustDomain {:?} is not a DNS-like name (lowercase letters, digits, '.', '-', '_')",
+                truncate(&self.trust_domain)
+            ));
+        }
+        match spiffe_trust_domain(&self.identity) {
+            Some(td) if td == self.trust_domain => {}
+            Some(td) => {
+                return invalid(format!(
+                    "identity {:?} is in trust domain {td:?}, not the snapshot's {:?}",
+                    self.identity, self.trust_domain
+                ));
+            }
+            None => {
+                return invalid(format!(
+                    "identity {:?} is not a SPIFFE ID (spiffe://<trust domain>/<path>)",
+                    truncate(&self.identity)
+                ));
+            }
+        }
+        if self.inbound.ports.contains_key(&0) {
+            return invalid("inbound.ports has port 0".into());
+        }
+        let mut seen = HashMap::new();
+        for (i, svc) in self.outbound.services.iter().enumerate() {
+            if svc.port == 0 {
+                return invalid(format!("outbound.services[{i}] ({}) has port 0", svc.name));
+            }
+            if let Some(first) = seen.insert((svc.cluster_ip, svc.port), i) {
+                return invalid(format!(
+                    "outbound.services[{i}] and [{first}] both claim {}",
+                    SocketAddr::new(svc.cluster_ip, svc.port)
+                ));
+            }
+            for (j, ep) in svc.endpoints.iter().enumerate() {
+                if ep.port == 0 {
+                    return invalid(format!("outbound.services[{i}].endpoints[{j}] has port 0"));
+                }
+                match &ep.identity {
+                    Some(id) if spiffe_trust_domain(id).is_none() => {
+                        return invalid(format!(
+                            "outbound.services[{i}].endpoints[{j}].identity {:?} is not a SPIFFE ID",
+                            truncate(id)
+                        ));
+                    }
+                    None if ep.meshed => {
+                        return invalid(format!(
+                            "outbound.services[{i}].endpoints[{j}] is meshed but has no identity to verify"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mode of an inbound (container) port.
+    pub fn inbound_mode(&self, port: u16) -> MtlsMode {
+        self.inbound
+            .ports
+            .get(&port)
+            .copied()
+            .unwrap_or(self.inbound.default_mode)
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn is_valid_trust_domain(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+}
+
+/// The trust domain of a SPIFFE ID, or `None` when it is not one.
+pub fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let (td, path) = rest.split_once('/')?;
+    if !is_valid_trust_domain(td) || path.is_empty() || id.len() > 2048 {
+        return None;
+    }
+    Some(td)
+}
+
+/// The namespace of an Istio-shaped SPIFFE ID (`spiffe://td/ns/<ns>/sa/<sa>`).
+pub fn spiffe_namespace(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("spiffe://")?;
+    let mut parts = rest.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+// === impl SnapshotIndex ===
+
+/// Where an outbound connection goes, decided from the original destination alone.
+#[derive(Debug)]
+pub enum OutboundRoute<'a> {
+    /// A Service ClusterIP: endpoints in the order to try them (round robin start).
+    Service {
+        service: &'a Service,
+        endpoints: Vec<&'a Endpoint>,
+    },
+    /// A known endpoint addressed directly (pod IP): it still gets auto-mTLS.
+    Endpoint {
+        service: &'a Service,
+        endpoint: &'a Endpoint,
+    },
+    /// Unknown destination under ALLOW_ANY: connect to it as the app asked.
+    Passthrough,
+    /// Unknown destination under REGISTRY_ONLY.
+    Refused,
+}
+
+/// A validated snapshot with the lookups the data path needs, built once per snapshot.
+#[derive(Debug)]
+pub struct SnapshotIndex {
+    pub snapshot: ProxySnapshot,
+    services: HashMap<SocketAddr, usize>,
+    endpoints: HashMap<SocketAddr, (usize, usize)>,
+    next: Vec<AtomicUsize>,
+}
+
+impl SnapshotIndex {
+    pub fn new(snapshot: ProxySnapshot) -> Self {
+        let mut services = HashMap::new();
+        let mut endpoints = HashMap::new();
+        for (i, svc) in snapshot.outbound.services.iter().enumerate() {
+            services.insert(SocketAddr::new(svc.cluster_ip, svc.port), i);
+            for (j, ep) in svc.endpoints.iter().enumerate() {
+                endpoints.entry(ep.addr()).or_insert((i, j));
+            }
+        }
+        let next = (0..snapshot.outbound.services.len())
+            .map(|_| AtomicUsize::new(0))
+            .collect();
+        SnapshotIndex {
+            snapshot,
+            services,
+            endpoints,
+            next,
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.snapshot.version
+    }
+
+    pub fn route(&self, dst: SocketAddr) -> OutboundRoute<'_> {
+        let services = &self.snapshot.outbound.services;
+        if let Some(&i) = self.services.get(&dst) {
+            let svc = &services[i];
+            let n = svc.endpoints.len();
+            let start = if n == 0 {
+                0
+            } else {
+                self.next[i].fetch_add(1, Ordering::Relaxed) % n
+            };
+            let endpoints = (0..n).map(|k| &svc.endpoints[(start + k) % n]).collect();
+            return OutboundRoute::Service {
+                service: svc,
+                endpoints,
+            };
+        }
+        if let Some(&(i, j)) = self.endpoints.get(&dst) {
+            return OutboundRoute::Endpoint {
+                service: &services[i],
+                endpoint: &services[i].endpoints[j],
+            };
+        }
+        match self.snapshot.outbound.policy {
+            OutboundPolicy::AllowAny => OutboundRoute::Passthrough,
+            OutboundPolicy::RegistryOnly => OutboundRoute::Refused,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> serde_json::Value {
+        json!({
+            "schemaVersion": 1,
+            "version": "sha256:abc",
+            "identity": "spiffe://cluster.local/ns/pets/sa/web",
+            "trustDomain": "cluster.local",
+            "inbound": { "defaultMode": "PERMISSIVE", "ports": { "8080": "STRICT" } },
+            "outbound": {
+                "policy": "REGISTRY_ONLY",
+                "services": [{
+                    "clusterIp": "198.19.0.10", "port": 80, "name": "db.pets.svc.cluster.local",
+                    "endpoints": [
+                        { "ip": "198.18.0.7", "port": 8080, "meshed": true,
+                          "identity": "spiffe://cluster.local/ns/pets/sa/db" },
+                        { "ip": "198.18.0.8", "port": 8080, "meshed": false },
+                        { "ip": "198.18.0.9", "port": 8080, "meshed": true,
+                          "identity": "spiffe://cluster.local/ns/pets/sa/db",
+                          "mtlsModeForPort": "DISABLE" }
+                    ]
+                }]
+            }
+        })
+    }
+
+    fn decode(v: &serde_json::Value) -> Result<ProxySnapshot, SnapshotError> {
+        decode_snapshot(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_valid_snapshot_decodes_with_defaults_filled() {
+        let s = decode(&valid()).unwrap();
+        assert_eq!(s.inbound_mode(8080), MtlsMode::Strict);
+        assert_eq!(s.inbound_mode(9090), MtlsMode::Permissive);
+        assert_eq!(s.outbound.services[0].protocol, Protocol::Tcp);
+        assert_eq!(
+            s.outbound.services[0].endpoints[0].mtls_mode_for_port,
+            MtlsMode::Permissive
+        );
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_json() {
+        let s = decode(&valid()).unwrap();
+        let again = decode_snapshot(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn bad_snapshots_are_rejected_with_a_reason() {
+        type Edit = fn(&mut serde_json::Value);
+        let cases: &[(&str, Edit, &str)] = &[
+            (
+                "future schema",
+                |v| v["schemaVersion"] = json!(2),
+                "schema_version",
+            ),
+            ("empty version", |v| v["version"] = json!(""), "invalid"),
+            (
+                "identity not spiffe",
+                |v| v["identity"] = json!("web"),
+                "invalid",
+            ),
+            (
+                "identity in another trust domain",
+                |v| v["identity"] = json!("spiffe://other.local/ns/a/sa/b"),
+                "invalid",
+            ),
+            (
+                "bad mode",
+                |v| v["inbound"]["defaultMode"] = json!("LAX"),
+                "json",
+            ),
+            (
+                "port 0 inbound",
+                |v| v["inbound"]["ports"] = json!({"0": "STRICT"}),
+                "invalid",
+            ),
+            (
+                "port out of range",
+                |v| v["inbound"]["ports"] = json!({"70000": "STRICT"}),
+                "json",
+            ),
+            (
+                "meshed endpoint without identity",
+                |v| {
+                    v["outbound"]["services"][0]["endpoints"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("identity");
+                },
+                "invalid",
+            ),
+            (
+                "duplicate service",
+                |v| {
+                    let svc = v["outbound"]["services"][0].clone();
+                    v["outbound"]["services"].as_array_mut().unwrap().push(svc);
+                },
+                "invalid",
+            ),
+            (
+                "missing inbound",
+                |v| {
+                    v.as_object_mut().unwrap().remove("inbound");
+                },
+                "json",
+            ),
+        ];
+        for (name, edit, label) in cases {
+            let mut v = valid();
+            edit(&mut v);
+            let err = decode(&v).expect_err(name);
+            assert_eq!(err.metric_label(), *label, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_oversized_input_are_errors_not_panics() {
+        for bytes in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"[]",
+            b"\xff\xfe",
+            b"{\"schemaVersion\": -1}",
+        ] {
+            assert!(decode_snapshot(bytes).is_err());
+        }
+        let big = vec![b' '; MAX_SNAPSHOT_BYTES + 1];
+        assert_eq!(
+            decode_snapshot(&big).unwrap_err().metric_label(),
+            "too_large"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let mut v = valid();
+        v["futureField"] = json!({"x": 1});
+        assert!(decode(&v).is_ok());
+    }
+
+    #[test]
+    fn auto_mtls_follows_mesh_membership_and_the_server_mode() {
+        let s = decode(&valid()).unwrap();
+        let eps = &s.outbound.services[0].endpoints;
+        assert_eq!(
+            eps[0].security(),
+            UpstreamSecurity::Mtls {
+                identity: "spiffe://cluster.local/ns/pets/sa/db".into()
+            }
+        );
+        assert_eq!(eps[1].security(), UpstreamSecurity::Plaintext);
+        assert_eq!(eps[2].security(), UpstreamSecurity::Plaintext);
+    }
+
+    #[test]
+    fn routes_balance_services_and_honour_the_outbound_policy() {
+        let index = SnapshotIndex::new(decode(&valid()).unwrap());
+        let svc: SocketAddr = "198.19.0.10:80".parse().unwrap();
+        let firsts: Vec<IpAddr> = (0..3)
+            .map(|_| match index.route(svc) {
+                OutboundRoute::Service { endpoints, .. } => endpoints[0].ip,
+                other => panic!("expected a service route, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            firsts,
+            ["198.18.0.7", "198.18.0.8", "198.18.0.9"]
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .to_vec()
+        );
+        assert!(matches!(
+            index.route("198.18.0.7:8080".parse().unwrap()),
+            OutboundRoute::Endpoint { .. }
+        ));
+        assert!(matches!(
+            index.route("198.18.1.1:443".parse().unwrap()),
+            OutboundRoute::Refused
+        ));
+        let mut allow = decode(&valid()).unwrap();
+        allow.outbound.policy = OutboundPolicy::AllowAny;
+        assert!(matches!(
+            SnapshotIndex::new(allow).route("198.18.1.1:443".parse().unwrap()),
+            OutboundRoute::Passthrough
+        ));
+    }
+
+    #[test]
+    fn spiffe_ids_are_parsed_strictly() {
+        assert_eq!(
+            spiffe_trust_domain("spiffe://cluster.local/ns/a/sa/b"),
+            Some("cluster.local")
+        );
+        assert_eq!(
+            spiffe_namespace("spiffe://cluster.local/ns/a/sa/b"),
+            Some("a")
+        );
+        for bad in [
+            "spiffe://",
+            "spiffe://td",
+            "spiffe://td/",
+            "http://td/x",
+            "spiffe://TD/x",
+        ] {
+            assert_eq!(spiffe_trust_domain(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Inbound (15006): connections iptables redirected to the pod. The first bytes decide:
+//! mesh mTLS (ALPN `weft/1`) is terminated and the peer's SPIFFE identity learnt; anything
+//! else is plaintext, allowed only where the port's mode is not STRICT. Either way the bytes
+//! go to the app at `POD_IP:port` from 127.0.0.6, which the loopback rules let through.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::ProxyContext;
+use super::config::{MtlsMode, spiffe_namespace};
+use super::copy::relay;
+use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
+use super::net::{connect, redirected_dst};
+use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
+use super::tls::peer_identity;
+use crate::contract::{INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND};
+
+/// Why an inbound connection was not forwarded; each is a `weft_connections_refused_total`
+/// reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotRedirected,
+    Loop,
+    NoConfig,
+    NoCertificate,
+    PlaintextOnStrict,
+    Handshake,
+    AppUnreachable,
+}
+
+impl Refusal {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Refusal::NotRedirected => "not_redirected",
+            Refusal::Loop => "loop",
+            Refusal::NoConfig => "no_config",
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::PlaintextOnStrict => "plaintext_on_strict",
+            Refusal::Handshake => "tls_handshake",
+            Refusal::AppUnreachable => "app_unreachable",
+        }
+    }
+}
+
+/// What to do with a sniffed connection, decided from its first bytes and the port's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundDecision {
+    TerminateMtls,
+    ForwardPlaintext,
+    Refuse(Refusal),
+}
+
+/// The inbound policy as a pure function (table-tested).
+pub fn decide(sniffed: &Sniffed, mode: MtlsMode, have_cert: bool) -> InboundDecision {
+    match sniffed {
+        // mTLS is accepted whatever the mode: a DISABLE port only means clients need not.
+        Sniffed::Weft if have_cert => InboundDecision::TerminateMtls,
+        Sniffed::Weft => InboundDecision::Refuse(Refusal::NoCertificate),
+        _ if mode.accepts_plaintext() => InboundDecision::ForwardPlaintext,
+        _ => InboundDecision::Refuse(Refusal::PlaintextOnStrict),
+    }
+}
+
+pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _guard = ctx.track();
+                        if let Err(refusal) = handle(&ctx, stream, peer).await {
+                            ctx.metrics.refuse(Direction::inbound, refusal.metric_label());
+                            tracing::debug!(%peer, reason = refusal.metric_label(), "inbound connection refused");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ctx.drained() => return,
+        }
+    }
+}
+
+/// Reads until the sniffer decides, the buffer is full, or the timeout passes (a silent
+/// client is a server-first protocol: plaintext).
+async fn read_prefix(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Sniffed) {
+    let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let verdict = sniff(&buf);
+        if verdict != Sniffed::NeedMore {
+            return (buf, verdict);
+        }
+        if buf.len() >= MAX_SNIFF_BYTES {
+            return (buf, Sniffed::OtherTls);
+        }
+        let mut chunk = [0u8; 2048];
+        let room = (MAX_SNIFF_BYTES - buf.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                let verdict = if buf.is_empty() {
+                    Sniffed::Plaintext
+                } else {
+                    Sniffed::OtherTls
+                };
+                return (buf, verdict);
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn handle(
+    ctx: &Arc<ProxyContext>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), Refusal> {
+    let orig = redirected_dst(&stream).ok_or(Refusal::NotRedirected)?;
+    if orig.port() == PORT_INBOUND || orig.port() == PORT_OUTBOUND {
+        return Err(Refusal::Loop);
+    }
+    let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
+    let mode = snapshot.snapshot.inbound_mode(orig.port());
+    let _ = stream.set_nodelay(true);
+    let (prefix, sniffed) = read_prefix(&mut stream, ctx.settings.sniff_timeout).await;
+    let tls = ctx.tls();
+    let app_ip = ctx.settings.pod_ip.unwrap_or(orig.ip());
+    let app = SocketAddr::new(app_ip, orig.port());
+
+    let mut labels = TcpLabels::new(Reporter::destination, SecurityPolicy::none);
+    if let Some(w) = &snapshot.snapshot.workload {
+        labels.destination_workload = w.name.clone();
+        labels.destination_workload_namespace = w.namespace.clone();
+    }
+
+    match decide(&sniffed, mode, tls.is_some()) {
+        InboundDecision::Refuse(r) => Err(r),
+        InboundDecision::ForwardPlaintext => {
+            forward(ctx, Prefixed::new(prefix, stream), app, labels).await
+        }
+        InboundDecision::TerminateMtls => {
+            let tls = tls.ok_or(Refusal::NoCertificate)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let handshake = tokio::time::timeout(
+                ctx.settings.handshake_timeout,
+                acceptor.accept(Prefixed::new(prefix, stream)),
+            )
+            .await;
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    ctx.metrics.handshake(Direction::inbound, false);
+                    tracing::info!(%peer, error = %e, "inbound mTLS handshake failed");
+                    return Err(Refusal::Handshake);
+                }
+                Err(_) => {
+                    ctx.metrics.handshake(Direction::inbound, false);
+                    return Err(Refusal::Handshake);
+                }
+            };
+            ctx.metrics.handshake(Direction::inbound, true);
+            let identity = peer_identity(tls_stream.get_ref().1.peer_certificates());
+            labels.connection_security_policy = SecurityPolicy::mutual_tls;
+            labels.destination_principal = tls.cert.identity.clone();
+            if let Some(id) = identity {
+                if let Some(ns) = spiffe_namespace(&id) {
+                    labels.source_workload_namespace = ns.to_string();
+                }
+                labels.source_principal = id;
+            }
+            forward(ctx, tls_stream, app, labels).await
+        }
+    }
+}
+
+async fn forward<S>(
+    ctx: &Arc<ProxyContext>,
+    downstream: S,
+    app: SocketAddr,
+    labels: TcpLabels,
+) -> Result<(), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let source: Option<IpAddr> = if app.is_ipv4() {
+        INBOUND_PASSTHROUGH_SOURCE.parse().ok()
+    } else {
+        None
+    };
+    let upstream = connect(app, source, ctx.settings.connect_timeout)
+        .await
+        .map_err(|e| {
+            tracing::debug!(%app, error = %e, "app unreachable");
+            Refusal::AppUnreachable
+        })?;
+    let m = &ctx.metrics;
+    m.tcp_opened.get_or_create(&labels).inc();
+    let http = m.http_observer(&labels);
+    let (moved, result) = relay(downstream, upstream, ctx.settings.idle_timeout, Some(&http)).await;
+    m.tcp_sent_bytes.get_or_create(&labels).inc_by(moved.sent);
+    m.tcp_received_bytes
+        .get_or_create(&labels)
+        .inc_by(moved.received);
+    m.tcp_closed.get_or_create(&labels).inc();
+    if let Err(e) = result {
+        tracing::debug!(%app, error = %e, "inbound connection ended with an error");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbound_policy_table() {
+        use InboundDecision::*;
+        use MtlsMode::*;
+        let cases = [
+            (Sniffed::Weft, Strict, true, TerminateMtls),
+            (Sniffed::Weft, Permissive, true, TerminateMtls),
+            (Sniffed::Weft, Disable, true, TerminateMtls),
+            (Sniffed::Weft, Strict, false, Refuse(Refusal::NoCertificate)),
+            (
+                Sniffed::Plaintext,
+                Strict,
+                true,
+                Refuse(Refusal::PlaintextOnStrict),
+            ),
+            (
+                Sniffed::OtherTls,
+                Strict,
+                true,
+                Refuse(Refusal::PlaintextOnStrict),
+            ),
+            (Sniffed::Plaintext, Permissive, true, ForwardPlaintext),
+            (Sniffed::OtherTls, Permissive, false, ForwardPlaintext),
+            (Sniffed::Plaintext, Disable, true, ForwardPlaintext),
+        ];
+        for (sniffed, mode, cert, want) in cases {
+            assert_eq!(
+                decide(&sniffed, mode, cert),
+                want,
+                "{sniffed:?} {mode:?} {cert}"
+            );
+        }
+    }
+}

@@ -1,0 +1,585 @@
+//! Traffic capture for `weft-proxy init` (SPEC §5): the nat-table rules that send a pod's
+//! inbound TCP to 15006 and its outbound TCP to 15001, with Istio's loopback and owner rules.
+//! `rules()` is pure (the table tests pin its text); `apply()` feeds it to `iptables-restore`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::contract::{
+    INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND, PROXY_GID, PROXY_PORTS, PROXY_UID,
+};
+
+pub const CHAIN_INBOUND: &str = "WEFT_INBOUND";
+pub const CHAIN_IN_REDIRECT: &str = "WEFT_IN_REDIRECT";
+pub const CHAIN_OUTPUT: &str = "WEFT_OUTPUT";
+pub const CHAIN_REDIRECT: &str = "WEFT_REDIRECT";
+
+/// The jumps from the built-in chains into ours; `apply` removes old copies before adding.
+const JUMP_PREROUTING: &str = "-A PREROUTING -p tcp -j WEFT_INBOUND";
+const JUMP_OUTPUT: &str = "-A OUTPUT -p tcp -j WEFT_OUTPUT";
+
+/// CAP_NET_ADMIN's bit in `/proc/self/status` `CapEff`.
+const CAP_NET_ADMIN_BIT: u32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{flag}: {value:?} is not a port (1-65535)")]
+    BadPort { flag: &'static str, value: String },
+    #[error(
+        "{flag}: {value:?} is not an IPv4 CIDR such as 10.0.0.0/8 (IPv6 ranges are not supported yet)"
+    )]
+    BadCidr { flag: &'static str, value: String },
+    #[error(
+        "weft-init lacks the NET_ADMIN capability: the init container must run as UID 0 with capabilities NET_ADMIN and NET_RAW (check the pod's securityContext and Pod Security level)"
+    )]
+    MissingNetAdmin,
+    #[error("could not run {program}: {source} (is iptables installed in the proxy image?)")]
+    Spawn {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{program} failed: {stderr}")]
+    Failed {
+        program: &'static str,
+        stderr: String,
+    },
+}
+
+impl InitError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            InitError::BadPort { .. } => "bad_port",
+            InitError::BadCidr { .. } => "bad_cidr",
+            InitError::MissingNetAdmin => "missing_net_admin",
+            InitError::Spawn { .. } => "spawn",
+            InitError::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Which inbound ports are captured (Istio's `includeInboundPorts`: `*`, empty, or a list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundPorts {
+    All,
+    List(Vec<u16>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitOptions {
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
+    pub inbound_capture_port: u16,
+    pub outbound_capture_port: u16,
+    pub include_inbound_ports: InboundPorts,
+    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_ip_ranges: Vec<Ipv4Cidr>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            proxy_uid: PROXY_UID,
+            proxy_gid: PROXY_GID,
+            inbound_capture_port: PORT_INBOUND,
+            outbound_capture_port: PORT_OUTBOUND,
+            include_inbound_ports: InboundPorts::All,
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_ip_ranges: Vec::new(),
+        }
+    }
+}
+
+// === parsing the annotation values ===
+
+/// A comma-separated port list as the annotations carry it; blanks are ignored.
+pub fn parse_ports(flag: &'static str, value: &str) -> Result<Vec<u16>, InitError> {
+    let mut ports = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.parse::<u16>() {
+            Ok(p) if p != 0 => {
+                if !ports.contains(&p) {
+                    ports.push(p);
+                }
+            }
+            _ => {
+                return Err(InitError::BadPort {
+                    flag,
+                    value: item.to_string(),
+                });
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// `*` captures every port, an empty value none, otherwise the listed ports.
+pub fn parse_include_inbound(flag: &'static str, value: &str) -> Result<InboundPorts, InitError> {
+    if value.trim() == "*" {
+        Ok(InboundPorts::All)
+    } else {
+        Ok(InboundPorts::List(parse_ports(flag, value)?))
+    }
+}
+
+pub fn parse_cidrs(flag: &'static str, value: &str) -> Result<Vec<Ipv4Cidr>, InitError> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || InitError::BadCidr {
+            flag,
+            value: item.to_string(),
+        };
+        let (addr, prefix) = match item.split_once('/') {
+            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad())?),
+            None => (item, 32),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        // Normalise to the network address: iptables would, and the printed rules then match
+        // what iptables-save shows.
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        out.push(Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        });
+    }
+    Ok(out)
+}
+
+// === the rules ===
+
+/// The nat table in `iptables-restore` format. Chain declarations flush our own chains when
+/// restored with `--noflush`, so applying the same text twice leaves one copy.
+pub fn rules(opts: &InitOptions) -> String {
+    let mut r = String::new();
+    let uid = opts.proxy_uid;
+    let gid = opts.proxy_gid;
+    let _ = writeln!(r, "*nat");
+    for chain in [
+        CHAIN_INBOUND,
+        CHAIN_IN_REDIRECT,
+        CHAIN_OUTPUT,
+        CHAIN_REDIRECT,
+    ] {
+        let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    let _ = writeln!(
+        r,
+        "-A {CHAIN_IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
+        opts.inbound_capture_port
+    );
+    let _ = writeln!(
+        r,
+        "-A {CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports {}",
+        opts.outbound_capture_port
+    );
+
+    // Inbound: the proxy's own ports are never captured; then either every port but the
+    // excluded ones, or only the listed ones.
+    let inbound_capture =
+        !matches!(&opts.include_inbound_ports, InboundPorts::List(l) if l.is_empty());
+    if inbound_capture {
+        let _ = writeln!(r, "{JUMP_PREROUTING}");
+        match &opts.include_inbound_ports {
+            InboundPorts::All => {
+                let mut excluded: Vec<u16> = PROXY_PORTS.to_vec();
+                for p in &opts.exclude_inbound_ports {
+                    if !excluded.contains(p) {
+                        excluded.push(*p);
+                    }
+                }
+                for p in excluded {
+                    let _ = writeln!(r, "-A {CHAIN_INBOUND} -p tcp -m tcp --dport {p} -j RETURN");
+                }
+                let _ = writeln!(r, "-A {CHAIN_INBOUND} -p tcp -j {CHAIN_IN_REDIRECT}");
+            }
+            InboundPorts::List(ports) => {
+                for p in ports {
+                    if PROXY_PORTS.contains(p) || opts.exclude_inbound_ports.contains(p) {
+                        continue;
+                    }
+                    let _ = writeln!(
+                        r,
+                        "-A {CHAIN_INBOUND} -p tcp -m tcp --dport {p} -j {CHAIN_IN_REDIRECT}"
+                    );
+                }
+            }
+        }
+    }
+
+    // Outbound, in Istio's order: excluded ports first, then the loopback rules, then the
+    // proxy's own traffic, then excluded ranges, then capture.
+    let _ = writeln!(r, "{JUMP_OUTPUT}");
+    for p in &opts.exclude_outbound_ports {
+        let _ = writeln!(r, "-A {CHAIN_OUTPUT} -p tcp -m tcp --dport {p} -j RETURN");
+    }
+    // Connections the proxy forwards inbound to the app come from 127.0.0.6.
+    let _ = writeln!(
+        r,
+        "-A {CHAIN_OUTPUT} -s {INBOUND_PASSTHROUGH_SOURCE}/32 -o lo -j RETURN"
+    );
+    // The proxy calling its own pod (a Service that resolves to itself) goes through inbound
+    // capture, so the pod's inbound policy applies to its own calls too.
+    if inbound_capture {
+        let _ = writeln!(
+            r,
+            "-A {CHAIN_OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j {CHAIN_IN_REDIRECT}"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "-A {CHAIN_OUTPUT} -o lo -m owner ! --uid-owner {uid} -j RETURN"
+    );
+    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -m owner --uid-owner {uid} -j RETURN");
+    if inbound_capture {
+        let _ = writeln!(
+            r,
+            "-A {CHAIN_OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j {CHAIN_IN_REDIRECT}"
+        );
+    }
+    let _ = writeln!(
+        r,
+        "-A {CHAIN_OUTPUT} -o lo -m owner ! --gid-owner {gid} -j RETURN"
+    );
+    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -m owner --gid-owner {gid} -j RETURN");
+    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d 127.0.0.1/32 -j RETURN");
+    for cidr in &opts.exclude_outbound_ip_ranges {
+        let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d {cidr} -j RETURN");
+    }
+    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -j {CHAIN_REDIRECT}");
+    let _ = writeln!(r, "COMMIT");
+    r
+}
+
+/// The text given to `iptables-restore --noflush`: deletes of any jumps a previous run left
+/// in PREROUTING/OUTPUT (found in `current`, the output of `iptables-save -t nat`), then the
+/// rules. Our chains are flushed by their declarations.
+pub fn restore_input(rules: &str, current: &str) -> String {
+    let mut deletes = String::new();
+    for line in current.lines().map(str::trim) {
+        if line == JUMP_PREROUTING || line == JUMP_OUTPUT {
+            let _ = writeln!(deletes, "-D{}", &line[2..]);
+        }
+    }
+    match rules.split_once("*nat\n") {
+        Some((before, after)) if !deletes.is_empty() => {
+            // Declarations must come first in a table block; deletes of built-in chain rules
+            // are fine right after them.
+            let (decls, body): (Vec<&str>, Vec<&str>) =
+                after.lines().partition(|l| l.starts_with(':'));
+            let mut out = format!("{before}*nat\n");
+            for d in decls {
+                let _ = writeln!(out, "{d}");
+            }
+            out.push_str(&deletes);
+            for b in body {
+                let _ = writeln!(out, "{b}");
+            }
+            out
+        }
+        _ => rules.to_string(),
+    }
+}
+
+/// Whether `/proc/self/status` text shows CAP_NET_ADMIN in the effective set.
+pub fn has_net_admin(proc_status: &str) -> Option<bool> {
+    let hex = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let caps = u64::from_str_radix(hex, 16).ok()?;
+    Some(caps & (1 << CAP_NET_ADMIN_BIT) != 0)
+}
+
+/// Programs the rules into the current network namespace, idempotently.
+pub fn apply(opts: &InitOptions) -> Result<String, InitError> {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && has_net_admin(&status) == Some(false)
+    {
+        return Err(InitError::MissingNetAdmin);
+    }
+    let current = run("iptables-save", &["-t", "nat"], None)?;
+    let text = rules(opts);
+    run(
+        "iptables-restore",
+        &["--noflush"],
+        Some(&restore_input(&text, &current)),
+    )?;
+    Ok(text)
+}
+
+fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, InitError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| InitError::Spawn { program, source })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| InitError::Spawn { program, source })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| InitError::Spawn { program, source })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() {
+        let lower = stderr.to_lowercase();
+        if lower.contains("permission denied") || lower.contains("operation not permitted") {
+            return Err(InitError::MissingNetAdmin);
+        }
+        return Err(InitError::Failed { program, stderr });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(opts: &InitOptions) -> Vec<String> {
+        rules(opts).lines().map(str::to_string).collect()
+    }
+
+    fn has(opts: &InitOptions, rule: &str) -> bool {
+        lines(opts).iter().any(|l| l == rule)
+    }
+
+    fn position(opts: &InitOptions, rule: &str) -> usize {
+        lines(opts)
+            .iter()
+            .position(|l| l == rule)
+            .unwrap_or_else(|| panic!("missing rule {rule:?} in\n{}", rules(opts)))
+    }
+
+    #[test]
+    fn default_rules_match_the_istio_shape() {
+        let expected = "\
+*nat
+:WEFT_INBOUND - [0:0]
+:WEFT_IN_REDIRECT - [0:0]
+:WEFT_OUTPUT - [0:0]
+:WEFT_REDIRECT - [0:0]
+-A WEFT_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A WEFT_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A PREROUTING -p tcp -j WEFT_INBOUND
+-A WEFT_INBOUND -p tcp -m tcp --dport 15001 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15020 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15021 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
+-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT
+-A OUTPUT -p tcp -j WEFT_OUTPUT
+-A WEFT_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
+-A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j WEFT_IN_REDIRECT
+-A WEFT_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --gid-owner 1337 -j WEFT_IN_REDIRECT
+-A WEFT_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A WEFT_OUTPUT -j WEFT_REDIRECT
+COMMIT
+";
+        assert_eq!(rules(&InitOptions::default()), expected);
+    }
+
+    #[test]
+    fn annotation_flags_shape_the_rules() {
+        struct Case {
+            name: &'static str,
+            opts: InitOptions,
+            present: &'static [&'static str],
+            absent: &'static [&'static str],
+        }
+        let d = InitOptions::default;
+        let cases = [
+            Case {
+                name: "excluded inbound ports return before capture",
+                opts: InitOptions {
+                    exclude_inbound_ports: vec![8080, 9090],
+                    ..d()
+                },
+                present: &[
+                    "-A WEFT_INBOUND -p tcp -m tcp --dport 8080 -j RETURN",
+                    "-A WEFT_INBOUND -p tcp -m tcp --dport 9090 -j RETURN",
+                ],
+                absent: &[],
+            },
+            Case {
+                name: "an include list captures only those ports",
+                opts: InitOptions {
+                    include_inbound_ports: InboundPorts::List(vec![80, 15020, 8080]),
+                    exclude_inbound_ports: vec![8080],
+                    ..d()
+                },
+                present: &["-A WEFT_INBOUND -p tcp -m tcp --dport 80 -j WEFT_IN_REDIRECT"],
+                absent: &[
+                    "-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT",
+                    "-A WEFT_INBOUND -p tcp -m tcp --dport 15020 -j WEFT_IN_REDIRECT",
+                    "-A WEFT_INBOUND -p tcp -m tcp --dport 8080 -j WEFT_IN_REDIRECT",
+                ],
+            },
+            Case {
+                name: "an empty include list captures no inbound traffic",
+                opts: InitOptions {
+                    include_inbound_ports: InboundPorts::List(vec![]),
+                    ..d()
+                },
+                present: &["-A OUTPUT -p tcp -j WEFT_OUTPUT"],
+                absent: &[
+                    "-A PREROUTING -p tcp -j WEFT_INBOUND",
+                    "-A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j WEFT_IN_REDIRECT",
+                ],
+            },
+            Case {
+                name: "excluded outbound ports and ranges return",
+                opts: InitOptions {
+                    exclude_outbound_ports: vec![5432],
+                    exclude_outbound_ip_ranges: parse_cidrs("x", "198.18.0.0/16, 198.19.3.4")
+                        .unwrap(),
+                    ..d()
+                },
+                present: &[
+                    "-A WEFT_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN",
+                    "-A WEFT_OUTPUT -d 198.18.0.0/16 -j RETURN",
+                    "-A WEFT_OUTPUT -d 198.19.3.4/32 -j RETURN",
+                ],
+                absent: &[],
+            },
+            Case {
+                name: "another proxy uid",
+                opts: InitOptions {
+                    proxy_uid: 2000,
+                    ..d()
+                },
+                present: &["-A WEFT_OUTPUT -m owner --uid-owner 2000 -j RETURN"],
+                absent: &["-A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN"],
+            },
+        ];
+        for case in cases {
+            for rule in case.present {
+                assert!(has(&case.opts, rule), "{}: missing {rule}", case.name);
+            }
+            for rule in case.absent {
+                assert!(!has(&case.opts, rule), "{}: unexpected {rule}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn exclusions_come_before_the_catch_all_redirects() {
+        let opts = InitOptions {
+            exclude_inbound_ports: vec![8080],
+            exclude_outbound_ports: vec![5432],
+            exclude_outbound_ip_ranges: parse_cidrs("x", "198.18.0.0/16").unwrap(),
+            ..InitOptions::default()
+        };
+        assert!(
+            position(
+                &opts,
+                "-A WEFT_INBOUND -p tcp -m tcp --dport 8080 -j RETURN"
+            ) < position(&opts, "-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT")
+        );
+        let catch_all = position(&opts, "-A WEFT_OUTPUT -j WEFT_REDIRECT");
+        assert!(position(&opts, "-A WEFT_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN") < catch_all);
+        assert!(position(&opts, "-A WEFT_OUTPUT -d 198.18.0.0/16 -j RETURN") < catch_all);
+        // The passthrough source must return before the proxy-UID loopback redirect.
+        assert!(
+            position(&opts, "-A WEFT_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN")
+                < position(
+                    &opts,
+                    "-A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j WEFT_IN_REDIRECT"
+                )
+        );
+    }
+
+    #[test]
+    fn annotation_values_are_validated() {
+        assert_eq!(parse_ports("f", " 80, 443,,80 ").unwrap(), vec![80, 443]);
+        assert_eq!(parse_ports("f", "").unwrap(), Vec::<u16>::new());
+        for bad in ["0", "65536", "http", "-1"] {
+            assert!(
+                matches!(parse_ports("f", bad), Err(InitError::BadPort { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_include_inbound("f", "*").unwrap(), InboundPorts::All);
+        assert_eq!(
+            parse_include_inbound("f", "").unwrap(),
+            InboundPorts::List(vec![])
+        );
+        assert_eq!(
+            parse_cidrs("f", "10.1.2.3/8").unwrap(),
+            vec![Ipv4Cidr {
+                addr: Ipv4Addr::new(10, 0, 0, 0),
+                prefix: 8
+            }]
+        );
+        for bad in ["10.0.0.0/33", "fd00::/8", "nope", "10.0.0/8"] {
+            assert!(
+                matches!(parse_cidrs("f", bad), Err(InitError::BadCidr { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn restore_input_deletes_jumps_left_by_an_earlier_run() {
+        let text = rules(&InitOptions::default());
+        assert_eq!(restore_input(&text, "*nat\nCOMMIT\n"), text);
+        let current =
+            format!("*nat\n:PREROUTING ACCEPT [0:0]\n{JUMP_PREROUTING}\n{JUMP_OUTPUT}\nCOMMIT\n");
+        let input = restore_input(&text, &current);
+        let l: Vec<&str> = input.lines().collect();
+        let del_pre = l
+            .iter()
+            .position(|x| *x == "-D PREROUTING -p tcp -j WEFT_INBOUND")
+            .unwrap();
+        let del_out = l
+            .iter()
+            .position(|x| *x == "-D OUTPUT -p tcp -j WEFT_OUTPUT")
+            .unwrap();
+        let last_decl = l.iter().rposition(|x| x.starts_with(':')).unwrap();
+        let add_pre = l.iter().position(|x| *x == JUMP_PREROUTING).unwrap();
+        assert!(last_decl < del_pre && del_pre < add_pre && del_out < add_pre);
+        assert_eq!(l.last(), Some(&"COMMIT"));
+    }
+
+    #[test]
+    fn net_admin_is_read_from_the_effective_capabilities() {
+        assert_eq!(
+            has_net_admin("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(true)
+        );
+        assert_eq!(has_net_admin("CapEff:\t0000000000000000\n"), Some(false));
+        assert_eq!(has_net_admin("CapEff:\t0000000000001000\n"), Some(true));
+        assert_eq!(has_net_admin("nothing"), None);
+    }
+}

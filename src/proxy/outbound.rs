@@ -1,0 +1,202 @@
+//! Outbound (15001): connections the app opened, redirected here by iptables. The original
+//! destination picks the route: a Service ClusterIP is balanced over its endpoints, meshed
+//! endpoints get mTLS and must prove their SPIFFE identity, others get plaintext; unknown
+//! destinations pass through under ALLOW_ANY and are refused under REGISTRY_ONLY.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use super::ProxyContext;
+use super::config::{Endpoint, OutboundRoute, UpstreamSecurity, spiffe_namespace};
+use super::copy::relay;
+use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
+use super::net::{connect, redirected_dst};
+use super::tls::upstream_server_name;
+use crate::contract::{PORT_INBOUND, PORT_OUTBOUND};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotRedirected,
+    Loop,
+    NoConfig,
+    NoCertificate,
+    RegistryOnly,
+    NoEndpoints,
+    UpstreamUnreachable,
+    Handshake,
+}
+
+impl Refusal {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Refusal::NotRedirected => "not_redirected",
+            Refusal::Loop => "loop",
+            Refusal::NoConfig => "no_config",
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::RegistryOnly => "registry_only",
+            Refusal::NoEndpoints => "no_endpoints",
+            Refusal::UpstreamUnreachable => "upstream_unreachable",
+            Refusal::Handshake => "tls_handshake",
+        }
+    }
+}
+
+enum Upstream {
+    Plain(TcpStream),
+    Mtls(Box<TlsStream<TcpStream>>),
+}
+
+pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _guard = ctx.track();
+                        if let Err(refusal) = handle(&ctx, stream).await {
+                            ctx.metrics.refuse(Direction::outbound, refusal.metric_label());
+                            tracing::debug!(%peer, reason = refusal.metric_label(), "outbound connection refused");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ctx.drained() => return,
+        }
+    }
+}
+
+async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusal> {
+    let orig = redirected_dst(&stream).ok_or(Refusal::NotRedirected)?;
+    // A connection aimed at the capture ports themselves would loop forever.
+    if orig.ip().is_loopback() && [PORT_OUTBOUND, PORT_INBOUND].contains(&orig.port()) {
+        return Err(Refusal::Loop);
+    }
+    let _ = stream.set_nodelay(true);
+    let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
+    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
+    if let Some(w) = &snapshot.snapshot.workload {
+        labels.source_workload = w.name.clone();
+        labels.source_workload_namespace = w.namespace.clone();
+    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
+        labels.source_workload_namespace = ns.to_string();
+    }
+
+    let (upstream, endpoint) = match snapshot.route(orig) {
+        OutboundRoute::Refused => return Err(Refusal::RegistryOnly),
+        OutboundRoute::Passthrough => {
+            labels = labels.with_service("PassthroughCluster");
+            let up = connect(orig, None, ctx.settings.connect_timeout)
+                .await
+                .map_err(|_| Refusal::UpstreamUnreachable)?;
+            (Upstream::Plain(up), None)
+        }
+        OutboundRoute::Endpoint { service, endpoint } => {
+            labels = labels.with_service(&service.name);
+            (connect_endpoint(ctx, endpoint).await?, Some(endpoint))
+        }
+        OutboundRoute::Service { service, endpoints } => {
+            labels = labels.with_service(&service.name);
+            if endpoints.is_empty() {
+                return Err(Refusal::NoEndpoints);
+            }
+            let mut last = Refusal::UpstreamUnreachable;
+            let mut connected = None;
+            for ep in endpoints
+                .into_iter()
+                .take(ctx.settings.connect_attempts.max(1))
+            {
+                match connect_endpoint(ctx, ep).await {
+                    Ok(up) => {
+                        connected = Some((up, Some(ep)));
+                        break;
+                    }
+                    // The next endpoint may be fine; each failure is already counted.
+                    Err(r) => last = r,
+                }
+            }
+            connected.ok_or(last)?
+        }
+    };
+
+    if let Some(ep) = endpoint {
+        if let Some(w) = &ep.workload {
+            labels.destination_workload = w.name.clone();
+            labels.destination_workload_namespace = w.namespace.clone();
+        }
+        if let (Upstream::Mtls(_), Some(id)) = (&upstream, &ep.identity) {
+            labels.connection_security_policy = SecurityPolicy::mutual_tls;
+            labels.destination_principal = id.clone();
+            if let Some(tls) = ctx.tls() {
+                labels.source_principal = tls.cert.identity.clone();
+            }
+        }
+    }
+
+    let m = &ctx.metrics;
+    m.tcp_opened.get_or_create(&labels).inc();
+    let idle = ctx.settings.idle_timeout;
+    let http = m.http_observer(&labels);
+    let (moved, result) = match upstream {
+        Upstream::Plain(up) => relay(stream, up, idle, Some(&http)).await,
+        Upstream::Mtls(up) => relay(stream, *up, idle, Some(&http)).await,
+    };
+    m.tcp_sent_bytes.get_or_create(&labels).inc_by(moved.sent);
+    m.tcp_received_bytes
+        .get_or_create(&labels)
+        .inc_by(moved.received);
+    m.tcp_closed.get_or_create(&labels).inc();
+    if let Err(e) = result {
+        tracing::debug!(%orig, error = %e, "outbound connection ended with an error");
+    }
+    Ok(())
+}
+
+async fn connect_endpoint(ctx: &Arc<ProxyContext>, ep: &Endpoint) -> Result<Upstream, Refusal> {
+    let addr: SocketAddr = ep.addr();
+    match ep.security() {
+        UpstreamSecurity::Plaintext => connect(addr, None, ctx.settings.connect_timeout)
+            .await
+            .map(Upstream::Plain)
+            .map_err(|_| Refusal::UpstreamUnreachable),
+        UpstreamSecurity::Mtls { identity } => {
+            // Fail closed: without our certificate there is no mTLS, and no plaintext fallback.
+            let tls = ctx.tls().ok_or(Refusal::NoCertificate)?;
+            let config = tls
+                .client_config(&identity)
+                .map_err(|_| Refusal::NoCertificate)?;
+            let tcp = connect(addr, None, ctx.settings.connect_timeout)
+                .await
+                .map_err(|_| Refusal::UpstreamUnreachable)?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let handshake = tokio::time::timeout(
+                ctx.settings.handshake_timeout,
+                connector.connect(upstream_server_name(addr.ip()), tcp),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(s)) => {
+                    ctx.metrics.handshake(Direction::outbound, true);
+                    Ok(Upstream::Mtls(Box::new(s)))
+                }
+                Ok(Err(e)) => {
+                    ctx.metrics.handshake(Direction::outbound, false);
+                    tracing::warn!(%addr, expected = %identity, error = %e, "outbound mTLS handshake failed");
+                    Err(Refusal::Handshake)
+                }
+                Err(_) => {
+                    ctx.metrics.handshake(Direction::outbound, false);
+                    Err(Refusal::Handshake)
+                }
+            }
+        }
+    }
+}

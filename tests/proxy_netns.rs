@@ -1,0 +1,1051 @@
+//! weft-proxy with real traffic: two network namespaces joined by a veth pair (198.18.0.1 the
+//! client pod, 198.18.0.2 the server pod), `weft-proxy init` programming real iptables capture
+//! in both, a plaintext echo app in the server pod, and the proxies running as UID 1337.
+//! Needs root, `ip`, `iptables-restore` and `setpriv`; without them each test fails and says
+//! so (`e2e/scripts/install-netns-tools.sh` installs the tools).
+#![cfg(feature = "proxy")]
+
+use std::time::Duration;
+
+use support::*;
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
+
+// === capture rules ===
+
+#[test]
+fn init_programs_the_capture_rules_and_is_idempotent() {
+    require_privileges();
+    let dir = Workdir::new();
+    let ns = Netns::new("init");
+    let first = ns.weft_init(&dir, &["--exclude-inbound-ports", "8080,9090"]);
+    assert!(first.status.success(), "init failed: {}", first.describe());
+    assert!(
+        first.stdout_text().contains("-j REDIRECT --to-ports 15006"),
+        "init prints the rules it applied: {}",
+        first.describe()
+    );
+    let after_first = ns.iptables_nat();
+    for rule in [
+        "-A PREROUTING -p tcp -j WEFT_INBOUND",
+        "-A OUTPUT -p tcp -j WEFT_OUTPUT",
+        "-A WEFT_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A WEFT_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A WEFT_INBOUND -p tcp -m tcp --dport 8080 -j RETURN",
+        "-A WEFT_INBOUND -p tcp -m tcp --dport 15021 -j RETURN",
+        "-A WEFT_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
+        "-A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A WEFT_OUTPUT -j WEFT_REDIRECT",
+    ] {
+        assert_eq!(
+            count_lines(&after_first, rule),
+            1,
+            "{rule} in:\n{after_first}"
+        );
+    }
+
+    let second = ns.weft_init(&dir, &["--exclude-inbound-ports", "8080,9090"]);
+    assert!(
+        second.status.success(),
+        "second init failed: {}",
+        second.describe()
+    );
+    assert_eq!(rule_lines(&ns.iptables_nat()), rule_lines(&after_first));
+}
+
+#[test]
+fn init_without_net_admin_fails_with_a_clear_message() {
+    require_privileges();
+    let dir = Workdir::new();
+    let ns = Netns::new("nocap");
+    let out = ns.weft_init_as_proxy_user(&dir);
+    assert!(!out.status.success(), "init succeeded without NET_ADMIN");
+    assert!(
+        out.stderr_text().contains("NET_ADMIN"),
+        "{}",
+        out.describe()
+    );
+}
+
+// === mTLS between two proxies ===
+
+#[test]
+fn a_meshed_client_reaches_the_server_over_mutual_tls() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    assert_eq!(
+        mesh.call_service(b"hello through the mesh"),
+        Ok(b"hello through the mesh".to_vec())
+    );
+
+    let server = mesh.server_stats_once_closed();
+    let opened = metric_lines(&server, "istio_tcp_connections_opened_total");
+    assert!(
+        opened.iter().any(|l| l.contains("reporter=\"destination\"")
+            && l.contains(&format!("source_principal=\"{CLIENT_ID}\""))
+            && l.contains(&format!("destination_principal=\"{SERVER_ID}\""))
+            && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "server metrics:\n{server}"
+    );
+    assert_eq!(
+        metric_value(&server, "istio_tcp_received_bytes_total", "mutual_tls"),
+        Some(22),
+        "server metrics:\n{server}"
+    );
+    assert!(has_metric(
+        &server,
+        "weft_tls_handshakes_total{direction=\"inbound\",result=\"success\"}"
+    ));
+
+    let client = mesh.client_stats();
+    assert!(
+        metric_lines(&client, "istio_tcp_connections_opened_total")
+            .iter()
+            .any(|l| l.contains("reporter=\"source\"")
+                && l.contains("destination_service=\"echo.demo.svc.cluster.local\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "client metrics:\n{client}"
+    );
+}
+
+#[test]
+fn strict_refuses_plaintext_from_an_unmeshed_client() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    assert!(mesh.call_pod_directly(b"let me in").is_err());
+
+    let server = mesh.server_stats();
+    assert!(
+        has_metric(
+            &server,
+            "weft_connections_refused_total{direction=\"inbound\",reason=\"plaintext_on_strict\"}"
+        ),
+        "server metrics:\n{server}"
+    );
+    assert_eq!(mesh.app_connections(), 0);
+}
+
+#[test]
+fn permissive_accepts_both_mutual_tls_and_plaintext() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "PERMISSIVE"));
+
+    assert_eq!(mesh.call_service(b"meshed"), Ok(b"meshed".to_vec()));
+    assert_eq!(mesh.call_pod_directly(b"plain"), Ok(b"plain".to_vec()));
+
+    let server = mesh.server_stats_once_closed();
+    let opened = metric_lines(&server, "istio_tcp_connections_opened_total");
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains("connection_security_policy=\"mutual_tls\"")),
+        "{server}"
+    );
+    assert!(
+        opened
+            .iter()
+            .any(|l| l.contains("connection_security_policy=\"none\"")
+                && l.contains("source_principal=\"unknown\"")),
+        "{server}"
+    );
+}
+
+#[test]
+fn a_client_certificate_from_another_trust_domain_is_refused() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let foreign = TestCa::new("other.local root");
+    let mut spec = MeshSpec::new(&ca, "STRICT");
+    // The stranger even trusts our root, so only the server's check can stop it.
+    spec.client_cert = foreign.issue("spiffe://other.local/ns/demo/sa/client");
+    spec.client_roots = format!("{}{}", foreign.cert_pem, ca.cert_pem);
+    spec.client_trust_domain = "other.local";
+    spec.client_identity = "spiffe://other.local/ns/demo/sa/client";
+    let mesh = Mesh::start(spec);
+
+    assert!(mesh.call_service(b"hello").is_err());
+
+    let server = mesh.server_stats();
+    assert!(
+        has_metric(
+            &server,
+            "weft_tls_handshakes_total{direction=\"inbound\",result=\"failure\"}"
+        ),
+        "server metrics:\n{server}"
+    );
+    assert!(!server.contains("mutual_tls"), "server metrics:\n{server}");
+    assert_eq!(mesh.app_connections(), 0);
+}
+
+#[test]
+fn a_server_with_the_wrong_identity_is_refused_by_the_client_proxy() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "STRICT");
+    spec.server_cert = ca.issue("spiffe://cluster.local/ns/demo/sa/impostor");
+    spec.server_identity = "spiffe://cluster.local/ns/demo/sa/impostor";
+    let mesh = Mesh::start(spec);
+
+    assert!(mesh.call_service(b"secret").is_err());
+
+    let client = mesh.client_stats();
+    assert!(
+        has_metric(
+            &client,
+            "weft_tls_handshakes_total{direction=\"outbound\",result=\"failure\"}"
+        ),
+        "client metrics:\n{client}"
+    );
+    assert_eq!(mesh.app_connections(), 0);
+}
+
+#[test]
+fn http_requests_are_counted_with_istio_request_metrics() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    assert_eq!(mesh.get_web("/"), Ok((200, "ok".to_string())));
+    assert_eq!(mesh.get_web("/missing").map(|(s, _)| s), Ok(404));
+
+    let server = mesh.server_stats_once_closed();
+    let requests = metric_lines(&server, "istio_requests_total");
+    for code in ["200", "404"] {
+        assert!(
+            requests
+                .iter()
+                .any(|l| l.contains("reporter=\"destination\"")
+                    && l.contains(&format!("source_principal=\"{CLIENT_ID}\""))
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+                    && l.contains(&format!("response_code=\"{code}\""))),
+            "server metrics:\n{server}"
+        );
+    }
+    assert!(server.contains("istio_request_duration_milliseconds_bucket{"));
+    let client = mesh.client_stats();
+    assert!(
+        metric_lines(&client, "istio_requests_total")
+            .iter()
+            .any(|l| l.contains("reporter=\"source\"")
+                && l.contains("destination_service=\"web.demo.svc.cluster.local\"")
+                && l.contains("response_code=\"200\"")),
+        "client metrics:\n{client}"
+    );
+}
+
+#[test]
+fn a_renewed_certificate_serves_new_connections_without_dropping_open_ones() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+    let mut open = mesh.open_service_connection();
+    assert_eq!(exchange(&mut open, b"one"), Ok(b"one".to_vec()));
+    let before = mesh.server_cert_serial();
+
+    mesh.rotate_server_cert(&ca.issue(SERVER_ID));
+
+    assert_ne!(mesh.wait_for_server_cert_other_than(&before), before);
+    assert_eq!(exchange(&mut open, b"two"), Ok(b"two".to_vec()));
+    assert_eq!(mesh.call_service(b"three"), Ok(b"three".to_vec()));
+}
+
+#[test]
+fn sigterm_stops_new_connections_and_the_proxy_exits_after_draining() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut mesh = Mesh::start(MeshSpec::new(&ca, "PERMISSIVE"));
+    assert_eq!(mesh.call_service(b"before"), Ok(b"before".to_vec()));
+
+    let status = mesh.stop_server_proxy(Duration::from_secs(15));
+    assert!(status.success(), "proxy exited with {status}");
+    assert!(mesh.call_service(b"after").is_err());
+}
+
+// === plumbing ===
+
+mod support {
+    use std::fs;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, ExitStatus, Output, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    pub use self::certs::TestCa;
+    use super::{CLIENT_ID, SERVER_ID};
+
+    const CLIENT_IP: &str = "198.18.0.1";
+    const SERVER_IP: &str = "198.18.0.2";
+    /// The echo Service's ClusterIP: inside the client pod's subnet so it routes, then iptables
+    /// sends it to the client proxy, which knows it from the snapshot.
+    const CLUSTER_IP: &str = "198.18.0.100";
+    const SERVICE_PORT: u16 = 80;
+    const APP_PORT: u16 = 8080;
+    /// The `web` Service (HTTP) and its app in the server pod.
+    const WEB_CLUSTER_IP: &str = "198.18.0.101";
+    const WEB_PORT: u16 = 8081;
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+    fn unique(tag: &str) -> String {
+        format!(
+            "weft-t{}-{}-{tag}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Fails (never skips) with what is missing: these tests are part of the suite.
+    pub fn require_privileges() {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert_eq!(
+            uid.as_deref().unwrap_or("?"),
+            "0",
+            "proxy_netns tests need root (network namespaces, iptables); run them as root"
+        );
+        let have = |tool: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        let tools = ["ip", "iptables-restore", "iptables-save", "setpriv"];
+        if tools.iter().any(|t| !have(t)) {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/scripts/install-netns-tools.sh");
+            let _ = Command::new("bash").arg(script).status();
+        }
+        for tool in tools {
+            assert!(
+                have(tool),
+                "{tool} is missing: run e2e/scripts/install-netns-tools.sh"
+            );
+        }
+    }
+
+    // === impl Workdir ===
+
+    /// A directory UID 1337 can read: the proxy binary, certificates, snapshots, logs.
+    pub struct Workdir {
+        pub path: PathBuf,
+        pub bin: PathBuf,
+    }
+
+    impl Workdir {
+        pub fn new() -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let path = std::env::temp_dir().join(unique("work"));
+            fs::create_dir_all(&path).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+            // The build directory may sit under a home UID 1337 cannot enter.
+            let bin = path.join("weft-proxy");
+            fs::copy(env!("CARGO_BIN_EXE_weft-proxy"), &bin).unwrap();
+            fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+            Workdir { path, bin }
+        }
+
+        pub fn subdir(&self, name: &str) -> PathBuf {
+            let p = self.path.join(name);
+            fs::create_dir_all(&p).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Workdir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+
+    // === impl Netns ===
+
+    pub struct Netns {
+        pub name: String,
+    }
+
+    pub trait OutputExt {
+        fn stdout_text(&self) -> String;
+        fn stderr_text(&self) -> String;
+        fn describe(&self) -> String;
+    }
+
+    impl OutputExt for Output {
+        fn stdout_text(&self) -> String {
+            String::from_utf8_lossy(&self.stdout).into_owned()
+        }
+        fn stderr_text(&self) -> String {
+            String::from_utf8_lossy(&self.stderr).into_owned()
+        }
+        fn describe(&self) -> String {
+            format!(
+                "{}\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.stdout_text(),
+                self.stderr_text()
+            )
+        }
+    }
+
+    fn run(cmd: &mut Command) -> Output {
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    }
+
+    fn must(cmd: &mut Command) {
+        let out = run(cmd);
+        assert!(out.status.success(), "{cmd:?} failed: {}", out.describe());
+    }
+
+    impl Netns {
+        pub fn new(tag: &str) -> Self {
+            let name = unique(tag);
+            must(Command::new("ip").args(["netns", "add", &name]));
+            let ns = Netns { name };
+            must(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+            ns
+        }
+
+        pub fn exec(&self, program: &str, args: &[&str]) -> Command {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.name, program]).args(args);
+            cmd
+        }
+
+        pub fn weft_init(&self, dir: &Workdir, args: &[&str]) -> Output {
+            let bin = dir.bin.to_string_lossy().into_owned();
+            run(&mut self.exec(&bin, &[&["init"], args].concat()))
+        }
+
+        pub fn weft_init_as_proxy_user(&self, dir: &Workdir) -> Output {
+            let bin = dir.bin.to_string_lossy().into_owned();
+            run(&mut self.exec(
+                "setpriv",
+                &[
+                    "--reuid=1337",
+                    "--regid=1337",
+                    "--clear-groups",
+                    &bin,
+                    "init",
+                ],
+            ))
+        }
+
+        pub fn iptables_nat(&self) -> String {
+            let out = run(&mut self.exec("iptables-save", &["-t", "nat"]));
+            assert!(out.status.success(), "iptables-save: {}", out.describe());
+            out.stdout_text()
+        }
+
+        /// Runs `f` on a thread inside this namespace: sockets it opens live here.
+        pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let path = format!("/var/run/netns/{}", self.name);
+            std::thread::spawn(move || {
+                let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| panic!("thread in netns panicked"))
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    fn link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
+        must(Command::new("ip").args([
+            "link", "add", "eth0", "netns", &a.name, "type", "veth", "peer", "name", "eth0",
+            "netns", &b.name,
+        ]));
+        for (ns, ip) in [(a, a_ip), (b, b_ip)] {
+            must(Command::new("ip").args([
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]));
+            must(Command::new("ip").args(["-n", &ns.name, "link", "set", "eth0", "up"]));
+        }
+    }
+
+    // === impl Proxy ===
+
+    pub struct Proxy {
+        child: Option<Child>,
+        log: PathBuf,
+        ns: String,
+        cert_dir: PathBuf,
+    }
+
+    impl Proxy {
+        fn start(
+            ns: &Netns,
+            dir: &Workdir,
+            name: &str,
+            cert: &certs::Issued,
+            roots: &str,
+            snapshot: &serde_json::Value,
+            pod_ip: &str,
+        ) -> Proxy {
+            let certs = dir.subdir(&format!("{name}-certs"));
+            fs::write(certs.join("cert-chain.pem"), &cert.chain_pem).unwrap();
+            fs::write(certs.join("key.pem"), &cert.key_pem).unwrap();
+            fs::write(certs.join("root-cert.pem"), roots).unwrap();
+            let snapshot_file = dir.path.join(format!("{name}-snapshot.json"));
+            fs::write(&snapshot_file, snapshot.to_string()).unwrap();
+            let log = dir.path.join(format!("{name}.log"));
+            let log_file = fs::File::create(&log).unwrap();
+            let child = ns
+                .exec(
+                    "setpriv",
+                    &[
+                        "--reuid=1337",
+                        "--regid=1337",
+                        "--clear-groups",
+                        &dir.bin.to_string_lossy(),
+                        "run",
+                        "--cert-dir",
+                        &certs.to_string_lossy(),
+                        "--snapshot-file",
+                        &snapshot_file.to_string_lossy(),
+                        "--pod-ip",
+                        pod_ip,
+                        "--drain-duration",
+                        "1s",
+                        "--log-level",
+                        "weft=debug,info",
+                    ],
+                )
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .spawn()
+                .unwrap();
+            let mut proxy = Proxy {
+                child: Some(child),
+                log,
+                ns: ns.name.clone(),
+                cert_dir: certs,
+            };
+            proxy.wait_ready(ns);
+            proxy
+        }
+
+        fn log_text(&self) -> String {
+            fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        fn wait_ready(&mut self, ns: &Netns) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!(
+                        "proxy in {} exited with {status}:\n{}",
+                        self.ns,
+                        self.log_text()
+                    );
+                }
+                let status =
+                    ns.run_in(|| http_get("127.0.0.1:15021", "/healthz/ready").map(|(s, _)| s));
+                if status.as_ref().is_ok_and(|s| *s == 200) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "proxy in {} never became ready ({status:?}):\n{}",
+                    self.ns,
+                    self.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// SIGTERM, then wait for the exit.
+        fn terminate(&mut self, limit: Duration) -> ExitStatus {
+            let mut child = self.child.take().expect("proxy already stopped");
+            must(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return status;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!(
+                        "proxy did not exit within {limit:?} of SIGTERM:\n{}",
+                        self.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if std::thread::panicking() {
+                eprintln!("--- proxy log ({}) ---\n{}", self.ns, self.log_text());
+            }
+        }
+    }
+
+    // === impl Mesh ===
+
+    /// What differs between the mesh tests.
+    pub struct MeshSpec {
+        pub server_mode: &'static str,
+        pub client_cert: certs::Issued,
+        pub client_roots: String,
+        pub client_identity: &'static str,
+        pub client_trust_domain: &'static str,
+        pub server_cert: certs::Issued,
+        pub server_identity: &'static str,
+        pub server_roots: String,
+    }
+
+    impl MeshSpec {
+        pub fn new(ca: &TestCa, server_mode: &'static str) -> Self {
+            MeshSpec {
+                server_mode,
+                client_cert: ca.issue(CLIENT_ID),
+                client_roots: ca.cert_pem.clone(),
+                client_identity: CLIENT_ID,
+                client_trust_domain: "cluster.local",
+                server_cert: ca.issue(SERVER_ID),
+                server_identity: SERVER_ID,
+                server_roots: ca.cert_pem.clone(),
+            }
+        }
+    }
+
+    /// A client pod and a server pod, each with iptables capture and a proxy; an echo app on
+    /// the server pod's port 8080, published as `echo.demo` at 198.18.0.100:80. The client
+    /// pod's init excludes outbound port 8080, so a direct call to the pod IP is an unmeshed
+    /// client's plaintext.
+    pub struct Mesh {
+        // Fields drop in order: proxies before their namespaces.
+        _client_proxy: Proxy,
+        server_proxy: Proxy,
+        app_connections: Arc<AtomicUsize>,
+        client: Netns,
+        server: Netns,
+        _dir: Workdir,
+    }
+
+    impl Mesh {
+        pub fn start(spec: MeshSpec) -> Mesh {
+            let dir = Workdir::new();
+            let client = Netns::new("client");
+            let server = Netns::new("server");
+            link(&client, CLIENT_IP, &server, SERVER_IP);
+
+            let init = client.weft_init(&dir, &["--exclude-outbound-ports", &APP_PORT.to_string()]);
+            assert!(init.status.success(), "client init: {}", init.describe());
+            let init = server.weft_init(&dir, &[]);
+            assert!(init.status.success(), "server init: {}", init.describe());
+
+            let app_connections = Arc::new(AtomicUsize::new(0));
+            start_echo_app(&server, app_connections.clone());
+            start_http_app(&server);
+
+            let server_snapshot = serde_json::json!({
+                "schemaVersion": 1,
+                "version": "server-v1",
+                "identity": spec.server_identity,
+                "trustDomain": "cluster.local",
+                "workload": {"name": "server", "namespace": "demo"},
+                "inbound": {"defaultMode": spec.server_mode},
+                "outbound": {"policy": "ALLOW_ANY"}
+            });
+            let client_snapshot = serde_json::json!({
+                "schemaVersion": 1,
+                "version": "client-v1",
+                "identity": spec.client_identity,
+                "trustDomain": spec.client_trust_domain,
+                "workload": {"name": "client", "namespace": "demo"},
+                "inbound": {"defaultMode": "PERMISSIVE"},
+                "outbound": {
+                    "policy": "REGISTRY_ONLY",
+                    "services": [{
+                        "clusterIp": CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "echo.demo.svc.cluster.local",
+                        "endpoints": [{
+                            "ip": SERVER_IP, "port": APP_PORT, "meshed": true,
+                            // What the control plane says the server is; the cert must match.
+                            "identity": SERVER_ID,
+                            "mtlsModeForPort": spec.server_mode,
+                            "workload": {"name": "server", "namespace": "demo"}
+                        }]
+                    }, {
+                        "clusterIp": WEB_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "web.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": [{
+                            "ip": SERVER_IP, "port": WEB_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode
+                        }]
+                    }]
+                }
+            });
+            let server_proxy = Proxy::start(
+                &server,
+                &dir,
+                "server",
+                &spec.server_cert,
+                &spec.server_roots,
+                &server_snapshot,
+                SERVER_IP,
+            );
+            let client_proxy = Proxy::start(
+                &client,
+                &dir,
+                "client",
+                &spec.client_cert,
+                &spec.client_roots,
+                &client_snapshot,
+                CLIENT_IP,
+            );
+            Mesh {
+                _client_proxy: client_proxy,
+                server_proxy,
+                app_connections,
+                client,
+                server,
+                _dir: dir,
+            }
+        }
+
+        /// The app in the client pod calls the echo Service (captured by the client proxy).
+        pub fn call_service(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+            let msg = msg.to_vec();
+            self.client
+                .run_in(move || echo_call(&format!("{CLUSTER_IP}:{SERVICE_PORT}"), &msg))
+        }
+
+        /// An unmeshed caller: straight to the server pod's IP, bypassing the client proxy.
+        /// The app in the client pod sends `GET path` to the `web` Service.
+        pub fn get_web(&self, path: &str) -> Result<(u16, String), String> {
+            let path = path.to_string();
+            self.client
+                .run_in(move || http_get(&format!("{WEB_CLUSTER_IP}:{SERVICE_PORT}"), &path))
+        }
+
+        pub fn call_pod_directly(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+            let msg = msg.to_vec();
+            self.client
+                .run_in(move || echo_call(&format!("{SERVER_IP}:{APP_PORT}"), &msg))
+        }
+
+        pub fn server_stats(&self) -> String {
+            stats(&self.server)
+        }
+
+        pub fn client_stats(&self) -> String {
+            stats(&self.client)
+        }
+
+        /// Server stats once every connection it opened is also closed (metrics of a
+        /// connection are final when it closes, a moment after the client saw its end).
+        pub fn server_stats_once_closed(&self) -> String {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = self.server_stats();
+                let total = |name: &str| {
+                    metric_lines(&text, name)
+                        .iter()
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                        .sum::<u64>()
+                };
+                let opened = total("istio_tcp_connections_opened_total");
+                if (opened > 0 && opened == total("istio_tcp_connections_closed_total"))
+                    || Instant::now() > deadline
+                {
+                    return text;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Connections the echo app has accepted.
+        pub fn app_connections(&self) -> usize {
+            self.app_connections.load(Ordering::SeqCst)
+        }
+
+        pub fn stop_server_proxy(&mut self, limit: Duration) -> ExitStatus {
+            self.server_proxy.terminate(limit)
+        }
+
+        /// A connection from the client app to the echo Service, kept open by the caller.
+        pub fn open_service_connection(&self) -> TcpStream {
+            self.client.run_in(|| {
+                let addr: SocketAddr = format!("{CLUSTER_IP}:{SERVICE_PORT}").parse().unwrap();
+                let s =
+                    TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the service");
+                s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                s
+            })
+        }
+
+        /// Replaces the server pod's certificate files the way a renewal would (atomically).
+        pub fn rotate_server_cert(&self, cert: &certs::Issued) {
+            let dir = &self.server_proxy.cert_dir;
+            for (name, text) in [
+                ("key.pem", &cert.key_pem),
+                ("cert-chain.pem", &cert.chain_pem),
+            ] {
+                let tmp = dir.join(format!(".{name}.tmp"));
+                fs::write(&tmp, text).unwrap();
+                fs::rename(&tmp, dir.join(name)).unwrap();
+            }
+        }
+
+        /// The serial of the certificate the server proxy serves, from its admin `/certs`.
+        pub fn server_cert_serial(&self) -> String {
+            let (_, body) = self
+                .server
+                .run_in(|| http_get("127.0.0.1:15000", "/certs"))
+                .unwrap_or_else(|e| panic!("/certs: {e}"));
+            let json: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("/certs: {e}: {body}"));
+            json["certificate"]["serial"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        /// Waits until the server proxy serves a certificate other than `old`.
+        pub fn wait_for_server_cert_other_than(&self, old: &str) -> String {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let serial = self.server_cert_serial();
+                if serial != old || Instant::now() > deadline {
+                    return serial;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn stats(ns: &Netns) -> String {
+        ns.run_in(|| http_get("127.0.0.1:15020", "/stats/prometheus"))
+            .map(|(_, body)| body)
+            .unwrap_or_else(|e| panic!("stats: {e}"))
+    }
+
+    /// The app: echoes every byte back, half-closes when the caller does.
+    /// An HTTP/1.1 app: `/missing` is 404, anything else 200 `ok`; then it closes.
+    fn start_http_app(ns: &Netns) {
+        let listener =
+            ns.run_in(|| TcpListener::bind(("0.0.0.0", WEB_PORT)).expect("bind web app"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n")
+                        && stream.read(&mut byte).is_ok_and(|n| n == 1)
+                    {
+                        head.push(byte[0]);
+                    }
+                    let status = if head.starts_with(b"GET /missing ") {
+                        "404 Not Found"
+                    } else {
+                        "200 OK"
+                    };
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    );
+                });
+            }
+        });
+    }
+
+    fn start_echo_app(ns: &Netns, connections: Arc<AtomicUsize>) {
+        let listener =
+            ns.run_in(|| TcpListener::bind(("0.0.0.0", APP_PORT)).expect("bind echo app"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                connections.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = stream.shutdown(Shutdown::Write);
+                });
+            }
+        });
+    }
+
+    /// Sends `msg` on an open connection and reads the same number of bytes back.
+    pub fn exchange(s: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>, String> {
+        s.write_all(msg).map_err(|e| format!("write: {e}"))?;
+        let mut out = vec![0u8; msg.len()];
+        s.read_exact(&mut out).map_err(|e| format!("read: {e}"))?;
+        Ok(out)
+    }
+
+    fn echo_call(addr: &str, msg: &[u8]) -> Result<Vec<u8>, String> {
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        let mut s =
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.write_all(msg).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+        if out.is_empty() && !msg.is_empty() {
+            return Err("connection closed without an answer".into());
+        }
+        Ok(out)
+    }
+
+    fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no status line")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    // === reading metrics and rules ===
+
+    pub fn metric_lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .collect()
+    }
+
+    /// Whether a sample `name{labels}` exists with a value above zero.
+    pub fn has_metric(text: &str, series: &str) -> bool {
+        text.lines().any(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
+        })
+    }
+
+    /// The value of the one sample of `name` whose labels contain `needle`.
+    pub fn metric_value(text: &str, name: &str, needle: &str) -> Option<u64> {
+        let lines: Vec<&str> = metric_lines(text, name)
+            .into_iter()
+            .filter(|l| l.contains(needle))
+            .collect();
+        match lines.as_slice() {
+            [one] => one.rsplit(' ').next()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn count_lines(text: &str, line: &str) -> usize {
+        text.lines().filter(|l| l.trim() == line).count()
+    }
+
+    /// The rules of an `iptables-save` dump, without comments and counters.
+    pub fn rule_lines(text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("-A ") || l.starts_with(':'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect()
+    }
+
+    mod certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            SanType,
+        };
+
+        /// A test CA made with rcgen (the product's CA is `weft::pki`).
+        pub struct TestCa {
+            pub cert_pem: String,
+            issuer: Issuer<'static, KeyPair>,
+        }
+
+        pub struct Issued {
+            pub chain_pem: String,
+            pub key_pem: String,
+        }
+
+        impl TestCa {
+            pub fn new(name: &str) -> Self {
+                let key = KeyPair::generate().unwrap();
+                let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, name);
+                let cert = params.self_signed(&key).unwrap();
+                TestCa {
+                    cert_pem: cert.pem(),
+                    issuer: Issuer::new(params, key),
+                }
+            }
+
+            pub fn issue(&self, spiffe_id: &str) -> Issued {
+                let key = KeyPair::generate().unwrap();
+                let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+                let cert = params.signed_by(&key, &self.issuer).unwrap();
+                Issued {
+                    chain_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                }
+            }
+        }
+    }
+}

@@ -56,9 +56,15 @@ cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); 
 cluster-down: ## Stop the local cluster and remove everything it made (safe to run twice)
 	@bash e2e/cluster/down.sh
 
+.PHONY: deploy
+deploy: ## Build weft and install it into the local cluster with kubectl apply -k config/default
+	$(CARGO) build --locked -p weft --bins
+	@bash e2e/scripts/deploy.sh
+
 .PHONY: e2e
 e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down); needs root
-	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster -- --test-threads=4
+	$(CARGO) build --locked -p weft --bins
+	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca -- --test-threads=4
 
 .PHONY: test
 test: lint check-proxy-kube-free unit e2e ## The whole suite: lint, kube-free check, unit and golden tests, cluster tests

@@ -10,6 +10,8 @@ pub mod pki;
 pub mod api;
 #[cfg(feature = "control-plane")]
 pub mod cli;
+#[cfg(feature = "control-plane")]
+pub mod operator;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 #[cfg(feature = "control-plane")]

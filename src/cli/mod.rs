@@ -16,6 +16,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the control plane (in the weft-operator Deployment).
+    Operator(crate::operator::run::OperatorArgs),
     /// Print the CustomResourceDefinitions of weft's API as YAML, or write them as the files
     /// that `crds/` holds.
     Crds {
@@ -27,6 +29,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Operator(args) => crate::operator::run::run(args).await,
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())

@@ -1,0 +1,290 @@
+//! The mesh CA on the local cluster (issue: the mesh CA): weft installed with
+//! `kubectl apply -k config/default`, then the CSR endpoint, root distribution and the
+//! "never silently replace a root" rules, checked as a user would with kubectl, openssl and curl.
+//! `make e2e` builds weft before running these (`make deploy` needs the binaries).
+
+mod support;
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::{Cluster, cluster, eventually, repo_root, wait_for};
+
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn deployed() -> &'static Cluster {
+    static DEPLOYED: OnceLock<()> = OnceLock::new();
+    let c = cluster();
+    DEPLOYED.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("e2e/scripts/deploy.sh"))
+            .status()
+            .expect("deploy.sh");
+        assert!(status.success(), "make deploy failed");
+    });
+    c
+}
+
+fn root_pem(c: &Cluster) -> String {
+    wait_for(
+        MINUTE,
+        || {
+            c.ok(&[
+                "-n",
+                "weft-system",
+                "get",
+                "configmap",
+                "weft-ca-root-cert",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ])
+            .to_string()
+        },
+        |pem| pem.contains("BEGIN CERTIFICATE"),
+    )
+}
+
+fn operator_ip(c: &Cluster) -> String {
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=weft-operator",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ])
+}
+
+/// A pod holding a projected token of `audience` for service account `sa`.
+fn token_of(ns: &support::Namespace, sa: &str, audience: &str) -> String {
+    let pod = format!("holder-{sa}-{}", audience.replace('.', "-"));
+    if !ns.kubectl(&["get", "serviceaccount", sa]).status.success() {
+        ns.ok(&["create", "serviceaccount", sa]);
+    }
+    ns.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "sleep 3600"]
+    volumeMounts: [{{name: token, mountPath: /var/run/secrets/tokens}}]
+  volumes:
+  - name: token
+    projected:
+      sources:
+      - serviceAccountToken: {{audience: {audience}, expirationSeconds: 3600, path: weft-token}}
+"#
+    ));
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{pod}"),
+        "--timeout=60s",
+    ]);
+    ns.ok(&[
+        "exec",
+        &pod,
+        "--",
+        "cat",
+        "/var/run/secrets/tokens/weft-token",
+    ])
+    .trim()
+    .to_string()
+}
+
+struct CsrResult {
+    status: u16,
+    body: String,
+    dir: std::path::PathBuf,
+}
+
+/// Makes a P-256 key and a CSR for `spiffe_id` with openssl, and POSTs it with curl over TLS,
+/// verifying the operator against the published root under its Service name.
+fn request_certificate(
+    c: &Cluster,
+    token: &str,
+    spiffe_id: &str,
+    validity: Option<u64>,
+) -> CsrResult {
+    let dir =
+        std::env::temp_dir().join(format!("weft-csr-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("root.pem"), root_pem(c)).unwrap();
+    let sh = |script: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    sh(
+        "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out key.pem",
+    );
+    sh(&format!(
+        "openssl req -new -key key.pem -subj / -addext 'subjectAltName=critical,URI:{spiffe_id}' -out csr.pem"
+    ));
+    let csr = std::fs::read_to_string(dir.join("csr.pem")).unwrap();
+    let mut body = serde_json::json!({"csr": csr});
+    if let Some(v) = validity {
+        body["validitySeconds"] = v.into();
+    }
+    std::fs::write(dir.join("req.json"), body.to_string()).unwrap();
+    std::fs::write(dir.join("token"), token).unwrap();
+    let ip = operator_ip(c);
+    let out = sh(&format!(
+        "curl -sS -o resp.json -w '%{{http_code}}' --cacert root.pem --resolve weft-operator.weft-system.svc:15012:{ip} \
+         -H \"Authorization: Bearer $(cat token)\" -H 'content-type: application/json' --data-binary @req.json \
+         https://weft-operator.weft-system.svc:15012/v1/certificates"
+    ));
+    let status = out.trim().parse().unwrap_or(0);
+    let body = std::fs::read_to_string(dir.join("resp.json")).unwrap_or_default();
+    CsrResult { status, body, dir }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+#[test]
+fn a_pod_token_gets_a_certificate_for_its_own_identity_only() {
+    let c = deployed();
+    let ns = c.namespace("t-csr");
+    let token = token_of(&ns, "web", "weft-ca");
+    let me = format!("spiffe://cluster.local/ns/{}/sa/web", ns.name);
+
+    let ok = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let response: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    let leaf = response["certChain"][0].as_str().unwrap();
+    std::fs::write(ok.dir.join("leaf.pem"), leaf).unwrap();
+    // The leaf verifies against the published root and names exactly the identity.
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile", "root.pem", "leaf.pem"])
+        .current_dir(&ok.dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let text = Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ])
+        .current_dir(&ok.dir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("URI:{me}")));
+
+    let other = format!("spiffe://cluster.local/ns/{}/sa/admin", ns.name);
+    let foreign = request_certificate(c, &token, &other, None);
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    assert!(
+        foreign.body.contains("sa/admin") && foreign.body.contains("sa/web"),
+        "{}",
+        foreign.body
+    );
+
+    let wrong_audience = token_of(&ns, "web", "not-weft");
+    let refused = request_certificate(c, &wrong_audience, &me, None);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+
+    let garbage = request_certificate(c, "not-a-token", &me, None);
+    assert_eq!(garbage.status, 401, "{}", garbage.body);
+}
+
+#[test]
+fn the_root_configmap_is_in_every_namespace_and_comes_back_when_deleted() {
+    let c = deployed();
+    let ns = c.namespace("t-root");
+    let root = root_pem(c);
+    let published = || {
+        ns.kubectl(&[
+            "get",
+            "configmap",
+            "weft-ca-root-cert",
+            "-o",
+            "jsonpath={.data.root-cert\\.pem}",
+        ])
+    };
+    eventually(TEN_SECONDS, || {
+        String::from_utf8_lossy(&published().stdout) == root
+    });
+    ns.ok(&["delete", "configmap", "weft-ca-root-cert"]);
+    eventually(TEN_SECONDS, || {
+        String::from_utf8_lossy(&published().stdout) == root
+    });
+    ns.ok(&[
+        "patch",
+        "configmap",
+        "weft-ca-root-cert",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"root-cert.pem":"tampered"}}"#,
+    ]);
+    eventually(TEN_SECONDS, || {
+        String::from_utf8_lossy(&published().stdout) == root
+    });
+    let system = c.kubectl(&["-n", "kube-system", "get", "configmap", "weft-ca-root-cert"]);
+    assert!(!system.status.success(), "kube-system is excluded");
+}
+
+#[test]
+fn a_deleted_ca_secret_is_restored_with_the_same_root() {
+    let c = deployed();
+    let secret = || {
+        c.kubectl(&[
+            "-n",
+            "weft-system",
+            "get",
+            "secret",
+            "weft-ca",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+    };
+    let before = String::from_utf8_lossy(&wait_for_ok(secret)).into_owned();
+    assert!(!before.is_empty());
+    c.ok(&["-n", "weft-system", "delete", "secret", "weft-ca"]);
+    eventually(TEN_SECONDS, || {
+        let out = secret();
+        out.status.success() && String::from_utf8_lossy(&out.stdout) == before
+    });
+}
+
+fn wait_for_ok(f: impl Fn() -> std::process::Output) -> Vec<u8> {
+    let mut last = Vec::new();
+    eventually(MINUTE, || {
+        let out = f();
+        last = out.stdout;
+        out.status.success() && !last.is_empty()
+    });
+    last
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make deploy`: installs the freshly built weft binaries as the local cluster's image
+# `ghcr.io/weft-mesh/weft` (e2e/cluster/images.json) and applies config/default with kustomize.
+# Idempotent; restarts the operator when its binaries changed.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/cluster/env.sh"
+target=${CARGO_TARGET_DIR:-$(cd "$here/.." && pwd)/target}
+kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+[[ -f $KUBECONFIG_PATH ]] || { echo "no local cluster: run make cluster-up first" >&2; exit 1; }
+
+dir=$IMAGES_DIR/weft/bin
+mkdir -p "$dir"; chmod 755 "$IMAGES_DIR/weft" "$dir"
+changed=0
+for bin in weft weft-proxy; do
+  if ! cmp -s "$target/debug/$bin" "$dir/$bin"; then
+    install -m 755 "$target/debug/$bin" "$dir/$bin.new" && mv "$dir/$bin.new" "$dir/$bin"
+    changed=1
+  fi
+done
+installed=$(kubectl -n weft-system get deployment weft-operator -o name 2>/dev/null || true)
+kubectl apply --server-side --force-conflicts -k "$here/../config/default" >/dev/null
+# A new binary reaches running pods only through a restart (the image tag does not change).
+if [[ $changed == 1 && -n $installed ]]; then
+  kubectl -n weft-system rollout restart deployment/weft-operator >/dev/null
+fi
+kubectl -n weft-system rollout status deployment/weft-operator --timeout=120s

@@ -1,0 +1,333 @@
+//! The CA-bundle controller (SPEC §7): loads or creates the mesh CA, never silently replaces
+//! a root, restores a deleted `weft-ca` Secret from memory, publishes the root ConfigMap into
+//! every namespace that is not excluded, and keeps the webhooks' `caBundle` equal to the root.
+//! It reconciles on a short period, so deletions and tampering are reverted within seconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::contract;
+use crate::pki::{self, MeshCa};
+
+/// Field manager of every write weft makes (server-side apply).
+pub const FIELD_MANAGER: &str = "weft";
+pub const MUTATING_WEBHOOK: &str = "weft-sidecar-injector";
+pub const VALIDATING_WEBHOOK: &str = "weft-validator";
+const PERIOD: Duration = Duration::from_secs(2);
+
+/// Why the operator holds no usable CA; reported in logs, `/readyz` and `weft check`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaProblem {
+    #[error(
+        "Secret {namespace}/{secret} is corrupted ({reason}); weft will not overwrite it. Fix the Secret, or run `weft ca reset` to start a new root (every proxy then needs a restart)"
+    )]
+    Corrupted {
+        namespace: String,
+        secret: String,
+        reason: String,
+    },
+    #[error(
+        "Secret {namespace}/weft-ca is missing but a root is already published in ConfigMap {namespace}/weft-ca-root-cert; weft will not replace a root silently. Restore the Secret, or run `weft ca reset`"
+    )]
+    MissingButPublished { namespace: String },
+    #[error("talking to the API server: {0}")]
+    Api(String),
+}
+
+impl CaProblem {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Corrupted { .. } => "corrupted",
+            Self::MissingButPublished { .. } => "missing_but_published",
+            Self::Api(_) => "api",
+        }
+    }
+}
+
+pub struct CaBundleController {
+    pub client: Client,
+    pub namespace: String,
+    pub trust_domain: String,
+    /// Publishes the CA (None while there is none) to the CSR endpoint and the serving certs.
+    pub ca: watch::Sender<Option<Arc<MeshCa>>>,
+    pub problem: watch::Sender<Option<CaProblem>>,
+}
+
+impl CaBundleController {
+    pub async fn run(self) {
+        loop {
+            let result = self.reconcile().await;
+            let problem = result.err();
+            if let Some(p) = &problem {
+                tracing::warn!(reason = p.metric_label(), "CA: {p}");
+            }
+            self.problem.send_if_modified(|current| {
+                let changed = *current != problem;
+                *current = problem.clone();
+                changed
+            });
+            tokio::time::sleep(PERIOD).await;
+        }
+    }
+
+    async fn reconcile(&self) -> Result<(), CaProblem> {
+        // Clone out of the watch guard first: it must not live across an await.
+        let current = self.ca.borrow().clone();
+        let ca = match current {
+            Some(ca) => {
+                self.keep_secret(&ca).await?;
+                ca
+            }
+            None => {
+                let ca = self.load_or_create().await?;
+                tracing::info!(source = ?ca.source(), "mesh CA loaded");
+                self.ca.send_replace(Some(ca.clone()));
+                ca
+            }
+        };
+        self.publish_roots(&ca).await?;
+        self.patch_ca_bundles(&ca).await
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn load_or_create(&self) -> Result<Arc<MeshCa>, CaProblem> {
+        let secrets = self.secrets();
+        if let Some(plugin) = secrets.get_opt(pki::PLUGIN_CA_SECRET).await.map_err(api)? {
+            return MeshCa::from_cacerts_secret(&secret_bytes(&plugin))
+                .map(Arc::new)
+                .map_err(|e| self.corrupted(pki::PLUGIN_CA_SECRET, e));
+        }
+        if let Some(own) = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? {
+            return MeshCa::from_weft_ca_secret(&secret_bytes(&own))
+                .map(Arc::new)
+                .map_err(|e| self.corrupted(pki::WEFT_CA_SECRET, e));
+        }
+        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        if configmaps
+            .get_opt(contract::ROOT_CERT_CONFIGMAP)
+            .await
+            .map_err(api)?
+            .is_some()
+        {
+            return Err(CaProblem::MissingButPublished {
+                namespace: self.namespace.clone(),
+            });
+        }
+        let ca = MeshCa::generate_root(&self.trust_domain, pki::DEFAULT_ROOT_VALIDITY)
+            .map_err(|e| CaProblem::Api(e.to_string()))?;
+        match secrets
+            .create(&PostParams::default(), &self.secret_for(&ca))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    "created a new self-signed root in Secret {}/weft-ca",
+                    self.namespace
+                );
+                Ok(Arc::new(ca))
+            }
+            // Another replica created it first: use theirs, so every replica signs with one root.
+            Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(self.load_or_create()).await,
+            Err(e) => Err(api(e)),
+        }
+    }
+
+    fn corrupted(&self, secret: &str, e: pki::CaError) -> CaProblem {
+        CaProblem::Corrupted {
+            namespace: self.namespace.clone(),
+            secret: secret.into(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn secret_for(&self, ca: &MeshCa) -> Secret {
+        let mut secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pki::WEFT_CA_SECRET.into()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    "weft".into(),
+                )])),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        secret.string_data = Some(ca.to_secret_data());
+        secret
+    }
+
+    /// A deleted `weft-ca` comes back from memory with the same root; a changed one is left
+    /// alone (it could be a deliberate rotation in progress) and reported.
+    async fn keep_secret(&self, ca: &MeshCa) -> Result<(), CaProblem> {
+        if ca.source() != pki::CaSource::SelfSigned {
+            return Ok(());
+        }
+        let secrets = self.secrets();
+        match secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? {
+            None => {
+                tracing::warn!(
+                    "Secret {}/weft-ca was deleted; restoring it with the same root",
+                    self.namespace
+                );
+                match secrets
+                    .create(&PostParams::default(), &self.secret_for(ca))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(api(e)),
+                }
+            }
+            Some(secret) => {
+                let data = secret_bytes(&secret);
+                match MeshCa::from_weft_ca_secret(&data) {
+                    Ok(loaded) if loaded.roots_pem() == ca.roots_pem() => Ok(()),
+                    Ok(_) => Err(CaProblem::Corrupted {
+                        namespace: self.namespace.clone(),
+                        secret: pki::WEFT_CA_SECRET.into(),
+                        reason: "it now holds a different root than the one proxies trust".into(),
+                    }),
+                    Err(e) => Err(self.corrupted(pki::WEFT_CA_SECRET, e)),
+                }
+            }
+        }
+    }
+
+    /// ConfigMap `weft-ca-root-cert` in every namespace that is not excluded; server-side apply
+    /// with force reverts edits and recreates deletions.
+    async fn publish_roots(&self, ca: &MeshCa) -> Result<(), CaProblem> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let roots = ca.roots_pem();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for ns in namespaces.list(&ListParams::default()).await.map_err(api)? {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            if contract::NEVER_INJECTED_NAMESPACES.contains(&name.as_str())
+                || ns.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            let api_cm: Api<ConfigMap> = Api::namespaced(self.client.clone(), &name);
+            if let Some(cm) = api_cm
+                .get_opt(contract::ROOT_CERT_CONFIGMAP)
+                .await
+                .map_err(api)?
+                && cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(contract::ROOT_CERT_KEY))
+                    == Some(&roots)
+            {
+                continue;
+            }
+            let cm = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": contract::ROOT_CERT_CONFIGMAP, "namespace": name,
+                             "labels": {"app.kubernetes.io/managed-by": "weft"}},
+                "data": {contract::ROOT_CERT_KEY: roots},
+            });
+            if let Err(e) = api_cm
+                .patch(contract::ROOT_CERT_CONFIGMAP, &params, &Patch::Apply(&cm))
+                .await
+            {
+                tracing::debug!(namespace = %name, "root ConfigMap: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn patch_ca_bundles(&self, ca: &MeshCa) -> Result<(), CaProblem> {
+        let bundle = ByteString(ca.roots_pem().into_bytes());
+        let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        if let Some(config) = mutating.get_opt(MUTATING_WEBHOOK).await.map_err(api)? {
+            let stale: Vec<usize> = config
+                .webhooks
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, w)| w.client_config.ca_bundle.as_ref() != Some(&bundle))
+                .map(|(i, _)| i)
+                .collect();
+            patch_bundles(&mutating, MUTATING_WEBHOOK, &stale, &bundle).await?;
+        }
+        let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        if let Some(config) = validating.get_opt(VALIDATING_WEBHOOK).await.map_err(api)? {
+            let stale: Vec<usize> = config
+                .webhooks
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, w)| w.client_config.ca_bundle.as_ref() != Some(&bundle))
+                .map(|(i, _)| i)
+                .collect();
+            patch_bundles(&validating, VALIDATING_WEBHOOK, &stale, &bundle).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn patch_bundles<K>(
+    api_: &Api<K>,
+    name: &str,
+    stale: &[usize],
+    bundle: &ByteString,
+) -> Result<(), CaProblem>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let ops: Vec<serde_json::Value> = stale
+        .iter()
+        .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}))
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| CaProblem::Api(e.to_string()))?;
+    api_.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(api)?;
+    tracing::info!(
+        webhook = name,
+        count = stale.len(),
+        "caBundle set to the mesh root"
+    );
+    Ok(())
+}
+
+fn api(e: kube::Error) -> CaProblem {
+    CaProblem::Api(e.to_string())
+}
+
+fn secret_bytes(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    out.extend(
+        secret
+            .string_data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
+    out
+}

@@ -1,0 +1,6 @@
+//! The operator process (`weft operator`): controllers and the endpoints every replica serves.
+
+pub mod ca_bundle;
+pub mod csr;
+pub mod run;
+pub mod serving;

@@ -1,0 +1,139 @@
+//! `weft operator`: the control-plane process. Every replica serves the CSR endpoint (15012)
+//! and health (15014); the CA-bundle controller keeps the CA, root ConfigMaps and caBundles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+
+use super::ca_bundle::CaBundleController;
+use super::csr;
+use super::serving::{ServingCertResolver, keep_serving_cert};
+use crate::contract;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Namespace of the operator (its CA Secret, Services and webhooks live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = contract::DEFAULT_OPERATOR_NAMESPACE)]
+    pub namespace: String,
+    /// SPIFFE trust domain used when weft creates its root.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = contract::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Longest workload certificate lifetime, as a Go duration (MeshConfig `workloadCertTTL`
+    /// takes over once the mesh-config controller lands).
+    #[arg(long, env = "WEFT_WORKLOAD_CERT_TTL", default_value = "24h")]
+    pub workload_cert_ttl: String,
+    /// Address of the CSR and config-stream endpoint (TLS).
+    #[arg(long, env = "WEFT_DISCOVERY_ADDR", default_value = "0.0.0.0:15012")]
+    pub discovery_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
+    pub monitoring_addr: SocketAddr,
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    let max_ttl = crate::duration::parse(&args.workload_cert_ttl)?;
+    let (ca_tx, ca_rx) = watch::channel(None);
+    let (problem_tx, problem_rx) = watch::channel(None);
+    tokio::spawn(
+        CaBundleController {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            trust_domain: args.trust_domain.clone(),
+            ca: ca_tx,
+            problem: problem_tx,
+        }
+        .run(),
+    );
+    let resolver = Arc::new(ServingCertResolver::default());
+    tokio::spawn(keep_serving_cert(
+        resolver.clone(),
+        ca_rx.clone(),
+        args.namespace.clone(),
+    ));
+
+    let trust_domain = args.trust_domain.clone();
+    let csr_state = csr::CsrState::new(
+        ca_rx.clone(),
+        Arc::new(csr::KubeTokenReviewer::new(client.clone())),
+        Arc::new(move |_ns: &str| csr::CertPolicy {
+            trust_domain: trust_domain.clone(),
+            max_ttl,
+        }),
+    );
+    let discovery = csr::router(csr_state);
+    tokio::spawn(serve_tls(args.discovery_addr, resolver.clone(), discovery));
+
+    let ready = {
+        let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
+        move || ca_rx.borrow().is_some() && resolver.is_loaded()
+    };
+    let monitoring = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (ready, problem) = (ready(), problem_rx.borrow().clone());
+                async move {
+                    match (ready, problem) {
+                        (true, _) => (axum::http::StatusCode::OK, "ready".to_string()),
+                        (false, Some(p)) => {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, p.to_string())
+                        }
+                        (false, None) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "loading the mesh CA".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(args.monitoring_addr).await?;
+    tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, "operator serving");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        served = axum::serve(listener, monitoring) => served?,
+        _ = sigterm.recv() => tracing::info!("SIGTERM: exiting"),
+    }
+    Ok(())
+}
+
+/// HTTPS with the hot-swapped serving certificate.
+async fn serve_tls(addr: SocketAddr, resolver: Arc<ServingCertResolver>, app: Router) {
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, "cannot listen: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
+                .await;
+        });
+    }
+}

@@ -2,5 +2,6 @@
 
 pub mod ca_bundle;
 pub mod csr;
+pub mod injector;
 pub mod run;
 pub mod serving;

@@ -1,8 +1,9 @@
-//! `weft operator`: the control-plane process. Every replica serves the CSR endpoint (15012)
-//! and health (15014); the CA-bundle controller keeps the CA, root ConfigMaps and caBundles.
+//! `weft operator`: the control-plane process. Every replica serves the CSR endpoint (15012),
+//! the injector (15017) and health (15014); the CA-bundle controller keeps the CA, root ConfigMaps and caBundles.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 
 use super::ca_bundle::CaBundleController;
 use super::csr;
+use super::injector::{self, InjectorState};
 use super::serving::{ServingCertResolver, keep_serving_cert};
 use crate::contract;
 
@@ -31,6 +33,15 @@ pub struct OperatorArgs {
     /// Address of the CSR and config-stream endpoint (TLS).
     #[arg(long, env = "WEFT_DISCOVERY_ADDR", default_value = "0.0.0.0:15012")]
     pub discovery_addr: SocketAddr,
+    /// Address of the admission webhook (the weft-webhook Service maps 443 here).
+    #[arg(long, env = "WEFT_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+    /// Proxy image for revisions whose MeshConfig names none.
+    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = crate::webhook::state::DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    /// Mesh name matched against `openservicemesh.io/monitored-by` (OSM migrants set `osm`).
+    #[arg(long, env = "WEFT_MESH_NAME", default_value = contract::DEFAULT_MESH_NAME)]
+    pub mesh_name: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
@@ -71,9 +82,27 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let discovery = csr::router(csr_state);
     tokio::spawn(serve_tls(args.discovery_addr, resolver.clone(), discovery));
 
+    let settings = crate::webhook::InjectorSettings {
+        operator_namespace: args.namespace.clone(),
+        proxy_image: args.proxy_image.clone(),
+        discovery_address: format!("weft-operator.{}.svc:{}", args.namespace, contract::PORT_DISCOVERY),
+    };
+    let injector = InjectorState::start(&client, settings, args.mesh_name.clone());
+    let synced = Arc::new(AtomicBool::new(false));
+    {
+        let (injector, synced) = (injector.clone(), synced.clone());
+        tokio::spawn(async move {
+            injector.wait_synced().await;
+            synced.store(true, Ordering::Relaxed);
+        });
+    }
+    tokio::spawn(serve_tls(args.webhook_addr, resolver.clone(), injector::router(injector)));
+
+    // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
+    // hold their first lists.
     let ready = {
         let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
-        move || ca_rx.borrow().is_some() && resolver.is_loaded()
+        move || ca_rx.borrow().is_some() && resolver.is_loaded() && synced.load(Ordering::Relaxed)
     };
     let monitoring = Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -116,6 +116,10 @@ pub const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 pub const ANNOTATION_PROMETHEUS_PORT: &str = "prometheus.io/port";
 pub const ANNOTATION_PROMETHEUS_PATH: &str = "prometheus.io/path";
 
+/// Field manager of every write weft makes (server-side apply and patches): one name, so
+/// ownership of fields is the same whichever part of weft wrote them.
+pub const FIELD_MANAGER: &str = "weft";
+
 /// The tag that serves `istio-injection=enabled`, `sidecar.istio.io/inject=true` and
 /// `openservicemesh.io/monitored-by=<mesh>`.
 pub const DEFAULT_TAG: &str = "default";

@@ -11,6 +11,8 @@ pub mod api;
 #[cfg(feature = "control-plane")]
 pub mod cli;
 #[cfg(feature = "control-plane")]
+pub mod controllers;
+#[cfg(feature = "control-plane")]
 pub mod operator;
 #[cfg(feature = "proxy")]
 pub mod proxy;

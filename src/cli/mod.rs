@@ -1,6 +1,13 @@
 //! The `weft` command line: the operator (`weft operator`) and the user CLI that talks to a
 //! cluster through the kubeconfig, like kubectl. Each subcommand lives in its own module.
 
+pub mod error;
+pub mod inventory;
+pub mod namespace;
+pub mod output;
+pub mod revision;
+pub mod tag;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -25,11 +32,23 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Enrol namespaces in the mesh, take them out, list them.
+    #[command(subcommand)]
+    Namespace(namespace::NamespaceCommand),
+    /// Revision tags: stable names (`default`, `prod`) that point at a revision.
+    #[command(subcommand)]
+    Tag(tag::TagCommand),
+    /// Revisions (MeshConfigs) and what uses them.
+    #[command(subcommand)]
+    Revision(revision::RevisionCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Operator(args) => crate::operator::run::run(args).await,
+        Command::Namespace(command) => Ok(namespace::run(command).await?),
+        Command::Tag(command) => Ok(tag::run(command).await?),
+        Command::Revision(command) => Ok(revision::run(command).await?),
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())

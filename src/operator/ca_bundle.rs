@@ -19,8 +19,7 @@ use tokio::sync::watch;
 use crate::contract;
 use crate::pki::{self, MeshCa};
 
-/// Field manager of every write weft makes (server-side apply).
-pub const FIELD_MANAGER: &str = "weft";
+pub use crate::contract::FIELD_MANAGER;
 pub const MUTATING_WEBHOOK: &str = "weft-sidecar-injector";
 pub const VALIDATING_WEBHOOK: &str = "weft-validator";
 const PERIOD: Duration = Duration::from_secs(2);

@@ -82,8 +82,18 @@ impl InjectorState {
         let name = |m: &kube::api::ObjectMeta| m.name.clone().unwrap_or_default();
         MeshState {
             mesh_name: self.mesh_name.clone(),
-            tags: self.tags.state().iter().map(|t| (name(&t.metadata), t.spec.revision.clone())).collect(),
-            meshconfigs: self.revisions.state().iter().map(|m| (name(&m.metadata), m.spec.clone())).collect(),
+            tags: self
+                .tags
+                .state()
+                .iter()
+                .map(|t| (name(&t.metadata), t.spec.revision.clone()))
+                .collect(),
+            meshconfigs: self
+                .revisions
+                .state()
+                .iter()
+                .map(|m| (name(&m.metadata), m.spec.clone()))
+                .collect(),
             foreign_injectors: self
                 .injectors
                 .state()
@@ -91,11 +101,15 @@ impl InjectorState {
                 .filter(|c| name(&c.metadata) != MUTATING_WEBHOOK)
                 .flat_map(|c| {
                     let config = name(&c.metadata);
-                    c.webhooks.clone().unwrap_or_default().into_iter().map(move |w| ForeignInjector {
-                        name: format!("{config}/{}", w.name),
-                        namespace_selector: w.namespace_selector,
-                        object_selector: w.object_selector,
-                    })
+                    c.webhooks
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |w| ForeignInjector {
+                            name: format!("{config}/{}", w.name),
+                            namespace_selector: w.namespace_selector,
+                            object_selector: w.object_selector,
+                        })
                 })
                 .collect(),
         }
@@ -113,9 +127,7 @@ pub fn router(state: InjectorState) -> Router {
 async fn inject(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
     let mesh = state.snapshot();
     let namespaces = state.namespaces.clone();
-    let lookup = move |name: &str| {
-        namespaces.find(|n| n.metadata.name.as_deref() == Some(name))
-    };
+    let lookup = move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
     let (status, body) = webhook::review(&body, lookup, &mesh, &state.settings);
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

@@ -42,6 +42,12 @@ pub struct OperatorArgs {
     /// Mesh name matched against `openservicemesh.io/monitored-by` (OSM migrants set `osm`).
     #[arg(long, env = "WEFT_MESH_NAME", default_value = contract::DEFAULT_MESH_NAME)]
     pub mesh_name: String,
+    /// Name of the first revision, created with the `default` tag on the very first start.
+    #[arg(long, env = "WEFT_DEFAULT_REVISION", default_value = "stable")]
+    pub default_revision: String,
+    /// Name of this replica (its pod), reported in Events.
+    #[arg(long, env = "POD_NAME", default_value = "weft-operator")]
+    pub instance: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
@@ -85,7 +91,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let settings = crate::webhook::InjectorSettings {
         operator_namespace: args.namespace.clone(),
         proxy_image: args.proxy_image.clone(),
-        discovery_address: format!("weft-operator.{}.svc:{}", args.namespace, contract::PORT_DISCOVERY),
+        discovery_address: format!(
+            "weft-operator.{}.svc:{}",
+            args.namespace,
+            contract::PORT_DISCOVERY
+        ),
     };
     let injector = InjectorState::start(&client, settings, args.mesh_name.clone());
     let synced = Arc::new(AtomicBool::new(false));
@@ -96,7 +106,29 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             synced.store(true, Ordering::Relaxed);
         });
     }
-    tokio::spawn(serve_tls(args.webhook_addr, resolver.clone(), injector::router(injector)));
+    tokio::spawn(serve_tls(
+        args.webhook_addr,
+        resolver.clone(),
+        injector::router(injector),
+    ));
+
+    let controller_settings = crate::controllers::ControllerSettings {
+        namespace: args.namespace.clone(),
+        mesh_name: args.mesh_name.clone(),
+        default_revision: args.default_revision.clone(),
+        proxy_image: args.proxy_image.clone(),
+        trust_domain: args.trust_domain.clone(),
+        instance: args.instance.clone(),
+    };
+    let ca_ready: crate::controllers::CaReady = {
+        let rx = ca_rx.clone();
+        Arc::new(move || rx.borrow().is_some())
+    };
+    tokio::spawn(crate::controllers::run_all(
+        client.clone(),
+        controller_settings,
+        ca_ready,
+    ));
 
     // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
     // hold their first lists.

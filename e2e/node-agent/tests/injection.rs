@@ -16,10 +16,22 @@ fn deployed() -> &'static Cluster {
     static DEPLOYED: OnceLock<()> = OnceLock::new();
     let c = cluster();
     DEPLOYED.get_or_init(|| {
-        let status = Command::new("bash").arg(repo_root().join("e2e/scripts/deploy.sh")).status().expect("deploy.sh");
+        let status = Command::new("bash")
+            .arg(repo_root().join("e2e/scripts/deploy.sh"))
+            .status()
+            .expect("deploy.sh");
         assert!(status.success(), "make deploy failed");
         // The first revision and the default tag, as a user (or the operator's first start) makes them.
-        let apply = c.kubectl_stdin(&["apply", "--server-side", "--field-manager=test", "-f", "-"], r#"
+        let apply = c.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=test",
+                "-f",
+                "-",
+            ],
+            r#"
 apiVersion: mesh.weft.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: stable, namespace: weft-system}
@@ -36,11 +48,23 @@ apiVersion: mesh.weft.dev/v1alpha1
 kind: RevisionTag
 metadata: {name: default, namespace: weft-system}
 spec: {revision: stable}
-"#);
-        assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+"#,
+        );
+        assert!(
+            apply.status.success(),
+            "{}",
+            String::from_utf8_lossy(&apply.stderr)
+        );
         // The operator's caBundle reaches the webhook configuration before it can be called.
         eventually(Duration::from_secs(60), || {
-            !c.ok(&["get", "mutatingwebhookconfiguration", "weft-sidecar-injector", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"]).is_empty()
+            !c.ok(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "weft-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .is_empty()
         });
     });
     c
@@ -53,7 +77,19 @@ const POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a
 /// Creates `pod` (JSON) in `ns` with a server-side dry run; returns the admitted pod or the error.
 fn admit(ns: &Namespace, pod: &str) -> Result<serde_json::Value, String> {
     // The injector's caches follow a new label within moments; retry "not enrolled" briefly.
-    let out = ns.cluster.kubectl_stdin(&["-n", &ns.name, "create", "--dry-run=server", "-o", "json", "-f", "-"], pod);
+    let out = ns.cluster.kubectl_stdin(
+        &[
+            "-n",
+            &ns.name,
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        pod,
+    );
     if out.status.success() {
         Ok(serde_json::from_slice(&out.stdout).expect("pod JSON"))
     } else {
@@ -68,7 +104,8 @@ fn injected(pod: &serde_json::Value) -> bool {
 fn labelled(name: &str, labels: &[&str]) -> Namespace {
     let ns = deployed().namespace(name);
     for l in labels {
-        ns.cluster.ok(&["label", "namespace", &ns.name, l, "--overwrite"]);
+        ns.cluster
+            .ok(&["label", "namespace", &ns.name, l, "--overwrite"]);
     }
     ns
 }
@@ -90,22 +127,47 @@ fn each_enrol_label_injects_the_proxy_as_a_native_sidecar() {
         ("t-inj-enabled", "istio-injection=enabled", "stable"),
         ("t-inj-rev", "istio.io/rev=canary", "canary"),
         ("t-inj-tag", "istio.io/rev=default", "stable"),
-        ("t-inj-osm", "openservicemesh.io/monitored-by=weft", "stable"),
+        (
+            "t-inj-osm",
+            "openservicemesh.io/monitored-by=weft",
+            "stable",
+        ),
     ] {
         let ns = labelled(name, &[label]);
         let pod = admit_enrolled(&ns, POD);
-        let init: Vec<&str> = pod["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let init: Vec<&str> = pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(init, ["weft-init", "weft-proxy"], "{label}");
         let proxy = &pod["spec"]["initContainers"][1];
-        assert_eq!(proxy["restartPolicy"], "Always", "the proxy is a native sidecar");
+        assert_eq!(
+            proxy["restartPolicy"], "Always",
+            "the proxy is a native sidecar"
+        );
         assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
-        assert_eq!(pod["metadata"]["annotations"]["istio.io/rev"], revision, "{label}");
+        assert_eq!(
+            pod["metadata"]["annotations"]["istio.io/rev"], revision,
+            "{label}"
+        );
         assert_eq!(pod["metadata"]["labels"]["weft.dev/revision"], revision);
         let image = proxy["image"].as_str().unwrap();
-        assert_eq!(image.contains("canary"), revision == "canary", "{label}: {image}");
+        assert_eq!(
+            image.contains("canary"),
+            revision == "canary",
+            "{label}: {image}"
+        );
         // The app's probe now goes through the proxy's app-health endpoint.
-        assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"], "/app-health/web/readyz");
-        assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"], 15020);
+        assert_eq!(
+            pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            "/app-health/web/readyz"
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+            15020
+        );
     }
 }
 
@@ -113,13 +175,28 @@ fn each_enrol_label_injects_the_proxy_as_a_native_sidecar() {
 fn opt_outs_system_namespaces_and_unenrolled_namespaces_are_untouched() {
     let ns = labelled("t-inj-optout", &["istio-injection=enabled"]);
     let _ = admit_enrolled(&ns, POD);
-    let opted_out = POD.replace(r#""labels": {"app": "web"}"#, r#""labels": {"app": "web", "sidecar.istio.io/inject": "false"}"#);
+    let opted_out = POD.replace(
+        r#""labels": {"app": "web"}"#,
+        r#""labels": {"app": "web", "sidecar.istio.io/inject": "false"}"#,
+    );
     assert!(!injected(&admit(&ns, &opted_out).unwrap()));
 
     let plain = deployed().namespace("t-inj-none");
     assert!(!injected(&admit(&plain, POD).unwrap()));
 
-    let out = deployed().kubectl_stdin(&["-n", "kube-system", "create", "--dry-run=server", "-o", "json", "-f", "-"], POD);
+    let out = deployed().kubectl_stdin(
+        &[
+            "-n",
+            "kube-system",
+            "create",
+            "--dry-run=server",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        POD,
+    );
     assert!(out.status.success());
     let pod: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!injected(&pod));
@@ -140,5 +217,8 @@ fn an_unknown_revision_is_refused_with_a_message_naming_it_and_the_known_ones() 
         Ok(_) => false,
     });
     assert!(message.contains("istio.io/rev"), "{message}");
-    assert!(message.contains("stable") && message.contains("default"), "lists known revisions and tags: {message}");
+    assert!(
+        message.contains("stable") && message.contains("default"),
+        "lists known revisions and tags: {message}"
+    );
 }

@@ -1,0 +1,567 @@
+//! The MeshConfig controller: writes each revision's status (Ready, Reconciled, Unsupported,
+//! injected pods, namespaces, tags) and warns, once per conflict, about namespaces whose
+//! enrolment labels disagree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+
+use super::index::{Snapshot, count, namespace_conflict};
+use super::{Context, Error, FIELD_MANAGER, REQUEUE, RETRY, condition, is_conflict, reasons};
+use crate::api::meshconfig::{OutboundTrafficPolicy, TrafficSettings};
+use crate::api::{MeshConfig, MeshConfigSpec, MeshConfigStatus, conditions};
+use crate::contract;
+
+// === Unsupported fields ===
+
+/// A spec setting this version accepts but does not implement yet; reported in the
+/// `Unsupported` condition so it is never silently ignored (SPEC §3).
+pub struct UnsupportedSetting {
+    /// As the user wrote it: `traffic.outboundTrafficPolicy=REGISTRY_ONLY`.
+    pub setting: &'static str,
+    pub is_set: fn(&MeshConfigSpec) -> bool,
+}
+
+fn traffic(spec: &MeshConfigSpec) -> Option<&TrafficSettings> {
+    spec.traffic.as_ref()
+}
+
+/// Remove a row when the feature lands.
+pub const UNSUPPORTED_SETTINGS: &[UnsupportedSetting] = &[
+    UnsupportedSetting {
+        setting: "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
+        is_set: |spec| {
+            traffic(spec).and_then(|t| t.outbound_traffic_policy)
+                == Some(OutboundTrafficPolicy::RegistryOnly)
+        },
+    },
+    UnsupportedSetting {
+        setting: "traffic.enablePermissiveTrafficPolicyMode=false",
+        is_set: |spec| {
+            traffic(spec).and_then(|t| t.enable_permissive_traffic_policy_mode) == Some(false)
+        },
+    },
+    UnsupportedSetting {
+        setting: "accessLog.enabled=true",
+        is_set: |spec| spec.access_log.as_ref().and_then(|a| a.enabled) == Some(true),
+    },
+];
+
+/// The settings of `spec` this version does not implement, in table order.
+pub fn unsupported_settings(spec: &MeshConfigSpec) -> Vec<&'static str> {
+    UNSUPPORTED_SETTINGS
+        .iter()
+        .filter(|u| (u.is_set)(spec))
+        .map(|u| u.setting)
+        .collect()
+}
+
+// === Status ===
+
+/// The status of revision `name` in `snapshot`. `proxies` stays 0: the config server that
+/// counts connected proxies does not exist yet.
+pub fn meshconfig_status(
+    name: &str,
+    generation: Option<i64>,
+    spec: &MeshConfigSpec,
+    current: Option<&MeshConfigStatus>,
+    snapshot: &Snapshot,
+    ca_ready: bool,
+    now: &Time,
+) -> MeshConfigStatus {
+    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let ready = if ca_ready {
+        condition(
+            existing,
+            conditions::READY,
+            true,
+            reasons::CA_READY,
+            "the revision can inject pods and its proxies can get certificates".into(),
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            existing,
+            conditions::READY,
+            false,
+            reasons::CA_NOT_READY,
+            "the mesh CA is not loaded yet, so proxies of this revision could not get \
+             certificates; see the operator's log or `weft check`"
+                .into(),
+            generation,
+            now,
+        )
+    };
+    let reconciled = condition(
+        existing,
+        conditions::RECONCILED,
+        true,
+        reasons::RECONCILED,
+        format!(
+            "status describes generation {}",
+            generation.unwrap_or_default()
+        ),
+        generation,
+        now,
+    );
+    let unsupported = unsupported_settings(spec);
+    let unsupported = if unsupported.is_empty() {
+        condition(
+            existing,
+            conditions::UNSUPPORTED,
+            false,
+            reasons::ALL_FIELDS_SUPPORTED,
+            "every setting in the spec is implemented".into(),
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            existing,
+            conditions::UNSUPPORTED,
+            true,
+            reasons::UNSUPPORTED_FIELDS,
+            format!(
+                "accepted but not implemented by this version of weft yet, so they have no \
+                 effect: {}",
+                unsupported.join(", ")
+            ),
+            generation,
+            now,
+        )
+    };
+    MeshConfigStatus {
+        conditions: vec![ready, reconciled, unsupported],
+        observed_generation: generation,
+        injected_pods: count(snapshot.pods.iter().filter(|p| p.revision == name).count()),
+        namespaces: snapshot
+            .namespaces
+            .iter()
+            .filter(|(_, r)| r.revision.as_deref() == Some(name))
+            .map(|(ns, _)| ns.clone())
+            .collect(),
+        // Connected proxies are counted by the config server, which does not exist yet.
+        proxies: 0,
+        tags: snapshot.tags_of(name),
+    }
+}
+
+// === Controller ===
+
+pub async fn reconcile(mc: Arc<MeshConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if mc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = mc.metadata.name.as_deref().ok_or(Error::NoName)?;
+    let snapshot = ctx.stores.snapshot(&ctx.settings);
+    let status = meshconfig_status(
+        name,
+        mc.metadata.generation,
+        &mc.spec,
+        mc.status.as_ref(),
+        &snapshot,
+        (ctx.ca_ready)(),
+        &super::now(),
+    );
+    if mc.status.as_ref() != Some(&status) {
+        let api = Api::<MeshConfig>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": MeshConfig::api_version(&()),
+            "kind": MeshConfig::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "patching the status of MeshConfig {name}"
+        )))?;
+    }
+    Ok(Action::requeue(REQUEUE))
+}
+
+pub fn error_policy(mc: Arc<MeshConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(meshconfig = %mc.name_any(), reason = error.metric_label(), "reconcile failed: {error}");
+    Action::requeue(RETRY)
+}
+
+/// Runs the MeshConfig controller; `trigger` fires when anything it counts changed.
+pub async fn run(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send + 'static) {
+    let api = Api::<MeshConfig>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    Controller::new(api, watcher::Config::default())
+        .reconcile_all_on(trigger)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("MeshConfig controller: {e}");
+            }
+        })
+        .await;
+}
+
+// === Label conflicts ===
+
+/// Conflicts to report now: those in `current` (namespace → description) not already reported
+/// with the same description.
+pub fn new_conflicts(
+    current: &BTreeMap<String, String>,
+    reported: &HashMap<String, String>,
+) -> Vec<(String, String)> {
+    current
+        .iter()
+        .filter(|(ns, message)| reported.get(*ns) != Some(*message))
+        .map(|(ns, message)| (ns.clone(), message.clone()))
+        .collect()
+}
+
+/// One Warning Event per namespace whose enrolment labels disagree (SPEC §4). The Event's name
+/// is derived from the namespace and the conflict, so a second replica or a restarted operator
+/// gets AlreadyExists instead of repeating it.
+pub async fn warn_on_conflicts(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send) {
+    let mut trigger = std::pin::pin!(trigger);
+    loop {
+        let current: BTreeMap<String, String> = ctx
+            .stores
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|ns| {
+                let name = ns.metadata.name.clone()?;
+                let skip = name == ctx.settings.namespace
+                    || contract::NEVER_INJECTED_NAMESPACES.contains(&name.as_str());
+                let labels = ns.metadata.labels.as_ref()?;
+                let message = namespace_conflict(labels, &ctx.settings.mesh_name)?;
+                (!skip).then_some((name, message))
+            })
+            .collect();
+        let pending = match ctx.reported_conflicts.lock() {
+            Ok(mut reported) => {
+                reported.retain(|ns, _| current.contains_key(ns));
+                new_conflicts(&current, &reported)
+            }
+            Err(_) => Vec::new(),
+        };
+        for (namespace, message) in pending {
+            match publish_conflict(&ctx, &namespace, &message).await {
+                Ok(()) => {
+                    tracing::warn!(%namespace, "{message}");
+                    if let Ok(mut reported) = ctx.reported_conflicts.lock() {
+                        reported.insert(namespace, message);
+                    }
+                }
+                Err(e) => tracing::warn!(%namespace, "cannot record the label conflict: {e}"),
+            }
+        }
+        tokio::select! {
+            next = trigger.next() => if next.is_none() { return },
+            _ = tokio::time::sleep(REQUEUE) => {}
+        }
+    }
+}
+
+async fn publish_conflict(ctx: &Context, namespace: &str, message: &str) -> Result<(), Error> {
+    let uid = ctx
+        .stores
+        .namespaces
+        .state()
+        .iter()
+        .find(|ns| ns.metadata.name.as_deref() == Some(namespace))
+        .and_then(|ns| ns.metadata.uid.clone());
+    let event = conflict_event(namespace, uid, message, &ctx.settings.instance);
+    // Events about cluster-scoped objects live in `default` (API server validation).
+    let api = Api::<Event>::namespaced(ctx.client.clone(), "default");
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!(
+            "creating an Event about namespace {namespace}"
+        ))(e)),
+    }
+}
+
+/// The Warning Event about a namespace's conflicting labels, with a name that is the same for
+/// the same conflict.
+pub fn conflict_event(
+    namespace: &str,
+    uid: Option<String>,
+    message: &str,
+    instance: &str,
+) -> Event {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{namespace}\n{message}").as_bytes(),
+    );
+    let fingerprint: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{namespace}.weft-label-conflict.{fingerprint}")),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        type_: Some("Warning".into()),
+        reason: Some(reasons::CONFLICTING_LABELS.into()),
+        action: Some("ResolveRevision".into()),
+        note: Some(message.chars().take(1000).collect()),
+        regarding: Some(ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.into()),
+            uid,
+            ..Default::default()
+        }),
+        reporting_controller: Some("weft.dev/operator".into()),
+        reporting_instance: Some(instance.chars().take(128).collect()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::meshconfig::AccessLogSettings;
+    use crate::controllers::index::tests::{injected, namespace, revisions, tags};
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default())
+    }
+
+    /// pets: istio-injection=enabled (default → stable); shop: istio.io/rev=prod (→ canary);
+    /// legacy: istio.io/rev=stable; pods: 2 stable (one via default), 1 canary via prod.
+    fn snapshot() -> Snapshot {
+        let namespaces = [
+            namespace("pets", &[("istio-injection", "enabled")]),
+            namespace("shop", &[("istio.io/rev", "prod")]),
+            namespace("legacy", &[("istio.io/rev", "stable")]),
+            namespace("other", &[]),
+        ];
+        let pods = [
+            injected("stable", Some("default")),
+            injected("stable", None),
+            injected("canary", Some("prod")),
+        ];
+        Snapshot::build(
+            "weft",
+            "weft-system",
+            revisions(),
+            tags(),
+            namespaces.iter(),
+            pods.iter(),
+        )
+    }
+
+    fn cond<'a>(
+        status: &'a MeshConfigStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+    }
+
+    #[test]
+    fn status_counts_what_uses_the_revision() {
+        let s = meshconfig_status(
+            "stable",
+            Some(3),
+            &MeshConfigSpec::default(),
+            None,
+            &snapshot(),
+            true,
+            &at(1),
+        );
+        assert_eq!(s.injected_pods, 2);
+        assert_eq!(s.namespaces, ["legacy", "pets"]);
+        assert_eq!(s.tags, ["default"]);
+        assert_eq!(s.proxies, 0);
+        assert_eq!(s.observed_generation, Some(3));
+
+        let s = meshconfig_status(
+            "canary",
+            Some(1),
+            &MeshConfigSpec::default(),
+            None,
+            &snapshot(),
+            true,
+            &at(1),
+        );
+        assert_eq!(
+            (s.injected_pods, s.namespaces.as_slice(), s.tags.as_slice()),
+            (1, &["shop".to_string()][..], &["prod".to_string()][..])
+        );
+
+        let s = meshconfig_status(
+            "unused",
+            Some(1),
+            &MeshConfigSpec::default(),
+            None,
+            &Snapshot::default(),
+            true,
+            &at(1),
+        );
+        assert_eq!(
+            (s.injected_pods, s.namespaces.len(), s.tags.len()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn ready_follows_the_ca_and_keeps_its_transition_time() {
+        let spec = MeshConfigSpec::default();
+        let waiting = meshconfig_status("stable", Some(1), &spec, None, &snapshot(), false, &at(1));
+        let ready = cond(&waiting, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CaNotReady")
+        );
+
+        let up = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            Some(&waiting),
+            &snapshot(),
+            true,
+            &at(5),
+        );
+        assert_eq!(cond(&up, "Ready").status, "True");
+        assert_eq!(cond(&up, "Ready").last_transition_time, at(5));
+        assert_eq!(cond(&up, "Reconciled").last_transition_time, at(1));
+
+        let again = meshconfig_status(
+            "stable",
+            Some(2),
+            &spec,
+            Some(&up),
+            &snapshot(),
+            true,
+            &at(9),
+        );
+        assert_eq!(cond(&again, "Ready").last_transition_time, at(5));
+        assert_eq!(cond(&again, "Reconciled").observed_generation, Some(2));
+        // Nothing changed: the status is identical, so no write happens.
+        let same = meshconfig_status(
+            "stable",
+            Some(2),
+            &spec,
+            Some(&again),
+            &snapshot(),
+            true,
+            &at(20),
+        );
+        assert_eq!(same, again);
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        // (spec, expected names)
+        let registry_only = MeshConfigSpec {
+            traffic: Some(TrafficSettings {
+                outbound_traffic_policy: Some(OutboundTrafficPolicy::RegistryOnly),
+                enable_permissive_traffic_policy_mode: Some(false),
+                ..Default::default()
+            }),
+            access_log: Some(AccessLogSettings {
+                enabled: Some(true),
+                format: None,
+            }),
+            ..Default::default()
+        };
+        let explicit_defaults = MeshConfigSpec {
+            traffic: Some(TrafficSettings {
+                outbound_traffic_policy: Some(OutboundTrafficPolicy::AllowAny),
+                enable_permissive_traffic_policy_mode: Some(true),
+                ..Default::default()
+            }),
+            access_log: Some(AccessLogSettings {
+                enabled: Some(false),
+                format: None,
+            }),
+            ..Default::default()
+        };
+        let table: [(MeshConfigSpec, Vec<&str>); 3] = [
+            (MeshConfigSpec::default(), vec![]),
+            (explicit_defaults, vec![]),
+            (
+                registry_only,
+                vec![
+                    "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
+                    "traffic.enablePermissiveTrafficPolicyMode=false",
+                    "accessLog.enabled=true",
+                ],
+            ),
+        ];
+        for (spec, expected) in table {
+            assert_eq!(unsupported_settings(&spec), expected);
+            let s = meshconfig_status(
+                "stable",
+                Some(1),
+                &spec,
+                None,
+                &Snapshot::default(),
+                true,
+                &at(1),
+            );
+            let c = cond(&s, "Unsupported");
+            assert_eq!(c.status, if expected.is_empty() { "False" } else { "True" });
+            for name in expected {
+                assert!(c.message.contains(name), "{}", c.message);
+            }
+        }
+    }
+
+    #[test]
+    fn a_conflict_is_reported_once_and_again_only_when_it_changes() {
+        let current: BTreeMap<String, String> = [
+            ("pets".to_string(), "a".to_string()),
+            ("shop".to_string(), "b".to_string()),
+        ]
+        .into();
+        let mut reported = HashMap::new();
+        assert_eq!(new_conflicts(&current, &reported).len(), 2);
+        reported.insert("pets".to_string(), "a".to_string());
+        assert_eq!(
+            new_conflicts(&current, &reported),
+            [("shop".to_string(), "b".to_string())]
+        );
+        reported.insert("shop".to_string(), "old".to_string());
+        assert_eq!(
+            new_conflicts(&current, &reported),
+            [("shop".to_string(), "b".to_string())]
+        );
+        reported.insert("shop".to_string(), "b".to_string());
+        assert!(new_conflicts(&current, &reported).is_empty());
+    }
+
+    #[test]
+    fn the_same_conflict_gets_the_same_event_name() {
+        let a = conflict_event("pets", None, "x wins over y", "op-1");
+        let b = conflict_event("pets", Some("uid".into()), "x wins over y", "op-2");
+        let c = conflict_event("pets", None, "x wins over z", "op-1");
+        assert_eq!(a.metadata.name, b.metadata.name);
+        assert_ne!(a.metadata.name, c.metadata.name);
+        assert_eq!(a.type_.as_deref(), Some("Warning"));
+        assert_eq!(a.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(
+            a.regarding.and_then(|r| r.kind).as_deref(),
+            Some("Namespace")
+        );
+    }
+}

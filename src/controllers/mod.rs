@@ -1,0 +1,426 @@
+//! The operator's controllers (SPEC §1 stories 1 and 4, §3): first-start bootstrap of the
+//! default revision, and the MeshConfig and RevisionTag status controllers. Every decision is a
+//! pure function over a `Snapshot` of the mesh (`index`); the reconcilers only read the shared
+//! reflector stores, call those functions and patch status.
+
+pub mod bootstrap;
+pub mod index;
+pub mod meshconfig;
+pub mod revisiontag;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::watch;
+
+use crate::api::{MeshConfig, RevisionTag};
+use crate::contract;
+use index::Snapshot;
+
+pub use crate::contract::FIELD_MANAGER;
+/// Safety net: every object is reconciled at least this often, whatever the watches say.
+pub const REQUEUE: Duration = Duration::from_secs(10);
+/// Changes arriving within this window are folded into one reconcile of everything.
+const COALESCE: Duration = Duration::from_secs(1);
+/// How often the CA readiness probe is polled for changes.
+const CA_POLL: Duration = Duration::from_secs(1);
+/// Wait before retrying a failed reconcile or bootstrap.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// Condition reasons (types are in `crate::api::conditions`).
+pub mod reasons {
+    pub const CA_READY: &str = "CaReady";
+    pub const CA_NOT_READY: &str = "CaNotReady";
+    pub const RECONCILED: &str = "Reconciled";
+    pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
+    pub const ALL_FIELDS_SUPPORTED: &str = "AllFieldsSupported";
+    pub const REVISION_FOUND: &str = "RevisionFound";
+    pub const REVISION_NOT_FOUND: &str = "RevisionNotFound";
+    pub const IN_USE: &str = "InUse";
+    pub const NOT_IN_USE: &str = "NotInUse";
+    /// Event reason on a namespace whose enrolment labels disagree.
+    pub const CONFLICTING_LABELS: &str = "ConflictingInjectionLabels";
+}
+
+/// Whether the mesh CA is loaded (Ready of every revision hangs on it). The operator passes
+/// `move || ca_rx.borrow().is_some()`.
+pub type CaReady = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The operator's flags the controllers need.
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    /// The operator's namespace: MeshConfigs and RevisionTags live there; never injected.
+    pub namespace: String,
+    /// The value of `openservicemesh.io/monitored-by` that means weft (`--mesh-name`).
+    pub mesh_name: String,
+    /// Revision created on the very first start (`--default-revision`).
+    pub default_revision: String,
+    /// Proxy image written into that revision (`--proxy-image`).
+    pub proxy_image: String,
+    /// Trust domain written into that revision (`--trust-domain`).
+    pub trust_domain: String,
+    /// Identity in Events (`reportingInstance`), normally the pod name.
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("object has no name")]
+    NoName,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Encode { .. } => "encode",
+            Error::NoName => "no_name",
+        }
+    }
+
+    pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// Whether a kube error is the API server's 409 (AlreadyExists on create, Conflict on update).
+pub(crate) fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+// === Context ===
+
+/// The reflector stores both controllers read; filled by `run_all`'s watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub meshconfigs: Store<MeshConfig>,
+    pub tags: Store<RevisionTag>,
+    pub namespaces: Store<Namespace>,
+    /// Only pods labelled `weft.dev/revision` (injection adds it), trimmed to their
+    /// `weft.dev/status` annotation and phase.
+    pub pods: Store<Pod>,
+}
+
+impl Stores {
+    /// The mesh as of now, for the pure status functions.
+    pub fn snapshot(&self, settings: &ControllerSettings) -> Snapshot {
+        let meshconfigs = self.meshconfigs.state();
+        let tags = self.tags.state();
+        let namespaces = self.namespaces.state();
+        let pods = self.pods.state();
+        Snapshot::build(
+            &settings.mesh_name,
+            &settings.namespace,
+            meshconfigs
+                .iter()
+                .filter(|m| m.metadata.namespace.as_deref() == Some(settings.namespace.as_str()))
+                .filter_map(|m| m.metadata.name.clone()),
+            tags.iter()
+                .filter(|t| t.metadata.namespace.as_deref() == Some(settings.namespace.as_str()))
+                .filter_map(|t| Some((t.metadata.name.clone()?, t.spec.revision.clone()))),
+            namespaces.iter().map(|n| n.as_ref()),
+            pods.iter().map(|p| p.as_ref()),
+        )
+    }
+}
+
+/// Shared by the reconcilers (controller-rs shape).
+pub struct Context {
+    pub client: Client,
+    pub settings: ControllerSettings,
+    pub stores: Stores,
+    pub ca_ready: CaReady,
+    /// Namespace → fingerprint of the label conflict last reported on it, so each conflict
+    /// gets one Warning Event, not one per loop.
+    pub reported_conflicts: Mutex<std::collections::HashMap<String, String>>,
+}
+
+// === Conditions ===
+
+/// A condition with `lastTransitionTime` carried over from `existing` when the status did not
+/// change (so `kubectl wait` and humans see when it really flipped).
+pub fn condition(
+    existing: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = existing
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+pub(crate) fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+// === Triggers ===
+
+/// "Something in the mesh changed": bumped by every watch event; each controller folds the
+/// bumps of a `COALESCE` window into one reconcile of all its objects.
+#[derive(Clone)]
+struct Trigger(Arc<watch::Sender<u64>>);
+
+impl Trigger {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn stream(&self) -> impl Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.0.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            tokio::time::sleep(COALESCE).await;
+            rx.borrow_and_update();
+            Some(((), rx))
+        })
+    }
+}
+
+/// Watches `api` into a store, bumping `trigger` on every change; runs until the process ends
+/// (the watcher retries with backoff, so errors are only logged).
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+    trigger: Trigger,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim));
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => trigger.bump(),
+                Err(e) => tracing::warn!(%kind, "watch failed (retrying): {e}"),
+            }
+        }
+    });
+    reader
+}
+
+/// Keeps what the status functions read from a pod and drops the rest (a cluster's pods are
+/// the biggest thing the operator caches).
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.owner_references = None;
+    pod.metadata.labels = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == contract::ANNOTATION_STATUS);
+    }
+    pod.spec = None;
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        ..Default::default()
+    });
+}
+
+fn trim_meta<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// Runs the controllers until the process ends: watches (MeshConfigs and RevisionTags in the
+/// operator namespace, Namespaces, injected Pods), the first-start bootstrap, the MeshConfig
+/// and RevisionTag status controllers and the namespace label-conflict warnings. Spawn it.
+pub async fn run_all(client: Client, settings: ControllerSettings, ca_ready: CaReady) {
+    let trigger = Trigger::new();
+    let ns = settings.namespace.as_str();
+    let stores = Stores {
+        meshconfigs: spawn_reflector(
+            Api::<MeshConfig>::namespaced(client.clone(), ns),
+            watcher::Config::default(),
+            trim_meta,
+            trigger.clone(),
+        ),
+        tags: spawn_reflector(
+            Api::<RevisionTag>::namespaced(client.clone(), ns),
+            watcher::Config::default(),
+            trim_meta,
+            trigger.clone(),
+        ),
+        namespaces: spawn_reflector(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            trim_meta,
+            trigger.clone(),
+        ),
+        pods: spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(contract::LABEL_REVISION),
+            trim_pod,
+            trigger.clone(),
+        ),
+    };
+    // The CA appearing or vanishing changes Ready without any watch event.
+    tokio::spawn({
+        let (trigger, ca_ready) = (trigger.clone(), ca_ready.clone());
+        async move {
+            let mut last = ca_ready();
+            loop {
+                tokio::time::sleep(CA_POLL).await;
+                let now = ca_ready();
+                if now != last {
+                    last = now;
+                    trigger.bump();
+                }
+            }
+        }
+    });
+    tokio::spawn(bootstrap::first_start_with_retry(
+        client.clone(),
+        settings.clone(),
+    ));
+
+    // Statuses computed before every store has listed would count zero pods and namespaces.
+    for (kind, ready) in [
+        ("MeshConfig", wait(stores.meshconfigs.clone())),
+        ("RevisionTag", wait(stores.tags.clone())),
+        ("Namespace", wait(stores.namespaces.clone())),
+        ("Pod", wait(stores.pods.clone())),
+    ] {
+        if ready.await.is_err() {
+            tracing::error!(%kind, "watch ended before its first list; controllers not started");
+            return;
+        }
+    }
+    tracing::info!("controllers: caches synced");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+        stores,
+        ca_ready,
+        reported_conflicts: Mutex::default(),
+    });
+    tokio::join!(
+        meshconfig::run(ctx.clone(), trigger.stream()),
+        revisiontag::run(ctx.clone(), trigger.stream()),
+        meshconfig::warn_on_conflicts(ctx.clone(), trigger.stream()),
+    );
+}
+
+type Waiting = Pin<Box<dyn Future<Output = Result<(), reflector::store::WriterDropped>> + Send>>;
+
+fn wait<K>(store: Store<K>) -> Waiting
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    Box::pin(async move { store.wait_until_ready().await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default())
+    }
+
+    #[test]
+    fn last_transition_time_moves_only_when_the_status_flips() {
+        let first = condition(
+            &[],
+            "Ready",
+            false,
+            "CaNotReady",
+            "m".into(),
+            Some(1),
+            &at(10),
+        );
+        assert_eq!(first.last_transition_time, at(10));
+        // Same status, new reason and message: the transition time stays.
+        let same = condition(
+            std::slice::from_ref(&first),
+            "Ready",
+            false,
+            "Other",
+            "n".into(),
+            Some(2),
+            &at(20),
+        );
+        assert_eq!(same.last_transition_time, at(10));
+        assert_eq!(same.observed_generation, Some(2));
+        let flipped = condition(
+            &[same],
+            "Ready",
+            true,
+            "CaReady",
+            "".into(),
+            Some(2),
+            &at(30),
+        );
+        assert_eq!(flipped.last_transition_time, at(30));
+        assert_eq!(flipped.status, "True");
+    }
+
+    #[test]
+    fn trimmed_pods_keep_only_the_status_annotation_and_phase() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "pets",
+                "labels": {"app": "web"},
+                "annotations": {"weft.dev/status": "{}", "other": "x"}},
+            "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        }))
+        .unwrap_or_default();
+        trim_pod(&mut pod);
+        assert!(pod.spec.is_none());
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .map(|a| a.into_keys().collect::<Vec<_>>()),
+            Some(vec!["weft.dev/status".to_string()])
+        );
+        let status = pod.status.unwrap_or_default();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.pod_ip.is_none());
+    }
+}

@@ -64,7 +64,7 @@ deploy: ## Build weft and install it into the local cluster with kubectl apply -
 .PHONY: e2e
 e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down); needs root
 	$(CARGO) build --locked -p weft --bins
-	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions -- --test-threads=4
+	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli -- --test-threads=4
 
 .PHONY: test
 test: lint check-proxy-kube-free unit e2e ## The whole suite: lint, kube-free check, unit and golden tests, cluster tests

@@ -9,13 +9,13 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::index::{Snapshot, count, namespace_conflict};
-use super::{Context, Error, FIELD_MANAGER, REQUEUE, RETRY, condition, is_conflict, reasons};
+use super::{Context, Error, REQUEUE, RETRY, condition, is_conflict, reasons};
 use crate::api::meshconfig::{OutboundTrafficPolicy, TrafficSettings};
 use crate::api::{MeshConfig, MeshConfigSpec, MeshConfigStatus, conditions};
 use crate::contract;
@@ -172,23 +172,7 @@ pub async fn reconcile(mc: Arc<MeshConfig>, ctx: Arc<Context>) -> Result<Action,
         (ctx.ca_ready)(),
         &super::now(),
     );
-    if mc.status.as_ref() != Some(&status) {
-        let api = Api::<MeshConfig>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-        let patch = serde_json::json!({
-            "apiVersion": MeshConfig::api_version(&()),
-            "kind": MeshConfig::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "patching the status of MeshConfig {name}"
-        )))?;
-    }
+    super::apply_status::<MeshConfig, _>(&ctx, name, mc.status.as_ref(), &status).await?;
     Ok(Action::requeue(REQUEUE))
 }
 

@@ -185,6 +185,43 @@ pub fn condition(
     }
 }
 
+/// Writes `status` of the namespaced object `name` of kind `K` with server-side apply (field
+/// manager `weft`) when it differs from `current`: one path for every controller's status.
+pub(crate) async fn apply_status<K, S>(
+    ctx: &Context,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    S: PartialEq + serde::Serialize,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let api = Api::<K>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "patching the status of {} {name}",
+        K::kind(&())
+    )))?;
+    Ok(())
+}
+
 pub(crate) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }

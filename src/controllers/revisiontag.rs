@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::index::{Snapshot, count};
-use super::{Context, Error, FIELD_MANAGER, REQUEUE, RETRY, condition, reasons};
+use super::{Context, Error, REQUEUE, RETRY, condition, reasons};
 use crate::api::{RevisionTag, RevisionTagSpec, RevisionTagStatus, conditions};
 
 /// The status of tag `name` in `snapshot`; `operator_namespace` is where MeshConfigs live.
@@ -140,23 +139,7 @@ pub async fn reconcile(tag: Arc<RevisionTag>, ctx: Arc<Context>) -> Result<Actio
         &ctx.settings.namespace,
         &super::now(),
     );
-    if tag.status.as_ref() != Some(&status) {
-        let api = Api::<RevisionTag>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-        let patch = serde_json::json!({
-            "apiVersion": RevisionTag::api_version(&()),
-            "kind": RevisionTag::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "patching the status of RevisionTag {name}"
-        )))?;
-    }
+    super::apply_status::<RevisionTag, _>(&ctx, name, tag.status.as_ref(), &status).await?;
     Ok(Action::requeue(REQUEUE))
 }
 

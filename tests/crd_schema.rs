@@ -194,3 +194,44 @@ fn a_revision_tag_needs_a_revision() {
     assert!(errors.iter().any(|e| e.contains("revision")), "{errors:?}");
     assert!(!validate("RevisionTag", &tag(json!({"revision": ""}))).is_empty());
 }
+
+#[test]
+fn every_format_is_one_the_api_server_knows() {
+    // Formats outside this list make the API server warn on every apply.
+    const KNOWN: [&str; 8] = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+        "password",
+    ];
+    fn walk(path: &str, schema: &Value, unknown: &mut Vec<String>) {
+        if let Some(f) = schema.get("format").and_then(Value::as_str)
+            && !KNOWN.contains(&f)
+        {
+            unknown.push(format!("{path}: {f}"));
+        }
+        for (name, sub) in schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            walk(&format!("{path}.{name}"), sub, unknown);
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, unknown);
+        }
+    }
+    for kind in ["MeshConfig", "RevisionTag"] {
+        let mut unknown = Vec::new();
+        walk(kind, &crd_schema(kind), &mut unknown);
+        assert!(
+            unknown.is_empty(),
+            "formats the API server does not know: {unknown:?}"
+        );
+    }
+}

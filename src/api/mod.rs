@@ -27,18 +27,23 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 .as_mut()
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
-                drop_null_from_enums(schema);
+                tidy_schema(schema);
             }
         }
     }
     crds
 }
 
-/// Optional enum fields come out of schemars with `null` among their values; `nullable: true`
-/// already says that, and a bare `null` would show up in `kubectl explain` as a value to pick.
-fn drop_null_from_enums(schema: &mut JSONSchemaProps) {
+/// Makes schemars' output what the API server expects: optional enum fields come out with
+/// `null` among their values (`nullable: true` already says that, and a bare `null` would show
+/// in `kubectl explain` as a value to pick), and unsigned integers with formats Kubernetes does
+/// not know (`uint16`, `uint32`), which it warns about on every apply; bounds carry that meaning.
+fn tidy_schema(schema: &mut JSONSchemaProps) {
     if let Some(values) = schema.enum_.as_mut() {
         values.retain(|v| v.0 != Value::Null);
+    }
+    if schema.format.as_deref().is_some_and(|f| f.starts_with("uint")) {
+        schema.format = None;
     }
     let children = schema
         .properties
@@ -49,7 +54,7 @@ fn drop_null_from_enums(schema: &mut JSONSchemaProps) {
             _ => None,
         }));
     for child in children {
-        drop_null_from_enums(child);
+        tidy_schema(child);
     }
 }
 

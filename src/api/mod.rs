@@ -42,7 +42,11 @@ fn tidy_schema(schema: &mut JSONSchemaProps) {
     if let Some(values) = schema.enum_.as_mut() {
         values.retain(|v| v.0 != Value::Null);
     }
-    if schema.format.as_deref().is_some_and(|f| f.starts_with("uint")) {
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("uint"))
+    {
         schema.format = None;
     }
     let children = schema

@@ -47,8 +47,15 @@ pub const PATH_READY: &str = "/healthz/ready";
 pub const PATH_STATS: &str = "/stats/prometheus";
 pub const PATH_APP_HEALTH_PREFIX: &str = "/app-health/";
 pub const PATH_INJECT: &str = "/inject";
+/// The validating webhook `weft-validator`: MeshConfig and RevisionTag rules (SPEC §3).
+pub const PATH_VALIDATE: &str = "/validate";
+/// The mutating webhook that fills a new MeshConfig from the `default` tag's revision.
+pub const PATH_DEFAULT_MESHCONFIG: &str = "/default-meshconfig";
 pub const PATH_CERTIFICATES: &str = "/v1/certificates";
 pub const PATH_CONFIG_STREAM: &str = "/v1/config/stream";
+pub const PATH_CONFIG_ACK: &str = "/v1/config/ack";
+/// Monitoring port: this operator replica's connected proxies (`weft proxy-status`).
+pub const PATH_DEBUG_PROXIES: &str = "/debug/proxies";
 
 // === Environment of the injected proxy (set by the webhook, read by the proxy) ===
 
@@ -115,6 +122,10 @@ pub const ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES: &str =
 pub const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 pub const ANNOTATION_PROMETHEUS_PORT: &str = "prometheus.io/port";
 pub const ANNOTATION_PROMETHEUS_PATH: &str = "prometheus.io/path";
+/// On a MeshConfig whose left-out fields were copied at creation: the revision they came from.
+pub const ANNOTATION_DEFAULTED_FROM: &str = "weft.dev/defaulted-from";
+/// Next to it: the copied fields, comma-separated dotted paths under `spec`.
+pub const ANNOTATION_DEFAULTED_FIELDS: &str = "weft.dev/defaulted-fields";
 
 /// Field manager of every write weft makes (server-side apply and patches): one name, so
 /// ownership of fields is the same whichever part of weft wrote them.

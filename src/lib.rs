@@ -1,10 +1,11 @@
 //! weft: a service mesh for Kubernetes. The library holds both planes; the binaries in
 //! `src/bin/` are thin. Everything under the `control-plane` feature may talk to Kubernetes;
-//! `contract`, `duration`, `pki` and the `proxy` side never do.
+//! `contract`, `duration`, `pki`, `snapshot` and the `proxy` side never do.
 
 pub mod contract;
 pub mod duration;
 pub mod pki;
+pub mod snapshot;
 
 #[cfg(feature = "control-plane")]
 pub mod api;
@@ -12,6 +13,8 @@ pub mod api;
 pub mod cli;
 #[cfg(feature = "control-plane")]
 pub mod controllers;
+#[cfg(feature = "control-plane")]
+pub mod discovery;
 #[cfg(feature = "control-plane")]
 pub mod operator;
 #[cfg(feature = "proxy")]

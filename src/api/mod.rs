@@ -3,9 +3,11 @@
 
 pub mod conditions;
 pub mod meshconfig;
+pub mod peerauthentication;
 pub mod revisiontag;
 
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};
+pub use peerauthentication::PeerAuthentication;
 pub use revisiontag::{RevisionTag, RevisionTagSpec, RevisionTagStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

@@ -140,7 +140,7 @@ impl Catalog {
                 .iter()
                 .filter_map(|r| Some((r.metadata.name.clone()?, r.spec.clone())))
                 .collect(),
-            foreign_injectors: Vec::new(),
+            ..Default::default()
         }
     }
 }

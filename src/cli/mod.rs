@@ -5,6 +5,7 @@ pub mod error;
 pub mod inventory;
 pub mod namespace;
 pub mod output;
+pub mod proxy_status;
 pub mod revision;
 pub mod tag;
 
@@ -24,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (in the weft-operator Deployment).
-    Operator(crate::operator::run::OperatorArgs),
+    Operator(Box<crate::operator::run::OperatorArgs>),
     /// Print the CustomResourceDefinitions of weft's API as YAML, or write them as the files
     /// that `crds/` holds.
     Crds {
@@ -41,14 +42,29 @@ pub enum Command {
     /// Revisions (MeshConfigs) and what uses them.
     #[command(subcommand)]
     Revision(revision::RevisionCommand),
+    /// Each meshed pod's config (SYNCED/STALE), operator replica and certificate expiry.
+    ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Show how weft sees an object.
+    #[command(subcommand)]
+    Describe(DescribeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DescribeCommand {
+    /// A pod's revision, identity, and effective mTLS mode per port with the policy behind it.
+    Pod(proxy_status::DescribePodArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Operator(args) => crate::operator::run::run(args).await,
+        Command::Operator(args) => crate::operator::run::run(*args).await,
         Command::Namespace(command) => Ok(namespace::run(command).await?),
         Command::Tag(command) => Ok(tag::run(command).await?),
         Command::Revision(command) => Ok(revision::run(command).await?),
+        Command::ProxyStatus(args) => Ok(proxy_status::proxy_status(args).await?),
+        Command::Describe(DescribeCommand::Pod(args)) => {
+            Ok(proxy_status::describe_pod(args).await?)
+        }
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())

@@ -94,8 +94,10 @@ impl CaBundleController {
                 ca
             }
         };
-        self.publish_roots(&ca).await?;
-        self.patch_ca_bundles(&ca).await
+        // The webhooks first: until their caBundle is set, the API server refuses every write
+        // they cover (failurePolicy Fail), including the first revision's creation.
+        self.patch_ca_bundles(&ca).await?;
+        self.publish_roots(&ca).await
     }
 
     fn secrets(&self) -> Api<Secret> {
@@ -249,6 +251,8 @@ impl CaBundleController {
         Ok(())
     }
 
+    /// Every webhook entry of both configurations (the injector's pod entries and the
+    /// MeshConfig defaulting one in `weft-sidecar-injector`; all of `weft-validator`).
     async fn patch_ca_bundles(&self, ca: &MeshCa) -> Result<(), CaProblem> {
         let bundle = ByteString(ca.roots_pem().into_bytes());
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());

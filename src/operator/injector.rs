@@ -1,8 +1,10 @@
-//! The sidecar injector endpoint (`POST /inject` on :15017, TLS): reflectors keep the
-//! namespaces, tags, revisions and other meshes' injectors in memory, and every admission
-//! review is answered by the pure `webhook::review` from a snapshot of them. No API call is
+//! The admission webhook server on :15017 (TLS): `POST /inject` (the sidecar injector),
+//! `POST /validate` (`weft-validator`) and `POST /default-meshconfig`. Reflectors keep the
+//! namespaces, tags, revisions, injected pods and other meshes' injectors in memory, and every
+//! review is answered by a pure function of `webhook` from a snapshot of them. No API call is
 //! made on the request path, so a review costs microseconds and never waits on the API server.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,14 +13,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
 
 use super::ca_bundle::MUTATING_WEBHOOK;
+use super::reflect::reflect;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::webhook::{self, ForeignInjector, InjectorSettings, MeshState};
@@ -30,38 +31,31 @@ pub struct InjectorState {
     tags: Store<RevisionTag>,
     revisions: Store<MeshConfig>,
     injectors: Store<MutatingWebhookConfiguration>,
+    /// Only pods labelled `weft.dev/revision`, trimmed to name, that label and phase: a
+    /// revision is not deleted while pods run it.
+    pods: Store<Pod>,
     settings: Arc<InjectorSettings>,
     mesh_name: String,
 }
 
-fn reflect<K>(api: Api<K>) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::debug!("injector watch: {e}");
-            }
-        }
-    });
-    reader
-}
-
 impl InjectorState {
-    pub fn start(client: &Client, settings: InjectorSettings, mesh_name: String) -> Self {
+    /// `pods` is the shared store of meshed pods ([`super::reflect::meshed_pods`]).
+    pub fn start(
+        client: &Client,
+        settings: InjectorSettings,
+        mesh_name: String,
+        pods: Store<Pod>,
+    ) -> Self {
         let ns = settings.operator_namespace.clone();
         Self {
-            namespaces: reflect(Api::<Namespace>::all(client.clone())),
-            tags: reflect(Api::<RevisionTag>::namespaced(client.clone(), &ns)),
-            revisions: reflect(Api::<MeshConfig>::namespaced(client.clone(), &ns)),
-            injectors: reflect(Api::<MutatingWebhookConfiguration>::all(client.clone())),
+            namespaces: reflect(Api::<Namespace>::all(client.clone()), None),
+            tags: reflect(Api::<RevisionTag>::namespaced(client.clone(), &ns), None),
+            revisions: reflect(Api::<MeshConfig>::namespaced(client.clone(), &ns), None),
+            injectors: reflect(
+                Api::<MutatingWebhookConfiguration>::all(client.clone()),
+                None,
+            ),
+            pods,
             settings: Arc::new(settings),
             mesh_name,
         }
@@ -74,6 +68,7 @@ impl InjectorState {
             self.tags.wait_until_ready(),
             self.revisions.wait_until_ready(),
             self.injectors.wait_until_ready(),
+            self.pods.wait_until_ready(),
         );
     }
 
@@ -112,13 +107,49 @@ impl InjectorState {
                         })
                 })
                 .collect(),
+            // Only validation reads pods; `snapshot_with_pods` fills them.
+            revision_pods: BTreeMap::new(),
         }
     }
+
+    /// As `snapshot`, with the running pods of each revision.
+    pub fn snapshot_with_pods(&self) -> MeshState {
+        let mut mesh = self.snapshot();
+        mesh.revision_pods = revision_pods(self.pods.state().iter().map(|p| p.as_ref()));
+        mesh
+    }
+}
+
+/// Revision → `namespace/name` of its running pods (by their `weft.dev/revision` label).
+fn revision_pods<'a>(pods: impl Iterator<Item = &'a Pod>) -> BTreeMap<String, Vec<String>> {
+    let mut by_revision: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pod in pods {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let revision = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(contract::LABEL_REVISION));
+        if let (Some(revision), Some(name)) = (revision, pod.metadata.name.as_deref()) {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            by_revision
+                .entry(revision.clone())
+                .or_default()
+                .push(format!("{namespace}/{name}"));
+        }
+    }
+    by_revision.values_mut().for_each(|pods| pods.sort());
+    by_revision
 }
 
 pub fn router(state: InjectorState) -> Router {
     Router::new()
         .route(contract::PATH_INJECT, post(inject))
+        .route(contract::PATH_VALIDATE, post(validate))
+        .route(contract::PATH_DEFAULT_MESHCONFIG, post(default_meshconfig))
         // The review itself answers oversized bodies with a JSON 413; let it see them.
         .layer(DefaultBodyLimit::max(webhook::MAX_REVIEW_BODY_BYTES + 1))
         .with_state(state)
@@ -128,10 +159,66 @@ async fn inject(State(state): State<InjectorState>, body: Bytes) -> impl IntoRes
     let mesh = state.snapshot();
     let namespaces = state.namespaces.clone();
     let lookup = move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
-    let (status, body) = webhook::review(&body, lookup, &mesh, &state.settings);
+    json(webhook::review(&body, lookup, &mesh, &state.settings))
+}
+
+async fn validate(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+    json(webhook::validate(
+        &body,
+        &state.snapshot_with_pods(),
+        &state.settings,
+    ))
+}
+
+async fn default_meshconfig(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+    json(webhook::default_meshconfig(
+        &body,
+        &state.snapshot(),
+        &state.settings,
+    ))
+}
+
+fn json((status, body): (u16, Vec<u8>)) -> impl IntoResponse {
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         [(header::CONTENT_TYPE, "application/json")],
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+
+    fn pod(namespace: &str, name: &str, revision: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                labels: Some([(contract::LABEL_REVISION.to_string(), revision.into())].into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn running_pods_are_listed_per_revision_and_finished_ones_left_out() {
+        let pods = [
+            pod("shop", "b", "stable", "Running"),
+            pod("pets", "a", "stable", "Pending"),
+            pod("pets", "job", "stable", "Succeeded"),
+            pod("pets", "crashed", "canary", "Failed"),
+            pod("pets", "c", "canary", "Running"),
+        ];
+        let listed = revision_pods(pods.iter());
+        assert_eq!(listed["stable"], ["pets/a", "shop/b"]);
+        assert_eq!(listed["canary"], ["pets/c"]);
+    }
 }

@@ -3,5 +3,7 @@
 pub mod ca_bundle;
 pub mod csr;
 pub mod injector;
+pub mod leader;
+pub mod reflect;
 pub mod run;
 pub mod serving;

@@ -17,6 +17,8 @@ use super::csr;
 use super::injector::{self, InjectorState};
 use super::serving::{ServingCertResolver, keep_serving_cert};
 use crate::contract;
+use crate::discovery::{self, DiscoverySettings, DiscoveryState, PeerCert};
+use crate::pki::MeshCa;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
@@ -48,6 +50,13 @@ pub struct OperatorArgs {
     /// Name of this replica (its pod), reported in Events.
     #[arg(long, env = "POD_NAME", default_value = "weft-operator")]
     pub instance: String,
+    /// Namespace whose selector-less PeerAuthentication is mesh-wide (Istio's root
+    /// namespace; Istio migrants point it at `istio-system`).
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = contract::DEFAULT_OPERATOR_NAMESPACE)]
+    pub root_namespace: String,
+    /// DNS suffix of Service host names in metrics and snapshots.
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
@@ -85,8 +94,27 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             max_ttl,
         }),
     );
-    let discovery = csr::router(csr_state);
-    tokio::spawn(serve_tls(args.discovery_addr, resolver.clone(), discovery));
+    // One watch of the meshed pods feeds the config server and the validator.
+    let mesh_changed = Arc::new(tokio::sync::Notify::new());
+    let meshed_pods = super::reflect::meshed_pods(&client, Some(mesh_changed.clone()));
+    let config_server = DiscoveryState::start(
+        &client,
+        DiscoverySettings {
+            trust_domain: args.trust_domain.clone(),
+            operator_namespace: args.namespace.clone(),
+            root_namespace: args.root_namespace.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+        },
+        meshed_pods.clone(),
+        mesh_changed,
+    );
+    let discovery = csr::router(csr_state).merge(discovery::server::router(config_server.clone()));
+    tokio::spawn(serve_tls(
+        args.discovery_addr,
+        resolver.clone(),
+        discovery,
+        Some(ca_rx.clone()),
+    ));
 
     let settings = crate::webhook::InjectorSettings {
         operator_namespace: args.namespace.clone(),
@@ -96,8 +124,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             args.namespace,
             contract::PORT_DISCOVERY
         ),
+        trust_domain: args.trust_domain.clone(),
     };
-    let injector = InjectorState::start(&client, settings, args.mesh_name.clone());
+    let injector = InjectorState::start(&client, settings, args.mesh_name.clone(), meshed_pods);
     let synced = Arc::new(AtomicBool::new(false));
     {
         let (injector, synced) = (injector.clone(), synced.clone());
@@ -110,6 +139,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         args.webhook_addr,
         resolver.clone(),
         injector::router(injector),
+        None,
     ));
 
     let controller_settings = crate::controllers::ControllerSettings {
@@ -124,19 +154,28 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let rx = ca_rx.clone();
         Arc::new(move || rx.borrow().is_some())
     };
-    tokio::spawn(crate::controllers::run_all(
-        client.clone(),
-        controller_settings,
-        ca_ready,
-    ));
+    // Only the replica holding the Lease runs the controllers (SPEC §11).
+    tokio::spawn(
+        super::leader::LeaderElection::new(client.clone(), &args.namespace, &args.instance).run(
+            move |client| {
+                crate::controllers::run_all(client, controller_settings.clone(), ca_ready.clone())
+            },
+        ),
+    );
 
     // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
     // hold their first lists.
     let ready = {
         let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
-        move || ca_rx.borrow().is_some() && resolver.is_loaded() && synced.load(Ordering::Relaxed)
+        let config_server = config_server.clone();
+        move || {
+            ca_rx.borrow().is_some()
+                && resolver.is_loaded()
+                && synced.load(Ordering::Relaxed)
+                && config_server.is_synced()
+        }
     };
-    let monitoring = Router::new()
+    let monitoring = discovery::server::debug_router(config_server, args.instance.clone())
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
@@ -166,13 +205,63 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// HTTPS with the hot-swapped serving certificate.
-async fn serve_tls(addr: SocketAddr, resolver: Arc<ServingCertResolver>, app: Router) {
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+/// The TLS acceptor: the hot-swapped serving certificate and, when `client_roots` is
+/// given, optional client certificates verified against the mesh roots (the CSR endpoint
+/// is reached without one; the config stream needs one).
+fn acceptor(
+    resolver: &Arc<ServingCertResolver>,
+    client_roots: Option<&MeshCa>,
+) -> tokio_rustls::TlsAcceptor {
+    let builder = rustls::ServerConfig::builder();
+    let verifier = client_roots.and_then(|ca| {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in crate::pki::certificates_from_pem(&ca.roots_pem()).ok()? {
+            roots.add(der.into()).ok()?;
+        }
+        rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .ok()
+    });
+    let mut config = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// What the client certificate of an accepted connection proves.
+fn peer_cert(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> PeerCert {
+    let Some(leaf) = certs.and_then(|c| c.first()) else {
+        return PeerCert::default();
+    };
+    let expires = x509_parser::parse_x509_certificate(leaf)
+        .ok()
+        .and_then(|(_, c)| {
+            k8s_openapi::jiff::Timestamp::from_second(c.validity().not_after.timestamp()).ok()
+        })
+        .map(|t| t.to_string());
+    PeerCert {
+        spiffe_id: crate::pki::spiffe_id_of(leaf),
+        expires,
+    }
+}
+
+/// HTTPS with the hot-swapped serving certificate (and, with `client_roots`, the peer's
+/// proven identity as a [`PeerCert`] request extension).
+async fn serve_tls(
+    addr: SocketAddr,
+    resolver: Arc<ServingCertResolver>,
+    app: Router,
+    mut client_roots: Option<watch::Receiver<Option<Arc<MeshCa>>>>,
+) {
+    let current = |roots: &mut Option<watch::Receiver<Option<Arc<MeshCa>>>>| {
+        let ca = roots.as_mut().and_then(|r| r.borrow_and_update().clone());
+        acceptor(&resolver, ca.as_deref())
+    };
+    let mut acceptor = current(&mut client_roots);
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -185,13 +274,25 @@ async fn serve_tls(addr: SocketAddr, resolver: Arc<ServingCertResolver>, app: Ro
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        if client_roots
+            .as_ref()
+            .is_some_and(|r| r.has_changed().unwrap_or(false))
+        {
+            acceptor = current(&mut client_roots);
+        }
+        let (acceptor, mut app) = (acceptor.clone(), app.clone());
+        let with_peer = client_roots.is_some();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {
                 return;
             };
+            if with_peer {
+                app = app.layer(axum::Extension(peer_cert(
+                    tls.get_ref().1.peer_certificates(),
+                )));
+            }
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
                 .await;

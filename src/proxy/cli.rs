@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::Settings;
+use super::config_stream::ConfigStreamConfig;
 use super::identity::CsrClientConfig;
 use super::inputs::FileSources;
 use super::iptables::{self, InitOptions};
@@ -119,9 +120,14 @@ pub struct RunArgs {
     /// Fraction of the certificate lifetime at which it is renewed (±10% jitter).
     #[arg(long, env = "WEFT_RENEW_AT", default_value_t = 0.5)]
     pub renew_at: f64,
-    /// Config snapshot file (JSON, see proxy::config); re-read when it changes.
+    /// Config snapshot file (JSON, see weft::snapshot); re-read when it changes. Without it
+    /// the proxy follows the operator's config stream (needs --pod-name).
     #[arg(long, env = contract::ENV_SNAPSHOT_FILE)]
     pub snapshot_file: Option<PathBuf>,
+    /// The pod's name, sent on the config stream (the operator checks it against the
+    /// certificate's identity).
+    #[arg(long, env = contract::ENV_POD_NAME)]
+    pub pod_name: Option<String>,
     /// The pod's IP: inbound connections are forwarded to it.
     #[arg(long, env = contract::ENV_POD_IP)]
     pub pod_ip: Option<std::net::IpAddr>,
@@ -166,7 +172,20 @@ impl RunArgs {
             },
             app_probers: self.app_probers.clone(),
             csr: self.csr_client(),
+            config_stream: self.config_stream(),
         }
+    }
+
+    /// The config stream runs when no snapshot file is given and the pod's name is known.
+    fn config_stream(&self) -> Option<ConfigStreamConfig> {
+        if self.snapshot_file.is_some() {
+            return None;
+        }
+        Some(ConfigStreamConfig {
+            address: self.discovery_address.clone(),
+            server_name: contract::DISCOVERY_SERVER_NAME.to_string(),
+            pod: self.pod_name.clone()?,
+        })
     }
 
     /// The CSR client runs when no certificate directory is given and the downward API
@@ -227,6 +246,7 @@ fn run(args: &RunArgs) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency.max(1))

@@ -11,13 +11,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyContext;
-use super::config::{MtlsMode, spiffe_namespace};
 use super::copy::relay;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
 use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
 use super::tls::peer_identity;
 use crate::contract::{INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND};
+use crate::snapshot::{MtlsMode, spiffe_namespace};
 
 /// Why an inbound connection was not forwarded; each is a `weft_connections_refused_total`
 /// reason.

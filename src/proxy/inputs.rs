@@ -10,9 +10,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
-use super::config::{SnapshotError, SnapshotIndex, decode_snapshot};
 use super::metrics::{Metrics, ResultLabels};
 use super::tls::{TlsContext, TlsError, WorkloadCert};
+use crate::snapshot::{SnapshotError, SnapshotIndex, decode_snapshot};
 
 /// The sinks of one proxy context.
 pub struct Inputs {
@@ -135,7 +135,7 @@ pub struct FileSources {
 impl FileSources {
     /// Offers whatever the files hold now, then keeps watching them. Runs until dropped.
     /// `certs` is `None` when another source (the CSR client) owns the certificate.
-    pub async fn run(self, certs: Option<CertSink>, snapshot: SnapshotSink) {
+    pub async fn run(self, certs: Option<CertSink>, snapshot: Option<SnapshotSink>) {
         let mut last_cert: Option<Vec<u8>> = None;
         let mut last_snapshot: Option<Vec<u8>> = None;
         let mut tick = tokio::time::interval(self.interval);
@@ -168,7 +168,7 @@ impl FileSources {
                     last_cert = Some(all);
                 }
             }
-            if let Some(file) = &self.snapshot_file {
+            if let (Some(file), Some(snapshot)) = (&self.snapshot_file, &snapshot) {
                 match tokio::fs::read(file).await {
                     Ok(bytes) if last_snapshot.as_ref() != Some(&bytes) => {
                         if let Err(e) = snapshot.offer(&bytes) {

@@ -13,7 +13,7 @@
 pub mod admin;
 pub mod app_probe;
 pub mod cli;
-pub mod config;
+pub mod config_stream;
 pub mod copy;
 pub mod http_observe;
 pub mod identity;
@@ -35,7 +35,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 
-use config::SnapshotIndex;
+use crate::snapshot::SnapshotIndex;
 use metrics::Metrics;
 use tls::TlsContext;
 

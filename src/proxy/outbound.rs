@@ -11,12 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use super::ProxyContext;
-use super::config::{Endpoint, OutboundRoute, UpstreamSecurity, spiffe_namespace};
 use super::copy::relay;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
 use super::tls::upstream_server_name;
 use crate::contract::{PORT_INBOUND, PORT_OUTBOUND};
+use crate::snapshot::{Endpoint, OutboundRoute, UpstreamSecurity, spiffe_namespace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

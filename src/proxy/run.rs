@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::admin::{self, Server};
 use super::app_probe::AppProbers;
+use super::config_stream::{ConfigStreamConfig, run_config_stream};
 use super::identity::{CsrClientConfig, run_csr_client};
 use super::inputs::{FileSources, Inputs};
 use super::{ProxyContext, Settings, inbound, outbound};
@@ -72,6 +73,8 @@ pub struct RunOptions {
     pub csr: Option<CsrClientConfig>,
     /// `WEFT_APP_PROBERS` as the injector wrote it (may be empty).
     pub app_probers: String,
+    /// Follow the operator's config stream (instead of `sources.snapshot_file`).
+    pub config_stream: Option<ConfigStreamConfig>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -95,12 +98,20 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let admin_l = bind("admin", l.admin).await?;
 
     let Inputs { certs, snapshot } = inputs;
+    let mut tasks = tokio::task::JoinSet::new();
+    let file_snapshot = match opts.config_stream.clone() {
+        Some(cfg) => {
+            tracing::info!(address = %cfg.address, pod = %cfg.pod, "following the config stream");
+            tasks.spawn(run_config_stream(cfg, certs.subscribe(), snapshot));
+            None
+        }
+        None => Some(snapshot),
+    };
     let (file_certs, csr_client) = match opts.csr.clone() {
         Some(cfg) => (None, Some(spawn_csr_client(cfg, certs))),
         None => (Some(certs), None),
     };
-    let sources = tokio::spawn(opts.sources.clone().run(file_certs, snapshot));
-    let mut tasks = tokio::task::JoinSet::new();
+    let sources = tokio::spawn(opts.sources.clone().run(file_certs, file_snapshot));
     tasks.spawn(outbound::serve(ctx.clone(), outbound_l));
     tasks.spawn(inbound::serve(ctx.clone(), inbound_l));
     tasks.spawn(admin::serve(

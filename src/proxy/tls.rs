@@ -19,8 +19,8 @@ use rustls::{
 };
 use serde::Serialize;
 
-use super::config::spiffe_trust_domain;
 use crate::contract::{ALPN_WEFT, CERT_CHAIN_FILE, KEY_FILE, ROOT_CERT_KEY};
+use crate::snapshot::spiffe_trust_domain;
 
 /// More distinct upstream identities than this and the client-config cache starts over; it is
 /// only a cache, and a proxy talks to far fewer identities.

@@ -544,7 +544,7 @@ fn known_tags(world: &MeshState) -> String {
         .join(", ")
 }
 
-fn known_revisions(world: &MeshState) -> String {
+pub(super) fn known_revisions(world: &MeshState) -> String {
     if world.meshconfigs.is_empty() {
         return "none".into();
     }

@@ -30,14 +30,14 @@ const AUDIT_KEY: &str = "injection";
 pub enum ReviewError {
     #[error(
         "the AdmissionReview is {size} bytes; weft accepts at most {MAX_REVIEW_BODY_BYTES} bytes \
-         (3 MiB), more than the API server stores for one pod: shrink the pod spec"
+         (3 MiB), more than the API server stores for one object: shrink the object"
     )]
     TooLarge { size: usize },
     #[error("the request body is empty: POST an admission.k8s.io/v1 AdmissionReview as JSON")]
     Empty,
     #[error(
         "the request body is not an admission.k8s.io/v1 AdmissionReview: {0}. POST the JSON the \
-         API server sends to mutating webhooks"
+         API server sends to admission webhooks"
     )]
     Malformed(serde_json::Error),
     #[error(
@@ -110,11 +110,9 @@ where
     let request = match read_request(body) {
         Ok(request) => request,
         Err(error) => {
-            let body = serde_json::to_vec(&serde_json::json!({ "error": error.to_string() }))
-                .unwrap_or_default();
             return Reviewed {
                 status: error.http_status(),
-                body,
+                body: error_body(&error),
                 decision: None,
                 pod: None,
                 error: Some(error),
@@ -132,7 +130,14 @@ where
     }
 }
 
-fn read_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+/// `{"error": "..."}`: the body of a 4xx answer to a request that is no AdmissionReview.
+pub(super) fn error_body(error: &ReviewError) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": error.to_string() })).unwrap_or_default()
+}
+
+/// The request of an `admission.k8s.io/v1` AdmissionReview, or why there is none. Every
+/// endpoint reads its body through this, so all share the size cap and the error answers.
+pub(super) fn read_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
     if body.len() > MAX_REVIEW_BODY_BYTES {
         return Err(ReviewError::TooLarge { size: body.len() });
     }
@@ -254,16 +259,7 @@ where
                     "injected revision {} via {}",
                     injection.revision, injection.via
                 ));
-                match serde_json::to_vec(&patch) {
-                    Ok(bytes) => {
-                        answer.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes))
-                    }
-                    Err(e) => answer.refuse(
-                        500,
-                        "InternalError",
-                        format!("cannot encode the patch (a weft bug; please report it): {e}"),
-                    ),
-                }
+                answer.set_patch(&patch);
             }
             Err(e) => answer.refuse(400, "BadRequest", e.to_string()),
         },
@@ -274,13 +270,13 @@ where
 // === The response ===
 
 /// The AdmissionReview response as the API server reads it (the patch base64-encoded, as Go
-/// encodes `[]byte`).
-struct Answer {
+/// encodes `[]byte`). Shared by every endpoint of the webhook server.
+pub(super) struct Answer {
     uid: String,
     allowed: bool,
     status: Option<Status>,
     patch: Option<String>,
-    warnings: Vec<String>,
+    pub(super) warnings: Vec<String>,
     audit_annotations: BTreeMap<&'static str, String>,
 }
 
@@ -310,7 +306,7 @@ struct ResponseOut<'a> {
 }
 
 impl Answer {
-    fn allow(uid: &str) -> Self {
+    pub(super) fn allow(uid: &str) -> Self {
         Self {
             uid: uid.to_string(),
             allowed: true,
@@ -322,17 +318,37 @@ impl Answer {
     }
 
     /// `kubectl` shows `admission webhook "..." denied the request: <message>`.
-    fn refuse(&mut self, code: u16, reason: &str, message: String) {
+    pub(super) fn refuse(&mut self, code: u16, reason: &str, message: String) {
         self.allowed = false;
         self.patch = None;
         self.status = Some(Status::failure(&message, reason).with_code(code));
     }
 
     fn audit(&mut self, value: String) {
-        self.audit_annotations.insert(AUDIT_KEY, value);
+        self.audit_as(AUDIT_KEY, value);
     }
 
-    fn into_body(self) -> Vec<u8> {
+    /// An audit annotation under `key` (the API server prefixes it with the webhook's name).
+    pub(super) fn audit_as(&mut self, key: &'static str, value: String) {
+        self.audit_annotations.insert(key, value);
+    }
+
+    /// A JSON Patch to apply to the object, unless the answer is (or later becomes) a refusal.
+    pub(super) fn set_patch(&mut self, patch: &json_patch::Patch) {
+        match serde_json::to_vec(patch) {
+            Ok(bytes) if self.allowed => {
+                self.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            Ok(_) => {}
+            Err(e) => self.refuse(
+                500,
+                "InternalError",
+                format!("cannot encode the patch (a weft bug; please report it): {e}"),
+            ),
+        }
+    }
+
+    pub(super) fn into_body(self) -> Vec<u8> {
         let out = ReviewOut {
             api_version: API_VERSION,
             kind: KIND,

@@ -1,6 +1,7 @@
-//! What the injector knows about the world when it decides: the mesh's tags and revisions and
-//! the other injectors in the cluster (`MeshState`, refreshed by watches outside this module),
-//! and the operator's own flags (`InjectorSettings`). Plain data, so tests build it by hand.
+//! What the webhook knows about the world when it decides: the mesh's tags and revisions, the
+//! pods each revision runs and the other injectors in the cluster (`MeshState`, refreshed by
+//! watches outside this module), and the operator's own flags (`InjectorSettings`). Plain data,
+//! so tests build it by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +27,11 @@ pub struct MeshState {
     /// Pod-injecting webhooks of other MutatingWebhookConfigurations (another mesh's
     /// injector, such as an Istio revision), reduced to their selectors.
     pub foreign_injectors: Vec<ForeignInjector>,
+    /// Running pods per revision, from their `weft.dev/revision` label: revision →
+    /// `namespace/name` of each, sorted. Only the validating webhook reads it (a revision is
+    /// not deleted while pods run it), so the injector's snapshot may leave it empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub revision_pods: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for MeshState {
@@ -35,6 +41,7 @@ impl Default for MeshState {
             tags: BTreeMap::new(),
             meshconfigs: BTreeMap::new(),
             foreign_injectors: Vec::new(),
+            revision_pods: BTreeMap::new(),
         }
     }
 }
@@ -62,6 +69,9 @@ pub struct InjectorSettings {
     pub proxy_image: String,
     /// Where injected proxies reach the control plane (`WEFT_DISCOVERY_ADDRESS`).
     pub discovery_address: String,
+    /// The trust domain the mesh CA issues identities in (`--trust-domain`): what every
+    /// MeshConfig must name when none names one yet.
+    pub trust_domain: String,
 }
 
 impl Default for InjectorSettings {
@@ -70,6 +80,7 @@ impl Default for InjectorSettings {
             operator_namespace: contract::DEFAULT_OPERATOR_NAMESPACE.to_string(),
             proxy_image: DEFAULT_PROXY_IMAGE.to_string(),
             discovery_address: contract::DEFAULT_DISCOVERY_ADDRESS.to_string(),
+            trust_domain: contract::DEFAULT_TRUST_DOMAIN.to_string(),
         }
     }
 }

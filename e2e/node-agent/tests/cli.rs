@@ -7,18 +7,7 @@ mod support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{cluster, eventually, repo_root};
-
-fn weft(args: &[&str]) -> Output {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("target"));
-    Command::new(target.join("debug/weft"))
-        .args(args)
-        .env("KUBECONFIG", repo_root().join("e2e/.cluster/kubeconfig"))
-        .output()
-        .expect("running weft (make e2e builds it)")
-}
+use support::{cluster, eventually, repo_root, weft};
 
 fn text(out: &Output) -> String {
     format!(

@@ -57,6 +57,32 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
 }
 
+/// The cluster with weft built and installed (`make deploy`), once per test process, its
+/// webhooks callable (the operator has written their caBundle).
+pub fn deployed() -> &'static Cluster {
+    static DEPLOYED: OnceLock<()> = OnceLock::new();
+    let c = cluster();
+    DEPLOYED.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("e2e/scripts/deploy.sh"))
+            .status()
+            .expect("deploy.sh");
+        assert!(status.success(), "make deploy failed");
+        eventually(Duration::from_secs(60), || {
+            !c.kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "weft-sidecar-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .stdout
+            .is_empty()
+        });
+    });
+    c
+}
+
 impl Cluster {
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new(&self.kubectl)
@@ -199,4 +225,16 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(250));
     }
     panic!("condition not met within {limit:?}; last value: {last:?}");
+}
+
+/// Runs the `weft` CLI built by `make e2e` against the local cluster.
+pub fn weft(args: &[&str]) -> Output {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    Command::new(target.join("debug/weft"))
+        .args(args)
+        .env("KUBECONFIG", repo_root().join("e2e/.cluster/kubeconfig"))
+        .output()
+        .expect("running weft (make e2e builds it)")
 }

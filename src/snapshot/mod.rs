@@ -1,6 +1,8 @@
 //! The config snapshot the operator streams to each proxy (SPEC §8), its validation, and the
-//! index the data path reads. A snapshot is decoded and checked whole before it is applied:
-//! a bad one is rejected and the proxy keeps running on the last good one.
+//! index the data path reads. Shared by both planes (serde only, no kube, no I/O): the
+//! operator's config server writes it, the proxy decodes it; [`stream`] is the wire framing.
+//! A snapshot is decoded and checked whole before it is applied: a bad one is rejected and
+//! the proxy keeps running on the last good one.
 //!
 //! # Schema (version [`SNAPSHOT_SCHEMA_VERSION`])
 //!
@@ -42,6 +44,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+pub mod stream;
 
 /// The schema version this proxy reads and the operator writes.
 pub const SNAPSHOT_SCHEMA_VERSION: u32 = 1;

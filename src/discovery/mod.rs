@@ -1,0 +1,15 @@
+//! Config distribution (SPEC §8): what each proxy needs, computed from the cluster and
+//! streamed to it.
+//!
+//! - [`policy`]: effective mTLS modes (PeerAuthentication precedence), pure.
+//! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
+//! - [`server`]: reflectors, debounce, the stream and ack routes, the per-replica registry.
+//!
+//! The snapshot schema and the wire framing live in [`crate::snapshot`], shared with the proxy.
+
+pub mod model;
+pub mod policy;
+pub mod server;
+
+pub use model::{MeshIndex, MeshView};
+pub use server::{DiscoverySettings, DiscoveryState, PeerCert, ProxyList, ProxyRecord};

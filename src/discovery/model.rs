@@ -1,0 +1,527 @@
+//! From the cluster's objects to each proxy's snapshot (SPEC §8), pure and synchronous.
+//!
+//! [`MeshIndex::build`] runs once per (debounced) change and does everything that is shared:
+//! the effective mTLS modes of every meshed pod, and the outbound service table with each
+//! endpoint's identity and mode. [`MeshIndex::snapshot_for`] is then cheap per proxy: its
+//! identity and inbound modes, plus a reference to the shared table. The version is a content
+//! hash, so every operator replica names the same config the same way.
+//!
+//! What a proxy gets: its own inbound modes, and every Service with a ClusterIP (any of them
+//! may be dialled; Istio sends the same without a `Sidecar` resource). Headless Services are
+//! not in the table: their pods are dialled by IP and pass through under `ALLOW_ANY`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Serialize;
+
+use super::policy::{Effective, Policies, PolicyProblem};
+use crate::api::{MeshConfig, PeerAuthentication, meshconfig::OutboundTrafficPolicy};
+use crate::contract;
+use crate::snapshot::{
+    Endpoint, InboundConfig, MtlsMode, OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service,
+    WorkloadMeta,
+};
+
+/// Everything the config server reads, as the reflectors hold it.
+#[derive(Default, Clone)]
+pub struct MeshView {
+    pub trust_domain: String,
+    /// Namespace of mesh-wide PeerAuthentications (`--root-namespace`).
+    pub root_namespace: String,
+    /// DNS suffix of Service names (`cluster.local`).
+    pub cluster_domain: String,
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<KubeService>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub revisions: Vec<Arc<MeshConfig>>,
+    pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+}
+
+/// A meshed pod, as its proxy and `weft describe pod` see it.
+#[derive(Debug, Clone)]
+pub struct MeshedPod {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub revision: String,
+    pub identity: String,
+    pub workload: WorkloadMeta,
+    pub modes: Effective,
+    /// Container ports, for per-port explanations.
+    pub ports: Vec<u16>,
+}
+
+/// The shared part of every snapshot, computed once per change.
+pub struct MeshIndex {
+    pub trust_domain: String,
+    pods: HashMap<(String, String), MeshedPod>,
+    services: Vec<Service>,
+    /// Outbound policy per revision name.
+    policies: HashMap<String, OutboundPolicy>,
+    /// Hash of `services`, folded into every version.
+    services_hash: [u8; 32],
+    pub problems: Vec<PolicyProblem>,
+}
+
+/// Why no snapshot can be made for a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoSnapshot {
+    #[error(
+        "pod {0}/{1} is not a meshed pod the operator knows (not created yet, deleted, or without the weft.dev/revision label)"
+    )]
+    UnknownPod(String, String),
+}
+
+fn pod_key(pod: &Pod) -> Option<(String, String)> {
+    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
+}
+
+fn labels_of(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata.labels.clone().unwrap_or_default()
+}
+
+impl MeshIndex {
+    pub fn build(view: &MeshView) -> MeshIndex {
+        let policies = Policies::new(&view.root_namespace, &view.peer_authentications);
+        let revisions: HashMap<String, &MeshConfig> = view
+            .revisions
+            .iter()
+            .filter_map(|r| Some((r.metadata.name.clone()?, r.as_ref())))
+            .collect();
+        let revision_mode = |rev: &str| -> Option<MtlsMode> {
+            let mode = revisions.get(rev)?.spec.mtls.as_ref()?.mode?;
+            Some(match mode {
+                crate::api::MtlsMode::Permissive => MtlsMode::Permissive,
+                crate::api::MtlsMode::Strict => MtlsMode::Strict,
+                crate::api::MtlsMode::Disable => MtlsMode::Disable,
+            })
+        };
+
+        // Meshed pods: the injector labels them with their revision.
+        let mut pods = HashMap::new();
+        for pod in &view.pods {
+            let Some(key) = pod_key(pod) else { continue };
+            let labels = labels_of(pod);
+            let Some(revision) = labels.get(contract::LABEL_REVISION).cloned() else {
+                continue;
+            };
+            let spec = pod.spec.as_ref();
+            let service_account = spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let modes = policies.effective(
+                &key.0,
+                &labels,
+                Some((revision.as_str(), revision_mode(&revision))),
+            );
+            let ports = spec
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .filter_map(|p| u16::try_from(p.container_port).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let workload = WorkloadMeta {
+                name: labels
+                    .get(contract::LABEL_CANONICAL_NAME)
+                    .cloned()
+                    .unwrap_or_else(|| key.1.clone()),
+                namespace: key.0.clone(),
+            };
+            let entry = MeshedPod {
+                identity: contract::spiffe_id(&view.trust_domain, &key.0, &service_account),
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+                service_account,
+                revision,
+                workload,
+                modes,
+                ports,
+            };
+            pods.insert(key, entry);
+        }
+
+        let services = service_table(view, &pods);
+        let services_hash = sha256(&serde_json::to_vec(&services).unwrap_or_default());
+        let policies_by_rev = revisions
+            .iter()
+            .map(|(name, mc)| {
+                let policy = match mc
+                    .spec
+                    .traffic
+                    .as_ref()
+                    .and_then(|t| t.outbound_traffic_policy)
+                {
+                    Some(OutboundTrafficPolicy::RegistryOnly) => OutboundPolicy::RegistryOnly,
+                    _ => OutboundPolicy::AllowAny,
+                };
+                (name.clone(), policy)
+            })
+            .collect();
+        MeshIndex {
+            trust_domain: view.trust_domain.clone(),
+            pods,
+            services,
+            policies: policies_by_rev,
+            services_hash,
+            problems: policies.problems,
+        }
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&MeshedPod> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn meshed_pods(&self) -> impl Iterator<Item = &MeshedPod> {
+        self.pods.values()
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// The snapshot of one proxy, serialized, with its version.
+    pub fn snapshot_for(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, Vec<u8>), NoSnapshot> {
+        let pod = self
+            .pod(namespace, name)
+            .ok_or_else(|| NoSnapshot::UnknownPod(namespace.into(), name.into()))?;
+        let inbound = InboundConfig {
+            default_mode: pod.modes.default_mode,
+            ports: pod
+                .modes
+                .ports
+                .iter()
+                .map(|(port, (mode, _))| (*port, *mode))
+                .collect(),
+        };
+        let policy = self
+            .policies
+            .get(&pod.revision)
+            .copied()
+            .unwrap_or_default();
+        let mut snapshot = SnapshotRef {
+            schema_version: SNAPSHOT_SCHEMA_VERSION,
+            version: String::new(),
+            identity: &pod.identity,
+            trust_domain: &self.trust_domain,
+            workload: &pod.workload,
+            inbound: &inbound,
+            outbound: OutboundRef {
+                policy,
+                services: &self.services,
+            },
+        };
+        // Version: hash of the per-proxy part (serialized without services) and the table's
+        // hash; the services are serialized once per proxy only for the wire.
+        let own = serde_json::to_vec(&(
+            snapshot.identity,
+            snapshot.trust_domain,
+            snapshot.workload,
+            snapshot.inbound,
+            policy,
+        ))
+        .unwrap_or_default();
+        let mut material = own;
+        material.extend_from_slice(&self.services_hash);
+        snapshot.version = format!("sha256:{}", hex(&sha256(&material)[..16]));
+        let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
+        Ok((snapshot.version, bytes))
+    }
+}
+
+/// A borrowing mirror of [`crate::snapshot::ProxySnapshot`]: the shared service table is
+/// serialized straight from the index, never cloned per proxy. A test pins that it decodes
+/// as the real schema.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotRef<'a> {
+    schema_version: u32,
+    version: String,
+    identity: &'a str,
+    trust_domain: &'a str,
+    workload: &'a WorkloadMeta,
+    inbound: &'a InboundConfig,
+    outbound: OutboundRef<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutboundRef<'a> {
+    policy: OutboundPolicy,
+    services: &'a [Service],
+}
+
+/// Every ClusterIP Service port with its ready endpoints, sorted so the hash is stable.
+fn service_table(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -> Vec<Service> {
+    // EndpointSlices by (namespace, service name).
+    let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &view.slices {
+        let ns = slice.metadata.namespace.clone().unwrap_or_default();
+        if let Some(svc) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        {
+            slices.entry((ns, svc.clone())).or_default().push(slice);
+        }
+    }
+    let mut table = Vec::new();
+    for svc in &view.services {
+        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+            continue;
+        };
+        let Some(spec) = &svc.spec else { continue };
+        let Some(cluster_ip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            continue; // headless ("None") or not allocated yet
+        };
+        let host = format!("{name}.{ns}.svc.{}", view.cluster_domain);
+        let svc_slices = slices
+            .get(&(ns.clone(), name.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let Ok(service_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let protocol = if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                continue; // UDP/SCTP are not captured
+            } else if port.app_protocol.as_deref() == Some("http")
+                || port.name.as_deref().is_some_and(|n| n.starts_with("http"))
+            {
+                Protocol::Http
+            } else {
+                Protocol::Tcp
+            };
+            let mut endpoints = Vec::new();
+            for slice in svc_slices {
+                // The slice port with the Service port's name carries the target port.
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name == port.name)
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for ep in slice.endpoints.iter().flatten() {
+                    if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    let meshed = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| {
+                            pods.get(&(r.namespace.clone().unwrap_or(ns.clone()), r.name.clone()?))
+                        });
+                    for address in &ep.addresses {
+                        let Ok(ip) = address.parse::<IpAddr>() else {
+                            continue;
+                        };
+                        endpoints.push(Endpoint {
+                            ip,
+                            port: target,
+                            identity: meshed.map(|p| p.identity.clone()),
+                            meshed: meshed.is_some(),
+                            mtls_mode_for_port: meshed
+                                .map(|p| p.modes.mode_for(target))
+                                .unwrap_or_default(),
+                            workload: meshed.map(|p| p.workload.clone()),
+                        });
+                    }
+                }
+            }
+            endpoints.sort_by_key(|e| (e.ip, e.port));
+            endpoints.dedup_by_key(|e| (e.ip, e.port));
+            table.push(Service {
+                cluster_ip,
+                port: service_port,
+                name: host.clone(),
+                protocol,
+                endpoints,
+            });
+        }
+    }
+    table.sort_by_key(|s| (s.cluster_ip, s.port));
+    table.dedup_by_key(|s| (s.cluster_ip, s.port));
+    table
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::snapshot::{UpstreamSecurity, decode_snapshot};
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    pub(crate) fn pod(ns: &str, name: &str, ip: &str, app: &str, meshed: bool) -> Arc<Pod> {
+        let mut labels = json!({"app": app});
+        if meshed {
+            labels["weft.dev/revision"] = json!("stable");
+            labels["service.istio.io/canonical-name"] = json!(app);
+        }
+        obj(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": labels},
+            "spec": {"serviceAccountName": app, "containers": [
+                {"name": "app", "ports": [{"containerPort": 8080}]}]},
+            "status": {"podIP": ip}
+        }))
+    }
+
+    pub(crate) fn service(ns: &str, name: &str, ip: &str, port_name: &str) -> Arc<KubeService> {
+        obj(json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": port_name, "port": 80, "targetPort": 8080}]}
+        }))
+    }
+
+    pub(crate) fn slice(
+        ns: &str,
+        svc: &str,
+        port_name: &str,
+        eps: &[(&str, &str, bool)],
+    ) -> Arc<EndpointSlice> {
+        let endpoints: Vec<_> = eps
+            .iter()
+            .map(|(ip, pod, ready)| {
+                json!({"addresses": [ip], "conditions": {"ready": ready},
+                       "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}})
+            })
+            .collect();
+        obj(json!({
+            "metadata": {"namespace": ns, "name": format!("{svc}-abc"),
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": port_name, "port": 8080, "protocol": "TCP"}]
+        }))
+    }
+
+    pub(crate) fn view() -> MeshView {
+        MeshView {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "weft-system".into(),
+            cluster_domain: "cluster.local".into(),
+            pods: vec![
+                pod("pets", "web-1", "198.18.1.2", "web", true),
+                pod("pets", "db-1", "198.18.1.3", "db", true),
+                pod("pets", "legacy-1", "198.18.1.4", "legacy", false),
+            ],
+            services: vec![
+                service("pets", "db", "198.19.0.20", "http"),
+                service("pets", "legacy", "198.19.0.21", "tcp"),
+                obj(
+                    json!({"metadata": {"namespace": "pets", "name": "headless"},
+                           "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+                ),
+            ],
+            slices: vec![
+                slice(
+                    "pets",
+                    "db",
+                    "http",
+                    &[("198.18.1.3", "db-1", true), ("198.18.1.9", "db-2", false)],
+                ),
+                slice("pets", "legacy", "tcp", &[("198.18.1.4", "legacy-1", true)]),
+            ],
+            revisions: vec![obj(json!({
+                "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
+                "metadata": {"namespace": "weft-system", "name": "stable"},
+                "spec": {"traffic": {"outboundTrafficPolicy": "REGISTRY_ONLY"}}
+            }))],
+            peer_authentications: vec![],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_decodes_as_the_proxy_schema_with_identities_and_modes() {
+        let index = MeshIndex::build(&view());
+        let (version, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let snap = decode_snapshot(&bytes).expect("the proxy accepts what the operator writes");
+        assert_eq!(snap.version, version);
+        assert_eq!(snap.identity, "spiffe://cluster.local/ns/pets/sa/web");
+        assert_eq!(snap.outbound.policy, OutboundPolicy::RegistryOnly);
+        assert_eq!(snap.inbound.default_mode, MtlsMode::Permissive);
+        // Headless skipped; db has only its ready endpoint, meshed with db's identity.
+        assert_eq!(snap.outbound.services.len(), 2);
+        let db = &snap.outbound.services[0];
+        assert_eq!(db.name, "db.pets.svc.cluster.local");
+        assert_eq!(db.protocol, Protocol::Http);
+        assert_eq!(db.endpoints.len(), 1);
+        assert_eq!(
+            db.endpoints[0].security(),
+            UpstreamSecurity::Mtls {
+                identity: "spiffe://cluster.local/ns/pets/sa/db".into()
+            }
+        );
+        let legacy = &snap.outbound.services[1];
+        assert_eq!(legacy.protocol, Protocol::Tcp);
+        assert_eq!(legacy.endpoints[0].security(), UpstreamSecurity::Plaintext);
+    }
+
+    #[test]
+    fn versions_are_content_hashes_that_move_only_with_content() {
+        let a = MeshIndex::build(&view());
+        let b = MeshIndex::build(&view());
+        let v = |i: &MeshIndex, pod: &str| i.snapshot_for("pets", pod).unwrap().0;
+        assert_eq!(v(&a, "web-1"), v(&b, "web-1"), "two replicas agree");
+        assert_ne!(v(&a, "web-1"), v(&a, "db-1"), "identities differ");
+        // A STRICT policy on db changes db's inbound and web's view of db's endpoint.
+        let mut changed = view();
+        changed.peer_authentications = vec![obj(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"namespace": "pets", "name": "strict"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "mtls": {"mode": "DISABLE"}}
+        }))];
+        let c = MeshIndex::build(&changed);
+        assert_ne!(v(&a, "db-1"), v(&c, "db-1"));
+        assert_ne!(v(&a, "web-1"), v(&c, "web-1"));
+        let snap = decode_snapshot(&c.snapshot_for("pets", "web-1").unwrap().1).unwrap();
+        assert_eq!(
+            snap.outbound.services[0].endpoints[0].security(),
+            UpstreamSecurity::Plaintext,
+            "auto-mTLS follows the server's DISABLE"
+        );
+    }
+
+    #[test]
+    fn unknown_and_unmeshed_pods_get_no_snapshot() {
+        let index = MeshIndex::build(&view());
+        assert_eq!(
+            index.snapshot_for("pets", "legacy-1").unwrap_err(),
+            NoSnapshot::UnknownPod("pets".into(), "legacy-1".into())
+        );
+        assert!(index.snapshot_for("pets", "nope").is_err());
+    }
+}

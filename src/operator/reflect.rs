@@ -1,0 +1,200 @@
+//! In-memory caches of API objects (kube-runtime reflectors), shared by the injector and the
+//! config server. Managed fields are dropped on the way in: nothing reads them and on pods
+//! they are a large share of the bytes; a caller may trim more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::Notify;
+
+/// How often an absent optional API (Istio's CRDs) is looked up again.
+pub const OPTIONAL_API_RECHECK: Duration = Duration::from_secs(20);
+
+/// Watches every object of `api` into a store; each change wakes `changed`, if given.
+/// Watch errors are retried with backoff.
+pub fn reflect<K>(api: Api<K>, changed: Option<Arc<Notify>>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    Reflect::new(api).changed(changed).start()
+}
+
+/// Like [`reflect`] for an API that may not be installed: while it answers 404 the store stays
+/// empty and the API is looked up again every [`OPTIONAL_API_RECHECK`], quietly; once it
+/// exists the watch starts.
+pub fn reflect_optional<K>(api: Api<K>, changed: Option<Arc<Notify>>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    Reflect::new(api).changed(changed).optional().start()
+}
+
+type Trim<K> = Box<dyn FnMut(&mut K) + Send>;
+
+/// A reflector with options: a watch selector, a trim applied to every object, a change
+/// notification, an optional API.
+pub struct Reflect<K> {
+    api: Api<K>,
+    config: watcher::Config,
+    trim: Trim<K>,
+    changed: Option<Arc<Notify>>,
+    optional: bool,
+}
+
+impl<K> Reflect<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    pub fn new(api: Api<K>) -> Self {
+        Reflect {
+            api,
+            config: watcher::Config::default(),
+            trim: Box::new(|_| {}),
+            changed: None,
+            optional: false,
+        }
+    }
+
+    pub fn config(mut self, config: watcher::Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub fn trim(mut self, trim: impl FnMut(&mut K) + Send + 'static) -> Self {
+        self.trim = Box::new(trim);
+        self
+    }
+
+    pub fn changed(mut self, changed: Option<Arc<Notify>>) -> Self {
+        self.changed = changed;
+        self
+    }
+
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    pub fn start(self) -> Store<K> {
+        let Reflect {
+            api,
+            config,
+            mut trim,
+            changed,
+            optional,
+        } = self;
+        let (reader, writer) = reflector::store();
+        tokio::spawn(async move {
+            let kind = K::kind(&Default::default()).to_string();
+            if optional {
+                let mut logged = false;
+                while let Err(kube::Error::Api(e)) = api
+                    .list_metadata(&kube::api::ListParams::default().limit(1))
+                    .await
+                    && e.code == 404
+                {
+                    if !logged {
+                        tracing::info!(%kind, "API not installed; it is read once it appears");
+                        logged = true;
+                    }
+                    tokio::time::sleep(OPTIONAL_API_RECHECK).await;
+                }
+            }
+            let stream = watcher(api, config)
+                .default_backoff()
+                .modify(move |o: &mut K| {
+                    o.managed_fields_mut().clear();
+                    trim(o);
+                });
+            let stream = reflector::reflector(writer, stream);
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) => {
+                        if let Some(n) = &changed {
+                            n.notify_one();
+                        }
+                    }
+                    Err(e) => tracing::debug!(%kind, "watch: {e}"),
+                }
+            }
+        });
+        reader
+    }
+}
+
+/// The meshed pods (label `weft.dev/revision`), trimmed to what the injector's validator and
+/// the config server read: name, namespace, labels, service account, container ports, phase
+/// and IP. One watch serves both.
+pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store<Pod> {
+    Reflect::new(Api::<Pod>::all(client.clone()))
+        .config(watcher::Config::default().labels(crate::contract::LABEL_REVISION))
+        .trim(trim_pod)
+        .changed(changed)
+        .start()
+}
+
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.owner_references = None;
+    pod.metadata.annotations = None;
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        service_account_name: s.service_account_name,
+        containers: s
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        ..Default::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_what_the_validator_and_the_config_server_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "pets", "name": "a",
+                "labels": {"weft.dev/revision": "stable", "app": "web"},
+                "annotations": {"big": "x".repeat(1000)},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ReplicaSet", "name": "r", "uid": "u"}]},
+            "spec": {"serviceAccountName": "web", "containers": [
+                {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "b"}],
+                 "ports": [{"containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": "198.18.1.2", "hostIP": "198.18.0.1"}
+        }))
+        .unwrap();
+        trim_pod(&mut pod);
+        assert_eq!(pod.metadata.labels.as_ref().map(|l| l.len()), Some(2));
+        assert!(pod.metadata.annotations.is_none() && pod.metadata.owner_references.is_none());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            8080
+        );
+        assert!(spec.containers[0].image.is_none() && spec.containers[0].env.is_none());
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(status.pod_ip.as_deref(), Some("198.18.1.2"));
+        assert!(status.host_ip.is_none());
+    }
+}

@@ -157,6 +157,50 @@ fn permissive_accepts_both_mutual_tls_and_plaintext() {
 }
 
 #[test]
+fn a_flood_of_silent_and_half_open_connections_leaves_the_proxy_serving() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+    // 300 connections to the server pod that never finish: half send nothing (a silent or
+    // server-first client), half stop after the first bytes of a TLS record (a half-open
+    // handshake). All held open at once, from the client pod, bypassing its proxy.
+    let held = mesh.open_stalled_connections(300);
+    // Meanwhile a meshed client is served as usual.
+    for i in 0..5 {
+        let msg = format!("during the flood {i}");
+        assert_eq!(mesh.call_service(msg.as_bytes()), Ok(msg.into_bytes()));
+    }
+    // Every stalled connection is refused by the sniffer's timeout (STRICT takes no
+    // plaintext), none reaches the app, and none is left open in the proxy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let stats = mesh.server_stats();
+        let n: u64 = metric_lines(&stats, "weft_connections_refused_total")
+            .iter()
+            .filter(|l| l.contains("direction=\"inbound\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if n >= 300 || std::time::Instant::now() > deadline {
+            break (n, stats);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(refused.0 >= 300, "refusals: {}\n{}", refused.0, refused.1);
+    assert_eq!(
+        mesh.app_connections(),
+        5,
+        "only the meshed calls reached the app"
+    );
+    assert_eq!(
+        metric_value(&mesh.server_stats(), "weft_active_connections", ""),
+        Some(0),
+        "no connection left open"
+    );
+    drop(held);
+    assert_eq!(mesh.call_service(b"after"), Ok(b"after".to_vec()));
+}
+
+#[test]
 fn a_client_certificate_from_another_trust_domain_is_refused() {
     require_privileges();
     let ca = TestCa::new("cluster.local root");
@@ -810,6 +854,24 @@ mod support {
                     TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the service");
                 s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
                 s
+            })
+        }
+
+        /// `n` connections from the client pod straight to the server pod's app port that
+        /// stall: even ones send nothing, odd ones only a TLS record header.
+        pub fn open_stalled_connections(&self, n: usize) -> Vec<TcpStream> {
+            self.client.run_in(move || {
+                let addr: SocketAddr = format!("{SERVER_IP}:{APP_PORT}").parse().unwrap();
+                (0..n)
+                    .map(|i| {
+                        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+                            .expect("connect to the server pod");
+                        if i % 2 == 1 {
+                            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+                        }
+                        s
+                    })
+                    .collect()
             })
         }
 

@@ -9,14 +9,18 @@ target=${CARGO_TARGET_DIR:-$(cd "$here/.." && pwd)/target}
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 [[ -f $KUBECONFIG_PATH ]] || { echo "no local cluster: run make cluster-up first" >&2; exit 1; }
 
-dir=$IMAGES_DIR/weft/bin
-mkdir -p "$dir"; chmod 755 "$IMAGES_DIR/weft" "$dir"
+# The same build also stands for the canary image (ghcr.io/weft-mesh/weft-canary), so canary
+# upgrades run real proxies here; only the image name differs.
 changed=0
-for bin in weft weft-proxy; do
-  if ! cmp -s "$target/debug/$bin" "$dir/$bin"; then
-    install -m 755 "$target/debug/$bin" "$dir/$bin.new" && mv "$dir/$bin.new" "$dir/$bin"
-    changed=1
-  fi
+for image in weft weft-canary; do
+  dir=$IMAGES_DIR/$image/bin
+  mkdir -p "$dir"; chmod 755 "$IMAGES_DIR/$image" "$dir"
+  for bin in weft weft-proxy; do
+    if ! cmp -s "$target/debug/$bin" "$dir/$bin"; then
+      install -m 755 "$target/debug/$bin" "$dir/$bin.new" && mv "$dir/$bin.new" "$dir/$bin"
+      [[ $image == weft ]] && changed=1
+    fi
+  done
 done
 installed=$(kubectl -n weft-system get deployment weft-operator -o name 2>/dev/null || true)
 # The local cluster has no Istio: install its PeerAuthentication API (weft reads it) first.

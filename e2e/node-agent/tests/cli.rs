@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use support::{cluster, eventually, repo_root, weft};
+use support::{deployed, eventually, weft};
 
 fn text(out: &Output) -> String {
     format!(
@@ -19,12 +19,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn tags_and_namespaces_follow_the_canary_story() {
-    let c = cluster();
-    let status = Command::new("bash")
-        .arg(repo_root().join("e2e/scripts/deploy.sh"))
-        .status()
-        .expect("deploy.sh");
-    assert!(status.success(), "make deploy failed");
+    let c = deployed();
     eventually(Duration::from_secs(60), || {
         c.kubectl(&["-n", "weft-system", "get", "meshconfig", "stable"])
             .status

@@ -6,21 +6,15 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{Cluster, Namespace, cluster, eventually, repo_root};
+use support::{Cluster, Namespace, eventually};
 
 fn deployed() -> &'static Cluster {
     static DEPLOYED: OnceLock<()> = OnceLock::new();
-    let c = cluster();
+    let c = support::deployed();
     DEPLOYED.get_or_init(|| {
-        let status = Command::new("bash")
-            .arg(repo_root().join("e2e/scripts/deploy.sh"))
-            .status()
-            .expect("deploy.sh");
-        assert!(status.success(), "make deploy failed");
         // The first revision and the default tag, as a user (or the operator's first start) makes them.
         let apply = c.kubectl_stdin(
             &[

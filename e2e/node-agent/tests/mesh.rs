@@ -115,6 +115,21 @@ spec:
     ]);
 }
 
+/// A namespace outside the mesh with a busybox `client` pod (an unmeshed caller).
+fn outside_client(name: &str) -> Namespace {
+    let outside = mesh().namespace(name);
+    outside.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: client, image: busybox, command: [sh, -c, 'sleep 3600']}]\n",
+    );
+    outside.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=120s",
+    ]);
+    outside
+}
+
 fn server_pod(ns: &Namespace) -> String {
     ns.jsonpath("pods -l app=server", "{.items[0].metadata.name}")
 }
@@ -193,17 +208,8 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
 #[test]
 fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes() {
     let ns = enrolled("t-mesh-pa");
-    let outside = mesh().namespace("t-mesh-pa-outside");
     app(&ns);
-    outside.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: client, image: busybox, command: [sh, -c, 'sleep 3600']}]\n",
-    );
-    outside.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=120s",
-    ]);
+    let outside = outside_client("t-mesh-pa-outside");
     let url = format!("http://server.{}/seed-001", ns.name);
     let server = server_pod(&ns);
 
@@ -314,16 +320,7 @@ fn no_request_byte_crosses_the_node_in_plaintext_between_meshed_pods() {
         text
     };
     // The unmeshed path first, to prove the capture sees plaintext when there is some.
-    let outside = mesh().namespace("t-mesh-wire-outside");
-    outside.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: client, image: busybox, command: [sh, -c, 'sleep 3600']}]\n",
-    );
-    outside.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=120s",
-    ]);
+    let outside = outside_client("t-mesh-wire-outside");
     let plain = capture("plain-marker-7f3a", &|| {
         get(
             &outside,

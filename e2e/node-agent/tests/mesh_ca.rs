@@ -6,26 +6,12 @@
 mod support;
 
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{Cluster, cluster, eventually, repo_root, wait_for};
+use support::{Cluster, deployed, eventually, wait_for};
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn deployed() -> &'static Cluster {
-    static DEPLOYED: OnceLock<()> = OnceLock::new();
-    let c = cluster();
-    DEPLOYED.get_or_init(|| {
-        let status = Command::new("bash")
-            .arg(repo_root().join("e2e/scripts/deploy.sh"))
-            .status()
-            .expect("deploy.sh");
-        assert!(status.success(), "make deploy failed");
-    });
-    c
-}
 
 fn root_pem(c: &Cluster) -> String {
     wait_for(

@@ -4,25 +4,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::{Cluster, cluster, repo_root, wait_for};
+use support::{Cluster, deployed, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const FAILOVER: Duration = Duration::from_secs(30);
 const NS: &str = "weft-system";
 const SELECTOR: &str = "app.kubernetes.io/name=weft-operator";
-
-fn deployed() -> &'static Cluster {
-    let c = cluster();
-    let status = Command::new("bash")
-        .arg(repo_root().join("e2e/scripts/deploy.sh"))
-        .status()
-        .expect("deploy.sh");
-    assert!(status.success(), "make deploy failed");
-    c
-}
 
 /// Names of the operator pods that are Ready and not being deleted, sorted.
 fn ready_operators(c: &Cluster) -> Vec<String> {
@@ -100,22 +89,25 @@ fn two_replicas_one_leader_and_the_controllers_survive_deleting_the_leader() {
         "the follower {follower} runs controllers too:\n{follower_log}"
     );
 
-    // The leader's pod goes: the other replica takes the Lease.
+    // The leader's pod goes: another replica takes the Lease. Usually the standing follower;
+    // the Deployment's replacement pod may win the race, which is just as good: what counts is
+    // that a live replica other than the deleted one leads, promptly.
     c.ok(&["-n", NS, "delete", "pod", &leader, "--wait=false"]);
+    let started = std::time::Instant::now();
     let new_leader = wait_for(
         FAILOVER,
         || lease_holder(c),
         |h| !h.is_empty() && h != leader,
     );
-    assert_eq!(
-        &new_leader, follower,
-        "the Lease went to a replica that was not running"
+    println!(
+        "failover: {new_leader} holds the Lease {:?} after the leader's pod was deleted (follower was {follower})",
+        started.elapsed()
     );
     // The old leader gave the Lease back on SIGTERM: its successor found it free instead of
     // waiting out the lease duration.
     let successor_log = wait_for(
         MINUTE,
-        || logs(c, follower),
+        || logs(c, &new_leader),
         |log| log.contains("starting the controllers"),
     );
     assert!(

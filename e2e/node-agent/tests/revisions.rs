@@ -8,58 +8,13 @@
 
 mod support;
 
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 use std::time::Duration;
 
-use support::{Cluster, cluster, repo_root, wait_for};
+use support::{Cluster, deployed, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// The operator deployed from this tree, once per test process, with the caBundle of every
-/// webhook entry set (until then the API server refuses the writes they cover).
-fn deployed() -> &'static Cluster {
-    static DEPLOYED: OnceLock<()> = OnceLock::new();
-    let c = cluster();
-    DEPLOYED.get_or_init(|| {
-        let status = Command::new("bash")
-            .arg(repo_root().join("e2e/scripts/deploy.sh"))
-            .status()
-            .expect("deploy.sh");
-        assert!(status.success(), "make deploy failed");
-        for config in [
-            "mutatingwebhookconfiguration/weft-sidecar-injector",
-            "validatingwebhookconfiguration/weft-validator",
-        ] {
-            // Probes for the entries still without a caBundle; done when there are none.
-            wait_for(
-                MINUTE,
-                || {
-                    let out = c.kubectl(&[
-                        "get",
-                        config,
-                        "-o",
-                        "jsonpath={range .webhooks[*]}{.name} {.clientConfig.caBundle}{\"\\n\"}{end}",
-                    ]);
-                    let entries = String::from_utf8_lossy(&out.stdout).into_owned();
-                    if !out.status.success() || entries.trim().is_empty() {
-                        return format!("{config}: not installed");
-                    }
-                    entries
-                        .lines()
-                        .filter(|e| e.split_once(' ').is_none_or(|(_, b)| b.is_empty()))
-                        .map(|e| format!("{config}: {} has no caBundle", e.trim()))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                },
-                |missing| missing.is_empty(),
-            );
-        }
-    });
-    c
-}
-
-/// `kubectl -n weft-system get <what> -o jsonpath=<path>`; empty when it does not exist.
 fn get(c: &Cluster, what: &str, path: &str) -> String {
     let out = c.kubectl(&[
         "-n",

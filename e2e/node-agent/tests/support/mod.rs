@@ -57,8 +57,9 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
 }
 
-/// The cluster with weft built and installed (`make deploy`), once per test process, its
-/// webhooks callable (the operator has written their caBundle).
+/// The cluster with weft built and installed (`make deploy`), once per test process, with the
+/// caBundle of every webhook entry set (until then the API server refuses the writes they
+/// cover).
 pub fn deployed() -> &'static Cluster {
     static DEPLOYED: OnceLock<()> = OnceLock::new();
     let c = cluster();
@@ -68,17 +69,34 @@ pub fn deployed() -> &'static Cluster {
             .status()
             .expect("deploy.sh");
         assert!(status.success(), "make deploy failed");
-        eventually(Duration::from_secs(60), || {
-            !c.kubectl(&[
-                "get",
-                "mutatingwebhookconfiguration",
-                "weft-sidecar-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ])
-            .stdout
-            .is_empty()
-        });
+        for config in [
+            "mutatingwebhookconfiguration/weft-sidecar-injector",
+            "validatingwebhookconfiguration/weft-validator",
+        ] {
+            // Probes for the entries still without a caBundle; done when there are none.
+            wait_for(
+                Duration::from_secs(60),
+                || {
+                    let out = c.kubectl(&[
+                        "get",
+                        config,
+                        "-o",
+                        "jsonpath={range .webhooks[*]}{.name} {.clientConfig.caBundle}{\"\\n\"}{end}",
+                    ]);
+                    let entries = String::from_utf8_lossy(&out.stdout).into_owned();
+                    if !out.status.success() || entries.trim().is_empty() {
+                        return format!("{config}: not installed");
+                    }
+                    entries
+                        .lines()
+                        .filter(|e| e.split_once(' ').is_none_or(|(_, b)| b.is_empty()))
+                        .map(|e| format!("{config}: {} has no caBundle", e.trim()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+                |missing| missing.is_empty(),
+            );
+        }
     });
     c
 }

@@ -1,0 +1,306 @@
+//! The user stories of SPEC §1, written as they read, with kubectl and the weft CLI only.
+//! Story 1 (install: two replicas, one leader, first revision) is `operate.rs` and
+//! `revisions.rs`; story 3 (secure: PERMISSIVE, STRICT, DISABLE with PeerAuthentication) is
+//! `mesh.rs`. Names here are prefixed `t-story-` so other test files on the shared cluster
+//! (which use `stable`, `canary`, `prod`) are not disturbed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Cluster, Namespace, deployed, eventually, wait_for, weft};
+
+const TWO_MINUTES: Duration = Duration::from_secs(120);
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bookstore}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: bookstore}}
+  template:
+    metadata: {labels: {app: bookstore}}
+    spec:
+      containers:
+      - name: bookstore
+        image: weft.dev/echo:dev
+        ports: [{name: http, containerPort: 8080}]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bookstore}
+spec:
+  selector: {app: bookstore}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bookbuyer}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: bookbuyer}}
+  template:
+    metadata: {labels: {app: bookbuyer}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: bookbuyer
+        image: busybox
+        command: [sh, -c, "sleep 86400"]
+"#;
+
+/// The revision the `default` tag points at (`stable` unless a test moved it).
+fn default_revision(c: &Cluster) -> String {
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "revisiontag",
+        "default",
+        "-o",
+        "jsonpath={.spec.revision}",
+    ])
+}
+
+fn rollout(ns: &Namespace) {
+    for d in ["bookstore", "bookbuyer"] {
+        ns.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=180s",
+        ]);
+    }
+}
+
+/// `READY` of every running pod of the namespace, as `kubectl get pods` shows it ("2/2").
+fn ready_columns(ns: &Namespace) -> Vec<String> {
+    ns.ok(&[
+        "get",
+        "pods",
+        "--no-headers",
+        "--field-selector=status.phase=Running",
+    ])
+    .lines()
+    .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
+    .collect()
+}
+
+fn buy(ns: &Namespace, url: &str) -> Result<String, String> {
+    let pod = ns.jsonpath("pods -l app=bookbuyer", "{.items[0].metadata.name}");
+    let out = ns.kubectl(&[
+        "exec",
+        &pod,
+        "--",
+        "sh",
+        "-c",
+        &format!("timeout 10 wget -qO- {url}"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+#[test]
+fn story_2_enrol_a_namespace_and_every_restarted_pod_runs_a_proxy() {
+    let c = deployed();
+    let ns = c.namespace("t-story-enrol");
+    // The app runs before the namespace is enrolled: no proxies.
+    ns.apply(APP);
+    rollout(&ns);
+    assert!(
+        ready_columns(&ns).iter().all(|r| r == "1/1"),
+        "{:?}",
+        ready_columns(&ns)
+    );
+
+    let out = weft(&["namespace", "add", &ns.name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ns.ok(&["rollout", "restart", "deployment"]);
+    rollout(&ns);
+    wait_for(
+        TWO_MINUTES,
+        || ready_columns(&ns).join(" "),
+        |r| !r.is_empty() && r.split(' ').all(|x| x == "2/2") && r.split(' ').count() == 3,
+    );
+    // `weft namespace list` counts them as injected.
+    let list = weft(&["namespace", "list", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json rows");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["namespace"] == ns.name.as_str()))
+        .unwrap_or_else(|| panic!("{rows}"))
+        .clone();
+    assert_eq!(row["revision"], default_revision(c).as_str(), "{row}");
+    assert_eq!(row["injectedPods"], 3, "{row}");
+}
+
+#[test]
+fn story_4_canary_upgrade_moves_namespaces_with_a_tag() {
+    let c = deployed();
+    // A canary revision with only its image; the rest comes from the default revision.
+    c.apply(
+        "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: t-story-canary, namespace: weft-system}\nspec:\n  proxy: {image: \"ghcr.io/weft-mesh/weft-canary:0.2.0\"}\n",
+    );
+    let copied = c.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "meshconfig",
+        "t-story-canary",
+        "-o",
+        "jsonpath={.spec.certificate.trustDomain}",
+    ]);
+    assert_eq!(
+        copied, "cluster.local",
+        "fields copied from the default revision"
+    );
+    let tag = "t-story-prod";
+    let _ = weft(&["tag", "remove", tag, "--force"]);
+    let out = weft(&["tag", "set", tag, "--revision", "stable"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let a = c.namespace("t-story-a");
+    let b = c.namespace("t-story-b");
+    assert!(
+        weft(&["namespace", "add", &a.name, "--revision", tag])
+            .status
+            .success()
+    );
+    assert!(
+        weft(&["namespace", "add", &b.name, "--revision", "t-story-canary"])
+            .status
+            .success()
+    );
+    a.apply(APP);
+    b.apply(APP);
+    rollout(&a);
+    rollout(&b);
+    let images = |ns: &Namespace| {
+        ns.jsonpath(
+            "pods -l app=bookstore",
+            "{range .items[*]}{.spec.initContainers[?(@.name==\"weft-proxy\")].image} {end}",
+        )
+    };
+    assert!(images(&b).contains("weft-canary"), "{}", images(&b));
+    assert!(!images(&a).contains("weft-canary"), "{}", images(&a));
+    // The two revisions share the mesh CA: A's client reaches B's service over mTLS.
+    let answer =
+        buy(&a, &format!("http://bookstore.{}/cross-revision", b.name)).expect("stable → canary");
+    assert!(answer.contains("path=/cross-revision"), "{answer}");
+
+    // Move the tag: A's running pods are stale until restarted; nothing restarts by itself.
+    let out = weft(&[
+        "tag",
+        "set",
+        tag,
+        "--revision",
+        "t-story-canary",
+        "--overwrite",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stale = || {
+        c.ok(&[
+            "-n",
+            "weft-system",
+            "get",
+            "revisiontag",
+            tag,
+            "-o",
+            "jsonpath={.status.revision} {.status.stalePods}",
+        ])
+    };
+    wait_for(TWO_MINUTES, stale, |s| s == "t-story-canary 3");
+    assert!(!images(&a).contains("weft-canary"));
+
+    a.ok(&["rollout", "restart", "deployment"]);
+    rollout(&a);
+    wait_for(TWO_MINUTES, stale, |s| s == "t-story-canary 0");
+    eventually(TWO_MINUTES, || {
+        images(&a).split_whitespace().count() == 2 && !images(&a).contains("weft:0.1.0")
+    });
+    let answer = buy(&b, &format!("http://bookstore.{}/after-upgrade", a.name)).expect("canary");
+    assert!(answer.contains("path=/after-upgrade"), "{answer}");
+    let _ = weft(&["tag", "remove", tag, "--force"]);
+}
+
+#[test]
+fn story_5_observe_istio_metrics_and_proxy_status() {
+    let c = deployed();
+    let ns = c.namespace("t-story-observe");
+    assert!(weft(&["namespace", "add", &ns.name]).status.success());
+    ns.apply(APP);
+    rollout(&ns);
+    for i in 0..3 {
+        buy(&ns, &format!("http://bookstore/book-{i}")).expect("meshed call");
+    }
+    // Istio's request metrics on the server side, with the client's SPIFFE identity.
+    let principal = format!(
+        "source_principal=\"spiffe://cluster.local/ns/{}/sa/default\"",
+        ns.name
+    );
+    let pods = ns.jsonpath("pods -l app=bookstore", "{.items[*].metadata.name}");
+    let total: u64 = pods
+        .split_whitespace()
+        .map(|pod| {
+            let text = c.ok(&[
+                "get",
+                "--raw",
+                &format!(
+                    "/api/v1/namespaces/{}/pods/{pod}:15020/proxy/stats/prometheus",
+                    ns.name
+                ),
+            ]);
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains("reporter=\"destination\"")
+                        && l.contains(&principal)
+                        && l.contains("response_code=\"200\"")
+                        && l.contains("connection_security_policy=\"mutual_tls\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(total, 3, "istio_requests_total over the bookstore pods");
+    // Every proxy runs the config the operator would send now, with a certificate.
+    let out = wait_for(
+        TWO_MINUTES,
+        || {
+            let out = weft(&["proxy-status", "-n", &ns.name, "-o", "json"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        },
+        |text| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|rows| {
+                    rows.len() == 3
+                        && rows
+                            .iter()
+                            .all(|r| r["config"] == "SYNCED" && r["certExpires"].is_string())
+                })
+        },
+    );
+    let revision = format!("\"revision\": \"{}\"", default_revision(c));
+    assert!(out.contains(&revision), "{out}");
+}

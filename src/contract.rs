@@ -73,6 +73,10 @@ pub const ENV_APP_PROBERS: &str = "WEFT_APP_PROBERS";
 /// `/stats/prometheus`.
 pub const ENV_PROMETHEUS_ANNOTATIONS: &str = "WEFT_PROMETHEUS_ANNOTATIONS";
 pub const ENV_LOG_LEVEL: &str = "WEFT_LOG_LEVEL";
+/// Certificate lifetime the proxy asks the CA for (Go duration).
+pub const ENV_CERT_VALIDITY: &str = "WEFT_CERT_VALIDITY";
+/// Fraction of the certificate lifetime at which the proxy renews.
+pub const ENV_RENEW_AT: &str = "WEFT_RENEW_AT";
 pub const ENV_DRAIN_DURATION: &str = "WEFT_DRAIN_DURATION";
 pub const ENV_CONCURRENCY: &str = "WEFT_CONCURRENCY";
 
@@ -112,6 +116,9 @@ pub const ANNOTATION_ISTIO_STATUS: &str = "sidecar.istio.io/status";
 pub const LABEL_OSM_MONITORED_BY: &str = "openservicemesh.io/monitored-by";
 pub const ANNOTATION_OSM_INJECTION: &str = "openservicemesh.io/sidecar-injection";
 pub const ANNOTATION_REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+/// Pod annotation: a shorter certificate lifetime for this pod's proxy (Go duration, at least
+/// 1m; the revision's `workloadCertTTL` otherwise). For rotation drills and tests.
+pub const ANNOTATION_CERT_VALIDITY: &str = "proxy.weft.dev/cert-validity";
 pub const LABEL_CANONICAL_NAME: &str = "service.istio.io/canonical-name";
 pub const LABEL_CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
 pub const ANNOTATION_INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";

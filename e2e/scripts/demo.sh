@@ -26,8 +26,12 @@ until_ok() {
     sleep 1
   done
 }
-# `wget` from a pod; prints the answer or the failure.
-call() { kubectl exec -n "$1" "$2" -- sh -c "timeout 10 wget -qO- $3 2>&1" || true; }
+# `wget` from a pod's first container; prints the answer or the failure.
+call() {
+  local container
+  container=$(kubectl get pod -n "$1" "$2" -o jsonpath='{.spec.containers[0].name}')
+  kubectl exec -n "$1" "$2" -c "$container" -- sh -c "timeout 10 wget -qO- $3 2>&1" || true
+}
 
 step "Tools and the local cluster (first run: builds Kubernetes, etcd and CoreDNS, ~20 min)"
 bash "$root/e2e/cluster/up.sh"
@@ -42,9 +46,13 @@ show kubectl get meshconfigs,revisiontags -n weft-system
 
 step "Enrol a namespace through a tag, and deploy the bookstore ($(elapsed))"
 kubectl create namespace bookstore --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# A second run starts from PERMISSIVE again.
+kubectl delete -f "$root/manifests/demo/strict.yaml" --ignore-not-found >/dev/null 2>&1 || true
 show weft tag set prod --revision stable --overwrite
 show weft namespace add bookstore --revision prod
 show kubectl apply -n bookstore -f "$root/manifests/demo/bookstore.yaml"
+# Pods of an earlier run predate this enrolment: restart them so they follow it.
+kubectl -n bookstore rollout restart deployment >/dev/null
 show kubectl apply -f "$root/manifests/demo/outsider.yaml"
 kubectl -n bookstore rollout status deployment/bookstore --timeout=180s >/dev/null
 kubectl -n bookstore rollout status deployment/bookbuyer --timeout=180s >/dev/null

@@ -115,10 +115,10 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_ROOT_CERT_FILE", default_value_t = format!("{}/{}", contract::ROOT_CERT_DIR, contract::ROOT_CERT_KEY))]
     pub root_cert_file: String,
     /// Certificate lifetime to ask for (Go duration); default: the revision's workloadCertTTL.
-    #[arg(long, env = "WEFT_CERT_VALIDITY", value_parser = parse_duration)]
+    #[arg(long, env = contract::ENV_CERT_VALIDITY, value_parser = parse_duration)]
     pub cert_validity: Option<Duration>,
     /// Fraction of the certificate lifetime at which it is renewed (±10% jitter).
-    #[arg(long, env = "WEFT_RENEW_AT", default_value_t = 0.5)]
+    #[arg(long, env = contract::ENV_RENEW_AT, default_value_t = 0.5)]
     pub renew_at: f64,
     /// Config snapshot file (JSON, see weft::snapshot); re-read when it changes. Without it
     /// the proxy follows the operator's config stream (needs --pod-name).

@@ -118,6 +118,11 @@ pub fn inject(
         env.push(env_var(contract::ENV_PROMETHEUS_ANNOTATIONS, app));
     }
     env.extend([
+        env_var(
+            contract::ENV_CERT_VALIDITY,
+            &cert_validity(&annotations, &mesh.workload_cert_ttl)?,
+        ),
+        env_var(contract::ENV_RENEW_AT, &mesh.renew_at.to_string()),
         env_var(contract::ENV_LOG_LEVEL, &mesh.log_level),
         env_var(contract::ENV_DRAIN_DURATION, &mesh.drain_duration),
         env_var(contract::ENV_CONCURRENCY, &mesh.concurrency.to_string()),
@@ -218,6 +223,29 @@ pub fn inject(
         }
     }
     Ok(Patch(patch.ops))
+}
+
+/// The lifetime the proxy asks for: the pod's `proxy.weft.dev/cert-validity`, checked here so
+/// a typo is refused at admission instead of leaving a proxy without a certificate; else the
+/// revision's `workloadCertTTL`. The CA still caps it at its own maximum.
+fn cert_validity(
+    annotations: &BTreeMap<String, String>,
+    revision_ttl: &str,
+) -> Result<String, InjectError> {
+    let Some(value) = annotations.get(contract::ANNOTATION_CERT_VALIDITY) else {
+        return Ok(revision_ttl.to_string());
+    };
+    let invalid = |problem: String| InjectError::InvalidAnnotation {
+        key: contract::ANNOTATION_CERT_VALIDITY,
+        value: value.clone(),
+        problem,
+        expected: "a Go duration of at least 1m, such as \"90s\" or \"1h\"",
+    };
+    let duration = crate::duration::parse(value).map_err(|e| invalid(e.to_string()))?;
+    if duration < crate::pki::MIN_WORKLOAD_VALIDITY {
+        return Err(invalid("the CA issues nothing shorter than 1m".into()));
+    }
+    Ok(value.clone())
 }
 
 // === Patch building ===
@@ -910,6 +938,42 @@ mod tests {
             let message = err.to_string();
             assert!(
                 message.contains(key) && message.contains("such as"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_certificate_lifetime_comes_from_the_revision_or_the_pod_annotation() {
+        let env = |doc: &Value| -> BTreeMap<String, String> {
+            doc["spec"]["initContainers"][1]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+                .collect()
+        };
+        let doc = patched(&bare_pod());
+        assert_eq!(env(&doc)[contract::ENV_CERT_VALIDITY], "24h");
+        assert_eq!(env(&doc)[contract::ENV_RENEW_AT], "0.5");
+
+        let mut pod = bare_pod();
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            contract::ANNOTATION_CERT_VALIDITY.into(),
+            "90s".into(),
+        )]));
+        assert_eq!(env(&patched(&pod))[contract::ENV_CERT_VALIDITY], "90s");
+
+        for bad in ["30s", "soon", ""] {
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                contract::ANNOTATION_CERT_VALIDITY.into(),
+                bad.into(),
+            )]));
+            let err = inject(&pod, &injection(), &InjectorSettings::default()).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(contract::ANNOTATION_CERT_VALIDITY)
+                    && message.contains("at least 1m"),
                 "{message}"
             );
         }

@@ -107,6 +107,11 @@ pub struct EffectiveMeshConfig {
     pub drain_duration: String,
     pub concurrency: u32,
     pub trust_domain: String,
+    /// Lifetime the proxy asks for (`certificate.workloadCertTTL`, Go duration).
+    #[serde(rename = "workloadCertTTL")]
+    pub workload_cert_ttl: String,
+    /// Fraction of the lifetime at which the proxy renews (`certificate.renewAt`).
+    pub renew_at: f64,
     pub exclude_inbound_ports: BTreeSet<u16>,
     pub exclude_outbound_ports: BTreeSet<u16>,
     #[serde(rename = "excludeOutboundIPRanges")]
@@ -118,6 +123,8 @@ const DEFAULT_PULL_POLICY: ImagePullPolicy = ImagePullPolicy::IfNotPresent;
 const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
 const DEFAULT_DRAIN_DURATION: &str = "5s";
 const DEFAULT_CONCURRENCY: u32 = 2;
+const DEFAULT_WORKLOAD_CERT_TTL: &str = "24h";
+const DEFAULT_RENEW_AT: f64 = 0.5;
 const DEFAULT_CPU_REQUEST: &str = "10m";
 const DEFAULT_MEMORY_REQUEST: &str = "16Mi";
 
@@ -146,6 +153,10 @@ impl EffectiveMeshConfig {
             trust_domain: certificate
                 .trust_domain
                 .unwrap_or_else(|| contract::DEFAULT_TRUST_DOMAIN.to_string()),
+            workload_cert_ttl: certificate
+                .workload_cert_ttl
+                .unwrap_or_else(|| DEFAULT_WORKLOAD_CERT_TTL.to_string()),
+            renew_at: certificate.renew_at.unwrap_or(DEFAULT_RENEW_AT),
             exclude_inbound_ports: traffic
                 .exclude_inbound_ports
                 .unwrap_or_default()

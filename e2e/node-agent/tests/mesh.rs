@@ -347,3 +347,82 @@ fn no_request_byte_crosses_the_node_in_plaintext_between_meshed_pods() {
         "a meshed response crossed in plaintext"
     );
 }
+
+#[test]
+fn certificates_renew_under_continuous_traffic_without_a_failed_request() {
+    let ns = enrolled("t-mesh-renew");
+    // One-minute certificates (the CA's shortest), so both proxies renew about every 30 s.
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: server
+  labels: {app: renew-server}
+  annotations: {proxy.weft.dev/cert-validity: 60s}
+spec:
+  containers:
+  - name: echo
+    image: weft.dev/echo:dev
+    ports: [{containerPort: 8080, name: http}]
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: renew}
+spec:
+  selector: {app: renew-server}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  annotations: {proxy.weft.dev/cert-validity: 60s}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: client, image: busybox, command: [sh, -c, "sleep 3600"]}
+"#,
+    );
+    for pod in ["pod/server", "pod/client"] {
+        ns.ok(&["wait", "--for=condition=Ready", pod, "--timeout=120s"]);
+    }
+    let applied = |pod: &str| -> u64 {
+        proxy_metrics(&ns, pod)
+            .lines()
+            .find(|l| l.starts_with("weft_certificates_total{result=\"applied\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (server_before, client_before) = (applied("server"), applied("client"));
+    // 75 s of requests, 5 a second, each on a new connection (a new handshake each time).
+    let script = "ok=0; fail=0; end=$(( $(date +%s) + 75 )); \
+                  while [ $(date +%s) -lt $end ]; do \
+                    if timeout 5 wget -qO- http://renew/tick >/dev/null 2>&1; then ok=$((ok+1)); else fail=$((fail+1)); fi; \
+                    sleep 0.2; \
+                  done; echo ok=$ok fail=$fail";
+    let out = ns.ok(&["exec", "client", "-c", "client", "--", "sh", "-c", script]);
+    let (server_after, client_after) = (applied("server"), applied("client"));
+    println!(
+        "renewal under traffic: {} ; certificates applied: server {server_before}->{server_after}, client {client_before}->{client_after}",
+        out.trim()
+    );
+    assert!(
+        out.contains(" fail=0"),
+        "requests failed during renewal: {out}"
+    );
+    let ok: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ok=")?.parse().ok())
+        .unwrap_or(0);
+    assert!(ok >= 100, "too few requests to mean anything: {out}");
+    assert!(
+        server_after > server_before,
+        "the server proxy never renewed"
+    );
+    assert!(
+        client_after > client_before,
+        "the client proxy never renewed"
+    );
+}

@@ -274,3 +274,84 @@ fn wait_for_ok(f: impl Fn() -> std::process::Output) -> Vec<u8> {
     });
     last
 }
+
+/// A copy of `token` whose `exp` (and `iat`, `nbf`) lie in the past, signed again with the
+/// cluster's service-account key: a genuine token that has expired (TokenRequest will not
+/// mint one shorter than ten minutes).
+fn expired_copy(token: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = token.split('.');
+    let (header, payload) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(payload).expect("JWT payload")).expect("claims");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    claims["iat"] = (now - 7200).into();
+    claims["nbf"] = (now - 7200).into();
+    claims["exp"] = (now - 3600).into();
+    let signing_input = format!("{header}.{}", b64.encode(claims.to_string()));
+    let key = support::repo_root().join("e2e/.cluster/pki/sa.key");
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(signing_input.as_bytes())
+        .unwrap();
+    let signature = child.wait_with_output().unwrap().stdout;
+    assert!(!signature.is_empty(), "openssl could not sign with {key:?}");
+    format!("{signing_input}.{}", b64.encode(signature))
+}
+
+#[test]
+fn an_expired_token_is_refused_though_its_signature_is_good() {
+    let c = deployed();
+    let ns = c.namespace("t-csr-expired");
+    let token = token_of(&ns, "web", "weft-ca");
+    let me = format!("spiffe://cluster.local/ns/{}/sa/web", ns.name);
+    // The re-signing itself is sound: a copy that keeps the real expiry is still accepted...
+    assert_eq!(request_certificate(c, &token, &me, None).status, 200);
+    // ...and the expired copy is refused, with a message.
+    let refused = request_certificate(c, &expired_copy(&token), &me, None);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("error"), "{}", refused.body);
+}
+
+#[test]
+fn a_tampered_webhook_ca_bundle_is_put_back_within_ten_seconds() {
+    let c = deployed();
+    let bundle = |config: &str| {
+        c.ok(&[
+            "get",
+            config,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])
+    };
+    for config in [
+        "mutatingwebhookconfiguration/weft-sidecar-injector",
+        "validatingwebhookconfiguration/weft-validator",
+    ] {
+        let good = wait_for(MINUTE, || bundle(config), |b| !b.is_empty());
+        c.ok(&[
+            "patch",
+            config,
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": "dGFtcGVyZWQ="}]"#,
+        ]);
+        let started = std::time::Instant::now();
+        wait_for(TEN_SECONDS, || bundle(config), |b| b == good);
+        println!("{config}: caBundle restored after {:?}", started.elapsed());
+    }
+}

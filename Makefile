@@ -68,6 +68,10 @@ cluster-components: ## Build the local cluster's Kubernetes, etcd and CoreDNS bi
 cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); needs root
 	@bash e2e/cluster/up.sh
 
+.PHONY: demo
+demo: ## The tour: cluster up, install weft with kustomize, enrol, mTLS, STRICT, canary upgrade (needs root)
+	@bash e2e/scripts/demo.sh
+
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster and remove everything it made (safe to run twice)
 	@bash e2e/cluster/down.sh
@@ -80,7 +84,11 @@ deploy: ## Build weft and install it into the local cluster with kubectl apply -
 .PHONY: e2e
 e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down); needs root
 	$(CARGO) build --locked -p weft --bins
-	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh -- --test-threads=4
+	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4
+
+.PHONY: bench
+bench: ## Benchmarks, SPEC §14 (root, cluster stopped): weft-proxy pair vs direct, HAProxy, nginx, ghostunnel; webhook and CSR rates
+	@bash e2e/bench/run.sh
 
 .PHONY: test
 test: lint check-proxy-kube-free unit check-install-yaml e2e ## The whole suite: lint, kube-free check, unit and golden tests, install-bundle drift, cluster tests

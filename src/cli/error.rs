@@ -130,6 +130,16 @@ pub enum CliError {
         source: kube::Error,
     },
 
+    #[error("{failed} check(s) failed; the hints above say what to do")]
+    ChecksFailed { failed: usize },
+
+    #[error(
+        "Deployment {namespace}/weft-operator still exists, and the operator would publish the \
+         root ConfigMaps again at once. Remove weft first (kubectl delete -k config/default), \
+         then run weft uninstall; or pass --force to remove them anyway"
+    )]
+    OperatorStillInstalled { namespace: String },
+
     #[error("writing {format} output: {message}")]
     Output {
         format: &'static str,
@@ -156,6 +166,8 @@ impl CliError {
             CliError::NotInstalled { .. } => "not_installed",
             CliError::Conflict { .. } => "conflict",
             CliError::Kube { .. } => "kube",
+            CliError::ChecksFailed { .. } => "checks_failed",
+            CliError::OperatorStillInstalled { .. } => "operator_still_installed",
             CliError::Output { .. } => "output",
         }
     }

@@ -1,6 +1,7 @@
 //! The `weft` command line: the operator (`weft operator`) and the user CLI that talks to a
 //! cluster through the kubeconfig, like kubectl. Each subcommand lives in its own module.
 
+pub mod check;
 pub mod error;
 pub mod inventory;
 pub mod namespace;
@@ -8,6 +9,7 @@ pub mod output;
 pub mod proxy_status;
 pub mod revision;
 pub mod tag;
+pub mod uninstall;
 
 use std::path::PathBuf;
 
@@ -47,6 +49,12 @@ pub enum Command {
     /// Show how weft sees an object.
     #[command(subcommand)]
     Describe(DescribeCommand),
+    /// Check the installation: API server, CRDs, operator, leader, injector, CA; exits
+    /// non-zero when a check fails.
+    Check(check::CheckArgs),
+    /// Remove what `kubectl delete -k config/default` leaves: the root ConfigMaps in every
+    /// namespace and, with --ca, the CA Secret.
+    Uninstall(uninstall::UninstallArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +73,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(DescribeCommand::Pod(args)) => {
             Ok(proxy_status::describe_pod(args).await?)
         }
+        Command::Check(args) => Ok(check::run(args).await?),
+        Command::Uninstall(args) => Ok(uninstall::run(args).await?),
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::{CliError, check_name};
 use super::inventory::{self, Analysis, Catalog, Enrolment, MeshArgs, Resolution, is_osm_opt_out};
-use super::output::{self, OutputFormat, Row};
+use super::output::{self, Row};
 use crate::contract;
 
 pub use crate::contract::FIELD_MANAGER;
@@ -60,20 +60,7 @@ pub struct RemoveArgs {
     pub mesh: MeshArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value_t,
-        env = "WEFT_OUTPUT"
-    )]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    pub mesh: MeshArgs,
-}
+pub use super::output::ListArgs;
 
 pub async fn run(command: NamespaceCommand) -> Result<(), CliError> {
     match command {
@@ -1070,7 +1057,9 @@ mod tests {
             ],
         );
         let rows = namespace_rows(&inventory.analyse());
-        let text = output::render(&rows, OutputFormat::Table).unwrap().unwrap();
+        let text = output::render(&rows, output::OutputFormat::Table)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             text,
             "NAMESPACE   LABEL                                 REVISION             PODS   STALE\n\
@@ -1086,7 +1075,9 @@ mod tests {
             pets.pod_revisions,
             BTreeMap::from([("canary".to_string(), 1), ("stable".to_string(), 1)])
         );
-        let json = output::render(&rows, OutputFormat::Json).unwrap().unwrap();
+        let json = output::render(&rows, output::OutputFormat::Json)
+            .unwrap()
+            .unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed[2]["stalePods"], 1);
         assert_eq!(parsed[4]["problem"], "unresolved");

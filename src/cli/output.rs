@@ -2,10 +2,11 @@
 //! spaces, the last one unpadded) or the same rows as JSON or YAML (`-o json|yaml`), so scripts
 //! get every field the table abbreviates.
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::error::CliError;
+use super::inventory::MeshArgs;
 
 /// `-o`: how a list command prints its rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -14,6 +15,22 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+}
+
+/// What every list command takes: `-o` and where weft lives.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value_t,
+        env = "WEFT_OUTPUT"
+    )]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 /// A row of a list command: serialisable for `-o json|yaml`, cells for the table.

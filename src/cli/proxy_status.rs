@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::inventory::{self, MeshArgs};
-use super::output::{self, OutputFormat, Row};
+use super::output::{self, ListArgs, Row};
 use crate::api::{MeshConfig, PeerAuthentication};
 use crate::contract;
 use crate::discovery::{MeshIndex, MeshView, ProxyList, ProxyRecord};
@@ -28,16 +28,8 @@ pub struct ProxyStatusArgs {
     /// Only pods of this namespace (default: all namespaces).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value_t,
-        env = "WEFT_OUTPUT"
-    )]
-    pub output: OutputFormat,
     #[command(flatten)]
-    pub mesh: MeshArgs,
+    pub list: ListArgs,
 }
 
 /// One row of `weft proxy-status`.
@@ -166,9 +158,9 @@ pub async fn proxy_status(args: ProxyStatusArgs) -> Result<(), CliError> {
             ))
         })
         .collect();
-    let answers = ask_replicas(&client, &args.mesh.weft_namespace).await?;
+    let answers = ask_replicas(&client, &args.list.mesh.weft_namespace).await?;
     let rows = merge(&meshed, &answers);
-    match output::render(&rows, args.output)? {
+    match output::render(&rows, args.list.output)? {
         Some(text) => print!("{text}"),
         None => eprintln!("No meshed pods found."),
     }

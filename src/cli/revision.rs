@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde::Serialize;
 
 use super::error::CliError;
-use super::inventory::{self, Analysis, Inventory, MeshArgs, Resolution};
-use super::output::{self, OutputFormat, Row, list_cell};
+use super::inventory::{self, Analysis, Inventory, Resolution};
+use super::output::{self, Row, list_cell};
 use crate::api::MtlsMode;
 
 #[derive(Debug, Subcommand)]
@@ -18,20 +18,7 @@ pub enum RevisionCommand {
     List(ListArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value_t,
-        env = "WEFT_OUTPUT"
-    )]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    pub mesh: MeshArgs,
-}
+pub use super::output::ListArgs;
 
 pub async fn run(command: RevisionCommand) -> Result<(), CliError> {
     match command {
@@ -184,7 +171,9 @@ mod tests {
             .revisions
             .push(revision("old", MeshConfigSpec::default()));
         let rows = revision_rows(&inventory, &inventory.analyse());
-        let text = output::render(&rows, OutputFormat::Table).unwrap().unwrap();
+        let text = output::render(&rows, output::OutputFormat::Table)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             text,
             "REVISION   IMAGE                          MTLS         TAGS      NAMESPACES    PODS\n\
@@ -192,7 +181,9 @@ mod tests {
              old        <operator default>             PERMISSIVE   <none>    <none>        0\n\
              stable     <operator default>             PERMISSIVE   default   pinned,shop   2\n"
         );
-        let json = output::render(&rows, OutputFormat::Json).unwrap().unwrap();
+        let json = output::render(&rows, output::OutputFormat::Json)
+            .unwrap()
+            .unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed[0]["mtls"], "STRICT");
         assert_eq!(

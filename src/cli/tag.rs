@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::error::{CliError, check_name};
 use super::inventory::{self, Analysis, Catalog, Inventory, MeshArgs};
 use super::namespace::FIELD_MANAGER;
-use super::output::{self, OutputFormat, Row, list_cell};
+use super::output::{self, Row, list_cell};
 use crate::api::{RevisionTag, RevisionTagSpec};
 
 #[derive(Debug, Subcommand)]
@@ -42,20 +42,7 @@ pub struct SetArgs {
     pub mesh: MeshArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value_t,
-        env = "WEFT_OUTPUT"
-    )]
-    pub output: OutputFormat,
-    #[command(flatten)]
-    pub mesh: MeshArgs,
-}
+pub use super::output::ListArgs;
 
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
@@ -641,7 +628,9 @@ mod tests {
             ..Default::default()
         });
         let rows = tag_rows(&inventory, &inventory.analyse());
-        let text = output::render(&rows, OutputFormat::Table).unwrap().unwrap();
+        let text = output::render(&rows, output::OutputFormat::Table)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             text,
             "TAG       REVISION         NAMESPACES   PODS   STALE\n\
@@ -651,7 +640,9 @@ mod tests {
         );
         assert_eq!(rows[1].source, "status");
         assert_eq!(rows[2].source, "computed");
-        let json = output::render(&rows, OutputFormat::Json).unwrap().unwrap();
+        let json = output::render(&rows, output::OutputFormat::Json)
+            .unwrap()
+            .unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed[2]["stalePods"], 1);
         assert_eq!(parsed[2]["namespaces"][0], "pets");

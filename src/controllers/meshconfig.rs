@@ -186,7 +186,11 @@ pub async fn run(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send + 'st
     let api = Api::<MeshConfig>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     Controller::new(api, watcher::Config::default())
         .reconcile_all_on(trigger)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |mc, ctx| super::measured("meshconfig", ctx.clone(), reconcile(mc, ctx)),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!("MeshConfig controller: {e}");

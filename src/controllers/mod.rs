@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
+use crate::operator::metrics::OperatorMetrics;
 use index::Snapshot;
 
 pub use crate::contract::FIELD_MANAGER;
@@ -154,6 +155,24 @@ pub struct Context {
     /// Namespace → fingerprint of the label conflict last reported on it, so each conflict
     /// gets one Warning Event, not one per loop.
     pub reported_conflicts: Mutex<std::collections::HashMap<String, String>>,
+    /// Reconcile counts, durations and errors per controller.
+    pub metrics: Arc<OperatorMetrics>,
+}
+
+/// Runs one reconcile of `controller` and records it in the metrics.
+pub(crate) async fn measured<T>(
+    controller: &'static str,
+    ctx: Arc<Context>,
+    reconcile: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.metrics.reconciled(
+        controller,
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    result
 }
 
 // === Conditions ===
@@ -307,7 +326,12 @@ fn trim_meta<K: Resource>(object: &mut K) {
 /// Runs the controllers until the process ends: watches (MeshConfigs and RevisionTags in the
 /// operator namespace, Namespaces, injected Pods), the first-start bootstrap, the MeshConfig
 /// and RevisionTag status controllers and the namespace label-conflict warnings. Spawn it.
-pub async fn run_all(client: Client, settings: ControllerSettings, ca_ready: CaReady) {
+pub async fn run_all(
+    client: Client,
+    settings: ControllerSettings,
+    ca_ready: CaReady,
+    metrics: Arc<OperatorMetrics>,
+) {
     let trigger = Trigger::new();
     let ns = settings.namespace.as_str();
     let stores = Stores {
@@ -376,6 +400,7 @@ pub async fn run_all(client: Client, settings: ControllerSettings, ca_ready: CaR
         stores,
         ca_ready,
         reported_conflicts: Mutex::default(),
+        metrics,
     });
     tokio::join!(
         meshconfig::run(ctx.clone(), trigger.stream()),

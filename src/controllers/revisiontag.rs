@@ -153,7 +153,11 @@ pub async fn run(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send + 'st
     let api = Api::<RevisionTag>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     Controller::new(api, watcher::Config::default())
         .reconcile_all_on(trigger)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |tag, ctx| super::measured("revisiontag", ctx.clone(), reconcile(tag, ctx)),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!("RevisionTag controller: {e}");

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, watch};
 use super::model::{MeshIndex, MeshView};
 use crate::api::{MeshConfig, PeerAuthentication};
 use crate::contract;
+use crate::operator::metrics::OperatorMetrics;
 use crate::operator::reflect::{reflect, reflect_optional};
 use crate::snapshot::stream::{Ack, HEARTBEAT, MAX_ACK_BYTES, Rejected, encode_line};
 
@@ -93,6 +94,7 @@ pub struct ProxyList {
 struct Registry {
     next: AtomicU64,
     streams: Mutex<HashMap<u64, ProxyRecord>>,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl Registry {
@@ -113,6 +115,7 @@ impl Drop for Registered {
         if let Ok(mut m) = self.0.streams.lock() {
             m.remove(&self.1);
         }
+        self.0.metrics.connected_proxies.dec();
     }
 }
 
@@ -126,12 +129,14 @@ pub struct DiscoveryState {
 
 impl DiscoveryState {
     /// Starts the reflectors and the rebuild loop. `pods` is the shared store of meshed pods
-    /// ([`crate::operator::reflect::meshed_pods`]), created to wake `changed`.
+    /// ([`crate::operator::reflect::meshed_pods`]), created to wake `changed`. Connected
+    /// proxies and snapshots sent are counted in `metrics`.
     pub fn start(
         client: &Client,
         settings: DiscoverySettings,
         pods: Store<Pod>,
         changed: Arc<Notify>,
+        metrics: Arc<OperatorMetrics>,
     ) -> Self {
         let n = || Some(changed.clone());
         let services: Store<Service> = reflect(kube::Api::all(client.clone()), n());
@@ -181,7 +186,10 @@ impl DiscoveryState {
         });
         DiscoveryState {
             index: index_rx,
-            registry: Arc::default(),
+            registry: Arc::new(Registry {
+                metrics,
+                ..Default::default()
+            }),
             settings: Arc::new(settings),
             synced: synced_rx,
         }
@@ -339,6 +347,8 @@ async fn stream(
         return refuse(StatusCode::NOT_FOUND, "pod left the caches");
     };
     let id = state.registry.next.fetch_add(1, Ordering::Relaxed);
+    // Counted down by `Registered`'s drop, whether or not the record made it into the map.
+    state.registry.metrics.connected_proxies.inc();
     if let Ok(mut m) = state.registry.streams.lock() {
         m.insert(
             id,
@@ -392,6 +402,7 @@ async fn stream(
 }
 
 fn guard_sent(guard: &Registered, version: &str) {
+    guard.0.metrics.snapshots_sent.inc();
     guard
         .0
         .update(guard.1, |r| r.sent = Some(version.to_string()));

@@ -60,12 +60,20 @@ pub struct CaBundleController {
     /// Publishes the CA (None while there is none) to the CSR endpoint and the serving certs.
     pub ca: watch::Sender<Option<Arc<MeshCa>>>,
     pub problem: watch::Sender<Option<CaProblem>>,
+    /// Counts each pass as a reconcile of controller `ca_bundle`.
+    pub metrics: Arc<super::metrics::OperatorMetrics>,
 }
 
 impl CaBundleController {
     pub async fn run(self) {
         loop {
+            let started = std::time::Instant::now();
             let result = self.reconcile().await;
+            self.metrics.reconciled(
+                "ca_bundle",
+                started.elapsed(),
+                result.as_ref().err().map(CaProblem::metric_label),
+            );
             let problem = result.err();
             if let Some(p) = &problem {
                 tracing::warn!(reason = p.metric_label(), "CA: {p}");

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use super::ca_bundle::MUTATING_WEBHOOK;
+use super::metrics::{Endpoint, OperatorMetrics};
 use super::reflect::reflect;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
@@ -36,6 +38,7 @@ pub struct InjectorState {
     pods: Store<Pod>,
     settings: Arc<InjectorSettings>,
     mesh_name: String,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl InjectorState {
@@ -45,6 +48,7 @@ impl InjectorState {
         settings: InjectorSettings,
         mesh_name: String,
         pods: Store<Pod>,
+        metrics: Arc<OperatorMetrics>,
     ) -> Self {
         let ns = settings.operator_namespace.clone();
         Self {
@@ -58,6 +62,7 @@ impl InjectorState {
             pods,
             settings: Arc::new(settings),
             mesh_name,
+            metrics,
         }
     }
 
@@ -156,26 +161,38 @@ pub fn router(state: InjectorState) -> Router {
 }
 
 async fn inject(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+    let started = Instant::now();
     let mesh = state.snapshot();
     let namespaces = state.namespaces.clone();
     let lookup = move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
-    json(webhook::review(&body, lookup, &mesh, &state.settings))
+    let answer = webhook::review(&body, lookup, &mesh, &state.settings);
+    state.answered(Endpoint::Inject, answer, started)
 }
 
 async fn validate(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
-    json(webhook::validate(
-        &body,
-        &state.snapshot_with_pods(),
-        &state.settings,
-    ))
+    let started = Instant::now();
+    let answer = webhook::validate(&body, &state.snapshot_with_pods(), &state.settings);
+    state.answered(Endpoint::Validate, answer, started)
 }
 
 async fn default_meshconfig(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
-    json(webhook::default_meshconfig(
-        &body,
-        &state.snapshot(),
-        &state.settings,
-    ))
+    let started = Instant::now();
+    let answer = webhook::default_meshconfig(&body, &state.snapshot(), &state.settings);
+    state.answered(Endpoint::Default, answer, started)
+}
+
+impl InjectorState {
+    /// Records the answer in the metrics and turns it into the HTTP response.
+    fn answered(
+        &self,
+        endpoint: Endpoint,
+        (status, body): (u16, Vec<u8>),
+        started: Instant,
+    ) -> impl IntoResponse + use<> {
+        self.metrics
+            .webhook_answered(endpoint, status, &body, started.elapsed());
+        json((status, body))
+    }
 }
 
 fn json((status, body): (u16, Vec<u8>)) -> impl IntoResponse {

@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
+use super::metrics::OperatorMetrics;
 use crate::controllers::is_conflict;
 
 /// The Lease, in the operator's namespace.
@@ -166,15 +167,23 @@ pub struct LeaderElection {
     api: Api<Lease>,
     namespace: String,
     identity: String,
+    metrics: Arc<OperatorMetrics>,
 }
 
 impl LeaderElection {
-    /// `identity` is the pod name (`POD_NAME`): it must differ between replicas.
-    pub fn new(client: Client, namespace: &str, identity: &str) -> Self {
+    /// `identity` is the pod name (`POD_NAME`): it must differ between replicas. `weft_leader`
+    /// in `metrics` says whether this replica runs the controllers.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        identity: &str,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             identity: identity.to_string(),
+            metrics,
         }
     }
 
@@ -256,6 +265,7 @@ impl LeaderElection {
                     RETRY_PERIOD
                 }
             };
+            self.metrics.set_leader(term.is_some());
             tokio::time::sleep(pause).await;
         }
     }

@@ -1,5 +1,6 @@
 //! `weft operator`: the control-plane process. Every replica serves the CSR endpoint (15012),
-//! the injector (15017) and health (15014); the CA-bundle controller keeps the CA, root ConfigMaps and caBundles.
+//! the injector (15017) and health and metrics (15014); the CA-bundle controller keeps the CA,
+//! root ConfigMaps and caBundles.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use super::ca_bundle::CaBundleController;
 use super::csr;
 use super::injector::{self, InjectorState};
+use super::metrics::{self, OperatorMetrics};
 use super::serving::{ServingCertResolver, keep_serving_cert};
 use crate::contract;
 use crate::discovery::{self, DiscoverySettings, DiscoveryState, PeerCert};
@@ -66,6 +68,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     let max_ttl = crate::duration::parse(&args.workload_cert_ttl)?;
+    let metrics = Arc::new(OperatorMetrics::new());
     let (ca_tx, ca_rx) = watch::channel(None);
     let (problem_tx, problem_rx) = watch::channel(None);
     tokio::spawn(
@@ -75,6 +78,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             trust_domain: args.trust_domain.clone(),
             ca: ca_tx,
             problem: problem_tx,
+            metrics: metrics.clone(),
         }
         .run(),
     );
@@ -86,7 +90,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     ));
 
     let trust_domain = args.trust_domain.clone();
-    let csr_state = csr::CsrState::new(
+    let mut csr_state = csr::CsrState::new(
         ca_rx.clone(),
         Arc::new(csr::KubeTokenReviewer::new(client.clone())),
         Arc::new(move |_ns: &str| csr::CertPolicy {
@@ -94,6 +98,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             max_ttl,
         }),
     );
+    csr_state.on_outcome = Some(metrics.certificate_outcome());
     // One watch of the meshed pods feeds the config server and the validator.
     let mesh_changed = Arc::new(tokio::sync::Notify::new());
     let meshed_pods = super::reflect::meshed_pods(&client, Some(mesh_changed.clone()));
@@ -107,6 +112,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         },
         meshed_pods.clone(),
         mesh_changed,
+        metrics.clone(),
     );
     let discovery = csr::router(csr_state).merge(discovery::server::router(config_server.clone()));
     tokio::spawn(serve_tls(
@@ -126,7 +132,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ),
         trust_domain: args.trust_domain.clone(),
     };
-    let injector = InjectorState::start(&client, settings, args.mesh_name.clone(), meshed_pods);
+    let injector = InjectorState::start(
+        &client,
+        settings,
+        args.mesh_name.clone(),
+        meshed_pods,
+        metrics.clone(),
+    );
     let synced = Arc::new(AtomicBool::new(false));
     {
         let (injector, synced) = (injector.clone(), synced.clone());
@@ -155,13 +167,21 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         Arc::new(move || rx.borrow().is_some())
     };
     // Only the replica holding the Lease runs the controllers (SPEC §11).
-    tokio::spawn(
-        super::leader::LeaderElection::new(client.clone(), &args.namespace, &args.instance).run(
-            move |client| {
-                crate::controllers::run_all(client, controller_settings.clone(), ca_ready.clone())
-            },
-        ),
+    let election = super::leader::LeaderElection::new(
+        client.clone(),
+        &args.namespace,
+        &args.instance,
+        metrics.clone(),
     );
+    let controller_metrics = metrics.clone();
+    tokio::spawn(election.run(move |client| {
+        crate::controllers::run_all(
+            client,
+            controller_settings.clone(),
+            ca_ready.clone(),
+            controller_metrics.clone(),
+        )
+    }));
 
     // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
     // hold their first lists.
@@ -177,6 +197,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     let monitoring = discovery::server::debug_router(config_server, args.instance.clone())
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || serve_metrics(metrics.clone())))
         .route(
             "/readyz",
             get(move || {
@@ -203,6 +224,19 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: exiting"),
     }
     Ok(())
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn serve_metrics(metrics: Arc<OperatorMetrics>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match metrics.encode() {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// The TLS acceptor: the hot-swapped serving certificate and, when `client_roots` is

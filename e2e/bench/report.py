@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements of e2e/bench/run.sh into results/latest.json and a markdown
+table (printed, and put into README.md between the bench markers). Standard library only.
+
+Raw inputs (in --raw): fortio's JSON per run (<scenario>-<kind>.json), procs.tsv (scenario,
+kind, process, key, value), control_plane.json (cargo bench --bench control_plane) and
+meta.env (machine, versions, settings).
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+SCENARIOS = ["direct", "weft", "haproxy", "nginx", "ghostunnel"]
+LABELS = {
+    "direct": "direct (no proxy)",
+    "weft": "**weft-proxy pair** (mTLS, iptables capture)",
+    "haproxy": "HAProxy pair (TLS relay, mutual)",
+    "nginx": "nginx stream pair (TLS relay, mutual)",
+    "ghostunnel": "ghostunnel pair (mTLS)",
+}
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+# SPEC §14, as (key, what, target text, predicate on the measured value).
+TARGETS = [
+    ("added_p99_ms", "proxy pair, mTLS, 1 KB HTTP at 1,000 rps: added p99 vs direct", "≤ 0.15 ms",
+     lambda v: v <= 0.15),
+    ("cpu_per_1000rps", "proxy CPU per 1,000 rps (busier proxy of the pair)", "≤ 0.05 vCPU",
+     lambda v: v <= 0.05),
+    ("rss_idle_mb", "proxy RSS idle (larger of the pair)", "≤ 8 MB", lambda v: v <= 8),
+    ("rss_loaded_mb", "proxy RSS at 1,000 rps (larger of the pair)", "≤ 15 MB", lambda v: v <= 15),
+    ("mtls_conns_per_proxy_core", "new mTLS connections per proxy core", "≥ 1,000/s",
+     lambda v: v >= 1000),
+    ("webhook_reviews_per_s", "webhook: admission reviews per core", "≥ 1,000/s",
+     lambda v: v >= 1000),
+    ("webhook_p99_ms", "webhook: review p99", "≤ 5 ms", lambda v: v <= 5),
+    ("csr_per_s", "CSR signing per core", "≥ 1,000/s", lambda v: v >= 1000),
+    ("ready_ms", "proxy ready after start (cert + config from files)", "≤ 100 ms",
+     lambda v: v <= 100),
+]
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def fortio(raw, name):
+    """Latency percentiles (ms), achieved rate and errors of one fortio run."""
+    data = load_json(os.path.join(raw, name + ".json"))
+    if data is None:
+        return None
+    hist = data["DurationHistogram"]
+    pct = {p["Percentile"]: p["Value"] * 1000 for p in hist.get("Percentiles") or []}
+    count = hist["Count"]
+    ok = data.get("RetCodes", {}).get("200", 0)
+    return {
+        "p50_ms": round(pct.get(50, 0), 4),
+        "p90_ms": round(pct.get(90, 0), 4),
+        "p99_ms": round(pct.get(99, 0), 4),
+        "p999_ms": round(pct.get(99.9, 0), 4),
+        "avg_ms": round(hist["Avg"] * 1000, 4),
+        "requests": count,
+        "errors": count - ok,
+        "rps": round(data["ActualQPS"], 1),
+    }
+
+
+def procs(raw):
+    out = {}
+    path = os.path.join(raw, "procs.tsv")
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 5:
+                continue
+            scenario, kind, proc, key, value = parts
+            out.setdefault(scenario, {}).setdefault(kind, {}).setdefault(proc, {})[key] = float(value)
+    return out
+
+
+def meta(raw):
+    m, skipped = {}, []
+    with open(os.path.join(raw, "meta.env")) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            if k == "skipped":
+                skipped.append(v)
+            else:
+                m[k] = v
+    return m, skipped
+
+
+def vcpu(p):
+    """vCPU used (CPU seconds per wall second)."""
+    return p["cpu_seconds"] / p["wall_seconds"] if p.get("wall_seconds") else 0.0
+
+
+def build(raw):
+    m, skipped = meta(raw)
+    pr = procs(raw)
+    cp = load_json(os.path.join(raw, "control_plane.json")) or {}
+    result = {
+        "date": m.get("date"),
+        "machine": {k: m.get(k) for k in ("cpus", "cpu_model", "kernel", "loadavg_at_end")},
+        "local_cluster_running": m.get("cluster_running") == "1",
+        "versions": {k: m.get(k) for k in ("weft_commit", "fortio", "haproxy", "nginx",
+                                            "ghostunnel", "openssl")},
+        "load": {
+            "generator": "fortio load, open loop (-uniform), HTTP/1.1 keep-alive",
+            "qps": int(m.get("qps", 0)),
+            "connections": int(m.get("connections", 0)),
+            "payload_bytes": int(m.get("payload_bytes", 0)),
+            "duration": m.get("duration"),
+            "max_duration": m.get("max_duration"),
+            "load_cpu": m.get("load_cpu"),
+            "proxy_cpu": m.get("proxy_cpu"),
+        },
+        "scenarios": {},
+        "max_rps": {},
+        "skipped": skipped,
+    }
+    direct = fortio(raw, "direct-fixed")
+    for s in SCENARIOS:
+        fixed = fortio(raw, f"{s}-fixed")
+        if fixed is None:
+            continue
+        entry = dict(fixed)
+        for q in ("p50", "p90", "p99"):
+            entry[f"added_{q}_ms"] = (round(fixed[f"{q}_ms"] - direct[f"{q}_ms"], 4)
+                                      if direct and s != "direct" else None)
+        mx = fortio(raw, f"{s}-max")
+        entry["max_rps"] = mx["rps"] if mx else None
+        if mx:
+            result["max_rps"][s] = mx["rps"]
+        proxies = {}
+        sp = pr.get(s, {})
+        for name, p in sorted(sp.get("fixed", {}).items()):
+            rate = fixed["rps"] / 1000 if fixed["rps"] else 1
+            d = {
+                "cpu_per_1000rps": round(vcpu(p) / rate, 4),
+                "rss_idle_mb": round(sp.get("idle", {}).get(name, {}).get("rss_kb", 0) / 1024, 2),
+                "rss_loaded_mb": round(p.get("rss_max_kb", 0) / 1024, 2),
+            }
+            mp = sp.get("max", {}).get(name)
+            if mp:
+                d["vcpu_at_max_rps"] = round(vcpu(mp), 3)
+            ready = sp.get("startup", {}).get(name, {}).get("ready_ms")
+            if ready is not None:
+                d["ready_ms"] = ready
+            proxies[name] = d
+        if proxies:
+            entry["proxies"] = proxies
+            for key in ("cpu_per_1000rps", "rss_idle_mb", "rss_loaded_mb"):
+                entry[key] = max(d[key] for d in proxies.values())
+        result["scenarios"][s] = entry
+
+    conns = fortio(raw, "weft-conns")
+    if conns:
+        busiest = max((vcpu(p) for p in pr.get("weft", {}).get("conns", {}).values()), default=0)
+        result["mtls_conns_per_s"] = conns["rps"]
+        result["mtls_conns"] = {
+            "per_s": conns["rps"],
+            "errors": conns["errors"],
+            "busier_proxy_vcpu": round(busiest, 3),
+            "per_proxy_core": round(conns["rps"] / busiest, 1) if busiest else None,
+            "p50_ms": conns["p50_ms"],
+            "p99_ms": conns["p99_ms"],
+            "note": "fortio -keepalive=false: every request is a new TCP connection to the client "
+                    "proxy and a new mTLS connection between the proxies (rustls defaults, "
+                    "session resumption included)",
+        }
+        dconns = fortio(raw, "direct-conns")
+        if dconns:
+            result["mtls_conns"]["direct_tcp_conns_per_s"] = dconns["rps"]
+    wh, csr = cp.get("webhook"), cp.get("csr")
+    if wh:
+        result["webhook"] = wh
+    if csr:
+        result["csr"] = csr
+    result["control_plane_cpus"] = cp.get("cpus_allowed")
+    result["targets"] = targets(result)
+    return result
+
+
+def measured_values(r):
+    weft = r["scenarios"].get("weft", {})
+    procs_ = weft.get("proxies", {})
+    ready = [p["ready_ms"] for p in procs_.values() if "ready_ms" in p]
+    return {
+        "added_p99_ms": weft.get("added_p99_ms"),
+        "cpu_per_1000rps": weft.get("cpu_per_1000rps"),
+        "rss_idle_mb": weft.get("rss_idle_mb"),
+        "rss_loaded_mb": weft.get("rss_loaded_mb"),
+        "mtls_conns_per_proxy_core": (r.get("mtls_conns") or {}).get("per_proxy_core"),
+        "webhook_reviews_per_s": (r.get("webhook") or {}).get("reviews_per_s"),
+        "webhook_p99_ms": (r.get("webhook") or {}).get("p99_ms"),
+        "csr_per_s": (r.get("csr") or {}).get("csr_per_s"),
+        "ready_ms": max(ready) if ready else None,
+    }
+
+
+def targets(r):
+    values = measured_values(r)
+    out = []
+    for key, what, target, ok in TARGETS:
+        v = values.get(key)
+        out.append({"key": key, "what": what, "target": target, "measured": v,
+                    "met": None if v is None else bool(ok(v))})
+    out.append({"key": "config_convergence", "what": "config convergence, 1,000 proxies",
+                "target": "p99 ≤ 1 s, ≤ 100 KB per proxy", "measured": None, "met": None,
+                "note": "not measured by make bench yet"})
+    return out
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}" if isinstance(v, float) else f"{v:,}"
+
+
+def pair(proxies, key, digits):
+    vals = [proxies[k][key] for k in sorted(proxies, key=lambda n: (not n.endswith("client"), n))]
+    return " / ".join(fmt(v, digits) for v in vals)
+
+
+def table(r):
+    load = r["load"]
+    lines = [
+        f"Measured {r['date']} by `make bench` on the {r['machine']['cpus']}-core build machine "
+        f"({r['machine']['cpu_model']}, Linux {r['machine']['kernel']}); load average at the end "
+        f"{r['machine']['loadavg_at_end']}. fortio open loop, {load['qps']:,} rps, "
+        f"{load['payload_bytes']} B bodies echoed, {load['connections']} keep-alive connections, "
+        f"{load['duration']} per path after a warm-up; load generator and echo server on CPU "
+        f"{load['load_cpu']}, every proxy on CPU {load['proxy_cpu']} (one worker each), in network "
+        "namespaces. Added latency is the path's percentile minus the direct one's. CPU and RSS are "
+        "client proxy / server proxy. Results: `e2e/bench/results/latest.json`."
+        + (" **The local cluster was running during this run: numbers are noisy.**"
+           if r.get("local_cluster_running") else ""),
+        "",
+        "| path | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms | vCPU per 1,000 rps | RSS idle MB | RSS at 1,000 rps MB | max rps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in SCENARIOS:
+        e = r["scenarios"].get(s)
+        if e is None:
+            continue
+        added = ("–" if e["added_p50_ms"] is None else
+                 f"{e['added_p50_ms']:+.3f} / {e['added_p90_ms']:+.3f} / {e['added_p99_ms']:+.3f}")
+        p = e.get("proxies")
+        lines.append(
+            f"| {LABELS[s]} | {fmt(e['p50_ms'])} | {fmt(e['p90_ms'])} | {fmt(e['p99_ms'])} | {added} | "
+            f"{pair(p, 'cpu_per_1000rps', 3) if p else '–'} | {pair(p, 'rss_idle_mb', 1) if p else '–'} | "
+            f"{pair(p, 'rss_loaded_mb', 1) if p else '–'} | {fmt(e['max_rps'], 0)} |")
+    for s in r["skipped"]:
+        lines.append(f"| {s.split(':', 1)[0]} | not run: {s.split(':', 1)[-1].strip()} ||||||||")
+    lines += ["", "| SPEC §14 target | measured | target | met |", "|---|---|---|---|"]
+    units = {"added_p99_ms": " ms", "cpu_per_1000rps": " vCPU", "rss_idle_mb": " MB",
+             "rss_loaded_mb": " MB", "mtls_conns_per_proxy_core": "/s",
+             "webhook_reviews_per_s": "/s", "webhook_p99_ms": " ms", "csr_per_s": "/s",
+             "ready_ms": " ms"}
+    for t in r["targets"]:
+        v = t["measured"]
+        shown = "not measured yet" if v is None else fmt(v, 3) + units.get(t["key"], "")
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['what']} | {shown} | {t['target']} | {met} |")
+    mc = r.get("mtls_conns")
+    if mc:
+        lines += ["", f"New mTLS connections: {fmt(mc['per_s'], 0)}/s through the weft pair "
+                      f"(busier proxy at {mc['busier_proxy_vcpu']} vCPU; direct TCP without "
+                      f"keep-alive: {fmt(mc.get('direct_tcp_conns_per_s'), 0)}/s). Webhook: "
+                      f"`webhook::review` on one core with a 5.6 KB pod CREATE review (no HTTP/TLS "
+                      f"around it). CSR: `MeshCa::sign_workload_csr`, P-256, on one core."]
+    return "\n".join(lines)
+
+
+def update_readme(path, text):
+    with open(path) as f:
+        readme = f.read()
+    block = f"{START}\n{text}\n{END}"
+    if START in readme and END in readme:
+        readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme,
+                        flags=re.S)
+    else:
+        readme = readme.rstrip("\n") + f"\n\n## Performance\n\n{block}\n"
+    with open(path, "w") as f:
+        f.write(readme)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--readme")
+    a = ap.parse_args()
+    r = build(a.raw)
+    with open(a.out, "w") as f:
+        json.dump(r, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    text = table(r)
+    print(text)
+    if a.readme:
+        update_readme(a.readme, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+#!/usr/bin/env bash
+# `make bench` (SPEC §13/§14): the data-plane benchmark in bare network namespaces and the
+# control-plane micro-benchmarks, all in one run, compared as ratios against a direct path.
+#
+# Data plane: two namespaces on a veth pair (198.18.250.1 client, 198.18.250.2 server; that
+# /24 only), fortio's echo server in the server namespace and fortio's open-loop load
+# (1,000 rps, 1 KB POST bodies echoed back, 8 connections) in the client namespace, through:
+#   direct      client → server, no proxy
+#   weft        weft-proxy pair: iptables capture in both namespaces (weft-proxy init), the
+#               proxies as UID 1337, mTLS with SPIFFE identities (STRICT), an HTTP Service
+#   haproxy     HAProxy pair, TCP mode: plain → mutual TLS → plain
+#   nginx       nginx stream pair: plain → mutual TLS → plain
+#   ghostunnel  ghostunnel client/server pair (mutual TLS, URI SAN checks)
+# The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
+# worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
+# RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
+# new connections per second without keep-alive (direct and weft: every one a new mTLS
+# handshake between the proxies).
+#
+# Control plane: `cargo bench --bench control_plane` pinned to one CPU (webhook reviews and
+# CSR signing per core).
+#
+# Writes e2e/bench/results/latest.json, prints a markdown table and puts it in README.md
+# between <!-- bench:start --> and <!-- bench:end -->. Needs root; refuses to run while the
+# local cluster is up (it would share the two cores). Everything it starts is stopped and its
+# namespaces are deleted on exit, also on error; running it again starts clean.
+#
+# Knobs (environment): WEFT_BENCH_DURATION (20s), WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
+# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct weft haproxy nginx ghostunnel"),
+# WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
+# WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}
+CARGO=${CARGO:-cargo}
+
+DURATION=${WEFT_BENCH_DURATION:-20s}
+WARMUP=${WEFT_BENCH_WARMUP:-2s}
+MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
+QPS=${WEFT_BENCH_QPS:-1000}
+CONNECTIONS=8
+PAYLOAD=1024
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct weft haproxy nginx ghostunnel}
+CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
+
+NS_C=weft-bench-client
+NS_S=weft-bench-server
+C_IP=198.18.250.1
+S_IP=198.18.250.2
+SVC_IP=198.18.250.100 # the weft scenario's Service ClusterIP (known to the client proxy only)
+APP_PORT=8080         # fortio echo server: direct and the relays' upstream
+MESH_APP_PORT=8090    # a second echo server, behind the server-side weft-proxy
+PORT_HAPROXY=9443 PORT_NGINX=9444 PORT_GHOSTUNNEL=9445    # server-side relays (TLS)
+LOCAL_HAPROXY=10443 LOCAL_NGINX=10444 LOCAL_GHOSTUNNEL=10445 # client-side relays (plain)
+CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
+SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
+SERVER_DNS=server.bench.svc.cluster.local
+
+if (($(nproc) >= 2)); then LOAD_CPU=0 PROXY_CPU=1; else LOAD_CPU=0 PROXY_CPU=0; fi
+
+work=${WEFT_BENCH_WORKDIR:-/tmp/weft-bench}
+raw=$work/raw
+results=$here/results
+
+log() { echo "[bench] $*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# === cleanup (also of a run that died) ===
+
+declare -A PIDS=()
+
+stop_pid() {
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local name pid
+  for name in "${!PIDS[@]}"; do stop_pid "${PIDS[$name]}"; done
+  PIDS=()
+  for ns in $NS_C $NS_S; do
+    if [[ -e /var/run/netns/$ns ]]; then
+      # Only what a run of this script started lives in these namespaces.
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do stop_pid "$pid"; done
+      ip netns del "$ns" 2>/dev/null || true
+    fi
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# === preconditions ===
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, iptables, UID 1337)"
+cluster_up=0
+if ip link show weft0 >/dev/null 2>&1 || pgrep -x kube-apiserver >/dev/null; then cluster_up=1; fi
+if ((cluster_up)) && [[ -z ${WEFT_BENCH_ALLOW_CLUSTER:-} ]]; then
+  die "the local cluster is up (weft0 / kube-apiserver): stop it with make cluster-down first, the benchmark needs both cores to itself (WEFT_BENCH_ALLOW_CLUSTER=1 runs anyway and marks the results)"
+fi
+
+cleanup
+rm -rf "$work"
+mkdir -p "$raw" "$results"
+chmod 755 "$work"
+
+# === tools and builds ===
+
+declare -A TOOL=()
+while IFS='=' read -r k v; do [[ -n $k ]] && TOOL[$k]=$v; done < <(bash "$here/install-tools.sh")
+FORTIO=${TOOL[fortio]:-}
+[[ -x $FORTIO ]] || die "fortio could not be built (see the log above); it is the load generator"
+SKIPPED=()
+if [[ -z ${TOOL[ghostunnel]:-} ]]; then
+  SKIPPED+=("ghostunnel: $(tail -1 "$HOME/.cache/weft-bench"/ghostunnel-*/build.log 2>/dev/null || echo 'build failed')")
+fi
+
+log "building weft-proxy (release) and the control-plane benchmark"
+(cd "$repo" && $CARGO build --release --locked --bin weft-proxy)
+cp "$CARGO_TARGET_DIR/release/weft-proxy" "$work/weft-proxy"
+chmod 755 "$work/weft-proxy"
+cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
+[[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
+
+# === control plane (before the namespaces: nothing else runs) ===
+
+log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each on CPU $PROXY_CPU"
+(cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --out "$raw/control_plane.json" >/dev/null)
+
+# === certificates: one CA, a client and a server identity (P-256, SPIFFE URI SANs) ===
+
+certs=$work/certs
+mkdir -p "$certs"
+(
+  cd "$certs"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout ca.key -out ca.pem -subj "/O=weft bench/CN=weft bench root" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  leaf() { # NAME SAN
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" \
+      -subj "/O=weft bench/CN=$1" -out "$1.csr" 2>/dev/null
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=%s\n' "$2" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+    cat "$1.crt" "$1.key" >"$1.pem" # HAProxy's crt
+    mkdir -p "$1-dir"              # weft-proxy's --cert-dir
+    cp "$1.crt" "$1-dir/cert-chain.pem"
+    cp "$1.key" "$1-dir/key.pem"
+    cp ca.pem "$1-dir/root-cert.pem"
+  }
+  leaf client "URI:$CLIENT_ID"
+  leaf server "URI:$SERVER_ID,DNS:$SERVER_DNS"
+)
+chmod -R a+rX "$certs"
+
+# === namespaces ===
+
+log "namespaces $NS_C ($C_IP) and $NS_S ($S_IP) on a veth pair"
+ip netns add $NS_C
+ip netns add $NS_S
+ip link add wbench0 netns $NS_C type veth peer name wbench0 netns $NS_S
+for pair in "$NS_C $C_IP" "$NS_S $S_IP"; do
+  set -- $pair
+  ip -n "$1" link set lo up
+  ip -n "$1" addr add "$2/24" dev wbench0
+  ip -n "$1" link set wbench0 up
+  # Connection-per-request runs open tens of thousands of short connections.
+  ip netns exec "$1" sysctl -qw net.ipv4.tcp_tw_reuse=1 "net.ipv4.ip_local_port_range=20000 65000"
+done
+# Capture as an injected pod has it. Client: no inbound capture, outbound captured except
+# the direct and relay ports. Server: inbound capture of the meshed app's port only.
+ip netns exec $NS_C "$work/weft-proxy" init --include-inbound-ports= \
+  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL" >"$raw/init-client.log"
+ip netns exec $NS_S "$work/weft-proxy" init --include-inbound-ports "$MESH_APP_PORT" >"$raw/init-server.log"
+
+# === processes ===
+
+# spawn NAME CPU NS CMD...: starts CMD pinned to CPU inside NS; `taskset` and `ip netns exec`
+# exec in place, so the PID is the program's.
+spawn() {
+  local name=$1 cpu=$2 ns=$3
+  shift 3
+  taskset -c "$cpu" ip netns exec "$ns" "$@" </dev/null >"$raw/$name.log" 2>&1 &
+  PIDS[$name]=$!
+}
+
+stop() {
+  local name
+  for name in "$@"; do
+    [[ -n ${PIDS[$name]:-} ]] && stop_pid "${PIDS[$name]}"
+    unset "PIDS[$name]"
+  done
+}
+
+alive() { kill -0 "${PIDS[$1]}" 2>/dev/null || die "$1 exited: $(tail -5 "$raw/$1.log")"; }
+
+now_ns() { date +%s%N; }
+cpu_ticks() { # utime + stime of a process, in clock ticks
+  local stat
+  stat=$(<"/proc/$1/stat")
+  stat=${stat##*) }
+  set -- $stat
+  echo $((${12} + ${13}))
+}
+rss_kb() {
+  local k v _
+  while read -r k v _; do [[ $k == VmRSS: ]] && { echo "$v"; return; }; done <"/proc/$1/status"
+  echo 0
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# http NS HOST:PORT PATH: the body of a GET, from inside NS (bash's /dev/tcp, no client needed).
+http() {
+  ip netns exec "$1" bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1#*:}" || exit 1
+    printf "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" "$2" >&3; cat <&3' _ "$2" "$3"
+}
+
+# wait_ready NAME NS T0: waits for weft-proxy's /healthz/ready; prints ms since T0 (ns).
+wait_ready() {
+  local name=$1 ns=$2 t0=$3 t1
+  t1=$(ip netns exec "$ns" bash -c 'for _ in $(seq 4000); do
+      if exec 3<>/dev/tcp/127.0.0.1/15021 2>/dev/null; then
+        printf "GET /healthz/ready HTTP/1.0\r\n\r\n" >&3
+        read -r _ code _ <&3; exec 3<&-
+        [[ $code == 200 ]] && { date +%s%N; exit 0; }
+      fi
+      sleep 0.002
+    done; exit 1') || die "$name never became ready: $(tail -5 "$raw/$name.log")"
+  echo $(((t1 - t0) / 1000000))
+}
+
+# load NAME URL ARGS...: fortio load from the client namespace on the load CPU.
+load() {
+  local name=$1 url=$2
+  shift 2
+  taskset -c "$LOAD_CPU" ip netns exec $NS_C "$FORTIO" load -quiet -loglevel Warning -c "$CONNECTIONS" \
+    -payload-size "$PAYLOAD" -r 0.00001 -p "50,90,99,99.9" "$@" -json "$raw/$name.json" "$url" \
+    >"$raw/$name.load.log" 2>&1 || die "fortio load $name failed: $(tail -5 "$raw/$name.load.log")"
+}
+
+# smoke NAME URL: one request through the path, retried while the proxies come up.
+smoke() {
+  for _ in $(seq 100); do
+    if ip netns exec $NS_C "$FORTIO" curl -loglevel Error -payload-size 16 "$2" >/dev/null 2>&1; then return; fi
+    sleep 0.1
+  done
+  die "$1: no answer through $2"
+}
+
+# measured NAME KIND PROXIES... -- LOAD ARGS: runs `load` while it records each proxy's CPU
+# seconds and largest RSS; appends `scenario kind proxy key value` lines to procs.tsv.
+measured() {
+  local name=$1 kind=$2
+  shift 2
+  local procs=()
+  while [[ $1 != -- ]]; do procs+=("$1"); shift; done
+  shift
+  local -A before=()
+  local p sampler=$raw/$name-$kind.rss t0 t1
+  for p in "${procs[@]}"; do before[$p]=$(cpu_ticks "${PIDS[$p]}"); done
+  # Sample RSS every 100 ms on the load CPU while the load runs.
+  (
+    declare -A max=()
+    while [[ ! -e $sampler.stop ]]; do
+      for p in "${procs[@]}"; do
+        r=$(rss_kb "${PIDS[$p]}" 2>/dev/null) || r=0
+        ((r > ${max[$p]:-0})) && max[$p]=$r
+      done
+      sleep 0.1
+    done
+    for p in "${procs[@]}"; do echo "$p ${max[$p]:-0}"; done >"$sampler"
+  ) &
+  local sampler_pid=$!
+  PIDS[sampler]=$sampler_pid # stopped by cleanup should the run die meanwhile
+  taskset -pc "$LOAD_CPU" "$sampler_pid" >/dev/null
+  t0=$(now_ns)
+  load "$name-$kind" "$@"
+  t1=$(now_ns)
+  touch "$sampler.stop"
+  wait "$sampler_pid"
+  unset "PIDS[sampler]"
+  for p in "${procs[@]}"; do
+    alive "$p"
+    local ticks=$(($(cpu_ticks "${PIDS[$p]}") - ${before[$p]}))
+    printf '%s\t%s\t%s\tcpu_seconds\t%s\n' "$name" "$kind" "$p" "$(awk -v t="$ticks" -v h="$CLK_TCK" 'BEGIN{printf "%.3f", t/h}')"
+    printf '%s\t%s\t%s\twall_seconds\t%s\n' "$name" "$kind" "$p" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')"
+    printf '%s\t%s\t%s\trss_max_kb\t%s\n' "$name" "$kind" "$p" "$(awk -v p="$p" '$1==p{print $2}' "$sampler")"
+  done >>"$raw/procs.tsv"
+}
+
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw/procs.tsv"; }
+
+# scenario NAME URL PROXIES...: idle RSS, warm-up, the fixed-rate run, then full speed.
+scenario() {
+  local name=$1 url=$2
+  shift 2
+  local p
+  smoke "$name" "$url"
+  sleep 1
+  for p in "$@"; do alive "$p"; record "$name" idle "$p" rss_kb "$(rss_kb "${PIDS[$p]}")"; done
+  log "$name: warm-up $WARMUP, then $QPS rps for $DURATION"
+  load "$name-warmup" "$url" -qps "$QPS" -uniform -t "$WARMUP"
+  measured "$name" fixed "$@" -- "$url" -qps "$QPS" -uniform -t "$DURATION"
+  log "$name: full speed for $MAX_DURATION"
+  measured "$name" max "$@" -- "$url" -qps 0 -t "$MAX_DURATION"
+}
+
+# === the echo servers (CPU 0) ===
+
+for port in $APP_PORT $MESH_APP_PORT; do
+  spawn "echo-$port" "$LOAD_CPU" $NS_S "$FORTIO" server -loglevel Warning -http-port "$port" \
+    -grpc-port disabled -redirect-port disabled -tcp-port disabled -udp-port disabled -ui-path ""
+done
+: >"$raw/procs.tsv"
+
+# === scenarios ===
+
+start_weft() {
+  cat >"$work/server-snapshot.json" <<EOF
+{"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
+ "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
+ "inbound": {"defaultMode": "STRICT"}, "outbound": {"policy": "ALLOW_ANY"}}
+EOF
+  cat >"$work/client-snapshot.json" <<EOF
+{"schemaVersion": 1, "version": "bench-client", "identity": "$CLIENT_ID",
+ "trustDomain": "cluster.local", "workload": {"name": "client", "namespace": "bench"},
+ "inbound": {"defaultMode": "PERMISSIVE"},
+ "outbound": {"policy": "REGISTRY_ONLY", "services": [{
+   "clusterIp": "$SVC_IP", "port": 80, "name": "server.bench.svc.cluster.local", "protocol": "http",
+   "endpoints": [{"ip": "$S_IP", "port": $MESH_APP_PORT, "meshed": true, "identity": "$SERVER_ID",
+                  "mtlsModeForPort": "STRICT", "workload": {"name": "server", "namespace": "bench"}}]}]}}
+EOF
+  chmod 644 "$work"/*-snapshot.json
+  local side ns ip t0 ms
+  for side in server client; do
+    [[ $side == server ]] && ns=$NS_S ip=$S_IP || ns=$NS_C ip=$C_IP
+    t0=$(now_ns)
+    spawn "weft-$side" "$PROXY_CPU" "$ns" setpriv --reuid=1337 --regid=1337 --clear-groups \
+      "$work/weft-proxy" run --cert-dir "$certs/$side-dir" --snapshot-file "$work/$side-snapshot.json" \
+      --pod-ip "$ip" --concurrency 1 --drain-duration 1s --log-level warn
+    ms=$(wait_ready "weft-$side" "$ns" "$t0")
+    record weft startup "weft-$side" ready_ms "$ms"
+  done
+}
+
+# The server proxy's metrics must show mutual TLS from the client's identity.
+check_weft_mtls() {
+  local stats
+  stats=$(http $NS_S 127.0.0.1:15020 /stats/prometheus)
+  if grep -q "istio_tcp_connections_opened_total{.*source_principal=\"$CLIENT_ID\".*connection_security_policy=\"mutual_tls\"" <<<"$stats" ||
+    grep -q "istio_tcp_connections_opened_total{.*connection_security_policy=\"mutual_tls\".*source_principal=\"$CLIENT_ID\"" <<<"$stats"; then
+    record weft check weft-server mtls_verified 1
+  else
+    die "the server proxy's metrics show no mutual TLS from $CLIENT_ID"
+  fi
+  grep '^weft_tls_handshakes_total' <<<"$stats" >"$raw/weft-server-handshakes.txt" || true
+}
+
+start_haproxy() {
+  cat >"$work/haproxy-server.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend tls_in
+  bind $S_IP:$PORT_HAPROXY ssl crt $certs/server.pem ca-file $certs/ca.pem verify required
+  default_backend app
+backend app
+  server app 127.0.0.1:$APP_PORT
+EOF
+  cat >"$work/haproxy-client.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend plain_in
+  bind 127.0.0.1:$LOCAL_HAPROXY
+  default_backend tls_out
+backend tls_out
+  server server $S_IP:$PORT_HAPROXY ssl crt $certs/client.pem ca-file $certs/ca.pem verify required sni str($SERVER_DNS) verifyhost $SERVER_DNS
+EOF
+  spawn haproxy-server "$PROXY_CPU" $NS_S haproxy -db -f "$work/haproxy-server.cfg"
+  spawn haproxy-client "$PROXY_CPU" $NS_C haproxy -db -f "$work/haproxy-client.cfg"
+}
+
+nginx_conf() { # SIDE SERVER-BLOCK
+  cat <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $work/nginx-$1.pid;
+error_log $raw/nginx-$1.error.log warn;
+events { worker_connections 8192; }
+stream {
+  server {
+$2
+  }
+}
+EOF
+}
+
+start_nginx() {
+  nginx_conf server "    listen $S_IP:$PORT_NGINX ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate $certs/server.crt;
+    ssl_certificate_key $certs/server.key;
+    ssl_client_certificate $certs/ca.pem;
+    ssl_verify_client on;
+    proxy_pass 127.0.0.1:$APP_PORT;" >"$work/nginx-server.conf"
+  nginx_conf client "    listen 127.0.0.1:$LOCAL_NGINX;
+    proxy_pass $S_IP:$PORT_NGINX;
+    proxy_ssl on;
+    proxy_ssl_protocols TLSv1.3;
+    proxy_ssl_certificate $certs/client.crt;
+    proxy_ssl_certificate_key $certs/client.key;
+    proxy_ssl_trusted_certificate $certs/ca.pem;
+    proxy_ssl_verify on;
+    proxy_ssl_name $SERVER_DNS;
+    proxy_ssl_server_name on;" >"$work/nginx-client.conf"
+  spawn nginx-server "$PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-server.error.log" -c "$work/nginx-server.conf"
+  spawn nginx-client "$PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
+}
+
+start_ghostunnel() {
+  local gt=${TOOL[ghostunnel]}
+  spawn ghostunnel-server "$PROXY_CPU" $NS_S env GOMAXPROCS=1 "$gt" --quiet=conns server \
+    --listen "$S_IP:$PORT_GHOSTUNNEL" --target "127.0.0.1:$APP_PORT" \
+    --cert "$certs/server.crt" --key "$certs/server.key" --cacert "$certs/ca.pem" --allow-uri "$CLIENT_ID"
+  spawn ghostunnel-client "$PROXY_CPU" $NS_C env GOMAXPROCS=1 "$gt" --quiet=conns client \
+    --listen "127.0.0.1:$LOCAL_GHOSTUNNEL" --target "$S_IP:$PORT_GHOSTUNNEL" \
+    --cert "$certs/client.crt" --key "$certs/client.key" --cacert "$certs/ca.pem" \
+    --override-server-name "$SERVER_DNS" --verify-uri "$SERVER_ID"
+}
+
+direct_url=http://$S_IP:$APP_PORT/echo
+for s in $SCENARIOS; do
+  case $s in
+    direct)
+      scenario direct "$direct_url"
+      log "direct: a new connection per request, full speed for $MAX_DURATION"
+      measured direct conns -- "$direct_url" -qps 0 -t "$MAX_DURATION" -keepalive=false
+      ;;
+    weft)
+      start_weft
+      url=http://$SVC_IP/echo
+      scenario weft "$url" weft-client weft-server
+      log "weft: a new mTLS connection per request, full speed for $MAX_DURATION"
+      measured weft conns weft-client weft-server -- "$url" -qps 0 -t "$MAX_DURATION" -keepalive=false
+      check_weft_mtls
+      stop weft-client weft-server
+      ;;
+    haproxy)
+      start_haproxy
+      scenario haproxy "http://127.0.0.1:$LOCAL_HAPROXY/echo" haproxy-client haproxy-server
+      stop haproxy-client haproxy-server
+      ;;
+    nginx)
+      start_nginx
+      scenario nginx "http://127.0.0.1:$LOCAL_NGINX/echo" nginx-client nginx-server
+      stop nginx-client nginx-server
+      ;;
+    ghostunnel)
+      if [[ -z ${TOOL[ghostunnel]:-} ]]; then log "ghostunnel: skipped (${SKIPPED[*]})"; continue; fi
+      start_ghostunnel
+      scenario ghostunnel "http://127.0.0.1:$LOCAL_GHOSTUNNEL/echo" ghostunnel-client ghostunnel-server
+      stop ghostunnel-client ghostunnel-server
+      ;;
+    *) die "unknown scenario $s" ;;
+  esac
+done
+
+# === report ===
+
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "cpus=$(nproc)"
+  echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+  echo "kernel=$(uname -r)"
+  echo "loadavg_at_end=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "cluster_running=$cluster_up"
+  echo "weft_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "fortio=$("$FORTIO" version 2>&1 | head -1)"
+  echo "haproxy=$(haproxy -v 2>&1 | head -1)"
+  echo "nginx=$(nginx -v 2>&1 | head -1)"
+  echo "ghostunnel=$([[ -n ${TOOL[ghostunnel]:-} ]] && "${TOOL[ghostunnel]}" --version 2>&1 | head -1)"
+  echo "openssl=$(openssl version)"
+  echo "qps=$QPS"
+  echo "connections=$CONNECTIONS"
+  echo "payload_bytes=$PAYLOAD"
+  echo "duration=$DURATION"
+  echo "max_duration=$MAX_DURATION"
+  echo "load_cpu=$LOAD_CPU"
+  echo "proxy_cpu=$PROXY_CPU"
+  for s in "${SKIPPED[@]}"; do echo "skipped=$s"; done
+} >"$raw/meta.env"
+
+readme_args=(--readme "$repo/README.md")
+[[ -n ${WEFT_BENCH_NO_README:-} ]] && readme_args=()
+python3 "$here/report.py" --raw "$raw" --out "$results/latest.json" "${readme_args[@]}"
+log "raw measurements and logs: $raw"

@@ -235,3 +235,20 @@ fn every_format_is_one_the_api_server_knows() {
         );
     }
 }
+
+#[test]
+fn the_samples_and_the_demo_revision_are_valid_objects_of_the_schema() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        "config/samples/meshconfig_canary.yaml",
+        "config/samples/revisiontag_prod.yaml",
+        "manifests/demo/canary.yaml",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        let object: Value = serde_yaml::from_str(&text).expect(file);
+        let kind = object["kind"].as_str().expect("kind").to_string();
+        let errors = validate(&kind, &object);
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+    }
+}

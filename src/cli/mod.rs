@@ -20,8 +20,25 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines as text, or as JSON objects (for log collectors; the operator's Deployment
+    /// uses json).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "WEFT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

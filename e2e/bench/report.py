@@ -110,7 +110,8 @@ def build(raw):
     cp = load_json(os.path.join(raw, "control_plane.json")) or {}
     result = {
         "date": m.get("date"),
-        "machine": {k: m.get(k) for k in ("cpus", "cpu_model", "kernel", "loadavg_at_end")},
+        "machine": {k: m.get(k) for k in ("cpus", "cpu_model", "kernel", "loadavg_at_start",
+                                             "loadavg_at_end")},
         "local_cluster_running": m.get("cluster_running") == "1",
         "versions": {k: m.get(k) for k in ("weft_commit", "fortio", "haproxy", "nginx",
                                             "ghostunnel", "openssl")},
@@ -238,8 +239,10 @@ def table(r):
     load = r["load"]
     lines = [
         f"Measured {r['date']} by `make bench` on the {r['machine']['cpus']}-core build machine "
-        f"({r['machine']['cpu_model']}, Linux {r['machine']['kernel']}); load average at the end "
-        f"{r['machine']['loadavg_at_end']}. fortio open loop, {load['qps']:,} rps, "
+        f"({r['machine']['cpu_model']}, Linux {r['machine']['kernel']}); load average "
+        f"{r['machine'].get('loadavg_at_start') or '?'} at the start, "
+        f"{r['machine']['loadavg_at_end']} at the end (other work on the machine shows here "
+        f"and in the tails). fortio open loop, {load['qps']:,} rps, "
         f"{load['payload_bytes']} B bodies echoed, {load['connections']} keep-alive connections, "
         f"{load['duration']} per path after a warm-up; load generator and echo server on CPU "
         f"{load['load_cpu']}, every proxy on CPU {load['proxy_cpu']} (one worker each), in network "
@@ -271,7 +274,8 @@ def table(r):
              "ready_ms": " ms"}
     for t in r["targets"]:
         v = t["measured"]
-        shown = "not measured yet" if v is None else fmt(v, 3) + units.get(t["key"], "")
+        digits = {"ready_ms": 0, "rss_idle_mb": 1, "rss_loaded_mb": 1}.get(t["key"], 3)
+        shown = "not measured yet" if v is None else fmt(v, digits) + units.get(t["key"], "")
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['what']} | {shown} | {t['target']} | {met} |")
     mc = r.get("mtls_conns")

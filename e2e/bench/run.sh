@@ -105,6 +105,7 @@ if ((cluster_up)) && [[ -z ${WEFT_BENCH_ALLOW_CLUSTER:-} ]]; then
   die "the local cluster is up (weft0 / kube-apiserver): stop it with make cluster-down first, the benchmark needs both cores to itself (WEFT_BENCH_ALLOW_CLUSTER=1 runs anyway and marks the results)"
 fi
 
+loadavg_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 cleanup
 rm -rf "$work"
 mkdir -p "$raw" "$results"
@@ -226,7 +227,7 @@ http() {
 wait_ready() {
   local name=$1 ns=$2 t0=$3 t1
   t1=$(ip netns exec "$ns" bash -c 'for _ in $(seq 4000); do
-      if exec 3<>/dev/tcp/127.0.0.1/15021 2>/dev/null; then
+      if { exec 3<>/dev/tcp/127.0.0.1/15021; } 2>/dev/null; then
         printf "GET /healthz/ready HTTP/1.0\r\n\r\n" >&3
         read -r _ code _ <&3; exec 3<&-
         [[ $code == 200 ]] && { date +%s%N; exit 0; }
@@ -265,6 +266,7 @@ measured() {
   local -A before=()
   local p sampler=$raw/$name-$kind.rss t0 t1
   for p in "${procs[@]}"; do before[$p]=$(cpu_ticks "${PIDS[$p]}"); done
+  rm -f "$sampler" "$sampler.stop"
   # Sample RSS every 100 ms on the load CPU while the load runs.
   (
     declare -A max=()
@@ -493,6 +495,7 @@ done
   echo "cpus=$(nproc)"
   echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
   echo "kernel=$(uname -r)"
+  echo "loadavg_at_start=$loadavg_at_start"
   echo "loadavg_at_end=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "cluster_running=$cluster_up"
   echo "weft_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -513,5 +516,5 @@ done
 
 readme_args=(--readme "$repo/README.md")
 [[ -n ${WEFT_BENCH_NO_README:-} ]] && readme_args=()
-python3 "$here/report.py" --raw "$raw" --out "$results/latest.json" "${readme_args[@]}"
+PYTHONDONTWRITEBYTECODE=1 python3 "$here/report.py" --raw "$raw" --out "$results/latest.json" "${readme_args[@]}"
 log "raw measurements and logs: $raw"

@@ -470,7 +470,7 @@ mod tests {
                 "labels": {"app": "web"},
                 "annotations": {"weft.dev/status": "{}", "other": "x"}},
             "spec": {"containers": [{"name": "app"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+            "status": {"phase": "Running", "podIP": "198.18.1.77"}
         }))
         .unwrap_or_default();
         trim_pod(&mut pod);

@@ -451,8 +451,8 @@ mod tests {
         let now = SystemTime::now();
         let cases = [
             (
-                vec![uri(ID), SanType::IpAddress([10, 0, 0, 1].into())],
-                "IP:10.0.0.1",
+                vec![uri(ID), SanType::IpAddress([198, 18, 1, 77].into())],
+                "IP:198.18.1.77",
             ),
             (
                 vec![uri(ID), SanType::Rfc822Name("a@b.c".try_into().unwrap())],

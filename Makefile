@@ -82,9 +82,15 @@ deploy: ## Build weft and install it into the local cluster with kubectl apply -
 	@bash e2e/scripts/deploy.sh
 
 .PHONY: e2e
-e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down); needs root
+e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down), then the lifecycle steps that change the root and uninstall; needs root
 	$(CARGO) build --locked -p weft --bins
-	@trap 'bash e2e/cluster/down.sh' EXIT; $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4
+	@trap 'bash e2e/cluster/down.sh' EXIT; \
+	  $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4 && \
+	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1
+
+.PHONY: fuzz
+fuzz: ## Fuzz the decoders of untrusted bytes (cargo-fuzz, nightly), FUZZ_SECONDS (default 30) per target
+	@bash e2e/scripts/fuzz.sh
 
 .PHONY: bench
 bench: ## Benchmarks, SPEC §14 (root, cluster stopped): weft-proxy pair vs direct, HAProxy, nginx, ghostunnel; webhook and CSR rates

@@ -70,7 +70,21 @@ start etcd "$ETCD_BIN/etcd" --name weft-e2e --data-dir "$CLUSTER_DIR/etcd" \
   --initial-cluster "weft-e2e=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --quota-backend-bytes 2147483648
 wait_for etcd 60 curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
 
+# Audit log of what weft's operator asks the API server (test rbac_audit: every grant of
+# config/rbac is used, and nothing it asks for is forbidden). Metadata only, weft's own
+# service account only.
+cat > "$CLUSTER_DIR/audit-policy.yaml" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:weft-system:weft-operator"]
+- level: None
+YAML
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
+  --audit-policy-file "$CLUSTER_DIR/audit-policy.yaml" --audit-log-path "$CLUSTER_DIR/audit.log" \
+  --audit-log-maxsize 200 --audit-log-maxbackup 1 \
   --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port "$API_PORT" \
   --service-cluster-ip-range "$SERVICE_CIDR" \

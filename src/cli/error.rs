@@ -140,6 +140,24 @@ pub enum CliError {
     )]
     OperatorStillInstalled { namespace: String },
 
+    #[error(
+        "Secret {namespace}/cacerts (a plug-in CA) is what weft signs with, so there is no weft \
+         root to reset. To change the root, replace Secret cacerts with your new intermediate \
+         and restart the operator (kubectl rollout restart deployment/weft-operator -n \
+         {namespace})"
+    )]
+    PluginCaInUse { namespace: String },
+
+    #[error(
+        "not reset: this replaces the mesh root, and every meshed workload then needs a restart \
+         before its proxy trusts the new one (mTLS between old and new pods fails until then). \
+         Run again with --yes to go ahead"
+    )]
+    ConfirmationNeeded,
+
+    #[error("making a new root: {message}")]
+    NewRoot { message: String },
+
     #[error("writing {format} output: {message}")]
     Output {
         format: &'static str,
@@ -168,6 +186,9 @@ impl CliError {
             CliError::Kube { .. } => "kube",
             CliError::ChecksFailed { .. } => "checks_failed",
             CliError::OperatorStillInstalled { .. } => "operator_still_installed",
+            CliError::PluginCaInUse { .. } => "plugin_ca_in_use",
+            CliError::ConfirmationNeeded => "confirmation_needed",
+            CliError::NewRoot { .. } => "new_root",
             CliError::Output { .. } => "output",
         }
     }

@@ -1,6 +1,7 @@
 //! The `weft` command line: the operator (`weft operator`) and the user CLI that talks to a
 //! cluster through the kubeconfig, like kubectl. Each subcommand lives in its own module.
 
+pub mod ca;
 pub mod check;
 pub mod error;
 pub mod inventory;
@@ -69,6 +70,10 @@ pub enum Command {
     /// Check the installation: API server, CRDs, operator, leader, injector, CA; exits
     /// non-zero when a check fails.
     Check(check::CheckArgs),
+    /// The mesh CA: `weft ca reset` replaces the root (the explicit way out of a corrupted or
+    /// lost CA Secret).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Remove what `kubectl delete -k config/default` leaves: the root ConfigMaps in every
     /// namespace and, with --ca, the CA Secret.
     Uninstall(uninstall::UninstallArgs),
@@ -91,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(proxy_status::describe_pod(args).await?)
         }
         Command::Check(args) => Ok(check::run(args).await?),
+        Command::Ca(command) => Ok(ca::run(command).await?),
         Command::Uninstall(args) => Ok(uninstall::run(args).await?),
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);

@@ -6,16 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
-use kube::api::PostParams;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 
 use super::index::{Snapshot, count, namespace_conflict};
-use super::{Context, Error, REQUEUE, RETRY, condition, is_conflict, reasons};
+use super::{CaHealth, Context, Error, REQUEUE, RETRY, condition, events, reasons};
 use crate::api::meshconfig::{OutboundTrafficPolicy, TrafficSettings};
 use crate::api::{MeshConfig, MeshConfigSpec, MeshConfigStatus, conditions};
 use crate::contract;
@@ -74,11 +72,11 @@ pub fn meshconfig_status(
     spec: &MeshConfigSpec,
     current: Option<&MeshConfigStatus>,
     snapshot: &Snapshot,
-    ca_ready: bool,
+    ca: &CaHealth,
     now: &Time,
 ) -> MeshConfigStatus {
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let ready = if ca_ready {
+    let ready = if ca.loaded {
         condition(
             existing,
             conditions::READY,
@@ -139,8 +137,28 @@ pub fn meshconfig_status(
             now,
         )
     };
+    let degraded = match &ca.problem {
+        Some(issue) => condition(
+            existing,
+            conditions::DEGRADED,
+            true,
+            issue.reason,
+            issue.message.clone(),
+            generation,
+            now,
+        ),
+        None => condition(
+            existing,
+            conditions::DEGRADED,
+            false,
+            reasons::CA_HEALTHY,
+            "the mesh CA Secret is intact".into(),
+            generation,
+            now,
+        ),
+    };
     MeshConfigStatus {
-        conditions: vec![ready, reconciled, unsupported],
+        conditions: vec![ready, reconciled, unsupported, degraded],
         observed_generation: generation,
         injected_pods: count(snapshot.pods.iter().filter(|p| p.revision == name).count()),
         namespaces: snapshot
@@ -169,7 +187,7 @@ pub async fn reconcile(mc: Arc<MeshConfig>, ctx: Arc<Context>) -> Result<Action,
         &mc.spec,
         mc.status.as_ref(),
         &snapshot,
-        (ctx.ca_ready)(),
+        &(ctx.ca_health)(),
         &super::now(),
     );
     super::apply_status::<MeshConfig, _>(&ctx, name, mc.status.as_ref(), &status).await?;
@@ -268,60 +286,43 @@ async fn publish_conflict(ctx: &Context, namespace: &str, message: &str) -> Resu
         .find(|ns| ns.metadata.name.as_deref() == Some(namespace))
         .and_then(|ns| ns.metadata.uid.clone());
     let event = conflict_event(namespace, uid, message, &ctx.settings.instance);
-    // Events about cluster-scoped objects live in `default` (API server validation).
-    let api = Api::<Event>::namespaced(ctx.client.clone(), "default");
-    match api.create(&PostParams::default(), &event).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
+    events::publish(&ctx.client, event)
+        .await
+        .map_err(Error::kube(format!(
             "creating an Event about namespace {namespace}"
-        ))(e)),
-    }
+        )))
 }
 
-/// The Warning Event about a namespace's conflicting labels, with a name that is the same for
-/// the same conflict.
+/// The Warning Event about a namespace's conflicting labels; the same conflict gets the same
+/// name.
 pub fn conflict_event(
     namespace: &str,
     uid: Option<String>,
     message: &str,
     instance: &str,
 ) -> Event {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{namespace}\n{message}").as_bytes(),
-    );
-    let fingerprint: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{namespace}.weft-label-conflict.{fingerprint}")),
-            namespace: Some("default".into()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        type_: Some("Warning".into()),
-        reason: Some(reasons::CONFLICTING_LABELS.into()),
-        action: Some("ResolveRevision".into()),
-        note: Some(message.chars().take(1000).collect()),
-        regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Namespace".into()),
-            name: Some(namespace.into()),
+    events::warning(
+        events::Regarding {
+            kind: "Namespace",
+            namespace: None,
+            name: namespace,
             uid,
-            ..Default::default()
-        }),
-        reporting_controller: Some("weft.dev/operator".into()),
-        reporting_instance: Some(instance.chars().take(128).collect()),
-        ..Default::default()
-    }
+        },
+        reasons::CONFLICTING_LABELS,
+        "ResolveRevision",
+        message,
+        instance,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOADED: CaHealth = CaHealth {
+        loaded: true,
+        problem: None,
+    };
     use crate::api::meshconfig::AccessLogSettings;
     use crate::controllers::index::tests::{injected, namespace, revisions, tags};
 
@@ -372,7 +373,7 @@ mod tests {
             &MeshConfigSpec::default(),
             None,
             &snapshot(),
-            true,
+            &LOADED,
             &at(1),
         );
         assert_eq!(s.injected_pods, 2);
@@ -387,7 +388,7 @@ mod tests {
             &MeshConfigSpec::default(),
             None,
             &snapshot(),
-            true,
+            &LOADED,
             &at(1),
         );
         assert_eq!(
@@ -401,7 +402,7 @@ mod tests {
             &MeshConfigSpec::default(),
             None,
             &Snapshot::default(),
-            true,
+            &LOADED,
             &at(1),
         );
         assert_eq!(
@@ -413,7 +414,15 @@ mod tests {
     #[test]
     fn ready_follows_the_ca_and_keeps_its_transition_time() {
         let spec = MeshConfigSpec::default();
-        let waiting = meshconfig_status("stable", Some(1), &spec, None, &snapshot(), false, &at(1));
+        let waiting = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            None,
+            &snapshot(),
+            &CaHealth::default(),
+            &at(1),
+        );
         let ready = cond(&waiting, "Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -426,7 +435,7 @@ mod tests {
             &spec,
             Some(&waiting),
             &snapshot(),
-            true,
+            &LOADED,
             &at(5),
         );
         assert_eq!(cond(&up, "Ready").status, "True");
@@ -439,7 +448,7 @@ mod tests {
             &spec,
             Some(&up),
             &snapshot(),
-            true,
+            &LOADED,
             &at(9),
         );
         assert_eq!(cond(&again, "Ready").last_transition_time, at(5));
@@ -451,10 +460,55 @@ mod tests {
             &spec,
             Some(&again),
             &snapshot(),
-            true,
+            &LOADED,
             &at(20),
         );
         assert_eq!(same, again);
+    }
+
+    #[test]
+    fn degraded_carries_the_ca_problem_and_clears_when_it_is_fixed() {
+        let spec = MeshConfigSpec::default();
+        let healthy =
+            meshconfig_status("stable", Some(1), &spec, None, &snapshot(), &LOADED, &at(1));
+        assert_eq!(cond(&healthy, "Degraded").status, "False");
+        let broken = CaHealth {
+            loaded: true,
+            problem: Some(crate::controllers::CaIssue {
+                reason: "CaSecretCorrupted",
+                secret: "weft-ca".into(),
+                message: "Secret weft-system/weft-ca is corrupted (no ca.crt)".into(),
+            }),
+        };
+        let degraded = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            Some(&healthy),
+            &snapshot(),
+            &broken,
+            &at(4),
+        );
+        let c = cond(&degraded, "Degraded");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "CaSecretCorrupted")
+        );
+        assert!(c.message.contains("no ca.crt"), "{c:?}");
+        assert_eq!(c.last_transition_time, at(4));
+        // The CA in memory still signs: Ready stays True while the Secret is broken.
+        assert_eq!(cond(&degraded, "Ready").status, "True");
+        let fixed = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            Some(&degraded),
+            &snapshot(),
+            &LOADED,
+            &at(9),
+        );
+        assert_eq!(cond(&fixed, "Degraded").status, "False");
+        assert_eq!(cond(&fixed, "Degraded").last_transition_time, at(9));
     }
 
     #[test]
@@ -504,7 +558,7 @@ mod tests {
                 &spec,
                 None,
                 &Snapshot::default(),
-                true,
+                &LOADED,
                 &at(1),
             );
             let c = cond(&s, "Unsupported");

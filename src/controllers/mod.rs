@@ -4,6 +4,7 @@
 //! reflector stores, call those functions and patch status.
 
 pub mod bootstrap;
+pub mod events;
 pub mod index;
 pub mod meshconfig;
 pub mod revisiontag;
@@ -40,6 +41,7 @@ const RETRY: Duration = Duration::from_secs(5);
 pub mod reasons {
     pub const CA_READY: &str = "CaReady";
     pub const CA_NOT_READY: &str = "CaNotReady";
+    pub const CA_HEALTHY: &str = "CaHealthy";
     pub const RECONCILED: &str = "Reconciled";
     pub const UNSUPPORTED_FIELDS: &str = "UnsupportedFields";
     pub const ALL_FIELDS_SUPPORTED: &str = "AllFieldsSupported";
@@ -51,9 +53,29 @@ pub mod reasons {
     pub const CONFLICTING_LABELS: &str = "ConflictingInjectionLabels";
 }
 
-/// Whether the mesh CA is loaded (Ready of every revision hangs on it). The operator passes
-/// `move || ca_rx.borrow().is_some()`.
-pub type CaReady = Arc<dyn Fn() -> bool + Send + Sync>;
+/// What the controllers know of the mesh CA: whether one is loaded (Ready of every revision
+/// hangs on it) and the persistent problem the CA-bundle controller reports, if any (a
+/// corrupted or missing CA Secret: Degraded of every revision, and one Warning Event).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaHealth {
+    pub loaded: bool,
+    pub problem: Option<CaIssue>,
+}
+
+/// A CA problem that needs a person (not a passing API error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaIssue {
+    /// The Event and condition reason, e.g. `CaSecretCorrupted`.
+    pub reason: &'static str,
+    /// The Secret the problem is about (in the operator's namespace).
+    pub secret: String,
+    /// What is wrong and what to do, shown as is.
+    pub message: String,
+}
+
+/// Reads the current [`CaHealth`]; the operator builds it from the CA-bundle controller's
+/// watch channels.
+pub type CaHealthProbe = Arc<dyn Fn() -> CaHealth + Send + Sync>;
 
 /// The operator's flags the controllers need.
 #[derive(Clone, Debug)]
@@ -151,7 +173,7 @@ pub struct Context {
     pub client: Client,
     pub settings: ControllerSettings,
     pub stores: Stores,
-    pub ca_ready: CaReady,
+    pub ca_health: CaHealthProbe,
     /// Namespace → fingerprint of the label conflict last reported on it, so each conflict
     /// gets one Warning Event, not one per loop.
     pub reported_conflicts: Mutex<std::collections::HashMap<String, String>>,
@@ -329,7 +351,7 @@ fn trim_meta<K: Resource>(object: &mut K) {
 pub async fn run_all(
     client: Client,
     settings: ControllerSettings,
-    ca_ready: CaReady,
+    ca_health: CaHealthProbe,
     metrics: Arc<OperatorMetrics>,
 ) {
     let trigger = Trigger::new();
@@ -360,21 +382,14 @@ pub async fn run_all(
             trigger.clone(),
         ),
     };
-    // The CA appearing or vanishing changes Ready without any watch event.
-    tokio::spawn({
-        let (trigger, ca_ready) = (trigger.clone(), ca_ready.clone());
-        async move {
-            let mut last = ca_ready();
-            loop {
-                tokio::time::sleep(CA_POLL).await;
-                let now = ca_ready();
-                if now != last {
-                    last = now;
-                    trigger.bump();
-                }
-            }
-        }
-    });
+    // The CA appearing, vanishing or going bad changes Ready and Degraded without any watch
+    // event; a new problem also gets one Warning Event on the Secret it is about.
+    tokio::spawn(watch_ca_health(
+        client.clone(),
+        settings.clone(),
+        ca_health.clone(),
+        trigger.clone(),
+    ));
     tokio::spawn(bootstrap::first_start_with_retry(
         client.clone(),
         settings.clone(),
@@ -398,7 +413,7 @@ pub async fn run_all(
         client: client.clone(),
         settings,
         stores,
-        ca_ready,
+        ca_health,
         reported_conflicts: Mutex::default(),
         metrics,
     });
@@ -407,6 +422,45 @@ pub async fn run_all(
         revisiontag::run(ctx.clone(), trigger.stream()),
         meshconfig::warn_on_conflicts(ctx.clone(), trigger.stream()),
     );
+}
+
+/// Polls the CA health; bumps `trigger` on every change and reports each new problem once.
+async fn watch_ca_health(
+    client: Client,
+    settings: ControllerSettings,
+    probe: CaHealthProbe,
+    trigger: Trigger,
+) {
+    let mut last = CaHealth::default();
+    loop {
+        let now = probe();
+        if now != last {
+            trigger.bump();
+            if let Some(issue) = now
+                .problem
+                .as_ref()
+                .filter(|p| Some(*p) != last.problem.as_ref())
+            {
+                let event = events::warning(
+                    events::Regarding {
+                        kind: "Secret",
+                        namespace: Some(&settings.namespace),
+                        name: &issue.secret,
+                        uid: None,
+                    },
+                    issue.reason,
+                    "LoadMeshCA",
+                    &issue.message,
+                    &settings.instance,
+                );
+                if let Err(e) = events::publish(&client, event).await {
+                    tracing::warn!("cannot record the CA problem as an Event: {e}");
+                }
+            }
+            last = now;
+        }
+        tokio::time::sleep(CA_POLL).await;
+    }
 }
 
 type Waiting = Pin<Box<dyn Future<Output = Result<(), reflector::store::WriterDropped>> + Send>>;

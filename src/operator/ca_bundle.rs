@@ -2,9 +2,16 @@
 //! a root, restores a deleted `weft-ca` Secret from memory, publishes the root ConfigMap into
 //! every namespace that is not excluded, and keeps the webhooks' `caBundle` equal to the root.
 //! It reconciles on a short period, so deletions and tampering are reverted within seconds.
+//!
+//! Every replica loads the CA (each one signs and serves with it); only the leader writes
+//! (restores the Secret, publishes the ConfigMaps, patches the `caBundle`s). A root is
+//! replaced only when `weft ca reset` says so: it writes a new root into `weft-ca` with the
+//! annotation [`RESET_ANNOTATION`], and a replica adopts a Secret whose annotation differs from
+//! the one its CA came from.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -23,6 +30,8 @@ pub use crate::contract::FIELD_MANAGER;
 pub const MUTATING_WEBHOOK: &str = "weft-sidecar-injector";
 pub const VALIDATING_WEBHOOK: &str = "weft-validator";
 const PERIOD: Duration = Duration::from_secs(2);
+/// Set by `weft ca reset` on the Secret it writes: the replicas adopt that root.
+pub const RESET_ANNOTATION: &str = "weft.dev/ca-reset";
 
 /// Why the operator holds no usable CA; reported in logs, `/readyz` and `weft check`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +53,21 @@ pub enum CaProblem {
 }
 
 impl CaProblem {
+    /// The problem as the controllers report it (Degraded condition and a Warning Event);
+    /// None for a passing API error.
+    pub fn issue(&self) -> Option<crate::controllers::CaIssue> {
+        let (reason, secret) = match self {
+            Self::Corrupted { secret, .. } => ("CaSecretCorrupted", secret.clone()),
+            Self::MissingButPublished { .. } => ("CaSecretMissing", pki::WEFT_CA_SECRET.into()),
+            Self::Api(_) => return None,
+        };
+        Some(crate::controllers::CaIssue {
+            reason,
+            secret,
+            message: self.to_string(),
+        })
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Corrupted { .. } => "corrupted",
@@ -62,13 +86,19 @@ pub struct CaBundleController {
     pub problem: watch::Sender<Option<CaProblem>>,
     /// Counts each pass as a reconcile of controller `ca_bundle`.
     pub metrics: Arc<super::metrics::OperatorMetrics>,
+    /// Set while this replica leads: only then does it write.
+    pub leading: Arc<AtomicBool>,
 }
+
+/// The [`RESET_ANNOTATION`] of the Secret the CA in memory came from.
+type ResetMarker = Option<String>;
 
 impl CaBundleController {
     pub async fn run(self) {
+        let mut marker: ResetMarker = None;
         loop {
             let started = std::time::Instant::now();
-            let result = self.reconcile().await;
+            let result = self.reconcile(&mut marker).await;
             self.metrics.reconciled(
                 "ca_bundle",
                 started.elapsed(),
@@ -87,41 +117,58 @@ impl CaBundleController {
         }
     }
 
-    async fn reconcile(&self) -> Result<(), CaProblem> {
+    async fn reconcile(&self, marker: &mut ResetMarker) -> Result<(), CaProblem> {
         // Clone out of the watch guard first: it must not live across an await.
         let current = self.ca.borrow().clone();
         let ca = match current {
-            Some(ca) => {
-                self.keep_secret(&ca).await?;
-                ca
-            }
+            Some(ca) => match self.keep_secret(&ca, marker.as_deref()).await? {
+                None => ca,
+                Some((reset, new_marker)) => {
+                    tracing::warn!(
+                        "Secret {}/weft-ca holds a new root written by `weft ca reset`: signing \
+                         with it from now on; meshed workloads need a restart to trust it",
+                        self.namespace
+                    );
+                    *marker = new_marker;
+                    self.ca.send_replace(Some(reset.clone()));
+                    reset
+                }
+            },
             None => {
-                let ca = self.load_or_create().await?;
+                let (ca, loaded_marker) = self.load_or_create().await?;
                 tracing::info!(source = ?ca.source(), "mesh CA loaded");
+                *marker = loaded_marker;
                 self.ca.send_replace(Some(ca.clone()));
                 ca
             }
         };
+        if !self.leading() {
+            return Ok(());
+        }
         // The webhooks first: until their caBundle is set, the API server refuses every write
         // they cover (failurePolicy Fail), including the first revision's creation.
         self.patch_ca_bundles(&ca).await?;
         self.publish_roots(&ca).await
     }
 
+    fn leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    async fn load_or_create(&self) -> Result<Arc<MeshCa>, CaProblem> {
+    async fn load_or_create(&self) -> Result<(Arc<MeshCa>, ResetMarker), CaProblem> {
         let secrets = self.secrets();
         if let Some(plugin) = secrets.get_opt(pki::PLUGIN_CA_SECRET).await.map_err(api)? {
             return MeshCa::from_cacerts_secret(&secret_bytes(&plugin))
-                .map(Arc::new)
+                .map(|ca| (Arc::new(ca), None))
                 .map_err(|e| self.corrupted(pki::PLUGIN_CA_SECRET, e));
         }
         if let Some(own) = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? {
             return MeshCa::from_weft_ca_secret(&secret_bytes(&own))
-                .map(Arc::new)
+                .map(|ca| (Arc::new(ca), reset_marker(&own)))
                 .map_err(|e| self.corrupted(pki::WEFT_CA_SECRET, e));
         }
         let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -146,7 +193,7 @@ impl CaBundleController {
                     "created a new self-signed root in Secret {}/weft-ca",
                     self.namespace
                 );
-                Ok(Arc::new(ca))
+                Ok((Arc::new(ca), None))
             }
             // Another replica created it first: use theirs, so every replica signs with one root.
             Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(self.load_or_create()).await,
@@ -163,58 +210,54 @@ impl CaBundleController {
     }
 
     fn secret_for(&self, ca: &MeshCa) -> Secret {
-        let mut secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(pki::WEFT_CA_SECRET.into()),
-                namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".into(),
-                    "weft".into(),
-                )])),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        };
-        secret.string_data = Some(ca.to_secret_data());
-        secret
+        weft_ca_secret(ca, &self.namespace, None)
     }
 
-    /// A deleted `weft-ca` comes back from memory with the same root; a changed one is left
-    /// alone (it could be a deliberate rotation in progress) and reported.
-    async fn keep_secret(&self, ca: &MeshCa) -> Result<(), CaProblem> {
+    /// A deleted `weft-ca` comes back from memory with the same root (by the leader); a
+    /// changed one is left alone and reported, unless `weft ca reset` wrote it: then its root
+    /// is returned, to be adopted.
+    async fn keep_secret(
+        &self,
+        ca: &MeshCa,
+        marker: Option<&str>,
+    ) -> Result<Option<(Arc<MeshCa>, ResetMarker)>, CaProblem> {
         if ca.source() != pki::CaSource::SelfSigned {
-            return Ok(());
+            return Ok(None);
         }
         let secrets = self.secrets();
-        match secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? {
-            None => {
-                tracing::warn!(
-                    "Secret {}/weft-ca was deleted; restoring it with the same root",
-                    self.namespace
-                );
-                match secrets
-                    .create(&PostParams::default(), &self.secret_for(ca))
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-                    Err(e) => Err(api(e)),
-                }
+        let Some(secret) = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? else {
+            if !self.leading() {
+                return Ok(None);
             }
-            Some(secret) => {
-                let data = secret_bytes(&secret);
-                match MeshCa::from_weft_ca_secret(&data) {
-                    Ok(loaded) if loaded.roots_pem() == ca.roots_pem() => Ok(()),
-                    Ok(_) => Err(CaProblem::Corrupted {
-                        namespace: self.namespace.clone(),
-                        secret: pki::WEFT_CA_SECRET.into(),
-                        reason: "it now holds a different root than the one proxies trust".into(),
-                    }),
-                    Err(e) => Err(self.corrupted(pki::WEFT_CA_SECRET, e)),
-                }
-            }
+            tracing::warn!(
+                "Secret {}/weft-ca was deleted; restoring it with the same root",
+                self.namespace
+            );
+            return match secrets
+                .create(&PostParams::default(), &self.secret_for(ca))
+                .await
+            {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                Err(e) => Err(api(e)),
+            };
+        };
+        let loaded = MeshCa::from_weft_ca_secret(&secret_bytes(&secret))
+            .map_err(|e| self.corrupted(pki::WEFT_CA_SECRET, e))?;
+        if loaded.roots_pem() == ca.roots_pem() {
+            return Ok(None);
         }
+        let now = reset_marker(&secret);
+        if now.is_some() && now.as_deref() != marker {
+            return Ok(Some((Arc::new(loaded), now)));
+        }
+        Err(CaProblem::Corrupted {
+            namespace: self.namespace.clone(),
+            secret: pki::WEFT_CA_SECRET.into(),
+            reason: "it now holds a different root than the one proxies trust; put the old one \
+                     back, or replace the root on purpose with `weft ca reset`"
+                .into(),
+        })
     }
 
     /// ConfigMap `weft-ca-root-cert` in every namespace that is not excluded; server-side apply
@@ -318,6 +361,36 @@ where
         "caBundle set to the mesh root"
     );
     Ok(())
+}
+
+/// Secret `weft-ca` holding `ca`'s root and key; `reset` is the [`RESET_ANNOTATION`] value
+/// (`weft ca reset` sets it, the operator's own first root has none).
+pub fn weft_ca_secret(ca: &MeshCa, namespace: &str, reset: Option<&str>) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pki::WEFT_CA_SECRET.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "weft".into(),
+            )])),
+            annotations: reset
+                .map(|r| BTreeMap::from([(RESET_ANNOTATION.to_string(), r.to_string())])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        string_data: Some(ca.to_secret_data()),
+        ..Default::default()
+    }
+}
+
+fn reset_marker(secret: &Secret) -> ResetMarker {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESET_ANNOTATION))
+        .cloned()
 }
 
 fn api(e: kube::Error) -> CaProblem {

@@ -4,8 +4,8 @@
 //! review is answered by a pure function of `webhook` from a snapshot of them. No API call is
 //! made on the request path, so a review costs microseconds and never waits on the API server.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
@@ -24,6 +24,7 @@ use super::metrics::{Endpoint, OperatorMetrics};
 use super::reflect::reflect;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
+use crate::controllers::events;
 use crate::webhook::{self, ForeignInjector, InjectorSettings, MeshState};
 
 /// In-memory views of what injection decisions read.
@@ -39,7 +40,18 @@ pub struct InjectorState {
     settings: Arc<InjectorSettings>,
     mesh_name: String,
     metrics: Arc<OperatorMetrics>,
+    /// Records the skip Events (off the request path).
+    client: Client,
+    /// This replica's name, the Events' reporting instance.
+    instance: String,
+    /// Names of the skip Events already recorded by this replica, so a Deployment's pods
+    /// cost one API call, not one each.
+    reported: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Bound on remembered skip Events; past it the memory starts over (the API server still
+/// answers AlreadyExists for repeats).
+const REPORTED_LIMIT: usize = 10_000;
 
 impl InjectorState {
     /// `pods` is the shared store of meshed pods ([`super::reflect::meshed_pods`]).
@@ -47,6 +59,7 @@ impl InjectorState {
         client: &Client,
         settings: InjectorSettings,
         mesh_name: String,
+        instance: String,
         pods: Store<Pod>,
         metrics: Arc<OperatorMetrics>,
     ) -> Self {
@@ -63,6 +76,9 @@ impl InjectorState {
             settings: Arc::new(settings),
             mesh_name,
             metrics,
+            client: client.clone(),
+            instance,
+            reported: Arc::default(),
         }
     }
 
@@ -165,8 +181,9 @@ async fn inject(State(state): State<InjectorState>, body: Bytes) -> impl IntoRes
     let mesh = state.snapshot();
     let namespaces = state.namespaces.clone();
     let lookup = move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
-    let answer = webhook::review(&body, lookup, &mesh, &state.settings);
-    state.answered(Endpoint::Inject, answer, started)
+    let reviewed = webhook::review_detailed(&body, lookup, &mesh, &state.settings);
+    state.report_skip(&reviewed);
+    state.answered(Endpoint::Inject, (reviewed.status, reviewed.body), started)
 }
 
 async fn validate(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
@@ -182,6 +199,53 @@ async fn default_meshconfig(State(state): State<InjectorState>, body: Bytes) -> 
 }
 
 impl InjectorState {
+    /// A pod left to another mesh's injector gets a Normal Event in its namespace (SPEC §4:
+    /// skipped, not denied, and said so), once per pod or ReplicaSet and cause; never for a
+    /// dry run (the webhook declares sideEffects NoneOnDryRun).
+    fn report_skip(&self, reviewed: &webhook::Reviewed) {
+        let (Some(webhook::Decision::Skip { reason, .. }), Some((namespace, pod))) =
+            (&reviewed.decision, &reviewed.pod)
+        else {
+            return;
+        };
+        if reviewed.dry_run || !reason.emits_event() {
+            return;
+        }
+        let message = format!("weft did not inject pod {pod}: {reason}");
+        let event = events::normal(
+            events::Regarding {
+                kind: "Pod",
+                namespace: Some(namespace),
+                name: pod,
+                uid: None,
+            },
+            "InjectionSkipped",
+            "Inject",
+            &message,
+            &self.instance,
+        );
+        let Some(name) = event.metadata.name.clone() else {
+            return;
+        };
+        match self.reported.lock() {
+            Ok(mut reported) => {
+                if reported.len() >= REPORTED_LIMIT {
+                    reported.clear();
+                }
+                if !reported.insert(name) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = events::publish(&client, event).await {
+                tracing::warn!("cannot record that a pod was left to another injector: {e}");
+            }
+        });
+    }
+
     /// Records the answer in the metrics and turns it into the HTTP response.
     fn answered(
         &self,

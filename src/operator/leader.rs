@@ -168,6 +168,8 @@ pub struct LeaderElection {
     namespace: String,
     identity: String,
     metrics: Arc<OperatorMetrics>,
+    /// True while this replica runs the controllers; shared with writers outside them.
+    leading: Arc<AtomicBool>,
 }
 
 impl LeaderElection {
@@ -184,7 +186,14 @@ impl LeaderElection {
             namespace: namespace.to_string(),
             identity: identity.to_string(),
             metrics,
+            leading: Arc::default(),
         }
+    }
+
+    /// A flag that is true while this replica leads (runs the controllers). The CA-bundle
+    /// controller, which runs on every replica to load the CA, writes only while it is set.
+    pub fn leading(&self) -> Arc<AtomicBool> {
+        self.leading.clone()
     }
 
     /// Runs until the process ends: while this replica holds the Lease it runs
@@ -266,6 +275,7 @@ impl LeaderElection {
                 }
             };
             self.metrics.set_leader(term.is_some());
+            self.leading.store(term.is_some(), Ordering::Release);
             tokio::time::sleep(pause).await;
         }
     }

@@ -62,6 +62,14 @@ pub struct OperatorArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+    /// After SIGTERM, how long to go on serving (not ready) before exiting: long enough for
+    /// the endpoints to drop this replica, shorter than the pod's grace period.
+    #[arg(long, env = "WEFT_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
@@ -71,6 +79,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(OperatorMetrics::new());
     let (ca_tx, ca_rx) = watch::channel(None);
     let (problem_tx, problem_rx) = watch::channel(None);
+    // Only the replica holding the Lease runs the controllers and the CA-bundle writes.
+    let election = super::leader::LeaderElection::new(
+        client.clone(),
+        &args.namespace,
+        &args.instance,
+        metrics.clone(),
+    );
     tokio::spawn(
         CaBundleController {
             client: client.clone(),
@@ -79,6 +94,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             ca: ca_tx,
             problem: problem_tx,
             metrics: metrics.clone(),
+            leading: election.leading(),
         }
         .run(),
     );
@@ -136,6 +152,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         &client,
         settings,
         args.mesh_name.clone(),
+        args.instance.clone(),
         meshed_pods,
         metrics.clone(),
     );
@@ -162,34 +179,37 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain.clone(),
         instance: args.instance.clone(),
     };
-    let ca_ready: crate::controllers::CaReady = {
-        let rx = ca_rx.clone();
-        Arc::new(move || rx.borrow().is_some())
+    let ca_health: crate::controllers::CaHealthProbe = {
+        let (ca_rx, problem_rx) = (ca_rx.clone(), problem_rx.clone());
+        Arc::new(move || crate::controllers::CaHealth {
+            loaded: ca_rx.borrow().is_some(),
+            problem: problem_rx
+                .borrow()
+                .as_ref()
+                .and_then(super::ca_bundle::CaProblem::issue),
+        })
     };
-    // Only the replica holding the Lease runs the controllers (SPEC §11).
-    let election = super::leader::LeaderElection::new(
-        client.clone(),
-        &args.namespace,
-        &args.instance,
-        metrics.clone(),
-    );
+    // Only the replica holding the Lease runs the controllers and writes (SPEC §11).
     let controller_metrics = metrics.clone();
     tokio::spawn(election.run(move |client| {
         crate::controllers::run_all(
             client,
             controller_settings.clone(),
-            ca_ready.clone(),
+            ca_health.clone(),
             controller_metrics.clone(),
         )
     }));
 
     // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
     // hold their first lists.
+    let draining = Arc::new(AtomicBool::new(false));
     let ready = {
         let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
         let config_server = config_server.clone();
+        let draining = draining.clone();
         move || {
-            ca_rx.borrow().is_some()
+            !draining.load(Ordering::Relaxed)
+                && ca_rx.borrow().is_some()
                 && resolver.is_loaded()
                 && synced.load(Ordering::Relaxed)
                 && config_server.is_synced()
@@ -219,9 +239,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.monitoring_addr).await?;
     tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, "operator serving");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let serving = tokio::spawn(async move { axum::serve(listener, monitoring).await });
     tokio::select! {
-        served = axum::serve(listener, monitoring) => served?,
-        _ = sigterm.recv() => tracing::info!("SIGTERM: exiting"),
+        served = serving => served??,
+        _ = sigterm.recv() => {
+            // Keep answering (webhook, CSR, config) while the API server and kube-proxy take
+            // this pod out of the Services' endpoints, so no pod creation fails during a
+            // rollout restart or a failover; /readyz says we are going.
+            draining.store(true, Ordering::Relaxed);
+            tracing::info!(delay = ?args.shutdown_delay, "SIGTERM: not ready; serving until the endpoints drop this replica, then exiting");
+            tokio::time::sleep(args.shutdown_delay).await;
+            tracing::info!("exiting");
+        }
     }
     Ok(())
 }

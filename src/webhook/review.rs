@@ -81,6 +81,8 @@ pub struct Reviewed {
     pub pod: Option<(String, String)>,
     /// Why the request could not be read, when it could not.
     pub error: Option<ReviewError>,
+    /// A dry run (`kubectl --dry-run=server`): no side effect such as an Event may follow.
+    pub dry_run: bool,
 }
 
 /// `(HTTP status, body)` for one request body. Namespaces come from the caller's cache.
@@ -116,6 +118,7 @@ where
                 decision: None,
                 pod: None,
                 error: Some(error),
+                dry_run: false,
             };
         }
     };
@@ -127,6 +130,7 @@ where
         decision,
         pod,
         error: None,
+        dry_run: request.dry_run,
     }
 }
 

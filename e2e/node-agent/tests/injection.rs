@@ -216,3 +216,72 @@ fn an_unknown_revision_is_refused_with_a_message_naming_it_and_the_known_ones() 
         "lists known revisions and tags: {message}"
     );
 }
+
+/// Seed 003's migration: the AKS add-on's injector owns `istio.io/rev=asm-1-27`. weft does not
+/// refuse such pods (they are the other mesh's) and says so with one Normal Event; a dry run
+/// records nothing.
+#[test]
+fn a_revision_another_injector_claims_is_skipped_with_an_event() {
+    let c = deployed();
+    let config = "t-inj-istio-sidecar-injector-asm-1-27";
+    // A stand-in for Istio's injector: same selector, nobody behind it, failurePolicy Ignore.
+    c.apply(&format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: {config}}}
+webhooks:
+- name: rev.namespace.sidecar-injector.istio.io
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Ignore
+  timeoutSeconds: 2
+  clientConfig:
+    url: https://127.0.0.1:1/inject
+  namespaceSelector:
+    matchLabels: {{istio.io/rev: asm-1-27}}
+  rules:
+  - {{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}}
+"#
+    ));
+    let ns = labelled("t-inj-other-injector", &["istio.io/rev=asm-1-27"]);
+    // Dry runs first: admitted untouched (once the injector's caches hold the other
+    // configuration), and no Event.
+    eventually(
+        Duration::from_secs(30),
+        || matches!(admit(&ns, POD), Ok(p) if !injected(&p)),
+    );
+    let events = || {
+        ns.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=InjectionSkipped",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.involvedObject.name}: {.message}{\"\\n\"}{end}",
+        ])
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(events().trim(), "", "a dry run recorded an Event");
+
+    ns.cluster.ok(&[
+        "-n",
+        &ns.name,
+        "run",
+        "migrating",
+        "--image=busybox",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sleep",
+        "5",
+    ]);
+    let said = support::wait_for(Duration::from_secs(30), events, |e| !e.trim().is_empty());
+    assert!(
+        said.starts_with("Normal migrating: ") && said.contains(config),
+        "{said}"
+    );
+    let pod = ns.jsonpath("pod migrating", "{.spec.initContainers[*].name}");
+    assert!(!pod.contains("weft-proxy"), "{pod}");
+    let _ = c.kubectl(&["delete", "mutatingwebhookconfiguration", config]);
+}

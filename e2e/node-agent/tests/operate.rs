@@ -1,11 +1,13 @@
 //! Operating weft (issue: install and operate): the operator runs as two replicas, exactly one
 //! of them holds the Lease `weft-operator` and runs the controllers, and when the leader's pod
-//! is deleted another replica takes the Lease and the controllers carry on.
+//! is deleted another replica takes the Lease and the controllers carry on; pods created
+//! meanwhile are all injected (every replica serves the webhook).
 
 mod support;
 
 use std::time::Duration;
 
+use support::creations::{CreationLoop, assert_all_injected};
 use support::{Cluster, deployed, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -92,6 +94,14 @@ fn two_replicas_one_leader_and_the_controllers_survive_deleting_the_leader() {
     // The leader's pod goes: another replica takes the Lease. Usually the standing follower;
     // the Deployment's replacement pod may win the race, which is just as good: what counts is
     // that a live replica other than the deleted one leads, promptly.
+    let enrolled = c.namespace("t-operate-failover");
+    enrolled.ok(&[
+        "label",
+        "namespace",
+        &enrolled.name,
+        "istio-injection=enabled",
+    ]);
+    let creations = CreationLoop::start(c, &enrolled.name);
     c.ok(&["-n", NS, "delete", "pod", &leader, "--wait=false"]);
     let started = std::time::Instant::now();
     let new_leader = wait_for(
@@ -162,6 +172,7 @@ fn two_replicas_one_leader_and_the_controllers_survive_deleting_the_leader() {
 
     // The Deployment replaces the deleted pod; the newcomer follows.
     let replicas = two_ready_operators(c);
+    assert_all_injected(&creations.stop(), "the leader's failover", 10);
     assert!(replicas.contains(&new_leader), "{replicas:?}");
     assert_eq!(lease_holder(c), new_leader);
 }

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod ca;
+pub mod creations;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

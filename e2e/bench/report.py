@@ -188,6 +188,9 @@ def build(raw):
     if csr:
         result["csr"] = csr
     result["control_plane_cpus"] = cp.get("cpus_allowed")
+    adm = load_json(os.path.join(raw, "admission.json"))
+    if adm:
+        result["pod_admission"] = adm
     result["targets"] = targets(result)
     return result
 
@@ -278,6 +281,15 @@ def table(r):
         shown = "not measured yet" if v is None else fmt(v, digits) + units.get(t["key"], "")
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['what']} | {shown} | {t['target']} | {met} |")
+    pa = r.get("pod_admission")
+    if pa:
+        i, n = pa["injected"], pa["not_injected"]
+        lines += ["", f"Pod creation through the API server ({i['count']} dry-run creations per "
+                      f"namespace, alternating): enrolled p50 / p99 {fmt(i['p50_ms'])} / "
+                      f"{fmt(i['p99_ms'])} ms, plain {fmt(n['p50_ms'])} / {fmt(n['p99_ms'])} ms; "
+                      f"weft's injector adds {pa['added_p50_ms']:+.3f} ms at p50 and "
+                      f"{pa['added_p99_ms']:+.3f} ms at p99 (the local cluster was up for this "
+                      f"stage only)."]
     mc = r.get("mtls_conns")
     if mc:
         lines += ["", f"New mTLS connections: {fmt(mc['per_s'], 0)}/s through the weft pair "

@@ -28,7 +28,9 @@
 # Knobs (environment): WEFT_BENCH_DURATION (20s), WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct weft haproxy nginx ghostunnel"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
-# WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked).
+# WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
+# WEFT_BENCH_ADMISSION (1: first bring the local cluster up, deploy weft and measure pod
+# creation through the API server, then stop the cluster; 0: skip that stage).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -129,6 +131,21 @@ chmod 755 "$work/weft-proxy"
 cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
 [[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
+
+# === pod creation through the API server (the local cluster, then stopped again) ===
+# The injector's cost as users meet it: dry-run pod creations in an enrolled and a plain
+# namespace, alternating, through the real API server and both operator replicas.
+if [[ ${WEFT_BENCH_ADMISSION:-1} == 1 ]]; then
+  log "pod creation latency: local cluster up, weft deployed (make deploy)"
+  (cd "$repo" && $CARGO build --release --locked -p weft-node-agent --bin weft-admission-bench)
+  bash "$repo/e2e/cluster/up.sh" >/dev/null
+  bash "$repo/e2e/scripts/deploy.sh" >/dev/null
+  "$CARGO_TARGET_DIR/release/weft-admission-bench" --kubeconfig "$repo/e2e/.cluster/kubeconfig" \
+    --out "$raw/admission.json" >/dev/null
+  ((cluster_up)) || bash "$repo/e2e/cluster/down.sh" >/dev/null
+else
+  SKIPPED+=("pod creation: WEFT_BENCH_ADMISSION=0")
+fi
 
 # === control plane (before the namespaces: nothing else runs) ===
 

@@ -9,11 +9,9 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, ResourceExt};
 
 use super::index::{Snapshot, count, namespace_conflict};
-use super::{CaHealth, Context, Error, REQUEUE, RETRY, condition, events, reasons};
+use super::{CaHealth, Context, Error, REQUEUE, condition, events, reasons};
 use crate::api::meshconfig::{OutboundTrafficPolicy, TrafficSettings};
 use crate::api::{MeshConfig, MeshConfigSpec, MeshConfigStatus, conditions};
 use crate::contract;
@@ -192,29 +190,6 @@ pub async fn reconcile(mc: Arc<MeshConfig>, ctx: Arc<Context>) -> Result<Action,
     );
     super::apply_status::<MeshConfig, _>(&ctx, name, mc.status.as_ref(), &status).await?;
     Ok(Action::requeue(REQUEUE))
-}
-
-pub fn error_policy(mc: Arc<MeshConfig>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(meshconfig = %mc.name_any(), reason = error.metric_label(), "reconcile failed: {error}");
-    Action::requeue(RETRY)
-}
-
-/// Runs the MeshConfig controller; `trigger` fires when anything it counts changed.
-pub async fn run(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send + 'static) {
-    let api = Api::<MeshConfig>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    Controller::new(api, watcher::Config::default())
-        .reconcile_all_on(trigger)
-        .run(
-            |mc, ctx| super::measured("meshconfig", ctx.clone(), reconcile(mc, ctx)),
-            error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("MeshConfig controller: {e}");
-            }
-        })
-        .await;
 }
 
 // === Label conflicts ===

@@ -17,9 +17,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::{MeshConfig, RevisionTag};
@@ -418,10 +419,62 @@ pub async fn run_all(
         metrics,
     });
     tokio::join!(
-        meshconfig::run(ctx.clone(), trigger.stream()),
-        revisiontag::run(ctx.clone(), trigger.stream()),
+        run_controller::<MeshConfig, _>(
+            "meshconfig",
+            ctx.clone(),
+            trigger.stream(),
+            meshconfig::reconcile
+        ),
+        run_controller::<RevisionTag, _>(
+            "revisiontag",
+            ctx.clone(),
+            trigger.stream(),
+            revisiontag::reconcile
+        ),
         meshconfig::warn_on_conflicts(ctx.clone(), trigger.stream()),
     );
+}
+
+/// Runs the status controller of `K` (objects in the operator's namespace): each object is
+/// reconciled on its own changes and whenever `trigger` fires; failures are logged, counted and
+/// retried after [`RETRY`].
+async fn run_controller<K, Fut>(
+    name: &'static str,
+    ctx: Arc<Context>,
+    trigger: impl Stream<Item = ()> + Send + 'static,
+    reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
+) where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let api = Api::<K>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    Controller::new(api, watcher::Config::default())
+        .reconcile_all_on(trigger)
+        .run(
+            move |object, ctx| measured(name, ctx.clone(), reconcile(object, ctx)),
+            move |object: Arc<K>, error: &Error, _ctx: Arc<Context>| {
+                tracing::warn!(
+                    controller = name,
+                    object = %object.name_any(),
+                    reason = error.metric_label(),
+                    "reconcile failed: {error}"
+                );
+                Action::requeue(RETRY)
+            },
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(controller = name, "{e}");
+            }
+        })
+        .await;
 }
 
 /// Polls the CA health; bumps `trigger` on every change and reports each new problem once.

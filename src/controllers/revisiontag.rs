@@ -4,14 +4,11 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, ResourceExt};
 
 use super::index::{Snapshot, count};
-use super::{Context, Error, REQUEUE, RETRY, condition, reasons};
+use super::{Context, Error, REQUEUE, condition, reasons};
 use crate::api::{RevisionTag, RevisionTagSpec, RevisionTagStatus, conditions};
 
 /// The status of tag `name` in `snapshot`; `operator_namespace` is where MeshConfigs live.
@@ -141,29 +138,6 @@ pub async fn reconcile(tag: Arc<RevisionTag>, ctx: Arc<Context>) -> Result<Actio
     );
     super::apply_status::<RevisionTag, _>(&ctx, name, tag.status.as_ref(), &status).await?;
     Ok(Action::requeue(REQUEUE))
-}
-
-pub fn error_policy(tag: Arc<RevisionTag>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(revisiontag = %tag.name_any(), reason = error.metric_label(), "reconcile failed: {error}");
-    Action::requeue(RETRY)
-}
-
-/// Runs the RevisionTag controller; `trigger` fires when anything it counts changed.
-pub async fn run(ctx: Arc<Context>, trigger: impl Stream<Item = ()> + Send + 'static) {
-    let api = Api::<RevisionTag>::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    Controller::new(api, watcher::Config::default())
-        .reconcile_all_on(trigger)
-        .run(
-            |tag, ctx| super::measured("revisiontag", ctx.clone(), reconcile(tag, ctx)),
-            error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("RevisionTag controller: {e}");
-            }
-        })
-        .await;
 }
 
 #[cfg(test)]

@@ -84,6 +84,9 @@ deploy: ## Build weft and install it into the local cluster with kubectl apply -
 .PHONY: e2e
 e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down), then the lifecycle steps that change the root and uninstall; needs root
 	$(CARGO) build --locked -p weft --bins
+	@# A fresh cluster: one left by `make demo` (or an earlier run) holds tags, revisions and a
+	@# changed root that the tests must not inherit.
+	@bash e2e/cluster/down.sh >/dev/null
 	@trap 'bash e2e/cluster/down.sh' EXIT; \
 	  $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4 && \
 	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1

@@ -1,6 +1,8 @@
 //! The config server (SPEC §8): reflectors keep the objects snapshots are made from, a
 //! debounce loop rebuilds the shared [`MeshIndex`] at most every [`DEBOUNCE`], and every
 //! connected proxy's stream task sends its own snapshot when its version changes.
+//! [`DiscoveryState::start`] wires the reflectors; [`DiscoveryState::from_index`] takes the
+//! index from a `watch` channel instead (no Kubernetes), as the convergence benchmark does.
 //!
 //! Routes on the discovery port (15012, TLS, client certificate optional there because the
 //! CSR endpoint shares it; these two routes require it):
@@ -185,13 +187,28 @@ impl DiscoveryState {
             }
         });
         DiscoveryState {
-            index: index_rx,
+            synced: synced_rx,
+            ..Self::from_index(index_rx, settings, metrics)
+        }
+    }
+
+    /// A config server fed by whoever holds the sending side of `index` (no Kubernetes):
+    /// every published index reaches the connected proxies whose snapshot it changes. The
+    /// index is taken as complete, so the state counts as synced from the start. The
+    /// convergence benchmark drives the routes this way.
+    pub fn from_index(
+        index: watch::Receiver<Arc<MeshIndex>>,
+        settings: DiscoverySettings,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
+        DiscoveryState {
+            index,
             registry: Arc::new(Registry {
                 metrics,
                 ..Default::default()
             }),
             settings: Arc::new(settings),
-            synced: synced_rx,
+            synced: watch::channel(true).1,
         }
     }
 

@@ -7,20 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 
 use super::ca_bundle::CaBundleController;
 use super::csr;
 use super::injector::{self, InjectorState};
 use super::metrics::{self, OperatorMetrics};
-use super::serving::{ServingCertResolver, keep_serving_cert};
+use super::serving::{ServingCertResolver, keep_serving_cert, serve_tls};
 use crate::contract;
-use crate::discovery::{self, DiscoverySettings, DiscoveryState, PeerCert};
-use crate::pki::MeshCa;
+use crate::discovery::{self, DiscoverySettings, DiscoveryState};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
@@ -265,100 +261,5 @@ async fn serve_metrics(metrics: Arc<OperatorMetrics>) -> axum::response::Respons
         )
             .into_response(),
         Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// The TLS acceptor: the hot-swapped serving certificate and, when `client_roots` is
-/// given, optional client certificates verified against the mesh roots (the CSR endpoint
-/// is reached without one; the config stream needs one).
-fn acceptor(
-    resolver: &Arc<ServingCertResolver>,
-    client_roots: Option<&MeshCa>,
-) -> tokio_rustls::TlsAcceptor {
-    let builder = rustls::ServerConfig::builder();
-    let verifier = client_roots.and_then(|ca| {
-        let mut roots = rustls::RootCertStore::empty();
-        for der in crate::pki::certificates_from_pem(&ca.roots_pem()).ok()? {
-            roots.add(der.into()).ok()?;
-        }
-        rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-            .allow_unauthenticated()
-            .build()
-            .ok()
-    });
-    let mut config = match verifier {
-        Some(v) => builder.with_client_cert_verifier(v),
-        None => builder.with_no_client_auth(),
-    }
-    .with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-/// What the client certificate of an accepted connection proves.
-fn peer_cert(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> PeerCert {
-    let Some(leaf) = certs.and_then(|c| c.first()) else {
-        return PeerCert::default();
-    };
-    let expires = x509_parser::parse_x509_certificate(leaf)
-        .ok()
-        .and_then(|(_, c)| {
-            k8s_openapi::jiff::Timestamp::from_second(c.validity().not_after.timestamp()).ok()
-        })
-        .map(|t| t.to_string());
-    PeerCert {
-        spiffe_id: crate::pki::spiffe_id_of(leaf),
-        expires,
-    }
-}
-
-/// HTTPS with the hot-swapped serving certificate (and, with `client_roots`, the peer's
-/// proven identity as a [`PeerCert`] request extension).
-async fn serve_tls(
-    addr: SocketAddr,
-    resolver: Arc<ServingCertResolver>,
-    app: Router,
-    mut client_roots: Option<watch::Receiver<Option<Arc<MeshCa>>>>,
-) {
-    let current = |roots: &mut Option<watch::Receiver<Option<Arc<MeshCa>>>>| {
-        let ca = roots.as_mut().and_then(|r| r.borrow_and_update().clone());
-        acceptor(&resolver, ca.as_deref())
-    };
-    let mut acceptor = current(&mut client_roots);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, "cannot listen: {e}");
-            return;
-        }
-    };
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        if client_roots
-            .as_ref()
-            .is_some_and(|r| r.has_changed().unwrap_or(false))
-        {
-            acceptor = current(&mut client_roots);
-        }
-        let (acceptor, mut app) = (acceptor.clone(), app.clone());
-        let with_peer = client_roots.is_some();
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            if with_peer {
-                app = app.layer(axum::Extension(peer_cert(
-                    tls.get_ref().1.peer_certificates(),
-                )));
-            }
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
-                .await;
-        });
     }
 }

@@ -1,16 +1,22 @@
-//! The operator's own TLS serving certificate (webhook and discovery names), issued by the mesh
-//! CA and swapped in place through a rustls resolver: renewed at half its lifetime or when the
-//! CA changes, with no restart and no dropped connection.
+//! The operator's HTTPS serving: its own TLS certificate (webhook and discovery names), issued
+//! by the mesh CA and swapped in place through a rustls resolver (renewed at half its lifetime
+//! or when the CA changes, with no restart and no dropped connection), and the accept loop
+//! that serves a router with it ([`serve_tls`]), reused by the config-convergence benchmark.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::discovery::PeerCert;
 use crate::pki::MeshCa;
 
 pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -90,5 +96,112 @@ pub async fn keep_serving_cert(
             _ = tokio::time::sleep(renew_in) => {}
             changed = ca.changed() => if changed.is_err() { return },
         }
+    }
+}
+
+// === the accept loop ===
+
+/// The TLS acceptor: the hot-swapped serving certificate and, when `client_roots` is
+/// given, optional client certificates verified against the mesh roots (the CSR endpoint
+/// is reached without one; the config stream needs one).
+pub fn acceptor(
+    resolver: &Arc<ServingCertResolver>,
+    client_roots: Option<&MeshCa>,
+) -> tokio_rustls::TlsAcceptor {
+    let builder = rustls::ServerConfig::builder();
+    let verifier = client_roots.and_then(|ca| {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in crate::pki::certificates_from_pem(&ca.roots_pem()).ok()? {
+            roots.add(der.into()).ok()?;
+        }
+        rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .ok()
+    });
+    let mut config = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// What the client certificate of an accepted connection proves.
+pub fn peer_cert(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> PeerCert {
+    let Some(leaf) = certs.and_then(|c| c.first()) else {
+        return PeerCert::default();
+    };
+    let expires = x509_parser::parse_x509_certificate(leaf)
+        .ok()
+        .and_then(|(_, c)| {
+            k8s_openapi::jiff::Timestamp::from_second(c.validity().not_after.timestamp()).ok()
+        })
+        .map(|t| t.to_string());
+    PeerCert {
+        spiffe_id: crate::pki::spiffe_id_of(leaf),
+        expires,
+    }
+}
+
+/// HTTPS on `addr` with the hot-swapped serving certificate (and, with `client_roots`, the
+/// peer's proven identity as a [`PeerCert`] request extension).
+pub async fn serve_tls(
+    addr: SocketAddr,
+    resolver: Arc<ServingCertResolver>,
+    app: Router,
+    client_roots: Option<watch::Receiver<Option<Arc<MeshCa>>>>,
+) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, "cannot listen: {e}");
+            return;
+        }
+    };
+    serve_tls_on(listener, resolver, app, client_roots).await;
+}
+
+/// [`serve_tls`] on a listener the caller bound (an ephemeral port in tests and benchmarks).
+pub async fn serve_tls_on(
+    listener: tokio::net::TcpListener,
+    resolver: Arc<ServingCertResolver>,
+    app: Router,
+    mut client_roots: Option<watch::Receiver<Option<Arc<MeshCa>>>>,
+) {
+    let current = |roots: &mut Option<watch::Receiver<Option<Arc<MeshCa>>>>| {
+        let ca = roots.as_mut().and_then(|r| r.borrow_and_update().clone());
+        acceptor(&resolver, ca.as_deref())
+    };
+    let mut acceptor = current(&mut client_roots);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if client_roots
+            .as_ref()
+            .is_some_and(|r| r.has_changed().unwrap_or(false))
+        {
+            acceptor = current(&mut client_roots);
+        }
+        let (acceptor, mut app) = (acceptor.clone(), app.clone());
+        let with_peer = client_roots.is_some();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            if with_peer {
+                app = app.layer(axum::Extension(peer_cert(
+                    tls.get_ref().1.peer_certificates(),
+                )));
+            }
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
+                .await;
+        });
     }
 }

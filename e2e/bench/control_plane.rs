@@ -1,24 +1,48 @@
-//! Control-plane micro-benchmarks for `make bench` (SPEC §14): admission reviews handled by
-//! the injector's pure core (`weft::webhook::review`) and workload CSRs signed by the mesh CA
-//! (`MeshCa::sign_workload_csr`), each in a loop on the calling thread, so the rates are per
-//! core when the process is pinned to one CPU (`e2e/bench/run.sh` pins it with taskset).
+//! Control-plane benchmarks for `make bench` (SPEC §14).
 //!
-//! The review is the golden case `webhook/cases/probes-http-tcp-grpc`: a Deployment's pod
-//! with three containers' worth of probes in a namespace with `istio-injection=enabled`, so
-//! every call decides, injects and rewrites probes. HTTP and TLS around the handler are not
-//! measured here.
+//! - Admission reviews handled by the injector's pure core (`weft::webhook::review`) and
+//!   workload CSRs signed by the mesh CA (`MeshCa::sign_workload_csr`), each in a loop on the
+//!   calling thread, so the rates are per core when the process is pinned to one CPU
+//!   (`e2e/bench/run.sh` pins it with taskset). The review is the golden case
+//!   `webhook/cases/probes-http-tcp-grpc`: a Deployment's pod with three containers' worth of
+//!   probes in a namespace with `istio-injection=enabled`, so every call decides, injects and
+//!   rewrites probes. HTTP and TLS around the handler are not measured there.
+//! - Config convergence: the real config routes (`weft::discovery::server::router`) served
+//!   over mTLS by the operator's own accept loop on 127.0.0.1, fed a `MeshIndex` of 1,000 meshed
+//!   pods through `DiscoveryState::from_index`, and 1,000 simulated proxy streams from this
+//!   process; then one change, timed from its publication to its arrival on every stream it
+//!   concerns. The operator and the simulated proxies run on separate tokio runtimes (one
+//!   worker thread each), so a counting allocator can tell their heaps apart.
 //!
 //! `cargo bench --bench control_plane -- [--seconds N] [--out FILE]` prints one JSON object
 //! (and writes it to FILE). It reports and never asserts on speed.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::Namespace;
+use axum::body::Body;
+use futures::StreamExt;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use serde_json::json;
-use weft::pki::{MeshCa, WorkloadKey};
+use tokio::sync::{Semaphore, watch};
+use weft::api::MeshConfig;
+use weft::contract;
+use weft::discovery::{DiscoverySettings, DiscoveryState, MeshIndex, MeshView};
+use weft::operator::metrics::OperatorMetrics;
+use weft::operator::serving::{ServingCertResolver, keep_serving_cert, serve_tls_on};
+use weft::pki::{MeshCa, WorkloadKey, certificates_from_pem};
+use weft::snapshot::stream::{Ack, LineDecoder, QUERY_POD};
 use weft::webhook::{InjectorSettings, MeshState, review};
 
 const REVIEW_CASE: &str = "webhook/cases/probes-http-tcp-grpc";
@@ -154,6 +178,561 @@ fn csr(seconds: Duration) -> serde_json::Value {
     v
 }
 
+// === config convergence ===
+
+const NAMESPACES: usize = 100;
+/// Replicas of each namespace's one Deployment (`app`), all behind its Service.
+const PODS_PER_NAMESPACE: usize = 10;
+const PROXIES: usize = NAMESPACES * PODS_PER_NAMESPACE;
+const OPERATOR_NAMESPACE: &str = "weft-system";
+/// What the proxies dial: the operator's Service name, as in its serving certificate.
+const OPERATOR_SERVER_NAME: &str = "weft-operator.weft-system.svc";
+/// Streams opening (TCP + mTLS + HTTP/2 + request) at one time: a ramp, not a thundering herd.
+const CONNECT_CONCURRENCY: usize = 64;
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause before a memory reading, so acks and write buffers have settled.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Which part of the convergence run a thread works for; [`CountingAlloc`] keeps one live-heap
+/// counter per side. Threads outside the two runtimes (setup, the other benchmarks) count
+/// nowhere.
+const SIDE_NONE: usize = 0;
+const SIDE_OPERATOR: usize = 1;
+const SIDE_PROXIES: usize = 2;
+
+thread_local! {
+    static SIDE: Cell<usize> = const { Cell::new(SIDE_NONE) };
+}
+static LIVE: [AtomicIsize; 3] = [const { AtomicIsize::new(0) }; 3];
+static PEAK: [AtomicIsize; 3] = [const { AtomicIsize::new(0) }; 3];
+
+/// The system allocator, with live heap bytes counted per side: the operator and the 1,000
+/// simulated proxies share this process, and RSS alone cannot tell their memory apart. A block
+/// is charged to the side of the thread that allocates it and credited to the side of the
+/// thread that frees it; the two runtimes share no heap objects, so the split holds.
+struct CountingAlloc;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn account(delta: isize) {
+    let side = SIDE.try_with(Cell::get).unwrap_or(SIDE_NONE);
+    if side != SIDE_NONE {
+        let live = LIVE[side].fetch_add(delta, Ordering::Relaxed) + delta;
+        if delta > 0 {
+            PEAK[side].fetch_max(live, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the counting touches no heap.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            account(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            account(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        account(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            account(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+fn live(side: usize) -> isize {
+    LIVE[side].load(Ordering::Relaxed)
+}
+
+/// A runtime whose threads all count as `side`.
+fn runtime(side: usize, name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(move || SIDE.with(|s| s.set(side)))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// VmRSS of this process.
+fn rss_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn kube<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("a valid Kubernetes object"))
+}
+
+fn namespace_name(n: usize) -> String {
+    format!("shop-{n:03}")
+}
+
+fn pod_name(i: usize) -> String {
+    format!("app-7c9f6d5b8-{i:02}")
+}
+
+/// What the reflectors would hold: `NAMESPACES` namespaces, each with a Deployment `app` of
+/// `PODS_PER_NAMESPACE` meshed pods (service account `app`, one Service, one EndpointSlice
+/// with every pod ready), except that `shop-000` runs `first_replicas` pods (the change
+/// scales it up by one: a new pod and a new endpoint).
+fn mesh_view(first_replicas: usize) -> MeshView {
+    let (mut pods, mut services, mut slices) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..NAMESPACES {
+        let ns = namespace_name(n);
+        let replicas = if n == 0 {
+            first_replicas
+        } else {
+            PODS_PER_NAMESPACE
+        };
+        let mut endpoints = Vec::new();
+        for i in 0..replicas {
+            let (name, ip) = (pod_name(i), format!("10.244.{n}.{}", i + 10));
+            pods.push(kube::<Pod>(json!({
+                "metadata": {"namespace": ns, "name": name, "labels": {
+                    "app": "app", "pod-template-hash": "7c9f6d5b8",
+                    contract::LABEL_REVISION: "stable",
+                    contract::LABEL_CANONICAL_NAME: "app"}},
+                "spec": {"serviceAccountName": "app", "nodeName": format!("node-{}", i % 3),
+                         "containers": [{"name": "app", "image": "registry.example/shop/app:1.4.2",
+                                         "ports": [{"name": "http", "containerPort": 8080}]}]},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+            })));
+            endpoints.push(json!({
+                "addresses": [ip],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("node-{}", i % 3),
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": name}
+            }));
+        }
+        services.push(kube::<Service>(json!({
+            "metadata": {"namespace": ns, "name": "app"},
+            "spec": {"type": "ClusterIP", "clusterIP": format!("10.96.{}.{}", n / 200, n % 200 + 10),
+                     "selector": {"app": "app"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        })));
+        slices.push(kube::<EndpointSlice>(json!({
+            "metadata": {"namespace": ns, "name": "app-x7k2p", "labels": {
+                "kubernetes.io/service-name": "app",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        })));
+    }
+    MeshView {
+        trust_domain: TRUST_DOMAIN.into(),
+        root_namespace: OPERATOR_NAMESPACE.into(),
+        cluster_domain: "cluster.local".into(),
+        pods,
+        services,
+        slices,
+        revisions: vec![kube::<MeshConfig>(json!({
+            "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"namespace": OPERATOR_NAMESPACE, "name": "stable"},
+            "spec": {"mtls": {"mode": "STRICT"}}
+        }))],
+        peer_authentications: vec![],
+    }
+}
+
+/// One simulated proxy: its pod and a TLS client config with its own workload certificate.
+struct SimulatedProxy {
+    pod: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// A key and a workload certificate per proxy, as each pod's CSR client would get them.
+fn simulated_proxies(ca: &MeshCa, pods: &[(String, String)]) -> Vec<SimulatedProxy> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates_from_pem(&ca.roots_pem()).expect("the root PEM") {
+        roots.add(der.into()).expect("a root certificate");
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    pods.iter()
+        .map(|(ns, pod)| {
+            let id = contract::spiffe_id(TRUST_DOMAIN, ns, "app");
+            let key = WorkloadKey::generate().expect("a P-256 key");
+            let issued = ca
+                .sign_workload_csr(
+                    &key.csr_pem(&id).expect("a CSR"),
+                    &id,
+                    Duration::from_secs(86_400),
+                    SystemTime::now(),
+                )
+                .expect("the CA signs a good CSR");
+            let chain: Vec<CertificateDer<'static>> = issued
+                .cert_chain_pem
+                .iter()
+                .flat_map(|pem| certificates_from_pem(pem).expect("the chain PEM"))
+                .map(CertificateDer::from)
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(key.private_key_der().to_vec().into());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(chain, key)
+                .expect("a client certificate");
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            SimulatedProxy {
+                pod: pod.clone(),
+                tls: Arc::new(tls),
+            }
+        })
+        .collect()
+}
+
+/// What a simulated proxy reports to the benchmark.
+enum Heard {
+    Version {
+        proxy: usize,
+        version: String,
+        at: Instant,
+    },
+    Failed {
+        proxy: usize,
+        error: String,
+    },
+}
+
+/// The version of a snapshot line; the rest is checked as JSON but not decoded (a real proxy
+/// decodes it on its own CPU; here 1,000 of them would share the operator's).
+#[derive(Deserialize)]
+struct Versioned {
+    version: String,
+}
+
+async fn simulated_proxy(
+    proxy: usize,
+    sim: SimulatedProxy,
+    addr: SocketAddr,
+    gate: Arc<Semaphore>,
+    heard: mpsc::Sender<Heard>,
+) {
+    if let Err(error) = follow_config(proxy, sim, addr, gate, &heard).await {
+        let _ = heard.send(Heard::Failed { proxy, error });
+    }
+}
+
+/// What `weft::proxy::config_stream` does on the wire: mTLS with the workload certificate,
+/// HTTP/2, `GET /v1/config/stream?pod=…`, newline-delimited snapshots, and an ack
+/// (`POST /v1/config/ack` on the same connection) for every one.
+async fn follow_config(
+    proxy: usize,
+    sim: SimulatedProxy,
+    addr: SocketAddr,
+    gate: Arc<Semaphore>,
+    heard: &mpsc::Sender<Heard>,
+) -> Result<(), String> {
+    let opening = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(OPERATOR_SERVER_NAME).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(sim.tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake::<_, Body>(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP/2: {e}"))?;
+    tokio::spawn(conn);
+    let uri = format!(
+        "https://{OPERATOR_SERVER_NAME}{}?{QUERY_POD}={}",
+        contract::PATH_CONFIG_STREAM,
+        sim.pod
+    );
+    let request = Request::get(uri)
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("stream request: {e}"))?;
+    drop(opening);
+    if response.status() != StatusCode::OK {
+        let status = response.status();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let mut body = Body::new(response.into_body()).into_data_stream();
+    let mut lines = LineDecoder::default();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("stream broke: {e}"))?;
+        for line in lines.push(&chunk).map_err(|e| e.to_string())? {
+            let at = Instant::now();
+            let version = serde_json::from_slice::<Versioned>(&line)
+                .map_err(|e| format!("snapshot: {e}"))?
+                .version;
+            let ack = Ack {
+                pod: sim.pod.clone(),
+                version: Some(version.clone()),
+                rejected: None,
+            };
+            let _ = heard.send(Heard::Version { proxy, version, at });
+            let ack = Request::post(format!(
+                "https://{OPERATOR_SERVER_NAME}{}",
+                contract::PATH_CONFIG_ACK
+            ))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                serde_json::to_vec(&ack).map_err(|e| e.to_string())?,
+            ))
+            .map_err(|e| e.to_string())?;
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let _ = sender.send_request(ack).await;
+            });
+        }
+    }
+    Err("stream ended".into())
+}
+
+fn kib_per(bytes: isize, proxies: usize) -> f64 {
+    round(bytes as f64 / 1024.0 / proxies.max(1) as f64, 1)
+}
+
+fn convergence() -> serde_json::Value {
+    let started = Instant::now();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let operator_rt = runtime(SIDE_OPERATOR, "operator");
+    let proxies_rt = runtime(SIDE_PROXIES, "proxies");
+
+    // The mesh and the proxies' certificates (setup, not counted on either side).
+    let ca = Arc::new(
+        MeshCa::generate_root(TRUST_DOMAIN, Duration::from_secs(365 * 86_400)).expect("a root CA"),
+    );
+    let index = Arc::new(MeshIndex::build(&mesh_view(PODS_PER_NAMESPACE)));
+    let pods: Vec<(String, String)> = (0..NAMESPACES)
+        .flat_map(|n| (0..PODS_PER_NAMESPACE).map(move |i| (namespace_name(n), pod_name(i))))
+        .collect();
+    let snapshot_bytes = index
+        .snapshot_for(&pods[0].0, &pods[0].1)
+        .expect("a meshed pod")
+        .1
+        .len();
+    let endpoints: usize = index.services().iter().map(|s| s.endpoints.len()).sum();
+    let services = index.services().len();
+    let sims = simulated_proxies(&ca, &pods);
+
+    // The operator side: the config routes behind the operator's TLS accept loop, as
+    // `weft operator` serves them on 15012 (client certificates checked against the mesh
+    // roots, the proven SPIFFE ID handed to the handlers).
+    let (_ca_tx, ca_rx) = watch::channel(Some(ca.clone()));
+    let resolver = Arc::new(ServingCertResolver::default());
+    operator_rt.spawn(keep_serving_cert(
+        resolver.clone(),
+        ca_rx.clone(),
+        OPERATOR_NAMESPACE.into(),
+    ));
+    let (index_tx, index_rx) = watch::channel(index.clone());
+    let state = DiscoveryState::from_index(
+        index_rx,
+        DiscoverySettings {
+            trust_domain: TRUST_DOMAIN.into(),
+            operator_namespace: OPERATOR_NAMESPACE.into(),
+            root_namespace: OPERATOR_NAMESPACE.into(),
+            cluster_domain: "cluster.local".into(),
+        },
+        Arc::new(OperatorMetrics::new()),
+    );
+    let listener = operator_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a listening socket on 127.0.0.1");
+    let addr = listener.local_addr().expect("the listener's address");
+    operator_rt.spawn(serve_tls_on(
+        listener,
+        resolver.clone(),
+        weft::discovery::server::router(state.clone()),
+        Some(ca_rx),
+    ));
+    let waiting = Instant::now();
+    while !resolver.is_loaded() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "no serving certificate"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(SETTLE);
+    let rss_before = rss_kb();
+    let (operator_before, proxies_before) = (live(SIDE_OPERATOR), live(SIDE_PROXIES));
+
+    // Every proxy opens its stream and gets its first snapshot.
+    let (heard_tx, heard) = mpsc::channel();
+    let opened = Instant::now();
+    proxies_rt.spawn(async move {
+        let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+        for (proxy, sim) in sims.into_iter().enumerate() {
+            tokio::spawn(simulated_proxy(
+                proxy,
+                sim,
+                addr,
+                gate.clone(),
+                heard_tx.clone(),
+            ));
+        }
+    });
+    let mut first: Vec<Option<String>> = vec![None; PROXIES];
+    let mut failures: Vec<String> = Vec::new();
+    let mut synced = 0;
+    while synced + failures.len() < PROXIES {
+        let left = SYNC_TIMEOUT.saturating_sub(opened.elapsed());
+        match heard.recv_timeout(left) {
+            Ok(Heard::Version { proxy, version, .. }) => {
+                if first[proxy].is_none() {
+                    first[proxy] = Some(version);
+                    synced += 1;
+                }
+            }
+            Ok(Heard::Failed { proxy, error }) => {
+                failures.push(format!("{}: {error}", pods[proxy].1))
+            }
+            Err(_) => break,
+        }
+    }
+    let initial_sync = opened.elapsed();
+    std::thread::sleep(SETTLE);
+    let rss_synced = rss_kb();
+    let (operator_synced, proxies_synced) = (live(SIDE_OPERATOR), live(SIDE_PROXIES));
+
+    // One change: shop-000 scales up by one pod. Every proxy gets every ClusterIP Service,
+    // so the new endpoint moves every version; count the streams whose version moves.
+    let building = Instant::now();
+    let changed = Arc::new(MeshIndex::build(&mesh_view(PODS_PER_NAMESPACE + 1)));
+    let index_build = building.elapsed();
+    let expected: Vec<Option<String>> = pods
+        .iter()
+        .map(|(ns, pod)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
+        .collect();
+    let concerned: HashSet<usize> = (0..PROXIES)
+        .filter(|&i| first[i].is_some() && expected[i] != first[i])
+        .collect();
+    PEAK[SIDE_OPERATOR].store(live(SIDE_OPERATOR), Ordering::Relaxed);
+    PEAK[SIDE_PROXIES].store(live(SIDE_PROXIES), Ordering::Relaxed);
+    let published = Instant::now();
+    // Held here until the end, so the old index is not freed on an operator thread.
+    let previous = index_tx.send_replace(changed);
+    let mut pending = concerned.clone();
+    let mut nanos = Vec::with_capacity(concerned.len());
+    let mut unexpected = 0;
+    while !pending.is_empty() {
+        let left = CONVERGE_TIMEOUT.saturating_sub(published.elapsed());
+        match heard.recv_timeout(left) {
+            Ok(Heard::Version { proxy, version, at }) => {
+                if expected[proxy].as_ref() == Some(&version) && pending.remove(&proxy) {
+                    nanos.push(at.duration_since(published).as_nanos() as u64);
+                } else {
+                    unexpected += 1;
+                }
+            }
+            Ok(Heard::Failed { proxy, error }) => {
+                pending.remove(&proxy);
+                failures.push(format!("{}: {error}", pods[proxy].1));
+            }
+            Err(_) => break,
+        }
+    }
+    let converged = published.elapsed();
+    let operator_peak = PEAK[SIDE_OPERATOR].load(Ordering::Relaxed);
+    let proxies_peak = PEAK[SIDE_PROXIES].load(Ordering::Relaxed);
+    std::thread::sleep(SETTLE);
+    while let Ok(Heard::Version { .. }) = heard.try_recv() {
+        unexpected += 1;
+    }
+    let rss_changed = rss_kb();
+    let operator_changed = live(SIDE_OPERATOR);
+
+    // The operator's own record: connected proxies and what they acknowledged.
+    let listed = state.proxies("bench");
+    let acked = listed
+        .proxies
+        .iter()
+        .filter(|p| p.acked.is_some() && p.acked == p.current)
+        .count();
+    proxies_rt.shutdown_background();
+    operator_rt.shutdown_background();
+    drop(previous);
+
+    nanos.sort_unstable();
+    let m = Measured {
+        calls: nanos.len(),
+        elapsed: converged,
+        nanos,
+    };
+    failures.truncate(5);
+    json!({
+        "proxies": PROXIES,
+        "namespaces": NAMESPACES,
+        "pods_per_namespace": PODS_PER_NAMESPACE,
+        "services": services,
+        "endpoints": endpoints,
+        "snapshot_bytes": snapshot_bytes,
+        "synced": synced,
+        "initial_sync_ms": round(initial_sync.as_secs_f64() * 1e3, 1),
+        "change": "Deployment app in shop-000 scaled 10 → 11: a new meshed pod and a new ready endpoint in Service app.shop-000",
+        "index_build_ms": round(index_build.as_secs_f64() * 1e3, 2),
+        "concerned": concerned.len(),
+        "converged": m.calls,
+        "unexpected_snapshots": unexpected,
+        "p50_ms": round(m.percentile_ms(50.0), 2),
+        "p90_ms": round(m.percentile_ms(90.0), 2),
+        "p99_ms": round(m.percentile_ms(99.0), 2),
+        "max_ms": round(m.percentile_ms(100.0), 2),
+        "connected_at_end": listed.proxies.len(),
+        "acked_current": acked,
+        "failures": failures,
+        "memory": {
+            "rss_before_mb": round(rss_before as f64 / 1024.0, 1),
+            "rss_synced_mb": round(rss_synced as f64 / 1024.0, 1),
+            "rss_after_change_mb": round(rss_changed as f64 / 1024.0, 1),
+            "rss_kb_per_proxy_both_sides": round((rss_synced - rss_before) as f64 / synced.max(1) as f64, 1),
+            "operator_heap_kb_per_proxy": kib_per(operator_synced - operator_before, synced),
+            "operator_heap_kb_per_proxy_after_change": kib_per(operator_changed - operator_before, synced),
+            "operator_heap_peak_kb_per_proxy_during_change": kib_per(operator_peak - operator_before, synced),
+            "proxies_heap_kb_per_proxy": kib_per(proxies_synced - proxies_before, synced),
+            "proxies_heap_peak_kb_per_proxy_during_change": kib_per(proxies_peak - proxies_before, synced),
+        },
+        "operator_threads": 1,
+        "proxy_threads": 1,
+        "seconds": round(started.elapsed().as_secs_f64(), 2),
+        "note": "One process: the operator (weft::discovery::server::router behind weft::operator::serving::serve_tls_on, mTLS on 127.0.0.1, fed by DiscoveryState::from_index) on one tokio worker thread, the simulated proxies (rustls + hyper HTTP/2, one workload certificate each, acks as weft-proxy sends them, snapshots read for their version only) on another; pinned to one CPU they share it. Convergence: from publishing the new MeshIndex to a proxy holding the whole new snapshot line; the operator's debounce (100 ms) and MeshIndex::build (index_build_ms) come before that in a cluster. RSS per proxy covers both sides; the operator heap figures are the live bytes allocated by the operator's threads (a counting global allocator), before the streams vs after all are synced, per proxy, without allocator overhead."
+    })
+}
+
 fn main() {
     let mut seconds = 5.0f64;
     let mut out = None;
@@ -186,6 +765,7 @@ fn main() {
         "cpus_allowed": cpu,
         "webhook": webhook(seconds),
         "csr": csr(seconds),
+        "convergence": convergence(),
     });
     let text = serde_json::to_string_pretty(&result).expect("JSON");
     println!("{text}");

@@ -70,29 +70,11 @@ const POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a
 
 /// Creates `pod` (JSON) in `ns` with a server-side dry run; returns the admitted pod or the error.
 fn admit(ns: &Namespace, pod: &str) -> Result<serde_json::Value, String> {
-    // The injector's caches follow a new label within moments; retry "not enrolled" briefly.
-    let out = ns.cluster.kubectl_stdin(
-        &[
-            "-n",
-            &ns.name,
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-        ],
-        pod,
-    );
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).expect("pod JSON"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    ns.cluster.dry_run_pod(&ns.name, pod)
 }
 
 fn injected(pod: &serde_json::Value) -> bool {
-    pod["metadata"]["annotations"]["weft.dev/status"].is_string()
+    support::has_proxy(pod)
 }
 
 fn labelled(name: &str, labels: &[&str]) -> Namespace {

@@ -97,23 +97,14 @@ fn webhook_bundle(c: &Cluster) -> String {
     ]))
 }
 
+const PROBE_POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe"},
+    "spec":{"containers":[{"name":"app","image":"busybox"}]}}"#;
+
 /// A dry-run pod in `ns` gets weft's proxy (the webhook answers under the current root).
 fn injects(ns: &support::Namespace) -> bool {
-    let out = ns.cluster.kubectl_stdin(
-        &[
-            "-n",
-            &ns.name,
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-        ],
-        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"probe"},
-            "spec":{"containers":[{"name":"app","image":"busybox"}]}}"#,
-    );
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"weft-proxy\"")
+    ns.cluster
+        .dry_run_pod(&ns.name, PROBE_POD)
+        .is_ok_and(|p| support::has_proxy(&p))
 }
 
 fn sh(dir: &std::path::Path, script: &str) -> String {
@@ -278,7 +269,17 @@ fn step3_weft_ca_reset_replaces_the_root_and_the_mesh_follows() {
     let ns = enrolled(c, "t-life-reset");
     let published = wait_for(
         MINUTE,
-        || ns.jsonpath("configmap weft-ca-root-cert", "{.data.root-cert\\.pem}"),
+        || {
+            // Not there yet right after the namespace is made: an empty answer, not a failure.
+            let out = ns.kubectl(&[
+                "get",
+                "configmap",
+                "weft-ca-root-cert",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+            ]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        },
         |r| r == new_root,
     );
     assert_eq!(published, new_root);
@@ -553,26 +554,11 @@ fn step6_delete_k_completes_and_weft_uninstall_removes_the_rest() {
         );
     }
     // The enrolled namespace still creates pods: nothing blocks them, nothing injects them.
-    let out = c.kubectl_stdin(
-        &[
-            "-n",
-            &ns.name,
-            "create",
-            "--dry-run=server",
-            "-o",
-            "json",
-            "-f",
-            "-",
-        ],
-        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"after"},
-            "spec":{"containers":[{"name":"app","image":"busybox"}]}}"#,
-    );
+    let pod = c.dry_run_pod(&ns.name, PROBE_POD);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        pod.as_ref().is_ok_and(|p| !support::has_proxy(p)),
+        "{pod:?}"
     );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("weft-proxy"));
 
     // What kustomize does not know: the root ConfigMaps, named one by one.
     let removed = weft(&["uninstall"]);

@@ -37,24 +37,11 @@ impl CreationLoop {
             move || {
                 let mut attempts = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let out = c.kubectl_stdin(
-                        &[
-                            "-n",
-                            &namespace,
-                            "create",
-                            "--dry-run=server",
-                            "-o",
-                            "json",
-                            "-f",
-                            "-",
-                        ],
-                        POD,
-                    );
-                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    let created = c.dry_run_pod(&namespace, POD);
                     attempts.push(Attempt {
-                        ok: out.status.success(),
-                        injected: stdout.contains("\"weft-proxy\""),
-                        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                        ok: created.is_ok(),
+                        injected: created.as_ref().is_ok_and(super::has_proxy),
+                        detail: created.err().unwrap_or_default(),
                     });
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -146,6 +146,28 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Creates `pod` (JSON) in `namespace` with a server-side dry run, which runs the whole
+    /// admission chain and stores nothing: the pod as it would be stored, or kubectl's error.
+    pub fn dry_run_pod(&self, namespace: &str, pod: &str) -> Result<serde_json::Value, String> {
+        let out = self.kubectl_stdin(
+            &[
+                "-n",
+                namespace,
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            pod,
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("kubectl printed no pod: {e}"))
+    }
+
     pub fn apply(&self, yaml: &str) {
         let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
         assert!(
@@ -216,6 +238,11 @@ impl Drop for Namespace {
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
+}
+
+/// Whether weft's injector added its proxy to `pod` (as returned by the API server).
+pub fn has_proxy(pod: &serde_json::Value) -> bool {
+    pod["metadata"]["annotations"]["weft.dev/status"].is_string()
 }
 
 /// Polls `check` until it holds; panics after `limit` (a bound on waiting, not a speed claim).

@@ -296,7 +296,7 @@ impl CaBundleController {
                 .patch(contract::ROOT_CERT_CONFIGMAP, &params, &Patch::Apply(&cm))
                 .await
             {
-                tracing::debug!(namespace = %name, "root ConfigMap: {e}");
+                tracing::warn!(namespace = %name, "cannot publish the root ConfigMap: {e}");
             }
         }
         Ok(())

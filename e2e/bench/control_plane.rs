@@ -286,6 +286,37 @@ fn rss_kb() -> i64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) of this process's threads named `name` (the runtimes name theirs),
+/// from `/proc/self/task/*/stat`, in clock ticks of 10 ms.
+fn thread_cpu_ms(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        ticks += fields
+            .get(11)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+    }
+    ticks as f64 * 10.0
+}
+
 fn kube<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a valid Kubernetes object"))
 }
@@ -423,11 +454,17 @@ enum Heard {
     },
 }
 
-/// The version of a snapshot line; the rest is checked as JSON but not decoded (a real proxy
-/// decodes it on its own CPU; here 1,000 of them would share the operator's).
-#[derive(Deserialize)]
-struct Versioned {
-    version: String,
+/// The version of a snapshot line, read from its head (the operator writes `schemaVersion`
+/// then `version` first). A real proxy decodes the whole snapshot on its own CPU; 1,000 of
+/// them decoding here would share the operator's, and measure JSON parsing instead. The
+/// version is the content hash, so matching the expected one proves the right snapshot
+/// arrived whole.
+fn version_of(line: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"version\":\"";
+    let head = &line[..line.len().min(256)];
+    let start = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = head[start..].iter().position(|&b| b == b'"')?;
+    String::from_utf8(head[start..start + len].to_vec()).ok()
 }
 
 async fn simulated_proxy(
@@ -494,9 +531,7 @@ async fn follow_config(
         let chunk = chunk.map_err(|e| format!("stream broke: {e}"))?;
         for line in lines.push(&chunk).map_err(|e| e.to_string())? {
             let at = Instant::now();
-            let version = serde_json::from_slice::<Versioned>(&line)
-                .map_err(|e| format!("snapshot: {e}"))?
-                .version;
+            let version = version_of(&line).ok_or("a snapshot line without a version")?;
             let ack = Ack {
                 pod: sim.pod.clone(),
                 version: Some(version.clone()),
@@ -634,15 +669,19 @@ fn convergence() -> serde_json::Value {
     let building = Instant::now();
     let changed = Arc::new(MeshIndex::build(&mesh_view(PODS_PER_NAMESPACE + 1)));
     let index_build = building.elapsed();
+    // What the operator's stream tasks will do, once, on this thread: every proxy's snapshot.
+    let serializing = Instant::now();
     let expected: Vec<Option<String>> = pods
         .iter()
         .map(|(ns, pod)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
         .collect();
+    let serialize_all = serializing.elapsed();
     let concerned: HashSet<usize> = (0..PROXIES)
         .filter(|&i| first[i].is_some() && expected[i] != first[i])
         .collect();
     PEAK[SIDE_OPERATOR].store(live(SIDE_OPERATOR), Ordering::Relaxed);
     PEAK[SIDE_PROXIES].store(live(SIDE_PROXIES), Ordering::Relaxed);
+    let cpu_before = (thread_cpu_ms("operator"), thread_cpu_ms("proxies"));
     let published = Instant::now();
     // Held here until the end, so the old index is not freed on an operator thread.
     let previous = index_tx.send_replace(changed);
@@ -667,6 +706,10 @@ fn convergence() -> serde_json::Value {
         }
     }
     let converged = published.elapsed();
+    let cpu_change = (
+        thread_cpu_ms("operator") - cpu_before.0,
+        thread_cpu_ms("proxies") - cpu_before.1,
+    );
     let operator_peak = PEAK[SIDE_OPERATOR].load(Ordering::Relaxed);
     let proxies_peak = PEAK[SIDE_PROXIES].load(Ordering::Relaxed);
     std::thread::sleep(SETTLE);
@@ -705,6 +748,7 @@ fn convergence() -> serde_json::Value {
         "initial_sync_ms": round(initial_sync.as_secs_f64() * 1e3, 1),
         "change": "Deployment app in shop-000 scaled 10 → 11: a new meshed pod and a new ready endpoint in Service app.shop-000",
         "index_build_ms": round(index_build.as_secs_f64() * 1e3, 2),
+        "serialize_all_snapshots_ms": round(serialize_all.as_secs_f64() * 1e3, 1),
         "concerned": concerned.len(),
         "converged": m.calls,
         "unexpected_snapshots": unexpected,
@@ -712,6 +756,7 @@ fn convergence() -> serde_json::Value {
         "p90_ms": round(m.percentile_ms(90.0), 2),
         "p99_ms": round(m.percentile_ms(99.0), 2),
         "max_ms": round(m.percentile_ms(100.0), 2),
+        "cpu_ms_during_change": {"operator": cpu_change.0, "proxies": cpu_change.1},
         "connected_at_end": listed.proxies.len(),
         "acked_current": acked,
         "failures": failures,
@@ -729,7 +774,7 @@ fn convergence() -> serde_json::Value {
         "operator_threads": 1,
         "proxy_threads": 1,
         "seconds": round(started.elapsed().as_secs_f64(), 2),
-        "note": "One process: the operator (weft::discovery::server::router behind weft::operator::serving::serve_tls_on, mTLS on 127.0.0.1, fed by DiscoveryState::from_index) on one tokio worker thread, the simulated proxies (rustls + hyper HTTP/2, one workload certificate each, acks as weft-proxy sends them, snapshots read for their version only) on another; pinned to one CPU they share it. Convergence: from publishing the new MeshIndex to a proxy holding the whole new snapshot line; the operator's debounce (100 ms) and MeshIndex::build (index_build_ms) come before that in a cluster. RSS per proxy covers both sides; the operator heap figures are the live bytes allocated by the operator's threads (a counting global allocator), before the streams vs after all are synced, per proxy, without allocator overhead."
+        "note": "One process: the operator (weft::discovery::server::router behind weft::operator::serving::serve_tls_on, mTLS on 127.0.0.1, fed by DiscoveryState::from_index) on one tokio worker thread, the simulated proxies (rustls + hyper HTTP/2, one workload certificate each, acks as weft-proxy sends them, snapshots framed with weft's LineDecoder and read for their version only: decoding 1,000 of them would load the shared CPU with the proxies' work) on another; pinned to one CPU they share it. Convergence: from publishing the new MeshIndex to a proxy holding the whole new snapshot line; the operator's debounce (100 ms) and MeshIndex::build (index_build_ms) come before that in a cluster. serialize_all_snapshots_ms: MeshIndex::snapshot_for for every proxy once on one thread, the serialization part of the operator's work; cpu_ms_during_change: CPU of each side's threads from publication to the last arrival (10 ms ticks). RSS per proxy covers both sides; the operator heap figures are the live bytes allocated by the operator's threads (a counting global allocator), before the streams vs after all are synced, per proxy, without allocator overhead."
     })
 }
 

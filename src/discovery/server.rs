@@ -37,7 +37,7 @@ use super::model::{MeshIndex, MeshView};
 use crate::api::{MeshConfig, PeerAuthentication};
 use crate::contract;
 use crate::operator::metrics::OperatorMetrics;
-use crate::operator::reflect::{reflect, reflect_optional};
+use crate::operator::reflect::{ready, reflect, reflect_optional};
 use crate::snapshot::stream::{Ack, HEARTBEAT, MAX_ACK_BYTES, Rejected, encode_line};
 
 /// Changes closer together than this are coalesced into one rebuild.
@@ -161,11 +161,11 @@ impl DiscoveryState {
         let (index_tx, index_rx) = watch::channel(Arc::new(MeshIndex::build(&base)));
         let (synced_tx, synced_rx) = watch::channel(false);
         tokio::spawn(async move {
-            let _ = tokio::join!(
-                pods.wait_until_ready(),
-                services.wait_until_ready(),
-                slices.wait_until_ready(),
-                revisions.wait_until_ready(),
+            tokio::join!(
+                ready(&pods),
+                ready(&services),
+                ready(&slices),
+                ready(&revisions),
             );
             loop {
                 let view = MeshView {

@@ -21,7 +21,7 @@ use kube::{Api, Client};
 
 use super::ca_bundle::MUTATING_WEBHOOK;
 use super::metrics::{Endpoint, OperatorMetrics};
-use super::reflect::reflect;
+use super::reflect::{is_ready, ready, reflect};
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::controllers::events;
@@ -82,14 +82,29 @@ impl InjectorState {
         }
     }
 
+    /// The kinds whose first list has not arrived yet (empty once synced).
+    pub fn pending(&self) -> Vec<&'static str> {
+        [
+            ("Namespaces", is_ready(&self.namespaces)),
+            ("RevisionTags", is_ready(&self.tags)),
+            ("MeshConfigs", is_ready(&self.revisions)),
+            ("MutatingWebhookConfigurations", is_ready(&self.injectors)),
+            ("meshed Pods", is_ready(&self.pods)),
+        ]
+        .into_iter()
+        .filter(|(_, ready)| !ready)
+        .map(|(kind, _)| kind)
+        .collect()
+    }
+
     /// Ready once every store has its initial list.
     pub async fn wait_synced(&self) {
-        let _ = tokio::join!(
-            self.namespaces.wait_until_ready(),
-            self.tags.wait_until_ready(),
-            self.revisions.wait_until_ready(),
-            self.injectors.wait_until_ready(),
-            self.pods.wait_until_ready(),
+        tokio::join!(
+            ready(&self.namespaces),
+            ready(&self.tags),
+            ready(&self.revisions),
+            ready(&self.injectors),
+            ready(&self.pods),
         );
     }
 

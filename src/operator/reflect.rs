@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -164,6 +164,32 @@ fn trim_pod(pod: &mut Pod) {
         ..Default::default()
     });
 }
+
+/// Whether `store` holds its first list.
+pub fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.wait_until_ready().now_or_never().is_some()
+}
+
+/// Waits until `store` holds its first list. Polls instead of awaiting
+/// `Store::wait_until_ready`, whose future keeps one waker per store (a oneshot receiver): of
+/// two tasks waiting on a shared store (the meshed pods are shared by the injector and the
+/// config server) only the last to poll would be woken, and the other replica-readiness
+/// waiter would hang for good.
+pub async fn ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while !is_ready(store) {
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+const READY_POLL: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {

@@ -152,18 +152,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         meshed_pods,
         metrics.clone(),
     );
-    let synced = Arc::new(AtomicBool::new(false));
     {
-        let (injector, synced) = (injector.clone(), synced.clone());
+        let injector = injector.clone();
         tokio::spawn(async move {
             injector.wait_synced().await;
-            synced.store(true, Ordering::Relaxed);
+            tracing::info!("injector: caches hold their first lists");
         });
     }
     tokio::spawn(serve_tls(
         args.webhook_addr,
         resolver.clone(),
-        injector::router(injector),
+        injector::router(injector.clone()),
         None,
     ));
 
@@ -196,37 +195,64 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         )
     }));
 
-    // Ready: the CA is loaded, a serving certificate is installed and the injector's caches
-    // hold their first lists.
+    // Ready: the CA is loaded, a serving certificate is installed and the injector's and the
+    // config server's caches hold their first lists. `waiting_for` names what is missing.
     let draining = Arc::new(AtomicBool::new(false));
-    let ready = {
+    let waiting_for = {
         let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
-        let config_server = config_server.clone();
+        let (config_server, injector) = (config_server.clone(), injector.clone());
         let draining = draining.clone();
-        move || {
-            !draining.load(Ordering::Relaxed)
-                && ca_rx.borrow().is_some()
-                && resolver.is_loaded()
-                && synced.load(Ordering::Relaxed)
-                && config_server.is_synced()
+        move || -> Vec<String> {
+            if draining.load(Ordering::Relaxed) {
+                return vec!["nothing: shutting down (SIGTERM)".into()];
+            }
+            let mut missing = Vec::new();
+            if ca_rx.borrow().is_none() {
+                missing.push("the mesh CA".to_string());
+            }
+            if !resolver.is_loaded() {
+                missing.push("a serving certificate".to_string());
+            }
+            missing.extend(
+                injector
+                    .pending()
+                    .into_iter()
+                    .map(|k| format!("the injector's first list of {k}")),
+            );
+            if !config_server.is_synced() {
+                missing.push("the config server's first index".to_string());
+            }
+            missing
         }
     };
+    // Say it in the log too when readiness takes long: a replica that never gets ready
+    // otherwise only shows in the Deployment's status.
+    {
+        let waiting_for = waiting_for.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let missing = waiting_for();
+            if !missing.is_empty() {
+                tracing::warn!("not ready after 30 s; waiting for {}", missing.join(", "));
+            }
+        });
+    }
     let monitoring = discovery::server::debug_router(config_server, args.instance.clone())
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || serve_metrics(metrics.clone())))
         .route(
             "/readyz",
             get(move || {
-                let (ready, problem) = (ready(), problem_rx.borrow().clone());
+                let (missing, problem) = (waiting_for(), problem_rx.borrow().clone());
                 async move {
-                    match (ready, problem) {
+                    match (missing.is_empty(), problem) {
                         (true, _) => (axum::http::StatusCode::OK, "ready".to_string()),
                         (false, Some(p)) => {
                             (axum::http::StatusCode::SERVICE_UNAVAILABLE, p.to_string())
                         }
                         (false, None) => (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "loading the mesh CA".to_string(),
+                            format!("not ready; waiting for {}", missing.join(", ")),
                         ),
                     }
                 }

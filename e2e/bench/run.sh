@@ -149,7 +149,7 @@ fi
 
 # === control plane (before the namespaces: nothing else runs) ===
 
-log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each on CPU $PROXY_CPU"
+log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each, then config convergence of 1,000 streams, on CPU $PROXY_CPU"
 (cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --out "$raw/control_plane.json" >/dev/null)
 
 # === certificates: one CA, a client and a server identity (P-256, SPIFFE URI SANs) ===

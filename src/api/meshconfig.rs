@@ -239,7 +239,8 @@ pub struct MeshConfigStatus {
     /// Namespaces whose labels resolve to this revision.
     #[serde(default)]
     pub namespaces: Vec<String>,
-    /// Proxies of this revision connected to the config server.
+    /// Pods of this revision whose proxy is ready: it holds a certificate and the config
+    /// server's first snapshot.
     #[serde(default)]
     pub proxies: i32,
     /// RevisionTags pointing at this revision.

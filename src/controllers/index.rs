@@ -133,6 +133,10 @@ pub struct PodInjection {
     pub revision: String,
     #[serde(default)]
     pub tag: Option<String>,
+    /// The pod's `weft-proxy` container is ready: it holds a certificate and the config
+    /// server's first snapshot. Read from the pod's status, not the annotation.
+    #[serde(skip)]
+    pub proxy_ready: bool,
 }
 
 impl PodInjection {
@@ -148,8 +152,24 @@ impl PodInjection {
             .annotations
             .as_ref()?
             .get(contract::ANNOTATION_STATUS)?;
-        serde_json::from_str(raw).ok()
+        let mut injection: PodInjection = serde_json::from_str(raw).ok()?;
+        injection.proxy_ready = proxy_ready(pod);
+        Some(injection)
     }
+}
+
+/// Whether the pod's proxy container (a native sidecar, or a plain container on older
+/// injections) reports ready.
+pub fn proxy_ready(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status
+        .init_container_statuses
+        .iter()
+        .chain(status.container_statuses.iter())
+        .flatten()
+        .any(|c| c.name == contract::CONTAINER_PROXY && c.ready)
 }
 
 /// The mesh at one instant: everything the status functions need.
@@ -270,6 +290,25 @@ pub(crate) mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// `pod` with its proxy container reported ready, as the node agent reports it.
+    pub fn with_ready_proxy(mut pod: Pod) -> Pod {
+        if let Some(status) = pod.status.as_mut() {
+            status.init_container_statuses = Some(vec![
+                k8s_openapi::api::core::v1::ContainerStatus {
+                    name: "weft-init".into(),
+                    ready: false,
+                    ..Default::default()
+                },
+                k8s_openapi::api::core::v1::ContainerStatus {
+                    name: "weft-proxy".into(),
+                    ready: true,
+                    ..Default::default()
+                },
+            ]);
+        }
+        pod
     }
 
     /// A pod injected by `revision` through `tag`, as the injector writes it.
@@ -477,16 +516,20 @@ pub(crate) mod tests {
             PodInjection::of(&injected("stable", Some("prod"))),
             Some(PodInjection {
                 revision: "stable".into(),
-                tag: Some("prod".into())
+                tag: Some("prod".into()),
+                proxy_ready: false,
             })
         );
         assert_eq!(
             PodInjection::of(&pod(Some(r#"{"revision":"canary"}"#), "Pending")),
             Some(PodInjection {
                 revision: "canary".into(),
-                tag: None
+                tag: None,
+                proxy_ready: false,
             })
         );
+        let ready = with_ready_proxy(injected("stable", None));
+        assert!(PodInjection::of(&ready).is_some_and(|p| p.proxy_ready));
         assert_eq!(PodInjection::of(&pod(None, "Running")), None);
         assert_eq!(PodInjection::of(&pod(Some("not json"), "Running")), None);
         assert_eq!(

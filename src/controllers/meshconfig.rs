@@ -62,8 +62,7 @@ pub fn unsupported_settings(spec: &MeshConfigSpec) -> Vec<&'static str> {
 
 // === Status ===
 
-/// The status of revision `name` in `snapshot`. `proxies` stays 0: the config server that
-/// counts connected proxies does not exist yet.
+/// The status of revision `name` in `snapshot`.
 pub fn meshconfig_status(
     name: &str,
     generation: Option<i64>,
@@ -165,8 +164,13 @@ pub fn meshconfig_status(
             .filter(|(_, r)| r.revision.as_deref() == Some(name))
             .map(|(ns, _)| ns.clone())
             .collect(),
-        // Connected proxies are counted by the config server, which does not exist yet.
-        proxies: 0,
+        proxies: count(
+            snapshot
+                .pods
+                .iter()
+                .filter(|p| p.revision == name && p.proxy_ready)
+                .count(),
+        ),
         tags: snapshot.tags_of(name),
     }
 }
@@ -299,7 +303,9 @@ mod tests {
         problem: None,
     };
     use crate::api::meshconfig::AccessLogSettings;
-    use crate::controllers::index::tests::{injected, namespace, revisions, tags};
+    use crate::controllers::index::tests::{
+        injected, namespace, revisions, tags, with_ready_proxy,
+    };
 
     fn at(s: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default())
@@ -316,7 +322,7 @@ mod tests {
         ];
         let pods = [
             injected("stable", Some("default")),
-            injected("stable", None),
+            with_ready_proxy(injected("stable", None)),
             injected("canary", Some("prod")),
         ];
         Snapshot::build(
@@ -354,7 +360,7 @@ mod tests {
         assert_eq!(s.injected_pods, 2);
         assert_eq!(s.namespaces, ["legacy", "pets"]);
         assert_eq!(s.tags, ["default"]);
-        assert_eq!(s.proxies, 0);
+        assert_eq!(s.proxies, 1, "one of the two stable pods has a ready proxy");
         assert_eq!(s.observed_generation, Some(3));
 
         let s = meshconfig_status(

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store};
@@ -336,8 +336,23 @@ fn trim_pod(pod: &mut Pod) {
         annotations.retain(|k, _| k == contract::ANNOTATION_STATUS);
     }
     pod.spec = None;
+    // The phase, and the proxy container's readiness (MeshConfig status.proxies).
+    let keep_proxy = |statuses: Option<Vec<ContainerStatus>>| {
+        statuses.map(|all| {
+            all.into_iter()
+                .filter(|c| c.name == contract::CONTAINER_PROXY)
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    ready: c.ready,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
+        init_container_statuses: keep_proxy(s.init_container_statuses),
+        container_statuses: keep_proxy(s.container_statuses),
         ..Default::default()
     });
 }

@@ -181,6 +181,27 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         "{range .status.initContainerStatuses[*]}{.name}={.ready} {end}",
     );
     assert!(sidecars.contains("weft-proxy=true"), "{sidecars}");
+    // The revision counts the ready proxies (this namespace's client and server among them).
+    let revision = ns.jsonpath(
+        &format!("pod {server}"),
+        "{.metadata.labels.weft\\.dev/revision}",
+    );
+    support::wait_for(
+        Duration::from_secs(60),
+        || {
+            let out = ns.cluster.kubectl(&[
+                "-n",
+                "weft-system",
+                "get",
+                "meshconfig",
+                &revision,
+                "-o",
+                "jsonpath={.status.proxies}",
+            ]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        },
+        |n| n.parse::<u32>().is_ok_and(|n| n >= 2),
+    );
 
     let body = get(&ns, "client", "client", "http://server/hello").expect("meshed call");
     assert!(body.contains(&format!("hello from {server}")), "{body}");

@@ -60,6 +60,8 @@ pub struct MeshIndex {
     pub trust_domain: String,
     pods: HashMap<(String, String), MeshedPod>,
     services: Vec<Service>,
+    /// `services` as JSON, embedded as is in every snapshot.
+    services_json: Option<Box<serde_json::value::RawValue>>,
     /// Outbound policy per revision name.
     policies: HashMap<String, OutboundPolicy>,
     /// Hash of `services`, folded into every version.
@@ -148,7 +150,13 @@ impl MeshIndex {
         }
 
         let services = service_table(view, &pods);
-        let services_hash = sha256(&serde_json::to_vec(&services).unwrap_or_default());
+        // Serialized once per index: every snapshot embeds these bytes as they are (the table
+        // is most of a snapshot), and their hash goes into every version.
+        let services_json = serde_json::value::to_raw_value(&services).ok();
+        let services_hash = match &services_json {
+            Some(raw) => sha256(raw.get().as_bytes()),
+            None => sha256(&serde_json::to_vec(&services).unwrap_or_default()),
+        };
         let policies_by_rev = revisions
             .iter()
             .map(|(name, mc)| {
@@ -168,6 +176,7 @@ impl MeshIndex {
             trust_domain: view.trust_domain.clone(),
             pods,
             services,
+            services_json,
             policies: policies_by_rev,
             services_hash,
             problems: policies.problems,
@@ -218,11 +227,14 @@ impl MeshIndex {
             inbound: &inbound,
             outbound: OutboundRef {
                 policy,
-                services: &self.services,
+                services: match &self.services_json {
+                    Some(raw) => ServiceTable::Serialized(raw),
+                    None => ServiceTable::Typed(&self.services),
+                },
             },
         };
         // Version: hash of the per-proxy part (serialized without services) and the table's
-        // hash; the services are serialized once per proxy only for the wire.
+        // hash.
         let own = serde_json::to_vec(&(
             snapshot.identity,
             snapshot.trust_domain,
@@ -258,7 +270,16 @@ struct SnapshotRef<'a> {
 #[serde(rename_all = "camelCase")]
 struct OutboundRef<'a> {
     policy: OutboundPolicy,
-    services: &'a [Service],
+    services: ServiceTable<'a>,
+}
+
+/// The service table as the index holds it: serialized once (the normal case), or typed if
+/// that serialization ever failed.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ServiceTable<'a> {
+    Serialized(&'a serde_json::value::RawValue),
+    Typed(&'a [Service]),
 }
 
 /// Every ClusterIP Service port with its ready endpoints, sorted so the hash is stable.

@@ -50,6 +50,20 @@ fn secret_field(c: &Cluster, secret: &str, key: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes `ca.crt` (base64) of Secret `weft-ca` as a person with kubectl would.
+fn set_ca_crt(c: &Cluster, b64_pem: &str) {
+    c.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "secret",
+        "weft-ca",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"data":{{"ca.crt":"{b64_pem}"}}}}"#),
+    ]);
+}
+
 /// `name=status/reason` of condition `type_` on every MeshConfig.
 fn meshconfig_conditions(c: &Cluster, type_: &str) -> String {
     let out = c.kubectl(&[
@@ -157,16 +171,7 @@ fn step2_a_corrupted_ca_secret_is_left_alone_and_explained() {
     let good = secret_field(c, "weft-ca", "ca.crt");
     assert!(unb64(&good).contains("BEGIN CERTIFICATE"));
     let garbage = b64("not a certificate");
-    c.ok(&[
-        "-n",
-        NS,
-        "patch",
-        "secret",
-        "weft-ca",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"data":{{"ca.crt":"{garbage}"}}}}"#),
-    ]);
+    set_ca_crt(c, &garbage);
 
     // Every revision says so, with the way out...
     let degraded = wait_for(
@@ -218,16 +223,7 @@ fn step2_a_corrupted_ca_secret_is_left_alone_and_explained() {
     eventually(MINUTE, || injects(&ns));
 
     // Fixed by hand: Degraded clears.
-    c.ok(&[
-        "-n",
-        NS,
-        "patch",
-        "secret",
-        "weft-ca",
-        "--type=merge",
-        "-p",
-        &format!(r#"{{"data":{{"ca.crt":"{good}"}}}}"#),
-    ]);
+    set_ca_crt(c, &good);
     wait_for(
         MINUTE,
         || meshconfig_conditions(c, "Degraded"),

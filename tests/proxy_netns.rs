@@ -87,9 +87,14 @@ fn a_meshed_client_reaches_the_server_over_mutual_tls() {
         opened.iter().any(|l| l.contains("reporter=\"destination\"")
             && l.contains(&format!("source_principal=\"{CLIENT_ID}\""))
             && l.contains(&format!("destination_principal=\"{SERVER_ID}\""))
+            // From the client's peer metadata, checked against the certificate and config.
+            && l.contains("source_workload=\"client\"")
+            && l.contains("source_workload_namespace=\"demo\"")
+            && l.contains("destination_service=\"echo.demo.svc.cluster.local\"")
             && l.contains("connection_security_policy=\"mutual_tls\"")),
         "server metrics:\n{server}"
     );
+    // The metadata frame is the proxies' business: the app got exactly the 22 bytes sent.
     assert_eq!(
         metric_value(&server, "istio_tcp_received_bytes_total", "mutual_tls"),
         Some(22),
@@ -266,6 +271,8 @@ fn http_requests_are_counted_with_istio_request_metrics() {
                 .iter()
                 .any(|l| l.contains("reporter=\"destination\"")
                     && l.contains(&format!("source_principal=\"{CLIENT_ID}\""))
+                    && l.contains("source_workload=\"client\"")
+                    && l.contains("destination_service=\"web.demo.svc.cluster.local\"")
                     && l.contains("connection_security_policy=\"mutual_tls\"")
                     && l.contains(&format!("response_code=\"{code}\""))),
             "server metrics:\n{server}"
@@ -726,7 +733,15 @@ mod support {
                 "identity": spec.server_identity,
                 "trustDomain": "cluster.local",
                 "workload": {"name": "server", "namespace": "demo"},
-                "inbound": {"defaultMode": spec.server_mode},
+                "inbound": {
+                    "defaultMode": spec.server_mode,
+                    // Two Services target the web port: the client's word picks one.
+                    "services": {
+                        APP_PORT.to_string(): ["echo.demo.svc.cluster.local"],
+                        WEB_PORT.to_string(): ["web.demo.svc.cluster.local",
+                                               "web-peers.demo.svc.cluster.local"]
+                    }
+                },
                 "outbound": {"policy": "ALLOW_ANY"}
             });
             let client_snapshot = serde_json::json!({

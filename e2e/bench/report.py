@@ -9,6 +9,7 @@ CSR and config convergence) and meta.env (machine, versions, settings).
 
 import argparse
 import json
+from statistics import median
 import os
 import re
 import sys
@@ -121,6 +122,7 @@ def build(raw):
             "connections": int(m.get("connections", 0)),
             "payload_bytes": int(m.get("payload_bytes", 0)),
             "duration": m.get("duration"),
+            "rounds": int(m.get("rounds", 1)),
             "max_duration": m.get("max_duration"),
             "load_cpu": m.get("load_cpu"),
             "proxy_cpu": m.get("proxy_cpu"),
@@ -129,27 +131,46 @@ def build(raw):
         "max_rps": {},
         "skipped": skipped,
     }
-    direct = fortio(raw, "direct-fixed")
+    nrounds = int(m.get("rounds", 1))
+    runs = {s: [fortio(raw, f"{s}-fixed-r{r}") for r in range(1, nrounds + 1)]
+            for s in SCENARIOS}
+    direct = runs["direct"]
     for s in SCENARIOS:
-        fixed = fortio(raw, f"{s}-fixed")
-        if fixed is None:
+        rounds = [(r, f) for r, f in enumerate(runs[s]) if f is not None]
+        if not rounds:
             continue
-        entry = dict(fixed)
+        entry = {k: round(median(f[k] for _, f in rounds), 4)
+                 for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "avg_ms", "rps")}
+        entry["requests"] = sum(f["requests"] for _, f in rounds)
+        entry["errors"] = sum(f["errors"] for _, f in rounds)
+        entry["rounds"] = len(rounds)
         for q in ("p50", "p90", "p99"):
-            entry[f"added_{q}_ms"] = (round(fixed[f"{q}_ms"] - direct[f"{q}_ms"], 4)
-                                      if direct and s != "direct" else None)
+            # Paired by round: each round's direct run saw the machine as this path did.
+            diffs = [f[f"{q}_ms"] - direct[r][f"{q}_ms"]
+                     for r, f in rounds if s != "direct" and direct[r] is not None]
+            entry[f"added_{q}_ms"] = round(median(diffs), 4) if diffs else None
+            entry[f"added_{q}_ms_by_round"] = [round(d, 4) for d in diffs] if diffs else None
         mx = fortio(raw, f"{s}-max")
         entry["max_rps"] = mx["rps"] if mx else None
         if mx:
             result["max_rps"][s] = mx["rps"]
         proxies = {}
         sp = pr.get(s, {})
-        for name, p in sorted(sp.get("fixed", {}).items()):
-            rate = fixed["rps"] / 1000 if fixed["rps"] else 1
+        names = sorted({n for r, _ in rounds for n in sp.get(f"fixed-r{r + 1}", {})})
+        for name in names:
+            per_round, rss = [], []
+            for r, f in rounds:
+                p = sp.get(f"fixed-r{r + 1}", {}).get(name)
+                if p is None:
+                    continue
+                rate = f["rps"] / 1000 if f["rps"] else 1
+                per_round.append(vcpu(p) / rate)
+                rss.append(p.get("rss_max_kb", 0))
             d = {
-                "cpu_per_1000rps": round(vcpu(p) / rate, 4),
+                "cpu_per_1000rps": round(median(per_round), 4),
+                "cpu_per_1000rps_by_round": [round(c, 4) for c in per_round],
                 "rss_idle_mb": round(sp.get("idle", {}).get(name, {}).get("rss_kb", 0) / 1024, 2),
-                "rss_loaded_mb": round(p.get("rss_max_kb", 0) / 1024, 2),
+                "rss_loaded_mb": round(max(rss) / 1024, 2),
             }
             mp = sp.get("max", {}).get(name)
             if mp:
@@ -267,10 +288,12 @@ def table(r):
         f"{r['machine']['loadavg_at_end']} at the end (other work on the machine shows here "
         f"and in the tails). fortio open loop, {load['qps']:,} rps, "
         f"{load['payload_bytes']} B bodies echoed, {load['connections']} keep-alive connections, "
-        f"{load['duration']} per path after a warm-up; load generator and echo server on CPU "
+        f"{load['duration']} per path after a warm-up, {load.get('rounds', 1)} rounds (every path "
+        f"once per round); load generator and echo server on CPU "
         f"{load['load_cpu']}, every proxy on CPU {load['proxy_cpu']} (one worker each), in network "
-        "namespaces. Added latency is the path's percentile minus the direct one's. CPU and RSS are "
-        "client proxy / server proxy. Results: `e2e/bench/results/latest.json`."
+        "namespaces. Latency and CPU are medians over the rounds; added latency is the median "
+        "over rounds of the path's percentile minus the direct path's in the same round. CPU and "
+        "RSS are client proxy / server proxy. Results: `e2e/bench/results/latest.json`."
         + (" **The local cluster was running during this run: numbers are noisy.**"
            if r.get("local_cluster_running") else ""),
         "",

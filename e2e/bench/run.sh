@@ -15,7 +15,10 @@
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
 # new connections per second without keep-alive (direct and weft: every one a new mTLS
-# handshake between the proxies).
+# handshake between the proxies). The fixed-rate runs are repeated in rounds (every path once
+# per round, in the same order, proxies restarted): the report takes, per path, the median
+# over rounds of its percentile minus the direct path's in the same round, so a slow minute of
+# the machine lands on one round of every path instead of on one path.
 #
 # Control plane: `cargo bench --bench control_plane` pinned to one CPU (webhook reviews and
 # CSR signing per core).
@@ -25,7 +28,8 @@
 # local cluster is up (it would share the two cores). Everything it starts is stopped and its
 # namespaces are deleted on exit, also on error; running it again starts clean.
 #
-# Knobs (environment): WEFT_BENCH_DURATION (20s), WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
+# Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
+# WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct weft haproxy nginx ghostunnel"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
@@ -39,6 +43,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}
 CARGO=${CARGO:-cargo}
 
 DURATION=${WEFT_BENCH_DURATION:-20s}
+ROUNDS=${WEFT_BENCH_ROUNDS:-3}
 WARMUP=${WEFT_BENCH_WARMUP:-2s}
 MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
@@ -316,17 +321,21 @@ measured() {
 
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw/procs.tsv"; }
 
-# scenario NAME URL PROXIES...: idle RSS, warm-up, the fixed-rate run, then full speed.
+# scenario NAME URL PROXIES...: warm-up and the fixed-rate run of this round (kind fixed-rN);
+# in round 1 also idle RSS before it and the full-speed run after it.
 scenario() {
   local name=$1 url=$2
   shift 2
   local p
   smoke "$name" "$url"
   sleep 1
-  for p in "$@"; do alive "$p"; record "$name" idle "$p" rss_kb "$(rss_kb "${PIDS[$p]}")"; done
-  log "$name: warm-up $WARMUP, then $QPS rps for $DURATION"
+  if ((round == 1)); then
+    for p in "$@"; do alive "$p"; record "$name" idle "$p" rss_kb "$(rss_kb "${PIDS[$p]}")"; done
+  fi
+  log "$name (round $round/$ROUNDS): warm-up $WARMUP, then $QPS rps for $DURATION"
   load "$name-warmup" "$url" -qps "$QPS" -uniform -t "$WARMUP"
-  measured "$name" fixed "$@" -- "$url" -qps "$QPS" -uniform -t "$DURATION"
+  measured "$name" "fixed-r$round" "$@" -- "$url" -qps "$QPS" -uniform -t "$DURATION"
+  ((round == 1)) || return 0
   log "$name: full speed for $MAX_DURATION"
   measured "$name" max "$@" -- "$url" -qps 0 -t "$MAX_DURATION"
 }
@@ -345,7 +354,8 @@ start_weft() {
   cat >"$work/server-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
  "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
- "inbound": {"defaultMode": "STRICT"}, "outbound": {"policy": "ALLOW_ANY"}}
+ "inbound": {"defaultMode": "STRICT", "services": {"$MESH_APP_PORT": ["server.bench.svc.cluster.local"]}},
+ "outbound": {"policy": "ALLOW_ANY"}}
 EOF
   cat >"$work/client-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-client", "identity": "$CLIENT_ID",
@@ -469,10 +479,12 @@ start_ghostunnel() {
 }
 
 direct_url=http://$S_IP:$APP_PORT/echo
+for round in $(seq "$ROUNDS"); do
 for s in $SCENARIOS; do
   case $s in
     direct)
       scenario direct "$direct_url"
+      ((round == 1)) || continue
       log "direct: a new connection per request, full speed for $MAX_DURATION"
       measured direct conns -- "$direct_url" -qps 0 -t "$MAX_DURATION" -keepalive=false
       ;;
@@ -480,8 +492,10 @@ for s in $SCENARIOS; do
       start_weft
       url=http://$SVC_IP/echo
       scenario weft "$url" weft-client weft-server
-      log "weft: a new mTLS connection per request, full speed for $MAX_DURATION"
-      measured weft conns weft-client weft-server -- "$url" -qps 0 -t "$MAX_DURATION" -keepalive=false
+      if ((round == 1)); then
+        log "weft: a new mTLS connection per request, full speed for $MAX_DURATION"
+        measured weft conns weft-client weft-server -- "$url" -qps 0 -t "$MAX_DURATION" -keepalive=false
+      fi
       check_weft_mtls
       stop weft-client weft-server
       ;;
@@ -504,6 +518,7 @@ for s in $SCENARIOS; do
     *) die "unknown scenario $s" ;;
   esac
 done
+done
 
 # === report ===
 
@@ -525,6 +540,7 @@ done
   echo "connections=$CONNECTIONS"
   echo "payload_bytes=$PAYLOAD"
   echo "duration=$DURATION"
+  echo "rounds=$ROUNDS"
   echo "max_duration=$MAX_DURATION"
   echo "load_cpu=$LOAD_CPU"
   echo "proxy_cpu=$PROXY_CPU"

@@ -7,8 +7,9 @@
 //! hash, so every operator replica names the same config the same way.
 //!
 //! What a proxy gets: its own inbound modes, and every Service with a ClusterIP (any of them
-//! may be dialled; Istio sends the same without a `Sidecar` resource). Headless Services are
-//! not in the table: their pods are dialled by IP and pass through under `ALLOW_ANY`.
+//! may be dialled; Istio sends the same without a `Sidecar` resource), plus the endpoints of
+//! headless Services (dialled by pod IP, they get auto-mTLS like any endpoint). Its inbound
+//! side names the Services that target each of its ports, for `destination_service`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -53,18 +54,21 @@ pub struct MeshedPod {
     pub modes: Effective,
     /// Container ports, for per-port explanations.
     pub ports: Vec<u16>,
+    /// Container port -> hosts of the Services whose ready endpoints include this pod.
+    pub services: BTreeMap<u16, Vec<String>>,
 }
 
 /// The shared part of every snapshot, computed once per change.
 pub struct MeshIndex {
     pub trust_domain: String,
     pods: HashMap<(String, String), MeshedPod>,
-    services: Vec<Service>,
-    /// `services` as JSON, embedded as is in every snapshot.
-    services_json: Option<Box<serde_json::value::RawValue>>,
+    /// ClusterIP Services, and headless ones; each serialized once and embedded as is in
+    /// every snapshot (the tables are most of a snapshot).
+    services: Table,
+    headless: Table,
     /// Outbound policy per revision name.
     policies: HashMap<String, OutboundPolicy>,
-    /// Hash of `services`, folded into every version.
+    /// Hash of both tables, folded into every version.
     services_hash: [u8; 32],
     pub problems: Vec<PolicyProblem>,
 }
@@ -145,18 +149,16 @@ impl MeshIndex {
                 workload,
                 modes,
                 ports,
+                services: BTreeMap::new(),
             };
             pods.insert(key, entry);
         }
 
-        let services = service_table(view, &pods);
-        // Serialized once per index: every snapshot embeds these bytes as they are (the table
-        // is most of a snapshot), and their hash goes into every version.
-        let services_json = serde_json::value::to_raw_value(&services).ok();
-        let services_hash = match &services_json {
-            Some(raw) => sha256(raw.get().as_bytes()),
-            None => sha256(&serde_json::to_vec(&services).unwrap_or_default()),
-        };
+        let (services, headless) = service_tables(view, &mut pods);
+        let (services, headless) = (Table::new(services), Table::new(headless));
+        let mut material = services.hash().to_vec();
+        material.extend_from_slice(&headless.hash());
+        let services_hash = sha256(&material);
         let policies_by_rev = revisions
             .iter()
             .map(|(name, mc)| {
@@ -176,7 +178,7 @@ impl MeshIndex {
             trust_domain: view.trust_domain.clone(),
             pods,
             services,
-            services_json,
+            headless,
             policies: policies_by_rev,
             services_hash,
             problems: policies.problems,
@@ -191,8 +193,13 @@ impl MeshIndex {
         self.pods.values()
     }
 
+    /// The ClusterIP Services (headless ones are in [`MeshIndex::headless`]).
     pub fn services(&self) -> &[Service] {
-        &self.services
+        &self.services.typed
+    }
+
+    pub fn headless(&self) -> &[Service] {
+        &self.headless.typed
     }
 
     /// The snapshot of one proxy, serialized, with its version.
@@ -212,6 +219,7 @@ impl MeshIndex {
                 .iter()
                 .map(|(port, (mode, _))| (*port, *mode))
                 .collect(),
+            services: pod.services.clone(),
         };
         let policy = self
             .policies
@@ -227,10 +235,8 @@ impl MeshIndex {
             inbound: &inbound,
             outbound: OutboundRef {
                 policy,
-                services: match &self.services_json {
-                    Some(raw) => ServiceTable::Serialized(raw),
-                    None => ServiceTable::Typed(&self.services),
-                },
+                services: self.services.as_ref(),
+                headless: self.headless.as_ref(),
             },
         };
         // Version: hash of the per-proxy part (serialized without services) and the table's
@@ -271,9 +277,11 @@ struct SnapshotRef<'a> {
 struct OutboundRef<'a> {
     policy: OutboundPolicy,
     services: ServiceTable<'a>,
+    #[serde(skip_serializing_if = "ServiceTable::is_empty")]
+    headless: ServiceTable<'a>,
 }
 
-/// The service table as the index holds it: serialized once (the normal case), or typed if
+/// A service table as the index holds it: serialized once (the normal case), or typed if
 /// that serialization ever failed.
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -282,8 +290,48 @@ enum ServiceTable<'a> {
     Typed(&'a [Service]),
 }
 
-/// Every ClusterIP Service port with its ready endpoints, sorted so the hash is stable.
-fn service_table(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -> Vec<Service> {
+impl ServiceTable<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            ServiceTable::Serialized(raw) => raw.get() == "[]",
+            ServiceTable::Typed(t) => t.is_empty(),
+        }
+    }
+}
+
+/// One table, typed and (normally) serialized.
+struct Table {
+    typed: Vec<Service>,
+    json: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl Table {
+    fn new(typed: Vec<Service>) -> Self {
+        let json = serde_json::value::to_raw_value(&typed).ok();
+        Table { typed, json }
+    }
+
+    fn as_ref(&self) -> ServiceTable<'_> {
+        match &self.json {
+            Some(raw) => ServiceTable::Serialized(raw),
+            None => ServiceTable::Typed(&self.typed),
+        }
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        match &self.json {
+            Some(raw) => sha256(raw.get().as_bytes()),
+            None => sha256(&serde_json::to_vec(&self.typed).unwrap_or_default()),
+        }
+    }
+}
+
+/// Every Service port with its ready endpoints: ClusterIP Services, then headless ones, each
+/// sorted so the hash is stable. Records on each meshed pod which Services target its ports.
+fn service_tables(
+    view: &MeshView,
+    pods: &mut HashMap<(String, String), MeshedPod>,
+) -> (Vec<Service>, Vec<Service>) {
     // EndpointSlices by (namespace, service name).
     let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for slice in &view.slices {
@@ -298,17 +346,20 @@ fn service_table(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -
         }
     }
     let mut table = Vec::new();
+    let mut headless = Vec::new();
+    // (pod namespace, pod name) -> container port -> hosts.
+    let mut targets: HashMap<(String, String), BTreeMap<u16, Vec<String>>> = HashMap::new();
     for svc in &view.services {
         let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
             continue;
         };
         let Some(spec) = &svc.spec else { continue };
-        let Some(cluster_ip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        else {
-            continue; // headless ("None") or not allocated yet
+        let cluster_ip = match spec.cluster_ip.as_deref() {
+            Some("None") => None,
+            ip => match ip.and_then(|ip| ip.parse::<IpAddr>().ok()) {
+                Some(ip) => Some(ip),
+                None => continue, // not allocated yet
+            },
         };
         let host = format!("{name}.{ns}.svc.{}", view.cluster_domain);
         let svc_slices = slices
@@ -345,13 +396,24 @@ fn service_table(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -
                     if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                         continue;
                     }
-                    let meshed = ep
+                    let pod_key = ep
                         .target_ref
                         .as_ref()
                         .filter(|r| r.kind.as_deref() == Some("Pod"))
                         .and_then(|r| {
-                            pods.get(&(r.namespace.clone().unwrap_or(ns.clone()), r.name.clone()?))
+                            Some((r.namespace.clone().unwrap_or(ns.clone()), r.name.clone()?))
                         });
+                    let meshed = pod_key.as_ref().and_then(|k| pods.get(k));
+                    if let (Some(k), Some(_)) = (&pod_key, meshed) {
+                        let hosts = targets
+                            .entry(k.clone())
+                            .or_default()
+                            .entry(target)
+                            .or_default();
+                        if !hosts.contains(&host) {
+                            hosts.push(host.clone());
+                        }
+                    }
                     for address in &ep.addresses {
                         let Ok(ip) = address.parse::<IpAddr>() else {
                             continue;
@@ -371,18 +433,29 @@ fn service_table(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -
             }
             endpoints.sort_by_key(|e| (e.ip, e.port));
             endpoints.dedup_by_key(|e| (e.ip, e.port));
-            table.push(Service {
+            let entry = Service {
                 cluster_ip,
                 port: service_port,
                 name: host.clone(),
                 protocol,
                 endpoints,
-            });
+            };
+            match cluster_ip {
+                Some(_) => table.push(entry),
+                None => headless.push(entry),
+            }
         }
     }
     table.sort_by_key(|s| (s.cluster_ip, s.port));
     table.dedup_by_key(|s| (s.cluster_ip, s.port));
-    table
+    headless.sort_by(|a, b| (&a.name, a.port).cmp(&(&b.name, b.port)));
+    for (key, mut ports) in targets {
+        if let Some(pod) = pods.get_mut(&key) {
+            ports.values_mut().for_each(|hosts| hosts.sort());
+            pod.services = ports;
+        }
+    }
+    (table, headless)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -463,8 +536,9 @@ pub(crate) mod tests {
                 service("pets", "db", "198.19.0.20", "http"),
                 service("pets", "legacy", "198.19.0.21", "tcp"),
                 obj(
-                    json!({"metadata": {"namespace": "pets", "name": "headless"},
-                           "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+                    json!({"metadata": {"namespace": "pets", "name": "db-peers"},
+                           "spec": {"clusterIP": "None",
+                                    "ports": [{"name": "http", "port": 8080}]}}),
                 ),
             ],
             slices: vec![
@@ -475,6 +549,7 @@ pub(crate) mod tests {
                     &[("198.18.1.3", "db-1", true), ("198.18.1.9", "db-2", false)],
                 ),
                 slice("pets", "legacy", "tcp", &[("198.18.1.4", "legacy-1", true)]),
+                slice("pets", "db-peers", "http", &[("198.18.1.3", "db-1", true)]),
             ],
             revisions: vec![obj(json!({
                 "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
@@ -494,7 +569,7 @@ pub(crate) mod tests {
         assert_eq!(snap.identity, "spiffe://cluster.local/ns/pets/sa/web");
         assert_eq!(snap.outbound.policy, OutboundPolicy::RegistryOnly);
         assert_eq!(snap.inbound.default_mode, MtlsMode::Permissive);
-        // Headless skipped; db has only its ready endpoint, meshed with db's identity.
+        // db has only its ready endpoint, meshed with db's identity.
         assert_eq!(snap.outbound.services.len(), 2);
         let db = &snap.outbound.services[0];
         assert_eq!(db.name, "db.pets.svc.cluster.local");
@@ -509,6 +584,30 @@ pub(crate) mod tests {
         let legacy = &snap.outbound.services[1];
         assert_eq!(legacy.protocol, Protocol::Tcp);
         assert_eq!(legacy.endpoints[0].security(), UpstreamSecurity::Plaintext);
+        // The headless Service: no ClusterIP, its pod dialled by IP gets mTLS.
+        assert_eq!(snap.outbound.headless.len(), 1);
+        let peers = &snap.outbound.headless[0];
+        assert_eq!(
+            (peers.name.as_str(), peers.cluster_ip),
+            ("db-peers.pets.svc.cluster.local", None)
+        );
+        assert!(matches!(
+            peers.endpoints[0].security(),
+            UpstreamSecurity::Mtls { .. }
+        ));
+        // web is behind no Service; db's port is the target of both of its Services.
+        assert!(snap.inbound.services.is_empty());
+        let (_, db_bytes) = index.snapshot_for("pets", "db-1").unwrap();
+        let db_snap = decode_snapshot(&db_bytes).unwrap();
+        assert_eq!(
+            db_snap.inbound.services.get(&8080).map(Vec::as_slice),
+            Some(
+                &[
+                    "db-peers.pets.svc.cluster.local".to_string(),
+                    "db.pets.svc.cluster.local".to_string()
+                ][..]
+            )
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::ProxyContext;
 use super::copy::relay;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
+use super::peer_meta;
 use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
 use super::tls::peer_identity;
 use crate::contract::{INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND};
@@ -140,6 +141,10 @@ async fn handle(
         labels.destination_workload = w.name.clone();
         labels.destination_workload_namespace = w.namespace.clone();
     }
+    let inbound = &snapshot.snapshot.inbound;
+    if let Some(host) = inbound.destination_service(orig.port(), None) {
+        labels = labels.with_service(host);
+    }
 
     match decide(&sniffed, mode, tls.is_some()) {
         InboundDecision::Refuse(r) => Err(r),
@@ -168,15 +173,29 @@ async fn handle(
             };
             ctx.metrics.handshake(Direction::inbound, true);
             let identity = peer_identity(tls_stream.get_ref().1.peer_certificates());
+            let mut tls_stream = tls_stream;
+            let (meta, early) = peer_meta::read(&mut tls_stream, ctx.settings.sniff_timeout).await;
             labels.connection_security_policy = SecurityPolicy::mutual_tls;
             labels.destination_principal = tls.cert.identity.clone();
             if let Some(id) = identity {
-                if let Some(ns) = spiffe_namespace(&id) {
+                let proven_ns = spiffe_namespace(&id);
+                if let Some(ns) = proven_ns {
                     labels.source_workload_namespace = ns.to_string();
+                }
+                // The client's word, taken where its certificate and our config agree.
+                if let Some(meta) = &meta {
+                    if proven_ns == Some(meta.namespace.as_str()) {
+                        labels.source_workload = meta.workload.clone();
+                    }
+                    if let Some(host) =
+                        inbound.destination_service(orig.port(), meta.service.as_deref())
+                    {
+                        labels = labels.with_service(host);
+                    }
                 }
                 labels.source_principal = id;
             }
-            forward(ctx, tls_stream, app, labels).await
+            forward(ctx, Prefixed::new(early, tls_stream), app, labels).await
         }
     }
 }

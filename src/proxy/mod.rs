@@ -23,6 +23,7 @@ pub mod iptables;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
+pub mod peer_meta;
 pub mod run;
 pub mod sniff;
 pub mod tls;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
@@ -14,6 +15,7 @@ use super::ProxyContext;
 use super::copy::relay;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
+use super::peer_meta::PeerMeta;
 use super::tls::upstream_server_name;
 use crate::contract::{PORT_INBOUND, PORT_OUTBOUND};
 use crate::snapshot::{Endpoint, OutboundRoute, UpstreamSecurity, spiffe_namespace};
@@ -90,18 +92,22 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         labels.source_workload_namespace = ns.to_string();
     }
 
-    let (upstream, endpoint) = match snapshot.route(orig) {
+    let (upstream, endpoint, service) = match snapshot.route(orig) {
         OutboundRoute::Refused => return Err(Refusal::RegistryOnly),
         OutboundRoute::Passthrough => {
             labels = labels.with_service("PassthroughCluster");
             let up = connect(orig, None, ctx.settings.connect_timeout)
                 .await
                 .map_err(|_| Refusal::UpstreamUnreachable)?;
-            (Upstream::Plain(up), None)
+            (Upstream::Plain(up), None, None)
         }
         OutboundRoute::Endpoint { service, endpoint } => {
             labels = labels.with_service(&service.name);
-            (connect_endpoint(ctx, endpoint).await?, Some(endpoint))
+            (
+                connect_endpoint(ctx, endpoint).await?,
+                Some(endpoint),
+                Some(service),
+            )
         }
         OutboundRoute::Service { service, endpoints } => {
             labels = labels.with_service(&service.name);
@@ -116,7 +122,7 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
             {
                 match connect_endpoint(ctx, ep).await {
                     Ok(up) => {
-                        connected = Some((up, Some(ep)));
+                        connected = Some((up, Some(ep), Some(service)));
                         break;
                     }
                     // The next endpoint may be fine; each failure is already counted.
@@ -141,6 +147,19 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         }
     }
 
+    let mut upstream = upstream;
+    if let (Upstream::Mtls(up), Some(w)) = (&mut upstream, &snapshot.snapshot.workload) {
+        // Who we are and what we dialled, for the server's metrics (peer_meta).
+        let meta = PeerMeta {
+            workload: w.name.clone(),
+            namespace: w.namespace.clone(),
+            // A headless Service's pod is dialled by IP, but through the Service's DNS name.
+            service: service.map(|s| s.name.clone()),
+        };
+        if up.write_all(&meta.encode()).await.is_err() {
+            return Err(Refusal::UpstreamUnreachable);
+        }
+    }
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
     let idle = ctx.settings.idle_timeout;

@@ -19,8 +19,9 @@
 //!   "workload": { "name": "web", "namespace": "pets" },          // optional, for metrics
 //!   "inbound": {
 //!     "defaultMode": "PERMISSIVE",              // PERMISSIVE | STRICT | DISABLE
-//!     "ports": { "8080": "STRICT" }             // container port -> mode (overrides default)
-//!   },
+//!     "ports": { "8080": "STRICT" },            // container port -> mode (overrides default)
+//!     "services": { "8080": ["web.pets.svc.cluster.local"] }  // optional: Services that send
+//!   },                                          // to this container port (destination_service)
 //!   "outbound": {
 //!     "policy": "ALLOW_ANY",                    // ALLOW_ANY | REGISTRY_ONLY (default ALLOW_ANY)
 //!     "services": [{
@@ -34,10 +35,19 @@
 //!         "mtlsModeForPort": "PERMISSIVE",      // the server's effective mode (default PERMISSIVE)
 //!         "workload": { "name": "db", "namespace": "pets" }      // optional, for metrics
 //!       }]
+//!     }],
+//!     "headless": [{                            // optional: Services without a ClusterIP, whose
+//!       "port": 5432,                           // pods are dialled by IP; same shape, no clusterIp
+//!       "name": "pg.pets.svc.cluster.local",
+//!       "endpoints": [{ "ip": "198.18.0.9", "port": 5432, "meshed": false }]
 //!     }]
 //!   }
 //! }
 //! ```
+//!
+//! `inbound.services` and `outbound.headless` were added after the first proxies shipped:
+//! older proxies ignore them (headless pods then pass through as before), so they did not
+//! need a new `schemaVersion`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +154,27 @@ pub struct InboundConfig {
     pub default_mode: MtlsMode,
     #[serde(default)]
     pub ports: BTreeMap<u16, MtlsMode>,
+    /// Container port -> hosts of the Services that target it: the `destination_service` an
+    /// inbound connection is reported under (a meshed client names the one it dialled).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<u16, Vec<String>>,
+}
+
+impl InboundConfig {
+    /// The Service an inbound connection to `port` is reported under: the one the client
+    /// says it dialled if that Service really targets the port, else the only one that does.
+    pub fn destination_service(&self, port: u16, claimed: Option<&str>) -> Option<&str> {
+        let hosts = self.services.get(&port)?;
+        if let Some(c) = claimed
+            && let Some(h) = hosts.iter().find(|h| h.as_str() == c)
+        {
+            return Some(h);
+        }
+        match hosts.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -151,6 +182,9 @@ pub struct InboundConfig {
 pub struct OutboundConfig {
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Headless Services (no ClusterIP): only their endpoints are routes, dialled by pod IP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headless: Vec<Service>,
     #[serde(default)]
     pub policy: OutboundPolicy,
 }
@@ -158,7 +192,9 @@ pub struct OutboundConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
-    pub cluster_ip: IpAddr,
+    /// Required in `outbound.services`, absent in `outbound.headless`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<IpAddr>,
     pub port: u16,
     /// Host name, `<name>.<namespace>.svc.<domain>`: the `destination_service` label.
     pub name: String,
@@ -275,36 +311,43 @@ impl ProxySnapshot {
         if self.inbound.ports.contains_key(&0) {
             return invalid("inbound.ports has port 0".into());
         }
-        let mut seen = HashMap::new();
-        for (i, svc) in self.outbound.services.iter().enumerate() {
-            if svc.port == 0 {
-                return invalid(format!("outbound.services[{i}] ({}) has port 0", svc.name));
+        for (port, hosts) in &self.inbound.services {
+            if *port == 0 {
+                return invalid("inbound.services has port 0".into());
             }
-            if let Some(first) = seen.insert((svc.cluster_ip, svc.port), i) {
+            if let Some(h) = hosts.iter().find(|h| !is_valid_host(h)) {
                 return invalid(format!(
-                    "outbound.services[{i}] and [{first}] both claim {}",
-                    SocketAddr::new(svc.cluster_ip, svc.port)
+                    "inbound.services[{port}] has {:?}, not a Service host name",
+                    truncate(h)
                 ));
             }
-            for (j, ep) in svc.endpoints.iter().enumerate() {
-                if ep.port == 0 {
-                    return invalid(format!("outbound.services[{i}].endpoints[{j}] has port 0"));
-                }
-                match &ep.identity {
-                    Some(id) if spiffe_trust_domain(id).is_none() => {
-                        return invalid(format!(
-                            "outbound.services[{i}].endpoints[{j}].identity {:?} is not a SPIFFE ID",
-                            truncate(id)
-                        ));
-                    }
-                    None if ep.meshed => {
-                        return invalid(format!(
-                            "outbound.services[{i}].endpoints[{j}] is meshed but has no identity to verify"
-                        ));
-                    }
-                    _ => {}
-                }
+        }
+        let mut seen = HashMap::new();
+        for (i, svc) in self.outbound.services.iter().enumerate() {
+            let at = format!("outbound.services[{i}]");
+            let Some(ip) = svc.cluster_ip else {
+                return invalid(format!(
+                    "{at} ({}) has no clusterIp (headless Services go in outbound.headless)",
+                    svc.name
+                ));
+            };
+            if let Some(first) = seen.insert((ip, svc.port), i) {
+                return invalid(format!(
+                    "{at} and [{first}] both claim {}",
+                    SocketAddr::new(ip, svc.port)
+                ));
             }
+            validate_service(&at, svc)?;
+        }
+        for (i, svc) in self.outbound.headless.iter().enumerate() {
+            let at = format!("outbound.headless[{i}]");
+            if svc.cluster_ip.is_some() {
+                return invalid(format!(
+                    "{at} ({}) has a clusterIp: it belongs in outbound.services",
+                    svc.name
+                ));
+            }
+            validate_service(&at, svc)?;
         }
         Ok(())
     }
@@ -317,6 +360,45 @@ impl ProxySnapshot {
             .copied()
             .unwrap_or(self.inbound.default_mode)
     }
+}
+
+fn validate_service(at: &str, svc: &Service) -> Result<(), SnapshotError> {
+    let invalid = |msg: String| Err(SnapshotError::Invalid(msg));
+    if svc.port == 0 {
+        return invalid(format!("{at} ({}) has port 0", svc.name));
+    }
+    for (j, ep) in svc.endpoints.iter().enumerate() {
+        if ep.port == 0 {
+            return invalid(format!("{at}.endpoints[{j}] has port 0"));
+        }
+        match &ep.identity {
+            Some(id) if spiffe_trust_domain(id).is_none() => {
+                return invalid(format!(
+                    "{at}.endpoints[{j}].identity {:?} is not a SPIFFE ID",
+                    truncate(id)
+                ));
+            }
+            None if ep.meshed => {
+                return invalid(format!(
+                    "{at}.endpoints[{j}] is meshed but has no identity to verify"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A Service host as the operator writes it: DNS labels, `<name>.<namespace>.svc.<domain>`.
+pub fn is_valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
 }
 
 fn truncate(s: &str) -> String {
@@ -377,6 +459,8 @@ pub enum OutboundRoute<'a> {
 pub struct SnapshotIndex {
     pub snapshot: ProxySnapshot,
     services: HashMap<SocketAddr, usize>,
+    /// Pod IP:port -> (service, endpoint); services numbered over `outbound.services` then
+    /// `outbound.headless`.
     endpoints: HashMap<SocketAddr, (usize, usize)>,
     next: Vec<AtomicUsize>,
 }
@@ -385,13 +469,16 @@ impl SnapshotIndex {
     pub fn new(snapshot: ProxySnapshot) -> Self {
         let mut services = HashMap::new();
         let mut endpoints = HashMap::new();
-        for (i, svc) in snapshot.outbound.services.iter().enumerate() {
-            services.insert(SocketAddr::new(svc.cluster_ip, svc.port), i);
+        let out = &snapshot.outbound;
+        for (i, svc) in out.services.iter().chain(&out.headless).enumerate() {
+            if let Some(ip) = svc.cluster_ip {
+                services.insert(SocketAddr::new(ip, svc.port), i);
+            }
             for (j, ep) in svc.endpoints.iter().enumerate() {
                 endpoints.entry(ep.addr()).or_insert((i, j));
             }
         }
-        let next = (0..snapshot.outbound.services.len())
+        let next = (0..out.services.len())
             .map(|_| AtomicUsize::new(0))
             .collect();
         SnapshotIndex {
@@ -406,10 +493,17 @@ impl SnapshotIndex {
         &self.snapshot.version
     }
 
+    fn service(&self, i: usize) -> &Service {
+        let out = &self.snapshot.outbound;
+        match out.services.get(i) {
+            Some(svc) => svc,
+            None => &out.headless[i - out.services.len()],
+        }
+    }
+
     pub fn route(&self, dst: SocketAddr) -> OutboundRoute<'_> {
-        let services = &self.snapshot.outbound.services;
         if let Some(&i) = self.services.get(&dst) {
-            let svc = &services[i];
+            let svc = self.service(i);
             let n = svc.endpoints.len();
             let start = if n == 0 {
                 0
@@ -423,9 +517,10 @@ impl SnapshotIndex {
             };
         }
         if let Some(&(i, j)) = self.endpoints.get(&dst) {
+            let svc = self.service(i);
             return OutboundRoute::Endpoint {
-                service: &services[i],
-                endpoint: &services[i].endpoints[j],
+                service: svc,
+                endpoint: &svc.endpoints[j],
             };
         }
         match self.snapshot.outbound.policy {
@@ -541,6 +636,29 @@ mod tests {
                 "invalid",
             ),
             (
+                "service without clusterIp",
+                |v| {
+                    v["outbound"]["services"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("clusterIp");
+                },
+                "invalid",
+            ),
+            (
+                "headless service with a clusterIp",
+                |v| {
+                    let svc = v["outbound"]["services"][0].clone();
+                    v["outbound"]["headless"] = json!([svc]);
+                },
+                "invalid",
+            ),
+            (
+                "inbound service that is not a host",
+                |v| v["inbound"]["services"] = json!({"8080": ["Web Service"]}),
+                "invalid",
+            ),
+            (
                 "missing inbound",
                 |v| {
                     v.as_object_mut().unwrap().remove("inbound");
@@ -626,6 +744,58 @@ mod tests {
             SnapshotIndex::new(allow).route("198.18.1.1:443".parse().unwrap()),
             OutboundRoute::Passthrough
         ));
+    }
+
+    #[test]
+    fn headless_endpoints_are_routes_by_pod_ip_only() {
+        let mut v = valid();
+        v["outbound"]["headless"] = json!([{
+            "port": 5432, "name": "pg.pets.svc.cluster.local",
+            "endpoints": [{ "ip": "198.18.0.20", "port": 5432, "meshed": true,
+                            "identity": "spiffe://cluster.local/ns/pets/sa/pg" }]
+        }]);
+        let index = SnapshotIndex::new(decode(&v).unwrap());
+        match index.route("198.18.0.20:5432".parse().unwrap()) {
+            OutboundRoute::Endpoint { service, endpoint } => {
+                assert_eq!(service.name, "pg.pets.svc.cluster.local");
+                assert!(matches!(endpoint.security(), UpstreamSecurity::Mtls { .. }));
+            }
+            other => panic!("expected the headless endpoint, got {other:?}"),
+        }
+        // Still balanced: the ClusterIP table is unchanged by the headless one.
+        assert!(matches!(
+            index.route("198.19.0.10:80".parse().unwrap()),
+            OutboundRoute::Service { .. }
+        ));
+        // Other pod IPs are still unknown (REGISTRY_ONLY here).
+        assert!(matches!(
+            index.route("198.18.0.21:5432".parse().unwrap()),
+            OutboundRoute::Refused
+        ));
+    }
+
+    #[test]
+    fn the_inbound_destination_service_is_checked_against_the_port() {
+        let mut v = valid();
+        v["inbound"]["services"] = json!({
+            "8080": ["db.pets.svc.cluster.local", "db-v2.pets.svc.cluster.local"],
+            "9090": ["metrics.pets.svc.cluster.local"]
+        });
+        let s = decode(&v).unwrap();
+        let inbound = &s.inbound;
+        let db2 = "db-v2.pets.svc.cluster.local";
+        assert_eq!(inbound.destination_service(8080, Some(db2)), Some(db2));
+        // A claim of a Service that does not target the port is not believed.
+        assert_eq!(
+            inbound.destination_service(8080, Some("metrics.pets.svc.cluster.local")),
+            None
+        );
+        assert_eq!(inbound.destination_service(8080, None), None);
+        assert_eq!(
+            inbound.destination_service(9090, None),
+            Some("metrics.pets.svc.cluster.local")
+        );
+        assert_eq!(inbound.destination_service(7070, Some(db2)), None);
     }
 
     #[test]

@@ -220,6 +220,34 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         })
         .unwrap_or_else(|| panic!("no mTLS connection from the client in:\n{metrics}"));
     assert!(line.contains("reporter=\"destination\""), "{line}");
+    // The client's proxy told the server who it is and what it dialled (peer metadata).
+    assert!(line.contains("source_workload=\"client\""), "{line}");
+    let host = |svc: &str| {
+        format!(
+            "destination_service=\"{svc}.{}.svc.cluster.local\"",
+            ns.name
+        )
+    };
+    assert!(line.contains(&host("server")), "{line}");
+
+    // A headless Service's pods are dialled by IP: they are mesh endpoints all the same.
+    ns.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: server-peers}\nspec:\n  clusterIP: None\n  selector: {app: server}\n  ports: [{name: http, port: 8080}]\n",
+    );
+    support::wait_for(
+        Duration::from_secs(60),
+        || {
+            let _ = get(&ns, "client", "client", "http://server-peers:8080/headless");
+            proxy_metrics(&ns, &server)
+        },
+        |m| {
+            m.lines().any(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&host("server-peers"))
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+            })
+        },
+    );
     assert!(
         metrics.contains("weft_tls_handshakes_total{direction=\"inbound\",result=\"success\"}"),
         "{metrics}"

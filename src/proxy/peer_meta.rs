@@ -1,0 +1,211 @@
+//! Peer metadata: the first bytes a weft client sends inside a `weft/1` mTLS connection,
+//! naming its workload and the Service it dialled, so the server's metrics carry
+//! `source_workload` and `destination_service` (Istio's sidecars do the same with their
+//! metadata-exchange filter; the certificate only proves namespace and service account).
+//!
+//! ```text
+//! magic  EF 77 6D 01          ("\xEFwm\x01": no text or TLS protocol starts with 0xEF)
+//! length u16, big-endian      at most MAX_META_BYTES
+//! body   JSON {"workload": "web", "namespace": "pets", "service": "db.pets.svc.cluster.local"}
+//! ```
+//!
+//! The server believes none of it beyond the labels: the workload only when its namespace is
+//! the one the client's certificate proves, the Service only when the server's own config
+//! says that Service targets the port. A stream that does not start with the magic (a client
+//! from before this frame) is relayed untouched; a malformed frame is dropped and the
+//! connection carries on with the labels `unknown`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::snapshot::is_valid_host;
+
+pub const MAGIC: [u8; 4] = [0xEF, b'w', b'm', 0x01];
+/// Largest body accepted: three names fit many times over.
+pub const MAX_META_BYTES: usize = 1024;
+const HEADER: usize = MAGIC.len() + 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerMeta {
+    pub workload: String,
+    pub namespace: String,
+    /// Host of the Service the client dialled; absent for a pod dialled by IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// What the first bytes of a stream are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A prefix of the frame: read more.
+    NeedMore,
+    /// Not a metadata frame: every byte belongs to the application.
+    Absent,
+    /// A frame of `len` bytes, valid or not (`None`), followed by application bytes.
+    Frame(Option<PeerMeta>, usize),
+}
+
+impl PeerMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        // Names are bounded by Kubernetes; a body that still does not fit is sent empty.
+        let body = if body.len() <= MAX_META_BYTES {
+            body
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::with_capacity(HEADER + body.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn valid(&self) -> bool {
+        let label = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        label(&self.workload)
+            && label(&self.namespace)
+            && self.namespace.len() <= 63
+            && self.service.as_deref().is_none_or(is_valid_host)
+    }
+}
+
+/// Parses the start of a stream. Pure and total: any bytes give an answer.
+pub fn parse(buf: &[u8]) -> Parsed {
+    let magic = buf.len().min(MAGIC.len());
+    if buf[..magic] != MAGIC[..magic] {
+        return Parsed::Absent;
+    }
+    if buf.len() < HEADER {
+        return Parsed::NeedMore;
+    }
+    let len = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    if len > MAX_META_BYTES {
+        // Not a frame this proxy wrote; too long to skip safely.
+        return Parsed::Absent;
+    }
+    let Some(body) = buf.get(HEADER..HEADER + len) else {
+        return Parsed::NeedMore;
+    };
+    let meta = serde_json::from_slice::<PeerMeta>(body)
+        .ok()
+        .filter(PeerMeta::valid);
+    Parsed::Frame(meta, HEADER + len)
+}
+
+/// Reads the frame from the start of `stream`, waiting at most `timeout` (a client that sent
+/// nothing yet is not waited for longer). Returns the metadata and the application bytes that
+/// were read with it, to be relayed first.
+pub async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> (Option<PeerMeta>, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; HEADER + MAX_META_BYTES];
+    loop {
+        match parse(&buf) {
+            Parsed::Absent => return (None, buf),
+            Parsed::Frame(meta, used) => return (meta, buf.split_off(used)),
+            Parsed::NeedMore => {}
+        }
+        // Never read past the frame's end by more than one chunk; what comes after is kept.
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (None, buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn meta() -> PeerMeta {
+        PeerMeta {
+            workload: "bookbuyer".into(),
+            namespace: "bookstore".into(),
+            service: Some("bookstore.bookstore.svc.cluster.local".into()),
+        }
+    }
+
+    #[test]
+    fn a_frame_round_trips_and_says_how_long_it_was() {
+        let mut bytes = meta().encode();
+        let len = bytes.len();
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        assert_eq!(parse(&bytes), Parsed::Frame(Some(meta()), len));
+        // Every strict prefix asks for more.
+        for cut in 0..len {
+            assert_eq!(parse(&bytes[..cut]), Parsed::NeedMore, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn application_bytes_are_never_taken_for_a_frame() {
+        for first in [
+            &b"GET /"[..],
+            b"\x16\x03\x01",
+            b"SSH-2.0",
+            b"\xEFwx",
+            b"\x00",
+        ] {
+            assert_eq!(parse(first), Parsed::Absent, "{first:?}");
+        }
+        let mut long = MAGIC.to_vec();
+        long.extend_from_slice(&((MAX_META_BYTES + 1) as u16).to_be_bytes());
+        assert_eq!(parse(&long), Parsed::Absent);
+    }
+
+    #[test]
+    fn a_malformed_or_invalid_body_is_consumed_but_not_believed() {
+        let frame = |body: &[u8]| {
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            b.extend_from_slice(body);
+            b
+        };
+        for body in [
+            &b"{"[..],
+            b"[]",
+            br#"{"workload":"","namespace":"a"}"#,
+            br#"{"workload":"w","namespace":"a b"}"#,
+            br#"{"workload":"w","namespace":"a","service":"Not A Host"}"#,
+        ] {
+            let bytes = frame(body);
+            assert_eq!(parse(&bytes), Parsed::Frame(None, bytes.len()), "{body:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_returns_the_bytes_that_followed_the_frame() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut sent = meta().encode();
+        sent.extend_from_slice(b"hello");
+        client.write_all(&sent).await.unwrap();
+        let (got, rest) = read(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(got, Some(meta()));
+        assert_eq!(rest, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_client_without_the_frame_loses_no_byte() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(b"\xEFw-not-meta").await.unwrap();
+        let (got, rest) = read(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(got, None);
+        assert_eq!(rest, b"\xEFw-not-meta");
+        // A silent one is not waited for beyond the timeout.
+        let (_quiet, mut server) = tokio::io::duplex(64);
+        let (got, rest) = read(&mut server, Duration::from_millis(50)).await;
+        assert_eq!((got, rest), (None, Vec::new()));
+    }
+}

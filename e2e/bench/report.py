@@ -114,8 +114,9 @@ def build(raw):
         "machine": {k: m.get(k) for k in ("cpus", "cpu_model", "kernel", "loadavg_at_start",
                                              "loadavg_at_end")},
         "local_cluster_running": m.get("cluster_running") == "1",
-        "versions": {k: m.get(k) for k in ("weft_commit", "fortio", "haproxy", "nginx",
-                                            "ghostunnel", "openssl")},
+        "versions": {k: m.get(k) for k in ("weft_commit", "weft_proxy_binary", "fortio",
+                                            "haproxy", "nginx", "ghostunnel", "openssl")
+                     if m.get(k) is not None},
         "load": {
             "generator": "fortio load, open loop (-uniform), HTTP/1.1 keep-alive",
             "qps": int(m.get("qps", 0)),

@@ -32,6 +32,7 @@
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct weft haproxy nginx ghostunnel"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
+# WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
 # WEFT_BENCH_ADMISSION (1: first bring the local cluster up, deploy weft and measure pod
 # creation through the API server, then stop the cluster; 0: skip that stage).
@@ -129,9 +130,16 @@ if [[ -z ${TOOL[ghostunnel]:-} ]]; then
   SKIPPED+=("ghostunnel: $(tail -1 "$HOME/.cache/weft-bench"/ghostunnel-*/build.log 2>/dev/null || echo 'build failed')")
 fi
 
-log "building weft-proxy (release) and the control-plane benchmark"
-(cd "$repo" && $CARGO build --release --locked --bin weft-proxy)
-cp "$CARGO_TARGET_DIR/release/weft-proxy" "$work/weft-proxy"
+if [[ -n ${WEFT_BENCH_PROXY:-} ]]; then
+  # A/B comparisons: a weft-proxy built elsewhere (the report names it).
+  [[ -x $WEFT_BENCH_PROXY ]] || die "WEFT_BENCH_PROXY=$WEFT_BENCH_PROXY is not an executable"
+  log "using the weft-proxy at $WEFT_BENCH_PROXY; building the control-plane benchmark"
+  cp "$WEFT_BENCH_PROXY" "$work/weft-proxy"
+else
+  log "building weft-proxy (release) and the control-plane benchmark"
+  (cd "$repo" && $CARGO build --release --locked --bin weft-proxy)
+  cp "$CARGO_TARGET_DIR/release/weft-proxy" "$work/weft-proxy"
+fi
 chmod 755 "$work/weft-proxy"
 cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
@@ -531,6 +539,7 @@ done
   echo "loadavg_at_end=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "cluster_running=$cluster_up"
   echo "weft_commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  [[ -n ${WEFT_BENCH_PROXY:-} ]] && echo "weft_proxy_binary=$WEFT_BENCH_PROXY"
   echo "fortio=$("$FORTIO" version 2>&1 | head -1)"
   echo "haproxy=$(haproxy -v 2>&1 | head -1)"
   echo "nginx=$(nginx -v 2>&1 | head -1)"

@@ -292,11 +292,20 @@ impl CaBundleController {
                              "labels": {"app.kubernetes.io/managed-by": "weft"}},
                 "data": {contract::ROOT_CERT_KEY: roots},
             });
-            if let Err(e) = api_cm
+            match api_cm
                 .patch(contract::ROOT_CERT_CONFIGMAP, &params, &Patch::Apply(&cm))
                 .await
             {
-                tracing::warn!(namespace = %name, "cannot publish the root ConfigMap: {e}");
+                Ok(_) => {}
+                // Deleted since the list: nothing to publish into.
+                Err(kube::Error::Api(e))
+                    if e.code == 403 && e.message.contains("being terminated") =>
+                {
+                    tracing::debug!(namespace = %name, "namespace is terminating; root not published");
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %name, "cannot publish the root ConfigMap: {e}")
+                }
             }
         }
         Ok(())

@@ -470,10 +470,19 @@ impl SnapshotIndex {
         let mut services = HashMap::new();
         let mut endpoints = HashMap::new();
         let out = &snapshot.outbound;
-        for (i, svc) in out.services.iter().chain(&out.headless).enumerate() {
+        let numbered = || out.services.iter().chain(&out.headless).enumerate();
+        for (i, svc) in numbered() {
             if let Some(ip) = svc.cluster_ip {
                 services.insert(SocketAddr::new(ip, svc.port), i);
             }
+        }
+        // A pod address dialled directly came from a headless Service's DNS name more likely
+        // than from anything else: a headless Service that lists it names the route, else the
+        // first ClusterIP Service that does.
+        let headless_first = numbered()
+            .skip(out.services.len())
+            .chain(numbered().take(out.services.len()));
+        for (i, svc) in headless_first {
             for (j, ep) in svc.endpoints.iter().enumerate() {
                 endpoints.entry(ep.addr()).or_insert((i, j));
             }
@@ -753,12 +762,23 @@ mod tests {
             "port": 5432, "name": "pg.pets.svc.cluster.local",
             "endpoints": [{ "ip": "198.18.0.20", "port": 5432, "meshed": true,
                             "identity": "spiffe://cluster.local/ns/pets/sa/pg" }]
+        }, {
+            "port": 8080, "name": "db-peers.pets.svc.cluster.local",
+            "endpoints": [{ "ip": "198.18.0.7", "port": 8080, "meshed": true,
+                            "identity": "spiffe://cluster.local/ns/pets/sa/db" }]
         }]);
         let index = SnapshotIndex::new(decode(&v).unwrap());
         match index.route("198.18.0.20:5432".parse().unwrap()) {
             OutboundRoute::Endpoint { service, endpoint } => {
                 assert_eq!(service.name, "pg.pets.svc.cluster.local");
                 assert!(matches!(endpoint.security(), UpstreamSecurity::Mtls { .. }));
+            }
+            other => panic!("expected the headless endpoint, got {other:?}"),
+        }
+        // A pod behind both kinds of Service, dialled by IP: the headless one names it.
+        match index.route("198.18.0.7:8080".parse().unwrap()) {
+            OutboundRoute::Endpoint { service, .. } => {
+                assert_eq!(service.name, "db-peers.pets.svc.cluster.local")
             }
             other => panic!("expected the headless endpoint, got {other:?}"),
         }

@@ -110,25 +110,6 @@ fn buy(ns: &Namespace, url: &str) -> Result<String, String> {
     }
 }
 
-fn decode_base64(text: &str) -> Vec<u8> {
-    let out = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.trim().as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("base64 -d");
-    out.stdout
-}
-
 #[test]
 fn story_1_install_brings_up_two_replicas_one_leader_the_ca_and_the_first_revision() {
     let c = deployed();
@@ -171,17 +152,23 @@ fn story_1_install_brings_up_two_replicas_one_leader_the_ca_and_the_first_revisi
         |state| state.starts_with("ready=2 ") && state.ends_with("leads=true"),
     );
     // The mesh CA: its root is published into namespaces and is the webhooks' caBundle.
+    use base64::Engine as _;
+    let root = support::ca::root_pem(c);
     let ns = c.namespace("t-story-install");
-    let root = eventually_ok(|| {
-        ns.kubectl(&[
-            "get",
-            "configmap",
-            "weft-ca-root-cert",
-            "-o",
-            "jsonpath={.data.root-cert\\.pem}",
-        ])
-    });
-    assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
+    wait_for(
+        TWO_MINUTES,
+        || {
+            ns.ok(&[
+                "get",
+                "configmap",
+                "weft-ca-root-cert",
+                "-o",
+                "jsonpath={.data.root-cert\\.pem}",
+                "--ignore-not-found",
+            ])
+        },
+        |published| published == root,
+    );
     for (kind, name) in [
         ("mutatingwebhookconfiguration", "weft-sidecar-injector"),
         ("validatingwebhookconfiguration", "weft-validator"),
@@ -193,8 +180,11 @@ fn story_1_install_brings_up_two_replicas_one_leader_the_ca_and_the_first_revisi
             "-o",
             "jsonpath={.webhooks[0].clientConfig.caBundle}",
         ]);
+        let bundle = base64::engine::general_purpose::STANDARD
+            .decode(bundle.trim())
+            .expect("caBundle is base64");
         assert_eq!(
-            String::from_utf8_lossy(&decode_base64(&bundle)).trim(),
+            String::from_utf8_lossy(&bundle).trim(),
             root.trim(),
             "{name}'s caBundle is the mesh root"
         );
@@ -218,22 +208,6 @@ fn story_1_install_brings_up_two_replicas_one_leader_the_ca_and_the_first_revisi
         "meshconfig/stable",
         "--timeout=60s",
     ]);
-}
-
-/// Retries a kubectl call until it succeeds with output (two minutes), returning its stdout.
-fn eventually_ok(mut call: impl FnMut() -> std::process::Output) -> String {
-    wait_for(
-        TWO_MINUTES,
-        || {
-            let out = call();
-            if out.status.success() {
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            } else {
-                String::new()
-            }
-        },
-        |text| !text.is_empty(),
-    )
 }
 
 #[test]

@@ -108,11 +108,21 @@ async fn main() -> anyhow::Result<()> {
     let enrolled: Api<Pod> = Api::namespaced(client.clone(), ENROLLED);
     let plain: Api<Pod> = Api::namespaced(client.clone(), PLAIN);
 
-    // The injector's caches learn the new namespace within moments.
+    // The injector's caches learn the new namespace within moments; right after an install
+    // the `default` tag the label names may not exist yet, and the injector refuses (fails
+    // closed, naming the fix) until the operator's first start has made it.
     let start = Instant::now();
-    while !injected(&create(&enrolled).await?.1) {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("pods in {ENROLLED} are not injected after 60 s: is weft deployed?");
+    loop {
+        let outcome = create(&enrolled).await;
+        if matches!(&outcome, Ok((_, pod)) if injected(pod)) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let why = match outcome {
+                Ok(_) => "created without a proxy".to_string(),
+                Err(e) => e.to_string(),
+            };
+            bail!("pods in {ENROLLED} are not injected after 120 s ({why}): is weft deployed?");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

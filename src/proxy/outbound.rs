@@ -148,11 +148,12 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
     }
 
     let mut upstream = upstream;
-    if let (Upstream::Mtls(up), Some(w)) = (&mut upstream, &snapshot.snapshot.workload) {
-        // Who we are and what we dialled, for the server's metrics (peer_meta).
+    if let Upstream::Mtls(up) = &mut upstream {
+        // Who we are and what we dialled, for the server's metrics (peer_meta). Always sent,
+        // so the server never waits for it; without workload metadata it names nobody.
         let meta = PeerMeta {
-            workload: w.name.clone(),
-            namespace: w.namespace.clone(),
+            workload: labels.source_workload.clone(),
+            namespace: labels.source_workload_namespace.clone(),
             // A headless Service's pod is dialled by IP, but through the Service's DNS name.
             service: service.map(|s| s.name.clone()),
         };

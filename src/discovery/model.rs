@@ -193,13 +193,9 @@ impl MeshIndex {
         self.pods.values()
     }
 
-    /// The ClusterIP Services (headless ones are in [`MeshIndex::headless`]).
+    /// The ClusterIP Services (headless ones are only in the snapshots).
     pub fn services(&self) -> &[Service] {
         &self.services.typed
-    }
-
-    pub fn headless(&self) -> &[Service] {
-        &self.headless.typed
     }
 
     /// The snapshot of one proxy, serialized, with its version.

@@ -14,9 +14,12 @@ import os
 import re
 import sys
 
-SCENARIOS = ["direct", "weft", "haproxy", "nginx", "ghostunnel"]
+SCENARIOS = ["direct", "null", "null-threads", "weft", "haproxy", "nginx", "ghostunnel"]
+FLOORS = ("null", "null-threads")
 LABELS = {
     "direct": "direct (no proxy)",
+    "null": "null relay pair (plaintext copy, one event loop)",
+    "null-threads": "null relay pair (plaintext copy, blocking threads)",
     "weft": "**weft-proxy pair** (mTLS, iptables capture)",
     "haproxy": "HAProxy pair (TLS relay, mutual)",
     "nginx": "nginx stream pair (TLS relay, mutual)",
@@ -125,8 +128,8 @@ def build(raw):
             "duration": m.get("duration"),
             "rounds": int(m.get("rounds", 1)),
             "max_duration": m.get("max_duration"),
-            "load_cpu": m.get("load_cpu"),
-            "proxy_cpu": m.get("proxy_cpu"),
+            "layout": m.get("layout", "split"),
+            "cpus": {k: m.get(f"{k}_cpu") for k in ("load", "echo", "client_proxy", "server_proxy")},
         },
         "scenarios": {},
         "max_rps": {},
@@ -135,7 +138,7 @@ def build(raw):
     nrounds = int(m.get("rounds", 1))
     runs = {s: [fortio(raw, f"{s}-fixed-r{r}") for r in range(1, nrounds + 1)]
             for s in SCENARIOS}
-    direct = runs["direct"]
+    direct, null = runs["direct"], runs["null"]
     for s in SCENARIOS:
         rounds = [(r, f) for r, f in enumerate(runs[s]) if f is not None]
         if not rounds:
@@ -151,6 +154,11 @@ def build(raw):
                      for r, f in rounds if s != "direct" and direct[r] is not None]
             entry[f"added_{q}_ms"] = round(median(diffs), 4) if diffs else None
             entry[f"added_{q}_ms_by_round"] = [round(d, 4) for d in diffs] if diffs else None
+            # What the path adds beyond the null relay pair (two bare user-space hops), paired
+            # the same way: the part of the added latency that is the proxy's own.
+            beyond = [f[f"{q}_ms"] - null[r][f"{q}_ms"]
+                      for r, f in rounds if s != "direct" and s not in FLOORS and null[r] is not None]
+            entry[f"beyond_null_{q}_ms"] = round(median(beyond), 4) if beyond else None
         mx = fortio(raw, f"{s}-max")
         entry["max_rps"] = mx["rps"] if mx else None
         if mx:
@@ -280,6 +288,15 @@ def pair(proxies, key, digits):
     return " / ".join(fmt(v, digits) for v in vals)
 
 
+def layout_words(load):
+    c = load["cpus"]
+    if load["layout"] == "pods":
+        return (f"each side pinned as a pod with its sidecar: load generator and client proxy on "
+                f"CPU {c['load']}, echo server and server proxy on CPU {c['echo']}")
+    return (f"load generator and echo server on CPU {c['load']}, every proxy on CPU "
+            f"{c['server_proxy']}")
+
+
 def table(r):
     load = r["load"]
     lines = [
@@ -290,8 +307,7 @@ def table(r):
         f"and in the tails). fortio open loop, {load['qps']:,} rps, "
         f"{load['payload_bytes']} B bodies echoed, {load['connections']} keep-alive connections, "
         f"{load['duration']} per path after a warm-up, {load.get('rounds', 1)} rounds (every path "
-        f"once per round); load generator and echo server on CPU "
-        f"{load['load_cpu']}, every proxy on CPU {load['proxy_cpu']} (one worker each), in network "
+        f"once per round); {layout_words(load)} (one worker per proxy), in network "
         "namespaces. Latency and CPU are medians over the rounds; added latency is the median "
         "over rounds of the path's percentile minus the direct path's in the same round. CPU and "
         "RSS are client proxy / server proxy. Results: `e2e/bench/results/latest.json`."
@@ -314,6 +330,23 @@ def table(r):
             f"{pair(p, 'rss_loaded_mb', 1) if p else '–'} | {fmt(e['max_rps'], 0)} |")
     for s in r["skipped"]:
         lines.append(f"| {s.split(':', 1)[0]} | not run: {s.split(':', 1)[-1].strip()} ||||||||")
+    floors = [(s, r["scenarios"][s]) for s in FLOORS
+              if r["scenarios"].get(s, {}).get("added_p99_ms") is not None]
+    if floors:
+        beyond = "; ".join(
+            f"{LABELS[s].strip('*').split(' ')[0]} {e['beyond_null_p50_ms']:+.3f} / "
+            f"{e['beyond_null_p90_ms']:+.3f} / {e['beyond_null_p99_ms']:+.3f}"
+            for s, e in r["scenarios"].items()
+            if e.get("beyond_null_p99_ms") is not None)
+        shown = "; ".join(
+            f"{LABELS[s].split('(')[1].rstrip(')')}: {e['added_p50_ms']:+.3f} / "
+            f"{e['added_p90_ms']:+.3f} / {e['added_p99_ms']:+.3f} ms, "
+            f"{pair(e['proxies'], 'cpu_per_1000rps', 3)} vCPU per 1,000 rps"
+            for s, e in floors)
+        lines += ["", f"The null relay pairs copy bytes and do nothing else (no TLS, no parsing, "
+                      f"no capture): what two user-space hops cost on this machine. They add "
+                      f"(p50 / p90 / p99) {shown}. Beyond the event-loop null pair, paired by "
+                      f"round (p50 / p90 / p99 ms): {beyond}."]
     lines += ["", "| SPEC §14 target | measured | target | met |", "|---|---|---|---|"]
     units = {"added_p99_ms": " ms", "cpu_per_1000rps": " vCPU", "rss_idle_mb": " MB",
              "rss_loaded_mb": " MB", "mtls_conns_per_proxy_core": "/s",

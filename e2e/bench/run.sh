@@ -11,6 +11,9 @@
 #   haproxy     HAProxy pair, TCP mode: plain → mutual TLS → plain
 #   nginx       nginx stream pair: plain → mutual TLS → plain
 #   ghostunnel  ghostunnel client/server pair (mutual TLS, URI SAN checks)
+#   null        weft-null-relay pair: plaintext byte copy on one event loop, nothing else (no
+#               TLS, no parsing, no capture): what two user-space hops cost on this machine
+#   null-threads  the same with one blocking thread per direction instead of an event loop
 # The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
@@ -30,7 +33,7 @@
 #
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
-# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct weft haproxy nginx ghostunnel"),
+# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct null null-threads weft haproxy nginx ghostunnel"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
@@ -50,7 +53,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct weft haproxy nginx ghostunnel}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft haproxy nginx ghostunnel}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -60,13 +63,30 @@ S_IP=198.18.250.2
 SVC_IP=198.18.250.100 # the weft scenario's Service ClusterIP (known to the client proxy only)
 APP_PORT=8080         # fortio echo server: direct and the relays' upstream
 MESH_APP_PORT=8090    # a second echo server, behind the server-side weft-proxy
-PORT_HAPROXY=9443 PORT_NGINX=9444 PORT_GHOSTUNNEL=9445    # server-side relays (TLS)
-LOCAL_HAPROXY=10443 LOCAL_NGINX=10444 LOCAL_GHOSTUNNEL=10445 # client-side relays (plain)
+PORT_HAPROXY=9443 PORT_NGINX=9444 PORT_GHOSTUNNEL=9445 PORT_NULL=9446 # server-side relays
+LOCAL_HAPROXY=10443 LOCAL_NGINX=10444 LOCAL_GHOSTUNNEL=10445 LOCAL_NULL=10446 # client-side relays (plain)
 CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
 SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
 SERVER_DNS=server.bench.svc.cluster.local
 
-if (($(nproc) >= 2)); then LOAD_CPU=0 PROXY_CPU=1; else LOAD_CPU=0 PROXY_CPU=0; fi
+# CPU layout (WEFT_BENCH_LAYOUT):
+#   pods   each side is a pod with its sidecar on its own core: the load generator and the
+#          client-side proxy on CPU 0, the echo servers and the server-side proxy on CPU 1.
+#          Every path crosses cores once each way, as two pods on two nodes do.
+#   split  the load generator and the echo servers on CPU 0, every proxy on CPU 1: the direct
+#          path never crosses cores, a proxied path crosses four times per request.
+LAYOUT=${WEFT_BENCH_LAYOUT:-split}
+if (($(nproc) < 2)); then
+  LOAD_CPU=0 ECHO_CPU=0 CLIENT_PROXY_CPU=0 SERVER_PROXY_CPU=0
+elif [[ $LAYOUT == pods ]]; then
+  LOAD_CPU=0 CLIENT_PROXY_CPU=0 ECHO_CPU=1 SERVER_PROXY_CPU=1
+elif [[ $LAYOUT == split ]]; then
+  LOAD_CPU=0 ECHO_CPU=0 CLIENT_PROXY_CPU=1 SERVER_PROXY_CPU=1
+else
+  echo "[bench] error: WEFT_BENCH_LAYOUT=$LAYOUT: use pods or split" >&2
+  exit 1
+fi
+PROXY_CPU=$SERVER_PROXY_CPU # the control-plane benchmark's core
 
 work=${WEFT_BENCH_WORKDIR:-/tmp/weft-bench}
 raw=$work/raw
@@ -140,7 +160,9 @@ else
   (cd "$repo" && $CARGO build --release --locked --bin weft-proxy)
   cp "$CARGO_TARGET_DIR/release/weft-proxy" "$work/weft-proxy"
 fi
-chmod 755 "$work/weft-proxy"
+(cd "$repo" && $CARGO build --release --locked -p weft-node-agent --bin weft-null-relay)
+cp "$CARGO_TARGET_DIR/release/weft-null-relay" "$work/weft-null-relay"
+chmod 755 "$work/weft-proxy" "$work/weft-null-relay"
 cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
   sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
 [[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
@@ -208,7 +230,7 @@ done
 # Capture as an injected pod has it. Client: no inbound capture, outbound captured except
 # the direct and relay ports. Server: inbound capture of the meshed app's port only.
 ip netns exec $NS_C "$work/weft-proxy" init --include-inbound-ports= \
-  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL" >"$raw/init-client.log"
+  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL" >"$raw/init-client.log"
 ip netns exec $NS_S "$work/weft-proxy" init --include-inbound-ports "$MESH_APP_PORT" >"$raw/init-server.log"
 
 # === processes ===
@@ -351,7 +373,7 @@ scenario() {
 # === the echo servers (CPU 0) ===
 
 for port in $APP_PORT $MESH_APP_PORT; do
-  spawn "echo-$port" "$LOAD_CPU" $NS_S "$FORTIO" server -loglevel Warning -http-port "$port" \
+  spawn "echo-$port" "$ECHO_CPU" $NS_S "$FORTIO" server -loglevel Warning -http-port "$port" \
     -grpc-port disabled -redirect-port disabled -tcp-port disabled -udp-port disabled -ui-path ""
 done
 : >"$raw/procs.tsv"
@@ -375,11 +397,12 @@ EOF
                   "mtlsModeForPort": "STRICT", "workload": {"name": "server", "namespace": "bench"}}]}]}}
 EOF
   chmod 644 "$work"/*-snapshot.json
-  local side ns ip t0 ms
+  local side ns ip t0 ms cpu
   for side in server client; do
     [[ $side == server ]] && ns=$NS_S ip=$S_IP || ns=$NS_C ip=$C_IP
     t0=$(now_ns)
-    spawn "weft-$side" "$PROXY_CPU" "$ns" setpriv --reuid=1337 --regid=1337 --clear-groups \
+    [[ $side == server ]] && cpu=$SERVER_PROXY_CPU || cpu=$CLIENT_PROXY_CPU
+    spawn "weft-$side" "$cpu" "$ns" setpriv --reuid=1337 --regid=1337 --clear-groups \
       "$work/weft-proxy" run --cert-dir "$certs/$side-dir" --snapshot-file "$work/$side-snapshot.json" \
       --pod-ip "$ip" --concurrency 1 --drain-duration 1s --log-level warn
     ms=$(wait_ready "weft-$side" "$ns" "$t0")
@@ -431,8 +454,8 @@ frontend plain_in
 backend tls_out
   server server $S_IP:$PORT_HAPROXY ssl crt $certs/client.pem ca-file $certs/ca.pem verify required sni str($SERVER_DNS) verifyhost $SERVER_DNS
 EOF
-  spawn haproxy-server "$PROXY_CPU" $NS_S haproxy -db -f "$work/haproxy-server.cfg"
-  spawn haproxy-client "$PROXY_CPU" $NS_C haproxy -db -f "$work/haproxy-client.cfg"
+  spawn haproxy-server "$SERVER_PROXY_CPU" $NS_S haproxy -db -f "$work/haproxy-server.cfg"
+  spawn haproxy-client "$CLIENT_PROXY_CPU" $NS_C haproxy -db -f "$work/haproxy-client.cfg"
 }
 
 nginx_conf() { # SIDE SERVER-BLOCK
@@ -471,19 +494,24 @@ start_nginx() {
     proxy_ssl_verify on;
     proxy_ssl_name $SERVER_DNS;
     proxy_ssl_server_name on;" >"$work/nginx-client.conf"
-  spawn nginx-server "$PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-server.error.log" -c "$work/nginx-server.conf"
-  spawn nginx-client "$PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
+  spawn nginx-server "$SERVER_PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-server.error.log" -c "$work/nginx-server.conf"
+  spawn nginx-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
 }
 
 start_ghostunnel() {
   local gt=${TOOL[ghostunnel]}
-  spawn ghostunnel-server "$PROXY_CPU" $NS_S env GOMAXPROCS=1 "$gt" --quiet=conns server \
+  spawn ghostunnel-server "$SERVER_PROXY_CPU" $NS_S env GOMAXPROCS=1 "$gt" --quiet=conns server \
     --listen "$S_IP:$PORT_GHOSTUNNEL" --target "127.0.0.1:$APP_PORT" \
     --cert "$certs/server.crt" --key "$certs/server.key" --cacert "$certs/ca.pem" --allow-uri "$CLIENT_ID"
-  spawn ghostunnel-client "$PROXY_CPU" $NS_C env GOMAXPROCS=1 "$gt" --quiet=conns client \
+  spawn ghostunnel-client "$CLIENT_PROXY_CPU" $NS_C env GOMAXPROCS=1 "$gt" --quiet=conns client \
     --listen "127.0.0.1:$LOCAL_GHOSTUNNEL" --target "$S_IP:$PORT_GHOSTUNNEL" \
     --cert "$certs/client.crt" --key "$certs/client.key" --cacert "$certs/ca.pem" \
     --override-server-name "$SERVER_DNS" --verify-uri "$SERVER_ID"
+}
+
+start_null() { # NAME [--threads]
+  spawn "$1-server" "$SERVER_PROXY_CPU" $NS_S "$work/weft-null-relay" ${2:-} "$S_IP:$PORT_NULL" "127.0.0.1:$APP_PORT"
+  spawn "$1-client" "$CLIENT_PROXY_CPU" $NS_C "$work/weft-null-relay" ${2:-} "127.0.0.1:$LOCAL_NULL" "$S_IP:$PORT_NULL"
 }
 
 direct_url=http://$S_IP:$APP_PORT/echo
@@ -506,6 +534,11 @@ for s in $SCENARIOS; do
       fi
       check_weft_mtls
       stop weft-client weft-server
+      ;;
+    null | null-threads)
+      [[ $s == null ]] && start_null null || start_null null-threads --threads
+      scenario "$s" "http://127.0.0.1:$LOCAL_NULL/echo" "$s-client" "$s-server"
+      stop "$s-client" "$s-server"
       ;;
     haproxy)
       start_haproxy
@@ -551,8 +584,11 @@ done
   echo "duration=$DURATION"
   echo "rounds=$ROUNDS"
   echo "max_duration=$MAX_DURATION"
+  echo "layout=$LAYOUT"
   echo "load_cpu=$LOAD_CPU"
-  echo "proxy_cpu=$PROXY_CPU"
+  echo "echo_cpu=$ECHO_CPU"
+  echo "client_proxy_cpu=$CLIENT_PROXY_CPU"
+  echo "server_proxy_cpu=$SERVER_PROXY_CPU"
   for s in "${SKIPPED[@]}"; do echo "skipped=$s"; done
 } >"$raw/meta.env"
 

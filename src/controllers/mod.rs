@@ -10,7 +10,6 @@ pub mod meshconfig;
 pub mod revisiontag;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::sync::watch;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::operator::metrics::OperatorMetrics;
+use crate::operator::reflect;
 use index::Snapshot;
 
 pub use crate::contract::FIELD_MANAGER;
@@ -412,17 +412,13 @@ pub async fn run_all(
     ));
 
     // Statuses computed before every store has listed would count zero pods and namespaces.
-    for (kind, ready) in [
-        ("MeshConfig", wait(stores.meshconfigs.clone())),
-        ("RevisionTag", wait(stores.tags.clone())),
-        ("Namespace", wait(stores.namespaces.clone())),
-        ("Pod", wait(stores.pods.clone())),
-    ] {
-        if ready.await.is_err() {
-            tracing::error!(%kind, "watch ended before its first list; controllers not started");
-            return;
-        }
-    }
+    // One readiness mechanism for every store of the operator (reflect::ready).
+    tokio::join!(
+        reflect::ready(&stores.meshconfigs),
+        reflect::ready(&stores.tags),
+        reflect::ready(&stores.namespaces),
+        reflect::ready(&stores.pods),
+    );
     tracing::info!("controllers: caches synced");
 
     let ctx = Arc::new(Context {
@@ -529,15 +525,6 @@ async fn watch_ca_health(
         }
         tokio::time::sleep(CA_POLL).await;
     }
-}
-
-type Waiting = Pin<Box<dyn Future<Output = Result<(), reflector::store::WriterDropped>> + Send>>;
-
-fn wait<K>(store: Store<K>) -> Waiting
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    Box::pin(async move { store.wait_until_ready().await })
 }
 
 #[cfg(test)]

@@ -88,6 +88,10 @@ pub struct CaBundleController {
     pub metrics: Arc<super::metrics::OperatorMetrics>,
     /// Set while this replica leads: only then does it write.
     pub leading: Arc<AtomicBool>,
+    /// Namespaces whose root ConfigMap could not be written, with the last error: a failure
+    /// is logged as a warning when it is new or different, then at debug on every later pass
+    /// (it repeats each PERIOD) until a write succeeds.
+    pub publish_failures: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// The [`RESET_ANNOTATION`] of the Secret the CA in memory came from.
@@ -266,7 +270,16 @@ impl CaBundleController {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let roots = ca.roots_pem();
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        for ns in namespaces.list(&ListParams::default()).await.map_err(api)? {
+        let listed = namespaces.list(&ListParams::default()).await.map_err(api)?;
+        // Forget failures of namespaces that are gone.
+        if let Ok(mut failures) = self.publish_failures.lock() {
+            failures.retain(|ns, _| {
+                listed
+                    .iter()
+                    .any(|n| n.metadata.name.as_deref() == Some(ns))
+            });
+        }
+        for ns in listed {
             let name = ns.metadata.name.clone().unwrap_or_default();
             if contract::NEVER_INJECTED_NAMESPACES.contains(&name.as_str())
                 || ns.metadata.deletion_timestamp.is_some()
@@ -296,19 +309,36 @@ impl CaBundleController {
                 .patch(contract::ROOT_CERT_CONFIGMAP, &params, &Patch::Apply(&cm))
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => self.publish_failed(&name, None),
                 // Deleted since the list: nothing to publish into.
                 Err(kube::Error::Api(e))
                     if e.code == 403 && e.message.contains("being terminated") =>
                 {
                     tracing::debug!(namespace = %name, "namespace is terminating; root not published");
                 }
-                Err(e) => {
-                    tracing::warn!(namespace = %name, "cannot publish the root ConfigMap: {e}")
-                }
+                Err(e) => self.publish_failed(&name, Some(e.to_string())),
             }
         }
         Ok(())
+    }
+
+    /// Records the outcome of one namespace's root ConfigMap write and logs it: a warning once
+    /// per distinct failure (see `publish_failures`), info when a failing namespace recovers.
+    fn publish_failed(&self, namespace: &str, error: Option<String>) {
+        let Ok(mut failures) = self.publish_failures.lock() else {
+            return;
+        };
+        let e = error.as_deref().unwrap_or_default();
+        match note_publish(&mut failures, namespace, error.clone()) {
+            PublishNote::Quiet => {}
+            PublishNote::Recovered => tracing::info!(%namespace, "root ConfigMap published again"),
+            PublishNote::NewFailure => {
+                tracing::warn!(%namespace, "cannot publish the root ConfigMap: {e}")
+            }
+            PublishNote::SameFailure => {
+                tracing::debug!(%namespace, "still cannot publish the root ConfigMap: {e}")
+            }
+        }
     }
 
     /// Every webhook entry of both configurations (the injector's pod entries and the
@@ -340,6 +370,32 @@ impl CaBundleController {
             patch_bundles(&validating, VALIDATING_WEBHOOK, &stale, &bundle).await?;
         }
         Ok(())
+    }
+}
+
+/// How loud one root ConfigMap write's outcome is.
+#[derive(Debug, PartialEq, Eq)]
+enum PublishNote {
+    Quiet,
+    Recovered,
+    NewFailure,
+    SameFailure,
+}
+
+/// Updates the failures map (namespace → last error) with one write's outcome.
+fn note_publish(
+    failures: &mut BTreeMap<String, String>,
+    namespace: &str,
+    error: Option<String>,
+) -> PublishNote {
+    match error {
+        None if failures.remove(namespace).is_some() => PublishNote::Recovered,
+        None => PublishNote::Quiet,
+        Some(e) if failures.get(namespace) == Some(&e) => PublishNote::SameFailure,
+        Some(e) => {
+            failures.insert(namespace.to_string(), e);
+            PublishNote::NewFailure
+        }
     }
 }
 
@@ -423,4 +479,39 @@ fn secret_bytes(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
             .map(|(k, v)| (k, v.into_bytes())),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_publish_failure_warns_once_and_recovery_is_told() {
+        let mut failures = BTreeMap::new();
+        let forbidden = || Some("403 forbidden".to_string());
+        assert_eq!(note_publish(&mut failures, "a", None), PublishNote::Quiet);
+        assert_eq!(
+            note_publish(&mut failures, "a", forbidden()),
+            PublishNote::NewFailure
+        );
+        assert_eq!(
+            note_publish(&mut failures, "a", forbidden()),
+            PublishNote::SameFailure
+        );
+        // Another namespace, or another error, is news again.
+        assert_eq!(
+            note_publish(&mut failures, "b", forbidden()),
+            PublishNote::NewFailure
+        );
+        assert_eq!(
+            note_publish(&mut failures, "a", Some("timeout".into())),
+            PublishNote::NewFailure
+        );
+        assert_eq!(
+            note_publish(&mut failures, "a", None),
+            PublishNote::Recovered
+        );
+        assert_eq!(note_publish(&mut failures, "a", None), PublishNote::Quiet);
+        assert_eq!(failures.len(), 1);
+    }
 }

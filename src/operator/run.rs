@@ -91,6 +91,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             problem: problem_tx,
             metrics: metrics.clone(),
             leading: election.leading(),
+            publish_failures: Default::default(),
         }
         .run(),
     );

@@ -96,7 +96,7 @@ fuzz: ## Fuzz the decoders of untrusted bytes (cargo-fuzz, nightly), FUZZ_SECOND
 	@bash e2e/scripts/fuzz.sh
 
 .PHONY: bench
-bench: ## Benchmarks, SPEC §14 (root, cluster stopped): weft-proxy pair vs direct, HAProxy, nginx, ghostunnel; webhook and CSR rates
+bench: ## Benchmarks, SPEC §14 (root, cluster stopped): weft-proxy pair vs direct, null relays, HAProxy, nginx, ghostunnel; webhook, CSR, config convergence
 	@bash e2e/bench/run.sh
 
 .PHONY: test

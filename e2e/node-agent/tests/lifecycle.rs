@@ -7,6 +7,8 @@
 //! 3. `weft ca reset` replaces the root; the ConfigMaps, webhooks and CSR endpoint follow.
 //! 4. A plug-in CA (`cacerts`, made with openssl as Istio's docs do) signs through its
 //!    intermediate; removing it brings weft's own root back.
+//!    4b. Story 3's mesh-wide switches: the revision's `MeshConfig.spec.mtls.mode`, a
+//!    root-namespace PeerAuthentication over it, a namespace one over that.
 //! 5. The audit log proves config/rbac grants exactly what the operator uses.
 //! 6. `kubectl delete -k config/default` completes, blocks no pod creation, and
 //!    `weft uninstall` removes the root ConfigMaps kustomize does not know.
@@ -18,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use support::bookstore::{APP, buy, default_revision, rollout};
 use support::ca::{request_certificate, root_pem, token_of};
 use support::creations::{CreationLoop, assert_all_injected};
 use support::{Cluster, deployed, eventually, repo_root, wait_for, weft};
@@ -426,6 +429,105 @@ fn grants(c: &Cluster) -> Vec<Grant> {
         }
     }
     out
+}
+
+#[test]
+fn step4b_mesh_wide_mtls_switches_follow_istio_precedence() {
+    let c = deployed();
+    let ns = c.namespace("t-life-mesh-wide");
+    assert!(weft(&["namespace", "add", &ns.name]).status.success());
+    ns.apply(APP);
+    rollout(&ns);
+    let outside = c.namespace("t-life-mesh-wide-outside");
+    outside.apply(APP);
+    rollout(&outside);
+    let url = format!("http://bookstore.{}/mesh-wide", ns.name);
+    let strict = |expect_refused: bool| {
+        eventually(Duration::from_secs(30), || {
+            buy(&outside, &url).is_err() == expect_refused
+        });
+        buy(&ns, &url).expect("the meshed client is always answered");
+    };
+    strict(false);
+
+    // The revision's mode (every namespace on the `default` tag's revision); restored, and
+    // the mesh-wide policy deleted, whatever happens below.
+    let revision = default_revision(c);
+    let before = c.ok(&[
+        "-n",
+        NS,
+        "get",
+        "meshconfig",
+        &revision,
+        "-o",
+        "jsonpath={.spec.mtls}",
+    ]);
+    struct Restore<'a>(&'a support::Cluster, String, String);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let patch = if self.2.is_empty() {
+                r#"[{"op": "remove", "path": "/spec/mtls"}]"#.to_string()
+            } else {
+                format!(
+                    r#"[{{"op": "replace", "path": "/spec/mtls", "value": {}}}]"#,
+                    self.2
+                )
+            };
+            let _ = self.0.kubectl(&[
+                "-n",
+                NS,
+                "patch",
+                "meshconfig",
+                &self.1,
+                "--type",
+                "json",
+                "-p",
+                &patch,
+            ]);
+            let _ = self.0.kubectl(&[
+                "-n",
+                NS,
+                "delete",
+                "peerauthentication",
+                "t-life-mesh-wide",
+                "--ignore-not-found",
+            ]);
+        }
+    }
+    let _restore = Restore(c, revision.clone(), before);
+    c.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "meshconfig",
+        &revision,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec": {"mtls": {"mode": "STRICT"}}}"#,
+    ]);
+    strict(true);
+
+    // A root-namespace PeerAuthentication (the mesh) beats the revision.
+    c.apply(&format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: t-life-mesh-wide, namespace: {NS}}}\nspec: {{mtls: {{mode: PERMISSIVE}}}}\n"
+    ));
+    strict(false);
+    let pod = ns.jsonpath("pods -l app=bookstore", "{.items[0].metadata.name}");
+    let describe = weft(&["describe", "pod", &pod, "-n", &ns.name]);
+    let text = String::from_utf8_lossy(&describe.stdout);
+    assert!(text.contains(&format!("{NS}/t-life-mesh-wide")), "{text}");
+
+    // A namespace PeerAuthentication beats the mesh.
+    ns.apply(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    strict(true);
+
+    // Both policies gone: the revision's STRICT decides again.
+    ns.ok(&["delete", "peerauthentication", "default"]);
+    c.ok(&["-n", NS, "delete", "peerauthentication", "t-life-mesh-wide"]);
+    strict(true);
 }
 
 #[test]

@@ -3,81 +3,18 @@
 //! `operate.rs`, revision bookkeeping in `revisions.rs`, seeds 001/004 and tcpdump in
 //! `mesh.rs`. Names here are prefixed `t-story-` so other test files on the shared cluster
 //! (which use `stable`, `canary`, `prod`) are not disturbed; the mesh-wide switches of story 3
-//! (root-namespace policy, `MeshConfig.spec.mtls.mode`) would change every test's traffic, so
-//! here they are read from `weft describe`, and their precedence is unit-tested in
-//! `discovery/policy.rs`.
+//! (root-namespace policy, `MeshConfig.spec.mtls.mode`) would change every parallel test's
+//! traffic, so they are tested in `lifecycle.rs`, which runs alone after all the others
+//! (`step4b_...`), and their precedence is unit-tested in `discovery/policy.rs`.
 
 mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Namespace, deployed, eventually, wait_for, weft};
+use support::bookstore::{APP, buy, default_revision, rollout};
+use support::{Namespace, deployed, eventually, wait_for, weft};
 
 const TWO_MINUTES: Duration = Duration::from_secs(120);
-
-const APP: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: bookstore}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: bookstore}}
-  template:
-    metadata: {labels: {app: bookstore}}
-    spec:
-      containers:
-      - name: bookstore
-        image: weft.dev/echo:dev
-        ports: [{name: http, containerPort: 8080}]
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bookstore}
-spec:
-  selector: {app: bookstore}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: bookbuyer}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: bookbuyer}}
-  template:
-    metadata: {labels: {app: bookbuyer}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: bookbuyer
-        image: busybox
-        command: [sh, -c, "sleep 86400"]
-"#;
-
-/// The revision the `default` tag points at (`stable` unless a test moved it).
-fn default_revision(c: &Cluster) -> String {
-    c.ok(&[
-        "-n",
-        "weft-system",
-        "get",
-        "revisiontag",
-        "default",
-        "-o",
-        "jsonpath={.spec.revision}",
-    ])
-}
-
-fn rollout(ns: &Namespace) {
-    for d in ["bookstore", "bookbuyer"] {
-        ns.ok(&[
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ]);
-    }
-}
 
 /// `READY` of every running pod of the namespace, as `kubectl get pods` shows it ("2/2").
 fn ready_columns(ns: &Namespace) -> Vec<String> {
@@ -90,24 +27,6 @@ fn ready_columns(ns: &Namespace) -> Vec<String> {
     .lines()
     .filter_map(|l| l.split_whitespace().nth(1).map(String::from))
     .collect()
-}
-
-fn buy(ns: &Namespace, url: &str) -> Result<String, String> {
-    let pod = ns.jsonpath("pods -l app=bookbuyer", "{.items[0].metadata.name}");
-    let out = ns.kubectl(&[
-        "exec",
-        &pod,
-        "--",
-        "sh",
-        "-c",
-        &format!("timeout 10 wget -qO- {url}"),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text + &String::from_utf8_lossy(&out.stderr))
-    }
 }
 
 #[test]

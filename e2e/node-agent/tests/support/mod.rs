@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod bookstore;
 pub mod ca;
 pub mod creations;
 

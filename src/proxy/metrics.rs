@@ -230,20 +230,32 @@ impl Metrics {
 
     /// An observer that records the connection's HTTP exchanges (if it carries HTTP/1.x)
     /// with these labels.
+    /// The observer of one HTTP/1.x connection. The connection's labels differ only by
+    /// response code from request to request, so it resolves each code's series once and
+    /// keeps their handles (they share the registry's counters): a request then costs two
+    /// atomic updates, not a label-set clone and two hashed map lookups.
     pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
         let metrics = self.clone();
         let mut tcp = labels.clone();
         tcp.request_protocol = "http".into();
+        let mut series: Vec<(u16, Counter, Histogram)> = Vec::new();
         Mutex::new(HttpObserver::new(Box::new(move |e: Exchange| {
-            let labels = RequestLabels {
-                tcp: tcp.clone(),
-                response_code: e.status.to_string(),
+            let at = match series.iter().position(|(code, ..)| *code == e.status) {
+                Some(at) => at,
+                None => {
+                    let labels = RequestLabels {
+                        tcp: tcp.clone(),
+                        response_code: e.status.to_string(),
+                    };
+                    let counter = metrics.requests.get_or_create(&labels).clone();
+                    let histogram = metrics.request_duration.get_or_create(&labels).clone();
+                    series.push((e.status, counter, histogram));
+                    series.len() - 1
+                }
             };
-            metrics.requests.get_or_create(&labels).inc();
-            metrics
-                .request_duration
-                .get_or_create(&labels)
-                .observe(e.duration.as_secs_f64() * 1000.0);
+            let (_, counter, histogram) = &series[at];
+            counter.inc();
+            histogram.observe(e.duration.as_secs_f64() * 1000.0);
         })))
     }
 
@@ -277,6 +289,19 @@ mod tests {
         if let Ok(mut o) = observer.lock() {
             o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
             o.on_response(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", now);
+            for code in ["200 OK", "503 Busy", "200 OK"] {
+                o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
+                o.on_response(
+                    format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                    now,
+                );
+            }
+        }
+        // A second connection with the same labels adds to the same series.
+        let again = m.http_observer(&labels);
+        if let Ok(mut o) = again.lock() {
+            o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
+            o.on_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", now);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -287,5 +312,16 @@ mod tests {
         assert!(
             text.contains("weft_tls_handshakes_total{direction=\"inbound\",result=\"success\"} 1")
         );
+        let requests = |code: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(requests("503").as_deref(), Some("2"), "{text}");
+        assert_eq!(requests("200").as_deref(), Some("3"), "{text}");
     }
 }

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use support::bookstore::{APP, buy, default_revision, rollout};
+use support::bookstore::{buy, default_revision, meshed_and_outside};
 use support::ca::{request_certificate, root_pem, token_of};
 use support::creations::{CreationLoop, assert_all_injected};
 use support::{Cluster, deployed, eventually, repo_root, wait_for, weft};
@@ -434,13 +434,7 @@ fn grants(c: &Cluster) -> Vec<Grant> {
 #[test]
 fn step4b_mesh_wide_mtls_switches_follow_istio_precedence() {
     let c = deployed();
-    let ns = c.namespace("t-life-mesh-wide");
-    assert!(weft(&["namespace", "add", &ns.name]).status.success());
-    ns.apply(APP);
-    rollout(&ns);
-    let outside = c.namespace("t-life-mesh-wide-outside");
-    outside.apply(APP);
-    rollout(&outside);
+    let (ns, outside) = meshed_and_outside(c, "t-life-mesh-wide");
     let url = format!("http://bookstore.{}/mesh-wide", ns.name);
     let strict = |expect_refused: bool| {
         eventually(Duration::from_secs(30), || {

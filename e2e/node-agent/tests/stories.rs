@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::bookstore::{APP, buy, default_revision, rollout};
+use support::bookstore::{APP, buy, default_revision, meshed_and_outside, rollout};
 use support::{Namespace, deployed, eventually, wait_for, weft};
 
 const TWO_MINUTES: Duration = Duration::from_secs(120);
@@ -132,14 +132,8 @@ fn story_1_install_brings_up_two_replicas_one_leader_the_ca_and_the_first_revisi
 #[test]
 fn story_3_secure_permissive_then_strict_then_a_port_level_exception() {
     let c = deployed();
-    let ns = c.namespace("t-story-secure");
-    assert!(weft(&["namespace", "add", &ns.name]).status.success());
-    ns.apply(APP);
-    rollout(&ns);
-    // An unmeshed client: the same app in a namespace nobody enrolled.
-    let outside = c.namespace("t-story-secure-outside");
-    outside.apply(APP);
-    rollout(&outside);
+    // A meshed client, and an unmeshed one: the same app in a namespace nobody enrolled.
+    let (ns, outside) = meshed_and_outside(c, "t-story-secure");
     let url = format!("http://bookstore.{}/story-3", ns.name);
 
     // PERMISSIVE by default: plaintext and mTLS are both accepted.

@@ -1,7 +1,7 @@
 //! The bookstore app of the stories (seed 000's bookstore and bookbuyer, reduced to what the
 //! tests need) and the two things every story does with it: roll it out and buy from it.
 
-use super::{Cluster, Namespace};
+use super::{Cluster, Namespace, weft};
 
 /// The stories' app: bookstore (two replicas of the echo app behind a Service on port 80)
 /// and a bookbuyer client (busybox, for `wget`).
@@ -56,6 +56,20 @@ pub fn default_revision(c: &Cluster) -> String {
         "-o",
         "jsonpath={.spec.revision}",
     ])
+}
+
+/// The setting of the mTLS stories: `name` enrolled with `weft namespace add` and
+/// `<name>-outside` left alone, each running [`APP`] and rolled out. The bookbuyer of the
+/// first is the meshed client, the one of the second the unmeshed client.
+pub fn meshed_and_outside(c: &'static Cluster, name: &str) -> (Namespace, Namespace) {
+    let ns = c.namespace(name);
+    assert!(weft(&["namespace", "add", &ns.name]).status.success());
+    ns.apply(APP);
+    rollout(&ns);
+    let outside = c.namespace(&format!("{name}-outside"));
+    outside.apply(APP);
+    rollout(&outside);
+    (ns, outside)
 }
 
 /// Waits until both Deployments of [`APP`] are rolled out.

@@ -82,7 +82,7 @@ deploy: ## Build weft and install it into the local cluster with kubectl apply -
 	@bash e2e/scripts/deploy.sh
 
 .PHONY: e2e
-e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down), then the lifecycle steps that change the root and uninstall; needs root
+e2e: ## End-to-end tests on the local cluster (brings it up, always tears it down), then, one at a time, the lifecycle steps that change mesh-wide state (CA root, mTLS) and uninstall; needs root
 	$(CARGO) build --locked -p weft --bins
 	@# A fresh cluster: one left by `make demo` (or an earlier run) holds tags, revisions and a
 	@# changed root that the tests must not inherit.

@@ -229,11 +229,10 @@ impl Metrics {
     }
 
     /// An observer that records the connection's HTTP exchanges (if it carries HTTP/1.x)
-    /// with these labels.
-    /// The observer of one HTTP/1.x connection. The connection's labels differ only by
-    /// response code from request to request, so it resolves each code's series once and
-    /// keeps their handles (they share the registry's counters): a request then costs two
-    /// atomic updates, not a label-set clone and two hashed map lookups.
+    /// with these labels. They differ only by response code from request to request, so it
+    /// resolves each code's series once and keeps their handles (they share the registry's
+    /// counters): a request then costs two atomic updates, not a label-set clone and two
+    /// hashed map lookups.
     pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
         let metrics = self.clone();
         let mut tcp = labels.clone();

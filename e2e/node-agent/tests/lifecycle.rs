@@ -456,7 +456,7 @@ fn step4b_mesh_wide_mtls_switches_follow_istio_precedence() {
         "-o",
         "jsonpath={.spec.mtls}",
     ]);
-    struct Restore<'a>(&'a support::Cluster, String, String);
+    struct Restore<'a>(&'a Cluster, String, String);
     impl Drop for Restore<'_> {
         fn drop(&mut self) {
             let patch = if self.2.is_empty() {

@@ -134,19 +134,6 @@ fn server_pod(ns: &Namespace) -> String {
     ns.jsonpath("pods -l app=server", "{.items[0].metadata.name}")
 }
 
-/// `wget` from `pod`'s `container`; Ok(body) or Err(output).
-fn get(ns: &Namespace, pod: &str, container: &str, url: &str) -> Result<String, String> {
-    let script = format!("timeout 10 wget -qO- {url}");
-    let out = ns.kubectl(&["exec", pod, "-c", container, "--", "sh", "-c", &script]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
 /// The proxy's Prometheus text, read through the API server's pod proxy (port 15020).
 fn proxy_metrics(ns: &Namespace, pod: &str) -> String {
     ns.cluster.ok(&[
@@ -203,7 +190,9 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         |n| n.parse::<u32>().is_ok_and(|n| n >= 2),
     );
 
-    let body = get(&ns, "client", "client", "http://server/hello").expect("meshed call");
+    let body = ns
+        .wget("client", "client", "http://server/hello")
+        .expect("meshed call");
     assert!(body.contains(&format!("hello from {server}")), "{body}");
 
     let metrics = proxy_metrics(&ns, &server);
@@ -237,7 +226,7 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
     support::wait_for(
         Duration::from_secs(60),
         || {
-            let _ = get(&ns, "client", "client", "http://server-peers:8080/headless");
+            let _ = ns.wget("client", "client", "http://server-peers:8080/headless");
             proxy_metrics(&ns, &server)
         },
         |m| {
@@ -263,15 +252,19 @@ fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes
     let server = server_pod(&ns);
 
     // PERMISSIVE (the revision's mode): both clients get through.
-    get(&outside, "client", "client", &url).expect("unmeshed client under PERMISSIVE");
-    get(&ns, "client", "client", &url).expect("meshed client under PERMISSIVE");
+    outside
+        .wget("client", "client", &url)
+        .expect("unmeshed client under PERMISSIVE");
+    ns.wget("client", "client", &url)
+        .expect("meshed client under PERMISSIVE");
 
     // STRICT for the namespace: the unmeshed client is refused, the meshed one is not.
     peer_authentication(&ns, "default", "{mtls: {mode: STRICT}}");
     eventually(Duration::from_secs(30), || {
-        get(&outside, "client", "client", &url).is_err()
+        outside.wget("client", "client", &url).is_err()
     });
-    get(&ns, "client", "client", &url).expect("meshed client under STRICT");
+    ns.wget("client", "client", &url)
+        .expect("meshed client under STRICT");
     let refused = proxy_metrics(&ns, &server);
     assert!(
         refused.contains("weft_connections_refused_total{direction=\"inbound\""),
@@ -299,9 +292,10 @@ fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes
     // PERMISSIVE again: both succeed.
     peer_authentication(&ns, "default", "{mtls: {mode: PERMISSIVE}}");
     eventually(Duration::from_secs(30), || {
-        get(&outside, "client", "client", &url).is_ok()
+        outside.wget("client", "client", &url).is_ok()
     });
-    get(&ns, "client", "client", &url).expect("meshed client under PERMISSIVE again");
+    ns.wget("client", "client", &url)
+        .expect("meshed client under PERMISSIVE again");
 
     // Seed 004: DISABLE on the server workload. Clients stop handshaking (auto-mTLS) and the
     // server's inbound handshake count stays put while requests keep succeeding.
@@ -321,15 +315,18 @@ fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes
     // Wait until a request goes through without a new handshake (the client's config moved).
     eventually(Duration::from_secs(30), || {
         let before = handshakes(&proxy_metrics(&ns, &server));
-        get(&ns, "client", "client", &url).is_ok()
+        ns.wget("client", "client", &url).is_ok()
             && handshakes(&proxy_metrics(&ns, &server)) == before
     });
     let before = handshakes(&proxy_metrics(&ns, &server));
     for _ in 0..3 {
-        get(&ns, "client", "client", &url).expect("meshed client with DISABLE");
+        ns.wget("client", "client", &url)
+            .expect("meshed client with DISABLE");
     }
     assert_eq!(handshakes(&proxy_metrics(&ns, &server)), before);
-    get(&outside, "client", "client", &url).expect("unmeshed client with DISABLE");
+    outside
+        .wget("client", "client", &url)
+        .expect("unmeshed client with DISABLE");
 }
 
 #[test]
@@ -337,7 +334,9 @@ fn a_pod_reaches_itself_through_its_own_service() {
     let ns = enrolled("t-mesh-self");
     app(&ns);
     let server = server_pod(&ns);
-    let body = get(&ns, &server, "shell", "http://server/self").expect("self call");
+    let body = ns
+        .wget(&server, "shell", "http://server/self")
+        .expect("self call");
     assert!(
         body.contains(&format!("hello from {server} path=/self")),
         "{body}"
@@ -371,13 +370,13 @@ fn no_request_byte_crosses_the_node_in_plaintext_between_meshed_pods() {
     // The unmeshed path first, to prove the capture sees plaintext when there is some.
     let outside = outside_client("t-mesh-wire-outside");
     let plain = capture("plain-marker-7f3a", &|| {
-        get(
-            &outside,
-            "client",
-            "client",
-            &format!("http://server.{}/plain-marker-7f3a", ns.name),
-        )
-        .expect("unmeshed call");
+        outside
+            .wget(
+                "client",
+                "client",
+                &format!("http://server.{}/plain-marker-7f3a", ns.name),
+            )
+            .expect("unmeshed call");
     });
     assert!(
         plain.contains("plain-marker-7f3a"),
@@ -385,7 +384,8 @@ fn no_request_byte_crosses_the_node_in_plaintext_between_meshed_pods() {
     );
 
     let meshed = capture("secret-marker-9c1e", &|| {
-        get(&ns, "client", "client", "http://server/secret-marker-9c1e").expect("meshed call");
+        ns.wget("client", "client", "http://server/secret-marker-9c1e")
+            .expect("meshed call");
     });
     assert!(
         !meshed.contains("secret-marker-9c1e"),

@@ -87,18 +87,5 @@ pub fn rollout(ns: &Namespace) {
 /// The bookbuyer `wget`s `url`: the body, or what failed.
 pub fn buy(ns: &Namespace, url: &str) -> Result<String, String> {
     let pod = ns.jsonpath("pods -l app=bookbuyer", "{.items[0].metadata.name}");
-    let out = ns.kubectl(&[
-        "exec",
-        &pod,
-        "--",
-        "sh",
-        "-c",
-        &format!("timeout 10 wget -qO- {url}"),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text + &String::from_utf8_lossy(&out.stderr))
-    }
+    ns.wget(&pod, "bookbuyer", url)
 }

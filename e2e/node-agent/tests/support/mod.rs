@@ -223,6 +223,18 @@ impl Namespace {
         );
     }
 
+    /// `wget` from `pod`'s `container`: Ok(the body) or Err(what kubectl and wget printed).
+    pub fn wget(&self, pod: &str, container: &str, url: &str) -> Result<String, String> {
+        let script = format!("timeout 10 wget -qO- {url}");
+        let out = self.kubectl(&["exec", pod, "-c", container, "--", "sh", "-c", &script]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text + &String::from_utf8_lossy(&out.stderr))
+        }
+    }
+
     /// `what` is what follows `kubectl get`, such as "pod web" or "pods -l app=web".
     pub fn jsonpath(&self, what: &str, path: &str) -> String {
         let mut args = vec!["get"];

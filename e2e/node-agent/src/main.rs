@@ -10,6 +10,7 @@ mod node;
 mod pod;
 mod probe;
 mod server;
+mod spdy;
 mod volumes;
 
 use clap::{Parser, Subcommand};

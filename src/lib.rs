@@ -1,7 +1,8 @@
 //! weft: a service mesh for Kubernetes. The library holds both planes; the binaries in
 //! `src/bin/` are thin. Everything under the `control-plane` feature may talk to Kubernetes;
-//! `contract`, `duration`, `pki`, `snapshot` and the `proxy` side never do.
+//! `authz`, `contract`, `duration`, `pki`, `snapshot` and the `proxy` side never do.
 
+pub mod authz;
 pub mod contract;
 pub mod duration;
 pub mod pki;
@@ -15,6 +16,8 @@ pub mod cli;
 pub mod controllers;
 #[cfg(feature = "control-plane")]
 pub mod discovery;
+#[cfg(feature = "control-plane")]
+pub mod kube;
 #[cfg(feature = "control-plane")]
 pub mod operator;
 #[cfg(feature = "proxy")]

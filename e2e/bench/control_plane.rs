@@ -39,7 +39,7 @@ use tokio::sync::{Semaphore, watch};
 use weft::api::MeshConfig;
 use weft::contract;
 use weft::discovery::{DiscoverySettings, DiscoveryState, MeshIndex, MeshView};
-use weft::operator::metrics::OperatorMetrics;
+use weft::kube::metrics::OperatorMetrics;
 use weft::operator::serving::{ServingCertResolver, keep_serving_cert, serve_tls_on};
 use weft::pki::{MeshCa, WorkloadKey, certificates_from_pem};
 use weft::snapshot::stream::{Ack, LineDecoder, QUERY_POD};

@@ -24,8 +24,8 @@ use tokio::sync::watch;
 
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
-use crate::operator::metrics::OperatorMetrics;
-use crate::operator::reflect;
+use crate::kube::metrics::OperatorMetrics;
+use crate::kube::reflect;
 use index::Snapshot;
 
 pub use crate::contract::FIELD_MANAGER;

@@ -36,8 +36,8 @@ use tokio::sync::{Notify, watch};
 use super::model::{MeshIndex, MeshView};
 use crate::api::{MeshConfig, PeerAuthentication};
 use crate::contract;
-use crate::operator::metrics::OperatorMetrics;
-use crate::operator::reflect::{ready, reflect, reflect_optional};
+use crate::kube::metrics::OperatorMetrics;
+use crate::kube::reflect::{ready, reflect, reflect_optional};
 use crate::snapshot::stream::{Ack, HEARTBEAT, MAX_ACK_BYTES, Rejected, encode_line};
 
 /// Changes closer together than this are coalesced into one rebuild.
@@ -131,7 +131,7 @@ pub struct DiscoveryState {
 
 impl DiscoveryState {
     /// Starts the reflectors and the rebuild loop. `pods` is the shared store of meshed pods
-    /// ([`crate::operator::reflect::meshed_pods`]), created to wake `changed`. Connected
+    /// ([`crate::kube::reflect::meshed_pods`]), created to wake `changed`. Connected
     /// proxies and snapshots sent are counted in `metrics`.
     pub fn start(
         client: &Client,

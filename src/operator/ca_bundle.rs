@@ -85,7 +85,7 @@ pub struct CaBundleController {
     pub ca: watch::Sender<Option<Arc<MeshCa>>>,
     pub problem: watch::Sender<Option<CaProblem>>,
     /// Counts each pass as a reconcile of controller `ca_bundle`.
-    pub metrics: Arc<super::metrics::OperatorMetrics>,
+    pub metrics: Arc<crate::kube::metrics::OperatorMetrics>,
     /// Set while this replica leads: only then does it write.
     pub leading: Arc<AtomicBool>,
     /// Namespaces whose root ConfigMap could not be written, with the last error: a failure

@@ -20,11 +20,11 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use super::ca_bundle::MUTATING_WEBHOOK;
-use super::metrics::{Endpoint, OperatorMetrics};
-use super::reflect::{is_ready, ready, reflect};
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::controllers::events;
+use crate::kube::metrics::{Endpoint, OperatorMetrics};
+use crate::kube::reflect::{is_ready, ready, reflect};
 use crate::webhook::{self, ForeignInjector, InjectorSettings, MeshState};
 
 /// In-memory views of what injection decisions read.
@@ -54,7 +54,7 @@ pub struct InjectorState {
 const REPORTED_LIMIT: usize = 10_000;
 
 impl InjectorState {
-    /// `pods` is the shared store of meshed pods ([`super::reflect::meshed_pods`]).
+    /// `pods` is the shared store of meshed pods ([`crate::kube::reflect::meshed_pods`]).
     pub fn start(
         client: &Client,
         settings: InjectorSettings,

@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use super::metrics::OperatorMetrics;
 use crate::controllers::is_conflict;
+use crate::kube::metrics::OperatorMetrics;
 
 /// The Lease, in the operator's namespace.
 pub const LEASE_NAME: &str = "weft-operator";

@@ -4,7 +4,5 @@ pub mod ca_bundle;
 pub mod csr;
 pub mod injector;
 pub mod leader;
-pub mod metrics;
-pub mod reflect;
 pub mod run;
 pub mod serving;

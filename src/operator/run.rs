@@ -13,10 +13,10 @@ use tokio::sync::watch;
 use super::ca_bundle::CaBundleController;
 use super::csr;
 use super::injector::{self, InjectorState};
-use super::metrics::{self, OperatorMetrics};
 use super::serving::{ServingCertResolver, keep_serving_cert, serve_tls};
 use crate::contract;
 use crate::discovery::{self, DiscoverySettings, DiscoveryState};
+use crate::kube::metrics::{self, OperatorMetrics};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
@@ -114,7 +114,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     csr_state.on_outcome = Some(metrics.certificate_outcome());
     // One watch of the meshed pods feeds the config server and the validator.
     let mesh_changed = Arc::new(tokio::sync::Notify::new());
-    let meshed_pods = super::reflect::meshed_pods(&client, Some(mesh_changed.clone()));
+    let meshed_pods = crate::kube::reflect::meshed_pods(&client, Some(mesh_changed.clone()));
     let config_server = DiscoveryState::start(
         &client,
         DiscoverySettings {

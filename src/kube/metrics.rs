@@ -201,8 +201,9 @@ impl OperatorMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The CSR endpoint's outcome hook: `"issued"` or a refusal's `metric_label()`.
-    pub fn certificate_outcome(self: &Arc<Self>) -> crate::operator::csr::OutcomeHook {
+    /// The CSR endpoint's outcome hook (`operator::csr::OutcomeHook`): `"issued"` or a
+    /// refusal's `metric_label()`.
+    pub fn certificate_outcome(self: &Arc<Self>) -> Arc<dyn Fn(&'static str) + Send + Sync> {
         let metrics = self.clone();
         Arc::new(move |label| {
             if label == "issued" {

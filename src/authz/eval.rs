@@ -1,0 +1,179 @@
+//! The evaluator: Istio's order (DENY first, then ALLOW; no ALLOW policy allows; ALLOW
+//! policies that all miss deny), AUDIT marks without deciding, dry-run policies decide a
+//! shadow verdict of their own. Pure and allocation-free per request.
+
+use std::net::IpAddr;
+
+use super::model::{Action, Clause, Identity, Policy, Rule, Term};
+
+/// What the evaluator knows of a request or, for TCP, of a connection.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    /// The peer's SPIFFE identity without `spiffe://`; None for a plaintext peer, which then
+    /// matches no principal, namespace or service-account value (and every not-value).
+    pub principal: Option<&'a str>,
+    pub source_ip: IpAddr,
+    /// The original client; a sidecar trusts no forwarding header, so it is the peer.
+    pub remote_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+    pub sni: Option<&'a str>,
+    /// None on a TCP connection.
+    pub http: Option<Http<'a>>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Http<'a> {
+    pub method: &'a str,
+    /// `:authority` or `Host`, as sent.
+    pub host: &'a str,
+    /// The normalized path ([`super::path::normalize`]), without the query.
+    pub path: &'a str,
+    pub headers: &'a dyn Headers,
+}
+
+/// Request headers by lower-case name; several values of one header are read joined by `,`.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<&str>;
+}
+
+/// A list of name/value pairs (the CLI's `--header` flags, tests).
+impl<K: AsRef<str>, V: AsRef<str>> Headers for Vec<(K, V)> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Which rule of which policy (indices into the evaluated slice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub policy: usize,
+    pub rule: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A DENY policy's rule matched.
+    Denied(RuleRef),
+    /// An ALLOW policy's rule matched.
+    Allowed(RuleRef),
+    /// No ALLOW policy selects the workload.
+    NoAllowPolicy,
+    /// ALLOW policies exist and none matched.
+    NoAllowMatched,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DryRun {
+    pub verdict: Verdict,
+    pub reason: Reason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    /// The first AUDIT rule that matched, if any.
+    pub audit: Option<RuleRef>,
+    /// What the dry-run policies alone would decide; None when there are none.
+    pub dry_run: Option<DryRun>,
+}
+
+/// Decides a request against the policies that select the workload.
+pub fn evaluate(policies: &[Policy], request: &Request<'_>) -> Decision {
+    let (verdict, reason) = decide(policies, request, false);
+    let audit = first_match(policies, request, |p| {
+        p.action == Action::Audit && !p.dry_run
+    });
+    let dry_run = policies.iter().any(|p| p.dry_run).then(|| {
+        let (verdict, reason) = decide(policies, request, true);
+        DryRun { verdict, reason }
+    });
+    Decision {
+        verdict,
+        reason,
+        audit,
+        dry_run,
+    }
+}
+
+fn decide(policies: &[Policy], request: &Request<'_>, dry_run: bool) -> (Verdict, Reason) {
+    let of = |action: Action| move |p: &Policy| p.action == action && p.dry_run == dry_run;
+    if let Some(hit) = first_match(policies, request, of(Action::Deny)) {
+        return (Verdict::Deny, Reason::Denied(hit));
+    }
+    if !policies.iter().any(of(Action::Allow)) {
+        return (Verdict::Allow, Reason::NoAllowPolicy);
+    }
+    match first_match(policies, request, of(Action::Allow)) {
+        Some(hit) => (Verdict::Allow, Reason::Allowed(hit)),
+        None => (Verdict::Deny, Reason::NoAllowMatched),
+    }
+}
+
+fn first_match(
+    policies: &[Policy],
+    request: &Request<'_>,
+    which: impl Fn(&Policy) -> bool,
+) -> Option<RuleRef> {
+    policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| which(p))
+        .find_map(|(policy, p)| {
+            p.rules
+                .iter()
+                .position(|r| rule_matches(r, p.action, request))
+                .map(|rule| RuleRef { policy, rule })
+        })
+}
+
+fn rule_matches(rule: &Rule, action: Action, request: &Request<'_>) -> bool {
+    if request.http.is_none() && action == Action::Allow && rule.http_only() {
+        return false;
+    }
+    let all = |clauses: &[Clause]| clauses.iter().all(|c| clause_matches(c, request));
+    (rule.from.is_empty() || rule.from.iter().any(|s| all(s)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| all(o)))
+        && all(&rule.when)
+}
+
+fn clause_matches(clause: &Clause, request: &Request<'_>) -> bool {
+    if request.http.is_none() && clause.http_only() {
+        // Reached only for DENY and AUDIT rules: the clause is ignored (see `Term::http_only`).
+        return true;
+    }
+    (clause.any_of.is_empty() || clause.any_of.iter().any(|t| term_matches(t, request)))
+        && !clause.none_of.iter().any(|t| term_matches(t, request))
+}
+
+fn term_matches(term: &Term, r: &Request<'_>) -> bool {
+    let identity = || r.principal.and_then(Identity::parse);
+    match term {
+        Term::Principal(m) => r.principal.is_some_and(|p| m.matches(p)),
+        Term::Namespace(m) => identity().is_some_and(|id| m.matches(id.namespace)),
+        Term::ServiceAccount { namespace, name } => {
+            identity().is_some_and(|id| id.namespace == namespace && id.service_account == name)
+        }
+        Term::SourceIp(net) => net.contains(&r.source_ip),
+        Term::RemoteIp(net) => net.contains(&r.remote_ip),
+        Term::DestinationIp(net) => net.contains(&r.destination_ip),
+        Term::DestinationPort(port) => r.destination_port == *port,
+        Term::Sni(m) => r.sni.is_some_and(|s| m.matches(s)),
+        Term::Host(m) => r.http.is_some_and(|h| m.matches_host(h.host)),
+        Term::Method(m) => r.http.is_some_and(|h| m.matches(h.method)),
+        Term::Path(m) => r.http.is_some_and(|h| m.matches(h.path)),
+        Term::Header { name, value } => r
+            .http
+            .and_then(|h| h.headers.get(name))
+            .is_some_and(|v| value.matches(v)),
+    }
+}

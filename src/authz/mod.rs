@@ -1,0 +1,12 @@
+//! Authorization, kube-free: Istio's `AuthorizationPolicy` compiled into matchers
+//! ([`istio`] → [`model`]), request paths normalized before anything matches them ([`path`]),
+//! and the one evaluator ([`evaluate`]) that the proxy runs per request and `weft authz
+//! explain` runs for a user, so what the CLI explains is what the proxy does.
+
+mod eval;
+pub mod istio;
+pub mod model;
+pub mod path;
+
+pub use eval::{Decision, DryRun, Headers, Http, Reason, Request, RuleRef, Verdict, evaluate};
+pub use model::{Action, Policy};

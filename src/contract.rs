@@ -126,6 +126,18 @@ pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/exc
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES: &str =
     "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+/// Istio's pod annotations that shape the injected containers (`webhook/README.md` says which
+/// weft honours and which it answers with a warning).
+pub const ANNOTATION_INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+pub const ANNOTATION_PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
+pub const ANNOTATION_NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
+pub const ANNOTATION_USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+pub const ANNOTATION_USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+pub const ANNOTATION_INJECT_TEMPLATES: &str = "inject.istio.io/templates";
+/// On an injected pod: what weft did instead of what one of its annotations asked (JSON array
+/// of the admission warnings), kept where `kubectl describe pod` shows it, since the warnings
+/// of a pod a controller creates reach only that controller.
+pub const ANNOTATION_WARNINGS: &str = "weft.dev/warnings";
 pub const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 pub const ANNOTATION_PROMETHEUS_PORT: &str = "prometheus.io/port";
 pub const ANNOTATION_PROMETHEUS_PATH: &str = "prometheus.io/path";

@@ -8,6 +8,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use serde::Serialize;
 
+use super::annotations;
 use super::selector;
 use super::state::{EffectiveMeshConfig, InjectorSettings, MeshState};
 use crate::contract;
@@ -86,6 +87,9 @@ pub enum SkipReason {
     OtherMesh { label: String },
     /// The requested value is unknown to weft but another injector's selectors match the pod.
     ClaimedByOtherInjector { label: String, injector: String },
+    /// `inject.istio.io/templates` names only Istio's proxyless gRPC templates, which put no
+    /// proxy in the pod's traffic path.
+    ProxylessTemplate { templates: String },
 }
 
 impl SkipReason {
@@ -94,7 +98,9 @@ impl SkipReason {
     pub fn emits_event(&self) -> bool {
         matches!(
             self,
-            SkipReason::OtherMesh { .. } | SkipReason::ClaimedByOtherInjector { .. }
+            SkipReason::OtherMesh { .. }
+                | SkipReason::ClaimedByOtherInjector { .. }
+                | SkipReason::ProxylessTemplate { .. }
         )
     }
 
@@ -108,6 +114,7 @@ impl SkipReason {
             SkipReason::NotEnrolled => "skip_not_enrolled",
             SkipReason::OtherMesh { .. } => "skip_other_mesh",
             SkipReason::ClaimedByOtherInjector { .. } => "skip_other_injector",
+            SkipReason::ProxylessTemplate { .. } => "skip_proxyless",
         }
     }
 }
@@ -147,6 +154,13 @@ impl fmt::Display for SkipReason {
                 f,
                 "{label} names no weft revision or tag, and the webhook {injector} of another \
                  injector selects this pod; weft leaves the pod to it"
+            ),
+            SkipReason::ProxylessTemplate { templates } => write!(
+                f,
+                "{key}={templates} asks for proxyless gRPC, where no proxy carries the pod's \
+                 traffic and the app's gRPC library speaks xDS itself: weft adds no proxy and \
+                 serves no xDS, so the pod's traffic is outside the mesh",
+                key = contract::ANNOTATION_INJECT_TEMPLATES
             ),
         }
     }
@@ -210,6 +224,20 @@ pub fn decide(
 
     match resolve(value, world) {
         Ok((revision, tag)) => {
+            // Istio's proxyless gRPC templates put no proxy in the traffic path; a pod that asks
+            // only for them gets none from weft either (decided after resolving, so a mistyped
+            // revision is still refused).
+            if let Some(templates) = pod_annotations
+                .get(contract::ANNOTATION_INJECT_TEMPLATES)
+                .filter(|t| annotations::proxyless_only(t))
+            {
+                return Decision::Skip {
+                    reason: SkipReason::ProxylessTemplate {
+                        templates: templates.clone(),
+                    },
+                    conflict,
+                };
+            }
             let via = match &tag {
                 Some(tag) => format!("{} (tag {tag})", winner.label),
                 None => winner.label.to_string(),
@@ -685,6 +713,42 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn proxyless_grpc_templates_get_no_proxy_but_a_bad_revision_is_still_refused() {
+        let enrolled = namespace("pets", &[("istio-injection", "enabled")], &[]);
+        for templates in ["grpc-simple", "grpc-agent", "grpc-agent,grpc-simple"] {
+            let d = run(
+                &pod(&[], &[(contract::ANNOTATION_INJECT_TEMPLATES, templates)]),
+                &enrolled,
+            );
+            let reason = skipped(&d);
+            assert_eq!(
+                reason,
+                &SkipReason::ProxylessTemplate {
+                    templates: templates.into()
+                }
+            );
+            assert!(reason.emits_event());
+            assert!(reason.to_string().contains("proxyless gRPC"));
+        }
+        // sidecar (alone or beside a proxyless one) is injected; inject() warns for the rest.
+        for templates in ["sidecar", "sidecar,grpc-agent", "custom"] {
+            let d = run(
+                &pod(&[], &[(contract::ANNOTATION_INJECT_TEMPLATES, templates)]),
+                &enrolled,
+            );
+            injected(&d);
+        }
+        let d = run(
+            &pod(
+                &[("istio.io/rev", "nope")],
+                &[(contract::ANNOTATION_INJECT_TEMPLATES, "grpc-simple")],
+            ),
+            &namespace("pets", &[], &[]),
+        );
+        denied(&d);
     }
 
     #[test]

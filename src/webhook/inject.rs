@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::annotations;
 use super::decision::Injection;
 use super::probes::rewrite_app_probes;
 use super::state::InjectorSettings;
@@ -74,14 +75,23 @@ pub struct InjectionStatus {
     pub volumes: Vec<String>,
 }
 
+/// What injection answers: the patch, and what weft did instead of what the pod's annotations
+/// asked (the AdmissionReview's `warnings`; also kept on the pod as `weft.dev/warnings`).
+#[derive(Debug)]
+pub struct Injected {
+    pub patch: Patch,
+    pub warnings: Vec<String>,
+}
+
 /// The JSON Patch that adds the proxy of `injection.revision` to `pod`.
 pub fn inject(
     pod: &Pod,
     injection: &Injection,
     settings: &InjectorSettings,
-) -> Result<Patch, InjectError> {
+) -> Result<Injected, InjectError> {
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
     check_names_are_free(pod)?;
+    let requests = annotations::read(pod)?;
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let mesh = &injection.meshconfig;
@@ -128,18 +138,29 @@ pub fn inject(
         env_var(contract::ENV_CONCURRENCY, &mesh.concurrency.to_string()),
     ]);
 
-    let init = init_container(injection, init_args(&annotations, injection)?);
-    let proxy = proxy_container(injection, env);
-    let volumes = proxy_volumes();
+    // Checked even when nothing is captured, so a bad value is refused either way.
+    let args = init_args(&annotations, injection)?;
+    let image = requests.proxy_image.as_deref().unwrap_or(&mesh.image);
+    // interceptionMode NONE: no weft-init. The proxy needs nothing else: its capture
+    // listeners refuse connections that were not redirected, and probes, metrics and its
+    // certificate work over the pod's own address.
+    let init = (!requests.no_capture).then(|| init_container(injection, image, args));
+    let mut proxy = proxy_container(injection, image, env);
+    if let Some(mounts) = proxy.volume_mounts.as_mut() {
+        mounts.extend(requests.user_mounts.iter().cloned());
+    }
+    let mut volumes = proxy_volumes();
+    volumes.extend(requests.user_volumes.iter().cloned());
 
     let status = InjectionStatus {
         revision: injection.revision.clone(),
         via: injection.via.clone(),
         tag: injection.tag.clone(),
-        init_containers: vec![
-            contract::CONTAINER_INIT.into(),
-            contract::CONTAINER_PROXY.into(),
-        ],
+        init_containers: init
+            .iter()
+            .chain([&proxy])
+            .map(|c| c.name.clone())
+            .collect(),
         containers: Vec::new(),
         volumes: volumes.iter().map(|v| v.name.clone()).collect(),
     };
@@ -155,6 +176,14 @@ pub fn inject(
             injection.revision.clone(),
         ),
     ]);
+    if !requests.warnings.is_empty() {
+        let warnings =
+            serde_json::to_string(&requests.warnings).map_err(|source| InjectError::Encode {
+                what: "warnings annotation",
+                source,
+            })?;
+        new_annotations.insert(contract::ANNOTATION_WARNINGS.to_string(), warnings);
+    }
     if prometheus.is_some() {
         new_annotations.extend([
             (contract::ANNOTATION_PROMETHEUS_SCRAPE.into(), "true".into()),
@@ -192,13 +221,17 @@ pub fn inject(
 
     // weft-init, then the proxy, then the user's init containers: the proxy is up before any
     // user code runs, and iptables is in place before the proxy starts.
-    let init = encode(&init, "init container")?;
-    let proxy = encode(&proxy, "proxy container")?;
+    let ours = init
+        .iter()
+        .map(|c| encode(c, "init container"))
+        .chain([encode(&proxy, "proxy container")])
+        .collect::<Result<Vec<_>, _>>()?;
     match &spec.init_containers {
-        None => patch.add(&["spec", "initContainers"], Value::Array(vec![init, proxy])),
+        None => patch.add(&["spec", "initContainers"], Value::Array(ours)),
         Some(_) => {
-            patch.add(&["spec", "initContainers", "0"], init);
-            patch.add(&["spec", "initContainers", "1"], proxy);
+            for (index, container) in ours.into_iter().enumerate() {
+                patch.add(&["spec", "initContainers", &index.to_string()], container);
+            }
         }
     }
 
@@ -222,7 +255,10 @@ pub fn inject(
             }
         }
     }
-    Ok(Patch(patch.ops))
+    Ok(Injected {
+        patch: Patch(patch.ops),
+        warnings: requests.warnings,
+    })
 }
 
 /// The lifetime the proxy asks for: the pod's `proxy.weft.dev/cert-validity`, checked here so
@@ -337,11 +373,13 @@ fn check_names_are_free(pod: &Pod) -> Result<(), InjectError> {
 
 // === The containers ===
 
-fn init_container(injection: &Injection, args: Vec<String>) -> Container {
+/// `image` is the revision's, or the pod's `sidecar.istio.io/proxyImage` (Istio sets that on
+/// both of its containers too).
+fn init_container(injection: &Injection, image: &str, args: Vec<String>) -> Container {
     let mesh = &injection.meshconfig;
     Container {
         name: contract::CONTAINER_INIT.into(),
-        image: Some(mesh.image.clone()),
+        image: Some(image.into()),
         image_pull_policy: Some(mesh.image_pull_policy.clone()),
         command: Some(vec![contract::PROXY_COMMAND.into()]),
         args: Some(args),
@@ -364,7 +402,7 @@ fn init_container(injection: &Injection, args: Vec<String>) -> Container {
     }
 }
 
-fn proxy_container(injection: &Injection, env: Vec<EnvVar>) -> Container {
+fn proxy_container(injection: &Injection, image: &str, env: Vec<EnvVar>) -> Container {
     let mesh = &injection.meshconfig;
     let ready = |period, failures| Probe {
         http_get: Some(HTTPGetAction {
@@ -392,7 +430,7 @@ fn proxy_container(injection: &Injection, env: Vec<EnvVar>) -> Container {
     };
     Container {
         name: contract::CONTAINER_PROXY.into(),
-        image: Some(mesh.image.clone()),
+        image: Some(image.into()),
         image_pull_policy: Some(mesh.image_pull_policy.clone()),
         command: Some(vec![contract::PROXY_COMMAND.into()]),
         args: Some(vec![contract::PROXY_SUBCOMMAND_RUN.into()]),
@@ -787,7 +825,9 @@ mod tests {
     }
 
     fn patched(pod: &Pod) -> Value {
-        let patch = inject(pod, &injection(), &InjectorSettings::default()).unwrap();
+        let patch = inject(pod, &injection(), &InjectorSettings::default())
+            .unwrap()
+            .patch;
         let mut doc = serde_json::to_value(pod).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
         doc
@@ -855,7 +895,9 @@ mod tests {
     fn keys_with_slash_and_tilde_are_escaped() {
         let mut pod = bare_pod();
         pod.metadata.annotations = Some(BTreeMap::from([("a~b/c".into(), "x".into())]));
-        let patch = inject(&pod, &injection(), &InjectorSettings::default()).unwrap();
+        let patch = inject(&pod, &injection(), &InjectorSettings::default())
+            .unwrap()
+            .patch;
         let text = serde_json::to_string(&patch).unwrap();
         assert!(
             text.contains("/metadata/annotations/weft.dev~1status"),
@@ -977,6 +1019,141 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    fn annotated(annotations: &[(&str, &str)]) -> Pod {
+        let mut pod = bare_pod();
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod
+    }
+
+    fn init_names(doc: &Value) -> Vec<String> {
+        doc["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn interception_mode_none_drops_weft_init_and_says_so() {
+        let pod = annotated(&[(contract::ANNOTATION_INTERCEPTION_MODE, "NONE")]);
+        let injected = inject(&pod, &injection(), &InjectorSettings::default()).unwrap();
+        assert_eq!(injected.warnings.len(), 1);
+        let doc = patched(&pod);
+        assert_eq!(init_names(&doc), ["weft-proxy"]);
+        let status: InjectionStatus = serde_json::from_str(
+            doc["metadata"]["annotations"]["weft.dev/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status.init_containers, ["weft-proxy"]);
+        let kept: Vec<String> = serde_json::from_str(
+            doc["metadata"]["annotations"][contract::ANNOTATION_WARNINGS]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept, injected.warnings);
+
+        // With user init containers, the proxy still goes first.
+        let mut pod = pod;
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.init_containers = Some(vec![Container {
+                name: "migrate".into(),
+                ..Default::default()
+            }]);
+        }
+        assert_eq!(init_names(&patched(&pod)), ["weft-proxy", "migrate"]);
+
+        // A bad capture annotation is refused even though nothing would be captured.
+        let pod = annotated(&[
+            (contract::ANNOTATION_INTERCEPTION_MODE, "NONE"),
+            (contract::ANNOTATION_EXCLUDE_INBOUND_PORTS, "http"),
+        ]);
+        assert!(inject(&pod, &injection(), &InjectorSettings::default()).is_err());
+    }
+
+    #[test]
+    fn a_pod_without_warnings_gets_no_warnings_annotation() {
+        let doc = patched(&bare_pod());
+        assert!(
+            doc["metadata"]["annotations"]
+                .get(contract::ANNOTATION_WARNINGS)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn proxy_image_annotation_sets_both_containers() {
+        let pod = annotated(&[(contract::ANNOTATION_PROXY_IMAGE, "registry.test/weft:debug")]);
+        let doc = patched(&pod);
+        for container in doc["spec"]["initContainers"].as_array().unwrap() {
+            assert_eq!(container["image"], "registry.test/weft:debug");
+        }
+        assert_eq!(init_names(&doc), ["weft-init", "weft-proxy"]);
+    }
+
+    #[test]
+    fn user_volumes_join_the_pod_and_their_mounts_the_proxy() {
+        let mut pod = annotated(&[
+            (
+                contract::ANNOTATION_USER_VOLUME,
+                r#"{"extra":{"secret":{"secretName":"extra"}}}"#,
+            ),
+            (
+                contract::ANNOTATION_USER_VOLUME_MOUNT,
+                r#"{"extra":{"mountPath":"/etc/extra","readOnly":true},"app-data":{"mountPath":"/data"}}"#,
+            ),
+        ]);
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.volumes = Some(vec![Volume {
+                name: "app-data".into(),
+                empty_dir: Some(Default::default()),
+                ..Default::default()
+            }]);
+        }
+        let doc = patched(&pod);
+        let volumes: Vec<_> = doc["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            volumes,
+            [
+                "app-data",
+                "weft-token",
+                "weft-ca-root-cert",
+                "weft-work",
+                "extra"
+            ]
+        );
+        assert_eq!(doc["spec"]["volumes"][4]["secret"]["secretName"], "extra");
+        let mounts = doc["spec"]["initContainers"][1]["volumeMounts"]
+            .as_array()
+            .unwrap();
+        assert_eq!(mounts.len(), 5);
+        assert_eq!(
+            mounts[3],
+            json!({"name": "extra", "mountPath": "/etc/extra", "readOnly": true})
+        );
+        assert_eq!(mounts[4], json!({"name": "app-data", "mountPath": "/data"}));
+        let status: InjectionStatus = serde_json::from_str(
+            doc["metadata"]["annotations"]["weft.dev/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status.volumes.last().map(String::as_str), Some("extra"));
     }
 
     #[test]

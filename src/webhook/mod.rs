@@ -5,6 +5,7 @@
 //! `MeshState` wrap around it.
 //! `webhook/README.md` holds the decision table and what injection adds.
 
+mod annotations;
 pub mod decision;
 pub mod defaulting;
 pub mod inject;
@@ -16,7 +17,7 @@ pub mod validate;
 
 pub use decision::{Decision, Injection, SkipReason, decide};
 pub use defaulting::default_meshconfig;
-pub use inject::{InjectError, InjectionStatus, inject};
+pub use inject::{InjectError, Injected, InjectionStatus, inject};
 pub use review::{MAX_REVIEW_BODY_BYTES, ReviewError, Reviewed, review, review_detailed};
 pub use state::{EffectiveMeshConfig, ForeignInjector, InjectorSettings, MeshState};
 pub use validate::validate;

@@ -258,12 +258,13 @@ where
             answer.refuse(403, "Forbidden", message.clone());
         }
         Decision::Inject(injection) => match inject(&pod, injection, settings) {
-            Ok(patch) => {
+            Ok(injected) => {
                 answer.audit(format!(
                     "injected revision {} via {}",
                     injection.revision, injection.via
                 ));
-                answer.set_patch(&patch);
+                answer.warnings.extend(injected.warnings);
+                answer.set_patch(&injected.patch);
             }
             Err(e) => answer.refuse(400, "BadRequest", e.to_string()),
         },

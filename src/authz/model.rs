@@ -18,7 +18,7 @@ pub enum Action {
 }
 
 /// One policy that selects this proxy's workload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// `namespace/name`: how logs, metrics and `weft authz explain` name the policy.
     pub name: String,
@@ -32,7 +32,7 @@ pub struct Policy {
 }
 
 /// A rule matches when a source, an operation and every condition match.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// Any of these (each a conjunction of clauses) must match; empty: any source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -47,7 +47,7 @@ pub struct Rule {
 
 /// One attribute's constraint: at least one of `any_of` matches (when it is not empty) and none
 /// of `none_of` does. All terms of a clause name the same attribute.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clause {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub any_of: Vec<Term>,
@@ -56,7 +56,7 @@ pub struct Clause {
 }
 
 /// A test of one attribute of a request against one value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Term {
     /// The peer's SPIFFE identity without `spiffe://`, e.g. `cluster.local/ns/a/sa/b`.

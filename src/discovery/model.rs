@@ -216,6 +216,8 @@ impl MeshIndex {
                 .map(|(port, (mode, _))| (*port, *mode))
                 .collect(),
             services: pod.services.clone(),
+            protocols: BTreeMap::new(),
+            authz: Vec::new(),
         };
         let policy = self
             .policies

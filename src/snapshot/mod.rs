@@ -158,6 +158,14 @@ pub struct InboundConfig {
     /// inbound connection is reported under (a meshed client names the one it dialled).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<u16, Vec<String>>,
+    /// Container port -> the protocol a Service targeting it declares (`appProtocol`, or a port
+    /// name prefix `http`, `http2`, `grpc`, `grpc-web`); absent: TCP, or sniffed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protocols: BTreeMap<u16, Protocol>,
+    /// The authorization policies that select this workload, compiled ([`crate::authz`]); the
+    /// proxy evaluates them as they are, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authz: Vec<crate::authz::Policy>,
 }
 
 impl InboundConfig {

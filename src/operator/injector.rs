@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -186,31 +187,89 @@ pub fn router(state: InjectorState) -> Router {
         .route(contract::PATH_INJECT, post(inject))
         .route(contract::PATH_VALIDATE, post(validate))
         .route(contract::PATH_DEFAULT_MESHCONFIG, post(default_meshconfig))
-        // The review itself answers oversized bodies with a JSON 413; let it see them.
+        // One byte over the review's cap, so a body at the cap reaches the review; a longer
+        // one is refused by `readable` with the review's own JSON 413.
         .layer(DefaultBodyLimit::max(webhook::MAX_REVIEW_BODY_BYTES + 1))
         .with_state(state)
 }
 
-async fn inject(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+async fn inject(
+    State(state): State<InjectorState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> impl IntoResponse {
     let started = Instant::now();
-    let mesh = state.snapshot();
-    let namespaces = state.namespaces.clone();
-    let lookup = move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
-    let reviewed = webhook::review_detailed(&body, lookup, &mesh, &state.settings);
-    state.report_skip(&reviewed);
-    state.answered(Endpoint::Inject, (reviewed.status, reviewed.body), started)
+    let answer = match readable(&headers, body) {
+        Ok(body) => {
+            let mesh = state.snapshot();
+            let namespaces = state.namespaces.clone();
+            let lookup =
+                move |name: &str| namespaces.find(|n| n.metadata.name.as_deref() == Some(name));
+            let reviewed = webhook::review_detailed(&body, lookup, &mesh, &state.settings);
+            state.report_skip(&reviewed);
+            (reviewed.status, reviewed.body)
+        }
+        Err(refused) => refused,
+    };
+    state.answered(Endpoint::Inject, answer, started)
 }
 
-async fn validate(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+async fn validate(
+    State(state): State<InjectorState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> impl IntoResponse {
     let started = Instant::now();
-    let answer = webhook::validate(&body, &state.snapshot_with_pods(), &state.settings);
+    let answer = readable(&headers, body)
+        .map(|body| webhook::validate(&body, &state.snapshot_with_pods(), &state.settings))
+        .unwrap_or_else(|refused| refused);
     state.answered(Endpoint::Validate, answer, started)
 }
 
-async fn default_meshconfig(State(state): State<InjectorState>, body: Bytes) -> impl IntoResponse {
+async fn default_meshconfig(
+    State(state): State<InjectorState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> impl IntoResponse {
     let started = Instant::now();
-    let answer = webhook::default_meshconfig(&body, &state.snapshot(), &state.settings);
+    let answer = readable(&headers, body)
+        .map(|body| webhook::default_meshconfig(&body, &state.snapshot(), &state.settings))
+        .unwrap_or_else(|refused| refused);
     state.answered(Endpoint::Default, answer, started)
+}
+
+/// The request body, or the JSON answer to one that could not be read. A body over the limit
+/// is refused by axum once the limit's worth is read, with a plain-text 413; it gets the
+/// review's own `{"error": ...}` instead, as every other refusal of the webhook does.
+fn readable(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, (u16, Vec<u8>)> {
+    let rejection = match body {
+        Ok(body) => return Ok(body),
+        Err(rejection) => rejection,
+    };
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&size| size > webhook::MAX_REVIEW_BODY_BYTES);
+        match declared {
+            Some(size) => webhook::ReviewError::TooLarge { size }.to_string(),
+            // Sent without Content-Length: its size is unknown, only that it is over.
+            None => format!(
+                "the AdmissionReview is over {} bytes, the most weft accepts (3 MiB), more than \
+                 the API server stores for one object: shrink the object",
+                webhook::MAX_REVIEW_BODY_BYTES
+            ),
+        }
+    } else {
+        rejection.body_text()
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+    Err((status.as_u16(), body))
 }
 
 impl InjectorState {

@@ -1,13 +1,18 @@
-//! The operator's HTTPS serving: its own TLS certificate (webhook and discovery names), issued
-//! by the mesh CA and swapped in place through a rustls resolver (renewed at half its lifetime
-//! or when the CA changes, with no restart and no dropped connection), and the accept loop
-//! that serves a router with it ([`serve_tls`]), reused by the config-convergence benchmark.
+//! The operator's HTTPS serving: its TLS certificate (webhook and discovery names) from the mesh
+//! CA, swapped in place through a rustls resolver (renewed at half its lifetime or when the CA
+//! changes, no restart, no dropped connection), and the accept loop [`serve_tls`] (also the
+//! benchmark's), which reads on past the answer any request body a handler leaves unread.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
+use hyper::Request;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
@@ -199,9 +204,102 @@ pub async fn serve_tls_on(
                     tls.get_ref().1.peer_certificates(),
                 )));
             }
+            let app = TowerToHyperService::new(app);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                app.call(request.map(UnreadBody::new))
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(app))
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await;
         });
     }
+}
+
+// === request bodies a handler leaves unread ===
+
+/// Most of an unread request body read (and thrown away) after the answer.
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest time spent reading it.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+
+/// A request body that, when a handler drops it before its end (a body over a route's limit is
+/// refused once the limit's worth is read), is read on to its end in the background and
+/// thrown away. Every route of every port served here gets it.
+///
+/// Why: without it, h2 ends such a stream with RST_STREAM(NO_ERROR) right after the complete
+/// answer, as RFC 9113 §8.1 allows, but a client still uploading may take the reset for a
+/// failure: curl 7.88 (nghttp2 1.52) reports "Stream error in the HTTP/2 framing layer" (exit
+/// 92) and loses the 413 it had received. On HTTP/1.1, hyper closes the connection with the
+/// rest unread, and the kernel answers the bytes still arriving with a TCP reset that in some
+/// runs overtakes the 413 (curl: "Send failure: Broken pipe", exit 55). Reading on lets the
+/// client read the answer and then finish or abandon its upload itself (curl stops sending and
+/// resets the stream with STREAM_CLOSED); the connection keeps serving. Past
+/// [`DRAIN_MAX_BYTES`] or [`DRAIN_MAX_TIME`] the body is dropped after all, and h2 sends its
+/// RST_STREAM(NO_ERROR) then, never before the answer's last frame: the response half holds
+/// the stream open until it is sent.
+struct UnreadBody {
+    body: Option<Incoming>,
+}
+
+impl UnreadBody {
+    fn new(body: Incoming) -> Self {
+        Self { body: Some(body) }
+    }
+}
+
+impl Body for UnreadBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for UnreadBody {
+    fn drop(&mut self) {
+        let Some(body) = self.body.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        // Handlers and connections run on the runtime, so one is there; without one the body
+        // is simply dropped (the RST_STREAM or connection close described above).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+/// Reads `body` to its end, at most [`DRAIN_MAX_BYTES`] within [`DRAIN_MAX_TIME`].
+async fn drain(mut body: Incoming) {
+    let read_all = async {
+        let mut read: u64 = 0;
+        while let Some(Ok(frame)) =
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            if read > DRAIN_MAX_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, read_all).await;
 }

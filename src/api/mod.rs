@@ -1,11 +1,13 @@
 //! The weft API (`mesh.weft.dev/v1alpha1`): one file per kind, plus the condition vocabulary
 //! shared by the controllers. `crds()` is what `weft crds` prints and `crds/` holds.
 
+pub mod authorizationpolicy;
 pub mod conditions;
 pub mod meshconfig;
 pub mod peerauthentication;
 pub mod revisiontag;
 
+pub use authorizationpolicy::AuthorizationPolicy;
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};
 pub use peerauthentication::PeerAuthentication;
 pub use revisiontag::{RevisionTag, RevisionTagSpec, RevisionTagStatus};

@@ -282,6 +282,7 @@ pub fn conflict_event(
 ) -> Event {
     events::warning(
         events::Regarding {
+            api_version: "v1",
             kind: "Namespace",
             namespace: None,
             name: namespace,

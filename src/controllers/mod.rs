@@ -4,7 +4,6 @@
 //! reflector stores, call those functions and patch status.
 
 pub mod bootstrap;
-pub mod events;
 pub mod index;
 pub mod meshconfig;
 pub mod revisiontag;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::kube::metrics::OperatorMetrics;
-use crate::kube::reflect;
+use crate::kube::{events, reflect};
 use index::Snapshot;
 
 pub use crate::contract::FIELD_MANAGER;
@@ -129,9 +128,7 @@ impl Error {
 }
 
 /// Whether a kube error is the API server's 409 (AlreadyExists on create, Conflict on update).
-pub(crate) fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(status) if status.code == 409)
-}
+pub(crate) use crate::kube::is_conflict;
 
 // === Context ===
 
@@ -507,6 +504,7 @@ async fn watch_ca_health(
             {
                 let event = events::warning(
                     events::Regarding {
+                        api_version: "v1",
                         kind: "Secret",
                         namespace: Some(&settings.namespace),
                         name: &issue.secret,

@@ -2,11 +2,13 @@
 //! streamed to it.
 //!
 //! - [`policy`]: effective mTLS modes (PeerAuthentication precedence), pure.
+//! - [`authz`]: which AuthorizationPolicies select which workload, compiled once, pure.
 //! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
 //! - [`server`]: reflectors, debounce, the stream and ack routes, the per-replica registry.
 //!
 //! The snapshot schema and the wire framing live in [`crate::snapshot`], shared with the proxy.
 
+pub mod authz;
 pub mod model;
 pub mod policy;
 pub mod server;

@@ -19,8 +19,12 @@ use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
+use super::authz::AuthzIndex;
 use super::policy::{Effective, Policies, PolicyProblem};
-use crate::api::{MeshConfig, PeerAuthentication, meshconfig::OutboundTrafficPolicy};
+use crate::api::{
+    AuthorizationPolicy, MeshConfig, PeerAuthentication, meshconfig::OutboundTrafficPolicy,
+};
+use crate::authz::Policy;
 use crate::contract;
 use crate::snapshot::{
     Endpoint, InboundConfig, MtlsMode, OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service,
@@ -40,6 +44,7 @@ pub struct MeshView {
     pub slices: Vec<Arc<EndpointSlice>>,
     pub revisions: Vec<Arc<MeshConfig>>,
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
+    pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -56,6 +61,10 @@ pub struct MeshedPod {
     pub ports: Vec<u16>,
     /// Container port -> hosts of the Services whose ready endpoints include this pod.
     pub services: BTreeMap<u16, Vec<String>>,
+    /// Container port -> HTTP where a Service targeting it declares HTTP.
+    pub protocols: BTreeMap<u16, Protocol>,
+    /// The AuthorizationPolicies that select this pod, compiled, in evaluation order.
+    pub authz: Vec<Policy>,
 }
 
 /// The shared part of every snapshot, computed once per change.
@@ -109,6 +118,7 @@ impl MeshIndex {
 
         // Meshed pods: the injector labels them with their revision.
         let mut pods = HashMap::new();
+        let mut pod_labels = HashMap::new();
         for pod in &view.pods {
             let Some(key) = pod_key(pod) else { continue };
             let labels = labels_of(pod);
@@ -150,11 +160,28 @@ impl MeshIndex {
                 modes,
                 ports,
                 services: BTreeMap::new(),
+                protocols: BTreeMap::new(),
+                authz: Vec::new(),
             };
+            pod_labels.insert(key.clone(), labels);
             pods.insert(key, entry);
         }
 
         let (services, headless) = service_tables(view, &mut pods);
+        let authz = AuthzIndex::new(&view.root_namespace, &view.authorization_policies);
+        for (key, pod) in pods.iter_mut() {
+            // The Services of the pod's namespace whose endpoints it is (`name.ns.svc.…`).
+            let mut names: Vec<&str> = pod
+                .services
+                .values()
+                .flatten()
+                .filter_map(|host| host.split('.').next())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let labels = pod_labels.get(key).cloned().unwrap_or_default();
+            pod.authz = authz.for_pod(&key.0, &labels, &names);
+        }
         let (services, headless) = (Table::new(services), Table::new(headless));
         let mut material = services.hash().to_vec();
         material.extend_from_slice(&headless.hash());
@@ -181,7 +208,11 @@ impl MeshIndex {
             headless,
             policies: policies_by_rev,
             services_hash,
-            problems: policies.problems,
+            problems: policies
+                .problems
+                .into_iter()
+                .chain(authz.problems)
+                .collect(),
         }
     }
 
@@ -216,8 +247,8 @@ impl MeshIndex {
                 .map(|(port, (mode, _))| (*port, *mode))
                 .collect(),
             services: pod.services.clone(),
-            protocols: BTreeMap::new(),
-            authz: Vec::new(),
+            protocols: pod.protocols.clone(),
+            authz: pod.authz.clone(),
         };
         let policy = self
             .policies
@@ -347,6 +378,7 @@ fn service_tables(
     let mut headless = Vec::new();
     // (pod namespace, pod name) -> container port -> hosts.
     let mut targets: HashMap<(String, String), BTreeMap<u16, Vec<String>>> = HashMap::new();
+    let mut target_protocols: HashMap<(String, String), BTreeMap<u16, Protocol>> = HashMap::new();
     for svc in &view.services {
         let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
             continue;
@@ -370,12 +402,8 @@ fn service_tables(
             };
             let protocol = if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                 continue; // UDP/SCTP are not captured
-            } else if port.app_protocol.as_deref() == Some("http")
-                || port.name.as_deref().is_some_and(|n| n.starts_with("http"))
-            {
-                Protocol::Http
             } else {
-                Protocol::Tcp
+                declared_protocol(port.name.as_deref(), port.app_protocol.as_deref())
             };
             let mut endpoints = Vec::new();
             for slice in svc_slices {
@@ -403,6 +431,12 @@ fn service_tables(
                         });
                     let meshed = pod_key.as_ref().and_then(|k| pods.get(k));
                     if let (Some(k), Some(_)) = (&pod_key, meshed) {
+                        if protocol == Protocol::Http {
+                            target_protocols
+                                .entry(k.clone())
+                                .or_default()
+                                .insert(target, Protocol::Http);
+                        }
                         let hosts = targets
                             .entry(k.clone())
                             .or_default()
@@ -453,7 +487,36 @@ fn service_tables(
             pod.services = ports;
         }
     }
+    for (key, protocols) in target_protocols {
+        if let Some(pod) = pods.get_mut(&key) {
+            pod.protocols = protocols;
+        }
+    }
     (table, headless)
+}
+
+/// A Service port's protocol as Istio reads it: `appProtocol` (`http`, `http2`, `grpc`,
+/// `grpc-web`, `kubernetes.io/h2c`), else the port name's `<protocol>[-<suffix>]` prefix.
+/// `https` and `tls` are TLS the app terminates: TCP to the mesh.
+pub fn declared_protocol(name: Option<&str>, app_protocol: Option<&str>) -> Protocol {
+    const HTTP: [&str; 5] = ["http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c"];
+    if let Some(ap) = app_protocol {
+        return if HTTP.contains(&ap.to_ascii_lowercase().as_str()) {
+            Protocol::Http
+        } else {
+            Protocol::Tcp
+        };
+    }
+    let prefix = name
+        .unwrap_or_default()
+        .split('-')
+        .next()
+        .unwrap_or_default();
+    if ["http", "http2", "grpc"].contains(&prefix.to_ascii_lowercase().as_str()) {
+        Protocol::Http
+    } else {
+        Protocol::Tcp
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -555,6 +618,69 @@ pub(crate) mod tests {
                 "spec": {"traffic": {"outboundTrafficPolicy": "REGISTRY_ONLY"}}
             }))],
             peer_authentications: vec![],
+            authorization_policies: vec![],
+        }
+    }
+
+    #[test]
+    fn a_pod_gets_the_policies_that_select_it_and_its_http_ports() {
+        let mut v = view();
+        v.authorization_policies = vec![
+            obj(
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"namespace": "pets", "name": "db-from-web"},
+                "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "db"}],
+                         "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/pets/sa/web"]}}]}]}}),
+            ),
+            obj(
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"namespace": "weft-system", "name": "mesh-deny-debug"},
+                "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]}}),
+            ),
+        ];
+        let index = MeshIndex::build(&v);
+        let policies = |pod: &str| {
+            let (_, bytes) = index.snapshot_for("pets", pod).unwrap();
+            let snap = decode_snapshot(&bytes).unwrap();
+            let names: Vec<String> = snap.inbound.authz.iter().map(|p| p.name.clone()).collect();
+            (names, snap.inbound.protocols)
+        };
+        let (db, db_protocols) = policies("db-1");
+        assert_eq!(db, ["pets/db-from-web", "weft-system/mesh-deny-debug"]);
+        assert_eq!(
+            db_protocols.get(&8080),
+            Some(&Protocol::Http),
+            "db's Service port is named http"
+        );
+        let (web, web_protocols) = policies("web-1");
+        assert_eq!(web, ["weft-system/mesh-deny-debug"]);
+        assert!(web_protocols.is_empty());
+        // A new policy moves the version of exactly the proxies it selects.
+        let before = MeshIndex::build(&view());
+        let moved = |pod: &str| {
+            before.snapshot_for("pets", pod).unwrap().0
+                != index.snapshot_for("pets", pod).unwrap().0
+        };
+        assert!(moved("db-1") && moved("web-1"));
+    }
+
+    #[test]
+    fn port_protocols_are_read_as_istio_names_them() {
+        for (name, app, want) in [
+            (Some("http"), None, Protocol::Http),
+            (Some("http-web"), None, Protocol::Http),
+            (Some("http2"), None, Protocol::Http),
+            (Some("grpc"), None, Protocol::Http),
+            (Some("grpc-web"), None, Protocol::Http),
+            (Some("https"), None, Protocol::Tcp),
+            (Some("httpx"), None, Protocol::Tcp),
+            (Some("tcp-db"), None, Protocol::Tcp),
+            (None, None, Protocol::Tcp),
+            (Some("tcp"), Some("http"), Protocol::Http),
+            (Some("http"), Some("tcp"), Protocol::Tcp),
+            (None, Some("kubernetes.io/h2c"), Protocol::Http),
+        ] {
+            assert_eq!(declared_protocol(name, app), want, "{name:?} {app:?}");
         }
     }
 

@@ -40,8 +40,10 @@ impl Effective {
 }
 
 /// A policy the resolver had to skip, with what to change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyProblem {
+    /// `PeerAuthentication` or `AuthorizationPolicy`.
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     pub message: String,
@@ -103,6 +105,7 @@ impl Policies {
                     .or_default()
                     .push(Checked { name, ..checked }),
                 Err(message) => policies.problems.push(PolicyProblem {
+                    kind: "PeerAuthentication",
                     namespace,
                     name,
                     message,

@@ -13,7 +13,7 @@
 //! version sent, the version acknowledged and the version current now (`weft proxy-status`
 //! merges the answers of every replica).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +34,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use super::model::{MeshIndex, MeshView};
-use crate::api::{MeshConfig, PeerAuthentication};
+use super::policy::PolicyProblem;
+use crate::api::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
 use crate::contract;
+use crate::kube::events;
 use crate::kube::metrics::OperatorMetrics;
 use crate::kube::reflect::{ready, reflect, reflect_optional};
 use crate::snapshot::stream::{Ack, HEARTBEAT, MAX_ACK_BYTES, Rejected, encode_line};
@@ -151,6 +153,8 @@ impl DiscoveryState {
         // installing the CRD later just works. It is not part of readiness.
         let policies: Store<PeerAuthentication> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        let authorization: Store<AuthorizationPolicy> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -160,7 +164,9 @@ impl DiscoveryState {
         };
         let (index_tx, index_rx) = watch::channel(Arc::new(MeshIndex::build(&base)));
         let (synced_tx, synced_rx) = watch::channel(false);
+        let events_client = client.clone();
         tokio::spawn(async move {
+            let mut reported: HashSet<PolicyProblem> = HashSet::new();
             tokio::join!(
                 ready(&pods),
                 ready(&services),
@@ -174,12 +180,15 @@ impl DiscoveryState {
                     slices: slices.state(),
                     revisions: revisions.state(),
                     peer_authentications: policies.state(),
+                    authorization_policies: authorization.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);
-                for p in &index.problems {
-                    tracing::warn!(namespace = %p.namespace, name = %p.name, "PeerAuthentication skipped: {}", p.message);
+                let current: HashSet<PolicyProblem> = index.problems.iter().cloned().collect();
+                for p in current.difference(&reported) {
+                    report_problem(&events_client, p);
                 }
+                reported = current;
                 index_tx.send_replace(Arc::new(index));
                 synced_tx.send_replace(true);
                 changed.notified().await;
@@ -243,6 +252,32 @@ impl DiscoveryState {
             proxies,
         }
     }
+}
+
+/// Tells a person once (per replica and problem) that a policy is not applied as written:
+/// a warning in the log and a Warning Event on the policy (`kubectl describe` shows it; the
+/// Event's name is derived from its content, so replicas do not repeat each other).
+fn report_problem(client: &Client, p: &PolicyProblem) {
+    tracing::warn!(kind = p.kind, namespace = %p.namespace, name = %p.name, "policy not applied as written: {}", p.message);
+    let event = events::warning(
+        events::Regarding {
+            api_version: "security.istio.io/v1",
+            kind: p.kind,
+            namespace: Some(&p.namespace),
+            name: &p.name,
+            uid: None,
+        },
+        "PolicyNotApplied",
+        "Compile",
+        &p.message,
+        "weft-operator",
+    );
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = events::publish(&client, event).await {
+            tracing::debug!(error = %e, "could not record a policy problem as an Event");
+        }
+    });
 }
 
 /// The config routes, merged into the discovery port's router.

@@ -1,6 +1,12 @@
 //! What the control plane's parts share below the operator process: watch-backed stores of API
-//! objects ([`reflect`]) and the one metrics registry ([`metrics`]). Controllers, discovery and
+//! objects ([`reflect`]), the one metrics registry ([`metrics`]) and Events ([`events`]). Controllers, discovery and
 //! the operator's endpoints use them; `operator/` only wires them together.
 
+pub mod events;
 pub mod metrics;
 pub mod reflect;
+
+/// An API answer that the object already exists or changed under us (HTTP 409).
+pub(crate) fn is_conflict(e: &::kube::Error) -> bool {
+    matches!(e, ::kube::Error::Api(status) if status.code == 409)
+}

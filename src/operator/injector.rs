@@ -23,7 +23,7 @@ use kube::{Api, Client};
 use super::ca_bundle::MUTATING_WEBHOOK;
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
-use crate::controllers::events;
+use crate::kube::events;
 use crate::kube::metrics::{Endpoint, OperatorMetrics};
 use crate::kube::reflect::{is_ready, ready, reflect};
 use crate::webhook::{self, ForeignInjector, InjectorSettings, MeshState};
@@ -288,6 +288,7 @@ impl InjectorState {
         let message = format!("weft did not inject pod {pod}: {reason}");
         let event = events::normal(
             events::Regarding {
+                api_version: "v1",
                 kind: "Pod",
                 namespace: Some(namespace),
                 name: pod,

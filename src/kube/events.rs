@@ -1,4 +1,4 @@
-//! Warning Events the controllers record (events.k8s.io/v1). One mechanism for all of them:
+//! Events the control plane records (events.k8s.io/v1). One mechanism for all of them:
 //! the Event's name is derived from what it is about and its message, so a second replica, a
 //! restarted operator or the next loop gets AlreadyExists instead of repeating it.
 
@@ -12,7 +12,9 @@ use super::is_conflict;
 
 /// The object an Event is about.
 pub struct Regarding<'a> {
-    /// A core (v1) kind: Namespace, Secret, Pod, ...
+    /// `v1` for core kinds, `group/version` for others.
+    pub api_version: &'a str,
+    /// Namespace, Secret, Pod, AuthorizationPolicy, ...
     pub kind: &'a str,
     /// None for cluster-scoped objects.
     pub namespace: Option<&'a str>,
@@ -89,7 +91,7 @@ fn event(
         action: Some(action.into()),
         note: Some(message.chars().take(NOTE_LIMIT).collect()),
         regarding: Some(ObjectReference {
-            api_version: Some("v1".into()),
+            api_version: Some(regarding.api_version.into()),
             kind: Some(regarding.kind.into()),
             namespace: regarding.namespace.map(str::to_string),
             name: Some(regarding.name.into()),
@@ -123,6 +125,7 @@ mod tests {
 
     fn about(name: &str, namespace: Option<&'static str>) -> Regarding<'static> {
         Regarding {
+            api_version: "v1",
             kind: if namespace.is_some() {
                 "Secret"
             } else {

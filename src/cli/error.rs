@@ -158,6 +158,9 @@ pub enum CliError {
     #[error("making a new root: {message}")]
     NewRoot { message: String },
 
+    #[error("{message}")]
+    BadRequest { message: String },
+
     #[error("writing {format} output: {message}")]
     Output {
         format: &'static str,
@@ -189,6 +192,7 @@ impl CliError {
             CliError::PluginCaInUse { .. } => "plugin_ca_in_use",
             CliError::ConfirmationNeeded => "confirmation_needed",
             CliError::NewRoot { .. } => "new_root",
+            CliError::BadRequest { .. } => "bad_request",
             CliError::Output { .. } => "output",
         }
     }

@@ -1,6 +1,7 @@
 //! The `weft` command line: the operator (`weft operator`) and the user CLI that talks to a
 //! cluster through the kubeconfig, like kubectl. Each subcommand lives in its own module.
 
+pub mod authz;
 pub mod ca;
 pub mod check;
 pub mod error;
@@ -64,6 +65,9 @@ pub enum Command {
     Revision(revision::RevisionCommand),
     /// Each meshed pod's config (SYNCED/STALE), operator replica and certificate expiry.
     ProxyStatus(proxy_status::ProxyStatusArgs),
+    /// Authorization: `weft authz explain` says which policy and rule decide a request.
+    #[command(subcommand)]
+    Authz(authz::AuthzCommand),
     /// Show how weft sees an object.
     #[command(subcommand)]
     Describe(DescribeCommand),
@@ -95,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe(DescribeCommand::Pod(args)) => {
             Ok(proxy_status::describe_pod(args).await?)
         }
+        Command::Authz(command) => Ok(authz::run(command).await?),
         Command::Check(args) => Ok(check::run(args).await?),
         Command::Ca(command) => Ok(ca::run(command).await?),
         Command::Uninstall(args) => Ok(uninstall::run(args).await?),

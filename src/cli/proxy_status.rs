@@ -300,8 +300,8 @@ pub async fn describe_pod(args: DescribePodArgs) -> Result<(), CliError> {
     let index = MeshIndex::build(&view);
     for p in &index.problems {
         eprintln!(
-            "warning: PeerAuthentication {}/{} is skipped: {}",
-            p.namespace, p.name, p.message
+            "warning: {} {}/{} is not applied as written: {}",
+            p.kind, p.namespace, p.name, p.message
         );
     }
     match describe(&index, &args.namespace, &args.pod) {

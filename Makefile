@@ -64,6 +64,10 @@ unit: ## Unit, golden and schema tests (no cluster)
 cluster-components: ## Build the local cluster's Kubernetes, etcd and CoreDNS binaries (cached)
 	@bash e2e/components/build.sh >/dev/null
 
+.PHONY: conformance-images
+conformance-images: ## Build the Gateway API suite's echo-basic and echo-advanced (Istio's echo) from their Go modules, install them for the node agent (and /cert.crt, /cert.key); cached, not in make test; needs root
+	@bash e2e/components/build-conformance-images.sh
+
 .PHONY: cluster-up
 cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); needs root
 	@bash e2e/cluster/up.sh
@@ -88,7 +92,7 @@ e2e: ## End-to-end tests on the local cluster (brings it up, always tears it dow
 	@# changed root that the tests must not inherit.
 	@bash e2e/cluster/down.sh >/dev/null
 	@trap 'bash e2e/cluster/down.sh' EXIT; \
-	  $(CARGO) test --locked -p weft-node-agent --test cluster --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4 && \
+	  $(CARGO) test --locked -p weft-node-agent --test cluster --test exec --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test check -- --test-threads=4 && \
 	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1
 
 .PHONY: fuzz

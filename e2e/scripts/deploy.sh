@@ -23,8 +23,10 @@ for image in weft weft-canary; do
   done
 done
 installed=$(kubectl -n weft-system get deployment weft-operator -o name 2>/dev/null || true)
-# The local cluster has no Istio: install its PeerAuthentication API (weft reads it) first.
+# The local cluster has no Istio and no OSM: install the policy APIs weft reads (Istio's
+# PeerAuthentication and AuthorizationPolicy, SMI's access control) first.
 kubectl apply --server-side --force-conflicts -k "$here/../config/istio-api" >/dev/null
+kubectl apply --server-side --force-conflicts -k "$here/../config/smi-api" >/dev/null
 kubectl apply --server-side --force-conflicts -k "$here/../config/default" >/dev/null
 # A new binary reaches running pods only through a restart (the image tag does not change).
 if [[ $changed == 1 && -n $installed ]]; then

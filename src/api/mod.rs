@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod meshconfig;
 pub mod peerauthentication;
 pub mod revisiontag;
+pub mod smi;
 
 pub use authorizationpolicy::AuthorizationPolicy;
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};

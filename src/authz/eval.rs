@@ -175,5 +175,10 @@ fn term_matches(term: &Term, r: &Request<'_>) -> bool {
             .http
             .and_then(|h| h.headers.get(name))
             .is_some_and(|v| value.matches(v)),
+        Term::PathRegex(p) => r.http.is_some_and(|h| p.is_match(h.path)),
+        Term::HeaderRegex { name, pattern } => r
+            .http
+            .and_then(|h| h.headers.get(name))
+            .is_some_and(|v| pattern.is_match(v)),
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Action, Clause, PathMatch, Policy, Rule, Segment, StringMatch, Term, parse_ip_block,
+    Action, Clause, PathMatch, Policy, PolicyKind, Rule, Segment, StringMatch, Term, parse_ip_block,
 };
 
 /// The annotation that turns a policy into a dry run.
@@ -225,6 +225,7 @@ pub fn compile(
         .collect();
     errors.finish(Policy {
         name: format!("{namespace}/{name}"),
+        kind: PolicyKind::AuthorizationPolicy,
         action,
         dry_run,
         rules,

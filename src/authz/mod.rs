@@ -1,5 +1,5 @@
-//! Authorization, kube-free: Istio's `AuthorizationPolicy` compiled into matchers
-//! ([`istio`] → [`model`]), request paths normalized before anything matches them ([`path`]),
+//! Authorization, kube-free: Istio's `AuthorizationPolicy` and SMI's `TrafficTarget` compiled
+//! into one model of matchers ([`istio`], [`smi`] → [`model`]), request paths normalized before anything matches them ([`path`]),
 //! and the one evaluator ([`evaluate`]) that the proxy runs per request and `weft authz
 //! explain` runs for a user, so what the CLI explains is what the proxy does.
 
@@ -7,6 +7,7 @@ mod eval;
 pub mod istio;
 pub mod model;
 pub mod path;
+pub mod smi;
 
 pub use eval::{Decision, DryRun, Headers, Http, Reason, Request, RuleRef, Verdict, evaluate};
-pub use model::{Action, Policy};
+pub use model::{Action, Policy, PolicyKind};

@@ -17,11 +17,27 @@ pub enum Action {
     Audit,
 }
 
+/// Where a policy comes from: all kinds are evaluated together, by the same rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyKind {
+    /// Istio's `AuthorizationPolicy`.
+    #[default]
+    AuthorizationPolicy,
+    /// An SMI `TrafficTarget` (OSM's restrictive mode).
+    TrafficTarget,
+    /// OSM's restrictive mode itself (`traffic.enablePermissiveTrafficPolicyMode: false`): an
+    /// ALLOW policy that matches nothing, so what nothing allows is denied.
+    RestrictiveMode,
+}
+
 /// One policy that selects this proxy's workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
-    /// `namespace/name`: how logs, metrics and `weft authz explain` name the policy.
+    /// `namespace/name` (for restrictive mode, the revision): how logs, metrics and `weft
+    /// authz explain` name the policy.
     pub name: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: PolicyKind,
     pub action: Action,
     /// `istio.io/dry-run: "true"`: evaluated and reported, never enforced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -87,6 +103,13 @@ pub enum Term {
         name: String,
         value: StringMatch,
     },
+    /// The normalized path against a user's regex (SMI's `pathRegex`).
+    PathRegex(Pattern),
+    /// A request header by lower-case name against a user's regex (SMI's `headers`).
+    HeaderRegex {
+        name: String,
+        pattern: Pattern,
+    },
 }
 
 impl Term {
@@ -96,7 +119,12 @@ impl Term {
     pub fn http_only(&self) -> bool {
         matches!(
             self,
-            Term::Host(_) | Term::Method(_) | Term::Path(_) | Term::Header { .. }
+            Term::Host(_)
+                | Term::Method(_)
+                | Term::Path(_)
+                | Term::Header { .. }
+                | Term::PathRegex(_)
+                | Term::HeaderRegex { .. }
         )
     }
 }
@@ -257,4 +285,79 @@ pub fn parse_ip_block(value: &str) -> Option<IpNet> {
         return Some(IpNet::from(ip));
     }
     value.parse::<IpNet>().ok().map(|n| n.trunc())
+}
+
+/// A user's regular expression, matched against a whole value (anchored at both ends) with the
+/// `regex` crate (linear time, no backtracking) under a compiled-size limit, so a pattern can
+/// neither run away per request nor blow up memory. It travels as its source and is compiled
+/// again, under the same limits, wherever it is read.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+/// Compiled size a user pattern may take (the `regex` crate's default is 10 MiB).
+pub const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
+/// Longest pattern source accepted.
+pub const PATTERN_MAX_LEN: usize = 4096;
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Self, String> {
+        if source.len() > PATTERN_MAX_LEN {
+            return Err(format!(
+                "the pattern is {} bytes long; at most {PATTERN_MAX_LEN} are accepted",
+                source.len()
+            ));
+        }
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SIZE_LIMIT)
+            .nest_limit(64)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => format!(
+                    "{source:?} compiles to more than {} KiB; simplify the pattern",
+                    PATTERN_SIZE_LIMIT / 1024
+                ),
+                e => format!("{source:?} is not a valid regular expression: {e}"),
+            })?;
+        Ok(Pattern {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        self.regex.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(d)?;
+        Pattern::new(&source).map_err(serde::de::Error::custom)
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }

@@ -13,9 +13,10 @@ use kube::Api;
 use kube::api::ListParams;
 
 use super::error::CliError;
-use super::inventory;
-use crate::api::AuthorizationPolicy;
-use crate::authz::model::{Action, Policy};
+use super::inventory::{self, MeshArgs};
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
+use crate::api::{AuthorizationPolicy, MeshConfig};
+use crate::authz::model::{Action, Policy, PolicyKind};
 use crate::authz::path::normalize;
 use crate::authz::{Decision, Http, Reason, Request, RuleRef, Verdict, evaluate};
 use crate::contract;
@@ -62,6 +63,8 @@ pub struct ExplainArgs {
     /// The mesh's trust domain (the operator's --trust-domain).
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = contract::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -95,12 +98,33 @@ async fn explain(args: ExplainArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::kube(format!("listing EndpointSlices in {ns}")))?
         .items;
-    // Istio's API may be absent: no policies then.
+    // Istio's and SMI's APIs may be absent: no such policies then.
     let policies = Api::<AuthorizationPolicy>::all(client.clone())
         .list(&list)
         .await
         .map(|l| l.items)
         .unwrap_or_default();
+    let traffic_targets = Api::<TrafficTarget>::namespaced(client.clone(), ns)
+        .list(&list)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let http_route_groups = Api::<HTTPRouteGroup>::namespaced(client.clone(), ns)
+        .list(&list)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let tcp_routes = Api::<TCPRoute>::namespaced(client.clone(), ns)
+        .list(&list)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    // The revisions say which are in OSM's restrictive mode.
+    let revisions = Api::<MeshConfig>::namespaced(client.clone(), &args.mesh.weft_namespace)
+        .list(&list)
+        .await
+        .map_err(CliError::kube("listing revisions"))?
+        .items;
     let (principal, source_ip) = match caller(&args.from, ns, &args.trust_domain)? {
         Caller::Pod { namespace, name } => {
             let from = Api::<Pod>::namespaced(client.clone(), &namespace)
@@ -134,6 +158,10 @@ async fn explain(args: ExplainArgs) -> Result<(), CliError> {
         services: services.into_iter().map(Arc::new).collect(),
         slices: slices.into_iter().map(Arc::new).collect(),
         authorization_policies: policies.into_iter().map(Arc::new).collect(),
+        traffic_targets: traffic_targets.into_iter().map(Arc::new).collect(),
+        http_route_groups: http_route_groups.into_iter().map(Arc::new).collect(),
+        tcp_routes: tcp_routes.into_iter().map(Arc::new).collect(),
+        revisions: revisions.into_iter().map(Arc::new).collect(),
         ..Default::default()
     };
     let index = MeshIndex::build(&view);
@@ -252,14 +280,17 @@ fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// How a policy is named to a person: its kind and name.
+fn policy_text(p: &Policy) -> String {
+    match p.kind {
+        PolicyKind::AuthorizationPolicy => format!("{} policy {}", action_name(p.action), p.name),
+        PolicyKind::TrafficTarget => format!("TrafficTarget {}", p.name),
+        PolicyKind::RestrictiveMode => format!("OSM restrictive mode of {}", p.name),
+    }
+}
+
 fn rule_text(policies: &[Policy], r: RuleRef) -> String {
-    let p = &policies[r.policy];
-    format!(
-        "rule {} of {} policy {}",
-        r.rule,
-        action_name(p.action),
-        p.name
-    )
+    format!("rule {} of {}", r.rule, policy_text(&policies[r.policy]))
 }
 
 fn reason_text(policies: &[Policy], reason: Reason) -> String {
@@ -295,10 +326,17 @@ pub fn explain_text(policies: &[Policy], request: &Request<'_>, decision: &Decis
         out.push_str("Policies:  (DENY first, then ALLOW; AUDIT and dry-run never decide)\n");
         for p in policies {
             let dry = if p.dry_run { " (dry-run)" } else { "" };
+            let what = match p.kind {
+                PolicyKind::AuthorizationPolicy => p.name.clone(),
+                PolicyKind::TrafficTarget => format!("{} (TrafficTarget)", p.name),
+                PolicyKind::RestrictiveMode => format!(
+                    "OSM restrictive mode of {}: what nothing allows is denied",
+                    p.name
+                ),
+            };
             out.push_str(&format!(
-                "  {:<6} {}{dry}, {} rule(s)\n",
+                "  {:<6} {what}{dry}, {} rule(s)\n",
                 action_name(p.action),
-                p.name,
                 p.rules.len()
             ));
         }

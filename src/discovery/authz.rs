@@ -1,6 +1,11 @@
-//! Which AuthorizationPolicies select which workload, each compiled once per index: the root
-//! namespace's policies select across the mesh, a namespace's select its own workloads, by
-//! `selector.matchLabels`, by `targetRefs` to Services whose endpoints are the pod, or all.
+//! Which authorization policies select which workload, each compiled once per index. Istio's
+//! AuthorizationPolicies: the root namespace's select across the mesh, a namespace's select its
+//! own workloads, by `selector.matchLabels`, by `targetRefs` to Services whose endpoints are the
+//! pod, or all. SMI TrafficTargets select the workloads running as their destination service
+//! account, and only where the pod's revision is in OSM's restrictive mode
+//! (`traffic.enablePermissiveTrafficPolicyMode: false`), which also adds an ALLOW that matches
+//! nothing, so what no policy allows is denied; in permissive mode OSM ignores them, and so
+//! does weft.
 //! A policy weft cannot read fails closed for the workloads it selects: an ALLOW becomes an
 //! ALLOW that matches nothing, a DENY (or CUSTOM) one that denies everything; an AUDIT is
 //! dropped. Each such policy is a problem the operator reports with the fix.
@@ -10,8 +15,10 @@ use std::sync::Arc;
 
 use super::policy::PolicyProblem;
 use crate::api::AuthorizationPolicy;
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
 use crate::authz::istio::{self, AuthorizationPolicySpec};
-use crate::authz::model::{Action, Policy, Rule};
+use crate::authz::model::{Action, Policy, PolicyKind, Rule};
+use crate::authz::smi::{self as smi_spec, Routes};
 
 /// The kind name problems and Events use.
 pub const KIND: &str = "AuthorizationPolicy";
@@ -22,6 +29,27 @@ enum Scope {
     Labels(BTreeMap<String, String>),
     /// Services by name in the policy's namespace.
     Services(Vec<String>),
+    /// Pods running as this service account of the policy's namespace, in restrictive mode.
+    ServiceAccount(String),
+}
+
+/// The SMI objects of the mesh, as watched.
+#[derive(Default, Clone, Copy)]
+pub struct SmiObjects<'a> {
+    pub traffic_targets: &'a [Arc<TrafficTarget>],
+    pub http_route_groups: &'a [Arc<HTTPRouteGroup>],
+    pub tcp_routes: &'a [Arc<TCPRoute>],
+}
+
+/// The pod a selection is for.
+pub struct Workload<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// The Services (of its namespace) it is an endpoint of.
+    pub services: &'a [&'a str],
+    pub service_account: &'a str,
+    /// The pod's revision when that revision is in OSM's restrictive mode.
+    pub restrictive_revision: Option<&'a str>,
 }
 
 struct Entry {
@@ -38,7 +66,11 @@ pub struct AuthzIndex {
 }
 
 impl AuthzIndex {
-    pub fn new(root_namespace: &str, all: &[Arc<AuthorizationPolicy>]) -> Self {
+    pub fn new(
+        root_namespace: &str,
+        all: &[Arc<AuthorizationPolicy>],
+        smi: SmiObjects<'_>,
+    ) -> Self {
         let mut sorted: Vec<&AuthorizationPolicy> = all.iter().map(Arc::as_ref).collect();
         sorted.sort_by(|a, b| {
             (&a.metadata.namespace, &a.metadata.name)
@@ -98,6 +130,7 @@ impl AuthzIndex {
                 policy,
             });
         }
+        compile_smi(smi, &mut entries, &mut problems);
         AuthzIndex {
             root_namespace: root_namespace.to_string(),
             entries,
@@ -105,26 +138,111 @@ impl AuthzIndex {
         }
     }
 
-    /// The policies that select a pod, in the order they are evaluated (by namespace, name).
-    /// `services` are the names of the Services (in the pod's namespace) it is an endpoint of.
-    pub fn for_pod(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-        services: &[&str],
-    ) -> Vec<Policy> {
-        self.entries
+    /// The policies that select a pod: Istio's by namespace and name, then the TrafficTargets,
+    /// then restrictive mode's. The order never changes a verdict (see `authz::evaluate`).
+    pub fn for_pod(&self, w: &Workload<'_>) -> Vec<Policy> {
+        let mut selected: Vec<Policy> = self
+            .entries
             .iter()
-            .filter(|e| e.namespace == namespace || e.namespace == self.root_namespace)
+            .filter(|e| e.namespace == w.namespace || e.namespace == self.root_namespace)
             .filter(|e| match &e.scope {
                 Scope::All => true,
-                Scope::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+                Scope::Labels(want) => want.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
                 Scope::Services(names) => {
-                    e.namespace == namespace && names.iter().any(|n| services.contains(&n.as_str()))
+                    e.namespace == w.namespace
+                        && names.iter().any(|n| w.services.contains(&n.as_str()))
+                }
+                Scope::ServiceAccount(sa) => {
+                    w.restrictive_revision.is_some()
+                        && e.namespace == w.namespace
+                        && sa == w.service_account
                 }
             })
             .map(|e| e.policy.clone())
-            .collect()
+            .collect();
+        if let Some(revision) = w.restrictive_revision {
+            selected.push(smi_spec::restrictive_mode(revision));
+        }
+        selected
+    }
+}
+
+/// Compiles every TrafficTarget against the route groups of its namespace.
+fn compile_smi(smi: SmiObjects<'_>, entries: &mut Vec<Entry>, problems: &mut Vec<PolicyProblem>) {
+    fn read<T: serde::de::DeserializeOwned>(raw: &serde_json::Value) -> Result<T, String> {
+        serde_json::from_value(raw.clone()).map_err(|e| format!("spec: {e}"))
+    }
+    let key = |m: &kube::api::ObjectMeta| Some((m.namespace.clone()?, m.name.clone()?));
+    let mut report = |kind: &'static str, (namespace, name): (String, String), message: String| {
+        problems.push(PolicyProblem {
+            kind,
+            namespace,
+            name,
+            message,
+        })
+    };
+    let mut http = BTreeMap::new();
+    for g in smi.http_route_groups {
+        let Some(k) = key(&g.metadata) else { continue };
+        match read::<smi_spec::HttpRouteGroupSpec>(&g.spec.raw) {
+            Ok(spec) => {
+                http.insert(k, spec);
+            }
+            Err(e) => report("HTTPRouteGroup", k, e),
+        }
+    }
+    let mut tcp = BTreeMap::new();
+    for r in smi.tcp_routes {
+        let Some(k) = key(&r.metadata) else { continue };
+        match read::<smi_spec::TcpRouteSpec>(&r.spec.raw) {
+            Ok(spec) => {
+                tcp.insert(k, spec);
+            }
+            Err(e) => report("TCPRoute", k, e),
+        }
+    }
+    let mut targets: Vec<&TrafficTarget> = smi.traffic_targets.iter().map(Arc::as_ref).collect();
+    targets.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    for t in targets {
+        let Some((namespace, name)) = key(&t.metadata) else {
+            continue;
+        };
+        let routes = Routes {
+            http: http
+                .iter()
+                .filter(|((ns, _), _)| *ns == namespace)
+                .map(|((_, n), s)| (n.as_str(), s))
+                .collect(),
+            tcp: tcp
+                .iter()
+                .filter(|((ns, _), _)| *ns == namespace)
+                .map(|((_, n), s)| (n.as_str(), s))
+                .collect(),
+        };
+        let compiled = read::<smi_spec::TrafficTargetSpec>(&t.spec.raw).and_then(|spec| {
+            smi_spec::compile_traffic_target(&namespace, &name, &spec, &routes).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        });
+        match compiled {
+            Ok(c) => entries.push(Entry {
+                namespace,
+                scope: Scope::ServiceAccount(c.destination_service_account),
+                policy: c.policy,
+            }),
+            // An allow that cannot be read allows nothing: restrictive mode already denies.
+            Err(message) => report(
+                "TrafficTarget",
+                (namespace, name),
+                format!("{message}. Until it is fixed it allows nothing"),
+            ),
+        }
     }
 }
 
@@ -160,6 +278,7 @@ fn fail_closed(namespace: &str, name: &str, action: Option<&str>) -> Option<Poli
     };
     Some(Policy {
         name: format!("{namespace}/{name}"),
+        kind: PolicyKind::AuthorizationPolicy,
         action,
         dry_run: false,
         rules,
@@ -179,6 +298,205 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    fn pod<'a>(
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        services: &'a [&'a str],
+    ) -> Workload<'a> {
+        Workload {
+            namespace,
+            labels,
+            services,
+            service_account: "default",
+            restrictive_revision: None,
+        }
+    }
+
+    fn smi<K: serde::de::DeserializeOwned>(kind: &str, ns: &str, name: &str, spec: &str) -> Arc<K> {
+        let spec: serde_json::Value = serde_yaml::from_str(spec).unwrap();
+        let api = if kind == "TrafficTarget" {
+            "access.smi-spec.io/v1alpha3"
+        } else {
+            "specs.smi-spec.io/v1alpha4"
+        };
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": api, "kind": kind,
+                "metadata": {"namespace": ns, "name": name}, "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// Seed 000 step 5, as printed.
+    const BOOKSTORE_ACCESS: &str = r#"
+  destination:
+    kind: ServiceAccount
+    name: default
+    namespace: bookstore
+  sources:
+    - kind: ServiceAccount
+      name: default
+      namespace: bookbuyer
+  rules:
+    - kind: HTTPRouteGroup
+      name: bookstore-routes
+      matches:
+        - buy-books
+        - get-books
+"#;
+    const BOOKSTORE_ROUTES: &str = r#"
+  matches:
+    - name: buy-books
+      pathRegex: /buy
+      methods:
+        - POST
+    - name: get-books
+      pathRegex: /books
+      methods:
+        - GET
+"#;
+
+    #[test]
+    fn seed_000_restrictive_mode_allows_exactly_the_traffic_target_routes() {
+        use crate::authz::{Http, Request, Verdict, evaluate};
+        let targets = [smi(
+            "TrafficTarget",
+            "bookstore",
+            "bookstore-access",
+            BOOKSTORE_ACCESS,
+        )];
+        let groups = [smi(
+            "HTTPRouteGroup",
+            "bookstore",
+            "bookstore-routes",
+            BOOKSTORE_ROUTES,
+        )];
+        let objects = SmiObjects {
+            traffic_targets: &targets,
+            http_route_groups: &groups,
+            tcp_routes: &[],
+        };
+        let index = AuthzIndex::new("weft-system", &[], objects);
+        assert!(index.problems.is_empty(), "{:?}", index.problems);
+        let labels = BTreeMap::new();
+        let bookstore = |restrictive: Option<&'static str>| {
+            index.for_pod(&Workload {
+                restrictive_revision: restrictive,
+                ..pod("bookstore", &labels, &[])
+            })
+        };
+        // Permissive mode (OSM's default): TrafficTargets are ignored.
+        assert!(bookstore(None).is_empty());
+        let policies = bookstore(Some("stable"));
+        assert_eq!(
+            names(&policies),
+            ["bookstore/bookstore-access", "revision stable"]
+        );
+        let headers: Vec<(String, String)> = Vec::new();
+        let decide = |principal: Option<&str>, method: &str, path: &str| {
+            let request = Request {
+                principal,
+                source_ip: [198, 18, 0, 4].into(),
+                remote_ip: [198, 18, 0, 4].into(),
+                destination_ip: [198, 18, 0, 5].into(),
+                destination_port: 14001,
+                sni: None,
+                http: Some(Http {
+                    method,
+                    host: "bookstore.bookstore",
+                    path,
+                    headers: &headers,
+                }),
+            };
+            evaluate(&policies, &request).verdict
+        };
+        let buyer = Some("cluster.local/ns/bookbuyer/sa/default");
+        assert_eq!(decide(buyer, "POST", "/buy"), Verdict::Allow);
+        assert_eq!(decide(buyer, "GET", "/books"), Verdict::Allow);
+        assert_eq!(decide(buyer, "GET", "/buy"), Verdict::Deny);
+        assert_eq!(
+            decide(buyer, "POST", "/buy/now"),
+            Verdict::Deny,
+            "pathRegex matches the whole path"
+        );
+        assert_eq!(decide(buyer, "DELETE", "/books"), Verdict::Deny);
+        assert_eq!(
+            decide(Some("cluster.local/ns/thief/sa/default"), "POST", "/buy"),
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(None, "POST", "/buy"),
+            Verdict::Deny,
+            "a plaintext caller"
+        );
+        // Another service account of the bookstore namespace gets only restrictive mode.
+        let other = index.for_pod(&Workload {
+            service_account: "admin",
+            restrictive_revision: Some("stable"),
+            ..pod("bookstore", &labels, &[])
+        });
+        assert_eq!(names(&other), ["revision stable"]);
+    }
+
+    #[test]
+    fn smi_objects_weft_cannot_read_are_reported_by_name() {
+        let targets = [
+            smi(
+                "TrafficTarget",
+                "shop",
+                "missing-group",
+                "destination: {kind: ServiceAccount, name: a}\nsources: [{kind: ServiceAccount, name: b}]\nrules: [{kind: HTTPRouteGroup, name: nope}]",
+            ),
+            smi(
+                "TrafficTarget",
+                "shop",
+                "bomb",
+                "destination: {kind: ServiceAccount, name: a}\nsources: [{kind: ServiceAccount, name: b}]\nrules: [{kind: HTTPRouteGroup, name: bomb}]",
+            ),
+            smi(
+                "TrafficTarget",
+                "shop",
+                "typo",
+                "destination: {kind: ServiceAccount, name: a}\nsource: []",
+            ),
+        ];
+        let groups = [smi(
+            "HTTPRouteGroup",
+            "shop",
+            "bomb",
+            "matches: [{name: m, pathRegex: '((a{100}){100}){100}'}]",
+        )];
+        let index = AuthzIndex::new(
+            "weft-system",
+            &[],
+            SmiObjects {
+                traffic_targets: &targets,
+                http_route_groups: &groups,
+                tcp_routes: &[],
+            },
+        );
+        let message = |name: &str| {
+            index
+                .problems
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.message.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            message("missing-group").contains("HTTPRouteGroup shop/nope does not exist"),
+            "{:?}",
+            index.problems
+        );
+        assert!(
+            message("bomb").contains("simplify the pattern"),
+            "{:?}",
+            index.problems
+        );
+        assert!(message("typo").contains("source"), "{:?}", index.problems);
     }
 
     fn names(ps: &[Policy]) -> Vec<&str> {
@@ -213,6 +531,7 @@ mod tests {
                 ),
                 policy("other", "elsewhere", json!({"rules": [{}]})),
             ],
+            SmiObjects::default(),
         );
         assert!(
             index.problems.is_empty(),
@@ -226,7 +545,7 @@ mod tests {
         let api: BTreeMap<String, String> = [("app".to_string(), "api".to_string())].into();
         let web: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
         assert_eq!(
-            names(&index.for_pod("pay", &api, &["api-svc"])),
+            names(&index.for_pod(&pod("pay", &api, &["api-svc"]))),
             [
                 "pay/api-only",
                 "pay/by-service",
@@ -236,11 +555,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            names(&index.for_pod("pay", &web, &[])),
+            names(&index.for_pod(&pod("pay", &web, &[]))),
             ["pay/ns-wide", "weft-system/mesh"]
         );
         assert_eq!(
-            names(&index.for_pod("dev", &web, &[])),
+            names(&index.for_pod(&pod("dev", &web, &[]))),
             ["weft-system/mesh"]
         );
     }
@@ -271,8 +590,9 @@ mod tests {
                     json!({"action": "AUDIT", "rules": [{"when": [{"key": "bogus", "values": ["x"]}]}]}),
                 ),
             ],
+            SmiObjects::default(),
         );
-        let ps = index.for_pod("pay", &BTreeMap::new(), &[]);
+        let ps = index.for_pod(&pod("pay", &BTreeMap::new(), &[]));
         assert_eq!(names(&ps), ["pay/custom", "pay/jwt", "pay/typo"]);
         assert_eq!(ps[0].action, Action::Deny);
         assert_eq!(ps[0].rules.len(), 1, "a DENY that matches everything");

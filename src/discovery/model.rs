@@ -19,8 +19,9 @@ use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 
-use super::authz::AuthzIndex;
+use super::authz::{AuthzIndex, SmiObjects, Workload};
 use super::policy::{Effective, Policies, PolicyProblem};
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
 use crate::api::{
     AuthorizationPolicy, MeshConfig, PeerAuthentication, meshconfig::OutboundTrafficPolicy,
 };
@@ -45,6 +46,9 @@ pub struct MeshView {
     pub revisions: Vec<Arc<MeshConfig>>,
     pub peer_authentications: Vec<Arc<PeerAuthentication>>,
     pub authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+    pub traffic_targets: Vec<Arc<TrafficTarget>>,
+    pub http_route_groups: Vec<Arc<HTTPRouteGroup>>,
+    pub tcp_routes: Vec<Arc<TCPRoute>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -168,7 +172,23 @@ impl MeshIndex {
         }
 
         let (services, headless) = service_tables(view, &mut pods);
-        let authz = AuthzIndex::new(&view.root_namespace, &view.authorization_policies);
+        let authz = AuthzIndex::new(
+            &view.root_namespace,
+            &view.authorization_policies,
+            SmiObjects {
+                traffic_targets: &view.traffic_targets,
+                http_route_groups: &view.http_route_groups,
+                tcp_routes: &view.tcp_routes,
+            },
+        );
+        let restrictive: HashMap<&str, bool> = revisions
+            .iter()
+            .map(|(name, mc)| {
+                let mode = mc.spec.traffic.as_ref();
+                let permissive = mode.and_then(|t| t.enable_permissive_traffic_policy_mode);
+                (name.as_str(), permissive == Some(false))
+            })
+            .collect();
         for (key, pod) in pods.iter_mut() {
             // The Services of the pod's namespace whose endpoints it is (`name.ns.svc.…`).
             let mut names: Vec<&str> = pod
@@ -180,7 +200,18 @@ impl MeshIndex {
             names.sort_unstable();
             names.dedup();
             let labels = pod_labels.get(key).cloned().unwrap_or_default();
-            pod.authz = authz.for_pod(&key.0, &labels, &names);
+            let restrictive_revision = restrictive
+                .get(pod.revision.as_str())
+                .copied()
+                .unwrap_or_default()
+                .then_some(pod.revision.as_str());
+            pod.authz = authz.for_pod(&Workload {
+                namespace: &key.0,
+                labels: &labels,
+                services: &names,
+                service_account: &pod.service_account,
+                restrictive_revision,
+            });
         }
         let (services, headless) = (Table::new(services), Table::new(headless));
         let mut material = services.hash().to_vec();
@@ -619,6 +650,9 @@ pub(crate) mod tests {
             }))],
             peer_authentications: vec![],
             authorization_policies: vec![],
+            traffic_targets: vec![],
+            http_route_groups: vec![],
+            tcp_routes: vec![],
         }
     }
 

@@ -35,6 +35,7 @@ use tokio::sync::{Notify, watch};
 
 use super::model::{MeshIndex, MeshView};
 use super::policy::PolicyProblem;
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
 use crate::api::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
 use crate::contract;
 use crate::kube::events;
@@ -155,6 +156,12 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let authorization: Store<AuthorizationPolicy> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        // SMI's API likewise (OSM users bring it; config/smi-api ships it otherwise).
+        let traffic_targets: Store<TrafficTarget> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let http_route_groups: Store<HTTPRouteGroup> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let tcp_routes: Store<TCPRoute> = reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -181,6 +188,9 @@ impl DiscoveryState {
                     revisions: revisions.state(),
                     peer_authentications: policies.state(),
                     authorization_policies: authorization.state(),
+                    traffic_targets: traffic_targets.state(),
+                    http_route_groups: http_route_groups.state(),
+                    tcp_routes: tcp_routes.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);
@@ -261,7 +271,11 @@ fn report_problem(client: &Client, p: &PolicyProblem) {
     tracing::warn!(kind = p.kind, namespace = %p.namespace, name = %p.name, "policy not applied as written: {}", p.message);
     let event = events::warning(
         events::Regarding {
-            api_version: "security.istio.io/v1",
+            api_version: match p.kind {
+                "TrafficTarget" => "access.smi-spec.io/v1alpha3",
+                "HTTPRouteGroup" | "TCPRoute" => "specs.smi-spec.io/v1alpha4",
+                _ => "security.istio.io/v1",
+            },
             kind: p.kind,
             namespace: Some(&p.namespace),
             name: &p.name,

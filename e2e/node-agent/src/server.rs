@@ -265,7 +265,7 @@ async fn exec(
     };
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| async move {
-            if let Err(e) = stream_exec(socket, cmd, opts.stdin).await {
+            if let Err(e) = stream_exec(socket, cmd, opts).await {
                 tracing::debug!("exec stream: {e:#}");
             }
         })
@@ -399,14 +399,13 @@ impl SpdyStreams {
 /// then GOAWAY and close.
 async fn spdy_session<T>(
     io: T,
-    mut cmd: tokio::process::Command,
+    cmd: tokio::process::Command,
     opts: ExecOptions,
     protocol: &'static str,
 ) -> anyhow::Result<()>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    use std::process::Stdio;
     let (mut rd, wr) = tokio::io::split(io);
     let (out, out_rx) = tokio::sync::mpsc::channel::<Frame>(64);
     let writer = tokio::spawn(write_frames(wr, out_rx));
@@ -461,24 +460,8 @@ where
     }
     let error_stream = streams.error.context("the client opened no error stream")?;
 
-    cmd.stdin(if opts.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(if opts.stdout {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stderr(if opts.stderr {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
+    let process = match spawn_exec(cmd, opts) {
+        Ok(process) => process,
         Err(e) => {
             let status = exec_status(protocol, None, &format!("starting the command: {e}"));
             finish_spdy(&out, &streams, error_stream, status).await;
@@ -490,23 +473,15 @@ where
             return Ok(());
         }
     };
+    let ExecProcess {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+        terminal,
+    } = process;
     let mut pumps = Vec::new();
-    for (reader, stream) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            streams.stdout,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            streams.stderr,
-        ),
-    ] {
+    for (reader, stream) in [(stdout, streams.stdout), (stderr, streams.stderr)] {
         if let (Some(reader), Some(stream)) = (reader, stream) {
             pumps.push(tokio::spawn(pump_to_stream(reader, stream, out.clone())));
         }
@@ -515,7 +490,7 @@ where
     // a write to the process waits; a process that never reads stops the reader after a few
     // chunks, the back pressure left for a client that ignores windows (see write_frames).
     let (stdin_tx, stdin_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let stdin_task = match (child.stdin.take(), streams.stdin) {
+    let stdin_task = match (stdin, streams.stdin) {
         (Some(w), Some(id)) => Some(tokio::spawn(pump_stdin(w, id, stdin_rx, out.clone()))),
         _ => None,
     };
@@ -532,7 +507,8 @@ where
     // still sends until it closes its side.
     let reader = tokio::spawn({
         let out = out.downgrade();
-        let stdin_id = streams.stdin;
+        let (stdin_id, resize_id) = (streams.stdin, streams.resize);
+        let mut resizes = Vec::new();
         async move {
             loop {
                 let frame = match spdy::read_frame(&mut rd, &mut inflate).await {
@@ -562,6 +538,11 @@ where
                     Frame::RstStream { stream, .. } if Some(stream) == stdin_id => {
                         stdin_tx = None;
                     }
+                    Frame::Data { stream, data, .. } if Some(stream) == resize_id => {
+                        if let Some(terminal) = &terminal {
+                            terminal.apply_resizes(&mut resizes, &data);
+                        }
+                    }
                     // A stream opened late (or of a kind no exec uses) still gets its reply.
                     Frame::SynStream { stream, .. } => {
                         if let Some(out) = out.upgrade() {
@@ -574,8 +555,7 @@ where
                         }
                     }
                     Frame::GoAway { .. } => return,
-                    // Resize events need a terminal, which this node agent does not give an
-                    // exec; WINDOW_UPDATE: see write_frames.
+                    // WINDOW_UPDATE: see write_frames.
                     _ => {}
                 }
             }
@@ -729,7 +709,7 @@ async fn pump_to_stream(
 /// bytes are consumed (SPDY/3.1: the stream's and the session's, 64 KiB each to start).
 /// Closing the process's stdin when the channel ends is the EOF the client sent.
 async fn pump_stdin(
-    mut w: tokio::process::ChildStdin,
+    mut w: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
     stream: u32,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     out: tokio::sync::mpsc::Sender<Frame>,
@@ -783,23 +763,146 @@ async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
     let _ = w.shutdown().await;
 }
 
+/// An exec's process with its stdio as the client asked: pipes, or with `tty` one
+/// pseudo-terminal for stdin and stdout (stderr merged into it, as on a kubelet).
+struct ExecProcess {
+    child: tokio::process::Child,
+    stdin: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>,
+    stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    stderr: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    terminal: Option<Terminal>,
+}
+
+fn spawn_exec(mut cmd: tokio::process::Command, opts: ExecOptions) -> std::io::Result<ExecProcess> {
+    use std::process::Stdio;
+    type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+    type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+    let pipe = |wanted: bool| {
+        if wanted {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    cmd.kill_on_drop(true);
+    if !opts.tty {
+        cmd.stdin(pipe(opts.stdin))
+            .stdout(pipe(opts.stdout))
+            .stderr(pipe(opts.stderr));
+        let mut child = cmd.spawn()?;
+        return Ok(ExecProcess {
+            stdin: child.stdin.take().map(|w| Box::new(w) as Writer),
+            stdout: child.stdout.take().map(|r| Box::new(r) as Reader),
+            stderr: child.stderr.take().map(|r| Box::new(r) as Reader),
+            child,
+            terminal: None,
+        });
+    }
+    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave));
+    let child = cmd.spawn()?;
+    // The command keeps its copies of the terminal's process side until dropped, and the
+    // controller side reads the end of output only once every copy is closed.
+    drop(cmd);
+    let controller = || -> std::io::Result<tokio::fs::File> {
+        Ok(tokio::fs::File::from_std(std::fs::File::from(
+            pty.master.try_clone()?,
+        )))
+    };
+    Ok(ExecProcess {
+        child,
+        stdin: opts
+            .stdin
+            .then(|| controller().map(|f| Box::new(f) as Writer))
+            .transpose()?,
+        // Reading the controller side fails with EIO once the process side is closed: the
+        // output pumps take any error as its end.
+        stdout: Some(Box::new(controller()?) as Reader),
+        stderr: None,
+        terminal: Some(Terminal(pty.master)),
+    })
+}
+
+/// The controller side of an exec's pseudo-terminal, kept to resize it.
+struct Terminal(std::os::fd::OwnedFd);
+
+nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::pty::Winsize);
+
+/// One resize event, as client-go's remotecommand sends it (a JSON object per event).
+#[derive(serde::Deserialize)]
+struct TerminalSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
+
+impl Terminal {
+    /// Applies every complete resize event in `pending` + `data`, keeping an incomplete tail.
+    fn apply_resizes(&self, pending: &mut Vec<u8>, data: &[u8]) {
+        pending.extend_from_slice(data);
+        let mut events = serde_json::Deserializer::from_slice(pending).into_iter::<TerminalSize>();
+        let mut consumed = 0;
+        loop {
+            match events.next() {
+                Some(Ok(size)) => {
+                    self.resize(size.width, size.height);
+                    consumed = events.byte_offset();
+                }
+                // The rest of an event comes in a later frame.
+                Some(Err(e)) if e.is_eof() => break,
+                // Not a size: drop what is buffered rather than stall on it.
+                Some(Err(_)) => {
+                    consumed = pending.len();
+                    break;
+                }
+                None => {
+                    consumed = pending.len();
+                    break;
+                }
+            }
+        }
+        pending.drain(..consumed);
+    }
+
+    fn resize(&self, width: u16, height: u16) {
+        use std::os::fd::AsRawFd;
+        let size = nix::pty::Winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one Winsize through the pointer, which is valid for the
+        // call; the descriptor is this terminal's own open controller side.
+        if let Err(e) = unsafe { set_window_size(self.0.as_raw_fd(), &size) } {
+            tracing::debug!("exec: resizing the terminal: {e}");
+        }
+    }
+}
+
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 async fn stream_exec(
     socket: WebSocket,
-    mut cmd: tokio::process::Command,
-    stdin: bool,
+    cmd: tokio::process::Command,
+    opts: ExecOptions,
 ) -> anyhow::Result<()> {
-    use std::process::Stdio;
-    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     let (mut sink, mut source) = socket.split();
-    let mut child = cmd.spawn()?;
+    let ExecProcess {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+        terminal,
+    } = spawn_exec(cmd, opts)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let pump = |mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
                 channel: u8,
@@ -818,16 +921,11 @@ async fn stream_exec(
             }
         })
     };
-    let out = child
-        .stdout
-        .take()
-        .map(|o| pump(Box::new(o), STDOUT, tx.clone()));
-    let err = child
-        .stderr
-        .take()
-        .map(|e| pump(Box::new(e), STDERR, tx.clone()));
+    let out = stdout.map(|o| pump(o, STDOUT, tx.clone()));
+    let err = stderr.map(|e| pump(e, STDERR, tx.clone()));
     drop(tx);
-    let mut child_stdin = child.stdin.take();
+    let mut child_stdin = stdin;
+    let mut resizes = Vec::new();
     let input = tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             let Message::Binary(data) = msg else { continue };
@@ -840,6 +938,11 @@ async fn stream_exec(
                     }
                 }
                 Some(&CLOSE) if data.get(1) == Some(&STDIN) => child_stdin = None,
+                Some(&RESIZE) => {
+                    if let Some(terminal) = &terminal {
+                        terminal.apply_resizes(&mut resizes, &data[1..]);
+                    }
+                }
                 _ => {}
             }
         }
@@ -1056,6 +1159,74 @@ mod tests {
         );
         let (_, _, status, _) = run("true", "v3.channel.k8s.io", b"").await;
         assert!(status.is_empty());
+    }
+
+    #[tokio::test]
+    async fn spdy_exec_with_a_tty_gives_a_terminal_and_resizes_it() {
+        let (ours, theirs) = tokio::io::duplex(8 * 1024);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "read line; stty size; test -t 0 && test -t 1 && echo is-a-tty; exit 4",
+        ]);
+        let opts = ExecOptions {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let session = tokio::spawn(spdy_session(theirs, cmd, opts, "v4.channel.k8s.io"));
+        let (rd, wr) = tokio::io::split(ours);
+        let mut c = Client {
+            rd,
+            wr,
+            deflate: HeaderCompressor::new().unwrap(),
+            inflate: HeaderDecompressor::new(),
+            next: 1,
+        };
+        let error = c.open("error").await;
+        let input = c.open("stdin").await;
+        let stdout = c.open("stdout").await;
+        let resize = c.open("resize").await;
+        // One event split across two frames, as a stream may deliver it.
+        for part in [&b"{\"Width\":100,"[..], b"\"Height\":40}"] {
+            c.send(Frame::Data {
+                stream: resize,
+                flags: 0,
+                data: part.to_vec(),
+            })
+            .await;
+        }
+        c.send(Frame::Data {
+            stream: input,
+            flags: 0,
+            data: b"go\n".to_vec(),
+        })
+        .await;
+        let (mut out, mut status) = (Vec::new(), Vec::new());
+        while let Some(frame) = c.recv().await {
+            if let Frame::Data { stream, data, .. } = frame {
+                if stream == stdout {
+                    out.extend_from_slice(&data);
+                } else if stream == error {
+                    status.extend_from_slice(&data);
+                }
+            }
+        }
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.contains("40 100"),
+            "stty size through the terminal: {out:?}"
+        );
+        assert!(out.contains("is-a-tty"), "{out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(status["details"]["causes"][0]["message"], "4");
+        drop(c);
+        tokio::time::timeout(CLOSE_GRACE / 2, session)
+            .await
+            .expect("the session ends when the client closes")
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

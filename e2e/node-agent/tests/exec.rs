@@ -1,6 +1,7 @@
 //! `kubectl exec` through the API server to the node agent over both transports a kubelet
 //! serves: SPDY/3.1 (client-go's SPDY executor, forced with
-//! KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false) and WebSockets (kubectl's default).
+//! KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false) and WebSockets (kubectl's default), with pipes
+//! and with a terminal.
 
 mod support;
 
@@ -136,6 +137,45 @@ fn exec_checks(transport: Transport, namespace: &str) {
     assert!(!out.status.success(), "{transport:?}");
 }
 
+/// `kubectl exec -ti` from inside a terminal of 40 rows and 100 columns (util-linux `script`
+/// gives kubectl one): the command must see a terminal of that size.
+fn exec_tty_check(transport: Transport, namespace: &str) {
+    let ns = cluster().namespace(namespace);
+    ns.apply(POD);
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shell",
+        "--timeout=90s",
+    ]);
+    let c = ns.cluster;
+    // The size arrives on its own stream right after the streams open: the command waits a
+    // moment for it, as it would on a kubelet.
+    let kubectl = format!(
+        "stty rows 40 cols 100; {} --kubeconfig {} -n {} exec -ti shell -- sh -c \
+         'sleep 1; stty size; tty; exit 5'",
+        c.kubectl.display(),
+        c.kubeconfig.display(),
+        ns.name
+    );
+    let out = Command::new("script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .env(
+            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+            match transport {
+                Transport::Spdy => "false",
+                Transport::WebSockets => "true",
+            },
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("running script (util-linux)");
+    let printed = text(&out.stdout);
+    assert!(printed.contains("40 100"), "{transport:?}: {printed:?}");
+    assert!(printed.contains("/dev/pts/"), "{transport:?}: {printed:?}");
+    assert_eq!(out.status.code(), Some(5), "{transport:?}: {printed:?}");
+}
+
 #[test]
 fn exec_over_spdy_pipes_stdio_and_returns_the_exit_code() {
     exec_checks(Transport::Spdy, "t-exec-spdy");
@@ -167,4 +207,14 @@ fn kubectl_forced_to_spdy_really_upgrades_to_spdy() {
     );
     assert!(log.contains("101 Switching Protocols"), "{log}");
     assert!(log.contains("v4.channel.k8s.io"), "{log}");
+}
+
+#[test]
+fn exec_with_a_tty_over_spdy_sees_a_terminal_of_the_clients_size() {
+    exec_tty_check(Transport::Spdy, "t-exec-tty-spdy");
+}
+
+#[test]
+fn exec_with_a_tty_over_websockets_sees_a_terminal_of_the_clients_size() {
+    exec_tty_check(Transport::WebSockets, "t-exec-tty-ws");
 }

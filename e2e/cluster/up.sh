@@ -33,6 +33,7 @@ install_images() {
   chmod 755 /opt/weft-e2e "$IMAGES_DIR" "$IMAGES_DIR"/*
   [[ -x $IMAGES_DIR/busybox/bin/busybox ]] || { cp "$(command -v busybox)" "$IMAGES_DIR/busybox/bin/"; "$IMAGES_DIR/busybox/bin/busybox" --install -s "$IMAGES_DIR/busybox/bin"; }
   ln -sf "$(command -v curl)" "$IMAGES_DIR/curl/bin/curl"
+  install -m 755 "$here/images/curl-entrypoint.sh" "$IMAGES_DIR/curl/bin/entrypoint.sh"
   install -m 755 "$COREDNS_BIN/coredns" "$IMAGES_DIR/coredns/bin/coredns"
   install -m 755 "$target/debug/weft-echo" "$IMAGES_DIR/echo/bin/weft-echo"
 }

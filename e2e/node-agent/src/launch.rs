@@ -1,17 +1,20 @@
 //! The container launcher: a fresh single-threaded process that enters the pod's network
 //! namespace, makes a private mount namespace with the container's volumes bound at their
-//! mountPaths, then execs `setpriv` (UID/GID/capabilities) which execs the command. The PID the
-//! node agent started stays the container's PID throughout. With `join_pid` it instead enters
-//! the namespaces of a running container (for exec and exec probes).
+//! mountPaths (every source opened before any target is mounted, so no mountPath can hide
+//! another mount's source), then execs `setpriv` (UID/GID/capabilities) which execs the command.
+//! The PID the node agent started stays the container's PID throughout. With `join_pid` it
+//! instead enters the namespaces of a running container (for exec and exec probes).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
+use nix::fcntl::OFlag;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
 
 pub const SPEC_ENV: &str = "WEFT_LAUNCH_SPEC";
@@ -22,6 +25,10 @@ pub struct LaunchSpec {
     pub netns: PathBuf,
     pub hostname: String,
     pub mounts: Vec<BindMount>,
+    /// The image's directory of programs (argv[0] and PATH point into it): bound back over
+    /// itself when a mountPath hides it.
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
     /// Enter the namespaces of this running container instead of making new ones.
     pub join_pid: Option<i32>,
     pub uid: u32,
@@ -35,7 +42,7 @@ pub struct LaunchSpec {
     pub argv: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
     pub source: PathBuf,
     pub target: PathBuf,
@@ -98,8 +105,19 @@ fn enter(spec: &LaunchSpec) -> anyhow::Result<()> {
         )
         .context("making / private")?;
         nix::unistd::sethostname(&spec.hostname).context("sethostname")?;
-        for m in &spec.mounts {
-            bind(m).with_context(|| {
+        let plan = plan(&spec.mounts, spec.image_dir.as_deref())?;
+        // Stage: open every source while the node's tree is still whole. A mountPath such as
+        // `/work` or `/var` would otherwise hide the sources (under the pod's state directory,
+        // or a hostPath) of the mounts after it.
+        let staged = plan
+            .iter()
+            .map(|m| {
+                nix::fcntl::open(&m.source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                    .with_context(|| format!("opening {}", m.source.display()))
+            })
+            .collect::<anyhow::Result<Vec<OwnedFd>>>()?;
+        for (m, source) in plan.iter().zip(&staged) {
+            bind(m, source).with_context(|| {
                 format!("mounting {} at {}", m.source.display(), m.target.display())
             })?;
         }
@@ -108,8 +126,52 @@ fn enter(spec: &LaunchSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bind(m: &BindMount) -> anyhow::Result<()> {
-    if m.source.is_dir() {
+/// The container's bind mounts in the order they are made: parents before children (fewest
+/// path components first, otherwise as listed, as containerd orders a container's mounts), so
+/// a mountPath inside another volume lands in that volume rather than under it. Then, if a
+/// mountPath is an ancestor of the image's directory of programs, that directory is bound back
+/// over itself (read-only) so the command can still be found. mountPaths in `/proc` are
+/// refused, as runc refuses them: the launcher reaches its staged sources through /proc.
+pub fn plan(mounts: &[BindMount], image_dir: Option<&Path>) -> anyhow::Result<Vec<BindMount>> {
+    let depth = |p: &Path| {
+        p.components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .count()
+    };
+    for m in mounts {
+        anyhow::ensure!(
+            m.target.is_absolute(),
+            "mountPath {} must be absolute",
+            m.target.display()
+        );
+        anyhow::ensure!(
+            !m.target.starts_with("/proc") && depth(&m.target) > 0,
+            "mountPath {} is not allowed: it would hide the node's /proc or /",
+            m.target.display()
+        );
+    }
+    let mut plan = mounts.to_vec();
+    plan.sort_by_key(|m| depth(&m.target));
+    if let Some(dir) = image_dir
+        && plan
+            .iter()
+            .any(|m| dir.starts_with(&m.target) && dir != m.target)
+    {
+        plan.push(BindMount {
+            source: dir.to_path_buf(),
+            target: dir.to_path_buf(),
+            read_only: true,
+        });
+    }
+    Ok(plan)
+}
+
+/// Binds one staged source (an O_PATH descriptor opened before any mount) at its target,
+/// creating the target as a directory or an empty file to match the source.
+fn bind(m: &BindMount, source: &OwnedFd) -> anyhow::Result<()> {
+    let stat = nix::sys::stat::fstat(source.as_fd())?;
+    let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    if is_dir {
         std::fs::create_dir_all(&m.target)?;
     } else {
         if let Some(parent) = m.target.parent() {
@@ -119,8 +181,11 @@ fn bind(m: &BindMount) -> anyhow::Result<()> {
             File::create(&m.target)?;
         }
     }
+    // The descriptor's /proc link names the source the way it was opened, whatever has been
+    // mounted over its path since (the way runc mounts from pre-opened sources).
+    let staged = format!("/proc/self/fd/{}", source.as_raw_fd());
     mount(
-        Some(&m.source),
+        Some(staged.as_str()),
         &m.target,
         None::<&str>,
         MsFlags::MS_BIND | MsFlags::MS_REC,
@@ -208,5 +273,70 @@ fn exec(spec: &LaunchSpec) -> anyhow::Error {
             }
             anyhow::anyhow!("{e}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BindMount, plan};
+    use std::path::{Path, PathBuf};
+
+    fn m(source: &str, target: &str) -> BindMount {
+        BindMount {
+            source: PathBuf::from(source),
+            target: PathBuf::from(target),
+            read_only: false,
+        }
+    }
+
+    fn targets(plan: &[BindMount]) -> Vec<&str> {
+        plan.iter().filter_map(|m| m.target.to_str()).collect()
+    }
+
+    #[test]
+    fn parents_are_mounted_before_what_lands_inside_them() {
+        let mounts = [
+            m("/s/token", "/var/run/secrets/kubernetes.io/serviceaccount"),
+            m("/s/resolv.conf", "/etc/resolv.conf"),
+            m("/s/var", "/var"),
+            m("/s/top", "/work"),
+            m("/s/tmp", "/tmp"),
+        ];
+        let plan = plan(&mounts, None).expect("allowed");
+        assert_eq!(
+            targets(&plan),
+            [
+                "/var",
+                "/work",
+                "/tmp",
+                "/etc/resolv.conf",
+                "/var/run/secrets/kubernetes.io/serviceaccount"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_volume_over_the_image_directory_gets_the_programs_bound_back() {
+        let image = Path::new("/opt/weft-e2e/images/busybox/bin");
+        let plan = plan(&[m("/s/opt", "/opt"), m("/s/data", "/data")], Some(image)).expect("ok");
+        assert_eq!(targets(&plan), ["/opt", "/data", image.to_str().unwrap()]);
+        let last = plan.last().unwrap();
+        assert_eq!(last.source, image);
+        assert!(last.read_only);
+        // Nothing hides it: nothing added.
+        let plan = plan_of(&[m("/s/tmp", "/tmp")], image);
+        assert_eq!(targets(&plan), ["/tmp"]);
+    }
+
+    fn plan_of(mounts: &[BindMount], image: &Path) -> Vec<BindMount> {
+        plan(mounts, Some(image)).expect("allowed")
+    }
+
+    #[test]
+    fn mount_paths_that_would_hide_proc_or_root_are_refused() {
+        for bad in ["/proc", "/proc/sys", "/", "relative/path"] {
+            assert!(plan(&[m("/s", bad)], None).is_err(), "{bad}");
+        }
+        assert!(plan(&[m("/s", "/procedures")], None).is_ok());
     }
 }

@@ -524,20 +524,11 @@ impl Supervisor {
             .env(&image)
             .await
             .map_err(|e| ("CreateContainerConfigError".to_string(), format!("{e:#}")))?;
-        let mut argv: Vec<String> = match (&c.command, &c.args) {
-            (Some(cmd), args) if !cmd.is_empty() => {
-                cmd.iter().chain(args.iter().flatten()).cloned().collect()
-            }
-            (_, Some(args)) if !args.is_empty() => image
-                .entrypoint
-                .iter()
-                .take(1)
-                .chain(args.iter())
-                .cloned()
-                .collect(),
-            _ => image.entrypoint.clone(),
-        };
-        argv = argv.iter().map(|a| expand(a, &env)).collect();
+        let command = c.command.clone().unwrap_or_default();
+        let args = c.args.clone().unwrap_or_default();
+        let mut argv = image
+            .argv(&command, &args, &env)
+            .map_err(|m| ("CreateContainerError".to_string(), m))?;
         let program = argv.first().cloned().unwrap_or_default();
         let resolved = image.resolve_program(&program).ok_or_else(|| ("StartError".to_string(),
             format!("failed to create containerd task: exec: {program:?}: executable file not found in $PATH")))?;
@@ -584,6 +575,7 @@ impl Supervisor {
                 .and_then(|s| s.hostname.clone())
                 .unwrap_or_else(|| self.rt.name.clone()),
             mounts,
+            image_dir: Some(image.bin_dir.clone()),
             join_pid: None,
             uid,
             gid,
@@ -806,7 +798,7 @@ impl Supervisor {
 }
 
 /// `$(VAR)` references to earlier variables, as the kubelet expands them (`$$` escapes).
-fn expand(input: &str, env: &[(String, String)]) -> String {
+pub(crate) fn expand(input: &str, env: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut rest = input;
     while let Some(i) = rest.find('$') {

@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{cluster, eventually, wait_for};
+use support::{Cluster, Namespace, cluster, eventually, wait_for};
 
 const ECHO: &str = r#"
 apiVersion: apps/v1
@@ -435,4 +436,218 @@ spec:
     });
     let logs = ns.ok(&["logs", "crasher", "--previous"]);
     assert!(logs.contains("failing"), "{logs}");
+}
+
+/// The pod's READY and STATUS columns, as `kubectl get pod` prints them.
+fn ready_and_status(ns: &Namespace, pod: &str) -> String {
+    let row = ns.ok(&["get", "pod", pod, "--no-headers"]);
+    row.split_whitespace()
+        .skip(1)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `kubectl run p --image=busybox -- sleep 3600`: busybox has no ENTRYPOINT and CMD [sh], and
+/// args replace the CMD, so the container runs `sleep 3600` (it ran `sh sleep 3600` and
+/// crash-looped before issue 23). Also: `$(VAR)` in args is expanded, and curlimages/curl's
+/// entrypoint script puts curl in front of args that start with a dash.
+#[test]
+fn kubectl_run_args_replace_the_images_cmd() {
+    let ns = cluster().namespace("t-run-args");
+    ns.ok(&["run", "p", "--image=busybox", "--", "sleep", "3600"]);
+    ns.ok(&[
+        "run",
+        "said",
+        "--image=busybox",
+        "--restart=Never",
+        "--env=WHO=you",
+        "--",
+        "echo",
+        "hello $(WHO)",
+    ]);
+    ns.ok(&[
+        "run",
+        "curl",
+        "--image=curlimages/curl",
+        "--restart=Never",
+        "--",
+        "--version",
+    ]);
+    wait_for(
+        MINUTE,
+        || ready_and_status(&ns, "p"),
+        |s| s == "1/1 Running",
+    );
+    for pod in ["said", "curl"] {
+        wait_for(
+            MINUTE,
+            || ns.jsonpath(&format!("pod {pod}"), "{.status.phase}"),
+            |p| p == "Succeeded" || p == "Failed",
+        );
+    }
+    assert_eq!(ns.ok(&["logs", "said"]).trim(), "hello you");
+    let version = ns.ok(&["logs", "curl"]);
+    assert!(version.starts_with("curl "), "{version}");
+    // `sh sleep 3600` exited at once; sleep is still there a while later.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready_and_status(&ns, "p"), "1/1 Running");
+    assert_eq!(
+        ns.jsonpath("pod p", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    let logs = ns.ok(&["logs", "p"]);
+    assert!(logs.trim().is_empty(), "sleep prints nothing: {logs}");
+}
+
+/// The revision the enrolled test namespaces of this file use (so nothing here depends on
+/// what other test files do to `stable` or the `default` tag).
+const REVISION: &str = "cluster-e2e";
+
+fn mesh() -> &'static Cluster {
+    static REV: OnceLock<()> = OnceLock::new();
+    let c = support::deployed();
+    REV.get_or_init(|| {
+        let out = c.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=test",
+                "-f",
+                "-",
+            ],
+            &format!(
+                "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: {REVISION}, namespace: weft-system}}\nspec:\n  proxy: {{image: \"ghcr.io/weft-mesh/weft:0.1.0\"}}\n"
+            ),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    c
+}
+
+/// The same `kubectl run` in a namespace enrolled in the mesh: the injected proxy runs beside
+/// sleep and the pod shows `2/2 Running`, as a newcomer trying weft would type it.
+#[test]
+fn kubectl_run_args_in_an_enrolled_namespace_is_2_of_2_running() {
+    let ns = mesh().namespace("t-run-mesh");
+    ns.cluster.ok(&[
+        "label",
+        "namespace",
+        &ns.name,
+        &format!("istio.io/rev={REVISION}"),
+    ]);
+    ns.ok(&["run", "p", "--image=busybox", "--", "sleep", "3600"]);
+    let pod: serde_json::Value =
+        serde_json::from_str(&ns.ok(&["get", "pod", "p", "-o", "json"])).unwrap();
+    assert!(support::has_proxy(&pod), "the pod was not injected: {pod}");
+    wait_for(
+        Duration::from_secs(120),
+        || ready_and_status(&ns, "p"),
+        |s| s == "2/2 Running",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready_and_status(&ns, "p"), "2/2 Running");
+    assert_eq!(
+        ns.jsonpath("pod p", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}
+
+/// emptyDir volumes over directories of the node's filesystem (pods run with it as their
+/// root): the checkout's top directory, where the node agent keeps the pod directories that
+/// every other mount's source lives in, `/tmp`, `/var` (the service-account token is mounted
+/// inside it) and `/opt` (which holds the image's programs). The pod starts, reads its token
+/// and writes to each volume, and what it writes stays in the pod.
+#[test]
+fn volumes_over_node_directories_hide_no_other_mount() {
+    let root = support::repo_root();
+    let top = root
+        .ancestors()
+        .filter(|a| a.parent().is_some())
+        .last()
+        .expect("the checkout is not /")
+        .to_path_buf();
+    let top = top.to_str().expect("a UTF-8 path");
+    let ns = cluster().namespace("t-shadow");
+    let probe = format!("written-by-{}", ns.name);
+    ns.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shadow}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command:
+    - sh
+    - -c
+    - |
+      set -e
+      for d in {top} /tmp /var /opt; do echo "$d" > "$d/{probe}"; cat "$d/{probe}"; done
+      wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token
+      echo started
+      exec sleep 3600
+    volumeMounts:
+    - {{name: top, mountPath: {top}}}
+    - {{name: tmp, mountPath: /tmp}}
+    - {{name: var, mountPath: /var}}
+    - {{name: opt, mountPath: /opt}}
+  volumes:
+  - {{name: top, emptyDir: {{}}}}
+  - {{name: tmp, emptyDir: {{}}}}
+  - {{name: var, emptyDir: {{}}}}
+  - {{name: opt, emptyDir: {{medium: Memory}}}}
+"#
+    ));
+    let status = wait_for(
+        MINUTE,
+        || {
+            ns.jsonpath(
+                "pod shadow",
+                "{.status.phase} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].lastState.terminated.message}",
+            )
+        },
+        |s| s.starts_with("Running "),
+    );
+    assert!(status.starts_with("Running 0"), "{status}");
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shadow",
+        "--timeout=60s",
+    ]);
+    let logs = wait_for(
+        MINUTE,
+        || ns.ok(&["logs", "shadow"]),
+        |l| l.contains("started"),
+    );
+    for d in [top, "/tmp", "/var", "/opt"] {
+        assert!(logs.lines().any(|l| l == d), "{d} not written: {logs}");
+        // The file is in the pod's volume, not in the node's directory.
+        assert!(
+            !std::path::Path::new(d).join(&probe).exists(),
+            "{d}/{probe} landed on the node"
+        );
+    }
+    // The token (a JWT) through exec, which enters the container's mounts.
+    let token = ns.ok(&[
+        "exec",
+        "shadow",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    let size = logs
+        .lines()
+        .find_map(|l| l.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    assert_eq!(size, token.len(), "{logs}");
 }

@@ -318,6 +318,264 @@ fn sigterm_stops_new_connections_and_the_proxy_exits_after_draining() {
     assert!(mesh.call_service(b"after").is_err());
 }
 
+// === HTTP layer and authorization (issue 18) ===
+
+/// Seed 003's policy, for this test's client: only it may `POST /v1/charges`.
+fn allow_client_to_post_charges() -> serde_json::Value {
+    policy(
+        "allow-charges",
+        serde_json::json!({
+            "action": "ALLOW",
+            "rules": [{
+                "from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}],
+                "to": [{"operation": {"methods": ["POST"], "paths": ["/v1/charges"]}}]
+            }]
+        }),
+    )
+}
+
+#[test]
+fn http_authorization_lets_one_principal_post_and_denies_the_rest() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "PERMISSIVE");
+    spec.server_authz = vec![allow_client_to_post_charges()];
+    let mesh = Mesh::start(spec);
+
+    // Three requests on one keep-alive connection, each decided on its own.
+    let replies = mesh
+        .api_h1(
+            Via::Mesh,
+            &[
+                ("POST", "/v1/charges"),
+                ("GET", "/v1/charges"),
+                ("POST", "/v1/charges?id=7"),
+            ],
+        )
+        .unwrap();
+    let summary: Vec<(u16, &str)> = replies
+        .iter()
+        .map(|r| (r.status, r.body.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (200, "POST /v1/charges"),
+            (403, "RBAC: access denied"),
+            (200, "POST /v1/charges?id=7"),
+        ]
+    );
+    assert_eq!(replies[1].content_type, "text/plain");
+    // An unmeshed caller under PERMISSIVE has no principal: denied.
+    let plain = mesh
+        .api_h1(Via::Plaintext, &[("POST", "/v1/charges")])
+        .unwrap();
+    assert_eq!(
+        (plain[0].status, plain[0].body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    // Denied requests never reached the app.
+    assert_eq!(
+        mesh.api_seen(),
+        ["POST /v1/charges", "POST /v1/charges?id=7"]
+    );
+    // The echo port is TCP: the ALLOW rule names HTTP fields, so it matches no connection
+    // there (Istio's safe direction) and the connection is closed.
+    assert!(mesh.call_service(b"tcp").is_err());
+
+    let server = mesh.server_stats();
+    let requests = metric_lines(&server, "istio_requests_total");
+    let series = |code: &str, security: &str| {
+        requests.iter().any(|l| {
+            l.contains("reporter=\"destination\"")
+                && l.contains("destination_service=\"api.demo.svc.cluster.local\"")
+                && l.contains("request_protocol=\"http\"")
+                && l.contains(&format!("response_code=\"{code}\""))
+                && l.contains(&format!("connection_security_policy=\"{security}\""))
+        })
+    };
+    assert!(series("200", "mutual_tls"), "{server}");
+    assert!(series("403", "mutual_tls"), "{server}");
+    assert!(series("403", "none"), "{server}");
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains(&format!("source_principal=\"{CLIENT_ID}\""))
+                && l.contains("source_workload=\"client\"")),
+        "{server}"
+    );
+    // Terminated HTTP connections are reported per request, with no TCP series.
+    assert!(
+        !metric_lines(&server, "istio_tcp_connections_opened_total")
+            .iter()
+            .any(|l| l.contains("api.demo")),
+        "{server}"
+    );
+    assert!(
+        has_metric(
+            &server,
+            "weft_connections_refused_total{direction=\"inbound\",reason=\"rbac_denied\"}"
+        ),
+        "{server}"
+    );
+}
+
+#[test]
+fn http_authorization_denies_another_identity() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "STRICT");
+    spec.client_cert = ca.issue("spiffe://cluster.local/ns/demo/sa/other");
+    spec.client_identity = "spiffe://cluster.local/ns/demo/sa/other";
+    spec.server_authz = vec![allow_client_to_post_charges()];
+    let mesh = Mesh::start(spec);
+
+    let replies = mesh.api_h1(Via::Mesh, &[("POST", "/v1/charges")]).unwrap();
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    assert!(mesh.api_seen().is_empty());
+}
+
+#[test]
+fn a_deny_on_admin_holds_against_path_tricks_and_the_app_gets_the_normalized_path() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "STRICT");
+    spec.server_authz = vec![policy(
+        "deny-admin",
+        serde_json::json!({
+            "action": "DENY",
+            "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]
+        }),
+    )];
+    // The api port is declared HTTP; the web port is left to sniffing.
+    spec.server_protocols = serde_json::json!({"8082": "http"});
+    let mesh = Mesh::start(spec);
+
+    let replies = mesh
+        .api_h1(
+            Via::Mesh,
+            &[
+                ("GET", "/admin"),
+                ("GET", "/public/%2e%2e/admin"),
+                ("GET", "//admin"),
+                ("GET", "/public/..%2Fadmin/users"),
+                ("GET", "/public/./a//b?x=1"),
+                ("GET", "/a%zz"),
+            ],
+        )
+        .unwrap();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [403, 403, 403, 403, 200, 400], "{replies:?}");
+    assert_eq!(replies[4].body, "GET /public/a/b?x=1");
+    assert_eq!(mesh.api_seen(), ["GET /public/a/b?x=1"]);
+
+    // HTTP/1 Upgrade is tunnelled once both sides switched.
+    assert_eq!(
+        mesh.api_upgrade(b"ping over the tunnel"),
+        Ok(b"ping over the tunnel".to_vec())
+    );
+    // A sniffed HTTP port with an app that closes after each response.
+    assert_eq!(mesh.get_web("/"), Ok((200, "ok".to_string())));
+    assert_eq!(mesh.get_web("/admin").map(|(s, _)| s), Ok(403));
+    // Non-HTTP bytes on an undeclared port stay L4, where the DENY's HTTP-only field
+    // (paths) is ignored, as Istio does: it denies every connection (the safe direction).
+    assert!(mesh.call_service(b"hello").is_err());
+    assert_eq!(mesh.app_connections(), 0);
+}
+
+#[test]
+fn http2_streams_of_one_connection_get_their_own_verdicts_and_grpc_trailers_arrive() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "PERMISSIVE");
+    spec.server_authz = vec![allow_client_to_post_charges()];
+    let mesh = Mesh::start(spec);
+
+    let replies = mesh
+        .api_h2(
+            Via::Mesh,
+            &[
+                ("POST", "/v1/charges", ""),
+                ("GET", "/v1/charges", ""),
+                ("POST", "/v1/charges", "application/grpc"),
+                ("POST", "/v1/refunds", "application/grpc"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (200, "POST /v1/charges")
+    );
+    assert_eq!(
+        (replies[1].status, replies[1].body.as_str()),
+        (403, "RBAC: access denied")
+    );
+    // gRPC: the app's body and trailers arrive intact.
+    assert_eq!(replies[2].status, 200);
+    assert_eq!(replies[2].body, "hello");
+    assert_eq!(replies[2].grpc_status.as_deref(), Some("0"));
+    // A denied gRPC call gets Envoy's answer: HTTP 200, grpc-status 7 (PERMISSION_DENIED).
+    assert_eq!(replies[3].status, 200);
+    assert_eq!(replies[3].grpc_status.as_deref(), Some("7"));
+
+    let plain = mesh
+        .api_h2(
+            Via::Plaintext,
+            &[("POST", "/v1/charges", ""), ("GET", "/", "")],
+        )
+        .unwrap();
+    assert!(plain.iter().all(|r| r.status == 403), "{plain:?}");
+
+    // Streaming both ways: each message is echoed while the request is still open.
+    let (echoes, status) = mesh.api_grpc_stream(&["one", "two", "three"]).unwrap();
+    assert_eq!(echoes, ["one", "two", "three"]);
+    assert_eq!(status, "0");
+
+    let server = mesh.server_stats();
+    assert!(
+        metric_lines(&server, "istio_requests_total").iter().any(|l| l
+            .contains("request_protocol=\"grpc\"")
+            && l.contains("response_code=\"200\"")),
+        "{server}"
+    );
+}
+
+#[test]
+fn a_tcp_port_with_a_deny_policy_closes_the_connection() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "STRICT");
+    spec.server_authz = vec![policy(
+        "deny-echo",
+        serde_json::json!({
+            "action": "DENY",
+            "rules": [{
+                "from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}],
+                "to": [{"operation": {"ports": ["8080"]}}]
+            }]
+        }),
+    )];
+    spec.server_protocols = serde_json::json!({"8080": "tcp"});
+    let mesh = Mesh::start(spec);
+
+    assert!(mesh.call_service(b"let me in").is_err());
+    assert_eq!(mesh.app_connections(), 0);
+    let server = mesh.server_stats();
+    assert!(
+        has_metric(
+            &server,
+            "weft_connections_refused_total{direction=\"inbound\",reason=\"rbac_denied\"}"
+        ),
+        "{server}"
+    );
+    // Another port of the same workload is not named by the policy.
+    let replies = mesh.api_h1(Via::Mesh, &[("GET", "/ok")]).unwrap();
+    assert_eq!(replies[0].status, 200);
+}
+
 // === plumbing ===
 
 mod support {
@@ -326,10 +584,11 @@ mod support {
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Output, Stdio};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
+    pub use self::api::{Reply, Via};
     pub use self::certs::TestCa;
     use super::{CLIENT_ID, SERVER_ID};
 
@@ -343,6 +602,10 @@ mod support {
     /// The `web` Service (HTTP) and its app in the server pod.
     const WEB_CLUSTER_IP: &str = "198.18.0.101";
     const WEB_PORT: u16 = 8081;
+    /// The `api` Service (HTTP/1.1 and h2, a hyper app) and its app in the server pod; the
+    /// client pod's init excludes the port, so a direct call is an unmeshed client's.
+    const API_CLUSTER_IP: &str = "198.18.0.102";
+    const API_PORT: u16 = 8082;
     const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -680,6 +943,10 @@ mod support {
         pub server_cert: certs::Issued,
         pub server_identity: &'static str,
         pub server_roots: String,
+        /// Compiled authorization policies for the server's snapshot (`inbound.authz`).
+        pub server_authz: Vec<serde_json::Value>,
+        /// The server's `inbound.protocols` (container port -> tcp | http).
+        pub server_protocols: serde_json::Value,
     }
 
     impl MeshSpec {
@@ -693,6 +960,8 @@ mod support {
                 server_cert: ca.issue(SERVER_ID),
                 server_identity: SERVER_ID,
                 server_roots: ca.cert_pem.clone(),
+                server_authz: Vec::new(),
+                server_protocols: serde_json::json!({}),
             }
         }
     }
@@ -706,6 +975,7 @@ mod support {
         _client_proxy: Proxy,
         server_proxy: Proxy,
         app_connections: Arc<AtomicUsize>,
+        api_seen: Arc<Mutex<Vec<String>>>,
         client: Netns,
         server: Netns,
         _dir: Workdir,
@@ -718,7 +988,8 @@ mod support {
             let server = Netns::new("server");
             link(&client, CLIENT_IP, &server, SERVER_IP);
 
-            let init = client.weft_init(&dir, &["--exclude-outbound-ports", &APP_PORT.to_string()]);
+            let excluded = format!("{APP_PORT},{API_PORT}");
+            let init = client.weft_init(&dir, &["--exclude-outbound-ports", &excluded]);
             assert!(init.status.success(), "client init: {}", init.describe());
             let init = server.weft_init(&dir, &[]);
             assert!(init.status.success(), "server init: {}", init.describe());
@@ -726,6 +997,7 @@ mod support {
             let app_connections = Arc::new(AtomicUsize::new(0));
             start_echo_app(&server, app_connections.clone());
             start_http_app(&server);
+            let api_seen = api::start(&server);
 
             let server_snapshot = serde_json::json!({
                 "schemaVersion": 1,
@@ -739,8 +1011,11 @@ mod support {
                     "services": {
                         APP_PORT.to_string(): ["echo.demo.svc.cluster.local"],
                         WEB_PORT.to_string(): ["web.demo.svc.cluster.local",
-                                               "web-peers.demo.svc.cluster.local"]
-                    }
+                                               "web-peers.demo.svc.cluster.local"],
+                        API_PORT.to_string(): ["api.demo.svc.cluster.local"]
+                    },
+                    "protocols": spec.server_protocols,
+                    "authz": spec.server_authz
                 },
                 "outbound": {"policy": "ALLOW_ANY"}
             });
@@ -770,6 +1045,13 @@ mod support {
                             "ip": SERVER_IP, "port": WEB_PORT, "meshed": true,
                             "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode
                         }]
+                    }, {
+                        "clusterIp": API_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "api.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": [{
+                            "ip": SERVER_IP, "port": API_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode
+                        }]
                     }]
                 }
             });
@@ -795,6 +1077,7 @@ mod support {
                 _client_proxy: client_proxy,
                 server_proxy,
                 app_connections,
+                api_seen,
                 client,
                 server,
                 _dir: dir,
@@ -820,6 +1103,58 @@ mod support {
             let msg = msg.to_vec();
             self.client
                 .run_in(move || echo_call(&format!("{SERVER_IP}:{APP_PORT}"), &msg))
+        }
+
+        /// HTTP/1.1 requests `(method, target)` in order on one keep-alive connection to the
+        /// api app, through the mesh or straight to the pod (plaintext).
+        pub fn api_h1(&self, via: Via, requests: &[(&str, &str)]) -> Result<Vec<Reply>, String> {
+            let addr = self.api_addr(via);
+            let requests = api::owned(requests);
+            self.client.run_in(move || api::h1(addr, requests))
+        }
+
+        /// HTTP/2 (prior knowledge) requests `(method, target, content-type)` sent at once as
+        /// streams of one connection.
+        pub fn api_h2(
+            &self,
+            via: Via,
+            requests: &[(&str, &str, &str)],
+        ) -> Result<Vec<Reply>, String> {
+            let addr = self.api_addr(via);
+            let requests = requests
+                .iter()
+                .map(|(m, t, c)| (m.to_string(), t.to_string(), c.to_string()))
+                .collect();
+            self.client.run_in(move || api::h2(addr, requests))
+        }
+
+        /// A gRPC-style bidirectional stream over h2 through the mesh: each message must come
+        /// back before the next is sent; returns the echoes and the response's `grpc-status`.
+        pub fn api_grpc_stream(&self, messages: &[&str]) -> Result<(Vec<String>, String), String> {
+            let addr = self.api_addr(Via::Mesh);
+            let messages = messages.iter().map(|m| m.to_string()).collect();
+            self.client.run_in(move || api::grpc_stream(addr, messages))
+        }
+
+        /// A WebSocket-style upgrade through the mesh to the api app's `/ws`, then `msg` echoed.
+        pub fn api_upgrade(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+            let addr = self.api_addr(Via::Mesh);
+            let msg = msg.to_vec();
+            self.client.run_in(move || api::upgrade(addr, &msg))
+        }
+
+        /// Request targets as the api app received them (`METHOD /path?query`).
+        pub fn api_seen(&self) -> Vec<String> {
+            self.api_seen.lock().map(|v| v.clone()).unwrap_or_default()
+        }
+
+        fn api_addr(&self, via: Via) -> SocketAddr {
+            match via {
+                Via::Mesh => format!("{API_CLUSTER_IP}:{SERVICE_PORT}"),
+                Via::Plaintext => format!("{SERVER_IP}:{API_PORT}"),
+            }
+            .parse()
+            .unwrap()
         }
 
         pub fn server_stats(&self) -> String {
@@ -928,6 +1263,16 @@ mod support {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// An AuthorizationPolicy of namespace `demo` (its spec as JSON), compiled the way
+    /// discovery compiles it, as the snapshot carries it.
+    pub fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
+        let spec: weft::authz::istio::AuthorizationPolicySpec =
+            serde_json::from_value(spec).expect("policy spec");
+        let compiled = weft::authz::istio::compile("demo", name, &spec, &Default::default())
+            .unwrap_or_else(|e| panic!("policy {name}: {e:?}"));
+        serde_json::to_value(compiled).unwrap()
     }
 
     fn stats(ns: &Netns) -> String {
@@ -1075,6 +1420,368 @@ mod support {
             .filter(|l| l.starts_with("-A ") || l.starts_with(':'))
             .map(|l| l.split(" [").next().unwrap_or(l).to_string())
             .collect()
+    }
+
+    /// The api app (a hyper server, HTTP/1.1 and h2) and hyper clients run inside a pod.
+    pub mod api {
+        use std::convert::Infallible;
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use futures::channel::mpsc;
+        use http_body_util::combinators::UnsyncBoxBody;
+        use http_body_util::{BodyExt, Full, StreamBody};
+        use hyper::body::{Bytes, Frame, Incoming};
+        use hyper::header::{HeaderMap, HeaderValue};
+        use hyper::{Request, Response};
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use super::{API_PORT, Netns};
+
+        const TIMEOUT: Duration = Duration::from_secs(10);
+
+        #[derive(Debug, Clone, Copy)]
+        pub enum Via {
+            /// From the client pod's app to the api Service: captured, mTLS between proxies.
+            Mesh,
+            /// Straight to the server pod's IP, bypassing the client proxy: plaintext.
+            Plaintext,
+        }
+
+        /// One response as a client saw it.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Reply {
+            pub status: u16,
+            pub content_type: String,
+            pub body: String,
+            /// From the trailers, or the headers of a trailers-only response.
+            pub grpc_status: Option<String>,
+        }
+
+        type AppBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+        /// Starts the app on the server pod's API_PORT; returns what it receives. `/ws` with
+        /// `Upgrade` switches protocols and echoes bytes; `application/grpc` requests are
+        /// echoed frame by frame as they arrive, then trailers `grpc-status: 0`; anything
+        /// else is answered `200 <METHOD> <target>`.
+        pub fn start(ns: &Netns) -> Arc<Mutex<Vec<String>>> {
+            let listener = ns.run_in(|| {
+                std::net::TcpListener::bind(("0.0.0.0", API_PORT)).expect("bind api app")
+            });
+            listener.set_nonblocking(true).unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let record = seen.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let seen = record.clone();
+                        tokio::spawn(async move {
+                            let service =
+                                hyper::service::service_fn(move |req| handle(req, seen.clone()));
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                        });
+                    }
+                });
+            });
+            seen
+        }
+
+        async fn handle(
+            mut req: Request<Incoming>,
+            seen: Arc<Mutex<Vec<String>>>,
+        ) -> Result<Response<AppBody>, Infallible> {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            if let Ok(mut seen) = seen.lock() {
+                seen.push(format!("{} {target}", req.method()));
+            }
+            if req.uri().path() == "/ws" && req.headers().contains_key("upgrade") {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = upgrade.await else { return };
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let resp = Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket")
+                    .body(full(""))
+                    .unwrap();
+                return Ok(resp);
+            }
+            let grpc = req
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            if grpc {
+                let (tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, hyper::Error>>();
+                let mut body = req.into_body();
+                tokio::spawn(async move {
+                    while let Some(frame) = body.frame().await {
+                        let Ok(frame) = frame else { return };
+                        if let Ok(data) = frame.into_data() {
+                            let _ = tx.unbounded_send(Ok(Frame::data(data)));
+                        }
+                    }
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    trailers.insert("grpc-message", HeaderValue::from_static("echoed"));
+                    let _ = tx.unbounded_send(Ok(Frame::trailers(trailers)));
+                });
+                let resp = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(rx).boxed_unsync())
+                    .unwrap();
+                return Ok(resp);
+            }
+            let text = format!("{} {target}", req.method());
+            Ok(Response::new(
+                Full::new(Bytes::from(text))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ))
+        }
+
+        fn full(text: &'static str) -> AppBody {
+            Full::new(Bytes::from_static(text.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+
+        pub fn owned(requests: &[(&str, &str)]) -> Vec<(String, String)> {
+            requests
+                .iter()
+                .map(|(m, t)| (m.to_string(), t.to_string()))
+                .collect()
+        }
+
+        /// Runs `f` on a runtime on this thread (which is inside the client pod's namespace,
+        /// so the sockets it opens are too), within TIMEOUT.
+        fn block_on<T>(
+            f: impl std::future::Future<Output = Result<T, String>>,
+        ) -> Result<T, String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                tokio::time::timeout(TIMEOUT, f)
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+            })
+        }
+
+        async fn reply(resp: Response<Incoming>) -> Result<Reply, String> {
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let content_type = header("content-type").unwrap_or_default();
+            let head_grpc = header("grpc-status");
+            let collected = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            let grpc_status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or(head_grpc);
+            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+            Ok(Reply {
+                status,
+                content_type,
+                body,
+                grpc_status,
+            })
+        }
+
+        pub fn h1(addr: SocketAddr, requests: Vec<(String, String)>) -> Result<Vec<Reply>, String> {
+            block_on(async move {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                tokio::spawn(conn);
+                let mut replies = Vec::new();
+                for (method, target) in requests {
+                    send.ready().await.map_err(|e| format!("not ready: {e}"))?;
+                    let req = Request::builder()
+                        .method(method.as_str())
+                        .uri(target.as_str())
+                        .header("host", "api.demo")
+                        .body(Full::new(Bytes::from_static(b"{}")))
+                        .map_err(|e| e.to_string())?;
+                    let resp = send
+                        .send_request(req)
+                        .await
+                        .map_err(|e| format!("{method} {target}: {e}"))?;
+                    replies.push(reply(resp).await?);
+                }
+                Ok(replies)
+            })
+        }
+
+        async fn h2_connect(
+            addr: SocketAddr,
+        ) -> Result<hyper::client::conn::http2::SendRequest<AppBodyOut>, String> {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            Ok(send)
+        }
+
+        type AppBodyOut = UnsyncBoxBody<Bytes, Infallible>;
+
+        pub fn h2(
+            addr: SocketAddr,
+            requests: Vec<(String, String, String)>,
+        ) -> Result<Vec<Reply>, String> {
+            block_on(async move {
+                let send = h2_connect(addr).await?;
+                let calls = requests.into_iter().map(|(method, target, content_type)| {
+                    let mut send = send.clone();
+                    async move {
+                        let mut req = Request::builder()
+                            .method(method.as_str())
+                            .uri(format!("http://api.demo{target}"))
+                            .version(hyper::Version::HTTP_2);
+                        if !content_type.is_empty() {
+                            req = req
+                                .header("content-type", content_type)
+                                .header("te", "trailers");
+                        }
+                        let req = req
+                            .body(Full::new(Bytes::from_static(b"hello")).boxed_unsync())
+                            .map_err(|e| e.to_string())?;
+                        let resp = send
+                            .send_request(req)
+                            .await
+                            .map_err(|e| format!("{method} {target}: {e}"))?;
+                        reply(resp).await
+                    }
+                });
+                futures::future::join_all(calls).await.into_iter().collect()
+            })
+        }
+
+        pub fn grpc_stream(
+            addr: SocketAddr,
+            messages: Vec<String>,
+        ) -> Result<(Vec<String>, String), String> {
+            block_on(async move {
+                let mut send = h2_connect(addr).await?;
+                let (tx, rx) = mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+                let req = Request::post("http://api.demo/v1/charges")
+                    .version(hyper::Version::HTTP_2)
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(StreamBody::new(rx).boxed_unsync())
+                    .map_err(|e| e.to_string())?;
+                let mut messages = messages.into_iter();
+                let first = messages.next().unwrap_or_default();
+                let _ = tx.unbounded_send(Ok(Frame::data(Bytes::from(first))));
+                let resp = send
+                    .send_request(req)
+                    .await
+                    .map_err(|e| format!("stream: {e}"))?;
+                let mut body = resp.into_body();
+                let mut echoes = Vec::new();
+                let mut next = messages.next();
+                loop {
+                    let frame = body
+                        .frame()
+                        .await
+                        .ok_or("the stream ended without trailers")?
+                        .map_err(|e| format!("frame: {e}"))?;
+                    if let Some(data) = frame.data_ref() {
+                        echoes.push(String::from_utf8_lossy(data).into_owned());
+                        // Only now, with the request still open, the next message.
+                        match next.take() {
+                            Some(m) => {
+                                let _ = tx.unbounded_send(Ok(Frame::data(Bytes::from(m))));
+                                next = messages.next();
+                            }
+                            None => tx.close_channel(),
+                        }
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        let status = trailers
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("?")
+                            .to_string();
+                        return Ok((echoes, status));
+                    }
+                }
+            })
+        }
+
+        pub fn upgrade(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
+            let msg = msg.to_vec();
+            block_on(async move {
+                let mut s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                s.write_all(
+                    b"GET /ws HTTP/1.1\r\nHost: api.demo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut byte).await.map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        return Err(format!(
+                            "closed during the head: {}",
+                            String::from_utf8_lossy(&head)
+                        ));
+                    }
+                    head.push(byte[0]);
+                }
+                if !head.starts_with(b"HTTP/1.1 101") {
+                    return Err(format!("no upgrade: {}", String::from_utf8_lossy(&head)));
+                }
+                s.write_all(&msg).await.map_err(|e| e.to_string())?;
+                let mut echo = vec![0u8; msg.len()];
+                s.read_exact(&mut echo).await.map_err(|e| e.to_string())?;
+                Ok(echo)
+            })
+        }
     }
 
     mod certs {

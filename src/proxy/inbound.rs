@@ -1,7 +1,9 @@
 //! Inbound (15006): connections iptables redirected to the pod. The first bytes decide:
 //! mesh mTLS (ALPN `weft/1`) is terminated and the peer's SPIFFE identity learnt; anything
-//! else is plaintext, allowed only where the port's mode is not STRICT. Either way the bytes
-//! go to the app at `POD_IP:port` from 127.0.0.6, which the loopback rules let through.
+//! else is plaintext, allowed only where the port's mode is not STRICT. Either way the
+//! connection goes to the app at `POD_IP:port` from 127.0.0.6, which the loopback rules let
+//! through: as HTTP through [`super::http`] where authorization policies apply and the port
+//! carries HTTP ([`http_mode`]), else as bytes (L4), authorized once per connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,13 +14,17 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyContext;
 use super::copy::relay;
+use super::http::authz::ConnectionFacts;
+use super::http::detect::{Detected, read_until_detected};
+use super::http::upstream::TcpConnector;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
 use super::peer_meta;
 use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
 use super::tls::peer_identity;
+use crate::authz::{Verdict, evaluate};
 use crate::contract::{INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND};
-use crate::snapshot::{MtlsMode, spiffe_namespace};
+use crate::snapshot::{InboundConfig, MtlsMode, Protocol, SnapshotIndex, spiffe_namespace};
 
 /// Why an inbound connection was not forwarded; each is a `weft_connections_refused_total`
 /// reason.
@@ -31,6 +37,8 @@ pub enum Refusal {
     PlaintextOnStrict,
     Handshake,
     AppUnreachable,
+    /// An authorization policy denied the (TCP) connection.
+    RbacDenied,
 }
 
 impl Refusal {
@@ -43,6 +51,7 @@ impl Refusal {
             Refusal::PlaintextOnStrict => "plaintext_on_strict",
             Refusal::Handshake => "tls_handshake",
             Refusal::AppUnreachable => "app_unreachable",
+            Refusal::RbacDenied => "rbac_denied",
         }
     }
 }
@@ -63,6 +72,31 @@ pub fn decide(sniffed: &Sniffed, mode: MtlsMode, have_cert: bool) -> InboundDeci
         Sniffed::Weft => InboundDecision::Refuse(Refusal::NoCertificate),
         _ if mode.accepts_plaintext() => InboundDecision::ForwardPlaintext,
         _ => InboundDecision::Refuse(Refusal::PlaintextOnStrict),
+    }
+}
+
+/// Whether a connection to a port is served as HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// L4: bytes relayed (and authorized once per connection if policies apply).
+    Never,
+    /// The port is declared HTTP: terminated whatever the bytes (hyper refuses non-HTTP).
+    Always,
+    /// Undeclared: terminated if the first bytes are an HTTP/1 request line or the h2 preface.
+    Sniff,
+}
+
+/// HTTP is terminated only where it is needed: authorization policies select the workload
+/// (there is nothing else HTTP-aware inbound yet), and the port is declared HTTP or not
+/// declared at all. Pure (table-tested).
+pub fn http_mode(inbound: &InboundConfig, port: u16) -> HttpMode {
+    if inbound.authz.is_empty() {
+        return HttpMode::Never;
+    }
+    match inbound.protocols.get(&port) {
+        Some(Protocol::Http) => HttpMode::Always,
+        Some(Protocol::Tcp) => HttpMode::Never,
+        None => HttpMode::Sniff,
     }
 }
 
@@ -149,7 +183,23 @@ async fn handle(
     match decide(&sniffed, mode, tls.is_some()) {
         InboundDecision::Refuse(r) => Err(r),
         InboundDecision::ForwardPlaintext => {
-            forward(ctx, Prefixed::new(prefix, stream), app, labels).await
+            let facts = ConnectionFacts {
+                principal: None,
+                peer,
+                destination: orig,
+                sni: None,
+            };
+            let mut prefix = prefix;
+            let http = match http_mode(inbound, orig.port()) {
+                HttpMode::Never => false,
+                HttpMode::Always => true,
+                HttpMode::Sniff => {
+                    read_until_detected(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await
+                        != Detected::NotHttp
+                }
+            };
+            let io = Prefixed::new(prefix, stream);
+            dispatch(ctx, &snapshot, io, http, facts, app, labels).await
         }
         InboundDecision::TerminateMtls => {
             let tls = tls.ok_or(Refusal::NoCertificate)?;
@@ -173,8 +223,18 @@ async fn handle(
             };
             ctx.metrics.handshake(Direction::inbound, true);
             let identity = peer_identity(tls_stream.get_ref().1.peer_certificates());
+            let sni = tls_stream.get_ref().1.server_name().map(str::to_string);
             let mut tls_stream = tls_stream;
-            let (meta, early) = peer_meta::read(&mut tls_stream, ctx.settings.sniff_timeout).await;
+            let (meta, mut early) =
+                peer_meta::read(&mut tls_stream, ctx.settings.sniff_timeout).await;
+            let facts = ConnectionFacts {
+                principal: identity
+                    .as_deref()
+                    .map(|id| id.strip_prefix("spiffe://").unwrap_or(id).to_string()),
+                peer,
+                destination: orig,
+                sni,
+            };
             labels.connection_security_policy = SecurityPolicy::mutual_tls;
             labels.destination_principal = tls.cert.identity.clone();
             if let Some(id) = identity {
@@ -195,8 +255,68 @@ async fn handle(
                 }
                 labels.source_principal = id;
             }
-            forward(ctx, Prefixed::new(early, tls_stream), app, labels).await
+            let http = match http_mode(inbound, orig.port()) {
+                HttpMode::Never => false,
+                HttpMode::Always => true,
+                HttpMode::Sniff => {
+                    read_until_detected(&mut tls_stream, &mut early, ctx.settings.sniff_timeout)
+                        .await
+                        != Detected::NotHttp
+                }
+            };
+            let io = Prefixed::new(early, tls_stream);
+            dispatch(ctx, &snapshot, io, http, facts, app, labels).await
         }
+    }
+}
+
+/// Serves a connection as HTTP, or authorizes it once (TCP semantics: `http: None`) and
+/// relays its bytes. HTTP connections get request metrics and no `istio_tcp_*` series, as
+/// Istio reports them.
+async fn dispatch<S>(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &Arc<SnapshotIndex>,
+    io: S,
+    http: bool,
+    facts: ConnectionFacts,
+    app: SocketAddr,
+    labels: TcpLabels,
+) -> Result<(), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    if http {
+        let connector = TcpConnector {
+            addr: app,
+            source: app_source(app),
+            timeout: ctx.settings.connect_timeout,
+        };
+        super::http::inbound::serve(ctx, io, facts, connector, &labels, snapshot.clone()).await;
+        return Ok(());
+    }
+    let policies = &snapshot.snapshot.inbound.authz;
+    if !policies.is_empty() {
+        let decision = evaluate(policies, &facts.tcp_request());
+        let what = format!(
+            "TCP connection from {} to port {}",
+            facts.peer,
+            facts.destination.port()
+        );
+        super::http::authz::log_decision(policies, &decision, &what);
+        if decision.verdict == Verdict::Deny {
+            return Err(Refusal::RbacDenied);
+        }
+    }
+    forward(ctx, io, app, labels).await
+}
+
+/// The source address of connections to the app: 127.0.0.6 for IPv4, which the capture
+/// rules let through (IPv6 capture is not done yet).
+fn app_source(app: SocketAddr) -> Option<IpAddr> {
+    if app.is_ipv4() {
+        INBOUND_PASSTHROUGH_SOURCE.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -209,12 +329,7 @@ async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let source: Option<IpAddr> = if app.is_ipv4() {
-        INBOUND_PASSTHROUGH_SOURCE.parse().ok()
-    } else {
-        None
-    };
-    let upstream = connect(app, source, ctx.settings.connect_timeout)
+    let upstream = connect(app, app_source(app), ctx.settings.connect_timeout)
         .await
         .map_err(|e| {
             tracing::debug!(%app, error = %e, "app unreachable");
@@ -271,5 +386,29 @@ mod tests {
                 "{sniffed:?} {mode:?} {cert}"
             );
         }
+    }
+
+    #[test]
+    fn http_is_terminated_only_where_policies_apply_and_the_port_may_carry_http() {
+        let mut inbound = InboundConfig {
+            default_mode: MtlsMode::Permissive,
+            ports: Default::default(),
+            services: Default::default(),
+            protocols: [(8080, Protocol::Http), (5432, Protocol::Tcp)].into(),
+            authz: Vec::new(),
+        };
+        for port in [8080, 5432, 9000] {
+            assert_eq!(http_mode(&inbound, port), HttpMode::Never, "no policy: L4");
+        }
+        inbound.authz.push(crate::authz::Policy {
+            kind: Default::default(),
+            name: "demo/allow-nothing".into(),
+            action: crate::authz::Action::Allow,
+            dry_run: false,
+            rules: Vec::new(),
+        });
+        assert_eq!(http_mode(&inbound, 8080), HttpMode::Always);
+        assert_eq!(http_mode(&inbound, 5432), HttpMode::Never);
+        assert_eq!(http_mode(&inbound, 9000), HttpMode::Sniff);
     }
 }

@@ -112,6 +112,59 @@ pub struct RequestLabels {
     pub response_code: String,
 }
 
+/// What distinguishes one request's series from another's on the same connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOutcome {
+    pub status: u16,
+    /// `request_protocol`: `http` (HTTP/1.x and h2) or `grpc`, as Istio reports them.
+    pub grpc: bool,
+    /// `response_flags`: Envoy's short form (`UF` upstream connect failure, `UC` upstream
+    /// connection termination), `-` for none.
+    pub flags: &'static str,
+}
+
+impl RequestOutcome {
+    pub fn http(status: u16) -> Self {
+        RequestOutcome {
+            status,
+            grpc: false,
+            flags: "-",
+        }
+    }
+}
+
+/// `istio_requests_total` and `istio_request_duration_milliseconds` of one connection
+/// (see [`Metrics::request_recorder`]).
+pub struct RequestRecorder {
+    metrics: Arc<Metrics>,
+    labels: TcpLabels,
+    series: Vec<(RequestOutcome, Counter, Histogram)>,
+}
+
+impl RequestRecorder {
+    pub fn record(&mut self, outcome: RequestOutcome, duration: std::time::Duration) {
+        let at = match self.series.iter().position(|(o, ..)| *o == outcome) {
+            Some(at) => at,
+            None => {
+                let mut tcp = self.labels.clone();
+                tcp.request_protocol = if outcome.grpc { "grpc" } else { "http" }.into();
+                tcp.response_flags = outcome.flags.into();
+                let labels = RequestLabels {
+                    tcp,
+                    response_code: outcome.status.to_string(),
+                };
+                let counter = self.metrics.requests.get_or_create(&labels).clone();
+                let histogram = self.metrics.request_duration.get_or_create(&labels).clone();
+                self.series.push((outcome, counter, histogram));
+                self.series.len() - 1
+            }
+        };
+        let (_, counter, histogram) = &self.series[at];
+        counter.inc();
+        histogram.observe(duration.as_secs_f64() * 1000.0);
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub direction: Direction,
@@ -161,12 +214,12 @@ impl Metrics {
         };
         registry.register(
             "istio_requests",
-            "HTTP/1.x requests, by response code",
+            "HTTP requests (HTTP/1.x, HTTP/2, gRPC), by response code",
             m.requests.clone(),
         );
         registry.register(
             "istio_request_duration_milliseconds",
-            "HTTP/1.x request duration, first request byte to last response byte",
+            "HTTP request duration, first request byte (terminated HTTP: request head) to last response byte",
             m.request_duration.clone(),
         );
         registry.register(
@@ -229,33 +282,25 @@ impl Metrics {
     }
 
     /// An observer that records the connection's HTTP exchanges (if it carries HTTP/1.x)
-    /// with these labels. They differ only by response code from request to request, so it
-    /// resolves each code's series once and keeps their handles (they share the registry's
+    /// with these labels, through a [`RequestRecorder`].
+    pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
+        let mut recorder = self.request_recorder(labels);
+        Mutex::new(HttpObserver::new(Box::new(move |e: Exchange| {
+            recorder.record(RequestOutcome::http(e.status), e.duration);
+        })))
+    }
+
+    /// Records the requests of one connection under its labels. They differ only by response
+    /// code (and protocol and flags) from request to request, so it resolves each
+    /// combination's series once and keeps their handles (they share the registry's
     /// counters): a request then costs two atomic updates, not a label-set clone and two
     /// hashed map lookups.
-    pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
-        let metrics = self.clone();
-        let mut tcp = labels.clone();
-        tcp.request_protocol = "http".into();
-        let mut series: Vec<(u16, Counter, Histogram)> = Vec::new();
-        Mutex::new(HttpObserver::new(Box::new(move |e: Exchange| {
-            let at = match series.iter().position(|(code, ..)| *code == e.status) {
-                Some(at) => at,
-                None => {
-                    let labels = RequestLabels {
-                        tcp: tcp.clone(),
-                        response_code: e.status.to_string(),
-                    };
-                    let counter = metrics.requests.get_or_create(&labels).clone();
-                    let histogram = metrics.request_duration.get_or_create(&labels).clone();
-                    series.push((e.status, counter, histogram));
-                    series.len() - 1
-                }
-            };
-            let (_, counter, histogram) = &series[at];
-            counter.inc();
-            histogram.observe(e.duration.as_secs_f64() * 1000.0);
-        })))
+    pub fn request_recorder(self: &Arc<Self>, labels: &TcpLabels) -> RequestRecorder {
+        RequestRecorder {
+            metrics: self.clone(),
+            labels: labels.clone(),
+            series: Vec::new(),
+        }
     }
 
     pub fn refuse(&self, direction: Direction, reason: &str) {

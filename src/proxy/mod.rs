@@ -15,6 +15,7 @@ pub mod app_probe;
 pub mod cli;
 pub mod config_stream;
 pub mod copy;
+pub mod http;
 pub mod http_observe;
 pub mod identity;
 pub mod inbound;

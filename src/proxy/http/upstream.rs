@@ -1,0 +1,353 @@
+//! Forwarding a request to one upstream over a hyper client connection, per downstream
+//! connection: opened lazily at the first request (a connection whose every request is
+//! denied never reaches the app), HTTP/1.1 for an HTTP/1 downstream (reopened when the app
+//! closes it, as `Connection: close` apps do), HTTP/2 with prior knowledge for an HTTP/2
+//! downstream (its streams multiplexed on the one connection). Hop-by-hop headers are
+//! dropped both ways; bodies and trailers stream through untouched. HTTP/1 Upgrade and
+//! CONNECT are tunnelled: once both sides switched protocols the two upgraded streams are
+//! copied byte for byte.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::proxy::net::connect;
+
+/// Opens a byte stream to the upstream (the app; later, for outbound, an mTLS endpoint).
+pub trait Connect: Send + Sync + 'static {
+    type Io: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+/// The inbound upstream: the app at `POD_IP:port`, dialled from `source` (127.0.0.6, which
+/// the capture rules let through).
+#[derive(Debug, Clone)]
+pub struct TcpConnector {
+    pub addr: SocketAddr,
+    pub source: Option<IpAddr>,
+    pub timeout: Duration,
+}
+
+impl Connect for TcpConnector {
+    type Io = TcpStream;
+    fn connect(&self) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        connect(self.addr, self.source, self.timeout)
+    }
+}
+
+/// Why a request got no upstream response; each maps to a status and Envoy's response flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream connect failed: {0}")]
+    Connect(io::Error),
+    #[error("upstream handshake failed: {0}")]
+    Handshake(hyper::Error),
+    #[error("upstream connection failed: {0}")]
+    Upstream(hyper::Error),
+}
+
+impl ForwardError {
+    /// Envoy's `UF` (upstream connection failure) and `UC` (upstream connection termination).
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            ForwardError::Connect(_) | ForwardError::Handshake(_) => "UF",
+            ForwardError::Upstream(_) => "UC",
+        }
+    }
+}
+
+enum Sender<B> {
+    Http1(hyper::client::conn::http1::SendRequest<B>),
+    Http2(hyper::client::conn::http2::SendRequest<B>),
+}
+
+/// The upstream side of one downstream connection.
+pub struct Upstream<C: Connect, B> {
+    connector: C,
+    sender: Mutex<Option<Sender<B>>>,
+}
+
+impl<C, B> Upstream<C, B>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(connector: C) -> Self {
+        Upstream {
+            connector,
+            sender: Mutex::new(None),
+        }
+    }
+
+    /// Sends a request prepared by [`prepare_request`] and returns the upstream's response.
+    pub async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ForwardError> {
+        let h2 = req.version() == Version::HTTP_2;
+        let mut slot = self.sender.lock().await;
+        if let Some(Sender::Http2(s)) = slot.as_mut() {
+            if s.ready().await.is_ok() {
+                let mut s = s.clone();
+                // Streams are independent: the next request need not wait for this one.
+                drop(slot);
+                return s.send_request(req).await.map_err(ForwardError::Upstream);
+            }
+            *slot = None;
+        }
+        if let Some(Sender::Http1(s)) = slot.as_mut()
+            && s.ready().await.is_err()
+        {
+            // The app closed it (or it was upgraded): the next request opens another.
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(self.open(h2).await?);
+        }
+        match slot.as_mut() {
+            Some(Sender::Http1(s)) => s.send_request(req).await.map_err(ForwardError::Upstream),
+            Some(Sender::Http2(s)) => {
+                let mut s = s.clone();
+                drop(slot);
+                s.send_request(req).await.map_err(ForwardError::Upstream)
+            }
+            None => unreachable!("opened above"),
+        }
+    }
+
+    async fn open(&self, h2: bool) -> Result<Sender<B>, ForwardError> {
+        let io = TokioIo::new(
+            self.connector
+                .connect()
+                .await
+                .map_err(ForwardError::Connect)?,
+        );
+        if h2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(ForwardError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended");
+                }
+            });
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(ForwardError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream h1 connection ended");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), besides those
+/// the `Connection` header names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Whether a request asks to leave HTTP: an HTTP/1 `Upgrade` (WebSocket) or a CONNECT.
+pub fn wants_tunnel<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        || (req.version() != Version::HTTP_2
+            && connection_has(req.headers(), "upgrade")
+            && req.headers().contains_key(header::UPGRADE))
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Drops hop-by-hop headers; keeps `te: trailers` (gRPC needs it) and, for a tunnel, the
+/// `Upgrade` header with `Connection: upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if tunnel && let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Shapes a downstream request for the upstream connection its version will use: origin-form
+/// URI for HTTP/1 (the Host header travels as sent), `http://<authority><path>` for HTTP/2
+/// (its `:scheme` and `:authority`; the app behind the sidecar speaks plaintext), hop-by-hop
+/// headers dropped.
+pub fn prepare_request<B>(req: &mut Request<B>, fallback_authority: &str) {
+    let tunnel = wants_tunnel(req);
+    strip_hop_by_hop(req.headers_mut(), tunnel);
+    if req.method() == Method::CONNECT {
+        // Authority-form: forwarded as it came.
+        return;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = if req.version() == Version::HTTP_2 {
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .or_else(|| Authority::try_from(fallback_authority).ok());
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = authority;
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).ok()
+    } else {
+        Uri::from_parts({
+            let mut parts = hyper::http::uri::Parts::default();
+            parts.path_and_query = Some(path);
+            parts
+        })
+        .ok()
+    };
+    if let Some(uri) = uri {
+        *req.uri_mut() = uri;
+    }
+}
+
+/// Forwards one request through `upstream`, tunnelling it when both sides switch protocols;
+/// returns the upstream's response with hop-by-hop headers dropped.
+pub async fn forward<C: Connect>(
+    upstream: &Upstream<C, Incoming>,
+    mut req: Request<Incoming>,
+    fallback_authority: &str,
+) -> Result<Response<Incoming>, ForwardError> {
+    let tunnel = wants_tunnel(&req);
+    let connect = req.method() == Method::CONNECT;
+    let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+    prepare_request(&mut req, fallback_authority);
+    let mut resp = upstream.send(req).await?;
+    let switched =
+        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    if let (Some(downstream), true) = (downstream_upgrade, switched) {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(downstream, upstream_upgrade) {
+                Ok((down, up)) => {
+                    let mut down = TokioIo::new(down);
+                    let mut up = TokioIo::new(up);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+    }
+    strip_hop_by_hop(resp.headers_mut(), switched && !connect);
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "te"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_header() {
+        let mut req = Request::get("/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_tunnel(&req));
+        prepare_request(&mut req, "10.0.0.1:80");
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+        let plain = Request::get("/").header("upgrade", "h2c").body(()).unwrap();
+        assert!(!wants_tunnel(&plain), "Upgrade without Connection: upgrade");
+    }
+
+    #[test]
+    fn uris_take_the_shape_of_the_upstream_version() {
+        let mut h1 = Request::get("http://api.demo/v1/charges?x=1")
+            .body(())
+            .unwrap();
+        prepare_request(&mut h1, "10.0.0.1:80");
+        assert_eq!(h1.uri().to_string(), "/v1/charges?x=1");
+
+        let mut h2 = Request::get("/v1/charges")
+            .version(Version::HTTP_2)
+            .header("host", "api.demo")
+            .body(())
+            .unwrap();
+        prepare_request(&mut h2, "10.0.0.1:80");
+        assert_eq!(h2.uri().to_string(), "http://api.demo/v1/charges");
+
+        let mut bare = Request::get("/").version(Version::HTTP_2).body(()).unwrap();
+        prepare_request(&mut bare, "10.0.0.1:80");
+        assert_eq!(bare.uri().to_string(), "http://10.0.0.1:80/");
+    }
+}

@@ -472,6 +472,20 @@ fn a_deny_on_admin_holds_against_path_tricks_and_the_app_gets_the_normalized_pat
     assert_eq!(replies[4].body, "GET /public/a/b?x=1");
     assert_eq!(mesh.api_seen(), ["GET /public/a/b?x=1"]);
 
+    // Pipelined requests (one write) are answered in order, a denial in the middle too.
+    let raw = mesh
+        .api_raw(
+            b"GET /p1 HTTP/1.1\r\nHost: api\r\n\r\nGET /admin HTTP/1.1\r\nHost: api\r\n\r\n\
+              GET /p3 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let at = |needle: &str| {
+        raw.find(needle)
+            .unwrap_or_else(|| panic!("{needle} in {raw}"))
+    };
+    assert!(at("GET /p1") < at("RBAC: access denied"), "{raw}");
+    assert!(at("RBAC: access denied") < at("GET /p3"), "{raw}");
+
     // HTTP/1 Upgrade is tunnelled once both sides switched.
     assert_eq!(
         mesh.api_upgrade(b"ping over the tunnel"),
@@ -1141,6 +1155,23 @@ mod support {
             let addr = self.api_addr(Via::Mesh);
             let msg = msg.to_vec();
             self.client.run_in(move || api::upgrade(addr, &msg))
+        }
+
+        /// Writes `bytes` to the api Service through the mesh at once and reads until the
+        /// connection closes.
+        pub fn api_raw(&self, bytes: &[u8]) -> Result<String, String> {
+            let addr = self.api_addr(Via::Mesh);
+            let bytes = bytes.to_vec();
+            self.client.run_in(move || {
+                let mut s =
+                    TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(IO_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                s.write_all(&bytes).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).map_err(|e| e.to_string())?;
+                Ok(String::from_utf8_lossy(&out).into_owned())
+            })
         }
 
         /// Request targets as the api app received them (`METHOD /path?query`).

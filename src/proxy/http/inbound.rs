@@ -54,16 +54,17 @@ pub async fn serve<I>(
         accepted_with: snapshot,
         app_authority: app.addr.to_string(),
         facts,
-        upstream: Upstream::new(app),
+        upstream: Upstream::new(app, ctx.settings.idle_timeout),
         recorder: Arc::new(Mutex::new(ctx.metrics.request_recorder(labels))),
     });
     let handler = move |req: Request<Incoming>| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(state.handle(req).await) }
     };
+    let idle = ctx.settings.idle_timeout;
     let ctx = ctx.clone();
     let drained = async move { ctx.drained().await };
-    if let Err(e) = server::serve(io, handler, drained).await {
+    if let Err(e) = server::serve(io, handler, drained, idle).await {
         tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
     }
 }

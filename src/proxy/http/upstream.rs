@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use crate::proxy::copy::relay;
 use crate::proxy::net::connect;
 
 /// Opens a byte stream to the upstream (the app; later, for outbound, an mTLS endpoint).
@@ -75,6 +76,8 @@ enum Sender<B> {
 pub struct Upstream<C: Connect, B> {
     connector: C,
     sender: Mutex<Option<Sender<B>>>,
+    /// A tunnel (after an upgrade) is closed when no byte moved for this long.
+    idle: Duration,
 }
 
 impl<C, B> Upstream<C, B>
@@ -84,10 +87,11 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(connector: C) -> Self {
+    pub fn new(connector: C, idle: Duration) -> Self {
         Upstream {
             connector,
             sender: Mutex::new(None),
+            idle,
         }
     }
 
@@ -276,12 +280,13 @@ pub async fn forward<C: Connect>(
         resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
     if let (Some(downstream), true) = (downstream_upgrade, switched) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = upstream.idle;
         tokio::spawn(async move {
             match tokio::try_join!(downstream, upstream_upgrade) {
                 Ok((down, up)) => {
-                    let mut down = TokioIo::new(down);
-                    let mut up = TokioIo::new(up);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    // The L4 relay: half-closes each way, idle timeout.
+                    let (_, result) = relay(TokioIo::new(down), TokioIo::new(up), idle, None).await;
+                    if let Err(e) = result {
                         tracing::debug!(error = %e, "tunnel ended with an error");
                     }
                 }

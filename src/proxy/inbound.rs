@@ -193,6 +193,9 @@ async fn handle(
             let http = match http_mode(inbound, orig.port()) {
                 HttpMode::Never => false,
                 HttpMode::Always => true,
+                // The client said nothing for the whole sniff timeout: a server-first
+                // protocol, not worth a second wait.
+                HttpMode::Sniff if prefix.is_empty() => false,
                 HttpMode::Sniff => {
                     read_until_detected(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await
                         != Detected::NotHttp

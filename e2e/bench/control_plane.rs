@@ -14,6 +14,9 @@
 //!   concerns. The operator and the simulated proxies run on separate tokio runtimes (one
 //!   worker thread each), so a counting allocator can tell their heaps apart.
 //!
+//! - Authorization: `weft::authz::evaluate` over 11 policies of 10 rules (the proxy's per-request
+//!   cost), timed in batches of 100.
+//!
 //! `cargo bench --bench control_plane -- [--seconds N] [--out FILE]` prints one JSON object
 //! (and writes it to FILE). It reports and never asserts on speed.
 
@@ -389,8 +392,67 @@ fn mesh_view(first_replicas: usize) -> MeshView {
             "metadata": {"namespace": OPERATOR_NAMESPACE, "name": "stable"},
             "spec": {"mtls": {"mode": "STRICT"}}
         }))],
-        peer_authentications: vec![],
+        ..Default::default()
     }
+}
+
+/// Evaluations timed together per sample: one call is a few hundred nanoseconds, too short
+/// for a clock read each.
+const AUTHZ_BATCH: usize = 100;
+
+/// Policy evaluation per request (issue 18's ≤ 1 µs median): 10 ALLOW policies of 10 rules,
+/// each rule a principal, a method and a path prefix, against a request that only the last
+/// rule of the last policy allows, so every rule is tried. A DENY of 10 rules goes first.
+fn authz(seconds: Duration) -> serde_json::Value {
+    use weft::authz::istio::{AuthorizationPolicySpec, compile};
+    use weft::authz::{Http, Request, Verdict, evaluate};
+    let policy = |name: &str, action: &str, n: usize| {
+        let rules: Vec<serde_json::Value> = (0..10)
+            .map(|r| {
+                json!({"from": [{"source": {"principals": [format!("cluster.local/ns/ns{n}/sa/sa{r}")]}}],
+                       "to": [{"operation": {"methods": ["GET", "POST"], "paths": [format!("/api/v{r}/*")]}}]})
+            })
+            .collect();
+        let spec: AuthorizationPolicySpec =
+            serde_json::from_value(json!({"action": action, "rules": rules})).expect("a spec");
+        compile("bench", name, &spec, &Default::default()).expect("compiles")
+    };
+    let mut policies = vec![policy("deny", "DENY", 99)];
+    policies.extend((0..10).map(|n| policy(&format!("allow-{n}"), "ALLOW", n)));
+    let headers: Vec<(String, String)> = vec![("user-agent".into(), "bench".into())];
+    let request = Request {
+        principal: Some("cluster.local/ns/ns9/sa/sa9"),
+        source_ip: [198, 18, 0, 4].into(),
+        remote_ip: [198, 18, 0, 4].into(),
+        destination_ip: [198, 18, 0, 5].into(),
+        destination_port: 8080,
+        sni: None,
+        http: Some(Http {
+            method: "POST",
+            host: "api.bench.svc.cluster.local",
+            path: "/api/v9/charges",
+            headers: &headers,
+        }),
+    };
+    assert_eq!(evaluate(&policies, &request).verdict, Verdict::Allow);
+    let m = measure(Duration::from_millis(300), seconds, |_| {
+        for _ in 0..AUTHZ_BATCH {
+            std::hint::black_box(evaluate(
+                std::hint::black_box(&policies),
+                std::hint::black_box(&request),
+            ));
+        }
+    });
+    let per_eval = |p: f64| round(m.percentile_ms(p) * 1e6 / AUTHZ_BATCH as f64, 1);
+    json!({
+        "policies": policies.len(),
+        "rules": policies.iter().map(|p| p.rules.len()).sum::<usize>(),
+        "evaluations": m.calls * AUTHZ_BATCH,
+        "evaluations_per_s": round(m.per_second() * AUTHZ_BATCH as f64, 0),
+        "p50_ns": per_eval(50.0),
+        "p99_ns": per_eval(99.0),
+        "batch": AUTHZ_BATCH,
+    })
 }
 
 /// One simulated proxy: its pod and a TLS client config with its own workload certificate.
@@ -811,6 +873,7 @@ fn main() {
         "webhook": webhook(seconds),
         "csr": csr(seconds),
         "convergence": convergence(),
+        "authz": authz(seconds),
     });
     let text = serde_json::to_string_pretty(&result).expect("JSON");
     println!("{text}");

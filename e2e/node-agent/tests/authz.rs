@@ -1,0 +1,348 @@
+//! Authorization on the cluster, as the seeds print it: seed 003's AuthorizationPolicy (only
+//! checkout-api may POST /v1/charges to payments) and seed 000's OSM restrictive mode with an
+//! SMI TrafficTarget (bookbuyer may POST /buy and GET /books). Clients are meshed pods with
+//! curl, so every answer is a real status code from the server side's proxy.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::{Cluster, Namespace, wait_for, weft};
+
+/// A curl client pod (`sleep`, exec'd into) running as `service_account`.
+fn client(name: &str, service_account: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {service_account}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  serviceAccountName: {service_account}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
+"#
+    )
+}
+
+/// The server: the echo app as `app`, behind a Service whose port is named `http`.
+fn server(app: &str, service_account: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {service_account}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      serviceAccountName: {service_account}
+      containers:
+      - name: app
+        image: weft.dev/echo:dev
+        ports: [{{name: http, containerPort: 8080}}]
+        env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {app}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    )
+}
+
+/// `curl -X method url` from `pod`'s client: the status code and body, or `000` and curl's
+/// complaint when no HTTP answer came (a refused or reset connection).
+fn call(ns: &Namespace, pod: &str, method: &str, url: &str) -> String {
+    let out = ns.kubectl(&[
+        "exec",
+        pod,
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--path-as-is",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        " %{http_code}",
+        url,
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status = body.rsplit(' ').next().unwrap_or_default().to_string();
+    if status == "000" || body.is_empty() {
+        return format!("000 {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    format!("{status} {}", body.trim_end_matches(&status).trim())
+}
+
+/// Waits until `pod`'s call answers with `want` (a status code) and returns the answer.
+fn expect(ns: &Namespace, pod: &str, method: &str, url: &str, want: &str) -> String {
+    wait_for(
+        Duration::from_secs(60),
+        || call(ns, pod, method, url),
+        |answer| answer.starts_with(want),
+    )
+}
+
+fn ready(ns: &Namespace, what: &str) {
+    ns.ok(&["wait", "--for=condition=Ready", what, "--timeout=180s"]);
+}
+
+#[test]
+fn seed_003_only_checkout_api_may_post_charges() {
+    let c = support::deployed();
+    let payments = c.namespace("payments");
+    let checkout = c.namespace("checkout");
+    let outside = c.namespace("t-authz-outside");
+    for ns in [&payments, &checkout] {
+        assert!(weft(&["namespace", "add", &ns.name]).status.success());
+    }
+    payments.apply(&server("payments-api", "payments-api"));
+    checkout.apply(&client("checkout-api", "checkout-api"));
+    checkout.apply(&client("reporting", "reporting"));
+    outside.apply(&client("outsider", "outsider"));
+    payments.ok(&[
+        "rollout",
+        "status",
+        "deployment/payments-api",
+        "--timeout=180s",
+    ]);
+    for (ns, pod) in [
+        (&checkout, "pod/checkout-api"),
+        (&checkout, "pod/reporting"),
+        (&outside, "pod/outsider"),
+    ] {
+        ready(ns, pod);
+    }
+    let url = "http://payments-api.payments/v1/charges";
+    // No policy yet: every caller gets through (PERMISSIVE, no ALLOW policy).
+    expect(&checkout, "reporting", "GET", url, "200");
+
+    // Seed 003 section 3, the AuthorizationPolicy exactly as printed.
+    c.apply(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: payments-allow-checkout
+  namespace: payments
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        # SPIFFE identity, not IP — survives pod reschedules
+        principals: ["cluster.local/ns/checkout/sa/checkout-api"]
+    to:
+    - operation:
+        methods: ["POST"]
+        paths: ["/v1/charges"]
+"#,
+    );
+    let denied = expect(&checkout, "checkout-api", "GET", url, "403");
+    assert!(denied.contains("RBAC: access denied"), "{denied}");
+    expect(&checkout, "checkout-api", "POST", url, "200");
+    // The path the policy judged, however it is spelled.
+    expect(
+        &checkout,
+        "checkout-api",
+        "POST",
+        "http://payments-api.payments/v1/x/../charges",
+        "200",
+    );
+    expect(
+        &checkout,
+        "checkout-api",
+        "POST",
+        "http://payments-api.payments/v1/charges/",
+        "403",
+    );
+    expect(&checkout, "reporting", "POST", url, "403");
+    // PERMISSIVE lets the plaintext caller connect, and it has no principal: denied.
+    expect(&outside, "outsider", "POST", url, "403");
+
+    // What weft authz explain says is what the proxy did.
+    let pod = payments.jsonpath("pods -l app=payments-api", "{.items[0].metadata.name}");
+    let explain = |from: &str, method: &str| {
+        let out = weft(&[
+            "authz",
+            "explain",
+            &pod,
+            "-n",
+            "payments",
+            "--from",
+            from,
+            "--method",
+            method,
+            "--path",
+            "/v1/charges",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let allowed = explain("checkout/checkout-api", "POST");
+    assert!(allowed.contains("Decision:  ALLOW"), "{allowed}");
+    assert!(
+        allowed
+            .contains("Because:   rule 0 of ALLOW policy payments/payments-allow-checkout matched"),
+        "{allowed}"
+    );
+    let refused = explain("checkout/reporting", "POST");
+    assert!(refused.contains("Decision:  DENY"), "{refused}");
+    assert!(refused.contains("none matched"), "{refused}");
+
+    // Seed 003's namespace STRICT next to it: the plaintext caller cannot even connect.
+    c.apply(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: payments
+spec:
+  mtls:
+    mode: STRICT
+"#,
+    );
+    expect(&outside, "outsider", "POST", url, "000");
+    expect(&checkout, "checkout-api", "POST", url, "200");
+}
+
+/// A revision of this file's own in OSM's restrictive mode, so no other test sees it.
+const RESTRICTIVE: &str = "t-authz-osm";
+
+fn restrictive_revision() -> &'static Cluster {
+    static REV: OnceLock<()> = OnceLock::new();
+    let c = support::deployed();
+    REV.get_or_init(|| {
+        let out = c.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "--field-manager=test", "-f", "-"],
+            &format!(
+                "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: {RESTRICTIVE}, namespace: weft-system}}\nspec:\n  proxy: {{image: \"ghcr.io/weft-mesh/weft:0.1.0\"}}\n  traffic: {{enablePermissiveTrafficPolicyMode: false}}\n"
+            ),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // The revision is accepted whole: nothing of it reported unsupported.
+        wait_for(
+            Duration::from_secs(60),
+            || {
+                c.ok(&[
+                    "-n", "weft-system", "get", "meshconfig", RESTRICTIVE, "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Unsupported\")].status}",
+                ])
+            },
+            |s| s == "False",
+        );
+    });
+    c
+}
+
+#[test]
+fn seed_000_restrictive_mode_allows_only_the_traffic_target_routes() {
+    let c = restrictive_revision();
+    let bookstore = c.namespace("bookstore");
+    let bookbuyer = c.namespace("bookbuyer");
+    for ns in [&bookstore, &bookbuyer] {
+        ns.cluster.ok(&[
+            "label",
+            "namespace",
+            &ns.name,
+            &format!("istio.io/rev={RESTRICTIVE}"),
+        ]);
+    }
+    bookstore.apply(&server("bookstore", "default"));
+    bookbuyer.apply(&client("bookbuyer", "default"));
+    bookbuyer.apply(&client("thief", "thief"));
+    bookstore.ok(&[
+        "rollout",
+        "status",
+        "deployment/bookstore",
+        "--timeout=180s",
+    ]);
+    ready(&bookbuyer, "pod/bookbuyer");
+    ready(&bookbuyer, "pod/thief");
+    let (buy, books) = (
+        "http://bookstore.bookstore/buy",
+        "http://bookstore.bookstore/books",
+    );
+    // "Now all traffic is denied by default."
+    expect(&bookbuyer, "bookbuyer", "GET", books, "403");
+
+    // Seed 000 step 5, as printed.
+    c.apply(
+        r#"
+# traffic-access.yaml
+# Allow bookbuyer to access the bookstore service
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata:
+  name: bookstore-access
+  namespace: bookstore
+spec:
+  # The service that is being accessed
+  destination:
+    kind: ServiceAccount
+    name: default
+    namespace: bookstore
+  # The services that are allowed to access it
+  sources:
+    - kind: ServiceAccount
+      name: default
+      namespace: bookbuyer
+  # The routes that are allowed
+  rules:
+    - kind: HTTPRouteGroup
+      name: bookstore-routes
+      matches:
+        - buy-books
+        - get-books
+---
+# Define which HTTP routes are allowed
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata:
+  name: bookstore-routes
+  namespace: bookstore
+spec:
+  matches:
+    - name: buy-books
+      pathRegex: /buy
+      methods:
+        - POST
+    - name: get-books
+      pathRegex: /books
+      methods:
+        - GET
+"#,
+    );
+    // "Now only the bookbuyer can call the bookstore's /buy (POST) and /books (GET)."
+    expect(&bookbuyer, "bookbuyer", "POST", buy, "200");
+    expect(&bookbuyer, "bookbuyer", "GET", books, "200");
+    expect(&bookbuyer, "bookbuyer", "GET", buy, "403");
+    expect(&bookbuyer, "bookbuyer", "DELETE", books, "403");
+    expect(&bookbuyer, "thief", "POST", buy, "403");
+}

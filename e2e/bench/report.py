@@ -42,6 +42,8 @@ TARGETS = [
      lambda v: v >= 1000),
     ("webhook_p99_ms", "webhook: review p99", "≤ 5 ms", lambda v: v <= 5),
     ("csr_per_s", "CSR signing per core", "≥ 1,000/s", lambda v: v >= 1000),
+    ("authz_p50_ns", "authorization: one request against 11 policies / 110 rules, median",
+     "≤ 1,000 ns", lambda v: v <= 1000),
     ("ready_ms", "proxy ready after start (cert + config from files)", "≤ 100 ms",
      lambda v: v <= 100),
 ]
@@ -219,6 +221,8 @@ def build(raw):
         result["csr"] = csr
     if conv:
         result["config_convergence"] = conv
+    if cp.get("authz"):
+        result["authz"] = cp["authz"]
     result["control_plane_cpus"] = cp.get("cpus_allowed")
     adm = load_json(os.path.join(raw, "admission.json"))
     if adm:
@@ -240,6 +244,7 @@ def measured_values(r):
         "webhook_reviews_per_s": (r.get("webhook") or {}).get("reviews_per_s"),
         "webhook_p99_ms": (r.get("webhook") or {}).get("p99_ms"),
         "csr_per_s": (r.get("csr") or {}).get("csr_per_s"),
+        "authz_p50_ns": (r.get("authz") or {}).get("p50_ns"),
         "ready_ms": max(ready) if ready else None,
     }
 
@@ -351,7 +356,7 @@ def table(r):
     units = {"added_p99_ms": " ms", "cpu_per_1000rps": " vCPU", "rss_idle_mb": " MB",
              "rss_loaded_mb": " MB", "mtls_conns_per_proxy_core": "/s",
              "webhook_reviews_per_s": "/s", "webhook_p99_ms": " ms", "csr_per_s": "/s",
-             "ready_ms": " ms"}
+             "ready_ms": " ms", "authz_p50_ns": " ns"}
     for t in r["targets"]:
         v = t["measured"]
         digits = {"ready_ms": 0, "rss_idle_mb": 1, "rss_loaded_mb": 1}.get(t["key"], 3)

@@ -239,13 +239,9 @@ fn restrictive_revision() -> &'static Cluster {
     static REV: OnceLock<()> = OnceLock::new();
     let c = support::deployed();
     REV.get_or_init(|| {
-        let out = c.kubectl_stdin(
-            &["apply", "--server-side", "--force-conflicts", "--field-manager=test", "-f", "-"],
-            &format!(
+        c.apply_server_side(&format!(
                 "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: {RESTRICTIVE}, namespace: weft-system}}\nspec:\n  proxy: {{image: \"ghcr.io/weft-mesh/weft:0.1.0\"}}\n  traffic: {{enablePermissiveTrafficPolicyMode: false}}\n"
-            ),
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            ));
         // The revision is accepted whole: nothing of it reported unsupported.
         wait_for(
             Duration::from_secs(60),

@@ -508,24 +508,9 @@ fn mesh() -> &'static Cluster {
     static REV: OnceLock<()> = OnceLock::new();
     let c = support::deployed();
     REV.get_or_init(|| {
-        let out = c.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=test",
-                "-f",
-                "-",
-            ],
-            &format!(
+        c.apply_server_side(&format!(
                 "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: {REVISION}, namespace: weft-system}}\nspec:\n  proxy: {{image: \"ghcr.io/weft-mesh/weft:0.1.0\"}}\n"
-            ),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            ));
     });
     c
 }
@@ -573,8 +558,21 @@ fn volumes_over_node_directories_hide_no_other_mount() {
         .expect("the checkout is not /")
         .to_path_buf();
     let top = top.to_str().expect("a UTF-8 path");
+    // The checkout's top directory may itself be /tmp or /var (a clone in /tmp): one volume
+    // per distinct path, as Kubernetes requires.
+    let mut dirs = vec![top, "/tmp", "/var", "/opt"];
+    let mut seen = std::collections::BTreeSet::new();
+    dirs.retain(|d| seen.insert(*d));
     let ns = cluster().namespace("t-shadow");
     let probe = format!("written-by-{}", ns.name);
+    let mounts: String = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("    - {{name: v{i}, mountPath: {d}}}\n"))
+        .collect();
+    let volumes: String = (0..dirs.len())
+        .map(|i| format!("  - {{name: v{i}, emptyDir: {{}}}}\n"))
+        .collect();
     ns.apply(&format!(
         r#"
 apiVersion: v1
@@ -590,21 +588,14 @@ spec:
     - -c
     - |
       set -e
-      for d in {top} /tmp /var /opt; do echo "$d" > "$d/{probe}"; cat "$d/{probe}"; done
+      for d in {list}; do echo "$d" > "$d/{probe}"; cat "$d/{probe}"; done
       wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token
       echo started
       exec sleep 3600
     volumeMounts:
-    - {{name: top, mountPath: {top}}}
-    - {{name: tmp, mountPath: /tmp}}
-    - {{name: var, mountPath: /var}}
-    - {{name: opt, mountPath: /opt}}
-  volumes:
-  - {{name: top, emptyDir: {{}}}}
-  - {{name: tmp, emptyDir: {{}}}}
-  - {{name: var, emptyDir: {{}}}}
-  - {{name: opt, emptyDir: {{medium: Memory}}}}
-"#
+{mounts}  volumes:
+{volumes}"#,
+        list = dirs.join(" "),
     ));
     let status = wait_for(
         MINUTE,
@@ -628,8 +619,8 @@ spec:
         || ns.ok(&["logs", "shadow"]),
         |l| l.contains("started"),
     );
-    for d in [top, "/tmp", "/var", "/opt"] {
-        assert!(logs.lines().any(|l| l == d), "{d} not written: {logs}");
+    for d in &dirs {
+        assert!(logs.lines().any(|l| l == *d), "{d} not written: {logs}");
         // The file is in the pod's volume, not in the node's directory.
         assert!(
             !std::path::Path::new(d).join(&probe).exists(),

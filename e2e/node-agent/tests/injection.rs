@@ -16,15 +16,7 @@ fn deployed() -> &'static Cluster {
     let c = support::deployed();
     DEPLOYED.get_or_init(|| {
         // The first revision and the default tag, as a user (or the operator's first start) makes them.
-        let apply = c.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=test",
-                "-f",
-                "-",
-            ],
+        c.apply_server_side(
             r#"
 apiVersion: mesh.weft.dev/v1alpha1
 kind: MeshConfig
@@ -43,11 +35,6 @@ kind: RevisionTag
 metadata: {name: default, namespace: weft-system}
 spec: {revision: stable}
 "#,
-        );
-        assert!(
-            apply.status.success(),
-            "{}",
-            String::from_utf8_lossy(&apply.stderr)
         );
         // The operator's caBundle reaches the webhook configuration before it can be called.
         eventually(Duration::from_secs(60), || {

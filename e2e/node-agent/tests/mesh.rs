@@ -22,17 +22,8 @@ fn mesh() -> &'static Cluster {
     static REV: OnceLock<()> = OnceLock::new();
     let c = deployed();
     REV.get_or_init(|| {
-        let out = c.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=test",
-                "-f",
-                "-",
-            ],
-            &format!(
-                r#"
+        c.apply_server_side(&format!(
+            r#"
 apiVersion: mesh.weft.dev/v1alpha1
 kind: MeshConfig
 metadata: {{name: {REVISION}, namespace: weft-system}}
@@ -40,13 +31,7 @@ spec:
   proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
   mtls: {{mode: PERMISSIVE}}
 "#
-            ),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ));
     });
     c
 }

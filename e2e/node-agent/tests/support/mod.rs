@@ -178,6 +178,27 @@ impl Cluster {
         );
     }
 
+    /// Server-side apply as the field manager `test`, taking over fields others set (how the
+    /// tests make their own revisions and tags next to what the operator made).
+    pub fn apply_server_side(&self, yaml: &str) {
+        let out = self.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=test",
+                "-f",
+                "-",
+            ],
+            yaml,
+        );
+        assert!(
+            out.status.success(),
+            "kubectl apply --server-side failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn namespace(&'static self, name: &str) -> Namespace {
         let _ = self.kubectl(&["delete", "namespace", name, "--wait=true", "--timeout=60s"]);
         self.ok(&["create", "namespace", name]);

@@ -590,6 +590,138 @@ fn a_tcp_port_with_a_deny_policy_closes_the_connection() {
     assert_eq!(replies[0].status, 200);
 }
 
+#[test]
+fn access_logs_follow_the_snapshot_json_per_request_and_text_per_tcp_connection() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut spec = MeshSpec::new(&ca, "PERMISSIVE");
+    spec.server_authz = vec![
+        allow_client_to_post_charges(),
+        policy(
+            "deny-refunds",
+            serde_json::json!({
+                "action": "DENY",
+                "rules": [{"to": [{"operation": {"paths": ["/v1/refunds"]}}]}]
+            }),
+        ),
+    ];
+    spec.server_access_log = serde_json::json!({"format": "json"});
+    let mut mesh = Mesh::start(spec);
+
+    let replies = mesh
+        .api_h1(
+            Via::Mesh,
+            &[("POST", "/v1/charges?id=7"), ("POST", "/v1/refunds")],
+        )
+        .unwrap();
+    assert_eq!(replies[0].status, 200);
+    assert_eq!(replies[1].status, 403);
+    let json_lines = |log: &str| -> Vec<serde_json::Value> {
+        log.lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let lines = wait_for(|| {
+        let lines = json_lines(&mesh.server_log());
+        (lines.len() >= 2).then_some(lines)
+    });
+    let allowed = lines
+        .iter()
+        .find(|l| l["response_code"] == 200)
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(allowed["method"], "POST");
+    assert_eq!(allowed["path"], "/v1/charges?id=7");
+    assert_eq!(allowed["protocol"], "HTTP/1.1");
+    assert_eq!(allowed["response_flags"], "-");
+    assert_eq!(allowed["response_code_details"], "via_upstream");
+    assert_eq!(allowed["upstream_cluster"], "inbound|8082||");
+    assert_eq!(allowed["upstream_host"], "198.18.0.2:8082");
+    assert_eq!(allowed["source_principal"], CLIENT_ID);
+    assert_eq!(allowed["destination_principal"], SERVER_ID);
+    assert_eq!(allowed["route_name"], serde_json::Value::Null);
+    // The proxy made an id (the client sent none).
+    assert_eq!(
+        allowed["request_id"].as_str().map(str::len),
+        Some(36),
+        "{allowed}"
+    );
+    assert!(
+        allowed["start_time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    let denied = lines
+        .iter()
+        .find(|l| l["response_code"] == 403)
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(denied["path"], "/v1/refunds");
+    assert_eq!(
+        denied["response_code_details"],
+        "rbac_access_denied_matched_policy[ns[demo]-policy[deny-refunds]-rule[0]]"
+    );
+    assert_eq!(denied["bytes_sent"], "RBAC: access denied".len());
+    assert_eq!(mesh.api_seen(), ["POST /v1/charges?id=7"]);
+
+    // Text, and no policies: the echo port's TCP connection is relayed and logged at its end.
+    // A new snapshot, no restart.
+    mesh.update_server_snapshot(|s| {
+        s["accessLog"] = serde_json::json!({"format": "text"});
+        s["inbound"]["authz"] = serde_json::json!([]);
+    });
+    let tcp_line = wait_for(|| {
+        if mesh.call_service(b"hello").ok()? != b"hello" {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        mesh.server_log()
+            .lines()
+            .find(|l| l.starts_with('[') && l.contains("inbound|8080||"))
+            .map(str::to_string)
+    });
+    assert!(
+        tcp_line.contains("\"- - -\" 0 - - - \"-\" 5 5 "),
+        "{tcp_line}"
+    );
+    assert!(
+        tcp_line.contains("\"198.18.0.2:8080\" inbound|8080|| - 198.18.0.2:8080 198.18.0.1:"),
+        "{tcp_line}"
+    );
+    assert!(
+        tcp_line.ends_with(&format!(" {CLIENT_ID} {SERVER_ID}")),
+        "{tcp_line}"
+    );
+
+    // Off again: no further lines.
+    mesh.update_server_snapshot(|s| s["accessLog"] = serde_json::Value::Null);
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = mesh
+        .server_log()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .count();
+    assert_eq!(mesh.call_service(b"quiet").unwrap(), b"quiet");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = mesh
+        .server_log()
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .count();
+    assert_eq!(before, after, "{}", mesh.server_log());
+}
+
+/// Polls `f` until it answers (at most 15 s: the proxy reloads its snapshot file every 1 s).
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 // === plumbing ===
 
 mod support {
@@ -961,6 +1093,8 @@ mod support {
         pub server_authz: Vec<serde_json::Value>,
         /// The server's `inbound.protocols` (container port -> tcp | http).
         pub server_protocols: serde_json::Value,
+        /// The server's `accessLog` (null: off).
+        pub server_access_log: serde_json::Value,
     }
 
     impl MeshSpec {
@@ -976,6 +1110,7 @@ mod support {
                 server_roots: ca.cert_pem.clone(),
                 server_authz: Vec::new(),
                 server_protocols: serde_json::json!({}),
+                server_access_log: serde_json::Value::Null,
             }
         }
     }
@@ -988,6 +1123,7 @@ mod support {
         // Fields drop in order: proxies before their namespaces.
         _client_proxy: Proxy,
         server_proxy: Proxy,
+        server_snapshot: serde_json::Value,
         app_connections: Arc<AtomicUsize>,
         api_seen: Arc<Mutex<Vec<String>>>,
         client: Netns,
@@ -1031,7 +1167,8 @@ mod support {
                     "protocols": spec.server_protocols,
                     "authz": spec.server_authz
                 },
-                "outbound": {"policy": "ALLOW_ANY"}
+                "outbound": {"policy": "ALLOW_ANY"},
+                "accessLog": spec.server_access_log
             });
             let client_snapshot = serde_json::json!({
                 "schemaVersion": 1,
@@ -1090,12 +1227,29 @@ mod support {
             Mesh {
                 _client_proxy: client_proxy,
                 server_proxy,
+                server_snapshot,
                 app_connections,
                 api_seen,
                 client,
                 server,
                 _dir: dir,
             }
+        }
+
+        /// Changes the server proxy's snapshot file (with a new version); the proxy reloads it
+        /// within its reload interval (1 s), without a restart.
+        pub fn update_server_snapshot(&mut self, change: impl FnOnce(&mut serde_json::Value)) {
+            change(&mut self.server_snapshot);
+            static UPDATES: AtomicUsize = AtomicUsize::new(1);
+            let version = format!("server-v{}", UPDATES.fetch_add(1, Ordering::SeqCst) + 1);
+            self.server_snapshot["version"] = serde_json::Value::String(version);
+            let file = self._dir.path.join("server-snapshot.json");
+            fs::write(file, self.server_snapshot.to_string()).unwrap();
+        }
+
+        /// Everything the server proxy wrote (stdout: access logs; stderr: its own logs).
+        pub fn server_log(&self) -> String {
+            self.server_proxy.log_text()
         }
 
         /// The app in the client pod calls the echo Service (captured by the client proxy).

@@ -31,19 +31,13 @@ fn traffic(spec: &MeshConfigSpec) -> Option<&TrafficSettings> {
 }
 
 /// Remove a row when the feature lands.
-pub const UNSUPPORTED_SETTINGS: &[UnsupportedSetting] = &[
-    UnsupportedSetting {
-        setting: "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
-        is_set: |spec| {
-            traffic(spec).and_then(|t| t.outbound_traffic_policy)
-                == Some(OutboundTrafficPolicy::RegistryOnly)
-        },
+pub const UNSUPPORTED_SETTINGS: &[UnsupportedSetting] = &[UnsupportedSetting {
+    setting: "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
+    is_set: |spec| {
+        traffic(spec).and_then(|t| t.outbound_traffic_policy)
+            == Some(OutboundTrafficPolicy::RegistryOnly)
     },
-    UnsupportedSetting {
-        setting: "accessLog.enabled=true",
-        is_set: |spec| spec.access_log.as_ref().and_then(|a| a.enabled) == Some(true),
-    },
-];
+}];
 
 /// The settings of `spec` this version does not implement, in table order.
 pub fn unsupported_settings(spec: &MeshConfigSpec) -> Vec<&'static str> {
@@ -522,8 +516,8 @@ mod tests {
                 vec![
                     "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
                     // enablePermissiveTrafficPolicyMode=false is OSM's restrictive mode,
-                    // enforced since issue 18 (docs/authz.md), so it is not listed.
-                    "accessLog.enabled=true",
+                    // enforced since issue 18 (docs/authz.md), and accessLog.enabled=true
+                    // is written by the proxies (docs/proxy.md), so neither is listed.
                 ],
             ),
         ];

@@ -23,13 +23,14 @@ use super::authz::{AuthzIndex, SmiObjects, Workload};
 use super::policy::{Effective, Policies, PolicyProblem};
 use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
 use crate::api::{
-    AuthorizationPolicy, MeshConfig, PeerAuthentication, meshconfig::OutboundTrafficPolicy,
+    AuthorizationPolicy, MeshConfig, PeerAuthentication,
+    meshconfig::{AccessLogFormat as ApiAccessLogFormat, OutboundTrafficPolicy},
 };
 use crate::authz::Policy;
 use crate::contract;
 use crate::snapshot::{
-    Endpoint, InboundConfig, MtlsMode, OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service,
-    WorkloadMeta,
+    AccessLog, AccessLogFormat, Endpoint, InboundConfig, MtlsMode, OutboundPolicy, Protocol,
+    SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
 };
 
 /// Everything the config server reads, as the reflectors hold it.
@@ -81,6 +82,8 @@ pub struct MeshIndex {
     headless: Table,
     /// Outbound policy per revision name.
     policies: HashMap<String, OutboundPolicy>,
+    /// Access log settings per revision name, for revisions with `accessLog.enabled: true`.
+    access_logs: HashMap<String, AccessLog>,
     /// Hash of both tables, folded into every version.
     services_hash: [u8; 32],
     pub problems: Vec<PolicyProblem>,
@@ -232,12 +235,27 @@ impl MeshIndex {
                 (name.clone(), policy)
             })
             .collect();
+        let access_logs = revisions
+            .iter()
+            .filter_map(|(name, mc)| {
+                let settings = mc.spec.access_log.as_ref()?;
+                // Off unless asked for (the API's default), json unless text is asked for.
+                (settings.enabled == Some(true)).then(|| {
+                    let format = match settings.format {
+                        Some(ApiAccessLogFormat::Text) => AccessLogFormat::Text,
+                        Some(ApiAccessLogFormat::Json) | None => AccessLogFormat::Json,
+                    };
+                    (name.clone(), AccessLog { format })
+                })
+            })
+            .collect();
         MeshIndex {
             trust_domain: view.trust_domain.clone(),
             pods,
             services,
             headless,
             policies: policies_by_rev,
+            access_logs,
             services_hash,
             problems: policies
                 .problems
@@ -286,6 +304,7 @@ impl MeshIndex {
             .get(&pod.revision)
             .copied()
             .unwrap_or_default();
+        let access_log = self.access_logs.get(&pod.revision).copied();
         let mut snapshot = SnapshotRef {
             schema_version: SNAPSHOT_SCHEMA_VERSION,
             version: String::new(),
@@ -298,6 +317,7 @@ impl MeshIndex {
                 services: self.services.as_ref(),
                 headless: self.headless.as_ref(),
             },
+            access_log,
         };
         // Version: hash of the per-proxy part (serialized without services) and the table's
         // hash.
@@ -307,6 +327,7 @@ impl MeshIndex {
             snapshot.workload,
             snapshot.inbound,
             policy,
+            access_log,
         ))
         .unwrap_or_default();
         let mut material = own;
@@ -330,6 +351,8 @@ struct SnapshotRef<'a> {
     workload: &'a WorkloadMeta,
     inbound: &'a InboundConfig,
     outbound: OutboundRef<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_log: Option<AccessLog>,
 }
 
 #[derive(Serialize)]
@@ -801,5 +824,32 @@ pub(crate) mod tests {
             NoSnapshot::UnknownPod("pets".into(), "legacy-1".into())
         );
         assert!(index.snapshot_for("pets", "nope").is_err());
+    }
+
+    #[test]
+    fn the_revisions_access_log_reaches_its_proxies_and_changes_the_version() {
+        let off = MeshIndex::build(&view());
+        let (v_off, bytes) = off.snapshot_for("pets", "web-1").unwrap();
+        assert_eq!(decode_snapshot(&bytes).unwrap().access_log, None);
+        for (settings, want) in [
+            (json!({"enabled": true}), Some(AccessLogFormat::Json)),
+            (
+                json!({"enabled": true, "format": "text"}),
+                Some(AccessLogFormat::Text),
+            ),
+            (json!({"enabled": false, "format": "text"}), None),
+        ] {
+            let mut v = view();
+            v.revisions = vec![obj(json!({
+                "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
+                "metadata": {"namespace": "weft-system", "name": "stable"},
+                "spec": {"traffic": {"outboundTrafficPolicy": "REGISTRY_ONLY"},
+                         "accessLog": settings}
+            }))];
+            let (version, bytes) = MeshIndex::build(&v).snapshot_for("pets", "web-1").unwrap();
+            let snap = decode_snapshot(&bytes).unwrap();
+            assert_eq!(snap.access_log.map(|a| a.format), want, "{settings}");
+            assert_eq!(version == v_off, want.is_none(), "{settings}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyContext;
+use super::access_log::{Entry, denial_details, known};
 use super::copy::relay;
 use super::http::authz::ConnectionFacts;
 use super::http::detect::{Detected, read_until_detected};
@@ -307,10 +308,42 @@ where
         );
         super::http::authz::log_decision(policies, &decision, &what);
         if decision.verdict == Verdict::Deny {
+            if ctx.access_log_format().is_some() {
+                let details = denial_details(policies, decision.reason);
+                let cluster = inbound_cluster(app.port());
+                ctx.log_access(&Entry {
+                    connection_termination_details: details.as_deref(),
+                    upstream_cluster: Some(&cluster),
+                    ..tcp_entry(&facts, &labels, app, std::time::SystemTime::now())
+                });
+            }
             return Err(Refusal::RbacDenied);
         }
     }
-    forward(ctx, io, app, labels).await
+    forward(ctx, io, app, labels, &facts).await
+}
+
+/// An inbound TCP connection's access log entry, before anything moved.
+fn tcp_entry<'a>(
+    facts: &'a ConnectionFacts,
+    labels: &'a TcpLabels,
+    app: SocketAddr,
+    start: std::time::SystemTime,
+) -> Entry<'a> {
+    Entry {
+        upstream_host: Some(app),
+        downstream_local_address: Some(facts.destination),
+        downstream_remote_address: Some(facts.peer),
+        requested_server_name: facts.sni.as_deref(),
+        source_principal: known(&labels.source_principal),
+        destination_principal: known(&labels.destination_principal),
+        ..Entry::new(start)
+    }
+}
+
+/// Istio's name for the inbound cluster of a port.
+fn inbound_cluster(port: u16) -> String {
+    format!("inbound|{port}||")
 }
 
 /// The source address of connections to the app: 127.0.0.6 for IPv4, which the capture
@@ -328,16 +361,31 @@ async fn forward<S>(
     downstream: S,
     app: SocketAddr,
     labels: TcpLabels,
+    facts: &ConnectionFacts,
 ) -> Result<(), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = connect(app, app_source(app), ctx.settings.connect_timeout)
-        .await
-        .map_err(|e| {
+    let start = std::time::SystemTime::now();
+    let started = tokio::time::Instant::now();
+    let cluster = inbound_cluster(app.port());
+    let upstream = match connect(app, app_source(app), ctx.settings.connect_timeout).await {
+        Ok(up) => up,
+        Err(e) => {
             tracing::debug!(%app, error = %e, "app unreachable");
-            Refusal::AppUnreachable
-        })?;
+            if ctx.access_log_format().is_some() {
+                let reason = e.to_string();
+                ctx.log_access(&Entry {
+                    response_flags: "UF",
+                    upstream_transport_failure_reason: Some(&reason),
+                    upstream_cluster: Some(&cluster),
+                    duration: started.elapsed(),
+                    ..tcp_entry(facts, &labels, app, start)
+                });
+            }
+            return Err(Refusal::AppUnreachable);
+        }
+    };
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
     let http = m.http_observer(&labels);
@@ -347,6 +395,13 @@ where
         .get_or_create(&labels)
         .inc_by(moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
+    ctx.log_access(&Entry {
+        bytes_received: moved.sent,
+        bytes_sent: moved.received,
+        duration: started.elapsed(),
+        upstream_cluster: Some(&cluster),
+        ..tcp_entry(facts, &labels, app, start)
+    });
     if let Err(e) = result {
         tracing::debug!(%app, error = %e, "inbound connection ended with an error");
     }

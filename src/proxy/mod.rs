@@ -10,6 +10,7 @@
 //! | 15021 | `/healthz/ready`               | `admin`     |
 //! | 15000 | admin, 127.0.0.1 only          | `admin`     |
 
+pub mod access_log;
 pub mod admin;
 pub mod app_probe;
 pub mod cli;
@@ -79,6 +80,8 @@ pub struct ProxyContext {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// Access log lines go here (stdout) when the current snapshot turns them on.
+    pub access_log: access_log::Writer,
     tls: watch::Receiver<Option<Arc<TlsContext>>>,
     snapshot: watch::Receiver<Option<Arc<SnapshotIndex>>>,
     draining: watch::Sender<bool>,
@@ -97,6 +100,7 @@ impl ProxyContext {
             settings,
             metrics: metrics.clone(),
             registry,
+            access_log: access_log::Writer::stdout(),
             tls,
             snapshot,
             draining: watch::Sender::new(false),
@@ -116,6 +120,20 @@ impl ProxyContext {
 
     pub fn snapshot(&self) -> Option<Arc<SnapshotIndex>> {
         self.snapshot.borrow().clone()
+    }
+
+    /// The access log format of the current config; None when access logs are off. Read per
+    /// request and per connection end, so a new snapshot turns them on or off at once.
+    pub fn access_log_format(&self) -> Option<crate::snapshot::AccessLogFormat> {
+        let snapshot = self.snapshot.borrow();
+        snapshot.as_ref()?.snapshot.access_log.map(|a| a.format)
+    }
+
+    /// Writes `entry` if access logs are on.
+    pub fn log_access(&self, entry: &access_log::Entry<'_>) {
+        if let Some(format) = self.access_log_format() {
+            self.access_log.write(entry.format(format));
+        }
     }
 
     /// Ready once it holds a certificate and a first config, and until it starts draining.

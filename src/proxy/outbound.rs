@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use super::ProxyContext;
+use super::access_log::{Entry, known};
 use super::copy::relay;
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
@@ -83,6 +84,9 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         return Err(Refusal::Loop);
     }
     let _ = stream.set_nodelay(true);
+    let start = std::time::SystemTime::now();
+    let started = tokio::time::Instant::now();
+    let peer = stream.peer_addr().ok();
     let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
     let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
     if let Some(w) = &snapshot.snapshot.workload {
@@ -174,6 +178,24 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         .get_or_create(&labels)
         .inc_by(moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
+    if ctx.access_log_format().is_some() {
+        let cluster = match service {
+            Some(s) => format!("outbound|{}||{}", orig.port(), s.name),
+            None => "PassthroughCluster".to_string(),
+        };
+        ctx.log_access(&Entry {
+            bytes_received: moved.sent,
+            bytes_sent: moved.received,
+            duration: started.elapsed(),
+            upstream_host: Some(endpoint.map_or(orig, |ep| ep.addr())),
+            upstream_cluster: Some(&cluster),
+            downstream_local_address: Some(orig),
+            downstream_remote_address: peer,
+            source_principal: known(&labels.source_principal),
+            destination_principal: known(&labels.destination_principal),
+            ..Entry::new(start)
+        });
+    }
     if let Err(e) = result {
         tracing::debug!(%orig, error = %e, "outbound connection ended with an error");
     }

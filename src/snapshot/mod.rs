@@ -41,13 +41,14 @@
 //!       "name": "pg.pets.svc.cluster.local",
 //!       "endpoints": [{ "ip": "198.18.0.9", "port": 5432, "meshed": false }]
 //!     }]
-//!   }
+//!   },
+//!   "accessLog": { "format": "json" }           // optional: absent = off; json | text
 //! }
 //! ```
 //!
 //! `inbound.services` and `outbound.headless` were added after the first proxies shipped:
 //! older proxies ignore them (headless pods then pass through as before), so they did not
-//! need a new `schemaVersion`.
+//! need a new `schemaVersion`; nor did `accessLog` (an older proxy writes no access log).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -138,6 +139,28 @@ pub struct ProxySnapshot {
     pub inbound: InboundConfig,
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Access logs (the revision's `accessLog`): absent when they are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+}
+
+/// The proxy writes one access log line per HTTP request and per TCP connection to its
+/// stdout, in this format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLog {
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+/// Istio's two encodings: `json` (its default JSON keys) or `text` (its default format
+/// string). JSON is the default, as the MeshConfig API says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 /// Names the metrics use for a workload (`*_workload`, `*_workload_namespace`).

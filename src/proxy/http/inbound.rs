@@ -1,16 +1,22 @@
 //! The inbound request pipeline on a terminated HTTP connection: normalize the path (refuse
 //! what cannot be normalized), authorize against the policies selecting this workload (DENY,
 //! ALLOW; AUDIT and dry-run only logged), forward with the normalized path to the app, and
-//! record `istio_requests_total` / `istio_request_duration_milliseconds` per request.
+//! record `istio_requests_total` / `istio_request_duration_milliseconds` and, when the
+//! config turns them on, an access log line per request. A request without `x-request-id`
+//! gets a generated one (UUID v4) that the app receives, as Envoy does.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -18,10 +24,11 @@ use super::authz::{
     self as http_authz, ConnectionFacts, DENIED_BODY, HeaderView, log_decision, normalized_path,
     rewrite_path,
 };
-use super::server::{self, Observed, ResponseBody};
-use super::upstream::{TcpConnector, Upstream, forward};
+use super::server::{self, Counted, Observed, ResponseBody};
+use super::upstream::{ForwardError, TcpConnector, Upstream, forward};
 use crate::authz::{Verdict, evaluate};
 use crate::proxy::ProxyContext;
+use crate::proxy::access_log::{Entry, denial_details, known, request_id};
 use crate::proxy::metrics::{RequestOutcome, RequestRecorder, TcpLabels};
 use crate::snapshot::SnapshotIndex;
 
@@ -32,10 +39,115 @@ struct Inbound {
     /// new policy applies to open keep-alive and HTTP/2 connections too.
     accepted_with: Arc<SnapshotIndex>,
     facts: ConnectionFacts,
-    upstream: Upstream<TcpConnector, Incoming>,
+    upstream: Upstream<TcpConnector, Counted<Incoming>>,
     recorder: Arc<Mutex<RequestRecorder>>,
     /// `:authority` for an HTTP/2 request that names none.
     app_authority: String,
+    /// What every access log line of this connection says.
+    conn_log: Arc<ConnLog>,
+    /// Request bytes of requests nobody logs (one counter per connection, never read).
+    unlogged: Arc<AtomicU64>,
+}
+
+/// The connection's part of its requests' access log lines.
+struct ConnLog {
+    app: SocketAddr,
+    cluster: String,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    sni: Option<String>,
+    source_principal: Option<String>,
+    destination_principal: Option<String>,
+}
+
+/// One request's part of its access log line, taken before the request is forwarded.
+struct RequestLog {
+    start: SystemTime,
+    method: String,
+    /// As the client sent it, with its query (Envoy's `X-ENVOY-ORIGINAL-PATH?:PATH`).
+    path: String,
+    protocol: &'static str,
+    authority: Option<String>,
+    user_agent: Option<String>,
+    x_forwarded_for: Option<String>,
+    request_id: Option<String>,
+    received: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+}
+
+/// What the response said, for the log line.
+struct Outcome<'a> {
+    code: u16,
+    flags: &'a str,
+    details: Option<&'a str>,
+    failure: Option<&'a str>,
+}
+
+impl RequestLog {
+    fn new(parts: &Parts, start: SystemTime) -> Self {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let authority = http_authz::request_host(parts);
+        RequestLog {
+            start,
+            method: parts.method.as_str().to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| parts.uri.to_string()),
+            protocol: match parts.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_3 => "HTTP/3",
+                _ => "HTTP/1.1",
+            },
+            authority: (!authority.is_empty()).then(|| authority.to_string()),
+            user_agent: header("user-agent"),
+            x_forwarded_for: header("x-forwarded-for"),
+            request_id: header("x-request-id"),
+            received: Arc::new(AtomicU64::new(0)),
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn write(
+        &self,
+        ctx: &ProxyContext,
+        conn: &ConnLog,
+        out: Outcome<'_>,
+        took: std::time::Duration,
+    ) {
+        ctx.log_access(&Entry {
+            method: Some(&self.method),
+            path: Some(&self.path),
+            protocol: Some(self.protocol),
+            response_code: out.code,
+            response_flags: out.flags,
+            response_code_details: out.details,
+            upstream_transport_failure_reason: out.failure,
+            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            duration: took,
+            x_forwarded_for: self.x_forwarded_for.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            request_id: self.request_id.as_deref(),
+            authority: self.authority.as_deref(),
+            upstream_host: Some(conn.app),
+            upstream_cluster: Some(&conn.cluster),
+            downstream_local_address: Some(conn.destination),
+            downstream_remote_address: Some(conn.peer),
+            requested_server_name: conn.sni.as_deref(),
+            source_principal: conn.source_principal.as_deref(),
+            destination_principal: conn.destination_principal.as_deref(),
+            ..Entry::new(self.start)
+        });
+    }
 }
 
 /// Serves one downstream connection (already past mTLS and peer metadata) until it closes.
@@ -49,10 +161,21 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let conn_log = Arc::new(ConnLog {
+        app: app.addr,
+        cluster: format!("inbound|{}||", app.addr.port()),
+        peer: facts.peer,
+        destination: facts.destination,
+        sni: facts.sni.clone(),
+        source_principal: known(&labels.source_principal).map(str::to_string),
+        destination_principal: known(&labels.destination_principal).map(str::to_string),
+    });
     let state = Arc::new(Inbound {
         ctx: ctx.clone(),
         accepted_with: snapshot,
         app_authority: app.addr.to_string(),
+        conn_log,
+        unlogged: Arc::new(AtomicU64::new(0)),
         facts,
         upstream: Upstream::new(app, ctx.settings.idle_timeout),
         recorder: Arc::new(Mutex::new(ctx.metrics.request_recorder(labels))),
@@ -69,6 +192,8 @@ pub async fn serve<I>(
     }
 }
 
+const X_REQUEST_ID: &str = "x-request-id";
+
 fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
@@ -80,12 +205,34 @@ impl Inbound {
         let start = Instant::now();
         let grpc = is_grpc(&req);
         let (mut parts, body) = req.into_parts();
+        // As Envoy's connection manager: a request without an id gets one, and the app sees it.
+        if !parts.headers.contains_key(X_REQUEST_ID)
+            && let Some(v) = request_id().and_then(|id| HeaderValue::from_str(&id).ok())
+        {
+            parts.headers.insert(X_REQUEST_ID, v);
+        }
+        let log = self
+            .ctx
+            .access_log_format()
+            .is_some()
+            .then(|| RequestLog::new(&parts, SystemTime::now()));
+        let counter = log
+            .as_ref()
+            .map_or_else(|| self.unlogged.clone(), |l| l.received.clone());
+        let body = Counted::new(body, counter);
         let normalized = match normalized_path(&parts) {
             Ok(Cow::Borrowed(_)) => None,
             Ok(Cow::Owned(p)) => Some(p),
             Err(e) => {
                 tracing::debug!(path = parts.uri.path(), error = %e, "inbound request refused");
-                return self.local(StatusCode::BAD_REQUEST, "Bad Request", grpc, start);
+                return self.local(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    grpc,
+                    start,
+                    log,
+                    None,
+                );
             }
         };
         let snapshot = self
@@ -109,12 +256,29 @@ impl Inbound {
             log_decision(policies, &decision, &what);
         }
         if decision.verdict == Verdict::Deny {
-            return self.local(StatusCode::FORBIDDEN, DENIED_BODY, grpc, start);
+            let details = log
+                .as_ref()
+                .and_then(|_| denial_details(policies, decision.reason));
+            return self.local(
+                StatusCode::FORBIDDEN,
+                DENIED_BODY,
+                grpc,
+                start,
+                log,
+                details,
+            );
         }
         if let Some(p) = &normalized
             && rewrite_path(&mut parts, p).is_err()
         {
-            return self.local(StatusCode::BAD_REQUEST, "Bad Request", grpc, start);
+            return self.local(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                grpc,
+                start,
+                log,
+                None,
+            );
         }
         let req = Request::from_parts(parts, body);
         match forward(&self.upstream, req, &self.app_authority).await {
@@ -125,14 +289,32 @@ impl Inbound {
                     flags: "-",
                 };
                 let recorder = self.recorder.clone();
+                let logged = log.map(|l| (l, self.ctx.clone(), self.conn_log.clone()));
                 // Recorded when the last byte of the response body has been handed on.
-                resp.map(move |body| {
-                    Observed::new(body, move || {
+                resp.map(move |body| match logged {
+                    None => Observed::new(body, move || {
                         if let Ok(mut r) = recorder.lock() {
                             r.record(outcome, start.elapsed());
                         }
                     })
-                    .boxed_unsync()
+                    .boxed_unsync(),
+                    Some((log, ctx, conn)) => {
+                        let body = Counted::new(body, log.sent.clone());
+                        Observed::new(body, move || {
+                            let took = start.elapsed();
+                            if let Ok(mut r) = recorder.lock() {
+                                r.record(outcome, took);
+                            }
+                            let out = Outcome {
+                                code: outcome.status,
+                                flags: "-",
+                                details: Some("via_upstream"),
+                                failure: None,
+                            };
+                            log.write(&ctx, &conn, out, took);
+                        })
+                        .boxed_unsync()
+                    }
                 })
             }
             Err(e) => {
@@ -141,20 +323,60 @@ impl Inbound {
                 let body = "upstream connect error or disconnect/reset before headers";
                 let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, body, grpc);
                 self.record(resp.status(), grpc, flags, start);
+                if let Some(log) = log {
+                    let (details, failure) = match &e {
+                        ForwardError::Connect(io) => (
+                            "upstream_reset_before_response_started{connection_failure}",
+                            Some(io.to_string()),
+                        ),
+                        ForwardError::Handshake(h) => (
+                            "upstream_reset_before_response_started{connection_failure}",
+                            Some(h.to_string()),
+                        ),
+                        ForwardError::Upstream(_) => (
+                            "upstream_reset_before_response_started{connection_termination}",
+                            None,
+                        ),
+                    };
+                    let sent = if grpc { 0 } else { body.len() as u64 };
+                    log.sent.store(sent, Ordering::Relaxed);
+                    let out = Outcome {
+                        code: resp.status().as_u16(),
+                        flags,
+                        details: Some(details),
+                        failure: failure.as_deref(),
+                    };
+                    log.write(&self.ctx, &self.conn_log, out, start.elapsed());
+                }
                 resp
             }
         }
     }
 
+    /// Answers a request the proxy refuses, recording it (`details`: why, for the log).
     fn local(
         &self,
         status: StatusCode,
         body: &'static str,
         grpc: bool,
         start: Instant,
+        log: Option<RequestLog>,
+        details: Option<String>,
     ) -> Response<ResponseBody> {
         let resp = local_reply(status, body, grpc);
         self.record(resp.status(), grpc, "-", start);
+        if let Some(log) = log {
+            // The proxy's own body is what the client receives (gRPC's is empty).
+            let sent = if grpc { 0 } else { body.len() as u64 };
+            log.sent.store(sent, Ordering::Relaxed);
+            let out = Outcome {
+                code: resp.status().as_u16(),
+                flags: "-",
+                details: details.as_deref(),
+                failure: None,
+            };
+            log.write(&self.ctx, &self.conn_log, out, start.elapsed());
+        }
         resp
     }
 

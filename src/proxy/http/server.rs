@@ -209,6 +209,49 @@ impl<B: Body + Unpin, F: FnOnce() + Unpin> Body for Observed<B, F> {
     }
 }
 
+// === impl Counted ===
+
+/// A body that adds the length of each data frame it passes to a shared counter (access
+/// logs' `bytes_received` / `bytes_sent`).
+pub struct Counted<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
+        Counted { inner, bytes }
+    }
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            use hyper::body::Buf;
+            self.bytes
+                .fetch_add(data.remaining() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

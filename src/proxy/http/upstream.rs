@@ -266,11 +266,17 @@ pub fn prepare_request<B>(req: &mut Request<B>, fallback_authority: &str) {
 
 /// Forwards one request through `upstream`, tunnelling it when both sides switch protocols;
 /// returns the upstream's response with hop-by-hop headers dropped.
-pub async fn forward<C: Connect>(
-    upstream: &Upstream<C, Incoming>,
-    mut req: Request<Incoming>,
+pub async fn forward<C, B>(
+    upstream: &Upstream<C, B>,
+    mut req: Request<B>,
     fallback_authority: &str,
-) -> Result<Response<Incoming>, ForwardError> {
+) -> Result<Response<Incoming>, ForwardError>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tunnel = wants_tunnel(&req);
     let connect = req.method() == Method::CONNECT;
     let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));

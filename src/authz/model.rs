@@ -171,7 +171,13 @@ impl StringMatch {
 
     pub fn matches(&self, value: &str) -> bool {
         match self {
-            StringMatch::Exact(s) => value == s,
+            // Identities and paths that differ mostly differ at their end (`…/sa/a` vs
+            // `…/sa/b`): the last byte settles most misses without a full comparison.
+            StringMatch::Exact(s) => {
+                value.len() == s.len()
+                    && value.as_bytes().last() == s.as_bytes().last()
+                    && value == s
+            }
             StringMatch::Prefix(s) => value.starts_with(s.as_str()),
             StringMatch::Suffix(s) => value.ends_with(s.as_str()),
             StringMatch::Present => true,

@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod ca;
 pub mod check;
+pub mod check_authz;
 pub mod error;
 pub mod inventory;
 pub mod namespace;

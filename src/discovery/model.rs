@@ -454,11 +454,11 @@ fn service_tables(
             let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let protocol = if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+            if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                 continue; // UDP/SCTP are not captured
-            } else {
-                declared_protocol(port.name.as_deref(), port.app_protocol.as_deref())
-            };
+            }
+            let declared = declared_protocol(port.name.as_deref(), port.app_protocol.as_deref());
+            let protocol = declared.unwrap_or(Protocol::Tcp);
             let mut endpoints = Vec::new();
             for slice in svc_slices {
                 // The slice port with the Service port's name carries the target port.
@@ -485,11 +485,16 @@ fn service_tables(
                         });
                     let meshed = pod_key.as_ref().and_then(|k| pods.get(k));
                     if let (Some(k), Some(_)) = (&pod_key, meshed) {
-                        if protocol == Protocol::Http {
-                            target_protocols
-                                .entry(k.clone())
-                                .or_default()
-                                .insert(target, Protocol::Http);
+                        // HTTP wins where Services disagree about one target port.
+                        let protocols = target_protocols.entry(k.clone()).or_default();
+                        match declared {
+                            Some(Protocol::Http) => {
+                                protocols.insert(target, Protocol::Http);
+                            }
+                            Some(Protocol::Tcp) => {
+                                protocols.entry(target).or_insert(Protocol::Tcp);
+                            }
+                            None => {}
                         }
                         let hosts = targets
                             .entry(k.clone())
@@ -549,27 +554,40 @@ fn service_tables(
     (table, headless)
 }
 
-/// A Service port's protocol as Istio reads it: `appProtocol` (`http`, `http2`, `grpc`,
-/// `grpc-web`, `kubernetes.io/h2c`), else the port name's `<protocol>[-<suffix>]` prefix.
-/// `https` and `tls` are TLS the app terminates: TCP to the mesh.
-pub fn declared_protocol(name: Option<&str>, app_protocol: Option<&str>) -> Protocol {
-    const HTTP: [&str; 5] = ["http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c"];
+/// A Service port's protocol as Istio reads it: `appProtocol`, else the port name's
+/// `<protocol>[-<suffix>]` prefix. HTTP: `http`, `http2`, `grpc`, `grpc-web` (and appProtocol
+/// `kubernetes.io/h2c`, `kubernetes.io/ws`). Declared non-HTTP (`tcp`, `tls`, `https`, `mongo`,
+/// `mysql`, `redis`, any other appProtocol): TCP, never sniffed. None: not declared, so the
+/// proxy may detect HTTP from the first bytes, as Istio does.
+pub fn declared_protocol(name: Option<&str>, app_protocol: Option<&str>) -> Option<Protocol> {
+    const HTTP: [&str; 6] = [
+        "http",
+        "http2",
+        "grpc",
+        "grpc-web",
+        "kubernetes.io/h2c",
+        "kubernetes.io/ws",
+    ];
+    const TCP: [&str; 7] = ["tcp", "tls", "https", "mongo", "mysql", "redis", "udp"];
     if let Some(ap) = app_protocol {
-        return if HTTP.contains(&ap.to_ascii_lowercase().as_str()) {
+        return Some(if HTTP.contains(&ap.to_ascii_lowercase().as_str()) {
             Protocol::Http
         } else {
             Protocol::Tcp
-        };
+        });
     }
     let prefix = name
         .unwrap_or_default()
         .split('-')
         .next()
-        .unwrap_or_default();
-    if ["http", "http2", "grpc"].contains(&prefix.to_ascii_lowercase().as_str()) {
-        Protocol::Http
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if ["http", "http2", "grpc"].contains(&prefix.as_str()) {
+        Some(Protocol::Http)
+    } else if TCP.contains(&prefix.as_str()) {
+        Some(Protocol::Tcp)
     } else {
-        Protocol::Tcp
+        None
     }
 }
 
@@ -724,18 +742,22 @@ pub(crate) mod tests {
     #[test]
     fn port_protocols_are_read_as_istio_names_them() {
         for (name, app, want) in [
-            (Some("http"), None, Protocol::Http),
-            (Some("http-web"), None, Protocol::Http),
-            (Some("http2"), None, Protocol::Http),
-            (Some("grpc"), None, Protocol::Http),
-            (Some("grpc-web"), None, Protocol::Http),
-            (Some("https"), None, Protocol::Tcp),
-            (Some("httpx"), None, Protocol::Tcp),
-            (Some("tcp-db"), None, Protocol::Tcp),
-            (None, None, Protocol::Tcp),
-            (Some("tcp"), Some("http"), Protocol::Http),
-            (Some("http"), Some("tcp"), Protocol::Tcp),
-            (None, Some("kubernetes.io/h2c"), Protocol::Http),
+            (Some("http"), None, Some(Protocol::Http)),
+            (Some("http-web"), None, Some(Protocol::Http)),
+            (Some("http2"), None, Some(Protocol::Http)),
+            (Some("grpc"), None, Some(Protocol::Http)),
+            (Some("grpc-web"), None, Some(Protocol::Http)),
+            (Some("https"), None, Some(Protocol::Tcp)),
+            (Some("tcp-db"), None, Some(Protocol::Tcp)),
+            (Some("tcp"), None, Some(Protocol::Tcp)),
+            (Some("TLS-x"), None, Some(Protocol::Tcp)),
+            (Some("httpx"), None, None),
+            (Some("web"), None, None),
+            (None, None, None),
+            (Some("tcp"), Some("http"), Some(Protocol::Http)),
+            (Some("http"), Some("tcp"), Some(Protocol::Tcp)),
+            (None, Some("kubernetes.io/h2c"), Some(Protocol::Http)),
+            (None, Some("mysql"), Some(Protocol::Tcp)),
         ] {
             assert_eq!(declared_protocol(name, app), want, "{name:?} {app:?}");
         }

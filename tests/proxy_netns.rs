@@ -397,6 +397,64 @@ fn http_authorization_lets_one_principal_post_and_denies_the_rest() {
     assert!(series("200", "mutual_tls"), "{server}");
     assert!(series("403", "mutual_tls"), "{server}");
     assert!(series("403", "none"), "{server}");
+    // Request and response sizes: the heads as HTTP/1.1 wrote them plus the bodies. The test
+    // client sends `host` and `content-length` and a 2-byte body; the app answers with
+    // `content-length` and `date` (29 characters) and `<METHOD> <target>`.
+    let allowed = [
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "grpc_response_status=\"\"",
+    ];
+    let request = |target: &str| {
+        format!("POST {target} HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n{{}}").len()
+    };
+    let response = |body: &str| {
+        let date = "date: Sun, 06 Dec 2026 01:45:00 GMT\r\n";
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{date}\r\n{body}",
+            body.len()
+        )
+        .len()
+    };
+    assert_eq!(
+        sample(&server, "istio_request_bytes_count", &allowed),
+        Some(2.0),
+        "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_request_bytes_sum", &allowed),
+        Some((request("/v1/charges") + request("/v1/charges?id=7")) as f64),
+        "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_response_bytes_count", &allowed),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&server, "istio_response_bytes_sum", &allowed),
+        Some((response("POST /v1/charges") + response("POST /v1/charges?id=7")) as f64),
+        "{server}"
+    );
+    // A denied request: its head (the body was never read) and the proxy's own answer.
+    let denied = [
+        "response_code=\"403\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(
+        sample(&server, "istio_request_bytes_sum", &denied),
+        Some(
+            "GET /v1/charges HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n".len() as f64
+        ),
+        "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_response_bytes_sum", &denied),
+        Some(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\n\r\nRBAC: access denied".len()
+                as f64
+        ),
+        "{server}"
+    );
     assert!(
         requests
             .iter()
@@ -549,11 +607,78 @@ fn http2_streams_of_one_connection_get_their_own_verdicts_and_grpc_trailers_arri
     assert_eq!(status, "0");
 
     let server = mesh.server_stats();
-    assert!(
-        metric_lines(&server, "istio_requests_total").iter().any(|l| l
-            .contains("request_protocol=\"grpc\"")
-            && l.contains("response_code=\"200\"")),
+    // The unary call and the stream: grpc-status 0 from the app's trailers.
+    let ok = [
+        "request_protocol=\"grpc\"",
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+        "grpc_response_status=\"0\"",
+    ];
+    assert_eq!(
+        sample(&server, "istio_requests_total", &ok),
+        Some(2.0),
         "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_request_bytes_count", &ok),
+        Some(2.0),
+        "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_response_bytes_count", &ok),
+        Some(2.0),
+        "{server}"
+    );
+    // HTTP/2 heads are counted as HTTP/1.1 would write them, `:authority` as `host`. The
+    // client's unary call has a 5-byte body ("hello", so hyper adds content-length), the
+    // stream 3 messages ("one" "two" "three"); the app echoes them with `content-type` and
+    // `date` headers and trailers `grpc-status: 0`, `grpc-message: echoed`.
+    let head = "POST /v1/charges HTTP/1.1\r\ncontent-type: application/grpc\r\nte: trailers\r\n\
+                host: api.demo\r\n\r\n"
+        .len();
+    let requests = (head + "content-length: 5\r\n".len() + 5) + (head + 11);
+    assert_eq!(
+        sample(&server, "istio_request_bytes_sum", &ok),
+        Some(requests as f64),
+        "{server}"
+    );
+    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n\
+                 date: Sun, 06 Dec 2026 01:45:00 GMT\r\n\r\n\
+                 grpc-status: 0\r\ngrpc-message: echoed\r\n"
+        .len();
+    assert_eq!(
+        sample(&server, "istio_response_bytes_sum", &ok),
+        Some((reply + 5 + reply + 11) as f64),
+        "{server}"
+    );
+    // The denied call: the proxy's trailers-only answer, entirely its own bytes.
+    let denied = ["request_protocol=\"grpc\"", "grpc_response_status=\"7\""];
+    assert_eq!(
+        sample(&server, "istio_requests_total", &denied),
+        Some(1.0),
+        "{server}"
+    );
+    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n\
+                  grpc-status: 7\r\ngrpc-message: RBAC: access denied\r\n\r\n";
+    assert_eq!(
+        sample(&server, "istio_response_bytes_sum", &denied),
+        Some(answer.len() as f64),
+        "{server}"
+    );
+    // Plain HTTP on the same connection: the label is there, empty.
+    let http = [
+        "request_protocol=\"http\"",
+        "response_code=\"200\"",
+        "grpc_response_status=\"\"",
+    ];
+    assert_eq!(
+        sample(&server, "istio_requests_total", &http),
+        Some(1.0),
+        "{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_response_bytes_count", &http),
+        Some(1.0)
     );
 }
 
@@ -1588,6 +1713,19 @@ mod support {
         let lines: Vec<&str> = metric_lines(text, name)
             .into_iter()
             .filter(|l| l.contains(needle))
+            .collect();
+        match lines.as_slice() {
+            [one] => one.rsplit(' ').next()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The value of the one sample of `name` (exactly; `name_sum` is not `name`) whose line
+    /// contains every needle.
+    pub fn sample(text: &str, name: &str, needles: &[&str]) -> Option<f64> {
+        let lines: Vec<&str> = metric_lines(text, name)
+            .into_iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
             .collect();
         match lines.as_slice() {
             [one] => one.rsplit(' ').next()?.parse().ok(),

@@ -9,18 +9,23 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use super::http_observe::{Exchange, HttpObserver};
 
-/// Istio's buckets for `istio_request_duration_milliseconds`.
-const DURATION_BUCKETS_MS: [f64; 19] = [
+/// The bucket boundaries of all four of Istio's request histograms (milliseconds for the
+/// duration, bytes for the sizes). Istio sets no `histogram_bucket_settings` unless a pod
+/// asks for them (`sidecar.istio.io/statsHistogramBuckets`), so its sidecars export Envoy's
+/// defaults: envoyproxy/envoy `source/common/stats/histogram_impl.cc`,
+/// `HistogramSettingsImpl::defaultBuckets()`. (Mixer-era Istio had 1, 10, 100, ... for sizes;
+/// the Envoy-based telemetry since 1.5 does not.)
+const ENVOY_DEFAULT_BUCKETS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS_MS)
+fn request_histogram() -> Histogram {
+    Histogram::new(ENVOY_DEFAULT_BUCKETS)
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -104,12 +109,16 @@ impl TcpLabels {
     }
 }
 
-/// Istio's request labels: the TCP ones plus the response code.
+/// Istio's request labels (the same set on `istio_requests_total` and all three request
+/// histograms): the TCP ones plus the response code and the gRPC status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     #[prometheus(flatten)]
     pub tcp: TcpLabels,
     pub response_code: String,
+    /// The response's `grpc-status` for a gRPC request; empty for any other request, as
+    /// istio/proxy's `istio_stats` filter emits it (the label is always present).
+    pub grpc_response_status: String,
 }
 
 /// What distinguishes one request's series from another's on the same connection.
@@ -118,6 +127,8 @@ pub struct RequestOutcome {
     pub status: u16,
     /// `request_protocol`: `http` (HTTP/1.x and h2) or `grpc`, as Istio reports them.
     pub grpc: bool,
+    /// `grpc_response_status` of a gRPC request (see [`grpc_status`]); None otherwise.
+    pub grpc_status: Option<i32>,
     /// `response_flags`: Envoy's short form (`UF` upstream connect failure, `UC` upstream
     /// connection termination), `-` for none.
     pub flags: &'static str,
@@ -128,22 +139,78 @@ impl RequestOutcome {
         RequestOutcome {
             status,
             grpc: false,
+            grpc_status: None,
             flags: "-",
         }
     }
 }
 
-/// `istio_requests_total` and `istio_request_duration_milliseconds` of one connection
+/// Envoy's gRPC status of a `grpc-status` value (`Grpc::Common::getGrpcStatus`): the number,
+/// or -1 (`InvalidCode`) when it is not a number or beyond the last known code (16).
+pub fn grpc_status_value(value: &[u8]) -> i32 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|code| *code <= 16)
+        .map_or(-1, |code| code as i32)
+}
+
+/// The gRPC status of a response that carried none, from its HTTP status
+/// (`Grpc::Utility::httpToGrpcStatus`, gRPC's http-grpc-status-mapping.md).
+pub fn grpc_status_from_http(status: u16) -> i32 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// A gRPC response's status as Istio reports it (Envoy's order): the trailers' `grpc-status`,
+/// else the headers' (a trailers-only response), else one inferred from the HTTP status.
+pub fn grpc_status(trailers: Option<&[u8]>, headers: Option<&[u8]>, http_status: u16) -> i32 {
+    trailers
+        .or(headers)
+        .map_or_else(|| grpc_status_from_http(http_status), grpc_status_value)
+}
+
+/// The sizes of one request and its response, in bytes, for `istio_request_bytes` and
+/// `istio_response_bytes` (how they are counted: the HTTP layer, `server::head_size`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub request: u64,
+    pub response: u64,
+}
+
+/// One label set's handles: the counter and the three histograms.
+struct Series {
+    outcome: RequestOutcome,
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// `istio_requests_total` and the request histograms of one connection
 /// (see [`Metrics::request_recorder`]).
 pub struct RequestRecorder {
     metrics: Arc<Metrics>,
     labels: TcpLabels,
-    series: Vec<(RequestOutcome, Counter, Histogram)>,
+    series: Vec<Series>,
 }
 
 impl RequestRecorder {
-    pub fn record(&mut self, outcome: RequestOutcome, duration: std::time::Duration) {
-        let at = match self.series.iter().position(|(o, ..)| *o == outcome) {
+    /// Records one request; `sizes` None (the passive L4 observer, which does not measure
+    /// them) leaves the size histograms alone.
+    pub fn record(
+        &mut self,
+        outcome: RequestOutcome,
+        duration: std::time::Duration,
+        sizes: Option<Sizes>,
+    ) {
+        let at = match self.series.iter().position(|s| s.outcome == outcome) {
             Some(at) => at,
             None => {
                 let mut tcp = self.labels.clone();
@@ -152,16 +219,29 @@ impl RequestRecorder {
                 let labels = RequestLabels {
                     tcp,
                     response_code: outcome.status.to_string(),
+                    grpc_response_status: outcome
+                        .grpc_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
                 };
-                let counter = self.metrics.requests.get_or_create(&labels).clone();
-                let histogram = self.metrics.request_duration.get_or_create(&labels).clone();
-                self.series.push((outcome, counter, histogram));
+                let m = &self.metrics;
+                self.series.push(Series {
+                    outcome,
+                    requests: m.requests.get_or_create(&labels).clone(),
+                    duration: m.request_duration.get_or_create(&labels).clone(),
+                    request_bytes: m.request_bytes.get_or_create(&labels).clone(),
+                    response_bytes: m.response_bytes.get_or_create(&labels).clone(),
+                });
                 self.series.len() - 1
             }
         };
-        let (_, counter, histogram) = &self.series[at];
-        counter.inc();
-        histogram.observe(duration.as_secs_f64() * 1000.0);
+        let s = &self.series[at];
+        s.requests.inc();
+        s.duration.observe(duration.as_secs_f64() * 1000.0);
+        if let Some(sizes) = sizes {
+            s.request_bytes.observe(sizes.request as f64);
+            s.response_bytes.observe(sizes.response as f64);
+        }
     }
 }
 
@@ -185,6 +265,8 @@ pub struct ResultLabels {
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_sent_bytes: Family<TcpLabels, Counter>,
@@ -201,7 +283,9 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Metrics {
             requests: Family::default(),
-            request_duration: Family::new_with_constructor(duration_histogram),
+            request_duration: Family::new_with_constructor(request_histogram),
+            request_bytes: Family::new_with_constructor(request_histogram),
+            response_bytes: Family::new_with_constructor(request_histogram),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_sent_bytes: Family::default(),
@@ -221,6 +305,20 @@ impl Metrics {
             "istio_request_duration_milliseconds",
             "HTTP request duration, first request byte (terminated HTTP: request head) to last response byte",
             m.request_duration.clone(),
+        );
+        // The unit makes the names `istio_request_bytes` / `istio_response_bytes` (the client
+        // library appends it) and adds OpenMetrics' `# UNIT ... bytes`.
+        registry.register_with_unit(
+            "istio_request",
+            "HTTP request size: the head (as HTTP/1.1 writes it) plus body and trailers",
+            Unit::Bytes,
+            m.request_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "istio_response",
+            "HTTP response size: the head (as HTTP/1.1 writes it) plus body and trailers",
+            Unit::Bytes,
+            m.response_bytes.clone(),
         );
         registry.register(
             "istio_tcp_connections_opened",
@@ -286,7 +384,7 @@ impl Metrics {
     pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
         let mut recorder = self.request_recorder(labels);
         Mutex::new(HttpObserver::new(Box::new(move |e: Exchange| {
-            recorder.record(RequestOutcome::http(e.status), e.duration);
+            recorder.record(RequestOutcome::http(e.status), e.duration, None);
         })))
     }
 
@@ -367,5 +465,104 @@ mod tests {
         };
         assert_eq!(requests("503").as_deref(), Some("2"), "{text}");
         assert_eq!(requests("200").as_deref(), Some("3"), "{text}");
+    }
+
+    fn sample<'a>(text: &'a str, name: &str, needles: &[&str]) -> Option<&'a str> {
+        let mut found = text.lines().filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && needles.iter().all(|n| l.contains(n))
+        });
+        let one = found.next()?;
+        found.next().is_none().then_some(one)?.rsplit(' ').next()
+    }
+
+    #[test]
+    fn sizes_and_grpc_status_are_recorded_per_label_set() {
+        let mut registry = Registry::default();
+        let m = Arc::new(Metrics::new(&mut registry));
+        let labels = TcpLabels::new(Reporter::destination, SecurityPolicy::mutual_tls);
+        let mut recorder = m.request_recorder(&labels);
+        let ms = std::time::Duration::from_millis(3);
+        let grpc = |status| RequestOutcome {
+            status: 200,
+            grpc: true,
+            grpc_status: Some(status),
+            flags: "-",
+        };
+        let sizes = |request, response| Some(Sizes { request, response });
+        recorder.record(grpc(0), ms, sizes(100, 2000));
+        recorder.record(grpc(0), ms, sizes(20, 7));
+        recorder.record(grpc(7), ms, sizes(90, 60));
+        recorder.record(RequestOutcome::http(404), ms, sizes(4, 0));
+        // The passive observer records no sizes: counted, not observed in the histograms.
+        recorder.record(RequestOutcome::http(404), ms, None);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+
+        let ok = ["request_protocol=\"grpc\"", "grpc_response_status=\"0\""];
+        assert_eq!(
+            sample(&text, "istio_requests_total", &ok),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "istio_request_bytes_count", &ok), Some("2"));
+        assert_eq!(sample(&text, "istio_request_bytes_sum", &ok), Some("120.0"));
+        assert_eq!(
+            sample(&text, "istio_response_bytes_sum", &ok),
+            Some("2007.0")
+        );
+        // Envoy's default buckets: 7 and 2000 fall in le=10 and le=2500, not le=1000.
+        let bucket = |le: &str| {
+            let le = format!("le=\"{le}\"");
+            sample(&text, "istio_response_bytes_bucket", &[ok[1], &le]).map(str::to_string)
+        };
+        assert_eq!(bucket("5.0").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("10.0").as_deref(), Some("1"));
+        assert_eq!(bucket("1000.0").as_deref(), Some("1"));
+        assert_eq!(bucket("2500.0").as_deref(), Some("2"));
+        assert_eq!(bucket("3600000.0").as_deref(), Some("2"));
+        let denied = ["grpc_response_status=\"7\""];
+        assert_eq!(sample(&text, "istio_requests_total", &denied), Some("1"));
+        assert_eq!(
+            sample(&text, "istio_response_bytes_sum", &denied),
+            Some("60.0")
+        );
+        // Not gRPC: the label is there, empty, on the counter and every histogram.
+        let http = ["request_protocol=\"http\"", "grpc_response_status=\"\""];
+        assert_eq!(sample(&text, "istio_requests_total", &http), Some("2"));
+        assert_eq!(
+            sample(&text, "istio_request_duration_milliseconds_count", &http),
+            Some("2")
+        );
+        assert_eq!(sample(&text, "istio_request_bytes_count", &http), Some("1"));
+        assert_eq!(
+            sample(&text, "istio_response_bytes_count", &http),
+            Some("1")
+        );
+        assert!(
+            text.contains("# TYPE istio_request_bytes histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE istio_response_bytes histogram"),
+            "{text}"
+        );
+        assert!(text.contains("# UNIT istio_request_bytes bytes"), "{text}");
+    }
+
+    #[test]
+    fn grpc_status_follows_envoy() {
+        // Trailers first, then headers (trailers-only), then the HTTP status.
+        assert_eq!(grpc_status(Some(b"0"), Some(b"7"), 200), 0);
+        assert_eq!(grpc_status(None, Some(b"7"), 200), 7);
+        assert_eq!(grpc_status(None, None, 503), 14);
+        assert_eq!(grpc_status(None, None, 404), 12);
+        assert_eq!(grpc_status(None, None, 200), 2);
+        assert_eq!(grpc_status(Some(b"16"), None, 200), 16);
+        // Beyond the known codes or not a number: Envoy's InvalidCode.
+        assert_eq!(grpc_status(Some(b"17"), None, 200), -1);
+        assert_eq!(grpc_status(Some(b"ok"), None, 200), -1);
+        assert_eq!(grpc_status(Some(b"-1"), None, 200), -1);
     }
 }

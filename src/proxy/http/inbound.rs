@@ -1,9 +1,10 @@
 //! The inbound request pipeline on a terminated HTTP connection: normalize the path (refuse
 //! what cannot be normalized), authorize against the policies selecting this workload (DENY,
 //! ALLOW; AUDIT and dry-run only logged), forward with the normalized path to the app, and
-//! record `istio_requests_total` / `istio_request_duration_milliseconds` and, when the
-//! config turns them on, an access log line per request. A request without `x-request-id`
-//! gets a generated one (UUID v4) that the app receives, as Envoy does.
+//! record `istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes` / `istio_response_bytes` (with `grpc_response_status` for gRPC)
+//! and, when the config turns them on, an access log line per request. A request without
+//! `x-request-id` gets a generated one (UUID v4) that the app receives, as Envoy does.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -24,12 +25,16 @@ use super::authz::{
     self as http_authz, ConnectionFacts, DENIED_BODY, HeaderView, log_decision, normalized_path,
     rewrite_path,
 };
-use super::server::{self, Counted, Observed, ResponseBody};
+use super::server::{
+    self, BodyEnd, Counted, Metered, ResponseBody, request_head_size, response_head_size,
+};
 use super::upstream::{ForwardError, TcpConnector, Upstream, forward};
 use crate::authz::{Verdict, evaluate};
 use crate::proxy::ProxyContext;
 use crate::proxy::access_log::{Entry, denial_details, known, request_id};
-use crate::proxy::metrics::{RequestOutcome, RequestRecorder, TcpLabels};
+use crate::proxy::metrics::{
+    RequestOutcome, RequestRecorder, Sizes, TcpLabels, grpc_status, grpc_status_value,
+};
 use crate::snapshot::SnapshotIndex;
 
 /// One terminated connection's state, shared by its requests.
@@ -45,8 +50,6 @@ struct Inbound {
     app_authority: String,
     /// What every access log line of this connection says.
     conn_log: Arc<ConnLog>,
-    /// Request bytes of requests nobody logs (one counter per connection, never read).
-    unlogged: Arc<AtomicU64>,
 }
 
 /// The connection's part of its requests' access log lines.
@@ -84,7 +87,7 @@ struct Outcome<'a> {
 }
 
 impl RequestLog {
-    fn new(parts: &Parts, start: SystemTime) -> Self {
+    fn new(parts: &Parts, start: SystemTime, received: Arc<AtomicU64>) -> Self {
         let header = |name: &str| {
             parts
                 .headers
@@ -111,7 +114,7 @@ impl RequestLog {
             user_agent: header("user-agent"),
             x_forwarded_for: header("x-forwarded-for"),
             request_id: header("x-request-id"),
-            received: Arc::new(AtomicU64::new(0)),
+            received,
             sent: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -175,7 +178,6 @@ pub async fn serve<I>(
         accepted_with: snapshot,
         app_authority: app.addr.to_string(),
         conn_log,
-        unlogged: Arc::new(AtomicU64::new(0)),
         facts,
         upstream: Upstream::new(app, ctx.settings.idle_timeout),
         recorder: Arc::new(Mutex::new(ctx.metrics.request_recorder(labels))),
@@ -205,34 +207,34 @@ impl Inbound {
         let start = Instant::now();
         let grpc = is_grpc(&req);
         let (mut parts, body) = req.into_parts();
+        // The head as the client sent it (before the proxy adds an id), for istio_request_bytes.
+        let head = request_head_size(&parts);
         // As Envoy's connection manager: a request without an id gets one, and the app sees it.
         if !parts.headers.contains_key(X_REQUEST_ID)
             && let Some(v) = request_id().and_then(|id| HeaderValue::from_str(&id).ok())
         {
             parts.headers.insert(X_REQUEST_ID, v);
         }
+        // Request body bytes, read when the request is recorded (its response has ended).
+        let received = Arc::new(AtomicU64::new(0));
         let log = self
             .ctx
             .access_log_format()
             .is_some()
-            .then(|| RequestLog::new(&parts, SystemTime::now()));
-        let counter = log
-            .as_ref()
-            .map_or_else(|| self.unlogged.clone(), |l| l.received.clone());
-        let body = Counted::new(body, counter);
+            .then(|| RequestLog::new(&parts, SystemTime::now(), received.clone()));
+        let body = Counted::new(body, received.clone());
+        let req = Req {
+            start,
+            grpc,
+            head,
+            received,
+        };
         let normalized = match normalized_path(&parts) {
             Ok(Cow::Borrowed(_)) => None,
             Ok(Cow::Owned(p)) => Some(p),
             Err(e) => {
                 tracing::debug!(path = parts.uri.path(), error = %e, "inbound request refused");
-                return self.local(
-                    StatusCode::BAD_REQUEST,
-                    "Bad Request",
-                    grpc,
-                    start,
-                    log,
-                    None,
-                );
+                return self.local(StatusCode::BAD_REQUEST, "Bad Request", &req, log, None);
             }
         };
         let snapshot = self
@@ -259,70 +261,64 @@ impl Inbound {
             let details = log
                 .as_ref()
                 .and_then(|_| denial_details(policies, decision.reason));
-            return self.local(
-                StatusCode::FORBIDDEN,
-                DENIED_BODY,
-                grpc,
-                start,
-                log,
-                details,
-            );
+            return self.local(StatusCode::FORBIDDEN, DENIED_BODY, &req, log, details);
         }
         if let Some(p) = &normalized
             && rewrite_path(&mut parts, p).is_err()
         {
-            return self.local(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                grpc,
-                start,
-                log,
-                None,
-            );
+            return self.local(StatusCode::BAD_REQUEST, "Bad Request", &req, log, None);
         }
-        let req = Request::from_parts(parts, body);
-        match forward(&self.upstream, req, &self.app_authority).await {
+        let request = Request::from_parts(parts, body);
+        match forward(&self.upstream, request, &self.app_authority).await {
             Ok(resp) => {
-                let outcome = RequestOutcome {
-                    status: resp.status().as_u16(),
-                    grpc,
-                    flags: "-",
-                };
+                let status = resp.status().as_u16();
+                let resp_head = response_head_size(resp.status(), resp.headers());
+                // A trailers-only gRPC response carries its status in the headers.
+                let head_grpc = resp
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| grpc_status_value(v.as_bytes()));
                 let recorder = self.recorder.clone();
                 let logged = log.map(|l| (l, self.ctx.clone(), self.conn_log.clone()));
                 // Recorded when the last byte of the response body has been handed on.
-                resp.map(move |body| match logged {
-                    None => Observed::new(body, move || {
+                resp.map(move |body| {
+                    Metered::new(body, move |end: BodyEnd| {
+                        let took = req.start.elapsed();
+                        let outcome = RequestOutcome {
+                            status,
+                            grpc: req.grpc,
+                            grpc_status: req.grpc.then(|| match end.grpc_status {
+                                Some(s) => s,
+                                None => {
+                                    head_grpc.unwrap_or_else(|| grpc_status(None, None, status))
+                                }
+                            }),
+                            flags: "-",
+                        };
+                        let sizes = req.sizes(resp_head + end.data + end.trailers);
                         if let Ok(mut r) = recorder.lock() {
-                            r.record(outcome, start.elapsed());
+                            r.record(outcome, took, Some(sizes));
                         }
-                    })
-                    .boxed_unsync(),
-                    Some((log, ctx, conn)) => {
-                        let body = Counted::new(body, log.sent.clone());
-                        Observed::new(body, move || {
-                            let took = start.elapsed();
-                            if let Ok(mut r) = recorder.lock() {
-                                r.record(outcome, took);
-                            }
+                        if let Some((log, ctx, conn)) = logged {
+                            log.sent.store(end.data, Ordering::Relaxed);
                             let out = Outcome {
-                                code: outcome.status,
+                                code: status,
                                 flags: "-",
                                 details: Some("via_upstream"),
                                 failure: None,
                             };
                             log.write(&ctx, &conn, out, took);
-                        })
-                        .boxed_unsync()
-                    }
+                        }
+                    })
+                    .boxed_unsync()
                 })
             }
             Err(e) => {
                 tracing::debug!(app = %self.app_authority, error = %e, "upstream request failed");
                 let flags = e.response_flag();
                 let body = "upstream connect error or disconnect/reset before headers";
-                let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, body, grpc);
-                self.record(resp.status(), grpc, flags, start);
+                let resp = local_reply(StatusCode::SERVICE_UNAVAILABLE, body, req.grpc);
+                self.record(&resp, body, &req, flags);
                 if let Some(log) = log {
                     let (details, failure) = match &e {
                         ForwardError::Connect(io) => (
@@ -338,7 +334,7 @@ impl Inbound {
                             None,
                         ),
                     };
-                    let sent = if grpc { 0 } else { body.len() as u64 };
+                    let sent = if req.grpc { 0 } else { body.len() as u64 };
                     log.sent.store(sent, Ordering::Relaxed);
                     let out = Outcome {
                         code: resp.status().as_u16(),
@@ -346,7 +342,7 @@ impl Inbound {
                         details: Some(details),
                         failure: failure.as_deref(),
                     };
-                    log.write(&self.ctx, &self.conn_log, out, start.elapsed());
+                    log.write(&self.ctx, &self.conn_log, out, req.start.elapsed());
                 }
                 resp
             }
@@ -358,16 +354,15 @@ impl Inbound {
         &self,
         status: StatusCode,
         body: &'static str,
-        grpc: bool,
-        start: Instant,
+        req: &Req,
         log: Option<RequestLog>,
         details: Option<String>,
     ) -> Response<ResponseBody> {
-        let resp = local_reply(status, body, grpc);
-        self.record(resp.status(), grpc, "-", start);
+        let resp = local_reply(status, body, req.grpc);
+        self.record(&resp, body, req, "-");
         if let Some(log) = log {
             // The proxy's own body is what the client receives (gRPC's is empty).
-            let sent = if grpc { 0 } else { body.len() as u64 };
+            let sent = if req.grpc { 0 } else { body.len() as u64 };
             log.sent.store(sent, Ordering::Relaxed);
             let out = Outcome {
                 code: resp.status().as_u16(),
@@ -375,19 +370,44 @@ impl Inbound {
                 details: details.as_deref(),
                 failure: None,
             };
-            log.write(&self.ctx, &self.conn_log, out, start.elapsed());
+            log.write(&self.ctx, &self.conn_log, out, req.start.elapsed());
         }
         resp
     }
 
-    fn record(&self, status: StatusCode, grpc: bool, flags: &'static str, start: Instant) {
+    /// Records a reply the proxy made itself (`body`: its text, not sent for gRPC).
+    fn record(&self, resp: &Response<ResponseBody>, body: &str, req: &Req, flags: &'static str) {
+        let status = resp.status().as_u16();
+        let header = resp.headers().get("grpc-status").map(|v| v.as_bytes());
         let outcome = RequestOutcome {
-            status: status.as_u16(),
-            grpc,
+            status,
+            grpc: req.grpc,
+            grpc_status: req.grpc.then(|| grpc_status(None, header, status)),
             flags,
         };
+        let sent = if req.grpc { 0 } else { body.len() as u64 };
+        let sizes = req.sizes(response_head_size(resp.status(), resp.headers()) + sent);
         if let Ok(mut r) = self.recorder.lock() {
-            r.record(outcome, start.elapsed());
+            r.record(outcome, req.start.elapsed(), Some(sizes));
+        }
+    }
+}
+
+/// What one request's metrics need, taken when it arrives.
+struct Req {
+    start: Instant,
+    grpc: bool,
+    /// Size of its head ([`request_head_size`]).
+    head: u64,
+    /// Its body's bytes so far.
+    received: Arc<AtomicU64>,
+}
+
+impl Req {
+    fn sizes(&self, response: u64) -> Sizes {
+        Sizes {
+            request: self.head + self.received.load(Ordering::Relaxed),
+            response,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! auto builder does), with HTTP/1 upgrades enabled. Any byte stream will do: a terminated
 //! mTLS stream or a plaintext socket with its sniffed prefix. Also the response body the
 //! proxy writes (upstream bodies streamed through, or its own short answers), a wrapper that
-//! reports when a response body has ended (request metrics), and the idle timeout.
+//! counts a response body and reports its end (request metrics), the request and response
+//! sizes as Istio's size histograms count them, and the idle timeout.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,12 +18,15 @@ use std::time::Duration;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::HeaderMap;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::proxy::metrics::grpc_status_value;
 
 /// Every response body the proxy sends downstream.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -155,37 +159,52 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
     }
 }
 
-// === impl Observed ===
+// === impl Metered ===
 
-/// A body that calls `on_end` once: when its last frame has been read, it failed, or it was
-/// dropped unfinished (the client went away).
-pub struct Observed<B, F: FnOnce()> {
+/// What a response body carried, reported when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyEnd {
+    /// Bytes of its data frames.
+    pub data: u64,
+    /// Bytes of its trailers, counted as [`fields_size`] counts header fields.
+    pub trailers: u64,
+    /// The raw `grpc-status` of its trailers, as Envoy reads it ([`grpc_status_value`]).
+    ///
+    /// [`grpc_status_value`]: crate::proxy::metrics::grpc_status_value
+    pub grpc_status: Option<i32>,
+}
+
+/// A response body that counts what passes and calls `on_end` once with it: when its last
+/// frame has been read, it failed, or it was dropped unfinished (the client went away).
+pub struct Metered<B, F: FnOnce(BodyEnd)> {
     inner: B,
+    seen: BodyEnd,
     on_end: Option<F>,
 }
 
-impl<B, F: FnOnce()> Observed<B, F> {
+impl<B, F: FnOnce(BodyEnd)> Metered<B, F> {
     pub fn new(inner: B, on_end: F) -> Self {
-        Observed {
+        Metered {
             inner,
+            seen: BodyEnd::default(),
             on_end: Some(on_end),
         }
     }
 
     fn end(&mut self) {
         if let Some(f) = self.on_end.take() {
-            f();
+            f(self.seen);
         }
     }
 }
 
-impl<B, F: FnOnce()> Drop for Observed<B, F> {
+impl<B, F: FnOnce(BodyEnd)> Drop for Metered<B, F> {
     fn drop(&mut self) {
         self.end();
     }
 }
 
-impl<B: Body + Unpin, F: FnOnce() + Unpin> Body for Observed<B, F> {
+impl<B: Body + Unpin, F: FnOnce(BodyEnd) + Unpin> Body for Metered<B, F> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -194,8 +213,20 @@ impl<B: Body + Unpin, F: FnOnce() + Unpin> Body for Observed<B, F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.end();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    use hyper::body::Buf;
+                    self.seen.data += data.remaining() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.seen.trailers += fields_size(trailers);
+                    if let Some(v) = trailers.get("grpc-status") {
+                        self.seen.grpc_status = Some(grpc_status_value(v.as_bytes()));
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.end(),
+            Poll::Pending => {}
         }
         polled
     }
@@ -207,6 +238,54 @@ impl<B: Body + Unpin, F: FnOnce() + Unpin> Body for Observed<B, F> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+// === sizes ===
+//
+// istio/proxy's `istio_stats` filter observes `istio_request_bytes` / `istio_response_bytes`
+// from Envoy's downstream bytes meter (`wireBytesReceived()` / `wireBytesSent()` of the
+// stream): the head, the body and the trailers as they cross the wire. hyper does not expose a
+// stream's wire bytes, so weft counts the same parts the way HTTP/1.1 writes them: the start
+// line, one `name: value\r\n` per field, the blank line, the body's data (without chunked
+// framing) and the trailers. For HTTP/1.1 in the usual `name: value` form that is the wire
+// size of the head; for HTTP/2 it is the uncompressed size (Envoy counts HPACK-compressed
+// frames), with `:authority` counted as a `host` field.
+
+/// `name: value\r\n` for each field.
+pub fn fields_size(fields: &HeaderMap) -> u64 {
+    fields
+        .iter()
+        .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+        .sum()
+}
+
+/// `HTTP/1.1` (and `HTTP/1.0`); an HTTP/2 head is counted as HTTP/1.1 would write it.
+const VERSION_LEN: u64 = 8;
+
+/// The request head as received: `METHOD target VERSION\r\n`, its fields, the blank line.
+pub fn request_head_size(parts: &hyper::http::request::Parts) -> u64 {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.to_string().len(), |p| p.as_str().len());
+    let host = match parts.uri.authority() {
+        Some(a) if !parts.headers.contains_key(hyper::header::HOST) => {
+            ("host: \r\n".len() + a.as_str().len()) as u64
+        }
+        _ => 0,
+    };
+    (parts.method.as_str().len() + 1 + target + 1) as u64
+        + VERSION_LEN
+        + 2
+        + fields_size(&parts.headers)
+        + host
+        + 2
+}
+
+/// The response head as forwarded: `VERSION code reason\r\n`, its fields, the blank line.
+pub fn response_head_size(status: StatusCode, fields: &HeaderMap) -> u64 {
+    let reason = status.canonical_reason().unwrap_or("").len() as u64;
+    VERSION_LEN + 1 + 3 + 1 + reason + 2 + fields_size(fields) + 2
 }
 
 // === impl Counted ===
@@ -301,5 +380,61 @@ mod tests {
         let b = out.find("\r\n\r\nother").expect(&out);
         assert!(a < b, "{out}");
         assert!(served.await.unwrap().is_ok());
+    }
+
+    #[test]
+    fn heads_are_sized_as_http1_writes_them() {
+        let req = Request::post("/v1/charges?id=7")
+            .header("host", "api.demo")
+            .header("content-length", "2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let wire = "POST /v1/charges?id=7 HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(request_head_size(&parts), wire.len() as u64);
+        // HTTP/2: `:authority` counts as the host field HTTP/1.1 would send.
+        let h2 = Request::get("http://api.demo/")
+            .version(hyper::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let (parts, ()) = h2.into_parts();
+        let wire = "GET / HTTP/1.1\r\nhost: api.demo\r\n\r\n";
+        assert_eq!(request_head_size(&parts), wire.len() as u64);
+
+        let mut fields = HeaderMap::new();
+        fields.insert("content-type", "text/plain".parse().unwrap());
+        let wire = "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\n\r\n";
+        assert_eq!(
+            response_head_size(StatusCode::FORBIDDEN, &fields),
+            wire.len() as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn a_metered_body_reports_data_trailers_and_grpc_status_once() {
+        use http_body_util::StreamBody;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "7".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::data(Bytes::from_static(b"!"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ends.clone();
+        let body = Metered::new(StreamBody::new(futures::stream::iter(frames)), move |end| {
+            seen.lock().unwrap().push(end)
+        });
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.to_bytes().as_ref(), b"hello!");
+        let ends = ends.lock().unwrap();
+        assert_eq!(
+            ends.as_slice(),
+            [BodyEnd {
+                data: 6,
+                trailers: "grpc-status: 7\r\n".len() as u64,
+                grpc_status: Some(7),
+            }]
+        );
     }
 }

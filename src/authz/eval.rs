@@ -37,7 +37,8 @@ pub trait Headers {
     fn get(&self, name: &str) -> Option<&str>;
 }
 
-/// A list of name/value pairs (the CLI's `--header` flags, tests).
+/// A list of name/value pairs (the CLI's `--header` flags, tests): the first value of a name
+/// (the proxy's header view joins repeated ones).
 impl<K: AsRef<str>, V: AsRef<str>> Headers for Vec<(K, V)> {
     fn get(&self, name: &str) -> Option<&str> {
         self.iter()

@@ -378,7 +378,7 @@ fn sources_match_as_istio() {
         (allow("{notRemoteIpBlocks: [198.18.0.5]}"), get("/"), Deny),
         // Fields of one source are ANDed, entries of `from` ORed.
         (
-            allow("{namespaces: [foo], ipBlocks: [10.0.0.0/8]}"),
+            allow("{namespaces: [foo], ipBlocks: [198.19.0.0/16]}"),
             get("/"),
             Deny,
         ),
@@ -388,7 +388,7 @@ fn sources_match_as_istio() {
         assert_eq!(got, *want, "{spec} for {req:?}");
     }
     let two_sources =
-        "rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}, {source: {namespaces: [foo]}}]}]";
+        "rules: [{from: [{source: {ipBlocks: [198.19.0.0/16]}}, {source: {namespaces: [foo]}}]}]";
     assert_eq!(verdict(&[("p", two_sources)], &get("/")).0, Allow);
 }
 
@@ -681,7 +681,7 @@ fn what_weft_cannot_enforce_is_refused_by_field() {
         ),
         ("rules: [{when: [{key: source.ip}]}]", "rules[0].when[0]"),
         (
-            "rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]",
+            "rules: [{from: [{source: {ipBlocks: [198.18.0.0/33]}}]}]",
             "rules[0].from[0].source.ipBlocks[0]",
         ),
         (

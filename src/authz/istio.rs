@@ -507,7 +507,7 @@ fn service_account(namespace: &str, v: &str) -> Result<Term, String> {
 
 fn ip(v: &str) -> Result<ipnet::IpNet, String> {
     parse_ip_block(v).ok_or_else(|| {
-        format!("{v:?} is not an IP address or CIDR block (e.g. 10.0.0.1 or 10.0.0.0/16)")
+        format!("{v:?} is not an IP address or CIDR block (e.g. 198.18.0.1 or 198.18.0.0/16)")
     })
 }
 

@@ -285,7 +285,7 @@ impl<'a> Identity<'a> {
     }
 }
 
-/// `10.1.2.3` (one address) or `10.1.0.0/16`, as Istio's ipBlocks take them.
+/// `198.18.2.3` (one address) or `198.18.0.0/16`, as Istio's ipBlocks take them.
 pub fn parse_ip_block(value: &str) -> Option<IpNet> {
     if let Ok(ip) = value.parse::<IpAddr>() {
         return Some(IpNet::from(ip));

@@ -334,7 +334,7 @@ mod tests {
             .body(())
             .unwrap();
         assert!(wants_tunnel(&req));
-        prepare_request(&mut req, "10.0.0.1:80");
+        prepare_request(&mut req, "198.18.0.1:80");
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(req.headers()["connection"], "upgrade");
         let plain = Request::get("/").header("upgrade", "h2c").body(()).unwrap();
@@ -346,7 +346,7 @@ mod tests {
         let mut h1 = Request::get("http://api.demo/v1/charges?x=1")
             .body(())
             .unwrap();
-        prepare_request(&mut h1, "10.0.0.1:80");
+        prepare_request(&mut h1, "198.18.0.1:80");
         assert_eq!(h1.uri().to_string(), "/v1/charges?x=1");
 
         let mut h2 = Request::get("/v1/charges")
@@ -354,11 +354,11 @@ mod tests {
             .header("host", "api.demo")
             .body(())
             .unwrap();
-        prepare_request(&mut h2, "10.0.0.1:80");
+        prepare_request(&mut h2, "198.18.0.1:80");
         assert_eq!(h2.uri().to_string(), "http://api.demo/v1/charges");
 
         let mut bare = Request::get("/").version(Version::HTTP_2).body(()).unwrap();
-        prepare_request(&mut bare, "10.0.0.1:80");
-        assert_eq!(bare.uri().to_string(), "http://10.0.0.1:80/");
+        prepare_request(&mut bare, "198.18.0.1:80");
+        assert_eq!(bare.uri().to_string(), "http://198.18.0.1:80/");
     }
 }

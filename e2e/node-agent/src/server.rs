@@ -993,6 +993,25 @@ mod tests {
         next: u32,
     }
 
+    impl
+        Client<
+            tokio::io::ReadHalf<tokio::io::DuplexStream>,
+            tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        >
+    {
+        /// A client on our end of an in-memory connection to a session.
+        fn new(ours: tokio::io::DuplexStream) -> Self {
+            let (rd, wr) = tokio::io::split(ours);
+            Client {
+                rd,
+                wr,
+                deflate: HeaderCompressor::new().unwrap(),
+                inflate: HeaderDecompressor::new(),
+                next: 1,
+            }
+        }
+    }
+
     impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
         async fn send(&mut self, frame: Frame) {
             let bytes = frame.encode(&mut self.deflate).unwrap();
@@ -1038,14 +1057,7 @@ mod tests {
             tty: false,
         };
         let session = tokio::spawn(spdy_session(theirs, cmd, opts, protocol));
-        let (rd, wr) = tokio::io::split(ours);
-        let mut c = Client {
-            rd,
-            wr,
-            deflate: HeaderCompressor::new().unwrap(),
-            inflate: HeaderDecompressor::new(),
-            next: 1,
-        };
+        let mut c = Client::new(ours);
         let error = c.open("error").await;
         let input = c.open("stdin").await;
         let stdout = c.open("stdout").await;
@@ -1176,14 +1188,7 @@ mod tests {
             tty: true,
         };
         let session = tokio::spawn(spdy_session(theirs, cmd, opts, "v4.channel.k8s.io"));
-        let (rd, wr) = tokio::io::split(ours);
-        let mut c = Client {
-            rd,
-            wr,
-            deflate: HeaderCompressor::new().unwrap(),
-            inflate: HeaderDecompressor::new(),
-            next: 1,
-        };
+        let mut c = Client::new(ours);
         let error = c.open("error").await;
         let input = c.open("stdin").await;
         let stdout = c.open("stdout").await;

@@ -66,8 +66,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Runs every check over `transport` in a namespace of its own.
-fn exec_checks(transport: Transport, namespace: &str) {
+/// A namespace of its own with the `shell` pod ready to exec into.
+fn shell_pod(namespace: &str) -> Namespace {
     let ns = cluster().namespace(namespace);
     ns.apply(POD);
     ns.ok(&[
@@ -76,6 +76,12 @@ fn exec_checks(transport: Transport, namespace: &str) {
         "pod/shell",
         "--timeout=90s",
     ]);
+    ns
+}
+
+/// Runs every check over `transport` in a namespace of its own.
+fn exec_checks(transport: Transport, namespace: &str) {
+    let ns = shell_pod(namespace);
 
     // stdout
     let out = exec(
@@ -140,14 +146,7 @@ fn exec_checks(transport: Transport, namespace: &str) {
 /// `kubectl exec -ti` from inside a terminal of 40 rows and 100 columns (util-linux `script`
 /// gives kubectl one): the command must see a terminal of that size.
 fn exec_tty_check(transport: Transport, namespace: &str) {
-    let ns = cluster().namespace(namespace);
-    ns.apply(POD);
-    ns.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/shell",
-        "--timeout=90s",
-    ]);
+    let ns = shell_pod(namespace);
     let c = ns.cluster;
     // The size arrives on its own stream right after the streams open: the command waits a
     // moment for it, as it would on a kubelet.

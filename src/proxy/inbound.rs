@@ -390,10 +390,7 @@ where
     m.tcp_opened.get_or_create(&labels).inc();
     let http = m.http_observer(&labels);
     let (moved, result) = relay(downstream, upstream, ctx.settings.idle_timeout, Some(&http)).await;
-    m.tcp_sent_bytes.get_or_create(&labels).inc_by(moved.sent);
-    m.tcp_received_bytes
-        .get_or_create(&labels)
-        .inc_by(moved.received);
+    m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     ctx.log_access(&Entry {
         bytes_received: moved.sent,

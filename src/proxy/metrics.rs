@@ -245,6 +245,14 @@ impl RequestRecorder {
     }
 }
 
+/// `istio_build`'s labels: which component and which release, as the Mesh dashboard lists
+/// them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub component: String,
+    pub tag: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub direction: Direction,
@@ -330,16 +338,30 @@ impl Metrics {
             "TCP connections closed",
             m.tcp_closed.clone(),
         );
+        // Istio names the byte counters from the proxy's side of the client connection: it
+        // receives the request and sends the response (istio/proxy's TCP metadata-exchange
+        // test: a client writing 6 bytes and reading 12 gives received 6, sent 12), on both
+        // reporters.
         registry.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent by the downstream (client) side of TCP connections",
+            "Bytes sent back to the client (response direction) on TCP connections",
             m.tcp_sent_bytes.clone(),
         );
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received by the downstream (client) side of TCP connections",
+            "Bytes received from the client (request direction) on TCP connections",
             m.tcp_received_bytes.clone(),
         );
+        // Istio's proxies export `istio_build{component="proxy",tag=<ISTIO_VERSION>} 1`; ours
+        // names weft's release, so version panels show which proxies run which weft.
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                component: "proxy".into(),
+                tag: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("istio_build", "Istio component build info", build);
         registry.register(
             "weft_tls_handshakes",
             "Mesh mTLS handshakes by direction and result",
@@ -399,6 +421,16 @@ impl Metrics {
             labels: labels.clone(),
             series: Vec::new(),
         }
+    }
+
+    /// Adds one connection's bytes: `from_client` (what the client sent, the request
+    /// direction) to `istio_tcp_received_bytes_total`, `to_client` (what it was sent back) to
+    /// `istio_tcp_sent_bytes_total`. The same on both reporters, as Istio counts them.
+    pub fn tcp_bytes(&self, labels: &TcpLabels, from_client: u64, to_client: u64) {
+        self.tcp_received_bytes
+            .get_or_create(labels)
+            .inc_by(from_client);
+        self.tcp_sent_bytes.get_or_create(labels).inc_by(to_client);
     }
 
     pub fn refuse(&self, direction: Direction, reason: &str) {
@@ -549,6 +581,73 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# UNIT istio_request_bytes bytes"), "{text}");
+    }
+
+    /// istio/proxy's TCP metadata-exchange test, through the real relay: the client writes
+    /// `world\n` (6 bytes) and reads the server's `hello world\n` (12 bytes). Both reporters
+    /// count the request direction as received and the response as sent.
+    #[tokio::test]
+    async fn tcp_bytes_count_the_request_as_received_and_the_response_as_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, downstream) = tokio::io::duplex(1024);
+        let (upstream, mut server) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(b"hello ").await.unwrap();
+            server.write_all(&got).await.unwrap();
+            server.shutdown().await.unwrap();
+        });
+        let relay = tokio::spawn(super::super::copy::relay(
+            downstream,
+            upstream,
+            std::time::Duration::from_secs(5),
+            None,
+        ));
+        client.write_all(b"world\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"hello world\n");
+        server.await.unwrap();
+        let (moved, result) = relay.await.unwrap();
+        result.unwrap();
+
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        for reporter in [Reporter::source, Reporter::destination] {
+            let labels = TcpLabels::new(reporter, SecurityPolicy::none);
+            m.tcp_bytes(&labels, moved.sent, moved.received);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for reporter in ["source", "destination"] {
+            let r = format!("reporter=\"{reporter}\"");
+            assert_eq!(
+                sample(&text, "istio_tcp_received_bytes_total", &[&r]),
+                Some("6"),
+                "{text}"
+            );
+            assert_eq!(
+                sample(&text, "istio_tcp_sent_bytes_total", &[&r]),
+                Some("12"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_build_gauge_names_the_proxy_and_its_release() {
+        let mut registry = Registry::default();
+        let _m = Metrics::new(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("# TYPE istio_build gauge"), "{text}");
+        let line = format!(
+            "istio_build{{component=\"proxy\",tag=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == line), "{text}");
     }
 
     #[test]

@@ -173,10 +173,7 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         Upstream::Plain(up) => relay(stream, up, idle, Some(&http)).await,
         Upstream::Mtls(up) => relay(stream, *up, idle, Some(&http)).await,
     };
-    m.tcp_sent_bytes.get_or_create(&labels).inc_by(moved.sent);
-    m.tcp_received_bytes
-        .get_or_create(&labels)
-        .inc_by(moved.received);
+    m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     if ctx.access_log_format().is_some() {
         let cluster = match service {

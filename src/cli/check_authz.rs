@@ -324,6 +324,7 @@ mod tests {
             workload: WorkloadMeta {
                 name: "api".into(),
                 namespace: "pay".into(),
+                ..Default::default()
             },
             modes: Effective {
                 default_mode: MtlsMode::Permissive,

@@ -29,8 +29,8 @@ use crate::api::{
 use crate::authz::Policy;
 use crate::contract;
 use crate::snapshot::{
-    AccessLog, AccessLogFormat, Endpoint, InboundConfig, MtlsMode, OutboundPolicy, Protocol,
-    SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
+    AccessLog, AccessLogFormat, DEFAULT_CLUSTER, Endpoint, InboundConfig, MtlsMode, OutboundPolicy,
+    Protocol, SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
 };
 
 /// Everything the config server reads, as the reflectors hold it.
@@ -150,13 +150,14 @@ impl MeshIndex {
                         .collect()
                 })
                 .unwrap_or_default();
-            let workload = WorkloadMeta {
-                name: labels
-                    .get(contract::LABEL_CANONICAL_NAME)
-                    .cloned()
-                    .unwrap_or_else(|| key.1.clone()),
-                namespace: key.0.clone(),
-            };
+            // App, version and the canonical service from the pod's labels as Istio reads
+            // them; one cluster, named as Istio names it by default.
+            let workload = WorkloadMeta::from_labels(
+                labels.get(contract::LABEL_CANONICAL_NAME).unwrap_or(&key.1),
+                &key.0,
+                &labels,
+                DEFAULT_CLUSTER,
+            );
             let entry = MeshedPod {
                 identity: contract::spiffe_id(&view.trust_domain, &key.0, &service_account),
                 namespace: key.0.clone(),
@@ -810,6 +811,50 @@ pub(crate) mod tests {
                     "db.pets.svc.cluster.local".to_string()
                 ][..]
             )
+        );
+    }
+
+    #[test]
+    fn workload_metadata_for_metrics_comes_from_the_pod_labels() {
+        let mut v = view();
+        let db = json!({
+            "metadata": {"namespace": "pets", "name": "db-1", "labels": {
+                "weft.dev/revision": "stable", "app": "db", "version": "v2",
+                "app.kubernetes.io/name": "postgres",
+                "service.istio.io/canonical-name": "db"}},
+            "spec": {"serviceAccountName": "db", "containers": [
+                {"name": "app", "ports": [{"containerPort": 8080}]}]},
+            "status": {"podIP": "198.18.1.3"}
+        });
+        v.pods[1] = obj(db);
+        let index = MeshIndex::build(&v);
+        let want = WorkloadMeta {
+            name: "db".into(),
+            namespace: "pets".into(),
+            app: "postgres".into(),
+            version: "v2".into(),
+            canonical_service: "db".into(),
+            canonical_revision: "v2".into(),
+            cluster: "Kubernetes".into(),
+        };
+        // The pod's own snapshot (the destination reporter's labels) ...
+        let (_, bytes) = index.snapshot_for("pets", "db-1").unwrap();
+        assert_eq!(
+            decode_snapshot(&bytes).unwrap().workload,
+            Some(want.clone())
+        );
+        // ... and its endpoint in every client's (the source reporter's destination_*).
+        let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let web = decode_snapshot(&bytes).unwrap();
+        assert_eq!(web.outbound.services[0].endpoints[0].workload, Some(want));
+        let me = web.workload.unwrap();
+        assert_eq!(
+            (
+                me.app.as_str(),
+                me.version.as_str(),
+                me.canonical_revision.as_str()
+            ),
+            ("web", "", "latest")
         );
     }
 

@@ -173,8 +173,7 @@ async fn handle(
 
     let mut labels = TcpLabels::new(Reporter::destination, SecurityPolicy::none);
     if let Some(w) = &snapshot.snapshot.workload {
-        labels.destination_workload = w.name.clone();
-        labels.destination_workload_namespace = w.namespace.clone();
+        labels.fill_destination(w);
     }
     let inbound = &snapshot.snapshot.inbound;
     if let Some(host) = inbound.destination_service(orig.port(), None) {
@@ -249,7 +248,7 @@ async fn handle(
                 // The client's word, taken where its certificate and our config agree.
                 if let Some(meta) = &meta {
                     if proven_ns == Some(meta.namespace.as_str()) {
-                        labels.source_workload = meta.workload.clone();
+                        labels.fill_source(&meta.workload());
                     }
                     if let Some(host) =
                         inbound.destination_service(orig.port(), meta.service.as_deref())

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::snapshot::WorkloadMeta;
+
 use super::http_observe::{Exchange, HttpObserver};
 
 /// The bucket boundaries of all four of Istio's request histograms (milliseconds for the
@@ -40,6 +42,9 @@ pub enum Reporter {
 pub enum SecurityPolicy {
     mutual_tls,
     none,
+    /// The source reporter's value: istio/proxy's client-side stats never know the server's
+    /// authentication policy, so Istio labels every source-reported series `unknown`.
+    unknown,
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -56,45 +61,126 @@ pub enum HandshakeResult {
     failure,
 }
 
-/// Istio's standard TCP labels.
+/// Istio's standard TCP labels, in the order istio/proxy emits them (`testdata/metric/`).
+/// The request metrics carry the same set plus two ([`RequestLabels`]).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: Reporter,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_version: String,
     pub destination_service: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
+    pub destination_cluster: String,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: SecurityPolicy,
 }
 
 pub const UNKNOWN: &str = "unknown";
+/// Istio's canonical revision of a peer it knows nothing about.
+pub const LATEST: &str = "latest";
+
+/// The labels of one side (source or destination) of a connection, from its workload
+/// metadata; what the metadata does not know gets Istio's value for an unknown peer.
+struct Side {
+    workload: String,
+    namespace: String,
+    app: String,
+    version: String,
+    canonical_service: String,
+    canonical_revision: String,
+    cluster: String,
+}
+
+impl Side {
+    fn of(w: &WorkloadMeta) -> Side {
+        let or = |v: &str, unknown: &str| if v.is_empty() { unknown } else { v }.to_string();
+        Side {
+            workload: or(&w.name, UNKNOWN),
+            namespace: or(&w.namespace, UNKNOWN),
+            app: or(&w.app, UNKNOWN),
+            version: or(&w.version, UNKNOWN),
+            canonical_service: or(&w.canonical_service, UNKNOWN),
+            canonical_revision: or(&w.canonical_revision, LATEST),
+            cluster: or(&w.cluster, UNKNOWN),
+        }
+    }
+}
 
 impl TcpLabels {
-    /// Labels with every peer field `unknown`, for the caller to fill in.
+    /// Labels with every peer field unknown (`unknown`; the canonical revisions `latest`), for
+    /// the caller to fill in. The source reporter's `connection_security_policy` is always
+    /// `unknown`, whatever `security` says, as Istio reports it.
     pub fn new(reporter: Reporter, security: SecurityPolicy) -> Self {
         let u = || UNKNOWN.to_string();
         TcpLabels {
             reporter,
             source_workload: u(),
+            source_canonical_service: u(),
+            source_canonical_revision: LATEST.into(),
             source_workload_namespace: u(),
             source_principal: u(),
+            source_app: u(),
+            source_version: u(),
+            source_cluster: u(),
             destination_workload: u(),
             destination_workload_namespace: u(),
             destination_principal: u(),
+            destination_app: u(),
+            destination_version: u(),
             destination_service: u(),
+            destination_canonical_service: u(),
+            destination_canonical_revision: LATEST.into(),
             destination_service_name: u(),
             destination_service_namespace: u(),
+            destination_cluster: u(),
             request_protocol: "tcp".into(),
             response_flags: "-".into(),
-            connection_security_policy: security,
+            connection_security_policy: match reporter {
+                Reporter::source => SecurityPolicy::unknown,
+                Reporter::destination => security,
+            },
         }
+    }
+
+    /// Sets every `source_*` label a workload's metadata gives (workload, namespace, app,
+    /// version, canonical service and revision, cluster); the principal is the caller's.
+    pub fn fill_source(&mut self, w: &WorkloadMeta) {
+        let s = Side::of(w);
+        self.source_workload = s.workload;
+        self.source_workload_namespace = s.namespace;
+        self.source_app = s.app;
+        self.source_version = s.version;
+        self.source_canonical_service = s.canonical_service;
+        self.source_canonical_revision = s.canonical_revision;
+        self.source_cluster = s.cluster;
+    }
+
+    /// Sets every `destination_*` label a workload's metadata gives (as [`Self::fill_source`];
+    /// the `destination_service*` labels come from [`Self::with_service`]).
+    pub fn fill_destination(&mut self, w: &WorkloadMeta) {
+        let s = Side::of(w);
+        self.destination_workload = s.workload;
+        self.destination_workload_namespace = s.namespace;
+        self.destination_app = s.app;
+        self.destination_version = s.version;
+        self.destination_canonical_service = s.canonical_service;
+        self.destination_canonical_revision = s.canonical_revision;
+        self.destination_cluster = s.cluster;
     }
 
     /// Fills the service labels from a host name `<name>.<namespace>.svc...`.
@@ -446,6 +532,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn istio_names_and_labels_are_exposed() {
@@ -497,6 +584,301 @@ mod tests {
         };
         assert_eq!(requests("503").as_deref(), Some("2"), "{text}");
         assert_eq!(requests("200").as_deref(), Some("3"), "{text}");
+    }
+
+    /// Every series of one metric in an exposition: its labels and its value.
+    fn series(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, String)> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                let (labels, value) = rest.rsplit_once("} ")?;
+                let mut map = BTreeMap::new();
+                // Values in these tests hold no quote, comma or backslash.
+                for pair in labels.split("\",") {
+                    let (k, v) = pair.split_once("=\"")?;
+                    map.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                }
+                Some((map, value.to_string()))
+            })
+            .collect()
+    }
+
+    fn labels_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// istio/proxy's test workloads (`testdata/client_node_metadata.json.tmpl`,
+    /// `server_node_metadata.json.tmpl`), as weft's discovery derives them from the labels.
+    fn productpage() -> WorkloadMeta {
+        let labels = [
+            ("app", "productpage"),
+            ("version", "v1"),
+            ("service.istio.io/canonical-name", "productpage-v1"),
+            ("service.istio.io/canonical-revision", "version-1"),
+            ("pod-template-hash", "84975bc778"),
+        ];
+        let labels = labels_of(&labels);
+        WorkloadMeta::from_labels("productpage-v1", "default", &labels, "client-cluster")
+    }
+
+    fn ratings() -> WorkloadMeta {
+        let labels = [
+            ("app", "ratings"),
+            ("version", "v1"),
+            ("service.istio.io/canonical-name", "ratings"),
+            ("service.istio.io/canonical-revision", "version-1"),
+        ];
+        let labels = labels_of(&labels);
+        WorkloadMeta::from_labels("ratings-v1", "default", &labels, "server-cluster")
+    }
+
+    const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+    const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
+    const SERVICE: &str = "server.default.svc.cluster.local";
+
+    /// The client sidecar's labels: from its own metadata and the endpoint's.
+    fn client_side(mtls: bool) -> TcpLabels {
+        let mut labels =
+            TcpLabels::new(Reporter::source, SecurityPolicy::mutual_tls).with_service(SERVICE);
+        labels.fill_source(&productpage());
+        labels.fill_destination(&ratings());
+        if mtls {
+            labels.source_principal = CLIENT_ID.into();
+            labels.destination_principal = SERVER_ID.into();
+        }
+        labels
+    }
+
+    /// The server sidecar's labels: its own metadata, and the client's as the peer-metadata
+    /// frame carried it.
+    fn server_side(mtls: bool) -> TcpLabels {
+        let security = if mtls {
+            SecurityPolicy::mutual_tls
+        } else {
+            SecurityPolicy::none
+        };
+        let mut labels = TcpLabels::new(Reporter::destination, security).with_service(SERVICE);
+        let frame = super::super::peer_meta::PeerMeta::of(Some(&productpage()), None, None);
+        let super::super::peer_meta::Parsed::Frame(Some(peer), _) =
+            super::super::peer_meta::parse(&frame.encode())
+        else {
+            panic!("the frame parses")
+        };
+        labels.fill_source(&peer.workload());
+        labels.fill_destination(&ratings());
+        if mtls {
+            labels.source_principal = CLIENT_ID.into();
+            labels.destination_principal = SERVER_ID.into();
+        }
+        labels
+    }
+
+    /// istio/proxy `testdata/metric/tcp_client_*.yaml.tmpl`, label for label.
+    const TCP_CLIENT: &[(&str, &str)] = &[
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("source_canonical_service", "productpage-v1"),
+        ("source_canonical_revision", "version-1"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", CLIENT_ID),
+        ("source_app", "productpage"),
+        ("source_version", "v1"),
+        ("source_cluster", "client-cluster"),
+        ("destination_workload", "ratings-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", SERVER_ID),
+        ("destination_app", "ratings"),
+        ("destination_version", "v1"),
+        ("destination_service", SERVICE),
+        ("destination_canonical_service", "ratings"),
+        ("destination_canonical_revision", "version-1"),
+        ("destination_service_name", "server"),
+        ("destination_service_namespace", "default"),
+        ("destination_cluster", "server-cluster"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "unknown"),
+    ];
+
+    /// istio/proxy `testdata/metric/tcp_server_*.yaml.tmpl`.
+    const TCP_SERVER: &[(&str, &str)] = &[
+        ("reporter", "destination"),
+        ("source_workload", "productpage-v1"),
+        ("source_canonical_service", "productpage-v1"),
+        ("source_canonical_revision", "version-1"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", CLIENT_ID),
+        ("source_app", "productpage"),
+        ("source_version", "v1"),
+        ("source_cluster", "client-cluster"),
+        ("destination_workload", "ratings-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", SERVER_ID),
+        ("destination_app", "ratings"),
+        ("destination_version", "v1"),
+        ("destination_service", SERVICE),
+        ("destination_canonical_service", "ratings"),
+        ("destination_canonical_revision", "version-1"),
+        ("destination_service_name", "server"),
+        ("destination_service_namespace", "default"),
+        ("destination_cluster", "server-cluster"),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+
+    /// istio/proxy's TCP metadata-exchange test: 10 connections, each 6 bytes from the
+    /// client and 12 back; both sidecars' four TCP series, every label and value.
+    #[test]
+    fn golden_tcp_series_of_both_reporters() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        for labels in [client_side(true), server_side(true)] {
+            for _ in 0..10 {
+                m.tcp_opened.get_or_create(&labels).inc();
+                m.tcp_bytes(&labels, 6, 12);
+                m.tcp_closed.get_or_create(&labels).inc();
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (name, value) in [
+            ("istio_tcp_connections_opened_total", "10"),
+            ("istio_tcp_connections_closed_total", "10"),
+            ("istio_tcp_received_bytes_total", "60"),
+            ("istio_tcp_sent_bytes_total", "120"),
+        ] {
+            let mut got = series(&text, name);
+            got.sort();
+            let mut want = vec![
+                (labels_of(TCP_CLIENT), value.to_string()),
+                (labels_of(TCP_SERVER), value.to_string()),
+            ];
+            want.sort();
+            assert_eq!(got, want, "{name}\n{text}");
+            let family = name.trim_end_matches("_total");
+            assert!(text.contains(&format!("# TYPE {family} counter")), "{text}");
+        }
+    }
+
+    /// istio/proxy `testdata/metric/tcp_server_connection_open_without_mx.yaml.tmpl`: a
+    /// client that sent no metadata is unknown but for what its certificate proves.
+    #[test]
+    fn golden_tcp_series_of_a_client_without_metadata() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let mut labels =
+            TcpLabels::new(Reporter::destination, SecurityPolicy::mutual_tls).with_service(SERVICE);
+        labels.fill_destination(&ratings());
+        labels.source_workload_namespace = "default".into();
+        labels.source_principal = CLIENT_ID.into();
+        labels.destination_principal = SERVER_ID.into();
+        m.tcp_opened.get_or_create(&labels).inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut want = labels_of(TCP_SERVER);
+        for (k, v) in [
+            ("source_workload", "unknown"),
+            ("source_canonical_service", "unknown"),
+            ("source_canonical_revision", "latest"),
+            ("source_app", "unknown"),
+            ("source_version", "unknown"),
+            ("source_cluster", "unknown"),
+        ] {
+            want.insert(k.into(), v.into());
+        }
+        assert_eq!(
+            series(&text, "istio_tcp_connections_opened_total"),
+            vec![(want, "1".to_string())]
+        );
+    }
+
+    /// istio/proxy `testdata/metric/{client,server}_request_total.yaml.tmpl` (plaintext
+    /// sidecars, so principals unknown): the TCP labels with protocol `http`, plus
+    /// `response_code` and `grpc_response_status`, on the counter and the three histograms
+    /// with Envoy's default buckets.
+    #[test]
+    fn golden_request_series_of_both_reporters() {
+        let mut registry = Registry::default();
+        let m = Arc::new(Metrics::new(&mut registry));
+        for labels in [client_side(false), server_side(false)] {
+            let mut recorder = m.request_recorder(&labels);
+            for _ in 0..10 {
+                let sizes = Some(Sizes {
+                    request: 120,
+                    response: 3000,
+                });
+                let took = std::time::Duration::from_millis(7);
+                recorder.record(RequestOutcome::http(200), took, sizes);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let request = |tcp: &[(&str, &str)], security: &str| {
+            let mut want = labels_of(tcp);
+            for (k, v) in [
+                ("source_principal", "unknown"),
+                ("destination_principal", "unknown"),
+                ("request_protocol", "http"),
+                ("response_code", "200"),
+                ("grpc_response_status", ""),
+                ("connection_security_policy", security),
+            ] {
+                want.insert(k.into(), v.into());
+            }
+            want
+        };
+        let client = request(TCP_CLIENT, "unknown");
+        let server = request(TCP_SERVER, "none");
+        let mut got = series(&text, "istio_requests_total");
+        got.sort();
+        let mut want = vec![(client.clone(), "10".into()), (server.clone(), "10".into())];
+        want.sort();
+        assert_eq!(got, want, "{text}");
+
+        let mut les: Vec<String> = ENVOY_DEFAULT_BUCKETS
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .collect();
+        les.push("+Inf".into());
+        for (name, sum, le_of_one) in [
+            ("istio_request_duration_milliseconds", "70.0", "10.0"),
+            ("istio_request_bytes", "1200.0", "250.0"),
+            ("istio_response_bytes", "30000.0", "5000.0"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+            for labels in [&client, &server] {
+                let count = series(&text, &format!("{name}_count"));
+                assert!(
+                    count.contains(&(labels.clone(), "10".into())),
+                    "{name}\n{text}"
+                );
+                let sums = series(&text, &format!("{name}_sum"));
+                assert!(
+                    sums.contains(&(labels.clone(), sum.into())),
+                    "{name}\n{text}"
+                );
+                // Exactly Envoy's boundaries, each observation in the first bucket that holds it.
+                let buckets: Vec<(String, String)> = series(&text, &format!("{name}_bucket"))
+                    .into_iter()
+                    .filter_map(|(mut l, v)| {
+                        let le = l.remove("le")?;
+                        (&l == labels).then_some((le, v))
+                    })
+                    .collect();
+                let got_les: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
+                assert_eq!(got_les, les, "{name}");
+                let first = buckets.iter().position(|(_, v)| v == "10");
+                assert_eq!(
+                    first.map(|i| buckets[i].0.as_str()),
+                    Some(le_of_one),
+                    "{name}: {buckets:?}"
+                );
+            }
+        }
     }
 
     fn sample<'a>(text: &'a str, name: &str, needles: &[&str]) -> Option<&'a str> {

@@ -90,8 +90,7 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
     let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
     let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
     if let Some(w) = &snapshot.snapshot.workload {
-        labels.source_workload = w.name.clone();
-        labels.source_workload_namespace = w.namespace.clone();
+        labels.fill_source(w);
     } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
         labels.source_workload_namespace = ns.to_string();
     }
@@ -139,11 +138,10 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
 
     if let Some(ep) = endpoint {
         if let Some(w) = &ep.workload {
-            labels.destination_workload = w.name.clone();
-            labels.destination_workload_namespace = w.namespace.clone();
+            labels.fill_destination(w);
         }
+        // connection_security_policy stays `unknown`: Istio's source reporter says so.
         if let (Upstream::Mtls(_), Some(id)) = (&upstream, &ep.identity) {
-            labels.connection_security_policy = SecurityPolicy::mutual_tls;
             labels.destination_principal = id.clone();
             if let Some(tls) = ctx.tls() {
                 labels.source_principal = tls.cert.identity.clone();
@@ -155,12 +153,12 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
     if let Upstream::Mtls(up) = &mut upstream {
         // Who we are and what we dialled, for the server's metrics (peer_meta). Always sent,
         // so the server never waits for it; without workload metadata it names nobody.
-        let meta = PeerMeta {
-            workload: labels.source_workload.clone(),
-            namespace: labels.source_workload_namespace.clone(),
+        let meta = PeerMeta::of(
+            snapshot.snapshot.workload.as_ref(),
+            spiffe_namespace(&snapshot.snapshot.identity),
             // A headless Service's pod is dialled by IP, but through the Service's DNS name.
-            service: service.map(|s| s.name.clone()),
-        };
+            service.map(|s| s.name.clone()),
+        );
         if up.write_all(&meta.encode()).await.is_err() {
             return Err(Refusal::UpstreamUnreachable);
         }

@@ -1,39 +1,60 @@
 //! Peer metadata: the first bytes a weft client sends inside a `weft/1` mTLS connection,
-//! naming its workload and the Service it dialled, so the server's metrics carry
-//! `source_workload` and `destination_service` (Istio's sidecars do the same with their
-//! metadata-exchange filter; the certificate only proves namespace and service account).
+//! naming its workload and the Service it dialled, so the server's metrics carry the
+//! `source_*` labels (workload, app, version, canonical service and revision, cluster) and
+//! `destination_service` (Istio's sidecars do the same with their metadata-exchange filter;
+//! the certificate only proves namespace and service account).
 //!
 //! ```text
 //! magic  EF 77 6D 01          ("\xEFwm\x01": no text or TLS protocol starts with 0xEF)
 //! length u16, big-endian      at most MAX_META_BYTES
-//! body   JSON {"workload": "web", "namespace": "pets", "service": "db.pets.svc.cluster.local"}
+//! body   JSON {"workload": "web", "namespace": "pets", "service": "db.pets.svc.cluster.local",
+//!              "app": "web", "version": "v1", "canonicalService": "web",
+//!              "canonicalRevision": "v1", "cluster": "Kubernetes"}
 //! ```
 //!
 //! The server believes none of it beyond the labels: the workload only when its namespace is
 //! the one the client's certificate proves, the Service only when the server's own config
 //! says that Service targets the port. A stream that does not start with the magic (a client
 //! from before this frame) is relayed untouched; a malformed frame is dropped and the
-//! connection carries on with the labels `unknown`.
+//! connection carries on with the labels `unknown`. `app` through `cluster` came later: a
+//! client that does not send them gets them reported unknown, and an older server ignores
+//! them. Every value is a bounded Kubernetes name or label value, so a peer cannot grow a
+//! label beyond that.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::snapshot::is_valid_host;
+use crate::snapshot::{WorkloadMeta, is_valid_host};
 
 pub const MAGIC: [u8; 4] = [0xEF, b'w', b'm', 0x01];
 /// Largest body accepted: three names fit many times over.
 pub const MAX_META_BYTES: usize = 1024;
 const HEADER: usize = MAGIC.len() + 2;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Longest label value Kubernetes allows: the bound on every value from pod labels.
+const MAX_LABEL_VALUE: usize = 63;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerMeta {
     pub workload: String,
     pub namespace: String,
     /// Host of the Service the client dialled; absent for a pod dialled by IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The client workload's [`WorkloadMeta`] beyond its name; empty (not sent): unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_service: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_revision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
 }
 
 /// What the first bytes of a stream are.
@@ -48,14 +69,62 @@ pub enum Parsed {
 }
 
 impl PeerMeta {
+    /// What a client says about itself: its workload's metadata (None: it has none, and
+    /// names only the namespace its certificate proves, if any) and the Service it dialled.
+    pub fn of(
+        workload: Option<&WorkloadMeta>,
+        namespace: Option<&str>,
+        service: Option<String>,
+    ) -> PeerMeta {
+        match workload {
+            Some(w) => PeerMeta {
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+                service,
+                app: w.app.clone(),
+                version: w.version.clone(),
+                canonical_service: w.canonical_service.clone(),
+                canonical_revision: w.canonical_revision.clone(),
+                cluster: w.cluster.clone(),
+            },
+            None => PeerMeta {
+                workload: super::metrics::UNKNOWN.to_string(),
+                namespace: namespace.unwrap_or(super::metrics::UNKNOWN).to_string(),
+                service,
+                ..PeerMeta::default()
+            },
+        }
+    }
+
+    /// The client's workload metadata as the server's metrics use it (empty: unknown).
+    pub fn workload(&self) -> WorkloadMeta {
+        WorkloadMeta {
+            name: self.workload.clone(),
+            namespace: self.namespace.clone(),
+            app: self.app.clone(),
+            version: self.version.clone(),
+            canonical_service: self.canonical_service.clone(),
+            canonical_revision: self.canonical_revision.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let body = serde_json::to_vec(self).unwrap_or_default();
-        // Names are bounded by Kubernetes; a body that still does not fit is sent empty.
-        let body = if body.len() <= MAX_META_BYTES {
-            body
-        } else {
-            Vec::new()
-        };
+        // Names are bounded by Kubernetes; a body that still does not fit is sent without
+        // the later fields, then empty (a longer frame would be an older server's app bytes).
+        let body = [
+            serde_json::to_vec(self).unwrap_or_default(),
+            serde_json::to_vec(&PeerMeta {
+                workload: self.workload.clone(),
+                namespace: self.namespace.clone(),
+                service: self.service.clone(),
+                ..PeerMeta::default()
+            })
+            .unwrap_or_default(),
+        ]
+        .into_iter()
+        .find(|b| b.len() <= MAX_META_BYTES)
+        .unwrap_or_default();
         let mut out = Vec::with_capacity(HEADER + body.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -70,10 +139,22 @@ impl PeerMeta {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
+        // A label value: empty (not sent), or at most 63 of the characters Kubernetes
+        // allows in one.
+        let value = |s: &str| {
+            s.len() <= MAX_LABEL_VALUE
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
         label(&self.workload)
             && label(&self.namespace)
             && self.namespace.len() <= 63
             && self.service.as_deref().is_none_or(is_valid_host)
+            && [&self.app, &self.version, &self.canonical_revision, &self.cluster]
+                .into_iter()
+                .all(|v| value(v))
+            // Falls back to the workload name, which may be longer than a label value.
+            && (self.canonical_service.is_empty() || label(&self.canonical_service))
     }
 }
 
@@ -134,7 +215,113 @@ mod tests {
             workload: "bookbuyer".into(),
             namespace: "bookstore".into(),
             service: Some("bookstore.bookstore.svc.cluster.local".into()),
+            app: "bookbuyer".into(),
+            version: "v1".into(),
+            canonical_service: "bookbuyer".into(),
+            canonical_revision: "v1".into(),
+            cluster: "Kubernetes".into(),
         }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn the_workload_metadata_travels_whole() {
+        let w = WorkloadMeta::from_labels(
+            "bookbuyer",
+            "bookstore",
+            &[
+                ("app".to_string(), "bookbuyer".to_string()),
+                ("version".to_string(), "v1".to_string()),
+            ]
+            .into(),
+            crate::snapshot::DEFAULT_CLUSTER,
+        );
+        let sent = PeerMeta::of(
+            Some(&w),
+            None,
+            Some("bookstore.bookstore.svc.cluster.local".into()),
+        );
+        assert_eq!(sent, meta());
+        let bytes = sent.encode();
+        let Parsed::Frame(Some(got), _) = parse(&bytes) else {
+            panic!("{bytes:?}")
+        };
+        assert_eq!(got.workload(), w);
+        // Without workload metadata a client names only its proven namespace.
+        let anonymous = PeerMeta::of(None, Some("bookstore"), None);
+        assert_eq!(
+            (anonymous.workload.as_str(), anonymous.namespace.as_str()),
+            ("unknown", "bookstore")
+        );
+        assert_eq!(anonymous.workload().app, "");
+    }
+
+    #[test]
+    fn a_frame_from_a_client_before_the_workload_fields_still_counts() {
+        let bytes = frame(br#"{"workload":"web","namespace":"pets"}"#);
+        let Parsed::Frame(Some(got), _) = parse(&bytes) else {
+            panic!("{bytes:?}")
+        };
+        let w = got.workload();
+        assert_eq!((w.name.as_str(), w.namespace.as_str()), ("web", "pets"));
+        // Not sent: unknown, which the metrics report as Istio reports an unknown peer.
+        assert_eq!((w.app, w.canonical_revision, w.cluster), Default::default());
+    }
+
+    #[test]
+    fn workload_fields_are_bounded_label_values() {
+        let long = "a".repeat(64);
+        let long_name = "a".repeat(254);
+        for (field, value) in [
+            ("app", long.as_str()),
+            ("version", "v 1"),
+            ("canonicalRevision", "v1\\n"),
+            ("cluster", "\\u00e9"),
+            ("canonicalService", long_name.as_str()),
+        ] {
+            let body = format!(r#"{{"workload":"web","namespace":"pets","{field}":"{value}"}}"#);
+            let bytes = frame(body.as_bytes());
+            assert_eq!(parse(&bytes), Parsed::Frame(None, bytes.len()), "{body}");
+        }
+        // A canonical service may be as long as a workload name.
+        let body = format!(
+            r#"{{"workload":"web","namespace":"pets","canonicalService":"{}"}}"#,
+            "a".repeat(253)
+        );
+        assert!(matches!(
+            parse(&frame(body.as_bytes())),
+            Parsed::Frame(Some(_), _)
+        ));
+    }
+
+    #[test]
+    fn a_frame_too_long_for_older_servers_drops_the_later_fields_first() {
+        let mut big = meta();
+        big.workload = "w".repeat(253);
+        big.service = Some(format!(
+            "{}.{}.bookstore.svc.cluster.local",
+            "s".repeat(63),
+            "t".repeat(63)
+        ));
+        big.canonical_service = "c".repeat(253);
+        big.app = "a".repeat(63);
+        big.version = "v".repeat(63);
+        big.canonical_revision = "r".repeat(63);
+        big.cluster = "k".repeat(63);
+        assert!(serde_json::to_vec(&big).unwrap().len() > MAX_META_BYTES);
+        let bytes = big.encode();
+        assert!(bytes.len() <= HEADER + MAX_META_BYTES);
+        let Parsed::Frame(Some(got), _) = parse(&bytes) else {
+            panic!("{bytes:?}")
+        };
+        assert_eq!((got.workload, got.service), (big.workload, big.service));
+        assert_eq!(got.app, "");
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!   "version": "sha256:3f1c…",                 // content hash; opaque, acknowledged as-is
 //!   "identity": "spiffe://cluster.local/ns/pets/sa/web",
 //!   "trustDomain": "cluster.local",
-//!   "workload": { "name": "web", "namespace": "pets" },          // optional, for metrics
+//!   "workload": { "name": "web", "namespace": "pets",            // optional, for metrics;
+//!                 "app": "web", "version": "v1",                    // the rest optional too
+//!                 "canonicalService": "web", "canonicalRevision": "v1", "cluster": "Kubernetes" },
 //!   "inbound": {
 //!     "defaultMode": "PERMISSIVE",              // PERMISSIVE | STRICT | DISABLE
 //!     "ports": { "8080": "STRICT" },            // container port -> mode (overrides default)
@@ -49,6 +51,8 @@
 //! `inbound.services` and `outbound.headless` were added after the first proxies shipped:
 //! older proxies ignore them (headless pods then pass through as before), so they did not
 //! need a new `schemaVersion`; nor did `accessLog` (an older proxy writes no access log).
+//! Nor did the workload's `app`, `version`, `canonicalService`, `canonicalRevision` and
+//! `cluster`: an older proxy ignores them, a newer one reads their absence as not known.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -163,12 +167,73 @@ pub enum AccessLogFormat {
     Text,
 }
 
-/// Names the metrics use for a workload (`*_workload`, `*_workload_namespace`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the metrics say about a workload: `*_workload`, `*_workload_namespace`, `*_app`,
+/// `*_version`, `*_canonical_service`, `*_canonical_revision` and `*_cluster`. The
+/// operator derives them from the pod's labels as Istio does ([`WorkloadMeta::from_labels`]).
+/// The five later fields are optional in the schema (a snapshot from an operator that
+/// predates them still decodes); empty means not known, which the metrics report as Istio
+/// reports an unknown peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadMeta {
     pub name: String,
     pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_service: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub canonical_revision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+}
+
+/// Istio's cluster name when none is configured (`CLUSTER_ID` defaults to `Kubernetes`): the
+/// `source_cluster` / `destination_cluster` of a single-cluster mesh.
+pub const DEFAULT_CLUSTER: &str = "Kubernetes";
+
+/// The pod labels Istio reads, in its order (istio/istio `pkg/kube/labels/labels.go` for the
+/// canonical service; istio/proxy's peer metadata for app and version).
+const APP_LABELS: [&str; 2] = ["app.kubernetes.io/name", "app"];
+const VERSION_LABELS: [&str; 2] = ["app.kubernetes.io/version", "version"];
+const CANONICAL_NAME_LABELS: [&str; 3] = [
+    "service.istio.io/canonical-name",
+    "app.kubernetes.io/name",
+    "app",
+];
+const CANONICAL_REVISION_LABELS: [&str; 3] = [
+    "service.istio.io/canonical-revision",
+    "app.kubernetes.io/version",
+    "version",
+];
+
+impl WorkloadMeta {
+    /// The metadata of workload `name` in `namespace` from its pod's labels: app from
+    /// `app.kubernetes.io/name`, else `app`; version from `app.kubernetes.io/version`, else
+    /// `version` (either may stay unknown); the canonical service from
+    /// `service.istio.io/canonical-name`, `app.kubernetes.io/name`, `app`, else the workload
+    /// name; the canonical revision from `service.istio.io/canonical-revision`,
+    /// `app.kubernetes.io/version`, `version`, else `latest`.
+    pub fn from_labels(
+        name: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        cluster: &str,
+    ) -> WorkloadMeta {
+        let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+        WorkloadMeta {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            app: first(&APP_LABELS).unwrap_or_default(),
+            version: first(&VERSION_LABELS).unwrap_or_default(),
+            canonical_service: first(&CANONICAL_NAME_LABELS).unwrap_or_else(|| name.to_string()),
+            canonical_revision: first(&CANONICAL_REVISION_LABELS)
+                .unwrap_or_else(|| "latest".to_string()),
+            cluster: cluster.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -868,5 +933,109 @@ mod tests {
         ] {
             assert_eq!(spiffe_trust_domain(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn workload_metadata_comes_from_the_pod_labels_in_istios_order() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // (pod labels, app, version, canonical service, canonical revision)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[], "", "", "reviews-v2", "latest"),
+            (
+                &[("app", "reviews"), ("version", "v2")],
+                "reviews",
+                "v2",
+                "reviews",
+                "v2",
+            ),
+            (
+                &[
+                    ("app", "reviews"),
+                    ("app.kubernetes.io/name", "reviews-k8s"),
+                    ("version", "v2"),
+                    ("app.kubernetes.io/version", "2.0.1"),
+                ],
+                "reviews-k8s",
+                "2.0.1",
+                "reviews-k8s",
+                "2.0.1",
+            ),
+            // The canonical labels win for the canonical service only, not for app/version
+            // (istio/proxy's productpage: app productpage, canonical productpage-v1).
+            (
+                &[
+                    ("app", "productpage"),
+                    ("version", "v1"),
+                    ("service.istio.io/canonical-name", "productpage-v1"),
+                    ("service.istio.io/canonical-revision", "version-1"),
+                ],
+                "productpage",
+                "v1",
+                "productpage-v1",
+                "version-1",
+            ),
+            (
+                &[("service.istio.io/canonical-name", "ratings")],
+                "",
+                "",
+                "ratings",
+                "latest",
+            ),
+        ];
+        for (pairs, app, version, service, revision) in cases {
+            let w = WorkloadMeta::from_labels("reviews-v2", "shop", &labels(pairs), "Kubernetes");
+            assert_eq!(
+                (
+                    w.app.as_str(),
+                    w.version.as_str(),
+                    w.canonical_service.as_str(),
+                    w.canonical_revision.as_str()
+                ),
+                (*app, *version, *service, *revision),
+                "{pairs:?}"
+            );
+            assert_eq!(
+                (w.name.as_str(), w.namespace.as_str()),
+                ("reviews-v2", "shop")
+            );
+            assert_eq!(w.cluster, DEFAULT_CLUSTER);
+        }
+    }
+
+    #[test]
+    fn workload_metadata_without_the_later_fields_still_decodes() {
+        let old: WorkloadMeta =
+            serde_json::from_value(json!({ "name": "web", "namespace": "pets" })).unwrap();
+        assert_eq!(
+            old,
+            WorkloadMeta {
+                name: "web".into(),
+                namespace: "pets".into(),
+                ..Default::default()
+            }
+        );
+        // Unknown fields stay out of the JSON, so an older operator's snapshot and a newer
+        // one's for the same pod differ only where the newer one knows more.
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            json!({ "name": "web", "namespace": "pets" })
+        );
+        let full = WorkloadMeta::from_labels(
+            "web",
+            "pets",
+            &[("app".to_string(), "web".to_string())].into(),
+            DEFAULT_CLUSTER,
+        );
+        let json = serde_json::to_value(&full).unwrap();
+        assert_eq!(json["canonicalService"], "web");
+        assert_eq!(json["canonicalRevision"], "latest");
+        assert_eq!(json["cluster"], "Kubernetes");
+        assert_eq!(serde_json::from_value::<WorkloadMeta>(json).unwrap(), full);
     }
 }

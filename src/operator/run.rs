@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use super::ca_bundle::CaBundleController;
 use super::csr;
 use super::injector::{self, InjectorState};
-use super::serving::{ServingCertResolver, keep_serving_cert, serve_tls};
+use super::serving::{
+    ServingCertResolver, ServingLimits, keep_serving_cert, serve_plain_on, serve_tls,
+};
 use crate::contract;
 use crate::discovery::{self, DiscoverySettings, DiscoveryState};
 use crate::kube::metrics::{self, OperatorMetrics};
@@ -62,6 +64,71 @@ pub struct OperatorArgs {
     /// the endpoints to drop this replica, shorter than the pod's grace period.
     #[arg(long, env = "WEFT_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    #[command(flatten)]
+    pub limits: ServingLimitArgs,
+}
+
+/// Limits of the three served ports (README, "Security"); the HTTP/2 limits are constants of
+/// `operator::serving`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServingLimitArgs {
+    /// Time a client has to send a request head (and its first request after connecting);
+    /// also how long an HTTP/1.1 keep-alive connection waits for its next request.
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved for this long is closed (the config stream's
+    /// heartbeat keeps proxies' streams busy).
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most open connections on :15012 (CSR endpoint and config stream).
+    #[arg(long, env = "WEFT_DISCOVERY_MAX_CONNECTIONS", default_value_t = ServingLimits::DISCOVERY_MAX_CONNECTIONS)]
+    pub discovery_max_connections: usize,
+    /// Most open connections on :15012 from one source address (IPv6: one /64).
+    #[arg(long, env = "WEFT_DISCOVERY_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ServingLimits::DISCOVERY_MAX_CONNECTIONS_PER_SOURCE)]
+    pub discovery_max_connections_per_source: usize,
+    /// Most open connections on :15017 (admission webhook).
+    #[arg(long, env = "WEFT_WEBHOOK_MAX_CONNECTIONS", default_value_t = ServingLimits::WEBHOOK_MAX_CONNECTIONS)]
+    pub webhook_max_connections: usize,
+    /// Most open connections on :15017 from one source address.
+    #[arg(long, env = "WEFT_WEBHOOK_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ServingLimits::WEBHOOK_MAX_CONNECTIONS_PER_SOURCE)]
+    pub webhook_max_connections_per_source: usize,
+    /// Most open connections on :15014 (metrics, health).
+    #[arg(long, env = "WEFT_MONITORING_MAX_CONNECTIONS", default_value_t = ServingLimits::MONITORING_MAX_CONNECTIONS)]
+    pub monitoring_max_connections: usize,
+    /// Most open connections on :15014 from one source address.
+    #[arg(long, env = "WEFT_MONITORING_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ServingLimits::MONITORING_MAX_CONNECTIONS_PER_SOURCE)]
+    pub monitoring_max_connections_per_source: usize,
+}
+
+impl ServingLimitArgs {
+    fn limits(&self, max_connections: usize, per_source: usize) -> ServingLimits {
+        ServingLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            ..ServingLimits::with_caps(max_connections, per_source)
+        }
+    }
+
+    fn discovery(&self) -> ServingLimits {
+        self.limits(
+            self.discovery_max_connections,
+            self.discovery_max_connections_per_source,
+        )
+    }
+
+    fn webhook(&self) -> ServingLimits {
+        self.limits(
+            self.webhook_max_connections,
+            self.webhook_max_connections_per_source,
+        )
+    }
+
+    fn monitoring(&self) -> ServingLimits {
+        self.limits(
+            self.monitoring_max_connections,
+            self.monitoring_max_connections_per_source,
+        )
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -133,6 +200,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         resolver.clone(),
         discovery,
         Some(ca_rx.clone()),
+        args.limits.discovery(),
     ));
 
     let settings = crate::webhook::InjectorSettings {
@@ -165,6 +233,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         resolver.clone(),
         injector::router(injector.clone()),
         None,
+        args.limits.webhook(),
     ));
 
     let controller_settings = crate::controllers::ControllerSettings {
@@ -262,9 +331,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.monitoring_addr).await?;
     tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, "operator serving");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let serving = tokio::spawn(async move { axum::serve(listener, monitoring).await });
+    let serving = tokio::spawn(serve_plain_on(
+        listener,
+        monitoring,
+        args.limits.monitoring(),
+    ));
     tokio::select! {
-        served = serving => served??,
+        served = serving => served?,
         _ = sigterm.recv() => {
             // Keep answering (webhook, CSR, config) while the API server and kube-proxy take
             // this pod out of the Services' endpoints, so no pod creation fails during a

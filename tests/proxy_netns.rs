@@ -11,6 +11,8 @@ use support::*;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
+/// `x-request-id: <UUID>\r\n`, which the client's proxy adds to a request without one.
+const X_REQUEST_ID_FIELD: usize = "x-request-id: ".len() + 36 + 2;
 
 // === capture rules ===
 
@@ -111,7 +113,9 @@ fn a_meshed_client_reaches_the_server_over_mutual_tls() {
             .iter()
             .any(|l| l.contains("reporter=\"source\"")
                 && l.contains("destination_service=\"echo.demo.svc.cluster.local\"")
-                && l.contains("connection_security_policy=\"mutual_tls\"")),
+                && l.contains(&format!("destination_principal=\"{SERVER_ID}\""))
+                // Istio's source reporter does not say; the principals show the mTLS.
+                && l.contains("connection_security_policy=\"unknown\"")),
         "client metrics:\n{client}"
     );
 }
@@ -291,6 +295,134 @@ fn http_requests_are_counted_with_istio_request_metrics() {
 }
 
 #[test]
+fn outbound_http_sends_each_request_to_an_endpoint_of_its_own() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    // Four requests on one keep-alive connection to a Service whose two endpoints are two
+    // different apps: round robin per request sends two to each.
+    let targets = [
+        ("GET", "/one"),
+        ("GET", "/two"),
+        ("GET", "/three"),
+        ("GET", "/four"),
+    ];
+    let replies = mesh.api_h1(Via::Mixed, &targets).expect("through the mesh");
+    assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+    let from_web = replies.iter().filter(|r| r.body == "ok").count();
+    assert_eq!(from_web, 2, "two of four to the web app: {replies:?}");
+    assert_eq!(mesh.api_seen().len(), 2, "two of four to the api app");
+
+    // The source reporter counts requests, with the endpoint's workload, and no TCP series.
+    let client = mesh.client_stats();
+    let mixed = "destination_service=\"mixed.demo.svc.cluster.local\"";
+    let source = [
+        "reporter=\"source\"",
+        mixed,
+        "destination_workload=\"server\"",
+        "response_code=\"200\"",
+        // Istio's source reporter does not say; the principals show the mTLS.
+        "connection_security_policy=\"unknown\"",
+        "destination_principal=\"spiffe://cluster.local/ns/demo/sa/server\"",
+        "request_protocol=\"http\"",
+    ];
+    assert_eq!(
+        sample(&client, "istio_requests_total", &source),
+        Some(4.0),
+        "client metrics:\n{client}"
+    );
+    assert!(
+        !client.contains("istio_tcp_connections_opened_total{"),
+        "HTTP traffic has no TCP series:\n{client}"
+    );
+    // The destination reporter counts all four; the web port's two are reported under the
+    // Service the client named (the server's config lists `mixed` for that port only).
+    let server = mesh.server_stats_once_closed();
+    let destination = [
+        "reporter=\"destination\"",
+        "source_workload=\"client\"",
+        "response_code=\"200\"",
+    ];
+    assert_eq!(
+        metric_lines(&server, "istio_requests_total")
+            .iter()
+            .filter(|l| destination.iter().all(|n| l.contains(n)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>(),
+        4.0,
+        "server metrics:\n{server}"
+    );
+    assert_eq!(
+        sample(&server, "istio_requests_total", &[destination[0], mixed]),
+        Some(2.0),
+        "server metrics:\n{server}"
+    );
+    assert!(
+        !server.contains("istio_tcp_connections_opened_total{"),
+        "HTTP traffic has no TCP series:\n{server}"
+    );
+}
+
+#[test]
+fn an_undeclared_port_is_sniffed_and_a_service_without_endpoints_answers_503() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    // No declared protocol: the client's first bytes are HTTP, so requests are counted.
+    let replies = mesh
+        .api_h1(Via::Sniffed, &[("GET", "/sniffed")])
+        .expect("through the mesh");
+    assert_eq!((replies[0].status, replies[0].body.as_str()), (200, "ok"));
+    // The echo Service declares nothing either, but its bytes are not HTTP: a TCP relay.
+    assert_eq!(
+        mesh.call_service(b"plain bytes"),
+        Ok(b"plain bytes".to_vec())
+    );
+    // A Service without endpoints: Envoy's answer and flag.
+    let replies = mesh.api_h1(Via::Empty, &[("GET", "/")]).expect("a reply");
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (503, "no healthy upstream")
+    );
+
+    let client = mesh.client_stats();
+    let auto = "destination_service=\"web-auto.demo.svc.cluster.local\"";
+    assert_eq!(
+        sample(
+            &client,
+            "istio_requests_total",
+            &[auto, "response_code=\"200\""]
+        ),
+        Some(1.0),
+        "client metrics:\n{client}"
+    );
+    assert!(
+        metric_lines(&client, "istio_tcp_connections_opened_total")
+            .iter()
+            .all(|l| !l.contains(auto)),
+        "{client}"
+    );
+    assert!(
+        metric_lines(&client, "istio_tcp_connections_opened_total")
+            .iter()
+            .any(|l| l.contains("destination_service=\"echo.demo.svc.cluster.local\"")),
+        "{client}"
+    );
+    let empty = [
+        "destination_service=\"empty.demo.svc.cluster.local\"",
+        "response_code=\"503\"",
+        "response_flags=\"UH\"",
+    ];
+    assert_eq!(
+        sample(&client, "istio_requests_total", &empty),
+        Some(1.0),
+        "{client}"
+    );
+}
+
+#[test]
 fn a_renewed_certificate_serves_new_connections_without_dropping_open_ones() {
     require_privileges();
     let ca = TestCa::new("cluster.local root");
@@ -398,7 +530,8 @@ fn http_authorization_lets_one_principal_post_and_denies_the_rest() {
     assert!(series("403", "mutual_tls"), "{server}");
     assert!(series("403", "none"), "{server}");
     // Request and response sizes: the heads as HTTP/1.1 wrote them plus the bodies. The test
-    // client sends `host` and `content-length` and a 2-byte body; the app answers with
+    // client sends `host` and `content-length` and a 2-byte body, to which the client's proxy
+    // adds `x-request-id` (a UUID, as Envoy's outbound sidecar does); the app answers with
     // `content-length` and `date` (29 characters) and `<METHOD> <target>`.
     let allowed = [
         "response_code=\"200\"",
@@ -407,6 +540,7 @@ fn http_authorization_lets_one_principal_post_and_denies_the_rest() {
     ];
     let request = |target: &str| {
         format!("POST {target} HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n{{}}").len()
+            + X_REQUEST_ID_FIELD
     };
     let response = |body: &str| {
         let date = "date: Sun, 06 Dec 2026 01:45:00 GMT\r\n";
@@ -443,7 +577,8 @@ fn http_authorization_lets_one_principal_post_and_denies_the_rest() {
     assert_eq!(
         sample(&server, "istio_request_bytes_sum", &denied),
         Some(
-            "GET /v1/charges HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n".len() as f64
+            ("GET /v1/charges HTTP/1.1\r\nhost: api.demo\r\ncontent-length: 2\r\n\r\n".len()
+                + X_REQUEST_ID_FIELD) as f64
         ),
         "{server}"
     );
@@ -635,7 +770,8 @@ fn http2_streams_of_one_connection_get_their_own_verdicts_and_grpc_trailers_arri
     // `date` headers and trailers `grpc-status: 0`, `grpc-message: echoed`.
     let head = "POST /v1/charges HTTP/1.1\r\ncontent-type: application/grpc\r\nte: trailers\r\n\
                 host: api.demo\r\n\r\n"
-        .len();
+        .len()
+        + X_REQUEST_ID_FIELD;
     let requests = (head + "content-length: 5\r\n".len() + 5) + (head + 11);
     assert_eq!(
         sample(&server, "istio_request_bytes_sum", &ok),
@@ -877,6 +1013,13 @@ mod support {
     /// client pod's init excludes the port, so a direct call is an unmeshed client's.
     const API_CLUSTER_IP: &str = "198.18.0.102";
     const API_PORT: u16 = 8082;
+    /// The `mixed` Service (HTTP): two endpoints, the web app and the api app, so which one
+    /// answered shows where each request went.
+    const MIXED_CLUSTER_IP: &str = "198.18.0.103";
+    /// The `web-auto` Service: the web app on a port that declares no protocol (sniffed).
+    const AUTO_CLUSTER_IP: &str = "198.18.0.104";
+    /// The `empty` Service (HTTP) has no endpoints.
+    const EMPTY_CLUSTER_IP: &str = "198.18.0.105";
     const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -1286,7 +1429,9 @@ mod support {
                     "services": {
                         APP_PORT.to_string(): ["echo.demo.svc.cluster.local"],
                         WEB_PORT.to_string(): ["web.demo.svc.cluster.local",
-                                               "web-peers.demo.svc.cluster.local"],
+                                               "web-peers.demo.svc.cluster.local",
+                                               "web-auto.demo.svc.cluster.local",
+                                               "mixed.demo.svc.cluster.local"],
                         API_PORT.to_string(): ["api.demo.svc.cluster.local"]
                     },
                     "protocols": spec.server_protocols,
@@ -1328,6 +1473,29 @@ mod support {
                             "ip": SERVER_IP, "port": API_PORT, "meshed": true,
                             "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode
                         }]
+                    }, {
+                        "clusterIp": MIXED_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "mixed.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": [{
+                            "ip": SERVER_IP, "port": WEB_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode,
+                            "workload": {"name": "server", "namespace": "demo"}
+                        }, {
+                            "ip": SERVER_IP, "port": API_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode,
+                            "workload": {"name": "server", "namespace": "demo"}
+                        }]
+                    }, {
+                        "clusterIp": AUTO_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "web-auto.demo.svc.cluster.local", "detectProtocol": true,
+                        "endpoints": [{
+                            "ip": SERVER_IP, "port": WEB_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode
+                        }]
+                    }, {
+                        "clusterIp": EMPTY_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "empty.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": []
                     }]
                 }
             });
@@ -1462,6 +1630,9 @@ mod support {
             match via {
                 Via::Mesh => format!("{API_CLUSTER_IP}:{SERVICE_PORT}"),
                 Via::Plaintext => format!("{SERVER_IP}:{API_PORT}"),
+                Via::Mixed => format!("{MIXED_CLUSTER_IP}:{SERVICE_PORT}"),
+                Via::Sniffed => format!("{AUTO_CLUSTER_IP}:{SERVICE_PORT}"),
+                Via::Empty => format!("{EMPTY_CLUSTER_IP}:{SERVICE_PORT}"),
             }
             .parse()
             .unwrap()
@@ -1487,8 +1658,11 @@ mod support {
                         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                         .sum::<u64>()
                 };
+                // HTTP connections have no TCP series: none in flight is the sign for them.
                 let opened = total("istio_tcp_connections_opened_total");
-                if (opened > 0 && opened == total("istio_tcp_connections_closed_total"))
+                let active = total("weft_active_connections");
+                let some = opened > 0 || total("istio_requests_total") > 0;
+                if (some && active == 0 && opened == total("istio_tcp_connections_closed_total"))
                     || Instant::now() > deadline
                 {
                     return text;
@@ -1771,6 +1945,12 @@ mod support {
             Mesh,
             /// Straight to the server pod's IP, bypassing the client proxy: plaintext.
             Plaintext,
+            /// The `mixed` Service: the web app and the api app are its two endpoints.
+            Mixed,
+            /// The `web-auto` Service (no declared protocol) in front of the web app.
+            Sniffed,
+            /// The `empty` Service: no endpoints.
+            Empty,
         }
 
         /// One response as a client saw it.

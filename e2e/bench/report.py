@@ -14,13 +14,14 @@ import os
 import re
 import sys
 
-SCENARIOS = ["direct", "null", "null-threads", "weft", "haproxy", "nginx", "ghostunnel"]
+SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "haproxy", "nginx", "ghostunnel"]
 FLOORS = ("null", "null-threads")
 LABELS = {
     "direct": "direct (no proxy)",
     "null": "null relay pair (plaintext copy, one event loop)",
     "null-threads": "null relay pair (plaintext copy, blocking threads)",
     "weft": "**weft-proxy pair** (mTLS, iptables capture)",
+    "weft-http": "**weft-proxy pair, HTTP** (both proxies terminate HTTP/1.1)",
     "haproxy": "HAProxy pair (TLS relay, mutual)",
     "nginx": "nginx stream pair (TLS relay, mutual)",
     "ghostunnel": "ghostunnel pair (mTLS)",

@@ -7,7 +7,8 @@
 # (1,000 rps, 1 KB POST bodies echoed back, 8 connections) in the client namespace, through:
 #   direct      client → server, no proxy
 #   weft        weft-proxy pair: iptables capture in both namespaces (weft-proxy init), the
-#               proxies as UID 1337, mTLS with SPIFFE identities (STRICT), an HTTP Service
+#               proxies as UID 1337, mTLS with SPIFFE identities (STRICT), a `tcp` Service (L4)
+#   weft-http   the same pair with an `http` Service: HTTP terminated on both proxies
 #   haproxy     HAProxy pair, TCP mode: plain → mutual TLS → plain
 #   nginx       nginx stream pair: plain → mutual TLS → plain
 #   ghostunnel  ghostunnel client/server pair (mutual TLS, URI SAN checks)
@@ -33,7 +34,7 @@
 #
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
-# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct null null-threads weft haproxy nginx ghostunnel"),
+# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct null null-threads weft weft-http haproxy nginx ghostunnel"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
@@ -53,7 +54,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft haproxy nginx ghostunnel}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http haproxy nginx ghostunnel}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -380,7 +381,10 @@ done
 
 # === scenarios ===
 
+# start_weft PROTOCOL: `tcp` relays bytes (the L4 figure, beside the TCP-mode peers); `http`
+# terminates HTTP on both proxies (an endpoint per request, request metrics).
 start_weft() {
+  local protocol=$1
   cat >"$work/server-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
  "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
@@ -392,7 +396,7 @@ EOF
  "trustDomain": "cluster.local", "workload": {"name": "client", "namespace": "bench"},
  "inbound": {"defaultMode": "PERMISSIVE"},
  "outbound": {"policy": "REGISTRY_ONLY", "services": [{
-   "clusterIp": "$SVC_IP", "port": 80, "name": "server.bench.svc.cluster.local", "protocol": "http",
+   "clusterIp": "$SVC_IP", "port": 80, "name": "server.bench.svc.cluster.local", "protocol": "$protocol",
    "endpoints": [{"ip": "$S_IP", "port": $MESH_APP_PORT, "meshed": true, "identity": "$SERVER_ID",
                   "mtlsModeForPort": "STRICT", "workload": {"name": "server", "namespace": "bench"}}]}]}}
 EOF
@@ -414,8 +418,9 @@ EOF
 check_weft_mtls() {
   local stats
   stats=$(http $NS_S 127.0.0.1:15020 /stats/prometheus)
-  if grep -q "istio_tcp_connections_opened_total{.*source_principal=\"$CLIENT_ID\".*connection_security_policy=\"mutual_tls\"" <<<"$stats" ||
-    grep -q "istio_tcp_connections_opened_total{.*connection_security_policy=\"mutual_tls\".*source_principal=\"$CLIENT_ID\"" <<<"$stats"; then
+  # L4 connections are counted as TCP, HTTP ones per request.
+  if grep -Eq "istio_(tcp_connections_opened|requests)_total\{.*source_principal=\"$CLIENT_ID\".*connection_security_policy=\"mutual_tls\"" <<<"$stats" ||
+    grep -Eq "istio_(tcp_connections_opened|requests)_total\{.*connection_security_policy=\"mutual_tls\".*source_principal=\"$CLIENT_ID\"" <<<"$stats"; then
     record weft check weft-server mtls_verified 1
   else
     die "the server proxy's metrics show no mutual TLS from $CLIENT_ID"
@@ -525,13 +530,19 @@ for s in $SCENARIOS; do
       measured direct conns -- "$direct_url" -qps 0 -t "$MAX_DURATION" -keepalive=false
       ;;
     weft)
-      start_weft
+      start_weft tcp
       url=http://$SVC_IP/echo
       scenario weft "$url" weft-client weft-server
       if ((round == 1)); then
         log "weft: a new mTLS connection per request, full speed for $MAX_DURATION"
         measured weft conns weft-client weft-server -- "$url" -qps 0 -t "$MAX_DURATION" -keepalive=false
       fi
+      check_weft_mtls
+      stop weft-client weft-server
+      ;;
+    weft-http)
+      start_weft http
+      scenario weft-http "http://$SVC_IP/echo" weft-client weft-server
       check_weft_mtls
       stop weft-client weft-server
       ;;

@@ -530,6 +530,7 @@ fn service_tables(
                 port: service_port,
                 name: host.clone(),
                 protocol,
+                detect_protocol: declared.is_none(),
                 endpoints,
             };
             match cluster_ip {
@@ -777,7 +778,8 @@ pub(crate) mod tests {
         assert_eq!(snap.outbound.services.len(), 2);
         let db = &snap.outbound.services[0];
         assert_eq!(db.name, "db.pets.svc.cluster.local");
-        assert_eq!(db.protocol, Protocol::Http);
+        // Declared (the port is named `http`, legacy's `tcp`): nothing to detect.
+        assert_eq!((db.protocol, db.detect_protocol), (Protocol::Http, false));
         assert_eq!(db.endpoints.len(), 1);
         assert_eq!(
             db.endpoints[0].security(),
@@ -786,7 +788,10 @@ pub(crate) mod tests {
             }
         );
         let legacy = &snap.outbound.services[1];
-        assert_eq!(legacy.protocol, Protocol::Tcp);
+        assert_eq!(
+            (legacy.protocol, legacy.detect_protocol),
+            (Protocol::Tcp, false)
+        );
         assert_eq!(legacy.endpoints[0].security(), UpstreamSecurity::Plaintext);
         // The headless Service: no ClusterIP, its pod dialled by IP gets mTLS.
         assert_eq!(snap.outbound.headless.len(), 1);

@@ -3,14 +3,12 @@
 //! write side still get an answer), with a fixed buffer per direction and an idle timeout.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-
-use super::http_observe::HttpObserver;
 
 /// Per-direction buffer. 16 KiB is one TLS record: larger buys nothing, smaller costs syscalls.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -42,12 +40,10 @@ impl RelayError {
 }
 
 /// Copies until both directions have ended, or either fails, or nothing moved for `idle`.
-/// The observer, when given, sees every chunk (downstream→upstream as requests).
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
     idle: Duration,
-    observer: Option<&Mutex<HttpObserver>>,
 ) -> (Transferred, Result<(), RelayError>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -60,33 +56,8 @@ where
     let (mut dr, mut dw) = tokio::io::split(downstream);
     let (mut ur, mut uw) = tokio::io::split(upstream);
 
-    let observe = |f: &dyn Fn(&mut HttpObserver)| {
-        if let Some(o) = observer
-            && let Ok(mut o) = o.lock()
-            && o.is_following()
-        {
-            f(&mut o);
-        }
-    };
-    let on_request = |b: &[u8]| observe(&|o| o.on_request(b, Instant::now()));
-    let on_response = |b: &[u8]| {
-        observe(&|o| {
-            if b.is_empty() {
-                o.on_response_end(Instant::now())
-            } else {
-                o.on_response(b, Instant::now())
-            }
-        })
-    };
-    let up = one_way(&mut dr, &mut uw, &sent, &last_activity, start, &on_request);
-    let down = one_way(
-        &mut ur,
-        &mut dw,
-        &received,
-        &last_activity,
-        start,
-        &on_response,
-    );
+    let up = one_way(&mut dr, &mut uw, &sent, &last_activity, start);
+    let down = one_way(&mut ur, &mut dw, &received, &last_activity, start);
     let watchdog = async {
         loop {
             let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
@@ -116,7 +87,6 @@ async fn one_way<R, W>(
     counter: &AtomicU64,
     last_activity: &AtomicU64,
     start: Instant,
-    seen: &(dyn Fn(&[u8]) + Sync),
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -130,8 +100,6 @@ where
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(e),
         };
-        // An empty chunk tells the observer this direction ended.
-        seen(&buf[..n]);
         if n == 0 {
             // Half-close: the other side may still send.
             return match w.shutdown().await {
@@ -154,7 +122,7 @@ mod tests {
     async fn copies_both_ways_and_half_closes() {
         let (mut client, proxy_down) = tokio::io::duplex(1024);
         let (proxy_up, mut server) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(relay(proxy_down, proxy_up, Duration::from_secs(5), None));
+        let relay = tokio::spawn(relay(proxy_down, proxy_up, Duration::from_secs(5)));
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         // The server sees the request and then EOF, yet can still answer.
@@ -181,7 +149,7 @@ mod tests {
     async fn an_idle_connection_is_closed() {
         let (_client, proxy_down) = tokio::io::duplex(1024);
         let (proxy_up, _server) = tokio::io::duplex(1024);
-        let (_, r) = relay(proxy_down, proxy_up, Duration::from_millis(100), None).await;
+        let (_, r) = relay(proxy_down, proxy_up, Duration::from_millis(100)).await;
         assert!(matches!(r, Err(RelayError::Idle(_))));
     }
 }

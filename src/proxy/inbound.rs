@@ -2,8 +2,8 @@
 //! mesh mTLS (ALPN `weft/1`) is terminated and the peer's SPIFFE identity learnt; anything
 //! else is plaintext, allowed only where the port's mode is not STRICT. Either way the
 //! connection goes to the app at `POD_IP:port` from 127.0.0.6, which the loopback rules let
-//! through: as HTTP through [`super::http`] where authorization policies apply and the port
-//! carries HTTP ([`http_mode`]), else as bytes (L4), authorized once per connection.
+//! through: as HTTP through [`super::http`] where the port carries HTTP ([`http_mode`]), else
+//! as bytes (L4), authorized once per connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -87,13 +87,9 @@ pub enum HttpMode {
     Sniff,
 }
 
-/// HTTP is terminated only where it is needed: authorization policies select the workload
-/// (there is nothing else HTTP-aware inbound yet), and the port is declared HTTP or not
-/// declared at all. Pure (table-tested).
+/// HTTP is terminated on a port declared HTTP, and on an undeclared one whose first bytes
+/// are HTTP, as Istio's sidecars do; a port declared TCP stays L4. Pure (table-tested).
 pub fn http_mode(inbound: &InboundConfig, port: u16) -> HttpMode {
-    if inbound.authz.is_empty() {
-        return HttpMode::Never;
-    }
     match inbound.protocols.get(&port) {
         Some(Protocol::Http) => HttpMode::Always,
         Some(Protocol::Tcp) => HttpMode::Never,
@@ -387,8 +383,7 @@ where
     };
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
-    let http = m.http_observer(&labels);
-    let (moved, result) = relay(downstream, upstream, ctx.settings.idle_timeout, Some(&http)).await;
+    let (moved, result) = relay(downstream, upstream, ctx.settings.idle_timeout).await;
     m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     ctx.log_access(&Entry {
@@ -443,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn http_is_terminated_only_where_policies_apply_and_the_port_may_carry_http() {
+    fn http_is_terminated_where_the_port_may_carry_http_with_or_without_policies() {
         let mut inbound = InboundConfig {
             default_mode: MtlsMode::Permissive,
             ports: Default::default(),
@@ -451,9 +446,12 @@ mod tests {
             protocols: [(8080, Protocol::Http), (5432, Protocol::Tcp)].into(),
             authz: Vec::new(),
         };
-        for port in [8080, 5432, 9000] {
-            assert_eq!(http_mode(&inbound, port), HttpMode::Never, "no policy: L4");
-        }
+        let table = |inbound: &InboundConfig| {
+            assert_eq!(http_mode(inbound, 8080), HttpMode::Always);
+            assert_eq!(http_mode(inbound, 5432), HttpMode::Never);
+            assert_eq!(http_mode(inbound, 9000), HttpMode::Sniff);
+        };
+        table(&inbound);
         inbound.authz.push(crate::authz::Policy {
             kind: Default::default(),
             name: "demo/allow-nothing".into(),
@@ -461,8 +459,6 @@ mod tests {
             dry_run: false,
             rules: Vec::new(),
         });
-        assert_eq!(http_mode(&inbound, 8080), HttpMode::Always);
-        assert_eq!(http_mode(&inbound, 5432), HttpMode::Never);
-        assert_eq!(http_mode(&inbound, 9000), HttpMode::Sniff);
+        table(&inbound);
     }
 }

@@ -2,7 +2,7 @@
 //! TCP metrics carry Istio's names and labels so dashboards and alerts built for Istio keep
 //! working (SPEC §9); weft's own counters are prefixed `weft_`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -12,8 +12,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::snapshot::WorkloadMeta;
-
-use super::http_observe::{Exchange, HttpObserver};
 
 /// The bucket boundaries of all four of Istio's request histograms (milliseconds for the
 /// duration, bytes for the sizes). Istio sets no `histogram_bucket_settings` unless a pod
@@ -487,15 +485,6 @@ impl Metrics {
             .inc();
     }
 
-    /// An observer that records the connection's HTTP exchanges (if it carries HTTP/1.x)
-    /// with these labels, through a [`RequestRecorder`].
-    pub fn http_observer(self: &Arc<Self>, labels: &TcpLabels) -> Mutex<HttpObserver> {
-        let mut recorder = self.request_recorder(labels);
-        Mutex::new(HttpObserver::new(Box::new(move |e: Exchange| {
-            recorder.record(RequestOutcome::http(e.status), e.duration, None);
-        })))
-    }
-
     /// Records the requests of one connection under its labels. They differ only by response
     /// code (and protocol and flags) from request to request, so it resolves each
     /// combination's series once and keeps their handles (they share the registry's
@@ -545,25 +534,14 @@ mod tests {
         m.tcp_sent_bytes.get_or_create(&labels).inc_by(42);
         m.handshake(Direction::inbound, true);
         let m = Arc::new(m);
-        let observer = m.http_observer(&labels);
-        let now = tokio::time::Instant::now();
-        if let Ok(mut o) = observer.lock() {
-            o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
-            o.on_response(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", now);
-            for code in ["200 OK", "503 Busy", "200 OK"] {
-                o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
-                o.on_response(
-                    format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
-                    now,
-                );
-            }
+        let ms = std::time::Duration::from_millis(1);
+        let mut recorder = m.request_recorder(&labels);
+        for code in [503, 200, 503, 200] {
+            recorder.record(RequestOutcome::http(code), ms, None);
         }
         // A second connection with the same labels adds to the same series.
-        let again = m.http_observer(&labels);
-        if let Ok(mut o) = again.lock() {
-            o.on_request(b"GET / HTTP/1.1\r\n\r\n", now);
-            o.on_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", now);
-        }
+        let mut again = m.request_recorder(&labels);
+        again.record(RequestOutcome::http(200), ms, None);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("istio_tcp_connections_opened_total{reporter=\"destination\""));
@@ -984,7 +962,6 @@ mod tests {
             downstream,
             upstream,
             std::time::Duration::from_secs(5),
-            None,
         ));
         client.write_all(b"world\n").await.unwrap();
         client.shutdown().await.unwrap();

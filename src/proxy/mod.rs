@@ -17,7 +17,6 @@ pub mod cli;
 pub mod config_stream;
 pub mod copy;
 pub mod http;
-pub mod http_observe;
 pub mod identity;
 pub mod inbound;
 pub mod inputs;
@@ -82,6 +81,8 @@ pub struct ProxyContext {
     pub registry: Registry,
     /// Access log lines go here (stdout) when the current snapshot turns them on.
     pub access_log: access_log::Writer,
+    /// Connections to outbound endpoints, reused across the app's connections.
+    pub outbound_pool: http::pool::Pool<http::outbound::RequestBody>,
     tls: watch::Receiver<Option<Arc<TlsContext>>>,
     snapshot: watch::Receiver<Option<Arc<SnapshotIndex>>>,
     draining: watch::Sender<bool>,
@@ -96,11 +97,13 @@ impl ProxyContext {
         let metrics = Arc::new(Metrics::new(&mut registry));
         let (tls_tx, tls) = watch::channel(None);
         let (snap_tx, snapshot) = watch::channel(None);
+        let outbound_pool = http::pool::Pool::new(settings.idle_timeout);
         let ctx = Arc::new(ProxyContext {
             settings,
             metrics: metrics.clone(),
             registry,
             access_log: access_log::Writer::stdout(),
+            outbound_pool,
             tls,
             snapshot,
             draining: watch::Sender::new(false),

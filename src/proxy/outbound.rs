@@ -1,25 +1,34 @@
 //! Outbound (15001): connections the app opened, redirected here by iptables. The original
 //! destination picks the route: a Service ClusterIP is balanced over its endpoints, meshed
 //! endpoints get mTLS and must prove their SPIFFE identity, others get plaintext; unknown
-//! destinations pass through under ALLOW_ANY and are refused under REGISTRY_ONLY.
+//! destinations pass through under ALLOW_ANY and are refused under REGISTRY_ONLY. A Service
+//! port that speaks HTTP is handed to the HTTP layer ([`super::http::outbound`]), which picks
+//! an endpoint per request; everything else is relayed byte for byte.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use super::ProxyContext;
 use super::access_log::{Entry, known};
 use super::copy::relay;
+use super::http::detect::{Detected, read_until_detected};
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
 use super::peer_meta::PeerMeta;
+use super::sniff::Prefixed;
 use super::tls::upstream_server_name;
 use crate::contract::{PORT_INBOUND, PORT_OUTBOUND};
-use crate::snapshot::{Endpoint, OutboundRoute, UpstreamSecurity, spiffe_namespace};
+use crate::snapshot::{
+    Endpoint, OutboundRoute, Protocol, Service, SnapshotIndex, UpstreamSecurity, spiffe_namespace,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -48,9 +57,56 @@ impl Refusal {
     }
 }
 
-enum Upstream {
+/// A connection to an upstream: plaintext or mTLS.
+pub enum Upstream {
     Plain(TcpStream),
     Mtls(Box<TlsStream<TcpStream>>),
+}
+
+impl Upstream {
+    pub fn is_mtls(&self) -> bool {
+        matches!(self, Upstream::Mtls(_))
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener) {
@@ -77,7 +133,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener) {
     }
 }
 
-async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusal> {
+async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Refusal> {
     let orig = redirected_dst(&stream).ok_or(Refusal::NotRedirected)?;
     // A connection aimed at the capture ports themselves would loop forever.
     if orig.ip().is_loopback() && [PORT_OUTBOUND, PORT_INBOUND].contains(&orig.port()) {
@@ -88,32 +144,42 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
     let started = tokio::time::Instant::now();
     let peer = stream.peer_addr().ok();
     let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
-    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
-    if let Some(w) = &snapshot.snapshot.workload {
-        labels.fill_source(w);
-    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
-        labels.source_workload_namespace = ns.to_string();
+    let route = snapshot.route(orig);
+
+    // A Service port that speaks HTTP (declared, or detected from the client's first bytes)
+    // gets the HTTP layer: an endpoint per request.
+    let mut prefix = Vec::new();
+    if let OutboundRoute::Service { service, .. } | OutboundRoute::Endpoint { service, .. } = &route
+    {
+        let http = match (service.protocol, service.detect_protocol) {
+            (Protocol::Http, _) => true,
+            (Protocol::Tcp, false) => false,
+            (Protocol::Tcp, true) => {
+                read_until_detected(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await
+                    != Detected::NotHttp
+            }
+        };
+        if http {
+            let io = Prefixed::new(prefix, stream);
+            super::http::outbound::serve(ctx, io, orig, peer, snapshot.clone()).await;
+            return Ok(());
+        }
     }
 
-    let (upstream, endpoint, service) = match snapshot.route(orig) {
+    let (upstream, endpoint, service) = match route {
         OutboundRoute::Refused => return Err(Refusal::RegistryOnly),
         OutboundRoute::Passthrough => {
-            labels = labels.with_service("PassthroughCluster");
             let up = connect(orig, None, ctx.settings.connect_timeout)
                 .await
                 .map_err(|_| Refusal::UpstreamUnreachable)?;
             (Upstream::Plain(up), None, None)
         }
-        OutboundRoute::Endpoint { service, endpoint } => {
-            labels = labels.with_service(&service.name);
-            (
-                connect_endpoint(ctx, endpoint).await?,
-                Some(endpoint),
-                Some(service),
-            )
-        }
+        OutboundRoute::Endpoint { service, endpoint } => (
+            open_endpoint(ctx, &snapshot, endpoint, Some(service)).await?,
+            Some(endpoint),
+            Some(service),
+        ),
         OutboundRoute::Service { service, endpoints } => {
-            labels = labels.with_service(&service.name);
             if endpoints.is_empty() {
                 return Err(Refusal::NoEndpoints);
             }
@@ -123,7 +189,7 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
                 .into_iter()
                 .take(ctx.settings.connect_attempts.max(1))
             {
-                match connect_endpoint(ctx, ep).await {
+                match open_endpoint(ctx, &snapshot, ep, Some(service)).await {
                     Ok(up) => {
                         connected = Some((up, Some(ep), Some(service)));
                         break;
@@ -135,42 +201,11 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
             connected.ok_or(last)?
         }
     };
-
-    if let Some(ep) = endpoint {
-        if let Some(w) = &ep.workload {
-            labels.fill_destination(w);
-        }
-        // connection_security_policy stays `unknown`: Istio's source reporter says so.
-        if let (Upstream::Mtls(_), Some(id)) = (&upstream, &ep.identity) {
-            labels.destination_principal = id.clone();
-            if let Some(tls) = ctx.tls() {
-                labels.source_principal = tls.cert.identity.clone();
-            }
-        }
-    }
-
-    let mut upstream = upstream;
-    if let Upstream::Mtls(up) = &mut upstream {
-        // Who we are and what we dialled, for the server's metrics (peer_meta). Always sent,
-        // so the server never waits for it; without workload metadata it names nobody.
-        let meta = PeerMeta::of(
-            snapshot.snapshot.workload.as_ref(),
-            spiffe_namespace(&snapshot.snapshot.identity),
-            // A headless Service's pod is dialled by IP, but through the Service's DNS name.
-            service.map(|s| s.name.clone()),
-        );
-        if up.write_all(&meta.encode()).await.is_err() {
-            return Err(Refusal::UpstreamUnreachable);
-        }
-    }
+    let labels = source_labels(ctx, &snapshot, service, endpoint, upstream.is_mtls());
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
     let idle = ctx.settings.idle_timeout;
-    let http = m.http_observer(&labels);
-    let (moved, result) = match upstream {
-        Upstream::Plain(up) => relay(stream, up, idle, Some(&http)).await,
-        Upstream::Mtls(up) => relay(stream, *up, idle, Some(&http)).await,
-    };
+    let (moved, result) = relay(Prefixed::new(prefix, stream), upstream, idle).await;
     m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     if ctx.access_log_format().is_some() {
@@ -195,6 +230,62 @@ async fn handle(ctx: &Arc<ProxyContext>, stream: TcpStream) -> Result<(), Refusa
         tracing::debug!(%orig, error = %e, "outbound connection ended with an error");
     }
     Ok(())
+}
+
+/// The source reporter's labels for traffic to `endpoint` of `service` (None: passthrough),
+/// over mTLS or not. The same for a TCP connection and for an HTTP request.
+pub fn source_labels(
+    ctx: &ProxyContext,
+    snapshot: &SnapshotIndex,
+    service: Option<&Service>,
+    endpoint: Option<&Endpoint>,
+    mtls: bool,
+) -> TcpLabels {
+    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
+    if let Some(w) = &snapshot.snapshot.workload {
+        labels.fill_source(w);
+    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
+        labels.source_workload_namespace = ns.to_string();
+    }
+    labels = labels.with_service(service.map_or("PassthroughCluster", |s| s.name.as_str()));
+    if let Some(ep) = endpoint {
+        if let Some(w) = &ep.workload {
+            labels.fill_destination(w);
+        }
+        // connection_security_policy stays `unknown`: Istio's source reporter says so.
+        if let (true, Some(id)) = (mtls, &ep.identity) {
+            labels.destination_principal = id.clone();
+            if let Some(tls) = ctx.tls() {
+                labels.source_principal = tls.cert.identity.clone();
+            }
+        }
+    }
+    labels
+}
+
+/// Opens a connection to an endpoint of `service` as its security requires; over mTLS it
+/// first says who we are and what we dialled, for the server's metrics (peer_meta). That frame
+/// is always sent, so the server never waits for it; without workload metadata it names
+/// nobody.
+pub async fn open_endpoint(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    ep: &Endpoint,
+    service: Option<&Service>,
+) -> Result<Upstream, Refusal> {
+    let mut upstream = connect_endpoint(ctx, ep).await?;
+    if let Upstream::Mtls(up) = &mut upstream {
+        let meta = PeerMeta::of(
+            snapshot.snapshot.workload.as_ref(),
+            spiffe_namespace(&snapshot.snapshot.identity),
+            // A headless Service's pod is dialled by IP, but through the Service's DNS name.
+            service.map(|s| s.name.clone()),
+        );
+        if up.write_all(&meta.encode()).await.is_err() {
+            return Err(Refusal::UpstreamUnreachable);
+        }
+    }
+    Ok(upstream)
 }
 
 async fn connect_endpoint(ctx: &Arc<ProxyContext>, ep: &Endpoint) -> Result<Upstream, Refusal> {

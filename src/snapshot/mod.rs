@@ -29,7 +29,8 @@
 //!     "services": [{
 //!       "clusterIp": "198.19.0.10", "port": 80,
 //!       "name": "db.pets.svc.cluster.local",
-//!       "protocol": "tcp",                      // tcp | http (default tcp)
+//!       "protocol": "tcp",                      // tcp | http (default tcp): declared
+//!       "detectProtocol": true,                 // optional: not declared, sniff HTTP
 //!       "endpoints": [{
 //!         "ip": "198.18.0.7", "port": 8080,
 //!         "identity": "spiffe://cluster.local/ns/pets/sa/db",   // required when meshed
@@ -48,7 +49,7 @@
 //! }
 //! ```
 //!
-//! `inbound.services` and `outbound.headless` were added after the first proxies shipped:
+//! `inbound.services`, `outbound.headless` and `detectProtocol` were added after the first proxies shipped:
 //! older proxies ignore them (headless pods then pass through as before), so they did not
 //! need a new `schemaVersion`; nor did `accessLog` (an older proxy writes no access log).
 //! Nor did the workload's `app`, `version`, `canonicalService`, `canonicalRevision` and
@@ -296,6 +297,10 @@ pub struct Service {
     pub name: String,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The port declares no protocol: the proxy tells HTTP from the first bytes the client
+    /// sends (`protocol` is then `tcp`, which is what an older proxy uses).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detect_protocol: bool,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }

@@ -185,14 +185,19 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         "source_principal=\"spiffe://cluster.local/ns/{}/sa/default\"",
         ns.name
     );
+    // The port is named `http`: Istio's sidecars count its traffic per request, not as TCP.
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{")
+            l.starts_with("istio_requests_total{")
                 && l.contains(&principal)
                 && l.contains("connection_security_policy=\"mutual_tls\"")
         })
-        .unwrap_or_else(|| panic!("no mTLS connection from the client in:\n{metrics}"));
+        .unwrap_or_else(|| panic!("no mTLS request from the client in:\n{metrics}"));
+    assert!(
+        !metrics.contains("istio_tcp_connections_opened_total{"),
+        "an HTTP port has no TCP series:\n{metrics}"
+    );
     assert!(line.contains("reporter=\"destination\""), "{line}");
     // The client's proxy told the server who it is and what it dialled (peer metadata).
     assert!(line.contains("source_workload=\"client\""), "{line}");
@@ -216,7 +221,7 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         },
         |m| {
             m.lines().any(|l| {
-                l.starts_with("istio_tcp_connections_opened_total{")
+                l.starts_with("istio_requests_total{")
                     && l.contains(&host("server-peers"))
                     && l.contains("connection_security_policy=\"mutual_tls\"")
             })

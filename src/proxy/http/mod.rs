@@ -1,10 +1,14 @@
 //! The proxy's HTTP layer (hyper 1): telling HTTP from other bytes, serving a downstream
-//! connection as HTTP/1.1 or HTTP/2, forwarding its requests over an upstream connection
-//! (upgrades tunnelled), and the inbound pipeline that authorizes each request. The server
-//! and forwarding pieces know nothing of inbound, so outbound and a gateway can reuse them.
+//! connection as HTTP/1.1 or HTTP/2, forwarding its requests (upgrades tunnelled) over one
+//! upstream connection or a pool of them, one request's metrics and log line, and the two
+//! pipelines: inbound (authorize, forward to the app) and outbound (pick an endpoint per
+//! request). The pieces below the pipelines know neither side, so a gateway can reuse them.
 
 pub mod authz;
 pub mod detect;
+pub mod exchange;
 pub mod inbound;
+pub mod outbound;
+pub mod pool;
 pub mod server;
 pub mod upstream;

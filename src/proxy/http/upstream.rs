@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use crate::proxy::copy::relay;
 use crate::proxy::net::connect;
 
-/// Opens a byte stream to the upstream (the app; later, for outbound, an mTLS endpoint).
+/// Opens a byte stream to the upstream (the inbound side's app).
 pub trait Connect: Send + Sync + 'static {
     type Io: AsyncRead + AsyncWrite + Send + Unpin + 'static;
     fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
@@ -67,17 +67,58 @@ impl ForwardError {
     }
 }
 
-enum Sender<B> {
+/// One upstream client connection's request handle.
+pub enum Sender<B> {
     Http1(hyper::client::conn::http1::SendRequest<B>),
     Http2(hyper::client::conn::http2::SendRequest<B>),
 }
 
-/// The upstream side of one downstream connection.
+/// Opens an HTTP client connection over `io`: HTTP/2 with prior knowledge when `h2`, else
+/// HTTP/1.1 with upgrades. Its connection task runs until the upstream closes it.
+pub async fn handshake<I, B>(io: I, h2: bool) -> Result<Sender<B>, ForwardError>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(io);
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(ForwardError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(Sender::Http2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(ForwardError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream h1 connection ended");
+            }
+        });
+        Ok(Sender::Http1(sender))
+    }
+}
+
+/// Where [`forward`] sends a prepared request: one upstream connection per downstream
+/// connection (inbound: the app), or an endpoint chosen per request (outbound).
+pub trait SendRequest<B>: Send + Sync {
+    fn send(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ForwardError>> + Send;
+}
+
+/// The upstream side of one downstream connection: one connection to one address.
 pub struct Upstream<C: Connect, B> {
     connector: C,
     sender: Mutex<Option<Sender<B>>>,
-    /// A tunnel (after an upgrade) is closed when no byte moved for this long.
-    idle: Duration,
 }
 
 impl<C, B> Upstream<C, B>
@@ -87,16 +128,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(connector: C, idle: Duration) -> Self {
+    pub fn new(connector: C) -> Self {
         Upstream {
             connector,
             sender: Mutex::new(None),
-            idle,
         }
     }
+}
 
+impl<C, B> SendRequest<B> for Upstream<C, B>
+where
+    C: Connect,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Sends a request prepared by [`prepare_request`] and returns the upstream's response.
-    pub async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ForwardError> {
+    async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ForwardError> {
         let h2 = req.version() == Version::HTTP_2;
         let mut slot = self.sender.lock().await;
         if let Some(Sender::Http2(s)) = slot.as_mut() {
@@ -115,7 +163,12 @@ where
             *slot = None;
         }
         if slot.is_none() {
-            *slot = Some(self.open(h2).await?);
+            let io = self
+                .connector
+                .connect()
+                .await
+                .map_err(ForwardError::Connect)?;
+            *slot = Some(handshake(io, h2).await?);
         }
         match slot.as_mut() {
             Some(Sender::Http1(s)) => s.send_request(req).await.map_err(ForwardError::Upstream),
@@ -125,36 +178,6 @@ where
                 s.send_request(req).await.map_err(ForwardError::Upstream)
             }
             None => unreachable!("opened above"),
-        }
-    }
-
-    async fn open(&self, h2: bool) -> Result<Sender<B>, ForwardError> {
-        let io = TokioIo::new(
-            self.connector
-                .connect()
-                .await
-                .map_err(ForwardError::Connect)?,
-        );
-        if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(ForwardError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection ended");
-                }
-            });
-            Ok(Sender::Http2(sender))
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(ForwardError::Handshake)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream h1 connection ended");
-                }
-            });
-            Ok(Sender::Http1(sender))
         }
     }
 }
@@ -266,13 +289,15 @@ pub fn prepare_request<B>(req: &mut Request<B>, fallback_authority: &str) {
 
 /// Forwards one request through `upstream`, tunnelling it when both sides switch protocols;
 /// returns the upstream's response with hop-by-hop headers dropped.
-pub async fn forward<C, B>(
-    upstream: &Upstream<C, B>,
+/// A tunnel is closed when no byte moved through it for `idle`.
+pub async fn forward<U, B>(
+    upstream: &U,
     mut req: Request<B>,
     fallback_authority: &str,
+    idle: Duration,
 ) -> Result<Response<Incoming>, ForwardError>
 where
-    C: Connect,
+    U: SendRequest<B>,
     B: Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -286,12 +311,11 @@ where
         resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
     if let (Some(downstream), true) = (downstream_upgrade, switched) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let idle = upstream.idle;
         tokio::spawn(async move {
             match tokio::try_join!(downstream, upstream_upgrade) {
                 Ok((down, up)) => {
                     // The L4 relay: half-closes each way, idle timeout.
-                    let (_, result) = relay(TokioIo::new(down), TokioIo::new(up), idle, None).await;
+                    let (_, result) = relay(TokioIo::new(down), TokioIo::new(up), idle).await;
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "tunnel ended with an error");
                     }

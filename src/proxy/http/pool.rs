@@ -1,0 +1,152 @@
+//! Upstream connections kept for reuse across downstream connections (the outbound side's
+//! endpoints): per endpoint one HTTP/2 connection that every HTTP/2 request multiplexes on,
+//! and idle HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each,
+//! for at most the idle timeout). A connection is keyed by everything that was said on it
+//! before the first request: address, the identity it proved, and the peer metadata sent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::upstream::{ForwardError, Sender, handshake};
+
+/// Idle HTTP/1.1 connections parked per key; more are closed when their request ends.
+pub const MAX_IDLE_PER_KEY: usize = 16;
+
+/// What makes two upstream connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub addr: SocketAddr,
+    /// The SPIFFE identity the endpoint proved (mTLS); None for plaintext.
+    pub identity: Option<String>,
+    /// The Service host named in the peer metadata sent on the connection.
+    pub service: Option<String>,
+}
+
+pub struct Pool<B> {
+    h2: Mutex<HashMap<Key, http2::SendRequest<B>>>,
+    h1: Arc<Mutex<Parked<B>>>,
+    idle: Duration,
+}
+
+type Parked<B> = HashMap<Key, Vec<(Instant, http1::SendRequest<B>)>>;
+
+impl<B> Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A pool whose parked HTTP/1.1 connections are closed after `idle` unused.
+    pub fn new(idle: Duration) -> Self {
+        Pool {
+            h2: Mutex::new(HashMap::new()),
+            h1: Arc::new(Mutex::new(HashMap::new())),
+            idle,
+        }
+    }
+
+    /// A pooled connection for `key` that speaks HTTP/2 (`h2`) or HTTP/1.1, or a new one
+    /// from `connect` (which returns the stream ready for HTTP: TLS done, peer metadata
+    /// written). Nothing is sent yet, so a caller may try another endpoint when this fails.
+    pub async fn get<C, Fut, I>(
+        &self,
+        key: &Key,
+        h2: bool,
+        connect: C,
+    ) -> Result<Sender<B>, ForwardError>
+    where
+        C: FnOnce() -> Fut,
+        Fut: Future<Output = io::Result<I>>,
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        if h2 {
+            let pooled = self.lock_h2().get(key).filter(|s| !s.is_closed()).cloned();
+            if let Some(s) = pooled {
+                return Ok(Sender::Http2(s));
+            }
+        } else if let Some(s) = self.checkout_h1(key) {
+            return Ok(Sender::Http1(s));
+        }
+        let io = connect().await.map_err(ForwardError::Connect)?;
+        let sender = handshake(io, h2).await?;
+        if let Sender::Http2(s) = &sender {
+            // Two requests racing here both connect; the later one is kept.
+            self.lock_h2().insert(key.clone(), s.clone());
+        }
+        Ok(sender)
+    }
+
+    /// Sends `req` on a connection from [`Pool::get`]; an HTTP/1.1 connection goes back to
+    /// the pool once its response has ended.
+    pub async fn send(
+        &self,
+        key: &Key,
+        sender: Sender<B>,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        match sender {
+            Sender::Http2(mut s) => {
+                s.ready().await.map_err(ForwardError::Upstream)?;
+                s.send_request(req).await.map_err(ForwardError::Upstream)
+            }
+            Sender::Http1(mut s) => {
+                let resp = s.send_request(req).await.map_err(ForwardError::Upstream)?;
+                self.park_when_ready(key.clone(), s);
+                Ok(resp)
+            }
+        }
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<Key, http2::SendRequest<B>>> {
+        self.h2
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Parked<B>> {
+        self.h1
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The most recently parked connection that is still open and idle.
+    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<B>> {
+        let mut parked = self.lock_h1();
+        let list = parked.get_mut(key)?;
+        let fresh_after = Instant::now().checked_sub(self.idle);
+        list.retain(|(since, s)| s.is_ready() && fresh_after.is_none_or(|t| *since > t));
+        let found = list.pop().map(|(_, s)| s);
+        if list.is_empty() {
+            parked.remove(key);
+        }
+        found
+    }
+
+    /// Parks the connection once its response has ended (the connection is ready for the
+    /// next request); one that was upgraded or closed never becomes ready and is dropped.
+    fn park_when_ready(&self, key: Key, mut sender: http1::SendRequest<B>) {
+        let idle = self.idle;
+        let parked = self.h1.clone();
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(idle, sender.ready()).await;
+            if !ready.is_ok_and(|r| r.is_ok()) {
+                return;
+            }
+            let mut parked = parked.lock().unwrap_or_else(|p| p.into_inner());
+            let list = parked.entry(key).or_default();
+            if list.len() < MAX_IDLE_PER_KEY {
+                list.push((Instant::now(), sender));
+            }
+        });
+    }
+}

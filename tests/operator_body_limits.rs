@@ -344,8 +344,10 @@ fn csr_router(ca: watch::Receiver<Option<Arc<MeshCa>>>) -> axum::Router {
             max_ttl: Duration::from_secs(3600),
         }),
     );
-    // Every curl run and hyper exchange asks for a certificate: no rate limit here.
+    // Every curl run and hyper exchange asks for a certificate from 127.0.0.1: no rate limit
+    // here, per identity or per source.
     state.limiter = RateLimiter::new(1_000, 1_000.0, 10);
+    state.admission.per_source = RateLimiter::new(1_000, 1_000.0, 10);
     csr::router(state)
 }
 

@@ -1,7 +1,9 @@
 //! The CSR endpoint, `POST :15012/v1/certificates` (SPEC §7): a proxy proves its identity with
 //! its projected service-account token (TokenReview, audience `weft-ca`) and the mesh CA signs
 //! its CSR for exactly that identity. Kubernetes is reached only through [`TokenReviewer`], so
-//! every answer of the endpoint is a unit test against a real CA.
+//! every answer of the endpoint is a unit test against a real CA. Work before authentication is
+//! bounded ([`Admission`]: per-source and TokenReview rate limits, a cap on concurrent
+//! TokenReviews, a CSR size budget) and successful reviews are cached by the token's SHA-256.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +24,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use super::serving::ClientAddr;
 use crate::contract;
 use crate::pki::{
     CertificateResponse, CsrError, ErrorResponse, MAX_REQUEST_BYTES, MeshCa, RequestError,
@@ -88,6 +91,22 @@ impl ReviewError {
             Self::WrongAudience { .. } => "wrong_audience",
             Self::NotServiceAccount { .. } => "not_service_account",
             Self::Api(_) => "token_review_failed",
+        }
+    }
+
+    /// What the caller is told: the fix, without the API server's words or the token's
+    /// details, which go to the operator's log only (an attacker probing tokens learns
+    /// nothing from the answer).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Unauthenticated { .. } | Self::WrongAudience { .. } => {
+                format!("the token was not accepted; {}", token_hint())
+            }
+            Self::NotServiceAccount { .. } => format!(
+                "the token does not belong to a service account; {}",
+                token_hint()
+            ),
+            Self::Api(_) => "the token could not be reviewed right now: retry".to_string(),
         }
     }
 
@@ -302,6 +321,180 @@ impl RateLimiter {
     }
 }
 
+// === Before authentication ===
+
+/// Most bytes of the CSR's PEM looked at before the token is reviewed: a P-256 CSR with one
+/// SPIFFE SAN is about 600. The body limit bounds the JSON; this bounds the PEM, and the
+/// DER (ASN.1 parsing and signature check, the costly part) is read only after the TokenReview.
+pub const MAX_CSR_PEM_BYTES: usize = 8 * 1024;
+/// Requests one source address (IPv4, or an IPv6 /64) may send at once, then per second.
+pub const SOURCE_BURST: u32 = 20;
+pub const SOURCE_PER_SECOND: f64 = 5.0;
+/// TokenReviews (cache misses) all sources together may cause at once, then per second: the
+/// API server's share of a flood.
+pub const TOKEN_REVIEW_BURST: u32 = 100;
+pub const TOKEN_REVIEW_PER_SECOND: f64 = 50.0;
+/// TokenReviews in flight at once; more wait up to [`TOKEN_REVIEW_WAIT`] for a slot.
+pub const MAX_CONCURRENT_TOKEN_REVIEWS: usize = 16;
+pub const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(2);
+/// How long a successful TokenReview is reused (never past the token's own `exp`): also how
+/// long a token revoked by deleting its pod or service account can still get a certificate.
+pub const TOKEN_REVIEW_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Reviews remembered at most; beyond, the ones expiring first are forgotten.
+pub const TOKEN_REVIEW_CACHE_ENTRIES: usize = 10_000;
+/// Source addresses the per-source limiter tracks at most.
+const MAX_TRACKED_SOURCES: usize = 10_000;
+/// The one bucket of the global TokenReview limiter.
+const ALL_SOURCES: &str = "*";
+
+/// What bounds the endpoint's work before and around the TokenReview.
+#[derive(Debug)]
+pub struct Admission {
+    /// Every request, by source address, before anything is parsed.
+    pub per_source: RateLimiter,
+    /// TokenReviews (cache misses), all sources together.
+    pub reviews: RateLimiter,
+    pub review_slots: tokio::sync::Semaphore,
+    pub review_wait: Duration,
+    pub cache: TokenReviewCache,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            per_source: RateLimiter::new(SOURCE_BURST, SOURCE_PER_SECOND, MAX_TRACKED_SOURCES),
+            reviews: RateLimiter::new(TOKEN_REVIEW_BURST, TOKEN_REVIEW_PER_SECOND, 1),
+            review_slots: tokio::sync::Semaphore::new(MAX_CONCURRENT_TOKEN_REVIEWS),
+            review_wait: TOKEN_REVIEW_WAIT,
+            cache: TokenReviewCache::new(TOKEN_REVIEW_CACHE_TTL, TOKEN_REVIEW_CACHE_ENTRIES),
+        }
+    }
+}
+
+/// Successful TokenReviews by the SHA-256 of their token (the token itself is never kept), each
+/// until the cache TTL or the token's `exp`, whichever comes first. Refusals are never stored,
+/// so a token the API server refused is asked about again each time.
+pub struct TokenReviewCache {
+    ttl: Duration,
+    max_entries: usize,
+    entries: Mutex<HashMap<[u8; 32], CachedReview>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedReview {
+    reviewed: Reviewed,
+    expires: Instant,
+}
+
+impl std::fmt::Debug for TokenReviewCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewCache")
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenReviewCache {
+    /// A zero `ttl` turns the cache off.
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        TokenReviewCache {
+            ttl,
+            max_entries: max_entries.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity `token` proved within the last TTL, if it has not expired since.
+    pub fn get(&self, token: &str) -> Option<Reviewed> {
+        self.get_at(token, Instant::now())
+    }
+
+    /// Remembers a successful review of `token`.
+    pub fn insert(&self, token: &str, reviewed: &Reviewed) {
+        self.insert_at(token, reviewed, Instant::now(), SystemTime::now());
+    }
+
+    fn get_at(&self, token: &str, now: Instant) -> Option<Reviewed> {
+        let key = token_key(token);
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match entries.get(&key) {
+            Some(entry) if now < entry.expires => Some(entry.reviewed.clone()),
+            Some(_) => {
+                entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert_at(&self, token: &str, reviewed: &Reviewed, now: Instant, wall: SystemTime) {
+        let mut lifetime = self.ttl;
+        // The token's own expiry, read unverified: it can only shorten what the TokenReview
+        // that just accepted the token allows, never lengthen it.
+        if let Some(exp) = token_expiry(token) {
+            lifetime = lifetime.min(exp.duration_since(wall).unwrap_or_default());
+        }
+        if lifetime.is_zero() {
+            return;
+        }
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= self.max_entries {
+            entries.retain(|_, entry| now < entry.expires);
+        }
+        if entries.len() >= self.max_entries {
+            let soonest = entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.expires)
+                .map(|(key, _)| *key);
+            if let Some(soonest) = soonest {
+                entries.remove(&soonest);
+            }
+        }
+        entries.insert(
+            token_key(token),
+            CachedReview {
+                reviewed: reviewed.clone(),
+                expires: now + lifetime,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// The `exp` claim of a JWT (a projected service-account token), unverified; `None` for a
+/// token that is no JWT or has no `exp`.
+fn token_expiry(token: &str) -> Option<SystemTime> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
 // === The endpoint ===
 
 /// What the mesh configuration says about certificates for one namespace's workloads.
@@ -322,12 +515,16 @@ pub struct CsrState {
     pub reviewer: Arc<dyn TokenReviewer>,
     /// The policy for workloads of a namespace (the revision serving it decides).
     pub policy: Arc<dyn Fn(&str) -> CertPolicy + Send + Sync>,
+    /// Certificates per identity, after authentication.
     pub limiter: RateLimiter,
+    /// Limits before and around authentication.
+    pub admission: Admission,
     pub on_outcome: Option<OutcomeHook>,
 }
 
 impl CsrState {
-    /// The default rate limit ([`RateLimiter::default`]) and no outcome hook.
+    /// The default rate limits ([`RateLimiter::default`], [`Admission::default`]) and no
+    /// outcome hook.
     pub fn new(
         ca: watch::Receiver<Option<Arc<MeshCa>>>,
         reviewer: Arc<dyn TokenReviewer>,
@@ -338,6 +535,7 @@ impl CsrState {
             reviewer,
             policy,
             limiter: RateLimiter::default(),
+            admission: Admission::default(),
             on_outcome: None,
         }
     }
@@ -378,6 +576,26 @@ pub enum CsrEndpointError {
         identity: String,
         retry_after: Duration,
     },
+    #[error(
+        "too many requests from {source_addr}: retry in {} s",
+        retry_after.as_secs().max(1)
+    )]
+    SourceRateLimited {
+        source_addr: String,
+        retry_after: Duration,
+    },
+    #[error(
+        "the operator is reviewing too many tokens ({why}): retry in {} s",
+        retry_after.as_secs().max(1)
+    )]
+    Busy {
+        why: &'static str,
+        retry_after: Duration,
+    },
+    #[error(
+        "the CSR is {size} bytes of PEM, over the {MAX_CSR_PEM_BYTES} bytes a workload CSR needs: send one P-256 CSR for the pod's SPIFFE ID"
+    )]
+    CsrTooLarge { size: usize },
     #[error("the mesh CA is not loaded yet: retry shortly (`weft check` shows why if it persists)")]
     CaNotReady,
     #[error(
@@ -403,6 +621,9 @@ impl CsrEndpointError {
             Self::Validity(e) => e.metric_label(),
             Self::Csr(e) => e.metric_label(),
             Self::RateLimited { .. } => "rate_limited",
+            Self::SourceRateLimited { .. } => "source_rate_limited",
+            Self::Busy { .. } => "token_review_busy",
+            Self::CsrTooLarge { .. } => "csr_too_large",
             Self::CaNotReady => "ca_not_ready",
             Self::Timeout => "timeout",
             Self::NotFound => "not_found",
@@ -419,7 +640,8 @@ impl CsrEndpointError {
             Self::Review(e) => e.status_code(),
             Self::Validity(e) => e.status_code(),
             Self::Csr(e) => e.status_code(),
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::SourceRateLimited { .. } | Self::Busy { .. } => 429,
+            Self::CsrTooLarge { .. } => 413,
             Self::CaNotReady | Self::Timeout => 503,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -428,11 +650,32 @@ impl CsrEndpointError {
     }
 }
 
+impl CsrEndpointError {
+    /// What the caller is told; the log gets the whole error (see
+    /// [`ReviewError::public_message`]).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Review(e) => e.public_message(),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. }
+            | Self::SourceRateLimited { retry_after, .. }
+            | Self::Busy { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for CsrEndpointError {
     fn into_response(self) -> Response {
         let status = self.status_code();
-        let mut response = (status, Json(ErrorResponse::new(&self))).into_response();
-        if let Self::RateLimited { retry_after, .. } = &self {
+        let mut response =
+            (status, Json(ErrorResponse::new(self.public_message()))).into_response();
+        if let Some(retry_after) = self.retry_after() {
             // Whole seconds, rounded up: a client retrying exactly then finds a token.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response
@@ -478,10 +721,16 @@ fn router_with_timeout(state: CsrState, timeout: Duration) -> Router {
 
 async fn issue(
     State(state): State<Arc<CsrState>>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let result = sign(&state, &headers, body).await;
+    // Requests that did not come through the accept loop (unit tests) share one source.
+    let source = client.map_or_else(
+        || "unknown".to_string(),
+        |Extension(c)| c.source().to_string(),
+    );
+    let result = sign(&state, &source, &headers, body).await;
     let label = match &result {
         Ok(_) => "issued",
         Err(e) => e.metric_label(),
@@ -492,10 +741,11 @@ async fn issue(
     match result {
         Ok(response) => (StatusCode::OK, Json(response)).into_response(),
         Err(err) => {
+            // The whole reason, the API server's words included, goes to the log only.
             if err.status_code().is_server_error() {
-                tracing::warn!(reason = label, "CSR refused: {err}");
+                tracing::warn!(reason = label, %source, "CSR refused: {err}");
             } else {
-                tracing::info!(reason = label, "CSR refused: {err}");
+                tracing::info!(reason = label, %source, "CSR refused: {err}");
             }
             err.into_response()
         }
@@ -504,6 +754,7 @@ async fn issue(
 
 async fn sign(
     state: &CsrState,
+    source: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<CertificateResponse, CsrEndpointError> {
@@ -514,8 +765,21 @@ async fn sign(
             CsrEndpointError::BodyUnreadable(rejection.body_text())
         }
     })?;
+    state
+        .admission
+        .per_source
+        .check(source)
+        .map_err(|retry_after| CsrEndpointError::SourceRateLimited {
+            source_addr: source.to_string(),
+            retry_after,
+        })?;
     let token = bearer_token(headers)?;
     let request = decode_certificate_request(&body)?;
+    if request.csr.len() > MAX_CSR_PEM_BYTES {
+        return Err(CsrEndpointError::CsrTooLarge {
+            size: request.csr.len(),
+        });
+    }
     // Before the TokenReview: without a CA there is nothing to spend an API call on.
     let ca = state
         .ca
@@ -523,7 +787,7 @@ async fn sign(
         .clone()
         .ok_or(CsrEndpointError::CaNotReady)?;
 
-    let reviewed = state.reviewer.review(token).await?;
+    let reviewed = review(state, token).await?;
     let policy = (state.policy)(&reviewed.namespace);
     let identity = contract::spiffe_id(
         &policy.trust_domain,
@@ -546,6 +810,33 @@ async fn sign(
         "issued workload certificate"
     );
     Ok(issued.into())
+}
+
+/// The identity `token` proves: from the cache, or from a TokenReview within the global rate
+/// and a concurrency slot. Only successes are cached.
+async fn review(state: &CsrState, token: &str) -> Result<Reviewed, CsrEndpointError> {
+    let admission = &state.admission;
+    if let Some(reviewed) = admission.cache.get(token) {
+        return Ok(reviewed);
+    }
+    admission
+        .reviews
+        .check(ALL_SOURCES)
+        .map_err(|retry_after| CsrEndpointError::Busy {
+            why: "rate of TokenReviews",
+            retry_after,
+        })?;
+    let busy = CsrEndpointError::Busy {
+        why: "TokenReviews in flight",
+        retry_after: Duration::from_secs(1),
+    };
+    let _slot = tokio::time::timeout(admission.review_wait, admission.review_slots.acquire())
+        .await
+        .map_err(|_| busy.clone())?
+        .map_err(|_| busy)?;
+    let reviewed = state.reviewer.review(token).await?;
+    admission.cache.insert(token, &reviewed);
+    Ok(reviewed)
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, as RFC 7235 says).
@@ -589,6 +880,9 @@ mod tests {
     const WEB_TOKEN: &str = "token-of-pets-web";
     const DB_TOKEN: &str = "token-of-pets-db";
     const OTHER_AUDIENCE_TOKEN: &str = "token-for-the-api-server";
+    const EXPIRED_TOKEN: &str = "token-expired";
+    const DELETED_POD_TOKEN: &str = "token-of-a-deleted-pod";
+    const DELETED_ACCOUNT_TOKEN: &str = "token-of-a-deleted-service-account";
     const WEB: &str = "spiffe://cluster.local/ns/pets/sa/web";
     const DB: &str = "spiffe://cluster.local/ns/pets/sa/db";
 
@@ -598,6 +892,8 @@ mod tests {
         /// Delays every answer, to trip the request timeout.
         delay: Duration,
         calls: AtomicUsize,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
     }
 
     impl StaticTokenReviewer {
@@ -613,6 +909,24 @@ mod tests {
                 (WEB_TOKEN, workload("pets", "web")),
                 (DB_TOKEN, workload("pets", "db")),
                 (
+                    EXPIRED_TOKEN,
+                    Err(ReviewError::Unauthenticated {
+                        reason: "the API server says: [invalid bearer token, service account token has expired]".into(),
+                    }),
+                ),
+                (
+                    DELETED_POD_TOKEN,
+                    Err(ReviewError::Unauthenticated {
+                        reason: "the API server says: [invalid bearer token, pod \"web-0\" not found]".into(),
+                    }),
+                ),
+                (
+                    DELETED_ACCOUNT_TOKEN,
+                    Err(ReviewError::Unauthenticated {
+                        reason: "the API server says: [invalid bearer token, service account pets/gone not found]".into(),
+                    }),
+                ),
+                (
                     OTHER_AUDIENCE_TOKEN,
                     Err(ReviewError::Unauthenticated {
                         reason: "the API server says: token audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences [\"weft-ca\"]".into(),
@@ -623,6 +937,8 @@ mod tests {
                 tokens,
                 delay: Duration::ZERO,
                 calls: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
             }
         }
     }
@@ -634,7 +950,10 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<Reviewed, ReviewError>> + Send + 'a>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_flight.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 self.tokens.get(token).cloned().unwrap_or_else(|| {
                     Err(ReviewError::Unauthenticated {
                         reason: "the API server says: invalid bearer token".into(),
@@ -674,6 +993,16 @@ mod tests {
         limiter: RateLimiter,
         timeout: Duration,
     ) -> Endpoint {
+        endpoint_admitting(reviewer, ca_loaded, limiter, timeout, Admission::default())
+    }
+
+    fn endpoint_admitting(
+        reviewer: StaticTokenReviewer,
+        ca_loaded: bool,
+        limiter: RateLimiter,
+        timeout: Duration,
+        admission: Admission,
+    ) -> Endpoint {
         let ca = Arc::new(MeshCa::generate_root(TRUST_DOMAIN, DEFAULT_ROOT_VALIDITY).unwrap());
         let (sender, receiver) = watch::channel(ca_loaded.then(|| ca.clone()));
         let reviewer = Arc::new(reviewer);
@@ -687,6 +1016,7 @@ mod tests {
                 max_ttl: MAX_TTL,
             }),
             limiter,
+            admission,
             on_outcome: Some(Arc::new(move |label| recorded.lock().unwrap().push(label))),
         };
         Endpoint {
@@ -852,15 +1182,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unknown_token_is_401_with_the_api_servers_words() {
+    async fn an_unknown_token_is_401_saying_which_token_but_not_the_api_servers_words() {
         let endpoint = endpoint();
-        let answer = endpoint.ask("garbage", body_for(WEB, None)).await;
+        let (answer, log) = logged(endpoint.ask("garbage", body_for(WEB, None))).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         assert!(
-            answer.error().contains("invalid bearer token")
-                && answer.error().contains("audience weft-ca"),
+            answer.error().contains("not accepted")
+                && answer.error().contains("audience weft-ca")
+                && !answer.error().contains("invalid bearer token"),
             "{}",
             answer.error()
+        );
+        assert!(
+            log.contains("invalid bearer token") && log.contains("unauthenticated"),
+            "the reason is logged: {log}"
         );
         // A lower-case scheme is still a bearer token.
         let answer = endpoint
@@ -872,18 +1207,17 @@ mod tests {
     #[tokio::test]
     async fn a_token_for_another_audience_is_401() {
         let endpoint = endpoint();
-        let answer = endpoint
-            .ask(OTHER_AUDIENCE_TOKEN, body_for(WEB, None))
-            .await;
+        let (answer, log) = logged(endpoint.ask(OTHER_AUDIENCE_TOKEN, body_for(WEB, None))).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
         assert!(
-            answer.error().contains("target audiences")
+            !answer.error().contains("target audiences")
                 && answer
                     .error()
                     .contains("projected token with audience weft-ca"),
             "{}",
             answer.error()
         );
+        assert!(log.contains("target audiences"), "{log}");
         assert_eq!(endpoint.outcomes(), vec!["unauthenticated"]);
     }
 
@@ -1023,6 +1357,298 @@ mod tests {
             .await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         assert!(answer.error().contains(contract::PATH_CERTIFICATES));
+    }
+
+    // === Before authentication ===
+
+    /// Runs `future` with the log captured: its result and what was logged.
+    async fn logged<T>(future: impl Future<Output = T>) -> (T, String) {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogBuffer(writer.clone()))
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let result = future.await;
+        drop(guard);
+        let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();
+        (result, log)
+    }
+
+    struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_deleted_pod_and_deleted_account_tokens_are_refused_with_the_reason_only_logged()
+     {
+        let endpoint = endpoint();
+        for (token, reason) in [
+            (EXPIRED_TOKEN, "service account token has expired"),
+            (DELETED_POD_TOKEN, "pod \"web-0\" not found"),
+            (DELETED_ACCOUNT_TOKEN, "service account pets/gone not found"),
+        ] {
+            let (answer, log) = logged(endpoint.ask(token, body_for(WEB, None))).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{token}");
+            assert!(
+                !answer.error().contains(reason),
+                "{token}: {}",
+                answer.error()
+            );
+            assert!(
+                answer.error().contains("audience weft-ca"),
+                "{}",
+                answer.error()
+            );
+            assert!(log.contains(reason), "{token}: the log says why: {log}");
+            assert!(
+                !log.contains(token),
+                "{token}: the log never holds the token"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_successful_review_is_reused_and_a_refused_one_is_asked_again() {
+        let endpoint = endpoint();
+        for _ in 0..3 {
+            let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        }
+        assert_eq!(endpoint.reviewer.calls.load(Ordering::SeqCst), 1);
+        for _ in 0..3 {
+            let answer = endpoint.ask(EXPIRED_TOKEN, body_for(WEB, None)).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(endpoint.reviewer.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn one_source_is_limited_before_any_parsing_or_token_review() {
+        let admission = Admission {
+            per_source: RateLimiter::new(2, 0.01, 10),
+            ..Admission::default()
+        };
+        let endpoint = endpoint_admitting(
+            StaticTokenReviewer::new(),
+            true,
+            RateLimiter::default(),
+            REQUEST_TIMEOUT,
+            admission,
+        );
+        for _ in 0..2 {
+            let answer = endpoint.ask("garbage", b"not json".to_vec()).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        }
+        let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(answer.headers[header::RETRY_AFTER], "100");
+        assert!(
+            answer.error().contains("too many requests"),
+            "{}",
+            answer.error()
+        );
+        assert_eq!(endpoint.reviewer.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(endpoint.outcomes().last(), Some(&"source_rate_limited"));
+    }
+
+    #[tokio::test]
+    async fn token_reviews_are_rate_limited_globally_but_cached_tokens_still_pass() {
+        let admission = Admission {
+            reviews: RateLimiter::new(2, 0.01, 1),
+            ..Admission::default()
+        };
+        let endpoint = endpoint_admitting(
+            StaticTokenReviewer::new(),
+            true,
+            RateLimiter::default(),
+            REQUEST_TIMEOUT,
+            admission,
+        );
+        let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        let answer = endpoint.ask("garbage", body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        let answer = endpoint.ask(DB_TOKEN, body_for(DB, None)).await;
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(answer.headers.contains_key(header::RETRY_AFTER));
+        assert_eq!(endpoint.outcomes().last(), Some(&"token_review_busy"));
+        // The web token's review is cached: no TokenReview needed, so no limit applies.
+        let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        assert_eq!(endpoint.reviewer.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_token_reviews_are_capped_and_the_excess_waits_then_gives_up() {
+        let mut reviewer = StaticTokenReviewer::new();
+        reviewer.delay = Duration::from_millis(300);
+        let admission = Admission {
+            review_slots: tokio::sync::Semaphore::new(2),
+            review_wait: Duration::from_millis(100),
+            ..Admission::default()
+        };
+        let endpoint = endpoint_admitting(
+            reviewer,
+            true,
+            RateLimiter::default(),
+            REQUEST_TIMEOUT,
+            admission,
+        );
+        let answers = futures::future::join_all((0..6).map(|i| {
+            endpoint.ask(
+                if i % 2 == 0 { "garbage" } else { "junk" },
+                body_for(WEB, None),
+            )
+        }))
+        .await;
+        let statuses: Vec<u16> = answers.iter().map(|a| a.status.as_u16()).collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 401).count(),
+            2,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 429).count(),
+            4,
+            "{statuses:?}"
+        );
+        assert_eq!(endpoint.reviewer.most_in_flight.load(Ordering::SeqCst), 2);
+        assert!(
+            answers
+                .iter()
+                .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+                .all(|a| a.error().contains("in flight")
+                    && a.headers.contains_key(header::RETRY_AFTER))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_csr_over_the_pem_budget_is_refused_before_the_token_review() {
+        let endpoint = endpoint();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            "QUFB".repeat(MAX_CSR_PEM_BYTES / 4)
+        );
+        let body = serde_json::json!({ "csr": pem }).to_string().into_bytes();
+        assert!(body.len() < MAX_REQUEST_BYTES);
+        let answer = endpoint.ask(WEB_TOKEN, body).await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            answer.error().contains("bytes of PEM"),
+            "{}",
+            answer.error()
+        );
+        assert_eq!(endpoint.reviewer.calls.load(Ordering::SeqCst), 0);
+    }
+
+    // === TokenReview cache ===
+
+    fn jwt_expiring(exp: SystemTime) -> String {
+        use base64::Engine as _;
+        let seconds = exp
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({ "aud": ["weft-ca"], "exp": seconds }).to_string();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64.encode(r#"{"alg":"RS256"}"#),
+            b64.encode(claims)
+        )
+    }
+
+    fn web() -> Reviewed {
+        Reviewed {
+            namespace: "pets".into(),
+            service_account: "web".into(),
+            pod: Some("web-0".into()),
+        }
+    }
+
+    #[test]
+    fn a_cached_review_lasts_the_ttl_or_until_the_token_expires_whichever_is_first() {
+        let cache = TokenReviewCache::new(Duration::from_secs(10), 100);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+
+        // A token valid for an hour: the TTL decides.
+        let long = jwt_expiring(wall + Duration::from_secs(3600));
+        cache.insert_at(&long, &web(), now, wall);
+        assert_eq!(
+            cache.get_at(&long, now + Duration::from_secs(9)),
+            Some(web())
+        );
+        assert_eq!(cache.get_at(&long, now + Duration::from_secs(10)), None);
+
+        // A token expiring in 3 s: its exp decides.
+        let short = jwt_expiring(wall + Duration::from_secs(3));
+        cache.insert_at(&short, &web(), now, wall);
+        assert_eq!(
+            cache.get_at(&short, now + Duration::from_secs(2)),
+            Some(web())
+        );
+        assert_eq!(cache.get_at(&short, now + Duration::from_secs(3)), None);
+
+        // Already expired: not cached at all. Not a JWT: the TTL.
+        let expired = jwt_expiring(wall - Duration::from_secs(1));
+        cache.insert_at(&expired, &web(), now, wall);
+        assert_eq!(cache.get_at(&expired, now), None);
+        cache.insert_at("opaque-token", &web(), now, wall);
+        assert_eq!(
+            cache.get_at("opaque-token", now + Duration::from_secs(9)),
+            Some(web())
+        );
+        // Another token never hits an entry.
+        assert_eq!(cache.get_at("opaque-token2", now), None);
+    }
+
+    #[test]
+    fn the_cache_keeps_a_hash_of_the_token_never_the_token_and_stays_bounded() {
+        let cache = TokenReviewCache::new(Duration::from_secs(10), 3);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for i in 0..10 {
+            cache.insert_at(
+                &format!("secret-token-{i}"),
+                &web(),
+                now + Duration::from_secs(i),
+                wall,
+            );
+        }
+        assert_eq!(cache.len(), 3);
+        // The latest survive (the ones expiring first are dropped).
+        let later = now + Duration::from_secs(9);
+        assert_eq!(cache.get_at("secret-token-9", later), Some(web()));
+        assert_eq!(cache.get_at("secret-token-0", later), None);
+        let entries = cache.entries.lock().unwrap();
+        let stored = format!("{:?}", entries.keys().collect::<Vec<_>>());
+        assert!(!stored.contains("secret"));
+        assert!(entries.contains_key(&token_key("secret-token-9")));
+        assert_eq!(
+            token_key("abc").to_vec(),
+            ring::digest::digest(&ring::digest::SHA256, b"abc")
+                .as_ref()
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_zero_ttl_turns_the_cache_off() {
+        let cache = TokenReviewCache::new(Duration::ZERO, 10);
+        cache.insert("t", &web());
+        assert_eq!(cache.get("t"), None);
     }
 
     // === TokenReview answers ===

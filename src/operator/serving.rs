@@ -207,7 +207,7 @@ pub async fn serve_tls_limited(
     let admission = Arc::new(ConnectionLimiter::new(&limits));
     let limits = Arc::new(limits);
     loop {
-        let Some((tcp, slot)) = accept(&listener, &admission).await else {
+        let Some((tcp, peer, slot)) = accept(&listener, &admission).await else {
             continue;
         };
         if client_roots
@@ -232,7 +232,7 @@ pub async fn serve_tls_limited(
                     tls.get_ref().1.peer_certificates(),
                 )));
             }
-            serve_connection(tls, app, &limits, activity).await;
+            serve_connection(tls, peer, app, &limits, activity).await;
         });
     }
 }
@@ -243,14 +243,15 @@ pub async fn serve_plain_on(listener: tokio::net::TcpListener, app: Router, limi
     let admission = Arc::new(ConnectionLimiter::new(&limits));
     let limits = Arc::new(limits);
     loop {
-        let Some((tcp, slot)) = accept(&listener, &admission).await else {
+        let Some((tcp, peer, slot)) = accept(&listener, &admission).await else {
             continue;
         };
         let (app, limits) = (app.clone(), limits.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let activity = Activity::new();
-            serve_connection(Watched::new(tcp, activity.clone()), app, &limits, activity).await;
+            let tcp = Watched::new(tcp, activity.clone());
+            serve_connection(tcp, peer, app, &limits, activity).await;
         });
     }
 }
@@ -260,13 +261,13 @@ pub async fn serve_plain_on(listener: tokio::net::TcpListener, app: Router, limi
 async fn accept(
     listener: &tokio::net::TcpListener,
     admission: &Arc<ConnectionLimiter>,
-) -> Option<(tokio::net::TcpStream, ConnectionSlot)> {
+) -> Option<(tokio::net::TcpStream, SocketAddr, ConnectionSlot)> {
     let Ok((tcp, peer)) = listener.accept().await else {
         tokio::time::sleep(Duration::from_millis(50)).await;
         return None;
     };
     match admission.admit(peer.ip()) {
-        Ok(slot) => Some((tcp, slot)),
+        Ok(slot) => Some((tcp, peer, slot)),
         Err(refused) => {
             // Dropping the stream closes it before any TLS work is spent on it.
             admission.report(&refused, peer);
@@ -277,14 +278,20 @@ async fn accept(
 
 /// Serves HTTP/1.1 or HTTP/2 on one connection until it ends, its first request is late
 /// (slowloris), or it is idle for [`ServingLimits::idle_timeout`].
-async fn serve_connection<IO>(io: IO, app: Router, limits: &ServingLimits, activity: Activity)
-where
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: Router,
+    limits: &ServingLimits,
+    activity: Activity,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = TowerToHyperService::new(app);
     let requests = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         requests.request_started();
+        request.extensions_mut().insert(ClientAddr(peer));
         app.call(request.map(UnreadBody::new))
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -317,6 +324,18 @@ where
     // Idle: a GOAWAY on HTTP/2 (a close on HTTP/1.1) lets the client know not to reuse it.
     connection.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+}
+
+/// The address a request came from, a request extension on every port served here (the
+/// CSR endpoint rate-limits by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl ClientAddr {
+    /// What the address is counted as: see [`source_key`].
+    pub fn source(&self) -> IpAddr {
+        source_key(self.0.ip())
+    }
 }
 
 // === limits of the served ports ===

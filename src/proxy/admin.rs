@@ -16,7 +16,6 @@ use super::ProxyContext;
 use super::app_probe::AppProbers;
 use crate::contract::{PATH_APP_HEALTH_PREFIX, PATH_READY, PATH_STATS};
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// A stuck HTTP client must not hold a connection forever.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -102,9 +101,9 @@ async fn handle(
             ),
         },
         (Server::Stats, PATH_STATS) => {
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &ctx.registry) {
-                Ok(()) => reply(StatusCode::OK, OPENMETRICS, text),
+            let accept = req.headers().get(hyper::header::ACCEPT);
+            match super::metrics::exposition(&ctx.registry, accept.and_then(|v| v.to_str().ok())) {
+                Ok((content_type, text)) => reply(StatusCode::OK, content_type, text),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain",

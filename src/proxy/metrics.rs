@@ -329,6 +329,62 @@ impl RequestRecorder {
     }
 }
 
+/// OpenMetrics, what the registry encodes and what Prometheus asks for first.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus' older text format, for a scraper that asks only for it.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The registry in the format the scraper's `Accept` header asks for, with its content type:
+/// the Prometheus text format when it names `text/plain` and not OpenMetrics (a scraper
+/// configured for the old format), OpenMetrics otherwise (Prometheus' default, `*/*`, none).
+pub fn exposition(
+    registry: &Registry,
+    accept: Option<&str>,
+) -> Result<(&'static str, String), std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    let accept = accept.unwrap_or("").to_ascii_lowercase();
+    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        Ok((PROMETHEUS_TEXT, to_prometheus_text(&text)))
+    } else {
+        Ok((OPENMETRICS, text))
+    }
+}
+
+/// OpenMetrics as the registry writes it, in the Prometheus text format: a counter family's
+/// HELP and TYPE name its samples (`<name>_total`), `unknown` is `untyped`, and the UNIT and
+/// EOF lines go (that format has neither).
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if tail == "unknown" { "untyped" } else { tail };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `istio_build`'s labels: which component and which release, as the Mesh dashboard lists
 /// them.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -993,6 +1049,50 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_scraper_gets_the_format_it_asks_for() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let labels = TcpLabels::new(Reporter::destination, SecurityPolicy::none);
+        m.tcp_bytes(&labels, 6, 12);
+        m.request_bytes
+            .get_or_create(&RequestLabels {
+                tcp: labels,
+                response_code: "200".into(),
+                grpc_response_status: String::new(),
+            })
+            .observe(7.0);
+        // What Prometheus sends by default, curl's */*, nothing: OpenMetrics, as before.
+        let prometheus_default = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for accept in [Some(prometheus_default), Some("*/*"), None] {
+            let (content_type, text) = exposition(&registry, accept).unwrap();
+            assert_eq!(content_type, OPENMETRICS, "{accept:?}");
+            assert!(text.ends_with("# EOF\n"));
+            assert!(text.contains("# TYPE istio_tcp_sent_bytes counter\n"));
+        }
+        // A scraper that asks only for the text format gets it.
+        let (content_type, text) =
+            exposition(&registry, Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")).unwrap();
+        assert_eq!(content_type, PROMETHEUS_TEXT);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE istio_tcp_sent_bytes_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP istio_tcp_sent_bytes_total Bytes sent back"));
+        assert!(text.contains("# TYPE istio_request_bytes histogram\n"));
+        assert!(text.contains("# TYPE istio_build gauge\n"));
+        // Samples are unchanged.
+        let sample = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+            .and_then(|l| l.rsplit(' ').next());
+        assert_eq!(sample, Some("12"), "{text}");
     }
 
     #[test]

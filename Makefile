@@ -68,6 +68,14 @@ cluster-components: ## Build the local cluster's Kubernetes, etcd and CoreDNS bi
 conformance-images: ## Build the Gateway API suite's echo-basic and echo-advanced (Istio's echo) from their Go modules, install them for the node agent (and /cert.crt, /cert.key); cached, not in make test; needs root
 	@bash e2e/components/build-conformance-images.sh
 
+.PHONY: conformance
+conformance: ## Suites on the conformance images (Istio's echo: real gRPC server and client; cold build takes minutes): gRPC balanced per call and authorized per method; needs root
+	$(CARGO) build --locked -p weft --bins
+	@bash e2e/components/build-conformance-images.sh
+	@bash e2e/cluster/down.sh >/dev/null
+	@trap 'bash e2e/cluster/down.sh' EXIT; \
+	  $(CARGO) test --locked -p weft-node-agent --test grpc -- --test-threads=2
+
 .PHONY: cluster-up
 cluster-up: ## Start the local cluster (real Kubernetes 1.37 + the node agent); needs root
 	@bash e2e/cluster/up.sh

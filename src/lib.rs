@@ -1,11 +1,12 @@
 //! weft: a service mesh for Kubernetes. The library holds both planes; the binaries in
 //! `src/bin/` are thin. Everything under the `control-plane` feature may talk to Kubernetes;
-//! `authz`, `contract`, `duration`, `pki`, `snapshot` and the `proxy` side never do.
+//! `authz`, `contract`, `duration`, `pki`, `route`, `snapshot` and the `proxy` side never do.
 
 pub mod authz;
 pub mod contract;
 pub mod duration;
 pub mod pki;
+pub mod route;
 pub mod snapshot;
 
 #[cfg(feature = "control-plane")]

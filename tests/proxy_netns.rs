@@ -365,6 +365,68 @@ fn outbound_http_sends_each_request_to_an_endpoint_of_its_own() {
 }
 
 #[test]
+fn routes_pick_subsets_by_match_and_weight_per_request() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    // One keep-alive connection: a query match, a 75/25 split, a missing subset, no route.
+    let split = vec![("GET", "/split"); 400];
+    let mut requests = vec![("GET", "/who?user=jason")];
+    requests.extend(split);
+    requests.extend([("GET", "/missing-subset"), ("GET", "/elsewhere")]);
+    let replies = mesh
+        .api_h1(Via::Routed, &requests)
+        .expect("through the mesh");
+    // The api app answers `<METHOD> <target>`, the web app `ok`.
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (200, "GET /who?user=jason")
+    );
+    let to_web = replies[1..401].iter().filter(|r| r.body == "ok").count();
+    let to_api = replies[1..401]
+        .iter()
+        .filter(|r| r.body == "GET /split")
+        .count();
+    let others: Vec<_> = replies[1..401]
+        .iter()
+        .filter(|r| r.body != "ok" && r.body != "GET /split")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "every request answered by an app: {others:?}"
+    );
+    // 75% of 400 is 300; four standard deviations (sd 8.7) either side.
+    assert!((265..=335).contains(&to_web), "web got {to_web} of 400");
+    // Envoy's answers: a route to a subset the config lacks, and no route at all (flag NR).
+    assert_eq!(replies[401].status, 503, "{:?}", replies[401]);
+    assert_eq!(replies[402].status, 404, "{:?}", replies[402]);
+
+    // Reported under the destination Service the route chose, and NR for the other two.
+    let client = mesh.client_stats();
+    let mixed = "destination_service=\"mixed.demo.svc.cluster.local\"";
+    let ok = sample(
+        &client,
+        "istio_requests_total",
+        &[mixed, "response_code=\"200\""],
+    );
+    assert_eq!(ok, Some(401.0), "client metrics:\n{client}");
+    let routed = "destination_service=\"routed.demo.svc.cluster.local\"";
+    for code in ["503", "404"] {
+        let nr = [
+            routed,
+            "response_flags=\"NR\"",
+            &format!("response_code=\"{code}\""),
+        ];
+        assert_eq!(
+            sample(&client, "istio_requests_total", &nr),
+            Some(1.0),
+            "client metrics:\n{client}"
+        );
+    }
+}
+
+#[test]
 fn an_undeclared_port_is_sniffed_and_a_service_without_endpoints_answers_503() {
     require_privileges();
     let ca = TestCa::new("cluster.local root");
@@ -1020,6 +1082,8 @@ mod support {
     const AUTO_CLUSTER_IP: &str = "198.18.0.104";
     /// The `empty` Service (HTTP) has no endpoints.
     const EMPTY_CLUSTER_IP: &str = "198.18.0.105";
+    /// The `routed` Service: no endpoints of its own, routes to `mixed`'s subsets.
+    const ROUTED_CLUSTER_IP: &str = "198.18.0.106";
     const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -1476,6 +1540,7 @@ mod support {
                     }, {
                         "clusterIp": MIXED_CLUSTER_IP, "port": SERVICE_PORT,
                         "name": "mixed.demo.svc.cluster.local", "protocol": "http",
+                        "subsets": {"web": [0], "api": [1]},
                         "endpoints": [{
                             "ip": SERVER_IP, "port": WEB_PORT, "meshed": true,
                             "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode,
@@ -1484,6 +1549,32 @@ mod support {
                             "ip": SERVER_IP, "port": API_PORT, "meshed": true,
                             "identity": SERVER_ID, "mtlsModeForPort": spec.server_mode,
                             "workload": {"name": "server", "namespace": "demo"}
+                        }]
+                    }, {
+                        "clusterIp": ROUTED_CLUSTER_IP, "port": SERVICE_PORT,
+                        "name": "routed.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": [],
+                        // As a VirtualService over mixed's DestinationRule subsets compiles.
+                        "http": [{
+                            "name": "demo/routed",
+                            "matches": [{"queryParams": {"user": {"exact": "jason"}}}],
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/routed",
+                            "matches": [{"uri": {"prefix": "/split"}}],
+                            "destinations": [
+                                {"service": "mixed.demo.svc.cluster.local",
+                                 "port": SERVICE_PORT, "subset": "web", "weight": 75},
+                                {"service": "mixed.demo.svc.cluster.local",
+                                 "port": SERVICE_PORT, "subset": "api", "weight": 25}]
+                        }, {
+                            "name": "demo/routed",
+                            "matches": [{"uri": {"exact": "/missing-subset"}}],
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "v9",
+                                              "weight": 100}]
                         }]
                     }, {
                         "clusterIp": AUTO_CLUSTER_IP, "port": SERVICE_PORT,
@@ -1633,6 +1724,7 @@ mod support {
                 Via::Mixed => format!("{MIXED_CLUSTER_IP}:{SERVICE_PORT}"),
                 Via::Sniffed => format!("{AUTO_CLUSTER_IP}:{SERVICE_PORT}"),
                 Via::Empty => format!("{EMPTY_CLUSTER_IP}:{SERVICE_PORT}"),
+                Via::Routed => format!("{ROUTED_CLUSTER_IP}:{SERVICE_PORT}"),
             }
             .parse()
             .unwrap()
@@ -1951,6 +2043,8 @@ mod support {
             Sniffed,
             /// The `empty` Service: no endpoints.
             Empty,
+            /// The `routed` Service: routes to the subsets of `mixed`.
+            Routed,
         }
 
         /// One response as a client saw it.

@@ -532,6 +532,8 @@ fn service_tables(
                 protocol,
                 detect_protocol: declared.is_none(),
                 endpoints,
+                subsets: BTreeMap::new(),
+                http: Vec::new(),
             };
             match cluster_ip {
                 Some(_) => table.push(entry),

@@ -39,6 +39,7 @@
 //!         "workload": { "name": "db", "namespace": "pets" }      // optional, for metrics
 //!       }]
 //!     }],
+//!     // optional per Service: "subsets" and "http" routes (crate::route::model)
 //!     "headless": [{                            // optional: Services without a ClusterIP, whose
 //!       "port": 5432,                           // pods are dialled by IP; same shape, no clusterIp
 //!       "name": "pg.pets.svc.cluster.local",
@@ -303,6 +304,12 @@ pub struct Service {
     pub detect_protocol: bool,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// DestinationRule subsets: name -> indexes into `endpoints` ([`crate::route::model`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, Vec<usize>>,
+    /// HTTP routes, first match wins; none: every request to all `endpoints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<crate::route::HttpRoute>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,6 +475,17 @@ fn validate_service(at: &str, svc: &Service) -> Result<(), SnapshotError> {
     if svc.port == 0 {
         return invalid(format!("{at} ({}) has port 0", svc.name));
     }
+    for (name, members) in &svc.subsets {
+        if let Some(i) = members.iter().find(|i| **i >= svc.endpoints.len()) {
+            return invalid(format!(
+                "{at}.subsets[{name}] names endpoint {i}; the Service has {}",
+                svc.endpoints.len()
+            ));
+        }
+    }
+    if let Err(e) = crate::route::model::validate(at, &svc.http) {
+        return invalid(e);
+    }
     for (j, ep) in svc.endpoints.iter().enumerate() {
         if ep.port == 0 {
             return invalid(format!("{at}.endpoints[{j}] has port 0"));
@@ -536,6 +554,21 @@ pub fn spiffe_namespace(id: &str) -> Option<&str> {
 
 // === impl SnapshotIndex ===
 
+/// Where one HTTP request goes, after the Service's routes ([`SnapshotIndex::route_request`]).
+#[derive(Debug)]
+pub enum RequestRoute<'a> {
+    /// The destination's Service and its endpoints (or its subset's) in the order to try
+    /// them; empty: none is ready (503 `UH`).
+    Endpoints {
+        service: &'a Service,
+        endpoints: Vec<&'a Endpoint>,
+    },
+    /// The Service has routes and none takes the request (404 `NR`).
+    NoRoute,
+    /// The chosen route names a Service port or subset the snapshot does not have (503 `NR`).
+    NoDestination(String),
+}
+
 /// Where an outbound connection goes, decided from the original destination alone.
 #[derive(Debug)]
 pub enum OutboundRoute<'a> {
@@ -563,7 +596,12 @@ pub struct SnapshotIndex {
     /// Pod IP:port -> (service, endpoint); services numbered over `outbound.services` then
     /// `outbound.headless`.
     endpoints: HashMap<SocketAddr, (usize, usize)>,
+    /// (host, port) -> service, for route destinations.
+    hosts: HashMap<(String, u16), usize>,
+    /// Round-robin position per service, numbered as `endpoints` numbers them.
     next: Vec<AtomicUsize>,
+    /// Draws for weighted route destinations ([`crate::route::select::roll`]).
+    rolls: std::sync::atomic::AtomicU64,
 }
 
 impl SnapshotIndex {
@@ -588,19 +626,99 @@ impl SnapshotIndex {
                 endpoints.entry(ep.addr()).or_insert((i, j));
             }
         }
-        let next = (0..out.services.len())
-            .map(|_| AtomicUsize::new(0))
+        let hosts = numbered()
+            .map(|(i, svc)| ((svc.name.clone(), svc.port), i))
             .collect();
+        let next = numbered().map(|_| AtomicUsize::new(0)).collect();
         SnapshotIndex {
             snapshot,
             services,
             endpoints,
+            hosts,
             next,
+            rolls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     pub fn version(&self) -> &str {
         &self.snapshot.version
+    }
+
+    /// `members` (indexes into service `i`'s endpoints) from the next round-robin position.
+    fn rotated(&self, i: usize, members: &[usize]) -> Vec<&Endpoint> {
+        let svc = self.service(i);
+        let n = members.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.next[i].fetch_add(1, Ordering::Relaxed) % n
+        };
+        (0..n)
+            .filter_map(|k| svc.endpoints.get(members[(start + k) % n]))
+            .collect()
+    }
+
+    /// The endpoints of a route destination: its Service port, or one subset of it.
+    fn destination(&self, d: &crate::route::Destination) -> Option<(&Service, Vec<&Endpoint>)> {
+        let &i = self.hosts.get(&(d.service.clone(), d.port))?;
+        let svc = self.service(i);
+        let endpoints = match &d.subset {
+            Some(name) => self.rotated(i, svc.subsets.get(name)?),
+            None => {
+                let all: Vec<usize> = (0..svc.endpoints.len()).collect();
+                self.rotated(i, &all)
+            }
+        };
+        Some((svc, endpoints))
+    }
+
+    /// Routes one HTTP request to `service` (the Service the client dialled, with its
+    /// endpoints from [`Self::route`]): through its routes if it has any, else as dialled.
+    pub fn route_request<'a>(
+        &'a self,
+        service: &'a Service,
+        endpoints: Vec<&'a Endpoint>,
+        req: &crate::route::RequestView<'_>,
+    ) -> RequestRoute<'a> {
+        use crate::route::{Choice, choose_route, pick_weighted, select::roll};
+        if service.http.is_empty() {
+            return RequestRoute::Endpoints { service, endpoints };
+        }
+        let route = match choose_route(&service.http, req) {
+            Choice::Route { route, .. } => route,
+            Choice::NoRoute => return RequestRoute::NoRoute,
+        };
+        let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
+        let has_endpoints = |d: &crate::route::Destination| {
+            let Some(&i) = self.hosts.get(&(d.service.clone(), d.port)) else {
+                return false;
+            };
+            let svc = self.service(i);
+            match &d.subset {
+                Some(name) => svc.subsets.get(name).is_some_and(|m| !m.is_empty()),
+                None => !svc.endpoints.is_empty(),
+            }
+        };
+        // A destination without endpoints gives its share to the others; with none left, the
+        // first destination by weight decides what the client is told.
+        let chosen = pick_weighted(&route.destinations, draw, has_endpoints)
+            .or_else(|| pick_weighted(&route.destinations, draw, |_| true));
+        let Some(d) = chosen else {
+            return RequestRoute::NoDestination(route.name.clone());
+        };
+        match self.destination(d) {
+            Some((service, endpoints)) => RequestRoute::Endpoints { service, endpoints },
+            None => RequestRoute::NoDestination(format!(
+                "{}: {}:{}{}",
+                route.name,
+                d.service,
+                d.port,
+                d.subset
+                    .as_deref()
+                    .map(|s| format!(" subset {s}"))
+                    .unwrap_or_default()
+            )),
+        }
     }
 
     fn service(&self, i: usize) -> &Service {
@@ -614,16 +732,10 @@ impl SnapshotIndex {
     pub fn route(&self, dst: SocketAddr) -> OutboundRoute<'_> {
         if let Some(&i) = self.services.get(&dst) {
             let svc = self.service(i);
-            let n = svc.endpoints.len();
-            let start = if n == 0 {
-                0
-            } else {
-                self.next[i].fetch_add(1, Ordering::Relaxed) % n
-            };
-            let endpoints = (0..n).map(|k| &svc.endpoints[(start + k) % n]).collect();
+            let all: Vec<usize> = (0..svc.endpoints.len()).collect();
             return OutboundRoute::Service {
                 service: svc,
-                endpoints,
+                endpoints: self.rotated(i, &all),
             };
         }
         if let Some(&(i, j)) = self.endpoints.get(&dst) {

@@ -342,3 +342,101 @@ spec:
     expect(&bookbuyer, "bookbuyer", "DELETE", books, "403");
     expect(&bookbuyer, "thief", "POST", buy, "403");
 }
+
+/// The `PolicyNotApplied` Warning Events of `ns`, their messages joined.
+fn policy_events(ns: &Namespace) -> String {
+    ns.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=PolicyNotApplied",
+        "-o",
+        "jsonpath={range .items[*]}{.involvedObject.name}: {.message}{\"\\n\"}{end}",
+    ])
+}
+
+/// An AuthorizationPolicy named `name` for the `api` workload of `ns` with this spec.
+fn policy(ns: &Namespace, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n{spec}\n",
+        ns.name
+    )
+}
+
+#[test]
+fn bad_policies_are_refused_by_name_fail_closed_and_leave_the_rest_of_the_mesh_flowing() {
+    let c = support::deployed();
+    let bad = c.namespace("t-authz-bad");
+    let bystander = c.namespace("t-authz-bystander");
+    for ns in [&bad, &bystander] {
+        assert!(weft(&["namespace", "add", &ns.name]).status.success());
+        ns.apply(&server("api", "api"));
+        ns.apply(&client("caller", "caller"));
+    }
+    for ns in [&bad, &bystander] {
+        ns.ok(&["rollout", "status", "deployment/api", "--timeout=180s"]);
+        ready(ns, "pod/caller");
+    }
+    let url = |ns: &Namespace, path: &str| format!("http://api.{}{path}", ns.name);
+    expect(&bad, "caller", "GET", &url(&bad, "/"), "200");
+    let principal = format!("cluster.local/ns/{}/sa/caller", bad.name);
+
+    // Each bad policy: an Event that names what to change, the selected workload fails
+    // closed (403), and another namespace's traffic keeps flowing. Removing it restores 200.
+    let cases: [(&str, String, &str); 3] = [
+        (
+            "custom",
+            "  action: CUSTOM\n  provider: {name: ext-authz}\n  rules: [{}]".to_string(),
+            "CUSTOM",
+        ),
+        (
+            "typo",
+            format!("  rules:\n  - from:\n    - source: {{principalz: [\"{principal}\"]}}"),
+            "principalz",
+        ),
+        (
+            "bad-cidr",
+            "  rules:\n  - from:\n    - source: {ipBlocks: [\"198.18.0.0/33\"]}".to_string(),
+            "198.18.0.0/33",
+        ),
+    ];
+    for (name, spec, named) in &cases {
+        c.apply(&policy(&bad, name, spec));
+        let events = wait_for(
+            Duration::from_secs(60),
+            || policy_events(&bad),
+            |e| {
+                e.lines()
+                    .any(|l| l.starts_with(&format!("{name}:")) && l.contains(named))
+            },
+        );
+        assert!(events.contains(named), "{events}");
+        expect(&bad, "caller", "GET", &url(&bad, "/"), "403");
+        expect(&bystander, "caller", "GET", &url(&bystander, "/"), "200");
+        bad.ok(&["delete", "authorizationpolicy", name]);
+        expect(&bad, "caller", "GET", &url(&bad, "/"), "200");
+    }
+
+    // A huge policy (10,000 rules) is applied as written: its last rule still decides.
+    let rules: String = (0..10_000)
+        .map(|i| format!("  - to: [{{operation: {{paths: [\"/p{i}\"]}}}}]\n"))
+        .collect();
+    // Server-side apply: client-side apply would copy it into an annotation, which is
+    // limited to 256 KiB.
+    c.apply_server_side(&policy(
+        &bad,
+        "huge",
+        &format!("  rules:\n{}", rules.trim_end()),
+    ));
+    expect(&bad, "caller", "GET", &url(&bad, "/p9999"), "200");
+    expect(&bad, "caller", "GET", &url(&bad, "/nope"), "403");
+    expect(
+        &bystander,
+        "caller",
+        "GET",
+        &url(&bystander, "/nope"),
+        "200",
+    );
+    bad.ok(&["delete", "authorizationpolicy", "huge"]);
+    expect(&bad, "caller", "GET", &url(&bad, "/nope"), "200");
+}

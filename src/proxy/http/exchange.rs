@@ -195,7 +195,7 @@ impl Exchange {
                 "upstream_reset_before_response_started{connection_failure}",
                 Some(h.to_string()),
             ),
-            ForwardError::Upstream(_) => (
+            ForwardError::Upstream(_) | ForwardError::NotSent => (
                 "upstream_reset_before_response_started{connection_termination}",
                 None,
             ),

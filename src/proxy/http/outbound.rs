@@ -1,11 +1,13 @@
 //! The outbound request pipeline: a connection from the app to a Service port that speaks
 //! HTTP is served as HTTP, and each request goes to an endpoint chosen for it from the current
-//! config (round robin over the Service's endpoints; the next one is tried when no connection
-//! to one can be opened, before anything was sent) over a pooled upstream connection: mTLS
+//! config (the Service's routes, if it has any, pick a destination Service or subset by match
+//! and weight ([`crate::route`]); then round robin over its endpoints, the next one tried
+//! when no connection to one can be opened, before anything was sent) over a pooled upstream connection: mTLS
 //! with peer metadata to a meshed endpoint, plaintext otherwise. The mesh hop speaks the
 //! app's HTTP version, so the server's proxy hands the app what the client sent. Each request
 //! is recorded by its [`Exchange`] with the source reporter's labels of its endpoint.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::authz::{HeaderView, normalized_path};
 use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
 use super::pool::Key;
 use super::server::{self, Counted, ResponseBody};
@@ -22,7 +25,8 @@ use super::upstream::{ForwardError, SendRequest, Sender, forward};
 use crate::proxy::ProxyContext;
 use crate::proxy::metrics::{RequestRecorder, TcpLabels};
 use crate::proxy::outbound::{open_endpoint, source_labels};
-use crate::snapshot::{Endpoint, OutboundRoute, Service, SnapshotIndex};
+use crate::route::RequestView;
+use crate::snapshot::{Endpoint, OutboundRoute, RequestRoute, Service, SnapshotIndex};
 
 /// The body of every request the outbound side forwards.
 pub type RequestBody = Counted<Incoming>;
@@ -83,7 +87,41 @@ impl Outbound {
             .snapshot()
             .unwrap_or_else(|| self.accepted_with.clone());
         let (service, candidates) = match snapshot.route(self.orig) {
-            OutboundRoute::Service { service, endpoints } => (Some(service), endpoints),
+            // A Service address: its routes (if any) pick the destination.
+            OutboundRoute::Service { service, endpoints } => {
+                let path = normalized_path(&parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
+                let headers = HeaderView::new(&parts.headers);
+                let view = RequestView {
+                    method: parts.method.as_str(),
+                    path: &path,
+                    query: parts.uri.query(),
+                    port: self.orig.port(),
+                    headers: &headers,
+                };
+                match snapshot.route_request(service, endpoints, &view) {
+                    RequestRoute::Endpoints { service, endpoints } => (Some(service), endpoints),
+                    RequestRoute::NoRoute => {
+                        let record = self.no_upstream(&snapshot, service);
+                        let why = Why {
+                            flags: "NR",
+                            details: Some("route_not_found"),
+                            failure: None,
+                        };
+                        return exchange.local(StatusCode::NOT_FOUND, "", &record, why);
+                    }
+                    RequestRoute::NoDestination(what) => {
+                        tracing::debug!(route = %what, "route destination not in the config");
+                        let record = self.no_upstream(&snapshot, service);
+                        let why = Why {
+                            flags: "NR",
+                            details: Some("cluster_not_found"),
+                            failure: None,
+                        };
+                        return exchange.local(StatusCode::SERVICE_UNAVAILABLE, "", &record, why);
+                    }
+                }
+            }
+            // A pod dialled by its address goes to that pod.
             OutboundRoute::Endpoint { service, endpoint } => (Some(service), vec![endpoint]),
             // The Service went away while the connection was open.
             OutboundRoute::Passthrough | OutboundRoute::Refused => (None, Vec::new()),
@@ -105,7 +143,10 @@ impl Outbound {
                     };
                     let record = self.record(labels, upstream);
                     let picked = Picked {
-                        pool: &self.ctx.outbound_pool,
+                        outbound: self,
+                        snapshot: &snapshot,
+                        endpoint: ep,
+                        service,
                         key,
                         sender: tokio::sync::Mutex::new(Some(sender)),
                     };
@@ -181,14 +222,34 @@ impl Outbound {
             identity,
             service: service.map(|s| s.name.clone()),
         };
-        let ctx = &self.ctx;
-        let connect = || async move {
-            open_endpoint(ctx, snapshot, ep, service)
-                .await
-                .map_err(|r| io::Error::other(r.metric_label()))
-        };
-        let sender: Sender<RequestBody> = ctx.outbound_pool.get(&key, h2, connect).await?;
+        let connect = || self.open(snapshot, ep, service);
+        let sender = self.ctx.outbound_pool.get(&key, h2, connect).await?;
         Ok((key, sender, mtls))
+    }
+
+    /// A new connection to `ep`, ready for HTTP (TLS done, peer metadata sent).
+    async fn open(
+        &self,
+        snapshot: &SnapshotIndex,
+        ep: &Endpoint,
+        service: Option<&Service>,
+    ) -> io::Result<crate::proxy::outbound::Upstream> {
+        open_endpoint(&self.ctx, snapshot, ep, service)
+            .await
+            .map_err(|r| io::Error::other(r.metric_label()))
+    }
+
+    /// Where a request that found no upstream is recorded: under the Service dialled.
+    fn no_upstream(&self, snapshot: &SnapshotIndex, service: &Service) -> Record {
+        let labels = source_labels(&self.ctx, snapshot, Some(service), None, false);
+        let cluster = format!("outbound|{}||{}", self.orig.port(), service.name);
+        self.record(
+            labels,
+            UpstreamLog {
+                host: None,
+                cluster,
+            },
+        )
     }
 
     /// The recorder of `labels` on this connection (made once per label set).
@@ -212,18 +273,30 @@ impl Outbound {
     }
 }
 
-/// The connection picked for one request, sent on once.
+/// The connection picked for one request, sent on once (with what it takes to open another
+/// if that one was closing).
 struct Picked<'a> {
-    pool: &'a super::pool::Pool<RequestBody>,
+    outbound: &'a Outbound,
+    snapshot: &'a SnapshotIndex,
+    endpoint: &'a Endpoint,
+    service: Option<&'a Service>,
     key: Key,
     sender: tokio::sync::Mutex<Option<Sender<RequestBody>>>,
 }
 
 impl SendRequest<RequestBody> for Picked<'_> {
     async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ForwardError> {
-        let sender = self.sender.lock().await.take().ok_or_else(|| {
-            ForwardError::Connect(io::Error::other("the request's connection was used"))
-        })?;
-        self.pool.send(&self.key, sender, req).await
+        let sender = self
+            .sender
+            .lock()
+            .await
+            .take()
+            .ok_or(ForwardError::NotSent)?;
+        let connect = || {
+            self.outbound
+                .open(self.snapshot, self.endpoint, self.service)
+        };
+        let pool = &self.outbound.ctx.outbound_pool;
+        pool.send(&self.key, sender, req, connect).await
     }
 }

@@ -77,6 +77,21 @@ where
         } else if let Some(s) = self.checkout_h1(key) {
             return Ok(Sender::Http1(s));
         }
+        self.fresh(key, h2, connect).await
+    }
+
+    /// A new connection for `key` (an HTTP/2 one replaces the shared one).
+    async fn fresh<C, Fut, I>(
+        &self,
+        key: &Key,
+        h2: bool,
+        connect: C,
+    ) -> Result<Sender<B>, ForwardError>
+    where
+        C: FnOnce() -> Fut,
+        Fut: Future<Output = io::Result<I>>,
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let io = connect().await.map_err(ForwardError::Connect)?;
         let sender = handshake(io, h2).await?;
         if let Sender::Http2(s) = &sender {
@@ -87,24 +102,37 @@ where
     }
 
     /// Sends `req` on a connection from [`Pool::get`]; an HTTP/1.1 connection goes back to
-    /// the pool once its response has ended.
-    pub async fn send(
+    /// the pool once its response has ended. A request the connection never started (it was
+    /// closing: the peer ended an idle keep-alive just then) goes once more on a new
+    /// connection from `connect`.
+    pub async fn send<C, Fut, I>(
         &self,
         key: &Key,
-        sender: Sender<B>,
+        mut sender: Sender<B>,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        match sender {
-            Sender::Http2(mut s) => {
-                s.ready().await.map_err(ForwardError::Upstream)?;
-                s.send_request(req).await.map_err(ForwardError::Upstream)
+        connect: C,
+    ) -> Result<Response<Incoming>, ForwardError>
+    where
+        C: FnOnce() -> Fut,
+        Fut: Future<Output = io::Result<I>>,
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let h2 = matches!(sender, Sender::Http2(_));
+        let resp = match sender.try_send(req).await {
+            Ok(resp) => resp,
+            Err(Err(e)) => return Err(e),
+            Err(Ok(req)) => {
+                sender = self.fresh(key, h2, connect).await?;
+                sender
+                    .try_send(req)
+                    .await
+                    .map_err(|e| e.err().unwrap_or(ForwardError::NotSent))?
             }
-            Sender::Http1(mut s) => {
-                let resp = s.send_request(req).await.map_err(ForwardError::Upstream)?;
-                self.park_when_ready(key.clone(), s);
-                Ok(resp)
-            }
+        };
+        if let Sender::Http1(s) = sender {
+            self.park_when_ready(key.clone(), s);
         }
+        Ok(resp)
     }
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<Key, http2::SendRequest<B>>> {

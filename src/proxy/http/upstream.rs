@@ -55,6 +55,8 @@ pub enum ForwardError {
     Handshake(hyper::Error),
     #[error("upstream connection failed: {0}")]
     Upstream(hyper::Error),
+    #[error("the upstream connection closed before the request could be sent, twice")]
+    NotSent,
 }
 
 impl ForwardError {
@@ -62,7 +64,7 @@ impl ForwardError {
     pub fn response_flag(&self) -> &'static str {
         match self {
             ForwardError::Connect(_) | ForwardError::Handshake(_) => "UF",
-            ForwardError::Upstream(_) => "UC",
+            ForwardError::Upstream(_) | ForwardError::NotSent => "UC",
         }
     }
 }
@@ -106,6 +108,28 @@ where
     }
 }
 
+impl<B> Sender<B>
+where
+    B: Body + Send + 'static,
+{
+    /// Sends `req`; a request the connection never started (it was closing: the peer ended
+    /// its keep-alive just as the request came) is handed back as `Err(Ok(req))`, to be sent
+    /// again on a new connection; any other failure is `Err(Err(_))`.
+    pub async fn try_send(
+        &mut self,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, Result<Request<B>, ForwardError>> {
+        let sent = match self {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(req).await,
+        };
+        sent.map_err(|mut e| match e.take_message() {
+            Some(req) => Ok(req),
+            None => Err(ForwardError::Upstream(e.into_error())),
+        })
+    }
+}
+
 /// Where [`forward`] sends a prepared request: one upstream connection per downstream
 /// connection (inbound: the app), or an endpoint chosen per request (outbound).
 pub trait SendRequest<B>: Send + Sync {
@@ -144,41 +168,56 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// Sends a request prepared by [`prepare_request`] and returns the upstream's response.
+    /// A request the connection never started (the app closed it just then) is sent once
+    /// more on a new connection.
     async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ForwardError> {
         let h2 = req.version() == Version::HTTP_2;
         let mut slot = self.sender.lock().await;
-        if let Some(Sender::Http2(s)) = slot.as_mut() {
-            if s.ready().await.is_ok() {
-                let mut s = s.clone();
-                // Streams are independent: the next request need not wait for this one.
-                drop(slot);
-                return s.send_request(req).await.map_err(ForwardError::Upstream);
-            }
-            *slot = None;
-        }
-        if let Some(Sender::Http1(s)) = slot.as_mut()
-            && s.ready().await.is_err()
-        {
+        let alive = match slot.as_mut() {
+            Some(Sender::Http2(s)) => s.ready().await.is_ok(),
             // The app closed it (or it was upgraded): the next request opens another.
-            *slot = None;
+            Some(Sender::Http1(s)) => s.ready().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            *slot = Some(self.open(h2).await?);
         }
-        if slot.is_none() {
-            let io = self
-                .connector
-                .connect()
-                .await
-                .map_err(ForwardError::Connect)?;
-            *slot = Some(handshake(io, h2).await?);
-        }
-        match slot.as_mut() {
-            Some(Sender::Http1(s)) => s.send_request(req).await.map_err(ForwardError::Upstream),
+        let sent = match slot.as_mut() {
             Some(Sender::Http2(s)) => {
-                let mut s = s.clone();
+                // Streams are independent: the next request need not wait for this one.
+                let mut s = Sender::Http2(s.clone());
                 drop(slot);
-                s.send_request(req).await.map_err(ForwardError::Upstream)
+                s.try_send(req).await
             }
+            Some(s) => s.try_send(req).await,
             None => unreachable!("opened above"),
+        };
+        match sent {
+            Ok(resp) => Ok(resp),
+            Err(Err(e)) => Err(e),
+            Err(Ok(req)) => {
+                let mut fresh = self.open(h2).await?;
+                let sent = fresh.try_send(req).await;
+                *self.sender.lock().await = Some(fresh);
+                sent.map_err(|e| e.err().unwrap_or(ForwardError::NotSent))
+            }
         }
+    }
+}
+
+impl<C: Connect, B> Upstream<C, B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async fn open(&self, h2: bool) -> Result<Sender<B>, ForwardError> {
+        let io = self
+            .connector
+            .connect()
+            .await
+            .map_err(ForwardError::Connect)?;
+        handshake(io, h2).await
     }
 }
 

@@ -1,0 +1,1116 @@
+//! Istio's `networking.istio.io/v1` DestinationRule and VirtualService, read strictly (an
+//! unknown field is an error naming it) and compiled into route tables ([`super::model`]) for
+//! mesh traffic. A field Istio has and weft does not implement yet is named in a
+//! [`Problem`]: in a DestinationRule it is ignored and the subsets still apply (they change no
+//! traffic by themselves); in a VirtualService the whole resource is not applied, since
+//! routing without it would not be what the user wrote.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
+use super::model::{
+    Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
+};
+
+pub const DESTINATION_RULE: &str = "DestinationRule";
+pub const VIRTUAL_SERVICE: &str = "VirtualService";
+
+// === DestinationRule ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationRuleSpec {
+    pub host: String,
+    #[serde(default)]
+    pub subsets: Vec<SubsetSpec>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+    #[serde(default)]
+    pub export_to: Option<Vec<String>>,
+    #[serde(default)]
+    pub workload_selector: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubsetSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// Only `tls.mode: ISTIO_MUTUAL` is implemented (it is what weft's auto-mTLS does to meshed
+/// endpoints anyway); every other field is kept to be named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficPolicySpec {
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    #[serde(default)]
+    pub load_balancer: Option<Value>,
+    #[serde(default)]
+    pub connection_pool: Option<Value>,
+    #[serde(default)]
+    pub outlier_detection: Option<Value>,
+    #[serde(default)]
+    pub port_level_settings: Option<Value>,
+    #[serde(default)]
+    pub tunnel: Option<Value>,
+    #[serde(default)]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default)]
+    pub retry_budget: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<Value>,
+    #[serde(default)]
+    pub private_key: Option<Value>,
+    #[serde(default)]
+    pub ca_certificates: Option<Value>,
+    #[serde(default)]
+    pub credential_name: Option<Value>,
+    #[serde(default)]
+    pub subject_alt_names: Option<Value>,
+    #[serde(default)]
+    pub sni: Option<Value>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<Value>,
+    #[serde(default)]
+    pub ca_crl: Option<Value>,
+}
+
+/// Names (with their path) of the traffic policy fields weft does not implement yet.
+fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
+    let fields: [(&str, bool); 7] = [
+        ("loadBalancer", p.load_balancer.is_some()),
+        ("connectionPool", p.connection_pool.is_some()),
+        ("outlierDetection", p.outlier_detection.is_some()),
+        ("portLevelSettings", p.port_level_settings.is_some()),
+        ("tunnel", p.tunnel.is_some()),
+        ("proxyProtocol", p.proxy_protocol.is_some()),
+        ("retryBudget", p.retry_budget.is_some()),
+    ];
+    out.extend(
+        fields
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(f, _)| format!("{at}.{f}")),
+    );
+    if let Some(tls) = &p.tls {
+        match tls.mode.as_deref() {
+            None | Some("ISTIO_MUTUAL") => {}
+            Some(mode) => out.push(format!("{at}.tls.mode {mode}")),
+        }
+        let tls_fields: [(&str, bool); 8] = [
+            ("clientCertificate", tls.client_certificate.is_some()),
+            ("privateKey", tls.private_key.is_some()),
+            ("caCertificates", tls.ca_certificates.is_some()),
+            ("credentialName", tls.credential_name.is_some()),
+            ("subjectAltNames", tls.subject_alt_names.is_some()),
+            ("sni", tls.sni.is_some()),
+            ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
+            ("caCrl", tls.ca_crl.is_some()),
+        ];
+        out.extend(
+            tls_fields
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(f, _)| format!("{at}.tls.{f}")),
+        );
+    }
+}
+
+/// `exportTo` that says what the default says (every namespace) changes nothing.
+fn exports_everywhere(export_to: &Option<Vec<String>>) -> bool {
+    export_to
+        .as_ref()
+        .is_none_or(|e| e.iter().all(|n| n == "*"))
+}
+
+/// One DestinationRule: its host (FQDN) and subsets, or why none apply. Fields not
+/// implemented go to `ignored`.
+pub fn compile_destination_rule(
+    registry: &Registry,
+    src: &Source<'_>,
+    ignored: &mut Vec<String>,
+) -> Result<(String, Vec<(String, BTreeMap<String, String>)>), String> {
+    let spec: DestinationRuleSpec =
+        serde_json::from_value(src.spec.clone()).map_err(|e| format!("spec: {e}"))?;
+    let host = registry.resolve(&spec.host, src.namespace);
+    if host.starts_with('*') {
+        return Err(format!(
+            "host {host:?}: wildcard hosts are not supported yet; name one Service"
+        ));
+    }
+    if let Some(p) = &spec.traffic_policy {
+        unsupported_policy("trafficPolicy", p, ignored);
+    }
+    if !exports_everywhere(&spec.export_to) {
+        ignored.push("exportTo".into());
+    }
+    if spec.workload_selector.is_some() {
+        ignored.push("workloadSelector".into());
+    }
+    let mut subsets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if let Some(p) = &s.traffic_policy {
+            unsupported_policy(&format!("subsets[{i}].trafficPolicy"), p, ignored);
+        }
+        if s.name.is_empty() {
+            return Err(format!("subsets[{i}].name is empty"));
+        }
+        if subsets.iter().any(|(n, _)| *n == s.name) {
+            return Err(format!("subsets[{i}].name {:?} is repeated", s.name));
+        }
+        subsets.push((s.name.clone(), s.labels.clone()));
+    }
+    Ok((host, subsets))
+}
+
+/// Every DestinationRule's subsets by host, oldest first: a later rule adds subsets of new
+/// names (Istio merges rules of one host) and the name a rule reuses is reported.
+pub fn destination_rules(
+    registry: &Registry,
+    sources: &[Source<'_>],
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, SubsetLabels> {
+    let mut out: BTreeMap<String, SubsetLabels> = BTreeMap::new();
+    let mut owner: BTreeMap<(String, String), String> = BTreeMap::new();
+    for src in by_age(sources) {
+        let mut ignored = Vec::new();
+        let compiled = compile_destination_rule(registry, src, &mut ignored);
+        let mut notes = Vec::new();
+        if !ignored.is_empty() {
+            notes.push(format!(
+                "{} not supported yet and ignored (weft balances round-robin over the endpoints with its own mTLS choice); the rest of the DestinationRule applies",
+                ignored.join(", ")
+            ));
+        }
+        match compiled {
+            Err(e) => notes.push(format!("{e}; the DestinationRule is not applied")),
+            Ok((host, subsets)) => {
+                if registry.ports(&host).is_none() {
+                    notes.push(format!(
+                        "host {host} is not a Service weft knows (yet); its subsets select nothing"
+                    ));
+                }
+                let table = out.entry(host.clone()).or_default();
+                for (name, labels) in subsets {
+                    let key = (host.clone(), name.clone());
+                    if let Some(first) = owner.get(&key) {
+                        notes.push(format!(
+                            "subset {name:?} of {host} is already defined by DestinationRule {first} (older, which wins)"
+                        ));
+                        continue;
+                    }
+                    owner.insert(key, src.id());
+                    table.insert(name, labels);
+                }
+            }
+        }
+        if !notes.is_empty() {
+            problems.push(Problem::new(DESTINATION_RULE, src, notes.join(". ")));
+        }
+    }
+    out
+}
+
+// === VirtualService ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRouteSpec>,
+    #[serde(default)]
+    pub tcp: Option<Value>,
+    #[serde(default)]
+    pub tls: Option<Value>,
+    #[serde(default)]
+    pub export_to: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<MatchSpec>,
+    #[serde(default)]
+    pub route: Vec<RouteDestinationSpec>,
+    #[serde(default)]
+    pub redirect: Option<Value>,
+    #[serde(default)]
+    pub direct_response: Option<Value>,
+    #[serde(default)]
+    pub delegate: Option<Value>,
+    #[serde(default)]
+    pub rewrite: Option<Value>,
+    #[serde(default)]
+    pub timeout: Option<Value>,
+    #[serde(default)]
+    pub retries: Option<Value>,
+    #[serde(default)]
+    pub fault: Option<Value>,
+    #[serde(default)]
+    pub mirror: Option<Value>,
+    #[serde(default)]
+    pub mirrors: Option<Value>,
+    #[serde(default)]
+    pub mirror_percent: Option<Value>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Value>,
+    #[serde(default)]
+    pub cors_policy: Option<Value>,
+    #[serde(default)]
+    pub headers: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub uri: Option<StringMatchSpec>,
+    #[serde(default)]
+    pub method: Option<StringMatchSpec>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatchSpec>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatchSpec>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatchSpec>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub scheme: Option<Value>,
+    #[serde(default)]
+    pub authority: Option<Value>,
+    #[serde(default)]
+    pub source_labels: Option<Value>,
+    #[serde(default)]
+    pub gateways: Option<Value>,
+    #[serde(default)]
+    pub ignore_uri_case: Option<Value>,
+    #[serde(default)]
+    pub source_namespace: Option<Value>,
+    #[serde(default)]
+    pub stat_prefix: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatchSpec {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteDestinationSpec {
+    pub destination: DestinationSpec,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub headers: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub host: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: u32,
+}
+
+/// A VirtualService compiled for the mesh: per host it routes, per HTTP port of that host, the
+/// routes; plus what it refers to that does not exist (kept: the proxy answers 503 `NR`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompiledVirtualService {
+    pub routes: BTreeMap<(String, u16), Vec<HttpRoute>>,
+    /// Hosts in `hosts` that are not Services weft knows (reported, not routed).
+    pub unknown_hosts: Vec<String>,
+    /// Missing destination Services and subsets, as sentences.
+    pub dangling: Vec<String>,
+}
+
+/// Why a VirtualService is not applied at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Bound only to gateways: not for sidecars, ignored silently as Istio does.
+    GatewaysOnly,
+    Invalid(String),
+}
+
+fn string_match(at: &str, m: &StringMatchSpec) -> Result<StringMatch, String> {
+    match (&m.exact, &m.prefix, &m.regex) {
+        (Some(e), None, None) => Ok(StringMatch::Exact(e.clone())),
+        (None, Some(p), None) => Ok(StringMatch::Prefix(p.clone())),
+        (None, None, Some(r)) => Pattern::new(r)
+            .map(StringMatch::Regex)
+            .map_err(|e| format!("{at}.regex: {e}")),
+        // Istio: an empty match on a header means "present" (on withoutHeaders: "absent").
+        (None, None, None) => Ok(StringMatch::Prefix(String::new())),
+        _ => Err(format!("{at}: give one of exact, prefix, regex")),
+    }
+}
+
+fn header_matches(
+    at: &str,
+    from: &BTreeMap<String, StringMatchSpec>,
+) -> Result<BTreeMap<String, StringMatch>, String> {
+    from.iter()
+        .map(|(name, m)| {
+            Ok((
+                name.to_ascii_lowercase(),
+                string_match(&format!("{at}.{name}"), m)?,
+            ))
+        })
+        .collect()
+}
+
+fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
+    let unsupported: Vec<&str> = [
+        ("scheme", m.scheme.is_some()),
+        ("authority", m.authority.is_some()),
+        ("sourceLabels", m.source_labels.is_some()),
+        ("gateways", m.gateways.is_some()),
+        ("ignoreUriCase", m.ignore_uri_case.is_some()),
+        ("sourceNamespace", m.source_namespace.is_some()),
+        ("statPrefix", m.stat_prefix.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(f, _)| *f)
+    .collect();
+    if !unsupported.is_empty() {
+        return Err(not_supported(at, &unsupported));
+    }
+    let uri = m
+        .uri
+        .as_ref()
+        .map(|u| string_match(&format!("{at}.uri"), u))
+        .transpose()?;
+    let method = m
+        .method
+        .as_ref()
+        .map(|u| string_match(&format!("{at}.method"), u))
+        .transpose()?;
+    let port = m
+        .port
+        .map(|p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(format!("{at}.port {p} is not a port"))
+        })
+        .transpose()?;
+    Ok(RequestMatch {
+        uri,
+        method,
+        headers: header_matches(&format!("{at}.headers"), &m.headers)?,
+        without_headers: header_matches(&format!("{at}.withoutHeaders"), &m.without_headers)?,
+        query_params: m
+            .query_params
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    string_match(&format!("{at}.queryParams.{k}"), v)?,
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+        port,
+    })
+}
+
+fn not_supported(at: &str, fields: &[&str]) -> String {
+    let named: Vec<String> = fields.iter().map(|f| format!("{at}.{f}")).collect();
+    format!(
+        "{} {} not supported yet; the VirtualService is not applied",
+        named.join(", "),
+        if named.len() == 1 { "is" } else { "are" }
+    )
+}
+
+/// A route before it is laid on a port: matches, and destinations with their port if given.
+struct Pending {
+    matches: Vec<RequestMatch>,
+    destinations: Vec<(String, Option<u16>, Option<String>, u32)>,
+}
+
+/// One VirtualService, strictly: every field is implemented or the whole resource is
+/// refused naming it. `subsets` are the DestinationRule subsets by host.
+pub fn compile_virtual_service(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    src: &Source<'_>,
+) -> Result<CompiledVirtualService, Refusal> {
+    let invalid = |m: String| Refusal::Invalid(m);
+    let spec: VirtualServiceSpec = serde_json::from_value(src.spec.clone())
+        .map_err(|e| invalid(format!("spec: {e}; the VirtualService is not applied")))?;
+    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        return Err(Refusal::GatewaysOnly);
+    }
+    let mut unsupported = Vec::new();
+    if spec.tcp.is_some() {
+        unsupported.push("tcp");
+    }
+    if spec.tls.is_some() {
+        unsupported.push("tls");
+    }
+    if !exports_everywhere(&spec.export_to) {
+        unsupported.push("exportTo");
+    }
+    if !unsupported.is_empty() {
+        return Err(invalid(not_supported("spec", &unsupported)));
+    }
+    if spec.hosts.is_empty() {
+        return Err(invalid(
+            "spec.hosts is empty; the VirtualService is not applied".into(),
+        ));
+    }
+    if spec.http.is_empty() {
+        return Err(invalid(
+            "spec.http is empty; the VirtualService is not applied".into(),
+        ));
+    }
+    if spec.http.len() > MAX_ROUTES {
+        return Err(invalid(format!(
+            "spec.http has {} routes; at most {MAX_ROUTES} are accepted; the VirtualService is not applied",
+            spec.http.len()
+        )));
+    }
+    let mut pending = Vec::new();
+    for (i, h) in spec.http.iter().enumerate() {
+        let at = format!("http[{i}]");
+        let fields: Vec<&str> = [
+            ("redirect", h.redirect.is_some()),
+            ("directResponse", h.direct_response.is_some()),
+            ("delegate", h.delegate.is_some()),
+            ("rewrite", h.rewrite.is_some()),
+            ("timeout", h.timeout.is_some()),
+            ("retries", h.retries.is_some()),
+            ("fault", h.fault.is_some()),
+            ("mirror", h.mirror.is_some()),
+            ("mirrors", h.mirrors.is_some()),
+            ("mirrorPercent", h.mirror_percent.is_some()),
+            ("mirrorPercentage", h.mirror_percentage.is_some()),
+            ("corsPolicy", h.cors_policy.is_some()),
+            ("headers", h.headers.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| *f)
+        .collect();
+        if !fields.is_empty() {
+            return Err(invalid(not_supported(&at, &fields)));
+        }
+        let matches = h
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(j, m)| compile_match(&format!("{at}.match[{j}]"), m))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                invalid(if e.contains("not applied") {
+                    e
+                } else {
+                    format!("{e}; the VirtualService is not applied")
+                })
+            })?;
+        if h.route.is_empty() || h.route.len() > MAX_DESTINATIONS {
+            return Err(invalid(format!(
+                "{at}.route has {} destinations; 1 to {MAX_DESTINATIONS} are accepted; the VirtualService is not applied",
+                h.route.len()
+            )));
+        }
+        let mut destinations = Vec::new();
+        for (j, r) in h.route.iter().enumerate() {
+            let dat = format!("{at}.route[{j}]");
+            if r.headers.is_some() {
+                return Err(invalid(not_supported(&dat, &["headers"])));
+            }
+            // Istio: a lone destination may leave its weight out (it takes everything).
+            let weight = match (r.weight, h.route.len()) {
+                (None, 1) => 100,
+                (None, _) => 0,
+                (Some(w), _) if (0..=i64::from(u32::MAX)).contains(&w) => w as u32,
+                (Some(w), _) => {
+                    return Err(invalid(format!(
+                        "{dat}.weight {w} is negative or too large; the VirtualService is not applied"
+                    )));
+                }
+            };
+            let port = r
+                .destination
+                .port
+                .as_ref()
+                .map(|p| {
+                    u16::try_from(p.number).ok().filter(|p| *p != 0).ok_or(invalid(format!(
+                        "{dat}.destination.port.number {} is not a port; the VirtualService is not applied",
+                        p.number
+                    )))
+                })
+                .transpose()?;
+            let host = registry.resolve(&r.destination.host, src.namespace);
+            destinations.push((host, port, r.destination.subset.clone(), weight));
+        }
+        let total: u64 = destinations.iter().map(|d| u64::from(d.3)).sum();
+        if h.route.len() > 1 && total != 100 {
+            return Err(invalid(format!(
+                "{at}.route weights sum to {total}; Istio requires 100; the VirtualService is not applied"
+            )));
+        }
+        if total == 0 {
+            return Err(invalid(format!(
+                "{at}.route gives every destination weight 0; the VirtualService is not applied"
+            )));
+        }
+        pending.push(Pending {
+            matches,
+            destinations,
+        });
+    }
+
+    let mut out = CompiledVirtualService::default();
+    let mut dangling = BTreeSet::new();
+    for host in &spec.hosts {
+        let fqdn = registry.resolve(host, src.namespace);
+        let Some(ports) = registry.ports(&fqdn) else {
+            out.unknown_hosts.push(fqdn);
+            continue;
+        };
+        for entry in ports.iter().filter(|p| p.http) {
+            let mut routes = Vec::new();
+            for p in &pending {
+                // A match on another port never holds on this one; a route whose matches all
+                // name other ports is not part of this port's table (as Istio builds it).
+                let matches: Vec<RequestMatch> = p
+                    .matches
+                    .iter()
+                    .filter(|m| m.port.is_none_or(|mp| mp == entry.port))
+                    .cloned()
+                    .collect();
+                if !p.matches.is_empty() && matches.is_empty() {
+                    continue;
+                }
+                let destinations = p
+                    .destinations
+                    .iter()
+                    .map(|(host, port, subset, weight)| {
+                        let dest_ports = registry.ports(host);
+                        // Istio: no port given -> the Service's only port, else this one.
+                        let port = port.unwrap_or(match dest_ports {
+                            Some([only]) => only.port,
+                            _ => entry.port,
+                        });
+                        match dest_ports {
+                            None => {
+                                dangling.insert(format!(
+                                    "destination host {host} is not a Service weft knows"
+                                ));
+                            }
+                            Some(ps) if !ps.iter().any(|p| p.port == port) => {
+                                dangling.insert(format!("destination {host} has no port {port}"));
+                            }
+                            Some(_) => {}
+                        }
+                        if let Some(s) = subset
+                            && !subsets.get(host).is_some_and(|t| t.contains_key(s))
+                        {
+                            dangling.insert(format!(
+                                "subset {s:?} of {host} is defined by no DestinationRule"
+                            ));
+                        }
+                        Destination {
+                            service: host.clone(),
+                            port,
+                            subset: subset.clone(),
+                            weight: *weight,
+                        }
+                    })
+                    .collect();
+                routes.push(HttpRoute {
+                    name: src.id(),
+                    matches,
+                    destinations,
+                });
+            }
+            if !routes.is_empty() {
+                out.routes.insert((fqdn.clone(), entry.port), routes);
+            }
+        }
+    }
+    out.dangling = dangling.into_iter().collect();
+    Ok(out)
+}
+
+/// Every VirtualService for the mesh, oldest first; a host already routed by an older one is
+/// not taken again (Istio uses one VirtualService per host for sidecars) and reported.
+pub fn virtual_services(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    sources: &[Source<'_>],
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<(String, u16), Vec<HttpRoute>> {
+    let mut out: BTreeMap<(String, u16), Vec<HttpRoute>> = BTreeMap::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for src in by_age(sources) {
+        let compiled = match compile_virtual_service(registry, subsets, src) {
+            Ok(c) => c,
+            Err(Refusal::GatewaysOnly) => continue,
+            Err(Refusal::Invalid(message)) => {
+                problems.push(Problem::new(VIRTUAL_SERVICE, src, message));
+                continue;
+            }
+        };
+        let mut notes = Vec::new();
+        for host in &compiled.unknown_hosts {
+            notes.push(format!(
+                "host {host} is not a Service weft knows (yet); nothing is routed for it"
+            ));
+        }
+        let hosts: BTreeSet<&String> = compiled.routes.keys().map(|(h, _)| h).collect();
+        let mut taken = BTreeSet::new();
+        for host in hosts {
+            match owner.get(host) {
+                Some(first) => notes.push(format!(
+                    "host {host} is already routed by VirtualService {first} (older); for sidecars one VirtualService per host applies, so this one is ignored for {host}"
+                )),
+                None => {
+                    taken.insert(host.clone());
+                }
+            }
+        }
+        for host in &taken {
+            owner.insert(host.clone(), src.id());
+        }
+        for ((host, port), routes) in compiled.routes {
+            if taken.contains(&host) {
+                out.insert((host, port), routes);
+            }
+        }
+        if !compiled.dangling.is_empty() {
+            notes.push(format!(
+                "{}; requests routed there get 503 (NR) until it exists",
+                compiled.dangling.join("; ")
+            ));
+        }
+        if !notes.is_empty() {
+            problems.push(Problem::new(VIRTUAL_SERVICE, src, notes.join(". ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::compile::{Resources, compile};
+    use serde_json::json;
+
+    /// Seed 003's namespace: reviews (one HTTP port, 9080) and ratings (two ports).
+    fn registry() -> Registry {
+        let mut r = Registry::new("cluster.local");
+        r.add("reviews.payments.svc.cluster.local", 9080, true);
+        r.add("ratings.payments.svc.cluster.local", 9080, true);
+        r.add("ratings.payments.svc.cluster.local", 5432, false);
+        r
+    }
+
+    fn src<'a>(name: &'a str, created: &'a str, spec: &'a Value) -> Source<'a> {
+        Source {
+            namespace: "payments",
+            name,
+            created,
+            spec,
+        }
+    }
+
+    /// Seed 003, section 5, verbatim (the specs of both resources).
+    #[cfg(feature = "control-plane")]
+    fn seed_003() -> (Value, Value) {
+        let docs: Vec<Value> = serde_yaml_docs(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: payments
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL   # use mesh-issued mTLS to the upstream
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: payments
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 90
+    - destination:
+        host: reviews
+        subset: v2
+      weight: 10
+"#,
+        );
+        (docs[0]["spec"].clone(), docs[1]["spec"].clone())
+    }
+
+    #[cfg(feature = "control-plane")]
+    /// YAML documents as JSON values (serde_yaml comes with the control plane, which unit
+    /// tests build).
+    fn serde_yaml_docs(text: &str) -> Vec<Value> {
+        text.split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).expect("test YAML"))
+            .collect()
+    }
+
+    #[cfg(feature = "control-plane")]
+    #[test]
+    fn seed_003_subsets_and_90_10_split_compile_to_one_weighted_route() {
+        let (dr, vs) = seed_003();
+        let tables = compile(
+            &registry(),
+            Resources {
+                destination_rules: &[src("reviews", "2026-01-01T00:00:00Z", &dr)],
+                virtual_services: &[src("reviews", "2026-01-01T00:00:00Z", &vs)],
+                traffic_splits: &[],
+            },
+        );
+        assert_eq!(
+            tables.problems,
+            [],
+            "ISTIO_MUTUAL is weft's default: nothing to report"
+        );
+        let host = "reviews.payments.svc.cluster.local";
+        let subsets = &tables.subsets[host];
+        assert_eq!(
+            subsets["v1"],
+            [("version".to_string(), "v1".to_string())].into()
+        );
+        assert_eq!(
+            subsets["v2"],
+            [("version".to_string(), "v2".to_string())].into()
+        );
+        let routes = &tables.http[&(host.to_string(), 9080)];
+        let want = |subset: &str, weight| Destination {
+            service: host.into(),
+            port: 9080,
+            subset: Some(subset.into()),
+            weight,
+        };
+        assert_eq!(
+            routes,
+            &[HttpRoute {
+                name: "payments/reviews".into(),
+                matches: vec![],
+                destinations: vec![want("v1", 90), want("v2", 10)],
+            }]
+        );
+        crate::route::model::validate("reviews", routes).expect("the proxy accepts it");
+    }
+
+    #[test]
+    fn destination_rule_fields_not_implemented_are_named_and_the_subsets_still_apply() {
+        let dr = json!({
+            "host": "reviews.payments.svc.cluster.local",
+            "exportTo": ["."],
+            "workloadSelector": {"matchLabels": {"app": "x"}},
+            "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
+                              "connectionPool": {"tcp": {"maxConnections": 1}},
+                              "outlierDetection": {"consecutive5xxErrors": 1},
+                              "tls": {"mode": "DISABLE"}},
+            "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                         "trafficPolicy": {"portLevelSettings": []}}]
+        });
+        let mut problems = Vec::new();
+        let subsets = destination_rules(&registry(), &[src("r", "t", &dr)], &mut problems);
+        assert!(subsets["reviews.payments.svc.cluster.local"].contains_key("v1"));
+        assert_eq!(problems.len(), 1);
+        let m = &problems[0].message;
+        for field in [
+            "trafficPolicy.loadBalancer",
+            "trafficPolicy.connectionPool",
+            "trafficPolicy.outlierDetection",
+            "trafficPolicy.tls.mode DISABLE",
+            "subsets[0].trafficPolicy.portLevelSettings",
+            "exportTo",
+            "workloadSelector",
+        ] {
+            assert!(m.contains(field), "{field} named in {m}");
+        }
+        assert!(m.contains("not supported yet"), "{m}");
+        // An unknown field is no Istio field: the rule is refused naming it.
+        let bad = json!({"host": "reviews", "subsetz": []});
+        let mut problems = Vec::new();
+        let subsets = destination_rules(&registry(), &[src("bad", "t", &bad)], &mut problems);
+        assert!(subsets.is_empty());
+        assert!(problems[0].message.contains("subsetz"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_older_destination_rule_keeps_a_subset_name_and_new_names_merge() {
+        let old =
+            json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]});
+        let new = json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "x"}},
+                                                        {"name": "v2", "labels": {"version": "v2"}}]});
+        let mut problems = Vec::new();
+        let subsets = destination_rules(
+            &registry(),
+            &[
+                src("new", "2026-02-01T00:00:00Z", &new),
+                src("old", "2026-01-01T00:00:00Z", &old),
+            ],
+            &mut problems,
+        );
+        let t = &subsets["reviews.payments.svc.cluster.local"];
+        assert_eq!(t["v1"]["version"], "v1");
+        assert!(t.contains_key("v2"));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].name, "new");
+        assert!(problems[0].message.contains("payments/old"), "{problems:?}");
+    }
+
+    fn vs_error(spec: Value) -> String {
+        match compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)) {
+            Err(Refusal::Invalid(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_http_field_not_implemented_refuses_the_virtual_service_by_name() {
+        for field in [
+            "redirect",
+            "rewrite",
+            "timeout",
+            "retries",
+            "fault",
+            "mirror",
+            "mirrorPercentage",
+            "corsPolicy",
+            "headers",
+            "delegate",
+            "directResponse",
+        ] {
+            let mut route = json!({"route": [{"destination": {"host": "reviews"}}]});
+            route[field] = json!({});
+            let m = vs_error(json!({"hosts": ["reviews"], "http": [route]}));
+            assert!(m.contains(&format!("http[0].{field}")), "{field}: {m}");
+            assert!(m.contains("not supported yet"), "{m}");
+        }
+        let m = vs_error(json!({"hosts": ["reviews"], "tcp": [{"route": []}]}));
+        assert!(m.contains("spec.tcp"), "{m}");
+        let m = vs_error(json!({"hosts": ["reviews"], "http": [{
+            "match": [{"sourceLabels": {"app": "x"}}],
+            "route": [{"destination": {"host": "reviews"}}]}]}));
+        assert!(m.contains("http[0].match[0].sourceLabels"), "{m}");
+        let m = vs_error(json!({"hosts": ["reviews"], "http": [{
+            "route": [{"destination": {"host": "reviews"}, "headers": {}}]}]}));
+        assert!(m.contains("http[0].route[0].headers"), "{m}");
+        let m = vs_error(json!({"hosts": ["reviews"], "htp": []}));
+        assert!(m.contains("htp"), "an unknown field is named: {m}");
+    }
+
+    #[test]
+    fn weights_must_sum_to_100_unless_one_destination_omits_its_weight() {
+        let dests = |w1: Value, w2: Value| {
+            json!({"hosts": ["reviews"], "http": [{"route": [
+                {"destination": {"host": "reviews", "subset": "v1"}, "weight": w1},
+                {"destination": {"host": "reviews", "subset": "v2"}, "weight": w2}]}]})
+        };
+        assert!(vs_error(dests(json!(90), json!(20))).contains("sum to 110"));
+        assert!(vs_error(dests(json!(90), Value::Null)).contains("sum to 90"));
+        assert!(vs_error(dests(json!(-10), json!(110))).contains("negative"));
+        assert!(vs_error(dests(json!(0), json!(0))).contains("sum to 0"));
+        // 100/0 is a valid drain of v2.
+        let spec = dests(json!(100), json!(0));
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
+        let r = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)][0];
+        assert_eq!(
+            r.destinations.iter().map(|d| d.weight).collect::<Vec<_>>(),
+            [100, 0]
+        );
+        // A lone destination without weight takes everything.
+        let spec = json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
+        assert_eq!(
+            c.routes.values().next().unwrap()[0].destinations[0].weight,
+            100
+        );
+    }
+
+    #[test]
+    fn a_regex_bomb_is_refused_and_a_sane_regex_compiles() {
+        let with_uri = |regex: &str| {
+            json!({"hosts": ["reviews"], "http": [{
+                "match": [{"uri": {"regex": regex}}],
+                "route": [{"destination": {"host": "reviews"}}]}]})
+        };
+        let m = vs_error(with_uri("(a{1000}){1000}"));
+        assert!(m.contains("http[0].match[0].uri.regex"), "{m}");
+        assert!(m.contains("simplify"), "{m}");
+        let m = vs_error(with_uri("(unclosed"));
+        assert!(m.contains("not a valid regular expression"), "{m}");
+        let spec = with_uri("/api/v[0-9]+/.*");
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
+        let m = &c.routes.values().next().unwrap()[0].matches[0];
+        assert!(m.uri.as_ref().unwrap().matches("/api/v2/x"));
+        assert!(!m.uri.as_ref().unwrap().matches("/api/vx/x"));
+    }
+
+    #[test]
+    fn matches_headers_query_and_ports_compile_as_istio_reads_them() {
+        let spec = json!({"hosts": ["ratings.payments.svc.cluster.local"], "http": [
+            {"name": "jason", "match": [{"headers": {"End-User": {"exact": "jason"}},
+                                         "withoutHeaders": {"x-test": {}},
+                                         "queryParams": {"v": {"prefix": "2"}},
+                                         "method": {"exact": "GET"}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"match": [{"port": 5432}], "route": [{"destination": {"host": "ratings"}}]},
+            {"route": [{"destination": {"host": "ratings", "port": {"number": 9080}}}]}
+        ]});
+        let subsets: BTreeMap<String, SubsetLabels> = [(
+            "reviews.payments.svc.cluster.local".to_string(),
+            [("v2".to_string(), BTreeMap::new())].into(),
+        )]
+        .into();
+        let c = compile_virtual_service(&registry(), &subsets, &src("vs", "t", &spec)).unwrap();
+        assert!(c.dangling.is_empty(), "{:?}", c.dangling);
+        // Only ratings' HTTP port gets routes, and the port-5432 route is not among them.
+        let keys: Vec<_> = c.routes.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [("ratings.payments.svc.cluster.local".to_string(), 9080)]
+        );
+        let routes = &c.routes[&keys[0]];
+        assert_eq!(routes.len(), 2);
+        let m = &routes[0].matches[0];
+        assert_eq!(m.headers["end-user"], StringMatch::Exact("jason".into()));
+        assert_eq!(
+            m.without_headers["x-test"],
+            StringMatch::Prefix(String::new())
+        );
+        assert_eq!(m.query_params["v"], StringMatch::Prefix("2".into()));
+        // reviews has one port: a destination without port goes there.
+        assert_eq!(routes[0].destinations[0].port, 9080);
+        assert_eq!(routes[1].destinations[0].port, 9080);
+    }
+
+    #[test]
+    fn missing_subsets_and_services_keep_the_route_and_are_reported() {
+        let spec = json!({"hosts": ["reviews", "nosuch"], "http": [{"route": [
+            {"destination": {"host": "reviews", "subset": "v3"}, "weight": 50},
+            {"destination": {"host": "gone"}, "weight": 50}]}]});
+        let mut problems = Vec::new();
+        let routes = virtual_services(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("vs", "t", &spec)],
+            &mut problems,
+        );
+        let r = &routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)][0];
+        assert_eq!(
+            r.destinations.len(),
+            2,
+            "the route stays: the proxy answers 503 NR"
+        );
+        assert_eq!(problems.len(), 1);
+        let m = &problems[0].message;
+        assert!(m.contains("subset \"v3\" of reviews.payments.svc.cluster.local is defined by no DestinationRule"), "{m}");
+        assert!(
+            m.contains("gone.payments.svc.cluster.local is not a Service"),
+            "{m}"
+        );
+        assert!(
+            m.contains("host nosuch.payments.svc.cluster.local is not a Service"),
+            "{m}"
+        );
+        assert!(m.contains("503 (NR)"), "{m}");
+    }
+
+    #[test]
+    fn one_virtual_service_per_host_the_oldest_and_gateway_only_ones_are_ignored_silently() {
+        let route = |subset: &str| json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}]});
+        let (old, new) = (route("v1"), route("v2"));
+        let gw = json!({"hosts": ["reviews"], "gateways": ["storefront-internal"],
+                        "http": [{"route": [{"destination": {"host": "productpage"}}]}]});
+        let mesh_too = json!({"hosts": ["ratings"], "gateways": ["storefront-internal", "mesh"],
+                              "http": [{"route": [{"destination": {"host": "ratings"}}]}]});
+        let mut problems = Vec::new();
+        let routes = virtual_services(
+            &registry(),
+            &BTreeMap::new(),
+            &[
+                src("new", "2026-02-01T00:00:00Z", &new),
+                src("gw", "2025-01-01T00:00:00Z", &gw),
+                src("old", "2026-01-01T00:00:00Z", &old),
+                src("both", "2026-03-01T00:00:00Z", &mesh_too),
+            ],
+            &mut problems,
+        );
+        let r = &routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)][0];
+        assert_eq!(r.name, "payments/old");
+        assert!(routes.contains_key(&("ratings.payments.svc.cluster.local".to_string(), 9080)));
+        let named: Vec<&str> = problems.iter().map(|p| p.name.as_str()).collect();
+        // `new` for the conflict and the dangling subsets; never `gw`.
+        assert!(named.iter().all(|n| *n != "gw"), "{problems:?}");
+        let new_p = problems.iter().find(|p| p.name == "new").unwrap();
+        assert!(
+            new_p
+                .message
+                .contains("already routed by VirtualService payments/old"),
+            "{new_p:?}"
+        );
+    }
+}

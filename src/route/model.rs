@@ -1,0 +1,126 @@
+//! The route table's types, as the snapshot carries them (JSON, camelCase). A Service entry
+//! of the snapshot may carry `subsets` (DestinationRule subsets, resolved to its endpoints by
+//! the control plane) and `http` routes (first match wins); without routes every request goes
+//! to all its endpoints, as before routing existed.
+//!
+//! ```json
+//! "subsets": {"v1": [0], "v2": [1, 2]},          // subset name -> indexes into `endpoints`
+//! "http": [{
+//!   "name": "shop/reviews",                         // namespace/resource, for logs and the CLI
+//!   "matches": [{"headers": {"end-user": {"exact": "jason"}}}],   // any of; [] = all
+//!   "destinations": [{"service": "reviews.shop.svc.cluster.local", "port": 9080,
+//!                     "subset": "v2", "weight": 100}]
+//! }, {
+//!   "name": "shop/reviews",
+//!   "destinations": [{"service": "reviews.shop.svc.cluster.local", "port": 9080,
+//!                     "subset": "v1", "weight": 90},
+//!                    {"service": "reviews.shop.svc.cluster.local", "port": 9080,
+//!                     "subset": "v2", "weight": 10}]
+//! }]
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::authz::model::Pattern;
+
+/// Most routes one Service may carry, and most destinations per route (Istio has no limit;
+/// these keep one snapshot's work per request bounded).
+pub const MAX_ROUTES: usize = 10_000;
+pub const MAX_DESTINATIONS: usize = 256;
+
+/// One HTTP route: the requests it takes and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    /// Where it came from (`<namespace>/<name>` of the VirtualService or TrafficSplit).
+    pub name: String,
+    /// Any one of these matches the request; none means every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RequestMatch>,
+    /// Weighted destinations (weights need not sum to 100; zero weights get nothing). Never
+    /// empty in a valid table.
+    pub destinations: Vec<Destination>,
+}
+
+/// Istio's `HTTPMatchRequest`: every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMatch {
+    /// The path (without the query string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// Lowercase header names; a header repeated is matched on its values joined by `,`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
+    /// Headers that must be absent or not match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_params: BTreeMap<String, StringMatch>,
+    /// The Service port the client dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Istio's `StringMatch`: exactly one of exact, prefix or regex (RE2 syntax, whole value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Pattern),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Where a share of a route's requests goes: a port of a Service in the same snapshot, all
+/// of its endpoints or one subset of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// Host of a Service the snapshot lists (`outbound.services` or `outbound.headless`).
+    pub service: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    pub weight: u32,
+}
+
+/// Checks a table the way the proxy needs it: bounded, with a destination per route and some
+/// weight. `at` names the table in the message.
+pub fn validate(at: &str, routes: &[HttpRoute]) -> Result<(), String> {
+    if routes.len() > MAX_ROUTES {
+        return Err(format!(
+            "{at} has {} routes; at most {MAX_ROUTES} are accepted",
+            routes.len()
+        ));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if r.destinations.is_empty() || r.destinations.len() > MAX_DESTINATIONS {
+            return Err(format!(
+                "{at}.http[{i}] ({}) has {} destinations; 1 to {MAX_DESTINATIONS} are accepted",
+                r.name,
+                r.destinations.len()
+            ));
+        }
+        if r.destinations.iter().all(|d| d.weight == 0) {
+            return Err(format!(
+                "{at}.http[{i}] ({}) gives every destination weight 0",
+                r.name
+            ));
+        }
+    }
+    Ok(())
+}

@@ -103,6 +103,11 @@ e2e: ## End-to-end tests on the local cluster (brings it up, always tears it dow
 	  $(CARGO) test --locked -p weft-node-agent --test cluster --test exec --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test authz --test check -- --test-threads=4 && \
 	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1
 
+.PHONY: e2e-metrics
+e2e-metrics: ## Istio's standard metrics through a real Prometheus (Debian's build, cached in WEFT_E2E_CACHE) running Istio's kubernetes-pods job against meshed pods; brings the local cluster up if needed and leaves it up; ~1-3 min, not in make test; needs root
+	$(CARGO) build --locked -p weft --bins
+	$(CARGO) test --locked -p weft-node-agent --test prometheus
+
 .PHONY: fuzz
 fuzz: ## Fuzz the decoders of untrusted bytes (cargo-fuzz, nightly), FUZZ_SECONDS (default 30) per target
 	@bash e2e/scripts/fuzz.sh

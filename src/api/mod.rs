@@ -3,15 +3,19 @@
 
 pub mod authorizationpolicy;
 pub mod conditions;
+pub mod destinationrule;
 pub mod meshconfig;
 pub mod peerauthentication;
 pub mod revisiontag;
 pub mod smi;
+pub mod virtualservice;
 
 pub use authorizationpolicy::AuthorizationPolicy;
+pub use destinationrule::DestinationRule;
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};
 pub use peerauthentication::PeerAuthentication;
 pub use revisiontag::{RevisionTag, RevisionTagSpec, RevisionTagStatus};
+pub use virtualservice::VirtualService;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,

@@ -3,6 +3,7 @@
 //!
 //! - [`policy`]: effective mTLS modes (PeerAuthentication precedence), pure.
 //! - [`authz`]: which AuthorizationPolicies select which workload, compiled once, pure.
+//! - [`routes`]: DestinationRules, VirtualServices and TrafficSplits onto the service tables.
 //! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
 //! - [`server`]: reflectors, debounce, the stream and ack routes, the per-replica registry.
 //!
@@ -11,6 +12,7 @@
 pub mod authz;
 pub mod model;
 pub mod policy;
+pub mod routes;
 pub mod server;
 
 pub use model::{MeshIndex, MeshView};

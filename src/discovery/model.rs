@@ -21,9 +21,9 @@ use serde::Serialize;
 
 use super::authz::{AuthzIndex, SmiObjects, Workload};
 use super::policy::{Effective, Policies, PolicyProblem};
-use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
 use crate::api::{
-    AuthorizationPolicy, MeshConfig, PeerAuthentication,
+    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, VirtualService,
     meshconfig::{AccessLogFormat as ApiAccessLogFormat, OutboundTrafficPolicy},
 };
 use crate::authz::Policy;
@@ -50,6 +50,9 @@ pub struct MeshView {
     pub traffic_targets: Vec<Arc<TrafficTarget>>,
     pub http_route_groups: Vec<Arc<HTTPRouteGroup>>,
     pub tcp_routes: Vec<Arc<TCPRoute>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub traffic_splits: Vec<Arc<TrafficSplit>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -175,7 +178,8 @@ impl MeshIndex {
             pods.insert(key, entry);
         }
 
-        let (services, headless) = service_tables(view, &mut pods);
+        let (mut services, mut headless) = service_tables(view, &mut pods);
+        let route_problems = super::routes::apply(view, &mut services, &mut headless);
         let authz = AuthzIndex::new(
             &view.root_namespace,
             &view.authorization_policies,
@@ -262,6 +266,7 @@ impl MeshIndex {
                 .problems
                 .into_iter()
                 .chain(authz.problems)
+                .chain(route_problems)
                 .collect(),
         }
     }
@@ -698,6 +703,7 @@ pub(crate) mod tests {
             traffic_targets: vec![],
             http_route_groups: vec![],
             tcp_routes: vec![],
+            ..Default::default()
         }
     }
 

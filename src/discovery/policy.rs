@@ -42,7 +42,8 @@ impl Effective {
 /// A policy the resolver had to skip, with what to change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyProblem {
-    /// `PeerAuthentication` or `AuthorizationPolicy`.
+    /// `PeerAuthentication`, `AuthorizationPolicy`, an SMI kind, `DestinationRule`,
+    /// `VirtualService` or `TrafficSplit`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,

@@ -35,8 +35,10 @@ use tokio::sync::{Notify, watch};
 
 use super::model::{MeshIndex, MeshView};
 use super::policy::PolicyProblem;
-use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
-use crate::api::{AuthorizationPolicy, MeshConfig, PeerAuthentication};
+use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
+use crate::api::{
+    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, VirtualService,
+};
 use crate::contract;
 use crate::kube::events;
 use crate::kube::metrics::OperatorMetrics;
@@ -162,6 +164,13 @@ impl DiscoveryState {
         let http_route_groups: Store<HTTPRouteGroup> =
             reflect_optional(kube::Api::all(client.clone()), n());
         let tcp_routes: Store<TCPRoute> = reflect_optional(kube::Api::all(client.clone()), n());
+        // Routing: Istio's networking API and SMI's TrafficSplit, optional likewise.
+        let destination_rules: Store<DestinationRule> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let virtual_services: Store<VirtualService> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let traffic_splits: Store<TrafficSplit> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -191,6 +200,9 @@ impl DiscoveryState {
                     traffic_targets: traffic_targets.state(),
                     http_route_groups: http_route_groups.state(),
                     tcp_routes: tcp_routes.state(),
+                    destination_rules: destination_rules.state(),
+                    virtual_services: virtual_services.state(),
+                    traffic_splits: traffic_splits.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);
@@ -274,6 +286,8 @@ fn report_problem(client: &Client, p: &PolicyProblem) {
             api_version: match p.kind {
                 "TrafficTarget" => "access.smi-spec.io/v1alpha3",
                 "HTTPRouteGroup" | "TCPRoute" => "specs.smi-spec.io/v1alpha4",
+                "TrafficSplit" => "split.smi-spec.io/v1alpha2",
+                "DestinationRule" | "VirtualService" => "networking.istio.io/v1",
                 _ => "security.istio.io/v1",
             },
             kind: p.kind,

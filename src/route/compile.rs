@@ -134,19 +134,19 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     );
     let vs_hosts: Vec<String> = http.keys().map(|(h, _)| h.clone()).collect();
     let splits = smi::traffic_splits(registry, resources.traffic_splits, &mut problems);
-    for (root, (src, routes)) in splits {
+    for (root, split) in splits {
         if vs_hosts.contains(&root) {
             problems.push(Problem {
                 kind: smi::KIND,
-                namespace: src.0,
-                name: src.1,
+                namespace: split.namespace,
+                name: split.name,
                 message: format!(
                     "{root} is routed by a VirtualService, which wins over a TrafficSplit; this split is not applied"
                 ),
             });
             continue;
         }
-        for (port, route) in routes {
+        for (port, route) in split.routes {
             http.insert((root.clone(), port), vec![route]);
         }
     }

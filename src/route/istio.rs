@@ -138,13 +138,16 @@ fn exports_everywhere(export_to: &Option<Vec<String>>) -> bool {
         .is_none_or(|e| e.iter().all(|n| n == "*"))
 }
 
+/// Subsets in the order a DestinationRule lists them: (name, pod labels).
+pub type NamedSubsets = Vec<(String, BTreeMap<String, String>)>;
+
 /// One DestinationRule: its host (FQDN) and subsets, or why none apply. Fields not
 /// implemented go to `ignored`.
 pub fn compile_destination_rule(
     registry: &Registry,
     src: &Source<'_>,
     ignored: &mut Vec<String>,
-) -> Result<(String, Vec<(String, BTreeMap<String, String>)>), String> {
+) -> Result<(String, NamedSubsets), String> {
     let spec: DestinationRuleSpec =
         serde_json::from_value(src.spec.clone()).map_err(|e| format!("spec: {e}"))?;
     let host = registry.resolve(&spec.host, src.namespace);
@@ -162,7 +165,7 @@ pub fn compile_destination_rule(
     if spec.workload_selector.is_some() {
         ignored.push("workloadSelector".into());
     }
-    let mut subsets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut subsets: NamedSubsets = Vec::new();
     for (i, s) in spec.subsets.iter().enumerate() {
         if let Some(p) = &s.traffic_policy {
             unsupported_policy(&format!("subsets[{i}].trafficPolicy"), p, ignored);

@@ -127,14 +127,22 @@ pub fn compile_traffic_split(
     })
 }
 
-/// Every TrafficSplit by root Service FQDN: ((namespace, name), routes by port). For a root
+/// The split that applies to a root Service: which one, and its route per HTTP port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedSplit {
+    pub namespace: String,
+    pub name: String,
+    pub routes: Vec<(u16, HttpRoute)>,
+}
+
+/// Every TrafficSplit by root Service FQDN. For a root
 /// named by several splits the oldest applies and the others are reported.
 pub fn traffic_splits(
     registry: &Registry,
     sources: &[Source<'_>],
     problems: &mut Vec<Problem>,
-) -> BTreeMap<String, ((String, String), Vec<(u16, HttpRoute)>)> {
-    let mut out: BTreeMap<String, ((String, String), Vec<(u16, HttpRoute)>)> = BTreeMap::new();
+) -> BTreeMap<String, AppliedSplit> {
+    let mut out: BTreeMap<String, AppliedSplit> = BTreeMap::new();
     for src in by_age(sources) {
         match compile_traffic_split(registry, src) {
             Err(e) => problems.push(Problem::new(
@@ -143,7 +151,12 @@ pub fn traffic_splits(
                 format!("{e}; the TrafficSplit is not applied"),
             )),
             Ok(split) => {
-                if let Some(((ns, name), _)) = out.get(&split.root) {
+                if let Some(AppliedSplit {
+                    namespace: ns,
+                    name,
+                    ..
+                }) = out.get(&split.root)
+                {
                     problems.push(Problem::new(
                         KIND,
                         src,
@@ -177,10 +190,11 @@ pub fn traffic_splits(
                 }
                 out.insert(
                     split.root,
-                    (
-                        (src.namespace.to_string(), src.name.to_string()),
-                        split.routes,
-                    ),
+                    AppliedSplit {
+                        namespace: src.namespace.to_string(),
+                        name: src.name.to_string(),
+                        routes: split.routes,
+                    },
                 );
             }
         }
@@ -331,7 +345,7 @@ spec:
             {"service": "bookstore-v1", "weight": 50}, {"service": "bookstore-v3", "weight": 50}]});
         let mut problems = Vec::new();
         let out = traffic_splits(&r, &[src("s", "t", &spec)], &mut problems);
-        let (_, routes) = &out["bookstore.bookstore.svc.cluster.local"];
+        let routes = &out["bookstore.bookstore.svc.cluster.local"].routes;
         assert_eq!(routes.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [14001]);
         assert!(
             problems[0]

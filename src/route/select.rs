@@ -80,11 +80,11 @@ fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
 /// A destination by weight: `roll` is uniform over `u64`; destinations `usable` says no to (a
 /// backend without endpoints) and those of weight 0 are skipped, their share going to the
 /// others in proportion. None when no destination is usable.
-pub fn pick_weighted<'a>(
-    destinations: &'a [Destination],
+pub fn pick_weighted(
+    destinations: &[Destination],
     roll: u64,
     usable: impl Fn(&Destination) -> bool,
-) -> Option<&'a Destination> {
+) -> Option<&Destination> {
     let live = || destinations.iter().filter(|d| d.weight > 0 && usable(d));
     let total: u64 = live().map(|d| u64::from(d.weight)).sum();
     if total == 0 {

@@ -4,7 +4,6 @@
 //! each request is recorded by its [`Exchange`] (destination reporter).
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
@@ -71,19 +70,10 @@ pub async fn serve<I>(
         upstream: Upstream::new(app),
         record,
     });
-    let handler = move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(req).await) }
-    };
-    let idle = ctx.settings.idle_timeout;
-    let ctx = ctx.clone();
-    let drained = async move { ctx.drained().await };
-    if let Err(e) = server::serve(io, handler, drained, idle).await {
-        tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
-    }
+    server::serve_pipeline(ctx, io, state, "inbound").await;
 }
 
-impl Inbound {
+impl server::Pipeline for Inbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let (exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
         let bad_request = |exchange: Exchange| {

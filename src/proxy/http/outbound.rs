@@ -8,7 +8,6 @@
 //! is recorded by its [`Exchange`] with the source reporter's labels of its endpoint.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -67,19 +66,10 @@ pub async fn serve<I>(
         conn,
         recorders: Mutex::new(Vec::new()),
     });
-    let handler = move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(state.handle(req).await) }
-    };
-    let idle = ctx.settings.idle_timeout;
-    let ctx = ctx.clone();
-    let drained = async move { ctx.drained().await };
-    if let Err(e) = server::serve(io, handler, drained, idle).await {
-        tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
-    }
+    server::serve_pipeline(ctx, io, state, "outbound").await;
 }
 
-impl Outbound {
+impl server::Pipeline for Outbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
         let snapshot = self
@@ -203,7 +193,9 @@ impl Outbound {
             }
         }
     }
+}
 
+impl Outbound {
     /// A connection to `ep` able to carry the request: pooled, or opened now.
     async fn connection(
         &self,

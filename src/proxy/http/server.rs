@@ -26,6 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::proxy::ProxyContext;
 use crate::proxy::metrics::grpc_status_value;
 
 /// Every response body the proxy sends downstream.
@@ -72,6 +73,30 @@ where
             conn.await
         }
         () = activity.idle_for(idle) => Err(format!("no bytes moved for {idle:?}").into()),
+    }
+}
+
+/// One side's per-request pipeline (inbound, outbound; later a gateway's).
+pub trait Pipeline: Send + Sync + 'static {
+    fn handle(&self, req: Request<Incoming>)
+    -> impl Future<Output = Response<ResponseBody>> + Send;
+}
+
+/// Serves `io` through `pipeline` until it closes, the proxy drains or it idles out.
+pub async fn serve_pipeline<I, P>(ctx: &Arc<ProxyContext>, io: I, pipeline: Arc<P>, side: &str)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    P: Pipeline,
+{
+    let handler = move |req: Request<Incoming>| {
+        let pipeline = pipeline.clone();
+        async move { Ok::<_, Infallible>(pipeline.handle(req).await) }
+    };
+    let idle = ctx.settings.idle_timeout;
+    let ctx = ctx.clone();
+    let drained = async move { ctx.drained().await };
+    if let Err(e) = serve(io, handler, drained, idle).await {
+        tracing::debug!(error = %e, side, "HTTP connection ended with an error");
     }
 }
 

@@ -155,8 +155,9 @@ impl MeshIndex {
                 .unwrap_or_default();
             // App, version and the canonical service from the pod's labels as Istio reads
             // them; one cluster, named as Istio names it by default.
+            // The workload is what created the pod (a Deployment's name), as Istio names it.
             let workload = WorkloadMeta::from_labels(
-                labels.get(contract::LABEL_CANONICAL_NAME).unwrap_or(&key.1),
+                &crate::kube::workload::workload_name(pod),
                 &key.0,
                 &labels,
                 DEFAULT_CLUSTER,
@@ -830,11 +831,16 @@ pub(crate) mod tests {
     #[test]
     fn workload_metadata_for_metrics_comes_from_the_pod_labels() {
         let mut v = view();
+        // A Deployment's pod: the workload is the Deployment (Istio's `*_workload`), not the
+        // canonical service.
         let db = json!({
             "metadata": {"namespace": "pets", "name": "db-1", "labels": {
                 "weft.dev/revision": "stable", "app": "db", "version": "v2",
                 "app.kubernetes.io/name": "postgres",
-                "service.istio.io/canonical-name": "db"}},
+                "pod-template-hash": "7f9c6",
+                "service.istio.io/canonical-name": "db"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "db-v2-7f9c6", "uid": "u", "controller": true}]},
             "spec": {"serviceAccountName": "db", "containers": [
                 {"name": "app", "ports": [{"containerPort": 8080}]}]},
             "status": {"podIP": "198.18.1.3"}
@@ -842,7 +848,7 @@ pub(crate) mod tests {
         v.pods[1] = obj(db);
         let index = MeshIndex::build(&v);
         let want = WorkloadMeta {
-            name: "db".into(),
+            name: "db-v2".into(),
             namespace: "pets".into(),
             app: "postgres".into(),
             version: "v2".into(),

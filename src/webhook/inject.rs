@@ -720,7 +720,7 @@ fn canonical_name(pod: &Pod) -> String {
         .iter()
         .find_map(|key| labels.and_then(|l| l.get(*key)))
         .cloned();
-    label_value(&from_label.unwrap_or_else(|| workload_name(pod)))
+    label_value(&from_label.unwrap_or_else(|| crate::kube::workload::workload_name(pod)))
 }
 
 fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
@@ -729,38 +729,6 @@ fn canonical_revision(labels: &BTreeMap<String, String>) -> String {
         .find_map(|key| labels.get(*key))
         .map(|v| label_value(v))
         .unwrap_or_else(|| "latest".into())
-}
-
-/// The name of what created the pod: a ReplicaSet's Deployment (its name without the
-/// `pod-template-hash` suffix), another controller's name, or the pod's own name prefix.
-fn workload_name(pod: &Pod) -> String {
-    let meta = &pod.metadata;
-    let controller = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
-    let hash = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(contract::LABEL_POD_TEMPLATE_HASH));
-    if let Some(owner) = controller {
-        if owner.kind == "ReplicaSet"
-            && let Some(deployment) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}")))
-        {
-            return deployment.to_string();
-        }
-        return owner.name.clone();
-    }
-    let prefix = meta
-        .generate_name
-        .as_deref()
-        .map(|g| g.trim_end_matches('-'))
-        .filter(|g| !g.is_empty());
-    prefix
-        .or(meta.name.as_deref())
-        .unwrap_or("unknown")
-        .to_string()
 }
 
 /// Fits a derived name into a label value: at most 63 characters, alphanumeric at both ends.

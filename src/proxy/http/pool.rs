@@ -95,8 +95,12 @@ where
         let io = connect().await.map_err(ForwardError::Connect)?;
         let sender = handshake(io, h2).await?;
         if let Sender::Http2(s) = &sender {
+            let mut shared = self.lock_h2();
+            // Endpoints come and go: forget the connections that have closed, so the pool
+            // holds no more than the endpoints in use.
+            shared.retain(|_, s| !s.is_closed());
             // Two requests racing here both connect; the later one is kept.
-            self.lock_h2().insert(key.clone(), s.clone());
+            shared.insert(key.clone(), s.clone());
         }
         Ok(sender)
     }
@@ -171,10 +175,115 @@ where
                 return;
             }
             let mut parked = parked.lock().unwrap_or_else(|p| p.into_inner());
+            // Close what idled out and forget what the peers closed (endpoints come and go).
+            parked.retain(|_, list| {
+                list.retain(|(since, s)| !s.is_closed() && since.elapsed() < idle);
+                !list.is_empty()
+            });
             let list = parked.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_KEY {
                 list.push((Instant::now(), sender));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// A connector to an in-memory HTTP/1.1 + h2 server answering `ok`; counts connections.
+    fn connector(
+        count: &Arc<AtomicUsize>,
+    ) -> impl FnOnce() -> std::future::Ready<io::Result<tokio::io::DuplexStream>> {
+        let count = count.clone();
+        move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(server), service)
+                    .await;
+            });
+            std::future::ready(Ok(client))
+        }
+    }
+
+    fn key() -> Key {
+        Key {
+            addr: "198.18.0.7:8080".parse().unwrap(),
+            identity: Some("spiffe://cluster.local/ns/demo/sa/server".into()),
+            service: Some("api.demo.svc.cluster.local".into()),
+        }
+    }
+
+    async fn call(pool: &Pool<Full<Bytes>>, count: &Arc<AtomicUsize>, h2: bool) -> String {
+        let sender = pool.get(&key(), h2, connector(count)).await.unwrap();
+        let version = if h2 {
+            hyper::Version::HTTP_2
+        } else {
+            hyper::Version::HTTP_11
+        };
+        let req = Request::get("http://api.demo/")
+            .version(version)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = pool
+            .send(&key(), sender, req, connector(count))
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn http1_connections_are_parked_and_reused_one_request_at_a_time() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let count = Arc::new(AtomicUsize::new(0));
+        for _ in 0..5 {
+            assert_eq!(call(&pool, &count, false).await, "ok");
+            // The connection is parked by a task once its response has ended.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one connection, reused");
+        // Two at once need two connections; both are parked afterwards.
+        let (a, b) = tokio::join!(call(&pool, &count, false), call(&pool, &count, false));
+        assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn h2_requests_share_one_connection() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let count = Arc::new(AtomicUsize::new(0));
+        assert_eq!(call(&pool, &count, true).await, "ok");
+        let calls = (0..8).map(|_| call(&pool, &count, true));
+        for body in futures::future::join_all(calls).await {
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "every stream on one connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_that_idled_out_is_not_reused() {
+        let pool = Pool::new(Duration::from_millis(50));
+        let count = Arc::new(AtomicUsize::new(0));
+        assert_eq!(call(&pool, &count, false).await, "ok");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(call(&pool, &count, false).await, "ok");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,8 +1,10 @@
-//! The operator's HTTPS ports answer a body over a route's limit with the complete JSON 413
-//! over HTTP/2 and HTTP/1.1, and the connection keeps serving: the real accept loop
-//! (`serve_tls_on`, as `weft operator` serves :15012 and :15017) on 127.0.0.1 with the CSR
-//! router (limit 64 KiB) and the webhook router (limit 3 MiB), asked by curl and by hyper's
-//! client over rustls.
+//! The operator's HTTPS ports answer a body over a route's limit completely over HTTP/2 and
+//! HTTP/1.1, and the connection keeps serving: the CSR endpoint with its JSON 413, the webhook
+//! with a well-formed AdmissionReview that denies the request naming the limit (under the
+//! request's uid when the body's beginning holds it), so the API server shows users the reason.
+//! The real accept loop (`serve_tls_on`, as `weft operator` serves :15012 and :15017) on
+//! 127.0.0.1 with the CSR router (limit 64 KiB) and the webhook router (limit 3 MiB), asked by
+//! curl and by hyper's client over rustls.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -261,6 +263,15 @@ fn streamed(size: usize, taken: Arc<AtomicUsize>) -> BoxBody<Bytes, Infallible> 
     StreamBody::new(futures::stream::iter(chunks)).boxed()
 }
 
+/// `bytes` in 64 KiB chunks with no Content-Length.
+fn streamed_bytes(bytes: Vec<u8>) -> BoxBody<Bytes, Infallible> {
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = bytes
+        .chunks(64 * 1024)
+        .map(|chunk| Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+        .collect();
+    StreamBody::new(futures::stream::iter(chunks)).boxed()
+}
+
 /// What `taken` settles at: once it has not moved for half a second (at most 20 s).
 async fn settled(taken: &AtomicUsize) -> usize {
     let mut last = taken.load(Ordering::SeqCst);
@@ -285,12 +296,13 @@ fn error_of(json: &Value) -> &str {
     json["error"].as_str().unwrap_or_default()
 }
 
-/// Asserts that every curl run got the 413 with its JSON and then the normal answer, over the
-/// same connection on HTTP/2.
+/// Asserts that every curl run got the refusal (`refused_status`, its JSON as `refused_ok`
+/// wants) and then the normal answer, over the same connection on HTTP/2.
 async fn assert_curl(
     port: &Port,
     path: &str,
-    says: &str,
+    refused_status: &str,
+    refused_ok: impl Fn(&Value) -> bool,
     normal_path: &str,
     normal: &str,
     normal_ok: impl Fn(&[u8]) -> bool,
@@ -305,14 +317,17 @@ async fn assert_curl(
             assert_eq!(output.status.code(), Some(0), "{context}");
             let lines: Vec<&str> = stdout.lines().collect();
             assert_eq!(lines.len(), 2, "{context}");
-            assert!(lines[0].starts_with("413 "), "{context}");
+            assert!(
+                lines[0].starts_with(&format!("{refused_status} ")),
+                "{context}"
+            );
             let json: Value = serde_json::from_slice(&refused).unwrap_or_else(|e| {
                 panic!(
-                    "{context}\n413 body is not JSON ({e}): {}",
+                    "{context}\nthe refusal is not JSON ({e}): {}",
                     String::from_utf8_lossy(&refused)
                 )
             });
-            assert!(error_of(&json).contains(says), "{context}\n{json}");
+            assert!(refused_ok(&json), "{context}\n{json}");
             assert!(
                 normal_ok(&answered),
                 "{context}\n{}",
@@ -367,7 +382,8 @@ async fn csr_port_answers_an_over_limit_body_with_the_json_413_on_http2_and_http
     assert_curl(
         &port,
         contract::PATH_CERTIFICATES,
-        &says,
+        "413",
+        |json| error_of(json).contains(&says),
         contract::PATH_CERTIFICATES,
         "csr.json",
         |answer| serde_json::from_slice(answer).is_ok_and(|json| issued(&json)),
@@ -451,51 +467,98 @@ fn reviewed(answer: &Value) -> bool {
         && !asked["request"]["uid"].is_null()
 }
 
+/// The denial of an oversized review: a well-formed AdmissionReview, `allowed: false`, a 413
+/// status naming the limit and `size`, under `uid`.
+fn denied_as_too_large(answer: &Value, uid: &str, size: &str) -> bool {
+    let response = &answer["response"];
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    answer["apiVersion"] == "admission.k8s.io/v1"
+        && answer["kind"] == "AdmissionReview"
+        && response["uid"] == uid
+        && response["allowed"] == false
+        && response["status"]["code"] == 413
+        && message.contains(size)
+        && message.contains(&format!("at most {MAX_REVIEW_BODY_BYTES} bytes"))
+}
+
+/// `review()` padded with whitespace past the limit: still one valid AdmissionReview, its uid
+/// at the beginning as the API server writes it.
+fn oversized_review() -> Vec<u8> {
+    let mut body = review();
+    body.resize(OVER_LIMIT, b' ');
+    body
+}
+
+fn uid_of_review() -> String {
+    let asked: Value = serde_json::from_slice(&review()).expect("review.json is JSON");
+    asked["request"]["uid"]
+        .as_str()
+        .expect("review.json has a uid")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_port_answers_an_over_limit_body_with_the_json_413_on_http2_and_http1() {
+async fn webhook_port_denies_an_over_limit_review_with_a_well_formed_review_on_http2_and_http1() {
     let port = Port::serve(|_| webhook_router(), false).await;
     std::fs::write(port.dir.join("review.json"), review()).expect("review.json");
+    std::fs::write(port.dir.join("over-limit"), oversized_review()).expect("the big review");
     const { assert!(OVER_LIMIT > MAX_REVIEW_BODY_BYTES) };
+    let uid = uid_of_review();
 
+    // curl sends Content-Length: the size is named, the uid read from the beginning.
     assert_curl(
         &port,
         contract::PATH_INJECT,
-        &format!("the AdmissionReview is {OVER_LIMIT} bytes"),
+        "200",
+        |json| denied_as_too_large(json, &uid, &format!("is {OVER_LIMIT} bytes")),
         contract::PATH_INJECT,
         "review.json",
         |answer| serde_json::from_slice(answer).is_ok_and(|json| reviewed(&json)),
     )
     .await;
 
-    // Every webhook route, with and without Content-Length, then a review on the same
-    // HTTP/2 connection.
+    // Every webhook route, with and without Content-Length, with and without a uid to echo,
+    // then a review on the same HTTP/2 connection.
     let mut connection = port.h2().await;
     for path in [
         contract::PATH_INJECT,
         contract::PATH_VALIDATE,
         contract::PATH_DEFAULT_MESHCONFIG,
     ] {
-        for (what, body, says) in [
+        for (what, body, uid, says) in [
             (
                 "declared",
-                full(vec![b' '; OVER_LIMIT]),
+                full(oversized_review()),
+                uid.as_str(),
                 format!("is {OVER_LIMIT} bytes"),
             ),
             (
                 "streamed",
+                streamed_bytes(oversized_review()),
+                uid.as_str(),
+                format!("is over {MAX_REVIEW_BODY_BYTES} bytes"),
+            ),
+            (
+                "declared, not a review",
+                full(vec![b' '; OVER_LIMIT]),
+                "",
+                format!("is {OVER_LIMIT} bytes"),
+            ),
+            (
+                "streamed, not a review",
                 streamed(OVER_LIMIT, Arc::default()),
+                "",
                 format!("is over {MAX_REVIEW_BODY_BYTES} bytes"),
             ),
         ] {
             let (status, json) = post(&mut connection, path, body)
                 .await
                 .unwrap_or_else(|e| panic!("{path} {what}: {e}"));
-            assert_eq!(
-                status,
-                StatusCode::PAYLOAD_TOO_LARGE,
+            assert_eq!(status, StatusCode::OK, "{path} {what}: {json}");
+            assert!(
+                denied_as_too_large(&json, uid, &says),
                 "{path} {what}: {json}"
             );
-            assert!(error_of(&json).contains(&says), "{path} {what}: {json}");
             let (status, json) = post(&mut connection, contract::PATH_INJECT, full(review()))
                 .await
                 .unwrap_or_else(|e| panic!("after {path} {what}: {e}"));

@@ -218,15 +218,29 @@ fn error_message(answer: &Answer) -> String {
 }
 
 #[test]
-fn ten_mib_body_is_refused_with_413() {
+fn ten_mib_body_is_denied_by_an_admission_review_naming_the_limit() {
+    // Whitespace only: no uid to echo, so the answer's uid is empty.
     let body = vec![b' '; 10 * 1024 * 1024];
-    let answer = answer(&body, &enrolled_case());
-    assert_eq!(answer.http_status, 413);
+    let blank = answer(&body, &enrolled_case());
+    assert_eq!(blank.http_status, 200);
+    assert_eq!(blank.response["uid"], "");
+    assert_eq!(blank.response["allowed"], false);
+    assert_eq!(blank.response["status"]["code"], 413);
     assert!(
-        error_message(&answer).contains("at most"),
+        blank.response["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most") && m.contains("shrink the object")),
         "{}",
-        answer.response
+        blank.response
     );
+
+    // A review padded past the cap is denied under its own uid.
+    let mut body = serde_json::to_vec(&enrolled_review()).expect("serializes");
+    body.resize(10 * 1024 * 1024, b' ');
+    let padded = answer(&body, &enrolled_case());
+    assert_eq!(padded.http_status, 200);
+    assert_eq!(padded.response["uid"], enrolled_review()["request"]["uid"]);
+    assert_eq!(padded.response["allowed"], false);
 }
 
 #[test]

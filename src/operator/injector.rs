@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
@@ -21,6 +20,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use super::ca_bundle::MUTATING_WEBHOOK;
+use super::serving::{DRAIN_MAX_BYTES, DRAIN_MAX_TIME};
 use crate::api::{MeshConfig, RevisionTag};
 use crate::contract;
 use crate::kube::events;
@@ -187,19 +187,17 @@ pub fn router(state: InjectorState) -> Router {
         .route(contract::PATH_INJECT, post(inject))
         .route(contract::PATH_VALIDATE, post(validate))
         .route(contract::PATH_DEFAULT_MESHCONFIG, post(default_meshconfig))
-        // One byte over the review's cap, so a body at the cap reaches the review; a longer
-        // one is refused by `readable` with the review's own JSON 413.
-        .layer(DefaultBodyLimit::max(webhook::MAX_REVIEW_BODY_BYTES + 1))
+        // No DefaultBodyLimit: `read_review` reads each body with the review's own cap.
         .with_state(state)
 }
 
 async fn inject(
     State(state): State<InjectorState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> impl IntoResponse {
     let started = Instant::now();
-    let answer = match readable(&headers, body) {
+    let answer = match read_review(&headers, body).await {
         Ok(body) => {
             let mesh = state.snapshot();
             let namespaces = state.namespaces.clone();
@@ -217,10 +215,11 @@ async fn inject(
 async fn validate(
     State(state): State<InjectorState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> impl IntoResponse {
     let started = Instant::now();
-    let answer = readable(&headers, body)
+    let answer = read_review(&headers, body)
+        .await
         .map(|body| webhook::validate(&body, &state.snapshot_with_pods(), &state.settings))
         .unwrap_or_else(|refused| refused);
     state.answered(Endpoint::Validate, answer, started)
@@ -229,47 +228,65 @@ async fn validate(
 async fn default_meshconfig(
     State(state): State<InjectorState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> impl IntoResponse {
     let started = Instant::now();
-    let answer = readable(&headers, body)
+    let answer = read_review(&headers, body)
+        .await
         .map(|body| webhook::default_meshconfig(&body, &state.snapshot(), &state.settings))
         .unwrap_or_else(|refused| refused);
     state.answered(Endpoint::Default, answer, started)
 }
 
-/// The request body, or the JSON answer to one that could not be read. A body over the limit
-/// is refused by axum once the limit's worth is read, with a plain-text 413; it gets the
-/// review's own `{"error": ...}` instead, as every other refusal of the webhook does.
-fn readable(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, (u16, Vec<u8>)> {
-    let rejection = match body {
-        Ok(body) => return Ok(body),
-        Err(rejection) => rejection,
+/// The request body, or the answer to one that could not be read. A body over the review's
+/// cap is read no further than the cap (no further than the beginning that holds the request's
+/// uid when Content-Length already says it is over) and answered with an AdmissionReview that
+/// denies it, naming the limit (`webhook::error_body`), so the API server shows the user why.
+async fn read_review(headers: &HeaderMap, body: Body) -> Result<Bytes, (u16, Vec<u8>)> {
+    use futures::StreamExt as _;
+    let declared_over = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&size| size > webhook::MAX_REVIEW_BODY_BYTES);
+    let keep = match declared_over {
+        Some(_) => webhook::review::UID_PREFIX_BYTES,
+        None => webhook::MAX_REVIEW_BODY_BYTES + 1,
     };
-    let status = rejection.status();
-    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&size| size > webhook::MAX_REVIEW_BODY_BYTES);
-        match declared {
-            Some(size) => webhook::ReviewError::TooLarge { size }.to_string(),
-            // Sent without Content-Length: its size is unknown, only that it is over.
-            None => format!(
-                "the AdmissionReview is over {} bytes, the most weft accepts (3 MiB), more than \
-                 the API server stores for one object: shrink the object",
-                webhook::MAX_REVIEW_BODY_BYTES
-            ),
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    while read.len() < keep {
+        match stream.next().await {
+            Some(Ok(chunk)) => read.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                let message = format!("the request body could not be read ({e}): send it again");
+                let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
+                    .unwrap_or_default();
+                return Err((StatusCode::BAD_REQUEST.as_u16(), body));
+            }
+            None => break,
         }
-    } else {
-        rejection.body_text()
-    };
-    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
-    Err((status.as_u16(), body))
+    }
+    if declared_over.is_some() || read.len() > webhook::MAX_REVIEW_BODY_BYTES {
+        let prefix = &read[..read.len().min(webhook::review::UID_PREFIX_BYTES)];
+        let error = webhook::ReviewError::too_large(prefix, declared_over);
+        // The rest is read and thrown away before answering, within the bounds of the
+        // server's drain of unread bodies: the answer is a 200, and a client still uploading
+        // when a 2xx arrives may not stop as it does after a 4xx (curl 7.88 over HTTP/2 stalls
+        // its upload). Past the bounds the server's drain takes over after the answer.
+        let mut taken = read.len() as u64;
+        let discard = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                taken += chunk.len() as u64;
+                if taken > DRAIN_MAX_BYTES {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_MAX_TIME, discard).await;
+        return Err((error.http_status(), webhook::review::error_body(&error)));
+    }
+    Ok(Bytes::from(read))
 }
 
 impl InjectorState {

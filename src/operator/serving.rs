@@ -701,7 +701,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
 /// Most of an unread request body read (and thrown away) after the answer.
 pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest time spent reading it.
-const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
 
 /// A request body that, when a handler drops it before its end (a body over a route's limit is
 /// refused once the limit's worth is read), is read on to its end in the background and

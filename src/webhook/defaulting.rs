@@ -379,11 +379,17 @@ mod tests {
     #[test]
     fn unreadable_bodies_get_the_same_4xx_as_the_injector() {
         let too_big = vec![b' '; crate::webhook::MAX_REVIEW_BODY_BYTES + 1];
-        for (input, want) in [(&b"nope"[..], 400), (&too_big[..], 413), (&b"  "[..], 400)] {
+        for (input, want) in [(&b"nope"[..], 400), (&b"  "[..], 400)] {
             let (status, body) = default_meshconfig(input, &mesh(), &InjectorSettings::default());
             assert_eq!(status, want);
             let out: Value = serde_json::from_slice(&body).unwrap();
             assert!(out["error"].is_string());
         }
+        // Too large: denied by an AdmissionReview naming the limit, as the injector does.
+        let (status, body) = default_meshconfig(&too_big, &mesh(), &InjectorSettings::default());
+        assert_eq!(status, 200);
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(out["response"]["allowed"], false);
+        assert_eq!(out["response"]["status"]["code"], 413);
     }
 }

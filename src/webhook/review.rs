@@ -1,5 +1,6 @@
 //! One AdmissionReview in, one HTTP answer out: the pure heart of the `/inject` handler. The
-//! server around it only reads the body (at most `MAX_REVIEW_BODY_BYTES`), looks namespaces up
+//! server around it only reads the body (at most `MAX_REVIEW_BODY_BYTES`, or the beginning of
+//! a longer one, answered by [`error_body`] as a denial naming the limit), looks namespaces up
 //! in its cache and writes events; everything that can be decided from bytes is decided here,
 //! and no input makes it panic.
 
@@ -16,8 +17,9 @@ use super::decision::{Decision, decide};
 use super::inject::inject;
 use super::state::{InjectorSettings, MeshState};
 
-/// Bodies above this are refused unread (413). The API server stores objects of at most
-/// 1.5 MiB in etcd; a pod CREATE review is that plus the envelope, so 3 MiB leaves room.
+/// Bodies above this are denied unread (an AdmissionReview with `allowed: false` and a 413
+/// status). The API server stores objects of at most 1.5 MiB in etcd; a pod CREATE review is
+/// that plus the envelope, so 3 MiB leaves room.
 pub const MAX_REVIEW_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 const API_VERSION: &str = "admission.k8s.io/v1";
@@ -25,14 +27,14 @@ const KIND: &str = "AdmissionReview";
 /// Key of the audit annotation (the API server prefixes it with the webhook's name).
 const AUDIT_KEY: &str = "injection";
 
-/// A request the webhook cannot answer with an AdmissionReview (no uid to answer to).
+/// A request the webhook cannot review: no AdmissionReview (answered `{"error": ...}`) or too
+/// large to read (answered with a denying AdmissionReview).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
-    #[error(
-        "the AdmissionReview is {size} bytes; weft accepts at most {MAX_REVIEW_BODY_BYTES} bytes \
-         (3 MiB), more than the API server stores for one object: shrink the object"
-    )]
-    TooLarge { size: usize },
+    /// Over [`MAX_REVIEW_BODY_BYTES`]; `size` when known (declared or read whole), `uid` the
+    /// request's as read from the body's beginning (empty when it was not there).
+    #[error("{}", too_large_message(*size))]
+    TooLarge { size: Option<usize>, uid: String },
     #[error("the request body is empty: POST an admission.k8s.io/v1 AdmissionReview as JSON")]
     Empty,
     #[error(
@@ -60,13 +62,41 @@ impl ReviewError {
         }
     }
 
+    /// 200 for an oversized review, answered with an AdmissionReview that denies it (see
+    /// [`error_body`]); 400 for a body that is no AdmissionReview at all.
     pub fn http_status(&self) -> u16 {
         match self {
-            ReviewError::TooLarge { .. } => 413,
+            ReviewError::TooLarge { .. } => 200,
             _ => 400,
         }
     }
+
+    /// An oversized review of which the server read `prefix` (its beginning) and knows the
+    /// size if `size`.
+    pub fn too_large(prefix: &[u8], size: Option<usize>) -> Self {
+        ReviewError::TooLarge {
+            size,
+            uid: uid_from_prefix(prefix).unwrap_or_default(),
+        }
+    }
 }
+
+fn too_large_message(size: Option<usize>) -> String {
+    let size = match size {
+        Some(size) => format!("is {size} bytes"),
+        None => format!("is over {MAX_REVIEW_BODY_BYTES} bytes"),
+    };
+    format!(
+        "the AdmissionReview {size}; weft accepts at most {MAX_REVIEW_BODY_BYTES} bytes (3 MiB), \
+         more than the API server stores for one object: shrink the object"
+    )
+}
+
+/// How much of an oversized body the server reads to find the request's uid: the API server
+/// writes `request.uid` first, so it is within the first few hundred bytes.
+pub const UID_PREFIX_BYTES: usize = 64 * 1024;
+/// Longest uid echoed (Kubernetes uids are 36 characters).
+const MAX_UID_BYTES: usize = 128;
 
 /// Everything the handler needs to answer and to report.
 #[derive(Debug)]
@@ -134,16 +164,148 @@ where
     }
 }
 
-/// `{"error": "..."}`: the body of a 4xx answer to a request that is no AdmissionReview.
-pub(super) fn error_body(error: &ReviewError) -> Vec<u8> {
+/// The answer to a request that could not be read: `{"error": "..."}` (with a 4xx) for one
+/// that is no AdmissionReview; for an oversized one an AdmissionReview that denies it with a
+/// 413 status naming the limit, under the request's uid when it could be read, so the API
+/// server shows the user `admission webhook "..." denied the request: <the limit>` instead of
+/// a failed call.
+pub fn error_body(error: &ReviewError) -> Vec<u8> {
+    if let ReviewError::TooLarge { uid, .. } = error {
+        let mut answer = Answer::allow(uid);
+        answer.refuse(413, "RequestEntityTooLarge", error.to_string());
+        return answer.into_body();
+    }
     serde_json::to_vec(&serde_json::json!({ "error": error.to_string() })).unwrap_or_default()
+}
+
+/// `request.uid` of an AdmissionReview of which only the beginning is at hand: a scan of the
+/// top-level object for `"request"` and, in it, for `"uid"`, skipping every other value
+/// without building it. `None` when the prefix ends first or is no JSON object.
+pub fn uid_from_prefix(prefix: &[u8]) -> Option<String> {
+    let mut scan = PrefixScan {
+        bytes: prefix,
+        at: 0,
+    };
+    scan.enter_object()?;
+    loop {
+        let key = scan.key()?;
+        if key == "request" {
+            scan.enter_object()?;
+            loop {
+                let key = scan.key()?;
+                if key == "uid" {
+                    let uid = scan.string()?;
+                    return (uid.len() <= MAX_UID_BYTES).then_some(uid);
+                }
+                scan.skip_value()?;
+                scan.next_member()?;
+            }
+        }
+        scan.skip_value()?;
+        scan.next_member()?;
+    }
+}
+
+/// A cursor over possibly truncated JSON; every step returns `None` at its end.
+struct PrefixScan<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl PrefixScan<'_> {
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&b) = self.bytes.get(self.at) {
+            if !b.is_ascii_whitespace() {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn enter_object(&mut self) -> Option<()> {
+        self.expect(b'{')
+    }
+
+    /// A member's key and its colon.
+    fn key(&mut self) -> Option<String> {
+        let key = self.string()?;
+        self.expect(b':')?;
+        Some(key)
+    }
+
+    /// After a value: a comma and another member, or `None` at the object's end (the
+    /// member looked for is not in it).
+    fn next_member(&mut self) -> Option<()> {
+        self.expect(b',')
+    }
+
+    /// A string, its escapes decoded (by serde_json, from its exact source).
+    fn string(&mut self) -> Option<String> {
+        let start = self.at;
+        self.expect(b'"')?;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    return serde_json::from_slice(self.bytes.get(start..self.at)?).ok();
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    /// Skips one value of any kind: strings whole, brackets counted outside strings.
+    fn skip_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.bytes.get(self.at)? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.at += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.at += 1;
+                }
+            }
+            _ => {
+                // A number or a literal: up to the next delimiter.
+                while !matches!(*self.bytes.get(self.at)?, b',' | b'}' | b']')
+                    && !self.bytes[self.at].is_ascii_whitespace()
+                {
+                    self.at += 1;
+                }
+                Some(())
+            }
+        }
+    }
 }
 
 /// The request of an `admission.k8s.io/v1` AdmissionReview, or why there is none. Every
 /// endpoint reads its body through this, so all share the size cap and the error answers.
 pub(super) fn read_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
     if body.len() > MAX_REVIEW_BODY_BYTES {
-        return Err(ReviewError::TooLarge { size: body.len() });
+        return Err(ReviewError::too_large(
+            &body[..UID_PREFIX_BYTES.min(body.len())],
+            Some(body.len()),
+        ));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ReviewError::Empty);
@@ -509,12 +671,7 @@ mod tests {
 
     #[test]
     fn unreadable_bodies_say_why_with_a_4xx() {
-        let too_big = vec![b'{'; MAX_REVIEW_BODY_BYTES + 1];
-        let cases: [(&[u8], u16, &str); 3] = [
-            (b"", 400, "empty"),
-            (b"{]", 400, "malformed"),
-            (&too_big, 413, "too_large"),
-        ];
+        let cases: [(&[u8], u16, &str); 2] = [(b"", 400, "empty"), (b"{]", 400, "malformed")];
         for (input, status, label) in cases {
             let reviewed = run(input);
             assert_eq!(reviewed.status, status);
@@ -525,5 +682,65 @@ mod tests {
             let out: Value = serde_json::from_slice(&reviewed.body).unwrap();
             assert!(out["error"].as_str().is_some_and(|e| !e.is_empty()));
         }
+    }
+
+    #[test]
+    fn an_oversized_review_is_denied_by_a_well_formed_review_under_its_uid() {
+        let mut big = body("pets", json!({"istio-injection": "enabled"}), false);
+        big.resize(MAX_REVIEW_BODY_BYTES + 1, b' ');
+        let reviewed = run(&big);
+        assert_eq!(reviewed.status, 200);
+        assert_eq!(
+            reviewed.error.as_ref().map(ReviewError::metric_label),
+            Some("too_large")
+        );
+        let out: Value = serde_json::from_slice(&reviewed.body).unwrap();
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["allowed"], false);
+        assert_eq!(out["response"]["status"]["code"], 413);
+        let message = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("is {} bytes", MAX_REVIEW_BODY_BYTES + 1))
+                && message.contains(&format!("at most {MAX_REVIEW_BODY_BYTES} bytes")),
+            "{message}"
+        );
+
+        // Without a readable uid the answer still has the shape, with an empty uid.
+        let junk = vec![b'{'; MAX_REVIEW_BODY_BYTES + 1];
+        let out: Value = serde_json::from_slice(&run(&junk).body).unwrap();
+        assert_eq!(out["response"]["uid"], "");
+        assert_eq!(out["response"]["allowed"], false);
+    }
+
+    #[test]
+    fn the_uid_is_read_from_the_beginning_of_a_review_whatever_comes_first() {
+        let uid = |text: &str| uid_from_prefix(text.as_bytes());
+        let id = "u-1";
+        // A whole review (its uid after the object here), cut anywhere after the uid.
+        let review = String::from_utf8(body("pets", json!({}), false)).unwrap();
+        let end = review.find(id).unwrap() + id.len() + 1;
+        for cut in [end, end + 10, review.len()] {
+            assert_eq!(uid(&review[..cut]).as_deref(), Some(id), "cut at {cut}");
+        }
+        assert_eq!(uid(&review[..end - 2]), None, "cut inside the uid");
+        // Other members first, with strings holding brackets, quotes and keys named uid.
+        let text = r#" { "kind" : "AdmissionReview", "x": {"uid": "no", "a": ["}", "\"{"]},
+            "n": -1.5e3, "t": true, "request": {"kind": {"uid": "no"}, "uid": "u\u002d1", "object": {"#;
+        assert_eq!(uid(text).as_deref(), Some("u-1"));
+        for text in [
+            "",
+            "[",
+            r#"{"request": "#,
+            r#"{"request": {"kind": {}}}"#,
+            r#"{"request": {"uid": 7}}"#,
+            r#"{"request": []}"#,
+            r#"{"uid": "top-level-is-not-the-request"}"#,
+        ] {
+            assert_eq!(uid(text), None, "{text}");
+        }
+        let long = format!(r#"{{"request": {{"uid": "{}"}}}}"#, "a".repeat(200));
+        assert_eq!(uid(&long), None, "an absurd uid is not echoed");
     }
 }

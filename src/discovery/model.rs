@@ -473,7 +473,9 @@ fn service_tables(
                     .ports
                     .iter()
                     .flatten()
-                    .find(|p| p.name == port.name)
+                    // An unnamed Service port's slice port is named "" (the EndpointSlice
+                    // controller writes it so), not left out.
+                    .find(|p| p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or(""))
                     .and_then(|p| p.port)
                     .and_then(|p| u16::try_from(p).ok())
                 else {
@@ -748,6 +750,34 @@ pub(crate) mod tests {
                 != index.snapshot_for("pets", pod).unwrap().0
         };
         assert!(moved("db-1") && moved("web-1"));
+    }
+
+    #[test]
+    fn an_unnamed_service_port_gets_its_endpoints_and_is_sniffed() {
+        let mut v = view();
+        // As the API server stores it: a one-port Service without a port name, and the
+        // EndpointSlice controller's slice with the port named "".
+        v.services.push(obj(json!({
+            "metadata": {"namespace": "pets", "name": "bookstore"},
+            "spec": {"clusterIP": "198.19.0.40", "ports": [{"port": 14001, "targetPort": 8080}]}
+        })));
+        v.slices.push(slice(
+            "pets",
+            "bookstore",
+            "",
+            &[("198.18.1.3", "db-1", true)],
+        ));
+        let index = MeshIndex::build(&v);
+        let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let snap = decode_snapshot(&bytes).unwrap();
+        let svc = snap
+            .outbound
+            .services
+            .iter()
+            .find(|s| s.name == "bookstore.pets.svc.cluster.local")
+            .expect("the Service is in the snapshot");
+        assert_eq!(svc.endpoints.len(), 1, "{svc:?}");
+        assert_eq!((svc.protocol, svc.detect_protocol), (Protocol::Tcp, true));
     }
 
     #[test]

@@ -266,6 +266,10 @@ pub fn grpc_status(trailers: Option<&[u8]>, headers: Option<&[u8]>, http_status:
 pub struct Sizes {
     pub request: u64,
     pub response: u64,
+    /// gRPC messages each way (`istio_request_messages_total`, `istio_response_messages_total`;
+    /// counted only for a gRPC request).
+    pub request_messages: u64,
+    pub response_messages: u64,
 }
 
 /// One label set's handles: the counter and the three histograms.
@@ -275,6 +279,8 @@ struct Series {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// gRPC only.
+    messages: Option<(Counter, Counter)>,
 }
 
 /// `istio_requests_total` and the request histograms of one connection
@@ -315,6 +321,12 @@ impl RequestRecorder {
                     duration: m.request_duration.get_or_create(&labels).clone(),
                     request_bytes: m.request_bytes.get_or_create(&labels).clone(),
                     response_bytes: m.response_bytes.get_or_create(&labels).clone(),
+                    messages: outcome.grpc.then(|| {
+                        (
+                            m.request_messages.get_or_create(&labels).clone(),
+                            m.response_messages.get_or_create(&labels).clone(),
+                        )
+                    }),
                 });
                 self.series.len() - 1
             }
@@ -325,6 +337,10 @@ impl RequestRecorder {
         if let Some(sizes) = sizes {
             s.request_bytes.observe(sizes.request as f64);
             s.response_bytes.observe(sizes.response as f64);
+            if let Some((requests, responses)) = &s.messages {
+                requests.inc_by(sizes.request_messages);
+                responses.inc_by(sizes.response_messages);
+            }
         }
     }
 }
@@ -415,6 +431,8 @@ pub struct Metrics {
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub request_messages: Family<RequestLabels, Counter>,
+    pub response_messages: Family<RequestLabels, Counter>,
     pub tcp_opened: Family<TcpLabels, Counter>,
     pub tcp_closed: Family<TcpLabels, Counter>,
     pub tcp_sent_bytes: Family<TcpLabels, Counter>,
@@ -434,6 +452,8 @@ impl Metrics {
             request_duration: Family::new_with_constructor(request_histogram),
             request_bytes: Family::new_with_constructor(request_histogram),
             response_bytes: Family::new_with_constructor(request_histogram),
+            request_messages: Family::default(),
+            response_messages: Family::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_sent_bytes: Family::default(),
@@ -467,6 +487,16 @@ impl Metrics {
             "HTTP response size: the head (as HTTP/1.1 writes it) plus body and trailers",
             Unit::Bytes,
             m.response_bytes.clone(),
+        );
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages the client sent, by request",
+            m.request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages the server sent back, by request",
+            m.response_messages.clone(),
         );
         registry.register(
             "istio_tcp_connections_opened",
@@ -842,6 +872,8 @@ mod tests {
             let mut recorder = m.request_recorder(&labels);
             for _ in 0..10 {
                 let sizes = Some(Sizes {
+                    request_messages: 0,
+                    response_messages: 0,
                     request: 120,
                     response: 3000,
                 });
@@ -938,7 +970,13 @@ mod tests {
             grpc_status: Some(status),
             flags: "-",
         };
-        let sizes = |request, response| Some(Sizes { request, response });
+        let sizes = |request, response| {
+            Some(Sizes {
+                request,
+                response,
+                ..Sizes::default()
+            })
+        };
         recorder.record(grpc(0), ms, sizes(100, 2000));
         recorder.record(grpc(0), ms, sizes(20, 7));
         recorder.record(grpc(7), ms, sizes(90, 60));

@@ -147,16 +147,20 @@ fn grpc_calls_are_balanced_per_call_and_authorized_per_method() {
     ]);
 
     // One connection, ten calls: the client's proxy picks an endpoint per call, so both pods
-    // answer (an L4 proxy would pin the connection, and every call, to one of them).
+    // answer (an L4 proxy would pin the connection, and every call, to one of them). Waits
+    // for the second pod to be in the client's config.
+    let distinct = |out: &str| {
+        let mut names = hostnames(out);
+        names.sort();
+        names.dedup();
+        names.len()
+    };
     let output = wait_for(
         Duration::from_secs(60),
         || echo_calls(&ns, 10),
-        |out| hostnames(out).len() == 10,
+        |out| hostnames(out).len() == 10 && distinct(out) == 2,
     );
-    let mut answered = hostnames(&output);
-    answered.sort();
-    answered.dedup();
-    assert_eq!(answered.len(), 2, "both endpoints answer:\n{output}");
+    assert_eq!(distinct(&output), 2, "both endpoints answer:\n{output}");
 
     // Allowed by method path.
     c.apply(&allow_only(&ns, "Echo"));
@@ -192,6 +196,16 @@ fn grpc_calls_are_balanced_per_call_and_authorized_per_method() {
             "istio_requests_total",
             &[&source[..], &["grpc_response_status=\"7\""]].concat()
         ) >= 1,
+        "{client}"
+    );
+    // Each unary call is one message each way (gRPC's length-prefixed framing, counted).
+    let ok = [&source[..], &["grpc_response_status=\"0\""]].concat();
+    assert!(
+        sum(&client, "istio_request_messages_total", &ok) >= 11,
+        "{client}"
+    );
+    assert!(
+        sum(&client, "istio_response_messages_total", &ok) >= 11,
         "{client}"
     );
     let pods = ns.jsonpath("pods -l app=grpc-echo", "{.items[*].metadata.name}");

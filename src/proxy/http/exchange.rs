@@ -72,6 +72,8 @@ pub struct Exchange {
     head: u64,
     /// Its body's bytes so far.
     received: Arc<AtomicU64>,
+    /// Its gRPC messages so far (gRPC only).
+    messages: Arc<AtomicU64>,
     log: Option<RequestLog>,
 }
 
@@ -118,13 +120,18 @@ impl Exchange {
             .access_log_format()
             .is_some()
             .then(|| RequestLog::new(&parts, SystemTime::now()));
-        let body = Counted::new(body, received.clone());
+        let messages = Arc::new(AtomicU64::new(0));
+        let mut body = Counted::new(body, received.clone());
+        if grpc {
+            body = body.grpc(messages.clone());
+        }
         let exchange = Exchange {
             ctx: ctx.clone(),
             start,
             grpc,
             head,
             received,
+            messages,
             log,
         };
         (exchange, parts, body)
@@ -139,10 +146,12 @@ impl Exchange {
         self.log.is_some()
     }
 
-    fn sizes(&self, response: u64) -> Sizes {
+    fn sizes(&self, response: u64, response_messages: u64) -> Sizes {
         Sizes {
             request: self.head + self.received.load(Ordering::Relaxed),
             response,
+            request_messages: self.messages.load(Ordering::Relaxed),
+            response_messages,
         }
     }
 
@@ -166,7 +175,7 @@ impl Exchange {
         };
         // The proxy's own body is what the client receives (gRPC's is empty).
         let sent = if self.grpc { 0 } else { body.len() as u64 };
-        let sizes = self.sizes(response_head_size(resp.status(), resp.headers()) + sent);
+        let sizes = self.sizes(response_head_size(resp.status(), resp.headers()) + sent, 0);
         let took = self.start.elapsed();
         if let Ok(mut r) = record.recorder.lock() {
             r.record(outcome, took, Some(sizes));
@@ -222,6 +231,7 @@ impl Exchange {
             .headers()
             .get("grpc-status")
             .map(|v| grpc_status_value(v.as_bytes()));
+        let grpc = self.grpc;
         resp.map(move |body| {
             Metered::new(body, move |end: BodyEnd| {
                 let took = self.start.elapsed();
@@ -234,7 +244,7 @@ impl Exchange {
                     }),
                     flags: "-",
                 };
-                let sizes = self.sizes(resp_head + end.data + end.trailers);
+                let sizes = self.sizes(resp_head + end.data + end.trailers, end.messages);
                 if let Ok(mut r) = record.recorder.lock() {
                     r.record(outcome, took, Some(sizes));
                 }
@@ -249,6 +259,7 @@ impl Exchange {
                     log.write(&self.ctx, &record, out, self.received(), took);
                 }
             })
+            .grpc(grpc)
             .boxed_unsync()
         })
     }

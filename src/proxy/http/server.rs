@@ -197,6 +197,8 @@ pub struct BodyEnd {
     ///
     /// [`grpc_status_value`]: crate::proxy::metrics::grpc_status_value
     pub grpc_status: Option<i32>,
+    /// gRPC messages in its data, when counted ([`Metered::grpc`]).
+    pub messages: u64,
 }
 
 /// A response body that counts what passes and calls `on_end` once with it: when its last
@@ -204,6 +206,7 @@ pub struct BodyEnd {
 pub struct Metered<B, F: FnOnce(BodyEnd)> {
     inner: B,
     seen: BodyEnd,
+    grpc: Option<GrpcMessages>,
     on_end: Option<F>,
 }
 
@@ -212,8 +215,15 @@ impl<B, F: FnOnce(BodyEnd)> Metered<B, F> {
         Metered {
             inner,
             seen: BodyEnd::default(),
+            grpc: None,
             on_end: Some(on_end),
         }
+    }
+
+    /// Also counts the gRPC messages of the body (a gRPC response).
+    pub fn grpc(mut self, on: bool) -> Self {
+        self.grpc = on.then(GrpcMessages::default);
+        self
     }
 
     fn end(&mut self) {
@@ -243,6 +253,10 @@ impl<B: Body + Unpin, F: FnOnce(BodyEnd) + Unpin> Body for Metered<B, F> {
                 if let Some(data) = frame.data_ref() {
                     use hyper::body::Buf;
                     self.seen.data += data.remaining() as u64;
+                    if let Some(messages) = &mut self.grpc {
+                        messages.feed(data.chunk());
+                        self.seen.messages = messages.count;
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     self.seen.trailers += fields_size(trailers);
                     if let Some(v) = trailers.get("grpc-status") {
@@ -313,18 +327,74 @@ pub fn response_head_size(status: StatusCode, fields: &HeaderMap) -> u64 {
     VERSION_LEN + 1 + 3 + 1 + reason + 2 + fields_size(fields) + 2
 }
 
+// === impl GrpcMessages ===
+
+/// Counts the gRPC messages in a body's bytes: each is a 5-byte prefix (compressed flag,
+/// big-endian length) and that many bytes, and may be split over data frames any way
+/// (gRPC's HTTP/2 protocol spec, "Length-Prefixed-Message"). A message counts when its
+/// prefix is complete, as Envoy's gRPC frame inspector counts it.
+#[derive(Debug, Default, Clone)]
+pub struct GrpcMessages {
+    prefix: [u8; 5],
+    have: usize,
+    /// Bytes of the current message's payload still to come.
+    remaining: u64,
+    pub count: u64,
+}
+
+impl GrpcMessages {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = bytes
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let take = (5 - self.have).min(bytes.len());
+            self.prefix[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+            self.have += take;
+            bytes = &bytes[take..];
+            if self.have == 5 {
+                self.count += 1;
+                self.have = 0;
+                let len = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
+                self.remaining = u64::from(u32::from_be_bytes(len));
+            }
+        }
+    }
+}
+
 // === impl Counted ===
 
 /// A body that adds the length of each data frame it passes to a shared counter (access
-/// logs' `bytes_received` / `bytes_sent`).
+/// logs' `bytes_received` / `bytes_sent`) and, for gRPC, the messages in it.
 pub struct Counted<B> {
     inner: B,
     bytes: Arc<AtomicU64>,
+    grpc: Option<(GrpcMessages, Arc<AtomicU64>)>,
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, bytes: Arc<AtomicU64>) -> Self {
-        Counted { inner, bytes }
+        Counted {
+            inner,
+            bytes,
+            grpc: None,
+        }
+    }
+
+    /// Also counts gRPC messages into `messages`.
+    pub fn grpc(mut self, messages: Arc<AtomicU64>) -> Self {
+        self.grpc = Some((GrpcMessages::default(), messages));
+        self
     }
 }
 
@@ -343,6 +413,12 @@ impl<B: Body + Unpin> Body for Counted<B> {
             use hyper::body::Buf;
             self.bytes
                 .fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            if let Some((messages, total)) = &mut self.grpc {
+                // hyper's bodies are `Bytes`: one contiguous chunk per frame.
+                let before = messages.count;
+                messages.feed(data.chunk());
+                total.fetch_add(messages.count - before, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -359,6 +435,32 @@ impl<B: Body + Unpin> Body for Counted<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_messages_are_counted_however_the_frames_split_them() {
+        let message = |payload: &[u8]| {
+            let mut m = vec![0u8];
+            m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            m.extend_from_slice(payload);
+            m
+        };
+        let mut stream = Vec::new();
+        for payload in [&b"one"[..], b"", b"three", &[7u8; 300][..]] {
+            stream.extend(message(payload));
+        }
+        // Whole, byte by byte, and in chunks that split prefixes and payloads.
+        for chunk in [stream.len(), 1, 2, 3, 7, 64] {
+            let mut counted = GrpcMessages::default();
+            for piece in stream.chunks(chunk) {
+                counted.feed(piece);
+            }
+            assert_eq!(counted.count, 4, "chunks of {chunk}");
+        }
+        // A prefix counts as soon as it is complete; its payload may never come.
+        let mut cut = GrpcMessages::default();
+        cut.feed(&stream[..7]);
+        assert_eq!(cut.count, 1);
+    }
 
     #[tokio::test]
     async fn an_idle_connection_is_closed() {
@@ -459,6 +561,7 @@ mod tests {
                 data: 6,
                 trailers: "grpc-status: 7\r\n".len() as u64,
                 grpc_status: Some(7),
+                messages: 0,
             }]
         );
     }

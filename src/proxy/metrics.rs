@@ -426,7 +426,60 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Most distinct workloads one proxy reports from its peers' metadata; later ones are
+/// reported `unknown`, as Istio reports a peer it has no metadata for. A peer chooses these
+/// names, so without a bound a hostile one could grow the proxy's series (and memory) with
+/// fabricated ones; 1,000 is far above the callers one workload really has.
+pub const MAX_PEER_WORKLOADS: usize = 1_000;
+
+/// The peer workloads reported so far (hashes of their metadata), up to a bound.
+pub struct PeerBudget {
+    seen: std::sync::Mutex<std::collections::HashSet<u64>>,
+    max: usize,
+    overflow: Counter,
+}
+
+impl PeerBudget {
+    pub fn new(max: usize) -> Self {
+        PeerBudget {
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            max,
+            overflow: Counter::default(),
+        }
+    }
+
+    /// Whether the labels of this peer workload may be reported: one already reported, or a
+    /// new one while there is room.
+    pub fn admit(&self, w: &WorkloadMeta) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &w.name,
+            &w.namespace,
+            &w.app,
+            &w.version,
+            &w.canonical_service,
+            &w.canonical_revision,
+            &w.cluster,
+        )
+            .hash(&mut h);
+        let key = h.finish();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() < self.max {
+            seen.insert(key);
+            return true;
+        }
+        self.overflow.inc();
+        false
+    }
+}
+
 pub struct Metrics {
+    /// Bounds the peer-named label values ([`MAX_PEER_WORKLOADS`]).
+    pub peers: PeerBudget,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
@@ -463,6 +516,7 @@ impl Metrics {
             snapshots: Family::default(),
             certificates: Family::default(),
             active_connections: Gauge::default(),
+            peers: PeerBudget::new(MAX_PEER_WORKLOADS),
         };
         registry.register(
             "istio_requests",
@@ -556,6 +610,11 @@ impl Metrics {
             "weft_active_connections",
             "Connections being proxied now",
             m.active_connections.clone(),
+        );
+        registry.register(
+            "weft_peer_workloads_overflow",
+            "Connections whose peer named a workload beyond the proxy's bound (reported unknown)",
+            m.peers.overflow.clone(),
         );
         m
     }
@@ -1145,6 +1204,30 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.lines().any(|l| l == line), "{text}");
+    }
+
+    #[test]
+    fn peer_named_workloads_are_bounded_and_the_rest_are_unknown() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let fabricated = |i: usize| WorkloadMeta {
+            name: format!("fake-{i}"),
+            namespace: "demo".into(),
+            ..WorkloadMeta::default()
+        };
+        let admitted = (0..10_000)
+            .filter(|i| m.peers.admit(&fabricated(*i)))
+            .count();
+        assert_eq!(admitted, MAX_PEER_WORKLOADS);
+        // One already reported stays reported; a new one does not get in.
+        assert!(m.peers.admit(&fabricated(7)));
+        assert!(!m.peers.admit(&fabricated(123_456)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("weft_peer_workloads_overflow_total 9001"),
+            "{text}"
+        );
     }
 
     #[test]

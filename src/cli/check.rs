@@ -13,8 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::version::Info;
@@ -26,10 +25,8 @@ use serde::Serialize;
 use super::check_authz;
 use super::error::CliError;
 use super::inventory::{self, Analysis, Catalog, Enrolment, Inventory, MeshArgs, Resolution};
-use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
-use crate::api::{AuthorizationPolicy, MeshConfig};
 use crate::contract;
-use crate::discovery::{MeshIndex, MeshView};
+use crate::discovery::MeshIndex;
 use crate::operator::ca_bundle::{MUTATING_WEBHOOK, VALIDATING_WEBHOOK};
 use crate::operator::leader::{LEASE_DURATION_SECONDS, LEASE_NAME};
 use crate::pki;
@@ -787,7 +784,8 @@ async fn checks(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
 /// The authorization checks over the index the operator would build from the same objects
 /// (as `weft authz explain` builds it). They only warn, so a read that fails is a warning too.
 async fn authorization(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
-    match mesh_view(client, args).await {
+    match super::inventory::mesh_view(client, &args.root_namespace, &args.mesh.weft_namespace).await
+    {
         Ok(view) => check_authz::check(&MeshIndex::build(&view)),
         Err(e) => [check_authz::UNREACHABLE, check_authz::HTTP_ON_TCP]
             .into_iter()
@@ -802,56 +800,6 @@ async fn authorization(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
             })
             .collect(),
     }
-}
-
-async fn mesh_view(client: &Client, args: &CheckArgs) -> Result<MeshView, kube::Error> {
-    let list = ListParams::default();
-    let pods: Vec<Pod> = Api::<Pod>::all(client.clone()).list(&list).await?.items;
-    let services = Api::<Service>::all(client.clone()).list(&list).await?.items;
-    let slices = Api::<EndpointSlice>::all(client.clone())
-        .list(&list)
-        .await?
-        .items;
-    let revisions = Api::<MeshConfig>::namespaced(client.clone(), &args.mesh.weft_namespace)
-        .list(&list)
-        .await?
-        .items;
-    // Istio's and SMI's APIs may be absent (404): no such policies then. Any other error is
-    // reported, since skipping the policies silently would pass checks that were not made.
-    async fn optional<K>(api: Api<K>) -> Result<Vec<K>, kube::Error>
-    where
-        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        match api.list(&ListParams::default()).await {
-            Ok(l) => Ok(l.items),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
-    }
-    fn arcs<T>(v: Vec<T>) -> Vec<std::sync::Arc<T>> {
-        v.into_iter().map(std::sync::Arc::new).collect()
-    }
-    Ok(MeshView {
-        trust_domain: contract::DEFAULT_TRUST_DOMAIN.into(),
-        root_namespace: args.root_namespace.clone(),
-        cluster_domain: "cluster.local".into(),
-        // A pod being deleted is no finding (as for the other checks).
-        pods: pods
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .map(std::sync::Arc::new)
-            .collect(),
-        services: arcs(services),
-        slices: arcs(slices),
-        revisions: arcs(revisions),
-        authorization_policies: arcs(
-            optional(Api::<AuthorizationPolicy>::all(client.clone())).await?,
-        ),
-        traffic_targets: arcs(optional(Api::<TrafficTarget>::all(client.clone())).await?),
-        http_route_groups: arcs(optional(Api::<HTTPRouteGroup>::all(client.clone())).await?),
-        tcp_routes: arcs(optional(Api::<TCPRoute>::all(client.clone())).await?),
-        ..Default::default()
-    })
 }
 
 /// A failed API call as a verdict, with what to do about a refusal.

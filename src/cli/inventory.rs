@@ -816,3 +816,67 @@ mod tests {
         );
     }
 }
+
+/// The whole mesh as the operator's index reads it (every pod, Service, slice, revision and
+/// policy or route the cluster has), for commands that compute what the operator computes.
+pub async fn mesh_view(
+    client: &Client,
+    root_namespace: &str,
+    weft_namespace: &str,
+) -> Result<crate::discovery::MeshView, kube::Error> {
+    use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
+    use crate::api::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let list = ListParams::default();
+    let pods: Vec<Pod> = Api::<Pod>::all(client.clone()).list(&list).await?.items;
+    let services = Api::<Service>::all(client.clone()).list(&list).await?.items;
+    let slices = Api::<EndpointSlice>::all(client.clone())
+        .list(&list)
+        .await?
+        .items;
+    let revisions = Api::<MeshConfig>::namespaced(client.clone(), weft_namespace)
+        .list(&list)
+        .await?
+        .items;
+    // Istio's and SMI's APIs may be absent (404): no such policies then. Any other error is
+    // reported, since skipping the policies silently would pass checks that were not made.
+    async fn optional<K>(api: Api<K>) -> Result<Vec<K>, kube::Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.list(&ListParams::default()).await {
+            Ok(l) => Ok(l.items),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+    fn arcs<T>(v: Vec<T>) -> Vec<std::sync::Arc<T>> {
+        v.into_iter().map(std::sync::Arc::new).collect()
+    }
+    Ok(crate::discovery::MeshView {
+        trust_domain: contract::DEFAULT_TRUST_DOMAIN.into(),
+        root_namespace: root_namespace.to_string(),
+        cluster_domain: "cluster.local".into(),
+        // A pod being deleted is no finding (as for the other checks).
+        pods: pods
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(std::sync::Arc::new)
+            .collect(),
+        services: arcs(services),
+        slices: arcs(slices),
+        revisions: arcs(revisions),
+        authorization_policies: arcs(
+            optional(Api::<AuthorizationPolicy>::all(client.clone())).await?,
+        ),
+        traffic_targets: arcs(optional(Api::<TrafficTarget>::all(client.clone())).await?),
+        http_route_groups: arcs(optional(Api::<HTTPRouteGroup>::all(client.clone())).await?),
+        tcp_routes: arcs(optional(Api::<TCPRoute>::all(client.clone())).await?),
+        peer_authentications: arcs(optional(Api::<PeerAuthentication>::all(client.clone())).await?),
+        destination_rules: arcs(optional(Api::<DestinationRule>::all(client.clone())).await?),
+        virtual_services: arcs(optional(Api::<VirtualService>::all(client.clone())).await?),
+        traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
+        ..Default::default()
+    })
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod inventory;
 pub mod namespace;
 pub mod output;
+pub mod proxy_config;
 pub mod proxy_status;
 pub mod revision;
 pub mod tag;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Show how weft sees an object.
     #[command(subcommand)]
     Describe(DescribeCommand),
+    /// A pod proxy's outbound tables: `routes`, `clusters` (Service ports), `endpoints`.
+    #[command(subcommand)]
+    ProxyConfig(proxy_config::ProxyConfigCommand),
     /// Check the installation: API server, CRDs, operator, leader, injector, CA; exits
     /// non-zero when a check fails.
     Check(check::CheckArgs),
@@ -101,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(proxy_status::describe_pod(args).await?)
         }
         Command::Authz(command) => Ok(authz::run(command).await?),
+        Command::ProxyConfig(command) => Ok(proxy_config::run(command).await?),
         Command::Check(args) => Ok(check::run(args).await?),
         Command::Ca(command) => Ok(ca::run(command).await?),
         Command::Uninstall(args) => Ok(uninstall::run(args).await?),

@@ -231,6 +231,35 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         metrics.contains("weft_tls_handshakes_total{direction=\"inbound\",result=\"success\"}"),
         "{metrics}"
     );
+
+    // What the client's proxy knows, as `weft proxy-config` prints it.
+    let config = |table: &str| {
+        let out = weft(&["proxy-config", table, "client", "-n", &ns.name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let server_host = format!("server.{}.svc.cluster.local", ns.name);
+    let clusters = config("clusters");
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.starts_with(&server_host) && l.contains(" http ")),
+        "{clusters}"
+    );
+    let endpoints = config("endpoints");
+    let identity = format!("mtls spiffe://cluster.local/ns/{}/sa/default", ns.name);
+    assert!(
+        endpoints
+            .lines()
+            .any(|l| l.contains(&format!("{server_host}:80")) && l.contains(&identity)),
+        "{endpoints}"
+    );
+    let routes = config("routes");
+    assert!(routes.contains("(default)"), "{routes}");
 }
 
 #[test]

@@ -1,0 +1,371 @@
+//! `weft proxy-config routes|clusters|endpoints <pod>`: the outbound tables of one pod's proxy
+//! (Istio's `istioctl proxy-config` for weft), read from the snapshot the operator's own index
+//! computes for the pod from the cluster now; `weft proxy-status` says whether the proxy has
+//! acknowledged that version. Turning a snapshot into rows is pure and table-tested.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::error::CliError;
+use super::inventory;
+use super::output::{ListArgs, Row, render};
+use crate::contract;
+use crate::discovery::MeshIndex;
+use crate::snapshot::{
+    MtlsMode, Protocol, ProxySnapshot, Service, UpstreamSecurity, decode_snapshot,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyConfigCommand {
+    /// HTTP routes per Service: matches and weighted destinations, in the order tried.
+    Routes(PodArgs),
+    /// Service ports the proxy knows: protocol, subsets, endpoints.
+    Clusters(PodArgs),
+    /// Every endpoint, with its Service, subsets and how the proxy dials it.
+    Endpoints(PodArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PodArgs {
+    /// The meshed pod.
+    pub pod: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Namespace of mesh-wide policies (the operator's --root-namespace).
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = contract::DEFAULT_OPERATOR_NAMESPACE)]
+    pub root_namespace: String,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+pub async fn run(command: ProxyConfigCommand) -> Result<(), CliError> {
+    let (args, which) = match &command {
+        ProxyConfigCommand::Routes(a) => (a, Table::Routes),
+        ProxyConfigCommand::Clusters(a) => (a, Table::Clusters),
+        ProxyConfigCommand::Endpoints(a) => (a, Table::Endpoints),
+    };
+    let client = inventory::client().await?;
+    let view = inventory::mesh_view(
+        &client,
+        &args.root_namespace,
+        &args.list.mesh.weft_namespace,
+    )
+    .await
+    .map_err(CliError::kube("reading the mesh"))?;
+    let index = MeshIndex::build(&view);
+    let Ok((version, bytes)) = index.snapshot_for(&args.namespace, &args.pod) else {
+        println!(
+            "Pod {}/{} has no weft proxy config: it is not meshed, or not running yet.",
+            args.namespace, args.pod
+        );
+        return Ok(());
+    };
+    let snapshot = decode_snapshot(&bytes).map_err(|e| CliError::Output {
+        format: "snapshot",
+        message: e.to_string(),
+    })?;
+    eprintln!("Config version {version} (`weft proxy-status` shows whether the proxy acked it)");
+    let out = match which {
+        Table::Routes => render(&routes(&snapshot), args.list.output)?,
+        Table::Clusters => render(&clusters(&snapshot), args.list.output)?,
+        Table::Endpoints => render(&endpoints(&snapshot), args.list.output)?,
+    };
+    match out {
+        Some(text) => print!("{text}"),
+        None => eprintln!("No entries."),
+    }
+    Ok(())
+}
+
+enum Table {
+    Routes,
+    Clusters,
+    Endpoints,
+}
+
+fn services(s: &ProxySnapshot) -> impl Iterator<Item = &Service> {
+    s.outbound.services.iter().chain(&s.outbound.headless)
+}
+
+fn protocol(svc: &Service) -> &'static str {
+    match (svc.protocol, svc.detect_protocol) {
+        (Protocol::Http, _) => "http",
+        (Protocol::Tcp, true) => "detect",
+        (Protocol::Tcp, false) => "tcp",
+    }
+}
+
+/// One route of one Service (or the Service's default when it has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteRow {
+    pub service: String,
+    pub port: u16,
+    /// Position in the Service's routes; None for the default.
+    pub index: Option<usize>,
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub destinations: String,
+}
+
+impl Row for RouteRow {
+    const HEADERS: &'static [&'static str] =
+        &["service", "port", "#", "route", "match", "destinations"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.service.clone(),
+            self.port.to_string(),
+            self.index.map_or("-".into(), |i| i.to_string()),
+            self.name.clone(),
+            self.matches.clone(),
+            self.destinations.clone(),
+        ]
+    }
+}
+
+/// Every HTTP-capable Service port's routes, in the order the proxy tries them.
+pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
+    let mut rows = Vec::new();
+    for svc in services(s).filter(|svc| protocol(svc) != "tcp") {
+        if svc.http.is_empty() {
+            rows.push(RouteRow {
+                service: svc.name.clone(),
+                port: svc.port,
+                index: None,
+                name: "(default)".into(),
+                matches: "*".into(),
+                destinations: format!("{}:{} (all endpoints)", svc.name, svc.port),
+            });
+            continue;
+        }
+        for (i, r) in svc.http.iter().enumerate() {
+            let matches = if r.matches.is_empty() {
+                "*".to_string()
+            } else {
+                r.matches
+                    .iter()
+                    .map(|m| serde_json::to_string(m).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            };
+            let destinations = r
+                .destinations
+                .iter()
+                .map(|d| {
+                    let subset = d
+                        .subset
+                        .as_deref()
+                        .map(|s| format!("|{s}"))
+                        .unwrap_or_default();
+                    format!("{}:{}{subset} {}", d.service, d.port, d.weight)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(RouteRow {
+                service: svc.name.clone(),
+                port: svc.port,
+                index: Some(i),
+                name: r.name.clone(),
+                matches,
+                destinations,
+            });
+        }
+    }
+    rows
+}
+
+/// One Service port the proxy knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterRow {
+    pub service: String,
+    pub port: u16,
+    /// The ClusterIP; None for a headless Service.
+    pub cluster_ip: Option<String>,
+    pub protocol: &'static str,
+    pub subsets: Vec<String>,
+    pub endpoints: usize,
+    pub routes: usize,
+}
+
+impl Row for ClusterRow {
+    const HEADERS: &'static [&'static str] = &[
+        "service",
+        "port",
+        "cluster ip",
+        "protocol",
+        "subsets",
+        "endpoints",
+        "routes",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.service.clone(),
+            self.port.to_string(),
+            self.cluster_ip.clone().unwrap_or_else(|| "None".into()),
+            self.protocol.into(),
+            if self.subsets.is_empty() {
+                "-".into()
+            } else {
+                self.subsets.join(",")
+            },
+            self.endpoints.to_string(),
+            self.routes.to_string(),
+        ]
+    }
+}
+
+pub fn clusters(s: &ProxySnapshot) -> Vec<ClusterRow> {
+    services(s)
+        .map(|svc| ClusterRow {
+            service: svc.name.clone(),
+            port: svc.port,
+            cluster_ip: svc.cluster_ip.map(|ip| ip.to_string()),
+            protocol: protocol(svc),
+            subsets: svc.subsets.keys().cloned().collect(),
+            endpoints: svc.endpoints.len(),
+            routes: svc.http.len(),
+        })
+        .collect()
+}
+
+/// One endpoint of one Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointRow {
+    pub endpoint: String,
+    pub service: String,
+    pub subsets: Vec<String>,
+    /// `mtls` (with the identity it must prove) or `plaintext`.
+    pub security: String,
+    pub workload: Option<String>,
+}
+
+impl Row for EndpointRow {
+    const HEADERS: &'static [&'static str] =
+        &["endpoint", "service", "subsets", "security", "workload"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.endpoint.clone(),
+            self.service.clone(),
+            if self.subsets.is_empty() {
+                "-".into()
+            } else {
+                self.subsets.join(",")
+            },
+            self.security.clone(),
+            self.workload.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }
+}
+
+pub fn endpoints(s: &ProxySnapshot) -> Vec<EndpointRow> {
+    let mut rows = Vec::new();
+    for svc in services(s) {
+        for (i, ep) in svc.endpoints.iter().enumerate() {
+            let security = match ep.security() {
+                UpstreamSecurity::Mtls { identity } => format!("mtls {identity}"),
+                UpstreamSecurity::Plaintext if ep.mtls_mode_for_port == MtlsMode::Disable => {
+                    "plaintext (the server's port is DISABLE)".into()
+                }
+                UpstreamSecurity::Plaintext => "plaintext (not meshed)".into(),
+            };
+            rows.push(EndpointRow {
+                endpoint: ep.addr().to_string(),
+                service: format!("{}:{}", svc.name, svc.port),
+                subsets: svc
+                    .subsets
+                    .iter()
+                    .filter(|(_, members)| members.contains(&i))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+                security,
+                workload: ep
+                    .workload
+                    .as_ref()
+                    .map(|w| format!("{}/{}", w.namespace, w.name)),
+            });
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::decode_snapshot;
+
+    fn snapshot() -> ProxySnapshot {
+        let json = serde_json::json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/shop/sa/productpage",
+            "trustDomain": "cluster.local",
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"services": [{
+                "clusterIp": "198.19.0.20", "port": 9080,
+                "name": "reviews.shop.svc.cluster.local", "protocol": "http",
+                "endpoints": [
+                    {"ip": "198.18.1.5", "port": 9080, "meshed": true,
+                     "identity": "spiffe://cluster.local/ns/shop/sa/reviews",
+                     "workload": {"name": "reviews-v1", "namespace": "shop"}},
+                    {"ip": "198.18.1.6", "port": 9080, "meshed": true,
+                     "identity": "spiffe://cluster.local/ns/shop/sa/reviews",
+                     "workload": {"name": "reviews-v2", "namespace": "shop"}}],
+                "subsets": {"v1": [0], "v2": [1]},
+                "http": [{"name": "shop/reviews", "destinations": [
+                    {"service": "reviews.shop.svc.cluster.local", "port": 9080,
+                     "subset": "v1", "weight": 90},
+                    {"service": "reviews.shop.svc.cluster.local", "port": 9080,
+                     "subset": "v2", "weight": 10}]}]
+            }, {
+                "clusterIp": "198.19.0.21", "port": 5432,
+                "name": "db.shop.svc.cluster.local",
+                "endpoints": [{"ip": "198.18.1.9", "port": 5432, "meshed": false}]
+            }]}
+        });
+        decode_snapshot(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn seed_003s_canary_reads_as_routes_clusters_and_endpoints() {
+        let s = snapshot();
+        let routes = routes(&s);
+        assert_eq!(
+            routes.len(),
+            1,
+            "the TCP Service has no HTTP routes: {routes:?}"
+        );
+        assert_eq!(routes[0].name, "shop/reviews");
+        assert_eq!(
+            routes[0].destinations,
+            "reviews.shop.svc.cluster.local:9080|v1 90, reviews.shop.svc.cluster.local:9080|v2 10"
+        );
+        assert_eq!(routes[0].matches, "*");
+
+        let clusters = clusters(&s);
+        assert_eq!(
+            clusters
+                .iter()
+                .map(|c| (c.service.as_str(), c.protocol, c.endpoints, c.subsets.len()))
+                .collect::<Vec<_>>(),
+            [
+                ("reviews.shop.svc.cluster.local", "http", 2, 2),
+                ("db.shop.svc.cluster.local", "tcp", 1, 0)
+            ]
+        );
+
+        let endpoints = endpoints(&s);
+        assert_eq!(endpoints[1].subsets, ["v2"]);
+        assert_eq!(
+            endpoints[1].security,
+            "mtls spiffe://cluster.local/ns/shop/sa/reviews"
+        );
+        assert_eq!(endpoints[1].workload.as_deref(), Some("shop/reviews-v2"));
+        assert_eq!(endpoints[2].security, "plaintext (not meshed)");
+        // The table a user reads.
+        let text = super::super::output::table(
+            RouteRow::HEADERS,
+            &routes.iter().map(Row::cells).collect::<Vec<_>>(),
+        );
+        assert!(text.starts_with("SERVICE"), "{text}");
+        assert!(text.contains("shop/reviews"), "{text}");
+    }
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Bytes, Frame};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -68,6 +68,17 @@ impl Port {
         let counted = handled.clone();
         let app = Router::new()
             .route("/", get(|| async { "ok" }))
+            .route(
+                "/upload",
+                axum::routing::post(
+                    |body: Result<Bytes, axum::extract::rejection::BytesRejection>| async move {
+                        match body {
+                            Ok(body) => (StatusCode::OK, format!("got {}", body.len())),
+                            Err(refused) => (refused.status(), refused.body_text()),
+                        }
+                    },
+                ),
+            )
             .route(
                 "/stream",
                 get(|| async {
@@ -433,4 +444,82 @@ async fn http2_limits_are_announced_and_a_rapid_reset_burst_is_cut_off() {
         handled < BURST as usize / 2,
         "{handled} of {BURST} cancelled streams reached the router"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_past_the_body_timeout_is_answered_before_it_ends() {
+    let port = Port::serve(ServingLimits {
+        body_read_timeout: Duration::from_secs(1),
+        ..limits()
+    })
+    .await;
+    let tls = port.tls_from(ABUSER, b"h2").await;
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+
+    // A byte every 200 ms, 100 of them: 20 s of upload against a 1 s body timeout.
+    const BYTES: usize = 100;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = sent.clone();
+    let trickle = futures::stream::unfold(0, move |n| {
+        let counted = counted.clone();
+        async move {
+            if n == BYTES {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            counted.fetch_add(1, Ordering::SeqCst);
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        }
+    });
+    let request = Request::post(format!("https://{HOST}/upload"))
+        .body(StreamBody::new(trickle).boxed())
+        .expect("a request");
+    send.ready().await.expect("ready");
+    let response = tokio::time::timeout(GUARD, send.send_request(request))
+        .await
+        .expect("answered before the guard")
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(
+        sent < BYTES,
+        "the whole trickled body was read ({sent} bytes)"
+    );
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    assert!(text.contains("not received within 1 s"), "{text}");
+
+    // A body sent at once is read whole.
+    let (status, body) = {
+        let tls = port.tls_from(OTHER_SOURCE, b"h2").await;
+        let (mut send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let request = Request::post(format!("https://{HOST}/upload"))
+            .body(http_body_util::Full::new(Bytes::from(vec![b'x'; 100_000])).boxed())
+            .expect("a request");
+        let response = send.send_request(request).await.expect("an answer");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    };
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"got 100000"[..]));
 }

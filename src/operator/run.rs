@@ -80,6 +80,10 @@ pub struct ServingLimitArgs {
     /// heartbeat keeps proxies' streams busy).
     #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Time a client has to send a request's whole body (slow uploads are answered with an
+    /// error then).
+    #[arg(long, env = "WEFT_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// Most open connections on :15012 (CSR endpoint and config stream).
     #[arg(long, env = "WEFT_DISCOVERY_MAX_CONNECTIONS", default_value_t = ServingLimits::DISCOVERY_MAX_CONNECTIONS)]
     pub discovery_max_connections: usize,
@@ -105,6 +109,7 @@ impl ServingLimitArgs {
         ServingLimits {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
             ..ServingLimits::with_caps(max_connections, per_source)
         }
     }

@@ -289,10 +289,11 @@ async fn serve_connection<IO>(
 {
     let app = TowerToHyperService::new(app);
     let requests = activity.clone();
+    let body_read_timeout = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         requests.request_started();
         request.extensions_mut().insert(ClientAddr(peer));
-        app.call(request.map(UnreadBody::new))
+        app.call(request.map(|body| UnreadBody::new(body, body_read_timeout)))
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -350,6 +351,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// stream is never idle.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const _: () = assert!(IDLE_TIMEOUT.as_secs() >= 3 * crate::snapshot::stream::HEARTBEAT.as_secs());
+/// Time a client has to send a request's whole body, from the request's start: a client
+/// trickling a body (the slow-POST attack) is answered with an error then. Longer than the
+/// API server's longest webhook timeout (30 s).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 streams one connection may have open at once (a proxy uses one for its config
 /// stream plus short ones for acks and certificates).
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -372,6 +377,7 @@ pub struct ServingLimits {
     pub tls_handshake_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
     /// Open connections on the port, from all sources together.
     pub max_connections: usize,
     /// Open connections from one source address (an IPv6 source counts by its /64).
@@ -400,6 +406,7 @@ impl ServingLimits {
             tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            body_read_timeout: BODY_READ_TIMEOUT,
             max_connections: max_connections.max(1),
             max_connections_per_source: max_connections_per_source.max(1),
             h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
@@ -703,9 +710,10 @@ pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest time spent reading it.
 pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
 
-/// A request body that, when a handler drops it before its end (a body over a route's limit is
-/// refused once the limit's worth is read), is read on to its end in the background and
-/// thrown away. Every route of every port served here gets it.
+/// A request body that must end within [`ServingLimits::body_read_timeout`] (else reading it
+/// fails with [`BodyTimeout`]) and that, when a handler drops it before its end (a body over
+/// a route's limit is refused once the limit's worth is read), is read on to its end in the
+/// background and thrown away. Every route of every port served here gets it.
 ///
 /// Why: without it, h2 ends such a stream with RST_STREAM(NO_ERROR) right after the complete
 /// answer, as RFC 9113 §8.1 allows, but a client still uploading may take the reset for a
@@ -720,26 +728,47 @@ pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
 /// the stream open until it is sent.
 struct UnreadBody {
     body: Option<Incoming>,
+    /// When the body must have ended ([`ServingLimits::body_read_timeout`]); `None` for a
+    /// request without one.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    read_timeout: Duration,
 }
 
+/// A body not received within [`ServingLimits::body_read_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within {} s: send it at once", .0.as_secs())]
+pub struct BodyTimeout(pub Duration);
+
 impl UnreadBody {
-    fn new(body: Incoming) -> Self {
-        Self { body: Some(body) }
+    fn new(body: Incoming, read_timeout: Duration) -> Self {
+        let deadline = (!body.is_end_stream()).then(|| Box::pin(tokio::time::sleep(read_timeout)));
+        Self {
+            body: Some(body),
+            deadline,
+            read_timeout,
+        }
     }
 }
 
 impl Body for UnreadBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = axum::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.deadline = None;
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.read_timeout)))));
         }
+        Pin::new(body).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -398,6 +398,7 @@ fn routes_pick_subsets_by_match_and_weight_per_request() {
     );
     // 75% of 400 is 300; four standard deviations (sd 8.7) either side.
     assert!((265..=335).contains(&to_web), "web got {to_web} of 400");
+    assert_eq!(to_web + to_api, 400);
     // Envoy's answers: a route to a subset the config lacks, and no route at all (flag NR).
     assert_eq!(replies[401].status, 503, "{:?}", replies[401]);
     assert_eq!(replies[402].status, 404, "{:?}", replies[402]);

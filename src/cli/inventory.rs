@@ -877,6 +877,5 @@ pub async fn mesh_view(
         destination_rules: arcs(optional(Api::<DestinationRule>::all(client.clone())).await?),
         virtual_services: arcs(optional(Api::<VirtualService>::all(client.clone())).await?),
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
-        ..Default::default()
     })
 }

@@ -107,19 +107,6 @@ spec:
         ns = ns.name
     )
 }
-
-/// The Prometheus text of `pod`'s proxy.
-fn proxy_metrics(ns: &Namespace, pod: &str) -> String {
-    ns.cluster.ok(&[
-        "get",
-        "--raw",
-        &format!(
-            "/api/v1/namespaces/{}/pods/{pod}:15020/proxy/stats/prometheus",
-            ns.name
-        ),
-    ])
-}
-
 fn sum(text: &str, name: &str, needles: &[&str]) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) && needles.iter().all(|n| l.contains(n)))
@@ -180,7 +167,7 @@ fn grpc_calls_are_balanced_per_call_and_authorized_per_method() {
     assert!(hostnames(&denied).is_empty(), "{denied}");
 
     // Both reporters count the calls as gRPC, with their status.
-    let client = proxy_metrics(&ns, "grpc-client");
+    let client = ns.proxy_metrics("grpc-client");
     let source = ["reporter=\"source\"", "request_protocol=\"grpc\""];
     assert!(
         sum(
@@ -213,7 +200,7 @@ fn grpc_calls_are_balanced_per_call_and_authorized_per_method() {
         .split_whitespace()
         .map(|pod| {
             sum(
-                &proxy_metrics(&ns, pod),
+                &ns.proxy_metrics(pod),
                 "istio_requests_total",
                 &[
                     "reporter=\"destination\"",

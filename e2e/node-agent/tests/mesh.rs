@@ -118,19 +118,6 @@ fn outside_client(name: &str) -> Namespace {
 fn server_pod(ns: &Namespace) -> String {
     ns.jsonpath("pods -l app=server", "{.items[0].metadata.name}")
 }
-
-/// The proxy's Prometheus text, read through the API server's pod proxy (port 15020).
-fn proxy_metrics(ns: &Namespace, pod: &str) -> String {
-    ns.cluster.ok(&[
-        "get",
-        "--raw",
-        &format!(
-            "/api/v1/namespaces/{}/pods/{pod}:15020/proxy/stats/prometheus",
-            ns.name
-        ),
-    ])
-}
-
 fn peer_authentication(ns: &Namespace, name: &str, spec: &str) {
     ns.apply(&format!(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}\nspec: {spec}\n"
@@ -180,7 +167,7 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         .expect("meshed call");
     assert!(body.contains(&format!("hello from {server}")), "{body}");
 
-    let metrics = proxy_metrics(&ns, &server);
+    let metrics = ns.proxy_metrics(&server);
     let principal = format!(
         "source_principal=\"spiffe://cluster.local/ns/{}/sa/default\"",
         ns.name
@@ -217,7 +204,7 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
         Duration::from_secs(60),
         || {
             let _ = ns.wget("client", "client", "http://server-peers:8080/headless");
-            proxy_metrics(&ns, &server)
+            ns.proxy_metrics(&server)
         },
         |m| {
             m.lines().any(|l| {
@@ -284,7 +271,7 @@ fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes
     });
     ns.wget("client", "client", &url)
         .expect("meshed client under STRICT");
-    let refused = proxy_metrics(&ns, &server);
+    let refused = ns.proxy_metrics(&server);
     assert!(
         refused.contains("weft_connections_refused_total{direction=\"inbound\""),
         "the server's proxy counts the refusal:\n{refused}"
@@ -333,16 +320,16 @@ fn strict_refuses_unmeshed_clients_until_permissive_and_disable_stops_handshakes
     };
     // Wait until a request goes through without a new handshake (the client's config moved).
     eventually(Duration::from_secs(30), || {
-        let before = handshakes(&proxy_metrics(&ns, &server));
+        let before = handshakes(&ns.proxy_metrics(&server));
         ns.wget("client", "client", &url).is_ok()
-            && handshakes(&proxy_metrics(&ns, &server)) == before
+            && handshakes(&ns.proxy_metrics(&server)) == before
     });
-    let before = handshakes(&proxy_metrics(&ns, &server));
+    let before = handshakes(&ns.proxy_metrics(&server));
     for _ in 0..3 {
         ns.wget("client", "client", &url)
             .expect("meshed client with DISABLE");
     }
-    assert_eq!(handshakes(&proxy_metrics(&ns, &server)), before);
+    assert_eq!(handshakes(&ns.proxy_metrics(&server)), before);
     outside
         .wget("client", "client", &url)
         .expect("unmeshed client with DISABLE");
@@ -457,7 +444,7 @@ spec:
         ns.ok(&["wait", "--for=condition=Ready", pod, "--timeout=120s"]);
     }
     let applied = |pod: &str| -> u64 {
-        proxy_metrics(&ns, pod)
+        ns.proxy_metrics(pod)
             .lines()
             .find(|l| l.starts_with("weft_certificates_total{result=\"applied\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -244,6 +244,18 @@ impl Namespace {
         );
     }
 
+    /// `pod`'s proxy's Prometheus text, read through the API server's pod proxy (port 15020).
+    pub fn proxy_metrics(&self, pod: &str) -> String {
+        self.cluster.ok(&[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/{}/pods/{pod}:15020/proxy/stats/prometheus",
+                self.name
+            ),
+        ])
+    }
+
     /// `wget` from `pod`'s `container`: Ok(the body) or Err(what kubectl and wget printed).
     pub fn wget(&self, pod: &str, container: &str, url: &str) -> Result<String, String> {
         let script = format!("timeout 10 wget -qO- {url}");

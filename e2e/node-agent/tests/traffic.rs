@@ -1,0 +1,358 @@
+//! Traffic management on the cluster, as the seeds print it: seed 003's DestinationRule
+//! subsets and 90/10 VirtualService for reviews v1/v2, then 100/0 draining v2; seed 000's SMI
+//! TrafficSplit of the bookstore 80/20. The client is a meshed curl pod; each version of the
+//! echo app answers with its version first, so the share is counted from real responses that
+//! went through the client's proxy (which picks the destination per request).
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Namespace, wait_for, weft};
+
+/// Requests per measurement (issue 19: at least 1,000).
+const SAMPLE: usize = 1000;
+/// Allowed distance of a measured share from its weight, in percentage points.
+const TOLERANCE: f64 = 3.0;
+
+/// A meshed curl client pod, exec'd into.
+const CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
+"#;
+
+/// One version of an app: the echo app answering `<version> from <pod> ...` on `port`.
+fn version(app: &str, version: &str, port: u16) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}-{version}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}, version: {version}}}}}
+  template:
+    metadata: {{labels: {{app: {app}, version: {version}}}}}
+    spec:
+      containers:
+      - name: app
+        image: weft.dev/echo:dev
+        ports: [{{containerPort: {port}}}]
+        env:
+        - {{name: PORT, value: "{port}"}}
+        - {{name: MESSAGE, value: {version}}}
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        readinessProbe: {{httpGet: {{path: /healthz, port: {port}}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// `n` requests to `url` from the client in one exec (curl's URL range `?n=[1-n]`, one
+/// connection kept alive), each answer's first word: the version that served it.
+fn bodies(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
+    let out = ns.kubectl(&[
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        &format!("{url}?n=[1-{n}]"),
+    ]);
+    let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    // curl's complaints (a refused or reset connection) count as answers from no version.
+    answers.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| format!("error: {l}")),
+    );
+    answers
+}
+
+/// The share of `want` among `answers`, in percent, after checking that all `sent` requests
+/// were answered by a version.
+fn share(answers: &[String], sent: usize, want: &str, versions: &[&str]) -> f64 {
+    assert!(
+        answers.len() == sent,
+        "{} answers of {sent}: {:?}",
+        answers.len(),
+        &answers[answers.len().saturating_sub(5)..]
+    );
+    let strangers: Vec<&String> = answers
+        .iter()
+        .filter(|a| !versions.contains(&a.as_str()))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "answers not from a version: {strangers:?}"
+    );
+    let hits = answers.iter().filter(|a| *a == want).count();
+    100.0 * hits as f64 / answers.len() as f64
+}
+
+/// Waits until `check` holds for a batch of 20 answers (the new config reached the client).
+fn converged(ns: &Namespace, url: &str, what: &str, check: impl Fn(&[String]) -> bool) {
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let batch = bodies(ns, url, 20);
+            if check(&batch) {
+                format!("ok {what}")
+            } else {
+                format!("{what}: {batch:?}")
+            }
+        },
+        |s| s.starts_with("ok "),
+    );
+}
+
+fn enrol(ns: &Namespace) {
+    let out = weft(&["namespace", "add", &ns.name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rolled_out(ns: &Namespace, deployments: &[&str]) {
+    for d in deployments {
+        ns.ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=180s",
+        ]);
+    }
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=180s",
+    ]);
+}
+
+/// Seed 003, section 5, verbatim.
+const SEED_003_ROUTING: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: payments
+spec:
+  host: reviews
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+  trafficPolicy:
+    tls:
+      mode: ISTIO_MUTUAL   # use mesh-issued mTLS to the upstream
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: payments
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 90
+    - destination:
+        host: reviews
+        subset: v2
+      weight: 10
+"#;
+
+/// The same VirtualService with other weights.
+fn reviews_weights(v1: u32, v2: u32) -> String {
+    let seed_vs = SEED_003_ROUTING
+        .split("\n---\n")
+        .nth(1)
+        .expect("the seed's VirtualService");
+    // v2's line first: "weight: 10" is also the start of a new "weight: 100".
+    seed_vs
+        .replace("weight: 10", &format!("weight: {v2}"))
+        .replace("weight: 90", &format!("weight: {v1}"))
+}
+
+#[test]
+fn seed_003_reviews_canary_90_10_then_100_0_drains_v2() {
+    let c = support::deployed();
+    let ns = c.namespace("payments");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(&version("reviews", "v2", 9080));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    let url = "http://reviews:9080/";
+    // Round robin first: both versions answer.
+    converged(&ns, url, "both versions before routing", |b| {
+        b.iter().any(|v| v == "v1") && b.iter().any(|v| v == "v2")
+    });
+    // The subsets, then 100/0, so the first v2 after the seed's 90/10 proves that config
+    // arrived.
+    ns.apply(
+        SEED_003_ROUTING
+            .split("\n---\n")
+            .next()
+            .expect("the DestinationRule"),
+    );
+    ns.apply(&reviews_weights(100, 0));
+    converged(&ns, url, "only v1 under 100/0", |b| {
+        b.iter().all(|v| v == "v1")
+    });
+    ns.apply(SEED_003_ROUTING);
+    wait_for(
+        Duration::from_secs(60),
+        || bodies(&ns, url, 50).join(" "),
+        |b| b.contains("v2"),
+    );
+    let answers = bodies(&ns, url, SAMPLE);
+    let v2 = share(&answers, SAMPLE, "v2", &["v1", "v2"]);
+    assert!(
+        (v2 - 10.0).abs() <= TOLERANCE,
+        "v2 got {v2:.1}% of {} requests under 90/10",
+        answers.len()
+    );
+    eprintln!(
+        "seed 003 90/10: v2 share {v2:.1}% over {} requests",
+        answers.len()
+    );
+    // Nothing was reported about the seed's resources (ISTIO_MUTUAL is weft's default, and the
+    // subsets existed before any route named them).
+    let events = ns.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=PolicyNotApplied",
+        "-o",
+        "name",
+    ]);
+    assert!(events.trim().is_empty(), "unexpected warnings: {events}");
+
+    // Moving every weight to v1 drains v2.
+    ns.apply(&reviews_weights(100, 0));
+    converged(&ns, url, "v2 drained", |b| b.iter().all(|v| v == "v1"));
+    let answers = bodies(&ns, url, 200);
+    assert_eq!(share(&answers, 200, "v2", &["v1", "v2"]), 0.0);
+}
+
+#[test]
+fn seed_000_traffic_split_sends_80_20_to_the_bookstore_versions() {
+    let c = support::deployed();
+    let ns = c.namespace("bookstore");
+    enrol(&ns);
+    ns.apply(&version("bookstore", "v1", 14001));
+    ns.apply(&version("bookstore", "v2", 14001));
+    // The root Service and bookstore-v1 as the seed implies them; bookstore-v2 verbatim.
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bookstore, namespace: bookstore}
+spec:
+  selector: {app: bookstore}
+  ports: [{port: 14001}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bookstore-v1, namespace: bookstore}
+spec:
+  selector: {app: bookstore, version: v1}
+  ports: [{port: 14001}]
+---
+# bookstore-v2.yaml
+# Version 2 of the bookstore service
+apiVersion: v1
+kind: Service
+metadata:
+  name: bookstore-v2
+  namespace: bookstore
+spec:
+  selector:
+    app: bookstore
+    version: v2
+  ports:
+    - port: 14001
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["bookstore-v1", "bookstore-v2"]);
+    let url = "http://bookstore:14001/";
+    converged(&ns, url, "both versions before the split", |b| {
+        b.iter().any(|v| v == "v1") && b.iter().any(|v| v == "v2")
+    });
+    ns.apply(
+        r#"
+# traffic-split.yaml
+# Split traffic between two versions of the bookstore
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata:
+  name: bookstore-split
+  namespace: bookstore
+spec:
+  # The root service that receives traffic
+  service: bookstore
+  backends:
+    # Send 80% of traffic to v1
+    - service: bookstore-v1
+      weight: 80
+    # Send 20% of traffic to v2
+    - service: bookstore-v2
+      weight: 20
+"#,
+    );
+    // Round robin is 50/50: wait until a batch of 100 looks split (v1 >= 70%), then measure.
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let b = bodies(&ns, url, 100);
+            format!("{}", b.iter().filter(|v| *v == "v1").count())
+        },
+        |v1| v1.parse::<usize>().is_ok_and(|n| n >= 70),
+    );
+    let answers = bodies(&ns, url, SAMPLE);
+    let v2 = share(&answers, SAMPLE, "v2", &["v1", "v2"]);
+    assert!(
+        (v2 - 20.0).abs() <= TOLERANCE,
+        "bookstore-v2 got {v2:.1}% of {} requests under 80/20",
+        answers.len()
+    );
+    eprintln!(
+        "seed 000 80/20: v2 share {v2:.1}% over {} requests",
+        answers.len()
+    );
+}

@@ -22,6 +22,23 @@ use super::upstream::{ForwardError, Sender, handshake};
 /// Idle HTTP/1.1 connections parked per key; more are closed when their request ends.
 pub const MAX_IDLE_PER_KEY: usize = 16;
 
+/// Opens a new upstream stream, ready for HTTP (TLS done, peer metadata written): what the
+/// pool calls when it has no connection to give.
+pub trait Open: FnOnce() -> Self::Opening {
+    type Opening: Future<Output = io::Result<Self::Stream>>;
+    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+}
+
+impl<F, Fut, I> Open for F
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = io::Result<I>>,
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Opening = Fut;
+    type Stream = I;
+}
+
 /// What makes two upstream connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -58,17 +75,12 @@ where
     /// A pooled connection for `key` that speaks HTTP/2 (`h2`) or HTTP/1.1, or a new one
     /// from `connect` (which returns the stream ready for HTTP: TLS done, peer metadata
     /// written). Nothing is sent yet, so a caller may try another endpoint when this fails.
-    pub async fn get<C, Fut, I>(
+    pub async fn get<C: Open>(
         &self,
         key: &Key,
         h2: bool,
         connect: C,
-    ) -> Result<Sender<B>, ForwardError>
-    where
-        C: FnOnce() -> Fut,
-        Fut: Future<Output = io::Result<I>>,
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    ) -> Result<Sender<B>, ForwardError> {
         if h2 {
             let pooled = self.lock_h2().get(key).filter(|s| !s.is_closed()).cloned();
             if let Some(s) = pooled {
@@ -81,17 +93,12 @@ where
     }
 
     /// A new connection for `key` (an HTTP/2 one replaces the shared one).
-    async fn fresh<C, Fut, I>(
+    async fn fresh<C: Open>(
         &self,
         key: &Key,
         h2: bool,
         connect: C,
-    ) -> Result<Sender<B>, ForwardError>
-    where
-        C: FnOnce() -> Fut,
-        Fut: Future<Output = io::Result<I>>,
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    ) -> Result<Sender<B>, ForwardError> {
         let io = connect().await.map_err(ForwardError::Connect)?;
         let sender = handshake(io, h2).await?;
         if let Sender::Http2(s) = &sender {
@@ -109,18 +116,13 @@ where
     /// the pool once its response has ended. A request the connection never started (it was
     /// closing: the peer ended an idle keep-alive just then) goes once more on a new
     /// connection from `connect`.
-    pub async fn send<C, Fut, I>(
+    pub async fn send<C: Open>(
         &self,
         key: &Key,
         mut sender: Sender<B>,
         req: Request<B>,
         connect: C,
-    ) -> Result<Response<Incoming>, ForwardError>
-    where
-        C: FnOnce() -> Fut,
-        Fut: Future<Output = io::Result<I>>,
-        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    ) -> Result<Response<Incoming>, ForwardError> {
         let h2 = matches!(sender, Sender::Http2(_));
         let resp = match sender.try_send(req).await {
             Ok(resp) => resp,

@@ -328,3 +328,90 @@ fn the_operator_may_do_what_config_rbac_grants_and_nothing_more() {
         );
     }
 }
+
+/// Two echo Deployments: `api` on a port named `http`, `db` on one named `tcp`.
+const CHECKED_APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - {name: app, image: "weft.dev/echo:dev", ports: [{name: http, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec: {selector: {app: api}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - {name: app, image: "weft.dev/echo:dev", ports: [{name: tcp, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {selector: {app: db}, ports: [{name: tcp-db, port: 5432, targetPort: 8080}]}
+"#;
+
+#[test]
+fn weft_check_warns_about_a_policy_that_denies_everything_and_http_rules_on_a_tcp_port() {
+    let c = deployed();
+    let ns = c.namespace("t-check-authz");
+    assert!(weft(&["namespace", "add", &ns.name]).status.success());
+    ns.apply(CHECKED_APPS);
+    for d in ["deployment/api", "deployment/db"] {
+        ns.ok(&["rollout", "status", d, "--timeout=180s"]);
+    }
+    // Seed 003's warning: the first ALLOW policy of a namespace, here one that allows
+    // nothing, black-holes what was flowing; and an ALLOW rule with HTTP fields on a TCP port
+    // matches nothing (Istio's rule).
+    c.apply(&format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: lock, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reads, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: db}}}}
+  rules: [{{to: [{{operation: {{methods: ["GET"]}}}}]}}]
+"#,
+        ns = ns.name
+    ));
+    let api = format!("{}/api-", ns.name);
+    let db = format!("{}/db-", ns.name);
+    let report = support::wait_for(
+        Duration::from_secs(60),
+        || text(&weft(&["check"])),
+        |r| r.contains(&api) && r.contains(&db),
+    );
+    let has = |needles: &[&str]| {
+        report
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    };
+    let lock = format!("ALLOW policy {}/lock", ns.name);
+    assert!(
+        has(&[&api, &lock, "none allows anything on this port"]),
+        "{report}"
+    );
+    assert!(
+        has(&[&db, "uses HTTP fields (methods)", "is not declared HTTP"]),
+        "{report}"
+    );
+}

@@ -132,6 +132,17 @@ impl Port {
 
     /// A TLS connection from `source` offering `alpn`.
     async fn tls_from(&self, source: Ipv4Addr, alpn: &[u8]) -> TlsStream<TcpStream> {
+        self.try_tls_from(source, alpn)
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// The same, or why the server would not (a refused connection is closed in the handshake).
+    async fn try_tls_from(
+        &self,
+        source: Ipv4Addr,
+        alpn: &[u8],
+    ) -> Result<TlsStream<TcpStream>, String> {
         let mut roots = rustls::RootCertStore::empty();
         for der in certificates_from_pem(&self.ca.roots_pem()).expect("roots") {
             roots.add(der.into()).expect("a root certificate");
@@ -144,13 +155,13 @@ impl Port {
         tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from(HOST).expect("a DNS name"), tcp)
             .await
-            .expect("TLS handshake")
+            .map_err(|e| format!("TLS handshake: {e}"))
     }
 
     /// GET `path` as a well-behaved HTTP/2 client from `source`: the status and the body, or
     /// why there was none.
     async fn get_from(&self, source: Ipv4Addr, path: &str) -> Result<(StatusCode, Bytes), String> {
-        let tls = self.tls_from(source, b"h2").await;
+        let tls = self.try_tls_from(source, b"h2").await?;
         let (mut send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await

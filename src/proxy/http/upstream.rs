@@ -182,14 +182,15 @@ where
         if !alive {
             *slot = Some(self.open(h2).await?);
         }
-        let sent = match slot.as_mut() {
+        // An HTTP/1.1 request keeps the connection (`held`) until its response head; HTTP/2
+        // streams are independent, so the next request need not wait for this one.
+        let (sent, held) = match slot.as_mut() {
             Some(Sender::Http2(s)) => {
-                // Streams are independent: the next request need not wait for this one.
                 let mut s = Sender::Http2(s.clone());
                 drop(slot);
-                s.try_send(req).await
+                (s.try_send(req).await, None)
             }
-            Some(s) => s.try_send(req).await,
+            Some(s) => (s.try_send(req).await, Some(slot)),
             None => unreachable!("opened above"),
         };
         match sent {
@@ -198,7 +199,10 @@ where
             Err(Ok(req)) => {
                 let mut fresh = self.open(h2).await?;
                 let sent = fresh.try_send(req).await;
-                *self.sender.lock().await = Some(fresh);
+                match held {
+                    Some(mut slot) => *slot = Some(fresh),
+                    None => *self.sender.lock().await = Some(fresh),
+                }
                 sent.map_err(|e| e.err().unwrap_or(ForwardError::NotSent))
             }
         }
@@ -370,6 +374,56 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An app that answers one keep-alive request per connection and then closes it, as an
+    /// app whose idle timeout fires just as the next request comes; counts its connections.
+    struct ClosesAfterOne(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Connect for ClosesAfterOne {
+        type Io = tokio::io::DuplexStream;
+        fn connect(&self) -> impl Future<Output = io::Result<Self::Io>> + Send {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (client, mut server) = tokio::io::duplex(4096);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n")
+                    && server.read(&mut byte).await.is_ok_and(|n| n == 1)
+                {
+                    head.push(byte[0]);
+                }
+                let _ = server
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Dropped: closed without `Connection: close`.
+            });
+            std::future::ready(Ok(client))
+        }
+    }
+
+    /// Each request after the first finds its connection closed by the app and goes on a new
+    /// one, never a 503 and never stuck. (Whether the proxy sees the close before sending, or
+    /// hyper hands the request back unsent, depends on timing; both must end the same.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_on_a_connection_the_app_just_closed_is_sent_again_on_a_new_one() {
+        use http_body_util::{BodyExt, Empty};
+        use hyper::body::Bytes;
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let upstream: Upstream<_, Empty<Bytes>> =
+            Upstream::new(ClosesAfterOne(connections.clone()));
+        for _ in 0..50 {
+            let req = Request::get("/").body(Empty::new()).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(5), upstream.send(req))
+                .await
+                .expect("answered, not stuck")
+                .expect("a response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 50);
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped_and_trailers_kept() {

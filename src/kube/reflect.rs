@@ -132,8 +132,8 @@ where
 }
 
 /// The meshed pods (label `weft.dev/revision`), trimmed to what the injector's validator and
-/// the config server read: name, namespace, labels, service account, container ports, phase
-/// and IP. One watch serves both.
+/// the config server read: name, namespace, labels, the controller (the workload's name),
+/// service account, container ports, phase and IP. One watch serves both.
 pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store<Pod> {
     Reflect::new(Api::<Pod>::all(client.clone()))
         .config(watcher::Config::default().labels(crate::contract::LABEL_REVISION))
@@ -143,7 +143,18 @@ pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store
 }
 
 fn trim_pod(pod: &mut Pod) {
-    pod.metadata.owner_references = None;
+    // Only the controller stays: it names the pod's workload (`kube::workload`).
+    pod.metadata.owner_references = pod
+        .metadata
+        .owner_references
+        .take()
+        .map(|refs| {
+            refs.into_iter()
+                .filter(|o| o.controller == Some(true))
+                .take(1)
+                .collect::<Vec<_>>()
+        })
+        .filter(|refs| !refs.is_empty());
     pod.metadata.annotations = None;
     pod.spec = pod.spec.take().map(|s| PodSpec {
         service_account_name: s.service_account_name,
@@ -201,7 +212,10 @@ mod tests {
             "metadata": {"namespace": "pets", "name": "a",
                 "labels": {"weft.dev/revision": "stable", "app": "web"},
                 "annotations": {"big": "x".repeat(1000)},
-                "ownerReferences": [{"apiVersion": "v1", "kind": "ReplicaSet", "name": "r", "uid": "u"}]},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "not-a-controller", "uid": "c"},
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "r", "uid": "u",
+                     "controller": true}]},
             "spec": {"serviceAccountName": "web", "containers": [
                 {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "b"}],
                  "ports": [{"containerPort": 8080}]}]},
@@ -210,7 +224,13 @@ mod tests {
         .unwrap();
         trim_pod(&mut pod);
         assert_eq!(pod.metadata.labels.as_ref().map(|l| l.len()), Some(2));
-        assert!(pod.metadata.annotations.is_none() && pod.metadata.owner_references.is_none());
+        assert!(pod.metadata.annotations.is_none());
+        // The controller names the workload; other owners are dropped.
+        let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
+        assert_eq!(
+            owners.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["r"]
+        );
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("web"));
         assert_eq!(

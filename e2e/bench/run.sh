@@ -388,7 +388,8 @@ start_weft() {
   cat >"$work/server-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
  "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
- "inbound": {"defaultMode": "STRICT", "services": {"$MESH_APP_PORT": ["server.bench.svc.cluster.local"]}},
+ "inbound": {"defaultMode": "STRICT", "services": {"$MESH_APP_PORT": ["server.bench.svc.cluster.local"]},
+             "protocols": {"$MESH_APP_PORT": "$protocol"}},
  "outbound": {"policy": "ALLOW_ANY"}}
 EOF
   cat >"$work/client-snapshot.json" <<EOF

@@ -340,7 +340,7 @@ def table(r):
               if r["scenarios"].get(s, {}).get("added_p99_ms") is not None]
     if floors:
         beyond = "; ".join(
-            f"{LABELS[s].strip('*').split(' ')[0]} {e['beyond_null_p50_ms']:+.3f} / "
+            f"{s} {e['beyond_null_p50_ms']:+.3f} / "
             f"{e['beyond_null_p90_ms']:+.3f} / {e['beyond_null_p99_ms']:+.3f}"
             for s, e in r["scenarios"].items()
             if e.get("beyond_null_p99_ms") is not None)

@@ -244,11 +244,11 @@ async fn handle(
                 // The client's word, taken where its certificate and our config agree.
                 if let Some(meta) = &meta {
                     // Within the bound on peer-named series: beyond it, `unknown`.
-                    let workload = meta.workload();
-                    if proven_ns == Some(meta.namespace.as_str())
-                        && ctx.metrics.peers.admit(&workload)
-                    {
-                        labels.fill_source(&workload);
+                    if proven_ns == Some(meta.namespace.as_str()) {
+                        let workload = meta.workload();
+                        if ctx.metrics.peers.admit(&workload) {
+                            labels.fill_source(&workload);
+                        }
                     }
                     if let Some(host) =
                         inbound.destination_service(orig.port(), meta.service.as_deref())

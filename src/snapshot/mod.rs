@@ -597,7 +597,7 @@ pub struct SnapshotIndex {
     /// `outbound.headless`.
     endpoints: HashMap<SocketAddr, (usize, usize)>,
     /// (host, port) -> service, for route destinations.
-    hosts: HashMap<(String, u16), usize>,
+    hosts: HashMap<String, Vec<(u16, usize)>>,
     /// Round-robin position per service, numbered as `endpoints` numbers them.
     next: Vec<AtomicUsize>,
     /// Draws for weighted route destinations ([`crate::route::select::roll`]).
@@ -626,9 +626,13 @@ impl SnapshotIndex {
                 endpoints.entry(ep.addr()).or_insert((i, j));
             }
         }
-        let hosts = numbered()
-            .map(|(i, svc)| ((svc.name.clone(), svc.port), i))
-            .collect();
+        let mut hosts: HashMap<String, Vec<(u16, usize)>> = HashMap::new();
+        for (i, svc) in numbered() {
+            hosts
+                .entry(svc.name.clone())
+                .or_default()
+                .push((svc.port, i));
+        }
         let next = numbered().map(|_| AtomicUsize::new(0)).collect();
         SnapshotIndex {
             snapshot,
@@ -644,32 +648,37 @@ impl SnapshotIndex {
         &self.snapshot.version
     }
 
-    /// `members` (indexes into service `i`'s endpoints) from the next round-robin position.
-    fn rotated(&self, i: usize, members: &[usize]) -> Vec<&Endpoint> {
+    /// Service `i`'s endpoints, or the `members` of one subset (indexes into them), from the
+    /// next round-robin position.
+    fn rotated(&self, i: usize, members: Option<&[usize]>) -> Vec<&Endpoint> {
         let svc = self.service(i);
-        let n = members.len();
+        let n = members.map_or(svc.endpoints.len(), <[usize]>::len);
         let start = if n == 0 {
             0
         } else {
             self.next[i].fetch_add(1, Ordering::Relaxed) % n
         };
         (0..n)
-            .filter_map(|k| svc.endpoints.get(members[(start + k) % n]))
+            .filter_map(|k| {
+                let at = (start + k) % n;
+                svc.endpoints.get(members.map_or(at, |m| m[at]))
+            })
             .collect()
     }
 
-    /// The endpoints of a route destination: its Service port, or one subset of it.
-    fn destination(&self, d: &crate::route::Destination) -> Option<(&Service, Vec<&Endpoint>)> {
-        let &i = self.hosts.get(&(d.service.clone(), d.port))?;
-        let svc = self.service(i);
-        let endpoints = match &d.subset {
-            Some(name) => self.rotated(i, svc.subsets.get(name)?),
-            None => {
-                let all: Vec<usize> = (0..svc.endpoints.len()).collect();
-                self.rotated(i, &all)
-            }
+    /// The Service a route destination names and its subset's members (None: every endpoint);
+    /// None when the snapshot has no such Service port or subset.
+    fn resolve(&self, d: &crate::route::Destination) -> Option<(usize, Option<&[usize]>)> {
+        let &(_, i) = self
+            .hosts
+            .get(d.service.as_str())?
+            .iter()
+            .find(|(port, _)| *port == d.port)?;
+        let members = match &d.subset {
+            Some(name) => Some(self.service(i).subsets.get(name)?.as_slice()),
+            None => None,
         };
-        Some((svc, endpoints))
+        Some((i, members))
     }
 
     /// Routes one HTTP request to `service` (the Service the client dialled, with its
@@ -690,14 +699,9 @@ impl SnapshotIndex {
         };
         let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
         let has_endpoints = |d: &crate::route::Destination| {
-            let Some(&i) = self.hosts.get(&(d.service.clone(), d.port)) else {
-                return false;
-            };
-            let svc = self.service(i);
-            match &d.subset {
-                Some(name) => svc.subsets.get(name).is_some_and(|m| !m.is_empty()),
-                None => !svc.endpoints.is_empty(),
-            }
+            self.resolve(d).is_some_and(|(i, members)| {
+                members.map_or(self.service(i).endpoints.len(), <[usize]>::len) > 0
+            })
         };
         // A destination without endpoints gives its share to the others; with none left, the
         // first destination by weight decides what the client is told.
@@ -706,8 +710,11 @@ impl SnapshotIndex {
         let Some(d) = chosen else {
             return RequestRoute::NoDestination(route.name.clone());
         };
-        match self.destination(d) {
-            Some((service, endpoints)) => RequestRoute::Endpoints { service, endpoints },
+        match self.resolve(d) {
+            Some((i, members)) => RequestRoute::Endpoints {
+                service: self.service(i),
+                endpoints: self.rotated(i, members),
+            },
             None => RequestRoute::NoDestination(format!(
                 "{}: {}:{}{}",
                 route.name,
@@ -732,10 +739,9 @@ impl SnapshotIndex {
     pub fn route(&self, dst: SocketAddr) -> OutboundRoute<'_> {
         if let Some(&i) = self.services.get(&dst) {
             let svc = self.service(i);
-            let all: Vec<usize> = (0..svc.endpoints.len()).collect();
             return OutboundRoute::Service {
                 service: svc,
-                endpoints: self.rotated(i, &all),
+                endpoints: self.rotated(i, None),
             };
         }
         if let Some(&(i, j)) = self.endpoints.get(&dst) {

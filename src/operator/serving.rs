@@ -828,9 +828,9 @@ mod tests {
     fn a_source_is_capped_and_others_still_get_in_until_the_port_is_full() {
         let limiter = limiter(5, 2);
         let (a, b, c) = (
-            "192.0.2.1".parse().unwrap(),
-            "192.0.2.2".parse().unwrap(),
-            "192.0.2.3".parse().unwrap(),
+            "198.18.0.1".parse().unwrap(),
+            "198.18.0.2".parse().unwrap(),
+            "198.18.0.3".parse().unwrap(),
         );
         let held_a: Vec<_> = (0..2).map(|_| limiter.admit(a).unwrap()).collect();
         assert_eq!(limiter.admit(a).unwrap_err(), CapReached::Source(2));
@@ -860,10 +860,10 @@ mod tests {
             "another address of the same /64"
         );
         assert!(limiter.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
-        let _v4 = limiter.admit("192.0.2.7".parse().unwrap()).unwrap();
+        let _v4 = limiter.admit("198.18.0.7".parse().unwrap()).unwrap();
         assert_eq!(
             limiter
-                .admit("::ffff:192.0.2.7".parse().unwrap())
+                .admit("::ffff:198.18.0.7".parse().unwrap())
                 .unwrap_err(),
             CapReached::Source(1)
         );

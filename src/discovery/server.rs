@@ -7,13 +7,17 @@
 //! Routes on the discovery port (15012, TLS, client certificate optional there because the
 //! CSR endpoint shares it; these two routes require it):
 //! - `GET /v1/config/stream?pod=<name>`: the snapshot stream ([`crate::snapshot::stream`]).
-//! - `POST /v1/config/ack`: the proxy's acknowledgement.
+//! - `POST /v1/config/ack`: the proxy's acknowledgement, bound to the streams its own
+//!   connection opened and to the versions they sent (a proxy cannot ack what it was never
+//!   sent, nor the stream of another connection).
+//!
+//! Open streams are capped per workload identity and per pod ([`StreamLimits`]).
 //!
 //! On the monitoring port: `GET /debug/proxies`, this replica's connected proxies with the
 //! version sent, the version acknowledged and the version current now (`weft proxy-status`
 //! merges the answers of every replica).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,6 @@ use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -50,6 +53,12 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long a stream waits for its pod to reach the operator's caches.
 const POD_WAIT: Duration = Duration::from_secs(5);
 
+/// How many versions sent on one stream an ack may name: a proxy acks the one it just got,
+/// or one a little older when changes came quickly.
+const SENT_HISTORY: usize = 16;
+/// What a client refused for too many open streams is asked to wait.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// The identity a TLS connection proved with its client certificate (set per connection by
 /// the operator's TLS server).
 #[derive(Debug, Clone, Default)]
@@ -57,6 +66,56 @@ pub struct PeerCert {
     pub spiffe_id: Option<String>,
     /// NotAfter of the client certificate, RFC 3339.
     pub expires: Option<String>,
+    /// The connection: an ack binds to the streams opened on its own connection.
+    pub connection: ConnectionId,
+}
+
+/// Names one connection: two values are equal only when cloned from the same
+/// [`ConnectionId::new`] (each accepted connection makes one), and a default one equals no
+/// other, so requests of unknown connections never match each other.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionId(Arc<()>);
+
+impl ConnectionId {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for ConnectionId {
+    fn eq(&self, other: &Self) -> bool {
+        // Identity of the allocation, which lives as long as any clone: no counter to wrap or
+        // to share between listeners.
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ConnectionId {}
+
+/// Caps on open config streams (README, "Security"). A proxy needs one stream (two briefly
+/// while it reconnects); the caps keep one stolen workload certificate from holding the
+/// operator's memory and snapshot work with thousands of streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Most open streams of one workload identity (namespace and service account): all the
+    /// replicas of a workload share it, so it must exceed the largest Deployment's replicas.
+    pub per_identity: usize,
+    /// Most open streams naming one pod.
+    pub per_pod: usize,
+}
+
+impl StreamLimits {
+    pub const PER_IDENTITY: usize = 1_024;
+    pub const PER_POD: usize = 4;
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            per_identity: Self::PER_IDENTITY,
+            per_pod: Self::PER_POD,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,16 +159,82 @@ pub struct ProxyList {
 #[derive(Default)]
 struct Registry {
     next: AtomicU64,
-    streams: Mutex<HashMap<u64, ProxyRecord>>,
+    streams: Mutex<Streams>,
     metrics: Arc<OperatorMetrics>,
 }
 
-impl Registry {
-    fn update(&self, id: u64, f: impl FnOnce(&mut ProxyRecord)) {
-        if let Ok(mut m) = self.streams.lock()
-            && let Some(r) = m.get_mut(&id)
+/// The open streams, with their counts per identity and per pod (kept with the records under
+/// one lock, so a cap is checked and taken at once).
+#[derive(Default)]
+struct Streams {
+    open: HashMap<u64, OpenStream>,
+    per_identity: HashMap<String, usize>,
+    per_pod: HashMap<(String, String), usize>,
+}
+
+/// One open stream: what `weft proxy-status` shows, and what an ack is checked against.
+struct OpenStream {
+    record: ProxyRecord,
+    connection: ConnectionId,
+    /// The versions sent on this stream, newest last, at most [`SENT_HISTORY`].
+    sent: VecDeque<String>,
+}
+
+/// Why a stream was not opened.
+enum Capped {
+    Identity(usize),
+    Pod(usize),
+}
+
+impl Streams {
+    fn open(&mut self, id: u64, stream: OpenStream, limits: StreamLimits) -> Result<(), Capped> {
+        let identity = stream.record.identity.clone();
+        let pod = (stream.record.namespace.clone(), stream.record.pod.clone());
+        let by_identity = self.per_identity.get(&identity).copied().unwrap_or(0);
+        if by_identity >= limits.per_identity {
+            return Err(Capped::Identity(limits.per_identity));
+        }
+        let by_pod = self.per_pod.get(&pod).copied().unwrap_or(0);
+        if by_pod >= limits.per_pod {
+            return Err(Capped::Pod(limits.per_pod));
+        }
+        self.per_identity.insert(identity, by_identity + 1);
+        self.per_pod.insert(pod, by_pod + 1);
+        self.open.insert(id, stream);
+        Ok(())
+    }
+
+    fn close(&mut self, id: u64) {
+        let Some(stream) = self.open.remove(&id) else {
+            return;
+        };
+        let pod = (stream.record.namespace, stream.record.pod);
+        for count in [
+            self.per_identity.get_mut(&stream.record.identity),
+            self.per_pod.get_mut(&pod),
+        ]
+        .into_iter()
+        .flatten()
         {
-            f(r);
+            *count = count.saturating_sub(1);
+        }
+        self.per_identity.retain(|_, n| *n > 0);
+        self.per_pod.retain(|_, n| *n > 0);
+    }
+}
+
+impl Registry {
+    /// Notes `version` as sent on stream `id` (before it is sent: the proxy may ack it as
+    /// soon as it arrives).
+    fn sending(&self, id: u64, version: &str) {
+        if let Ok(mut m) = self.streams.lock()
+            && let Some(s) = m.open.get_mut(&id)
+        {
+            s.record.sent = Some(version.to_string());
+            if s.sent.len() == SENT_HISTORY {
+                s.sent.pop_front();
+            }
+            s.sent.push_back(version.to_string());
         }
     }
 }
@@ -120,7 +245,7 @@ struct Registered(Arc<Registry>, u64);
 impl Drop for Registered {
     fn drop(&mut self) {
         if let Ok(mut m) = self.0.streams.lock() {
-            m.remove(&self.1);
+            m.close(self.1);
         }
         self.0.metrics.connected_proxies.dec();
     }
@@ -132,6 +257,9 @@ pub struct DiscoveryState {
     registry: Arc<Registry>,
     settings: Arc<DiscoverySettings>,
     synced: watch::Receiver<bool>,
+    limits: StreamLimits,
+    /// How long a stream or ack waits for its pod to reach the caches ([`POD_WAIT`]).
+    pod_wait: Duration,
 }
 
 impl DiscoveryState {
@@ -240,7 +368,14 @@ impl DiscoveryState {
             }),
             settings: Arc::new(settings),
             synced: watch::channel(true).1,
+            limits: StreamLimits::default(),
+            pod_wait: POD_WAIT,
         }
+    }
+
+    /// The same server with other caps on open streams.
+    pub fn with_stream_limits(self, limits: StreamLimits) -> Self {
+        DiscoveryState { limits, ..self }
     }
 
     /// True once the first index from full caches is built.
@@ -260,7 +395,7 @@ impl DiscoveryState {
             .registry
             .streams
             .lock()
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.open.values().map(|s| s.record.clone()).collect())
             .unwrap_or_default();
         for p in &mut proxies {
             p.current = index
@@ -377,7 +512,7 @@ async fn authorize(
         ));
     }
     let mut index = state.index.clone();
-    let found = tokio::time::timeout(POD_WAIT, async {
+    let found = tokio::time::timeout(state.pod_wait, async {
         loop {
             if let Some(p) = index.borrow_and_update().pod(ns, pod) {
                 return Some(p.service_account.clone());
@@ -427,30 +562,66 @@ async fn stream(
         return refuse(StatusCode::NOT_FOUND, "pod left the caches");
     };
     let id = state.registry.next.fetch_add(1, Ordering::Relaxed);
-    // Counted down by `Registered`'s drop, whether or not the record made it into the map.
-    state.registry.metrics.connected_proxies.inc();
-    if let Ok(mut m) = state.registry.streams.lock() {
-        m.insert(
-            id,
-            ProxyRecord {
-                namespace: namespace.clone(),
-                pod: pod.clone(),
-                identity: meshed.identity.clone(),
-                revision: meshed.revision.clone(),
-                connected_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-                sent: None,
-                acked: None,
-                rejected: None,
-                current: None,
-                cert_expires: peer.expires.clone(),
-            },
+    let stream = OpenStream {
+        record: ProxyRecord {
+            namespace: namespace.clone(),
+            pod: pod.clone(),
+            identity: meshed.identity.clone(),
+            revision: meshed.revision.clone(),
+            connected_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            sent: None,
+            acked: None,
+            rejected: None,
+            current: None,
+            cert_expires: peer.expires.clone(),
+        },
+        connection: peer.connection.clone(),
+        sent: VecDeque::new(),
+    };
+    let opened = match state.registry.streams.lock() {
+        Ok(mut m) => m.open(id, stream, state.limits),
+        Err(_) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stream registry poisoned",
+            );
+        }
+    };
+    if let Err(capped) = opened {
+        let (what, limit, flag) = match capped {
+            Capped::Identity(n) => (
+                format!("identity {}", meshed.identity),
+                n,
+                "--config-streams-per-identity",
+            ),
+            Capped::Pod(n) => (
+                format!("pod {namespace}/{pod}"),
+                n,
+                "--config-streams-per-pod",
+            ),
+        };
+        tracing::warn!(%namespace, %pod, "config stream refused: {what} holds {limit} open streams");
+        let mut refused = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{what} already holds {limit} open config streams, the most allowed (operator flag {flag}); close one or retry later"
+            ),
         );
+        refused.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(RETRY_AFTER_SECONDS),
+        );
+        return refused;
     }
+    // Counted down by `Registered`'s drop.
+    state.registry.metrics.connected_proxies.inc();
     let guard = Registered(state.registry.clone(), id);
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(1);
+    // A tokio channel: its sender learns at once when the body is dropped (the proxy went
+    // away), so the stream's slot under the caps comes back without waiting for a heartbeat.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let mut index_rx = state.index.clone();
     tokio::spawn(async move {
-        let _guard = guard;
+        let guard = guard;
         let mut last: Option<String> = None;
         loop {
             let index = index_rx.borrow_and_update().clone();
@@ -458,14 +629,16 @@ async fn stream(
             if let Ok((version, bytes)) = index.snapshot_for(&namespace, &pod)
                 && last.as_ref() != Some(&version)
             {
+                guard.0.sending(guard.1, &version);
                 if tx.send(Bytes::from(encode_line(&bytes))).await.is_err() {
                     return;
                 }
-                guard_sent(&_guard, &version);
+                guard.0.metrics.snapshots_sent.inc();
                 last = Some(version);
             }
             tokio::select! {
                 changed = index_rx.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
                 _ = tokio::time::sleep(HEARTBEAT) => {
                     if tx.send(Bytes::from_static(b"\n")).await.is_err() {
                         return;
@@ -474,18 +647,73 @@ async fn stream(
             }
         }
     });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(Body::from_stream(rx.map(Ok::<_, Infallible>)))
+        .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn guard_sent(guard: &Registered, version: &str) {
-    guard.0.metrics.snapshots_sent.inc();
-    guard
-        .0
-        .update(guard.1, |r| r.sent = Some(version.to_string()));
+/// Why an ack was not recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum AckRefused {
+    /// This connection holds no stream of the pod.
+    NoStream,
+    /// The ack names a version that no stream of the pod on this connection sent.
+    NotSent(String),
+}
+
+impl Streams {
+    /// Records `ack` on the streams of `namespace/pod` opened on `connection`. Each version it
+    /// names must be one such a stream sent; the version a proxy still runs after rejecting
+    /// may come from an earlier stream, so it is kept only if this stream sent it too.
+    fn ack(
+        &mut self,
+        connection: &ConnectionId,
+        namespace: &str,
+        pod: &str,
+        ack: &Ack,
+    ) -> Result<(), AckRefused> {
+        let mut mine: Vec<&mut OpenStream> = self
+            .open
+            .values_mut()
+            .filter(|s| {
+                &s.connection == connection
+                    && s.record.namespace == namespace
+                    && s.record.pod == pod
+            })
+            .collect();
+        if mine.is_empty() {
+            return Err(AckRefused::NoStream);
+        }
+        let sent = |s: &OpenStream, v: &str| s.sent.iter().any(|x| x == v);
+        for s in &mut mine {
+            let version_sent = ack.version.as_deref().is_none_or(|v| sent(s, v));
+            match &ack.rejected {
+                Some(r) if sent(s, &r.version) => {
+                    s.record.rejected = Some(r.clone());
+                    s.record.acked = ack.version.clone().filter(|_| version_sent);
+                    return Ok(());
+                }
+                None if version_sent => {
+                    s.record.rejected = None;
+                    s.record.acked = ack.version.clone();
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let named = ack
+            .rejected
+            .as_ref()
+            .map(|r| r.version.clone())
+            .or_else(|| ack.version.clone())
+            .unwrap_or_default();
+        Err(AckRefused::NotSent(named))
+    }
 }
 
 async fn ack(
@@ -507,19 +735,35 @@ async fn ack(
         Ok(who) => who,
         Err(refused) => return refused,
     };
-    if let Some(r) = &ack.rejected {
-        tracing::warn!(%namespace, %pod, version = %r.version, "proxy rejected its config: {}", r.reason);
-    }
-    if let Ok(mut m) = state.registry.streams.lock() {
-        for r in m
-            .values_mut()
-            .filter(|r| r.namespace == namespace && r.pod == pod)
-        {
-            r.acked = ack.version.clone();
-            r.rejected = ack.rejected.clone();
+    let recorded = match state.registry.streams.lock() {
+        Ok(mut m) => m.ack(&peer.connection, &namespace, &pod, &ack),
+        Err(_) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stream registry poisoned",
+            );
         }
+    };
+    match recorded {
+        Ok(()) => {
+            if let Some(r) = &ack.rejected {
+                tracing::warn!(%namespace, %pod, version = %r.version, "proxy rejected its config: {}", r.reason);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(AckRefused::NoStream) => refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "this connection has no config stream of pod {namespace}/{pod}: post the ack on the connection of the stream that sent the snapshot"
+            ),
+        ),
+        Err(AckRefused::NotSent(version)) => refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "version {version} was not sent to pod {namespace}/{pod} on this connection's stream: ack only a version the stream sent"
+            ),
+        ),
     }
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /debug/proxies` on the monitoring port.
@@ -558,5 +802,343 @@ mod tests {
         assert!(!valid_pod_name(""));
         assert!(!valid_pod_name("Web"));
         assert!(!valid_pod_name("a/b"));
+    }
+
+    // === the stream and ack routes, called as the TLS server calls them ===
+
+    use super::super::model::tests::{pod, service, view};
+    use axum::body::to_bytes;
+    use axum::http::Request;
+    use futures::StreamExt;
+    use tower::ServiceExt;
+
+    /// pets/web-1 and pets/web-2 run as `web`, pets/db-1 as `db`; shop/web-1 as shop's `web`.
+    fn mesh() -> MeshView {
+        let mut v = view();
+        v.pods.push(pod("pets", "web-2", "198.18.1.5", "web", true));
+        v.pods.push(pod("shop", "web-1", "198.18.2.2", "web", true));
+        v
+    }
+
+    fn server(limits: StreamLimits) -> (DiscoveryState, watch::Sender<Arc<MeshIndex>>) {
+        let (tx, rx) = watch::channel(Arc::new(MeshIndex::build(&mesh())));
+        let state = DiscoveryState::from_index(
+            rx,
+            DiscoverySettings {
+                trust_domain: "cluster.local".into(),
+                operator_namespace: "weft-system".into(),
+                root_namespace: "weft-system".into(),
+                cluster_domain: "cluster.local".into(),
+            },
+            Arc::new(OperatorMetrics::new()),
+        )
+        .with_stream_limits(limits);
+        (state, tx)
+    }
+
+    /// One TLS connection's client certificate: `ns`/`sa` of our trust domain.
+    fn connection(ns: &str, sa: &str) -> PeerCert {
+        PeerCert {
+            spiffe_id: Some(format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")),
+            expires: None,
+            connection: ConnectionId::new(),
+        }
+    }
+
+    async fn open(state: &DiscoveryState, peer: Option<&PeerCert>, pod: &str) -> Response {
+        let mut request = Request::get(format!("{}?pod={pod}", contract::PATH_CONFIG_STREAM))
+            .body(Body::empty())
+            .unwrap();
+        if let Some(p) = peer {
+            request.extensions_mut().insert(p.clone());
+        }
+        router(state.clone()).oneshot(request).await.unwrap()
+    }
+
+    async fn post_ack(state: &DiscoveryState, peer: &PeerCert, ack: &Ack) -> (StatusCode, String) {
+        let mut request = Request::post(contract::PATH_CONFIG_ACK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(ack).unwrap()))
+            .unwrap();
+        request.extensions_mut().insert(peer.clone());
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn refusal(response: Response) -> (StatusCode, String) {
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 64 * 1024).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// An open stream as the proxy reads it: the body, whose drop closes the stream.
+    struct Stream(axum::body::BodyDataStream);
+
+    impl Stream {
+        fn of(response: Response) -> Stream {
+            assert_eq!(response.status(), StatusCode::OK);
+            Stream(response.into_body().into_data_stream())
+        }
+
+        /// The version of the next snapshot line.
+        async fn next_version(&mut self) -> String {
+            let mut line = Vec::new();
+            while !line.ends_with(b"\n") || line == b"\n" {
+                if line == b"\n" {
+                    line.clear();
+                }
+                let chunk = tokio::time::timeout(Duration::from_secs(5), self.0.next())
+                    .await
+                    .expect("a snapshot within 5 s")
+                    .expect("the stream is open")
+                    .unwrap();
+                line.extend_from_slice(&chunk);
+            }
+            let snapshot: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            snapshot["version"].as_str().unwrap().to_string()
+        }
+    }
+
+    fn acked(state: &DiscoveryState, pod: &str) -> Vec<(Option<String>, Option<String>)> {
+        state
+            .proxies("test")
+            .proxies
+            .into_iter()
+            .filter(|p| p.namespace == "pets" && p.pod == pod)
+            .map(|p| (p.acked, p.rejected.map(|r| r.version)))
+            .collect()
+    }
+
+    fn ack(pod: &str, version: Option<&str>, rejected: Option<&str>) -> Ack {
+        Ack {
+            pod: pod.into(),
+            version: version.map(String::from),
+            rejected: rejected.map(|v| Rejected {
+                version: v.into(),
+                reason: "unknown field".into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_refusal_of_authorize_is_a_refusal_naming_why() {
+        let (mut state, _index) = server(StreamLimits::default());
+        // The unknown pods would otherwise wait 5 s each for the caches.
+        state.pod_wait = Duration::from_millis(50);
+        let cases: [(Option<PeerCert>, &str, StatusCode, &str); 7] = [
+            (
+                None,
+                "web-1",
+                StatusCode::UNAUTHORIZED,
+                "client certificate",
+            ),
+            (
+                Some(PeerCert {
+                    spiffe_id: Some("spiffe://other.example/ns/pets/sa/web".into()),
+                    ..Default::default()
+                }),
+                "web-1",
+                StatusCode::FORBIDDEN,
+                "not a workload identity of trust domain cluster.local",
+            ),
+            (
+                Some(connection("pets", "web")),
+                "Web-1/../db-1",
+                StatusCode::BAD_REQUEST,
+                "pod's name",
+            ),
+            // Wrong pod for the identity: db-1 runs as db.
+            (
+                Some(connection("pets", "web")),
+                "db-1",
+                StatusCode::FORBIDDEN,
+                "pod pets/db-1 runs as service account db, not web",
+            ),
+            // Unknown pod.
+            (
+                Some(connection("pets", "web")),
+                "web-9",
+                StatusCode::NOT_FOUND,
+                "pod pets/web-9 is not a meshed pod",
+            ),
+            // A pod of another namespace: shop's web identity cannot name pets' pods...
+            (
+                Some(connection("shop", "web")),
+                "web-2",
+                StatusCode::NOT_FOUND,
+                "pod shop/web-2 is not a meshed pod",
+            ),
+            // ...nor pets' web identity shop's web-1 (same names, other namespace).
+            (
+                Some(connection("pets", "db")),
+                "web-1",
+                StatusCode::FORBIDDEN,
+                "pod pets/web-1 runs as service account web, not db",
+            ),
+        ];
+        for (peer, pod, status, why) in cases {
+            let (got, body) = refusal(open(&state, peer.as_ref(), pod).await).await;
+            assert_eq!(
+                (got, body.contains(why)),
+                (status, true),
+                "stream {pod}: {body}"
+            );
+            // The ack route asks the same questions (a connection without a certificate is
+            // refused before anything else).
+            let peer = peer.unwrap_or_default();
+            let (got, body) = post_ack(&state, &peer, &ack(pod, Some("sha256:x"), None)).await;
+            assert_eq!(
+                (got, body.contains(why)),
+                (status, true),
+                "ack {pod}: {body}"
+            );
+        }
+        assert!(state.proxies("test").proxies.is_empty(), "no stream opened");
+    }
+
+    #[tokio::test]
+    async fn an_ack_counts_only_on_its_streams_connection_and_for_versions_it_sent() {
+        let (state, index) = server(StreamLimits::default());
+        let web_1 = connection("pets", "web");
+        let mut stream = Stream::of(open(&state, Some(&web_1), "web-1").await);
+        let v1 = stream.next_version().await;
+        assert_eq!(acked(&state, "web-1"), vec![(None, None)]);
+
+        // The proxy acks on its stream's connection what the stream sent it.
+        let ok = (StatusCode::NO_CONTENT, String::new());
+        assert_eq!(
+            post_ack(&state, &web_1, &ack("web-1", Some(&v1), None)).await,
+            ok
+        );
+        assert_eq!(acked(&state, "web-1"), vec![(Some(v1.clone()), None)]);
+
+        // A version never sent is refused and changes nothing.
+        let (status, body) =
+            post_ack(&state, &web_1, &ack("web-1", Some("sha256:made-up"), None)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("sha256:made-up was not sent"), "{body}");
+        let (status, _) =
+            post_ack(&state, &web_1, &ack("web-1", None, Some("sha256:made-up"))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(acked(&state, "web-1"), vec![(Some(v1.clone()), None)]);
+
+        // web-2 runs as the same identity, on its own connection: it cannot ack web-1's
+        // stream (its connection holds none), even with the version web-1 was sent...
+        let web_2 = connection("pets", "web");
+        let _web_2_stream = Stream::of(open(&state, Some(&web_2), "web-2").await);
+        let (status, body) = post_ack(&state, &web_2, &ack("web-1", None, Some(&v1))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body.contains("no config stream of pod pets/web-1"),
+            "{body}"
+        );
+        // ...and web-1's connection cannot ack web-2's stream.
+        let (status, _) = post_ack(&state, &web_1, &ack("web-2", Some(&v1), None)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(acked(&state, "web-1"), vec![(Some(v1.clone()), None)]);
+        assert_eq!(acked(&state, "web-2"), vec![(None, None)]);
+
+        // A new snapshot the proxy rejects: it reports the one it still runs, sent earlier on
+        // this stream.
+        let mut changed = mesh();
+        changed
+            .services
+            .push(service("pets", "api", "198.19.0.22", "http"));
+        index.send_replace(Arc::new(MeshIndex::build(&changed)));
+        let v2 = stream.next_version().await;
+        assert_ne!(v1, v2);
+        assert_eq!(
+            post_ack(&state, &web_1, &ack("web-1", Some(&v1), Some(&v2))).await,
+            ok
+        );
+        assert_eq!(
+            acked(&state, "web-1"),
+            vec![(Some(v1.clone()), Some(v2.clone()))]
+        );
+
+        // On a new stream (a reconnect), a version the old stream sent but this one did not
+        // is not believed as the one the proxy runs; the rejection of what it was sent is.
+        drop(stream);
+        let reconnected = connection("pets", "web");
+        let mut stream = Stream::of(open(&state, Some(&reconnected), "web-1").await);
+        assert_eq!(stream.next_version().await, v2);
+        assert_eq!(
+            post_ack(&state, &reconnected, &ack("web-1", Some(&v1), Some(&v2))).await,
+            ok
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while acked(&state, "web-1").len() > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the closed stream's record goes");
+        assert_eq!(acked(&state, "web-1"), vec![(None, Some(v2.clone()))]);
+        let (status, _) = post_ack(&state, &reconnected, &ack("web-1", Some(&v1), None)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_capped_per_pod_and_per_identity() {
+        let (state, _index) = server(StreamLimits {
+            per_identity: 3,
+            per_pod: 2,
+        });
+        let web = connection("pets", "web");
+        let first = Stream::of(open(&state, Some(&web), "web-1").await);
+        let _second = Stream::of(open(&state, Some(&web), "web-1").await);
+        let refused = open(&state, Some(&web), "web-1").await;
+        assert_eq!(
+            refused
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        let (status, body) = refusal(refused).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            body.contains("pod pets/web-1 already holds 2 open config streams")
+                && body.contains("--config-streams-per-pod"),
+            "{body}"
+        );
+
+        // The identity's third stream, for its other pod, is its last.
+        let _third = Stream::of(open(&state, Some(&web), "web-2").await);
+        let (status, body) = refusal(open(&state, Some(&web), "web-2").await).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            body.contains("identity spiffe://cluster.local/ns/pets/sa/web already holds 3")
+                && body.contains("--config-streams-per-identity"),
+            "{body}"
+        );
+        // Other identities are not affected.
+        let _db = Stream::of(open(&state, Some(&connection("pets", "db")), "db-1").await);
+        assert_eq!(state.proxies("test").proxies.len(), 4);
+
+        // A proxy that goes away gives its slot back at once (no heartbeat needed).
+        drop(first);
+        let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let r = open(&state, Some(&web), "web-2").await;
+                if r.status() == StatusCode::OK {
+                    return Stream::of(r);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the slot comes back when the stream closes");
+        drop(reopened);
+    }
+
+    #[test]
+    fn a_connection_id_equals_only_its_own_clones() {
+        let a = ConnectionId::new();
+        assert_eq!(a, a.clone());
+        assert_ne!(a, ConnectionId::new());
+        assert_ne!(ConnectionId::default(), ConnectionId::default());
     }
 }

@@ -17,6 +17,7 @@ use super::serving::{
     ServingCertResolver, ServingLimits, keep_serving_cert, serve_plain_on, serve_tls,
 };
 use crate::contract;
+use crate::discovery::server::StreamLimits;
 use crate::discovery::{self, DiscoverySettings, DiscoveryState};
 use crate::kube::metrics::{self, OperatorMetrics};
 
@@ -102,6 +103,13 @@ pub struct ServingLimitArgs {
     /// Most open connections on :15014 from one source address.
     #[arg(long, env = "WEFT_MONITORING_MAX_CONNECTIONS_PER_SOURCE", default_value_t = ServingLimits::MONITORING_MAX_CONNECTIONS_PER_SOURCE)]
     pub monitoring_max_connections_per_source: usize,
+    /// Most open config streams of one workload identity (namespace and service account;
+    /// shared by all replicas of a workload).
+    #[arg(long, env = "WEFT_CONFIG_STREAMS_PER_IDENTITY", default_value_t = StreamLimits::PER_IDENTITY)]
+    pub config_streams_per_identity: usize,
+    /// Most open config streams naming one pod (its proxy needs one, two while reconnecting).
+    #[arg(long, env = "WEFT_CONFIG_STREAMS_PER_POD", default_value_t = StreamLimits::PER_POD)]
+    pub config_streams_per_pod: usize,
 }
 
 impl ServingLimitArgs {
@@ -133,6 +141,13 @@ impl ServingLimitArgs {
             self.monitoring_max_connections,
             self.monitoring_max_connections_per_source,
         )
+    }
+
+    fn config_streams(&self) -> StreamLimits {
+        StreamLimits {
+            per_identity: self.config_streams_per_identity,
+            per_pod: self.config_streams_per_pod,
+        }
     }
 }
 
@@ -198,7 +213,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         meshed_pods.clone(),
         mesh_changed,
         metrics.clone(),
-    );
+    )
+    .with_stream_limits(args.limits.config_streams());
     let discovery = csr::router(csr_state).merge(discovery::server::router(config_server.clone()));
     tokio::spawn(serve_tls(
         args.discovery_addr,

@@ -26,6 +26,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use crate::discovery::PeerCert;
+use crate::discovery::server::ConnectionId;
 use crate::pki::MeshCa;
 
 pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -151,6 +152,8 @@ pub fn peer_cert(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Pee
     PeerCert {
         spiffe_id: crate::pki::spiffe_id_of(leaf),
         expires,
+        // Called once per accepted connection: every request on it carries this one.
+        connection: ConnectionId::new(),
     }
 }
 

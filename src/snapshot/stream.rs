@@ -9,7 +9,12 @@
 //!   [`HEARTBEAT`]; a client that hears nothing for [`SILENCE_LIMIT`] reconnects.
 //! - After applying (or rejecting) a snapshot the proxy posts an [`Ack`] to `/v1/config/ack`
 //!   on the same connection: the version it now runs and, for a rejected one, why. The
-//!   operator keeps the last ack per proxy; `weft proxy-status` reads them.
+//!   operator keeps the last ack per stream; `weft proxy-status` reads them. An ack counts
+//!   only on the connection that holds the pod's stream and only for versions that stream
+//!   sent (409 otherwise); the version a proxy still runs after a rejection is kept only if
+//!   this stream sent it.
+//! - A server caps the open streams per workload identity and per pod (429 with
+//!   `Retry-After` over a cap).
 //!
 //! Snapshots are sent whole, never as diffs, so a reconnecting proxy needs no history and a
 //! lost line cannot corrupt state.

@@ -248,7 +248,7 @@ impl CaBundleController {
         };
         let loaded = MeshCa::from_weft_ca_secret(&secret_bytes(&secret))
             .map_err(|e| self.corrupted(pki::WEFT_CA_SECRET, e))?;
-        if loaded.roots_pem() == ca.roots_pem() {
+        if loaded.own_roots_pem() == ca.own_roots_pem() {
             return Ok(None);
         }
         let now = reset_marker(&secret);

@@ -1,6 +1,6 @@
 //! The CSR endpoint, `POST :15012/v1/certificates` (SPEC §7): a proxy proves its identity with
-//! its projected service-account token (TokenReview, audience `weft-ca`) and the mesh CA signs
-//! its CSR for exactly that identity. Kubernetes is reached only through [`TokenReviewer`], so
+//! its projected service-account token (TokenReview, audience `weft-ca`) and the mesh's issuer
+//! (the builtin CA or Vault, see [`crate::pki::Issuer`]) signs its CSR for exactly that identity. Kubernetes is reached only through [`TokenReviewer`], so
 //! every answer of the endpoint is a unit test against a real CA. Work before authentication is
 //! bounded ([`Admission`]: per-source and TokenReview rate limits, a cap on concurrent
 //! TokenReviews, a CSR size budget) and successful reviews are cached by the token's SHA-256.
@@ -27,8 +27,9 @@ use tokio::sync::watch;
 use super::serving::ClientAddr;
 use crate::contract;
 use crate::pki::{
-    CertificateResponse, CsrError, ErrorResponse, MAX_REQUEST_BYTES, MeshCa, RequestError,
-    ValidityError, decode_certificate_request, effective_validity,
+    self, CertificateResponse, CsrError, ErrorResponse, Issuer, IssuerError, IssuerKind,
+    MAX_REQUEST_BYTES, MeshCa, RequestError, ValidityError, WorkloadCsr,
+    decode_certificate_request, effective_validity,
 };
 
 /// How long one request may take, body upload and TokenReview included.
@@ -508,10 +509,21 @@ pub struct CertPolicy {
 /// Called once per request with `"issued"` or the refusal's `metric_label()`.
 pub type OutcomeHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 
+/// Called once per request an issuer saw: which issuer, `"issued"` or the error's
+/// `metric_label()`, and how long the issuer took (the issuer metrics).
+pub type IssuerHook = Arc<dyn Fn(IssuerKind, &'static str, Duration) + Send + Sync>;
+
+/// The issuer that signs instead of the builtin CA, `None` while the builtin one signs. The
+/// operator's issuer controller sends a new one when `weft-ca-issuer` changes.
+pub type ExternalIssuer = watch::Receiver<Option<Arc<dyn Issuer>>>;
+
 /// Everything the endpoint needs; the operator's `Context` builds one.
 pub struct CsrState {
     /// The CA, `None` until the CA-bundle controller has loaded one (answers are then 503).
+    /// It signs unless `issuer` names another, and its trust bundle is the answer's roots.
     pub ca: watch::Receiver<Option<Arc<MeshCa>>>,
+    /// Who signs instead of the builtin CA; `None` means always the builtin CA.
+    pub issuer: Option<ExternalIssuer>,
     pub reviewer: Arc<dyn TokenReviewer>,
     /// The policy for workloads of a namespace (the revision serving it decides).
     pub policy: Arc<dyn Fn(&str) -> CertPolicy + Send + Sync>,
@@ -520,6 +532,7 @@ pub struct CsrState {
     /// Limits before and around authentication.
     pub admission: Admission,
     pub on_outcome: Option<OutcomeHook>,
+    pub on_issuer: Option<IssuerHook>,
 }
 
 impl CsrState {
@@ -532,11 +545,13 @@ impl CsrState {
     ) -> Self {
         CsrState {
             ca,
+            issuer: None,
             reviewer,
             policy,
             limiter: RateLimiter::default(),
             admission: Admission::default(),
             on_outcome: None,
+            on_issuer: None,
         }
     }
 }
@@ -568,6 +583,9 @@ pub enum CsrEndpointError {
     Validity(#[from] ValidityError),
     #[error(transparent)]
     Csr(#[from] CsrError),
+    /// The issuer could not sign, or signed something that failed the checks.
+    #[error(transparent)]
+    Issuer(IssuerError),
     #[error(
         "too many certificate requests for {identity}: retry in {} s (a proxy needs one per renewal)",
         retry_after.as_secs().max(1)
@@ -620,6 +638,7 @@ impl CsrEndpointError {
             Self::Review(e) => e.metric_label(),
             Self::Validity(e) => e.metric_label(),
             Self::Csr(e) => e.metric_label(),
+            Self::Issuer(e) => e.metric_label(),
             Self::RateLimited { .. } => "rate_limited",
             Self::SourceRateLimited { .. } => "source_rate_limited",
             Self::Busy { .. } => "token_review_busy",
@@ -640,6 +659,7 @@ impl CsrEndpointError {
             Self::Review(e) => e.status_code(),
             Self::Validity(e) => e.status_code(),
             Self::Csr(e) => e.status_code(),
+            Self::Issuer(e) => e.status_code(),
             Self::RateLimited { .. } | Self::SourceRateLimited { .. } | Self::Busy { .. } => 429,
             Self::CsrTooLarge { .. } => 413,
             Self::CaNotReady | Self::Timeout => 503,
@@ -647,6 +667,16 @@ impl CsrEndpointError {
             Self::MethodNotAllowed => 405,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<IssuerError> for CsrEndpointError {
+    /// The request's own faults read as they always did; the rest are the issuer's.
+    fn from(e: IssuerError) -> Self {
+        match e {
+            IssuerError::Csr(e) => Self::Csr(e),
+            e => Self::Issuer(e),
+        }
     }
 }
 
@@ -802,11 +832,33 @@ async fn sign(
             retry_after,
         })?;
     let ttl = effective_validity(request.validity_seconds, policy.max_ttl)?;
-    let issued = ca.sign_workload_csr(&request.csr, &identity, ttl, SystemTime::now())?;
+    let external = state.issuer.as_ref().and_then(|rx| rx.borrow().clone());
+    let issuer: Arc<dyn Issuer> = match external {
+        Some(issuer) => issuer,
+        None => ca.clone(),
+    };
+    let csr = WorkloadCsr {
+        csr_pem: &request.csr,
+        spiffe_id: &identity,
+        namespace: &reviewed.namespace,
+        service_account: &reviewed.service_account,
+        ttl,
+    };
+    let started = Instant::now();
+    let result = pki::issue(&*issuer, &csr, &ca.root_certs_pem(), SystemTime::now()).await;
+    if let Some(hook) = &state.on_issuer {
+        let label = match &result {
+            Ok(_) => "issued",
+            Err(e) => e.metric_label(),
+        };
+        hook(issuer.kind(), label, started.elapsed());
+    }
+    let issued = result?;
     tracing::info!(
         identity,
         pod = reviewed.pod.as_deref().unwrap_or("-"),
         ttl_seconds = ttl.as_secs(),
+        issuer = issuer.kind().as_str(),
         "issued workload certificate"
     );
     Ok(issued.into())
@@ -1010,6 +1062,8 @@ mod tests {
         let recorded = outcomes.clone();
         let state = CsrState {
             ca: receiver,
+            issuer: None,
+            on_issuer: None,
             reviewer: reviewer.clone(),
             policy: Arc::new(|_namespace: &str| CertPolicy {
                 trust_domain: TRUST_DOMAIN.into(),
@@ -1134,6 +1188,132 @@ mod tests {
         assert_eq!(spiffe_id_of(&leaf).as_deref(), Some(WEB));
         assert_eq!(lifetime(&leaf), MAX_TTL + BACKDATE);
         assert_eq!(endpoint.outcomes(), vec!["issued"]);
+    }
+
+    /// An endpoint whose CSRs `issuer` signs instead of the builtin CA, recording what the
+    /// issuer hook saw.
+    #[allow(clippy::type_complexity)]
+    fn endpoint_signed_by(
+        issuer: Arc<dyn Issuer>,
+    ) -> (
+        Endpoint,
+        watch::Sender<Option<Arc<dyn Issuer>>>,
+        Arc<Mutex<Vec<(IssuerKind, &'static str)>>>,
+    ) {
+        let ca = Arc::new(MeshCa::generate_root(TRUST_DOMAIN, DEFAULT_ROOT_VALIDITY).unwrap());
+        let (ca_sender, ca_receiver) = watch::channel(Some(ca.clone()));
+        let (issuer_sender, issuer_receiver) = watch::channel(Some(issuer));
+        let reviewer = Arc::new(StaticTokenReviewer::new());
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let issuer_calls = Arc::new(Mutex::new(Vec::new()));
+        let (recorded, seen) = (outcomes.clone(), issuer_calls.clone());
+        let mut state = CsrState::new(
+            ca_receiver,
+            reviewer.clone(),
+            Arc::new(|_namespace: &str| CertPolicy {
+                trust_domain: TRUST_DOMAIN.into(),
+                max_ttl: MAX_TTL,
+            }),
+        );
+        state.issuer = Some(issuer_receiver);
+        state.on_outcome = Some(Arc::new(move |label| recorded.lock().unwrap().push(label)));
+        state.on_issuer = Some(Arc::new(move |kind, label, _took| {
+            seen.lock().unwrap().push((kind, label))
+        }));
+        let endpoint = Endpoint {
+            router: router(state),
+            ca,
+            reviewer,
+            outcomes,
+            _ca_sender: ca_sender,
+        };
+        (endpoint, issuer_sender, issuer_calls)
+    }
+
+    /// Signs every CSR it is handed for another identity and key: what a misconfigured or
+    /// hostile external issuer could return.
+    struct WrongIdentityIssuer(MeshCa);
+
+    impl Issuer for WrongIdentityIssuer {
+        fn kind(&self) -> IssuerKind {
+            IssuerKind::Vault
+        }
+        fn describe(&self) -> String {
+            "an issuer that signs for db".into()
+        }
+        fn roots_pem(&self) -> Vec<String> {
+            Issuer::roots_pem(&self.0)
+        }
+        fn sign<'a>(&'a self, csr: &'a WorkloadCsr<'a>, now: SystemTime) -> pki::SignFuture<'a> {
+            Box::pin(async move {
+                let issued = self
+                    .0
+                    .sign_workload_csr(&csr_for(DB), DB, csr.ttl, now)
+                    .map_err(IssuerError::Csr)?;
+                Ok(pki::SignedChain {
+                    chain_pem: issued.cert_chain_pem,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn another_issuer_signs_without_the_endpoint_changing_and_roots_carry_both() {
+        let other = Arc::new(MeshCa::generate_root(TRUST_DOMAIN, DEFAULT_ROOT_VALIDITY).unwrap());
+        let (endpoint, switch, seen) = endpoint_signed_by(other.clone());
+        let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        let certificate = answer.certificate();
+        let mut both = endpoint.ca.root_certs_pem();
+        both.extend(other.root_certs_pem());
+        assert_eq!(
+            certificate.roots, both,
+            "the mesh's roots, then the issuer's"
+        );
+        let chain = certificates_from_pem(&certificate.cert_chain[0]).unwrap();
+        let other_roots = certificates_from_pem(&other.roots_pem()).unwrap();
+        verify_chain(
+            &chain[0],
+            &[] as &[Vec<u8>],
+            &other_roots,
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(spiffe_id_of(&chain[0]).as_deref(), Some(WEB));
+
+        // Back to the builtin CA without a restart: the next leaf chains to the mesh root.
+        switch.send_replace(None);
+        let answer = endpoint.ask(DB_TOKEN, body_for(DB, None)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        verified_leaf(&endpoint.ca, &answer.certificate());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (IssuerKind::Builtin, "issued"),
+                (IssuerKind::Builtin, "issued")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leaf_for_another_identity_from_the_issuer_is_never_handed_out() {
+        let rogue = WrongIdentityIssuer(
+            MeshCa::generate_root(TRUST_DOMAIN, DEFAULT_ROOT_VALIDITY).unwrap(),
+        );
+        let (endpoint, _switch, seen) = endpoint_signed_by(Arc::new(rogue));
+        let answer = endpoint.ask(WEB_TOKEN, body_for(WEB, None)).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer.json.get("certChain").is_none(), "{}", answer.json);
+        assert!(
+            answer.error().contains(DB) && answer.error().contains(WEB),
+            "{}",
+            answer.error()
+        );
+        assert_eq!(endpoint.outcomes(), vec!["issuer_bad_leaf"]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(IssuerKind::Vault, "issuer_bad_leaf")]
+        );
     }
 
     #[tokio::test]

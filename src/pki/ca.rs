@@ -219,6 +219,10 @@ pub struct MeshCa {
     /// Empty when the root signs.
     pub(crate) chain_pem: Vec<String>,
     pub(crate) roots_pem: Vec<String>,
+    /// Roots trusted beside this CA's own: an external issuer's (Vault's CA chain) while it
+    /// signs workload certificates. This CA still signs the operator's serving certificates,
+    /// so its own root stays in every trust bundle.
+    also_trusted: Vec<String>,
     root_not_after: SystemTime,
     /// The earliest NotAfter from the signer to the root: no leaf may outlive it.
     pub(crate) chain_not_after: SystemTime,
@@ -507,6 +511,7 @@ impl MeshCa {
                 .iter()
                 .map(|der| encoding::to_pem(TAG_CERTIFICATE, der))
                 .collect(),
+            also_trusted: Vec::new(),
             root_not_after,
             chain_not_after,
         };
@@ -546,15 +551,52 @@ impl MeshCa {
         self.source
     }
 
-    /// The roots to distribute (ConfigMap `weft-ca-root-cert`, key `root-cert.pem`), as one
-    /// PEM bundle.
+    /// The trust bundle to distribute (ConfigMap `weft-ca-root-cert`, key `root-cert.pem`,
+    /// webhook `caBundle`s, client verification on :15012), as one PEM bundle: this CA's roots,
+    /// then any [`MeshCa::also_trusting`] added.
     pub fn roots_pem(&self) -> String {
+        self.root_certs_pem().concat()
+    }
+
+    /// The trust bundle one by one, as the CSR endpoint answers it.
+    pub fn root_certs_pem(&self) -> Vec<String> {
+        let mut roots = self.roots_pem.clone();
+        roots.extend(self.also_trusted.iter().cloned());
+        roots
+    }
+
+    /// This CA's own roots only (what its Secret holds), as one PEM bundle.
+    pub fn own_roots_pem(&self) -> String {
         self.roots_pem.concat()
     }
 
-    /// The roots one by one, as the CSR endpoint answers them.
-    pub fn root_certs_pem(&self) -> &[String] {
-        &self.roots_pem
+    /// The roots trusted beside this CA's own.
+    pub fn also_trusted(&self) -> &[String] {
+        &self.also_trusted
+    }
+
+    /// The same CA, trusting `roots` too (an external issuer's; duplicates of its own roots
+    /// are left out). Reloaded from its Secret's data because a key pair cannot be copied.
+    pub fn also_trusting(&self, roots: &[String]) -> Result<MeshCa, CaError> {
+        let data: BTreeMap<String, Vec<u8>> = self
+            .secret_data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect();
+        let mut ca = match self.source {
+            CaSource::SelfSigned => MeshCa::from_weft_ca_secret(&data)?,
+            CaSource::PlugIn => MeshCa::from_cacerts_secret(&data)?,
+        };
+        let own: Vec<&str> = ca.roots_pem.iter().map(|r| r.trim()).collect();
+        let mut extra: Vec<String> = Vec::new();
+        for root in roots {
+            let root = root.trim();
+            if !root.is_empty() && !own.contains(&root) && !extra.iter().any(|e| e.trim() == root) {
+                extra.push(format!("{root}\n"));
+            }
+        }
+        ca.also_trusted = extra;
+        Ok(ca)
     }
 
     /// Intermediates served after every leaf (signer first); empty in self-signed mode.
@@ -745,6 +787,33 @@ mod tests {
         assert!((lifetime - expected).abs() <= 2, "{lifetime} vs {expected}");
         assert_eq!(ca.source(), CaSource::SelfSigned);
         assert!(ca.chain_pem().is_empty(), "a root signs: no intermediates");
+    }
+
+    #[test]
+    fn a_ca_trusting_an_issuers_root_distributes_both_and_keeps_its_own_apart() {
+        let ca = MeshCa::generate_root("cluster.local", DEFAULT_ROOT_VALIDITY).unwrap();
+        let vault = MeshCa::generate_root("cluster.local", DEFAULT_ROOT_VALIDITY)
+            .unwrap()
+            .roots_pem();
+        let trusting = ca
+            .also_trusting(&[vault.clone(), vault.clone(), ca.roots_pem()])
+            .unwrap();
+        assert_eq!(trusting.own_roots_pem(), ca.roots_pem());
+        assert_eq!(
+            trusting.root_certs_pem(),
+            vec![ca.roots_pem(), vault.clone()]
+        );
+        assert_eq!(trusting.roots_pem(), format!("{}{vault}", ca.roots_pem()));
+        assert_eq!(
+            trusting.to_secret_data(),
+            ca.to_secret_data(),
+            "no key of another CA"
+        );
+        // Trusting nothing more is the CA as loaded.
+        assert_eq!(
+            trusting.also_trusting(&[]).unwrap().roots_pem(),
+            ca.roots_pem()
+        );
     }
 
     #[test]

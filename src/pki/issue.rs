@@ -118,10 +118,64 @@ impl PublicKeyData for RequestedKey<'_> {
 /// An uncompressed P-256 point: 0x04 || X (32 bytes) || Y (32 bytes).
 const P256_POINT_LEN: usize = 65;
 
+/// A workload CSR that passed [`check_workload_csr`]: its public key, the only thing of it any
+/// issuer may copy into a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedCsr {
+    /// The uncompressed P-256 point (65 bytes) the CSR proved possession of.
+    pub public_key: Vec<u8>,
+}
+
+/// The rules every workload CSR meets, whoever signs it: a PKCS#10 request self-signed
+/// correctly, with a P-256 key, asking for exactly one URI SAN, `expected_spiffe_id` (the
+/// identity the caller's token proved), and no other name.
+pub fn check_workload_csr(csr_pem: &str, expected_spiffe_id: &str) -> Result<CheckedCsr, CsrError> {
+    let der = encoding::single_block(csr_pem, TAG_CSR).map_err(CsrError::Malformed)?;
+    let (rest, csr) = X509CertificationRequest::from_der(&der)
+        .map_err(|e| CsrError::Malformed(format!("it is not DER PKCS#10 ({e})")))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed(
+            "bytes follow the request inside the PEM block".into(),
+        ));
+    }
+
+    // Key type first: ring cannot verify other curves' signatures, and "bad signature"
+    // would send the user looking in the wrong place.
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    let point = spki.subject_public_key.data.as_ref();
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(CsrError::UnsupportedKey(format!(
+            "non-EC ({})",
+            spki.algorithm.algorithm
+        )));
+    }
+    if curve.as_ref() != Some(&OID_EC_P256) {
+        return Err(CsrError::UnsupportedKey(match curve {
+            Some(oid) => format!("EC key on curve {oid}"),
+            None => "EC key without a named curve".into(),
+        }));
+    }
+    if point.len() != P256_POINT_LEN || point[0] != 0x04 {
+        return Err(CsrError::UnsupportedKey(
+            "compressed or truncated P-256".into(),
+        ));
+    }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+
+    check_requested_names(&csr, expected_spiffe_id)?;
+    Ok(CheckedCsr {
+        public_key: point.to_vec(),
+    })
+}
+
 impl MeshCa {
     /// Signs a workload CSR for `expected_spiffe_id`, the identity the caller proved (its
-    /// service account token). Refuses unless the request asks for exactly that one URI SAN
-    /// and nothing else, is self-signed correctly, and carries a P-256 key. The certificate
+    /// service account token), once it passes [`check_workload_csr`]. The certificate
     /// is valid from `now` - [`super::BACKDATE`] for `ttl` (see [`super::effective_validity`]),
     /// never past the CA's own expiry.
     pub fn sign_workload_csr(
@@ -131,44 +185,8 @@ impl MeshCa {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, CsrError> {
-        let der = encoding::single_block(csr_pem, TAG_CSR).map_err(CsrError::Malformed)?;
-        let (rest, csr) = X509CertificationRequest::from_der(&der)
-            .map_err(|e| CsrError::Malformed(format!("it is not DER PKCS#10 ({e})")))?;
-        if !rest.is_empty() {
-            return Err(CsrError::Malformed(
-                "bytes follow the request inside the PEM block".into(),
-            ));
-        }
-
-        // Key type first: ring cannot verify other curves' signatures, and "bad signature"
-        // would send the user looking in the wrong place.
-        let spki = &csr.certification_request_info.subject_pki;
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok());
-        let point = spki.subject_public_key.data.as_ref();
-        if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
-            return Err(CsrError::UnsupportedKey(format!(
-                "non-EC ({})",
-                spki.algorithm.algorithm
-            )));
-        }
-        if curve.as_ref() != Some(&OID_EC_P256) {
-            return Err(CsrError::UnsupportedKey(match curve {
-                Some(oid) => format!("EC key on curve {oid}"),
-                None => "EC key without a named curve".into(),
-            }));
-        }
-        if point.len() != P256_POINT_LEN || point[0] != 0x04 {
-            return Err(CsrError::UnsupportedKey(
-                "compressed or truncated P-256".into(),
-            ));
-        }
-        csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
-
-        check_requested_names(&csr, expected_spiffe_id)?;
+        let checked = check_workload_csr(csr_pem, expected_spiffe_id)?;
+        let point = checked.public_key.as_slice();
 
         let (not_before, not_after) = self.leaf_validity(ttl, now)?;
         let mut params = CertificateParams::default();
@@ -212,7 +230,7 @@ impl MeshCa {
             leaf_pem,
             leaf_der: leaf.der().to_vec(),
             cert_chain_pem,
-            roots_pem: self.roots_pem.clone(),
+            roots_pem: self.root_certs_pem(),
             not_before,
             not_after,
         })

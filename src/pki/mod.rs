@@ -1,11 +1,13 @@
 //! The mesh PKI (SPEC §7): the CA that signs workload and webhook certificates (operator
 //! side), the workload key, CSR and renewal schedule (proxy side), the CSR endpoint's wire
-//! format, and chain verification. Kube-free and pure so that both binaries link it and every
-//! rule is a unit test; the Kubernetes glue (Secrets, ConfigMaps, TokenReview) lives elsewhere.
+//! format, chain verification, and the issuer seam (builtin CA or Vault sign the CSRs). Kube-free
+//! so that both binaries link it and every rule is a unit test; the Kubernetes glue (Secrets,
+//! ConfigMaps, TokenReview) lives elsewhere.
 
 mod ca;
 mod encoding;
 mod issue;
+mod issuer;
 mod lifetime;
 mod protocol;
 mod verify;
@@ -17,7 +19,14 @@ pub use ca::{
     ROOT_ORGANIZATION, ServingCert, WEFT_CA_CERT_KEY, WEFT_CA_KEY_KEY, WEFT_CA_SECRET,
 };
 pub use encoding::{PemError, certificates_from_pem};
-pub use issue::{CsrError, IssuedCert};
+pub use issue::{CheckedCsr, CsrError, IssuedCert, check_workload_csr};
+pub use issuer::{
+    CheckedLeaf, DEFAULT_VAULT_AUTH_MOUNT, DEFAULT_VAULT_MOUNT, ISSUER_CONFIGMAP, Issuer,
+    IssuerConfig, IssuerConfigError, IssuerError, IssuerKind, KEY_ISSUER, KEY_VAULT_ADDRESS,
+    KEY_VAULT_AUTH_MOUNT, KEY_VAULT_AUTH_ROLE, KEY_VAULT_CA_CERT_SECRET, KEY_VAULT_MOUNT,
+    KEY_VAULT_ROLE, KEY_VAULT_TOKEN_SECRET, SignFuture, SignedChain, VAULT_CA_CERT_KEY,
+    VAULT_TOKEN_KEY, VaultAuth, VaultConfig, WorkloadCsr, check_leaf, issue,
+};
 pub use lifetime::{
     BACKDATE, DEFAULT_RENEW_AT, MIN_WORKLOAD_VALIDITY, RENEW_JITTER, ValidityError,
     effective_validity, random_jitter, renew_at,

@@ -30,7 +30,16 @@ pub struct ProxyStatusArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub list: ListArgs,
+    /// Print this replica's /debug/proxies (run inside an operator pod by weft proxy-status).
+    #[arg(long, hide = true)]
+    pub this_replica: bool,
+    /// The operator's admin port (its WEFT_ADMIN_ADDR, which an exec'd command inherits).
+    #[arg(long, hide = true, env = "WEFT_ADMIN_ADDR", default_value = crate::discovery::server::ADMIN_ADDR)]
+    pub admin_addr: std::net::SocketAddr,
 }
+
+/// Largest answer read from one replica through exec.
+const MAX_REPLICA_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 
 /// One row of `weft proxy-status`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -139,6 +148,13 @@ fn revision_of(pod: &Pod) -> Option<String> {
 }
 
 pub async fn proxy_status(args: ProxyStatusArgs) -> Result<(), CliError> {
+    if args.this_replica {
+        let body = crate::discovery::server::fetch_proxies(args.admin_addr)
+            .await
+            .map_err(|message| CliError::BadRequest { message })?;
+        print!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
     let client = inventory::client().await?;
     let pods: Api<Pod> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -167,7 +183,7 @@ pub async fn proxy_status(args: ProxyStatusArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `/debug/proxies` of every ready operator replica.
+/// `/debug/proxies` of every operator replica, read inside each through exec.
 async fn ask_replicas(client: &Client, namespace: &str) -> Result<Vec<ProxyList>, CliError> {
     let operators: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let replicas = operators
@@ -181,24 +197,42 @@ async fn ask_replicas(client: &Client, namespace: &str) -> Result<Vec<ProxyList>
         let Some(name) = pod.metadata.name.clone() else {
             continue;
         };
-        let path = format!(
-            "/api/v1/namespaces/{namespace}/pods/{name}:{}/proxy{}",
-            contract::PORT_MONITORING,
-            contract::PATH_DEBUG_PROXIES
-        );
-        let request = axum::http::Request::get(path)
-            .body(Vec::new())
-            .map_err(|e| CliError::Output {
-                format: "request",
-                message: e.to_string(),
-            })?;
-        match client.request::<ProxyList>(request).await {
+        match ask_replica(&operators, &name).await {
             Ok(list) => answers.push(list),
             // A replica that is starting or gone: the others still answer.
             Err(e) => eprintln!("warning: operator {name} did not answer: {e}"),
         }
     }
     Ok(answers)
+}
+
+async fn ask_replica(operators: &Api<Pod>, name: &str) -> Result<ProxyList, String> {
+    use tokio::io::AsyncReadExt;
+    let params = kube::api::AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let mut process = operators
+        .exec(name, ["weft", "proxy-status", "--this-replica"], &params)
+        .await
+        .map_err(|e| format!("exec (needs pods/exec in its namespace): {e}"))?;
+    let (Some(stdout), Some(stderr)) = (process.stdout(), process.stderr()) else {
+        return Err("exec gave no output streams".into());
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut stdout, mut stderr) = (
+        stdout.take(MAX_REPLICA_ANSWER_BYTES),
+        stderr.take(64 * 1024),
+    );
+    let (read_out, _) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err),);
+    read_out.map_err(|e| format!("reading its answer: {e}"))?;
+    let _ = process.join().await;
+    serde_json::from_slice(&out).map_err(|e| {
+        format!(
+            "unreadable answer ({e}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )
+    })
 }
 
 // === describe pod ===

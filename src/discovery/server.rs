@@ -13,9 +13,11 @@
 //!
 //! Open streams are capped per workload identity and per pod ([`StreamLimits`]).
 //!
-//! On the monitoring port: `GET /debug/proxies`, this replica's connected proxies with the
-//! version sent, the version acknowledged and the version current now (`weft proxy-status`
-//! merges the answers of every replica).
+//! On the admin port (loopback only, [`ADMIN_ADDR`]): `GET /debug/proxies`, this replica's
+//! connected proxies with the version sent, the version acknowledged and the version current
+//! now. It answers without authentication, so only processes in the operator's pod reach it:
+//! `weft proxy-status` runs [`fetch_proxies`] there through `kubectl exec` on every replica and
+//! merges the answers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -766,7 +768,14 @@ async fn ack(
     }
 }
 
-/// `GET /debug/proxies` on the monitoring port.
+/// Where the admin port listens by default: loopback only, in the operator's pod.
+pub const ADMIN_ADDR: &str = "127.0.0.1:15000";
+/// Largest `/debug/proxies` answer [`fetch_proxies`] reads (about 40,000 proxies).
+const MAX_DEBUG_PROXIES_BYTES: usize = 16 * 1024 * 1024;
+/// Bound on [`fetch_proxies`]: connecting to loopback and serializing the registry are quick.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /debug/proxies`, served on the admin port only (see the module doc).
 pub fn debug_router(state: DiscoveryState, instance: String) -> Router {
     Router::new().route(
         contract::PATH_DEBUG_PROXIES,
@@ -775,6 +784,60 @@ pub fn debug_router(state: DiscoveryState, instance: String) -> Router {
             async move { axum::Json(list) }
         }),
     )
+}
+
+/// What the monitoring port (reachable by every pod) answers on `/debug/proxies` now: where
+/// it went, for an older `weft proxy-status` or a person with curl.
+pub fn debug_moved_router() -> Router {
+    Router::new().route(
+        contract::PATH_DEBUG_PROXIES,
+        get(|| async {
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "/debug/proxies is served only on the operator's loopback admin port ({ADMIN_ADDR}); run weft proxy-status (it reads every replica through kubectl exec)"
+                ),
+            )
+        }),
+    )
+}
+
+/// `GET /debug/proxies` of the replica whose admin port is `addr`, as served (JSON
+/// [`ProxyList`]). Runs inside the operator's pod: `weft proxy-status --this-replica`.
+pub async fn fetch_proxies(addr: std::net::SocketAddr) -> Result<Bytes, String> {
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to the admin port {addr}: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("HTTP to {addr}: {e}"))?;
+        tokio::spawn(connection);
+        let request = axum::http::Request::get(contract::PATH_DEBUG_PROXIES)
+            .header(header::HOST, addr.to_string())
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET {}: {e}", contract::PATH_DEBUG_PROXIES))?;
+        let status = response.status();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), MAX_DEBUG_PROXIES_BYTES)
+            .await
+            .map_err(|e| format!("reading {}: {e}", contract::PATH_DEBUG_PROXIES))?;
+        if !status.is_success() {
+            return Err(format!(
+                "GET {} answered {status}: {}",
+                contract::PATH_DEBUG_PROXIES,
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        .await
+        .unwrap_or_else(|_| Err(format!("{addr} did not answer within {FETCH_TIMEOUT:?}")))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `weft operator`: the control-plane process. Every replica serves the CSR endpoint (15012),
-//! the injector (15017) and health and metrics (15014); the CA-bundle controller keeps the CA,
-//! root ConfigMaps and caBundles.
+//! the injector (15017), health and metrics (15014) and, on loopback only, `/debug/proxies`
+//! (15000); the CA-bundle controller keeps the CA, root ConfigMaps and caBundles.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +61,10 @@ pub struct OperatorArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "WEFT_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+    /// Address of the admin port (`/debug/proxies`, unauthenticated): a loopback address,
+    /// reached by `weft proxy-status` through `kubectl exec`.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = discovery::server::ADMIN_ADDR, value_parser = parse_admin_addr)]
+    pub admin_addr: SocketAddr,
     /// After SIGTERM, how long to go on serving (not ready) before exiting: long enough for
     /// the endpoints to drop this replica, shorter than the pod's grace period.
     #[arg(long, env = "WEFT_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -149,6 +153,18 @@ impl ServingLimitArgs {
             per_pod: self.config_streams_per_pod,
         }
     }
+}
+
+/// The admin port answers without authentication: anything but loopback would hand every
+/// pod in the cluster the list of proxies, their identities and versions.
+fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|e| format!("{e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the admin port serves /debug/proxies without authentication, so it listens on 127.0.0.1 or ::1 only"
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -328,7 +344,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let monitoring = discovery::server::debug_router(config_server, args.instance.clone())
+    let admin = tokio::net::TcpListener::bind(args.admin_addr).await?;
+    tokio::spawn(serve_plain_on(
+        admin,
+        discovery::server::debug_router(config_server, args.instance.clone()),
+        args.limits.monitoring(),
+    ));
+    let monitoring = discovery::server::debug_moved_router()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || serve_metrics(metrics.clone())))
         .route(
@@ -350,7 +372,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }),
         );
     let listener = tokio::net::TcpListener::bind(args.monitoring_addr).await?;
-    tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, "operator serving");
+    tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, admin = %args.admin_addr, "operator serving");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let serving = tokio::spawn(serve_plain_on(
         listener,

@@ -10,6 +10,9 @@ mod issue;
 mod issuer;
 mod lifetime;
 mod protocol;
+// The Vault client speaks HTTP through the control plane's hyper and axum.
+#[cfg(feature = "control-plane")]
+mod vault;
 mod verify;
 mod workload;
 
@@ -34,6 +37,11 @@ pub use lifetime::{
 pub use protocol::{
     CertificateRequest, CertificateResponse, ErrorResponse, MAX_REQUEST_BYTES, RequestError,
     decode_certificate_request,
+};
+#[cfg(feature = "control-plane")]
+pub use vault::{
+    CALL_TIMEOUT as VAULT_CALL_TIMEOUT, RefusalContext, VaultCredentials, VaultIssuer,
+    signed_chain, vault_errors, vault_refusal,
 };
 pub use verify::{VerifyError, spiffe_id_of, verify_chain};
 pub use workload::{WorkloadKey, WorkloadKeyError};

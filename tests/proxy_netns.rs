@@ -3,6 +3,9 @@
 //! in both, a plaintext echo app in the server pod, and the proxies running as UID 1337.
 //! Needs root, `ip`, `iptables-restore` and `setpriv`; without them each test fails and says
 //! so (`e2e/scripts/install-netns-tools.sh` installs the tools).
+
+// The client snapshot below is one large `json!` literal.
+#![recursion_limit = "256"]
 #![cfg(feature = "proxy")]
 
 use std::time::Duration;
@@ -423,6 +426,85 @@ fn routes_pick_subsets_by_match_and_weight_per_request() {
             sample(&client, "istio_requests_total", &nr),
             Some(1.0),
             "client metrics:\n{client}"
+        );
+    }
+}
+
+#[test]
+fn route_actions_retry_time_out_inject_faults_redirect_rewrite_and_edit_headers() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+
+    // The api app fails every second `/flaky*` request with 503 (one counter for all).
+    let mut requests = vec![("GET", "/flaky-retried"); 20];
+    requests.extend(vec![("GET", "/flaky-default"); 20]);
+    requests.extend(vec![("GET", "/flaky-raw"); 20]);
+    requests.extend([
+        ("GET", "/slow"),
+        ("GET", "/abort"),
+        ("GET", "/old/page?x=1"),
+        ("GET", "/v1/headers"),
+    ]);
+    let replies = mesh
+        .api_h1(Via::Routed, &requests)
+        .expect("through the mesh");
+    let failed =
+        |range: std::ops::Range<usize>| replies[range].iter().filter(|r| r.status == 503).count();
+    // Retries (explicit, and Istio's default of two on 503) hide the failures, and the
+    // retried request carries its body again.
+    assert_eq!(failed(0..20), 0, "{:?}", &replies[0..20]);
+    assert_eq!(failed(20..40), 0, "{:?}", &replies[20..40]);
+    assert!(
+        replies[0..40].iter().all(|r| r.body.ends_with("body={}")),
+        "{:?}",
+        &replies[0..40]
+    );
+    // attempts 0: every second request fails, as the app answered it.
+    assert_eq!(failed(40..60), 10, "{:?}", &replies[40..60]);
+    // The route's timeout (300 ms) against an app that takes 2 s.
+    assert_eq!(
+        (replies[60].status, replies[60].body.as_str()),
+        (504, "upstream request timeout")
+    );
+    // A fault's abort never reaches the app.
+    assert_eq!(
+        (replies[61].status, replies[61].body.as_str()),
+        (418, "fault filter abort")
+    );
+    // A redirect keeps the host and the query.
+    assert_eq!(replies[62].status, 301);
+    assert_eq!(
+        replies[62].location.as_deref(),
+        Some("http://api.demo/new?x=1")
+    );
+    // The app receives the rewritten path and the edited headers; the client the response's.
+    let edited = &replies[63];
+    assert_eq!(edited.status, 200, "{edited:?}");
+    assert!(edited.body.starts_with("GET /v2/headers\n"), "{edited:?}");
+    assert!(edited.body.contains("\nx-route: canary"), "{edited:?}");
+    assert!(edited.body.contains("\nx-dest: api"), "{edited:?}");
+    assert!(!edited.body.contains("x-debug"), "{edited:?}");
+    assert_eq!(edited.served_by.as_deref(), Some("weft"));
+    let seen = mesh.api_seen();
+    assert!(!seen.iter().any(|s| s.contains("/abort")), "{seen:?}");
+    assert!(!seen.iter().any(|s| s.contains("/old")), "{seen:?}");
+    // 20 + 20 retried requests took two tries each; the raw ones one each.
+    let flaky = seen.iter().filter(|s| s.contains("/flaky")).count();
+    assert_eq!(flaky, 100, "{seen:?}");
+
+    let client = mesh.client_stats();
+    let mixed = "destination_service=\"mixed.demo.svc.cluster.local\"";
+    for (code, flags, n) in [("504", "UT", 1.0), ("418", "FI", 1.0), ("503", "-", 10.0)] {
+        let labels = [
+            mixed,
+            &format!("response_code=\"{code}\""),
+            &format!("response_flags=\"{flags}\""),
+        ];
+        assert_eq!(
+            sample(&client, "istio_requests_total", &labels),
+            Some(n),
+            "{code} {flags}:\n{client}"
         );
     }
 }
@@ -1571,6 +1653,56 @@ mod support {
                                 {"service": "mixed.demo.svc.cluster.local",
                                  "port": SERVICE_PORT, "subset": "api", "weight": 25}]
                         }, {
+                            // Route actions (issue 19): retries, timeout, fault, redirect,
+                            // rewrite and header edits, each on a path of its own.
+                            "name": "demo/retried",
+                            "matches": [{"uri": {"prefix": "/flaky-retried"}}],
+                            "retries": {"attempts": 3, "on": ["5xx"]},
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/not-retried",
+                            "matches": [{"uri": {"prefix": "/flaky-raw"}}],
+                            "retries": {"attempts": 0, "on": []},
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/default-retries",
+                            "matches": [{"uri": {"prefix": "/flaky-default"}}],
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/timed",
+                            "matches": [{"uri": {"prefix": "/slow"}}],
+                            "timeoutMs": 300,
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/faulty",
+                            "matches": [{"uri": {"prefix": "/abort"}}],
+                            "fault": {"abort": {"status": 418, "perMillion": 1000000}},
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100}]
+                        }, {
+                            "name": "demo/moved",
+                            "matches": [{"uri": {"prefix": "/old"}}],
+                            "redirect": {"uri": "/new", "code": 301}
+                        }, {
+                            "name": "demo/rewritten",
+                            "matches": [{"uri": {"prefix": "/v1/"}}],
+                            "rewrite": {"uri": "/v2/"},
+                            "requestHeaders": {"set": {"x-route": "canary"}, "remove": ["x-debug"]},
+                            "responseHeaders": {"add": {"x-served-by": "weft"}},
+                            "destinations": [{"service": "mixed.demo.svc.cluster.local",
+                                              "port": SERVICE_PORT, "subset": "api",
+                                              "weight": 100,
+                                              "requestHeaders": {"set": {"x-dest": "api"}}}]
+                        }, {
                             "name": "demo/routed",
                             "matches": [{"uri": {"exact": "/missing-subset"}}],
                             "destinations": [{"service": "mixed.demo.svc.cluster.local",
@@ -2056,6 +2188,9 @@ mod support {
             pub body: String,
             /// From the trailers, or the headers of a trailers-only response.
             pub grpc_status: Option<String>,
+            /// `location` and `x-served-by`, when present.
+            pub location: Option<String>,
+            pub served_by: Option<String>,
         }
 
         type AppBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -2154,12 +2289,43 @@ mod support {
                     .unwrap();
                 return Ok(resp);
             }
-            let text = format!("{} {target}", req.method());
-            Ok(Response::new(
+            let mut text = format!("{} {target}", req.method());
+            let path = req.uri().path().to_string();
+            if path.ends_with("/headers") {
+                // The request's headers as received, one `name: value` per line.
+                let mut lines: Vec<String> = req
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+                    .collect();
+                lines.sort();
+                text = format!("{text}\n{}", lines.join("\n"));
+            }
+            // The request body must have come whole (a retry replays it).
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let status = if path.starts_with("/flaky") {
+                // Every second request fails, across all `/flaky*` paths.
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n.is_multiple_of(2) { 503 } else { 200 }
+            } else {
+                200
+            };
+            if path.starts_with("/slow") {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            if let Ok(b) = body
+                && path.starts_with("/flaky")
+            {
+                text = format!("{text} body={}", String::from_utf8_lossy(&b));
+            }
+            let mut resp = Response::new(
                 Full::new(Bytes::from(text))
                     .map_err(|never| match never {})
                     .boxed_unsync(),
-            ))
+            );
+            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            Ok(resp)
         }
 
         fn full(text: &'static str) -> AppBody {
@@ -2201,6 +2367,8 @@ mod support {
             };
             let content_type = header("content-type").unwrap_or_default();
             let head_grpc = header("grpc-status");
+            let location = header("location");
+            let served_by = header("x-served-by");
             let collected = resp
                 .into_body()
                 .collect()
@@ -2218,6 +2386,8 @@ mod support {
                 content_type,
                 body,
                 grpc_status,
+                location,
+                served_by,
             })
         }
 

@@ -208,6 +208,7 @@ mod tests {
             port: 80,
             subset: Some(subset.into()),
             weight,
+            ..Default::default()
         };
         assert_eq!(
             reviews.http,
@@ -215,6 +216,7 @@ mod tests {
                 name: "pets/reviews".into(),
                 matches: vec![],
                 destinations: vec![d("v1", 90), d("v2", 10)],
+                ..Default::default()
             }]
         );
         let p = index

@@ -10,7 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::action::{Actions, HeaderEdits};
 use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
+use super::istio_actions::{
+    FaultSpec, HeadersSpec, RedirectSpec, RetrySpec, RewriteSpec, compile_actions, header_edits,
+};
 use super::model::{
     Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
 };
@@ -258,19 +262,19 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub route: Vec<RouteDestinationSpec>,
     #[serde(default)]
-    pub redirect: Option<Value>,
+    pub redirect: Option<RedirectSpec>,
     #[serde(default)]
     pub direct_response: Option<Value>,
     #[serde(default)]
     pub delegate: Option<Value>,
     #[serde(default)]
-    pub rewrite: Option<Value>,
+    pub rewrite: Option<RewriteSpec>,
     #[serde(default)]
-    pub timeout: Option<Value>,
+    pub timeout: Option<String>,
     #[serde(default)]
-    pub retries: Option<Value>,
+    pub retries: Option<RetrySpec>,
     #[serde(default)]
-    pub fault: Option<Value>,
+    pub fault: Option<FaultSpec>,
     #[serde(default)]
     pub mirror: Option<Value>,
     #[serde(default)]
@@ -282,7 +286,7 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub cors_policy: Option<Value>,
     #[serde(default)]
-    pub headers: Option<Value>,
+    pub headers: Option<HeadersSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -336,7 +340,7 @@ pub struct RouteDestinationSpec {
     #[serde(default)]
     pub weight: Option<i64>,
     #[serde(default)]
-    pub headers: Option<Value>,
+    pub headers: Option<HeadersSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -465,10 +469,21 @@ fn not_supported(at: &str, fields: &[&str]) -> String {
     )
 }
 
-/// A route before it is laid on a port: matches, and destinations with their port if given.
+/// A route before it is laid on a port: matches, destinations with their port if given, and
+/// what the route does besides.
 struct Pending {
     matches: Vec<RequestMatch>,
-    destinations: Vec<(String, Option<u16>, Option<String>, u32)>,
+    destinations: Vec<PendingDestination>,
+    actions: Actions,
+}
+
+struct PendingDestination {
+    host: String,
+    port: Option<u16>,
+    subset: Option<String>,
+    weight: u32,
+    request_headers: HeaderEdits,
+    response_headers: HeaderEdits,
 }
 
 /// One VirtualService, strictly: every field is implemented or the whole resource is
@@ -517,19 +532,13 @@ pub fn compile_virtual_service(
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("http[{i}]");
         let fields: Vec<&str> = [
-            ("redirect", h.redirect.is_some()),
             ("directResponse", h.direct_response.is_some()),
             ("delegate", h.delegate.is_some()),
-            ("rewrite", h.rewrite.is_some()),
-            ("timeout", h.timeout.is_some()),
-            ("retries", h.retries.is_some()),
-            ("fault", h.fault.is_some()),
             ("mirror", h.mirror.is_some()),
             ("mirrors", h.mirrors.is_some()),
             ("mirrorPercent", h.mirror_percent.is_some()),
             ("mirrorPercentage", h.mirror_percentage.is_some()),
             ("corsPolicy", h.cors_policy.is_some()),
-            ("headers", h.headers.is_some()),
         ]
         .iter()
         .filter(|(_, set)| *set)
@@ -551,6 +560,16 @@ pub fn compile_virtual_service(
                     format!("{e}; the VirtualService is not applied")
                 })
             })?;
+        let actions = compile_actions(&at, h)
+            .map_err(|e| invalid(format!("{e}; the VirtualService is not applied")))?;
+        if actions.redirect.is_some() {
+            pending.push(Pending {
+                matches,
+                destinations: Vec::new(),
+                actions,
+            });
+            continue;
+        }
         if h.route.is_empty() || h.route.len() > MAX_DESTINATIONS {
             return Err(invalid(format!(
                 "{at}.route has {} destinations; 1 to {MAX_DESTINATIONS} are accepted; the VirtualService is not applied",
@@ -560,9 +579,11 @@ pub fn compile_virtual_service(
         let mut destinations = Vec::new();
         for (j, r) in h.route.iter().enumerate() {
             let dat = format!("{at}.route[{j}]");
-            if r.headers.is_some() {
-                return Err(invalid(not_supported(&dat, &["headers"])));
-            }
+            let (request_headers, response_headers) = match &r.headers {
+                Some(spec) => header_edits(&format!("{dat}.headers"), spec)
+                    .map_err(|e| invalid(format!("{e}; the VirtualService is not applied")))?,
+                None => Default::default(),
+            };
             // Istio: a lone destination may leave its weight out (it takes everything).
             let weight = match (r.weight, h.route.len()) {
                 (None, 1) => 100,
@@ -586,9 +607,16 @@ pub fn compile_virtual_service(
                 })
                 .transpose()?;
             let host = registry.resolve(&r.destination.host, src.namespace);
-            destinations.push((host, port, r.destination.subset.clone(), weight));
+            destinations.push(PendingDestination {
+                host,
+                port,
+                subset: r.destination.subset.clone(),
+                weight,
+                request_headers,
+                response_headers,
+            });
         }
-        let total: u64 = destinations.iter().map(|d| u64::from(d.3)).sum();
+        let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
         if h.route.len() > 1 && total != 100 {
             return Err(invalid(format!(
                 "{at}.route weights sum to {total}; Istio requires 100; the VirtualService is not applied"
@@ -602,6 +630,7 @@ pub fn compile_virtual_service(
         pending.push(Pending {
             matches,
             destinations,
+            actions,
         });
     }
 
@@ -630,7 +659,8 @@ pub fn compile_virtual_service(
                 let destinations = p
                     .destinations
                     .iter()
-                    .map(|(host, port, subset, weight)| {
+                    .map(|d| {
+                        let (host, port, subset) = (&d.host, d.port, &d.subset);
                         let dest_ports = registry.ports(host);
                         // Istio: no port given -> the Service's only port, else this one.
                         let port = port.unwrap_or(match dest_ports {
@@ -659,7 +689,9 @@ pub fn compile_virtual_service(
                             service: host.clone(),
                             port,
                             subset: subset.clone(),
-                            weight: *weight,
+                            weight: d.weight,
+                            request_headers: d.request_headers.clone(),
+                            response_headers: d.response_headers.clone(),
                         }
                     })
                     .collect();
@@ -667,6 +699,7 @@ pub fn compile_virtual_service(
                     name: src.id(),
                     matches,
                     destinations,
+                    actions: p.actions.clone(),
                 });
             }
             if !routes.is_empty() {
@@ -739,6 +772,7 @@ pub fn virtual_services(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::RetryOn;
     use crate::route::compile::{Resources, compile};
     use serde_json::json;
 
@@ -848,6 +882,7 @@ spec:
             port: 9080,
             subset: Some(subset.into()),
             weight,
+            ..Default::default()
         };
         assert_eq!(
             routes,
@@ -855,6 +890,7 @@ spec:
                 name: "payments/reviews".into(),
                 matches: vec![],
                 destinations: vec![want("v1", 90), want("v2", 10)],
+                ..Default::default()
             }]
         );
         crate::route::model::validate("reviews", routes).expect("the proxy accepts it");
@@ -931,15 +967,9 @@ spec:
     #[test]
     fn every_http_field_not_implemented_refuses_the_virtual_service_by_name() {
         for field in [
-            "redirect",
-            "rewrite",
-            "timeout",
-            "retries",
-            "fault",
             "mirror",
             "mirrorPercentage",
             "corsPolicy",
-            "headers",
             "delegate",
             "directResponse",
         ] {
@@ -949,17 +979,187 @@ spec:
             assert!(m.contains(&format!("http[0].{field}")), "{field}: {m}");
             assert!(m.contains("not supported yet"), "{m}");
         }
+        // Fields inside implemented actions that are not implemented themselves.
+        for (field, value, named) in [
+            (
+                "rewrite",
+                json!({"uriRegexRewrite": {"match": "a", "rewrite": "b"}}),
+                "http[0].rewrite.uriRegexRewrite",
+            ),
+            (
+                "retries",
+                json!({"attempts": 2, "backoff": "1s"}),
+                "http[0].retries.backoff",
+            ),
+            (
+                "fault",
+                json!({"abort": {"http2Error": "x"}}),
+                "http[0].fault.abort.http2Error",
+            ),
+        ] {
+            let mut route = json!({"route": [{"destination": {"host": "reviews"}}]});
+            route[field] = value;
+            let m = vs_error(json!({"hosts": ["reviews"], "http": [route]}));
+            assert!(m.contains(named), "{field}: {m}");
+        }
+        let m = vs_error(json!({"hosts": ["reviews"], "http": [{
+            "redirect": {"uri": "/x", "derivePort": "FROM_REQUEST_PORT"}}]}));
+        assert!(m.contains("http[0].redirect.derivePort"), "{m}");
         let m = vs_error(json!({"hosts": ["reviews"], "tcp": [{"route": []}]}));
         assert!(m.contains("spec.tcp"), "{m}");
         let m = vs_error(json!({"hosts": ["reviews"], "http": [{
             "match": [{"sourceLabels": {"app": "x"}}],
             "route": [{"destination": {"host": "reviews"}}]}]}));
         assert!(m.contains("http[0].match[0].sourceLabels"), "{m}");
-        let m = vs_error(json!({"hosts": ["reviews"], "http": [{
-            "route": [{"destination": {"host": "reviews"}, "headers": {}}]}]}));
-        assert!(m.contains("http[0].route[0].headers"), "{m}");
         let m = vs_error(json!({"hosts": ["reviews"], "htp": []}));
         assert!(m.contains("htp"), "an unknown field is named: {m}");
+    }
+
+    #[test]
+    fn route_actions_compile_as_istio_documents_them() {
+        use crate::route::action::{Abort, Delay, Fault, Redirect, Rewrite};
+        let spec = json!({"hosts": ["reviews"], "http": [
+            {"match": [{"uri": {"prefix": "/old/"}}],
+             "redirect": {"uri": "/new/", "authority": "ratings", "redirectCode": 308}},
+            {"match": [{"uri": {"prefix": "/v1/"}}],
+             "rewrite": {"uri": "/v2/", "authority": "reviews.internal"},
+             "timeout": "2s",
+             "retries": {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "gateway-error,reset,409"},
+             "fault": {"delay": {"fixedDelay": "50ms", "percentage": {"value": 12.5}},
+                       "abort": {"httpStatus": 503, "percentage": {"value": 50}}},
+             "headers": {"request": {"set": {"X-Route": "v1"}, "remove": ["x-debug"]},
+                         "response": {"add": {"x-served-by": "weft"}}},
+             "route": [{"destination": {"host": "reviews"},
+                        "headers": {"request": {"set": {"x-dest": "a"}}}}]},
+            {"route": [{"destination": {"host": "reviews"}}],
+             "retries": {"attempts": 0}}
+        ]});
+        let c = compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec))
+            .expect("compiles");
+        let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
+        assert_eq!(routes.len(), 3);
+        assert!(routes[0].destinations.is_empty());
+        assert_eq!(
+            routes[0].actions.redirect,
+            Some(Redirect {
+                uri: Some("/new/".into()),
+                authority: Some("ratings".into()),
+                scheme: None,
+                port: None,
+                code: 308
+            })
+        );
+        let a = &routes[1].actions;
+        assert_eq!(
+            a.rewrite,
+            Some(Rewrite {
+                uri: Some("/v2/".into()),
+                authority: Some("reviews.internal".into())
+            })
+        );
+        assert_eq!(a.timeout_ms, Some(2000));
+        let r = a.retries.as_ref().expect("retries");
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.per_try_timeout_ms, Some(500));
+        assert_eq!(
+            r.on,
+            [
+                RetryOn::GatewayError,
+                RetryOn::Reset,
+                RetryOn::RetriableStatusCodes
+            ]
+        );
+        assert_eq!(r.status_codes, [409]);
+        assert_eq!(
+            a.fault,
+            Some(Fault {
+                delay: Some(Delay {
+                    ms: 50,
+                    per_million: 125_000
+                }),
+                abort: Some(Abort {
+                    status: Some(503),
+                    grpc_status: None,
+                    per_million: 500_000
+                }),
+            })
+        );
+        assert_eq!(
+            a.request_headers.set["x-route"], "v1",
+            "names are lowercased"
+        );
+        assert_eq!(a.request_headers.remove, ["x-debug"]);
+        assert_eq!(a.response_headers.add["x-served-by"], "weft");
+        assert_eq!(routes[1].destinations[0].request_headers.set["x-dest"], "a");
+        // attempts 0 turns retries off; a route without `retries` keeps Istio's default.
+        assert_eq!(
+            routes[2].actions.retries.as_ref().map(|r| r.attempts),
+            Some(0)
+        );
+        assert_eq!(
+            routes[0].actions.retry_policy(),
+            crate::route::Retries::istio_default()
+        );
+    }
+
+    #[test]
+    fn bad_route_actions_are_refused_naming_what_to_change() {
+        let route = |extra: Value| {
+            let mut r = json!({"route": [{"destination": {"host": "reviews"}}]});
+            for (k, v) in extra.as_object().unwrap() {
+                r[k] = v.clone();
+            }
+            vs_error(json!({"hosts": ["reviews"], "http": [r]}))
+        };
+        for (extra, says) in [
+            (
+                json!({"retries": {"attempts": 2, "retryOn": "5xx,sometimes"}}),
+                "retryOn \"sometimes\"",
+            ),
+            (json!({"retries": {"attempts": 100}}), "attempts 100"),
+            (
+                json!({"retries": {"attempts": 2, "retryOn": "999"}}),
+                "not an HTTP status",
+            ),
+            (json!({"timeout": "soon"}), "http[0].timeout"),
+            (
+                json!({"fault": {"abort": {"httpStatus": 503, "percentage": {"value": 150}}}}),
+                "from 0 to 100",
+            ),
+            (
+                json!({"fault": {"abort": {"grpcStatus": "SOMETIMES"}}}),
+                "grpcStatus",
+            ),
+            (
+                json!({"fault": {"delay": {"percentage": {"value": 5}}}}),
+                "fixedDelay is required",
+            ),
+            (json!({"fault": {}}), "give delay or abort"),
+            (
+                json!({"headers": {"request": {"set": {"x-a": "1\r\nx-b: 2"}}}}),
+                "line break",
+            ),
+            (
+                json!({"headers": {"request": {"set": {"bad name": "1"}}}}),
+                "not a header name",
+            ),
+            (
+                json!({"headers": {"request": {"set": {"host": "x"}}}}),
+                "rewrite.authority",
+            ),
+            (json!({"rewrite": {"uri": "no-slash"}}), "not a path"),
+            (
+                json!({"redirect": {"uri": "/x"}}),
+                "both redirect and route",
+            ),
+        ] {
+            let m = route(extra.clone());
+            assert!(m.contains(says), "{extra}: {m}");
+            assert!(m.contains("not applied"), "{m}");
+        }
+        let m = vs_error(json!({"hosts": ["reviews"], "http": [{
+            "redirect": {"uri": "/x", "redirectCode": 200}}]}));
+        assert!(m.contains("redirectCode 200"), "{m}");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! SMI TrafficSplits) and the snapshot carries it ([`model`]), and the pure selection the
 //! proxy runs per request ([`select`]). The CLI prints the same tables.
 
+pub mod action;
 pub mod compile;
 pub mod istio;
+pub mod istio_actions;
 pub mod model;
 pub mod select;
 pub mod smi;
 
+pub use action::{Actions, HeaderEdits, Retries, RetryOn, TryOutcome};
 pub use model::{Destination, HttpRoute, RequestMatch, StringMatch};
 pub use select::{Choice, RequestView, Selected, choose_route, pick_weighted};

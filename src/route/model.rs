@@ -25,13 +25,15 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::authz::model::Pattern;
 
+use super::action::{Actions, HeaderEdits, MAX_RETRY_ATTEMPTS};
+
 /// Most routes one Service may carry, and most destinations per route (Istio has no limit;
 /// these keep one snapshot's work per request bounded).
 pub const MAX_ROUTES: usize = 10_000;
 pub const MAX_DESTINATIONS: usize = 256;
 
 /// One HTTP route: the requests it takes and where they go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
     /// Where it came from (`<namespace>/<name>` of the VirtualService or TrafficSplit).
@@ -39,9 +41,13 @@ pub struct HttpRoute {
     /// Any one of these matches the request; none means every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RequestMatch>,
-    /// Weighted destinations (weights need not sum to 100; zero weights get nothing). Never
-    /// empty in a valid table.
+    /// Weighted destinations (weights need not sum to 100; zero weights get nothing). Empty
+    /// only when the route redirects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<Destination>,
+    /// Redirect, rewrite, header edits, fault, timeout, retries ([`super::action`]).
+    #[serde(flatten)]
+    pub actions: Actions,
 }
 
 /// Istio's `HTTPMatchRequest`: every condition given must hold.
@@ -87,7 +93,7 @@ impl StringMatch {
 
 /// Where a share of a route's requests goes: a port of a Service in the same snapshot, all
 /// of its endpoints or one subset of them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// Host of a Service the snapshot lists (`outbound.services` or `outbound.headless`).
@@ -96,6 +102,12 @@ pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
     pub weight: u32,
+    /// Header edits for requests sent to this destination (after the route's) and for its
+    /// responses (before the route's).
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
 }
 
 /// Checks a table the way the proxy needs it: bounded, with a destination per route and some
@@ -108,6 +120,33 @@ pub fn validate(at: &str, routes: &[HttpRoute]) -> Result<(), String> {
         ));
     }
     for (i, r) in routes.iter().enumerate() {
+        super::action::validate(&r.actions)
+            .and_then(|()| {
+                r.destinations.iter().try_for_each(|d| {
+                    super::action::validate_edits(&d.request_headers)?;
+                    super::action::validate_edits(&d.response_headers)
+                })
+            })
+            .map_err(|e| format!("{at}.http[{i}] ({}): {e}", r.name))?;
+        if r.actions.redirect.is_some() {
+            if !r.destinations.is_empty() {
+                return Err(format!(
+                    "{at}.http[{i}] ({}) both redirects and has destinations",
+                    r.name
+                ));
+            }
+            continue;
+        }
+        if r.actions
+            .retries
+            .as_ref()
+            .is_some_and(|x| x.attempts > MAX_RETRY_ATTEMPTS)
+        {
+            return Err(format!(
+                "{at}.http[{i}] ({}) asks for more than {MAX_RETRY_ATTEMPTS} retries",
+                r.name
+            ));
+        }
         if r.destinations.is_empty() || r.destinations.len() > MAX_DESTINATIONS {
             return Err(format!(
                 "{at}.http[{i}] ({}) has {} destinations; 1 to {MAX_DESTINATIONS} are accepted",

@@ -21,7 +21,13 @@ pub struct RequestView<'a> {
 /// has routes and none matches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice<'a> {
-    Route { index: usize, route: &'a HttpRoute },
+    /// `matched`: the condition that took the request (none for a route without matches);
+    /// a prefix rewrite replaces what it matched.
+    Route {
+        index: usize,
+        route: &'a HttpRoute,
+        matched: Option<&'a RequestMatch>,
+    },
     NoRoute,
 }
 
@@ -34,14 +40,23 @@ pub struct Selected<'a> {
 
 /// The first route that takes the request, in order.
 pub fn choose_route<'a>(routes: &'a [HttpRoute], req: &RequestView<'_>) -> Choice<'a> {
-    routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matches.is_empty() || r.matches.iter().any(|m| holds(m, req)))
-        .map_or(Choice::NoRoute, |(index, route)| Choice::Route {
-            index,
-            route,
-        })
+    for (index, route) in routes.iter().enumerate() {
+        if route.matches.is_empty() {
+            return Choice::Route {
+                index,
+                route,
+                matched: None,
+            };
+        }
+        if let Some(m) = route.matches.iter().find(|m| holds(m, req)) {
+            return Choice::Route {
+                index,
+                route,
+                matched: Some(m),
+            };
+        }
+    }
+    Choice::NoRoute
 }
 
 fn holds(m: &RequestMatch, req: &RequestView<'_>) -> bool {
@@ -123,6 +138,7 @@ mod tests {
             port: 9080,
             subset: Some(subset.into()),
             weight,
+            ..Default::default()
         }
     }
 
@@ -131,6 +147,7 @@ mod tests {
             name: name.into(),
             matches,
             destinations,
+            ..Default::default()
         }
     }
 

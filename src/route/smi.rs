@@ -106,6 +106,7 @@ pub fn compile_traffic_split(
                     port: port.port,
                     subset: None,
                     weight: *weight,
+                    ..Default::default()
                 }
             })
             .collect();
@@ -115,6 +116,7 @@ pub fn compile_traffic_split(
                 name: src.id(),
                 matches: vec![],
                 destinations,
+                ..Default::default()
             },
         ));
     }
@@ -266,6 +268,7 @@ spec:
             port: 14001,
             subset: None,
             weight,
+            ..Default::default()
         };
         assert_eq!(
             routes,
@@ -273,6 +276,7 @@ spec:
                 name: "bookstore/bookstore-split".into(),
                 matches: vec![],
                 destinations: vec![d("bookstore-v1", 80), d("bookstore-v2", 20)],
+                ..Default::default()
             }]
         );
     }

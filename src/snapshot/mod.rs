@@ -558,15 +558,27 @@ pub fn spiffe_namespace(id: &str) -> Option<&str> {
 #[derive(Debug)]
 pub enum RequestRoute<'a> {
     /// The destination's Service and its endpoints (or its subset's) in the order to try
-    /// them; empty: none is ready (503 `UH`).
+    /// them; empty: none is ready (503 `UH`). `routed`: the route and destination that led
+    /// there, when the Service has routes.
     Endpoints {
         service: &'a Service,
         endpoints: Vec<&'a Endpoint>,
+        routed: Option<Routed<'a>>,
     },
+    /// The chosen route answers with a redirect.
+    Redirect(&'a crate::route::HttpRoute),
     /// The Service has routes and none takes the request (404 `NR`).
     NoRoute,
     /// The chosen route names a Service port or subset the snapshot does not have (503 `NR`).
     NoDestination(String),
+}
+
+/// The route that took a request, the condition that matched it and the destination picked.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    pub route: &'a crate::route::HttpRoute,
+    pub matched: Option<&'a crate::route::RequestMatch>,
+    pub destination: &'a crate::route::Destination,
 }
 
 /// Where an outbound connection goes, decided from the original destination alone.
@@ -683,6 +695,11 @@ impl SnapshotIndex {
 
     /// Routes one HTTP request to `service` (the Service the client dialled, with its
     /// endpoints from [`Self::route`]): through its routes if it has any, else as dialled.
+    /// A uniform 64-bit draw for per-request choices (weights, fault shares, back-off).
+    pub fn roll(&self) -> u64 {
+        crate::route::select::roll(self.rolls.fetch_add(1, Ordering::Relaxed))
+    }
+
     pub fn route_request<'a>(
         &'a self,
         service: &'a Service,
@@ -691,12 +708,19 @@ impl SnapshotIndex {
     ) -> RequestRoute<'a> {
         use crate::route::{Choice, choose_route, pick_weighted, select::roll};
         if service.http.is_empty() {
-            return RequestRoute::Endpoints { service, endpoints };
+            return RequestRoute::Endpoints {
+                service,
+                endpoints,
+                routed: None,
+            };
         }
-        let route = match choose_route(&service.http, req) {
-            Choice::Route { route, .. } => route,
+        let (route, matched) = match choose_route(&service.http, req) {
+            Choice::Route { route, matched, .. } => (route, matched),
             Choice::NoRoute => return RequestRoute::NoRoute,
         };
+        if route.actions.redirect.is_some() {
+            return RequestRoute::Redirect(route);
+        }
         let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
         let has_endpoints = |d: &crate::route::Destination| {
             self.resolve(d).is_some_and(|(i, members)| {
@@ -714,6 +738,11 @@ impl SnapshotIndex {
             Some((i, members)) => RequestRoute::Endpoints {
                 service: self.service(i),
                 endpoints: self.rotated(i, members),
+                routed: Some(Routed {
+                    route,
+                    matched,
+                    destination: d,
+                }),
             },
             None => RequestRoute::NoDestination(format!(
                 "{}: {}:{}{}",

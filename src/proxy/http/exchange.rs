@@ -4,6 +4,7 @@
 //! (gRPC-shaped for gRPC), and at the response's last byte `istio_requests_total`, the
 //! request histograms and, when the config turns them on, an access log line.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,9 @@ pub struct Exchange {
     /// Its gRPC messages so far (gRPC only).
     messages: Arc<AtomicU64>,
     log: Option<RequestLog>,
+    /// Flags the request earned before its answer (`DI`: a fault delayed it; `URX`: its
+    /// retries were spent), joined to the answer's own.
+    earlier_flags: Vec<&'static str>,
 }
 
 /// One request's part of its access log line, taken before the request is forwarded.
@@ -133,6 +137,7 @@ impl Exchange {
             received,
             messages,
             log,
+            earlier_flags: Vec::new(),
         };
         (exchange, parts, body)
     }
@@ -155,6 +160,25 @@ impl Exchange {
         }
     }
 
+    /// Marks the request with a flag Envoy would give it besides its answer's own.
+    pub fn flag(&mut self, flag: &'static str) {
+        self.earlier_flags.push(flag);
+    }
+
+    /// Envoy's flags of the answer: the earlier ones and the answer's own, joined by `,`.
+    fn flags(&self, own: &'static str) -> &'static str {
+        let own = if own.is_empty() { "-" } else { own };
+        if self.earlier_flags.is_empty() {
+            return own;
+        }
+        let mut all = self.earlier_flags.join(",");
+        if own != "-" {
+            all.push(',');
+            all.push_str(own);
+        }
+        interned(all)
+    }
+
     /// Answers with the proxy's own reply (`details`: why, for the log line), recorded now.
     pub fn local(
         self,
@@ -163,8 +187,21 @@ impl Exchange {
         record: &Record,
         why: Why<'_>,
     ) -> Response<ResponseBody> {
-        let flags = if why.flags.is_empty() { "-" } else { why.flags };
         let resp = local_reply(status, body, self.grpc);
+        // The proxy's own body is what the client receives (gRPC's is empty).
+        let sent = if self.grpc { 0 } else { body.len() as u64 };
+        self.local_response(resp, sent, record, why)
+    }
+
+    /// Answers with a reply the proxy made (`sent`: its body's length), recorded now.
+    pub fn local_response(
+        self,
+        resp: Response<ResponseBody>,
+        sent: u64,
+        record: &Record,
+        why: Why<'_>,
+    ) -> Response<ResponseBody> {
+        let flags = self.flags(why.flags);
         let code = resp.status().as_u16();
         let header = resp.headers().get("grpc-status").map(|v| v.as_bytes());
         let outcome = RequestOutcome {
@@ -173,8 +210,6 @@ impl Exchange {
             grpc_status: self.grpc.then(|| grpc_status(None, header, code)),
             flags,
         };
-        // The proxy's own body is what the client receives (gRPC's is empty).
-        let sent = if self.grpc { 0 } else { body.len() as u64 };
         let sizes = self.sizes(response_head_size(resp.status(), resp.headers()) + sent, 0);
         let took = self.start.elapsed();
         if let Ok(mut r) = record.recorder.lock() {
@@ -232,6 +267,7 @@ impl Exchange {
             .get("grpc-status")
             .map(|v| grpc_status_value(v.as_bytes()));
         let grpc = self.grpc;
+        let flags = self.flags("-");
         resp.map(move |body| {
             Metered::new(body, move |end: BodyEnd| {
                 let took = self.start.elapsed();
@@ -242,7 +278,7 @@ impl Exchange {
                         Some(s) => s,
                         None => head_grpc.unwrap_or_else(|| grpc_status(None, None, status)),
                     }),
-                    flags: "-",
+                    flags,
                 };
                 let sizes = self.sizes(resp_head + end.data + end.trailers, end.messages);
                 if let Ok(mut r) = record.recorder.lock() {
@@ -251,7 +287,7 @@ impl Exchange {
                 if let Some(log) = &self.log {
                     let out = Outcome {
                         code: status,
-                        flags: "-",
+                        flags,
                         details: Some("via_upstream"),
                         failure: None,
                         sent: end.data,
@@ -267,6 +303,19 @@ impl Exchange {
     fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
+}
+
+/// A joined flag set as a `&'static str` (metric series keep their flags by reference). The
+/// sets are combinations of Envoy's few flags the proxy sets, so the table stays small.
+fn interned(flags: String) -> &'static str {
+    static SEEN: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = seen.get(flags.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(flags.into_boxed_str());
+    seen.insert(leaked);
+    leaked
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -350,18 +399,30 @@ pub fn local_reply(status: StatusCode, body: &'static str, grpc: bool) -> Respon
     if !grpc {
         return http_authz::local_response(status, body).map(server::full);
     }
-    let code = match status {
-        StatusCode::FORBIDDEN => "7",
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => "14",
-        _ => "13",
-    };
+    grpc_reply(grpc_status_of_http(status), body)
+}
+
+/// Envoy's mapping of an HTTP status to the gRPC status of a local reply to a gRPC request.
+pub fn grpc_status_of_http(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// A trailers-only gRPC answer: HTTP 200 with `grpc-status` `code` and `grpc-message`.
+pub fn grpc_reply(code: u32, message: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(server::full(""));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from_static(code));
-    h.insert("grpc-message", HeaderValue::from_static(body));
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", HeaderValue::from_static(message));
     resp
 }

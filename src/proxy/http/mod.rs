@@ -2,13 +2,15 @@
 //! connection as HTTP/1.1 or HTTP/2, forwarding its requests (upgrades tunnelled) over one
 //! upstream connection or a pool of them, one request's metrics and log line, and the two
 //! pipelines: inbound (authorize, forward to the app) and outbound (pick an endpoint per
-//! request). The pieces below the pipelines know neither side, so a gateway can reuse them.
+//! request, apply the route's actions and retries). The pieces below the pipelines know neither side, so a gateway can reuse them.
 
+pub mod actions;
 pub mod authz;
 pub mod detect;
 pub mod exchange;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+pub mod replay;
 pub mod server;
 pub mod upstream;

@@ -16,19 +16,26 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use http_body_util::Either;
+use hyper::http::request::Parts;
+use tokio::time::{Duration, Instant};
+
+use super::actions;
 use super::authz::{HeaderView, normalized_path};
-use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
+use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why, local_reply};
 use super::pool::Key;
+use super::replay::{Recorder, Recording, TryBody};
 use super::server::{self, Counted, ResponseBody};
-use super::upstream::{ForwardError, SendRequest, Sender, forward};
+use super::upstream::{ForwardError, SendRequest, Sender, forward, wants_tunnel_head};
 use crate::proxy::ProxyContext;
 use crate::proxy::metrics::{RequestRecorder, TcpLabels};
 use crate::proxy::outbound::{open_endpoint, source_labels};
-use crate::route::RequestView;
-use crate::snapshot::{Endpoint, OutboundRoute, RequestRoute, Service, SnapshotIndex};
+use crate::route::{RequestView, Retries, TryOutcome, action};
+use crate::snapshot::{Endpoint, OutboundRoute, RequestRoute, Routed, Service, SnapshotIndex};
 
-/// The body of every request the outbound side forwards.
-pub type RequestBody = Counted<Incoming>;
+/// The body of every request the outbound side forwards: the app's, recorded for a retry, or
+/// a retry's replay.
+pub type RequestBody = TryBody;
 
 /// One downstream (app) connection's state, shared by its requests.
 struct Outbound {
@@ -71,12 +78,12 @@ pub async fn serve<I>(
 
 impl server::Pipeline for Outbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
+        let (mut exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
         let snapshot = self
             .ctx
             .snapshot()
             .unwrap_or_else(|| self.accepted_with.clone());
-        let (service, candidates) = match snapshot.route(self.orig) {
+        let (service, candidates, routed) = match snapshot.route(self.orig) {
             // A Service address: its routes (if any) pick the destination.
             OutboundRoute::Service { service, endpoints } => {
                 let path = normalized_path(&parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
@@ -89,7 +96,20 @@ impl server::Pipeline for Outbound {
                     headers: &headers,
                 };
                 match snapshot.route_request(service, endpoints, &view) {
-                    RequestRoute::Endpoints { service, endpoints } => (Some(service), endpoints),
+                    RequestRoute::Endpoints {
+                        service,
+                        endpoints,
+                        routed,
+                    } => (Some(service), endpoints, routed),
+                    RequestRoute::Redirect(route) => {
+                        let record = self.no_upstream(&snapshot, service);
+                        let redirect = route.actions.redirect.as_ref();
+                        let resp = match redirect {
+                            Some(r) => actions::redirect(&parts, r, exchange.is_grpc()),
+                            None => local_reply(StatusCode::NOT_FOUND, "", exchange.is_grpc()),
+                        };
+                        return exchange.local_response(resp, 0, &record, Why::default());
+                    }
                     RequestRoute::NoRoute => {
                         let record = self.no_upstream(&snapshot, service);
                         let why = Why {
@@ -112,90 +132,293 @@ impl server::Pipeline for Outbound {
                 }
             }
             // A pod dialled by its address goes to that pod.
-            OutboundRoute::Endpoint { service, endpoint } => (Some(service), vec![endpoint]),
+            OutboundRoute::Endpoint { service, endpoint } => (Some(service), vec![endpoint], None),
             // The Service went away while the connection was open.
-            OutboundRoute::Passthrough | OutboundRoute::Refused => (None, Vec::new()),
+            OutboundRoute::Passthrough | OutboundRoute::Refused => (None, Vec::new(), None),
         };
-        let cluster = match service {
-            Some(s) => format!("outbound|{}||{}", self.orig.port(), s.name),
-            None => "BlackHoleCluster".to_string(),
-        };
-        let h2 = parts.version == Version::HTTP_2;
-        let mut failed = None;
-        let attempts = self.ctx.settings.connect_attempts.max(1);
-        for ep in candidates.into_iter().take(attempts) {
-            match self.connection(&snapshot, ep, service, h2).await {
-                Ok((key, sender, mtls)) => {
-                    let labels = source_labels(&self.ctx, &snapshot, service, Some(ep), mtls);
-                    let upstream = UpstreamLog {
-                        host: Some(ep.addr()),
-                        cluster,
-                    };
-                    let record = self.record(labels, upstream);
-                    let picked = Picked {
-                        outbound: self,
-                        snapshot: &snapshot,
-                        endpoint: ep,
-                        service,
-                        key,
-                        sender: tokio::sync::Mutex::new(Some(sender)),
-                    };
-                    let request = Request::from_parts(parts, body);
-                    let authority = service.map_or_else(
-                        || ep.addr().to_string(),
-                        |s| format!("{}:{}", s.name, self.orig.port()),
-                    );
-                    let idle = self.ctx.settings.idle_timeout;
-                    return match forward(&picked, request, &authority, idle).await {
-                        Ok(resp) => exchange.respond(resp, record),
-                        Err(e) => {
-                            tracing::debug!(endpoint = %ep.addr(), error = %e, "outbound request failed");
-                            exchange.failed(&e, &record)
-                        }
-                    };
+        if let Some(routed) = &routed {
+            if let Some(fault) = &routed.route.actions.fault {
+                if let Some(d) = &fault.delay
+                    && action::applies(d.per_million, snapshot.roll())
+                {
+                    tokio::time::sleep(Duration::from_millis(d.ms)).await;
+                    exchange.flag("DI");
                 }
-                Err(e) => {
-                    tracing::debug!(endpoint = %ep.addr(), error = %e, "outbound endpoint unreachable");
-                    failed = Some((ep, e));
+                if let Some(a) = &fault.abort
+                    && action::applies(a.per_million, snapshot.roll())
+                    && let Some(service) = service
+                {
+                    let record = self.no_upstream(&snapshot, service);
+                    let (resp, sent) = actions::abort(a, exchange.is_grpc());
+                    let why = Why {
+                        flags: "FI",
+                        details: Some("fault_filter_abort"),
+                        failure: None,
+                    };
+                    return exchange.local_response(resp, sent, &record, why);
                 }
             }
+            actions::edit_request(&mut parts, routed);
         }
-        match failed {
-            Some((ep, e)) => {
-                let labels = source_labels(&self.ctx, &snapshot, service, Some(ep), false);
-                let upstream = UpstreamLog {
-                    host: Some(ep.addr()),
-                    cluster,
-                };
-                exchange.failed(&e, &self.record(labels, upstream))
-            }
-            None => {
-                let labels = source_labels(&self.ctx, &snapshot, service, None, false);
-                let record = self.record(
-                    labels,
-                    UpstreamLog {
-                        host: None,
-                        cluster,
-                    },
-                );
-                // Envoy's answers: a Service without endpoints has no healthy upstream; a
-                // destination the config no longer knows is the black hole.
-                let (status, text, flags) = match service {
-                    Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH"),
-                    None => (StatusCode::BAD_GATEWAY, "Bad Gateway", "-"),
-                };
-                let why = Why {
-                    flags,
-                    details: Some("no_healthy_upstream"),
-                    failure: None,
-                };
-                exchange.local(status, text, &record, why)
-            }
+        let route = Route {
+            snapshot: &snapshot,
+            service,
+            candidates,
+            routed,
+        };
+        self.send(exchange, parts, body, route).await
+    }
+}
+
+/// Where one request goes, decided once: the Service and the endpoints to try in order, and
+/// the route that took it.
+struct Route<'a> {
+    snapshot: &'a SnapshotIndex,
+    service: Option<&'a Service>,
+    candidates: Vec<&'a Endpoint>,
+    routed: Option<Routed<'a>>,
+}
+
+/// How a try ended without a response.
+enum TryError {
+    Forward(ForwardError),
+    /// The per-try or the route's deadline passed first.
+    Timeout,
+}
+
+/// What a retry needs of the request: its head as the first try sent it.
+struct Head {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    version: Version,
+    headers: hyper::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &Parts) -> Head {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
         }
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 
 impl Outbound {
+    /// Sends the request on the route's endpoints in turn. A connection that cannot be opened
+    /// is tried on the next endpoint (nothing was sent), up to `connect_attempts`; a try whose
+    /// outcome the route's retry policy names (Istio's default policy without a route) is sent
+    /// again, its body replayed, on the next endpoint after Envoy's back-off; the route's
+    /// timeout bounds it all until the response head (504 `UT`).
+    async fn send(
+        &self,
+        mut exchange: Exchange,
+        parts: Parts,
+        body: Counted<Incoming>,
+        route: Route<'_>,
+    ) -> Response<ResponseBody> {
+        let Route {
+            snapshot,
+            service,
+            candidates,
+            routed,
+        } = route;
+        let cluster = match service {
+            Some(s) => format!("outbound|{}||{}", self.orig.port(), s.name),
+            None => "BlackHoleCluster".to_string(),
+        };
+        if candidates.is_empty() {
+            let labels = source_labels(&self.ctx, snapshot, service, None, false);
+            let upstream = UpstreamLog {
+                host: None,
+                cluster,
+            };
+            let record = self.record(labels, upstream);
+            // Envoy's answers: a Service without endpoints has no healthy upstream; a
+            // destination the config no longer knows is the black hole.
+            let (status, text, flags) = match service {
+                Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH"),
+                None => (StatusCode::BAD_GATEWAY, "Bad Gateway", "-"),
+            };
+            let why = Why {
+                flags,
+                details: Some("no_healthy_upstream"),
+                failure: None,
+            };
+            return exchange.local(status, text, &record, why);
+        }
+        let h2 = parts.version == Version::HTTP_2;
+        let policy = routed
+            .as_ref()
+            .map_or_else(Retries::istio_default, |r| r.route.actions.retry_policy());
+        // A tunnel (Upgrade, CONNECT) leaves HTTP once sent: never tried twice.
+        let tunnel = wants_tunnel_head(&parts.method, parts.version, &parts.headers);
+        let attempts = if tunnel { 0 } else { policy.attempts };
+        let deadline = routed
+            .as_ref()
+            .and_then(|r| r.route.actions.timeout_ms)
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
+        let head = (attempts > 0).then(|| Head::of(&parts));
+        let (recording, recorder) = Recording::new(body);
+        let mut first = Some((parts, recording));
+        let connect_budget = self.ctx.settings.connect_attempts.max(1);
+        let (mut connect_failures, mut retries, mut next) = (0usize, 0u32, 0usize);
+        loop {
+            let ep = candidates[next % candidates.len()];
+            next += 1;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let limit = match (left, per_try) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let once = self.try_once(
+                snapshot,
+                ep,
+                service,
+                h2,
+                &mut first,
+                head.as_ref(),
+                &recorder,
+            );
+            let result = match limit {
+                Some(limit) => tokio::time::timeout(limit, once)
+                    .await
+                    .unwrap_or(Err(TryError::Timeout)),
+                None => once.await,
+            };
+            let outcome = match &result {
+                Ok(resp) => TryOutcome::Response {
+                    status: resp.status().as_u16(),
+                    grpc_status: resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok()?.parse().ok()),
+                },
+                Err(TryError::Forward(ForwardError::Connect(_) | ForwardError::Handshake(_))) => {
+                    TryOutcome::ConnectFailure
+                }
+                Err(TryError::Forward(_)) => TryOutcome::Reset,
+                Err(TryError::Timeout) => TryOutcome::PerTryTimeout,
+            };
+            let expired = deadline.is_some_and(|d| Instant::now() >= d);
+            if outcome == TryOutcome::ConnectFailure && first.is_some() && !expired {
+                connect_failures += 1;
+                if connect_failures < connect_budget.min(candidates.len()) {
+                    continue;
+                }
+            }
+            let replayable = first.is_some() || recorder.can_replay();
+            let retry = policy.retries(outcome);
+            if retries < attempts && retry && replayable && !expired {
+                retries += 1;
+                let wait = Duration::from_millis(action::backoff_ms(retries, snapshot.roll()));
+                let wait = deadline.map_or(wait, |d| {
+                    wait.min(d.saturating_duration_since(Instant::now()))
+                });
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if retry && retries > 0 && retries == attempts {
+                // Envoy: the retries were spent and the last answer is a retriable one.
+                exchange.flag("URX");
+            }
+            let mtls = matches!(
+                ep.security(),
+                crate::snapshot::UpstreamSecurity::Mtls { .. }
+            );
+            let labels = source_labels(
+                &self.ctx,
+                snapshot,
+                service,
+                Some(ep),
+                mtls && outcome != TryOutcome::ConnectFailure,
+            );
+            let upstream = UpstreamLog {
+                host: Some(ep.addr()),
+                cluster,
+            };
+            let record = self.record(labels, upstream);
+            return match result {
+                Ok(mut resp) => {
+                    if let Some(r) = &routed {
+                        actions::edit_response(&mut resp, r);
+                    }
+                    exchange.respond(resp, record)
+                }
+                Err(TryError::Forward(e)) => {
+                    tracing::debug!(endpoint = %ep.addr(), error = %e, "outbound request failed");
+                    exchange.failed(&e, &record)
+                }
+                Err(TryError::Timeout) => {
+                    let why = Why {
+                        flags: "UT",
+                        details: Some("upstream_response_timeout"),
+                        failure: None,
+                    };
+                    exchange.local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                        &record,
+                        why,
+                    )
+                }
+            };
+        }
+    }
+
+    /// One try on `ep`: the first sends the app's request (its body recorded as it streams),
+    /// later ones the same head and the recorded body.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &self,
+        snapshot: &SnapshotIndex,
+        ep: &Endpoint,
+        service: Option<&Service>,
+        h2: bool,
+        first: &mut Option<(Parts, Recording)>,
+        head: Option<&Head>,
+        recorder: &Recorder,
+    ) -> Result<Response<Incoming>, TryError> {
+        let (key, sender, _) = self
+            .connection(snapshot, ep, service, h2)
+            .await
+            .map_err(TryError::Forward)?;
+        let request = match first.take() {
+            Some((parts, body)) => Request::from_parts(parts, Either::Left(body)),
+            None => match (head, recorder.replay()) {
+                (Some(head), Some(body)) => head.request(Either::Right(body)),
+                _ => return Err(TryError::Forward(ForwardError::NotSent)),
+            },
+        };
+        let picked = Picked {
+            outbound: self,
+            snapshot,
+            endpoint: ep,
+            service,
+            key,
+            sender: tokio::sync::Mutex::new(Some(sender)),
+        };
+        let authority = service.map_or_else(
+            || ep.addr().to_string(),
+            |s| format!("{}:{}", s.name, self.orig.port()),
+        );
+        let idle = self.ctx.settings.idle_timeout;
+        forward(&picked, request, &authority, idle)
+            .await
+            .map_err(TryError::Forward)
+    }
+
     /// A connection to `ep` able to carry the request: pooled, or opened now.
     async fn connection(
         &self,

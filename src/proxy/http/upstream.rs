@@ -240,10 +240,15 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Whether a request asks to leave HTTP: an HTTP/1 `Upgrade` (WebSocket) or a CONNECT.
 pub fn wants_tunnel<B>(req: &Request<B>) -> bool {
-    req.method() == Method::CONNECT
-        || (req.version() != Version::HTTP_2
-            && connection_has(req.headers(), "upgrade")
-            && req.headers().contains_key(header::UPGRADE))
+    wants_tunnel_head(req.method(), req.version(), req.headers())
+}
+
+/// [`wants_tunnel`] of a request's head.
+pub fn wants_tunnel_head(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    method == Method::CONNECT
+        || (version != Version::HTTP_2
+            && connection_has(headers, "upgrade")
+            && headers.contains_key(header::UPGRADE))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

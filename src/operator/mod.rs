@@ -4,5 +4,6 @@ pub mod ca_bundle;
 pub mod csr;
 pub mod injector;
 pub mod leader;
+pub mod readiness;
 pub mod run;
 pub mod serving;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::ca_bundle::CaBundleController;
 use super::csr;
 use super::injector::{self, InjectorState};
+use super::readiness::{self, Readiness};
 use super::serving::{
     ServingCertResolver, ServingLimits, keep_serving_cert, serve_plain_on, serve_tls,
 };
@@ -303,7 +304,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }));
 
     // Ready: the CA is loaded, a serving certificate is installed and the injector's and the
-    // config server's caches hold their first lists. `waiting_for` names what is missing.
+    // config server's caches hold their first lists (`waiting_for` names what is missing), and
+    // the CA still agrees with its Secret and the published root (`readiness`).
     let draining = Arc::new(AtomicBool::new(false));
     let waiting_for = {
         let (ca_rx, resolver) = (ca_rx.clone(), resolver.clone());
@@ -350,27 +352,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         discovery::server::debug_router(config_server, args.instance.clone()),
         args.limits.monitoring(),
     ));
-    let monitoring = discovery::server::debug_moved_router()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || serve_metrics(metrics.clone())))
-        .route(
-            "/readyz",
-            get(move || {
-                let (missing, problem) = (waiting_for(), problem_rx.borrow().clone());
-                async move {
-                    match (missing.is_empty(), problem) {
-                        (true, _) => (axum::http::StatusCode::OK, "ready".to_string()),
-                        (false, Some(p)) => {
-                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, p.to_string())
-                        }
-                        (false, None) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready; waiting for {}", missing.join(", ")),
-                        ),
-                    }
-                }
-            }),
-        );
+    let readiness = Readiness {
+        waiting_for: Arc::new(waiting_for),
+        ca_problem: problem_rx,
+        ca_material: readiness::watch_ca_material(
+            client.clone(),
+            args.namespace.clone(),
+            ca_rx.clone(),
+            readiness::CHECK_PERIOD,
+            readiness::MISMATCH_GRACE,
+        ),
+    };
+    let monitoring = monitoring_router(readiness, metrics);
     let listener = tokio::net::TcpListener::bind(args.monitoring_addr).await?;
     tracing::info!(discovery = %args.discovery_addr, monitoring = %args.monitoring_addr, admin = %args.admin_addr, "operator serving");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -392,6 +385,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the monitoring port (15014) serves: `/healthz`, `/readyz`, `/metrics`, and a pointer
+/// from `/debug/proxies` to the admin port.
+pub fn monitoring_router(readiness: Readiness, metrics: Arc<OperatorMetrics>) -> axum::Router {
+    discovery::server::debug_moved_router()
+        .merge(readiness::router(readiness))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || serve_metrics(metrics.clone())))
 }
 
 /// `GET /metrics`: the Prometheus text exposition.

@@ -2,6 +2,7 @@
 //! `weft-ca`, a leaked key). It writes a new self-signed root into Secret `weft-ca` with the
 //! reset annotation; every operator replica adopts it within seconds, republishes the root
 //! ConfigMaps and the webhooks' `caBundle`. Meshed workloads then need a restart.
+//! `weft ca issuer` (who signs workload certificates) lives in `super::ca_issuer`.
 
 use std::collections::BTreeSet;
 
@@ -22,6 +23,9 @@ pub enum CaCommand {
     /// Replace the mesh root with a new self-signed one (Secret weft-ca). Meshed workloads
     /// must be restarted afterwards.
     Reset(ResetArgs),
+    /// Show who signs workload certificates (builtin CA or Vault), its health and the roots the
+    /// mesh trusts; `weft ca issuer set vault|builtin` changes it.
+    Issuer(super::ca_issuer::IssuerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +44,7 @@ pub struct ResetArgs {
 pub async fn run(command: CaCommand) -> Result<(), CliError> {
     match command {
         CaCommand::Reset(args) => reset(args).await,
+        CaCommand::Issuer(args) => super::ca_issuer::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod authz;
 pub mod ca;
+pub mod ca_issuer;
 pub mod check;
 pub mod check_authz;
 pub mod error;

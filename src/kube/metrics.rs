@@ -28,6 +28,16 @@ fn webhook_histogram() -> Histogram {
     Histogram::new(WEBHOOK_BUCKETS_SECONDS)
 }
 
+/// The builtin CA signs in about a millisecond, Vault over the network in tens; a Vault call
+/// gives up after 5 s.
+const ISSUER_BUCKETS_SECONDS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+fn issuer_histogram() -> Histogram {
+    Histogram::new(ISSUER_BUCKETS_SECONDS)
+}
+
 fn reconcile_histogram() -> Histogram {
     Histogram::new(RECONCILE_BUCKETS_SECONDS)
 }
@@ -68,6 +78,17 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerOutcomeLabels {
+    pub issuer: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: &'static str,
 }
@@ -90,6 +111,8 @@ pub struct OperatorMetrics {
     pub reconcile_errors: Family<ControllerErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
+    pub issuer_requests: Family<IssuerOutcomeLabels, Counter>,
+    pub issuer_duration: Family<IssuerLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for OperatorMetrics {
@@ -119,6 +142,8 @@ impl OperatorMetrics {
             reconcile_errors: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_histogram),
             leader: Gauge::default(),
+            issuer_requests: Family::default(),
+            issuer_duration: Family::new_with_constructor(issuer_histogram),
         };
         let r = &mut m.registry;
         r.register(
@@ -171,7 +196,35 @@ impl OperatorMetrics {
             "1 on the replica holding the Lease weft-operator (it runs the controllers), else 0",
             m.leader.clone(),
         );
+        r.register(
+            "weft_issuer_requests",
+            "Workload CSRs handed to the issuer, by issuer (builtin, vault) and outcome (issued or the error)",
+            m.issuer_requests.clone(),
+        );
+        r.register(
+            "weft_issuer_request_duration_seconds",
+            "Time the issuer took to sign (or refuse) one workload CSR, by issuer",
+            m.issuer_duration.clone(),
+        );
         m
+    }
+
+    /// The CSR endpoint's issuer hook (`operator::csr::IssuerHook`).
+    pub fn issuer_outcome(
+        self: &Arc<Self>,
+    ) -> Arc<dyn Fn(crate::pki::IssuerKind, &'static str, Duration) + Send + Sync> {
+        let metrics = self.clone();
+        Arc::new(move |kind, outcome, took| {
+            let issuer = kind.as_str();
+            metrics
+                .issuer_requests
+                .get_or_create(&IssuerOutcomeLabels { issuer, outcome })
+                .inc();
+            metrics
+                .issuer_duration
+                .get_or_create(&IssuerLabels { issuer })
+                .observe(took.as_secs_f64());
+        })
     }
 
     /// The text exposition of every family.

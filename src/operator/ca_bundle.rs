@@ -8,6 +8,10 @@
 //! replaced only when `weft ca reset` says so: it writes a new root into `weft-ca` with the
 //! annotation [`RESET_ANNOTATION`], and a replica adopts a Secret whose annotation differs from
 //! the one its CA came from.
+//!
+//! When an external issuer signs (Vault, see `super::issuer`), its roots join the mesh CA's
+//! own in every trust bundle (the mesh CA still signs the operator's serving certificates), and
+//! its problems are reported as the CA's: a Degraded condition on every revision and an Event.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +54,10 @@ pub enum CaProblem {
     MissingButPublished { namespace: String },
     #[error("talking to the API server: {0}")]
     Api(String),
+    /// The configured issuer cannot sign (Vault down, refusing, or misconfigured); issued
+    /// certificates keep working and renewals retry.
+    #[error("the certificate issuer: {0}; `weft ca issuer` shows its health")]
+    Issuer(String),
 }
 
 impl CaProblem {
@@ -59,6 +67,8 @@ impl CaProblem {
         let (reason, secret) = match self {
             Self::Corrupted { secret, .. } => ("CaSecretCorrupted", secret.clone()),
             Self::MissingButPublished { .. } => ("CaSecretMissing", pki::WEFT_CA_SECRET.into()),
+            // The Event regards the mesh CA's Secret; the message names the issuer.
+            Self::Issuer(_) => ("IssuerUnavailable", pki::WEFT_CA_SECRET.into()),
             Self::Api(_) => return None,
         };
         Some(crate::controllers::CaIssue {
@@ -73,6 +83,7 @@ impl CaProblem {
             Self::Corrupted { .. } => "corrupted",
             Self::MissingButPublished { .. } => "missing_but_published",
             Self::Api(_) => "api",
+            Self::Issuer(_) => "issuer",
         }
     }
 }
@@ -92,6 +103,8 @@ pub struct CaBundleController {
     /// is logged as a warning when it is new or different, then at debug on every later pass
     /// (it repeats each PERIOD) until a write succeeds.
     pub publish_failures: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The issuer controller's view: extra roots to trust and the issuer's problem.
+    pub issuer: watch::Receiver<super::issuer::IssuerStatus>,
 }
 
 /// The [`RESET_ANNOTATION`] of the Secret the CA in memory came from.
@@ -108,7 +121,8 @@ impl CaBundleController {
                 started.elapsed(),
                 result.as_ref().err().map(CaProblem::metric_label),
             );
-            let problem = result.err();
+            let issuer_problem = self.issuer.borrow().problem.clone();
+            let problem = result.err().or(issuer_problem.map(CaProblem::Issuer));
             if let Some(p) = &problem {
                 tracing::warn!(reason = p.metric_label(), "CA: {p}");
             }
@@ -145,6 +159,23 @@ impl CaBundleController {
                 self.ca.send_replace(Some(ca.clone()));
                 ca
             }
+        };
+        // An external issuer's roots join the bundle before any proxy gets a leaf from it
+        // through a published root (the CSR answer carries them from the first leaf on).
+        let extra = self.issuer.borrow().roots.clone();
+        let ca = if ca.trusts_other_than(&extra) {
+            let trusting = Arc::new(
+                ca.also_trusting(&extra)
+                    .map_err(|e| self.corrupted(ca.source().secret_name(), e))?,
+            );
+            tracing::info!(
+                extra_roots = trusting.also_trusted().len(),
+                "trust bundle: the mesh root plus the issuer's roots"
+            );
+            self.ca.send_replace(Some(trusting.clone()));
+            trusting
+        } else {
+            ca
         };
         if !self.leading() {
             return Ok(());

@@ -3,6 +3,7 @@
 pub mod ca_bundle;
 pub mod csr;
 pub mod injector;
+pub mod issuer;
 pub mod leader;
 pub mod readiness;
 pub mod run;

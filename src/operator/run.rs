@@ -186,6 +186,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         &args.instance,
         metrics.clone(),
     );
+    // Every replica reads ConfigMap weft-ca-issuer: who signs workload certificates (issue 24).
+    let (issuer_tx, issuer_rx) = watch::channel(None);
+    let (issuer_status_tx, issuer_status_rx) = watch::channel(Default::default());
+    tokio::spawn(
+        super::issuer::IssuerController {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            trust_domain: args.trust_domain.clone(),
+            active: issuer_tx,
+            status: issuer_status_tx,
+            leading: election.leading(),
+        }
+        .run(),
+    );
     tokio::spawn(
         CaBundleController {
             client: client.clone(),
@@ -196,6 +210,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             leading: election.leading(),
             publish_failures: Default::default(),
+            issuer: issuer_status_rx,
         }
         .run(),
     );
@@ -216,6 +231,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }),
     );
     csr_state.on_outcome = Some(metrics.certificate_outcome());
+    csr_state.issuer = Some(issuer_rx);
+    csr_state.on_issuer = Some(metrics.issuer_outcome());
     // One watch of the meshed pods feeds the config server and the validator.
     let mesh_changed = Arc::new(tokio::sync::Notify::new());
     let meshed_pods = crate::kube::reflect::meshed_pods(&client, Some(mesh_changed.clone()));

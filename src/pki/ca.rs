@@ -239,6 +239,19 @@ impl std::fmt::Debug for MeshCa {
     }
 }
 
+/// `roots` as PEM blocks ending in a newline, without duplicates or any of `own`.
+fn extra_roots(own: &[String], roots: &[String]) -> Vec<String> {
+    let own: Vec<&str> = own.iter().map(|r| r.trim()).collect();
+    let mut extra: Vec<String> = Vec::new();
+    for root in roots {
+        let root = root.trim();
+        if !root.is_empty() && !own.contains(&root) && !extra.iter().any(|e| e.trim() == root) {
+            extra.push(format!("{root}\n"));
+        }
+    }
+    extra
+}
+
 impl MeshCa {
     /// A new self-signed ECDSA P-256 root for `trust_domain`, valid from now (backdated by
     /// [`BACKDATE`]) for `validity` ([`DEFAULT_ROOT_VALIDITY`] unless tests say otherwise).
@@ -575,6 +588,11 @@ impl MeshCa {
         &self.also_trusted
     }
 
+    /// Whether [`MeshCa::also_trusting`] `roots` would trust anything else than now.
+    pub fn trusts_other_than(&self, roots: &[String]) -> bool {
+        extra_roots(&self.roots_pem, roots) != self.also_trusted
+    }
+
     /// The same CA, trusting `roots` too (an external issuer's; duplicates of its own roots
     /// are left out). Reloaded from its Secret's data because a key pair cannot be copied.
     pub fn also_trusting(&self, roots: &[String]) -> Result<MeshCa, CaError> {
@@ -587,14 +605,7 @@ impl MeshCa {
             CaSource::SelfSigned => MeshCa::from_weft_ca_secret(&data)?,
             CaSource::PlugIn => MeshCa::from_cacerts_secret(&data)?,
         };
-        let own: Vec<&str> = ca.roots_pem.iter().map(|r| r.trim()).collect();
-        let mut extra: Vec<String> = Vec::new();
-        for root in roots {
-            let root = root.trim();
-            if !root.is_empty() && !own.contains(&root) && !extra.iter().any(|e| e.trim() == root) {
-                extra.push(format!("{root}\n"));
-            }
-        }
+        let extra = extra_roots(&ca.roots_pem, roots);
         ca.also_trusted = extra;
         Ok(ca)
     }

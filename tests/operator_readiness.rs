@@ -91,7 +91,7 @@ async fn readyz_fails_when_the_published_root_is_not_ours_and_warns_of_a_changed
     let api = FakeApiServer::default();
     api.put(SECRET, secret_of(ca.to_secret_data()));
     api.put(ROOT_CM, root_configmap(&ca.roots_pem()));
-    let (client, _) = api.listen().await;
+    let client = api.listen().await.client;
 
     let (_ca_tx, ca_rx) = watch::channel(Some(ca.clone()));
     let readiness = Readiness {

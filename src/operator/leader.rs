@@ -1,6 +1,9 @@
 //! Leader election (SPEC §11): every replica serves the webhook, the CSR endpoint and the
 //! config stream, but only the holder of the Lease `weft-operator` runs the controllers.
-//! `decide` is the rule; `LeaderElection::run` applies it with optimistic concurrency.
+//! `decide` is the rule; `LeaderElection::run` applies it with optimistic concurrency. Every
+//! Lease call has a deadline ([`CALL_TIMEOUT`]), and a leader's look at the Lease is cut off
+//! at [`RENEW_DEADLINE`] after its last renewal began: an API server that stops answering
+//! makes the leader stop its controllers before another replica can take the Lease over.
 //!
 //! Written here rather than taken from a crate: `kube-leader-election` needs kube 4, and
 //! `kube-lease-manager` (kube 5) renews with unconditional patches and lets followers sleep
@@ -25,11 +28,16 @@ pub const LEASE_NAME: &str = "weft-operator";
 pub const LEASE_DURATION_SECONDS: i32 = 15;
 /// How often the leader renews.
 pub const RENEW_PERIOD: Duration = Duration::from_secs(5);
-/// A leader that could not renew for this long stops its controllers: before the lease runs
-/// out, so two replicas never run them at once.
-const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// A leader that could not renew for this long (counted from the start of its last
+/// successful renewal) stops its controllers: before the lease runs out, so two replicas never
+/// run them at once. A follower takes over only after seeing the Lease unchanged for the
+/// lease duration on its own clock, which starts no earlier than that renewal.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest wait for one Lease call (the client's own read timeout is minutes): shorter than
+/// the renew deadline, so a leader whose API server hangs still gets to retry once.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often a follower looks at the Lease (and anyone retries after an error).
-const RETRY_PERIOD: Duration = Duration::from_secs(2);
+pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// Bound on giving the Lease back at exit; the pod's grace period is far longer.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on the controllers' runtime winding down when a term ends.
@@ -43,14 +51,41 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "{action} Lease {LEASE_NAME}: the API server did not answer within {after:?} (unreachable or overloaded?)"
+    )]
+    Timeout {
+        action: &'static str,
+        after: Duration,
+    },
+    #[error(
+        "could not renew Lease {LEASE_NAME} within {RENEW_DEADLINE:?} of the last renewal (the API server did not answer in time)"
+    )]
+    RenewDeadline,
 }
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",
+            Error::Timeout { .. } => "timeout",
+            Error::RenewDeadline => "renew_deadline",
         }
     }
+}
+
+/// `call` with [`CALL_TIMEOUT`]: the API server's error, or its silence, as an [`Error`] of
+/// `action` (kube's own errors are left to the caller, which treats conflicts specially).
+async fn bounded<T>(
+    action: &'static str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<Result<T, kube::Error>, Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| Error::Timeout {
+            action,
+            after: CALL_TIMEOUT,
+        })
 }
 
 fn forbidden_hint(e: &kube::Error) -> &'static str {
@@ -170,6 +205,9 @@ pub struct LeaderElection {
     metrics: Arc<OperatorMetrics>,
     /// True while this replica runs the controllers; shared with writers outside them.
     leading: Arc<AtomicBool>,
+    /// Where the controllers' and the exit release's own clients connect; None: the
+    /// environment's (in-cluster) configuration.
+    config: Option<kube::Config>,
 }
 
 impl LeaderElection {
@@ -187,7 +225,23 @@ impl LeaderElection {
             identity: identity.to_string(),
             metrics,
             leading: Arc::default(),
+            config: None,
         }
+    }
+
+    /// The same, with every client (the Lease's, each term's and the exit release's) made from
+    /// `config` instead of the environment: an API server of the caller's choosing (tests).
+    pub fn with_config(
+        config: kube::Config,
+        namespace: &str,
+        identity: &str,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Result<Self, kube::Error> {
+        let client = Client::try_from(config.clone())?;
+        Ok(Self {
+            config: Some(config),
+            ..Self::new(client, namespace, identity, metrics)
+        })
     }
 
     /// A flag that is true while this replica leads (runs the controllers). The CA-bundle
@@ -209,9 +263,10 @@ impl LeaderElection {
         let _release = {
             let (namespace, identity, held) =
                 (self.namespace.clone(), self.identity.clone(), held.clone());
+            let config = self.config.clone();
             exit_hook(move || {
                 if held.load(Ordering::Acquire) {
-                    release_blocking(&namespace, &identity);
+                    release_blocking(config, &namespace, &identity);
                 }
             })
         };
@@ -220,10 +275,24 @@ impl LeaderElection {
         let mut last_renewal: Option<Instant> = None;
         let mut following: Option<String> = None;
         loop {
-            let pause = match self.step(&mut seen).await {
+            let started = Instant::now();
+            // A leader's look ends at its renew deadline, answered or not: past it, another
+            // replica may soon take the Lease over.
+            let deadline = last_renewal
+                .filter(|_| term.is_some())
+                .map(|t| t + RENEW_DEADLINE);
+            let looked = match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), self.step(&mut seen))
+                    .await
+                    .unwrap_or(Err(Error::RenewDeadline)),
+                None => self.step(&mut seen).await,
+            };
+            let pause = match looked {
                 Ok(Role::Leader(how)) => {
                     held.store(true, Ordering::Release);
-                    last_renewal = Some(Instant::now());
+                    // When the write began: the API server recorded it no earlier, so the
+                    // deadline counted from here runs out before the Lease does.
+                    last_renewal = Some(started);
                     following = None;
                     if term.as_ref().is_none_or(Term::ended) {
                         let me = &self.identity;
@@ -244,7 +313,7 @@ impl LeaderElection {
                                 "leader: holding Lease {LEASE_NAME}; starting the controllers"
                             ),
                         }
-                        match Term::start(controllers.clone()) {
+                        match Term::start(controllers.clone(), self.config.clone()) {
                             Ok(t) => term = Some(t),
                             Err(e) => tracing::error!("cannot start the controllers: {e}"),
                         }
@@ -264,7 +333,9 @@ impl LeaderElection {
                 }
                 Err(e) => {
                     tracing::warn!(error = e.metric_label(), "leader election: {e}");
-                    if term.is_some() && last_renewal.is_none_or(|t| t.elapsed() >= RENEW_DEADLINE)
+                    if term.is_some()
+                        && (matches!(e, Error::RenewDeadline)
+                            || last_renewal.is_none_or(|t| t.elapsed() >= RENEW_DEADLINE))
                     {
                         term = None;
                         tracing::warn!(
@@ -282,10 +353,8 @@ impl LeaderElection {
 
     /// Reads the Lease and acts on `decide`; a lost write race makes this replica a follower.
     async fn step(&self, seen: &mut Observation) -> Result<Role, Error> {
-        let Some(lease) = self
-            .api
-            .get_opt(LEASE_NAME)
-            .await
+        let Some(lease) = bounded("reading", self.api.get_opt(LEASE_NAME))
+            .await?
             .map_err(kube_error("reading"))?
         else {
             return self.create().await;
@@ -300,10 +369,11 @@ impl LeaderElection {
             Decision::Follow { holder } => Ok(Role::Follower { holder }),
             how => {
                 let lease = claimed(lease, &self.identity, now());
-                match self
-                    .api
-                    .replace(LEASE_NAME, &PostParams::default(), &lease)
-                    .await
+                match bounded(
+                    "updating",
+                    self.api.replace(LEASE_NAME, &PostParams::default(), &lease),
+                )
+                .await?
                 {
                     Ok(_) => Ok(Role::Leader(how)),
                     Err(e) if is_conflict(&e) => Ok(Role::Follower { holder: previous }),
@@ -326,7 +396,7 @@ impl LeaderElection {
             &self.identity,
             now(),
         );
-        match self.api.create(&PostParams::default(), &lease).await {
+        match bounded("creating", self.api.create(&PostParams::default(), &lease)).await? {
             Ok(_) => Ok(Role::Leader(Decision::Acquire)),
             // Another replica created it first; the next look says who holds it.
             Err(e) if is_conflict(&e) => Ok(Role::Follower {
@@ -365,9 +435,9 @@ async fn release(api: &Api<Lease>, identity: &str) -> Result<bool, Error> {
 
 /// Runs at process exit, when the main runtime (and its client) are already winding down:
 /// so on a runtime and client of its own, bounded by `RELEASE_TIMEOUT`.
-fn release_blocking(namespace: &str, identity: &str) {
+fn release_blocking(config: Option<kube::Config>, namespace: &str, identity: &str) {
     let released = on_own_runtime(RELEASE_TIMEOUT, async {
-        let client = Client::try_default()
+        let client = client_from(config)
             .await
             .map_err(kube_error("connecting to release"))?;
         release(&Api::namespaced(client, namespace), identity).await
@@ -377,6 +447,14 @@ fn release_blocking(namespace: &str, identity: &str) {
         Some(Ok(false)) => {}
         Some(Err(e)) => tracing::warn!("{e}"),
         None => tracing::warn!("could not release Lease {LEASE_NAME} within {RELEASE_TIMEOUT:?}"),
+    }
+}
+
+/// A client of `config`, or of the environment's configuration.
+async fn client_from(config: Option<kube::Config>) -> Result<Client, kube::Error> {
+    match config {
+        Some(c) => Client::try_from(c),
+        None => Client::try_default().await,
     }
 }
 
@@ -402,7 +480,7 @@ struct Term {
 }
 
 impl Term {
-    fn start<F, Fut>(controllers: Arc<F>) -> std::io::Result<Term>
+    fn start<F, Fut>(controllers: Arc<F>, config: Option<kube::Config>) -> std::io::Result<Term>
     where
         F: Fn(Client) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
@@ -415,7 +493,7 @@ impl Term {
             .name("weft-controllers".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let client = match Client::try_default().await {
+                    let client = match client_from(config).await {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::error!("controllers: cannot reach the API server: {e}");

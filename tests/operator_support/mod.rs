@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for the operator's tests: objects kept by their URL path, GET,
 //! create (POST to the collection) and replace (PUT, with resourceVersion conflicts), answered
 //! with the API server's Status objects; and a switch that makes it hang (accept connections,
-//! read requests, never answer), as an API server cut off by a network partition looks to its
-//! client. Enough for the Lease, Secret and ConfigMap calls the operator makes.
+//! read requests, never answer) for one listener, as an API server cut off from one replica
+//! by a network partition looks to that replica. Enough for the Lease, Secret and ConfigMap
+//! calls the operator makes.
 
 #![allow(dead_code)] // each test file uses part of it
 
@@ -21,32 +22,43 @@ use serde_json::{Value, json};
 pub struct FakeApiServer {
     objects: Arc<Mutex<HashMap<String, Value>>>,
     version: Arc<AtomicU64>,
-    /// Set: every request (and every one still waiting) never gets an answer.
+}
+
+/// One listener of a [`FakeApiServer`]: what one replica connects to.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub client: kube::Client,
+    /// Set: every request on this listener (and every one still waiting) never gets an answer.
     hung: Arc<AtomicBool>,
-    /// Requests answered so far.
-    pub answered: Arc<AtomicU64>,
+}
+
+impl Endpoint {
+    pub fn hang(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
+    }
 }
 
 impl FakeApiServer {
-    /// A listener on 127.0.0.1 serving this store; returns a client of it.
-    pub async fn listen(&self) -> (kube::Client, SocketAddr) {
+    /// A listener on 127.0.0.1 serving this store.
+    pub async fn listen(&self) -> Endpoint {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("a port on 127.0.0.1");
         let addr = listener.local_addr().expect("its address");
+        let hung = Arc::new(AtomicBool::new(false));
         let app = Router::new().fallback({
-            let me = self.clone();
+            let (me, hung) = (self.clone(), hung.clone());
             move |method: Method, uri: Uri, body: Bytes| {
-                let me = me.clone();
-                async move { me.answer(method, uri, body).await }
+                let (me, hung) = (me.clone(), hung.clone());
+                async move { me.answer(&hung, method, uri, body).await }
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (client_of(addr), addr)
-    }
-
-    pub fn hang(&self, hung: bool) {
-        self.hung.store(hung, Ordering::SeqCst);
+        Endpoint {
+            addr,
+            client: client_of(addr),
+            hung,
+        }
     }
 
     /// Stores `object` at `path` (e.g. /api/v1/namespaces/ns/secrets/name).
@@ -63,8 +75,8 @@ impl FakeApiServer {
         self.objects.lock().expect("store").get(path).cloned()
     }
 
-    async fn answer(&self, method: Method, uri: Uri, body: Bytes) -> Response {
-        if self.hung.load(Ordering::SeqCst) {
+    async fn answer(&self, hung: &AtomicBool, method: Method, uri: Uri, body: Bytes) -> Response {
+        if hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
         let path = uri.path().trim_end_matches('/').to_string();
@@ -103,10 +115,9 @@ impl FakeApiServer {
             _ => status(405, "MethodNotAllowed", "not in this fake"),
         };
         // A request that started before a hang does not get its answer either.
-        if self.hung.load(Ordering::SeqCst) {
+        if hung.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        self.answered.fetch_add(1, Ordering::SeqCst);
         response
     }
 }

@@ -38,6 +38,9 @@ pub const PROXY_GID: u32 = 1337;
 /// Source address of connections the proxy forwards inbound to the app, so the loopback
 /// rules can tell them from the app's own traffic (as Istio does).
 pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
+/// The same for IPv6 (Istio's `::6`); `weft-proxy init` adds it to `lo`, where IPv6 has only
+/// `::1` by itself.
+pub const INBOUND_PASSTHROUGH_SOURCE_V6: &str = "::6";
 /// ALPN protocol spoken between weft proxies.
 pub const ALPN_WEFT: &[u8] = b"weft/1";
 
@@ -126,6 +129,22 @@ pub const ANNOTATION_EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/exc
 pub const ANNOTATION_EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
 pub const ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES: &str =
     "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+pub const ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES: &str =
+    "traffic.sidecar.istio.io/includeOutboundIPRanges";
+pub const ANNOTATION_INCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeOutboundPorts";
+pub const ANNOTATION_EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
+pub const ANNOTATION_KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+/// Istio's per-pod ProxyConfig overrides (YAML or JSON).
+pub const ANNOTATION_PROXY_CONFIG: &str = "proxy.istio.io/config";
+pub const ANNOTATION_PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
+pub const ANNOTATION_PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";
+pub const ANNOTATION_PROXY_CPU_LIMIT: &str = "sidecar.istio.io/proxyCPULimit";
+pub const ANNOTATION_PROXY_MEMORY_LIMIT: &str = "sidecar.istio.io/proxyMemoryLimit";
+/// The proxy's status port (weft's 15020: `/stats/prometheus` and `/app-health/...`).
+pub const ANNOTATION_STATUS_PORT: &str = "status.sidecar.istio.io/port";
+/// `readiness.status.sidecar.istio.io/{initialDelaySeconds,periodSeconds,failureThreshold,
+/// applicationPorts}`: the proxy's readiness probe.
+pub const ANNOTATION_READINESS_PREFIX: &str = "readiness.status.sidecar.istio.io/";
 /// Istio's pod annotations that shape the injected containers (`webhook/README.md` says which
 /// weft honours and which it answers with a warning).
 pub const ANNOTATION_INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
@@ -177,6 +196,34 @@ pub const INIT_FLAG_EXCLUDE_INBOUND_PORTS: &str = "--exclude-inbound-ports";
 pub const INIT_FLAG_EXCLUDE_OUTBOUND_PORTS: &str = "--exclude-outbound-ports";
 /// Comma-separated CIDRs.
 pub const INIT_FLAG_EXCLUDE_OUTBOUND_IP_RANGES: &str = "--exclude-outbound-ip-ranges";
+/// Comma-separated CIDRs (IPv4 and IPv6) whose outbound traffic alone is captured; `*` (the
+/// default, flag absent) captures every destination, empty none.
+pub const INIT_FLAG_INCLUDE_OUTBOUND_IP_RANGES: &str = "--include-outbound-ip-ranges";
+/// Comma-separated ports captured outbound whatever the destination's range.
+pub const INIT_FLAG_INCLUDE_OUTBOUND_PORTS: &str = "--include-outbound-ports";
+/// Comma-separated interface names whose traffic is never captured, either way.
+pub const INIT_FLAG_EXCLUDE_INTERFACES: &str = "--exclude-interfaces";
+/// Comma-separated interface names (a VM inside the pod) whose incoming traffic is outbound.
+pub const INIT_FLAG_KUBEVIRT_INTERFACES: &str = "--kubevirt-interfaces";
+/// `weft-proxy run`: the port of the stats and app-health listener (`PORT_STATS` by default).
+pub const ENV_STATUS_PORT: &str = "WEFT_STATUS_PORT";
+
+/// Whether `name` can be an interface name in `--exclude-interfaces`/`--kubevirt-interfaces`:
+/// 1-15 bytes (IFNAMSIZ - 1), a letter or digit first (a leading `-` would read as an iptables
+/// option), then letters, digits, `.`, `_` or `-`, and an optional trailing `+` (iptables'
+/// prefix match). Stricter than Linux, which takes almost any byte: these names are written
+/// into iptables rules. The injector refuses what `init` would.
+pub fn is_interface_name(name: &str) -> bool {
+    let stem = name.strip_suffix('+').unwrap_or(name);
+    name.len() <= 15
+        && stem
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// Last path segment of `/app-health/<container>/<kind>` and the keys of each container's
 /// entry in `WEFT_APP_PROBERS`. Each entry holds the original probe's handler (`httpGet`,

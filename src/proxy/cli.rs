@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Program the pod's iptables capture rules (runs in the weft-init container).
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Run the proxy.
     Run(Box<RunArgs>),
 }
@@ -43,13 +43,34 @@ pub struct InitArgs {
     /// Outbound ports never captured (traffic.sidecar.istio.io/excludeOutboundPorts).
     #[arg(long, env = "WEFT_EXCLUDE_OUTBOUND_PORTS", default_value = "")]
     pub exclude_outbound_ports: String,
-    /// Outbound IPv4 CIDRs never captured (traffic.sidecar.istio.io/excludeOutboundIPRanges).
+    /// Outbound CIDRs, IPv4 or IPv6, never captured (traffic.sidecar.istio.io/excludeOutboundIPRanges).
     #[arg(
         long = "exclude-outbound-ip-ranges",
         env = "WEFT_EXCLUDE_OUTBOUND_IP_RANGES",
         default_value = ""
     )]
     pub exclude_outbound_ip_ranges: String,
+    /// Outbound CIDRs captured: `*` (all), empty (none) or a list, IPv4 and IPv6
+    /// (traffic.sidecar.istio.io/includeOutboundIPRanges).
+    #[arg(
+        long = "include-outbound-ip-ranges",
+        env = "WEFT_INCLUDE_OUTBOUND_IP_RANGES",
+        default_value = "*"
+    )]
+    pub include_outbound_ip_ranges: String,
+    /// Outbound ports captured whatever the destination (traffic.sidecar.istio.io/includeOutboundPorts).
+    #[arg(long, env = "WEFT_INCLUDE_OUTBOUND_PORTS", default_value = "")]
+    pub include_outbound_ports: String,
+    /// Interfaces whose traffic is never captured (traffic.sidecar.istio.io/excludeInterfaces).
+    #[arg(long, env = "WEFT_EXCLUDE_INTERFACES", default_value = "")]
+    pub exclude_interfaces: String,
+    /// Interfaces of a VM in the pod, whose incoming traffic is captured as outbound
+    /// (traffic.sidecar.istio.io/kubevirtInterfaces).
+    #[arg(long, env = "WEFT_KUBEVIRT_INTERFACES", default_value = "")]
+    pub kubevirt_interfaces: String,
+    /// Program ip6tables too: `auto` (when the pod has IPv6), `true` or `false`.
+    #[arg(long, env = "WEFT_IPV6", default_value = "auto")]
+    pub ipv6: String,
     /// UID the proxy runs as; its traffic is not captured.
     #[arg(long, env = "WEFT_PROXY_UID", default_value_t = contract::PROXY_UID)]
     pub proxy_uid: u32,
@@ -82,6 +103,23 @@ impl InitArgs {
                 contract::INIT_FLAG_EXCLUDE_OUTBOUND_IP_RANGES,
                 &self.exclude_outbound_ip_ranges,
             )?,
+            include_outbound_ip_ranges: iptables::parse_include_outbound_ranges(
+                contract::INIT_FLAG_INCLUDE_OUTBOUND_IP_RANGES,
+                &self.include_outbound_ip_ranges,
+            )?,
+            include_outbound_ports: iptables::parse_ports(
+                contract::INIT_FLAG_INCLUDE_OUTBOUND_PORTS,
+                &self.include_outbound_ports,
+            )?,
+            exclude_interfaces: iptables::parse_interfaces(
+                contract::INIT_FLAG_EXCLUDE_INTERFACES,
+                &self.exclude_interfaces,
+            )?,
+            kubevirt_interfaces: iptables::parse_interfaces(
+                contract::INIT_FLAG_KUBEVIRT_INTERFACES,
+                &self.kubevirt_interfaces,
+            )?,
+            ipv6: iptables::parse_ipv6("--ipv6", &self.ipv6)?,
             ..InitOptions::default()
         })
     }
@@ -149,6 +187,9 @@ pub struct RunArgs {
     /// Log filter (tracing-subscriber syntax, e.g. `info` or `weft=debug`).
     #[arg(long, env = contract::ENV_LOG_LEVEL, default_value = "info")]
     pub log_level: String,
+    /// Port of the stats and app-health listener (`status.sidecar.istio.io/port`).
+    #[arg(long, env = contract::ENV_STATUS_PORT, default_value_t = contract::PORT_STATS)]
+    pub status_port: u16,
     /// JSON of the app's original probes (set by the injector).
     #[arg(long, env = contract::ENV_APP_PROBERS, default_value = "", hide_env_values = true)]
     pub app_probers: String,
@@ -164,7 +205,10 @@ impl RunArgs {
                 drain_duration: self.drain_duration,
                 ..Settings::default()
             },
-            listeners: Listeners::default(),
+            listeners: Listeners {
+                stats: std::net::SocketAddr::new(Listeners::default().stats.ip(), self.status_port),
+                ..Listeners::default()
+            },
             sources: FileSources {
                 cert_dir: self.cert_dir.clone(),
                 snapshot_file: self.snapshot_file.clone(),
@@ -224,13 +268,18 @@ fn init(args: &InitArgs) -> ExitCode {
         }
     };
     if args.dry_run {
-        print!("{}", iptables::rules(&opts));
+        for family in iptables::families(&opts) {
+            println!("# {family}");
+            print!("{}", iptables::rules(&opts, family));
+        }
         return ExitCode::SUCCESS;
     }
     match iptables::apply(&opts) {
-        Ok(text) => {
-            println!("weft-init: applied these nat rules with iptables-restore --noflush:");
-            print!("{text}");
+        Ok(applied) => {
+            for (family, text) in applied {
+                println!("weft-init: applied these {family} nat rules with --noflush:");
+                print!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -309,6 +358,58 @@ mod tests {
         );
         assert_eq!(opts.exclude_inbound_ports, vec![8080, 9090]);
         assert_eq!(opts.exclude_outbound_ip_ranges.len(), 1);
+        assert_eq!(
+            opts.include_outbound_ip_ranges,
+            iptables::OutboundRanges::All
+        );
+
+        let cli = Cli::try_parse_from([
+            "weft-proxy",
+            "init",
+            &format!(
+                "{}=198.18.2.0/24,fd00:7765:6674::/64",
+                contract::INIT_FLAG_INCLUDE_OUTBOUND_IP_RANGES
+            ),
+            &format!("{}=8443", contract::INIT_FLAG_INCLUDE_OUTBOUND_PORTS),
+            &format!("{}=eth1", contract::INIT_FLAG_EXCLUDE_INTERFACES),
+            &format!("{}=vif0,vif1", contract::INIT_FLAG_KUBEVIRT_INTERFACES),
+            "--ipv6=false",
+        ])
+        .unwrap();
+        let Command::Init(args) = cli.command else {
+            panic!("not init");
+        };
+        let opts = args.options().unwrap();
+        assert!(
+            matches!(&opts.include_outbound_ip_ranges, iptables::OutboundRanges::List(l) if l.len() == 2)
+        );
+        assert_eq!(opts.include_outbound_ports, vec![8443]);
+        assert_eq!(opts.exclude_interfaces, vec!["eth1".to_string()]);
+        assert_eq!(opts.kubevirt_interfaces.len(), 2);
+        assert_eq!(opts.ipv6, iptables::Ipv6Capture::Off);
+
+        let bad = Cli::try_parse_from(["weft-proxy", "init", "--exclude-interfaces=a b"]).unwrap();
+        let Command::Init(args) = bad.command else {
+            panic!("not init");
+        };
+        assert!(args.options().is_err());
+    }
+
+    #[test]
+    fn run_serves_stats_on_the_status_port_it_is_given() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["weft-proxy", "run"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(args) => args.options(),
+                Command::Init(_) => panic!("not run"),
+            }
+        };
+        assert_eq!(parse(&[]).listeners.stats.port(), contract::PORT_STATS);
+        assert_eq!(
+            parse(&["--status-port", "15030"]).listeners.stats.port(),
+            15030
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ use super::peer_meta;
 use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
 use super::tls::peer_identity;
 use crate::authz::{Verdict, evaluate};
-use crate::contract::{INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND};
+use crate::contract::{
+    INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6, PORT_INBOUND, PORT_OUTBOUND,
+};
 use crate::snapshot::{InboundConfig, MtlsMode, Protocol, SnapshotIndex, spiffe_namespace};
 
 /// Why an inbound connection was not forwarded; each is a `weft_connections_refused_total`
@@ -164,7 +166,12 @@ async fn handle(
     let _ = stream.set_nodelay(true);
     let (prefix, sniffed) = read_prefix(&mut stream, ctx.settings.sniff_timeout).await;
     let tls = ctx.tls();
-    let app_ip = ctx.settings.pod_ip.unwrap_or(orig.ip());
+    // POD_IP is one family; an IPv6 connection of a dual-stack pod goes to its own address.
+    let app_ip = ctx
+        .settings
+        .pod_ip
+        .filter(|ip| ip.is_ipv4() == orig.is_ipv4())
+        .unwrap_or(orig.ip());
     let app = SocketAddr::new(app_ip, orig.port());
 
     let mut labels = TcpLabels::new(Reporter::destination, SecurityPolicy::none);
@@ -345,13 +352,13 @@ fn inbound_cluster(port: u16) -> String {
     format!("inbound|{port}||")
 }
 
-/// The source address of connections to the app: 127.0.0.6 for IPv4, which the capture
-/// rules let through (IPv6 capture is not done yet).
+/// The source address of connections to the app: 127.0.0.6, or `::6` for IPv6 (which
+/// `weft-proxy init` puts on `lo`), which the capture rules let through.
 fn app_source(app: SocketAddr) -> Option<IpAddr> {
     if app.is_ipv4() {
         INBOUND_PASSTHROUGH_SOURCE.parse().ok()
     } else {
-        None
+        INBOUND_PASSTHROUGH_SOURCE_V6.parse().ok()
     }
 }
 

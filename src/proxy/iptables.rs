@@ -1,14 +1,16 @@
 //! Traffic capture for `weft-proxy init` (SPEC §5): the nat-table rules that send a pod's
-//! inbound TCP to 15006 and its outbound TCP to 15001, with Istio's loopback and owner rules.
-//! `rules()` is pure (the table tests pin its text); `apply()` feeds it to `iptables-restore`.
+//! inbound TCP to 15006 and its outbound TCP to 15001, with Istio's loopback and owner rules,
+//! for IPv4 (`iptables`) and IPv6 (`ip6tables`) alike. `rules()` is pure (the table tests pin
+//! its text); `apply()` feeds it to `iptables-restore` / `ip6tables-restore`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use crate::contract::{
-    INBOUND_PASSTHROUGH_SOURCE, PORT_INBOUND, PORT_OUTBOUND, PROXY_GID, PROXY_PORTS, PROXY_UID,
+    INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6, PORT_INBOUND, PORT_OUTBOUND,
+    PROXY_GID, PROXY_PORTS, PROXY_UID,
 };
 
 pub const CHAIN_INBOUND: &str = "WEFT_INBOUND";
@@ -28,9 +30,15 @@ pub enum InitError {
     #[error("{flag}: {value:?} is not a port (1-65535)")]
     BadPort { flag: &'static str, value: String },
     #[error(
-        "{flag}: {value:?} is not an IPv4 CIDR such as 10.0.0.0/8 (IPv6 ranges are not supported yet)"
+        "{flag}: {value:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8 (an address alone means one host)"
     )]
     BadCidr { flag: &'static str, value: String },
+    #[error(
+        "{flag}: {value:?} is not an interface name (1-15 characters: a letter or digit, then letters, digits, '.', '_' or '-', optionally ending in '+' for a prefix)"
+    )]
+    BadInterface { flag: &'static str, value: String },
+    #[error("{flag}: {value:?} is not one of auto, true, false")]
+    BadIpv6 { flag: &'static str, value: String },
     #[error(
         "weft-init lacks the NET_ADMIN capability: the init container must run as UID 0 with capabilities NET_ADMIN and NET_RAW (check the pod's securityContext and Pod Security level)"
     )]
@@ -45,6 +53,13 @@ pub enum InitError {
         program: &'static str,
         stderr: String,
     },
+    #[error(
+        "cannot add {address} to lo for the IPv6 inbound passthrough: {source} (set --ipv6=false if the pod has no IPv6)"
+    )]
+    LoopbackAddress {
+        address: Ipv6Addr,
+        source: std::io::Error,
+    },
 }
 
 impl InitError {
@@ -52,9 +67,12 @@ impl InitError {
         match self {
             InitError::BadPort { .. } => "bad_port",
             InitError::BadCidr { .. } => "bad_cidr",
+            InitError::BadInterface { .. } => "bad_interface",
+            InitError::BadIpv6 { .. } => "bad_ipv6",
             InitError::MissingNetAdmin => "missing_net_admin",
             InitError::Spawn { .. } => "spawn",
             InitError::Failed { .. } => "failed",
+            InitError::LoopbackAddress { .. } => "loopback_address",
         }
     }
 }
@@ -66,16 +84,88 @@ pub enum InboundPorts {
     List(Vec<u16>),
 }
 
+/// Which outbound destinations are captured (Istio's `includeOutboundIPRanges`: `*`, empty, or
+/// a list, each family taking its own CIDRs from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
+pub enum OutboundRanges {
+    All,
+    List(Vec<Cidr>),
+}
+
+/// An IPv4 or IPv6 network, normalised to its network address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
-impl std::fmt::Display for Ipv4Cidr {
+impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
+}
+
+/// The two rule sets `apply` programs: `iptables` and `ip6tables`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The loopback address of the app's own calls that are never captured.
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    fn passthrough_source(self) -> String {
+        match self {
+            Family::V4 => format!("{INBOUND_PASSTHROUGH_SOURCE}/32"),
+            Family::V6 => format!("{INBOUND_PASSTHROUGH_SOURCE_V6}/128"),
+        }
+    }
+
+    fn holds(self, cidr: &Cidr) -> bool {
+        matches!(
+            (self, cidr.addr),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
+    }
+
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Whether `init` programs IPv6 capture too. `Auto` does when the kernel gives the pod IPv6:
+/// left uncaptured, a pod's IPv6 traffic would bypass the proxy and its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Capture {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +177,12 @@ pub struct InitOptions {
     pub include_inbound_ports: InboundPorts,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
-    pub exclude_outbound_ip_ranges: Vec<Ipv4Cidr>,
+    pub exclude_outbound_ip_ranges: Vec<Cidr>,
+    pub include_outbound_ip_ranges: OutboundRanges,
+    pub include_outbound_ports: Vec<u16>,
+    pub exclude_interfaces: Vec<String>,
+    pub kubevirt_interfaces: Vec<String>,
+    pub ipv6: Ipv6Capture,
 }
 
 impl Default for InitOptions {
@@ -101,6 +196,11 @@ impl Default for InitOptions {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_ip_ranges: Vec::new(),
+            include_outbound_ip_ranges: OutboundRanges::All,
+            include_outbound_ports: Vec::new(),
+            exclude_interfaces: Vec::new(),
+            kubevirt_interfaces: Vec::new(),
+            ipv6: Ipv6Capture::Auto,
         }
     }
 }
@@ -137,7 +237,20 @@ pub fn parse_include_inbound(flag: &'static str, value: &str) -> Result<InboundP
     }
 }
 
-pub fn parse_cidrs(flag: &'static str, value: &str) -> Result<Vec<Ipv4Cidr>, InitError> {
+/// `*` captures every destination, an empty value none, otherwise the listed ranges.
+pub fn parse_include_outbound_ranges(
+    flag: &'static str,
+    value: &str,
+) -> Result<OutboundRanges, InitError> {
+    if value.trim() == "*" {
+        Ok(OutboundRanges::All)
+    } else {
+        Ok(OutboundRanges::List(parse_cidrs(flag, value)?))
+    }
+}
+
+/// Comma-separated CIDRs of either family; an address alone is one host.
+pub fn parse_cidrs(flag: &'static str, value: &str) -> Result<Vec<Cidr>, InitError> {
     let mut out = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let bad = || InitError::BadCidr {
@@ -145,36 +258,82 @@ pub fn parse_cidrs(flag: &'static str, value: &str) -> Result<Vec<Ipv4Cidr>, Ini
             value: item.to_string(),
         };
         let (addr, prefix) = match item.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad())?),
-            None => (item, 32),
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (item, None),
         };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
-        }
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
         // Normalise to the network address: iptables would, and the printed rules then match
         // what iptables-save shows.
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
+        let cidr = match addr {
+            IpAddr::V4(a) => {
+                let prefix = prefix.unwrap_or(32);
+                if prefix > 32 {
+                    return Err(bad());
+                }
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)),
+                    prefix,
+                }
+            }
+            IpAddr::V6(a) => {
+                let prefix = prefix.unwrap_or(128);
+                if prefix > 128 {
+                    return Err(bad());
+                }
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                Cidr {
+                    addr: IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)),
+                    prefix,
+                }
+            }
         };
-        out.push(Ipv4Cidr {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-        });
+        if !out.contains(&cidr) {
+            out.push(cidr);
+        }
     }
     Ok(out)
 }
 
+/// Comma-separated interface names.
+pub fn parse_interfaces(flag: &'static str, value: &str) -> Result<Vec<String>, InitError> {
+    let mut out: Vec<String> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !crate::contract::is_interface_name(item) {
+            return Err(InitError::BadInterface {
+                flag,
+                value: item.to_string(),
+            });
+        }
+        if !out.iter().any(|i| i == item) {
+            out.push(item.to_string());
+        }
+    }
+    Ok(out)
+}
+
+pub fn parse_ipv6(flag: &'static str, value: &str) -> Result<Ipv6Capture, InitError> {
+    match value.trim() {
+        "auto" | "" => Ok(Ipv6Capture::Auto),
+        "true" => Ok(Ipv6Capture::On),
+        "false" => Ok(Ipv6Capture::Off),
+        other => Err(InitError::BadIpv6 {
+            flag,
+            value: other.to_string(),
+        }),
+    }
+}
+
 // === the rules ===
 
-/// The nat table in `iptables-restore` format. Chain declarations flush our own chains when
-/// restored with `--noflush`, so applying the same text twice leaves one copy.
-pub fn rules(opts: &InitOptions) -> String {
+/// The nat table of one family in `iptables-restore` format. Chain declarations flush our own
+/// chains when restored with `--noflush`, so applying the same text twice leaves one copy.
+/// IPv6 mirrors IPv4 with `::1` for `127.0.0.1`, `::6` for `127.0.0.6` and the IPv6 ranges.
+pub fn rules(opts: &InitOptions, family: Family) -> String {
     let mut r = String::new();
     let uid = opts.proxy_uid;
     let gid = opts.proxy_gid;
+    let loopback = family.loopback();
     let _ = writeln!(r, "*nat");
     for chain in [
         CHAIN_INBOUND,
@@ -199,8 +358,32 @@ pub fn rules(opts: &InitOptions) -> String {
     // excluded ones, or only the listed ones.
     let inbound_capture =
         !matches!(&opts.include_inbound_ports, InboundPorts::List(l) if l.is_empty());
-    if inbound_capture {
+    if inbound_capture || !opts.kubevirt_interfaces.is_empty() {
         let _ = writeln!(r, "{JUMP_PREROUTING}");
+    }
+    for iface in &opts.exclude_interfaces {
+        let _ = writeln!(r, "-A {CHAIN_INBOUND} -i {iface} -j RETURN");
+    }
+    // A VM inside the pod (KubeVirt) sends its traffic in through these interfaces: it is the
+    // pod's outbound traffic, captured as the pod's own would be (Istio's rules); what the
+    // include ranges leave out goes on uncaptured instead of into inbound capture.
+    for iface in &opts.kubevirt_interfaces {
+        match &opts.include_outbound_ip_ranges {
+            OutboundRanges::All => {
+                let _ = writeln!(r, "-A {CHAIN_INBOUND} -i {iface} -j {CHAIN_REDIRECT}");
+            }
+            OutboundRanges::List(cidrs) => {
+                for cidr in cidrs.iter().filter(|c| family.holds(c)) {
+                    let _ = writeln!(
+                        r,
+                        "-A {CHAIN_INBOUND} -d {cidr} -i {iface} -j {CHAIN_REDIRECT}"
+                    );
+                }
+                let _ = writeln!(r, "-A {CHAIN_INBOUND} -i {iface} -j RETURN");
+            }
+        }
+    }
+    if inbound_capture {
         match &opts.include_inbound_ports {
             InboundPorts::All => {
                 let mut excluded: Vec<u16> = PROXY_PORTS.to_vec();
@@ -228,23 +411,28 @@ pub fn rules(opts: &InitOptions) -> String {
         }
     }
 
-    // Outbound, in Istio's order: excluded ports first, then the loopback rules, then the
-    // proxy's own traffic, then excluded ranges, then capture.
+    // Outbound, in Istio's order: excluded interfaces and ports first, then the loopback
+    // rules, then the proxy's own traffic, then excluded ranges, then the included ports and
+    // ranges.
     let _ = writeln!(r, "{JUMP_OUTPUT}");
+    for iface in &opts.exclude_interfaces {
+        let _ = writeln!(r, "-A {CHAIN_OUTPUT} -o {iface} -j RETURN");
+    }
     for p in &opts.exclude_outbound_ports {
         let _ = writeln!(r, "-A {CHAIN_OUTPUT} -p tcp -m tcp --dport {p} -j RETURN");
     }
-    // Connections the proxy forwards inbound to the app come from 127.0.0.6.
+    // Connections the proxy forwards inbound to the app come from 127.0.0.6 (::6).
     let _ = writeln!(
         r,
-        "-A {CHAIN_OUTPUT} -s {INBOUND_PASSTHROUGH_SOURCE}/32 -o lo -j RETURN"
+        "-A {CHAIN_OUTPUT} -s {} -o lo -j RETURN",
+        family.passthrough_source()
     );
     // The proxy calling its own pod (a Service that resolves to itself) goes through inbound
     // capture, so the pod's inbound policy applies to its own calls too.
     if inbound_capture {
         let _ = writeln!(
             r,
-            "-A {CHAIN_OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {uid} -j {CHAIN_IN_REDIRECT}"
+            "-A {CHAIN_OUTPUT} ! -d {loopback} -o lo -m owner --uid-owner {uid} -j {CHAIN_IN_REDIRECT}"
         );
     }
     let _ = writeln!(
@@ -255,7 +443,7 @@ pub fn rules(opts: &InitOptions) -> String {
     if inbound_capture {
         let _ = writeln!(
             r,
-            "-A {CHAIN_OUTPUT} ! -d 127.0.0.1/32 -o lo -m owner --gid-owner {gid} -j {CHAIN_IN_REDIRECT}"
+            "-A {CHAIN_OUTPUT} ! -d {loopback} -o lo -m owner --gid-owner {gid} -j {CHAIN_IN_REDIRECT}"
         );
     }
     let _ = writeln!(
@@ -263,11 +451,32 @@ pub fn rules(opts: &InitOptions) -> String {
         "-A {CHAIN_OUTPUT} -o lo -m owner ! --gid-owner {gid} -j RETURN"
     );
     let _ = writeln!(r, "-A {CHAIN_OUTPUT} -m owner --gid-owner {gid} -j RETURN");
-    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d 127.0.0.1/32 -j RETURN");
-    for cidr in &opts.exclude_outbound_ip_ranges {
+    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d {loopback} -j RETURN");
+    for cidr in opts
+        .exclude_outbound_ip_ranges
+        .iter()
+        .filter(|c| family.holds(c))
+    {
         let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d {cidr} -j RETURN");
     }
-    let _ = writeln!(r, "-A {CHAIN_OUTPUT} -j {CHAIN_REDIRECT}");
+    // Included ports are captured whatever the destination (Istio's includeOutboundPorts).
+    for p in &opts.include_outbound_ports {
+        let _ = writeln!(
+            r,
+            "-A {CHAIN_OUTPUT} -p tcp -m tcp --dport {p} -j {CHAIN_REDIRECT}"
+        );
+    }
+    match &opts.include_outbound_ip_ranges {
+        OutboundRanges::All => {
+            let _ = writeln!(r, "-A {CHAIN_OUTPUT} -j {CHAIN_REDIRECT}");
+        }
+        // Only the listed ranges; the rest falls off the chain's end, uncaptured.
+        OutboundRanges::List(cidrs) => {
+            for cidr in cidrs.iter().filter(|c| family.holds(c)) {
+                let _ = writeln!(r, "-A {CHAIN_OUTPUT} -d {cidr} -j {CHAIN_REDIRECT}");
+            }
+        }
+    }
     let _ = writeln!(r, "COMMIT");
     r
 }
@@ -312,21 +521,62 @@ pub fn has_net_admin(proc_status: &str) -> Option<bool> {
     Some(caps & (1 << CAP_NET_ADMIN_BIT) != 0)
 }
 
-/// Programs the rules into the current network namespace, idempotently.
-pub fn apply(opts: &InitOptions) -> Result<String, InitError> {
+/// Whether this network namespace has IPv6: the kernel was built and booted with it, and it is
+/// not switched off on `lo`.
+pub fn ipv6_available() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+            .map(|v| v.trim() != "1")
+            .unwrap_or(false)
+}
+
+/// The families `apply` programs, IPv4 first.
+pub fn families(opts: &InitOptions) -> Vec<Family> {
+    let v6 = match opts.ipv6 {
+        Ipv6Capture::On => true,
+        Ipv6Capture::Off => false,
+        Ipv6Capture::Auto => ipv6_available(),
+    };
+    let mut families = vec![Family::V4];
+    if v6 {
+        families.push(Family::V6);
+    }
+    families
+}
+
+/// Programs the rules into the current network namespace, idempotently; for IPv6 also puts
+/// `::6` on `lo` (the source of the proxy's inbound passthrough, which IPv6 lacks by itself).
+/// Returns the rules applied, per family.
+pub fn apply(opts: &InitOptions) -> Result<Vec<(Family, String)>, InitError> {
     if let Ok(status) = std::fs::read_to_string("/proc/self/status")
         && has_net_admin(&status) == Some(false)
     {
         return Err(InitError::MissingNetAdmin);
     }
-    let current = run("iptables-save", &["-t", "nat"], None)?;
-    let text = rules(opts);
-    run(
-        "iptables-restore",
-        &["--noflush"],
-        Some(&restore_input(&text, &current)),
-    )?;
-    Ok(text)
+    let mut applied = Vec::new();
+    for family in families(opts) {
+        if family == Family::V6 {
+            let address: Ipv6Addr = INBOUND_PASSTHROUGH_SOURCE_V6
+                .parse()
+                .unwrap_or(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6));
+            super::net::add_loopback_address(address).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    InitError::MissingNetAdmin
+                } else {
+                    InitError::LoopbackAddress { address, source }
+                }
+            })?;
+        }
+        let current = run(family.save(), &["-t", "nat"], None)?;
+        let text = rules(opts, family);
+        run(
+            family.restore(),
+            &["--noflush"],
+            Some(&restore_input(&text, &current)),
+        )?;
+        applied.push((family, text));
+    }
+    Ok(applied)
 }
 
 fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, InitError> {
@@ -364,7 +614,10 @@ mod tests {
     use super::*;
 
     fn lines(opts: &InitOptions) -> Vec<String> {
-        rules(opts).lines().map(str::to_string).collect()
+        rules(opts, Family::V4)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     fn has(opts: &InitOptions, rule: &str) -> bool {
@@ -375,7 +628,7 @@ mod tests {
         lines(opts)
             .iter()
             .position(|l| l == rule)
-            .unwrap_or_else(|| panic!("missing rule {rule:?} in\n{}", rules(opts)))
+            .unwrap_or_else(|| panic!("missing rule {rule:?} in\n{}", rules(opts, Family::V4)))
     }
 
     #[test]
@@ -407,7 +660,208 @@ mod tests {
 -A WEFT_OUTPUT -j WEFT_REDIRECT
 COMMIT
 ";
-        assert_eq!(rules(&InitOptions::default()), expected);
+        assert_eq!(rules(&InitOptions::default(), Family::V4), expected);
+    }
+
+    #[test]
+    fn ipv6_rules_mirror_the_ipv4_ones() {
+        let expected = "\
+*nat
+:WEFT_INBOUND - [0:0]
+:WEFT_IN_REDIRECT - [0:0]
+:WEFT_OUTPUT - [0:0]
+:WEFT_REDIRECT - [0:0]
+-A WEFT_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A WEFT_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A PREROUTING -p tcp -j WEFT_INBOUND
+-A WEFT_INBOUND -p tcp -m tcp --dport 15001 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15006 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15020 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15021 -j RETURN
+-A WEFT_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
+-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT
+-A OUTPUT -p tcp -j WEFT_OUTPUT
+-A WEFT_OUTPUT -s ::6/128 -o lo -j RETURN
+-A WEFT_OUTPUT ! -d ::1/128 -o lo -m owner --uid-owner 1337 -j WEFT_IN_REDIRECT
+-A WEFT_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A WEFT_OUTPUT ! -d ::1/128 -o lo -m owner --gid-owner 1337 -j WEFT_IN_REDIRECT
+-A WEFT_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -m owner --gid-owner 1337 -j RETURN
+-A WEFT_OUTPUT -d ::1/128 -j RETURN
+-A WEFT_OUTPUT -j WEFT_REDIRECT
+COMMIT
+";
+        assert_eq!(rules(&InitOptions::default(), Family::V6), expected);
+        // Each family takes its own ranges from a mixed list.
+        let opts = InitOptions {
+            exclude_outbound_ip_ranges: parse_cidrs("x", "198.18.0.0/16,fd00:7765:6674::/48")
+                .unwrap(),
+            ..InitOptions::default()
+        };
+        let v4 = rules(&opts, Family::V4);
+        let v6 = rules(&opts, Family::V6);
+        assert!(
+            v4.contains("-A WEFT_OUTPUT -d 198.18.0.0/16 -j RETURN\n"),
+            "{v4}"
+        );
+        assert!(!v4.contains("fd00"), "{v4}");
+        assert!(
+            v6.contains("-A WEFT_OUTPUT -d fd00:7765:6674::/48 -j RETURN\n"),
+            "{v6}"
+        );
+        assert!(!v6.contains("198.18"), "{v6}");
+    }
+
+    #[test]
+    fn include_outbound_ranges_and_ports_capture_only_what_they_name() {
+        let opts = InitOptions {
+            include_outbound_ip_ranges: parse_include_outbound_ranges(
+                "x",
+                "198.18.2.0/24, fd00:7765:6674::/64",
+            )
+            .unwrap(),
+            include_outbound_ports: vec![8443],
+            exclude_outbound_ip_ranges: parse_cidrs("x", "198.18.2.9").unwrap(),
+            ..InitOptions::default()
+        };
+        let v4 = lines(&opts);
+        let tail: Vec<&str> = v4
+            .iter()
+            .map(String::as_str)
+            .skip_while(|l| *l != "-A WEFT_OUTPUT -d 127.0.0.1/32 -j RETURN")
+            .collect();
+        // Excludes first, then the included port, then the included range; no catch-all.
+        assert_eq!(
+            tail,
+            [
+                "-A WEFT_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-A WEFT_OUTPUT -d 198.18.2.9/32 -j RETURN",
+                "-A WEFT_OUTPUT -p tcp -m tcp --dport 8443 -j WEFT_REDIRECT",
+                "-A WEFT_OUTPUT -d 198.18.2.0/24 -j WEFT_REDIRECT",
+                "COMMIT",
+            ]
+        );
+        let v6 = rules(&opts, Family::V6);
+        assert!(
+            v6.contains("-A WEFT_OUTPUT -d fd00:7765:6674::/64 -j WEFT_REDIRECT\n")
+                && !v6.contains("-A WEFT_OUTPUT -j WEFT_REDIRECT"),
+            "{v6}"
+        );
+        // An empty include list captures no outbound traffic but the included ports.
+        let none = InitOptions {
+            include_outbound_ip_ranges: parse_include_outbound_ranges("x", "").unwrap(),
+            include_outbound_ports: vec![8080],
+            ..InitOptions::default()
+        };
+        let text = rules(&none, Family::V4);
+        assert!(!text.contains("-A WEFT_OUTPUT -j WEFT_REDIRECT"), "{text}");
+        assert!(!text.contains("-d 198"), "{text}");
+        assert!(text.contains("-A WEFT_OUTPUT -p tcp -m tcp --dport 8080 -j WEFT_REDIRECT"));
+        assert_eq!(
+            parse_include_outbound_ranges("x", " * ").unwrap(),
+            OutboundRanges::All
+        );
+    }
+
+    #[test]
+    fn excluded_interfaces_return_first_and_kubevirt_interfaces_are_outbound() {
+        let opts = InitOptions {
+            exclude_interfaces: parse_interfaces("x", "eth1, net+").unwrap(),
+            kubevirt_interfaces: parse_interfaces("x", "vif0").unwrap(),
+            ..InitOptions::default()
+        };
+        let first_inbound = position(&opts, "-A WEFT_INBOUND -i eth1 -j RETURN");
+        assert!(first_inbound < position(&opts, "-A WEFT_INBOUND -i vif0 -j WEFT_REDIRECT"));
+        assert!(
+            position(&opts, "-A WEFT_INBOUND -i vif0 -j WEFT_REDIRECT")
+                < position(
+                    &opts,
+                    "-A WEFT_INBOUND -p tcp -m tcp --dport 15001 -j RETURN"
+                )
+        );
+        assert!(has(&opts, "-A WEFT_INBOUND -i net+ -j RETURN"));
+        assert!(
+            position(&opts, "-A WEFT_OUTPUT -o eth1 -j RETURN")
+                < position(&opts, "-A WEFT_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN")
+        );
+        // KubeVirt traffic follows the include ranges; the rest leaves uncaptured.
+        let ranged = InitOptions {
+            include_outbound_ip_ranges: parse_include_outbound_ranges("x", "198.18.2.0/24")
+                .unwrap(),
+            ..opts.clone()
+        };
+        assert!(has(
+            &ranged,
+            "-A WEFT_INBOUND -d 198.18.2.0/24 -i vif0 -j WEFT_REDIRECT"
+        ));
+        assert!(
+            position(
+                &ranged,
+                "-A WEFT_INBOUND -d 198.18.2.0/24 -i vif0 -j WEFT_REDIRECT"
+            ) < position(&ranged, "-A WEFT_INBOUND -i vif0 -j RETURN")
+        );
+        // With no inbound capture, the PREROUTING jump stays for the VM's traffic alone.
+        let vm_only = InitOptions {
+            include_inbound_ports: InboundPorts::List(vec![]),
+            kubevirt_interfaces: vec!["vif0".into()],
+            ..InitOptions::default()
+        };
+        assert!(has(&vm_only, JUMP_PREROUTING));
+        assert!(!has(&vm_only, "-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT"));
+        assert!(!has(
+            &InitOptions {
+                include_inbound_ports: InboundPorts::List(vec![]),
+                ..InitOptions::default()
+            },
+            JUMP_PREROUTING
+        ));
+    }
+
+    #[test]
+    fn interface_names_and_the_ipv6_switch_are_validated() {
+        assert_eq!(
+            parse_interfaces("f", "eth0,,veth+ ,eth0").unwrap(),
+            vec!["eth0".to_string(), "veth+".to_string()]
+        );
+        for bad in [
+            "a b",
+            "eth0/1",
+            "..",
+            "+eth",
+            "abcdefghijklmnop",
+            "eth:0",
+            "-j",
+        ] {
+            assert!(
+                matches!(
+                    parse_interfaces("f", bad),
+                    Err(InitError::BadInterface { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_ipv6("f", "auto").unwrap(), Ipv6Capture::Auto);
+        assert_eq!(parse_ipv6("f", "false").unwrap(), Ipv6Capture::Off);
+        assert_eq!(parse_ipv6("f", "true").unwrap(), Ipv6Capture::On);
+        assert!(parse_ipv6("f", "yes").is_err());
+        let off = InitOptions {
+            ipv6: Ipv6Capture::Off,
+            ..InitOptions::default()
+        };
+        assert_eq!(families(&off), vec![Family::V4]);
+        let on = InitOptions {
+            ipv6: Ipv6Capture::On,
+            ..InitOptions::default()
+        };
+        assert_eq!(families(&on), vec![Family::V4, Family::V6]);
+        assert_eq!(
+            parse_cidrs("f", "fd00:7765:6674::1/64").unwrap(),
+            vec![Cidr {
+                addr: "fd00:7765:6674::".parse().unwrap(),
+                prefix: 64
+            }]
+        );
     }
 
     #[test]
@@ -537,12 +991,12 @@ COMMIT
         );
         assert_eq!(
             parse_cidrs("f", "10.1.2.3/8").unwrap(),
-            vec![Ipv4Cidr {
-                addr: Ipv4Addr::new(10, 0, 0, 0),
+            vec![Cidr {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)),
                 prefix: 8
             }]
         );
-        for bad in ["10.0.0.0/33", "fd00::/8", "nope", "10.0.0/8"] {
+        for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0/8", "fd00::/x"] {
             assert!(
                 matches!(parse_cidrs("f", bad), Err(InitError::BadCidr { .. })),
                 "{bad}"
@@ -552,7 +1006,7 @@ COMMIT
 
     #[test]
     fn restore_input_deletes_jumps_left_by_an_earlier_run() {
-        let text = rules(&InitOptions::default());
+        let text = rules(&InitOptions::default(), Family::V4);
         assert_eq!(restore_input(&text, "*nat\nCOMMIT\n"), text);
         let current =
             format!("*nat\n:PREROUTING ACCEPT [0:0]\n{JUMP_PREROUTING}\n{JUMP_OUTPUT}\nCOMMIT\n");

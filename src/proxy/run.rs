@@ -1,11 +1,11 @@
-//! `weft-proxy run`: binds the listeners, starts the input sources, and drains on SIGTERM
-//! (stop accepting, report not-ready, wait for connections to finish or the drain duration,
-//! then return).
+//! `weft-proxy run`: binds the listeners (IPv4, and IPv6 beside them when the kernel has it),
+//! starts the input sources, and drains on SIGTERM (stop accepting, report not-ready, wait for
+//! connections to finish or the drain duration, then return).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::admin::{self, Server};
@@ -83,6 +83,45 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
         .map_err(|source| RunError::Bind { what, addr, source })
 }
 
+/// `addr`, and when it is the IPv4 wildcard also `[::]` on the same port (dual stack), unless
+/// the kernel has no IPv6. Two sockets rather than one dual-stack `[::]`: the IPv6 one is
+/// IPV6_V6ONLY, so IPv4 peers and original destinations stay IPv4 addresses (no
+/// `::ffff:a.b.c.d`), and each family's original destination has its own socket option.
+async fn bind_dual(what: &'static str, addr: SocketAddr) -> Result<Vec<TcpListener>, RunError> {
+    let mut listeners = vec![bind(what, addr).await?];
+    if addr.ip() != IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        return Ok(listeners);
+    }
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port());
+    let err = |source| RunError::Bind {
+        what,
+        addr: v6,
+        source,
+    };
+    let socket = match TcpSocket::new_v6() {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+            tracing::info!(what, "no IPv6 in this kernel: listening on IPv4 only");
+            return Ok(listeners);
+        }
+        Err(e) => return Err(err(e)),
+    };
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+        .map_err(|e| err(e.into()))?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    match socket.bind(v6) {
+        Ok(()) => {}
+        // IPv6 switched off in this namespace.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EADDRNOTAVAIL) => {
+            tracing::info!(what, "IPv6 is off: listening on IPv4 only");
+            return Ok(listeners);
+        }
+        Err(e) => return Err(err(e)),
+    }
+    listeners.push(socket.listen(1024).map_err(err)?);
+    Ok(listeners)
+}
+
 /// Runs the proxy until SIGTERM or SIGINT, then drains.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -91,11 +130,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (ctx, inputs) = ProxyContext::new(opts.settings.clone());
 
     let l = &opts.listeners;
-    let outbound_l = bind("outbound", l.outbound).await?;
-    let inbound_l = bind("inbound", l.inbound).await?;
-    let stats_l = bind("stats", l.stats).await?;
-    let health_l = bind("health", l.health).await?;
+    let outbound_l = bind_dual("outbound", l.outbound).await?;
+    let inbound_l = bind_dual("inbound", l.inbound).await?;
+    let stats_l = bind_dual("stats", l.stats).await?;
+    let health_l = bind_dual("health", l.health).await?;
     let admin_l = bind("admin", l.admin).await?;
+    let dual_stack = inbound_l.len() > 1;
 
     let Inputs { certs, snapshot } = inputs;
     let mut tasks = tokio::task::JoinSet::new();
@@ -112,24 +152,32 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         None => (Some(certs), None),
     };
     let sources = tokio::spawn(opts.sources.clone().run(file_certs, file_snapshot));
-    tasks.spawn(outbound::serve(ctx.clone(), outbound_l));
-    tasks.spawn(inbound::serve(ctx.clone(), inbound_l));
-    tasks.spawn(admin::serve(
-        ctx.clone(),
-        stats_l,
-        Server::Stats,
-        probers.clone(),
-    ));
-    tasks.spawn(admin::serve(
-        ctx.clone(),
-        health_l,
-        Server::Health,
-        probers.clone(),
-    ));
+    for listener in outbound_l {
+        tasks.spawn(outbound::serve(ctx.clone(), listener));
+    }
+    for listener in inbound_l {
+        tasks.spawn(inbound::serve(ctx.clone(), listener));
+    }
+    for listener in stats_l {
+        tasks.spawn(admin::serve(
+            ctx.clone(),
+            listener,
+            Server::Stats,
+            probers.clone(),
+        ));
+    }
+    for listener in health_l {
+        tasks.spawn(admin::serve(
+            ctx.clone(),
+            listener,
+            Server::Health,
+            probers.clone(),
+        ));
+    }
     tasks.spawn(admin::serve(ctx.clone(), admin_l, Server::Admin, probers));
     tracing::info!(
         outbound = %l.outbound, inbound = %l.inbound, stats = %l.stats,
-        health = %l.health, admin = %l.admin, "weft-proxy listening"
+        health = %l.health, admin = %l.admin, dual_stack, "weft-proxy listening"
     );
 
     tokio::select! {

@@ -19,13 +19,63 @@ const TEMPLATE_SIDECAR: &str = "sidecar";
 /// Istio's agent); the app's gRPC library speaks xDS itself.
 const PROXYLESS_TEMPLATES: [&str; 2] = ["grpc-simple", "grpc-agent"];
 
-/// The `traffic.sidecar.istio.io/*` annotations weft turns into `weft-init` flags; moot when
-/// the pod asks for no capture.
-const CAPTURE_ANNOTATIONS: [&str; 4] = [
+/// The `traffic.sidecar.istio.io/*` annotations weft turns into `weft-init` flags (read by
+/// `inject::init_args`); moot when the pod asks for no capture.
+pub(super) const CAPTURE_ANNOTATIONS: [&str; 8] = [
     contract::ANNOTATION_INCLUDE_INBOUND_PORTS,
     contract::ANNOTATION_EXCLUDE_INBOUND_PORTS,
     contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS,
     contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
+    contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+    contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS,
+    contract::ANNOTATION_EXCLUDE_INTERFACES,
+    contract::ANNOTATION_KUBEVIRT_INTERFACES,
+];
+
+/// Istio's annotation namespaces: an annotation under one of these that no rule here, no
+/// capture flag and no decision rule reads is answered with a warning, never ignored silently.
+const ISTIO_PREFIXES: [&str; 5] = [
+    "sidecar.istio.io/",
+    "traffic.sidecar.istio.io/",
+    "proxy.istio.io/",
+    "status.sidecar.istio.io/",
+    "inject.istio.io/",
+];
+
+/// Istio annotations read elsewhere: by `decide` (opt-out, already injected by Istio) and by
+/// the probe rewrite.
+const READ_ELSEWHERE: [&str; 3] = [
+    contract::LABEL_SIDECAR_INJECT,
+    contract::ANNOTATION_ISTIO_STATUS,
+    contract::ANNOTATION_REWRITE_PROBES,
+];
+
+/// The proxy's readiness probe settings Istio reads from
+/// `readiness.status.sidecar.istio.io/<field>`: the key, the probe's field, its least value.
+const READINESS_FIELDS: [(&str, &str, i32); 3] = [
+    (
+        "readiness.status.sidecar.istio.io/initialDelaySeconds",
+        "initialDelaySeconds",
+        0,
+    ),
+    (
+        "readiness.status.sidecar.istio.io/periodSeconds",
+        "periodSeconds",
+        1,
+    ),
+    (
+        "readiness.status.sidecar.istio.io/failureThreshold",
+        "failureThreshold",
+        1,
+    ),
+];
+
+/// Ports of the proxy's other listeners: the status port cannot be one of them.
+const TAKEN_PORTS: [u16; 4] = [
+    contract::PORT_OUTBOUND,
+    contract::PORT_INBOUND,
+    contract::PORT_HEALTH,
+    contract::PORT_ADMIN,
 ];
 
 /// What a pod's annotations ask of injection, once every rule has read its key.
@@ -39,8 +89,29 @@ pub(super) struct PodRequests {
     pub user_volumes: Vec<Volume>,
     /// `sidecar.istio.io/userVolumeMount`: mounts added to the proxy container.
     pub user_mounts: Vec<VolumeMount>,
+    /// `sidecar.istio.io/proxyCPU`, `proxyMemory` and their `...Limit` forms, in rule order:
+    /// the injected containers' resources over the revision's.
+    pub resources: Vec<ResourceOverride>,
+    /// `status.sidecar.istio.io/port` (or ProxyConfig `statusPort`): the proxy's stats and
+    /// app-health port instead of 15020.
+    pub status_port: Option<u16>,
+    /// `readiness.status.sidecar.istio.io/*`: the proxy's readiness probe, field → value.
+    pub readiness: BTreeMap<&'static str, i32>,
+    /// ProxyConfig `concurrency`: the proxy's worker threads.
+    pub concurrency: Option<u32>,
+    /// ProxyConfig `terminationDrainDuration`: the drain on SIGTERM (a Go duration).
+    pub drain_duration: Option<String>,
     /// What weft does instead of what an annotation asks: the response's `warnings`.
     pub warnings: Vec<String>,
+}
+
+/// One resource annotation: which annotation, which resource, request or limit, the value.
+#[derive(Debug, Clone)]
+pub(super) struct ResourceOverride {
+    pub key: &'static str,
+    pub resource: &'static str,
+    pub limit: bool,
+    pub value: String,
 }
 
 /// Why a value is refused, and the form weft accepts.
@@ -81,6 +152,31 @@ const RULES: &[Rule] = &[
         key: contract::ANNOTATION_USER_VOLUME_MOUNT,
         read: user_volume_mount,
     },
+    Rule {
+        key: contract::ANNOTATION_PROXY_CPU,
+        read: proxy_cpu,
+    },
+    Rule {
+        key: contract::ANNOTATION_PROXY_MEMORY,
+        read: proxy_memory,
+    },
+    Rule {
+        key: contract::ANNOTATION_PROXY_CPU_LIMIT,
+        read: proxy_cpu_limit,
+    },
+    Rule {
+        key: contract::ANNOTATION_PROXY_MEMORY_LIMIT,
+        read: proxy_memory_limit,
+    },
+    // Before the status port annotation, which wins over ProxyConfig's statusPort.
+    Rule {
+        key: contract::ANNOTATION_PROXY_CONFIG,
+        read: proxy_config,
+    },
+    Rule {
+        key: contract::ANNOTATION_STATUS_PORT,
+        read: status_port,
+    },
 ];
 
 /// Runs every rule whose annotation the pod carries, then the checks that need the pod (user
@@ -96,6 +192,23 @@ pub(super) fn read(pod: &Pod) -> Result<PodRequests, InjectError> {
         }
     }
     check_user_volumes(pod, annotations, &requests)?;
+    for (key, value) in annotations {
+        if key.starts_with(contract::ANNOTATION_READINESS_PREFIX) {
+            readiness(key, value, &mut requests)?;
+        }
+    }
+    for key in annotations.keys() {
+        let istio = ISTIO_PREFIXES.iter().any(|p| key.starts_with(p));
+        let read_here = RULES.iter().any(|r| r.key == key)
+            || CAPTURE_ANNOTATIONS.contains(&key.as_str())
+            || READ_ELSEWHERE.contains(&key.as_str());
+        if istio && !read_here {
+            requests.warnings.push(format!(
+                "{key} is an Istio annotation weft does not read: it has no effect on this pod \
+                 (webhook/README.md lists the ones weft honours)"
+            ));
+        }
+    }
     if requests.no_capture {
         for key in CAPTURE_ANNOTATIONS {
             if annotations.contains_key(key) {
@@ -389,6 +502,292 @@ fn check_user_volumes(
         }
     }
     Ok(())
+}
+
+const QUANTITY_FORM: &str = "a Kubernetes quantity such as \"100m\" or \"0.5\" (CPU), \
+                             \"64Mi\" or \"1G\" (memory)";
+
+fn proxy_cpu(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    resource(
+        contract::ANNOTATION_PROXY_CPU,
+        "cpu",
+        false,
+        value,
+        requests,
+    )
+}
+
+fn proxy_memory(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    resource(
+        contract::ANNOTATION_PROXY_MEMORY,
+        "memory",
+        false,
+        value,
+        requests,
+    )
+}
+
+fn proxy_cpu_limit(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    resource(
+        contract::ANNOTATION_PROXY_CPU_LIMIT,
+        "cpu",
+        true,
+        value,
+        requests,
+    )
+}
+
+fn proxy_memory_limit(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    resource(
+        contract::ANNOTATION_PROXY_MEMORY_LIMIT,
+        "memory",
+        true,
+        value,
+        requests,
+    )
+}
+
+/// The value must be a quantity: the API server would refuse the patched pod otherwise, with
+/// a message about a container rather than this annotation. Request against limit is checked
+/// by `inject`, which knows the revision's resources.
+fn resource(
+    key: &'static str,
+    resource: &'static str,
+    limit: bool,
+    value: &str,
+    requests: &mut PodRequests,
+) -> Result<(), Refusal> {
+    if quantity_value(value).is_none() {
+        return Err(Refusal {
+            problem: "it is not a Kubernetes quantity".into(),
+            expected: QUANTITY_FORM,
+        });
+    }
+    requests.resources.push(ResourceOverride {
+        key,
+        resource,
+        limit,
+        value: value.to_string(),
+    });
+    Ok(())
+}
+
+/// A Kubernetes quantity's value (`100m` is 0.1, `64Mi` is 67108864), to compare a request
+/// with its limit; `None` when the text is not a quantity.
+pub(super) fn quantity_value(text: &str) -> Option<f64> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-')))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let digits = number.trim_start_matches(['+', '-']);
+    if digits.is_empty()
+        || digits == "."
+        || digits.matches('.').count() > 1
+        || digits.contains(['+', '-'])
+        || number.len() - digits.len() > 1
+    {
+        return None;
+    }
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent => {
+            let e = exponent
+                .strip_prefix('e')
+                .or_else(|| exponent.strip_prefix('E'))?;
+            10f64.powi(e.parse::<i32>().ok()?)
+        }
+    };
+    (number >= 0.0).then_some(number * scale)
+}
+
+const STATUS_PORT_FORM: &str = "a port number from 1 to 65535 that is not 15000, 15001, 15006 \
+                                or 15021 (weft's own listeners)";
+
+/// The proxy's stats and app-health port (Istio's status port). 0 asks Istio for no status
+/// server; weft always serves one, and says so.
+fn status_port(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    let port = value.trim().parse::<u16>().map_err(|_| Refusal {
+        problem: "it is not a port number".into(),
+        expected: STATUS_PORT_FORM,
+    })?;
+    set_status_port(contract::ANNOTATION_STATUS_PORT, port, requests)
+}
+
+fn set_status_port(source: &str, port: u16, requests: &mut PodRequests) -> Result<(), Refusal> {
+    if port == 0 {
+        requests.warnings.push(format!(
+            "{source}=0 is not supported: weft's proxy always serves its metrics and the \
+             rewritten app probes on {default}",
+            default = contract::PORT_STATS,
+        ));
+        requests.status_port = None;
+        return Ok(());
+    }
+    if TAKEN_PORTS.contains(&port) {
+        return Err(Refusal {
+            problem: format!("{port} is a port weft's proxy already listens on"),
+            expected: STATUS_PORT_FORM,
+        });
+    }
+    requests.status_port = (port != contract::PORT_STATS).then_some(port);
+    Ok(())
+}
+
+/// `readiness.status.sidecar.istio.io/<field>`: the proxy's readiness probe. Istio's
+/// `applicationPorts` (which its agent no longer uses) and unknown fields are warned.
+fn readiness(key: &str, value: &str, requests: &mut PodRequests) -> Result<(), InjectError> {
+    let Some((key, field, least)) = READINESS_FIELDS.iter().find(|(k, _, _)| *k == key) else {
+        requests.warnings.push(format!(
+            "{key} is not supported: weft reads {fields} under {prefix}; the proxy's readiness \
+             says whether it holds a certificate and its config, not whether the app's ports \
+             answer",
+            fields = READINESS_FIELDS.map(|(_, f, _)| f).join(", "),
+            prefix = contract::ANNOTATION_READINESS_PREFIX,
+        ));
+        return Ok(());
+    };
+    match value.trim().parse::<i32>() {
+        Ok(n) if n >= *least => {
+            requests.readiness.insert(field, n);
+            Ok(())
+        }
+        _ => Err(InjectError::InvalidAnnotation {
+            key,
+            value: value.to_string(),
+            problem: format!("{field} is a whole number of at least {least}"),
+            expected: "a whole number of seconds or probes, such as \"5\"",
+        }),
+    }
+}
+
+const PROXY_CONFIG_FORM: &str = "a ProxyConfig as YAML or JSON, such as \
+                                 \"concurrency: 2\\nterminationDrainDuration: 10s\"";
+/// The ProxyConfig fields weft applies; any other is named in a warning.
+const PROXY_CONFIG_FIELDS: [&str; 4] = [
+    "concurrency",
+    "terminationDrainDuration",
+    "statusPort",
+    "holdApplicationUntilProxyStarts",
+];
+
+/// Istio's per-pod ProxyConfig. weft applies the fields its proxy has an equivalent for and
+/// names every other one in a warning, so no field is taken and dropped without a word.
+fn proxy_config(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
+    let refusal = |problem: String| Refusal {
+        problem,
+        expected: PROXY_CONFIG_FORM,
+    };
+    let parsed: serde_yaml::Value =
+        serde_yaml::from_str(value).map_err(|e| refusal(format!("it is not YAML: {e}")))?;
+    let fields = match parsed {
+        serde_yaml::Value::Mapping(m) => m,
+        serde_yaml::Value::Null => serde_yaml::Mapping::new(),
+        other => {
+            return Err(refusal(format!(
+                "it is a YAML {}, not a mapping of ProxyConfig fields",
+                yaml_kind(&other)
+            )));
+        }
+    };
+    let key = contract::ANNOTATION_PROXY_CONFIG;
+    let mut unsupported = Vec::new();
+    for (name, field) in &fields {
+        let Some(name) = name.as_str() else {
+            return Err(refusal(format!("the field name {name:?} is not a string")));
+        };
+        match name {
+            "concurrency" => match field.as_u64().map(u32::try_from) {
+                Some(Ok(0)) => requests.warnings.push(format!(
+                    "{key}: concurrency 0 (one worker per CPU under Istio) is not supported: \
+                     weft's proxy needs a number of workers and keeps the revision's"
+                )),
+                Some(Ok(n)) => requests.concurrency = Some(n),
+                _ => {
+                    return Err(refusal(format!(
+                        "concurrency is {}, not a whole number of worker threads",
+                        yaml_text(field)
+                    )));
+                }
+            },
+            "terminationDrainDuration" => {
+                let text = field.as_str().map(str::to_string).unwrap_or_default();
+                crate::duration::parse(&text).map_err(|e| {
+                    refusal(format!(
+                        "terminationDrainDuration {} is not a duration such as \"5s\": {e}",
+                        yaml_text(field)
+                    ))
+                })?;
+                requests.drain_duration = Some(text);
+            }
+            "statusPort" => {
+                let port = field
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| {
+                        refusal(format!("statusPort {} is not a port", yaml_text(field)))
+                    })?;
+                set_status_port(&format!("{key} statusPort"), port, requests)?;
+            }
+            "holdApplicationUntilProxyStarts" => match field.as_bool() {
+                Some(true) => {}
+                Some(false) => requests.warnings.push(format!(
+                    "{key}: holdApplicationUntilProxyStarts false is not supported: weft's \
+                     proxy is a native sidecar, so the app's containers always start after it \
+                     is ready"
+                )),
+                None => {
+                    return Err(refusal(format!(
+                        "holdApplicationUntilProxyStarts is {}, not true or false",
+                        yaml_text(field)
+                    )));
+                }
+            },
+            other => unsupported.push(other.to_string()),
+        }
+    }
+    if !unsupported.is_empty() {
+        requests.warnings.push(format!(
+            "{key}: weft does not apply {fields}, so it has no effect here (weft applies \
+             {supported})",
+            fields = unsupported.join(", "),
+            supported = PROXY_CONFIG_FIELDS.join(", "),
+        ));
+    }
+    Ok(())
+}
+
+fn yaml_kind(value: &serde_yaml::Value) -> &'static str {
+    match value {
+        serde_yaml::Value::Null => "null",
+        serde_yaml::Value::Bool(_) => "boolean",
+        serde_yaml::Value::Number(_) => "number",
+        serde_yaml::Value::String(_) => "string",
+        serde_yaml::Value::Sequence(_) => "list",
+        serde_yaml::Value::Mapping(_) => "mapping",
+        serde_yaml::Value::Tagged(_) => "tagged value",
+    }
+}
+
+fn yaml_text(value: &serde_yaml::Value) -> String {
+    serde_yaml::to_string(value)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 // === Strict JSON ===
@@ -729,6 +1128,188 @@ mod tests {
                 "{annotations:?}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn proxy_resources_are_quantities() {
+        let requests = read(&pod(&[
+            (contract::ANNOTATION_PROXY_CPU, "100m"),
+            (contract::ANNOTATION_PROXY_MEMORY, "64Mi"),
+            (contract::ANNOTATION_PROXY_CPU_LIMIT, "2"),
+            (contract::ANNOTATION_PROXY_MEMORY_LIMIT, "1G"),
+        ]))
+        .expect("valid");
+        let read: Vec<_> = requests
+            .resources
+            .iter()
+            .map(|r| (r.resource, r.limit, r.value.as_str()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("cpu", false, "100m"),
+                ("memory", false, "64Mi"),
+                ("cpu", true, "2"),
+                ("memory", true, "1G"),
+            ]
+        );
+        assert!(requests.warnings.is_empty());
+        for bad in ["", "100 m", "lots", "1.2.3", "-1", "10MB", "--1", "1e", "."] {
+            let message = refusal(&[(contract::ANNOTATION_PROXY_MEMORY, bad)]);
+            assert!(
+                message.contains(contract::ANNOTATION_PROXY_MEMORY) && message.contains("quantity"),
+                "{bad}: {message}"
+            );
+        }
+        assert_eq!(quantity_value("100m"), Some(0.1));
+        assert_eq!(quantity_value("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity_value("1e3"), Some(1000.0));
+        assert_eq!(quantity_value(".5"), Some(0.5));
+    }
+
+    #[test]
+    fn the_status_port_is_taken_refused_when_taken_and_warned_when_zero() {
+        let requests = read(&pod(&[(contract::ANNOTATION_STATUS_PORT, "15030")])).expect("ok");
+        assert_eq!(requests.status_port, Some(15030));
+        let requests = read(&pod(&[(contract::ANNOTATION_STATUS_PORT, "15020")])).expect("ok");
+        assert_eq!(requests.status_port, None);
+        assert!(requests.warnings.is_empty());
+        let requests = read(&pod(&[(contract::ANNOTATION_STATUS_PORT, "0")])).expect("ok");
+        assert_eq!(requests.status_port, None);
+        assert!(requests.warnings[0].contains("always serves"));
+        for bad in ["15021", "15006", "http", "70000"] {
+            let message = refusal(&[(contract::ANNOTATION_STATUS_PORT, bad)]);
+            assert!(
+                message.contains(contract::ANNOTATION_STATUS_PORT),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn readiness_annotations_set_the_probe_and_the_rest_are_warned() {
+        let requests = read(&pod(&[
+            ("readiness.status.sidecar.istio.io/initialDelaySeconds", "0"),
+            ("readiness.status.sidecar.istio.io/periodSeconds", "2"),
+            ("readiness.status.sidecar.istio.io/failureThreshold", "30"),
+            ("readiness.status.sidecar.istio.io/applicationPorts", "8080"),
+        ]))
+        .expect("ok");
+        assert_eq!(
+            requests.readiness,
+            BTreeMap::from([
+                ("initialDelaySeconds", 0),
+                ("periodSeconds", 2),
+                ("failureThreshold", 30),
+            ])
+        );
+        assert_eq!(requests.warnings.len(), 1);
+        assert!(
+            requests.warnings[0].starts_with("readiness.status.sidecar.istio.io/applicationPorts")
+        );
+        for (key, bad) in [
+            ("readiness.status.sidecar.istio.io/periodSeconds", "0"),
+            ("readiness.status.sidecar.istio.io/failureThreshold", "x"),
+            (
+                "readiness.status.sidecar.istio.io/initialDelaySeconds",
+                "-1",
+            ),
+        ] {
+            let message = refusal(&[(key, bad)]);
+            assert!(
+                message.contains(key) && message.contains("at least"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_config_fields_are_applied_or_named_in_a_warning() {
+        let requests = read(&pod(&[(
+            contract::ANNOTATION_PROXY_CONFIG,
+            "concurrency: 3\nterminationDrainDuration: 20s\nholdApplicationUntilProxyStarts: true\n\
+             statusPort: 15030\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\ntracing: {}\n",
+        )]))
+        .expect("ok");
+        assert_eq!(requests.concurrency, Some(3));
+        assert_eq!(requests.drain_duration.as_deref(), Some("20s"));
+        assert_eq!(requests.status_port, Some(15030));
+        assert_eq!(requests.warnings.len(), 1, "{:?}", requests.warnings);
+        assert!(
+            requests.warnings[0].contains("does not apply proxyMetadata, tracing, so"),
+            "{:?}",
+            requests.warnings
+        );
+        // JSON is YAML; the status annotation wins over statusPort.
+        let requests = read(&pod(&[
+            (
+                contract::ANNOTATION_PROXY_CONFIG,
+                r#"{"statusPort": 15030, "holdApplicationUntilProxyStarts": false, "concurrency": 0}"#,
+            ),
+            (contract::ANNOTATION_STATUS_PORT, "15040"),
+        ]))
+        .expect("ok");
+        assert_eq!(requests.status_port, Some(15040));
+        assert_eq!(requests.concurrency, None);
+        assert_eq!(requests.warnings.len(), 2, "{:?}", requests.warnings);
+        for (bad, wanted) in [
+            ("- a\n- b", "not a mapping"),
+            ("concurrency: two", "concurrency"),
+            ("terminationDrainDuration: soon", "terminationDrainDuration"),
+            ("statusPort: 15006", "already listens"),
+            ("holdApplicationUntilProxyStarts: maybe", "true or false"),
+            ("{", "not YAML"),
+        ] {
+            let message = refusal(&[(contract::ANNOTATION_PROXY_CONFIG, bad)]);
+            assert!(
+                message.contains(contract::ANNOTATION_PROXY_CONFIG) && message.contains(wanted),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_istio_annotation_weft_does_not_read_is_warned_by_name() {
+        let requests = read(&pod(&[
+            ("sidecar.istio.io/logLevel", "debug"),
+            ("proxy.istio.io/overrides", "{}"),
+            ("status.sidecar.istio.io/other", "1"),
+            // Read by weft elsewhere, or not Istio's: no warning.
+            (contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS, "8080"),
+            (contract::ANNOTATION_REWRITE_PROBES, "false"),
+            (contract::LABEL_SIDECAR_INJECT, "true"),
+            ("example.com/istio.io", "x"),
+        ]))
+        .expect("ok");
+        let named: Vec<&str> = requests
+            .warnings
+            .iter()
+            .map(|w| w.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "proxy.istio.io/overrides",
+                "sidecar.istio.io/logLevel",
+                "status.sidecar.istio.io/other"
+            ]
+        );
+        assert!(requests.warnings[0].contains("weft does not read"));
+    }
+
+    #[test]
+    fn the_new_capture_annotations_are_moot_without_capture() {
+        let requests = read(&pod(&[
+            (contract::ANNOTATION_INTERCEPTION_MODE, "NONE"),
+            (
+                contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+                "10.0.0.0/8",
+            ),
+            (contract::ANNOTATION_KUBEVIRT_INTERFACES, "vif0"),
+        ]))
+        .expect("accepted");
+        assert_eq!(requests.warnings.len(), 3, "{:?}", requests.warnings);
+        assert!(requests.warnings[1].starts_with(contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES));
     }
 
     #[test]

@@ -11,8 +11,10 @@ use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -99,11 +101,19 @@ pub fn inject(
     let rewrite_probes = annotations
         .get(contract::ANNOTATION_REWRITE_PROBES)
         .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
-    let probes = if rewrite_probes {
+    let mut probes = if rewrite_probes {
         rewrite_app_probes(&spec.containers)
     } else {
         Default::default()
     };
+    // The rewritten probes go to the status port, wherever the pod moved it.
+    if let Some(port) = requests.status_port {
+        for replacement in &mut probes.replacements {
+            if let Some(get) = replacement.probe.http_get.as_mut() {
+                get.port = IntOrString::Int(i32::from(port));
+            }
+        }
+    }
     let probers = serde_json::to_string(&probes.probers).map_err(|source| InjectError::Encode {
         what: "app probers",
         source,
@@ -134,18 +144,43 @@ pub fn inject(
         ),
         env_var(contract::ENV_RENEW_AT, &mesh.renew_at.to_string()),
         env_var(contract::ENV_LOG_LEVEL, &mesh.log_level),
-        env_var(contract::ENV_DRAIN_DURATION, &mesh.drain_duration),
-        env_var(contract::ENV_CONCURRENCY, &mesh.concurrency.to_string()),
+        env_var(
+            contract::ENV_DRAIN_DURATION,
+            requests
+                .drain_duration
+                .as_deref()
+                .unwrap_or(&mesh.drain_duration),
+        ),
+        env_var(
+            contract::ENV_CONCURRENCY,
+            &requests.concurrency.unwrap_or(mesh.concurrency).to_string(),
+        ),
     ]);
+    if let Some(port) = requests.status_port {
+        env.push(env_var(contract::ENV_STATUS_PORT, &port.to_string()));
+    }
+    let status_port = requests.status_port.unwrap_or(contract::PORT_STATS);
 
     // Checked even when nothing is captured, so a bad value is refused either way.
-    let args = init_args(&annotations, injection)?;
+    let args = init_args(&annotations, injection, requests.status_port)?;
     let image = requests.proxy_image.as_deref().unwrap_or(&mesh.image);
+    let resources = resources(&mesh.resources, &requests.resources)?;
     // interceptionMode NONE: no weft-init. The proxy needs nothing else: its capture
     // listeners refuse connections that were not redirected, and probes, metrics and its
     // certificate work over the pod's own address.
-    let init = (!requests.no_capture).then(|| init_container(injection, image, args));
-    let mut proxy = proxy_container(injection, image, env);
+    let init =
+        (!requests.no_capture).then(|| init_container(injection, image, args, resources.clone()));
+    let mut proxy = proxy_container(injection, image, env, resources, status_port);
+    if let Some(probe) = proxy.readiness_probe.as_mut() {
+        for (field, value) in &requests.readiness {
+            match *field {
+                "initialDelaySeconds" => probe.initial_delay_seconds = Some(*value),
+                "periodSeconds" => probe.period_seconds = Some(*value),
+                "failureThreshold" => probe.failure_threshold = Some(*value),
+                _ => {}
+            }
+        }
+    }
     if let Some(mounts) = proxy.volume_mounts.as_mut() {
         mounts.extend(requests.user_mounts.iter().cloned());
     }
@@ -189,7 +224,7 @@ pub fn inject(
             (contract::ANNOTATION_PROMETHEUS_SCRAPE.into(), "true".into()),
             (
                 contract::ANNOTATION_PROMETHEUS_PORT.into(),
-                contract::PORT_STATS.to_string(),
+                status_port.to_string(),
             ),
             (
                 contract::ANNOTATION_PROMETHEUS_PATH.into(),
@@ -284,6 +319,58 @@ fn cert_validity(
     Ok(value.clone())
 }
 
+/// The injected containers' resources: the revision's, with the pod's `proxyCPU`,
+/// `proxyMemory`, `proxyCPULimit` and `proxyMemoryLimit` over them (Istio sets them on both of
+/// its containers too). A request above its limit is refused here, naming the annotation,
+/// rather than by the API server with a message about a container.
+fn resources(
+    revision: &ResourceRequirements,
+    overrides: &[annotations::ResourceOverride],
+) -> Result<ResourceRequirements, InjectError> {
+    let mut out = revision.clone();
+    for o in overrides {
+        let map = if o.limit {
+            out.limits.get_or_insert_with(Default::default)
+        } else {
+            out.requests.get_or_insert_with(Default::default)
+        };
+        map.insert(o.resource.to_string(), Quantity(o.value.clone()));
+    }
+    for resource in ["cpu", "memory"] {
+        let get = |m: &Option<BTreeMap<String, Quantity>>| {
+            m.as_ref()
+                .and_then(|m| m.get(resource))
+                .map(|q| q.0.clone())
+        };
+        let (Some(request), Some(limit)) = (get(&out.requests), get(&out.limits)) else {
+            continue;
+        };
+        let (Some(r), Some(l)) = (
+            annotations::quantity_value(&request),
+            annotations::quantity_value(&limit),
+        ) else {
+            continue;
+        };
+        if r > l {
+            // Name the annotation the pod gave; the revision's own values are consistent.
+            let Some(given) = overrides.iter().rev().find(|o| o.resource == resource) else {
+                continue;
+            };
+            return Err(InjectError::InvalidAnnotation {
+                key: given.key,
+                value: given.value.clone(),
+                problem: format!(
+                    "the proxy's {resource} request {request} would exceed its limit {limit} \
+                     (the request or limit the annotation does not set is the revision's)"
+                ),
+                expected: "a request no larger than the limit: set both the request and \
+                           the ...Limit annotation",
+            });
+        }
+    }
+    Ok(out)
+}
+
 // === Patch building ===
 
 #[derive(Default)]
@@ -375,7 +462,12 @@ fn check_names_are_free(pod: &Pod) -> Result<(), InjectError> {
 
 /// `image` is the revision's, or the pod's `sidecar.istio.io/proxyImage` (Istio sets that on
 /// both of its containers too).
-fn init_container(injection: &Injection, image: &str, args: Vec<String>) -> Container {
+fn init_container(
+    injection: &Injection,
+    image: &str,
+    args: Vec<String>,
+    resources: ResourceRequirements,
+) -> Container {
     let mesh = &injection.meshconfig;
     Container {
         name: contract::CONTAINER_INIT.into(),
@@ -383,7 +475,7 @@ fn init_container(injection: &Injection, image: &str, args: Vec<String>) -> Cont
         image_pull_policy: Some(mesh.image_pull_policy.clone()),
         command: Some(vec![contract::PROXY_COMMAND.into()]),
         args: Some(args),
-        resources: Some(mesh.resources.clone()),
+        resources: Some(resources),
         // Root with NET_ADMIN and NET_RAW only: enough for iptables, nothing else.
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
@@ -402,7 +494,13 @@ fn init_container(injection: &Injection, image: &str, args: Vec<String>) -> Cont
     }
 }
 
-fn proxy_container(injection: &Injection, image: &str, env: Vec<EnvVar>) -> Container {
+fn proxy_container(
+    injection: &Injection,
+    image: &str,
+    env: Vec<EnvVar>,
+    resources: ResourceRequirements,
+    status_port: u16,
+) -> Container {
     let mesh = &injection.meshconfig;
     let ready = |period, failures| Probe {
         http_get: Some(HTTPGetAction {
@@ -438,11 +536,11 @@ fn proxy_container(injection: &Injection, image: &str, env: Vec<EnvVar>) -> Cont
         // container (then the app) only once its startup probe passes.
         restart_policy: Some("Always".into()),
         ports: Some(vec![
-            port(contract::PORT_STATS, contract::PORT_NAME_STATS),
+            port(status_port, contract::PORT_NAME_STATS),
             port(contract::PORT_HEALTH, contract::PORT_NAME_HEALTH),
         ]),
         env: Some(env),
-        resources: Some(mesh.resources.clone()),
+        resources: Some(resources),
         // Polled every second for up to 10 minutes: app start waits on this, so be quick to
         // notice readiness and patient with a slow certificate.
         startup_probe: Some(ready(1, 600)),
@@ -533,10 +631,12 @@ fn field_env(name: &str, field_path: &str) -> EnvVar {
 
 /// `weft-proxy init` arguments from the `traffic.sidecar.istio.io/*` annotations and the
 /// revision's `traffic` excludes. Excludes are the union of both (a pod can exclude more than
-/// the mesh, never less); `includeInboundPorts` is the pod's alone, as in Istio.
+/// the mesh, never less); the includes and interfaces are the pod's alone, as in Istio. A
+/// status port moved off 15020 is excluded from inbound capture, as `init` excludes 15020.
 fn init_args(
     annotations: &BTreeMap<String, String>,
     injection: &Injection,
+    status_port: Option<u16>,
 ) -> Result<Vec<String>, InjectError> {
     let mesh = &injection.meshconfig;
     let mut args = vec![contract::PROXY_SUBCOMMAND_INIT.to_string()];
@@ -556,6 +656,7 @@ fn init_args(
     }
 
     let mut inbound = mesh.exclude_inbound_ports.clone();
+    inbound.extend(status_port);
     if let Some(value) = annotations.get(contract::ANNOTATION_EXCLUDE_INBOUND_PORTS) {
         inbound.extend(parse_ports(
             contract::ANNOTATION_EXCLUDE_INBOUND_PORTS,
@@ -599,7 +700,97 @@ fn init_args(
             ranges.join(","),
         ));
     }
+
+    // Present and empty means "capture no outbound range", as for includeInboundPorts.
+    if let Some(value) = annotations.get(contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES) {
+        let value = if value.trim() == "*" {
+            "*".to_string()
+        } else {
+            let cidrs =
+                parse_cidrs_or_star(contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES, value)?;
+            cidrs.into_iter().collect::<Vec<_>>().join(",")
+        };
+        args.push(flag(contract::INIT_FLAG_INCLUDE_OUTBOUND_IP_RANGES, value));
+    }
+    if let Some(value) = annotations.get(contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS) {
+        let ports = parse_ports(contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS, value, false)?;
+        if !ports.is_empty() {
+            args.push(flag(
+                contract::INIT_FLAG_INCLUDE_OUTBOUND_PORTS,
+                join(&ports),
+            ));
+        }
+    }
+    for (key, init_flag) in [
+        (
+            contract::ANNOTATION_EXCLUDE_INTERFACES,
+            contract::INIT_FLAG_EXCLUDE_INTERFACES,
+        ),
+        (
+            contract::ANNOTATION_KUBEVIRT_INTERFACES,
+            contract::INIT_FLAG_KUBEVIRT_INTERFACES,
+        ),
+    ] {
+        if let Some(value) = annotations.get(key) {
+            let names = parse_interfaces(key, value)?;
+            if !names.is_empty() {
+                args.push(flag(
+                    init_flag,
+                    names.into_iter().collect::<Vec<_>>().join(","),
+                ));
+            }
+        }
+    }
     Ok(args)
+}
+
+const INTERFACE_LIST: &str = "a comma-separated list of interface names such as \"eth1,net1\" \
+                              (a trailing '+' matches every name with that prefix)";
+
+fn parse_interfaces(key: &'static str, value: &str) -> Result<BTreeSet<String>, InjectError> {
+    let mut names = BTreeSet::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !contract::is_interface_name(item) {
+            return Err(InjectError::InvalidAnnotation {
+                key,
+                value: value.into(),
+                problem: format!(
+                    "{item:?} is not an interface name: 1-15 characters, a letter or digit \
+                     first, then letters, digits, '.', '_' or '-'"
+                ),
+                expected: INTERFACE_LIST,
+            });
+        }
+        names.insert(item.to_string());
+    }
+    Ok(names)
+}
+
+/// `includeOutboundIPRanges` is a CIDR list or `*`; a `*` among CIDRs is a mistake worth
+/// refusing (Istio would read the whole value as a wildcard or fail).
+fn parse_cidrs_or_star(key: &'static str, value: &str) -> Result<BTreeSet<String>, InjectError> {
+    if value.split(',').any(|i| i.trim() == "*") {
+        return Err(InjectError::InvalidAnnotation {
+            key,
+            value: value.into(),
+            problem: "\"*\" stands alone: it already means every destination".into(),
+            expected: CIDR_LIST_OR_STAR,
+        });
+    }
+    parse_cidrs(key, value).map_err(|e| match e {
+        InjectError::InvalidAnnotation {
+            key,
+            value,
+            problem,
+            ..
+        } => InjectError::InvalidAnnotation {
+            key,
+            value,
+            problem,
+            expected: CIDR_LIST_OR_STAR,
+        },
+        other => other,
+    })
 }
 
 fn join(ports: &BTreeSet<u16>) -> String {
@@ -614,6 +805,9 @@ const PORT_LIST: &str = "a comma-separated list of port numbers such as \"8080,9
 const PORT_LIST_OR_STAR: &str =
     "a comma-separated list of port numbers such as \"8080,9090\", or \"*\" for every port";
 const CIDR_LIST: &str = "a comma-separated list of CIDRs such as \"10.0.0.0/8,169.254.169.254/32\"";
+const CIDR_LIST_OR_STAR: &str = "a comma-separated list of CIDRs such as \"10.96.0.0/12,fd00::/8\" \
+                                 (only these are captured), \"*\" for every destination, or \
+                                 nothing for none";
 
 fn parse_ports(
     key: &'static str,
@@ -912,7 +1106,7 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            init_args(&annotations, &injection).unwrap(),
+            init_args(&annotations, &injection, None).unwrap(),
             [
                 "init",
                 "--include-inbound-ports=80,8080",
@@ -926,8 +1120,96 @@ mod tests {
             String::new(),
         )]);
         assert_eq!(
-            init_args(&empty_include, &injection).unwrap()[1],
+            init_args(&empty_include, &injection, None).unwrap()[1],
             "--include-inbound-ports="
+        );
+    }
+
+    #[test]
+    fn outbound_includes_and_interfaces_become_init_flags() {
+        let injection = injection();
+        let annotations = BTreeMap::from([
+            (
+                contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES.to_string(),
+                " 10.96.0.0/12 , fd00:7765:6674::/64".to_string(),
+            ),
+            (
+                contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS.to_string(),
+                "8443,8080".to_string(),
+            ),
+            (
+                contract::ANNOTATION_EXCLUDE_INTERFACES.to_string(),
+                "net1, eth1".to_string(),
+            ),
+            (
+                contract::ANNOTATION_KUBEVIRT_INTERFACES.to_string(),
+                "k6t-eth0".to_string(),
+            ),
+        ]);
+        assert_eq!(
+            init_args(&annotations, &injection, Some(15030)).unwrap(),
+            [
+                "init",
+                "--exclude-inbound-ports=15030",
+                "--include-outbound-ip-ranges=10.96.0.0/12,fd00:7765:6674::/64",
+                "--include-outbound-ports=8080,8443",
+                "--exclude-interfaces=eth1,net1",
+                "--kubevirt-interfaces=k6t-eth0",
+            ]
+        );
+        for (value, flag) in [("*", "*"), ("", "")] {
+            let annotations = BTreeMap::from([(
+                contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES.to_string(),
+                value.to_string(),
+            )]);
+            assert_eq!(
+                init_args(&annotations, &injection, None).unwrap()[1],
+                format!("--include-outbound-ip-ranges={flag}")
+            );
+        }
+    }
+
+    #[test]
+    fn resource_annotations_override_the_revisions_and_a_request_over_its_limit_is_refused() {
+        let revision = injection().meshconfig.resources;
+        let over = |key, resource, limit, value: &str| annotations::ResourceOverride {
+            key,
+            resource,
+            limit,
+            value: value.into(),
+        };
+        let out = resources(
+            &revision,
+            &[
+                over(contract::ANNOTATION_PROXY_CPU, "cpu", false, "200m"),
+                over(
+                    contract::ANNOTATION_PROXY_MEMORY_LIMIT,
+                    "memory",
+                    true,
+                    "1Gi",
+                ),
+            ],
+        )
+        .unwrap();
+        let requests = out.requests.unwrap();
+        assert_eq!(requests["cpu"].0, "200m");
+        assert_eq!(requests["memory"].0, "16Mi"); // the revision's
+        assert_eq!(out.limits.unwrap()["memory"].0, "1Gi");
+        let err = resources(
+            &revision,
+            &[over(
+                contract::ANNOTATION_PROXY_MEMORY_LIMIT,
+                "memory",
+                true,
+                "8Mi",
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(contract::ANNOTATION_PROXY_MEMORY_LIMIT)
+                && err.contains("request 16Mi would exceed its limit 8Mi"),
+            "{err}"
         );
     }
 
@@ -942,9 +1224,17 @@ mod tests {
                 contract::ANNOTATION_EXCLUDE_OUTBOUND_IP_RANGES,
                 "10.0.0.0/33",
             ),
+            (
+                contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+                "10.0.0.0/8,*",
+            ),
+            (contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES, "10.1.2.3"),
+            (contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS, "https"),
+            (contract::ANNOTATION_EXCLUDE_INTERFACES, "eth0,-j"),
+            (contract::ANNOTATION_KUBEVIRT_INTERFACES, "a very long name"),
         ] {
             let annotations = BTreeMap::from([(key.to_string(), value.to_string())]);
-            let err = init_args(&annotations, &injection()).unwrap_err();
+            let err = init_args(&annotations, &injection(), None).unwrap_err();
             let message = err.to_string();
             assert!(
                 message.contains(key) && message.contains("such as"),

@@ -23,6 +23,7 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 use super::check_authz;
+use super::check_traffic;
 use super::error::CliError;
 use super::inventory::{self, Analysis, Catalog, Enrolment, Inventory, MeshArgs, Resolution};
 use crate::contract;
@@ -786,19 +787,28 @@ async fn checks(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
 async fn authorization(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
     match super::inventory::mesh_view(client, &args.root_namespace, &args.mesh.weft_namespace).await
     {
-        Ok(view) => check_authz::check(&MeshIndex::build(&view)),
-        Err(e) => [check_authz::UNREACHABLE, check_authz::HTTP_ON_TCP]
-            .into_iter()
-            .map(|check| {
-                Verdict::warn(
-                    check,
-                    format!("not checked: {e}"),
-                    "these checks read pods, Services, EndpointSlices, MeshConfigs and \
+        Ok(view) => {
+            let index = MeshIndex::build(&view);
+            let mut out = check_authz::check(&index);
+            out.extend(check_traffic::check(&index));
+            out
+        }
+        Err(e) => [
+            check_authz::UNREACHABLE,
+            check_authz::HTTP_ON_TCP,
+            check_traffic::TLS_CONFLICT,
+        ]
+        .into_iter()
+        .map(|check| {
+            Verdict::warn(
+                check,
+                format!("not checked: {e}"),
+                "these checks read pods, Services, EndpointSlices, MeshConfigs and \
                      authorization policies in every namespace; run weft check as a cluster \
                      admin",
-                )
-            })
-            .collect(),
+            )
+        })
+        .collect(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::output::{ListArgs, Row, render};
 use crate::contract;
 use crate::discovery::MeshIndex;
 use crate::snapshot::{
-    MtlsMode, Protocol, ProxySnapshot, Service, UpstreamSecurity, decode_snapshot,
+    ClientTls, MtlsMode, Protocol, ProxySnapshot, Service, UpstreamSecurity, decode_snapshot,
 };
 
 #[derive(Debug, Subcommand)]
@@ -261,12 +261,16 @@ pub fn endpoints(s: &ProxySnapshot) -> Vec<EndpointRow> {
     let mut rows = Vec::new();
     for svc in services(s) {
         for (i, ep) in svc.endpoints.iter().enumerate() {
-            let security = match ep.security() {
-                UpstreamSecurity::Mtls { identity } => format!("mtls {identity}"),
-                UpstreamSecurity::Plaintext if ep.mtls_mode_for_port == MtlsMode::Disable => {
+            // What the proxy sends unrouted (a subset's own mode shows in `clusters`).
+            let security = match (svc.security_of(ep, None), svc.tls) {
+                (UpstreamSecurity::Mtls { identity }, _) => format!("mtls {identity}"),
+                (UpstreamSecurity::Plaintext, Some(ClientTls::Disable)) => {
+                    "plaintext (DestinationRule tls.mode DISABLE)".into()
+                }
+                (UpstreamSecurity::Plaintext, _) if ep.mtls_mode_for_port == MtlsMode::Disable => {
                     "plaintext (the server's port is DISABLE)".into()
                 }
-                UpstreamSecurity::Plaintext => "plaintext (not meshed)".into(),
+                (UpstreamSecurity::Plaintext, _) => "plaintext (not meshed)".into(),
             };
             rows.push(EndpointRow {
                 endpoint: ep.addr().to_string(),

@@ -90,6 +90,8 @@ pub struct MeshIndex {
     /// Hash of both tables, folded into every version.
     services_hash: [u8; 32],
     pub problems: Vec<PolicyProblem>,
+    /// Host -> the DestinationRule whose TLS mode its Service entry carries (for `weft check`).
+    pub tls_rules: BTreeMap<String, String>,
 }
 
 /// Why no snapshot can be made for a pod.
@@ -180,7 +182,7 @@ impl MeshIndex {
         }
 
         let (mut services, mut headless) = service_tables(view, &mut pods);
-        let route_problems = super::routes::apply(view, &mut services, &mut headless);
+        let routed = super::routes::apply(view, &mut services, &mut headless);
         let authz = AuthzIndex::new(
             &view.root_namespace,
             &view.authorization_policies,
@@ -267,8 +269,9 @@ impl MeshIndex {
                 .problems
                 .into_iter()
                 .chain(authz.problems)
-                .chain(route_problems)
+                .chain(routed.problems)
                 .collect(),
+            tls_rules: routed.tls_rules,
         }
     }
 
@@ -542,6 +545,8 @@ fn service_tables(
                 endpoints,
                 subsets: BTreeMap::new(),
                 http: Vec::new(),
+                tls: None,
+                subset_tls: BTreeMap::new(),
             };
             match cluster_ip {
                 Some(_) => table.push(entry),

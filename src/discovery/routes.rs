@@ -34,17 +34,22 @@ fn created(meta: &ObjectMeta) -> String {
         .unwrap_or_default()
 }
 
-/// Fills `subsets` and `http` of every Service entry and returns what was not applied.
-pub fn apply(
-    view: &MeshView,
-    services: &mut [Service],
-    headless: &mut [Service],
-) -> Vec<PolicyProblem> {
+/// What applying the routing resources left beside the Service tables.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// What was not applied, and why.
+    pub problems: Vec<PolicyProblem>,
+    /// Host -> the DestinationRule (`<namespace>/<name>`) whose TLS mode applies to it.
+    pub tls_rules: BTreeMap<String, String>,
+}
+
+/// Fills `subsets`, `http` and the client TLS modes of every Service entry.
+pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]) -> Applied {
     if view.destination_rules.is_empty()
         && view.virtual_services.is_empty()
         && view.traffic_splits.is_empty()
     {
-        return Vec::new();
+        return Applied::default();
     }
     let mut registry = Registry::new(&view.cluster_domain);
     for s in services.iter().chain(headless.iter()) {
@@ -114,11 +119,15 @@ pub fn apply(
                 .collect();
             s.subsets = subset_members(subsets, &endpoint_labels);
         }
+        if let Some(tls) = tables.tls.get(&s.name) {
+            s.tls = tls.mode;
+            s.subset_tls = tls.subsets.clone();
+        }
         if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
             s.http = routes.clone();
         }
     }
-    tables
+    let problems = tables
         .problems
         .into_iter()
         .map(|p| PolicyProblem {
@@ -127,7 +136,16 @@ pub fn apply(
             name: p.name,
             message: p.message,
         })
-        .collect()
+        .collect();
+    let tls_rules = tables
+        .tls
+        .into_iter()
+        .map(|(host, t)| (host, t.rule))
+        .collect();
+    Applied {
+        problems,
+        tls_rules,
+    }
 }
 
 #[cfg(test)]

@@ -175,7 +175,14 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
             (Upstream::Plain(up), None, None)
         }
         OutboundRoute::Endpoint { service, endpoint } => (
-            open_endpoint(ctx, &snapshot, endpoint, Some(service)).await?,
+            open_endpoint(
+                ctx,
+                &snapshot,
+                endpoint,
+                Some(service),
+                service.security_of(endpoint, None),
+            )
+            .await?,
             Some(endpoint),
             Some(service),
         ),
@@ -189,7 +196,8 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
                 .into_iter()
                 .take(ctx.settings.connect_attempts.max(1))
             {
-                match open_endpoint(ctx, &snapshot, ep, Some(service)).await {
+                let security = service.security_of(ep, None);
+                match open_endpoint(ctx, &snapshot, ep, Some(service), security).await {
                     Ok(up) => {
                         connected = Some((up, Some(ep), Some(service)));
                         break;
@@ -272,8 +280,9 @@ pub async fn open_endpoint(
     snapshot: &SnapshotIndex,
     ep: &Endpoint,
     service: Option<&Service>,
+    security: UpstreamSecurity,
 ) -> Result<Upstream, Refusal> {
-    let mut upstream = connect_endpoint(ctx, ep).await?;
+    let mut upstream = connect_endpoint(ctx, ep, security).await?;
     if let Upstream::Mtls(up) = &mut upstream {
         let meta = PeerMeta::of(
             snapshot.snapshot.workload.as_ref(),
@@ -288,9 +297,13 @@ pub async fn open_endpoint(
     Ok(upstream)
 }
 
-async fn connect_endpoint(ctx: &Arc<ProxyContext>, ep: &Endpoint) -> Result<Upstream, Refusal> {
+async fn connect_endpoint(
+    ctx: &Arc<ProxyContext>,
+    ep: &Endpoint,
+    security: UpstreamSecurity,
+) -> Result<Upstream, Refusal> {
     let addr: SocketAddr = ep.addr();
-    match ep.security() {
+    match security {
         UpstreamSecurity::Plaintext => connect(addr, None, ctx.settings.connect_timeout)
             .await
             .map(Upstream::Plain)

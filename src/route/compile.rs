@@ -107,6 +107,8 @@ pub type SubsetLabels = BTreeMap<String, BTreeMap<String, String>>;
 pub struct RouteTables {
     /// Service FQDN -> its DestinationRule subsets.
     pub subsets: BTreeMap<String, SubsetLabels>,
+    /// Service FQDN -> the client TLS its DestinationRules set.
+    pub tls: BTreeMap<String, super::model::HostTls>,
     /// (Service FQDN, port) -> HTTP routes, first match wins.
     pub http: BTreeMap<(String, u16), Vec<HttpRoute>>,
     pub problems: Vec<Problem>,
@@ -125,7 +127,8 @@ pub struct Resources<'a> {
 /// Istio does for sidecars), then TrafficSplits for the hosts no VirtualService routes.
 pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     let mut problems = Vec::new();
-    let subsets = istio::destination_rules(registry, resources.destination_rules, &mut problems);
+    let (subsets, tls) =
+        istio::destination_rules_with_tls(registry, resources.destination_rules, &mut problems);
     let mut http = istio::virtual_services(
         registry,
         &subsets,
@@ -152,6 +155,7 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     }
     RouteTables {
         subsets,
+        tls,
         http,
         problems,
     }

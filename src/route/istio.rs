@@ -16,7 +16,8 @@ use super::istio_actions::{
     FaultSpec, HeadersSpec, RedirectSpec, RetrySpec, RewriteSpec, compile_actions, header_edits,
 };
 use super::model::{
-    Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
+    ClientTls, Destination, HostTls, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern,
+    RequestMatch, StringMatch,
 };
 
 pub const DESTINATION_RULE: &str = "DestinationRule";
@@ -113,7 +114,7 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
     );
     if let Some(tls) = &p.tls {
         match tls.mode.as_deref() {
-            None | Some("ISTIO_MUTUAL") => {}
+            None | Some("ISTIO_MUTUAL") | Some("DISABLE") => {}
             Some(mode) => out.push(format!("{at}.tls.mode {mode}")),
         }
         let tls_fields: [(&str, bool); 8] = [
@@ -147,11 +148,21 @@ pub type NamedSubsets = Vec<(String, BTreeMap<String, String>)>;
 
 /// One DestinationRule: its host (FQDN) and subsets, or why none apply. Fields not
 /// implemented go to `ignored`.
+/// The mesh TLS mode a traffic policy sets (DISABLE or ISTIO_MUTUAL; others are reported
+/// by [`unsupported_policy`]).
+fn client_tls(p: Option<&TrafficPolicySpec>) -> Option<ClientTls> {
+    match p?.tls.as_ref()?.mode.as_deref()? {
+        "DISABLE" => Some(ClientTls::Disable),
+        "ISTIO_MUTUAL" => Some(ClientTls::IstioMutual),
+        _ => None,
+    }
+}
+
 pub fn compile_destination_rule(
     registry: &Registry,
     src: &Source<'_>,
     ignored: &mut Vec<String>,
-) -> Result<(String, NamedSubsets), String> {
+) -> Result<(String, NamedSubsets, HostTls), String> {
     let spec: DestinationRuleSpec =
         serde_json::from_value(src.spec.clone()).map_err(|e| format!("spec: {e}"))?;
     let host = registry.resolve(&spec.host, src.namespace);
@@ -182,7 +193,16 @@ pub fn compile_destination_rule(
         }
         subsets.push((s.name.clone(), s.labels.clone()));
     }
-    Ok((host, subsets))
+    let tls = HostTls {
+        mode: client_tls(spec.traffic_policy.as_ref()),
+        subsets: spec
+            .subsets
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), client_tls(s.traffic_policy.as_ref())?)))
+            .collect(),
+        rule: src.id(),
+    };
+    Ok((host, subsets, tls))
 }
 
 /// Every DestinationRule's subsets by host, oldest first: a later rule adds subsets of new
@@ -192,6 +212,18 @@ pub fn destination_rules(
     sources: &[Source<'_>],
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, SubsetLabels> {
+    destination_rules_with_tls(registry, sources, problems).0
+}
+
+/// [`destination_rules`] and the client TLS modes by host: the oldest rule that sets a mode
+/// for a host (or a subset) decides it, as Istio merges the traffic policies of one host's
+/// rules; a younger rule's different mode is reported.
+pub fn destination_rules_with_tls(
+    registry: &Registry,
+    sources: &[Source<'_>],
+    problems: &mut Vec<Problem>,
+) -> (BTreeMap<String, SubsetLabels>, BTreeMap<String, HostTls>) {
+    let mut tls_out: BTreeMap<String, HostTls> = BTreeMap::new();
     let mut out: BTreeMap<String, SubsetLabels> = BTreeMap::new();
     let mut owner: BTreeMap<(String, String), String> = BTreeMap::new();
     for src in by_age(sources) {
@@ -200,13 +232,33 @@ pub fn destination_rules(
         let mut notes = Vec::new();
         if !ignored.is_empty() {
             notes.push(format!(
-                "{} not supported yet and ignored (weft balances round-robin over the endpoints with its own mTLS choice); the rest of the DestinationRule applies",
+                "{} not supported yet and ignored (weft balances round-robin over the endpoints); the rest of the DestinationRule applies",
                 ignored.join(", ")
             ));
         }
         match compiled {
             Err(e) => notes.push(format!("{e}; the DestinationRule is not applied")),
-            Ok((host, subsets)) => {
+            Ok((host, subsets, tls)) => {
+                let known = tls_out.entry(host.clone()).or_default();
+                if let Some(mode) = tls.mode {
+                    match known.mode {
+                        None => {
+                            known.mode = Some(mode);
+                            known.rule = tls.rule.clone();
+                        }
+                        Some(first) if first != mode => notes.push(format!(
+                            "trafficPolicy.tls.mode of {host} is already set by DestinationRule {} (older, which wins)",
+                            known.rule
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                for (subset, mode) in tls.subsets {
+                    if known.rule.is_empty() {
+                        known.rule = tls.rule.clone();
+                    }
+                    known.subsets.entry(subset).or_insert(mode);
+                }
                 if registry.ports(&host).is_none() {
                     notes.push(format!(
                         "host {host} is not a Service weft knows (yet); its subsets select nothing"
@@ -230,7 +282,8 @@ pub fn destination_rules(
             problems.push(Problem::new(DESTINATION_RULE, src, notes.join(". ")));
         }
     }
-    out
+    tls_out.retain(|_, t| t.mode.is_some() || !t.subsets.is_empty());
+    (out, tls_out)
 }
 
 // === VirtualService ===
@@ -905,7 +958,7 @@ spec:
             "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
                               "connectionPool": {"tcp": {"maxConnections": 1}},
                               "outlierDetection": {"consecutive5xxErrors": 1},
-                              "tls": {"mode": "DISABLE"}},
+                              "tls": {"mode": "SIMPLE"}},
             "subsets": [{"name": "v1", "labels": {"version": "v1"},
                          "trafficPolicy": {"portLevelSettings": []}}]
         });
@@ -918,7 +971,7 @@ spec:
             "trafficPolicy.loadBalancer",
             "trafficPolicy.connectionPool",
             "trafficPolicy.outlierDetection",
-            "trafficPolicy.tls.mode DISABLE",
+            "trafficPolicy.tls.mode SIMPLE",
             "subsets[0].trafficPolicy.portLevelSettings",
             "exportTo",
             "workloadSelector",
@@ -932,6 +985,40 @@ spec:
         let subsets = destination_rules(&registry(), &[src("bad", "t", &bad)], &mut problems);
         assert!(subsets.is_empty());
         assert!(problems[0].message.contains("subsetz"), "{problems:?}");
+    }
+
+    #[test]
+    fn tls_modes_of_the_oldest_rule_apply_per_host_and_subset_and_a_conflict_is_reported() {
+        // Seed 004's form: mTLS off for one host; a subset may say otherwise.
+        let off = json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "DISABLE"}},
+                         "subsets": [{"name": "v2", "labels": {"version": "v2"},
+                                      "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}]});
+        let on = json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}});
+        let mut problems = Vec::new();
+        let (_, tls) = destination_rules_with_tls(
+            &registry(),
+            &[src("on", "t2", &on), src("off", "t1", &off)],
+            &mut problems,
+        );
+        let reviews = &tls["reviews.payments.svc.cluster.local"];
+        assert_eq!(reviews.mode, Some(ClientTls::Disable));
+        assert_eq!(reviews.subsets["v2"], ClientTls::IstioMutual);
+        assert_eq!(reviews.rule, "payments/off");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].name, "on");
+        assert!(problems[0].message.contains("payments/off"), "{problems:?}");
+        // The mode reaches the Service entry the proxy reads.
+        let tables = compile(
+            &registry(),
+            Resources {
+                destination_rules: &[src("off", "t1", &off)],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            tables.tls["reviews.payments.svc.cluster.local"].mode,
+            Some(ClientTls::Disable)
+        );
     }
 
     #[test]

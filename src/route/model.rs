@@ -110,6 +110,26 @@ pub struct Destination {
     pub response_headers: HeaderEdits,
 }
 
+/// A DestinationRule's `tls.mode` for mesh traffic, as the snapshot carries it per Service
+/// (and per subset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTls {
+    /// Plaintext, even to a meshed endpoint (a STRICT server then refuses it: 503 `UC`).
+    Disable,
+    /// mTLS with the mesh's certificates to every endpoint with a mesh identity.
+    IstioMutual,
+}
+
+/// The client-side TLS the DestinationRules of one host set, and which rule set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTls {
+    pub mode: Option<ClientTls>,
+    pub subsets: BTreeMap<String, ClientTls>,
+    /// `<namespace>/<name>` of the DestinationRule.
+    pub rule: String,
+}
+
 /// Checks a table the way the proxy needs it: bounded, with a destination per route and some
 /// weight. `at` names the table in the message.
 pub fn validate(at: &str, routes: &[HttpRoute]) -> Result<(), String> {

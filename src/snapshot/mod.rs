@@ -310,6 +310,36 @@ pub struct Service {
     /// HTTP routes, first match wins; none: every request to all `endpoints`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<crate::route::HttpRoute>,
+    /// The client-side TLS a DestinationRule sets for this host (`trafficPolicy.tls.mode`);
+    /// none: auto-mTLS ([`Endpoint::security`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+    /// The same, per subset (a subset's `trafficPolicy.tls.mode`), for requests routed to it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset_tls: BTreeMap<String, ClientTls>,
+}
+
+pub use crate::route::model::ClientTls;
+
+impl Service {
+    /// How the outbound side talks to `ep` of this Service, for a request routed to `subset`:
+    /// the DestinationRule's mode if it sets one (the subset's first), else auto-mTLS. An
+    /// endpoint without a mesh identity stays plaintext under ISTIO_MUTUAL: there is no
+    /// identity to verify (Istio would fail the handshake; docs/traffic.md).
+    pub fn security_of(&self, ep: &Endpoint, subset: Option<&str>) -> UpstreamSecurity {
+        let mode = subset
+            .and_then(|s| self.subset_tls.get(s))
+            .or(self.tls.as_ref());
+        match (mode, &ep.identity) {
+            (None, _) => ep.security(),
+            (Some(ClientTls::Disable), _) | (Some(ClientTls::IstioMutual), None) => {
+                UpstreamSecurity::Plaintext
+            }
+            (Some(ClientTls::IstioMutual), Some(identity)) => UpstreamSecurity::Mtls {
+                identity: identity.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -818,6 +848,59 @@ mod tests {
 
     fn decode(v: &serde_json::Value) -> Result<ProxySnapshot, SnapshotError> {
         decode_snapshot(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_destination_rules_tls_mode_overrides_auto_mtls_per_host_and_subset() {
+        let ep = |identity: Option<&str>, mode: MtlsMode| Endpoint {
+            ip: "198.18.0.9".parse().unwrap(),
+            port: 8080,
+            identity: identity.map(str::to_string),
+            meshed: identity.is_some(),
+            mtls_mode_for_port: mode,
+            workload: None,
+        };
+        let id = "spiffe://cluster.local/ns/shop/sa/reviews";
+        let strict = ep(Some(id), MtlsMode::Strict);
+        let disabled_port = ep(Some(id), MtlsMode::Disable);
+        let unmeshed = ep(None, MtlsMode::Permissive);
+        let mut svc = Service {
+            cluster_ip: None,
+            port: 9080,
+            name: "reviews.shop.svc.cluster.local".into(),
+            protocol: Protocol::Http,
+            detect_protocol: false,
+            endpoints: vec![],
+            subsets: BTreeMap::new(),
+            http: vec![],
+            tls: None,
+            subset_tls: BTreeMap::new(),
+        };
+        let mtls = UpstreamSecurity::Mtls {
+            identity: id.into(),
+        };
+        // No rule: auto-mTLS.
+        assert_eq!(svc.security_of(&strict, None), mtls);
+        assert_eq!(
+            svc.security_of(&disabled_port, None),
+            UpstreamSecurity::Plaintext
+        );
+        // DISABLE: plaintext even to a STRICT server (which refuses it).
+        svc.tls = Some(ClientTls::Disable);
+        assert_eq!(svc.security_of(&strict, None), UpstreamSecurity::Plaintext);
+        // A subset's ISTIO_MUTUAL wins for requests routed to it.
+        svc.subset_tls.insert("v2".into(), ClientTls::IstioMutual);
+        assert_eq!(svc.security_of(&strict, Some("v2")), mtls);
+        assert_eq!(svc.security_of(&disabled_port, Some("v2")), mtls);
+        assert_eq!(
+            svc.security_of(&strict, Some("v1")),
+            UpstreamSecurity::Plaintext
+        );
+        // No identity to verify: plaintext.
+        assert_eq!(
+            svc.security_of(&unmeshed, Some("v2")),
+            UpstreamSecurity::Plaintext
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ use crate::proxy::ProxyContext;
 use crate::proxy::metrics::{RequestRecorder, TcpLabels};
 use crate::proxy::outbound::{open_endpoint, source_labels};
 use crate::route::{RequestView, Retries, TryOutcome, action};
-use crate::snapshot::{Endpoint, OutboundRoute, RequestRoute, Routed, Service, SnapshotIndex};
+use crate::snapshot::{
+    Endpoint, OutboundRoute, RequestRoute, Routed, Service, SnapshotIndex, UpstreamSecurity,
+};
 
 /// The body of every request the outbound side forwards: the app's, recorded for a retry, or
 /// a retry's replay.
@@ -179,6 +181,13 @@ struct Route<'a> {
     routed: Option<Routed<'a>>,
 }
 
+/// One endpoint to try and how to talk to it (the DestinationRule's TLS mode, else auto-mTLS).
+struct Target<'a> {
+    ep: &'a Endpoint,
+    service: Option<&'a Service>,
+    security: UpstreamSecurity,
+}
+
 /// How a try ended without a response.
 enum TryError {
     Forward(ForwardError),
@@ -269,6 +278,9 @@ impl Outbound {
             .and_then(|r| r.route.actions.timeout_ms)
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
+        let subset = routed
+            .as_ref()
+            .and_then(|r| r.destination.subset.as_deref());
         let head = (attempts > 0).then(|| Head::of(&parts));
         let (recording, recorder) = Recording::new(body);
         let mut first = Some((parts, recording));
@@ -282,15 +294,13 @@ impl Outbound {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let once = self.try_once(
-                snapshot,
+            let target = Target {
                 ep,
                 service,
-                h2,
-                &mut first,
-                head.as_ref(),
-                &recorder,
-            );
+                security: service.map_or_else(|| ep.security(), |s| s.security_of(ep, subset)),
+            };
+            let mtls = matches!(target.security, UpstreamSecurity::Mtls { .. });
+            let once = self.try_once(snapshot, &target, h2, &mut first, head.as_ref(), &recorder);
             let result = match limit {
                 Some(limit) => tokio::time::timeout(limit, once)
                     .await
@@ -333,10 +343,6 @@ impl Outbound {
                 // Envoy: the retries were spent and the last answer is a retriable one.
                 exchange.flag("URX");
             }
-            let mtls = matches!(
-                ep.security(),
-                crate::snapshot::UpstreamSecurity::Mtls { .. }
-            );
             let labels = source_labels(
                 &self.ctx,
                 snapshot,
@@ -379,21 +385,20 @@ impl Outbound {
 
     /// One try on `ep`: the first sends the app's request (its body recorded as it streams),
     /// later ones the same head and the recorded body.
-    #[allow(clippy::too_many_arguments)]
     async fn try_once(
         &self,
         snapshot: &SnapshotIndex,
-        ep: &Endpoint,
-        service: Option<&Service>,
+        target: &Target<'_>,
         h2: bool,
         first: &mut Option<(Parts, Recording)>,
         head: Option<&Head>,
         recorder: &Recorder,
     ) -> Result<Response<Incoming>, TryError> {
-        let (key, sender, _) = self
-            .connection(snapshot, ep, service, h2)
+        let (key, sender) = self
+            .connection(snapshot, target, h2)
             .await
             .map_err(TryError::Forward)?;
+        let (ep, service) = (target.ep, target.service);
         let request = match first.take() {
             Some((parts, body)) => Request::from_parts(parts, Either::Left(body)),
             None => match (head, recorder.replay()) {
@@ -404,8 +409,7 @@ impl Outbound {
         let picked = Picked {
             outbound: self,
             snapshot,
-            endpoint: ep,
-            service,
+            target,
             key,
             sender: tokio::sync::Mutex::new(Some(sender)),
         };
@@ -423,33 +427,31 @@ impl Outbound {
     async fn connection(
         &self,
         snapshot: &SnapshotIndex,
-        ep: &Endpoint,
-        service: Option<&Service>,
+        target: &Target<'_>,
         h2: bool,
-    ) -> Result<(Key, Sender<RequestBody>, bool), ForwardError> {
-        let identity = match ep.security() {
-            crate::snapshot::UpstreamSecurity::Mtls { identity } => Some(identity),
-            crate::snapshot::UpstreamSecurity::Plaintext => None,
+    ) -> Result<(Key, Sender<RequestBody>), ForwardError> {
+        let identity = match &target.security {
+            UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
+            UpstreamSecurity::Plaintext => None,
         };
-        let mtls = identity.is_some();
         let key = Key {
-            addr: ep.addr(),
+            addr: target.ep.addr(),
             identity,
-            service: service.map(|s| s.name.clone()),
+            service: target.service.map(|s| s.name.clone()),
         };
-        let connect = || self.open(snapshot, ep, service);
+        let connect = || self.open(snapshot, target);
         let sender = self.ctx.outbound_pool.get(&key, h2, connect).await?;
-        Ok((key, sender, mtls))
+        Ok((key, sender))
     }
 
     /// A new connection to `ep`, ready for HTTP (TLS done, peer metadata sent).
     async fn open(
         &self,
         snapshot: &SnapshotIndex,
-        ep: &Endpoint,
-        service: Option<&Service>,
+        target: &Target<'_>,
     ) -> io::Result<crate::proxy::outbound::Upstream> {
-        open_endpoint(&self.ctx, snapshot, ep, service)
+        let security = target.security.clone();
+        open_endpoint(&self.ctx, snapshot, target.ep, target.service, security)
             .await
             .map_err(|r| io::Error::other(r.metric_label()))
     }
@@ -493,8 +495,7 @@ impl Outbound {
 struct Picked<'a> {
     outbound: &'a Outbound,
     snapshot: &'a SnapshotIndex,
-    endpoint: &'a Endpoint,
-    service: Option<&'a Service>,
+    target: &'a Target<'a>,
     key: Key,
     sender: tokio::sync::Mutex<Option<Sender<RequestBody>>>,
 }
@@ -507,10 +508,7 @@ impl SendRequest<RequestBody> for Picked<'_> {
             .await
             .take()
             .ok_or(ForwardError::NotSent)?;
-        let connect = || {
-            self.outbound
-                .open(self.snapshot, self.endpoint, self.service)
-        };
+        let connect = || self.outbound.open(self.snapshot, self.target);
         let pool = &self.outbound.ctx.outbound_pool;
         pool.send(&self.key, sender, req, connect).await
     }

@@ -566,7 +566,8 @@ pub fn ca_secret(
              needs a restart)",
         ),
         Ok(ca) => match published_root {
-            Some(root) if root.trim() != ca.roots_pem().trim() => Verdict::fail(
+            // The published bundle is this root, then any external issuer's (issue 24).
+            Some(root) if !root.trim().starts_with(ca.roots_pem().trim()) => Verdict::fail(
                 CA_SECRET,
                 format!(
                     "Secret {namespace}/{secret} holds a different root than the one proxies \
@@ -778,6 +779,7 @@ async fn checks(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
              namespaces and pods",
         )),
     }
+    out.push(super::check_issuer::check(client, ns).await);
     out.extend(authorization(client, args).await);
     out
 }

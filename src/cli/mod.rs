@@ -6,6 +6,7 @@ pub mod ca;
 pub mod ca_issuer;
 pub mod check;
 pub mod check_authz;
+pub mod check_issuer;
 pub mod check_traffic;
 pub mod error;
 pub mod inventory;

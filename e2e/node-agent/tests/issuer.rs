@@ -2,7 +2,8 @@
 //! on the node address only, configured as seed 002's script plus the two role settings weft
 //! needs) chosen with `weft ca issuer set vault`; the operator follows the ConfigMap without a
 //! restart, the CSR endpoint answers Vault-signed certificates checked with openssl from
-//! outside, a paused Vault fails `weft check` by name, and `set builtin` goes back.
+//! outside, meshed pods get them and talk over mTLS, a paused Vault fails `weft check` by
+//! name, and `set builtin` goes back.
 //! Changes mesh-wide state (the issuer): run it alone, and it always restores builtin.
 
 mod support;
@@ -228,6 +229,54 @@ fn vault_signs_the_meshs_workload_certificates_once_chosen_and_builtin_again_aft
     );
     let roots = response["roots"].as_array().expect("roots");
     assert_eq!(roots.len(), 2, "mesh root and Vault's: {roots:?}");
+
+    // Meshed pods started now hold Vault-signed certificates, and traffic flows between them
+    // over mTLS. The bookstore's proxy shows its certificate to anyone who speaks weft/1 to
+    // the app port: checked from outside the pod with openssl.
+    let mesh = c.namespace("t-issuer-mesh");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    for _ in 0..5 {
+        let body = support::bookstore::buy(&mesh, "http://bookstore/")
+            .unwrap_or_else(|e| panic!("meshed bookbuyer -> bookstore under Vault: {e}"));
+        assert!(!body.is_empty(), "an empty answer");
+    }
+    // The bookstores' proxies counted those requests as mutual TLS (the port is http).
+    let stores = mesh.jsonpath("pods -l app=bookstore", "{.items[*].metadata.name}");
+    let metrics: String = stores
+        .split_whitespace()
+        .map(|pod| mesh.proxy_metrics(pod))
+        .collect();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "no mutual_tls connection on the bookstores' proxies"
+    );
+    let store_ip = mesh.jsonpath("pods -l app=bookstore", "{.items[0].status.podIP}");
+    let presented = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {store_ip}:8080 -alpn weft/1 -showcerts </dev/null 2>/dev/null \
+             | openssl x509 -noout -issuer -ext subjectAltName"
+        ))
+        .output()
+        .expect("openssl s_client");
+    let presented = text(&presented);
+    assert!(
+        presented.contains("osm.root"),
+        "the bookstore's proxy presents a Vault-signed certificate: {presented}"
+    );
+    assert!(
+        presented.contains(&format!(
+            "URI:spiffe://cluster.local/ns/{}/sa/default",
+            mesh.name
+        )),
+        "{presented}"
+    );
 
     // Vault paused: weft check fails naming Vault; resumed: it passes again.
     vault.signal("-STOP");

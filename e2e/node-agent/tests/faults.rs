@@ -4,17 +4,23 @@
 //! - with the webhook down (no operator replica), pods of enrolled namespaces are refused
 //!   (failurePolicy Fail) and their Deployment's ReplicaSet shows users why in a FailedCreate
 //!   Event; unenrolled namespaces are not affected; once the operator is back the same
-//!   Deployment's pod is created, injected.
+//!   Deployment's pod is created, injected;
+//! - the leader cut off from the API server (iptables in its pod's network namespace drops
+//!   what it sends to the API server's Service address; the API server still reaches its
+//!   webhook) stops its controllers and the other replica takes the Lease over, while every
+//!   pod creation of a loop is admitted and injected.
 //!
-//! The second test takes the operator away for everyone: run this binary alone under the
-//! cluster lock (`--test faults`).
+//! These tests take the operator away for everyone: run this binary alone under the cluster
+//! lock (`--test faults`), one test at a time.
 
 mod support;
 
 use std::ops::Not;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use support::{deployed, eventually, wait_for};
+use support::creations::{CreationLoop, assert_all_injected};
+use support::{Cluster, deployed, eventually, wait_for};
 
 const NS: &str = "weft-system";
 const MINUTE: Duration = Duration::from_secs(60);
@@ -210,4 +216,127 @@ impl Drop for Restore {
             "--timeout=180s",
         ]);
     }
+}
+
+fn lease_holder(c: &Cluster) -> String {
+    let out = c.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "lease",
+        "weft-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The process of `weft operator` running as pod `pod` on this node (the node agent runs pods
+/// as processes, each in its pod's network namespace).
+fn operator_pid(pod: &str) -> u32 {
+    let wanted = format!("POD_NAME={pod}");
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let has = |bytes: &[u8], what: &str| bytes.split(|b| *b == 0).any(|p| p == what.as_bytes());
+        if has(&environ, &wanted) && has(&cmdline, "operator") {
+            return pid;
+        }
+    }
+    panic!("no weft operator process of pod {pod} on this node");
+}
+
+/// The iptables rule that cuts a pod off from the API server's Service address (what the
+/// operator's in-cluster client dials), added in the pod's network namespace.
+fn api_server_rule(pid: u32, action: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "iptables", action, "OUTPUT"])
+        .args([
+            "-d",
+            KUBERNETES_SERVICE,
+            "-p",
+            "tcp",
+            "--dport",
+            "443",
+            "-j",
+            "DROP",
+        ])
+        .output()
+        .expect("nsenter")
+}
+
+/// The `kubernetes` Service's address on the local cluster (e2e/cluster/env.sh).
+const KUBERNETES_SERVICE: &str = "198.19.0.1";
+
+/// Takes the rule out again, also when the test fails.
+struct Reconnect(u32);
+
+impl Drop for Reconnect {
+    fn drop(&mut self) {
+        let _ = api_server_rule(self.0, "-D");
+    }
+}
+
+#[test]
+fn a_leader_cut_off_from_the_api_server_hands_over_and_no_pod_creation_fails() {
+    let c = deployed();
+    c.ok(&[
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/weft-operator",
+        "--timeout=180s",
+    ]);
+    let ns = c.namespace("t-fault-partition");
+    ns.ok(&["label", "namespace", &ns.name, "istio-injection=enabled"]);
+    let leader = wait_for(MINUTE, || lease_holder(c), |h| !h.is_empty());
+    let pid = operator_pid(&leader);
+
+    let creations = CreationLoop::start(c, &ns.name);
+    std::thread::sleep(Duration::from_secs(3));
+    let cut = api_server_rule(pid, "-I");
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
+    let reconnect = Reconnect(pid);
+    let cut_at = Instant::now();
+
+    let successor = wait_for(MINUTE, || lease_holder(c), |h| !h.is_empty() && h != leader);
+    let failover = cut_at.elapsed();
+    println!(
+        "{leader} cut off from the API server; {successor} took the Lease over after {failover:?}"
+    );
+    // The old leader said it stopped its controllers (its logs come through the node, not the
+    // cut-off network).
+    let logs = c.ok(&["-n", NS, "logs", &leader, "--since=2m"]);
+    assert!(
+        logs.contains("could not renew Lease weft-operator"),
+        "{leader} did not say it stepped down:\n{}",
+        logs.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    // Some creations after the handover too, then the verdict over the whole run.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(reconnect);
+    assert_all_injected(
+        &creations.stop(),
+        "the leader's partition from the API server",
+        20,
+    );
+    // Bound: the lease (15 s) after the successor's first look at the last renewal, which
+    // came at most a renew period (5 s) before the cut, plus a look (2 s) and this poll.
+    assert!(
+        failover <= Duration::from_secs(22),
+        "failover took {failover:?}"
+    );
+
+    // Reconnected, the old leader follows.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(lease_holder(c), successor);
 }

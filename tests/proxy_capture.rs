@@ -242,6 +242,27 @@ fn a_meshed_client_reaches_the_server_over_ipv6_and_ipv4_with_mutual_tls() {
     );
 }
 
+/// The same pods over HTTP: the client's proxy routes an HTTP/1.1 request for the IPv6
+/// ClusterIP of an `http` Service, the server's proxy terminates it and sends it on from `::6`.
+#[test]
+fn http_requests_cross_the_mesh_over_ipv6() {
+    require_privileges();
+    let mesh = DualStackMesh::start();
+    let (status, body) = mesh.http_get(&mesh.web_service_v6(), "/hello");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "GET /hello from ::6");
+    let server = mesh.server_stats();
+    assert!(
+        server
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("response_code=\"200\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "server metrics:\n{server}"
+    );
+}
+
 fn captured_outbound(addr: &str) -> String {
     format!("outbound {addr}")
 }
@@ -660,6 +681,8 @@ mod support {
     const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
     const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
     const APP_PORT: u16 = 8080;
+    /// An HTTP app on the server: answers `<method> <path> from <peer address>`.
+    const WEB_PORT: u16 = 8081;
     const SERVICE_PORT: u16 = 80;
 
     /// A client pod and a server pod, dual stack, each with `weft-proxy init` and a proxy
@@ -719,6 +742,16 @@ mod support {
                 });
             }
 
+            for listen in wildcards(WEB_PORT) {
+                let listener = server.run_in(move || bind(listen));
+                std::thread::spawn(move || {
+                    for stream in listener.incoming() {
+                        let Ok(stream) = stream else { continue };
+                        std::thread::spawn(move || answer_http(stream));
+                    }
+                });
+            }
+
             let ca = certs::TestCa::new("cluster.local root");
             let endpoint = |ip: &str| {
                 serde_json::json!({
@@ -741,6 +774,13 @@ mod support {
                         "name": "echo.demo.svc.cluster.local",
                         "endpoints": [endpoint("fd00:7765:6674:250::2")]
                     }, {
+                        "clusterIp": "fd00:7765:6674:250::101", "port": SERVICE_PORT,
+                        "name": "web.demo.svc.cluster.local", "protocol": "http",
+                        "endpoints": [{
+                            "ip": "fd00:7765:6674:250::2", "port": WEB_PORT, "meshed": true,
+                            "identity": SERVER_ID, "mtlsModeForPort": "STRICT"
+                        }]
+                    }, {
                         "clusterIp": "198.18.250.100", "port": SERVICE_PORT,
                         "name": "echo.demo.svc.cluster.local",
                         "endpoints": [endpoint("198.18.250.2")]
@@ -755,7 +795,11 @@ mod support {
                 "workload": {"name": "server", "namespace": "demo"},
                 "inbound": {
                     "defaultMode": "STRICT",
-                    "services": {APP_PORT.to_string(): ["echo.demo.svc.cluster.local"]}
+                    "services": {
+                        APP_PORT.to_string(): ["echo.demo.svc.cluster.local"],
+                        WEB_PORT.to_string(): ["web.demo.svc.cluster.local"]
+                    },
+                    "protocols": {WEB_PORT.to_string(): "http"}
                 },
                 "outbound": {"policy": "ALLOW_ANY"}
             });
@@ -793,6 +837,18 @@ mod support {
 
         pub fn service_v4(&self) -> String {
             format!("198.18.250.100:{SERVICE_PORT}")
+        }
+
+        pub fn web_service_v6(&self) -> String {
+            format!("[fd00:7765:6674:250::101]:{SERVICE_PORT}")
+        }
+
+        /// An HTTP/1.0 GET from the client pod's app (captured).
+        pub fn http_get(&self, addr: &str, path: &str) -> (u16, String) {
+            let (addr, owned) = (addr.to_string(), path.to_string());
+            self.client
+                .run_in(move || http_get(&addr, &owned))
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         }
 
         pub fn server_pod_v6(&self) -> String {
@@ -971,6 +1027,34 @@ mod support {
                 eprintln!("--- proxy log ({}) ---\n{}", self.ns, self.log_text());
             }
         }
+    }
+
+    /// One HTTP/1.x request: the answer names the method, path and the peer's address.
+    fn answer_http(mut stream: TcpStream) {
+        let peer = stream
+            .peer_addr()
+            .map(|p| p.ip().to_string())
+            .unwrap_or_default();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let mut line = head.split_whitespace();
+        let body = format!(
+            "{} {} from {peer}",
+            line.next().unwrap_or("?"),
+            line.next().unwrap_or("?")
+        );
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
     }
 
     fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {

@@ -3,7 +3,8 @@
 //! needs) chosen with `weft ca issuer set vault`; the operator follows the ConfigMap without a
 //! restart, the CSR endpoint answers Vault-signed certificates checked with openssl from
 //! outside, meshed pods get them and talk over mTLS, a paused Vault fails `weft check` by
-//! name, and `set builtin` goes back.
+//! name and makes every revision Degraded while traffic keeps flowing, resumed it all clears,
+//! and `set builtin` goes back.
 //! Changes mesh-wide state (the issuer): run it alone, and it always restores builtin.
 
 mod support;
@@ -179,8 +180,11 @@ fn vault_signs_the_meshs_workload_certificates_once_chosen_and_builtin_again_aft
     assert!(yes.status.success(), "{}", text(&yes));
 
     // The operator follows the ConfigMap without a restart, after a dry signing.
+    // The root ConfigMaps follow within the CA-bundle controller's 2 s period.
     let status = wait_for(MINUTE, issuer_status, |s| {
-        s.contains("Signing:  vault") && s.contains("healthy since")
+        s.contains("Signing:  vault")
+            && s.contains("healthy since")
+            && s.contains("Trusted roots (2")
     });
     assert!(
         status.contains("CN=osm.root"),
@@ -290,8 +294,31 @@ fn vault_signs_the_meshs_workload_certificates_once_chosen_and_builtin_again_aft
         },
     );
     assert!(check.contains(&vault.address), "{check}");
+    // Every revision says so, with the reason and Vault's name.
+    let degraded = |want: &'static str| {
+        move |conditions: &str| {
+            !conditions.trim().is_empty() && conditions.lines().all(|l| l.contains(want))
+        }
+    };
+    let revisions = || {
+        c.ok(&[
+            "-n",
+            "weft-system",
+            "get",
+            "meshconfigs",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Degraded\")].status} {.status.conditions[?(@.type==\"Degraded\")].reason} {.status.conditions[?(@.type==\"Degraded\")].message}{\"\\n\"}{end}",
+        ])
+        .to_string()
+    };
+    let seen = wait_for(MINUTE, revisions, degraded("True IssuerUnavailable"));
+    assert!(seen.contains("Vault at"), "{seen}");
+    // Issued certificates keep working: the meshed client is still answered.
+    support::bookstore::buy(&mesh, "http://bookstore/")
+        .unwrap_or_else(|e| panic!("existing traffic while Vault is paused: {e}"));
     vault.signal("-CONT");
     wait_for(MINUTE, issuer_status, |s| s.contains("healthy since"));
+    wait_for(MINUTE, revisions, degraded("False CaHealthy"));
 
     // Back to builtin: the next certificate chains to the mesh root again.
     let back = weft(&["ca", "issuer", "set", "builtin", "--yes"]);

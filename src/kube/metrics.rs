@@ -361,6 +361,22 @@ mod tests {
         metrics.reconciled("meshconfig", Duration::from_millis(3), None);
         metrics.reconciled("revisiontag", Duration::from_millis(3), Some("kube"));
         metrics.set_leader(true);
+        let issuer = metrics.issuer_outcome();
+        issuer(
+            crate::pki::IssuerKind::Vault,
+            "issued",
+            Duration::from_millis(20),
+        );
+        issuer(
+            crate::pki::IssuerKind::Vault,
+            "vault_role_uri_sans",
+            Duration::from_millis(20),
+        );
+        issuer(
+            crate::pki::IssuerKind::Builtin,
+            "issued",
+            Duration::from_micros(800),
+        );
 
         let text = metrics.encode().unwrap();
         for line in [
@@ -376,6 +392,11 @@ mod tests {
             "weft_reconcile_errors_total{controller=\"revisiontag\",error=\"kube\"} 1",
             "weft_reconcile_duration_seconds_count{controller=\"meshconfig\"} 1",
             "weft_leader 1",
+            "weft_issuer_requests_total{issuer=\"vault\",outcome=\"issued\"} 1",
+            "weft_issuer_requests_total{issuer=\"vault\",outcome=\"vault_role_uri_sans\"} 1",
+            "weft_issuer_requests_total{issuer=\"builtin\",outcome=\"issued\"} 1",
+            "weft_issuer_request_duration_seconds_count{issuer=\"vault\"} 2",
+            "weft_issuer_request_duration_seconds_bucket{le=\"0.001\",issuer=\"builtin\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }

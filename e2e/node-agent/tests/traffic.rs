@@ -356,3 +356,244 @@ spec:
         answers.len()
     );
 }
+
+/// `n` requests with extra curl arguments (a header), each answer's first word. A newline is
+/// written after each answer, as the proxy's own answers (`fault filter abort`) end without one.
+fn bodies_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String> {
+    let target = format!("{url}?n=[1-{n}]");
+    let mut args = vec![
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-w",
+        "\n",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&target);
+    let out = ns.kubectl(&args);
+    let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    answers.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| format!("error: {l}")),
+    );
+    answers
+}
+
+/// `n` requests, each answer's status code (curl's `%{http_code}`; `000` when none came).
+fn codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
+    let target = format!("{url}?n=[1-{n}]");
+    let args = [
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        &target,
+    ];
+    let out = ns.kubectl(&args);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(answers: &[String], word: &str) -> usize {
+    answers.iter().filter(|a| *a == word).count()
+}
+
+/// Issue 19's route actions with Istio's YAML: a header match sends one user to v2, a 50%
+/// fault abort fails about half the requests, retries hide a backend that fails every second
+/// request (and `attempts: 0` shows it), and a DestinationRule that turns mTLS off against a
+/// STRICT namespace gives 503 `UC` while `weft check` names both resources.
+#[test]
+fn header_match_fault_abort_retries_and_a_tls_disable_rule_against_strict() {
+    let c = support::deployed();
+    let ns = c.namespace("shop");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(&version("reviews", "v2", 9080));
+    // A backend whose every second answer is 503.
+    ns.apply(&version("flaky", "v1", 9080).replace(
+        "        - {name: MESSAGE, value: v1}",
+        "        - {name: MESSAGE, value: v1}\n        - {name: FAIL_EVERY, value: \"2\"}",
+    ));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: flaky}
+spec:
+  selector: {app: flaky}
+  ports: [{name: http, port: 9080}]
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["reviews-v1", "reviews-v2", "flaky-v1"]);
+
+    // Istio's "jason" example: one user to v2, everyone else to v1.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    );
+    let url = "http://reviews:9080/";
+    converged(&ns, url, "everyone else on v1", |b| {
+        b.iter().all(|v| v == "v1")
+    });
+    let jason = bodies_with(&ns, url, 50, &["-H", "end-user: jason"]);
+    assert_eq!(count(&jason, "v2"), 50, "{jason:?}");
+
+    // A fault abort of 50%.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - fault:
+      abort:
+        percentage: {value: 50}
+        httpStatus: 503
+    route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    );
+    converged(&ns, url, "aborts arrived", |b| {
+        b.iter().any(|v| v == "fault")
+    });
+    let answers = codes(&ns, url, 400);
+    assert_eq!(
+        count(&answers, "503") + count(&answers, "200"),
+        400,
+        "{answers:?}"
+    );
+    let aborted = 100.0 * count(&answers, "503") as f64 / 400.0;
+    assert!(
+        (aborted - 50.0).abs() <= 10.0,
+        "aborted {aborted:.1}% of 400"
+    );
+    eprintln!("fault abort 50%: {aborted:.1}% of 400 aborted");
+
+    // Retries off: the backend's failures show; three retries on 5xx hide them.
+    let flaky = "http://flaky:9080/";
+    let retries = |attempts: u32| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  http:
+  - route:
+    - destination: {{host: flaky}}
+    retries:
+      attempts: {attempts}
+      retryOn: 5xx
+"#
+        )
+    };
+    ns.apply(&retries(0));
+    converged(&ns, flaky, "failures visible", |b| {
+        b.iter().any(|v| v == "failed")
+    });
+    let raw = bodies(&ns, flaky, 100);
+    let failed = count(&raw, "failed");
+    assert!(
+        (40..=60).contains(&failed),
+        "{failed} of 100 failed without retries"
+    );
+    ns.apply(&retries(3));
+    converged(&ns, flaky, "retries hide failures", |b| {
+        b.iter().all(|v| v == "v1")
+    });
+    let retried = bodies(&ns, flaky, 100);
+    assert_eq!(count(&retried, "v1"), 100, "{retried:?}");
+    eprintln!("retries: {failed}/100 failed with attempts 0, 0/100 with attempts 3");
+
+    // Seed 003's warning: DISABLE against STRICT is 503 UC, and weft check says why.
+    ns.apply(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky-plaintext}
+spec:
+  host: flaky
+  trafficPolicy:
+    tls: {mode: DISABLE}
+"#,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || bodies_with(&ns, flaky, 20, &[]).join(" "),
+        |b| b.split(' ').all(|v| v == "upstream"),
+    );
+    let out = weft(&["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("DestinationRule shop/flaky-plaintext"))
+        .unwrap_or_else(|| panic!("weft check names the rule:\n{text}"));
+    assert!(line.contains("PeerAuthentication shop/strict"), "{line}");
+    assert!(line.contains("503 UC"), "{line}");
+    assert!(
+        !out.status.success(),
+        "a conflict fails weft check:\n{text}"
+    );
+}

@@ -1,7 +1,8 @@
 //! weft-echo: the local cluster's test HTTP app. Answers every request with who served it, so
 //! tests can tell pods apart through a Service; `/healthz` follows a readiness switch that
 //! `/set-ready?false` and `/set-ready?true` flip (to test endpoint removal).
-//! Env: PORT (default 8080), MESSAGE (prefix of the answer), POD_NAME.
+//! Env: PORT (default 8080), MESSAGE (prefix of the answer), POD_NAME, FAIL_EVERY (N: every
+//! Nth request other than `/healthz` is answered `503 failed`, to test retries).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,11 @@ async fn main() -> std::io::Result<()> {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_default();
     let ready = Arc::new(AtomicBool::new(true));
+    let fail_every: u64 = std::env::var("FAIL_EVERY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     eprintln!("weft-echo listening on :{port}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -29,6 +35,7 @@ async fn main() -> std::io::Result<()> {
             _ = term.recv() => { eprintln!("weft-echo: SIGTERM, exiting"); return Ok(()); }
         };
         let (message, who, ready) = (message.clone(), who.clone(), ready.clone());
+        let served = served.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = BufReader::new(read);
@@ -74,6 +81,13 @@ async fn main() -> std::io::Result<()> {
                     "/set-ready?true" => {
                         ready.store(true, Ordering::Relaxed);
                         (200, "ready=true\n".to_string())
+                    }
+                    _ if fail_every > 0
+                        && served
+                            .fetch_add(1, Ordering::Relaxed)
+                            .is_multiple_of(fail_every) =>
+                    {
+                        (503, "failed\n".to_string())
                     }
                     _ => (
                         200,

@@ -57,29 +57,7 @@ spec:
 /// `n` requests to `url` from the client in one exec (curl's URL range `?n=[1-n]`, one
 /// connection kept alive), each answer's first word: the version that served it.
 fn bodies(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
-    let out = ns.kubectl(&[
-        "exec",
-        "client",
-        "-c",
-        "client",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "120",
-        &format!("{url}?n=[1-{n}]"),
-    ]);
-    let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
-        .collect();
-    // curl's complaints (a refused or reset connection) count as answers from no version.
-    answers.extend(
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .map(|l| format!("error: {l}")),
-    );
-    answers
+    bodies_with(ns, url, n, &[])
 }
 
 /// The share of `want` among `answers`, in percent, after checking that all `sent` requests

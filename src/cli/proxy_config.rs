@@ -106,11 +106,20 @@ pub struct RouteRow {
     #[serde(rename = "match")]
     pub matches: String,
     pub destinations: String,
+    /// Timeout, retries, faults, redirect, rewrite and header edits, in one line.
+    pub actions: String,
 }
 
 impl Row for RouteRow {
-    const HEADERS: &'static [&'static str] =
-        &["service", "port", "#", "route", "match", "destinations"];
+    const HEADERS: &'static [&'static str] = &[
+        "service",
+        "port",
+        "#",
+        "route",
+        "match",
+        "destinations",
+        "actions",
+    ];
     fn cells(&self) -> Vec<String> {
         vec![
             self.service.clone(),
@@ -119,6 +128,7 @@ impl Row for RouteRow {
             self.name.clone(),
             self.matches.clone(),
             self.destinations.clone(),
+            self.actions.clone(),
         ]
     }
 }
@@ -135,6 +145,7 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
                 name: "(default)".into(),
                 matches: "*".into(),
                 destinations: format!("{}:{} (all endpoints)", svc.name, svc.port),
+                actions: crate::route::Actions::default().summary(),
             });
             continue;
         }
@@ -168,6 +179,7 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
                 name: r.name.clone(),
                 matches,
                 destinations,
+                actions: r.actions.summary(),
             });
         }
     }
@@ -343,6 +355,11 @@ mod tests {
             "reviews.shop.svc.cluster.local:9080|v1 90, reviews.shop.svc.cluster.local:9080|v2 10"
         );
         assert_eq!(routes[0].matches, "*");
+        assert!(
+            routes[0].actions.ends_with("(Istio default)"),
+            "{}",
+            routes[0].actions
+        );
 
         let clusters = clusters(&s);
         assert_eq!(

@@ -54,6 +54,68 @@ impl Actions {
     pub fn retry_policy(&self) -> Retries {
         self.retries.clone().unwrap_or_else(Retries::istio_default)
     }
+
+    /// One line of what the route does besides routing, for `weft proxy-config routes`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let percent = |pm: u32| format!("{}%", f64::from(pm) / 10_000.0);
+        if let Some(r) = &self.redirect {
+            parts.push(format!(
+                "redirect {} {}{}",
+                r.code,
+                r.authority.as_deref().unwrap_or(""),
+                r.uri.as_deref().unwrap_or("")
+            ));
+        }
+        if let Some(f) = &self.fault {
+            if let Some(d) = &f.delay {
+                parts.push(format!("delay {}ms {}", d.ms, percent(d.per_million)));
+            }
+            if let Some(a) = &f.abort {
+                let what = match (a.status, a.grpc_status) {
+                    (Some(s), _) => s.to_string(),
+                    (None, Some(g)) => format!("grpc {g}"),
+                    (None, None) => "-".into(),
+                };
+                parts.push(format!("abort {what} {}", percent(a.per_million)));
+            }
+        }
+        if let Some(r) = &self.rewrite {
+            let to = [r.uri.as_deref(), r.authority.as_deref()];
+            parts.push(format!(
+                "rewrite {}",
+                to.into_iter().flatten().collect::<Vec<_>>().join(" ")
+            ));
+        }
+        if let Some(ms) = self.timeout_ms {
+            parts.push(format!("timeout {ms}ms"));
+        }
+        let policy = self.retry_policy();
+        let on: Vec<String> = policy
+            .on
+            .iter()
+            .filter(|o| **o != RetryOn::RetriableStatusCodes)
+            .map(|o| {
+                serde_json::to_value(o)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .chain(policy.status_codes.iter().map(u16::to_string))
+            .collect();
+        match (policy.attempts, self.retries.is_some()) {
+            (0, _) => parts.push("no retries".into()),
+            (n, explicit) => parts.push(format!(
+                "retries {n} on {}{}",
+                on.join(","),
+                if explicit { "" } else { " (Istio default)" }
+            )),
+        }
+        if !self.request_headers.is_empty() || !self.response_headers.is_empty() {
+            parts.push("header edits".into());
+        }
+        parts.join("; ")
+    }
 }
 
 /// Istio's `HTTPRedirect`: a 3xx whose `Location` is the request's URL with the given parts
@@ -540,6 +602,33 @@ mod tests {
         );
         assert_eq!(RetryOn::parse("5XX"), None);
         assert_eq!(RetryOn::parse("sometimes"), None);
+    }
+
+    #[test]
+    fn a_summary_says_what_the_proxy_will_do() {
+        assert_eq!(
+            Actions::default().summary(),
+            "retries 2 on connect-failure,refused-stream,unavailable,cancelled,503 (Istio default)"
+        );
+        let a = Actions {
+            timeout_ms: Some(2000),
+            retries: Some(Retries {
+                attempts: 0,
+                per_try_timeout_ms: None,
+                on: vec![],
+                status_codes: vec![],
+            }),
+            fault: Some(Fault {
+                delay: None,
+                abort: Some(Abort {
+                    status: Some(503),
+                    grpc_status: None,
+                    per_million: 500_000,
+                }),
+            }),
+            ..Actions::default()
+        };
+        assert_eq!(a.summary(), "abort 503 50%; timeout 2000ms; no retries");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub enum InitError {
     #[error("{flag}: {value:?} is not a port (1-65535)")]
     BadPort { flag: &'static str, value: String },
     #[error(
-        "{flag}: {value:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8 (an address alone means one host)"
+        "{flag}: {value:?} is not a CIDR such as 198.18.0.0/15 or fd00::/8 (an address alone means one host)"
     )]
     BadCidr { flag: &'static str, value: String },
     #[error(
@@ -990,13 +990,19 @@ COMMIT
             InboundPorts::List(vec![])
         );
         assert_eq!(
-            parse_cidrs("f", "10.1.2.3/8").unwrap(),
+            parse_cidrs("f", "198.18.2.3/15").unwrap(),
             vec![Cidr {
-                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)),
-                prefix: 8
+                addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)),
+                prefix: 15
             }]
         );
-        for bad in ["10.0.0.0/33", "fd00::/129", "nope", "10.0.0/8", "fd00::/x"] {
+        for bad in [
+            "198.18.0.0/33",
+            "fd00::/129",
+            "nope",
+            "198.18.0/15",
+            "fd00::/x",
+        ] {
             assert!(
                 matches!(parse_cidrs("f", bad), Err(InitError::BadCidr { .. })),
                 "{bad}"

@@ -1303,7 +1303,7 @@ mod tests {
             (contract::ANNOTATION_INTERCEPTION_MODE, "NONE"),
             (
                 contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
-                "10.0.0.0/8",
+                "198.18.0.0/15",
             ),
             (contract::ANNOTATION_KUBEVIRT_INTERFACES, "vif0"),
         ]))

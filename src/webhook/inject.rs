@@ -805,7 +805,7 @@ const PORT_LIST: &str = "a comma-separated list of port numbers such as \"8080,9
 const PORT_LIST_OR_STAR: &str =
     "a comma-separated list of port numbers such as \"8080,9090\", or \"*\" for every port";
 const CIDR_LIST: &str = "a comma-separated list of CIDRs such as \"10.0.0.0/8,169.254.169.254/32\"";
-const CIDR_LIST_OR_STAR: &str = "a comma-separated list of CIDRs such as \"10.96.0.0/12,fd00::/8\" \
+const CIDR_LIST_OR_STAR: &str = "a comma-separated list of CIDRs such as \"198.19.0.0/16,fd00::/8\" \
                                  (only these are captured), \"*\" for every destination, or \
                                  nothing for none";
 
@@ -1131,7 +1131,7 @@ mod tests {
         let annotations = BTreeMap::from([
             (
                 contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES.to_string(),
-                " 10.96.0.0/12 , fd00:7765:6674::/64".to_string(),
+                " 198.19.0.0/16 , fd00:7765:6674::/64".to_string(),
             ),
             (
                 contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS.to_string(),
@@ -1151,7 +1151,7 @@ mod tests {
             [
                 "init",
                 "--exclude-inbound-ports=15030",
-                "--include-outbound-ip-ranges=10.96.0.0/12,fd00:7765:6674::/64",
+                "--include-outbound-ip-ranges=198.19.0.0/16,fd00:7765:6674::/64",
                 "--include-outbound-ports=8080,8443",
                 "--exclude-interfaces=eth1,net1",
                 "--kubevirt-interfaces=k6t-eth0",
@@ -1226,9 +1226,12 @@ mod tests {
             ),
             (
                 contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
-                "10.0.0.0/8,*",
+                "198.18.0.0/15,*",
             ),
-            (contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES, "10.1.2.3"),
+            (
+                contract::ANNOTATION_INCLUDE_OUTBOUND_IP_RANGES,
+                "198.18.1.3",
+            ),
             (contract::ANNOTATION_INCLUDE_OUTBOUND_PORTS, "https"),
             (contract::ANNOTATION_EXCLUDE_INTERFACES, "eth0,-j"),
             (contract::ANNOTATION_KUBEVIRT_INTERFACES, "a very long name"),

@@ -296,6 +296,11 @@ pub fn validate(a: &Actions) -> Result<(), String> {
         {
             return Err("a fault abort status is not an HTTP status".into());
         }
+        if let Some(x) = &f.abort
+            && x.grpc_status.is_some_and(|g| g > 16)
+        {
+            return Err("a fault abort gRPC status is not a gRPC status (0 to 16)".into());
+        }
     }
     Ok(())
 }
@@ -330,7 +335,7 @@ pub enum TryOutcome {
     /// `grpc-status`).
     Response {
         status: u16,
-        grpc_status: Option<u32>,
+        grpc_status: Option<i32>,
     },
     /// No connection could be opened.
     ConnectFailure,
@@ -370,12 +375,12 @@ impl Retries {
 
 fn condition_holds(on: RetryOn, outcome: TryOutcome, codes: &[u16]) -> bool {
     use TryOutcome as T;
-    const GRPC_CANCELLED: u32 = 1;
-    const GRPC_DEADLINE_EXCEEDED: u32 = 4;
-    const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
-    const GRPC_INTERNAL: u32 = 13;
-    const GRPC_UNAVAILABLE: u32 = 14;
-    let grpc = |want: u32| matches!(outcome, T::Response { grpc_status: Some(g), .. } if g == want);
+    const GRPC_CANCELLED: i32 = 1;
+    const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+    const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
+    const GRPC_INTERNAL: i32 = 13;
+    const GRPC_UNAVAILABLE: i32 = 14;
+    let grpc = |want: i32| matches!(outcome, T::Response { grpc_status: Some(g), .. } if g == want);
     match on {
         RetryOn::FiveXx => match outcome {
             T::Response { status, .. } => (500..600).contains(&status),

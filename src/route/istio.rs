@@ -106,12 +106,7 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
         ("proxyProtocol", p.proxy_protocol.is_some()),
         ("retryBudget", p.retry_budget.is_some()),
     ];
-    out.extend(
-        fields
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(f, _)| format!("{at}.{f}")),
-    );
+    out.extend(set_fields(&fields).iter().map(|f| format!("{at}.{f}")));
     if let Some(tls) = &p.tls {
         match tls.mode.as_deref() {
             None | Some("ISTIO_MUTUAL") | Some("DISABLE") => {}
@@ -128,12 +123,20 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
             ("caCrl", tls.ca_crl.is_some()),
         ];
         out.extend(
-            tls_fields
+            set_fields(&tls_fields)
                 .iter()
-                .filter(|(_, set)| *set)
-                .map(|(f, _)| format!("{at}.tls.{f}")),
+                .map(|f| format!("{at}.tls.{f}")),
         );
     }
+}
+
+/// The names of the fields that are set, of `(name, is set)` pairs.
+pub(super) fn set_fields(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
+    fields
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| *f)
+        .collect()
 }
 
 /// `exportTo` that says what the default says (every namespace) changes nothing.
@@ -459,7 +462,7 @@ fn header_matches(
 }
 
 fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
-    let unsupported: Vec<&str> = [
+    let unsupported = set_fields(&[
         ("scheme", m.scheme.is_some()),
         ("authority", m.authority.is_some()),
         ("sourceLabels", m.source_labels.is_some()),
@@ -467,11 +470,7 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
         ("ignoreUriCase", m.ignore_uri_case.is_some()),
         ("sourceNamespace", m.source_namespace.is_some()),
         ("statPrefix", m.stat_prefix.is_some()),
-    ]
-    .iter()
-    .filter(|(_, set)| *set)
-    .map(|(f, _)| *f)
-    .collect();
+    ]);
     if !unsupported.is_empty() {
         return Err(not_supported(at, &unsupported));
     }
@@ -584,7 +583,7 @@ pub fn compile_virtual_service(
     let mut pending = Vec::new();
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("http[{i}]");
-        let fields: Vec<&str> = [
+        let fields = set_fields(&[
             ("directResponse", h.direct_response.is_some()),
             ("delegate", h.delegate.is_some()),
             ("mirror", h.mirror.is_some()),
@@ -592,11 +591,7 @@ pub fn compile_virtual_service(
             ("mirrorPercent", h.mirror_percent.is_some()),
             ("mirrorPercentage", h.mirror_percentage.is_some()),
             ("corsPolicy", h.cors_policy.is_some()),
-        ]
-        .iter()
-        .filter(|(_, set)| *set)
-        .map(|(f, _)| *f)
-        .collect();
+        ]);
         if !fields.is_empty() {
             return Err(invalid(not_supported(&at, &fields)));
         }

@@ -11,7 +11,7 @@ use super::action::{
     Abort, Actions, Delay, Fault, HeaderEdits, MAX_RETRY_ATTEMPTS, PER_MILLION, Redirect, Retries,
     RetryOn, Rewrite,
 };
-use super::istio::HttpRouteSpec;
+use super::istio::{HttpRouteSpec, set_fields};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -260,18 +260,14 @@ fn authority_value(at: &str, a: &str) -> Result<(), String> {
 }
 
 fn retries(at: &str, r: &RetrySpec) -> Result<Retries, String> {
-    let unsupported: Vec<&str> = [
+    let unsupported = set_fields(&[
         ("retryRemoteLocalities", r.retry_remote_localities.is_some()),
         (
             "retryIgnorePreviousHosts",
             r.retry_ignore_previous_hosts.is_some(),
         ),
         ("backoff", r.backoff.is_some()),
-    ]
-    .iter()
-    .filter(|(_, set)| *set)
-    .map(|(f, _)| *f)
-    .collect();
+    ]);
     if let Some(f) = unsupported.first() {
         return Err(format!("{at}.{f} is not supported yet"));
     }

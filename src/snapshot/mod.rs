@@ -595,8 +595,8 @@ pub enum RequestRoute<'a> {
         endpoints: Vec<&'a Endpoint>,
         routed: Option<Routed<'a>>,
     },
-    /// The chosen route answers with a redirect.
-    Redirect(&'a crate::route::HttpRoute),
+    /// The chosen route answers with this redirect.
+    Redirect(&'a crate::route::action::Redirect),
     /// The Service has routes and none takes the request (404 `NR`).
     NoRoute,
     /// The chosen route names a Service port or subset the snapshot does not have (503 `NR`).
@@ -748,8 +748,8 @@ impl SnapshotIndex {
             Choice::Route { route, matched, .. } => (route, matched),
             Choice::NoRoute => return RequestRoute::NoRoute,
         };
-        if route.actions.redirect.is_some() {
-            return RequestRoute::Redirect(route);
+        if let Some(redirect) = &route.actions.redirect {
+            return RequestRoute::Redirect(redirect);
         }
         let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
         let has_endpoints = |d: &crate::route::Destination| {

@@ -338,23 +338,9 @@ spec:
 /// `n` requests with extra curl arguments (a header), each answer's first word. A newline is
 /// written after each answer, as the proxy's own answers (`fault filter abort`) end without one.
 fn bodies_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String> {
-    let target = format!("{url}?n=[1-{n}]");
-    let mut args = vec![
-        "exec",
-        "client",
-        "-c",
-        "client",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "120",
-        "-w",
-        "\n",
-    ];
+    let mut args = vec!["-w", "\n"];
     args.extend_from_slice(extra);
-    args.push(&target);
-    let out = ns.kubectl(&args);
+    let out = curl_range(ns, url, n, &args);
     let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -368,10 +354,11 @@ fn bodies_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<Strin
     answers
 }
 
-/// `n` requests, each answer's status code (curl's `%{http_code}`; `000` when none came).
-fn codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
+/// `n` requests to `url` from the client pod in one curl (its URL range `?n=[1-n]`, one
+/// connection kept alive), with curl arguments `args`.
+fn curl_range(ns: &Namespace, url: &str, n: usize, args: &[&str]) -> std::process::Output {
     let target = format!("{url}?n=[1-{n}]");
-    let args = [
+    let mut argv = vec![
         "exec",
         "client",
         "-c",
@@ -381,13 +368,15 @@ fn codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
         "-sS",
         "--max-time",
         "120",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}\n",
-        &target,
     ];
-    let out = ns.kubectl(&args);
+    argv.extend_from_slice(args);
+    argv.push(&target);
+    ns.kubectl(&argv)
+}
+
+/// `n` requests, each answer's status code (curl's `%{http_code}`; `000` when none came).
+fn codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
+    let out = curl_range(ns, url, n, &["-o", "/dev/null", "-w", "%{http_code}\n"]);
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(str::to_string)

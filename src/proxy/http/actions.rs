@@ -7,8 +7,9 @@ use hyper::http::request::Parts;
 use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::{Response, StatusCode};
 
-use super::exchange::{grpc_reply, grpc_status_of_http, local_reply};
+use super::exchange::{grpc_reply, local_reply};
 use super::server::ResponseBody;
+use crate::proxy::metrics::grpc_status_from_http;
 use crate::route::action::{self, Abort, HeaderEdits, Redirect};
 use crate::snapshot::Routed;
 
@@ -122,8 +123,11 @@ pub fn abort(a: &Abort, grpc: bool) -> (Response<ResponseBody>, u64) {
             local_reply(status, ABORT_BODY, false),
             ABORT_BODY.len() as u64,
         ),
-        (_, Some(code), _) => (grpc_reply(code, ABORT_BODY), 0),
-        (true, None, Some(status)) => (grpc_reply(grpc_status_of_http(status), ABORT_BODY), 0),
+        (_, Some(code), _) => (grpc_reply(code as i32, ABORT_BODY), 0),
+        (true, None, Some(status)) => (
+            grpc_reply(grpc_status_from_http(status.as_u16()), ABORT_BODY),
+            0,
+        ),
         (_, None, None) => (
             local_reply(StatusCode::SERVICE_UNAVAILABLE, ABORT_BODY, grpc),
             0,

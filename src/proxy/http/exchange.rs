@@ -25,7 +25,7 @@ use super::upstream::ForwardError;
 use crate::proxy::ProxyContext;
 use crate::proxy::access_log::{Entry, request_id};
 use crate::proxy::metrics::{
-    RequestOutcome, RequestRecorder, Sizes, grpc_status, grpc_status_value,
+    RequestOutcome, RequestRecorder, Sizes, grpc_status, grpc_status_from_http, grpc_status_value,
 };
 
 const X_REQUEST_ID: &str = "x-request-id";
@@ -399,23 +399,11 @@ pub fn local_reply(status: StatusCode, body: &'static str, grpc: bool) -> Respon
     if !grpc {
         return http_authz::local_response(status, body).map(server::full);
     }
-    grpc_reply(grpc_status_of_http(status), body)
-}
-
-/// Envoy's mapping of an HTTP status to the gRPC status of a local reply to a gRPC request.
-pub fn grpc_status_of_http(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    }
+    grpc_reply(grpc_status_from_http(status.as_u16()), body)
 }
 
 /// A trailers-only gRPC answer: HTTP 200 with `grpc-status` `code` and `grpc-message`.
-pub fn grpc_reply(code: u32, message: &'static str) -> Response<ResponseBody> {
+pub fn grpc_reply(code: i32, message: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(server::full(""));
     let h = resp.headers_mut();
     h.insert(

@@ -22,13 +22,13 @@ use tokio::time::{Duration, Instant};
 
 use super::actions;
 use super::authz::{HeaderView, normalized_path};
-use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why, local_reply};
+use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
 use super::pool::Key;
 use super::replay::{Recorder, Recording, TryBody};
 use super::server::{self, Counted, ResponseBody};
 use super::upstream::{ForwardError, SendRequest, Sender, forward, wants_tunnel_head};
 use crate::proxy::ProxyContext;
-use crate::proxy::metrics::{RequestRecorder, TcpLabels};
+use crate::proxy::metrics::{RequestRecorder, TcpLabels, grpc_status_value};
 use crate::proxy::outbound::{open_endpoint, source_labels};
 use crate::route::{RequestView, Retries, TryOutcome, action};
 use crate::snapshot::{
@@ -103,13 +103,9 @@ impl server::Pipeline for Outbound {
                         endpoints,
                         routed,
                     } => (Some(service), endpoints, routed),
-                    RequestRoute::Redirect(route) => {
+                    RequestRoute::Redirect(redirect) => {
                         let record = self.no_upstream(&snapshot, service);
-                        let redirect = route.actions.redirect.as_ref();
-                        let resp = match redirect {
-                            Some(r) => actions::redirect(&parts, r, exchange.is_grpc()),
-                            None => local_reply(StatusCode::NOT_FOUND, "", exchange.is_grpc()),
-                        };
+                        let resp = actions::redirect(&parts, redirect, exchange.is_grpc());
                         return exchange.local_response(resp, 0, &record, Why::default());
                     }
                     RequestRoute::NoRoute => {
@@ -313,7 +309,7 @@ impl Outbound {
                     grpc_status: resp
                         .headers()
                         .get("grpc-status")
-                        .and_then(|v| v.to_str().ok()?.parse().ok()),
+                        .map(|v| grpc_status_value(v.as_bytes())),
                 },
                 Err(TryError::Forward(ForwardError::Connect(_) | ForwardError::Handshake(_))) => {
                     TryOutcome::ConnectFailure

@@ -5,6 +5,7 @@
 //! - [`authz`]: which AuthorizationPolicies select which workload, compiled once, pure.
 //! - [`routes`]: DestinationRules, VirtualServices and TrafficSplits onto the service tables.
 //! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
+//! - [`status`]: the `WeftAccepted` condition on each Istio policy and route, leader-written.
 //! - [`server`]: reflectors, debounce, the stream and ack routes, the per-replica registry.
 //!
 //! The snapshot schema and the wire framing live in [`crate::snapshot`], shared with the proxy.
@@ -14,6 +15,7 @@ pub mod model;
 pub mod policy;
 pub mod routes;
 pub mod server;
+pub mod status;
 
 pub use model::{MeshIndex, MeshView};
 pub use server::{DiscoverySettings, DiscoveryState, PeerCert, ProxyList, ProxyRecord};

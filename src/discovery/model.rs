@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::authz::{AuthzIndex, SmiObjects, Workload};
 use super::policy::{Effective, Policies, PolicyProblem};
+use super::status::{self, ObjectKey, Verdict};
 use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
 use crate::api::{
     AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, VirtualService,
@@ -92,6 +93,8 @@ pub struct MeshIndex {
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule whose TLS mode its Service entry carries (for `weft check`).
     pub tls_rules: BTreeMap<String, String>,
+    /// The `WeftAccepted` condition each Istio policy and route should carry.
+    verdicts: BTreeMap<ObjectKey, Verdict>,
 }
 
 /// Why no snapshot can be made for a pod.
@@ -272,7 +275,19 @@ impl MeshIndex {
                 .chain(routed.problems)
                 .collect(),
             tls_rules: routed.tls_rules,
+            verdicts: BTreeMap::new(),
         }
+        .with_verdicts(view)
+    }
+
+    fn with_verdicts(mut self, view: &MeshView) -> Self {
+        self.verdicts = status::verdicts(&status::targets(view), &self.problems);
+        self
+    }
+
+    /// What the `WeftAccepted` condition of each Istio policy and route should say.
+    pub fn verdicts(&self) -> &BTreeMap<ObjectKey, Verdict> {
+        &self.verdicts
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&MeshedPod> {

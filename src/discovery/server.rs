@@ -390,6 +390,11 @@ impl DiscoveryState {
         self.index.borrow().clone()
     }
 
+    /// Every new index as it is built (the status writer follows it).
+    pub fn index_updates(&self) -> watch::Receiver<Arc<MeshIndex>> {
+        self.index.clone()
+    }
+
     /// This replica's connected proxies, each with the version current now.
     pub fn proxies(&self, instance: &str) -> ProxyList {
         let index = self.index();

@@ -249,6 +249,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .with_stream_limits(args.limits.config_streams());
+    // The WeftAccepted condition on each Istio policy and route, written by the leader.
+    tokio::spawn(discovery::status::run(
+        client.clone(),
+        election.leading(),
+        config_server.index_updates(),
+    ));
     let discovery = csr::router(csr_state).merge(discovery::server::router(config_server.clone()));
     tokio::spawn(serve_tls(
         args.discovery_addr,

@@ -18,6 +18,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use weft::contract;
 use weft::operator::csr::{
@@ -265,4 +266,50 @@ async fn a_flood_of_garbage_tokens_does_not_keep_a_proxy_from_its_certificate() 
     let answer = ask(&mut proxy, WEB_TOKEN, body).await;
     assert!(issued(&answer), "{} {}", answer.status, answer.json);
     assert_eq!(endpoint.reviews.web_calls.load(Ordering::SeqCst), 1);
+}
+
+/// Idle connections one source opens in [`idle_connections_do_not_keep_a_proxy_from_its_certificate`]:
+/// the figure issue 21 names. The test holds 5,000 client sockets and the server up to its
+/// per-source cap (1,024): about 6,100 file descriptors (`ulimit -n` is 20,000 here).
+const IDLE_CONNECTIONS: usize = 5_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_keep_a_proxy_from_its_certificate() {
+    let endpoint = Endpoint::serve().await;
+    let per_source = ServingLimits::DISCOVERY_MAX_CONNECTIONS_PER_SOURCE;
+    assert!(IDLE_CONNECTIONS > per_source);
+
+    // One source opens 5,000 connections and says nothing on any of them (no TLS hello).
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for n in 0..IDLE_CONNECTIONS {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(FLOODER), 0))
+            .expect("binds a loopback source");
+        match socket.connect(endpoint.addr).await {
+            Ok(tcp) => idle.push(tcp),
+            Err(e) => panic!("idle connection {n} could not connect: {e}"),
+        }
+    }
+
+    // A proxy from elsewhere gets its certificate while they are all open...
+    let mut proxy = endpoint.connect_from(PROXY).await;
+    let answer = ask(&mut proxy, WEB_TOKEN, csr_body()).await;
+    assert!(issued(&answer), "{} {}", answer.status, answer.json);
+
+    // ...because the server holds at most its per-source cap of them: the rest were closed
+    // unserved at accept (a read sees the end of the stream, not a TLS answer).
+    let mut closed = 0;
+    for tcp in &mut idle {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the server sent bytes unasked on an idle connection"),
+            Err(_) => {}
+        }
+    }
+    let held = IDLE_CONNECTIONS - closed;
+    println!("{IDLE_CONNECTIONS} idle connections from one source: {held} held, {closed} closed");
+    // At most the cap is held (fewer only if the TLS handshake timeout has passed meanwhile).
+    assert!(held <= per_source, "{held} held, cap {per_source}");
 }

@@ -23,7 +23,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -332,6 +332,13 @@ fn pod_name(i: usize) -> String {
     format!("app-7c9f6d5b8-{i:02}")
 }
 
+/// Pod `i` of namespace `n`'s address: a loopback one (all of 127.0.0.0/8 is loopback on
+/// Linux), so its simulated proxy can connect from it, as the operator requires of a pod's
+/// config stream.
+fn pod_ip(n: usize, i: usize) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::new(127, 1, n as u8, i as u8 + 10))
+}
+
 /// What the reflectors would hold: `NAMESPACES` namespaces, each with a Deployment `app` of
 /// `PODS_PER_NAMESPACE` meshed pods (service account `app`, one Service, one EndpointSlice
 /// with every pod ready), except that `shop-000` runs `first_replicas` pods (the change
@@ -347,7 +354,7 @@ fn mesh_view(first_replicas: usize) -> MeshView {
         };
         let mut endpoints = Vec::new();
         for i in 0..replicas {
-            let (name, ip) = (pod_name(i), format!("10.244.{n}.{}", i + 10));
+            let (name, ip) = (pod_name(i), pod_ip(n, i).to_string());
             pods.push(kube::<Pod>(json!({
                 "metadata": {"namespace": ns, "name": name, "labels": {
                     "app": "app", "pod-template-hash": "7c9f6d5b8",
@@ -367,7 +374,7 @@ fn mesh_view(first_replicas: usize) -> MeshView {
         }
         services.push(kube::<Service>(json!({
             "metadata": {"namespace": ns, "name": "app"},
-            "spec": {"type": "ClusterIP", "clusterIP": format!("10.96.{}.{}", n / 200, n % 200 + 10),
+            "spec": {"type": "ClusterIP", "clusterIP": format!("198.19.{}.{}", n / 200, n % 200 + 10),
                      "selector": {"app": "app"},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
         })));
@@ -458,11 +465,13 @@ fn authz(seconds: Duration) -> serde_json::Value {
 /// One simulated proxy: its pod and a TLS client config with its own workload certificate.
 struct SimulatedProxy {
     pod: String,
+    /// Its pod's address, which it connects from.
+    source: IpAddr,
     tls: Arc<rustls::ClientConfig>,
 }
 
 /// A key and a workload certificate per proxy, as each pod's CSR client would get them.
-fn simulated_proxies(ca: &MeshCa, pods: &[(String, String)]) -> Vec<SimulatedProxy> {
+fn simulated_proxies(ca: &MeshCa, pods: &[(String, String, IpAddr)]) -> Vec<SimulatedProxy> {
     let mut roots = rustls::RootCertStore::empty();
     for der in certificates_from_pem(&ca.roots_pem()).expect("the root PEM") {
         roots.add(der.into()).expect("a root certificate");
@@ -470,7 +479,7 @@ fn simulated_proxies(ca: &MeshCa, pods: &[(String, String)]) -> Vec<SimulatedPro
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     pods.iter()
-        .map(|(ns, pod)| {
+        .map(|(ns, pod, source)| {
             let id = contract::spiffe_id(TRUST_DOMAIN, ns, "app");
             let key = WorkloadKey::generate().expect("a P-256 key");
             let issued = ca
@@ -497,6 +506,7 @@ fn simulated_proxies(ca: &MeshCa, pods: &[(String, String)]) -> Vec<SimulatedPro
             tls.alpn_protocols = vec![b"h2".to_vec()];
             SimulatedProxy {
                 pod: pod.clone(),
+                source: *source,
                 tls: Arc::new(tls),
             }
         })
@@ -552,7 +562,12 @@ async fn follow_config(
     heard: &mpsc::Sender<Heard>,
 ) -> Result<(), String> {
     let opening = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(sim.source, 0))
+        .map_err(|e| format!("bind {}: {e}", sim.source))?;
+    let tcp = socket
+        .connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -633,8 +648,10 @@ fn convergence() -> serde_json::Value {
         MeshCa::generate_root(TRUST_DOMAIN, Duration::from_secs(365 * 86_400)).expect("a root CA"),
     );
     let index = Arc::new(MeshIndex::build(&mesh_view(PODS_PER_NAMESPACE)));
-    let pods: Vec<(String, String)> = (0..NAMESPACES)
-        .flat_map(|n| (0..PODS_PER_NAMESPACE).map(move |i| (namespace_name(n), pod_name(i))))
+    let pods: Vec<(String, String, IpAddr)> = (0..NAMESPACES)
+        .flat_map(|n| {
+            (0..PODS_PER_NAMESPACE).map(move |i| (namespace_name(n), pod_name(i), pod_ip(n, i)))
+        })
         .collect();
     let snapshot_bytes = index
         .snapshot_for(&pods[0].0, &pods[0].1)
@@ -735,7 +752,7 @@ fn convergence() -> serde_json::Value {
     let serializing = Instant::now();
     let expected: Vec<Option<String>> = pods
         .iter()
-        .map(|(ns, pod)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
+        .map(|(ns, pod, _)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
         .collect();
     let serialize_all = serializing.elapsed();
     let concerned: HashSet<usize> = (0..PROXIES)

@@ -95,6 +95,9 @@ pub struct MeshIndex {
     pub tls_rules: BTreeMap<String, String>,
     /// The `WeftAccepted` condition each Istio policy and route should carry.
     verdicts: BTreeMap<ObjectKey, Verdict>,
+    /// The addresses of each meshed pod (status.podIPs), which its proxy's config stream must
+    /// come from (see `discovery::server`).
+    addresses: HashMap<(String, String), Vec<IpAddr>>,
 }
 
 /// Why no snapshot can be made for a pod.
@@ -108,6 +111,21 @@ pub enum NoSnapshot {
 
 fn pod_key(pod: &Pod) -> Option<(String, String)> {
     Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
+}
+
+/// A pod's IPs as the API server reports them (dual-stack pods have two).
+fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = listed
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 fn labels_of(pod: &Pod) -> BTreeMap<String, String> {
@@ -134,12 +152,14 @@ impl MeshIndex {
         // Meshed pods: the injector labels them with their revision.
         let mut pods = HashMap::new();
         let mut pod_labels = HashMap::new();
+        let mut addresses = HashMap::new();
         for pod in &view.pods {
             let Some(key) = pod_key(pod) else { continue };
             let labels = labels_of(pod);
             let Some(revision) = labels.get(contract::LABEL_REVISION).cloned() else {
                 continue;
             };
+            addresses.insert(key.clone(), pod_addresses(pod));
             let spec = pod.spec.as_ref();
             let service_account = spec
                 .and_then(|s| s.service_account_name.clone())
@@ -276,8 +296,17 @@ impl MeshIndex {
                 .collect(),
             tls_rules: routed.tls_rules,
             verdicts: BTreeMap::new(),
+            addresses,
         }
         .with_verdicts(view)
+    }
+
+    /// The addresses `status.podIPs` (or `podIP`) gives meshed pod `namespace/name`; empty
+    /// until the kubelet has reported them.
+    pub fn pod_addresses(&self, namespace: &str, name: &str) -> &[IpAddr] {
+        self.addresses
+            .get(&(namespace.to_string(), name.to_string()))
+            .map_or(&[], Vec::as_slice)
     }
 
     fn with_verdicts(mut self, view: &MeshView) -> Self {

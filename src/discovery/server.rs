@@ -11,7 +11,12 @@
 //!   connection opened and to the versions they sent (a proxy cannot ack what it was never
 //!   sent, nor the stream of another connection).
 //!
-//! Open streams are capped per workload identity and per pod ([`StreamLimits`]).
+//! Open streams are capped per workload identity and per pod ([`StreamLimits`]), and both
+//! routes are bound to the pod's own address: the connection must come from one of the IPs
+//! the API server reports for the pod it names, so a sibling pod holding the same service
+//! account's certificate cannot read or ack another pod's snapshot (operator flag
+//! `--config-stream-bind-pod-ip`, on by default; off only where proxies reach the operator
+//! through source NAT).
 //!
 //! On the admin port (loopback only, [`ADMIN_ADDR`]): `GET /debug/proxies`, this replica's
 //! connected proxies with the version sent, the version acknowledged and the version current
@@ -21,6 +26,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +76,9 @@ pub struct PeerCert {
     pub expires: Option<String>,
     /// The connection: an ack binds to the streams opened on its own connection.
     pub connection: ConnectionId,
+    /// The address the connection came from, as the operator's socket sees it (set by the
+    /// accept loop; `None` only for requests that did not come through one).
+    pub address: Option<IpAddr>,
 }
 
 /// Names one connection: two values are equal only when cloned from the same
@@ -262,6 +271,8 @@ pub struct DiscoveryState {
     limits: StreamLimits,
     /// How long a stream or ack waits for its pod to reach the caches ([`POD_WAIT`]).
     pod_wait: Duration,
+    /// Whether a stream or ack must come from its pod's own address (see the module doc).
+    bind_pod_address: bool,
 }
 
 impl DiscoveryState {
@@ -372,6 +383,15 @@ impl DiscoveryState {
             synced: watch::channel(true).1,
             limits: StreamLimits::default(),
             pod_wait: POD_WAIT,
+            bind_pod_address: true,
+        }
+    }
+
+    /// The same server with the pod-address binding on (the default) or off.
+    pub fn with_pod_address_binding(self, bind_pod_address: bool) -> Self {
+        DiscoveryState {
+            bind_pod_address,
+            ..self
         }
     }
 
@@ -491,7 +511,8 @@ fn valid_pod_name(name: &str) -> bool {
 }
 
 /// Checks who is asking: a workload certificate of our trust domain naming the namespace and
-/// service account of `pod`. Waits briefly for a new pod to reach the caches.
+/// service account of `pod`, on a connection from one of `pod`'s addresses. Waits briefly for
+/// a new pod (or its address) to reach the caches.
 async fn authorize(
     state: &DiscoveryState,
     peer: &PeerCert,
@@ -518,27 +539,51 @@ async fn authorize(
             "query parameter pod must be the pod's name (POD_NAME)",
         ));
     }
+    // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+    let source = peer.address.map(|a| a.to_canonical());
+    let bound = state.bind_pod_address;
     let mut index = state.index.clone();
-    let found = tokio::time::timeout(state.pod_wait, async {
+    let mut seen = Seen::Unknown;
+    let _ = tokio::time::timeout(state.pod_wait, async {
         loop {
-            if let Some(p) = index.borrow_and_update().pod(ns, pod) {
-                return Some(p.service_account.clone());
+            let current = index.borrow_and_update().clone();
+            if let Some(p) = current.pod(ns, pod) {
+                if p.service_account != sa {
+                    // Final: a pod does not change its service account.
+                    seen = Seen::OtherAccount(p.service_account.clone());
+                    return;
+                }
+                let addresses = current.pod_addresses(ns, pod);
+                if !bound || source.is_some_and(|a| addresses.contains(&a)) {
+                    seen = Seen::Authorized;
+                    return;
+                }
+                // The pod's address may not be in the caches yet (a new pod): wait for it.
+                seen = Seen::OtherAddress;
             }
             if index.changed().await.is_err() {
-                return None;
+                return;
             }
         }
     })
-    .await
-    .ok()
-    .flatten();
-    match found {
-        Some(owner) if owner == sa => Ok((ns.to_string(), pod.to_string())),
-        Some(owner) => Err(refuse(
+    .await;
+    match seen {
+        Seen::Authorized => Ok((ns.to_string(), pod.to_string())),
+        Seen::OtherAccount(owner) => Err(refuse(
             StatusCode::FORBIDDEN,
             format!("pod {ns}/{pod} runs as service account {owner}, not {sa}"),
         )),
-        None => Err(refuse(
+        Seen::OtherAddress => {
+            let from = source.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            tracing::warn!(%ns, %pod, identity = %id, %from, "config stream refused: not from the pod's address");
+            Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this connection comes from {from}, which is not an address of pod {ns}/{pod}: a proxy reads and acks only its own pod's config, from inside that pod"
+                ),
+            ))
+        }
+        Seen::Unknown => Err(refuse(
             StatusCode::NOT_FOUND,
             format!(
                 "pod {ns}/{pod} is not a meshed pod the operator knows (no {} label, or not created yet)",
@@ -546,6 +591,14 @@ async fn authorize(
             ),
         )),
     }
+}
+
+/// What [`authorize`] last saw of the pod a request names.
+enum Seen {
+    Unknown,
+    OtherAccount(String),
+    OtherAddress,
+    Authorized,
 }
 
 #[derive(Deserialize)]
@@ -904,13 +957,26 @@ mod tests {
         (state, tx)
     }
 
-    /// One TLS connection's client certificate: `ns`/`sa` of our trust domain.
-    fn connection(ns: &str, sa: &str) -> PeerCert {
+    /// The addresses of [`mesh`]'s pods.
+    const WEB_1: &str = "198.18.1.2";
+    const DB_1: &str = "198.18.1.3";
+    const WEB_2: &str = "198.18.1.5";
+    const SHOP_WEB_1: &str = "198.18.2.2";
+
+    /// One TLS connection from address `from` with a client certificate of `ns`/`sa` of our
+    /// trust domain.
+    fn connection_from(ns: &str, sa: &str, from: &str) -> PeerCert {
         PeerCert {
             spiffe_id: Some(format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")),
             expires: None,
             connection: ConnectionId::new(),
+            address: Some(from.parse().unwrap()),
         }
+    }
+
+    /// The connection of pets/web-1's proxy.
+    fn web_1() -> PeerCert {
+        connection_from("pets", "web", WEB_1)
     }
 
     async fn open(state: &DiscoveryState, peer: Option<&PeerCert>, pod: &str) -> Response {
@@ -995,7 +1061,7 @@ mod tests {
         let (mut state, _index) = server(StreamLimits::default());
         // The unknown pods would otherwise wait 5 s each for the caches.
         state.pod_wait = Duration::from_millis(50);
-        let cases: [(Option<PeerCert>, &str, StatusCode, &str); 7] = [
+        let cases: [(Option<PeerCert>, &str, StatusCode, &str); 10] = [
             (
                 None,
                 "web-1",
@@ -1012,38 +1078,63 @@ mod tests {
                 "not a workload identity of trust domain cluster.local",
             ),
             (
-                Some(connection("pets", "web")),
+                Some(web_1()),
                 "Web-1/../db-1",
                 StatusCode::BAD_REQUEST,
                 "pod's name",
             ),
             // Wrong pod for the identity: db-1 runs as db.
             (
-                Some(connection("pets", "web")),
+                Some(connection_from("pets", "web", DB_1)),
                 "db-1",
                 StatusCode::FORBIDDEN,
                 "pod pets/db-1 runs as service account db, not web",
             ),
             // Unknown pod.
             (
-                Some(connection("pets", "web")),
+                Some(web_1()),
                 "web-9",
                 StatusCode::NOT_FOUND,
                 "pod pets/web-9 is not a meshed pod",
             ),
             // A pod of another namespace: shop's web identity cannot name pets' pods...
             (
-                Some(connection("shop", "web")),
+                Some(connection_from("shop", "web", SHOP_WEB_1)),
                 "web-2",
                 StatusCode::NOT_FOUND,
                 "pod shop/web-2 is not a meshed pod",
             ),
             // ...nor pets' web identity shop's web-1 (same names, other namespace).
             (
-                Some(connection("pets", "db")),
+                Some(connection_from("pets", "db", WEB_1)),
                 "web-1",
                 StatusCode::FORBIDDEN,
                 "pod pets/web-1 runs as service account web, not db",
+            ),
+            // A sibling pod: web-2 holds the same identity's certificate, but its connection
+            // comes from web-2's address, not web-1's...
+            (
+                Some(connection_from("pets", "web", WEB_2)),
+                "web-1",
+                StatusCode::FORBIDDEN,
+                "this connection comes from 198.18.1.5, which is not an address of pod pets/web-1",
+            ),
+            // ...nor from anywhere else (a stolen certificate used off the pod)...
+            (
+                Some(connection_from("pets", "web", "127.0.0.1")),
+                "web-1",
+                StatusCode::FORBIDDEN,
+                "comes from 127.0.0.1, which is not an address of pod pets/web-1",
+            ),
+            // ...and a connection whose address is not known is not believed either.
+            (
+                Some(PeerCert {
+                    address: None,
+                    ..web_1()
+                }),
+                "web-1",
+                StatusCode::FORBIDDEN,
+                "comes from an unknown address",
             ),
         ];
         for (peer, pod, status, why) in cases {
@@ -1064,12 +1155,51 @@ mod tests {
             );
         }
         assert!(state.proxies("test").proxies.is_empty(), "no stream opened");
+
+        // From the pod's own address the same certificate is served; an IPv4 address seen
+        // on a dual-stack listener (IPv4-mapped IPv6) is the same address.
+        for from in [WEB_1, "::ffff:198.18.1.2"] {
+            let response = open(&state, Some(&connection_from("pets", "web", from)), "web-1").await;
+            assert_eq!(response.status(), StatusCode::OK, "from {from}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_its_pods_address_and_binding_can_be_turned_off() {
+        // web-1 is in the caches without an address yet (the kubelet has not reported it).
+        let mut early = mesh();
+        let first = early.pods.remove(0);
+        let mut no_ip: Pod = (*first).clone();
+        if let Some(status) = no_ip.status.as_mut() {
+            status.pod_ip = None;
+            status.pod_ips = None;
+        }
+        early.pods.insert(0, Arc::new(no_ip));
+        let (state, index) = server(StreamLimits::default());
+        index.send_replace(Arc::new(MeshIndex::build(&early)));
+        assert!(state.index().pod_addresses("pets", "web-1").is_empty());
+        let opening = tokio::spawn({
+            let state = state.clone();
+            async move { open(&state, Some(&web_1()), "web-1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        index.send_replace(Arc::new(MeshIndex::build(&mesh())));
+        let response = opening.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+
+        // With the binding off (proxies behind source NAT), any address of a pod's own
+        // identity is served, as before the binding.
+        let (state, _index) = server(StreamLimits::default());
+        let state = state.with_pod_address_binding(false);
+        let sibling = connection_from("pets", "web", WEB_2);
+        let response = open(&state, Some(&sibling), "web-1").await;
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn an_ack_counts_only_on_its_streams_connection_and_for_versions_it_sent() {
         let (state, index) = server(StreamLimits::default());
-        let web_1 = connection("pets", "web");
+        let web_1 = web_1();
         let mut stream = Stream::of(open(&state, Some(&web_1), "web-1").await);
         let v1 = stream.next_version().await;
         assert_eq!(acked(&state, "web-1"), vec![(None, None)]);
@@ -1092,19 +1222,24 @@ mod tests {
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(acked(&state, "web-1"), vec![(Some(v1.clone()), None)]);
 
-        // web-2 runs as the same identity, on its own connection: it cannot ack web-1's
-        // stream (its connection holds none), even with the version web-1 was sent...
-        let web_2 = connection("pets", "web");
+        // web-2 runs as the same identity, on its own connection from its own address: it
+        // cannot ack web-1's stream, even with the version web-1 was sent...
+        let web_2 = connection_from("pets", "web", WEB_2);
         let _web_2_stream = Stream::of(open(&state, Some(&web_2), "web-2").await);
         let (status, body) = post_ack(&state, &web_2, &ack("web-1", None, Some(&v1))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("not an address of pod pets/web-1"), "{body}");
+        // ...and web-1's connection cannot ack web-2's stream.
+        let (status, _) = post_ack(&state, &web_1, &ack("web-2", Some(&v1), None)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Another connection from web-1's own address holds no stream: refused too.
+        let other = connection_from("pets", "web", WEB_1);
+        let (status, body) = post_ack(&state, &other, &ack("web-1", Some(&v1), None)).await;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
         assert!(
             body.contains("no config stream of pod pets/web-1"),
             "{body}"
         );
-        // ...and web-1's connection cannot ack web-2's stream.
-        let (status, _) = post_ack(&state, &web_1, &ack("web-2", Some(&v1), None)).await;
-        assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(acked(&state, "web-1"), vec![(Some(v1.clone()), None)]);
         assert_eq!(acked(&state, "web-2"), vec![(None, None)]);
 
@@ -1129,7 +1264,7 @@ mod tests {
         // On a new stream (a reconnect), a version the old stream sent but this one did not
         // is not believed as the one the proxy runs; the rejection of what it was sent is.
         drop(stream);
-        let reconnected = connection("pets", "web");
+        let reconnected = connection_from("pets", "web", WEB_1);
         let mut stream = Stream::of(open(&state, Some(&reconnected), "web-1").await);
         assert_eq!(stream.next_version().await, v2);
         assert_eq!(
@@ -1154,7 +1289,7 @@ mod tests {
             per_identity: 3,
             per_pod: 2,
         });
-        let web = connection("pets", "web");
+        let web = web_1();
         let first = Stream::of(open(&state, Some(&web), "web-1").await);
         let _second = Stream::of(open(&state, Some(&web), "web-1").await);
         let refused = open(&state, Some(&web), "web-1").await;
@@ -1174,8 +1309,9 @@ mod tests {
         );
 
         // The identity's third stream, for its other pod, is its last.
-        let _third = Stream::of(open(&state, Some(&web), "web-2").await);
-        let (status, body) = refusal(open(&state, Some(&web), "web-2").await).await;
+        let web_2 = connection_from("pets", "web", WEB_2);
+        let _third = Stream::of(open(&state, Some(&web_2), "web-2").await);
+        let (status, body) = refusal(open(&state, Some(&web_2), "web-2").await).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert!(
             body.contains("identity spiffe://cluster.local/ns/pets/sa/web already holds 3")
@@ -1183,14 +1319,15 @@ mod tests {
             "{body}"
         );
         // Other identities are not affected.
-        let _db = Stream::of(open(&state, Some(&connection("pets", "db")), "db-1").await);
+        let _db =
+            Stream::of(open(&state, Some(&connection_from("pets", "db", DB_1)), "db-1").await);
         assert_eq!(state.proxies("test").proxies.len(), 4);
 
         // A proxy that goes away gives its slot back at once (no heartbeat needed).
         drop(first);
         let reopened = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                let r = open(&state, Some(&web), "web-2").await;
+                let r = open(&state, Some(&web_2), "web-2").await;
                 if r.status() == StatusCode::OK {
                     return Stream::of(r);
                 }

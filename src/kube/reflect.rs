@@ -172,6 +172,8 @@ fn trim_pod(pod: &mut Pod) {
     pod.status = pod.status.take().map(|s| PodStatus {
         phase: s.phase,
         pod_ip: s.pod_ip,
+        // A dual-stack pod's proxy may reach the config stream over either address.
+        pod_ips: s.pod_ips,
         ..Default::default()
     });
 }

@@ -115,6 +115,11 @@ pub struct ServingLimitArgs {
     /// Most open config streams naming one pod (its proxy needs one, two while reconnecting).
     #[arg(long, env = "WEFT_CONFIG_STREAMS_PER_POD", default_value_t = StreamLimits::PER_POD)]
     pub config_streams_per_pod: usize,
+    /// A config stream (and its acks) must come from an address of the pod it names, so a
+    /// sibling pod with the same service account cannot read another pod's config. Turn off
+    /// only where proxies reach the operator through source NAT.
+    #[arg(long, env = "WEFT_CONFIG_STREAM_BIND_POD_IP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub config_stream_bind_pod_ip: bool,
 }
 
 impl ServingLimitArgs {
@@ -248,7 +253,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         mesh_changed,
         metrics.clone(),
     )
-    .with_stream_limits(args.limits.config_streams());
+    .with_stream_limits(args.limits.config_streams())
+    .with_pod_address_binding(args.limits.config_stream_bind_pod_ip);
     // The WeftAccepted condition on each Istio policy and route, written by the leader.
     tokio::spawn(discovery::status::run(
         client.clone(),

@@ -154,6 +154,8 @@ pub fn peer_cert(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Pee
         expires,
         // Called once per accepted connection: every request on it carries this one.
         connection: ConnectionId::new(),
+        // The accept loop knows it; see `serve_tls_limited`.
+        address: None,
     }
 }
 
@@ -231,9 +233,10 @@ pub async fn serve_tls_limited(
                 return;
             };
             if with_peer {
-                app = app.layer(axum::Extension(peer_cert(
-                    tls.get_ref().1.peer_certificates(),
-                )));
+                let mut proven = peer_cert(tls.get_ref().1.peer_certificates());
+                // The config stream binds a pod's stream to the pod's own address.
+                proven.address = Some(peer.ip());
+                app = app.layer(axum::Extension(proven));
             }
             serve_connection(tls, peer, app, &limits, activity).await;
         });

@@ -30,8 +30,8 @@ use crate::api::{
 use crate::authz::Policy;
 use crate::contract;
 use crate::snapshot::{
-    AccessLog, AccessLogFormat, DEFAULT_CLUSTER, Endpoint, InboundConfig, MtlsMode, OutboundPolicy,
-    Protocol, SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
+    AccessLog, AccessLogFormat, DEFAULT_CLUSTER, Endpoint, InboundConfig, KnownPeer, MtlsMode,
+    OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
 };
 
 /// Everything the config server reads, as the reflectors hold it.
@@ -88,7 +88,9 @@ pub struct MeshIndex {
     policies: HashMap<String, OutboundPolicy>,
     /// Access log settings per revision name, for revisions with `accessLog.enabled: true`.
     access_logs: HashMap<String, AccessLog>,
-    /// Hash of both tables, folded into every version.
+    /// Every meshed workload and its identity (`ProxySnapshot::peers`), serialized.
+    peers: Option<Box<serde_json::value::RawValue>>,
+    /// Hash of both tables and the peers, folded into every version.
     services_hash: [u8; 32],
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule whose TLS mode its Service entry carries (for `weft check`).
@@ -248,8 +250,23 @@ impl MeshIndex {
             });
         }
         let (services, headless) = (Table::new(services), Table::new(headless));
+        // Every meshed workload once, with its identity, sorted: what proxies check a peer's
+        // metadata against (proxy::peer_meta::vouched). Serialized once, like the tables.
+        let mut known: Vec<KnownPeer> = pods
+            .values()
+            .map(|p| KnownPeer {
+                identity: p.identity.clone(),
+                workload: p.workload.clone(),
+            })
+            .collect();
+        known.sort();
+        known.dedup();
+        let peers = serde_json::value::to_raw_value(&known).ok();
         let mut material = services.hash().to_vec();
         material.extend_from_slice(&headless.hash());
+        if let Some(p) = &peers {
+            material.extend_from_slice(&sha256(p.get().as_bytes()));
+        }
         let services_hash = sha256(&material);
         let policies_by_rev = revisions
             .iter()
@@ -287,6 +304,7 @@ impl MeshIndex {
             headless,
             policies: policies_by_rev,
             access_logs,
+            peers,
             services_hash,
             problems: policies
                 .problems
@@ -372,6 +390,7 @@ impl MeshIndex {
                 headless: self.headless.as_ref(),
             },
             access_log,
+            peers: self.peers.as_deref(),
         };
         // Version: hash of the per-proxy part (serialized without services) and the table's
         // hash.
@@ -407,6 +426,8 @@ struct SnapshotRef<'a> {
     outbound: OutboundRef<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_log: Option<AccessLog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Serialize)]
@@ -851,6 +872,33 @@ pub(crate) mod tests {
         ] {
             assert_eq!(declared_protocol(name, app), want, "{name:?} {app:?}");
         }
+    }
+
+    #[test]
+    fn every_snapshot_carries_the_meshed_workloads_and_their_identities_sorted() {
+        let index = MeshIndex::build(&view());
+        let (_, bytes) = index.snapshot_for("pets", "db-1").unwrap();
+        let peers = decode_snapshot(&bytes)
+            .unwrap()
+            .peers
+            .expect("the peers table");
+        // web is behind no Service: still a workload its callers' servers can vouch for.
+        let web = peers
+            .iter()
+            .find(|p| p.workload.name.starts_with("web"))
+            .unwrap_or_else(|| panic!("web in the table: {peers:?}"));
+        assert_eq!(web.identity, "spiffe://cluster.local/ns/pets/sa/web");
+        assert_eq!(web.workload.namespace, "pets");
+        // Sorted by identity then workload, once each (proxies binary-search it).
+        let mut sorted = peers.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(peers, sorted);
+        // Only meshed pods' workloads.
+        assert!(
+            peers.iter().all(|p| p.workload.name != "legacy"),
+            "{peers:?}"
+        );
     }
 
     #[test]

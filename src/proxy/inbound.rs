@@ -250,12 +250,13 @@ async fn handle(
                 }
                 // The client's word, taken where its certificate and our config agree.
                 if let Some(meta) = &meta {
-                    // Within the bound on peer-named series: beyond it, `unknown`.
-                    if proven_ns == Some(meta.namespace.as_str()) {
-                        let workload = meta.workload();
-                        if ctx.metrics.peers.admit(&workload) {
-                            labels.fill_source(&workload);
-                        }
+                    // A workload the control plane knows for that identity (peer_meta::vouched),
+                    // within the bound on peer-named series: else `unknown`.
+                    let peers = snapshot.snapshot.peers.as_deref();
+                    if let Some(workload) = peer_meta::vouched(peers, &id, meta)
+                        && ctx.metrics.peers.admit(&workload)
+                    {
+                        labels.fill_source(&workload);
                     }
                     if let Some(host) =
                         inbound.destination_service(orig.port(), meta.service.as_deref())

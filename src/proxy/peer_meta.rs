@@ -12,8 +12,9 @@
 //!              "canonicalRevision": "v1", "cluster": "Kubernetes"}
 //! ```
 //!
-//! The server believes none of it beyond the labels: the workload only when its namespace is
-//! the one the client's certificate proves, the Service only when the server's own config
+//! The server believes none of it beyond the labels: the workload only when the control plane
+//! knows a workload of that name running as the service account the client's certificate
+//! proves, in that namespace ([`vouched`]), the Service only when the server's own config
 //! says that Service targets the port. A stream that does not start with the magic (a client
 //! from before this frame) is relayed untouched; a malformed frame is dropped and the
 //! connection carries on with the labels `unknown`. `app` through `cluster` came later: a
@@ -26,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::snapshot::{WorkloadMeta, is_valid_host};
+use crate::snapshot::{KnownPeer, WorkloadMeta, is_valid_host, spiffe_namespace};
 
 pub const MAGIC: [u8; 4] = [0xEF, b'w', b'm', 0x01];
 /// Largest body accepted: three names fit many times over.
@@ -156,6 +157,42 @@ impl PeerMeta {
             // Falls back to the workload name, which may be longer than a label value.
             && (self.canonical_service.is_empty() || label(&self.canonical_service))
     }
+}
+
+/// The client workload a server reports, from the client's frame `meta` and the identity its
+/// certificate proved (a SPIFFE ID): None (every `source_*` label but the namespace
+/// `unknown`, as Istio reports a peer without metadata) unless the claimed namespace is the
+/// proven one and, when the snapshot carries the mesh's workloads (`peers`, sorted by
+/// identity and name), one of them has the claimed name and that identity. The labels are
+/// then the control plane's for that workload: the client's own app, version, canonical
+/// service and revision and cluster only where they equal one the control plane knows for it
+/// (two during a rollout that changes the version label). Without the table (an operator from
+/// before it) the namespace check is all there is.
+pub fn vouched(
+    peers: Option<&[KnownPeer]>,
+    identity: &str,
+    meta: &PeerMeta,
+) -> Option<WorkloadMeta> {
+    if spiffe_namespace(identity) != Some(meta.namespace.as_str()) {
+        return None;
+    }
+    let claimed = meta.workload();
+    let Some(peers) = peers else {
+        return Some(claimed);
+    };
+    // Sorted by (identity, name): the entries of this workload are one run.
+    let key = (identity, meta.workload.as_str());
+    let start = peers.partition_point(|p| (p.identity.as_str(), p.workload.name.as_str()) < key);
+    let run: Vec<&WorkloadMeta> = peers[start..]
+        .iter()
+        .take_while(|p| (p.identity.as_str(), p.workload.name.as_str()) == key)
+        .map(|p| &p.workload)
+        .filter(|w| w.namespace == meta.namespace)
+        .collect();
+    run.iter()
+        .find(|w| ***w == claimed)
+        .or_else(|| run.first())
+        .map(|w| (*w).clone())
 }
 
 /// Parses the start of a stream. Pure and total: any bytes give an answer.
@@ -370,6 +407,103 @@ mod tests {
             let bytes = frame(body);
             assert_eq!(parse(&bytes), Parsed::Frame(None, bytes.len()), "{body:?}");
         }
+    }
+
+    fn known(identity: &str, name: &str, namespace: &str, version: &str) -> KnownPeer {
+        KnownPeer {
+            identity: identity.into(),
+            workload: WorkloadMeta::from_labels(
+                name,
+                namespace,
+                &[
+                    ("app".to_string(), name.to_string()),
+                    ("version".to_string(), version.to_string()),
+                ]
+                .into(),
+                crate::snapshot::DEFAULT_CLUSTER,
+            ),
+        }
+    }
+
+    const BUYER: &str = "spiffe://cluster.local/ns/bookstore/sa/bookbuyer";
+
+    fn table() -> Vec<KnownPeer> {
+        let mut t = vec![
+            known(BUYER, "bookbuyer", "bookstore", "v1"),
+            known(BUYER, "bookbuyer", "bookstore", "v2"),
+            known(
+                "spiffe://cluster.local/ns/bookstore/sa/bookstore",
+                "bookstore",
+                "bookstore",
+                "v1",
+            ),
+            known(
+                "spiffe://cluster.local/ns/other/sa/bookbuyer",
+                "intruder",
+                "other",
+                "v1",
+            ),
+        ];
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn a_claimed_workload_counts_only_if_it_runs_as_the_proven_service_account() {
+        let t = table();
+        // The workload it is, running as the service account it proves: believed.
+        assert_eq!(
+            vouched(Some(&t), BUYER, &meta()),
+            Some(t[0].workload.clone())
+        );
+        // Another workload of the same namespace, not of that service account (before the
+        // fix the namespace alone let this through).
+        let mut other = meta();
+        other.workload = "bookstore".into();
+        assert_eq!(vouched(Some(&t), BUYER, &other), None);
+        // A name nobody runs.
+        let mut made_up = meta();
+        made_up.workload = "fabricated-0001".into();
+        assert_eq!(vouched(Some(&t), BUYER, &made_up), None);
+        // A workload of another namespace's service account of the same name.
+        let mut foreign = meta();
+        foreign.workload = "intruder".into();
+        assert_eq!(vouched(Some(&t), BUYER, &foreign), None);
+        // The namespace must still be the proven one.
+        let mut moved = meta();
+        moved.namespace = "other".into();
+        assert_eq!(vouched(Some(&t), BUYER, &moved), None);
+        // Without the table (an older operator) the namespace check is all there is.
+        assert_eq!(vouched(None, BUYER, &made_up), Some(made_up.workload()));
+    }
+
+    #[test]
+    fn the_other_labels_are_the_control_planes_unless_they_match() {
+        let t = table();
+        // A version the control plane knows for the workload (a rollout): the client's word.
+        let mut v2 = meta();
+        v2.version = "v2".into();
+        v2.canonical_revision = "v2".into();
+        assert_eq!(
+            vouched(Some(&t), BUYER, &v2).map(|w| w.version),
+            Some("v2".into())
+        );
+        // Labels it made up: the control plane's own, not the client's.
+        let mut lying = meta();
+        lying.app = "payments".into();
+        lying.version = "v9".into();
+        lying.cluster = "elsewhere".into();
+        let got = vouched(Some(&t), BUYER, &lying);
+        assert_eq!(got.as_ref().map(|w| w.app.as_str()), Some("bookbuyer"));
+        assert_eq!(got.as_ref().map(|w| w.version.as_str()), Some("v1"));
+        assert_eq!(got.map(|w| w.cluster), Some("Kubernetes".to_string()));
+        // An older client that sends the name only gets the control plane's labels too.
+        let bare = PeerMeta {
+            workload: "bookbuyer".into(),
+            namespace: "bookstore".into(),
+            ..PeerMeta::default()
+        };
+        assert_eq!(vouched(Some(&t), BUYER, &bare), Some(t[0].workload.clone()));
     }
 
     #[tokio::test]

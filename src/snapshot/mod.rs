@@ -148,6 +148,19 @@ pub struct ProxySnapshot {
     /// Access logs (the revision's `accessLog`): absent when they are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLog>,
+    /// Every meshed workload with the identity its pods run as, sorted by (identity, name):
+    /// what a peer's metadata is checked against ([`crate::proxy::peer_meta::vouched`]).
+    /// Absent: an operator from before the table; the proxy then checks the namespace only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<KnownPeer>>,
+}
+
+/// A workload the control plane knows, and the SPIFFE identity of its pods' service account.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownPeer {
+    pub identity: String,
+    pub workload: WorkloadMeta,
 }
 
 /// The proxy writes one access log line per HTTP request and per TCP connection to its
@@ -175,7 +188,7 @@ pub enum AccessLogFormat {
 /// The five later fields are optional in the schema (a snapshot from an operator that
 /// predates them still decodes); empty means not known, which the metrics report as Istio
 /// reports an unknown peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadMeta {
     pub name: String,

@@ -112,9 +112,10 @@ e2e: ## End-to-end tests on the local cluster (brings it up, always tears it dow
 	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1
 
 .PHONY: e2e-metrics
-e2e-metrics: ## Istio's standard metrics through a real Prometheus (Debian's build, cached in WEFT_E2E_CACHE) running Istio's kubernetes-pods job against meshed pods; brings the local cluster up if needed and leaves it up; ~1-3 min, not in make test; needs root
+e2e-metrics: ## Istio's standard metrics through a real Prometheus (Debian's build, cached in WEFT_E2E_CACHE) running Istio's kubernetes-pods job against meshed HTTP, TCP and gRPC pods (Istio's echo from the conformance images: minutes cold, cached after), every panel of Istio's Mesh, Service and Workload dashboards; brings the local cluster up if needed and leaves it up; ~2-4 min warm, not in make test; needs root
 	$(CARGO) build --locked -p weft --bins
-	$(CARGO) test --locked -p weft-node-agent --test prometheus
+	@bash e2e/components/build-conformance-images.sh
+	$(CARGO) test --locked -p weft-node-agent --test prometheus -- --nocapture
 
 .PHONY: fuzz
 fuzz: ## Fuzz the decoders of untrusted bytes (cargo-fuzz, nightly), FUZZ_SECONDS (default 30) per target

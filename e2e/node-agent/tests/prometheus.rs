@@ -10,8 +10,10 @@
 //! their labels and the exact byte counts of a fixed TCP exchange (istio/proxy's: the client
 //! writes `world\n`, 6 bytes, and reads `hello world\n`, 12 bytes).
 
+mod grafana;
 mod support;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,8 @@ const REVISION: &str = "metrics-e2e";
 /// TCP connections the client makes, each one `world\n` out and `hello world\n` back.
 const TCP_CALLS: u64 = 3;
 const HTTP_CALLS: u64 = 4;
+/// tcp-server, http-server, http-failing, grpc-echo, client, grpc-client.
+const MESHED_PODS: usize = 6;
 
 /// Istio's `kubernetes-pods` job, relabelling unchanged; the discovery is a file and the
 /// interval 1s so the test need not wait 15s per scrape.
@@ -155,9 +159,75 @@ spec:
   - name: client
     image: busybox
     command: [sh, -c, "sleep 3600"]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: http-failing}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: http-failing}}
+  template:
+    metadata: {labels: {app: http-failing, version: v1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: weft.dev/echo:dev
+        env: [{name: FAIL_EVERY, value: "1"}]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: http-failing}
+spec:
+  selector: {app: http-failing}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: grpc-echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: grpc-echo}}
+  template:
+    metadata: {labels: {app: grpc-echo, version: v1}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: registry.k8s.io/gateway-api/echo-advanced
+        args: [--grpc=7070, --port=8080, --version=v1]
+        ports: [{name: grpc, containerPort: 7070}]
+        readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc-echo}
+spec:
+  selector: {app: grpc-echo}
+  ports: [{name: grpc, port: 7070}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grpc-client, labels: {app: grpc-client, version: v1}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: registry.k8s.io/gateway-api/echo-advanced
+    command: [sleep, "86400"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-forbidden}
+spec:
+  selector: {matchLabels: {app: http-server}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/forbidden"]}}]}]
 "#,
     );
-    for deployment in ["tcp-server", "http-server"] {
+    for deployment in ["tcp-server", "http-server", "http-failing", "grpc-echo"] {
         ns.ok(&[
             "rollout",
             "status",
@@ -165,10 +235,57 @@ spec:
             "--timeout=120s",
         ]);
     }
-    ns.ok(&[
+    for pod in ["pod/client", "pod/grpc-client"] {
+        ns.ok(&["wait", "--for=condition=Ready", pod, "--timeout=120s"]);
+    }
+}
+
+/// The unmeshed namespace: a plaintext `caller` and an `outside-http` server (weft-echo)
+/// that the meshed client calls without mTLS.
+fn outside_apps(outside: &Namespace) {
+    outside.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: caller}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{name: caller, image: busybox, command: [sh, -c, 'sleep 3600']}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outside-http}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: outside-http}}
+  template:
+    metadata: {labels: {app: outside-http}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: echo
+        image: weft.dev/echo:dev
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside-http}
+spec:
+  selector: {app: outside-http}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    outside.ok(&[
+        "rollout",
+        "status",
+        "deployment/outside-http",
+        "--timeout=120s",
+    ]);
+    outside.ok(&[
         "wait",
         "--for=condition=Ready",
-        "pod/client",
+        "pod/caller",
         "--timeout=120s",
     ]);
 }
@@ -333,6 +450,50 @@ impl Prometheus {
             .collect()
     }
 
+    /// An instant query's raw result (Grafana's `query_result()` reads it so).
+    fn instant(&self, promql: &str) -> Vec<Value> {
+        let out = curl(&[
+            "--data-urlencode",
+            &format!("query={promql}"),
+            &format!("{}/api/v1/query", self.url),
+        ])
+        .unwrap_or_else(|e| panic!("query {promql}: {e}"));
+        let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A range query as a Grafana panel sends it: the last `range_s` seconds at `step_s`
+    /// (start and end aligned to the step, as Grafana aligns them). Returns the series.
+    fn range(&self, promql: &str, range_s: u64, step_s: u64) -> Vec<Value> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let end = now - now % step_s;
+        let start = end - range_s;
+        let out = curl(&[
+            "--data-urlencode",
+            &format!("query={promql}"),
+            "--data-urlencode",
+            &format!("start={start}"),
+            "--data-urlencode",
+            &format!("end={end}"),
+            "--data-urlencode",
+            &format!("step={step_s}"),
+            &format!("{}/api/v1/query_range", self.url),
+        ])
+        .unwrap_or_else(|e| panic!("query_range {promql}: {e}"));
+        let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Waits until `promql` answers what `want` accepts (series appear a scrape after the
     /// traffic) and returns that answer.
     fn eventually(
@@ -447,22 +608,14 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
     let ns = enrolled("metrics-e2e");
     let outside = deployed().namespace("metrics-e2e-outside");
     apps(&ns);
-    outside.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: caller}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers: [{name: caller, image: busybox, command: [sh, -c, 'sleep 3600']}]\n",
-    );
-    outside.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/caller",
-        "--timeout=120s",
-    ]);
+    outside_apps(&outside);
 
     let prometheus = Prometheus::start();
     prometheus.discover(&[&ns, &outside]);
-    // Istio's job keeps the pods its injector annotated: the three meshed ones, not the
-    // plaintext caller.
+    // Istio's job keeps the pods its injector annotated: the six meshed ones, not the
+    // plaintext caller nor the unmeshed server.
     let up = prometheus.eventually(&format!("up{{namespace=~\"{}.*\"}} == 1", ns.name), |a| {
-        a.len() == 3
+        a.len() == MESHED_PODS
     });
     for (labels, _) in &up {
         assert_eq!(labels["job"], "kubernetes-pods", "{labels}");
@@ -632,7 +785,7 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
     assert_eq!(builds.len(), 1, "{builds:?}");
     assert_eq!(builds[0].0["component"], "proxy");
     assert!(builds[0].0["tag"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(builds[0].1, 3.0);
+    assert_eq!(builds[0].1, MESHED_PODS as f64);
 
     // Service dashboard: its $dstcluster variable (the size panels are checked last).
     let clusters = prometheus.query(&format!(
@@ -693,4 +846,356 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
         |a| a.first().is_some_and(|s| s.1.is_finite() && s.1 > 0.0),
     );
     assert!(one(&size) > 0.0);
+
+    // Every protocol, both ways, every answer class, spread over a few seconds so that
+    // Grafana's irate over $__rate_interval sees each series grow (a series' first sample
+    // alone shows no rate, with Istio's sidecars as with weft's).
+    traffic(&ns, &outside);
+    let grpc_host = format!("grpc-echo.{n}.svc.cluster.local");
+
+    // gRPC: Istio labels its calls request_protocol="grpc" with grpc_response_status, on
+    // both reporters, and counts the messages each way.
+    for reporter in ["source", "destination"] {
+        let q = format!(
+            "sum(istio_requests_total{{reporter=\"{reporter}\", request_protocol=\"grpc\", response_code=\"200\", grpc_response_status=\"0\", destination_service=\"{grpc_host}\", destination_workload=\"grpc-echo\", destination_app=\"grpc-echo\", destination_version=\"v1\", source_workload=\"grpc-client\", source_app=\"grpc-client\", source_canonical_service=\"grpc-client\"}})"
+        );
+        let got =
+            prometheus.eventually(&q, |a| a.first().is_some_and(|s| s.1 >= GRPC_CALLS as f64));
+        assert!(one(&got) >= GRPC_CALLS as f64, "{reporter}: {got:?}");
+        for messages in [
+            "istio_request_messages_total",
+            "istio_response_messages_total",
+        ] {
+            let q = format!(
+                "sum({messages}{{reporter=\"{reporter}\", request_protocol=\"grpc\", destination_service=\"{grpc_host}\", source_workload=\"grpc-client\"}})"
+            );
+            let got =
+                prometheus.eventually(&q, |a| a.first().is_some_and(|s| s.1 >= GRPC_CALLS as f64));
+            assert!(
+                one(&got) >= GRPC_CALLS as f64,
+                "{messages} {reporter}: {got:?}"
+            );
+        }
+    }
+    // A gRPC service is no TCP workload either.
+    let grpc_tcp = prometheus.query(&format!(
+        "istio_tcp_connections_opened_total{{destination_service=\"{grpc_host}\"}}"
+    ));
+    assert!(grpc_tcp.is_empty(), "{grpc_tcp:?}");
+    // The answer classes the stat panels count: 403 from the server's DENY policy, 503 from
+    // the failing app (after the client's default retries), on the source reporter.
+    for (code, host) in [
+        ("403", http_host.clone()),
+        ("503", format!("http-failing.{n}.svc.cluster.local")),
+    ] {
+        let q = format!(
+            "sum(istio_requests_total{{reporter=\"source\", response_code=\"{code}\", destination_service=\"{host}\"}})"
+        );
+        prometheus.eventually(&q, |a| a.first().is_some_and(|s| s.1 >= 1.0));
+    }
+    // Two scrapes after the last call, so the panels' last step sees the final counts.
+    std::thread::sleep(Duration::from_secs(3));
+
+    istio_io_queries(&prometheus, &http_host, n);
+    let checked = dashboards(&prometheus, &ns, &http_host, &tcp_host, &grpc_host);
+    eprintln!(
+        "Istio dashboards: {} panel queries checked ({} answered, {} empty as with Istio's sidecars)",
+        checked.0 + checked.1,
+        checked.0,
+        checked.1
+    );
+}
+
+/// gRPC calls the grpc client makes per burst.
+const GRPC_CALLS: u64 = 20;
+
+/// One command per kind of traffic, run together for a few seconds: meshed TCP, plaintext
+/// TCP from outside, meshed HTTP (200, 403 from a DENY policy, 503 from a failing app),
+/// plaintext HTTP from outside, a meshed client calling an unmeshed server, and gRPC.
+fn traffic(ns: &Namespace, outside: &Namespace) {
+    let n = ns.name.clone();
+    let o = outside.name.clone();
+    let repeat = |body: &str| format!("for i in 1 2 3 4 5 6 7 8; do {body}; sleep 0.5; done");
+    let runs: Vec<(&Namespace, &str, &str, String)> = vec![
+        (
+            ns,
+            "client",
+            "client",
+            repeat("printf 'world\\n' | timeout 5 nc tcp-server 9000 >/dev/null"),
+        ),
+        (
+            outside,
+            "caller",
+            "caller",
+            repeat(&format!(
+                "printf 'world\\n' | timeout 5 nc tcp-server.{n} 9000 >/dev/null"
+            )),
+        ),
+        (
+            ns,
+            "client",
+            "client",
+            repeat(
+                "wget -q -O /dev/null http://http-server/hello; wget -q -O /dev/null http://http-server/forbidden; wget -q -O /dev/null http://http-failing/",
+            ),
+        ),
+        (
+            outside,
+            "caller",
+            "caller",
+            repeat(&format!(
+                "wget -q -O /dev/null http://http-server.{n}/plain"
+            )),
+        ),
+        (
+            ns,
+            "client",
+            "client",
+            repeat(&format!("wget -q -O /dev/null http://outside-http.{o}/out")),
+        ),
+    ];
+    std::thread::scope(|scope| {
+        for (where_, pod, container, script) in &runs {
+            scope.spawn(move || {
+                let out = where_.kubectl(&["exec", pod, "-c", container, "--", "sh", "-c", script]);
+                // The loops go on past failing calls (403 and 503 are wanted) and end with
+                // a sleep: only the exec itself can fail.
+                assert!(
+                    out.status.success(),
+                    "{pod}: {script}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            });
+        }
+        scope.spawn(|| {
+            let out = ns.kubectl(&[
+                "exec",
+                "grpc-client",
+                "-c",
+                "client",
+                "--",
+                "client",
+                &format!("grpc://grpc-echo.{n}:7070"),
+                "--count",
+                &GRPC_CALLS.to_string(),
+                "--qps",
+                "5",
+                "--timeout",
+                "5s",
+            ]);
+            let said = String::from_utf8_lossy(&out.stdout);
+            let answers = said.matches("body] Hostname=").count() as u64;
+            assert_eq!(
+                answers,
+                GRPC_CALLS,
+                "gRPC calls: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    });
+}
+
+/// istio.io's "Querying Metrics from Prometheus" queries, vendored verbatim, with Bookinfo's
+/// names replaced by the test's: productpage and reviews are the HTTP server, reviews' v3 its
+/// version v2. Each answers, and only with that service's series.
+fn istio_io_queries(prometheus: &Prometheus, http_host: &str, n: &str) {
+    let path = repo_root().join("e2e/metrics/istio-dashboards/istio-io-querying-metrics.json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("istio.io queries"))
+            .expect("istio.io queries as JSON");
+    let queries = doc["queries"].as_array().cloned().unwrap_or_default();
+    assert_eq!(queries.len(), 4, "{doc}");
+    for q in queries {
+        let expr = q["expr"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("productpage.default.svc.cluster.local", http_host)
+            .replace("reviews.default.svc.cluster.local", http_host)
+            .replace("destination_version=\"v3\"", "destination_version=\"v2\"")
+            .replace("productpage.*", &format!("http-server.{n}.*"));
+        let got = prometheus.query(&expr);
+        assert!(!got.is_empty(), "istio.io: {expr}");
+        if expr.contains("destination_service") {
+            for (labels, _) in &got {
+                assert_eq!(labels["destination_service"], http_host, "{expr}: {labels}");
+            }
+        }
+    }
+}
+
+/// The panels that stay empty for any traffic, with Istio's sidecars as with weft's:
+/// (dashboard, panel, refId). Each filters `reporter="source"` and
+/// `connection_security_policy="mutual_tls"`, but Istio's source reporter always labels
+/// `connection_security_policy="unknown"` (istio/proxy testdata/metric/client_*.yaml.tmpl;
+/// the client's sidecar does not know the server's policy). Their `!="mutual_tls"` twins
+/// (refId B, or E-H) carry that traffic and are checked like every other panel.
+const EMPTY_WITH_ISTIO: [(&str, &str, &str); 15] = [
+    (
+        W,
+        "Outgoing Success Rate (non-5xx responses) By Destination",
+        "A",
+    ),
+    (W, "Outgoing Request Duration By Destination", "A"),
+    (W, "Outgoing Request Duration By Destination", "B"),
+    (W, "Outgoing Request Duration By Destination", "C"),
+    (W, "Outgoing Request Duration By Destination", "D"),
+    (W, "Outgoing Request Size By Destination", "A"),
+    (W, "Outgoing Request Size By Destination", "B"),
+    (W, "Outgoing Request Size By Destination", "C"),
+    (W, "Outgoing Request Size By Destination", "D"),
+    (W, "Response Size By Destination", "A"),
+    (W, "Response Size By Destination", "B"),
+    (W, "Response Size By Destination", "C"),
+    (W, "Response Size By Destination", "D"),
+    (W, "Bytes Sent on Outgoing TCP Connection", "A"),
+    (W, "Bytes Received from Outgoing TCP Connection", "A"),
+];
+const W: &str = "Istio Workload Dashboard";
+
+/// Runs every panel query of Istio's Mesh, Service and Workload dashboards as Grafana would,
+/// for each view a user would open on the test's workloads: each of its Services (Service
+/// dashboard) and workloads (Workload dashboard), with the reporter variable at its default
+/// (destination) and with both reporters. A query "answers" when some series has a positive
+/// sample in the dashboard's time range. Asserts that every query answers in some view,
+/// except EMPTY_WITH_ISTIO, which must answer in none; that in the TCP service's views no
+/// request metric answers and in the HTTP and gRPC services' views no TCP metric does.
+/// Returns (answered, empty as listed).
+fn dashboards(
+    prometheus: &Prometheus,
+    ns: &Namespace,
+    http_host: &str,
+    tcp_host: &str,
+    grpc_host: &str,
+) -> (usize, usize) {
+    use grafana::{Dashboard, Pick};
+    let dir = repo_root().join("e2e/metrics/istio-dashboards");
+    let both = || Pick::Many(vec!["source".to_string(), "destination".to_string()]);
+    let mut answered = 0;
+    let mut empty = 0;
+    let mut failures = Vec::new();
+    let mut queries = 0;
+    for file in [
+        "istio-mesh-dashboard.gen.json",
+        "istio-service-dashboard.json",
+        "istio-workload-dashboard.json",
+    ] {
+        let d = Dashboard::load(&dir.join(file));
+        // (view name, picks, protocol of the viewed service: which metrics must stay empty)
+        let mut views: Vec<(String, BTreeMap<&str, Pick>, Option<&str>)> = Vec::new();
+        match file {
+            "istio-mesh-dashboard.gen.json" => views.push(("mesh".into(), BTreeMap::new(), None)),
+            "istio-service-dashboard.json" => {
+                for (host, proto) in [(http_host, "http"), (tcp_host, "tcp"), (grpc_host, "grpc")] {
+                    for (q, qrep) in [("destination", None), ("both", Some(both()))] {
+                        let mut picks = BTreeMap::from([("service", Pick::One(host.to_string()))]);
+                        if let Some(qrep) = qrep {
+                            picks.insert("qrep", qrep);
+                        }
+                        views.push((format!("service={host} qrep={q}"), picks, Some(proto)));
+                    }
+                }
+            }
+            _ => {
+                for (wl, proto) in [
+                    ("http-server", Some("http")),
+                    ("tcp-server", Some("tcp")),
+                    ("grpc-echo", Some("grpc")),
+                    ("client", None),
+                    ("grpc-client", None),
+                ] {
+                    for (q, qrep) in [("destination", None), ("both", Some(both()))] {
+                        let mut picks = BTreeMap::from([
+                            ("namespace", Pick::One(ns.name.clone())),
+                            ("workload", Pick::One(wl.to_string())),
+                        ]);
+                        if let Some(qrep) = qrep {
+                            picks.insert("qrep", qrep);
+                        }
+                        views.push((format!("workload={wl} qrep={q}"), picks, proto));
+                    }
+                }
+            }
+        }
+        let targets = d.targets();
+        assert!(!targets.is_empty(), "{file} has no panel queries");
+        let range = d.range_s();
+        let step = grafana::interval_s(range);
+        let mut answers: Vec<Vec<String>> = vec![Vec::new(); targets.len()];
+        for (view, picks, proto) in &views {
+            let vars = grafana::resolve(&d, picks, &|q| prometheus.instant(q));
+            for (i, t) in targets.iter().enumerate() {
+                let expr = grafana::interpolate(&t.expr, &vars);
+                queries += 1;
+                let series = prometheus.range(&expr, range, step);
+                let positive = series.iter().any(|s| {
+                    s["values"].as_array().into_iter().flatten().any(|v| {
+                        v[1].as_str()
+                            .and_then(|x| x.parse::<f64>().ok())
+                            .is_some_and(|x| x.is_finite() && x > 0.0)
+                    })
+                });
+                if positive {
+                    answers[i].push(view.clone());
+                    // Istio's sidecars give an HTTP or gRPC port no TCP series, and a TCP
+                    // port no request series.
+                    let tcp_metric = t.expr.contains("istio_tcp_");
+                    let wrong = match proto {
+                        Some("tcp") => !tcp_metric && !t.expr.contains("istio_build"),
+                        Some(_) => tcp_metric,
+                        None => false,
+                    };
+                    // Only panels about the viewed service or workload itself: the Workload
+                    // dashboard's outbound panels are about what the workload calls.
+                    let about_it = !t.panel.contains("Outgoing")
+                        && t.panel != "Response Size By Destination"
+                        && t.panel != "TCP Client Traffic";
+                    if wrong && about_it {
+                        failures.push(format!(
+                            "{} answers for a {} view ({view}): {expr}",
+                            t.name(),
+                            proto.unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let listed = EMPTY_WITH_ISTIO
+                .iter()
+                .any(|(d, p, r)| *d == t.dashboard && *p == t.panel && *r == t.ref_id);
+            match (listed, answers[i].is_empty()) {
+                (false, false) => answered += 1,
+                (true, true) => {
+                    assert!(
+                        t.expr.contains("reporter=\"source\"")
+                            && t.expr.contains("connection_security_policy=\"mutual_tls\""),
+                        "{} is listed as empty with Istio but is not a source-reporter mTLS query",
+                        t.name()
+                    );
+                    empty += 1;
+                }
+                (false, true) => {
+                    failures.push(format!("{} answers in no view: {}", t.name(), t.expr))
+                }
+                (true, false) => failures.push(format!(
+                    "{} answers in {:?}, where Istio's sidecars give nothing",
+                    t.name(),
+                    answers[i]
+                )),
+            }
+        }
+    }
+    eprintln!("Istio dashboards: {queries} queries run over all views");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        answered + empty,
+        159,
+        "the vendored dashboards hold 159 panel queries"
+    );
+    (answered, empty)
 }

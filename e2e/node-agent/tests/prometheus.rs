@@ -198,7 +198,7 @@ spec:
       - name: echo
         image: registry.k8s.io/gateway-api/echo-advanced
         args: [--grpc=7070, --port=8080, --version=v1]
-        ports: [{name: grpc, containerPort: 7070}]
+        ports: [{name: grpc, containerPort: 7070}, {name: http, containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -207,6 +207,14 @@ metadata: {name: grpc-echo}
 spec:
   selector: {app: grpc-echo}
   ports: [{name: grpc, port: 7070}]
+---
+# The same echo server's HTTP port (HTTP/1.1 and h2c), for h2 requests.
+apiVersion: v1
+kind: Service
+metadata: {name: h2-echo}
+spec:
+  selector: {app: grpc-echo}
+  ports: [{name: http2, port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
 kind: Pod
@@ -877,6 +885,17 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
             );
         }
     }
+    // h2 requests: request_protocol "http" (Istio's value for HTTP/1.1 and HTTP/2 alike), both
+    // reporters.
+    let h2_host = format!("h2-echo.{n}.svc.cluster.local");
+    for reporter in ["source", "destination"] {
+        let q = format!(
+            "sum(istio_requests_total{{reporter=\"{reporter}\", request_protocol=\"http\", response_code=\"200\", destination_service=\"{h2_host}\", destination_workload=\"grpc-echo\", source_workload=\"grpc-client\"}})"
+        );
+        let got =
+            prometheus.eventually(&q, |a| a.first().is_some_and(|s| s.1 >= GRPC_CALLS as f64));
+        assert!(one(&got) >= GRPC_CALLS as f64, "h2 {reporter}: {got:?}");
+    }
     // A gRPC service is no TCP workload either.
     let grpc_tcp = prometheus.query(&format!(
         "istio_tcp_connections_opened_total{{destination_service=\"{grpc_host}\"}}"
@@ -897,7 +916,16 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
     std::thread::sleep(Duration::from_secs(3));
 
     istio_io_queries(&prometheus, &http_host, n);
-    let checked = dashboards(&prometheus, &ns, &http_host, &tcp_host, &grpc_host);
+    let checked = dashboards(
+        &prometheus,
+        &ns,
+        &[
+            (http_host.as_str(), "http"),
+            (tcp_host.as_str(), "tcp"),
+            (grpc_host.as_str(), "grpc"),
+            (h2_host.as_str(), "http"),
+        ],
+    );
     eprintln!(
         "Istio dashboards: {} panel queries checked ({} answered, {} empty as with Istio's sidecars)",
         checked.0 + checked.1,
@@ -992,6 +1020,35 @@ fn traffic(ns: &Namespace, outside: &Namespace) {
                 String::from_utf8_lossy(&out.stderr)
             );
         });
+        // h2 with prior knowledge (Istio's echo client, --http2) to the echo server's HTTP
+        // port.
+        scope.spawn(|| {
+            let out = ns.kubectl(&[
+                "exec",
+                "grpc-client",
+                "-c",
+                "client",
+                "--",
+                "client",
+                &format!("http://h2-echo.{n}/h2"),
+                "--http2",
+                "--count",
+                &GRPC_CALLS.to_string(),
+                "--qps",
+                "5",
+                "--timeout",
+                "5s",
+            ]);
+            let said = String::from_utf8_lossy(&out.stdout);
+            let answers = said.matches("body] Hostname=").count() as u64;
+            assert_eq!(
+                answers,
+                GRPC_CALLS,
+                "h2 calls: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(said.contains("Proto=HTTP/2.0"), "not h2: {said}");
+        });
     });
 }
 
@@ -1063,9 +1120,7 @@ const W: &str = "Istio Workload Dashboard";
 fn dashboards(
     prometheus: &Prometheus,
     ns: &Namespace,
-    http_host: &str,
-    tcp_host: &str,
-    grpc_host: &str,
+    services: &[(&str, &'static str)],
 ) -> (usize, usize) {
     use grafana::{Dashboard, Pick};
     let dir = repo_root().join("e2e/metrics/istio-dashboards");
@@ -1085,7 +1140,7 @@ fn dashboards(
         match file {
             "istio-mesh-dashboard.gen.json" => views.push(("mesh".into(), BTreeMap::new(), None)),
             "istio-service-dashboard.json" => {
-                for (host, proto) in [(http_host, "http"), (tcp_host, "tcp"), (grpc_host, "grpc")] {
+                for &(host, proto) in services {
                     for (q, qrep) in [("destination", None), ("both", Some(both()))] {
                         let mut picks = BTreeMap::from([("service", Pick::One(host.to_string()))]);
                         if let Some(qrep) = qrep {

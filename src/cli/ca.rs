@@ -2,7 +2,8 @@
 //! `weft-ca`, a leaked key). It writes a new self-signed root into Secret `weft-ca` with the
 //! reset annotation; every operator replica adopts it within seconds, republishes the root
 //! ConfigMaps and the webhooks' `caBundle`. Meshed workloads then need a restart.
-//! `weft ca issuer` (who signs workload certificates) lives in `super::ca_issuer`.
+//! `weft ca issuer` (who signs workload certificates) lives in `super::ca_issuer`, `weft ca
+//! rotate` (a new root under traffic) in `super::ca_rotate`.
 
 use std::collections::BTreeSet;
 
@@ -26,6 +27,9 @@ pub enum CaCommand {
     /// Show who signs workload certificates (builtin CA or Vault), its health and the roots the
     /// mesh trusts; `weft ca issuer set vault|builtin` changes it.
     Issuer(super::ca_issuer::IssuerArgs),
+    /// Replace the mesh root with a new one under traffic, in phases no request notices
+    /// (`weft ca rotate status`, `weft ca rotate --abort`).
+    Rotate(super::ca_rotate::RotateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +49,7 @@ pub async fn run(command: CaCommand) -> Result<(), CliError> {
     match command {
         CaCommand::Reset(args) => reset(args).await,
         CaCommand::Issuer(args) => super::ca_issuer::run(args).await,
+        CaCommand::Rotate(args) => super::ca_rotate::run(args).await,
     }
 }
 
@@ -132,7 +137,7 @@ async fn reset(args: ResetArgs) -> Result<(), CliError> {
 }
 
 /// The trust domain the revisions name (they all agree: the validator refuses another one).
-async fn revisions_trust_domain(client: &Client, ns: &str) -> Result<String, CliError> {
+pub(super) async fn revisions_trust_domain(client: &Client, ns: &str) -> Result<String, CliError> {
     let revisions: Api<MeshConfig> = Api::namespaced(client.clone(), ns);
     let list = revisions
         .list(&ListParams::default())

@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod ca;
 pub mod ca_issuer;
+pub mod ca_rotate;
 pub mod check;
 pub mod check_authz;
 pub mod check_issuer;

@@ -142,8 +142,21 @@ pub fn meshconfig_status(
             now,
         ),
     };
+    let mut conditions = vec![ready, reconciled, unsupported, degraded];
+    // Only while a root rotation is under way (issue 24): it leaves with the rotation.
+    if let Some(rotation) = &ca.rotation {
+        conditions.push(condition(
+            existing,
+            conditions::ROOT_ROTATION,
+            true,
+            &rotation.reason,
+            rotation.message.clone(),
+            generation,
+            now,
+        ));
+    }
     MeshConfigStatus {
-        conditions: vec![ready, reconciled, unsupported, degraded],
+        conditions,
         observed_generation: generation,
         injected_pods: count(snapshot.pods.iter().filter(|p| p.revision == name).count()),
         namespaces: snapshot
@@ -290,6 +303,7 @@ mod tests {
     const LOADED: CaHealth = CaHealth {
         loaded: true,
         problem: None,
+        rotation: None,
     };
     use crate::api::meshconfig::AccessLogSettings;
     use crate::controllers::index::tests::{
@@ -437,6 +451,42 @@ mod tests {
     }
 
     #[test]
+    fn a_root_rotation_under_way_is_a_condition_that_leaves_with_it() {
+        let spec = MeshConfigSpec::default();
+        let rotating = CaHealth {
+            rotation: Some(crate::controllers::RotationPhase {
+                reason: "Reissuing".into(),
+                message: "root rotation r1: (b) the new root signs".into(),
+            }),
+            ..LOADED
+        };
+        let during = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            None,
+            &snapshot(),
+            &rotating,
+            &at(1),
+        );
+        let c = cond(&during, "RootRotation");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Reissuing")
+        );
+        let after = meshconfig_status(
+            "stable",
+            Some(1),
+            &spec,
+            Some(&during),
+            &snapshot(),
+            &LOADED,
+            &at(2),
+        );
+        assert!(after.conditions.iter().all(|c| c.type_ != "RootRotation"));
+    }
+
+    #[test]
     fn degraded_carries_the_ca_problem_and_clears_when_it_is_fixed() {
         let spec = MeshConfigSpec::default();
         let healthy =
@@ -449,6 +499,7 @@ mod tests {
                 secret: "weft-ca".into(),
                 message: "Secret weft-system/weft-ca is corrupted (no ca.crt)".into(),
             }),
+            rotation: None,
         };
         let degraded = meshconfig_status(
             "stable",

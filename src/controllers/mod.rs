@@ -60,6 +60,16 @@ pub mod reasons {
 pub struct CaHealth {
     pub loaded: bool,
     pub problem: Option<CaIssue>,
+    /// A root rotation under way (`weft ca rotate`): condition RootRotation on every revision.
+    pub rotation: Option<RotationPhase>,
+}
+
+/// The phase of a root rotation under way, as the RootRotation condition shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationPhase {
+    /// The phase (`Trusting`, `Reissuing`, `Dropping`, `RollingBack`): the condition's reason.
+    pub reason: String,
+    pub message: String,
 }
 
 /// A CA problem that needs a person (not a passing API error).

@@ -12,6 +12,11 @@
 //! When an external issuer signs (Vault, see `super::issuer`), its roots join the mesh CA's
 //! own in every trust bundle (the mesh CA still signs the operator's serving certificates), and
 //! its problems are reported as the CA's: a Degraded condition on every revision and an Event.
+//!
+//! During a root rotation (`super::rotation`) the phase decides which CA signs (the one of
+//! `weft-ca`, or the new root of `weft-ca-next`) and which root is trusted beside it; the
+//! leader promotes the new root into `weft-ca` with the reset annotation, which every replica
+//! adopts as it adopts `weft ca reset`'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +32,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use super::rotation;
 use crate::contract;
 use crate::pki::{self, MeshCa};
 
@@ -58,6 +64,9 @@ pub enum CaProblem {
     /// certificates keep working and renewals retry.
     #[error("the certificate issuer: {0}; `weft ca issuer` shows its health")]
     Issuer(String),
+    /// A root rotation cannot go on as its phase says (`weft ca rotate status`).
+    #[error("root rotation: {0}")]
+    Rotation(String),
 }
 
 impl CaProblem {
@@ -69,6 +78,7 @@ impl CaProblem {
             Self::MissingButPublished { .. } => ("CaSecretMissing", pki::WEFT_CA_SECRET.into()),
             // The Event regards the mesh CA's Secret; the message names the issuer.
             Self::Issuer(_) => ("IssuerUnavailable", pki::WEFT_CA_SECRET.into()),
+            Self::Rotation(_) => ("RootRotationStuck", pki::WEFT_CA_SECRET.into()),
             Self::Api(_) => return None,
         };
         Some(crate::controllers::CaIssue {
@@ -84,6 +94,7 @@ impl CaProblem {
             Self::MissingButPublished { .. } => "missing_but_published",
             Self::Api(_) => "api",
             Self::Issuer(_) => "issuer",
+            Self::Rotation(_) => "rotation",
         }
     }
 }
@@ -105,17 +116,27 @@ pub struct CaBundleController {
     pub publish_failures: std::sync::Mutex<BTreeMap<String, String>>,
     /// The issuer controller's view: extra roots to trust and the issuer's problem.
     pub issuer: watch::Receiver<super::issuer::IssuerStatus>,
+    /// The root rotation under way, if any: who signs and which root is trusted beside.
+    pub rotation: watch::Receiver<super::rotation_controller::RotationView>,
 }
 
 /// The [`RESET_ANNOTATION`] of the Secret the CA in memory came from.
 type ResetMarker = Option<String>;
 
+/// What a replica holds between passes: the CA of its Secret (the base every phase starts
+/// from) and the reset marker it came with.
+#[derive(Default)]
+struct Held {
+    base: Option<Arc<MeshCa>>,
+    marker: ResetMarker,
+}
+
 impl CaBundleController {
     pub async fn run(self) {
-        let mut marker: ResetMarker = None;
+        let mut held = Held::default();
         loop {
             let started = std::time::Instant::now();
-            let result = self.reconcile(&mut marker).await;
+            let result = self.reconcile(&mut held).await;
             self.metrics.reconciled(
                 "ca_bundle",
                 started.elapsed(),
@@ -135,47 +156,87 @@ impl CaBundleController {
         }
     }
 
-    async fn reconcile(&self, marker: &mut ResetMarker) -> Result<(), CaProblem> {
-        // Clone out of the watch guard first: it must not live across an await.
-        let current = self.ca.borrow().clone();
-        let ca = match current {
-            Some(ca) => match self.keep_secret(&ca, marker.as_deref()).await? {
+    async fn reconcile(&self, held: &mut Held) -> Result<(), CaProblem> {
+        let base = match held.base.clone() {
+            Some(ca) => match self.keep_secret(&ca, held.marker.as_deref()).await? {
                 None => ca,
                 Some((reset, new_marker)) => {
-                    tracing::warn!(
-                        "Secret {}/weft-ca holds a new root written by `weft ca reset`: signing \
-                         with it from now on; meshed workloads need a restart to trust it",
-                        self.namespace
-                    );
-                    *marker = new_marker;
-                    self.ca.send_replace(Some(reset.clone()));
+                    if new_marker
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(rotation::PROMOTION_MARKER_PREFIX))
+                    {
+                        tracing::info!(
+                            "Secret {}/weft-ca holds the rotated root: it is this replica's mesh \
+                             root from now on",
+                            self.namespace
+                        );
+                    } else {
+                        tracing::warn!(
+                            "Secret {}/weft-ca holds a new root written by `weft ca reset`: \
+                             signing with it from now on; meshed workloads need a restart to \
+                             trust it",
+                            self.namespace
+                        );
+                    }
+                    held.marker = new_marker;
+                    held.base = Some(reset.clone());
                     reset
                 }
             },
             None => {
                 let (ca, loaded_marker) = self.load_or_create().await?;
                 tracing::info!(source = ?ca.source(), "mesh CA loaded");
-                *marker = loaded_marker;
-                self.ca.send_replace(Some(ca.clone()));
+                held.marker = loaded_marker;
+                held.base = Some(ca.clone());
                 ca
+            }
+        };
+        // A rotation under way decides who signs and which root is trusted beside it.
+        let view = self.rotation.borrow().clone();
+        let (signer, mut extra) = match view.active().and_then(rotation::plan) {
+            None => (base.clone(), Vec::new()),
+            Some(plan) => {
+                let signer = match plan.signer {
+                    rotation::Signer::Current => base.clone(),
+                    rotation::Signer::Next => view.next.clone().ok_or_else(|| {
+                        CaProblem::Rotation(view.problem.clone().unwrap_or_else(|| {
+                            format!(
+                                "the new root (Secret {}/{}) is not loaded yet",
+                                self.namespace,
+                                rotation::NEXT_CA_SECRET
+                            )
+                        }))
+                    })?,
+                };
+                (signer, plan.also_trust)
             }
         };
         // An external issuer's roots join the bundle before any proxy gets a leaf from it
         // through a published root (the CSR answer carries them from the first leaf on).
-        let extra = self.issuer.borrow().roots.clone();
-        let ca = if ca.trusts_other_than(&extra) {
-            let trusting = Arc::new(
-                ca.also_trusting(&extra)
-                    .map_err(|e| self.corrupted(ca.source().secret_name(), e))?,
-            );
-            tracing::info!(
-                extra_roots = trusting.also_trusted().len(),
-                "trust bundle: the mesh root plus the issuer's roots"
-            );
-            self.ca.send_replace(Some(trusting.clone()));
-            trusting
-        } else {
-            ca
+        extra.extend(self.issuer.borrow().roots.iter().cloned());
+        let published = self.ca.borrow().clone();
+        let ca = match published {
+            Some(ca)
+                if ca.own_roots_pem() == signer.own_roots_pem()
+                    && !ca.trusts_other_than(&extra) =>
+            {
+                ca
+            }
+            _ => {
+                let trusting = Arc::new(
+                    signer
+                        .also_trusting(&extra)
+                        .map_err(|e| self.corrupted(signer.source().secret_name(), e))?,
+                );
+                tracing::info!(
+                    extra_roots = trusting.also_trusted().len(),
+                    rotation = view.active().map(|s| s.phase.to_string()),
+                    "trust bundle: the signing root plus {} other root(s)",
+                    trusting.also_trusted().len()
+                );
+                self.ca.send_replace(Some(trusting.clone()));
+                trusting
+            }
         };
         if !self.leading() {
             return Ok(());

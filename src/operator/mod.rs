@@ -6,5 +6,7 @@ pub mod injector;
 pub mod issuer;
 pub mod leader;
 pub mod readiness;
+pub mod rotation;
+pub mod rotation_controller;
 pub mod run;
 pub mod serving;

@@ -140,9 +140,14 @@ pub fn judge(
                 secret: secret_name.into(),
                 reason: e.to_string(),
             }),
+            // During a root rotation the replica may sign under the new root while the
+            // Secret still holds the old one: fine as long as that root is in the bundle.
             Ok(stored)
                 if certificate_set(&stored.own_roots_pem())
-                    != certificate_set(&signing.own_roots_pem()) =>
+                    != certificate_set(&signing.own_roots_pem())
+                    && !certificate_set(&stored.own_roots_pem())
+                        .zip(certificate_set(&signing.roots_pem()))
+                        .is_some_and(|(stored, bundle)| stored.is_subset(&bundle)) =>
             {
                 found.push(CaMaterialProblem::SecretRootDiffers {
                     namespace: namespace.into(),

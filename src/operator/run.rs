@@ -205,6 +205,21 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         .run(),
     );
+    // Every replica follows ConfigMap weft-ca-rotation: a root rotation under way (issue 24).
+    let (rotation_tx, rotation_rx) = watch::channel(Default::default());
+    let trust_acks: super::rotation_controller::Acks = Default::default();
+    tokio::spawn(
+        super::rotation_controller::RotationController {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            instance: args.instance.clone(),
+            view: rotation_tx,
+            acks: trust_acks.clone(),
+            ca: ca_rx.clone(),
+            leading: election.leading(),
+        }
+        .run(),
+    );
     tokio::spawn(
         CaBundleController {
             client: client.clone(),
@@ -216,6 +231,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             leading: election.leading(),
             publish_failures: Default::default(),
             issuer: issuer_status_rx,
+            rotation: rotation_rx.clone(),
         }
         .run(),
     );
@@ -236,6 +252,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }),
     );
     csr_state.on_outcome = Some(metrics.certificate_outcome());
+    let trust = super::rotation_controller::trust_router(super::rotation_controller::TrustState {
+        ca: ca_rx.clone(),
+        issuer: Some(issuer_rx.clone()),
+        view: rotation_rx.clone(),
+        acks: trust_acks,
+    });
     csr_state.issuer = Some(issuer_rx);
     csr_state.on_issuer = Some(metrics.issuer_outcome());
     // One watch of the meshed pods feeds the config server and the validator.
@@ -261,7 +283,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         election.leading(),
         config_server.index_updates(),
     ));
-    let discovery = csr::router(csr_state).merge(discovery::server::router(config_server.clone()));
+    let discovery = csr::router(csr_state)
+        .merge(discovery::server::router(config_server.clone()))
+        .merge(trust);
     tokio::spawn(serve_tls(
         args.discovery_addr,
         resolver.clone(),
@@ -313,12 +337,24 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     let ca_health: crate::controllers::CaHealthProbe = {
         let (ca_rx, problem_rx) = (ca_rx.clone(), problem_rx.clone());
+        let rotation_rx = rotation_rx.clone();
         Arc::new(move || crate::controllers::CaHealth {
             loaded: ca_rx.borrow().is_some(),
             problem: problem_rx
                 .borrow()
                 .as_ref()
                 .and_then(super::ca_bundle::CaProblem::issue),
+            rotation: rotation_rx
+                .borrow()
+                .active()
+                .map(|s| crate::controllers::RotationPhase {
+                    reason: s.phase.to_string(),
+                    message: format!(
+                        "root rotation {}: {}; `weft ca rotate status` shows what it waits for",
+                        s.id,
+                        s.phase.describe()
+                    ),
+                }),
         })
     };
     // Only the replica holding the Lease runs the controllers and writes (SPEC §11).

@@ -10,6 +10,7 @@ mod issue;
 mod issuer;
 mod lifetime;
 mod protocol;
+pub mod rotation;
 // The Vault client speaks HTTP through the control plane's hyper and axum.
 #[cfg(feature = "control-plane")]
 mod vault;

@@ -247,6 +247,7 @@ impl RunArgs {
             identity: contract::spiffe_id(&self.trust_domain, ns, sa),
             validity: self.cert_validity,
             renew_at: self.renew_at,
+            pod: self.pod_name.clone(),
         })
     }
 }

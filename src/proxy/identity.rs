@@ -2,10 +2,14 @@
 //! operator's CSR endpoint (`POST :15012/v1/certificates`, SPEC §7) to sign it with the pod's
 //! projected token, offers the result to the [`CertSink`], and renews at `renewAt` of the
 //! lifetime with jitter. Failures retry with capped backoff; the current certificate stays.
+//! Between renewals it polls the operator's trust bundle (`POST /v1/trust`, issue 24 root
+//! rotation): a new bundle is installed with the same certificate, and a certificate that is
+//! not from the current signer is renewed early, at a moment drawn over the spread the
+//! operator names.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
@@ -14,9 +18,14 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use tokio::sync::watch;
+
 use super::inputs::CertSink;
-use super::tls::WorkloadCert;
+use super::tls::{TlsContext, WorkloadCert};
 use crate::contract::PATH_CERTIFICATES;
+use crate::pki::rotation::{
+    PATH_TRUST, POLL_EVERY, TrustAnswer, proxy_action, report as trust_report,
+};
 use crate::pki::{CertificateRequest, CertificateResponse, ErrorResponse, WorkloadKey};
 
 /// Largest answer read from the CSR endpoint (a chain and roots are a few KiB).
@@ -78,10 +87,22 @@ pub struct CsrClientConfig {
     pub validity: Option<Duration>,
     /// Fraction of the lifetime at which to renew (MeshConfig `renewAt`).
     pub renew_at: f64,
+    /// This proxy's pod (POD_NAME), named in trust polls; no polls without it.
+    pub pod: Option<String>,
 }
 
 /// Asks once for a certificate.
 pub async fn request_certificate(cfg: &CsrClientConfig) -> Result<WorkloadCert, IdentityError> {
+    request_certificate_trusting(cfg, &[]).await
+}
+
+/// Asks once for a certificate, verifying the operator with the roots file and `held` (the
+/// bundle of the current certificate: during a root rotation the operator may serve under a
+/// root the mounted ConfigMap does not show yet).
+async fn request_certificate_trusting(
+    cfg: &CsrClientConfig,
+    held: &[CertificateDer<'static>],
+) -> Result<WorkloadCert, IdentityError> {
     let read = |what: &'static str, path: &PathBuf| {
         std::fs::read(path).map_err(|source| IdentityError::Read {
             what,
@@ -104,7 +125,16 @@ pub async fn request_certificate(cfg: &CsrClientConfig) -> Result<WorkloadCert, 
     })
     .map_err(|e| IdentityError::Key(e.to_string()))?;
 
-    let (status, answer) = post(cfg, &roots_pem, &token, body).await?;
+    let roots = root_store(cfg, &roots_pem, held)?;
+    let (status, answer) = post(
+        cfg,
+        PATH_CERTIFICATES,
+        roots,
+        None,
+        Some(&token),
+        Full::new(Bytes::from(body)),
+    )
+    .await?;
     if status != StatusCode::OK {
         let message = serde_json::from_slice::<ErrorResponse>(&answer)
             .map(|e| e.error)
@@ -131,31 +161,51 @@ pub async fn request_certificate(cfg: &CsrClientConfig) -> Result<WorkloadCert, 
     Ok(cert)
 }
 
-async fn post(
+/// The roots the operator's serving certificate is verified with: the mounted file's, and
+/// those of the certificate held now.
+fn root_store(
     cfg: &CsrClientConfig,
     roots_pem: &[u8],
-    token: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), IdentityError> {
-    let connect_err = |detail: String| IdentityError::Connect {
-        address: cfg.address.clone(),
-        detail,
-    };
+    held: &[CertificateDer<'static>],
+) -> Result<rustls::RootCertStore, IdentityError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(roots_pem).flatten() {
         let _ = roots.add(cert);
+    }
+    for cert in held {
+        let _ = roots.add(cert.clone());
     }
     if roots.is_empty() {
         return Err(IdentityError::NoRoots(
             cfg.root_cert_file.display().to_string(),
         ));
     }
+    Ok(roots)
+}
+
+async fn post(
+    cfg: &CsrClientConfig,
+    path: &str,
+    roots: rustls::RootCertStore,
+    client_cert: Option<&WorkloadCert>,
+    token: Option<&str>,
+    body: Full<Bytes>,
+) -> Result<(StatusCode, Bytes), IdentityError> {
+    let connect_err = |detail: String| IdentityError::Connect {
+        address: cfg.address.clone(),
+        detail,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| connect_err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let tls = match client_cert {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+            .map_err(|e| connect_err(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
     let name = ServerName::try_from(cfg.server_name.clone())
         .map_err(|e| connect_err(format!("server name {:?}: {e}", cfg.server_name)))?;
 
@@ -175,14 +225,15 @@ async fn post(
         .map_err(|e| connect_err(e.to_string()))?;
     tokio::spawn(conn);
 
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
-        .uri(PATH_CERTIFICATES)
+        .uri(path)
         .header(hyper::header::HOST, cfg.server_name.as_str())
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| connect_err(e.to_string()))?;
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(body).map_err(|e| connect_err(e.to_string()))?;
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
         .await
         .map_err(|_| connect_err("no answer within 10s".into()))?
@@ -196,12 +247,17 @@ async fn post(
     Ok((status, answer))
 }
 
-/// Keeps the proxy's certificate fresh: requests, offers, sleeps until the renewal point.
-/// Runs until dropped.
+/// Keeps the proxy's certificate fresh: requests, offers, then follows the trust bundle
+/// until the renewal point (or an earlier one a trust poll asks for). Runs until dropped.
 pub async fn run_csr_client(cfg: CsrClientConfig, sink: CertSink) {
     let mut backoff = RETRY_MIN;
+    let current = sink.subscribe();
+    let mut polls = TrustPolls::default();
     loop {
-        let wait = match request_certificate(&cfg).await {
+        let held = held_cert(&current)
+            .map(|c| c.roots.clone())
+            .unwrap_or_default();
+        let wait = match request_certificate_trusting(&cfg, &held).await {
             Ok(cert) => {
                 let received = SystemTime::now();
                 let due = crate::pki::renew_at(
@@ -213,6 +269,8 @@ pub async fn run_csr_client(cfg: CsrClientConfig, sink: CertSink) {
                 match sink.offer(cert) {
                     Ok(()) => {
                         backoff = RETRY_MIN;
+                        // Report the new certificate soon: a rotation waits for it.
+                        polls.soon();
                         due.duration_since(SystemTime::now())
                             .unwrap_or(Duration::ZERO)
                     }
@@ -227,8 +285,143 @@ pub async fn run_csr_client(cfg: CsrClientConfig, sink: CertSink) {
                 next_backoff(&mut backoff)
             }
         };
-        tokio::time::sleep(wait).await;
+        follow_trust(&cfg, &sink, &current, &mut polls, Instant::now() + wait).await;
     }
+}
+
+fn held_cert(current: &watch::Receiver<Option<Arc<TlsContext>>>) -> Option<Arc<WorkloadCert>> {
+    current.borrow().as_ref().map(|ctx| ctx.cert.clone())
+}
+
+/// When the next trust poll is due, and how many failed in a row.
+#[derive(Debug)]
+struct TrustPolls {
+    next: Instant,
+    failures: u32,
+}
+
+impl Default for TrustPolls {
+    fn default() -> Self {
+        TrustPolls {
+            next: Instant::now() + jittered(POLL_EVERY),
+            failures: 0,
+        }
+    }
+}
+
+impl TrustPolls {
+    fn soon(&mut self) {
+        self.next = self.next.min(Instant::now() + Duration::from_secs(1));
+    }
+}
+
+/// `every` ±20 %, so proxies started together do not poll in lockstep.
+fn jittered(every: Duration) -> Duration {
+    every.mul_f64(1.0 + 0.2 * crate::pki::random_jitter())
+}
+
+/// Polls the trust bundle until `due` (the renewal point), or until a poll says the held
+/// certificate is from an old signer and the drawn moment comes. After three failed polls in
+/// a row it returns too: a certificate the operator no longer accepts is renewed.
+async fn follow_trust(
+    cfg: &CsrClientConfig,
+    sink: &CertSink,
+    current: &watch::Receiver<Option<Arc<TlsContext>>>,
+    polls: &mut TrustPolls,
+    mut due: Instant,
+) {
+    loop {
+        let now = Instant::now();
+        if now >= due {
+            return;
+        }
+        let Some(pod) = cfg.pod.as_deref() else {
+            tokio::time::sleep_until(due.into()).await;
+            return;
+        };
+        if polls.next > now {
+            tokio::time::sleep_until(polls.next.min(due).into()).await;
+            continue;
+        }
+        polls.next = now + jittered(POLL_EVERY);
+        let Some(cert) = held_cert(current) else {
+            continue;
+        };
+        match poll_trust(cfg, pod, &cert).await {
+            Ok(answer) => {
+                polls.failures = 0;
+                let action = proxy_action(&cert.chain, &cert.roots, &answer, SystemTime::now());
+                if let Some(roots) = action.new_roots {
+                    let swapped = WorkloadCert {
+                        chain: cert.chain.clone(),
+                        key: cert.key.clone_key(),
+                        roots: roots.into_iter().map(CertificateDer::from).collect(),
+                        identity: cert.identity.clone(),
+                        not_after: cert.not_after,
+                        serial: cert.serial.clone(),
+                    };
+                    let count = swapped.roots.len();
+                    match sink.offer(swapped) {
+                        Ok(()) => {
+                            tracing::info!(roots = count, "trust bundle updated");
+                            polls.soon();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "trust bundle unusable; keeping the current one")
+                        }
+                    }
+                }
+                if let Some(within) = action.renew_within {
+                    let at = now + within.mul_f64((crate::pki::random_jitter() + 1.0) / 2.0);
+                    if at < due {
+                        tracing::info!(
+                            in_ms = at.saturating_duration_since(now).as_millis() as u64,
+                            "certificate is not from the current signer; renewing early"
+                        );
+                        due = at;
+                    }
+                }
+            }
+            Err(e) => {
+                polls.failures += 1;
+                tracing::debug!(error = %e, failures = polls.failures, "trust poll failed");
+                if polls.failures >= 3 {
+                    polls.failures = 0;
+                    tracing::warn!(error = %e, "trust polls keep failing; renewing the certificate");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One trust poll: with the held certificate as client certificate (that proves who reports),
+/// and without it when the operator refuses it (its root was dropped while this proxy was
+/// away), so the answer still tells it to renew.
+async fn poll_trust(
+    cfg: &CsrClientConfig,
+    pod: &str,
+    cert: &WorkloadCert,
+) -> Result<TrustAnswer, IdentityError> {
+    let report = trust_report(pod, &cert.chain, &cert.roots, SystemTime::now());
+    let body = serde_json::to_vec(&report).map_err(|e| IdentityError::Key(e.to_string()))?;
+    let file = std::fs::read(&cfg.root_cert_file).unwrap_or_default();
+    let payload = || Full::new(Bytes::from(body.clone()));
+    let roots = || root_store(cfg, &file, &cert.roots);
+    let (status, answer) = match post(cfg, PATH_TRUST, roots()?, Some(cert), None, payload()).await
+    {
+        Err(IdentityError::Connect { .. }) => {
+            post(cfg, PATH_TRUST, roots()?, None, None, payload()).await?
+        }
+        other => other?,
+    };
+    if status != StatusCode::OK {
+        return Err(IdentityError::Refused {
+            status: status.as_u16(),
+            message: String::from_utf8_lossy(&answer).chars().take(200).collect(),
+        });
+    }
+    serde_json::from_slice(&answer).map_err(|e| IdentityError::BadResponse(e.to_string()))
 }
 
 fn next_backoff(backoff: &mut Duration) -> Duration {
@@ -340,6 +533,7 @@ mod tests {
             identity: ID.to_string(),
             validity: Some(Duration::from_secs(600)),
             renew_at: 0.5,
+            pod: None,
         }
     }
 

@@ -1,0 +1,435 @@
+//! `weft ca rotate` (issue 24 item 4): replaces the builtin mesh root under traffic. It writes
+//! the new root into Secret `weft-ca-next` and the state into ConfigMap `weft-ca-rotation`;
+//! the operator's leader then moves the mesh through the phases of `operator::rotation`.
+//! `weft ca rotate status` shows where it is, `weft ca rotate --abort` goes back in (a) or (b).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+use super::error::CliError;
+use super::inventory::{self, MeshArgs};
+use crate::operator::rotation::{
+    self, ACKS_CONFIGMAP, NEXT_CA_SECRET, Phase, ProxySeen, ROTATION_CONFIGMAP, RotationState,
+};
+use crate::operator::rotation_controller::{read_state, write_state};
+use crate::pki::rotation::{CONNECTED_WITHIN, POLL_EVERY, fingerprints_of_pem};
+use crate::pki::{self, ISSUER_CONFIGMAP, IssuerConfig, MeshCa};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RotateArgs {
+    #[command(subcommand)]
+    pub command: Option<RotateCommand>,
+    /// Go ahead: without it, rotate only says what it would do.
+    #[arg(long)]
+    pub yes: bool,
+    /// Go back to the old root (only while in phase (a) or (b)).
+    #[arg(long, conflicts_with = "yes")]
+    pub abort: bool,
+    /// Proxies holding a certificate from the old root renew within this time, each at a
+    /// random moment, so they do not all ask at once (Go duration: 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_spread)]
+    pub renew_within: Duration,
+    /// Trust domain of the new root (default: the revisions' spec.trustDomain, else
+    /// cluster.local).
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Where the rotation is: its phase, what it waits for, and each phase's time.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+fn parse_spread(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!(
+            "{s} is out of range: give between 1s and 24h (the longer, the gentler on the \
+             operator; proxies renew at a random moment within it)"
+        ));
+    }
+    Ok(d)
+}
+
+pub async fn run(args: RotateArgs) -> Result<(), CliError> {
+    match args.command {
+        Some(RotateCommand::Status(status_args)) => status(&status_args.mesh).await,
+        None if args.abort => abort(&args.mesh).await,
+        None => start(args).await,
+    }
+}
+
+fn bad(message: String) -> CliError {
+    CliError::BadRequest { message }
+}
+
+async fn start(args: RotateArgs) -> Result<(), CliError> {
+    let client = inventory::client().await?;
+    let ns = args.mesh.weft_namespace.as_str();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    if secrets
+        .get_metadata_opt(pki::PLUGIN_CA_SECRET)
+        .await
+        .map_err(CliError::kube(format!("reading Secret {ns}/cacerts")))?
+        .is_some()
+    {
+        return Err(bad(format!(
+            "Secret {ns}/cacerts (a plug-in CA) signs, and weft ca rotate replaces weft's own \
+             root only: to change a plug-in root, put the new one beside the old in cacerts' \
+             root-cert.pem, roll the workloads, then remove the old one"
+        )));
+    }
+    if let Some(cm) = configmaps
+        .get_opt(ISSUER_CONFIGMAP)
+        .await
+        .map_err(CliError::kube(format!(
+            "reading ConfigMap {ns}/{ISSUER_CONFIGMAP}"
+        )))?
+    {
+        match IssuerConfig::from_data(&cm.data.unwrap_or_default()) {
+            Ok(IssuerConfig::Builtin) => {}
+            Ok(other) => {
+                return Err(bad(format!(
+                    "the {} issuer signs workload certificates, so a new builtin root would not \
+                     re-issue them: run `weft ca issuer set builtin --yes` first (a rotation to \
+                     another issuer is not built yet)",
+                    other.kind().as_str()
+                )));
+            }
+            Err(e) => return Err(bad(format!("ConfigMap {ns}/{ISSUER_CONFIGMAP}: {e}"))),
+        }
+    }
+    let existing = read_state(&configmaps).await.map_err(bad)?;
+    if let Some((state, _)) = &existing
+        && state.phase.active()
+    {
+        return Err(bad(format!(
+            "rotation {} is under way (phase {}): follow it with `weft ca rotate status`, or \
+             go back with `weft ca rotate --abort`",
+            state.id, state.phase
+        )));
+    }
+    let current = secrets
+        .get_opt(pki::WEFT_CA_SECRET)
+        .await
+        .map_err(CliError::kube(format!(
+            "reading Secret {ns}/{}",
+            pki::WEFT_CA_SECRET
+        )))?
+        .ok_or_else(|| {
+            bad(format!(
+                "Secret {ns}/{} is missing: there is no root to rotate from; if the CA is lost, \
+                 `weft ca reset` starts a new one",
+                pki::WEFT_CA_SECRET
+            ))
+        })?;
+    let old = MeshCa::from_weft_ca_secret(&crate::operator::rotation_controller::secret_bytes(
+        &current,
+    ))
+    .map_err(|e| {
+        bad(format!(
+            "Secret {ns}/{} is not usable ({e}); `weft ca reset` is the way out of a broken CA",
+            pki::WEFT_CA_SECRET
+        ))
+    })?;
+    let trust_domain = match args.trust_domain.clone() {
+        Some(td) => td,
+        None => super::ca::revisions_trust_domain(&client, ns).await?,
+    };
+    println!(
+        "This rotates the mesh root of Secret {ns}/{} to a new self-signed root for trust \
+         domain {trust_domain}, under traffic, in three phases:",
+        pki::WEFT_CA_SECRET
+    );
+    for phase in [Phase::Trusting, Phase::Reissuing, Phase::Dropping] {
+        println!("  {}", phase.describe());
+    }
+    println!(
+        "Each phase waits for every connected proxy (they poll every {}s); proxies renew within \
+         {}s of phase (b). `weft ca rotate status` follows it; `weft ca rotate --abort` goes \
+         back while in (a) or (b).",
+        POLL_EVERY.as_secs(),
+        args.renew_within.as_secs()
+    );
+    if !args.yes {
+        println!("Nothing changed: run again with --yes to start.");
+        return Ok(());
+    }
+    let new = MeshCa::generate_root(&trust_domain, pki::DEFAULT_ROOT_VALIDITY).map_err(|e| {
+        CliError::NewRoot {
+            message: e.to_string(),
+        }
+    })?;
+    // A Secret left by a finished or aborted rotation is not in use any more.
+    match secrets
+        .delete(NEXT_CA_SECRET, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => {
+            return Err(CliError::kube(format!(
+                "deleting Secret {ns}/{NEXT_CA_SECRET}"
+            ))(e));
+        }
+    }
+    let mut secret = crate::operator::ca_bundle::weft_ca_secret(&new, ns, None);
+    secret.metadata.name = Some(NEXT_CA_SECRET.into());
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .map_err(CliError::kube(format!(
+            "creating Secret {ns}/{NEXT_CA_SECRET}"
+        )))?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let id = now.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let state = RotationState::new(
+        id.clone(),
+        vec![old.own_roots_pem()],
+        vec![new.own_roots_pem()],
+        args.renew_within.as_secs(),
+        now.to_string(),
+    );
+    let rv = existing.and_then(|(_, rv)| rv);
+    write_state(&configmaps, &state, rv.as_deref())
+        .await
+        .map_err(bad)?;
+    println!(
+        "rotation {id} started: phase {}. Follow it with `weft ca rotate status`.",
+        state.phase
+    );
+    Ok(())
+}
+
+async fn abort(mesh: &MeshArgs) -> Result<(), CliError> {
+    let client = inventory::client().await?;
+    let ns = mesh.weft_namespace.as_str();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, ns);
+    let Some((state, rv)) = read_state(&configmaps).await.map_err(bad)? else {
+        return Err(bad(format!(
+            "no rotation has been started (no ConfigMap {ns}/{ROTATION_CONFIGMAP}); nothing to abort"
+        )));
+    };
+    let to = rotation::abort(&state).map_err(|e| bad(e.to_string()))?;
+    let next = state.entering(to, k8s_openapi::jiff::Timestamp::now().to_string());
+    // Over the version read: if the leader moved on meanwhile, this fails and says so.
+    write_state(&configmaps, &next, rv.as_deref())
+        .await
+        .map_err(|e| {
+            bad(format!(
+                "{e}: the rotation moved on while aborting; look at `weft ca rotate status` and \
+                 run --abort again if it is still in (a) or (b)"
+            ))
+        })?;
+    println!(
+        "rotation {}: {} → {to}: {}",
+        state.id,
+        state.phase,
+        to.describe()
+    );
+    Ok(())
+}
+
+async fn status(mesh: &MeshArgs) -> Result<(), CliError> {
+    let client = inventory::client().await?;
+    let ns = mesh.weft_namespace.as_str();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let Some((state, _)) = read_state(&configmaps).await.map_err(bad)? else {
+        println!("No root rotation has been started. `weft ca rotate` starts one.");
+        return Ok(());
+    };
+    let acks = read_acks(&client, ns).await?;
+    print!("{}", render_status(&state, &acks, now_unix()));
+    Ok(())
+}
+
+fn now_unix() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
+
+async fn read_acks(client: &Client, ns: &str) -> Result<BTreeMap<String, ProxySeen>, CliError> {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = configmaps
+        .get_opt(ACKS_CONFIGMAP)
+        .await
+        .map_err(CliError::kube(format!(
+            "reading ConfigMap {ns}/{ACKS_CONFIGMAP}"
+        )))?;
+    let replicas: Vec<BTreeMap<String, ProxySeen>> = cm
+        .and_then(|c| c.data)
+        .unwrap_or_default()
+        .values()
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect();
+    Ok(rotation::merge_acks(&replicas))
+}
+
+/// The status text: phase, what it waits for, each phase's start and duration, and the
+/// connected proxies counted by what they hold.
+pub fn render_status(
+    state: &RotationState,
+    acks: &BTreeMap<String, ProxySeen>,
+    now: i64,
+) -> String {
+    let mut out = format!(
+        "Rotation {}: phase {} — {}\n",
+        state.id,
+        state.phase,
+        state.phase.describe()
+    );
+    if state.phase.active() && !state.waiting_for.is_empty() {
+        out.push_str(&format!("  Waiting for: {}\n", state.waiting_for));
+    }
+    out.push_str(&format!(
+        "  Proxies renew within: {}s of phase (b)\n",
+        state.renew_within_seconds
+    ));
+    out.push_str("  Phases:\n");
+    let at = |s: &str| {
+        s.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second())
+    };
+    for (i, entry) in state.history.iter().enumerate() {
+        let took = match (
+            at(&entry.at),
+            state.history.get(i + 1).and_then(|n| at(&n.at)),
+        ) {
+            (Some(a), Some(b)) => format!(" ({}s)", b - a),
+            (Some(a), None) if entry.phase.active() => format!(" (for {}s so far)", now - a),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "    {:<12} {}{took}\n",
+            entry.phase.to_string(),
+            entry.at
+        ));
+    }
+    let old = fingerprints_of_pem(&state.old_roots);
+    let new = fingerprints_of_pem(&state.new_roots);
+    let connected: Vec<&ProxySeen> = acks
+        .values()
+        .filter(|p| now - p.seen <= CONNECTED_WITHIN.as_secs() as i64)
+        .collect();
+    let count = |f: &dyn Fn(&ProxySeen) -> bool| connected.iter().filter(|p| f(p)).count();
+    out.push_str(&format!(
+        "  Connected proxies (polled in the last {}s): {}; trusting the new root: {}; still \
+         trusting the old root: {}; certificate from the new root: {}\n",
+        CONNECTED_WITHIN.as_secs(),
+        connected.len(),
+        count(&|p| p.bundle.is_superset(&new)),
+        count(&|p| !p.bundle.is_disjoint(&old)),
+        count(&|p| p.leaf_root.as_ref().is_some_and(|r| new.contains(r))),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::rotation::fingerprint;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rotate: RotateArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RotateArgs, clap::Error> {
+        let mut argv = vec!["rotate"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).map(|c| c.rotate)
+    }
+
+    #[test]
+    fn flags_parse_and_bad_spreads_say_what_to_give() {
+        let a = parse(&["--yes", "--renew-within", "10s"]).unwrap();
+        assert!(a.yes && !a.abort);
+        assert_eq!(a.renew_within, Duration::from_secs(10));
+        assert!(parse(&["--abort"]).unwrap().abort);
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Some(RotateCommand::Status(_))
+        ));
+        let err = parse(&["--renew-within", "0s"]).unwrap_err().to_string();
+        assert!(err.contains("between 1s and 24h"), "{err}");
+        assert!(parse(&["--abort", "--yes"]).is_err());
+    }
+
+    #[test]
+    fn status_shows_the_phase_its_wait_each_phase_time_and_the_proxies() {
+        let ca = |_| {
+            MeshCa::generate_root("cluster.local", Duration::from_secs(86_400))
+                .unwrap()
+                .own_roots_pem()
+        };
+        let (old, new) = (ca(0), ca(1));
+        let fp = |pem: &str| fingerprint(&pki::certificates_from_pem(pem).unwrap()[0]);
+        let mut state = RotationState::new(
+            "r1".into(),
+            vec![old.clone()],
+            vec![new.clone()],
+            10,
+            "2026-12-06T08:00:00Z".into(),
+        )
+        .entering(Phase::Reissuing, "2026-12-06T08:00:20Z".into());
+        state.waiting_for =
+            "1 of 2 connected proxies to hold a certificate from the new root: b".into();
+        let now = "2026-12-06T08:00:50Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        let seen = |bundle: &[&str], leaf: &str, at: i64| ProxySeen {
+            identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+            bundle: bundle.iter().map(|p| fp(p)).collect(),
+            leaf_root: Some(fp(leaf)),
+            seen: at,
+        };
+        let acks = BTreeMap::from([
+            ("a".to_string(), seen(&[&old, &new], &new, now - 5)),
+            ("b".to_string(), seen(&[&old, &new], &old, now - 5)),
+            ("gone".to_string(), seen(&[&old], &old, now - 500)),
+        ]);
+        let text = render_status(&state, &acks, now);
+        assert!(
+            text.contains("phase Reissuing — (b) the new root signs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Waiting for: 1 of 2 connected proxies"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Trusting     2026-12-06T08:00:00Z (20s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Reissuing    2026-12-06T08:00:20Z (for 30s so far)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Connected proxies (polled in the last 60s): 2; trusting the new root: 2; still \
+                 trusting the old root: 2; certificate from the new root: 1"
+            ),
+            "{text}"
+        );
+    }
+}

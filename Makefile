@@ -39,6 +39,7 @@ check-install-yaml: cluster-components ## Fail when manifests/install.yaml diffe
 	if ! drift=$$(diff -u $(INSTALL_YAML) <(echo "$$fresh")); then \
 	  echo "$$drift" | head -60; echo "$(INSTALL_YAML) is stale: run make generate"; exit 1; fi
 	@echo "ok: $(INSTALL_YAML) is what config/default builds"
+	KUBECTL=$(KUBECTL) $(CARGO) test --locked -p weft --test kustomize_components -- --ignored
 
 .PHONY: crds
 crds: generate ## Alias of generate: write crds/ (and manifests/install.yaml)

@@ -117,15 +117,8 @@ async fn trust(
         }
     };
     let external = state.issuer.as_ref().and_then(|rx| rx.borrow().clone());
-    let signer_roots = match external {
-        Some(issuer) => issuer.roots_pem(),
-        None => vec![ca.own_roots_pem()],
-    };
-    let renew_within_seconds = state
-        .view
-        .borrow()
-        .active()
-        .map_or(0, |s| s.renew_within_seconds);
+    let rotating = state.view.borrow().active().map(|s| s.renew_within_seconds);
+    let answer = answer_for(&ca, external.map(|i| i.roots_pem()), rotating);
     // Only a proxy that proved an identity with its certificate is counted; one whose
     // certificate no longer verifies still gets the bundle (roots are public) and renews.
     if let Some(identity) = peer.as_ref().and_then(|p| p.spiffe_id.clone())
@@ -149,12 +142,81 @@ async fn trust(
             );
         }
     }
-    Json(TrustAnswer {
+    Json(answer).into_response()
+}
+
+/// The answer to a trust poll, with `ca` (the CA this replica serves with, trusting what the
+/// phase says), the roots of an external issuer that signs (if any), and the renewal spread of
+/// a rotation under way (None: none is). During a rotation a certificate not from the current
+/// signer is renewed early: the phases guarantee every bundle already trusts that signer.
+/// Otherwise only a certificate that chains to nothing trusted any more is (a proxy that was
+/// away while a rotation ended, or after `weft ca reset`): switching issuer does not make every
+/// proxy renew at once, before its peers trust the new issuer.
+pub fn answer_for(
+    ca: &MeshCa,
+    external_roots: Option<Vec<String>>,
+    rotating: Option<u64>,
+) -> TrustAnswer {
+    let signer_roots = match (rotating, external_roots) {
+        (Some(_), Some(roots)) => roots,
+        (Some(_), None) => vec![ca.own_roots_pem()],
+        (None, _) => ca.root_certs_pem(),
+    };
+    TrustAnswer {
         roots: ca.root_certs_pem(),
         signer_roots,
-        renew_within_seconds,
-    })
-    .into_response()
+        renew_within_seconds: rotating.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::pki::WorkloadKey;
+    use crate::pki::rotation::proxy_action;
+
+    const ID: &str = "spiffe://cluster.local/ns/a/sa/b";
+
+    fn root() -> MeshCa {
+        MeshCa::generate_root("cluster.local", Duration::from_secs(86_400)).unwrap()
+    }
+
+    fn leaf(ca: &MeshCa) -> Vec<Vec<u8>> {
+        let key = WorkloadKey::generate().unwrap();
+        let issued = ca
+            .sign_workload_csr(
+                &key.csr_pem(ID).unwrap(),
+                ID,
+                Duration::from_secs(3600),
+                SystemTime::now(),
+            )
+            .unwrap();
+        pki::certificates_from_pem(&issued.cert_chain_pem.concat()).unwrap()
+    }
+
+    #[test]
+    fn only_a_rotation_makes_proxies_renew_from_the_signer_otherwise_only_untrusted_leaves() {
+        let (mesh, other) = (root(), root());
+        let now = SystemTime::now();
+        // An issuer switch (another root trusted beside the mesh root, no rotation): a proxy
+        // holding a mesh-root certificate learns the bundle but does not renew early.
+        let trusting = mesh.also_trusting(&[other.own_roots_pem()]).unwrap();
+        let held = pki::certificates_from_pem(&mesh.own_roots_pem()).unwrap();
+        let switch = answer_for(&trusting, Some(vec![other.own_roots_pem()]), None);
+        let act = proxy_action(&leaf(&mesh), &held, &switch, now);
+        assert_eq!(act.new_roots.map(|r| r.len()), Some(2));
+        assert_eq!(act.renew_within, None);
+        // During a rotation the same certificate is renewed within the rotation's spread.
+        let rotating = answer_for(&trusting, Some(vec![other.own_roots_pem()]), Some(9));
+        let act = proxy_action(&leaf(&mesh), &held, &rotating, now);
+        assert_eq!(act.renew_within, Some(Duration::from_secs(9)));
+        // After a rotation: a certificate from a root no longer trusted is renewed.
+        let after = answer_for(&other, None, None);
+        let act = proxy_action(&leaf(&mesh), &held, &after, now);
+        assert_eq!(act.renew_within, Some(pki::rotation::DEFAULT_RENEW_WITHIN));
+    }
 }
 
 // === the controller ===

@@ -566,8 +566,9 @@ pub fn ca_secret(
              needs a restart)",
         ),
         Ok(ca) => match published_root {
-            // The published bundle is this root, then any external issuer's (issue 24).
-            Some(root) if !root.trim().starts_with(ca.roots_pem().trim()) => Verdict::fail(
+            // The published bundle holds this root, beside any external issuer's and, during
+            // a root rotation, the other root of the rotation (issue 24).
+            Some(root) if !root.contains(ca.roots_pem().trim()) => Verdict::fail(
                 CA_SECRET,
                 format!(
                     "Secret {namespace}/{secret} holds a different root than the one proxies \
@@ -1261,6 +1262,12 @@ mod tests {
             ca_secret(None, Some(&data), Some(&other), ns)
                 .detail
                 .contains("different root")
+        );
+        // During a root rotation's phase (b) the new root comes first, the Secret's after.
+        let rotating = format!("{other}{roots}");
+        assert_eq!(
+            ca_secret(None, Some(&data), Some(&rotating), ns).status,
+            Status::Pass
         );
         let mut corrupted = data.clone();
         corrupted.insert("ca.key".into(), b"garbage".to_vec());

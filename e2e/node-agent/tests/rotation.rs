@@ -1,0 +1,460 @@
+//! Root rotation under traffic on the local cluster (issue 24 item 4): a meshed client sends
+//! requests at a fixed rate to a meshed Service (a new connection, so a new mTLS handshake,
+//! each time) while `weft ca rotate --yes` moves the mesh from the builtin root to a new
+//! builtin root through phases (a), (b), (c). No request fails; at the end no trust bundle
+//! holds the old root (root ConfigMaps in every namespace, webhook caBundles, what every
+//! proxy reports) and every proxy presents a certificate that `openssl verify` chains to the
+//! new root only. Every revision carries RootRotation while it runs. One proxy (an idle
+//! client) is stopped (SIGSTOP) when phase (b) begins: the rotation goes on without it, and
+//! once continued it recovers by itself. Changes the mesh root: run it alone.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::ca::root_pem;
+use support::{Cluster, deployed, wait_for, weft};
+
+/// The meshed client: one `wget` every 200 ms (5 a second), each line `<unix seconds> ok|FAIL`.
+const LOADGEN: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loadgen, labels: {app: loadgen}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: loadgen
+    image: busybox
+    command: [sh, -c, "while true; do if timeout 10 wget -qO- http://bookstore/ >/dev/null; then echo \"$(date +%s) ok\"; else echo \"$(date +%s) FAIL\"; fi; sleep 0.2; done"]
+"#;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Secret weft-system/`name`'s `ca.crt`, or "" when absent.
+fn secret_cert(c: &Cluster, name: &str) -> String {
+    let out = c.kubectl(&[
+        "-n",
+        "weft-system",
+        "get",
+        "secret",
+        name,
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    if !out.status.success() {
+        return String::new();
+    }
+    let b64 = String::from_utf8_lossy(&out.stdout).into_owned();
+    let decoded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("echo '{}' | base64 -d", b64.trim()))
+        .output()
+        .expect("base64");
+    String::from_utf8_lossy(&decoded.stdout).into_owned()
+}
+
+/// The base64 body of a one-certificate PEM: what shows whether a bundle holds it.
+fn body(pem: &str) -> String {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>()
+}
+
+fn holds(bundle: &str, pem: &str) -> bool {
+    let b: String = bundle.lines().filter(|l| !l.starts_with("-----")).collect();
+    b.contains(&body(pem))
+}
+
+/// The rotation state ConfigMap's JSON.
+fn state(c: &Cluster) -> serde_json::Value {
+    let out = c.kubectl(&[
+        "-n",
+        "weft-system",
+        "get",
+        "configmap",
+        "weft-ca-rotation",
+        "-o",
+        "jsonpath={.data.state}",
+    ]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// A pod's proxy process stopped with SIGSTOP (the node agent runs pods as host processes;
+/// the pod's POD_NAME is in the process's environment), continued on drop.
+struct Stopped(u32);
+
+impl Stopped {
+    fn proxy_of(pod: &str) -> Stopped {
+        let want = format!("POD_NAME={pod}");
+        let pid = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains("weft-proxy")
+                    && String::from_utf8_lossy(&cmd).contains("run")
+                    && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("no weft-proxy process of pod {pod}"));
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        eprintln!("stopped the proxy of {pod} (pid {pid})");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// What the replicas last heard from `pod`'s proxy (ConfigMap weft-ca-rotation-acks).
+fn buyer_report(c: &Cluster, pod: &str) -> String {
+    let out = c.kubectl(&[
+        "-n",
+        "weft-system",
+        "get",
+        "configmap",
+        "weft-ca-rotation-acks",
+        "-o",
+        "json",
+    ]);
+    let cm: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    cm["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| serde_json::from_str::<serde_json::Value>(v.as_str()?).ok())
+        .filter_map(|acks| acks.get(pod).cloned())
+        .max_by_key(|a| a["seen"].as_i64().unwrap_or(0))
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// However the test ends, no rotation is left half-way in (a) or (b): it is aborted (one in
+/// (c) finishes by itself).
+struct AbortIfUnderWay;
+
+impl Drop for AbortIfUnderWay {
+    fn drop(&mut self) {
+        let _ = weft(&["ca", "rotate", "--abort"]);
+    }
+}
+
+/// `<revision> <status> <reason>` of each revision's RootRotation condition, one a line
+/// (just `<revision>` for a revision without one).
+fn revision_conditions(c: &Cluster) -> String {
+    let out = c.kubectl(&[
+        "-n",
+        "weft-system",
+        "get",
+        "meshconfigs",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{range .status.conditions[?(@.type==\"RootRotation\")]} {.status} {.reason}{end}{\"\\n\"}{end}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_new_builtin_root_replaces_the_old_under_steady_traffic_with_no_failed_request() {
+    let c = deployed();
+    let old_root = root_pem(c);
+    assert_eq!(
+        body(&secret_cert(c, "weft-ca")),
+        body(&old_root),
+        "the published root is weft-ca's before the rotation"
+    );
+    let mesh = c.namespace("rotate");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    mesh.apply(LOADGEN);
+    mesh.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/loadgen",
+        "--timeout=180s",
+    ]);
+    // Traffic flows before anything changes.
+    wait_for(
+        Duration::from_secs(60),
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+
+    // Without --yes nothing changes.
+    let before = state(c);
+    let dry = weft(&["ca", "rotate"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("run again with --yes"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(state(c), before, "a dry run wrote a rotation state");
+    let _guard = AbortIfUnderWay;
+
+    let started = unix_now();
+    let clock = Instant::now();
+    let go = weft(&["ca", "rotate", "--yes", "--renew-within", "10s"]);
+    assert!(go.status.success(), "{}", text(&go));
+    // A second rotation while one is under way is refused, naming the way to follow it.
+    let again = weft(&["ca", "rotate", "--yes"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("weft ca rotate status"),
+        "{}",
+        text(&again)
+    );
+
+    // The bookbuyer's proxy (an idle client, no Service points at it) goes away when phase (b)
+    // begins: stopped with SIGSTOP before it renews, it misses (b) and (c) and comes back after.
+    let buyer = mesh.jsonpath("pods -l app=bookbuyer", "{.items[0].metadata.name}");
+    let mut away: Option<Stopped> = None;
+    let mut seen_phases: Vec<String> = Vec::new();
+    // The RootRotation condition of every revision, as seen while the rotation runs.
+    let mut conditions_seen: Vec<String> = Vec::new();
+    let final_status = wait_for(
+        Duration::from_secs(420),
+        || {
+            let conditions = revision_conditions(c);
+            if conditions_seen.last() != Some(&conditions) {
+                conditions_seen.push(conditions);
+            }
+            let status = text(&weft(&["ca", "rotate", "status"]));
+            if let Some(phase) = status
+                .lines()
+                .next()
+                .and_then(|l| l.split("phase ").nth(1))
+                .and_then(|p| p.split_whitespace().next())
+                && seen_phases.last().map(String::as_str) != Some(phase)
+            {
+                eprintln!(
+                    "[{:>5.1}s] {}",
+                    clock.elapsed().as_secs_f64(),
+                    status.trim()
+                );
+                seen_phases.push(phase.to_string());
+                if phase == "Reissuing" && away.is_none() {
+                    away = Some(Stopped::proxy_of(&buyer));
+                    eprintln!(
+                        "its last report (fingerprints): {}",
+                        buyer_report(c, &buyer)
+                    );
+                }
+            }
+            status
+        },
+        |s| s.contains("phase Done") || s.contains("phase Aborted"),
+    );
+    let finished = unix_now();
+    assert!(final_status.contains("phase Done"), "{final_status}");
+    // Every revision carried RootRotation=True with the phase as reason while it ran...
+    assert!(
+        conditions_seen
+            .iter()
+            .any(|c| { !c.is_empty() && c.lines().all(|l| l.ends_with(" True Reissuing")) }),
+        "RootRotation seen: {conditions_seen:?}"
+    );
+    // ...and it leaves with the rotation.
+    wait_for(
+        Duration::from_secs(60),
+        || revision_conditions(c),
+        |c| !c.is_empty() && c.lines().all(|l| !l.contains(' ')),
+    );
+    eprintln!("rotation took {}s:\n{final_status}", finished - started);
+    let history = state(c)["history"].clone();
+    let phases: Vec<&str> = history
+        .as_array()
+        .map(|h| h.iter().filter_map(|e| e["phase"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        phases,
+        ["Trusting", "Reissuing", "Dropping", "Done"],
+        "{history}"
+    );
+
+    // The away proxy did not hold the rotation up (it is not connected after 60 s) ...
+    let away = away.expect("the bookbuyer's proxy was stopped in phase (b)");
+    // ... and recovers on its own once back: its next poll says its certificate is from a
+    // root no longer trusted, so it renews, and its requests are answered over mTLS again.
+    drop(away);
+    let resumed = Instant::now();
+    wait_for(
+        Duration::from_secs(120),
+        || {
+            support::bookstore::buy(&mesh, "http://bookstore/")
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e)
+        },
+        |r| r == "ok",
+    );
+    eprintln!(
+        "the away proxy answered again {:.1}s after SIGCONT",
+        resumed.elapsed().as_secs_f64()
+    );
+
+    // Let the loop run on a few seconds past the end, then count.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = mesh.ok(&["logs", "loadgen", "-c", "loadgen"]);
+    let during: Vec<(i64, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let (t, r) = l.split_once(' ')?;
+            Some((t.parse().ok()?, r))
+        })
+        .filter(|(t, _)| *t >= started - 2 && *t <= finished + 5)
+        .collect();
+    let failed: Vec<&(i64, &str)> = during.iter().filter(|(_, r)| *r != "ok").collect();
+    let ok = during.len() - failed.len();
+    eprintln!(
+        "requests during the rotation ({}s): {} ok, {} failed",
+        finished - started,
+        ok,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    // The loop really ran through the whole rotation: at least one answer per second of it.
+    assert!(
+        ok as i64 >= finished - started,
+        "only {ok} requests in {}s",
+        finished - started
+    );
+    let first = during.first().map(|(t, _)| *t).unwrap_or(i64::MAX);
+    let last = during.last().map(|(t, _)| *t).unwrap_or(0);
+    assert!(
+        first <= started && last >= finished,
+        "the loop stopped early: {first}..{last}"
+    );
+
+    // Afterwards: weft-ca holds the new root, weft-ca-next is gone.
+    let new_root = secret_cert(c, "weft-ca");
+    assert!(!new_root.is_empty() && body(&new_root) != body(&old_root));
+    assert!(
+        secret_cert(c, "weft-ca-next").is_empty(),
+        "weft-ca-next was left"
+    );
+
+    // No trust bundle holds the old root: root ConfigMaps in every namespace...
+    let configmaps = c.ok(&[
+        "get",
+        "configmap",
+        "-A",
+        "--field-selector",
+        "metadata.name=weft-ca-root-cert",
+        "-o",
+        "json",
+    ]);
+    let configmaps: serde_json::Value = serde_json::from_str(&configmaps).expect("json");
+    let items = configmaps["items"].as_array().cloned().unwrap_or_default();
+    assert!(items.len() >= 2, "root ConfigMaps: {}", items.len());
+    for cm in &items {
+        let pem = cm["data"]["root-cert.pem"].as_str().unwrap_or_default();
+        let ns = cm["metadata"]["namespace"].as_str().unwrap_or_default();
+        assert!(
+            holds(pem, &new_root),
+            "{ns}'s root ConfigMap lacks the new root"
+        );
+        assert!(
+            !holds(pem, &old_root),
+            "{ns}'s root ConfigMap still holds the old root"
+        );
+    }
+    // ...the webhooks' caBundles...
+    for config in [
+        "mutatingwebhookconfiguration/weft-sidecar-injector",
+        "validatingwebhookconfiguration/weft-validator",
+    ] {
+        let bundles = c.ok(&[
+            "get",
+            config,
+            "-o",
+            "jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{\"\\n\"}{end}",
+        ]);
+        for b64 in bundles.lines().filter(|l| !l.trim().is_empty()) {
+            let pem = Command::new("bash")
+                .arg("-c")
+                .arg(format!("echo '{}' | base64 -d", b64.trim()))
+                .output()
+                .expect("base64");
+            let pem = String::from_utf8_lossy(&pem.stdout);
+            assert!(
+                holds(&pem, &new_root),
+                "{config}: caBundle lacks the new root"
+            );
+            assert!(
+                !holds(&pem, &old_root),
+                "{config}: caBundle still holds the old root"
+            );
+        }
+    }
+    // ...and what every proxy of the namespace last reported (its own bundle and leaf).
+    let status = text(&weft(&["ca", "rotate", "status"]));
+    assert!(
+        status.contains("still trusting the old root: 0"),
+        "{status}"
+    );
+
+    // Every proxy presents a certificate chaining to the new root only (openssl, from outside).
+    let dir = std::env::temp_dir().join(format!("weft-rotation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("new.pem"), &new_root).expect("write");
+    std::fs::write(dir.join("old.pem"), &old_root).expect("write");
+    let pods = mesh.jsonpath("pods", "{range .items[*]}{.status.podIP}{\"\\n\"}{end}");
+    let ips: Vec<&str> = pods.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(ips.len(), 4, "bookstore x2, bookbuyer, loadgen: {ips:?}");
+    for ip in ips {
+        let leaf = dir.join(format!("{ip}.pem"));
+        let script = format!(
+            "openssl s_client -connect {ip}:8080 -alpn weft/1 </dev/null 2>/dev/null \
+             | openssl x509 -out {leaf} && openssl verify -CAfile {new} {leaf} && \
+             ! openssl verify -CAfile {old} {leaf} >/dev/null 2>&1",
+            leaf = leaf.display(),
+            new = dir.join("new.pem").display(),
+            old = dir.join("old.pem").display(),
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "the proxy at {ip} does not present a certificate of the new root only: {}",
+            text(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A finished rotation cannot be aborted, and says why.
+    let abort = weft(&["ca", "rotate", "--abort"]);
+    assert!(!abort.status.success());
+    assert!(
+        text(&abort).contains("no rotation is under way"),
+        "{}",
+        text(&abort)
+    );
+}

@@ -558,8 +558,12 @@ async fn authorize(
                     seen = Seen::Authorized;
                     return;
                 }
-                // The pod's address may not be in the caches yet (a new pod): wait for it.
                 seen = Seen::OtherAddress;
+                // A pod keeps its addresses for life: once known, the answer is final. Until
+                // then (a new pod whose address has not reached the caches), wait for them.
+                if !addresses.is_empty() {
+                    return;
+                }
             }
             if index.changed().await.is_err() {
                 return;

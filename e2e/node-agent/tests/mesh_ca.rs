@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::ca::{request_certificate, root_pem, token_of};
+use support::ca::{expired_copy, request_certificate, root_pem, token_of};
 use support::{deployed, eventually, wait_for};
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
@@ -135,44 +135,6 @@ fn wait_for_ok(f: impl Fn() -> std::process::Output) -> Vec<u8> {
         out.status.success() && !last.is_empty()
     });
     last
-}
-
-/// A copy of `token` whose `exp` (and `iat`, `nbf`) lie in the past, signed again with the
-/// cluster's service-account key: a genuine token that has expired (TokenRequest will not
-/// mint one shorter than ten minutes).
-fn expired_copy(token: &str) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut parts = token.split('.');
-    let (header, payload) = (parts.next().unwrap(), parts.next().unwrap());
-    let mut claims: serde_json::Value =
-        serde_json::from_slice(&b64.decode(payload).expect("JWT payload")).expect("claims");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    claims["iat"] = (now - 7200).into();
-    claims["nbf"] = (now - 7200).into();
-    claims["exp"] = (now - 3600).into();
-    let signing_input = format!("{header}.{}", b64.encode(claims.to_string()));
-    let key = support::repo_root().join("e2e/.cluster/pki/sa.key");
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(&key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(signing_input.as_bytes())
-        .unwrap();
-    let signature = child.wait_with_output().unwrap().stdout;
-    assert!(!signature.is_empty(), "openssl could not sign with {key:?}");
-    format!("{signing_input}.{}", b64.encode(signature))
 }
 
 #[test]

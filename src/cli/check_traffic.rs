@@ -164,6 +164,8 @@ mod tests {
                 .map(|(n, m)| (n.to_string(), m))
                 .into_iter()
                 .collect(),
+            traffic: Default::default(),
+            subset_traffic: BTreeMap::new(),
         }
     }
 

@@ -197,6 +197,9 @@ pub struct ClusterRow {
     pub subsets: Vec<String>,
     pub endpoints: usize,
     pub routes: usize,
+    /// The DestinationRule's load balancing and outlier detection (`-`: round robin, none),
+    /// then each subset's own where it differs.
+    pub policy: String,
 }
 
 impl Row for ClusterRow {
@@ -208,6 +211,7 @@ impl Row for ClusterRow {
         "subsets",
         "endpoints",
         "routes",
+        "policy",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -222,6 +226,7 @@ impl Row for ClusterRow {
             },
             self.endpoints.to_string(),
             self.routes.to_string(),
+            self.policy.clone(),
         ]
     }
 }
@@ -236,6 +241,15 @@ pub fn clusters(s: &ProxySnapshot) -> Vec<ClusterRow> {
             subsets: svc.subsets.keys().cloned().collect(),
             endpoints: svc.endpoints.len(),
             routes: svc.http.len(),
+            policy: std::iter::once(svc.traffic.summary())
+                .chain(
+                    svc.subset_traffic
+                        .iter()
+                        .filter(|(_, p)| **p != svc.traffic)
+                        .map(|(name, p)| format!("{name}: {}", p.summary())),
+                )
+                .collect::<Vec<_>>()
+                .join(" | "),
         })
         .collect()
 }
@@ -326,6 +340,11 @@ mod tests {
                      "identity": "spiffe://cluster.local/ns/shop/sa/reviews",
                      "workload": {"name": "reviews-v2", "namespace": "shop"}}],
                 "subsets": {"v1": [0], "v2": [1]},
+                "traffic": {"loadBalancer": "random"},
+                "subsetTraffic": {"v2": {"loadBalancer": {"consistentHash": {"header": "end-user"}},
+                    "outlierDetection": {"consecutive5xx": 1, "consecutiveGateway": 0,
+                        "intervalMs": 1000, "baseEjectionMs": 180000,
+                        "maxEjectionPercent": 100, "minHealthPercent": 0}}},
                 "http": [{"name": "shop/reviews", "destinations": [
                     {"service": "reviews.shop.svc.cluster.local", "port": 9080,
                      "subset": "v1", "weight": 90},
@@ -372,6 +391,12 @@ mod tests {
                 ("db.shop.svc.cluster.local", "tcp", 1, 0)
             ]
         );
+        // The DestinationRule's balancing and outlier detection, as the proxy follows them.
+        assert_eq!(
+            clusters[0].policy,
+            "RANDOM | v2: hash(header end-user); eject 1×5xx for 180s×n, ≤100%"
+        );
+        assert_eq!(clusters[1].policy, "-");
 
         let endpoints = endpoints(&s);
         assert_eq!(endpoints[1].subsets, ["v2"]);

@@ -612,6 +612,8 @@ fn service_tables(
                 http: Vec::new(),
                 tls: None,
                 subset_tls: BTreeMap::new(),
+                traffic: Default::default(),
+                subset_traffic: BTreeMap::new(),
             };
             match cluster_ip {
                 Some(_) => table.push(entry),

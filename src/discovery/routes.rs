@@ -122,6 +122,8 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         if let Some(tls) = tables.tls.get(&s.name) {
             s.tls = tls.mode;
             s.subset_tls = tls.subsets.clone();
+            s.traffic = tls.traffic.clone();
+            s.subset_traffic = tls.subset_traffic.clone();
         }
         if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
             s.http = routes.clone();

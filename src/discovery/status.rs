@@ -135,10 +135,9 @@ pub fn merged_conditions(existing: &Value, verdict: &Verdict, now: &str) -> Vec<
     let status = if verdict.accepted { "True" } else { "False" };
     let previous = list.iter().find(|c| c["type"] == CONDITION);
     let since = match previous {
-        Some(c) if c["status"] == status => c["lastTransitionTime"]
-            .as_str()
-            .unwrap_or(now)
-            .to_string(),
+        Some(c) if c["status"] == status => {
+            c["lastTransitionTime"].as_str().unwrap_or(now).to_string()
+        }
         _ => now.to_string(),
     };
     let mut condition = json!({
@@ -151,7 +150,10 @@ pub fn merged_conditions(existing: &Value, verdict: &Verdict, now: &str) -> Vec<
     if let Some(g) = verdict.generation {
         condition["observedGeneration"] = json!(g);
     }
-    let mut out: Vec<Value> = list.into_iter().filter(|c| c["type"] != CONDITION).collect();
+    let mut out: Vec<Value> = list
+        .into_iter()
+        .filter(|c| c["type"] != CONDITION)
+        .collect();
     out.push(condition);
     out
 }
@@ -208,7 +210,9 @@ pub async fn run(
                     Ok(()) => {
                         written.insert(key.clone(), verdict.clone());
                     }
-                    Err(e) => tracing::debug!(kind = key.kind, namespace = %key.namespace, name = %key.name, error = %e, "could not write the WeftAccepted condition; retried on the next change"),
+                    Err(e) => {
+                        tracing::debug!(kind = key.kind, namespace = %key.namespace, name = %key.name, error = %e, "could not write the WeftAccepted condition; retried on the next change")
+                    }
                 }
             }
         } else {
@@ -278,9 +282,21 @@ mod tests {
             (key("VirtualService", "bad"), None),
         ];
         let problems = vec![
-            problem("AuthorizationPolicy", "bad", "action CUSTOM is not supported"),
-            problem("AuthorizationPolicy", "bad", "action CUSTOM is not supported"),
-            problem("AuthorizationPolicy", "bad", "rules[0].from[0]: unknown field typo"),
+            problem(
+                "AuthorizationPolicy",
+                "bad",
+                "action CUSTOM is not supported",
+            ),
+            problem(
+                "AuthorizationPolicy",
+                "bad",
+                "action CUSTOM is not supported",
+            ),
+            problem(
+                "AuthorizationPolicy",
+                "bad",
+                "rules[0].from[0]: unknown field typo",
+            ),
             // A problem of an SMI kind or of an object not in the view writes nothing.
             problem("TrafficTarget", "bad", "x"),
             problem("AuthorizationPolicy", "gone", "x"),

@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app_probe;
+pub mod balance;
 pub mod cli;
 pub mod config_stream;
 pub mod copy;
@@ -83,6 +84,8 @@ pub struct ProxyContext {
     pub access_log: access_log::Writer,
     /// Connections to outbound endpoints, reused across the app's connections.
     pub outbound_pool: http::pool::Pool<http::outbound::RequestBody>,
+    /// Load balancing and outlier detection state of DestinationRule traffic policies.
+    pub balancer: balance::Balancer,
     tls: watch::Receiver<Option<Arc<TlsContext>>>,
     snapshot: watch::Receiver<Option<Arc<SnapshotIndex>>>,
     draining: watch::Sender<bool>,
@@ -104,6 +107,7 @@ impl ProxyContext {
             registry,
             access_log: access_log::Writer::stdout(),
             outbound_pool,
+            balancer: balance::Balancer::default(),
             tls,
             snapshot,
             draining: watch::Sender::new(false),

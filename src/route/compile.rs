@@ -108,7 +108,7 @@ pub struct RouteTables {
     /// Service FQDN -> its DestinationRule subsets.
     pub subsets: BTreeMap<String, SubsetLabels>,
     /// Service FQDN -> the client TLS its DestinationRules set.
-    pub tls: BTreeMap<String, super::model::HostTls>,
+    pub tls: BTreeMap<String, super::model::HostPolicy>,
     /// (Service FQDN, port) -> HTTP routes, first match wins.
     pub http: BTreeMap<(String, u16), Vec<HttpRoute>>,
     pub problems: Vec<Problem>,

@@ -16,7 +16,7 @@ use super::istio_actions::{
     FaultSpec, HeadersSpec, RedirectSpec, RetrySpec, RewriteSpec, compile_actions, header_edits,
 };
 use super::model::{
-    ClientTls, Destination, HostTls, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern,
+    ClientTls, Destination, HostPolicy, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern,
     RequestMatch, StringMatch,
 };
 
@@ -97,10 +97,8 @@ pub struct TlsSpec {
 
 /// Names (with their path) of the traffic policy fields weft does not implement yet.
 fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
-    let fields: [(&str, bool); 7] = [
-        ("loadBalancer", p.load_balancer.is_some()),
+    let fields: [(&str, bool); 5] = [
         ("connectionPool", p.connection_pool.is_some()),
-        ("outlierDetection", p.outlier_detection.is_some()),
         ("portLevelSettings", p.port_level_settings.is_some()),
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
@@ -165,7 +163,7 @@ pub fn compile_destination_rule(
     registry: &Registry,
     src: &Source<'_>,
     ignored: &mut Vec<String>,
-) -> Result<(String, NamedSubsets, HostTls), String> {
+) -> Result<(String, NamedSubsets, HostPolicy), String> {
     let spec: DestinationRuleSpec =
         serde_json::from_value(src.spec.clone()).map_err(|e| format!("spec: {e}"))?;
     let host = registry.resolve(&spec.host, src.namespace);
@@ -196,7 +194,35 @@ pub fn compile_destination_rule(
         }
         subsets.push((s.name.clone(), s.labels.clone()));
     }
-    let tls = HostTls {
+    let traffic = |at: &str, p: Option<&TrafficPolicySpec>, ignored: &mut Vec<String>| {
+        p.map(|p| {
+            super::istio_policy::traffic_policy(
+                at,
+                p.load_balancer.as_ref(),
+                p.outlier_detection.as_ref(),
+                ignored,
+            )
+        })
+        .unwrap_or_default()
+    };
+    let host_traffic = traffic("trafficPolicy", spec.traffic_policy.as_ref(), ignored);
+    let subset_traffic = spec
+        .subsets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let own = traffic(
+                &format!("subsets[{i}].trafficPolicy"),
+                s.traffic_policy.as_ref(),
+                ignored,
+            );
+            let merged = own.over(&host_traffic);
+            (!merged.is_empty()).then(|| (s.name.clone(), merged))
+        })
+        .collect();
+    let tls = HostPolicy {
+        traffic: host_traffic,
+        subset_traffic,
         mode: client_tls(spec.traffic_policy.as_ref()),
         subsets: spec
             .subsets
@@ -225,8 +251,8 @@ pub fn destination_rules_with_tls(
     registry: &Registry,
     sources: &[Source<'_>],
     problems: &mut Vec<Problem>,
-) -> (BTreeMap<String, SubsetLabels>, BTreeMap<String, HostTls>) {
-    let mut tls_out: BTreeMap<String, HostTls> = BTreeMap::new();
+) -> (BTreeMap<String, SubsetLabels>, BTreeMap<String, HostPolicy>) {
+    let mut tls_out: BTreeMap<String, HostPolicy> = BTreeMap::new();
     let mut out: BTreeMap<String, SubsetLabels> = BTreeMap::new();
     let mut owner: BTreeMap<(String, String), String> = BTreeMap::new();
     for src in by_age(sources) {
@@ -235,7 +261,7 @@ pub fn destination_rules_with_tls(
         let mut notes = Vec::new();
         if !ignored.is_empty() {
             notes.push(format!(
-                "{} not supported yet and ignored (weft balances round-robin over the endpoints); the rest of the DestinationRule applies",
+                "{} not applied (not supported yet); the rest of the DestinationRule applies",
                 ignored.join(", ")
             ));
         }
@@ -262,6 +288,24 @@ pub fn destination_rules_with_tls(
                     }
                     known.subsets.entry(subset).or_insert(mode);
                 }
+                // Balancing and outlier detection: the oldest rule that sets them decides,
+                // as for the TLS mode.
+                if !tls.traffic.is_empty() {
+                    if known.traffic.is_empty() {
+                        known.traffic = tls.traffic.clone();
+                        if known.rule.is_empty() {
+                            known.rule = tls.rule.clone();
+                        }
+                    } else if known.traffic != tls.traffic {
+                        notes.push(format!(
+                            "the traffic policy of {host} is already set by DestinationRule {} (older, which wins)",
+                            known.rule
+                        ));
+                    }
+                }
+                for (subset, policy) in tls.subset_traffic {
+                    known.subset_traffic.entry(subset).or_insert(policy);
+                }
                 if registry.ports(&host).is_none() {
                     notes.push(format!(
                         "host {host} is not a Service weft knows (yet); its subsets select nothing"
@@ -285,7 +329,12 @@ pub fn destination_rules_with_tls(
             problems.push(Problem::new(DESTINATION_RULE, src, notes.join(". ")));
         }
     }
-    tls_out.retain(|_, t| t.mode.is_some() || !t.subsets.is_empty());
+    tls_out.retain(|_, t| {
+        t.mode.is_some()
+            || !t.subsets.is_empty()
+            || !t.traffic.is_empty()
+            || !t.subset_traffic.is_empty()
+    });
     (out, tls_out)
 }
 
@@ -958,14 +1007,32 @@ spec:
                          "trafficPolicy": {"portLevelSettings": []}}]
         });
         let mut problems = Vec::new();
-        let subsets = destination_rules(&registry(), &[src("r", "t", &dr)], &mut problems);
+        let (subsets, policies) =
+            destination_rules_with_tls(&registry(), &[src("r", "t", &dr)], &mut problems);
         assert!(subsets["reviews.payments.svc.cluster.local"].contains_key("v1"));
+        // Balancing and outlier detection apply (src/route/istio_policy.rs), to the host and,
+        // merged, to the subset.
+        let host = &policies["reviews.payments.svc.cluster.local"];
+        assert_eq!(
+            host.traffic.load_balancer,
+            Some(crate::route::balance::LoadBalancer::LeastRequest)
+        );
+        assert_eq!(
+            host.traffic
+                .outlier_detection
+                .as_ref()
+                .map(|o| o.consecutive_5xx),
+            Some(1)
+        );
+        assert_eq!(host.subset_traffic["v1"], host.traffic);
         assert_eq!(problems.len(), 1);
         let m = &problems[0].message;
+        assert!(
+            !m.contains("loadBalancer") && !m.contains("outlierDetection"),
+            "{m}"
+        );
         for field in [
-            "trafficPolicy.loadBalancer",
             "trafficPolicy.connectionPool",
-            "trafficPolicy.outlierDetection",
             "trafficPolicy.tls.mode SIMPLE",
             "subsets[0].trafficPolicy.portLevelSettings",
             "exportTo",

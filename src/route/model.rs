@@ -121,11 +121,15 @@ pub enum ClientTls {
     IstioMutual,
 }
 
-/// The client-side TLS the DestinationRules of one host set, and which rule set it.
+/// The client-side policy the DestinationRules of one host set, and which rule set it: TLS
+/// mode, load balancing and outlier detection, for the host and per subset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostTls {
+pub struct HostPolicy {
     pub mode: Option<ClientTls>,
     pub subsets: BTreeMap<String, ClientTls>,
+    pub traffic: super::TrafficPolicy,
+    /// Per subset, merged over `traffic`.
+    pub subset_traffic: BTreeMap<String, super::TrafficPolicy>,
     /// `<namespace>/<name>` of the DestinationRule.
     pub rule: String,
 }

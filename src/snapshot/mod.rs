@@ -330,11 +330,24 @@ pub struct Service {
     /// The same, per subset (a subset's `trafficPolicy.tls.mode`), for requests routed to it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subset_tls: BTreeMap<String, ClientTls>,
+    /// A DestinationRule's load balancing and outlier detection for this host.
+    #[serde(default, skip_serializing_if = "crate::route::TrafficPolicy::is_empty")]
+    pub traffic: crate::route::TrafficPolicy,
+    /// The same per subset, already merged over `traffic`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset_traffic: BTreeMap<String, crate::route::TrafficPolicy>,
 }
 
 pub use crate::route::model::ClientTls;
 
 impl Service {
+    /// The traffic policy for requests routed to `subset` (or to the whole host).
+    pub fn traffic_of(&self, subset: Option<&str>) -> &crate::route::TrafficPolicy {
+        subset
+            .and_then(|s| self.subset_traffic.get(s))
+            .unwrap_or(&self.traffic)
+    }
+
     /// How the outbound side talks to `ep` of this Service, for a request routed to `subset`:
     /// the DestinationRule's mode if it sets one (the subset's first), else auto-mTLS. An
     /// endpoint without a mesh identity stays plaintext under ISTIO_MUTUAL: there is no
@@ -643,6 +656,9 @@ pub enum OutboundRoute<'a> {
     Refused,
 }
 
+/// A subset of a Service: its name and its members (indexes into the Service's endpoints).
+type Members<'a> = (&'a str, &'a [usize]);
+
 /// A validated snapshot with the lookups the data path needs, built once per snapshot.
 #[derive(Debug)]
 pub struct SnapshotIndex {
@@ -655,6 +671,11 @@ pub struct SnapshotIndex {
     hosts: HashMap<String, Vec<(u16, usize)>>,
     /// Round-robin position per service, numbered as `endpoints` numbers them.
     next: Vec<AtomicUsize>,
+    /// Round-robin position per subset (service number, subset name): a subset's requests
+    /// must not share the service's counter, which every request to the Service address
+    /// advances too (with two members, each request would advance it by two and land on
+    /// the same pod every time).
+    subset_next: HashMap<(usize, String), AtomicUsize>,
     /// Draws for weighted route destinations ([`crate::route::select::roll`]).
     rolls: std::sync::atomic::AtomicU64,
 }
@@ -689,12 +710,20 @@ impl SnapshotIndex {
                 .push((svc.port, i));
         }
         let next = numbered().map(|_| AtomicUsize::new(0)).collect();
+        let subset_next = numbered()
+            .flat_map(|(i, svc)| {
+                svc.subsets
+                    .keys()
+                    .map(move |name| ((i, name.clone()), AtomicUsize::new(0)))
+            })
+            .collect();
         SnapshotIndex {
             snapshot,
             services,
             endpoints,
             hosts,
             next,
+            subset_next,
             rolls: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -705,13 +734,17 @@ impl SnapshotIndex {
 
     /// Service `i`'s endpoints, or the `members` of one subset (indexes into them), from the
     /// next round-robin position.
-    fn rotated(&self, i: usize, members: Option<&[usize]>) -> Vec<&Endpoint> {
+    fn rotated(&self, i: usize, members: Option<Members<'_>>) -> Vec<&Endpoint> {
         let svc = self.service(i);
+        let counter = match members {
+            Some((name, _)) => self.subset_next.get(&(i, name.to_string())),
+            None => self.next.get(i),
+        };
+        let members = members.map(|(_, m)| m);
         let n = members.map_or(svc.endpoints.len(), <[usize]>::len);
-        let start = if n == 0 {
-            0
-        } else {
-            self.next[i].fetch_add(1, Ordering::Relaxed) % n
+        let start = match counter {
+            Some(c) if n > 0 => c.fetch_add(1, Ordering::Relaxed) % n,
+            _ => 0,
         };
         (0..n)
             .filter_map(|k| {
@@ -723,14 +756,17 @@ impl SnapshotIndex {
 
     /// The Service a route destination names and its subset's members (None: every endpoint);
     /// None when the snapshot has no such Service port or subset.
-    fn resolve(&self, d: &crate::route::Destination) -> Option<(usize, Option<&[usize]>)> {
+    fn resolve<'a>(
+        &'a self,
+        d: &'a crate::route::Destination,
+    ) -> Option<(usize, Option<Members<'a>>)> {
         let &(_, i) = self
             .hosts
             .get(d.service.as_str())?
             .iter()
             .find(|(port, _)| *port == d.port)?;
         let members = match &d.subset {
-            Some(name) => Some(self.service(i).subsets.get(name)?.as_slice()),
+            Some(name) => Some((name.as_str(), self.service(i).subsets.get(name)?.as_slice())),
             None => None,
         };
         Some((i, members))
@@ -767,7 +803,7 @@ impl SnapshotIndex {
         let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
         let has_endpoints = |d: &crate::route::Destination| {
             self.resolve(d).is_some_and(|(i, members)| {
-                members.map_or(self.service(i).endpoints.len(), <[usize]>::len) > 0
+                members.map_or(self.service(i).endpoints.len(), |(_, m)| m.len()) > 0
             })
         };
         // A destination without endpoints gives its share to the others; with none left, the
@@ -780,7 +816,13 @@ impl SnapshotIndex {
         match self.resolve(d) {
             Some((i, members)) => RequestRoute::Endpoints {
                 service: self.service(i),
-                endpoints: self.rotated(i, members),
+                // The dialled Service as a whole: its endpoints were rotated for this request
+                // already (by `route`); rotating again would step its counter twice.
+                endpoints: if members.is_none() && std::ptr::eq(self.service(i), service) {
+                    endpoints
+                } else {
+                    self.rotated(i, members)
+                },
                 routed: Some(Routed {
                     route,
                     matched,
@@ -888,6 +930,8 @@ mod tests {
             http: vec![],
             tls: None,
             subset_tls: BTreeMap::new(),
+            traffic: Default::default(),
+            subset_traffic: BTreeMap::new(),
         };
         let mtls = UpstreamSecurity::Mtls {
             identity: id.into(),
@@ -1097,6 +1141,64 @@ mod tests {
             SnapshotIndex::new(allow).route("198.18.1.1:443".parse().unwrap()),
             OutboundRoute::Passthrough
         ));
+    }
+
+    /// Regression: a Service with routes (or a subset) of two endpoints sent every request to
+    /// the same one, because each request stepped one round-robin counter twice.
+    #[test]
+    fn a_routed_request_steps_round_robin_once_for_the_service_and_for_each_subset() {
+        let mut v = valid();
+        let svc = &mut v["outbound"]["services"][0];
+        svc["endpoints"] = json!([
+            {"ip": "198.18.0.7", "port": 8080, "meshed": false},
+            {"ip": "198.18.0.8", "port": 8080, "meshed": false},
+            {"ip": "198.18.0.9", "port": 8080, "meshed": false},
+            {"ip": "198.18.0.10", "port": 8080, "meshed": false}]);
+        svc["subsets"] = json!({"pair": [1, 3]});
+        let to = |subset: Option<&str>| {
+            let mut d = json!({"service": "db.pets.svc.cluster.local", "port": 80, "weight": 100});
+            if let Some(s) = subset {
+                d["subset"] = json!(s);
+            }
+            d
+        };
+        svc["http"] = json!([
+            {"name": "pets/db", "matches": [{"headers": {"x-pair": {"exact": "1"}}}],
+             "destinations": [to(Some("pair"))]},
+            {"name": "pets/db", "destinations": [to(None)]}]);
+        let index = SnapshotIndex::new(decode(&v).unwrap());
+        let addr: SocketAddr = "198.19.0.10:80".parse().unwrap();
+        let pick = |pair: bool| {
+            let headers: Vec<(String, String)> = if pair {
+                vec![("x-pair".into(), "1".into())]
+            } else {
+                vec![]
+            };
+            let view = crate::route::RequestView {
+                method: "GET",
+                path: "/",
+                query: None,
+                port: 80,
+                headers: &headers,
+            };
+            let OutboundRoute::Service { service, endpoints } = index.route(addr) else {
+                panic!("a service route");
+            };
+            match index.route_request(service, endpoints, &view) {
+                RequestRoute::Endpoints { endpoints, .. } => endpoints[0].ip.to_string(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let whole: Vec<String> = (0..4).map(|_| pick(false)).collect();
+        assert_eq!(
+            whole,
+            ["198.18.0.7", "198.18.0.8", "198.18.0.9", "198.18.0.10"]
+        );
+        let pair: Vec<String> = (0..4).map(|_| pick(true)).collect();
+        assert_eq!(
+            pair,
+            ["198.18.0.8", "198.18.0.10", "198.18.0.8", "198.18.0.10"]
+        );
     }
 
     #[test]

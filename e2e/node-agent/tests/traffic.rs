@@ -564,3 +564,182 @@ spec:
         "a conflict fails weft check:\n{text}"
     );
 }
+
+/// `n` requests with extra curl arguments, each answer's pod (weft-echo answers
+/// `<version> from <pod> ...`); an answer without one is kept whole.
+fn pods_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["-w", "\n"];
+    args.extend_from_slice(extra);
+    let out = curl_range(ns, url, n, &args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, "from", pod, ..] => pod.to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// Issue 19's DestinationRule traffic policies: outlier detection ejects a pod that answers
+/// 5xx (retries off, so nothing else hides it), and a consistent hash on a header keeps each
+/// user on one pod of three where round robin spreads them.
+#[test]
+fn outlier_detection_ejects_a_failing_pod_and_a_consistent_hash_keeps_each_user_on_one_pod() {
+    let c = support::deployed();
+    let ns = c.namespace("t-balance");
+    enrol(&ns);
+    ns.apply(&version("api", "good", 8080));
+    ns.apply(&version("api", "bad", 8080).replace(
+        "        - {name: MESSAGE, value: bad}",
+        "        - {name: MESSAGE, value: bad}\n        - {name: FAIL_EVERY, value: \"1\"}",
+    ));
+    ns.apply(&version("sticky", "v1", 8080).replace("replicas: 1", "replicas: 3"));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  selector: {app: sticky}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api]
+  http:
+  - route:
+    - destination: {host: api}
+    retries: {attempts: 0}
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["api-good", "api-bad", "sticky-v1"]);
+
+    // Without outlier detection, round robin sends every second request to the broken pod.
+    let api = "http://api:8080/";
+    converged(&ns, api, "both pods answer", |b| {
+        b.iter().any(|v| v == "failed") && b.iter().any(|v| v == "good")
+    });
+    let before = bodies(&ns, api, 100);
+    let failed_before = count(&before, "failed");
+    assert!(
+        (30..=70).contains(&failed_before),
+        "{failed_before} of 100 failed without outlier detection"
+    );
+
+    // Istio's outlier detection: one 5xx ejects the pod for 3 minutes.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+"#,
+    );
+    converged(&ns, api, "the broken pod ejected", |b| {
+        b.iter().all(|v| v == "good")
+    });
+    let after = bodies(&ns, api, 200);
+    let failed_after = count(&after, "failed");
+    assert_eq!(
+        count(&after, "good") + failed_after,
+        200,
+        "{:?}",
+        &after[..10]
+    );
+    assert!(
+        failed_after == 0,
+        "{failed_after} of 200 failed with the broken pod ejected"
+    );
+    eprintln!(
+        "outlier detection: {failed_before}/100 failed before, {failed_after}/200 after ejection"
+    );
+    let out = weft(&["proxy-config", "clusters", "client", "-n", &ns.name]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("api.t-balance"))
+        .unwrap_or_else(|| panic!("no api row:\n{table}"));
+    assert!(row.contains("eject 1×5xx for 180s×n, ≤100%"), "{row}");
+    // The rule says it is applied as written (its WeftAccepted condition).
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            ns.ok(&[
+                "get",
+                "destinationrule",
+                "api",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+            ])
+        },
+        |s| s == "True",
+    );
+
+    // Round robin spreads one user over the three pods; a consistent hash on x-user keeps
+    // each user on one pod, and different users on different pods.
+    let sticky = "http://sticky:8080/";
+    converged(&ns, sticky, "sticky answers", |b| {
+        b.iter().all(|v| v == "v1")
+    });
+    let spread: std::collections::BTreeSet<String> =
+        pods_with(&ns, sticky, 30, &["-H", "x-user: u0"])
+            .into_iter()
+            .collect();
+    assert!(spread.len() >= 2, "round robin used {spread:?}");
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky}
+spec:
+  host: sticky
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpHeaderName: x-user
+"#,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let pods: std::collections::BTreeSet<String> =
+                pods_with(&ns, sticky, 20, &["-H", "x-user: u0"])
+                    .into_iter()
+                    .collect();
+            format!("{pods:?}")
+        },
+        |p| !p.contains(','),
+    );
+    let mut homes = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let header = format!("x-user: u{user}");
+        let pods: std::collections::BTreeSet<String> = pods_with(&ns, sticky, 20, &["-H", &header])
+            .into_iter()
+            .collect();
+        assert_eq!(pods.len(), 1, "user u{user} went to {pods:?}");
+        homes.extend(pods);
+    }
+    assert!(homes.len() >= 2, "12 users all hashed to {homes:?}");
+    eprintln!(
+        "consistent hash: 12 users × 20 requests, each on one pod; {} pods used",
+        homes.len()
+    );
+}

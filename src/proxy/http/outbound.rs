@@ -27,10 +27,10 @@ use super::pool::Key;
 use super::replay::{Recorder, Recording, TryBody};
 use super::server::{self, Counted, ResponseBody};
 use super::upstream::{ForwardError, SendRequest, Sender, forward, wants_tunnel_head};
-use crate::proxy::ProxyContext;
 use crate::proxy::metrics::{RequestRecorder, TcpLabels, grpc_status_value};
 use crate::proxy::outbound::{open_endpoint, source_labels};
-use crate::route::{RequestView, Retries, TryOutcome, action};
+use crate::proxy::{ProxyContext, balance};
+use crate::route::{RequestView, Retries, TryOutcome, action, outlier};
 use crate::snapshot::{
     Endpoint, OutboundRoute, RequestRoute, Routed, Service, SnapshotIndex, UpstreamSecurity,
 };
@@ -168,6 +168,17 @@ impl server::Pipeline for Outbound {
     }
 }
 
+/// How outlier detection sees a try: an answer's status, or Envoy's local-origin mapping.
+fn outlier_outcome(outcome: TryOutcome) -> outlier::Outcome {
+    match outcome {
+        TryOutcome::Response { status, .. } => outlier::Outcome::Status(status),
+        TryOutcome::ConnectFailure | TryOutcome::Reset | TryOutcome::RefusedStream => {
+            outlier::Outcome::LocalFailure
+        }
+        TryOutcome::PerTryTimeout => outlier::Outcome::Timeout,
+    }
+}
+
 /// Where one request goes, decided once: the Service and the endpoints to try in order, and
 /// the route that took it.
 struct Route<'a> {
@@ -238,6 +249,29 @@ impl Outbound {
             candidates,
             routed,
         } = route;
+        let subset = routed
+            .as_ref()
+            .and_then(|r| r.destination.subset.as_deref());
+        // A DestinationRule's load balancing and outlier detection, when it sets either.
+        let traffic = service
+            .map(|s| (s, s.traffic_of(subset)))
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(s, t)| (balance::destination_key(&s.name, s.port, subset), t));
+        let candidates = match &traffic {
+            Some((key, policy)) => {
+                let headers = HeaderView::new(&parts.headers);
+                let request = balance::RequestKey {
+                    headers: &headers,
+                    query: parts.uri.query(),
+                    source: self.conn.peer.ip(),
+                };
+                let draw = snapshot.roll();
+                self.ctx
+                    .balancer
+                    .order(key, policy, candidates, draw, &request)
+            }
+            None => candidates,
+        };
         let cluster = match service {
             Some(s) => format!("outbound|{}||{}", self.orig.port(), s.name),
             None => "BlackHoleCluster".to_string(),
@@ -274,9 +308,6 @@ impl Outbound {
             .and_then(|r| r.route.actions.timeout_ms)
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
-        let subset = routed
-            .as_ref()
-            .and_then(|r| r.destination.subset.as_deref());
         let head = (attempts > 0).then(|| Head::of(&parts));
         let (recording, recorder) = Recording::new(body);
         let mut first = Some((parts, recording));
@@ -296,6 +327,9 @@ impl Outbound {
                 security: service.map_or_else(|| ep.security(), |s| s.security_of(ep, subset)),
             };
             let mtls = matches!(target.security, UpstreamSecurity::Mtls { .. });
+            let in_flight = traffic
+                .as_ref()
+                .and_then(|(key, p)| self.ctx.balancer.begin(key, p, ep.addr()));
             let once = self.try_once(snapshot, &target, h2, &mut first, head.as_ref(), &recorder);
             let result = match limit {
                 Some(limit) => tokio::time::timeout(limit, once)
@@ -317,6 +351,12 @@ impl Outbound {
                 Err(TryError::Forward(_)) => TryOutcome::Reset,
                 Err(TryError::Timeout) => TryOutcome::PerTryTimeout,
             };
+            drop(in_flight);
+            if let Some((key, p)) = &traffic {
+                self.ctx
+                    .balancer
+                    .record(key, p, ep.addr(), outlier_outcome(outcome));
+            }
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if outcome == TryOutcome::ConnectFailure && first.is_some() && !expired {
                 connect_failures += 1;

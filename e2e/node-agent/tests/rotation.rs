@@ -178,8 +178,174 @@ fn revision_conditions(c: &Cluster) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The tests of this file each rotate the mesh root: one at a time.
+static ONE_ROTATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A meshed namespace `name` with the bookstore app and the loadgen, traffic flowing.
+fn meshed_with_traffic(c: &'static Cluster, name: &str) -> support::Namespace {
+    let mesh = c.namespace(name);
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    mesh.apply(LOADGEN);
+    mesh.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/loadgen",
+        "--timeout=180s",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+    mesh
+}
+
+/// The loadgen's answers between `from` and `to` (unix seconds): (ok, the failed lines).
+fn answers(mesh: &support::Namespace, from: i64, to: i64) -> (usize, Vec<String>) {
+    let log = mesh.ok(&["logs", "loadgen", "-c", "loadgen"]);
+    let during: Vec<(i64, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let (t, r) = l.split_once(' ')?;
+            Some((t.parse().ok()?, r.to_string()))
+        })
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .collect();
+    let failed: Vec<String> = during
+        .iter()
+        .filter(|(_, r)| r != "ok")
+        .map(|(t, r)| format!("{t} {r}"))
+        .collect();
+    (during.len() - failed.len(), failed)
+}
+
+/// The phase `weft ca rotate status` names.
+fn phase() -> String {
+    text(&weft(&["ca", "rotate", "status"]))
+        .lines()
+        .next()
+        .and_then(|l| l.split("phase ").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether every meshed pod of `mesh` presents a certificate that `openssl verify` chains to
+/// `root` and not to `not`; Err names the first that does not.
+fn every_proxy_chains_to(mesh: &support::Namespace, root: &str, not: &str) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!(
+        "weft-rotation-{}-{}",
+        mesh.name,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("root.pem"), root).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("not.pem"), not).map_err(|e| e.to_string())?;
+    let pods = mesh.jsonpath("pods", "{range .items[*]}{.status.podIP}{\"\\n\"}{end}");
+    let ips: Vec<&str> = pods.lines().filter(|l| !l.trim().is_empty()).collect();
+    if ips.len() != 4 {
+        return Err(format!(
+            "bookstore x2, bookbuyer, loadgen expected: {ips:?}"
+        ));
+    }
+    for ip in ips {
+        let leaf = dir.join(format!("{ip}.pem"));
+        let script = format!(
+            "openssl s_client -connect {ip}:8080 -alpn weft/1 </dev/null 2>/dev/null \
+             | openssl x509 -out {leaf} && openssl verify -CAfile {root} {leaf} && \
+             ! openssl verify -CAfile {not} {leaf} >/dev/null 2>&1",
+            leaf = leaf.display(),
+            root = dir.join("root.pem").display(),
+            not = dir.join("not.pem").display(),
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("the proxy at {ip}: {}", text(&out)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn an_abort_in_phase_b_rolls_back_to_the_old_root_with_no_failed_request() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let old_root = root_pem(c);
+    let mesh = meshed_with_traffic(c, "rotate-abort");
+    let _guard = AbortIfUnderWay;
+    let started = unix_now();
+    let go = weft(&["ca", "rotate", "--yes", "--renew-within", "60s"]);
+    assert!(go.status.success(), "{}", text(&go));
+    let new_root = state(c)["newRoots"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(new_root.contains("BEGIN CERTIFICATE"), "{}", state(c));
+    // In (b), once some proxy holds a new-root certificate, go back (renewals are spread over
+    // 60 s, so the others have not renewed yet and (b) is not over).
+    wait_for(
+        Duration::from_secs(180),
+        || text(&weft(&["ca", "rotate", "status"])),
+        |s| {
+            s.contains("phase Reissuing")
+                && !s.contains("certificate from the new root: 0")
+                && s.contains("certificate from the new root:")
+        },
+    );
+    let abort = weft(&["ca", "rotate", "--abort"]);
+    assert!(abort.status.success(), "{}", text(&abort));
+    assert!(
+        text(&abort).contains("Reissuing → RollingBack"),
+        "{}",
+        text(&abort)
+    );
+    wait_for(Duration::from_secs(240), phase, |p| p == "Aborted");
+    let finished = unix_now();
+    let history: Vec<String> = state(c)["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["phase"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        history,
+        ["Trusting", "Reissuing", "RollingBack", "Aborted"],
+        "{history:?}"
+    );
+    eprintln!("{}", text(&weft(&["ca", "rotate", "status"])));
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "requests during the rotation and its abort ({}s): {ok} ok, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
+
+    // The old root is the mesh root still; the new one is in no bundle and signs nothing.
+    assert_eq!(body(&secret_cert(c, "weft-ca")), body(&old_root));
+    assert!(secret_cert(c, "weft-ca-next").is_empty());
+    wait_for(
+        Duration::from_secs(30),
+        || root_pem(c),
+        |pem| holds(pem, &old_root) && !holds(pem, &new_root),
+    );
+    every_proxy_chains_to(&mesh, &old_root, &new_root).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn a_new_builtin_root_replaces_the_old_under_steady_traffic_with_no_failed_request() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
     let c = deployed();
     let old_root = root_pem(c);
     assert_eq!(

@@ -14,11 +14,15 @@
 //!   concerns. The operator and the simulated proxies run on separate tokio runtimes (one
 //!   worker thread each), so a counting allocator can tell their heaps apart.
 //!
+//! - Served endpoints over real HTTPS (`served.rs`): CSRs with the TokenReview cached and
+//!   uncached, AdmissionReviews, config-stream pushes, and the CPU an HTTP/2 rapid-reset burst
+//!   costs the operator.
+//!
 //! - Authorization: `weft::authz::evaluate` over 10 policies of 10 rules, every rule tried (the
 //!   proxy's per-request cost), timed in batches of 100.
 //!
-//! `cargo bench --bench control_plane -- [--seconds N] [--out FILE]` prints one JSON object
-//! (and writes it to FILE). It reports and never asserts on speed.
+//! `cargo bench --bench control_plane -- [--seconds N] [--out FILE] [--only SECTION]` prints
+//! one JSON object (and writes it to FILE). It reports and never asserts on speed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -47,6 +51,9 @@ use weft::operator::serving::{ServingCertResolver, keep_serving_cert, serve_tls_
 use weft::pki::{MeshCa, WorkloadKey, certificates_from_pem};
 use weft::snapshot::stream::{Ack, LineDecoder, QUERY_POD};
 use weft::webhook::{InjectorSettings, MeshState, review};
+
+#[path = "served.rs"]
+mod served;
 
 const REVIEW_CASE: &str = "webhook/cases/probes-http-tcp-grpc";
 const TRUST_DOMAIN: &str = "cluster.local";
@@ -860,6 +867,7 @@ fn convergence() -> serde_json::Value {
 fn main() {
     let mut seconds = 5.0f64;
     let mut out = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -870,6 +878,8 @@ fn main() {
                     .expect("--seconds takes a number");
             }
             "--out" => out = args.next(),
+            // One section only (e.g. `--only served`), to measure one part on its own.
+            "--only" => only = args.next(),
             // `cargo bench` passes `--bench`; anything else is a filter we do not use.
             _ => {}
         }
@@ -884,14 +894,20 @@ fn main() {
             })
         })
         .unwrap_or_default();
-    let result = json!({
-        "threads": 1,
-        "cpus_allowed": cpu,
-        "webhook": webhook(seconds),
-        "csr": csr(seconds),
-        "convergence": convergence(),
-        "authz": authz(seconds),
-    });
+    let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    let mut result = json!({ "threads": 1, "cpus_allowed": cpu });
+    let sections: [(&str, &dyn Fn() -> serde_json::Value); 5] = [
+        ("webhook", &|| webhook(seconds)),
+        ("csr", &|| csr(seconds)),
+        ("convergence", &convergence),
+        ("authz", &|| authz(seconds)),
+        ("served", &|| served::served(seconds)),
+    ];
+    for (name, run) in sections {
+        if want(name) {
+            result[name] = run();
+        }
+    }
     let text = serde_json::to_string_pretty(&result).expect("JSON");
     println!("{text}");
     if let Some(path) = out {

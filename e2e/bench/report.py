@@ -224,6 +224,8 @@ def build(raw):
         result["config_convergence"] = conv
     if cp.get("authz"):
         result["authz"] = cp["authz"]
+    if cp.get("served"):
+        result["served"] = cp["served"]
     result["control_plane_cpus"] = cp.get("cpus_allowed")
     adm = load_json(os.path.join(raw, "admission.json"))
     if adm:
@@ -386,6 +388,9 @@ def table(r):
                       f"keep-alive: {fmt(mc.get('direct_tcp_conns_per_s'), 0)}/s). Webhook: "
                       f"`webhook::review` on one core with a 5.6 KB pod CREATE review (no HTTP/TLS "
                       f"around it). CSR: `MeshCa::sign_workload_csr`, P-256, on one core."]
+    sv = r.get("served")
+    if sv:
+        lines += ["", served_text(sv)]
     cc = r.get("config_convergence")
     if cc:
         mem, cpu = cc["memory"], cc.get("cpu_ms_during_change") or {}
@@ -407,6 +412,26 @@ def table(r):
                       f"{cc['operator_threads']} operator thread, {cc['proxy_threads']} proxy "
                       f"thread, CPU {r.get('control_plane_cpus') or '?'})."]
     return "\n".join(lines)
+
+
+def served_text(sv):
+    """The served-endpoint figures (issue 21 item 12): real HTTPS through the operator's accept
+    loop, one request at a time on one HTTP/2 connection."""
+    def rate(e, key):
+        return f"{fmt(e.get(key), 0)}/s (p99 {fmt(e.get('p99_ms'))} ms)" if e else "–"
+    cached, uncached = sv.get("csr_cached") or {}, sv.get("csr_uncached") or {}
+    wh, push, rr = sv.get("webhook") or {}, sv.get("config_pushes") or {}, sv.get("rapid_reset") or {}
+    return (f"Served endpoints over real HTTPS (the operator's accept loop, mTLS on :15012, one "
+            f"request at a time on one HTTP/2 connection, client and server sharing the core): "
+            f"CSRs {rate(cached, 'csr_per_s')} with the TokenReview cached, "
+            f"{rate(uncached, 'csr_per_s')} uncached (a stand-in reviewer answering at once: the "
+            f"API server's round trip comes on top); AdmissionReviews {rate(wh, 'reviews_per_s')}; "
+            f"config-stream pushes {rate(push, 'pushes_per_s')} to {push.get('streams', '?')} "
+            f"streams over {push.get('changes', '?')} changes. An HTTP/2 rapid-reset burst "
+            f"({rr.get('resets_per_burst', '?')} HEADERS+RST_STREAM on one connection) costs the "
+            f"operator {fmt(rr.get('operator_cpu_ms_per_burst'))} ms of CPU, TLS handshake included; "
+            f"{rr.get('ended_with_enhance_your_calm', '?')} of {rr.get('bursts', '?')} ended with "
+            f"GOAWAY(ENHANCE_YOUR_CALM).")
 
 
 def update_readme(path, text):

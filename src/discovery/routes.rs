@@ -201,7 +201,7 @@ mod tests {
             "spec": {"host": "reviews", "subsets": [
                 {"name": "v1", "labels": {"version": "v1"}},
                 {"name": "v2", "labels": {"version": "v2"}}],
-                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}
+                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}, "portLevelSettings": []}}
         }))];
         v.virtual_services = vec![obj(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -243,9 +243,17 @@ mod tests {
             .problems
             .iter()
             .find(|p| p.kind == "DestinationRule")
-            .expect("loadBalancer is reported");
+            .expect("portLevelSettings is reported");
         assert_eq!((p.namespace.as_str(), p.name.as_str()), ("pets", "reviews"));
-        assert!(p.message.contains("trafficPolicy.loadBalancer"), "{p:?}");
+        assert!(
+            p.message.contains("trafficPolicy.portLevelSettings"),
+            "{p:?}"
+        );
+        // The rest of the rule applies: its load balancer reaches the snapshot.
+        assert_eq!(
+            reviews.traffic.load_balancer,
+            Some(crate::route::balance::LoadBalancer::Random)
+        );
         // A weight change moves every client's version.
         let mut drained = v.clone();
         drained.virtual_services = vec![obj(json!({

@@ -1,7 +1,8 @@
 //! The client proxy's live state for DestinationRule traffic policies, per destination (host,
-//! port, subset): requests in flight per endpoint (least request) and outlier ejections. It
-//! orders each request's endpoints with the pure [`crate::route::balance`] and records every
-//! try's outcome with [`crate::route::outlier`]. State outlives config changes (an ejected
+//! port, subset): requests in flight per endpoint (least request), outlier ejections, and the
+//! connection pool's limits (Envoy's circuit breakers: [`Balancer::admit`]). It orders each
+//! request's endpoints with the pure [`crate::route::balance`] and records every try's outcome
+//! with [`crate::route::outlier`]. State outlives config changes (an ejected
 //! endpoint stays ejected when an unrelated Service changes) and forgets endpoints that left.
 //! Destinations without a policy never come here: round robin costs nothing extra.
 
@@ -10,12 +11,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::authz::Headers;
 use crate::route::TrafficPolicy;
 use crate::route::balance::{self, HashOn, LoadBalancer};
 use crate::route::outlier::{Outcome, Pool};
+use crate::route::policy::ConnectionPool;
 use crate::snapshot::Endpoint;
 
 /// Destinations remembered at most (each is small; a proxy has few).
@@ -34,7 +37,41 @@ struct Destination {
     endpoints: Vec<SocketAddr>,
     outlier: Pool<SocketAddr>,
     in_flight: HashMap<SocketAddr, Arc<AtomicU32>>,
+    /// The circuit breakers of the limits they were made for (rebuilt when those change).
+    gate: Option<(ConnectionPool, Arc<Gate>)>,
 }
+
+/// One destination's circuit breakers: requests in flight (`http2MaxRequests`), HTTP/1.1
+/// requests holding a connection (`maxConnections`) and those waiting for one
+/// (`http1MaxPendingRequests`).
+struct Gate {
+    requests: Option<Arc<Semaphore>>,
+    connections: Option<Arc<Semaphore>>,
+    max_pending: Option<usize>,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn new(pool: &ConnectionPool) -> Self {
+        let semaphore = |n: Option<u32>| n.map(|n| Arc::new(Semaphore::new(n as usize)));
+        Gate {
+            requests: semaphore(pool.max_requests),
+            connections: semaphore(pool.max_connections),
+            max_pending: pool.max_pending.map(|n| n as usize),
+            pending: Default::default(),
+        }
+    }
+}
+
+/// A request admitted by a destination's circuit breakers; its place is freed on drop.
+pub struct Admitted {
+    _request: Option<OwnedSemaphorePermit>,
+    _connection: Option<OwnedSemaphorePermit>,
+}
+
+/// A limit of `connectionPool` was reached: answer 503 `UO`, as Envoy does.
+#[derive(Debug)]
+pub struct Overflow;
 
 pub struct Balancer {
     epoch: Instant,
@@ -144,6 +181,51 @@ impl Balancer {
             .collect()
     }
 
+    /// Admits one request to `key` under `policy`'s connection pool limits: at once when a
+    /// place is free; an HTTP/1.1 request waits for a connection when the pending queue has
+    /// room; otherwise [`Overflow`]. None when the policy sets no limits.
+    pub async fn admit(
+        &self,
+        key: &str,
+        policy: &TrafficPolicy,
+        h2: bool,
+    ) -> Result<Option<Admitted>, Overflow> {
+        let Some(limits) = &policy.connection_pool else {
+            return Ok(None);
+        };
+        let gate = self.with(key, |d| match &d.gate {
+            Some((made_for, gate)) if made_for == limits => gate.clone(),
+            _ => {
+                let gate = Arc::new(Gate::new(limits));
+                d.gate = Some((limits.clone(), gate.clone()));
+                gate
+            }
+        });
+        let request = match &gate.requests {
+            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| Overflow)?),
+            None => None,
+        };
+        let connection = match (&gate.connections, h2) {
+            // HTTP/2 multiplexes: requests, not connections, are what it is limited by.
+            (None, _) | (Some(_), true) => None,
+            (Some(s), false) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let waiting = gate.pending.fetch_add(1, Ordering::AcqRel);
+                    let _leave = Leave(&gate.pending);
+                    if gate.max_pending.is_some_and(|max| waiting >= max) {
+                        return Err(Overflow);
+                    }
+                    Some(s.clone().acquire_owned().await.map_err(|_| Overflow)?)
+                }
+            },
+        };
+        Ok(Some(Admitted {
+            _request: request,
+            _connection: connection,
+        }))
+    }
+
     /// Counts a try on `addr` in flight until the guard drops (least request only).
     pub fn begin(&self, key: &str, policy: &TrafficPolicy, addr: SocketAddr) -> Option<InFlight> {
         if policy.load_balancer != Some(LoadBalancer::LeastRequest) {
@@ -173,6 +255,15 @@ impl Balancer {
             tracing::info!(destination = key, endpoint = %addr, seconds = ms / 1000, "outlier detection ejected an endpoint");
         }
         ejected
+    }
+}
+
+/// Takes a request off the pending count when it stops waiting (admitted, refused or gone).
+struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -255,6 +346,7 @@ mod tests {
                 max_ejection_percent: 100,
                 ..OutlierDetection::istio_default()
             }),
+            connection_pool: None,
         };
         let headers = [("cookie", "a=1; user=jason")];
         let req = RequestKey {
@@ -296,7 +388,7 @@ mod tests {
         let refs: Vec<&Endpoint> = eps.iter().collect();
         let policy = TrafficPolicy {
             load_balancer: Some(LoadBalancer::LeastRequest),
-            outlier_detection: None,
+            ..Default::default()
         };
         let req = RequestKey {
             headers: &NoHeaders(&[]),
@@ -330,6 +422,68 @@ mod tests {
             })
             .collect();
         assert_eq!(picks.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_pool_limits_queue_http1_and_overflow_with_uo() {
+        let b = Balancer::default();
+        let key = destination_key("api", 80, None);
+        let policy = TrafficPolicy {
+            connection_pool: Some(ConnectionPool {
+                max_connections: Some(1),
+                max_pending: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = b
+            .admit(&key, &policy, false)
+            .await
+            .expect("a free connection");
+        assert!(first.is_some());
+        // The second waits (pending 1 of 1); a third overflows at once.
+        let waiting = {
+            let b = &b;
+            let key = key.clone();
+            let policy = policy.clone();
+            async move { b.admit(&key, &policy, false).await.map(|a| a.is_some()) }
+        };
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err(),
+            "the second request waits"
+        );
+        assert!(
+            b.admit(&key, &policy, false).await.is_err(),
+            "the third overflows"
+        );
+        // HTTP/2 is not limited by connections.
+        assert!(b.admit(&key, &policy, true).await.is_ok());
+        drop(first);
+        assert!(
+            matches!(waiting.await, Ok(true)),
+            "the waiting one got the connection"
+        );
+        // Requests in flight: http2MaxRequests 2.
+        let requests = TrafficPolicy {
+            connection_pool: Some(ConnectionPool {
+                max_requests: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = b.admit(&key, &requests, true).await.expect("1 of 2");
+        let c = b.admit(&key, &requests, false).await.expect("2 of 2");
+        assert!(b.admit(&key, &requests, true).await.is_err());
+        drop((a, c));
+        assert!(b.admit(&key, &requests, true).await.is_ok());
+        // No limits: nothing to hold.
+        assert!(matches!(
+            b.admit(&key, &TrafficPolicy::default(), false).await,
+            Ok(None)
+        ));
     }
 
     #[test]

@@ -97,8 +97,7 @@ pub struct TlsSpec {
 
 /// Names (with their path) of the traffic policy fields weft does not implement yet.
 fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
-    let fields: [(&str, bool); 5] = [
-        ("connectionPool", p.connection_pool.is_some()),
+    let fields: [(&str, bool); 4] = [
         ("portLevelSettings", p.port_level_settings.is_some()),
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
@@ -200,6 +199,7 @@ pub fn compile_destination_rule(
                 at,
                 p.load_balancer.as_ref(),
                 p.outlier_detection.as_ref(),
+                p.connection_pool.as_ref(),
                 ignored,
             )
         })
@@ -1024,6 +1024,13 @@ spec:
                 .map(|o| o.consecutive_5xx),
             Some(1)
         );
+        assert_eq!(
+            host.traffic
+                .connection_pool
+                .as_ref()
+                .and_then(|c| c.max_connections),
+            Some(1)
+        );
         assert_eq!(host.subset_traffic["v1"], host.traffic);
         assert_eq!(problems.len(), 1);
         let m = &problems[0].message;
@@ -1032,7 +1039,6 @@ spec:
             "{m}"
         );
         for field in [
-            "trafficPolicy.connectionPool",
             "trafficPolicy.tls.mode SIMPLE",
             "subsets[0].trafficPolicy.portLevelSettings",
             "exportTo",

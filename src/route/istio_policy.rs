@@ -1,13 +1,13 @@
-//! Compiles a DestinationRule traffic policy's `loadBalancer` and `outlierDetection` into
-//! [`TrafficPolicy`], with Istio's defaults; every sub-field weft does not implement is
-//! refused by name (the rest of the policy applies), as `connectionPool` still is.
+//! Compiles a DestinationRule traffic policy's `loadBalancer`, `outlierDetection` and
+//! `connectionPool` into [`TrafficPolicy`], with Istio's defaults; every sub-field weft does
+//! not implement is refused by name (the rest of the policy applies).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::balance::{HashOn, LoadBalancer};
 use super::outlier::OutlierDetection;
-use super::policy::TrafficPolicy;
+use super::policy::{ConnectionPool, TrafficPolicy};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,13 +80,59 @@ struct OutlierDetectionSpec {
     consecutive_local_origin_failures: Option<Value>,
 }
 
-/// Reads `loadBalancer` and `outlierDetection` of the traffic policy at `at`. What cannot be
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConnectionPoolSpec {
+    #[serde(default)]
+    tcp: Option<TcpPoolSpec>,
+    #[serde(default)]
+    http: Option<HttpPoolSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpPoolSpec {
+    #[serde(default)]
+    max_connections: Option<i64>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    tcp_keepalive: Option<Value>,
+    #[serde(default)]
+    max_connection_duration: Option<Value>,
+    #[serde(default)]
+    idle_timeout: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpPoolSpec {
+    #[serde(default)]
+    http1_max_pending_requests: Option<i64>,
+    #[serde(default)]
+    http2_max_requests: Option<i64>,
+    #[serde(default)]
+    max_requests_per_connection: Option<i64>,
+    #[serde(default)]
+    max_retries: Option<Value>,
+    #[serde(default)]
+    idle_timeout: Option<Value>,
+    #[serde(default)]
+    h2_upgrade_policy: Option<Value>,
+    #[serde(default)]
+    use_client_protocol: Option<Value>,
+    #[serde(default)]
+    max_concurrent_streams: Option<Value>,
+}
+
+/// Reads `loadBalancer`, `outlierDetection` and `connectionPool` of the traffic policy at `at`. What cannot be
 /// applied is pushed to `refused` (each with its path and what to do instead); what can is
 /// returned.
 pub fn traffic_policy(
     at: &str,
     load_balancer: Option<&Value>,
     outlier_detection: Option<&Value>,
+    connection_pool: Option<&Value>,
     refused: &mut Vec<String>,
 ) -> TrafficPolicy {
     let mut policy = TrafficPolicy::default();
@@ -107,7 +153,93 @@ pub fn traffic_policy(
             Err(e) => refused.push(format!("{at}: {e}")),
         }
     }
+    if let Some(v) = connection_pool {
+        let at = format!("{at}.connectionPool");
+        match serde_json::from_value::<ConnectionPoolSpec>(v.clone()) {
+            Ok(spec) => policy.connection_pool = compile_pool(&at, &spec, refused),
+            Err(e) => refused.push(format!("{at}: {e}")),
+        }
+    }
     policy
+}
+
+/// A limit Istio types as int32: 0 or absent means Envoy's default (no limit), negative is
+/// refused.
+fn limit(at: &str, v: Option<i64>, refused: &mut Vec<String>) -> Option<u32> {
+    match v {
+        None | Some(0) => None,
+        Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        Some(n) => {
+            refused.push(format!("{at} {n} is negative; give a positive number"));
+            None
+        }
+    }
+}
+
+fn compile_pool(
+    at: &str,
+    spec: &ConnectionPoolSpec,
+    refused: &mut Vec<String>,
+) -> Option<ConnectionPool> {
+    let mut pool = ConnectionPool::default();
+    if let Some(tcp) = &spec.tcp {
+        pool.max_connections = limit(
+            &format!("{at}.tcp.maxConnections"),
+            tcp.max_connections,
+            refused,
+        );
+        if let Some(t) = &tcp.connect_timeout {
+            match millis(&format!("{at}.tcp.connectTimeout"), t) {
+                Ok(0) => refused.push(format!("{at}.tcp.connectTimeout must be longer than 0")),
+                Ok(ms) => pool.connect_timeout_ms = Some(ms),
+                Err(e) => refused.push(e),
+            }
+        }
+        for (field, set) in [
+            ("tcpKeepalive", tcp.tcp_keepalive.is_some()),
+            (
+                "maxConnectionDuration",
+                tcp.max_connection_duration.is_some(),
+            ),
+            ("idleTimeout", tcp.idle_timeout.is_some()),
+        ] {
+            if set {
+                refused.push(format!("{at}.tcp.{field} (not supported yet)"));
+            }
+        }
+    }
+    if let Some(http) = &spec.http {
+        pool.max_pending = limit(
+            &format!("{at}.http.http1MaxPendingRequests"),
+            http.http1_max_pending_requests,
+            refused,
+        );
+        pool.max_requests = limit(
+            &format!("{at}.http.http2MaxRequests"),
+            http.http2_max_requests,
+            refused,
+        );
+        if http.max_requests_per_connection.is_some_and(|n| n != 0) {
+            refused.push(format!(
+                "{at}.http.maxRequestsPerConnection (weft keeps upstream connections alive; bound them with tcp.maxConnections)"
+            ));
+        }
+        for (field, set) in [
+            ("maxRetries", http.max_retries.is_some()),
+            ("idleTimeout", http.idle_timeout.is_some()),
+            ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
+            ("useClientProtocol", http.use_client_protocol.is_some()),
+            (
+                "maxConcurrentStreams",
+                http.max_concurrent_streams.is_some(),
+            ),
+        ] {
+            if set {
+                refused.push(format!("{at}.http.{field} (not supported yet)"));
+            }
+        }
+    }
+    (pool != ConnectionPool::default()).then_some(pool)
 }
 
 fn compile_lb(
@@ -267,8 +399,63 @@ mod tests {
 
     fn compile(lb: Option<Value>, od: Option<Value>) -> (TrafficPolicy, Vec<String>) {
         let mut refused = Vec::new();
-        let p = traffic_policy("trafficPolicy", lb.as_ref(), od.as_ref(), &mut refused);
+        let p = traffic_policy(
+            "trafficPolicy",
+            lb.as_ref(),
+            od.as_ref(),
+            None,
+            &mut refused,
+        );
         (p, refused)
+    }
+
+    #[test]
+    fn connection_pool_limits_compile_and_the_rest_is_refused_by_name() {
+        // Istio's circuit-breaking task, verbatim.
+        let spec = json!({"tcp": {"maxConnections": 1},
+                          "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}});
+        let mut refused = Vec::new();
+        let p = traffic_policy("trafficPolicy", None, None, Some(&spec), &mut refused);
+        let pool = p.connection_pool.expect("limits");
+        assert_eq!(pool.max_connections, Some(1));
+        assert_eq!(pool.max_pending, Some(1));
+        assert_eq!(pool.max_requests, None);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("maxRequestsPerConnection"),
+            "{refused:?}"
+        );
+        let spec = json!({"tcp": {"connectTimeout": "30ms", "maxConnections": -1},
+                          "http": {"http2MaxRequests": 0, "idleTimeout": "1s", "maxRetries": 3}});
+        let mut refused = Vec::new();
+        let p = traffic_policy("trafficPolicy", None, None, Some(&spec), &mut refused);
+        assert_eq!(
+            p.connection_pool.and_then(|c| c.connect_timeout_ms),
+            Some(30)
+        );
+        for named in [
+            "maxConnections -1 is negative",
+            "http.idleTimeout",
+            "http.maxRetries",
+        ] {
+            assert!(
+                refused.iter().any(|r| r.contains(named)),
+                "{named}: {refused:?}"
+            );
+        }
+        let mut refused = Vec::new();
+        let p = traffic_policy(
+            "trafficPolicy",
+            None,
+            None,
+            Some(&json!({"tcp": {"maxConections": 1}})),
+            &mut refused,
+        );
+        assert!(p.connection_pool.is_none());
+        assert!(
+            refused[0].contains("unknown field `maxConections`"),
+            "{refused:?}"
+        );
     }
 
     #[test]

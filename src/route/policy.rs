@@ -1,7 +1,8 @@
 //! A DestinationRule's traffic policy for one host or subset beyond TLS, as the snapshot
-//! carries it: how the client proxy balances ([`super::balance`]) and ejects
-//! ([`super::outlier`]). A subset's policy is already merged over its host's (Istio: the
-//! subset's settings override the rule's, field by field).
+//! carries it: how the client proxy balances ([`super::balance`]), ejects
+//! ([`super::outlier`]) and limits ([`ConnectionPool`], Envoy's circuit breakers). A subset's
+//! policy is already merged over its host's (Istio: the subset's settings override the
+//! rule's, field by field).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,24 +18,64 @@ pub struct TrafficPolicy {
     /// None: no endpoint is ever ejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// None: no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+}
+
+/// `connectionPool`'s limits for one destination, as the client proxy enforces them (Envoy's
+/// circuit breakers): a request over a limit is answered 503 with flag `UO` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// `tcp.maxConnections`: HTTP/1.1 requests in flight at once (on HTTP/1.1 each holds a
+    /// connection); more wait in the pending queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `http.http1MaxPendingRequests`: HTTP/1.1 requests waiting for a connection; beyond it,
+    /// 503 `UO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight at once, any protocol; beyond it, 503 `UO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// `tcp.connectTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl ConnectionPool {
+    pub fn summary(&self) -> String {
+        let limits = [
+            ("connections", self.max_connections.map(u64::from)),
+            ("pending", self.max_pending.map(u64::from)),
+            ("requests", self.max_requests.map(u64::from)),
+            ("connect ms", self.connect_timeout_ms),
+        ];
+        let parts: Vec<String> = limits
+            .iter()
+            .filter_map(|(name, v)| v.map(|v| format!("{name} {v}")))
+            .collect();
+        format!("limit {}", parts.join(", "))
+    }
 }
 
 impl TrafficPolicy {
     pub fn is_empty(&self) -> bool {
-        self.load_balancer.is_none() && self.outlier_detection.is_none()
+        self.load_balancer.is_none()
+            && self.outlier_detection.is_none()
+            && self.connection_pool.is_none()
     }
 
     /// This policy's settings, and `base`'s where this one sets none.
     pub fn over(&self, base: &TrafficPolicy) -> TrafficPolicy {
+        fn pick<T: Clone>(own: &Option<T>, base: &Option<T>) -> Option<T> {
+            own.clone().or_else(|| base.clone())
+        }
         TrafficPolicy {
-            load_balancer: self
-                .load_balancer
-                .clone()
-                .or_else(|| base.load_balancer.clone()),
-            outlier_detection: self
-                .outlier_detection
-                .clone()
-                .or_else(|| base.outlier_detection.clone()),
+            load_balancer: pick(&self.load_balancer, &base.load_balancer),
+            outlier_detection: pick(&self.outlier_detection, &base.outlier_detection),
+            connection_pool: pick(&self.connection_pool, &base.connection_pool),
         }
     }
 
@@ -54,11 +95,9 @@ impl TrafficPolicy {
                 }
             ),
         });
-        let od = self
-            .outlier_detection
-            .as_ref()
-            .map(OutlierDetection::summary);
-        let parts: Vec<String> = lb.into_iter().chain(od).collect();
+        let od = self.outlier_detection.as_ref().map(OutlierDetection::summary);
+        let pool = self.connection_pool.as_ref().map(ConnectionPool::summary);
+        let parts: Vec<String> = lb.into_iter().chain(od).chain(pool).collect();
         if parts.is_empty() {
             "-".into()
         } else {
@@ -76,21 +115,28 @@ mod tests {
         let host = TrafficPolicy {
             load_balancer: Some(LoadBalancer::Random),
             outlier_detection: Some(OutlierDetection::istio_default()),
+            connection_pool: Some(ConnectionPool {
+                max_connections: Some(1),
+                max_pending: Some(1),
+                ..Default::default()
+            }),
         };
         let subset = TrafficPolicy {
             load_balancer: Some(LoadBalancer::LeastRequest),
-            outlier_detection: None,
+            ..Default::default()
         };
         let merged = subset.over(&host);
         assert_eq!(merged.load_balancer, Some(LoadBalancer::LeastRequest));
         assert_eq!(merged.outlier_detection, host.outlier_detection);
+        assert_eq!(merged.connection_pool, host.connection_pool);
         assert_eq!(TrafficPolicy::default().summary(), "-");
         assert_eq!(
             merged.summary(),
-            "LEAST_REQUEST; eject 5×5xx for 30s×n, ≤10%"
+            "LEAST_REQUEST; eject 5×5xx for 30s×n, ≤10%; limit connections 1, pending 1"
         );
         let json = serde_json::to_value(&merged).unwrap();
         assert_eq!(json["loadBalancer"], "leastRequest");
+        assert_eq!(json["connectionPool"]["maxConnections"], 1);
         let back: TrafficPolicy = serde_json::from_value(json).unwrap();
         assert_eq!(back, merged);
     }

@@ -743,3 +743,128 @@ spec:
         homes.len()
     );
 }
+
+/// `n` requests to `url` at once (curl's `--parallel`, one connection each), each answer's
+/// status code.
+fn parallel_codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
+    let out = curl_range(
+        ns,
+        url,
+        n,
+        &[
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            &n.to_string(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Istio's circuit-breaking task with the DestinationRule it prints: `maxConnections: 1` and
+/// `http1MaxPendingRequests: 1` let one request in flight and one waiting; the others are
+/// answered 503 (`UO`, "reset reason: overflow") at once. Without the rule, all succeed.
+#[test]
+fn connection_pool_limits_answer_overflow_with_503_as_istios_circuit_breaking_task() {
+    let c = support::deployed();
+    let ns = c.namespace("t-breaker");
+    enrol(&ns);
+    // Each answer takes 300 ms, so concurrent requests overlap.
+    ns.apply(&version("httpbin", "v1", 8000).replace(
+        "        - {name: MESSAGE, value: v1}",
+        "        - {name: MESSAGE, value: v1}\n        - {name: DELAY_MS, value: \"300\"}",
+    ));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec:
+  selector: {app: httpbin}
+  ports: [{name: http, port: 8000}]
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["httpbin-v1"]);
+    let url = "http://httpbin:8000/get";
+    converged(&ns, url, "httpbin answers", |b| b.iter().all(|v| v == "v1"));
+    let open = parallel_codes(&ns, url, 10);
+    assert_eq!(count(&open, "200"), 10, "without limits: {open:?}");
+
+    // istio.io "Circuit Breaking", its DestinationRule (maxRequestsPerConnection is refused by
+    // name in the rule's status: weft keeps upstream connections alive).
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+spec:
+  host: httpbin
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+        maxRequestsPerConnection: 1
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+"#,
+    );
+    let limited = wait_for(
+        Duration::from_secs(60),
+        || parallel_codes(&ns, url, 10).join(" "),
+        |codes| codes.contains("503"),
+    );
+    let codes: Vec<String> = limited.split(' ').map(str::to_string).collect();
+    let (ok, overflow) = (count(&codes, "200"), count(&codes, "503"));
+    assert_eq!(ok + overflow, 10, "{codes:?}");
+    // One in flight and one waiting get through at once; the rest overflow.
+    assert!((1..=4).contains(&ok), "{ok} of 10 succeeded: {codes:?}");
+    // The overflow is the proxy's own answer, and the pod was not ejected for it.
+    let body = ns.ok(&[
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("for i in 1 2 3 4 5 6; do curl -s {url} & done; wait"),
+    ]);
+    assert!(body.contains("reset reason: overflow"), "{body}");
+    let after = bodies(&ns, url, 5);
+    assert_eq!(
+        count(&after, "v1"),
+        5,
+        "sequential requests still succeed: {after:?}"
+    );
+    let status = wait_for(
+        Duration::from_secs(60),
+        || {
+            ns.ok(&[
+                "get",
+                "destinationrule",
+                "httpbin",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"WeftAccepted\")].message}",
+            ])
+        },
+        |m| !m.is_empty(),
+    );
+    assert!(status.contains("maxRequestsPerConnection"), "{status}");
+    eprintln!(
+        "circuit breaking: {ok} of 10 parallel requests succeeded, {overflow} overflowed (503 UO)"
+    );
+}

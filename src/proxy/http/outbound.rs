@@ -188,11 +188,13 @@ struct Route<'a> {
     routed: Option<Routed<'a>>,
 }
 
-/// One endpoint to try and how to talk to it (the DestinationRule's TLS mode, else auto-mTLS).
+/// One endpoint to try and how to talk to it (the DestinationRule's TLS mode, else auto-mTLS;
+/// its `connectTimeout`, else the proxy's).
 struct Target<'a> {
     ep: &'a Endpoint,
     service: Option<&'a Service>,
     security: UpstreamSecurity,
+    connect_timeout: Option<Duration>,
 }
 
 /// How a try ended without a response.
@@ -297,6 +299,39 @@ impl Outbound {
             return exchange.local(status, text, &record, why);
         }
         let h2 = parts.version == Version::HTTP_2;
+        // The destination's circuit breakers (connectionPool): held until the answer's head.
+        let _admitted = match &traffic {
+            Some((key, p)) => match self.ctx.balancer.admit(key, p, h2).await {
+                Ok(admitted) => admitted,
+                Err(balance::Overflow) => {
+                    let labels = source_labels(&self.ctx, snapshot, service, None, false);
+                    let record = self.record(
+                        labels,
+                        UpstreamLog {
+                            host: None,
+                            cluster,
+                        },
+                    );
+                    let why = Why {
+                        flags: "UO",
+                        details: Some("upstream_reset_before_response_started{overflow}"),
+                        failure: None,
+                    };
+                    return exchange.local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                        &record,
+                        why,
+                    );
+                }
+            },
+            None => None,
+        };
+        let connect_timeout = traffic
+            .as_ref()
+            .and_then(|(_, p)| p.connection_pool.as_ref())
+            .and_then(|c| c.connect_timeout_ms)
+            .map(Duration::from_millis);
         let policy = routed
             .as_ref()
             .map_or_else(Retries::istio_default, |r| r.route.actions.retry_policy());
@@ -325,6 +360,7 @@ impl Outbound {
                 ep,
                 service,
                 security: service.map_or_else(|| ep.security(), |s| s.security_of(ep, subset)),
+                connect_timeout,
             };
             let mtls = matches!(target.security, UpstreamSecurity::Mtls { .. });
             let in_flight = traffic
@@ -487,9 +523,14 @@ impl Outbound {
         target: &Target<'_>,
     ) -> io::Result<crate::proxy::outbound::Upstream> {
         let security = target.security.clone();
-        open_endpoint(&self.ctx, snapshot, target.ep, target.service, security)
-            .await
-            .map_err(|r| io::Error::other(r.metric_label()))
+        let open = open_endpoint(&self.ctx, snapshot, target.ep, target.service, security);
+        let opened = match target.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, open).await.map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "connectionPool.tcp.connectTimeout")
+            })?,
+            None => open.await,
+        };
+        opened.map_err(|r| io::Error::other(r.metric_label()))
     }
 
     /// Where a request that found no upstream is recorded: under the Service dialled.

@@ -2,7 +2,8 @@
 //! tests can tell pods apart through a Service; `/healthz` follows a readiness switch that
 //! `/set-ready?false` and `/set-ready?true` flip (to test endpoint removal).
 //! Env: PORT (default 8080), MESSAGE (prefix of the answer), POD_NAME, FAIL_EVERY (N: every
-//! Nth request other than `/healthz` is answered `503 failed`, to test retries).
+//! Nth request other than `/healthz` is answered `503 failed`, to test retries), DELAY_MS (every
+//! answer other than `/healthz` waits this long first, to hold requests in flight).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,12 @@ async fn main() -> std::io::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let delay = std::time::Duration::from_millis(
+        std::env::var("DELAY_MS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    );
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     eprintln!("weft-echo listening on :{port}");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -71,6 +78,9 @@ async fn main() -> std::io::Result<()> {
                     .nth(1)
                     .unwrap_or("/")
                     .to_string();
+                if !delay.is_zero() && path != "/healthz" {
+                    tokio::time::sleep(delay).await;
+                }
                 let (code, text) = match path.as_str() {
                     "/healthz" if ready.load(Ordering::Relaxed) => (200, "ok\n".to_string()),
                     "/healthz" => (503, "not ready\n".to_string()),

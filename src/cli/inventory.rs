@@ -864,6 +864,8 @@ pub async fn mesh_view(
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .map(std::sync::Arc::new)
             .collect(),
+        // Endpoint workload metadata of unmeshed pods only labels metrics; no check reads it.
+        unmeshed_pods: Vec::new(),
         services: arcs(services),
         slices: arcs(slices),
         revisions: arcs(revisions),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 use serde::Serialize;
 
 use super::authz::{AuthzIndex, SmiObjects, Workload};
@@ -43,6 +44,9 @@ pub struct MeshView {
     /// DNS suffix of Service names (`cluster.local`).
     pub cluster_domain: String,
     pub pods: Vec<Arc<Pod>>,
+    /// Pods without a proxy, metadata only ([`crate::kube::reflect::unmeshed_pods`]): they
+    /// only give their endpoints workload metadata, as Istio's endpoint metadata does.
+    pub unmeshed_pods: Vec<Arc<PartialObjectMeta<Pod>>>,
     pub services: Vec<Arc<KubeService>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub revisions: Vec<Arc<MeshConfig>>,
@@ -206,7 +210,8 @@ impl MeshIndex {
             pods.insert(key, entry);
         }
 
-        let (mut services, mut headless) = service_tables(view, &mut pods);
+        let unmeshed = unmeshed_workloads(view);
+        let (mut services, mut headless) = service_tables(view, &mut pods, &unmeshed);
         let routed = super::routes::apply(view, &mut services, &mut headless);
         let authz = AuthzIndex::new(
             &view.root_namespace,
@@ -484,11 +489,42 @@ impl Table {
     }
 }
 
+/// The workload metadata of each unmeshed pod, computed as for a meshed one, less what Istio's
+/// endpoint metadata lacks (`workload;namespace;canonical service;canonical revision;cluster`,
+/// pilot's `AppendLbEndpointMetadata`): app and version, which Istio's source reporter then
+/// reports `unknown` for a server without a sidecar.
+fn unmeshed_workloads(view: &MeshView) -> HashMap<(String, String), WorkloadMeta> {
+    let mut out = HashMap::with_capacity(view.unmeshed_pods.len());
+    for p in &view.unmeshed_pods {
+        let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
+            continue;
+        };
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        if labels.contains_key(contract::LABEL_REVISION) {
+            continue; // meshed after all: the meshed pods' entry is the one
+        }
+        let pod = Pod {
+            metadata: p.metadata.clone(),
+            ..Default::default()
+        };
+        let workload = crate::kube::workload::workload_name(&pod);
+        let meta = WorkloadMeta {
+            app: String::new(),
+            version: String::new(),
+            ..WorkloadMeta::from_labels(&workload, ns, &labels, DEFAULT_CLUSTER)
+        };
+        out.insert((ns.clone(), name.clone()), meta);
+    }
+    out
+}
+
 /// Every Service port with its ready endpoints: ClusterIP Services, then headless ones, each
-/// sorted so the hash is stable. Records on each meshed pod which Services target its ports.
+/// sorted so the hash is stable. Records on each meshed pod which Services target its ports;
+/// an unmeshed pod's endpoints carry its workload metadata from `unmeshed`.
 fn service_tables(
     view: &MeshView,
     pods: &mut HashMap<(String, String), MeshedPod>,
+    unmeshed: &HashMap<(String, String), WorkloadMeta>,
 ) -> (Vec<Service>, Vec<Service>) {
     // EndpointSlices by (namespace, service name).
     let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
@@ -594,7 +630,10 @@ fn service_tables(
                             mtls_mode_for_port: meshed
                                 .map(|p| p.modes.mode_for(target))
                                 .unwrap_or_default(),
-                            workload: meshed.map(|p| p.workload.clone()),
+                            workload: match meshed {
+                                Some(p) => Some(p.workload.clone()),
+                                None => pod_key.as_ref().and_then(|k| unmeshed.get(k)).cloned(),
+                            },
                         });
                     }
                 }
@@ -1003,6 +1042,89 @@ pub(crate) mod tests {
                 me.canonical_revision.as_str()
             ),
             ("web", "", "latest")
+        );
+    }
+
+    #[test]
+    fn an_unmeshed_pods_endpoint_carries_its_workload_metadata_and_nothing_else_changes() {
+        let before = MeshIndex::build(&view());
+        let mut v = view();
+        // legacy-1 as the unmeshed pods' reflector holds it: metadata only, a Deployment's pod.
+        v.unmeshed_pods = vec![obj(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "pets", "name": "legacy-1", "labels": {
+                "app": "legacy", "version": "v3", "pod-template-hash": "5d8f7"},
+                "ownerReferences": [{"apiVersion": "", "kind": "ReplicaSet",
+                                     "name": "legacy-db-5d8f7", "uid": "", "controller": true}]}
+        }))];
+        let index = MeshIndex::build(&v);
+        let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let web = decode_snapshot(&bytes).unwrap();
+        let legacy = web
+            .outbound
+            .services
+            .iter()
+            .find(|s| s.name == "legacy.pets.svc.cluster.local")
+            .expect("legacy's Service");
+        let ep = &legacy.endpoints[0];
+        // What Istio's endpoint metadata says: workload, namespace, canonical service and
+        // revision (derived as for a meshed pod), cluster; no app or version.
+        assert_eq!(
+            ep.workload,
+            Some(WorkloadMeta {
+                name: "legacy-db".into(),
+                namespace: "pets".into(),
+                app: String::new(),
+                version: String::new(),
+                canonical_service: "legacy".into(),
+                canonical_revision: "v3".into(),
+                cluster: "Kubernetes".into(),
+            })
+        );
+        // Still a plaintext, unmeshed endpoint with no identity ...
+        assert!(!ep.meshed && ep.identity.is_none());
+        assert_eq!(ep.security(), UpstreamSecurity::Plaintext);
+        // ... and not a meshed pod: no snapshot, not a peer, not a proxy's inbound.
+        assert!(index.snapshot_for("pets", "legacy-1").is_err());
+        assert_eq!(index.meshed_pods().count(), before.meshed_pods().count());
+        assert!(
+            web.peers
+                .iter()
+                .flatten()
+                .all(|p| p.workload.name != "legacy-db"),
+            "{:?}",
+            web.peers
+        );
+        // Only the endpoint metadata moved.
+        let (_, old) = before.snapshot_for("pets", "web-1").unwrap();
+        let mut old = decode_snapshot(&old).unwrap();
+        let mut new = web.clone();
+        for s in old
+            .outbound
+            .services
+            .iter_mut()
+            .chain(new.outbound.services.iter_mut())
+        {
+            if s.name.starts_with("legacy.") {
+                s.endpoints.iter_mut().for_each(|e| e.workload = None);
+            }
+        }
+        (old.version, new.version) = (String::new(), String::new());
+        assert_eq!(old, new);
+        // A pod listed as unmeshed that carries the revision label is left to the meshed store.
+        let mut v2 = view();
+        v2.unmeshed_pods = vec![obj(json!({
+            "metadata": {"namespace": "pets", "name": "db-1",
+                         "labels": {"weft.dev/revision": "stable", "app": "other"}}
+        }))];
+        let i2 = MeshIndex::build(&v2);
+        let (_, b2) = i2.snapshot_for("pets", "web-1").unwrap();
+        assert_eq!(
+            decode_snapshot(&b2).unwrap().outbound.services[0].endpoints[0]
+                .workload
+                .as_ref()
+                .map(|w| w.canonical_service.as_str()),
+            Some("db")
         );
     }
 

@@ -289,6 +289,8 @@ impl DiscoveryState {
         let n = || Some(changed.clone());
         let services: Store<Service> = reflect(kube::Api::all(client.clone()), n());
         let slices: Store<EndpointSlice> = reflect(kube::Api::all(client.clone()), n());
+        // Pods without a proxy, metadata only: their endpoints' workload metadata.
+        let unmeshed = crate::kube::reflect::unmeshed_pods(client, n());
         let revisions: Store<MeshConfig> = reflect(
             kube::Api::namespaced(client.clone(), &settings.operator_namespace),
             n(),
@@ -329,10 +331,12 @@ impl DiscoveryState {
                 ready(&services),
                 ready(&slices),
                 ready(&revisions),
+                ready(&unmeshed),
             );
             loop {
                 let view = MeshView {
                     pods: pods.state(),
+                    unmeshed_pods: unmeshed.state(),
                     services: services.state(),
                     slices: slices.state(),
                     revisions: revisions.state(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -142,6 +144,67 @@ pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store
         .start()
 }
 
+/// The pods WITHOUT `weft.dev/revision` (not meshed), metadata only (the API server sends no
+/// spec or status), trimmed to what an endpoint's workload metadata needs
+/// ([`UNMESHED_POD_LABELS`], the controller, name, namespace, generateName): a meshed client's
+/// metrics name an unmeshed server from it, as Istio's endpoint metadata does. Nothing else
+/// reads these pods; the meshed pods' store is unchanged.
+pub fn unmeshed_pods(
+    client: &kube::Client,
+    changed: Option<Arc<Notify>>,
+) -> Store<PartialObjectMeta<Pod>> {
+    let not_meshed = format!("!{}", crate::contract::LABEL_REVISION);
+    Reflect::new(Api::<PartialObjectMeta<Pod>>::all(client.clone()))
+        .config(watcher::Config::default().labels(&not_meshed))
+        .trim(|p: &mut PartialObjectMeta<Pod>| trim_unmeshed_pod(&mut p.metadata))
+        .changed(changed)
+        .start()
+}
+
+/// The labels an unmeshed pod keeps: those `WorkloadMeta::from_labels` reads for app, version
+/// and the canonical service and revision, and the one `kube::workload` strips from a
+/// ReplicaSet's name.
+pub const UNMESHED_POD_LABELS: [&str; 7] = [
+    "app",
+    "app.kubernetes.io/name",
+    "version",
+    "app.kubernetes.io/version",
+    "service.istio.io/canonical-name",
+    "service.istio.io/canonical-revision",
+    crate::contract::LABEL_POD_TEMPLATE_HASH,
+];
+
+fn trim_unmeshed_pod(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        generate_name: meta.generate_name.take(),
+        labels: meta
+            .labels
+            .take()
+            .map(|l| {
+                l.into_iter()
+                    .filter(|(k, _)| UNMESHED_POD_LABELS.contains(&k.as_str()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .filter(|l| !l.is_empty()),
+        // The controller's kind and name are all `kube::workload` reads.
+        owner_references: meta
+            .owner_references
+            .take()
+            .and_then(|refs| refs.into_iter().find(|o| o.controller == Some(true)))
+            .map(|o| {
+                vec![OwnerReference {
+                    kind: o.kind,
+                    name: o.name,
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+        ..Default::default()
+    };
+}
+
 fn trim_pod(pod: &mut Pod) {
     // Only the controller stays: it names the pod's workload (`kube::workload`).
     pod.metadata.owner_references = pod
@@ -207,6 +270,60 @@ const READY_POLL: Duration = Duration::from_millis(50);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unmeshed_pod_keeps_only_what_its_workload_metadata_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "legacy", "name": "web-7f9c6-x2k4p",
+                "generateName": "web-7f9c6-", "uid": "u1", "resourceVersion": "42",
+                "labels": {"app": "web", "version": "v2", "app.kubernetes.io/name": "shop",
+                    "app.kubernetes.io/version": "2.1", "service.istio.io/canonical-name": "store",
+                    "service.istio.io/canonical-revision": "r7", "pod-template-hash": "7f9c6",
+                    "team": "x".repeat(500)},
+                "annotations": {"big": "x".repeat(1000)},
+                "finalizers": ["example.dev/keep"],
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "not-a-controller", "uid": "c"},
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7f9c6",
+                     "uid": "u", "controller": true, "blockOwnerDeletion": true}]}
+        }))
+        .unwrap();
+        let meta = |p: &Pod| {
+            crate::snapshot::WorkloadMeta::from_labels(
+                &crate::kube::workload::workload_name(p),
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.labels.as_ref().unwrap(),
+                "Kubernetes",
+            )
+        };
+        let before = meta(&pod);
+        trim_unmeshed_pod(&mut pod.metadata);
+        // The same workload metadata from the trimmed pod ...
+        assert_eq!(meta(&pod), before);
+        assert_eq!(
+            (before.name.as_str(), before.canonical_service.as_str()),
+            ("web", "store")
+        );
+        // ... and nothing else.
+        let m = &pod.metadata;
+        assert_eq!(m.labels.as_ref().map(|l| l.len()), Some(7));
+        assert!(m.annotations.is_none() && m.finalizers.is_none() && m.uid.is_none());
+        let owners = m.owner_references.as_deref().unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].name.as_str()),
+            ("ReplicaSet", "web-7f9c6")
+        );
+        assert!(owners[0].uid.is_empty() && owners[0].api_version.is_empty());
+        // A bare pod: its name names the workload.
+        let mut bare = ObjectMeta {
+            name: Some("debug".into()),
+            namespace: Some("legacy".into()),
+            ..Default::default()
+        };
+        trim_unmeshed_pod(&mut bare);
+        assert_eq!((bare.labels, bare.owner_references), (None, None));
+    }
 
     #[test]
     fn trimming_keeps_what_the_validator_and_the_config_server_read() {

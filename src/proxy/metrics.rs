@@ -1006,6 +1006,79 @@ mod tests {
         }
     }
 
+    /// istio/proxy `testdata/metric/client_request_total_endpoint_labels.yaml.tmpl`: a server
+    /// without a sidecar (no metadata exchange, plaintext), named on the source reporter from
+    /// its endpoint metadata (`ratings-v1;default;ratings;version-1;test-cluster`), which has
+    /// no app or version. The endpoint is as the operator writes an unmeshed pod's, and the
+    /// labels are the outbound path's own (`outbound::source_labels`).
+    #[test]
+    fn golden_request_series_of_a_server_without_a_sidecar() {
+        let snapshot: crate::snapshot::ProxySnapshot = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 1, "version": "v", "identity": CLIENT_ID,
+            "trustDomain": "cluster.local",
+            "workload": {"name": "productpage-v1", "namespace": "default", "app": "productpage",
+                         "version": "v1", "canonicalService": "productpage-v1",
+                         "canonicalRevision": "version-1", "cluster": "test-cluster"},
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"policy": "ALLOW_ANY", "services": [{
+                "clusterIp": "198.19.0.20", "port": 80, "name": SERVICE,
+                "endpoints": [{"ip": "198.18.1.9", "port": 8080, "meshed": false,
+                    "workload": {"name": "ratings-v1", "namespace": "default",
+                                 "canonicalService": "ratings", "canonicalRevision": "version-1",
+                                 "cluster": "test-cluster"}}]}]}
+        }))
+        .expect("a snapshot as the operator writes it");
+        let index = crate::snapshot::SnapshotIndex::new(snapshot);
+        let service = &index.snapshot.outbound.services[0];
+        let (ctx, _inputs) = super::super::ProxyContext::new(super::super::Settings::default());
+        let labels = super::super::outbound::source_labels(
+            &ctx,
+            &index,
+            Some(service),
+            Some(&service.endpoints[0]),
+            false,
+        );
+        let mut registry = Registry::default();
+        let m = Arc::new(Metrics::new(&mut registry));
+        let took = std::time::Duration::from_millis(3);
+        m.request_recorder(&labels)
+            .record(RequestOutcome::http(200), took, None);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let want = labels_of(&[
+            ("reporter", "source"),
+            ("source_workload", "productpage-v1"),
+            ("source_canonical_service", "productpage-v1"),
+            ("source_canonical_revision", "version-1"),
+            ("source_workload_namespace", "default"),
+            ("source_principal", "unknown"),
+            ("source_app", "productpage"),
+            ("source_version", "v1"),
+            ("source_cluster", "test-cluster"),
+            ("destination_workload", "ratings-v1"),
+            ("destination_workload_namespace", "default"),
+            ("destination_principal", "unknown"),
+            ("destination_app", "unknown"),
+            ("destination_version", "unknown"),
+            ("destination_service", SERVICE),
+            ("destination_canonical_service", "ratings"),
+            ("destination_canonical_revision", "version-1"),
+            ("destination_service_name", "server"),
+            ("destination_service_namespace", "default"),
+            ("destination_cluster", "test-cluster"),
+            ("request_protocol", "http"),
+            ("response_code", "200"),
+            ("grpc_response_status", ""),
+            ("response_flags", "-"),
+            ("connection_security_policy", "unknown"),
+        ]);
+        assert_eq!(
+            series(&text, "istio_requests_total"),
+            vec![(want, "1".to_string())],
+            "{text}"
+        );
+    }
+
     fn sample<'a>(text: &'a str, name: &str, needles: &[&str]) -> Option<&'a str> {
         let mut found = text.lines().filter(|l| {
             l.strip_prefix(name)

@@ -249,7 +249,8 @@ spec:
 }
 
 /// The unmeshed namespace: a plaintext `caller` and an `outside-http` server (weft-echo)
-/// that the meshed client calls without mTLS.
+/// that the meshed client calls without mTLS. Its pods' canonical-name and version labels
+/// differ from the Deployment's name, so the source reporter's labels show which it read.
 fn outside_apps(outside: &Namespace) {
     outside.apply(
         r#"
@@ -267,7 +268,8 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: outside-http}}
   template:
-    metadata: {labels: {app: outside-http}}
+    metadata:
+      labels: {app: outside-http, version: v1, service.istio.io/canonical-name: outside-web}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
@@ -896,11 +898,12 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
             prometheus.eventually(&q, |a| a.first().is_some_and(|s| s.1 >= GRPC_CALLS as f64));
         assert!(one(&got) >= GRPC_CALLS as f64, "h2 {reporter}: {got:?}");
     }
-    // A meshed client calling an unmeshed server: only the source reporter counts it, with
-    // no principal, app or version for the server, as Istio's. (Istio also names the server's
-    // workload, namespace, canonical service and cluster from its endpoint metadata; weft's
-    // operator watches meshed pods only and reports them unknown: docs/metrics.md, "Where
-    // weft still differs". Those labels are not asserted here.)
+    // A meshed client calling an unmeshed server: only the source reporter counts it. As
+    // Istio's, it names the server from the control plane's endpoint metadata (pilot's
+    // `workload;namespace;canonical service;canonical revision;cluster`, read by istio/proxy's
+    // convertEndpointMetadata): the Deployment, its namespace, the canonical service and
+    // revision from the pod's labels, the cluster; that encoding has no app or version, and
+    // without a certificate there is no principal, so those stay unknown.
     let o = &outside.name;
     let unmeshed = prometheus.eventually(
         &format!(
@@ -912,9 +915,13 @@ fn prometheus_answers_istios_dashboards_with_exact_tcp_bytes() {
     for (k, v) in [
         ("reporter", "source"),
         ("source_workload", "client"),
+        ("destination_workload", "outside-http"),
+        ("destination_workload_namespace", o.as_str()),
+        ("destination_canonical_service", "outside-web"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_cluster", "Kubernetes"),
         ("destination_app", "unknown"),
         ("destination_version", "unknown"),
-        ("destination_canonical_revision", "latest"),
         ("destination_principal", "unknown"),
         ("connection_security_policy", "unknown"),
     ] {
@@ -1150,7 +1157,7 @@ fn dashboards(
 ) -> (usize, usize) {
     use grafana::{Dashboard, Pick};
     // The values each grouping label can take for the test's traffic, as Istio's sidecars
-    // label it (unknown: the plaintext caller and the unmeshed server).
+    // label it (unknown: the plaintext caller).
     let owned = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     let vocabulary: BTreeMap<&str, Vec<String>> = BTreeMap::from([
         (
@@ -1169,14 +1176,13 @@ fn dashboards(
                 "http-failing",
                 "tcp-server",
                 "grpc-echo",
-                // The unmeshed server, as weft labels it today (docs/metrics.md: Istio
-                // names it from its endpoint metadata).
-                "unknown",
+                // The unmeshed server, named from its endpoint metadata as Istio does.
+                "outside-http",
             ]),
         ),
         (
             "destination_workload_namespace",
-            owned(&[&ns.name, "unknown"]),
+            owned(&[&ns.name, &outside.name]),
         ),
         ("response_code", owned(&["200", "403", "503"])),
         ("source_cluster", owned(&["Kubernetes", "unknown"])),

@@ -9,8 +9,15 @@
 #   weft        weft-proxy pair: iptables capture in both namespaces (weft-proxy init), the
 #               proxies as UID 1337, mTLS with SPIFFE identities (STRICT), a `tcp` Service (L4)
 #   weft-http   the same pair with an `http` Service: HTTP terminated on both proxies
+#   weft-authz  weft-http with 10 AuthorizationPolicies of 10 rules each on the server proxy
+#               (one DENY, nine ALLOW; only the last rule of the last ALLOW matches: every
+#               rule is tried on every request)
+#   weft-h2     weft-authz with HTTP/2 (h2c) from the load generator to the echo server
 #   haproxy     HAProxy pair, TCP mode: plain → mutual TLS → plain
 #   nginx       nginx stream pair: plain → mutual TLS → plain
+#   haproxy-http, nginx-http  the same peers as HTTP reverse proxies (HTTP/1.1 keep-alive
+#               upstream connections, mutual TLS between them): the HTTP-terminating peers
+#   direct-h2, null-h2  direct and the null relay pair with h2c: weft-h2's baselines
 #   ghostunnel  ghostunnel client/server pair (mutual TLS, URI SAN checks)
 #   null        weft-null-relay pair: plaintext byte copy on one event loop, nothing else (no
 #               TLS, no parsing, no capture): what two user-space hops cost on this machine
@@ -34,7 +41,8 @@
 #
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
-# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS ("direct null null-threads weft weft-http haproxy nginx ghostunnel"),
+# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-authz haproxy nginx
+# haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2"),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
@@ -54,7 +62,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http haproxy nginx ghostunnel}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -65,7 +73,9 @@ SVC_IP=198.18.250.100 # the weft scenario's Service ClusterIP (known to the clie
 APP_PORT=8080         # fortio echo server: direct and the relays' upstream
 MESH_APP_PORT=8090    # a second echo server, behind the server-side weft-proxy
 PORT_HAPROXY=9443 PORT_NGINX=9444 PORT_GHOSTUNNEL=9445 PORT_NULL=9446 # server-side relays
+PORT_HAPROXY_HTTP=9447 PORT_NGINX_HTTP=9448
 LOCAL_HAPROXY=10443 LOCAL_NGINX=10444 LOCAL_GHOSTUNNEL=10445 LOCAL_NULL=10446 # client-side relays (plain)
+LOCAL_HAPROXY_HTTP=10447 LOCAL_NGINX_HTTP=10448
 CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
 SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
 SERVER_DNS=server.bench.svc.cluster.local
@@ -231,7 +241,7 @@ done
 # Capture as an injected pod has it. Client: no inbound capture, outbound captured except
 # the direct and relay ports. Server: inbound capture of the meshed app's port only.
 ip netns exec $NS_C "$work/weft-proxy" init --include-inbound-ports= \
-  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL" >"$raw/init-client.log"
+  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL,$PORT_HAPROXY_HTTP,$PORT_NGINX_HTTP" >"$raw/init-client.log"
 ip netns exec $NS_S "$work/weft-proxy" init --include-inbound-ports "$MESH_APP_PORT" >"$raw/init-server.log"
 
 # === processes ===
@@ -292,17 +302,21 @@ wait_ready() {
 
 # load NAME URL ARGS...: fortio load from the client namespace on the load CPU.
 load() {
-  local name=$1 url=$2
+  local name=$1 url=$2 h2=()
   shift 2
+  # The -h2 paths: HTTP/2 with prior knowledge (h2c) on every connection.
+  [[ $name == *-h2-* ]] && h2=(-h2)
   taskset -c "$LOAD_CPU" ip netns exec $NS_C "$FORTIO" load -quiet -loglevel Warning -c "$CONNECTIONS" \
-    -payload-size "$PAYLOAD" -r 0.00001 -p "50,90,99,99.9" "$@" -json "$raw/$name.json" "$url" \
+    -payload-size "$PAYLOAD" -r 0.00001 -p "50,90,99,99.9" "${h2[@]}" "$@" -json "$raw/$name.json" "$url" \
     >"$raw/$name.load.log" 2>&1 || die "fortio load $name failed: $(tail -5 "$raw/$name.load.log")"
 }
 
 # smoke NAME URL: one request through the path, retried while the proxies come up.
 smoke() {
+  local h2=()
+  [[ $1 == *-h2 ]] && h2=(-h2)
   for _ in $(seq 100); do
-    if ip netns exec $NS_C "$FORTIO" curl -loglevel Error -payload-size 16 "$2" >/dev/null 2>&1; then return; fi
+    if ip netns exec $NS_C "$FORTIO" curl -loglevel Error "${h2[@]}" -payload-size 16 "$2" >/dev/null 2>&1; then return; fi
     sleep 0.1
   done
   die "$1: no answer through $2"
@@ -381,15 +395,40 @@ done
 
 # === scenarios ===
 
-# start_weft PROTOCOL: `tcp` relays bytes (the L4 figure, beside the TCP-mode peers); `http`
-# terminates HTTP on both proxies (an endpoint per request, request metrics).
+# bench_policies: issue 18's 10 AuthorizationPolicies of 10 rules, as the operator compiles
+# them into the server's snapshot (src/authz/model.rs): a DENY naming principals of another
+# namespace, then nine ALLOW policies whose rules each name a principal, GET/POST and a path
+# prefix; only the last rule of the last one matches the client (POST /echo).
+bench_policies() {
+  python3 - "$CLIENT_ID" <<'PY'
+import json, sys
+client = sys.argv[1].removeprefix("spiffe://")
+def rule(principal, prefix):
+    return {"from": [[{"any_of": [{"principal": {"exact": principal}}]}]],
+            "to": [[{"any_of": [{"method": {"exact": "GET"}}, {"method": {"exact": "POST"}}]},
+                    {"any_of": [{"path": {"string": {"prefix": prefix}}}]}]]}
+def policy(name, action, n, last=None):
+    rules = [rule(f"cluster.local/ns/ns{n}/sa/sa{r}", f"/api/v{r}/") for r in range(10)]
+    if last:
+        rules[-1] = rule(*last)
+    return {"name": f"bench/{name}", "action": action, "rules": rules}
+policies = [policy("deny", "DENY", 99)]
+policies += [policy(f"allow-{n}", "ALLOW", n, (client, "/echo") if n == 8 else None)
+             for n in range(9)]
+print(json.dumps(policies))
+PY
+}
+
+# start_weft PROTOCOL [POLICIES]: `tcp` relays bytes (the L4 figure, beside the TCP-mode
+# peers); `http` terminates HTTP on both proxies (an endpoint per request, request metrics).
+# POLICIES (JSON, default none) are the server proxy's authorization policies.
 start_weft() {
-  local protocol=$1
+  local protocol=$1 authz=${2:-[]}
   cat >"$work/server-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
  "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
  "inbound": {"defaultMode": "STRICT", "services": {"$MESH_APP_PORT": ["server.bench.svc.cluster.local"]},
-             "protocols": {"$MESH_APP_PORT": "$protocol"}},
+             "protocols": {"$MESH_APP_PORT": "$protocol"}, "authz": $authz},
  "outbound": {"policy": "ALLOW_ANY"}}
 EOF
   cat >"$work/client-snapshot.json" <<EOF
@@ -427,6 +466,25 @@ check_weft_mtls() {
     die "the server proxy's metrics show no mutual TLS from $CLIENT_ID"
   fi
   grep '^weft_tls_handshakes_total' <<<"$stats" >"$raw/weft-server-handshakes.txt" || true
+}
+
+# check_weft_policies NAME: the bench policies are in force (a path no rule allows is 403
+# through the same pair, the allowed POST /echo is 200), and an -h2 path really speaks HTTP/2
+# to the client proxy.
+check_weft_policies() {
+  local code version h2=(--http1.1)
+  [[ $1 == *-h2 ]] && h2=(--http2-prior-knowledge)
+  for _ in $(seq 100); do
+    code=$(ip netns exec $NS_C curl -s -o /dev/null -w '%{http_code}' "${h2[@]}" -d x "http://$SVC_IP/echo") || true
+    [[ $code == 200 ]] && break
+    sleep 0.1
+  done
+  [[ $code == 200 ]] || die "$1: POST /echo answered $code, not 200"
+  code=$(ip netns exec $NS_C curl -s -o /dev/null -w '%{http_code}' "${h2[@]}" "http://$SVC_IP/not-allowed") || true
+  [[ $code == 403 ]] || die "$1: GET /not-allowed answered $code, not 403: the bench policies are not in force"
+  version=$(ip netns exec $NS_C curl -s -o /dev/null -w '%{http_version}' "${h2[@]}" -d x "http://$SVC_IP/echo") || true
+  record "$1" check weft-server denied_403 1
+  record "$1" check weft-client http_version "$version"
 }
 
 start_haproxy() {
@@ -504,6 +562,94 @@ start_nginx() {
   spawn nginx-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
 }
 
+start_haproxy_http() {
+  local common="global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s"
+  cat >"$work/haproxy-http-server.cfg" <<EOF
+$common
+frontend tls_in
+  bind $S_IP:$PORT_HAPROXY_HTTP ssl crt $certs/server.pem ca-file $certs/ca.pem verify required
+  default_backend app
+backend app
+  server app 127.0.0.1:$APP_PORT
+EOF
+  cat >"$work/haproxy-http-client.cfg" <<EOF
+$common
+frontend plain_in
+  bind 127.0.0.1:$LOCAL_HAPROXY_HTTP
+  default_backend tls_out
+backend tls_out
+  server server $S_IP:$PORT_HAPROXY_HTTP ssl crt $certs/client.pem ca-file $certs/ca.pem verify required sni str($SERVER_DNS) verifyhost $SERVER_DNS
+EOF
+  spawn haproxy-http-server "$SERVER_PROXY_CPU" $NS_S haproxy -db -f "$work/haproxy-http-server.cfg"
+  spawn haproxy-http-client "$CLIENT_PROXY_CPU" $NS_C haproxy -db -f "$work/haproxy-http-client.cfg"
+}
+
+nginx_http_conf() { # SIDE UPSTREAM-SERVER LISTEN-BLOCK LOCATION-BLOCK
+  mkdir -p "$work/nginx-$1-tmp"
+  cat <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $work/nginx-http-$1.pid;
+error_log $raw/nginx-http-$1.error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-$1-tmp/body;
+  proxy_temp_path $work/nginx-$1-tmp/proxy;
+  fastcgi_temp_path $work/nginx-$1-tmp/fastcgi;
+  uwsgi_temp_path $work/nginx-$1-tmp/uwsgi;
+  scgi_temp_path $work/nginx-$1-tmp/scgi;
+  keepalive_requests 1000000;
+  upstream up {
+$2
+    keepalive 32;
+    keepalive_requests 1000000;
+  }
+  server {
+$3
+    location / {
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+$4
+    }
+  }
+}
+EOF
+}
+
+start_nginx_http() {
+  nginx_http_conf server "    server 127.0.0.1:$APP_PORT;" "    listen $S_IP:$PORT_NGINX_HTTP ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate $certs/server.crt;
+    ssl_certificate_key $certs/server.key;
+    ssl_client_certificate $certs/ca.pem;
+    ssl_verify_client on;" "      proxy_pass http://up;" >"$work/nginx-http-server.conf"
+  nginx_http_conf client "    server $S_IP:$PORT_NGINX_HTTP;" "    listen 127.0.0.1:$LOCAL_NGINX_HTTP;" "      proxy_pass https://up;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $certs/client.crt;
+      proxy_ssl_certificate_key $certs/client.key;
+      proxy_ssl_trusted_certificate $certs/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name $SERVER_DNS;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;" >"$work/nginx-http-client.conf"
+  spawn nginx-http-server "$SERVER_PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-http-server.error.log" -c "$work/nginx-http-server.conf"
+  spawn nginx-http-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-http-client.error.log" -c "$work/nginx-http-client.conf"
+}
+
 start_ghostunnel() {
   local gt=${TOOL[ghostunnel]}
   spawn ghostunnel-server "$SERVER_PROXY_CPU" $NS_S env GOMAXPROCS=1 "$gt" --quiet=conns server \
@@ -546,6 +692,31 @@ for s in $SCENARIOS; do
       scenario weft-http "http://$SVC_IP/echo" weft-client weft-server
       check_weft_mtls
       stop weft-client weft-server
+      ;;
+    weft-authz | weft-h2)
+      start_weft http "$(bench_policies)"
+      check_weft_policies "$s"
+      scenario "$s" "http://$SVC_IP/echo" weft-client weft-server
+      check_weft_mtls
+      stop weft-client weft-server
+      ;;
+    direct-h2)
+      scenario direct-h2 "$direct_url"
+      ;;
+    null-h2)
+      start_null null-h2
+      scenario null-h2 "http://127.0.0.1:$LOCAL_NULL/echo" null-h2-client null-h2-server
+      stop null-h2-client null-h2-server
+      ;;
+    haproxy-http)
+      start_haproxy_http
+      scenario haproxy-http "http://127.0.0.1:$LOCAL_HAPROXY_HTTP/echo" haproxy-http-client haproxy-http-server
+      stop haproxy-http-client haproxy-http-server
+      ;;
+    nginx-http)
+      start_nginx_http
+      scenario nginx-http "http://127.0.0.1:$LOCAL_NGINX_HTTP/echo" nginx-http-client nginx-http-server
+      stop nginx-http-client nginx-http-server
       ;;
     null | null-threads)
       [[ $s == null ]] && start_null null || start_null null-threads --threads

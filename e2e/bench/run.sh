@@ -540,24 +540,32 @@ $2
 EOF
 }
 
-start_nginx() {
-  nginx_conf server "    listen $S_IP:$PORT_NGINX ssl;
-    ssl_protocols TLSv1.3;
+# nginx's mutual TLS, the same for its stream (TCP) and its http (reverse proxy) pairs.
+nginx_server_tls() {
+  echo "    ssl_protocols TLSv1.3;
     ssl_certificate $certs/server.crt;
     ssl_certificate_key $certs/server.key;
     ssl_client_certificate $certs/ca.pem;
-    ssl_verify_client on;
-    proxy_pass 127.0.0.1:$APP_PORT;" >"$work/nginx-server.conf"
-  nginx_conf client "    listen 127.0.0.1:$LOCAL_NGINX;
-    proxy_pass $S_IP:$PORT_NGINX;
-    proxy_ssl on;
-    proxy_ssl_protocols TLSv1.3;
+    ssl_verify_client on;"
+}
+nginx_client_tls() {
+  echo "    proxy_ssl_protocols TLSv1.3;
     proxy_ssl_certificate $certs/client.crt;
     proxy_ssl_certificate_key $certs/client.key;
     proxy_ssl_trusted_certificate $certs/ca.pem;
     proxy_ssl_verify on;
     proxy_ssl_name $SERVER_DNS;
-    proxy_ssl_server_name on;" >"$work/nginx-client.conf"
+    proxy_ssl_server_name on;"
+}
+
+start_nginx() {
+  nginx_conf server "    listen $S_IP:$PORT_NGINX ssl;
+$(nginx_server_tls)
+    proxy_pass 127.0.0.1:$APP_PORT;" >"$work/nginx-server.conf"
+  nginx_conf client "    listen 127.0.0.1:$LOCAL_NGINX;
+    proxy_pass $S_IP:$PORT_NGINX;
+    proxy_ssl on;
+$(nginx_client_tls)" >"$work/nginx-client.conf"
   spawn nginx-server "$SERVER_PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-server.error.log" -c "$work/nginx-server.conf"
   spawn nginx-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
 }
@@ -632,19 +640,9 @@ EOF
 
 start_nginx_http() {
   nginx_http_conf server "    server 127.0.0.1:$APP_PORT;" "    listen $S_IP:$PORT_NGINX_HTTP ssl;
-    ssl_protocols TLSv1.3;
-    ssl_certificate $certs/server.crt;
-    ssl_certificate_key $certs/server.key;
-    ssl_client_certificate $certs/ca.pem;
-    ssl_verify_client on;" "      proxy_pass http://up;" >"$work/nginx-http-server.conf"
+$(nginx_server_tls)" "      proxy_pass http://up;" >"$work/nginx-http-server.conf"
   nginx_http_conf client "    server $S_IP:$PORT_NGINX_HTTP;" "    listen 127.0.0.1:$LOCAL_NGINX_HTTP;" "      proxy_pass https://up;
-      proxy_ssl_protocols TLSv1.3;
-      proxy_ssl_certificate $certs/client.crt;
-      proxy_ssl_certificate_key $certs/client.key;
-      proxy_ssl_trusted_certificate $certs/ca.pem;
-      proxy_ssl_verify on;
-      proxy_ssl_name $SERVER_DNS;
-      proxy_ssl_server_name on;
+$(nginx_client_tls)
       proxy_ssl_session_reuse on;" >"$work/nginx-http-client.conf"
   spawn nginx-http-server "$SERVER_PROXY_CPU" $NS_S nginx -p "$work" -e "$raw/nginx-http-server.error.log" -c "$work/nginx-http-server.conf"
   spawn nginx-http-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-http-client.error.log" -c "$work/nginx-http-client.conf"

@@ -95,7 +95,10 @@ impl TrafficPolicy {
                 }
             ),
         });
-        let od = self.outlier_detection.as_ref().map(OutlierDetection::summary);
+        let od = self
+            .outlier_detection
+            .as_ref()
+            .map(OutlierDetection::summary);
         let pool = self.connection_pool.as_ref().map(ConnectionPool::summary);
         let parts: Vec<String> = lb.into_iter().chain(od).chain(pool).collect();
         if parts.is_empty() {

@@ -338,13 +338,27 @@ spec:
 /// `n` requests with extra curl arguments (a header), each answer's first word. A newline is
 /// written after each answer, as the proxy's own answers (`fault filter abort`) end without one.
 fn bodies_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String> {
+    answers_with(ns, url, n, extra, |l| {
+        l.split_whitespace().next().unwrap_or_default().to_string()
+    })
+}
+
+/// `n` requests with extra curl arguments, `pick` applied to each answer's line; curl's own
+/// errors follow as `error: ...`.
+fn answers_with(
+    ns: &Namespace,
+    url: &str,
+    n: usize,
+    extra: &[&str],
+    pick: impl Fn(&str) -> String,
+) -> Vec<String> {
     let mut args = vec!["-w", "\n"];
     args.extend_from_slice(extra);
     let out = curl_range(ns, url, n, &args);
     let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .map(pick)
         .collect();
     answers.extend(
         String::from_utf8_lossy(&out.stderr)
@@ -568,17 +582,12 @@ spec:
 /// `n` requests with extra curl arguments, each answer's pod (weft-echo answers
 /// `<version> from <pod> ...`); an answer without one is kept whole.
 fn pods_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["-w", "\n"];
-    args.extend_from_slice(extra);
-    let out = curl_range(ns, url, n, &args);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+    answers_with(ns, url, n, extra, |l| {
+        match l.split_whitespace().collect::<Vec<_>>()[..] {
             [_, "from", pod, ..] => pod.to_string(),
             _ => l.to_string(),
-        })
-        .collect()
+        }
+    })
 }
 
 /// Issue 19's DestinationRule traffic policies: outlier detection ejects a pod that answers

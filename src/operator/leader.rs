@@ -595,11 +595,12 @@ mod tests {
             holder: OTHER.to_string(),
         };
         assert_eq!(decide(Some(&other), ME, secs(0)), follow);
-        assert_eq!(decide(Some(&other), ME, secs(14)), follow);
+        let d = LEASE_DURATION_SECONDS as u64;
+        assert_eq!(decide(Some(&other), ME, secs(d - 1)), follow);
         let take_over = Decision::TakeOver {
             holder: OTHER.to_string(),
         };
-        assert_eq!(decide(Some(&other), ME, secs(15)), take_over);
+        assert_eq!(decide(Some(&other), ME, secs(d)), take_over);
     }
 
     #[test]
@@ -616,12 +617,13 @@ mod tests {
             lease_duration_seconds: None,
             ..held_by(Some(OTHER))
         };
+        let d = LEASE_DURATION_SECONDS as u64;
         assert!(matches!(
-            decide(Some(&unset), ME, secs(14)),
+            decide(Some(&unset), ME, secs(d - 1)),
             Decision::Follow { .. }
         ));
         assert!(matches!(
-            decide(Some(&unset), ME, secs(15)),
+            decide(Some(&unset), ME, secs(d)),
             Decision::TakeOver { .. }
         ));
     }

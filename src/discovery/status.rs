@@ -26,6 +26,8 @@ pub const CONDITION: &str = "WeftAccepted";
 /// Reasons: applied as written, or not (the message says what to change).
 pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_NOT_APPLIED: &str = "NotApplied";
+/// Longest wait for one object's read and write.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kubernetes caps a condition message at 32,768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
 
@@ -206,7 +208,16 @@ pub async fn run(
                 if written.get(key) == Some(verdict) {
                     continue;
                 }
-                match write(&client, key, verdict).await {
+                // Leadership may end while a long list is written: stop at once.
+                if !leading.load(Ordering::Acquire) {
+                    break;
+                }
+                let bounded = tokio::time::timeout(CALL_TIMEOUT, write(&client, key, verdict));
+                match bounded.await.unwrap_or_else(|_| {
+                    Err(kube::Error::Service(
+                        "the API server did not answer in time".into(),
+                    ))
+                }) {
                     Ok(()) => {
                         written.insert(key.clone(), verdict.clone());
                     }

@@ -345,7 +345,15 @@ impl LeaderElection {
                             "could not renew Lease {LEASE_NAME} for {RENEW_DEADLINE:?}; controllers stopped"
                         );
                     }
-                    RETRY_PERIOD
+                    // A leader looks again no later than its renew deadline, so it stops its
+                    // controllers at the deadline, not a retry period after it: with a 10 s
+                    // lease that keeps them stopped (7 s + shutdown) well before anyone may
+                    // take over (10 s after seeing the last renewal).
+                    match (&term, last_renewal) {
+                        (Some(_), Some(t)) => RETRY_PERIOD
+                            .min((t + RENEW_DEADLINE).saturating_duration_since(Instant::now())),
+                        _ => RETRY_PERIOD,
+                    }
                 }
             };
             self.metrics.set_leader(term.is_some());

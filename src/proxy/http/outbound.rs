@@ -168,6 +168,17 @@ impl server::Pipeline for Outbound {
     }
 }
 
+/// `admit` bounded by the route's deadline, if it has one.
+async fn admit_by<F: std::future::Future>(
+    deadline: Option<Instant>,
+    admit: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, admit).await,
+        None => Ok(admit.await),
+    }
+}
+
 /// How outlier detection sees a try: an answer's status, or Envoy's local-origin mapping.
 fn outlier_outcome(outcome: TryOutcome) -> outlier::Outcome {
     match outcome {
@@ -300,10 +311,37 @@ impl Outbound {
         }
         let h2 = parts.version == Version::HTTP_2;
         // The destination's circuit breakers (connectionPool): held until the answer's head.
+        // The route's timeout counts from here: waiting for a connection (the pending queue)
+        // is part of it, as in Envoy.
+        let deadline = routed
+            .as_ref()
+            .and_then(|r| r.route.actions.timeout_ms)
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let _admitted = match &traffic {
-            Some((key, p)) => match self.ctx.balancer.admit(key, p, h2).await {
-                Ok(admitted) => admitted,
-                Err(balance::Overflow) => {
+            Some((key, p)) => match admit_by(deadline, self.ctx.balancer.admit(key, p, h2)).await {
+                Ok(Ok(admitted)) => admitted,
+                Err(_elapsed) => {
+                    let labels = source_labels(&self.ctx, snapshot, service, None, false);
+                    let record = self.record(
+                        labels,
+                        UpstreamLog {
+                            host: None,
+                            cluster,
+                        },
+                    );
+                    let why = Why {
+                        flags: "UT",
+                        details: Some("upstream_response_timeout"),
+                        failure: None,
+                    };
+                    return exchange.local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                        &record,
+                        why,
+                    );
+                }
+                Ok(Err(balance::Overflow)) => {
                     let labels = source_labels(&self.ctx, snapshot, service, None, false);
                     let record = self.record(
                         labels,
@@ -338,10 +376,6 @@ impl Outbound {
         // A tunnel (Upgrade, CONNECT) leaves HTTP once sent: never tried twice.
         let tunnel = wants_tunnel_head(&parts.method, parts.version, &parts.headers);
         let attempts = if tunnel { 0 } else { policy.attempts };
-        let deadline = routed
-            .as_ref()
-            .and_then(|r| r.route.actions.timeout_ms)
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
         let head = (attempts > 0).then(|| Head::of(&parts));
         let (recording, recorder) = Recording::new(body);

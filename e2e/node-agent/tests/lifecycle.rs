@@ -384,6 +384,15 @@ fn step4_a_plugin_ca_signs_through_its_intermediate() {
 
 // === RBAC from the audit log ===
 
+/// (verb, resource, where it is used): grants this run cannot exercise, proven by another
+/// suite. Root rotation promotes Secret weft-ca-next into weft-ca (patch, by name only; see
+/// tests/rbac.rs), which e2e/node-agent/tests/rotation.rs runs in `make e2e-issuers`.
+const PROVEN_ELSEWHERE: &[(&str, &str, &str)] = &[(
+    "patch",
+    "secrets",
+    "e2e/node-agent/tests/rotation.rs (make e2e-issuers)",
+)];
+
 struct Grant {
     role: String,
     namespace: Option<String>,
@@ -562,6 +571,13 @@ fn step5_every_rbac_grant_is_used_and_nothing_the_operator_asks_is_forbidden() {
     let grants = grants(c);
     let unused: Vec<String> = grants
         .iter()
+        // Grants whose only use is in a suite outside `make test`, each named with the test
+        // that uses it.
+        .filter(|g| {
+            !PROVEN_ELSEWHERE
+                .iter()
+                .any(|(verb, resource, _)| g.verb == *verb && g.resource == *resource)
+        })
         .filter(|g| {
             !events.iter().any(|e| {
                 let r = &e["objectRef"];

@@ -187,6 +187,12 @@ pub const PROXY_COMMAND: &str = "weft-proxy";
 pub const PROXY_SUBCOMMAND_INIT: &str = "init";
 /// `weft-proxy run`: the sidecar proxy itself.
 pub const PROXY_SUBCOMMAND_RUN: &str = "run";
+/// Gateway mode: the same proxy as a Deployment's only container (ingress or egress gateway),
+/// with no capture; it listens on the ports its Gateways' servers name (docs/gateway.md).
+pub const PROXY_SUBCOMMAND_GATEWAY: &str = "gateway";
+/// Istio's annotation selecting the injection template: `gateway` makes the webhook fill the
+/// `istio-proxy` container (image `auto`) as a gateway instead of adding a sidecar.
+pub const ANNOTATION_INJECT_TEMPLATES: &str = "inject.istio.io/templates";
 /// Flags of `weft-proxy init`, written as `--flag=value`. Each appears only when it has a
 /// value, except that `--include-inbound-ports=` (empty) means "capture no inbound port", as
 /// Istio's annotation does; without the flag every inbound port is captured (`*`).

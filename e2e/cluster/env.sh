@@ -12,7 +12,13 @@ NODE_IP=198.18.0.1
 NODE_IFACE=weft0
 POD_CIDR=198.18.1.0/24
 CLUSTER_CIDR=198.18.0.0/16
+# Routed to the node: ClusterIPs and LoadBalancer addresses (kube-proxy DNATs both).
 SERVICE_CIDR=198.19.0.0/16
+# What the API server hands out as ClusterIPs: the lower half, so it never hands out an
+# address of the LoadBalancer pool below.
+SERVICE_CLUSTER_IP_RANGE=198.19.0.0/17
+# LoadBalancer Services' status.loadBalancer.ingress[0].ip (weft-node-agent lb, e2e/README.md).
+LB_POOL=198.19.255.0/24
 KUBERNETES_SVC_IP=198.19.0.1
 DNS_SVC_IP=198.19.0.10
 API_PORT=6443

@@ -88,7 +88,7 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --audit-log-maxsize 200 --audit-log-maxbackup 1 \
   --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port "$API_PORT" \
-  --service-cluster-ip-range "$SERVICE_CIDR" \
+  --service-cluster-ip-range "$SERVICE_CLUSTER_IP_RANGE" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
   --client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \

@@ -152,6 +152,8 @@ pub const ANNOTATION_PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
 pub const ANNOTATION_NATIVE_SIDECAR: &str = "sidecar.istio.io/nativeSidecar";
 pub const ANNOTATION_USER_VOLUME: &str = "sidecar.istio.io/userVolume";
 pub const ANNOTATION_USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+/// Istio's annotation selecting the injection template: `gateway` makes the webhook fill the
+/// `istio-proxy` container (image `auto`) as a gateway instead of adding a sidecar.
 pub const ANNOTATION_INJECT_TEMPLATES: &str = "inject.istio.io/templates";
 /// On an injected pod: what weft did instead of what one of its annotations asked (JSON array
 /// of the admission warnings), kept where `kubectl describe pod` shows it, since the warnings
@@ -190,9 +192,12 @@ pub const PROXY_SUBCOMMAND_RUN: &str = "run";
 /// Gateway mode: the same proxy as a Deployment's only container (ingress or egress gateway),
 /// with no capture; it listens on the ports its Gateways' servers name (docs/gateway.md).
 pub const PROXY_SUBCOMMAND_GATEWAY: &str = "gateway";
-/// Istio's annotation selecting the injection template: `gateway` makes the webhook fill the
-/// `istio-proxy` container (image `auto`) as a gateway instead of adding a sidecar.
-pub const ANNOTATION_INJECT_TEMPLATES: &str = "inject.istio.io/templates";
+/// The container a gateway pod (`inject.istio.io/templates: gateway`) carries for the webhook
+/// to fill as its proxy: Istio's name, with the image `auto` (`GATEWAY_IMAGE_AUTO`).
+pub const CONTAINER_GATEWAY_PROXY: &str = "istio-proxy";
+pub const GATEWAY_IMAGE_AUTO: &str = "auto";
+/// The injection template that makes a pod a gateway (value of `ANNOTATION_INJECT_TEMPLATES`).
+pub const TEMPLATE_GATEWAY: &str = "gateway";
 /// Flags of `weft-proxy init`, written as `--flag=value`. Each appears only when it has a
 /// value, except that `--include-inbound-ports=` (empty) means "capture no inbound port", as
 /// Istio's annotation does; without the flag every inbound port is captured (`*`).

@@ -20,6 +20,7 @@ stop() {
 }
 # The node agent first: it stops its pods. Then the control plane.
 stop node-agent
+stop lb-controller
 stop kube-proxy
 stop kube-scheduler
 stop kube-controller-manager

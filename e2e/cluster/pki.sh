@@ -33,6 +33,7 @@ make_pki() {
   make_cert "$dir" controller-manager system:kube-controller-manager "" "" clientAuth
   make_cert "$dir" scheduler system:kube-scheduler "" "" clientAuth
   make_cert "$dir" kube-proxy system:kube-proxy "" "" clientAuth
+  make_cert "$dir" lb-controller weft-e2e:lb-controller "" "" clientAuth
   make_cert "$dir" node "system:node:$NODE_NAME" system:nodes "" clientAuth
   make_cert "$dir" kubelet-serving "system:node:$NODE_NAME" system:nodes "DNS:$NODE_NAME,IP:$NODE_IP" serverAuth
   make_cert "$dir" apiserver-kubelet-client kube-apiserver-kubelet-client system:masters "" clientAuth

@@ -22,7 +22,7 @@ NODE_AGENT=$target/debug/weft-node-agent
 
 mkdir -p "$CLUSTER_DIR"/{pids,logs,etcd,node}
 make_pki "$CLUSTER_DIR/pki"
-for who in admin controller-manager scheduler kube-proxy node; do
+for who in admin controller-manager scheduler kube-proxy node lb-controller; do
   make_kubeconfig "$CLUSTER_DIR/$who.kubeconfig" "$who"
 done
 cp "$CLUSTER_DIR/admin.kubeconfig" "$KUBECONFIG_PATH"
@@ -132,6 +132,27 @@ KP
 if cmp -s "$CLUSTER_DIR/kube-proxy.yaml.new" "$CLUSTER_DIR/kube-proxy.yaml"; then rm "$CLUSTER_DIR/kube-proxy.yaml.new"
 else mv "$CLUSTER_DIR/kube-proxy.yaml.new" "$CLUSTER_DIR/kube-proxy.yaml"; fi
 start kube-proxy "$K8S_BIN/kube-proxy" --config "$CLUSTER_DIR/kube-proxy.yaml"
+
+# LoadBalancer addresses from $LB_POOL (as cloud-provider-kind does for kind): the provider
+# writes status.loadBalancer.ingress; kube-proxy DNATs that address like the ClusterIP, and the
+# route of $SERVICE_CIDR above brings the node's own traffic to it. Its own identity, with
+# only what it needs.
+kubectl apply -f - >/dev/null <<'RBAC'
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "weft-e2e:lb-controller"}
+rules:
+- {apiGroups: [""], resources: [services], verbs: [get, list, watch]}
+- {apiGroups: [""], resources: [services/status], verbs: [patch, update]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "weft-e2e:lb-controller"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "weft-e2e:lb-controller"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "weft-e2e:lb-controller"}
+RBAC
+start lb-controller "$NODE_AGENT" lb --kubeconfig "$CLUSTER_DIR/lb-controller.kubeconfig" --pool "$LB_POOL"
 
 start node-agent "$NODE_AGENT" run \
   --kubeconfig "$CLUSTER_DIR/node.kubeconfig" --node-name "$NODE_NAME" --node-ip "$NODE_IP" \

@@ -154,3 +154,35 @@ fn the_builtin_component_says_builtin() {
         IssuerConfig::Builtin
     );
 }
+
+#[test]
+#[ignore = "needs kubectl (make cluster-components); make check-install-yaml runs it"]
+fn the_cert_manager_component_installs_osms_defaults_and_users_patch_its_values() {
+    let osm = weft::pki::CertManagerConfig {
+        issuer_name: "osm-ca".into(),
+        issuer_kind: weft::pki::IssuerRefKind::Issuer,
+        issuer_group: "cert-manager.io".into(),
+        ca_bundle_secret: "osm-ca-bundle".into(),
+    };
+    assert_eq!(
+        issuer(&build("cert-manager", "issuer-cert-manager", None)),
+        IssuerConfig::CertManager(osm.clone())
+    );
+    // The patch the component's comment shows.
+    let patched = build(
+        "cert-manager-patched",
+        "issuer-cert-manager",
+        Some(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: weft-ca-issuer, namespace: weft-system}\n\
+             data: {certManager.issuerName: mesh-ca, certManager.issuerKind: ClusterIssuer}",
+        ),
+    );
+    assert_eq!(
+        issuer(&patched),
+        IssuerConfig::CertManager(weft::pki::CertManagerConfig {
+            issuer_name: "mesh-ca".into(),
+            issuer_kind: weft::pki::IssuerRefKind::ClusterIssuer,
+            ..osm
+        })
+    );
+}

@@ -1,5 +1,5 @@
 //! `weft ca issuer` (issue 24): shows who signs workload certificates, its health as the
-//! operator last saw it, and the roots the mesh trusts; `weft ca issuer set vault|builtin`
+//! operator last saw it, and the roots the mesh trusts; `weft ca issuer set vault|cert-manager|builtin`
 //! writes ConfigMap `weft-ca-issuer`, which every operator replica follows without a restart.
 
 use std::collections::BTreeMap;
@@ -14,8 +14,8 @@ use super::inventory::{self, MeshArgs};
 use crate::contract;
 use crate::operator::issuer::{HEALTH_ANNOTATION, IssuerHealth};
 use crate::pki::{
-    self, DEFAULT_VAULT_AUTH_MOUNT, DEFAULT_VAULT_MOUNT, ISSUER_CONFIGMAP, IssuerConfig, VaultAuth,
-    VaultConfig,
+    self, CA_BUNDLE_KEY, CERT_MANAGER_GROUP, CertManagerConfig, DEFAULT_VAULT_AUTH_MOUNT,
+    DEFAULT_VAULT_MOUNT, ISSUER_CONFIGMAP, IssuerConfig, IssuerRefKind, VaultAuth, VaultConfig,
 };
 
 #[derive(Debug, Args)]
@@ -38,6 +38,10 @@ pub enum SetIssuer {
     /// HashiCorp Vault's PKI secrets engine signs (`POST /v1/<mount>/sign/<role>`); the CA key
     /// stays in Vault.
     Vault(VaultArgs),
+    /// cert-manager signs: a CertificateRequest per CSR in the weft namespace, for the named
+    /// Issuer or ClusterIssuer; the mesh root comes from a Secret's `ca.crt` (OSM's
+    /// osm-ca-bundle).
+    CertManager(CertManagerArgs),
     /// weft's own CA signs (Secret weft-ca, or Istio's cacerts).
     Builtin(BuiltinArgs),
 }
@@ -77,6 +81,44 @@ pub struct VaultArgs {
     pub yes: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CertManagerArgs {
+    /// Name of the Issuer (in the weft namespace) or ClusterIssuer that signs.
+    #[arg(long)]
+    pub issuer: String,
+    /// Issuer or ClusterIssuer.
+    #[arg(long, default_value = "Issuer", value_parser = ["Issuer", "ClusterIssuer"])]
+    pub kind: String,
+    /// The issuer's API group: cert-manager.io for cert-manager's own (CA, Vault, ...), an
+    /// external issuer's otherwise.
+    #[arg(long, default_value = CERT_MANAGER_GROUP)]
+    pub group: String,
+    /// Secret in the weft namespace whose key `ca.crt` holds the root the issuer's
+    /// certificates chain to (re-read when it changes).
+    #[arg(long)]
+    pub ca_bundle_secret: String,
+    /// Go ahead: without it, the command only says what it would do.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+impl CertManagerArgs {
+    /// The configuration these flags state, validated as the operator will read it.
+    pub fn config(&self) -> Result<IssuerConfig, CliError> {
+        let config = IssuerConfig::CertManager(CertManagerConfig {
+            issuer_name: self.issuer.clone(),
+            issuer_kind: IssuerRefKind::parse(&self.kind).unwrap_or_default(),
+            issuer_group: self.group.clone(),
+            ca_bundle_secret: self.ca_bundle_secret.clone(),
+        });
+        IssuerConfig::from_data(&config.to_data()).map_err(|e| CliError::BadRequest {
+            message: e.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +173,10 @@ pub async fn run(args: IssuerArgs) -> Result<(), CliError> {
         Some(IssuerCommand::Set(SetIssuer::Vault(vault))) => {
             let config = vault.config()?;
             set(&vault.mesh, config, vault.yes).await
+        }
+        Some(IssuerCommand::Set(SetIssuer::CertManager(cm))) => {
+            let config = cm.config()?;
+            set(&cm.mesh, config, cm.yes).await
         }
         Some(IssuerCommand::Set(SetIssuer::Builtin(builtin))) => {
             set(&builtin.mesh, IssuerConfig::Builtin, builtin.yes).await
@@ -237,8 +283,19 @@ async fn set(mesh: &MeshArgs, config: IssuerConfig, yes: bool) -> Result<(), Cli
     );
     match &config {
         IssuerConfig::Builtin => println!(
-            "The operator then signs with the builtin CA again; Vault's root stays out of new trust bundles."
+            "The operator then signs with the builtin CA again; an external issuer's root stays out of new trust bundles."
         ),
+        IssuerConfig::CertManager(cm) => {
+            warn_missing(&client, ns, &cm.ca_bundle_secret, CA_BUNDLE_KEY).await?;
+            println!(
+                "Every operator replica switches once a dry signing through {} passes (until then whatever signs now keeps signing and `weft ca issuer` says why). Each CSR becomes a CertificateRequest in {ns}; cert-manager must approve it (its default approver does; with approver-policy, a CertificateRequestPolicy must allow this issuerRef for ServiceAccount {ns}/weft-operator).",
+                cm.issuer_ref()
+            );
+            println!(
+                "The root in Secret {ns}/{} joins every trust bundle beside the mesh root; running proxies learn it within one trust poll, and get certificates from cert-manager at their next renewal.",
+                cm.ca_bundle_secret
+            );
+        }
         IssuerConfig::Vault(vault) => {
             warn_missing_secrets(&client, ns, vault).await?;
             if vault.address.starts_with("http://") {
@@ -306,7 +363,6 @@ async fn warn_missing_secrets(
     ns: &str,
     vault: &VaultConfig,
 ) -> Result<(), CliError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut named = Vec::new();
     if let VaultAuth::TokenSecret(name) = &vault.auth {
         named.push((name.clone(), pki::VAULT_TOKEN_KEY));
@@ -315,15 +371,22 @@ async fn warn_missing_secrets(
         named.push((name.clone(), pki::VAULT_CA_CERT_KEY));
     }
     for (name, key) in named {
-        let found = secrets
-            .get_metadata_opt(&name)
-            .await
-            .map_err(CliError::kube(format!("reading Secret {ns}/{name}")))?;
-        if found.is_none() {
-            println!(
-                "Note: Secret {ns}/{name} does not exist yet; create it with key {key} (`kubectl -n {ns} create secret generic {name} --from-literal={key}=...`)."
-            );
-        }
+        warn_missing(client, ns, &name, key).await?;
+    }
+    Ok(())
+}
+
+/// Says when Secret `name` does not exist yet (the operator waits for it; not an error).
+async fn warn_missing(client: &Client, ns: &str, name: &str, key: &str) -> Result<(), CliError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let found = secrets
+        .get_metadata_opt(name)
+        .await
+        .map_err(CliError::kube(format!("reading Secret {ns}/{name}")))?;
+    if found.is_none() {
+        println!(
+            "Note: Secret {ns}/{name} does not exist yet; create it with key {key} (`kubectl -n {ns} create secret generic {name} --from-literal={key}=...`)."
+        );
     }
     Ok(())
 }
@@ -405,6 +468,79 @@ mod tests {
                 mount: "kubernetes".into()
             }
         );
+    }
+
+    #[test]
+    fn set_cert_manager_flags_become_the_configmaps_configuration() {
+        let config = |args: &[&str]| match parse(args).map_err(|e| e.to_string())?.command {
+            Some(IssuerCommand::Set(SetIssuer::CertManager(c))) => {
+                c.config().map_err(|e| e.to_string())
+            }
+            other => panic!("{other:?}"),
+        };
+        let osm = config(&[
+            "set",
+            "cert-manager",
+            "--issuer",
+            "osm-ca",
+            "--ca-bundle-secret",
+            "osm-ca-bundle",
+        ])
+        .unwrap();
+        assert_eq!(
+            osm,
+            IssuerConfig::CertManager(CertManagerConfig {
+                issuer_name: "osm-ca".into(),
+                issuer_kind: IssuerRefKind::Issuer,
+                issuer_group: "cert-manager.io".into(),
+                ca_bundle_secret: "osm-ca-bundle".into(),
+            })
+        );
+        let cluster = config(&[
+            "set",
+            "cert-manager",
+            "--issuer",
+            "mesh-ca",
+            "--kind",
+            "ClusterIssuer",
+            "--group",
+            "awspca.cert-manager.io",
+            "--ca-bundle-secret",
+            "b",
+        ])
+        .unwrap();
+        let IssuerConfig::CertManager(c) = cluster else {
+            panic!()
+        };
+        assert_eq!(c.issuer_kind, IssuerRefKind::ClusterIssuer);
+        assert_eq!(c.issuer_group, "awspca.cert-manager.io");
+        assert!(
+            parse(&[
+                "set",
+                "cert-manager",
+                "--issuer",
+                "x",
+                "--kind",
+                "Other",
+                "--ca-bundle-secret",
+                "b"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&["set", "cert-manager", "--issuer", "x"]).is_err(),
+            "--ca-bundle-secret is required"
+        );
+        let bad = config(&[
+            "set",
+            "cert-manager",
+            "--issuer",
+            "Osm_CA",
+            "--ca-bundle-secret",
+            "b",
+        ])
+        .unwrap_err();
+        assert!(bad.contains("certManager.issuerName"), "{bad}");
     }
 
     #[test]

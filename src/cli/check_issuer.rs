@@ -1,6 +1,7 @@
 //! `weft check`'s issuer line (issue 24): what ConfigMap `weft-ca-issuer` asks for against the
 //! health the operator's leader records on it after its dry signing, so a Vault that is down,
-//! refuses weft's token, or has a role that would refuse proxies fails the check by name.
+//! refuses weft's token, or has a role that would refuse proxies, and a cert-manager that denies
+//! weft's CertificateRequests, misses its Issuer or its ca-bundle Secret, fail the check by name.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
@@ -47,7 +48,7 @@ pub fn verdict(
             return Verdict::fail(
                 ISSUER,
                 e,
-                "set the issuer again with `weft ca issuer set vault ...` or `weft ca issuer set builtin`",
+                "set the issuer again with `weft ca issuer set vault|cert-manager ...` or `weft ca issuer set builtin`",
             );
         }
         Ok(None) | Ok(Some(IssuerConfig::Builtin)) => {
@@ -145,6 +146,43 @@ mod tests {
             v.detail
         );
         assert!(v.detail.contains("vault write pki/roles/weft key_type=any"));
+    }
+
+    #[test]
+    fn cert_manager_problems_fail_by_name_and_a_signing_one_passes() {
+        let cm = IssuerConfig::CertManager(crate::pki::CertManagerConfig {
+            issuer_name: "osm-ca".into(),
+            issuer_kind: crate::pki::IssuerRefKind::Issuer,
+            issuer_group: "cert-manager.io".into(),
+            ca_bundle_secret: "osm-ca-bundle".into(),
+        });
+        let health = |active: &str, problem: Option<&str>| IssuerHealth {
+            configured: "cert-manager".into(),
+            ..health(active, problem)
+        };
+        for problem in [
+            "Secret weft-system/osm-ca-bundle (--ca-bundle-secret) is missing: create it with key ca.crt",
+            "a dry signing failed: cert-manager Issuer/osm-ca (cert-manager.io) refused to sign: CertificateRequest weft-system/weft-x was denied (no policy)",
+        ] {
+            let v = verdict(
+                Ok(Some(cm.clone())),
+                Some(&health("builtin", Some(problem))),
+                "weft-system",
+            );
+            assert_eq!(v.status, Status::Fail);
+            assert!(v.detail.contains(problem), "{}", v.detail);
+        }
+        let ok = verdict(
+            Ok(Some(cm)),
+            Some(&health("cert-manager", None)),
+            "weft-system",
+        );
+        assert_eq!(ok.status, Status::Pass, "{}", ok.detail);
+        assert!(
+            ok.detail.contains("cert-manager Issuer/osm-ca"),
+            "{}",
+            ok.detail
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The issuer controller (issue 24): reads ConfigMap `weft-ca-issuer` and the Secrets it names,
-//! builds the issuer it states, probes it with a dry signing, and hands it to the CSR endpoint
-//! and its roots and health to the CA-bundle controller. Every replica runs it (each one
+//! builds the issuer it states (Vault, cert-manager), probes it with a dry signing, and hands it
+//! to the CSR endpoint and its roots and health to the CA-bundle controller. Every replica runs it (each one
 //! signs); only the leader records the health on the ConfigMap for `weft ca issuer`.
 
 use std::collections::BTreeMap;
@@ -9,15 +9,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::contract;
 use crate::pki::{
-    self, ISSUER_CONFIGMAP, Issuer, IssuerConfig, IssuerKind, VAULT_CA_CERT_KEY, VAULT_TOKEN_KEY,
-    VaultAuth, VaultConfig, VaultCredentials, VaultIssuer, WorkloadCsr, WorkloadKey,
+    self, ApiError, ApiFuture, CA_BUNDLE_KEY, CertManagerConfig, CertManagerIssuer,
+    CertificateRequests, ISSUER_CONFIGMAP, Issuer, IssuerConfig, IssuerKind, VAULT_CA_CERT_KEY,
+    VAULT_TOKEN_KEY, VaultAuth, VaultConfig, VaultCredentials, VaultIssuer, WorkloadCsr,
+    WorkloadKey,
 };
 
 /// How often the ConfigMap and Secrets are read and Vault's CA chain is checked.
@@ -73,7 +77,15 @@ struct Current {
     /// The token Secret's `token`, shared with the Vault issuer built from `config`.
     token: Option<watch::Sender<Option<String>>>,
     ca_cert: Option<String>,
-    issuer: Option<Arc<VaultIssuer>>,
+    /// The Vault issuer built from `config` (its CA chain is re-read every pass).
+    vault: Option<Arc<VaultIssuer>>,
+    /// The cert-manager issuer built from `config` and the `ca.crt` it was built with.
+    cert_manager: Option<(Arc<CertManagerIssuer>, String)>,
+    /// The issuer built from `config`, signing once its dry signing passed.
+    candidate: Option<Arc<dyn Issuer>>,
+    /// What the CSR endpoint signs with now (`None`: the builtin CA). Kept across configuration
+    /// changes: whatever signed keeps signing until its successor passed a dry signing.
+    signing: Option<Arc<dyn Issuer>>,
     last_probe: Option<Instant>,
     probe_problem: Option<String>,
     recorded: Option<IssuerHealth>,
@@ -114,7 +126,7 @@ impl IssuerController {
             // A broken ConfigMap never means "fall back to builtin" silently.
             Err(e) => return self.keep(current, e.to_string()),
         };
-        let VaultLike::Vault(vault) = VaultLike::of(&config) else {
+        if matches!(config, IssuerConfig::Builtin) {
             if current.config.as_ref() != Some(&IssuerConfig::Builtin) {
                 tracing::info!("issuer: the builtin CA signs workload certificates");
             }
@@ -133,15 +145,67 @@ impl IssuerController {
             *current = Current {
                 config: Some(config.clone()),
                 recorded: current.recorded.take(),
+                signing: current.signing.take(),
                 ..Current::default()
             };
         }
+        let candidate = match &config {
+            IssuerConfig::Vault(vault) => self.vault(vault, current).await,
+            IssuerConfig::CertManager(cm) => self.cert_manager(cm, current).await,
+            IssuerConfig::Builtin => return IssuerStatus::default(),
+        };
+        let candidate = match candidate {
+            Ok(issuer) => issuer,
+            Err(problem) => return self.keep(current, problem),
+        };
+        if current
+            .candidate
+            .as_ref()
+            .is_none_or(|old| !Arc::ptr_eq(old, &candidate))
+        {
+            current.candidate = Some(candidate.clone());
+            current.last_probe = None;
+        }
+        let due = current.probe_problem.is_some()
+            || current
+                .last_probe
+                .is_none_or(|at| at.elapsed() >= PROBE_EVERY);
+        if due {
+            current.probe_problem = self.probe(&*candidate).await.err();
+            current.last_probe = Some(Instant::now());
+        }
+        // The switch waits for a passing dry signing, so an issuer that would refuse every
+        // proxy never replaces one that works.
+        if current.probe_problem.is_none()
+            && current
+                .signing
+                .as_ref()
+                .is_none_or(|old| !Arc::ptr_eq(old, &candidate))
+        {
+            tracing::info!(
+                "issuer: {} signs workload certificates",
+                candidate.describe()
+            );
+            current.signing = Some(candidate.clone());
+            self.active.send_replace(Some(candidate.clone()));
+        }
+        let mut status = self.keep(current, String::new());
+        status.problem = current.probe_problem.clone();
+        status
+    }
+
+    /// Builds (or keeps) the Vault issuer: re-reads the token Secret and Vault's CA chain.
+    async fn vault(
+        &self,
+        vault: &VaultConfig,
+        current: &mut Current,
+    ) -> Result<Arc<dyn Issuer>, String> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         // The token is re-read every pass: a rotated token is used from the next request on.
         if let VaultAuth::TokenSecret(name) = &vault.auth {
             let token = match secrets.get_opt(name).await {
                 Ok(secret) => secret.and_then(|s| secret_value(&s, VAULT_TOKEN_KEY)),
-                Err(e) => return self.keep(current, format!("cannot read Secret {name}: {e}")),
+                Err(e) => return Err(format!("cannot read Secret {name}: {e}")),
             };
             match &current.token {
                 Some(tx) => {
@@ -159,25 +223,22 @@ impl IssuerController {
             Some(name) => match secrets.get_opt(name).await {
                 Ok(Some(secret)) => secret_value(&secret, VAULT_CA_CERT_KEY),
                 Ok(None) => {
-                    return self.keep(
-                        current,
-                        format!(
-                            "Secret {}/{name} (--ca-cert-secret) is missing: create it with key {VAULT_CA_CERT_KEY} holding the CA of Vault's HTTPS certificate",
-                            self.namespace
-                        ),
-                    );
+                    return Err(format!(
+                        "Secret {}/{name} (--ca-cert-secret) is missing: create it with key {VAULT_CA_CERT_KEY} holding the CA of Vault's HTTPS certificate",
+                        self.namespace
+                    ));
                 }
-                Err(e) => return self.keep(current, format!("cannot read Secret {name}: {e}")),
+                Err(e) => return Err(format!("cannot read Secret {name}: {e}")),
             },
         };
         if current.ca_cert != ca_cert {
             current.ca_cert = ca_cert;
-            current.issuer = None;
+            current.vault = None;
         }
 
         // (Re)connect when there is no issuer yet, and re-read Vault's roots every pass: a
         // Vault that stops answering shows here, and a changed CA chain makes a new issuer.
-        let issuer = match &current.issuer {
+        let issuer = match &current.vault {
             Some(issuer) => match issuer.fetch_roots().await {
                 Ok(roots) if roots == issuer.roots_pem() => Ok(issuer.clone()),
                 Ok(_) => self.connect(vault, current).await,
@@ -185,34 +246,57 @@ impl IssuerController {
             },
             None => self.connect(vault, current).await,
         };
-        let issuer = match issuer {
-            Ok(issuer) => issuer,
-            Err(e) => return self.keep(current, e.to_string()),
+        let issuer = issuer.map_err(|e| e.to_string())?;
+        current.vault = Some(issuer.clone());
+        Ok(issuer)
+    }
+
+    /// Builds (or keeps) the cert-manager issuer: re-reads the ca-bundle Secret every pass, so
+    /// a changed root makes a new issuer (and joins the trust bundle) within one period.
+    async fn cert_manager(
+        &self,
+        config: &CertManagerConfig,
+        current: &mut Current,
+    ) -> Result<Arc<dyn Issuer>, String> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = &config.ca_bundle_secret;
+        let ns = &self.namespace;
+        let bundle = match secrets.get_opt(name).await {
+            Ok(Some(secret)) => secret_value(&secret, CA_BUNDLE_KEY).ok_or_else(|| {
+                format!(
+                    "Secret {ns}/{name} (--ca-bundle-secret) has no key {CA_BUNDLE_KEY}: put the root of cert-manager {} in it",
+                    config.issuer_ref()
+                )
+            })?,
+            Ok(None) => {
+                return Err(format!(
+                    "Secret {ns}/{name} (--ca-bundle-secret) is missing: create it with key {CA_BUNDLE_KEY} holding the root of cert-manager {} (`kubectl -n {ns} create secret generic {name} --from-file={CA_BUNDLE_KEY}=root.pem`)",
+                    config.issuer_ref()
+                ));
+            }
+            Err(e) => return Err(format!("cannot read Secret {ns}/{name}: {e}")),
         };
-        if current
-            .issuer
-            .as_ref()
-            .is_none_or(|old| !Arc::ptr_eq(old, &issuer))
+        if let Some((issuer, seen)) = &current.cert_manager
+            && *seen == bundle
         {
-            tracing::info!("issuer: {} signs workload certificates", issuer.describe());
-            current.issuer = Some(issuer.clone());
-            current.last_probe = None;
-            self.active
-                .send_replace(Some(issuer.clone() as Arc<dyn Issuer>));
+            // A proxy's CSR was refused since the last pass: probe now, so the health (and
+            // `weft check`) say why within a period.
+            if issuer.take_refusal() {
+                current.last_probe = None;
+            }
+            return Ok(issuer.clone());
         }
-        let due = current.probe_problem.is_some()
-            || current
-                .last_probe
-                .is_none_or(|at| at.elapsed() >= PROBE_EVERY);
-        if due {
-            current.probe_problem = self.probe(&*issuer).await.err();
-            current.last_probe = Some(Instant::now());
-        }
-        IssuerStatus {
-            active: Some(IssuerKind::Vault),
-            roots: issuer.roots_pem(),
-            problem: current.probe_problem.clone(),
-        }
+        let roots = pki::roots_from_ca_bundle(&bundle)
+            .map_err(|e| format!("Secret {ns}/{name} key {CA_BUNDLE_KEY}: {e}"))?;
+        let requests = KubeCertificateRequests::new(self.client.clone(), ns);
+        let issuer = Arc::new(CertManagerIssuer::new(
+            config.clone(),
+            roots,
+            Arc::new(requests),
+            ns,
+        ));
+        current.cert_manager = Some((issuer.clone(), bundle));
+        Ok(issuer)
     }
 
     async fn connect(
@@ -257,19 +341,26 @@ impl IssuerController {
             .map_err(|e| format!("a dry signing failed: {e}"))
     }
 
-    /// Keeps whatever signs now and reports `problem`.
+    /// Keeps whatever signs now and reports `problem`. The roots are the signing issuer's and
+    /// the candidate's: peers trust the next issuer before it signs.
     fn keep(&self, current: &Current, problem: String) -> IssuerStatus {
-        match &current.issuer {
-            Some(issuer) => IssuerStatus {
-                active: Some(IssuerKind::Vault),
-                roots: issuer.roots_pem(),
-                problem: Some(problem),
-            },
-            None => IssuerStatus {
-                active: Some(IssuerKind::Builtin),
-                roots: Vec::new(),
-                problem: Some(problem),
-            },
+        let mut roots: Vec<String> = Vec::new();
+        for issuer in current.signing.iter().chain(current.candidate.iter()) {
+            for root in issuer.roots_pem() {
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+        }
+        IssuerStatus {
+            active: Some(
+                current
+                    .signing
+                    .as_ref()
+                    .map_or(IssuerKind::Builtin, |issuer| issuer.kind()),
+            ),
+            roots,
+            problem: Some(problem),
         }
     }
 
@@ -324,18 +415,80 @@ impl IssuerController {
     }
 }
 
-/// Borrow of the Vault part of a configuration.
-enum VaultLike<'a> {
-    Builtin,
-    Vault(&'a VaultConfig),
+// === impl CertificateRequests for the Kubernetes API ===
+
+/// cert-manager's CertificateRequests in the operator's namespace, as untyped objects (weft
+/// does not link cert-manager's types; `pki::certificate_request` writes the shape).
+struct KubeCertificateRequests {
+    api: Api<DynamicObject>,
 }
 
-impl<'a> VaultLike<'a> {
-    fn of(config: &'a IssuerConfig) -> Self {
-        match config {
-            IssuerConfig::Builtin => Self::Builtin,
-            IssuerConfig::Vault(v) => Self::Vault(v),
+/// cert-manager's CertificateRequests in `namespace` through the Kubernetes API (what the
+/// cert-manager issuer signs through; public for `tests/issuer_bench.rs`).
+pub fn certificate_requests_api(client: Client, namespace: &str) -> Arc<dyn CertificateRequests> {
+    Arc::new(KubeCertificateRequests::new(client, namespace))
+}
+
+impl KubeCertificateRequests {
+    fn new(client: Client, namespace: &str) -> Self {
+        let gvk = GroupVersionKind::gvk(pki::CERT_MANAGER_GROUP, "v1", "CertificateRequest");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "certificaterequests");
+        KubeCertificateRequests {
+            api: Api::namespaced_with(client, namespace, &resource),
         }
+    }
+}
+
+fn api_error(e: kube::Error) -> ApiError {
+    match e {
+        kube::Error::Api(status) => ApiError {
+            code: Some(status.code),
+            message: status.message.clone(),
+        },
+        other => ApiError {
+            code: None,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn json_error(e: serde_json::Error) -> ApiError {
+    ApiError {
+        code: None,
+        message: format!("a CertificateRequest that is not one: {e}"),
+    }
+}
+
+impl CertificateRequests for KubeCertificateRequests {
+    fn create<'a>(&'a self, request: serde_json::Value) -> ApiFuture<'a, serde_json::Value> {
+        Box::pin(async move {
+            let object: DynamicObject = serde_json::from_value(request).map_err(json_error)?;
+            let created = self
+                .api
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(api_error)?;
+            serde_json::to_value(created).map_err(json_error)
+        })
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> ApiFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move {
+            match self.api.get_opt(name).await.map_err(api_error)? {
+                Some(object) => Ok(Some(serde_json::to_value(object).map_err(json_error)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> ApiFuture<'a, ()> {
+        Box::pin(async move {
+            match self.api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(e) => Err(api_error(e)),
+            }
+        })
     }
 }
 

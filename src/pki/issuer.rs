@@ -1,5 +1,5 @@
 //! The issuer seam (issue 24): one [`Issuer`] signs every workload certificate, whoever it is
-//! (weft's own [`MeshCa`], HashiCorp Vault). [`issue`] checks the CSR before and the leaf after,
+//! (weft's own [`MeshCa`], HashiCorp Vault, cert-manager). [`issue`] checks the CSR before and the leaf after,
 //! so the CSR endpoint never cares who signs and no unchecked leaf ever reaches a proxy.
 
 use std::collections::BTreeMap;
@@ -26,12 +26,21 @@ pub const KEY_VAULT_TOKEN_SECRET: &str = "vault.tokenSecret";
 pub const KEY_VAULT_AUTH_ROLE: &str = "vault.authRole";
 pub const KEY_VAULT_AUTH_MOUNT: &str = "vault.authMount";
 pub const KEY_VAULT_CA_CERT_SECRET: &str = "vault.caCertSecret";
+pub const KEY_CERT_MANAGER_ISSUER_NAME: &str = "certManager.issuerName";
+pub const KEY_CERT_MANAGER_ISSUER_KIND: &str = "certManager.issuerKind";
+pub const KEY_CERT_MANAGER_ISSUER_GROUP: &str = "certManager.issuerGroup";
+pub const KEY_CERT_MANAGER_CA_BUNDLE_SECRET: &str = "certManager.caBundleSecret";
 /// Key of the token Secret that holds the Vault token.
 pub const VAULT_TOKEN_KEY: &str = "token";
 /// Key of the `--ca-cert-secret` Secret that holds the CA of Vault's HTTPS certificate.
 pub const VAULT_CA_CERT_KEY: &str = "ca.crt";
 pub const DEFAULT_VAULT_MOUNT: &str = "pki";
 pub const DEFAULT_VAULT_AUTH_MOUNT: &str = "kubernetes";
+/// cert-manager's API group, the default of `--group`.
+pub const CERT_MANAGER_GROUP: &str = "cert-manager.io";
+pub const CERT_MANAGER_API_VERSION: &str = "cert-manager.io/v1";
+/// Key of the `--ca-bundle-secret` Secret that holds the mesh root (OSM's `osm-ca-bundle`).
+pub const CA_BUNDLE_KEY: &str = "ca.crt";
 
 // === The seam ===
 
@@ -42,6 +51,8 @@ pub enum IssuerKind {
     Builtin,
     /// HashiCorp Vault's PKI secrets engine.
     Vault,
+    /// cert-manager: a CertificateRequest signed by an Issuer or ClusterIssuer.
+    CertManager,
 }
 
 impl IssuerKind {
@@ -50,6 +61,7 @@ impl IssuerKind {
         match self {
             Self::Builtin => "builtin",
             Self::Vault => "vault",
+            Self::CertManager => "cert-manager",
         }
     }
 }
@@ -155,15 +167,19 @@ pub async fn issue(
     trust_bundle: &[String],
     now: SystemTime,
 ) -> Result<IssuedCert, IssuerError> {
+    let started = std::time::Instant::now();
     let checked = check_workload_csr(csr.csr_pem, csr.spiffe_id)?;
     let signed = issuer.sign(csr, now).await?;
     let issuer_roots = issuer.roots_pem();
+    // The leaf is judged at the moment it came back: an issuer that does not backdate (cert-
+    // manager's CA issuer starts validity at its own "now", after a second or so of round trips)
+    // would otherwise look "not yet valid".
     let leaf = check_leaf(
         &signed.chain_pem,
         &checked,
         csr.spiffe_id,
         &issuer_roots,
-        now,
+        now + started.elapsed(),
     )
     .map_err(|reason| IssuerError::BadLeaf {
         issuer: issuer.describe(),
@@ -299,6 +315,57 @@ pub enum IssuerConfig {
     #[default]
     Builtin,
     Vault(VaultConfig),
+    CertManager(CertManagerConfig),
+}
+
+/// `Issuer` or `ClusterIssuer` (cert-manager's `issuerRef.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IssuerRefKind {
+    #[default]
+    Issuer,
+    ClusterIssuer,
+}
+
+impl IssuerRefKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issuer => "Issuer",
+            Self::ClusterIssuer => "ClusterIssuer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Issuer" => Some(Self::Issuer),
+            "ClusterIssuer" => Some(Self::ClusterIssuer),
+            _ => None,
+        }
+    }
+}
+
+/// Which cert-manager issuer signs, and where the mesh root is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertManagerConfig {
+    /// `issuerRef.name`.
+    pub issuer_name: String,
+    pub issuer_kind: IssuerRefKind,
+    /// `issuerRef.group`: `cert-manager.io` for cert-manager's own issuers (CA, Vault, ...), an
+    /// external issuer's group otherwise.
+    pub issuer_group: String,
+    /// Secret in the operator's namespace whose `ca.crt` is the root the issuer's leaves chain to.
+    pub ca_bundle_secret: String,
+}
+
+impl CertManagerConfig {
+    /// `Issuer/osm-ca (cert-manager.io)`.
+    pub fn issuer_ref(&self) -> String {
+        format!(
+            "{}/{} ({})",
+            self.issuer_kind.as_str(),
+            self.issuer_name,
+            self.issuer_group
+        )
+    }
 }
 
 /// Where Vault is and how weft authenticates to it.
@@ -343,6 +410,10 @@ impl IssuerConfig {
             KEY_VAULT_AUTH_ROLE,
             KEY_VAULT_AUTH_MOUNT,
             KEY_VAULT_CA_CERT_SECRET,
+            KEY_CERT_MANAGER_ISSUER_NAME,
+            KEY_CERT_MANAGER_ISSUER_KIND,
+            KEY_CERT_MANAGER_ISSUER_GROUP,
+            KEY_CERT_MANAGER_CA_BUNDLE_SECRET,
         ];
         if let Some(unknown) = data.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(IssuerConfigError(format!(
@@ -355,14 +426,54 @@ impl IssuerConfig {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        match get(KEY_ISSUER).as_deref() {
-            None | Some("builtin") => {
-                if let Some(key) = data.keys().find(|k| k.starts_with("vault.")) {
-                    return Err(IssuerConfigError(format!(
-                        "{key} is set but issuer is builtin"
-                    )));
+        let issuer = get(KEY_ISSUER);
+        let own_prefix = match issuer.as_deref() {
+            Some("vault") => "vault.",
+            Some("cert-manager") => "certManager.",
+            _ => KEY_ISSUER,
+        };
+        // A key of another issuer is a leftover or a typo: say so rather than ignore it.
+        if let Some(key) = data
+            .keys()
+            .find(|k| *k != KEY_ISSUER && !k.starts_with(own_prefix))
+        {
+            return Err(IssuerConfigError(format!(
+                "{key} is set but issuer is {}",
+                issuer.as_deref().unwrap_or("builtin")
+            )));
+        }
+        match issuer.as_deref() {
+            None | Some("builtin") => Ok(Self::Builtin),
+            Some("cert-manager") => {
+                let require = |key: &str| {
+                    get(key).ok_or_else(|| {
+                        IssuerConfigError(format!("issuer cert-manager needs {key}"))
+                    })
+                };
+                let kind = get(KEY_CERT_MANAGER_ISSUER_KIND).unwrap_or_else(|| "Issuer".into());
+                let config = CertManagerConfig {
+                    issuer_name: require(KEY_CERT_MANAGER_ISSUER_NAME)?,
+                    issuer_kind: IssuerRefKind::parse(&kind).ok_or_else(|| {
+                        IssuerConfigError(format!(
+                            "{KEY_CERT_MANAGER_ISSUER_KIND} {kind:?} is not Issuer or ClusterIssuer"
+                        ))
+                    })?,
+                    issuer_group: get(KEY_CERT_MANAGER_ISSUER_GROUP)
+                        .unwrap_or_else(|| CERT_MANAGER_GROUP.into()),
+                    ca_bundle_secret: require(KEY_CERT_MANAGER_CA_BUNDLE_SECRET)?,
+                };
+                for (key, value) in [
+                    (KEY_CERT_MANAGER_ISSUER_NAME, &config.issuer_name),
+                    (KEY_CERT_MANAGER_CA_BUNDLE_SECRET, &config.ca_bundle_secret),
+                    (KEY_CERT_MANAGER_ISSUER_GROUP, &config.issuer_group),
+                ] {
+                    if !is_dns_subdomain(value) {
+                        return Err(IssuerConfigError(format!(
+                            "{key} {value:?} is not a Kubernetes name (lowercase letters, digits, - and .)"
+                        )));
+                    }
                 }
-                Ok(Self::Builtin)
+                Ok(Self::CertManager(config))
             }
             Some("vault") => {
                 let require = |key: &str| {
@@ -399,7 +510,7 @@ impl IssuerConfig {
                 Ok(Self::Vault(config))
             }
             Some(other) => Err(IssuerConfigError(format!(
-                "issuer {other:?} is not one of builtin, vault"
+                "issuer {other:?} is not one of builtin, vault, cert-manager"
             ))),
         }
     }
@@ -429,6 +540,19 @@ impl IssuerConfig {
                     data.insert(KEY_VAULT_CA_CERT_SECRET.into(), secret.clone());
                 }
             }
+            Self::CertManager(c) => {
+                data.insert(KEY_ISSUER.into(), "cert-manager".into());
+                data.insert(KEY_CERT_MANAGER_ISSUER_NAME.into(), c.issuer_name.clone());
+                data.insert(
+                    KEY_CERT_MANAGER_ISSUER_KIND.into(),
+                    c.issuer_kind.as_str().into(),
+                );
+                data.insert(KEY_CERT_MANAGER_ISSUER_GROUP.into(), c.issuer_group.clone());
+                data.insert(
+                    KEY_CERT_MANAGER_CA_BUNDLE_SECRET.into(),
+                    c.ca_bundle_secret.clone(),
+                );
+            }
         }
         data
     }
@@ -437,6 +561,7 @@ impl IssuerConfig {
         match self {
             Self::Builtin => IssuerKind::Builtin,
             Self::Vault(_) => IssuerKind::Vault,
+            Self::CertManager(_) => IssuerKind::CertManager,
         }
     }
 
@@ -460,8 +585,27 @@ impl IssuerConfig {
                     v.address, v.mount, v.role
                 )
             }
+            Self::CertManager(c) => format!(
+                "cert-manager {} (CertificateRequests in the weft namespace; root from Secret {} key {CA_BUNDLE_KEY})",
+                c.issuer_ref(),
+                c.ca_bundle_secret
+            ),
         }
     }
+}
+
+/// A DNS subdomain name (RFC 1123), what Kubernetes object names and API groups are.
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 impl VaultConfig {
@@ -764,6 +908,12 @@ mod tests {
                 },
                 ca_cert_secret: None,
             }),
+            IssuerConfig::CertManager(CertManagerConfig {
+                issuer_name: "osm-ca".into(),
+                issuer_kind: IssuerRefKind::ClusterIssuer,
+                issuer_group: "awspca.cert-manager.io".into(),
+                ca_bundle_secret: "osm-ca-bundle".into(),
+            }),
         ];
         for config in configs {
             assert_eq!(IssuerConfig::from_data(&config.to_data()), Ok(config));
@@ -815,11 +965,66 @@ mod tests {
                 "without a path",
             ),
             (vec![(KEY_VAULT_ROLE, "weft")], "issuer is builtin"),
+            (
+                vec![
+                    (KEY_ISSUER, "cert-manager"),
+                    (KEY_CERT_MANAGER_ISSUER_NAME, "osm-ca"),
+                ],
+                KEY_CERT_MANAGER_CA_BUNDLE_SECRET,
+            ),
+            (
+                vec![
+                    (KEY_ISSUER, "cert-manager"),
+                    (KEY_CERT_MANAGER_ISSUER_NAME, "osm-ca"),
+                    (KEY_CERT_MANAGER_CA_BUNDLE_SECRET, "b"),
+                    (KEY_CERT_MANAGER_ISSUER_KIND, "Certificate"),
+                ],
+                "not Issuer or ClusterIssuer",
+            ),
+            (
+                [&vault[..], &[(KEY_CERT_MANAGER_ISSUER_NAME, "osm-ca")]].concat(),
+                "certManager.issuerName is set but issuer is vault",
+            ),
+            (
+                vec![(KEY_ISSUER, "cert-manager"), (KEY_VAULT_ROLE, "weft")],
+                "vault.role is set but issuer is cert-manager",
+            ),
         ];
         for (pairs, named) in cases {
             let err = IssuerConfig::from_data(&data(&pairs)).unwrap_err();
             assert!(err.to_string().contains(named), "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn cert_manager_defaults_to_an_issuer_of_cert_manager_io_as_osm_does() {
+        let data = BTreeMap::from([
+            (KEY_ISSUER.to_string(), "cert-manager".to_string()),
+            (
+                KEY_CERT_MANAGER_ISSUER_NAME.to_string(),
+                "osm-ca".to_string(),
+            ),
+            (
+                KEY_CERT_MANAGER_CA_BUNDLE_SECRET.to_string(),
+                "osm-ca-bundle".to_string(),
+            ),
+        ]);
+        let config = IssuerConfig::from_data(&data).unwrap();
+        assert_eq!(
+            config,
+            IssuerConfig::CertManager(CertManagerConfig {
+                issuer_name: "osm-ca".into(),
+                issuer_kind: IssuerRefKind::Issuer,
+                issuer_group: CERT_MANAGER_GROUP.into(),
+                ca_bundle_secret: "osm-ca-bundle".into(),
+            })
+        );
+        assert_eq!(config.kind(), IssuerKind::CertManager);
+        assert!(
+            config
+                .describe()
+                .contains("Issuer/osm-ca (cert-manager.io)")
+        );
     }
 
     #[test]

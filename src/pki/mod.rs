@@ -1,10 +1,13 @@
 //! The mesh PKI (SPEC §7): the CA that signs workload and webhook certificates (operator
 //! side), the workload key, CSR and renewal schedule (proxy side), the CSR endpoint's wire
-//! format, chain verification, and the issuer seam (builtin CA or Vault sign the CSRs). Kube-free
+//! format, chain verification, and the issuer seam (builtin CA, Vault or cert-manager sign the CSRs). Kube-free
 //! so that both binaries link it and every rule is a unit test; the Kubernetes glue (Secrets,
 //! ConfigMaps, TokenReview) lives elsewhere.
 
 mod ca;
+// cert-manager's CertificateRequests are base64 JSON, read with the control plane's base64.
+#[cfg(feature = "control-plane")]
+mod cert_manager;
 mod encoding;
 mod issue;
 mod issuer;
@@ -22,8 +25,18 @@ pub use ca::{
     PLUGIN_CA_SECRET, PLUGIN_CERT_CHAIN_KEY, PLUGIN_ROOT_CERT_KEY, ROOT_COMMON_NAME,
     ROOT_ORGANIZATION, ServingCert, WEFT_CA_CERT_KEY, WEFT_CA_KEY_KEY, WEFT_CA_SECRET,
 };
+#[cfg(feature = "control-plane")]
+pub use cert_manager::{
+    ApiError, ApiFuture, CertManagerIssuer, CertificateRequests, RequestState, certificate_request,
+    request_state, roots_from_ca_bundle,
+};
 pub use encoding::{PemError, certificates_from_pem};
 pub use issue::{CheckedCsr, CsrError, IssuedCert, check_workload_csr};
+pub use issuer::{
+    CA_BUNDLE_KEY, CERT_MANAGER_API_VERSION, CERT_MANAGER_GROUP, CertManagerConfig, IssuerRefKind,
+    KEY_CERT_MANAGER_CA_BUNDLE_SECRET, KEY_CERT_MANAGER_ISSUER_GROUP, KEY_CERT_MANAGER_ISSUER_KIND,
+    KEY_CERT_MANAGER_ISSUER_NAME,
+};
 pub use issuer::{
     CheckedLeaf, DEFAULT_VAULT_AUTH_MOUNT, DEFAULT_VAULT_MOUNT, ISSUER_CONFIGMAP, Issuer,
     IssuerConfig, IssuerConfigError, IssuerError, IssuerKind, KEY_ISSUER, KEY_VAULT_ADDRESS,

@@ -1,0 +1,428 @@
+//! The cert-manager issuer on the local cluster (issue 24 item 3): cert-manager's own CA issuer
+//! and default approver controllers (v1.21.2, built from the Go module proxy with a hand-written
+//! main: e2e/cert-manager/README.md) over its vendored CRDs sign weft's CertificateRequests.
+//! A missing ca-bundle Secret and a Denied request are each named by `weft check` while the
+//! builtin CA (before) or issued certificates (after) keep the mesh working; meshed pods hold
+//! certificates from the CA Issuer (checked with openssl from outside the pod) and talk mTLS.
+//! Changes mesh-wide state (the issuer): run it alone; it always restores builtin.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::ca::{rand_suffix, request_certificate, token_of};
+use support::{Cluster, deployed, repo_root, wait_for, weft};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const NS: &str = "weft-system";
+const ISSUER: &str = "osm-ca";
+const CA_SECRET: &str = "weft-e2e-cm-ca";
+const BUNDLE: &str = "osm-ca-bundle";
+const CA_CN: &str = "weft-e2e cert-manager CA";
+
+/// cert-manager's controllers as a child process; `approve`: run its default approver too.
+struct CertManager {
+    child: Child,
+}
+
+impl CertManager {
+    fn start(c: &Cluster, approve: bool) -> CertManager {
+        let out = Command::new("bash")
+            .arg(repo_root().join("e2e/scripts/install-cert-manager.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("install-cert-manager.sh");
+        assert!(out.status.success(), "install-cert-manager.sh failed");
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let mut controllers = "certificaterequests-issuer-ca,issuers,clusterissuers".to_string();
+        if approve {
+            controllers.push_str(",certificaterequests-approver");
+        }
+        let log = std::fs::File::create(std::env::temp_dir().join("weft-e2e-cert-manager.log"))
+            .expect("log file");
+        let child = Command::new(bin)
+            .arg("-kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["-namespace", NS, "-cluster-resource-namespace", NS])
+            .arg(format!("-controllers={controllers}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cert-manager-controller");
+        CertManager { child }
+    }
+}
+
+impl Drop for CertManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts the builtin CA back and removes what the test made, however it ends.
+struct Restore(&'static Cluster);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let _ = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+        for what in [
+            format!("secret/{CA_SECRET}"),
+            format!("secret/{BUNDLE}"),
+            format!("issuers.cert-manager.io/{ISSUER}"),
+        ] {
+            let _ = self
+                .0
+                .kubectl(&["-n", NS, "delete", &what, "--ignore-not-found"]);
+        }
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn issuer_status() -> String {
+    text(&weft(&["ca", "issuer"]))
+}
+
+fn issuer_check_line() -> String {
+    text(&weft(&["check"]))
+        .lines()
+        .filter(|l| l.contains("issuer"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sh(dir: &std::path::Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{script}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Denies every weft CertificateRequest nobody decided on yet, as approver-policy does when no
+/// CertificateRequestPolicy allows a request (the Denied condition, on the status subresource).
+fn deny_until(c: &'static Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut denied = 0;
+        while !stop.load(Ordering::Acquire) {
+            let listed = c.ok(&[
+                "-n",
+                NS,
+                "get",
+                "certificaterequests",
+                "-l",
+                "app.kubernetes.io/managed-by=weft",
+                "-o",
+                "json",
+            ]);
+            let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+            let undecided: Vec<String> = listed["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|cr| {
+                    cr["status"]["conditions"]
+                        .as_array()
+                        .is_none_or(|c| c.is_empty())
+                })
+                .filter_map(|cr| cr["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
+            for name in &undecided {
+                let patch = serde_json::json!({"status": {"conditions": [{
+                    "type": "Denied", "status": "True", "reason": "weft-e2e",
+                    "message": "no CertificateRequestPolicy allows this request",
+                    "lastTransitionTime": "2026-12-06T12:00:00Z",
+                }]}});
+                let out = c.kubectl(&[
+                    "-n",
+                    NS,
+                    "patch",
+                    "certificaterequest",
+                    name.as_str(),
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &patch.to_string(),
+                ]);
+                if out.status.success() {
+                    denied += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        denied
+    })
+}
+
+#[test]
+fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named() {
+    let c = deployed();
+    c.ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        repo_root()
+            .join("e2e/cert-manager/crds")
+            .to_str()
+            .expect("path"),
+    ]);
+    c.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/certificaterequests.cert-manager.io",
+        "crd/issuers.cert-manager.io",
+    ]);
+    let _restore = Restore(c);
+
+    // A CA of the test's own, in cert-manager's CA Issuer shape (tls.crt, tls.key).
+    let dir = std::env::temp_dir().join(format!("weft-cm-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    sh(
+        &dir,
+        &format!(
+            "openssl ecparam -name prime256v1 -genkey -noout -out ca.key && \
+             openssl req -x509 -new -key ca.key -subj '/CN={CA_CN}' -days 30 \
+               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.crt"
+        ),
+    );
+    let ca_crt = dir.join("ca.crt");
+    c.ok(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "tls",
+        CA_SECRET,
+        &format!("--cert={}", ca_crt.display()),
+        &format!("--key={}", dir.join("ca.key").display()),
+    ]);
+    c.apply(&format!(
+        "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {{name: {ISSUER}, namespace: {NS}}}\nspec: {{ca: {{secretName: {CA_SECRET}}}}}\n"
+    ));
+    let manager = CertManager::start(c, true);
+    // cert-manager's issuers controller checks the CA Secret and marks the Issuer Ready.
+    wait_for(
+        MINUTE,
+        || {
+            c.ok(&[
+                "-n",
+                NS,
+                "get",
+                "issuers.cert-manager.io",
+                ISSUER,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+        },
+        |s| s.trim() == "True",
+    );
+
+    // Meshed pods with builtin certificates, so a working mesh is there to be kept.
+    let mesh = c.namespace("t-issuer-cm");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+
+    // Bad input 1: the ca-bundle Secret does not exist. Without --yes nothing changes.
+    let set = [
+        "ca",
+        "issuer",
+        "set",
+        "cert-manager",
+        "--issuer",
+        ISSUER,
+        "--ca-bundle-secret",
+        BUNDLE,
+    ];
+    let dry = weft(&set);
+    assert!(!dry.status.success());
+    let said = text(&dry);
+    assert!(
+        said.contains("This sets ConfigMap weft-system/weft-ca-issuer to: cert-manager Issuer/osm-ca (cert-manager.io)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("Secret weft-system/osm-ca-bundle does not exist yet"),
+        "{said}"
+    );
+    assert!(issuer_status().contains("builtin"), "{}", issuer_status());
+    let yes = weft(&[&set[..], &["--yes"]].concat());
+    assert!(yes.status.success(), "{}", text(&yes));
+    let line = wait_for(MINUTE, issuer_check_line, |l| {
+        l.contains("osm-ca-bundle") && l.contains("is missing")
+    });
+    println!("weft check, no ca-bundle Secret: {line}");
+    let status = issuer_status();
+    assert!(
+        status.contains("Signing:  builtin (configured: cert-manager)")
+            && status.contains("UNHEALTHY"),
+        "{status}"
+    );
+    // The mesh keeps working on the builtin CA meanwhile.
+    support::bookstore::buy(&mesh, "http://bookstore/")
+        .unwrap_or_else(|e| panic!("meshed traffic while the ca-bundle Secret is missing: {e}"));
+
+    // The Secret appears (OSM's osm-ca-bundle shape): cert-manager signs from then on.
+    c.ok(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        BUNDLE,
+        &format!("--from-file=ca.crt={}", ca_crt.display()),
+    ]);
+    let status = wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  cert-manager")
+            && s.contains("healthy since")
+            && s.contains("Trusted roots (2")
+    });
+    assert!(
+        status.contains(CA_CN),
+        "the CA Issuer's root is trusted: {status}"
+    );
+    let line = issuer_check_line();
+    assert!(
+        line.contains("cert-manager Issuer/osm-ca") && line.contains("dry signing passed"),
+        "{line}"
+    );
+
+    // A pod's token gets a certificate the CA Issuer signed, checked with openssl from outside.
+    let ns = c.namespace("t-issuer-cm-csr");
+    let token = token_of(&ns, "web", "weft-ca");
+    let me = format!("spiffe://cluster.local/ns/{}/sa/web", ns.name);
+    let answer = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let response: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+    let leaf = response["certChain"][0].as_str().expect("a leaf");
+    std::fs::write(answer.dir.join("leaf.pem"), leaf).expect("leaf.pem");
+    std::fs::copy(&ca_crt, answer.dir.join("cm-ca.pem")).expect("cm-ca.pem");
+    sh(&answer.dir, "openssl verify -CAfile cm-ca.pem leaf.pem");
+    let shown = sh(
+        &answer.dir,
+        "openssl x509 -in leaf.pem -noout -issuer -ext subjectAltName,extendedKeyUsage -dates",
+    );
+    assert!(shown.contains(CA_CN), "{shown}");
+    assert!(shown.contains(&format!("URI:{me}")), "{shown}");
+    assert!(!shown.contains("DNS:"), "{shown}");
+    assert!(
+        shown.contains("TLS Web Server Authentication")
+            && shown.contains("TLS Web Client Authentication"),
+        "{shown}"
+    );
+    println!("leaf from cert-manager: {shown}");
+    assert_eq!(
+        response["roots"].as_array().map(Vec::len),
+        Some(2),
+        "mesh root and the CA Issuer's"
+    );
+    // Each request is deleted once answered: none is left behind.
+    wait_for(
+        Duration::from_secs(10),
+        || c.ok(&["-n", NS, "get", "certificaterequests", "-o", "name"]),
+        |s| s.trim().is_empty(),
+    );
+
+    // Meshed pods started now hold cert-manager-signed certificates and talk over mTLS.
+    c.ok(&[
+        "-n",
+        &mesh.name,
+        "rollout",
+        "restart",
+        "deployment/bookstore",
+        "deployment/bookbuyer",
+    ]);
+    support::bookstore::rollout(&mesh);
+    for _ in 0..5 {
+        let body = support::bookstore::buy(&mesh, "http://bookstore/")
+            .unwrap_or_else(|e| panic!("meshed bookbuyer -> bookstore under cert-manager: {e}"));
+        assert!(!body.is_empty(), "an empty answer");
+    }
+    let store_ip = mesh.jsonpath("pods -l app=bookstore", "{.items[0].status.podIP}");
+    let presented = text(
+        &Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {store_ip}:8080 -alpn weft/1 -showcerts </dev/null 2>/dev/null \
+                 | openssl x509 -noout -issuer -ext subjectAltName"
+            ))
+            .output()
+            .expect("openssl s_client"),
+    );
+    assert!(
+        presented.contains(CA_CN),
+        "the bookstore's proxy presents a cert-manager-signed certificate: {presented}"
+    );
+
+    // Bad input 2: requests are Denied (cert-manager without its default approver, and a policy
+    // that allows nothing). A new CSR is refused naming the denial, `weft check` names it, every
+    // revision is Degraded, and the proxies keep their working certificates.
+    drop(manager);
+    let manager = CertManager::start(c, false);
+    let stop = Arc::new(AtomicBool::new(false));
+    let denier = deny_until(c, stop.clone());
+    let refused = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("was denied"), "{}", refused.body);
+    println!("CSR answer while denied: {}", refused.body);
+    let line = wait_for(MINUTE, issuer_check_line, |l| {
+        l.contains("was denied") && l.contains("approver-policy")
+    });
+    println!("weft check, denied: {line}");
+    let revisions = || {
+        c.ok(&[
+            "-n",
+            NS,
+            "get",
+            "meshconfigs",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Degraded\")].status} {.status.conditions[?(@.type==\"Degraded\")].reason} {.status.conditions[?(@.type==\"Degraded\")].message}{\"\\n\"}{end}",
+        ])
+    };
+    let degraded = |want: &'static str| {
+        move |conditions: &str| {
+            !conditions.trim().is_empty() && conditions.lines().all(|l| l.contains(want))
+        }
+    };
+    let seen = wait_for(MINUTE, revisions, degraded("True IssuerUnavailable"));
+    assert!(seen.contains("denied"), "{seen}");
+    support::bookstore::buy(&mesh, "http://bookstore/")
+        .unwrap_or_else(|e| panic!("existing traffic while cert-manager denies: {e}"));
+    stop.store(true, Ordering::Release);
+    let denied = denier.join().expect("denier");
+    assert!(
+        denied >= 2,
+        "the CSR and at least one dry signing were denied: {denied}"
+    );
+
+    // The approver back: healthy again without a restart of weft.
+    drop(manager);
+    let _manager = CertManager::start(c, true);
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  cert-manager") && s.contains("healthy since")
+    });
+    wait_for(MINUTE, revisions, degraded("False CaHealthy"));
+    let again = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // Back to builtin: the next certificate chains to the mesh root again.
+    let back = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+    assert!(back.status.success(), "{}", text(&back));
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  builtin") && s.contains("Trusted roots (1")
+    });
+}

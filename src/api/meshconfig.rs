@@ -123,7 +123,8 @@ pub enum MtlsMode {
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSettings {
     /// ALLOW_ANY lets pods reach destinations the mesh does not know; REGISTRY_ONLY refuses
-    /// them (Istio's outboundTrafficPolicy). Default: ALLOW_ANY.
+    /// them (HTTP 502, other connections closed, as BlackHoleCluster) unless an Istio
+    /// ServiceEntry declares them (Istio's outboundTrafficPolicy). Default: ALLOW_ANY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
     /// With true, traffic between meshed pods is allowed when no authorization policy

@@ -7,6 +7,7 @@ pub mod destinationrule;
 pub mod meshconfig;
 pub mod peerauthentication;
 pub mod revisiontag;
+pub mod serviceentry;
 pub mod smi;
 pub mod virtualservice;
 
@@ -15,6 +16,7 @@ pub use destinationrule::DestinationRule;
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};
 pub use peerauthentication::PeerAuthentication;
 pub use revisiontag::{RevisionTag, RevisionTagSpec, RevisionTagStatus};
+pub use serviceentry::ServiceEntry;
 pub use virtualservice::VirtualService;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

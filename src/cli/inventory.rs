@@ -825,7 +825,9 @@ pub async fn mesh_view(
     weft_namespace: &str,
 ) -> Result<crate::discovery::MeshView, kube::Error> {
     use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
-    use crate::api::{AuthorizationPolicy, DestinationRule, PeerAuthentication, VirtualService};
+    use crate::api::{
+        AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, VirtualService,
+    };
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let list = ListParams::default();
@@ -879,5 +881,6 @@ pub async fn mesh_view(
         destination_rules: arcs(optional(Api::<DestinationRule>::all(client.clone())).await?),
         virtual_services: arcs(optional(Api::<VirtualService>::all(client.clone())).await?),
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
+        service_entries: arcs(optional(Api::<ServiceEntry>::all(client.clone())).await?),
     })
 }

@@ -12,7 +12,6 @@ use kube::runtime::controller::Action;
 
 use super::index::{Snapshot, count, namespace_conflict};
 use super::{CaHealth, Context, Error, REQUEUE, condition, events, reasons};
-use crate::api::meshconfig::{OutboundTrafficPolicy, TrafficSettings};
 use crate::api::{MeshConfig, MeshConfigSpec, MeshConfigStatus, conditions};
 use crate::contract;
 
@@ -21,23 +20,15 @@ use crate::contract;
 /// A spec setting this version accepts but does not implement yet; reported in the
 /// `Unsupported` condition so it is never silently ignored (SPEC §3).
 pub struct UnsupportedSetting {
-    /// As the user wrote it: `traffic.outboundTrafficPolicy=REGISTRY_ONLY`.
+    /// As the user wrote it, such as `traffic.outboundTrafficPolicy=REGISTRY_ONLY` was until
+    /// issue 20 implemented it (docs/egress.md).
     pub setting: &'static str,
     pub is_set: fn(&MeshConfigSpec) -> bool,
 }
 
-fn traffic(spec: &MeshConfigSpec) -> Option<&TrafficSettings> {
-    spec.traffic.as_ref()
-}
-
-/// Remove a row when the feature lands.
-pub const UNSUPPORTED_SETTINGS: &[UnsupportedSetting] = &[UnsupportedSetting {
-    setting: "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
-    is_set: |spec| {
-        traffic(spec).and_then(|t| t.outbound_traffic_policy)
-            == Some(OutboundTrafficPolicy::RegistryOnly)
-    },
-}];
+/// Remove a row when the feature lands; add one when a field is accepted before it works.
+/// Empty: every setting of the spec is implemented.
+pub const UNSUPPORTED_SETTINGS: &[UnsupportedSetting] = &[];
 
 /// The settings of `spec` this version does not implement, in table order.
 pub fn unsupported_settings(spec: &MeshConfigSpec) -> Vec<&'static str> {
@@ -305,7 +296,7 @@ mod tests {
         problem: None,
         rotation: None,
     };
-    use crate::api::meshconfig::AccessLogSettings;
+    use crate::api::meshconfig::{AccessLogSettings, OutboundTrafficPolicy, TrafficSettings};
     use crate::controllers::index::tests::{
         injected, namespace, revisions, tags, with_ready_proxy,
     };
@@ -564,12 +555,11 @@ mod tests {
             (explicit_defaults, vec![]),
             (
                 registry_only,
-                vec![
-                    "traffic.outboundTrafficPolicy=REGISTRY_ONLY",
-                    // enablePermissiveTrafficPolicyMode=false is OSM's restrictive mode,
-                    // enforced since issue 18 (docs/authz.md), and accessLog.enabled=true
-                    // is written by the proxies (docs/proxy.md), so neither is listed.
-                ],
+                // REGISTRY_ONLY is enforced since issue 20 (docs/egress.md),
+                // enablePermissiveTrafficPolicyMode=false is OSM's restrictive mode,
+                // enforced since issue 18 (docs/authz.md), and accessLog.enabled=true is
+                // written by the proxies (docs/proxy.md), so none is listed.
+                vec![],
             ),
         ];
         for (spec, expected) in table {

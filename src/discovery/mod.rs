@@ -4,6 +4,7 @@
 //! - [`policy`]: effective mTLS modes (PeerAuthentication precedence), pure.
 //! - [`authz`]: which AuthorizationPolicies select which workload, compiled once, pure.
 //! - [`routes`]: DestinationRules, VirtualServices and TrafficSplits onto the service tables.
+//! - [`egress`]: ServiceEntries into each proxy's table of declared external services.
 //! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
 //! - [`status`]: the `WeftAccepted` condition on each Istio policy and route, leader-written.
 //! - [`server`]: reflectors, debounce, the stream and ack routes, the per-replica registry.
@@ -11,6 +12,7 @@
 //! The snapshot schema and the wire framing live in [`crate::snapshot`], shared with the proxy.
 
 pub mod authz;
+pub mod egress;
 pub mod model;
 pub mod policy;
 pub mod routes;

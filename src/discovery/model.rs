@@ -25,7 +25,8 @@ use super::policy::{Effective, Policies, PolicyProblem};
 use super::status::{self, ObjectKey, Verdict};
 use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
 use crate::api::{
-    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, VirtualService,
+    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, ServiceEntry,
+    VirtualService,
     meshconfig::{AccessLogFormat as ApiAccessLogFormat, OutboundTrafficPolicy},
 };
 use crate::authz::Policy;
@@ -58,6 +59,8 @@ pub struct MeshView {
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub traffic_splits: Vec<Arc<TrafficSplit>>,
+    /// Istio's ServiceEntries: the declared external services ([`super::egress`]).
+    pub service_entries: Vec<Arc<ServiceEntry>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -104,6 +107,8 @@ pub struct MeshIndex {
     /// The addresses of each meshed pod (status.podIPs), which its proxy's config stream must
     /// come from (see `discovery::server`).
     addresses: HashMap<(String, String), Vec<IpAddr>>,
+    /// The ServiceEntries, compiled: each proxy's egress table.
+    egress: super::egress::EgressIndex,
 }
 
 /// Why no snapshot can be made for a pod.
@@ -213,6 +218,7 @@ impl MeshIndex {
         let unmeshed = unmeshed_workloads(view);
         let (mut services, mut headless) = service_tables(view, &mut pods, &unmeshed);
         let routed = super::routes::apply(view, &mut services, &mut headless);
+        let mut egress = super::egress::EgressIndex::build(view, &pods);
         let authz = AuthzIndex::new(
             &view.root_namespace,
             &view.authorization_policies,
@@ -316,10 +322,12 @@ impl MeshIndex {
                 .into_iter()
                 .chain(authz.problems)
                 .chain(routed.problems)
+                .chain(std::mem::take(&mut egress.problems))
                 .collect(),
             tls_rules: routed.tls_rules,
             verdicts: BTreeMap::new(),
             addresses,
+            egress,
         }
         .with_verdicts(view)
     }
@@ -348,6 +356,11 @@ impl MeshIndex {
 
     pub fn meshed_pods(&self) -> impl Iterator<Item = &MeshedPod> {
         self.pods.values()
+    }
+
+    /// The compiled ServiceEntries (each proxy's egress table).
+    pub fn egress(&self) -> &super::egress::EgressIndex {
+        &self.egress
     }
 
     /// The ClusterIP Services (headless ones are only in the snapshots).
@@ -382,6 +395,7 @@ impl MeshIndex {
             .copied()
             .unwrap_or_default();
         let access_log = self.access_logs.get(&pod.revision).copied();
+        let egress = self.egress.table_for(namespace);
         let mut snapshot = SnapshotRef {
             schema_version: SNAPSHOT_SCHEMA_VERSION,
             version: String::new(),
@@ -393,6 +407,7 @@ impl MeshIndex {
                 policy,
                 services: self.services.as_ref(),
                 headless: self.headless.as_ref(),
+                egress: &egress,
             },
             access_log,
             peers: self.peers.as_deref(),
@@ -406,6 +421,7 @@ impl MeshIndex {
             snapshot.inbound,
             policy,
             access_log,
+            &egress,
         ))
         .unwrap_or_default();
         let mut material = own;
@@ -442,6 +458,8 @@ struct OutboundRef<'a> {
     services: ServiceTable<'a>,
     #[serde(skip_serializing_if = "ServiceTable::is_empty")]
     headless: ServiceTable<'a>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    egress: &'a [crate::route::egress::ExternalService],
 }
 
 /// A service table as the index holds it: serialized once (the normal case), or typed if

@@ -48,7 +48,8 @@ use super::model::{MeshIndex, MeshView};
 use super::policy::PolicyProblem;
 use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficSplit, TrafficTarget};
 use crate::api::{
-    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, VirtualService,
+    AuthorizationPolicy, DestinationRule, MeshConfig, PeerAuthentication, ServiceEntry,
+    VirtualService,
 };
 use crate::contract;
 use crate::kube::events;
@@ -314,6 +315,9 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let traffic_splits: Store<TrafficSplit> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        // Egress: Istio's ServiceEntries, optional likewise.
+        let service_entries: Store<ServiceEntry> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -348,6 +352,7 @@ impl DiscoveryState {
                     destination_rules: destination_rules.state(),
                     virtual_services: virtual_services.state(),
                     traffic_splits: traffic_splits.state(),
+                    service_entries: service_entries.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);
@@ -453,7 +458,7 @@ fn report_problem(client: &Client, p: &PolicyProblem) {
                 "TrafficTarget" => "access.smi-spec.io/v1alpha3",
                 "HTTPRouteGroup" | "TCPRoute" => "specs.smi-spec.io/v1alpha4",
                 "TrafficSplit" => "split.smi-spec.io/v1alpha2",
-                "DestinationRule" | "VirtualService" => "networking.istio.io/v1",
+                "DestinationRule" | "VirtualService" | "ServiceEntry" => "networking.istio.io/v1",
                 _ => "security.istio.io/v1",
             },
             kind: p.kind,

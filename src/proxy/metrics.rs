@@ -181,6 +181,26 @@ impl TcpLabels {
         self.destination_cluster = s.cluster;
     }
 
+    /// The service labels of traffic no Service took, as istio/proxy's stats filter reports
+    /// it: `destination_service_name` is the cluster (`PassthroughCluster`,
+    /// `BlackHoleCluster`), `destination_service` the request's Host when it has one.
+    pub fn with_cluster(mut self, cluster: &str, host: Option<&str>) -> Self {
+        self.destination_service_name = cluster.to_string();
+        if let Some(host) = host {
+            self.destination_service = host.to_string();
+        }
+        self
+    }
+
+    /// The service labels of a ServiceEntry host: pilot names such a service by its host, in
+    /// the entry's namespace.
+    pub fn with_external(mut self, host: &str, namespace: &str) -> Self {
+        self.destination_service = host.to_string();
+        self.destination_service_name = host.to_string();
+        self.destination_service_namespace = namespace.to_string();
+        self
+    }
+
     /// Fills the service labels from a host name `<name>.<namespace>.svc...`.
     pub fn with_service(mut self, host: &str) -> Self {
         self.destination_service = host.to_string();

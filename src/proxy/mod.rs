@@ -17,6 +17,7 @@ pub mod balance;
 pub mod cli;
 pub mod config_stream;
 pub mod copy;
+pub mod egress;
 pub mod http;
 pub mod identity;
 pub mod inbound;

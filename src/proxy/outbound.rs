@@ -1,7 +1,8 @@
 //! Outbound (15001): connections the app opened, redirected here by iptables. The original
 //! destination picks the route: a Service ClusterIP is balanced over its endpoints, meshed
 //! endpoints get mTLS and must prove their SPIFFE identity, others get plaintext; unknown
-//! destinations pass through under ALLOW_ANY and are refused under REGISTRY_ONLY. A Service
+//! destinations go to [`super::egress`] (declared by a ServiceEntry, passed through under
+//! ALLOW_ANY, refused under REGISTRY_ONLY). A Service
 //! port that speaks HTTP is handed to the HTTP layer ([`super::http::outbound`]), which picks
 //! an endpoint per request; everything else is relayed byte for byte.
 
@@ -145,6 +146,10 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
     let peer = stream.peer_addr().ok();
     let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
     let route = snapshot.route(orig);
+    // No Service owns the address: declared external, passthrough or black hole.
+    if matches!(route, OutboundRoute::Passthrough | OutboundRoute::Refused) {
+        return super::egress::handle(ctx, stream, orig, peer, snapshot.clone()).await;
+    }
 
     // A Service port that speaks HTTP (declared, or detected from the client's first bytes)
     // gets the HTTP layer: an endpoint per request.
@@ -167,13 +172,8 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
     }
 
     let (upstream, endpoint, service) = match route {
-        OutboundRoute::Refused => return Err(Refusal::RegistryOnly),
-        OutboundRoute::Passthrough => {
-            let up = connect(orig, None, ctx.settings.connect_timeout)
-                .await
-                .map_err(|_| Refusal::UpstreamUnreachable)?;
-            (Upstream::Plain(up), None, None)
-        }
+        // Handled above, by the egress path.
+        OutboundRoute::Refused | OutboundRoute::Passthrough => return Err(Refusal::RegistryOnly),
         OutboundRoute::Endpoint { service, endpoint } => (
             open_endpoint(
                 ctx,
@@ -255,7 +255,10 @@ pub fn source_labels(
     } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
         labels.source_workload_namespace = ns.to_string();
     }
-    labels = labels.with_service(service.map_or("PassthroughCluster", |s| s.name.as_str()));
+    labels = match service {
+        Some(s) => labels.with_service(&s.name),
+        None => labels.with_cluster(crate::route::egress::PASSTHROUGH, None),
+    };
     if let Some(ep) = endpoint {
         if let Some(w) = &ep.workload {
             labels.fill_destination(w);

@@ -18,6 +18,7 @@ pub const MAX_SNIFF_BYTES: usize = 16 * 1024;
 const RECORD_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
 const EXTENSION_ALPN: u16 = 0x0010;
+const EXTENSION_SERVER_NAME: u16 = 0x0000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sniffed {
@@ -54,6 +55,78 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
             }
         }
     }
+}
+
+/// The server name a TLS client asks for, read off its first bytes (egress matching by SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerName {
+    NeedMore,
+    /// Not a TLS ClientHello (or one too broken to read).
+    NotTls,
+    /// A ClientHello, and the `host_name` of its server_name extension if it has one.
+    Hello(Option<String>),
+}
+
+/// Reads the SNI of a ClientHello from the first bytes of a connection.
+pub fn server_name(buf: &[u8]) -> ServerName {
+    match buf.first() {
+        None => return ServerName::NeedMore,
+        Some(&b) if b != RECORD_HANDSHAKE => return ServerName::NotTls,
+        _ => {}
+    }
+    match client_hello(buf) {
+        Hello::NeedMore if buf.len() >= MAX_SNIFF_BYTES => ServerName::NotTls,
+        Hello::NeedMore => ServerName::NeedMore,
+        Hello::Malformed => ServerName::NotTls,
+        Hello::Complete(body) => match extension(&body, EXTENSION_SERVER_NAME) {
+            None => ServerName::NotTls,
+            Some(None) => ServerName::Hello(None),
+            Some(Some(data)) => ServerName::Hello(host_name(data)),
+        },
+    }
+}
+
+/// The first `host_name` entry of a server_name extension (RFC 6066 §3).
+fn host_name(data: &[u8]) -> Option<String> {
+    let mut r = Reader(data);
+    let list_len = r.u16()?;
+    let mut list = Reader(r.take(list_len)?);
+    while !list.0.is_empty() {
+        let kind = list.u8()?;
+        let len = list.u16()?;
+        let name = list.take(len)?;
+        if kind == 0 {
+            return std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
+        }
+    }
+    None
+}
+
+/// The data of extension `wanted` of a ClientHello body: `None` when malformed,
+/// `Some(None)` when the hello does not carry it.
+fn extension(body: &[u8], wanted: u16) -> Option<Option<&[u8]>> {
+    let mut r = Reader(body);
+    r.take(2 + 32)?; // legacy_version, random
+    let sid = r.u8()?;
+    r.take(sid)?;
+    let suites = r.u16()?;
+    r.take(suites)?;
+    let compression = r.u8()?;
+    r.take(compression)?;
+    if r.0.is_empty() {
+        return Some(None);
+    }
+    let ext_len = r.u16()?;
+    let mut exts = Reader(r.take(ext_len)?);
+    while !exts.0.is_empty() {
+        let ty = exts.u16()?;
+        let len = exts.u16()?;
+        let data = exts.take(len)?;
+        if ty as u16 == wanted {
+            return Some(Some(data));
+        }
+    }
+    Some(None)
 }
 
 enum Hello {
@@ -240,6 +313,23 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn the_server_name_of_a_client_hello_is_read_for_egress() {
+        let hello = client_hello_bytes(&[b"h2"]);
+        assert_eq!(
+            server_name(&hello),
+            ServerName::Hello(Some("example.test".into()))
+        );
+        for cut in 0..hello.len() {
+            assert_eq!(
+                server_name(&hello[..cut]),
+                ServerName::NeedMore,
+                "prefix of {cut}"
+            );
+        }
+        assert_eq!(server_name(b"GET / HTTP/1.1\r\n"), ServerName::NotTls);
     }
 
     #[test]

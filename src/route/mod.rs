@@ -7,6 +7,7 @@
 pub mod action;
 pub mod balance;
 pub mod compile;
+pub mod egress;
 pub mod istio;
 pub mod istio_actions;
 pub mod istio_policy;

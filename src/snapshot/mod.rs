@@ -55,6 +55,8 @@
 //! need a new `schemaVersion`; nor did `accessLog` (an older proxy writes no access log).
 //! Nor did the workload's `app`, `version`, `canonicalService`, `canonicalRevision` and
 //! `cluster`: an older proxy ignores them, a newer one reads their absence as not known.
+//! Nor did `outbound.egress` (declared external services, docs/egress.md): an older proxy
+//! treats them as unknown destinations, as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -298,6 +300,10 @@ pub struct OutboundConfig {
     pub headless: Vec<Service>,
     #[serde(default)]
     pub policy: OutboundPolicy,
+    /// Declared external services (ServiceEntries visible to this proxy, [`crate::route::egress`]):
+    /// optional, so an older proxy ignores it and keeps treating them as unknown destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::route::egress::ExternalService>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

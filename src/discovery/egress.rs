@@ -1,0 +1,242 @@
+//! The egress table of each proxy: the ServiceEntries of the cluster compiled once per change
+//! ([`crate::route::egress::compile`]), each visible where its `exportTo` says, with the pods a
+//! `workloadSelector` picks as its endpoints. What is refused becomes a [`PolicyProblem`] (and
+//! so `WeftAccepted=False` on the entry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::model::{MeshView, MeshedPod};
+use super::policy::PolicyProblem;
+use crate::route::egress::{self, Export, ExternalService, SERVICE_ENTRY};
+use crate::snapshot::Endpoint;
+
+/// Every accepted ServiceEntry's services with who sees them, oldest entry first (Istio's
+/// order when two entries declare one host: the older wins, and the proxy takes the first).
+#[derive(Debug, Default)]
+pub struct EgressIndex {
+    entries: Vec<(Export, Vec<ExternalService>)>,
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl EgressIndex {
+    /// Compiles `view.service_entries`; `pods` are the meshed pods (a `workloadSelector`
+    /// picks among them, by their labels in `view.pods`).
+    pub fn build(view: &MeshView, pods: &HashMap<(String, String), MeshedPod>) -> Self {
+        let mut sorted: Vec<_> = view
+            .service_entries
+            .iter()
+            .filter_map(|se| {
+                let m = &se.metadata;
+                let created = m
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default();
+                Some((created, m.namespace.clone()?, m.name.clone()?, &se.spec.raw))
+            })
+            .collect();
+        sorted.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        let mut index = EgressIndex::default();
+        for (_, namespace, name, raw) in sorted {
+            match egress::compile(&namespace, &name, raw) {
+                Ok(compiled) => {
+                    let mut services = compiled.services;
+                    if let Some(selector) = &compiled.selector {
+                        let endpoints = selected(view, pods, &namespace, selector);
+                        for s in &mut services {
+                            for port in &mut s.ports {
+                                let target = compiled
+                                    .target_ports
+                                    .get(&port.number)
+                                    .copied()
+                                    .unwrap_or(port.number);
+                                port.endpoints = endpoints
+                                    .iter()
+                                    .map(|(ip, pod)| Endpoint {
+                                        ip: *ip,
+                                        port: target,
+                                        identity: Some(pod.identity.clone()),
+                                        meshed: true,
+                                        mtls_mode_for_port: pod.modes.mode_for(target),
+                                        workload: Some(pod.workload.clone()),
+                                    })
+                                    .collect();
+                            }
+                            // The pods are the entry's addresses too (dialled directly).
+                            s.addresses
+                                .extend(endpoints.iter().map(|(ip, _)| ipnet::IpNet::from(*ip)));
+                        }
+                    }
+                    index.entries.push((compiled.export, services));
+                }
+                Err(reasons) => {
+                    index
+                        .problems
+                        .extend(reasons.into_iter().map(|message| PolicyProblem {
+                            kind: SERVICE_ENTRY,
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            message,
+                        }))
+                }
+            }
+        }
+        index
+    }
+
+    /// The table of a proxy in `namespace`: every service exported to it, in entry order.
+    pub fn table_for(&self, namespace: &str) -> Vec<ExternalService> {
+        self.entries
+            .iter()
+            .filter(|(export, _)| export.visible_in(namespace))
+            .flat_map(|(_, services)| services.iter().cloned())
+            .collect()
+    }
+}
+
+/// The meshed pods of `namespace` whose labels hold every pair of `selector`, by IP.
+fn selected<'a>(
+    view: &MeshView,
+    pods: &'a HashMap<(String, String), MeshedPod>,
+    namespace: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<(IpAddr, &'a MeshedPod)> {
+    let mut out: Vec<(IpAddr, &MeshedPod)> = view
+        .pods
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .filter_map(|p| {
+            let key = (namespace.to_string(), p.metadata.name.clone()?);
+            let ip = p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+            Some((ip, pods.get(&key)?))
+        })
+        .collect();
+    out.sort_by_key(|(ip, _)| *ip);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ServiceEntry;
+    use crate::discovery::MeshIndex;
+    use crate::discovery::model::tests::view;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn entry(ns: &str, name: &str, created: &str, spec: serde_json::Value) -> Arc<ServiceEntry> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+                "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn each_proxy_sees_the_entries_exported_to_its_namespace_and_refusals_name_the_entry() {
+        let mut v = view();
+        v.service_entries = vec![
+            // Seed 003 section 6, verbatim: exported everywhere.
+            entry(
+                "payments",
+                "contoso-payments-api",
+                "2026-01-01T00:00:00Z",
+                json!({
+                "hosts": ["api.payments-partner.com"],
+                "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                "resolution": "DNS", "location": "MESH_EXTERNAL"}),
+            ),
+            entry(
+                "pets",
+                "local",
+                "2026-01-02T00:00:00Z",
+                json!({
+                "hosts": ["vet.example.com"], "exportTo": ["."],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+            ),
+            entry(
+                "weft-system",
+                "root-local",
+                "2026-01-03T00:00:00Z",
+                json!({
+                "hosts": ["ops.example.com"], "exportTo": ["."],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+            ),
+            entry(
+                "pets",
+                "bad",
+                "2026-01-04T00:00:00Z",
+                json!({
+                "hosts": ["*.payments-partner.com"], "resolution": "DNS",
+                "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}]}),
+            ),
+            // Istio's workloadSelector picks the entry's endpoints (meshed pods here).
+            entry(
+                "pets",
+                "db-vm",
+                "2026-01-05T00:00:00Z",
+                json!({
+                "hosts": ["db.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                "addresses": ["198.19.9.9"],
+                "ports": [{"number": 5432, "name": "pg", "protocol": "TCP", "targetPort": 8080}],
+                "workloadSelector": {"labels": {"app": "db"}}}),
+            ),
+        ];
+        let index = MeshIndex::build(&v);
+        let egress = index.egress();
+        let hosts = |ns: &str| -> Vec<String> {
+            egress.table_for(ns).into_iter().map(|s| s.host).collect()
+        };
+        assert_eq!(
+            hosts("pets"),
+            ["api.payments-partner.com", "vet.example.com", "db.internal"]
+        );
+        // Namespace-local means local: a root-namespace entry with "." is not mesh-wide.
+        assert_eq!(hosts("shop"), ["api.payments-partner.com", "db.internal"]);
+        assert_eq!(
+            hosts("weft-system"),
+            ["api.payments-partner.com", "ops.example.com", "db.internal"]
+        );
+        let db = egress
+            .table_for("pets")
+            .into_iter()
+            .find(|s| s.host == "db.internal")
+            .unwrap();
+        let ep = &db.ports[0].endpoints[0];
+        assert_eq!((ep.ip.to_string(), ep.port), ("198.18.1.3".into(), 8080));
+        assert_eq!(
+            ep.identity.as_deref(),
+            Some("spiffe://cluster.local/ns/pets/sa/db")
+        );
+        // The refusal is a problem of the entry, and its condition says so.
+        let bad = index
+            .verdicts()
+            .iter()
+            .find(|(k, _)| k.kind == SERVICE_ENTRY && k.name == "bad")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(!bad.accepted);
+        assert!(
+            bad.message.contains("hosts must be FQDN"),
+            "{}",
+            bad.message
+        );
+        // The table reaches the proxies of pets, and changes their version.
+        let (version, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let snapshot = crate::snapshot::decode_snapshot(&bytes).unwrap();
+        assert_eq!(snapshot.outbound.egress.len(), 3);
+        v.service_entries.truncate(1);
+        let (fewer, _) = MeshIndex::build(&v).snapshot_for("pets", "web-1").unwrap();
+        assert_ne!(version, fewer);
+    }
+}

@@ -1,0 +1,418 @@
+//! Outbound connections to an address no Service owns: declared external services
+//! (ServiceEntries, matched by [`crate::route::egress`]) go on with their host's labels,
+//! the rest pass through under ALLOW_ANY (`PassthroughCluster`) or are refused under
+//! REGISTRY_ONLY (`BlackHoleCluster`: HTTP 502, other connections closed), counted and logged.
+//! The client's first bytes are read only when they can change the answer: a TLS server name
+//! or an HTTP Host on a port some entry names, or anything under REGISTRY_ONLY.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+
+use super::ProxyContext;
+use super::access_log::{Entry, known};
+use super::copy::relay;
+use super::http::detect::{Detected, MAX_DETECT_BYTES, detect};
+use super::http::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
+use super::http::server::{self, Counted, ResponseBody};
+use super::http::upstream::{TcpConnector, Upstream as HttpUpstream, forward};
+use super::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use super::net::connect;
+use super::outbound::{Refusal, Upstream, open_endpoint};
+use super::sniff::{Prefixed, ServerName, server_name};
+use crate::route::egress::{self, BLACK_HOLE, Declared, PASSTHROUGH, Resolution, Seen, Verdict};
+use crate::snapshot::{OutboundPolicy, SnapshotIndex, spiffe_namespace};
+
+/// What the client's first bytes said.
+enum Opening {
+    Http,
+    Tls(Option<String>),
+    Opaque,
+}
+
+/// Handles a connection to `orig`, which no Service owns, to its end.
+pub async fn handle(
+    ctx: &Arc<ProxyContext>,
+    mut stream: TcpStream,
+    orig: SocketAddr,
+    peer: Option<SocketAddr>,
+    snapshot: Arc<SnapshotIndex>,
+) -> Result<(), Refusal> {
+    let table = &snapshot.snapshot.outbound.egress;
+    let policy = snapshot.snapshot.outbound.policy;
+    // An entry's own address wins before any byte is read (Istio's `address:port` listener).
+    if let Some(declared) = egress::by_address(table, orig) {
+        return relay_tcp(
+            ctx,
+            stream,
+            Vec::new(),
+            orig,
+            peer,
+            &snapshot,
+            Verdict::Declared(declared),
+            None,
+        )
+        .await;
+    }
+    let must_look =
+        policy == OutboundPolicy::RegistryOnly || egress::names_port(table, orig.port());
+    if !must_look {
+        return relay_tcp(
+            ctx,
+            stream,
+            Vec::new(),
+            orig,
+            peer,
+            &snapshot,
+            Verdict::Passthrough,
+            None,
+        )
+        .await;
+    }
+    let mut prefix = Vec::new();
+    let opening = read_opening(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await;
+    match opening {
+        Opening::Http => {
+            let io = Prefixed::new(prefix, stream);
+            serve_http(ctx, io, orig, peer, snapshot.clone()).await;
+            Ok(())
+        }
+        Opening::Tls(sni) => {
+            let verdict = egress::decide(table, policy, orig, Seen::Tls(sni.as_deref()));
+            relay_tcp(
+                ctx,
+                stream,
+                prefix,
+                orig,
+                peer,
+                &snapshot,
+                verdict,
+                sni.as_deref(),
+            )
+            .await
+        }
+        Opening::Opaque => {
+            let verdict = egress::decide(table, policy, orig, Seen::Opaque);
+            relay_tcp(ctx, stream, prefix, orig, peer, &snapshot, verdict, None).await
+        }
+    }
+}
+
+/// Reads until the opening is known: a ClientHello (and its SNI), an HTTP request line, or
+/// neither (other bytes, a silent client past `timeout`, or too many bytes).
+async fn read_opening<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Opening {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !buf.is_empty() {
+            match server_name(buf) {
+                ServerName::Hello(sni) => return Opening::Tls(sni),
+                ServerName::NeedMore if buf.len() < super::sniff::MAX_SNIFF_BYTES => {}
+                ServerName::NeedMore => return Opening::Tls(None),
+                ServerName::NotTls if buf[0] == 0x16 => return Opening::Tls(None),
+                ServerName::NotTls => match detect(buf) {
+                    Detected::Http1 | Detected::Http2 => return Opening::Http,
+                    Detected::NotHttp => return Opening::Opaque,
+                    Detected::NeedMore if buf.len() >= MAX_DETECT_BYTES => return Opening::Opaque,
+                    Detected::NeedMore => {}
+                },
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return Opening::Opaque,
+        }
+    }
+}
+
+/// The source reporter's labels of a connection or request to no Service: the declared
+/// host's, or the passthrough / black hole cluster's (with the HTTP Host, if any).
+fn labels_of(snapshot: &SnapshotIndex, verdict: &Verdict<'_>, host: Option<&str>) -> TcpLabels {
+    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
+    if let Some(w) = &snapshot.snapshot.workload {
+        labels.fill_source(w);
+    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
+        labels.source_workload_namespace = ns.to_string();
+    }
+    match verdict {
+        Verdict::Declared(d) => labels.with_external(&d.service.host, &d.service.namespace),
+        Verdict::Passthrough => labels.with_cluster(PASSTHROUGH, host),
+        Verdict::BlackHole => labels.with_cluster(BLACK_HOLE, host),
+    }
+}
+
+/// Istio's cluster name of a declared host: `outbound|<port>||<host>`.
+fn cluster_of(verdict: &Verdict<'_>, port: u16) -> String {
+    match verdict {
+        Verdict::Declared(d) => format!("outbound|{port}||{}", d.service.host),
+        Verdict::Passthrough => PASSTHROUGH.to_string(),
+        Verdict::BlackHole => BLACK_HOLE.to_string(),
+    }
+}
+
+/// Opens the upstream of a declared or passed-through connection: the entry's endpoints in
+/// turn for STATIC (mTLS to a meshed pod a `workloadSelector` picked), else where the app
+/// dialled.
+async fn open(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    orig: SocketAddr,
+    declared: Option<&Declared<'_>>,
+) -> Result<(Upstream, SocketAddr), Refusal> {
+    if let Some(d) = declared
+        && d.service.resolution == Resolution::Static
+        && !d.port.endpoints.is_empty()
+    {
+        let mut last = Refusal::UpstreamUnreachable;
+        for ep in d
+            .port
+            .endpoints
+            .iter()
+            .take(ctx.settings.connect_attempts.max(1))
+        {
+            match open_endpoint(ctx, snapshot, ep, None, ep.security()).await {
+                Ok(up) => return Ok((up, ep.addr())),
+                Err(r) => last = r,
+            }
+        }
+        return Err(last);
+    }
+    let up = connect(orig, None, ctx.settings.connect_timeout)
+        .await
+        .map_err(|_| Refusal::UpstreamUnreachable)?;
+    Ok((Upstream::Plain(up), orig))
+}
+
+/// A TCP (or TLS) connection to its end: relayed, or for the black hole counted, logged and
+/// closed.
+#[allow(clippy::too_many_arguments)]
+async fn relay_tcp(
+    ctx: &Arc<ProxyContext>,
+    stream: TcpStream,
+    prefix: Vec<u8>,
+    orig: SocketAddr,
+    peer: Option<SocketAddr>,
+    snapshot: &SnapshotIndex,
+    verdict: Verdict<'_>,
+    sni: Option<&str>,
+) -> Result<(), Refusal> {
+    let start = SystemTime::now();
+    let started = tokio::time::Instant::now();
+    let mut labels = labels_of(snapshot, &verdict, None);
+    let cluster = cluster_of(&verdict, orig.port());
+    let m = &ctx.metrics;
+    let log = |labels: &TcpLabels,
+               sent: u64,
+               received: u64,
+               upstream: Option<SocketAddr>,
+               flags: &str| {
+        if ctx.access_log_format().is_some() {
+            ctx.log_access(&Entry {
+                bytes_received: sent,
+                bytes_sent: received,
+                duration: started.elapsed(),
+                response_flags: flags,
+                upstream_host: upstream,
+                upstream_cluster: Some(&cluster),
+                downstream_local_address: Some(orig),
+                downstream_remote_address: peer,
+                requested_server_name: sni,
+                source_principal: known(&labels.source_principal),
+                destination_principal: known(&labels.destination_principal),
+                ..Entry::new(start)
+            });
+        }
+    };
+    let declared = match &verdict {
+        Verdict::BlackHole => {
+            // Envoy's tcp_proxy to a cluster without hosts: no healthy upstream.
+            labels.response_flags = "UH".into();
+            m.tcp_opened.get_or_create(&labels).inc();
+            m.tcp_closed.get_or_create(&labels).inc();
+            log(&labels, 0, 0, None, "UH");
+            if ctx.access_log_format().is_none() {
+                tracing::info!(destination = %orig, sni = sni.unwrap_or("-"), "outbound connection refused: no ServiceEntry declares it and the outbound traffic policy is REGISTRY_ONLY (BlackHoleCluster)");
+            }
+            drop(stream);
+            return Err(Refusal::RegistryOnly);
+        }
+        Verdict::Declared(d) => Some(d),
+        Verdict::Passthrough => None,
+    };
+    let (upstream, addr) = open(ctx, snapshot, orig, declared).await?;
+    if let (Upstream::Mtls(_), Some(d)) = (&upstream, declared)
+        && let Some(ep) = d.port.endpoints.iter().find(|e| e.addr() == addr)
+    {
+        if let Some(w) = &ep.workload {
+            labels.fill_destination(w);
+        }
+        if let (Some(id), Some(tls)) = (&ep.identity, ctx.tls()) {
+            labels.destination_principal = id.clone();
+            labels.source_principal = tls.cert.identity.clone();
+        }
+    }
+    m.tcp_opened.get_or_create(&labels).inc();
+    let idle = ctx.settings.idle_timeout;
+    let (moved, result) = relay(Prefixed::new(prefix, stream), upstream, idle).await;
+    m.tcp_bytes(&labels, moved.sent, moved.received);
+    m.tcp_closed.get_or_create(&labels).inc();
+    log(&labels, moved.sent, moved.received, Some(addr), "-");
+    if let Err(e) = result {
+        tracing::debug!(%orig, error = %e, "egress connection ended with an error");
+    }
+    Ok(())
+}
+
+// === HTTP ===
+
+/// An HTTP client connection to one address outside the mesh (plaintext, as the app sent it).
+type PlainUpstream = HttpUpstream<TcpConnector, Counted<Incoming>>;
+
+/// One downstream HTTP connection to no Service: each request is matched by its Host.
+struct EgressHttp {
+    ctx: Arc<ProxyContext>,
+    orig: SocketAddr,
+    snapshot: Arc<SnapshotIndex>,
+    conn: Arc<ConnLog>,
+    /// One upstream connection per address this connection's requests went to.
+    upstreams: Mutex<Vec<(SocketAddr, Arc<PlainUpstream>)>>,
+    recorders: Mutex<Vec<(TcpLabels, Arc<Mutex<super::metrics::RequestRecorder>>)>>,
+}
+
+async fn serve_http<I>(
+    ctx: &Arc<ProxyContext>,
+    io: I,
+    orig: SocketAddr,
+    peer: Option<SocketAddr>,
+    snapshot: Arc<SnapshotIndex>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let state = Arc::new(EgressHttp {
+        ctx: ctx.clone(),
+        orig,
+        snapshot,
+        conn: Arc::new(ConnLog {
+            peer: peer.unwrap_or(orig),
+            destination: orig,
+            sni: None,
+            source_principal: None,
+            destination_principal: None,
+        }),
+        upstreams: Mutex::new(Vec::new()),
+        recorders: Mutex::new(Vec::new()),
+    });
+    server::serve_pipeline(ctx, io, state, "egress", None).await;
+}
+
+impl EgressHttp {
+    fn record(&self, labels: TcpLabels, upstream: UpstreamLog) -> Record {
+        let recorder = {
+            let mut recorders = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
+            match recorders.iter().find(|(l, _)| *l == labels) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let r = Arc::new(Mutex::new(self.ctx.metrics.request_recorder(&labels)));
+                    recorders.push((labels, r.clone()));
+                    r
+                }
+            }
+        };
+        Record {
+            recorder,
+            conn: self.conn.clone(),
+            upstream,
+        }
+    }
+
+    fn upstream(&self, addr: SocketAddr) -> Arc<PlainUpstream> {
+        let mut all = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, u)) = all.iter().find(|(a, _)| *a == addr) {
+            return u.clone();
+        }
+        let u = Arc::new(HttpUpstream::new(TcpConnector {
+            addr,
+            source: None,
+            timeout: self.ctx.settings.connect_timeout,
+        }));
+        all.push((addr, u.clone()));
+        u
+    }
+}
+
+impl server::Pipeline for EgressHttp {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        // The config of now: a ServiceEntry added while the connection is open applies.
+        let snapshot = self.ctx.snapshot().unwrap_or_else(|| self.snapshot.clone());
+        let out = &snapshot.snapshot.outbound;
+        let verdict = egress::decide(&out.egress, out.policy, self.orig, Seen::Http(&host));
+        let labels = labels_of(
+            &snapshot,
+            &verdict,
+            Some(&host).filter(|h| !h.is_empty()).map(|h| h.as_str()),
+        );
+        let cluster = cluster_of(&verdict, self.orig.port());
+        let target = match &verdict {
+            Verdict::BlackHole => {
+                let record = self.record(
+                    labels,
+                    UpstreamLog {
+                        host: None,
+                        cluster,
+                    },
+                );
+                if !exchange.logs() {
+                    tracing::info!(destination = %self.orig, %host, "outbound request refused: no ServiceEntry declares it and the outbound traffic policy is REGISTRY_ONLY (BlackHoleCluster)");
+                }
+                // Istio's `block_all` route: a direct 502.
+                let why = Why {
+                    flags: "-",
+                    details: Some("direct_response"),
+                    failure: None,
+                };
+                return exchange.local(StatusCode::BAD_GATEWAY, "", &record, why);
+            }
+            Verdict::Declared(d) => d.targets(self.orig).first().copied().unwrap_or(self.orig),
+            Verdict::Passthrough => self.orig,
+        };
+        let record = self.record(
+            labels,
+            UpstreamLog {
+                host: Some(target),
+                cluster,
+            },
+        );
+        let upstream = self.upstream(target);
+        let request = Request::from_parts(parts, body);
+        let idle = self.ctx.settings.idle_timeout;
+        match forward(&*upstream, request, &host, idle).await {
+            Ok(resp) => exchange.respond(resp, record),
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "egress request failed");
+                exchange.failed(&e, &record)
+            }
+        }
+    }
+}

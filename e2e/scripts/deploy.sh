@@ -27,6 +27,12 @@ installed=$(kubectl -n weft-system get deployment weft-operator -o name 2>/dev/n
 # PeerAuthentication and AuthorizationPolicy, SMI's access control) first.
 kubectl apply --server-side --force-conflicts -k "$here/../config/istio-api" >/dev/null
 kubectl apply --server-side --force-conflicts -k "$here/../config/smi-api" >/dev/null
+# The Gateway API (GAMMA routes; issue 20's gateways) only where the cluster has none, or has
+# the copy this script installed (labelled by config/gateway-api), as a user would.
+owner=$(kubectl get crd httproutes.gateway.networking.k8s.io -o jsonpath='{.metadata.labels.app\.kubernetes\.io/part-of}' 2>/dev/null || echo absent)
+if [[ $owner == absent || $owner == weft-gateway-api ]]; then
+  kubectl apply --server-side --force-conflicts -k "$here/../config/gateway-api" >/dev/null
+fi
 kubectl apply --server-side --force-conflicts -k "$here/../config/default" >/dev/null
 # A new binary reaches running pods only through a restart (the image tag does not change).
 if [[ $changed == 1 && -n $installed ]]; then

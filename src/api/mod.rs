@@ -4,6 +4,7 @@
 pub mod authorizationpolicy;
 pub mod conditions;
 pub mod destinationrule;
+pub mod gateway_api;
 pub mod meshconfig;
 pub mod peerauthentication;
 pub mod revisiontag;

@@ -882,5 +882,11 @@ pub async fn mesh_view(
         virtual_services: arcs(optional(Api::<VirtualService>::all(client.clone())).await?),
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
         service_entries: arcs(optional(Api::<ServiceEntry>::all(client.clone())).await?),
+        http_routes: arcs(
+            optional(Api::<crate::api::gateway_api::HTTPRoute>::all(client.clone())).await?,
+        ),
+        grpc_routes: arcs(
+            optional(Api::<crate::api::gateway_api::GRPCRoute>::all(client.clone())).await?,
+        ),
     })
 }

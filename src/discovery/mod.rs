@@ -4,6 +4,8 @@
 //! - [`policy`]: effective mTLS modes (PeerAuthentication precedence), pure.
 //! - [`authz`]: which AuthorizationPolicies select which workload, compiled once, pure.
 //! - [`routes`]: DestinationRules, VirtualServices and TrafficSplits onto the service tables.
+//! - [`gamma`]: Gateway API HTTPRoutes/GRPCRoutes with a Service parent onto the same tables;
+//!   [`gamma_status`] writes their `status.parents`.
 //! - [`egress`]: ServiceEntries into each proxy's table of declared external services.
 //! - [`model`]: objects → shared index → one proxy's snapshot and its content-hash version, pure.
 //! - [`status`]: the `WeftAccepted` condition on each Istio policy and route, leader-written.
@@ -13,6 +15,8 @@
 
 pub mod authz;
 pub mod egress;
+pub mod gamma;
+pub mod gamma_status;
 pub mod model;
 pub mod policy;
 pub mod routes;

@@ -61,6 +61,9 @@ pub struct MeshView {
     pub traffic_splits: Vec<Arc<TrafficSplit>>,
     /// Istio's ServiceEntries: the declared external services ([`super::egress`]).
     pub service_entries: Vec<Arc<ServiceEntry>>,
+    /// Gateway API routes; those with a Service parent are GAMMA routes ([`super::gamma`]).
+    pub http_routes: Vec<Arc<crate::api::gateway_api::HTTPRoute>>,
+    pub grpc_routes: Vec<Arc<crate::api::gateway_api::GRPCRoute>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -104,6 +107,8 @@ pub struct MeshIndex {
     pub tls_rules: BTreeMap<String, String>,
     /// The `WeftAccepted` condition each Istio policy and route should carry.
     verdicts: BTreeMap<ObjectKey, Verdict>,
+    /// The `status.parents` each GAMMA route should carry ([`super::gamma_status`]).
+    gamma: Vec<crate::route::gamma::RouteStatus>,
     /// The addresses of each meshed pod (status.podIPs), which its proxy's config stream must
     /// come from (see `discovery::server`).
     addresses: HashMap<(String, String), Vec<IpAddr>>,
@@ -325,6 +330,7 @@ impl MeshIndex {
                 .chain(std::mem::take(&mut egress.problems))
                 .collect(),
             tls_rules: routed.tls_rules,
+            gamma: routed.gamma,
             verdicts: BTreeMap::new(),
             addresses,
             egress,
@@ -338,6 +344,11 @@ impl MeshIndex {
         self.addresses
             .get(&(namespace.to_string(), name.to_string()))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// What each GAMMA route's `status.parents` should say.
+    pub fn gamma_statuses(&self) -> &[crate::route::gamma::RouteStatus] {
+        &self.gamma
     }
 
     fn with_verdicts(mut self, view: &MeshView) -> Self {

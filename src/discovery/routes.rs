@@ -41,6 +41,8 @@ pub struct Applied {
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule (`<namespace>/<name>`) whose TLS mode applies to it.
     pub tls_rules: BTreeMap<String, String>,
+    /// What each GAMMA route's `status.parents` should say.
+    pub gamma: Vec<crate::route::gamma::RouteStatus>,
 }
 
 /// Fills `subsets`, `http` and the client TLS modes of every Service entry.
@@ -48,6 +50,8 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     if view.destination_rules.is_empty()
         && view.virtual_services.is_empty()
         && view.traffic_splits.is_empty()
+        && view.http_routes.is_empty()
+        && view.grpc_routes.is_empty()
     {
         return Applied::default();
     }
@@ -93,7 +97,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         .zip(&ts_times)
         .filter_map(|(o, t)| source(&o.metadata, &o.spec.raw, t))
         .collect();
-    let tables = compile::compile(
+    let mut tables = compile::compile(
         &registry,
         Resources {
             destination_rules: &drs,
@@ -101,6 +105,8 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             traffic_splits: &tss,
         },
     );
+    // GAMMA routes onto the same tables (a VirtualService's host keeps its own).
+    let gamma = super::gamma::apply(view, &registry, &mut tables);
     // Pod labels by pod IP: an endpoint is a pod's IP (the view holds the meshed pods).
     let labels: HashMap<IpAddr, &BTreeMap<String, String>> = view
         .pods
@@ -147,6 +153,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     Applied {
         problems,
         tls_rules,
+        gamma,
     }
 }
 

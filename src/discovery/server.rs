@@ -318,6 +318,12 @@ impl DiscoveryState {
         // Egress: Istio's ServiceEntries, optional likewise.
         let service_entries: Store<ServiceEntry> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        // The Gateway API's routes (GAMMA: a Service parent), optional likewise
+        // (config/gateway-api ships the CRDs for clusters without them).
+        let http_routes: Store<crate::api::gateway_api::HTTPRoute> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let grpc_routes: Store<crate::api::gateway_api::GRPCRoute> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -353,6 +359,8 @@ impl DiscoveryState {
                     virtual_services: virtual_services.state(),
                     traffic_splits: traffic_splits.state(),
                     service_entries: service_entries.state(),
+                    http_routes: http_routes.state(),
+                    grpc_routes: grpc_routes.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);

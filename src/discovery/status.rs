@@ -201,6 +201,12 @@ pub async fn run(
     leading: Arc<AtomicBool>,
     mut index: watch::Receiver<Arc<MeshIndex>>,
 ) {
+    // GAMMA routes' status.parents: the same leadership, the same indexes.
+    tokio::spawn(super::gamma_status::run(
+        client.clone(),
+        leading.clone(),
+        index.clone(),
+    ));
     let mut written: HashMap<ObjectKey, Verdict> = HashMap::new();
     loop {
         if leading.load(Ordering::Acquire) {

@@ -111,6 +111,8 @@ pub struct RouteTables {
     pub tls: BTreeMap<String, super::model::HostPolicy>,
     /// (Service FQDN, port) -> HTTP routes, first match wins.
     pub http: BTreeMap<(String, u16), Vec<HttpRoute>>,
+    /// The Services a VirtualService routes (they win over TrafficSplits and GAMMA routes).
+    pub virtual_service_hosts: std::collections::BTreeSet<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -135,7 +137,8 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
         resources.virtual_services,
         &mut problems,
     );
-    let vs_hosts: Vec<String> = http.keys().map(|(h, _)| h.clone()).collect();
+    let vs_hosts: std::collections::BTreeSet<String> =
+        http.keys().map(|(h, _)| h.clone()).collect();
     let splits = smi::traffic_splits(registry, resources.traffic_splits, &mut problems);
     for (root, split) in splits {
         if vs_hosts.contains(&root) {
@@ -157,6 +160,7 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
         subsets,
         tls,
         http,
+        virtual_service_hosts: vs_hosts,
         problems,
     }
 }

@@ -7,6 +7,8 @@
 pub mod action;
 pub mod balance;
 pub mod compile;
+#[cfg(feature = "control-plane")]
+pub mod gamma;
 pub mod egress;
 pub mod istio;
 pub mod istio_actions;

@@ -1,0 +1,175 @@
+//! `HTTPRoute` (`gateway.networking.k8s.io/v1`): watched with its spec as raw JSON, read
+//! strictly by [`Spec::parse`] one rule at a time, so an error names the rule and the field.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::common::{
+    BackendRef, HeaderFilter, HeaderMatch, LocalObjectReference, MirrorFilter, ParentReference,
+};
+use super::strict;
+
+/// HTTP routing rules for a Gateway's listeners or, with a Service parent, for the mesh.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    plural = "httproutes",
+    namespaced
+)]
+#[serde(transparent)]
+pub struct HTTPRouteSpec {
+    /// The spec as stored; [`Spec`] is its strict reading.
+    pub raw: Value,
+}
+
+/// `HTTPRouteSpec`, strictly.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Spec {
+    pub parent_refs: Vec<ParentReference>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Top {
+    #[serde(default)]
+    parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<Value>,
+}
+
+impl Spec {
+    pub fn parse(raw: &Value) -> Result<Spec, String> {
+        let top: Top = strict("spec", raw)?;
+        let rules = top
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| strict(&format!("spec.rules[{i}]"), r))
+            .collect::<Result<_, _>>()?;
+        Ok(Spec {
+            parent_refs: top.parent_refs,
+            hostnames: top.hostnames,
+            rules,
+        })
+    }
+}
+
+/// `HTTPRouteRule`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The CRD defaults it to one `PathPrefix /` match; absent means the same.
+    #[serde(default)]
+    pub matches: Option<Vec<Match>>,
+    #[serde(default)]
+    pub filters: Vec<Filter>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
+}
+
+/// `HTTPRouteMatch`: every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Match {
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(default)]
+    pub query_params: Vec<HeaderMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+/// `HTTPPathMatch`: `type` `Exact`, `PathPrefix` (the default) or `RegularExpression`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `HTTPRouteFilter`: `type` names which one of the other fields is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Filter {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderFilter>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderFilter>,
+    #[serde(default)]
+    pub request_mirror: Option<MirrorFilter>,
+    #[serde(default)]
+    pub request_redirect: Option<RedirectFilter>,
+    #[serde(default)]
+    pub url_rewrite: Option<UrlRewriteFilter>,
+    #[serde(default)]
+    pub extension_ref: Option<LocalObjectReference>,
+    #[serde(default)]
+    pub cors: Option<Value>,
+}
+
+/// `HTTPRequestRedirectFilter`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectFilter {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    #[serde(default)]
+    pub port: Option<i32>,
+    /// The CRD defaults it to 302.
+    #[serde(default)]
+    pub status_code: Option<i32>,
+}
+
+/// `HTTPURLRewriteFilter`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewriteFilter {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+/// `HTTPPathModifier`: `type` `ReplaceFullPath` or `ReplacePrefixMatch`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifier {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// `HTTPRouteTimeouts`: Gateway API durations (`1h2m3s4ms`, a Go duration subset).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}

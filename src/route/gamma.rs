@@ -1,0 +1,1591 @@
+//! Gateway API routes for the mesh (GAMMA): an `HTTPRoute` or `GRPCRoute` whose `parentRefs`
+//! name a Service, compiled into the same per-Service-port tables VirtualServices fill
+//! ([`super::model::HttpRoute`], first match wins), so the proxy has one matcher. The Gateway
+//! API's match precedence across routes is applied here, by sorting; each parent's
+//! `Accepted` / `ResolvedRefs` conditions are computed here too (pure), for the operator to
+//! write. Compiled with the control plane (it reads [`crate::api::gateway_api`]).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::action::{Actions, HeaderEdits, Redirect, Retries, Rewrite};
+use super::compile::{Registry, Source};
+use super::model::{
+    Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
+};
+use crate::api::gateway_api::common::{BackendRef, HeaderFilter, HeaderMatch, ParentReference};
+use crate::api::gateway_api::{grpcroute, httproute};
+
+pub const HTTP_ROUTE: &str = "HTTPRoute";
+pub const GRPC_ROUTE: &str = "GRPCRoute";
+
+/// Condition types and reasons, as the Gateway API names them.
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+pub const REASON_ACCEPTED: &str = "Accepted";
+pub const REASON_RESOLVED_REFS: &str = "ResolvedRefs";
+pub const REASON_UNSUPPORTED_VALUE: &str = "UnsupportedValue";
+pub const REASON_NO_MATCHING_PARENT: &str = "NoMatchingParent";
+/// Not one of the spec's listed reasons (it allows others): the parent Service is routed by
+/// a VirtualService, which weft applies instead.
+pub const REASON_NOT_ALLOWED_BY_PARENTS: &str = "NotAllowedByParents";
+pub const REASON_BACKEND_NOT_FOUND: &str = "BackendNotFound";
+pub const REASON_INVALID_KIND: &str = "InvalidKind";
+pub const REASON_REF_NOT_PERMITTED: &str = "RefNotPermitted";
+
+/// Which kind of route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn kind(self) -> &'static str {
+        match self {
+            RouteKind::Http => HTTP_ROUTE,
+            RouteKind::Grpc => GRPC_ROUTE,
+        }
+    }
+}
+
+/// One route as watched.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSource<'a> {
+    pub kind: RouteKind,
+    pub generation: Option<i64>,
+    pub source: Source<'a>,
+}
+
+/// One condition of a parent's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Condition {
+    fn yes(reason: &'static str, message: impl Into<String>) -> Self {
+        Condition {
+            status: true,
+            reason,
+            message: message.into(),
+        }
+    }
+    fn no(reason: &'static str, message: impl Into<String>) -> Self {
+        Condition {
+            status: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What weft says about one Service parent of a route (`status.parents[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentStatus {
+    /// The parent reference as the route wrote it.
+    pub parent_ref: ParentReference,
+    pub accepted: Condition,
+    pub resolved_refs: Condition,
+    /// `PartiallyInvalid` (only ever `True`): the message names each dropped rule.
+    pub partially_invalid: Option<Condition>,
+}
+
+/// The status of one route: one entry per Service parent weft serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatus {
+    pub kind: RouteKind,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub parents: Vec<ParentStatus>,
+}
+
+/// What the GAMMA routes of the mesh compile to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gamma {
+    /// (Service FQDN, port) -> routes in the Gateway API's precedence order.
+    pub http: BTreeMap<(String, u16), Vec<HttpRoute>>,
+    pub statuses: Vec<RouteStatus>,
+}
+
+/// Compiles every route with a Service parent. `virtual_service_hosts` are the Services a
+/// VirtualService routes: the VirtualService applies there and a route's parent on them is
+/// not accepted (one route table per Service; see docs/traffic.md).
+pub fn compile(
+    registry: &Registry,
+    routes: &[RouteSource<'_>],
+    virtual_service_hosts: &BTreeSet<String>,
+) -> Gamma {
+    // Oldest first, then by namespace and name (the spec's tie-breakers), so every replica
+    // orders the same way.
+    let mut sorted: Vec<&RouteSource> = routes.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.source.created, a.source.namespace, a.source.name, a.kind).cmp(&(
+            b.source.created,
+            b.source.namespace,
+            b.source.name,
+            b.kind,
+        ))
+    });
+    // Entries of every table, with their precedence keys, before sorting.
+    let mut entries: BTreeMap<(String, u16), Vec<(Key, HttpRoute)>> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for (age, r) in sorted.into_iter().enumerate() {
+        let parents = compile_route(
+            registry,
+            r.kind,
+            &r.source,
+            age,
+            virtual_service_hosts,
+            &mut entries,
+        );
+        if !parents.is_empty() {
+            statuses.push(RouteStatus {
+                kind: r.kind,
+                namespace: r.source.namespace.to_string(),
+                name: r.source.name.to_string(),
+                generation: r.generation,
+                parents,
+            });
+        }
+    }
+    let http = entries
+        .into_iter()
+        .map(|(at, mut list)| {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            // The proxy refuses a larger table (and with it the whole snapshot).
+            list.truncate(MAX_ROUTES);
+            (at, list.into_iter().map(|(_, r)| r).collect())
+        })
+        .collect();
+    Gamma { http, statuses }
+}
+
+// === Precedence ===
+
+/// The Gateway API's order between matches of all routes on one parent: an exact path, then
+/// the longest prefix (then a regex), a method match, more header matches, more query
+/// matches; then the oldest route, its `namespace/name`, the rule and the match in order.
+/// GRPCRoute matches come before HTTPRoute ones (they only take gRPC requests) and rank by
+/// the characters of their service, then of their method, then header matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    grpc: bool,
+    /// 3 exact, 2 prefix, 1 regex, 0 none (gRPC: characters of the service).
+    rank: usize,
+    /// Characters of the path (gRPC: of the method).
+    length: usize,
+    method: bool,
+    headers: usize,
+    queries: usize,
+    age: usize,
+    rule: usize,
+    matched: usize,
+}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.grpc
+            .cmp(&self.grpc)
+            .then(o.rank.cmp(&self.rank))
+            .then(o.length.cmp(&self.length))
+            .then(o.method.cmp(&self.method))
+            .then(o.headers.cmp(&self.headers))
+            .then(o.queries.cmp(&self.queries))
+            .then(self.age.cmp(&o.age))
+            .then(self.rule.cmp(&o.rule))
+            .then(self.matched.cmp(&o.matched))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+// === One route ===
+
+/// A Service parent, resolved.
+struct Parent {
+    parent_ref: ParentReference,
+    host: String,
+    /// The HTTP ports the route attaches to; empty when it is not accepted.
+    ports: Vec<u16>,
+    refused: Option<Condition>,
+}
+
+/// A rule compiled once per parent port: `(match key, route)` entries.
+type Compiled = Vec<(Key, HttpRoute)>;
+
+fn compile_route(
+    registry: &Registry,
+    kind: RouteKind,
+    src: &Source<'_>,
+    age: usize,
+    vs_hosts: &BTreeSet<String>,
+    entries: &mut BTreeMap<(String, u16), Vec<(Key, HttpRoute)>>,
+) -> Vec<ParentStatus> {
+    let parent_refs = crate::api::gateway_api::common::parent_refs(src.spec);
+    let mut parents: Vec<Parent> = parent_refs
+        .into_iter()
+        .filter(ParentReference::is_service)
+        .filter_map(|p| resolve_parent(registry, kind, src, p, vs_hosts))
+        .collect();
+    if parents.is_empty() {
+        return Vec::new();
+    }
+    let rules = match kind {
+        RouteKind::Http => httproute::Spec::parse(src.spec).map(|s| {
+            s.rules
+                .into_iter()
+                .map(|r| RuleSpec::Http(Box::new(r)))
+                .collect::<Vec<_>>()
+        }),
+        RouteKind::Grpc => grpcroute::Spec::parse(src.spec).map(|s| {
+            s.rules
+                .into_iter()
+                .map(|r| RuleSpec::Grpc(Box::new(r)))
+                .collect::<Vec<_>>()
+        }),
+    };
+    let rules = match rules {
+        Ok(r) => r,
+        Err(e) => {
+            return parents
+                .into_iter()
+                .map(|p| ParentStatus {
+                    parent_ref: p.parent_ref,
+                    accepted: p
+                        .refused
+                        .unwrap_or_else(|| Condition::no(REASON_UNSUPPORTED_VALUE, e.clone())),
+                    resolved_refs: Condition::yes(
+                        REASON_RESOLVED_REFS,
+                        "the route is not accepted; its references were not checked",
+                    ),
+                    partially_invalid: None,
+                })
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for parent in parents.iter_mut() {
+        let mut dropped: Vec<String> = Vec::new();
+        let mut unresolved: Option<Condition> = None;
+        let mut compiled_any = false;
+        for &port in &parent.ports {
+            for (i, rule) in rules.iter().enumerate() {
+                let ctx = RuleCtx {
+                    registry,
+                    src,
+                    kind,
+                    parent_host: &parent.host,
+                    parent_port: port,
+                    age,
+                    rule: i,
+                };
+                match compile_rule(&ctx, rule) {
+                    Ok((compiled, refs)) => {
+                        if unresolved.is_none() {
+                            unresolved = refs;
+                        }
+                        compiled_any = true;
+                        entries
+                            .entry((parent.host.clone(), port))
+                            .or_default()
+                            .extend(compiled);
+                    }
+                    Err(e) => {
+                        let m = format!("rule {i}{}: {e}", rule_name(rule));
+                        if !dropped.contains(&m) {
+                            dropped.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        let accepted = match (&parent.refused, compiled_any || rules.is_empty()) {
+            (Some(c), _) => c.clone(),
+            (None, true) => {
+                Condition::yes(REASON_ACCEPTED, "routes applied by weft for this Service")
+            }
+            (None, false) => Condition::no(
+                REASON_UNSUPPORTED_VALUE,
+                format!("no rule can be applied: {}", dropped.join("; ")),
+            ),
+        };
+        let partially_invalid = (accepted.status && !dropped.is_empty()).then(|| {
+            Condition::yes(
+                REASON_UNSUPPORTED_VALUE,
+                format!("Dropped Rule(s): {}", dropped.join("; ")),
+            )
+        });
+        out.push(ParentStatus {
+            parent_ref: parent.parent_ref.clone(),
+            resolved_refs: unresolved.unwrap_or_else(|| {
+                Condition::yes(REASON_RESOLVED_REFS, "every backend reference resolved")
+            }),
+            accepted,
+            partially_invalid,
+        });
+    }
+    out
+}
+
+fn rule_name(rule: &RuleSpec) -> String {
+    let name = match rule {
+        RuleSpec::Http(r) => r.name.as_deref(),
+        RuleSpec::Grpc(r) => r.name.as_deref(),
+    };
+    name.map(|n| format!(" ({n})")).unwrap_or_default()
+}
+
+/// The Service a parent reference names, and the ports the route attaches to; None when the
+/// Service does not exist (weft writes status only for the Services it serves).
+fn resolve_parent(
+    registry: &Registry,
+    kind: RouteKind,
+    src: &Source<'_>,
+    p: ParentReference,
+    vs_hosts: &BTreeSet<String>,
+) -> Option<Parent> {
+    let namespace = p.namespace.as_deref().unwrap_or(src.namespace);
+    let host = format!("{}.{namespace}.svc.{}", p.name, registry.cluster_domain);
+    let ports = registry.ports(&host)?;
+    let refuse = |reason, message: String| Parent {
+        parent_ref: p.clone(),
+        host: host.clone(),
+        ports: Vec::new(),
+        refused: Some(Condition::no(reason, message)),
+    };
+    if namespace != src.namespace {
+        return Some(refuse(
+            REASON_UNSUPPORTED_VALUE,
+            format!(
+                "a consumer route (a parent Service in namespace {namespace}, the route in {}) is not supported by weft yet: put the route in the Service's namespace",
+                src.namespace
+            ),
+        ));
+    }
+    if p.section_name.is_some() {
+        return Some(refuse(
+            REASON_UNSUPPORTED_VALUE,
+            "parentRefs[].sectionName (a Service port name) is not supported by weft yet: name the port with parentRefs[].port".into(),
+        ));
+    }
+    if vs_hosts.contains(&host) {
+        return Some(refuse(
+            REASON_NOT_ALLOWED_BY_PARENTS,
+            format!(
+                "Service {host} is routed by a VirtualService, which weft applies instead of Gateway API routes for the same Service"
+            ),
+        ));
+    }
+    let http: Vec<u16> = match p.port {
+        Some(want) => {
+            let Some(info) = ports.iter().find(|i| i32::from(i.port) == want) else {
+                return Some(refuse(
+                    REASON_NO_MATCHING_PARENT,
+                    format!("Service {host} has no port {want}"),
+                ));
+            };
+            if !info.http {
+                return Some(refuse(
+                    REASON_UNSUPPORTED_VALUE,
+                    format!(
+                        "port {want} of Service {host} is declared for another protocol than HTTP; an {} needs an HTTP port (name http*/grpc* or appProtocol, or undeclared)",
+                        kind.kind()
+                    ),
+                ));
+            }
+            vec![info.port]
+        }
+        None => ports.iter().filter(|i| i.http).map(|i| i.port).collect(),
+    };
+    if http.is_empty() {
+        return Some(refuse(
+            REASON_UNSUPPORTED_VALUE,
+            format!(
+                "Service {host} has no HTTP port (every port is declared for another protocol)"
+            ),
+        ));
+    }
+    Some(Parent {
+        parent_ref: p,
+        host,
+        ports: http,
+        refused: None,
+    })
+}
+
+// === One rule ===
+
+enum RuleSpec {
+    Http(Box<httproute::Rule>),
+    Grpc(Box<grpcroute::Rule>),
+}
+
+struct RuleCtx<'a> {
+    registry: &'a Registry,
+    src: &'a Source<'a>,
+    kind: RouteKind,
+    parent_host: &'a str,
+    parent_port: u16,
+    age: usize,
+    rule: usize,
+}
+
+/// One rule's entries for one parent port, and a `ResolvedRefs=False` condition if one of its
+/// backends does not resolve. Err: the rule cannot be applied (an unsupported filter or
+/// value), and is dropped.
+fn compile_rule(
+    ctx: &RuleCtx<'_>,
+    rule: &RuleSpec,
+) -> Result<(Compiled, Option<Condition>), String> {
+    let (filters, backend_refs) = match rule {
+        RuleSpec::Http(r) => (
+            r.filters.iter().map(FilterRef::Http).collect::<Vec<_>>(),
+            &r.backend_refs,
+        ),
+        RuleSpec::Grpc(r) => (
+            r.filters.iter().map(FilterRef::Grpc).collect::<Vec<_>>(),
+            &r.backend_refs,
+        ),
+    };
+    let mut actions = Actions::default();
+    let mut path_edit: Option<PathEdit> = None;
+    let mut redirect: Option<(httproute::RedirectFilter, Option<PathEdit>)> = None;
+    for f in &filters {
+        match apply_filter(f, &mut actions)? {
+            FilterEffect::None => {}
+            FilterEffect::Rewrite(edit) => path_edit = edit,
+            FilterEffect::Redirect(r, edit) => redirect = Some((r, edit)),
+        }
+    }
+    if let RuleSpec::Http(r) = rule
+        && let Some(t) = &r.timeouts
+    {
+        apply_timeouts(t, &mut actions)?;
+    }
+    let (destinations, unresolved) = if redirect.is_some() {
+        (Dests::None, None)
+    } else {
+        destinations(ctx, backend_refs)?
+    };
+    let matches: Vec<(Key, MatchShape)> = match rule {
+        RuleSpec::Http(r) => http_matches(ctx, r)?,
+        RuleSpec::Grpc(r) => grpc_matches(ctx, r)?,
+    };
+    let name = format!("{}/{}", ctx.src.namespace, ctx.src.name);
+    let mut out = Vec::new();
+    for (key, shape) in matches {
+        for (m, path_kind) in shape.expand() {
+            let mut actions = actions.clone();
+            if let Some(edit) = &path_edit {
+                actions.rewrite.get_or_insert_with(Rewrite::default).uri =
+                    Some(edit.target(path_kind));
+            }
+            if let Some((r, edit)) = &redirect {
+                if let (Some(PathEdit::Prefix(_)), PathKind::Prefix) = (edit, path_kind) {
+                    return Err(
+                        "RequestRedirect path.type ReplacePrefixMatch is not supported by weft yet (ReplaceFullPath is)".into(),
+                    );
+                }
+                actions.redirect = Some(redirect_of(r, edit.as_ref(), path_kind, ctx.parent_port)?);
+            }
+            let (destinations, actions) = match &destinations {
+                Dests::Some(d) => (d.clone(), actions),
+                // Every backend is invalid: the spec's 500, answered by the client's proxy
+                // before any endpoint is dialled (the parent Service stands as destination).
+                Dests::AllInvalid => (
+                    vec![Destination {
+                        service: ctx.parent_host.to_string(),
+                        port: ctx.parent_port,
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    Actions {
+                        fault: Some(super::action::Fault {
+                            delay: None,
+                            abort: Some(super::action::Abort {
+                                status: Some(500),
+                                grpc_status: None,
+                                per_million: super::action::PER_MILLION,
+                            }),
+                        }),
+                        ..actions
+                    },
+                ),
+                Dests::None => (Vec::new(), actions),
+            };
+            out.push((
+                key.clone(),
+                HttpRoute {
+                    name: name.clone(),
+                    matches: vec![m],
+                    destinations,
+                    actions,
+                },
+            ));
+        }
+    }
+    super::model::validate(
+        &name,
+        &out.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+    )?;
+    Ok((out, unresolved))
+}
+
+enum FilterRef<'a> {
+    Http(&'a httproute::Filter),
+    Grpc(&'a grpcroute::Filter),
+}
+
+enum FilterEffect {
+    None,
+    Rewrite(Option<PathEdit>),
+    Redirect(httproute::RedirectFilter, Option<PathEdit>),
+}
+
+/// A path modifier: the whole path, or the matched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathEdit {
+    Full(String),
+    Prefix(String),
+}
+
+impl PathEdit {
+    /// What `rewrite.uri` must say for an entry whose path match is `kind`: a prefix entry
+    /// matches `<prefix>/`, so the replacement keeps the separator; any other entry has its
+    /// whole path replaced ([`super::action::rewritten_path`]).
+    fn target(&self, kind: PathKind) -> String {
+        match (self, kind) {
+            (PathEdit::Full(p), _) => p.clone(),
+            (PathEdit::Prefix(p), PathKind::Prefix) => {
+                if p.ends_with('/') {
+                    p.clone()
+                } else {
+                    format!("{p}/")
+                }
+            }
+            (PathEdit::Prefix(p), _) => {
+                if p.is_empty() {
+                    "/".into()
+                } else {
+                    p.clone()
+                }
+            }
+        }
+    }
+}
+
+fn path_edit(m: &httproute::PathModifier, what: &str) -> Result<PathEdit, String> {
+    match (
+        m.type_.as_str(),
+        &m.replace_full_path,
+        &m.replace_prefix_match,
+    ) {
+        ("ReplaceFullPath", Some(p), _) => Ok(PathEdit::Full(p.clone())),
+        ("ReplacePrefixMatch", _, Some(p)) => Ok(PathEdit::Prefix(p.clone())),
+        (t, _, _) => Err(format!(
+            "{what}.path.type {t:?} without its value is not supported (ReplaceFullPath with replaceFullPath, ReplacePrefixMatch with replacePrefixMatch)"
+        )),
+    }
+}
+
+fn apply_filter(f: &FilterRef<'_>, actions: &mut Actions) -> Result<FilterEffect, String> {
+    let (type_, req, resp) = match f {
+        FilterRef::Http(f) => (
+            f.type_.as_str(),
+            &f.request_header_modifier,
+            &f.response_header_modifier,
+        ),
+        FilterRef::Grpc(f) => (
+            f.type_.as_str(),
+            &f.request_header_modifier,
+            &f.response_header_modifier,
+        ),
+    };
+    match type_ {
+        "RequestHeaderModifier" => {
+            actions.request_headers = header_edits(req.as_ref(), "RequestHeaderModifier")?;
+            Ok(FilterEffect::None)
+        }
+        "ResponseHeaderModifier" => {
+            actions.response_headers = header_edits(resp.as_ref(), "ResponseHeaderModifier")?;
+            Ok(FilterEffect::None)
+        }
+        "URLRewrite" => {
+            let FilterRef::Http(f) = f else {
+                return Err("filter URLRewrite is not a GRPCRoute filter".into());
+            };
+            let r = f
+                .url_rewrite
+                .as_ref()
+                .ok_or("filter URLRewrite without urlRewrite")?;
+            if let Some(h) = &r.hostname {
+                actions
+                    .rewrite
+                    .get_or_insert_with(Rewrite::default)
+                    .authority = Some(h.clone());
+            }
+            let edit = r
+                .path
+                .as_ref()
+                .map(|p| path_edit(p, "urlRewrite"))
+                .transpose()?;
+            if edit.is_some() {
+                actions.rewrite.get_or_insert_with(Rewrite::default);
+            }
+            Ok(FilterEffect::Rewrite(edit))
+        }
+        "RequestRedirect" => {
+            let FilterRef::Http(f) = f else {
+                return Err("filter RequestRedirect is not a GRPCRoute filter".into());
+            };
+            let r = f
+                .request_redirect
+                .clone()
+                .ok_or("filter RequestRedirect without requestRedirect")?;
+            let edit = r
+                .path
+                .as_ref()
+                .map(|p| path_edit(p, "requestRedirect"))
+                .transpose()?;
+            Ok(FilterEffect::Redirect(r, edit))
+        }
+        "RequestMirror" => Err(
+            "filter RequestMirror is not supported by weft yet (the proxy has no mirroring)".into(),
+        ),
+        "CORS" => Err("filter CORS is not supported by weft yet".into()),
+        "ExtensionRef" => Err("filter ExtensionRef: weft implements no extension filters".into()),
+        other => Err(format!("filter type {other:?} is not supported")),
+    }
+}
+
+/// A header modifier: names lowercased (HTTP names are case-insensitive; the proxy's edits
+/// take lowercase tokens).
+fn header_edits(f: Option<&HeaderFilter>, what: &str) -> Result<HeaderEdits, String> {
+    let f = f.ok_or_else(|| format!("filter {what} without its settings"))?;
+    let mut e = HeaderEdits::default();
+    for h in &f.set {
+        e.set.insert(h.name.to_ascii_lowercase(), h.value.clone());
+    }
+    for h in &f.add {
+        e.add.insert(h.name.to_ascii_lowercase(), h.value.clone());
+    }
+    e.remove = f.remove.iter().map(|n| n.to_ascii_lowercase()).collect();
+    super::action::validate_edits(&e).map_err(|m| format!("{what}: {m}"))?;
+    Ok(e)
+}
+
+/// `timeouts.request` is the whole request's deadline; `timeouts.backendRequest` each try's
+/// (with Istio's default retries, which a GAMMA route keeps). `0s` turns a timeout off.
+fn apply_timeouts(t: &httproute::Timeouts, actions: &mut Actions) -> Result<(), String> {
+    let ms = |what: &str, v: &str| {
+        crate::duration::parse(v)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|e| format!("timeouts.{what}: {e}"))
+    };
+    if let Some(r) = &t.request {
+        let v = ms("request", r)?;
+        actions.timeout_ms = (v > 0).then_some(v);
+    }
+    if let Some(b) = &t.backend_request {
+        let v = ms("backendRequest", b)?;
+        if let (Some(total), true) = (actions.timeout_ms, v > 0)
+            && v > total
+        {
+            return Err(format!(
+                "timeouts.backendRequest {b} is longer than timeouts.request"
+            ));
+        }
+        if v > 0 {
+            actions.retries = Some(Retries {
+                per_try_timeout_ms: Some(v),
+                ..Retries::istio_default()
+            });
+        }
+    }
+    Ok(())
+}
+
+fn redirect_of(
+    r: &httproute::RedirectFilter,
+    edit: Option<&PathEdit>,
+    kind: PathKind,
+    parent_port: u16,
+) -> Result<Redirect, String> {
+    let code = match r.status_code.unwrap_or(302) {
+        c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+        c => return Err(format!("requestRedirect.statusCode {c} is not supported")),
+    };
+    let scheme = r.scheme.clone();
+    // The spec's port: as given; else the scheme's well-known port when a scheme is given;
+    // else the parent's port (the Service port the client dialled).
+    let port = match (r.port, scheme.as_deref()) {
+        (Some(p), _) => {
+            Some(u16::try_from(p).map_err(|_| format!("requestRedirect.port {p} is not a port"))?)
+        }
+        (None, Some("https")) => Some(443),
+        (None, Some("http")) => Some(80),
+        (None, Some(s)) => {
+            return Err(format!("requestRedirect.scheme {s:?} is not http or https"));
+        }
+        (None, None) => Some(parent_port),
+    };
+    let uri = match edit {
+        None => None,
+        Some(PathEdit::Full(p)) => Some(p.clone()),
+        Some(e @ PathEdit::Prefix(_)) => Some(e.target(kind)),
+    };
+    Ok(Redirect {
+        uri,
+        authority: r.hostname.clone(),
+        scheme,
+        port,
+        code,
+    })
+}
+
+enum Dests {
+    Some(Vec<Destination>),
+    /// Every backend is invalid: 500.
+    AllInvalid,
+    /// No backends: the rule only redirects.
+    None,
+}
+
+/// The rule's weighted backends. A backend that does not resolve keeps its share, which the
+/// proxy answers 503 (`NR`, the destination is not in its config); when none resolves the
+/// rule answers 500, as the spec says.
+fn destinations(
+    ctx: &RuleCtx<'_>,
+    refs: &[BackendRef],
+) -> Result<(Dests, Option<Condition>), String> {
+    if refs.len() > MAX_DESTINATIONS {
+        return Err(format!("more than {MAX_DESTINATIONS} backendRefs"));
+    }
+    let mut out = Vec::new();
+    let mut unresolved: Option<Condition> = None;
+    let mut valid = 0;
+    for (i, b) in refs.iter().enumerate() {
+        let weight = u32::try_from(b.weight.unwrap_or(1))
+            .map_err(|_| format!("backendRefs[{i}].weight is negative"))?;
+        let namespace = b.namespace.as_deref().unwrap_or(ctx.src.namespace);
+        let host = format!("{}.{namespace}.svc.{}", b.name, ctx.registry.cluster_domain);
+        let mut request_headers = HeaderEdits::default();
+        let mut response_headers = HeaderEdits::default();
+        for f in &b.filters {
+            let parsed: Result<(String, Option<HeaderFilter>, Option<HeaderFilter>), String> =
+                match ctx.kind {
+                    RouteKind::Http => crate::api::gateway_api::strict::<httproute::Filter>(
+                        &format!("backendRefs[{i}].filters"),
+                        f,
+                    )
+                    .map(|f| {
+                        (
+                            f.type_,
+                            f.request_header_modifier,
+                            f.response_header_modifier,
+                        )
+                    }),
+                    RouteKind::Grpc => crate::api::gateway_api::strict::<grpcroute::Filter>(
+                        &format!("backendRefs[{i}].filters"),
+                        f,
+                    )
+                    .map(|f| {
+                        (
+                            f.type_,
+                            f.request_header_modifier,
+                            f.response_header_modifier,
+                        )
+                    }),
+                };
+            let (type_, req, resp) = parsed?;
+            match type_.as_str() {
+                "RequestHeaderModifier" => {
+                    request_headers = header_edits(req.as_ref(), "RequestHeaderModifier")?
+                }
+                "ResponseHeaderModifier" => {
+                    response_headers = header_edits(resp.as_ref(), "ResponseHeaderModifier")?
+                }
+                other => {
+                    return Err(format!(
+                        "backendRefs[{i}].filters: filter {other} on a backend is not supported by weft yet (RequestHeaderModifier and ResponseHeaderModifier are)"
+                    ));
+                }
+            }
+        }
+        let problem = if !b.is_service() {
+            Some(Condition::no(
+                REASON_INVALID_KIND,
+                format!(
+                    "backendRefs[{i}] is a {}/{}; weft routes to core Services only",
+                    b.group.as_deref().unwrap_or(""),
+                    b.kind.as_deref().unwrap_or("Service")
+                ),
+            ))
+        } else if namespace != ctx.src.namespace {
+            Some(Condition::no(
+                REASON_REF_NOT_PERMITTED,
+                format!(
+                    "backendRefs[{i}] is Service {namespace}/{}: weft does not read ReferenceGrants yet, so a backend in another namespace is not permitted",
+                    b.name
+                ),
+            ))
+        } else {
+            match (ctx.registry.ports(&host), b.port) {
+                (None, _) => Some(Condition::no(
+                    REASON_BACKEND_NOT_FOUND,
+                    format!(
+                        "backendRefs[{i}]: Service {namespace}/{} does not exist",
+                        b.name
+                    ),
+                )),
+                (Some(_), None) => Some(Condition::no(
+                    REASON_BACKEND_NOT_FOUND,
+                    format!("backendRefs[{i}]: a Service backend needs a port"),
+                )),
+                (Some(ports), Some(p)) if !ports.iter().any(|x| i32::from(x.port) == p) => {
+                    Some(Condition::no(
+                        REASON_BACKEND_NOT_FOUND,
+                        format!(
+                            "backendRefs[{i}]: Service {namespace}/{} has no port {p}",
+                            b.name
+                        ),
+                    ))
+                }
+                _ => None,
+            }
+        };
+        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        match problem {
+            Some(c) => {
+                unresolved.get_or_insert(c);
+                // Its share stays, answered 503 NR by the proxy (see docs/traffic.md).
+                if weight > 0 {
+                    out.push(Destination {
+                        service: host,
+                        port,
+                        weight,
+                        request_headers,
+                        response_headers,
+                        ..Default::default()
+                    });
+                }
+            }
+            None => {
+                valid += 1;
+                out.push(Destination {
+                    service: host,
+                    port,
+                    weight,
+                    request_headers,
+                    response_headers,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    if refs.is_empty() || valid == 0 || out.iter().all(|d| d.weight == 0) {
+        return Ok((Dests::AllInvalid, unresolved));
+    }
+    Ok((Dests::Some(out), unresolved))
+}
+
+// === Matches ===
+
+/// How an entry's path is matched, which decides how a path modifier applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathKind {
+    Exact,
+    Prefix,
+    Other,
+}
+
+/// One Gateway API match, before a `PathPrefix` is expanded into the model's matches.
+struct MatchShape {
+    base: RequestMatch,
+    /// A `PathPrefix` without its trailing `/` (empty for `/`): matches the path itself or
+    /// anything under it, element by element (`/abc` takes `/abc/x`, not `/abcd`).
+    prefix: Option<String>,
+}
+
+impl MatchShape {
+    fn expand(self) -> Vec<(RequestMatch, PathKind)> {
+        match self.prefix {
+            None => {
+                let kind = match &self.base.uri {
+                    Some(StringMatch::Exact(_)) => PathKind::Exact,
+                    _ => PathKind::Other,
+                };
+                vec![(self.base, kind)]
+            }
+            Some(p) if p.is_empty() => vec![(
+                RequestMatch {
+                    uri: Some(StringMatch::Prefix("/".into())),
+                    ..self.base
+                },
+                PathKind::Prefix,
+            )],
+            Some(p) => vec![
+                (
+                    RequestMatch {
+                        uri: Some(StringMatch::Exact(p.clone())),
+                        ..self.base.clone()
+                    },
+                    PathKind::Exact,
+                ),
+                (
+                    RequestMatch {
+                        uri: Some(StringMatch::Prefix(format!("{p}/"))),
+                        ..self.base
+                    },
+                    PathKind::Prefix,
+                ),
+            ],
+        }
+    }
+}
+
+fn regex(what: &str, source: &str) -> Result<StringMatch, String> {
+    Pattern::new(source)
+        .map(StringMatch::Regex)
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+fn header_matches(
+    list: &[HeaderMatch],
+    what: &str,
+    lowercase: bool,
+) -> Result<BTreeMap<String, StringMatch>, String> {
+    let mut out = BTreeMap::new();
+    for h in list {
+        let name = if lowercase {
+            h.name.to_ascii_lowercase()
+        } else {
+            h.name.clone()
+        };
+        let m = match h.type_.as_deref().unwrap_or("Exact") {
+            "Exact" => StringMatch::Exact(h.value.clone()),
+            "RegularExpression" => regex(&format!("{what} {}", h.name), &h.value)?,
+            t => return Err(format!("{what} type {t:?} is not supported")),
+        };
+        // The spec: only the first match of a name counts.
+        out.entry(name).or_insert(m);
+    }
+    Ok(out)
+}
+
+fn http_matches(ctx: &RuleCtx<'_>, r: &httproute::Rule) -> Result<Vec<(Key, MatchShape)>, String> {
+    let default = [httproute::Match {
+        path: Some(httproute::PathMatch {
+            type_: Some("PathPrefix".into()),
+            value: Some("/".into()),
+        }),
+        ..Default::default()
+    }];
+    let list: &[httproute::Match] = match &r.matches {
+        Some(m) if !m.is_empty() => m,
+        _ => &default,
+    };
+    let mut out = Vec::new();
+    for (j, m) in list.iter().enumerate() {
+        let mut base = RequestMatch {
+            headers: header_matches(&m.headers, "headers", true)?,
+            query_params: header_matches(&m.query_params, "queryParams", false)?,
+            method: m.method.clone().map(StringMatch::Exact),
+            port: None,
+            ..Default::default()
+        };
+        let mut prefix = None;
+        let (rank, length) = match &m.path {
+            None => {
+                prefix = Some(String::new());
+                (2, 1)
+            }
+            Some(p) => {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                match p.type_.as_deref().unwrap_or("PathPrefix") {
+                    "Exact" => {
+                        base.uri = Some(StringMatch::Exact(value.clone()));
+                        (3, value.len())
+                    }
+                    "PathPrefix" => {
+                        if !value.starts_with('/') {
+                            return Err(format!("path {value:?} does not start with /"));
+                        }
+                        prefix = Some(value.trim_end_matches('/').to_string());
+                        (2, value.len())
+                    }
+                    "RegularExpression" => {
+                        base.uri = Some(regex("path", &value)?);
+                        (1, value.len())
+                    }
+                    t => return Err(format!("path type {t:?} is not supported")),
+                }
+            }
+        };
+        out.push((
+            Key {
+                grpc: false,
+                rank,
+                length,
+                method: base.method.is_some(),
+                headers: base.headers.len(),
+                queries: base.query_params.len(),
+                age: ctx.age,
+                rule: ctx.rule,
+                matched: j,
+            },
+            MatchShape { base, prefix },
+        ));
+    }
+    Ok(out)
+}
+
+/// gRPC's method match is a match on the `/service/method` path; every entry also requires a
+/// gRPC content type, so GRPCRoute entries never take plain HTTP requests.
+fn grpc_matches(ctx: &RuleCtx<'_>, r: &grpcroute::Rule) -> Result<Vec<(Key, MatchShape)>, String> {
+    let all = [grpcroute::Match::default()];
+    let list: &[grpcroute::Match] = if r.matches.is_empty() {
+        &all
+    } else {
+        &r.matches
+    };
+    let mut out = Vec::new();
+    for (j, m) in list.iter().enumerate() {
+        let mut headers = header_matches(&m.headers, "headers", true)?;
+        let counted = headers.len();
+        headers.insert(
+            "content-type".into(),
+            StringMatch::Prefix("application/grpc".into()),
+        );
+        let (uri, service_len, method_len) = match &m.method {
+            None => (None, 0, 0),
+            Some(mm) => {
+                let service = mm.service.as_deref().filter(|s| !s.is_empty());
+                let method = mm.method.as_deref().filter(|s| !s.is_empty());
+                let lens = (service.map_or(0, str::len), method.map_or(0, str::len));
+                let uri = match (mm.type_.as_deref().unwrap_or("Exact"), service, method) {
+                    (_, None, None) => {
+                        return Err("method without service or method".into());
+                    }
+                    ("Exact", Some(s), Some(m)) => StringMatch::Exact(format!("/{s}/{m}")),
+                    ("Exact", Some(s), None) => StringMatch::Prefix(format!("/{s}/")),
+                    ("Exact", None, Some(m)) => {
+                        regex("method", &format!("/[^/]+/{}", regex_escape(m)))?
+                    }
+                    ("RegularExpression", s, m) => regex(
+                        "method",
+                        &format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
+                    )?,
+                    (t, _, _) => return Err(format!("method type {t:?} is not supported")),
+                };
+                (Some(uri), lens.0, lens.1)
+            }
+        };
+        out.push((
+            Key {
+                grpc: true,
+                rank: service_len,
+                length: method_len,
+                method: false,
+                headers: counted,
+                queries: 0,
+                age: ctx.age,
+                rule: ctx.rule,
+                matched: j,
+            },
+            MatchShape {
+                base: RequestMatch {
+                    uri,
+                    headers,
+                    ..Default::default()
+                },
+                prefix: None,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn regex_escape(s: &str) -> String {
+    regex::escape(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::route::action::rewritten_path;
+    use crate::route::select::{Choice, RequestView, choose_route};
+
+    fn registry() -> Registry {
+        let mut r = Registry::new("cluster.local");
+        for svc in ["reviews", "reviews-v1", "reviews-v2", "echo"] {
+            r.add(&format!("{svc}.shop.svc.cluster.local"), 9080, true);
+        }
+        r.add("db.shop.svc.cluster.local", 5432, false);
+        r.add("grpc.shop.svc.cluster.local", 7070, true);
+        r
+    }
+
+    fn parent(name: &str) -> Value {
+        json!({"group": "", "kind": "Service", "name": name, "port": 9080})
+    }
+
+    struct Route {
+        kind: RouteKind,
+        name: &'static str,
+        created: &'static str,
+        spec: Value,
+    }
+
+    fn http(name: &'static str, created: &'static str, spec: Value) -> Route {
+        Route {
+            kind: RouteKind::Http,
+            name,
+            created,
+            spec,
+        }
+    }
+
+    fn run(routes: &[Route], vs: &[&str]) -> Gamma {
+        let sources: Vec<RouteSource> = routes
+            .iter()
+            .map(|r| RouteSource {
+                kind: r.kind,
+                generation: Some(1),
+                source: Source {
+                    namespace: "shop",
+                    name: r.name,
+                    created: r.created,
+                    spec: &r.spec,
+                },
+            })
+            .collect();
+        let vs: BTreeSet<String> = vs.iter().map(|s| s.to_string()).collect();
+        compile(&registry(), &sources, &vs)
+    }
+
+    fn table<'a>(g: &'a Gamma, svc: &str, port: u16) -> &'a [HttpRoute] {
+        g.http
+            .get(&(format!("{svc}.shop.svc.cluster.local"), port))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The route (`name` of the resource, and the first destination's Service short name)
+    /// that takes a request.
+    fn taken(
+        routes: &[HttpRoute],
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<String> {
+        let headers: Vec<(&str, &str)> = headers.to_vec();
+        let view = RequestView {
+            method,
+            path,
+            query,
+            port: 9080,
+            headers: &headers,
+        };
+        match choose_route(routes, &view) {
+            Choice::Route { route, .. } => Some(
+                route
+                    .destinations
+                    .first()
+                    .map(|d| d.service.split('.').next().unwrap_or("").to_string())
+                    .unwrap_or_else(|| "redirect".into()),
+            ),
+            Choice::NoRoute => None,
+        }
+    }
+
+    fn status<'a>(g: &'a Gamma, name: &str) -> &'a ParentStatus {
+        &g.statuses
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no status for {name}: {:?}", g.statuses))
+            .parents[0]
+    }
+
+    #[test]
+    fn a_split_and_a_header_match_fill_the_parent_services_table_and_are_accepted() {
+        let g = run(
+            &[http(
+                "reviews",
+                "2026-01-01T00:00:00Z",
+                json!({"parentRefs": [parent("reviews")], "rules": [
+                    {"backendRefs": [{"name": "reviews-v1", "port": 9080, "weight": 90},
+                                     {"name": "reviews-v2", "port": 9080, "weight": 10}]},
+                    {"matches": [{"headers": [{"name": "End-User", "value": "jason"}]}],
+                     "backendRefs": [{"name": "reviews-v2", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        let t = table(&g, "reviews", 9080);
+        // The header rule comes first although written second: more header matches win.
+        assert_eq!(
+            taken(t, "GET", "/", None, &[("end-user", "jason")]).as_deref(),
+            Some("reviews-v2")
+        );
+        assert_eq!(
+            taken(t, "GET", "/x", None, &[]).as_deref(),
+            Some("reviews-v1")
+        );
+        let split = t.iter().find(|r| r.destinations.len() == 2).unwrap();
+        assert_eq!(
+            split
+                .destinations
+                .iter()
+                .map(|d| d.weight)
+                .collect::<Vec<_>>(),
+            [90, 10]
+        );
+        assert_eq!(split.name, "shop/reviews");
+        let s = status(&g, "reviews");
+        assert!(s.accepted.status && s.resolved_refs.status, "{s:?}");
+        assert_eq!(s.accepted.reason, REASON_ACCEPTED);
+        assert_eq!(s.parent_ref.name, "reviews");
+        // Only the parent's table: the backends' own tables are untouched.
+        assert!(table(&g, "reviews-v1", 9080).is_empty());
+    }
+
+    #[test]
+    fn matches_across_routes_follow_the_gateway_api_precedence() {
+        let to = |svc: &str| json!([{"name": svc, "port": 9080}]);
+        let g = run(
+            &[
+                // Oldest: a short prefix, and a prefix tie with the younger route.
+                http(
+                    "old",
+                    "2026-01-01T00:00:00Z",
+                    json!({"parentRefs": [parent("echo")], "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": to("reviews")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/same"}}], "backendRefs": to("reviews")}]}),
+                ),
+                http(
+                    "young",
+                    "2026-02-01T00:00:00Z",
+                    json!({"parentRefs": [parent("echo")], "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/same"}}], "backendRefs": to("echo")},
+                    {"matches": [{"path": {"type": "Exact", "value": "/api/login"}}], "backendRefs": to("reviews-v1")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api/v2"}}], "backendRefs": to("reviews-v2")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "POST"}], "backendRefs": to("echo")},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"},
+                                  "queryParams": [{"name": "v", "value": "2"}]}], "backendRefs": to("reviews-v2")}]}),
+                ),
+            ],
+            &[],
+        );
+        let t = table(&g, "echo", 9080);
+        let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+            // An exact path beats every prefix, even a younger route's.
+            ("GET", "/api/login", None, Some("reviews-v1")),
+            // The longest prefix wins.
+            ("GET", "/api/v2/x", None, Some("reviews-v2")),
+            // Same prefix: a method match wins, then more query matches, then the older route.
+            ("POST", "/api/x", None, Some("echo")),
+            ("GET", "/api/x", Some("v=2"), Some("reviews-v2")),
+            ("GET", "/api/x", None, Some("reviews")),
+            ("GET", "/same", None, Some("reviews")),
+            // PathPrefix matches path elements: /api takes /api and /api/, not /apix.
+            ("GET", "/api", None, Some("reviews")),
+            ("GET", "/api/", None, Some("reviews")),
+            ("GET", "/apix", None, None),
+        ];
+        for (method, path, query, want) in cases {
+            assert_eq!(
+                taken(t, method, path, *query, &[]).as_deref(),
+                *want,
+                "{method} {path} {query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_backend_is_unresolved_and_a_rule_with_no_valid_backend_answers_500() {
+        let g = run(
+            &[http(
+                "r",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/half"}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}, {"name": "nope", "port": 9080}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/none"}}],
+                 "backendRefs": [{"group": "example.com", "kind": "Thing", "name": "x"}]}]}),
+            )],
+            &[],
+        );
+        let s = status(&g, "r");
+        assert!(
+            s.accepted.status,
+            "a dangling backend does not unaccept the route"
+        );
+        assert!(!s.resolved_refs.status);
+        assert_eq!(s.resolved_refs.reason, REASON_BACKEND_NOT_FOUND);
+        assert!(s.resolved_refs.message.contains("nope"), "{s:?}");
+        let t = table(&g, "echo", 9080);
+        let half = t.iter().find(|r| r.destinations.len() == 2).unwrap();
+        assert!(
+            half.actions.fault.is_none(),
+            "half the requests still reach echo"
+        );
+        let none = t
+            .iter()
+            .find(|r| r.actions.fault.is_some())
+            .expect("the rule with only an invalid backend");
+        let abort = none.actions.fault.as_ref().unwrap().abort.as_ref().unwrap();
+        assert_eq!((abort.status, abort.per_million), (Some(500), 1_000_000));
+        // The kind is reported when it is the only problem.
+        let g = run(
+            &[http(
+                "k",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"backendRefs": [{"group": "example.com", "kind": "Thing", "name": "x"}]}]}),
+            )],
+            &[],
+        );
+        assert_eq!(status(&g, "k").resolved_refs.reason, REASON_INVALID_KIND);
+    }
+
+    #[test]
+    fn unsupported_filters_drop_their_rule_by_name_and_unknown_fields_refuse_the_route() {
+        let g = run(
+            &[http(
+                "m",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo", "port": 9080}}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/ok"}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        let s = status(&g, "m");
+        assert!(s.accepted.status, "the other rule applies: {s:?}");
+        let partial = s.partially_invalid.as_ref().expect("PartiallyInvalid");
+        assert!(
+            partial.message.starts_with("Dropped Rule")
+                && partial.message.contains("RequestMirror"),
+            "{partial:?}"
+        );
+        assert_eq!(table(&g, "echo", 9080).len(), 1);
+
+        let g = run(
+            &[http(
+                "all",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"filters": [{"type": "CORS", "cors": {}}], "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        let s = status(&g, "all");
+        assert!(!s.accepted.status);
+        assert_eq!(s.accepted.reason, REASON_UNSUPPORTED_VALUE);
+        assert!(s.accepted.message.contains("CORS"), "{s:?}");
+        assert!(table(&g, "echo", 9080).is_empty());
+
+        // An experimental-channel field weft does not implement is named, not ignored.
+        let g = run(
+            &[http(
+                "x",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"retry": {"attempts": 3}, "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        let s = status(&g, "x");
+        assert!(!s.accepted.status);
+        assert!(s.accepted.message.contains("retry"), "{s:?}");
+    }
+
+    #[test]
+    fn parents_weft_does_not_serve_get_no_status_and_a_virtual_service_host_is_not_allowed() {
+        let g = run(
+            &[
+                http(
+                    "gw",
+                    "t",
+                    json!({"parentRefs": [{"name": "my-gateway"}],
+                    "rules": [{"backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                ),
+                http(
+                    "ghost",
+                    "t",
+                    json!({"parentRefs": [parent("ghost")],
+                    "rules": [{"backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                ),
+                http(
+                    "vs",
+                    "t",
+                    json!({"parentRefs": [parent("reviews")],
+                    "rules": [{"backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                ),
+                http(
+                    "tcp",
+                    "t",
+                    json!({"parentRefs": [{"group": "", "kind": "Service", "name": "db"}],
+                    "rules": [{"backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                ),
+            ],
+            &["reviews.shop.svc.cluster.local"],
+        );
+        let names: Vec<&str> = g.statuses.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tcp", "vs"],
+            "a Gateway parent and a missing Service get nothing"
+        );
+        let vs = status(&g, "vs");
+        assert!(!vs.accepted.status);
+        assert_eq!(vs.accepted.reason, REASON_NOT_ALLOWED_BY_PARENTS);
+        assert!(!status(&g, "tcp").accepted.status);
+        assert!(g.http.is_empty());
+    }
+
+    #[test]
+    fn rewrites_redirects_header_edits_and_timeouts_compile_to_route_actions() {
+        let g = run(
+            &[http(
+                "a",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                 "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "new.example",
+                              "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}},
+                             {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                 "set": [{"name": "X-Set", "value": "1"}], "remove": ["X-Drop"]}}],
+                 "backendRefs": [{"name": "echo", "port": 9080,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                         "add": [{"name": "X-Backend", "value": "echo"}]}}]}],
+                 "timeouts": {"request": "2s", "backendRequest": "500ms"}},
+                {"matches": [{"path": {"type": "Exact", "value": "/moved"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "hostname": "example.com", "path": {"type": "ReplaceFullPath", "replaceFullPath": "/here"}}}]}]}),
+            )],
+            &[],
+        );
+        let t = table(&g, "echo", 9080);
+        assert!(status(&g, "a").accepted.status, "{:?}", g.statuses);
+        let rewrite_for = |path: &str| {
+            let headers: Vec<(&str, &str)> = vec![];
+            let view = RequestView {
+                method: "GET",
+                path,
+                query: Some("q=1"),
+                port: 9080,
+                headers: &headers,
+            };
+            let Choice::Route { route, matched, .. } = choose_route(t, &view) else {
+                panic!("{path} is routed");
+            };
+            let to = route
+                .actions
+                .rewrite
+                .as_ref()
+                .unwrap()
+                .uri
+                .as_ref()
+                .unwrap();
+            (
+                rewritten_path(path, Some("q=1"), matched.and_then(|m| m.uri.as_ref()), to),
+                route,
+            )
+        };
+        assert_eq!(rewrite_for("/old").0, "/new?q=1");
+        assert_eq!(rewrite_for("/old/").0, "/new/?q=1");
+        let (path, route) = rewrite_for("/old/page");
+        assert_eq!(path, "/new/page?q=1");
+        assert_eq!(
+            route.actions.rewrite.as_ref().unwrap().authority.as_deref(),
+            Some("new.example")
+        );
+        assert_eq!(route.actions.request_headers.set["x-set"], "1");
+        assert_eq!(route.actions.request_headers.remove, ["x-drop"]);
+        assert_eq!(
+            route.destinations[0].response_headers.add["x-backend"],
+            "echo"
+        );
+        assert_eq!(route.actions.timeout_ms, Some(2000));
+        assert_eq!(
+            route.actions.retries.as_ref().unwrap().per_try_timeout_ms,
+            Some(500)
+        );
+        let moved = t.iter().find(|r| r.actions.redirect.is_some()).unwrap();
+        let r = moved.actions.redirect.as_ref().unwrap();
+        assert_eq!(
+            crate::route::action::redirect_location(r, "http", "echo:9080", "/moved", None),
+            "http://example.com:9080/here",
+            "the spec's default: 302 to the listener's (the Service's) port"
+        );
+        assert_eq!(r.code, 302);
+        assert!(moved.destinations.is_empty());
+    }
+
+    #[test]
+    fn grpc_method_matches_take_grpc_calls_before_http_routes() {
+        let g = run(
+            &[
+                http(
+                    "h",
+                    "2026-01-01T00:00:00Z",
+                    json!({"parentRefs": [{"group": "", "kind": "Service", "name": "grpc"}],
+                    "rules": [{"backendRefs": [{"name": "grpc", "port": 7070}]}]}),
+                ),
+                Route {
+                    kind: RouteKind::Grpc,
+                    name: "g",
+                    created: "2026-02-01T00:00:00Z",
+                    spec: json!({"parentRefs": [{"group": "", "kind": "Service", "name": "grpc"}], "rules": [
+                        {"matches": [{"method": {"service": "proto.EchoTestService", "method": "Echo"}}],
+                         "backendRefs": [{"name": "echo", "port": 9080}]},
+                        {"matches": [{"method": {"type": "RegularExpression", "method": "Forward.*"}},
+                                     {"headers": [{"name": "x-user", "value": "jason"}]}],
+                         "backendRefs": [{"name": "reviews", "port": 9080}]}]}),
+                },
+            ],
+            &[],
+        );
+        let t = table(&g, "grpc", 7070);
+        let grpc = [("content-type", "application/grpc")];
+        let call = |path: &str, extra: &[(&str, &str)]| {
+            let mut h: Vec<(&str, &str)> = grpc.to_vec();
+            h.extend_from_slice(extra);
+            let view = RequestView {
+                method: "POST",
+                path,
+                query: None,
+                port: 7070,
+                headers: &h,
+            };
+            match choose_route(t, &view) {
+                Choice::Route { route, .. } => route.destinations[0].service.clone(),
+                Choice::NoRoute => "none".into(),
+            }
+        };
+        assert!(call("/proto.EchoTestService/Echo", &[]).starts_with("echo."));
+        assert!(call("/proto.EchoTestService/ForwardEcho", &[]).starts_with("reviews."));
+        assert!(call("/other.Svc/Get", &[("x-user", "jason")]).starts_with("reviews."));
+        // Other calls, and plain HTTP requests even to the gRPC path, fall to the HTTPRoute.
+        assert!(call("/proto.EchoTestService/Other", &[]).starts_with("grpc."));
+        assert_eq!(
+            taken(t, "POST", "/proto.EchoTestService/Echo", None, &[]).as_deref(),
+            Some("grpc")
+        );
+        assert!(status(&g, "g").accepted.status, "{:?}", g.statuses);
+    }
+}

@@ -1,4 +1,4 @@
-//! `weft proxy-config routes|clusters|endpoints <pod>`: the outbound tables of one pod's proxy
+//! `weft proxy-config routes|clusters|endpoints|egress <pod>`: the outbound tables of one pod's proxy
 //! (Istio's `istioctl proxy-config` for weft), read from the snapshot the operator's own index
 //! computes for the pod from the cluster now; `weft proxy-status` says whether the proxy has
 //! acknowledged that version. Turning a snapshot into rows is pure and table-tested.
@@ -23,6 +23,9 @@ pub enum ProxyConfigCommand {
     Clusters(PodArgs),
     /// Every endpoint, with its Service, subsets and how the proxy dials it.
     Endpoints(PodArgs),
+    /// Declared external services (ServiceEntries exported to the pod's namespace) and the
+    /// outbound traffic policy for everything else.
+    Egress(PodArgs),
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +46,7 @@ pub async fn run(command: ProxyConfigCommand) -> Result<(), CliError> {
         ProxyConfigCommand::Routes(a) => (a, Table::Routes),
         ProxyConfigCommand::Clusters(a) => (a, Table::Clusters),
         ProxyConfigCommand::Endpoints(a) => (a, Table::Endpoints),
+        ProxyConfigCommand::Egress(a) => (a, Table::Egress),
     };
     let client = inventory::client().await?;
     let view = inventory::mesh_view(
@@ -69,6 +73,17 @@ pub async fn run(command: ProxyConfigCommand) -> Result<(), CliError> {
         Table::Routes => render(&routes(&snapshot), args.list.output)?,
         Table::Clusters => render(&clusters(&snapshot), args.list.output)?,
         Table::Endpoints => render(&endpoints(&snapshot), args.list.output)?,
+        Table::Egress => {
+            eprintln!(
+                "Outbound traffic policy {:?}: destinations declared below pass, others {}",
+                snapshot.outbound.policy,
+                match snapshot.outbound.policy {
+                    crate::snapshot::OutboundPolicy::AllowAny => "pass through",
+                    crate::snapshot::OutboundPolicy::RegistryOnly => "are refused",
+                }
+            );
+            render(&egress(&snapshot), args.list.output)?
+        }
     };
     match out {
         Some(text) => print!("{text}"),
@@ -81,6 +96,7 @@ enum Table {
     Routes,
     Clusters,
     Endpoints,
+    Egress,
 }
 
 fn services(s: &ProxySnapshot) -> impl Iterator<Item = &Service> {
@@ -318,6 +334,77 @@ pub fn endpoints(s: &ProxySnapshot) -> Vec<EndpointRow> {
     rows
 }
 
+/// One port of one declared external host (docs/egress.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressRow {
+    pub host: String,
+    pub port: u16,
+    /// How it is matched: `http` (Host), `tls` (SNI), `tcp` (address only).
+    pub protocol: String,
+    pub resolution: String,
+    pub addresses: Vec<String>,
+    /// STATIC endpoints, or `-`: where the app dialled.
+    pub targets: Vec<String>,
+    /// The ServiceEntry, `namespace/name`.
+    pub source: String,
+}
+
+impl Row for EgressRow {
+    const HEADERS: &'static [&'static str] = &[
+        "host",
+        "port",
+        "protocol",
+        "resolution",
+        "addresses",
+        "targets",
+        "service entry",
+    ];
+    fn cells(&self) -> Vec<String> {
+        let list = |l: &[String]| {
+            if l.is_empty() {
+                "-".into()
+            } else {
+                l.join(",")
+            }
+        };
+        vec![
+            self.host.clone(),
+            self.port.to_string(),
+            self.protocol.clone(),
+            self.resolution.clone(),
+            list(&self.addresses),
+            list(&self.targets),
+            self.source.clone(),
+        ]
+    }
+}
+
+pub fn egress(s: &ProxySnapshot) -> Vec<EgressRow> {
+    s.outbound
+        .egress
+        .iter()
+        .flat_map(|e| {
+            e.ports.iter().map(move |p| EgressRow {
+                host: e.host.clone(),
+                port: p.number,
+                protocol: serde_plain(&p.protocol),
+                resolution: serde_plain(&e.resolution),
+                addresses: e.addresses.iter().map(ToString::to_string).collect(),
+                targets: p.endpoints.iter().map(|ep| ep.addr().to_string()).collect(),
+                source: e.source.clone(),
+            })
+        })
+        .collect()
+}
+
+/// An enum as the snapshot spells it (`tls`, `STATIC`).
+fn serde_plain<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +500,34 @@ mod tests {
         );
         assert!(text.starts_with("SERVICE"), "{text}");
         assert!(text.contains("shop/reviews"), "{text}");
+    }
+
+    #[test]
+    fn the_seeds_service_entry_reads_as_one_tls_port_to_where_the_app_dialled() {
+        let mut s = snapshot();
+        s.outbound.egress = crate::route::egress::compile(
+            "payments",
+            "contoso-payments-api",
+            &serde_json::json!({
+                "hosts": ["api.payments-partner.com"],
+                "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                "resolution": "DNS", "location": "MESH_EXTERNAL"
+            }),
+        )
+        .unwrap()
+        .services;
+        let rows = egress(&s);
+        assert_eq!(
+            rows[0].cells(),
+            [
+                "api.payments-partner.com",
+                "443",
+                "tls",
+                "DNS",
+                "-",
+                "-",
+                "payments/contoso-payments-api"
+            ]
+        );
     }
 }

@@ -15,7 +15,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Namespace, deployed, wait_for};
+use support::{Namespace, deployed, wait_for, weft};
 
 const REVISION: &str = "egress-lockdown";
 /// The node address (e2e/cluster/env.sh NODE_IP): "outside the cluster".
@@ -305,6 +305,21 @@ spec:
         !allowed.is_empty(),
         "the declared host is labelled by its name"
     );
+    // `weft proxy-config egress` shows the pod's table and its policy.
+    let shown = weft(&["proxy-config", "egress", "productpage", "-n", "payments"]);
+    let (table, policy) = (
+        String::from_utf8_lossy(&shown.stdout),
+        String::from_utf8_lossy(&shown.stderr),
+    );
+    assert!(shown.status.success(), "{policy}");
+    assert!(policy.contains("RegistryOnly"), "{policy}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("api.payments-partner.com"))
+        .unwrap_or_else(|| panic!("no row for the declared host: {table}"));
+    for cell in ["443", "tls", "DNS", "payments/contoso-payments-api"] {
+        assert!(row.contains(cell), "{row}");
+    }
     // And logged: the access log (on in this revision) names the black hole.
     let logs = ns.ok(&["logs", "productpage", "-c", "weft-proxy"]);
     assert!(

@@ -416,3 +416,231 @@ impl server::Pipeline for EgressHttp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// An "external" server on loopback: answers each HTTP request with `ok`, or echoes.
+    async fn external(http: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let reply: &[u8] = if http {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        } else {
+                            &buf[..n]
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy context holding a snapshot with `policy` and these ServiceEntries (in
+    /// namespace `payments`), as the operator would send it.
+    fn proxy(policy: &str, entries: &[serde_json::Value]) -> Arc<ProxyContext> {
+        let (ctx, inputs) = ProxyContext::new(Default::default());
+        let egress: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                egress::compile("payments", &format!("se-{i}"), e)
+                    .unwrap()
+                    .services
+            })
+            .collect();
+        let snapshot = json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
+            "trustDomain": "cluster.local",
+            "workload": {"name": "productpage", "namespace": "payments"},
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"policy": policy, "egress": egress}
+        });
+        inputs
+            .snapshot
+            .offer(snapshot.to_string().as_bytes())
+            .unwrap();
+        ctx
+    }
+
+    /// A client connection whose proxy side goes through the egress path as if iptables had
+    /// redirected a connection to `orig`.
+    async fn connect_via(ctx: &Arc<ProxyContext>, orig: SocketAddr) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let snapshot = ctx.snapshot().unwrap();
+            let _ = handle(&ctx, accepted, orig, Some(peer), snapshot).await;
+        });
+        client
+    }
+
+    async fn get(client: &mut TcpStream, host: &str) -> String {
+        let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n");
+        client.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn metrics(ctx: &ProxyContext) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &ctx.registry).unwrap();
+        text
+    }
+
+    fn count(text: &str, metric: &str, labels: &[&str]) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn registry_only_forwards_a_declared_http_host_per_request_and_answers_502_otherwise() {
+        let server = external(true).await;
+        let ctx = proxy(
+            "REGISTRY_ONLY",
+            &[json!({"hosts": ["api.example.com"], "resolution": "DNS",
+                     "ports": [{"number": server.port(), "name": "http", "protocol": "HTTP"}]})],
+        );
+        let mut client = connect_via(&ctx, server).await;
+        assert!(get(&mut client, "api.example.com").await.ends_with("ok"));
+        // The same keep-alive connection, another Host: refused on its own.
+        let refused = get(&mut client, "other.example.com").await;
+        assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+        assert!(get(&mut client, "API.example.com:80").await.ends_with("ok"));
+        let text = metrics(&ctx);
+        let declared = [
+            "destination_service=\"api.example.com\"",
+            "destination_service_name=\"api.example.com\"",
+            "destination_service_namespace=\"payments\"",
+            "response_code=\"200\"",
+            "source_workload=\"productpage\"",
+        ];
+        assert_eq!(
+            count(&text, "istio_requests_total", &declared),
+            2.0,
+            "{text}"
+        );
+        let blocked = [
+            "destination_service=\"other.example.com\"",
+            "destination_service_name=\"BlackHoleCluster\"",
+            "destination_service_namespace=\"unknown\"",
+            "response_code=\"502\"",
+        ];
+        assert_eq!(
+            count(&text, "istio_requests_total", &blocked),
+            1.0,
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn registry_only_closes_undeclared_tcp_and_a_static_entry_goes_to_its_endpoints() {
+        let echo = external(false).await;
+        let ctx = proxy(
+            "REGISTRY_ONLY",
+            &[
+                json!({"hosts": ["legacy.example.com"], "resolution": "STATIC",
+                     "addresses": ["127.0.0.2"],
+                     "ports": [{"number": 9000, "name": "tcp", "protocol": "TCP",
+                                "targetPort": echo.port()}],
+                     "endpoints": [{"address": "127.0.0.1"}]}),
+            ],
+        );
+        // Dialled at the entry's address (nothing listens there): relayed to its endpoint.
+        let mut client = connect_via(&ctx, "127.0.0.2:9000".parse().unwrap()).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        drop(client);
+        // Not declared: closed without a byte, even though the echo would answer.
+        let mut client = connect_via(&ctx, "127.0.0.3:9000".parse().unwrap()).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
+        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
+        let text = metrics(&ctx);
+        let blocked = [
+            "destination_service=\"unknown\"",
+            "destination_service_name=\"BlackHoleCluster\"",
+            "response_flags=\"UH\"",
+        ];
+        assert_eq!(
+            count(&text, "istio_tcp_connections_opened_total", &blocked),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(
+            count(&text, "istio_tcp_connections_closed_total", &blocked),
+            1.0,
+            "{text}"
+        );
+        let declared = ["destination_service=\"legacy.example.com\""];
+        eventually(|| {
+            count(
+                &metrics(&ctx),
+                "istio_tcp_connections_opened_total",
+                &declared,
+            ) == 1.0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn allow_any_passes_undeclared_traffic_through_with_istios_passthrough_labels() {
+        let echo = external(false).await;
+        let ctx = proxy("ALLOW_ANY", &[]);
+        let mut client = connect_via(&ctx, echo).await;
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        let passthrough = [
+            "destination_service=\"unknown\"",
+            "destination_service_name=\"PassthroughCluster\"",
+        ];
+        let text = metrics(&ctx);
+        assert_eq!(
+            count(&text, "istio_tcp_connections_opened_total", &passthrough),
+            1.0,
+            "{text}"
+        );
+    }
+
+    async fn eventually(mut check: impl FnMut() -> bool) {
+        for _ in 0..100 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("condition not met within 2 s");
+    }
+}

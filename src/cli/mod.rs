@@ -10,6 +10,7 @@ pub mod check_authz;
 pub mod check_issuer;
 pub mod check_traffic;
 pub mod error;
+pub mod gateway;
 pub mod inventory;
 pub mod namespace;
 pub mod output;
@@ -87,6 +88,10 @@ pub enum Command {
     /// lost CA Secret).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Ingress gateways: `weft gateway install` creates an Istio-style gateway Deployment and
+    /// LoadBalancer Service.
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
     /// Remove what `kubectl delete -k config/default` leaves: the root ConfigMaps in every
     /// namespace and, with --ca, the CA Secret.
     Uninstall(uninstall::UninstallArgs),
@@ -113,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => Ok(check::run(args).await?),
         Command::Ca(command) => Ok(ca::run(command).await?),
         Command::Uninstall(args) => Ok(uninstall::run(args).await?),
+        Command::Gateway(command) => Ok(gateway::run(command).await?),
         Command::Crds { out_dir: None } => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())

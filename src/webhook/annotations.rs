@@ -85,6 +85,9 @@ pub(super) struct PodRequests {
     pub proxy_image: Option<String>,
     /// `sidecar.istio.io/interceptionMode: NONE`: no `weft-init`, nothing captured.
     pub no_capture: bool,
+    /// `inject.istio.io/templates: gateway`: fill the pod's `istio-proxy` container as a
+    /// gateway proxy; no `weft-init`, no sidecar, nothing captured.
+    pub gateway: bool,
     /// `sidecar.istio.io/userVolume`: volumes added to the pod, after weft's own.
     pub user_volumes: Vec<Volume>,
     /// `sidecar.istio.io/userVolumeMount`: mounts added to the proxy container.
@@ -209,7 +212,22 @@ pub(super) fn read(pod: &Pod) -> Result<PodRequests, InjectError> {
             ));
         }
     }
-    if requests.no_capture {
+    if requests.gateway {
+        // Nothing is captured in a gateway pod: it receives on the ports it binds itself.
+        let moot = CAPTURE_ANNOTATIONS
+            .iter()
+            .chain([&contract::ANNOTATION_INTERCEPTION_MODE]);
+        for key in moot {
+            if annotations.contains_key(*key) {
+                requests.warnings.push(format!(
+                    "{key} has no effect: {templates}={gateway} makes the pod a gateway, which \
+                     weft never captures traffic in",
+                    templates = contract::ANNOTATION_INJECT_TEMPLATES,
+                    gateway = contract::TEMPLATE_GATEWAY,
+                ));
+            }
+        }
+    } else if requests.no_capture {
         for key in CAPTURE_ANNOTATIONS {
             if annotations.contains_key(key) {
                 requests.warnings.push(format!(
@@ -240,8 +258,10 @@ fn refused(key: &'static str, value: &str, refusal: Refusal) -> InjectError {
 
 // === The rules ===
 
-const TEMPLATES_FORM: &str = "\"sidecar\" (weft's proxy), or only \"grpc-simple\" or \
-                              \"grpc-agent\" for proxyless gRPC, which weft leaves without a proxy";
+const TEMPLATES_FORM: &str = "\"sidecar\" (weft's proxy), \"gateway\" alone (the pod's istio-proxy \
+                              container, image auto, becomes a gateway proxy), or only \
+                              \"grpc-simple\" or \"grpc-agent\" for proxyless gRPC, which weft \
+                              leaves without a proxy";
 
 fn template_names(value: &str) -> Vec<&str> {
     value
@@ -261,10 +281,11 @@ fn templates(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
             expected: TEMPLATES_FORM,
         });
     }
-    if let Some(unknown) = names
-        .iter()
-        .find(|n| **n != TEMPLATE_SIDECAR && !PROXYLESS_TEMPLATES.contains(n))
-    {
+    if let Some(unknown) = names.iter().find(|n| {
+        **n != TEMPLATE_SIDECAR
+            && **n != contract::TEMPLATE_GATEWAY
+            && !PROXYLESS_TEMPLATES.contains(n)
+    }) {
         return Err(Refusal {
             problem: format!(
                 "weft has no injection template {unknown:?} (Istio too refuses a pod that names a \
@@ -272,6 +293,21 @@ fn templates(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> {
             ),
             expected: TEMPLATES_FORM,
         });
+    }
+    // A gateway pod has no app to sit beside: the template fills its one proxy container, and
+    // mixing it with another template would ask for a sidecar next to that proxy.
+    if names.contains(&contract::TEMPLATE_GATEWAY) {
+        if let Some(other) = names.iter().find(|n| **n != contract::TEMPLATE_GATEWAY) {
+            return Err(Refusal {
+                problem: format!(
+                    "{gateway:?} makes the pod a gateway and cannot be combined with {other:?}",
+                    gateway = contract::TEMPLATE_GATEWAY
+                ),
+                expected: TEMPLATES_FORM,
+            });
+        }
+        requests.gateway = true;
+        return Ok(());
     }
     let proxyless: Vec<&str> = names
         .iter()

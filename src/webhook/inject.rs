@@ -43,6 +43,16 @@ pub enum InjectError {
         optout = contract::LABEL_SIDECAR_INJECT
     )]
     NameTaken { kind: &'static str, name: String },
+    #[error(
+        "annotation {key}={template} fills the pod's container {container:?} (image {auto:?}) as \
+         its gateway proxy, and the pod has no container of that name; add one (`weft gateway \
+         install` writes such a Deployment), or remove the annotation",
+        key = contract::ANNOTATION_INJECT_TEMPLATES,
+        template = contract::TEMPLATE_GATEWAY,
+        container = contract::CONTAINER_GATEWAY_PROXY,
+        auto = contract::GATEWAY_IMAGE_AUTO
+    )]
+    NoGatewayContainer,
     #[error("the pod has no spec; a pod needs spec.containers")]
     NoSpec,
     #[error("cannot encode the injected {what} as JSON (a weft bug; please report it): {source}")]
@@ -57,6 +67,7 @@ impl InjectError {
         match self {
             InjectError::InvalidAnnotation { .. } => "invalid_annotation",
             InjectError::NameTaken { .. } => "name_taken",
+            InjectError::NoGatewayContainer => "no_gateway_container",
             InjectError::NoSpec => "no_spec",
             InjectError::Encode { .. } => "encode",
         }
@@ -98,9 +109,12 @@ pub fn inject(
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let mesh = &injection.meshconfig;
 
-    let rewrite_probes = annotations
-        .get(contract::ANNOTATION_REWRITE_PROBES)
-        .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
+    // A gateway's containers are not behind a capturing proxy: the kubelet reaches their probes
+    // directly, so nothing is rewritten.
+    let rewrite_probes = !requests.gateway
+        && annotations
+            .get(contract::ANNOTATION_REWRITE_PROBES)
+            .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
     let mut probes = if rewrite_probes {
         rewrite_app_probes(&spec.containers)
     } else {
@@ -168,8 +182,8 @@ pub fn inject(
     // interceptionMode NONE: no weft-init. The proxy needs nothing else: its capture
     // listeners refuse connections that were not redirected, and probes, metrics and its
     // certificate work over the pod's own address.
-    let init =
-        (!requests.no_capture).then(|| init_container(injection, image, args, resources.clone()));
+    let init = (!requests.no_capture && !requests.gateway)
+        .then(|| init_container(injection, image, args, resources.clone()));
     let mut proxy = proxy_container(injection, image, env, resources, status_port);
     if let Some(probe) = proxy.readiness_probe.as_mut() {
         for (field, value) in &requests.readiness {
@@ -186,17 +200,32 @@ pub fn inject(
     }
     let mut volumes = proxy_volumes();
     volumes.extend(requests.user_volumes.iter().cloned());
+    // The gateway template: the pod's own istio-proxy container becomes the proxy, in place.
+    let gateway = if requests.gateway {
+        let index = spec
+            .containers
+            .iter()
+            .position(|c| c.name == contract::CONTAINER_GATEWAY_PROXY)
+            .ok_or(InjectError::NoGatewayContainer)?;
+        let filled = gateway_container(proxy.clone(), &spec.containers[index])?;
+        Some((index, filled))
+    } else {
+        None
+    };
 
     let status = InjectionStatus {
         revision: injection.revision.clone(),
         via: injection.via.clone(),
         tag: injection.tag.clone(),
-        init_containers: init
-            .iter()
-            .chain([&proxy])
-            .map(|c| c.name.clone())
-            .collect(),
-        containers: Vec::new(),
+        init_containers: match gateway {
+            Some(_) => Vec::new(),
+            None => init
+                .iter()
+                .chain([&proxy])
+                .map(|c| c.name.clone())
+                .collect(),
+        },
+        containers: gateway.iter().map(|(_, c)| c.name.clone()).collect(),
         volumes: volumes.iter().map(|v| v.name.clone()).collect(),
     };
     let status = serde_json::to_string(&status).map_err(|source| InjectError::Encode {
@@ -254,18 +283,26 @@ pub fn inject(
     );
     patch.set_entries("labels", pod.metadata.labels.as_ref(), new_labels);
 
-    // weft-init, then the proxy, then the user's init containers: the proxy is up before any
-    // user code runs, and iptables is in place before the proxy starts.
-    let ours = init
-        .iter()
-        .map(|c| encode(c, "init container"))
-        .chain([encode(&proxy, "proxy container")])
-        .collect::<Result<Vec<_>, _>>()?;
-    match &spec.init_containers {
-        None => patch.add(&["spec", "initContainers"], Value::Array(ours)),
-        Some(_) => {
-            for (index, container) in ours.into_iter().enumerate() {
-                patch.add(&["spec", "initContainers", &index.to_string()], container);
+    if let Some((index, container)) = &gateway {
+        patch.replace(
+            &["spec", "containers", &index.to_string()],
+            encode(container, "gateway proxy container")?,
+        );
+        unprivileged_ports_sysctl(&mut patch, spec.security_context.as_ref());
+    } else {
+        // weft-init, then the proxy, then the user's init containers: the proxy is up before
+        // any user code runs, and iptables is in place before the proxy starts.
+        let ours = init
+            .iter()
+            .map(|c| encode(c, "init container"))
+            .chain([encode(&proxy, "proxy container")])
+            .collect::<Result<Vec<_>, _>>()?;
+        match &spec.init_containers {
+            None => patch.add(&["spec", "initContainers"], Value::Array(ours)),
+            Some(_) => {
+                for (index, container) in ours.into_iter().enumerate() {
+                    patch.add(&["spec", "initContainers", &index.to_string()], container);
+                }
             }
         }
     }
@@ -564,6 +601,130 @@ fn proxy_container(
             mount(contract::VOLUME_WORK, contract::WORK_DIR, false),
         ]),
         ..Default::default()
+    }
+}
+
+// === The gateway template ===
+
+/// The sysctl Istio's gateway template sets so a non-root proxy may bind ports below 1024:
+/// container runtimes do not give a non-root process the capabilities its container adds (no
+/// ambient capabilities), so `NET_BIND_SERVICE` alone works only where the runtime grants
+/// them (the local cluster's node agent does).
+const SYSCTL_UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// The sidecar proxy turned into a gateway's only proxy: `weft-proxy gateway`, an ordinary
+/// container (no restartPolicy), allowed to bind 80 and 443, then the pod's own `istio-proxy`
+/// fields laid over it as Istio does (webhook/README.md, "The gateway template").
+fn gateway_container(sidecar: Container, declared: &Container) -> Result<Container, InjectError> {
+    let mut ours = sidecar;
+    ours.name = contract::CONTAINER_GATEWAY_PROXY.into();
+    ours.args = Some(vec![contract::PROXY_SUBCOMMAND_GATEWAY.into()]);
+    ours.restart_policy = None;
+    if let Some(capabilities) = ours
+        .security_context
+        .as_mut()
+        .and_then(|sc| sc.capabilities.as_mut())
+    {
+        capabilities.add = Some(vec!["NET_BIND_SERVICE".into()]);
+    }
+    overlay_declared_container(&ours, declared)
+}
+
+/// Istio's rule for the container a pod declares under the proxy's name: the template is the
+/// base and every field the pod sets wins, maps merged key by key and `env`, `ports` and
+/// `volumeMounts` merged by their keys (a strategic merge); but `image: auto` means "the
+/// injector's image", and the pull policy the API server defaulted for `auto` goes with it.
+fn overlay_declared_container(
+    ours: &Container,
+    declared: &Container,
+) -> Result<Container, InjectError> {
+    let mut base = encode(ours, "gateway proxy container")?;
+    let mut over = encode(declared, "declared istio-proxy container")?;
+    if let Value::Object(over) = &mut over
+        && declared
+            .image
+            .as_deref()
+            .is_none_or(|i| i.is_empty() || i == contract::GATEWAY_IMAGE_AUTO)
+    {
+        over.remove("image");
+        over.remove("imagePullPolicy");
+    }
+    merge_values(&mut base, over, "");
+    serde_json::from_value(base).map_err(|source| InjectError::Encode {
+        what: "merged istio-proxy container",
+        source,
+    })
+}
+
+/// Lists merged by a key field (a strategic merge patch's `patchMergeKey`), by the path of
+/// the list inside the container.
+const MERGE_KEYS: [(&str, &str); 3] = [
+    ("env", "name"),
+    ("ports", "containerPort"),
+    ("volumeMounts", "mountPath"),
+];
+
+fn merge_values(base: &mut Value, over: Value, path: &str) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match base.get_mut(&key) {
+                    Some(existing) if !value.is_null() => merge_values(existing, value, &child),
+                    Some(_) => {}
+                    None if value.is_null() => {}
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(over)) => {
+            match MERGE_KEYS.iter().find(|(list, _)| *list == path) {
+                Some((_, merge_key)) => {
+                    for item in over {
+                        let slot = item
+                            .get(*merge_key)
+                            .and_then(|k| base.iter_mut().find(|b| b.get(*merge_key) == Some(k)));
+                        match slot {
+                            Some(slot) => *slot = item,
+                            None => base.push(item),
+                        }
+                    }
+                }
+                None => *base = over,
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// `net.ipv4.ip_unprivileged_port_start=0` on the pod, unless the pod sets it itself.
+fn unprivileged_ports_sysctl(
+    patch: &mut PatchBuilder,
+    security_context: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+) {
+    let sysctl = serde_json::json!({"name": SYSCTL_UNPRIVILEGED_PORT_START, "value": "0"});
+    match security_context {
+        None => patch.add(
+            &["spec", "securityContext"],
+            serde_json::json!({"sysctls": [sysctl]}),
+        ),
+        Some(sc) => match &sc.sysctls {
+            None => patch.add(
+                &["spec", "securityContext", "sysctls"],
+                Value::Array(vec![sysctl]),
+            ),
+            Some(sysctls)
+                if sysctls
+                    .iter()
+                    .any(|s| s.name == SYSCTL_UNPRIVILEGED_PORT_START) => {}
+            Some(_) => patch.add(&["spec", "securityContext", "sysctls", "-"], sysctl),
+        },
     }
 }
 
@@ -1494,5 +1655,222 @@ mod tests {
         );
         assert_eq!(label_value(&"x".repeat(80)).len(), 63);
         assert_eq!(label_value("-a.b-"), "a.b");
+    }
+
+    // --- the gateway template ---
+
+    /// A pod as `weft gateway install`'s Deployment makes it: one `istio-proxy` container with
+    /// image `auto` (and the pull policy the API server defaults for an untagged image).
+    fn gateway_pod() -> Pod {
+        let mut pod = annotated(&[(
+            contract::ANNOTATION_INJECT_TEMPLATES,
+            contract::TEMPLATE_GATEWAY,
+        )]);
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.containers = vec![Container {
+                name: contract::CONTAINER_GATEWAY_PROXY.into(),
+                image: Some(contract::GATEWAY_IMAGE_AUTO.into()),
+                image_pull_policy: Some("Always".into()),
+                termination_message_path: Some("/dev/termination-log".into()),
+                ..Default::default()
+            }];
+        }
+        pod
+    }
+
+    fn sidecar_of(doc: &Value) -> Value {
+        doc["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == contract::CONTAINER_PROXY)
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_gateway_template_fills_istio_proxy_and_adds_no_sidecar_or_init() {
+        let doc = patched(&gateway_pod());
+        let spec = &doc["spec"];
+        assert!(spec.get("initContainers").is_none(), "{spec:#}");
+        let containers = spec["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1);
+        let gw = &containers[0];
+        assert_eq!(gw["name"], contract::CONTAINER_GATEWAY_PROXY);
+        assert_eq!(gw["image"], injection().meshconfig.image.as_str());
+        assert_eq!(gw["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(gw["command"], json!([contract::PROXY_COMMAND]));
+        assert_eq!(gw["args"], json!([contract::PROXY_SUBCOMMAND_GATEWAY]));
+        assert!(gw.get("restartPolicy").is_none());
+        assert_eq!(gw["terminationMessagePath"], "/dev/termination-log");
+
+        // Exactly what a sidecar gets: env, mounts, ports, probes, resources; volumes too.
+        let sidecar_doc = patched(&bare_pod());
+        let sidecar = sidecar_of(&sidecar_doc);
+        for field in [
+            "env",
+            "volumeMounts",
+            "ports",
+            "readinessProbe",
+            "startupProbe",
+            "resources",
+        ] {
+            assert_eq!(gw[field], sidecar[field], "{field}");
+        }
+        let names = |d: &Value| -> Vec<Value> {
+            d["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].clone())
+                .collect()
+        };
+        assert_eq!(names(&doc), names(&sidecar_doc));
+
+        let sc = &gw["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], i64::from(contract::PROXY_UID));
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["capabilities"]["add"], json!(["NET_BIND_SERVICE"]));
+        assert_eq!(
+            spec["securityContext"]["sysctls"],
+            json!([{"name": SYSCTL_UNPRIVILEGED_PORT_START, "value": "0"}])
+        );
+
+        let status: InjectionStatus = serde_json::from_str(
+            doc["metadata"]["annotations"][contract::ANNOTATION_STATUS]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(status.init_containers.is_empty());
+        assert_eq!(status.containers, vec![contract::CONTAINER_GATEWAY_PROXY]);
+        assert_eq!(
+            doc["metadata"]["labels"][contract::LABEL_REVISION],
+            "stable"
+        );
+        assert_eq!(
+            doc["metadata"]["annotations"][contract::ANNOTATION_PROMETHEUS_PORT],
+            contract::PORT_STATS.to_string()
+        );
+    }
+
+    #[test]
+    fn a_gateway_keeps_what_its_istio_proxy_container_declares_as_istio_does() {
+        let mut pod = gateway_pod();
+        if let Some(spec) = pod.spec.as_mut() {
+            let c = &mut spec.containers[0];
+            c.ports = Some(vec![ContainerPort {
+                container_port: 8080,
+                name: Some("http".into()),
+                ..Default::default()
+            }]);
+            c.env = Some(vec![
+                env_var("EXTRA", "1"),
+                env_var(contract::ENV_LOG_LEVEL, "debug"),
+            ]);
+            c.resources = Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+                ..Default::default()
+            });
+            spec.security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+                sysctls: Some(vec![k8s_openapi::api::core::v1::Sysctl {
+                    name: SYSCTL_UNPRIVILEGED_PORT_START.into(),
+                    value: "80".into(),
+                }]),
+                ..Default::default()
+            });
+        }
+        let doc = patched(&pod);
+        let gw = &doc["spec"]["containers"][0];
+        let ports: Vec<i64> = gw["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                i64::from(contract::PORT_STATS),
+                i64::from(contract::PORT_HEALTH),
+                8080
+            ]
+        );
+        let env: BTreeMap<&str, &Value> = gw["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), &e["value"]))
+            .collect();
+        assert_eq!(env["EXTRA"], "1");
+        assert_eq!(env[contract::ENV_LOG_LEVEL], "debug");
+        assert!(env.contains_key(contract::ENV_DISCOVERY_ADDRESS));
+        // Maps merge: the revision's requests stay, the declared limit joins them.
+        assert_eq!(gw["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(gw["resources"]["requests"]["memory"], "16Mi");
+        // The pod's own sysctl value wins.
+        assert_eq!(
+            doc["spec"]["securityContext"]["sysctls"],
+            json!([{"name": SYSCTL_UNPRIVILEGED_PORT_START, "value": "80"}])
+        );
+
+        // An image other than `auto` is the pod's choice, as under Istio.
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.containers[0].image = Some("registry.example/weft:pinned".into());
+        }
+        let doc = patched(&pod);
+        assert_eq!(
+            doc["spec"]["containers"][0]["image"],
+            "registry.example/weft:pinned"
+        );
+        assert_eq!(doc["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn a_gateway_pod_without_istio_proxy_is_refused_with_the_fix() {
+        let pod = annotated(&[(
+            contract::ANNOTATION_INJECT_TEMPLATES,
+            contract::TEMPLATE_GATEWAY,
+        )]);
+        let err = inject(&pod, &injection(), &InjectorSettings::default()).unwrap_err();
+        assert_eq!(err.metric_label(), "no_gateway_container");
+        let message = err.to_string();
+        assert!(
+            message.contains("\"istio-proxy\"")
+                && message.contains("image \"auto\"")
+                && message.contains("weft gateway install"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn gateway_with_another_template_is_refused_and_capture_annotations_are_warned() {
+        for templates in ["gateway,sidecar", "grpc-agent,gateway"] {
+            let mut pod = gateway_pod();
+            pod.metadata.annotations = Some(BTreeMap::from([(
+                contract::ANNOTATION_INJECT_TEMPLATES.to_string(),
+                templates.to_string(),
+            )]));
+            let message = inject(&pod, &injection(), &InjectorSettings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains("cannot be combined") && message.contains("\"gateway\" alone"),
+                "{message}"
+            );
+        }
+        let mut pod = gateway_pod();
+        if let Some(a) = pod.metadata.annotations.as_mut() {
+            a.insert(
+                contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS.into(),
+                "5432".into(),
+            );
+        }
+        let injected = inject(&pod, &injection(), &InjectorSettings::default()).unwrap();
+        assert_eq!(injected.warnings.len(), 1, "{:?}", injected.warnings);
+        assert!(injected.warnings[0].contains(contract::ANNOTATION_EXCLUDE_OUTBOUND_PORTS));
+        assert!(injected.warnings[0].contains("gateway"));
     }
 }

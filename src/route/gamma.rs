@@ -272,6 +272,12 @@ fn compile_route(
                 .collect();
         }
     };
+    // Said in the Accepted message, so a user who wrote them knows they do nothing here.
+    let has_hostnames = src
+        .spec
+        .get("hostnames")
+        .and_then(|h| h.as_array())
+        .is_some_and(|h| !h.is_empty());
     let mut out = Vec::new();
     for parent in parents.iter_mut() {
         let mut dropped: Vec<String> = Vec::new();
@@ -310,6 +316,10 @@ fn compile_route(
         }
         let accepted = match (&parent.refused, compiled_any || rules.is_empty()) {
             (Some(c), _) => c.clone(),
+            (None, true) if has_hostnames => Condition::yes(
+                REASON_ACCEPTED,
+                "routes applied by weft for this Service; spec.hostnames are not used for a Service parent (GAMMA routes bind by Service)",
+            ),
             (None, true) => {
                 Condition::yes(REASON_ACCEPTED, "routes applied by weft for this Service")
             }
@@ -1224,7 +1234,7 @@ mod tests {
             &[http(
                 "reviews",
                 "2026-01-01T00:00:00Z",
-                json!({"parentRefs": [parent("reviews")], "rules": [
+                json!({"parentRefs": [parent("reviews")], "hostnames": ["reviews.example"], "rules": [
                     {"backendRefs": [{"name": "reviews-v1", "port": 9080, "weight": 90},
                                      {"name": "reviews-v2", "port": 9080, "weight": 10}]},
                     {"matches": [{"headers": [{"name": "End-User", "value": "jason"}]}],
@@ -1255,6 +1265,10 @@ mod tests {
         let s = status(&g, "reviews");
         assert!(s.accepted.status && s.resolved_refs.status, "{s:?}");
         assert_eq!(s.accepted.reason, REASON_ACCEPTED);
+        assert!(
+            s.accepted.message.contains("hostnames are not used"),
+            "{s:?}"
+        );
         assert_eq!(s.parent_ref.name, "reviews");
         // Only the parent's table: the backends' own tables are untouched.
         assert!(table(&g, "reviews-v1", 9080).is_empty());

@@ -493,8 +493,14 @@ fn compile_rule(
     let name = format!("{}/{}", ctx.src.namespace, ctx.src.name);
     let mut out = Vec::new();
     for (key, shape) in matches {
-        for (m, path_kind) in shape.expand() {
+        for (mut m, path_kind) in shape.expand() {
             let mut actions = actions.clone();
+            // A rewrite replaces what a prefix match matched (`rewritten_path`): for
+            // ReplaceFullPath the prefix entry is matched as a regex instead, so the whole
+            // path is replaced.
+            if let (Some(PathEdit::Full(_)), Some(StringMatch::Prefix(p))) = (&path_edit, &m.uri) {
+                m.uri = Some(regex("path", &format!("{}.*", regex_escape(p)))?);
+            }
             if let Some(edit) = &path_edit {
                 actions.rewrite.get_or_insert_with(Rewrite::default).uri =
                     Some(edit.target(path_kind));
@@ -1487,6 +1493,14 @@ mod tests {
                      "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {
                          "add": [{"name": "X-Backend", "value": "echo"}]}}]}],
                  "timeouts": {"request": "2s", "backendRequest": "500ms"}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/full/one"}}],
+                 "filters": [{"type": "URLRewrite", "urlRewrite": {
+                     "path": {"type": "ReplaceFullPath", "replaceFullPath": "/one"}}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/strip"}}],
+                 "filters": [{"type": "URLRewrite", "urlRewrite": {
+                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}]},
                 {"matches": [{"path": {"type": "Exact", "value": "/moved"}}],
                  "filters": [{"type": "RequestRedirect", "requestRedirect": {
                      "hostname": "example.com", "path": {"type": "ReplaceFullPath", "replaceFullPath": "/here"}}}]}]}),
@@ -1522,6 +1536,11 @@ mod tests {
         };
         assert_eq!(rewrite_for("/old").0, "/new?q=1");
         assert_eq!(rewrite_for("/old/").0, "/new/?q=1");
+        // The conformance suite's cases (MeshHTTPRouteRewritePath).
+        assert_eq!(rewrite_for("/full/one/two").0, "/one?q=1");
+        assert_eq!(rewrite_for("/full/one").0, "/one?q=1");
+        assert_eq!(rewrite_for("/strip/three").0, "/three?q=1");
+        assert_eq!(rewrite_for("/strip").0, "/?q=1");
         let (path, route) = rewrite_for("/old/page");
         assert_eq!(path, "/new/page?q=1");
         assert_eq!(

@@ -883,10 +883,16 @@ pub async fn mesh_view(
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
         service_entries: arcs(optional(Api::<ServiceEntry>::all(client.clone())).await?),
         http_routes: arcs(
-            optional(Api::<crate::api::gateway_api::HTTPRoute>::all(client.clone())).await?,
+            optional(Api::<crate::api::gateway_api::HTTPRoute>::all(
+                client.clone(),
+            ))
+            .await?,
         ),
         grpc_routes: arcs(
-            optional(Api::<crate::api::gateway_api::GRPCRoute>::all(client.clone())).await?,
+            optional(Api::<crate::api::gateway_api::GRPCRoute>::all(
+                client.clone(),
+            ))
+            .await?,
         ),
     })
 }

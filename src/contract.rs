@@ -192,6 +192,10 @@ pub const PROXY_SUBCOMMAND_RUN: &str = "run";
 /// Gateway mode: the same proxy as a Deployment's only container (ingress or egress gateway),
 /// with no capture; it listens on the ports its Gateways' servers name (docs/gateway.md).
 pub const PROXY_SUBCOMMAND_GATEWAY: &str = "gateway";
+/// The Role (and RoleBinding to the operator's ServiceAccount) in a gateway's namespace that
+/// lets the operator read that namespace's TLS Secrets (gateway `credentialName`s): the
+/// operator has no cluster-wide Secret grant.
+pub const GATEWAY_SECRETS_ROLE: &str = "weft-gateway-secrets";
 /// The container a gateway pod (`inject.istio.io/templates: gateway`) carries for the webhook
 /// to fill as its proxy: Istio's name, with the image `auto` (`GATEWAY_IMAGE_AUTO`).
 pub const CONTAINER_GATEWAY_PROXY: &str = "istio-proxy";

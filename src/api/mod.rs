@@ -4,6 +4,7 @@
 pub mod authorizationpolicy;
 pub mod conditions;
 pub mod destinationrule;
+pub mod gateway;
 pub mod gateway_api;
 pub mod meshconfig;
 pub mod peerauthentication;
@@ -14,6 +15,7 @@ pub mod virtualservice;
 
 pub use authorizationpolicy::AuthorizationPolicy;
 pub use destinationrule::DestinationRule;
+pub use gateway::Gateway;
 pub use meshconfig::{MeshConfig, MeshConfigSpec, MeshConfigStatus, MtlsMode};
 pub use peerauthentication::PeerAuthentication;
 pub use revisiontag::{RevisionTag, RevisionTagSpec, RevisionTagStatus};

@@ -339,6 +339,7 @@ mod tests {
                 BTreeMap::new()
             },
             authz,
+            gateway: None,
         }
     }
 

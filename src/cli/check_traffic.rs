@@ -146,6 +146,7 @@ mod tests {
             services: [(8080, vec!["api.pay.svc.cluster.local".to_string()])].into(),
             protocols: [(8080, Protocol::Http)].into(),
             authz: vec![],
+            gateway: None,
         }
     }
 

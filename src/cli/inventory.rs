@@ -882,6 +882,15 @@ pub async fn mesh_view(
         virtual_services: arcs(optional(Api::<VirtualService>::all(client.clone())).await?),
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
         service_entries: arcs(optional(Api::<ServiceEntry>::all(client.clone())).await?),
+        istio_gateways: arcs(optional(Api::<crate::api::Gateway>::all(client.clone())).await?),
+        // Gateway certificates: a user who may not list Secrets sees credentials as missing.
+        tls_secrets: arcs(
+            Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone())
+                .list(&ListParams::default().fields("type=kubernetes.io/tls"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default(),
+        ),
         http_routes: arcs(
             optional(Api::<crate::api::gateway_api::HTTPRoute>::all(
                 client.clone(),

@@ -17,7 +17,8 @@ use crate::snapshot::{
 
 #[derive(Debug, Subcommand)]
 pub enum ProxyConfigCommand {
-    /// HTTP routes per Service: matches and weighted destinations, in the order tried.
+    /// HTTP routes per Service (and per gateway host on a gateway pod): matches and weighted
+    /// destinations, in the order tried.
     Routes(PodArgs),
     /// Service ports the proxy knows: protocol, subsets, endpoints.
     Clusters(PodArgs),
@@ -149,7 +150,8 @@ impl Row for RouteRow {
     }
 }
 
-/// Every HTTP-capable Service port's routes, in the order the proxy tries them.
+/// Every HTTP-capable Service port's routes, in the order the proxy tries them; on a gateway,
+/// each listener's virtual hosts too (`service` is `gateway <host>`, `port` the listener's).
 pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
     let mut rows = Vec::new();
     for svc in services(s).filter(|svc| protocol(svc) != "tcp") {
@@ -165,41 +167,51 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
             });
             continue;
         }
-        for (i, r) in svc.http.iter().enumerate() {
-            let matches = if r.matches.is_empty() {
-                "*".to_string()
-            } else {
-                r.matches
-                    .iter()
-                    .map(|m| serde_json::to_string(m).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            };
-            let destinations = r
-                .destinations
-                .iter()
-                .map(|d| {
-                    let subset = d
-                        .subset
-                        .as_deref()
-                        .map(|s| format!("|{s}"))
-                        .unwrap_or_default();
-                    format!("{}:{}{subset} {}", d.service, d.port, d.weight)
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            rows.push(RouteRow {
-                service: svc.name.clone(),
-                port: svc.port,
-                index: Some(i),
-                name: r.name.clone(),
-                matches,
-                destinations,
-                actions: r.actions.summary(),
-            });
+        route_rows(&svc.name, svc.port, &svc.http, &mut rows);
+    }
+    for listener in s.gateway.iter().flat_map(|g| &g.listeners) {
+        for vhost in &listener.virtual_hosts {
+            let host = format!("gateway {}", vhost.domains.join(","));
+            route_rows(&host, listener.port, &vhost.routes, &mut rows);
         }
     }
     rows
+}
+
+fn route_rows(host: &str, port: u16, routes: &[crate::route::HttpRoute], rows: &mut Vec<RouteRow>) {
+    for (i, r) in routes.iter().enumerate() {
+        let matches = if r.matches.is_empty() {
+            "*".to_string()
+        } else {
+            r.matches
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let destinations = r
+            .destinations
+            .iter()
+            .map(|d| {
+                let subset = d
+                    .subset
+                    .as_deref()
+                    .map(|s| format!("|{s}"))
+                    .unwrap_or_default();
+                format!("{}:{}{subset} {}", d.service, d.port, d.weight)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push(RouteRow {
+            service: host.to_string(),
+            port,
+            index: Some(i),
+            name: r.name.clone(),
+            matches,
+            destinations,
+            actions: r.actions.summary(),
+        });
+    }
 }
 
 /// One Service port the proxy knows.

@@ -59,11 +59,15 @@ pub struct MeshView {
     pub destination_rules: Vec<Arc<DestinationRule>>,
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub traffic_splits: Vec<Arc<TrafficSplit>>,
-    /// Istio's ServiceEntries: the declared external services ([`super::egress`]).
-    pub service_entries: Vec<Arc<ServiceEntry>>,
     /// Gateway API routes; those with a Service parent are GAMMA routes ([`super::gamma`]).
     pub http_routes: Vec<Arc<crate::api::gateway_api::HTTPRoute>>,
     pub grpc_routes: Vec<Arc<crate::api::gateway_api::GRPCRoute>>,
+    /// Istio's ServiceEntries: the declared external services ([`super::egress`]).
+    pub service_entries: Vec<Arc<ServiceEntry>>,
+    /// Istio Gateways: the listeners of gateway pods ([`crate::route::gateway`]).
+    pub istio_gateways: Vec<Arc<crate::api::Gateway>>,
+    /// `kubernetes.io/tls` Secrets, trimmed to their keys: gateway `credentialName`s.
+    pub tls_secrets: Vec<Arc<k8s_openapi::api::core::v1::Secret>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -84,6 +88,8 @@ pub struct MeshedPod {
     pub protocols: BTreeMap<u16, Protocol>,
     /// The AuthorizationPolicies that select this pod, compiled, in evaluation order.
     pub authz: Vec<Policy>,
+    /// A gateway pod's listeners ([`super::routes::is_gateway_pod`]); none for sidecars.
+    pub gateway: Option<crate::route::gateway::GatewayConfig>,
 }
 
 /// The shared part of every snapshot, computed once per change.
@@ -215,6 +221,7 @@ impl MeshIndex {
                 services: BTreeMap::new(),
                 protocols: BTreeMap::new(),
                 authz: Vec::new(),
+                gateway: None,
             };
             pod_labels.insert(key.clone(), labels);
             pods.insert(key, entry);
@@ -222,7 +229,12 @@ impl MeshIndex {
 
         let unmeshed = unmeshed_workloads(view);
         let (mut services, mut headless) = service_tables(view, &mut pods, &unmeshed);
-        let routed = super::routes::apply(view, &mut services, &mut headless);
+        let mut routed = super::routes::apply(view, &mut services, &mut headless);
+        for (key, config) in std::mem::take(&mut routed.gateways) {
+            if let Some(pod) = pods.get_mut(&key) {
+                pod.gateway = Some(config);
+            }
+        }
         let mut egress = super::egress::EgressIndex::build(view, &pods);
         let authz = AuthzIndex::new(
             &view.root_namespace,
@@ -422,6 +434,7 @@ impl MeshIndex {
             },
             access_log,
             peers: self.peers.as_deref(),
+            gateway: pod.gateway.as_ref(),
         };
         // Version: hash of the per-proxy part (serialized without services) and the table's
         // hash.
@@ -433,6 +446,7 @@ impl MeshIndex {
             policy,
             access_log,
             &egress,
+            &pod.gateway,
         ))
         .unwrap_or_default();
         let mut material = own;
@@ -460,6 +474,8 @@ struct SnapshotRef<'a> {
     access_log: Option<AccessLog>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gateway: Option<&'a crate::route::gateway::GatewayConfig>,
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,7 @@
 //! The routing resources of the mesh laid onto the outbound Service tables: DestinationRule
 //! subsets become endpoint indexes (by the pod labels of each endpoint's IP) and
-//! VirtualService / TrafficSplit routes become each Service port's `http` table. The
+//! VirtualService / TrafficSplit routes become each Service port's `http` table; Gateways and
+//! the VirtualServices bound to them become each gateway pod's listeners. The
 //! compilers are kube-free ([`crate::route::compile`]); this file only adapts the watched
 //! objects and reports what is not applied as [`PolicyProblem`]s.
 
@@ -11,7 +12,11 @@ use kube::api::ObjectMeta;
 
 use super::model::MeshView;
 use super::policy::PolicyProblem;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::contract;
 use crate::route::compile::{self, Registry, Resources, Source, subset_members};
+use crate::route::gateway::{self, GatewayConfig};
 use crate::snapshot::{Protocol, Service};
 
 fn source<'a>(
@@ -41,8 +46,20 @@ pub struct Applied {
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule (`<namespace>/<name>`) whose TLS mode applies to it.
     pub tls_rules: BTreeMap<String, String>,
+    /// Gateway pod (namespace, name) -> its listeners.
+    pub gateways: HashMap<(String, String), GatewayConfig>,
     /// What each GAMMA route's `status.parents` should say.
     pub gamma: Vec<crate::route::gamma::RouteStatus>,
+}
+
+/// Whether a pod is a gateway (Istio's injection template `gateway`): only gateway pods get
+/// listeners from Gateways, as only Istio's gateway proxies do.
+pub fn is_gateway_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::ANNOTATION_INJECT_TEMPLATES))
+        .is_some_and(|t| t.split(',').any(|t| t.trim() == contract::TEMPLATE_GATEWAY))
 }
 
 /// Fills `subsets`, `http` and the client TLS modes of every Service entry.
@@ -50,6 +67,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     if view.destination_rules.is_empty()
         && view.virtual_services.is_empty()
         && view.traffic_splits.is_empty()
+        && view.istio_gateways.is_empty()
         && view.http_routes.is_empty()
         && view.grpc_routes.is_empty()
     {
@@ -135,8 +153,14 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             s.http = routes.clone();
         }
     }
-    let problems = tables
-        .problems
+    let gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
+    let mut problems = tables.problems;
+    for p in gateways.1 {
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    let problems = problems
         .into_iter()
         .map(|p| PolicyProblem {
             kind: p.kind,
@@ -153,8 +177,124 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     Applied {
         problems,
         tls_rules,
+        gateways: gateways.0,
         gamma,
     }
+}
+
+/// The `credentialName` Secret `name` of namespace `ns` (a `kubernetes.io/tls` Secret, from
+/// the operator's watch of those), or what is wrong with it.
+fn credential(view: &MeshView, ns: &str, name: &str) -> Result<gateway::Credential, String> {
+    let secret = view
+        .tls_secrets
+        .iter()
+        .find(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name))
+        .ok_or_else(|| {
+            format!("no Secret of type kubernetes.io/tls named {name} in namespace {ns} (the gateway pods' namespace, where Istio reads it too), or weft may not read it: `weft gateway install` grants the operator reading TLS Secrets there (Role and RoleBinding {})", contract::GATEWAY_SECRETS_ROLE)
+        })?;
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &str| -> Result<Option<String>, String> {
+        data.get(key)
+            .map(|b| {
+                String::from_utf8(b.0.clone())
+                    .map_err(|_| format!("Secret {ns}/{name} key {key} is not PEM text"))
+            })
+            .transpose()
+    };
+    let pem_blocks = |key: &str, pem: &str, want: &str| -> Result<(), String> {
+        let blocks =
+            ::pem::parse_many(pem).map_err(|e| format!("Secret {ns}/{name} key {key}: {e}"))?;
+        if blocks.iter().any(|b| b.tag().ends_with(want)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "Secret {ns}/{name} key {key} holds no {want} PEM block"
+            ))
+        }
+    };
+    let cert_chain = text("tls.crt")?.ok_or(format!("Secret {ns}/{name} has no tls.crt"))?;
+    let private_key = text("tls.key")?.ok_or(format!("Secret {ns}/{name} has no tls.key"))?;
+    pem_blocks("tls.crt", &cert_chain, "CERTIFICATE")?;
+    pem_blocks("tls.key", &private_key, "PRIVATE KEY")?;
+    let ca = text("ca.crt")?.filter(|c| !c.trim().is_empty());
+    if let Some(ca) = &ca {
+        pem_blocks("ca.crt", ca, "CERTIFICATE")?;
+    }
+    Ok(gateway::Credential {
+        cert_chain,
+        private_key,
+        ca,
+    })
+}
+
+/// The listeners of every gateway pod, compiled once per distinct set of Gateways selecting
+/// (replicas share theirs), and what the Gateways and their VirtualServices do not apply.
+#[allow(clippy::type_complexity)]
+fn gateway_configs(
+    view: &MeshView,
+    registry: &Registry,
+    subsets: &BTreeMap<String, crate::route::compile::SubsetLabels>,
+    virtual_services: &[Source<'_>],
+) -> (
+    HashMap<(String, String), GatewayConfig>,
+    Vec<compile::Problem>,
+) {
+    let mut problems = Vec::new();
+    let mut out = HashMap::new();
+    if view.istio_gateways.is_empty() && !view.pods.iter().any(|p| is_gateway_pod(p)) {
+        return (out, problems);
+    }
+    let times: Vec<String> = view
+        .istio_gateways
+        .iter()
+        .map(|o| created(&o.metadata))
+        .collect();
+    let all: Vec<Source> = view
+        .istio_gateways
+        .iter()
+        .zip(&times)
+        .filter_map(|(o, t)| source(&o.metadata, &o.spec.raw, t))
+        .collect();
+    // Every Gateway's own problems, whether or not a pod serves it yet.
+    gateway::compile(registry, subsets, &all, &[], None, &mut problems);
+    let selectors: Vec<Option<BTreeMap<String, String>>> =
+        all.iter().map(|g| gateway::selector_of(g.spec)).collect();
+    let mut compiled: HashMap<(String, Vec<usize>), GatewayConfig> = HashMap::new();
+    for pod in view.pods.iter().filter(|p| is_gateway_pod(p)) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            continue;
+        };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let chosen: Vec<usize> = selectors
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| gateway::selects(s, &labels)))
+            .map(|(i, _)| i)
+            .collect();
+        let key = (ns.clone(), chosen.clone());
+        let config = compiled.entry(key).or_insert_with(|| {
+            let selected: Vec<Source> = chosen.iter().map(|i| all[*i]).collect();
+            let mut found = Vec::new();
+            // Istio reads `credentialName` in the gateway pods' namespace.
+            let lookup = |name: &str| credential(view, ns, name);
+            let config = gateway::compile(
+                registry,
+                subsets,
+                &selected,
+                virtual_services,
+                Some(&lookup),
+                &mut found,
+            );
+            for p in found {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+            config
+        });
+        out.insert((ns.clone(), name.clone()), config.clone());
+    }
+    (out, problems)
 }
 
 #[cfg(test)]

@@ -316,6 +316,12 @@ impl DiscoveryState {
         let traffic_splits: Store<TrafficSplit> =
             reflect_optional(kube::Api::all(client.clone()), n());
         // Egress: Istio's ServiceEntries, optional likewise.
+        let istio_gateways: Store<crate::api::Gateway> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        // Gateway certificates (credentialName): a watch per namespace with gateway pods,
+        // started as they appear; not part of readiness.
+        let mut tls_secrets =
+            crate::kube::reflect::GatewaySecrets::new(client.clone(), changed.clone());
         let service_entries: Store<ServiceEntry> =
             reflect_optional(kube::Api::all(client.clone()), n());
         // The Gateway API's routes (GAMMA: a Service parent), optional likewise
@@ -344,8 +350,14 @@ impl DiscoveryState {
                 ready(&unmeshed),
             );
             loop {
+                let pods = pods.state();
+                let gateway_namespaces = pods
+                    .iter()
+                    .filter(|p| super::routes::is_gateway_pod(p))
+                    .filter_map(|p| p.metadata.namespace.as_deref());
                 let view = MeshView {
-                    pods: pods.state(),
+                    tls_secrets: tls_secrets.state(gateway_namespaces),
+                    pods,
                     unmeshed_pods: unmeshed.state(),
                     services: services.state(),
                     slices: slices.state(),
@@ -359,6 +371,7 @@ impl DiscoveryState {
                     virtual_services: virtual_services.state(),
                     traffic_splits: traffic_splits.state(),
                     service_entries: service_entries.state(),
+                    istio_gateways: istio_gateways.state(),
                     http_routes: http_routes.state(),
                     grpc_routes: grpc_routes.state(),
                     ..base.clone()
@@ -466,7 +479,9 @@ fn report_problem(client: &Client, p: &PolicyProblem) {
                 "TrafficTarget" => "access.smi-spec.io/v1alpha3",
                 "HTTPRouteGroup" | "TCPRoute" => "specs.smi-spec.io/v1alpha4",
                 "TrafficSplit" => "split.smi-spec.io/v1alpha2",
-                "DestinationRule" | "VirtualService" | "ServiceEntry" => "networking.istio.io/v1",
+                "DestinationRule" | "VirtualService" | "ServiceEntry" | "Gateway" => {
+                    "networking.istio.io/v1"
+                }
                 _ => "security.istio.io/v1",
             },
             kind: p.kind,

@@ -1,6 +1,6 @@
 //! The `WeftAccepted` condition weft writes into the status of every Istio policy and route it
 //! compiles (PeerAuthentication, AuthorizationPolicy, DestinationRule, VirtualService,
-//! ServiceEntry): `True`
+//! ServiceEntry, Gateway): `True`
 //! when the object is applied as written, `False` with what to change when it is not. Computed
 //! from the index's problems (pure), written by the leader only when it changes.
 //!
@@ -71,6 +71,7 @@ pub fn targets(view: &MeshView) -> Vec<(ObjectKey, Option<i64>)> {
     all.extend(keys("DestinationRule", &view.destination_rules));
     all.extend(keys("VirtualService", &view.virtual_services));
     all.extend(keys("ServiceEntry", &view.service_entries));
+    all.extend(keys("Gateway", &view.istio_gateways));
     all
 }
 
@@ -182,6 +183,7 @@ fn api_resource(kind: &str) -> Option<ApiResource> {
         "DestinationRule" => ("networking.istio.io", "destinationrules"),
         "VirtualService" => ("networking.istio.io", "virtualservices"),
         "ServiceEntry" => ("networking.istio.io", "serviceentries"),
+        "Gateway" => ("networking.istio.io", "gateways"),
         _ => return None,
     };
     Some(ApiResource {

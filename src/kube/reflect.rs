@@ -144,6 +144,69 @@ pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store
         .start()
 }
 
+/// Secrets of type `kubernetes.io/tls` (a field selector: no other Secret is ever read) in
+/// the namespaces that have gateway pods, trimmed to name, namespace and the three keys a
+/// gateway's `credentialName` uses (`tls.crt`, `tls.key`, `ca.crt`). The operator has no
+/// cluster-wide Secret grant: `weft gateway install` grants it these reads in the gateway's
+/// namespace only (Role `weft-gateway-secrets`), as Istio's gateway chart grants its gateway.
+/// Without that grant the watch retries and the Gateway's condition says what is missing.
+pub struct GatewaySecrets {
+    client: kube::Client,
+    changed: Arc<Notify>,
+    stores: std::collections::BTreeMap<String, Store<k8s_openapi::api::core::v1::Secret>>,
+}
+
+impl GatewaySecrets {
+    pub fn new(client: kube::Client, changed: Arc<Notify>) -> Self {
+        GatewaySecrets {
+            client,
+            changed,
+            stores: Default::default(),
+        }
+    }
+
+    /// The TLS Secrets of `namespaces` (those with gateway pods; watches start for the
+    /// namespaces seen the first time, and their first list wakes `changed`).
+    pub fn state<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Arc<k8s_openapi::api::core::v1::Secret>> {
+        for ns in namespaces {
+            if !self.stores.contains_key(ns) {
+                let store = tls_secrets(&self.client, ns, Some(self.changed.clone()));
+                self.stores.insert(ns.to_string(), store);
+            }
+        }
+        self.stores.values().flat_map(|s| s.state()).collect()
+    }
+}
+
+fn tls_secrets(
+    client: &kube::Client,
+    namespace: &str,
+    changed: Option<Arc<Notify>>,
+) -> Store<k8s_openapi::api::core::v1::Secret> {
+    Reflect::new(Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        client.clone(),
+        namespace,
+    ))
+    .config(watcher::Config::default().fields("type=kubernetes.io/tls"))
+    .trim(|s: &mut k8s_openapi::api::core::v1::Secret| {
+        s.metadata = ObjectMeta {
+            name: s.metadata.name.take(),
+            namespace: s.metadata.namespace.take(),
+            resource_version: s.metadata.resource_version.take(),
+            ..ObjectMeta::default()
+        };
+        if let Some(data) = s.data.as_mut() {
+            data.retain(|k, _| ["tls.crt", "tls.key", "ca.crt"].contains(&k.as_str()));
+        }
+        s.string_data = None;
+    })
+    .changed(changed)
+    .start()
+}
+
 /// The pods WITHOUT `weft.dev/revision` (not meshed), metadata only (the API server sends no
 /// spec or status), trimmed to what an endpoint's workload metadata needs
 /// ([`UNMESHED_POD_LABELS`], the controller, name, namespace, generateName): a meshed client's
@@ -218,7 +281,17 @@ fn trim_pod(pod: &mut Pod) {
                 .collect::<Vec<_>>()
         })
         .filter(|refs| !refs.is_empty());
-    pod.metadata.annotations = None;
+    // Only the injection template stays: it says whether the pod is a gateway.
+    pod.metadata.annotations = pod
+        .metadata
+        .annotations
+        .take()
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k == crate::contract::ANNOTATION_INJECT_TEMPLATES)
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
     pod.spec = pod.spec.take().map(|s| PodSpec {
         service_account_name: s.service_account_name,
         containers: s
@@ -394,6 +467,24 @@ mod tests {
         trim_pod(&mut pod);
         assert_eq!(pod.metadata.labels.as_ref().map(|l| l.len()), Some(2));
         assert!(pod.metadata.annotations.is_none());
+        // A gateway pod keeps the annotation that says so.
+        let mut gateway = Pod::default();
+        gateway.metadata.annotations = Some(
+            [("big", "x"), ("inject.istio.io/templates", "gateway")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        trim_pod(&mut gateway);
+        assert_eq!(
+            gateway
+                .metadata
+                .annotations
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["inject.istio.io/templates"]
+        );
         // The controller names the workload; other owners are dropped.
         let owners = pod.metadata.owner_references.as_deref().unwrap_or_default();
         assert_eq!(

@@ -137,9 +137,19 @@ async fn handle(
         }
         (Server::Admin, "/config_dump") => {
             let snapshot = ctx.snapshot();
+            // A gateway's private keys never leave the proxy, even on loopback.
+            let shown = snapshot.as_ref().map(|s| {
+                let mut shown = s.snapshot.clone();
+                for l in shown.gateway.iter_mut().flat_map(|g| &mut g.listeners) {
+                    for t in &mut l.tls {
+                        *t = t.redacted();
+                    }
+                }
+                shown
+            });
             json(&serde_json::json!({
                 "version": snapshot.as_ref().map(|s| s.version().to_string()),
-                "snapshot": snapshot.as_ref().map(|s| &s.snapshot),
+                "snapshot": shown,
                 "activeConnections": ctx.active_connections(),
             }))
         }

@@ -13,7 +13,7 @@ use super::config_stream::ConfigStreamConfig;
 use super::identity::CsrClientConfig;
 use super::inputs::FileSources;
 use super::iptables::{self, InitOptions};
-use super::run::{Listeners, RunOptions};
+use super::run::{Listeners, Mode, RunOptions};
 use crate::contract;
 
 /// weft-proxy: weft's sidecar proxy and its init container.
@@ -30,6 +30,9 @@ pub enum Command {
     Init(Box<InitArgs>),
     /// Run the proxy.
     Run(Box<RunArgs>),
+    /// Run the proxy as a gateway (a Deployment's only container): no capture; it listens
+    /// on the ports of the Istio Gateways that select its pod (docs/gateway.md).
+    Gateway(Box<RunArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +218,7 @@ impl RunArgs {
                 interval: self.reload_interval.max(Duration::from_millis(100)),
             },
             app_probers: self.app_probers.clone(),
+            mode: Mode::Sidecar,
             csr: self.csr_client(),
             config_stream: self.config_stream(),
         }
@@ -256,7 +260,8 @@ impl RunArgs {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Init(args) => init(&args),
-        Command::Run(args) => run(&args),
+        Command::Run(args) => run(&args, Mode::Sidecar),
+        Command::Gateway(args) => run(&args, Mode::Gateway),
     }
 }
 
@@ -290,7 +295,7 @@ fn init(args: &InitArgs) -> ExitCode {
     }
 }
 
-fn run(args: &RunArgs) -> ExitCode {
+fn run(args: &RunArgs, mode: Mode) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -317,7 +322,11 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(super::run::run(args.options())) {
+    let opts = RunOptions {
+        mode,
+        ..args.options()
+    };
+    match runtime.block_on(super::run::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-proxy: {e}");
@@ -403,7 +412,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).unwrap().command {
                 Command::Run(args) => args.options(),
-                Command::Init(_) => panic!("not run"),
+                Command::Init(_) | Command::Gateway(_) => panic!("not run"),
             }
         };
         assert_eq!(parse(&[]).listeners.stats.port(), contract::PORT_STATS);
@@ -427,7 +436,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).unwrap().command {
                 Command::Run(args) => args.options(),
-                Command::Init(_) => panic!("not run"),
+                Command::Init(_) | Command::Gateway(_) => panic!("not run"),
             }
         };
         let csr = parse(&[]).csr.unwrap();

@@ -9,6 +9,9 @@
 //! | 15020 | `/stats/prometheus`, app probes| `admin`     |
 //! | 15021 | `/healthz/ready`               | `admin`     |
 //! | 15000 | admin, 127.0.0.1 only          | `admin`     |
+//!
+//! In gateway mode (`weft-proxy gateway`) 15001/15006 are not bound; the ports of the
+//! Gateways that select the pod are (`gateway`).
 
 pub mod access_log;
 pub mod admin;
@@ -18,6 +21,7 @@ pub mod cli;
 pub mod config_stream;
 pub mod copy;
 pub mod egress;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -128,6 +132,11 @@ impl ProxyContext {
 
     pub fn snapshot(&self) -> Option<Arc<SnapshotIndex>> {
         self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new config (gateway mode binds its ports from it).
+    pub fn snapshot_changes(&self) -> watch::Receiver<Option<Arc<SnapshotIndex>>> {
+        self.snapshot.clone()
     }
 
     /// The access log format of the current config; None when access logs are off. Read per

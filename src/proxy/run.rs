@@ -1,6 +1,7 @@
-//! `weft-proxy run`: binds the listeners (IPv4, and IPv6 beside them when the kernel has it),
-//! starts the input sources, and drains on SIGTERM (stop accepting, report not-ready, wait for
-//! connections to finish or the drain duration, then return).
+//! `weft-proxy run` and `weft-proxy gateway`: binds the listeners (IPv4, and IPv6 beside them
+//! when the kernel has it), starts the input sources, and drains on SIGTERM (stop accepting,
+//! report not-ready, wait for connections to finish or the drain duration, then return). A
+//! sidecar binds the capture ports; a gateway binds its Gateways' ports ([`super::gateway`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -64,8 +65,18 @@ impl Default for Listeners {
     }
 }
 
+/// What the proxy is in its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Beside the app, its traffic captured by iptables (15001/15006).
+    Sidecar,
+    /// The pod's only container: clients reach the ports its Gateways name.
+    Gateway,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    pub mode: Mode,
     pub settings: Settings,
     pub listeners: Listeners,
     pub sources: FileSources,
@@ -87,7 +98,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
 /// the kernel has no IPv6. Two sockets rather than one dual-stack `[::]`: the IPv6 one is
 /// IPV6_V6ONLY, so IPv4 peers and original destinations stay IPv4 addresses (no
 /// `::ffff:a.b.c.d`), and each family's original destination has its own socket option.
-async fn bind_dual(what: &'static str, addr: SocketAddr) -> Result<Vec<TcpListener>, RunError> {
+pub(crate) async fn bind_dual(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<Vec<TcpListener>, RunError> {
     let mut listeners = vec![bind(what, addr).await?];
     if addr.ip() != IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
         return Ok(listeners);
@@ -130,12 +144,17 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (ctx, inputs) = ProxyContext::new(opts.settings.clone());
 
     let l = &opts.listeners;
-    let outbound_l = bind_dual("outbound", l.outbound).await?;
-    let inbound_l = bind_dual("inbound", l.inbound).await?;
+    let (outbound_l, inbound_l) = match opts.mode {
+        Mode::Sidecar => (
+            bind_dual("outbound", l.outbound).await?,
+            bind_dual("inbound", l.inbound).await?,
+        ),
+        Mode::Gateway => (Vec::new(), Vec::new()),
+    };
     let stats_l = bind_dual("stats", l.stats).await?;
     let health_l = bind_dual("health", l.health).await?;
     let admin_l = bind("admin", l.admin).await?;
-    let dual_stack = inbound_l.len() > 1;
+    let dual_stack = stats_l.len() > 1;
 
     let Inputs { certs, snapshot } = inputs;
     let mut tasks = tokio::task::JoinSet::new();
@@ -158,6 +177,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     for listener in inbound_l {
         tasks.spawn(inbound::serve(ctx.clone(), listener));
     }
+    if opts.mode == Mode::Gateway {
+        tasks.spawn(super::gateway::serve(ctx.clone()));
+    }
     for listener in stats_l {
         tasks.spawn(admin::serve(
             ctx.clone(),
@@ -175,10 +197,16 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         ));
     }
     tasks.spawn(admin::serve(ctx.clone(), admin_l, Server::Admin, probers));
-    tracing::info!(
-        outbound = %l.outbound, inbound = %l.inbound, stats = %l.stats,
-        health = %l.health, admin = %l.admin, dual_stack, "weft-proxy listening"
-    );
+    match opts.mode {
+        Mode::Sidecar => tracing::info!(
+            outbound = %l.outbound, inbound = %l.inbound, stats = %l.stats,
+            health = %l.health, admin = %l.admin, dual_stack, "weft-proxy listening"
+        ),
+        Mode::Gateway => tracing::info!(
+            stats = %l.stats, health = %l.health, admin = %l.admin, dual_stack,
+            "weft-proxy gateway listening (gateway ports follow the config)"
+        ),
+    }
 
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),

@@ -594,12 +594,67 @@ pub fn compile_virtual_service(
     subsets: &BTreeMap<String, SubsetLabels>,
     src: &Source<'_>,
 ) -> Result<CompiledVirtualService, Refusal> {
-    let invalid = |m: String| Refusal::Invalid(m);
-    let spec: VirtualServiceSpec = serde_json::from_value(src.spec.clone())
-        .map_err(|e| invalid(format!("spec: {e}; the VirtualService is not applied")))?;
+    let spec = read_virtual_service(src)?;
     if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
         return Err(Refusal::GatewaysOnly);
     }
+    let pending = pending_routes(registry, src, &spec)?;
+    let mut out = CompiledVirtualService::default();
+    let mut dangling = BTreeSet::new();
+    for host in &spec.hosts {
+        let fqdn = registry.resolve(host, src.namespace);
+        let Some(ports) = registry.ports(&fqdn) else {
+            out.unknown_hosts.push(fqdn);
+            continue;
+        };
+        for entry in ports.iter().filter(|p| p.http) {
+            let routes = lay_routes(registry, subsets, src, &pending, entry.port, &mut dangling);
+            if !routes.is_empty() {
+                out.routes.insert((fqdn.clone(), entry.port), routes);
+            }
+        }
+    }
+    out.dangling = dangling.into_iter().collect();
+    Ok(out)
+}
+
+/// A VirtualService's spec, strictly.
+pub fn read_virtual_service(src: &Source<'_>) -> Result<VirtualServiceSpec, Refusal> {
+    serde_json::from_value(src.spec.clone())
+        .map_err(|e| Refusal::Invalid(format!("spec: {e}; the VirtualService is not applied")))
+}
+
+/// A VirtualService bound to a gateway, compiled for one of the gateway's listener ports:
+/// its `http` routes as that port's table (a destination without a port takes the
+/// destination Service's only port, else the listener's), and what they name that does not
+/// exist.
+pub fn gateway_routes(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    src: &Source<'_>,
+    spec: &VirtualServiceSpec,
+    listener_port: u16,
+) -> Result<(Vec<HttpRoute>, Vec<String>), Refusal> {
+    let pending = pending_routes(registry, src, spec)?;
+    let mut dangling = BTreeSet::new();
+    let routes = lay_routes(
+        registry,
+        subsets,
+        src,
+        &pending,
+        listener_port,
+        &mut dangling,
+    );
+    Ok((routes, dangling.into_iter().collect()))
+}
+
+/// The routes of `spec.http`, read and checked, before they are laid on a port.
+fn pending_routes(
+    registry: &Registry,
+    src: &Source<'_>,
+    spec: &VirtualServiceSpec,
+) -> Result<Vec<Pending>, Refusal> {
+    let invalid = |m: String| Refusal::Invalid(m);
     let mut unsupported = Vec::new();
     if spec.tcp.is_some() {
         unsupported.push("tcp");
@@ -730,82 +785,79 @@ pub fn compile_virtual_service(
             actions,
         });
     }
+    Ok(pending)
+}
 
-    let mut out = CompiledVirtualService::default();
-    let mut dangling = BTreeSet::new();
-    for host in &spec.hosts {
-        let fqdn = registry.resolve(host, src.namespace);
-        let Some(ports) = registry.ports(&fqdn) else {
-            out.unknown_hosts.push(fqdn);
+/// The pending routes as the table of one port (`entry_port`: the Service port, or a
+/// gateway's listener port): matches on other ports dropped, destination ports filled in.
+fn lay_routes(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    src: &Source<'_>,
+    pending: &[Pending],
+    entry_port: u16,
+    dangling: &mut BTreeSet<String>,
+) -> Vec<HttpRoute> {
+    let mut routes = Vec::new();
+    for p in pending {
+        // A match on another port never holds on this one; a route whose matches all
+        // name other ports is not part of this port's table (as Istio builds it).
+        let matches: Vec<RequestMatch> = p
+            .matches
+            .iter()
+            .filter(|m| m.port.is_none_or(|mp| mp == entry_port))
+            .cloned()
+            .collect();
+        if !p.matches.is_empty() && matches.is_empty() {
             continue;
-        };
-        for entry in ports.iter().filter(|p| p.http) {
-            let mut routes = Vec::new();
-            for p in &pending {
-                // A match on another port never holds on this one; a route whose matches all
-                // name other ports is not part of this port's table (as Istio builds it).
-                let matches: Vec<RequestMatch> = p
-                    .matches
-                    .iter()
-                    .filter(|m| m.port.is_none_or(|mp| mp == entry.port))
-                    .cloned()
-                    .collect();
-                if !p.matches.is_empty() && matches.is_empty() {
-                    continue;
-                }
-                let destinations = p
-                    .destinations
-                    .iter()
-                    .map(|d| {
-                        let (host, port, subset) = (&d.host, d.port, &d.subset);
-                        let dest_ports = registry.ports(host);
-                        // Istio: no port given -> the Service's only port, else this one.
-                        let port = port.unwrap_or(match dest_ports {
-                            Some([only]) => only.port,
-                            _ => entry.port,
-                        });
-                        match dest_ports {
-                            None => {
-                                dangling.insert(format!(
-                                    "destination host {host} is not a Service weft knows"
-                                ));
-                            }
-                            Some(ps) if !ps.iter().any(|p| p.port == port) => {
-                                dangling.insert(format!("destination {host} has no port {port}"));
-                            }
-                            Some(_) => {}
-                        }
-                        if let Some(s) = subset
-                            && !subsets.get(host).is_some_and(|t| t.contains_key(s))
-                        {
-                            dangling.insert(format!(
-                                "subset {s:?} of {host} is defined by no DestinationRule"
-                            ));
-                        }
-                        Destination {
-                            service: host.clone(),
-                            port,
-                            subset: subset.clone(),
-                            weight: d.weight,
-                            request_headers: d.request_headers.clone(),
-                            response_headers: d.response_headers.clone(),
-                        }
-                    })
-                    .collect();
-                routes.push(HttpRoute {
-                    name: src.id(),
-                    matches,
-                    destinations,
-                    actions: p.actions.clone(),
-                });
-            }
-            if !routes.is_empty() {
-                out.routes.insert((fqdn.clone(), entry.port), routes);
-            }
         }
+        let destinations = p
+            .destinations
+            .iter()
+            .map(|d| {
+                let (host, port, subset) = (&d.host, d.port, &d.subset);
+                let dest_ports = registry.ports(host);
+                // Istio: no port given -> the Service's only port, else this one.
+                let port = port.unwrap_or(match dest_ports {
+                    Some([only]) => only.port,
+                    _ => entry_port,
+                });
+                match dest_ports {
+                    None => {
+                        dangling.insert(format!(
+                            "destination host {host} is not a Service weft knows"
+                        ));
+                    }
+                    Some(ps) if !ps.iter().any(|p| p.port == port) => {
+                        dangling.insert(format!("destination {host} has no port {port}"));
+                    }
+                    Some(_) => {}
+                }
+                if let Some(s) = subset
+                    && !subsets.get(host).is_some_and(|t| t.contains_key(s))
+                {
+                    dangling.insert(format!(
+                        "subset {s:?} of {host} is defined by no DestinationRule"
+                    ));
+                }
+                Destination {
+                    service: host.clone(),
+                    port,
+                    subset: subset.clone(),
+                    weight: d.weight,
+                    request_headers: d.request_headers.clone(),
+                    response_headers: d.response_headers.clone(),
+                }
+            })
+            .collect();
+        routes.push(HttpRoute {
+            name: src.id(),
+            matches,
+            destinations,
+            actions: p.actions.clone(),
+        });
     }
-    out.dangling = dangling.into_iter().collect();
-    Ok(out)
+    routes
 }
 
 /// Every VirtualService for the mesh, oldest first; a host already routed by an older one is

@@ -2,14 +2,16 @@
 //! as the control plane computes it (from Istio VirtualServices and DestinationRule subsets,
 //! SMI TrafficSplits) and the snapshot carries it ([`model`]), and the pure selection the
 //! proxy runs per request ([`select`]); a DestinationRule's balancing and outlier detection
-//! ([`policy`], [`balance`], [`outlier`]). The CLI prints the same tables.
+//! ([`policy`], [`balance`], [`outlier`]); a gateway proxy's listeners ([`gateway`]). The CLI
+//! prints the same tables.
 
 pub mod action;
 pub mod balance;
 pub mod compile;
+pub mod egress;
 #[cfg(feature = "control-plane")]
 pub mod gamma;
-pub mod egress;
+pub mod gateway;
 pub mod istio;
 pub mod istio_actions;
 pub mod istio_policy;

@@ -155,6 +155,10 @@ pub struct ProxySnapshot {
     /// Absent: an operator from before the table; the proxy then checks the namespace only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<KnownPeer>>,
+    /// A gateway pod's listeners (Istio Gateways that select it, and the VirtualServices
+    /// bound to them); absent for sidecars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::route::gateway::GatewayConfig>,
 }
 
 /// A workload the control plane knows, and the SPIFFE identity of its pods' service account.
@@ -791,7 +795,6 @@ impl SnapshotIndex {
         endpoints: Vec<&'a Endpoint>,
         req: &crate::route::RequestView<'_>,
     ) -> RequestRoute<'a> {
-        use crate::route::{Choice, choose_route, pick_weighted, select::roll};
         if service.http.is_empty() {
             return RequestRoute::Endpoints {
                 service,
@@ -799,7 +802,31 @@ impl SnapshotIndex {
                 routed: None,
             };
         }
-        let (route, matched) = match choose_route(&service.http, req) {
+        self.route_on(&service.http, Some((service, endpoints)), req)
+    }
+
+    /// A request on a route table that belongs to no Service (a gateway's virtual host).
+    pub fn route_table<'a>(
+        &'a self,
+        routes: &'a [crate::route::HttpRoute],
+        req: &crate::route::RequestView<'_>,
+    ) -> RequestRoute<'a> {
+        if routes.is_empty() {
+            return RequestRoute::NoRoute;
+        }
+        self.route_on(routes, None, req)
+    }
+
+    /// The first route of `routes` that takes the request, and its weighted destination.
+    /// `dialled`: the Service whose table this is and its endpoints already rotated.
+    fn route_on<'a>(
+        &'a self,
+        routes: &'a [crate::route::HttpRoute],
+        dialled: Option<(&'a Service, Vec<&'a Endpoint>)>,
+        req: &crate::route::RequestView<'_>,
+    ) -> RequestRoute<'a> {
+        use crate::route::{Choice, choose_route, pick_weighted, select::roll};
+        let (route, matched) = match choose_route(routes, req) {
             Choice::Route { route, matched, .. } => (route, matched),
             Choice::NoRoute => return RequestRoute::NoRoute,
         };
@@ -824,10 +851,13 @@ impl SnapshotIndex {
                 service: self.service(i),
                 // The dialled Service as a whole: its endpoints were rotated for this request
                 // already (by `route`); rotating again would step its counter twice.
-                endpoints: if members.is_none() && std::ptr::eq(self.service(i), service) {
-                    endpoints
-                } else {
-                    self.rotated(i, members)
+                endpoints: match dialled {
+                    Some((service, endpoints))
+                        if members.is_none() && std::ptr::eq(self.service(i), service) =>
+                    {
+                        endpoints
+                    }
+                    _ => self.rotated(i, members),
                 },
                 routed: Some(Routed {
                     route,

@@ -70,7 +70,7 @@ pub async fn serve<I>(
         upstream: Upstream::new(app),
         record,
     });
-    server::serve_pipeline(ctx, io, state, "inbound").await;
+    server::serve_pipeline(ctx, io, state, "inbound", None).await;
 }
 
 impl server::Pipeline for Inbound {

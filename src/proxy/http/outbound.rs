@@ -39,12 +39,42 @@ use crate::snapshot::{
 /// a retry's replay.
 pub type RequestBody = TryBody;
 
-/// One downstream (app) connection's state, shared by its requests.
+/// A gateway server's `tls.httpsRedirect`: the same URL with `https` (the port dropped
+/// when it was http's default), 301.
+static HTTPS_REDIRECT: std::sync::LazyLock<crate::route::action::Redirect> =
+    std::sync::LazyLock::new(|| crate::route::action::Redirect {
+        uri: None,
+        authority: None,
+        scheme: Some("https".into()),
+        port: None,
+        code: 301,
+    });
+
+/// How a connection's requests find their route table.
+#[derive(Debug, Clone, Copy)]
+enum Front {
+    /// A sidecar's app dialled this Service address: each request is routed from it with the
+    /// current config, so endpoint changes reach open keep-alive and HTTP/2 connections.
+    Mesh(SocketAddr),
+    /// A client reached this gateway listener port: the request's host picks the virtual
+    /// host of the listener in the current config ([`crate::route::gateway`]).
+    Gateway(u16),
+}
+
+impl Front {
+    fn port(self) -> u16 {
+        match self {
+            Front::Mesh(orig) => orig.port(),
+            Front::Gateway(port) => port,
+        }
+    }
+}
+
+/// One downstream connection's state (the app's, or a gateway client's), shared by its
+/// requests.
 struct Outbound {
     ctx: Arc<ProxyContext>,
-    /// The Service address the app dialled: each request is routed from it with the current
-    /// config, so endpoint changes reach open keep-alive and HTTP/2 connections.
-    orig: SocketAddr,
+    front: Front,
     accepted_with: Arc<SnapshotIndex>,
     conn: Arc<ConnLog>,
     /// The recorder of each label set this connection's requests were reported under.
@@ -61,78 +91,189 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let front = Front::Mesh(orig);
+    serve_front(ctx, io, front, orig, peer, snapshot, None).await;
+}
+
+/// Serves one connection a gateway listener accepted on `local` until it closes.
+pub async fn serve_gateway<I>(
+    ctx: &Arc<ProxyContext>,
+    io: I,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+    snapshot: Arc<SnapshotIndex>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let front = Front::Gateway(local.port());
+    let header_timeout = Some(crate::proxy::gateway::HEADER_TIMEOUT);
+    serve_front(ctx, io, front, local, peer, snapshot, header_timeout).await;
+}
+
+async fn serve_front<I>(
+    ctx: &Arc<ProxyContext>,
+    io: I,
+    front: Front,
+    destination: SocketAddr,
+    peer: Option<SocketAddr>,
+    snapshot: Arc<SnapshotIndex>,
+    header_timeout: Option<Duration>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let conn = Arc::new(ConnLog {
-        peer: peer.unwrap_or(orig),
-        destination: orig,
+        peer: peer.unwrap_or(destination),
+        destination,
         sni: None,
         source_principal: None,
         destination_principal: None,
     });
     let state = Arc::new(Outbound {
         ctx: ctx.clone(),
-        orig,
+        front,
         accepted_with: snapshot,
         conn,
         recorders: Mutex::new(Vec::new()),
     });
-    server::serve_pipeline(ctx, io, state, "outbound").await;
+    let side = match front {
+        Front::Mesh(_) => "outbound",
+        Front::Gateway(_) => "gateway",
+    };
+    server::serve_pipeline(ctx, io, state, side, header_timeout).await;
 }
 
 impl server::Pipeline for Outbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let (mut exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
+        let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
         let snapshot = self
             .ctx
             .snapshot()
             .unwrap_or_else(|| self.accepted_with.clone());
-        let (service, candidates, routed) = match snapshot.route(self.orig) {
-            // A Service address: its routes (if any) pick the destination.
-            OutboundRoute::Service { service, endpoints } => {
-                let path = normalized_path(&parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
-                let headers = HeaderView::new(&parts.headers);
-                let view = RequestView {
-                    method: parts.method.as_str(),
-                    path: &path,
-                    query: parts.uri.query(),
-                    port: self.orig.port(),
-                    headers: &headers,
+        match self.decide(&snapshot, &parts) {
+            Some((dialled, decided)) => {
+                self.routed(exchange, parts, body, &snapshot, dialled, decided)
+                    .await
+            }
+            // The Service went away while the connection was open.
+            None => {
+                let route = Route {
+                    snapshot: &snapshot,
+                    service: None,
+                    candidates: Vec::new(),
+                    routed: None,
                 };
-                match snapshot.route_request(service, endpoints, &view) {
+                self.send(exchange, parts, body, route).await
+            }
+        }
+    }
+}
+
+impl Outbound {
+    /// What the route table (a Service's, or a gateway virtual host's) decides for a request,
+    /// and the Service a request that finds no upstream is recorded under; none: the dialled
+    /// address is no longer a Service.
+    fn decide<'s>(
+        &self,
+        snapshot: &'s SnapshotIndex,
+        parts: &Parts,
+    ) -> Option<(Option<&'s Service>, RequestRoute<'s>)> {
+        let path = normalized_path(parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
+        let headers = HeaderView::new(&parts.headers);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path: &path,
+            query: parts.uri.query(),
+            port: self.front.port(),
+            headers: &headers,
+        };
+        match self.front {
+            Front::Mesh(orig) => match snapshot.route(orig) {
+                // A Service address: its routes (if any) pick the destination.
+                OutboundRoute::Service { service, endpoints } => Some((
+                    Some(service),
+                    snapshot.route_request(service, endpoints, &view),
+                )),
+                // A pod dialled by its address goes to that pod.
+                OutboundRoute::Endpoint { service, endpoint } => Some((
+                    Some(service),
                     RequestRoute::Endpoints {
                         service,
-                        endpoints,
-                        routed,
-                    } => (Some(service), endpoints, routed),
-                    RequestRoute::Redirect(redirect) => {
-                        let record = self.no_upstream(&snapshot, service);
-                        let resp = actions::redirect(&parts, redirect, exchange.is_grpc());
-                        return exchange.local_response(resp, 0, &record, Why::default());
+                        endpoints: vec![endpoint],
+                        routed: None,
+                    },
+                )),
+                OutboundRoute::Passthrough | OutboundRoute::Refused => None,
+            },
+            Front::Gateway(port) => {
+                let authority = parts
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| parts.headers.get(hyper::header::HOST)?.to_str().ok())
+                    .unwrap_or("");
+                let vhost = snapshot
+                    .snapshot
+                    .gateway
+                    .as_ref()
+                    .and_then(|g| g.listener(port))
+                    .and_then(|l| l.virtual_host(authority));
+                Some(match vhost {
+                    // The server's `tls.httpsRedirect`: Envoy's 301 to https.
+                    Some(vhost) if vhost.https_redirect => {
+                        (None, RequestRoute::Redirect(&HTTPS_REDIRECT))
                     }
-                    RequestRoute::NoRoute => {
-                        let record = self.no_upstream(&snapshot, service);
-                        let why = Why {
-                            flags: "NR",
-                            details: Some("route_not_found"),
-                            failure: None,
-                        };
-                        return exchange.local(StatusCode::NOT_FOUND, "", &record, why);
-                    }
-                    RequestRoute::NoDestination(what) => {
-                        tracing::debug!(route = %what, "route destination not in the config");
-                        let record = self.no_upstream(&snapshot, service);
-                        let why = Why {
-                            flags: "NR",
-                            details: Some("cluster_not_found"),
-                            failure: None,
-                        };
-                        return exchange.local(StatusCode::SERVICE_UNAVAILABLE, "", &record, why);
-                    }
-                }
+                    Some(vhost) => (None, snapshot.route_table(&vhost.routes, &view)),
+                    // No virtual host names the request's host: Envoy's 404 NR.
+                    None => (None, RequestRoute::NoRoute),
+                })
             }
-            // A pod dialled by its address goes to that pod.
-            OutboundRoute::Endpoint { service, endpoint } => (Some(service), vec![endpoint], None),
-            // The Service went away while the connection was open.
-            OutboundRoute::Passthrough | OutboundRoute::Refused => (None, Vec::new(), None),
+        }
+    }
+}
+
+impl Outbound {
+    /// Acts on what the route table decided: a local answer (redirect, no route, no
+    /// destination, an injected fault), or the request sent on its way.
+    async fn routed(
+        &self,
+        mut exchange: Exchange,
+        mut parts: Parts,
+        body: Counted<Incoming>,
+        snapshot: &SnapshotIndex,
+        dialled: Option<&Service>,
+        decided: RequestRoute<'_>,
+    ) -> Response<ResponseBody> {
+        let record = || match dialled {
+            Some(service) => self.no_upstream(snapshot, service),
+            None => self.unrouted(snapshot),
+        };
+        let (service, candidates, routed) = match decided {
+            RequestRoute::Endpoints {
+                service,
+                endpoints,
+                routed,
+            } => (service, endpoints, routed),
+            RequestRoute::Redirect(redirect) => {
+                let resp = actions::redirect(&parts, redirect, exchange.is_grpc());
+                return exchange.local_response(resp, 0, &record(), Why::default());
+            }
+            RequestRoute::NoRoute => {
+                let why = Why {
+                    flags: "NR",
+                    details: Some("route_not_found"),
+                    failure: None,
+                };
+                return exchange.local(StatusCode::NOT_FOUND, "", &record(), why);
+            }
+            RequestRoute::NoDestination(what) => {
+                tracing::debug!(route = %what, "route destination not in the config");
+                let why = Why {
+                    flags: "NR",
+                    details: Some("cluster_not_found"),
+                    failure: None,
+                };
+                return exchange.local(StatusCode::SERVICE_UNAVAILABLE, "", &record(), why);
+            }
         };
         if let Some(routed) = &routed {
             if let Some(fault) = &routed.route.actions.fault {
@@ -144,9 +285,8 @@ impl server::Pipeline for Outbound {
                 }
                 if let Some(a) = &fault.abort
                     && action::applies(a.per_million, snapshot.roll())
-                    && let Some(service) = service
                 {
-                    let record = self.no_upstream(&snapshot, service);
+                    let record = self.no_upstream(snapshot, service);
                     let (resp, sent) = actions::abort(a, exchange.is_grpc());
                     let why = Why {
                         flags: "FI",
@@ -158,9 +298,14 @@ impl server::Pipeline for Outbound {
             }
             actions::edit_request(&mut parts, routed);
         }
+        // A gateway's client may speak h2 to it; the Service gets HTTP/1.1 unless the request
+        // is gRPC (which is h2 end to end).
+        if matches!(self.front, Front::Gateway(_)) && !exchange.is_grpc() {
+            super::upstream::downgrade_to_http1(&mut parts);
+        }
         let route = Route {
-            snapshot: &snapshot,
-            service,
+            snapshot,
+            service: Some(service),
             candidates,
             routed,
         };
@@ -286,7 +431,7 @@ impl Outbound {
             None => candidates,
         };
         let cluster = match service {
-            Some(s) => format!("outbound|{}||{}", self.orig.port(), s.name),
+            Some(s) => format!("outbound|{}||{}", s.port, s.name),
             None => "BlackHoleCluster".to_string(),
         };
         if candidates.is_empty() {
@@ -521,7 +666,7 @@ impl Outbound {
         };
         let authority = service.map_or_else(
             || ep.addr().to_string(),
-            |s| format!("{}:{}", s.name, self.orig.port()),
+            |s| format!("{}:{}", s.name, s.port),
         );
         let idle = self.ctx.settings.idle_timeout;
         forward(&picked, request, &authority, idle)
@@ -570,7 +715,7 @@ impl Outbound {
     /// Where a request that found no upstream is recorded: under the Service dialled.
     fn no_upstream(&self, snapshot: &SnapshotIndex, service: &Service) -> Record {
         let labels = source_labels(&self.ctx, snapshot, Some(service), None, false);
-        let cluster = format!("outbound|{}||{}", self.orig.port(), service.name);
+        let cluster = format!("outbound|{}||{}", service.port, service.name);
         self.record(
             labels,
             UpstreamLog {
@@ -578,6 +723,17 @@ impl Outbound {
                 cluster,
             },
         )
+    }
+
+    /// Where a request no route table took is recorded: a gateway host no virtual host
+    /// names (Istio reports its destination service as `unknown`).
+    fn unrouted(&self, snapshot: &SnapshotIndex) -> Record {
+        let labels = source_labels(&self.ctx, snapshot, None, None, false).with_service("unknown");
+        let upstream = UpstreamLog {
+            host: None,
+            cluster: "-".to_string(),
+        };
+        self.record(labels, upstream)
     }
 
     /// The recorder of `labels` on this connection (made once per label set).

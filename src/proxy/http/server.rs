@@ -42,12 +42,15 @@ pub fn full(text: &'static str) -> ResponseBody {
 /// Serves `io` until the client closes it, handing each request to `handler`; once
 /// `shutdown` resolves (the proxy drains) it stops taking new requests (HTTP/2 GOAWAY,
 /// HTTP/1 close after the current response) and finishes those in flight. A connection on
-/// which no byte moved for `idle` is closed, as on the L4 path.
+/// which no byte moved for `idle` is closed, as on the L4 path. `header_timeout`: how long
+/// an HTTP/1 client may take to send a request head (a gateway's defence against slowloris;
+/// none for a sidecar, whose clients are its own app).
 pub async fn serve<I, F, Fut>(
     io: I,
     handler: F,
     shutdown: impl Future<Output = ()>,
     idle: Duration,
+    header_timeout: Option<Duration>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -59,7 +62,8 @@ where
     // default 30 s header timeout would close it sooner.
     builder
         .http1()
-        .header_read_timeout(None)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .auto_date_header(false);
     builder.http2().auto_date_header(false);
     let (io, activity) = Active::new(io);
@@ -83,8 +87,13 @@ pub trait Pipeline: Send + Sync + 'static {
 }
 
 /// Serves `io` through `pipeline` until it closes, the proxy drains or it idles out.
-pub async fn serve_pipeline<I, P>(ctx: &Arc<ProxyContext>, io: I, pipeline: Arc<P>, side: &str)
-where
+pub async fn serve_pipeline<I, P>(
+    ctx: &Arc<ProxyContext>,
+    io: I,
+    pipeline: Arc<P>,
+    side: &str,
+    header_timeout: Option<Duration>,
+) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     P: Pipeline,
 {
@@ -95,7 +104,7 @@ where
     let idle = ctx.settings.idle_timeout;
     let ctx = ctx.clone();
     let drained = async move { ctx.drained().await };
-    if let Err(e) = serve(io, handler, drained, idle).await {
+    if let Err(e) = serve(io, handler, drained, idle, header_timeout).await {
         tracing::debug!(error = %e, side, "HTTP connection ended with an error");
     }
 }
@@ -472,10 +481,34 @@ mod tests {
             handler,
             std::future::pending(),
             Duration::from_millis(100),
+            None,
         )
         .await;
         assert!(served.is_err());
         assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_request_head_that_never_ends_is_cut_off_by_the_header_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let handler = |_req: Request<Incoming>| async { Ok(Response::new(full("never"))) };
+        // Bytes keep moving (so the idle timeout never fires); the head never completes.
+        let served = tokio::spawn(serve(
+            server,
+            handler,
+            std::future::pending(),
+            Duration::from_secs(30),
+            Some(Duration::from_millis(200)),
+        ));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out));
+        assert!(read.await.is_ok(), "the connection stayed open");
+        let _ = served.await.unwrap();
     }
 
     #[tokio::test]
@@ -495,6 +528,7 @@ mod tests {
             handler,
             std::future::pending(),
             Duration::from_secs(5),
+            None,
         ));
         // Two pipelined requests in one write: answered in order.
         client

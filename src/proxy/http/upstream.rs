@@ -290,6 +290,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
     }
 }
 
+/// Makes an HTTP/2 request an HTTP/1.1 one (a gateway's client spoke h2, the Service behind
+/// it speaks HTTP/1.1, as an Envoy gateway's upstream cluster does unless told otherwise): the
+/// `:authority` becomes the Host header.
+pub fn downgrade_to_http1(parts: &mut hyper::http::request::Parts) {
+    if parts.version != Version::HTTP_2 {
+        return;
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(v) = hyper::header::HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.version = Version::HTTP_11;
+}
+
 /// Shapes a downstream request for the upstream connection its version will use: origin-form
 /// URI for HTTP/1 (the Host header travels as sent), `http://<authority><path>` for HTTP/2
 /// (its `:scheme` and `:authority`; the app behind the sidecar speaks plaintext), hop-by-hop
@@ -428,6 +444,21 @@ mod tests {
             assert_eq!(&body[..], b"ok");
         }
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 50);
+    }
+
+    #[test]
+    fn an_h2_request_downgraded_carries_its_authority_as_host() {
+        let req = Request::get("http://shop.example.com:8443/buy?x=1")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        downgrade_to_http1(&mut parts);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers[header::HOST], "shop.example.com:8443");
+        let mut req = Request::from_parts(parts, ());
+        prepare_request(&mut req, "fallback:80");
+        assert_eq!(req.uri(), "/buy?x=1");
     }
 
     #[test]

@@ -1,0 +1,480 @@
+//! Ingress through weft's gateway on the cluster, as seed 003 section 4 prints it: a gateway
+//! installed with `weft gateway install` under the AKS add-on's internal gateway name, the
+//! seed's Gateway and VirtualService verbatim, and a client outside the mesh (this test, on
+//! the node) reaching the gateway Service's LoadBalancer address with the seed's host (200,
+//! answered by productpage over mTLS) and another host (404, Istio's `NR`). The gateway's own
+//! metrics say it (reporter `source`), and a client that sends its request head too slowly is
+//! cut off (slowloris). Then HTTPS on the same gateway: a `credentialName` Secret served by
+//! SNI, replaced under a running gateway (the next handshake shows the new certificate), and
+//! a plaintext server's `httpsRedirect`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Namespace, wait_for, weft};
+
+const GATEWAY_NS: &str = "aks-istio-ingress";
+const GATEWAY: &str = "aks-istio-ingressgateway-internal";
+const HOST: &str = "shop.internal.contoso.com";
+
+/// Seed 003, section 4, verbatim.
+const SEED_003_INGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: storefront-internal
+  namespace: payments
+spec:
+  selector:
+    istio: aks-istio-ingressgateway-internal
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "shop.internal.contoso.com"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: storefront
+  namespace: payments
+spec:
+  hosts:
+  - "shop.internal.contoso.com"
+  gateways:
+  - storefront-internal
+  http:
+  - route:
+    - destination:
+        host: productpage
+        port:
+          number: 9080
+"#;
+
+const PRODUCTPAGE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: productpage}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: productpage}}
+  template:
+    metadata: {labels: {app: productpage, version: v1}}
+    spec:
+      containers:
+      - name: app
+        image: weft.dev/echo:dev
+        ports: [{containerPort: 9080}]
+        env:
+        - {name: PORT, value: "9080"}
+        - {name: MESSAGE, value: productpage}
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        readinessProbe: {httpGet: {path: /healthz, port: 9080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: productpage, labels: {app: productpage}}
+spec:
+  selector: {app: productpage}
+  ports: [{name: http, port: 9080}]
+"#;
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `curl` from the node (outside the mesh): "<status> <body>".
+fn curl(ip: &str, host: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-o", "-", "-w", " %{http_code}"])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{ip}/"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match text.rsplit_once(' ') {
+        Some((body, code)) => format!("{code} {body}"),
+        None => text,
+    }
+}
+
+fn ready(ns: &Namespace, what: &str) {
+    ns.ok(&["rollout", "status", what, "--timeout=180s"]);
+}
+
+#[test]
+fn seed_003_storefront_gateway_routes_by_host_from_outside_the_mesh() {
+    let c = support::deployed();
+    let payments = c.namespace("payments");
+    ok(weft(&["namespace", "add", "payments"]));
+    payments.apply(PRODUCTPAGE);
+    let gw_ns = c.namespace(GATEWAY_NS);
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        GATEWAY,
+        "--namespace",
+        GATEWAY_NS,
+        "--internal",
+    ]));
+    payments.apply(SEED_003_INGRESS);
+    ready(&payments, "deployment/productpage");
+    ready(&gw_ns, &format!("deployment/{GATEWAY}"));
+
+    // Seed 003, verify step 5: the gateway Service's LoadBalancer address.
+    let ip = wait_for(
+        Duration::from_secs(60),
+        || {
+            gw_ns.jsonpath(
+                &format!("service {GATEWAY}"),
+                "{.status.loadBalancer.ingress[0].ip}",
+            )
+        },
+        |ip| !ip.is_empty(),
+    );
+
+    // The seed's host reaches productpage (the gateway's config may take a moment).
+    let answer = wait_for(
+        Duration::from_secs(60),
+        || curl(&ip, HOST),
+        |a| a.starts_with("200 "),
+    );
+    assert!(answer.contains("productpage"), "{answer}");
+    // Another host is no virtual host of the listener: 404.
+    assert!(curl(&ip, "other.contoso.com").starts_with("404"));
+    // Case and a port in Host do not matter (Envoy's host matching).
+    assert!(curl(&ip, "Shop.Internal.Contoso.com:80").starts_with("200 "));
+
+    // The gateway reports the requests as a source proxy, over mTLS to productpage.
+    let pod = gw_ns.jsonpath(
+        &format!("pods -l istio={GATEWAY}"),
+        "{.items[0].metadata.name}",
+    );
+    let metrics = gw_ns.proxy_metrics(&pod);
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(r#"reporter="source""#)
+                && l.contains(r#"destination_service="productpage.payments.svc.cluster.local""#)
+                && l.contains(r#"response_code="200""#)
+        })
+        .unwrap_or_else(|| panic!("no gateway request line in:\n{metrics}"));
+    assert!(
+        line.contains(&format!(r#"source_workload="{GATEWAY}""#)),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#"destination_principal="spiffe://cluster.local/ns/payments/sa/default""#),
+        "{line}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(r#"response_code="404""#)
+                && l.contains(r#"response_flags="NR""#)),
+        "the 404 is counted with NR"
+    );
+
+    // The VirtualService is applied as written (its WeftAccepted condition).
+    let accepted = wait_for(
+        Duration::from_secs(30),
+        || {
+            payments.jsonpath(
+                "virtualservice storefront",
+                r#"{.status.conditions[?(@.type=="WeftAccepted")].status}"#,
+            )
+        },
+        |s| s == "True",
+    );
+    assert_eq!(accepted, "True");
+
+    // Slowloris: a request head that never ends is cut off by the header timeout (10 s).
+    let mut slow = TcpStream::connect((ip.as_str(), 80)).expect("connect to the gateway");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: shop.internal.contoso.com\r\nX-Slow: ")
+        .expect("send a partial head");
+    slow.set_read_timeout(Some(Duration::from_secs(40))).ok();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break true,
+            // hyper answers 408 before closing.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        closed,
+        "the gateway kept a half-sent request open for {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(40));
+}
+
+/// A CA and a leaf for `host` (openssl on the node): (ca.pem, leaf.pem, key.pem) in `dir`.
+fn certificate(dir: &std::path::Path, host: &str, serial: u32) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !dir.join("ca.pem").exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=e2e gateway CA",
+        ]);
+    }
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        &format!("/CN={host}"),
+    ]);
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:{host}\n")).unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        &serial.to_string(),
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+/// The secret `shop-cert` in the gateway's namespace, from `dir`'s leaf and key.
+fn tls_secret(ns: &Namespace, dir: &std::path::Path) {
+    let cert = format!("--cert={}", dir.join("leaf.pem").display());
+    let key = format!("--key={}", dir.join("key.pem").display());
+    let yaml = ok(ns.kubectl(&[
+        "create",
+        "secret",
+        "tls",
+        "shop-cert",
+        &cert,
+        &key,
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]));
+    ns.apply(&yaml);
+}
+
+/// The serial of the certificate the gateway presents for `host` on `ip:443`, after a
+/// request that must answer 200 (curl checks the chain against the test CA).
+fn https_serial(ip: &str, host: &str, ca: &std::path::Path) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{certs}",
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:443:{ip}")])
+        .arg(format!("https://{host}/"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !text.starts_with("200 ") {
+        return Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Serial Number:"))
+        .map(|s| s.trim().to_string())
+        .ok_or(text)
+}
+
+#[test]
+fn https_with_a_credential_secret_is_served_by_sni_and_a_new_certificate_is_used_without_a_restart()
+{
+    let c = support::deployed();
+    let payments = c.namespace("payments");
+    ok(weft(&["namespace", "add", "payments"]));
+    payments.apply(PRODUCTPAGE);
+    let gw_ns = c.namespace(GATEWAY_NS);
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        GATEWAY,
+        "--namespace",
+        GATEWAY_NS,
+    ]));
+    let dir = std::env::temp_dir().join(format!("weft-e2e-gw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate(&dir, HOST, 1001);
+    tls_secret(&gw_ns, &dir);
+    payments.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: storefront-https}
+spec:
+  selector: {istio: aks-istio-ingressgateway-internal}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["shop.internal.contoso.com"]
+    tls: {mode: SIMPLE, credentialName: shop-cert}
+  - port: {number: 8080, name: http-redirect, protocol: HTTP}
+    hosts: ["shop.internal.contoso.com"]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: storefront-https}
+spec:
+  hosts: ["shop.internal.contoso.com"]
+  gateways: [storefront-https]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+"#,
+    );
+    ready(&payments, "deployment/productpage");
+    ready(&gw_ns, &format!("deployment/{GATEWAY}"));
+    let ip = wait_for(
+        Duration::from_secs(60),
+        || {
+            gw_ns.jsonpath(
+                &format!("service {GATEWAY}"),
+                "{.status.loadBalancer.ingress[0].ip}",
+            )
+        },
+        |ip| !ip.is_empty(),
+    );
+    let ca = dir.join("ca.pem");
+    let first = wait_for(
+        Duration::from_secs(60),
+        || https_serial(&ip, HOST, &ca).unwrap_or_else(|e| format!("not yet: {e}")),
+        |s| !s.starts_with("not yet"),
+    );
+    // openssl prints serial 1001 as hex 03:e9.
+    assert!(first.contains("3:e9") || first.contains("3e9"), "{first}");
+
+    // A renewed certificate in the same Secret: the next handshakes present it.
+    certificate(&dir, HOST, 1002);
+    tls_secret(&gw_ns, &dir);
+    let second = wait_for(
+        Duration::from_secs(60),
+        || https_serial(&ip, HOST, &ca).unwrap_or_else(|e| format!("not yet: {e}")),
+        |s| s.contains("3:ea") || s.contains("3ea"),
+    );
+    assert_ne!(first, second);
+
+    // The plaintext server redirects to https (reached on the gateway pod's own address).
+    let pod_ip = gw_ns.jsonpath(
+        &format!("pods -l istio={GATEWAY}"),
+        "{.items[0].status.podIP}",
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["-H", &format!("Host: {HOST}:8080")])
+        .arg(format!("http://{pod_ip}:8080/buy?x=1"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text, format!("301 https://{HOST}:8080/buy?x=1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_gateway_server_weft_cannot_serve_is_named_and_the_others_serve() {
+    let c = support::deployed();
+    let ns = c.namespace("gw-bad-input");
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mixed}
+spec:
+  selector: {istio: nobody}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#,
+    );
+    let message = wait_for(
+        Duration::from_secs(30),
+        || {
+            ns.jsonpath(
+                "gateways.networking.istio.io mixed",
+                r#"{.status.conditions[?(@.type=="WeftAccepted")].message}"#,
+            )
+        },
+        |m| !m.is_empty(),
+    );
+    assert!(
+        message.contains("servers[0].tls.mode PASSTHROUGH is not supported yet"),
+        "{message}"
+    );
+    assert!(!message.contains("servers[1]"), "{message}");
+}

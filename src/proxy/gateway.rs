@@ -1,0 +1,235 @@
+//! Gateway mode's listeners: the ports of the current config's gateway table
+//! ([`crate::route::gateway::GatewayConfig`]) are bound as they appear and closed as they
+//! leave it; on an HTTPS port TLS is terminated first with the certificate the client's SNI
+//! picks (SIMPLE, or MUTUAL with a client certificate); then every connection is served as
+//! HTTP (both versions) by the same request pipeline as a sidecar's outbound side
+//! ([`super::http::outbound::serve_gateway`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::ProxyContext;
+use super::metrics::Direction;
+use crate::route::gateway::ServedTls;
+
+/// How long a client may take to send a request head before the gateway closes the
+/// connection (slowloris). A sidecar has none: its clients are its own app.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How soon a port that could not be bound is tried again.
+const REBIND_AFTER: Duration = Duration::from_secs(5);
+
+/// The ports the current config asks for.
+fn wanted(ctx: &ProxyContext) -> BTreeSet<u16> {
+    ctx.snapshot()
+        .and_then(|s| {
+            s.snapshot
+                .gateway
+                .as_ref()
+                .map(|g| g.listeners.iter().map(|l| l.port).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps the bound ports equal to the config's until the proxy drains.
+pub async fn serve(ctx: Arc<ProxyContext>) {
+    let mut changes = ctx.snapshot_changes();
+    // Port -> the stop signal of its accept loops.
+    let mut bound: BTreeMap<u16, watch::Sender<bool>> = BTreeMap::new();
+    loop {
+        let want = wanted(&ctx);
+        bound.retain(|port, stop| {
+            let keep = want.contains(port);
+            if !keep {
+                tracing::info!(port, "gateway port left the config: no longer accepting");
+                stop.send_replace(true);
+            }
+            keep
+        });
+        let mut failed = false;
+        let missing: Vec<u16> = want
+            .iter()
+            .filter(|p| !bound.contains_key(p))
+            .copied()
+            .collect();
+        for port in &missing {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+            match super::run::bind_dual("gateway", addr).await {
+                Ok(listeners) => {
+                    let (stop, stopped) = watch::channel(false);
+                    for l in listeners {
+                        tokio::spawn(accept(ctx.clone(), l, stopped.clone()));
+                    }
+                    tracing::info!(port, "gateway listening");
+                    bound.insert(*port, stop);
+                }
+                Err(e) => {
+                    // A port < 1024 needs NET_BIND_SERVICE; another process may hold it.
+                    tracing::warn!(port, error = %e, "cannot listen on a gateway port; trying again");
+                    ctx.metrics.refuse(Direction::outbound, "gateway_bind");
+                    failed = true;
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(REBIND_AFTER), if failed => {}
+            () = ctx.drained() => {
+                for stop in bound.values() {
+                    stop.send_replace(true);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The server configs built from the current config's certificates, by their PEM (a new
+/// Secret gives new PEM, so a renewed certificate is used from the next handshake on).
+#[derive(Default)]
+struct TlsConfigs {
+    built: Mutex<HashMap<(String, String, bool), Arc<ServerConfig>>>,
+}
+
+impl TlsConfigs {
+    fn get(&self, served: &ServedTls) -> Result<Arc<ServerConfig>, String> {
+        let key = (
+            served.cert_chain.clone(),
+            served.client_ca.clone().unwrap_or_default(),
+            served.mutual,
+        );
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = built.get(&key) {
+            return Ok(c.clone());
+        }
+        let config = Arc::new(server_config(served)?);
+        // Old certificates go once enough new ones came (a bound, not an LRU).
+        if built.len() >= 64 {
+            built.clear();
+        }
+        built.insert(key, config.clone());
+        Ok(config)
+    }
+}
+
+/// A rustls server config for one HTTPS server: its certificate, TLS 1.2 and 1.3, ALPN h2
+/// then http/1.1, and for MUTUAL a client certificate chaining to its CA.
+fn server_config(served: &ServedTls) -> Result<ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(served.cert_chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(served.private_key.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match (&served.client_ca, served.mutual) {
+        (Some(ca), true) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                let c = c.map_err(|e| format!("client CA: {e}"))?;
+                roots.add(c).map_err(|e| format!("client CA: {e}"))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("client CA: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (None, true) => return Err("MUTUAL without a client CA".into()),
+        (_, false) => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves one accepted connection: TLS first on an HTTPS port, then HTTP.
+async fn connection(
+    ctx: &Arc<ProxyContext>,
+    configs: &TlsConfigs,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let (Ok(local), Some(snapshot)) = (stream.local_addr(), ctx.snapshot()) else {
+        ctx.metrics.refuse(Direction::outbound, "no_config");
+        return;
+    };
+    let listener = snapshot
+        .snapshot
+        .gateway
+        .as_ref()
+        .and_then(|g| g.listener(local.port()));
+    let tls = listener.is_some_and(|l| !l.tls.is_empty());
+    if !tls {
+        super::http::outbound::serve_gateway(ctx, stream, local, Some(peer), snapshot).await;
+        return;
+    }
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+            .await
+            .map_err(|e| format!("client hello: {e}"))?;
+        let sni = start.client_hello().server_name().map(str::to_string);
+        let served = listener
+            .and_then(|l| l.served_tls(sni.as_deref()))
+            .ok_or("no certificate for this port")?;
+        let config = configs.get(served)?;
+        start
+            .into_stream(config)
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    };
+    match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => {
+            super::http::outbound::serve_gateway(ctx, tls, local, Some(peer), snapshot.clone())
+                .await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, port = local.port(), error = %e, "gateway TLS refused");
+            ctx.metrics.refuse(Direction::outbound, "gateway_tls");
+        }
+        Err(_) => {
+            tracing::debug!(%peer, port = local.port(), "gateway TLS handshake timed out");
+            ctx.metrics.refuse(Direction::outbound, "gateway_tls");
+        }
+    }
+}
+
+/// Accepts on one listener until its port leaves the config or the proxy drains.
+async fn accept(ctx: Arc<ProxyContext>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+    let configs = Arc::new(TlsConfigs::default());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (ctx, configs) = (ctx.clone(), configs.clone());
+                    tokio::spawn(async move {
+                        let _guard = ctx.track();
+                        connection(&ctx, &configs, stream, peer).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Only `true` is ever sent: any change (or the sender gone) means stop.
+            _ = stopped.changed() => return,
+            () = ctx.drained() => return,
+        }
+    }
+}

@@ -1,0 +1,1105 @@
+//! Istio's `networking.istio.io/v1` Gateway, read strictly, and the listener table of one
+//! gateway proxy compiled from the Gateways that select it and the VirtualServices bound to
+//! them (`gateways:`); plus the pure per-request choice the proxy makes on that table (which
+//! virtual host a `Host` header names). Kube-free: the control plane, the proxy and the CLI
+//! share it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
+use super::istio::{Refusal, gateway_routes, read_virtual_service};
+use super::model::HttpRoute;
+
+pub const GATEWAY: &str = "Gateway";
+
+/// Listeners per gateway proxy, and virtual hosts per listener, accepted at most: a bound
+/// on what one snapshot carries, far above any real gateway.
+pub const MAX_LISTENERS: usize = 64;
+pub const MAX_VIRTUAL_HOSTS: usize = 1024;
+
+// === The Gateway resource ===
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerSpec {
+    pub port: PortSpec,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<ServerTlsSpec>,
+    #[serde(default)]
+    pub bind: Option<Value>,
+    #[serde(default)]
+    pub default_endpoint: Option<Value>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Istio's `ServerTLSSettings`: the fields weft serves, and the others kept to be named.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSpec {
+    #[serde(default)]
+    pub https_redirect: Option<bool>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub credential_names: Option<Value>,
+    #[serde(default)]
+    pub tls_certificates: Option<Value>,
+    #[serde(default)]
+    pub server_certificate: Option<Value>,
+    #[serde(default)]
+    pub private_key: Option<Value>,
+    #[serde(default)]
+    pub ca_certificates: Option<Value>,
+    #[serde(default)]
+    pub ca_crl: Option<Value>,
+    #[serde(default)]
+    pub subject_alt_names: Option<Value>,
+    #[serde(default)]
+    pub verify_certificate_spki: Option<Value>,
+    #[serde(default)]
+    pub verify_certificate_hash: Option<Value>,
+    #[serde(default)]
+    pub min_protocol_version: Option<Value>,
+    #[serde(default)]
+    pub max_protocol_version: Option<Value>,
+    #[serde(default)]
+    pub cipher_suites: Option<Value>,
+}
+
+impl ServerTlsSpec {
+    fn unsupported(&self) -> Vec<&'static str> {
+        [
+            ("credentialNames", self.credential_names.is_some()),
+            ("tlsCertificates", self.tls_certificates.is_some()),
+            ("serverCertificate", self.server_certificate.is_some()),
+            ("privateKey", self.private_key.is_some()),
+            ("caCertificates", self.ca_certificates.is_some()),
+            ("caCrl", self.ca_crl.is_some()),
+            ("subjectAltNames", self.subject_alt_names.is_some()),
+            (
+                "verifyCertificateSpki",
+                self.verify_certificate_spki.is_some(),
+            ),
+            (
+                "verifyCertificateHash",
+                self.verify_certificate_hash.is_some(),
+            ),
+            ("minProtocolVersion", self.min_protocol_version.is_some()),
+            ("maxProtocolVersion", self.max_protocol_version.is_some()),
+            ("cipherSuites", self.cipher_suites.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| *f)
+        .collect()
+    }
+}
+
+/// A `credentialName` Secret's content (a `kubernetes.io/tls` Secret in the gateway pods'
+/// namespace, as Istio requires): the certificate chain, its key, and for MUTUAL the CA that
+/// client certificates must chain to (`ca.crt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub cert_chain: String,
+    pub private_key: String,
+    pub ca: Option<String>,
+}
+
+/// Looks up a `credentialName` in the gateway pods' namespace: the Secret, or why not.
+pub type Credentials<'a> = &'a dyn Fn(&str) -> Result<Credential, String>;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    pub number: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub protocol: String,
+    #[serde(default)]
+    pub target_port: Option<Value>,
+}
+
+/// Whether a Gateway's `selector` picks a pod with these labels. An empty selector picks
+/// every gateway pod, as Istio's does.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A Gateway's selector, if its spec can be read (an unreadable one selects nothing; its
+/// problem is reported by [`compile`]).
+pub fn selector_of(spec: &Value) -> Option<BTreeMap<String, String>> {
+    serde_json::from_value::<GatewaySpec>(spec.clone())
+        .ok()
+        .map(|s| s.selector)
+}
+
+// === The listener table (in the snapshot) ===
+
+/// What a gateway proxy serves: one listener per port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// One port the gateway binds, and the virtual hosts its requests are routed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub port: u16,
+    /// The Gateway servers that opened it (`<namespace>/<name>`), for the CLI.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Non-empty: the port terminates TLS (HTTPS servers), then serves HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<ServedTls>,
+}
+
+/// The routes of requests whose host is one of `domains` (exact names, `*.suffix`, or `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub domains: Vec<String>,
+    pub routes: Vec<HttpRoute>,
+    /// The server asks for `tls.httpsRedirect`: every request gets a 301 to `https://`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+}
+
+/// One HTTPS server's certificate on a TLS listener, chosen by the client's SNI among
+/// `hosts` ([`Listener::served_tls`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedTls {
+    /// `<namespace>/<name>` of the Gateway, and the server's hosts (namespace part dropped).
+    pub gateway: String,
+    pub hosts: Vec<String>,
+    /// MUTUAL: a client certificate chaining to `client_ca` is required.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutual: bool,
+    /// PEM, from the `credentialName` Secret (`tls.crt`, `tls.key`, `ca.crt`).
+    pub cert_chain: String,
+    pub private_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+impl std::fmt::Debug for ServedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedTls")
+            .field("gateway", &self.gateway)
+            .field("hosts", &self.hosts)
+            .field("mutual", &self.mutual)
+            .field("private_key", &"(redacted)")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedTls {
+    /// The same with the private key blanked, for config dumps.
+    pub fn redacted(&self) -> ServedTls {
+        ServedTls {
+            private_key: "(redacted)".into(),
+            ..self.clone()
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+}
+
+/// How well `host` (lowercase) fits `pattern`: exact beats the longest `*.` suffix beats `*`;
+/// None: it does not.
+fn fit(pattern: &str, host: &str) -> Option<usize> {
+    if pattern.eq_ignore_ascii_case(host) {
+        Some(usize::MAX)
+    } else if pattern == "*" {
+        Some(0)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        // `*.example.com` matches `a.example.com`, never `example.com` itself.
+        let fits = host.len() > suffix.len()
+            && host
+                .get(host.len() - suffix.len()..)
+                .is_some_and(|t| t.eq_ignore_ascii_case(suffix));
+        fits.then_some(suffix.len())
+    } else {
+        None
+    }
+}
+
+impl Listener {
+    /// The certificate to present for a client's SNI: the best fit of the servers' hosts;
+    /// without SNI (or none fitting), a server for `*`, else the first.
+    pub fn served_tls(&self, sni: Option<&str>) -> Option<&ServedTls> {
+        let host = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let best = host.as_deref().and_then(|h| {
+            self.tls
+                .iter()
+                .flat_map(|t| t.hosts.iter().filter_map(move |p| Some((fit(p, h)?, t))))
+                .max_by_key(|(rank, _)| *rank)
+                .map(|(_, t)| t)
+        });
+        best.or_else(|| self.tls.iter().find(|t| t.hosts.iter().any(|h| h == "*")))
+            .or_else(|| self.tls.first())
+    }
+
+    /// The virtual host of a request's `Host` (its port and a trailing dot ignored, case
+    /// folded): an exact domain first, then the longest `*.` suffix, then `*`, as Envoy picks.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let host = host_of(authority);
+        let mut best: Option<(usize, &VirtualHost)> = None;
+        for vh in &self.virtual_hosts {
+            for rank in vh.domains.iter().filter_map(|d| fit(d, &host)) {
+                if best.is_none_or(|(r, _)| rank > r) {
+                    best = Some((rank, vh));
+                }
+            }
+        }
+        best.map(|(_, vh)| vh)
+    }
+}
+
+/// `authority` without its port and trailing dot, lowercased.
+fn host_of(authority: &str) -> String {
+    let host = if authority.starts_with('[') {
+        // An IPv6 literal keeps its brackets.
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+// === Compiling ===
+
+/// A Gateway server's host: `[namespace/]dnsName`; the namespace (`*` any, `.` the Gateway's
+/// own) limits which VirtualServices may bind to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerHost {
+    namespace: Option<String>,
+    name: String,
+}
+
+fn server_host(gateway_ns: &str, raw: &str) -> Result<ServerHost, String> {
+    let (ns, name) = match raw.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, raw),
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(format!("host {raw:?} is not [namespace/]dnsName"));
+    }
+    if name != "*"
+        && (name[1..].contains('*') || (name.starts_with('*') && !name.starts_with("*.")))
+    {
+        return Err(format!(
+            "host {raw:?}: a wildcard is allowed only as the leftmost label (*.example.com) or alone (*)"
+        ));
+    }
+    let namespace = match ns {
+        None | Some("*") => None,
+        Some(".") => Some(gateway_ns.to_string()),
+        Some(ns) => Some(ns.to_string()),
+    };
+    Ok(ServerHost {
+        namespace,
+        name: name.to_ascii_lowercase(),
+    })
+}
+
+/// Whether two host patterns (names, `*.suffix`, `*`) have a name in common, and the more
+/// specific of the two (Istio's virtual host for a VirtualService host on a server host).
+fn intersect(a: &str, b: &str) -> Option<String> {
+    let covers = |wide: &str, narrow: &str| -> bool {
+        wide == "*"
+            || wide == narrow
+            || wide
+                .strip_prefix('*')
+                .is_some_and(|suffix| narrow.len() > suffix.len() && narrow.ends_with(suffix))
+    };
+    if covers(a, b) {
+        Some(b.to_string())
+    } else if covers(b, a) {
+        Some(a.to_string())
+    } else {
+        None
+    }
+}
+
+/// How a server's port is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// HTTP, HTTP2 and GRPC: plaintext HTTP (both versions on one port, as Envoy's gateway
+    /// listeners are).
+    Http,
+    /// HTTPS: TLS terminated with the server's credential, then HTTP.
+    Https,
+}
+
+/// Istio's protocols a gateway server may name, and which weft serves.
+fn framing(protocol: &str) -> Result<Framing, String> {
+    match protocol.to_ascii_uppercase().as_str() {
+        "HTTP" | "HTTP2" | "GRPC" => Ok(Framing::Http),
+        "HTTPS" => Ok(Framing::Https),
+        "TLS" | "TCP" | "MONGO" | "REDIS" | "MYSQL" => Err(format!(
+            "protocol {protocol} is not supported yet by weft's gateway (HTTP, HTTP2, GRPC and HTTPS are)"
+        )),
+        other => Err(format!("protocol {other:?} is not one of Istio's")),
+    }
+}
+
+/// One server of a selected Gateway, read.
+struct Server {
+    gateway: String,
+    port: u16,
+    hosts: Vec<ServerHost>,
+    framing: Framing,
+    https_redirect: bool,
+    /// HTTPS: the certificate and mode (None while credentials are not looked up).
+    tls: Option<(bool, Credential)>,
+}
+
+/// The TLS of an HTTPS server: (mutual, credential), or why it cannot be served.
+fn server_tls(
+    at: &str,
+    tls: Option<&ServerTlsSpec>,
+    credentials: Option<Credentials<'_>>,
+) -> Result<Option<(bool, Credential)>, String> {
+    let Some(tls) = tls else {
+        return Err(format!(
+            "{at}.tls is required for protocol HTTPS (mode SIMPLE or MUTUAL with credentialName)"
+        ));
+    };
+    let mutual = match tls.mode.as_deref().unwrap_or("SIMPLE") {
+        "SIMPLE" => false,
+        "MUTUAL" => true,
+        m @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
+            return Err(format!(
+                "{at}.tls.mode {m} is not supported yet (SIMPLE and MUTUAL are)"
+            ));
+        }
+        m => return Err(format!("{at}.tls.mode {m:?} is not one of Istio's")),
+    };
+    let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(format!(
+            "{at}.tls.credentialName is required (weft reads certificates from Secrets only)"
+        ));
+    };
+    let Some(lookup) = credentials else {
+        return Ok(None);
+    };
+    let credential = lookup(name).map_err(|e| format!("{at}.tls.credentialName {name}: {e}"))?;
+    if mutual && credential.ca.is_none() {
+        return Err(format!(
+            "{at}.tls.credentialName {name}: mode MUTUAL needs the client CA in the Secret's ca.crt"
+        ));
+    }
+    Ok(Some((mutual, credential)))
+}
+
+fn read_servers(
+    src: &Source<'_>,
+    credentials: Option<Credentials<'_>>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Server> {
+    let spec: GatewaySpec = match serde_json::from_value(src.spec.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(Problem::new(
+                GATEWAY,
+                src,
+                format!("spec: {e}; the Gateway is not applied"),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for (i, server) in spec.servers.iter().enumerate() {
+        let at = format!("servers[{i}]");
+        let mut unsupported: Vec<String> = [
+            ("bind", server.bind.is_some()),
+            ("defaultEndpoint", server.default_endpoint.is_some()),
+            ("port.targetPort", server.port.target_port.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(f, _)| format!("{at}.{f}"))
+        .collect();
+        if let Some(tls) = &server.tls {
+            unsupported.extend(tls.unsupported().iter().map(|f| format!("{at}.tls.{f}")));
+        }
+        if !unsupported.is_empty() {
+            notes.push(format!(
+                "{} {} not supported yet; this server is not served",
+                unsupported.join(", "),
+                if unsupported.len() == 1 { "is" } else { "are" }
+            ));
+            continue;
+        }
+        let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
+            notes.push(format!(
+                "{at}.port.number {} is not a port; this server is not served",
+                server.port.number
+            ));
+            continue;
+        };
+        let framing = match framing(&server.port.protocol) {
+            Ok(f) => f,
+            Err(e) => {
+                notes.push(format!("{at}.port.{e}; this server is not served"));
+                continue;
+            }
+        };
+        // Only a plaintext server redirects (on an HTTPS one the client is there already).
+        let https_redirect = framing == Framing::Http
+            && server
+                .tls
+                .as_ref()
+                .and_then(|t| t.https_redirect)
+                .unwrap_or(false);
+        let tls = match framing {
+            Framing::Https => match server_tls(&at, server.tls.as_ref(), credentials) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    notes.push(format!("{e}; this server is not served"));
+                    continue;
+                }
+            },
+            Framing::Http => {
+                // On a plaintext server only httpsRedirect means something.
+                let extra = server
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.mode.is_some() || t.credential_name.is_some());
+                if extra {
+                    notes.push(format!(
+                        "{at}.tls.mode and credentialName apply to HTTPS servers; protocol {} serves plaintext (only tls.httpsRedirect applies); this server is not served",
+                        server.port.protocol
+                    ));
+                    continue;
+                }
+                None
+            }
+        };
+        if server.hosts.is_empty() {
+            notes.push(format!(
+                "{at}.hosts is empty (Istio requires at least one); this server is not served"
+            ));
+            continue;
+        }
+        let hosts: Result<Vec<ServerHost>, String> = server
+            .hosts
+            .iter()
+            .map(|h| server_host(src.namespace, h))
+            .collect();
+        match hosts {
+            Ok(hosts) => out.push(Server {
+                gateway: src.id(),
+                port,
+                hosts,
+                framing,
+                https_redirect,
+                tls,
+            }),
+            Err(e) => notes.push(format!("{at}.hosts: {e}; this server is not served")),
+        }
+    }
+    if !notes.is_empty() {
+        problems.push(Problem::new(GATEWAY, src, notes.join(". ")));
+    }
+    out
+}
+
+/// The `<namespace>/<name>` of each Gateway a VirtualService binds to (`mesh` left out).
+fn bound_gateways(vs_namespace: &str, gateways: &[String]) -> Vec<String> {
+    gateways
+        .iter()
+        .filter(|g| *g != "mesh")
+        .map(|g| match g.split_once('/') {
+            Some(_) => g.clone(),
+            None => format!("{vs_namespace}/{g}"),
+        })
+        .collect()
+}
+
+/// The listener table of one gateway proxy: `gateways` are the Gateways that select it,
+/// `virtual_services` every VirtualService of the mesh (those bound to one of these Gateways
+/// are used), `subsets` the DestinationRule subsets by host. Problems name what is not served.
+pub fn compile(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    gateways: &[Source<'_>],
+    virtual_services: &[Source<'_>],
+    credentials: Option<Credentials<'_>>,
+    problems: &mut Vec<Problem>,
+) -> GatewayConfig {
+    let read: Vec<Server> = by_age(gateways)
+        .into_iter()
+        .flat_map(|g| read_servers(g, credentials, problems))
+        .collect();
+    // A port is plaintext or TLS: the oldest server on it decides; a later one that differs
+    // is not served, and says so.
+    let mut framings: BTreeMap<u16, (Framing, String)> = BTreeMap::new();
+    let mut servers = Vec::new();
+    for s in read {
+        let (framing, first) = framings
+            .entry(s.port)
+            .or_insert((s.framing, s.gateway.clone()))
+            .clone();
+        if framing == s.framing {
+            servers.push(s);
+            continue;
+        }
+        let (namespace, name) = s.gateway.split_once('/').unwrap_or(("", &s.gateway));
+        let message = format!(
+            "port {} is already served as {} by Gateway {first} (older); a server of another protocol cannot share it and is not served",
+            s.port,
+            if framing == Framing::Https {
+                "HTTPS"
+            } else {
+                "plaintext HTTP"
+            },
+        );
+        let p = Problem {
+            kind: GATEWAY,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            message,
+        };
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    let selected: BTreeSet<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
+    // Port -> domain -> (routes, httpsRedirect).
+    let mut ports: BTreeMap<u16, BTreeMap<String, (Vec<HttpRoute>, bool)>> = BTreeMap::new();
+    let mut opened: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    for s in &servers {
+        opened.entry(s.port).or_default().insert(s.gateway.clone());
+        if s.https_redirect {
+            // Istio redirects every host of such a server, routed or not.
+            let table = ports.entry(s.port).or_default();
+            for h in &s.hosts {
+                table.entry(h.name.clone()).or_default().1 = true;
+            }
+        }
+    }
+    for vs in by_age(virtual_services) {
+        let Ok(spec) = read_virtual_service(vs) else {
+            // Unreadable: the mesh compiler reports it once.
+            continue;
+        };
+        let bound = bound_gateways(vs.namespace, &spec.gateways);
+        if !bound.iter().any(|g| selected.contains(g.as_str())) {
+            continue;
+        }
+        let mut notes = Vec::new();
+        for server in servers.iter().filter(|s| bound.contains(&s.gateway)) {
+            let (routes, dangling) = match gateway_routes(registry, subsets, vs, &spec, server.port)
+            {
+                Ok(r) => r,
+                Err(Refusal::Invalid(m)) => {
+                    notes.push(m);
+                    break;
+                }
+                Err(Refusal::GatewaysOnly) => continue,
+            };
+            if !dangling.is_empty() {
+                notes.push(format!(
+                    "{}; requests routed there get 503 (NR) until it exists",
+                    dangling.join("; ")
+                ));
+            }
+            for vs_host in &spec.hosts {
+                let vs_host = vs_host.to_ascii_lowercase();
+                for sh in &server.hosts {
+                    if sh.namespace.as_deref().is_some_and(|ns| ns != vs.namespace) {
+                        continue;
+                    }
+                    let Some(domain) = intersect(&sh.name, &vs_host) else {
+                        continue;
+                    };
+                    let table = ports.entry(server.port).or_default();
+                    if table.contains_key(&domain) {
+                        // Istio merges the routes of several VirtualServices for one gateway
+                        // host in age order: the older one's routes come first.
+                        if let Some((t, redirect)) = table.get_mut(&domain)
+                            && !t.iter().any(|r| r.name == vs.id())
+                        {
+                            t.extend(routes.iter().cloned());
+                            *redirect |= server.https_redirect;
+                        }
+                    } else if table.len() < MAX_VIRTUAL_HOSTS {
+                        table.insert(domain, (routes.clone(), server.https_redirect));
+                    } else {
+                        notes.push(format!(
+                            "port {}: more than {MAX_VIRTUAL_HOSTS} hosts; {domain} is not served",
+                            server.port
+                        ));
+                    }
+                }
+            }
+        }
+        if spec.hosts.iter().all(|h| {
+            !servers.iter().any(|s| {
+                bound.contains(&s.gateway)
+                    && s.hosts.iter().any(|sh| {
+                        sh.namespace.as_deref().is_none_or(|ns| ns == vs.namespace)
+                            && intersect(&sh.name, &h.to_ascii_lowercase()).is_some()
+                    })
+            })
+        }) {
+            notes.push(format!(
+                "no host of {:?} is among the hosts of the Gateway servers it binds to ({}); nothing is routed",
+                spec.hosts,
+                bound.join(", ")
+            ));
+        }
+        if !notes.is_empty() {
+            problems.push(Problem::new(
+                super::istio::VIRTUAL_SERVICE,
+                vs,
+                notes.join(". "),
+            ));
+        }
+    }
+    let mut listeners: Vec<Listener> = opened
+        .into_iter()
+        .map(|(port, gateways)| Listener {
+            port,
+            gateways: gateways.into_iter().collect(),
+            virtual_hosts: ports
+                .remove(&port)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(domain, (routes, https_redirect))| VirtualHost {
+                    domains: vec![domain],
+                    routes,
+                    https_redirect,
+                })
+                .collect(),
+            tls: servers
+                .iter()
+                .filter(|s| s.port == port)
+                .filter_map(|s| {
+                    let (mutual, c) = s.tls.as_ref()?;
+                    Some(ServedTls {
+                        gateway: s.gateway.clone(),
+                        hosts: s.hosts.iter().map(|h| h.name.clone()).collect(),
+                        mutual: *mutual,
+                        cert_chain: c.cert_chain.clone(),
+                        private_key: c.private_key.clone(),
+                        client_ca: c.ca.clone(),
+                    })
+                })
+                .collect(),
+        })
+        // An HTTPS port whose servers all lack their certificate serves nothing (never
+        // plaintext in their place).
+        .filter(|l| {
+            framings
+                .get(&l.port)
+                .is_none_or(|(f, _)| *f == Framing::Http)
+                || !l.tls.is_empty()
+        })
+        .collect();
+    if listeners.len() > MAX_LISTENERS {
+        listeners.truncate(MAX_LISTENERS);
+        if let Some(g) = gateways.first() {
+            problems.push(Problem::new(
+                GATEWAY,
+                g,
+                format!("the gateway pods these Gateways select would listen on more than {MAX_LISTENERS} ports; only the lowest {MAX_LISTENERS} are served"),
+            ));
+        }
+    }
+    GatewayConfig { listeners }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::compile::Registry;
+    use serde_json::json;
+
+    fn registry() -> Registry {
+        let mut r = Registry::new("cluster.local");
+        r.add("productpage.payments.svc.cluster.local", 9080, true);
+        r.add("reviews.payments.svc.cluster.local", 9080, true);
+        r
+    }
+
+    fn src<'a>(ns: &'a str, name: &'a str, created: &'a str, spec: &'a Value) -> Source<'a> {
+        Source {
+            namespace: ns,
+            name,
+            created,
+            spec,
+        }
+    }
+
+    /// Seed 003, section 4, verbatim (the specs).
+    fn seed_003() -> (Value, Value) {
+        let gw = json!({"selector": {"istio": "aks-istio-ingressgateway-internal"},
+            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                         "hosts": ["shop.internal.contoso.com"]}]});
+        let vs = json!({"hosts": ["shop.internal.contoso.com"],
+            "gateways": ["storefront-internal"],
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        (gw, vs)
+    }
+
+    #[test]
+    fn seed_003_storefront_is_one_listener_with_one_host() {
+        let (gw, vs) = seed_003();
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[src("payments", "storefront", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.listeners.len(), 1);
+        let l = &config.listeners[0];
+        assert_eq!(l.port, 80);
+        let vh = l.virtual_host("shop.internal.contoso.com:80").unwrap();
+        assert_eq!(vh.routes.len(), 1);
+        let d = &vh.routes[0].destinations[0];
+        assert_eq!(
+            (d.service.as_str(), d.port),
+            ("productpage.payments.svc.cluster.local", 9080)
+        );
+        assert!(l.virtual_host("other.contoso.com").is_none());
+        assert!(selects(
+            &selector_of(&gw).unwrap(),
+            &BTreeMap::from([(
+                "istio".to_string(),
+                "aks-istio-ingressgateway-internal".to_string()
+            )])
+        ));
+        assert!(!selects(&selector_of(&gw).unwrap(), &BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_virtual_service_bound_elsewhere_or_in_another_namespace_is_not_used() {
+        let (gw, vs) = seed_003();
+        let mut problems = Vec::new();
+        // `storefront-internal` from namespace `shop` means shop/storefront-internal.
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[src("shop", "storefront", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        assert!(config.listeners[0].virtual_hosts.is_empty());
+        // Explicit ns/name binds across namespaces, unless the server host limits it.
+        let vs2 = json!({"hosts": ["shop.internal.contoso.com"],
+            "gateways": ["payments/storefront-internal"],
+            "http": [{"route": [{"destination": {"host": "productpage.payments.svc.cluster.local", "port": {"number": 9080}}}]}]});
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[src("shop", "storefront", "1", &vs2)],
+            None,
+            &mut problems,
+        );
+        assert_eq!(config.listeners[0].virtual_hosts.len(), 1);
+        let mut gw_local = gw.clone();
+        gw_local["servers"][0]["hosts"] = json!(["./shop.internal.contoso.com"]);
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw_local)],
+            &[src("shop", "storefront", "1", &vs2)],
+            None,
+            &mut problems,
+        );
+        assert!(config.listeners[0].virtual_hosts.is_empty());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("no host of") && p.name == "storefront")
+        );
+    }
+
+    #[test]
+    fn hosts_pick_exact_then_longest_wildcard_then_star() {
+        let l = Listener {
+            port: 80,
+            gateways: vec![],
+            virtual_hosts: [
+                "*",
+                "*.contoso.com",
+                "*.internal.contoso.com",
+                "a.contoso.com",
+            ]
+            .iter()
+            .map(|d| VirtualHost {
+                domains: vec![d.to_string()],
+                routes: vec![],
+                https_redirect: false,
+            })
+            .collect(),
+            tls: vec![],
+        };
+        let pick = |h: &str| l.virtual_host(h).unwrap().domains[0].clone();
+        assert_eq!(pick("A.Contoso.com:8080"), "a.contoso.com");
+        assert_eq!(pick("shop.internal.contoso.com."), "*.internal.contoso.com");
+        assert_eq!(pick("b.contoso.com"), "*.contoso.com");
+        assert_eq!(pick("contoso.com"), "*");
+        assert_eq!(pick("[::1]:80"), "*");
+    }
+
+    #[test]
+    fn wildcard_server_takes_the_virtual_service_host() {
+        assert_eq!(
+            intersect("*.contoso.com", "shop.contoso.com").as_deref(),
+            Some("shop.contoso.com")
+        );
+        assert_eq!(intersect("*", "*.a.com").as_deref(), Some("*.a.com"));
+        assert_eq!(intersect("a.com", "b.com"), None);
+        assert_eq!(intersect("*.a.com", "a.com"), None);
+    }
+
+    #[test]
+    fn servers_weft_cannot_serve_are_named() {
+        let gw = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+             "tls": {"mode": "SIMPLE", "credentialName": "c"}},
+            {"port": {"number": 9000, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
+            {"port": {"number": 70000, "name": "x", "protocol": "HTTP"}, "hosts": ["*"]},
+            {"port": {"number": 81, "name": "x", "protocol": "HTTP"}, "hosts": ["a.*.com"]},
+            {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("ns", "g", "1", &gw)],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].port, 80);
+        let m = &problems[0].message;
+        for needle in [
+            "servers[0].tls.credentialName c: no Secret c",
+            "servers[1].port.protocol TCP",
+            "70000",
+            "servers[3].hosts",
+        ] {
+            assert!(m.contains(needle), "{needle} in {m}");
+        }
+        let bad = json!({"servers": [], "selectr": {}});
+        compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("ns", "bad", "1", &bad)],
+            &[],
+            None,
+            &mut problems,
+        );
+        assert!(problems[1].message.contains("selectr"));
+    }
+
+    #[test]
+    fn two_virtual_services_for_one_host_merge_oldest_first() {
+        let (gw, _) = seed_003();
+        let older = json!({"hosts": ["shop.internal.contoso.com"], "gateways": ["storefront-internal"],
+            "http": [{"match": [{"uri": {"prefix": "/api"}}],
+                      "route": [{"destination": {"host": "reviews", "port": {"number": 9080}}}]}]});
+        let newer = json!({"hosts": ["shop.internal.contoso.com"], "gateways": ["storefront-internal"],
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[
+                src("payments", "b-newer", "2", &newer),
+                src("payments", "a-older", "1", &older),
+            ],
+            None,
+            &mut problems,
+        );
+        let vh = config.listeners[0]
+            .virtual_host("shop.internal.contoso.com")
+            .unwrap();
+        let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["payments/a-older", "payments/b-newer"]);
+    }
+
+    fn credential(name: &str) -> Result<Credential, String> {
+        match name {
+            "shop-cert" => Ok(Credential {
+                cert_chain: "CHAIN".into(),
+                private_key: "KEY".into(),
+                ca: None,
+            }),
+            "mtls-cert" => Ok(Credential {
+                cert_chain: "CHAIN2".into(),
+                private_key: "KEY2".into(),
+                ca: Some("CA".into()),
+            }),
+            other => Err(format!("no Secret {other}")),
+        }
+    }
+
+    #[test]
+    fn https_servers_carry_their_certificate_and_missing_ones_are_named() {
+        let gw = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+             "hosts": ["shop.internal.contoso.com"],
+             "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}},
+            {"port": {"number": 443, "name": "https-b", "protocol": "HTTPS"},
+             "hosts": ["*.partners.contoso.com"],
+             "tls": {"mode": "MUTUAL", "credentialName": "mtls-cert"}},
+            {"port": {"number": 8443, "name": "https-c", "protocol": "HTTPS"},
+             "hosts": ["*"], "tls": {"mode": "SIMPLE", "credentialName": "gone"}},
+            {"port": {"number": 9443, "name": "https-d", "protocol": "HTTPS"},
+             "hosts": ["*"], "tls": {"mode": "MUTUAL", "credentialName": "shop-cert"}},
+            {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+             "hosts": ["shop.internal.contoso.com"], "tls": {"httpsRedirect": true}}]});
+        let vs = json!({"hosts": ["shop.internal.contoso.com"], "gateways": ["g"],
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "g", "1", &gw)],
+            &[src("payments", "vs", "1", &vs)],
+            Some(&credential),
+            &mut problems,
+        );
+        let ports: Vec<u16> = config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80, 443], "8443 and 9443 have no usable certificate");
+        let https = config.listener(443).unwrap();
+        assert_eq!(https.tls.len(), 2);
+        let pick = |sni: Option<&str>| https.served_tls(sni).unwrap().cert_chain.clone();
+        assert_eq!(pick(Some("shop.internal.contoso.com")), "CHAIN");
+        assert_eq!(pick(Some("a.partners.contoso.com")), "CHAIN2");
+        assert!(
+            https
+                .served_tls(Some("a.partners.contoso.com"))
+                .unwrap()
+                .mutual
+        );
+        assert_eq!(pick(None), "CHAIN", "no SNI: the first server");
+        assert_eq!(
+            https
+                .virtual_host("shop.internal.contoso.com")
+                .unwrap()
+                .routes
+                .len(),
+            1
+        );
+        let plain = config.listener(80).unwrap();
+        assert!(plain.tls.is_empty());
+        let vh = plain.virtual_host("shop.internal.contoso.com").unwrap();
+        assert!(vh.https_redirect && vh.routes.len() == 1);
+        let m = &problems[0].message;
+        assert!(
+            m.contains("servers[2].tls.credentialName gone: no Secret gone"),
+            "{m}"
+        );
+        assert!(
+            m.contains("servers[3].tls.credentialName shop-cert: mode MUTUAL needs"),
+            "{m}"
+        );
+        // The key never shows in Debug output.
+        assert!(!format!("{:?}", https.tls[0]).contains("KEY"));
+        assert_eq!(https.tls[0].redacted().private_key, "(redacted)");
+    }
+
+    #[test]
+    fn a_port_is_plaintext_or_tls_and_the_newer_server_that_differs_is_named() {
+        let older = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 8000, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        let newer = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 8000, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+             "tls": {"credentialName": "shop-cert"}}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[
+                src("ns", "newer", "2", &newer),
+                src("ns", "older", "1", &older),
+            ],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        assert!(config.listener(8000).unwrap().tls.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].name, "newer");
+        assert!(
+            problems[0]
+                .message
+                .contains("already served as plaintext HTTP by Gateway ns/older")
+        );
+    }
+
+    #[test]
+    fn tls_fields_weft_does_not_serve_are_named() {
+        let gw = json!({"servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+             "tls": {"mode": "SIMPLE", "credentialName": "shop-cert", "minProtocolVersion": "TLSV1_3", "subjectAltNames": ["a"]}},
+            {"port": {"number": 444, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+             "tls": {"mode": "PASSTHROUGH"}},
+            {"port": {"number": 81, "name": "http", "protocol": "HTTP"}, "hosts": ["*"],
+             "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("ns", "g", "1", &gw)],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        assert!(config.listeners.is_empty());
+        let m = &problems[0].message;
+        for needle in [
+            "servers[0].tls.subjectAltNames, servers[0].tls.minProtocolVersion are not supported yet",
+            "servers[1].tls.mode PASSTHROUGH is not supported yet",
+            "servers[2].tls.mode and credentialName apply to HTTPS servers",
+        ] {
+            assert!(m.contains(needle), "{needle} in {m}");
+        }
+    }
+}

@@ -273,6 +273,102 @@ fn weft_gateway_install_makes_seed_003s_gateway_injected_and_reachable_from_the_
 }
 
 #[test]
+fn a_canary_gateway_runs_both_revisions_behind_one_service_address() {
+    let c = deployed();
+    // Its own revision, with the canary image (deploy.sh installs the same build under it).
+    let revision = "t-gwd-canary";
+    c.apply_server_side(&format!(
+        "apiVersion: mesh.weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: {revision}, \
+         namespace: weft-system}}\nspec:\n  proxy: {{image: \"ghcr.io/weft-mesh/weft-canary:0.2.0\"}}\n"
+    ));
+    // No enrolment label: the gateway's pods enrol themselves.
+    let ns = c.namespace("t-gwd-canary");
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "gateway",
+            "install",
+            "--name",
+            "gw",
+            "--namespace",
+            &ns.name,
+        ];
+        args.extend_from_slice(extra);
+        let out = weft(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    install(&[]);
+    let canary = install(&["--revision", revision, "--deployment-name", "gw-canary"]);
+    assert!(canary.contains("service/gw left as they are"), "{canary}");
+
+    // Two pods, one per revision, both ready behind Service gw.
+    ns.ok(&["rollout", "status", "deployment/gw", "--timeout=120s"]);
+    ns.ok(&[
+        "rollout",
+        "status",
+        "deployment/gw-canary",
+        "--timeout=120s",
+    ]);
+    let pods: Value = serde_json::from_str(&ns.ok(&["get", "pods", "-l", "app=gw", "-o", "json"]))
+        .expect("pods JSON");
+    let mut revisions: Vec<(String, String)> = pods["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["labels"]["weft.dev/revision"]
+                    .as_str()
+                    .unwrap_or("<not injected>")
+                    .to_string(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions.len(), 2, "{revisions:?}");
+    assert!(
+        revisions
+            .iter()
+            .any(|(r, image)| r == revision && image.contains("weft-canary")),
+        "{revisions:?}"
+    );
+    assert!(
+        revisions
+            .iter()
+            .any(|(r, image)| r != revision && !image.contains("weft-canary")),
+        "{revisions:?}"
+    );
+    let endpoints = wait_for(
+        Duration::from_secs(60),
+        || {
+            ns.jsonpath(
+                "endpointslices -l kubernetes.io/service-name=gw",
+                "{.items[*].endpoints[?(@.conditions.ready==true)].addresses[0]}",
+            )
+        },
+        |e| e.split_whitespace().count() == 2,
+    );
+    assert_eq!(endpoints.split_whitespace().count(), 2, "{endpoints}");
+    let ip = lb_address(&ns, "gw");
+    let ready = get_from_node(SocketAddr::from((ip, 15021)), "/healthz/ready");
+    assert_eq!(ready.map(|(s, _)| s), Ok(200));
+
+    // Pods first, then the revision they use.
+    let _ = c.kubectl(&[
+        "delete",
+        "namespace",
+        &ns.name,
+        "--wait=true",
+        "--timeout=90s",
+    ]);
+    let _ = c.kubectl(&["-n", "weft-system", "delete", "meshconfig", revision]);
+}
+
+#[test]
 fn the_kustomize_component_renamed_is_what_the_command_installs() {
     let c = cluster();
     // A kustomization outside the repository, renaming the component as its

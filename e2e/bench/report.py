@@ -15,8 +15,12 @@ import re
 import sys
 
 SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "weft-authz", "haproxy", "nginx",
-             "haproxy-http", "nginx-http", "ghostunnel", "direct-h2", "null-h2", "weft-h2"]
+             "haproxy-http", "nginx-http", "ghostunnel", "direct-h2", "null-h2", "weft-h2",
+             "gw-weft", "gw-nginx", "gw-haproxy", "gw-weft-tls", "gw-nginx-tls", "gw-haproxy-tls"]
 FLOORS = ("null", "null-threads", "null-h2")
+# Issue 20's ingress rows (gateway.sh): one proxy in front of the echo server, not a pair.
+GATEWAY_PEERS = ("weft", "nginx", "haproxy")
+GATEWAY = tuple(f"gw-{p}{tls}" for tls in ("", "-tls") for p in GATEWAY_PEERS)
 LABELS = {
     "direct": "direct (no proxy)",
     "null": "null relay pair (plaintext copy, one event loop)",
@@ -32,11 +36,20 @@ LABELS = {
     "direct-h2": "direct, HTTP/2 (h2c, no proxy)",
     "null-h2": "null relay pair, HTTP/2 (h2c through two bare hops)",
     "weft-h2": "**weft-proxy pair, HTTP/2 + 10 policies × 10 rules**",
+    "gw-weft": "**weft-proxy gateway**",
+    "gw-nginx": "nginx",
+    "gw-haproxy": "HAProxy",
+    "gw-weft-tls": "**weft-proxy gateway**",
+    "gw-nginx-tls": "nginx",
+    "gw-haproxy-tls": "HAProxy",
 }
 
 
 def baselines(s):
-    """The direct path and the null floor a path is compared with: the h2c ones for HTTP/2."""
+    """The direct path and the null floor a path is compared with: the h2c ones for HTTP/2; an
+    ingress row (one hop) has no floor (the null floor is a pair of hops)."""
+    if s in GATEWAY:
+        return ("direct", None)
     return ("direct-h2", "null-h2") if s.endswith("-h2") else ("direct", "null")
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
@@ -166,7 +179,7 @@ def build(raw):
             for s in SCENARIOS}
     for s in SCENARIOS:
         base, floor = baselines(s)
-        direct, null = runs[base], runs[floor]
+        direct, null = runs[base], runs[floor] if floor else [None] * nrounds
         rounds = [(r, f) for r, f in enumerate(runs[s]) if f is not None]
         if not rounds:
             continue
@@ -254,8 +267,74 @@ def build(raw):
     adm = load_json(os.path.join(raw, "admission.json"))
     if adm:
         result["pod_admission"] = adm
+    gw = gateway_results(raw, pr, result)
+    if gw:
+        result["gateway"] = gw
     result["targets"] = targets(result)
     return result
+
+
+def gateway_results(raw, pr, result):
+    """Issue 20's ingress figures beside the scenarios' own: per TLS front the new handshakes
+    per second and per core of the proxy (fortio -keepalive=false: every request a new TLS
+    connection, no resumption), and per row the full-speed rate per vCPU the proxy used (the
+    load generator shares the other core, so max rps alone is partly the client's)."""
+    out = {}
+    for s in GATEWAY:
+        e = result["scenarios"].get(s)
+        if e is None:
+            continue
+        mp = (e.get("proxies") or {}).get(f"gw-{s.removeprefix('gw-').removesuffix('-tls')}", {})
+        v = mp.get("vcpu_at_max_rps")
+        row = {"max_rps": e.get("max_rps"), "vcpu_at_max_rps": v,
+               "max_rps_per_proxy_vcpu": round(e["max_rps"] / v, 1) if v and e.get("max_rps") else None}
+        conns = fortio(raw, f"{s}-conns")
+        if conns:
+            p = next(iter(pr.get(s, {}).get("conns", {}).values()), None)
+            busy = vcpu(p) if p else 0
+            row["handshakes"] = {
+                "per_s": conns["rps"], "errors": conns["errors"], "proxy_vcpu": round(busy, 3),
+                "per_proxy_core": round(conns["rps"] / busy, 1) if busy else None,
+                "p50_ms": conns["p50_ms"], "p99_ms": conns["p99_ms"]}
+        out[s] = row
+    return out
+
+
+def gateway_targets(r):
+    """Issue 20's ingress targets, each against the peers measured in the same run."""
+    sc, gw = r["scenarios"], r.get("gateway") or {}
+    out = []
+
+    def compare(key, what, weft, peers, better, unit, digits):
+        shown = [(n, v) for n, v in peers if v is not None]
+        target = ("each peer's: " + ", ".join(f"{'≤' if better == 'low' else '≥'} {n} "
+                                             f"{fmt(v, digits)}{unit}" for n, v in shown)
+                  if shown else "each peer's (no peer measured)")
+        met = None
+        if weft is not None and shown:
+            met = all((weft <= v) if better == "low" else (weft >= v) for _, v in shown)
+        out.append({"key": key, "what": what, "target": target, "measured": weft, "met": met})
+
+    for tls, front in (("", "HTTP/1.1 keep-alive"), ("-tls", "TLS termination")):
+        def val(p, k):
+            return (sc.get(f"gw-{p}{tls}") or {}).get(k)
+        names = {"nginx": "nginx", "haproxy": "HAProxy"}
+        key = "gw_tls" if tls else "gw"
+        compare(f"{key}_p99_ms", f"ingress gateway, {front}, 1 KB at 1,000 rps: weft p99",
+                val("weft", "p99_ms"), [(names[p], val(p, "p99_ms")) for p in ("nginx", "haproxy")],
+                "low", " ms", 3)
+        compare(f"{key}_max_rps", f"ingress gateway, {front}: weft max rps (same cores)",
+                val("weft", "max_rps"), [(names[p], val(p, "max_rps")) for p in ("nginx", "haproxy")],
+                "high", "/s", 0)
+    rss = [v for s in ("gw-weft", "gw-weft-tls")
+           for v in [(sc.get(s) or {}).get("rss_loaded_mb")] if v is not None]
+    v = max(rss) if rss else None
+    out.append({"key": "gw_rss_mb", "what": "ingress gateway: weft RSS at 1,000 rps (larger of the two fronts)",
+                "target": "≤ 15 MB", "measured": v, "met": None if v is None else v <= 15})
+    hs = ((gw.get("gw-weft-tls") or {}).get("handshakes") or {}).get("per_proxy_core")
+    out.append({"key": "gw_handshakes_per_core", "what": "ingress gateway: weft new TLS handshakes per proxy core",
+                "target": "≥ 1,000/s", "measured": hs, "met": None if hs is None else hs >= 1000})
+    return out
 
 
 def measured_values(r):
@@ -297,6 +376,7 @@ def targets(r):
         out.append({"key": key, "what": what, "target": target, "measured": v,
                     "met": None if v is None else bool(ok(v))})
     out.append(convergence_target(r.get("config_convergence")))
+    out += gateway_targets(r)
     return out
 
 
@@ -365,7 +445,7 @@ def table(r):
     ]
     for s in SCENARIOS:
         e = r["scenarios"].get(s)
-        if e is None:
+        if e is None or s in GATEWAY:  # the ingress rows have their own table
             continue
         added = ("–" if e["added_p50_ms"] is None else
                  f"{e['added_p50_ms']:+.3f} / {e['added_p90_ms']:+.3f} / {e['added_p99_ms']:+.3f}")
@@ -393,17 +473,20 @@ def table(r):
                       f"no capture): what two user-space hops cost on this machine. They add "
                       f"(p50 / p90 / p99) {shown}. Beyond the event-loop null pair, paired by "
                       f"round (p50 / p90 / p99 ms): {beyond}."]
-    lines += ["", "| target (SPEC §14; issue 18 for the HTTP + policies rows) | measured | target | met |", "|---|---|---|---|"]
+    lines += gateway_table(r)
+    lines += ["", "| target (SPEC §14; issue 18 for the HTTP + policies rows, issue 20 for the ingress rows) | measured | target | met |", "|---|---|---|---|"]
     units = {"added_p99_ms": " ms", "cpu_per_1000rps": " vCPU", "rss_idle_mb": " MB",
              "rss_loaded_mb": " MB", "mtls_conns_per_proxy_core": "/s",
              "webhook_reviews_per_s": "/s", "webhook_p99_ms": " ms", "csr_per_s": "/s",
              "ready_ms": " ms", "authz_p50_ns": " ns", "authz_h1_beyond_null_p99_ms": " ms",
              "authz_h2_beyond_null_p99_ms": " ms", "authz_h1_cpu_vs_l4": "×", "authz_h2_cpu_vs_l4": "×",
-             "authz_rss_mb": " MB"}
+             "authz_rss_mb": " MB", "gw_p99_ms": " ms", "gw_tls_p99_ms": " ms", "gw_max_rps": "/s",
+             "gw_tls_max_rps": "/s", "gw_rss_mb": " MB", "gw_handshakes_per_core": "/s"}
     for t in r["targets"]:
         v = t["measured"]
         digits = {"ready_ms": 0, "rss_idle_mb": 1, "rss_loaded_mb": 1, "authz_rss_mb": 1,
-                  "authz_h1_cpu_vs_l4": 2, "authz_h2_cpu_vs_l4": 2}.get(t["key"], 3)
+                  "authz_h1_cpu_vs_l4": 2, "authz_h2_cpu_vs_l4": 2, "gw_rss_mb": 1, "gw_max_rps": 0,
+                  "gw_tls_max_rps": 0, "gw_handshakes_per_core": 0}.get(t["key"], 3)
         if v is None:
             shown = "not measured yet"
         elif t["key"] == "config_convergence":
@@ -453,6 +536,42 @@ def table(r):
                       f"{cc['operator_threads']} operator thread, {cc['proxy_threads']} proxy "
                       f"thread, CPU {r.get('control_plane_cpus') or '?'})."]
     return "\n".join(lines)
+
+
+def gateway_table(r):
+    """Issue 20's ingress rows: weft-proxy gateway, nginx and HAProxy as ONE reverse proxy
+    in front of the echo server, plain and TLS-terminating fronts."""
+    sc, gw = r["scenarios"], r.get("gateway") or {}
+    if not any(s in sc for s in GATEWAY):
+        return []
+    lines = ["", "Ingress gateway (issue 20): one reverse proxy in front of the echo server, "
+                 "client → proxy on 198.18.250.2 → echo server on loopback, HTTP/1.1 keep-alive "
+                 "on both sides, 1 KB bodies, no access log; weft is `weft-proxy gateway` from a "
+                 "snapshot file (a listener per front, a virtual host for shop.bench.test routed to "
+                 "a plaintext Service endpoint). TLS: TLS 1.3, a P-256 certificate, verified by the "
+                 "client. Added latency is against the direct path (plaintext) in the same round. "
+                 "Max rps: the load generator and echo server share the other core, so the rate "
+                 "per vCPU the proxy used is shown too. Handshakes: full speed without keep-alive, "
+                 "every request a new TLS connection (no resumption), ÷ the proxy's vCPU.", "",
+             "| front | proxy | p50 ms | p99 ms | added p50 / p99 ms | vCPU per 1,000 rps | RSS idle / at 1,000 rps MB | max rps (proxy vCPU) | rps per proxy vCPU at max | new TLS handshakes/s (per proxy core) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in GATEWAY:
+        e = sc.get(s)
+        if e is None:
+            continue
+        g = gw.get(s) or {}
+        hs = g.get("handshakes")
+        added = ("–" if e.get("added_p50_ms") is None else
+                 f"{e['added_p50_ms']:+.3f} / {e['added_p99_ms']:+.3f}")
+        lines.append(
+            f"| {'TLS' if s.endswith('-tls') else 'HTTP'} | {LABELS[s]} | {fmt(e['p50_ms'])} | "
+            f"{fmt(e['p99_ms'])} | {added} | {fmt(e.get('cpu_per_1000rps'))} | "
+            f"{fmt(e.get('rss_idle_mb'), 1)} / {fmt(e.get('rss_loaded_mb'), 1)} | "
+            f"{fmt(e.get('max_rps'), 0)} ({fmt(g.get('vcpu_at_max_rps'), 2)}) | "
+            f"{fmt(g.get('max_rps_per_proxy_vcpu'), 0)} | "
+            + (f"{fmt(hs['per_s'], 0)} ({fmt(hs['per_proxy_core'], 0)})"
+               + (f", {hs['errors']} errors" if hs.get("errors") else "") if hs else "–") + " |")
+    return lines
 
 
 def served_text(sv):

@@ -22,6 +22,9 @@
 #   null        weft-null-relay pair: plaintext byte copy on one event loop, nothing else (no
 #               TLS, no parsing, no capture): what two user-space hops cost on this machine
 #   null-threads  the same with one blocking thread per direction instead of an event loop
+#   gw-weft, gw-nginx, gw-haproxy (and -tls)  issue 20's ingress rows: ONE reverse proxy in
+#               front of the echo server (weft-proxy gateway from files, nginx, HAProxy), plain
+#               or TLS-terminating front, plus new TLS handshakes per second (gateway.sh)
 # The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
@@ -42,7 +45,8 @@
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-authz haproxy nginx
-# haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2"),
+# haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy
+# gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
@@ -62,7 +66,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -79,6 +83,7 @@ LOCAL_HAPROXY_HTTP=10447 LOCAL_NGINX_HTTP=10448
 CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
 SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
 SERVER_DNS=server.bench.svc.cluster.local
+source "$here/gateway.sh" # issue 20's ingress rows (gw-*) and their ports
 
 # CPU layout (WEFT_BENCH_LAYOUT):
 #   pods   each side is a pod with its sidecar on its own core: the load generator and the
@@ -174,9 +179,11 @@ fi
 (cd "$repo" && $CARGO build --release --locked -p weft-node-agent --bin weft-null-relay)
 cp "$CARGO_TARGET_DIR/release/weft-null-relay" "$work/weft-null-relay"
 chmod 755 "$work/weft-proxy" "$work/weft-null-relay"
-cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
-[[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
+if [[ ${WEFT_BENCH_CONTROL_PLANE:-1} == 1 ]]; then
+  cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
+  [[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
+fi
 
 # === pod creation through the API server (the local cluster, then stopped again) ===
 # The injector's cost as users meet it: dry-run pod creations in an enrolled and a plain
@@ -195,8 +202,12 @@ fi
 
 # === control plane (before the namespaces: nothing else runs) ===
 
-log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each, then config convergence of 1,000 streams, on CPU $PROXY_CPU"
-(cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --out "$raw/control_plane.json" >/dev/null)
+if [[ ${WEFT_BENCH_CONTROL_PLANE:-1} == 1 ]]; then
+  log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each, then config convergence of 1,000 streams, on CPU $PROXY_CPU"
+  (cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --out "$raw/control_plane.json" >/dev/null)
+else
+  SKIPPED+=("control plane: WEFT_BENCH_CONTROL_PLANE=0")
+fi
 
 # === certificates: one CA, a client and a server identity (P-256, SPIFFE URI SANs) ===
 
@@ -241,7 +252,7 @@ done
 # Capture as an injected pod has it. Client: no inbound capture, outbound captured except
 # the direct and relay ports. Server: inbound capture of the meshed app's port only.
 ip netns exec $NS_C "$work/weft-proxy" init --include-inbound-ports= \
-  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL,$PORT_HAPROXY_HTTP,$PORT_NGINX_HTTP" >"$raw/init-client.log"
+  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL,$PORT_HAPROXY_HTTP,$PORT_NGINX_HTTP,$GW_PORTS" >"$raw/init-client.log"
 ip netns exec $NS_S "$work/weft-proxy" init --include-inbound-ports "$MESH_APP_PORT" >"$raw/init-server.log"
 
 # === processes ===
@@ -300,14 +311,16 @@ wait_ready() {
   echo $(((t1 - t0) / 1000000))
 }
 
-# load NAME URL ARGS...: fortio load from the client namespace on the load CPU.
+# load NAME URL ARGS...: fortio load from the client namespace on the load CPU. LOAD_ARGS:
+# extra fortio flags of the current path (the gateway rows' Host header and CA).
+LOAD_ARGS=()
 load() {
   local name=$1 url=$2 h2=()
   shift 2
   # The -h2 paths: HTTP/2 with prior knowledge (h2c) on every connection.
   [[ $name == *-h2-* ]] && h2=(-h2)
   taskset -c "$LOAD_CPU" ip netns exec $NS_C "$FORTIO" load -quiet -loglevel Warning -c "$CONNECTIONS" \
-    -payload-size "$PAYLOAD" -r 0.00001 -p "50,90,99,99.9" "${h2[@]}" "$@" -json "$raw/$name.json" "$url" \
+    -payload-size "$PAYLOAD" -r 0.00001 -p "50,90,99,99.9" "${h2[@]}" "${LOAD_ARGS[@]}" "$@" -json "$raw/$name.json" "$url" \
     >"$raw/$name.load.log" 2>&1 || die "fortio load $name failed: $(tail -5 "$raw/$name.load.log")"
 }
 
@@ -316,7 +329,7 @@ smoke() {
   local h2=()
   [[ $1 == *-h2 ]] && h2=(-h2)
   for _ in $(seq 100); do
-    if ip netns exec $NS_C "$FORTIO" curl -loglevel Error "${h2[@]}" -payload-size 16 "$2" >/dev/null 2>&1; then return; fi
+    if ip netns exec $NS_C "$FORTIO" curl -loglevel Error "${h2[@]}" "${LOAD_ARGS[@]}" -payload-size 16 "$2" >/dev/null 2>&1; then return; fi
     sleep 0.1
   done
   die "$1: no answer through $2"
@@ -731,6 +744,7 @@ for s in $SCENARIOS; do
       scenario nginx "http://127.0.0.1:$LOCAL_NGINX/echo" nginx-client nginx-server
       stop nginx-client nginx-server
       ;;
+    gw-*) gateway_scenario "$s" ;;
     ghostunnel)
       if [[ -z ${TOOL[ghostunnel]:-} ]]; then log "ghostunnel: skipped (${SKIPPED[*]})"; continue; fi
       start_ghostunnel

@@ -1,7 +1,8 @@
 //! `make bench`'s issuer rows (issue 24): CSR signing per second and latency percentiles through
-//! cert-manager (a CertificateRequest per CSR in the local cluster's API server, signed by
+//! HashiCorp Vault v1.21.0 (`vault server -dev` on loopback, e2e/scripts/install-vault.sh) and
+//! through cert-manager (a CertificateRequest per CSR in the local cluster's API server, signed by
 //! cert-manager v1.21.2's own CA issuer and default approver, e2e/cert-manager/) beside the builtin
-//! CA, both through the seam every proxy CSR takes (`pki::issue`: CSR checks, signing, leaf
+//! CA, all through the seam every proxy CSR takes (`pki::issue`: CSR checks, signing, leaf
 //! checks), in one run. Needs the local cluster; ignored in `cargo test`. e2e/bench/run.sh runs
 //! it (release) in its cluster stage and reads the JSON written to `WEFT_BENCH_ISSUERS_OUT`.
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use weft::pki::{
     self, CERT_MANAGER_GROUP, CertManagerConfig, CertManagerIssuer, Issuer, IssuerRefKind, MeshCa,
-    WorkloadCsr, WorkloadKey,
+    VaultAuth, VaultConfig, VaultCredentials, VaultIssuer, WorkloadCsr, WorkloadKey,
 };
 
 const NS: &str = "weft-bench-cert-manager";
@@ -66,6 +67,86 @@ fn sh(dir: &Path, script: &str) {
         .expect("bash")
         .success();
     assert!(ok, "{script}");
+}
+
+/// Vault's port on loopback (not the e2e tests' 18207, so both can run).
+const VAULT_ADDR: &str = "127.0.0.1:18217";
+const VAULT_TOKEN: &str = "weft-bench-root";
+
+/// A `vault server -dev` configured as docs/pki.md says, and a Vault issuer for it.
+async fn vault() -> (Controller, Arc<dyn Issuer>) {
+    let out = Command::new("bash")
+        .arg(repo().join("e2e/scripts/install-vault.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("install-vault.sh");
+    assert!(out.status.success(), "install-vault.sh");
+    let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let server = Controller(
+        Command::new(&bin)
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-listen-address={VAULT_ADDR}"),
+                &format!("-dev-root-token-id={VAULT_TOKEN}"),
+            ])
+            .env("HOME", std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vault server -dev"),
+    );
+    let cli = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .env("VAULT_ADDR", format!("http://{VAULT_ADDR}"))
+            .env("VAULT_TOKEN", VAULT_TOKEN)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let started = Instant::now();
+    while !cli(&["status"]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "vault never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        &["secrets", "enable", "pki"][..],
+        &["secrets", "tune", "-max-lease-ttl=87600h", "pki"],
+        &[
+            "write",
+            "pki/roles/weft",
+            "allow_any_name=true",
+            "allow_subdomains=true",
+            "key_type=any",
+            "allowed_uri_sans=spiffe://cluster.local/*",
+        ],
+        &[
+            "write",
+            "pki/root/generate/internal",
+            "common_name=osm.root",
+            "ttl=87600h",
+        ],
+    ] {
+        assert!(cli(args), "vault {}", args.join(" "));
+    }
+    let config = VaultConfig {
+        address: format!("http://{VAULT_ADDR}"),
+        mount: "pki".into(),
+        role: "weft".into(),
+        auth: VaultAuth::TokenSecret("unused".into()),
+        ca_cert_secret: None,
+    };
+    // A watch keeps its last value after the sender goes: the token stays readable.
+    let (_, token) = tokio::sync::watch::channel(Some(VAULT_TOKEN.to_string()));
+    let credentials = VaultCredentials::from_config(&config, token);
+    let issuer = VaultIssuer::connect(config, credentials, None, "cluster.local", "bench")
+        .await
+        .expect("Vault issuer");
+    (server, Arc::new(issuer))
 }
 
 struct Controller(Child);
@@ -154,6 +235,11 @@ async fn csr_signing_through_cert_manager_beside_the_builtin_ca() {
     // The builtin CA, through the same seam.
     let ca = MeshCa::generate_root("cluster.local", pki::DEFAULT_ROOT_VALIDITY).unwrap();
     let builtin = measure(Arc::new(ca), csrs.clone(), seconds).await;
+
+    // Vault, on loopback.
+    let (vault_server, vault_issuer) = vault().await;
+    let vault = measure(vault_issuer, csrs.clone(), seconds).await;
+    drop(vault_server);
 
     // cert-manager: its CRDs, a CA Issuer in a namespace of the bench's own, its controllers.
     kubectl(&[
@@ -256,10 +342,12 @@ async fn csr_signing_through_cert_manager_beside_the_builtin_ca() {
     let cert_manager = measure(issuer, csrs, seconds).await;
     kubectl(&["delete", "namespace", NS, "--wait=false"]);
 
-    let result = serde_json::json!({"builtin": builtin, "cert_manager": cert_manager});
+    let result =
+        serde_json::json!({"builtin": builtin, "vault": vault, "cert_manager": cert_manager});
     println!("{result:#}");
     assert!(cert_manager["signed"].as_u64() > Some(0));
     assert_eq!(cert_manager["failed"], 0, "{result}");
+    assert_eq!(vault["failed"], 0, "{result}");
     if let Some(out) = std::env::var_os("WEFT_BENCH_ISSUERS_OUT") {
         std::fs::write(out, result.to_string()).expect("WEFT_BENCH_ISSUERS_OUT");
     }

@@ -419,6 +419,30 @@ fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named
     let again = request_certificate(c, &token, &me, Some(3600));
     assert_eq!(again.status, 200, "{}", again.body);
 
+    // Bad input 3: an Issuer that does not exist. The dry signing waits its 8 s for cert-manager
+    // (the request stays Pending: "Referenced "Issuer" not found"), `weft check` names it, and
+    // the issuer that signed before (osm-ca) keeps signing.
+    let nope = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "cert-manager",
+        "--issuer",
+        "no-such-issuer",
+        "--ca-bundle-secret",
+        BUNDLE,
+        "--yes",
+    ]);
+    assert!(nope.status.success(), "{}", text(&nope));
+    let line = wait_for(MINUTE, issuer_check_line, |l| {
+        l.contains("not found") && l.contains("create Issuer no-such-issuer")
+    });
+    println!("weft check, no such Issuer: {line}");
+    let status = issuer_status();
+    assert!(status.contains("Signing:  cert-manager"), "{status}");
+    let still = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(still.status, 200, "osm-ca keeps signing: {}", still.body);
+
     // Back to builtin: the next certificate chains to the mesh root again.
     let back = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
     assert!(back.status.success(), "{}", text(&back));

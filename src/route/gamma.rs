@@ -67,14 +67,14 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn yes(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn yes(reason: &'static str, message: impl Into<String>) -> Self {
         Condition {
             status: true,
             reason,
             message: message.into(),
         }
     }
-    fn no(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn no(reason: &'static str, message: impl Into<String>) -> Self {
         Condition {
             status: false,
             reason,
@@ -173,7 +173,7 @@ pub fn compile(
 /// GRPCRoute matches come before HTTPRoute ones (they only take gRPC requests) and rank by
 /// the characters of their service, then of their method, then header matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
+pub(crate) struct Key {
     grpc: bool,
     /// 3 exact, 2 prefix, 1 regex, 0 none (gRPC: characters of the service).
     rank: usize,
@@ -344,6 +344,69 @@ fn compile_route(
         });
     }
     out
+}
+
+/// One route's rules compiled for one port of a Gateway listener (src/route/gateway_api.rs
+/// reuses the mesh's rule compiler): entries with their precedence keys, the dropped rules,
+/// the first unresolved backend. Err: the spec cannot be read.
+pub(crate) struct ListenerRules {
+    pub entries: Vec<(Key, HttpRoute)>,
+    pub dropped: Vec<String>,
+    pub unresolved: Option<Condition>,
+    pub rules: usize,
+}
+
+/// `stand_in` names the destination of a rule whose backends are all invalid (answered 500
+/// before any dial, so it is never reached).
+pub(crate) fn compile_for_listener(
+    registry: &Registry,
+    kind: RouteKind,
+    src: &Source<'_>,
+    age: usize,
+    stand_in: &str,
+    port: u16,
+) -> Result<ListenerRules, String> {
+    let rules: Vec<RuleSpec> = match kind {
+        RouteKind::Http => httproute::Spec::parse(src.spec)?
+            .rules
+            .into_iter()
+            .map(|r| RuleSpec::Http(Box::new(r)))
+            .collect(),
+        RouteKind::Grpc => grpcroute::Spec::parse(src.spec)?
+            .rules
+            .into_iter()
+            .map(|r| RuleSpec::Grpc(Box::new(r)))
+            .collect(),
+    };
+    let mut out = ListenerRules {
+        entries: Vec::new(),
+        dropped: Vec::new(),
+        unresolved: None,
+        rules: rules.len(),
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let ctx = RuleCtx {
+            registry,
+            src,
+            kind,
+            parent_host: stand_in,
+            parent_port: port,
+            age,
+            rule: i,
+        };
+        match compile_rule(&ctx, rule) {
+            Ok((compiled, refs)) => {
+                if out.unresolved.is_none() {
+                    out.unresolved = refs;
+                }
+                out.entries.extend(compiled);
+            }
+            Err(e) => out
+                .dropped
+                .push(format!("rule {i}{}: {e}", rule_name(rule))),
+        }
+    }
+    Ok(out)
 }
 
 fn rule_name(rule: &RuleSpec) -> String {

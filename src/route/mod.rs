@@ -12,6 +12,8 @@ pub mod egress;
 #[cfg(feature = "control-plane")]
 pub mod gamma;
 pub mod gateway;
+#[cfg(feature = "control-plane")]
+pub mod gateway_api;
 pub mod istio;
 pub mod istio_actions;
 pub mod istio_policy;

@@ -1,0 +1,1173 @@
+//! The Gateway API's `Gateway` (`gateway.networking.k8s.io/v1`) compiled, with the HTTPRoutes
+//! and GRPCRoutes attached to it, into the listener table a gateway proxy already serves for
+//! Istio Gateways ([`super::gateway::GatewayConfig`]): same listeners, virtual hosts and route
+//! tables, rules compiled by the GAMMA compiler ([`super::gamma`]). The Gateway's listener
+//! conditions and each route's parent status are computed here as data, for the operator to
+//! write. Kube-free (it reads the raw specs).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use super::compile::Registry;
+use super::gamma::{
+    Condition, Key, ParentStatus, REASON_ACCEPTED, REASON_NO_MATCHING_PARENT, REASON_RESOLVED_REFS,
+    REASON_UNSUPPORTED_VALUE, RouteKind, RouteSource, RouteStatus, compile_for_listener,
+};
+use super::gateway::{
+    Credential, GatewayConfig, Listener, MAX_VIRTUAL_HOSTS, ServedTls, VirtualHost,
+};
+use super::model::{HttpRoute, MAX_ROUTES};
+use crate::api::gateway_api::common::ParentReference;
+use crate::api::gateway_api::gateway::GatewaySpec;
+use crate::api::gateway_api::{GROUP, strict};
+
+pub const GATEWAY: &str = "Gateway";
+
+/// Condition types and reasons of Gateways and listeners, as the spec names them.
+pub const PROGRAMMED: &str = "Programmed";
+pub const CONFLICTED: &str = "Conflicted";
+pub const RESOLVED_REFS: &str = super::gamma::RESOLVED_REFS;
+pub const REASON_PROGRAMMED: &str = "Programmed";
+pub const REASON_INVALID: &str = "Invalid";
+pub const REASON_PENDING: &str = "Pending";
+pub const REASON_ADDRESS_NOT_ASSIGNED: &str = "AddressNotAssigned";
+pub const REASON_LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+pub const REASON_UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+pub const REASON_NO_CONFLICTS: &str = "NoConflicts";
+pub const REASON_HOSTNAME_CONFLICT: &str = "HostnameConflict";
+pub const REASON_PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+pub const REASON_INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+pub const REASON_INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+pub const REASON_REF_NOT_PERMITTED: &str = super::gamma::REASON_REF_NOT_PERMITTED;
+pub const REASON_NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+pub const REASON_NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+
+/// One Gateway as watched (its spec raw).
+#[derive(Debug, Clone, Copy)]
+pub struct GatewaySource<'a> {
+    pub source: super::compile::Source<'a>,
+    pub generation: Option<i64>,
+}
+
+/// Looks up a `kubernetes.io/tls` Secret by (namespace, name): its content, or why not.
+pub type SecretLookup<'a> = &'a dyn Fn(&str, &str) -> Result<Credential, String>;
+/// A namespace's labels (None: no such namespace), for `allowedRoutes.namespaces.selector`.
+pub type NamespaceLabels<'a> = &'a dyn Fn(&str) -> Option<BTreeMap<String, String>>;
+
+/// `status.listeners[]` of the Gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub name: String,
+    /// Route kinds the listener takes (group `gateway.networking.k8s.io`).
+    pub supported_kinds: Vec<&'static str>,
+    pub attached_routes: i32,
+    pub accepted: Condition,
+    pub programmed: Condition,
+    pub resolved_refs: Condition,
+    pub conflicted: Condition,
+}
+
+/// What one Gateway compiles to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub config: GatewayConfig,
+    /// The Gateway's `Accepted` (`Programmed` needs its Service's address: the operator's).
+    pub accepted: Condition,
+    pub listeners: Vec<ListenerStatus>,
+    /// Routes with a parent reference to this Gateway; `parents` holds only those.
+    pub routes: Vec<RouteStatus>,
+}
+
+// === Reading a listener ===
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListenerTls {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    certificate_refs: Vec<SecretRef>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SecretRef {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AllowedRoutes {
+    #[serde(default)]
+    namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    kinds: Option<Vec<RouteGroupKind>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RouteNamespaces {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LabelSelector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<LabelExpression>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LabelExpression {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+impl LabelSelector {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|e| {
+                let v = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => v.is_some_and(|v| e.values.contains(v)),
+                    "NotIn" => v.is_none_or(|v| !e.values.contains(v)),
+                    "Exists" => v.is_some(),
+                    "DoesNotExist" => v.is_none(),
+                    // An operator Kubernetes does not know selects nothing.
+                    _ => false,
+                }
+            })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RouteGroupKind {
+    #[serde(default)]
+    group: Option<String>,
+    kind: String,
+}
+
+/// Which namespaces' routes a listener takes.
+#[derive(Debug, Clone)]
+enum FromNamespaces {
+    Same,
+    All,
+    Selector(LabelSelector),
+}
+
+/// One listener, read and judged.
+struct Read {
+    name: String,
+    port: u16,
+    tls: bool,
+    hostname: Option<String>,
+    kinds: Vec<RouteKind>,
+    from: FromNamespaces,
+    credential: Option<Credential>,
+    status: ListenerStatus,
+}
+
+impl Read {
+    /// Routes may attach (accepted, not conflicted); `Programmed` may still be false.
+    fn open(&self) -> bool {
+        self.status.accepted.status && !self.status.conflicted.status
+    }
+}
+
+fn supported_kind(k: &RouteGroupKind) -> Option<RouteKind> {
+    if k.group.as_deref().unwrap_or(GROUP) != GROUP {
+        return None;
+    }
+    match k.kind.as_str() {
+        "HTTPRoute" => Some(RouteKind::Http),
+        "GRPCRoute" => Some(RouteKind::Grpc),
+        _ => None,
+    }
+}
+
+fn read_listener(
+    gw_ns: &str,
+    l: &crate::api::gateway_api::gateway::Listener,
+    secrets: SecretLookup<'_>,
+) -> Read {
+    let yes = |reason, m: &str| Condition::yes(reason, m);
+    let no = |reason, m: String| Condition::no(reason, m);
+    let mut status = ListenerStatus {
+        name: l.name.clone(),
+        supported_kinds: Vec::new(),
+        attached_routes: 0,
+        accepted: yes(REASON_ACCEPTED, "the listener is served by weft"),
+        programmed: yes(REASON_PROGRAMMED, "the listener is in the gateway's config"),
+        resolved_refs: yes(REASON_RESOLVED_REFS, "every reference resolved"),
+        conflicted: Condition::no(REASON_NO_CONFLICTS, "no conflicts"),
+    };
+    let mut read = Read {
+        name: l.name.clone(),
+        port: u16::try_from(l.port).unwrap_or(0),
+        tls: false,
+        hostname: l.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+        kinds: Vec::new(),
+        from: FromNamespaces::Same,
+        credential: None,
+        status: status.clone(),
+    };
+    let invalid = |status: &mut ListenerStatus, reason, m: String| {
+        status.accepted = no(reason, m.clone());
+        status.programmed = no(REASON_INVALID, m);
+    };
+    match l.protocol.as_str() {
+        "HTTP" => {}
+        "HTTPS" => read.tls = true,
+        p => {
+            invalid(
+                &mut status,
+                REASON_UNSUPPORTED_PROTOCOL,
+                format!("protocol {p} is not supported by weft's gateway (HTTP and HTTPS are)"),
+            );
+            read.status = status;
+            return read;
+        }
+    }
+    if read.port == 0 {
+        invalid(
+            &mut status,
+            REASON_UNSUPPORTED_VALUE,
+            format!("port {} is not a port", l.port),
+        );
+        read.status = status;
+        return read;
+    }
+    // Route kinds: the protocol's by default; named ones weft does not serve are refused.
+    match l
+        .allowed_routes
+        .as_ref()
+        .map(|a| strict::<AllowedRoutes>("allowedRoutes", a))
+        .transpose()
+    {
+        Err(e) => {
+            invalid(&mut status, REASON_UNSUPPORTED_VALUE, e);
+            read.status = status;
+            return read;
+        }
+        Ok(allowed) => {
+            let allowed = allowed.unwrap_or_default();
+            read.kinds = match &allowed.kinds {
+                None => vec![RouteKind::Http, RouteKind::Grpc],
+                Some(kinds) => {
+                    let bad: Vec<&str> = kinds
+                        .iter()
+                        .filter(|k| supported_kind(k).is_none())
+                        .map(|k| k.kind.as_str())
+                        .collect();
+                    if !bad.is_empty() {
+                        status.resolved_refs = no(
+                            REASON_INVALID_ROUTE_KINDS,
+                            format!(
+                                "route kinds {bad:?} are not served on an {} listener (HTTPRoute and GRPCRoute are)",
+                                l.protocol
+                            ),
+                        );
+                    }
+                    let mut k: Vec<RouteKind> = kinds.iter().filter_map(supported_kind).collect();
+                    k.sort();
+                    k.dedup();
+                    k
+                }
+            };
+            read.from = match allowed.namespaces.unwrap_or_default() {
+                RouteNamespaces { from: None, .. } => FromNamespaces::Same,
+                RouteNamespaces {
+                    from: Some(f),
+                    selector,
+                } => match (f.as_str(), selector) {
+                    ("Same", _) => FromNamespaces::Same,
+                    ("All", _) => FromNamespaces::All,
+                    ("Selector", Some(s)) => FromNamespaces::Selector(s),
+                    ("Selector", None) => {
+                        invalid(
+                            &mut status,
+                            REASON_UNSUPPORTED_VALUE,
+                            "allowedRoutes.namespaces.from Selector needs a selector".into(),
+                        );
+                        read.status = status;
+                        return read;
+                    }
+                    (other, _) => {
+                        invalid(
+                            &mut status,
+                            REASON_UNSUPPORTED_VALUE,
+                            format!(
+                                "allowedRoutes.namespaces.from {other:?} is not Same, All or Selector"
+                            ),
+                        );
+                        read.status = status;
+                        return read;
+                    }
+                },
+            };
+        }
+    }
+    status.supported_kinds = read.kinds.iter().map(|k| k.kind()).collect();
+    if read.tls {
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| strict::<ListenerTls>("tls", t))
+            .transpose();
+        match tls {
+            Err(e) => invalid(&mut status, REASON_UNSUPPORTED_VALUE, e),
+            Ok(None) => invalid(
+                &mut status,
+                REASON_UNSUPPORTED_VALUE,
+                "an HTTPS listener needs tls.certificateRefs".into(),
+            ),
+            Ok(Some(tls)) => match tls.mode.as_deref().unwrap_or("Terminate") {
+                "Terminate" if !tls.options.is_empty() => invalid(
+                    &mut status,
+                    REASON_UNSUPPORTED_VALUE,
+                    format!(
+                        "tls.options {:?} are not supported by weft",
+                        tls.options.keys().collect::<Vec<_>>()
+                    ),
+                ),
+                "Terminate" => match certificate(gw_ns, &tls.certificate_refs, secrets) {
+                    Ok(c) => read.credential = Some(c),
+                    Err(c) => {
+                        // The listener is understood but has no certificate: it serves
+                        // nothing (never plaintext in its place); other listeners serve.
+                        status.programmed = Condition::no(REASON_INVALID, c.message.clone());
+                        status.resolved_refs = c;
+                    }
+                },
+                m => invalid(
+                    &mut status,
+                    REASON_UNSUPPORTED_VALUE,
+                    format!("tls.mode {m} is not supported on an HTTPS listener (Terminate is)"),
+                ),
+            },
+        }
+    }
+    read.status = status;
+    read
+}
+
+/// The first certificate reference of a listener, resolved; Err: its `ResolvedRefs=False`.
+fn certificate(
+    gw_ns: &str,
+    refs: &[SecretRef],
+    secrets: SecretLookup<'_>,
+) -> Result<Credential, Condition> {
+    let Some(r) = refs.first() else {
+        return Err(Condition::no(
+            REASON_INVALID_CERTIFICATE_REF,
+            "tls.certificateRefs is empty",
+        ));
+    };
+    if !r.group.as_deref().unwrap_or("").is_empty()
+        || r.kind.as_deref().unwrap_or("Secret") != "Secret"
+    {
+        return Err(Condition::no(
+            REASON_INVALID_CERTIFICATE_REF,
+            format!(
+                "certificateRefs[0] is a {}/{}; weft reads core Secrets only",
+                r.group.as_deref().unwrap_or(""),
+                r.kind.as_deref().unwrap_or("Secret")
+            ),
+        ));
+    }
+    let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+    if ns != gw_ns {
+        return Err(Condition::no(
+            REASON_REF_NOT_PERMITTED,
+            format!(
+                "certificateRefs[0] is Secret {ns}/{}: weft does not read ReferenceGrants for Gateways yet, so a Secret in another namespace is not permitted",
+                r.name
+            ),
+        ));
+    }
+    secrets(ns, &r.name).map_err(|e| {
+        Condition::no(
+            REASON_INVALID_CERTIFICATE_REF,
+            format!("certificateRefs[0] Secret {ns}/{}: {e}", r.name),
+        )
+    })
+}
+
+/// Listeners sharing a port must share a protocol, and then differ by hostname.
+fn mark_conflicts(listeners: &mut [Read]) {
+    let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.status.accepted.status {
+            by_port.entry(l.port).or_default().push(i);
+        }
+    }
+    for (port, ids) in by_port {
+        let protocols: BTreeSet<bool> = ids.iter().map(|&i| listeners[i].tls).collect();
+        for &i in &ids {
+            let conflict = if protocols.len() > 1 {
+                Some((
+                    REASON_PROTOCOL_CONFLICT,
+                    format!("port {port} is used by listeners of both HTTP and HTTPS"),
+                ))
+            } else {
+                let same = ids
+                    .iter()
+                    .filter(|&&j| listeners[j].hostname == listeners[i].hostname)
+                    .count();
+                (same > 1).then(|| {
+                    (
+                        REASON_HOSTNAME_CONFLICT,
+                        format!(
+                            "another listener on port {port} has the same hostname {}",
+                            listeners[i].hostname.as_deref().unwrap_or("(none)")
+                        ),
+                    )
+                })
+            };
+            if let Some((reason, m)) = conflict {
+                let s = &mut listeners[i].status;
+                s.conflicted = Condition::yes(reason, m.clone());
+                s.programmed = Condition::no(REASON_INVALID, m);
+            }
+        }
+    }
+}
+
+// === Hostnames ===
+
+/// Whether host pattern `wide` covers `narrow` (`*.example.com` covers `a.b.example.com`,
+/// never `example.com`).
+fn covers(wide: &str, narrow: &str) -> bool {
+    wide == narrow
+        || wide
+            .strip_prefix('*')
+            .is_some_and(|suffix| narrow.len() > suffix.len() && narrow.ends_with(suffix))
+}
+
+/// The hostnames a route serves on a listener (its virtual hosts there): the spec's
+/// intersection of the listener's hostname and the route's; empty: none in common.
+fn effective_hostnames(listener: Option<&str>, route: &[String]) -> Vec<String> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    match (listener, route.is_empty()) {
+        (None, true) => vec!["*".into()],
+        (Some(l), true) => vec![l.to_string()],
+        (None, false) => route,
+        (Some(l), false) => {
+            let mut out: Vec<String> = route
+                .iter()
+                .filter_map(|r| {
+                    if covers(l, r) {
+                        Some(r.clone())
+                    } else if covers(r, l) {
+                        Some(l.to_string())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+    }
+}
+
+// === Compiling ===
+
+fn is_this_gateway(p: &ParentReference, route_ns: &str, gw: &GatewaySource<'_>) -> bool {
+    p.group.as_deref().unwrap_or(GROUP) == GROUP
+        && p.kind.as_deref().unwrap_or(GATEWAY) == GATEWAY
+        && p.name == gw.source.name
+        && p.namespace.as_deref().unwrap_or(route_ns) == gw.source.namespace
+}
+
+fn route_hostnames(r: &RouteSource<'_>) -> Vec<String> {
+    r.source
+        .spec
+        .get("hostnames")
+        .and_then(|h| serde_json::from_value::<Vec<String>>(h.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Compiles one Gateway (of a class weft implements) and the routes of `routes` that name it
+/// as a parent. `secrets` reads the listeners' certificate Secrets, `namespaces` the labels a
+/// `Selector` listener looks at.
+pub fn compile(
+    registry: &Registry,
+    gateway: &GatewaySource<'_>,
+    routes: &[RouteSource<'_>],
+    secrets: SecretLookup<'_>,
+    namespaces: NamespaceLabels<'_>,
+) -> Compiled {
+    let gw = &gateway.source;
+    let id = gw.id();
+    let spec: GatewaySpec = match strict("spec", gw.spec) {
+        Ok(s) => s,
+        Err(e) => {
+            return Compiled {
+                config: GatewayConfig::default(),
+                accepted: Condition::no(REASON_UNSUPPORTED_VALUE, e),
+                listeners: Vec::new(),
+                routes: Vec::new(),
+            };
+        }
+    };
+    let mut listeners: Vec<Read> = spec
+        .listeners
+        .iter()
+        .map(|l| read_listener(gw.namespace, l, secrets))
+        .collect();
+    mark_conflicts(&mut listeners);
+
+    // Oldest route first, then namespace/name (the spec's tie-breakers).
+    let mut sorted: Vec<&RouteSource> = routes.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.source.created, a.source.namespace, a.source.name, a.kind).cmp(&(
+            b.source.created,
+            b.source.namespace,
+            b.source.name,
+            b.kind,
+        ))
+    });
+    // (port, hostname) -> entries with their precedence keys.
+    let mut tables: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for (age, r) in sorted.into_iter().enumerate() {
+        let refs: Vec<ParentReference> =
+            crate::api::gateway_api::common::parent_refs(r.source.spec)
+                .into_iter()
+                .filter(|p| is_this_gateway(p, r.source.namespace, gateway))
+                .collect();
+        if refs.is_empty() {
+            continue;
+        }
+        let hostnames = route_hostnames(r);
+        let mut parents = Vec::new();
+        for p in refs {
+            parents.push(attach(
+                registry,
+                r,
+                age,
+                &id,
+                &p,
+                &hostnames,
+                &mut listeners,
+                namespaces,
+                &mut tables,
+            ));
+        }
+        statuses.push(RouteStatus {
+            kind: r.kind,
+            namespace: r.source.namespace.to_string(),
+            name: r.source.name.to_string(),
+            generation: r.generation,
+            parents,
+        });
+    }
+
+    let config = config_of(&id, &listeners, tables);
+    let valid = listeners
+        .iter()
+        .filter(|l| l.status.programmed.status)
+        .count();
+    let accepted = if valid == listeners.len() {
+        Condition::yes(REASON_ACCEPTED, "the Gateway is served by weft")
+    } else if valid > 0 || listeners.is_empty() {
+        Condition::yes(
+            REASON_LISTENERS_NOT_VALID,
+            "some listeners are not valid (see status.listeners); the others are served",
+        )
+    } else {
+        Condition::no(
+            REASON_LISTENERS_NOT_VALID,
+            "no listener is valid (see status.listeners)",
+        )
+    };
+    Compiled {
+        config,
+        accepted,
+        listeners: listeners.into_iter().map(|l| l.status).collect(),
+        routes: statuses,
+    }
+}
+
+/// Attaches one route to the listeners one of its parent references selects: its entries go
+/// into `tables`, attached routes are counted, and the reference's status is returned.
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    registry: &Registry,
+    r: &RouteSource<'_>,
+    age: usize,
+    gateway_id: &str,
+    p: &ParentReference,
+    hostnames: &[String],
+    listeners: &mut [Read],
+    namespaces: NamespaceLabels<'_>,
+    tables: &mut BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
+) -> ParentStatus {
+    let status = |accepted: Condition, resolved: Condition| ParentStatus {
+        parent_ref: p.clone(),
+        accepted,
+        resolved_refs: resolved,
+        partially_invalid: None,
+    };
+    let unchecked = || {
+        Condition::yes(
+            REASON_RESOLVED_REFS,
+            "the route is not accepted; its references were not checked",
+        )
+    };
+    let named: Vec<usize> = listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            p.section_name.as_ref().is_none_or(|s| *s == l.name)
+                && p.port.is_none_or(|port| i32::from(l.port) == port)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let open: Vec<usize> = named
+        .iter()
+        .copied()
+        .filter(|&i| listeners[i].open())
+        .collect();
+    if open.is_empty() {
+        return status(
+            Condition::no(
+                REASON_NO_MATCHING_PARENT,
+                format!(
+                    "Gateway {gateway_id} has no valid listener{}{}",
+                    p.section_name
+                        .as_ref()
+                        .map(|s| format!(" named {s}"))
+                        .unwrap_or_default(),
+                    p.port.map(|x| format!(" on port {x}")).unwrap_or_default()
+                ),
+            ),
+            unchecked(),
+        );
+    }
+    let route_ns = r.source.namespace;
+    let allowed: Vec<usize> = open
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let l = &listeners[i];
+            l.kinds.contains(&r.kind)
+                && match &l.from {
+                    FromNamespaces::Same => route_ns == gateway_id.split('/').next().unwrap_or(""),
+                    FromNamespaces::All => true,
+                    FromNamespaces::Selector(s) => {
+                        namespaces(route_ns).is_some_and(|labels| s.matches(&labels))
+                    }
+                }
+        })
+        .collect();
+    if allowed.is_empty() {
+        return status(
+            Condition::no(
+                REASON_NOT_ALLOWED_BY_LISTENERS,
+                format!(
+                    "no listener of Gateway {gateway_id} it names allows an {} from namespace {route_ns}",
+                    r.kind.kind()
+                ),
+            ),
+            unchecked(),
+        );
+    }
+    let fitting: Vec<(usize, Vec<String>)> = allowed
+        .iter()
+        .map(|&i| {
+            (
+                i,
+                effective_hostnames(listeners[i].hostname.as_deref(), hostnames),
+            )
+        })
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    if fitting.is_empty() {
+        return status(
+            Condition::no(
+                REASON_NO_MATCHING_LISTENER_HOSTNAME,
+                format!(
+                    "no hostname of {hostnames:?} is within the hostname of a listener it names"
+                ),
+            ),
+            unchecked(),
+        );
+    }
+    let mut dropped: Vec<String> = Vec::new();
+    let mut unresolved: Option<Condition> = None;
+    let mut compiled_any = false;
+    for (i, hosts) in &fitting {
+        let port = listeners[*i].port;
+        let compiled =
+            match compile_for_listener(registry, r.kind, &r.source, age, gateway_id, port) {
+                Ok(c) => c,
+                Err(e) => return status(Condition::no(REASON_UNSUPPORTED_VALUE, e), unchecked()),
+            };
+        for d in compiled.dropped {
+            if !dropped.contains(&d) {
+                dropped.push(d);
+            }
+        }
+        if unresolved.is_none() {
+            unresolved = compiled.unresolved;
+        }
+        if compiled.entries.is_empty() && compiled.rules > 0 {
+            continue;
+        }
+        compiled_any = true;
+        listeners[*i].status.attached_routes += 1;
+        // A listener without its certificate serves nothing; its routes wait for it.
+        if !listeners[*i].status.programmed.status {
+            continue;
+        }
+        for h in hosts {
+            tables
+                .entry((port, h.clone()))
+                .or_default()
+                .extend(compiled.entries.iter().cloned());
+        }
+    }
+    if !compiled_any {
+        return status(
+            Condition::no(
+                REASON_UNSUPPORTED_VALUE,
+                format!("no rule can be applied: {}", dropped.join("; ")),
+            ),
+            unresolved.unwrap_or_else(unchecked),
+        );
+    }
+    ParentStatus {
+        parent_ref: p.clone(),
+        accepted: Condition::yes(REASON_ACCEPTED, format!("attached to Gateway {gateway_id}")),
+        resolved_refs: unresolved.unwrap_or_else(|| {
+            Condition::yes(REASON_RESOLVED_REFS, "every backend reference resolved")
+        }),
+        partially_invalid: (!dropped.is_empty()).then(|| {
+            Condition::yes(
+                REASON_UNSUPPORTED_VALUE,
+                format!("Dropped Rule(s): {}", dropped.join("; ")),
+            )
+        }),
+    }
+}
+
+/// The proxy's listener table: one listener per port of a programmed Gateway listener, a
+/// virtual host per hostname, an HTTPS port's certificates by listener hostname.
+fn config_of(
+    id: &str,
+    listeners: &[Read],
+    mut tables: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
+) -> GatewayConfig {
+    let ports: BTreeSet<u16> = listeners
+        .iter()
+        .filter(|l| l.status.programmed.status)
+        .map(|l| l.port)
+        .collect();
+    let mut out = Vec::new();
+    for port in ports {
+        let mut virtual_hosts = Vec::new();
+        let keys: Vec<(u16, String)> = tables
+            .range((port, String::new())..)
+            .take_while(|((p, _), _)| *p == port)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys.into_iter().take(MAX_VIRTUAL_HOSTS) {
+            let Some(mut list) = tables.remove(&key) else {
+                continue;
+            };
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list.truncate(MAX_ROUTES);
+            virtual_hosts.push(VirtualHost {
+                domains: vec![key.1],
+                routes: list.into_iter().map(|(_, r)| r).collect(),
+                https_redirect: false,
+            });
+        }
+        let tls = listeners
+            .iter()
+            .filter(|l| l.port == port && l.status.programmed.status)
+            .filter_map(|l| {
+                let c = l.credential.as_ref()?;
+                Some(ServedTls {
+                    gateway: id.to_string(),
+                    hosts: vec![l.hostname.clone().unwrap_or_else(|| "*".into())],
+                    mutual: false,
+                    cert_chain: c.cert_chain.clone(),
+                    private_key: c.private_key.clone(),
+                    client_ca: None,
+                })
+            })
+            .collect();
+        out.push(Listener {
+            port,
+            gateways: vec![id.to_string()],
+            virtual_hosts,
+            tls,
+        });
+    }
+    GatewayConfig { listeners: out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::compile::Source;
+    use crate::route::gamma::REASON_BACKEND_NOT_FOUND;
+    use serde_json::{Value, json};
+
+    fn registry() -> Registry {
+        let mut r = Registry::new("cluster.local");
+        r.add("echo.apps.svc.cluster.local", 8080, true);
+        r.add("grpc.apps.svc.cluster.local", 9000, true);
+        r
+    }
+
+    fn secret(ns: &str, name: &str) -> Result<Credential, String> {
+        if ns == "apps" && name == "shop-cert" {
+            Ok(Credential {
+                cert_chain: "CERT".into(),
+                private_key: "KEY".into(),
+                ca: None,
+            })
+        } else {
+            Err("Secret not found".into())
+        }
+    }
+
+    fn labels(ns: &str) -> Option<BTreeMap<String, String>> {
+        (ns == "team").then(|| BTreeMap::from([("shared-gateway".into(), "yes".into())]))
+    }
+
+    struct Fixture {
+        gateway: Value,
+        routes: Vec<(RouteKind, &'static str, &'static str, &'static str, Value)>,
+    }
+
+    impl Fixture {
+        fn compile(&self) -> Compiled {
+            let routes: Vec<RouteSource> = self
+                .routes
+                .iter()
+                .map(|(kind, ns, name, created, spec)| RouteSource {
+                    kind: *kind,
+                    generation: Some(1),
+                    source: Source {
+                        namespace: ns,
+                        name,
+                        created,
+                        spec,
+                    },
+                })
+                .collect();
+            let gw = GatewaySource {
+                source: Source {
+                    namespace: "apps",
+                    name: "shop",
+                    created: "2026-01-01T00:00:00Z",
+                    spec: &self.gateway,
+                },
+                generation: Some(1),
+            };
+            compile(&registry(), &gw, &routes, &secret, &labels)
+        }
+    }
+
+    fn http_and_https() -> Value {
+        json!({"gatewayClassName": "weft", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": "shop.example.com",
+             "tls": {"certificateRefs": [{"name": "shop-cert"}]}},
+            {"name": "broken", "port": 8443, "protocol": "HTTPS",
+             "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "missing"}]}}]})
+    }
+
+    fn echo_route(hostnames: Value) -> Value {
+        json!({"parentRefs": [{"name": "shop"}], "hostnames": hostnames,
+               "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]})
+    }
+
+    fn listener<'a>(c: &'a Compiled, name: &str) -> &'a ListenerStatus {
+        c.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .expect("listener status")
+    }
+
+    #[test]
+    fn an_http_route_becomes_a_virtual_host_on_every_listener_it_fits() {
+        let f = Fixture {
+            gateway: http_and_https(),
+            routes: vec![(
+                RouteKind::Http,
+                "apps",
+                "shop",
+                "2026-01-02T00:00:00Z",
+                echo_route(json!(["shop.example.com"])),
+            )],
+        };
+        let c = f.compile();
+        assert_eq!(
+            c.accepted.reason, REASON_LISTENERS_NOT_VALID,
+            "{:?}",
+            c.accepted
+        );
+        assert!(c.accepted.status);
+        let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(
+            ports,
+            vec![80, 443],
+            "the listener without its Secret is not bound"
+        );
+        for l in &c.config.listeners {
+            let vh = l.virtual_host("shop.example.com:80").expect("routed host");
+            assert_eq!(
+                vh.routes[0].destinations[0].service,
+                "echo.apps.svc.cluster.local"
+            );
+            assert!(
+                l.virtual_host("other.example.com").is_none(),
+                "another host is 404"
+            );
+        }
+        let tls = &c.config.listener(443).expect("443").tls;
+        assert_eq!(tls.len(), 1);
+        assert_eq!(tls[0].hosts, vec!["shop.example.com".to_string()]);
+        assert_eq!(tls[0].cert_chain, "CERT");
+        assert_eq!(listener(&c, "http").attached_routes, 1);
+        assert_eq!(listener(&c, "https").attached_routes, 1);
+        let parent = &c.routes[0].parents[0];
+        assert!(
+            parent.accepted.status && parent.resolved_refs.status,
+            "{parent:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_certificate_ref_fails_only_its_listener() {
+        let c = Fixture {
+            gateway: http_and_https(),
+            routes: vec![],
+        }
+        .compile();
+        let broken = listener(&c, "broken");
+        assert!(!broken.resolved_refs.status);
+        assert_eq!(broken.resolved_refs.reason, REASON_INVALID_CERTIFICATE_REF);
+        assert!(
+            broken.resolved_refs.message.contains("apps/missing"),
+            "{broken:?}"
+        );
+        assert!(!broken.programmed.status);
+        assert!(broken.accepted.status);
+        let http = listener(&c, "http");
+        assert!(http.programmed.status && http.resolved_refs.status);
+        assert_eq!(http.supported_kinds, vec!["HTTPRoute", "GRPCRoute"]);
+    }
+
+    #[test]
+    fn a_secret_in_another_namespace_is_not_permitted() {
+        let c = Fixture {
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "https", "port": 443, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "shop-cert", "namespace": "other"}]}}]}),
+            routes: vec![],
+        }
+        .compile();
+        assert_eq!(
+            listener(&c, "https").resolved_refs.reason,
+            REASON_REF_NOT_PERMITTED
+        );
+        assert!(!c.accepted.status, "no listener is valid");
+        assert!(c.config.listeners.is_empty());
+    }
+
+    #[test]
+    fn section_name_port_namespaces_and_hostnames_decide_attachment() {
+        let gateway = json!({"gatewayClassName": "weft", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"},
+            {"name": "shared", "port": 8080, "protocol": "HTTP",
+             "allowedRoutes": {"namespaces": {"from": "Selector",
+                "selector": {"matchLabels": {"shared-gateway": "yes"}}}}}]});
+        let f = Fixture {
+            gateway,
+            routes: vec![
+                // sectionName picks one listener.
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "a",
+                    "2026-01-02T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "http"}],
+                        "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}),
+                ),
+                // No listener named so.
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "b",
+                    "2026-01-03T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "nope"}]}),
+                ),
+                // Another namespace: only the Selector listener lets it in.
+                (
+                    RouteKind::Http,
+                    "team",
+                    "c",
+                    "2026-01-04T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "namespace": "apps", "port": 80}]}),
+                ),
+                (
+                    RouteKind::Http,
+                    "team",
+                    "d",
+                    "2026-01-05T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "namespace": "apps", "port": 8080}],
+                        "rules": [{"backendRefs": [{"name": "nope", "port": 1}]}]}),
+                ),
+                // A hostname outside the listener's.
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "e",
+                    "2026-01-06T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "http"}],
+                        "hostnames": ["shop.other.org"]}),
+                ),
+                // Another Gateway: not this one's business.
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "f",
+                    "2026-01-07T00:00:00Z",
+                    json!({"parentRefs": [{"name": "elsewhere"}]}),
+                ),
+            ],
+        };
+        let c = f.compile();
+        let reason = |name: &str| {
+            let r = c
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .expect("route status");
+            (r.parents[0].accepted.reason, r.parents[0].accepted.status)
+        };
+        assert_eq!(reason("a"), (REASON_ACCEPTED, true));
+        assert_eq!(reason("b"), (REASON_NO_MATCHING_PARENT, false));
+        assert_eq!(reason("c"), (REASON_NOT_ALLOWED_BY_LISTENERS, false));
+        assert_eq!(reason("d"), (REASON_ACCEPTED, true));
+        assert_eq!(reason("e"), (REASON_NO_MATCHING_LISTENER_HOSTNAME, false));
+        assert!(!c.routes.iter().any(|r| r.name == "f"));
+        let d = c.routes.iter().find(|r| r.name == "d").expect("d");
+        assert_eq!(d.parents[0].resolved_refs.reason, REASON_BACKEND_NOT_FOUND);
+        assert_eq!(listener(&c, "http").attached_routes, 1);
+        assert_eq!(listener(&c, "shared").attached_routes, 1);
+        let l80 = c.config.listener(80).expect("80");
+        assert_eq!(l80.virtual_hosts.len(), 1);
+        assert_eq!(
+            l80.virtual_hosts[0].domains,
+            vec!["*.example.com".to_string()]
+        );
+        assert!(l80.virtual_host("a.example.com").is_some());
+        assert!(l80.virtual_host("example.com").is_none());
+    }
+
+    #[test]
+    fn routes_on_one_host_merge_in_the_specs_precedence() {
+        let f = Fixture {
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}),
+            routes: vec![
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "old-prefix",
+                    "2026-01-02T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop"}],
+                        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                   "backendRefs": [{"name": "echo", "port": 8080}]}]}),
+                ),
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "new-exact",
+                    "2026-01-03T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop"}],
+                        "rules": [{"matches": [{"path": {"type": "Exact", "value": "/v2"}}],
+                                   "backendRefs": [{"name": "echo", "port": 8080}]}]}),
+                ),
+                (
+                    RouteKind::Grpc,
+                    "apps",
+                    "grpc",
+                    "2026-01-04T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop"}],
+                        "rules": [{"backendRefs": [{"name": "grpc", "port": 9000}]}]}),
+                ),
+            ],
+        };
+        let c = f.compile();
+        let vh = &c.config.listener(80).expect("80").virtual_hosts;
+        assert_eq!(vh.len(), 1);
+        assert_eq!(vh[0].domains, vec!["*".to_string()]);
+        let names: Vec<&str> = vh[0].routes.iter().map(|r| r.name.as_str()).collect();
+        // gRPC entries first (they only take gRPC), then the exact path, then the prefix.
+        assert_eq!(names.first(), Some(&"apps/grpc"));
+        let exact = names.iter().position(|n| *n == "apps/new-exact");
+        let prefix = names.iter().position(|n| *n == "apps/old-prefix");
+        assert!(exact < prefix, "{names:?}");
+        assert_eq!(listener(&c, "http").attached_routes, 3);
+    }
+
+    #[test]
+    fn unsupported_protocols_and_conflicts_are_listener_conditions() {
+        let c = Fixture {
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "tcp", "port": 9000, "protocol": "TCP"},
+                {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "x.example.com"},
+                {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "x.example.com"},
+                {"name": "c", "port": 80, "protocol": "HTTP"},
+                {"name": "kinds", "port": 81, "protocol": "HTTP",
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "HTTPRoute"}]}}]}),
+            routes: vec![],
+        }
+        .compile();
+        assert_eq!(
+            listener(&c, "tcp").accepted.reason,
+            REASON_UNSUPPORTED_PROTOCOL
+        );
+        assert_eq!(
+            listener(&c, "a").conflicted.reason,
+            REASON_HOSTNAME_CONFLICT
+        );
+        assert!(listener(&c, "b").conflicted.status);
+        assert!(!listener(&c, "c").conflicted.status && listener(&c, "c").programmed.status);
+        let kinds = listener(&c, "kinds");
+        assert_eq!(kinds.resolved_refs.reason, REASON_INVALID_ROUTE_KINDS);
+        assert_eq!(kinds.supported_kinds, vec!["HTTPRoute"]);
+        let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![80, 81]);
+    }
+}

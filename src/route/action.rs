@@ -1,6 +1,7 @@
 //! What a route does to a request besides choosing its destination, as the snapshot carries
 //! it and as pure decisions the proxy (and the CLI) take from it: Istio's `redirect`,
-//! `rewrite`, `headers`, `fault`, `timeout` and `retries` of an `HTTPRoute`. Kube-free and
+//! `rewrite`, `headers`, `fault`, `timeout`, `retries` and `mirror`/`mirrors` of an
+//! `HTTPRoute`. Kube-free and
 //! free of HTTP types: the proxy applies the outcome to its requests.
 //!
 //! ```json
@@ -47,6 +48,28 @@ pub struct Actions {
     pub request_headers: HeaderEdits,
     #[serde(default, skip_serializing_if = "HeaderEdits::is_empty")]
     pub response_headers: HeaderEdits,
+    /// Copies of the request sent to other destinations, their answers discarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Istio's `mirror` (+ `mirrorPercentage`) or one of `mirrors`, the Gateway API's
+/// RequestMirror: a share of requests also goes, as a copy, to `destination` (its `weight`
+/// unused); the copy's answer is dropped and the client never waits for it. As Envoy does,
+/// the copy's authority gets `-shadow` appended to its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub destination: super::model::Destination,
+    pub per_million: u32,
+}
+
+/// Envoy's shadow authority: `-shadow` after the host, before any port.
+pub fn shadow_authority(authority: &str) -> String {
+    match split_host_port(authority) {
+        (host, Some(port)) => format!("{host}-shadow:{port}"),
+        (host, None) => format!("{host}-shadow"),
+    }
 }
 
 impl Actions {
@@ -113,6 +136,20 @@ impl Actions {
         }
         if !self.request_headers.is_empty() || !self.response_headers.is_empty() {
             parts.push("header edits".into());
+        }
+        for m in &self.mirrors {
+            let d = &m.destination;
+            let subset = d
+                .subset
+                .as_deref()
+                .map(|s| format!("|{s}"))
+                .unwrap_or_default();
+            parts.push(format!(
+                "mirror {}:{}{subset} {}",
+                d.service,
+                d.port,
+                percent(m.per_million)
+            ));
         }
         parts.join("; ")
     }
@@ -746,5 +783,12 @@ mod tests {
             ),
             "http://other:9000/a"
         );
+    }
+
+    #[test]
+    fn a_shadow_authority_suffixes_the_host_before_the_port() {
+        assert_eq!(shadow_authority("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_authority("reviews"), "reviews-shadow");
+        assert_eq!(shadow_authority("[::1]:80"), "[::1]-shadow:80");
     }
 }

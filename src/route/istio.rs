@@ -381,13 +381,14 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub fault: Option<FaultSpec>,
     #[serde(default)]
-    pub mirror: Option<Value>,
+    pub mirror: Option<DestinationSpec>,
     #[serde(default)]
-    pub mirrors: Option<Value>,
+    pub mirrors: Option<Vec<MirrorSpec>>,
+    /// Deprecated in Istio (an integer percent); `mirrorPercentage` replaces it.
     #[serde(default)]
-    pub mirror_percent: Option<Value>,
+    pub mirror_percent: Option<u32>,
     #[serde(default)]
-    pub mirror_percentage: Option<Value>,
+    pub mirror_percentage: Option<super::istio_actions::PercentSpec>,
     #[serde(default)]
     pub cors_policy: Option<Value>,
     #[serde(default)]
@@ -456,6 +457,15 @@ pub struct DestinationSpec {
     pub subset: Option<String>,
     #[serde(default)]
     pub port: Option<PortSelector>,
+}
+
+/// One of Istio's `mirrors`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub destination: DestinationSpec,
+    #[serde(default)]
+    pub percentage: Option<super::istio_actions::PercentSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -576,6 +586,8 @@ struct Pending {
     matches: Vec<RequestMatch>,
     destinations: Vec<PendingDestination>,
     actions: Actions,
+    /// Mirror destinations and their shares (parts per million).
+    mirrors: Vec<(PendingDestination, u32)>,
 }
 
 struct PendingDestination {
@@ -690,10 +702,6 @@ fn pending_routes(
         let fields = set_fields(&[
             ("directResponse", h.direct_response.is_some()),
             ("delegate", h.delegate.is_some()),
-            ("mirror", h.mirror.is_some()),
-            ("mirrors", h.mirrors.is_some()),
-            ("mirrorPercent", h.mirror_percent.is_some()),
-            ("mirrorPercentage", h.mirror_percentage.is_some()),
             ("corsPolicy", h.cors_policy.is_some()),
         ]);
         if !fields.is_empty() {
@@ -714,11 +722,19 @@ fn pending_routes(
             })?;
         let actions = compile_actions(&at, h)
             .map_err(|e| invalid(format!("{e}; the VirtualService is not applied")))?;
+        let mirrors = mirrors(registry, src, &at, h)
+            .map_err(|e| invalid(format!("{e}; the VirtualService is not applied")))?;
         if actions.redirect.is_some() {
+            if !mirrors.is_empty() {
+                return Err(invalid(format!(
+                    "{at} has both redirect and mirror; a redirect is answered, nothing is sent to mirror; the VirtualService is not applied"
+                )));
+            }
             pending.push(Pending {
                 matches,
                 destinations: Vec::new(),
                 actions,
+                mirrors,
             });
             continue;
         }
@@ -783,9 +799,116 @@ fn pending_routes(
             matches,
             destinations,
             actions,
+            mirrors,
         });
     }
     Ok(pending)
+}
+
+/// A route's `mirror` (with `mirrorPercentage`, or the deprecated `mirrorPercent`; 100 % by
+/// default, as Istio) and `mirrors`, before they are laid on a port.
+fn mirrors(
+    registry: &Registry,
+    src: &Source<'_>,
+    at: &str,
+    h: &HttpRouteSpec,
+) -> Result<Vec<(PendingDestination, u32)>, String> {
+    let pending = |at: &str, d: &DestinationSpec| -> Result<PendingDestination, String> {
+        let port = d
+            .port
+            .as_ref()
+            .map(|p| {
+                u16::try_from(p.number)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or(format!("{at}.port.number {} is not a port", p.number))
+            })
+            .transpose()?;
+        Ok(PendingDestination {
+            host: registry.resolve(&d.host, src.namespace),
+            port,
+            subset: d.subset.clone(),
+            weight: 0,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        })
+    };
+    let mut out = Vec::new();
+    if let Some(d) = &h.mirror {
+        let share = match (&h.mirror_percentage, h.mirror_percent) {
+            (Some(p), _) => {
+                super::istio_actions::share(&format!("{at}.mirrorPercentage.value"), p.value)?
+            }
+            (None, Some(p)) => {
+                super::istio_actions::share(&format!("{at}.mirrorPercent"), f64::from(p))?
+            }
+            (None, None) => super::action::PER_MILLION,
+        };
+        out.push((pending(&format!("{at}.mirror"), d)?, share));
+    } else if h.mirror_percentage.is_some() || h.mirror_percent.is_some() {
+        return Err(format!("{at}.mirrorPercentage needs {at}.mirror"));
+    }
+    for (i, m) in h.mirrors.iter().flatten().enumerate() {
+        let mat = format!("{at}.mirrors[{i}]");
+        let share = match &m.percentage {
+            Some(p) => super::istio_actions::share(&format!("{mat}.percentage.value"), p.value)?,
+            None => super::action::PER_MILLION,
+        };
+        out.push((
+            pending(&format!("{mat}.destination"), &m.destination)?,
+            share,
+        ));
+    }
+    if out.len() > MAX_DESTINATIONS {
+        return Err(format!(
+            "{at} has {} mirrors; at most {MAX_DESTINATIONS} are accepted",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// A destination laid on a port: no port given takes the Service's only port, else
+/// `entry_port` (Istio); what it names that does not exist goes to `dangling`.
+fn lay_destination(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    d: &PendingDestination,
+    entry_port: u16,
+    dangling: &mut BTreeSet<String>,
+) -> Destination {
+    let (host, port, subset) = (&d.host, d.port, &d.subset);
+    let dest_ports = registry.ports(host);
+    let port = port.unwrap_or(match dest_ports {
+        Some([only]) => only.port,
+        _ => entry_port,
+    });
+    match dest_ports {
+        None => {
+            dangling.insert(format!(
+                "destination host {host} is not a Service weft knows"
+            ));
+        }
+        Some(ps) if !ps.iter().any(|p| p.port == port) => {
+            dangling.insert(format!("destination {host} has no port {port}"));
+        }
+        Some(_) => {}
+    }
+    if let Some(s) = subset
+        && !subsets.get(host).is_some_and(|t| t.contains_key(s))
+    {
+        dangling.insert(format!(
+            "subset {s:?} of {host} is defined by no DestinationRule"
+        ));
+    }
+    Destination {
+        service: host.clone(),
+        port,
+        subset: subset.clone(),
+        weight: d.weight,
+        request_headers: d.request_headers.clone(),
+        response_headers: d.response_headers.clone(),
+    }
 }
 
 /// The pending routes as the table of one port (`entry_port`: the Service port, or a
@@ -814,47 +937,22 @@ fn lay_routes(
         let destinations = p
             .destinations
             .iter()
-            .map(|d| {
-                let (host, port, subset) = (&d.host, d.port, &d.subset);
-                let dest_ports = registry.ports(host);
-                // Istio: no port given -> the Service's only port, else this one.
-                let port = port.unwrap_or(match dest_ports {
-                    Some([only]) => only.port,
-                    _ => entry_port,
-                });
-                match dest_ports {
-                    None => {
-                        dangling.insert(format!(
-                            "destination host {host} is not a Service weft knows"
-                        ));
-                    }
-                    Some(ps) if !ps.iter().any(|p| p.port == port) => {
-                        dangling.insert(format!("destination {host} has no port {port}"));
-                    }
-                    Some(_) => {}
-                }
-                if let Some(s) = subset
-                    && !subsets.get(host).is_some_and(|t| t.contains_key(s))
-                {
-                    dangling.insert(format!(
-                        "subset {s:?} of {host} is defined by no DestinationRule"
-                    ));
-                }
-                Destination {
-                    service: host.clone(),
-                    port,
-                    subset: subset.clone(),
-                    weight: d.weight,
-                    request_headers: d.request_headers.clone(),
-                    response_headers: d.response_headers.clone(),
-                }
+            .map(|d| lay_destination(registry, subsets, d, entry_port, dangling))
+            .collect();
+        let mut actions = p.actions.clone();
+        actions.mirrors = p
+            .mirrors
+            .iter()
+            .map(|(d, per_million)| super::action::Mirror {
+                destination: lay_destination(registry, subsets, d, entry_port, dangling),
+                per_million: *per_million,
             })
             .collect();
         routes.push(HttpRoute {
             name: src.id(),
             matches,
             destinations,
-            actions: p.actions.clone(),
+            actions,
         });
     }
     routes
@@ -1172,14 +1270,76 @@ spec:
     }
 
     #[test]
+    fn mirrors_resolve_like_destinations_with_istios_default_share() {
+        let spec = json!({"hosts": ["reviews"], "http": [{
+            "route": [{"destination": {"host": "reviews"}}],
+            "mirror": {"host": "ratings", "port": {"number": 9080}},
+            "mirrorPercentage": {"value": 25.5},
+            "mirrors": [{"destination": {"host": "reviews", "subset": "v2"}}]}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
+        let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
+        let m = &routes[0].actions.mirrors;
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (
+                m[0].destination.service.as_str(),
+                m[0].destination.port,
+                m[0].per_million
+            ),
+            ("ratings.payments.svc.cluster.local", 9080, 255_000)
+        );
+        // No port: the destination's only one; no percentage: all requests (Istio).
+        assert_eq!(
+            (
+                m[1].destination.port,
+                m[1].destination.subset.as_deref(),
+                m[1].per_million
+            ),
+            (9080, Some("v2"), 1_000_000)
+        );
+        // The missing subset is reported like a route destination's.
+        assert!(
+            c.dangling.iter().any(|d| d.contains("subset \"v2\"")),
+            "{:?}",
+            c.dangling
+        );
+        assert!(
+            routes[0]
+                .actions
+                .summary()
+                .contains("mirror ratings.payments.svc.cluster.local:9080 25.5%")
+        );
+        // Deprecated integer share, and refusals.
+        let old = json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+            "mirror": {"host": "ratings", "port": {"number": 9080}}, "mirrorPercent": 10}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &old)).unwrap();
+        let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
+        assert_eq!(routes[0].actions.mirrors[0].per_million, 100_000);
+        let m = vs_error(
+            json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+            "mirrorPercentage": {"value": 5}}]}),
+        );
+        assert!(
+            m.contains("http[0].mirrorPercentage needs http[0].mirror"),
+            "{m}"
+        );
+        let m = vs_error(
+            json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+            "mirror": {"host": "ratings", "port": {"number": 9080}}, "mirrorPercentage": {"value": 150}}]}),
+        );
+        assert!(m.contains("http[0].mirrorPercentage.value 150"), "{m}");
+        let m = vs_error(
+            json!({"hosts": ["reviews"], "http": [{"redirect": {"uri": "/x"},
+            "mirror": {"host": "ratings", "port": {"number": 9080}}}]}),
+        );
+        assert!(m.contains("both redirect and mirror"), "{m}");
+    }
+
+    #[test]
     fn every_http_field_not_implemented_refuses_the_virtual_service_by_name() {
-        for field in [
-            "mirror",
-            "mirrorPercentage",
-            "corsPolicy",
-            "delegate",
-            "directResponse",
-        ] {
+        for field in ["corsPolicy", "delegate", "directResponse"] {
             let mut route = json!({"route": [{"destination": {"host": "reviews"}}]});
             route[field] = json!({});
             let m = vs_error(json!({"hosts": ["reviews"], "http": [route]}));

@@ -166,6 +166,8 @@ pub fn compile_actions(at: &str, h: &HttpRouteSpec) -> Result<Actions, String> {
             .transpose()?,
         request_headers,
         response_headers,
+        // Laid with the destinations (their hosts and ports resolve the same way).
+        mirrors: Vec::new(),
     })
 }
 
@@ -388,7 +390,7 @@ fn fault(at: &str, f: &FaultSpec) -> Result<Fault, String> {
 }
 
 /// A percentage (0 to 100, fractions allowed) in parts per million.
-fn share(at: &str, percent: f64) -> Result<u32, String> {
+pub(crate) fn share(at: &str, percent: f64) -> Result<u32, String> {
     if !(0.0..=100.0).contains(&percent) {
         return Err(format!("{at} {percent} is not a percentage from 0 to 100"));
     }

@@ -878,6 +878,16 @@ impl SnapshotIndex {
         }
     }
 
+    /// A mirror's destination: its Service and the endpoints (of its subset) in the order to
+    /// try them; None when the snapshot has no such Service port.
+    pub fn mirror_endpoints<'a>(
+        &'a self,
+        d: &'a crate::route::Destination,
+    ) -> Option<(&'a Service, Vec<&'a Endpoint>)> {
+        let (i, members) = self.resolve(d)?;
+        Some((self.service(i), self.rotated(i, members)))
+    }
+
     fn service(&self, i: usize) -> &Service {
         let out = &self.snapshot.outbound;
         match out.services.get(i) {

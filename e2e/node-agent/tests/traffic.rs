@@ -877,3 +877,81 @@ spec:
         "circuit breaking: {ok} of 10 parallel requests succeeded, {overflow} overflowed (503 UO)"
     );
 }
+
+/// Requests the `pod`'s proxy counted as a server (reporter `destination`) from `source`.
+fn served_from(ns: &Namespace, pod: &str, source: &str) -> u64 {
+    ns.proxy_metrics(pod)
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(r#"reporter="destination""#)
+                && l.contains(&format!(r#"source_workload="{source}""#))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_mirror_copies_every_request_to_v2_while_every_answer_comes_from_v1() {
+    let c = support::deployed();
+    let ns = c.namespace("mirror");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(&version("reviews", "v2", 9080));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 100
+    mirror: {host: reviews, subset: v2}
+    mirrorPercentage: {value: 100.0}
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    let url = "http://reviews:9080/";
+    converged(&ns, url, "only v1 answers", |b| b.iter().all(|v| v == "v1"));
+    let v2 = ns.jsonpath("pods -l version=v2", "{.items[0].metadata.name}");
+    let before = served_from(&ns, &v2, "client");
+    let answers = bodies(&ns, url, 50);
+    assert_eq!(share(&answers, 50, "v1", &["v1", "v2"]), 100.0);
+    // Each of the 50 reached v2 too, as a copy the client never saw.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let n = served_from(&ns, &v2, "client");
+        if n >= before + 50 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(after >= before + 50, "{before} -> {after}");
+    // The route says so in `weft proxy-config routes`.
+    let out = weft(&["proxy-config", "routes", "client", "-n", "mirror"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mirror reviews.mirror.svc.cluster.local:9080|v2 100%"),
+        "{text}"
+    );
+}

@@ -30,6 +30,7 @@ use super::upstream::{ForwardError, SendRequest, Sender, forward, wants_tunnel_h
 use crate::proxy::metrics::{RequestRecorder, TcpLabels, grpc_status_value};
 use crate::proxy::outbound::{open_endpoint, source_labels};
 use crate::proxy::{ProxyContext, balance};
+use crate::route::action::Mirror;
 use crate::route::{RequestView, Retries, TryOutcome, action, outlier};
 use crate::snapshot::{
     Endpoint, OutboundRoute, RequestRoute, Routed, Service, SnapshotIndex, UpstreamSecurity,
@@ -522,7 +523,8 @@ impl Outbound {
         let tunnel = wants_tunnel_head(&parts.method, parts.version, &parts.headers);
         let attempts = if tunnel { 0 } else { policy.attempts };
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
-        let head = (attempts > 0).then(|| Head::of(&parts));
+        let mirrors: &[Mirror] = routed.as_ref().map_or(&[], |r| &r.route.actions.mirrors);
+        let head = (attempts > 0 || !mirrors.is_empty()).then(|| Head::of(&parts));
         let (recording, recorder) = Recording::new(body);
         let mut first = Some((parts, recording));
         let connect_budget = self.ctx.settings.connect_attempts.max(1);
@@ -611,6 +613,9 @@ impl Outbound {
                     if let Some(r) = &routed {
                         actions::edit_response(&mut resp, r);
                     }
+                    if let Some(head) = &head {
+                        self.mirror(snapshot, mirrors, head, h2, &recorder);
+                    }
                     exchange.respond(resp, record)
                 }
                 Err(TryError::Forward(e)) => {
@@ -645,8 +650,7 @@ impl Outbound {
         head: Option<&Head>,
         recorder: &Recorder,
     ) -> Result<Response<Incoming>, TryError> {
-        let (key, sender) = self
-            .connection(snapshot, target, h2)
+        let (key, sender) = connection(&self.ctx, snapshot, target, h2)
             .await
             .map_err(TryError::Forward)?;
         let (ep, service) = (target.ep, target.service);
@@ -658,7 +662,7 @@ impl Outbound {
             },
         };
         let picked = Picked {
-            outbound: self,
+            ctx: &self.ctx,
             snapshot,
             target,
             key,
@@ -674,42 +678,64 @@ impl Outbound {
             .map_err(TryError::Forward)
     }
 
-    /// A connection to `ep` able to carry the request: pooled, or opened now.
-    async fn connection(
+    /// Sends a copy of the request to each mirror its share picks, in the background: the
+    /// copy's answer is dropped, the client never waits for it. The body is the recorded one;
+    /// a body too large to record (or still streaming) is not mirrored.
+    fn mirror(
         &self,
         snapshot: &SnapshotIndex,
-        target: &Target<'_>,
+        mirrors: &[Mirror],
+        head: &Head,
         h2: bool,
-    ) -> Result<(Key, Sender<RequestBody>), ForwardError> {
-        let identity = match &target.security {
-            UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
-            UpstreamSecurity::Plaintext => None,
-        };
-        let key = Key {
-            addr: target.ep.addr(),
-            identity,
-            service: target.service.map(|s| s.name.clone()),
-        };
-        let connect = || self.open(snapshot, target);
-        let sender = self.ctx.outbound_pool.get(&key, h2, connect).await?;
-        Ok((key, sender))
-    }
-
-    /// A new connection to `ep`, ready for HTTP (TLS done, peer metadata sent).
-    async fn open(
-        &self,
-        snapshot: &SnapshotIndex,
-        target: &Target<'_>,
-    ) -> io::Result<crate::proxy::outbound::Upstream> {
-        let security = target.security.clone();
-        let open = open_endpoint(&self.ctx, snapshot, target.ep, target.service, security);
-        let opened = match target.connect_timeout {
-            Some(limit) => tokio::time::timeout(limit, open).await.map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "connectionPool.tcp.connectTimeout")
-            })?,
-            None => open.await,
-        };
-        opened.map_err(|r| io::Error::other(r.metric_label()))
+        recorder: &Recorder,
+    ) {
+        for m in mirrors {
+            if !action::applies(m.per_million, snapshot.roll()) {
+                continue;
+            }
+            let Some(body) = recorder.replay() else {
+                tracing::debug!(mirror = %m.destination.service, "request body not recorded: not mirrored");
+                continue;
+            };
+            let mut request = head.request(Either::Right(body));
+            shadow(&mut request);
+            let ctx = self.ctx.clone();
+            let Some(current) = ctx.snapshot() else {
+                continue;
+            };
+            let destination = m.destination.clone();
+            tokio::spawn(async move {
+                let Some((service, endpoints)) = current.mirror_endpoints(&destination) else {
+                    return;
+                };
+                let Some(ep) = endpoints.first().copied() else {
+                    return;
+                };
+                let target = Target {
+                    ep,
+                    service: Some(service),
+                    security: service.security_of(ep, destination.subset.as_deref()),
+                    connect_timeout: None,
+                };
+                let Ok((key, sender)) = connection(&ctx, &current, &target, h2).await else {
+                    return;
+                };
+                let picked = Picked {
+                    ctx: &ctx,
+                    snapshot: &current,
+                    target: &target,
+                    key,
+                    sender: tokio::sync::Mutex::new(Some(sender)),
+                };
+                let authority = format!("{}:{}", service.name, service.port);
+                let idle = ctx.settings.idle_timeout;
+                let sent = forward(&picked, request, &authority, idle);
+                if let Ok(Ok(resp)) = tokio::time::timeout(idle, sent).await {
+                    // Read and drop the answer, so its connection can serve again.
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+            });
+        }
     }
 
     /// Where a request that found no upstream is recorded: under the Service dialled.
@@ -757,10 +783,68 @@ impl Outbound {
     }
 }
 
+/// A connection to `target` able to carry the request: pooled, or opened now.
+async fn connection(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    target: &Target<'_>,
+    h2: bool,
+) -> Result<(Key, Sender<RequestBody>), ForwardError> {
+    let identity = match &target.security {
+        UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
+        UpstreamSecurity::Plaintext => None,
+    };
+    let key = Key {
+        addr: target.ep.addr(),
+        identity,
+        service: target.service.map(|s| s.name.clone()),
+    };
+    let connect = || open(ctx, snapshot, target);
+    let sender = ctx.outbound_pool.get(&key, h2, connect).await?;
+    Ok((key, sender))
+}
+
+/// A new connection to `target`, ready for HTTP (TLS done, peer metadata sent).
+async fn open(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    target: &Target<'_>,
+) -> io::Result<crate::proxy::outbound::Upstream> {
+    let security = target.security.clone();
+    let open = open_endpoint(ctx, snapshot, target.ep, target.service, security);
+    let opened = match target.connect_timeout {
+        Some(limit) => tokio::time::timeout(limit, open).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "connectionPool.tcp.connectTimeout")
+        })?,
+        None => open.await,
+    };
+    opened.map_err(|r| io::Error::other(r.metric_label()))
+}
+
+/// A mirrored copy's authority (Host header, and `:authority` for HTTP/2): Envoy's
+/// `-shadow` suffix, so the destination can tell copies from real requests.
+fn shadow<B>(req: &mut Request<B>) {
+    if let Some(host) = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        && let Ok(v) = hyper::header::HeaderValue::from_str(&action::shadow_authority(host))
+    {
+        req.headers_mut().insert(hyper::header::HOST, v);
+    }
+    if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_string()) {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = action::shadow_authority(&authority).parse().ok();
+        if let Ok(uri) = hyper::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
 /// The connection picked for one request, sent on once (with what it takes to open another
 /// if that one was closing).
 struct Picked<'a> {
-    outbound: &'a Outbound,
+    ctx: &'a Arc<ProxyContext>,
     snapshot: &'a SnapshotIndex,
     target: &'a Target<'a>,
     key: Key,
@@ -775,8 +859,8 @@ impl SendRequest<RequestBody> for Picked<'_> {
             .await
             .take()
             .ok_or(ForwardError::NotSent)?;
-        let connect = || self.outbound.open(self.snapshot, self.target);
-        let pool = &self.outbound.ctx.outbound_pool;
+        let connect = || open(self.ctx, self.snapshot, self.target);
+        let pool = &self.ctx.outbound_pool;
         pool.send(&self.key, sender, req, connect).await
     }
 }

@@ -270,6 +270,8 @@ pub const NEVER_INJECTED_NAMESPACES: [&str; 4] = [
 ];
 /// The operator's namespace unless `--namespace` says otherwise.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "weft-system";
+/// The operator's ServiceAccount (config/rbac/service_account.yaml).
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "weft-operator";
 /// Value of `openservicemesh.io/monitored-by` that enrols a namespace in weft (`--mesh-name`).
 pub const DEFAULT_MESH_NAME: &str = "weft";
 /// Trust domain of workload identities unless the MeshConfig names another.

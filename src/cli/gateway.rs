@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     Container, Namespace, PodSpec, PodTemplateSpec, ResourceRequirements, Service, ServiceAccount,
     ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -92,6 +93,8 @@ pub struct GatewaySpec {
     pub revision: String,
     pub deployment_name: String,
     pub internal: bool,
+    /// The operator's namespace: its ServiceAccount may read this namespace's TLS Secrets.
+    pub operator_namespace: String,
 }
 
 impl GatewaySpec {
@@ -102,6 +105,7 @@ impl GatewaySpec {
             revision: contract::DEFAULT_TAG.into(),
             deployment_name: name.into(),
             internal: false,
+            operator_namespace: contract::DEFAULT_OPERATOR_NAMESPACE.into(),
         }
     }
 
@@ -225,15 +229,51 @@ pub fn render(spec: &GatewaySpec) -> (ServiceAccount, Deployment, Service) {
     (account, deployment, service)
 }
 
+/// The Role and RoleBinding that let the operator read this namespace's TLS Secrets, the
+/// certificates of the gateway's HTTPS servers (`credentialName`); the operator has no
+/// cluster-wide Secret grant. Istio's gateway chart grants its gateway the same reads.
+pub fn secret_reader(spec: &GatewaySpec) -> (Role, RoleBinding) {
+    let meta = |kind_labels: BTreeMap<String, String>| {
+        spec.meta(contract::GATEWAY_SECRETS_ROLE, kind_labels)
+    };
+    let role = Role {
+        metadata: meta(BTreeMap::new()),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(BTreeMap::new()),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: contract::GATEWAY_SECRETS_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: contract::OPERATOR_SERVICE_ACCOUNT.into(),
+            namespace: Some(spec.operator_namespace.clone()),
+            ..Default::default()
+        }]),
+    };
+    (role, binding)
+}
+
 /// The objects as one YAML stream, each with its `apiVersion` and `kind`. A canary Deployment
 /// (`--deployment-name` other than the name) comes alone.
 pub fn render_yaml(spec: &GatewaySpec) -> Result<String, CliError> {
     let (account, deployment, service) = render(spec);
     let docs = if spec.deployment_name == spec.name {
+        let (role, binding) = secret_reader(spec);
         vec![
             typed(&account, "v1", "ServiceAccount")?,
             typed(&deployment, "apps/v1", "Deployment")?,
             typed(&service, "v1", "Service")?,
+            typed(&role, "rbac.authorization.k8s.io/v1", "Role")?,
+            typed(&binding, "rbac.authorization.k8s.io/v1", "RoleBinding")?,
         ]
     } else {
         vec![typed(&deployment, "apps/v1", "Deployment")?]
@@ -317,6 +357,7 @@ pub fn plan(
     }
     let mut spec = GatewaySpec::new(&args.name, Some(&args.namespace));
     spec.internal = args.internal;
+    spec.operator_namespace = args.mesh.weft_namespace.clone();
     if let Some(deployment) = &args.deployment_name {
         check_name("deployment name", deployment)?;
         spec.deployment_name = deployment.clone();
@@ -448,6 +489,31 @@ async fn install(args: InstallArgs) -> Result<(), CliError> {
             .await
             .map_err(apply_error(format!("service/{}", spec.name)))?;
         println!("service/{} applied", spec.name);
+        let (role, binding) = secret_reader(&spec);
+        let name = contract::GATEWAY_SECRETS_ROLE;
+        Api::<Role>::namespaced(client.clone(), namespace)
+            .patch(
+                name,
+                &params,
+                &Patch::Apply(typed(&role, "rbac.authorization.k8s.io/v1", "Role")?),
+            )
+            .await
+            .map_err(apply_error(format!("role/{name}")))?;
+        Api::<RoleBinding>::namespaced(client.clone(), namespace)
+            .patch(
+                name,
+                &params,
+                &Patch::Apply(typed(
+                    &binding,
+                    "rbac.authorization.k8s.io/v1",
+                    "RoleBinding",
+                )?),
+            )
+            .await
+            .map_err(apply_error(format!("rolebinding/{name}")))?;
+        println!(
+            "role and rolebinding {name} applied: the operator may read this namespace's TLS Secrets (HTTPS credentialName)"
+        );
     }
     println!(
         "Istio Gateways select it with `selector: {{istio: {label}}}`; its address: kubectl get \

@@ -158,8 +158,8 @@ impl PodInjection {
     }
 }
 
-/// Whether the pod's proxy container (a native sidecar, or a plain container on older
-/// injections) reports ready.
+/// Whether the pod's proxy container (a native sidecar, a plain container on older
+/// injections, or a gateway's) reports ready.
 pub fn proxy_ready(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
         return false;
@@ -169,7 +169,13 @@ pub fn proxy_ready(pod: &Pod) -> bool {
         .iter()
         .chain(status.container_statuses.iter())
         .flatten()
-        .any(|c| c.name == contract::CONTAINER_PROXY && c.ready)
+        .any(|c| is_proxy_container(&c.name) && c.ready)
+}
+
+/// The proxy's container: a sidecar's `weft-proxy`, or a gateway pod's `istio-proxy` (the
+/// container Istio's gateway template fills, docs/gateway.md).
+pub fn is_proxy_container(name: &str) -> bool {
+    name == contract::CONTAINER_PROXY || name == contract::CONTAINER_GATEWAY_PROXY
 }
 
 /// The mesh at one instant: everything the status functions need.
@@ -318,6 +324,21 @@ pub(crate) mod tests {
             "initContainers": ["weft-init", "weft-proxy"], "containers": [], "volumes": []
         });
         pod(Some(&status.to_string()), "Running")
+    }
+
+    #[test]
+    fn a_gateway_pods_istio_proxy_counts_as_its_proxy() {
+        let mut pod = injected("stable", None);
+        assert!(!proxy_ready(&pod));
+        if let Some(status) = pod.status.as_mut() {
+            status.container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                name: "istio-proxy".into(),
+                ready: true,
+                ..Default::default()
+            }]);
+        }
+        assert!(proxy_ready(&pod));
+        assert!(proxy_ready(&with_ready_proxy(injected("stable", None))));
     }
 
     fn resolve(labels: &[(&str, &str)]) -> Option<(String, Option<String>, Option<String>)> {

@@ -347,7 +347,7 @@ fn trim_pod(pod: &mut Pod) {
     let keep_proxy = |statuses: Option<Vec<ContainerStatus>>| {
         statuses.map(|all| {
             all.into_iter()
-                .filter(|c| c.name == contract::CONTAINER_PROXY)
+                .filter(|c| index::is_proxy_container(&c.name))
                 .map(|c| ContainerStatus {
                     name: c.name,
                     ready: c.ready,

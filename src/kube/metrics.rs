@@ -198,7 +198,7 @@ impl OperatorMetrics {
         );
         r.register(
             "weft_issuer_requests",
-            "Workload CSRs handed to the issuer, by issuer (builtin, vault) and outcome (issued or the error)",
+            "Workload CSRs handed to the issuer, by issuer (builtin, vault, cert-manager) and outcome (issued or the error)",
             m.issuer_requests.clone(),
         );
         r.register(

@@ -20,6 +20,9 @@ use support::{Namespace, wait_for, weft};
 const GATEWAY_NS: &str = "aks-istio-ingress";
 const GATEWAY: &str = "aks-istio-ingressgateway-internal";
 const HOST: &str = "shop.internal.contoso.com";
+/// The HTTPS test's own gateway, so the two tests can run side by side.
+const HTTPS_GATEWAY_NS: &str = "shop-https-gw";
+const HTTPS_GATEWAY: &str = "shop-gateway";
 
 /// Seed 003, section 4, verbatim.
 const SEED_003_INGRESS: &str = r#"
@@ -346,17 +349,18 @@ fn https_serial(ip: &str, host: &str, ca: &std::path::Path) -> Result<String, St
 fn https_with_a_credential_secret_is_served_by_sni_and_a_new_certificate_is_used_without_a_restart()
 {
     let c = support::deployed();
-    let payments = c.namespace("payments");
-    ok(weft(&["namespace", "add", "payments"]));
+    // Its own namespaces and gateway name: the seed test runs beside it.
+    let payments = c.namespace("shop-https");
+    ok(weft(&["namespace", "add", "shop-https"]));
     payments.apply(PRODUCTPAGE);
-    let gw_ns = c.namespace(GATEWAY_NS);
+    let gw_ns = c.namespace(HTTPS_GATEWAY_NS);
     ok(weft(&[
         "gateway",
         "install",
         "--name",
-        GATEWAY,
+        HTTPS_GATEWAY,
         "--namespace",
-        GATEWAY_NS,
+        HTTPS_GATEWAY_NS,
     ]));
     let dir = std::env::temp_dir().join(format!("weft-e2e-gw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -368,7 +372,7 @@ apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: storefront-https}
 spec:
-  selector: {istio: aks-istio-ingressgateway-internal}
+  selector: {istio: shop-gateway}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["shop.internal.contoso.com"]
@@ -389,12 +393,12 @@ spec:
 "#,
     );
     ready(&payments, "deployment/productpage");
-    ready(&gw_ns, &format!("deployment/{GATEWAY}"));
+    ready(&gw_ns, &format!("deployment/{HTTPS_GATEWAY}"));
     let ip = wait_for(
         Duration::from_secs(60),
         || {
             gw_ns.jsonpath(
-                &format!("service {GATEWAY}"),
+                &format!("service {HTTPS_GATEWAY}"),
                 "{.status.loadBalancer.ingress[0].ip}",
             )
         },
@@ -421,7 +425,7 @@ spec:
 
     // The plaintext server redirects to https (reached on the gateway pod's own address).
     let pod_ip = gw_ns.jsonpath(
-        &format!("pods -l istio={GATEWAY}"),
+        &format!("pods -l istio={HTTPS_GATEWAY}"),
         "{.items[0].status.podIP}",
     );
     let out = Command::new("curl")

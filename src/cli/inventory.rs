@@ -903,5 +903,14 @@ pub async fn mesh_view(
             ))
             .await?,
         ),
+        gateway_api_gateways: arcs(
+            optional(Api::<crate::api::gateway_api::Gateway>::all(client.clone())).await?,
+        ),
+        gateway_classes: arcs(
+            optional(Api::<crate::api::gateway_api::GatewayClass>::all(
+                client.clone(),
+            ))
+            .await?,
+        ),
     })
 }

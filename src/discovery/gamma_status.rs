@@ -45,7 +45,7 @@ fn api_resource(kind: RouteKind) -> ApiResource {
 
 /// One condition as `metav1.Condition`; `lastTransitionTime` kept from `previous` (the
 /// entry this controller wrote before for the same parent) while the status is unchanged.
-fn condition(
+pub(super) fn condition(
     type_: &str,
     c: &Condition,
     generation: Option<i64>,

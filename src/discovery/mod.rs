@@ -17,6 +17,8 @@ pub mod authz;
 pub mod egress;
 pub mod gamma;
 pub mod gamma_status;
+pub mod gateway_api;
+pub mod gateway_api_deploy;
 pub mod model;
 pub mod policy;
 pub mod routes;

@@ -68,6 +68,9 @@ pub struct MeshView {
     pub istio_gateways: Vec<Arc<crate::api::Gateway>>,
     /// `kubernetes.io/tls` Secrets, trimmed to their keys: gateway `credentialName`s.
     pub tls_secrets: Vec<Arc<k8s_openapi::api::core::v1::Secret>>,
+    /// Gateway API Gateways and GatewayClasses ([`super::gateway_api`]).
+    pub gateway_api_gateways: Vec<Arc<crate::api::gateway_api::Gateway>>,
+    pub gateway_classes: Vec<Arc<crate::api::gateway_api::GatewayClass>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.
@@ -115,6 +118,8 @@ pub struct MeshIndex {
     verdicts: BTreeMap<ObjectKey, Verdict>,
     /// The `status.parents` each GAMMA route should carry ([`super::gamma_status`]).
     gamma: Vec<crate::route::gamma::RouteStatus>,
+    /// Gateway API classes and Gateways weft implements ([`super::gateway_api_deploy`]).
+    gateway_api: super::gateway_api::GatewayApi,
     /// The addresses of each meshed pod (status.podIPs), which its proxy's config stream must
     /// come from (see `discovery::server`).
     addresses: HashMap<(String, String), Vec<IpAddr>>,
@@ -343,6 +348,7 @@ impl MeshIndex {
                 .collect(),
             tls_rules: routed.tls_rules,
             gamma: routed.gamma,
+            gateway_api: routed.gateway_api,
             verdicts: BTreeMap::new(),
             addresses,
             egress,
@@ -361,6 +367,11 @@ impl MeshIndex {
     /// What each GAMMA route's `status.parents` should say.
     pub fn gamma_statuses(&self) -> &[crate::route::gamma::RouteStatus] {
         &self.gamma
+    }
+
+    /// The Gateway API classes and Gateways weft implements, with their statuses.
+    pub fn gateway_api(&self) -> &super::gateway_api::GatewayApi {
+        &self.gateway_api
     }
 
     fn with_verdicts(mut self, view: &MeshView) -> Self {

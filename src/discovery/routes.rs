@@ -50,6 +50,8 @@ pub struct Applied {
     pub gateways: HashMap<(String, String), GatewayConfig>,
     /// What each GAMMA route's `status.parents` should say.
     pub gamma: Vec<crate::route::gamma::RouteStatus>,
+    /// Gateway API Gateways of weft's classes ([`super::gateway_api`]).
+    pub gateway_api: super::gateway_api::GatewayApi,
 }
 
 /// Whether a pod is a gateway (Istio's injection template `gateway`): only gateway pods get
@@ -70,6 +72,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         && view.istio_gateways.is_empty()
         && view.http_routes.is_empty()
         && view.grpc_routes.is_empty()
+        && view.gateway_classes.is_empty()
     {
         return Applied::default();
     }
@@ -153,7 +156,11 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             s.http = routes.clone();
         }
     }
-    let gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
+    let mut gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
+    let mut gamma = gamma;
+    let lookup = |ns: &str, name: &str| credential(view, ns, name);
+    let gateway_api =
+        super::gateway_api::apply(view, &registry, &lookup, &mut gateways.0, &mut gamma);
     let mut problems = tables.problems;
     for p in gateways.1 {
         if !problems.contains(&p) {
@@ -179,6 +186,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         tls_rules,
         gateways: gateways.0,
         gamma,
+        gateway_api,
     }
 }
 

@@ -330,6 +330,10 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let grpc_routes: Store<crate::api::gateway_api::GRPCRoute> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        let gateway_api_gateways: Store<crate::api::gateway_api::Gateway> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let gateway_classes: Store<crate::api::gateway_api::GatewayClass> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -374,6 +378,8 @@ impl DiscoveryState {
                     istio_gateways: istio_gateways.state(),
                     http_routes: http_routes.state(),
                     grpc_routes: grpc_routes.state(),
+                    gateway_api_gateways: gateway_api_gateways.state(),
+                    gateway_classes: gateway_classes.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);

@@ -203,6 +203,12 @@ pub async fn run(
     leading: Arc<AtomicBool>,
     mut index: watch::Receiver<Arc<MeshIndex>>,
 ) {
+    // Gateway API Gateways: their deployments and statuses, the same leadership.
+    tokio::spawn(super::gateway_api_deploy::run(
+        client.clone(),
+        leading.clone(),
+        index.clone(),
+    ));
     // GAMMA routes' status.parents: the same leadership, the same indexes.
     tokio::spawn(super::gamma_status::run(
         client.clone(),

@@ -1551,6 +1551,9 @@ mod tests {
             .with_writer(move || LogBuffer(writer.clone()))
             .finish();
         let guard = tracing::subscriber::set_default(subscriber);
+        // A callsite first hit by a test running beside this one, with no subscriber there,
+        // may have cached "never"; recompute with this subscriber counted.
+        tracing::callsite::rebuild_interest_cache();
         let result = future.await;
         drop(guard);
         let log = String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned();

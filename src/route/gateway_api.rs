@@ -586,9 +586,11 @@ pub fn compile(
     }
 
     let config = config_of(&id, &listeners, tables);
+    // A listener whose references do not resolve is still valid (accepted, not programmed):
+    // the Gateway is accepted unless no listener is.
     let valid = listeners
         .iter()
-        .filter(|l| l.status.programmed.status)
+        .filter(|l| l.status.accepted.status)
         .count();
     let accepted = if valid == listeners.len() {
         Condition::yes(REASON_ACCEPTED, "the Gateway is served by weft")
@@ -930,7 +932,7 @@ mod tests {
         };
         let c = f.compile();
         assert_eq!(
-            c.accepted.reason, REASON_LISTENERS_NOT_VALID,
+            c.accepted.reason, REASON_ACCEPTED,
             "{:?}",
             c.accepted
         );
@@ -999,7 +1001,7 @@ mod tests {
             listener(&c, "https").resolved_refs.reason,
             REASON_REF_NOT_PERMITTED
         );
-        assert!(!c.accepted.status, "no listener is valid");
+        assert!(c.accepted.status, "an unresolved listener is still valid");
         assert!(c.config.listeners.is_empty());
     }
 

@@ -512,7 +512,7 @@ async fn install(args: InstallArgs) -> Result<(), CliError> {
             .await
             .map_err(apply_error(format!("rolebinding/{name}")))?;
         println!(
-            "role and rolebinding {name} applied: the operator may read this namespace's TLS Secrets (HTTPS credentialName)"
+            "role and rolebinding {name} applied: the operator may read this namespace's Secrets (it watches only those of type kubernetes.io/tls, for HTTPS credentialName; keep other Secrets out of a gateway's namespace)"
         );
     }
     println!(

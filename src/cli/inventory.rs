@@ -817,6 +817,42 @@ mod tests {
     }
 }
 
+/// The TLS Secrets of the namespaces with gateway pods, as the operator watches them, with
+/// each private key replaced by an empty PEM block before anything else sees it: the CLI
+/// only needs to know the Secret is there and well formed. A namespace whose Secrets this
+/// user may not list is named on stderr (its credentials would look missing).
+async fn gateway_tls_secrets(
+    client: &Client,
+    pods: &[Pod],
+) -> Vec<k8s_openapi::api::core::v1::Secret> {
+    use k8s_openapi::api::core::v1::Secret;
+    let namespaces: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter(|p| crate::discovery::routes::is_gateway_pod(p))
+        .filter_map(|p| p.metadata.namespace.as_deref())
+        .collect();
+    let placeholder = pem::encode(&pem::Pem::new("PRIVATE KEY", Vec::new()));
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let params = ListParams::default().fields("type=kubernetes.io/tls");
+        match Api::<Secret>::namespaced(client.clone(), ns)
+            .list(&params)
+            .await
+        {
+            Ok(list) => out.extend(list.items.into_iter().map(|mut s| {
+                if let Some(key) = s.data.as_mut().and_then(|d| d.get_mut("tls.key")) {
+                    key.0 = placeholder.clone().into_bytes();
+                }
+                s
+            })),
+            Err(e) => eprintln!(
+                "warning: cannot list the TLS Secrets of gateway namespace {ns} ({e}); its HTTPS servers' credentials are not checked"
+            ),
+        }
+    }
+    out
+}
+
 /// The whole mesh as the operator's index reads it (every pod, Service, slice, revision and
 /// policy or route the cluster has), for commands that compute what the operator computes.
 pub async fn mesh_view(
@@ -856,6 +892,7 @@ pub async fn mesh_view(
     fn arcs<T>(v: Vec<T>) -> Vec<std::sync::Arc<T>> {
         v.into_iter().map(std::sync::Arc::new).collect()
     }
+    let tls_secrets = gateway_tls_secrets(client, &pods).await;
     Ok(crate::discovery::MeshView {
         trust_domain: contract::DEFAULT_TRUST_DOMAIN.into(),
         root_namespace: root_namespace.to_string(),
@@ -883,14 +920,7 @@ pub async fn mesh_view(
         traffic_splits: arcs(optional(Api::<TrafficSplit>::all(client.clone())).await?),
         service_entries: arcs(optional(Api::<ServiceEntry>::all(client.clone())).await?),
         istio_gateways: arcs(optional(Api::<crate::api::Gateway>::all(client.clone())).await?),
-        // Gateway certificates: a user who may not list Secrets sees credentials as missing.
-        tls_secrets: arcs(
-            Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone())
-                .list(&ListParams::default().fields("type=kubernetes.io/tls"))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default(),
-        ),
+        tls_secrets: arcs(tls_secrets),
         http_routes: arcs(
             optional(Api::<crate::api::gateway_api::HTTPRoute>::all(
                 client.clone(),

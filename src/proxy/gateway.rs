@@ -175,8 +175,18 @@ async fn connection(
         .as_ref()
         .and_then(|g| g.listener(local.port()));
     let tls = listener.is_some_and(|l| !l.tls.is_empty());
+    // A client must start talking within the header timeout (before HTTP/1 or HTTP/2 is
+    // known, hyper's own header timeout does not run yet); TLS has the handshake timeout.
+    if !tls
+        && tokio::time::timeout(HEADER_TIMEOUT, stream.readable())
+            .await
+            .is_err()
+    {
+        ctx.metrics.refuse(Direction::outbound, "gateway_silent");
+        return;
+    }
     if !tls {
-        super::http::outbound::serve_gateway(ctx, stream, local, Some(peer), snapshot).await;
+        super::http::outbound::serve_gateway(ctx, stream, local, Some(peer), snapshot, None).await;
         return;
     }
     let handshake = async {
@@ -186,17 +196,27 @@ async fn connection(
         let sni = start.client_hello().server_name().map(str::to_string);
         let served = listener
             .and_then(|l| l.served_tls(sni.as_deref()))
-            .ok_or("no certificate for this port")?;
+            .ok_or_else(|| format!("no server of this port has the name {sni:?}"))?;
         let config = configs.get(served)?;
+        let hosts: Arc<[String]> = served.hosts.clone().into();
         start
             .into_stream(config)
             .await
+            .map(|tls| (tls, hosts))
             .map_err(|e| format!("handshake: {e}"))
     };
     match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => {
-            super::http::outbound::serve_gateway(ctx, tls, local, Some(peer), snapshot.clone())
-                .await;
+        Ok(Ok((tls, hosts))) => {
+            let snapshot = snapshot.clone();
+            super::http::outbound::serve_gateway(
+                ctx,
+                tls,
+                local,
+                Some(peer),
+                snapshot,
+                Some(hosts),
+            )
+            .await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, port = local.port(), error = %e, "gateway TLS refused");

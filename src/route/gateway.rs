@@ -20,6 +20,10 @@ pub const GATEWAY: &str = "Gateway";
 pub const MAX_LISTENERS: usize = 64;
 pub const MAX_VIRTUAL_HOSTS: usize = 1024;
 
+/// Ports the gateway proxy itself uses (admin, capture, stats, health, Envoy's stats port
+/// Istio reserves): a Gateway server may not take them.
+pub const RESERVED_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
+
 // === The Gateway resource ===
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,11 +119,19 @@ impl ServerTlsSpec {
 /// A `credentialName` Secret's content (a `kubernetes.io/tls` Secret in the gateway pods'
 /// namespace, as Istio requires): the certificate chain, its key, and for MUTUAL the CA that
 /// client certificates must chain to (`ca.crt`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub cert_chain: String,
     pub private_key: String,
     pub ca: Option<String>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("private_key", &"(redacted)")
+            .finish_non_exhaustive()
+    }
 }
 
 /// Looks up a `credentialName` in the gateway pods' namespace: the Secret, or why not.
@@ -251,19 +263,36 @@ fn fit(pattern: &str, host: &str) -> Option<usize> {
 }
 
 impl Listener {
-    /// The certificate to present for a client's SNI: the best fit of the servers' hosts;
-    /// without SNI (or none fitting), a server for `*`, else the first.
+    /// The server whose certificate a client's SNI picks: the best fit of the servers'
+    /// hosts; without SNI, a server for `*`. None: the handshake is refused (Envoy's filter
+    /// chains match on server names the same way).
     pub fn served_tls(&self, sni: Option<&str>) -> Option<&ServedTls> {
         let host = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-        let best = host.as_deref().and_then(|h| {
-            self.tls
+        match host.as_deref() {
+            Some(h) => self
+                .tls
                 .iter()
                 .flat_map(|t| t.hosts.iter().filter_map(move |p| Some((fit(p, h)?, t))))
                 .max_by_key(|(rank, _)| *rank)
-                .map(|(_, t)| t)
-        });
-        best.or_else(|| self.tls.iter().find(|t| t.hosts.iter().any(|h| h == "*")))
-            .or_else(|| self.tls.first())
+                .map(|(_, t)| t),
+            None => self.tls.iter().find(|t| t.hosts.iter().any(|h| h == "*")),
+        }
+    }
+
+    /// The virtual host of a request on a connection whose TLS handshake picked the server
+    /// with `server_hosts`: only that server's hosts are routed on it (a MUTUAL server's
+    /// routes are never reached through another server's handshake), as Istio gives each
+    /// server its own route table.
+    pub fn virtual_host_within(
+        &self,
+        server_hosts: &[String],
+        authority: &str,
+    ) -> Option<&VirtualHost> {
+        let host = host_of(authority);
+        if !server_hosts.iter().any(|p| fit(p, &host).is_some()) {
+            return None;
+        }
+        self.virtual_host(authority)
     }
 
     /// The virtual host of a request's `Host` (its port and a trailing dot ignored, case
@@ -313,8 +342,10 @@ fn server_host(gateway_ns: &str, raw: &str) -> Result<ServerHost, String> {
         Some((ns, name)) => (Some(ns), name),
         None => (None, raw),
     };
-    if name.is_empty() || name.contains('/') {
-        return Err(format!("host {raw:?} is not [namespace/]dnsName"));
+    if name.is_empty() || name.contains('/') || !name.is_ascii() {
+        return Err(format!(
+            "host {raw:?} is not [namespace/]dnsName (ASCII; an internationalized name in its xn-- form)"
+        ));
     }
     if name != "*"
         && (name[1..].contains('*') || (name.starts_with('*') && !name.starts_with("*.")))
@@ -471,6 +502,13 @@ fn read_servers(
             ));
             continue;
         };
+        if RESERVED_PORTS.contains(&port) {
+            notes.push(format!(
+                "{at}.port.number {port} is one of the proxy's own ports ({}); this server is not served",
+                RESERVED_PORTS.map(|p| p.to_string()).join(", ")
+            ));
+            continue;
+        }
         let framing = match framing(&server.port.protocol) {
             Ok(f) => f,
             Err(e) => {
@@ -486,11 +524,13 @@ fn read_servers(
                 .and_then(|t| t.https_redirect)
                 .unwrap_or(false);
         let tls = match framing {
+            // An HTTPS server that cannot be served still makes its port a TLS port: a
+            // plaintext server never takes it over when a Secret goes missing.
             Framing::Https => match server_tls(&at, server.tls.as_ref(), credentials) {
                 Ok(tls) => tls,
                 Err(e) => {
                     notes.push(format!("{e}; this server is not served"));
-                    continue;
+                    None
                 }
             },
             Framing::Http => {
@@ -1018,7 +1058,28 @@ mod tests {
                 .unwrap()
                 .mutual
         );
-        assert_eq!(pick(None), "CHAIN", "no SNI: the first server");
+        // No SNI, or a name no server has: no certificate (no `*` server on this port).
+        assert!(https.served_tls(None).is_none());
+        assert!(https.served_tls(Some("other.com")).is_none());
+        // A connection whose handshake picked the SIMPLE server never reaches the MUTUAL
+        // server's hosts, whatever its Host header says.
+        let simple = https.served_tls(Some("shop.internal.contoso.com")).unwrap();
+        let mutual = https.served_tls(Some("a.partners.contoso.com")).unwrap();
+        assert!(
+            https
+                .virtual_host_within(&simple.hosts, "shop.internal.contoso.com")
+                .is_some()
+        );
+        assert!(
+            https
+                .virtual_host_within(&simple.hosts, "a.partners.contoso.com")
+                .is_none()
+        );
+        assert!(
+            https
+                .virtual_host_within(&mutual.hosts, "shop.internal.contoso.com")
+                .is_none()
+        );
         assert_eq!(
             https
                 .virtual_host("shop.internal.contoso.com")
@@ -1072,6 +1133,53 @@ mod tests {
                 .message
                 .contains("already served as plaintext HTTP by Gateway ns/older")
         );
+    }
+
+    #[test]
+    fn an_https_port_whose_secret_is_gone_never_turns_plaintext() {
+        let older = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+             "tls": {"credentialName": "deleted"}}]});
+        let newer = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[
+                src("ns", "older", "1", &older),
+                src("ns", "newer", "2", &newer),
+            ],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        assert!(config.listener(443).is_none(), "{config:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.name == "newer" && p.message.contains("already served as HTTPS"))
+        );
+    }
+
+    #[test]
+    fn reserved_ports_and_non_ascii_hosts_are_refused_without_a_panic() {
+        let gw = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 15021, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]},
+            {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["é.com", "*é.com"]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("ns", "g", "1", &gw)],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        assert!(config.listeners.is_empty());
+        let m = &problems[0].message;
+        assert!(m.contains("15021 is one of the proxy's own ports"), "{m}");
+        assert!(m.contains("servers[1].hosts"), "{m}");
     }
 
     #[test]

@@ -833,6 +833,11 @@ fn mirrors(
             response_headers: HeaderEdits::default(),
         })
     };
+    if h.mirror.is_some() && h.mirrors.is_some() {
+        return Err(format!(
+            "{at} has both mirror and mirrors; Istio takes one of them (mirrors for several)"
+        ));
+    }
     let mut out = Vec::new();
     if let Some(d) = &h.mirror {
         let share = match (&h.mirror_percentage, h.mirror_percent) {
@@ -1272,14 +1277,17 @@ spec:
     #[test]
     fn mirrors_resolve_like_destinations_with_istios_default_share() {
         let spec = json!({"hosts": ["reviews"], "http": [{
+            "match": [{"uri": {"prefix": "/a"}}],
             "route": [{"destination": {"host": "reviews"}}],
             "mirror": {"host": "ratings", "port": {"number": 9080}},
-            "mirrorPercentage": {"value": 25.5},
+            "mirrorPercentage": {"value": 25.5}}, {
+            "route": [{"destination": {"host": "reviews"}}],
             "mirrors": [{"destination": {"host": "reviews", "subset": "v2"}}]}]});
         let c =
             compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
         let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
-        let m = &routes[0].actions.mirrors;
+        let m: Vec<&crate::route::action::Mirror> =
+            routes.iter().flat_map(|r| &r.actions.mirrors).collect();
         assert_eq!(m.len(), 2);
         assert_eq!(
             (
@@ -1335,6 +1343,12 @@ spec:
             "mirror": {"host": "ratings", "port": {"number": 9080}}}]}),
         );
         assert!(m.contains("both redirect and mirror"), "{m}");
+        let m = vs_error(
+            json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}],
+            "mirror": {"host": "ratings", "port": {"number": 9080}},
+            "mirrors": [{"destination": {"host": "reviews"}}]}]}),
+        );
+        assert!(m.contains("both mirror and mirrors"), "{m}");
     }
 
     #[test]

@@ -51,22 +51,29 @@ static HTTPS_REDIRECT: std::sync::LazyLock<crate::route::action::Redirect> =
         code: 301,
     });
 
+/// Mirrored copies in flight at once, per proxy; more are not sent (a debug line says so).
+static MIRRORS_IN_FLIGHT: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(256)));
+/// How long one mirrored copy may take, answer included.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How a connection's requests find their route table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Front {
     /// A sidecar's app dialled this Service address: each request is routed from it with the
     /// current config, so endpoint changes reach open keep-alive and HTTP/2 connections.
     Mesh(SocketAddr),
     /// A client reached this gateway listener port: the request's host picks the virtual
-    /// host of the listener in the current config ([`crate::route::gateway`]).
-    Gateway(u16),
+    /// host of the listener in the current config ([`crate::route::gateway`]); on a TLS port,
+    /// only among the hosts of the server its handshake picked.
+    Gateway(u16, Option<Arc<[String]>>),
 }
 
 impl Front {
-    fn port(self) -> u16 {
+    fn port(&self) -> u16 {
         match self {
             Front::Mesh(orig) => orig.port(),
-            Front::Gateway(port) => port,
+            Front::Gateway(port, _) => *port,
         }
     }
 }
@@ -96,17 +103,19 @@ pub async fn serve<I>(
     serve_front(ctx, io, front, orig, peer, snapshot, None).await;
 }
 
-/// Serves one connection a gateway listener accepted on `local` until it closes.
+/// Serves one connection a gateway listener accepted on `local` until it closes;
+/// `server_hosts`: on a TLS port, the hosts of the server the handshake picked.
 pub async fn serve_gateway<I>(
     ctx: &Arc<ProxyContext>,
     io: I,
     local: SocketAddr,
     peer: Option<SocketAddr>,
     snapshot: Arc<SnapshotIndex>,
+    server_hosts: Option<Arc<[String]>>,
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let front = Front::Gateway(local.port());
+    let front = Front::Gateway(local.port(), server_hosts);
     let header_timeout = Some(crate::proxy::gateway::HEADER_TIMEOUT);
     serve_front(ctx, io, front, local, peer, snapshot, header_timeout).await;
 }
@@ -129,6 +138,10 @@ async fn serve_front<I>(
         source_principal: None,
         destination_principal: None,
     });
+    let side = match front {
+        Front::Mesh(_) => "outbound",
+        Front::Gateway(..) => "gateway",
+    };
     let state = Arc::new(Outbound {
         ctx: ctx.clone(),
         front,
@@ -136,10 +149,6 @@ async fn serve_front<I>(
         conn,
         recorders: Mutex::new(Vec::new()),
     });
-    let side = match front {
-        Front::Mesh(_) => "outbound",
-        Front::Gateway(_) => "gateway",
-    };
     server::serve_pipeline(ctx, io, state, side, header_timeout).await;
 }
 
@@ -187,8 +196,8 @@ impl Outbound {
             port: self.front.port(),
             headers: &headers,
         };
-        match self.front {
-            Front::Mesh(orig) => match snapshot.route(orig) {
+        match &self.front {
+            Front::Mesh(orig) => match snapshot.route(*orig) {
                 // A Service address: its routes (if any) pick the destination.
                 OutboundRoute::Service { service, endpoints } => Some((
                     Some(service),
@@ -205,7 +214,7 @@ impl Outbound {
                 )),
                 OutboundRoute::Passthrough | OutboundRoute::Refused => None,
             },
-            Front::Gateway(port) => {
+            Front::Gateway(port, server_hosts) => {
                 let authority = parts
                     .uri
                     .authority()
@@ -216,8 +225,11 @@ impl Outbound {
                     .snapshot
                     .gateway
                     .as_ref()
-                    .and_then(|g| g.listener(port))
-                    .and_then(|l| l.virtual_host(authority));
+                    .and_then(|g| g.listener(*port))
+                    .and_then(|l| match server_hosts {
+                        Some(hosts) => l.virtual_host_within(hosts, authority),
+                        None => l.virtual_host(authority),
+                    });
                 Some(match vhost {
                     // The server's `tls.httpsRedirect`: Envoy's 301 to https.
                     Some(vhost) if vhost.https_redirect => {
@@ -301,8 +313,12 @@ impl Outbound {
         }
         // A gateway's client may speak h2 to it; the Service gets HTTP/1.1 unless the request
         // is gRPC (which is h2 end to end).
-        if matches!(self.front, Front::Gateway(_)) && !exchange.is_grpc() {
-            super::upstream::downgrade_to_http1(&mut parts);
+        if matches!(self.front, Front::Gateway(..)) {
+            if parts.version != Version::HTTP_2 {
+                super::upstream::align_host(&mut parts);
+            } else if !exchange.is_grpc() {
+                super::upstream::downgrade_to_http1(&mut parts);
+            }
         }
         let route = Route {
             snapshot,
@@ -704,7 +720,13 @@ impl Outbound {
                 continue;
             };
             let destination = m.destination.clone();
+            // Copies in flight are bounded: a slow mirror costs the proxy nothing more.
+            let Ok(permit) = MIRRORS_IN_FLIGHT.clone().try_acquire_owned() else {
+                tracing::debug!(mirror = %destination.service, "too many mirrored copies in flight: not mirrored");
+                continue;
+            };
             tokio::spawn(async move {
+                let _permit = permit;
                 let Some((service, endpoints)) = current.mirror_endpoints(&destination) else {
                     return;
                 };
@@ -729,11 +751,19 @@ impl Outbound {
                 };
                 let authority = format!("{}:{}", service.name, service.port);
                 let idle = ctx.settings.idle_timeout;
-                let sent = forward(&picked, request, &authority, idle);
-                if let Ok(Ok(resp)) = tokio::time::timeout(idle, sent).await {
-                    // Read and drop the answer, so its connection can serve again.
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                }
+                let copy = async {
+                    let resp = forward(&picked, request, &authority, idle).await?;
+                    // Read and drop the answer frame by frame, so its connection can serve
+                    // again; nothing of it is kept.
+                    let mut body = resp.into_body();
+                    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                        if frame.is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<(), ForwardError>(())
+                };
+                let _ = tokio::time::timeout(MIRROR_TIMEOUT, copy).await;
             });
         }
     }

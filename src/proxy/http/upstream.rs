@@ -290,18 +290,37 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
     }
 }
 
+/// Makes the Host header say what the request was routed by: the URI's authority (HTTP/2's
+/// `:authority`, an HTTP/1.1 absolute-form target) wins over a Host header that differs, as
+/// RFC 9112 says, so the upstream never sees another host than the gateway matched.
+pub fn align_host(parts: &mut hyper::http::request::Parts) {
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(v) = hyper::header::HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+}
+
 /// Makes an HTTP/2 request an HTTP/1.1 one (a gateway's client spoke h2, the Service behind
 /// it speaks HTTP/1.1, as an Envoy gateway's upstream cluster does unless told otherwise): the
-/// `:authority` becomes the Host header.
+/// `:authority` becomes the Host header, and HTTP/2's separate `cookie` fields one `Cookie`
+/// header (RFC 9113 8.2.3).
 pub fn downgrade_to_http1(parts: &mut hyper::http::request::Parts) {
     if parts.version != Version::HTTP_2 {
         return;
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(v) = hyper::header::HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
+    align_host(parts);
+    let cookies: Vec<&[u8]> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if cookies.len() > 1 {
+        let joined = cookies.join(&b"; "[..]);
+        if let Ok(v) = hyper::header::HeaderValue::from_bytes(&joined) {
+            parts.headers.insert(header::COOKIE, v);
+        }
     }
     parts.version = Version::HTTP_11;
 }
@@ -456,6 +475,19 @@ mod tests {
         downgrade_to_http1(&mut parts);
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers[header::HOST], "shop.example.com:8443");
+        // A Host that differs from :authority is replaced; h2's cookie fields become one.
+        let mut req = Request::get("http://a.example/")
+            .version(Version::HTTP_2)
+            .header(header::HOST, "b.example")
+            .header(header::COOKIE, "a=1")
+            .header(header::COOKIE, "b=2")
+            .body(())
+            .unwrap();
+        let (mut p, ()) = std::mem::replace(&mut req, Request::new(())).into_parts();
+        downgrade_to_http1(&mut p);
+        assert_eq!(p.headers[header::HOST], "a.example");
+        assert_eq!(p.headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(p.headers[header::COOKIE], "a=1; b=2");
         let mut req = Request::from_parts(parts, ());
         prepare_request(&mut req, "fallback:80");
         assert_eq!(req.uri(), "/buy?x=1");

@@ -70,12 +70,13 @@ conformance-images: ## Build the Gateway API suite's echo-basic and echo-advance
 	@bash e2e/components/build-conformance-images.sh
 
 .PHONY: conformance
-conformance: ## Suites on the conformance images (Istio's echo: real gRPC server and client; cold build takes minutes): gRPC balanced per call and authorized per method; GAMMA HTTPRoute split and GRPCRoute method match; needs root
+conformance: ## Suites on the conformance images (Istio's echo: real gRPC server and client; cold build takes minutes): gRPC balanced per call and authorized per method; GAMMA HTTPRoute split and GRPCRoute method match; then the Gateway API conformance suite v1.6.3 (GATEWAY-HTTP, GATEWAY-GRPC, MESH-HTTP) writing docs/conformance/report.yaml; needs root
 	$(CARGO) build --locked -p weft --bins
 	@bash e2e/components/build-conformance-images.sh
 	@bash e2e/cluster/down.sh >/dev/null
 	@trap 'bash e2e/cluster/down.sh' EXIT; \
-	  $(CARGO) test --locked -p weft-node-agent --test grpc --test gamma -- --test-threads=2
+	  $(CARGO) test --locked -p weft-node-agent --test grpc --test gamma -- --test-threads=2 && \
+	  bash e2e/components/run-gateway-conformance.sh
 
 .PHONY: e2e-issuers
 e2e-issuers: ## The Vault issuer against a real Vault v1.21.0 (built from the Go module proxy into WEFT_E2E_CACHE: ~7 min cold, cached after): on loopback (real weft CSRs, each misconfiguration named, paused Vault), then on the local cluster (weft ca issuer set vault, then set cert-manager with cert-manager v1.21.2's own CA issuer and approver controllers (~2.5 min cold build), Vault-signed certificates from the CSR endpoint, weft check naming a paused Vault, back to builtin; then weft ca rotate under steady traffic, 0 failed requests; brings the cluster up if needed and leaves it up); not in make test; needs root

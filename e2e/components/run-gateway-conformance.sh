@@ -44,7 +44,7 @@ YAML
 run=${WEFT_CONFORMANCE_RUN:-TestConformance}
 mkdir -p "$root/docs/conformance"
 cd "$root"
-exec "$bin" -test.run "$run" -test.v -test.timeout 60m \
+exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} \
   --gateway-class=weft \
   --supported-features=Gateway,HTTPRoute,GRPCRoute,ReferenceGrant,Mesh \
   --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,MESH-HTTP \

@@ -942,5 +942,7 @@ pub async fn mesh_view(
             ))
             .await?,
         ),
+        // Only a Gateway listener's namespace Selector reads them; the CLI shows no Gateways.
+        namespaces: Vec::new(),
     })
 }

@@ -100,8 +100,13 @@ pub fn apply(
             },
         });
     }
-    // Namespaces are not watched by discovery: a `Selector` listener admits no route yet.
-    let no_labels = |_: &str| -> Option<BTreeMap<String, String>> { None };
+    // A namespace's labels for a `Selector` listener (None: no such namespace).
+    let no_labels = |ns: &str| -> Option<BTreeMap<String, String>> {
+        view.namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns))
+            .map(|n| n.metadata.labels.clone().unwrap_or_default())
+    };
     for gw in &view.gateway_api_gateways {
         let class = &gw.spec.gateway_class_name;
         if !out.classes.iter().any(|(c, _)| c == class) {

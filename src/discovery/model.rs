@@ -71,6 +71,8 @@ pub struct MeshView {
     /// Gateway API Gateways and GatewayClasses ([`super::gateway_api`]).
     pub gateway_api_gateways: Vec<Arc<crate::api::gateway_api::Gateway>>,
     pub gateway_classes: Vec<Arc<crate::api::gateway_api::GatewayClass>>,
+    /// Namespaces: their labels, for a Gateway listener's `allowedRoutes` `Selector`.
+    pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.

@@ -334,6 +334,8 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let gateway_classes: Store<crate::api::gateway_api::GatewayClass> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        let namespaces: Store<k8s_openapi::api::core::v1::Namespace> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -380,6 +382,7 @@ impl DiscoveryState {
                     grpc_routes: grpc_routes.state(),
                     gateway_api_gateways: gateway_api_gateways.state(),
                     gateway_classes: gateway_classes.state(),
+                    namespaces: namespaces.state(),
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);

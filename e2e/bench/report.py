@@ -267,6 +267,9 @@ def build(raw):
     adm = load_json(os.path.join(raw, "admission.json"))
     if adm:
         result["pod_admission"] = adm
+    iss = load_json(os.path.join(raw, "issuers.json"))
+    if iss:
+        result["issuers"] = iss
     gw = gateway_results(raw, pr, result)
     if gw:
         result["gateway"] = gw
@@ -505,6 +508,20 @@ def table(r):
                       f"weft's injector adds {pa['added_p50_ms']:+.3f} ms at p50 and "
                       f"{pa['added_p99_ms']:+.3f} ms at p99 (the local cluster was up for this "
                       f"stage only)."]
+    iss = r.get("issuers")
+    if iss:
+        def row(name, e):
+            return (f"| {name} | {fmt(e.get('csr_per_s'), 0)}/s | {fmt(e.get('p50_ms'))} ms | "
+                    f"{fmt(e.get('p99_ms'))} ms | {e.get('signed', 0):,} / {e.get('failed', 0)} |")
+        c = (iss.get("cert_manager") or {}).get("concurrency", "?")
+        lines += ["", f"CSR signing per issuer (issue 24; `pki::issue` with every check, {c} CSRs in "
+                      f"flight, the local cluster up): Vault v1.21.0 `-dev` on loopback, cert-manager "
+                      f"v1.21.2's own CA issuer and approver controllers (a CertificateRequest per CSR "
+                      f"through the API server).", "",
+                  "| issuer | CSRs | p50 | p99 | signed / failed |", "|---|---|---|---|---|"]
+        for key, name in (("builtin", "builtin"), ("vault", "Vault"), ("cert_manager", "cert-manager")):
+            if iss.get(key):
+                lines.append(row(name, iss[key]))
     mc = r.get("mtls_conns")
     if mc:
         lines += ["", f"New mTLS connections: {fmt(mc['per_s'], 0)}/s through the weft pair "

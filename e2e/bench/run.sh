@@ -195,6 +195,12 @@ if [[ ${WEFT_BENCH_ADMISSION:-1} == 1 ]]; then
   bash "$repo/e2e/scripts/deploy.sh" >/dev/null
   "$CARGO_TARGET_DIR/release/weft-admission-bench" --kubeconfig "$repo/e2e/.cluster/kubeconfig" \
     --out "$raw/admission.json" >/dev/null
+  # Issue 24's issuer rows: CSR signing through Vault (-dev, loopback) and cert-manager (its own
+  # CA issuer controllers on this cluster) beside the builtin CA, in one run (tests/issuer_bench.rs).
+  log "issuers: CSR signing through builtin, Vault and cert-manager (tests/issuer_bench.rs)"
+  (cd "$repo" && KUBECONFIG="$repo/e2e/.cluster/kubeconfig" WEFT_BENCH_ISSUERS_OUT="$raw/issuers.json" \
+    $CARGO test --release --locked -p weft --test issuer_bench -- --ignored >"$work/issuers.log" 2>&1) ||
+    SKIPPED+=("issuers: tests/issuer_bench.rs failed, see $work/issuers.log")
   ((cluster_up)) || bash "$repo/e2e/cluster/down.sh" >/dev/null
 else
   SKIPPED+=("pod creation: WEFT_BENCH_ADMISSION=0")

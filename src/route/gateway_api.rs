@@ -931,11 +931,7 @@ mod tests {
             )],
         };
         let c = f.compile();
-        assert_eq!(
-            c.accepted.reason, REASON_ACCEPTED,
-            "{:?}",
-            c.accepted
-        );
+        assert_eq!(c.accepted.reason, REASON_ACCEPTED, "{:?}", c.accepted);
         assert!(c.accepted.status);
         let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
         assert_eq!(

@@ -245,6 +245,9 @@ fn grants(c: &Cluster) -> Vec<Grant> {
     out
 }
 
+/// API groups the operator has grants for whose CRDs `make e2e` does not install.
+const NOT_INSTALLED_HERE: &[&str] = &["cert-manager.io"];
+
 /// The grants `kubectl auth can-i` says no to, with its answer.
 fn denied(c: &Cluster, grants: &[Grant]) -> Vec<String> {
     let mut out = Vec::new();
@@ -263,6 +266,14 @@ fn denied(c: &Cluster, grants: &[Grant]) -> Vec<String> {
         if let Some(s) = &g.subresource {
             sub = format!("--subresource={s}");
             args.push(&sub);
+        }
+        // cert-manager's API exists only where cert-manager runs (make e2e-issuers, whose
+        // cert_manager_issuer.rs uses these grants); here kubectl cannot answer for it.
+        if NOT_INSTALLED_HERE
+            .iter()
+            .any(|group| g.resource.ends_with(&format!(".{group}")))
+        {
+            continue;
         }
         let answer = c.kubectl(&args);
         if String::from_utf8_lossy(&answer.stdout).trim() != "yes" {

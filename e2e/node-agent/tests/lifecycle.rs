@@ -387,11 +387,40 @@ fn step4_a_plugin_ca_signs_through_its_intermediate() {
 /// (verb, resource, where it is used): grants this run cannot exercise, proven by another
 /// suite. Root rotation promotes Secret weft-ca-next into weft-ca (patch, by name only; see
 /// tests/rbac.rs), which e2e/node-agent/tests/rotation.rs runs in `make e2e-issuers`.
-const PROVEN_ELSEWHERE: &[(&str, &str, &str)] = &[(
-    "patch",
-    "secrets",
-    "e2e/node-agent/tests/rotation.rs (make e2e-issuers)",
-)];
+const PROVEN_ELSEWHERE: &[(&str, &str, &str)] = &[
+    (
+        "patch",
+        "secrets",
+        "e2e/node-agent/tests/rotation.rs (make e2e-issuers)",
+    ),
+    // The cert-manager issuer: its CRDs exist only where cert-manager runs.
+    (
+        "create",
+        "certificaterequests",
+        "e2e/node-agent/tests/cert_manager_issuer.rs (make e2e-issuers)",
+    ),
+    (
+        "get",
+        "certificaterequests",
+        "e2e/node-agent/tests/cert_manager_issuer.rs (make e2e-issuers)",
+    ),
+    (
+        "delete",
+        "certificaterequests",
+        "e2e/node-agent/tests/cert_manager_issuer.rs (make e2e-issuers)",
+    ),
+    // GRPCRoutes' status.parents: the gRPC suites run on the conformance images.
+    (
+        "get",
+        "grpcroutes",
+        "e2e/node-agent/tests/gamma.rs (make conformance)",
+    ),
+    (
+        "patch",
+        "grpcroutes/status",
+        "e2e/node-agent/tests/gamma.rs (make conformance)",
+    ),
+];
 
 struct Grant {
     role: String,

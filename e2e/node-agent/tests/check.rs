@@ -324,7 +324,9 @@ fn the_operator_may_do_what_config_rbac_grants_and_nothing_more() {
             "default",
         ),
         ("update", "leases.coordination.k8s.io/other", NS),
-        ("create", "deployments.apps", NS),
+        // Deployments are created for Gateway API Gateways (automated deployment, as
+        // istiod does), by server-side apply; never deleted (owner references do that).
+        ("delete", "deployments.apps", NS),
         ("update", "meshconfigs.mesh.weft.dev", NS),
         (
             "create",

@@ -354,8 +354,18 @@ fn a_canary_gateway_runs_both_revisions_behind_one_service_address() {
     );
     assert_eq!(endpoints.split_whitespace().count(), 2, "{endpoints}");
     let ip = lb_address(&ns, "gw");
-    let ready = get_from_node(SocketAddr::from((ip, 15021)), "/healthz/ready");
-    assert_eq!(ready.map(|(s, _)| s), Ok(200));
+    // kube-proxy programs the address's rules on its own schedule: asked until it answers.
+    let ready = wait_for(
+        Duration::from_secs(60),
+        || {
+            format!(
+                "{:?}",
+                get_from_node(SocketAddr::from((ip, 15021)), "/healthz/ready").map(|(s, _)| s)
+            )
+        },
+        |r| r == "Ok(200)",
+    );
+    assert_eq!(ready, "Ok(200)");
 
     // Pods first, then the revision they use.
     let _ = c.kubectl(&[

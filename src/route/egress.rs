@@ -825,7 +825,7 @@ mod tests {
                               "endpoints": [{"address": "198.18.9.9"}, {"address": "198.18.9.10", "ports": {"tcp": 9100}}]}),
             ),
         ]);
-        let on80 = addr("203.0.113.5:80");
+        let on80 = addr("198.18.0.9:80");
         // Exact beats the wildcard; the port's number must match; the Host's port is ignored.
         let d = by_name(&t, on80, Seen::Http("API.example.com:80")).unwrap();
         assert_eq!(
@@ -843,12 +843,12 @@ mod tests {
             by_name(&t, on80, Seen::Http("example.com")).is_none(),
             "a wildcard needs a label before it"
         );
-        assert!(by_name(&t, addr("203.0.113.5:8080"), Seen::Http("api.example.com")).is_none());
+        assert!(by_name(&t, addr("198.18.0.9:8080"), Seen::Http("api.example.com")).is_none());
         // SNI on a TLS port; an HTTP port does not take TLS, nor a TLS port a Host.
         assert_eq!(
             by_name(
                 &t,
-                addr("203.0.113.5:443"),
+                addr("198.18.0.9:443"),
                 Seen::Tls(Some("pay.example.com"))
             )
             .unwrap()
@@ -856,9 +856,9 @@ mod tests {
             .host,
             "*.example.com"
         );
-        assert!(by_name(&t, addr("203.0.113.5:443"), Seen::Tls(None)).is_none());
-        assert!(by_name(&t, addr("203.0.113.5:443"), Seen::Http("pay.example.com")).is_none());
-        assert!(by_name(&t, addr("203.0.113.5:443"), Seen::Tls(Some("example.org"))).is_none());
+        assert!(by_name(&t, addr("198.18.0.9:443"), Seen::Tls(None)).is_none());
+        assert!(by_name(&t, addr("198.18.0.9:443"), Seen::Http("pay.example.com")).is_none());
+        assert!(by_name(&t, addr("198.18.0.9:443"), Seen::Tls(Some("example.org"))).is_none());
         // TCP by address (a CIDR), whatever the bytes; the port must be declared.
         let pg = addr("198.18.7.42:5432");
         assert_eq!(by_address(&t, pg).unwrap().service.host, "db.example.com");

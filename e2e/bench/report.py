@@ -14,7 +14,8 @@ import os
 import re
 import sys
 
-SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "weft-authz", "haproxy", "nginx",
+SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "weft-route", "weft-route-noretry",
+             "weft-authz", "haproxy", "nginx",
              "haproxy-http", "nginx-http", "ghostunnel", "direct-h2", "null-h2", "weft-h2",
              "gw-weft", "gw-nginx", "gw-haproxy", "gw-weft-tls", "gw-nginx-tls", "gw-haproxy-tls"]
 FLOORS = ("null", "null-threads", "null-h2")
@@ -31,6 +32,8 @@ LABELS = {
     "nginx": "nginx stream pair (TLS relay, mutual)",
     "ghostunnel": "ghostunnel pair (mTLS)",
     "weft-authz": "**weft-proxy pair, HTTP + 10 policies × 10 rules** (every rule tried)",
+    "weft-route": "**weft-proxy pair, HTTP + 20 match rules then a 90/10 route** (Istio's default retries)",
+    "weft-route-noretry": "**weft-proxy pair, HTTP + the same routes, retries off** (attempts 0)",
     "haproxy-http": "HAProxy pair, HTTP mode (mutual TLS, keep-alive upstreams)",
     "nginx-http": "nginx pair, HTTP reverse proxy (mutual TLS, keep-alive upstreams)",
     "direct-h2": "direct, HTTP/2 (h2c, no proxy)",
@@ -303,6 +306,31 @@ def gateway_results(raw, pr, result):
     return out
 
 
+def paired_p99(r, path, base):
+    """Median over rounds of path's p99 minus base's p99 in the same round (both measured
+    against the same direct run, so the direct path cancels), and the per-round list."""
+    a = (r["scenarios"].get(path) or {}).get("added_p99_ms_by_round")
+    b = (r["scenarios"].get(base) or {}).get("added_p99_ms_by_round")
+    if not a or not b or len(a) != len(b):
+        return None, None
+    diffs = [x - y for x, y in zip(a, b)]
+    return round(median(diffs), 4), [round(d, 4) for d in diffs]
+
+
+def route_targets(r):
+    """Issue 19's route rows (route.sh), each against its pair in the same run."""
+    out = []
+    for key, what, path, base in (
+            ("route_added_p99_ms", "HTTP pair + 20 match rules and a 90/10 route at 1,000 rps: "
+             "added p99 over the plain HTTP pair (weft-http), paired by round", "weft-route", "weft-http"),
+            ("route_retries_off_p99_ms", "the same with retries off (attempts 0) minus with Istio's "
+             "default retries: p99, paired by round", "weft-route-noretry", "weft-route")):
+        v, by_round = paired_p99(r, path, base)
+        out.append({"key": key, "what": what, "target": "≤ 0.05 ms", "measured": v,
+                    "by_round": by_round, "met": None if v is None else v <= 0.05})
+    return out
+
+
 def gateway_targets(r):
     """Issue 20's ingress targets, each against the peers measured in the same run."""
     sc, gw = r["scenarios"], r.get("gateway") or {}
@@ -380,6 +408,7 @@ def targets(r):
                     "met": None if v is None else bool(ok(v))})
     out.append(convergence_target(r.get("config_convergence")))
     out += gateway_targets(r)
+    out += route_targets(r)
     return out
 
 
@@ -477,14 +506,15 @@ def table(r):
                       f"(p50 / p90 / p99) {shown}. Beyond the event-loop null pair, paired by "
                       f"round (p50 / p90 / p99 ms): {beyond}."]
     lines += gateway_table(r)
-    lines += ["", "| target (SPEC §14; issue 18 for the HTTP + policies rows, issue 20 for the ingress rows) | measured | target | met |", "|---|---|---|---|"]
+    lines += ["", "| target (SPEC §14; issue 18 for the HTTP + policies rows, issue 19 for the route rows, issue 20 for the ingress rows) | measured | target | met |", "|---|---|---|---|"]
     units = {"added_p99_ms": " ms", "cpu_per_1000rps": " vCPU", "rss_idle_mb": " MB",
              "rss_loaded_mb": " MB", "mtls_conns_per_proxy_core": "/s",
              "webhook_reviews_per_s": "/s", "webhook_p99_ms": " ms", "csr_per_s": "/s",
              "ready_ms": " ms", "authz_p50_ns": " ns", "authz_h1_beyond_null_p99_ms": " ms",
              "authz_h2_beyond_null_p99_ms": " ms", "authz_h1_cpu_vs_l4": "×", "authz_h2_cpu_vs_l4": "×",
              "authz_rss_mb": " MB", "gw_p99_ms": " ms", "gw_tls_p99_ms": " ms", "gw_max_rps": "/s",
-             "gw_tls_max_rps": "/s", "gw_rss_mb": " MB", "gw_handshakes_per_core": "/s"}
+             "gw_tls_max_rps": "/s", "gw_rss_mb": " MB", "gw_handshakes_per_core": "/s",
+             "route_added_p99_ms": " ms", "route_retries_off_p99_ms": " ms"}
     for t in r["targets"]:
         v = t["measured"]
         digits = {"ready_ms": 0, "rss_idle_mb": 1, "rss_loaded_mb": 1, "authz_rss_mb": 1,

@@ -25,6 +25,9 @@
 #   gw-weft, gw-nginx, gw-haproxy (and -tls)  issue 20's ingress rows: ONE reverse proxy in
 #               front of the echo server (weft-proxy gateway from files, nginx, HAProxy), plain
 #               or TLS-terminating front, plus new TLS handshakes per second (gateway.sh)
+#   weft-route, weft-route-noretry  issue 19's rows: weft-http whose client routes through 20
+#               match rules then a 90/10 weighted route (Istio's default retries; retries off)
+#               (route.sh)
 # The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
@@ -44,7 +47,8 @@
 #
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
-# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-authz haproxy nginx
+# WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-route
+# weft-route-noretry weft-authz haproxy nginx
 # haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy
 # gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
@@ -66,7 +70,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-route weft-route-noretry weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -84,6 +88,7 @@ CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
 SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
 SERVER_DNS=server.bench.svc.cluster.local
 source "$here/gateway.sh" # issue 20's ingress rows (gw-*) and their ports
+source "$here/route.sh"   # issue 19's route rows (weft-route*)
 
 # CPU layout (WEFT_BENCH_LAYOUT):
 #   pods   each side is a pod with its sidecar on its own core: the load generator and the
@@ -438,11 +443,12 @@ print(json.dumps(policies))
 PY
 }
 
-# start_weft PROTOCOL [POLICIES]: `tcp` relays bytes (the L4 figure, beside the TCP-mode
+# start_weft PROTOCOL [POLICIES [ROUTES]]: `tcp` relays bytes (the L4 figure, beside the TCP-mode
 # peers); `http` terminates HTTP on both proxies (an endpoint per request, request metrics).
-# POLICIES (JSON, default none) are the server proxy's authorization policies.
+# POLICIES (JSON, default none) are the server proxy's authorization policies; ROUTES (JSON
+# members, route.sh) are appended to the client's Service entry.
 start_weft() {
-  local protocol=$1 authz=${2:-[]}
+  local protocol=$1 authz=${2:-[]} routes=${3:-}
   cat >"$work/server-snapshot.json" <<EOF
 {"schemaVersion": 1, "version": "bench-server", "identity": "$SERVER_ID",
  "trustDomain": "cluster.local", "workload": {"name": "server", "namespace": "bench"},
@@ -457,7 +463,7 @@ EOF
  "outbound": {"policy": "REGISTRY_ONLY", "services": [{
    "clusterIp": "$SVC_IP", "port": 80, "name": "server.bench.svc.cluster.local", "protocol": "$protocol",
    "endpoints": [{"ip": "$S_IP", "port": $MESH_APP_PORT, "meshed": true, "identity": "$SERVER_ID",
-                  "mtlsModeForPort": "STRICT", "workload": {"name": "server", "namespace": "bench"}}]}]}}
+                  "mtlsModeForPort": "STRICT", "workload": {"name": "server", "namespace": "bench"}}]$routes}]}}
 EOF
   chmod 644 "$work"/*-snapshot.json
   local side ns ip t0 ms cpu
@@ -751,6 +757,7 @@ for s in $SCENARIOS; do
       stop nginx-client nginx-server
       ;;
     gw-*) gateway_scenario "$s" ;;
+    weft-route | weft-route-noretry) route_scenario "$s" ;;
     ghostunnel)
       if [[ -z ${TOOL[ghostunnel]:-} ]]; then log "ghostunnel: skipped (${SKIPPED[*]})"; continue; fi
       start_ghostunnel

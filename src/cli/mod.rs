@@ -9,6 +9,7 @@ pub mod check;
 pub mod check_authz;
 pub mod check_issuer;
 pub mod check_traffic;
+pub mod describe;
 pub mod error;
 pub mod gateway;
 pub mod inventory;
@@ -99,7 +100,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DescribeCommand {
-    /// A pod's revision, identity, and effective mTLS mode per port with the policy behind it.
+    /// A pod's revision, identity, effective mTLS mode per port with the policy behind it, the
+    /// routes, subsets and client policies of the Services it calls, the authorization
+    /// policies it enforces and DestinationRule/PeerAuthentication conflicts (503 UC).
     Pod(proxy_status::DescribePodArgs),
 }
 
@@ -110,9 +113,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tag(command) => Ok(tag::run(command).await?),
         Command::Revision(command) => Ok(revision::run(command).await?),
         Command::ProxyStatus(args) => Ok(proxy_status::proxy_status(args).await?),
-        Command::Describe(DescribeCommand::Pod(args)) => {
-            Ok(proxy_status::describe_pod(args).await?)
-        }
+        Command::Describe(DescribeCommand::Pod(args)) => Ok(describe::describe_pod(args).await?),
         Command::Authz(command) => Ok(authz::run(command).await?),
         Command::ProxyConfig(command) => Ok(proxy_config::run(command).await?),
         Command::Check(args) => Ok(check::run(args).await?),

@@ -178,7 +178,12 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
     rows
 }
 
-fn route_rows(host: &str, port: u16, routes: &[crate::route::HttpRoute], rows: &mut Vec<RouteRow>) {
+pub(crate) fn route_rows(
+    host: &str,
+    port: u16,
+    routes: &[crate::route::HttpRoute],
+    rows: &mut Vec<RouteRow>,
+) {
     for (i, r) in routes.iter().enumerate() {
         let matches = if r.matches.is_empty() {
             "*".to_string()

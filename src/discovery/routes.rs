@@ -76,7 +76,8 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     {
         return Applied::default();
     }
-    let mut registry = Registry::new(&view.cluster_domain);
+    let mut registry =
+        Registry::new(&view.cluster_domain).with_root_namespace(&view.root_namespace);
     for s in services.iter().chain(headless.iter()) {
         registry.add(
             &s.name,
@@ -118,12 +119,19 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         .zip(&ts_times)
         .filter_map(|(o, t)| source(&o.metadata, &o.spec.raw, t))
         .collect();
+    // HTTPRouteGroups, which TrafficSplits' `matches` name (creation time is not used).
+    let hrgs: Vec<Source> = view
+        .http_route_groups
+        .iter()
+        .filter_map(|o| source(&o.metadata, &o.spec.raw, ""))
+        .collect();
     let mut tables = compile::compile(
         &registry,
         Resources {
             destination_rules: &drs,
             virtual_services: &vss,
             traffic_splits: &tss,
+            http_route_groups: &hrgs,
         },
     );
     // GAMMA routes onto the same tables (a VirtualService's host keeps its own).

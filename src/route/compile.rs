@@ -20,14 +20,79 @@ pub struct PortInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub cluster_domain: String,
+    /// The mesh's root namespace (`--root-namespace`): its DestinationRules are the defaults
+    /// that a rule of any other namespace replaces for a host.
+    pub root_namespace: String,
     services: BTreeMap<String, Vec<PortInfo>>,
+}
+
+/// Istio's host matching: `*` takes every host, `*.suffix` every host ending in `.suffix`
+/// (any number of labels before it, never `suffix` itself), any other name only itself.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => {
+            suffix.starts_with('.') && host.len() > suffix.len() && host.ends_with(suffix)
+        }
+        None => pattern == host,
+    }
+}
+
+/// How specific a host pattern is, ordered: an exact name beats every wildcard, and a longer
+/// wildcard suffix beats a shorter one (`*.shop.svc.cluster.local` over `*.cluster.local` over
+/// `*`), as Envoy picks a virtual host and Istio a DestinationRule.
+pub fn specificity(pattern: &str) -> (bool, usize) {
+    (!pattern.starts_with('*'), pattern.len())
+}
+
+/// The most specific of `patterns` that matches `host`.
+pub fn most_specific<'p>(
+    patterns: impl IntoIterator<Item = &'p str>,
+    host: &str,
+) -> Option<&'p str> {
+    patterns
+        .into_iter()
+        .filter(|p| host_matches(p, host))
+        .max_by_key(|p| specificity(p))
 }
 
 impl Registry {
     pub fn new(cluster_domain: &str) -> Self {
         Registry {
             cluster_domain: cluster_domain.to_string(),
+            root_namespace: String::new(),
             services: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_root_namespace(mut self, namespace: &str) -> Self {
+        self.root_namespace = namespace.to_string();
+        self
+    }
+
+    /// Every Service host known.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
+    /// The Services a resource's `host` names: one (resolved in `namespace`), or every known
+    /// Service a wildcard matches; Err with the resolved name when it names none.
+    pub fn expand(&self, host: &str, namespace: &str) -> Result<Vec<String>, String> {
+        let resolved = self.resolve(host, namespace);
+        let found: Vec<String> = if resolved.starts_with('*') {
+            self.hosts()
+                .filter(|h| host_matches(&resolved, h))
+                .map(String::from)
+                .collect()
+        } else if self.services.contains_key(&resolved) {
+            vec![resolved.clone()]
+        } else {
+            Vec::new()
+        };
+        if found.is_empty() {
+            Err(resolved)
+        } else {
+            Ok(found)
         }
     }
 
@@ -122,6 +187,8 @@ pub struct Resources<'a> {
     pub destination_rules: &'a [Source<'a>],
     pub virtual_services: &'a [Source<'a>],
     pub traffic_splits: &'a [Source<'a>],
+    /// SMI HTTPRouteGroups, which TrafficSplits' `matches` name.
+    pub http_route_groups: &'a [Source<'a>],
 }
 
 /// Compiles every routing resource against the Services of the mesh. DestinationRules first
@@ -129,8 +196,7 @@ pub struct Resources<'a> {
 /// Istio does for sidecars), then TrafficSplits for the hosts no VirtualService routes.
 pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     let mut problems = Vec::new();
-    let (subsets, tls) =
-        istio::destination_rules_with_tls(registry, resources.destination_rules, &mut problems);
+    let (subsets, tls) = destination_rules(registry, resources.destination_rules, &mut problems);
     let mut http = istio::virtual_services(
         registry,
         &subsets,
@@ -139,7 +205,8 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     );
     let vs_hosts: std::collections::BTreeSet<String> =
         http.keys().map(|(h, _)| h.clone()).collect();
-    let splits = smi::traffic_splits(registry, resources.traffic_splits, &mut problems);
+    let groups = smi::route_groups(resources.http_route_groups);
+    let splits = smi::traffic_splits(registry, &groups, resources.traffic_splits, &mut problems);
     for (root, split) in splits {
         if vs_hosts.contains(&root) {
             problems.push(Problem {
@@ -152,8 +219,9 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
             });
             continue;
         }
+        // A split with `matches` has two routes per port (the split, then the root).
         for (port, route) in split.routes {
-            http.insert((root.clone(), port), vec![route]);
+            http.entry((root.clone(), port)).or_default().push(route);
         }
     }
     RouteTables {
@@ -163,6 +231,62 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
         virtual_service_hosts: vs_hosts,
         problems,
     }
+}
+
+/// The DestinationRules that apply to each Service, looked up as Istio does: the rules of
+/// namespaces other than the root namespace first (when one of them names a Service, the root
+/// namespace's rules do not apply to it), then the root namespace's (mesh-wide defaults);
+/// within a level, the most specific host (exact, then the longest `*.` wildcard) decides,
+/// and rules of that same host merge ([`istio::destination_rules_with_tls`], oldest first).
+/// Istio looks in the client's namespace, then the Service's: weft has one table for every
+/// client, so "namespace-local" is any namespace but the root one.
+fn destination_rules(
+    registry: &Registry,
+    sources: &[Source<'_>],
+    problems: &mut Vec<Problem>,
+) -> (
+    BTreeMap<String, SubsetLabels>,
+    BTreeMap<String, super::model::HostPolicy>,
+) {
+    let (root, local): (Vec<Source>, Vec<Source>) = sources.iter().copied().partition(|s| {
+        !registry.root_namespace.is_empty() && s.namespace == registry.root_namespace
+    });
+    let levels = [
+        istio::destination_rules_with_tls(registry, &local, problems),
+        istio::destination_rules_with_tls(registry, &root, problems),
+    ];
+    let mut subsets = BTreeMap::new();
+    let mut tls = BTreeMap::new();
+    let hosts: Vec<String> = registry
+        .hosts()
+        .map(String::from)
+        // A rule's exact host that is no Service (yet) keeps its entry: its subsets name
+        // nothing, and a destination to it is reported as missing, not as subset-less.
+        .chain(levels.iter().flat_map(|(s, t)| {
+            s.keys()
+                .chain(t.keys())
+                .filter(|h| !h.starts_with('*'))
+                .cloned()
+        }))
+        .collect();
+    for host in hosts {
+        for (level_subsets, level_tls) in &levels {
+            let patterns = level_subsets
+                .keys()
+                .chain(level_tls.keys())
+                .map(String::as_str);
+            if let Some(pattern) = most_specific(patterns, &host) {
+                if let Some(x) = level_subsets.get(pattern) {
+                    subsets.insert(host.clone(), x.clone());
+                }
+                if let Some(x) = level_tls.get(pattern) {
+                    tls.insert(host.clone(), x.clone());
+                }
+                break;
+            }
+        }
+    }
+    (subsets, tls)
 }
 
 /// Which endpoints each subset takes: indexes of the endpoints whose pod labels hold every
@@ -241,6 +365,262 @@ mod tests {
         assert!(
             got["v3"].is_empty(),
             "a subset no pod matches is known and empty"
+        );
+    }
+
+    #[test]
+    fn wildcards_match_any_labels_before_their_suffix_and_the_most_specific_wins() {
+        let table = [
+            ("*", "reviews.shop.svc.cluster.local", true),
+            (
+                "*.shop.svc.cluster.local",
+                "reviews.shop.svc.cluster.local",
+                true,
+            ),
+            (
+                "*.svc.cluster.local",
+                "reviews.shop.svc.cluster.local",
+                true,
+            ),
+            ("*.cluster.local", "reviews.shop.svc.cluster.local", true),
+            ("*.shop.svc.cluster.local", "shop.svc.cluster.local", false),
+            (
+                "*.shop.svc.cluster.local",
+                "reviews.myshop.svc.cluster.local",
+                false,
+            ),
+            (
+                "*shop.svc.cluster.local",
+                "reviews.myshop.svc.cluster.local",
+                false,
+            ),
+            (
+                "reviews.shop.svc.cluster.local",
+                "reviews.shop.svc.cluster.local",
+                true,
+            ),
+            (
+                "reviews.shop.svc.cluster.local",
+                "ratings.shop.svc.cluster.local",
+                false,
+            ),
+        ];
+        for (pattern, host, want) in table {
+            assert_eq!(host_matches(pattern, host), want, "{pattern} vs {host}");
+        }
+        let patterns = [
+            "*",
+            "*.cluster.local",
+            "*.shop.svc.cluster.local",
+            "reviews.shop.svc.cluster.local",
+        ];
+        let pick = |host: &str| most_specific(patterns.iter().copied(), host);
+        assert_eq!(
+            pick("reviews.shop.svc.cluster.local"),
+            Some("reviews.shop.svc.cluster.local")
+        );
+        assert_eq!(
+            pick("ratings.shop.svc.cluster.local"),
+            Some("*.shop.svc.cluster.local")
+        );
+        assert_eq!(pick("db.pay.svc.cluster.local"), Some("*.cluster.local"));
+        assert_eq!(pick("example.com"), Some("*"));
+        assert_eq!(most_specific(["a.b"], "c.d"), None);
+        let r = {
+            let mut r = Registry::new("cluster.local");
+            r.add("reviews.shop.svc.cluster.local", 80, true);
+            r.add("ratings.shop.svc.cluster.local", 80, true);
+            r.add("db.pay.svc.cluster.local", 80, true);
+            r
+        };
+        assert_eq!(
+            r.expand("*.shop.svc.cluster.local", "x"),
+            Ok(vec![
+                "ratings.shop.svc.cluster.local".to_string(),
+                "reviews.shop.svc.cluster.local".to_string()
+            ])
+        );
+        assert_eq!(
+            r.expand("db", "pay"),
+            Ok(vec!["db.pay.svc.cluster.local".to_string()])
+        );
+        assert_eq!(
+            r.expand("db", "shop"),
+            Err("db.shop.svc.cluster.local".into())
+        );
+        assert_eq!(r.expand("*.nowhere", "shop"), Err("*.nowhere".into()));
+    }
+
+    /// Istio's DestinationRule lookup, one row per Service: which rule's TLS mode it gets.
+    #[test]
+    fn destination_rules_resolve_by_specificity_and_namespace_local_before_root() {
+        let mut r = Registry::new("cluster.local").with_root_namespace("istio-system");
+        for h in [
+            "reviews.shop.svc.cluster.local",
+            "ratings.shop.svc.cluster.local",
+            "db.pay.svc.cluster.local",
+            "cache.pay.svc.cluster.local",
+            "web.front.svc.cluster.local",
+        ] {
+            r.add(h, 80, true);
+        }
+        let dr = |host: &str, mode: &str| serde_json::json!({"host": host, "trafficPolicy": {"tls": {"mode": mode}}});
+        let specs = [
+            // Mesh-wide default in the root namespace: ISTIO_MUTUAL for everything.
+            (
+                "istio-system",
+                "mesh-default",
+                dr("*.cluster.local", "ISTIO_MUTUAL"),
+            ),
+            // A root rule for one host: replaced by pay's own wildcard (namespace-local first).
+            (
+                "istio-system",
+                "db-root",
+                dr("db.pay.svc.cluster.local", "ISTIO_MUTUAL"),
+            ),
+            ("pay", "pay-plain", dr("*.pay.svc.cluster.local", "DISABLE")),
+            // shop: a wildcard for the namespace, and an exact rule beating it for reviews.
+            (
+                "shop",
+                "shop-all",
+                dr("*.shop.svc.cluster.local", "DISABLE"),
+            ),
+            ("shop", "reviews", dr("reviews", "ISTIO_MUTUAL")),
+        ];
+        let sources: Vec<Source> = specs
+            .iter()
+            .map(|(ns, name, spec)| Source {
+                namespace: ns,
+                name,
+                created: "2026-01-01T00:00:00Z",
+                spec,
+            })
+            .collect();
+        let tables = compile(
+            &r,
+            Resources {
+                destination_rules: &sources,
+                ..Default::default()
+            },
+        );
+        assert_eq!(tables.problems, []);
+        let rule = |host: &str| tables.tls.get(host).map(|p| (p.rule.as_str(), p.mode));
+        use super::super::model::ClientTls::{Disable, IstioMutual};
+        let table = [
+            (
+                "reviews.shop.svc.cluster.local",
+                ("shop/reviews", Some(IstioMutual)),
+            ),
+            (
+                "ratings.shop.svc.cluster.local",
+                ("shop/shop-all", Some(Disable)),
+            ),
+            ("db.pay.svc.cluster.local", ("pay/pay-plain", Some(Disable))),
+            (
+                "cache.pay.svc.cluster.local",
+                ("pay/pay-plain", Some(Disable)),
+            ),
+            (
+                "web.front.svc.cluster.local",
+                ("istio-system/mesh-default", Some(IstioMutual)),
+            ),
+        ];
+        for (host, want) in table {
+            assert_eq!(rule(host), Some(want), "{host}");
+        }
+        // A wildcard that matches no Service is reported, not silently kept.
+        let lone = [Source {
+            namespace: "shop",
+            name: "nothing",
+            created: "t",
+            spec: &dr("*.nowhere.example", "DISABLE"),
+        }];
+        let tables = compile(
+            &r,
+            Resources {
+                destination_rules: &lone,
+                ..Default::default()
+            },
+        );
+        assert!(tables.tls.is_empty());
+        assert!(
+            tables.problems[0]
+                .message
+                .contains("*.nowhere.example is not a Service"),
+            "{:?}",
+            tables.problems
+        );
+    }
+
+    /// VirtualServices: a wildcard host routes every Service it matches; an exact host (or a
+    /// longer wildcard) takes its Service from it whatever their ages.
+    #[test]
+    fn a_wildcard_virtual_service_routes_the_services_it_matches_unless_a_more_specific_one_does() {
+        let mut r = Registry::new("cluster.local");
+        for h in [
+            "reviews.shop.svc.cluster.local",
+            "ratings.shop.svc.cluster.local",
+            "db.pay.svc.cluster.local",
+        ] {
+            r.add(h, 80, true);
+        }
+        let vs = |host: &str, to: &str| serde_json::json!({"hosts": [host], "http": [{"route": [{"destination": {"host": to}}]}]});
+        let specs = [
+            (
+                "all",
+                "2026-01-01T00:00:00Z",
+                vs("*.svc.cluster.local", "db.pay.svc.cluster.local"),
+            ),
+            (
+                "shop",
+                "2026-01-02T00:00:00Z",
+                vs("*.shop.svc.cluster.local", "ratings"),
+            ),
+            ("reviews", "2026-01-03T00:00:00Z", vs("reviews", "reviews")),
+        ];
+        let sources: Vec<Source> = specs
+            .iter()
+            .map(|(name, created, spec)| Source {
+                namespace: "shop",
+                name,
+                created,
+                spec,
+            })
+            .collect();
+        let tables = compile(
+            &r,
+            Resources {
+                virtual_services: &sources,
+                ..Default::default()
+            },
+        );
+        assert_eq!(tables.problems, []);
+        let by = |host: &str| tables.http[&(host.to_string(), 80)][0].name.clone();
+        assert_eq!(by("reviews.shop.svc.cluster.local"), "shop/reviews");
+        assert_eq!(by("ratings.shop.svc.cluster.local"), "shop/shop");
+        assert_eq!(by("db.pay.svc.cluster.local"), "shop/all");
+        // Two equally specific hosts: the oldest keeps it and the other is reported.
+        let twin = [
+            sources[1],
+            Source {
+                namespace: "shop",
+                name: "twin",
+                created: "2026-01-05T00:00:00Z",
+                spec: &specs[1].2,
+            },
+        ];
+        let tables = compile(
+            &r,
+            Resources {
+                virtual_services: &twin,
+                ..Default::default()
+            },
+        );
+        assert_eq!(tables.problems.len(), 1, "{:?}", tables.problems);
+        assert!(
+            tables.problems[0]
+                .message
+                .contains("already routed by VirtualService shop/shop")
         );
     }
 }

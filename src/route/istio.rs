@@ -166,11 +166,8 @@ pub fn compile_destination_rule(
     let spec: DestinationRuleSpec =
         serde_json::from_value(src.spec.clone()).map_err(|e| format!("spec: {e}"))?;
     let host = registry.resolve(&spec.host, src.namespace);
-    if host.starts_with('*') {
-        return Err(format!(
-            "host {host:?}: wildcard hosts are not supported yet; name one Service"
-        ));
-    }
+    // A wildcard host (`*.shop.svc.cluster.local`) is kept as written: the compiler gives
+    // each Service the most specific rule that matches it (`super::compile`).
     if let Some(p) = &spec.traffic_policy {
         unsupported_policy("trafficPolicy", p, ignored);
     }
@@ -306,7 +303,7 @@ pub fn destination_rules_with_tls(
                 for (subset, policy) in tls.subset_traffic {
                     known.subset_traffic.entry(subset).or_insert(policy);
                 }
-                if registry.ports(&host).is_none() {
+                if registry.expand(&host, src.namespace).is_err() {
                     notes.push(format!(
                         "host {host} is not a Service weft knows (yet); its subsets select nothing"
                     ));
@@ -483,6 +480,9 @@ pub struct CompiledVirtualService {
     pub unknown_hosts: Vec<String>,
     /// Missing destination Services and subsets, as sentences.
     pub dangling: Vec<String>,
+    /// Per Service routed, how specific the `hosts` entry that named it is
+    /// ([`super::compile::specificity`]): a more specific VirtualService takes a Service.
+    pub specificity: BTreeMap<String, (bool, usize)>,
 }
 
 /// Why a VirtualService is not applied at all.
@@ -613,10 +613,21 @@ pub fn compile_virtual_service(
     let pending = pending_routes(registry, src, &spec)?;
     let mut out = CompiledVirtualService::default();
     let mut dangling = BTreeSet::new();
+    // Wildcard hosts take every Service they match; each Service keeps its most specific entry.
     for host in &spec.hosts {
-        let fqdn = registry.resolve(host, src.namespace);
+        match registry.expand(host, src.namespace) {
+            Err(unknown) => out.unknown_hosts.push(unknown),
+            Ok(fqdns) => {
+                let rank = super::compile::specificity(&registry.resolve(host, src.namespace));
+                for fqdn in fqdns {
+                    let known = out.specificity.entry(fqdn).or_insert(rank);
+                    *known = (*known).max(rank);
+                }
+            }
+        }
+    }
+    for fqdn in out.specificity.keys().cloned().collect::<Vec<_>>() {
         let Some(ports) = registry.ports(&fqdn) else {
-            out.unknown_hosts.push(fqdn);
             continue;
         };
         for entry in ports.iter().filter(|p| p.http) {
@@ -972,7 +983,7 @@ pub fn virtual_services(
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<(String, u16), Vec<HttpRoute>> {
     let mut out: BTreeMap<(String, u16), Vec<HttpRoute>> = BTreeMap::new();
-    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut owner: BTreeMap<String, ((bool, usize), String)> = BTreeMap::new();
     for src in by_age(sources) {
         let compiled = match compile_virtual_service(registry, subsets, src) {
             Ok(c) => c,
@@ -991,17 +1002,26 @@ pub fn virtual_services(
         let hosts: BTreeSet<&String> = compiled.routes.keys().map(|(h, _)| h).collect();
         let mut taken = BTreeSet::new();
         for host in hosts {
+            let rank = compiled.specificity.get(host).copied().unwrap_or((true, 0));
             match owner.get(host) {
-                Some(first) => notes.push(format!(
+                // Istio: the most specific host entry wins a Service (exact over wildcard,
+                // longer wildcard over shorter); equals: the oldest, the other reported.
+                Some((first_rank, first)) if *first_rank == rank => notes.push(format!(
                     "host {host} is already routed by VirtualService {first} (older); for sidecars one VirtualService per host applies, so this one is ignored for {host}"
                 )),
+                Some((first_rank, _)) if *first_rank > rank => {}
+                Some(_) => {
+                    out.retain(|(h, _), _| h != host);
+                    taken.insert(host.clone());
+                }
                 None => {
                     taken.insert(host.clone());
                 }
             }
         }
         for host in &taken {
-            owner.insert(host.clone(), src.id());
+            let rank = compiled.specificity.get(host).copied().unwrap_or((true, 0));
+            owner.insert(host.clone(), (rank, src.id()));
         }
         for ((host, port), routes) in compiled.routes {
             if taken.contains(&host) {
@@ -1111,6 +1131,7 @@ spec:
                 destination_rules: &[src("reviews", "2026-01-01T00:00:00Z", &dr)],
                 virtual_services: &[src("reviews", "2026-01-01T00:00:00Z", &vs)],
                 traffic_splits: &[],
+                http_route_groups: &[],
             },
         );
         assert_eq!(

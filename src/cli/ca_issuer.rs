@@ -1,6 +1,8 @@
 //! `weft ca issuer` (issue 24): shows who signs workload certificates, its health as the
 //! operator last saw it, and the roots the mesh trusts; `weft ca issuer set vault|cert-manager|builtin`
-//! writes ConfigMap `weft-ca-issuer`, which every operator replica follows without a restart.
+//! switches issuer: when the roots change (another kind of issuer, another Vault or ca-bundle
+//! Secret) as a root rotation under traffic (`super::ca_rotate::begin`), else by writing
+//! ConfigMap `weft-ca-issuer`, which every operator replica follows without a restart.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +82,8 @@ pub struct VaultArgs {
     #[arg(long)]
     pub yes: bool,
     #[command(flatten)]
+    pub switch: SwitchArgs,
+    #[command(flatten)]
     pub mesh: MeshArgs,
 }
 
@@ -102,6 +106,8 @@ pub struct CertManagerArgs {
     /// Go ahead: without it, the command only says what it would do.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub switch: SwitchArgs,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -127,7 +133,23 @@ pub struct BuiltinArgs {
     #[arg(long)]
     pub yes: bool,
     #[command(flatten)]
+    pub switch: SwitchArgs,
+    #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+/// How a switch that changes the mesh's roots goes.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// Write ConfigMap weft-ca-issuer at once instead of rotating: the new issuer's roots join
+    /// every trust bundle beside the old ones, which stay; certificates move at their normal
+    /// renewal. For a mesh without workloads yet, or an install-time choice.
+    #[arg(long)]
+    pub without_rotation: bool,
+    /// In the rotation, proxies holding a certificate from the old issuer renew within this
+    /// time, each at a random moment (Go duration: 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = super::ca_rotate::parse_spread)]
+    pub renew_within: std::time::Duration,
 }
 
 impl VaultArgs {
@@ -172,14 +194,20 @@ pub async fn run(args: IssuerArgs) -> Result<(), CliError> {
         None => show(&args.mesh).await,
         Some(IssuerCommand::Set(SetIssuer::Vault(vault))) => {
             let config = vault.config()?;
-            set(&vault.mesh, config, vault.yes).await
+            set(&vault.mesh, config, vault.yes, &vault.switch).await
         }
         Some(IssuerCommand::Set(SetIssuer::CertManager(cm))) => {
             let config = cm.config()?;
-            set(&cm.mesh, config, cm.yes).await
+            set(&cm.mesh, config, cm.yes, &cm.switch).await
         }
         Some(IssuerCommand::Set(SetIssuer::Builtin(builtin))) => {
-            set(&builtin.mesh, IssuerConfig::Builtin, builtin.yes).await
+            set(
+                &builtin.mesh,
+                IssuerConfig::Builtin,
+                builtin.yes,
+                &builtin.switch,
+            )
+            .await
         }
     }
 }
@@ -274,9 +302,44 @@ fn describe_root(der: &[u8]) -> String {
     }
 }
 
-async fn set(mesh: &MeshArgs, config: IssuerConfig, yes: bool) -> Result<(), CliError> {
+async fn set(
+    mesh: &MeshArgs,
+    config: IssuerConfig,
+    yes: bool,
+    switch: &SwitchArgs,
+) -> Result<(), CliError> {
     let client = inventory::client().await?;
     let ns = mesh.weft_namespace.as_str();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let now = match configmaps
+        .get_opt(ISSUER_CONFIGMAP)
+        .await
+        .map_err(CliError::kube(format!(
+            "reading ConfigMap {ns}/{ISSUER_CONFIGMAP}"
+        )))? {
+        None => Some(IssuerConfig::Builtin),
+        // An unusable ConfigMap: nothing is known to rotate from; writing it repairs it.
+        Some(cm) => IssuerConfig::from_data(&cm.data.unwrap_or_default()).ok(),
+    };
+    // Every root change goes through a rotation; a change that keeps the roots is a write.
+    if !switch.without_rotation && now.as_ref().is_some_and(|now| !now.same_roots_as(&config)) {
+        match &config {
+            IssuerConfig::CertManager(cm) => {
+                warn_missing(&client, ns, &cm.ca_bundle_secret, CA_BUNDLE_KEY).await?
+            }
+            IssuerConfig::Vault(vault) => warn_missing_secrets(&client, ns, vault).await?,
+            IssuerConfig::Builtin => {}
+        }
+        return super::ca_rotate::begin(
+            &client,
+            mesh,
+            Some(config),
+            switch.renew_within,
+            None,
+            yes,
+        )
+        .await;
+    }
     println!(
         "This sets ConfigMap {ns}/{ISSUER_CONFIGMAP} to: {}",
         config.describe()
@@ -468,6 +531,30 @@ mod tests {
                 mount: "kubernetes".into()
             }
         );
+    }
+
+    #[test]
+    fn a_switch_rotates_unless_told_not_to_and_its_spread_is_checked() {
+        let switch = |args: &[&str]| match parse(args).map(|a| a.command) {
+            Ok(Some(IssuerCommand::Set(SetIssuer::Builtin(b)))) => Ok(b.switch),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let default = switch(&["set", "builtin"]).unwrap();
+        assert!(!default.without_rotation);
+        assert_eq!(default.renew_within, std::time::Duration::from_secs(30));
+        let direct = switch(&[
+            "set",
+            "builtin",
+            "--without-rotation",
+            "--renew-within",
+            "5s",
+        ])
+        .unwrap();
+        assert!(direct.without_rotation);
+        assert_eq!(direct.renew_within, std::time::Duration::from_secs(5));
+        let err = switch(&["set", "builtin", "--renew-within", "0s"]).unwrap_err();
+        assert!(err.contains("between 1s and 24h"), "{err}");
     }
 
     #[test]

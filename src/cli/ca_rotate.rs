@@ -2,6 +2,7 @@
 //! the new root into Secret `weft-ca-next` and the state into ConfigMap `weft-ca-rotation`;
 //! the operator's leader then moves the mesh through the phases of `operator::rotation`.
 //! `weft ca rotate status` shows where it is, `weft ca rotate --abort` goes back in (a) or (b).
+//! `weft ca issuer set` starts the same rotation, with the issuer to switch to ([`begin`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use kube::{Api, Client};
 
 use super::error::CliError;
 use super::inventory::{self, MeshArgs};
+use crate::contract;
 use crate::operator::rotation::{
     self, ACKS_CONFIGMAP, NEXT_CA_SECRET, Phase, ProxySeen, ROTATION_CONFIGMAP, RotationState,
 };
@@ -55,7 +57,7 @@ pub struct StatusArgs {
     pub mesh: MeshArgs,
 }
 
-fn parse_spread(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_spread(s: &str) -> Result<Duration, String> {
     let d = crate::duration::parse(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
         return Err(format!(
@@ -80,7 +82,31 @@ fn bad(message: String) -> CliError {
 
 async fn start(args: RotateArgs) -> Result<(), CliError> {
     let client = inventory::client().await?;
-    let ns = args.mesh.weft_namespace.as_str();
+    let yes = args.yes;
+    begin(
+        &client,
+        &args.mesh,
+        None,
+        args.renew_within,
+        args.trust_domain.clone(),
+        yes,
+    )
+    .await
+}
+
+/// Starts a rotation: to a new builtin root (`to` None: the issuer stays builtin), or to the
+/// issuer `to` (a switch of issuer; the mesh root is replaced with it, see
+/// `operator::rotation`). Without `yes` it says what it would do and changes nothing (Ok, or
+/// [`CliError::ConfirmationNeeded`] for `weft ca issuer set`, which always said so).
+pub(crate) async fn begin(
+    client: &Client,
+    mesh: &MeshArgs,
+    to: Option<IssuerConfig>,
+    renew_within: Duration,
+    trust_domain: Option<String>,
+    yes: bool,
+) -> Result<(), CliError> {
+    let ns = mesh.weft_namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     if secrets
@@ -95,25 +121,23 @@ async fn start(args: RotateArgs) -> Result<(), CliError> {
              root-cert.pem, roll the workloads, then remove the old one"
         )));
     }
-    if let Some(cm) = configmaps
+    let configured = match configmaps
         .get_opt(ISSUER_CONFIGMAP)
         .await
         .map_err(CliError::kube(format!(
             "reading ConfigMap {ns}/{ISSUER_CONFIGMAP}"
-        )))?
-    {
-        match IssuerConfig::from_data(&cm.data.unwrap_or_default()) {
-            Ok(IssuerConfig::Builtin) => {}
-            Ok(other) => {
-                return Err(bad(format!(
-                    "the {} issuer signs workload certificates, so a new builtin root would not \
-                     re-issue them: run `weft ca issuer set builtin --yes` first (a rotation to \
-                     another issuer is not built yet)",
-                    other.kind().as_str()
-                )));
-            }
-            Err(e) => return Err(bad(format!("ConfigMap {ns}/{ISSUER_CONFIGMAP}: {e}"))),
-        }
+        )))? {
+        None => IssuerConfig::Builtin,
+        Some(cm) => IssuerConfig::from_data(&cm.data.unwrap_or_default())
+            .map_err(|e| bad(format!("ConfigMap {ns}/{ISSUER_CONFIGMAP}: {e}")))?,
+    };
+    if to.is_none() && !matches!(configured, IssuerConfig::Builtin) {
+        return Err(bad(format!(
+            "the {} issuer signs workload certificates, so a new builtin root alone would not \
+             re-issue them: to move to another root, switch issuer with `weft ca issuer set \
+             ...` (a rotation too), e.g. `weft ca issuer set builtin --yes`",
+            configured.kind().as_str()
+        )));
     }
     let existing = read_state(&configmaps).await.map_err(bad)?;
     if let Some((state, _)) = &existing
@@ -148,28 +172,81 @@ async fn start(args: RotateArgs) -> Result<(), CliError> {
             pki::WEFT_CA_SECRET
         ))
     })?;
-    let trust_domain = match args.trust_domain.clone() {
+    // In a switch of issuer every root trusted now leaves (the mesh root and the old issuer's,
+    // as the operator publishes them); in a builtin rotation, the mesh root.
+    let mut old_roots = vec![old.own_roots_pem()];
+    if to.is_some() {
+        let published = configmaps
+            .get_opt(contract::ROOT_CERT_CONFIGMAP)
+            .await
+            .map_err(CliError::kube(format!(
+                "reading ConfigMap {ns}/{}",
+                contract::ROOT_CERT_CONFIGMAP
+            )))?
+            .and_then(|cm| cm.data?.get(contract::ROOT_CERT_KEY).cloned())
+            .unwrap_or_default();
+        for der in pki::certificates_from_pem(&published).unwrap_or_default() {
+            let pem = pki::pem_of_certificate(&der);
+            if fingerprints_of_pem(&[&pem]).is_disjoint(&fingerprints_of_pem(&old_roots)) {
+                old_roots.push(pem);
+            }
+        }
+    }
+    let trust_domain = match trust_domain {
         Some(td) => td,
-        None => super::ca::revisions_trust_domain(&client, ns).await?,
+        None => super::ca::revisions_trust_domain(client, ns).await?,
     };
-    println!(
-        "This rotates the mesh root of Secret {ns}/{} to a new self-signed root for trust \
-         domain {trust_domain}, under traffic, in three phases:",
-        pki::WEFT_CA_SECRET
-    );
+    match &to {
+        None => println!(
+            "This rotates the mesh root of Secret {ns}/{} to a new self-signed root for trust \
+             domain {trust_domain}, under traffic, in three phases:",
+            pki::WEFT_CA_SECRET
+        ),
+        Some(to) => {
+            println!(
+                "This switches the issuer from {} to {} as a root rotation, under traffic: the \
+                 {} root(s) trusted now leave every trust bundle, and a new self-signed mesh \
+                 root for trust domain {trust_domain} replaces Secret {ns}/{}'s (it signs the \
+                 operator's serving certificates{}). Phases:",
+                configured.describe(),
+                to.describe(),
+                old_roots.len(),
+                pki::WEFT_CA_SECRET,
+                if matches!(to, IssuerConfig::Builtin) {
+                    " and the workloads'"
+                } else {
+                    "; the new issuer signs the workloads'"
+                },
+            );
+            if !matches!(to, IssuerConfig::Builtin) {
+                println!(
+                    "  (a) waits first for every operator replica to reach the new issuer and \
+                     pass a dry signing; its roots then join every trust bundle"
+                );
+            }
+        }
+    }
     for phase in [Phase::Trusting, Phase::Reissuing, Phase::Dropping] {
         println!("  {}", phase.describe());
+    }
+    if to.is_some() {
+        println!(
+            "  ConfigMap {ns}/{ISSUER_CONFIGMAP} names the new issuer from the end of (b) on."
+        );
     }
     println!(
         "Each phase waits for every connected proxy (they poll every {}s); proxies renew within \
          {}s of phase (b). `weft ca rotate status` follows it; `weft ca rotate --abort` goes \
          back while in (a) or (b).",
         POLL_EVERY.as_secs(),
-        args.renew_within.as_secs()
+        renew_within.as_secs()
     );
-    if !args.yes {
+    if !yes {
         println!("Nothing changed: run again with --yes to start.");
-        return Ok(());
+        return match to {
+            None => Ok(()),
+            Some(_) => Err(CliError::ConfirmationNeeded),
+        };
     }
     let new = MeshCa::generate_root(&trust_domain, pki::DEFAULT_ROOT_VALIDITY).map_err(|e| {
         CliError::NewRoot {
@@ -199,13 +276,14 @@ async fn start(args: RotateArgs) -> Result<(), CliError> {
         )))?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let id = now.strftime("%Y%m%dT%H%M%SZ").to_string();
-    let state = RotationState::new(
+    let mut state = RotationState::new(
         id.clone(),
-        vec![old.own_roots_pem()],
+        old_roots,
         vec![new.own_roots_pem()],
-        args.renew_within.as_secs(),
+        renew_within.as_secs(),
         now.to_string(),
     );
+    state.to_issuer = to.map(|c| c.to_data());
     let rv = existing.and_then(|(_, rv)| rv);
     write_state(&configmaps, &state, rv.as_deref())
         .await
@@ -293,6 +371,9 @@ pub fn render_status(
         state.phase,
         state.phase.describe()
     );
+    if let Some(to) = state.to_issuer_config() {
+        out.push_str(&format!("  Switching issuer to: {}\n", to.describe()));
+    }
     if state.phase.active() && !state.waiting_for.is_empty() {
         out.push_str(&format!("  Waiting for: {}\n", state.waiting_for));
     }
@@ -323,6 +404,7 @@ pub fn render_status(
     }
     let old = fingerprints_of_pem(&state.old_roots);
     let new = fingerprints_of_pem(&state.new_roots);
+    let reissued = fingerprints_of_pem(&state.reissued_roots());
     let connected: Vec<&ProxySeen> = acks
         .values()
         .filter(|p| now - p.seen <= CONNECTED_WITHIN.as_secs() as i64)
@@ -330,12 +412,17 @@ pub fn render_status(
     let count = |f: &dyn Fn(&ProxySeen) -> bool| connected.iter().filter(|p| f(p)).count();
     out.push_str(&format!(
         "  Connected proxies (polled in the last {}s): {}; trusting the new root: {}; still \
-         trusting the old root: {}; certificate from the new root: {}\n",
+         trusting the old root: {}; certificate from the new {}: {}\n",
         CONNECTED_WITHIN.as_secs(),
         connected.len(),
         count(&|p| p.bundle.is_superset(&new)),
         count(&|p| !p.bundle.is_disjoint(&old)),
-        count(&|p| p.leaf_root.as_ref().is_some_and(|r| new.contains(r))),
+        if state.to_external() {
+            "issuer"
+        } else {
+            "root"
+        },
+        count(&|p| p.leaf_root.as_ref().is_some_and(|r| reissued.contains(r))),
     ));
     out
 }
@@ -408,6 +495,20 @@ mod tests {
             ("gone".to_string(), seen(&[&old], &old, now - 500)),
         ]);
         let text = render_status(&state, &acks, now);
+        let mut switching = state.clone();
+        switching.to_issuer = Some(BTreeMap::from([(
+            "issuer".to_string(),
+            "builtin".to_string(),
+        )]));
+        let switch_text = render_status(&switching, &acks, now);
+        assert!(
+            switch_text.contains("Switching issuer to: builtin"),
+            "{switch_text}"
+        );
+        assert!(
+            switch_text.contains("certificate from the new root: 1"),
+            "{switch_text}"
+        );
         assert!(
             text.contains("phase Reissuing — (b) the new root signs"),
             "{text}"

@@ -1,7 +1,9 @@
 //! The issuer controller (issue 24): reads ConfigMap `weft-ca-issuer` and the Secrets it names,
 //! builds the issuer it states (Vault, cert-manager), probes it with a dry signing, and hands it
 //! to the CSR endpoint and its roots and health to the CA-bundle controller. Every replica runs it (each one
-//! signs); only the leader records the health on the ConfigMap for `weft ca issuer`.
+//! signs); only the leader records the health on the ConfigMap for `weft ca issuer`. During a
+//! switch of issuer (a root rotation, `super::rotation`) the phase decides which issuer is in
+//! force, and in phase (a) the new one is built and dry-signed beside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::rotation::{self, Phase};
 use crate::contract;
 use crate::pki::{
     self, ApiError, ApiFuture, CA_BUNDLE_KEY, CertManagerConfig, CertManagerIssuer,
@@ -44,6 +47,9 @@ pub struct IssuerStatus {
     pub roots: Vec<String>,
     /// What needs a person, naming the issuer: configuration, Vault down, a refused dry signing.
     pub problem: Option<String>,
+    /// During a switch of issuer (phase (a)): the new issuer's roots once its dry signing
+    /// passed, or why it did not. None when no issuer is being prepared.
+    pub next: Option<Result<Vec<String>, String>>,
 }
 
 /// [`IssuerStatus`] as recorded on the ConfigMap ([`HEALTH_ANNOTATION`]).
@@ -68,6 +74,8 @@ pub struct IssuerController {
     pub active: watch::Sender<Option<Arc<dyn Issuer>>>,
     pub status: watch::Sender<IssuerStatus>,
     pub leading: Arc<AtomicBool>,
+    /// The root rotation under way: during a switch of issuer, its phase decides who signs.
+    pub rotation: watch::Receiver<super::rotation_controller::RotationView>,
 }
 
 /// What the controller keeps between passes.
@@ -94,8 +102,10 @@ struct Current {
 impl IssuerController {
     pub async fn run(self) {
         let mut current = Current::default();
+        let mut next = Current::default();
+        let mut rotation = self.rotation.clone();
         loop {
-            let status = self.reconcile(&mut current).await;
+            let status = self.reconcile_all(&mut current, &mut next).await;
             if let Some(problem) = &status.problem {
                 tracing::warn!("issuer: {problem}");
             }
@@ -109,17 +119,95 @@ impl IssuerController {
                 *now = status.clone();
                 changed
             });
-            tokio::time::sleep(PERIOD).await;
+            let seen = phase_of(&rotation.borrow_and_update());
+            wait_period_or_phase_change(&mut rotation, seen).await;
         }
     }
 
-    async fn reconcile(&self, current: &mut Current) -> IssuerStatus {
+    /// The issuer in force, and during a switch of issuer the one being prepared.
+    async fn reconcile_all(&self, current: &mut Current, next: &mut Current) -> IssuerStatus {
+        let rotating = self.rotation.borrow().active().cloned();
+        let prepare = rotating
+            .as_ref()
+            .and_then(rotation::issuer_to_prepare)
+            .cloned();
+        let next_status = match prepare {
+            Some(data) => Some(self.prepare(&data, next).await),
+            None => {
+                if rotating.is_none() {
+                    *next = Current::default();
+                }
+                None
+            }
+        };
+        let in_force = rotating
+            .as_ref()
+            .and_then(rotation::issuer_in_force)
+            .cloned();
+        let mut status = self.reconcile(current, next, in_force).await;
+        status.next = next_status;
+        status
+    }
+
+    /// Builds and dry-signs the issuer a rotation switches to (as [`Self::reconcile`] does the
+    /// one in force, without signing with it): its roots, or why it cannot sign.
+    async fn prepare(
+        &self,
+        data: &BTreeMap<String, String>,
+        next: &mut Current,
+    ) -> Result<Vec<String>, String> {
+        let config = IssuerConfig::from_data(data).map_err(|e| e.to_string())?;
+        if next.config.as_ref() != Some(&config) {
+            *next = Current {
+                config: Some(config.clone()),
+                ..Current::default()
+            };
+        }
+        let candidate = match &config {
+            IssuerConfig::Vault(vault) => self.vault(vault, next).await?,
+            IssuerConfig::CertManager(cm) => self.cert_manager(cm, next).await?,
+            IssuerConfig::Builtin => return Ok(Vec::new()),
+        };
+        if next
+            .candidate
+            .as_ref()
+            .is_none_or(|old| !Arc::ptr_eq(old, &candidate))
+        {
+            next.candidate = Some(candidate.clone());
+            next.last_probe = None;
+        }
+        let due = next.probe_problem.is_some()
+            || next.last_probe.is_none_or(|at| at.elapsed() >= PROBE_EVERY);
+        if due {
+            next.probe_problem = self.probe(&*candidate).await.err();
+            next.last_probe = Some(Instant::now());
+        }
+        match &next.probe_problem {
+            Some(problem) => Err(problem.clone()),
+            None => Ok(candidate.roots_pem()),
+        }
+    }
+
+    /// The issuer in force: `in_force` (a rotation's phase names it) or ConfigMap
+    /// `weft-ca-issuer`. An issuer prepared in `next` is taken over as it is, already
+    /// dry-signed, so the switch at phase (b) happens in this pass.
+    async fn reconcile(
+        &self,
+        current: &mut Current,
+        next: &mut Current,
+        in_force: Option<BTreeMap<String, String>>,
+    ) -> IssuerStatus {
         let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let config = match configmaps.get_opt(ISSUER_CONFIGMAP).await {
-            Ok(None) => Ok(IssuerConfig::Builtin),
-            Ok(Some(cm)) => IssuerConfig::from_data(&cm.data.unwrap_or_default()),
-            // A passing API error changes nothing: keep signing as before.
-            Err(e) => return self.keep(current, format!("cannot read {ISSUER_CONFIGMAP}: {e}")),
+        let config = match in_force {
+            Some(data) => IssuerConfig::from_data(&data),
+            None => match configmaps.get_opt(ISSUER_CONFIGMAP).await {
+                Ok(None) => Ok(IssuerConfig::Builtin),
+                Ok(Some(cm)) => IssuerConfig::from_data(&cm.data.unwrap_or_default()),
+                // A passing API error changes nothing: keep signing as before.
+                Err(e) => {
+                    return self.keep(current, format!("cannot read {ISSUER_CONFIGMAP}: {e}"));
+                }
+            },
         };
         let config = match config {
             Ok(config) => config,
@@ -142,11 +230,16 @@ impl IssuerController {
             };
         };
         if current.config.as_ref() != Some(&config) {
+            let prepared = if next.config.as_ref() == Some(&config) {
+                std::mem::take(next)
+            } else {
+                Current::default()
+            };
             *current = Current {
                 config: Some(config.clone()),
                 recorded: current.recorded.take(),
                 signing: current.signing.take(),
-                ..Current::default()
+                ..prepared
             };
         }
         let candidate = match &config {
@@ -361,6 +454,7 @@ impl IssuerController {
             ),
             roots,
             problem: Some(problem),
+            next: None,
         }
     }
 
@@ -412,6 +506,35 @@ impl IssuerController {
             .await?;
         current.recorded = Some(health);
         Ok(())
+    }
+}
+
+/// The rotation and phase a view is in (None: no rotation under way).
+fn phase_of(view: &super::rotation_controller::RotationView) -> Option<(String, Phase)> {
+    view.active().map(|s| (s.id.clone(), s.phase))
+}
+
+/// Sleeps one period, or less when a rotation enters another phase: the issuer in force
+/// follows the phase within the rotation controller's pass, not a period later. (The view is
+/// re-sent every pass; only a change of phase cuts the wait short.)
+async fn wait_period_or_phase_change(
+    rotation: &mut watch::Receiver<super::rotation_controller::RotationView>,
+    seen: Option<(String, Phase)>,
+) {
+    let deadline = tokio::time::Instant::now() + PERIOD;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            changed = rotation.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+                if phase_of(&rotation.borrow_and_update()) != seen {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -12,11 +12,18 @@
 //! An abort in (a) ends at once (nothing was signed by the new root); in (b) it goes through
 //! `RollingBack` (the old root signs again, both trusted, until every proxy holds an old-root
 //! certificate) to `Aborted`.
+//!
+//! A switch of issuer (`weft ca issuer set`) is the same rotation with [`RotationState::to_issuer`]
+//! set: the mesh root is replaced too (it anchors the operator's serving certificates, and the
+//! old one signed every workload so far), the new issuer's roots join the new ones once it
+//! passed a dry signing (in (a)), it signs from (b) on, and ConfigMap `weft-ca-issuer` is
+//! promoted with `weft-ca` when (b) ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::pki::IssuerConfig;
 use crate::pki::rotation::fingerprints_of_pem;
 
 /// The rotation's state (key [`STATE_KEY`]).
@@ -96,6 +103,14 @@ pub struct RotationState {
     /// What the current phase waits for, as the leader last saw it.
     #[serde(default)]
     pub waiting_for: String,
+    /// A switch of issuer: ConfigMap `weft-ca-issuer`'s data to sign with from (b) on (written
+    /// into the ConfigMap when (b) ends). None: the issuer stays, only the builtin root changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_issuer: Option<BTreeMap<String, String>>,
+    /// The roots of an external [`Self::to_issuer`] (PEM), recorded by the leader in (a) once
+    /// it passed a dry signing; they are in `new_roots` from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_roots: Option<Vec<String>>,
 }
 
 impl RotationState {
@@ -117,7 +132,53 @@ impl RotationState {
                 at,
             }],
             waiting_for: String::new(),
+            to_issuer: None,
+            issuer_roots: None,
         }
+    }
+
+    /// The issuer this rotation switches to, parsed (None: the builtin root is replaced and
+    /// the issuer stays, or `toIssuer` does not parse: the CLI checked it, and the issuer
+    /// controller reports it as it reports a broken ConfigMap, while the state stays
+    /// readable, so `--abort` works).
+    pub fn to_issuer_config(&self) -> Option<IssuerConfig> {
+        self.to_issuer
+            .as_ref()
+            .and_then(|d| IssuerConfig::from_data(d).ok())
+    }
+
+    /// Whether an external issuer (Vault, cert-manager) signs workloads from (b) on.
+    pub fn to_external(&self) -> bool {
+        self.to_issuer_config()
+            .is_some_and(|c| !matches!(c, IssuerConfig::Builtin))
+    }
+
+    /// The roots every workload certificate must chain to once re-issued: the new issuer's
+    /// when it is external, else the new builtin root.
+    pub fn reissued_roots(&self) -> Vec<String> {
+        if self.to_external() {
+            self.issuer_roots.clone().unwrap_or_default()
+        } else {
+            self.new_roots.clone()
+        }
+    }
+
+    /// The state once the new issuer's roots are known: they join the new roots (and leave the
+    /// old ones, should the new issuer share a root with the old: it is kept, not dropped).
+    pub fn with_issuer_roots(&self, roots: Vec<String>) -> Self {
+        let mut next = self.clone();
+        let joining = fingerprints_of_pem(&roots);
+        next.old_roots
+            .retain(|pem| fingerprints_of_pem(&[pem]).is_disjoint(&joining));
+        let have = fingerprints_of_pem(&next.new_roots);
+        for root in &roots {
+            if fingerprints_of_pem(&[root]).is_disjoint(&have) {
+                next.new_roots.push(root.clone());
+            }
+        }
+        next.issuer_roots = Some(roots);
+        next.waiting_for = String::new();
+        next
     }
 
     /// The state after entering `phase` at `at`.
@@ -145,6 +206,25 @@ impl RotationState {
                 )
             }),
         }
+    }
+}
+
+/// ConfigMap `weft-ca-issuer`'s data that decides who signs in `state`'s phase: the new
+/// issuer's from (b) on (also in (c), when the ConfigMap already holds it), else None (the
+/// ConfigMap decides, as without a rotation).
+pub fn issuer_in_force(state: &RotationState) -> Option<&BTreeMap<String, String>> {
+    match state.phase {
+        Phase::Reissuing | Phase::Dropping => state.to_issuer.as_ref(),
+        _ => None,
+    }
+}
+
+/// The issuer every replica builds and dry-signs with beside the one in force, so its roots
+/// are known and trusted before it signs: an external new issuer, during (a).
+pub fn issuer_to_prepare(state: &RotationState) -> Option<&BTreeMap<String, String>> {
+    match state.phase {
+        Phase::Trusting if state.to_external() => state.to_issuer.as_ref(),
+        _ => None,
     }
 }
 
@@ -219,6 +299,9 @@ pub struct Observed {
     pub unpublished: Option<String>,
     /// Every proxy heard from, by pod.
     pub proxies: BTreeMap<String, ProxySeen>,
+    /// The issuer being switched to, as this replica prepared it ([`issuer_to_prepare`]): its
+    /// roots once a dry signing passed, or why not. None: no issuer is being prepared.
+    pub next_issuer: Option<Result<Vec<String>, String>>,
 }
 
 /// What the leader does this pass.
@@ -233,6 +316,9 @@ pub enum Decision {
         promote: bool,
         retire_next: bool,
     },
+    /// Stay in (a), recording the new issuer's roots ([`RotationState::with_issuer_roots`]):
+    /// every bundle then gets them, and (a) waits for every proxy to trust them.
+    IssuerReady(Vec<String>),
 }
 
 /// The leader's rule: move on once the bundles are published and every connected proxy has
@@ -241,11 +327,25 @@ pub fn decide(state: &RotationState, observed: &Observed) -> Decision {
     if !state.phase.active() {
         return Decision::Wait(String::new());
     }
+    if state.phase == Phase::Trusting && state.to_external() && state.issuer_roots.is_none() {
+        let to = state
+            .to_issuer_config()
+            .map(|c| c.describe())
+            .unwrap_or_default();
+        return match &observed.next_issuer {
+            Some(Ok(roots)) if !roots.is_empty() => Decision::IssuerReady(roots.clone()),
+            Some(Err(problem)) => Decision::Wait(format!(
+                "the new issuer ({to}) to pass a dry signing: {problem}"
+            )),
+            _ => Decision::Wait(format!("the new issuer ({to}) to pass a dry signing")),
+        };
+    }
     if let Some(what) = &observed.unpublished {
         return Decision::Wait(format!("the trust bundles to be published: {what}"));
     }
     let old = fingerprints_of_pem(&state.old_roots);
     let new = fingerprints_of_pem(&state.new_roots);
+    let reissued = fingerprints_of_pem(&state.reissued_roots());
     let connected: Vec<(&String, &ProxySeen)> = observed
         .proxies
         .iter()
@@ -265,9 +365,13 @@ pub fn decide(state: &RotationState, observed: &Observed) -> Decision {
         ),
         Phase::Reissuing => (
             lagging(&connected, |p| {
-                p.leaf_root.as_ref().is_some_and(|r| new.contains(r))
+                p.leaf_root.as_ref().is_some_and(|r| reissued.contains(r))
             }),
-            "to hold a certificate from the new root",
+            if state.to_external() {
+                "to hold a certificate from the new issuer"
+            } else {
+                "to hold a certificate from the new root"
+            },
             Decision::Enter {
                 to: Phase::Dropping,
                 promote: true,
@@ -404,6 +508,7 @@ mod tests {
                 .iter()
                 .map(|(p, s)| (p.to_string(), s.clone()))
                 .collect(),
+            next_issuer: None,
         }
     }
 
@@ -552,6 +657,133 @@ mod tests {
                 retire_next: true
             }
         );
+    }
+
+    fn vault_data() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("issuer".to_string(), "vault".to_string()),
+            (
+                "vault.address".to_string(),
+                "http://198.18.0.1:8200".to_string(),
+            ),
+            ("vault.role".to_string(), "weft".to_string()),
+            (
+                "vault.tokenSecret".to_string(),
+                "weft-vault-token".to_string(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_switch_to_vault_waits_for_its_dry_signing_then_reissues_from_vault_only() {
+        let w = world();
+        let (vault_pem, vault) = root();
+        let (o, n) = (&w.old, &w.new);
+        let mut state = w.state.clone();
+        state.to_issuer = Some(vault_data());
+        assert!(state.to_external());
+        // (a): the new issuer is prepared beside the one in force, which the ConfigMap names.
+        assert_eq!(issuer_to_prepare(&state), Some(&vault_data()));
+        assert_eq!(issuer_in_force(&state), None);
+        // Until Vault passed a dry signing nothing moves, and the wait names Vault's refusal.
+        let mut obs = observed(&[("p", proxy(&[o, n], o, 999))]);
+        obs.next_issuer = Some(Err("Vault ... permission denied".into()));
+        match decide(&state, &obs) {
+            Decision::Wait(why) => assert!(
+                why.contains("the new issuer (vault at http://198.18.0.1:8200")
+                    && why.contains("permission denied"),
+                "{why}"
+            ),
+            d => panic!("{d:?}"),
+        }
+        obs.next_issuer = Some(Ok(vec![vault_pem.clone()]));
+        assert_eq!(
+            decide(&state, &obs),
+            Decision::IssuerReady(vec![vault_pem.clone()])
+        );
+        let state = state.with_issuer_roots(vec![vault_pem.clone()]);
+        assert_eq!(state.new_roots.len(), 2, "the new mesh root and Vault's");
+        assert_eq!(state.reissued_roots(), vec![vault_pem.clone()]);
+        // (a) now waits for every proxy to trust Vault's root too.
+        assert!(matches!(decide(&state, &obs), Decision::Wait(_)));
+        let all = observed(&[("p", proxy(&[o, n, &vault], o, 999))]);
+        assert!(matches!(
+            decide(&state, &all),
+            Decision::Enter {
+                to: Phase::Reissuing,
+                ..
+            }
+        ));
+        // (b): Vault is in force; a leaf from the new mesh root does not count, one from Vault does.
+        let b = state.entering(Phase::Reissuing, "t".into());
+        assert_eq!(issuer_in_force(&b), Some(&vault_data()));
+        assert_eq!(issuer_to_prepare(&b), None);
+        let from_mesh = observed(&[("p", proxy(&[o, n, &vault], n, 999))]);
+        match decide(&b, &from_mesh) {
+            Decision::Wait(why) => {
+                assert!(
+                    why.contains("to hold a certificate from the new issuer"),
+                    "{why}"
+                )
+            }
+            d => panic!("{d:?}"),
+        }
+        let from_vault = observed(&[("p", proxy(&[o, n, &vault], &vault, 999))]);
+        assert_eq!(
+            decide(&b, &from_vault),
+            Decision::Enter {
+                to: Phase::Dropping,
+                promote: true,
+                retire_next: false
+            }
+        );
+        // (c): the old mesh root leaves; Vault's and the new mesh root stay.
+        let c = b.entering(Phase::Dropping, "t".into());
+        assert_eq!(issuer_in_force(&c), Some(&vault_data()));
+        let dropped = observed(&[("p", proxy(&[n, &vault], &vault, 999))]);
+        assert!(matches!(
+            decide(&c, &dropped),
+            Decision::Enter {
+                to: Phase::Done,
+                ..
+            }
+        ));
+        // Rolling back, the ConfigMap (the old issuer) is in force again.
+        assert_eq!(
+            issuer_in_force(&b.entering(Phase::RollingBack, "t".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn a_switch_to_builtin_reissues_from_the_new_mesh_root_and_a_shared_root_is_kept() {
+        let w = world();
+        let mut state = w.state.clone();
+        state.to_issuer = Some(BTreeMap::from([(
+            "issuer".to_string(),
+            "builtin".to_string(),
+        )]));
+        assert!(!state.to_external());
+        assert_eq!(issuer_to_prepare(&state), None, "nothing to reach");
+        assert_eq!(state.reissued_roots(), state.new_roots);
+        // An issuer whose root is already trusted (in the old roots): it moves to the new roots,
+        // or (c) could never drop it.
+        let shared = state.old_roots[0].clone();
+        let moved = w.state.with_issuer_roots(vec![shared.clone()]);
+        assert!(moved.old_roots.is_empty(), "{:?}", moved.old_roots);
+        assert!(moved.new_roots.contains(&shared));
+        // A state naming an issuer that does not parse stays readable, so it can be aborted.
+        let mut broken = w.state.entering(Phase::Reissuing, "t".into());
+        broken.to_issuer = Some(BTreeMap::from([(
+            "issuer".to_string(),
+            "vault".to_string(),
+        )]));
+        let data = BTreeMap::from([(
+            STATE_KEY.to_string(),
+            serde_json::to_string(&broken).unwrap(),
+        )]);
+        let read = RotationState::from_data(&data).unwrap().unwrap();
+        assert_eq!(abort(&read), Ok(Phase::RollingBack));
     }
 
     #[test]

@@ -230,6 +230,8 @@ pub struct RotationController {
     pub acks: Acks,
     /// The CA this replica serves with (the leader checks its bundle is published).
     pub ca: watch::Receiver<Option<Arc<MeshCa>>>,
+    /// The issuer controller's view: in an issuer switch, whether the new issuer is ready.
+    pub issuer: watch::Receiver<super::issuer::IssuerStatus>,
     pub leading: Arc<AtomicBool>,
 }
 
@@ -384,6 +386,11 @@ impl RotationController {
                 }
                 Ok(())
             }
+            Decision::IssuerReady(roots) => {
+                write_state(&self.configmaps(), &state.with_issuer_roots(roots), rv).await?;
+                tracing::info!(rotation = %state.id, "root rotation: the new issuer passed a dry signing; its roots join every trust bundle");
+                Ok(())
+            }
             Decision::Enter {
                 to,
                 promote,
@@ -511,6 +518,7 @@ impl RotationController {
             connected_within: CONNECTED_WITHIN.as_secs() as i64,
             unpublished: (!unpublished.is_empty()).then(|| unpublished.join("; ")),
             proxies: rotation::merge_acks(&replicas),
+            next_issuer: self.issuer.borrow().next.clone(),
         })
     }
 
@@ -556,6 +564,50 @@ impl RotationController {
                 )
             })?;
         tracing::info!(rotation = %state.id, "root rotation: the new root is now Secret weft-ca's");
+        if let Some(to) = &state.to_issuer {
+            self.promote_issuer(to).await?;
+            tracing::info!(rotation = %state.id, "root rotation: ConfigMap {} now names the new issuer", pki::ISSUER_CONFIGMAP);
+        }
+        Ok(())
+    }
+
+    /// Writes the new issuer into ConfigMap `weft-ca-issuer` (its whole data, as `weft ca
+    /// issuer set` does), so it signs after the rotation as during (b) and (c).
+    async fn promote_issuer(&self, to: &BTreeMap<String, String>) -> Result<(), String> {
+        let configmaps = self.configmaps();
+        let failed = |e: kube::Error| format!("writing ConfigMap {}: {e}", pki::ISSUER_CONFIGMAP);
+        match configmaps
+            .get_opt(pki::ISSUER_CONFIGMAP)
+            .await
+            .map_err(failed)?
+        {
+            Some(mut cm) if cm.data.as_ref() != Some(to) => {
+                cm.data = Some(to.clone());
+                configmaps
+                    .replace(pki::ISSUER_CONFIGMAP, &PostParams::default(), &cm)
+                    .await
+                    .map_err(failed)?;
+            }
+            Some(_) => {}
+            None => {
+                let cm = ConfigMap {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(pki::ISSUER_CONFIGMAP.into()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".into(),
+                            "weft".into(),
+                        )])),
+                        ..Default::default()
+                    },
+                    data: Some(to.clone()),
+                    ..Default::default()
+                };
+                configmaps
+                    .create(&PostParams::default(), &cm)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
         Ok(())
     }
 }

@@ -194,6 +194,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     // Every replica reads ConfigMap weft-ca-issuer: who signs workload certificates (issue 24).
     let (issuer_tx, issuer_rx) = watch::channel(None);
     let (issuer_status_tx, issuer_status_rx) = watch::channel(Default::default());
+    // The rotation's view is made first: during a switch of issuer its phase decides who signs.
+    let (rotation_tx, rotation_rx) = watch::channel(Default::default());
     tokio::spawn(
         super::issuer::IssuerController {
             client: client.clone(),
@@ -202,11 +204,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             active: issuer_tx,
             status: issuer_status_tx,
             leading: election.leading(),
+            rotation: rotation_rx.clone(),
         }
         .run(),
     );
     // Every replica follows ConfigMap weft-ca-rotation: a root rotation under way (issue 24).
-    let (rotation_tx, rotation_rx) = watch::channel(Default::default());
     let trust_acks: super::rotation_controller::Acks = Default::default();
     tokio::spawn(
         super::rotation_controller::RotationController {
@@ -216,6 +218,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             view: rotation_tx,
             acks: trust_acks.clone(),
             ca: ca_rx.clone(),
+            issuer: issuer_status_rx.clone(),
             leading: election.leading(),
         }
         .run(),

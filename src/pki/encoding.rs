@@ -86,6 +86,11 @@ pub(crate) fn to_pem(tag: &str, der: &[u8]) -> String {
     )
 }
 
+/// One certificate's DER as PEM.
+pub fn pem_of_certificate(der: &[u8]) -> String {
+    to_pem("CERTIFICATE", der)
+}
+
 /// Why a private key file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFormatError {

@@ -398,6 +398,24 @@ pub enum VaultAuth {
 pub struct IssuerConfigError(pub String);
 
 impl IssuerConfig {
+    /// Whether `self` and `other` anchor their certificates to the same roots, read from the
+    /// same place (builtin: the mesh CA; Vault: one address and mount; cert-manager: one
+    /// ca-bundle Secret). Changing only what does not touch the roots (a Vault role or token,
+    /// a cert-manager issuerRef) needs no root rotation.
+    pub fn same_roots_as(&self, other: &IssuerConfig) -> bool {
+        match (self, other) {
+            (Self::Builtin, Self::Builtin) => true,
+            (Self::Vault(a), Self::Vault(b)) => {
+                a.address.trim_end_matches('/') == b.address.trim_end_matches('/')
+                    && a.mount == b.mount
+            }
+            (Self::CertManager(a), Self::CertManager(b)) => {
+                a.ca_bundle_secret == b.ca_bundle_secret
+            }
+            _ => false,
+        }
+    }
+
     /// Reads a ConfigMap's data. Unknown keys are refused (a typo must not silently mean the
     /// default).
     pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, IssuerConfigError> {
@@ -1025,6 +1043,36 @@ mod tests {
                 .describe()
                 .contains("Issuer/osm-ca (cert-manager.io)")
         );
+    }
+
+    #[test]
+    fn only_a_change_of_where_the_roots_come_from_needs_a_rotation() {
+        let vault = |address: &str, mount: &str, role: &str| {
+            IssuerConfig::Vault(VaultConfig {
+                address: address.into(),
+                mount: mount.into(),
+                role: role.into(),
+                auth: VaultAuth::TokenSecret("t".into()),
+                ca_cert_secret: None,
+            })
+        };
+        let cm = |issuer: &str, bundle: &str| {
+            IssuerConfig::CertManager(CertManagerConfig {
+                issuer_name: issuer.into(),
+                issuer_kind: IssuerRefKind::Issuer,
+                issuer_group: CERT_MANAGER_GROUP.into(),
+                ca_bundle_secret: bundle.into(),
+            })
+        };
+        let a = vault("http://v:8200", "pki", "weft");
+        assert!(a.same_roots_as(&vault("http://v:8200/", "pki", "other-role")));
+        assert!(!a.same_roots_as(&vault("http://v:8200", "pki2", "weft")));
+        assert!(!a.same_roots_as(&vault("http://w:8200", "pki", "weft")));
+        assert!(cm("a", "bundle").same_roots_as(&cm("b", "bundle")));
+        assert!(!cm("a", "bundle").same_roots_as(&cm("a", "other")));
+        assert!(IssuerConfig::Builtin.same_roots_as(&IssuerConfig::Builtin));
+        assert!(!IssuerConfig::Builtin.same_roots_as(&a));
+        assert!(!a.same_roots_as(&cm("a", "bundle")));
     }
 
     #[test]

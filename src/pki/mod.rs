@@ -30,7 +30,7 @@ pub use cert_manager::{
     ApiError, ApiFuture, CertManagerIssuer, CertificateRequests, RequestState, certificate_request,
     request_state, roots_from_ca_bundle,
 };
-pub use encoding::{PemError, certificates_from_pem};
+pub use encoding::{PemError, certificates_from_pem, pem_of_certificate};
 pub use issue::{CheckedCsr, CsrError, IssuedCert, check_workload_csr};
 pub use issuer::{
     CA_BUNDLE_KEY, CERT_MANAGER_API_VERSION, CERT_MANAGER_GROUP, CertManagerConfig, IssuerRefKind,

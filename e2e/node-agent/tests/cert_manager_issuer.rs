@@ -69,7 +69,14 @@ struct Restore(&'static Cluster);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let _ = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+        let _ = weft(&[
+            "ca",
+            "issuer",
+            "set",
+            "builtin",
+            "--without-rotation",
+            "--yes",
+        ]);
         for what in [
             format!("secret/{CA_SECRET}"),
             format!("secret/{BUNDLE}"),
@@ -247,6 +254,8 @@ fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named
         ISSUER,
         "--ca-bundle-secret",
         BUNDLE,
+        // This test proves the direct switch; tests/rotation.rs the switch as a rotation.
+        "--without-rotation",
     ];
     let dry = weft(&set);
     assert!(!dry.status.success());
@@ -444,7 +453,14 @@ fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named
     assert_eq!(still.status, 200, "osm-ca keeps signing: {}", still.body);
 
     // Back to builtin: the next certificate chains to the mesh root again.
-    let back = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+    let back = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "builtin",
+        "--without-rotation",
+        "--yes",
+    ]);
     assert!(back.status.success(), "{}", text(&back));
     wait_for(MINUTE, issuer_status, |s| {
         s.contains("Signing:  builtin") && s.contains("Trusted roots (1")

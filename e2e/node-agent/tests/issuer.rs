@@ -99,7 +99,14 @@ struct BackToBuiltin(&'static Cluster);
 
 impl Drop for BackToBuiltin {
     fn drop(&mut self) {
-        let _ = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+        let _ = weft(&[
+            "ca",
+            "issuer",
+            "set",
+            "builtin",
+            "--without-rotation",
+            "--yes",
+        ]);
         let _ = self.0.kubectl(&[
             "-n",
             "weft-system",
@@ -166,6 +173,8 @@ fn vault_signs_the_meshs_workload_certificates_once_chosen_and_builtin_again_aft
         "weft",
         "--token-secret",
         "weft-vault-token",
+        // This test proves the direct switch; tests/rotation.rs the switch as a rotation.
+        "--without-rotation",
     ];
     // Without --yes: says what it would do, changes nothing.
     let dry = weft(&set);
@@ -321,7 +330,14 @@ fn vault_signs_the_meshs_workload_certificates_once_chosen_and_builtin_again_aft
     wait_for(MINUTE, revisions, degraded("False CaHealthy"));
 
     // Back to builtin: the next certificate chains to the mesh root again.
-    let back = weft(&["ca", "issuer", "set", "builtin", "--yes"]);
+    let back = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "builtin",
+        "--without-rotation",
+        "--yes",
+    ]);
     assert!(back.status.success(), "{}", text(&back));
     wait_for(MINUTE, issuer_status, |s| {
         s.contains("Signing:  builtin") && s.contains("Trusted roots (1")

@@ -624,3 +624,388 @@ fn a_new_builtin_root_replaces_the_old_under_steady_traffic_with_no_failed_reque
         text(&abort)
     );
 }
+
+/// Follows `weft ca rotate status` until the rotation is Done or Aborted, printing each phase
+/// as it is entered; returns the last status.
+fn follow_to_the_end(limit: Duration) -> String {
+    let clock = Instant::now();
+    let mut seen: Option<String> = None;
+    wait_for(
+        limit,
+        || {
+            let status = text(&weft(&["ca", "rotate", "status"]));
+            let now = status.lines().next().map(String::from);
+            if now != seen {
+                eprintln!(
+                    "[{:>5.1}s] {}",
+                    clock.elapsed().as_secs_f64(),
+                    status.trim()
+                );
+                seen = now;
+            }
+            status
+        },
+        |s| s.contains("phase Done") || s.contains("phase Aborted"),
+    )
+}
+
+/// The phases the rotation went through (its history).
+fn phases_of(c: &Cluster) -> Vec<String> {
+    state(c)["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["phase"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Err names the first trust bundle outside the proxies that lacks `root` or still holds
+/// `gone`: the root ConfigMap of every namespace and every webhook's caBundle.
+fn every_bundle_holds(c: &Cluster, root: &str, gone: &str) -> Result<(), String> {
+    let configmaps = c.ok(&[
+        "get",
+        "configmap",
+        "-A",
+        "--field-selector",
+        "metadata.name=weft-ca-root-cert",
+        "-o",
+        "json",
+    ]);
+    let configmaps: serde_json::Value =
+        serde_json::from_str(&configmaps).map_err(|e| e.to_string())?;
+    let items = configmaps["items"].as_array().cloned().unwrap_or_default();
+    if items.len() < 2 {
+        return Err(format!("only {} root ConfigMaps", items.len()));
+    }
+    for cm in &items {
+        let pem = cm["data"]["root-cert.pem"].as_str().unwrap_or_default();
+        let ns = cm["metadata"]["namespace"].as_str().unwrap_or_default();
+        if !holds(pem, root) || holds(pem, gone) {
+            return Err(format!(
+                "{ns}'s root ConfigMap: holds the root: {}, the gone root: {}",
+                holds(pem, root),
+                holds(pem, gone)
+            ));
+        }
+    }
+    for config in [
+        "mutatingwebhookconfiguration/weft-sidecar-injector",
+        "validatingwebhookconfiguration/weft-validator",
+    ] {
+        let bundles = c.ok(&[
+            "get",
+            config,
+            "-o",
+            "jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{\"\\n\"}{end}",
+        ]);
+        for b64 in bundles.lines().filter(|l| !l.trim().is_empty()) {
+            let pem = Command::new("bash")
+                .arg("-c")
+                .arg(format!("echo '{}' | base64 -d", b64.trim()))
+                .output()
+                .map_err(|e| e.to_string())?;
+            let pem = String::from_utf8_lossy(&pem.stdout);
+            if !holds(&pem, root) || holds(&pem, gone) {
+                return Err(format!(
+                    "{config}: caBundle holds the root: {}, the gone root: {}",
+                    holds(&pem, root),
+                    holds(&pem, gone)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// However the Vault test ends, the mesh signs with the builtin CA again and no rotation is
+/// left in (a) or (b); the Vault token Secret goes.
+struct BackToBuiltin(&'static Cluster);
+
+impl Drop for BackToBuiltin {
+    fn drop(&mut self) {
+        let _ = weft(&["ca", "rotate", "--abort"]);
+        let _ = weft(&[
+            "ca",
+            "issuer",
+            "set",
+            "builtin",
+            "--without-rotation",
+            "--yes",
+        ]);
+        let _ = self.0.kubectl(&[
+            "-n",
+            "weft-system",
+            "delete",
+            "secret",
+            "weft-vault-token",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// Where the Vault of this file listens (tests/issuer.rs uses another port).
+const VAULT_PORT: u16 = 18208;
+
+#[test]
+fn a_switch_from_builtin_to_vault_and_back_is_a_rotation_with_no_failed_request() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let vault = support::vault::DevVault::start(VAULT_PORT);
+    let vault_root = vault.pki_as_seed_002();
+    let _restore = BackToBuiltin(c);
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        "weft-vault-token",
+        &format!("--from-literal=token={}", support::vault::ROOT_TOKEN),
+    ]);
+    let old_root = root_pem(c);
+    assert_eq!(
+        body(&secret_cert(c, "weft-ca")),
+        body(&old_root),
+        "the builtin CA signs before the switch, its root alone published"
+    );
+    let mesh = meshed_with_traffic(c, "rotate-vault");
+
+    let set = [
+        "ca",
+        "issuer",
+        "set",
+        "vault",
+        "--address",
+        &vault.address,
+        "--role",
+        "weft",
+        "--token-secret",
+        "weft-vault-token",
+        "--renew-within",
+        "10s",
+    ];
+    // Without --yes: says it is a rotation and what it does; nothing changes.
+    let before = state(c);
+    let dry = weft(&set);
+    assert!(!dry.status.success());
+    let said = text(&dry);
+    assert!(
+        said.contains("This switches the issuer from builtin (")
+            && said.contains(") to vault at http://198.18.0.1:18208 (pki/sign/weft")
+            && said.contains("as a root rotation")
+            && said.contains("run again with --yes"),
+        "{said}"
+    );
+    assert_eq!(state(c), before, "a dry run wrote a rotation state");
+    let _guard = AbortIfUnderWay;
+
+    // builtin -> Vault, under traffic.
+    let started = unix_now();
+    let go = weft(&[&set[..], &["--yes"]].concat());
+    assert!(go.status.success(), "{}", text(&go));
+    let last = follow_to_the_end(Duration::from_secs(420));
+    let finished = unix_now();
+    assert!(last.contains("phase Done"), "{last}");
+    assert!(last.contains("Switching issuer to: vault at"), "{last}");
+    assert_eq!(
+        phases_of(c),
+        ["Trusting", "Reissuing", "Dropping", "Done"],
+        "{}",
+        state(c)
+    );
+    eprintln!("builtin -> Vault took {}s", finished - started);
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "requests during builtin -> Vault: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
+
+    // Vault signs (the ConfigMap names it now), and the old root is gone everywhere.
+    let issuer = text(&weft(&["ca", "issuer"]));
+    assert!(
+        issuer.contains("Signing:  vault") && issuer.contains("CN=osm.root"),
+        "{issuer}"
+    );
+    let mesh_root = secret_cert(c, "weft-ca");
+    assert!(
+        body(&mesh_root) != body(&old_root),
+        "weft-ca holds a new root"
+    );
+    assert!(secret_cert(c, "weft-ca-next").is_empty());
+    every_bundle_holds(c, &vault_root, &old_root).unwrap_or_else(|e| panic!("{e}"));
+    let status = text(&weft(&["ca", "rotate", "status"]));
+    assert!(
+        status.contains("still trusting the old root: 0")
+            && !status.contains("certificate from the new issuer: 0"),
+        "{status}"
+    );
+    // Every proxy's certificate chains to Vault's root, not the old one (openssl, outside).
+    every_proxy_chains_to(&mesh, &vault_root, &old_root).unwrap_or_else(|e| panic!("{e}"));
+
+    // Vault -> builtin is a rotation too: Vault's root leaves, a new mesh root signs.
+    let started = unix_now();
+    let back = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "builtin",
+        "--renew-within",
+        "10s",
+        "--yes",
+    ]);
+    assert!(back.status.success(), "{}", text(&back));
+    let last = follow_to_the_end(Duration::from_secs(420));
+    let finished = unix_now();
+    assert!(last.contains("phase Done"), "{last}");
+    eprintln!("Vault -> builtin took {}s", finished - started);
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "requests during Vault -> builtin: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let builtin_root = secret_cert(c, "weft-ca");
+    assert!(body(&builtin_root) != body(&mesh_root));
+    let issuer = text(&weft(&["ca", "issuer"]));
+    assert!(
+        issuer.contains("Signing:  builtin") && !issuer.contains("CN=osm.root"),
+        "{issuer}"
+    );
+    every_bundle_holds(c, &builtin_root, &vault_root).unwrap_or_else(|e| panic!("{e}"));
+    every_proxy_chains_to(&mesh, &builtin_root, &vault_root).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The timed client of the bench: a request every 50 ms (at most 20 a second), each a new
+/// connection, so a new mTLS handshake between the proxies; each line `<unix seconds>
+/// <HTTP code> <seconds>`. Pods run as host processes (e2e/node-agent), so the busybox pod
+/// calls the curl image's curl by its path, for its microsecond timing.
+const TIMED_LOADGEN: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loadgen, labels: {app: loadgen}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: loadgen
+    image: busybox
+    command: [sh, -c, "while true; do echo \"$(date +%s) $(/opt/weft-e2e/images/curl/bin/curl -s -m 10 -o /dev/null -w '%{http_code} %{time_total}' http://bookstore/)\"; sleep 0.05; done"]
+"#;
+
+/// Percentile `q` (0..=1) of sorted samples, nearest rank.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// The loadgen's latencies (ms, sorted) and failures between `from` and `to` (unix seconds).
+fn timed(log: &str, from: i64, to: i64) -> (Vec<f64>, usize) {
+    let mut ms = Vec::new();
+    let mut failed = 0;
+    for line in log.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(t), Some(code), Some(secs)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let Ok(t) = t.parse::<i64>() else { continue };
+        if t < from || t > to {
+            continue;
+        }
+        match (code, secs.parse::<f64>()) {
+            ("200", Ok(s)) => ms.push(s * 1000.0),
+            _ => failed += 1,
+        }
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    (ms, failed)
+}
+
+/// Unix seconds of an RFC 3339 time in the rotation's history.
+fn unix_of(at: &str) -> i64 {
+    let out = Command::new("date")
+        .args(["-u", "-d", at, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// `make bench` (e2e/bench/run.sh, its cluster stage), not `make e2e-issuers`: the p99 latency
+/// of meshed requests during phase (b) of a builtin root rotation (every proxy renewing its
+/// certificate and installing a new bundle) against the steady state just before it, from the
+/// same client. Writes JSON to WEFT_BENCH_ROTATION_OUT when set.
+#[test]
+#[ignore = "a benchmark: make bench runs it"]
+fn bench_added_p99_of_mesh_traffic_during_phase_b() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let mesh = c.namespace("rotate-bench");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    mesh.apply(TIMED_LOADGEN);
+    mesh.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/loadgen",
+        "--timeout=180s",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.contains(" 200 ")).count() >= 5,
+    );
+    let steady_from = unix_now();
+    std::thread::sleep(Duration::from_secs(40));
+    let _guard = AbortIfUnderWay;
+    let go = weft(&["ca", "rotate", "--yes", "--renew-within", "20s"]);
+    assert!(go.status.success(), "{}", text(&go));
+    let steady_to = unix_now() - 1;
+    let last = follow_to_the_end(Duration::from_secs(420));
+    assert!(last.contains("phase Done"), "{last}");
+    let history = state(c)["history"].clone();
+    let at = |phase: &str| {
+        history
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["phase"] == phase))
+            .and_then(|e| e["at"].as_str())
+            .map(unix_of)
+            .unwrap_or(0)
+    };
+    let (b_from, b_to) = (at("Reissuing"), at("Dropping"));
+    assert!(b_from > 0 && b_to > b_from, "{history}");
+    std::thread::sleep(Duration::from_secs(3));
+    let log = mesh.ok(&["logs", "loadgen", "-c", "loadgen"]);
+    let (steady, steady_failed) = timed(&log, steady_from, steady_to);
+    let (during, during_failed) = timed(&log, b_from, b_to);
+    let report = serde_json::json!({
+        "steady": {"requests": steady.len(), "failed": steady_failed,
+                   "p50_ms": percentile(&steady, 0.5), "p99_ms": percentile(&steady, 0.99),
+                   "seconds": steady_to - steady_from},
+        "phase_b": {"requests": during.len(), "failed": during_failed,
+                    "p50_ms": percentile(&during, 0.5), "p99_ms": percentile(&during, 0.99),
+                    "seconds": b_to - b_from},
+        "added_p99_ms": percentile(&during, 0.99) - percentile(&steady, 0.99),
+        "renew_within_s": 20,
+        "proxies": 4,
+    });
+    eprintln!("{report:#}");
+    if let Ok(path) = std::env::var("WEFT_BENCH_ROTATION_OUT") {
+        std::fs::write(&path, report.to_string()).expect("WEFT_BENCH_ROTATION_OUT");
+    }
+    assert!(
+        steady.len() >= 100 && during.len() >= 50,
+        "too few samples: {report}"
+    );
+    assert_eq!(steady_failed + during_failed, 0, "{report}");
+}

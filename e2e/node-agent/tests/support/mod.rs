@@ -7,6 +7,7 @@
 pub mod bookstore;
 pub mod ca;
 pub mod creations;
+pub mod vault;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

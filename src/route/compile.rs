@@ -622,5 +622,27 @@ mod tests {
                 .message
                 .contains("already routed by VirtualService shop/shop")
         );
+        // `*` alone is refused for the mesh, as Istio's validation does.
+        let star = vs("*", "reviews");
+        let tables = compile(
+            &r,
+            Resources {
+                virtual_services: &[Source {
+                    namespace: "shop",
+                    name: "star",
+                    created: "t",
+                    spec: &star,
+                }],
+                ..Default::default()
+            },
+        );
+        assert!(tables.http.is_empty());
+        assert!(
+            tables.problems[0]
+                .message
+                .contains("the wildcard host * is not allowed"),
+            "{:?}",
+            tables.problems
+        );
     }
 }

@@ -610,6 +610,12 @@ pub fn compile_virtual_service(
     if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
         return Err(Refusal::GatewaysOnly);
     }
+    // Istio's validation: `*` alone would take every Service of the mesh for sidecars.
+    if spec.hosts.iter().any(|h| h == "*") {
+        return Err(Refusal::Invalid(
+            "spec.hosts: the wildcard host * is not allowed for a VirtualService bound to the mesh (Istio refuses it too); name the Services, or a *.<domain> wildcard; the VirtualService is not applied".into(),
+        ));
+    }
     let pending = pending_routes(registry, src, &spec)?;
     let mut out = CompiledVirtualService::default();
     let mut dangling = BTreeSet::new();

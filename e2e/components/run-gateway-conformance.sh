@@ -4,8 +4,11 @@
 # against the local cluster with weft deployed, for the GATEWAY-HTTP, GATEWAY-GRPC and
 # MESH-HTTP profiles' core features, and writes the ConformanceReport to
 # docs/conformance/report.yaml.
+#   WEFT_CONFORMANCE_TEST  one test's ShortName (the suite's --run-test), to iterate on it:
+#                          the base resources stay for the next run and the report goes to
+#                          $WEFT_E2E_CACHE/gateway-conformance-partial.yaml, never docs/
 #   WEFT_CONFORMANCE_RUN   a `go test -run` pattern of subtests (TestConformance/<ShortName>),
-#                          to run part of the suite; empty: all of it
+#                          to run part of the suite (report as above); empty: all of it
 #   WEFT_E2E_CACHE         where the test binary is cached (default ~/.cache/weft-e2e)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,14 +24,16 @@ if [[ ! -x $bin ]]; then
   (cd "$here/gateway-conformance" && go test -c -o "$bin" .)
 fi
 kubectl apply -f "$root/config/components/gateway-class/gatewayclass.yaml" >/dev/null
-# The suite's Gateways live in gateway-conformance-infra with their certificate Secrets: grant
-# the operator reading TLS Secrets there, as `weft gateway install` grants it in a gateway's
+# The suite's Gateways live in gateway-conformance-infra with their certificate Secrets, and
+# the Secret ReferenceGrant tests put a certificate in gateway-conformance-web-backend: grant
+# the operator reading TLS Secrets in both, as `weft gateway install` grants it in a gateway's
 # namespace (the operator may not grant itself Secrets).
-kubectl create namespace gateway-conformance-infra --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+for ns in gateway-conformance-infra gateway-conformance-web-backend; do
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -f - >/dev/null <<YAML
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
-metadata: {name: weft-gateway-secrets, namespace: gateway-conformance-infra}
+metadata: {name: weft-gateway-secrets, namespace: $ns}
 rules:
 - apiGroups: [""]
   resources: [secrets]
@@ -36,20 +41,29 @@ rules:
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: weft-gateway-secrets, namespace: gateway-conformance-infra}
+metadata: {name: weft-gateway-secrets, namespace: $ns}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: weft-gateway-secrets}
 subjects:
 - {kind: ServiceAccount, name: weft-operator, namespace: weft-system}
 YAML
+done
 run=${WEFT_CONFORMANCE_RUN:-TestConformance}
+report=$root/docs/conformance/report.yaml
+partial=()
+# Only a full run writes the committed report (tests/conformance_report.rs checks it).
+if [[ -n ${WEFT_CONFORMANCE_RUN:-}${WEFT_CONFORMANCE_TEST:-} ]]; then
+  report=$cache/gateway-conformance-partial.yaml
+  partial=(--cleanup-base-resources=false)
+  [[ -n ${WEFT_CONFORMANCE_TEST:-} ]] && partial+=(--run-test="$WEFT_CONFORMANCE_TEST")
+fi
 mkdir -p "$root/docs/conformance"
 cd "$root"
-exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} \
+exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} "${partial[@]}" \
   --gateway-class=weft \
   --supported-features=Gateway,HTTPRoute,GRPCRoute,ReferenceGrant,Mesh \
   --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,MESH-HTTP \
   --namespace-labels=istio-injection=enabled \
-  --report-output="$root/docs/conformance/report.yaml" \
+  --report-output="$report" \
   --organization=weft --project=weft --url=https://weft.dev \
   --version="$(git -C "$root" describe --always --dirty)" \
   --contact=https://weft.dev/issues

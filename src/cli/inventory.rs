@@ -944,5 +944,11 @@ pub async fn mesh_view(
         ),
         // Only a Gateway listener's namespace Selector reads them; the CLI shows no Gateways.
         namespaces: Vec::new(),
+        reference_grants: arcs(
+            optional(Api::<crate::api::gateway_api::ReferenceGrant>::all(
+                client.clone(),
+            ))
+            .await?,
+        ),
     })
 }

@@ -14,6 +14,7 @@ use crate::route::compile::{Registry, Source};
 use crate::route::gamma::{Condition, RouteKind, RouteSource, RouteStatus};
 use crate::route::gateway::GatewayConfig;
 use crate::route::gateway_api::{self, GatewaySource, ListenerStatus};
+use crate::route::reference_grant::{Grant, ReferenceGrants};
 
 /// The label of the pods serving a Gateway (Istio's automated deployment uses the same).
 pub const LABEL_GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
@@ -107,6 +108,7 @@ pub fn apply(
             .find(|n| n.metadata.name.as_deref() == Some(ns))
             .map(|n| n.metadata.labels.clone().unwrap_or_default())
     };
+    let grants = reference_grants(&view.reference_grants);
     for gw in &view.gateway_api_gateways {
         let class = &gw.spec.gateway_class_name;
         if !out.classes.iter().any(|(c, _)| c == class) {
@@ -131,7 +133,13 @@ pub fn apply(
             },
             generation: gw.metadata.generation,
         };
-        let compiled = gateway_api::compile(registry, &source, &sources, credential, &no_labels);
+        let cluster = gateway_api::Cluster {
+            registry,
+            secrets: credential,
+            namespaces: &no_labels,
+            grants: &grants,
+        };
+        let compiled = gateway_api::compile(&cluster, &source, &sources);
         for pod in view.pods.iter().filter(|p| {
             super::routes::is_gateway_pod(p)
                 && p.metadata.namespace.as_deref() == Some(namespace)
@@ -176,4 +184,192 @@ pub fn apply(
         });
     }
     out
+}
+
+/// The watched ReferenceGrants as the compilers ask them.
+pub fn reference_grants(
+    grants: &[std::sync::Arc<crate::api::gateway_api::ReferenceGrant>],
+) -> ReferenceGrants {
+    ReferenceGrants(
+        grants
+            .iter()
+            .filter_map(|g| {
+                Some(Grant {
+                    namespace: g.metadata.namespace.clone()?,
+                    from: g
+                        .spec
+                        .from
+                        .iter()
+                        .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+                        .collect(),
+                    to: g
+                        .spec
+                        .to
+                        .iter()
+                        .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+                        .collect(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The namespaces whose Secrets a ReferenceGrant lets Gateways use: the operator watches
+/// their TLS Secrets beside those of the gateways' own namespaces (it reads them only where
+/// it was granted Secrets, as for a gateway's namespace).
+pub fn secret_grant_namespaces(
+    grants: &[std::sync::Arc<crate::api::gateway_api::ReferenceGrant>],
+) -> Vec<String> {
+    let mut out: Vec<String> = grants
+        .iter()
+        .filter(|g| {
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == crate::api::gateway_api::GROUP && f.kind == "Gateway")
+                && g.spec
+                    .to
+                    .iter()
+                    .any(|t| t.group.is_empty() && t.kind == "Secret")
+        })
+        .filter_map(|g| g.metadata.namespace.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::gateway_api::ReferenceGrant;
+    use crate::api::gateway_api::gateway::{
+        ReferenceGrantFrom, ReferenceGrantSpec, ReferenceGrantTo,
+    };
+    use std::sync::Arc;
+
+    fn grant(ns: &str, from_kind: &str, to_kind: &str) -> Arc<ReferenceGrant> {
+        let mut g = ReferenceGrant::new(
+            "g",
+            ReferenceGrantSpec {
+                from: vec![ReferenceGrantFrom {
+                    group: crate::api::gateway_api::GROUP.into(),
+                    kind: from_kind.into(),
+                    namespace: "infra".into(),
+                }],
+                to: vec![ReferenceGrantTo {
+                    group: String::new(),
+                    kind: to_kind.into(),
+                    name: None,
+                }],
+            },
+        );
+        g.metadata.namespace = Some(ns.into());
+        Arc::new(g)
+    }
+
+    #[test]
+    fn only_grants_of_secrets_to_gateways_widen_the_secret_watch() {
+        let grants = vec![
+            grant("certs", "Gateway", "Secret"),
+            grant("certs", "Gateway", "Secret"),
+            grant("backends", "HTTPRoute", "Service"),
+            grant("other", "HTTPRoute", "Secret"),
+        ];
+        assert_eq!(secret_grant_namespaces(&grants), vec!["certs".to_string()]);
+        let read = reference_grants(&grants);
+        assert_eq!(read.0.len(), 4);
+        assert_eq!(read.0[2].namespace, "backends");
+        assert_eq!(
+            read.0[2].to,
+            vec![(String::new(), "Service".to_string(), None)]
+        );
+    }
+}
+
+#[cfg(test)]
+mod conformance_shapes {
+    //! The conformance suite's objects as the API server stores them (defaults filled in),
+    //! through the same path the operator takes.
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn ns(name: &str, labels: serde_json::Value) -> Arc<k8s_openapi::api::core::v1::Namespace> {
+        let mut l = labels;
+        l["kubernetes.io/metadata.name"] = json!(name);
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "labels": l}})).unwrap())
+    }
+
+    #[test]
+    fn selector_listeners_attach_routes_of_the_selected_namespaces() {
+        let gateway = |name: &str, listener: serde_json::Value| {
+            Arc::new(
+                serde_json::from_value::<crate::api::gateway_api::Gateway>(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "metadata": {"name": name, "namespace": "gateway-conformance-infra",
+                                 "generation": 1, "uid": "u",
+                                 "creationTimestamp": "2026-12-06T13:00:00Z"},
+                    "spec": {"gatewayClassName": "weft", "listeners": [listener]}}))
+                .unwrap(),
+            )
+        };
+        let route = |ns: &str, name: &str, gw: &str| {
+            Arc::new(
+                serde_json::from_value::<crate::api::gateway_api::HTTPRoute>(json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": name, "namespace": ns, "generation": 1,
+                                 "creationTimestamp": "2026-12-06T13:01:00Z"},
+                    "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                             "name": gw, "namespace": "gateway-conformance-infra"}],
+                             "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                        "backendRefs": [{"group": "", "kind": "Service",
+                                                         "name": "web-backend", "port": 8080, "weight": 1}]}]}}))
+                .unwrap(),
+            )
+        };
+        let class = Arc::new(
+            serde_json::from_value::<crate::api::gateway_api::GatewayClass>(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                "metadata": {"name": "weft", "generation": 1},
+                "spec": {"controllerName": CONTROLLER_NAME}}))
+            .unwrap(),
+        );
+        let view = MeshView {
+            cluster_domain: "cluster.local".into(),
+            gateway_classes: vec![class],
+            gateway_api_gateways: vec![
+                gateway("backend-namespaces", json!({"name": "http", "port": 80, "protocol": "HTTP",
+                    "allowedRoutes": {"namespaces": {"from": "Selector",
+                        "selector": {"matchLabels": {"gateway-conformance": "backend"}}}}})),
+                gateway("gateway-with-one-attached-route", json!({"name": "http", "port": 80, "protocol": "HTTP",
+                    "allowedRoutes": {"kinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                        "namespaces": {"from": "Selector", "selector": {"matchLabels":
+                            {"kubernetes.io/metadata.name": "gateway-conformance-web-backend"}}}}})),
+            ],
+            http_routes: vec![
+                route("gateway-conformance-web-backend", "cross-namespace", "backend-namespaces"),
+                route("gateway-conformance-web-backend", "one", "gateway-with-one-attached-route"),
+            ],
+            namespaces: vec![
+                ns("gateway-conformance-infra", json!({"gateway-conformance": "infra"})),
+                ns("gateway-conformance-web-backend", json!({"gateway-conformance": "backend",
+                    "istio-injection": "enabled"})),
+            ],
+            ..Default::default()
+        };
+        let mut registry = Registry::new("cluster.local");
+        registry.add("web-backend.gateway-conformance-web-backend.svc.cluster.local", 8080, true);
+        let mut configs = HashMap::new();
+        let mut routes = Vec::new();
+        let out = apply(&view, &registry, &|_, _| Err("none".into()), &mut configs, &mut routes);
+        assert_eq!(out.gateways.len(), 2);
+        for g in &out.gateways {
+            assert_eq!(g.listeners[0].attached_routes, 1, "{}: {:?}", g.name, g.listeners[0]);
+        }
+        assert_eq!(routes.len(), 2);
+        for r in &routes {
+            assert!(r.parents[0].accepted.status, "{}: {:?}", r.name, r.parents[0]);
+        }
+    }
 }

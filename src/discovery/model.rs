@@ -73,6 +73,9 @@ pub struct MeshView {
     pub gateway_classes: Vec<Arc<crate::api::gateway_api::GatewayClass>>,
     /// Namespaces: their labels, for a Gateway listener's `allowedRoutes` `Selector`.
     pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
+    /// Gateway API ReferenceGrants: a Gateway's Secret or a route's backend in another
+    /// namespace ([`super::gateway_api`]).
+    pub reference_grants: Vec<Arc<crate::api::gateway_api::ReferenceGrant>>,
 }
 
 /// A meshed pod, as its proxy and `weft describe pod` see it.

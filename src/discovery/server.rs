@@ -336,6 +336,8 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let namespaces: Store<k8s_openapi::api::core::v1::Namespace> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        let reference_grants: Store<crate::api::gateway_api::ReferenceGrant> =
+            reflect_optional(kube::Api::all(client.clone()), n());
 
         let base = MeshView {
             trust_domain: settings.trust_domain.clone(),
@@ -357,10 +359,15 @@ impl DiscoveryState {
             );
             loop {
                 let pods = pods.state();
+                let reference_grants = reference_grants.state();
+                // A Gateway's certificate may live in another namespace when a ReferenceGrant
+                // there lets Gateways use its Secrets: watch those namespaces too.
+                let granted = super::gateway_api::secret_grant_namespaces(&reference_grants);
                 let gateway_namespaces = pods
                     .iter()
                     .filter(|p| super::routes::is_gateway_pod(p))
-                    .filter_map(|p| p.metadata.namespace.as_deref());
+                    .filter_map(|p| p.metadata.namespace.as_deref())
+                    .chain(granted.iter().map(String::as_str));
                 let view = MeshView {
                     tls_secrets: tls_secrets.state(gateway_namespaces),
                     pods,
@@ -383,6 +390,7 @@ impl DiscoveryState {
                     gateway_api_gateways: gateway_api_gateways.state(),
                     gateway_classes: gateway_classes.state(),
                     namespaces: namespaces.state(),
+                    reference_grants,
                     ..base.clone()
                 };
                 let index = MeshIndex::build(&view);

@@ -1,7 +1,7 @@
 //! What a route does to a request besides choosing its destination, as the snapshot carries
 //! it and as pure decisions the proxy (and the CLI) take from it: Istio's `redirect`,
-//! `rewrite`, `headers`, `fault`, `timeout`, `retries` and `mirror`/`mirrors` of an
-//! `HTTPRoute`. Kube-free and
+//! `rewrite`, `headers`, `fault`, `timeout`, `retries`, `mirror`/`mirrors` and
+//! `directResponse` of an `HTTPRoute`. Kube-free and
 //! free of HTTP types: the proxy applies the outcome to its requests.
 //!
 //! ```json
@@ -51,7 +51,24 @@ pub struct Actions {
     /// Copies of the request sent to other destinations, their answers discarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
+    /// Answer with this status (and body) instead of forwarding, as Istio's `directResponse`
+    /// and Envoy's `direct_response` do (the route then has no destinations). The Gateway
+    /// API's "no valid backend: 500" is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
 }
+
+/// The proxy's own answer for a route: a status and an optional body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Longest direct response body (Envoy's default `max_direct_response_body_size_bytes`).
+pub const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 
 /// Istio's `mirror` (+ `mirrorPercentage`) or one of `mirrors`, the Gateway API's
 /// RequestMirror: a share of requests also goes, as a copy, to `destination` (its `weight`
@@ -89,6 +106,9 @@ impl Actions {
                 r.authority.as_deref().unwrap_or(""),
                 r.uri.as_deref().unwrap_or("")
             ));
+        }
+        if let Some(d) = &self.direct_response {
+            parts.push(format!("direct response {}", d.status));
         }
         if let Some(f) = &self.fault {
             if let Some(d) = &f.delay {
@@ -309,6 +329,25 @@ pub fn validate(a: &Actions) -> Result<(), String> {
             .map_or(Ok(()), |u| line("redirect scheme", u))?;
         if !(300..400).contains(&r.code) {
             return Err(format!("redirect code {} is not a redirect", r.code));
+        }
+    }
+    if let Some(d) = &a.direct_response {
+        if !(200..600).contains(&d.status) {
+            return Err(format!(
+                "direct response status {} is not an HTTP status",
+                d.status
+            ));
+        }
+        if d.body
+            .as_ref()
+            .is_some_and(|b| b.len() > MAX_DIRECT_RESPONSE_BODY)
+        {
+            return Err(format!(
+                "a direct response body is longer than {MAX_DIRECT_RESPONSE_BODY} bytes"
+            ));
+        }
+        if a.redirect.is_some() {
+            return Err("a route both redirects and answers directly".into());
         }
     }
     if let Some(r) = &a.rewrite {
@@ -671,6 +710,41 @@ mod tests {
             ..Actions::default()
         };
         assert_eq!(a.summary(), "abort 503 50%; timeout 2000ms; no retries");
+    }
+
+    #[test]
+    fn a_direct_response_is_an_http_status_with_a_bounded_body_and_no_redirect() {
+        let direct = |status, body: Option<String>| Actions {
+            direct_response: Some(DirectResponse { status, body }),
+            ..Actions::default()
+        };
+        let a = direct(500, None);
+        assert_eq!(validate(&a), Ok(()));
+        assert!(
+            a.summary().starts_with("direct response 500"),
+            "{}",
+            a.summary()
+        );
+        // The snapshot's wire form: camelCase, the body left out when there is none.
+        let wire = serde_json::to_value(&a).expect("serializes");
+        assert_eq!(wire, serde_json::json!({"directResponse": {"status": 500}}));
+        let back: Actions = serde_json::from_value(wire).expect("parses");
+        assert_eq!(back, a);
+        assert!(validate(&direct(99, None)).is_err());
+        assert!(validate(&direct(600, None)).is_err());
+        let long = "x".repeat(MAX_DIRECT_RESPONSE_BODY + 1);
+        assert!(validate(&direct(200, Some(long))).is_err());
+        let both = Actions {
+            redirect: Some(Redirect {
+                uri: Some("/x".into()),
+                authority: None,
+                scheme: None,
+                port: None,
+                code: 301,
+            }),
+            ..direct(500, None)
+        };
+        assert!(validate(&both).is_err());
     }
 
     #[test]

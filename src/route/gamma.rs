@@ -13,6 +13,7 @@ use super::compile::{Registry, Source};
 use super::model::{
     Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
 };
+use super::reference_grant::{Ref, ReferenceGrants};
 use crate::api::gateway_api::common::{BackendRef, HeaderFilter, HeaderMatch, ParentReference};
 use crate::api::gateway_api::{grpcroute, httproute};
 
@@ -287,9 +288,9 @@ fn compile_route(
             for (i, rule) in rules.iter().enumerate() {
                 let ctx = RuleCtx {
                     registry,
+                    grants: &super::reference_grant::NONE,
                     src,
                     kind,
-                    parent_host: &parent.host,
                     parent_port: port,
                     age,
                     rule: i,
@@ -356,14 +357,12 @@ pub(crate) struct ListenerRules {
     pub rules: usize,
 }
 
-/// `stand_in` names the destination of a rule whose backends are all invalid (answered 500
-/// before any dial, so it is never reached).
 pub(crate) fn compile_for_listener(
     registry: &Registry,
+    grants: &ReferenceGrants,
     kind: RouteKind,
     src: &Source<'_>,
     age: usize,
-    stand_in: &str,
     port: u16,
 ) -> Result<ListenerRules, String> {
     let rules: Vec<RuleSpec> = match kind {
@@ -387,9 +386,9 @@ pub(crate) fn compile_for_listener(
     for (i, rule) in rules.iter().enumerate() {
         let ctx = RuleCtx {
             registry,
+            grants,
             src,
             kind,
-            parent_host: stand_in,
             parent_port: port,
             age,
             rule: i,
@@ -504,9 +503,10 @@ enum RuleSpec {
 
 struct RuleCtx<'a> {
     registry: &'a Registry,
+    /// The ReferenceGrants a backend in another namespace needs (the mesh's: none yet).
+    grants: &'a ReferenceGrants,
     src: &'a Source<'a>,
     kind: RouteKind,
-    parent_host: &'a str,
     parent_port: u16,
     age: usize,
     rule: usize,
@@ -578,23 +578,13 @@ fn compile_rule(
             }
             let (destinations, actions) = match &destinations {
                 Dests::Some(d) => (d.clone(), actions),
-                // Every backend is invalid: the spec's 500, answered by the client's proxy
-                // before any endpoint is dialled (the parent Service stands as destination).
+                // Every backend is invalid: the spec's 500, answered by the proxy itself.
                 Dests::AllInvalid => (
-                    vec![Destination {
-                        service: ctx.parent_host.to_string(),
-                        port: ctx.parent_port,
-                        weight: 1,
-                        ..Default::default()
-                    }],
+                    Vec::new(),
                     Actions {
-                        fault: Some(super::action::Fault {
-                            delay: None,
-                            abort: Some(super::action::Abort {
-                                status: Some(500),
-                                grpc_status: None,
-                                per_million: super::action::PER_MILLION,
-                            }),
+                        direct_response: Some(super::action::DirectResponse {
+                            status: 500,
+                            body: None,
                         }),
                         ..actions
                     },
@@ -909,11 +899,23 @@ fn destinations(
                     b.kind.as_deref().unwrap_or("Service")
                 ),
             ))
-        } else if namespace != ctx.src.namespace {
+        } else if !ctx.grants.permits(
+            Ref {
+                group: crate::api::gateway_api::GROUP,
+                kind: ctx.kind.kind(),
+                namespace: ctx.src.namespace,
+            },
+            Ref {
+                group: "",
+                kind: "Service",
+                namespace,
+            },
+            &b.name,
+        ) {
             Some(Condition::no(
                 REASON_REF_NOT_PERMITTED,
                 format!(
-                    "backendRefs[{i}] is Service {namespace}/{}: weft does not read ReferenceGrants yet, so a backend in another namespace is not permitted",
+                    "backendRefs[{i}] is Service {namespace}/{}: no ReferenceGrant in {namespace} permits it",
                     b.name
                 ),
             ))
@@ -1420,15 +1422,18 @@ mod tests {
         let t = table(&g, "echo", 9080);
         let half = t.iter().find(|r| r.destinations.len() == 2).unwrap();
         assert!(
-            half.actions.fault.is_none(),
+            half.actions.direct_response.is_none(),
             "half the requests still reach echo"
         );
         let none = t
             .iter()
-            .find(|r| r.actions.fault.is_some())
+            .find(|r| r.actions.direct_response.is_some())
             .expect("the rule with only an invalid backend");
-        let abort = none.actions.fault.as_ref().unwrap().abort.as_ref().unwrap();
-        assert_eq!((abort.status, abort.per_million), (Some(500), 1_000_000));
+        assert!(none.destinations.is_empty(), "answered, never forwarded");
+        assert_eq!(
+            none.actions.direct_response.as_ref().map(|d| d.status),
+            Some(500)
+        );
         // The kind is reported when it is the only problem.
         let g = run(
             &[http(

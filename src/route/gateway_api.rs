@@ -18,6 +18,7 @@ use super::gateway::{
     Credential, GatewayConfig, Listener, MAX_VIRTUAL_HOSTS, ServedTls, VirtualHost,
 };
 use super::model::{HttpRoute, MAX_ROUTES};
+use super::reference_grant::{Ref, ReferenceGrants};
 use crate::api::gateway_api::common::ParentReference;
 use crate::api::gateway_api::gateway::GatewaySpec;
 use crate::api::gateway_api::{GROUP, strict};
@@ -209,6 +210,7 @@ fn read_listener(
     gw_ns: &str,
     l: &crate::api::gateway_api::gateway::Listener,
     secrets: SecretLookup<'_>,
+    grants: &ReferenceGrants,
 ) -> Read {
     let yes = |reason, m: &str| Condition::yes(reason, m);
     let no = |reason, m: String| Condition::no(reason, m);
@@ -350,7 +352,7 @@ fn read_listener(
                         tls.options.keys().collect::<Vec<_>>()
                     ),
                 ),
-                "Terminate" => match certificate(gw_ns, &tls.certificate_refs, secrets) {
+                "Terminate" => match certificate(gw_ns, &tls.certificate_refs, secrets, grants) {
                     Ok(c) => read.credential = Some(c),
                     Err(c) => {
                         // The listener is understood but has no certificate: it serves
@@ -376,6 +378,7 @@ fn certificate(
     gw_ns: &str,
     refs: &[SecretRef],
     secrets: SecretLookup<'_>,
+    grants: &ReferenceGrants,
 ) -> Result<Credential, Condition> {
     let Some(r) = refs.first() else {
         return Err(Condition::no(
@@ -396,11 +399,21 @@ fn certificate(
         ));
     }
     let ns = r.namespace.as_deref().unwrap_or(gw_ns);
-    if ns != gw_ns {
+    let from = Ref {
+        group: GROUP,
+        kind: GATEWAY,
+        namespace: gw_ns,
+    };
+    let to = Ref {
+        group: "",
+        kind: "Secret",
+        namespace: ns,
+    };
+    if !grants.permits(from, to, &r.name) {
         return Err(Condition::no(
             REASON_REF_NOT_PERMITTED,
             format!(
-                "certificateRefs[0] is Secret {ns}/{}: weft does not read ReferenceGrants for Gateways yet, so a Secret in another namespace is not permitted",
+                "certificateRefs[0] is Secret {ns}/{}: no ReferenceGrant in {ns} permits Gateways of {gw_ns} to use it",
                 r.name
             ),
         ));
@@ -509,15 +522,23 @@ fn route_hostnames(r: &RouteSource<'_>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What a Gateway's compile reads besides the Gateway and its routes: the Services, the
+/// certificate Secrets, the namespaces' labels (for a `Selector` listener) and the
+/// ReferenceGrants (for a Secret or a backend in another namespace).
+#[derive(Clone, Copy)]
+pub struct Cluster<'a> {
+    pub registry: &'a Registry,
+    pub secrets: SecretLookup<'a>,
+    pub namespaces: NamespaceLabels<'a>,
+    pub grants: &'a ReferenceGrants,
+}
+
 /// Compiles one Gateway (of a class weft implements) and the routes of `routes` that name it
-/// as a parent. `secrets` reads the listeners' certificate Secrets, `namespaces` the labels a
-/// `Selector` listener looks at.
+/// as a parent.
 pub fn compile(
-    registry: &Registry,
+    cluster: &Cluster<'_>,
     gateway: &GatewaySource<'_>,
     routes: &[RouteSource<'_>],
-    secrets: SecretLookup<'_>,
-    namespaces: NamespaceLabels<'_>,
 ) -> Compiled {
     let gw = &gateway.source;
     let id = gw.id();
@@ -535,7 +556,7 @@ pub fn compile(
     let mut listeners: Vec<Read> = spec
         .listeners
         .iter()
-        .map(|l| read_listener(gw.namespace, l, secrets))
+        .map(|l| read_listener(gw.namespace, l, cluster.secrets, cluster.grants))
         .collect();
     mark_conflicts(&mut listeners);
 
@@ -565,14 +586,13 @@ pub fn compile(
         let mut parents = Vec::new();
         for p in refs {
             parents.push(attach(
-                registry,
+                cluster,
                 r,
                 age,
                 &id,
                 &p,
                 &hostnames,
                 &mut listeners,
-                namespaces,
                 &mut tables,
             ));
         }
@@ -617,14 +637,13 @@ pub fn compile(
 /// into `tables`, attached routes are counted, and the reference's status is returned.
 #[allow(clippy::too_many_arguments)]
 fn attach(
-    registry: &Registry,
+    cluster: &Cluster<'_>,
     r: &RouteSource<'_>,
     age: usize,
     gateway_id: &str,
     p: &ParentReference,
     hostnames: &[String],
     listeners: &mut [Read],
-    namespaces: NamespaceLabels<'_>,
     tables: &mut BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
 ) -> ParentStatus {
     let status = |accepted: Condition, resolved: Condition| ParentStatus {
@@ -680,7 +699,7 @@ fn attach(
                     FromNamespaces::Same => route_ns == gateway_id.split('/').next().unwrap_or(""),
                     FromNamespaces::All => true,
                     FromNamespaces::Selector(s) => {
-                        namespaces(route_ns).is_some_and(|labels| s.matches(&labels))
+                        (cluster.namespaces)(route_ns).is_some_and(|labels| s.matches(&labels))
                     }
                 }
         })
@@ -723,11 +742,17 @@ fn attach(
     let mut compiled_any = false;
     for (i, hosts) in &fitting {
         let port = listeners[*i].port;
-        let compiled =
-            match compile_for_listener(registry, r.kind, &r.source, age, gateway_id, port) {
-                Ok(c) => c,
-                Err(e) => return status(Condition::no(REASON_UNSUPPORTED_VALUE, e), unchecked()),
-            };
+        let compiled = match compile_for_listener(
+            cluster.registry,
+            cluster.grants,
+            r.kind,
+            &r.source,
+            age,
+            port,
+        ) {
+            Ok(c) => c,
+            Err(e) => return status(Condition::no(REASON_UNSUPPORTED_VALUE, e), unchecked()),
+        };
         for d in compiled.dropped {
             if !dropped.contains(&d) {
                 dropped.push(d);
@@ -866,6 +891,7 @@ mod tests {
     struct Fixture {
         gateway: Value,
         routes: Vec<(RouteKind, &'static str, &'static str, &'static str, Value)>,
+        grants: ReferenceGrants,
     }
 
     impl Fixture {
@@ -893,7 +919,14 @@ mod tests {
                 },
                 generation: Some(1),
             };
-            compile(&registry(), &gw, &routes, &secret, &labels)
+            let registry = registry();
+            let cluster = Cluster {
+                registry: &registry,
+                secrets: &secret,
+                namespaces: &labels,
+                grants: &self.grants,
+            };
+            compile(&cluster, &gw, &routes)
         }
     }
 
@@ -921,6 +954,7 @@ mod tests {
     #[test]
     fn an_http_route_becomes_a_virtual_host_on_every_listener_it_fits() {
         let f = Fixture {
+            grants: ReferenceGrants::default(),
             gateway: http_and_https(),
             routes: vec![(
                 RouteKind::Http,
@@ -966,6 +1000,7 @@ mod tests {
     #[test]
     fn a_missing_certificate_ref_fails_only_its_listener() {
         let c = Fixture {
+            grants: ReferenceGrants::default(),
             gateway: http_and_https(),
             routes: vec![],
         }
@@ -987,6 +1022,7 @@ mod tests {
     #[test]
     fn a_secret_in_another_namespace_is_not_permitted() {
         let c = Fixture {
+            grants: ReferenceGrants::default(),
             gateway: json!({"gatewayClassName": "weft", "listeners": [
                 {"name": "https", "port": 443, "protocol": "HTTPS",
                  "tls": {"certificateRefs": [{"name": "shop-cert", "namespace": "other"}]}}]}),
@@ -1009,6 +1045,7 @@ mod tests {
              "allowedRoutes": {"namespaces": {"from": "Selector",
                 "selector": {"matchLabels": {"shared-gateway": "yes"}}}}}]});
         let f = Fixture {
+            grants: ReferenceGrants::default(),
             gateway,
             routes: vec![
                 // sectionName picks one listener.
@@ -1095,6 +1132,7 @@ mod tests {
     #[test]
     fn routes_on_one_host_merge_in_the_specs_precedence() {
         let f = Fixture {
+            grants: ReferenceGrants::default(),
             gateway: json!({"gatewayClassName": "weft", "listeners": [
                 {"name": "http", "port": 80, "protocol": "HTTP"}]}),
             routes: vec![
@@ -1142,6 +1180,7 @@ mod tests {
     #[test]
     fn unsupported_protocols_and_conflicts_are_listener_conditions() {
         let c = Fixture {
+            grants: ReferenceGrants::default(),
             gateway: json!({"gatewayClassName": "weft", "listeners": [
                 {"name": "tcp", "port": 9000, "protocol": "TCP"},
                 {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "x.example.com"},
@@ -1167,5 +1206,161 @@ mod tests {
         assert_eq!(kinds.supported_kinds, vec!["HTTPRoute"]);
         let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
         assert_eq!(ports, vec![80, 81]);
+    }
+
+    #[test]
+    fn listeners_claiming_one_port_conflict_and_take_no_routes_while_the_others_serve() {
+        let c = Fixture {
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                // One port, two protocols: both conflicted.
+                {"name": "plain", "port": 8443, "protocol": "HTTP"},
+                {"name": "tls", "port": 8443, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}]}},
+                // One port and host twice: both conflicted.
+                {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "shop.example.com"},
+                {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "SHOP.example.com"},
+                // Another host on the same port is fine.
+                {"name": "c", "port": 80, "protocol": "HTTP", "hostname": "api.example.com"}]}),
+            routes: vec![(
+                RouteKind::Http,
+                "apps",
+                "r",
+                "2026-01-02T00:00:00Z",
+                echo_route(json!([])),
+            )],
+            grants: ReferenceGrants::default(),
+        }
+        .compile();
+        for name in ["plain", "tls"] {
+            let l = listener(&c, name);
+            assert!(l.conflicted.status, "{name}: {l:?}");
+            assert_eq!(l.conflicted.reason, REASON_PROTOCOL_CONFLICT);
+            assert!(!l.programmed.status);
+            assert_eq!(l.attached_routes, 0, "a conflicted listener takes no route");
+        }
+        for name in ["a", "b"] {
+            let l = listener(&c, name);
+            assert_eq!(l.conflicted.reason, REASON_HOSTNAME_CONFLICT, "{name}");
+            assert_eq!(l.attached_routes, 0);
+        }
+        let ok = listener(&c, "c");
+        assert!(!ok.conflicted.status && ok.programmed.status);
+        assert_eq!(ok.attached_routes, 1);
+        assert!(c.accepted.status, "the Gateway serves its other listeners");
+        let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![80], "nothing is bound for the conflicted port");
+        let l80 = c.config.listener(80).expect("80");
+        assert!(l80.virtual_host("api.example.com").is_some());
+        assert!(l80.virtual_host("shop.example.com").is_none());
+        assert!(c.routes[0].parents[0].accepted.status);
+    }
+
+    #[test]
+    fn reference_grants_let_a_gateway_use_a_secret_and_a_route_a_backend_of_another_namespace() {
+        use crate::route::reference_grant::Grant;
+        let mut registry = registry();
+        registry.add("web.backends.svc.cluster.local", 8080, true);
+        let gateway = json!({"gatewayClassName": "weft", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "https", "port": 443, "protocol": "HTTPS",
+             "tls": {"certificateRefs": [{"name": "shop-cert", "namespace": "certs"}]}}]});
+        let route = json!({"parentRefs": [{"name": "shop", "sectionName": "http"}], "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/web"}}],
+             "backendRefs": [{"name": "web", "namespace": "backends", "port": 8080}]}]});
+        let secret = |ns: &str, name: &str| -> Result<Credential, String> {
+            secret(if ns == "certs" { "apps" } else { ns }, name)
+        };
+        let gw = GatewaySource {
+            source: Source {
+                namespace: "apps",
+                name: "shop",
+                created: "2026-01-01T00:00:00Z",
+                spec: &gateway,
+            },
+            generation: Some(1),
+        };
+        let routes = [RouteSource {
+            kind: RouteKind::Http,
+            generation: Some(1),
+            source: Source {
+                namespace: "apps",
+                name: "web",
+                created: "2026-01-02T00:00:00Z",
+                spec: &route,
+            },
+        }];
+        let run = |grants: &ReferenceGrants| {
+            let cluster = Cluster {
+                registry: &registry,
+                secrets: &secret,
+                namespaces: &labels,
+                grants,
+            };
+            compile(&cluster, &gw, &routes)
+        };
+        // No grant: the Secret is not permitted (the listener serves nothing) and the rule's
+        // only backend is invalid: the proxy answers 500 itself.
+        let c = run(&ReferenceGrants::default());
+        assert_eq!(
+            listener(&c, "https").resolved_refs.reason,
+            REASON_REF_NOT_PERMITTED
+        );
+        let parent = &c.routes[0].parents[0];
+        assert!(parent.accepted.status);
+        assert_eq!(parent.resolved_refs.reason, REASON_REF_NOT_PERMITTED);
+        let vh = c
+            .config
+            .listener(80)
+            .expect("80")
+            .virtual_host("any")
+            .expect("*");
+        assert!(vh.routes[0].destinations.is_empty());
+        assert_eq!(
+            vh.routes[0]
+                .actions
+                .direct_response
+                .as_ref()
+                .map(|d| d.status),
+            Some(500)
+        );
+        // Grants in the target namespaces: both resolve.
+        let gw_kind = (GROUP.to_string(), GATEWAY.to_string(), "apps".to_string());
+        let route_kind = (
+            GROUP.to_string(),
+            "HTTPRoute".to_string(),
+            "apps".to_string(),
+        );
+        let grants = ReferenceGrants(vec![
+            Grant {
+                namespace: "certs".into(),
+                from: vec![gw_kind],
+                to: vec![(String::new(), "Secret".into(), Some("shop-cert".into()))],
+            },
+            Grant {
+                namespace: "backends".into(),
+                from: vec![route_kind],
+                to: vec![(String::new(), "Service".into(), None)],
+            },
+        ]);
+        let c = run(&grants);
+        let https = listener(&c, "https");
+        assert!(
+            https.resolved_refs.status && https.programmed.status,
+            "{https:?}"
+        );
+        let parent = &c.routes[0].parents[0];
+        assert!(parent.resolved_refs.status, "{parent:?}");
+        let vh = c
+            .config
+            .listener(80)
+            .expect("80")
+            .virtual_host("any")
+            .expect("*");
+        assert_eq!(
+            vh.routes[0].destinations[0].service,
+            "web.backends.svc.cluster.local"
+        );
+        assert!(vh.routes[0].actions.direct_response.is_none());
+        assert_eq!(c.config.listener(443).expect("443").tls.len(), 1);
     }
 }

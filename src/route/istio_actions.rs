@@ -168,6 +168,8 @@ pub fn compile_actions(at: &str, h: &HttpRouteSpec) -> Result<Actions, String> {
         response_headers,
         // Laid with the destinations (their hosts and ports resolve the same way).
         mirrors: Vec::new(),
+        // Istio's `directResponse` is not read yet (the Gateway API's compiler sets it).
+        direct_response: None,
     })
 }
 

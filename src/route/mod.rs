@@ -20,6 +20,7 @@ pub mod istio_policy;
 pub mod model;
 pub mod outlier;
 pub mod policy;
+pub mod reference_grant;
 pub mod select;
 pub mod smi;
 

@@ -152,10 +152,11 @@ pub fn validate(at: &str, routes: &[HttpRoute]) -> Result<(), String> {
                 })
             })
             .map_err(|e| format!("{at}.http[{i}] ({}): {e}", r.name))?;
-        if r.actions.redirect.is_some() {
+        // A redirect or a direct response is the proxy's own answer: nothing is forwarded.
+        if r.actions.redirect.is_some() || r.actions.direct_response.is_some() {
             if !r.destinations.is_empty() {
                 return Err(format!(
-                    "{at}.http[{i}] ({}) both redirects and has destinations",
+                    "{at}.http[{i}] ({}) both answers itself (redirect or direct response) and has destinations",
                     r.name
                 ));
             }

@@ -633,6 +633,8 @@ pub enum RequestRoute<'a> {
     },
     /// The chosen route answers with this redirect.
     Redirect(&'a crate::route::action::Redirect),
+    /// The chosen route answers with this status itself (its `directResponse`).
+    Direct(&'a crate::route::action::DirectResponse),
     /// The Service has routes and none takes the request (404 `NR`).
     NoRoute,
     /// The chosen route names a Service port or subset the snapshot does not have (503 `NR`).
@@ -832,6 +834,9 @@ impl SnapshotIndex {
         };
         if let Some(redirect) = &route.actions.redirect {
             return RequestRoute::Redirect(redirect);
+        }
+        if let Some(direct) = &route.actions.direct_response {
+            return RequestRoute::Direct(direct);
         }
         let draw = roll(self.rolls.fetch_add(1, Ordering::Relaxed));
         let has_endpoints = |d: &crate::route::Destination| {

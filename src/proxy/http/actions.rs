@@ -1,6 +1,7 @@
 //! A route's actions ([`crate::route::action`]) applied to hyper's requests and responses: the
 //! rewrite and header edits a request gets before it is sent, the header edits of its
-//! response, and the proxy's own answers for a redirect or an injected fault.
+//! response, and the proxy's own answers for a redirect, a direct response or an injected
+//! fault.
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -10,7 +11,7 @@ use hyper::{Response, StatusCode};
 use super::exchange::{grpc_reply, local_reply};
 use super::server::ResponseBody;
 use crate::proxy::metrics::grpc_status_from_http;
-use crate::route::action::{self, Abort, HeaderEdits, Redirect};
+use crate::route::action::{self, Abort, DirectResponse, HeaderEdits, Redirect};
 use crate::snapshot::Routed;
 
 /// The body of a fault's abort, as Envoy's fault filter answers.
@@ -114,6 +115,30 @@ pub fn redirect(parts: &Parts, r: &Redirect, grpc: bool) -> Response<ResponseBod
     resp
 }
 
+/// A route's direct response: its status and body (plain text), or for a gRPC request a
+/// trailers-only answer with the status mapped as Envoy maps a local reply. Returns the
+/// response and its body's length.
+pub fn direct(d: &DirectResponse, grpc: bool) -> (Response<ResponseBody>, u64) {
+    let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if grpc {
+        return (grpc_reply(grpc_status_from_http(status.as_u16()), ""), 0);
+    }
+    let body = d.body.clone().unwrap_or_default();
+    let sent = body.len() as u64;
+    let mut resp = Response::new(http_body_util::BodyExt::boxed_unsync(
+        http_body_util::BodyExt::map_err(
+            http_body_util::Full::new(hyper::body::Bytes::from(body)),
+            |never: std::convert::Infallible| match never {},
+        ),
+    ));
+    *resp.status_mut() = status;
+    if sent > 0 {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    (resp, sent)
+}
+
 /// A fault's abort: its HTTP status, or for a gRPC request (or an abort given as a gRPC
 /// status) a trailers-only gRPC answer. Returns the response and its body's length.
 pub fn abort(a: &Abort, grpc: bool) -> (Response<ResponseBody>, u64) {
@@ -208,6 +233,25 @@ mod tests {
         let resp = redirect(&p, &r, false);
         assert_eq!(resp.status(), StatusCode::FOUND);
         assert_eq!(resp.headers()["location"], "http://shop:8080/new/page?x=1");
+    }
+
+    #[test]
+    fn a_direct_response_answers_its_status_and_body_or_a_grpc_status() {
+        let d = DirectResponse {
+            status: 500,
+            body: Some("no backend".into()),
+        };
+        let (resp, sent) = direct(&d, false);
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(sent, "no backend".len() as u64);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        let (resp, sent) = direct(&d, true);
+        assert_eq!(resp.status(), StatusCode::OK, "gRPC: trailers-only");
+        assert_eq!(sent, 0);
+        assert_eq!(
+            resp.headers()["grpc-status"],
+            grpc_status_from_http(500).to_string().as_str()
+        );
     }
 
     #[test]

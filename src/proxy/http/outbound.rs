@@ -270,6 +270,14 @@ impl Outbound {
                 let resp = actions::redirect(&parts, redirect, exchange.is_grpc());
                 return exchange.local_response(resp, 0, &record(), Why::default());
             }
+            RequestRoute::Direct(direct) => {
+                let (resp, sent) = actions::direct(direct, exchange.is_grpc());
+                let why = Why {
+                    details: Some("direct_response"),
+                    ..Why::default()
+                };
+                return exchange.local_response(resp, sent, &record(), why);
+            }
             RequestRoute::NoRoute => {
                 let why = Why {
                     flags: "NR",

@@ -14,6 +14,9 @@ pub const PORT_STATS: u16 = 15020;
 pub const PORT_HEALTH: u16 = 15021;
 /// Admin, bound to 127.0.0.1 only: `/config_dump`, `/certs`, `/logging`.
 pub const PORT_ADMIN: u16 = 15000;
+/// The proxy's DNS server (UDP and TCP), bound to 127.0.0.1 (and ::1) only: the app's DNS to
+/// its resolv.conf nameservers is redirected here when DNS capture is on (Istio's 15053).
+pub const PORT_DNS: u16 = 15053;
 /// Operator: CSR endpoint and proxy config stream (TLS).
 pub const PORT_DISCOVERY: u16 = 15012;
 /// Operator: admission webhook (the `weft-webhook` Service maps 443 here).
@@ -220,6 +223,12 @@ pub const INIT_FLAG_INCLUDE_OUTBOUND_PORTS: &str = "--include-outbound-ports";
 pub const INIT_FLAG_EXCLUDE_INTERFACES: &str = "--exclude-interfaces";
 /// Comma-separated interface names (a VM inside the pod) whose incoming traffic is outbound.
 pub const INIT_FLAG_KUBEVIRT_INTERFACES: &str = "--kubevirt-interfaces";
+/// No value: capture the app's DNS (UDP/TCP 53 to the pod's resolv.conf nameservers) to
+/// `PORT_DNS`. Written when the pod opts in (ProxyConfig `proxyMetadata.ISTIO_META_DNS_CAPTURE`).
+pub const INIT_FLAG_CAPTURE_DNS: &str = "--capture-dns";
+/// Istio's proxy metadata key (in `proxy.istio.io/config` `proxyMetadata`) that turns DNS
+/// capture on for a pod.
+pub const PROXY_METADATA_DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
 /// `weft-proxy run`: the port of the stats and app-health listener (`PORT_STATS` by default).
 pub const ENV_STATUS_PORT: &str = "WEFT_STATUS_PORT";
 

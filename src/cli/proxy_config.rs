@@ -406,7 +406,13 @@ pub fn egress(s: &ProxySnapshot) -> Vec<EgressRow> {
                 port: p.number,
                 protocol: serde_plain(&p.protocol),
                 resolution: serde_plain(&e.resolution),
-                addresses: e.addresses.iter().map(ToString::to_string).collect(),
+                // The allocated address first, marked: the one the proxy's DNS answers.
+                addresses: e
+                    .allocated
+                    .map(|a| format!("{a}(allocated)"))
+                    .into_iter()
+                    .chain(e.addresses.iter().map(ToString::to_string))
+                    .collect(),
                 targets: p.endpoints.iter().map(|ep| ep.addr().to_string()).collect(),
                 source: e.source.clone(),
             })

@@ -3,7 +3,7 @@
 //! `workloadSelector` picks as its endpoints. What is refused becomes a [`PolicyProblem`] (and
 //! so `WeftAccepted=False` on the entry).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::model::{MeshView, MeshedPod};
@@ -68,6 +68,12 @@ impl EgressIndex {
                                 .extend(endpoints.iter().map(|(ip, _)| ipnet::IpNet::from(*ip)));
                         }
                     }
+                    for s in &mut services {
+                        // Marked now, given an address below once every host is known.
+                        if egress::wants_allocation(s, compiled.has_addresses) {
+                            s.allocated = Some(std::net::Ipv4Addr::UNSPECIFIED);
+                        }
+                    }
                     index.entries.push((compiled.export, services));
                 }
                 Err(reasons) => {
@@ -82,7 +88,26 @@ impl EgressIndex {
                 }
             }
         }
+        index.allocate();
         index
+    }
+
+    /// Istio's DNS auto-allocation: every host marked for it gets its address, computed over
+    /// the whole cluster's hosts so a host has one address in every proxy's table.
+    fn allocate(&mut self) {
+        let hosts: BTreeSet<String> = self
+            .entries
+            .iter()
+            .flat_map(|(_, services)| services.iter())
+            .filter(|s| s.allocated.is_some())
+            .map(|s| s.host.clone())
+            .collect();
+        let addresses = egress::allocate(&hosts);
+        for (_, services) in &mut self.entries {
+            for s in services.iter_mut().filter(|s| s.allocated.is_some()) {
+                s.allocated = addresses.get(&s.host).copied();
+            }
+        }
     }
 
     /// The table of a proxy in `namespace`: every service exported to it, in entry order.

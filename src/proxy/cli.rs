@@ -83,6 +83,13 @@ pub struct InitArgs {
     /// Print the rules without applying them.
     #[arg(long, env = "WEFT_INIT_DRY_RUN")]
     pub dry_run: bool,
+    /// Capture the app's DNS (UDP and TCP 53 to the nameservers of `--resolv-conf`) to the
+    /// proxy's DNS port 15053 (ProxyConfig proxyMetadata ISTIO_META_DNS_CAPTURE; docs/egress.md).
+    #[arg(long, env = "WEFT_CAPTURE_DNS")]
+    pub capture_dns: bool,
+    /// The pod's resolver configuration, read for `--capture-dns`.
+    #[arg(long, env = "WEFT_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: std::path::PathBuf,
 }
 
 impl InitArgs {
@@ -266,13 +273,24 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn init(args: &InitArgs) -> ExitCode {
-    let opts = match args.options() {
+    let mut opts = match args.options() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("weft-init: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.capture_dns {
+        // The pod's own resolv.conf (the init container has the pod's, as every container).
+        let text = std::fs::read_to_string(&args.resolv_conf).unwrap_or_default();
+        opts.dns_servers = iptables::resolv_conf_nameservers(&text);
+        if opts.dns_servers.is_empty() {
+            eprintln!(
+                "weft-init: --capture-dns: no nameserver in {}; DNS is not captured",
+                args.resolv_conf.display()
+            );
+        }
+    }
     if args.dry_run {
         for family in iptables::families(&opts) {
             println!("# {family}");
@@ -384,11 +402,13 @@ mod tests {
             &format!("{}=eth1", contract::INIT_FLAG_EXCLUDE_INTERFACES),
             &format!("{}=vif0,vif1", contract::INIT_FLAG_KUBEVIRT_INTERFACES),
             "--ipv6=false",
+            contract::INIT_FLAG_CAPTURE_DNS,
         ])
         .unwrap();
         let Command::Init(args) = cli.command else {
             panic!("not init");
         };
+        assert!(args.capture_dns);
         let opts = args.options().unwrap();
         assert!(
             matches!(&opts.include_outbound_ip_ranges, iptables::OutboundRanges::List(l) if l.len() == 2)

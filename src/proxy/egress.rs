@@ -3,7 +3,9 @@
 //! the rest pass through under ALLOW_ANY (`PassthroughCluster`) or are refused under
 //! REGISTRY_ONLY (`BlackHoleCluster`: HTTP 502, other connections closed), counted and logged.
 //! The client's first bytes are read only when they can change the answer: a TLS server name
-//! or an HTTP Host on a port some entry names, or anything under REGISTRY_ONLY.
+//! or an HTTP Host on a port some entry names, or anything under REGISTRY_ONLY. A `resolution:
+//! DNS` host dialled at its allocated address (the proxy's DNS server gave it) goes to the
+//! addresses the pod's nameservers give the name.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -186,10 +188,35 @@ async fn open(
         }
         return Err(last);
     }
+    if let Some(d) = declared
+        && let Some(host) = d.resolves(orig)
+    {
+        for ip in resolved(host)
+            .await
+            .into_iter()
+            .take(ctx.settings.connect_attempts.max(1))
+        {
+            let addr = SocketAddr::new(ip, orig.port());
+            if let Ok(up) = connect(addr, None, ctx.settings.connect_timeout).await {
+                return Ok((Upstream::Plain(up), addr));
+            }
+        }
+        return Err(Refusal::UpstreamUnreachable);
+    }
     let up = connect(orig, None, ctx.settings.connect_timeout)
         .await
         .map_err(|_| Refusal::UpstreamUnreachable)?;
     Ok((Upstream::Plain(up), orig))
+}
+
+/// The addresses the pod's nameservers give `host` (for a host dialled at its allocated
+/// address, which leads nowhere itself).
+async fn resolved(host: &str) -> Vec<std::net::IpAddr> {
+    let ips = super::dns::resolve(&super::dns::upstreams(), host).await;
+    if ips.is_empty() {
+        tracing::info!(%host, "egress: the declared host does not resolve through the pod's nameservers; connection refused");
+    }
+    ips
 }
 
 /// A TCP (or TLS) connection to its end: relayed, or for the black hole counted, logged and
@@ -394,7 +421,33 @@ impl server::Pipeline for EgressHttp {
                 };
                 return exchange.local(StatusCode::BAD_GATEWAY, "", &record, why);
             }
-            Verdict::Declared(d) => d.targets(self.orig).first().copied().unwrap_or(self.orig),
+            Verdict::Declared(d) => match d.resolves(self.orig) {
+                Some(name) => match resolved(name).await.first() {
+                    Some(ip) => SocketAddr::new(*ip, self.orig.port()),
+                    None => {
+                        let record = self.record(
+                            labels,
+                            UpstreamLog {
+                                host: None,
+                                cluster,
+                            },
+                        );
+                        // Envoy's answer for a cluster without a healthy host.
+                        let why = Why {
+                            flags: "UH",
+                            details: Some("no_healthy_upstream"),
+                            failure: None,
+                        };
+                        return exchange.local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no healthy upstream",
+                            &record,
+                            why,
+                        );
+                    }
+                },
+                None => d.targets(self.orig).first().copied().unwrap_or(self.orig),
+            },
             Verdict::Passthrough => self.orig,
         };
         let record = self.record(
@@ -454,8 +507,11 @@ mod tests {
     /// A proxy context holding a snapshot with `policy` and these ServiceEntries (in
     /// namespace `payments`), as the operator would send it.
     fn proxy(policy: &str, entries: &[serde_json::Value]) -> Arc<ProxyContext> {
-        let (ctx, inputs) = ProxyContext::new(Default::default());
-        let egress: Vec<_> = entries
+        proxy_with(policy, compiled(entries))
+    }
+
+    fn compiled(entries: &[serde_json::Value]) -> Vec<egress::ExternalService> {
+        entries
             .iter()
             .enumerate()
             .flat_map(|(i, e)| {
@@ -463,7 +519,11 @@ mod tests {
                     .unwrap()
                     .services
             })
-            .collect();
+            .collect()
+    }
+
+    fn proxy_with(policy: &str, egress: Vec<egress::ExternalService>) -> Arc<ProxyContext> {
+        let (ctx, inputs) = ProxyContext::new(Default::default());
         let snapshot = json!({
             "schemaVersion": 1, "version": "v1",
             "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
@@ -632,6 +692,58 @@ mod tests {
             1.0,
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dns_host_dialled_at_its_allocated_address_goes_where_its_name_resolves() {
+        super::super::dns::set_upstreams(vec![super::super::dns::test_upstream()]);
+        let echo = external(false).await;
+        let http = external(true).await;
+        let mut table = compiled(&[
+            // The test nameserver resolves loopback.* to 127.0.0.1, nx.* to nothing.
+            json!({"hosts": ["loopback.partner.example"], "resolution": "DNS",
+                   "ports": [{"number": echo.port(), "name": "tcp", "protocol": "TCP"},
+                             {"number": http.port(), "name": "http", "protocol": "HTTP"}]}),
+            json!({"hosts": ["nx.partner.example"], "resolution": "DNS",
+                   "ports": [{"number": echo.port(), "name": "tcp", "protocol": "TCP"}]}),
+        ]);
+        let vip = std::net::Ipv4Addr::new(198, 19, 240, 3);
+        let nx_vip = std::net::Ipv4Addr::new(198, 19, 240, 4);
+        table[0].allocated = Some(vip);
+        table[1].allocated = Some(nx_vip);
+        let ctx = proxy_with("REGISTRY_ONLY", table);
+        // TCP to the allocated address: relayed to 127.0.0.1 on the dialled port.
+        let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), echo.port())).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        // HTTP too, by the same address (relayed as the address's TCP, as any entry matched by
+        // address is).
+        let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), http.port())).await;
+        assert!(
+            get(&mut client, "loopback.partner.example")
+                .await
+                .ends_with("ok")
+        );
+        // A name that does not resolve: closed, nothing relayed.
+        let mut client = connect_via(&ctx, SocketAddr::new(nx_vip.into(), echo.port())).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
+        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
+        let declared = ["destination_service=\"loopback.partner.example\""];
+        eventually(|| {
+            count(
+                &metrics(&ctx),
+                "istio_tcp_connections_opened_total",
+                &declared,
+            ) >= 2.0
+        })
+        .await;
     }
 
     async fn eventually(mut check: impl FnMut() -> bool) {

@@ -1,7 +1,8 @@
 //! Traffic capture for `weft-proxy init` (SPEC §5): the nat-table rules that send a pod's
 //! inbound TCP to 15006 and its outbound TCP to 15001, with Istio's loopback and owner rules,
-//! for IPv4 (`iptables`) and IPv6 (`ip6tables`) alike. `rules()` is pure (the table tests pin
-//! its text); `apply()` feeds it to `iptables-restore` / `ip6tables-restore`.
+//! for IPv4 (`iptables`) and IPv6 (`ip6tables`) alike, and (opt-in) the pod's DNS to the
+//! resolv.conf nameservers to the proxy's DNS port. `rules()` is pure (the table tests pin its
+//! text); `apply()` feeds it to `iptables-restore` / `ip6tables-restore`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,18 +10,23 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
 use crate::contract::{
-    INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6, PORT_INBOUND, PORT_OUTBOUND,
-    PROXY_GID, PROXY_PORTS, PROXY_UID,
+    INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6, PORT_DNS, PORT_INBOUND,
+    PORT_OUTBOUND, PROXY_GID, PROXY_PORTS, PROXY_UID,
 };
 
 pub const CHAIN_INBOUND: &str = "WEFT_INBOUND";
 pub const CHAIN_IN_REDIRECT: &str = "WEFT_IN_REDIRECT";
 pub const CHAIN_OUTPUT: &str = "WEFT_OUTPUT";
 pub const CHAIN_REDIRECT: &str = "WEFT_REDIRECT";
+/// DNS capture (`--capture-dns`): the app's queries to its nameservers go to the proxy.
+pub const CHAIN_DNS: &str = "WEFT_DNS";
 
 /// The jumps from the built-in chains into ours; `apply` removes old copies before adding.
+/// Written as `iptables-save` prints them, so an earlier run's copies are found by their text.
 const JUMP_PREROUTING: &str = "-A PREROUTING -p tcp -j WEFT_INBOUND";
 const JUMP_OUTPUT: &str = "-A OUTPUT -p tcp -j WEFT_OUTPUT";
+const JUMP_DNS_UDP: &str = "-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS";
+const JUMP_DNS_TCP: &str = "-A OUTPUT -p tcp -m tcp --dport 53 -j WEFT_DNS";
 
 /// CAP_NET_ADMIN's bit in `/proc/self/status` `CapEff`.
 const CAP_NET_ADMIN_BIT: u32 = 12;
@@ -129,8 +135,12 @@ impl Family {
     }
 
     fn holds(self, cidr: &Cidr) -> bool {
+        self.holds_ip(&cidr.addr)
+    }
+
+    fn holds_ip(self, ip: &IpAddr) -> bool {
         matches!(
-            (self, cidr.addr),
+            (self, ip),
             (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
         )
     }
@@ -183,6 +193,10 @@ pub struct InitOptions {
     pub exclude_interfaces: Vec<String>,
     pub kubevirt_interfaces: Vec<String>,
     pub ipv6: Ipv6Capture,
+    /// `--capture-dns`: the nameservers of the pod's resolv.conf whose port-53 traffic (UDP
+    /// and TCP) from the app goes to `dns_capture_port`; empty: DNS is not captured.
+    pub dns_servers: Vec<IpAddr>,
+    pub dns_capture_port: u16,
 }
 
 impl Default for InitOptions {
@@ -201,6 +215,8 @@ impl Default for InitOptions {
             exclude_interfaces: Vec::new(),
             kubevirt_interfaces: Vec::new(),
             ipv6: Ipv6Capture::Auto,
+            dns_servers: Vec::new(),
+            dns_capture_port: PORT_DNS,
         }
     }
 }
@@ -335,6 +351,11 @@ pub fn rules(opts: &InitOptions, family: Family) -> String {
     let gid = opts.proxy_gid;
     let loopback = family.loopback();
     let _ = writeln!(r, "*nat");
+    let dns_servers: Vec<&IpAddr> = opts
+        .dns_servers
+        .iter()
+        .filter(|ip| family.holds_ip(ip))
+        .collect();
     for chain in [
         CHAIN_INBOUND,
         CHAIN_IN_REDIRECT,
@@ -342,6 +363,9 @@ pub fn rules(opts: &InitOptions, family: Family) -> String {
         CHAIN_REDIRECT,
     ] {
         let _ = writeln!(r, ":{chain} - [0:0]");
+    }
+    if !dns_servers.is_empty() {
+        let _ = writeln!(r, ":{CHAIN_DNS} - [0:0]");
     }
     let _ = writeln!(
         r,
@@ -407,6 +431,30 @@ pub fn rules(opts: &InitOptions, family: Family) -> String {
                         "-A {CHAIN_INBOUND} -p tcp -m tcp --dport {p} -j {CHAIN_IN_REDIRECT}"
                     );
                 }
+            }
+        }
+    }
+
+    // DNS (Istio's ISTIO_META_DNS_CAPTURE rules): the app's queries to the resolv.conf
+    // nameservers, UDP and TCP, go to the proxy's DNS port; the proxy's own queries (its uid
+    // or gid) and DNS to any other server go on as before. Before the TCP jump, so a TCP
+    // query is redirected here and not to the outbound listener.
+    if !dns_servers.is_empty() {
+        let _ = writeln!(r, "{JUMP_DNS_UDP}");
+        let _ = writeln!(r, "{JUMP_DNS_TCP}");
+        let _ = writeln!(r, "-A {CHAIN_DNS} -m owner --uid-owner {uid} -j RETURN");
+        let _ = writeln!(r, "-A {CHAIN_DNS} -m owner --gid-owner {gid} -j RETURN");
+        for ip in &dns_servers {
+            let host = match ip {
+                IpAddr::V4(_) => 32,
+                IpAddr::V6(_) => 128,
+            };
+            for proto in ["udp", "tcp"] {
+                let _ = writeln!(
+                    r,
+                    "-A {CHAIN_DNS} -d {ip}/{host} -p {proto} -j REDIRECT --to-ports {}",
+                    opts.dns_capture_port
+                );
             }
         }
     }
@@ -487,7 +535,7 @@ pub fn rules(opts: &InitOptions, family: Family) -> String {
 pub fn restore_input(rules: &str, current: &str) -> String {
     let mut deletes = String::new();
     for line in current.lines().map(str::trim) {
-        if line == JUMP_PREROUTING || line == JUMP_OUTPUT {
+        if [JUMP_PREROUTING, JUMP_OUTPUT, JUMP_DNS_UDP, JUMP_DNS_TCP].contains(&line) {
             let _ = writeln!(deletes, "-D{}", &line[2..]);
         }
     }
@@ -509,6 +557,25 @@ pub fn restore_input(rules: &str, current: &str) -> String {
         }
         _ => rules.to_string(),
     }
+}
+
+/// The `nameserver` addresses of resolv.conf text, in order (what `--capture-dns` captures and
+/// the proxy forwards to). Lines that are not a nameserver with an IP are skipped, as the C
+/// library skips them; a link-local IPv6 zone (`fe80::1%eth0`) is not capturable and skipped.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok())
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
 }
 
 /// Whether `/proc/self/status` text shows CAP_NET_ADMIN in the effective set.
@@ -1030,6 +1097,64 @@ COMMIT
         let add_pre = l.iter().position(|x| *x == JUMP_PREROUTING).unwrap();
         assert!(last_decl < del_pre && del_pre < add_pre && del_out < add_pre);
         assert_eq!(l.last(), Some(&"COMMIT"));
+    }
+
+    #[test]
+    fn dns_capture_redirects_the_apps_queries_to_its_nameservers_only() {
+        let ns = resolv_conf_nameservers(
+            "search payments.svc.cluster.local svc.cluster.local\nnameserver 198.19.0.10\n\
+             nameserver fd00:7765::a\nnameserver bogus\n# nameserver 198.19.0.99\n\
+             nameserver 198.19.0.10\noptions ndots:5\n",
+        );
+        assert_eq!(
+            ns,
+            vec![
+                "198.19.0.10".parse::<IpAddr>().unwrap(),
+                "fd00:7765::a".parse().unwrap()
+            ]
+        );
+        let opts = InitOptions {
+            dns_servers: ns,
+            ..InitOptions::default()
+        };
+        let dns: Vec<String> = lines(&opts)
+            .into_iter()
+            .filter(|l| l.contains("WEFT_DNS") || l.contains("--dport 53"))
+            .collect();
+        assert_eq!(
+            dns,
+            [
+                ":WEFT_DNS - [0:0]",
+                "-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS",
+                "-A OUTPUT -p tcp -m tcp --dport 53 -j WEFT_DNS",
+                "-A WEFT_DNS -m owner --uid-owner 1337 -j RETURN",
+                "-A WEFT_DNS -m owner --gid-owner 1337 -j RETURN",
+                "-A WEFT_DNS -d 198.19.0.10/32 -p udp -j REDIRECT --to-ports 15053",
+                "-A WEFT_DNS -d 198.19.0.10/32 -p tcp -j REDIRECT --to-ports 15053",
+            ]
+        );
+        // TCP DNS is decided before the outbound capture's jump.
+        assert!(position(&opts, JUMP_DNS_TCP) < position(&opts, JUMP_OUTPUT));
+        // Each family redirects its own nameservers; none of a family: no DNS rules there.
+        let v6 = rules(&opts, Family::V6);
+        assert!(
+            v6.contains("-A WEFT_DNS -d fd00:7765::a/128 -p udp -j REDIRECT --to-ports 15053\n")
+                && !v6.contains("198.19"),
+            "{v6}"
+        );
+        let v4_only = InitOptions {
+            dns_servers: vec!["198.19.0.10".parse().unwrap()],
+            ..InitOptions::default()
+        };
+        assert!(!rules(&v4_only, Family::V6).contains("WEFT_DNS"));
+        // Off by default: the golden default rules above have no DNS line.
+        assert!(!rules(&InitOptions::default(), Family::V4).contains("53"));
+        // A second run removes the first run's DNS jumps before adding its own.
+        let text = rules(&opts, Family::V4);
+        let current = format!("*nat\n{JUMP_DNS_UDP}\n{JUMP_DNS_TCP}\n{JUMP_OUTPUT}\nCOMMIT\n");
+        let input = restore_input(&text, &current);
+        assert!(input.contains("-D OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS\n"));
+        assert!(input.contains("-D OUTPUT -p tcp -m tcp --dport 53 -j WEFT_DNS\n"));
     }
 
     #[test]

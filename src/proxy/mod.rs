@@ -20,6 +20,7 @@ pub mod balance;
 pub mod cli;
 pub mod config_stream;
 pub mod copy;
+pub mod dns;
 pub mod egress;
 pub mod gateway;
 pub mod http;

@@ -15,7 +15,7 @@ use super::config_stream::{ConfigStreamConfig, run_config_stream};
 use super::identity::{CsrClientConfig, run_csr_client};
 use super::inputs::{FileSources, Inputs};
 use super::{ProxyContext, Settings, inbound, outbound};
-use crate::contract::{PORT_ADMIN, PORT_HEALTH, PORT_INBOUND, PORT_OUTBOUND, PORT_STATS};
+use crate::contract::{PORT_ADMIN, PORT_DNS, PORT_HEALTH, PORT_INBOUND, PORT_OUTBOUND, PORT_STATS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -49,6 +49,8 @@ pub struct Listeners {
     pub stats: SocketAddr,
     pub health: SocketAddr,
     pub admin: SocketAddr,
+    /// The DNS server (UDP and TCP; a sidecar's only; `[::1]` beside it when the kernel has it).
+    pub dns: SocketAddr,
 }
 
 impl Default for Listeners {
@@ -61,6 +63,9 @@ impl Default for Listeners {
             health: SocketAddr::new(any, PORT_HEALTH),
             // Admin shows config and certificates: loopback only.
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT_ADMIN),
+            // Loopback only: reached through the capture rule (docs/egress.md), and a reply
+            // must leave from the address the rule redirected to for the kernel to map it back.
+            dns: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), PORT_DNS),
         }
     }
 }
@@ -155,6 +160,16 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let health_l = bind_dual("health", l.health).await?;
     let admin_l = bind("admin", l.admin).await?;
     let dual_stack = stats_l.len() > 1;
+    let dns_l = match opts.mode {
+        Mode::Sidecar => super::dns::bind(l.dns)
+            .await
+            .map_err(|source| RunError::Bind {
+                what: "dns",
+                addr: l.dns,
+                source,
+            })?,
+        Mode::Gateway => Vec::new(),
+    };
 
     let Inputs { certs, snapshot } = inputs;
     let mut tasks = tokio::task::JoinSet::new();
@@ -179,6 +194,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     if opts.mode == Mode::Gateway {
         tasks.spawn(super::gateway::serve(ctx.clone()));
+    }
+    for (udp, tcp) in dns_l {
+        tasks.spawn(super::dns::serve_udp(ctx.clone(), udp));
+        tasks.spawn(super::dns::serve_tcp(ctx.clone(), tcp));
     }
     for listener in stats_l {
         tasks.spawn(admin::serve(

@@ -5,7 +5,7 @@
 //! (REGISTRY_ONLY). docs/egress.md says which Istio semantics are followed and where not.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,11 @@ pub struct ExternalService {
     /// IPs and CIDRs the entry claims (`addresses`, and STATIC endpoint IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<IpNet>,
+    /// The address the operator gave this host when its entry has no `addresses` (Istio's DNS
+    /// auto-allocation), from [`AUTO_ALLOCATE_RANGE`]: the proxy's DNS server answers it, and
+    /// a connection to it is this host's. Absent for NONE and wildcard hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Ipv4Addr>,
     pub ports: Vec<ExternalPort>,
     pub resolution: Resolution,
     pub location: Location,
@@ -178,6 +183,8 @@ pub struct CompiledEntry {
     pub selector: Option<BTreeMap<String, String>>,
     /// Port number -> target port, for the pods `workloadSelector` picks.
     pub target_ports: BTreeMap<u16, u16>,
+    /// The entry declares `addresses` (then its hosts get no allocated address).
+    pub has_addresses: bool,
 }
 
 /// Reads and validates one ServiceEntry as Istio's validation does (plus what weft does not
@@ -439,6 +446,7 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
             namespace: namespace.to_string(),
             source: format!("{namespace}/{name}"),
             addresses: addresses.clone(),
+            allocated: None,
             ports: ports.clone(),
             resolution,
             location,
@@ -449,6 +457,54 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
         export,
         selector: spec.workload_selector.map(|s| s.labels),
         target_ports,
+        has_addresses: !spec.addresses.is_empty(),
+    })
+}
+
+// === Address allocation (Istio's DNS auto-allocation) ===
+
+/// Where auto-allocated addresses come from: 198.19.240.0/21, a slice of the benchmarking range
+/// 198.18.0.0/15 (RFC 2544, never a real network) that the local cluster leaves unused (its
+/// ClusterIPs are 198.19.0.0/17, its LoadBalancer pool 198.19.255.0/24). Istio uses
+/// 240.240.0.0/16; docs/egress.md says why weft does not.
+pub const AUTO_ALLOCATE_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 240, 0), 21);
+
+/// Whether a host gets an allocated address: an exact host (a wildcard has no one address) of
+/// an entry without `addresses` whose resolution is not NONE (Istio allocates for the same).
+pub fn wants_allocation(service: &ExternalService, entry_has_addresses: bool) -> bool {
+    !entry_has_addresses && service.resolution != Resolution::None && !service.host.starts_with('*')
+}
+
+/// Gives each host of `hosts` an address of [`AUTO_ALLOCATE_RANGE`], deterministically: the same
+/// set of hosts always gets the same addresses, whichever operator replica computes it (their
+/// snapshots are content-hashed). Each host starts at a hash of its name and probes upwards to
+/// the first free address, hosts taken in name order; the range's first and last addresses are
+/// never given. More hosts than addresses: the rest get none (and resolve as before).
+pub fn allocate(hosts: &BTreeSet<String>) -> BTreeMap<String, Ipv4Addr> {
+    let (base, prefix) = AUTO_ALLOCATE_RANGE;
+    let size = 1u32 << (32 - u32::from(prefix));
+    let usable = size - 2;
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for host in hosts {
+        if taken.len() as u32 >= usable {
+            break;
+        }
+        let mut slot = fnv1a(host.as_bytes()) % usable;
+        while taken.contains(&slot) {
+            slot = (slot + 1) % usable;
+        }
+        taken.insert(slot);
+        out.insert(host.clone(), Ipv4Addr::from(u32::from(base) + 1 + slot));
+    }
+    out
+}
+
+/// FNV-1a, 32 bits: a stable hash (std's hasher may change between Rust releases, and every
+/// replica and release must agree).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })
 }
 
@@ -544,6 +600,15 @@ impl Declared<'_> {
             _ => vec![dst],
         }
     }
+
+    /// The name the proxy must resolve (through the pod's upstream DNS) before it can relay:
+    /// `resolution: DNS` dialled at the host's allocated address, which leads nowhere itself
+    /// (Envoy's STRICT_DNS cluster of the host does the same).
+    pub fn resolves(&self, dst: SocketAddr) -> Option<&str> {
+        let allocated = self.service.allocated.map(IpAddr::V4);
+        (self.service.resolution == Resolution::Dns && allocated == Some(dst.ip()))
+            .then_some(self.service.host.as_str())
+    }
 }
 
 /// What happens to a connection to an address no Service owns.
@@ -560,7 +625,8 @@ pub enum Verdict<'a> {
 /// such an entry its own `address:port` listener, which wins over host matching.
 pub fn by_address(table: &[ExternalService], dst: SocketAddr) -> Option<Declared<'_>> {
     table.iter().find_map(|service| {
-        if !service.addresses.iter().any(|net| net.contains(&dst.ip())) {
+        let allocated = service.allocated.map(IpAddr::V4) == Some(dst.ip());
+        if !allocated && !service.addresses.iter().any(|net| net.contains(&dst.ip())) {
             return None;
         }
         let port = service.ports.iter().find(|p| p.number == dst.port())?;
@@ -624,6 +690,50 @@ pub fn decide<'a>(
             OutboundPolicy::RegistryOnly => Verdict::BlackHole,
         },
     }
+}
+
+/// What the proxy's DNS server answers for a name of its table, per family (an empty family is
+/// NODATA: the name exists, without records of that type).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsAnswer {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<std::net::Ipv6Addr>,
+}
+
+/// The addresses of `name` (any case, trailing dot or not) in the table: the allocated address
+/// of an exact host, else the single addresses (not CIDRs) its entry claims; exact hosts before
+/// wildcards, as [`by_name`] ranks them. None: the table has nothing to answer (the query goes
+/// to the pod's upstream DNS).
+pub fn dns_answer(table: &[ExternalService], name: &str) -> Option<DnsAnswer> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let mut best: Option<(usize, DnsAnswer)> = None;
+    for service in table {
+        let Some(rank) = host_rank(&service.host, &name) else {
+            continue;
+        };
+        let mut answer = DnsAnswer::default();
+        if let Some(a) = service.allocated {
+            answer.v4.push(a);
+        } else {
+            for net in service
+                .addresses
+                .iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+            {
+                match net.addr() {
+                    IpAddr::V4(a) => answer.v4.push(a),
+                    IpAddr::V6(a) => answer.v6.push(a),
+                }
+            }
+        }
+        if answer.v4.is_empty() && answer.v6.is_empty() {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+            best = Some((rank, answer));
+        }
+    }
+    best.map(|(_, a)| a)
 }
 
 /// How well `pattern` matches `name`: exact beats any wildcard, a longer wildcard beats a
@@ -902,6 +1012,104 @@ mod tests {
             decide(&[], OutboundPolicy::RegistryOnly, dst, Seen::Http("x")),
             Verdict::BlackHole
         ));
+    }
+
+    #[test]
+    fn allocation_is_deterministic_inside_its_slice_and_never_collides() {
+        let hosts: BTreeSet<String> = (0..3000).map(|i| format!("h{i}.example.com")).collect();
+        let a = allocate(&hosts);
+        // 2046 usable addresses in the /21: the rest get none.
+        assert_eq!(a.len(), 2046);
+        let net: IpNet = "198.19.240.0/21".parse().unwrap();
+        let distinct: BTreeSet<_> = a.values().collect();
+        assert_eq!(distinct.len(), a.len(), "two hosts share an address");
+        for ip in a.values() {
+            assert!(net.contains(&IpAddr::V4(*ip)), "{ip} outside the slice");
+            assert!(
+                *ip != Ipv4Addr::new(198, 19, 240, 0) && *ip != Ipv4Addr::new(198, 19, 247, 255)
+            );
+        }
+        // The same set, the same answer; a host's address does not depend on unrelated hosts
+        // unless they collide.
+        let few: BTreeSet<String> = ["api.payments-partner.com".to_string()].into();
+        let one = allocate(&few)["api.payments-partner.com"];
+        assert_eq!(allocate(&few)["api.payments-partner.com"], one);
+        let more: BTreeSet<String> = [
+            "api.payments-partner.com".to_string(),
+            "b.example.com".to_string(),
+        ]
+        .into();
+        let two = allocate(&more);
+        assert_eq!(two.len(), 2);
+        assert_ne!(two["api.payments-partner.com"], two["b.example.com"]);
+    }
+
+    #[test]
+    fn dns_answers_allocated_then_declared_addresses_and_maps_them_back() {
+        let mut t = table(&[
+            ("seed", seed_entry()),
+            (
+                "vip",
+                json!({"hosts": ["db.example.com"], "addresses": ["198.18.7.1", "198.18.8.0/24", "fd00::7"],
+                       "ports": [{"number": 5432, "name": "pg", "protocol": "TCP"}]}),
+            ),
+            (
+                "wild",
+                json!({"hosts": ["*.wild.example.com"], "addresses": ["198.18.9.1"],
+                       "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+            ),
+            (
+                "none",
+                json!({"hosts": ["plain.example.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}),
+            ),
+        ]);
+        let compiled = compile("payments", "seed", &seed_entry()).unwrap();
+        assert!(wants_allocation(&t[0], compiled.has_addresses));
+        assert!(
+            !wants_allocation(&t[3], false),
+            "NONE is passed through, not allocated"
+        );
+        let vip = Ipv4Addr::new(198, 19, 240, 9);
+        t[0].allocated = Some(vip);
+        assert_eq!(
+            dns_answer(&t, "API.payments-partner.com.").unwrap(),
+            DnsAnswer {
+                v4: vec![vip],
+                v6: vec![]
+            }
+        );
+        // Declared single addresses, per family; a CIDR is not an answer.
+        let db = dns_answer(&t, "db.example.com").unwrap();
+        assert_eq!(db.v4, vec![Ipv4Addr::new(198, 18, 7, 1)]);
+        assert_eq!(
+            db.v6,
+            vec!["fd00::7".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
+        assert_eq!(
+            dns_answer(&t, "a.wild.example.com").unwrap().v4,
+            vec![Ipv4Addr::new(198, 18, 9, 1)]
+        );
+        // Nothing to answer: upstream decides.
+        assert!(dns_answer(&t, "plain.example.com").is_none());
+        assert!(dns_answer(&t, "wild.example.com").is_none());
+        assert!(dns_answer(&t, "example.org").is_none());
+        // A connection to the allocated address is the host's, and must be resolved first.
+        let dst = SocketAddr::new(IpAddr::V4(vip), 443);
+        let d = by_address(&t, dst).unwrap();
+        assert_eq!(d.service.host, "api.payments-partner.com");
+        assert_eq!(d.resolves(dst), Some("api.payments-partner.com"));
+        assert!(by_address(&t, SocketAddr::new(IpAddr::V4(vip), 80)).is_none());
+        let by_sni = by_name(
+            &t,
+            addr("198.18.0.1:443"),
+            Seen::Tls(Some("api.payments-partner.com")),
+        )
+        .unwrap();
+        assert_eq!(
+            by_sni.resolves(addr("198.18.0.1:443")),
+            None,
+            "dialled its real address"
+        );
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub(super) struct PodRequests {
     pub concurrency: Option<u32>,
     /// ProxyConfig `terminationDrainDuration`: the drain on SIGTERM (a Go duration).
     pub drain_duration: Option<String>,
+    /// ProxyConfig `proxyMetadata.ISTIO_META_DNS_CAPTURE: "true"`: `weft-init` captures the
+    /// app's DNS to the proxy's DNS server (docs/egress.md).
+    pub dns_capture: bool,
     /// What weft does instead of what an annotation asks: the response's `warnings`.
     pub warnings: Vec<String>,
 }
@@ -715,11 +718,12 @@ fn readiness(key: &str, value: &str, requests: &mut PodRequests) -> Result<(), I
 const PROXY_CONFIG_FORM: &str = "a ProxyConfig as YAML or JSON, such as \
                                  \"concurrency: 2\\nterminationDrainDuration: 10s\"";
 /// The ProxyConfig fields weft applies; any other is named in a warning.
-const PROXY_CONFIG_FIELDS: [&str; 4] = [
+const PROXY_CONFIG_FIELDS: [&str; 5] = [
     "concurrency",
     "terminationDrainDuration",
     "statusPort",
     "holdApplicationUntilProxyStarts",
+    "proxyMetadata.ISTIO_META_DNS_CAPTURE",
 ];
 
 /// Istio's per-pod ProxyConfig. weft applies the fields its proxy has an equivalent for and
@@ -794,6 +798,32 @@ fn proxy_config(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> 
                     )));
                 }
             },
+            "proxyMetadata" => {
+                let serde_yaml::Value::Mapping(metadata) = field else {
+                    return Err(refusal(format!(
+                        "proxyMetadata is {}, not a mapping of names to values",
+                        yaml_text(field)
+                    )));
+                };
+                for (name, value) in metadata {
+                    let name = name.as_str().unwrap_or_default();
+                    if name != contract::PROXY_METADATA_DNS_CAPTURE {
+                        unsupported.push(format!("proxyMetadata.{name}"));
+                        continue;
+                    }
+                    // Istio's values are strings; a YAML boolean is taken too.
+                    requests.dns_capture = match (value.as_str(), value.as_bool()) {
+                        (Some("true"), _) | (_, Some(true)) => true,
+                        (Some("false"), _) | (_, Some(false)) => false,
+                        _ => {
+                            return Err(refusal(format!(
+                                "proxyMetadata.{name} is {}, not \"true\" or \"false\"",
+                                yaml_text(value)
+                            )));
+                        }
+                    };
+                }
+            }
             other => unsupported.push(other.to_string()),
         }
     }
@@ -1264,15 +1294,16 @@ mod tests {
         let requests = read(&pod(&[(
             contract::ANNOTATION_PROXY_CONFIG,
             "concurrency: 3\nterminationDrainDuration: 20s\nholdApplicationUntilProxyStarts: true\n\
-             statusPort: 15030\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\ntracing: {}\n",
+             statusPort: 15030\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n  ISTIO_META_X: \"1\"\ntracing: {}\n",
         )]))
         .expect("ok");
         assert_eq!(requests.concurrency, Some(3));
         assert_eq!(requests.drain_duration.as_deref(), Some("20s"));
         assert_eq!(requests.status_port, Some(15030));
+        assert!(requests.dns_capture);
         assert_eq!(requests.warnings.len(), 1, "{:?}", requests.warnings);
         assert!(
-            requests.warnings[0].contains("does not apply proxyMetadata, tracing, so"),
+            requests.warnings[0].contains("does not apply proxyMetadata.ISTIO_META_X, tracing, so"),
             "{:?}",
             requests.warnings
         );
@@ -1294,6 +1325,11 @@ mod tests {
             ("terminationDrainDuration: soon", "terminationDrainDuration"),
             ("statusPort: 15006", "already listens"),
             ("holdApplicationUntilProxyStarts: maybe", "true or false"),
+            ("proxyMetadata: [a]", "not a mapping of names"),
+            (
+                "proxyMetadata: {ISTIO_META_DNS_CAPTURE: yes please}",
+                "not \"true\"",
+            ),
             ("{", "not YAML"),
         ] {
             let message = refusal(&[(contract::ANNOTATION_PROXY_CONFIG, bad)]);

@@ -176,7 +176,10 @@ pub fn inject(
     let status_port = requests.status_port.unwrap_or(contract::PORT_STATS);
 
     // Checked even when nothing is captured, so a bad value is refused either way.
-    let args = init_args(&annotations, injection, requests.status_port)?;
+    let mut args = init_args(&annotations, injection, requests.status_port)?;
+    if requests.dns_capture {
+        args.push(contract::INIT_FLAG_CAPTURE_DNS.to_string());
+    }
     let image = requests.proxy_image.as_deref().unwrap_or(&mesh.image);
     let resources = resources(&mesh.resources, &requests.resources)?;
     // interceptionMode NONE: no weft-init. The proxy needs nothing else: its capture
@@ -1501,6 +1504,39 @@ mod tests {
             (contract::ANNOTATION_EXCLUDE_INBOUND_PORTS, "http"),
         ]);
         assert!(inject(&pod, &injection(), &InjectorSettings::default()).is_err());
+    }
+
+    #[test]
+    fn dns_capture_is_asked_for_in_proxy_metadata_and_only_then() {
+        let init_args_of = |doc: &Value| doc["spec"]["initContainers"][0]["args"].clone();
+        let pod = annotated(&[(
+            contract::ANNOTATION_PROXY_CONFIG,
+            "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n",
+        )]);
+        let args = init_args_of(&patched(&pod));
+        assert_eq!(args[0], "init");
+        assert!(
+            args.as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == contract::INIT_FLAG_CAPTURE_DNS),
+            "{args}"
+        );
+        let off = annotated(&[(
+            contract::ANNOTATION_PROXY_CONFIG,
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}",
+        )]);
+        for pod in [off, bare_pod()] {
+            let args = init_args_of(&patched(&pod));
+            assert!(
+                !args
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a == contract::INIT_FLAG_CAPTURE_DNS),
+                "{args}"
+            );
+        }
     }
 
     #[test]

@@ -134,6 +134,28 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
         let _ = writeln!(out, "  {kind} {} {action}{dry}", p.name);
     }
 
+    // What is not applied as written, of the resources that could concern this pod: those of
+    // its namespace and the root namespace, and those named above (as the index reports them
+    // in status conditions and Warning Events).
+    let shown = |ns: &str, name: &str| {
+        let id = format!("{ns}/{name}");
+        ns == me.namespace
+            || ns == view.root_namespace
+            || out.contains(&format!(" {id}\n"))
+            || out.contains(&format!(" {id}:"))
+            || out.contains(&format!(" {id},"))
+    };
+    let problems: Vec<String> = index
+        .problems
+        .iter()
+        .filter(|p| shown(&p.namespace, &p.name))
+        .map(|p| format!("  {} {}/{}: {}\n", p.kind, p.namespace, p.name, p.message))
+        .collect();
+    if !problems.is_empty() {
+        out.push_str("Not applied as written:\n");
+        out.extend(problems);
+    }
+
     // The 503 UC diagnosis: as `weft check` finds it, for this pod as server or client.
     let pods: Vec<&MeshedPod> = index.meshed_pods().collect();
     let calls: BTreeSet<&str> = snapshot
@@ -371,6 +393,20 @@ Conflicts:
         let index = MeshIndex::build(&fixed);
         let text = describe(&fixed, &index, "pets", "db-1").expect("db-1 is meshed");
         assert!(!text.contains("Conflicts:"), "{text}");
+        // A resource not applied as written is named with why.
+        let mut refused = fixed.clone();
+        refused.virtual_services.push(obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"namespace": "pets", "name": "db-cors"},
+            "spec": {"hosts": ["db"], "http": [{"corsPolicy": {}, "route": [
+                {"destination": {"host": "db"}}]}]}
+        })));
+        let index = MeshIndex::build(&refused);
+        let text = describe(&refused, &index, "pets", "web-1").expect("web-1 is meshed");
+        assert!(
+            text.contains("Not applied as written:\n  VirtualService pets/db-cors: http[0].corsPolicy is not supported yet"),
+            "{text}"
+        );
         // A pod that is not meshed is not described.
         assert_eq!(describe(&fixed, &index, "pets", "legacy-1"), None);
     }

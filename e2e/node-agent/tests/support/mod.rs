@@ -327,9 +327,20 @@ pub fn weft(args: &[&str]) -> Output {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target"));
-    Command::new(target.join("debug/weft"))
-        .args(args)
-        .env("KUBECONFIG", repo_root().join("e2e/.cluster/kubeconfig"))
-        .output()
-        .expect("running weft (make e2e builds it)")
+    // A build running beside the tests replaces the binary (unlink, then rename): for a
+    // moment it is not there; wait for it rather than fail the test.
+    let mut tries = 0;
+    loop {
+        match Command::new(target.join("debug/weft"))
+            .args(args)
+            .env("KUBECONFIG", repo_root().join("e2e/.cluster/kubeconfig"))
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            result => return result.expect("running weft (make e2e builds it)"),
+        }
+    }
 }

@@ -273,6 +273,9 @@ def build(raw):
     iss = load_json(os.path.join(raw, "issuers.json"))
     if iss:
         result["issuers"] = iss
+    rot = load_json(os.path.join(raw, "rotation.json"))
+    if rot:
+        result["rotation"] = rot
     gw = gateway_results(raw, pr, result)
     if gw:
         result["gateway"] = gw
@@ -552,6 +555,16 @@ def table(r):
         for key, name in (("builtin", "builtin"), ("vault", "Vault"), ("cert_manager", "cert-manager")):
             if iss.get(key):
                 lines.append(row(name, iss[key]))
+    rot = r.get("rotation")
+    if rot:
+        st, b = rot["steady"], rot["phase_b"]
+        lines += ["", f"Root rotation (issue 24; `weft ca rotate --renew-within {rot['renew_within_s']}s`, "
+                      f"{rot['proxies']} meshed proxies on the local cluster, a new mTLS connection per "
+                      f"request): p99 {fmt(b['p99_ms'])} ms during phase (b) ({b['requests']} requests "
+                      f"in {b['seconds']} s, {b['failed']} failed) against {fmt(st['p99_ms'])} ms steady "
+                      f"({st['requests']} in {st['seconds']} s, {st['failed']} failed): "
+                      f"{rot['added_p99_ms']:+.1f} ms added at p99 (p50 {fmt(st['p50_ms'])} → "
+                      f"{fmt(b['p50_ms'])} ms)."]
     mc = r.get("mtls_conns")
     if mc:
         lines += ["", f"New mTLS connections: {fmt(mc['per_s'], 0)}/s through the weft pair "

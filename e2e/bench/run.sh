@@ -206,6 +206,12 @@ if [[ ${WEFT_BENCH_ADMISSION:-1} == 1 ]]; then
   (cd "$repo" && KUBECONFIG="$repo/e2e/.cluster/kubeconfig" WEFT_BENCH_ISSUERS_OUT="$raw/issuers.json" \
     $CARGO test --release --locked -p weft --test issuer_bench -- --ignored >"$work/issuers.log" 2>&1) ||
     SKIPPED+=("issuers: tests/issuer_bench.rs failed, see $work/issuers.log")
+  # Issue 24's rotation row: p99 of meshed requests (a new mTLS connection each) during phase (b)
+  # of a root rotation against the steady state before it (an ignored test of tests/rotation.rs).
+  log "root rotation: p99 of mesh traffic in phase (b) against steady state (tests/rotation.rs)"
+  (cd "$repo" && WEFT_BENCH_ROTATION_OUT="$raw/rotation.json" $CARGO test --locked -p weft-node-agent \
+    --test rotation -- --ignored bench_added_p99 --test-threads=1 >"$work/rotation.log" 2>&1) ||
+    SKIPPED+=("rotation: tests/rotation.rs bench_added_p99_of_mesh_traffic_during_phase_b failed, see $work/rotation.log")
   ((cluster_up)) || bash "$repo/e2e/cluster/down.sh" >/dev/null
 else
   SKIPPED+=("pod creation: WEFT_BENCH_ADMISSION=0")

@@ -79,7 +79,7 @@ conformance: ## Suites on the conformance images (Istio's echo: real gRPC server
 	  bash e2e/components/run-gateway-conformance.sh
 
 .PHONY: e2e-issuers
-e2e-issuers: ## The Vault issuer against a real Vault v1.21.0 (built from the Go module proxy into WEFT_E2E_CACHE: ~7 min cold, cached after): on loopback (real weft CSRs, each misconfiguration named, paused Vault), then on the local cluster (weft ca issuer set vault, then set cert-manager with cert-manager v1.21.2's own CA issuer and approver controllers (~2.5 min cold build), Vault-signed certificates from the CSR endpoint, weft check naming a paused Vault, back to builtin; then weft ca rotate under steady traffic, 0 failed requests; brings the cluster up if needed and leaves it up); not in make test; needs root
+e2e-issuers: ## The Vault issuer against a real Vault v1.21.0 (built from the Go module proxy into WEFT_E2E_CACHE: ~7 min cold, cached after): on loopback (real weft CSRs, each misconfiguration named, paused Vault), then on the local cluster (weft ca issuer set vault, then set cert-manager with cert-manager v1.21.2's own CA issuer and approver controllers (~2.5 min cold build), Vault-signed certificates from the CSR endpoint, weft check naming a paused Vault, back to builtin; then weft ca rotate under steady traffic, and weft ca issuer set vault then builtin as rotations under steady traffic, 0 failed requests; brings the cluster up if needed and leaves it up); not in make test; needs root
 	@bash e2e/scripts/install-vault.sh >/dev/null
 	WEFT_VAULT_BIN=$$(bash e2e/scripts/install-vault.sh) $(CARGO) test --locked -p weft --test vault_issuer -- --ignored
 	$(CARGO) build --locked -p weft --bins

@@ -85,7 +85,12 @@ impl Drop for External {
 /// A TLS server on the node address, port 443, with a self-signed certificate for the
 /// declared name; `-www` answers every GET with 200 and a status page.
 fn external_tls_server() -> External {
-    let dir = std::env::temp_dir().join(format!("weft-egress-{}", std::process::id()));
+    external_tls_server_on(443)
+}
+
+/// The same on another port (each test its own, so they can run side by side).
+fn external_tls_server_on(port: u16) -> External {
+    let dir = std::env::temp_dir().join(format!("weft-egress-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let made = Command::new("openssl")
         .args([
@@ -113,7 +118,7 @@ fn external_tls_server() -> External {
     );
     let child = Command::new("openssl")
         .args(["s_server", "-quiet", "-www", "-accept"])
-        .arg(format!("{NODE_IP}:443"))
+        .arg(format!("{NODE_IP}:{port}"))
         .arg("-cert")
         .arg(dir.join("cert.pem"))
         .arg("-key")
@@ -127,13 +132,13 @@ fn external_tls_server() -> External {
     // From the node itself (no proxy in the way), the server answers 200.
     wait_for(
         Duration::from_secs(20),
-        || curl_from_node("api.payments-partner.com"),
+        || curl_from_node_on("api.payments-partner.com", port),
         |code| code == "200",
     );
     server
 }
 
-fn curl_from_node(host: &str) -> String {
+fn curl_from_node_on(host: &str, port: u16) -> String {
     let out = Command::new("curl")
         .args([
             "-sk",
@@ -145,8 +150,8 @@ fn curl_from_node(host: &str) -> String {
             "5",
         ])
         .arg("--resolve")
-        .arg(format!("{host}:443:{NODE_IP}"))
-        .arg(format!("https://{host}/"))
+        .arg(format!("{host}:{port}:{NODE_IP}"))
+        .arg(format!("https://{host}:{port}/"))
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -369,4 +374,178 @@ spec:
         ),
         "200"
     );
+}
+
+// === DNS proxying (issue 20 item 6, DNS) ===
+
+/// The pod opts in as with Istio: ProxyConfig `proxyMetadata.ISTIO_META_DNS_CAPTURE: "true"`.
+const DNS_CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: dns-client
+  labels: {app: dns-client}
+  annotations:
+    proxy.istio.io/config: |
+      proxyMetadata:
+        ISTIO_META_DNS_CAPTURE: "true"
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
+"#;
+
+/// Names CoreDNS does not know (`.weft.test`): only the proxy's DNS server can answer them.
+/// `partner-api` is STATIC with the node as its endpoint and no `addresses`, so the operator
+/// allocates it an address; `dns-only` is `resolution: DNS` without addresses (allocated too,
+/// but the proxy finds no real address for it through CoreDNS).
+const DNS_ENTRIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner-api, namespace: dns-egress}
+spec:
+  hosts: [partner-api.weft.test]
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints: [{address: 198.18.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dns-only, namespace: dns-egress}
+spec:
+  hosts: [dns-only.weft.test]
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#;
+
+/// `curl -w '%{http_code} %{remote_ip}'` from the DNS client, the name resolved by the pod's
+/// resolver (no `--resolve` unless `pin` gives one); the output and curl's stderr.
+fn curl_dns(ns: &Namespace, url: &str, pin: Option<&str>) -> (String, String) {
+    let mut args = vec![
+        "exec",
+        "dns-client",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-skS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{remote_ip}",
+        "--max-time",
+        "10",
+    ];
+    if let Some(pin) = pin {
+        args.extend(["--resolve", pin]);
+    }
+    args.push(url);
+    let out = ns.kubectl(&args);
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// In the allocation slice docs/egress.md names (198.19.240.0/21).
+fn allocated(ip: &str) -> bool {
+    ip.parse::<std::net::Ipv4Addr>()
+        .map(|a| {
+            let o = a.octets();
+            o[0] == 198 && o[1] == 19 && (240..=247).contains(&o[2])
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn dns_capture_answers_declared_hosts_from_the_table_and_forwards_the_rest_to_coredns() {
+    let c = deployed();
+    // 8443 stands for the partner; 10443 is a second external server no entry declares.
+    let _partner = external_tls_server_on(8443);
+    let _other = external_tls_server_on(10443);
+    c.apply_server_side(&format!(
+        r#"
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: {REVISION}, namespace: weft-system}}
+spec:
+  proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
+  traffic: {{outboundTrafficPolicy: REGISTRY_ONLY}}
+  accessLog: {{enabled: true}}
+"#
+    ));
+    let ns = c.namespace("dns-egress");
+    ns.cluster.ok(&[
+        "label",
+        "namespace",
+        "dns-egress",
+        &format!("istio.io/rev={REVISION}"),
+    ]);
+    ns.apply(DNS_ENTRIES);
+    ns.apply(DNS_CLIENT);
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/dns-client",
+        "--timeout=90s",
+    ]);
+    let init_args = ns.ok(&[
+        "get",
+        "pod",
+        "dns-client",
+        "-o",
+        "jsonpath={.spec.initContainers[0].args}",
+    ]);
+    assert!(init_args.contains("--capture-dns"), "{init_args}");
+
+    // The declared host, which CoreDNS does not know, resolves (through the proxy) to its
+    // allocated address, and the connection to that address reaches the entry's endpoint.
+    let reached = wait_for(
+        Duration::from_secs(30),
+        || curl_dns(&ns, "https://partner-api.weft.test:8443/", None).0,
+        |out| out.starts_with("200 "),
+    );
+    let vip = reached.split(' ').nth(1).unwrap_or_default().to_string();
+    assert!(allocated(&vip), "{reached}");
+    // The pod's resolver agrees a second time (same answer while the config is the same).
+    let (again, _) = curl_dns(&ns, "https://partner-api.weft.test:8443/", None);
+    assert_eq!(again, reached);
+    // A resolution: DNS host is answered from the table too (its own allocated address); the
+    // proxy then asks CoreDNS for the real address, finds none, and closes the connection.
+    let (dns_only, err) = curl_dns(&ns, "https://dns-only.weft.test:8443/", None);
+    let dns_vip = dns_only.split(' ').nth(1).unwrap_or_default();
+    assert!(
+        dns_only.starts_with("000 ") && allocated(dns_vip) && dns_vip != vip,
+        "{dns_only} {err}"
+    );
+
+    // Every other name is CoreDNS's: a Service name resolves to its ClusterIP...
+    let (api, err) = curl_dns(&ns, "https://kubernetes.default.svc/", None);
+    assert!(api.ends_with(" 198.19.0.1"), "{api} {err}");
+    // ...and a name nobody declares does not resolve at all (CoreDNS has no such name: the
+    // local cluster's CoreDNS serves cluster.local only).
+    let (nowhere, err) = curl_dns(&ns, "https://nowhere.weft.test:8443/", None);
+    assert!(nowhere.starts_with("000"), "{nowhere}");
+    assert!(err.contains("Could not resolve host"), "{err}");
+    // An undeclared host that does resolve is still refused under REGISTRY_ONLY (the server
+    // answers the node itself).
+    assert_eq!(curl_from_node_on("undeclared.weft.test", 10443), "200");
+    let (blocked, err) = curl_dns(
+        &ns,
+        "https://undeclared.weft.test:10443/",
+        Some("undeclared.weft.test:10443:198.18.0.1"),
+    );
+    assert!(blocked.starts_with("000"), "{blocked} {err}");
+    // `weft proxy-config egress` shows the allocated address beside the host.
+    let shown = weft(&["proxy-config", "egress", "dns-client", "-n", "dns-egress"]);
+    let table = String::from_utf8_lossy(&shown.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("partner-api.weft.test"))
+        .unwrap_or_else(|| panic!("no row: {table}"));
+    assert!(row.contains(&vip), "{row}");
 }

@@ -172,6 +172,10 @@ impl ProxyContext {
         self.draining.send_replace(true);
     }
 
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     /// Resolves when draining starts.
     pub async fn drained(&self) {
         let mut rx = self.draining.subscribe();

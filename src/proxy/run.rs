@@ -231,7 +231,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
         _ = sigint.recv() => tracing::info!("SIGINT: draining"),
     }
-    drain(&ctx).await;
+    if opts.mode == Mode::Gateway {
+        drain_gateway(&ctx).await;
+    } else {
+        drain(&ctx).await;
+    }
     sources.abort();
     if let Some(client) = csr_client {
         client.abort();
@@ -246,6 +250,16 @@ fn spawn_csr_client(
 ) -> tokio::task::JoinHandle<()> {
     tracing::info!(address = %cfg.address, identity = %cfg.identity, "requesting the workload certificate");
     tokio::spawn(run_csr_client(cfg, certs))
+}
+
+/// A gateway's drain: not ready at once, but its ports go on accepting for the drain
+/// duration, as Envoy's do (the load balancer sends new connections until the endpoint
+/// update reaches it; each is served with `Connection: close` or a GOAWAY); then they close
+/// and open requests get the drain duration again to finish.
+async fn drain_gateway(ctx: &Arc<ProxyContext>) {
+    ctx.start_draining();
+    tokio::time::sleep(ctx.settings.drain_duration).await;
+    drain(ctx).await;
 }
 
 /// Stops the listeners (they watch the drain signal) and waits for open connections, at most

@@ -108,13 +108,21 @@ fn operator_pods(c: &Cluster) -> Vec<String> {
     .collect()
 }
 
-/// `/metrics` of one replica, through the API server's pod proxy.
-fn metrics(c: &Cluster, pod: &str) -> String {
-    c.ok(&[
+/// `/metrics` of one replica, through the API server's pod proxy; `None` when the pod is
+/// gone (a replica of the last rollout still terminating when the pods were listed).
+fn try_metrics(c: &Cluster, pod: &str) -> Option<String> {
+    let out = c.kubectl(&[
         "get",
         "--raw",
         &format!("/api/v1/namespaces/{NS}/pods/{pod}:15014/proxy/metrics"),
-    ])
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn metrics(c: &Cluster, pod: &str) -> String {
+    try_metrics(c, pod).unwrap_or_else(|| panic!("no metrics from operator pod {pod}"))
 }
 
 fn value(metrics: &str, series: &str) -> Option<f64> {
@@ -128,10 +136,14 @@ fn exactly_one_replica_reports_itself_leader_in_its_metrics() {
     let c = deployed();
     support::eventually(Duration::from_secs(60), || {
         let pods = operator_pods(c);
-        let leaders: f64 = pods
+        let Some(all) = pods
             .iter()
-            .filter_map(|p| value(&metrics(c, p), "weft_leader "))
-            .sum();
+            .map(|p| try_metrics(c, p))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
+        };
+        let leaders: f64 = all.iter().filter_map(|m| value(m, "weft_leader ")).sum();
         pods.len() == 2 && leaders == 1.0
     });
     let all: String = operator_pods(c).iter().map(|p| metrics(c, p)).collect();

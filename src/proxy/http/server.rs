@@ -18,16 +18,23 @@ use std::time::Duration;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::HeaderMap;
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::proxy::ProxyContext;
 use crate::proxy::metrics::grpc_status_value;
+
+/// The largest request head a client may send (HTTP/1: the read buffer holding it; HTTP/2:
+/// the header list), as Envoy's `max_request_headers_kb` default of 60 KiB, rounded up:
+/// beyond it HTTP/1 gets 431 and HTTP/2 a stream reset. hyper's defaults would buffer about
+/// 400 KB (HTTP/1) and 16 MB (HTTP/2) per connection.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// Every response body the proxy sends downstream.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -64,8 +71,12 @@ where
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD)
         .auto_date_header(false);
-    builder.http2().auto_date_header(false);
+    builder
+        .http2()
+        .max_header_list_size(MAX_REQUEST_HEAD as u32)
+        .auto_date_header(false);
     let (io, activity) = Active::new(io);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service_fn(handler));
     tokio::pin!(conn);
@@ -87,6 +98,14 @@ pub trait Pipeline: Send + Sync + 'static {
 }
 
 /// Serves `io` through `pipeline` until it closes, the proxy drains or it idles out.
+///
+/// Draining, as Envoy's drain mode does: every HTTP/1 response carries `Connection: close`,
+/// so a keep-alive connection closes after its next response (the client's next request
+/// opens a new connection, which the load balancer sends to a pod that is not leaving);
+/// an idle one is not cut under a client that may be sending on it. An HTTP/2 connection
+/// gets a GOAWAY once it has served a request. A connection accepted while draining, as a
+/// gateway's listener still does, is thus served once, not cut before its first request.
+/// What is still open when the drain duration ends is closed by the proxy's exit.
 pub async fn serve_pipeline<I, P>(
     ctx: &Arc<ProxyContext>,
     io: I,
@@ -97,14 +116,40 @@ pub async fn serve_pipeline<I, P>(
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     P: Pipeline,
 {
-    let handler = move |req: Request<Incoming>| {
-        let pipeline = pipeline.clone();
-        async move { Ok::<_, Infallible>(pipeline.handle(req).await) }
+    // The version of the last request served (none yet).
+    let served = Arc::new(watch::Sender::new(None::<Version>));
+    let handler = {
+        let (ctx, served) = (ctx.clone(), served.clone());
+        move |req: Request<Incoming>| {
+            let (pipeline, ctx, served) = (pipeline.clone(), ctx.clone(), served.clone());
+            async move {
+                let version = req.version();
+                // Not on an upgrade or a CONNECT: their connection becomes the tunnel.
+                let close = version < Version::HTTP_2 && req.method() != Method::CONNECT;
+                let mut response = pipeline.handle(req).await;
+                if close
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                    && ctx.is_draining()
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                served.send_replace(Some(version));
+                Ok::<_, Infallible>(response)
+            }
+        }
     };
     let idle = ctx.settings.idle_timeout;
     let ctx = ctx.clone();
-    let drained = async move { ctx.drained().await };
-    if let Err(e) = serve(io, handler, drained, idle, header_timeout).await {
+    let shutdown = async move {
+        ctx.drained().await;
+        let mut served = served.subscribe();
+        let _ = served
+            .wait_for(|v| v.is_some_and(|v| v >= Version::HTTP_2))
+            .await;
+    };
+    if let Err(e) = serve(io, handler, shutdown, idle, header_timeout).await {
         tracing::debug!(error = %e, side, "HTTP connection ended with an error");
     }
 }

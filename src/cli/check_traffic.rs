@@ -167,6 +167,7 @@ mod tests {
                 .collect(),
             traffic: Default::default(),
             subset_traffic: BTreeMap::new(),
+            l4: Default::default(),
         }
     }
 

@@ -154,20 +154,23 @@ impl Row for RouteRow {
 /// each listener's virtual hosts too (`service` is `gateway <host>`, `port` the listener's).
 pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
     let mut rows = Vec::new();
-    for svc in services(s).filter(|svc| protocol(svc) != "tcp") {
-        if svc.http.is_empty() {
-            rows.push(RouteRow {
-                service: svc.name.clone(),
-                port: svc.port,
-                index: None,
-                name: "(default)".into(),
-                matches: "*".into(),
-                destinations: format!("{}:{} (all endpoints)", svc.name, svc.port),
-                actions: crate::route::Actions::default().summary(),
-            });
-            continue;
+    for svc in services(s) {
+        if protocol(svc) != "tcp" {
+            if svc.http.is_empty() {
+                rows.push(RouteRow {
+                    service: svc.name.clone(),
+                    port: svc.port,
+                    index: None,
+                    name: "(default)".into(),
+                    matches: "*".into(),
+                    destinations: format!("{}:{} (all endpoints)", svc.name, svc.port),
+                    actions: crate::route::Actions::default().summary(),
+                });
+            } else {
+                route_rows(&svc.name, svc.port, &svc.http, &mut rows);
+            }
         }
-        route_rows(&svc.name, svc.port, &svc.http, &mut rows);
+        l4_route_rows(svc, &mut rows);
     }
     for listener in s.gateway.iter().flat_map(|g| &g.listeners) {
         for vhost in &listener.virtual_hosts {
@@ -176,6 +179,49 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
         }
     }
     rows
+}
+
+/// A Service port's VirtualService `tls` then `tcp` routes (route-l4, issue 19), in the order
+/// the proxy tries them for a connection it relays; the action column says which kind.
+fn l4_route_rows(svc: &Service, rows: &mut Vec<RouteRow>) {
+    let kinds = [("tls", &svc.l4.tls), ("tcp", &svc.l4.tcp)];
+    let mut index = 0;
+    for (kind, routes) in kinds {
+        for r in routes {
+            let matches = if r.matches.is_empty() {
+                "*".to_string()
+            } else {
+                r.matches
+                    .iter()
+                    .map(|m| serde_json::to_string(m).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            };
+            let destinations = r
+                .destinations
+                .iter()
+                .map(|d| {
+                    let subset = d
+                        .subset
+                        .as_deref()
+                        .map(|s| format!("|{s}"))
+                        .unwrap_or_default();
+                    format!("{}:{}{subset} {}", d.service, d.port, d.weight)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            rows.push(RouteRow {
+                service: svc.name.clone(),
+                port: svc.port,
+                index: Some(index),
+                name: r.name.clone(),
+                matches,
+                destinations,
+                actions: format!("{kind} (relayed, no HTTP)"),
+            });
+            index += 1;
+        }
+    }
 }
 
 pub(crate) fn route_rows(
@@ -467,6 +513,33 @@ mod tests {
             }]}
         });
         decode_snapshot(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tcp_and_tls_routes_read_as_rows_of_their_tcp_port_tls_first() {
+        let mut s = snapshot();
+        let db = &mut s.outbound.services[1];
+        db.l4 = serde_json::from_value(serde_json::json!({
+            "tcp": [{"name": "shop/db", "matches": [{"port": 5432}], "destinations": [
+                {"service": "db.shop.svc.cluster.local", "port": 5432, "subset": "v2", "weight": 100}]}],
+            "tls": [{"name": "shop/db", "matches": [{"sniHosts": ["db.example.com"]}], "destinations": [
+                {"service": "db.shop.svc.cluster.local", "port": 5432, "weight": 100}]}]
+        }))
+        .unwrap();
+        let rows: Vec<_> = routes(&s)
+            .into_iter()
+            .filter(|r| r.service == "db.shop.svc.cluster.local")
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].matches, r#"{"sniHosts":["db.example.com"]}"#);
+        assert!(rows[0].actions.starts_with("tls"), "{rows:?}");
+        assert_eq!(rows[1].index, Some(1));
+        assert_eq!(rows[1].matches, r#"{"port":5432}"#);
+        assert_eq!(
+            rows[1].destinations,
+            "db.shop.svc.cluster.local:5432|v2 100"
+        );
+        assert!(rows[1].actions.starts_with("tcp"), "{rows:?}");
     }
 
     #[test]

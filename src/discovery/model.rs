@@ -130,6 +130,55 @@ pub struct MeshIndex {
     addresses: HashMap<(String, String), Vec<IpAddr>>,
     /// The ServiceEntries, compiled: each proxy's egress table.
     egress: super::egress::EgressIndex,
+    /// Per meshed pod, its own service tables when some route names `sourceLabels`
+    /// ([`crate::route::source`]); pods the same selectors name share one. Empty otherwise.
+    source_variants: HashMap<(String, String), Arc<SourceVariant>>,
+}
+
+/// The service tables of the client pods one set of `sourceLabels` selectors names.
+struct SourceVariant {
+    services: Table,
+    headless: Table,
+    /// As `MeshIndex::services_hash`, of these tables.
+    hash: [u8; 32],
+}
+
+/// Each meshed pod's tables when routes name source labels: routes (matches) naming other
+/// pods left out. Computed once per distinct answer to the selectors, not per pod.
+fn source_variants(
+    services: &Table,
+    headless: &Table,
+    pod_labels: &HashMap<(String, String), BTreeMap<String, String>>,
+    peers_hash: &[u8],
+) -> HashMap<(String, String), Arc<SourceVariant>> {
+    use crate::route::source::{selectors, service_for, signature};
+    let chosen = selectors(services.typed.iter().chain(&headless.typed));
+    if chosen.is_empty() {
+        return HashMap::new();
+    }
+    let mut by_signature: HashMap<Vec<bool>, Arc<SourceVariant>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (key, labels) in pod_labels {
+        let variant = by_signature
+            .entry(signature(&chosen, labels))
+            .or_insert_with(|| {
+                let of = |t: &Table| {
+                    Table::new(t.typed.iter().map(|s| service_for(s, labels)).collect())
+                };
+                let (services, headless) = (of(services), of(headless));
+                let mut material = services.hash().to_vec();
+                material.extend_from_slice(&headless.hash());
+                material.extend_from_slice(peers_hash);
+                Arc::new(SourceVariant {
+                    hash: sha256(&material),
+                    services,
+                    headless,
+                })
+            })
+            .clone();
+        out.insert(key.clone(), variant);
+    }
+    out
 }
 
 /// Why no snapshot can be made for a pod.
@@ -302,10 +351,13 @@ impl MeshIndex {
         let peers = serde_json::value::to_raw_value(&known).ok();
         let mut material = services.hash().to_vec();
         material.extend_from_slice(&headless.hash());
-        if let Some(p) = &peers {
-            material.extend_from_slice(&sha256(p.get().as_bytes()));
-        }
+        let peers_hash = peers
+            .as_ref()
+            .map(|p| sha256(p.get().as_bytes()).to_vec())
+            .unwrap_or_default();
+        material.extend_from_slice(&peers_hash);
         let services_hash = sha256(&material);
+        let source_variants = source_variants(&services, &headless, &pod_labels, &peers_hash);
         let policies_by_rev = revisions
             .iter()
             .map(|(name, mc)| {
@@ -357,6 +409,7 @@ impl MeshIndex {
             verdicts: BTreeMap::new(),
             addresses,
             egress,
+            source_variants,
         }
         .with_verdicts(view)
     }
@@ -435,6 +488,9 @@ impl MeshIndex {
             .unwrap_or_default();
         let access_log = self.access_logs.get(&pod.revision).copied();
         let egress = self.egress.table_for(namespace);
+        let variant = self
+            .source_variants
+            .get(&(namespace.to_string(), name.to_string()));
         let mut snapshot = SnapshotRef {
             schema_version: SNAPSHOT_SCHEMA_VERSION,
             version: String::new(),
@@ -444,8 +500,8 @@ impl MeshIndex {
             inbound: &inbound,
             outbound: OutboundRef {
                 policy,
-                services: self.services.as_ref(),
-                headless: self.headless.as_ref(),
+                services: variant.map_or(self.services.as_ref(), |v| v.services.as_ref()),
+                headless: variant.map_or(self.headless.as_ref(), |v| v.headless.as_ref()),
                 egress: &egress,
             },
             access_log,
@@ -466,7 +522,7 @@ impl MeshIndex {
         ))
         .unwrap_or_default();
         let mut material = own;
-        material.extend_from_slice(&self.services_hash);
+        material.extend_from_slice(variant.map_or(&self.services_hash, |v| &v.hash));
         snapshot.version = format!("sha256:{}", hex(&sha256(&material)[..16]));
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
         Ok((snapshot.version, bytes))
@@ -714,6 +770,7 @@ fn service_tables(
                 subset_tls: BTreeMap::new(),
                 traffic: Default::default(),
                 subset_traffic: BTreeMap::new(),
+                l4: Default::default(),
             };
             match cluster_ip {
                 Some(_) => table.push(entry),

@@ -163,6 +163,12 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
             s.http = routes.clone();
         }
+        // tcp/tls routes apply to connections relayed as bytes: never on a declared HTTP port.
+        if let Some(l4) = tables.l4.get(&(s.name.clone(), s.port))
+            && s.protocol != Protocol::Http
+        {
+            s.l4 = l4.clone();
+        }
     }
     let mut gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
     let mut gamma = gamma;
@@ -337,6 +343,74 @@ mod tests {
                 {"name": "app", "ports": [{"containerPort": 8080}]}]},
             "status": {"podIP": ip}
         }))
+    }
+
+    /// route-l4 (issue 19): `sourceLabels` make per-proxy tables; tcp routes reach TCP ports.
+    #[test]
+    fn source_labelled_routes_reach_only_the_labelled_clients_and_tcp_routes_the_tcp_port() {
+        let mut v = view();
+        v.virtual_services = vec![
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "pets", "name": "db"},
+                "spec": {"hosts": ["db"], "http": [
+                    {"match": [{"sourceLabels": {"app": "web"}}],
+                     "route": [{"destination": {"host": "legacy"}}]},
+                    {"route": [{"destination": {"host": "db"}}]}]}
+            })),
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "pets", "name": "legacy"},
+                "spec": {"hosts": ["legacy"], "tcp": [
+                    {"match": [{"port": 80, "sourceLabels": {"app": "web"}}],
+                     "route": [{"destination": {"host": "db"}}]}]}
+            })),
+        ];
+        let index = MeshIndex::build(&v);
+        assert!(
+            index.problems.iter().all(|p| p.kind != "VirtualService"),
+            "{:?}",
+            index.problems
+        );
+        let tables = |pod: &str| {
+            let (version, bytes) = index.snapshot_for("pets", pod).unwrap();
+            let snap = decode_snapshot(&bytes).expect("the proxy accepts the tables");
+            let find = |name: &str| {
+                snap.outbound
+                    .services
+                    .iter()
+                    .find(|s| s.name == format!("{name}.pets.svc.cluster.local"))
+                    .cloned()
+                    .unwrap()
+            };
+            (version, find("db"), find("legacy"))
+        };
+        let (web_version, web_db, web_legacy) = tables("web-1");
+        let (db_version, db_db, db_legacy) = tables("db-1");
+        // web-1 carries app=web: both http routes and the tcp route.
+        assert_eq!(web_db.http.len(), 2);
+        assert_eq!(
+            web_db.http[0].destinations[0].service,
+            "legacy.pets.svc.cluster.local"
+        );
+        assert_eq!(web_legacy.l4.tcp.len(), 1);
+        assert_eq!(
+            web_legacy.l4.tcp[0].destinations[0].service,
+            "db.pets.svc.cluster.local"
+        );
+        // db-1 does not: only the catch-all, and no tcp route.
+        assert_eq!(db_db.http.len(), 1);
+        assert_eq!(
+            db_db.http[0].destinations[0].service,
+            "db.pets.svc.cluster.local"
+        );
+        assert!(db_legacy.l4.is_empty());
+        assert_ne!(web_version, db_version);
+        // The same mesh gives the same versions (the per-proxy tables are deterministic).
+        let again = MeshIndex::build(&v);
+        assert_eq!(again.snapshot_for("pets", "web-1").unwrap().0, web_version);
+        // tcp routes never land on a declared HTTP port (db's port is named http).
+        assert!(web_db.l4.is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! destinations go to [`super::egress`] (declared by a ServiceEntry, passed through under
 //! ALLOW_ANY, refused under REGISTRY_ONLY). A Service
 //! port that speaks HTTP is handed to the HTTP layer ([`super::http::outbound`]), which picks
-//! an endpoint per request; everything else is relayed byte for byte.
+//! an endpoint per request; everything else is relayed byte for byte, to the destination a
+//! VirtualService `tls` route (by the ClientHello's SNI) or `tcp` route picks for the
+//! connection ([`crate::route::l4`]), else to the Service's endpoints.
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ pub enum Refusal {
     NoEndpoints,
     UpstreamUnreachable,
     Handshake,
+    /// A `tcp`/`tls` route's destination is not in the snapshot (Istio's `NR`).
+    NoRoute,
 }
 
 impl Refusal {
@@ -54,6 +58,7 @@ impl Refusal {
             Refusal::NoEndpoints => "no_endpoints",
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::Handshake => "tls_handshake",
+            Refusal::NoRoute => "no_route",
         }
     }
 }
@@ -142,7 +147,6 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
     }
     let _ = stream.set_nodelay(true);
     let start = std::time::SystemTime::now();
-    let started = tokio::time::Instant::now();
     let peer = stream.peer_addr().ok();
     let snapshot = ctx.snapshot().ok_or(Refusal::NoConfig)?;
     let route = snapshot.route(orig);
@@ -171,13 +175,71 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
         }
     }
 
+    // A relayed connection to a Service address goes where its tls/tcp routes say.
+    let routed = match &route {
+        OutboundRoute::Service { service, .. } if !service.l4.is_empty() => {
+            let sni = if service.l4.tls.is_empty() {
+                None
+            } else {
+                read_sni(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await
+            };
+            match l4_destination(&snapshot, &service.l4, orig, sni.as_deref()) {
+                Some(Ok(to)) => Some(to),
+                Some(Err(what)) => {
+                    tracing::debug!(%orig, route = %what, "tcp/tls route destination not in the config (NR)");
+                    return Err(Refusal::NoRoute);
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let mut subset: Option<&str> = None;
+    let route = match routed {
+        Some((service, endpoints, chosen)) => {
+            subset = chosen;
+            OutboundRoute::Service { service, endpoints }
+        }
+        None => route,
+    };
+    relay_service(
+        ctx,
+        &snapshot,
+        Prefixed::new(prefix, stream),
+        route,
+        subset,
+        orig,
+        peer,
+        start,
+    )
+    .await
+}
+
+/// Relays `client` to the `route` an L4 decision took (an endpoint, or a Service's endpoints
+/// in the order to try them, of `subset`), counting it as Istio's source reporter does and
+/// writing its access log line. `orig`: the address the client dialled (a sidecar's original
+/// destination, a gateway's own port); `start`: when the connection was accepted.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn relay_service<S>(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    client: S,
+    route: OutboundRoute<'_>,
+    subset: Option<&str>,
+    orig: SocketAddr,
+    peer: Option<SocketAddr>,
+    start: std::time::SystemTime,
+) -> Result<(), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (upstream, endpoint, service) = match route {
         // Handled above, by the egress path.
         OutboundRoute::Refused | OutboundRoute::Passthrough => return Err(Refusal::RegistryOnly),
         OutboundRoute::Endpoint { service, endpoint } => (
             open_endpoint(
                 ctx,
-                &snapshot,
+                snapshot,
                 endpoint,
                 Some(service),
                 service.security_of(endpoint, None),
@@ -196,8 +258,8 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
                 .into_iter()
                 .take(ctx.settings.connect_attempts.max(1))
             {
-                let security = service.security_of(ep, None);
-                match open_endpoint(ctx, &snapshot, ep, Some(service), security).await {
+                let security = service.security_of(ep, subset);
+                match open_endpoint(ctx, snapshot, ep, Some(service), security).await {
                     Ok(up) => {
                         connected = Some((up, Some(ep), Some(service)));
                         break;
@@ -209,22 +271,22 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
             connected.ok_or(last)?
         }
     };
-    let labels = source_labels(ctx, &snapshot, service, endpoint, upstream.is_mtls());
+    let labels = source_labels(ctx, snapshot, service, endpoint, upstream.is_mtls());
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
     let idle = ctx.settings.idle_timeout;
-    let (moved, result) = relay(Prefixed::new(prefix, stream), upstream, idle).await;
+    let (moved, result) = relay(client, upstream, idle).await;
     m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     if ctx.access_log_format().is_some() {
         let cluster = match service {
-            Some(s) => format!("outbound|{}||{}", orig.port(), s.name),
+            Some(s) => format!("outbound|{}|{}|{}", s.port, subset.unwrap_or(""), s.name),
             None => "PassthroughCluster".to_string(),
         };
         ctx.log_access(&Entry {
             bytes_received: moved.sent,
             bytes_sent: moved.received,
-            duration: started.elapsed(),
+            duration: start.elapsed().unwrap_or_default(),
             upstream_host: Some(endpoint.map_or(orig, |ep| ep.addr())),
             upstream_cluster: Some(&cluster),
             downstream_local_address: Some(orig),
@@ -238,6 +300,67 @@ async fn handle(ctx: &Arc<ProxyContext>, mut stream: TcpStream) -> Result<(), Re
         tracing::debug!(%orig, error = %e, "outbound connection ended with an error");
     }
     Ok(())
+}
+
+/// What a Service's tls/tcp routes decide for a connection to `orig` whose ClientHello named
+/// `sni`: None when no route takes it (the Service as dialled); else the chosen destination's
+/// Service, its endpoints (of its subset) in the order to try them, and the subset, or the
+/// destination the snapshot lacks. A destination without endpoints gives its share to the
+/// others, as for HTTP routes.
+#[allow(clippy::type_complexity)]
+pub(super) fn l4_destination<'a>(
+    snapshot: &'a SnapshotIndex,
+    table: &'a crate::route::l4::L4Table,
+    orig: SocketAddr,
+    sni: Option<&str>,
+) -> Option<Result<(&'a Service, Vec<&'a Endpoint>, Option<&'a str>), String>> {
+    use crate::route::select::pick_weighted;
+    let (route, _) = crate::route::l4::choose(table, orig, sni)?;
+    let draw = snapshot.roll();
+    let chosen = pick_weighted(&route.destinations, draw, |d| snapshot.has_endpoints(d))
+        .or_else(|| pick_weighted(&route.destinations, draw, |_| true));
+    let Some(d) = chosen else {
+        return Some(Err(route.name.clone()));
+    };
+    Some(match snapshot.mirror_endpoints(d) {
+        Some((svc, endpoints)) => Ok((svc, endpoints, d.subset.as_deref())),
+        None => Err(format!(
+            "{}: {}:{}{}",
+            route.name,
+            d.service,
+            d.port,
+            d.subset
+                .as_deref()
+                .map(|s| format!(" subset {s}"))
+                .unwrap_or_default()
+        )),
+    })
+}
+
+/// Reads the client's first bytes (kept in `prefix`, replayed upstream) until they are a
+/// ClientHello, or clearly not one, or `timeout` passes (a protocol where the server speaks
+/// first): the SNI, if the client sent one.
+pub(super) async fn read_sni<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    prefix: &mut Vec<u8>,
+    timeout: Duration,
+) -> Option<String> {
+    use super::sniff::{MAX_SNIFF_BYTES, ServerName, server_name};
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        match server_name(prefix) {
+            ServerName::Hello(name) => return name,
+            ServerName::NotTls => return None,
+            ServerName::NeedMore if prefix.len() >= MAX_SNIFF_BYTES => return None,
+            ServerName::NeedMore => {}
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => prefix.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
 }
 
 /// The source reporter's labels for traffic to `endpoint` of `service` (None: passthrough),
@@ -342,5 +465,129 @@ async fn connect_endpoint(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::decode_snapshot;
+
+    /// db (two subsets, one endpoint each) with a tls route by SNI and a 0/100 tcp route, and
+    /// cache, the other Service a route may name.
+    fn index() -> SnapshotIndex {
+        let ep = |ip: &str| serde_json::json!({"ip": ip, "port": 5432, "meshed": false});
+        let to = |svc: &str, subset: Option<&str>, weight: u32| serde_json::json!({"service": svc, "port": 5432, "subset": subset, "weight": weight});
+        let json = serde_json::json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/shop/sa/web", "trustDomain": "cluster.local",
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"services": [{
+                "clusterIp": "198.19.0.20", "port": 5432, "name": "db.shop.svc.cluster.local",
+                "endpoints": [ep("198.18.1.5"), ep("198.18.1.6")],
+                "subsets": {"v1": [0], "v2": [1], "none": []},
+                "l4": {
+                    "tls": [{"name": "shop/db", "matches": [{"sniHosts": ["*.cache.example"]}],
+                             "destinations": [to("cache.shop.svc.cluster.local", None, 100)]},
+                            {"name": "shop/db", "matches": [{"sniHosts": ["gone.example"]}],
+                             "destinations": [to("gone.shop.svc.cluster.local", None, 100)]}],
+                    "tcp": [{"name": "shop/db", "destinations": [
+                        to("db.shop.svc.cluster.local", Some("none"), 50),
+                        to("db.shop.svc.cluster.local", Some("v2"), 50)]}]
+                }
+            }, {
+                "clusterIp": "198.19.0.21", "port": 5432, "name": "cache.shop.svc.cluster.local",
+                "endpoints": [ep("198.18.1.9")]
+            }]}
+        });
+        SnapshotIndex::new(decode_snapshot(json.to_string().as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn l4_routes_pick_the_destination_by_sni_then_weight_skipping_empty_subsets() {
+        let snap = index();
+        let dialled: SocketAddr = "198.19.0.20:5432".parse().unwrap();
+        let OutboundRoute::Service { service, .. } = snap.route(dialled) else {
+            panic!("db is a Service address");
+        };
+        let pick = |sni: Option<&str>| match l4_destination(&snap, &service.l4, dialled, sni) {
+            Some(Ok((svc, eps, subset))) => Ok((
+                svc.name.clone(),
+                eps.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>(),
+                subset.map(str::to_string),
+            )),
+            Some(Err(e)) => Err(e),
+            None => Err("no route".into()),
+        };
+        let cache = pick(Some("a.cache.example")).unwrap();
+        assert_eq!(cache.0, "cache.shop.svc.cluster.local");
+        assert_eq!(cache.1, ["198.18.1.9"]);
+        // No SNI, or one no tls route takes: the tcp route; its empty subset gives its share
+        // to v2, every time.
+        for sni in [None, Some("other.example")] {
+            for _ in 0..20 {
+                let (svc, eps, subset) = pick(sni).unwrap();
+                assert_eq!(
+                    (svc.as_str(), subset.as_deref()),
+                    ("db.shop.svc.cluster.local", Some("v2"))
+                );
+                assert_eq!(eps, ["198.18.1.6"]);
+            }
+        }
+        // A destination the snapshot lacks is refused (NR), naming it.
+        let e = pick(Some("gone.example")).unwrap_err();
+        assert!(e.contains("gone.shop.svc.cluster.local:5432"), "{e}");
+    }
+
+    /// A real ClientHello as rustls writes it, naming `server`.
+    fn client_hello(server: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_sni_is_read_from_the_first_bytes_and_kept_for_the_upstream() {
+        use tokio::io::AsyncWriteExt;
+        let hello = client_hello("db.example.com");
+        let (mut client, mut proxy) = tokio::io::duplex(64 * 1024);
+        // In two writes: the reader waits for the whole ClientHello.
+        let (a, b) = hello.split_at(hello.len() / 2);
+        client.write_all(a).await.unwrap();
+        let rest = b.to_vec();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&rest).await.unwrap();
+            client
+        });
+        let mut prefix = Vec::new();
+        let sni = read_sni(&mut proxy, &mut prefix, Duration::from_secs(5)).await;
+        assert_eq!(sni.as_deref(), Some("db.example.com"));
+        assert_eq!(prefix, hello, "every byte read is replayed upstream");
+        let _client = writer.await.unwrap();
+        // Plaintext is told at once; silence ends at the timeout with no name.
+        let (mut client, mut proxy) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut prefix = Vec::new();
+        assert_eq!(
+            read_sni(&mut proxy, &mut prefix, Duration::from_secs(5)).await,
+            None
+        );
+        assert_eq!(prefix, b"GET / HTTP/1.1\r\n");
+        let (_quiet, mut proxy) = tokio::io::duplex(1024);
+        let mut prefix = Vec::new();
+        assert_eq!(
+            read_sni(&mut proxy, &mut prefix, Duration::from_millis(50)).await,
+            None
+        );
+        assert!(prefix.is_empty());
     }
 }

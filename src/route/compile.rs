@@ -176,6 +176,8 @@ pub struct RouteTables {
     pub tls: BTreeMap<String, super::model::HostPolicy>,
     /// (Service FQDN, port) -> HTTP routes, first match wins.
     pub http: BTreeMap<(String, u16), Vec<HttpRoute>>,
+    /// (Service FQDN, port) -> VirtualService `tls`/`tcp` routes ([`super::l4`]).
+    pub l4: BTreeMap<(String, u16), super::l4::L4Table>,
     /// The Services a VirtualService routes (they win over TrafficSplits and GAMMA routes).
     pub virtual_service_hosts: std::collections::BTreeSet<String>,
     pub problems: Vec<Problem>,
@@ -197,7 +199,7 @@ pub struct Resources<'a> {
 pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
     let mut problems = Vec::new();
     let (subsets, tls) = destination_rules(registry, resources.destination_rules, &mut problems);
-    let mut http = istio::virtual_services(
+    let (mut http, l4) = istio::virtual_services_all(
         registry,
         &subsets,
         resources.virtual_services,
@@ -228,6 +230,7 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
         subsets,
         tls,
         http,
+        l4,
         virtual_service_hosts: vs_hosts,
         problems,
     }

@@ -14,7 +14,9 @@ use super::model::{
     Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern, RequestMatch, StringMatch,
 };
 use super::reference_grant::{Ref, ReferenceGrants};
-use crate::api::gateway_api::common::{BackendRef, HeaderFilter, HeaderMatch, ParentReference};
+use crate::api::gateway_api::common::{
+    BackendRef, HeaderFilter, HeaderMatch, MirrorFilter, ParentReference,
+};
 use crate::api::gateway_api::{grpcroute, httproute};
 
 pub const HTTP_ROUTE: &str = "HTTPRoute";
@@ -532,12 +534,24 @@ fn compile_rule(
     let mut actions = Actions::default();
     let mut path_edit: Option<PathEdit> = None;
     let mut redirect: Option<(httproute::RedirectFilter, Option<PathEdit>)> = None;
+    let mut mirror_refs: Option<Condition> = None;
     for f in &filters {
         match apply_filter(f, &mut actions)? {
             FilterEffect::None => {}
             FilterEffect::Rewrite(edit) => path_edit = edit,
             FilterEffect::Redirect(r, edit) => redirect = Some((r, edit)),
+            FilterEffect::Mirror(m) => match mirror(ctx, &m)? {
+                Ok(m) => actions.mirrors.push(m),
+                Err(c) => {
+                    mirror_refs.get_or_insert(c);
+                }
+            },
         }
+    }
+    if redirect.is_some() && !actions.mirrors.is_empty() {
+        return Err(
+            "RequestMirror with RequestRedirect: a redirect is answered by the proxy, nothing is sent to mirror".into(),
+        );
     }
     if let RuleSpec::Http(r) = rule
         && let Some(t) = &r.timeouts
@@ -549,6 +563,7 @@ fn compile_rule(
     } else {
         destinations(ctx, backend_refs)?
     };
+    let unresolved = unresolved.or(mirror_refs);
     let matches: Vec<(Key, MatchShape)> = match rule {
         RuleSpec::Http(r) => http_matches(ctx, r)?,
         RuleSpec::Grpc(r) => grpc_matches(ctx, r)?,
@@ -618,6 +633,106 @@ enum FilterEffect {
     None,
     Rewrite(Option<PathEdit>),
     Redirect(httproute::RedirectFilter, Option<PathEdit>),
+    Mirror(MirrorFilter),
+}
+
+/// A `RequestMirror` filter as the proxy's mirror action (the one VirtualService mirrors use):
+/// the share (`percent`, or `fraction`; all requests when neither is given, as the spec
+/// says) of the rule's requests copied to the backend Service's port, their answers dropped.
+/// Ok(Err(condition)): the backend does not resolve, so nothing is mirrored and the route's
+/// `ResolvedRefs` says why; Err: the filter is not valid (the rule is dropped).
+fn mirror(
+    ctx: &RuleCtx<'_>,
+    m: &MirrorFilter,
+) -> Result<Result<super::action::Mirror, Condition>, String> {
+    let b: BackendRef =
+        crate::api::gateway_api::strict("requestMirror.backendRef", &m.backend_ref)?;
+    let per_million = match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => {
+            return Err("requestMirror: give percent or fraction, not both".into());
+        }
+        (Some(p), None) if (0..=100).contains(&p) => p as u32 * 10_000,
+        (Some(p), None) => return Err(format!("requestMirror.percent {p} is not from 0 to 100")),
+        (None, Some(f)) => {
+            let numerator = f.get("numerator").and_then(serde_json::Value::as_u64);
+            let denominator = match f.get("denominator") {
+                None => Some(100),
+                Some(d) => d.as_u64(),
+            };
+            match (numerator, denominator) {
+                (Some(n), Some(d)) if d > 0 && n <= d => {
+                    u32::try_from(n * 1_000_000 / d).unwrap_or(super::action::PER_MILLION)
+                }
+                _ => {
+                    return Err(
+                        "requestMirror.fraction needs numerator <= denominator (denominator > 0, default 100)".into(),
+                    );
+                }
+            }
+        }
+        (None, None) => super::action::PER_MILLION,
+    };
+    let namespace = b.namespace.as_deref().unwrap_or(ctx.src.namespace);
+    let host = format!("{}.{namespace}.svc.{}", b.name, ctx.registry.cluster_domain);
+    let not_found = |message: String| Ok(Err(Condition::no(REASON_BACKEND_NOT_FOUND, message)));
+    if !b.is_service() {
+        return Ok(Err(Condition::no(
+            REASON_INVALID_KIND,
+            format!(
+                "requestMirror.backendRef is a {}/{}; weft mirrors to core Services only",
+                b.group.as_deref().unwrap_or(""),
+                b.kind.as_deref().unwrap_or("Service")
+            ),
+        )));
+    }
+    let permitted = ctx.grants.permits(
+        Ref {
+            group: crate::api::gateway_api::GROUP,
+            kind: ctx.kind.kind(),
+            namespace: ctx.src.namespace,
+        },
+        Ref {
+            group: "",
+            kind: "Service",
+            namespace,
+        },
+        &b.name,
+    );
+    if !permitted {
+        return Ok(Err(Condition::no(
+            REASON_REF_NOT_PERMITTED,
+            format!(
+                "requestMirror.backendRef is Service {namespace}/{}: no ReferenceGrant in {namespace} permits it",
+                b.name
+            ),
+        )));
+    }
+    let Some(ports) = ctx.registry.ports(&host) else {
+        return not_found(format!(
+            "requestMirror.backendRef: Service {namespace}/{} does not exist; nothing is mirrored",
+            b.name
+        ));
+    };
+    let port = match b.port.and_then(|p| u16::try_from(p).ok()) {
+        Some(p) if ports.iter().any(|x| x.port == p) => p,
+        Some(p) => {
+            return not_found(format!(
+                "requestMirror.backendRef: Service {namespace}/{} has no port {p}; nothing is mirrored",
+                b.name
+            ));
+        }
+        None => {
+            return not_found("requestMirror.backendRef: a Service backend needs a port".into());
+        }
+    };
+    Ok(Ok(super::action::Mirror {
+        destination: Destination {
+            service: host,
+            port,
+            ..Default::default()
+        },
+        per_million,
+    }))
 }
 
 /// A path modifier: the whole path, or the matched prefix.
@@ -727,9 +842,15 @@ fn apply_filter(f: &FilterRef<'_>, actions: &mut Actions) -> Result<FilterEffect
                 .transpose()?;
             Ok(FilterEffect::Redirect(r, edit))
         }
-        "RequestMirror" => Err(
-            "filter RequestMirror is not supported by weft yet (the proxy has no mirroring)".into(),
-        ),
+        "RequestMirror" => {
+            let m = match f {
+                FilterRef::Http(f) => f.request_mirror.clone(),
+                FilterRef::Grpc(f) => f.request_mirror.clone(),
+            };
+            Ok(FilterEffect::Mirror(
+                m.ok_or("filter RequestMirror without requestMirror")?,
+            ))
+        }
         "CORS" => Err("filter CORS is not supported by weft yet".into()),
         "ExtensionRef" => Err("filter ExtensionRef: weft implements no extension filters".into()),
         other => Err(format!("filter type {other:?} is not supported")),
@@ -1448,13 +1569,97 @@ mod tests {
     }
 
     #[test]
+    fn request_mirror_becomes_the_proxys_mirror_with_the_specs_share_and_resolved_refs() {
+        let mirrored = |filter: Value| {
+            let g = run(
+                &[http(
+                    "m",
+                    "t",
+                    json!({"parentRefs": [parent("reviews")], "rules": [
+                    {"filters": [filter], "backendRefs": [{"name": "reviews-v1", "port": 9080}]}]}),
+                )],
+                &[],
+            );
+            let t = table(&g, "reviews", 9080).to_vec();
+            let s = status(&g, "m").clone();
+            (t, s)
+        };
+        for (mirror, share) in [
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}}),
+                1_000_000,
+            ),
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "percent": 50}),
+                500_000,
+            ),
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "fraction": {"numerator": 1, "denominator": 4}}),
+                250_000,
+            ),
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "fraction": {"numerator": 5}}),
+                50_000,
+            ),
+        ] {
+            let (t, s) = mirrored(json!({"type": "RequestMirror", "requestMirror": mirror}));
+            assert!(s.accepted.status && s.resolved_refs.status, "{s:?}");
+            assert!(s.partially_invalid.is_none(), "{s:?}");
+            assert_eq!(t.len(), 1);
+            let m = &t[0].actions.mirrors;
+            assert_eq!(m.len(), 1, "{mirror}");
+            assert_eq!(
+                m[0].destination.service,
+                "reviews-v2.shop.svc.cluster.local"
+            );
+            assert_eq!(
+                (m[0].destination.port, m[0].per_million),
+                (9080, share),
+                "{mirror}"
+            );
+            assert_eq!(
+                t[0].destinations[0].service,
+                "reviews-v1.shop.svc.cluster.local"
+            );
+        }
+        // A mirror backend that does not exist: the rule still routes, nothing is mirrored,
+        // and ResolvedRefs says why.
+        let (t, s) = mirrored(json!({"type": "RequestMirror",
+            "requestMirror": {"backendRef": {"name": "gone", "port": 9080}}}));
+        assert_eq!(t.len(), 1);
+        assert!(t[0].actions.mirrors.is_empty());
+        assert!(!s.resolved_refs.status);
+        assert_eq!(s.resolved_refs.reason, REASON_BACKEND_NOT_FOUND);
+        assert!(s.resolved_refs.message.contains("requestMirror"), "{s:?}");
+        // Invalid filters drop the rule, named.
+        for (mirror, says) in [
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "percent": 10, "fraction": {"numerator": 1}}),
+                "not both",
+            ),
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "percent": 101}),
+                "percent 101",
+            ),
+            (
+                json!({"backendRef": {"name": "reviews-v2", "port": 9080}, "fraction": {"numerator": 5, "denominator": 4}}),
+                "numerator <= denominator",
+            ),
+        ] {
+            let (t, s) = mirrored(json!({"type": "RequestMirror", "requestMirror": mirror}));
+            assert!(t.is_empty(), "{mirror}");
+            assert!(s.accepted.message.contains(says), "{mirror}: {s:?}");
+        }
+    }
+
+    #[test]
     fn unsupported_filters_drop_their_rule_by_name_and_unknown_fields_refuse_the_route() {
         let g = run(
             &[http(
                 "m",
                 "t",
                 json!({"parentRefs": [parent("echo")], "rules": [
-                {"filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "echo", "port": 9080}}}],
+                {"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "example.com", "kind": "Thing", "name": "x"}}],
                  "backendRefs": [{"name": "echo", "port": 9080}]},
                 {"matches": [{"path": {"type": "Exact", "value": "/ok"}}],
                  "backendRefs": [{"name": "echo", "port": 9080}]}]}),
@@ -1465,8 +1670,7 @@ mod tests {
         assert!(s.accepted.status, "the other rule applies: {s:?}");
         let partial = s.partially_invalid.as_ref().expect("PartiallyInvalid");
         assert!(
-            partial.message.starts_with("Dropped Rule")
-                && partial.message.contains("RequestMirror"),
+            partial.message.starts_with("Dropped Rule") && partial.message.contains("ExtensionRef"),
             "{partial:?}"
         );
         assert_eq!(table(&g, "echo", 9080).len(), 1);

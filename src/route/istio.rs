@@ -15,6 +15,7 @@ use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
 use super::istio_actions::{
     FaultSpec, HeadersSpec, RedirectSpec, RetrySpec, RewriteSpec, compile_actions, header_edits,
 };
+use super::l4::{L4Match, L4Route, L4Table};
 use super::model::{
     ClientTls, Destination, HostPolicy, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern,
     RequestMatch, StringMatch,
@@ -347,11 +348,51 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub http: Vec<HttpRouteSpec>,
     #[serde(default)]
-    pub tcp: Option<Value>,
+    pub tcp: Vec<L4RouteSpec>,
     #[serde(default)]
-    pub tls: Option<Value>,
+    pub tls: Vec<L4RouteSpec>,
     #[serde(default)]
     pub export_to: Option<Vec<String>>,
+}
+
+/// Istio's `TCPRoute` and `TLSRoute` (the same shape; their matches differ by `sniHosts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4RouteSpec {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchSpec>,
+    #[serde(default)]
+    pub route: Vec<L4DestinationSpec>,
+}
+
+/// `L4MatchAttributes` (`tcp`) and `TLSMatchAttributes` (`tls`, with `sniHosts`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4MatchSpec {
+    #[serde(default)]
+    pub sni_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Option<Value>,
+    #[serde(default)]
+    pub source_namespace: Option<Value>,
+    /// Deprecated in Istio's API (never implemented by Istio either).
+    #[serde(default)]
+    pub source_subnet: Option<Value>,
+}
+
+/// Istio's `RouteDestination` (an L4 route's: no header edits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L4DestinationSpec {
+    pub destination: DestinationSpec,
+    #[serde(default)]
+    pub weight: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,7 +455,7 @@ pub struct MatchSpec {
     #[serde(default)]
     pub authority: Option<Value>,
     #[serde(default)]
-    pub source_labels: Option<Value>,
+    pub source_labels: BTreeMap<String, String>,
     #[serde(default)]
     pub gateways: Option<Value>,
     #[serde(default)]
@@ -476,6 +517,9 @@ pub struct PortSelector {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CompiledVirtualService {
     pub routes: BTreeMap<(String, u16), Vec<HttpRoute>>,
+    /// Per host and port (every port: the proxy reads them on connections it relays as
+    /// bytes), the `tls` and `tcp` routes.
+    pub l4: BTreeMap<(String, u16), L4Table>,
     /// Hosts in `hosts` that are not Services weft knows (reported, not routed).
     pub unknown_hosts: Vec<String>,
     /// Missing destination Services and subsets, as sentences.
@@ -524,7 +568,6 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
     let unsupported = set_fields(&[
         ("scheme", m.scheme.is_some()),
         ("authority", m.authority.is_some()),
-        ("sourceLabels", m.source_labels.is_some()),
         ("gateways", m.gateways.is_some()),
         ("ignoreUriCase", m.ignore_uri_case.is_some()),
         ("sourceNamespace", m.source_namespace.is_some()),
@@ -568,6 +611,7 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
             })
             .collect::<Result<_, String>>()?,
         port,
+        source_labels: m.source_labels.clone(),
     })
 }
 
@@ -616,7 +660,23 @@ pub fn compile_virtual_service(
             "spec.hosts: the wildcard host * is not allowed for a VirtualService bound to the mesh (Istio refuses it too); name the Services, or a *.<domain> wildcard; the VirtualService is not applied".into(),
         ));
     }
-    let pending = pending_routes(registry, src, &spec)?;
+    if !exports_everywhere(&spec.export_to) {
+        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
+    }
+    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
+        return Err(Refusal::Invalid(
+            "spec has no http, tcp or tls routes; the VirtualService is not applied".into(),
+        ));
+    }
+    let pending = if spec.http.is_empty() {
+        Vec::new()
+    } else {
+        pending_routes(registry, src, &spec)?
+    };
+    let (tls, tcp) = (
+        pending_l4(registry, src, &spec, L4Kind::Tls)?,
+        pending_l4(registry, src, &spec, L4Kind::Tcp)?,
+    );
     let mut out = CompiledVirtualService::default();
     let mut dangling = BTreeSet::new();
     // Wildcard hosts take every Service they match; each Service keeps its most specific entry.
@@ -642,6 +702,18 @@ pub fn compile_virtual_service(
                 out.routes.insert((fqdn.clone(), entry.port), routes);
             }
         }
+        for entry in ports {
+            let lay = |routes: &[PendingL4], dangling: &mut BTreeSet<String>| {
+                lay_l4(registry, subsets, src, routes, entry.port, dangling)
+            };
+            let table = L4Table {
+                tls: lay(&tls, &mut dangling),
+                tcp: lay(&tcp, &mut dangling),
+            };
+            if !table.is_empty() {
+                out.l4.insert((fqdn.clone(), entry.port), table);
+            }
+        }
     }
     out.dangling = dangling.into_iter().collect();
     Ok(out)
@@ -664,9 +736,84 @@ pub fn gateway_routes(
     spec: &VirtualServiceSpec,
     listener_port: u16,
 ) -> Result<(Vec<HttpRoute>, Vec<String>), Refusal> {
+    // What sidecars apply and gateways do not (a gateway would apply a labelled match to
+    // every client). `tcp` and `tls` routes serve the gateway's relayed ports
+    // ([`gateway_l4_routes`]).
+    let mut unsupported: Vec<String> = Vec::new();
+    for (i, h) in spec.http.iter().enumerate() {
+        for (j, m) in h.matches.iter().enumerate() {
+            if !m.source_labels.is_empty() {
+                unsupported.push(format!("http[{i}].match[{j}].sourceLabels"));
+            }
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(Refusal::Invalid(format!(
+            "{} not supported on gateways yet; the VirtualService is not applied",
+            unsupported.join(", ")
+        )));
+    }
+    if !exports_everywhere(&spec.export_to) {
+        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
+    }
+    if spec.http.is_empty() {
+        return Err(Refusal::Invalid(
+            "spec.http is empty; the VirtualService is not applied".into(),
+        ));
+    }
     let pending = pending_routes(registry, src, spec)?;
     let mut dangling = BTreeSet::new();
     let routes = lay_routes(
+        registry,
+        subsets,
+        src,
+        &pending,
+        listener_port,
+        &mut dangling,
+    );
+    Ok((routes, dangling.into_iter().collect()))
+}
+
+/// A VirtualService bound to a gateway, compiled for one of the gateway's relayed ports:
+/// its `tls` routes (`tls`: a TLS PASSTHROUGH port, picked by SNI) or its `tcp` routes (a TCP
+/// port), laid on `listener_port` as [`gateway_routes`] lays `http` routes, and what they name
+/// that does not exist. `sourceLabels` is refused: the gateway is every route's client.
+pub fn gateway_l4_routes(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    src: &Source<'_>,
+    spec: &VirtualServiceSpec,
+    listener_port: u16,
+    tls: bool,
+) -> Result<(Vec<L4Route>, Vec<String>), Refusal> {
+    let (field, kind, routes) = if tls {
+        ("tls", L4Kind::Tls, &spec.tls)
+    } else {
+        ("tcp", L4Kind::Tcp, &spec.tcp)
+    };
+    let labelled: Vec<String> = routes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.matches
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.source_labels.is_empty())
+                .map(move |(j, _)| format!("{field}[{i}].match[{j}].sourceLabels"))
+        })
+        .collect();
+    if !labelled.is_empty() {
+        return Err(Refusal::Invalid(format!(
+            "{} not supported on gateways; the VirtualService is not applied",
+            labelled.join(", ")
+        )));
+    }
+    if !exports_everywhere(&spec.export_to) {
+        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
+    }
+    let pending = pending_l4(registry, src, spec, kind)?;
+    let mut dangling = BTreeSet::new();
+    let routes = lay_l4(
         registry,
         subsets,
         src,
@@ -684,27 +831,9 @@ fn pending_routes(
     spec: &VirtualServiceSpec,
 ) -> Result<Vec<Pending>, Refusal> {
     let invalid = |m: String| Refusal::Invalid(m);
-    let mut unsupported = Vec::new();
-    if spec.tcp.is_some() {
-        unsupported.push("tcp");
-    }
-    if spec.tls.is_some() {
-        unsupported.push("tls");
-    }
-    if !exports_everywhere(&spec.export_to) {
-        unsupported.push("exportTo");
-    }
-    if !unsupported.is_empty() {
-        return Err(invalid(not_supported("spec", &unsupported)));
-    }
     if spec.hosts.is_empty() {
         return Err(invalid(
             "spec.hosts is empty; the VirtualService is not applied".into(),
-        ));
-    }
-    if spec.http.is_empty() {
-        return Err(invalid(
-            "spec.http is empty; the VirtualService is not applied".into(),
         ));
     }
     if spec.http.len() > MAX_ROUTES {
@@ -980,6 +1109,233 @@ fn lay_routes(
     routes
 }
 
+// === tcp[] and tls[] routes ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4Kind {
+    Tls,
+    Tcp,
+}
+
+/// An L4 route before it is laid on a port.
+struct PendingL4 {
+    matches: Vec<L4Match>,
+    destinations: Vec<PendingDestination>,
+}
+
+/// Whether SNI `sni` falls within VirtualService host `host` (Istio requires every
+/// `sniHosts` entry to): the same name, or under a `*.` host; `*` takes everything.
+fn sni_within(sni: &str, host: &str) -> bool {
+    if host == "*" || sni.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let Some(suffix) = host.strip_prefix("*.") else {
+        return false;
+    };
+    match sni.strip_prefix("*.") {
+        Some(inner) => inner.eq_ignore_ascii_case(suffix) || super::l4::sni_matches(host, inner),
+        None => super::l4::sni_matches(host, sni),
+    }
+}
+
+/// The `tls` or `tcp` routes of a VirtualService, read and checked: matches (`port`,
+/// `destinationSubnets`, `sourceLabels`, and `sniHosts` for `tls`), weighted destinations as
+/// `http` routes have them (weights sum to 100 unless one destination leaves it out).
+fn pending_l4(
+    registry: &Registry,
+    src: &Source<'_>,
+    spec: &VirtualServiceSpec,
+    kind: L4Kind,
+) -> Result<Vec<PendingL4>, Refusal> {
+    let (field, routes) = match kind {
+        L4Kind::Tls => ("tls", &spec.tls),
+        L4Kind::Tcp => ("tcp", &spec.tcp),
+    };
+    let invalid = |m: String| Refusal::Invalid(format!("{m}; the VirtualService is not applied"));
+    if routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if spec.hosts.is_empty() {
+        return Err(invalid("spec.hosts is empty".into()));
+    }
+    if routes.len() > MAX_ROUTES {
+        return Err(invalid(format!(
+            "spec.{field} has {} routes; at most {MAX_ROUTES} are accepted",
+            routes.len()
+        )));
+    }
+    let hosts: Vec<String> = spec
+        .hosts
+        .iter()
+        .flat_map(|h| [h.clone(), registry.resolve(h, src.namespace)])
+        .collect();
+    let mut out = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        if kind == L4Kind::Tls && r.matches.is_empty() {
+            return Err(invalid(format!(
+                "{at}.match is required for a tls route (sniHosts picks the connections)"
+            )));
+        }
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            let mat = format!("{at}.match[{j}]");
+            let unsupported = set_fields(&[
+                ("gateways", m.gateways.is_some()),
+                ("sourceNamespace", m.source_namespace.is_some()),
+                ("sourceSubnet", m.source_subnet.is_some()),
+            ]);
+            if !unsupported.is_empty() {
+                return Err(Refusal::Invalid(not_supported(&mat, &unsupported)));
+            }
+            let sni_hosts = match (kind, &m.sni_hosts) {
+                (L4Kind::Tcp, Some(_)) => {
+                    return Err(invalid(format!(
+                        "{mat}.sniHosts is a tls match field; move the route to spec.tls"
+                    )));
+                }
+                (L4Kind::Tls, None) => {
+                    return Err(invalid(format!("{mat}.sniHosts is required")));
+                }
+                (L4Kind::Tls, Some(h)) if h.is_empty() => {
+                    return Err(invalid(format!("{mat}.sniHosts is empty")));
+                }
+                (L4Kind::Tls, Some(h)) => h.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                (L4Kind::Tcp, None) => Vec::new(),
+            };
+            if let Some(sni) = sni_hosts
+                .iter()
+                .find(|sni| !hosts.iter().any(|h| sni_within(sni, h)))
+            {
+                return Err(invalid(format!(
+                    "{mat}.sniHosts {sni:?} is not within the VirtualService's hosts (Istio requires it)"
+                )));
+            }
+            let destination_subnets = m
+                .destination_subnets
+                .iter()
+                .map(|n| {
+                    n.parse::<ipnet::IpNet>()
+                        .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            invalid(format!(
+                                "{mat}.destinationSubnets {n:?} is not an address or a.b.c.d/xx"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let port = m
+                .port
+                .map(|p| {
+                    u16::try_from(p)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or(invalid(format!("{mat}.port {p} is not a port")))
+                })
+                .transpose()?;
+            matches.push(L4Match {
+                port,
+                destination_subnets,
+                sni_hosts,
+                source_labels: m.source_labels.clone(),
+            });
+        }
+        if r.route.is_empty() || r.route.len() > MAX_DESTINATIONS {
+            return Err(invalid(format!(
+                "{at}.route has {} destinations; 1 to {MAX_DESTINATIONS} are accepted",
+                r.route.len()
+            )));
+        }
+        let mut destinations = Vec::new();
+        for (j, d) in r.route.iter().enumerate() {
+            let dat = format!("{at}.route[{j}]");
+            let weight = match (d.weight, r.route.len()) {
+                (None, 1) => 100,
+                (None, _) => 0,
+                (Some(w), _) if (0..=i64::from(u32::MAX)).contains(&w) => w as u32,
+                (Some(w), _) => {
+                    return Err(invalid(format!(
+                        "{dat}.weight {w} is negative or too large"
+                    )));
+                }
+            };
+            let port = d
+                .destination
+                .port
+                .as_ref()
+                .map(|p| {
+                    u16::try_from(p.number)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or(invalid(format!(
+                            "{dat}.destination.port.number {} is not a port",
+                            p.number
+                        )))
+                })
+                .transpose()?;
+            destinations.push(PendingDestination {
+                host: registry.resolve(&d.destination.host, src.namespace),
+                port,
+                subset: d.destination.subset.clone(),
+                weight,
+                request_headers: HeaderEdits::default(),
+                response_headers: HeaderEdits::default(),
+            });
+        }
+        let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
+        if r.route.len() > 1 && total != 100 {
+            return Err(invalid(format!(
+                "{at}.route weights sum to {total}; Istio requires 100"
+            )));
+        }
+        if total == 0 {
+            return Err(invalid(format!(
+                "{at}.route gives every destination weight 0"
+            )));
+        }
+        out.push(PendingL4 {
+            matches,
+            destinations,
+        });
+    }
+    Ok(out)
+}
+
+/// The pending L4 routes as the table of one Service port: matches on other ports dropped
+/// (a route whose every match names another port is not in this port's table), destination
+/// ports filled in as for `http` routes.
+fn lay_l4(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    src: &Source<'_>,
+    pending: &[PendingL4],
+    entry_port: u16,
+    dangling: &mut BTreeSet<String>,
+) -> Vec<L4Route> {
+    let mut routes = Vec::new();
+    for p in pending {
+        let matches: Vec<L4Match> = p
+            .matches
+            .iter()
+            .filter(|m| m.port.is_none_or(|mp| mp == entry_port))
+            .cloned()
+            .collect();
+        if !p.matches.is_empty() && matches.is_empty() {
+            continue;
+        }
+        routes.push(L4Route {
+            name: src.id(),
+            matches,
+            destinations: p
+                .destinations
+                .iter()
+                .map(|d| lay_destination(registry, subsets, d, entry_port, dangling))
+                .collect(),
+        });
+    }
+    routes
+}
+
 /// Every VirtualService for the mesh, oldest first; a host already routed by an older one is
 /// not taken again (Istio uses one VirtualService per host for sidecars) and reported.
 pub fn virtual_services(
@@ -988,7 +1344,23 @@ pub fn virtual_services(
     sources: &[Source<'_>],
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<(String, u16), Vec<HttpRoute>> {
+    virtual_services_all(registry, subsets, sources, problems).0
+}
+
+/// The route tables of every VirtualService for the mesh ([`virtual_services`]): `http` per
+/// HTTP Service port and `tls`/`tcp` per Service port.
+#[allow(clippy::type_complexity)]
+pub fn virtual_services_all(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    sources: &[Source<'_>],
+    problems: &mut Vec<Problem>,
+) -> (
+    BTreeMap<(String, u16), Vec<HttpRoute>>,
+    BTreeMap<(String, u16), L4Table>,
+) {
     let mut out: BTreeMap<(String, u16), Vec<HttpRoute>> = BTreeMap::new();
+    let mut out_l4: BTreeMap<(String, u16), L4Table> = BTreeMap::new();
     let mut owner: BTreeMap<String, ((bool, usize), String)> = BTreeMap::new();
     for src in by_age(sources) {
         let compiled = match compile_virtual_service(registry, subsets, src) {
@@ -1005,7 +1377,12 @@ pub fn virtual_services(
                 "host {host} is not a Service weft knows (yet); nothing is routed for it"
             ));
         }
-        let hosts: BTreeSet<&String> = compiled.routes.keys().map(|(h, _)| h).collect();
+        let hosts: BTreeSet<&String> = compiled
+            .routes
+            .keys()
+            .chain(compiled.l4.keys())
+            .map(|(h, _)| h)
+            .collect();
         let mut taken = BTreeSet::new();
         for host in hosts {
             let rank = compiled.specificity.get(host).copied().unwrap_or((true, 0));
@@ -1018,6 +1395,7 @@ pub fn virtual_services(
                 Some((first_rank, _)) if *first_rank > rank => {}
                 Some(_) => {
                     out.retain(|(h, _), _| h != host);
+                    out_l4.retain(|(h, _), _| h != host);
                     taken.insert(host.clone());
                 }
                 None => {
@@ -1034,6 +1412,11 @@ pub fn virtual_services(
                 out.insert((host, port), routes);
             }
         }
+        for ((host, port), table) in compiled.l4 {
+            if taken.contains(&host) {
+                out_l4.insert((host, port), table);
+            }
+        }
         if !compiled.dangling.is_empty() {
             notes.push(format!(
                 "{}; requests routed there get 503 (NR) until it exists",
@@ -1044,7 +1427,7 @@ pub fn virtual_services(
             problems.push(Problem::new(VIRTUAL_SERVICE, src, notes.join(". ")));
         }
     }
-    out
+    (out, out_l4)
 }
 
 #[cfg(test)]
@@ -1413,12 +1796,22 @@ spec:
         let m = vs_error(json!({"hosts": ["reviews"], "http": [{
             "redirect": {"uri": "/x", "derivePort": "FROM_REQUEST_PORT"}}]}));
         assert!(m.contains("http[0].redirect.derivePort"), "{m}");
-        let m = vs_error(json!({"hosts": ["reviews"], "tcp": [{"route": []}]}));
-        assert!(m.contains("spec.tcp"), "{m}");
+        // The L4 match fields weft does not implement, by name.
+        for (field, value) in [
+            ("sourceNamespace", json!("shop")),
+            ("gateways", json!(["mesh"])),
+            ("sourceSubnet", json!("10.0.0.0/8")),
+        ] {
+            let mut m = json!({});
+            m[field] = value;
+            let e = vs_error(json!({"hosts": ["ratings"], "tcp": [{
+                "match": [m], "route": [{"destination": {"host": "ratings"}}]}]}));
+            assert!(e.contains(&format!("tcp[0].match[0].{field}")), "{e}");
+        }
         let m = vs_error(json!({"hosts": ["reviews"], "http": [{
-            "match": [{"sourceLabels": {"app": "x"}}],
+            "match": [{"gateways": ["mesh"]}],
             "route": [{"destination": {"host": "reviews"}}]}]}));
-        assert!(m.contains("http[0].match[0].sourceLabels"), "{m}");
+        assert!(m.contains("http[0].match[0].gateways"), "{m}");
         let m = vs_error(json!({"hosts": ["reviews"], "htp": []}));
         assert!(m.contains("htp"), "an unknown field is named: {m}");
     }
@@ -1723,5 +2116,201 @@ spec:
                 .contains("already routed by VirtualService payments/old"),
             "{new_p:?}"
         );
+    }
+
+    fn ratings_subsets() -> BTreeMap<String, SubsetLabels> {
+        [(
+            "ratings.payments.svc.cluster.local".to_string(),
+            [
+                ("v1".to_string(), BTreeMap::new()),
+                ("v2".to_string(), BTreeMap::new()),
+            ]
+            .into(),
+        )]
+        .into()
+    }
+
+    #[test]
+    fn tcp_routes_compile_per_port_with_matches_weights_and_subsets() {
+        let spec = json!({"hosts": ["ratings"], "tcp": [
+            {"match": [{"port": 5432, "destinationSubnets": ["10.96.0.0/12", "10.1.2.3"],
+                        "sourceLabels": {"role": "tester"}}],
+             "route": [{"destination": {"host": "ratings", "subset": "v2"}}]},
+            {"match": [{"port": 9080}],
+             "route": [{"destination": {"host": "ratings", "subset": "v1", "port": {"number": 9080}}}]},
+            {"route": [
+                {"destination": {"host": "ratings", "subset": "v1"}, "weight": 70},
+                {"destination": {"host": "ratings", "subset": "v2"}, "weight": 30}]}
+        ]});
+        let c = compile_virtual_service(&registry(), &ratings_subsets(), &src("vs", "t", &spec))
+            .expect("compiles");
+        assert!(c.routes.is_empty(), "no http routes");
+        assert!(c.dangling.is_empty(), "{:?}", c.dangling);
+        let host = "ratings.payments.svc.cluster.local".to_string();
+        let db = &c.l4[&(host.clone(), 5432)];
+        assert!(db.tls.is_empty());
+        // The port-9080 route is not in port 5432's table; the catch-all is.
+        assert_eq!(db.tcp.len(), 2);
+        let m = &db.tcp[0].matches[0];
+        assert_eq!(m.port, Some(5432));
+        assert_eq!(
+            m.destination_subnets,
+            [
+                "10.96.0.0/12".parse::<ipnet::IpNet>().unwrap(),
+                "10.1.2.3/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(m.source_labels["role"], "tester");
+        // A destination without port on a two-port Service: the port dialled (Istio's rule).
+        let d = &db.tcp[0].destinations[0];
+        assert_eq!(
+            (d.port, d.subset.as_deref(), d.weight),
+            (5432, Some("v2"), 100)
+        );
+        let weights: Vec<_> = db.tcp[1]
+            .destinations
+            .iter()
+            .map(|d| (d.subset.clone().unwrap_or_default(), d.weight))
+            .collect();
+        assert_eq!(weights, [("v1".to_string(), 70), ("v2".to_string(), 30)]);
+        assert_eq!(
+            c.l4[&(host, 9080)].tcp.len(),
+            2,
+            "port 9080: its route and the catch-all"
+        );
+        assert_eq!(crate::route::l4::validate("t", db), Ok(()));
+    }
+
+    #[test]
+    fn tls_routes_need_sni_hosts_within_the_hosts_and_compile_lowercased() {
+        let spec = json!({"hosts": ["ratings", "*.ratings.example.com"], "tls": [
+            {"match": [{"port": 5432, "sniHosts": ["DB.ratings.example.com"]}],
+             "route": [{"destination": {"host": "ratings", "subset": "v2"}}]},
+            {"match": [{"sniHosts": ["ratings.payments.svc.cluster.local", "*.ratings.example.com"]}],
+             "route": [{"destination": {"host": "ratings", "subset": "v1"}}]}
+        ]});
+        let c = compile_virtual_service(&registry(), &ratings_subsets(), &src("vs", "t", &spec))
+            .expect("compiles");
+        let t = &c.l4[&("ratings.payments.svc.cluster.local".to_string(), 5432)];
+        assert_eq!(t.tls.len(), 2);
+        assert_eq!(t.tls[0].matches[0].sni_hosts, ["db.ratings.example.com"]);
+        assert!(t.tcp.is_empty());
+        for (spec, says) in [
+            (
+                json!({"hosts": ["ratings"], "tls": [{"route": [{"destination": {"host": "ratings"}}]}]}),
+                "tls[0].match is required",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tls": [{"match": [{"port": 5432}],
+                    "route": [{"destination": {"host": "ratings"}}]}]}),
+                "tls[0].match[0].sniHosts is required",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tls": [{"match": [{"sniHosts": ["evil.example.com"]}],
+                    "route": [{"destination": {"host": "ratings"}}]}]}),
+                "\"evil.example.com\" is not within",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tcp": [{"match": [{"sniHosts": ["ratings"]}],
+                    "route": [{"destination": {"host": "ratings"}}]}]}),
+                "move the route to spec.tls",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tcp": [{"route": [
+                    {"destination": {"host": "ratings", "subset": "v1"}, "weight": 70},
+                    {"destination": {"host": "ratings", "subset": "v2"}, "weight": 20}]}]}),
+                "tcp[0].route weights sum to 90",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tcp": [{"match": [{"destinationSubnets": ["10.0.0.0/33"]}],
+                    "route": [{"destination": {"host": "ratings"}}]}]}),
+                "destinationSubnets \"10.0.0.0/33\"",
+            ),
+            (
+                json!({"hosts": ["ratings"], "tcp": [{"route": []}]}),
+                "tcp[0].route has 0 destinations",
+            ),
+            (json!({"hosts": ["ratings"]}), "no http, tcp or tls routes"),
+        ] {
+            let m = vs_error(spec.clone());
+            assert!(m.contains(says), "{spec}: {m}");
+            assert!(m.contains("not applied"), "{m}");
+        }
+    }
+
+    #[test]
+    fn one_virtual_service_per_host_counts_l4_routes_and_gateways_refuse_them_by_name() {
+        let tcp = |subset: &str| json!({"hosts": ["ratings"], "tcp": [{"route": [{"destination": {"host": "ratings", "subset": subset}}]}]});
+        let (old, new) = (tcp("v1"), tcp("v2"));
+        let mut problems = Vec::new();
+        let (http, l4) = virtual_services_all(
+            &registry(),
+            &ratings_subsets(),
+            &[
+                src("new", "2026-02-01T00:00:00Z", &new),
+                src("old", "2026-01-01T00:00:00Z", &old),
+            ],
+            &mut problems,
+        );
+        assert!(http.is_empty());
+        let t = &l4[&("ratings.payments.svc.cluster.local".to_string(), 5432)];
+        assert_eq!(t.tcp[0].name, "payments/old");
+        assert_eq!(t.tcp[0].destinations[0].subset.as_deref(), Some("v1"));
+        assert!(
+            problems.iter().any(|p| p.name == "new"
+                && p.message
+                    .contains("already routed by VirtualService payments/old")),
+            "{problems:?}"
+        );
+        // Bound to a gateway: sourceLabels are refused by name there (the gateway is every
+        // route's client), in http and in tcp routes; tcp routes lay on the listener port.
+        let gw = json!({"hosts": ["ratings"], "gateways": ["gw"],
+            "tcp": [{"match": [{"sourceLabels": {"app": "x"}}],
+                     "route": [{"destination": {"host": "ratings"}}]}],
+            "http": [{"match": [{"sourceLabels": {"app": "x"}}],
+                      "route": [{"destination": {"host": "ratings"}}]}]});
+        let s = src("gw", "t", &gw);
+        let spec = read_virtual_service(&s).expect("reads");
+        match gateway_routes(&registry(), &BTreeMap::new(), &s, &spec, 80) {
+            Err(Refusal::Invalid(m)) => assert!(m.contains("http[0].match[0].sourceLabels"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match gateway_l4_routes(&registry(), &BTreeMap::new(), &s, &spec, 5432, false) {
+            Err(Refusal::Invalid(m)) => assert!(m.contains("tcp[0].match[0].sourceLabels"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let tcp_gw = json!({"hosts": ["ratings"], "gateways": ["gw"],
+            "tcp": [{"route": [{"destination": {"host": "ratings", "subset": "v2"}}]}]});
+        let s = src("gw", "t", &tcp_gw);
+        let spec = read_virtual_service(&s).expect("reads");
+        let (routes, dangling) =
+            gateway_l4_routes(&registry(), &ratings_subsets(), &s, &spec, 31400, false)
+                .expect("compiles");
+        // ratings has two ports: a destination without port takes the listener's (Istio),
+        // which ratings lacks: reported.
+        assert_eq!(
+            dangling,
+            ["destination ratings.payments.svc.cluster.local has no port 31400"]
+        );
+        assert_eq!(
+            (
+                routes[0].destinations[0].port,
+                routes[0].destinations[0].subset.as_deref()
+            ),
+            (31400, Some("v2"))
+        );
+    }
+
+    #[test]
+    fn source_labels_of_http_matches_are_kept_for_the_control_plane_to_filter() {
+        let spec = json!({"hosts": ["reviews"], "http": [
+            {"match": [{"sourceLabels": {"role": "tester"}, "uri": {"prefix": "/"}}],
+             "route": [{"destination": {"host": "reviews"}}]},
+            {"route": [{"destination": {"host": "reviews"}}]}]});
+        let c = compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec))
+            .expect("sourceLabels compiles");
+        let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
+        assert_eq!(routes[0].matches[0].source_labels["role"], "tester");
+        assert!(routes[1].matches.is_empty());
     }
 }

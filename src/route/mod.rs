@@ -17,12 +17,14 @@ pub mod gateway_api;
 pub mod istio;
 pub mod istio_actions;
 pub mod istio_policy;
+pub mod l4;
 pub mod model;
 pub mod outlier;
 pub mod policy;
 pub mod reference_grant;
 pub mod select;
 pub mod smi;
+pub mod source;
 
 pub use action::{Actions, HeaderEdits, Retries, RetryOn, TryOutcome};
 pub use model::{Destination, HttpRoute, RequestMatch, StringMatch};

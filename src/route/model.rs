@@ -70,6 +70,11 @@ pub struct RequestMatch {
     /// The Service port the client dialled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Istio's `sourceLabels`: the client pods this match applies to. The control plane
+    /// leaves the match out of the tables of proxies whose pod lacks them
+    /// ([`super::source`]); the proxy never reads them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_labels: BTreeMap<String, String>,
 }
 
 /// Istio's `StringMatch`: exactly one of exact, prefix or regex (RE2 syntax, whole value).

@@ -39,7 +39,8 @@
 //!         "workload": { "name": "db", "namespace": "pets" }      // optional, for metrics
 //!       }]
 //!     }],
-//!     // optional per Service: "subsets" and "http" routes (crate::route::model)
+//!     // optional per Service: "subsets" and "http" routes (crate::route::model),
+//!     // "l4" tls/tcp routes (crate::route::l4)
 //!     "headless": [{                            // optional: Services without a ClusterIP, whose
 //!       "port": 5432,                           // pods are dialled by IP; same shape, no clusterIp
 //!       "name": "pg.pets.svc.cluster.local",
@@ -57,6 +58,8 @@
 //! `cluster`: an older proxy ignores them, a newer one reads their absence as not known.
 //! Nor did `outbound.egress` (declared external services, docs/egress.md): an older proxy
 //! treats them as unknown destinations, as before.
+//! Nor did a Service's `l4` routes (VirtualService `tcp`/`tls`): an older proxy relays to the
+//! Service's endpoints as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -346,6 +349,10 @@ pub struct Service {
     /// The same per subset, already merged over `traffic`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub subset_traffic: BTreeMap<String, crate::route::TrafficPolicy>,
+    /// VirtualService `tls`/`tcp` routes, for connections the proxy relays as bytes
+    /// ([`crate::route::l4`]); none: every connection to all `endpoints`.
+    #[serde(default, skip_serializing_if = "crate::route::l4::L4Table::is_empty")]
+    pub l4: crate::route::l4::L4Table,
 }
 
 pub use crate::route::model::ClientTls;
@@ -550,6 +557,9 @@ fn validate_service(at: &str, svc: &Service) -> Result<(), SnapshotError> {
         }
     }
     if let Err(e) = crate::route::model::validate(at, &svc.http) {
+        return invalid(e);
+    }
+    if let Err(e) = crate::route::l4::validate(at, &svc.l4) {
         return invalid(e);
     }
     for (j, ep) in svc.endpoints.iter().enumerate() {
@@ -883,6 +893,14 @@ impl SnapshotIndex {
         }
     }
 
+    /// Whether a route destination names a Service port (and subset) of this snapshot with an
+    /// endpoint, without stepping its round robin.
+    pub fn has_endpoints(&self, d: &crate::route::Destination) -> bool {
+        self.resolve(d).is_some_and(|(i, members)| {
+            members.map_or(self.service(i).endpoints.len(), |(_, m)| m.len()) > 0
+        })
+    }
+
     /// A mirror's destination: its Service and the endpoints (of its subset) in the order to
     /// try them; None when the snapshot has no such Service port.
     pub fn mirror_endpoints<'a>(
@@ -983,6 +1001,7 @@ mod tests {
             subset_tls: BTreeMap::new(),
             traffic: Default::default(),
             subset_traffic: BTreeMap::new(),
+            l4: Default::default(),
         };
         let mtls = UpstreamSecurity::Mtls {
             identity: id.into(),

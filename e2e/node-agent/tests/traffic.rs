@@ -955,3 +955,337 @@ spec:
         "{text}"
     );
 }
+
+/// `n` requests from pod `pod` (container `client`), each on a new connection (`Connection:
+/// close`): a TCP route picks per connection. Each answer's first word.
+fn per_connection(ns: &Namespace, pod: &str, url: &str, n: usize) -> Vec<String> {
+    let target = format!("{url}?n=[1-{n}]");
+    let out = ns.kubectl(&[
+        "exec",
+        pod,
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-H",
+        "Connection: close",
+        "-w",
+        "\n",
+        &target,
+    ]);
+    let mut answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    answers.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(|l| format!("error: {l}")),
+    );
+    answers
+}
+
+/// Waits until a batch of 20 connections from `pod` satisfies `check`.
+fn converged_from(
+    ns: &Namespace,
+    pod: &str,
+    url: &str,
+    what: &str,
+    check: impl Fn(&[String]) -> bool,
+) {
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let batch = per_connection(ns, pod, url, 20);
+            if check(&batch) {
+                format!("ok {what}")
+            } else {
+                format!("{what}: {batch:?}")
+            }
+        },
+        |s| s.starts_with("ok "),
+    );
+}
+
+/// The echo app's two versions behind a Service port named `port_name` (9000), with the
+/// DestinationRule subsets v1/v2 and the given VirtualService spec, and the meshed client.
+fn tcp_echo(ns: &Namespace, port_name: &str, vs_spec: &str) {
+    ns.apply(&version("echo", "v1", 9000));
+    ns.apply(&version("echo", "v2", 9000));
+    ns.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, labels: {{app: echo}}}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: {port_name}, port: 9000}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo}}
+spec:
+  host: echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+{vs_spec}
+"#
+    ));
+}
+
+/// A VirtualService `tcp` route on a declared TCP port (`tcp-echo`): the proxy relays the
+/// bytes (no HTTP termination) to the destination the route picks per connection. A port
+/// match sends every connection to v2; then 70/30 weights are measured over 400 connections.
+#[test]
+fn a_tcp_route_sends_a_tcp_port_to_v2_by_port_then_splits_connections_70_30() {
+    let c = support::deployed();
+    let ns = c.namespace("tcproute");
+    enrol(&ns);
+    tcp_echo(
+        &ns,
+        "tcp-echo",
+        r#"  hosts: [echo]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - destination: {host: echo, subset: v2}
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["echo-v1", "echo-v2"]);
+    let url = "http://echo:9000/";
+    converged_from(&ns, "client", url, "every connection to v2", |b| {
+        b.len() == 20 && b.iter().all(|v| v == "v2")
+    });
+    let answers = per_connection(&ns, "client", url, 100);
+    assert_eq!(share(&answers, 100, "v2", &["v1", "v2"]), 100.0);
+    let out = weft(&["proxy-config", "routes", "client", "-n", "tcproute"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("echo.tcproute.svc.cluster.local:9000|v2 100")
+            && text.contains("tcp (relayed"),
+        "{text}"
+    );
+    // The VirtualService is accepted as written.
+    let accepted = ns.jsonpath(
+        "virtualservice echo",
+        "{.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+    );
+    assert_eq!(accepted, "True");
+
+    // 70/30 by weight, per connection.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  tcp:
+  - route:
+    - destination: {host: echo, subset: v1}
+      weight: 70
+    - destination: {host: echo, subset: v2}
+      weight: 30
+"#,
+    );
+    converged_from(&ns, "client", url, "both versions", |b| {
+        b.iter().any(|v| v == "v1") && b.iter().any(|v| v == "v2")
+    });
+    const CONNECTIONS: usize = 400;
+    let answers = per_connection(&ns, "client", url, CONNECTIONS);
+    let v2 = share(&answers, CONNECTIONS, "v2", &["v1", "v2"]);
+    // Binomial(400, 0.3): one standard deviation is 2.3 points; 7 points is three of them.
+    assert!(
+        (v2 - 30.0).abs() <= 7.0,
+        "v2 took {v2:.1}% of {CONNECTIONS} connections, want 30 ± 7"
+    );
+    eprintln!("tcp route 70/30: v2 share {v2:.1}% over {CONNECTIONS} connections");
+}
+
+/// `sourceLabels` (issue 19): the control plane computes each proxy's tables, so only the
+/// client whose pod carries `role: tester` has the route to v2; the other one's table lacks it
+/// and it goes to v1. `weft proxy-config routes` shows the same difference.
+#[test]
+fn a_source_labels_route_is_seen_only_by_the_labelled_client() {
+    let c = support::deployed();
+    let ns = c.namespace("srclabels");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(&version("reviews", "v2", 9080));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - sourceLabels: {role: tester}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    );
+    ns.apply(CLIENT);
+    ns.apply(&CLIENT.replace(
+        "metadata: {name: client, labels: {app: client}}",
+        "metadata: {name: tester, labels: {app: client, role: tester}}",
+    ));
+    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    ns.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/tester",
+        "--timeout=180s",
+    ]);
+    let url = "http://reviews:9080/";
+    converged_from(&ns, "tester", url, "the tester reaches v2", |b| {
+        b.len() == 20 && b.iter().all(|v| v == "v2")
+    });
+    converged_from(&ns, "client", url, "the client reaches v1", |b| {
+        b.len() == 20 && b.iter().all(|v| v == "v1")
+    });
+    for (pod, want) in [("tester", "v2"), ("client", "v1")] {
+        let answers = per_connection(&ns, pod, url, 50);
+        assert_eq!(share(&answers, 50, want, &["v1", "v2"]), 100.0, "{pod}");
+    }
+    let routes = |pod: &str| {
+        let out = weft(&["proxy-config", "routes", pod, "-n", "srclabels"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (tester, client) = (routes("tester"), routes("client"));
+    assert!(
+        tester.contains(r#""sourceLabels":{"role":"tester"}"#),
+        "{tester}"
+    );
+    // Every proxy sees every namespace's routes: look at this namespace's Service only.
+    let v2 = "reviews.srclabels.svc.cluster.local:9080|v2 100";
+    assert!(tester.contains(v2), "{tester}");
+    assert!(
+        !client.contains(r#""sourceLabels":{"role":"tester"}"#),
+        "{client}"
+    );
+    assert!(!client.contains(v2), "{client}");
+    let accepted = ns.jsonpath(
+        "virtualservice reviews",
+        "{.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+    );
+    assert_eq!(accepted, "True");
+}
+
+/// GAMMA's `RequestMirror` (issue 19 item 4): an HTTPRoute on the reviews Service sends every
+/// request to reviews-v1 and a copy to reviews-v2 (the VirtualService mirror's action); the
+/// client only ever sees v1, v2's proxy counts the copies, and the route's status is clean.
+#[test]
+fn a_gamma_request_mirror_copies_every_request_to_v2_while_v1_answers() {
+    let c = support::deployed();
+    let ns = c.namespace("gammamirror");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(&version("reviews", "v2", 9080));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1}
+spec:
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2}
+spec:
+  selector: {app: reviews, version: v2}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror:
+        backendRef: {name: reviews-v2, port: 9080}
+    backendRefs:
+    - {name: reviews-v1, port: 9080}
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    let url = "http://reviews:9080/";
+    converged(&ns, url, "only v1 answers", |b| {
+        b.len() == 20 && b.iter().all(|v| v == "v1")
+    });
+    let v2 = ns.jsonpath("pods -l version=v2", "{.items[0].metadata.name}");
+    let before = served_from(&ns, &v2, "client");
+    let answers = bodies(&ns, url, 50);
+    assert_eq!(share(&answers, 50, "v1", &["v1", "v2"]), 100.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let n = served_from(&ns, &v2, "client");
+        if n >= before + 50 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(after >= before + 50, "v2 served {before} -> {after} copies");
+    let out = weft(&["proxy-config", "routes", "client", "-n", "gammamirror"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mirror reviews-v2.gammamirror.svc.cluster.local:9080 100%"),
+        "{text}"
+    );
+    let conditions = ns.jsonpath(
+        "httproute reviews",
+        "{range .status.parents[*].conditions[*]}{.type}={.status} {end}",
+    );
+    assert!(
+        conditions.contains("Accepted=True") && conditions.contains("ResolvedRefs=True"),
+        "{conditions}"
+    );
+    assert!(!conditions.contains("PartiallyInvalid"), "{conditions}");
+    eprintln!(
+        "GAMMA mirror: 50 of 50 answers from v1, v2 served {} copies",
+        after - before
+    );
+}

@@ -305,6 +305,10 @@ async fn abort(mesh: &MeshArgs) -> Result<(), CliError> {
         )));
     };
     let to = rotation::abort(&state).map_err(|e| bad(e.to_string()))?;
+    if to == state.phase {
+        println!("rotation {}: already {to}: {}", state.id, to.describe());
+        return Ok(());
+    }
     let next = state.entering(to, k8s_openapi::jiff::Timestamp::now().to_string());
     // Over the version read: if the leader moved on meanwhile, this fails and says so.
     write_state(&configmaps, &next, rv.as_deref())

@@ -375,6 +375,11 @@ impl RotationController {
 
     /// The leader's pass: observe, decide, apply.
     async fn lead(&self, state: &RotationState, rv: Option<&str>) -> Result<(), String> {
+        // In (c) the new root (and issuer) must be promoted before anything else: entering (c)
+        // does it, and a failure there (or a leader change) is made up for here.
+        if state.phase == Phase::Dropping {
+            self.promote(state).await?;
+        }
         let observed = self.observe(state).await?;
         let decision = rotation::decide(state, &observed);
         match decision {
@@ -396,12 +401,17 @@ impl RotationController {
                 promote,
                 retire_next,
             } => {
-                if promote {
-                    self.promote(state).await?;
-                }
+                // The phase first, over the version read, then the promotion: an abort written
+                // meanwhile makes this write fail, so nothing is promoted for a rotation going
+                // back (promoting first let a concurrent abort leave `weft-ca` on the new root
+                // while RollingBack waited for the old one, for ever). Once in (c) no abort is
+                // possible, and every (c) pass promotes again until it took ([`Self::lead`]).
                 let next = state.entering(to, rfc3339_now());
                 write_state(&self.configmaps(), &next, rv).await?;
                 tracing::info!(rotation = %state.id, from = %state.phase, to = %to, "root rotation: {}", to.describe());
+                if promote {
+                    self.promote(&next).await?;
+                }
                 if retire_next {
                     // Emptied, not deleted (the operator deletes nothing, config/rbac): its key
                     // is weft-ca's now, or was abandoned; the next `weft ca rotate` replaces it.
@@ -525,6 +535,24 @@ impl RotationController {
     /// Writes the new root into Secret `weft-ca` with this rotation's marker: every replica
     /// adopts it as its base CA, and a restarted replica loads it.
     async fn promote(&self, state: &RotationState) -> Result<(), String> {
+        let promoted = self
+            .secrets()
+            .get_metadata_opt(pki::WEFT_CA_SECRET)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|m| m.metadata.annotations?.get(RESET_ANNOTATION).cloned())
+            .is_some_and(|marker| marker == state.marker());
+        if !promoted {
+            self.promote_root(state).await?;
+        }
+        if let Some(to) = &state.to_issuer {
+            self.promote_issuer(to).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes Secret `weft-ca-next`'s root and key into Secret `weft-ca`, with the marker.
+    async fn promote_root(&self, state: &RotationState) -> Result<(), String> {
         let next = self
             .secrets()
             .get_opt(NEXT_CA_SECRET)
@@ -564,10 +592,6 @@ impl RotationController {
                 )
             })?;
         tracing::info!(rotation = %state.id, "root rotation: the new root is now Secret weft-ca's");
-        if let Some(to) = &state.to_issuer {
-            self.promote_issuer(to).await?;
-            tracing::info!(rotation = %state.id, "root rotation: ConfigMap {} now names the new issuer", pki::ISSUER_CONFIGMAP);
-        }
         Ok(())
     }
 
@@ -587,6 +611,10 @@ impl RotationController {
                     .replace(pki::ISSUER_CONFIGMAP, &PostParams::default(), &cm)
                     .await
                     .map_err(failed)?;
+                tracing::info!(
+                    "root rotation: ConfigMap {} now names the new issuer",
+                    pki::ISSUER_CONFIGMAP
+                );
             }
             Some(_) => {}
             None => {

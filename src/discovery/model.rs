@@ -245,11 +245,22 @@ impl MeshIndex {
             let service_account = spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into());
-            let modes = policies.effective(
-                &key.0,
-                &labels,
-                Some((revision.as_str(), revision_mode(&revision))),
-            );
+            // A gateway's ports take what its listeners serve, plaintext here: PeerAuthentication
+            // governs sidecars' inbound only (as in Istio), so a meshed client calls a gateway
+            // without mTLS unless a DestinationRule says otherwise.
+            let modes = if super::routes::is_gateway_pod(pod) {
+                Effective {
+                    default_mode: MtlsMode::Disable,
+                    source: "gateway pod: its listeners accept plaintext (PeerAuthentication applies to sidecars)".into(),
+                    ports: BTreeMap::new(),
+                }
+            } else {
+                policies.effective(
+                    &key.0,
+                    &labels,
+                    Some((revision.as_str(), revision_mode(&revision))),
+                )
+            };
             let ports = spec
                 .map(|s| {
                     s.containers
@@ -937,6 +948,53 @@ pub(crate) mod tests {
             tcp_routes: vec![],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_meshed_client_calls_a_gateway_pod_in_plaintext_whatever_peer_authentication_says() {
+        let mut v = view();
+        // A gateway pod (the injection template), in a namespace with a STRICT default.
+        let mut gw = (*pod("pets", "gw-1", "198.18.1.7", "gw", true)).clone();
+        gw.metadata.annotations = Some(
+            [(
+                contract::ANNOTATION_INJECT_TEMPLATES.to_string(),
+                contract::TEMPLATE_GATEWAY.to_string(),
+            )]
+            .into(),
+        );
+        v.pods.push(Arc::new(gw));
+        v.services
+            .push(service("pets", "gw", "198.19.0.30", "http"));
+        v.slices
+            .push(slice("pets", "gw", "http", &[("198.18.1.7", "gw-1", true)]));
+        v.peer_authentications = vec![obj(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"namespace": "pets", "name": "strict"},
+            "spec": {"mtls": {"mode": "STRICT"}}
+        }))];
+        let endpoint = |v: &MeshView, service: &str| {
+            let index = MeshIndex::build(v);
+            let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+            let snap = decode_snapshot(&bytes).unwrap();
+            let svc = snap
+                .outbound
+                .services
+                .iter()
+                .find(|s| s.name == format!("{service}.pets.svc.cluster.local"))
+                .unwrap()
+                .clone();
+            let ep = svc.endpoints[0].clone();
+            (ep.meshed, svc.security_of(&ep, None))
+        };
+        // Its listener speaks plaintext HTTP; the STRICT PeerAuthentication governs sidecars.
+        let (meshed, security) = endpoint(&v, "gw");
+        assert!(meshed, "still a meshed workload (metrics, identity)");
+        assert_eq!(security, UpstreamSecurity::Plaintext);
+        // A sidecar in the same namespace still gets mTLS.
+        assert!(matches!(
+            endpoint(&v, "db").1,
+            UpstreamSecurity::Mtls { .. }
+        ));
     }
 
     #[test]

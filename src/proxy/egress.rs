@@ -338,7 +338,7 @@ async fn serve_http<I>(
         upstreams: Mutex::new(Vec::new()),
         recorders: Mutex::new(Vec::new()),
     });
-    server::serve_pipeline(ctx, io, state, "egress", None).await;
+    server::serve_pipeline(ctx, io, state, "egress", None, Duration::ZERO).await;
 }
 
 impl EgressHttp {

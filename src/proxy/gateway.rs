@@ -3,7 +3,9 @@
 //! leave it; on an HTTPS port TLS is terminated first with the certificate the client's SNI
 //! picks (SIMPLE, or MUTUAL with a client certificate); then every connection is served as
 //! HTTP (both versions) by the same request pipeline as a sidecar's outbound side
-//! ([`super::http::outbound::serve_gateway`]).
+//! ([`super::http::outbound::serve_gateway`]). A TLS PASSTHROUGH or TCP port relays each
+//! connection by its L4 routes, as a sidecar relays a routed connection. On SIGTERM the ports
+//! keep accepting for the drain duration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,7 +22,10 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::ProxyContext;
 use super::metrics::Direction;
-use crate::route::gateway::ServedTls;
+use super::outbound::Refusal;
+use super::sniff::Prefixed;
+use crate::route::gateway::{L4Listener, ServedTls};
+use crate::snapshot::{OutboundRoute, SnapshotIndex};
 
 /// How long a client may take to send a request head before the gateway closes the
 /// connection (slowloris). A sidecar has none: its clients are its own app.
@@ -41,7 +46,8 @@ fn wanted(ctx: &ProxyContext) -> BTreeSet<u16> {
         .unwrap_or_default()
 }
 
-/// Keeps the bound ports equal to the config's until the proxy drains.
+/// Keeps the bound ports equal to the config's until the proxy has drained for the drain
+/// duration.
 pub async fn serve(ctx: Arc<ProxyContext>) {
     let mut changes = ctx.snapshot_changes();
     // Port -> the stop signal of its accept loops.
@@ -85,6 +91,12 @@ pub async fn serve(ctx: Arc<ProxyContext>) {
             changed = changes.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(REBIND_AFTER), if failed => {}
             () = ctx.drained() => {
+                // Draining: the listeners keep accepting for the drain duration, because
+                // the load balancer sends new connections here until the pod leaves the
+                // Service's endpoints; each is served once, with `Connection: close` or a
+                // GOAWAY (`server::serve_pipeline`). Then they close.
+                tokio::time::sleep(ctx.settings.drain_duration).await;
+                tracing::info!(ports = ?bound.keys().collect::<Vec<_>>(), "drain duration passed: gateway ports closed");
                 for stop in bound.values() {
                     stop.send_replace(true);
                 }
@@ -174,6 +186,13 @@ async fn connection(
         .gateway
         .as_ref()
         .and_then(|g| g.listener(local.port()));
+    if let Some(l4) = listener.and_then(|l| l.l4.as_ref()) {
+        if let Err(refusal) = relay(ctx, &snapshot, l4, stream, local, peer).await {
+            ctx.metrics.refuse(Direction::outbound, refusal);
+            tracing::debug!(%peer, port = local.port(), reason = refusal, "gateway connection not relayed");
+        }
+        return;
+    }
     let tls = listener.is_some_and(|l| !l.tls.is_empty());
     // A client must start talking within the header timeout (before HTTP/1 or HTTP/2 is
     // known, hyper's own header timeout does not run yet); TLS has the handshake timeout.
@@ -229,7 +248,52 @@ async fn connection(
     }
 }
 
-/// Accepts on one listener until its port leaves the config or the proxy drains.
+/// A TLS PASSTHROUGH or TCP port: the client's SNI (PASSTHROUGH; read within the header
+/// timeout and replayed) must name one of the servers' hosts; the port's `tls` or `tcp`
+/// routes pick the destination, relayed to as a sidecar relays a routed connection (mTLS to
+/// meshed endpoints, Istio's TCP metrics with `reporter="source"`). Err: the refusal's
+/// metric label.
+async fn relay(
+    ctx: &Arc<ProxyContext>,
+    snapshot: &SnapshotIndex,
+    l4: &L4Listener,
+    mut stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<(), &'static str> {
+    let start = std::time::SystemTime::now();
+    let mut prefix = Vec::new();
+    let sni = if l4.sni_hosts.is_empty() {
+        None
+    } else {
+        super::outbound::read_sni(&mut stream, &mut prefix, HEADER_TIMEOUT).await
+    };
+    if !l4.admits(sni.as_deref()) {
+        return Err("gateway_sni");
+    }
+    let (service, endpoints, subset) =
+        match super::outbound::l4_destination(snapshot, &l4.routes, local, sni.as_deref()) {
+            Some(Ok(to)) => to,
+            // No route takes it, or its destination is not in the config (Istio's NR).
+            Some(Err(_)) | None => return Err(Refusal::NoRoute.metric_label()),
+        };
+    let route = OutboundRoute::Service { service, endpoints };
+    let client = Prefixed::new(prefix, stream);
+    super::outbound::relay_service(
+        ctx,
+        snapshot,
+        client,
+        route,
+        subset,
+        local,
+        Some(peer),
+        start,
+    )
+    .await
+    .map_err(Refusal::metric_label)
+}
+
+/// Accepts on one listener until its port leaves the config or the drain duration passed.
 async fn accept(ctx: Arc<ProxyContext>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
     let configs = Arc::new(TlsConfigs::default());
     loop {
@@ -247,9 +311,9 @@ async fn accept(ctx: Arc<ProxyContext>, listener: TcpListener, mut stopped: watc
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            // Only `true` is ever sent: any change (or the sender gone) means stop.
+            // Only `true` is ever sent: any change (or the sender gone) means stop. Draining
+            // does not stop it at once ([`serve`]).
             _ = stopped.changed() => return,
-            () = ctx.drained() => return,
         }
     }
 }

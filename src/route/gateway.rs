@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
-use super::istio::{Refusal, gateway_routes, read_virtual_service};
+use super::istio::{Refusal, gateway_l4_routes, gateway_routes, read_virtual_service};
+use super::l4::L4Table;
 use super::model::HttpRoute;
 
 pub const GATEWAY: &str = "Gateway";
@@ -185,6 +186,37 @@ pub struct Listener {
     /// Non-empty: the port terminates TLS (HTTPS servers), then serves HTTP.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<ServedTls>,
+    /// A TLS PASSTHROUGH or TCP port: connections are relayed by the VirtualServices' `tls`
+    /// or `tcp` routes, never terminated; `virtual_hosts` and `tls` are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4: Option<L4Listener>,
+}
+
+/// How a relayed (L4) gateway port picks where a connection goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4Listener {
+    /// PASSTHROUGH: the server names (the servers' hosts) a client's SNI must fit, else the
+    /// connection is closed; empty on a TCP port, where SNI is not read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
+    /// The bound VirtualServices' `tls` routes (PASSTHROUGH) or `tcp` routes (TCP), oldest
+    /// VirtualService first, first match wins ([`super::l4::choose`]).
+    pub routes: L4Table,
+}
+
+impl L4Listener {
+    /// Whether a passthrough port takes a client whose ClientHello named `sni` (a TCP port
+    /// takes every client).
+    pub fn admits(&self, sni: Option<&str>) -> bool {
+        if self.sni_hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) else {
+            return false;
+        };
+        self.sni_hosts.iter().any(|p| fit(p, &host).is_some())
+    }
 }
 
 /// The routes of requests whose host is one of `domains` (exact names, `*.suffix`, or `*`).
@@ -392,16 +424,36 @@ enum Framing {
     Http,
     /// HTTPS: TLS terminated with the server's credential, then HTTP.
     Https,
+    /// TLS with `tls.mode: PASSTHROUGH`: relayed by SNI (the `tls` routes), not terminated.
+    Passthrough,
+    /// TCP (and the protocols Istio treats as TCP): relayed by the `tcp` routes.
+    Tcp,
 }
 
-/// Istio's protocols a gateway server may name, and which weft serves.
+impl Framing {
+    fn name(self) -> &'static str {
+        match self {
+            Framing::Http => "plaintext HTTP",
+            Framing::Https => "HTTPS",
+            Framing::Passthrough => "TLS PASSTHROUGH",
+            Framing::Tcp => "TCP",
+        }
+    }
+
+    fn relayed(self) -> bool {
+        matches!(self, Framing::Passthrough | Framing::Tcp)
+    }
+}
+
+/// Istio's protocols a gateway server may name, and how weft serves each. TLS is decided by
+/// its mode ([`read_servers`]).
 fn framing(protocol: &str) -> Result<Framing, String> {
     match protocol.to_ascii_uppercase().as_str() {
         "HTTP" | "HTTP2" | "GRPC" => Ok(Framing::Http),
         "HTTPS" => Ok(Framing::Https),
-        "TLS" | "TCP" | "MONGO" | "REDIS" | "MYSQL" => Err(format!(
-            "protocol {protocol} is not supported yet by weft's gateway (HTTP, HTTP2, GRPC and HTTPS are)"
-        )),
+        "TLS" => Ok(Framing::Passthrough),
+        // Istio serves these as TCP on a gateway.
+        "TCP" | "MONGO" | "REDIS" | "MYSQL" => Ok(Framing::Tcp),
         other => Err(format!("protocol {other:?} is not one of Istio's")),
     }
 }
@@ -431,9 +483,9 @@ fn server_tls(
     let mutual = match tls.mode.as_deref().unwrap_or("SIMPLE") {
         "SIMPLE" => false,
         "MUTUAL" => true,
-        m @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
+        m @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
             return Err(format!(
-                "{at}.tls.mode {m} is not supported yet (SIMPLE and MUTUAL are)"
+                "{at}.tls.mode {m} is not supported yet (SIMPLE and MUTUAL are; PASSTHROUGH on protocol TLS)"
             ));
         }
         m => return Err(format!("{at}.tls.mode {m:?} is not one of Istio's")),
@@ -509,7 +561,14 @@ fn read_servers(
             ));
             continue;
         }
+        // Istio: an HTTPS server in PASSTHROUGH mode is a passthrough server (its
+        // "ingress gateway without TLS termination" task writes it so).
+        let passthrough = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode.as_deref() == Some("PASSTHROUGH"));
         let framing = match framing(&server.port.protocol) {
+            Ok(Framing::Https) if passthrough => Framing::Passthrough,
             Ok(f) => f,
             Err(e) => {
                 notes.push(format!("{at}.port.{e}; this server is not served"));
@@ -533,6 +592,53 @@ fn read_servers(
                     None
                 }
             },
+            Framing::Passthrough => {
+                let tls = server.tls.as_ref();
+                let credential = tls.is_some_and(|t| t.credential_name.is_some());
+                match tls.and_then(|t| t.mode.as_deref()) {
+                    Some("PASSTHROUGH") if !credential => None,
+                    Some("PASSTHROUGH") => {
+                        notes.push(format!(
+                            "{at}.tls.credentialName does not apply to PASSTHROUGH (the backend holds the certificate); this server is not served"
+                        ));
+                        continue;
+                    }
+                    Some(m @ ("SIMPLE" | "MUTUAL")) => {
+                        notes.push(format!(
+                            "{at}.tls.mode {m} on protocol TLS (terminate, then relay bytes) is not supported yet: PASSTHROUGH is, and protocol HTTPS terminates TLS for HTTP; this server is not served"
+                        ));
+                        continue;
+                    }
+                    Some(m @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL")) => {
+                        notes.push(format!(
+                            "{at}.tls.mode {m} is not supported yet (PASSTHROUGH is); this server is not served"
+                        ));
+                        continue;
+                    }
+                    Some(m) => {
+                        notes.push(format!(
+                            "{at}.tls.mode {m:?} is not one of Istio's; this server is not served"
+                        ));
+                        continue;
+                    }
+                    None => {
+                        notes.push(format!(
+                            "{at}.tls.mode is required for protocol TLS (PASSTHROUGH); this server is not served"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            Framing::Tcp => {
+                if server.tls.is_some() {
+                    notes.push(format!(
+                        "{at}.tls applies to HTTPS and TLS servers; protocol {} relays bytes as they come; this server is not served",
+                        server.port.protocol
+                    ));
+                    continue;
+                }
+                None
+            }
             Framing::Http => {
                 // On a plaintext server only httpsRedirect means something.
                 let extra = server
@@ -576,6 +682,45 @@ fn read_servers(
         problems.push(Problem::new(GATEWAY, src, notes.join(". ")));
     }
     out
+}
+
+/// A passthrough server takes only the names it lists: each `tls` route match keeps the
+/// part of its `sniHosts` that falls within `server`'s hosts open to `vs_namespace` (as
+/// Istio builds a filter chain per server), a match left with none is dropped, and so is a
+/// route left without matches. So a VirtualService bound to one server never captures the
+/// names another server on the same port admits.
+fn within_server(routes: &mut Vec<super::l4::L4Route>, server: &Server, vs_namespace: &str) {
+    let names: Vec<&str> = server
+        .hosts
+        .iter()
+        .filter(|h| h.namespace.as_deref().is_none_or(|ns| ns == vs_namespace))
+        .map(|h| h.name.as_str())
+        .collect();
+    for route in routes.iter_mut() {
+        for m in route.matches.iter_mut() {
+            let mut kept: Vec<String> = m
+                .sni_hosts
+                .iter()
+                .flat_map(|sni| names.iter().filter_map(|n| intersect(n, sni)))
+                .collect();
+            kept.sort();
+            kept.dedup();
+            m.sni_hosts = kept;
+        }
+        route.matches.retain(|m| !m.sni_hosts.is_empty());
+    }
+    routes.retain(|r| !r.matches.is_empty());
+}
+
+/// Whether a VirtualService of `vs_namespace` with `hosts` binds to `server`: a host of it
+/// intersects a server host open to that namespace.
+fn binds(server: &Server, vs_namespace: &str, hosts: &[String]) -> bool {
+    hosts.iter().any(|h| {
+        server.hosts.iter().any(|sh| {
+            sh.namespace.as_deref().is_none_or(|ns| ns == vs_namespace)
+                && intersect(&sh.name, &h.to_ascii_lowercase()).is_some()
+        })
+    })
 }
 
 /// The `<namespace>/<name>` of each Gateway a VirtualService binds to (`mesh` left out).
@@ -622,11 +767,7 @@ pub fn compile(
         let message = format!(
             "port {} is already served as {} by Gateway {first} (older); a server of another protocol cannot share it and is not served",
             s.port,
-            if framing == Framing::Https {
-                "HTTPS"
-            } else {
-                "plaintext HTTP"
-            },
+            framing.name(),
         );
         let p = Problem {
             kind: GATEWAY,
@@ -639,6 +780,14 @@ pub fn compile(
         }
     }
     let selected: BTreeSet<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
+    // Relayed ports: port -> SNI names and routes.
+    let mut l4_ports: BTreeMap<u16, L4Listener> = BTreeMap::new();
+    for s in servers.iter().filter(|s| s.framing.relayed()) {
+        let l = l4_ports.entry(s.port).or_default();
+        if s.framing == Framing::Passthrough {
+            l.sni_hosts.extend(s.hosts.iter().map(|h| h.name.clone()));
+        }
+    }
     // Port -> domain -> (routes, httpsRedirect).
     let mut ports: BTreeMap<u16, BTreeMap<String, (Vec<HttpRoute>, bool)>> = BTreeMap::new();
     let mut opened: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
@@ -663,6 +812,42 @@ pub fn compile(
         }
         let mut notes = Vec::new();
         for server in servers.iter().filter(|s| bound.contains(&s.gateway)) {
+            if server.framing.relayed() {
+                let tls = server.framing == Framing::Passthrough;
+                if (tls && spec.tls.is_empty()) || (!tls && spec.tcp.is_empty()) {
+                    continue;
+                }
+                if !binds(server, vs.namespace, &spec.hosts) {
+                    continue;
+                }
+                match gateway_l4_routes(registry, subsets, vs, &spec, server.port, tls) {
+                    Ok((mut routes, dangling)) => {
+                        if tls {
+                            within_server(&mut routes, server, vs.namespace);
+                        }
+                        if !dangling.is_empty() {
+                            notes.push(format!(
+                                "{}; connections routed there are closed (NR) until it exists",
+                                dangling.join("; ")
+                            ));
+                        }
+                        let table = &mut l4_ports.entry(server.port).or_default().routes;
+                        let list = if tls { &mut table.tls } else { &mut table.tcp };
+                        if !list.iter().any(|r| r.name == vs.id()) {
+                            list.extend(routes);
+                        }
+                    }
+                    Err(Refusal::Invalid(m)) => {
+                        notes.push(m);
+                        break;
+                    }
+                    Err(Refusal::GatewaysOnly) => {}
+                }
+                continue;
+            }
+            if spec.http.is_empty() {
+                continue;
+            }
             let (routes, dangling) = match gateway_routes(registry, subsets, vs, &spec, server.port)
             {
                 Ok(r) => r,
@@ -708,15 +893,10 @@ pub fn compile(
                 }
             }
         }
-        if spec.hosts.iter().all(|h| {
-            !servers.iter().any(|s| {
-                bound.contains(&s.gateway)
-                    && s.hosts.iter().any(|sh| {
-                        sh.namespace.as_deref().is_none_or(|ns| ns == vs.namespace)
-                            && intersect(&sh.name, &h.to_ascii_lowercase()).is_some()
-                    })
-            })
-        }) {
+        if !servers
+            .iter()
+            .any(|s| bound.contains(&s.gateway) && binds(s, vs.namespace, &spec.hosts))
+        {
             notes.push(format!(
                 "no host of {:?} is among the hosts of the Gateway servers it binds to ({}); nothing is routed",
                 spec.hosts,
@@ -761,13 +941,18 @@ pub fn compile(
                     })
                 })
                 .collect(),
+            l4: l4_ports.remove(&port).map(|mut l| {
+                l.sni_hosts.sort();
+                l.sni_hosts.dedup();
+                l
+            }),
         })
         // An HTTPS port whose servers all lack their certificate serves nothing (never
         // plaintext in their place).
         .filter(|l| {
             framings
                 .get(&l.port)
-                .is_none_or(|(f, _)| *f == Framing::Http)
+                .is_none_or(|(f, _)| *f != Framing::Https)
                 || !l.tls.is_empty()
         })
         .collect();
@@ -915,6 +1100,7 @@ mod tests {
             })
             .collect(),
             tls: vec![],
+            l4: None,
         };
         let pick = |h: &str| l.virtual_host(h).unwrap().domains[0].clone();
         assert_eq!(pick("A.Contoso.com:8080"), "a.contoso.com");
@@ -922,6 +1108,145 @@ mod tests {
         assert_eq!(pick("b.contoso.com"), "*.contoso.com");
         assert_eq!(pick("contoso.com"), "*");
         assert_eq!(pick("[::1]:80"), "*");
+    }
+
+    /// Istio's TLS passthrough and TCP ingress: a TLS server relaying by SNI, a TCP server
+    /// relaying by port, each with the bound VirtualService's `tls` / `tcp` routes.
+    #[test]
+    fn passthrough_and_tcp_servers_relay_by_the_bound_tls_and_tcp_routes() {
+        let mut r = registry();
+        r.add("nginx.shop.svc.cluster.local", 443, false);
+        r.add("db.shop.svc.cluster.local", 5432, false);
+        let gw = json!({"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": 443, "name": "tls", "protocol": "TLS"},
+             "hosts": ["nginx.example.com", "*.pass.example.com"], "tls": {"mode": "PASSTHROUGH"}},
+            {"port": {"number": 31400, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]}]});
+        let tls_vs = json!({"hosts": ["nginx.example.com"], "gateways": ["edge"],
+            "tls": [{"match": [{"port": 443, "sniHosts": ["nginx.example.com"]}],
+                     "route": [{"destination": {"host": "nginx", "port": {"number": 443}}}]}]});
+        let tcp_vs = json!({"hosts": ["*"], "gateways": ["edge"],
+            "tcp": [{"match": [{"port": 31400}], "route": [{"destination": {"host": "db"}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &r,
+            &BTreeMap::new(),
+            &[src("shop", "edge", "1", &gw)],
+            &[
+                src("shop", "nginx", "1", &tls_vs),
+                src("shop", "db", "2", &tcp_vs),
+            ],
+            None,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let tls = config.listener(443).unwrap();
+        assert!(tls.virtual_hosts.is_empty() && tls.tls.is_empty());
+        let l4 = tls.l4.as_ref().unwrap();
+        assert_eq!(l4.sni_hosts, ["*.pass.example.com", "nginx.example.com"]);
+        assert_eq!(l4.routes.tls.len(), 1);
+        assert!(l4.routes.tcp.is_empty());
+        let d = &l4.routes.tls[0].destinations[0];
+        assert_eq!(
+            (d.service.as_str(), d.port),
+            ("nginx.shop.svc.cluster.local", 443)
+        );
+        // Only the servers' names pass; no SNI, none.
+        assert!(l4.admits(Some("NGINX.example.com.")));
+        assert!(l4.admits(Some("a.pass.example.com")));
+        assert!(!l4.admits(Some("other.example.com")));
+        assert!(!l4.admits(None));
+        let tcp = config.listener(31400).unwrap().l4.as_ref().unwrap();
+        assert!(tcp.sni_hosts.is_empty() && tcp.admits(None));
+        // A destination without a port takes the Service's only one.
+        let d = &tcp.routes.tcp[0].destinations[0];
+        assert_eq!(
+            (d.service.as_str(), d.port),
+            ("db.shop.svc.cluster.local", 5432)
+        );
+    }
+
+    /// Two teams' passthrough servers on port 443: a VirtualService bound to one server
+    /// never takes the names only the other admits, whatever its own sniHosts say. And
+    /// Istio's task form (protocol HTTPS, mode PASSTHROUGH) is a passthrough server.
+    #[test]
+    fn a_tls_route_takes_only_the_names_of_the_server_it_is_bound_to() {
+        let mut r = registry();
+        r.add("a.team-a.svc.cluster.local", 443, false);
+        r.add("v.team-v.svc.cluster.local", 443, false);
+        let gw_a = json!({"selector": {"istio": "edge"}, "servers": [
+            {"port": {"number": 443, "name": "tls", "protocol": "HTTPS"},
+             "hosts": ["a.example.com"], "tls": {"mode": "PASSTHROUGH"}}]});
+        let gw_v = json!({"selector": {"istio": "edge"}, "servers": [
+            {"port": {"number": 443, "name": "tls", "protocol": "TLS"},
+             "hosts": ["victim.example.com"], "tls": {"mode": "PASSTHROUGH"}}]});
+        let greedy = json!({"hosts": ["*.example.com"], "gateways": ["a"],
+            "tls": [{"match": [{"sniHosts": ["a.example.com", "victim.example.com"]}],
+                     "route": [{"destination": {"host": "a", "port": {"number": 443}}}]}]});
+        let victim = json!({"hosts": ["victim.example.com"], "gateways": ["team-v/v"],
+            "tls": [{"match": [{"sniHosts": ["victim.example.com"]}],
+                     "route": [{"destination": {"host": "v", "port": {"number": 443}}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &r,
+            &BTreeMap::new(),
+            &[
+                src("team-a", "a", "1", &gw_a),
+                src("team-v", "v", "2", &gw_v),
+            ],
+            // The greedy VirtualService is the older one: first match would win.
+            &[
+                src("team-a", "greedy", "1", &greedy),
+                src("team-v", "victim", "2", &victim),
+            ],
+            None,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let l4 = config.listener(443).unwrap().l4.as_ref().unwrap();
+        assert_eq!(l4.sni_hosts, ["a.example.com", "victim.example.com"]);
+        let dst: std::net::SocketAddr = "198.18.0.10:443".parse().unwrap();
+        let to = |sni: &str| {
+            let (route, _) = crate::route::l4::choose(&l4.routes, dst, Some(sni)).unwrap();
+            route.destinations[0].service.clone()
+        };
+        assert_eq!(to("a.example.com"), "a.team-a.svc.cluster.local");
+        assert_eq!(to("victim.example.com"), "v.team-v.svc.cluster.local");
+    }
+
+    #[test]
+    fn tls_servers_weft_cannot_relay_are_named_and_ports_keep_one_protocol() {
+        let gw = json!({"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": 443, "name": "a", "protocol": "TLS"}, "hosts": ["a.com"],
+             "tls": {"mode": "SIMPLE", "credentialName": "a"}},
+            {"port": {"number": 444, "name": "b", "protocol": "TLS"}, "hosts": ["b.com"]},
+            {"port": {"number": 445, "name": "c", "protocol": "HTTPS"}, "hosts": ["c.com"],
+             "tls": {"mode": "PASSTHROUGH", "credentialName": "c"}},
+            {"port": {"number": 446, "name": "d", "protocol": "TCP"}, "hosts": ["*"],
+             "tls": {"mode": "PASSTHROUGH"}},
+            {"port": {"number": 80, "name": "e", "protocol": "HTTP"}, "hosts": ["*"]},
+            {"port": {"number": 80, "name": "f", "protocol": "TCP"}, "hosts": ["*"]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("shop", "edge", "1", &gw)],
+            &[],
+            None,
+            &mut problems,
+        );
+        let all: String = problems.iter().map(|p| p.message.clone()).collect();
+        for expected in [
+            "servers[0].tls.mode SIMPLE on protocol TLS",
+            "servers[1].tls.mode is required for protocol TLS (PASSTHROUGH)",
+            "servers[2].tls.credentialName does not apply to PASSTHROUGH",
+            "servers[3].tls applies to HTTPS and TLS servers",
+            "port 80 is already served as plaintext HTTP",
+        ] {
+            assert!(all.contains(expected), "{expected:?} not in {all}");
+        }
+        let ports: Vec<u16> = config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80]);
+        assert!(config.listeners[0].l4.is_none());
     }
 
     #[test]
@@ -940,7 +1265,7 @@ mod tests {
         let gw = json!({"selector": {"istio": "gw"}, "servers": [
             {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
              "tls": {"mode": "SIMPLE", "credentialName": "c"}},
-            {"port": {"number": 9000, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
+            {"port": {"number": 9000, "name": "udp", "protocol": "UDP"}, "hosts": ["*"]},
             {"port": {"number": 70000, "name": "x", "protocol": "HTTP"}, "hosts": ["*"]},
             {"port": {"number": 81, "name": "x", "protocol": "HTTP"}, "hosts": ["a.*.com"]},
             {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
@@ -958,7 +1283,7 @@ mod tests {
         let m = &problems[0].message;
         for needle in [
             "servers[0].tls.credentialName c: no Secret c",
-            "servers[1].port.protocol TCP",
+            "servers[1].port.protocol \"UDP\" is not one of Istio's",
             "70000",
             "servers[3].hosts",
         ] {
@@ -1188,7 +1513,7 @@ mod tests {
             {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
              "tls": {"mode": "SIMPLE", "credentialName": "shop-cert", "minProtocolVersion": "TLSV1_3", "subjectAltNames": ["a"]}},
             {"port": {"number": 444, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
-             "tls": {"mode": "PASSTHROUGH"}},
+             "tls": {"mode": "AUTO_PASSTHROUGH"}},
             {"port": {"number": 81, "name": "http", "protocol": "HTTP"}, "hosts": ["*"],
              "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]});
         let mut problems = Vec::new();
@@ -1204,7 +1529,7 @@ mod tests {
         let m = &problems[0].message;
         for needle in [
             "servers[0].tls.subjectAltNames, servers[0].tls.minProtocolVersion are not supported yet",
-            "servers[1].tls.mode PASSTHROUGH is not supported yet",
+            "servers[1].tls.mode AUTO_PASSTHROUGH is not supported yet",
             "servers[2].tls.mode and credentialName apply to HTTPS servers",
         ] {
             assert!(m.contains(needle), "{needle} in {m}");

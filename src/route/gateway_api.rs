@@ -853,6 +853,7 @@ fn config_of(
             gateways: vec![id.to_string()],
             virtual_hosts,
             tls,
+            l4: None,
         });
     }
     GatewayConfig { listeners: out }

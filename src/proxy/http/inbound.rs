@@ -70,7 +70,7 @@ pub async fn serve<I>(
         upstream: Upstream::new(app),
         record,
     });
-    server::serve_pipeline(ctx, io, state, "inbound", None).await;
+    server::serve_pipeline(ctx, io, state, "inbound", None, std::time::Duration::ZERO).await;
 }
 
 impl server::Pipeline for Inbound {

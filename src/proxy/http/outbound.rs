@@ -138,9 +138,11 @@ async fn serve_front<I>(
         source_principal: None,
         destination_principal: None,
     });
-    let side = match front {
-        Front::Mesh(_) => "outbound",
-        Front::Gateway(..) => "gateway",
+    // A gateway's ports accept for the drain duration: its idle keep-alive connections
+    // stay that long ([`server::serve_pipeline`]).
+    let (side, linger) = match front {
+        Front::Mesh(_) => ("outbound", Duration::ZERO),
+        Front::Gateway(..) => ("gateway", ctx.settings.drain_duration),
     };
     let state = Arc::new(Outbound {
         ctx: ctx.clone(),
@@ -149,7 +151,7 @@ async fn serve_front<I>(
         conn,
         recorders: Mutex::new(Vec::new()),
     });
-    server::serve_pipeline(ctx, io, state, side, header_timeout).await;
+    server::serve_pipeline(ctx, io, state, side, header_timeout, linger).await;
 }
 
 impl server::Pipeline for Outbound {

@@ -101,29 +101,32 @@ pub trait Pipeline: Send + Sync + 'static {
 ///
 /// Draining, as Envoy's drain mode does: every HTTP/1 response carries `Connection: close`,
 /// so a keep-alive connection closes after its next response (the client's next request
-/// opens a new connection, which the load balancer sends to a pod that is not leaving);
-/// an idle one is not cut under a client that may be sending on it. An HTTP/2 connection
-/// gets a GOAWAY once it has served a request. A connection accepted while draining, as a
-/// gateway's listener still does, is thus served once, not cut before its first request.
-/// What is still open when the drain duration ends is closed by the proxy's exit.
+/// opens a new connection, which the load balancer sends to a pod that is not leaving). An
+/// HTTP/2 connection gets a GOAWAY as soon as it has a request (streams in progress finish).
+/// An idle HTTP/1 connection is closed once the proxy's listeners stop accepting: at once
+/// for a sidecar, after `linger` for a gateway, whose ports accept for the drain duration
+/// (meanwhile a client sending on it gets its answer with `Connection: close`). A connection
+/// accepted while draining is served once, never cut before its first request.
 pub async fn serve_pipeline<I, P>(
     ctx: &Arc<ProxyContext>,
     io: I,
     pipeline: Arc<P>,
     side: &str,
     header_timeout: Option<Duration>,
+    linger: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     P: Pipeline,
 {
-    // The version of the last request served (none yet).
-    let served = Arc::new(watch::Sender::new(None::<Version>));
+    // The version of the last request received (none yet).
+    let received = Arc::new(watch::Sender::new(None::<Version>));
     let handler = {
-        let (ctx, served) = (ctx.clone(), served.clone());
+        let (ctx, received) = (ctx.clone(), received.clone());
         move |req: Request<Incoming>| {
-            let (pipeline, ctx, served) = (pipeline.clone(), ctx.clone(), served.clone());
+            let (pipeline, ctx, received) = (pipeline.clone(), ctx.clone(), received.clone());
             async move {
                 let version = req.version();
+                received.send_replace(Some(version));
                 // Not on an upgrade or a CONNECT: their connection becomes the tunnel.
                 let close = version < Version::HTTP_2 && req.method() != Method::CONNECT;
                 let mut response = pipeline.handle(req).await;
@@ -135,7 +138,6 @@ pub async fn serve_pipeline<I, P>(
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                served.send_replace(Some(version));
                 Ok::<_, Infallible>(response)
             }
         }
@@ -144,10 +146,13 @@ pub async fn serve_pipeline<I, P>(
     let ctx = ctx.clone();
     let shutdown = async move {
         ctx.drained().await;
-        let mut served = served.subscribe();
-        let _ = served
-            .wait_for(|v| v.is_some_and(|v| v >= Version::HTTP_2))
-            .await;
+        let mut received = received.subscribe();
+        let Ok(version) = received.wait_for(Option::is_some).await.map(|v| *v) else {
+            return;
+        };
+        if version < Some(Version::HTTP_2) {
+            tokio::time::sleep(linger).await;
+        }
     };
     if let Err(e) = serve(io, handler, shutdown, idle, header_timeout).await {
         tracing::debug!(error = %e, side, "HTTP connection ended with an error");

@@ -605,10 +605,22 @@ impl RotationController {
             .await
             .map_err(failed)?
         {
-            Some(mut cm) if cm.data.as_ref() != Some(to) => {
-                cm.data = Some(to.clone());
+            Some(cm) if cm.data.as_ref() != Some(to) => {
+                // A merge patch (the operator may patch ConfigMaps, not update them): the new
+                // issuer's keys, and null for every other key, so no stale key lingers.
+                let mut data = serde_json::Map::new();
+                for key in cm.data.iter().flat_map(|d| d.keys()) {
+                    data.insert(key.clone(), serde_json::Value::Null);
+                }
+                for (key, value) in to {
+                    data.insert(key.clone(), serde_json::Value::String(value.clone()));
+                }
                 configmaps
-                    .replace(pki::ISSUER_CONFIGMAP, &PostParams::default(), &cm)
+                    .patch(
+                        pki::ISSUER_CONFIGMAP,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"data": data})),
+                    )
                     .await
                     .map_err(failed)?;
                 tracing::info!(

@@ -339,37 +339,75 @@ mod conformance_shapes {
             cluster_domain: "cluster.local".into(),
             gateway_classes: vec![class],
             gateway_api_gateways: vec![
-                gateway("backend-namespaces", json!({"name": "http", "port": 80, "protocol": "HTTP",
+                gateway(
+                    "backend-namespaces",
+                    json!({"name": "http", "port": 80, "protocol": "HTTP",
                     "allowedRoutes": {"namespaces": {"from": "Selector",
-                        "selector": {"matchLabels": {"gateway-conformance": "backend"}}}}})),
-                gateway("gateway-with-one-attached-route", json!({"name": "http", "port": 80, "protocol": "HTTP",
+                        "selector": {"matchLabels": {"gateway-conformance": "backend"}}}}}),
+                ),
+                gateway(
+                    "gateway-with-one-attached-route",
+                    json!({"name": "http", "port": 80, "protocol": "HTTP",
                     "allowedRoutes": {"kinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
                         "namespaces": {"from": "Selector", "selector": {"matchLabels":
-                            {"kubernetes.io/metadata.name": "gateway-conformance-web-backend"}}}}})),
+                            {"kubernetes.io/metadata.name": "gateway-conformance-web-backend"}}}}}),
+                ),
             ],
             http_routes: vec![
-                route("gateway-conformance-web-backend", "cross-namespace", "backend-namespaces"),
-                route("gateway-conformance-web-backend", "one", "gateway-with-one-attached-route"),
+                route(
+                    "gateway-conformance-web-backend",
+                    "cross-namespace",
+                    "backend-namespaces",
+                ),
+                route(
+                    "gateway-conformance-web-backend",
+                    "one",
+                    "gateway-with-one-attached-route",
+                ),
             ],
             namespaces: vec![
-                ns("gateway-conformance-infra", json!({"gateway-conformance": "infra"})),
-                ns("gateway-conformance-web-backend", json!({"gateway-conformance": "backend",
-                    "istio-injection": "enabled"})),
+                ns(
+                    "gateway-conformance-infra",
+                    json!({"gateway-conformance": "infra"}),
+                ),
+                ns(
+                    "gateway-conformance-web-backend",
+                    json!({"gateway-conformance": "backend",
+                    "istio-injection": "enabled"}),
+                ),
             ],
             ..Default::default()
         };
         let mut registry = Registry::new("cluster.local");
-        registry.add("web-backend.gateway-conformance-web-backend.svc.cluster.local", 8080, true);
+        registry.add(
+            "web-backend.gateway-conformance-web-backend.svc.cluster.local",
+            8080,
+            true,
+        );
         let mut configs = HashMap::new();
         let mut routes = Vec::new();
-        let out = apply(&view, &registry, &|_, _| Err("none".into()), &mut configs, &mut routes);
+        let out = apply(
+            &view,
+            &registry,
+            &|_, _| Err("none".into()),
+            &mut configs,
+            &mut routes,
+        );
         assert_eq!(out.gateways.len(), 2);
         for g in &out.gateways {
-            assert_eq!(g.listeners[0].attached_routes, 1, "{}: {:?}", g.name, g.listeners[0]);
+            assert_eq!(
+                g.listeners[0].attached_routes, 1,
+                "{}: {:?}",
+                g.name, g.listeners[0]
+            );
         }
         assert_eq!(routes.len(), 2);
         for r in &routes {
-            assert!(r.parents[0].accepted.status, "{}: {:?}", r.name, r.parents[0]);
+            assert!(
+                r.parents[0].accepted.status,
+                "{}: {:?}",
+                r.name, r.parents[0]
+            );
         }
     }
 }

@@ -485,7 +485,7 @@ fn server_tls(
         "MUTUAL" => true,
         m @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
             return Err(format!(
-                "{at}.tls.mode {m} is not supported yet (SIMPLE and MUTUAL are; PASSTHROUGH on protocol TLS)"
+                "{at}.tls.mode {m} is not supported yet (SIMPLE, MUTUAL and PASSTHROUGH are)"
             ));
         }
         m => return Err(format!("{at}.tls.mode {m:?} is not one of Istio's")),

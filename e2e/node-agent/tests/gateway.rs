@@ -126,6 +126,18 @@ fn curl(ip: &str, host: &str) -> String {
     }
 }
 
+/// `weft gateway install --name <name> --namespace <namespace>`.
+fn install_gateway(name: &str, namespace: &str) {
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        name,
+        "--namespace",
+        namespace,
+    ]));
+}
+
 fn ready(ns: &Namespace, what: &str) {
     ns.ok(&["rollout", "status", what, "--timeout=180s"]);
 }
@@ -414,14 +426,7 @@ fn https_with_a_credential_secret_is_served_by_sni_and_a_new_certificate_is_used
     ok(weft(&["namespace", "add", "shop-https"]));
     payments.apply(PRODUCTPAGE);
     let gw_ns = c.namespace(HTTPS_GATEWAY_NS);
-    ok(weft(&[
-        "gateway",
-        "install",
-        "--name",
-        HTTPS_GATEWAY,
-        "--namespace",
-        HTTPS_GATEWAY_NS,
-    ]));
+    install_gateway(HTTPS_GATEWAY, HTTPS_GATEWAY_NS);
     let dir = std::env::temp_dir().join(format!("weft-e2e-gw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     certificate(&dir, HOST, 1001);
@@ -521,7 +526,7 @@ spec:
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*"]
-    tls: {mode: PASSTHROUGH}
+    tls: {mode: ISTIO_MUTUAL}
   - port: {number: 8080, name: http, protocol: HTTP}
     hosts: ["*"]
 "#,
@@ -537,7 +542,7 @@ spec:
         |m| !m.is_empty(),
     );
     assert!(
-        message.contains("servers[0].tls.mode PASSTHROUGH is not supported yet"),
+        message.contains("servers[0].tls.mode ISTIO_MUTUAL is not supported yet"),
         "{message}"
     );
     assert!(!message.contains("servers[1]"), "{message}");
@@ -637,14 +642,7 @@ fn a_gateway_rolled_under_steady_traffic_answers_every_request() {
     let ns = c.namespace(NS);
     ok(weft(&["namespace", "add", NS]));
     ns.apply(PRODUCTPAGE);
-    ok(weft(&[
-        "gateway",
-        "install",
-        "--name",
-        GW,
-        "--namespace",
-        NS,
-    ]));
+    install_gateway(GW, NS);
     ns.apply(&format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -746,22 +744,8 @@ fn tls_passthrough_relays_by_sni_and_a_tcp_server_relays_bytes() {
     let ns = c.namespace(NS);
     ok(weft(&["namespace", "add", NS]));
     ns.apply(PRODUCTPAGE);
-    ok(weft(&[
-        "gateway",
-        "install",
-        "--name",
-        EDGE,
-        "--namespace",
-        NS,
-    ]));
-    ok(weft(&[
-        "gateway",
-        "install",
-        "--name",
-        BACKEND,
-        "--namespace",
-        NS,
-    ]));
+    install_gateway(EDGE, NS);
+    install_gateway(BACKEND, NS);
     let dir = std::env::temp_dir().join(format!("weft-e2e-gw-l4-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     certificate(&dir, SECURE, 1003);

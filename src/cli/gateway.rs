@@ -459,6 +459,33 @@ async fn install(args: InstallArgs) -> Result<(), CliError> {
             .await
             .map_err(apply_error(format!("serviceaccount/{}", spec.name)))?;
         println!("serviceaccount/{} applied", spec.name);
+        // Before the Deployment: the operator watches a gateway namespace's Secrets as soon
+        // as its pods appear, and must never be refused (tests/lifecycle step 5).
+        let (role, binding) = secret_reader(&spec);
+        let name = contract::GATEWAY_SECRETS_ROLE;
+        Api::<Role>::namespaced(client.clone(), namespace)
+            .patch(
+                name,
+                &params,
+                &Patch::Apply(typed(&role, "rbac.authorization.k8s.io/v1", "Role")?),
+            )
+            .await
+            .map_err(apply_error(format!("role/{name}")))?;
+        Api::<RoleBinding>::namespaced(client.clone(), namespace)
+            .patch(
+                name,
+                &params,
+                &Patch::Apply(typed(
+                    &binding,
+                    "rbac.authorization.k8s.io/v1",
+                    "RoleBinding",
+                )?),
+            )
+            .await
+            .map_err(apply_error(format!("rolebinding/{name}")))?;
+        println!(
+            "role and rolebinding {name} applied: the operator may read this namespace's Secrets (it watches only those of type kubernetes.io/tls, for HTTPS credentialName; keep other Secrets out of a gateway's namespace)"
+        );
     }
     Api::<Deployment>::namespaced(client.clone(), namespace)
         .patch(
@@ -489,31 +516,6 @@ async fn install(args: InstallArgs) -> Result<(), CliError> {
             .await
             .map_err(apply_error(format!("service/{}", spec.name)))?;
         println!("service/{} applied", spec.name);
-        let (role, binding) = secret_reader(&spec);
-        let name = contract::GATEWAY_SECRETS_ROLE;
-        Api::<Role>::namespaced(client.clone(), namespace)
-            .patch(
-                name,
-                &params,
-                &Patch::Apply(typed(&role, "rbac.authorization.k8s.io/v1", "Role")?),
-            )
-            .await
-            .map_err(apply_error(format!("role/{name}")))?;
-        Api::<RoleBinding>::namespaced(client.clone(), namespace)
-            .patch(
-                name,
-                &params,
-                &Patch::Apply(typed(
-                    &binding,
-                    "rbac.authorization.k8s.io/v1",
-                    "RoleBinding",
-                )?),
-            )
-            .await
-            .map_err(apply_error(format!("rolebinding/{name}")))?;
-        println!(
-            "role and rolebinding {name} applied: the operator may read this namespace's Secrets (it watches only those of type kubernetes.io/tls, for HTTPS credentialName; keep other Secrets out of a gateway's namespace)"
-        );
     }
     println!(
         "Istio Gateways select it with `selector: {{istio: {label}}}`; its address: kubectl get \

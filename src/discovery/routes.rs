@@ -64,6 +64,49 @@ pub fn is_gateway_pod(pod: &Pod) -> bool {
         .is_some_and(|t| t.split(',').any(|t| t.trim() == contract::TEMPLATE_GATEWAY))
 }
 
+/// The namespaces whose TLS Secrets gateways need: those of gateway pods an Istio Gateway
+/// with a `credentialName` server selects (Istio reads the Secret in the gateway pod's
+/// namespace), and of Gateway API Gateways with a TLS listener (their automated gateway runs
+/// there). Only these are watched, so the operator never asks for Secrets where no gateway
+/// names a certificate (nor, then, where it was granted none).
+pub fn credential_namespaces(
+    pods: &[std::sync::Arc<Pod>],
+    istio_gateways: &[std::sync::Arc<crate::api::Gateway>],
+    gateway_api_gateways: &[std::sync::Arc<crate::api::gateway_api::Gateway>],
+) -> std::collections::BTreeSet<String> {
+    let selectors: Vec<BTreeMap<String, String>> = istio_gateways
+        .iter()
+        .filter(|g| {
+            g.spec
+                .raw
+                .get("servers")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|servers| {
+                    servers
+                        .iter()
+                        .any(|s| s.pointer("/tls/credentialName").is_some())
+                })
+        })
+        .filter_map(|g| gateway::selector_of(&g.spec.raw))
+        .collect();
+    let mut out: std::collections::BTreeSet<String> = pods
+        .iter()
+        .filter(|p| is_gateway_pod(p))
+        .filter(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            selectors.iter().any(|s| gateway::selects(s, &labels))
+        })
+        .filter_map(|p| p.metadata.namespace.clone())
+        .collect();
+    out.extend(
+        gateway_api_gateways
+            .iter()
+            .filter(|g| g.spec.listeners.iter().any(|l| l.tls.is_some()))
+            .filter_map(|g| g.metadata.namespace.clone()),
+    );
+    out
+}
+
 /// Fills `subsets`, `http` and the client TLS modes of every Service entry.
 pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]) -> Applied {
     if view.destination_rules.is_empty()

@@ -363,10 +363,14 @@ impl DiscoveryState {
                 // A Gateway's certificate may live in another namespace when a ReferenceGrant
                 // there lets Gateways use its Secrets: watch those namespaces too.
                 let granted = super::gateway_api::secret_grant_namespaces(&reference_grants);
-                let gateway_namespaces = pods
+                let credentials = super::routes::credential_namespaces(
+                    &pods,
+                    &istio_gateways.state(),
+                    &gateway_api_gateways.state(),
+                );
+                let gateway_namespaces = credentials
                     .iter()
-                    .filter(|p| super::routes::is_gateway_pod(p))
-                    .filter_map(|p| p.metadata.namespace.as_deref())
+                    .map(String::as_str)
                     .chain(granted.iter().map(String::as_str));
                 let view = MeshView {
                     tls_secrets: tls_secrets.state(gateway_namespaces),

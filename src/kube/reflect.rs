@@ -86,6 +86,11 @@ where
     }
 
     pub fn start(self) -> Store<K> {
+        self.start_abortable().0
+    }
+
+    /// As [`Self::start`], with the handle that stops the watch.
+    pub fn start_abortable(self) -> (Store<K>, tokio::task::AbortHandle) {
         let Reflect {
             api,
             config,
@@ -94,7 +99,7 @@ where
             optional,
         } = self;
         let (reader, writer) = reflector::store();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let kind = K::kind(&Default::default()).to_string();
             if optional {
                 let mut logged = false;
@@ -129,7 +134,7 @@ where
                 }
             }
         });
-        reader
+        (reader, task.abort_handle())
     }
 }
 
@@ -153,7 +158,13 @@ pub fn meshed_pods(client: &kube::Client, changed: Option<Arc<Notify>>) -> Store
 pub struct GatewaySecrets {
     client: kube::Client,
     changed: Arc<Notify>,
-    stores: std::collections::BTreeMap<String, Store<k8s_openapi::api::core::v1::Secret>>,
+    stores: std::collections::BTreeMap<
+        String,
+        (
+            Store<k8s_openapi::api::core::v1::Secret>,
+            tokio::task::AbortHandle,
+        ),
+    >,
 }
 
 impl GatewaySecrets {
@@ -165,19 +176,29 @@ impl GatewaySecrets {
         }
     }
 
-    /// The TLS Secrets of `namespaces` (those with gateway pods; watches start for the
-    /// namespaces seen the first time, and their first list wakes `changed`).
+    /// The TLS Secrets of `namespaces` (those whose gateways name a certificate): watches
+    /// start for the namespaces seen the first time (their first list wakes `changed`) and
+    /// stop for those no longer given, so a namespace whose grant went away with its
+    /// gateways is not asked again (the operator is never refused, tests/lifecycle step 5).
     pub fn state<'a>(
         &mut self,
         namespaces: impl IntoIterator<Item = &'a str>,
     ) -> Vec<Arc<k8s_openapi::api::core::v1::Secret>> {
-        for ns in namespaces {
+        let wanted: std::collections::BTreeSet<&str> = namespaces.into_iter().collect();
+        self.stores.retain(|ns, (_, task)| {
+            let keep = wanted.contains(ns.as_str());
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for ns in wanted {
             if !self.stores.contains_key(ns) {
-                let store = tls_secrets(&self.client, ns, Some(self.changed.clone()));
-                self.stores.insert(ns.to_string(), store);
+                let watch = tls_secrets(&self.client, ns, Some(self.changed.clone()));
+                self.stores.insert(ns.to_string(), watch);
             }
         }
-        self.stores.values().flat_map(|s| s.state()).collect()
+        self.stores.values().flat_map(|(s, _)| s.state()).collect()
     }
 }
 
@@ -185,7 +206,10 @@ fn tls_secrets(
     client: &kube::Client,
     namespace: &str,
     changed: Option<Arc<Notify>>,
-) -> Store<k8s_openapi::api::core::v1::Secret> {
+) -> (
+    Store<k8s_openapi::api::core::v1::Secret>,
+    tokio::task::AbortHandle,
+) {
     Reflect::new(Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
         client.clone(),
         namespace,
@@ -204,7 +228,7 @@ fn tls_secrets(
         s.string_data = None;
     })
     .changed(changed)
-    .start()
+    .start_abortable()
 }
 
 /// The pods WITHOUT `weft.dev/revision` (not meshed), metadata only (the API server sends no

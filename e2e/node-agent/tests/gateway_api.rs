@@ -99,6 +99,23 @@ fn a_gateway_api_gateway_is_deployed_addressed_and_routes_by_hostname() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The grant an HTTPS listener's certificate needs (docs/gateway.md): the operator may not
+    // grant itself Secrets, so the user does, before the Gateway, as `weft gateway install`
+    // does for an Istio gateway. Without it the operator would be refused (lifecycle step 5).
+    ns.ok(&[
+        "create",
+        "role",
+        "weft-gateway-secrets",
+        "--verb=get,list,watch",
+        "--resource=secrets",
+    ]);
+    ns.ok(&[
+        "create",
+        "rolebinding",
+        "weft-gateway-secrets",
+        "--role=weft-gateway-secrets",
+        "--serviceaccount=weft-system:weft-operator",
+    ]);
     ns.apply(OBJECTS);
 
     // The GatewayClass is accepted by weft.

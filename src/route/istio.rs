@@ -1800,7 +1800,7 @@ spec:
         for (field, value) in [
             ("sourceNamespace", json!("shop")),
             ("gateways", json!(["mesh"])),
-            ("sourceSubnet", json!("10.0.0.0/8")),
+            ("sourceSubnet", json!("198.18.0.0/15")),
         ] {
             let mut m = json!({});
             m[field] = value;
@@ -2133,7 +2133,7 @@ spec:
     #[test]
     fn tcp_routes_compile_per_port_with_matches_weights_and_subsets() {
         let spec = json!({"hosts": ["ratings"], "tcp": [
-            {"match": [{"port": 5432, "destinationSubnets": ["10.96.0.0/12", "10.1.2.3"],
+            {"match": [{"port": 5432, "destinationSubnets": ["198.19.0.0/17", "198.18.1.3"],
                         "sourceLabels": {"role": "tester"}}],
              "route": [{"destination": {"host": "ratings", "subset": "v2"}}]},
             {"match": [{"port": 9080}],
@@ -2156,8 +2156,8 @@ spec:
         assert_eq!(
             m.destination_subnets,
             [
-                "10.96.0.0/12".parse::<ipnet::IpNet>().unwrap(),
-                "10.1.2.3/32".parse().unwrap()
+                "198.19.0.0/17".parse::<ipnet::IpNet>().unwrap(),
+                "198.18.1.3/32".parse().unwrap()
             ]
         );
         assert_eq!(m.source_labels["role"], "tester");
@@ -2222,9 +2222,9 @@ spec:
                 "tcp[0].route weights sum to 90",
             ),
             (
-                json!({"hosts": ["ratings"], "tcp": [{"match": [{"destinationSubnets": ["10.0.0.0/33"]}],
+                json!({"hosts": ["ratings"], "tcp": [{"match": [{"destinationSubnets": ["198.18.0.0/33"]}],
                     "route": [{"destination": {"host": "ratings"}}]}]}),
-                "destinationSubnets \"10.0.0.0/33\"",
+                "destinationSubnets \"198.18.0.0/33\"",
             ),
             (
                 json!({"hosts": ["ratings"], "tcp": [{"route": []}]}),

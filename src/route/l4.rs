@@ -211,8 +211,8 @@ mod tests {
 
     #[test]
     fn tls_routes_by_sni_first_then_tcp_routes_first_match_wins_else_the_service() {
-        let dst: SocketAddr = "10.96.0.10:5432".parse().unwrap();
-        let other: SocketAddr = "10.97.0.10:5432".parse().unwrap();
+        let dst: SocketAddr = "198.19.0.10:5432".parse().unwrap();
+        let other: SocketAddr = "198.19.1.10:5432".parse().unwrap();
         let table = L4Table {
             tls: vec![
                 route(
@@ -226,7 +226,7 @@ mod tests {
                     "tls-wild",
                     vec![L4Match {
                         sni_hosts: vec!["*.example.com".into()],
-                        destination_subnets: vec!["10.96.0.0/16".parse().unwrap()],
+                        destination_subnets: vec!["198.19.0.0/24".parse().unwrap()],
                         ..Default::default()
                     }],
                 ),
@@ -235,7 +235,7 @@ mod tests {
                 route(
                     "tcp-subnet",
                     vec![L4Match {
-                        destination_subnets: vec!["10.97.0.10/32".parse().unwrap()],
+                        destination_subnets: vec!["198.19.1.10/32".parse().unwrap()],
                         ..Default::default()
                     }],
                 ),
@@ -262,7 +262,7 @@ mod tests {
             (Some("elsewhere.org"), dst, Some(("tcp-port", Kind::Tcp))),
             (None, other, Some(("tcp-subnet", Kind::Tcp))),
             (None, dst, Some(("tcp-port", Kind::Tcp))),
-            (None, "10.96.0.10:3306".parse().unwrap(), None),
+            (None, "198.19.0.10:3306".parse().unwrap(), None),
         ] {
             assert_eq!(name(sni, to), want, "{sni:?} to {to}");
         }
@@ -300,7 +300,7 @@ mod tests {
                 "json",
                 vec![L4Match {
                     port: Some(5432),
-                    destination_subnets: vec!["10.0.0.0/8".parse().unwrap()],
+                    destination_subnets: vec!["198.18.0.0/15".parse().unwrap()],
                     ..Default::default()
                 }],
             )],
@@ -308,7 +308,7 @@ mod tests {
         };
         let text = serde_json::to_string(&t).unwrap();
         assert!(
-            text.contains(r#""destinationSubnets":["10.0.0.0/8"]"#),
+            text.contains(r#""destinationSubnets":["198.18.0.0/15"]"#),
             "{text}"
         );
         assert_eq!(serde_json::from_str::<L4Table>(&text).unwrap(), t);

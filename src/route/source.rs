@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn services_with_labelled_routes_differ_per_signature_and_l4_routes_filter_alike() {
         let svc = |http: Vec<HttpRoute>, tcp: Vec<L4Route>| Service {
-            cluster_ip: Some("10.96.0.1".parse().unwrap()),
+            cluster_ip: Some("198.19.0.21".parse().unwrap()),
             port: 9080,
             name: "reviews.shop.svc.cluster.local".into(),
             protocol: Default::default(),

@@ -174,14 +174,14 @@ fn secrets_are_reachable_only_in_the_operator_namespace() {
             .filter(|r| r.resources.iter().any(|res| res == "secrets"))
         {
             for verb in &rule.verbs {
-                // Root rotation: the leader patches the CA Secret (the new root) and empties
-                // the rotation's weft-ca-next, by name only.
+                // Root rotation: the leader patches the CA Secret (the new root; cacerts for
+                // a plug-in CA) and empties the rotation's weft-ca-next, by name only.
                 let rotation = verb == "patch"
                     && !rule.resource_names.is_empty()
                     && rule
                         .resource_names
                         .iter()
-                        .all(|n| n == "weft-ca" || n == "weft-ca-next");
+                        .all(|n| n == "weft-ca" || n == "weft-ca-next" || n == "cacerts");
                 assert!(
                     ["get", "list", "watch", "create"].contains(&verb.as_str()) || rotation,
                     "Secrets: {verb} is more than the CA needs"

@@ -59,10 +59,10 @@ async fn reset(args: ResetArgs) -> Result<(), CliError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let read = |name: &str| format!("reading Secret {ns}/{name}");
     if secrets
-        .get_metadata_opt(pki::PLUGIN_CA_SECRET)
+        .get_opt(pki::PLUGIN_CA_SECRET)
         .await
         .map_err(CliError::kube(read(pki::PLUGIN_CA_SECRET)))?
-        .is_some()
+        .is_some_and(|s| !crate::operator::rotation::retired(&s))
     {
         return Err(CliError::PluginCaInUse {
             namespace: ns.to_string(),

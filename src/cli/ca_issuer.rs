@@ -334,6 +334,7 @@ async fn set(
             &client,
             mesh,
             Some(config),
+            None,
             switch.renew_within,
             None,
             yes,

@@ -41,6 +41,11 @@ pub struct RotateArgs {
     /// cluster.local).
     #[arg(long)]
     pub trust_domain: Option<String>,
+    /// Rotate to a new plug-in CA: a Secret in the weft namespace with Istio's `cacerts` keys
+    /// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), e.g. `cacerts-next`. Its
+    /// material is written into Secret `cacerts` when phase (b) ends.
+    #[arg(long, value_name = "SECRET", conflicts_with_all = ["trust_domain", "abort"])]
+    pub cacerts: Option<String>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -87,6 +92,7 @@ async fn start(args: RotateArgs) -> Result<(), CliError> {
         &client,
         &args.mesh,
         None,
+        args.cacerts.as_deref(),
         args.renew_within,
         args.trust_domain.clone(),
         yes,
@@ -94,14 +100,47 @@ async fn start(args: RotateArgs) -> Result<(), CliError> {
     .await
 }
 
+/// The Secrets `--cacerts` may not name: the one its material goes into, and weft's own.
+const NOT_A_SOURCE: [&str; 3] = [pki::PLUGIN_CA_SECRET, pki::WEFT_CA_SECRET, NEXT_CA_SECRET];
+
+/// The certificates of PEM bundles one by one (PEM each), without duplicates.
+fn split_roots(pems: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for der in pems
+        .iter()
+        .flat_map(|p| pki::certificates_from_pem(p).unwrap_or_default())
+    {
+        let pem = pki::pem_of_certificate(&der);
+        if !out.contains(&pem) {
+            out.push(pem);
+        }
+    }
+    out
+}
+
+/// The subject of the first certificate of `pem`, for what the CLI says.
+fn subject_of(pem: &str) -> String {
+    pki::certificates_from_pem(pem)
+        .ok()
+        .and_then(|ders| ders.into_iter().next())
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, c)| c.subject().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Starts a rotation: to a new builtin root (`to` None: the issuer stays builtin), or to the
 /// issuer `to` (a switch of issuer; the mesh root is replaced with it, see
 /// `operator::rotation`). Without `yes` it says what it would do and changes nothing (Ok, or
 /// [`CliError::ConfirmationNeeded`] for `weft ca issuer set`, which always said so).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn begin(
     client: &Client,
     mesh: &MeshArgs,
     to: Option<IssuerConfig>,
+    cacerts: Option<&str>,
     renew_within: Duration,
     trust_domain: Option<String>,
     yes: bool,
@@ -109,18 +148,54 @@ pub(crate) async fn begin(
     let ns = mesh.weft_namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    if secrets
-        .get_metadata_opt(pki::PLUGIN_CA_SECRET)
+    // A plug-in CA in force (Secret cacerts, not retired by an earlier rotation).
+    let plugin = secrets
+        .get_opt(pki::PLUGIN_CA_SECRET)
         .await
         .map_err(CliError::kube(format!("reading Secret {ns}/cacerts")))?
-        .is_some()
-    {
+        .filter(|s| !rotation::retired(s));
+    if plugin.is_some() && to.is_some() {
         return Err(bad(format!(
-            "Secret {ns}/cacerts (a plug-in CA) signs, and weft ca rotate replaces weft's own \
-             root only: to change a plug-in root, put the new one beside the old in cacerts' \
-             root-cert.pem, roll the workloads, then remove the old one"
+            "Secret {ns}/cacerts (a plug-in CA) signs: first rotate to a self-signed root \
+             (`weft ca rotate --yes`), then switch issuer"
         )));
     }
+    // The plug-in CA to rotate to, checked before anything is said or written.
+    let next_plugin = match cacerts {
+        None => None,
+        Some(name) if NOT_A_SOURCE.contains(&name) => {
+            return Err(bad(format!(
+                "--cacerts names the Secret holding the NEW plug-in CA, not {name}: create it \
+                 under another name (e.g. `kubectl -n {ns} create secret generic cacerts-next \
+                 --from-file=ca-cert.pem --from-file=ca-key.pem --from-file=root-cert.pem \
+                 --from-file=cert-chain.pem`); weft writes it into {ns}/cacerts when phase (b) \
+                 ends"
+            )));
+        }
+        Some(name) => {
+            let secret = secrets
+                .get_opt(name)
+                .await
+                .map_err(CliError::kube(format!("reading Secret {ns}/{name}")))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "Secret {ns}/{name} (--cacerts) does not exist: create it with Istio's \
+                         cacerts keys (ca-cert.pem, ca-key.pem, root-cert.pem, and \
+                         cert-chain.pem for a deeper chain)"
+                    ))
+                })?;
+            let ca = MeshCa::from_cacerts_secret(
+                &crate::operator::rotation_controller::secret_bytes(&secret),
+            )
+            .map_err(|e| {
+                bad(format!(
+                    "Secret {ns}/{name} (--cacerts) does not hold a usable plug-in CA, read as \
+                     Istio's cacerts: {e}"
+                ))
+            })?;
+            Some((name.to_string(), ca))
+        }
+    };
     let configured = match configmaps
         .get_opt(ISSUER_CONFIGMAP)
         .await
@@ -149,32 +224,53 @@ pub(crate) async fn begin(
             state.id, state.phase
         )));
     }
-    let current = secrets
-        .get_opt(pki::WEFT_CA_SECRET)
-        .await
-        .map_err(CliError::kube(format!(
-            "reading Secret {ns}/{}",
-            pki::WEFT_CA_SECRET
-        )))?
-        .ok_or_else(|| {
+    let old = match &plugin {
+        Some(plugin) => MeshCa::from_cacerts_secret(
+            &crate::operator::rotation_controller::secret_bytes(plugin),
+        )
+        .map_err(|e| {
             bad(format!(
-                "Secret {ns}/{} is missing: there is no root to rotate from; if the CA is lost, \
-                 `weft ca reset` starts a new one",
-                pki::WEFT_CA_SECRET
+                "Secret {ns}/cacerts, the plug-in CA in force, is not usable ({e}): fix it first"
             ))
-        })?;
-    let old = MeshCa::from_weft_ca_secret(&crate::operator::rotation_controller::secret_bytes(
-        &current,
-    ))
-    .map_err(|e| {
-        bad(format!(
-            "Secret {ns}/{} is not usable ({e}); `weft ca reset` is the way out of a broken CA",
-            pki::WEFT_CA_SECRET
-        ))
-    })?;
+        })?,
+        None => {
+            let current = secrets
+                .get_opt(pki::WEFT_CA_SECRET)
+                .await
+                .map_err(CliError::kube(format!(
+                    "reading Secret {ns}/{}",
+                    pki::WEFT_CA_SECRET
+                )))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "Secret {ns}/{} is missing: there is no root to rotate from; if the CA \
+                         is lost, `weft ca reset` starts a new one",
+                        pki::WEFT_CA_SECRET
+                    ))
+                })?;
+            MeshCa::from_weft_ca_secret(&crate::operator::rotation_controller::secret_bytes(
+                &current,
+            ))
+            .map_err(|e| {
+                bad(format!(
+                    "Secret {ns}/{} is not usable ({e}); `weft ca reset` is the way out of a \
+                     broken CA",
+                    pki::WEFT_CA_SECRET
+                ))
+            })?
+        }
+    };
+    if let Some((name, next)) = &next_plugin
+        && next.chain_pem() == old.chain_pem()
+        && next.own_roots_pem() == old.own_roots_pem()
+    {
+        return Err(bad(format!(
+            "Secret {ns}/{name} holds the plug-in CA that signs already: nothing to rotate"
+        )));
+    }
     // In a switch of issuer every root trusted now leaves (the mesh root and the old issuer's,
-    // as the operator publishes them); in a builtin rotation, the mesh root.
-    let mut old_roots = vec![old.own_roots_pem()];
+    // as the operator publishes them); in a builtin rotation, the mesh root(s).
+    let mut old_roots = split_roots(&[old.own_roots_pem()]);
     if to.is_some() {
         let published = configmaps
             .get_opt(contract::ROOT_CERT_CONFIGMAP)
@@ -196,13 +292,45 @@ pub(crate) async fn begin(
         Some(td) => td,
         None => super::ca::revisions_trust_domain(client, ns).await?,
     };
-    match &to {
-        None => println!(
+    let from = match &plugin {
+        Some(_) => format!(
+            "the plug-in CA of Secret {ns}/cacerts (signer {}, root {})",
+            subject_of(old.chain_pem().first().map_or("", String::as_str)),
+            subject_of(&old.own_roots_pem())
+        ),
+        None => format!("the mesh root of Secret {ns}/{}", pki::WEFT_CA_SECRET),
+    };
+    match (&to, &next_plugin) {
+        (None, Some((name, next))) => {
+            let shared = !fingerprints_of_pem(&[next.own_roots_pem()])
+                .is_disjoint(&fingerprints_of_pem(&[old.own_roots_pem()]));
+            println!(
+                "This rotates {from} to the plug-in CA of Secret {ns}/{name} (signer {}, root \
+                 {}), under traffic, in three phases; when (b) ends weft writes it into Secret \
+                 {ns}/cacerts, which it signs with from then on ({name} is left as it is):",
+                subject_of(next.chain_pem().first().map_or("", String::as_str)),
+                subject_of(&next.own_roots_pem()),
+            );
+            if shared {
+                println!(
+                    "  (the new CA shares a root with the old one: that root stays trusted, and \
+                     certificates of the old signer move at their normal renewal)"
+                );
+            }
+        }
+        (None, None) if plugin.is_some() => println!(
+            "This rotates {from} to a new self-signed root for trust domain {trust_domain} in \
+             Secret {ns}/{}, under traffic, in three phases; when (b) ends Secret {ns}/cacerts \
+             is retired (emptied and annotated {}; delete it once Done):",
+            pki::WEFT_CA_SECRET,
+            rotation::RETIRED_ANNOTATION,
+        ),
+        (None, None) => println!(
             "This rotates the mesh root of Secret {ns}/{} to a new self-signed root for trust \
              domain {trust_domain}, under traffic, in three phases:",
             pki::WEFT_CA_SECRET
         ),
-        Some(to) => {
+        (Some(to), _) => {
             println!(
                 "This switches the issuer from {} to {} as a root rotation, under traffic: the \
                  {} root(s) trusted now leave every trust bundle, and a new self-signed mesh \
@@ -248,11 +376,19 @@ pub(crate) async fn begin(
             Some(_) => Err(CliError::ConfirmationNeeded),
         };
     }
-    let new = MeshCa::generate_root(&trust_domain, pki::DEFAULT_ROOT_VALIDITY).map_err(|e| {
-        CliError::NewRoot {
-            message: e.to_string(),
-        }
-    })?;
+    // The new CA's material goes into weft-ca-next with its own Secret's keys (Istio's for a
+    // plug-in CA), so the operator reads it as it will read it once promoted.
+    let (to_plugin, new) = match next_plugin {
+        Some((name, next)) => (Some(name), next),
+        None => (
+            None,
+            MeshCa::generate_root(&trust_domain, pki::DEFAULT_ROOT_VALIDITY).map_err(|e| {
+                CliError::NewRoot {
+                    message: e.to_string(),
+                }
+            })?,
+        ),
+    };
     // A Secret left by a finished or aborted rotation is not in use any more.
     match secrets
         .delete(NEXT_CA_SECRET, &DeleteParams::default())
@@ -279,11 +415,12 @@ pub(crate) async fn begin(
     let mut state = RotationState::new(
         id.clone(),
         old_roots,
-        vec![new.own_roots_pem()],
+        split_roots(&[new.own_roots_pem()]),
         renew_within.as_secs(),
         now.to_string(),
     );
     state.to_issuer = to.map(|c| c.to_data());
+    state.to_plugin = to_plugin;
     let rv = existing.and_then(|(_, rv)| rv);
     write_state(&configmaps, &state, rv.as_deref())
         .await
@@ -378,6 +515,11 @@ pub fn render_status(
     if let Some(to) = state.to_issuer_config() {
         out.push_str(&format!("  Switching issuer to: {}\n", to.describe()));
     }
+    if let Some(source) = &state.to_plugin {
+        out.push_str(&format!(
+            "  Rotating to: the plug-in CA of Secret {source} (into Secret cacerts when (b) ends)\n"
+        ));
+    }
     if state.phase.active() && !state.waiting_for.is_empty() {
         out.push_str(&format!("  Waiting for: {}\n", state.waiting_for));
     }
@@ -406,7 +548,7 @@ pub fn render_status(
             entry.at
         ));
     }
-    let old = fingerprints_of_pem(&state.old_roots);
+    let old = state.leaving();
     let new = fingerprints_of_pem(&state.new_roots);
     let reissued = fingerprints_of_pem(&state.reissued_roots());
     let connected: Vec<&ProxySeen> = acks
@@ -459,9 +601,40 @@ mod tests {
             parse(&["status"]).unwrap().command,
             Some(RotateCommand::Status(_))
         ));
+        let a = parse(&["--cacerts", "cacerts-next", "--yes"]).unwrap();
+        assert_eq!(a.cacerts.as_deref(), Some("cacerts-next"));
+        assert!(
+            parse(&["--cacerts", "x", "--trust-domain", "td"]).is_err(),
+            "a plug-in CA brings its own root: no trust domain to give"
+        );
+        assert!(parse(&["--cacerts", "x", "--abort"]).is_err());
+        for own in NOT_A_SOURCE {
+            assert!(["cacerts", "weft-ca", "weft-ca-next"].contains(&own));
+        }
         let err = parse(&["--renew-within", "0s"]).unwrap_err().to_string();
         assert!(err.contains("between 1s and 24h"), "{err}");
         assert!(parse(&["--abort", "--yes"]).is_err());
+    }
+
+    #[test]
+    fn roots_are_split_one_certificate_each_without_duplicates() {
+        let ca = || {
+            MeshCa::generate_root("cluster.local", Duration::from_secs(86_400))
+                .unwrap()
+                .own_roots_pem()
+        };
+        let (a, b) = (ca(), ca());
+        let bundle = format!("{a}{b}");
+        let split = split_roots(&[bundle.clone(), a.clone()]);
+        assert_eq!(split.len(), 2, "{split:?}");
+        assert_eq!(fingerprints_of_pem(&split), fingerprints_of_pem(&[bundle]));
+        assert!(
+            split
+                .iter()
+                .all(|p| p.matches("BEGIN CERTIFICATE").count() == 1)
+        );
+        assert_eq!(subject_of(&a), "O=weft, CN=weft root CA");
+        assert_eq!(subject_of("not pem"), "?");
     }
 
     #[test]
@@ -505,6 +678,15 @@ mod tests {
             "builtin".to_string(),
         )]));
         let switch_text = render_status(&switching, &acks, now);
+        let mut plugin = state.clone();
+        plugin.to_plugin = Some("cacerts-next".into());
+        let plugin_text = render_status(&plugin, &acks, now);
+        assert!(
+            plugin_text.contains(
+                "Rotating to: the plug-in CA of Secret cacerts-next (into Secret cacerts when (b) ends)"
+            ),
+            "{plugin_text}"
+        );
         assert!(
             switch_text.contains("Switching issuer to: builtin"),
             "{switch_text}"

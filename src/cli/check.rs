@@ -873,7 +873,11 @@ async fn ca_secrets(client: &Client, ns: &str) -> Result<(SecretData, SecretData
                 .collect()
         })
     };
-    let cacerts = secrets.get_opt(pki::PLUGIN_CA_SECRET).await?;
+    // A cacerts a rotation retired (emptied, weft.dev/retired-by) is as good as absent.
+    let cacerts = secrets
+        .get_opt(pki::PLUGIN_CA_SECRET)
+        .await?
+        .filter(|s| !crate::operator::rotation::retired(s));
     let weft_ca = secrets.get_opt(pki::WEFT_CA_SECRET).await?;
     Ok((data(cacerts), data(weft_ca)))
 }

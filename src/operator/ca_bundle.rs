@@ -166,9 +166,10 @@ impl CaBundleController {
                         .is_some_and(|m| m.starts_with(rotation::PROMOTION_MARKER_PREFIX))
                     {
                         tracing::info!(
-                            "Secret {}/weft-ca holds the rotated root: it is this replica's mesh \
+                            "Secret {}/{} holds the rotated root: it is this replica's mesh \
                              root from now on",
-                            self.namespace
+                            self.namespace,
+                            reset.source().secret_name()
                         );
                     } else {
                         tracing::warn!(
@@ -257,9 +258,15 @@ impl CaBundleController {
 
     async fn load_or_create(&self) -> Result<(Arc<MeshCa>, ResetMarker), CaProblem> {
         let secrets = self.secrets();
-        if let Some(plugin) = secrets.get_opt(pki::PLUGIN_CA_SECRET).await.map_err(api)? {
+        // A `cacerts` a rotation retired (emptied, marked) is as good as absent.
+        if let Some(plugin) = secrets
+            .get_opt(pki::PLUGIN_CA_SECRET)
+            .await
+            .map_err(api)?
+            .filter(|s| !rotation::retired(s))
+        {
             return MeshCa::from_cacerts_secret(&secret_bytes(&plugin))
-                .map(|ca| (Arc::new(ca), None))
+                .map(|ca| (Arc::new(ca), reset_marker(&plugin)))
                 .map_err(|e| self.corrupted(pki::PLUGIN_CA_SECRET, e));
         }
         if let Some(own) = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? {
@@ -317,10 +324,53 @@ impl CaBundleController {
         ca: &MeshCa,
         marker: Option<&str>,
     ) -> Result<Option<(Arc<MeshCa>, ResetMarker)>, CaProblem> {
-        if ca.source() != pki::CaSource::SelfSigned {
-            return Ok(None);
-        }
         let secrets = self.secrets();
+        // A root rotation promotes into `cacerts` (to a plug-in CA) or retires it (from one):
+        // the Secret in force then carries the rotation's marker, which is adopted. Any other
+        // change of `cacerts` is left for a restart, as before rotations existed.
+        let plugin = secrets.get_opt(pki::PLUGIN_CA_SECRET).await.map_err(api)?;
+        // The rotation that retired `cacerts`, if one did.
+        let retired_by = plugin
+            .as_ref()
+            .filter(|s| rotation::retired(s))
+            .and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(rotation::RETIRED_ANNOTATION)
+                    .cloned()
+            });
+        if let Some(plugin) = plugin.filter(|s| !rotation::retired(s)) {
+            let promoted = reset_marker(&plugin).filter(|m| {
+                Some(m.as_str()) != marker && m.starts_with(rotation::PROMOTION_MARKER_PREFIX)
+            });
+            match promoted {
+                Some(new_marker) => {
+                    return MeshCa::from_cacerts_secret(&secret_bytes(&plugin))
+                        .map(|loaded| Some((Arc::new(loaded), Some(new_marker))))
+                        .map_err(|e| self.corrupted(pki::PLUGIN_CA_SECRET, e));
+                }
+                None if ca.source() != pki::CaSource::SelfSigned => return Ok(None),
+                // A `cacerts` made by hand beside a running self-signed CA: weft-ca is still
+                // the one kept below.
+                None => {}
+            }
+        } else if ca.source() != pki::CaSource::SelfSigned {
+            // `cacerts` was in force and a rotation to a self-signed root retired it, after
+            // marking `weft-ca` with the same marker. A `cacerts` merely deleted is not a
+            // rotation: this replica keeps the plug-in CA it holds until restarted.
+            let own = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)?;
+            let promoted = own
+                .as_ref()
+                .and_then(reset_marker)
+                .filter(|m| Some(m.as_str()) != marker && Some(m) == retired_by.as_ref());
+            return match (own, promoted) {
+                (Some(own), Some(new_marker)) => MeshCa::from_weft_ca_secret(&secret_bytes(&own))
+                    .map(|loaded| Some((Arc::new(loaded), Some(new_marker))))
+                    .map_err(|e| self.corrupted(pki::WEFT_CA_SECRET, e)),
+                _ => Ok(None),
+            };
+        }
         let Some(secret) = secrets.get_opt(pki::WEFT_CA_SECRET).await.map_err(api)? else {
             if !self.leading() {
                 return Ok(None);

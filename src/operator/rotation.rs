@@ -111,6 +111,12 @@ pub struct RotationState {
     /// it passed a dry signing; they are in `new_roots` from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_roots: Option<Vec<String>>,
+    /// A rotation to a plug-in CA (`weft ca rotate --cacerts <Secret>`): the Secret the user
+    /// gave, whose Istio keys the CLI copied into [`NEXT_CA_SECRET`]; when (b) ends the leader
+    /// writes them into Secret `cacerts`. None: the new root is a self-signed one for `weft-ca`
+    /// (and a `cacerts` in force is retired when (b) ends, see [`retired`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_plugin: Option<String>,
 }
 
 impl RotationState {
@@ -134,7 +140,18 @@ impl RotationState {
             waiting_for: String::new(),
             to_issuer: None,
             issuer_roots: None,
+            to_plugin: None,
         }
+    }
+
+    /// The fingerprints of the roots that leave in (c): the old ones not among the new (a new
+    /// plug-in CA under the same root as the old keeps it).
+    pub fn leaving(&self) -> BTreeSet<String> {
+        let new = fingerprints_of_pem(&self.new_roots);
+        fingerprints_of_pem(&self.old_roots)
+            .into_iter()
+            .filter(|f| !new.contains(f))
+            .collect()
     }
 
     /// The issuer this rotation switches to, parsed (None: the builtin root is replaced and
@@ -345,6 +362,7 @@ pub fn decide(state: &RotationState, observed: &Observed) -> Decision {
     }
     let old = fingerprints_of_pem(&state.old_roots);
     let new = fingerprints_of_pem(&state.new_roots);
+    let leaving = state.leaving();
     let reissued = fingerprints_of_pem(&state.reissued_roots());
     let connected: Vec<(&String, &ProxySeen)> = observed
         .proxies
@@ -380,7 +398,7 @@ pub fn decide(state: &RotationState, observed: &Observed) -> Decision {
         ),
         Phase::Dropping => (
             lagging(&connected, |p| {
-                p.bundle.is_disjoint(&old) && p.bundle.is_superset(&new)
+                p.bundle.is_disjoint(&leaving) && p.bundle.is_superset(&new)
             }),
             "to drop the old root",
             Decision::Enter {
@@ -440,6 +458,24 @@ pub enum AbortError {
     TooLate(Phase),
     #[error("no rotation is under way (the last one is {0}); nothing to abort")]
     NotActive(Phase),
+}
+
+/// Marks a Secret weft emptied instead of deleting it (the operator deletes nothing):
+/// `weft-ca-next` after a rotation, and `cacerts` after a rotation from a plug-in CA to a
+/// self-signed root. A retired Secret is as good as absent.
+pub const RETIRED_ANNOTATION: &str = "weft.dev/retired-by";
+
+/// Whether `secret` was retired by a rotation: it carries [`RETIRED_ANNOTATION`] and no data
+/// (new data written into it later, e.g. a plug-in CA put back by hand, makes it live again).
+pub fn retired(secret: &k8s_openapi::api::core::v1::Secret) -> bool {
+    let annotated = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(RETIRED_ANNOTATION));
+    let empty = secret.data.as_ref().is_none_or(|d| d.is_empty())
+        && secret.string_data.as_ref().is_none_or(|d| d.is_empty());
+    annotated && empty
 }
 
 /// The phase `--abort` moves to.
@@ -784,6 +820,93 @@ mod tests {
         )]);
         let read = RotationState::from_data(&data).unwrap().unwrap();
         assert_eq!(abort(&read), Ok(Phase::RollingBack));
+    }
+
+    #[test]
+    fn a_plug_in_ca_under_the_same_root_keeps_it_and_a_new_root_leaves_the_old() {
+        let w = world();
+        let (o, n) = (&w.old, &w.new);
+        // A new intermediate under the old root (new roots = the same root): nothing leaves,
+        // (b) is over at once (every leaf already chains to it), and (c) does not wait for the
+        // shared root to go, which it never would.
+        let mut same = w.state.clone();
+        same.new_roots = same.old_roots.clone();
+        same.to_plugin = Some("cacerts-next".into());
+        assert!(same.leaving().is_empty());
+        let obs = observed(&[("p", proxy(&[o], o, 999))]);
+        let b = same.entering(Phase::Reissuing, "t".into());
+        assert!(matches!(
+            decide(&b, &obs),
+            Decision::Enter {
+                to: Phase::Dropping,
+                promote: true,
+                ..
+            }
+        ));
+        let c = b.entering(Phase::Dropping, "t".into());
+        assert!(matches!(
+            decide(&c, &obs),
+            Decision::Enter {
+                to: Phase::Done,
+                ..
+            }
+        ));
+        // An abort of it rolls back at once too: every leaf chains to the root that stays.
+        assert!(matches!(
+            decide(&b.entering(Phase::RollingBack, "t".into()), &obs),
+            Decision::Enter {
+                to: Phase::Aborted,
+                ..
+            }
+        ));
+        // A new root whose root-cert.pem also carries the old one (Istio's combined bundle):
+        // the old root is kept, (c) waits only for the new one to be held.
+        let mut combined = w.state.clone();
+        combined.new_roots.push(combined.old_roots[0].clone());
+        assert!(combined.leaving().is_empty());
+        // A new root alone: the old one leaves, and (c) waits until no proxy holds it.
+        assert_eq!(w.state.leaving(), BTreeSet::from([o.clone()]));
+        let c = w.state.entering(Phase::Dropping, "t".into());
+        assert!(matches!(
+            decide(&c, &observed(&[("p", proxy(&[o, n], n, 999))])),
+            Decision::Wait(_)
+        ));
+        // The state of a plug-in rotation round-trips, and one written before the field
+        // existed reads as a builtin rotation.
+        let data = BTreeMap::from([(STATE_KEY.to_string(), serde_json::to_string(&same).unwrap())]);
+        assert_eq!(RotationState::from_data(&data), Ok(Some(same.clone())));
+        let mut older = serde_json::to_value(&w.state).unwrap();
+        older.as_object_mut().unwrap().remove("toPlugin");
+        let data = BTreeMap::from([(STATE_KEY.to_string(), older.to_string())]);
+        assert_eq!(
+            RotationState::from_data(&data).unwrap().unwrap().to_plugin,
+            None
+        );
+    }
+
+    #[test]
+    fn a_secret_is_retired_only_when_marked_and_empty() {
+        let secret = |annotated: bool, data: bool| {
+            let mut s = k8s_openapi::api::core::v1::Secret::default();
+            if annotated {
+                s.metadata.annotations = Some(BTreeMap::from([(
+                    RETIRED_ANNOTATION.to_string(),
+                    "rotation-r1".to_string(),
+                )]));
+            }
+            if data {
+                s.data = Some(BTreeMap::from([(
+                    "ca-cert.pem".to_string(),
+                    k8s_openapi::ByteString(b"x".to_vec()),
+                )]));
+            }
+            s
+        };
+        assert!(retired(&secret(true, false)));
+        // New material written into it by hand makes it live again.
+        assert!(!retired(&secret(true, true)));
+        assert!(!retired(&secret(false, false)));
+        assert!(!retired(&secret(false, true)));
     }
 
     #[test]

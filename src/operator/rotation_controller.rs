@@ -321,7 +321,14 @@ impl RotationController {
         };
         let data = secret_bytes(&secret);
         if loaded.next_data.as_ref() != Some(&data) || loaded.next.is_none() {
-            let ca = MeshCa::from_weft_ca_secret(&data).map_err(|e| {
+            // A plug-in CA's material keeps Istio's keys (`weft ca rotate --cacerts`).
+            let plugin = state.as_ref().is_some_and(|s| s.to_plugin.is_some());
+            let loaded_ca = if plugin {
+                MeshCa::from_cacerts_secret(&data)
+            } else {
+                MeshCa::from_weft_ca_secret(&data)
+            };
+            let ca = loaded_ca.map_err(|e| {
                 format!(
                     "Secret {}/{NEXT_CA_SECRET} does not hold a usable root ({e}); \
                      `weft ca rotate --abort` while in phase (a) or (b)",
@@ -416,7 +423,7 @@ impl RotationController {
                     // Emptied, not deleted (the operator deletes nothing, config/rbac): its key
                     // is weft-ca's now, or was abandoned; the next `weft ca rotate` replaces it.
                     let empty = serde_json::json!({
-                        "metadata": {"annotations": {"weft.dev/retired-by": state.marker()}},
+                        "metadata": {"annotations": {rotation::RETIRED_ANNOTATION: state.marker()}},
                         "data": null,
                     });
                     match self
@@ -443,7 +450,7 @@ impl RotationController {
         let new = fingerprints_of_pem(&state.new_roots);
         // What every bundle must hold, and must not, in this phase.
         let (required, forbidden): (BTreeSet<String>, BTreeSet<String>) = match state.phase {
-            Phase::Dropping => (new.clone(), old.clone()),
+            Phase::Dropping => (new.clone(), state.leaving()),
             _ => (old.union(&new).cloned().collect(), BTreeSet::new()),
         };
         let judge = |what: String, pem: Option<&str>| -> Option<String> {
@@ -532,18 +539,57 @@ impl RotationController {
         })
     }
 
-    /// Writes the new root into Secret `weft-ca` with this rotation's marker: every replica
-    /// adopts it as its base CA, and a restarted replica loads it.
+    /// Writes the new root into the Secret the mesh CA is loaded from, with this rotation's
+    /// marker: Secret `weft-ca` (and a `cacerts` in force is retired, so `weft-ca` is loaded),
+    /// or Secret `cacerts` for a plug-in CA. Every replica adopts it as its base CA, and a
+    /// restarted replica loads it. Each part is skipped once it took, so every (c) pass may
+    /// call this.
     async fn promote(&self, state: &RotationState) -> Result<(), String> {
-        let promoted = self
-            .secrets()
-            .get_metadata_opt(pki::WEFT_CA_SECRET)
+        let marker_of = |s: &Secret| {
+            s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RESET_ANNOTATION).cloned())
+        };
+        let secrets = self.secrets();
+        let plugin = secrets
+            .get_opt(pki::PLUGIN_CA_SECRET)
             .await
-            .map_err(|e| e.to_string())?
-            .and_then(|m| m.metadata.annotations?.get(RESET_ANNOTATION).cloned())
-            .is_some_and(|marker| marker == state.marker());
-        if !promoted {
-            self.promote_root(state).await?;
+            .map_err(|e| e.to_string())?;
+        if state.to_plugin.is_some() {
+            let promoted = plugin
+                .as_ref()
+                .is_some_and(|s| !rotation::retired(s) && marker_of(s) == Some(state.marker()));
+            if !promoted {
+                self.promote_into(state, pki::PLUGIN_CA_SECRET, plugin.is_some())
+                    .await?;
+            }
+        } else {
+            let own = secrets
+                .get_opt(pki::WEFT_CA_SECRET)
+                .await
+                .map_err(|e| e.to_string())?;
+            if own.as_ref().and_then(marker_of) != Some(state.marker()) {
+                self.promote_into(state, pki::WEFT_CA_SECRET, own.is_some())
+                    .await?;
+            }
+            // From a plug-in CA to a self-signed root: `cacerts` would win over `weft-ca` at
+            // the next load, so it is emptied (the operator deletes nothing) and marked.
+            if plugin.as_ref().is_some_and(|s| !rotation::retired(s)) {
+                let retire = serde_json::json!({
+                    "metadata": {"annotations": {rotation::RETIRED_ANNOTATION: state.marker()}},
+                    "data": null,
+                });
+                secrets
+                    .patch(
+                        pki::PLUGIN_CA_SECRET,
+                        &PatchParams::default(),
+                        &Patch::Merge(&retire),
+                    )
+                    .await
+                    .map_err(|e| format!("retiring Secret {}: {e}", pki::PLUGIN_CA_SECRET))?;
+                tracing::info!(rotation = %state.id, "root rotation: Secret cacerts is retired (emptied); weft-ca's new root is the mesh root");
+            }
         }
         if let Some(to) = &state.to_issuer {
             self.promote_issuer(to).await?;
@@ -551,8 +597,15 @@ impl RotationController {
         Ok(())
     }
 
-    /// Writes Secret `weft-ca-next`'s root and key into Secret `weft-ca`, with the marker.
-    async fn promote_root(&self, state: &RotationState) -> Result<(), String> {
+    /// Writes Secret `weft-ca-next`'s material into Secret `target` (`weft-ca`: `ca.crt`,
+    /// `ca.key`; `cacerts`: Istio's four keys, `cert-chain.pem` removed when the new material
+    /// has none), with the marker; created when it does not exist (`exists` false).
+    async fn promote_into(
+        &self,
+        state: &RotationState,
+        target: &str,
+        exists: bool,
+    ) -> Result<(), String> {
         let next = self
             .secrets()
             .get_opt(NEXT_CA_SECRET)
@@ -564,34 +617,57 @@ impl RotationController {
                 )
             })?;
         let data = secret_bytes(&next);
-        let mut patch_data = serde_json::Map::new();
-        for key in [pki::WEFT_CA_CERT_KEY, pki::WEFT_CA_KEY_KEY] {
-            let value = data
-                .get(key)
-                .ok_or_else(|| format!("Secret {NEXT_CA_SECRET} has no key {key}"))?;
-            patch_data.insert(
-                key.to_string(),
-                serde_json::to_value(ByteString(value.clone())).map_err(|e| e.to_string())?,
-            );
-        }
-        let patch = serde_json::json!({
-            "metadata": {"annotations": {RESET_ANNOTATION: state.marker()}},
-            "data": patch_data,
-        });
-        self.secrets()
-            .patch(
-                pki::WEFT_CA_SECRET,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
+        let (required, optional): (&[&str], &[&str]) = if state.to_plugin.is_some() {
+            (
+                &[
+                    pki::PLUGIN_CA_CERT_KEY,
+                    pki::PLUGIN_CA_KEY_KEY,
+                    pki::PLUGIN_ROOT_CERT_KEY,
+                ],
+                &[pki::PLUGIN_CERT_CHAIN_KEY],
             )
-            .await
-            .map_err(|e| {
-                format!(
-                    "writing the new root into Secret {}: {e}",
-                    pki::WEFT_CA_SECRET
-                )
-            })?;
-        tracing::info!(rotation = %state.id, "root rotation: the new root is now Secret weft-ca's");
+        } else {
+            (&[pki::WEFT_CA_CERT_KEY, pki::WEFT_CA_KEY_KEY], &[])
+        };
+        let mut patch_data = serde_json::Map::new();
+        for &key in required.iter().chain(optional) {
+            let value = match data.get(key) {
+                Some(value) => {
+                    serde_json::to_value(ByteString(value.clone())).map_err(|e| e.to_string())?
+                }
+                None if optional.contains(&key) => serde_json::Value::Null,
+                None => return Err(format!("Secret {NEXT_CA_SECRET} has no key {key}")),
+            };
+            patch_data.insert(key.to_string(), value);
+        }
+        let failed = |e: kube::Error| format!("writing the new root into Secret {target}: {e}");
+        if exists {
+            // Merge: the user's labels and other annotations on `cacerts` stay; the retired
+            // mark (if any) goes.
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {RESET_ANNOTATION: state.marker(),
+                                             rotation::RETIRED_ANNOTATION: null}},
+                "data": patch_data,
+            });
+            self.secrets()
+                .patch(target, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(failed)?;
+        } else {
+            let secret: Secret = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": target, "namespace": self.namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "weft"},
+                             "annotations": {RESET_ANNOTATION: state.marker()}},
+                "data": patch_data.into_iter().filter(|(_, v)| !v.is_null()).collect::<serde_json::Map<_, _>>(),
+            }))
+            .map_err(|e| e.to_string())?;
+            self.secrets()
+                .create(&PostParams::default(), &secret)
+                .await
+                .map_err(failed)?;
+        }
+        tracing::info!(rotation = %state.id, "root rotation: the new root is now Secret {target}'s");
         Ok(())
     }
 
@@ -728,4 +804,349 @@ pub(crate) fn secret_bytes(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
             .map(|(k, v)| (k, v.into_bytes())),
     );
     out
+}
+
+/// The leader's writes against a fake API server: what it writes, in which order, and what it
+/// leaves alone when a write is refused.
+#[cfg(test)]
+mod controller_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::rotation::fingerprint;
+
+    const NS: &str = "weft-system";
+    const CM: &str = "/api/v1/namespaces/weft-system/configmaps";
+    const SECRETS: &str = "/api/v1/namespaces/weft-system/secrets";
+
+    type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    /// A client whose API server answers `respond(method, path)` with (status, body) and
+    /// records (method, path, request body) of every request.
+    fn fake_client(
+        respond: impl Fn(&str, &str) -> (u16, serde_json::Value) + Send + Sync + Clone + 'static,
+    ) -> (Client, Calls) {
+        let calls: Calls = Arc::default();
+        let recorded = calls.clone();
+        let service = tower::service_fn(move |req: hyper::Request<kube::client::Body>| {
+            let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+            let (status, body) = respond(&method, &path);
+            let recorded = recorded.clone();
+            async move {
+                let sent = req.into_body().collect_bytes().await.unwrap_or_default();
+                if let Ok(mut calls) = recorded.lock() {
+                    calls.push((method, path, String::from_utf8_lossy(&sent).into_owned()));
+                }
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(body.to_string().into_bytes()))
+            }
+        });
+        (Client::new(service, "default"), calls)
+    }
+
+    fn status(code: u16, reason: &str) -> (u16, serde_json::Value) {
+        (
+            code,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": reason, "reason": reason, "code": code}),
+        )
+    }
+
+    fn root() -> MeshCa {
+        MeshCa::generate_root("cluster.local", Duration::from_secs(86_400)).unwrap()
+    }
+
+    fn fp(ca: &MeshCa) -> String {
+        fingerprint(&pki::certificates_from_pem(&ca.own_roots_pem()).unwrap()[0])
+    }
+
+    fn secret_json(
+        name: &str,
+        data: &BTreeMap<String, String>,
+        marker: Option<&str>,
+    ) -> serde_json::Value {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    serde_json::to_value(ByteString(v.clone().into_bytes())).unwrap(),
+                )
+            })
+            .collect();
+        let annotations = marker
+            .map(|m| serde_json::json!({RESET_ANNOTATION: m}))
+            .unwrap_or_else(|| serde_json::json!({}));
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS, "annotations": annotations},
+            "data": data})
+    }
+
+    fn controller(client: Client, ca: Arc<MeshCa>) -> RotationController {
+        RotationController {
+            client,
+            namespace: NS.into(),
+            instance: "weft-operator-0".into(),
+            view: watch::channel(RotationView::default()).0,
+            acks: Acks::default(),
+            ca: watch::channel(Some(ca)).1,
+            issuer: watch::channel(super::super::issuer::IssuerStatus::default()).1,
+            leading: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn writes(calls: &Calls) -> Vec<(String, String, String)> {
+        calls
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(m, _, _)| m != "GET")
+            .collect()
+    }
+
+    /// The end of (b) as the leader sees it: every bundle holds both roots and the one proxy
+    /// holds a new-root certificate, so it enters (c) and promotes. `rotation_write` answers
+    /// the leader's write of the state ConfigMap.
+    fn end_of_b(
+        rotation_write: (u16, serde_json::Value),
+    ) -> (RotationController, RotationState, Calls) {
+        let (old, new) = (root(), root());
+        let state = RotationState::new(
+            "r1".into(),
+            vec![old.own_roots_pem()],
+            vec![new.own_roots_pem()],
+            10,
+            "2026-12-06T08:00:00Z".into(),
+        )
+        .entering(Phase::Reissuing, "2026-12-06T08:00:20Z".into());
+        let both = format!("{}{}", old.own_roots_pem(), new.own_roots_pem());
+        let seen = ProxySeen {
+            identity: "spiffe://cluster.local/ns/a/sa/b".into(),
+            bundle: [fp(&old), fp(&new)].into_iter().collect(),
+            leaf_root: Some(fp(&new)),
+            seen: now_unix(),
+        };
+        let acks = serde_json::to_string(&BTreeMap::from([("p".to_string(), seen)])).unwrap();
+        let next_data = new.to_secret_data();
+        let (client, calls) = fake_client(move |method, path| {
+            let root_cm = format!("{CM}/{}", contract::ROOT_CERT_CONFIGMAP);
+            let acks_cm = format!("{CM}/{ACKS_CONFIGMAP}");
+            let state_cm = format!("{CM}/{ROTATION_CONFIGMAP}");
+            let next = format!("{SECRETS}/{NEXT_CA_SECRET}");
+            match method {
+                "GET" if path == root_cm => (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": contract::ROOT_CERT_CONFIGMAP, "namespace": NS},
+                        "data": {contract::ROOT_CERT_KEY: both}}),
+                ),
+                "GET" if path == acks_cm => (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": ACKS_CONFIGMAP, "namespace": NS},
+                        "data": {"weft-operator-0": acks}}),
+                ),
+                "GET" if path == next => (200, secret_json(NEXT_CA_SECRET, &next_data, None)),
+                "PATCH" if path == state_cm => rotation_write.clone(),
+                "PATCH" | "POST" if path.starts_with(SECRETS) => (
+                    200,
+                    secret_json(pki::WEFT_CA_SECRET, &next_data, Some("rotation-r1")),
+                ),
+                _ => status(404, "NotFound"),
+            }
+        });
+        let trusting = Arc::new(old.also_trusting(&[new.own_roots_pem()]).unwrap());
+        (controller(client, trusting), state, calls)
+    }
+
+    /// Commit 1d8141f: an abort written while the leader ends (b) makes the leader's write of
+    /// (c) fail (409 over the version it read), and then nothing is promoted: `weft-ca` keeps
+    /// the old root that RollingBack goes back to. Promoting before writing the phase left
+    /// `weft-ca` on the new root while RollingBack waited for the old one, for ever.
+    #[tokio::test]
+    async fn an_abort_racing_the_end_of_b_leaves_weft_ca_on_the_old_root() {
+        let (leader, state, calls) = end_of_b(status(409, "Conflict"));
+        let outcome = leader.lead(&state, Some("41")).await;
+        let err = outcome.expect_err("the phase write was refused");
+        assert!(err.contains(ROTATION_CONFIGMAP), "{err}");
+        let writes = writes(&calls);
+        assert_eq!(writes.len(), 1, "only the refused phase write: {writes:?}");
+        assert_eq!(writes[0].0, "PATCH");
+        assert!(writes[0].1.ends_with(ROTATION_CONFIGMAP), "{writes:?}");
+        assert!(
+            writes[0].2.contains("\"resourceVersion\":\"41\"") && writes[0].2.contains("Dropping"),
+            "the write is over the version read: {}",
+            writes[0].2
+        );
+        assert!(
+            !writes.iter().any(|(_, path, _)| path.starts_with(SECRETS)),
+            "a Secret was written for a rotation going back: {writes:?}"
+        );
+    }
+
+    /// The same pass when no abort came: the phase is written first, then `weft-ca` gets the
+    /// new root with the rotation's marker (so the test above would see a promotion).
+    #[tokio::test]
+    async fn without_an_abort_the_end_of_b_writes_the_phase_then_promotes() {
+        let (leader, state, calls) = end_of_b((
+            200,
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": ROTATION_CONFIGMAP, "namespace": NS}}),
+        ));
+        leader.lead(&state, Some("41")).await.unwrap();
+        let writes = writes(&calls);
+        let order: Vec<String> = writes
+            .iter()
+            .map(|(m, p, _)| format!("{m} {}", p.rsplit('/').next().unwrap_or_default()))
+            .collect();
+        // weft-ca did not exist in this fake API: it is created, with the marker.
+        assert_eq!(
+            order,
+            ["PATCH weft-ca-rotation", "POST secrets"],
+            "{writes:?}"
+        );
+        assert!(writes[1].2.contains("rotation-r1"), "{}", writes[1].2);
+    }
+
+    /// `weft ca rotate --cacerts`: the new plug-in CA (Istio's keys, in weft-ca-next) goes into
+    /// Secret cacerts with the marker, chain removed when the new material has none; once it
+    /// carries the marker, a later (c) pass writes nothing.
+    #[tokio::test]
+    async fn a_new_plug_in_ca_is_promoted_into_cacerts_once() {
+        let (old, new) = (root(), root());
+        let plugin_data = |ca: &MeshCa| {
+            let pem = ca.own_roots_pem();
+            let key = ca.to_secret_data()[pki::WEFT_CA_KEY_KEY].clone();
+            BTreeMap::from([
+                (pki::PLUGIN_CA_CERT_KEY.to_string(), pem.clone()),
+                (pki::PLUGIN_CA_KEY_KEY.to_string(), key),
+                (pki::PLUGIN_ROOT_CERT_KEY.to_string(), pem),
+            ])
+        };
+        let (old_data, new_data) = (plugin_data(&old), plugin_data(&new));
+        assert!(
+            MeshCa::from_cacerts_secret(
+                &new_data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                    .collect()
+            )
+            .is_ok()
+        );
+        let mut state = RotationState::new(
+            "r2".into(),
+            vec![old.own_roots_pem()],
+            vec![new.own_roots_pem()],
+            10,
+            "t".into(),
+        )
+        .entering(Phase::Dropping, "t".into());
+        state.to_plugin = Some("cacerts-next".into());
+        for (cacerts_marker, expect_write) in [(None, true), (Some("rotation-r2"), false)] {
+            let (old_data, new_served) = (old_data.clone(), new_data.clone());
+            let (client, calls) = fake_client(move |method, path| {
+                let new_data = &new_served;
+                match (method, path.strip_prefix(SECRETS).unwrap_or(path)) {
+                    ("GET", "/cacerts") => (200, secret_json("cacerts", &old_data, cacerts_marker)),
+                    ("GET", "/weft-ca-next") => (200, secret_json(NEXT_CA_SECRET, new_data, None)),
+                    ("PATCH", "/cacerts") => {
+                        (200, secret_json("cacerts", new_data, Some("rotation-r2")))
+                    }
+                    _ => status(404, "NotFound"),
+                }
+            });
+            let leader = controller(client, Arc::new(old.also_trusting(&[]).unwrap()));
+            leader.promote(&state).await.unwrap();
+            let writes = writes(&calls);
+            if !expect_write {
+                assert!(writes.is_empty(), "promoted twice: {writes:?}");
+                continue;
+            }
+            assert_eq!(writes.len(), 1, "{writes:?}");
+            let (method, path, body) = &writes[0];
+            assert_eq!(
+                (method.as_str(), path.as_str()),
+                ("PATCH", "/api/v1/namespaces/weft-system/secrets/cacerts")
+            );
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                body["metadata"]["annotations"][RESET_ANNOTATION],
+                "rotation-r2"
+            );
+            assert!(body["metadata"]["annotations"][rotation::RETIRED_ANNOTATION].is_null());
+            assert!(
+                body["data"]["cert-chain.pem"].is_null(),
+                "the old chain goes: {body}"
+            );
+            let written = |key: &str| {
+                body["data"][key]
+                    .as_str()
+                    .and_then(|b| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.decode(b).ok()
+                    })
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            };
+            for key in [
+                pki::PLUGIN_CA_CERT_KEY,
+                pki::PLUGIN_CA_KEY_KEY,
+                pki::PLUGIN_ROOT_CERT_KEY,
+            ] {
+                assert_eq!(written(key), new_data[key], "{key}");
+            }
+        }
+    }
+
+    /// From a plug-in CA to a self-signed root: `weft-ca` gets the new root with the marker,
+    /// then `cacerts` is retired (data removed, marked), because it would win at the next load.
+    #[tokio::test]
+    async fn rotating_off_a_plug_in_ca_promotes_weft_ca_then_retires_cacerts() {
+        let (old, new) = (root(), root());
+        let state = RotationState::new(
+            "r3".into(),
+            vec![old.own_roots_pem()],
+            vec![new.own_roots_pem()],
+            10,
+            "t".into(),
+        )
+        .entering(Phase::Dropping, "t".into());
+        let new_data = new.to_secret_data();
+        let old_plugin = BTreeMap::from([
+            (pki::PLUGIN_CA_CERT_KEY.to_string(), old.own_roots_pem()),
+            (pki::PLUGIN_ROOT_CERT_KEY.to_string(), old.own_roots_pem()),
+        ]);
+        let (client, calls) = fake_client(move |method, path| {
+            match (method, path.strip_prefix(SECRETS).unwrap_or(path)) {
+                ("GET", "/cacerts") => (200, secret_json("cacerts", &old_plugin, None)),
+                ("GET", "/weft-ca") => (200, secret_json("weft-ca", &BTreeMap::new(), None)),
+                ("GET", "/weft-ca-next") => (200, secret_json(NEXT_CA_SECRET, &new_data, None)),
+                ("PATCH", _) => (200, secret_json("x", &BTreeMap::new(), None)),
+                _ => status(404, "NotFound"),
+            }
+        });
+        let leader = controller(client, Arc::new(old.also_trusting(&[]).unwrap()));
+        leader.promote(&state).await.unwrap();
+        let writes = writes(&calls);
+        let order: Vec<&str> = writes
+            .iter()
+            .map(|(_, p, _)| p.rsplit('/').next().unwrap_or_default())
+            .collect();
+        assert_eq!(order, ["weft-ca", "cacerts"], "{writes:?}");
+        let retire: serde_json::Value = serde_json::from_str(&writes[1].2).unwrap();
+        assert!(retire["data"].is_null(), "{retire}");
+        assert_eq!(
+            retire["metadata"]["annotations"][rotation::RETIRED_ANNOTATION],
+            "rotation-r3"
+        );
+        // What the retired Secret then looks like counts as absent.
+        let retired: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cacerts", "annotations": {rotation::RETIRED_ANNOTATION: "rotation-r3"}}
+        }))
+        .unwrap();
+        assert!(rotation::retired(&retired));
+    }
 }

@@ -233,7 +233,8 @@ fn phase() -> String {
 }
 
 /// Whether every meshed pod of `mesh` presents a certificate that `openssl verify` chains to
-/// `root` and not to `not`; Err names the first that does not.
+/// `root` (through the intermediates it serves with it) and not to `not`; Err names the first
+/// that does not.
 fn every_proxy_chains_to(mesh: &support::Namespace, root: &str, not: &str) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!(
         "weft-rotation-{}-{}",
@@ -252,11 +253,17 @@ fn every_proxy_chains_to(mesh: &support::Namespace, root: &str, not: &str) -> Re
     }
     for ip in ips {
         let leaf = dir.join(format!("{ip}.pem"));
+        // Everything the proxy serves: the leaf, then a plug-in CA's intermediate(s), given
+        // to openssl as untrusted (only the root file is trusted).
+        let served = dir.join(format!("{ip}-chain.pem"));
         let script = format!(
-            "openssl s_client -connect {ip}:8080 -alpn weft/1 </dev/null 2>/dev/null \
-             | openssl x509 -out {leaf} && openssl verify -CAfile {root} {leaf} && \
-             ! openssl verify -CAfile {not} {leaf} >/dev/null 2>&1",
+            "openssl s_client -connect {ip}:8080 -alpn weft/1 -showcerts </dev/null 2>/dev/null \
+             | sed -n '/BEGIN CERTIFICATE/,/END CERTIFICATE/p' > {served} && \
+             openssl x509 -in {served} -out {leaf} && \
+             openssl verify -CAfile {root} -untrusted {served} {leaf} && \
+             ! openssl verify -CAfile {not} -untrusted {served} {leaf} >/dev/null 2>&1",
             leaf = leaf.display(),
+            served = served.display(),
             root = dir.join("root.pem").display(),
             not = dir.join("not.pem").display(),
         );
@@ -928,6 +935,300 @@ fn a_switch_from_builtin_to_vault_and_back_is_a_rotation_with_no_failed_request(
     );
     bundles_settle_on(c, &builtin_root, &vault_root);
     every_proxy_chains_to(&mesh, &builtin_root, &vault_root).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A plug-in CA made with openssl as Istio's "plug in CA certificates" task does: a root and
+/// an intermediate it signs, in a Secret `name` of weft-system with Istio's `cacerts` keys.
+/// Returns the root's PEM.
+fn plugin_ca_secret(c: &Cluster, name: &str, cn: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("weft-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let script = format!(
+        "set -e
+         genkey() {{ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1; }}
+         genkey root-key.pem
+         openssl req -x509 -new -key root-key.pem -subj '/O=weft-e2e/CN={cn} Root CA' -days 3650 \
+           -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' \
+           -out root-cert.pem
+         genkey ca-key.pem
+         openssl req -new -key ca-key.pem -subj '/O=weft-e2e/CN={cn} Intermediate CA' -out ca.csr
+         printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,keyCertSign,cRLSign\\nsubjectKeyIdentifier=hash\\nauthorityKeyIdentifier=keyid\\n' > ext.cnf
+         openssl x509 -req -in ca.csr -CA root-cert.pem -CAkey root-key.pem -CAcreateserial -days 1825 \
+           -extfile ext.cnf -out ca-cert.pem 2>/dev/null
+         cat ca-cert.pem root-cert.pem > cert-chain.pem"
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", text(&out));
+    let file = |f: &str| format!("--from-file={}", dir.join(f).display());
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        name,
+        &file("ca-cert.pem"),
+        &file("ca-key.pem"),
+        &file("root-cert.pem"),
+        &file("cert-chain.pem"),
+    ]);
+    let root = std::fs::read_to_string(dir.join("root-cert.pem")).expect("root-cert.pem");
+    let _ = std::fs::remove_dir_all(&dir);
+    root
+}
+
+/// Key `key` of Secret weft-system/`name`, decoded ("" when absent).
+fn secret_key(c: &Cluster, name: &str, key: &str) -> String {
+    let out = c.kubectl(&[
+        "-n",
+        "weft-system",
+        "get",
+        "secret",
+        name,
+        "-o",
+        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+    ]);
+    if !out.status.success() {
+        return String::new();
+    }
+    let b64 = String::from_utf8_lossy(&out.stdout).into_owned();
+    let decoded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("echo '{}' | base64 -d", b64.trim()))
+        .output()
+        .expect("base64");
+    String::from_utf8_lossy(&decoded.stdout).into_owned()
+}
+
+/// However the plug-in test ends, the mesh goes back to a self-signed root (a rotation, so
+/// the other tests' pods keep working) and the test's Secrets go.
+struct BackFromPlugin(&'static Cluster);
+
+impl Drop for BackFromPlugin {
+    fn drop(&mut self) {
+        let _ = weft(&["ca", "rotate", "--abort"]);
+        if !secret_key(self.0, "cacerts", "root-cert.pem").is_empty() {
+            let _ = wait_for(Duration::from_secs(120), phase, |p| {
+                p != "Trusting" && p != "Reissuing" && p != "Dropping" && p != "RollingBack"
+            });
+            let _ = weft(&["ca", "rotate", "--yes", "--renew-within", "10s"]);
+            let _ = follow_to_the_end(Duration::from_secs(300));
+        }
+        for name in ["cacerts", "cacerts-a", "cacerts-b", "cacerts-bad"] {
+            let _ = self.0.kubectl(&[
+                "-n",
+                "weft-system",
+                "delete",
+                "secret",
+                name,
+                "--ignore-not-found",
+            ]);
+        }
+    }
+}
+
+/// One rotation under the loadgen's traffic: `args` started with `--yes`, followed to the end;
+/// asserts Done through (a), (b), (c) and no failed request, and returns the seconds it took.
+fn rotate_under_traffic(c: &Cluster, mesh: &support::Namespace, what: &str, args: &[&str]) -> i64 {
+    let started = unix_now();
+    let go = weft(args);
+    assert!(go.status.success(), "{what}: {}", text(&go));
+    let last = follow_to_the_end(Duration::from_secs(420));
+    let finished = unix_now();
+    assert!(last.contains("phase Done"), "{what}: {last}");
+    assert_eq!(
+        phases_of(c),
+        ["Trusting", "Reissuing", "Dropping", "Done"],
+        "{what}: {}",
+        state(c)
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(mesh, started - 2, finished + 5);
+    eprintln!(
+        "{what}: {}s, {ok} requests answered, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{what}: failed requests: {failed:?}");
+    assert!(
+        ok as i64 >= finished - started,
+        "{what}: only {ok} requests"
+    );
+    finished - started
+}
+
+/// Istio's plug-in CA (`cacerts`) under steady traffic: `weft ca rotate --cacerts <Secret>`
+/// moves the mesh from the builtin root to a plug-in CA (root + intermediate made with
+/// openssl), then to another plug-in CA (the Istio user's rotation of `cacerts`), then back to
+/// a self-signed root, each through (a), (b), (c) with no failed request; after each no
+/// trust bundle holds the root that left and every proxy's certificate chains to the new one.
+#[test]
+fn a_new_cacerts_replaces_the_root_under_steady_traffic_with_no_failed_request() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let _restore = BackFromPlugin(c);
+    let builtin_root = root_pem(c);
+    assert_eq!(body(&secret_cert(c, "weft-ca")), body(&builtin_root));
+    let mesh = meshed_with_traffic(c, "rotate-cacerts");
+    let root_a = plugin_ca_secret(c, "cacerts-a", "Plugin A");
+    let root_b = plugin_ca_secret(c, "cacerts-b", "Plugin B");
+
+    // Bad input, refused before anything changes: the Secret the material goes into, one that
+    // does not exist, and a key that is not the intermediate's.
+    let before = state(c);
+    for (args, says) in [
+        (vec!["--cacerts", "cacerts"], "not cacerts"),
+        (vec!["--cacerts", "no-such-secret"], "does not exist"),
+    ] {
+        let out = weft(&[&["ca", "rotate", "--yes"][..], &args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    let wrong_key = secret_key(c, "cacerts-b", "ca-key.pem");
+    let dir = std::env::temp_dir().join(format!("weft-cacerts-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for key in ["ca-cert.pem", "root-cert.pem", "cert-chain.pem"] {
+        std::fs::write(dir.join(key), secret_key(c, "cacerts-a", key)).expect("write");
+    }
+    std::fs::write(dir.join("ca-key.pem"), wrong_key).expect("write");
+    let file = |f: &str| format!("--from-file={}", dir.join(f).display());
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        "cacerts-bad",
+        &file("ca-cert.pem"),
+        &file("ca-key.pem"),
+        &file("root-cert.pem"),
+        &file("cert-chain.pem"),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let bad = weft(&["ca", "rotate", "--yes", "--cacerts", "cacerts-bad"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("cacerts-bad")
+            && text(&bad).contains("ca-key.pem is not the private key"),
+        "{}",
+        text(&bad)
+    );
+    // Without --yes: says what it does, changes nothing.
+    let dry = weft(&["ca", "rotate", "--cacerts", "cacerts-a"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        text(&dry).contains("to the plug-in CA of Secret weft-system/cacerts-a")
+            && text(&dry).contains("Plugin A Intermediate CA")
+            && text(&dry).contains("run again with --yes"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(
+        state(c),
+        before,
+        "a refused or dry run wrote a rotation state"
+    );
+    let _guard = AbortIfUnderWay;
+
+    // builtin -> plug-in CA A.
+    rotate_under_traffic(
+        c,
+        &mesh,
+        "builtin -> cacerts A",
+        &[
+            "ca",
+            "rotate",
+            "--yes",
+            "--cacerts",
+            "cacerts-a",
+            "--renew-within",
+            "10s",
+        ],
+    );
+    assert!(
+        text(&weft(&["ca", "rotate", "status"]))
+            .contains("Rotating to: the plug-in CA of Secret cacerts-a"),
+    );
+    assert_eq!(
+        body(&secret_key(c, "cacerts", "root-cert.pem")),
+        body(&root_a)
+    );
+    assert_eq!(
+        secret_key(c, "cacerts", "ca-cert.pem"),
+        secret_key(c, "cacerts-a", "ca-cert.pem"),
+        "cacerts holds A's intermediate"
+    );
+    assert!(secret_cert(c, "weft-ca-next").is_empty());
+    bundles_settle_on(c, &root_a, &builtin_root);
+    every_proxy_chains_to(&mesh, &root_a, &builtin_root).unwrap_or_else(|e| panic!("{e}"));
+
+    // Plug-in CA A -> plug-in CA B: the rotation of cacerts an Istio user does by hand.
+    rotate_under_traffic(
+        c,
+        &mesh,
+        "cacerts A -> cacerts B",
+        &[
+            "ca",
+            "rotate",
+            "--yes",
+            "--cacerts",
+            "cacerts-b",
+            "--renew-within",
+            "10s",
+        ],
+    );
+    assert_eq!(
+        body(&secret_key(c, "cacerts", "root-cert.pem")),
+        body(&root_b)
+    );
+    bundles_settle_on(c, &root_b, &root_a);
+    every_proxy_chains_to(&mesh, &root_b, &root_a).unwrap_or_else(|e| panic!("{e}"));
+    let status = text(&weft(&["ca", "rotate", "status"]));
+    assert!(
+        status.contains("still trusting the old root: 0"),
+        "{status}"
+    );
+
+    // Plug-in CA B -> a new self-signed root: cacerts is retired (emptied, marked), weft-ca
+    // holds the new root.
+    rotate_under_traffic(
+        c,
+        &mesh,
+        "cacerts B -> builtin",
+        &["ca", "rotate", "--yes", "--renew-within", "10s"],
+    );
+    assert!(
+        secret_key(c, "cacerts", "root-cert.pem").is_empty(),
+        "cacerts still holds a CA"
+    );
+    let retired = c.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "secret",
+        "cacerts",
+        "-o",
+        "jsonpath={.metadata.annotations.weft\\.dev/retired-by}",
+    ]);
+    assert!(
+        retired.starts_with("rotation-"),
+        "cacerts not marked retired: {retired:?}"
+    );
+    let new_builtin = secret_cert(c, "weft-ca");
+    assert!(body(&new_builtin) != body(&builtin_root) && !new_builtin.is_empty());
+    bundles_settle_on(c, &new_builtin, &root_b);
+    every_proxy_chains_to(&mesh, &new_builtin, &root_b).unwrap_or_else(|e| panic!("{e}"));
+    // weft check does not take the retired Secret for a broken plug-in CA.
+    let check = text(&weft(&["check"]));
+    assert!(
+        check.contains("Secret weft-system/weft-ca loads") && !check.contains("cacerts"),
+        "{check}"
+    );
 }
 
 /// The timed client of the bench: a request every 50 ms (at most 20 a second), each a new

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 use weft::authz::istio::{AuthorizationPolicySpec, SpecError, compile};
 use weft::authz::path::normalize;
-use weft::authz::{Decision, Http, Policy, Reason, Request, Verdict, evaluate};
+use weft::authz::{
+    Decision, Http, Policy, Prefilter, Reason, Request, Verdict, evaluate, evaluate_prefiltered,
+};
 
 const SLEEP: &str = "cluster.local/ns/foo/sa/sleep";
 
@@ -114,7 +116,11 @@ impl Req {
                 headers,
             }),
         };
-        evaluate(policies, &request)
+        let decision = evaluate(policies, &request);
+        // The proxy's path (a prefilter per policy set) decides every case the same.
+        let prefiltered = evaluate_prefiltered(&Prefilter::new(policies), policies, &request);
+        assert_eq!(prefiltered, decision, "prefiltered evaluation of {self:?}");
+        decision
     }
 }
 

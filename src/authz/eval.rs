@@ -1,10 +1,13 @@
 //! The evaluator: Istio's order (DENY first, then ALLOW; no ALLOW policy allows; ALLOW
 //! policies that all miss deny), AUDIT marks without deciding, dry-run policies decide a
-//! shadow verdict of their own. Pure and allocation-free per request.
+//! shadow verdict of their own. Pure and allocation-free per request. A [`Prefilter`] built
+//! once per policy set lets the evaluator skip, without reading them, the rules whose source
+//! names peers other than the request's (same decisions; the rules are scattered over the
+//! heap, and reading a hundred of them per request costs the proxy cache misses).
 
 use std::net::IpAddr;
 
-use super::model::{Action, Clause, Identity, Policy, Rule, Term};
+use super::model::{Action, Clause, Identity, Policy, Rule, StringMatch, Term};
 
 /// What the evaluator knows of a request or, for TCP, of a connection.
 #[derive(Clone, Copy)]
@@ -90,12 +93,39 @@ pub struct Decision {
 
 /// Decides a request against the policies that select the workload.
 pub fn evaluate(policies: &[Policy], request: &Request<'_>) -> Decision {
-    let (verdict, reason) = decide(policies, request, false);
-    let audit = first_match(policies, request, |p| {
+    evaluate_with(None, policies, request)
+}
+
+/// [`evaluate`] with the [`Prefilter`] of `policies` (made by [`Prefilter::new`] from the
+/// same slice; one made from other policies is ignored): the same decision, sooner.
+pub fn evaluate_prefiltered(
+    prefilter: &Prefilter,
+    policies: &[Policy],
+    request: &Request<'_>,
+) -> Decision {
+    let fits = prefilter.rules.len() == policies.len()
+        && prefilter
+            .rules
+            .iter()
+            .zip(policies)
+            .all(|(r, p)| r.len() == p.rules.len());
+    if !fits {
+        return evaluate(policies, request);
+    }
+    let seen = Seen {
+        prefilter,
+        principal: request.principal.map(hash),
+    };
+    evaluate_with(Some(&seen), policies, request)
+}
+
+fn evaluate_with(seen: Option<&Seen<'_>>, policies: &[Policy], request: &Request<'_>) -> Decision {
+    let (verdict, reason) = decide(seen, policies, request, false);
+    let audit = first_match(seen, policies, request, |p| {
         p.action == Action::Audit && !p.dry_run
     });
     let dry_run = policies.iter().any(|p| p.dry_run).then(|| {
-        let (verdict, reason) = decide(policies, request, true);
+        let (verdict, reason) = decide(seen, policies, request, true);
         DryRun { verdict, reason }
     });
     Decision {
@@ -106,21 +136,114 @@ pub fn evaluate(policies: &[Policy], request: &Request<'_>) -> Decision {
     }
 }
 
-fn decide(policies: &[Policy], request: &Request<'_>, dry_run: bool) -> (Verdict, Reason) {
+/// Per rule, the peers it can match at all, when its source says so: a rule each of whose
+/// `from` alternatives requires the principal to be one of a list of exact identities
+/// (`source.principals` without wildcards) matches no request from another peer, whatever
+/// else it says. Kept as hashes in one array, so ruling a rule out reads no rule.
+#[derive(Debug, Default)]
+pub struct Prefilter {
+    /// Per policy, per rule: the range of `hashes` holding the principals that rule can
+    /// match, or None (the rule is evaluated in full).
+    rules: Vec<Vec<Option<(u32, u32)>>>,
+    hashes: Vec<u64>,
+}
+
+impl Prefilter {
+    pub fn new(policies: &[Policy]) -> Prefilter {
+        let mut hashes = Vec::new();
+        let rules = policies
+            .iter()
+            .map(|p| {
+                p.rules
+                    .iter()
+                    .map(|rule| {
+                        let principals = required_principals(rule)?;
+                        let start = u32::try_from(hashes.len()).ok()?;
+                        let len = u32::try_from(principals.len()).ok()?;
+                        hashes.extend(principals.iter().map(|p| hash(p)));
+                        Some((start, len))
+                    })
+                    .collect()
+            })
+            .collect();
+        Prefilter { rules, hashes }
+    }
+
+    /// Whether rule `rule` of policy `policy` may match a request from `principal` (its
+    /// hash): false only when the rule names other peers only.
+    fn may_match(&self, policy: usize, rule: usize, principal: Option<u64>) -> bool {
+        let Some(Some((start, len))) = self.rules.get(policy).and_then(|r| r.get(rule)) else {
+            return true;
+        };
+        let Some(principal) = principal else {
+            // No identity: no principal term matches.
+            return false;
+        };
+        let (start, len) = (*start as usize, *len as usize);
+        self.hashes
+            .get(start..start + len)
+            .is_none_or(|set| set.contains(&principal))
+    }
+}
+
+/// The exact principals one of which a request must present for `rule` to match, if every
+/// `from` alternative holds a clause that allows only such principals; None otherwise.
+fn required_principals(rule: &Rule) -> Option<Vec<&str>> {
+    if rule.from.is_empty() {
+        return None;
+    }
+    let mut all = Vec::new();
+    for alternative in &rule.from {
+        // A clause matches only if one of its any_of terms does: with only exact principals
+        // there, the request's principal must be one of them.
+        let clause = alternative.iter().find(|c| {
+            !c.any_of.is_empty()
+                && c.any_of
+                    .iter()
+                    .all(|t| matches!(t, Term::Principal(StringMatch::Exact(_))))
+        })?;
+        all.extend(clause.any_of.iter().filter_map(|t| match t {
+            Term::Principal(StringMatch::Exact(p)) => Some(p.as_str()),
+            _ => None,
+        }));
+    }
+    Some(all)
+}
+
+/// FNV-1a: short keys, computed once per request and once per rule principal per config.
+fn hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One evaluation's use of a prefilter: the request's principal hashed once.
+struct Seen<'a> {
+    prefilter: &'a Prefilter,
+    principal: Option<u64>,
+}
+
+fn decide(
+    seen: Option<&Seen<'_>>,
+    policies: &[Policy],
+    request: &Request<'_>,
+    dry_run: bool,
+) -> (Verdict, Reason) {
     let of = |action: Action| move |p: &Policy| p.action == action && p.dry_run == dry_run;
-    if let Some(hit) = first_match(policies, request, of(Action::Deny)) {
+    if let Some(hit) = first_match(seen, policies, request, of(Action::Deny)) {
         return (Verdict::Deny, Reason::Denied(hit));
     }
     if !policies.iter().any(of(Action::Allow)) {
         return (Verdict::Allow, Reason::NoAllowPolicy);
     }
-    match first_match(policies, request, of(Action::Allow)) {
+    match first_match(seen, policies, request, of(Action::Allow)) {
         Some(hit) => (Verdict::Allow, Reason::Allowed(hit)),
         None => (Verdict::Deny, Reason::NoAllowMatched),
     }
 }
 
 fn first_match(
+    seen: Option<&Seen<'_>>,
     policies: &[Policy],
     request: &Request<'_>,
     which: impl Fn(&Policy) -> bool,
@@ -132,7 +255,11 @@ fn first_match(
         .find_map(|(policy, p)| {
             p.rules
                 .iter()
-                .position(|r| rule_matches(r, p.action, request))
+                .enumerate()
+                .position(|(rule, r)| {
+                    seen.is_none_or(|s| s.prefilter.may_match(policy, rule, s.principal))
+                        && rule_matches(r, p.action, request)
+                })
                 .map(|rule| RuleRef { policy, rule })
         })
 }

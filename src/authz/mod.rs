@@ -9,5 +9,8 @@ pub mod model;
 pub mod path;
 pub mod smi;
 
-pub use eval::{Decision, DryRun, Headers, Http, Reason, Request, RuleRef, Verdict, evaluate};
+pub use eval::{
+    Decision, DryRun, Headers, Http, Prefilter, Reason, Request, RuleRef, Verdict, evaluate,
+    evaluate_prefiltered,
+};
 pub use model::{Action, Policy, PolicyKind};

@@ -321,20 +321,52 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// A random UUID v4 (RFC 9562), the `x-request-id` Envoy generates for a request without
 /// one. From the process's TLS random source (the OS); None if it fails.
 pub fn request_id() -> Option<String> {
+    let text = request_id_text()?;
+    Some(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Random bytes drawn from the OS at once, [`request_id_text`]'s reserve: a `getrandom` per
+/// request was a syscall on every request of the proxy's busiest path.
+const RANDOM_RESERVE: usize = 16 * 64;
+
+/// [`request_id`] as its 36 ASCII bytes, without an allocation. The bytes come from the same
+/// source (rustls' CSPRNG, the OS), fetched 64 ids at a time per thread.
+pub fn request_id_text() -> Option<[u8; 36]> {
+    use std::cell::RefCell;
     static RANDOM: OnceLock<&'static dyn rustls::crypto::SecureRandom> = OnceLock::new();
+    thread_local! {
+        static RESERVE: RefCell<([u8; RANDOM_RESERVE], usize)> =
+            const { RefCell::new(([0; RANDOM_RESERVE], RANDOM_RESERVE)) };
+    }
     let random = RANDOM.get_or_init(|| rustls::crypto::ring::default_provider().secure_random);
     let mut b = [0u8; 16];
-    random.fill(&mut b).ok()?;
+    RESERVE.with(|reserve| {
+        let (bytes, used) = &mut *reserve.borrow_mut();
+        if *used + 16 > RANDOM_RESERVE {
+            random.fill(bytes).ok()?;
+            *used = 0;
+        }
+        b.copy_from_slice(&bytes[*used..*used + 16]);
+        // Each id's bytes are handed out once.
+        bytes[*used..*used + 16].fill(0);
+        *used += 16;
+        Some(())
+    })?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut s = String::with_capacity(36);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut at = 0;
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            out[at] = b'-';
+            at += 1;
         }
-        let _ = write!(s, "{byte:02x}");
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
     }
-    Some(s)
+    Some(out)
 }
 
 /// Writes lines to a sink (stdout) from one thread, started at the first line: a full queue
@@ -576,6 +608,18 @@ mod tests {
         assert_eq!(groups, [8, 4, 4, 4, 12]);
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
+        // Across several refills of the per-thread reserve: every id new and well-formed.
+        let ids: std::collections::HashSet<String> =
+            (0..3 * 64 + 5).map(|_| request_id().unwrap()).collect();
+        assert_eq!(ids.len(), 3 * 64 + 5);
+        for id in &ids {
+            assert!(
+                id.bytes()
+                    .all(|c| c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+                "{id}"
+            );
+            assert_eq!(&id[14..15], "4");
+        }
     }
 
     #[test]

@@ -52,21 +52,30 @@ pub struct HeaderView<'a> {
 
 impl<'a> HeaderView<'a> {
     pub fn new(map: &'a HeaderMap) -> Self {
-        let mut joined = Vec::new();
-        for name in map.keys() {
-            let mut values = map.get_all(name).iter();
-            let single = values
-                .next()
-                .map(|v| std::str::from_utf8(v.as_bytes()).is_ok());
-            if values.next().is_some() || single == Some(false) {
+        // One pass over the fields (a name's values come one after another) finds the names
+        // to join, rather than a lookup per name: most requests have none.
+        let mut to_join: Vec<&'a HeaderName> = Vec::new();
+        let mut previous: Option<&'a HeaderName> = None;
+        for (name, value) in map.iter() {
+            let repeated = previous == Some(name);
+            if (repeated || std::str::from_utf8(value.as_bytes()).is_err())
+                && to_join.last() != Some(&name)
+            {
+                to_join.push(name);
+            }
+            previous = Some(name);
+        }
+        let joined = to_join
+            .into_iter()
+            .map(|name| {
                 let all: Vec<Cow<'_, str>> = map
                     .get_all(name)
                     .iter()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()))
                     .collect();
-                joined.push((name, all.join(",")));
-            }
-        }
+                (name, all.join(","))
+            })
+            .collect();
         HeaderView { map, joined }
     }
 }
@@ -232,6 +241,24 @@ mod tests {
         assert_eq!(http.headers.get("x-raw"), Some("café"));
         assert_eq!(http.headers.get("host"), Some("api.demo:80"));
         assert_eq!(http.headers.get("x-absent"), None);
+    }
+
+    #[test]
+    fn a_header_repeated_among_others_is_read_joined_in_order() {
+        let mut map = HeaderMap::new();
+        map.append("x-tenant", "a".parse().unwrap());
+        map.append("x-other", "1".parse().unwrap());
+        map.append("x-tenant", "b".parse().unwrap());
+        map.append(
+            "x-last",
+            hyper::header::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        map.append("x-tenant", "c".parse().unwrap());
+        let view = HeaderView::new(&map);
+        assert_eq!(view.get("x-tenant"), Some("a,b,c"));
+        assert_eq!(view.get("x-other"), Some("1"));
+        assert_eq!(view.get("x-last"), Some("\u{fffd}"));
+        assert_eq!(view.joined.len(), 2);
     }
 
     #[test]

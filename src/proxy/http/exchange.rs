@@ -23,12 +23,14 @@ use super::server::{
 };
 use super::upstream::ForwardError;
 use crate::proxy::ProxyContext;
-use crate::proxy::access_log::{Entry, request_id};
+use crate::proxy::access_log::{Entry, request_id_text};
 use crate::proxy::metrics::{
     RequestOutcome, RequestRecorder, Sizes, grpc_status, grpc_status_from_http, grpc_status_value,
 };
 
-const X_REQUEST_ID: &str = "x-request-id";
+/// Header names made once: a lookup by `&str` parses and classifies the name on every call.
+static X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+pub(super) static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 
 /// What every access log line of one downstream connection says.
 pub struct ConnLog {
@@ -114,10 +116,10 @@ impl Exchange {
         let (mut parts, body) = req.into_parts();
         // The head as the client sent it (before the proxy adds an id), for istio_request_bytes.
         let head = request_head_size(&parts);
-        if !parts.headers.contains_key(X_REQUEST_ID)
-            && let Some(v) = request_id().and_then(|id| HeaderValue::from_str(&id).ok())
+        if !parts.headers.contains_key(&X_REQUEST_ID)
+            && let Some(v) = request_id_text().and_then(|id| HeaderValue::from_bytes(&id).ok())
         {
-            parts.headers.insert(X_REQUEST_ID, v);
+            parts.headers.insert(X_REQUEST_ID.clone(), v);
         }
         let received = Arc::new(AtomicU64::new(0));
         let log = ctx
@@ -203,7 +205,7 @@ impl Exchange {
     ) -> Response<ResponseBody> {
         let flags = self.flags(why.flags);
         let code = resp.status().as_u16();
-        let header = resp.headers().get("grpc-status").map(|v| v.as_bytes());
+        let header = resp.headers().get(&GRPC_STATUS).map(|v| v.as_bytes());
         let outcome = RequestOutcome {
             status: code,
             grpc: self.grpc,
@@ -264,7 +266,7 @@ impl Exchange {
         // A trailers-only gRPC response carries its status in the headers.
         let head_grpc = resp
             .headers()
-            .get("grpc-status")
+            .get(&GRPC_STATUS)
             .map(|v| grpc_status_value(v.as_bytes()));
         let grpc = self.grpc;
         let flags = self.flags("-");
@@ -351,7 +353,7 @@ impl RequestLog {
             authority: (!authority.is_empty()).then(|| authority.to_string()),
             user_agent: header("user-agent"),
             x_forwarded_for: header("x-forwarded-for"),
-            request_id: header(X_REQUEST_ID),
+            request_id: header(X_REQUEST_ID.as_str()),
         }
     }
 
@@ -410,7 +412,7 @@ pub fn grpc_reply(code: i32, message: &'static str) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert(GRPC_STATUS.clone(), HeaderValue::from(code));
     h.insert("grpc-message", HeaderValue::from_static(message));
     resp
 }

@@ -3,9 +3,11 @@
 //! upstream connection or a pool of them, one request's metrics and log line, and the two
 //! pipelines: inbound (authorize, forward to the app) and outbound (pick an endpoint per
 //! request, apply the route's actions and retries). The pieces below the pipelines know neither side, so a gateway can reuse them.
+//! HTTP/2 connections write through [`coalesce`], so a message's frames leave together.
 
 pub mod actions;
 pub mod authz;
+pub mod coalesce;
 pub mod detect;
 pub mod exchange;
 pub mod inbound;

@@ -87,6 +87,29 @@ struct Outbound {
     conn: Arc<ConnLog>,
     /// The recorder of each label set this connection's requests were reported under.
     recorders: Mutex<Vec<(TcpLabels, Arc<Mutex<RequestRecorder>>)>>,
+    /// Where requests answered by an endpoint were recorded, under the current config.
+    answered: Mutex<Answered>,
+}
+
+/// The [`Record`] of each (Service, endpoint, mTLS) this connection's answered requests went
+/// to, made once per config instead of once per request (a label set is some twenty strings).
+/// Keyed by the addresses of the Service and endpoint inside `snapshot`, which it keeps alive,
+/// so a key never names another config's entries; a request under another config replaces
+/// the whole table.
+#[derive(Default)]
+struct Answered {
+    snapshot: Option<Arc<SnapshotIndex>>,
+    records: Vec<AnsweredKey>,
+}
+
+struct AnsweredKey {
+    /// Addresses, only ever compared.
+    service: usize,
+    endpoint: usize,
+    mtls: bool,
+    /// The proxy's certificate when the labels were made (they name its identity over mTLS).
+    tls: Option<Arc<crate::proxy::tls::TlsContext>>,
+    record: Record,
 }
 
 /// Serves one connection from the app until it closes.
@@ -120,6 +143,44 @@ pub async fn serve_gateway<I>(
     serve_front(ctx, io, front, local, peer, snapshot, header_timeout).await;
 }
 
+/// One request a sidecar took for a declared external host that a mesh VirtualService routes
+/// (`service`: the address-less Service holding those routes; Istio's egress-gateway
+/// pattern): routed and sent as a request to a Service address is (egress-gw helper's hunk).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_routed(
+    ctx: &Arc<ProxyContext>,
+    exchange: Exchange,
+    parts: Parts,
+    body: Counted<Incoming>,
+    snapshot: &Arc<SnapshotIndex>,
+    service: &Service,
+    orig: SocketAddr,
+    conn: Arc<ConnLog>,
+) -> Response<ResponseBody> {
+    let out = Outbound {
+        ctx: ctx.clone(),
+        front: Front::Mesh(orig),
+        accepted_with: snapshot.clone(),
+        conn,
+        recorders: Mutex::new(Vec::new()),
+        answered: Mutex::new(Answered::default()),
+    };
+    let decided = {
+        let path = normalized_path(&parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
+        let headers = HeaderView::new(&parts.headers);
+        let view = RequestView {
+            method: parts.method.as_str(),
+            path: &path,
+            query: parts.uri.query(),
+            port: orig.port(),
+            headers: &headers,
+        };
+        snapshot.route_request(service, Vec::new(), &view)
+    };
+    out.routed(exchange, parts, body, snapshot, Some(service), decided)
+        .await
+}
+
 async fn serve_front<I>(
     ctx: &Arc<ProxyContext>,
     io: I,
@@ -150,6 +211,7 @@ async fn serve_front<I>(
         accepted_with: snapshot,
         conn,
         recorders: Mutex::new(Vec::new()),
+        answered: Mutex::new(Answered::default()),
     });
     server::serve_pipeline(ctx, io, state, side, header_timeout, linger).await;
 }
@@ -161,6 +223,19 @@ impl server::Pipeline for Outbound {
             .ctx
             .snapshot()
             .unwrap_or_else(|| self.accepted_with.clone());
+        {
+            let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+            if !answered
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &snapshot))
+            {
+                *answered = Answered {
+                    snapshot: Some(snapshot.clone()),
+                    records: Vec::new(),
+                };
+            }
+        }
         match self.decide(&snapshot, &parts) {
             Some((dialled, decided)) => {
                 self.routed(exchange, parts, body, &snapshot, dialled, decided)
@@ -457,7 +532,7 @@ impl Outbound {
             }
             None => candidates,
         };
-        let cluster = match service {
+        let cluster = || match service {
             Some(s) => format!("outbound|{}||{}", s.port, s.name),
             None => "BlackHoleCluster".to_string(),
         };
@@ -465,7 +540,7 @@ impl Outbound {
             let labels = source_labels(&self.ctx, snapshot, service, None, false);
             let upstream = UpstreamLog {
                 host: None,
-                cluster,
+                cluster: cluster(),
             };
             let record = self.record(labels, upstream);
             // Envoy's answers: a Service without endpoints has no healthy upstream; a
@@ -498,7 +573,7 @@ impl Outbound {
                         labels,
                         UpstreamLog {
                             host: None,
-                            cluster,
+                            cluster: cluster(),
                         },
                     );
                     let why = Why {
@@ -519,7 +594,7 @@ impl Outbound {
                         labels,
                         UpstreamLog {
                             host: None,
-                            cluster,
+                            cluster: cluster(),
                         },
                     );
                     let why = Why {
@@ -585,7 +660,7 @@ impl Outbound {
                     status: resp.status().as_u16(),
                     grpc_status: resp
                         .headers()
-                        .get("grpc-status")
+                        .get(&super::exchange::GRPC_STATUS)
                         .map(|v| grpc_status_value(v.as_bytes())),
                 },
                 Err(TryError::Forward(ForwardError::Connect(_) | ForwardError::Handshake(_))) => {
@@ -622,18 +697,8 @@ impl Outbound {
                 // Envoy: the retries were spent and the last answer is a retriable one.
                 exchange.flag("URX");
             }
-            let labels = source_labels(
-                &self.ctx,
-                snapshot,
-                service,
-                Some(ep),
-                mtls && outcome != TryOutcome::ConnectFailure,
-            );
-            let upstream = UpstreamLog {
-                host: Some(ep.addr()),
-                cluster,
-            };
-            let record = self.record(labels, upstream);
+            let mtls = mtls && outcome != TryOutcome::ConnectFailure;
+            let record = self.answered_record(snapshot, service, ep, mtls, cluster);
             return match result {
                 Ok(mut resp) => {
                     if let Some(r) = &routed {
@@ -694,10 +759,16 @@ impl Outbound {
             key,
             sender: tokio::sync::Mutex::new(Some(sender)),
         };
-        let authority = service.map_or_else(
-            || ep.addr().to_string(),
-            |s| format!("{}:{}", s.name, s.port),
-        );
+        // The fallback `:authority` of an HTTP/2 request that names none (nor a Host):
+        // made only for such a request, as `prepare_request` reads it only then.
+        let unnamed = request.version() == Version::HTTP_2
+            && request.uri().authority().is_none()
+            && !request.headers().contains_key(hyper::header::HOST);
+        let authority = match service {
+            _ if !unnamed => String::new(),
+            Some(s) => format!("{}:{}", s.name, s.port),
+            None => ep.addr().to_string(),
+        };
         let idle = self.ctx.settings.idle_timeout;
         forward(&picked, request, &authority, idle)
             .await
@@ -800,6 +871,64 @@ impl Outbound {
             cluster: "-".to_string(),
         };
         self.record(labels, upstream)
+    }
+
+    /// Where a request `ep` answered (or failed) is recorded: made once per Service,
+    /// endpoint and mTLS under one config ([`Answered`]), as [`source_labels`] and
+    /// [`Outbound::record`] would make it.
+    fn answered_record(
+        &self,
+        snapshot: &SnapshotIndex,
+        service: Option<&Service>,
+        ep: &Endpoint,
+        mtls: bool,
+        cluster: impl FnOnce() -> String,
+    ) -> Record {
+        let service_ptr = service.map_or(0, |s| std::ptr::from_ref(s) as usize);
+        let endpoint_ptr = std::ptr::from_ref(ep) as usize;
+        // The labels name the proxy's identity only over mTLS.
+        let tls = if mtls { self.ctx.tls() } else { None };
+        let same_tls = |a: &Option<Arc<_>>| match (a, &tls) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        let current = answered
+            .snapshot
+            .as_deref()
+            .is_some_and(|s| std::ptr::eq(s, snapshot));
+        if current
+            && let Some(known) = answered.records.iter().find(|k| {
+                k.service == service_ptr
+                    && k.endpoint == endpoint_ptr
+                    && k.mtls == mtls
+                    && same_tls(&k.tls)
+            })
+        {
+            return known.record.clone();
+        }
+        let labels = source_labels(&self.ctx, snapshot, service, Some(ep), mtls);
+        let upstream = UpstreamLog {
+            host: Some(ep.addr()),
+            cluster: cluster(),
+        };
+        let record = self.record(labels, upstream);
+        if current {
+            // A connection reaches few endpoints; a table grown past a Service's worth of
+            // them starts over rather than being searched at length.
+            if answered.records.len() >= 64 {
+                answered.records.clear();
+            }
+            answered.records.push(AnsweredKey {
+                service: service_ptr,
+                endpoint: endpoint_ptr,
+                mtls,
+                tls,
+                record: record.clone(),
+            });
+        }
+        record
     }
 
     /// The recorder of `labels` on this connection (made once per label set).

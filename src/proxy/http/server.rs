@@ -78,6 +78,8 @@ where
         .max_header_list_size(MAX_REQUEST_HEAD as u32)
         .auto_date_header(false);
     let (io, activity) = Active::new(io);
+    // An HTTP/2 client's connection gets each response's HEADERS and DATA in one write.
+    let io = super::coalesce::Coalesce::when_h2(io);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service_fn(handler));
     tokio::pin!(conn);
     tokio::pin!(shutdown);
@@ -318,7 +320,7 @@ impl<B: Body + Unpin, F: FnOnce(BodyEnd) + Unpin> Body for Metered<B, F> {
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     self.seen.trailers += fields_size(trailers);
-                    if let Some(v) = trailers.get("grpc-status") {
+                    if let Some(v) = trailers.get(&super::exchange::GRPC_STATUS) {
                         self.seen.grpc_status = Some(grpc_status_value(v.as_bytes()));
                     }
                 }

@@ -84,8 +84,8 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let io = TokioIo::new(io);
     if h2 {
+        let io = TokioIo::new(super::coalesce::Coalesce::new(io));
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(ForwardError::Handshake)?;
@@ -96,7 +96,7 @@ where
         });
         Ok(Sender::Http2(sender))
     } else {
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(ForwardError::Handshake)?;
         tokio::spawn(async move {
@@ -263,6 +263,14 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Drops hop-by-hop headers; keeps `te: trailers` (gRPC needs it) and, for a tunnel, the
 /// `Upgrade` header with `Connection: upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
+    // Most heads carry none of them (a keep-alive HTTP/1.1 or an HTTP/2 request): one pass
+    // over the names instead of a lookup per hop-by-hop name.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -331,6 +339,11 @@ pub fn downgrade_to_http1(parts: &mut hyper::http::request::Parts) {
 /// headers dropped.
 pub fn prepare_request<B>(req: &mut Request<B>, fallback_authority: &str) {
     let tunnel = wants_tunnel(req);
+    prepare(req, tunnel, fallback_authority);
+}
+
+/// [`prepare_request`] once whether the request is a tunnel is known.
+fn prepare<B>(req: &mut Request<B>, tunnel: bool, fallback_authority: &str) {
     strip_hop_by_hop(req.headers_mut(), tunnel);
     if req.method() == Method::CONNECT {
         // Authority-form: forwarded as it came.
@@ -388,7 +401,7 @@ where
     let tunnel = wants_tunnel(&req);
     let connect = req.method() == Method::CONNECT;
     let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, fallback_authority);
+    prepare(&mut req, tunnel, fallback_authority);
     let mut resp = upstream.send(req).await?;
     let switched =
         resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());

@@ -130,12 +130,15 @@ pub struct MeshIndex {
     addresses: HashMap<(String, String), Vec<IpAddr>>,
     /// The ServiceEntries, compiled: each proxy's egress table.
     egress: super::egress::EgressIndex,
-    /// Per meshed pod, its own service tables when some route names `sourceLabels`
-    /// ([`crate::route::source`]); pods the same selectors name share one. Empty otherwise.
+    /// Per meshed pod, its own service tables when its namespace sees other routes
+    /// (`exportTo`, the DestinationRule lookup) or some route names `sourceLabels` /
+    /// `sourceNamespace` ([`crate::route::source`]); pods with the same answer share one.
+    /// Empty otherwise.
     source_variants: HashMap<(String, String), Arc<SourceVariant>>,
 }
 
-/// The service tables of the client pods one set of `sourceLabels` selectors names.
+/// The service tables of the client pods of one namespace's tables and one answer to the
+/// `sourceLabels` / `sourceNamespace` selectors.
 struct SourceVariant {
     services: Table,
     headless: Table,
@@ -143,8 +146,10 @@ struct SourceVariant {
     hash: [u8; 32],
 }
 
-/// Each meshed pod's tables when routes name source labels: routes (matches) naming other
-/// pods left out. Computed once per distinct answer to the selectors, not per pod.
+/// Each meshed pod's tables when they are not the shared ones: its namespace's own tables
+/// (`namespaced`: `exportTo`, Istio's DestinationRule lookup), and routes (matches) naming
+/// other pods (`sourceLabels`, `sourceNamespace`) left out. Computed once per distinct
+/// (namespace tables, answer to the selectors), not per pod.
 fn source_variants(
     services: &Table,
     headless: &Table,
@@ -152,20 +157,37 @@ fn source_variants(
     peers_hash: &[u8],
 ) -> HashMap<(String, String), Arc<SourceVariant>> {
     use crate::route::source::{selectors, service_for, signature};
-    let chosen = selectors(services.typed.iter().chain(&headless.typed));
-    if chosen.is_empty() {
+    namespaced: &HashMap<String, (Table, Table)>,
+    let every = namespaced
+        .values()
+        .flat_map(|(s, h)| s.typed.iter().chain(&h.typed));
+    let chosen = selectors(services.typed.iter().chain(&headless.typed).chain(every));
+    if chosen.is_empty() && namespaced.is_empty() {
         return HashMap::new();
     }
-    let mut by_signature: HashMap<Vec<bool>, Arc<SourceVariant>> = HashMap::new();
+    let mut by_signature: HashMap<(Option<&str>, Vec<bool>), Arc<SourceVariant>> = HashMap::new();
     let mut out = HashMap::new();
     for (key, labels) in pod_labels {
         let variant = by_signature
-            .entry(signature(&chosen, labels))
+            .entry((
+                own.map(|(ns, _)| ns.as_str()),
+                signature(&chosen, &key.0, labels),
+            ))
             .or_insert_with(|| {
                 let of = |t: &Table| {
-                    Table::new(t.typed.iter().map(|s| service_for(s, labels)).collect())
+        let own = namespaced.get_key_value(&key.0);
+        if own.is_none() && chosen.is_empty() {
+            continue;
+        }
+        let (base_services, base_headless) = own.map_or((services, headless), |(_, (s, h))| (s, h));
+                    Table::new(
+                        t.typed
+                            .iter()
+                            .map(|s| service_for(s, &key.0, labels))
+                            .collect(),
+                    )
                 };
-                let (services, headless) = (of(services), of(headless));
+                let (services, headless) = (of(base_services), of(base_headless));
                 let mut material = services.hash().to_vec();
                 material.extend_from_slice(&headless.hash());
                 material.extend_from_slice(peers_hash);
@@ -368,7 +390,12 @@ impl MeshIndex {
             .unwrap_or_default();
         material.extend_from_slice(&peers_hash);
         let services_hash = sha256(&material);
-        let source_variants = source_variants(&services, &headless, &pod_labels, &peers_hash);
+        let namespaced: HashMap<String, (Table, Table)> = std::mem::take(&mut routed.namespaces)
+            .into_iter()
+            .map(|(ns, (s, h))| (ns, (Table::new(s), Table::new(h))))
+            .collect();
+        let source_variants =
+            source_variants(&services, &headless, &namespaced, &pod_labels, &peers_hash);
         let policies_by_rev = revisions
             .iter()
             .map(|(name, mc)| {

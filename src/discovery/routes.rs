@@ -52,6 +52,10 @@ pub struct Applied {
     pub gamma: Vec<crate::route::gamma::RouteStatus>,
     /// Gateway API Gateways of weft's classes ([`super::gateway_api`]).
     pub gateway_api: super::gateway_api::GatewayApi,
+    /// Client namespace -> its proxies' Service tables (ClusterIP, headless), where they
+    /// differ from the shared ones: `exportTo` and Istio's DestinationRule lookup make what a
+    /// client sees depend on its namespace ([`crate::route::compile::compile_for`]).
+    pub namespaces: BTreeMap<String, (Vec<Service>, Vec<Service>)>,
 }
 
 /// Whether a pod is a gateway (Istio's injection template `gateway`): only gateway pods get
@@ -168,15 +172,13 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         .iter()
         .filter_map(|o| source(&o.metadata, &o.spec.raw, ""))
         .collect();
-    let mut tables = compile::compile(
-        &registry,
-        Resources {
-            destination_rules: &drs,
-            virtual_services: &vss,
-            traffic_splits: &tss,
-            http_route_groups: &hrgs,
-        },
-    );
+    let resources = Resources {
+        destination_rules: &drs,
+        virtual_services: &vss,
+        traffic_splits: &tss,
+        http_route_groups: &hrgs,
+    };
+    let mut tables = compile::compile(&registry, resources);
     // GAMMA routes onto the same tables (a VirtualService's host keeps its own).
     let gamma = super::gamma::apply(view, &registry, &mut tables);
     // Pod labels by pod IP: an endpoint is a pod's IP (the view holds the meshed pods).
@@ -188,29 +190,34 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             Some((ip, p.metadata.labels.as_ref()?))
         })
         .collect();
-    for s in services.iter_mut().chain(headless.iter_mut()) {
-        if let Some(subsets) = tables.subsets.get(&s.name) {
-            let endpoint_labels: Vec<_> = s
-                .endpoints
-                .iter()
-                .map(|e| labels.get(&e.ip).copied())
-                .collect();
-            s.subsets = subset_members(subsets, &endpoint_labels);
-        }
-        if let Some(tls) = tables.tls.get(&s.name) {
-            s.tls = tls.mode;
-            s.subset_tls = tls.subsets.clone();
-            s.traffic = tls.traffic.clone();
-            s.subset_traffic = tls.subset_traffic.clone();
-        }
-        if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
-            s.http = routes.clone();
-        }
-        // tcp/tls routes apply to connections relayed as bytes: never on a declared HTTP port.
-        if let Some(l4) = tables.l4.get(&(s.name.clone(), s.port))
-            && s.protocol != Protocol::Http
-        {
-            s.l4 = l4.clone();
+    // The tables before routing, for the namespaces that see other routes.
+    let clients = client_namespaces(view, &drs, &vss);
+    let plain = (!clients.is_empty()).then(|| (services.to_vec(), headless.to_vec()));
+    lay(&tables, &labels, services, headless);
+    let mut namespaces = BTreeMap::new();
+    if let Some((plain_services, plain_headless)) = &plain {
+        let with_pods: std::collections::BTreeSet<&str> = view
+            .pods
+            .iter()
+            .filter_map(|p| p.metadata.namespace.as_deref())
+            .collect();
+        for ns in clients {
+            let mut own = compile::compile_for(&registry, resources, Some(&ns));
+            super::gamma::apply(view, &registry, &mut own);
+            for p in std::mem::take(&mut own.problems) {
+                if !tables.problems.contains(&p) {
+                    tables.problems.push(p);
+                }
+            }
+            if !with_pods.contains(ns.as_str()) {
+                continue;
+            }
+            let (mut ns_services, mut ns_headless) =
+                (plain_services.clone(), plain_headless.clone());
+            lay(&own, &labels, &mut ns_services, &mut ns_headless);
+            if ns_services[..] != services[..] || ns_headless[..] != headless[..] {
+                namespaces.insert(ns, (ns_services, ns_headless));
+            }
         }
     }
     let mut gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
@@ -224,6 +231,16 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             problems.push(p);
         }
     }
+    // A rule checked alone (by a client that does not see it) and within a merge (by one
+    // that does) gives a shorter and a longer message: the longer one says it all.
+    let all = problems.clone();
+    problems.retain(|p| {
+        !all.iter().any(|q| {
+            q != p
+                && (q.kind, &q.namespace, &q.name) == (p.kind, &p.namespace, &p.name)
+                && q.message.contains(&p.message)
+        })
+    });
     let problems = problems
         .into_iter()
         .map(|p| PolicyProblem {
@@ -244,6 +261,101 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
         gateways: gateways.0,
         gamma,
         gateway_api,
+        namespaces,
+    }
+}
+
+/// The client namespaces that may see other routes than the shared tables: those holding a
+/// DestinationRule or VirtualService (their own rules come first, private ones included), and
+/// those an `exportTo` names. Empty when no such namespace differs: every proxy then shares
+/// one table.
+fn client_namespaces(
+    view: &MeshView,
+    drs: &[Source<'_>],
+    vss: &[Source<'_>],
+) -> std::collections::BTreeSet<String> {
+    let restricted = drs.iter().chain(vss).any(|s| {
+        s.spec
+            .get("exportTo")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|e| e.iter().any(|x| x.as_str() != Some("*")))
+    });
+    // A rule of one namespace for a Service of another applies only to its own clients.
+    let foreign = drs.iter().any(|s| {
+        s.namespace != view.root_namespace
+            && s.spec
+                .get("host")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|h| {
+                    h.starts_with('*')
+                        || (h.contains('.') && h.split('.').nth(1) != Some(s.namespace))
+                })
+    });
+    if !restricted && !foreign {
+        return Default::default();
+    }
+    let mut out: std::collections::BTreeSet<String> = drs
+        .iter()
+        .chain(vss)
+        .map(|s| s.namespace.to_string())
+        .collect();
+    for s in drs.iter().chain(vss) {
+        let named = s.spec.get("exportTo").and_then(serde_json::Value::as_array);
+        out.extend(
+            named
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .filter(|n| !matches!(*n, "*" | "." | "~"))
+                .map(String::from),
+        );
+    }
+    out
+}
+
+/// Lays compiled route tables onto the Service entries: subsets as endpoint indexes (by the
+/// pod labels of each endpoint's IP), client TLS and traffic policy, `http` and L4 routes.
+fn lay(
+    tables: &compile::RouteTables,
+    labels: &HashMap<IpAddr, &BTreeMap<String, String>>,
+    services: &mut [Service],
+    headless: &mut [Service],
+) {
+    for s in services.iter_mut().chain(headless.iter_mut()) {
+        if let Some(subsets) = tables.subsets.get(&s.name) {
+            let endpoint_labels: Vec<_> = s
+                .endpoints
+                .iter()
+                .map(|e| labels.get(&e.ip).copied())
+                .collect();
+            s.subsets = subset_members(subsets, &endpoint_labels);
+        }
+        if let Some(tls) = tables.tls.get(&s.name) {
+            // `portLevelSettings` naming this entry's port replace the host-wide policy.
+            match tls.ports.get(&s.port) {
+                Some(p) => {
+                    s.tls = p.mode;
+                    s.subset_tls = p.subsets.clone();
+                    s.traffic = p.traffic.clone();
+                    s.subset_traffic = p.subset_traffic.clone();
+                }
+                None => {
+                    s.tls = tls.mode;
+                    s.subset_tls = tls.subsets.clone();
+                    s.traffic = tls.traffic.clone();
+                    s.subset_traffic = tls.subset_traffic.clone();
+                }
+            }
+        }
+        if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
+            s.http = routes.clone();
+        }
+        // tcp/tls routes apply to connections relayed as bytes: never on a declared HTTP port.
+        if let Some(l4) = tables.l4.get(&(s.name.clone(), s.port))
+            && s.protocol != Protocol::Http
+        {
+            s.l4 = l4.clone();
+        }
     }
 }
 
@@ -481,7 +593,7 @@ mod tests {
             "spec": {"host": "reviews", "subsets": [
                 {"name": "v1", "labels": {"version": "v1"}},
                 {"name": "v2", "labels": {"version": "v2"}}],
-                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}, "portLevelSettings": []}}
+                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}, "tunnel": {"protocol": "CONNECT"}}}
         }))];
         v.virtual_services = vec![obj(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -523,12 +635,9 @@ mod tests {
             .problems
             .iter()
             .find(|p| p.kind == "DestinationRule")
-            .expect("portLevelSettings is reported");
+            .expect("tunnel is reported");
         assert_eq!((p.namespace.as_str(), p.name.as_str()), ("pets", "reviews"));
-        assert!(
-            p.message.contains("trafficPolicy.portLevelSettings"),
-            "{p:?}"
-        );
+        assert!(p.message.contains("trafficPolicy.tunnel"), "{p:?}");
         // The rest of the rule applies: its load balancer reaches the snapshot.
         assert_eq!(
             reviews.traffic.load_balancer,
@@ -548,5 +657,84 @@ mod tests {
             .unwrap()
             .0;
         assert_ne!(moved, version);
+    }
+
+    /// issue 19: `exportTo` and the client-namespace DestinationRule lookup make per-namespace
+    /// tables; `sourceNamespace` per-proxy matches. A client in `front` gets front's rule for
+    /// pets' db and pets' VirtualService exported to it; the pets clients get neither front's
+    /// rule nor the route exported elsewhere, and share one table.
+    #[test]
+    fn export_to_and_the_client_namespace_rule_reach_only_that_namespaces_proxies() {
+        use super::super::model::tests::pod;
+        let mut v = view();
+        v.pods
+            .push(pod("front", "shop-1", "198.18.2.2", "shop", true));
+        v.destination_rules = vec![obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"namespace": "front", "name": "db-plain"},
+            "spec": {"host": "db.pets.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "DISABLE"}}}
+        }))];
+        v.virtual_services = vec![
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "pets", "name": "db-for-front"},
+                "spec": {"hosts": ["db"], "exportTo": ["front"], "http": [
+                    {"route": [{"destination": {"host": "legacy"}}]}]}
+            })),
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "pets", "name": "legacy"},
+                "spec": {"hosts": ["legacy"], "tcp": [
+                    {"match": [{"sourceNamespace": "pets"}],
+                     "route": [{"destination": {"host": "db"}}]}]}
+            })),
+        ];
+        let index = MeshIndex::build(&v);
+        assert!(index.problems.is_empty(), "{:?}", index.problems);
+        let tables = |ns: &str, pod: &str| {
+            let (version, bytes) = index.snapshot_for(ns, pod).unwrap();
+            let snap = decode_snapshot(&bytes).expect("the proxy accepts the tables");
+            let find = |name: &str| {
+                snap.outbound
+                    .services
+                    .iter()
+                    .find(|s| s.name == format!("{name}.pets.svc.cluster.local"))
+                    .cloned()
+                    .unwrap()
+            };
+            (version, find("db"), find("legacy"))
+        };
+        let (_, front_db, front_legacy) = tables("front", "shop-1");
+        assert_eq!(front_db.tls, Some(crate::route::model::ClientTls::Disable));
+        assert_eq!(front_db.http.len(), 1);
+        assert_eq!(
+            front_db.http[0].destinations[0].service,
+            "legacy.pets.svc.cluster.local"
+        );
+        assert!(
+            front_legacy.l4.is_empty(),
+            "sourceNamespace pets is not front"
+        );
+        let (_, web_db, web_legacy) = tables("pets", "web-1");
+        assert_eq!(web_db.tls, None, "front's rule is not pets'");
+        assert!(web_db.http.is_empty(), "exported to front only");
+        assert_eq!(web_legacy.l4.tcp.len(), 1);
+        // Without the exportTo, pets sees the route too.
+        let mut open = v.clone();
+        let mut vs = (*open.virtual_services[0]).clone();
+        vs.spec.raw["exportTo"] = json!(["*"]);
+        open.virtual_services[0] = Arc::new(vs);
+        let index = MeshIndex::build(&open);
+        let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        let snap = decode_snapshot(&bytes).unwrap();
+        let db = snap
+            .outbound
+            .services
+            .iter()
+            .find(|s| s.name == "db.pets.svc.cluster.local")
+            .unwrap();
+        assert_eq!(db.http.len(), 1);
+        assert_eq!(db.tls, None, "front's rule is still not pets'");
     }
 }

@@ -1,7 +1,8 @@
 //! From the routing resources (Istio DestinationRules and VirtualServices, SMI TrafficSplits)
 //! to the route tables the snapshot carries, kube-free: what the compilers read about the
 //! mesh's Services ([`Registry`]), one resource as stored ([`Source`]), and the precedence
-//! between them ([`compile`]). Everything not applied as written is a [`Problem`].
+//! between them ([`compile_for`], per client namespace: `exportTo` and Istio's DestinationRule
+//! lookup). Everything not applied as written is a [`Problem`].
 
 use std::collections::BTreeMap;
 
@@ -136,6 +137,90 @@ impl Source<'_> {
     }
 }
 
+/// Which client namespaces see a VirtualService or DestinationRule (`exportTo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    /// `*`, or no `exportTo` (Istio's default `defaultVirtualServiceExportTo` /
+    /// `defaultDestinationRuleExportTo` is `*`, and weft keeps that default).
+    All,
+    /// `.` (the resource's own namespace) and namespace names.
+    Namespaces(std::collections::BTreeSet<String>),
+}
+
+impl Export {
+    pub fn visible_in(&self, namespace: &str) -> bool {
+        match self {
+            Export::All => true,
+            Export::Namespaces(n) => n.contains(namespace),
+        }
+    }
+
+    /// Whether only its own namespace sees it (Istio's "private" rule, which a client of
+    /// the root namespace looks up first).
+    fn private_to(&self, own: &str) -> bool {
+        matches!(self, Export::Namespaces(n) if n.len() == 1 && n.contains(own))
+    }
+}
+
+/// `exportTo` as Istio validates it for VirtualServices and DestinationRules: `*`, `.` (the
+/// resource's namespace) or namespace names; `*` alone; `~` (no one) is refused, as Istio's
+/// validation refuses it for these kinds (it is for ServiceEntries); no entry twice (`.` and
+/// the own namespace count as one). Absent or empty: every namespace.
+pub fn export_of(namespace: &str, export_to: Option<&[String]>) -> Result<Export, String> {
+    let Some(list) = export_to.filter(|l| !l.is_empty()) else {
+        return Ok(Export::All);
+    };
+    let mut set = std::collections::BTreeSet::new();
+    for (i, e) in list.iter().enumerate() {
+        let name = match e.as_str() {
+            "*" if list.len() > 1 => {
+                return Err(format!(
+                    "exportTo[{i}]: cannot have both public (*) and non-public exportTo values"
+                ));
+            }
+            "*" => return Ok(Export::All),
+            "~" => {
+                return Err(format!(
+                    "exportTo[{i}]: ~ (none) is not allowed for VirtualServices and DestinationRules (Istio refuses it too)"
+                ));
+            }
+            "." => namespace,
+            ns if is_dns_label(ns) => ns,
+            other => {
+                return Err(format!(
+                    "exportTo[{i}]: {other:?} is not '.', '*' or a namespace name"
+                ));
+            }
+        };
+        if !set.insert(name.to_string()) {
+            return Err(format!(
+                "exportTo[{i}]: {name} is named twice ('.' is the resource's namespace)"
+            ));
+        }
+    }
+    Ok(Export::Namespaces(set))
+}
+
+/// An RFC 1123 label (a namespace name).
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The `exportTo` of a stored resource; one that cannot be read counts as every namespace
+/// here (its compiler refuses the resource, naming the field).
+fn export_of_source(src: &Source<'_>) -> Export {
+    let list: Option<Vec<String>> = src
+        .spec
+        .get("exportTo")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    export_of(src.namespace, list.as_deref()).unwrap_or(Export::All)
+}
+
 /// Oldest first, then by namespace and name, so every replica decides the same way.
 pub(crate) fn by_age<'a>(sources: &'a [Source<'a>]) -> Vec<&'a Source<'a>> {
     let mut sorted: Vec<&Source> = sources.iter().collect();
@@ -193,20 +278,47 @@ pub struct Resources<'a> {
     pub http_route_groups: &'a [Source<'a>],
 }
 
-/// Compiles every routing resource against the Services of the mesh. DestinationRules first
-/// (VirtualServices name their subsets), then VirtualServices (one per host, the oldest, as
-/// Istio does for sidecars), then TrafficSplits for the hosts no VirtualService routes.
+/// Compiles every routing resource against the Services of the mesh, as a client namespace
+/// with no routing resources of its own, named by no `exportTo`, sees them
+/// ([`compile_for`] with `None`).
 pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
+    compile_for(registry, resources, None)
+}
+
+/// Compiles every routing resource for the proxies of client namespace `client` (`None`: a
+/// namespace that holds no routing resource and that no `exportTo` names, which sees what is
+/// exported to every namespace). DestinationRules first, by Istio's lookup
+/// ([`destination_rules`]; VirtualServices name their subsets), then the VirtualServices the
+/// client sees (one per host, [`visible_virtual_services`] gives the order), then
+/// TrafficSplits for the hosts no VirtualService routes. A resource the client does not see
+/// is still checked, so what makes it invalid is named whoever sees it.
+pub fn compile_for(
+    registry: &Registry,
+    resources: Resources<'_>,
+    client: Option<&str>,
+) -> RouteTables {
     let mut problems = Vec::new();
-    let (subsets, tls) = destination_rules(registry, resources.destination_rules, &mut problems);
-    let (mut http, l4) = istio::virtual_services_all(
-        registry,
-        &subsets,
-        resources.virtual_services,
-        &mut problems,
-    );
-    let vs_hosts: std::collections::BTreeSet<String> =
-        http.keys().map(|(h, _)| h.clone()).collect();
+    let (subsets, tls) =
+        destination_rules(registry, resources.destination_rules, client, &mut problems);
+    let visible = visible_virtual_services(resources.virtual_services, client);
+    let (mut http, l4) =
+        istio::virtual_services_ordered(registry, &subsets, &visible, &mut problems);
+    for src in resources
+        .virtual_services
+        .iter()
+        .filter(|s| !visible.iter().any(|(_, v)| std::ptr::eq(*v, *s)))
+    {
+        if let Err(istio::Refusal::Invalid(message)) =
+            istio::compile_virtual_service(registry, &subsets, src)
+        {
+            problems.push(Problem::new(istio::VIRTUAL_SERVICE, src, message));
+        }
+    }
+    let vs_hosts: std::collections::BTreeSet<String> = http
+        .keys()
+        .chain(l4.keys())
+        .map(|(h, _)| h.clone())
+        .collect();
     let groups = smi::route_groups(resources.http_route_groups);
     let splits = smi::traffic_splits(registry, &groups, resources.traffic_splits, &mut problems);
     for (root, split) in splits {
@@ -226,68 +338,187 @@ pub fn compile(registry: &Registry, resources: Resources<'_>) -> RouteTables {
             http.entry((root.clone(), port)).or_default().push(route);
         }
     }
+    let mut unique: Vec<Problem> = Vec::with_capacity(problems.len());
+    for p in problems {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
     RouteTables {
         subsets,
         tls,
         http,
         l4,
         virtual_service_hosts: vs_hosts,
-        problems,
+        problems: unique,
     }
 }
 
-/// The DestinationRules that apply to each Service, looked up as Istio does: the rules of
-/// namespaces other than the root namespace first (when one of them names a Service, the root
-/// namespace's rules do not apply to it), then the root namespace's (mesh-wide defaults);
-/// within a level, the most specific host (exact, then the longest `*.` wildcard) decides,
-/// and rules of that same host merge ([`istio::destination_rules_with_tls`], oldest first).
-/// Istio looks in the client's namespace, then the Service's: weft has one table for every
-/// client, so "namespace-local" is any namespace but the root one.
+/// The VirtualServices a client of namespace `client` sees, in the order Istio's sidecars
+/// take them (`SelectVirtualServices`): those of its own namespace exported to it
+/// ("private", group 0), then those of other namespaces naming it in `exportTo` (1), then
+/// those exported everywhere (2); oldest first within each group.
+pub fn visible_virtual_services<'a>(
+    sources: &'a [Source<'a>],
+    client: Option<&str>,
+) -> Vec<(u8, &'a Source<'a>)> {
+    let mut out: Vec<(u8, &Source)> = by_age(sources)
+        .into_iter()
+        .filter_map(|src| {
+            let export = export_of_source(src);
+            let group =
+                match (&export, client) {
+                    (Export::All, _) => 2,
+                    (Export::Namespaces(_), Some(c)) if export.visible_in(c) => {
+                        if src.namespace == c { 0 } else { 1 }
+                    }
+                    _ => return None,
+                };
+            Some((group, src))
+        })
+        .collect();
+    // Stable: by_age's order holds within a group.
+    out.sort_by_key(|(group, _)| *group);
+    out
+}
+
+/// The namespace of a Service host `name.<namespace>.svc.<cluster domain>`.
+fn service_namespace<'h>(registry: &Registry, host: &'h str) -> Option<&'h str> {
+    let rest = host.strip_suffix(registry.cluster_domain.as_str())?;
+    let rest = rest.strip_suffix(".svc.")?;
+    let (_, namespace) = rest.split_once('.')?;
+    (!namespace.contains('.')).then_some(namespace)
+}
+
+/// One set of DestinationRules merged per host pattern ([`istio::destination_rules_with_tls`]).
+type Level = (
+    BTreeMap<String, SubsetLabels>,
+    BTreeMap<String, super::model::HostPolicy>,
+);
+
+/// The DestinationRules that apply to each Service for a client of namespace `client`, looked
+/// up as Istio does (`PushContext.destinationRule`):
+/// 1. the rules of the client's own namespace that it sees (`exportTo` absent, `*`, `.` or
+///    the namespace; for a client of the root namespace, only the root namespace's private
+///    rules);
+/// 2. the rules of the Service's namespace exported beyond it (not only to itself), if the
+///    most specific of them is exported to the client;
+/// 3. the same for the root namespace (`--root-namespace`: mesh-wide defaults).
+///
+/// The first level with a rule whose host matches decides; within it the most specific host
+/// (exact, then the longest `*.` wildcard) wins and the rules of that same host merge (oldest
+/// first). A rule of a third namespace never applies (Istio ignores it too).
 fn destination_rules(
     registry: &Registry,
     sources: &[Source<'_>],
+    client: Option<&str>,
     problems: &mut Vec<Problem>,
-) -> (
-    BTreeMap<String, SubsetLabels>,
-    BTreeMap<String, super::model::HostPolicy>,
-) {
-    let (root, local): (Vec<Source>, Vec<Source>) = sources.iter().copied().partition(|s| {
-        !registry.root_namespace.is_empty() && s.namespace == registry.root_namespace
-    });
-    let levels = [
-        istio::destination_rules_with_tls(registry, &local, problems),
-        istio::destination_rules_with_tls(registry, &root, problems),
-    ];
-    let mut subsets = BTreeMap::new();
-    let mut tls = BTreeMap::new();
+) -> Level {
+    let root = registry.root_namespace.as_str();
+    let exports: Vec<Export> = sources.iter().map(export_of_source).collect();
+    let mut used = vec![false; sources.len()];
+    let set = |keep: &dyn Fn(&Source, &Export) -> bool,
+               used: &mut Vec<bool>,
+               problems: &mut Vec<Problem>|
+     -> Level {
+        let chosen: Vec<Source> = sources
+            .iter()
+            .zip(&exports)
+            .enumerate()
+            .filter(|(_, (s, e))| keep(s, e))
+            .map(|(i, (s, _))| {
+                used[i] = true;
+                *s
+            })
+            .collect();
+        istio::destination_rules_with_tls(registry, &chosen, problems)
+    };
+    // Level 1.
+    let own: Level = match client {
+        Some(c) if !root.is_empty() && c == root => set(
+            &|s, e| s.namespace == root && e.private_to(root),
+            &mut used,
+            problems,
+        ),
+        Some(c) => set(
+            &|s, e| s.namespace == c && e.visible_in(c),
+            &mut used,
+            problems,
+        ),
+        None => Level::default(),
+    };
+    let visible = |e: &Export| client.map_or(*e == Export::All, |c| e.visible_in(c));
+    // Levels 2 and 3, per owning namespace: every exported rule (the most specific host is
+    // chosen among them) and those the client sees.
+    let mut exported: BTreeMap<String, (Level, Level)> = BTreeMap::new();
     let hosts: Vec<String> = registry
         .hosts()
         .map(String::from)
         // A rule's exact host that is no Service (yet) keeps its entry: its subsets name
         // nothing, and a destination to it is reported as missing, not as subset-less.
-        .chain(levels.iter().flat_map(|(s, t)| {
-            s.keys()
-                .chain(t.keys())
-                .filter(|h| !h.starts_with('*'))
-                .cloned()
+        .chain(sources.iter().filter_map(|s| {
+            let host = s.spec.get("host")?.as_str()?;
+            let host = registry.resolve(host, s.namespace);
+            (!host.starts_with('*')).then_some(host)
         }))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
+    let mut subsets = BTreeMap::new();
+    let mut tls = BTreeMap::new();
     for host in hosts {
-        for (level_subsets, level_tls) in &levels {
-            let patterns = level_subsets
-                .keys()
-                .chain(level_tls.keys())
-                .map(String::as_str);
-            if let Some(pattern) = most_specific(patterns, &host) {
-                if let Some(x) = level_subsets.get(pattern) {
-                    subsets.insert(host.clone(), x.clone());
-                }
-                if let Some(x) = level_tls.get(pattern) {
-                    tls.insert(host.clone(), x.clone());
-                }
+        let mut take = |level: &Level, pattern: &str| {
+            if let Some(x) = level.0.get(pattern) {
+                subsets.insert(host.clone(), x.clone());
+            }
+            if let Some(x) = level.1.get(pattern) {
+                tls.insert(host.clone(), x.clone());
+            }
+        };
+        fn patterns(l: &Level) -> impl Iterator<Item = &str> {
+            l.0.keys().chain(l.1.keys()).map(String::as_str)
+        }
+        if let Some(p) = most_specific(patterns(&own), &host) {
+            take(&own, p);
+            continue;
+        }
+        let owners = service_namespace(registry, &host)
+            .into_iter()
+            .chain((!root.is_empty()).then_some(root));
+        for ns in owners.map(String::from).collect::<Vec<_>>() {
+            if !exported.contains_key(&ns) {
+                let all = set(
+                    &|s, e| s.namespace == ns && !e.private_to(&ns),
+                    &mut used,
+                    problems,
+                );
+                let seen = set(
+                    &|s, e| s.namespace == ns && !e.private_to(&ns) && visible(e),
+                    &mut used,
+                    problems,
+                );
+                exported.insert(ns.clone(), (all, seen));
+            }
+            let (all, seen) = &exported[&ns];
+            let Some(p) = most_specific(patterns(all), &host) else {
+                continue;
+            };
+            if seen.0.contains_key(p) || seen.1.contains_key(p) {
+                take(seen, p);
                 break;
             }
         }
+    }
+    // Every rule is checked once even if this client looks at none of it, so what is wrong
+    // with it is named (the levels above report their merges' conflicts).
+    let unused: Vec<Source> = sources
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .map(|(s, _)| *s)
+        .collect();
+    for src in unused {
+        istio::destination_rules_with_tls(registry, &[src], problems);
     }
     (subsets, tls)
 }
@@ -647,5 +878,195 @@ mod tests {
             "{:?}",
             tables.problems
         );
+    }
+
+    fn sources<'a>(specs: &'a [(&'a str, &'a str, serde_json::Value)]) -> Vec<Source<'a>> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, name, spec))| Source {
+                namespace: ns,
+                name,
+                // Listed oldest first.
+                created: [
+                    "2026-01-01",
+                    "2026-01-02",
+                    "2026-01-03",
+                    "2026-01-04",
+                    "2026-01-05",
+                ][i.min(4)],
+                spec,
+            })
+            .collect()
+    }
+
+    /// Istio's DestinationRule lookup per client namespace (`PushContext.destinationRule`):
+    /// the client's namespace, then the Service's (rules exported beyond it, if the most
+    /// specific one is exported to the client), then the root namespace; a rule of a third
+    /// namespace never applies.
+    #[test]
+    fn destination_rules_are_looked_up_in_the_client_then_the_service_then_the_root_namespace() {
+        let mut r = Registry::new("cluster.local").with_root_namespace("istio-system");
+        r.add("reviews.shop.svc.cluster.local", 9080, true);
+        r.add("ratings.shop.svc.cluster.local", 9080, true);
+        let dr = |host: &str, mode: &str, export: &[&str]| {
+            let mut spec =
+                serde_json::json!({"host": host, "trafficPolicy": {"tls": {"mode": mode}}});
+            if !export.is_empty() {
+                spec["exportTo"] = serde_json::json!(export);
+            }
+            spec
+        };
+        let specs = [
+            (
+                "istio-system",
+                "mesh-default",
+                dr("*.cluster.local", "ISTIO_MUTUAL", &[]),
+            ),
+            // Private to the root namespace: only its own clients look it up, and first.
+            (
+                "istio-system",
+                "root-only",
+                dr("ratings.shop.svc.cluster.local", "DISABLE", &["."]),
+            ),
+            ("shop", "reviews-shop", dr("reviews", "DISABLE", &[])),
+            ("shop", "ratings-private", dr("ratings", "DISABLE", &["."])),
+            // Exported to web only: the most specific of shop's exported rules for ratings.
+            (
+                "shop",
+                "shop-for-web",
+                dr("*.shop.svc.cluster.local", "ISTIO_MUTUAL", &["web"]),
+            ),
+            // A client-namespace rule for another namespace's Service.
+        ];
+        let mut all: Vec<(&str, &str, serde_json::Value)> = specs.to_vec();
+        all.push((
+            "front",
+            "reviews-front",
+            dr("reviews.shop.svc.cluster.local", "ISTIO_MUTUAL", &[]),
+        ));
+        let srcs = sources(&all);
+        let rule = |client: Option<&str>, host: &str| {
+            let t = compile_for(
+                &r,
+                Resources {
+                    destination_rules: &srcs,
+                    ..Default::default()
+                },
+                client,
+            );
+            assert_eq!(t.problems, [], "{client:?}");
+            t.tls.get(host).map(|p| p.rule.clone()).unwrap_or_default()
+        };
+        let (reviews, ratings) = (
+            "reviews.shop.svc.cluster.local",
+            "ratings.shop.svc.cluster.local",
+        );
+        let table = [
+            // The client's own namespace first.
+            (Some("front"), reviews, "front/reviews-front"),
+            (Some("shop"), reviews, "shop/reviews-shop"),
+            (Some("shop"), ratings, "shop/ratings-private"),
+            // front has no rule for ratings; shop's private one and its rule for web are
+            // not front's: the root namespace's default.
+            (Some("front"), ratings, "istio-system/mesh-default"),
+            (Some("web"), ratings, "shop/shop-for-web"),
+            // A third namespace's rule (front's) never applies to web.
+            (Some("web"), reviews, "shop/reviews-shop"),
+            (None, reviews, "shop/reviews-shop"),
+            (None, ratings, "istio-system/mesh-default"),
+            // A client of the root namespace: its private rules first, then the Service's.
+            (Some("istio-system"), ratings, "istio-system/root-only"),
+            (Some("istio-system"), reviews, "shop/reviews-shop"),
+        ];
+        for (client, host, want) in table {
+            assert_eq!(rule(client, host), want, "{client:?} -> {host}");
+        }
+    }
+
+    /// `exportTo` on VirtualServices: who sees one, and which one wins a host for a client
+    /// (its own namespace's private ones, then those exported to it, then public ones).
+    #[test]
+    fn virtual_services_are_seen_where_export_to_says_and_a_clients_own_come_first() {
+        let mut r = Registry::new("cluster.local");
+        r.add("reviews.shop.svc.cluster.local", 9080, true);
+        let vs = |export: &[&str]| {
+            let mut spec = serde_json::json!({"hosts": ["reviews.shop.svc.cluster.local"],
+                "http": [{"route": [{"destination": {"host": "reviews.shop.svc.cluster.local"}}]}]});
+            if !export.is_empty() {
+                spec["exportTo"] = serde_json::json!(export);
+            }
+            spec
+        };
+        let all = [
+            ("shop", "public", vs(&[])),
+            ("shop", "private", vs(&["."])),
+            ("front", "for-web", vs(&["web", "."])),
+        ];
+        let srcs = sources(&all);
+        let owner = |client: Option<&str>| {
+            let t = compile_for(
+                &r,
+                Resources {
+                    virtual_services: &srcs,
+                    ..Default::default()
+                },
+                client,
+            );
+            let name = t.http[&("reviews.shop.svc.cluster.local".to_string(), 9080)][0]
+                .name
+                .clone();
+            (name, t.problems)
+        };
+        let (name, problems) = owner(None);
+        assert_eq!(name, "shop/public");
+        assert_eq!(problems, [], "the others are not seen: no conflict");
+        let (name, problems) = owner(Some("shop"));
+        assert_eq!(name, "shop/private", "a private one wins though younger");
+        assert_eq!(problems, [], "an override by exportTo is no conflict");
+        // Two of one group are: the younger is named.
+        let twins = [("shop", "public", vs(&[])), ("shop", "twin", vs(&[]))];
+        let srcs2 = sources(&twins);
+        let t = compile_for(
+            &r,
+            Resources {
+                virtual_services: &srcs2,
+                ..Default::default()
+            },
+            Some("shop"),
+        );
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+        assert_eq!(t.problems[0].name, "twin");
+        assert_eq!(owner(Some("web")).0, "front/for-web");
+        assert_eq!(owner(Some("front")).0, "front/for-web");
+        assert_eq!(owner(Some("other")).0, "shop/public");
+        // Invalid exportTo values, as Istio's validation refuses them, refuse the resource
+        // for every client, named even where it would not be seen.
+        for (export, says) in [
+            (vec!["~"], "~ (none) is not allowed"),
+            (vec!["*", "."], "cannot have both public (*) and non-public"),
+            (vec![".", "shop"], "shop is named twice"),
+            (
+                vec!["Not_A_Namespace"],
+                "is not '.', '*' or a namespace name",
+            ),
+        ] {
+            let bad = [("shop", "bad", vs(&export))];
+            let srcs = sources(&bad);
+            let t = compile_for(
+                &r,
+                Resources {
+                    virtual_services: &srcs,
+                    ..Default::default()
+                },
+                Some("web"),
+            );
+            assert!(t.http.is_empty(), "{export:?}");
+            assert!(
+                t.problems.len() == 1 && t.problems[0].message.contains(says),
+                "{export:?}: {:?}",
+                t.problems
+            );
+        }
     }
 }

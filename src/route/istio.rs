@@ -64,13 +64,88 @@ pub struct TrafficPolicySpec {
     #[serde(default)]
     pub outlier_detection: Option<Value>,
     #[serde(default)]
-    pub port_level_settings: Option<Value>,
+    pub port_level_settings: Option<Vec<PortTrafficPolicySpec>>,
     #[serde(default)]
     pub tunnel: Option<Value>,
     #[serde(default)]
     pub proxy_protocol: Option<Value>,
     #[serde(default)]
     pub retry_budget: Option<Value>,
+}
+
+/// One of `portLevelSettings`: the policy fields a port may set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortTrafficPolicySpec {
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+    #[serde(default)]
+    pub load_balancer: Option<Value>,
+    #[serde(default)]
+    pub connection_pool: Option<Value>,
+    #[serde(default)]
+    pub outlier_detection: Option<Value>,
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+impl TrafficPolicySpec {
+    /// This policy at Service port `port`, as Istio's `MergeTrafficPolicy` makes it: a
+    /// `portLevelSettings` entry for the port replaces `loadBalancer`, `connectionPool`,
+    /// `outlierDetection` and `tls` as a whole ("port level policies do not inherit").
+    fn at_port(&self, port: u16) -> TrafficPolicySpec {
+        let mut out = self.clone();
+        out.port_level_settings = None;
+        if let Some(p) = self
+            .port_level_settings
+            .iter()
+            .flatten()
+            .find(|p| p.port.as_ref().is_some_and(|n| n.number == u32::from(port)))
+        {
+            out.load_balancer = p.load_balancer.clone();
+            out.connection_pool = p.connection_pool.clone();
+            out.outlier_detection = p.outlier_detection.clone();
+            out.tls = p.tls.clone();
+        }
+        out
+    }
+
+    /// A subset's policy over the rule's (each field the subset sets wins).
+    fn over(&self, base: &TrafficPolicySpec) -> TrafficPolicySpec {
+        TrafficPolicySpec {
+            tls: self.tls.clone().or_else(|| base.tls.clone()),
+            load_balancer: self
+                .load_balancer
+                .clone()
+                .or_else(|| base.load_balancer.clone()),
+            connection_pool: self
+                .connection_pool
+                .clone()
+                .or_else(|| base.connection_pool.clone()),
+            outlier_detection: self
+                .outlier_detection
+                .clone()
+                .or_else(|| base.outlier_detection.clone()),
+            port_level_settings: self.port_level_settings.clone(),
+            tunnel: self.tunnel.clone().or_else(|| base.tunnel.clone()),
+            proxy_protocol: self
+                .proxy_protocol
+                .clone()
+                .or_else(|| base.proxy_protocol.clone()),
+            retry_budget: self
+                .retry_budget
+                .clone()
+                .or_else(|| base.retry_budget.clone()),
+        }
+    }
+
+    /// The ports its `portLevelSettings` name.
+    fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.port_level_settings
+            .iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p.port.as_ref()?.number).ok())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +173,7 @@ pub struct TlsSpec {
 
 /// Names (with their path) of the traffic policy fields weft does not implement yet.
 fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
-    let fields: [(&str, bool); 4] = [
-        ("portLevelSettings", p.port_level_settings.is_some()),
+    let fields: [(&str, bool); 3] = [
         ("tunnel", p.tunnel.is_some()),
         ("proxyProtocol", p.proxy_protocol.is_some()),
         ("retryBudget", p.retry_budget.is_some()),
@@ -172,9 +246,9 @@ pub fn compile_destination_rule(
     if let Some(p) = &spec.traffic_policy {
         unsupported_policy("trafficPolicy", p, ignored);
     }
-    if !exports_everywhere(&spec.export_to) {
-        ignored.push("exportTo".into());
-    }
+    // Who sees the rule is the lookup's choice (`super::compile`); here only whether
+    // `exportTo` is valid.
+    super::compile::export_of(src.namespace, spec.export_to.as_deref())?;
     if spec.workload_selector.is_some() {
         ignored.push("workloadSelector".into());
     }
@@ -203,6 +277,45 @@ pub fn compile_destination_rule(
         })
         .unwrap_or_default()
     };
+    // `portLevelSettings`: each entry checked once (its refusals named at its path), then
+    // the policy at each port it names computed below.
+    let mut all_ports = BTreeSet::new();
+    let policies = spec
+        .traffic_policy
+        .iter()
+        .map(|p| ("trafficPolicy".to_string(), p))
+        .chain(spec.subsets.iter().enumerate().filter_map(|(i, s)| {
+            Some((
+                format!("subsets[{i}].trafficPolicy"),
+                s.traffic_policy.as_ref()?,
+            ))
+        }));
+    for (at, p) in policies {
+        for (k, entry) in p.port_level_settings.iter().flatten().enumerate() {
+            let pat = format!("{at}.portLevelSettings[{k}]");
+            let port = entry
+                .port
+                .as_ref()
+                .and_then(|n| u16::try_from(n.number).ok())
+                .filter(|n| *n != 0)
+                .ok_or(format!("{pat}.port.number is required (a port)"))?;
+            if !all_ports.insert((at.clone(), port)) {
+                return Err(format!("{pat}: port {port} is given twice"));
+            }
+            let as_policy = TrafficPolicySpec {
+                tls: entry.tls.clone(),
+                load_balancer: entry.load_balancer.clone(),
+                connection_pool: entry.connection_pool.clone(),
+                outlier_detection: entry.outlier_detection.clone(),
+                port_level_settings: None,
+                tunnel: None,
+                proxy_protocol: None,
+                retry_budget: None,
+            };
+            unsupported_policy(&pat, &as_policy, ignored);
+            traffic(&pat, Some(&as_policy), ignored);
+        }
+    }
     let host_traffic = traffic("trafficPolicy", spec.traffic_policy.as_ref(), ignored);
     let subset_traffic = spec
         .subsets
@@ -228,8 +341,68 @@ pub fn compile_destination_rule(
             .filter_map(|s| Some((s.name.clone(), client_tls(s.traffic_policy.as_ref())?)))
             .collect(),
         rule: src.id(),
+        ports: port_policies(&spec, &traffic),
     };
     Ok((host, subsets, tls))
+}
+
+/// How a traffic policy spec compiles (at a path, refusals pushed to the list).
+type TrafficOf = dyn Fn(&str, Option<&TrafficPolicySpec>, &mut Vec<String>) -> super::TrafficPolicy;
+
+/// The policy at each port some `portLevelSettings` name (Istio's `MergeTrafficPolicy`): the
+/// rule's policy at the port, then per subset its own fields over that, then the subset's own
+/// entry for the port. Refusals were named when the entries were checked.
+fn port_policies(
+    spec: &DestinationRuleSpec,
+    traffic: &TrafficOf,
+) -> BTreeMap<u16, super::model::PortPolicy> {
+    let none = TrafficPolicySpec {
+        tls: None,
+        load_balancer: None,
+        connection_pool: None,
+        outlier_detection: None,
+        port_level_settings: None,
+        tunnel: None,
+        proxy_protocol: None,
+        retry_budget: None,
+    };
+    let top = spec.traffic_policy.as_ref().unwrap_or(&none);
+    let ports: BTreeSet<u16> = top
+        .ports()
+        .chain(
+            spec.subsets
+                .iter()
+                .filter_map(|s| s.traffic_policy.as_ref())
+                .flat_map(|p| p.ports()),
+        )
+        .collect();
+    let mut scratch = Vec::new();
+    ports
+        .into_iter()
+        .map(|port| {
+            let at = top.at_port(port);
+            let host = traffic("", Some(&at), &mut scratch);
+            let mut policy = super::model::PortPolicy {
+                mode: client_tls(Some(&at)),
+                traffic: host.clone(),
+                ..Default::default()
+            };
+            for s in &spec.subsets {
+                let Some(own) = &s.traffic_policy else {
+                    continue;
+                };
+                let merged = own.over(&at).at_port(port);
+                if let Some(mode) = client_tls(Some(&merged)) {
+                    policy.subsets.insert(s.name.clone(), mode);
+                }
+                let t = traffic("", Some(&merged), &mut scratch);
+                if !t.is_empty() {
+                    policy.subset_traffic.insert(s.name.clone(), t);
+                }
+            }
+            (port, policy)
+        })
+        .collect()
 }
 
 /// Every DestinationRule's subsets by host, oldest first: a later rule adds subsets of new
@@ -304,6 +477,10 @@ pub fn destination_rules_with_tls(
                 for (subset, policy) in tls.subset_traffic {
                     known.subset_traffic.entry(subset).or_insert(policy);
                 }
+                // Per port (portLevelSettings): the oldest rule naming a port decides it.
+                for (port, policy) in tls.ports {
+                    known.ports.entry(port).or_insert(policy);
+                }
                 if registry.expand(&host, src.namespace).is_err() {
                     notes.push(format!(
                         "host {host} is not a Service weft knows (yet); its subsets select nothing"
@@ -332,6 +509,7 @@ pub fn destination_rules_with_tls(
             || !t.subsets.is_empty()
             || !t.traffic.is_empty()
             || !t.subset_traffic.is_empty()
+            || !t.ports.is_empty()
     });
     (out, tls_out)
 }
@@ -380,7 +558,7 @@ pub struct L4MatchSpec {
     #[serde(default)]
     pub gateways: Option<Value>,
     #[serde(default)]
-    pub source_namespace: Option<Value>,
+    pub source_namespace: Option<String>,
     /// Deprecated in Istio's API (never implemented by Istio either).
     #[serde(default)]
     pub source_subnet: Option<Value>,
@@ -461,7 +639,7 @@ pub struct MatchSpec {
     #[serde(default)]
     pub ignore_uri_case: Option<Value>,
     #[serde(default)]
-    pub source_namespace: Option<Value>,
+    pub source_namespace: Option<String>,
     #[serde(default)]
     pub stat_prefix: Option<Value>,
 }
@@ -570,7 +748,6 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
         ("authority", m.authority.is_some()),
         ("gateways", m.gateways.is_some()),
         ("ignoreUriCase", m.ignore_uri_case.is_some()),
-        ("sourceNamespace", m.source_namespace.is_some()),
         ("statPrefix", m.stat_prefix.is_some()),
     ]);
     if !unsupported.is_empty() {
@@ -612,7 +789,19 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
             .collect::<Result<_, String>>()?,
         port,
         source_labels: m.source_labels.clone(),
+        source_namespace: source_namespace(at, m.source_namespace.as_deref())?,
     })
+}
+
+/// `sourceNamespace`, a namespace name (Istio's validation).
+fn source_namespace(at: &str, ns: Option<&str>) -> Result<Option<String>, String> {
+    match ns {
+        None => Ok(None),
+        Some(n) if super::compile::is_dns_label(n) => Ok(Some(n.to_string())),
+        Some(n) => Err(format!(
+            "{at}.sourceNamespace {n:?} is not a namespace name"
+        )),
+    }
 }
 
 fn not_supported(at: &str, fields: &[&str]) -> String {
@@ -660,9 +849,10 @@ pub fn compile_virtual_service(
             "spec.hosts: the wildcard host * is not allowed for a VirtualService bound to the mesh (Istio refuses it too); name the Services, or a *.<domain> wildcard; the VirtualService is not applied".into(),
         ));
     }
-    if !exports_everywhere(&spec.export_to) {
-        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
-    }
+    // Who sees it is the compiler's choice ([`super::compile::visible_virtual_services`]);
+    // here only whether `exportTo` is valid.
+    super::compile::export_of(src.namespace, spec.export_to.as_deref())
+        .map_err(|e| Refusal::Invalid(format!("spec.{e}; the VirtualService is not applied")))?;
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
         return Err(Refusal::Invalid(
             "spec has no http, tcp or tls routes; the VirtualService is not applied".into(),
@@ -745,6 +935,9 @@ pub fn gateway_routes(
             if !m.source_labels.is_empty() {
                 unsupported.push(format!("http[{i}].match[{j}].sourceLabels"));
             }
+            if m.source_namespace.is_some() {
+                unsupported.push(format!("http[{i}].match[{j}].sourceNamespace"));
+            }
         }
     }
     if !unsupported.is_empty() {
@@ -754,7 +947,9 @@ pub fn gateway_routes(
         )));
     }
     if !exports_everywhere(&spec.export_to) {
-        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
+        return Err(Refusal::Invalid(
+            "spec.exportTo other than * is not supported on gateways yet (sidecars apply it); the VirtualService is not applied".into(),
+        ));
     }
     if spec.http.is_empty() {
         return Err(Refusal::Invalid(
@@ -795,11 +990,15 @@ pub fn gateway_l4_routes(
         .iter()
         .enumerate()
         .flat_map(|(i, r)| {
-            r.matches
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| !m.source_labels.is_empty())
-                .map(move |(j, _)| format!("{field}[{i}].match[{j}].sourceLabels"))
+            r.matches.iter().enumerate().flat_map(move |(j, m)| {
+                let labels = (!m.source_labels.is_empty())
+                    .then(|| format!("{field}[{i}].match[{j}].sourceLabels"));
+                let namespace = m
+                    .source_namespace
+                    .is_some()
+                    .then(|| format!("{field}[{i}].match[{j}].sourceNamespace"));
+                labels.into_iter().chain(namespace)
+            })
         })
         .collect();
     if !labelled.is_empty() {
@@ -809,7 +1008,9 @@ pub fn gateway_l4_routes(
         )));
     }
     if !exports_everywhere(&spec.export_to) {
-        return Err(Refusal::Invalid(not_supported("spec", &["exportTo"])));
+        return Err(Refusal::Invalid(
+            "spec.exportTo other than * is not supported on gateways yet (sidecars apply it); the VirtualService is not applied".into(),
+        ));
     }
     let pending = pending_l4(registry, src, spec, kind)?;
     let mut dangling = BTreeSet::new();
@@ -884,62 +1085,19 @@ fn pending_routes(
             });
             continue;
         }
-        if h.route.is_empty() || h.route.len() > MAX_DESTINATIONS {
-            return Err(invalid(format!(
-                "{at}.route has {} destinations; 1 to {MAX_DESTINATIONS} are accepted; the VirtualService is not applied",
-                h.route.len()
-            )));
-        }
-        let mut destinations = Vec::new();
-        for (j, r) in h.route.iter().enumerate() {
-            let dat = format!("{at}.route[{j}]");
-            let (request_headers, response_headers) = match &r.headers {
-                Some(spec) => header_edits(&format!("{dat}.headers"), spec)
-                    .map_err(|e| invalid(format!("{e}; the VirtualService is not applied")))?,
-                None => Default::default(),
-            };
-            // Istio: a lone destination may leave its weight out (it takes everything).
-            let weight = match (r.weight, h.route.len()) {
-                (None, 1) => 100,
-                (None, _) => 0,
-                (Some(w), _) if (0..=i64::from(u32::MAX)).contains(&w) => w as u32,
-                (Some(w), _) => {
-                    return Err(invalid(format!(
-                        "{dat}.weight {w} is negative or too large; the VirtualService is not applied"
-                    )));
-                }
-            };
-            let port = r
-                .destination
-                .port
-                .as_ref()
-                .map(|p| {
-                    u16::try_from(p.number).ok().filter(|p| *p != 0).ok_or(invalid(format!(
-                        "{dat}.destination.port.number {} is not a port; the VirtualService is not applied",
-                        p.number
-                    )))
-                })
-                .transpose()?;
-            let host = registry.resolve(&r.destination.host, src.namespace);
-            destinations.push(PendingDestination {
-                host,
-                port,
-                subset: r.destination.subset.clone(),
-                weight,
-                request_headers,
-                response_headers,
-            });
-        }
-        let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
-        if h.route.len() > 1 && total != 100 {
-            return Err(invalid(format!(
-                "{at}.route weights sum to {total}; Istio requires 100; the VirtualService is not applied"
-            )));
-        }
-        if total == 0 {
-            return Err(invalid(format!(
-                "{at}.route gives every destination weight 0; the VirtualService is not applied"
-            )));
+        let not_applied = |e: String| invalid(format!("{e}; the VirtualService is not applied"));
+        let mut destinations = pending_destinations(
+            registry,
+            src,
+            &at,
+            h.route.iter().map(|r| (&r.destination, r.weight)),
+        )
+        .map_err(not_applied)?;
+        for (j, (r, d)) in h.route.iter().zip(&mut destinations).enumerate() {
+            if let Some(spec) = &r.headers {
+                (d.request_headers, d.response_headers) =
+                    header_edits(&format!("{at}.route[{j}].headers"), spec).map_err(not_applied)?;
+            }
         }
         pending.push(Pending {
             matches,
@@ -951,6 +1109,65 @@ fn pending_routes(
     Ok(pending)
 }
 
+/// A destination's `port.number`, if given (`at`: the destination).
+fn destination_port(at: &str, d: &DestinationSpec) -> Result<Option<u16>, String> {
+    d.port
+        .as_ref()
+        .map(|p| {
+            u16::try_from(p.number)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(format!("{at}.port.number {} is not a port", p.number))
+        })
+        .transpose()
+}
+
+/// The weighted destinations of one `http`, `tcp` or `tls` route (`at`: `http[0]`), as Istio
+/// validates them: 1 to [`MAX_DESTINATIONS`]; a lone destination may leave its weight out (it
+/// takes everything), otherwise the weights sum to 100; never all 0. Header edits are the
+/// caller's.
+fn pending_destinations<'d>(
+    registry: &Registry,
+    src: &Source<'_>,
+    at: &str,
+    route: impl ExactSizeIterator<Item = (&'d DestinationSpec, Option<i64>)>,
+) -> Result<Vec<PendingDestination>, String> {
+    let count = route.len();
+    if count == 0 || count > MAX_DESTINATIONS {
+        return Err(format!(
+            "{at}.route has {count} destinations; 1 to {MAX_DESTINATIONS} are accepted"
+        ));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (j, (d, weight)) in route.enumerate() {
+        let dat = format!("{at}.route[{j}]");
+        let weight = match (weight, count) {
+            (None, 1) => 100,
+            (None, _) => 0,
+            (Some(w), _) if (0..=i64::from(u32::MAX)).contains(&w) => w as u32,
+            (Some(w), _) => return Err(format!("{dat}.weight {w} is negative or too large")),
+        };
+        out.push(PendingDestination {
+            host: registry.resolve(&d.host, src.namespace),
+            port: destination_port(&format!("{dat}.destination"), d)?,
+            subset: d.subset.clone(),
+            weight,
+            request_headers: HeaderEdits::default(),
+            response_headers: HeaderEdits::default(),
+        });
+    }
+    let total: u64 = out.iter().map(|d| u64::from(d.weight)).sum();
+    if count > 1 && total != 100 {
+        return Err(format!(
+            "{at}.route weights sum to {total}; Istio requires 100"
+        ));
+    }
+    if total == 0 {
+        return Err(format!("{at}.route gives every destination weight 0"));
+    }
+    Ok(out)
+}
+
 /// A route's `mirror` (with `mirrorPercentage`, or the deprecated `mirrorPercent`; 100 % by
 /// default, as Istio) and `mirrors`, before they are laid on a port.
 fn mirrors(
@@ -960,19 +1177,9 @@ fn mirrors(
     h: &HttpRouteSpec,
 ) -> Result<Vec<(PendingDestination, u32)>, String> {
     let pending = |at: &str, d: &DestinationSpec| -> Result<PendingDestination, String> {
-        let port = d
-            .port
-            .as_ref()
-            .map(|p| {
-                u16::try_from(p.number)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or(format!("{at}.port.number {} is not a port", p.number))
-            })
-            .transpose()?;
         Ok(PendingDestination {
             host: registry.resolve(&d.host, src.namespace),
-            port,
+            port: destination_port(at, d)?,
             subset: d.subset.clone(),
             weight: 0,
             request_headers: HeaderEdits::default(),
@@ -1182,7 +1389,6 @@ fn pending_l4(
             let mat = format!("{at}.match[{j}]");
             let unsupported = set_fields(&[
                 ("gateways", m.gateways.is_some()),
-                ("sourceNamespace", m.source_namespace.is_some()),
                 ("sourceSubnet", m.source_subnet.is_some()),
             ]);
             if !unsupported.is_empty() {
@@ -1238,61 +1444,17 @@ fn pending_l4(
                 destination_subnets,
                 sni_hosts,
                 source_labels: m.source_labels.clone(),
+                source_namespace: source_namespace(&mat, m.source_namespace.as_deref())
+                    .map_err(invalid)?,
             });
         }
-        if r.route.is_empty() || r.route.len() > MAX_DESTINATIONS {
-            return Err(invalid(format!(
-                "{at}.route has {} destinations; 1 to {MAX_DESTINATIONS} are accepted",
-                r.route.len()
-            )));
-        }
-        let mut destinations = Vec::new();
-        for (j, d) in r.route.iter().enumerate() {
-            let dat = format!("{at}.route[{j}]");
-            let weight = match (d.weight, r.route.len()) {
-                (None, 1) => 100,
-                (None, _) => 0,
-                (Some(w), _) if (0..=i64::from(u32::MAX)).contains(&w) => w as u32,
-                (Some(w), _) => {
-                    return Err(invalid(format!(
-                        "{dat}.weight {w} is negative or too large"
-                    )));
-                }
-            };
-            let port = d
-                .destination
-                .port
-                .as_ref()
-                .map(|p| {
-                    u16::try_from(p.number)
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or(invalid(format!(
-                            "{dat}.destination.port.number {} is not a port",
-                            p.number
-                        )))
-                })
-                .transpose()?;
-            destinations.push(PendingDestination {
-                host: registry.resolve(&d.destination.host, src.namespace),
-                port,
-                subset: d.destination.subset.clone(),
-                weight,
-                request_headers: HeaderEdits::default(),
-                response_headers: HeaderEdits::default(),
-            });
-        }
-        let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
-        if r.route.len() > 1 && total != 100 {
-            return Err(invalid(format!(
-                "{at}.route weights sum to {total}; Istio requires 100"
-            )));
-        }
-        if total == 0 {
-            return Err(invalid(format!(
-                "{at}.route gives every destination weight 0"
-            )));
-        }
+        let destinations = pending_destinations(
+            registry,
+            src,
+            &at,
+            r.route.iter().map(|d| (&d.destination, d.weight)),
+        )
+        .map_err(invalid)?;
         out.push(PendingL4 {
             matches,
             destinations,
@@ -1359,10 +1521,29 @@ pub fn virtual_services_all(
     BTreeMap<(String, u16), Vec<HttpRoute>>,
     BTreeMap<(String, u16), L4Table>,
 ) {
+    let ordered: Vec<(u8, &Source)> = by_age(sources).into_iter().map(|s| (0, s)).collect();
+    virtual_services_ordered(registry, subsets, &ordered, problems)
+}
+
+/// [`virtual_services_all`] of VirtualServices in the order given, each with its group (the
+/// order and groups one client sees them in: [`super::compile::visible_virtual_services`]):
+/// an earlier one keeps a host a later, equally specific one names. Within a group that is a
+/// conflict and reported; across groups it is `exportTo`'s override (a client namespace's own
+/// VirtualService over one exported everywhere), as intended, and not reported.
+#[allow(clippy::type_complexity)]
+pub fn virtual_services_ordered(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    sources: &[(u8, &Source<'_>)],
+    problems: &mut Vec<Problem>,
+) -> (
+    BTreeMap<(String, u16), Vec<HttpRoute>>,
+    BTreeMap<(String, u16), L4Table>,
+) {
     let mut out: BTreeMap<(String, u16), Vec<HttpRoute>> = BTreeMap::new();
     let mut out_l4: BTreeMap<(String, u16), L4Table> = BTreeMap::new();
-    let mut owner: BTreeMap<String, ((bool, usize), String)> = BTreeMap::new();
-    for src in by_age(sources) {
+    let mut owner: BTreeMap<String, ((bool, usize), String, u8)> = BTreeMap::new();
+    for &(group, src) in sources {
         let compiled = match compile_virtual_service(registry, subsets, src) {
             Ok(c) => c,
             Err(Refusal::GatewaysOnly) => continue,
@@ -1389,10 +1570,14 @@ pub fn virtual_services_all(
             match owner.get(host) {
                 // Istio: the most specific host entry wins a Service (exact over wildcard,
                 // longer wildcard over shorter); equals: the oldest, the other reported.
-                Some((first_rank, first)) if *first_rank == rank => notes.push(format!(
-                    "host {host} is already routed by VirtualService {first} (older); for sidecars one VirtualService per host applies, so this one is ignored for {host}"
-                )),
-                Some((first_rank, _)) if *first_rank > rank => {}
+                Some((first_rank, first, first_group))
+                    if *first_rank == rank && *first_group == group =>
+                {
+                    notes.push(format!(
+                        "host {host} is already routed by VirtualService {first} (older); for sidecars one VirtualService per host applies, so this one is ignored for {host}"
+                    ))
+                }
+                Some((first_rank, _, _)) if *first_rank >= rank => {}
                 Some(_) => {
                     out.retain(|(h, _), _| h != host);
                     out_l4.retain(|(h, _), _| h != host);
@@ -1405,7 +1590,7 @@ pub fn virtual_services_all(
         }
         for host in &taken {
             let rank = compiled.specificity.get(host).copied().unwrap_or((true, 0));
-            owner.insert(host.clone(), (rank, src.id()));
+            owner.insert(host.clone(), (rank, src.id(), group));
         }
         for ((host, port), routes) in compiled.routes {
             if taken.contains(&host) {
@@ -1603,15 +1788,23 @@ spec:
             !m.contains("loadBalancer") && !m.contains("outlierDetection"),
             "{m}"
         );
-        for field in [
-            "trafficPolicy.tls.mode SIMPLE",
-            "subsets[0].trafficPolicy.portLevelSettings",
-            "exportTo",
-            "workloadSelector",
-        ] {
+        for field in ["trafficPolicy.tls.mode SIMPLE", "workloadSelector"] {
             assert!(m.contains(field), "{field} named in {m}");
         }
         assert!(m.contains("not supported yet"), "{m}");
+        // exportTo is applied by the lookup (route::compile), so not named here.
+        assert!(!m.contains("exportTo"), "{m}");
+        // An exportTo Istio's validation refuses refuses the rule, naming the entry.
+        let tilde = json!({"host": "reviews", "exportTo": ["~"]});
+        let mut problems = Vec::new();
+        let subsets = destination_rules(&registry(), &[src("none", "t", &tilde)], &mut problems);
+        assert!(subsets.is_empty());
+        assert!(
+            problems[0]
+                .message
+                .contains("exportTo[0]: ~ (none) is not allowed"),
+            "{problems:?}"
+        );
         // An unknown field is no Istio field: the rule is refused naming it.
         let bad = json!({"host": "reviews", "subsetz": []});
         let mut problems = Vec::new();
@@ -1798,7 +1991,6 @@ spec:
         assert!(m.contains("http[0].redirect.derivePort"), "{m}");
         // The L4 match fields weft does not implement, by name.
         for (field, value) in [
-            ("sourceNamespace", json!("shop")),
             ("gateways", json!(["mesh"])),
             ("sourceSubnet", json!("198.18.0.0/15")),
         ] {
@@ -2312,5 +2504,218 @@ spec:
         let routes = &c.routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
         assert_eq!(routes[0].matches[0].source_labels["role"], "tester");
         assert!(routes[1].matches.is_empty());
+    }
+
+    /// `sourceNamespace` (http, tcp and tls matches) is kept in the match for the control
+    /// plane to filter per client ([`crate::route::source`]); a name that is no namespace is
+    /// refused; gateways refuse it by name (the gateway is every route's client).
+    #[test]
+    fn source_namespace_compiles_into_http_and_l4_matches_and_gateways_refuse_it() {
+        let spec = json!({"hosts": ["ratings"],
+            "http": [{"match": [{"sourceNamespace": "front"}],
+                      "route": [{"destination": {"host": "ratings", "port": {"number": 9080}}}]}],
+            "tcp": [{"match": [{"sourceNamespace": "back", "port": 5432}],
+                     "route": [{"destination": {"host": "ratings", "port": {"number": 5432}}}]}]});
+        let s = src("vs", "t", &spec);
+        let c = compile_virtual_service(&registry(), &BTreeMap::new(), &s).expect("compiles");
+        let host = "ratings.payments.svc.cluster.local".to_string();
+        assert_eq!(
+            c.routes[&(host.clone(), 9080)][0].matches[0]
+                .source_namespace
+                .as_deref(),
+            Some("front")
+        );
+        assert_eq!(
+            c.l4[&(host, 5432)].tcp[0].matches[0]
+                .source_namespace
+                .as_deref(),
+            Some("back")
+        );
+        for (at, m) in [("http", "Front_NS"), ("tcp", "a.b")] {
+            let bad = if at == "http" {
+                json!({"hosts": ["ratings"], "http": [{"match": [{"sourceNamespace": m}],
+                    "route": [{"destination": {"host": "ratings"}}]}]})
+            } else {
+                json!({"hosts": ["ratings"], "tcp": [{"match": [{"sourceNamespace": m}],
+                    "route": [{"destination": {"host": "ratings"}}]}]})
+            };
+            let e = vs_error(bad);
+            assert!(
+                e.contains(&format!(
+                    "{at}[0].match[0].sourceNamespace {m:?} is not a namespace name"
+                )),
+                "{e}"
+            );
+        }
+        let spec = read_virtual_service(&s).expect("reads");
+        match gateway_routes(&registry(), &BTreeMap::new(), &s, &spec, 80) {
+            Err(Refusal::Invalid(m)) => {
+                assert!(m.contains("http[0].match[0].sourceNamespace"), "{m}")
+            }
+            other => panic!("a gateway applied sourceNamespace: {other:?}"),
+        }
+        match gateway_l4_routes(&registry(), &BTreeMap::new(), &s, &spec, 5432, false) {
+            Err(Refusal::Invalid(m)) => {
+                assert!(m.contains("tcp[0].match[0].sourceNamespace"), "{m}")
+            }
+            other => panic!("a gateway applied sourceNamespace: {other:?}"),
+        }
+    }
+
+    /// Bad input (issue 19): 10,000 routes compile, pass the proxy's table check and are
+    /// matched in order (the last one too); one more refuses that VirtualService by name and
+    /// leaves the others applied.
+    #[test]
+    fn ten_thousand_routes_apply_and_one_more_is_refused_without_disturbing_others() {
+        use crate::route::select::{Choice, RequestView, choose_route};
+        let many = |n: usize| {
+            let http: Vec<Value> = (0..n)
+                .map(|i| {
+                    json!({"match": [{"uri": {"exact": format!("/r{i}")}}],
+                           "route": [{"destination": {"host": "reviews"}}]})
+                })
+                .collect();
+            json!({"hosts": ["reviews"], "http": http})
+        };
+        let (ok, too_many) = (many(MAX_ROUTES), many(MAX_ROUTES + 1));
+        let ratings = json!({"hosts": ["ratings"], "http": [
+            {"route": [{"destination": {"host": "ratings", "port": {"number": 9080}}}]}]});
+        let mut problems = Vec::new();
+        let routes = virtual_services(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("many", "1", &ok)],
+            &mut problems,
+        );
+        assert_eq!(problems, []);
+        let table = &routes[&("reviews.payments.svc.cluster.local".to_string(), 9080)];
+        assert_eq!(table.len(), 10_000);
+        crate::route::model::validate("reviews", table).expect("the proxy accepts it");
+        let headers: Vec<(&str, &str)> = Vec::new();
+        for (path, want) in [("/r0", Some(0)), ("/r9999", Some(9_999)), ("/r10000", None)] {
+            let view = RequestView {
+                method: "GET",
+                path,
+                query: None,
+                port: 9080,
+                headers: &headers,
+            };
+            let got = match choose_route(table, &view) {
+                Choice::Route { index, .. } => Some(index),
+                Choice::NoRoute => None,
+            };
+            assert_eq!(got, want, "{path}");
+        }
+        let mut problems = Vec::new();
+        let routes = virtual_services(
+            &registry(),
+            &BTreeMap::new(),
+            &[
+                src("too-many", "1", &too_many),
+                src("ratings", "2", &ratings),
+            ],
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].name, "too-many");
+        assert!(
+            problems[0]
+                .message
+                .contains("spec.http has 10001 routes; at most 10000 are accepted"),
+            "{problems:?}"
+        );
+        assert!(!routes.contains_key(&("reviews.payments.svc.cluster.local".to_string(), 9080)));
+        assert_eq!(
+            routes[&("ratings.payments.svc.cluster.local".to_string(), 9080)].len(),
+            1,
+            "the other VirtualService still applies"
+        );
+    }
+
+    /// `portLevelSettings` (issue 19 item 1), as Istio's `MergeTrafficPolicy`: a port's entry
+    /// replaces the four fields as a whole (no inheritance), a subset's fields override the
+    /// rule's at that port, then the subset's own entry for the port; other ports keep the
+    /// host-wide policy. A port entry's unsupported fields are named at its path.
+    #[test]
+    fn port_level_settings_replace_the_policy_at_their_port_and_subsets_merge_over_it() {
+        use crate::route::balance::LoadBalancer;
+        let dr = json!({
+            "host": "ratings",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "ROUND_ROBIN"},
+                "outlierDetection": {"consecutive5xxErrors": 3},
+                "portLevelSettings": [{"port": {"number": 9080},
+                    "loadBalancer": {"simple": "RANDOM"}, "tls": {"mode": "DISABLE"}}]},
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"},
+                 "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}}},
+                {"name": "v2", "labels": {"version": "v2"},
+                 "trafficPolicy": {"portLevelSettings": [{"port": {"number": 5432},
+                    "loadBalancer": {"simple": "LEAST_REQUEST"}}]}}]
+        });
+        let mut problems = Vec::new();
+        let (_, policies) =
+            destination_rules_with_tls(&registry(), &[src("r", "t", &dr)], &mut problems);
+        assert_eq!(problems, []);
+        let p = &policies["ratings.payments.svc.cluster.local"];
+        let consecutive = |t: &crate::route::TrafficPolicy| {
+            t.outlier_detection.as_ref().map(|o| o.consecutive_5xx)
+        };
+        // Host-wide: round robin, 3 consecutive 5xx.
+        assert_eq!(p.traffic.load_balancer, Some(LoadBalancer::RoundRobin));
+        assert_eq!(consecutive(&p.traffic), Some(3));
+        assert_eq!(p.mode, None);
+        // 9080: the entry replaces all four fields: random, no outlier detection, DISABLE.
+        let at_9080 = &p.ports[&9080];
+        assert_eq!(at_9080.traffic.load_balancer, Some(LoadBalancer::Random));
+        assert_eq!(consecutive(&at_9080.traffic), None, "not inherited");
+        assert_eq!(at_9080.mode, Some(ClientTls::Disable));
+        // v1's own outlierDetection over the port's policy.
+        assert_eq!(
+            at_9080.subset_traffic["v1"].load_balancer,
+            Some(LoadBalancer::Random)
+        );
+        assert_eq!(consecutive(&at_9080.subset_traffic["v1"]), Some(1));
+        // 5432: only v2 names it; the rule's policy elsewhere, v2's entry for v2.
+        let at_5432 = &p.ports[&5432];
+        assert_eq!(
+            at_5432.traffic.load_balancer,
+            Some(LoadBalancer::RoundRobin)
+        );
+        assert_eq!(
+            at_5432.subset_traffic["v2"].load_balancer,
+            Some(LoadBalancer::LeastRequest)
+        );
+        assert_eq!(consecutive(&at_5432.subset_traffic["v2"]), None);
+        assert_eq!(consecutive(&at_5432.subset_traffic["v1"]), Some(1));
+        // What a port entry cannot apply is named at its path; a port given twice, or none,
+        // refuses the rule.
+        let named = json!({"host": "ratings", "trafficPolicy": {"portLevelSettings": [
+            {"port": {"number": 9080}, "tls": {"mode": "SIMPLE"}}]}});
+        let mut problems = Vec::new();
+        destination_rules_with_tls(&registry(), &[src("n", "t", &named)], &mut problems);
+        assert!(
+            problems[0]
+                .message
+                .contains("trafficPolicy.portLevelSettings[0].tls.mode SIMPLE"),
+            "{problems:?}"
+        );
+        for (bad, says) in [
+            (
+                json!([{"port": {"number": 80}}, {"port": {"number": 80}}]),
+                "portLevelSettings[1]: port 80 is given twice",
+            ),
+            (
+                json!([{"loadBalancer": {"simple": "RANDOM"}}]),
+                "portLevelSettings[0].port.number is required",
+            ),
+        ] {
+            let dr = json!({"host": "ratings", "trafficPolicy": {"portLevelSettings": bad}});
+            let mut problems = Vec::new();
+            let (_, policies) =
+                destination_rules_with_tls(&registry(), &[src("b", "t", &dr)], &mut problems);
+            assert!(policies.is_empty());
+            assert!(problems[0].message.contains(says), "{problems:?}");
+        }
     }
 }

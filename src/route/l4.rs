@@ -68,6 +68,10 @@ pub struct L4Match {
     /// proxies whose pod lacks them ([`super::source`]); the proxy never reads them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    /// Istio's `sourceNamespace`: only client pods of this namespace (filtered like
+    /// `source_labels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
 }
 
 impl L4Match {

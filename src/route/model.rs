@@ -75,6 +75,10 @@ pub struct RequestMatch {
     /// ([`super::source`]); the proxy never reads them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source_labels: BTreeMap<String, String>,
+    /// Istio's `sourceNamespace`: the match applies to client pods of this namespace only,
+    /// left out of other proxies' tables as `source_labels` are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<String>,
 }
 
 /// Istio's `StringMatch`: exactly one of exact, prefix or regex (RE2 syntax, whole value).
@@ -137,6 +141,19 @@ pub struct HostPolicy {
     pub subset_traffic: BTreeMap<String, super::TrafficPolicy>,
     /// `<namespace>/<name>` of the DestinationRule.
     pub rule: String,
+    /// Service port -> the whole policy at that port, where `portLevelSettings` (of the
+    /// rule or of a subset) name it; it replaces the fields above for that port's entry.
+    pub ports: BTreeMap<u16, PortPolicy>,
+}
+
+/// A host's client-side policy at one Service port (`portLevelSettings` applied, Istio's
+/// `MergeTrafficPolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub mode: Option<ClientTls>,
+    pub subsets: BTreeMap<String, ClientTls>,
+    pub traffic: super::TrafficPolicy,
+    pub subset_traffic: BTreeMap<String, super::TrafficPolicy>,
 }
 
 /// Checks a table the way the proxy needs it: bounded, with a destination per route and some

@@ -1,7 +1,8 @@
-//! `sourceLabels`: which routes one client proxy gets. A VirtualService match with
-//! `sourceLabels` (`http`, `tcp` or `tls`) applies only to clients whose pod carries every one
-//! of those labels; the control plane leaves the other matches out of each proxy's tables
-//! (and a route with none left), so the proxy never evaluates labels. Kube-free.
+//! `sourceLabels` and `sourceNamespace`: which routes one client proxy gets. A VirtualService
+//! match with `sourceLabels` (`http`, `tcp` or `tls`) applies only to clients whose pod carries
+//! every one of those labels, and one with `sourceNamespace` only to clients of that namespace
+//! (Istio's `sourceMatchHTTP`); the control plane leaves the other matches out of each proxy's
+//! tables (and a route with none left), so the proxy never evaluates them. Kube-free.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,58 +12,83 @@ use crate::snapshot::Service;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// The client condition of one match: every label, and the namespace when given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Selector {
+    pub labels: Labels,
+    pub namespace: Option<String>,
+}
+
+impl Selector {
+    fn of(labels: &Labels, namespace: &Option<String>) -> Self {
+        Selector {
+            labels: labels.clone(),
+            namespace: namespace.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.namespace.is_none()
+    }
+
+    /// Whether a pod of `namespace` with `labels` is one this names.
+    pub fn holds(&self, namespace: &str, labels: &Labels) -> bool {
+        selects(&self.labels, labels) && self.namespace.as_deref().is_none_or(|n| n == namespace)
+    }
+}
+
 /// Whether a pod with `labels` is one `want` names (every label of `want`, same value).
 pub fn selects(want: &Labels, labels: &Labels) -> bool {
     want.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// Every distinct `sourceLabels` selector of the Services' routes, in a stable order. Empty
-/// when no route names any: then every proxy gets the same tables.
-pub fn selectors<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<Labels> {
+/// The client condition of every match of a Service's routes (empty ones included).
+fn conditions(svc: &Service) -> impl Iterator<Item = Selector> + '_ {
+    let http = svc
+        .http
+        .iter()
+        .flat_map(|r| &r.matches)
+        .map(|m| Selector::of(&m.source_labels, &m.source_namespace));
+    let l4 = svc
+        .l4
+        .tls
+        .iter()
+        .chain(&svc.l4.tcp)
+        .flat_map(|r| &r.matches)
+        .map(|m| Selector::of(&m.source_labels, &m.source_namespace));
+    http.chain(l4)
+}
+
+/// Every distinct client condition (`sourceLabels`, `sourceNamespace`) of the Services'
+/// routes, in a stable order. Empty when no route names any: then every proxy gets the same
+/// tables.
+pub fn selectors<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<Selector> {
     let mut out = BTreeSet::new();
     for svc in services {
-        let http = svc
-            .http
-            .iter()
-            .flat_map(|r| &r.matches)
-            .map(|m| &m.source_labels);
-        let l4 = svc
-            .l4
-            .tls
-            .iter()
-            .chain(&svc.l4.tcp)
-            .flat_map(|r| &r.matches)
-            .map(|m| &m.source_labels);
-        out.extend(http.chain(l4).filter(|l| !l.is_empty()).cloned());
+        out.extend(conditions(svc).filter(|s| !s.is_empty()));
     }
     out.into_iter().collect()
 }
 
-/// Which of `selectors` a pod with `labels` is named by: pods with the same answer get the
-/// same tables.
-pub fn signature(selectors: &[Labels], labels: &Labels) -> Vec<bool> {
-    selectors.iter().map(|s| selects(s, labels)).collect()
+/// Which of `selectors` a pod of `namespace` with `labels` is named by: pods with the same
+/// answer get the same tables.
+pub fn signature(selectors: &[Selector], namespace: &str, labels: &Labels) -> Vec<bool> {
+    selectors
+        .iter()
+        .map(|s| s.holds(namespace, labels))
+        .collect()
 }
 
-/// Whether any route of the Service names source labels (only those Services differ between
+/// Whether any route of the Service names its clients (only those Services differ between
 /// proxies).
 pub fn labelled(svc: &Service) -> bool {
-    svc.http
-        .iter()
-        .flat_map(|r| &r.matches)
-        .any(|m| !m.source_labels.is_empty())
-        || svc
-            .l4
-            .tls
-            .iter()
-            .chain(&svc.l4.tcp)
-            .flat_map(|r| &r.matches)
-            .any(|m| !m.source_labels.is_empty())
+    conditions(svc).any(|s| !s.is_empty())
 }
 
-/// The HTTP routes a client pod with `labels` gets: matches naming other pods left out, and a
-/// route whose every match is left out with them. A route without matches stays.
-pub fn http_for(routes: &[HttpRoute], labels: &Labels) -> Vec<HttpRoute> {
+/// The HTTP routes a client pod of `namespace` with `labels` gets: matches naming other pods
+/// left out, and a route whose every match is left out with them. A route without matches
+/// stays.
+pub fn http_for(routes: &[HttpRoute], namespace: &str, labels: &Labels) -> Vec<HttpRoute> {
     routes
         .iter()
         .filter_map(|r| {
@@ -72,7 +98,9 @@ pub fn http_for(routes: &[HttpRoute], labels: &Labels) -> Vec<HttpRoute> {
             let matches: Vec<_> = r
                 .matches
                 .iter()
-                .filter(|m| selects(&m.source_labels, labels))
+                .filter(|m| {
+                    Selector::of(&m.source_labels, &m.source_namespace).holds(namespace, labels)
+                })
                 .cloned()
                 .collect();
             (!matches.is_empty()).then(|| HttpRoute {
@@ -83,7 +111,7 @@ pub fn http_for(routes: &[HttpRoute], labels: &Labels) -> Vec<HttpRoute> {
         .collect()
 }
 
-fn l4_for(routes: &[L4Route], labels: &Labels) -> Vec<L4Route> {
+fn l4_for(routes: &[L4Route], namespace: &str, labels: &Labels) -> Vec<L4Route> {
     routes
         .iter()
         .filter_map(|r| {
@@ -93,7 +121,9 @@ fn l4_for(routes: &[L4Route], labels: &Labels) -> Vec<L4Route> {
             let matches: Vec<_> = r
                 .matches
                 .iter()
-                .filter(|m| selects(&m.source_labels, labels))
+                .filter(|m| {
+                    Selector::of(&m.source_labels, &m.source_namespace).holds(namespace, labels)
+                })
                 .cloned()
                 .collect();
             (!matches.is_empty()).then(|| L4Route {
@@ -104,16 +134,16 @@ fn l4_for(routes: &[L4Route], labels: &Labels) -> Vec<L4Route> {
         .collect()
 }
 
-/// The Service entry as a client pod with `labels` gets it.
-pub fn service_for(svc: &Service, labels: &Labels) -> Service {
+/// The Service entry as a client pod of `namespace` with `labels` gets it.
+pub fn service_for(svc: &Service, namespace: &str, labels: &Labels) -> Service {
     if !labelled(svc) {
         return svc.clone();
     }
     Service {
-        http: http_for(&svc.http, labels),
+        http: http_for(&svc.http, namespace, labels),
         l4: L4Table {
-            tls: l4_for(&svc.l4.tls, labels),
-            tcp: l4_for(&svc.l4.tcp, labels),
+            tls: l4_for(&svc.l4.tls, namespace, labels),
+            tcp: l4_for(&svc.l4.tcp, namespace, labels),
         },
         ..svc.clone()
     }
@@ -188,7 +218,7 @@ mod tests {
                 vec![("either".to_string(), 1), ("v1".to_string(), 0)],
             ),
         ] {
-            assert_eq!(names(&http_for(&routes, pod)), want, "{who}");
+            assert_eq!(names(&http_for(&routes, "shop", pod)), want, "{who}");
         }
         // A selector holds only with every label at its value.
         assert!(!selects(
@@ -233,20 +263,93 @@ mod tests {
         );
         assert!(!labelled(&plain) && labelled(&labelled_svc));
         let sel = selectors([&plain, &labelled_svc]);
+        let by_labels = |l: Labels| Selector {
+            labels: l,
+            namespace: None,
+        };
         assert_eq!(
             sel,
             [
-                labels(&[("role", "tester")]),
-                labels(&[("track", "canary")])
+                by_labels(labels(&[("role", "tester")])),
+                by_labels(labels(&[("track", "canary")]))
             ]
         );
         assert_eq!(
-            signature(&sel, &labels(&[("role", "tester"), ("app", "c")])),
+            signature(&sel, "shop", &labels(&[("role", "tester"), ("app", "c")])),
             [true, false]
         );
-        let got = service_for(&labelled_svc, &labels(&[("track", "canary")]));
+        let got = service_for(&labelled_svc, "shop", &labels(&[("track", "canary")]));
         assert_eq!(got.l4.tcp.len(), 1);
         assert_eq!(got.l4.tcp[0].name, "canary");
-        assert_eq!(service_for(&plain, &Labels::new()), plain);
+        assert_eq!(service_for(&plain, "shop", &Labels::new()), plain);
+    }
+
+    /// Istio's `sourceMatchHTTP`: `sourceNamespace` holds only for clients of that namespace,
+    /// and together with `sourceLabels` both must hold.
+    #[test]
+    fn source_namespace_keeps_a_match_for_clients_of_that_namespace_only() {
+        let in_ns = |name: &str, ns: &str, l: Labels| HttpRoute {
+            name: name.into(),
+            matches: vec![RequestMatch {
+                source_labels: l,
+                source_namespace: Some(ns.into()),
+                ..Default::default()
+            }],
+            destinations: to(name),
+            ..Default::default()
+        };
+        let routes = vec![
+            in_ns("from-front", "front", Labels::new()),
+            in_ns("front-testers", "front", labels(&[("role", "tester")])),
+            http("v1", &[]),
+        ];
+        let names = |ns: &str, l: &Labels| -> Vec<String> {
+            http_for(&routes, ns, l)
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        let tester = labels(&[("role", "tester")]);
+        assert_eq!(
+            names("front", &tester),
+            ["from-front", "front-testers", "v1"]
+        );
+        assert_eq!(names("front", &Labels::new()), ["from-front", "v1"]);
+        assert_eq!(names("back", &tester), ["v1"], "another namespace's tester");
+        let svc = Service {
+            cluster_ip: Some("198.19.0.21".parse().unwrap()),
+            port: 9080,
+            name: "reviews.shop.svc.cluster.local".into(),
+            protocol: Default::default(),
+            detect_protocol: false,
+            endpoints: vec![],
+            subsets: Default::default(),
+            http: routes.clone(),
+            tls: None,
+            subset_tls: Default::default(),
+            traffic: Default::default(),
+            subset_traffic: Default::default(),
+            l4: L4Table {
+                tls: vec![],
+                tcp: vec![L4Route {
+                    name: "tcp-from-back".into(),
+                    matches: vec![L4Match {
+                        source_namespace: Some("back".into()),
+                        ..Default::default()
+                    }],
+                    destinations: to("v2"),
+                }],
+            },
+        };
+        assert!(labelled(&svc));
+        let sel = selectors([&svc]);
+        assert_eq!(sel.len(), 3, "{sel:?}");
+        // Two pods of different namespaces with the same labels get different tables.
+        assert_ne!(
+            signature(&sel, "front", &Labels::new()),
+            signature(&sel, "back", &Labels::new())
+        );
+        assert_eq!(service_for(&svc, "front", &Labels::new()).l4.tcp, []);
+        assert_eq!(service_for(&svc, "back", &Labels::new()).l4.tcp.len(), 1);
     }
 }

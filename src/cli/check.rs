@@ -794,12 +794,36 @@ async fn authorization(client: &Client, args: &CheckArgs) -> Vec<Verdict> {
             let index = MeshIndex::build(&view);
             let mut out = check_authz::check(&index);
             out.extend(check_traffic::check(&index));
+            // Pods without a proxy (no revision label), still running.
+            let unmeshed: Vec<String> = view
+                .pods
+                .iter()
+                .filter(|p| {
+                    let labels = p.metadata.labels.as_ref();
+                    !labels.is_some_and(|l| l.contains_key(contract::LABEL_REVISION))
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+                .filter_map(|p| {
+                    let m = &p.metadata;
+                    Some(format!(
+                        "{}/{}",
+                        m.namespace.as_deref()?,
+                        m.name.as_deref()?
+                    ))
+                })
+                .collect();
+            out.push(super::check_egress::check(
+                &index,
+                &unmeshed,
+                &args.mesh.weft_namespace,
+            ));
             out
         }
         Err(e) => [
             check_authz::UNREACHABLE,
             check_authz::HTTP_ON_TCP,
             check_traffic::TLS_CONFLICT,
+            super::check_egress::EGRESS_BYPASS,
         ]
         .into_iter()
         .map(|check| {

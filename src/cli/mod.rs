@@ -7,6 +7,7 @@ pub mod ca_issuer;
 pub mod ca_rotate;
 pub mod check;
 pub mod check_authz;
+pub mod check_egress;
 pub mod check_issuer;
 pub mod check_traffic;
 pub mod describe;

@@ -274,7 +274,14 @@ impl MeshIndex {
                 Effective {
                     default_mode: MtlsMode::Disable,
                     source: "gateway pod: its listeners accept plaintext (PeerAuthentication applies to sidecars)".into(),
-                    ports: BTreeMap::new(),
+                    // An ISTIO_MUTUAL server's port takes only mesh mTLS (egress-gw hunk).
+                    ports: super::routes::mesh_mtls_ports(view, &labels)
+                        .into_iter()
+                        .map(|p| {
+                            let why = "gateway server tls.mode ISTIO_MUTUAL".to_string();
+                            (p, (MtlsMode::Strict, why))
+                        })
+                        .collect(),
                 }
             } else {
                 policies.effective(

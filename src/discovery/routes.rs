@@ -111,8 +111,51 @@ pub fn credential_namespaces(
     out
 }
 
+/// The accepted ServiceEntries' exact hosts, oldest entry first (their problems are the egress
+/// index's to report).
+fn external_hosts(view: &MeshView) -> gateway::ExternalHosts {
+    let mut sorted: Vec<_> = view
+        .service_entries
+        .iter()
+        .filter_map(|se| {
+            let m = &se.metadata;
+            Some((
+                created(m),
+                m.namespace.as_deref()?,
+                m.name.as_deref()?,
+                &se.spec.raw,
+            ))
+        })
+        .collect();
+    sorted.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    gateway::ExternalHosts::new(sorted.into_iter().filter_map(|(_, ns, name, raw)| {
+        let compiled = crate::route::egress::compile(ns, name, raw).ok()?;
+        Some((compiled.export, compiled.services))
+    }))
+}
+
+/// The ports of a gateway pod with `labels` that Istio Gateways serve as `ISTIO_MUTUAL`: mesh
+/// mTLS there (auto-mTLS towards them), plaintext on its other ports.
+pub fn mesh_mtls_ports(
+    view: &MeshView,
+    labels: &BTreeMap<String, String>,
+) -> std::collections::BTreeSet<u16> {
+    let times: Vec<String> = view
+        .istio_gateways
+        .iter()
+        .map(|o| created(&o.metadata))
+        .collect();
+    let all: Vec<Source> = view
+        .istio_gateways
+        .iter()
+        .zip(&times)
+        .filter_map(|(o, t)| source(&o.metadata, &o.spec.raw, t))
+        .collect();
+    gateway::mesh_mtls_ports(&all, labels)
+}
+
 /// Fills `subsets`, `http` and the client TLS modes of every Service entry.
-pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]) -> Applied {
+pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Service>) -> Applied {
     if view.destination_rules.is_empty()
         && view.virtual_services.is_empty()
         && view.traffic_splits.is_empty()
@@ -132,6 +175,11 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             s.protocol == Protocol::Http || s.detect_protocol,
         );
     }
+    // ServiceEntry hosts as VirtualService hosts and destinations (egress gateways).
+    let kube_hosts: std::collections::HashSet<String> =
+        registry.hosts().map(String::from).collect();
+    let external = external_hosts(view);
+    external.register(&mut registry);
     // Creation times as text, kept alive for the borrowed sources.
     let dr_times: Vec<String> = view
         .destination_rules
@@ -194,6 +242,16 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
     let clients = client_namespaces(view, &drs, &vss);
     let plain = (!clients.is_empty()).then(|| (services.to_vec(), headless.to_vec()));
     lay(&tables, &labels, services, headless);
+    // A sidecar's routes for ServiceEntry hosts (the egress-gateway pattern): address-less
+    // Services holding them, which the proxy applies to requests it matched by Host.
+    let is_service = |h: &str| kube_hosts.contains(h);
+    let mut external_problems = Vec::new();
+    headless.extend(external.mesh_services(
+        &tables.http,
+        &tables.l4,
+        &is_service,
+        &mut external_problems,
+    ));
     let mut namespaces = BTreeMap::new();
     if let Some((plain_services, plain_headless)) = &plain {
         let with_pods: std::collections::BTreeSet<&str> = view
@@ -215,12 +273,23 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut [Service]
             let (mut ns_services, mut ns_headless) =
                 (plain_services.clone(), plain_headless.clone());
             lay(&own, &labels, &mut ns_services, &mut ns_headless);
+            ns_headless.extend(external.mesh_services(
+                &own.http,
+                &own.l4,
+                &is_service,
+                &mut external_problems,
+            ));
             if ns_services[..] != services[..] || ns_headless[..] != headless[..] {
                 namespaces.insert(ns, (ns_services, ns_headless));
             }
         }
     }
-    let mut gateways = gateway_configs(view, &registry, &tables.subsets, &vss);
+    for p in external_problems {
+        if !tables.problems.contains(&p) {
+            tables.problems.push(p);
+        }
+    }
+    let mut gateways = gateway_configs(view, &registry, &tables.subsets, &vss, &external);
     let mut gamma = gamma;
     let lookup = |ns: &str, name: &str| credential(view, ns, name);
     let gateway_api =
@@ -412,6 +481,7 @@ fn gateway_configs(
     registry: &Registry,
     subsets: &BTreeMap<String, crate::route::compile::SubsetLabels>,
     virtual_services: &[Source<'_>],
+    external: &gateway::ExternalHosts,
 ) -> (
     HashMap<(String, String), GatewayConfig>,
     Vec<compile::Problem>,
@@ -454,7 +524,7 @@ fn gateway_configs(
             let mut found = Vec::new();
             // Istio reads `credentialName` in the gateway pods' namespace.
             let lookup = |name: &str| credential(view, ns, name);
-            let config = gateway::compile(
+            let mut config = gateway::compile(
                 registry,
                 subsets,
                 &selected,
@@ -462,6 +532,7 @@ fn gateway_configs(
                 Some(&lookup),
                 &mut found,
             );
+            external.fill_gateway(ns, &mut config, &mut found);
             for p in found {
                 if !problems.contains(&p) {
                     problems.push(p);

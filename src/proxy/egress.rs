@@ -49,6 +49,16 @@ pub async fn handle(
     let policy = snapshot.snapshot.outbound.policy;
     // An entry's own address wins before any byte is read (Istio's `address:port` listener).
     if let Some(declared) = egress::by_address(table, orig) {
+        // Unless a mesh VirtualService routes the host's HTTP port (to an egress gateway):
+        // then its requests are routed (egress-gw helper's hunk).
+        if declared.port.protocol == egress::PortProtocol::Http
+            && snapshot
+                .service_named(&declared.service.host, orig.port())
+                .is_some_and(|s| !s.http.is_empty())
+        {
+            serve_http(ctx, stream, orig, peer, snapshot.clone()).await;
+            return Ok(());
+        }
         return relay_tcp(
             ctx,
             stream,
@@ -395,6 +405,25 @@ impl server::Pipeline for EgressHttp {
         let snapshot = self.ctx.snapshot().unwrap_or_else(|| self.snapshot.clone());
         let out = &snapshot.snapshot.outbound;
         let verdict = egress::decide(&out.egress, out.policy, self.orig, Seen::Http(&host));
+        // A mesh VirtualService routes this declared host (Istio's egress-gateway pattern):
+        // its routes send the request, to the egress gateway, like a Service's.
+        if let Verdict::Declared(d) = &verdict
+            && let Some(service) = snapshot
+                .service_named(&d.service.host, self.orig.port())
+                .filter(|s| !s.http.is_empty())
+        {
+            return super::http::outbound::serve_routed(
+                &self.ctx,
+                exchange,
+                parts,
+                body,
+                &snapshot,
+                service,
+                self.orig,
+                self.conn.clone(),
+            )
+            .await;
+        }
         let labels = labels_of(
             &snapshot,
             &verdict,

@@ -4,8 +4,10 @@
 //! picks (SIMPLE, or MUTUAL with a client certificate); then every connection is served as
 //! HTTP (both versions) by the same request pipeline as a sidecar's outbound side
 //! ([`super::http::outbound::serve_gateway`]). A TLS PASSTHROUGH or TCP port relays each
-//! connection by its L4 routes, as a sidecar relays a routed connection. On SIGTERM the ports
-//! keep accepting for the drain duration.
+//! connection by its L4 routes, as a sidecar relays a routed connection. An ISTIO_MUTUAL port
+//! (an egress gateway's) terminates mesh mTLS with the proxy's own workload certificate, as a
+//! sidecar's inbound does, then serves HTTP. On SIGTERM the ports keep accepting for the
+//! drain duration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -193,6 +195,13 @@ async fn connection(
         }
         return;
     }
+    if let Some(l) = listener.filter(|l| !l.mesh_mtls.is_empty()) {
+        let hosts: Arc<[String]> = l.mesh_mtls.clone().into();
+        if let Err(refusal) = mesh_mtls(ctx, snapshot.clone(), hosts, stream, local, peer).await {
+            ctx.metrics.refuse(Direction::outbound, refusal);
+        }
+        return;
+    }
     let tls = listener.is_some_and(|l| !l.tls.is_empty());
     // A client must start talking within the header timeout (before HTTP/1 or HTTP/2 is
     // known, hyper's own header timeout does not run yet); TLS has the handshake timeout.
@@ -246,6 +255,48 @@ async fn connection(
             ctx.metrics.refuse(Direction::outbound, "gateway_tls");
         }
     }
+}
+
+/// An ISTIO_MUTUAL port: the client is a sidecar (or another gateway) of the mesh. The
+/// handshake is the mesh's (ALPN `weft/1`, TLS 1.3, a client certificate of the mesh's trust
+/// domain required; [`super::tls::TlsContext::server_config`]), the peer metadata the client
+/// sends first is read, and the requests are routed among `hosts` (the ISTIO_MUTUAL servers'
+/// hosts of this port). Err: the refusal's metric label.
+async fn mesh_mtls(
+    ctx: &Arc<ProxyContext>,
+    snapshot: Arc<SnapshotIndex>,
+    hosts: Arc<[String]>,
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<(), &'static str> {
+    let Some(tls) = ctx.tls() else {
+        tracing::info!(%peer, port = local.port(), "ISTIO_MUTUAL gateway port: no workload certificate yet; connection refused");
+        return Err("no_certificate");
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let mut tls_stream = match tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        acceptor.accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.handshake(Direction::inbound, false);
+            tracing::info!(%peer, port = local.port(), error = %e, "ISTIO_MUTUAL gateway handshake failed");
+            return Err("tls_handshake");
+        }
+        Err(_) => {
+            ctx.metrics.handshake(Direction::inbound, false);
+            return Err("tls_handshake");
+        }
+    };
+    ctx.metrics.handshake(Direction::inbound, true);
+    let (_meta, early) = super::peer_meta::read(&mut tls_stream, ctx.settings.sniff_timeout).await;
+    let io = Prefixed::new(early, tls_stream);
+    super::http::outbound::serve_gateway(ctx, io, local, Some(peer), snapshot, Some(hosts)).await;
+    Ok(())
 }
 
 /// A TLS PASSTHROUGH or TCP port: the client's SNI (PASSTHROUGH; read within the header

@@ -171,6 +171,12 @@ pub fn selector_of(spec: &Value) -> Option<BTreeMap<String, String>> {
 pub struct GatewayConfig {
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// The ServiceEntry hosts this gateway's routes send requests to (an egress gateway), as
+    /// Services whose endpoints are the entry's STATIC endpoints: the proxy routes to them as
+    /// to any Service ([`crate::snapshot::SnapshotIndex`] adds them to its table). Only in
+    /// a gateway's snapshot, so no sidecar learns a direct route to the external host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<crate::snapshot::Service>,
 }
 
 /// One port the gateway binds, and the virtual hosts its requests are routed by.
@@ -190,6 +196,11 @@ pub struct Listener {
     /// or `tcp` routes, never terminated; `virtual_hosts` and `tls` are then empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l4: Option<L4Listener>,
+    /// Non-empty: an `ISTIO_MUTUAL` port. Mesh mTLS is terminated with the gateway's own
+    /// workload certificate (a client certificate of the mesh required, as a sidecar's
+    /// inbound requires it), then HTTP is served for these hosts (the servers' hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_mtls: Vec<String>,
 }
 
 /// How a relayed (L4) gateway port picks where a connection goes.
@@ -359,6 +370,235 @@ fn host_of(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+// === ServiceEntry hosts as route hosts and destinations (egress gateways) ===
+
+/// The exact hosts of the accepted ServiceEntries, oldest entry first (the older one wins a
+/// host, as in the proxies' egress tables), with who sees them: Istio's egress-gateway pattern
+/// names them as a VirtualService's `hosts` (the sidecars' route to the egress gateway) and as
+/// a route destination (the gateway's route out).
+#[derive(Debug, Default)]
+pub struct ExternalHosts {
+    hosts: BTreeMap<String, (super::egress::Export, super::egress::ExternalService)>,
+}
+
+impl ExternalHosts {
+    /// From compiled entries in age order; wildcard hosts are left out (they cannot be a
+    /// destination, and a VirtualService host pattern matches exact hosts).
+    pub fn new(
+        entries: impl IntoIterator<Item = (super::egress::Export, Vec<super::egress::ExternalService>)>,
+    ) -> Self {
+        let mut hosts = BTreeMap::new();
+        for (export, services) in entries {
+            for s in services.into_iter().filter(|s| !s.host.starts_with('*')) {
+                hosts.entry(s.host.clone()).or_insert((export.clone(), s));
+            }
+        }
+        ExternalHosts { hosts }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Adds each host's ports to the registry, so VirtualServices may name them; a host that
+    /// is a Service already keeps the Service's ports.
+    pub fn register(&self, registry: &mut Registry) {
+        let known: BTreeSet<String> = registry.hosts().map(str::to_string).collect();
+        for (host, (_, s)) in &self.hosts {
+            if known.contains(host) {
+                continue;
+            }
+            for p in &s.ports {
+                registry.add(
+                    host,
+                    p.number,
+                    p.protocol == super::egress::PortProtocol::Http,
+                );
+            }
+        }
+    }
+
+    /// The sidecars' side: each ServiceEntry host port a mesh VirtualService routes (`http`,
+    /// compiled on the registry [`Self::register`] filled) becomes an address-less Service
+    /// holding those routes, which the proxy applies to a request it matched to the host by
+    /// its `Host` (`proxy::egress`). Only routes whose every destination is a Service (the
+    /// egress gateway) are applied: a route back to the external host itself, and `tls`/`tcp`
+    /// routes of such hosts, are named in `problems` and not applied (the host stays as its
+    /// ServiceEntry says). `is_service`: whether a host is a Kubernetes Service.
+    pub fn mesh_services(
+        &self,
+        http: &BTreeMap<(String, u16), Vec<HttpRoute>>,
+        l4: &BTreeMap<(String, u16), L4Table>,
+        is_service: &dyn Fn(&str) -> bool,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<crate::snapshot::Service> {
+        let mut note = |vs: &str, message: String| {
+            let (namespace, name) = vs.split_once('/').unwrap_or(("", vs));
+            let p = Problem {
+                kind: super::istio::VIRTUAL_SERVICE,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                message,
+            };
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        };
+        let mut out = Vec::new();
+        for ((host, port), routes) in http {
+            if !self.hosts.contains_key(host) || is_service(host) {
+                continue;
+            }
+            let outside: Vec<&HttpRoute> = routes
+                .iter()
+                .filter(|r| {
+                    r.destinations.iter().any(|d| !is_service(&d.service))
+                        || r.actions
+                            .mirrors
+                            .iter()
+                            .any(|m| !is_service(&m.destination.service))
+                })
+                .collect();
+            if let Some(r) = outside.first() {
+                note(
+                    &r.name,
+                    format!(
+                        "routes for ServiceEntry host {host} port {port} are applied by sidecars only when every destination is a mesh Service (an egress gateway); a destination outside the mesh (the host itself) is not supported yet, so this host's requests go as its ServiceEntry says"
+                    ),
+                );
+                continue;
+            }
+            out.push(crate::snapshot::Service {
+                cluster_ip: None,
+                port: *port,
+                name: host.clone(),
+                protocol: crate::snapshot::Protocol::Http,
+                detect_protocol: false,
+                endpoints: Vec::new(),
+                subsets: BTreeMap::new(),
+                http: routes.clone(),
+                tls: None,
+                subset_tls: BTreeMap::new(),
+                traffic: Default::default(),
+                subset_traffic: BTreeMap::new(),
+                l4: L4Table::default(),
+            });
+        }
+        for ((host, port), table) in l4 {
+            if !self.hosts.contains_key(host) || is_service(host) {
+                continue;
+            }
+            if let Some(r) = table.tls.first().or(table.tcp.first()) {
+                note(
+                    &r.name,
+                    format!(
+                        "tls/tcp routes for ServiceEntry host {host} port {port} are not applied by sidecars yet (http routes are); its connections go as its ServiceEntry says"
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    /// The gateway's side: every ServiceEntry host a route of `config` sends to (on the port
+    /// it names) becomes one of `config.external`, with the entry's STATIC endpoints, if the
+    /// entry is exported to the gateway's `namespace`. A host the gateway cannot reach that way
+    /// (another resolution, no endpoints, not exported there) is named in `problems` on the
+    /// VirtualService; its requests get 503 (NR / UH) as for a missing Service.
+    pub fn fill_gateway(
+        &self,
+        namespace: &str,
+        config: &mut GatewayConfig,
+        problems: &mut Vec<Problem>,
+    ) {
+        let mut wanted: BTreeMap<(String, u16), String> = BTreeMap::new();
+        for l in &config.listeners {
+            for r in l.virtual_hosts.iter().flat_map(|v| &v.routes) {
+                for d in &r.destinations {
+                    wanted
+                        .entry((d.service.clone(), d.port))
+                        .or_insert(r.name.clone());
+                }
+            }
+            for r in
+                l.l4.iter()
+                    .flat_map(|l4| l4.routes.tls.iter().chain(&l4.routes.tcp))
+            {
+                for d in &r.destinations {
+                    wanted
+                        .entry((d.service.clone(), d.port))
+                        .or_insert(r.name.clone());
+                }
+            }
+        }
+        for ((host, port), vs) in wanted {
+            let Some((export, entry)) = self.hosts.get(&host) else {
+                continue;
+            };
+            let why = if !export.visible_in(namespace) {
+                Some(format!(
+                    "the ServiceEntry {} of host {host} is not exported to the gateway's namespace {namespace}",
+                    entry.source
+                ))
+            } else if entry.resolution != super::egress::Resolution::Static {
+                Some(format!(
+                    "a gateway reaches ServiceEntry host {host} only through STATIC endpoints yet (its entry {} has resolution {:?}; weft's gateway does not resolve names)",
+                    entry.source, entry.resolution
+                ))
+            } else {
+                None
+            };
+            let endpoints = entry
+                .ports
+                .iter()
+                .find(|p| p.number == port)
+                .map(|p| p.endpoints.clone())
+                .unwrap_or_default();
+            let why = why.or_else(|| {
+                endpoints.is_empty().then(|| {
+                    format!(
+                        "ServiceEntry {} declares no endpoints for host {host} port {port}",
+                        entry.source
+                    )
+                })
+            });
+            if let Some(why) = why {
+                let (ns, name) = vs.split_once('/').unwrap_or(("", &vs));
+                let p = Problem {
+                    kind: super::istio::VIRTUAL_SERVICE,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    message: format!("{why}; requests the gateway routes there get 503"),
+                };
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+                continue;
+            }
+            config.external.push(crate::snapshot::Service {
+                cluster_ip: None,
+                port,
+                name: host.clone(),
+                protocol: crate::snapshot::Protocol::Http,
+                detect_protocol: false,
+                endpoints,
+                subsets: BTreeMap::new(),
+                http: Vec::new(),
+                tls: None,
+                subset_tls: BTreeMap::new(),
+                traffic: Default::default(),
+                subset_traffic: BTreeMap::new(),
+                l4: L4Table::default(),
+            });
+        }
+    }
+
+    /// The exact hosts declared.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts.keys().map(String::as_str)
+    }
+}
+
 // === Compiling ===
 
 /// A Gateway server's host: `[namespace/]dnsName`; the namespace (`*` any, `.` the Gateway's
@@ -428,6 +668,9 @@ enum Framing {
     Passthrough,
     /// TCP (and the protocols Istio treats as TCP): relayed by the `tcp` routes.
     Tcp,
+    /// HTTPS with `tls.mode: ISTIO_MUTUAL`: mesh mTLS terminated with the gateway's own
+    /// identity, then HTTP (an egress gateway's port for sidecars).
+    MeshMtls,
 }
 
 impl Framing {
@@ -437,6 +680,7 @@ impl Framing {
             Framing::Https => "HTTPS",
             Framing::Passthrough => "TLS PASSTHROUGH",
             Framing::Tcp => "TCP",
+            Framing::MeshMtls => "HTTPS with ISTIO_MUTUAL",
         }
     }
 
@@ -483,9 +727,9 @@ fn server_tls(
     let mutual = match tls.mode.as_deref().unwrap_or("SIMPLE") {
         "SIMPLE" => false,
         "MUTUAL" => true,
-        m @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
+        m @ ("AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL") => {
             return Err(format!(
-                "{at}.tls.mode {m} is not supported yet (SIMPLE, MUTUAL and PASSTHROUGH are)"
+                "{at}.tls.mode {m} is not supported yet (SIMPLE, MUTUAL, ISTIO_MUTUAL and PASSTHROUGH are)"
             ));
         }
         m => return Err(format!("{at}.tls.mode {m:?} is not one of Istio's")),
@@ -567,8 +811,13 @@ fn read_servers(
             .tls
             .as_ref()
             .is_some_and(|t| t.mode.as_deref() == Some("PASSTHROUGH"));
+        let mesh_mtls = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode.as_deref() == Some("ISTIO_MUTUAL"));
         let framing = match framing(&server.port.protocol) {
             Ok(Framing::Https) if passthrough => Framing::Passthrough,
+            Ok(Framing::Https) if mesh_mtls => Framing::MeshMtls,
             Ok(f) => f,
             Err(e) => {
                 notes.push(format!("{at}.port.{e}; this server is not served"));
@@ -628,6 +877,20 @@ fn read_servers(
                         continue;
                     }
                 }
+            }
+            // Istio: ISTIO_MUTUAL takes the proxy's own certificate, never a Secret.
+            Framing::MeshMtls => {
+                if server
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.credential_name.is_some())
+                {
+                    notes.push(format!(
+                        "{at}.tls.credentialName must be empty with mode ISTIO_MUTUAL (the gateway's own mesh certificate is used, as in Istio); this server is not served"
+                    ));
+                    continue;
+                }
+                None
             }
             Framing::Tcp => {
                 if server.tls.is_some() {
@@ -723,6 +986,124 @@ fn binds(server: &Server, vs_namespace: &str, hosts: &[String]) -> bool {
     })
 }
 
+/// Where a VirtualService's routes are laid: `mesh` (the sidecars) or a Gateway
+/// (`<namespace>/<name>`).
+pub const MESH: &str = "mesh";
+
+/// A `match[].gateways` entry as a context name: `mesh`, `namespace/name`, or a name of the
+/// VirtualService's own namespace.
+fn gateway_name(vs_namespace: &str, g: &str) -> String {
+    if g == MESH || g.contains('/') {
+        g.to_string()
+    } else {
+        format!("{vs_namespace}/{g}")
+    }
+}
+
+/// The `match[].gateways` of one match, read: None when absent.
+fn match_gateways(at: &str, raw: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let list: Vec<String> = serde_json::from_value(raw.clone())
+        .map_err(|_| format!("{at}.gateways must be a list of gateway names"))?;
+    if list.is_empty() {
+        // Istio: an empty list is as if the field were absent.
+        return Ok(None);
+    }
+    Ok(Some(list))
+}
+
+/// A VirtualService's routes for one context (Istio's `match[].gateways`): a match that names
+/// gateways holds only in those (overriding the top-level `gateways`), a match that names
+/// none holds wherever the VirtualService is bound; a route whose every match names other
+/// contexts is left out. The kept matches lose their `gateways`, so the compilers (which
+/// refuse the field) see plain matches. Err: a `gateways` that is not a list of names.
+pub fn routes_for(
+    spec: &super::istio::VirtualServiceSpec,
+    vs_namespace: &str,
+    context: &str,
+) -> Result<super::istio::VirtualServiceSpec, String> {
+    let mut out = spec.clone();
+    let holds = |at: &str, raw: Option<&Value>| -> Result<bool, String> {
+        Ok(match match_gateways(at, raw)? {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|g| gateway_name(vs_namespace, g) == context),
+        })
+    };
+    let mut http = Vec::new();
+    for (i, route) in spec.http.iter().enumerate() {
+        let mut kept = Vec::new();
+        for (j, m) in route.matches.iter().enumerate() {
+            if holds(&format!("http[{i}].match[{j}]"), m.gateways.as_ref())? {
+                let mut m = m.clone();
+                m.gateways = None;
+                kept.push(m);
+            }
+        }
+        if route.matches.is_empty() || !kept.is_empty() {
+            let mut route = route.clone();
+            route.matches = kept;
+            http.push(route);
+        }
+    }
+    out.http = http;
+    for (field, routes, from) in [
+        ("tls", &mut out.tls, &spec.tls),
+        ("tcp", &mut out.tcp, &spec.tcp),
+    ] {
+        routes.clear();
+        for (i, route) in from.iter().enumerate() {
+            let mut kept = Vec::new();
+            for (j, m) in route.matches.iter().enumerate() {
+                if holds(&format!("{field}[{i}].match[{j}]"), m.gateways.as_ref())? {
+                    let mut m = m.clone();
+                    m.gateways = None;
+                    kept.push(m);
+                }
+            }
+            if route.matches.is_empty() || !kept.is_empty() {
+                let mut route = route.clone();
+                route.matches = kept;
+                routes.push(route);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The ports on which the Gateways selecting a pod with `labels` serve `ISTIO_MUTUAL`: the
+/// pod's endpoints there want mesh mTLS (auto-mTLS), where its other ports are plaintext.
+/// Decided as [`compile`] decides a port (the oldest server's protocol wins).
+pub fn mesh_mtls_ports(
+    gateways: &[Source<'_>],
+    labels: &BTreeMap<String, String>,
+) -> BTreeSet<u16> {
+    let selecting: Vec<Source<'_>> = gateways
+        .iter()
+        .filter(|g| selector_of(g.spec).is_some_and(|s| selects(&s, labels)))
+        .copied()
+        .collect();
+    if selecting.is_empty() {
+        return BTreeSet::new();
+    }
+    let mut ignored = Vec::new();
+    let config = compile(
+        &super::compile::Registry::new("cluster.local"),
+        &BTreeMap::new(),
+        &selecting,
+        &[],
+        None,
+        &mut ignored,
+    );
+    config
+        .listeners
+        .iter()
+        .filter(|l| !l.mesh_mtls.is_empty())
+        .map(|l| l.port)
+        .collect()
+}
+
 /// The `<namespace>/<name>` of each Gateway a VirtualService binds to (`mesh` left out).
 fn bound_gateways(vs_namespace: &str, gateways: &[String]) -> Vec<String> {
     gateways
@@ -810,8 +1191,23 @@ pub fn compile(
         if !bound.iter().any(|g| selected.contains(g.as_str())) {
             continue;
         }
+        // What this VirtualService lays, applied only once all of it compiled: a
+        // VirtualService refused on one server lays nothing on any (Istio refuses a resource
+        // whole, too).
+        let mut http_adds: Vec<(u16, String, Vec<HttpRoute>, bool)> = Vec::new();
+        let mut l4_adds: Vec<(u16, bool, Vec<super::l4::L4Route>)> = Vec::new();
         let mut notes = Vec::new();
+        let mut refused = false;
         for server in servers.iter().filter(|s| bound.contains(&s.gateway)) {
+            // Only the routes whose `match.gateways` (if any) name this Gateway.
+            let spec = match routes_for(&spec, vs.namespace, &server.gateway) {
+                Ok(s) => s,
+                Err(m) => {
+                    notes.push(format!("{m}; the VirtualService is not applied"));
+                    refused = true;
+                    break;
+                }
+            };
             if server.framing.relayed() {
                 let tls = server.framing == Framing::Passthrough;
                 if (tls && spec.tls.is_empty()) || (!tls && spec.tcp.is_empty()) {
@@ -831,14 +1227,11 @@ pub fn compile(
                                 dangling.join("; ")
                             ));
                         }
-                        let table = &mut l4_ports.entry(server.port).or_default().routes;
-                        let list = if tls { &mut table.tls } else { &mut table.tcp };
-                        if !list.iter().any(|r| r.name == vs.id()) {
-                            list.extend(routes);
-                        }
+                        l4_adds.push((server.port, tls, routes));
                     }
                     Err(Refusal::Invalid(m)) => {
                         notes.push(m);
+                        refused = true;
                         break;
                     }
                     Err(Refusal::GatewaysOnly) => {}
@@ -853,6 +1246,7 @@ pub fn compile(
                 Ok(r) => r,
                 Err(Refusal::Invalid(m)) => {
                     notes.push(m);
+                    refused = true;
                     break;
                 }
                 Err(Refusal::GatewaysOnly) => continue,
@@ -869,33 +1263,47 @@ pub fn compile(
                     if sh.namespace.as_deref().is_some_and(|ns| ns != vs.namespace) {
                         continue;
                     }
-                    let Some(domain) = intersect(&sh.name, &vs_host) else {
-                        continue;
-                    };
-                    let table = ports.entry(server.port).or_default();
-                    if table.contains_key(&domain) {
-                        // Istio merges the routes of several VirtualServices for one gateway
-                        // host in age order: the older one's routes come first.
-                        if let Some((t, redirect)) = table.get_mut(&domain)
-                            && !t.iter().any(|r| r.name == vs.id())
-                        {
-                            t.extend(routes.iter().cloned());
-                            *redirect |= server.https_redirect;
-                        }
-                    } else if table.len() < MAX_VIRTUAL_HOSTS {
-                        table.insert(domain, (routes.clone(), server.https_redirect));
-                    } else {
-                        notes.push(format!(
-                            "port {}: more than {MAX_VIRTUAL_HOSTS} hosts; {domain} is not served",
-                            server.port
+                    if let Some(domain) = intersect(&sh.name, &vs_host) {
+                        http_adds.push((
+                            server.port,
+                            domain,
+                            routes.clone(),
+                            server.https_redirect,
                         ));
                     }
                 }
             }
         }
-        if !servers
-            .iter()
-            .any(|s| bound.contains(&s.gateway) && binds(s, vs.namespace, &spec.hosts))
+        if !refused {
+            for (port, tls, routes) in l4_adds {
+                let table = &mut l4_ports.entry(port).or_default().routes;
+                let list = if tls { &mut table.tls } else { &mut table.tcp };
+                if !list.iter().any(|r| r.name == vs.id()) {
+                    list.extend(routes);
+                }
+            }
+            for (port, domain, routes, https_redirect) in http_adds {
+                let table = ports.entry(port).or_default();
+                if let Some((t, redirect)) = table.get_mut(&domain) {
+                    // Istio merges the routes of several VirtualServices for one gateway
+                    // host in age order: the older one's routes come first.
+                    if !t.iter().any(|r| r.name == vs.id()) {
+                        t.extend(routes);
+                        *redirect |= https_redirect;
+                    }
+                } else if table.len() < MAX_VIRTUAL_HOSTS {
+                    table.insert(domain, (routes, https_redirect));
+                } else {
+                    notes.push(format!(
+                        "port {port}: more than {MAX_VIRTUAL_HOSTS} hosts; {domain} is not served"
+                    ));
+                }
+            }
+        }
+        if !refused
+            && !servers
+                .iter()
+                .any(|s| bound.contains(&s.gateway) && binds(s, vs.namespace, &spec.hosts))
         {
             notes.push(format!(
                 "no host of {:?} is among the hosts of the Gateway servers it binds to ({}); nothing is routed",
@@ -946,6 +1354,16 @@ pub fn compile(
                 l.sni_hosts.dedup();
                 l
             }),
+            mesh_mtls: {
+                let mut hosts: Vec<String> = servers
+                    .iter()
+                    .filter(|s| s.port == port && s.framing == Framing::MeshMtls)
+                    .flat_map(|s| s.hosts.iter().map(|h| h.name.clone()))
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                hosts
+            },
         })
         // An HTTPS port whose servers all lack their certificate serves nothing (never
         // plaintext in their place).
@@ -966,7 +1384,10 @@ pub fn compile(
             ));
         }
     }
-    GatewayConfig { listeners }
+    GatewayConfig {
+        listeners,
+        external: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -1000,6 +1421,257 @@ mod tests {
             "gateways": ["storefront-internal"],
             "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
         (gw, vs)
+    }
+
+    /// Istio's egress-gateway task (the mTLS variant): a ServiceEntry for the external host,
+    /// a Gateway with an ISTIO_MUTUAL server for it, and one VirtualService bound to `mesh` and
+    /// the Gateway whose `match.gateways` split the two hops. Host and addresses are the test
+    /// ones (the node at 198.18.0.1).
+    fn egress_task() -> (Value, Value, Value) {
+        let se = json!({"hosts": ["partner.weft.test"], "location": "MESH_EXTERNAL",
+            "resolution": "STATIC",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "endpoints": [{"address": "198.18.0.1", "ports": {"http": 18080}}]});
+        let gw = json!({"selector": {"istio": "egressgateway"}, "servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+             "hosts": ["partner.weft.test"], "tls": {"mode": "ISTIO_MUTUAL"}}]});
+        let vs = json!({"hosts": ["partner.weft.test"],
+            "gateways": ["istio-egress/egressgateway", "mesh"],
+            "http": [
+                {"match": [{"gateways": ["mesh"], "port": 80}],
+                 "route": [{"destination": {"host": "egressgateway.istio-egress.svc.cluster.local",
+                            "subset": "partner", "port": {"number": 443}}}]},
+                {"match": [{"gateways": ["istio-egress/egressgateway"], "port": 443}],
+                 "route": [{"destination": {"host": "partner.weft.test", "port": {"number": 80}}}]}]});
+        (se, gw, vs)
+    }
+
+    fn egress_registry(external: &ExternalHosts) -> Registry {
+        let mut r = registry();
+        r.add("egressgateway.istio-egress.svc.cluster.local", 443, false);
+        external.register(&mut r);
+        r
+    }
+
+    fn external_of(se: &Value) -> ExternalHosts {
+        let compiled = super::super::egress::compile("shop", "partner", se).unwrap();
+        ExternalHosts::new([(compiled.export, compiled.services)])
+    }
+
+    #[test]
+    fn match_gateways_split_one_virtual_service_between_sidecars_and_the_gateway() {
+        let (_, _, vs) = egress_task();
+        let spec: super::super::istio::VirtualServiceSpec = serde_json::from_value(vs).unwrap();
+        let mesh = routes_for(&spec, "shop", MESH).unwrap();
+        assert_eq!(mesh.http.len(), 1);
+        assert!(mesh.http[0].matches[0].gateways.is_none());
+        assert_eq!(mesh.http[0].matches[0].port, Some(80));
+        let gw = routes_for(&spec, "shop", "istio-egress/egressgateway").unwrap();
+        assert_eq!(gw.http.len(), 1);
+        assert_eq!(gw.http[0].route[0].destination.host, "partner.weft.test");
+        // A bare name is a Gateway of the VirtualService's namespace, not another's.
+        let bare: super::super::istio::VirtualServiceSpec = serde_json::from_value(json!({
+            "hosts": ["a"], "gateways": ["gw", "mesh"], "http": [
+                {"match": [{"gateways": ["gw"]}, {"uri": {"prefix": "/x"}}],
+                 "route": [{"destination": {"host": "a"}}]},
+                {"route": [{"destination": {"host": "b"}}]}]}))
+        .unwrap();
+        let other = routes_for(&bare, "shop", "other/gw").unwrap();
+        assert_eq!(
+            other.http.len(),
+            2,
+            "the unconditioned match and route still hold"
+        );
+        assert_eq!(other.http[0].matches.len(), 1);
+        let own = routes_for(&bare, "shop", "shop/gw").unwrap();
+        assert_eq!(own.http[0].matches.len(), 2);
+        let bad: super::super::istio::VirtualServiceSpec = serde_json::from_value(json!({
+            "hosts": ["a"], "http": [{"match": [{"gateways": [1]}],
+            "route": [{"destination": {"host": "a"}}]}]}))
+        .unwrap();
+        assert!(
+            routes_for(&bad, "shop", MESH)
+                .unwrap_err()
+                .contains("http[0].match[0].gateways must be a list")
+        );
+    }
+
+    #[test]
+    fn the_egress_gateway_terminates_mesh_mtls_and_routes_to_the_entrys_endpoints() {
+        let (se, gw, vs) = egress_task();
+        let external = external_of(&se);
+        let registry = egress_registry(&external);
+        let mut problems = Vec::new();
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "direct-partner", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("istio-egress", &mut config, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let l = config.listener(443).unwrap();
+        assert_eq!(l.mesh_mtls, ["partner.weft.test"]);
+        assert!(l.tls.is_empty() && l.l4.is_none());
+        let vh = l.virtual_host("partner.weft.test").unwrap();
+        assert_eq!(vh.routes.len(), 1, "only the gateway's route: {vh:?}");
+        let d = &vh.routes[0].destinations[0];
+        assert_eq!((d.service.as_str(), d.port), ("partner.weft.test", 80));
+        // The gateway's snapshot holds the host as a Service with the STATIC endpoint.
+        assert_eq!(config.external.len(), 1);
+        let ext = &config.external[0];
+        assert_eq!((ext.name.as_str(), ext.port), ("partner.weft.test", 80));
+        assert_eq!(ext.endpoints.len(), 1);
+        assert_eq!(ext.endpoints[0].addr().to_string(), "198.18.0.1:18080");
+        assert!(!ext.endpoints[0].meshed);
+        // The pod's port 443 is mesh mTLS; a pod the Gateway does not select has none.
+        let labels = BTreeMap::from([("istio".to_string(), "egressgateway".to_string())]);
+        let gws = [src("istio-egress", "egressgateway", "1", &gw)];
+        assert_eq!(mesh_mtls_ports(&gws, &labels), BTreeSet::from([443]));
+        assert!(mesh_mtls_ports(&gws, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn sidecars_get_the_hosts_mesh_routes_and_a_route_out_of_the_mesh_is_named() {
+        let (se, _, vs) = egress_task();
+        let external = external_of(&se);
+        let registry = egress_registry(&external);
+        let mut problems = Vec::new();
+        let compiled = crate::route::istio::compile_virtual_service(
+            &registry,
+            &BTreeMap::new(),
+            &src("shop", "direct-partner", "1", &vs),
+        )
+        .unwrap();
+        let http: BTreeMap<(String, u16), Vec<HttpRoute>> = compiled.routes;
+        let is_service = |h: &str| h.ends_with(".svc.cluster.local");
+        let services = external.mesh_services(&http, &BTreeMap::new(), &is_service, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(services.len(), 1);
+        let s = &services[0];
+        assert_eq!(
+            (s.name.as_str(), s.port, s.cluster_ip),
+            ("partner.weft.test", 80, None)
+        );
+        assert!(s.endpoints.is_empty(), "no direct route out: {s:?}");
+        let d = &s.http[0].destinations[0];
+        assert_eq!(d.service, "egressgateway.istio-egress.svc.cluster.local");
+        assert_eq!((d.port, d.subset.as_deref()), (443, Some("partner")));
+        // A mesh route back to the external host itself is not applied, and said.
+        let direct = json!({"hosts": ["partner.weft.test"], "http": [
+            {"timeout": "3s", "route": [{"destination": {"host": "partner.weft.test"}}]}]});
+        let compiled = crate::route::istio::compile_virtual_service(
+            &registry,
+            &BTreeMap::new(),
+            &src("shop", "timeout", "1", &direct),
+        )
+        .unwrap();
+        let services = external.mesh_services(
+            &compiled.routes,
+            &BTreeMap::new(),
+            &is_service,
+            &mut problems,
+        );
+        assert!(services.is_empty());
+        assert!(
+            problems[0].message.contains("not supported yet"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].name, "timeout");
+    }
+
+    #[test]
+    fn a_gateway_names_an_entry_it_cannot_reach_and_a_virtual_service_refused_on_one_server_lays_nothing()
+     {
+        let (se, gw, vs) = egress_task();
+        let mut dns = se.clone();
+        dns["resolution"] = json!("DNS");
+        dns.as_object_mut().unwrap().remove("endpoints");
+        let external = external_of(&dns);
+        let registry = egress_registry(&external);
+        let mut problems = Vec::new();
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "direct-partner", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("istio-egress", &mut config, &mut problems);
+        assert!(config.external.is_empty());
+        assert!(
+            problems[0]
+                .message
+                .contains("only through STATIC endpoints"),
+            "{problems:?}"
+        );
+        // Bound to two Gateways: refused on the second (sourceLabels), so the first gets none
+        // of its routes either.
+        let plain = json!({"selector": {"istio": "egressgateway"}, "servers": [
+            {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        let two = json!({"hosts": ["partner.weft.test"], "gateways": ["a", "b"], "http": [
+            {"match": [{"gateways": ["a"]}], "route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]},
+            {"match": [{"gateways": ["b"], "sourceLabels": {"app": "x"}}],
+             "route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("shop", "a", "1", &plain), src("shop", "b", "2", &plain)],
+            &[src("shop", "two", "1", &two)],
+            None,
+            &mut problems,
+        );
+        assert!(
+            config.listener(80).unwrap().virtual_hosts.is_empty(),
+            "{config:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.name == "two" && p.message.contains("sourceLabels")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn istio_mutual_takes_no_secret_and_keeps_its_port() {
+        let gw = json!({"selector": {"istio": "egressgateway"}, "servers": [
+            {"port": {"number": 443, "name": "a", "protocol": "HTTPS"}, "hosts": ["a.com"],
+             "tls": {"mode": "ISTIO_MUTUAL", "credentialName": "x"}},
+            {"port": {"number": 8443, "name": "b", "protocol": "HTTPS"}, "hosts": ["b.com"],
+             "tls": {"mode": "ISTIO_MUTUAL"}},
+            {"port": {"number": 8443, "name": "c", "protocol": "HTTPS"}, "hosts": ["c.com"],
+             "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}},
+            {"port": {"number": 9443, "name": "d", "protocol": "TLS"}, "hosts": ["d.com"],
+             "tls": {"mode": "ISTIO_MUTUAL"}}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("ns", "g", "1", &gw)],
+            &[],
+            Some(&credential),
+            &mut problems,
+        );
+        let ports: Vec<u16> = config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [8443]);
+        assert_eq!(config.listeners[0].mesh_mtls, ["b.com"]);
+        assert!(
+            config.listeners[0].tls.is_empty(),
+            "the SIMPLE server does not share it"
+        );
+        let all: String = problems.iter().map(|p| p.message.clone()).collect();
+        for needle in [
+            "servers[0].tls.credentialName must be empty with mode ISTIO_MUTUAL",
+            "servers[3].tls.mode ISTIO_MUTUAL is not supported yet",
+            "port 8443 is already served as HTTPS with ISTIO_MUTUAL",
+        ] {
+            assert!(all.contains(needle), "{needle} in {all}");
+        }
     }
 
     #[test]
@@ -1101,6 +1773,7 @@ mod tests {
             .collect(),
             tls: vec![],
             l4: None,
+            mesh_mtls: vec![],
         };
         let pick = |h: &str| l.virtual_host(h).unwrap().domains[0].clone();
         assert_eq!(pick("A.Contoso.com:8080"), "a.contoso.com");

@@ -854,9 +854,13 @@ fn config_of(
             virtual_hosts,
             tls,
             l4: None,
+            mesh_mtls: Vec::new(),
         });
     }
-    GatewayConfig { listeners: out }
+    GatewayConfig {
+        listeners: out,
+        ..GatewayConfig::default()
+    }
 }
 
 #[cfg(test)]

@@ -703,7 +703,22 @@ pub struct SnapshotIndex {
 }
 
 impl SnapshotIndex {
-    pub fn new(snapshot: ProxySnapshot) -> Self {
+    pub fn new(mut snapshot: ProxySnapshot) -> Self {
+        // An egress gateway's ServiceEntry destinations are routed to as Services without an
+        // address (route::gateway::GatewayConfig::external); they replace a sidecar's
+        // address-less Service of the same host and port, whose routes a gateway never uses.
+        if let Some(g) = snapshot.gateway.as_mut() {
+            for ext in std::mem::take(&mut g.external) {
+                let headless = &mut snapshot.outbound.headless;
+                match headless
+                    .iter_mut()
+                    .find(|s| s.name == ext.name && s.port == ext.port)
+                {
+                    Some(s) => *s = ext,
+                    None => headless.push(ext),
+                }
+            }
+        }
         let mut services = HashMap::new();
         let mut endpoints = HashMap::new();
         let out = &snapshot.outbound;
@@ -752,6 +767,12 @@ impl SnapshotIndex {
 
     pub fn version(&self) -> &str {
         &self.snapshot.version
+    }
+
+    /// The Service of host `name` on `port` (a route destination's lookup), if any.
+    pub fn service_named(&self, name: &str, port: u16) -> Option<&Service> {
+        let &(_, i) = self.hosts.get(name)?.iter().find(|(p, _)| *p == port)?;
+        Some(self.service(i))
     }
 
     /// Service `i`'s endpoints, or the `members` of one subset (indexes into them), from the

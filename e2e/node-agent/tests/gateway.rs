@@ -526,7 +526,7 @@ spec:
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*"]
-    tls: {mode: ISTIO_MUTUAL}
+    tls: {mode: OPTIONAL_MUTUAL}
   - port: {number: 8080, name: http, protocol: HTTP}
     hosts: ["*"]
 "#,
@@ -542,7 +542,7 @@ spec:
         |m| !m.is_empty(),
     );
     assert!(
-        message.contains("servers[0].tls.mode ISTIO_MUTUAL is not supported yet"),
+        message.contains("servers[0].tls.mode OPTIONAL_MUTUAL is not supported yet"),
         "{message}"
     );
     assert!(!message.contains("servers[1]"), "{message}");

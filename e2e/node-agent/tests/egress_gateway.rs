@@ -1,0 +1,403 @@
+//! An egress gateway as Istio's egress-gateway task builds one (issue 20 item 7): a gateway
+//! installed with `weft gateway install` in its own namespace, a `Gateway` whose server takes
+//! the declared host over `ISTIO_MUTUAL` (the variant of the task where sidecars reach the
+//! gateway over mesh mTLS), a `DestinationRule` subset for the gateway, and one
+//! `VirtualService` bound to `mesh` and the gateway whose `match.gateways` split the two hops:
+//! sidecars send the host's requests to the gateway, the gateway sends them out.
+//!
+//! "Outside the cluster" is the node: this test serves HTTP on the node address 198.18.0.1
+//! (port 18080) and records who connects; the ServiceEntry declares `partner.weft.test`
+//! (STATIC, the node as its endpoint), which the client's curl resolves to the node
+//! (`--resolve`). The external server must see the egress gateway pod as the source, the
+//! gateway's metrics count the request (reporter `source`), the client's direct call to the
+//! node is refused under REGISTRY_ONLY, and `weft check` names the unmeshed pod that reaches
+//! the host without the gateway.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Namespace, deployed, wait_for, weft};
+
+const REVISION: &str = "egress-gateway";
+const NODE_IP: &str = "198.18.0.1";
+const EXTERNAL_PORT: u16 = 18080;
+const HOST: &str = "partner.weft.test";
+const GATEWAY_NS: &str = "istio-egress";
+const GATEWAY: &str = "egressgateway";
+const APPS: &str = "egress-apps";
+const BYPASS: &str = "egress-bypass";
+
+/// Istio's task, the ISTIO_MUTUAL variant, with the test's host and namespaces.
+fn task_yaml() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: {APPS}}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - address: {NODE_IP}
+    ports: {{http: {EXTERNAL_PORT}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {GATEWAY}, namespace: {GATEWAY_NS}}}
+spec:
+  selector: {{istio: {GATEWAY}}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [{HOST}]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-partner, namespace: {APPS}}}
+spec:
+  host: {GATEWAY}.{GATEWAY_NS}.svc.cluster.local
+  subsets:
+  - name: partner
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-partner-through-egress-gateway, namespace: {APPS}}}
+spec:
+  hosts: [{HOST}]
+  gateways: [{GATEWAY_NS}/{GATEWAY}, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination:
+        host: {GATEWAY}.{GATEWAY_NS}.svc.cluster.local
+        subset: partner
+        port: {{number: 443}}
+      weight: 100
+  - match:
+    - gateways: [{GATEWAY_NS}/{GATEWAY}]
+      port: 443
+    route:
+    - destination:
+        host: {HOST}
+        port: {{number: 80}}
+      weight: 100
+"#
+    )
+}
+
+const CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
+"#;
+
+/// Who connected to the external server: (source address, request line and Host).
+type Seen = Arc<Mutex<Vec<(IpAddr, String)>>>;
+
+/// An HTTP server on the node address: answers every request 200 and records its source.
+/// The listener thread ends with the test process.
+fn external_server() -> Seen {
+    let listener = TcpListener::bind((NODE_IP, EXTERNAL_PORT)).expect("bind the node address");
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                if let Ok(peer) = stream.peer_addr() {
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((peer.ip(), text));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal",
+                );
+            });
+        }
+    });
+    seen
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The HTTP status the pod's curl saw for `url` (`000`: no HTTP answer).
+fn curl(ns: &Namespace, pod: &str, url: &str) -> String {
+    let resolve = format!("{HOST}:80:{NODE_IP}");
+    let out = ns.kubectl(&[
+        "exec",
+        pod,
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+        "--resolve",
+        &resolve,
+        url,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The lines of `text` for `metric` whose labels include every pair of `labels`.
+fn series<'a>(text: &'a str, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .collect()
+}
+
+fn value(line: &str) -> f64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn sources(seen: &Seen, path: &str) -> Vec<IpAddr> {
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, head)| head.starts_with(&format!("GET {path} ")))
+        .map(|(ip, _)| *ip)
+        .collect()
+}
+
+#[test]
+fn declared_traffic_leaves_through_the_egress_gateway_over_mesh_mtls() {
+    let c = deployed();
+    let seen = external_server();
+    c.apply_server_side(&format!(
+        r#"
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: {REVISION}, namespace: weft-system}}
+spec:
+  proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
+  traffic: {{outboundTrafficPolicy: REGISTRY_ONLY}}
+  accessLog: {{enabled: true}}
+"#
+    ));
+    // The revision is read by the operator (REGISTRY_ONLY is not reported unsupported).
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            c.ok(&[
+                "-n",
+                "weft-system",
+                "get",
+                "meshconfig",
+                REVISION,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Unsupported\")].status}",
+            ])
+        },
+        |s| s == "False",
+    );
+    let gw_ns = c.namespace(GATEWAY_NS);
+    let apps = c.namespace(APPS);
+    let bypass = c.namespace(BYPASS);
+    c.ok(&[
+        "label",
+        "namespace",
+        APPS,
+        &format!("istio.io/rev={REVISION}"),
+    ]);
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        GATEWAY,
+        "--namespace",
+        GATEWAY_NS,
+        "--revision",
+        REVISION,
+    ]));
+    apps.apply(&task_yaml());
+    apps.apply(CLIENT);
+    bypass.apply(CLIENT);
+    gw_ns.ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{GATEWAY}"),
+        "--timeout=180s",
+    ]);
+    for ns in [&apps, &bypass] {
+        ns.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=90s",
+        ]);
+    }
+    let gateway_pod = gw_ns.jsonpath(
+        &format!("pods -l istio={GATEWAY}"),
+        "{.items[0].metadata.name}",
+    );
+    let gateway_ip: IpAddr = gw_ns
+        .jsonpath(&format!("pod {gateway_pod}"), "{.status.podIP}")
+        .parse()
+        .expect("the gateway pod's IP");
+    let client_ip: IpAddr = apps
+        .jsonpath("pod client", "{.status.podIP}")
+        .parse()
+        .expect("the client pod's IP");
+
+    // The gateway routes the host on its listener (`weft proxy-config routes`).
+    let routes = ok(weft(&[
+        "proxy-config",
+        "routes",
+        &gateway_pod,
+        "-n",
+        GATEWAY_NS,
+    ]));
+    assert!(routes.contains(&format!("gateway {HOST}")), "{routes}");
+
+    // Through the gateway: the external server sees the gateway pod, not the client.
+    let url = format!("http://{HOST}/via-gateway");
+    let code = wait_for(
+        Duration::from_secs(60),
+        || curl(&apps, "client", &url),
+        |code| code == "200",
+    );
+    assert_eq!(code, "200");
+    let from = sources(&seen, "/via-gateway");
+    assert!(!from.is_empty(), "the external server saw no request");
+    assert!(
+        from.iter().all(|ip| *ip == gateway_ip),
+        "the external server must see the egress gateway pod {gateway_ip} as source (client {client_ip}): {from:?}"
+    );
+    let heads = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        heads
+            .iter()
+            .any(|(_, h)| h.to_ascii_lowercase().contains(&format!("host: {HOST}"))),
+        "{heads:?}"
+    );
+
+    // The gateway counts it as Istio's gateways do (reporter source), towards the host.
+    let gw_metrics = gw_ns.proxy_metrics(&gateway_pod);
+    let out = series(
+        &gw_metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", HOST),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(
+        out.iter().map(|l| value(l)).sum::<f64>() >= 1.0,
+        "no gateway series for {HOST}: {}",
+        gw_metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The client's sidecar sent it to the gateway over mTLS, the gateway's identity proven.
+    let sa = gw_ns.jsonpath(&format!("pod {gateway_pod}"), "{.spec.serviceAccountName}");
+    let principal = format!("spiffe://cluster.local/ns/{GATEWAY_NS}/sa/{sa}");
+    let client_metrics = apps.proxy_metrics("client");
+    let to_gateway = series(
+        &client_metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            (
+                "destination_service",
+                &format!("{GATEWAY}.{GATEWAY_NS}.svc.cluster.local"),
+            ),
+            ("destination_principal", &principal),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(
+        !to_gateway.is_empty(),
+        "no mTLS series from the client to the gateway ({principal}): {}",
+        client_metrics
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Plaintext to the ISTIO_MUTUAL port is not served (from the unmeshed pod).
+    let plain = format!("http://{GATEWAY}.{GATEWAY_NS}.svc.cluster.local:443/");
+    assert_eq!(curl(&bypass, "client", &plain), "000");
+
+    // The client cannot go around the gateway: REGISTRY_ONLY refuses the node's port.
+    let direct = format!("http://{NODE_IP}:{EXTERNAL_PORT}/direct-from-mesh");
+    assert_eq!(curl(&apps, "client", &direct), "502");
+    assert!(sources(&seen, "/direct-from-mesh").is_empty());
+
+    // An unmeshed pod reaches the host directly; `weft check` names it.
+    let around = format!("http://{NODE_IP}:{EXTERNAL_PORT}/around");
+    assert_eq!(curl(&bypass, "client", &around), "200");
+    let check = weft(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.contains("egress gateway bypass"))
+        .unwrap_or_else(|| panic!("weft check has no egress-gateway verdict: {text}"));
+    assert!(
+        line.contains(&format!(
+            "{BYPASS}/client reaches {HOST}:80 directly (no sidecar)"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "{HOST}:80 via {GATEWAY}.{GATEWAY_NS}.svc.cluster.local"
+        )),
+        "{line}"
+    );
+    assert!(
+        !line.contains(&format!("{APPS}/client reaches")),
+        "the meshed client goes through the gateway: {line}"
+    );
+}

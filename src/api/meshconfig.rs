@@ -144,6 +144,13 @@ pub struct TrafficSettings {
     /// Outbound ports that bypass the proxy. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude_outbound_ports: Option<Vec<Port>>,
+    /// With true, every pod of this revision has its DNS queries to its nameservers (UDP and
+    /// TCP port 53) captured by its proxy, which answers ServiceEntry hosts and forwards the
+    /// rest to them (Istio's mesh-wide `defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE`).
+    /// A pod's `proxy.istio.io/config` `proxyMetadata.ISTIO_META_DNS_CAPTURE` overrides it
+    /// either way. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_capture: Option<bool>,
 }
 
 /// An IPv4 or IPv6 CIDR, such as 198.18.0.0/16.

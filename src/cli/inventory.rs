@@ -933,6 +933,18 @@ pub async fn mesh_view(
             ))
             .await?,
         ),
+        tls_routes: arcs(
+            optional(Api::<crate::api::gateway_api::TLSRoute>::all(
+                client.clone(),
+            ))
+            .await?,
+        ),
+        gateway_tcp_routes: arcs(
+            optional(Api::<crate::api::gateway_api::TCPRoute>::all(
+                client.clone(),
+            ))
+            .await?,
+        ),
         gateway_api_gateways: arcs(
             optional(Api::<crate::api::gateway_api::Gateway>::all(client.clone())).await?,
         ),

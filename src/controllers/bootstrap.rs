@@ -56,6 +56,7 @@ pub fn built_in_spec(proxy_image: &str, trust_domain: &str) -> MeshConfigSpec {
             exclude_outbound_ip_ranges: Some(Vec::new()),
             exclude_inbound_ports: Some(Vec::new()),
             exclude_outbound_ports: Some(Vec::new()),
+            dns_capture: Some(false),
         }),
         certificate: Some(CertificateSettings {
             trust_domain: Some(trust_domain.to_string()),

@@ -33,6 +33,8 @@ fn api_resource(kind: RouteKind) -> ApiResource {
     let plural = match kind {
         RouteKind::Http => "httproutes",
         RouteKind::Grpc => "grpcroutes",
+        RouteKind::Tls => "tlsroutes",
+        RouteKind::Tcp => "tcproutes",
     };
     ApiResource {
         group: GROUP.into(),

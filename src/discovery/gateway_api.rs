@@ -74,6 +74,12 @@ pub fn apply(
     };
     let http_times: Vec<String> = view.http_routes.iter().map(|o| created(o.meta())).collect();
     let grpc_times: Vec<String> = view.grpc_routes.iter().map(|o| created(o.meta())).collect();
+    let tls_times: Vec<String> = view.tls_routes.iter().map(|o| created(o.meta())).collect();
+    let tcp_times: Vec<String> = view
+        .gateway_tcp_routes
+        .iter()
+        .map(|o| created(o.meta()))
+        .collect();
     let http = view
         .http_routes
         .iter()
@@ -84,8 +90,18 @@ pub fn apply(
         .iter()
         .zip(&grpc_times)
         .map(|(o, t)| (RouteKind::Grpc, o.meta(), &o.spec.raw, t));
+    let tls = view
+        .tls_routes
+        .iter()
+        .zip(&tls_times)
+        .map(|(o, t)| (RouteKind::Tls, o.meta(), &o.spec.raw, t));
+    let tcp = view
+        .gateway_tcp_routes
+        .iter()
+        .zip(&tcp_times)
+        .map(|(o, t)| (RouteKind::Tcp, o.meta(), &o.spec.raw, t));
     let mut sources = Vec::new();
-    for (kind, meta, spec, created) in http.chain(grpc) {
+    for (kind, meta, spec, created) in http.chain(grpc).chain(tls).chain(tcp) {
         let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref())
         else {
             continue;

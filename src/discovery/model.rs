@@ -62,6 +62,10 @@ pub struct MeshView {
     /// Gateway API routes; those with a Service parent are GAMMA routes ([`super::gamma`]).
     pub http_routes: Vec<Arc<crate::api::gateway_api::HTTPRoute>>,
     pub grpc_routes: Vec<Arc<crate::api::gateway_api::GRPCRoute>>,
+    /// Gateway API TLSRoutes and TCPRoutes: a Gateway's TLS and TCP listeners only
+    /// ([`super::gateway_api`]; `tcp_routes` above are SMI's).
+    pub tls_routes: Vec<Arc<crate::api::gateway_api::TLSRoute>>,
+    pub gateway_tcp_routes: Vec<Arc<crate::api::gateway_api::TCPRoute>>,
     /// Istio's ServiceEntries: the declared external services ([`super::egress`]).
     pub service_entries: Vec<Arc<ServiceEntry>>,
     /// Istio Gateways: the listeners of gateway pods ([`crate::route::gateway`]).

@@ -330,6 +330,10 @@ impl DiscoveryState {
             reflect_optional(kube::Api::all(client.clone()), n());
         let grpc_routes: Store<crate::api::gateway_api::GRPCRoute> =
             reflect_optional(kube::Api::all(client.clone()), n());
+        let tls_routes: Store<crate::api::gateway_api::TLSRoute> =
+            reflect_optional(kube::Api::all(client.clone()), n());
+        let gateway_tcp_routes: Store<crate::api::gateway_api::TCPRoute> =
+            reflect_optional(kube::Api::all(client.clone()), n());
         let gateway_api_gateways: Store<crate::api::gateway_api::Gateway> =
             reflect_optional(kube::Api::all(client.clone()), n());
         let gateway_classes: Store<crate::api::gateway_api::GatewayClass> =
@@ -391,6 +395,8 @@ impl DiscoveryState {
                     istio_gateways: istio_gateways.state(),
                     http_routes: http_routes.state(),
                     grpc_routes: grpc_routes.state(),
+                    tls_routes: tls_routes.state(),
+                    gateway_tcp_routes: gateway_tcp_routes.state(),
                     gateway_api_gateways: gateway_api_gateways.state(),
                     gateway_classes: gateway_classes.state(),
                     namespaces: namespaces.state(),

@@ -21,6 +21,8 @@ use crate::api::gateway_api::{grpcroute, httproute};
 
 pub const HTTP_ROUTE: &str = "HTTPRoute";
 pub const GRPC_ROUTE: &str = "GRPCRoute";
+pub const TLS_ROUTE: &str = "TLSRoute";
+pub const TCP_ROUTE: &str = "TCPRoute";
 
 /// Condition types and reasons, as the Gateway API names them.
 pub const ACCEPTED: &str = "Accepted";
@@ -42,6 +44,10 @@ pub const REASON_REF_NOT_PERMITTED: &str = "RefNotPermitted";
 pub enum RouteKind {
     Http,
     Grpc,
+    /// A Gateway's TLS (Passthrough) and TCP listeners only ([`super::gateway_api`]): never
+    /// a mesh route, never compiled here.
+    Tls,
+    Tcp,
 }
 
 impl RouteKind {
@@ -49,6 +55,8 @@ impl RouteKind {
         match self {
             RouteKind::Http => HTTP_ROUTE,
             RouteKind::Grpc => GRPC_ROUTE,
+            RouteKind::Tls => TLS_ROUTE,
+            RouteKind::Tcp => TCP_ROUTE,
         }
     }
 }
@@ -255,6 +263,10 @@ fn compile_route(
                 .map(|r| RuleSpec::Grpc(Box::new(r)))
                 .collect::<Vec<_>>()
         }),
+        RouteKind::Tls | RouteKind::Tcp => Err(format!(
+            "a {} is not a mesh route (its parent must be a Gateway)",
+            kind.kind()
+        )),
     };
     let rules = match rules {
         Ok(r) => r,
@@ -378,6 +390,10 @@ pub(crate) fn compile_for_listener(
             .into_iter()
             .map(|r| RuleSpec::Grpc(Box::new(r)))
             .collect(),
+        // Compiled by super::gateway_api onto the L4 path, never into HTTP routes.
+        RouteKind::Tls | RouteKind::Tcp => {
+            return Err(format!("a {} has no HTTP rules", kind.kind()));
+        }
     };
     let mut out = ListenerRules {
         entries: Vec::new(),
@@ -995,6 +1011,9 @@ fn destinations(
                             f.response_header_modifier,
                         )
                     }),
+                    RouteKind::Tls | RouteKind::Tcp => {
+                        Err(format!("backendRefs[{i}].filters: not on a {}", ctx.kind.kind()))
+                    }
                 };
             let (type_, req, resp) = parsed?;
             match type_.as_str() {

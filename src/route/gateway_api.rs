@@ -1,9 +1,10 @@
-//! The Gateway API's `Gateway` (`gateway.networking.k8s.io/v1`) compiled, with the HTTPRoutes
-//! and GRPCRoutes attached to it, into the listener table a gateway proxy already serves for
-//! Istio Gateways ([`super::gateway::GatewayConfig`]): same listeners, virtual hosts and route
-//! tables, rules compiled by the GAMMA compiler ([`super::gamma`]). The Gateway's listener
-//! conditions and each route's parent status are computed here as data, for the operator to
-//! write. Kube-free (it reads the raw specs).
+//! The Gateway API's `Gateway` (`gateway.networking.k8s.io/v1`) compiled, with the HTTPRoutes,
+//! GRPCRoutes, TLSRoutes and TCPRoutes attached to it, into the listener table a gateway proxy
+//! already serves for Istio Gateways ([`super::gateway::GatewayConfig`]): HTTP(S) listeners get
+//! virtual hosts with rules compiled by the GAMMA compiler ([`super::gamma`]); TLS
+//! (Passthrough) and TCP listeners get the relayed [`super::gateway::L4Listener`] Istio's
+//! PASSTHROUGH and TCP servers get. The Gateway's listener conditions and each route's parent
+//! status are computed here as data, for the operator to write. Kube-free (raw specs in).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,12 +16,14 @@ use super::gamma::{
     REASON_UNSUPPORTED_VALUE, RouteKind, RouteSource, RouteStatus, compile_for_listener,
 };
 use super::gateway::{
-    Credential, GatewayConfig, Listener, MAX_VIRTUAL_HOSTS, ServedTls, VirtualHost,
+    Credential, GatewayConfig, L4Listener, Listener, MAX_VIRTUAL_HOSTS, ServedTls, VirtualHost,
 };
-use super::model::{HttpRoute, MAX_ROUTES};
+use super::l4::{L4Match, L4Route, L4Table};
+use super::model::{Destination, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES};
 use super::reference_grant::{Ref, ReferenceGrants};
 use crate::api::gateway_api::common::ParentReference;
 use crate::api::gateway_api::gateway::GatewaySpec;
+use crate::api::gateway_api::l4route;
 use crate::api::gateway_api::{GROUP, strict};
 
 pub const GATEWAY: &str = "Gateway";
@@ -176,11 +179,39 @@ enum FromNamespaces {
     Selector(LabelSelector),
 }
 
+/// What a listener speaks, as weft serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Protocol {
+    Http,
+    /// `HTTPS`, `tls.mode: Terminate`: a certificate, then HTTP.
+    Https,
+    /// `TLS`, `tls.mode: Passthrough`: relayed by the ClientHello's SNI, never terminated.
+    TlsPassthrough,
+    /// `TCP`: bytes relayed.
+    Tcp,
+}
+
+impl Protocol {
+    /// The route kinds it takes, and takes by default when `allowedRoutes.kinds` is unset.
+    fn kinds(self) -> Vec<RouteKind> {
+        match self {
+            Protocol::Http | Protocol::Https => vec![RouteKind::Http, RouteKind::Grpc],
+            Protocol::TlsPassthrough => vec![RouteKind::Tls],
+            Protocol::Tcp => vec![RouteKind::Tcp],
+        }
+    }
+
+    /// Relayed on the gateway's L4 path rather than served as HTTP.
+    fn relayed(self) -> bool {
+        matches!(self, Protocol::TlsPassthrough | Protocol::Tcp)
+    }
+}
+
 /// One listener, read and judged.
 struct Read {
     name: String,
     port: u16,
-    tls: bool,
+    protocol: Protocol,
     hostname: Option<String>,
     kinds: Vec<RouteKind>,
     from: FromNamespaces,
@@ -195,15 +226,15 @@ impl Read {
     }
 }
 
-fn supported_kind(k: &RouteGroupKind) -> Option<RouteKind> {
+/// The route kind `k` names if a listener of `protocol` serves it.
+fn supported_kind(protocol: Protocol, k: &RouteGroupKind) -> Option<RouteKind> {
     if k.group.as_deref().unwrap_or(GROUP) != GROUP {
         return None;
     }
-    match k.kind.as_str() {
-        "HTTPRoute" => Some(RouteKind::Http),
-        "GRPCRoute" => Some(RouteKind::Grpc),
-        _ => None,
-    }
+    protocol
+        .kinds()
+        .into_iter()
+        .find(|kind| kind.kind() == k.kind)
 }
 
 fn read_listener(
@@ -226,7 +257,7 @@ fn read_listener(
     let mut read = Read {
         name: l.name.clone(),
         port: u16::try_from(l.port).unwrap_or(0),
-        tls: false,
+        protocol: Protocol::Http,
         hostname: l.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
         kinds: Vec::new(),
         from: FromNamespaces::Same,
@@ -237,19 +268,25 @@ fn read_listener(
         status.accepted = no(reason, m.clone());
         status.programmed = no(REASON_INVALID, m);
     };
-    match l.protocol.as_str() {
-        "HTTP" => {}
-        "HTTPS" => read.tls = true,
+    read.protocol = match l.protocol.as_str() {
+        "HTTP" => Protocol::Http,
+        "HTTPS" => Protocol::Https,
+        // Its tls.mode is checked below: Passthrough only.
+        "TLS" => Protocol::TlsPassthrough,
+        "TCP" => Protocol::Tcp,
         p => {
             invalid(
                 &mut status,
                 REASON_UNSUPPORTED_PROTOCOL,
-                format!("protocol {p} is not supported by weft's gateway (HTTP and HTTPS are)"),
+                format!(
+                    "protocol {p} is not supported by weft's gateway (HTTP, HTTPS, TLS and TCP are)"
+                ),
             );
             read.status = status;
             return read;
         }
-    }
+    };
+    let protocol = read.protocol;
     if read.port == 0 {
         invalid(
             &mut status,
@@ -274,23 +311,27 @@ fn read_listener(
         Ok(allowed) => {
             let allowed = allowed.unwrap_or_default();
             read.kinds = match &allowed.kinds {
-                None => vec![RouteKind::Http, RouteKind::Grpc],
+                None => protocol.kinds(),
                 Some(kinds) => {
                     let bad: Vec<&str> = kinds
                         .iter()
-                        .filter(|k| supported_kind(k).is_none())
+                        .filter(|k| supported_kind(protocol, k).is_none())
                         .map(|k| k.kind.as_str())
                         .collect();
                     if !bad.is_empty() {
+                        let served: Vec<&str> = protocol.kinds().iter().map(|k| k.kind()).collect();
                         status.resolved_refs = no(
                             REASON_INVALID_ROUTE_KINDS,
                             format!(
-                                "route kinds {bad:?} are not served on an {} listener (HTTPRoute and GRPCRoute are)",
+                                "route kinds {bad:?} are not served on a {} listener ({served:?} are)",
                                 l.protocol
                             ),
                         );
                     }
-                    let mut k: Vec<RouteKind> = kinds.iter().filter_map(supported_kind).collect();
+                    let mut k: Vec<RouteKind> = kinds
+                        .iter()
+                        .filter_map(|k| supported_kind(protocol, k))
+                        .collect();
                     k.sort();
                     k.dedup();
                     k
@@ -330,7 +371,30 @@ fn read_listener(
         }
     }
     status.supported_kinds = read.kinds.iter().map(|k| k.kind()).collect();
-    if read.tls {
+    if protocol == Protocol::TlsPassthrough {
+        // The spec's default mode is Terminate, which weft does not implement on a TLS
+        // listener (TLSRouteModeTerminate, extended): the listener is refused, by name.
+        let mode = match l.tls.as_ref().map(|t| strict::<ListenerTls>("tls", t)) {
+            Some(Err(e)) => Err(e),
+            Some(Ok(t)) => Ok(t.mode.unwrap_or_else(|| "Terminate".into())),
+            None => Ok("Terminate".into()),
+        };
+        match mode {
+            Ok(m) if m == "Passthrough" => {}
+            Ok(m) => invalid(
+                &mut status,
+                REASON_UNSUPPORTED_VALUE,
+                format!("tls.mode {m} is not supported on a TLS listener (Passthrough is)"),
+            ),
+            Err(e) => invalid(&mut status, REASON_UNSUPPORTED_VALUE, e),
+        }
+        // A listener weft does not serve takes no route kind (the suite's
+        // TLSRouteListenerTerminateNotSupported wants supportedKinds empty).
+        if !status.accepted.status {
+            status.supported_kinds.clear();
+        }
+    }
+    if protocol == Protocol::Https {
         let tls = l
             .tls
             .as_ref()
@@ -435,12 +499,14 @@ fn mark_conflicts(listeners: &mut [Read]) {
         }
     }
     for (port, ids) in by_port {
-        let protocols: BTreeSet<bool> = ids.iter().map(|&i| listeners[i].tls).collect();
+        let protocols: BTreeSet<Protocol> = ids.iter().map(|&i| listeners[i].protocol).collect();
         for &i in &ids {
             let conflict = if protocols.len() > 1 {
                 Some((
                     REASON_PROTOCOL_CONFLICT,
-                    format!("port {port} is used by listeners of both HTTP and HTTPS"),
+                    format!(
+                        "port {port} is used by listeners of several protocols ({protocols:?})"
+                    ),
                 ))
             } else {
                 let same = ids
@@ -570,8 +636,7 @@ pub fn compile(
             b.kind,
         ))
     });
-    // (port, hostname) -> entries with their precedence keys.
-    let mut tables: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>> = BTreeMap::new();
+    let mut tables = Tables::default();
     let mut statuses = Vec::new();
     for (age, r) in sorted.into_iter().enumerate() {
         let refs: Vec<ParentReference> =
@@ -633,6 +698,28 @@ pub fn compile(
     }
 }
 
+/// What the attached routes compiled to, before the listener table is laid out.
+#[derive(Default)]
+struct Tables {
+    /// (port, hostname) -> HTTP entries with their precedence keys.
+    http: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
+    /// port -> relayed routes with their precedence keys.
+    l4: BTreeMap<u16, Vec<(L4Key, L4Route)>>,
+}
+
+/// The order of relayed routes on one port, first match wins: an exact SNI before any
+/// wildcard, a longer wildcard before a shorter one (the spec's most specific hostname
+/// first), then the oldest route.
+type L4Key = (bool, std::cmp::Reverse<usize>, usize);
+
+fn l4_key(hostname: &str, age: usize) -> L4Key {
+    (
+        hostname.starts_with('*'),
+        std::cmp::Reverse(hostname.len()),
+        age,
+    )
+}
+
 /// Attaches one route to the listeners one of its parent references selects: its entries go
 /// into `tables`, attached routes are counted, and the reference's status is returned.
 #[allow(clippy::too_many_arguments)]
@@ -644,7 +731,7 @@ fn attach(
     p: &ParentReference,
     hostnames: &[String],
     listeners: &mut [Read],
-    tables: &mut BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
+    tables: &mut Tables,
 ) -> ParentStatus {
     let status = |accepted: Condition, resolved: Condition| ParentStatus {
         parent_ref: p.clone(),
@@ -737,6 +824,58 @@ fn attach(
             unchecked(),
         );
     }
+    if matches!(r.kind, RouteKind::Tls | RouteKind::Tcp) {
+        let compiled = match relayed(cluster, r) {
+            Ok(c) => c,
+            Err(e) => return status(Condition::no(REASON_UNSUPPORTED_VALUE, e), unchecked()),
+        };
+        let name = format!("{}/{}", r.source.namespace, r.source.name);
+        for (i, hosts) in &fitting {
+            let l = &mut listeners[*i];
+            l.status.attached_routes += 1;
+            // A listener that serves nothing, or a rule without a valid backend: nothing to
+            // relay to, its connections are closed (the spec's rejection).
+            let (true, Some(destinations)) =
+                (l.status.programmed.status, compiled.destinations.as_ref())
+            else {
+                continue;
+            };
+            let entries = tables.l4.entry(l.port).or_default();
+            if r.kind == RouteKind::Tls {
+                for h in hosts {
+                    let m = L4Match {
+                        sni_hosts: vec![h.clone()],
+                        ..Default::default()
+                    };
+                    entries.push((
+                        l4_key(h, age),
+                        L4Route {
+                            name: name.clone(),
+                            matches: vec![m],
+                            destinations: destinations.clone(),
+                        },
+                    ));
+                }
+            } else {
+                entries.push((
+                    l4_key("", age),
+                    L4Route {
+                        name: name.clone(),
+                        matches: Vec::new(),
+                        destinations: destinations.clone(),
+                    },
+                ));
+            }
+        }
+        return ParentStatus {
+            parent_ref: p.clone(),
+            accepted: Condition::yes(REASON_ACCEPTED, format!("attached to Gateway {gateway_id}")),
+            resolved_refs: compiled.unresolved.unwrap_or_else(|| {
+                Condition::yes(REASON_RESOLVED_REFS, "every backend reference resolved")
+            }),
+            partially_invalid: None,
+        };
+    }
     let mut dropped: Vec<String> = Vec::new();
     let mut unresolved: Option<Condition> = None;
     let mut compiled_any = false;
@@ -772,6 +911,7 @@ fn attach(
         }
         for h in hosts {
             tables
+                .http
                 .entry((port, h.clone()))
                 .or_default()
                 .extend(compiled.entries.iter().cloned());
@@ -801,13 +941,117 @@ fn attach(
     }
 }
 
-/// The proxy's listener table: one listener per port of a programmed Gateway listener, a
-/// virtual host per hostname, an HTTPS port's certificates by listener hostname.
-fn config_of(
-    id: &str,
-    listeners: &[Read],
-    mut tables: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
-) -> GatewayConfig {
+/// A TLSRoute's or TCPRoute's backends, checked as an HTTPRoute's are.
+struct Relayed {
+    /// The valid backends with a weight; None: none, so nothing is relayed.
+    destinations: Option<Vec<Destination>>,
+    /// The first backend that did not resolve (the route's `ResolvedRefs=False`).
+    unresolved: Option<Condition>,
+}
+
+/// Reads a TLSRoute or TCPRoute's rule. A backend that does not resolve gets no share (the
+/// relay has no 500 to answer with; its connections would be closed either way); Err: the
+/// spec cannot be applied (`Accepted=False`, `UnsupportedValue`).
+fn relayed(cluster: &Cluster<'_>, r: &RouteSource<'_>) -> Result<Relayed, String> {
+    let spec = l4route::Spec::parse(r.source.spec)?;
+    let [rule] = spec.rules.as_slice() else {
+        return Err(format!(
+            "a {} needs exactly one rule; it has {}",
+            r.kind.kind(),
+            spec.rules.len()
+        ));
+    };
+    if rule.backend_refs.len() > MAX_DESTINATIONS {
+        return Err(format!("more than {MAX_DESTINATIONS} backendRefs"));
+    }
+    let route_ns = r.source.namespace;
+    let mut unresolved = None;
+    let mut out = Vec::new();
+    for (i, b) in rule.backend_refs.iter().enumerate() {
+        let weight = u32::try_from(b.weight.unwrap_or(1))
+            .map_err(|_| format!("backendRefs[{i}].weight is negative"))?;
+        if !b.filters.is_empty() {
+            return Err(format!(
+                "backendRefs[{i}].filters: a {} backend has none",
+                r.kind.kind()
+            ));
+        }
+        let namespace = b.namespace.as_deref().unwrap_or(route_ns);
+        let host = format!(
+            "{}.{namespace}.svc.{}",
+            b.name, cluster.registry.cluster_domain
+        );
+        let from = Ref {
+            group: GROUP,
+            kind: r.kind.kind(),
+            namespace: route_ns,
+        };
+        let to = Ref {
+            group: "",
+            kind: "Service",
+            namespace,
+        };
+        let problem = if !b.is_service() {
+            Some(Condition::no(
+                super::gamma::REASON_INVALID_KIND,
+                format!(
+                    "backendRefs[{i}] is a {}/{}; weft relays to core Services only",
+                    b.group.as_deref().unwrap_or(""),
+                    b.kind.as_deref().unwrap_or("Service")
+                ),
+            ))
+        } else if !cluster.grants.permits(from, to, &b.name) {
+            Some(Condition::no(
+                REASON_REF_NOT_PERMITTED,
+                format!(
+                    "backendRefs[{i}] is Service {namespace}/{}: no ReferenceGrant in {namespace} permits it",
+                    b.name
+                ),
+            ))
+        } else {
+            let not_found =
+                |m: String| Some(Condition::no(super::gamma::REASON_BACKEND_NOT_FOUND, m));
+            match (cluster.registry.ports(&host), b.port) {
+                (None, _) => not_found(format!(
+                    "backendRefs[{i}]: Service {namespace}/{} does not exist",
+                    b.name
+                )),
+                (Some(_), None) => {
+                    not_found(format!("backendRefs[{i}]: a Service backend needs a port"))
+                }
+                (Some(ports), Some(p)) if !ports.iter().any(|x| i32::from(x.port) == p) => {
+                    not_found(format!(
+                        "backendRefs[{i}]: Service {namespace}/{} has no port {p}",
+                        b.name
+                    ))
+                }
+                _ => None,
+            }
+        };
+        match problem {
+            Some(c) => {
+                unresolved.get_or_insert(c);
+            }
+            None if weight > 0 => out.push(Destination {
+                service: host,
+                port: b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                weight,
+                ..Default::default()
+            }),
+            None => {}
+        }
+    }
+    Ok(Relayed {
+        destinations: (!out.is_empty()).then_some(out),
+        unresolved,
+    })
+}
+
+/// The proxy's listener table: one listener per port of a programmed Gateway listener. An
+/// HTTP(S) port gets a virtual host per hostname and an HTTPS port its certificates by
+/// listener hostname; a TLS (Passthrough) or TCP port gets its relayed routes, a TLS port
+/// admitting the SNIs of its listeners' hostnames.
+fn config_of(id: &str, listeners: &[Read], mut tables: Tables) -> GatewayConfig {
     let ports: BTreeSet<u16> = listeners
         .iter()
         .filter(|l| l.status.programmed.status)
@@ -815,6 +1059,44 @@ fn config_of(
         .collect();
     let mut out = Vec::new();
     for port in ports {
+        let on_port = || {
+            listeners
+                .iter()
+                .filter(move |l| l.port == port && l.status.programmed.status)
+        };
+        // Listeners of one port share a protocol (else they are conflicted, not programmed).
+        let protocol = on_port().map(|l| l.protocol).next();
+        if let Some(protocol) = protocol.filter(|p| p.relayed()) {
+            let mut entries = tables.l4.remove(&port).unwrap_or_default();
+            entries.sort_by_key(|e| e.0);
+            entries.truncate(MAX_ROUTES);
+            let routes: Vec<L4Route> = entries.into_iter().map(|(_, r)| r).collect();
+            let mut sni_hosts: Vec<String> = Vec::new();
+            let mut table = L4Table::default();
+            if protocol == Protocol::TlsPassthrough {
+                sni_hosts = on_port()
+                    .map(|l| l.hostname.clone().unwrap_or_else(|| "*".into()))
+                    .collect();
+                sni_hosts.sort();
+                sni_hosts.dedup();
+                table.tls = routes;
+            } else {
+                table.tcp = routes;
+            }
+            out.push(Listener {
+                port,
+                gateways: vec![id.to_string()],
+                virtual_hosts: Vec::new(),
+                tls: Vec::new(),
+                l4: Some(L4Listener {
+                    sni_hosts,
+                    routes: table,
+                }),
+                mesh_mtls: Vec::new(),
+            });
+            continue;
+        }
+        let tables = &mut tables.http;
         let mut virtual_hosts = Vec::new();
         let keys: Vec<(u16, String)> = tables
             .range((port, String::new())..)
@@ -874,6 +1156,11 @@ mod tests {
         let mut r = Registry::new("cluster.local");
         r.add("echo.apps.svc.cluster.local", 8080, true);
         r.add("grpc.apps.svc.cluster.local", 9000, true);
+        r.add("tls-backend.apps.svc.cluster.local", 443, true);
+        r.add("tls-backend-2.apps.svc.cluster.local", 443, true);
+        r.add("tls-backend.backends.svc.cluster.local", 443, true);
+        r.add("tcp-backend.apps.svc.cluster.local", 3000, true);
+        r.add("tcp-backend-2.apps.svc.cluster.local", 3000, true);
         r
     }
 
@@ -1187,7 +1474,7 @@ mod tests {
         let c = Fixture {
             grants: ReferenceGrants::default(),
             gateway: json!({"gatewayClassName": "weft", "listeners": [
-                {"name": "tcp", "port": 9000, "protocol": "TCP"},
+                {"name": "udp", "port": 9000, "protocol": "UDP"},
                 {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "x.example.com"},
                 {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "x.example.com"},
                 {"name": "c", "port": 80, "protocol": "HTTP"},
@@ -1197,7 +1484,7 @@ mod tests {
         }
         .compile();
         assert_eq!(
-            listener(&c, "tcp").accepted.reason,
+            listener(&c, "udp").accepted.reason,
             REASON_UNSUPPORTED_PROTOCOL
         );
         assert_eq!(
@@ -1367,5 +1654,309 @@ mod tests {
         );
         assert!(vh.routes[0].actions.direct_response.is_none());
         assert_eq!(c.config.listener(443).expect("443").tls.len(), 1);
+    }
+    fn tls_route(parent: Value, hostnames: Value, backend: Value) -> Value {
+        json!({"parentRefs": [parent], "hostnames": hostnames,
+               "rules": [{"backendRefs": [backend]}]})
+    }
+
+    fn relayed_to(c: &Compiled, port: u16, sni: Option<&str>) -> Option<String> {
+        let l4 = c.config.listener(port)?.l4.as_ref()?;
+        if !l4.admits(sni) {
+            return None;
+        }
+        let dst: std::net::SocketAddr = ([198, 18, 0, 9], port).into();
+        let (route, _) = crate::route::l4::choose(&l4.routes, dst, sni)?;
+        Some(route.destinations[0].service.clone())
+    }
+
+    #[test]
+    fn a_passthrough_listener_relays_tls_routes_by_the_most_specific_hostname() {
+        // The conformance suite's TLSRouteHostnameIntersection, second Gateway: the older
+        // route's "*.com" narrows to the listener's "*.example.com" and must not take the
+        // exact name the newer route claims.
+        let c = Fixture {
+            grants: ReferenceGrants::default(),
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "tls", "port": 443, "protocol": "TLS", "hostname": "*.example.com",
+                 "allowedRoutes": {"kinds": [{"kind": "TLSRoute"}]},
+                 "tls": {"mode": "Passthrough"}}]}),
+            routes: vec![
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "wide",
+                    "2026-01-02T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop"}),
+                        json!(["*.com"]),
+                        json!({"name": "tls-backend-2", "port": 443}),
+                    ),
+                ),
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "exact",
+                    "2026-01-03T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop", "sectionName": "tls"}),
+                        json!(["abc.example.com"]),
+                        json!({"name": "tls-backend", "port": 443}),
+                    ),
+                ),
+                // No hostname in common with the listener.
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "elsewhere",
+                    "2026-01-04T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop"}),
+                        json!(["www.nomatch.com", "*.nomatch.com"]),
+                        json!({"name": "tls-backend", "port": 443}),
+                    ),
+                ),
+            ],
+        }
+        .compile();
+        assert!(c.accepted.status, "{:?}", c.accepted);
+        let l = listener(&c, "tls");
+        assert_eq!(l.supported_kinds, vec!["TLSRoute"]);
+        assert_eq!(l.attached_routes, 2);
+        assert!(l.programmed.status && l.resolved_refs.status, "{l:?}");
+        let listener443 = c.config.listener(443).expect("443 bound");
+        assert!(listener443.virtual_hosts.is_empty() && listener443.tls.is_empty());
+        let l4 = listener443.l4.as_ref().expect("relayed");
+        assert_eq!(l4.sni_hosts, vec!["*.example.com".to_string()]);
+        assert!(l4.routes.tcp.is_empty());
+        crate::route::l4::validate("gateway.443", &l4.routes).expect("valid for the proxy");
+        let svc = |n: &str| format!("{n}.apps.svc.cluster.local");
+        assert_eq!(
+            relayed_to(&c, 443, Some("abc.example.com")),
+            Some(svc("tls-backend"))
+        );
+        assert_eq!(
+            relayed_to(&c, 443, Some("other.example.com")),
+            Some(svc("tls-backend-2"))
+        );
+        assert_eq!(relayed_to(&c, 443, Some("non.matching.com")), None);
+        assert_eq!(relayed_to(&c, 443, None), None, "no SNI, no relay");
+        let parent = |name: &str| {
+            c.routes
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.parents[0].clone())
+                .expect("route status")
+        };
+        for name in ["wide", "exact"] {
+            let p = parent(name);
+            assert!(p.accepted.status && p.resolved_refs.status, "{name}: {p:?}");
+        }
+        assert_eq!(
+            parent("elsewhere").accepted.reason,
+            REASON_NO_MATCHING_LISTENER_HOSTNAME
+        );
+    }
+
+    #[test]
+    fn a_tcp_listener_relays_its_oldest_tcp_route_with_weights() {
+        let c = Fixture {
+            grants: ReferenceGrants::default(),
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "tcp", "port": 5432, "protocol": "TCP"},
+                {"name": "http", "port": 80, "protocol": "HTTP"}]}),
+            routes: vec![
+                (
+                    RouteKind::Tcp,
+                    "apps",
+                    "split",
+                    "2026-01-02T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "port": 5432}], "rules": [{"backendRefs": [
+                        {"name": "tcp-backend", "port": 3000, "weight": 3},
+                        {"name": "tcp-backend-2", "port": 3000, "weight": 1}]}]}),
+                ),
+                (
+                    RouteKind::Tcp,
+                    "apps",
+                    "later",
+                    "2026-01-03T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "tcp"}],
+                           "rules": [{"backendRefs": [{"name": "tcp-backend", "port": 3000}]}]}),
+                ),
+                // A TCPRoute on the HTTP listener, an HTTPRoute on the TCP one: not allowed.
+                (
+                    RouteKind::Tcp,
+                    "apps",
+                    "on-http",
+                    "2026-01-04T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "http"}],
+                           "rules": [{"backendRefs": [{"name": "tcp-backend", "port": 3000}]}]}),
+                ),
+                (
+                    RouteKind::Http,
+                    "apps",
+                    "http-on-tcp",
+                    "2026-01-05T00:00:00Z",
+                    json!({"parentRefs": [{"name": "shop", "sectionName": "tcp"}],
+                           "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}),
+                ),
+            ],
+        }
+        .compile();
+        let tcp = listener(&c, "tcp");
+        assert_eq!(tcp.supported_kinds, vec!["TCPRoute"]);
+        assert_eq!(tcp.attached_routes, 2);
+        assert_eq!(listener(&c, "http").attached_routes, 0);
+        let l4 = c
+            .config
+            .listener(5432)
+            .and_then(|l| l.l4.as_ref())
+            .expect("relayed");
+        assert!(l4.sni_hosts.is_empty(), "a TCP port reads no SNI");
+        assert!(l4.admits(None));
+        let names: Vec<&str> = l4.routes.tcp.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["apps/split", "apps/later"], "oldest first");
+        let weights: Vec<u32> = l4.routes.tcp[0]
+            .destinations
+            .iter()
+            .map(|d| d.weight)
+            .collect();
+        assert_eq!(weights, vec![3, 1]);
+        assert_eq!(l4.routes.tcp[0].destinations[0].port, 3000);
+        for name in ["on-http", "http-on-tcp"] {
+            let r = c.routes.iter().find(|r| r.name == name).expect(name);
+            assert_eq!(
+                r.parents[0].accepted.reason, REASON_NOT_ALLOWED_BY_LISTENERS,
+                "{name}"
+            );
+            assert!(
+                r.parents[0].resolved_refs.status,
+                "unchecked refs stay True"
+            );
+        }
+        assert!(
+            c.config.listener(80).expect("80").l4.is_none(),
+            "the HTTP port stays HTTP"
+        );
+    }
+
+    #[test]
+    fn tls_listener_modes_kinds_and_shared_ports_are_listener_conditions() {
+        let c = Fixture {
+            grants: ReferenceGrants::default(),
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "terminate", "port": 8443, "protocol": "TLS", "hostname": "t.example.com",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"name": "shop-cert"}]}},
+                {"name": "no-tls", "port": 8444, "protocol": "TLS"},
+                {"name": "kinds", "port": 443, "protocol": "TLS",
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}, {"kind": "TLSRoute"}]},
+                 "tls": {"mode": "Passthrough"}},
+                {"name": "tcp", "port": 9000, "protocol": "TCP"},
+                {"name": "http", "port": 9000, "protocol": "HTTP"}]}),
+            routes: vec![],
+        }
+        .compile();
+        for name in ["terminate", "no-tls"] {
+            let l = listener(&c, name);
+            assert!(!l.accepted.status, "{name}");
+            assert_eq!(l.accepted.reason, REASON_UNSUPPORTED_VALUE, "{name}");
+            assert!(l.supported_kinds.is_empty(), "{name}: {l:?}");
+        }
+        let kinds = listener(&c, "kinds");
+        assert_eq!(kinds.resolved_refs.reason, REASON_INVALID_ROUTE_KINDS);
+        assert!(!kinds.resolved_refs.status);
+        assert_eq!(kinds.supported_kinds, vec!["TLSRoute"]);
+        assert!(kinds.accepted.status);
+        for name in ["tcp", "http"] {
+            assert_eq!(
+                listener(&c, name).conflicted.reason,
+                REASON_PROTOCOL_CONFLICT,
+                "{name}"
+            );
+        }
+        let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![443]);
+    }
+
+    #[test]
+    fn relayed_backends_that_do_not_resolve_are_named_and_get_no_connection() {
+        use crate::route::gamma::{REASON_BACKEND_NOT_FOUND, REASON_INVALID_KIND};
+        use crate::route::reference_grant::Grant;
+        let gateway = json!({"gatewayClassName": "weft", "listeners": [
+            {"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}}]});
+        let routes = |grants: ReferenceGrants| Fixture {
+            grants,
+            gateway: gateway.clone(),
+            routes: vec![
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "missing",
+                    "2026-01-02T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop"}),
+                        json!(["missing.example.com"]),
+                        json!({"name": "nonexistent", "port": 443}),
+                    ),
+                ),
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "kind",
+                    "2026-01-03T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop"}),
+                        json!(["kind.example.com"]),
+                        json!({"group": "unknownkind.example.com", "kind": "NonExistent",
+                               "name": "tls-backend", "port": 443}),
+                    ),
+                ),
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "cross",
+                    "2026-01-04T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop"}),
+                        json!(["cross.example.com"]),
+                        json!({"name": "tls-backend", "namespace": "backends", "port": 443}),
+                    ),
+                ),
+            ],
+        };
+        let c = routes(ReferenceGrants::default()).compile();
+        let resolved = |c: &Compiled, name: &str| {
+            let p = &c
+                .routes
+                .iter()
+                .find(|r| r.name == name)
+                .expect(name)
+                .parents[0];
+            assert!(p.accepted.status, "{name}: accepted with a bad backend");
+            p.resolved_refs.reason
+        };
+        assert_eq!(resolved(&c, "missing"), REASON_BACKEND_NOT_FOUND);
+        assert_eq!(resolved(&c, "kind"), REASON_INVALID_KIND);
+        assert_eq!(resolved(&c, "cross"), REASON_REF_NOT_PERMITTED);
+        assert_eq!(listener(&c, "tls").attached_routes, 3);
+        for sni in [
+            "missing.example.com",
+            "kind.example.com",
+            "cross.example.com",
+        ] {
+            assert_eq!(relayed_to(&c, 443, Some(sni)), None, "{sni} is closed");
+        }
+        // A grant for TLSRoutes of apps opens the cross-namespace backend.
+        let c = routes(ReferenceGrants(vec![Grant {
+            namespace: "backends".into(),
+            from: vec![(GROUP.into(), "TLSRoute".into(), "apps".into())],
+            to: vec![(String::new(), "Service".into(), Some("tls-backend".into()))],
+        }]))
+        .compile();
+        assert_eq!(resolved(&c, "cross"), REASON_RESOLVED_REFS);
+        assert_eq!(
+            relayed_to(&c, 443, Some("cross.example.com")),
+            Some("tls-backend.backends.svc.cluster.local".into())
+        );
     }
 }

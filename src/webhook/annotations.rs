@@ -104,9 +104,10 @@ pub(super) struct PodRequests {
     pub concurrency: Option<u32>,
     /// ProxyConfig `terminationDrainDuration`: the drain on SIGTERM (a Go duration).
     pub drain_duration: Option<String>,
-    /// ProxyConfig `proxyMetadata.ISTIO_META_DNS_CAPTURE: "true"`: `weft-init` captures the
-    /// app's DNS to the proxy's DNS server (docs/egress.md).
-    pub dns_capture: bool,
+    /// ProxyConfig `proxyMetadata.ISTIO_META_DNS_CAPTURE`: `"true"`, `weft-init` captures the
+    /// app's DNS to the proxy's DNS server (docs/egress.md); `"false"`, it does not, whatever
+    /// the revision's `traffic.dnsCapture`; None: the revision decides.
+    pub dns_capture: Option<bool>,
     /// What weft does instead of what an annotation asks: the response's `warnings`.
     pub warnings: Vec<String>,
 }
@@ -813,8 +814,8 @@ fn proxy_config(value: &str, requests: &mut PodRequests) -> Result<(), Refusal> 
                     }
                     // Istio's values are strings; a YAML boolean is taken too.
                     requests.dns_capture = match (value.as_str(), value.as_bool()) {
-                        (Some("true"), _) | (_, Some(true)) => true,
-                        (Some("false"), _) | (_, Some(false)) => false,
+                        (Some("true"), _) | (_, Some(true)) => Some(true),
+                        (Some("false"), _) | (_, Some(false)) => Some(false),
                         _ => {
                             return Err(refusal(format!(
                                 "proxyMetadata.{name} is {}, not \"true\" or \"false\"",
@@ -1300,7 +1301,7 @@ mod tests {
         assert_eq!(requests.concurrency, Some(3));
         assert_eq!(requests.drain_duration.as_deref(), Some("20s"));
         assert_eq!(requests.status_port, Some(15030));
-        assert!(requests.dns_capture);
+        assert_eq!(requests.dns_capture, Some(true));
         assert_eq!(requests.warnings.len(), 1, "{:?}", requests.warnings);
         assert!(
             requests.warnings[0].contains("does not apply proxyMetadata.ISTIO_META_X, tracing, so"),

@@ -177,7 +177,8 @@ pub fn inject(
 
     // Checked even when nothing is captured, so a bad value is refused either way.
     let mut args = init_args(&annotations, injection, requests.status_port)?;
-    if requests.dns_capture {
+    // The pod's ProxyConfig wins over the revision's traffic.dnsCapture, either way.
+    if requests.dns_capture.unwrap_or(mesh.dns_capture) {
         args.push(contract::INIT_FLAG_CAPTURE_DNS.to_string());
     }
     let image = requests.proxy_image.as_deref().unwrap_or(&mesh.image);
@@ -1537,6 +1538,40 @@ mod tests {
                 "{args}"
             );
         }
+    }
+
+    #[test]
+    fn a_revision_wide_dns_capture_reaches_every_pod_unless_its_proxy_config_says_false() {
+        let captures = |pod: &Pod, revision_wide: bool| {
+            let mut injection = injection();
+            injection.meshconfig.dns_capture = revision_wide;
+            let patch = inject(pod, &injection, &InjectorSettings::default())
+                .unwrap()
+                .patch;
+            let mut doc = serde_json::to_value(pod).unwrap();
+            json_patch::patch(&mut doc, &patch).unwrap();
+            doc["spec"]["initContainers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == contract::INIT_FLAG_CAPTURE_DNS)
+        };
+        let off = annotated(&[(
+            contract::ANNOTATION_PROXY_CONFIG,
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"false\"}",
+        )]);
+        let on = annotated(&[(
+            contract::ANNOTATION_PROXY_CONFIG,
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}",
+        )]);
+        assert!(captures(&bare_pod(), true), "the revision's switch");
+        assert!(!captures(&bare_pod(), false), "off by default");
+        assert!(!captures(&off, true), "the pod opts out of the revision's");
+        assert!(captures(&on, false), "the pod opts in by itself");
+        // traffic.dnsCapture as the MeshConfig spells it.
+        let spec: MeshConfigSpec =
+            serde_json::from_value(serde_json::json!({"traffic": {"dnsCapture": true}})).unwrap();
+        assert!(EffectiveMeshConfig::resolve(&spec, &InjectorSettings::default()).dns_capture);
     }
 
     #[test]

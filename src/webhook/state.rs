@@ -116,6 +116,8 @@ pub struct EffectiveMeshConfig {
     pub exclude_outbound_ports: BTreeSet<u16>,
     #[serde(rename = "excludeOutboundIPRanges")]
     pub exclude_outbound_ip_ranges: BTreeSet<String>,
+    /// `traffic.dnsCapture`: pods get `--capture-dns` unless their ProxyConfig says otherwise.
+    pub dns_capture: bool,
 }
 
 // Built-in defaults, as the MeshConfig field descriptions state them.
@@ -175,6 +177,7 @@ impl EffectiveMeshConfig {
                 .into_iter()
                 .map(|c| c.0)
                 .collect(),
+            dns_capture: traffic.dns_capture.unwrap_or(false),
         }
     }
 }

@@ -420,6 +420,28 @@ const PROVEN_ELSEWHERE: &[(&str, &str, &str)] = &[
         "grpcroutes/status",
         "e2e/node-agent/tests/gamma.rs (make conformance)",
     ),
+    // TLSRoutes' and TCPRoutes' status.parents: the suite's GATEWAY-TLS and GATEWAY-TCP
+    // profiles (docs/conformance/report.yaml).
+    (
+        "get",
+        "tlsroutes",
+        "e2e/components/run-gateway-conformance.sh (make conformance)",
+    ),
+    (
+        "patch",
+        "tlsroutes/status",
+        "e2e/components/run-gateway-conformance.sh (make conformance)",
+    ),
+    (
+        "get",
+        "tcproutes",
+        "e2e/components/run-gateway-conformance.sh (make conformance)",
+    ),
+    (
+        "patch",
+        "tcproutes/status",
+        "e2e/components/run-gateway-conformance.sh (make conformance)",
+    ),
 ];
 
 struct Grant {

@@ -69,6 +69,8 @@ struct Restore(&'static Cluster);
 
 impl Drop for Restore {
     fn drop(&mut self) {
+        // A switch left half-way goes back first (one in (c) finishes by itself).
+        let _ = weft(&["ca", "rotate", "--abort"]);
         let _ = weft(&[
             "ca",
             "issuer",
@@ -175,8 +177,293 @@ fn deny_until(c: &'static Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHa
     })
 }
 
+/// Both tests of this file set the mesh's issuer and use the same Issuer and Secrets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// cert-manager's CRDs, a CA of the test's own in the CA Issuer's shape (Secret tls.crt,
+/// tls.key), the Issuer, and cert-manager's controllers with its approver, the Issuer Ready.
+/// Returns the controllers (stopped on drop) and the CA's certificate file.
+fn cert_manager_with_a_ca_issuer(c: &'static Cluster) -> (CertManager, PathBuf) {
+    c.ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        repo_root()
+            .join("e2e/cert-manager/crds")
+            .to_str()
+            .expect("path"),
+    ]);
+    c.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/certificaterequests.cert-manager.io",
+        "crd/issuers.cert-manager.io",
+    ]);
+    let dir = std::env::temp_dir().join(format!("weft-cm-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    sh(
+        &dir,
+        &format!(
+            "openssl ecparam -name prime256v1 -genkey -noout -out ca.key && \
+             openssl req -x509 -new -key ca.key -subj '/CN={CA_CN}' -days 30 \
+               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.crt"
+        ),
+    );
+    let ca_crt = dir.join("ca.crt");
+    c.ok(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "tls",
+        CA_SECRET,
+        &format!("--cert={}", ca_crt.display()),
+        &format!("--key={}", dir.join("ca.key").display()),
+    ]);
+    c.apply(&format!(
+        "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {{name: {ISSUER}, namespace: {NS}}}\nspec: {{ca: {{secretName: {CA_SECRET}}}}}\n"
+    ));
+    let manager = CertManager::start(c, true);
+    wait_for(
+        MINUTE,
+        || {
+            c.ok(&[
+                "-n",
+                NS,
+                "get",
+                "issuers.cert-manager.io",
+                ISSUER,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+        },
+        |s| s.trim() == "True",
+    );
+    (manager, ca_crt)
+}
+
+/// The meshed client of the switch test: one `wget` every 200 ms, each a new connection (a
+/// new mTLS handshake), each line `<unix seconds> ok|FAIL`.
+const LOADGEN: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: loadgen, labels: {app: loadgen}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: loadgen
+    image: busybox
+    command: [sh, -c, "while true; do if timeout 10 wget -qO- http://bookstore/ >/dev/null; then echo \"$(date +%s) ok\"; else echo \"$(date +%s) FAIL\"; fi; sleep 0.2; done"]
+"#;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether the PEM bundle `bundle` holds the certificate `pem` (compared without line breaks).
+fn holds(bundle: &str, pem: &str) -> bool {
+    let flat = |p: &str| -> String { p.lines().filter(|l| !l.starts_with("-----")).collect() };
+    flat(bundle).contains(&flat(pem))
+}
+
+/// Follows `weft ca rotate status` to Done or Aborted; returns the last status.
+fn rotation_to_the_end() -> String {
+    let mut seen = String::new();
+    wait_for(
+        Duration::from_secs(420),
+        || {
+            let status = text(&weft(&["ca", "rotate", "status"]));
+            let first = status.lines().next().unwrap_or_default().to_string();
+            if first != seen {
+                eprintln!("{}", status.trim());
+                seen = first;
+            }
+            status
+        },
+        |s| s.contains("phase Done") || s.contains("phase Aborted"),
+    )
+}
+
+/// The loadgen's answers between `from` and `to`: (ok, failed lines).
+fn answers(mesh: &support::Namespace, from: i64, to: i64) -> (usize, Vec<String>) {
+    let log = mesh.ok(&["logs", "loadgen", "-c", "loadgen"]);
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for line in log.lines() {
+        let Some((t, r)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(t) = t.parse::<i64>() else { continue };
+        if t < from || t > to {
+            continue;
+        }
+        if r == "ok" {
+            ok += 1;
+        } else {
+            failed.push(line.to_string());
+        }
+    }
+    (ok, failed)
+}
+
+/// Whether every meshed pod of `mesh` presents a certificate `openssl verify` chains to the
+/// root in `root_file` and not to `not` (PEM); Err names the first that does not.
+fn every_proxy_chains_to(
+    mesh: &support::Namespace,
+    root_file: &std::path::Path,
+    not: &str,
+) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("weft-cm-switch-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("not.pem"), not).map_err(|e| e.to_string())?;
+    let pods = mesh.jsonpath("pods", "{range .items[*]}{.status.podIP}{\"\\n\"}{end}");
+    for ip in pods.lines().filter(|l| !l.trim().is_empty()) {
+        let leaf = dir.join(format!("{ip}.pem"));
+        let script = format!(
+            "openssl s_client -connect {ip}:8080 -alpn weft/1 </dev/null 2>/dev/null \
+             | openssl x509 -out {leaf} && openssl verify -CAfile {root} {leaf} && \
+             ! openssl verify -CAfile {not} {leaf} >/dev/null 2>&1",
+            leaf = leaf.display(),
+            root = root_file.display(),
+            not = dir.join("not.pem").display(),
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("the proxy at {ip}: {}", text(&out)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Item 4 of issue 24 for cert-manager: a switch from the builtin CA to cert-manager (its own
+/// CA issuer and approver controllers) and back, each a root rotation under steady traffic:
+/// no failed request, and at the end every proxy's certificate chains to the new signer's root
+/// and not to the old, and the published roots no longer hold the old one.
+#[test]
+fn a_switch_to_cert_manager_and_back_is_a_rotation_with_no_failed_request() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let _restore = Restore(c);
+    let (_manager, ca_crt) = cert_manager_with_a_ca_issuer(c);
+    c.ok(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        BUNDLE,
+        &format!("--from-file=ca.crt={}", ca_crt.display()),
+    ]);
+    let cm_root = std::fs::read_to_string(&ca_crt).expect("ca.crt");
+    let old_root = support::ca::root_pem(c);
+    let mesh = c.namespace("t-issuer-cm-switch");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    mesh.apply(LOADGEN);
+    mesh.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/loadgen",
+        "--timeout=180s",
+    ]);
+    wait_for(
+        MINUTE,
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+
+    // builtin -> cert-manager, a rotation.
+    let started = unix_now();
+    let go = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "cert-manager",
+        "--issuer",
+        ISSUER,
+        "--ca-bundle-secret",
+        BUNDLE,
+        "--renew-within",
+        "10s",
+        "--yes",
+    ]);
+    assert!(go.status.success(), "{}", text(&go));
+    let last = rotation_to_the_end();
+    let finished = unix_now();
+    assert!(last.contains("phase Done"), "{last}");
+    assert!(last.contains("Switching issuer to: cert-manager"), "{last}");
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "builtin -> cert-manager: {}s, {ok} requests answered, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
+    let status = issuer_status();
+    assert!(status.contains("Signing:  cert-manager"), "{status}");
+    wait_for(
+        MINUTE,
+        || support::ca::root_pem(c),
+        |r| !holds(r, &old_root) && holds(r, &cm_root),
+    );
+    every_proxy_chains_to(&mesh, &ca_crt, &old_root).unwrap_or_else(|e| panic!("{e}"));
+    // No CertificateRequest is left behind by the rotation's renewals.
+    let left = c.ok(&[
+        "-n",
+        NS,
+        "get",
+        "certificaterequests",
+        "-l",
+        "app.kubernetes.io/managed-by=weft",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "left behind: {left}");
+
+    // cert-manager -> builtin, a rotation too: cert-manager's root leaves.
+    let started = unix_now();
+    let back = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "builtin",
+        "--renew-within",
+        "10s",
+        "--yes",
+    ]);
+    assert!(back.status.success(), "{}", text(&back));
+    let last = rotation_to_the_end();
+    let finished = unix_now();
+    assert!(last.contains("phase Done"), "{last}");
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "cert-manager -> builtin: {}s, {ok} requests answered, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let new_root = wait_for(MINUTE, || support::ca::root_pem(c), |r| !holds(r, &cm_root));
+    let root_file = std::env::temp_dir().join(format!("weft-cm-builtin-{}.pem", rand_suffix()));
+    std::fs::write(&root_file, &new_root).expect("write");
+    every_proxy_chains_to(&mesh, &root_file, &cm_root).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&root_file);
+}
+
 #[test]
 fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = deployed();
     c.ok(&[
         "apply",

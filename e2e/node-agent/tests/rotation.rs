@@ -1226,7 +1226,8 @@ fn a_new_cacerts_replaces_the_root_under_steady_traffic_with_no_failed_request()
     // weft check does not take the retired Secret for a broken plug-in CA.
     let check = text(&weft(&["check"]));
     assert!(
-        check.contains("Secret weft-system/weft-ca loads") && !check.contains("cacerts"),
+        check.contains("mesh CA Secret: Secret weft-system/weft-ca loads")
+            && !check.contains("Secret weft-system/cacerts"),
         "{check}"
     );
 }

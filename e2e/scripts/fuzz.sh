@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make fuzz: runs every cargo-fuzz target in fuzz/ (the decoders of untrusted bytes:
 # AdmissionReview, CSR request, config stream, snapshot, sniffer, HTTP observer, request paths
-# under authorization, authorization policy specs) for a bounded
+# under authorization, authorization policy specs, the proxy's DNS server (proxy_dns)) for a bounded
 # time each, coverage-guided with libFuzzer. Needs a nightly toolchain (libFuzzer's
 # instrumentation); installs cargo-fuzz into the cache when missing. Corpora and crash
 # artifacts live in the cache too, so each run continues where the last stopped.

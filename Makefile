@@ -70,7 +70,7 @@ conformance-images: ## Build the Gateway API suite's echo-basic and echo-advance
 	@bash e2e/components/build-conformance-images.sh
 
 .PHONY: conformance
-conformance: ## Suites on the conformance images (Istio's echo: real gRPC server and client; cold build takes minutes): gRPC balanced per call and authorized per method; GAMMA HTTPRoute split and GRPCRoute method match; then the Gateway API conformance suite v1.6.3 (GATEWAY-HTTP, GATEWAY-GRPC, MESH-HTTP) writing docs/conformance/report.yaml; needs root
+conformance: ## Suites on the conformance images (Istio's echo: real gRPC server and client; cold build takes minutes): gRPC balanced per call and authorized per method; GAMMA HTTPRoute split and GRPCRoute method match; then the Gateway API conformance suite v1.6.3 (GATEWAY-HTTP, GATEWAY-GRPC, GATEWAY-TLS, GATEWAY-TCP, MESH-HTTP) writing docs/conformance/report.yaml; needs root
 	$(CARGO) build --locked -p weft --bins
 	@bash e2e/components/build-conformance-images.sh
 	@bash e2e/cluster/down.sh >/dev/null

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the Gateway API conformance suite (sigs.k8s.io/gateway-api/conformance at the version
 # of config/gateway-api, built from its module by the wrapper module gateway-conformance/)
-# against the local cluster with weft deployed, for the GATEWAY-HTTP, GATEWAY-GRPC and
-# MESH-HTTP profiles' core features, and writes the ConformanceReport to
+# against the local cluster with weft deployed, for the GATEWAY-HTTP, GATEWAY-GRPC,
+# GATEWAY-TLS, GATEWAY-TCP and MESH-HTTP profiles' core features, and writes the
+# ConformanceReport to
 # docs/conformance/report.yaml.
 #   WEFT_CONFORMANCE_TEST  one test's ShortName (the suite's --run-test), to iterate on it:
 #                          the base resources stay for the next run and the report goes to
@@ -60,8 +61,8 @@ mkdir -p "$root/docs/conformance"
 cd "$root"
 exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} "${partial[@]}" \
   --gateway-class=weft \
-  --supported-features=Gateway,HTTPRoute,GRPCRoute,ReferenceGrant,Mesh \
-  --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,MESH-HTTP \
+  --supported-features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TCPRoute,ReferenceGrant,Mesh \
+  --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,MESH-HTTP \
   --namespace-labels=istio-injection=enabled \
   --report-output="$report" \
   --organization=weft --project=weft --url=https://weft.dev \

@@ -112,7 +112,7 @@ e2e: ## End-to-end tests on the local cluster (brings it up, always tears it dow
 	@# changed root that the tests must not inherit.
 	@bash e2e/cluster/down.sh >/dev/null
 	@trap 'bash e2e/cluster/down.sh' EXIT; \
-	  $(CARGO) test --locked -p weft-node-agent --test cluster --test exec --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test authz --test traffic --test egress --test check --test gateway_deploy --test gateway --test gateway_api --test smi_split -- --test-threads=4 && \
+	  $(CARGO) test --locked -p weft-node-agent --test cluster --test exec --test mesh_ca --test injection --test revisions --test cli --test operate --test mesh --test stories --test authz --test traffic --test egress --test egress_gateway --test check --test gateway_deploy --test gateway --test gateway_api --test smi_split -- --test-threads=4 && \
 	  $(CARGO) test --locked -p weft-node-agent --test faults -- --test-threads=1 && \
 	  $(CARGO) test --locked -p weft-node-agent --test lifecycle -- --test-threads=1
 

@@ -257,7 +257,7 @@ spec:
         "--revision",
         REVISION,
     ]));
-    apps.apply(&task_yaml());
+    c.apply(&task_yaml());
     apps.apply(CLIENT);
     bypass.apply(CLIENT);
     gw_ns.ok(&[

@@ -1289,3 +1289,176 @@ spec:
         after - before
     );
 }
+
+/// issue 19: `exportTo` and Istio's client-namespace DestinationRule lookup on the cluster.
+/// reviews (v1, v2) lives in `xns-svc` with its subsets and a VirtualService exported
+/// everywhere (all to v1), and a second one exported only to its own namespace (all to v2);
+/// `xns-front` has a DestinationRule of its own for reviews that says subset v1 is the
+/// `version: v2` pods (a client namespace's override). Three clients, each proving one
+/// rule: xns-svc's sees its private VirtualService first (v2); xns-front's gets the public
+/// route and its own namespace's rule (v2 pods); xns-other's neither (v1).
+#[test]
+fn export_to_and_the_client_namespace_destination_rule_decide_per_client_namespace() {
+    let c = support::deployed();
+    let svc = c.namespace("xns-svc");
+    let front = c.namespace("xns-front");
+    let other = c.namespace("xns-other");
+    for ns in [&svc, &front, &other] {
+        enrol(ns);
+    }
+    svc.apply(&version("reviews", "v1", 9080));
+    svc.apply(&version("reviews", "v2", 9080));
+    svc.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-own}
+spec:
+  hosts: [reviews]
+  exportTo: ["."]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+"#,
+    );
+    front.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-for-front}
+spec:
+  host: reviews.xns-svc.svc.cluster.local
+  exportTo: ["."]
+  subsets:
+  - {name: v1, labels: {version: v2}}
+"#,
+    );
+    for ns in [&svc, &front, &other] {
+        ns.apply(CLIENT);
+    }
+    rolled_out(&svc, &["reviews-v1", "reviews-v2"]);
+    for ns in [&front, &other] {
+        rolled_out(ns, &[]);
+    }
+    let url = "http://reviews.xns-svc:9080/";
+    for (ns, want) in [(&svc, "v2"), (&front, "v2"), (&other, "v1")] {
+        converged(ns, url, &format!("{} reaches {want}", ns.name), |b| {
+            b.len() == 20 && b.iter().all(|v| v == want)
+        });
+        let answers = bodies(ns, url, 100);
+        assert_eq!(
+            share(&answers, 100, want, &["v1", "v2"]),
+            100.0,
+            "{}",
+            ns.name
+        );
+    }
+    // What each proxy was given, as weft shows it.
+    let routes = |ns: &str| {
+        let out = weft(&["proxy-config", "routes", "client", "-n", ns]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let row = "reviews.xns-svc.svc.cluster.local:9080|";
+    assert!(
+        routes("xns-svc").contains("xns-svc/reviews-own"),
+        "{}",
+        routes("xns-svc")
+    );
+    for ns in ["xns-front", "xns-other"] {
+        let text = routes(ns);
+        assert!(!text.contains("xns-svc/reviews-own"), "{ns}: {text}");
+        assert!(text.contains(&format!("{row}v1 100")), "{ns}: {text}");
+    }
+    let accepted = |ns: &Namespace, kind: &str, name: &str| {
+        ns.jsonpath(
+            &format!("{kind} {name}"),
+            "{.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+        )
+    };
+    assert_eq!(
+        accepted(&front, "destinationrule", "reviews-for-front"),
+        "True"
+    );
+    assert_eq!(accepted(&svc, "virtualservice", "reviews-own"), "True");
+    // The private one overriding the public one for its namespace is exportTo's purpose,
+    // not a conflict: both are accepted.
+    assert_eq!(accepted(&svc, "virtualservice", "reviews"), "True");
+
+    // Bad input (issue 19): xns-other's own VirtualService names a subset no rule defines.
+    // Its clients get 503 with Istio's flag NR and the status says why; the other
+    // namespaces' clients are not disturbed.
+    other.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-v3}
+spec:
+  hosts: [reviews.xns-svc.svc.cluster.local]
+  exportTo: ["."]
+  http:
+  - route:
+    - destination: {host: reviews.xns-svc.svc.cluster.local, subset: v3}
+"#,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || codes(&other, url, 20).join(" "),
+        |c| c.split(' ').all(|x| x == "503") && c.split(' ').count() == 20,
+    );
+    let flagged: u64 = other
+        .proxy_metrics("client")
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains(r#"reporter="source""#)
+                && l.contains(r#"response_code="503""#)
+                && l.contains(r#"response_flags="NR""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(flagged >= 20, "503s counted with flag NR: {flagged}");
+    let message = other.jsonpath(
+        "virtualservice reviews-v3",
+        "{.status.conditions[?(@.type==\"WeftAccepted\")].message}",
+    );
+    assert!(
+        message.contains(
+            r#"subset "v3" of reviews.xns-svc.svc.cluster.local is defined by no DestinationRule"#
+        ),
+        "{message}"
+    );
+    for (ns, want) in [(&svc, "v2"), (&front, "v2")] {
+        let answers = bodies(ns, url, 50);
+        assert_eq!(
+            share(&answers, 50, want, &["v1", "v2"]),
+            100.0,
+            "{}",
+            ns.name
+        );
+    }
+}

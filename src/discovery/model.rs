@@ -157,11 +157,11 @@ struct SourceVariant {
 fn source_variants(
     services: &Table,
     headless: &Table,
+    namespaced: &HashMap<String, (Table, Table)>,
     pod_labels: &HashMap<(String, String), BTreeMap<String, String>>,
     peers_hash: &[u8],
 ) -> HashMap<(String, String), Arc<SourceVariant>> {
     use crate::route::source::{selectors, service_for, signature};
-    namespaced: &HashMap<String, (Table, Table)>,
     let every = namespaced
         .values()
         .flat_map(|(s, h)| s.typed.iter().chain(&h.typed));
@@ -172,6 +172,11 @@ fn source_variants(
     let mut by_signature: HashMap<(Option<&str>, Vec<bool>), Arc<SourceVariant>> = HashMap::new();
     let mut out = HashMap::new();
     for (key, labels) in pod_labels {
+        let own = namespaced.get_key_value(&key.0);
+        if own.is_none() && chosen.is_empty() {
+            continue;
+        }
+        let (base_services, base_headless) = own.map_or((services, headless), |(_, (s, h))| (s, h));
         let variant = by_signature
             .entry((
                 own.map(|(ns, _)| ns.as_str()),
@@ -179,11 +184,6 @@ fn source_variants(
             ))
             .or_insert_with(|| {
                 let of = |t: &Table| {
-        let own = namespaced.get_key_value(&key.0);
-        if own.is_none() && chosen.is_empty() {
-            continue;
-        }
-        let (base_services, base_headless) = own.map_or((services, headless), |(_, (s, h))| (s, h));
                     Table::new(
                         t.typed
                             .iter()

@@ -1011,9 +1011,10 @@ fn destinations(
                             f.response_header_modifier,
                         )
                     }),
-                    RouteKind::Tls | RouteKind::Tcp => {
-                        Err(format!("backendRefs[{i}].filters: not on a {}", ctx.kind.kind()))
-                    }
+                    RouteKind::Tls | RouteKind::Tcp => Err(format!(
+                        "backendRefs[{i}].filters: not on a {}",
+                        ctx.kind.kind()
+                    )),
                 };
             let (type_, req, resp) = parsed?;
             match type_.as_str() {

@@ -524,11 +524,18 @@ fn gateway_configs(
             let mut found = Vec::new();
             // Istio reads `credentialName` in the gateway pods' namespace.
             let lookup = |name: &str| credential(view, ns, name);
+            // Istio binds a gateway's routes from the VirtualServices visible in its pods'
+            // namespace (`exportTo`), in the order a sidecar of that namespace sees them.
+            let visible: Vec<Source> =
+                compile::visible_virtual_services(virtual_services, Some(ns))
+                    .into_iter()
+                    .map(|(_, src)| *src)
+                    .collect();
             let mut config = gateway::compile(
                 registry,
                 subsets,
                 &selected,
-                virtual_services,
+                &visible,
                 Some(&lookup),
                 &mut found,
             );
@@ -728,6 +735,58 @@ mod tests {
             .unwrap()
             .0;
         assert_ne!(moved, version);
+    }
+
+    /// A gateway binds only the VirtualServices exported to its pods' namespace (Istio's
+    /// visibility): one private to `pets` never reaches the gateway in `gw`, one exported to
+    /// `gw` or everywhere does.
+    #[test]
+    fn a_gateway_binds_only_the_virtual_services_exported_to_its_namespace() {
+        let mut v = view();
+        v.pods.push(obj(json!({
+            "metadata": {"namespace": "gw", "name": "ingress-1",
+                "labels": {"istio": "ingress", "weft.dev/revision": "stable"},
+                "annotations": {(crate::contract::ANNOTATION_INJECT_TEMPLATES): crate::contract::TEMPLATE_GATEWAY}},
+            "spec": {"serviceAccountName": "ingress", "containers": [{"name": "istio-proxy"}]},
+            "status": {"podIP": "198.18.3.1"}
+        })));
+        v.istio_gateways = vec![obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"namespace": "gw", "name": "ingress"},
+            "spec": {"selector": {"istio": "ingress"}, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}
+        }))];
+        let vs = |name: &str, export: serde_json::Value| {
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"namespace": "pets", "name": name},
+                "spec": {"hosts": [format!("{name}.example.com")], "gateways": ["gw/ingress"],
+                         "exportTo": export,
+                         "http": [{"route": [{"destination": {"host": "db", "port": {"number": 80}}}]}]}
+            }))
+        };
+        v.virtual_services = vec![
+            vs("private", json!(["."])),
+            vs("granted", json!(["gw"])),
+            vs("public", json!(["*"])),
+        ];
+        let index = MeshIndex::build(&v);
+        let (_, bytes) = index.snapshot_for("gw", "ingress-1").unwrap();
+        let snap = decode_snapshot(&bytes).expect("the proxy accepts the tables");
+        let gateway = snap.gateway.expect("a gateway pod gets listeners");
+        let domains: Vec<&str> = gateway
+            .listeners
+            .iter()
+            .flat_map(|l| &l.virtual_hosts)
+            .flat_map(|h| &h.domains)
+            .map(String::as_str)
+            .collect();
+        assert!(domains.contains(&"granted.example.com"), "{domains:?}");
+        assert!(domains.contains(&"public.example.com"), "{domains:?}");
+        assert!(
+            !domains.iter().any(|d| d.starts_with("private")),
+            "{domains:?}"
+        );
     }
 
     /// issue 19: `exportTo` and the client-namespace DestinationRule lookup make per-namespace

@@ -211,13 +211,6 @@ pub(super) fn set_fields(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
         .collect()
 }
 
-/// `exportTo` that says what the default says (every namespace) changes nothing.
-fn exports_everywhere(export_to: &Option<Vec<String>>) -> bool {
-    export_to
-        .as_ref()
-        .is_none_or(|e| e.iter().all(|n| n == "*"))
-}
-
 /// Subsets in the order a DestinationRule lists them: (name, pod labels).
 pub type NamedSubsets = Vec<(String, BTreeMap<String, String>)>;
 
@@ -954,11 +947,6 @@ pub fn gateway_routes(
             unsupported.join(", ")
         )));
     }
-    if !exports_everywhere(&spec.export_to) {
-        return Err(Refusal::Invalid(
-            "spec.exportTo other than * is not supported on gateways yet (sidecars apply it); the VirtualService is not applied".into(),
-        ));
-    }
     if spec.http.is_empty() {
         return Err(Refusal::Invalid(
             "spec.http is empty; the VirtualService is not applied".into(),
@@ -1014,11 +1002,6 @@ pub fn gateway_l4_routes(
             "{} not supported on gateways; the VirtualService is not applied",
             labelled.join(", ")
         )));
-    }
-    if !exports_everywhere(&spec.export_to) {
-        return Err(Refusal::Invalid(
-            "spec.exportTo other than * is not supported on gateways yet (sidecars apply it); the VirtualService is not applied".into(),
-        ));
     }
     let pending = pending_l4(registry, src, spec, kind)?;
     let mut dangling = BTreeSet::new();

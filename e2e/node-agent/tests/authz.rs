@@ -115,7 +115,13 @@ fn seed_003_only_checkout_api_may_post_charges() {
     let checkout = c.namespace("checkout");
     let outside = c.namespace("t-authz-outside");
     for ns in [&payments, &checkout] {
-        assert!(weft(&["namespace", "add", &ns.name]).status.success());
+        let out = weft(&["namespace", "add", &ns.name]);
+        assert!(
+            out.status.success(),
+            "weft namespace add {}: {}",
+            ns.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     payments.apply(&server("payments-api", "payments-api"));
     checkout.apply(&client("checkout-api", "checkout-api"));
@@ -381,7 +387,13 @@ fn bad_policies_are_refused_by_name_fail_closed_and_leave_the_rest_of_the_mesh_f
     let bad = c.namespace("t-authz-bad");
     let bystander = c.namespace("t-authz-bystander");
     for ns in [&bad, &bystander] {
-        assert!(weft(&["namespace", "add", &ns.name]).status.success());
+        let out = weft(&["namespace", "add", &ns.name]);
+        assert!(
+            out.status.success(),
+            "weft namespace add {}: {}",
+            ns.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         ns.apply(&server("api", "api"));
         ns.apply(&client("caller", "caller"));
     }

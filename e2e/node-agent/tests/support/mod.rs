@@ -102,6 +102,26 @@ pub fn deployed() -> &'static Cluster {
                 |missing| missing.is_empty(),
             );
         }
+        // A fresh operator creates the default revision and its `default` tag on its first
+        // start, a moment after its rollout: `weft namespace add` resolves that tag, so wait
+        // for it (CI at c46b144 lost two authz tests to this race). Not an assertion: a test
+        // may have moved the mesh on from the tag; after 60 s the tests decide.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let out = c.kubectl(&[
+                "-n",
+                "weft-system",
+                "get",
+                "revisiontags.mesh.weft.dev",
+                "-o",
+                "name",
+            ]);
+            let tags = String::from_utf8_lossy(&out.stdout);
+            if tags.lines().any(|t| t.trim().ends_with("/default")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     });
     c
 }

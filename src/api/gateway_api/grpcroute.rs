@@ -1,66 +1,20 @@
 //! `GRPCRoute` (`gateway.networking.k8s.io/v1`): watched with its spec as raw JSON, read
 //! strictly by [`Spec::parse`] one rule at a time, so an error names the rule and the field.
 
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
 
-use super::common::{
-    BackendRef, HeaderFilter, HeaderMatch, LocalObjectReference, MirrorFilter, ParentReference,
-};
-use super::strict;
+use super::common::{BackendRef, HeaderFilter, HeaderMatch, LocalObjectReference, MirrorFilter};
+use super::route::{RouteSpec, raw_route_resource};
 
-/// gRPC routing rules for a Gateway's listeners or, with a Service parent, for the mesh.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
+raw_route_resource!(
+    /// gRPC routing rules for a Gateway's listeners or, with a Service parent, for the mesh.
+    GRPCRouteSpec,
     kind = "GRPCRoute",
-    plural = "grpcroutes",
-    namespaced
-)]
-#[serde(transparent)]
-pub struct GRPCRouteSpec {
-    /// The spec as stored; [`Spec`] is its strict reading.
-    pub raw: Value,
-}
+    plural = "grpcroutes"
+);
 
 /// `GRPCRouteSpec`, strictly.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Spec {
-    pub parent_refs: Vec<ParentReference>,
-    pub hostnames: Vec<String>,
-    pub rules: Vec<Rule>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Top {
-    #[serde(default)]
-    parent_refs: Vec<ParentReference>,
-    #[serde(default)]
-    hostnames: Vec<String>,
-    #[serde(default)]
-    rules: Vec<Value>,
-}
-
-impl Spec {
-    pub fn parse(raw: &Value) -> Result<Spec, String> {
-        let top: Top = strict("spec", raw)?;
-        let rules = top
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| strict(&format!("spec.rules[{i}]"), r))
-            .collect::<Result<_, _>>()?;
-        Ok(Spec {
-            parent_refs: top.parent_refs,
-            hostnames: top.hostnames,
-            rules,
-        })
-    }
-}
+pub type Spec = RouteSpec<Rule>;
 
 /// `GRPCRouteRule`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]

@@ -2,63 +2,27 @@
 //! routes of a Gateway's `TLS` (mode `Passthrough`) and `TCP` listeners. Watched with their
 //! spec as raw JSON and read strictly by [`Spec::parse`], so an error names the field.
 
-use kube::CustomResource;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Deserialize;
 
-use super::common::{BackendRef, ParentReference};
-use super::strict;
+use super::common::BackendRef;
+use super::route::{RouteSpec, raw_route_resource};
 
-/// TLS connections routed by their ClientHello's SNI, never terminated (Passthrough).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
+raw_route_resource!(
+    /// TLS connections routed by their ClientHello's SNI, never terminated (Passthrough).
+    TLSRouteSpec,
     kind = "TLSRoute",
-    plural = "tlsroutes",
-    namespaced
-)]
-#[serde(transparent)]
-pub struct TLSRouteSpec {
-    /// The spec as stored; [`Spec`] is its strict reading.
-    pub raw: Value,
-}
+    plural = "tlsroutes"
+);
 
-/// TCP connections relayed as bytes.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
+raw_route_resource!(
+    /// TCP connections relayed as bytes.
+    TCPRouteSpec,
     kind = "TCPRoute",
-    plural = "tcproutes",
-    namespaced
-)]
-#[serde(transparent)]
-pub struct TCPRouteSpec {
-    /// The spec as stored; [`Spec`] is its strict reading.
-    pub raw: Value,
-}
+    plural = "tcproutes"
+);
 
-/// `TLSRouteSpec` / `TCPRouteSpec`, strictly (a TCPRoute has no `hostnames`: the CRD refuses
-/// it, so it is always empty there).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Spec {
-    pub parent_refs: Vec<ParentReference>,
-    pub hostnames: Vec<String>,
-    pub rules: Vec<Rule>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Top {
-    #[serde(default)]
-    parent_refs: Vec<ParentReference>,
-    #[serde(default)]
-    hostnames: Vec<String>,
-    #[serde(default)]
-    rules: Vec<Value>,
-}
+/// `TLSRouteSpec` / `TCPRouteSpec`, strictly.
+pub type Spec = RouteSpec<Rule>;
 
 /// `TLSRouteRule` / `TCPRouteRule`: weighted backends only (the CRD allows one rule).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -68,23 +32,6 @@ pub struct Rule {
     pub name: Option<String>,
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
-}
-
-impl Spec {
-    pub fn parse(raw: &Value) -> Result<Spec, String> {
-        let top: Top = strict("spec", raw)?;
-        let rules = top
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| strict(&format!("spec.rules[{i}]"), r))
-            .collect::<Result<_, _>>()?;
-        Ok(Spec {
-            parent_refs: top.parent_refs,
-            hostnames: top.hostnames,
-            rules,
-        })
-    }
 }
 
 #[cfg(test)]

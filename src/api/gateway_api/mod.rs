@@ -10,11 +10,13 @@ pub mod gateway;
 pub mod grpcroute;
 pub mod httproute;
 pub mod l4route;
+mod route;
 
 pub use gateway::{Gateway, GatewayClass, ReferenceGrant};
 pub use grpcroute::GRPCRoute;
 pub use httproute::HTTPRoute;
 pub use l4route::{TCPRoute, TLSRoute};
+pub use route::RouteSpec;
 
 /// The API group of every kind here.
 pub const GROUP: &str = "gateway.networking.k8s.io";

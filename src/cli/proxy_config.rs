@@ -188,40 +188,46 @@ fn l4_route_rows(svc: &Service, rows: &mut Vec<RouteRow>) {
     let mut index = 0;
     for (kind, routes) in kinds {
         for r in routes {
-            let matches = if r.matches.is_empty() {
-                "*".to_string()
-            } else {
-                r.matches
-                    .iter()
-                    .map(|m| serde_json::to_string(m).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            };
-            let destinations = r
-                .destinations
-                .iter()
-                .map(|d| {
-                    let subset = d
-                        .subset
-                        .as_deref()
-                        .map(|s| format!("|{s}"))
-                        .unwrap_or_default();
-                    format!("{}:{}{subset} {}", d.service, d.port, d.weight)
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
             rows.push(RouteRow {
                 service: svc.name.clone(),
                 port: svc.port,
                 index: Some(index),
                 name: r.name.clone(),
-                matches,
-                destinations,
+                matches: matches_column(&r.matches),
+                destinations: destinations_column(&r.destinations),
                 actions: format!("{kind} (relayed, no HTTP)"),
             });
             index += 1;
         }
     }
+}
+
+/// A route's matches as the table shows them: `*` for none, else each as JSON, or-ed.
+fn matches_column<M: Serialize>(matches: &[M]) -> String {
+    if matches.is_empty() {
+        return "*".to_string();
+    }
+    matches
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// A route's weighted destinations as `service:port|subset weight`, comma-separated.
+fn destinations_column(destinations: &[crate::route::Destination]) -> String {
+    destinations
+        .iter()
+        .map(|d| {
+            let subset = d
+                .subset
+                .as_deref()
+                .map(|s| format!("|{s}"))
+                .unwrap_or_default();
+            format!("{}:{}{subset} {}", d.service, d.port, d.weight)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn route_rows(
@@ -231,35 +237,13 @@ pub(crate) fn route_rows(
     rows: &mut Vec<RouteRow>,
 ) {
     for (i, r) in routes.iter().enumerate() {
-        let matches = if r.matches.is_empty() {
-            "*".to_string()
-        } else {
-            r.matches
-                .iter()
-                .map(|m| serde_json::to_string(m).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(" or ")
-        };
-        let destinations = r
-            .destinations
-            .iter()
-            .map(|d| {
-                let subset = d
-                    .subset
-                    .as_deref()
-                    .map(|s| format!("|{s}"))
-                    .unwrap_or_default();
-                format!("{}:{}{subset} {}", d.service, d.port, d.weight)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         rows.push(RouteRow {
             service: host.to_string(),
             port,
             index: Some(i),
             name: r.name.clone(),
-            matches,
-            destinations,
+            matches: matches_column(&r.matches),
+            destinations: destinations_column(&r.destinations),
             actions: r.actions.summary(),
         });
     }

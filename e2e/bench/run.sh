@@ -53,6 +53,7 @@
 # gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
+# WEFT_BENCH_NULL_RELAY (a prebuilt weft-null-relay: no cargo build at all with WEFT_BENCH_PROXY),
 # WEFT_BENCH_CP_SECONDS (5), WEFT_BENCH_ALLOW_CLUSTER=1 (run beside the cluster; marked),
 # WEFT_BENCH_ADMISSION (1: first bring the local cluster up, deploy weft and measure pod
 # creation through the API server, then stop the cluster; 0: skip that stage).
@@ -181,8 +182,13 @@ else
   (cd "$repo" && $CARGO build --release --locked --bin weft-proxy)
   cp "$CARGO_TARGET_DIR/release/weft-proxy" "$work/weft-proxy"
 fi
-(cd "$repo" && $CARGO build --release --locked -p weft-node-agent --bin weft-null-relay)
-cp "$CARGO_TARGET_DIR/release/weft-null-relay" "$work/weft-null-relay"
+if [[ -n ${WEFT_BENCH_NULL_RELAY:-} ]]; then
+  # A prebuilt null relay (profiling runs while other builds hold cargo's lock).
+  cp "$WEFT_BENCH_NULL_RELAY" "$work/weft-null-relay"
+else
+  (cd "$repo" && $CARGO build --release --locked -p weft-node-agent --bin weft-null-relay)
+  cp "$CARGO_TARGET_DIR/release/weft-null-relay" "$work/weft-null-relay"
+fi
 chmod 755 "$work/weft-proxy" "$work/weft-null-relay"
 if [[ ${WEFT_BENCH_CONTROL_PLANE:-1} == 1 ]]; then
   cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |

@@ -700,6 +700,8 @@ pub struct SnapshotIndex {
     subset_next: HashMap<(usize, String), AtomicUsize>,
     /// Draws for weighted route destinations ([`crate::route::select::roll`]).
     rolls: std::sync::atomic::AtomicU64,
+    /// The inbound policies' prefilter, made at the first request that needs it.
+    inbound_prefilter: std::sync::OnceLock<crate::authz::Prefilter>,
 }
 
 impl SnapshotIndex {
@@ -762,7 +764,15 @@ impl SnapshotIndex {
             next,
             subset_next,
             rolls: std::sync::atomic::AtomicU64::new(0),
+            inbound_prefilter: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The [`crate::authz::Prefilter`] of the inbound policies: made once per config, read
+    /// without a lock by every request after the first.
+    pub fn inbound_prefilter(&self) -> &crate::authz::Prefilter {
+        self.inbound_prefilter
+            .get_or_init(|| crate::authz::Prefilter::new(&self.snapshot.inbound.authz))
     }
 
     pub fn version(&self) -> &str {

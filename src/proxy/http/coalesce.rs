@@ -26,8 +26,10 @@ pub struct Coalesce<S> {
     /// Off: every call passes straight through (an HTTP/1 connection, whose response hyper
     /// writes whole in one go).
     on: bool,
-    /// Turn on when the first bytes read are HTTP/2's connection preface.
+    /// Turn on when the first bytes read are HTTP/2's connection preface; until then, how
+    /// many of them matched it so far (reads may hand them over a few bytes at a time).
     sniffing: bool,
+    matched: usize,
 }
 
 /// HTTP/2's client connection preface starts so (RFC 9113 §3.4); no HTTP/1 method does.
@@ -43,6 +45,7 @@ impl<S> Coalesce<S> {
             deferred: false,
             on: true,
             sniffing: false,
+            matched: 0,
         }
     }
 
@@ -84,12 +87,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if self.sniffing && buf.filled().len() > before {
-            let first = &buf.filled()[before..];
-            let n = first.len().min(PREFACE.len());
-            self.on = first[..n] == PREFACE[..n];
-            self.sniffing = false;
+            let read = &buf.filled()[before..];
+            self.sniff(read);
         }
         polled
+    }
+}
+
+impl<S> Coalesce<S> {
+    /// Decides from the first bytes read, however few each read brings: on once the whole
+    /// preface prefix matched, off at the first byte that differs (a 1-byte `P` may still be
+    /// `POST`). Undecided, writes pass through.
+    fn sniff(&mut self, read: &[u8]) {
+        let want = &PREFACE[self.matched..];
+        let n = read.len().min(want.len());
+        if read[..n] != want[..n] {
+            self.sniffing = false;
+            return;
+        }
+        self.matched += n;
+        if self.matched == PREFACE.len() {
+            self.on = true;
+            self.sniffing = false;
+        }
     }
 }
 
@@ -236,6 +256,38 @@ mod tests {
             let mut reply = [0u8; 5];
             b.read_exact(&mut reply).await.unwrap();
             assert_eq!(&reply, b"reply");
+        }
+    }
+
+    /// The first bytes may come a few at a time: a lone `P` is `PRI` (HTTP/2) or `POST`/`PUT`
+    /// (HTTP/1), so nothing is decided until a byte differs or the whole prefix matched.
+    #[tokio::test]
+    async fn the_preface_is_recognised_across_short_reads() {
+        for (pieces, on) in [
+            (
+                &[&b"P"[..], b"RI * HTT", b"P/2.0\r\n\r\nSM\r\n\r\n"][..],
+                true,
+            ),
+            (&[&b"P"[..], b"OST / HTTP/1.1\r\n\r\n"][..], false),
+            (&[&b"PU"[..], b"T / HTTP/1.1\r\n\r\n"][..], false),
+            (&[&b"PRI * HTTP/1.1"[..]][..], false),
+        ] {
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut s = Coalesce::when_h2(a);
+            for (i, piece) in pieces.iter().enumerate() {
+                b.write_all(piece).await.unwrap();
+                let mut got = vec![0u8; piece.len()];
+                s.read_exact(&mut got).await.unwrap();
+                // A first piece the preface starts with decides nothing yet; `PU` already
+                // differs from it.
+                if i == 0 && pieces.len() > 1 {
+                    let undecided = PREFACE.starts_with(piece);
+                    assert_eq!(s.sniffing, undecided, "after {piece:?} alone");
+                    assert!(!s.on, "on after {piece:?} alone");
+                }
+            }
+            assert!(!s.sniffing, "{pieces:?}: still undecided");
+            assert_eq!(s.on, on, "{pieces:?}");
         }
     }
 }

@@ -75,8 +75,8 @@ pub struct Exchange {
     head: u64,
     /// Its body's bytes so far.
     received: Arc<AtomicU64>,
-    /// Its gRPC messages so far (gRPC only).
-    messages: Arc<AtomicU64>,
+    /// Its gRPC messages so far (gRPC only: no allocation for other requests).
+    messages: Option<Arc<AtomicU64>>,
     log: Option<RequestLog>,
     /// Flags the request earned before its answer (`DI`: a fault delayed it; `URX`: its
     /// retries were spent), joined to the answer's own.
@@ -126,9 +126,9 @@ impl Exchange {
             .access_log_format()
             .is_some()
             .then(|| RequestLog::new(&parts, SystemTime::now()));
-        let messages = Arc::new(AtomicU64::new(0));
+        let messages = grpc.then(|| Arc::new(AtomicU64::new(0)));
         let mut body = Counted::new(body, received.clone());
-        if grpc {
+        if let Some(messages) = &messages {
             body = body.grpc(messages.clone());
         }
         let exchange = Exchange {
@@ -157,7 +157,10 @@ impl Exchange {
         Sizes {
             request: self.head + self.received.load(Ordering::Relaxed),
             response,
-            request_messages: self.messages.load(Ordering::Relaxed),
+            request_messages: self
+                .messages
+                .as_ref()
+                .map_or(0, |m| m.load(Ordering::Relaxed)),
             response_messages,
         }
     }

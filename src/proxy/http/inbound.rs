@@ -4,7 +4,7 @@
 //! each request is recorded by its [`Exchange`] (destination reporter).
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -17,7 +17,7 @@ use super::authz::{
 use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
 use super::server::{self, Counted, ResponseBody};
 use super::upstream::{TcpConnector, Upstream, forward};
-use crate::authz::{Prefilter, Verdict, evaluate_prefiltered};
+use crate::authz::{Verdict, evaluate_prefiltered};
 use crate::proxy::ProxyContext;
 use crate::proxy::access_log::{denial_details, known};
 use crate::proxy::metrics::TcpLabels;
@@ -101,7 +101,7 @@ impl server::Pipeline for Inbound {
         let decision = {
             let headers = HeaderView::new(&parts.headers);
             let request = http_authz::request(&self.facts, &parts, path, &headers);
-            evaluate_prefiltered(&prefilter(&snapshot), policies, &request)
+            evaluate_prefiltered(snapshot.inbound_prefilter(), policies, &request)
         };
         if decision.audit.is_some()
             || decision.dry_run.is_some()
@@ -136,21 +136,4 @@ impl server::Pipeline for Inbound {
             }
         }
     }
-}
-
-/// The [`Prefilter`] of `snapshot`'s inbound policies, made once per config for every
-/// connection. The config is held weakly (its allocation, never its contents, outlives it),
-/// so its address names no other config while the entry is kept.
-fn prefilter(snapshot: &Arc<SnapshotIndex>) -> Arc<Prefilter> {
-    type Made = Option<(Weak<SnapshotIndex>, Arc<Prefilter>)>;
-    static MADE: Mutex<Made> = Mutex::new(None);
-    let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((of, prefilter)) = made.as_ref()
-        && std::ptr::eq(of.as_ptr(), Arc::as_ptr(snapshot))
-    {
-        return prefilter.clone();
-    }
-    let prefilter = Arc::new(Prefilter::new(&snapshot.snapshot.inbound.authz));
-    *made = Some((Arc::downgrade(snapshot), prefilter.clone()));
-    prefilter
 }

@@ -237,6 +237,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
         }
         polled
     }
+    // Passed through, so hyper writes a response's head and body as one vectored write
+    // instead of copying the body behind the head first.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -521,6 +537,66 @@ mod tests {
         let mut cut = GrpcMessages::default();
         cut.feed(&stream[..7]);
         assert_eq!(cut.count, 1);
+    }
+
+    /// A stream that takes vectored writes and counts the calls.
+    #[derive(Default)]
+    struct Vectored {
+        calls: usize,
+        bytes: Vec<u8>,
+    }
+
+    impl tokio::io::AsyncWrite for Vectored {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.bytes.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// hyper writes a head and a body in one call only to a stream that says it takes
+    /// vectored writes: the activity wrapper passes that on, and such a write counts as
+    /// activity.
+    #[tokio::test]
+    async fn vectored_writes_pass_through_and_count_as_activity() {
+        use tokio::io::AsyncWriteExt;
+        let (mut s, activity) = Active::new(Vectored::default());
+        assert!(tokio::io::AsyncWrite::is_write_vectored(&s));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let bufs = [io::IoSlice::new(b"head "), io::IoSlice::new(b"body")];
+        let n = s.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 9);
+        assert_eq!(
+            (s.inner.calls, s.inner.bytes.as_slice()),
+            (1, &b"head body"[..])
+        );
+        assert!(activity.last_ms.load(Ordering::Relaxed) >= 30);
     }
 
     #[tokio::test]

@@ -100,6 +100,26 @@ impl AsyncWrite for Upstream {
         }
     }
 
+    // Both streams take vectored writes: hyper then hands a request's head and body over in
+    // one call (one TLS record) instead of copying the body behind the head first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(s) => s.is_write_vectored(),
+            Upstream::Mtls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_flush(cx),

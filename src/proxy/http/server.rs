@@ -84,6 +84,8 @@ where
     tokio::pin!(conn);
     tokio::pin!(shutdown);
     tokio::select! {
+        // The connection first: it is what wakes the task on almost every poll.
+        biased;
         r = conn.as_mut() => r,
         () = &mut shutdown => {
             conn.as_mut().graceful_shutdown();
@@ -128,7 +130,12 @@ pub async fn serve_pipeline<I, P>(
             let (pipeline, ctx, received) = (pipeline.clone(), ctx.clone(), received.clone());
             async move {
                 let version = req.version();
-                received.send_replace(Some(version));
+                // Only a change is published: the drain waits for the first request.
+                received.send_if_modified(|last| {
+                    let changed = *last != Some(version);
+                    *last = Some(version);
+                    changed
+                });
                 // Not on an upgrade or a CONNECT: their connection becomes the tunnel.
                 let close = version < Version::HTTP_2 && req.method() != Method::CONNECT;
                 let mut response = pipeline.handle(req).await;

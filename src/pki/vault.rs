@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, watch};
 
 use super::encoding;
 use super::issuer::{
-    IssuerError, IssuerKind, SignFuture, SignedChain, VAULT_TOKEN_KEY, VaultAuth, VaultConfig,
-    WorkloadCsr,
+    IssuerError, IssuerKind, SignFuture, SignedChain, VAULT_CA_CERT_KEY, VAULT_TOKEN_KEY,
+    VaultAuth, VaultConfig, WorkloadCsr,
 };
 
 /// Connecting to Vault; a Vault that takes longer is as good as down.
@@ -88,6 +88,9 @@ struct VaultHttp {
         tokio_rustls::TlsConnector,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// Where the CA that must sign Vault's HTTPS certificate comes from, named in a failed
+    /// handshake so a wrong `--ca-cert-secret` is found from `weft check` alone.
+    ca_source: String,
 }
 
 impl VaultIssuer {
@@ -100,12 +103,13 @@ impl VaultIssuer {
         trust_domain: &str,
         namespace: &str,
     ) -> Result<Self, IssuerError> {
-        let http =
-            VaultHttp::new(&config, ca_cert_pem).map_err(|message| IssuerError::Refused {
+        let http = VaultHttp::new(&config, ca_cert_pem, namespace).map_err(|message| {
+            IssuerError::Refused {
                 issuer: describe(&config),
                 message,
                 label: "vault_config",
-            })?;
+            }
+        })?;
         let mut issuer = VaultIssuer {
             config,
             http,
@@ -499,7 +503,11 @@ pub fn vault_refusal(status: u16, errors: &[String], ctx: &RefusalContext<'_>) -
 // === HTTP ===
 
 impl VaultHttp {
-    fn new(config: &VaultConfig, ca_cert_pem: Option<&str>) -> Result<Self, String> {
+    fn new(
+        config: &VaultConfig,
+        ca_cert_pem: Option<&str>,
+        namespace: &str,
+    ) -> Result<Self, String> {
         let uri: hyper::Uri = config
             .base_url()
             .parse()
@@ -544,11 +552,18 @@ impl VaultHttp {
         } else {
             None
         };
+        let ca_source = match (&config.ca_cert_secret, ca_cert_pem) {
+            (Some(name), Some(_)) => format!(
+                "the CA in Secret {namespace}/{name} key {VAULT_CA_CERT_KEY} (--ca-cert-secret)"
+            ),
+            _ => format!("the operator image's {SYSTEM_CA_BUNDLE} (no --ca-cert-secret)"),
+        };
         Ok(VaultHttp {
             host,
             port,
             authority,
             tls,
+            ca_source,
         })
     }
 
@@ -583,10 +598,12 @@ impl VaultHttp {
         .map_err(|e| e.to_string())?;
         match &self.tls {
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS to {} failed ({e})", self.authority))?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    format!(
+                        "TLS to {} failed ({e}): Vault's HTTPS certificate must chain to {}",
+                        self.authority, self.ca_source
+                    )
+                })?;
                 exchange(tls, request).await
             }
             None => exchange(tcp, request).await,
@@ -754,7 +771,7 @@ mod tests {
             auth: VaultAuth::TokenSecret("t".into()),
             ca_cert_secret: None,
         };
-        match VaultHttp::new(&config, Some("not pem")) {
+        match VaultHttp::new(&config, Some("not pem"), "weft-system") {
             Err(e) => assert!(e.contains("no certificate") || e.contains("PEM"), "{e}"),
             Ok(_) => panic!("a CA without certificates was accepted"),
         }
@@ -762,7 +779,7 @@ mod tests {
             address: "http://[::1]:8200".into(),
             ..config
         };
-        let http = VaultHttp::new(&plain, None).unwrap();
+        let http = VaultHttp::new(&plain, None, "weft-system").unwrap();
         assert_eq!((http.host.as_str(), http.port), ("::1", 8200));
         assert!(http.tls.is_none());
     }

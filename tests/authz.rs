@@ -725,7 +725,15 @@ fn what_weft_cannot_enforce_is_refused_by_field() {
             "rules[0].to[0].operation",
         ),
         (
-            "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g}]",
+            "targetRefs: [{kind: Gateway, group: networking.istio.io, name: g}]",
+            "targetRefs[0]",
+        ),
+        (
+            "targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: weft}]",
+            "targetRefs[0]",
+        ),
+        (
+            "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g, namespace: bar}]",
             "targetRefs[0]",
         ),
         (

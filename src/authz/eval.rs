@@ -96,20 +96,16 @@ pub fn evaluate(policies: &[Policy], request: &Request<'_>) -> Decision {
     evaluate_with(None, policies, request)
 }
 
-/// [`evaluate`] with the [`Prefilter`] of `policies` (made by [`Prefilter::new`] from the
-/// same slice; one made from other policies is ignored): the same decision, sooner.
+/// [`evaluate`] with the [`Prefilter`] made by [`Prefilter::new`] from this very table: the
+/// same decision, sooner. A prefilter made from any other table (another config's, a copy,
+/// one of the same shape) is never used: the evaluation then reads every rule, so the
+/// decision is still right, only slower (see [`Prefilter::built_from`]).
 pub fn evaluate_prefiltered(
     prefilter: &Prefilter,
     policies: &[Policy],
     request: &Request<'_>,
 ) -> Decision {
-    let fits = prefilter.rules.len() == policies.len()
-        && prefilter
-            .rules
-            .iter()
-            .zip(policies)
-            .all(|(r, p)| r.len() == p.rules.len());
-    if !fits {
+    if !prefilter.built_from(policies) {
         return evaluate(policies, request);
     }
     let seen = Seen {
@@ -140,12 +136,23 @@ fn evaluate_with(seen: Option<&Seen<'_>>, policies: &[Policy], request: &Request
 /// `from` alternatives requires the principal to be one of a list of exact identities
 /// (`source.principals` without wildcards) matches no request from another peer, whatever
 /// else it says. Kept as hashes in one array, so ruling a rule out reads no rule.
+///
+/// A prefilter names rules by their place in the table it was made from, so it is bound to
+/// that table: it records where the table and each policy's rules live and how many there
+/// are, and [`evaluate_prefiltered`] uses it only for that same table. The table must stay
+/// alive and unchanged as long as the prefilter is used (the proxy makes it inside the config
+/// that holds the table, `SnapshotIndex::inbound_prefilter`), so no other table can be at
+/// those addresses meanwhile.
 #[derive(Debug, Default)]
 pub struct Prefilter {
     /// Per policy, per rule: the range of `hashes` holding the principals that rule can
     /// match, or None (the rule is evaluated in full).
     rules: Vec<Vec<Option<(u32, u32)>>>,
     hashes: Vec<u64>,
+    /// The table it was made from: its address, and per policy the address and length of
+    /// its rules (compared, never dereferenced).
+    table: usize,
+    policy_rules: Vec<(usize, usize)>,
 }
 
 impl Prefilter {
@@ -166,7 +173,28 @@ impl Prefilter {
                     .collect()
             })
             .collect();
-        Prefilter { rules, hashes }
+        Prefilter {
+            rules,
+            hashes,
+            table: policies.as_ptr() as usize,
+            policy_rules: policies
+                .iter()
+                .map(|p| (p.rules.as_ptr() as usize, p.rules.len()))
+                .collect(),
+        }
+    }
+
+    /// Whether this prefilter was made from `policies` itself (not a copy, not another table
+    /// of the same shape): the same slice, and each policy's rules the same vector with the
+    /// same length. Reads the policies' headers only, which the evaluator reads anyway.
+    pub fn built_from(&self, policies: &[Policy]) -> bool {
+        self.table == policies.as_ptr() as usize
+            && self.policy_rules.len() == policies.len()
+            && self
+                .policy_rules
+                .iter()
+                .zip(policies)
+                .all(|(&(at, len), p)| at == p.rules.as_ptr() as usize && len == p.rules.len())
     }
 
     /// Whether rule `rule` of policy `policy` may match a request from `principal` (its
@@ -308,5 +336,81 @@ fn term_matches(term: &Term, r: &Request<'_>) -> bool {
             .http
             .and_then(|h| h.headers.get(name))
             .is_some_and(|v| pattern.is_match(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::model::PolicyKind;
+
+    fn allow_only(principals: &[&str]) -> Vec<Policy> {
+        vec![Policy {
+            name: "pay/allow".into(),
+            kind: PolicyKind::AuthorizationPolicy,
+            action: Action::Allow,
+            dry_run: false,
+            rules: principals
+                .iter()
+                .map(|p| Rule {
+                    from: vec![vec![Clause {
+                        any_of: vec![Term::Principal(StringMatch::Exact(p.to_string()))],
+                        none_of: Vec::new(),
+                    }]],
+                    to: Vec::new(),
+                    when: Vec::new(),
+                })
+                .collect(),
+        }]
+    }
+
+    fn from(principal: &str) -> Request<'_> {
+        Request {
+            principal: Some(principal),
+            source_ip: [198, 18, 0, 4].into(),
+            remote_ip: [198, 18, 0, 4].into(),
+            destination_ip: [198, 18, 0, 5].into(),
+            destination_port: 8080,
+            sni: None,
+            http: None,
+        }
+    }
+
+    #[test]
+    fn a_prefilter_made_from_another_table_is_never_used() {
+        let a = allow_only(&["td/ns/a/sa/a"]);
+        // Same shape (one policy, one rule), another principal: a prefilter of `a` would
+        // rule b's only rule out for `td/ns/b/sa/b` and deny what `b` allows.
+        let b = allow_only(&["td/ns/b/sa/b"]);
+        let of_a = Prefilter::new(&a);
+        assert!(of_a.built_from(&a));
+        assert!(!of_a.built_from(&b));
+        let request = from("td/ns/b/sa/b");
+        assert_eq!(evaluate(&b, &request).verdict, Verdict::Allow);
+        assert_eq!(
+            evaluate_prefiltered(&of_a, &b, &request).verdict,
+            Verdict::Allow,
+            "the prefilter of another table must not decide"
+        );
+        // A copy of `a` is another table too: the prefilter is not used, the answer is right.
+        let copy = a.clone();
+        assert!(!of_a.built_from(&copy));
+        assert_eq!(
+            evaluate_prefiltered(&of_a, &copy, &from("td/ns/a/sa/a")).verdict,
+            Verdict::Allow
+        );
+        // A sub-slice of its table (fewer policies) is not its table.
+        let two = [a[0].clone(), b[0].clone()];
+        let of_two = Prefilter::new(&two);
+        assert!(of_two.built_from(&two));
+        assert!(!of_two.built_from(&two[..1]));
+        // Its own table: used, and the same decisions as without it.
+        for who in ["td/ns/a/sa/a", "td/ns/b/sa/b", "td/ns/c/sa/c"] {
+            assert_eq!(
+                evaluate_prefiltered(&of_two, &two, &from(who)),
+                evaluate(&two, &from(who)),
+                "{who}"
+            );
+        }
     }
 }

@@ -27,7 +27,8 @@ pub struct AuthorizationPolicySpec {
     /// Deprecated single form of `targetRefs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<PolicyTargetReference>,
-    /// Services (in the policy's namespace) whose workloads the policy applies to.
+    /// Services (in the policy's namespace) whose workloads the policy applies to, or Gateway
+    /// API Gateways (of its namespace) whose gateway pods it applies to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_refs: Vec<PolicyTargetReference>,
     /// ALLOW (the default), DENY or AUDIT. CUSTOM (external authorization) is refused.
@@ -189,14 +190,8 @@ pub fn compile(
         } else {
             format!("targetRefs[{}]", i - usize::from(spec.target_ref.is_some()))
         };
-        if !(t.kind == "Service" && matches!(t.group.as_str(), "" | "core")) {
-            errors.push(
-                &field,
-                format!(
-                    "kind {:?} (group {:?}) cannot be targeted by a sidecar's policy; target a Service (group \"\")",
-                    t.kind, t.group
-                ),
-            );
+        if let Err(message) = target_kind(t) {
+            errors.push(&field, message);
         }
         if t.namespace.as_deref().is_some_and(|n| n != namespace) {
             errors.push(
@@ -249,6 +244,36 @@ impl Errors {
         } else {
             Err(self.0)
         }
+    }
+}
+
+/// A Gateway API Gateway's group: the only Gateway kind a policy can target.
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Whether weft can apply a policy to what `t` names, as Istio allows it outside ambient
+/// mode: a `Service` (group `""`; the pods that are its endpoints) or a Gateway API `Gateway`
+/// (the gateway pods deployed for it). Everything else is refused with what to write.
+fn target_kind(t: &PolicyTargetReference) -> Result<(), String> {
+    match (t.group.as_str(), t.kind.as_str()) {
+        ("" | "core", "Service") | (GATEWAY_API_GROUP, "Gateway") => Ok(()),
+        ("networking.istio.io", "Gateway") => Err(
+            "an Istio networking.istio.io Gateway cannot be targeted (Istio does not allow it \
+             either); select its gateway pods with selector.matchLabels (e.g. istio: <name>)"
+                .into(),
+        ),
+        (GATEWAY_API_GROUP, "GatewayClass") => Err(
+            "a GatewayClass target (Istio's waypoint-wide policies) is not supported; target \
+             the Gateway (group gateway.networking.k8s.io) or select its pods"
+                .into(),
+        ),
+        ("networking.istio.io", "ServiceEntry") => Err(
+            "a ServiceEntry target (ambient waypoints) is not supported; weft has no waypoints"
+                .into(),
+        ),
+        (group, kind) => Err(format!(
+            "kind {kind:?} (group {group:?}) cannot be targeted; target a Service (group \"\") \
+             or a Gateway (group gateway.networking.k8s.io)"
+        )),
     }
 }
 

@@ -204,6 +204,21 @@ async fn explain(args: ExplainArgs) -> Result<(), CliError> {
         .host
         .clone()
         .unwrap_or_else(|| format!("{}.{ns}", args.pod));
+    // A gateway judges the host as its routing reads it (no port, no trailing dot), and
+    // knows a caller's principal only from an ISTIO_MUTUAL handshake.
+    let gateway = crate::discovery::routes::is_gateway_pod(&pod);
+    let host = if gateway {
+        gateway_host(&host).to_string()
+    } else {
+        host
+    };
+    if gateway {
+        println!(
+            "Gateway:   {ns}/{} is a gateway pod: its policies judge each request before routing; \
+             a caller has a principal only on an ISTIO_MUTUAL port (elsewhere use --from plaintext)",
+            args.pod
+        );
+    }
     let unspecified: IpAddr = [0, 0, 0, 0].into();
     let request = Request {
         principal: principal.as_deref(),
@@ -257,6 +272,22 @@ fn caller(from: &str, namespace: &str, trust_domain: &str) -> Result<Caller, Cli
         namespace: ns.into(),
         name: name.into(),
     })
+}
+
+/// The host a gateway's policies see: without its port and a trailing dot (as
+/// `proxy::http::authz::gateway_host`, which the CLI build does not include).
+fn gateway_host(authority: &str) -> &str {
+    let host = if authority.starts_with('[') {
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.')
 }
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
@@ -448,5 +479,12 @@ mod tests {
             Ok(Caller::Pod { namespace, .. }) if namespace == "shop"
         ));
         assert!(caller("a/b/c", "pets", "cluster.local").is_err());
+    }
+
+    #[test]
+    fn a_gateway_host_is_read_without_its_port_and_trailing_dot() {
+        assert_eq!(gateway_host("Web.example.test.:80"), "Web.example.test");
+        assert_eq!(gateway_host("[2001:db8::1]:443"), "[2001:db8::1]");
+        assert_eq!(gateway_host("web"), "web");
     }
 }

@@ -1,7 +1,8 @@
 //! Which authorization policies select which workload, each compiled once per index. Istio's
 //! AuthorizationPolicies: the root namespace's select across the mesh, a namespace's select its
 //! own workloads, by `selector.matchLabels`, by `targetRefs` to Services whose endpoints are the
-//! pod, or all. SMI TrafficTargets select the workloads running as their destination service
+//! pod or to Gateway API Gateways whose gateway pod it is, or all. Gateway pods (ingress and
+//! egress) are selected exactly like sidecars' pods; their proxies enforce the result. SMI TrafficTargets select the workloads running as their destination service
 //! account, and only where the pod's revision is in OSM's restrictive mode
 //! (`traffic.enablePermissiveTrafficPolicyMode: false`), which also adds an ALLOW that matches
 //! nothing, so what no policy allows is denied; in permissive mode OSM ignores them, and so
@@ -13,10 +14,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::gateway_api::LABEL_GATEWAY_NAME;
 use super::policy::PolicyProblem;
 use crate::api::AuthorizationPolicy;
 use crate::api::smi::{HTTPRouteGroup, TCPRoute, TrafficTarget};
-use crate::authz::istio::{self, AuthorizationPolicySpec};
+use crate::authz::istio::{self, AuthorizationPolicySpec, GATEWAY_API_GROUP};
 use crate::authz::model::{Action, Policy, PolicyKind, Rule};
 use crate::authz::smi::{self as smi_spec, Routes};
 
@@ -27,8 +29,13 @@ enum Scope {
     /// Every workload of the namespace (of the mesh, in the root namespace).
     All,
     Labels(BTreeMap<String, String>),
-    /// Services by name in the policy's namespace.
-    Services(Vec<String>),
+    /// `targetRefs` in the policy's namespace: the endpoints of these Services, and the
+    /// gateway pods deployed for these Gateway API Gateways (labelled
+    /// `gateway.networking.k8s.io/gateway-name: <name>`).
+    Targets {
+        services: Vec<String>,
+        gateways: Vec<String>,
+    },
     /// Pods running as this service account of the policy's namespace, in restrictive mode.
     ServiceAccount(String),
 }
@@ -148,9 +155,12 @@ impl AuthzIndex {
             .filter(|e| match &e.scope {
                 Scope::All => true,
                 Scope::Labels(want) => want.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
-                Scope::Services(names) => {
+                Scope::Targets { services, gateways } => {
                     e.namespace == w.namespace
-                        && names.iter().any(|n| w.services.contains(&n.as_str()))
+                        && (services.iter().any(|n| w.services.contains(&n.as_str()))
+                            || w.labels
+                                .get(LABEL_GATEWAY_NAME)
+                                .is_some_and(|g| gateways.contains(g)))
                 }
                 Scope::ServiceAccount(sa) => {
                     w.restrictive_revision.is_some()
@@ -247,14 +257,20 @@ fn compile_smi(smi: SmiObjects<'_>, entries: &mut Vec<Entry>, problems: &mut Vec
 }
 
 fn scope_of(spec: &AuthorizationPolicySpec) -> Scope {
-    let services: Vec<String> = spec
-        .target_ref
-        .iter()
-        .chain(&spec.target_refs)
-        .map(|t| t.name.clone())
-        .collect();
-    if !services.is_empty() {
-        return Scope::Services(services);
+    let targets: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).collect();
+    if !targets.is_empty() {
+        // Only Services and Gateway API Gateways compile (`istio::compile`); a policy naming
+        // another kind is refused and fails closed on the endpoints of a Service of that name.
+        let (gateways, services) = targets
+            .into_iter()
+            .partition::<Vec<_>, _>(|t| t.kind == "Gateway" && t.group == GATEWAY_API_GROUP);
+        let names = |ts: Vec<&crate::authz::istio::PolicyTargetReference>| {
+            ts.into_iter().map(|t| t.name.clone()).collect()
+        };
+        return Scope::Targets {
+            services: names(services),
+            gateways: names(gateways),
+        };
     }
     match &spec.selector {
         Some(s) => Scope::Labels(s.match_labels.clone()),
@@ -606,5 +622,87 @@ mod tests {
             .message;
         assert!(typo.contains("method"), "{typo}");
         assert!(index.problems.iter().all(|p| p.kind == KIND));
+    }
+
+    #[test]
+    fn gateway_pods_are_selected_by_namespace_labels_and_gateway_targets() {
+        let index = AuthzIndex::new(
+            "weft-system",
+            &[
+                policy(
+                    "weft-system",
+                    "mesh",
+                    json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/debug*"]}}]}]}),
+                ),
+                policy(
+                    "weft-system",
+                    "all-ingress",
+                    json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY", "rules": [{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}]}]}),
+                ),
+                policy("gw", "ns-wide", json!({"action": "AUDIT", "rules": [{}]})),
+                policy(
+                    "gw",
+                    "by-label",
+                    json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}, "rules": [{"to": [{"operation": {"hosts": ["shop.example.com"]}}]}]}),
+                ),
+                policy(
+                    "gw",
+                    "by-gateway",
+                    json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "shop"}], "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}),
+                ),
+                policy(
+                    "gw",
+                    "other-gateway",
+                    json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "other"}], "rules": [{}]}),
+                ),
+                // Gateway `shop` of namespace apps: not gw's gateway of that name.
+                policy(
+                    "apps",
+                    "elsewhere",
+                    json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "shop"}], "rules": [{}]}),
+                ),
+                policy(
+                    "gw",
+                    "istio-gateway",
+                    json!({"targetRefs": [{"kind": "Gateway", "group": "networking.istio.io", "name": "shop"}], "rules": [{}]}),
+                ),
+            ],
+            SmiObjects::default(),
+        );
+        // Refused by name; it fails closed on the endpoints of a Service called `shop`.
+        let refused: Vec<&str> = index.problems.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(refused, ["istio-gateway"]);
+        assert!(
+            index.problems[0].message.contains("selector.matchLabels"),
+            "{:?}",
+            index.problems
+        );
+        // An Istio ingress gateway pod (`weft gateway install`'s labels).
+        let ingress: BTreeMap<String, String> =
+            [("istio".to_string(), "ingressgateway".to_string())].into();
+        assert_eq!(
+            names(&index.for_pod(&pod("gw", &ingress, &["ingressgateway"]))),
+            [
+                "gw/by-label",
+                "gw/ns-wide",
+                "weft-system/all-ingress",
+                "weft-system/mesh"
+            ]
+        );
+        // The gateway pod the operator deployed for Gateway API Gateway `shop`.
+        let shop: BTreeMap<String, String> = [(
+            crate::discovery::gateway_api::LABEL_GATEWAY_NAME.to_string(),
+            "shop".to_string(),
+        )]
+        .into();
+        assert_eq!(
+            names(&index.for_pod(&pod("gw", &shop, &["shop-weft"]))),
+            ["gw/by-gateway", "gw/ns-wide", "weft-system/mesh"]
+        );
+        // apps' own Gateway `shop` is apps/elsewhere's target (and gw's never was).
+        assert_eq!(
+            names(&index.for_pod(&pod("apps", &shop, &[]))),
+            ["apps/elsewhere", "weft-system/mesh"]
+        );
     }
 }

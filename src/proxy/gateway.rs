@@ -6,8 +6,10 @@
 //! ([`super::http::outbound::serve_gateway`]). A TLS PASSTHROUGH or TCP port relays each
 //! connection by its L4 routes, as a sidecar relays a routed connection. An ISTIO_MUTUAL port
 //! (an egress gateway's) terminates mesh mTLS with the proxy's own workload certificate, as a
-//! sidecar's inbound does, then serves HTTP. On SIGTERM the ports keep accepting for the
-//! drain duration.
+//! sidecar's inbound does, then serves HTTP. Every request (HTTP ports) or connection
+//! (PASSTHROUGH and TCP ports) is authorized by the AuthorizationPolicies that select the
+//! gateway's pod ([`super::http::authz::authorize_gateway`]). On SIGTERM the ports keep
+//! accepting for the drain duration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::ProxyContext;
+use super::http::authz::ConnectionFacts;
 use super::metrics::Direction;
 use super::outbound::Refusal;
 use super::sniff::Prefixed;
@@ -214,7 +217,8 @@ async fn connection(
         return;
     }
     if !tls {
-        super::http::outbound::serve_gateway(ctx, stream, local, Some(peer), snapshot, None).await;
+        let facts = facts(peer, local, None, None);
+        super::http::outbound::serve_gateway(ctx, stream, facts, snapshot, None).await;
         return;
     }
     let handshake = async {
@@ -230,21 +234,18 @@ async fn connection(
         start
             .into_stream(config)
             .await
-            .map(|tls| (tls, hosts))
+            .map(|tls| (tls, hosts, sni))
             .map_err(|e| format!("handshake: {e}"))
     };
     match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
-        Ok(Ok((tls, hosts))) => {
+        Ok(Ok((tls, hosts, sni))) => {
             let snapshot = snapshot.clone();
-            super::http::outbound::serve_gateway(
-                ctx,
-                tls,
-                local,
-                Some(peer),
-                snapshot,
-                Some(hosts),
-            )
-            .await;
+            // SIMPLE or MUTUAL: a MUTUAL client's certificate chains to the server's
+            // `credentialName` CA, not to the mesh's: it proves no mesh identity, so the
+            // caller has no principal (a DENY on principals or notPrincipals never lets it
+            // through).
+            let facts = facts(peer, local, None, sni);
+            super::http::outbound::serve_gateway(ctx, tls, facts, snapshot, Some(hosts)).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, port = local.port(), error = %e, "gateway TLS refused");
@@ -293,10 +294,40 @@ async fn mesh_mtls(
         }
     };
     ctx.metrics.handshake(Direction::inbound, true);
+    // The caller's principal is what its certificate proved (the handshake verified the
+    // chain to the mesh's roots): never the metadata frame, which is the client's word and
+    // is only skipped here.
+    let principal =
+        super::tls::peer_identity(tls_stream.get_ref().1.peer_certificates()).map(|id| {
+            id.strip_prefix("spiffe://")
+                .map(str::to_string)
+                .unwrap_or(id)
+        });
+    let sni = tls_stream.get_ref().1.server_name().map(str::to_string);
     let (_meta, early) = super::peer_meta::read(&mut tls_stream, ctx.settings.sniff_timeout).await;
     let io = Prefixed::new(early, tls_stream);
-    super::http::outbound::serve_gateway(ctx, io, local, Some(peer), snapshot, Some(hosts)).await;
+    let facts = facts(peer, local, principal, sni);
+    super::http::outbound::serve_gateway(ctx, io, facts, snapshot, Some(hosts)).await;
     Ok(())
+}
+
+/// What a gateway connection tells the authorization evaluator: the TCP peer (Istio's
+/// `source.ip` and, since the gateway trusts no `X-Forwarded-For`, `remote.ip`), the gateway
+/// pod's address and listener port (`destination.port` is the port the gateway bound, the
+/// Gateway server's port number), the client's principal only when an ISTIO_MUTUAL handshake
+/// proved one, and the SNI of a terminated or relayed TLS connection.
+fn facts(
+    peer: SocketAddr,
+    local: SocketAddr,
+    principal: Option<String>,
+    sni: Option<String>,
+) -> ConnectionFacts {
+    ConnectionFacts {
+        principal,
+        peer,
+        destination: local,
+        sni,
+    }
 }
 
 /// A TLS PASSTHROUGH or TCP port: the client's SNI (PASSTHROUGH; read within the header
@@ -321,6 +352,14 @@ async fn relay(
     };
     if !l4.admits(sni.as_deref()) {
         return Err("gateway_sni");
+    }
+    // Authorized once per connection with its L4 fields (no principal: the gateway does
+    // not terminate this TLS), before any route is looked up.
+    if !super::http::authz::authorize_gateway_connection(
+        &facts(peer, local, None, sni.clone()),
+        snapshot,
+    ) {
+        return Err("rbac_denied");
     }
     let (service, endpoints, subset) =
         match super::outbound::l4_destination(snapshot, &l4.routes, local, sni.as_deref()) {

@@ -219,14 +219,23 @@ fn compile_pool(
             http.http2_max_requests,
             refused,
         );
-        if http.max_requests_per_connection.is_some_and(|n| n != 0) {
-            refused.push(format!(
-                "{at}.http.maxRequestsPerConnection (weft keeps upstream connections alive; bound them with tcp.maxConnections)"
-            ));
+        pool.max_requests_per_connection = limit(
+            &format!("{at}.http.maxRequestsPerConnection"),
+            http.max_requests_per_connection,
+            refused,
+        );
+        if let Some(t) = &http.idle_timeout {
+            let at = format!("{at}.http.idleTimeout");
+            // 0s is Envoy's "no idle timeout": the connection stays until the peer or a
+            // request count closes it (the pool reads idle 0 as never).
+            match t.as_str().map(|t| millis(&at, t)) {
+                Some(Ok(ms)) => pool.idle_timeout_ms = Some(ms),
+                Some(Err(e)) => refused.push(e),
+                None => refused.push(format!("{at}: a duration such as \"30s\"")),
+            }
         }
         for (field, set) in [
             ("maxRetries", http.max_retries.is_some()),
-            ("idleTimeout", http.idle_timeout.is_some()),
             ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
             ("useClientProtocol", http.use_client_protocol.is_some()),
             (
@@ -420,24 +429,51 @@ mod tests {
         assert_eq!(pool.max_connections, Some(1));
         assert_eq!(pool.max_pending, Some(1));
         assert_eq!(pool.max_requests, None);
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert!(
-            refused[0].contains("maxRequestsPerConnection"),
-            "{refused:?}"
+        assert_eq!(pool.max_requests_per_connection, Some(1));
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            pool.summary(),
+            "limit connections 1, pending 1, requests/connection 1"
         );
         let spec = json!({"tcp": {"connectTimeout": "30ms", "maxConnections": -1},
-                          "http": {"http2MaxRequests": 0, "idleTimeout": "1s", "maxRetries": 3}});
+                          "http": {"http2MaxRequests": 0, "idleTimeout": "1.5s", "maxRetries": 3,
+                                   "maxRequestsPerConnection": 0}});
         let mut refused = Vec::new();
         let p = traffic_policy("trafficPolicy", None, None, Some(&spec), &mut refused);
-        assert_eq!(
-            p.connection_pool.and_then(|c| c.connect_timeout_ms),
-            Some(30)
-        );
-        for named in [
-            "maxConnections -1 is negative",
-            "http.idleTimeout",
-            "http.maxRetries",
+        let pool = p.connection_pool.expect("limits");
+        assert_eq!(pool.connect_timeout_ms, Some(30));
+        assert_eq!(pool.idle_timeout_ms, Some(1500));
+        // 0 is Istio's unlimited.
+        assert_eq!(pool.max_requests_per_connection, None);
+        for named in ["maxConnections -1 is negative", "http.maxRetries"] {
+            assert!(
+                refused.iter().any(|r| r.contains(named)),
+                "{named}: {refused:?}"
+            );
+        }
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        // Envoy's 0s: no idle timeout; bad values are refused by name.
+        let mut refused = Vec::new();
+        let spec = json!({"http": {"idleTimeout": "0s"}});
+        let p = traffic_policy("trafficPolicy", None, None, Some(&spec), &mut refused);
+        assert_eq!(p.connection_pool.and_then(|c| c.idle_timeout_ms), Some(0));
+        for (spec, named) in [
+            (json!({"idleTimeout": "soon"}), "http.idleTimeout"),
+            (json!({"idleTimeout": 5}), "http.idleTimeout: a duration"),
+            (
+                json!({"maxRequestsPerConnection": -2}),
+                "maxRequestsPerConnection -2 is negative",
+            ),
         ] {
+            let mut refused = Vec::new();
+            let p = traffic_policy(
+                "trafficPolicy",
+                None,
+                None,
+                Some(&json!({ "http": spec })),
+                &mut refused,
+            );
+            assert!(p.connection_pool.is_none(), "{spec}");
             assert!(
                 refused.iter().any(|r| r.contains(named)),
                 "{named}: {refused:?}"

@@ -42,6 +42,14 @@ pub struct ConnectionPool {
     /// `tcp.connectTimeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// `http.maxRequestsPerConnection`: requests one upstream connection carries before the
+    /// client proxy retires it (1: no keep-alive); None: unlimited (Istio's 0 or unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.idleTimeout`: an upstream connection with no request for this long is closed;
+    /// None: the proxy's own idle timeout (1 h, Istio's default); 0: none (Envoy's 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl ConnectionPool {
@@ -51,6 +59,11 @@ impl ConnectionPool {
             ("pending", self.max_pending.map(u64::from)),
             ("requests", self.max_requests.map(u64::from)),
             ("connect ms", self.connect_timeout_ms),
+            (
+                "requests/connection",
+                self.max_requests_per_connection.map(u64::from),
+            ),
+            ("idle ms", self.idle_timeout_ms),
         ];
         let parts: Vec<String> = limits
             .iter()

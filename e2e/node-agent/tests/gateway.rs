@@ -892,3 +892,294 @@ spec:
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `curl --path-as-is` from the node (outside the mesh) to `ip:port` with `Host: host`:
+/// "<status> <body>" (`000` when no HTTP answer came).
+fn node_call(ip: &str, port: u16, host: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "-m",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            " %{http_code}",
+        ])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{ip}:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match text.rsplit_once(' ') {
+        Some((body, code)) => format!("{code} {body}"),
+        None => text,
+    }
+}
+
+/// AuthorizationPolicy on an ingress gateway pod, as Istio evaluates it there: policies in the
+/// gateway's namespace select its pods by `istio: <name>`; requests are judged after routing's
+/// host read and before routing (a DENY by path, normalized first, gives 403 `RBAC: access
+/// denied` while other paths get 200; a DENY by ipBlocks refuses one in-cluster client's pod
+/// address), an ALLOW that needs a principal refuses a plaintext caller, a TCP listener is
+/// judged per connection on its L4 fields (a DENY's HTTP fields are ignored there), and `weft
+/// authz explain` on the gateway pod names the deciding policy.
+#[test]
+fn an_ingress_gateway_enforces_authorization_policy_before_routing() {
+    const NS: &str = "gw-authz";
+    const APP_NS: &str = "gw-authz-app";
+    const GW: &str = "authz-gateway";
+    const WEB: &str = "web.example.test";
+    let c = support::deployed();
+    let ns = c.namespace(NS);
+    let app = c.namespace(APP_NS);
+    ok(weft(&["namespace", "add", APP_NS]));
+    app.apply(PRODUCTPAGE);
+    app.apply(MESHED_CLIENT);
+    install_gateway(GW, NS);
+    app.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  selector: {{istio: {GW}}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["{WEB}"]
+  - port: {{number: 31400, name: tcp, protocol: TCP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: ["{WEB}"]
+  gateways: [web]
+  http:
+  - route:
+    - destination: {{host: productpage, port: {{number: 9080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-tcp}}
+spec:
+  hosts: ["productpage.{APP_NS}.svc.cluster.local"]
+  gateways: [web]
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination: {{host: productpage, port: {{number: 9080}}}}
+"#
+    ));
+    ready(&app, "deployment/productpage");
+    ready(&ns, &format!("deployment/{GW}"));
+    app.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=120s",
+    ]);
+    let gw_ip = ns.jsonpath(&format!("pods -l istio={GW}"), "{.items[0].status.podIP}");
+    let gw_pod = ns.jsonpath(&format!("pods -l istio={GW}"), "{.items[0].metadata.name}");
+    let client_ip = app.jsonpath("pod client", "{.status.podIP}");
+    let from_client = |path: &str| {
+        let out = app.kubectl(&[
+            "exec",
+            "client",
+            "-c",
+            "client",
+            "--",
+            "curl",
+            "-s",
+            "--path-as-is",
+            "-m",
+            "5",
+            "-w",
+            " %{http_code}",
+            "-H",
+            &format!("Host: {WEB}"),
+            &format!("http://{GW}.{NS}.svc.cluster.local{path}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match text.rsplit_once(' ') {
+            Some((body, code)) => format!("{code} {body}"),
+            None => text,
+        }
+    };
+
+    // Before any policy: HTTP and the TCP listener both reach productpage.
+    let first = wait_for(
+        Duration::from_secs(90),
+        || node_call(&gw_ip, 80, WEB, "/admin/users"),
+        |a| a.starts_with("200 "),
+    );
+    assert!(first.contains("productpage"), "{first}");
+    wait_for(
+        Duration::from_secs(60),
+        || node_call(&gw_ip, 31400, WEB, "/"),
+        |a| a.starts_with("200 "),
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || from_client("/"),
+        |a| a.starts_with("200 "),
+    );
+
+    // DENY policies on the gateway pods (selected by their `istio` label, in their namespace).
+    ns.apply(&format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-admin}}
+spec:
+  selector: {{matchLabels: {{istio: {GW}}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin*"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-client-ip}}
+spec:
+  selector: {{matchLabels: {{istio: {GW}}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{ipBlocks: ["{client_ip}/32"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-tcp}}
+spec:
+  selector: {{matchLabels: {{istio: {GW}}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{ports: ["31400"], paths: ["/never"]}}}}]
+"#
+    ));
+    let denied = wait_for(
+        Duration::from_secs(60),
+        || node_call(&gw_ip, 80, WEB, "/admin/users"),
+        |a| a.starts_with("403 "),
+    );
+    assert_eq!(denied, "403 RBAC: access denied");
+    // Normalized before the policy sees it; other paths still pass.
+    assert!(node_call(&gw_ip, 80, WEB, "/shop/../admin").starts_with("403 "));
+    assert!(node_call(&gw_ip, 80, WEB, "/shop/%2e%2e/admin").starts_with("403 "));
+    let fine = node_call(&gw_ip, 80, WEB, "/shop");
+    assert!(
+        fine.starts_with("200 ") && fine.contains("productpage"),
+        "{fine}"
+    );
+    // ipBlocks: the TCP peer's address. The meshed client's sidecar calls the gateway from
+    // the client pod's address: refused; the node is not.
+    let refused = wait_for(
+        Duration::from_secs(60),
+        || from_client("/"),
+        |a| a.starts_with("403 "),
+    );
+    assert_eq!(refused, "403 RBAC: access denied");
+    // The TCP listener: port 31400 is the gateway's `destination.port`, and the DENY's path
+    // cannot be known on a connection, so it is ignored and the connection closed.
+    let closed = wait_for(
+        Duration::from_secs(60),
+        || node_call(&gw_ip, 31400, WEB, "/"),
+        |a| a.starts_with("000"),
+    );
+    assert!(closed.starts_with("000"), "{closed}");
+    let metrics = ns.proxy_metrics(&gw_pod);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(r#"reporter="source""#)
+                && l.contains(r#"response_code="403""#)),
+        "the 403s are counted:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_connections_refused_total{")
+                && l.contains(r#"reason="rbac_denied""#)),
+        "the refused TCP connection is counted:\n{metrics}"
+    );
+    // The policies are applied as written.
+    for name in ["deny-admin", "deny-client-ip", "deny-tcp"] {
+        let accepted = wait_for(
+            Duration::from_secs(30),
+            || {
+                ns.jsonpath(
+                    &format!("authorizationpolicy {name}"),
+                    r#"{.status.conditions[?(@.type=="WeftAccepted")].status}"#,
+                )
+            },
+            |s| s == "True",
+        );
+        assert_eq!(accepted, "True", "{name}");
+    }
+
+    // An ALLOW needing a mesh principal for /private: the node's plaintext request has none.
+    ns.apply(&format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: private-needs-mesh}}
+spec:
+  selector: {{matchLabels: {{istio: {GW}}}}}
+  rules:
+  - to: [{{operation: {{notPaths: ["/private*"]}}}}]
+  - from: [{{source: {{principals: ["cluster.local/ns/{APP_NS}/sa/default"]}}}}]
+    to: [{{operation: {{paths: ["/private*"]}}}}]
+"#
+    ));
+    let private = wait_for(
+        Duration::from_secs(60),
+        || node_call(&gw_ip, 80, WEB, "/private/report"),
+        |a| a.starts_with("403 "),
+    );
+    assert_eq!(private, "403 RBAC: access denied");
+    assert!(node_call(&gw_ip, 80, WEB, "/shop").starts_with("200 "));
+
+    // `weft authz explain` on the gateway pod: the same policies, the same evaluator.
+    let explain = |path: &str| {
+        ok(weft(&[
+            "authz",
+            "explain",
+            &gw_pod,
+            "-n",
+            NS,
+            "--from",
+            "plaintext",
+            "--port",
+            "80",
+            "--host",
+            WEB,
+            "--path",
+            path,
+        ]))
+    };
+    let admin = explain("/admin");
+    assert!(admin.contains("Decision:  DENY"), "{admin}");
+    assert!(
+        admin.contains(&format!(
+            "Because:   rule 0 of DENY policy {NS}/deny-admin matched"
+        )),
+        "{admin}"
+    );
+    let private = explain("/private/report");
+    assert!(private.contains("Decision:  DENY"), "{private}");
+    assert!(
+        private.contains("ALLOW policies select the pod and none matched"),
+        "{private}"
+    );
+    let shop = explain("/shop");
+    assert!(shop.contains("Decision:  ALLOW"), "{shop}");
+    assert!(
+        shop.contains(&format!(
+            "rule 0 of ALLOW policy {NS}/private-needs-mesh matched"
+        )),
+        "{shop}"
+    );
+}

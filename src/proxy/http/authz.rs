@@ -1,17 +1,24 @@
 //! Authorization of HTTP requests: what the evaluator ([`crate::authz`]) is told about a
-//! request (a pure mapping from the connection and the request head), and the answers the
-//! proxy gives when it refuses one (403 `RBAC: access denied`, as Envoy's RBAC filter says
-//! it; 400 for a path that cannot be normalized).
+//! request (a pure mapping from the connection and the request head), the answers the proxy
+//! gives when it refuses one (403 `RBAC: access denied`, as Envoy's RBAC filter says it; 400
+//! for a path that cannot be normalized), and a gateway's check of its requests and
+//! connections against the policies that select its pod ([`authorize_gateway`]).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, StatusCode};
 
-use crate::authz::{self, Decision, Headers, Http, Policy, Reason, Request, Verdict};
+use super::exchange::{Exchange, Record, Why};
+use super::server::ResponseBody;
+use crate::authz::{
+    self, Decision, Headers, Http, Policy, Reason, Request, Verdict, evaluate_prefiltered,
+};
+use crate::snapshot::SnapshotIndex;
 
 /// Envoy's body for a request its RBAC filter denies; clients and tests match on it.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -154,6 +161,136 @@ pub fn rewrite_path(parts: &mut Parts, path: &str) -> Result<(), InvalidTarget> 
     Ok(())
 }
 
+/// The host a gateway's policies see: the request's host as its routing reads it
+/// (`:authority`, else `Host`), without its port and a trailing dot, so a policy's `hosts`
+/// judges the host the request is routed by (`shop.example.com.:443` is
+/// `shop.example.com`). Case is left to the matchers, which ignore it.
+pub fn gateway_host(authority: &str) -> &str {
+    let host = if authority.starts_with('[') {
+        // An IPv6 literal keeps its brackets.
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
+    } else {
+        authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.')
+}
+
+/// Why a gateway refuses a request before routing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayRefusal {
+    /// The path cannot be normalized (or the normalized one is not a valid target): 400.
+    BadRequest,
+    /// A policy denied it: 403 `RBAC: access denied`; `details` is the access log's
+    /// `response_code_details` when the proxy logs requests.
+    Denied { details: Option<String> },
+}
+
+/// Authorizes one request a gateway listener took (after TLS termination, before routing)
+/// against the policies that select the gateway's pod, as a sidecar's inbound side does: the
+/// path is normalized first and, when policies apply, the request goes on with that path so
+/// the Service receives the path the policy judged. With no policy the request is left as it
+/// came (the gateway routes by the normalized path either way). `logs`: whether the denial's
+/// access-log details are wanted.
+pub fn authorize_gateway(
+    facts: &ConnectionFacts,
+    snapshot: &Arc<SnapshotIndex>,
+    parts: &mut Parts,
+    logs: bool,
+) -> Result<(), GatewayRefusal> {
+    let policies = snapshot.snapshot.inbound.authz.as_slice();
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let normalized = match normalized_path(parts) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(p)) => Some(p),
+        Err(e) => {
+            tracing::debug!(path = parts.uri.path(), error = %e, "gateway request refused");
+            return Err(GatewayRefusal::BadRequest);
+        }
+    };
+    let path = normalized.as_deref().unwrap_or(parts.uri.path());
+    let decision = {
+        let headers = HeaderView::new(&parts.headers);
+        let request = Request {
+            http: Some(Http {
+                method: parts.method.as_str(),
+                host: gateway_host(request_host(parts)),
+                path,
+                headers: &headers,
+            }),
+            ..facts.tcp_request()
+        };
+        evaluate_prefiltered(snapshot.inbound_prefilter(), policies, &request)
+    };
+    if decision.audit.is_some() || decision.dry_run.is_some() || decision.verdict == Verdict::Deny {
+        let what = format!(
+            "{} {path} on gateway port {}",
+            parts.method,
+            facts.destination.port()
+        );
+        log_decision(policies, &decision, &what);
+    }
+    if decision.verdict == Verdict::Deny {
+        let details = logs
+            .then(|| crate::proxy::access_log::denial_details(policies, decision.reason))
+            .flatten();
+        return Err(GatewayRefusal::Denied { details });
+    }
+    if let Some(p) = &normalized {
+        rewrite_path(parts, p).map_err(|_| GatewayRefusal::BadRequest)?;
+    }
+    Ok(())
+}
+
+/// The gateway's answer to a request it refused before routing, recorded under `record`
+/// (destination `unknown`: no route was chosen): 403 `RBAC: access denied` with the denying
+/// policy in the access log's details, as a sidecar answers, or 400.
+pub fn gateway_refused(
+    exchange: Exchange,
+    refusal: GatewayRefusal,
+    record: &Record,
+) -> hyper::Response<ResponseBody> {
+    match refusal {
+        GatewayRefusal::BadRequest => exchange.local(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            record,
+            Why::default(),
+        ),
+        GatewayRefusal::Denied { details } => {
+            let why = Why {
+                details: details.as_deref(),
+                ..Why::default()
+            };
+            exchange.local(StatusCode::FORBIDDEN, DENIED_BODY, record, why)
+        }
+    }
+}
+
+/// Authorizes a connection a gateway's TLS PASSTHROUGH or TCP listener took, once, with the
+/// connection's fields only (HTTP fields are unknown: an ALLOW rule using one matches
+/// nothing, a DENY rule ignores them, as on a sidecar's TCP port). True: relay it.
+pub fn authorize_gateway_connection(facts: &ConnectionFacts, snapshot: &SnapshotIndex) -> bool {
+    let policies = snapshot.snapshot.inbound.authz.as_slice();
+    if policies.is_empty() {
+        return true;
+    }
+    let decision = authz::evaluate(policies, &facts.tcp_request());
+    let what = format!(
+        "TCP connection from {} to gateway port {}",
+        facts.peer,
+        facts.destination.port()
+    );
+    log_decision(policies, &decision, &what);
+    decision.verdict == Verdict::Allow
+}
+
 /// Logs what AUDIT and dry-run policies made of a request; neither changes the verdict.
 pub fn log_decision(policies: &[Policy], decision: &Decision, what: &dyn std::fmt::Display) {
     let name = |reason: Reason| match reason {
@@ -289,5 +426,204 @@ mod tests {
         assert_eq!(parts.uri.to_string(), "/a/b/d?x=1&y=%2F");
         let bad = hyper::Request::get("/a%zz").body(()).unwrap();
         assert!(normalized_path(&bad.into_parts().0).is_err());
+    }
+
+    /// A gateway pod's config with these policies (istio.rs compiles them as the operator does).
+    fn gateway_config(policies: &[(&str, &str)]) -> Arc<SnapshotIndex> {
+        let mut snapshot: crate::snapshot::ProxySnapshot =
+            serde_json::from_value(serde_json::json!({
+                "schemaVersion": crate::snapshot::SNAPSHOT_SCHEMA_VERSION,
+                "version": "1",
+                "identity": "spiffe://cluster.local/ns/gw/sa/ingress",
+                "trustDomain": "cluster.local",
+                "inbound": {"defaultMode": "PERMISSIVE"}
+            }))
+            .unwrap();
+        snapshot.inbound.authz = policies
+            .iter()
+            .map(|(name, yaml)| {
+                let spec: crate::authz::istio::AuthorizationPolicySpec =
+                    serde_yaml::from_str(yaml).unwrap();
+                crate::authz::istio::compile("gw", name, &spec, &Default::default()).unwrap()
+            })
+            .collect();
+        Arc::new(SnapshotIndex::new(snapshot))
+    }
+
+    fn gateway_facts(principal: Option<&str>, peer: &str) -> ConnectionFacts {
+        ConnectionFacts {
+            principal: principal.map(str::to_string),
+            peer: peer.parse().unwrap(),
+            destination: "198.18.3.7:8080".parse().unwrap(),
+            sni: None,
+        }
+    }
+
+    fn gateway_request(target: &str, host: &str) -> Parts {
+        hyper::Request::get(target)
+            .header("host", host)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn a_gateway_denies_by_path_host_and_ip_block_before_routing() {
+        let config = gateway_config(&[
+            (
+                "deny-admin",
+                "action: DENY\nrules: [{to: [{operation: {paths: ['/admin*']}}]}]",
+            ),
+            (
+                "deny-internal-host",
+                "action: DENY\nrules: [{to: [{operation: {hosts: ['internal.example.com']}}]}]",
+            ),
+            (
+                "deny-block",
+                "action: DENY\nrules: [{from: [{source: {remoteIpBlocks: ['203.0.113.0/24']}}]}]",
+            ),
+        ]);
+        let client = gateway_facts(None, "198.18.0.1:40000");
+        let check = |facts: &ConnectionFacts, target: &str, host: &str| {
+            let mut parts = gateway_request(target, host);
+            authorize_gateway(facts, &config, &mut parts, true).map(|()| parts.uri.to_string())
+        };
+        assert_eq!(
+            check(&client, "/shop?x=1", "shop.example.com"),
+            Ok("/shop?x=1".into())
+        );
+        let denied = check(&client, "/admin/users", "shop.example.com").unwrap_err();
+        assert_eq!(
+            denied,
+            GatewayRefusal::Denied {
+                details: Some(
+                    "rbac_access_denied_matched_policy[ns[gw]-policy[deny-admin]-rule[0]]".into()
+                )
+            }
+        );
+        // Normalized before the policy: these are /admin to it.
+        for sneaky in [
+            "/shop/../admin",
+            "/shop/%2e%2e/admin",
+            "//admin",
+            "/%61dmin",
+        ] {
+            assert!(
+                check(&client, sneaky, "shop.example.com").is_err(),
+                "{sneaky}"
+            );
+        }
+        // An allowed request goes on with the path the policy judged.
+        assert_eq!(
+            check(&client, "/a/./b//c?q=%2F", "shop.example.com"),
+            Ok("/a/b/c?q=%2F".into())
+        );
+        assert_eq!(
+            check(&client, "/a%zz", "shop.example.com"),
+            Err(GatewayRefusal::BadRequest)
+        );
+        // Hosts: case-insensitive, port and trailing dot ignored, as routing reads the host.
+        for host in [
+            "internal.example.com",
+            "INTERNAL.Example.com",
+            "internal.example.com:8080",
+            "internal.example.com.",
+        ] {
+            assert!(check(&client, "/", host).is_err(), "{host}");
+        }
+        // remoteIpBlocks: the TCP peer (no X-Forwarded-For is trusted).
+        let outsider = gateway_facts(None, "203.0.113.9:5555");
+        assert!(check(&outsider, "/shop", "shop.example.com").is_err());
+        let mut forwarded = gateway_request("/shop", "shop.example.com");
+        forwarded
+            .headers
+            .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert_eq!(
+            authorize_gateway(&client, &config, &mut forwarded, false),
+            Ok(()),
+            "X-Forwarded-For is not the client address"
+        );
+    }
+
+    #[test]
+    fn a_gateway_caller_without_a_mesh_certificate_has_no_principal() {
+        let config = gateway_config(&[
+            (
+                "only-checkout",
+                "rules: [{from: [{source: {principals: [cluster.local/ns/checkout/sa/api]}}]}]",
+            ),
+            (
+                "deny-non-mesh",
+                "action: DENY\nrules: [{from: [{source: {notNamespaces: [checkout, shop]}}]}]",
+            ),
+        ]);
+        let check = |principal: Option<&str>| {
+            let mut parts = gateway_request("/v1/charges", "partner.example.com");
+            authorize_gateway(
+                &gateway_facts(principal, "198.18.2.4:40000"),
+                &config,
+                &mut parts,
+                false,
+            )
+        };
+        assert_eq!(check(Some("cluster.local/ns/checkout/sa/api")), Ok(()));
+        assert!(check(Some("cluster.local/ns/shop/sa/web")).is_err());
+        assert!(check(Some("cluster.local/ns/other/sa/api")).is_err());
+        assert!(
+            check(None).is_err(),
+            "plaintext, SIMPLE or MUTUAL: no principal"
+        );
+    }
+
+    #[test]
+    fn a_gateway_tcp_connection_is_judged_on_its_l4_fields_only() {
+        let config = gateway_config(&[
+            (
+                "deny-block-on-443",
+                "action: DENY\nrules: [{from: [{source: {ipBlocks: ['203.0.113.0/24']}}], to: [{operation: {ports: ['8443'], paths: ['/x']}}]}]",
+            ),
+            (
+                "allow-http-only",
+                "rules: [{to: [{operation: {paths: ['/public*']}}]}]",
+            ),
+        ]);
+        let conn = |peer: &str, port: u16| ConnectionFacts {
+            destination: SocketAddr::new([198, 18, 3, 7].into(), port),
+            sni: Some("db.example.com".into()),
+            ..gateway_facts(None, peer)
+        };
+        // The DENY's path is ignored on a connection (matches more): denied on 8443.
+        assert!(!authorize_gateway_connection(
+            &conn("203.0.113.9:1", 8443),
+            &config
+        ));
+        // The only ALLOW uses a path: it matches no connection, so nothing else is allowed.
+        assert!(!authorize_gateway_connection(
+            &conn("198.18.0.1:1", 8443),
+            &config
+        ));
+        let none = gateway_config(&[]);
+        assert!(authorize_gateway_connection(
+            &conn("203.0.113.9:1", 8443),
+            &none
+        ));
+        let sni_only = gateway_config(&[(
+            "allow-db",
+            "rules: [{when: [{key: connection.sni, values: [db.example.com]}]}]",
+        )]);
+        assert!(authorize_gateway_connection(
+            &conn("198.18.0.1:1", 15443),
+            &sni_only
+        ));
+    }
+
+    #[test]
+    fn a_gateway_host_drops_its_port_and_trailing_dot() {
+        assert_eq!(gateway_host("shop.example.com:443"), "shop.example.com");
+        assert_eq!(gateway_host("Shop.Example.com."), "Shop.Example.com");
+        assert_eq!(gateway_host("[2001:db8::1]:443"), "[2001:db8::1]");
+        assert_eq!(gateway_host("shop"), "shop");
+        assert_eq!(gateway_host(""), "");
     }
 }

@@ -21,12 +21,12 @@ use hyper::http::request::Parts;
 use tokio::time::{Duration, Instant};
 
 use super::actions;
-use super::authz::{HeaderView, normalized_path};
+use super::authz::{self as http_authz, ConnectionFacts, HeaderView, normalized_path};
 use super::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
-use super::pool::Key;
+use super::pool::{Key, Limits, Pooled};
 use super::replay::{Recorder, Recording, TryBody};
 use super::server::{self, Counted, ResponseBody};
-use super::upstream::{ForwardError, SendRequest, Sender, forward, wants_tunnel_head};
+use super::upstream::{ForwardError, SendRequest, forward, wants_tunnel_head};
 use crate::proxy::metrics::{RequestRecorder, TcpLabels, grpc_status_value};
 use crate::proxy::outbound::{open_endpoint, source_labels};
 use crate::proxy::{ProxyContext, balance};
@@ -54,6 +54,9 @@ static HTTPS_REDIRECT: std::sync::LazyLock<crate::route::action::Redirect> =
 /// Mirrored copies in flight at once, per proxy; more are not sent (a debug line says so).
 static MIRRORS_IN_FLIGHT: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(256)));
+/// Istio's retry policy of a route that sets none ([`Retries::istio_default`]), made once.
+static ISTIO_DEFAULT_RETRIES: std::sync::LazyLock<Retries> =
+    std::sync::LazyLock::new(Retries::istio_default);
 /// How long one mirrored copy may take, answer included.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -89,6 +92,10 @@ struct Outbound {
     recorders: Mutex<Vec<(TcpLabels, Arc<Mutex<RequestRecorder>>)>>,
     /// Where requests answered by an endpoint were recorded, under the current config.
     answered: Mutex<Answered>,
+    /// A gateway connection's facts: its requests are authorized against the policies that
+    /// select the gateway's pod before routing ([`http_authz::authorize_gateway`]); None on
+    /// a sidecar's outbound side (its app's requests are authorized by the server's proxy).
+    authz: Option<ConnectionFacts>,
 }
 
 /// The [`Record`] of each (Service, endpoint, mTLS) this connection's answered requests went
@@ -123,24 +130,35 @@ pub async fn serve<I>(
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let front = Front::Mesh(orig);
-    serve_front(ctx, io, front, orig, peer, snapshot, None).await;
+    serve_front(ctx, io, front, orig, peer, snapshot, None, None).await;
 }
 
-/// Serves one connection a gateway listener accepted on `local` until it closes;
-/// `server_hosts`: on a TLS port, the hosts of the server the handshake picked.
+/// Serves one connection a gateway listener accepted (`facts.destination`: the pod address
+/// and listener port) until it closes; `server_hosts`: on a TLS port, the hosts of the server
+/// the handshake picked.
 pub async fn serve_gateway<I>(
     ctx: &Arc<ProxyContext>,
     io: I,
-    local: SocketAddr,
-    peer: Option<SocketAddr>,
+    facts: ConnectionFacts,
     snapshot: Arc<SnapshotIndex>,
     server_hosts: Option<Arc<[String]>>,
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (local, peer) = (facts.destination, Some(facts.peer));
     let front = Front::Gateway(local.port(), server_hosts);
     let header_timeout = Some(crate::proxy::gateway::HEADER_TIMEOUT);
-    serve_front(ctx, io, front, local, peer, snapshot, header_timeout).await;
+    serve_front(
+        ctx,
+        io,
+        front,
+        local,
+        peer,
+        snapshot,
+        header_timeout,
+        Some(facts),
+    )
+    .await;
 }
 
 /// One request a sidecar took for a declared external host that a mesh VirtualService routes
@@ -164,6 +182,7 @@ pub async fn serve_routed(
         conn,
         recorders: Mutex::new(Vec::new()),
         answered: Mutex::new(Answered::default()),
+        authz: None,
     };
     let decided = {
         let path = normalized_path(&parts).unwrap_or(Cow::Borrowed(parts.uri.path()));
@@ -181,6 +200,7 @@ pub async fn serve_routed(
         .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_front<I>(
     ctx: &Arc<ProxyContext>,
     io: I,
@@ -189,14 +209,19 @@ async fn serve_front<I>(
     peer: Option<SocketAddr>,
     snapshot: Arc<SnapshotIndex>,
     header_timeout: Option<Duration>,
+    authz: Option<ConnectionFacts>,
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let conn = Arc::new(ConnLog {
         peer: peer.unwrap_or(destination),
         destination,
-        sni: None,
-        source_principal: None,
+        sni: authz.as_ref().and_then(|f| f.sni.clone()),
+        // A gateway's ISTIO_MUTUAL client, proven by its certificate.
+        source_principal: authz
+            .as_ref()
+            .and_then(|f| f.principal.as_ref())
+            .map(|p| format!("spiffe://{p}")),
         destination_principal: None,
     });
     // A gateway's ports accept for the drain duration: its idle keep-alive connections
@@ -212,17 +237,25 @@ async fn serve_front<I>(
         conn,
         recorders: Mutex::new(Vec::new()),
         answered: Mutex::new(Answered::default()),
+        authz,
     });
     server::serve_pipeline(ctx, io, state, side, header_timeout, linger).await;
 }
 
 impl server::Pipeline for Outbound {
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
+        let (exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
         let snapshot = self
             .ctx
             .snapshot()
             .unwrap_or_else(|| self.accepted_with.clone());
+        // A gateway authorizes before routing (gw-authz helper's hunk).
+        if let Some(facts) = &self.authz
+            && let Err(refusal) =
+                http_authz::authorize_gateway(facts, &snapshot, &mut parts, exchange.logs())
+        {
+            return http_authz::gateway_refused(exchange, refusal, &self.unrouted(&snapshot));
+        }
         {
             let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
             if !answered
@@ -453,6 +486,8 @@ struct Target<'a> {
     service: Option<&'a Service>,
     security: UpstreamSecurity,
     connect_timeout: Option<Duration>,
+    /// `connectionPool.http` maxRequestsPerConnection / idleTimeout (the pool applies them).
+    limits: Limits,
 }
 
 /// How a try ended without a response.
@@ -617,9 +652,18 @@ impl Outbound {
             .and_then(|(_, p)| p.connection_pool.as_ref())
             .and_then(|c| c.connect_timeout_ms)
             .map(Duration::from_millis);
-        let policy = routed
+        let limits = traffic
             .as_ref()
-            .map_or_else(Retries::istio_default, |r| r.route.actions.retry_policy());
+            .and_then(|(_, p)| p.connection_pool.as_ref())
+            .map_or_else(Limits::default, Limits::of);
+        // Borrowed, not cloned: a policy is two vectors, and most requests take it as is.
+        let policy: &Retries = match routed
+            .as_ref()
+            .and_then(|r| r.route.actions.retries.as_ref())
+        {
+            Some(r) => r,
+            None => &ISTIO_DEFAULT_RETRIES,
+        };
         // A tunnel (Upgrade, CONNECT) leaves HTTP once sent: never tried twice.
         let tunnel = wants_tunnel_head(&parts.method, parts.version, &parts.headers);
         let attempts = if tunnel { 0 } else { policy.attempts };
@@ -643,6 +687,7 @@ impl Outbound {
                 service,
                 security: service.map_or_else(|| ep.security(), |s| s.security_of(ep, subset)),
                 connect_timeout,
+                limits,
             };
             let mtls = matches!(target.security, UpstreamSecurity::Mtls { .. });
             let in_flight = traffic
@@ -819,6 +864,7 @@ impl Outbound {
                     service: Some(service),
                     security: service.security_of(ep, destination.subset.as_deref()),
                     connect_timeout: None,
+                    limits: Limits::default(),
                 };
                 let Ok((key, sender)) = connection(&ctx, &current, &target, h2).await else {
                     return;
@@ -958,7 +1004,7 @@ async fn connection(
     snapshot: &SnapshotIndex,
     target: &Target<'_>,
     h2: bool,
-) -> Result<(Key, Sender<RequestBody>), ForwardError> {
+) -> Result<(Key, Pooled<RequestBody>), ForwardError> {
     let identity = match &target.security {
         UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
         UpstreamSecurity::Plaintext => None,
@@ -967,6 +1013,7 @@ async fn connection(
         addr: target.ep.addr(),
         identity,
         service: target.service.map(|s| s.name.clone()),
+        limits: target.limits,
     };
     let connect = || open(ctx, snapshot, target);
     let sender = ctx.outbound_pool.get(&key, h2, connect).await?;
@@ -1017,7 +1064,7 @@ struct Picked<'a> {
     snapshot: &'a SnapshotIndex,
     target: &'a Target<'a>,
     key: Key,
-    sender: tokio::sync::Mutex<Option<Sender<RequestBody>>>,
+    sender: tokio::sync::Mutex<Option<Pooled<RequestBody>>>,
 }
 
 impl SendRequest<RequestBody> for Picked<'_> {

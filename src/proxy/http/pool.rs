@@ -1,14 +1,18 @@
 //! Upstream connections kept for reuse across downstream connections (the outbound side's
 //! endpoints): per endpoint one HTTP/2 connection that every HTTP/2 request multiplexes on,
-//! and idle HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each,
-//! for at most the idle timeout). A connection is keyed by everything that was said on it
-//! before the first request: address, the identity it proved, and the peer metadata sent.
+//! and idle HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each).
+//! It applies a DestinationRule's `connectionPool.http.maxRequestsPerConnection` (a
+//! connection is retired after that many requests) and `idleTimeout` (an idle connection is
+//! closed by the pool's reaper). A connection is keyed by everything that was said on it
+//! before the first request (address, the identity it proved, the peer metadata sent) and by
+//! those two settings.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -18,9 +22,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::upstream::{ForwardError, Sender, handshake};
+use crate::route::policy::ConnectionPool;
 
 /// Idle HTTP/1.1 connections parked per key; more are closed when their request ends.
 pub const MAX_IDLE_PER_KEY: usize = 16;
+
+/// The reaper's longest sleep: an idle connection outlives its timeout by at most this (or a
+/// quarter of the shortest timeout in use, whichever is less).
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Opens a new upstream stream, ready for HTTP (TLS done, peer metadata written): what the
 /// pool calls when it has no connection to give.
@@ -47,15 +56,151 @@ pub struct Key {
     pub identity: Option<String>,
     /// The Service host named in the peer metadata sent on the connection.
     pub service: Option<String>,
+    /// The destination's per-connection settings (DestinationRule `connectionPool.http`).
+    pub limits: Limits,
+}
+
+/// A destination's per-connection settings, as Istio's `connectionPool.http` gives them to
+/// Envoy's cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Limits {
+    /// `maxRequestsPerConnection`: a connection is retired (no new request; closed once its
+    /// requests end) after carrying this many; 1 is no keep-alive. None: unlimited.
+    pub max_requests: Option<u32>,
+    /// `idleTimeout`: a connection with no request in flight for this long is closed. None:
+    /// the pool's default (the proxy's idle timeout, 1 h as Istio's); zero: never (Envoy's 0).
+    pub idle: Option<Duration>,
+}
+
+impl Limits {
+    /// The per-connection part of a DestinationRule's `connectionPool`.
+    pub fn of(pool: &ConnectionPool) -> Limits {
+        Limits {
+            max_requests: pool.max_requests_per_connection.filter(|n| *n > 0),
+            idle: pool.idle_timeout_ms.map(Duration::from_millis),
+        }
+    }
+
+    /// The idle timeout in force: the destination's, else `default`; zero means never.
+    fn idle_or(&self, default: Duration) -> Duration {
+        match self.idle {
+            Some(d) if d.is_zero() => Duration::MAX,
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    /// Whether a connection that has carried `served` requests takes no more.
+    fn spent(&self, served: u32) -> bool {
+        self.max_requests.is_some_and(|n| served >= n)
+    }
+}
+
+/// A connection from [`Pool::get`], to be given back to [`Pool::send`]: the sender and how
+/// many requests the connection has carried, this one included.
+pub struct Pooled<B> {
+    sender: Sender<B>,
+    served: u32,
+    /// An HTTP/2 connection's use, held while this request waits for its answer's head.
+    _busy: Option<Busy>,
+}
+
+/// How an HTTP/2 connection is used: requests waiting for their answer's head, and when the
+/// last one got it (ns since the pool's epoch). The reaper reads both.
+#[derive(Default)]
+struct Usage {
+    active: AtomicUsize,
+    last_ns: AtomicU64,
+}
+
+/// One request's hold on an HTTP/2 connection's [`Usage`]; dropping it stamps the time.
+struct Busy {
+    usage: Arc<Usage>,
+    epoch: Instant,
+}
+
+impl Busy {
+    fn new(usage: &Arc<Usage>, epoch: Instant) -> Busy {
+        usage.active.fetch_add(1, Ordering::Relaxed);
+        Busy {
+            usage: usage.clone(),
+            epoch,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.usage.last_ns.store(ns, Ordering::Relaxed);
+        self.usage.active.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The HTTP/2 connection every HTTP/2 request to one key multiplexes on.
+struct Shared<B> {
+    sender: http2::SendRequest<B>,
+    served: u32,
+    usage: Arc<Usage>,
+}
+
+/// A parked HTTP/1.1 connection: since when, and the requests it has carried.
+struct Idle<B> {
+    since: Instant,
+    served: u32,
+    sender: http1::SendRequest<B>,
+}
+
+struct Inner<B> {
+    h2: Mutex<HashMap<Key, Shared<B>>>,
+    h1: Mutex<HashMap<Key, Vec<Idle<B>>>>,
+    /// The idle timeout of a key whose DestinationRule sets none.
+    idle: Duration,
+    epoch: Instant,
+    reaping: AtomicBool,
 }
 
 pub struct Pool<B> {
-    h2: Mutex<HashMap<Key, http2::SendRequest<B>>>,
-    h1: Arc<Mutex<Parked<B>>>,
-    idle: Duration,
+    inner: Arc<Inner<B>>,
 }
 
-type Parked<B> = HashMap<Key, Vec<(Instant, http1::SendRequest<B>)>>;
+impl<B> Inner<B> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Shared<B>>> {
+        self.h2
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle<B>>>> {
+        self.h1
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes (drops) every connection idle past its key's timeout and forgets the closed
+    /// ones; returns the shortest idle timeout in use, for the next sweep.
+    fn reap(&self) -> Duration {
+        let mut shortest = self.idle;
+        let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.lock_h2().retain(|key, c| {
+            let idle = key.limits.idle_or(self.idle);
+            shortest = shortest.min(idle);
+            // A request that just took this connection holds `active`: never reaped under it.
+            let idle_for = Duration::from_nanos(
+                now_ns.saturating_sub(c.usage.last_ns.load(Ordering::Relaxed)),
+            );
+            let in_use = c.usage.active.load(Ordering::Acquire) > 0;
+            !c.sender.is_closed() && (in_use || idle_for < idle)
+        });
+        self.lock_h1().retain(|key, list| {
+            let idle = key.limits.idle_or(self.idle);
+            shortest = shortest.min(idle);
+            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle);
+            !list.is_empty()
+        });
+        shortest
+    }
+}
 
 impl<B> Pool<B>
 where
@@ -63,12 +208,17 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// A pool whose parked HTTP/1.1 connections are closed after `idle` unused.
+    /// A pool whose connections are closed after `idle` unused, unless their destination's
+    /// `idleTimeout` says otherwise.
     pub fn new(idle: Duration) -> Self {
         Pool {
-            h2: Mutex::new(HashMap::new()),
-            h1: Arc::new(Mutex::new(HashMap::new())),
-            idle,
+            inner: Arc::new(Inner {
+                h2: Mutex::new(HashMap::new()),
+                h1: Mutex::new(HashMap::new()),
+                idle,
+                epoch: Instant::now(),
+                reaping: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -80,86 +230,114 @@ where
         key: &Key,
         h2: bool,
         connect: C,
-    ) -> Result<Sender<B>, ForwardError> {
+    ) -> Result<Pooled<B>, ForwardError> {
         if h2 {
-            let pooled = self.lock_h2().get(key).filter(|s| !s.is_closed()).cloned();
-            if let Some(s) = pooled {
-                return Ok(Sender::Http2(s));
+            if let Some(pooled) = self.checkout_h2(key) {
+                return Ok(pooled);
             }
-        } else if let Some(s) = self.checkout_h1(key) {
-            return Ok(Sender::Http1(s));
+        } else if let Some(c) = self.checkout_h1(key) {
+            return Ok(Pooled {
+                sender: Sender::Http1(c.sender),
+                served: c.served + 1,
+                _busy: None,
+            });
         }
         self.fresh(key, h2, connect).await
     }
 
-    /// A new connection for `key` (an HTTP/2 one replaces the shared one).
+    /// The shared HTTP/2 connection, counted; the request that spends its
+    /// `maxRequestsPerConnection` takes it out of the pool (it closes when its streams end).
+    fn checkout_h2(&self, key: &Key) -> Option<Pooled<B>> {
+        let mut shared = self.inner.lock_h2();
+        let c = shared.get_mut(key).filter(|c| !c.sender.is_closed())?;
+        c.served += 1;
+        let pooled = Pooled {
+            sender: Sender::Http2(c.sender.clone()),
+            served: c.served,
+            _busy: Some(Busy::new(&c.usage, self.inner.epoch)),
+        };
+        if key.limits.spent(c.served) {
+            shared.remove(key);
+        }
+        Some(pooled)
+    }
+
+    /// A new connection for `key` (an HTTP/2 one replaces the shared one, unless it may carry
+    /// only this request).
     async fn fresh<C: Open>(
         &self,
         key: &Key,
         h2: bool,
         connect: C,
-    ) -> Result<Sender<B>, ForwardError> {
+    ) -> Result<Pooled<B>, ForwardError> {
         let io = connect().await.map_err(ForwardError::Connect)?;
         let sender = handshake(io, h2).await?;
+        self.reap_in_background();
+        let mut busy = None;
         if let Sender::Http2(s) = &sender {
-            let mut shared = self.lock_h2();
-            // Endpoints come and go: forget the connections that have closed, so the pool
-            // holds no more than the endpoints in use.
-            shared.retain(|_, s| !s.is_closed());
-            // Two requests racing here both connect; the later one is kept.
-            shared.insert(key.clone(), s.clone());
+            let usage = Arc::new(Usage::default());
+            busy = Some(Busy::new(&usage, self.inner.epoch));
+            if !key.limits.spent(1) {
+                let mut shared = self.inner.lock_h2();
+                // Endpoints come and go: forget the connections that have closed, so the
+                // pool holds no more than the endpoints in use.
+                shared.retain(|_, c| !c.sender.is_closed());
+                // Two requests racing here both connect; the later one is kept.
+                let c = Shared {
+                    sender: s.clone(),
+                    served: 1,
+                    usage,
+                };
+                shared.insert(key.clone(), c);
+            }
         }
-        Ok(sender)
+        Ok(Pooled {
+            sender,
+            served: 1,
+            _busy: busy,
+        })
     }
 
     /// Sends `req` on a connection from [`Pool::get`]; an HTTP/1.1 connection goes back to
-    /// the pool once its response has ended. A request the connection never started (it was
-    /// closing: the peer ended an idle keep-alive just then) goes once more on a new
+    /// the pool once its response has ended, unless it has carried its
+    /// `maxRequestsPerConnection` (then it is closed). A request the connection never started
+    /// (it was closing: the peer ended an idle keep-alive just then) goes once more on a new
     /// connection from `connect`.
     pub async fn send<C: Open>(
         &self,
         key: &Key,
-        mut sender: Sender<B>,
+        pooled: Pooled<B>,
         req: Request<B>,
         connect: C,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let h2 = matches!(sender, Sender::Http2(_));
-        let resp = match sender.try_send(req).await {
+        let mut pooled = pooled;
+        let h2 = matches!(pooled.sender, Sender::Http2(_));
+        let resp = match pooled.sender.try_send(req).await {
             Ok(resp) => resp,
             Err(Err(e)) => return Err(e),
             Err(Ok(req)) => {
-                sender = self.fresh(key, h2, connect).await?;
-                sender
+                pooled = self.fresh(key, h2, connect).await?;
+                pooled
+                    .sender
                     .try_send(req)
                     .await
                     .map_err(|e| e.err().unwrap_or(ForwardError::NotSent))?
             }
         };
-        if let Sender::Http1(s) = sender {
-            self.park_when_ready(key.clone(), s);
+        if let Sender::Http1(s) = pooled.sender {
+            self.park_when_ready(key.clone(), s, pooled.served);
         }
         Ok(resp)
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<Key, http2::SendRequest<B>>> {
-        self.h2
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Parked<B>> {
-        self.h1
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The most recently parked connection that is still open and idle.
-    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<B>> {
-        let mut parked = self.lock_h1();
+    fn checkout_h1(&self, key: &Key) -> Option<Idle<B>> {
+        let mut parked = self.inner.lock_h1();
         let list = parked.get_mut(key)?;
-        let fresh_after = Instant::now().checked_sub(self.idle);
-        list.retain(|(since, s)| s.is_ready() && fresh_after.is_none_or(|t| *since > t));
-        let found = list.pop().map(|(_, s)| s);
+        let idle = key.limits.idle_or(self.inner.idle);
+        let fresh_after = Instant::now().checked_sub(idle);
+        list.retain(|c| c.sender.is_ready() && fresh_after.is_none_or(|t| c.since > t));
+        let found = list.pop();
         if list.is_empty() {
             parked.remove(key);
         }
@@ -167,24 +345,46 @@ where
     }
 
     /// Parks the connection once its response has ended (the connection is ready for the
-    /// next request); one that was upgraded or closed never becomes ready and is dropped.
-    fn park_when_ready(&self, key: Key, mut sender: http1::SendRequest<B>) {
-        let idle = self.idle;
-        let parked = self.h1.clone();
+    /// next request); one that was upgraded or closed never becomes ready and is dropped, and
+    /// so is one that has carried its `maxRequestsPerConnection` (dropping the last sender
+    /// of an idle HTTP/1.1 connection closes it).
+    fn park_when_ready(&self, key: Key, mut sender: http1::SendRequest<B>, served: u32) {
+        let inner = self.inner.clone();
         tokio::spawn(async move {
-            let ready = tokio::time::timeout(idle, sender.ready()).await;
-            if !ready.is_ok_and(|r| r.is_ok()) {
+            // No timer per response: the task ends when the response does or when the
+            // connection closes (the exchange's own idle limits end a stalled one).
+            if sender.ready().await.is_err() || key.limits.spent(served) {
                 return;
             }
-            let mut parked = parked.lock().unwrap_or_else(|p| p.into_inner());
-            // Close what idled out and forget what the peers closed (endpoints come and go).
-            parked.retain(|_, list| {
-                list.retain(|(since, s)| !s.is_closed() && since.elapsed() < idle);
-                !list.is_empty()
-            });
+            let mut parked = inner.lock_h1();
             let list = parked.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_KEY {
-                list.push((Instant::now(), sender));
+                list.push(Idle {
+                    since: Instant::now(),
+                    served,
+                    sender,
+                });
+            }
+        });
+        self.reap_in_background();
+    }
+
+    /// Starts the pool's reaper once (from inside the runtime): a task that closes idle
+    /// connections at their timeout and ends with the pool.
+    fn reap_in_background(&self) {
+        if self.inner.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak: Weak<Inner<B>> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut every = REAP_EVERY;
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let shortest = inner.reap();
+                every = (shortest / 4).clamp(Duration::from_millis(5), REAP_EVERY);
             }
         });
     }
@@ -200,13 +400,30 @@ mod tests {
 
     use super::*;
 
-    /// A connector to an in-memory HTTP/1.1 + h2 server answering `ok`; counts connections.
+    /// Connections the in-memory server accepted, and those that ended (either side closed).
+    #[derive(Default)]
+    struct Counts {
+        opened: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    impl Counts {
+        fn opened(&self) -> usize {
+            self.opened.load(Ordering::SeqCst)
+        }
+        fn closed(&self) -> usize {
+            self.closed.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A connector to an in-memory HTTP/1.1 + h2 server answering `ok`; counts connections
+    /// opened and ended.
     fn connector(
-        count: &Arc<AtomicUsize>,
+        counts: &Arc<Counts>,
     ) -> impl FnOnce() -> std::future::Ready<io::Result<tokio::io::DuplexStream>> {
-        let count = count.clone();
+        let counts = counts.clone();
         move || {
-            count.fetch_add(1, Ordering::SeqCst);
+            counts.opened.fetch_add(1, Ordering::SeqCst);
             let (client, server) = tokio::io::duplex(64 * 1024);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_req| async {
@@ -215,21 +432,36 @@ mod tests {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(server), service)
                     .await;
+                counts.closed.fetch_add(1, Ordering::SeqCst);
             });
             std::future::ready(Ok(client))
         }
     }
 
     fn key() -> Key {
+        limited(Limits::default())
+    }
+
+    fn limited(limits: Limits) -> Key {
         Key {
             addr: "198.18.0.7:8080".parse().unwrap(),
             identity: Some("spiffe://cluster.local/ns/demo/sa/server".into()),
             service: Some("api.demo.svc.cluster.local".into()),
+            limits,
         }
     }
 
-    async fn call(pool: &Pool<Full<Bytes>>, count: &Arc<AtomicUsize>, h2: bool) -> String {
-        let sender = pool.get(&key(), h2, connector(count)).await.unwrap();
+    async fn call(pool: &Pool<Full<Bytes>>, counts: &Arc<Counts>, h2: bool) -> String {
+        call_as(pool, &key(), counts, h2).await
+    }
+
+    async fn call_as(
+        pool: &Pool<Full<Bytes>>,
+        key: &Key,
+        counts: &Arc<Counts>,
+        h2: bool,
+    ) -> String {
+        let sender = pool.get(key, h2, connector(counts)).await.unwrap();
         let version = if h2 {
             hyper::Version::HTTP_2
         } else {
@@ -240,52 +472,148 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = pool
-            .send(&key(), sender, req, connector(count))
+            .send(key, sender, req, connector(counts))
             .await
             .unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8_lossy(&body).into_owned()
     }
 
+    /// Waits (up to 2 s) until `n` connections have ended; returns how many had.
+    async fn closed_at_least(counts: &Counts, n: usize) -> usize {
+        for _ in 0..200 {
+            if counts.closed() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        counts.closed()
+    }
+
     #[tokio::test]
     async fn http1_connections_are_parked_and_reused_one_request_at_a_time() {
         let pool = Pool::new(Duration::from_secs(60));
-        let count = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts::default());
         for _ in 0..5 {
-            assert_eq!(call(&pool, &count, false).await, "ok");
+            assert_eq!(call(&pool, &counts, false).await, "ok");
             // The connection is parked by a task once its response has ended.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(count.load(Ordering::SeqCst), 1, "one connection, reused");
+        assert_eq!(counts.opened(), 1, "one connection, reused");
         // Two at once need two connections; both are parked afterwards.
-        let (a, b) = tokio::join!(call(&pool, &count, false), call(&pool, &count, false));
+        let (a, b) = tokio::join!(call(&pool, &counts, false), call(&pool, &counts, false));
         assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
-        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert_eq!(counts.opened(), 2);
+        assert_eq!(counts.closed(), 0, "parked connections stay open");
     }
 
     #[tokio::test]
     async fn h2_requests_share_one_connection() {
         let pool = Pool::new(Duration::from_secs(60));
-        let count = Arc::new(AtomicUsize::new(0));
-        assert_eq!(call(&pool, &count, true).await, "ok");
-        let calls = (0..8).map(|_| call(&pool, &count, true));
+        let counts = Arc::new(Counts::default());
+        assert_eq!(call(&pool, &counts, true).await, "ok");
+        let calls = (0..8).map(|_| call(&pool, &counts, true));
         for body in futures::future::join_all(calls).await {
             assert_eq!(body, "ok");
         }
-        assert_eq!(
-            count.load(Ordering::SeqCst),
-            1,
-            "every stream on one connection"
-        );
+        assert_eq!(counts.opened(), 1, "every stream on one connection");
     }
 
     #[tokio::test]
     async fn a_parked_connection_that_idled_out_is_not_reused() {
         let pool = Pool::new(Duration::from_millis(50));
-        let count = Arc::new(AtomicUsize::new(0));
-        assert_eq!(call(&pool, &count, false).await, "ok");
+        let counts = Arc::new(Counts::default());
+        assert_eq!(call(&pool, &counts, false).await, "ok");
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(call(&pool, &count, false).await, "ok");
-        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert_eq!(call(&pool, &counts, false).await, "ok");
+        assert_eq!(counts.opened(), 2);
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_retires_an_http1_connection_after_n_requests() {
+        let pool = Pool::new(Duration::from_secs(60));
+        // maxRequestsPerConnection 2: 5 requests one after another take 3 connections, and
+        // each spent one is closed, not parked.
+        let two = limited(Limits {
+            max_requests: Some(2),
+            idle: None,
+        });
+        let counts = Arc::new(Counts::default());
+        for _ in 0..5 {
+            assert_eq!(call_as(&pool, &two, &counts, false).await, "ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(counts.opened(), 3);
+        assert_eq!(closed_at_least(&counts, 2).await, 2, "the two spent ones");
+        // 1: no keep-alive, a connection per request, each closed after its answer.
+        let one = limited(Limits {
+            max_requests: Some(1),
+            idle: None,
+        });
+        let counts = Arc::new(Counts::default());
+        for _ in 0..4 {
+            assert_eq!(call_as(&pool, &one, &counts, false).await, "ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(counts.opened(), 4);
+        assert_eq!(closed_at_least(&counts, 4).await, 4);
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_retires_the_shared_h2_connection() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let three = limited(Limits {
+            max_requests: Some(3),
+            idle: None,
+        });
+        let counts = Arc::new(Counts::default());
+        for _ in 0..7 {
+            assert_eq!(call_as(&pool, &three, &counts, true).await, "ok");
+        }
+        // Streams 1-3, 4-6, 7: three connections; the two retired ones close once their
+        // streams have ended (no sender holds them any more).
+        assert_eq!(counts.opened(), 3);
+        assert_eq!(closed_at_least(&counts, 2).await, 2);
+        let unlimited = Arc::new(Counts::default());
+        for _ in 0..7 {
+            assert_eq!(call(&pool, &unlimited, true).await, "ok");
+        }
+        assert_eq!(unlimited.opened(), 1, "0/unset: unlimited");
+    }
+
+    #[tokio::test]
+    async fn a_destinations_idle_timeout_closes_its_idle_connections() {
+        // The pool's default is long; the destination's idleTimeout 60 ms closes its idle
+        // connections (HTTP/1.1 parked, HTTP/2 shared) without any further request.
+        let pool = Pool::new(Duration::from_secs(60));
+        let short = limited(Limits {
+            max_requests: None,
+            idle: Some(Duration::from_millis(60)),
+        });
+        let counts = Arc::new(Counts::default());
+        assert_eq!(call_as(&pool, &short, &counts, false).await, "ok");
+        assert_eq!(call_as(&pool, &short, &counts, true).await, "ok");
+        let long = Arc::new(Counts::default());
+        assert_eq!(call(&pool, &long, false).await, "ok");
+        assert_eq!(call(&pool, &long, true).await, "ok");
+        assert_eq!(closed_at_least(&counts, 2).await, 2, "both idled out");
+        assert_eq!(long.closed(), 0, "the default 60 s has not passed");
+        // Within the timeout a connection is reused (the timeout counts from the last use).
+        let counts = Arc::new(Counts::default());
+        for _ in 0..4 {
+            assert_eq!(call_as(&pool, &short, &counts, true).await, "ok");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(counts.opened(), 1);
+        // Limits read from a DestinationRule's compiled connectionPool.
+        let rule = ConnectionPool {
+            max_requests_per_connection: Some(1),
+            idle_timeout_ms: Some(0),
+            ..Default::default()
+        };
+        let limits = Limits::of(&rule);
+        assert_eq!(limits.max_requests, Some(1));
+        assert_eq!(limits.idle_or(Duration::from_secs(3600)), Duration::MAX);
+        assert_eq!(Limits::of(&ConnectionPool::default()), Limits::default());
     }
 }

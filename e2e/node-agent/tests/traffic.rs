@@ -1462,3 +1462,126 @@ spec:
         );
     }
 }
+
+/// Issue 19's `portLevelSettings`: one Service, two ports to the same pods, and a
+/// DestinationRule whose port-level entry differs from its top-level policy, observed per
+/// port. (a) TLS: top-level ISTIO_MUTUAL, port 9081 DISABLE, the namespace STRICT: every
+/// request to 9080 is answered by the app, every one to 9081 is refused by the server (503,
+/// the client proxy's `upstream connect error`). (b) Load balancing: top-level consistent
+/// hash on `x-user`, port 9081 ROUND_ROBIN: one user's 40 requests stay on one pod of two on
+/// 9080 and reach both pods on 9081.
+#[test]
+fn port_level_settings_replace_the_tls_mode_and_the_load_balancer_of_one_port() {
+    let c = support::deployed();
+    let ns = c.namespace("t-ports");
+    enrol(&ns);
+    ns.apply(&version("api", "v1", 9080).replace("replicas: 1", "replicas: 2"));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports:
+  - {name: http, port: 9080, targetPort: 9080}
+  - {name: http-alt, port: 9081, targetPort: 9080}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+spec:
+  mtls: {mode: STRICT}
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["api-v1"]);
+    let (main, alt) = ("http://api:9080/", "http://api:9081/");
+
+    // (a) The TLS mode per port.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    portLevelSettings:
+    - port: {number: 9081}
+      tls: {mode: DISABLE}
+"#,
+    );
+    converged(&ns, alt, "port 9081 in plaintext, refused", |b| {
+        b.iter().all(|v| v == "upstream")
+    });
+    let main_codes = codes(&ns, main, 100);
+    let alt_codes = codes(&ns, alt, 100);
+    assert_eq!(count(&main_codes, "200"), 100, "9080: {main_codes:?}");
+    assert_eq!(count(&alt_codes, "503"), 100, "9081: {alt_codes:?}");
+    eprintln!(
+        "portLevelSettings tls: 9080 100/100 200 (ISTIO_MUTUAL), 9081 100/100 503 (DISABLE vs STRICT)"
+    );
+
+    // (b) The load balancer per port.
+    ns.apply(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+    portLevelSettings:
+    - port: {number: 9081}
+      loadBalancer: {simple: ROUND_ROBIN}
+"#,
+    );
+    let user = ["-H", "x-user: jason"];
+    let distinct = |answers: &[String]| {
+        let mut pods: Vec<&String> = answers.iter().collect();
+        pods.sort();
+        pods.dedup();
+        pods.len()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            let on_main = pods_with(&ns, main, 20, &user);
+            let on_alt = pods_with(&ns, alt, 20, &user);
+            let ok = on_main.iter().all(|p| p.starts_with("api-v1-"))
+                && distinct(&on_main) == 1
+                && on_alt.iter().all(|p| p.starts_with("api-v1-"));
+            format!(
+                "{} {on_main:?} {on_alt:?}",
+                if ok { "ok" } else { "waiting" }
+            )
+        },
+        |s| s.starts_with("ok "),
+    );
+    let on_main = pods_with(&ns, main, 40, &user);
+    let on_alt = pods_with(&ns, alt, 40, &user);
+    assert_eq!(on_main.len(), 40, "{on_main:?}");
+    assert_eq!(on_alt.len(), 40, "{on_alt:?}");
+    assert!(
+        on_main
+            .iter()
+            .chain(&on_alt)
+            .all(|p| p.starts_with("api-v1-")),
+        "every answer from a pod: {on_main:?} {on_alt:?}"
+    );
+    assert_eq!(distinct(&on_main), 1, "9080 hashes x-user: {on_main:?}");
+    assert_eq!(distinct(&on_alt), 2, "9081 round robin: {on_alt:?}");
+    let first = on_alt[0].clone();
+    let share = on_alt.iter().filter(|p| **p == first).count();
+    assert!(
+        (10..=30).contains(&share),
+        "round robin spreads 40 requests over 2 pods: {share} on {first}"
+    );
+    eprintln!(
+        "portLevelSettings loadBalancer: 9080 40/40 on one pod (hash), 9081 {share}/40 on {first} (round robin)"
+    );
+}

@@ -110,8 +110,13 @@ impl DevVault {
             "common_name=osm.root",
             "ttl=87600h",
         ]);
-        let policy =
-            std::env::temp_dir().join(format!("weft-vault-policy-{}.hcl", std::process::id()));
+        // One file per Vault: this file's tests run in parallel in one process, and one
+        // removing a shared name raced another's `policy write`.
+        let port = self.address.rsplit(':').next().unwrap_or("0");
+        let policy = std::env::temp_dir().join(format!(
+            "weft-vault-policy-{}-{port}.hcl",
+            std::process::id()
+        ));
         std::fs::write(
             &policy,
             "path \"pki/sign/weft\" { capabilities = [\"update\"] }\n",

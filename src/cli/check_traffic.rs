@@ -1,14 +1,18 @@
 //! `weft check`'s traffic-management check: a DestinationRule that turns mTLS off (`tls.mode:
 //! DISABLE`) towards a Service whose pods a PeerAuthentication (or the revision) makes STRICT
 //! on the target port. Every request then fails with 503 `UC` (seed 003's warning); the check
-//! names the DestinationRule and the policy that disagree. Pure over a built [`MeshIndex`].
+//! names the DestinationRule and the policy that disagree, and the client namespaces whose
+//! proxies apply that rule (Istio's client-namespace lookup: a namespace's own rule, then the
+//! Service's namespace, then the root namespace, `exportTo`), from the same tables those
+//! proxies get. Pure over a built [`MeshIndex`].
 
 use std::collections::BTreeMap;
 
 use super::check::Verdict;
 use crate::discovery::MeshIndex;
 use crate::discovery::model::MeshedPod;
-use crate::snapshot::{ClientTls, MtlsMode, Service};
+use crate::discovery::routes::RulesByHost;
+use crate::snapshot::{ClientTls, MtlsMode, Service, decode_snapshot};
 
 pub const TLS_CONFLICT: &str = "DestinationRule TLS against PeerAuthentication";
 
@@ -24,6 +28,58 @@ pub struct Conflict {
     pub target_port: u16,
     /// Where the STRICT mode comes from (`PeerAuthentication pay/strict (namespace)`).
     pub source: String,
+    /// The client namespaces whose proxies apply the rule (and so get 503 `UC`).
+    pub clients: Vec<String>,
+}
+
+/// The DestinationRules the proxies of client namespace `namespace` apply, per host.
+pub fn rules_for<'a>(index: &'a MeshIndex, namespace: &str) -> &'a RulesByHost {
+    index.client_rules.get(namespace).unwrap_or(&index.rules)
+}
+
+/// The conflicts as the clients meet them: per client namespace with meshed pods, its
+/// proxies' Service tables (a pod's snapshot: what its proxy runs) and the rules its lookup
+/// finds; one conflict per rule, host, subset and server port, naming every namespace.
+pub fn client_conflicts(index: &MeshIndex) -> Vec<Conflict> {
+    let pods: Vec<&MeshedPod> = index.meshed_pods().collect();
+    // One pod per namespace: TLS modes and rules do not vary within a namespace (only
+    // sourceLabels routes do).
+    let mut first: BTreeMap<&str, &MeshedPod> = BTreeMap::new();
+    for p in &pods {
+        first.entry(p.namespace.as_str()).or_insert(p);
+    }
+    let mut out: Vec<Conflict> = Vec::new();
+    for (ns, pod) in first {
+        let Ok((_, bytes)) = index.snapshot_for(ns, &pod.name) else {
+            continue;
+        };
+        let Ok(snapshot) = decode_snapshot(&bytes) else {
+            continue;
+        };
+        let services: Vec<Service> = snapshot
+            .outbound
+            .services
+            .into_iter()
+            .chain(snapshot.outbound.headless)
+            .collect();
+        let rules: BTreeMap<String, String> = rules_for(index, ns)
+            .iter()
+            .map(|(host, r)| (host.clone(), r.tls.clone()))
+            .collect();
+        for c in conflicts(&services, &rules, &pods) {
+            match out.iter_mut().find(|o| {
+                (&o.host, &o.rule, &o.subset, &o.pod, o.target_port)
+                    == (&c.host, &c.rule, &c.subset, &c.pod, c.target_port)
+            }) {
+                Some(o) => o.clients.push(ns.to_string()),
+                None => out.push(Conflict {
+                    clients: vec![ns.to_string()],
+                    ..c
+                }),
+            }
+        }
+    }
+    out
 }
 
 /// The conflicts of the index: for each Service with a DISABLE mode (its own or a
@@ -67,6 +123,7 @@ pub fn conflicts(
                         pod: format!("{}/{}", pod.namespace, pod.name),
                         target_port: port,
                         source: source.clone(),
+                        clients: Vec::new(),
                     };
                     if !out.contains(&c) {
                         out.push(c);
@@ -81,8 +138,7 @@ pub fn conflicts(
 
 /// The check's verdicts: one failure per conflict, or a pass.
 pub fn check(index: &MeshIndex) -> Vec<Verdict> {
-    let pods: Vec<&MeshedPod> = index.meshed_pods().collect();
-    let found = conflicts(index.services(), &index.tls_rules, &pods);
+    let found = client_conflicts(index);
     if found.is_empty() {
         return vec![Verdict::pass(
             TLS_CONFLICT,
@@ -100,8 +156,13 @@ pub fn check(index: &MeshIndex) -> Vec<Verdict> {
             Verdict::fail(
                 TLS_CONFLICT,
                 format!(
-                    "DestinationRule {} sets tls.mode DISABLE for {}{subset}, but {} port {} is STRICT ({}): every request from the mesh gets 503 UC",
-                    c.rule, c.host, c.pod, c.target_port, c.source
+                    "DestinationRule {} sets tls.mode DISABLE for {}{subset}, but {} port {} is STRICT ({}): every request from namespace {} gets 503 UC",
+                    c.rule,
+                    c.host,
+                    c.pod,
+                    c.target_port,
+                    c.source,
+                    c.clients.join(", ")
                 ),
                 format!(
                     "remove the DestinationRule's tls block or set tls.mode ISTIO_MUTUAL (weft's auto-mTLS then applies), or make {} PERMISSIVE for port {}",
@@ -225,6 +286,107 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].subset.as_deref(), Some("v2"));
         assert!(found[0].source.contains("portLevelMtls 8080"), "{found:?}");
+    }
+
+    /// The proxy's lookup, not the shared table: a rule of `front` for pets' db applies to
+    /// front's clients only; pets' private rule to pets' clients only; each namespace is
+    /// named with the rule its proxies apply, and describe pod lists only that rule.
+    #[test]
+    fn the_rule_each_client_namespace_applies_is_the_one_named() {
+        use std::sync::Arc;
+
+        use serde_json::json;
+
+        use crate::discovery::MeshIndex;
+        use crate::discovery::model::tests::{pod, view};
+
+        fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+            Arc::new(serde_json::from_value(v).expect("a test object"))
+        }
+        let dr = |ns: &str, name: &str, export: Option<&str>, mode: &str| {
+            let mut spec = json!({"host": "db.pets.svc.cluster.local",
+                                  "trafficPolicy": {"tls": {"mode": mode}}});
+            if let Some(e) = export {
+                spec["exportTo"] = json!([e]);
+            }
+            obj(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"namespace": ns, "name": name},
+                "spec": spec
+            }))
+        };
+        let mut v = view();
+        v.pods
+            .push(pod("front", "shop-1", "198.18.2.2", "shop", true));
+        v.pods
+            .push(pod("back", "batch-1", "198.18.3.2", "batch", true));
+        v.peer_authentications = vec![obj(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"namespace": "pets", "name": "strict"},
+            "spec": {"mtls": {"mode": "STRICT"}}
+        }))];
+        // front's own rule (Istio: a client's namespace first), pets' private one.
+        v.destination_rules = vec![
+            dr("front", "db-plain", None, "DISABLE"),
+            dr("pets", "db-private", Some("."), "DISABLE"),
+        ];
+        let index = MeshIndex::build(&v);
+        // The shared table (what the check read before) sees neither rule.
+        let shared = conflicts(
+            index.services(),
+            &index.tls_rules,
+            &index.meshed_pods().collect::<Vec<_>>(),
+        );
+        assert!(shared.is_empty(), "{shared:?}");
+        let found = client_conflicts(&index);
+        let named: Vec<(&str, &[String])> = found
+            .iter()
+            .map(|c| (c.rule.as_str(), c.clients.as_slice()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("front/db-plain", &["front".to_string()][..]),
+                ("pets/db-private", &["pets".to_string()][..]),
+            ],
+            "{found:?}"
+        );
+        assert!(found.iter().all(|c| c.pod == "pets/db-1"), "{found:?}");
+        let verdicts = check(&index);
+        assert_eq!(verdicts.len(), 2);
+        let text = format!("{verdicts:?}");
+        assert!(
+            text.contains("every request from namespace front gets 503 UC"),
+            "{text}"
+        );
+        assert!(!text.contains("namespace back"), "{text}");
+        // describe pod: each client lists the one rule its proxy applies; back none.
+        let rule_line = |ns: &str, pod: &str| {
+            let text = super::super::describe::describe(&v, &index, ns, pod).unwrap();
+            text.lines()
+                // The outbound section's line (4 spaces in), not a conflict's.
+                .filter(|l| l.starts_with("    DestinationRule "))
+                .map(str::trim)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rule_line("front", "shop-1"),
+            ["DestinationRule front/db-plain"]
+        );
+        assert_eq!(
+            rule_line("pets", "web-1"),
+            ["DestinationRule pets/db-private"]
+        );
+        assert!(rule_line("back", "batch-1").is_empty());
+        let server = super::super::describe::describe(&v, &index, "pets", "db-1").unwrap();
+        assert!(
+            server.contains("clients in namespace front get 503 UC calling this pod")
+                && server.contains("clients in namespace pets get 503 UC calling this pod"),
+            "{server}"
+        );
+        let back = super::super::describe::describe(&v, &index, "back", "batch-1").unwrap();
+        assert!(!back.contains("Conflicts:"), "{back}");
     }
 
     fn check_of(found: &[Conflict]) -> String {

@@ -2,18 +2,18 @@
 //! index computes for it (the tables its proxy runs): mTLS per port, the routes, subsets and
 //! client policies of the Services it calls and which resource set them, the authorization
 //! policies it enforces, and DISABLE-against-STRICT conflicts (503 `UC`) naming both sides.
+//! The DestinationRules named are those its proxy applies (its namespace's lookup, as
+//! `weft check` reads it: [`super::check_traffic::rules_for`]).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::check_traffic::{Conflict, conflicts};
+use super::check_traffic::{Conflict, client_conflicts, rules_for};
 use super::error::CliError;
 use super::inventory;
 use super::proxy_status::DescribePodArgs;
 use crate::authz::{Action, PolicyKind};
-use crate::discovery::model::MeshedPod;
 use crate::discovery::{MeshIndex, MeshView};
-use crate::route::compile::Registry;
 use crate::snapshot::{ClientTls, Service, decode_snapshot};
 
 pub async fn describe_pod(args: DescribePodArgs) -> Result<(), CliError> {
@@ -60,12 +60,13 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
     if routed.is_empty() {
         out.push_str("  none: every request goes to any endpoint of its Service\n");
     }
-    let registry = Registry::new(&view.cluster_domain);
+    let rules = rules_for(index, &me.namespace);
     for s in routed {
         let _ = writeln!(out, "  {}:{}", s.name, s.port);
-        let rules = destination_rules(view, &registry, &s.name);
-        if !rules.is_empty() {
-            let _ = writeln!(out, "    DestinationRule {}", rules.join(", "));
+        // Only the rules this pod's proxy applies to the host (another namespace's private
+        // rule for it, or one not exported here, is not listed).
+        if let Some(r) = rules.get(&s.name).filter(|r| !r.all.is_empty()) {
+            let _ = writeln!(out, "    DestinationRule {}", r.all.join(", "));
         }
         if !s.subsets.is_empty() {
             let subsets: Vec<String> = s
@@ -156,8 +157,8 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
         out.extend(problems);
     }
 
-    // The 503 UC diagnosis: as `weft check` finds it, for this pod as server or client.
-    let pods: Vec<&MeshedPod> = index.meshed_pods().collect();
+    // The 503 UC diagnosis: as `weft check` finds it, for this pod as server, or as a client
+    // (its namespace's proxies apply the rule).
     let calls: BTreeSet<&str> = snapshot
         .outbound
         .services
@@ -166,9 +167,11 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
         .map(|s| s.name.as_str())
         .collect();
     let me_id = format!("{}/{}", me.namespace, me.name);
-    let found: Vec<Conflict> = conflicts(index.services(), &index.tls_rules, &pods)
+    let found: Vec<Conflict> = client_conflicts(index)
         .into_iter()
-        .filter(|c| c.pod == me_id || calls.contains(c.host.as_str()))
+        .filter(|c| {
+            c.pod == me_id || (calls.contains(c.host.as_str()) && c.clients.contains(&me.namespace))
+        })
         .collect();
     if !found.is_empty() {
         out.push_str("Conflicts:\n");
@@ -180,7 +183,10 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
             .map(|s| format!(" (subset {s})"))
             .unwrap_or_default();
         let who = if c.pod == me_id {
-            "clients get 503 UC calling this pod".to_string()
+            format!(
+                "clients in namespace {} get 503 UC calling this pod",
+                c.clients.join(", ")
+            )
         } else {
             format!("this pod's requests to {} get 503 UC", c.host)
         };
@@ -198,29 +204,6 @@ fn tls_name(m: ClientTls) -> &'static str {
         ClientTls::Disable => "DISABLE",
         ClientTls::IstioMutual => "ISTIO_MUTUAL",
     }
-}
-
-/// The DestinationRules whose host names `host` (as the compiler resolves it), oldest first.
-fn destination_rules(view: &MeshView, registry: &Registry, host: &str) -> Vec<String> {
-    let mut found: Vec<(String, String)> = view
-        .destination_rules
-        .iter()
-        .filter_map(|dr| {
-            let ns = dr.metadata.namespace.as_deref()?;
-            let name = dr.metadata.name.as_deref()?;
-            let wanted = dr.spec.raw.get("host")?.as_str()?;
-            let created = dr
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default();
-            crate::route::compile::host_matches(&registry.resolve(wanted, ns), host)
-                .then(|| (created, format!("{ns}/{name}")))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, n)| n).collect()
 }
 
 /// Which kind of resource a route of `<namespace>/<name>` comes from.
@@ -382,7 +365,7 @@ Conflicts:
             "{text}"
         );
         assert!(
-            text.contains("but pets/db-1 port 8080 is STRICT (PeerAuthentication pets/strict (namespace)): clients get 503 UC calling this pod"),
+            text.contains("but pets/db-1 port 8080 is STRICT (PeerAuthentication pets/strict (namespace)): clients in namespace pets get 503 UC calling this pod"),
             "{text}"
         );
         // Without the DISABLE rule, nothing is in conflict.

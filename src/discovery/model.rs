@@ -123,6 +123,10 @@ pub struct MeshIndex {
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule whose TLS mode its Service entry carries (for `weft check`).
     pub tls_rules: BTreeMap<String, String>,
+    /// The DestinationRules each client's proxy applies per host: shared, and per client
+    /// namespace where they differ ([`super::routes::Applied::client_rules`]).
+    pub rules: super::routes::RulesByHost,
+    pub client_rules: BTreeMap<String, super::routes::RulesByHost>,
     /// The `WeftAccepted` condition each Istio policy and route should carry.
     verdicts: BTreeMap<ObjectKey, Verdict>,
     /// The `status.parents` each GAMMA route should carry ([`super::gamma_status`]).
@@ -453,6 +457,8 @@ impl MeshIndex {
                 .chain(std::mem::take(&mut egress.problems))
                 .collect(),
             tls_rules: routed.tls_rules,
+            rules: routed.rules,
+            client_rules: routed.client_rules,
             gamma: routed.gamma,
             gateway_api: routed.gateway_api,
             verdicts: BTreeMap::new(),

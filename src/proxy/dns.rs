@@ -224,29 +224,61 @@ async fn read_framed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u
 /// the nameserver): where a `resolution: DNS` host dialled at its allocated address really
 /// goes. Empty: it does not resolve (or no nameserver answered).
 pub async fn resolve(servers: &[SocketAddr], host: &str) -> Vec<IpAddr> {
+    match lookup(servers, host).await {
+        Lookup::Found { ips, .. } => ips,
+        Lookup::NotFound | Lookup::Failed(_) => Vec::new(),
+    }
+}
+
+/// What one A lookup gave: an egress gateway keeps its last addresses on a failure (Envoy's
+/// STRICT_DNS cluster keeps its hosts when a resolution fails) but drops them when the name
+/// is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The addresses and the smallest TTL of the answer's records (CNAMEs included).
+    Found { ips: Vec<IpAddr>, ttl: u32 },
+    /// NXDOMAIN, or an answer without A records: the name has no IPv4 address.
+    NotFound,
+    /// No answer to use (no nameserver answered, SERVFAIL, a bad name or message): why.
+    Failed(&'static str),
+}
+
+/// One A query for `host` (absolute: the search list is not tried, ServiceEntry hosts are
+/// fully qualified) to the nameservers in turn, over UDP.
+pub async fn lookup(servers: &[SocketAddr], host: &str) -> Lookup {
     let Ok(name) = Name::from_ascii(format!("{}.", host.trim_end_matches('.'))) else {
-        return Vec::new();
+        return Lookup::Failed("not a DNS name");
     };
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(name, RecordType::A));
     let Ok(bytes) = query.to_vec() else {
-        return Vec::new();
+        return Lookup::Failed("not a DNS name");
     };
     let Some(answer) = forward_udp(servers, &bytes).await else {
-        return Vec::new();
+        return Lookup::Failed("no nameserver answered");
     };
     let Ok(answer) = Message::from_vec(&answer) else {
-        return Vec::new();
+        return Lookup::Failed("the nameserver's answer does not parse");
     };
-    answer
+    match answer.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Lookup::NotFound,
+        _ => return Lookup::Failed("the nameserver answered an error (SERVFAIL, REFUSED)"),
+    }
+    let ips: Vec<IpAddr> = answer
         .answers
         .iter()
         .filter_map(|r| match &r.data {
             RData::A(a) => Some(IpAddr::V4(a.0)),
             _ => None,
         })
-        .collect()
+        .collect();
+    if ips.is_empty() {
+        return Lookup::NotFound;
+    }
+    let ttl = answer.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+    Lookup::Found { ips, ttl }
 }
 
 // === The server ===

@@ -115,6 +115,12 @@ impl SnapshotSink {
         Ok(Offered::Applied(version))
     }
 
+    /// A handle that puts the current config back with the endpoints an egress gateway
+    /// resolved (`super::external_dns`), unless a newer config came meanwhile.
+    pub fn republisher(&self) -> super::external_dns::Republisher {
+        super::external_dns::Republisher::new(self.tx.clone())
+    }
+
     /// The version currently applied (what the config stream acknowledges).
     pub fn current_version(&self) -> Option<String> {
         self.tx.borrow().as_ref().map(|s| s.version().to_string())

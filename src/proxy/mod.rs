@@ -22,6 +22,7 @@ pub mod config_stream;
 pub mod copy;
 pub mod dns;
 pub mod egress;
+pub mod external_dns;
 pub mod gateway;
 pub mod http;
 pub mod identity;

@@ -172,6 +172,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
 
     let Inputs { certs, snapshot } = inputs;
+    let republish = snapshot.republisher();
     let mut tasks = tokio::task::JoinSet::new();
     let file_snapshot = match opts.config_stream.clone() {
         Some(cfg) => {
@@ -194,6 +195,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     }
     if opts.mode == Mode::Gateway {
         tasks.spawn(super::gateway::serve(ctx.clone()));
+        // An egress gateway's `resolution: DNS` destinations (docs/egress.md).
+        tasks.spawn(super::external_dns::run(ctx.clone(), republish));
     }
     for (udp, tcp) in dns_l {
         tasks.spawn(super::dns::serve_udp(ctx.clone(), udp));

@@ -108,8 +108,9 @@ pub enum Resolution {
     None,
     /// To the entry's endpoints.
     Static,
-    /// To the address the app dialled, which the app's own DNS lookup gave it (weft does not
-    /// resolve names itself; docs/egress.md).
+    /// Where the host resolves: a sidecar sends to the address the app dialled (the app's own
+    /// lookup), or resolves the host when it was dialled at its allocated address; an egress
+    /// gateway resolves the host itself (`proxy::external_dns`). docs/egress.md.
     Dns,
 }
 
@@ -343,7 +344,7 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
         }
         Resolution::Dns => {
             errs.push(
-                "endpoints: endpoints with resolution DNS are not supported by weft yet (the proxy does not resolve names); use STATIC with IP endpoints, or DNS without endpoints"
+                "endpoints: endpoints with resolution DNS are not supported by weft yet (proxies resolve a DNS entry's host, not endpoint names); use STATIC with IP endpoints, or DNS without endpoints"
                     .into(),
             );
         }

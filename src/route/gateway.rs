@@ -177,6 +177,25 @@ pub struct GatewayConfig {
     /// a gateway's snapshot, so no sidecar learns a direct route to the external host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external: Vec<crate::snapshot::Service>,
+    /// The `resolution: DNS` ones among `external` (sent without endpoints): the names the
+    /// gateway proxy resolves, as Envoy's STRICT_DNS cluster does, to fill their endpoints in.
+    /// An older proxy ignores the field and answers 503 (no endpoints) for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolve: Vec<DnsDestination>,
+}
+
+/// A ServiceEntry host with `resolution: DNS` an egress gateway sends to: the Service
+/// (`host`, `port`) of [`GatewayConfig::external`] whose endpoints are the addresses `name`
+/// resolves to, each on `target_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsDestination {
+    pub host: String,
+    pub port: u16,
+    /// The name resolved: the entry's host (Istio's DNS entry without endpoints).
+    pub name: String,
+    /// The port dialled on each address: the entry port's `targetPort`, else its number.
+    pub target_port: u16,
 }
 
 /// One port the gateway binds, and the virtual hosts its requests are routed by.
@@ -372,43 +391,157 @@ fn host_of(authority: &str) -> String {
 
 // === ServiceEntry hosts as route hosts and destinations (egress gateways) ===
 
-/// The exact hosts of the accepted ServiceEntries, oldest entry first (the older one wins a
-/// host, as in the proxies' egress tables), with who sees them: Istio's egress-gateway pattern
-/// names them as a VirtualService's `hosts` (the sidecars' route to the egress gateway) and as
-/// a route destination (the gateway's route out).
+/// The exact hosts of the accepted ServiceEntries with who sees them: Istio's egress-gateway
+/// pattern names them as a VirtualService's `hosts` (the sidecars' route to the egress gateway)
+/// and as a route destination (the gateway's route out). Several entries may declare one host:
+/// those of one namespace merge into one (ports and endpoints together, as Istio merges them),
+/// entries of other namespaces stay apart and a gateway takes the one its namespace sees
+/// ([`Self::fill_gateway`]); what cannot merge is named in [`Self::problems`], never dropped.
 #[derive(Debug, Default)]
 pub struct ExternalHosts {
-    hosts: BTreeMap<String, (super::egress::Export, super::egress::ExternalService)>,
+    /// Per host, one entry per namespace, oldest first.
+    hosts: BTreeMap<String, Vec<HostEntry>>,
+    problems: Vec<Problem>,
+}
+
+/// A value as its YAML spells it, upper case (`STATIC`, `HTTP`), for messages.
+fn upper<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_ascii_uppercase))
+        .unwrap_or_default()
+}
+
+/// One namespace's declaration of a host (its entries merged).
+#[derive(Debug)]
+struct HostEntry {
+    export: super::egress::Export,
+    service: super::egress::ExternalService,
+    /// Port number -> `targetPort` (else the number): where a DNS host is dialled.
+    target_ports: BTreeMap<u16, u16>,
 }
 
 impl ExternalHosts {
-    /// From compiled entries in age order; wildcard hosts are left out (they cannot be a
-    /// destination, and a VirtualService host pattern matches exact hosts).
-    pub fn new(
-        entries: impl IntoIterator<Item = (super::egress::Export, Vec<super::egress::ExternalService>)>,
-    ) -> Self {
-        let mut hosts = BTreeMap::new();
-        for (export, services) in entries {
-            for s in services.into_iter().filter(|s| !s.host.starts_with('*')) {
-                hosts.entry(s.host.clone()).or_insert((export.clone(), s));
+    /// From compiled entries in age order (oldest first); wildcard hosts are left out (they
+    /// cannot be a destination, and a VirtualService host pattern matches exact hosts).
+    pub fn new(entries: impl IntoIterator<Item = super::egress::CompiledEntry>) -> Self {
+        let mut out = ExternalHosts::default();
+        for entry in entries {
+            for s in entry
+                .services
+                .into_iter()
+                .filter(|s| !s.host.starts_with('*'))
+            {
+                out.add(&entry.export, &entry.target_ports, s);
             }
         }
-        ExternalHosts { hosts }
+        out
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+    /// Adds one entry's host, merging it into an older entry of the same namespace: Istio
+    /// keys ServiceEntry services by host and namespace and merges their ports and endpoints.
+    /// What does not fit the older declaration (another resolution, a port number declared
+    /// with another protocol) is left out and named on the newer entry.
+    fn add(
+        &mut self,
+        export: &super::egress::Export,
+        target_ports: &BTreeMap<u16, u16>,
+        s: super::egress::ExternalService,
+    ) {
+        let list = self.hosts.entry(s.host.clone()).or_default();
+        let Some(older) = list.iter_mut().find(|e| e.service.namespace == s.namespace) else {
+            list.push(HostEntry {
+                export: export.clone(),
+                target_ports: target_ports.clone(),
+                service: s,
+            });
+            return;
+        };
+        let (ns, name) = s.source.split_once('/').unwrap_or(("", &s.source));
+        let mut conflict = |message: String| {
+            self.problems.push(Problem {
+                kind: super::egress::SERVICE_ENTRY,
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                message,
+            })
+        };
+        let host = &s.host;
+        if older.service.resolution != s.resolution {
+            conflict(format!(
+                "host {host} is declared by the older ServiceEntry {} with resolution {}, this one says {}: entries of one namespace for one host merge only with the same resolution, so this one's declaration of {host} is not used (by the mesh's route tables and egress gateways)",
+                older.service.source,
+                upper(&older.service.resolution),
+                upper(&s.resolution)
+            ));
+            return;
+        }
+        for p in s.ports {
+            match older
+                .service
+                .ports
+                .iter_mut()
+                .find(|o| o.number == p.number)
+            {
+                Some(o) if o.protocol != p.protocol => conflict(format!(
+                    "host {host} port {} is declared by the older ServiceEntry {} with protocol {}, this one says {}: this port of this entry is not used (by the mesh's route tables and egress gateways)",
+                    p.number,
+                    older.service.source,
+                    upper(&o.protocol),
+                    upper(&p.protocol)
+                )),
+                Some(o) => {
+                    for ep in p.endpoints {
+                        if !o.endpoints.contains(&ep) {
+                            o.endpoints.push(ep);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(t) = target_ports.get(&p.number) {
+                        older.target_ports.entry(p.number).or_insert(*t);
+                    }
+                    older.service.ports.push(p);
+                }
+            }
+        }
+        for a in s.addresses {
+            if !older.service.addresses.contains(&a) {
+                older.service.addresses.push(a);
+            }
+        }
+        // Seen where either entry is seen (each entry's ports are the host's, as in Istio).
+        older.export = match (&older.export, export) {
+            (super::egress::Export::Namespaces(a), super::egress::Export::Namespaces(b)) => {
+                super::egress::Export::Namespaces(a.union(b).cloned().collect())
+            }
+            _ => super::egress::Export::All,
+        };
+    }
+
+    /// What could not be merged, on the newer ServiceEntry.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// The declaration of `host` a proxy of `namespace` uses: its own namespace's, else the
+    /// oldest exported to it (Istio's choice among one host's services of several namespaces).
+    fn seen_from(&self, host: &str, namespace: &str) -> Option<&HostEntry> {
+        let list = self.hosts.get(host)?;
+        list.iter()
+            .find(|e| e.service.namespace == namespace)
+            .or_else(|| list.iter().find(|e| e.export.visible_in(namespace)))
     }
 
     /// Adds each host's ports to the registry, so VirtualServices may name them; a host that
     /// is a Service already keeps the Service's ports.
     pub fn register(&self, registry: &mut Registry) {
         let known: BTreeSet<String> = registry.hosts().map(str::to_string).collect();
-        for (host, (_, s)) in &self.hosts {
+        for (host, list) in &self.hosts {
             if known.contains(host) {
                 continue;
             }
-            for p in &s.ports {
+            for p in list.iter().flat_map(|e| &e.service.ports) {
                 registry.add(
                     host,
                     p.number,
@@ -501,16 +634,20 @@ impl ExternalHosts {
     }
 
     /// The gateway's side: every ServiceEntry host a route of `config` sends to (on the port
-    /// it names) becomes one of `config.external`, with the entry's STATIC endpoints, if the
-    /// entry is exported to the gateway's `namespace`. A host the gateway cannot reach that way
-    /// (another resolution, no endpoints, not exported there) is named in `problems` on the
-    /// VirtualService; its requests get 503 (NR / UH) as for a missing Service.
+    /// it names) becomes one of `config.external`, if an entry of the host is exported to the
+    /// gateway's `namespace` ([`Self::seen_from`]): STATIC with the entry's endpoints; DNS
+    /// with none, and the name to resolve in `config.resolve` (the proxy resolves it as
+    /// Envoy's STRICT_DNS cluster does and fills the endpoints in, `proxy::external_dns`). A
+    /// host the gateway cannot reach (NONE, no endpoints, not exported there) is named in
+    /// `problems` on the VirtualService; its requests get 503 (NR / UH) as for a missing
+    /// Service.
     pub fn fill_gateway(
         &self,
         namespace: &str,
         config: &mut GatewayConfig,
         problems: &mut Vec<Problem>,
     ) {
+        use super::egress::Resolution;
         let mut wanted: BTreeMap<(String, u16), String> = BTreeMap::new();
         for l in &config.listeners {
             for r in l.virtual_hosts.iter().flat_map(|v| &v.routes) {
@@ -532,36 +669,37 @@ impl ExternalHosts {
             }
         }
         for ((host, port), vs) in wanted {
-            let Some((export, entry)) = self.hosts.get(&host) else {
+            let Some(list) = self.hosts.get(&host) else {
                 continue;
             };
-            let why = if !export.visible_in(namespace) {
-                Some(format!(
-                    "the ServiceEntry {} of host {host} is not exported to the gateway's namespace {namespace}",
-                    entry.source
-                ))
-            } else if entry.resolution != super::egress::Resolution::Static {
-                Some(format!(
-                    "a gateway reaches ServiceEntry host {host} only through STATIC endpoints yet (its entry {} has resolution {:?}; weft's gateway does not resolve names)",
-                    entry.source, entry.resolution
-                ))
-            } else {
-                None
-            };
-            let endpoints = entry
-                .ports
-                .iter()
-                .find(|p| p.number == port)
-                .map(|p| p.endpoints.clone())
-                .unwrap_or_default();
-            let why = why.or_else(|| {
-                endpoints.is_empty().then(|| {
-                    format!(
+            let entry = self.seen_from(&host, namespace);
+            let declared = entry.and_then(|e| e.service.ports.iter().find(|p| p.number == port));
+            let why = match (entry, declared) {
+                (None, _) => Some(format!(
+                    "no ServiceEntry of host {host} ({}) is exported to the gateway's namespace {namespace}",
+                    list.iter()
+                        .map(|e| e.service.source.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                (Some(e), _) if e.service.resolution == Resolution::None => Some(format!(
+                    "a gateway cannot send to ServiceEntry host {host} with resolution NONE (its entry {}): it would go where the gateway dialled, which is the gateway itself; use DNS or STATIC",
+                    e.service.source
+                )),
+                (Some(e), None) => Some(format!(
+                    "ServiceEntry {} declares no port {port} for host {host}",
+                    e.service.source
+                )),
+                (Some(e), Some(p))
+                    if e.service.resolution == Resolution::Static && p.endpoints.is_empty() =>
+                {
+                    Some(format!(
                         "ServiceEntry {} declares no endpoints for host {host} port {port}",
-                        entry.source
-                    )
-                })
-            });
+                        e.service.source
+                    ))
+                }
+                _ => None,
+            };
             if let Some(why) = why {
                 let (ns, name) = vs.split_once('/').unwrap_or(("", &vs));
                 let p = Problem {
@@ -575,13 +713,24 @@ impl ExternalHosts {
                 }
                 continue;
             }
+            let (Some(entry), Some(declared)) = (entry, declared) else {
+                continue;
+            };
+            if entry.service.resolution == Resolution::Dns {
+                config.resolve.push(DnsDestination {
+                    host: host.clone(),
+                    port,
+                    name: host.clone(),
+                    target_port: entry.target_ports.get(&port).copied().unwrap_or(port),
+                });
+            }
             config.external.push(crate::snapshot::Service {
                 cluster_ip: None,
                 port,
                 name: host.clone(),
                 protocol: crate::snapshot::Protocol::Http,
                 detect_protocol: false,
-                endpoints,
+                endpoints: declared.endpoints.clone(),
                 subsets: BTreeMap::new(),
                 http: Vec::new(),
                 tls: None,
@@ -1117,8 +1266,9 @@ fn bound_gateways(vs_namespace: &str, gateways: &[String]) -> Vec<String> {
 }
 
 /// The listener table of one gateway proxy: `gateways` are the Gateways that select it,
-/// `virtual_services` every VirtualService of the mesh (those bound to one of these Gateways
-/// are used), `subsets` the DestinationRule subsets by host. Problems name what is not served.
+/// `virtual_services` every VirtualService the pods see, in the caller's order (Istio's for a
+/// gateway: private to the pods' namespace, exported to it, public; oldest first in each;
+/// those bound to one of these Gateways are used), `subsets` the DestinationRule subsets by host. Problems name what is not served.
 pub fn compile(
     registry: &Registry,
     subsets: &BTreeMap<String, SubsetLabels>,
@@ -1182,7 +1332,7 @@ pub fn compile(
             }
         }
     }
-    for vs in by_age(virtual_services) {
+    for vs in virtual_services {
         let Ok(spec) = read_virtual_service(vs) else {
             // Unreadable: the mesh compiler reports it once.
             continue;
@@ -1286,7 +1436,7 @@ pub fn compile(
                 let table = ports.entry(port).or_default();
                 if let Some((t, redirect)) = table.get_mut(&domain) {
                     // Istio merges the routes of several VirtualServices for one gateway
-                    // host in age order: the older one's routes come first.
+                    // host in that order: the earlier one's routes come first.
                     if !t.iter().any(|r| r.name == vs.id()) {
                         t.extend(routes);
                         *redirect |= https_redirect;
@@ -1386,7 +1536,7 @@ pub fn compile(
     }
     GatewayConfig {
         listeners,
-        external: Vec::new(),
+        ..GatewayConfig::default()
     }
 }
 
@@ -1454,8 +1604,7 @@ mod tests {
     }
 
     fn external_of(se: &Value) -> ExternalHosts {
-        let compiled = super::super::egress::compile("shop", "partner", se).unwrap();
-        ExternalHosts::new([(compiled.export, compiled.services)])
+        ExternalHosts::new([super::super::egress::compile("shop", "partner", se).unwrap()])
     }
 
     #[test]
@@ -1586,10 +1735,10 @@ mod tests {
     fn a_gateway_names_an_entry_it_cannot_reach_and_a_virtual_service_refused_on_one_server_lays_nothing()
      {
         let (se, gw, vs) = egress_task();
-        let mut dns = se.clone();
-        dns["resolution"] = json!("DNS");
-        dns.as_object_mut().unwrap().remove("endpoints");
-        let external = external_of(&dns);
+        let mut none = se.clone();
+        none["resolution"] = json!("NONE");
+        none.as_object_mut().unwrap().remove("endpoints");
+        let external = external_of(&none);
         let registry = egress_registry(&external);
         let mut problems = Vec::new();
         let mut config = compile(
@@ -1603,9 +1752,7 @@ mod tests {
         external.fill_gateway("istio-egress", &mut config, &mut problems);
         assert!(config.external.is_empty());
         assert!(
-            problems[0]
-                .message
-                .contains("only through STATIC endpoints"),
+            problems[0].message.contains("resolution NONE"),
             "{problems:?}"
         );
         // Bound to two Gateways: refused on the second (sourceLabels), so the first gets none
@@ -1633,6 +1780,197 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.name == "two" && p.message.contains("sourceLabels")),
+            "{problems:?}"
+        );
+    }
+
+    /// Istio's own task: the external host with `resolution: DNS` and no endpoints.
+    #[test]
+    fn a_dns_entry_reaches_the_gateway_as_a_name_to_resolve_on_its_target_port() {
+        let (se, gw, vs) = egress_task();
+        let mut dns = se.clone();
+        dns["resolution"] = json!("DNS");
+        dns["ports"][0]["targetPort"] = json!(18080);
+        dns.as_object_mut().unwrap().remove("endpoints");
+        let external = external_of(&dns);
+        let registry = egress_registry(&external);
+        let mut problems = Vec::new();
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "direct-partner", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("istio-egress", &mut config, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.external.len(), 1);
+        let ext = &config.external[0];
+        assert_eq!((ext.name.as_str(), ext.port), ("partner.weft.test", 80));
+        assert!(ext.endpoints.is_empty(), "the proxy fills them in");
+        assert_eq!(
+            config.resolve,
+            [DnsDestination {
+                host: "partner.weft.test".into(),
+                port: 80,
+                name: "partner.weft.test".into(),
+                target_port: 18080,
+            }]
+        );
+        // Without targetPort the port's number is dialled; the field survives the wire.
+        dns["ports"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("targetPort");
+        let external = external_of(&dns);
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "direct-partner", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("istio-egress", &mut config, &mut problems);
+        assert_eq!(config.resolve[0].target_port, 80);
+        let wire = serde_json::to_value(&config).unwrap();
+        assert_eq!(wire["resolve"][0]["targetPort"], 80);
+        let back: GatewayConfig = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, config);
+    }
+
+    /// Several ServiceEntries for one host: those of one namespace merge (ports and
+    /// endpoints, as Istio merges them); what cannot merge is named on the newer entry; another
+    /// namespace's entry is used only where it is seen, its own namespace's first.
+    #[test]
+    fn entries_for_one_host_merge_per_namespace_and_conflicts_are_named() {
+        let entry = |ns: &str, name: &str, spec: Value| {
+            super::super::egress::compile(ns, name, &spec).unwrap()
+        };
+        let a = entry(
+            "shop",
+            "a",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "198.18.0.1", "ports": {"http": 18080}}]}),
+        );
+        let b = entry(
+            "shop",
+            "b",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                          {"number": 8080, "name": "alt", "protocol": "HTTP"}],
+                "endpoints": [{"address": "198.18.0.2", "ports": {"http": 18080, "alt": 18081}}]}),
+        );
+        let c = entry(
+            "shop",
+            "c",
+            json!({"hosts": ["partner.weft.test"], "resolution": "DNS",
+                "ports": [{"number": 9090, "name": "http", "protocol": "HTTP"}]}),
+        );
+        let d = entry(
+            "shop",
+            "d",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                "ports": [{"number": 80, "name": "tcp", "protocol": "TCP"}],
+                "endpoints": [{"address": "198.18.0.3"}]}),
+        );
+        let other = entry(
+            "partners",
+            "own",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC", "exportTo": ["."],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "198.18.0.9", "ports": {"http": 18080}}]}),
+        );
+        let external = ExternalHosts::new([a, b, c, d, other]);
+        let named: Vec<(&str, &str)> = external
+            .problems()
+            .iter()
+            .map(|p| (p.name.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named[0].0, "c");
+        assert!(
+            named[0].1.contains("resolution STATIC, this one says DNS"),
+            "{named:?}"
+        );
+        assert_eq!(named[1].0, "d");
+        assert!(
+            named[1].1.contains("protocol HTTP, this one says TCP"),
+            "{named:?}"
+        );
+        assert!(
+            external
+                .problems()
+                .iter()
+                .all(|p| p.kind == super::super::egress::SERVICE_ENTRY && p.namespace == "shop")
+        );
+        // Both ports reach the registry, so a VirtualService may route either.
+        let registry = egress_registry(&external);
+        let (_, gw, _) = egress_task();
+        let vs = json!({"hosts": ["partner.weft.test"], "gateways": ["istio-egress/egressgateway"],
+            "http": [
+                {"match": [{"uri": {"prefix": "/alt"}}],
+                 "route": [{"destination": {"host": "partner.weft.test", "port": {"number": 8080}}}]},
+                {"route": [{"destination": {"host": "partner.weft.test", "port": {"number": 80}}}]}]});
+        let gateway_in = |ns: &str| {
+            let mut problems = Vec::new();
+            let mut config = compile(
+                &registry,
+                &BTreeMap::new(),
+                &[src("istio-egress", "egressgateway", "1", &gw)],
+                &[src("shop", "vs", "1", &vs)],
+                None,
+                &mut problems,
+            );
+            external.fill_gateway(ns, &mut config, &mut problems);
+            assert!(problems.is_empty(), "{problems:?}");
+            let mut out: Vec<(u16, Vec<String>)> = config
+                .external
+                .iter()
+                .map(|s| {
+                    (
+                        s.port,
+                        s.endpoints.iter().map(|e| e.addr().to_string()).collect(),
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(
+            gateway_in("istio-egress"),
+            [
+                (
+                    80,
+                    vec!["198.18.0.1:18080".to_string(), "198.18.0.2:18080".into()]
+                ),
+                (8080, vec!["198.18.0.2:18081".to_string()]),
+            ],
+            "shop's entries merged; the private entry of partners is not seen"
+        );
+        // A gateway in `partners` takes its own namespace's entry (it declares no 8080).
+        let mut problems = Vec::new();
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "vs", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("partners", &mut config, &mut problems);
+        let eps: Vec<String> = config
+            .external
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.addr().to_string()))
+            .collect();
+        assert_eq!(eps, ["198.18.0.9:18080"]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("declares no port 8080")),
             "{problems:?}"
         );
     }
@@ -1975,7 +2313,7 @@ mod tests {
     }
 
     #[test]
-    fn two_virtual_services_for_one_host_merge_oldest_first() {
+    fn two_virtual_services_for_one_host_merge_in_the_callers_order() {
         let (gw, _) = seed_003();
         let older = json!({"hosts": ["shop.internal.contoso.com"], "gateways": ["storefront-internal"],
             "http": [{"match": [{"uri": {"prefix": "/api"}}],
@@ -1983,6 +2321,24 @@ mod tests {
         let newer = json!({"hosts": ["shop.internal.contoso.com"], "gateways": ["storefront-internal"],
             "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
         let mut problems = Vec::new();
+        let config = compile(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[
+                src("payments", "a-older", "1", &older),
+                src("payments", "b-newer", "2", &newer),
+            ],
+            None,
+            &mut problems,
+        );
+        let vh = config.listeners[0]
+            .virtual_host("shop.internal.contoso.com")
+            .unwrap();
+        let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["payments/a-older", "payments/b-newer"]);
+        // The caller's order wins over age (a VirtualService private to the pods' namespace
+        // comes before an older public one in Istio's order).
         let config = compile(
             &registry(),
             &BTreeMap::new(),
@@ -1998,7 +2354,7 @@ mod tests {
             .virtual_host("shop.internal.contoso.com")
             .unwrap();
         let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["payments/a-older", "payments/b-newer"]);
+        assert_eq!(names, ["payments/b-newer", "payments/a-older"]);
     }
 
     fn credential(name: &str) -> Result<Credential, String> {

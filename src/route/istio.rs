@@ -334,6 +334,7 @@ pub fn compile_destination_rule(
             .filter_map(|s| Some((s.name.clone(), client_tls(s.traffic_policy.as_ref())?)))
             .collect(),
         rule: src.id(),
+        rules: vec![src.id()],
         ports: port_policies(&spec, &traffic),
     };
     Ok((host, subsets, tls))
@@ -433,6 +434,9 @@ pub fn destination_rules_with_tls(
             Err(e) => notes.push(format!("{e}; the DestinationRule is not applied")),
             Ok((host, subsets, tls)) => {
                 let known = tls_out.entry(host.clone()).or_default();
+                if !known.rules.contains(&src.id()) {
+                    known.rules.push(src.id());
+                }
                 if let Some(mode) = tls.mode {
                     match known.mode {
                         None => {
@@ -503,6 +507,7 @@ pub fn destination_rules_with_tls(
             || !t.traffic.is_empty()
             || !t.subset_traffic.is_empty()
             || !t.ports.is_empty()
+            || !t.rules.is_empty()
     });
     (out, tls_out)
 }

@@ -141,6 +141,9 @@ pub struct HostPolicy {
     pub subset_traffic: BTreeMap<String, super::TrafficPolicy>,
     /// `<namespace>/<name>` of the DestinationRule.
     pub rule: String,
+    /// Every DestinationRule merged for this host (`<namespace>/<name>`, oldest first): what
+    /// `weft describe pod` names as applying.
+    pub rules: Vec<String>,
     /// Service port -> the whole policy at that port, where `portLevelSettings` (of the
     /// rule or of a subset) name it; it replaces the fields above for that port's entry.
     pub ports: BTreeMap<u16, PortPolicy>,

@@ -259,6 +259,28 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         http_route_groups: &hrgs,
     };
     let mut tables = compile::compile(&registry, resources);
+    // The shared lookup's findings hold for the sidecars that get the shared tables: those of
+    // namespaces outside `clients`. When there is none (every meshed namespace has its own
+    // lookup, compiled below, which names every invalid resource again), a finding of the
+    // shared lookup alone (a subset only a namespace's own rule defines, for a VirtualService
+    // exported everywhere) concerns no proxy and is not reported. Gateway pods do not count:
+    // they bind only the VirtualServices naming their Gateway.
+    let clients = client_namespaces(view, &drs, &vss);
+    let shared_used = view
+        .pods
+        .iter()
+        .filter(|p| !is_gateway_pod(p))
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(contract::LABEL_REVISION))
+        })
+        .filter_map(|p| p.metadata.namespace.as_deref())
+        .any(|ns| !clients.contains(ns));
+    if !clients.is_empty() && !shared_used {
+        tables.problems.clear();
+    }
     // GAMMA routes onto the same tables (a VirtualService's host keeps its own).
     let gamma = super::gamma::apply(view, &registry, &mut tables);
     // Pod labels by pod IP: an endpoint is a pod's IP (the view holds the meshed pods).
@@ -271,7 +293,6 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         })
         .collect();
     // The tables before routing, for the namespaces that see other routes.
-    let clients = client_namespaces(view, &drs, &vss);
     let plain = (!clients.is_empty()).then(|| (services.to_vec(), headless.to_vec()));
     lay(&tables, &labels, services, headless);
     // A sidecar's routes for ServiceEntry hosts (the egress-gateway pattern): address-less
@@ -949,6 +970,81 @@ mod tests {
             .map(|p| p.message.as_str())
             .collect();
         assert!(about.is_empty(), "the subset is defined for gw: {about:?}");
+    }
+
+    /// A VirtualService exported everywhere naming a subset that only its own namespace's
+    /// rule (for another namespace's Service) defines: the shared lookup's "no such subset"
+    /// is reported while sidecars of another namespace get the shared tables (they would get
+    /// NR), and not once no such sidecar is left (a gateway pod does not count).
+    #[test]
+    fn a_subset_missing_only_from_the_shared_lookup_is_reported_while_a_sidecar_uses_it() {
+        use super::super::model::tests::pod;
+        let mut v = view();
+        v.pods
+            .push(pod("front", "shop-1", "198.18.2.2", "shop", true));
+        v.destination_rules = vec![obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"namespace": "front", "name": "db-v1"},
+            "spec": {"host": "db.pets.svc.cluster.local",
+                     "subsets": [{"name": "v1", "labels": {"app": "db"}}]}
+        }))];
+        v.virtual_services = vec![obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"namespace": "front", "name": "db"},
+            "spec": {"hosts": ["db.pets.svc.cluster.local"], "http": [
+                {"route": [{"destination": {"host": "db.pets.svc.cluster.local", "subset": "v1"}}]}]}
+        }))];
+        let about_vs = |v: &super::super::MeshView| -> Vec<String> {
+            MeshIndex::build(v)
+                .problems
+                .iter()
+                .filter(|p| p.kind == "VirtualService" && p.name == "db")
+                .map(|p| p.message.clone())
+                .collect()
+        };
+        // pets' sidecars (web-1, db-1) get the shared tables: for them the subset is missing.
+        let found = about_vs(&v);
+        assert!(
+            found.len() == 1 && found[0].contains("subset \"v1\""),
+            "{found:?}"
+        );
+        // Without a meshed pod in pets (only an unmeshed one and a gateway pod), no sidecar
+        // uses the shared lookup: front's own sees the subset, nothing is reported.
+        for p in v
+            .pods
+            .iter_mut()
+            .filter(|p| p.metadata.namespace.as_deref() == Some("pets"))
+        {
+            let mut plain = (**p).clone();
+            if let Some(l) = plain.metadata.labels.as_mut() {
+                l.remove(crate::contract::LABEL_REVISION);
+            }
+            *p = Arc::new(plain);
+        }
+        v.pods.push(obj(json!({
+            "metadata": {"namespace": "pets", "name": "ingress-1",
+                "labels": {"istio": "ingress", "weft.dev/revision": "stable"},
+                "annotations": {(crate::contract::ANNOTATION_INJECT_TEMPLATES): crate::contract::TEMPLATE_GATEWAY}},
+            "spec": {"serviceAccountName": "ingress", "containers": [{"name": "istio-proxy"}]},
+            "status": {"podIP": "198.18.1.8"}
+        })));
+        assert_eq!(about_vs(&v), Vec::<String>::new());
+        // An invalid resource is still named (each client namespace's lookup checks it).
+        v.virtual_services.push(obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"namespace": "front", "name": "bad"},
+            "spec": {"hosts": ["db.pets.svc.cluster.local"], "http": [{"corsPolicy": {},
+                "route": [{"destination": {"host": "db.pets.svc.cluster.local"}}]}]}
+        })));
+        let index = MeshIndex::build(&v);
+        assert!(
+            index
+                .problems
+                .iter()
+                .any(|p| p.name == "bad" && p.message.contains("corsPolicy")),
+            "{:?}",
+            index.problems
+        );
     }
 
     /// Issue 19's convergence target ("only the affected proxies get a weight change"): in a

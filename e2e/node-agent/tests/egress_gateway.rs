@@ -12,6 +12,10 @@
 //! gateway's metrics count the request (reporter `source`), the client's direct call to the
 //! node is refused under REGISTRY_ONLY, and `weft check` names the unmeshed pod that reaches
 //! the host without the gateway.
+//!
+//! A second test does the same with `resolution: DNS` (the form Istio's task uses): the
+//! gateway resolves the host through its pod's resolver (CoreDNS) and dials the answer; a
+//! declared host that does not resolve gets 503 UH from the gateway, which logs its name.
 
 mod support;
 
@@ -400,4 +404,295 @@ spec:
         !line.contains(&format!("{APPS}/client reaches")),
         "the meshed client goes through the gateway: {line}"
     );
+}
+
+// === resolution: DNS (Istio's own egress-gateway task declares its host so) ===
+
+const DNS_GATEWAY_NS: &str = "istio-egress-dns";
+const DNS_GATEWAY: &str = "egressgateway-dns";
+const DNS_APPS: &str = "egress-dns-apps";
+/// A name the cluster's CoreDNS resolves to the node address without any Service or test
+/// DNS server: its `kubernetes` plugin runs with `pods insecure` (e2e/cluster/coredns.yaml), so
+/// `<a-b-c-d>.<namespace>.pod.cluster.local` answers `a.b.c.d`. It stands for an external
+/// host the gateway pod's resolver knows (CoreDNS serves `cluster.local` only here; the
+/// node agent implements no `hostAliases`); it is not a Kubernetes Service, so weft treats it
+/// as any external name.
+const DNS_HOST: &str = "198-18-0-1.egress-dns-apps.pod.cluster.local";
+/// A declared host no nameserver knows: the gateway answers 503 for it.
+const NX_HOST: &str = "nowhere.weft.test";
+/// The entries' port (what the app dials) and their `targetPort` (where the node's server
+/// listens, which the gateway dials on the resolved address).
+const DNS_PORT: u16 = 8090;
+const DNS_TARGET: u16 = 18090;
+
+/// The task with `resolution: DNS` and no endpoints, one VirtualService per host. The entries
+/// are exported to their namespace and the gateway's only, so no other test's client sees them.
+fn dns_task_yaml() -> String {
+    let entry = |name: &str, host: &str| {
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: {DNS_APPS}}}
+spec:
+  hosts: [{host}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  exportTo: [".", {DNS_GATEWAY_NS}]
+  ports:
+  - {{number: {DNS_PORT}, name: http, protocol: HTTP, targetPort: {DNS_TARGET}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}-through-egress-gateway, namespace: {DNS_APPS}}}
+spec:
+  hosts: [{host}]
+  gateways: [{DNS_GATEWAY_NS}/{DNS_GATEWAY}, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: {DNS_PORT}
+    route:
+    - destination:
+        host: {DNS_GATEWAY}.{DNS_GATEWAY_NS}.svc.cluster.local
+        subset: external
+        port: {{number: 443}}
+  - match:
+    - gateways: [{DNS_GATEWAY_NS}/{DNS_GATEWAY}]
+      port: 443
+    route:
+    - destination:
+        host: {host}
+        port: {{number: {DNS_PORT}}}
+---
+"#
+        )
+    };
+    format!(
+        r#"{}{}
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {DNS_GATEWAY}, namespace: {DNS_GATEWAY_NS}}}
+spec:
+  selector: {{istio: {DNS_GATEWAY}}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [{DNS_HOST}, {NX_HOST}]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-external, namespace: {DNS_APPS}}}
+spec:
+  host: {DNS_GATEWAY}.{DNS_GATEWAY_NS}.svc.cluster.local
+  subsets:
+  - name: external
+"#,
+        entry("partner-dns", DNS_HOST),
+        entry("nowhere", NX_HOST)
+    )
+}
+
+/// An HTTP server on the node address, port `port`, as [`external_server`].
+fn external_server_on(port: u16) -> Seen {
+    let listener = TcpListener::bind((NODE_IP, port)).expect("bind the node address");
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                if let Ok(peer) = stream.peer_addr() {
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((peer.ip(), String::from_utf8_lossy(&head).into_owned()));
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal",
+                );
+            });
+        }
+    });
+    seen
+}
+
+/// The HTTP status the pod's curl saw for `url`, with `resolve` pins (`host:port:addr`).
+fn curl_pinned(ns: &Namespace, pod: &str, url: &str, resolve: &[String]) -> String {
+    let mut args = vec![
+        "exec",
+        pod,
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ];
+    for r in resolve {
+        args.extend(["--resolve", r.as_str()]);
+    }
+    args.push(url);
+    let out = ns.kubectl(&args);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_dns_entry_leaves_through_the_egress_gateway_which_resolves_its_host() {
+    let c = deployed();
+    let seen = external_server_on(DNS_TARGET);
+    c.apply_server_side(&format!(
+        r#"
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: {REVISION}, namespace: weft-system}}
+spec:
+  proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
+  traffic: {{outboundTrafficPolicy: REGISTRY_ONLY}}
+  accessLog: {{enabled: true}}
+"#
+    ));
+    let gw_ns = c.namespace(DNS_GATEWAY_NS);
+    let apps = c.namespace(DNS_APPS);
+    c.ok(&[
+        "label",
+        "namespace",
+        DNS_APPS,
+        &format!("istio.io/rev={REVISION}"),
+    ]);
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        DNS_GATEWAY,
+        "--namespace",
+        DNS_GATEWAY_NS,
+        "--revision",
+        REVISION,
+    ]));
+    c.apply(&dns_task_yaml());
+    apps.apply(CLIENT);
+    gw_ns.ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{DNS_GATEWAY}"),
+        "--timeout=180s",
+    ]);
+    apps.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=90s",
+    ]);
+    let gateway_pod = gw_ns.jsonpath(
+        &format!("pods -l istio={DNS_GATEWAY}"),
+        "{.items[0].metadata.name}",
+    );
+    let gateway_ip: IpAddr = gw_ns
+        .jsonpath(&format!("pod {gateway_pod}"), "{.status.podIP}")
+        .parse()
+        .expect("the gateway pod's IP");
+
+    // Both entries are accepted, and no VirtualService is refused for their resolution (a
+    // gateway route to a DNS host was refused by name before).
+    for se in ["partner-dns", "nowhere"] {
+        let accepted = wait_for(
+            Duration::from_secs(30),
+            || {
+                apps.jsonpath(
+                    &format!("serviceentry {se}"),
+                    "{.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+                )
+            },
+            |s| s == "True",
+        );
+        assert_eq!(accepted, "True", "{se}");
+    }
+    for vs in [
+        "partner-dns-through-egress-gateway",
+        "nowhere-through-egress-gateway",
+    ] {
+        let message = apps.jsonpath(
+            &format!("virtualservice {vs}"),
+            "{.status.conditions[?(@.type==\"WeftAccepted\")].message}",
+        );
+        assert!(!message.contains("resolution"), "{vs}: {message}");
+    }
+
+    // The client resolves the host through CoreDNS itself (no pin), its sidecar sends the
+    // request to the gateway, the gateway resolves the host and dials targetPort there.
+    let url = format!("http://{DNS_HOST}:{DNS_PORT}/dns-via-gateway");
+    let code = wait_for(
+        Duration::from_secs(60),
+        || curl_pinned(&apps, "client", &url, &[]),
+        |code| code == "200",
+    );
+    assert_eq!(code, "200");
+    let from = sources(&seen, "/dns-via-gateway");
+    assert!(!from.is_empty(), "the external server saw no request");
+    assert!(
+        from.iter().all(|ip| *ip == gateway_ip),
+        "the external server must see the egress gateway pod {gateway_ip}: {from:?}"
+    );
+    let gw_metrics = gw_ns.proxy_metrics(&gateway_pod);
+    let out = series(
+        &gw_metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", DNS_HOST),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(
+        out.iter().map(|l| value(l)).sum::<f64>() >= 1.0,
+        "no gateway series for {DNS_HOST}: {gw_metrics}"
+    );
+
+    // A declared host that does not resolve: the gateway answers 503 UH and says which.
+    let nx = format!("http://{NX_HOST}:{DNS_PORT}/nowhere");
+    let pin = [format!("{NX_HOST}:{DNS_PORT}:{NODE_IP}")];
+    assert_eq!(curl_pinned(&apps, "client", &nx, &pin), "503");
+    assert!(sources(&seen, "/nowhere").is_empty());
+    let gw_metrics = gw_ns.proxy_metrics(&gateway_pod);
+    let failed = series(
+        &gw_metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", NX_HOST),
+            ("response_code", "503"),
+            ("response_flags", "UH"),
+        ],
+    );
+    assert!(
+        !failed.is_empty(),
+        "no 503 UH series for {NX_HOST}: {gw_metrics}"
+    );
+    let logs = gw_ns.ok(&["logs", &gateway_pod, "-c", "istio-proxy"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(NX_HOST) && l.contains("DNS destination")),
+        "the gateway's log names the host that does not resolve: {logs}"
+    );
+
+    // The client cannot go around the gateway to the resolved address.
+    let direct = format!("http://{NODE_IP}:{DNS_TARGET}/dns-direct");
+    assert_eq!(curl_pinned(&apps, "client", &direct, &[]), "502");
+    assert!(sources(&seen, "/dns-direct").is_empty());
 }

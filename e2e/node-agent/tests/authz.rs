@@ -492,3 +492,256 @@ fn bad_policies_are_refused_by_name_fail_closed_and_leave_the_rest_of_the_mesh_f
     expect(&bad, "caller", "GET", &url(&bad, "/"), "200");
     expect(&bystander, "caller", "GET", &url(&bystander, "/"), "200");
 }
+
+/// Istio's egress-gateway pattern with an AuthorizationPolicy on the egress gateway: only one
+/// namespace's workloads may leave. Two meshed client namespaces send a declared external
+/// host's requests to the egress gateway over mesh mTLS (its `ISTIO_MUTUAL` port, as
+/// `tests/egress_gateway.rs` sets it up, with this test's own revision, host and node port);
+/// an ALLOW policy on the gateway pods names one client namespace, which the gateway reads
+/// from the client's verified certificate: that client's requests reach the external server
+/// on the node, the other's get 403 from the gateway. `weft authz explain` on the gateway pod
+/// agrees.
+#[test]
+fn an_egress_gateway_lets_only_the_allowed_namespace_leave() {
+    use std::io::{Read, Write};
+    const REVISION: &str = "gw-authz-egress";
+    const NODE_IP: &str = "198.18.0.1";
+    const EXTERNAL_PORT: u16 = 18081;
+    const HOST: &str = "partner-authz.weft.test";
+    const GW_NS: &str = "gw-authz-egress";
+    const GW: &str = "egress-authz";
+    const ALLOWED: &str = "gw-authz-leavers";
+    const OTHERS: &str = "gw-authz-stayers";
+    let c = support::deployed();
+    // The external server: answers 200 and counts what reached it, by path.
+    let listener =
+        std::net::TcpListener::bind((NODE_IP, EXTERNAL_PORT)).expect("bind the node address");
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                record.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nexternal",
+                );
+            });
+        }
+    });
+    let reached = |path: &str| {
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|l| l.starts_with(&format!("GET {path} ")))
+    };
+    c.apply_server_side(&format!(
+        r#"
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: {REVISION}, namespace: weft-system}}
+spec:
+  proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
+  traffic: {{outboundTrafficPolicy: REGISTRY_ONLY}}
+"#
+    ));
+    let gw_ns = c.namespace(GW_NS);
+    let allowed = c.namespace(ALLOWED);
+    let others = c.namespace(OTHERS);
+    for ns in [ALLOWED, OTHERS] {
+        c.ok(&[
+            "label",
+            "namespace",
+            ns,
+            &format!("istio.io/rev={REVISION}"),
+        ]);
+    }
+    let out = weft(&[
+        "gateway",
+        "install",
+        "--name",
+        GW,
+        "--namespace",
+        GW_NS,
+        "--revision",
+        REVISION,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw_ns.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - address: {NODE_IP}
+    ports: {{http: {EXTERNAL_PORT}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {GW}}}
+spec:
+  selector: {{istio: {GW}}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [{HOST}]
+    tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egress-for-partner}}
+spec:
+  host: {GW}.{GW_NS}.svc.cluster.local
+  subsets:
+  - name: partner
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-through-egress}}
+spec:
+  hosts: [{HOST}]
+  gateways: [{GW_NS}/{GW}, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination:
+        host: {GW}.{GW_NS}.svc.cluster.local
+        subset: partner
+        port: {{number: 443}}
+  - match:
+    - gateways: [{GW_NS}/{GW}]
+      port: 443
+    route:
+    - destination:
+        host: {HOST}
+        port: {{number: 80}}
+"#
+    ));
+    for ns in [&allowed, &others] {
+        ns.apply(&client("client", "leaver"));
+    }
+    gw_ns.ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{GW}"),
+        "--timeout=180s",
+    ]);
+    for ns in [&allowed, &others] {
+        ready(ns, "pod/client");
+    }
+    let gw_pod = gw_ns.jsonpath(&format!("pods -l istio={GW}"), "{.items[0].metadata.name}");
+    let curl = |ns: &Namespace, path: &str| {
+        let out = ns.kubectl(&[
+            "exec",
+            "client",
+            "-c",
+            "client",
+            "--",
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("{HOST}:80:{NODE_IP}"),
+            "-w",
+            " %{http_code}",
+            &format!("http://{HOST}{path}"),
+        ]);
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let status = body.rsplit(' ').next().unwrap_or_default().to_string();
+        format!("{status} {}", body.trim_end_matches(&status).trim())
+    };
+
+    // Without a policy both namespaces leave through the gateway.
+    for (ns, path) in [(&allowed, "/before-allowed"), (&others, "/before-others")] {
+        wait_for(
+            Duration::from_secs(90),
+            || curl(ns, path),
+            |a| a.starts_with("200 "),
+        );
+        assert!(reached(path), "{path} did not reach the external server");
+    }
+
+    // Only the allowed namespace may leave: the gateway reads it from the caller's certificate.
+    gw_ns.apply(&format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: only-leavers}}
+spec:
+  selector: {{matchLabels: {{istio: {GW}}}}}
+  rules:
+  - from: [{{source: {{namespaces: ["{ALLOWED}"]}}}}]
+"#
+    ));
+    // Until the policy reaches the gateway the polls may still leave: each uses its own path.
+    let mut attempt = 0;
+    let refused = wait_for(
+        Duration::from_secs(60),
+        || {
+            attempt += 1;
+            curl(&others, &format!("/while-propagating-{attempt}"))
+        },
+        |a| a.starts_with("403 "),
+    );
+    assert_eq!(refused, "403 RBAC: access denied");
+    let denied = curl(&others, "/after-others");
+    assert_eq!(denied, "403 RBAC: access denied");
+    assert!(
+        !reached("/after-others"),
+        "a denied request reached the external server"
+    );
+    let left = curl(&allowed, "/after-allowed");
+    assert_eq!(left, "200 external");
+    assert!(reached("/after-allowed"));
+
+    // The explanation on the gateway pod names the same policy for the same callers.
+    let explain = |from: &str| {
+        let out = weft(&[
+            "authz", "explain", &gw_pod, "-n", GW_NS, "--from", from, "--port", "443", "--host",
+            HOST, "--path", "/",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let yes = explain(&format!("{ALLOWED}/client"));
+    assert!(yes.contains("Gateway:   "), "{yes}");
+    assert!(
+        yes.contains(&format!(
+            "Because:   rule 0 of ALLOW policy {GW_NS}/only-leavers matched"
+        )),
+        "{yes}"
+    );
+    let no = explain(&format!("{OTHERS}/client"));
+    assert!(no.contains("Decision:  DENY"), "{no}");
+}

@@ -637,7 +637,7 @@ mod tests {
                 policy(
                     "weft-system",
                     "all-ingress",
-                    json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY", "rules": [{"from": [{"source": {"remoteIpBlocks": ["203.0.113.0/24"]}}]}]}),
+                    json!({"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY", "rules": [{"from": [{"source": {"remoteIpBlocks": ["198.18.200.0/24"]}}]}]}),
                 ),
                 policy("gw", "ns-wide", json!({"action": "AUDIT", "rules": [{}]})),
                 policy(

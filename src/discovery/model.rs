@@ -371,11 +371,16 @@ impl MeshIndex {
             names.sort_unstable();
             names.dedup();
             let labels = pod_labels.get(key).cloned().unwrap_or_default();
-            let restrictive_revision = restrictive
-                .get(pod.revision.as_str())
-                .copied()
-                .unwrap_or_default()
-                .then_some(pod.revision.as_str());
+            // OSM's restrictive mode governs calls between mesh workloads' service accounts;
+            // a gateway's callers (clients outside the mesh) have none a TrafficTarget could
+            // name, so a gateway pod is not under it (else an ingress gateway of a restrictive
+            // revision would refuse every request). Its AuthorizationPolicies still apply.
+            let restrictive_revision = (pod.gateway.is_none()
+                && restrictive
+                    .get(pod.revision.as_str())
+                    .copied()
+                    .unwrap_or_default())
+            .then_some(pod.revision.as_str());
             pod.authz = authz.for_pod(&Workload {
                 namespace: &key.0,
                 labels: &labels,

@@ -84,7 +84,11 @@ impl Resolver {
             }
             let outcome = dns::lookup(&self.servers, name).await;
             let (wait, said) = match outcome {
-                Lookup::Found { ips, ttl } => {
+                Lookup::Found { mut ips, ttl } => {
+                    // A nameserver that rotates its answer must not make every refresh a
+                    // new config (a whole snapshot republished, balancer state reset).
+                    ips.sort_unstable();
+                    ips.dedup();
                     let wait = Duration::from_secs(u64::from(ttl)).clamp(MIN_REFRESH, MAX_REFRESH);
                     let said = format!("{ips:?}");
                     if said != known.logged {
@@ -193,10 +197,18 @@ pub async fn run_with(ctx: Arc<ProxyContext>, republish: Republisher, servers: V
     loop {
         let current = changes.borrow_and_update().clone();
         if let Some(current) = current {
-            resolver.refresh(&wanted(&current), Instant::now()).await;
             if let Some(next) = laid(&current, &resolver) {
-                // A config that came while resolving wins; it is laid on the next turn.
+                // A new config arrives with its DNS destinations empty: lay the addresses
+                // already known at once, not after this turn's lookups (seconds with a slow
+                // nameserver, every request 503 UH meanwhile). Republishing wakes `changes`,
+                // and that turn refreshes what is due.
                 republish.replace(&current, SnapshotIndex::new(next));
+            } else {
+                resolver.refresh(&wanted(&current), Instant::now()).await;
+                if let Some(next) = laid(&current, &resolver) {
+                    // A config that came while resolving wins; it is laid on the next turn.
+                    republish.replace(&current, SnapshotIndex::new(next));
+                }
             }
         }
         let due = resolver.next_due();

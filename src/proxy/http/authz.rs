@@ -481,7 +481,7 @@ mod tests {
             ),
             (
                 "deny-block",
-                "action: DENY\nrules: [{from: [{source: {remoteIpBlocks: ['203.0.113.0/24']}}]}]",
+                "action: DENY\nrules: [{from: [{source: {remoteIpBlocks: ['198.18.200.0/24']}}]}]",
             ),
         ]);
         let client = gateway_facts(None, "198.18.0.1:40000");
@@ -533,12 +533,12 @@ mod tests {
             assert!(check(&client, "/", host).is_err(), "{host}");
         }
         // remoteIpBlocks: the TCP peer (no X-Forwarded-For is trusted).
-        let outsider = gateway_facts(None, "203.0.113.9:5555");
+        let outsider = gateway_facts(None, "198.18.200.9:5555");
         assert!(check(&outsider, "/shop", "shop.example.com").is_err());
         let mut forwarded = gateway_request("/shop", "shop.example.com");
         forwarded
             .headers
-            .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+            .insert("x-forwarded-for", "198.18.200.9".parse().unwrap());
         assert_eq!(
             authorize_gateway(&client, &config, &mut forwarded, false),
             Ok(()),
@@ -581,7 +581,7 @@ mod tests {
         let config = gateway_config(&[
             (
                 "deny-block-on-443",
-                "action: DENY\nrules: [{from: [{source: {ipBlocks: ['203.0.113.0/24']}}], to: [{operation: {ports: ['8443'], paths: ['/x']}}]}]",
+                "action: DENY\nrules: [{from: [{source: {ipBlocks: ['198.18.200.0/24']}}], to: [{operation: {ports: ['8443'], paths: ['/x']}}]}]",
             ),
             (
                 "allow-http-only",
@@ -593,10 +593,23 @@ mod tests {
             sni: Some("db.example.com".into()),
             ..gateway_facts(None, peer)
         };
-        // The DENY's path is ignored on a connection (matches more): denied on 8443.
+        // The DENY's path is ignored on a connection (matches more): denied on 8443. Judged
+        // alone too, where no ALLOW could be what denies it.
         assert!(!authorize_gateway_connection(
-            &conn("203.0.113.9:1", 8443),
+            &conn("198.18.200.9:1", 8443),
             &config
+        ));
+        let deny_only = gateway_config(&[(
+            "deny-block-on-443",
+            "action: DENY\nrules: [{from: [{source: {ipBlocks: ['198.18.200.0/24']}}], to: [{operation: {ports: ['8443'], paths: ['/x']}}]}]",
+        )]);
+        assert!(!authorize_gateway_connection(
+            &conn("198.18.200.9:1", 8443),
+            &deny_only
+        ));
+        assert!(authorize_gateway_connection(
+            &conn("198.18.0.1:1", 8443),
+            &deny_only
         ));
         // The only ALLOW uses a path: it matches no connection, so nothing else is allowed.
         assert!(!authorize_gateway_connection(
@@ -605,7 +618,7 @@ mod tests {
         ));
         let none = gateway_config(&[]);
         assert!(authorize_gateway_connection(
-            &conn("203.0.113.9:1", 8443),
+            &conn("198.18.200.9:1", 8443),
             &none
         ));
         let sni_only = gateway_config(&[(

@@ -11,7 +11,7 @@
 //! headless Services (dialled by pod IP, they get auto-mTLS like any endpoint). Its inbound
 //! side names the Services that target each of its ports, for `destination_service`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -264,6 +264,7 @@ impl MeshIndex {
         let mut pods = HashMap::new();
         let mut pod_labels = HashMap::new();
         let mut addresses = HashMap::new();
+        let mut gateway_pods = HashSet::new();
         for pod in &view.pods {
             let Some(key) = pod_key(pod) else { continue };
             let labels = labels_of(pod);
@@ -271,6 +272,9 @@ impl MeshIndex {
                 continue;
             };
             addresses.insert(key.clone(), pod_addresses(pod));
+            if super::routes::is_gateway_pod(pod) {
+                gateway_pods.insert(key.clone());
+            }
             let spec = pod.spec.as_ref();
             let service_account = spec
                 .and_then(|s| s.service_account_name.clone())
@@ -375,7 +379,7 @@ impl MeshIndex {
             // a gateway's callers (clients outside the mesh) have none a TrafficTarget could
             // name, so a gateway pod is not under it (else an ingress gateway of a restrictive
             // revision would refuse every request). Its AuthorizationPolicies still apply.
-            let restrictive_revision = (pod.gateway.is_none()
+            let restrictive_revision = (!gateway_pods.contains(key)
                 && restrictive
                     .get(pod.revision.as_str())
                     .copied()
@@ -1044,6 +1048,44 @@ pub(crate) mod tests {
             endpoint(&v, "db").1,
             UpstreamSecurity::Mtls { .. }
         ));
+    }
+
+    #[test]
+    fn a_gateway_pod_is_not_under_osms_restrictive_mode_and_a_sidecar_is() {
+        let mut v = view();
+        v.revisions = vec![obj(json!({
+            "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
+            "metadata": {"namespace": "weft-system", "name": "stable"},
+            "spec": {"traffic": {"enablePermissiveTrafficPolicyMode": false}}
+        }))];
+        let mut gw = (*pod("pets", "gw-1", "198.18.1.7", "gw", true)).clone();
+        gw.metadata.annotations = Some(
+            [(
+                contract::ANNOTATION_INJECT_TEMPLATES.to_string(),
+                contract::TEMPLATE_GATEWAY.to_string(),
+            )]
+            .into(),
+        );
+        v.pods.push(Arc::new(gw));
+        let index = MeshIndex::build(&v);
+        let policies = |name: &str| -> Vec<String> {
+            let key = ("pets".to_string(), name.to_string());
+            index.pods[&key]
+                .authz
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        };
+        assert!(
+            policies("web-1").iter().any(|n| n.contains("stable")),
+            "a sidecar of a restrictive revision gets its implicit deny-all: {:?}",
+            policies("web-1")
+        );
+        assert!(
+            policies("gw-1").is_empty(),
+            "an ingress gateway's outside callers have no service account a TrafficTarget names: {:?}",
+            policies("gw-1")
+        );
     }
 
     #[test]

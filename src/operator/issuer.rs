@@ -314,7 +314,17 @@ impl IssuerController {
         let ca_cert = match &vault.ca_cert_secret {
             None => None,
             Some(name) => match secrets.get_opt(name).await {
-                Ok(Some(secret)) => secret_value(&secret, VAULT_CA_CERT_KEY),
+                // A Secret without the key must not fall back to the image's public roots:
+                // that would ignore the user's setting and widen whom Vault's TLS trusts.
+                Ok(Some(secret)) => match secret_value(&secret, VAULT_CA_CERT_KEY) {
+                    Some(pem) => Some(pem),
+                    None => {
+                        return Err(format!(
+                            "Secret {}/{name} (--ca-cert-secret) has no key {VAULT_CA_CERT_KEY} (or it is empty): put the PEM CA of Vault's HTTPS certificate under {VAULT_CA_CERT_KEY}",
+                            self.namespace
+                        ));
+                    }
+                },
                 Ok(None) => {
                     return Err(format!(
                         "Secret {}/{name} (--ca-cert-secret) is missing: create it with key {VAULT_CA_CERT_KEY} holding the CA of Vault's HTTPS certificate",

@@ -525,9 +525,15 @@ impl VaultHttp {
             .map(|a| a.to_string())
             .unwrap_or_else(|| host.clone());
         let tls = if https {
-            let pem = match ca_cert_pem {
-                Some(pem) => pem.to_string(),
-                None => std::fs::read_to_string(SYSTEM_CA_BUNDLE).map_err(|e| {
+            let pem = match (ca_cert_pem, &config.ca_cert_secret) {
+                (Some(pem), _) => pem.to_string(),
+                // Named but not read: never fall back to the public roots (fail closed).
+                (None, Some(name)) => {
+                    return Err(format!(
+                        "no CA read from Secret {namespace}/{name} key {VAULT_CA_CERT_KEY} (--ca-cert-secret)"
+                    ));
+                }
+                (None, None) => std::fs::read_to_string(SYSTEM_CA_BUNDLE).map_err(|e| {
                     format!(
                         "HTTPS to Vault needs its CA: give --ca-cert-secret (a Secret with ca.crt), or the operator image's {SYSTEM_CA_BUNDLE} ({e})"
                     )
@@ -552,11 +558,11 @@ impl VaultHttp {
         } else {
             None
         };
-        let ca_source = match (&config.ca_cert_secret, ca_cert_pem) {
-            (Some(name), Some(_)) => format!(
+        let ca_source = match &config.ca_cert_secret {
+            Some(name) => format!(
                 "the CA in Secret {namespace}/{name} key {VAULT_CA_CERT_KEY} (--ca-cert-secret)"
             ),
-            _ => format!("the operator image's {SYSTEM_CA_BUNDLE} (no --ca-cert-secret)"),
+            None => format!("the operator image's {SYSTEM_CA_BUNDLE} (no --ca-cert-secret)"),
         };
         Ok(VaultHttp {
             host,
@@ -774,6 +780,15 @@ mod tests {
         match VaultHttp::new(&config, Some("not pem"), "weft-system") {
             Err(e) => assert!(e.contains("no certificate") || e.contains("PEM"), "{e}"),
             Ok(_) => panic!("a CA without certificates was accepted"),
+        }
+        // A named --ca-cert-secret that gave no CA never falls back to the public roots.
+        let named = VaultConfig {
+            ca_cert_secret: Some("vault-ca".into()),
+            ..config.clone()
+        };
+        match VaultHttp::new(&named, None, "weft-system") {
+            Err(e) => assert!(e.contains("weft-system/vault-ca"), "{e}"),
+            Ok(_) => panic!("a named CA Secret that gave nothing fell back to the system roots"),
         }
         let plain = VaultConfig {
             address: "http://[::1]:8200".into(),

@@ -243,12 +243,21 @@ pub fn wants_tunnel<B>(req: &Request<B>) -> bool {
     wants_tunnel_head(req.method(), req.version(), req.headers())
 }
 
-/// [`wants_tunnel`] of a request's head.
+/// [`wants_tunnel`] of a request's head. Only `Upgrade: websocket` is tunnelled (Istio's
+/// default `upgrade_configs`): after a tunnel no request is routed or authorized, so an
+/// `h2c` upgrade (or any other) would let a caller past a path policy on the requests it
+/// sends next. Any other `Upgrade` is dropped with the hop-by-hop headers and the request
+/// forwarded as plain HTTP/1.1, as Envoy does for h2c.
 pub fn wants_tunnel_head(method: &Method, version: Version, headers: &HeaderMap) -> bool {
     method == Method::CONNECT
         || (version != Version::HTTP_2
             && connection_has(headers, "upgrade")
-            && headers.contains_key(header::UPGRADE))
+            && headers
+                .get_all(header::UPGRADE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket")))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -537,6 +546,19 @@ mod tests {
         assert_eq!(req.headers()["connection"], "upgrade");
         let plain = Request::get("/").header("upgrade", "h2c").body(()).unwrap();
         assert!(!wants_tunnel(&plain), "Upgrade without Connection: upgrade");
+        // An h2c upgrade is never tunnelled (its later requests would skip routing and
+        // policy): the upgrade headers go and the request is forwarded as plain HTTP/1.1.
+        let mut h2c = Request::get("/public")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .body(())
+            .unwrap();
+        assert!(!wants_tunnel(&h2c));
+        prepare_request(&mut h2c, "198.18.0.1:80");
+        for name in ["upgrade", "connection", "http2-settings"] {
+            assert!(!h2c.headers().contains_key(name), "{name} forwarded");
+        }
     }
 
     #[test]

@@ -274,20 +274,10 @@ fn caller(from: &str, namespace: &str, trust_domain: &str) -> Result<Caller, Cli
     })
 }
 
-/// The host a gateway's policies see: without its port and a trailing dot (as
-/// `proxy::http::authz::gateway_host`, which the CLI build does not include).
+/// The host a gateway's policies see: the one its routing reads
+/// ([`crate::route::gateway::host_without_port`], as the proxy's `gateway_host`).
 fn gateway_host(authority: &str) -> &str {
-    let host = if authority.starts_with('[') {
-        authority
-            .find(']')
-            .map_or(authority, |end| &authority[..=end])
-    } else {
-        authority
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority, |(h, _)| h)
-    };
-    host.trim_end_matches('.')
+    crate::route::gateway::host_without_port(authority)
 }
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {

@@ -375,6 +375,13 @@ impl Listener {
 
 /// `authority` without its port and trailing dot, lowercased.
 fn host_of(authority: &str) -> String {
+    host_without_port(authority).to_ascii_lowercase()
+}
+
+/// `authority` without its port and a trailing dot (`shop.example.com.:443` is
+/// `shop.example.com`; an IPv6 literal keeps its brackets): the host a gateway routes by,
+/// and so the host its AuthorizationPolicies' `hosts` judge (proxy and `weft authz explain`).
+pub fn host_without_port(authority: &str) -> &str {
     let host = if authority.starts_with('[') {
         // An IPv6 literal keeps its brackets.
         authority
@@ -386,7 +393,7 @@ fn host_of(authority: &str) -> String {
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
 }
 
 // === ServiceEntry hosts as route hosts and destinations (egress gateways) ===

@@ -228,8 +228,19 @@ fn compile_pool(
             let at = format!("{at}.http.idleTimeout");
             // 0s is Envoy's "no idle timeout": the connection stays until the peer or a
             // request count closes it (the pool reads idle 0 as never).
-            match t.as_str().map(|t| millis(&at, t)) {
-                Some(Ok(ms)) => pool.idle_timeout_ms = Some(ms),
+            let parsed = t
+                .as_str()
+                .map(|t| crate::duration::parse(t).map_err(|e| format!("{at}: {e}")));
+            match parsed {
+                // Below a millisecond would round to 0, which reads as "never": the
+                // opposite of what was asked.
+                Some(Ok(d)) if !d.is_zero() && d.as_millis() == 0 => refused.push(format!(
+                    "{at}: {} is below 1ms (the pool counts whole milliseconds)",
+                    t.as_str().unwrap_or_default()
+                )),
+                Some(Ok(d)) => {
+                    pool.idle_timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                }
                 Some(Err(e)) => refused.push(e),
                 None => refused.push(format!("{at}: a duration such as \"30s\"")),
             }
@@ -460,6 +471,7 @@ mod tests {
         for (spec, named) in [
             (json!({"idleTimeout": "soon"}), "http.idleTimeout"),
             (json!({"idleTimeout": 5}), "http.idleTimeout: a duration"),
+            (json!({"idleTimeout": "500us"}), "500us is below 1ms"),
             (
                 json!({"maxRequestsPerConnection": -2}),
                 "maxRequestsPerConnection -2 is negative",

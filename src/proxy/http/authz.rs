@@ -166,18 +166,7 @@ pub fn rewrite_path(parts: &mut Parts, path: &str) -> Result<(), InvalidTarget> 
 /// judges the host the request is routed by (`shop.example.com.:443` is
 /// `shop.example.com`). Case is left to the matchers, which ignore it.
 pub fn gateway_host(authority: &str) -> &str {
-    let host = if authority.starts_with('[') {
-        // An IPv6 literal keeps its brackets.
-        authority
-            .find(']')
-            .map_or(authority, |end| &authority[..=end])
-    } else {
-        authority
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority, |(h, _)| h)
-    };
-    host.trim_end_matches('.')
+    crate::route::gateway::host_without_port(authority)
 }
 
 /// Why a gateway refuses a request before routing it.

@@ -314,8 +314,8 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
             .iter()
             .filter_map(|p| p.metadata.namespace.as_deref())
             .collect();
-        for ns in clients {
-            let mut own = compile::compile_for(&registry, resources, Some(&ns));
+        for ns in &clients {
+            let mut own = compile::compile_for(&registry, resources, Some(ns.as_str()));
             super::gamma::apply(view, &registry, &mut own);
             for p in std::mem::take(&mut own.problems) {
                 if !tables.problems.contains(&p) {
@@ -339,7 +339,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
                 &mut external_problems,
             ));
             if ns_services[..] != services[..] || ns_headless[..] != headless[..] {
-                namespaces.insert(ns, (ns_services, ns_headless));
+                namespaces.insert(ns.clone(), (ns_services, ns_headless));
             }
         }
     }
@@ -351,8 +351,15 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
             tables.problems.push(p);
         }
     }
-    let mut gateways =
-        gateway_configs(view, &registry, resources, &tables.subsets, &vss, &external);
+    let mut gateways = gateway_configs(
+        view,
+        &registry,
+        resources,
+        &clients,
+        &tables.subsets,
+        &vss,
+        &external,
+    );
     let mut gamma = gamma;
     let lookup = |ns: &str, name: &str| credential(view, ns, name);
     let gateway_api =
@@ -545,6 +552,7 @@ fn gateway_configs(
     view: &MeshView,
     registry: &Registry,
     resources: compile::Resources<'_>,
+    clients: &std::collections::BTreeSet<String>,
     subsets: &BTreeMap<String, crate::route::compile::SubsetLabels>,
     virtual_services: &[Source<'_>],
     external: &gateway::ExternalHosts,
@@ -573,6 +581,11 @@ fn gateway_configs(
     let selectors: Vec<Option<BTreeMap<String, String>>> =
         all.iter().map(|g| gateway::selector_of(g.spec)).collect();
     let mut compiled: HashMap<(String, Vec<usize>), GatewayConfig> = HashMap::new();
+    // Subsets as the DestinationRules visible in the pods' namespace define them, as Istio's
+    // gateway looks them up (its namespace's private rules in, others' out): the shared
+    // lookup's unless the namespace is a client with its own, looked up once per namespace.
+    let mut own_subsets: HashMap<&str, BTreeMap<String, crate::route::compile::SubsetLabels>> =
+        HashMap::new();
     for pod in view.pods.iter().filter(|p| is_gateway_pod(p)) {
         let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
             continue;
@@ -619,12 +632,16 @@ fn gateway_configs(
                     }
                 }
             }
-            // Subsets as the DestinationRules visible in the pods' namespace define them, as
-            // Istio's gateway looks them up (its namespace's private rules in, others' out).
-            let own = compile::compile_for(registry, resources, Some(ns));
+            let subsets = if clients.contains(ns) {
+                &*own_subsets.entry(ns.as_str()).or_insert_with(|| {
+                    compile::subsets_for(registry, resources.destination_rules, Some(ns))
+                })
+            } else {
+                subsets
+            };
             let mut config = gateway::compile(
                 registry,
-                &own.subsets,
+                subsets,
                 &selected,
                 &visible,
                 Some(&lookup),
@@ -842,12 +859,9 @@ mod tests {
         assert_ne!(moved, version);
     }
 
-    /// A gateway binds only the VirtualServices exported to its pods' namespace (Istio's
-    /// visibility): one private to `pets` never reaches the gateway in `gw`, one exported to
-    /// `gw` or everywhere does.
-    #[test]
-    fn a_gateway_binds_only_the_virtual_services_exported_to_its_namespace() {
-        let mut v = view();
+    /// Gateway pod `gw/ingress-1` (labels `istio: ingress`) and the Istio Gateway `gw/ingress`
+    /// selecting it, one HTTP server on port 80 for `hosts`.
+    fn ingress_gateway(v: &mut super::super::model::MeshView, hosts: &str) {
         v.pods.push(obj(json!({
             "metadata": {"namespace": "gw", "name": "ingress-1",
                 "labels": {"istio": "ingress", "weft.dev/revision": "stable"},
@@ -859,8 +873,17 @@ mod tests {
             "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
             "metadata": {"namespace": "gw", "name": "ingress"},
             "spec": {"selector": {"istio": "ingress"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [hosts]}]}
         }))];
+    }
+
+    /// A gateway binds only the VirtualServices exported to its pods' namespace (Istio's
+    /// visibility): one private to `pets` never reaches the gateway in `gw`, one exported to
+    /// `gw` or everywhere does.
+    #[test]
+    fn a_gateway_binds_only_the_virtual_services_exported_to_its_namespace() {
+        let mut v = view();
+        ingress_gateway(&mut v, "*");
         let vs = |name: &str, export: serde_json::Value| {
             obj(json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -925,19 +948,7 @@ mod tests {
     #[test]
     fn a_gateway_takes_subsets_from_the_rules_its_namespace_sees() {
         let mut v = view();
-        v.pods.push(obj(json!({
-            "metadata": {"namespace": "gw", "name": "ingress-1",
-                "labels": {"istio": "ingress", "weft.dev/revision": "stable"},
-                "annotations": {(crate::contract::ANNOTATION_INJECT_TEMPLATES): crate::contract::TEMPLATE_GATEWAY}},
-            "spec": {"serviceAccountName": "ingress", "containers": [{"name": "istio-proxy"}]},
-            "status": {"podIP": "198.18.3.1"}
-        })));
-        v.istio_gateways = vec![obj(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-            "metadata": {"namespace": "gw", "name": "ingress"},
-            "spec": {"selector": {"istio": "ingress"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}
-        }))];
+        ingress_gateway(&mut v, "*");
         v.destination_rules = vec![obj(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"namespace": "gw", "name": "db-versions"},
@@ -1142,19 +1153,7 @@ mod tests {
     #[test]
     fn a_gateway_takes_its_namespaces_private_routes_before_older_public_ones() {
         let mut v = view();
-        v.pods.push(obj(json!({
-            "metadata": {"namespace": "gw", "name": "ingress-1",
-                "labels": {"istio": "ingress", "weft.dev/revision": "stable"},
-                "annotations": {(crate::contract::ANNOTATION_INJECT_TEMPLATES): crate::contract::TEMPLATE_GATEWAY}},
-            "spec": {"serviceAccountName": "ingress", "containers": [{"name": "istio-proxy"}]},
-            "status": {"podIP": "198.18.3.1"}
-        })));
-        v.istio_gateways = vec![obj(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-            "metadata": {"namespace": "gw", "name": "ingress"},
-            "spec": {"selector": {"istio": "ingress"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*/*"]}]}
-        }))];
+        ingress_gateway(&mut v, "*/*");
         let vs = |ns: &str, name: &str, created: &str, export: &str| {
             obj(json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",

@@ -390,6 +390,17 @@ fn service_namespace<'h>(registry: &Registry, host: &'h str) -> Option<&'h str> 
     (!namespace.contains('.')).then_some(namespace)
 }
 
+/// The DestinationRule subsets a proxy of namespace `client` sees ([`destination_rules`]'s
+/// lookup), without compiling routes: what a gateway needs. Findings are left to
+/// [`compile_for`], which names them for every client.
+pub fn subsets_for(
+    registry: &Registry,
+    destination_rules: &[Source<'_>],
+    client: Option<&str>,
+) -> BTreeMap<String, SubsetLabels> {
+    self::destination_rules(registry, destination_rules, client, &mut Vec::new()).0
+}
+
 /// One set of DestinationRules merged per host pattern ([`istio::destination_rules_with_tls`]).
 type Level = (
     BTreeMap<String, SubsetLabels>,

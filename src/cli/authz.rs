@@ -208,7 +208,7 @@ async fn explain(args: ExplainArgs) -> Result<(), CliError> {
     // knows a caller's principal only from an ISTIO_MUTUAL handshake.
     let gateway = crate::discovery::routes::is_gateway_pod(&pod);
     let host = if gateway {
-        gateway_host(&host).to_string()
+        crate::route::gateway::host_without_port(&host).to_string()
     } else {
         host
     };
@@ -272,12 +272,6 @@ fn caller(from: &str, namespace: &str, trust_domain: &str) -> Result<Caller, Cli
         namespace: ns.into(),
         name: name.into(),
     })
-}
-
-/// The host a gateway's policies see: the one its routing reads
-/// ([`crate::route::gateway::host_without_port`], as the proxy's `gateway_host`).
-fn gateway_host(authority: &str) -> &str {
-    crate::route::gateway::host_without_port(authority)
 }
 
 fn pod_ip(pod: &Pod) -> Option<IpAddr> {
@@ -469,12 +463,5 @@ mod tests {
             Ok(Caller::Pod { namespace, .. }) if namespace == "shop"
         ));
         assert!(caller("a/b/c", "pets", "cluster.local").is_err());
-    }
-
-    #[test]
-    fn a_gateway_host_is_read_without_its_port_and_trailing_dot() {
-        assert_eq!(gateway_host("Web.example.test.:80"), "Web.example.test");
-        assert_eq!(gateway_host("[2001:db8::1]:443"), "[2001:db8::1]");
-        assert_eq!(gateway_host("web"), "web");
     }
 }

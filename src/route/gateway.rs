@@ -1553,6 +1553,23 @@ mod tests {
     use crate::route::compile::Registry;
     use serde_json::json;
 
+    /// The host gateway routing, the gateway's policies and `weft authz explain` read.
+    #[test]
+    fn host_without_port_drops_its_port_and_trailing_dot() {
+        assert_eq!(
+            host_without_port("shop.example.com:443"),
+            "shop.example.com"
+        );
+        assert_eq!(host_without_port("Shop.Example.com."), "Shop.Example.com");
+        assert_eq!(
+            host_without_port("Web.example.test.:80"),
+            "Web.example.test"
+        );
+        assert_eq!(host_without_port("[2001:db8::1]:443"), "[2001:db8::1]");
+        assert_eq!(host_without_port("shop"), "shop");
+        assert_eq!(host_without_port(""), "");
+    }
+
     fn registry() -> Registry {
         let mut r = Registry::new("cluster.local");
         r.add("productpage.payments.svc.cluster.local", 9080, true);

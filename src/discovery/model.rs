@@ -13,12 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::authz::{AuthzIndex, SmiObjects, Workload};
 use super::policy::{Effective, Policies, PolicyProblem};
@@ -34,6 +35,7 @@ use crate::contract;
 use crate::snapshot::{
     AccessLog, AccessLogFormat, DEFAULT_CLUSTER, Endpoint, InboundConfig, KnownPeer, MtlsMode,
     OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
+    delta::{self, Piece},
 };
 
 /// Everything the config server reads, as the reflectors hold it.
@@ -117,7 +119,7 @@ pub struct MeshIndex {
     /// Access log settings per revision name, for revisions with `accessLog.enabled: true`.
     access_logs: HashMap<String, AccessLog>,
     /// Every meshed workload and its identity (`ProxySnapshot::peers`), serialized.
-    peers: Option<Box<serde_json::value::RawValue>>,
+    peers: Option<RawList>,
     /// Hash of both tables and the peers, folded into every version.
     services_hash: [u8; 32],
     pub problems: Vec<PolicyProblem>,
@@ -405,13 +407,10 @@ impl MeshIndex {
             .collect();
         known.sort();
         known.dedup();
-        let peers = serde_json::value::to_raw_value(&known).ok();
+        let peers = RawList::new(&known);
         let mut material = services.hash().to_vec();
         material.extend_from_slice(&headless.hash());
-        let peers_hash = peers
-            .as_ref()
-            .map(|p| sha256(p.get().as_bytes()).to_vec())
-            .unwrap_or_default();
+        let peers_hash = peers.as_ref().map(|p| p.hash.to_vec()).unwrap_or_default();
         material.extend_from_slice(&peers_hash);
         let services_hash = sha256(&material);
         let namespaced: HashMap<String, (Table, Table)> = std::mem::take(&mut routed.namespaces)
@@ -530,6 +529,14 @@ impl MeshIndex {
         namespace: &str,
         name: &str,
     ) -> Result<(String, Vec<u8>), NoSnapshot> {
+        let config = self.config_for(namespace, name)?;
+        let bytes = config.whole();
+        Ok((config.version, bytes))
+    }
+
+    /// The config of one proxy in this index, with its version: written whole
+    /// ([`ProxyConfig::whole`]) or as a delta of an earlier one ([`ProxyConfig::delta`]).
+    pub fn config_for(&self, namespace: &str, name: &str) -> Result<ProxyConfig<'_>, NoSnapshot> {
         let pod = self
             .pod(namespace, name)
             .ok_or_else(|| NoSnapshot::UnknownPod(namespace.into(), name.into()))?;
@@ -555,30 +562,13 @@ impl MeshIndex {
         let variant = self
             .source_variants
             .get(&(namespace.to_string(), name.to_string()));
-        let mut snapshot = SnapshotRef {
-            schema_version: SNAPSHOT_SCHEMA_VERSION,
-            version: String::new(),
-            identity: &pod.identity,
-            trust_domain: &self.trust_domain,
-            workload: &pod.workload,
-            inbound: &inbound,
-            outbound: OutboundRef {
-                policy,
-                services: variant.map_or(self.services.as_ref(), |v| v.services.as_ref()),
-                headless: variant.map_or(self.headless.as_ref(), |v| v.headless.as_ref()),
-                egress: &egress,
-            },
-            access_log,
-            peers: self.peers.as_deref(),
-            gateway: pod.gateway.as_ref(),
-        };
         // Version: hash of the per-proxy part (serialized without services) and the table's
         // hash.
         let own = serde_json::to_vec(&(
-            snapshot.identity,
-            snapshot.trust_domain,
-            snapshot.workload,
-            snapshot.inbound,
+            &pod.identity,
+            &self.trust_domain,
+            &pod.workload,
+            &inbound,
             policy,
             access_log,
             &egress,
@@ -587,10 +577,129 @@ impl MeshIndex {
         .unwrap_or_default();
         let mut material = own;
         material.extend_from_slice(variant.map_or(&self.services_hash, |v| &v.hash));
-        snapshot.version = format!("sha256:{}", hex(&sha256(&material)[..16]));
-        let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
-        Ok((snapshot.version, bytes))
+        Ok(ProxyConfig {
+            peers: self.peers.as_ref(),
+            trust_domain: &self.trust_domain,
+            pod,
+            inbound,
+            policy,
+            access_log,
+            egress,
+            services: variant.map_or(&self.services, |v| &v.services),
+            headless: variant.map_or(&self.headless, |v| &v.headless),
+            version: format!("sha256:{}", hex(&sha256(&material)[..16])),
+        })
     }
+}
+
+/// One proxy's config in one [`MeshIndex`], borrowing the index's shared tables.
+pub struct ProxyConfig<'a> {
+    trust_domain: &'a str,
+    pod: &'a MeshedPod,
+    inbound: InboundConfig,
+    policy: OutboundPolicy,
+    access_log: Option<AccessLog>,
+    egress: Vec<crate::route::egress::ExternalService>,
+    services: &'a Table,
+    headless: &'a Table,
+    peers: Option<&'a RawList>,
+    /// The content hash every replica computes alike.
+    pub version: String,
+}
+
+impl ProxyConfig<'_> {
+    fn snapshot(&self, with_lists: bool) -> SnapshotRef<'_> {
+        let (services, headless, peers) = if with_lists {
+            (self.services.as_ref(), self.headless.as_ref(), self.peers)
+        } else {
+            (ServiceTable::Typed(&[]), ServiceTable::Typed(&[]), None)
+        };
+        SnapshotRef {
+            schema_version: SNAPSHOT_SCHEMA_VERSION,
+            version: &self.version,
+            identity: &self.pod.identity,
+            trust_domain: self.trust_domain,
+            workload: &self.pod.workload,
+            inbound: &self.inbound,
+            outbound: OutboundRef {
+                policy: self.policy,
+                services,
+                headless,
+                egress: &self.egress,
+            },
+            access_log: self.access_log,
+            peers,
+            gateway: self.pod.gateway.as_ref(),
+        }
+    }
+
+    /// The whole snapshot, serialized.
+    pub fn whole(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.snapshot(true)).unwrap_or_default()
+    }
+
+    /// The delta line's JSON ([`crate::snapshot::delta`]) that turns `base` (this proxy's
+    /// config in an earlier index, the one the stream last sent) into this one; None when a
+    /// whole snapshot is due instead: it would not be smaller, a table was not serialized,
+    /// or the pod is a gateway (whose running lists are not what it was sent).
+    pub fn delta(&self, base: &ProxyConfig<'_>) -> Option<Vec<u8>> {
+        if self.pod.gateway.is_some() || base.pod.gateway.is_some() {
+            return None;
+        }
+        let services = self.services.raw.as_ref()?;
+        let headless = self.headless.raw.as_ref()?;
+        let services_pieces = services.pieces_from(base.services.raw.as_ref()?);
+        let headless_pieces = headless.pieces_from(base.headless.raw.as_ref()?);
+        let peers_pieces = self.peers.map(|new| match base.peers {
+            Some(old) => new.pieces_from(old),
+            None => Arc::new(delta::diff::<[u8; 16]>(&[], &new.hashes)),
+        });
+        let whole_lists = services.len + headless.len + self.peers.map_or(0, |p| p.len);
+        let estimate = services.estimate(&services_pieces)
+            + headless.estimate(&headless_pieces)
+            + self
+                .peers
+                .zip(peers_pieces.as_ref())
+                .map_or(0, |(p, pieces)| p.estimate(pieces))
+            + base.version.len()
+            + 64;
+        if estimate >= whole_lists {
+            return None;
+        }
+        let line = DeltaOut {
+            delta: DeltaBody {
+                base: &base.version,
+                snapshot: self.snapshot(false),
+                services: services.pieces_ref(&services_pieces),
+                headless: headless.pieces_ref(&headless_pieces),
+                peers: self
+                    .peers
+                    .zip(peers_pieces.as_ref())
+                    .map(|(p, pieces)| p.pieces_ref(pieces)),
+            },
+        };
+        serde_json::to_vec(&line).ok()
+    }
+}
+
+/// A delta line as the operator writes it (the proxy reads it as
+/// [`crate::snapshot::delta::DeltaLine`]).
+#[derive(Serialize)]
+struct DeltaOut<'a> {
+    delta: DeltaBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeltaBody<'a> {
+    base: &'a str,
+    /// The snapshot without `outbound.services`, `outbound.headless` and `peers`.
+    snapshot: SnapshotRef<'a>,
+    services: Vec<Piece<&'a RawValue>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    headless: Vec<Piece<&'a RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<Vec<Piece<&'a RawValue>>>,
 }
 
 /// A borrowing mirror of [`crate::snapshot::ProxySnapshot`]: the shared service table is
@@ -600,7 +709,7 @@ impl MeshIndex {
 #[serde(rename_all = "camelCase")]
 struct SnapshotRef<'a> {
     schema_version: u32,
-    version: String,
+    version: &'a str,
     identity: &'a str,
     trust_domain: &'a str,
     workload: &'a WorkloadMeta,
@@ -609,7 +718,7 @@ struct SnapshotRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     access_log: Option<AccessLog>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    peers: Option<&'a serde_json::value::RawValue>,
+    peers: Option<&'a RawList>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway: Option<&'a crate::route::gateway::GatewayConfig>,
 }
@@ -630,14 +739,14 @@ struct OutboundRef<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum ServiceTable<'a> {
-    Serialized(&'a serde_json::value::RawValue),
+    Serialized(&'a RawList),
     Typed(&'a [Service]),
 }
 
 impl ServiceTable<'_> {
     fn is_empty(&self) -> bool {
         match self {
-            ServiceTable::Serialized(raw) => raw.get() == "[]",
+            ServiceTable::Serialized(raw) => raw.elements.is_empty(),
             ServiceTable::Typed(t) => t.is_empty(),
         }
     }
@@ -646,27 +755,150 @@ impl ServiceTable<'_> {
 /// One table, typed and (normally) serialized.
 struct Table {
     typed: Vec<Service>,
-    json: Option<Box<serde_json::value::RawValue>>,
+    raw: Option<RawList>,
 }
 
 impl Table {
     fn new(typed: Vec<Service>) -> Self {
-        let json = serde_json::value::to_raw_value(&typed).ok();
-        Table { typed, json }
+        let raw = RawList::new(&typed);
+        Table { typed, raw }
     }
 
     fn as_ref(&self) -> ServiceTable<'_> {
-        match &self.json {
+        match &self.raw {
             Some(raw) => ServiceTable::Serialized(raw),
             None => ServiceTable::Typed(&self.typed),
         }
     }
 
     fn hash(&self) -> [u8; 32] {
-        match &self.json {
-            Some(raw) => sha256(raw.get().as_bytes()),
+        match &self.raw {
+            Some(raw) => raw.hash,
             None => sha256(&serde_json::to_vec(&self.typed).unwrap_or_default()),
         }
+    }
+}
+
+/// Base lists a [`RawList`] remembers its pieces from: the previous index's, and a few more
+/// (source variants, a proxy that skipped a change).
+const DIFF_CACHE: usize = 8;
+
+/// A list serialized once, element by element, with a hash per element: snapshots embed it
+/// whole, deltas keep the elements a base list has ([`delta::diff`]).
+struct RawList {
+    elements: Vec<Box<RawValue>>,
+    /// The first 16 bytes of each element's SHA-256.
+    hashes: Vec<[u8; 16]>,
+    /// SHA-256 of the list's JSON (`[a,b,…]`, as serde_json writes the whole list).
+    hash: [u8; 32],
+    /// Bytes of the list's JSON.
+    len: usize,
+    /// The pieces from recent base lists (by their `hash`) to this one, computed once for
+    /// every stream that diffs the same pair.
+    diffs: Mutex<Vec<([u8; 32], Arc<Vec<Piece<usize>>>)>>,
+}
+
+impl Serialize for RawList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.elements.serialize(s)
+    }
+}
+
+impl RawList {
+    /// None when an element does not serialize.
+    fn new<T: Serialize>(items: &[T]) -> Option<RawList> {
+        let mut elements = Vec::with_capacity(items.len());
+        let mut hashes = Vec::with_capacity(items.len());
+        let mut whole = ring::digest::Context::new(&ring::digest::SHA256);
+        whole.update(b"[");
+        let mut len = 2;
+        for (i, item) in items.iter().enumerate() {
+            let raw = serde_json::value::to_raw_value(item).ok()?;
+            let json = raw.get().as_bytes();
+            if i > 0 {
+                whole.update(b",");
+                len += 1;
+            }
+            whole.update(json);
+            len += json.len();
+            let mut short = [0u8; 16];
+            short.copy_from_slice(&sha256(json)[..16]);
+            hashes.push(short);
+            elements.push(raw);
+        }
+        whole.update(b"]");
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(whole.finish().as_ref());
+        Some(RawList {
+            elements,
+            hashes,
+            hash,
+            len,
+            diffs: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The pieces that rebuild this list from `base`.
+    fn pieces_from(&self, base: &RawList) -> Arc<Vec<Piece<usize>>> {
+        if base.hash == self.hash {
+            let all = Piece::Keep {
+                from: 0,
+                len: self.elements.len(),
+            };
+            return Arc::new(if self.elements.is_empty() {
+                vec![]
+            } else {
+                vec![all]
+            });
+        }
+        let compute = || Arc::new(delta::diff(&base.hashes, &self.hashes));
+        let Ok(mut cache) = self.diffs.lock() else {
+            return compute();
+        };
+        if let Some((_, pieces)) = cache.iter().find(|(h, _)| *h == base.hash) {
+            return pieces.clone();
+        }
+        let pieces = compute();
+        if cache.len() >= DIFF_CACHE {
+            cache.remove(0);
+        }
+        cache.push((base.hash, pieces.clone()));
+        pieces
+    }
+
+    /// The pieces with their added elements' JSON, to serialize.
+    fn pieces_ref(&self, pieces: &[Piece<usize>]) -> Vec<Piece<&RawValue>> {
+        pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Keep { from, len } => Piece::Keep {
+                    from: *from,
+                    len: *len,
+                },
+                Piece::Add(at) => Piece::Add(
+                    at.iter()
+                        .filter_map(|&i| self.elements.get(i).map(|e| &**e))
+                        .collect(),
+                ),
+            })
+            .collect()
+    }
+
+    /// An upper bound of the serialized pieces' size.
+    fn estimate(&self, pieces: &[Piece<usize>]) -> usize {
+        pieces
+            .iter()
+            .map(|p| match p {
+                // {"keep":{"from":N,"len":N}}, with the comma
+                Piece::Keep { .. } => 64,
+                Piece::Add(at) => {
+                    16 + at
+                        .iter()
+                        .map(|&i| self.elements.get(i).map_or(0, |e| e.get().len() + 1))
+                        .sum::<usize>()
+                }
+            })
+            .sum()
     }
 }
 

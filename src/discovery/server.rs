@@ -483,9 +483,9 @@ impl DiscoveryState {
             .unwrap_or_default();
         for p in &mut proxies {
             p.current = index
-                .snapshot_for(&p.namespace, &p.pod)
+                .config_for(&p.namespace, &p.pod)
                 .ok()
-                .map(|(v, _)| v);
+                .map(|c| c.version);
         }
         proxies.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
         ProxyList {
@@ -667,6 +667,9 @@ enum Seen {
 #[derive(Deserialize)]
 struct StreamQuery {
     pod: Option<String>,
+    /// `delta=1`: the proxy reads delta lines ([`crate::snapshot::delta`]); without it (a
+    /// proxy of an older revision) every line is a whole snapshot.
+    delta: Option<String>,
 }
 
 async fn stream(
@@ -676,6 +679,7 @@ async fn stream(
 ) -> Response {
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let pod = q.pod.unwrap_or_default();
+    let deltas = q.delta.as_deref() == Some("1");
     let (namespace, pod) = match authorize(&state, &peer, &pod).await {
         Ok(who) => who,
         Err(refused) => return refused,
@@ -745,19 +749,30 @@ async fn stream(
     let mut index_rx = state.index.clone();
     tokio::spawn(async move {
         let guard = guard;
-        let mut last: Option<String> = None;
+        // The version last sent and an index that holds it: the base of the next delta.
+        let mut last: Option<(String, Arc<MeshIndex>)> = None;
         loop {
             let index = index_rx.borrow_and_update().clone();
             // A pod that left the caches keeps its last config until its proxy stops.
-            if let Ok((version, bytes)) = index.snapshot_for(&namespace, &pod)
-                && last.as_ref() != Some(&version)
-            {
-                guard.0.sending(guard.1, &version);
-                if tx.send(Bytes::from(encode_line(&bytes))).await.is_err() {
-                    return;
+            if let Ok(config) = index.config_for(&namespace, &pod) {
+                let sent = last.as_ref().map(|(v, _)| v);
+                if sent != Some(&config.version) {
+                    let base = last
+                        .as_ref()
+                        .filter(|_| deltas)
+                        .and_then(|(_, i)| i.config_for(&namespace, &pod).ok());
+                    let bytes = base
+                        .and_then(|b| config.delta(&b))
+                        .unwrap_or_else(|| config.whole());
+                    guard.0.sending(guard.1, &config.version);
+                    if tx.send(Bytes::from(encode_line(&bytes))).await.is_err() {
+                        return;
+                    }
+                    guard.0.metrics.snapshots_sent.inc();
                 }
-                guard.0.metrics.snapshots_sent.inc();
-                last = Some(version);
+                // Same version, same content: this index is as good a base as the last.
+                let version = config.version;
+                last = Some((version, index.clone()));
             }
             tokio::select! {
                 changed = index_rx.changed() => if changed.is_err() { return },
@@ -1081,6 +1096,13 @@ mod tests {
 
         /// The version of the next snapshot line.
         async fn next_version(&mut self) -> String {
+            let line = self.next_line().await;
+            let snapshot: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            snapshot["version"].as_str().unwrap().to_string()
+        }
+
+        /// The next non-empty line, with its newline.
+        async fn next_line(&mut self) -> Vec<u8> {
             let mut line = Vec::new();
             while !line.ends_with(b"\n") || line == b"\n" {
                 if line == b"\n" {
@@ -1093,8 +1115,7 @@ mod tests {
                     .unwrap();
                 line.extend_from_slice(&chunk);
             }
-            let snapshot: serde_json::Value = serde_json::from_slice(&line).unwrap();
-            snapshot["version"].as_str().unwrap().to_string()
+            line
         }
     }
 
@@ -1117,6 +1138,101 @@ mod tests {
                 reason: "unknown field".into(),
             }),
         }
+    }
+
+    /// [`mesh`] with 40 more Services (no endpoints), so the lists outweigh the rest as in a
+    /// real mesh; `extra` adds one more Service and a pod.
+    fn bigger_mesh(extra: bool) -> MeshView {
+        let mut v = mesh();
+        for i in 0..40 {
+            v.services.push(service(
+                "pets",
+                &format!("svc-{i:02}"),
+                &format!("198.19.1.{}", i + 10),
+                "http",
+            ));
+        }
+        if extra {
+            v.services
+                .push(service("pets", "svc-new", "198.19.2.10", "http"));
+            v.pods.push(pod("pets", "web-3", "198.18.1.6", "web", true));
+        }
+        v
+    }
+
+    async fn open_delta(state: &DiscoveryState, peer: &PeerCert, pod: &str) -> Response {
+        let mut request = Request::get(format!(
+            "{}?pod={pod}&{}=1",
+            contract::PATH_CONFIG_STREAM,
+            crate::snapshot::stream::QUERY_DELTA
+        ))
+        .body(Body::empty())
+        .unwrap();
+        request.extensions_mut().insert(peer.clone());
+        router(state.clone()).oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delta_stream_sends_a_whole_line_then_deltas_that_rebuild_the_new_snapshot() {
+        use crate::snapshot::decode_snapshot;
+        use crate::snapshot::delta::{DELTA_PREFIX, DeltaLine};
+        let (state, index) = server(StreamLimits::default());
+        index.send_replace(Arc::new(MeshIndex::build(&bigger_mesh(false))));
+        let mut stream = Stream::of(open_delta(&state, &web_1(), "web-1").await);
+        let first = stream.next_line().await;
+        assert!(!first.starts_with(DELTA_PREFIX), "the first line is whole");
+        let running = decode_snapshot(first.trim_ascii_end()).unwrap();
+        let mut old = Stream::of(open(&state, Some(&web_1()), "web-1").await);
+        assert_eq!(old.next_version().await, running.version);
+
+        let changed = Arc::new(MeshIndex::build(&bigger_mesh(true)));
+        let (version, whole) = changed.snapshot_for("pets", "web-1").unwrap();
+        assert_ne!(version, running.version);
+        index.send_replace(changed);
+        let line = stream.next_line().await;
+        assert!(
+            line.starts_with(DELTA_PREFIX),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        assert!(
+            line.len() * 4 < whole.len(),
+            "delta {} bytes, whole {}",
+            line.len(),
+            whole.len()
+        );
+        let delta = serde_json::from_slice::<DeltaLine>(&line).unwrap().delta;
+        assert_eq!(delta.base, running.version);
+        let rebuilt = delta.rebuild(Some(&running)).unwrap();
+        rebuilt.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&rebuilt).unwrap(),
+            serde_json::to_value(decode_snapshot(&whole).unwrap()).unwrap()
+        );
+        // A proxy of an older revision (no delta parameter) still gets whole lines.
+        let line = old.next_line().await;
+        assert_eq!(
+            decode_snapshot(line.trim_ascii_end()).unwrap().version,
+            version
+        );
+
+        // Another change on the same stream: a delta onto the version it sent last.
+        let third = Arc::new(MeshIndex::build(&bigger_mesh(false)));
+        let (v3, whole3) = third.snapshot_for("pets", "web-1").unwrap();
+        index.send_replace(third);
+        let line = stream.next_line().await;
+        let delta = serde_json::from_slice::<DeltaLine>(&line).unwrap().delta;
+        assert_eq!(
+            (delta.base.as_str(), delta.version()),
+            (version.as_str(), v3.as_str())
+        );
+        assert_eq!(
+            serde_json::to_value(delta.rebuild(Some(&rebuilt)).unwrap()).unwrap(),
+            serde_json::to_value(decode_snapshot(&whole3).unwrap()).unwrap()
+        );
+        // The same delta onto anything but its base is refused (the proxy resyncs).
+        let delta = serde_json::from_slice::<DeltaLine>(&line).unwrap().delta;
+        assert!(delta.rebuild(Some(&running)).is_err());
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! The config-stream client (SPEC §8): once the proxy holds its workload certificate it opens
-//! `GET /v1/config/stream?pod=<POD_NAME>` on the operator over mTLS (HTTP/2), offers every
-//! snapshot line to the [`SnapshotSink`], and acknowledges what it runs with
-//! `POST /v1/config/ack` on the same connection. A broken, refused or silent stream is
-//! reopened with capped backoff; the last good snapshot stays in force meanwhile.
+//! `GET /v1/config/stream?pod=<POD_NAME>&delta=1` on the operator over mTLS (HTTP/2), offers
+//! every snapshot line to the [`SnapshotSink`] (a delta line is spliced onto the running
+//! snapshot first, [`crate::snapshot::delta`]), and acknowledges what it runs with
+//! `POST /v1/config/ack` on the same connection. A delta that does not apply reopens the
+//! stream on the same connection (its first line is whole); a broken, refused or silent
+//! stream is reopened with capped backoff; the last good snapshot stays in force meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +19,17 @@ use tokio::sync::watch;
 use super::inputs::SnapshotSink;
 use super::tls::TlsContext;
 use crate::contract::{PATH_CONFIG_ACK, PATH_CONFIG_STREAM};
-use crate::snapshot::stream::{Ack, LineDecoder, QUERY_POD, Rejected, SILENCE_LIMIT};
+use crate::snapshot::delta::{DELTA_PREFIX, DeltaLine};
+use crate::snapshot::stream::{Ack, LineDecoder, QUERY_DELTA, QUERY_POD, Rejected, SILENCE_LIMIT};
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(15);
 /// A stream that lived this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams reopened on one connection for deltas that did not apply; past this the connection
+/// is closed and reopened with backoff, so a server sending only bad deltas costs little.
+const RESYNCS_PER_CONNECTION: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ConfigStreamConfig {
@@ -47,6 +53,8 @@ pub enum StreamError {
     Silent(Duration),
     #[error("config stream ended")]
     Ended,
+    #[error("{0}; asking for a whole snapshot")]
+    Resync(String),
 }
 
 /// Keeps the stream open for the life of the proxy.
@@ -138,9 +146,28 @@ async fn session(cfg: &ConfigStreamConfig, tls: &TlsContext, sink: &SnapshotSink
         Err(e) => return connect(format!("HTTP/2: {e}")),
     };
     let conn = tokio::spawn(conn);
-    let result = follow(cfg, sender, sink).await;
+    let result = follow_resyncing(cfg, sender, sink).await;
     conn.abort();
     result
+}
+
+/// Follows the stream on one connection; when a delta does not apply, reopens it there (its
+/// first line is whole), at most [`RESYNCS_PER_CONNECTION`] times.
+async fn follow_resyncing(
+    cfg: &ConfigStreamConfig,
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    sink: &SnapshotSink,
+) -> StreamError {
+    let mut resyncs = 0;
+    loop {
+        match follow(cfg, sender.clone(), sink).await {
+            StreamError::Resync(why) if resyncs < RESYNCS_PER_CONNECTION => {
+                resyncs += 1;
+                tracing::info!(reason = %why, "config delta did not apply; reopening the stream for a whole snapshot");
+            }
+            other => return other,
+        }
+    }
 }
 
 fn request(
@@ -176,7 +203,10 @@ async fn follow(
     mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     sink: &SnapshotSink,
 ) -> StreamError {
-    let uri = format!("{PATH_CONFIG_STREAM}?{QUERY_POD}={}", cfg.pod);
+    let uri = format!(
+        "{PATH_CONFIG_STREAM}?{QUERY_POD}={}&{QUERY_DELTA}=1",
+        cfg.pod
+    );
     let req = match request(Method::GET, uri, &cfg.server_name, Bytes::new()) {
         Ok(r) => r,
         Err(e) => return e,
@@ -206,20 +236,14 @@ async fn follow(
             Err(e) => return StreamError::Broken(e.to_string()),
         };
         for line in complete {
-            let rejected = match sink.offer(&line) {
-                Ok(_) => None,
-                Err(e) => {
-                    let version = serde_json::from_slice::<serde_json::Value>(&line)
-                        .ok()
-                        .and_then(|v| v.get("version")?.as_str().map(String::from))
-                        .unwrap_or_default();
-                    tracing::warn!(error = %e, %version, "config snapshot rejected; keeping the last good one");
-                    Some(Rejected {
-                        version,
-                        reason: e.to_string(),
-                    })
-                }
+            let rejected = match offer_line(sink, &line) {
+                Ok(r) => r,
+                // The body's drop resets this stream; the caller opens another.
+                Err(why) => return StreamError::Resync(why),
             };
+            if let Some(r) = &rejected {
+                tracing::warn!(error = %r.reason, version = %r.version, "config snapshot rejected; keeping the last good one");
+            }
             let ack = Ack {
                 pod: cfg.pod.clone(),
                 version: sink.current_version(),
@@ -242,6 +266,298 @@ async fn follow(
                     }
                 });
             }
+        }
+    }
+}
+
+/// Offers one line, whole or delta, to `sink`: Ok with the rejection to acknowledge, if any;
+/// Err (why) when a delta does not apply to the running snapshot and a whole one is needed.
+fn offer_line(sink: &SnapshotSink, line: &[u8]) -> Result<Option<Rejected>, String> {
+    if !line.starts_with(DELTA_PREFIX) {
+        return Ok(sink.offer(line).err().map(|e| Rejected {
+            version: serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("version")?.as_str().map(String::from))
+                .unwrap_or_default(),
+            reason: e.to_string(),
+        }));
+    }
+    let delta = serde_json::from_slice::<DeltaLine>(line)
+        .map_err(|e| format!("config delta is not valid JSON of the delta schema: {e}"))?
+        .delta;
+    let version = delta.version().to_string();
+    let snapshot = {
+        let running = sink.current();
+        delta
+            .rebuild(running.as_ref().map(|r| &r.snapshot))
+            .map_err(|e| e.to_string())?
+    };
+    Ok(sink.offer_snapshot(snapshot).err().map(|e| Rejected {
+        version,
+        reason: e.to_string(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ProxyContext;
+    use serde_json::{Value, json};
+
+    /// A whole snapshot of `version` with one ClusterIP Service per port of `ports`.
+    fn whole(version: &str, ports: &[u16]) -> Value {
+        json!({
+            "schemaVersion": 1, "version": version,
+            "identity": "spiffe://cluster.local/ns/pets/sa/web",
+            "trustDomain": "cluster.local",
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"services": ports.iter().map(|&p| service(p)).collect::<Vec<_>>()},
+            "peers": [{"identity": "spiffe://cluster.local/ns/pets/sa/web",
+                       "workload": {"name": "web", "namespace": "pets"}}]
+        })
+    }
+
+    fn service(port: u16) -> Value {
+        json!({"clusterIp": "198.19.0.10", "port": port, "name": "db.pets.svc.cluster.local",
+               "endpoints": [{"ip": "198.18.0.7", "port": 8080, "meshed": false}]})
+    }
+
+    /// A delta line onto `base`: `snapshot` without its lists, and the lists' pieces.
+    fn delta(base: &str, mut snapshot: Value, services: Value) -> Vec<u8> {
+        snapshot["outbound"]["services"] = json!([]);
+        let peers = snapshot
+            .as_object_mut()
+            .unwrap()
+            .remove("peers")
+            .map(|_| json!([{"keep": {"from": 0, "len": 1}}]));
+        let mut body = json!({"base": base, "snapshot": snapshot, "services": services});
+        if let Some(p) = peers {
+            body["peers"] = p;
+        }
+        let line = serde_json::to_vec(&json!({ "delta": body })).unwrap();
+        assert!(line.starts_with(DELTA_PREFIX));
+        line
+    }
+
+    fn running(sink: &SnapshotSink) -> Value {
+        serde_json::to_value(&sink.current().expect("a config").snapshot).unwrap()
+    }
+
+    #[test]
+    fn a_delta_onto_the_running_version_applies_as_the_whole_snapshot_would() {
+        let (_ctx, inputs) = ProxyContext::new(Default::default());
+        let sink = &inputs.snapshot;
+        let first = serde_json::to_vec(&whole("v1", &[80, 81, 82])).unwrap();
+        assert_eq!(offer_line(sink, &first), Ok(None));
+        // 81 replaced by 90, the rest kept.
+        let want = whole("v2", &[80, 90, 82]);
+        let pieces = json!([{"keep": {"from": 0, "len": 1}}, {"add": [service(90)]},
+                            {"keep": {"from": 2, "len": 1}}]);
+        assert_eq!(
+            offer_line(sink, &delta("v1", want.clone(), pieces)),
+            Ok(None)
+        );
+        let decoded = crate::snapshot::decode_snapshot(&serde_json::to_vec(&want).unwrap());
+        assert_eq!(
+            running(sink),
+            serde_json::to_value(decoded.unwrap()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_delta_for_another_base_or_that_does_not_splice_asks_for_a_whole_snapshot() {
+        let (_ctx, inputs) = ProxyContext::new(Default::default());
+        let sink = &inputs.snapshot;
+        let keep_all = json!([{"keep": {"from": 0, "len": 2}}]);
+        // Before any whole snapshot.
+        let early = delta("v1", whole("v2", &[80, 81]), keep_all.clone());
+        assert!(
+            offer_line(sink, &early)
+                .unwrap_err()
+                .contains("before any whole")
+        );
+        let first = serde_json::to_vec(&whole("v1", &[80, 81])).unwrap();
+        assert_eq!(offer_line(sink, &first), Ok(None));
+        let before = running(sink);
+        // The proxy rejected (or never got) v0's successor: it runs v1, not v9.
+        let other = delta("v9", whole("v2", &[80, 81]), keep_all);
+        let why = offer_line(sink, &other).unwrap_err();
+        assert!(why.contains("for version v9, this proxy runs v1"), "{why}");
+        for (pieces, says) in [
+            (
+                json!([{"keep": {"from": 1, "len": 2}}]),
+                "outside the base list",
+            ),
+            (
+                json!([{"keep": {"from": 0, "len": 2}}, {"keep": {"from": 0, "len": 2}}]),
+                "overlaps",
+            ),
+            (json!([{"keep": {"from": 0}}]), "delta schema"),
+        ] {
+            let bad = delta("v1", whole("v2", &[80, 81]), pieces);
+            let why = offer_line(sink, &bad).unwrap_err();
+            assert!(why.contains(says), "{why}");
+        }
+        // A list in the snapshot as well as in pieces.
+        let mut doubled: Value =
+            serde_json::from_slice(&delta("v1", whole("v2", &[80]), json!([]))).unwrap();
+        doubled["delta"]["snapshot"]["outbound"]["services"] = json!([service(80)]);
+        let why = offer_line(sink, &serde_json::to_vec(&doubled).unwrap()).unwrap_err();
+        assert!(why.contains("outbound.services"), "{why}");
+        assert_eq!(running(sink), before, "nothing applied");
+    }
+
+    #[test]
+    fn a_rebuilt_snapshot_that_is_invalid_is_rejected_and_acked_as_a_whole_one() {
+        let (_ctx, inputs) = ProxyContext::new(Default::default());
+        let sink = &inputs.snapshot;
+        let first = serde_json::to_vec(&whole("v1", &[80])).unwrap();
+        assert_eq!(offer_line(sink, &first), Ok(None));
+        // Two Services on one clusterIp:port: decode_snapshot refuses that whole; so does the
+        // delta path.
+        let line = delta(
+            "v1",
+            whole("v2", &[80, 80]),
+            json!([{"keep": {"from": 0, "len": 1}}, {"add": [service(80)]}]),
+        );
+        let rejected = offer_line(sink, &line).unwrap().expect("rejected");
+        assert_eq!(rejected.version, "v2");
+        assert!(
+            rejected.reason.contains("both claim"),
+            "{}",
+            rejected.reason
+        );
+        assert_eq!(sink.current_version().as_deref(), Some("v1"));
+        // A gateway's running lists are not what it was sent: no delta onto them.
+        let mut gw = whole("g1", &[80]);
+        gw["gateway"] = json!({});
+        assert_eq!(
+            offer_line(sink, &serde_json::to_vec(&gw).unwrap()),
+            Ok(None)
+        );
+        let onto_gw = delta(
+            "g1",
+            whole("g2", &[80]),
+            json!([{"keep": {"from": 0, "len": 1}}]),
+        );
+        assert!(offer_line(sink, &onto_gw).unwrap_err().contains("gateway"));
+    }
+}
+
+/// The client against the operator's real config routes (HTTP/2 over an in-memory pipe).
+#[cfg(all(test, feature = "control-plane"))]
+mod against_the_operator {
+    use super::*;
+    use crate::discovery::model::tests::{pod, service, view};
+    use crate::discovery::server::{ConnectionId, PeerCert, router};
+    use crate::discovery::{DiscoverySettings, DiscoveryState, MeshIndex, MeshView};
+    use crate::proxy::ProxyContext;
+    use hyper_util::service::TowerToHyperService;
+
+    /// The unit tests' mesh with 40 more Services; `n` more pods of `web` and a Service each.
+    fn mesh(n: usize) -> MeshView {
+        let mut v = view();
+        for i in 0..40 {
+            let name = format!("svc-{i:02}");
+            let ip = format!("198.19.1.{}", i + 10);
+            v.services.push(service("pets", &name, &ip, "http"));
+        }
+        for i in 0..n {
+            let (name, ip) = (format!("more-{i}"), format!("198.19.2.{}", i + 10));
+            v.services.push(service("pets", &name, &ip, "http"));
+            let (p, ip) = (format!("web-{}", i + 10), format!("198.18.1.{}", i + 20));
+            v.pods.push(pod("pets", &p, &ip, "web", true));
+        }
+        v
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_runs_another_version_resyncs_and_then_follows_deltas() {
+        let (index_tx, index_rx) = watch::channel(Arc::new(MeshIndex::build(&mesh(0))));
+        let state = DiscoveryState::from_index(
+            index_rx,
+            DiscoverySettings {
+                trust_domain: "cluster.local".into(),
+                operator_namespace: "weft-system".into(),
+                root_namespace: "weft-system".into(),
+                cluster_domain: "cluster.local".into(),
+            },
+            Default::default(),
+        );
+        // One connection of pets/web-1's proxy, as the operator's TLS server would see it.
+        let peer = PeerCert {
+            spiffe_id: Some("spiffe://cluster.local/ns/pets/sa/web".into()),
+            expires: None,
+            connection: ConnectionId::new(),
+            address: Some("198.18.1.2".parse().unwrap()),
+        };
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let app = TowerToHyperService::new(router(state.clone()).layer(axum::Extension(peer)));
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), app),
+        );
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let cfg = ConfigStreamConfig {
+            address: "in-memory".into(),
+            server_name: "weft-operator.weft-system.svc".into(),
+            pod: "web-1".into(),
+        };
+        let (_ctx, inputs) = ProxyContext::new(Default::default());
+        let sink = &inputs.snapshot;
+        let version = |n| {
+            MeshIndex::build(&mesh(n))
+                .snapshot_for("pets", "web-1")
+                .unwrap()
+        };
+        let script = async {
+            let (v0, _) = version(0);
+            eventually("the first, whole snapshot", || {
+                sink.current_version() == Some(v0.clone())
+            })
+            .await;
+            // The proxy runs something else than what the stream sent last (as after
+            // rejecting it): the next line, a delta onto v0, cannot apply.
+            let (other, other_bytes) = version(3);
+            sink.offer(&other_bytes).unwrap();
+            assert_eq!(sink.current_version(), Some(other));
+            let (v1, _) = version(1);
+            index_tx.send_replace(Arc::new(MeshIndex::build(&mesh(1))));
+            eventually("a whole v1 after the resync", || {
+                sink.current_version() == Some(v1.clone())
+            })
+            .await;
+            // The old stream is gone; the new one follows with deltas.
+            eventually("one stream", || state.proxies("t").proxies.len() == 1).await;
+            let (v2, whole) = version(2);
+            index_tx.send_replace(Arc::new(MeshIndex::build(&mesh(2))));
+            eventually("v2", || sink.current_version() == Some(v2.clone())).await;
+            let running = sink.current().unwrap();
+            assert_eq!(
+                serde_json::to_value(&running.snapshot).unwrap(),
+                serde_json::to_value(crate::snapshot::decode_snapshot(&whole).unwrap()).unwrap()
+            );
+            // The operator saw the acks of what the proxy runs.
+            eventually("v2 acked", || {
+                state.proxies("t").proxies[0].acked.as_deref() == Some(v2.as_str())
+            })
+            .await;
+        };
+        tokio::select! {
+            () = script => {}
+            err = follow_resyncing(&cfg, sender, sink) => panic!("the stream ended: {err}"),
         }
     }
 }

@@ -12,7 +12,9 @@ use tokio::sync::watch;
 
 use super::metrics::{Metrics, ResultLabels};
 use super::tls::{TlsContext, TlsError, WorkloadCert};
-use crate::snapshot::{SnapshotError, SnapshotIndex, decode_snapshot};
+use crate::snapshot::{
+    ProxySnapshot, SNAPSHOT_SCHEMA_VERSION, SnapshotError, SnapshotIndex, decode_snapshot,
+};
 
 /// The sinks of one proxy context.
 pub struct Inputs {
@@ -101,6 +103,33 @@ impl SnapshotSink {
                 return Err(e);
             }
         };
+        self.apply(snapshot)
+    }
+
+    /// A snapshot rebuilt from a delta ([`crate::snapshot::delta`]): checked exactly as a
+    /// decoded one (schema version, [`ProxySnapshot::validate`]), then applied the same way.
+    pub fn offer_snapshot(&self, snapshot: ProxySnapshot) -> Result<Offered, SnapshotError> {
+        let checked = if snapshot.schema_version != SNAPSHOT_SCHEMA_VERSION {
+            Err(SnapshotError::UnsupportedSchema {
+                got: snapshot.schema_version,
+                supported: SNAPSHOT_SCHEMA_VERSION,
+            })
+        } else {
+            snapshot.validate()
+        };
+        if let Err(e) = checked {
+            count(&self.metrics.snapshots, "rejected");
+            return Err(e);
+        }
+        self.apply(snapshot)
+    }
+
+    /// The config in force now, if any.
+    pub fn current(&self) -> Option<Arc<SnapshotIndex>> {
+        self.tx.borrow().clone()
+    }
+
+    fn apply(&self, snapshot: ProxySnapshot) -> Result<Offered, SnapshotError> {
         if let Some(current) = self.tx.borrow().as_ref()
             && current.version() == snapshot.version
         {

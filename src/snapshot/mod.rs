@@ -67,6 +67,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+pub mod delta;
 pub mod stream;
 
 /// The schema version this proxy reads and the operator writes.

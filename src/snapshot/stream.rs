@@ -5,7 +5,7 @@
 //!   the client certificate (HTTP/2 when both sides offer it). The server checks that the
 //!   certificate's SPIFFE ID is the identity of that pod (namespace and service account).
 //! - The response body is newline-delimited JSON: each non-empty line is one whole
-//!   [`ProxySnapshot`](super::ProxySnapshot). An empty line is a heartbeat, sent every
+//!   [`ProxySnapshot`](super::ProxySnapshot) or, when asked for, a delta (below). An empty line is a heartbeat, sent every
 //!   [`HEARTBEAT`]; a client that hears nothing for [`SILENCE_LIMIT`] reconnects.
 //! - After applying (or rejecting) a snapshot the proxy posts an [`Ack`] to `/v1/config/ack`
 //!   on the same connection: the version it now runs and, for a rejected one, why. The
@@ -16,8 +16,29 @@
 //! - A server caps the open streams per workload identity and per pod (429 with
 //!   `Retry-After` over a cap).
 //!
-//! Snapshots are sent whole, never as diffs, so a reconnecting proxy needs no history and a
-//! lost line cannot corrupt state.
+//! - `&delta=1` on the stream request: the proxy reads delta lines ([`super::delta`], issue
+//!   19's ≤ 10 KB per change). Opt-in, so a proxy of an older revision (a canary upgrade runs
+//!   both) keeps getting whole snapshots only, and a newer proxy talking to an older operator
+//!   (which ignores the parameter) does too.
+//!
+//! Whole snapshots and deltas. A stream's first line is always a whole snapshot, so a
+//! (re)connecting proxy needs no history. With `delta=1`, a later line may be
+//! `{"delta":{"base":"<version>","snapshot":{…},"services":[pieces],"headless":[pieces],
+//! "peers":[pieces]}}`: `snapshot` is the new snapshot without `outbound.services`,
+//! `outbound.headless` and `peers` (the big lists, most of the bytes), and each list is given
+//! as pieces of the same list in version `base`, the one this stream sent last:
+//! `{"keep":{"from":i,"len":n}}` (a run of base elements) and `{"add":[elements]}`. The
+//! operator computes pieces in O(n) from a hash per element, serialized once per index, and
+//! sends a delta only when it is smaller than the whole line; gateway pods always get whole
+//! lines (their running lists carry resolved destinations, not what they were sent).
+//!
+//! The proxy applies a delta only onto the snapshot it runs, and only if that is `base`
+//! (splicing the typed lists it holds: no second copy of the JSON is kept); the rebuilt
+//! snapshot is then validated, applied and acked exactly as a whole one. Keeps must lie inside
+//! the base list and not overlap, so a line rebuilds at most the base plus what it carries. A
+//! delta for another base (the proxy rejected or never got the last line), one that does not
+//! splice, or one that does not parse makes the proxy drop the stream and open a new one on
+//! the same connection, whose first line is whole: a lost or bad line cannot corrupt state.
 
 use std::time::Duration;
 
@@ -31,6 +52,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// Query parameter naming the proxy's pod.
 pub const QUERY_POD: &str = "pod";
+/// Query parameter asking for delta lines (value `1`).
+pub const QUERY_DELTA: &str = "delta";
 /// Largest ack body the server reads.
 pub const MAX_ACK_BYTES: usize = 4096;
 

@@ -250,6 +250,14 @@ impl Errors {
 /// A Gateway API Gateway's group: the only Gateway kind a policy can target.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Whether a target reference of a policy in `namespace` is refused ([`compile`] names why):
+/// a kind weft cannot target, or another namespace. Such a reference selects no workload (Istio
+/// refuses the whole policy at admission, and attaches a policy only to what a target of a
+/// kind it supports names).
+pub fn target_refused(namespace: &str, t: &PolicyTargetReference) -> bool {
+    target_kind(t).is_err() || t.namespace.as_deref().is_some_and(|n| n != namespace)
+}
+
 /// Whether weft can apply a policy to what `t` names, as Istio allows it outside ambient
 /// mode: a `Service` (group `""`; the pods that are its endpoints) or a Gateway API `Gateway`
 /// (the gateway pods deployed for it). Everything else is refused with what to write.

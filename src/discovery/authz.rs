@@ -9,7 +9,9 @@
 //! does weft.
 //! A policy weft cannot read fails closed for the workloads it selects: an ALLOW becomes an
 //! ALLOW that matches nothing, a DENY (or CUSTOM) one that denies everything; an AUDIT is
-//! dropped. Each such policy is a problem the operator reports with the fix.
+//! dropped. A target reference weft refuses (a kind it cannot target, another namespace)
+//! selects nothing, as in Istio, so a policy whose every target is refused applies nowhere and
+//! says so. Each such policy is a problem the operator reports with the fix.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,7 +96,7 @@ impl AuthzIndex {
                 serde_json::from_value(p.spec.raw.clone()).map_err(|e| e.to_string());
             let (scope, compiled) = match spec {
                 Ok(spec) => (
-                    scope_of(&spec),
+                    scope_of(namespace, &spec),
                     istio::compile(namespace, name, &spec, &annotations).map_err(|errors| {
                         errors
                             .iter()
@@ -111,6 +113,8 @@ impl AuthzIndex {
                 Err(message) => {
                     let action = p.spec.raw.get("action").and_then(|a| a.as_str());
                     let fallback = fail_closed(namespace, name, action);
+                    let selects_nothing = matches!(&scope, Scope::Targets { services, gateways }
+                        if services.is_empty() && gateways.is_empty());
                     problems.push(PolicyProblem {
                         kind: KIND,
                         namespace: namespace.clone(),
@@ -118,6 +122,8 @@ impl AuthzIndex {
                         message: format!(
                             "{message}. Until it is fixed, weft {}",
                             match &fallback {
+                                _ if selects_nothing =>
+                                    "applies it to no workload: none of its targets can be selected (Istio refuses such a policy)",
                                 Some(f) if f.action == Action::Allow =>
                                     "treats it as an ALLOW policy that matches nothing",
                                 Some(_) => "denies every request to the workloads it selects",
@@ -256,13 +262,17 @@ fn compile_smi(smi: SmiObjects<'_>, entries: &mut Vec<Entry>, problems: &mut Vec
     }
 }
 
-fn scope_of(spec: &AuthorizationPolicySpec) -> Scope {
+fn scope_of(namespace: &str, spec: &AuthorizationPolicySpec) -> Scope {
     let targets: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).collect();
     if !targets.is_empty() {
-        // Only Services and Gateway API Gateways compile (`istio::compile`); a policy naming
-        // another kind is refused and fails closed on the endpoints of a Service of that name.
+        // Only Services and Gateway API Gateways of the policy's namespace compile
+        // (`istio::compile`). A refused reference selects nothing: which workloads it meant is
+        // unknown (a Deployment `shop` is not the endpoints of a Service `shop`), and Istio
+        // attaches a policy to nothing such a reference names. A policy refused for another
+        // reason still fails closed on the targets it names rightly.
         let (gateways, services) = targets
             .into_iter()
+            .filter(|t| !istio::target_refused(namespace, t))
             .partition::<Vec<_>, _>(|t| t.kind == "Gateway" && t.group == GATEWAY_API_GROUP);
         let names = |ts: Vec<&crate::authz::istio::PolicyTargetReference>| {
             ts.into_iter().map(|t| t.name.clone()).collect()
@@ -624,6 +634,57 @@ mod tests {
         assert!(index.problems.iter().all(|p| p.kind == KIND));
     }
 
+    /// A refused target reference selects nothing: a DENY naming a Deployment `shop` (or a
+    /// Service of another namespace) no longer fails closed on the endpoints of the Service
+    /// `shop` of its namespace, an unrelated workload; its status says it applies nowhere. A
+    /// policy refused for its rules still fails closed on the Service it targets rightly.
+    #[test]
+    fn a_refused_target_selects_nothing_and_a_refused_rule_fails_closed_on_its_target() {
+        let index = AuthzIndex::new(
+            "weft-system",
+            &[
+                policy(
+                    "pay",
+                    "deployment",
+                    json!({"targetRefs": [{"kind": "Deployment", "group": "apps", "name": "shop"}], "action": "DENY", "rules": [{}]}),
+                ),
+                policy(
+                    "pay",
+                    "elsewhere",
+                    json!({"targetRef": {"kind": "Service", "group": "", "name": "shop", "namespace": "other"}, "action": "DENY", "rules": [{}]}),
+                ),
+                policy(
+                    "pay",
+                    "typo",
+                    json!({"targetRefs": [{"kind": "Service", "group": "", "name": "api"},
+                                          {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "shop"}],
+                        "action": "DENY", "rules": [{"when": [{"key": "bogus", "values": ["x"]}]}]}),
+                ),
+            ],
+            SmiObjects::default(),
+        );
+        assert_eq!(index.problems.len(), 3, "{:?}", index.problems);
+        for name in ["deployment", "elsewhere"] {
+            let p = index.problems.iter().find(|p| p.name == name).unwrap();
+            assert!(
+                p.message.contains("applies it to no workload"),
+                "{}",
+                p.message
+            );
+        }
+        let typo = index.problems.iter().find(|p| p.name == "typo").unwrap();
+        assert!(
+            typo.message.contains("denies every request"),
+            "{}",
+            typo.message
+        );
+        let shop = index.for_pod(&pod("pay", &BTreeMap::new(), &["shop"]));
+        assert!(names(&shop).is_empty(), "{:?}", names(&shop));
+        let api = index.for_pod(&pod("pay", &BTreeMap::new(), &["api"]));
+        assert_eq!(names(&api), ["pay/typo"]);
+        assert_eq!((api[0].action, api[0].rules.len()), (Action::Deny, 1));
+    }
+
     #[test]
     fn gateway_pods_are_selected_by_namespace_labels_and_gateway_targets() {
         let index = AuthzIndex::new(
@@ -669,7 +730,7 @@ mod tests {
             ],
             SmiObjects::default(),
         );
-        // Refused by name; it fails closed on the endpoints of a Service called `shop`.
+        // Refused by name; its target selects nothing (not the endpoints of a Service `shop`).
         let refused: Vec<&str> = index.problems.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(refused, ["istio-gateway"]);
         assert!(

@@ -37,24 +37,66 @@ pub fn rules_for<'a>(index: &'a MeshIndex, namespace: &str) -> &'a RulesByHost {
     index.client_rules.get(namespace).unwrap_or(&index.rules)
 }
 
+/// What the check found over the client namespaces.
+#[derive(Debug, Default)]
+pub struct ClientConflicts {
+    pub found: Vec<Conflict>,
+    /// `(namespace, error)`: a client namespace whose snapshot could not be built or read, so
+    /// its proxies were not checked (the check says so; it never passes over one silently).
+    pub unchecked: Vec<(String, String)>,
+}
+
+/// The conflicts of [`checked_client_conflicts`] (`weft describe pod` lists those it finds).
+pub fn client_conflicts(index: &MeshIndex) -> Vec<Conflict> {
+    checked_client_conflicts(index).found
+}
+
 /// The conflicts as the clients meet them: per client namespace with meshed pods, its
 /// proxies' Service tables (a pod's snapshot: what its proxy runs) and the rules its lookup
-/// finds; one conflict per rule, host, subset and server port, naming every namespace.
-pub fn client_conflicts(index: &MeshIndex) -> Vec<Conflict> {
+/// finds; one conflict per rule, host, subset and server port, naming every namespace; and
+/// the namespaces that could not be checked.
+pub fn checked_client_conflicts(index: &MeshIndex) -> ClientConflicts {
     let pods: Vec<&MeshedPod> = index.meshed_pods().collect();
+    let snapshot = |ns: &str, name: &str| {
+        index
+            .snapshot_for(ns, name)
+            .map(|(_, bytes)| bytes)
+            .map_err(|e| e.to_string())
+    };
+    let rules = |ns: &str| {
+        rules_for(index, ns)
+            .iter()
+            .map(|(host, r)| (host.clone(), r.tls.clone()))
+            .collect()
+    };
+    conflicts_over(&pods, &snapshot, &rules)
+}
+
+/// [`client_conflicts`] over `pods`, with each pod's snapshot bytes and its namespace's TLS
+/// rules per host.
+fn conflicts_over(
+    pods: &[&MeshedPod],
+    snapshot: &dyn Fn(&str, &str) -> Result<Vec<u8>, String>,
+    rules_of: &dyn Fn(&str) -> BTreeMap<String, String>,
+) -> ClientConflicts {
     // One pod per namespace: TLS modes and rules do not vary within a namespace (only
     // sourceLabels routes do).
     let mut first: BTreeMap<&str, &MeshedPod> = BTreeMap::new();
-    for p in &pods {
+    for p in pods {
         first.entry(p.namespace.as_str()).or_insert(p);
     }
-    let mut out: Vec<Conflict> = Vec::new();
+    let mut out = ClientConflicts::default();
     for (ns, pod) in first {
-        let Ok((_, bytes)) = index.snapshot_for(ns, &pod.name) else {
-            continue;
-        };
-        let Ok(snapshot) = decode_snapshot(&bytes) else {
-            continue;
+        let read = snapshot(ns, &pod.name).and_then(|bytes| {
+            decode_snapshot(&bytes)
+                .map_err(|e| format!("the snapshot of pod {ns}/{} cannot be read: {e}", pod.name))
+        });
+        let snapshot = match read {
+            Ok(s) => s,
+            Err(e) => {
+                out.unchecked.push((ns.to_string(), e));
+                continue;
+            }
         };
         let services: Vec<Service> = snapshot
             .outbound
@@ -62,17 +104,14 @@ pub fn client_conflicts(index: &MeshIndex) -> Vec<Conflict> {
             .into_iter()
             .chain(snapshot.outbound.headless)
             .collect();
-        let rules: BTreeMap<String, String> = rules_for(index, ns)
-            .iter()
-            .map(|(host, r)| (host.clone(), r.tls.clone()))
-            .collect();
-        for c in conflicts(&services, &rules, &pods) {
-            match out.iter_mut().find(|o| {
+        let rules = rules_of(ns);
+        for c in conflicts(&services, &rules, pods) {
+            match out.found.iter_mut().find(|o| {
                 (&o.host, &o.rule, &o.subset, &o.pod, o.target_port)
                     == (&c.host, &c.rule, &c.subset, &c.pod, c.target_port)
             }) {
                 Some(o) => o.clients.push(ns.to_string()),
-                None => out.push(Conflict {
+                None => out.found.push(Conflict {
                     clients: vec![ns.to_string()],
                     ..c
                 }),
@@ -136,41 +175,56 @@ pub fn conflicts(
     out
 }
 
-/// The check's verdicts: one failure per conflict, or a pass.
+/// The check's verdicts: one failure per conflict and per namespace it could not check, or a
+/// pass.
 pub fn check(index: &MeshIndex) -> Vec<Verdict> {
-    let found = client_conflicts(index);
-    if found.is_empty() {
+    verdicts(checked_client_conflicts(index))
+}
+
+fn verdicts(checked: ClientConflicts) -> Vec<Verdict> {
+    let ClientConflicts { found, unchecked } = checked;
+    let mut out: Vec<Verdict> = unchecked
+        .into_iter()
+        .map(|(ns, error)| {
+            Verdict::fail(
+                TLS_CONFLICT,
+                format!("namespace {ns} was not checked: {error}"),
+                format!(
+                    "run weft check again; if namespace {ns} stays unchecked, the operator's log and `weft proxy-config` for a pod of {ns} show what its snapshot lacks"
+                ),
+            )
+        })
+        .collect();
+    if found.is_empty() && out.is_empty() {
         return vec![Verdict::pass(
             TLS_CONFLICT,
             "no DestinationRule sends plaintext to a STRICT port",
         )];
     }
-    found
-        .into_iter()
-        .map(|c| {
-            let subset = c
-                .subset
-                .as_deref()
-                .map(|s| format!(" (subset {s})"))
-                .unwrap_or_default();
-            Verdict::fail(
-                TLS_CONFLICT,
-                format!(
-                    "DestinationRule {} sets tls.mode DISABLE for {}{subset}, but {} port {} is STRICT ({}): every request from namespace {} gets 503 UC",
-                    c.rule,
-                    c.host,
-                    c.pod,
-                    c.target_port,
-                    c.source,
-                    c.clients.join(", ")
-                ),
-                format!(
-                    "remove the DestinationRule's tls block or set tls.mode ISTIO_MUTUAL (weft's auto-mTLS then applies), or make {} PERMISSIVE for port {}",
-                    c.source, c.target_port
-                ),
-            )
-        })
-        .collect()
+    out.extend(found.into_iter().map(|c| {
+        let subset = c
+            .subset
+            .as_deref()
+            .map(|s| format!(" (subset {s})"))
+            .unwrap_or_default();
+        Verdict::fail(
+            TLS_CONFLICT,
+            format!(
+                "DestinationRule {} sets tls.mode DISABLE for {}{subset}, but {} port {} is STRICT ({}): every request from namespace {} gets 503 UC",
+                c.rule,
+                c.host,
+                c.pod,
+                c.target_port,
+                c.source,
+                c.clients.join(", ")
+            ),
+            format!(
+                "remove the DestinationRule's tls block or set tls.mode ISTIO_MUTUAL (weft's auto-mTLS then applies), or make {} PERMISSIVE for port {}",
+                c.source, c.target_port
+            ),
+        )
+    }));
+    out
 }
 
 #[cfg(test)]
@@ -291,6 +345,50 @@ mod tests {
     /// The proxy's lookup, not the shared table: a rule of `front` for pets' db applies to
     /// front's clients only; pets' private rule to pets' clients only; each namespace is
     /// named with the rule its proxies apply, and describe pod lists only that rule.
+    /// A client namespace whose snapshot cannot be had or read is named as not checked, with
+    /// the error (it was skipped silently, and the check could pass over it); the check then
+    /// does not pass.
+    #[test]
+    fn a_namespace_whose_snapshot_fails_is_named_not_skipped() {
+        let api = pod("api-1", MtlsMode::Strict, None);
+        let mut shop = pod("web-1", MtlsMode::Strict, None);
+        shop.namespace = "shop".into();
+        let pods = [&api, &shop];
+        let snapshot = |ns: &str, name: &str| match ns {
+            "pay" => Err(format!(
+                "pod {ns}/{name} is not a meshed pod the operator knows"
+            )),
+            _ => Ok(b"not a snapshot".to_vec()),
+        };
+        let checked = conflicts_over(&pods, &snapshot, &|_| BTreeMap::new());
+        assert!(checked.found.is_empty());
+        let unchecked: Vec<&str> = checked
+            .unchecked
+            .iter()
+            .map(|(ns, _)| ns.as_str())
+            .collect();
+        assert_eq!(unchecked, ["pay", "shop"]);
+        let verdicts = verdicts(checked);
+        assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| v.status == super::super::check::Status::Fail)
+        );
+        assert!(
+            verdicts[0]
+                .detail
+                .contains("namespace pay was not checked: pod pay/api-1 is not a meshed pod"),
+            "{verdicts:?}"
+        );
+        assert!(
+            verdicts[1].detail.contains(
+                "namespace shop was not checked: the snapshot of pod shop/web-1 cannot be read"
+            ),
+            "{verdicts:?}"
+        );
+    }
+
     #[test]
     fn the_rule_each_client_namespace_applies_is_the_one_named() {
         use std::sync::Arc;
@@ -338,7 +436,9 @@ mod tests {
             &index.meshed_pods().collect::<Vec<_>>(),
         );
         assert!(shared.is_empty(), "{shared:?}");
-        let found = client_conflicts(&index);
+        let checked = checked_client_conflicts(&index);
+        assert!(checked.unchecked.is_empty(), "{:?}", checked.unchecked);
+        let found = checked.found;
         let named: Vec<(&str, &[String])> = found
             .iter()
             .map(|c| (c.rule.as_str(), c.clients.as_slice()))

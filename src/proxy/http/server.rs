@@ -122,12 +122,14 @@ pub async fn serve_pipeline<I, P>(
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     P: Pipeline,
 {
+    let side_owned: Arc<str> = Arc::from(side);
     // The version of the last request received (none yet).
     let received = Arc::new(watch::Sender::new(None::<Version>));
     let handler = {
         let (ctx, received) = (ctx.clone(), received.clone());
         move |req: Request<Incoming>| {
             let (pipeline, ctx, received) = (pipeline.clone(), ctx.clone(), received.clone());
+            let side = side_owned.clone();
             async move {
                 let version = req.version();
                 // Only a change is published: the drain waits for the first request.
@@ -136,8 +138,11 @@ pub async fn serve_pipeline<I, P>(
                     *last = Some(version);
                     changed
                 });
-                // Not on an upgrade or a CONNECT: their connection becomes the tunnel.
-                let close = version < Version::HTTP_2 && req.method() != Method::CONNECT;
+                if req.method() == Method::CONNECT {
+                    return Ok::<_, Infallible>(refuse_connect(version, &side));
+                }
+                // Not on an upgrade: its connection becomes the tunnel.
+                let close = version < Version::HTTP_2;
                 let mut response = pipeline.handle(req).await;
                 if close
                     && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -166,6 +171,27 @@ pub async fn serve_pipeline<I, P>(
     if let Err(e) = serve(io, handler, shutdown, idle, header_timeout).await {
         tracing::debug!(error = %e, side, "HTTP connection ended with an error");
     }
+}
+
+/// The answer to a CONNECT request: 403, as Envoy answers one on Istio's listeners, whose
+/// `upgrade_configs` enable only WebSocket (Envoy's CONNECT support is off unless an upgrade
+/// config names CONNECT). A tunnel is neither routed nor authorized past its first request,
+/// so a CONNECT would carry a client to any address past the mesh's routes and policies.
+/// An HTTP/1 connection is closed after it: the client may already be sending the tunnel's
+/// bytes, which are not HTTP.
+fn refuse_connect(version: Version, side: &str) -> Response<ResponseBody> {
+    tracing::debug!(
+        side,
+        "CONNECT refused with 403 (CONNECT is not enabled, as in Istio)"
+    );
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 // === impl Active ===
@@ -644,6 +670,58 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out));
         assert!(read.await.is_ok(), "the connection stayed open");
         let _ = served.await.unwrap();
+    }
+
+    /// A pipeline that counts the requests it is handed and answers 200.
+    struct Counting(AtomicU64);
+
+    impl Pipeline for Counting {
+        fn handle(
+            &self,
+            _req: Request<Incoming>,
+        ) -> impl Future<Output = Response<ResponseBody>> + Send {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Response::new(full("ok")))
+        }
+    }
+
+    /// CONNECT gets 403 before any pipeline sees it (so it is neither routed nor tunnelled:
+    /// it was tunnelled to wherever the app asked), and its HTTP/1 connection is closed; a
+    /// GET is handed on as before.
+    #[tokio::test]
+    async fn connect_is_refused_with_403_before_the_pipeline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ctx, _inputs) = ProxyContext::new(Default::default());
+        let pipeline = Arc::new(Counting(AtomicU64::new(0)));
+        let exchange = |request: &'static [u8]| {
+            let (ctx, pipeline) = (ctx.clone(), pipeline.clone());
+            async move {
+                let (mut client, server) = tokio::io::duplex(4096);
+                let served = tokio::spawn(async move {
+                    serve_pipeline(&ctx, server, pipeline, "test", None, Duration::ZERO).await
+                });
+                client.write_all(request).await.unwrap();
+                let mut out = String::new();
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut out));
+                assert!(read.await.is_ok(), "the connection stayed open: {out}");
+                served.await.unwrap();
+                out
+            }
+        };
+        let refused = exchange(
+            b"CONNECT 198.18.0.1:443 HTTP/1.1\r\nHost: 198.18.0.1:443\r\n\r\nbytes of a tunnel",
+        )
+        .await;
+        assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+        assert!(
+            refused.to_ascii_lowercase().contains("connection: close"),
+            "{refused}"
+        );
+        assert_eq!(pipeline.0.load(Ordering::Relaxed), 0);
+        let served = exchange(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        assert_eq!(pipeline.0.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -3,9 +3,9 @@
 //! denied never reaches the app), HTTP/1.1 for an HTTP/1 downstream (reopened when the app
 //! closes it, as `Connection: close` apps do), HTTP/2 with prior knowledge for an HTTP/2
 //! downstream (its streams multiplexed on the one connection). Hop-by-hop headers are
-//! dropped both ways; bodies and trailers stream through untouched. HTTP/1 Upgrade and
-//! CONNECT are tunnelled: once both sides switched protocols the two upgraded streams are
-//! copied byte for byte.
+//! dropped both ways; bodies and trailers stream through untouched. An HTTP/1
+//! `Upgrade: websocket` is tunnelled: once both sides switched protocols the two upgraded
+//! streams are copied byte for byte. CONNECT never reaches here (`server` answers it 403).
 
 use std::future::Future;
 use std::io;
@@ -238,7 +238,8 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
-/// Whether a request asks to leave HTTP: an HTTP/1 `Upgrade` (WebSocket) or a CONNECT.
+/// Whether a request asks to leave HTTP: an HTTP/1 `Upgrade: websocket`. (A CONNECT is
+/// refused before routing, `server::refuse_connect`.)
 pub fn wants_tunnel<B>(req: &Request<B>) -> bool {
     wants_tunnel_head(req.method(), req.version(), req.headers())
 }
@@ -249,15 +250,15 @@ pub fn wants_tunnel<B>(req: &Request<B>) -> bool {
 /// sends next. Any other `Upgrade` is dropped with the hop-by-hop headers and the request
 /// forwarded as plain HTTP/1.1, as Envoy does for h2c.
 pub fn wants_tunnel_head(method: &Method, version: Version, headers: &HeaderMap) -> bool {
-    method == Method::CONNECT
-        || (version != Version::HTTP_2
-            && connection_has(headers, "upgrade")
-            && headers
-                .get_all(header::UPGRADE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+    method != Method::CONNECT
+        && version != Version::HTTP_2
+        && connection_has(headers, "upgrade")
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -354,10 +355,6 @@ pub fn prepare_request<B>(req: &mut Request<B>, fallback_authority: &str) {
 /// [`prepare_request`] once whether the request is a tunnel is known.
 fn prepare<B>(req: &mut Request<B>, tunnel: bool, fallback_authority: &str) {
     strip_hop_by_hop(req.headers_mut(), tunnel);
-    if req.method() == Method::CONNECT {
-        // Authority-form: forwarded as it came.
-        return;
-    }
     let path = req
         .uri()
         .path_and_query()
@@ -408,12 +405,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let tunnel = wants_tunnel(&req);
-    let connect = req.method() == Method::CONNECT;
     let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, tunnel, fallback_authority);
     let mut resp = upstream.send(req).await?;
-    let switched =
-        resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success());
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (Some(downstream), true) = (downstream_upgrade, switched) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -429,7 +424,7 @@ where
             }
         });
     }
-    strip_hop_by_hop(resp.headers_mut(), switched && !connect);
+    strip_hop_by_hop(resp.headers_mut(), switched);
     Ok(resp)
 }
 
@@ -546,6 +541,9 @@ mod tests {
         assert_eq!(req.headers()["connection"], "upgrade");
         let plain = Request::get("/").header("upgrade", "h2c").body(()).unwrap();
         assert!(!wants_tunnel(&plain), "Upgrade without Connection: upgrade");
+        // CONNECT is never a tunnel here (the server refuses it first).
+        let connect = Request::connect("198.18.0.1:443").body(()).unwrap();
+        assert!(!wants_tunnel(&connect));
         // An h2c upgrade is never tunnelled (its later requests would skip routing and
         // policy): the upgrade headers go and the request is forwarded as plain HTTP/1.1.
         let mut h2c = Request::get("/public")

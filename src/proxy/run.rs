@@ -190,6 +190,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     for listener in outbound_l {
         tasks.spawn(outbound::serve(ctx.clone(), listener));
     }
+    // Pooled upstream connections a new config no longer names close soon after it comes.
+    tasks.spawn(super::http::pool_retire::run(ctx.clone()));
     for listener in inbound_l {
         tasks.spawn(inbound::serve(ctx.clone(), listener));
     }

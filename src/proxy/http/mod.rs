@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+pub mod pool_retire;
 pub mod replay;
 pub mod server;
 pub mod upstream;

@@ -330,6 +330,27 @@ where
         Ok(resp)
     }
 
+    /// Forgets every connection whose key `live` rejects (a config change made its
+    /// destination, endpoint or `connectionPool` settings go away): parked HTTP/1.1 ones are
+    /// closed now, a shared HTTP/2 one takes no new request and closes once the requests on it
+    /// end. Without this they lingered until their idle timeout (1 h by default).
+    pub fn retire(&self, live: impl Fn(&Key) -> bool) -> usize {
+        let mut retired = 0;
+        self.inner.lock_h2().retain(|key, _| {
+            let keep = live(key);
+            retired += usize::from(!keep);
+            keep
+        });
+        self.inner.lock_h1().retain(|key, list| {
+            let keep = live(key);
+            if !keep {
+                retired += list.len();
+            }
+            keep
+        });
+        retired
+    }
+
     /// The most recently parked connection that is still open and idle.
     fn checkout_h1(&self, key: &Key) -> Option<Idle<B>> {
         let mut parked = self.inner.lock_h1();
@@ -579,6 +600,34 @@ mod tests {
             assert_eq!(call(&pool, &unlimited, true).await, "ok");
         }
         assert_eq!(unlimited.opened(), 1, "0/unset: unlimited");
+    }
+
+    /// A key the config no longer names is retired at once: its idle HTTP/1.1 connection and
+    /// its shared HTTP/2 one close (they lingered for the pool's 1 h idle timeout); a live
+    /// key's connection stays and is reused.
+    #[tokio::test]
+    async fn retired_keys_close_their_idle_connections_at_once() {
+        let pool: Pool<Full<Bytes>> = Pool::new(Duration::from_secs(3600));
+        let counts = Arc::new(Counts::default());
+        let old = limited(Limits {
+            max_requests: Some(100),
+            idle: None,
+        });
+        for h2 in [false, true] {
+            for key in [&old, &key()] {
+                assert_eq!(call_as(&pool, key, &counts, h2).await, "ok");
+                // An HTTP/1.1 connection is parked by a task once its response has ended.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(counts.opened(), 4);
+        assert_eq!(pool.retire(|k| *k != old), 2);
+        assert_eq!(closed_at_least(&counts, 2).await, 2);
+        for h2 in [false, true] {
+            assert_eq!(call_as(&pool, &key(), &counts, h2).await, "ok");
+        }
+        assert_eq!(counts.opened(), 4, "the live key's connections are reused");
+        assert_eq!(counts.closed(), 2);
     }
 
     #[tokio::test]

@@ -9,9 +9,11 @@ RUN cargo build --release --locked --bin weft --bin weft-proxy
 
 FROM debian:bookworm-slim
 # `weft-proxy init` (the init container) runs iptables-save and iptables-restore: Debian's
-# default alternative, the nft backend, as on current nodes.
+# default alternative, the nft backend, as on current nodes. ca-certificates: the system roots
+# a DestinationRule SIMPLE without credentialName verifies the server against
+# (src/proxy/originate.rs), as Istio's proxy image has them.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables \
+ && apt-get install -y --no-install-recommends iptables ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/weft /usr/local/bin/weft
 COPY --from=build /src/target/release/weft-proxy /usr/local/bin/weft-proxy

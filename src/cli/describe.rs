@@ -200,10 +200,7 @@ pub fn describe(view: &MeshView, index: &MeshIndex, namespace: &str, pod: &str) 
 }
 
 fn tls_name(m: ClientTls) -> &'static str {
-    match m {
-        ClientTls::Disable => "DISABLE",
-        ClientTls::IstioMutual => "ISTIO_MUTUAL",
-    }
+    m.name()
 }
 
 /// Which kind of resource a route of `<namespace>/<name>` comes from.

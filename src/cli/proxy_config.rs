@@ -170,27 +170,47 @@ pub fn routes(s: &ProxySnapshot) -> Vec<RouteRow> {
                 route_rows(&svc.name, svc.port, &svc.http, &mut rows);
             }
         }
-        l4_route_rows(svc, &mut rows);
+        l4_route_rows(&svc.name, svc.port, &svc.l4, &mut rows);
     }
     for listener in s.gateway.iter().flat_map(|g| &g.listeners) {
         for vhost in &listener.virtual_hosts {
             let host = format!("gateway {}", vhost.domains.join(","));
             route_rows(&host, listener.port, &vhost.routes, &mut rows);
         }
+        // Relayed: PASSTHROUGH (by SNI) or TCP, and each terminated TLS server's own routes.
+        if let Some(l4) = &listener.l4 {
+            let host = match l4.sni_hosts.as_slice() {
+                [] => "gateway (tcp)".to_string(),
+                names => format!("gateway {} (passthrough)", names.join(",")),
+            };
+            l4_route_rows(&host, listener.port, &l4.routes, &mut rows);
+        }
+        for t in &listener.tls {
+            if let Some(relay) = &t.relay {
+                let host = format!("gateway {} (terminated)", t.hosts.join(","));
+                l4_route_rows(&host, listener.port, relay, &mut rows);
+            }
+        }
     }
     rows
 }
 
-/// A Service port's VirtualService `tls` then `tcp` routes (route-l4, issue 19), in the order
-/// the proxy tries them for a connection it relays; the action column says which kind.
-fn l4_route_rows(svc: &Service, rows: &mut Vec<RouteRow>) {
-    let kinds = [("tls", &svc.l4.tls), ("tcp", &svc.l4.tcp)];
+/// `tls` then `tcp` routes of a Service port (VirtualService routes, issue 19) or of a
+/// gateway's relayed listener, in the order the proxy tries them for a connection it relays;
+/// the action column says which kind.
+fn l4_route_rows(
+    service: &str,
+    port: u16,
+    table: &crate::route::l4::L4Table,
+    rows: &mut Vec<RouteRow>,
+) {
+    let kinds = [("tls", &table.tls), ("tcp", &table.tcp)];
     let mut index = 0;
     for (kind, routes) in kinds {
         for r in routes {
             rows.push(RouteRow {
-                service: svc.name.clone(),
-                port: svc.port,
+                service: service.to_string(),
+                port,
                 index: Some(index),
                 name: r.name.clone(),
                 matches: matches_column(&r.matches),
@@ -360,6 +380,21 @@ pub fn endpoints(s: &ProxySnapshot) -> Vec<EndpointRow> {
                     "plaintext (the server's port is DISABLE)".into()
                 }
                 (UpstreamSecurity::Plaintext, _) => "plaintext (not meshed)".into(),
+                (
+                    UpstreamSecurity::Originate {
+                        mutual, settings, ..
+                    },
+                    _,
+                ) => format!(
+                    "tls {} (DestinationRule tls.mode {}{})",
+                    settings.sni.as_deref().unwrap_or(&svc.name),
+                    if mutual { "MUTUAL" } else { "SIMPLE" },
+                    settings
+                        .credential_name
+                        .as_deref()
+                        .map(|c| format!(", credentialName {c}"))
+                        .unwrap_or_default()
+                ),
             };
             rows.push(EndpointRow {
                 endpoint: ep.addr().to_string(),

@@ -125,6 +125,9 @@ pub struct MeshIndex {
     pub problems: Vec<PolicyProblem>,
     /// Host -> the DestinationRule whose TLS mode its Service entry carries (for `weft check`).
     pub tls_rules: BTreeMap<String, String>,
+    /// Proxy namespace -> the `credentialName` Secrets its DestinationRules name for TLS
+    /// origination (SIMPLE/MUTUAL), carried only in that namespace's proxies' snapshots.
+    credentials: BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>>,
     /// The DestinationRules each client's proxy applies per host: shared, and per client
     /// namespace where they differ ([`super::routes::Applied::client_rules`]).
     pub rules: super::routes::RulesByHost,
@@ -465,6 +468,7 @@ impl MeshIndex {
                 .chain(std::mem::take(&mut egress.problems))
                 .collect(),
             tls_rules: routed.tls_rules,
+            credentials: routed.credentials,
             rules: routed.rules,
             client_rules: routed.client_rules,
             gamma: routed.gamma,
@@ -559,6 +563,7 @@ impl MeshIndex {
             .unwrap_or_default();
         let access_log = self.access_logs.get(&pod.revision).copied();
         let egress = self.egress.table_for(namespace);
+        let credentials = self.credentials.get(namespace);
         let variant = self
             .source_variants
             .get(&(namespace.to_string(), name.to_string()));
@@ -573,6 +578,7 @@ impl MeshIndex {
             access_log,
             &egress,
             &pod.gateway,
+            credentials,
         ))
         .unwrap_or_default();
         let mut material = own;
@@ -585,6 +591,7 @@ impl MeshIndex {
             policy,
             access_log,
             egress,
+            credentials,
             services: variant.map_or(&self.services, |v| &v.services),
             headless: variant.map_or(&self.headless, |v| &v.headless),
             version: format!("sha256:{}", hex(&sha256(&material)[..16])),
@@ -600,6 +607,7 @@ pub struct ProxyConfig<'a> {
     policy: OutboundPolicy,
     access_log: Option<AccessLog>,
     egress: Vec<crate::route::egress::ExternalService>,
+    credentials: Option<&'a BTreeMap<String, crate::snapshot::TlsCredential>>,
     services: &'a Table,
     headless: &'a Table,
     peers: Option<&'a RawList>,
@@ -630,6 +638,7 @@ impl ProxyConfig<'_> {
             access_log: self.access_log,
             peers,
             gateway: self.pod.gateway.as_ref(),
+            credentials: self.credentials,
         }
     }
 
@@ -721,6 +730,8 @@ struct SnapshotRef<'a> {
     peers: Option<&'a RawList>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gateway: Option<&'a crate::route::gateway::GatewayConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials: Option<&'a BTreeMap<String, crate::snapshot::TlsCredential>>,
 }
 
 #[derive(Serialize)]

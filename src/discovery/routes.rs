@@ -62,6 +62,10 @@ pub struct Applied {
     /// Client namespace -> the same, where Istio's client-namespace lookup (own namespace,
     /// then the Service's, then the root namespace; `exportTo`) makes it differ.
     pub client_rules: BTreeMap<String, RulesByHost>,
+    /// Proxy namespace -> the `credentialName` Secrets of that namespace that the
+    /// DestinationRules visible there name for SIMPLE/MUTUAL ([`origination_credentials`]):
+    /// each proxy's snapshot carries its own namespace's only.
+    pub credentials: BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>>,
 }
 
 /// Host -> the DestinationRules a client's proxy applies to it, as `weft check` and `weft
@@ -305,6 +309,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         &is_service,
         &mut external_problems,
     ));
+    originating_external(&tables.tls, &registry, &is_service, headless);
     let mut namespaces = BTreeMap::new();
     let rules = rules_by_host(&tables.tls);
     let mut client_rules = BTreeMap::new();
@@ -338,6 +343,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
                 &is_service,
                 &mut external_problems,
             ));
+            originating_external(&own.tls, &registry, &is_service, &mut ns_headless);
             if ns_services[..] != services[..] || ns_headless[..] != headless[..] {
                 namespaces.insert(ns.clone(), (ns_services, ns_headless));
             }
@@ -360,10 +366,21 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         &vss,
         &external,
     );
+    // An egress gateway's hop out: the external host's DestinationRule (TLS origination
+    // SIMPLE/MUTUAL, Istio's egress-gateway TLS-origination task; balancing) on the Service
+    // the gateway sends to, as the shared lookup has it.
+    for config in gateways.0.values_mut() {
+        for s in &mut config.external {
+            if let Some(tls) = tables.tls.get(&s.name) {
+                lay_policy(tls, s);
+            }
+        }
+    }
     let mut gamma = gamma;
     let lookup = |ns: &str, name: &str| credential(view, ns, name);
     let gateway_api =
         super::gateway_api::apply(view, &registry, &lookup, &mut gateways.0, &mut gamma);
+    let credentials = origination_credentials(view, &mut tables.problems);
     let mut problems = tables.problems;
     for p in gateways.1 {
         if !problems.contains(&p) {
@@ -403,7 +420,154 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         namespaces,
         rules,
         client_rules,
+        credentials,
     }
+}
+
+/// The `credentialName`s of SIMPLE/MUTUAL policies (anywhere in a DestinationRule), with the
+/// rule, per namespace whose proxies see the rule (its own; `exportTo`, default every one).
+fn origination_names<'a>(
+    destination_rules: &'a [std::sync::Arc<crate::api::DestinationRule>],
+    pods: &[std::sync::Arc<Pod>],
+) -> Vec<(String, String, &'a ObjectMeta)> {
+    let mut out = Vec::new();
+    for dr in destination_rules {
+        let spec = &dr.spec.raw;
+        let tops = spec.get("trafficPolicy").into_iter().chain(
+            spec.get("subsets")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|sub| sub.get("trafficPolicy")),
+        );
+        let mut policies: Vec<&serde_json::Value> = Vec::new();
+        for p in tops {
+            policies.push(p);
+            policies.extend(
+                p.get("portLevelSettings")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        let Some(ns) = dr.metadata.namespace.as_deref() else {
+            continue;
+        };
+        let export: Vec<&str> = spec
+            .get("exportTo")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let mut seen_by: std::collections::BTreeSet<String> = Default::default();
+        let everywhere = export.is_empty() || export.contains(&"*");
+        if everywhere {
+            seen_by.extend(pods.iter().filter_map(|p| p.metadata.namespace.clone()));
+        } else {
+            for e in &export {
+                match *e {
+                    "." => {
+                        seen_by.insert(ns.to_string());
+                    }
+                    "~" => {}
+                    other => {
+                        seen_by.insert(other.to_string());
+                    }
+                }
+            }
+        }
+        // Only namespaces with meshed pods: their proxies are the ones that need it (and
+        // the operator is not sent to read Secrets where no proxy is).
+        seen_by.retain(|n| {
+            pods.iter()
+                .any(|p| p.metadata.namespace.as_deref() == Some(n))
+        });
+        for p in policies {
+            let Some(tls) = p.get("tls") else { continue };
+            if !matches!(
+                tls.get("mode").and_then(serde_json::Value::as_str),
+                Some("SIMPLE" | "MUTUAL")
+            ) {
+                continue;
+            }
+            let Some(name) = tls
+                .get("credentialName")
+                .and_then(serde_json::Value::as_str)
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
+            for client in &seen_by {
+                out.push((client.clone(), name.to_string(), &dr.metadata));
+            }
+        }
+    }
+    out
+}
+
+/// The namespaces whose `kubernetes.io/tls` Secrets the operator must read for TLS
+/// origination: those of meshed pods (sidecars and gateways) that see a DestinationRule
+/// naming a `credentialName` for SIMPLE/MUTUAL (Istio reads it in the proxy's namespace).
+pub fn origination_namespaces(
+    destination_rules: &[std::sync::Arc<crate::api::DestinationRule>],
+    pods: &[std::sync::Arc<Pod>],
+) -> std::collections::BTreeSet<String> {
+    origination_names(destination_rules, pods)
+        .into_iter()
+        .map(|(ns, _, _)| ns)
+        .collect()
+}
+
+/// Per proxy namespace, the Secrets its DestinationRules name for SIMPLE/MUTUAL, read in that
+/// namespace as Istio's SDS reads them for a proxy (so a MUTUAL key reaches only the proxies
+/// of the Secret's own namespace). A Secret missing or unusable is named on the rule; its
+/// connections are refused by the proxy (it has no credentials by that name).
+fn origination_credentials(
+    view: &MeshView,
+    problems: &mut Vec<compile::Problem>,
+) -> BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>> {
+    let mut out: BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>> =
+        BTreeMap::new();
+    for (ns, name, rule) in origination_names(&view.destination_rules, &view.pods) {
+        if out.get(&ns).is_some_and(|m| m.contains_key(&name)) {
+            continue;
+        }
+        match credential(view, &ns, &name) {
+            Ok(c) => {
+                out.entry(ns).or_default().insert(
+                    name,
+                    crate::snapshot::TlsCredential {
+                        ca: c.ca,
+                        cert_chain: Some(c.cert_chain),
+                        private_key: Some(c.private_key),
+                    },
+                );
+            }
+            Err(e) => {
+                let p = compile::Problem {
+                    kind: crate::route::istio::DESTINATION_RULE,
+                    namespace: rule.namespace.clone().unwrap_or_default(),
+                    name: rule.name.clone().unwrap_or_default(),
+                    message: format!(
+                        "tls.credentialName {name} for the proxies of namespace {ns} (read in the proxy's namespace, as Istio does): {}; their TLS origination is refused until it is there",
+                        e.replace(
+                            "the gateway pods' namespace, where Istio reads it too",
+                            "the client proxy's namespace"
+                        )
+                        .replace(
+                            "`weft gateway install` grants",
+                            "a Role and RoleBinding grant"
+                        )
+                    ),
+                };
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The client namespaces that may see other routes than the shared tables: those holding a
@@ -472,21 +636,7 @@ fn lay(
             s.subsets = subset_members(subsets, &endpoint_labels);
         }
         if let Some(tls) = tables.tls.get(&s.name) {
-            // `portLevelSettings` naming this entry's port replace the host-wide policy.
-            match tls.ports.get(&s.port) {
-                Some(p) => {
-                    s.tls = p.mode;
-                    s.subset_tls = p.subsets.clone();
-                    s.traffic = p.traffic.clone();
-                    s.subset_traffic = p.subset_traffic.clone();
-                }
-                None => {
-                    s.tls = tls.mode;
-                    s.subset_tls = tls.subsets.clone();
-                    s.traffic = tls.traffic.clone();
-                    s.subset_traffic = tls.subset_traffic.clone();
-                }
-            }
+            lay_policy(tls, s);
         }
         if let Some(routes) = tables.http.get(&(s.name.clone(), s.port)) {
             s.http = routes.clone();
@@ -496,6 +646,76 @@ fn lay(
             && s.protocol != Protocol::Http
         {
             s.l4 = l4.clone();
+        }
+    }
+}
+
+/// A host's DestinationRule policy on one Service entry: TLS mode (with SIMPLE/MUTUAL's
+/// settings in the traffic policy) and traffic policy, `portLevelSettings` naming the entry's
+/// port replacing the host-wide policy.
+fn lay_policy(tls: &crate::route::model::HostPolicy, s: &mut Service) {
+    match tls.ports.get(&s.port) {
+        Some(p) => {
+            s.tls = p.mode;
+            s.subset_tls = p.subsets.clone();
+            s.traffic = p.traffic.clone();
+            s.subset_traffic = p.subset_traffic.clone();
+        }
+        None => {
+            s.tls = tls.mode;
+            s.subset_tls = tls.subsets.clone();
+            s.traffic = tls.traffic.clone();
+            s.subset_traffic = tls.subset_traffic.clone();
+        }
+    }
+}
+
+/// TLS origination for ServiceEntry hosts at sidecars (issue 20, docs/egress.md): each HTTP
+/// port of a declared host whose DestinationRule says SIMPLE or MUTUAL there becomes an
+/// address-less Service holding that policy (unless one exists already, holding the host's
+/// mesh routes to an egress gateway), which the proxy applies to requests it matched to the
+/// host by Host (`proxy::egress`). Kubernetes Service hosts are laid by [`lay`].
+fn originating_external(
+    tls: &BTreeMap<String, crate::route::model::HostPolicy>,
+    registry: &Registry,
+    is_service: &dyn Fn(&str) -> bool,
+    headless: &mut Vec<Service>,
+) {
+    for (host, policy) in tls {
+        if is_service(host) {
+            continue;
+        }
+        for port in registry
+            .ports(host)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.http)
+        {
+            let mode = policy.ports.get(&port.port).map_or(policy.mode, |p| p.mode);
+            if !mode.is_some_and(crate::route::model::ClientTls::originates)
+                || headless
+                    .iter()
+                    .any(|s| s.name == *host && s.port == port.port)
+            {
+                continue;
+            }
+            let mut s = Service {
+                cluster_ip: None,
+                port: port.port,
+                name: host.clone(),
+                protocol: Protocol::Http,
+                detect_protocol: false,
+                endpoints: Vec::new(),
+                subsets: BTreeMap::new(),
+                http: Vec::new(),
+                tls: None,
+                subset_tls: BTreeMap::new(),
+                traffic: Default::default(),
+                subset_traffic: BTreeMap::new(),
+                l4: Default::default(),
+            };
+            lay_policy(policy, &mut s);
+            headless.push(s);
         }
     }
 }

@@ -372,10 +372,15 @@ impl DiscoveryState {
                     &istio_gateways.state(),
                     &gateway_api_gateways.state(),
                 );
+                // TLS origination (DestinationRule SIMPLE/MUTUAL credentialName): the Secrets
+                // of the namespaces whose proxies see such a rule (tlsorig's line).
+                let originating =
+                    super::routes::origination_namespaces(&destination_rules.state(), &pods);
                 let gateway_namespaces = credentials
                     .iter()
                     .map(String::as_str)
-                    .chain(granted.iter().map(String::as_str));
+                    .chain(granted.iter().map(String::as_str))
+                    .chain(originating.iter().map(String::as_str));
                 let view = MeshView {
                     tls_secrets: tls_secrets.state(gateway_namespaces),
                     pods,

@@ -145,6 +145,12 @@ async fn handle(
                         *t = t.redacted();
                     }
                 }
+                // Nor do the client keys of TLS origination (DestinationRule MUTUAL).
+                for c in shown.credentials.values_mut() {
+                    if c.private_key.is_some() {
+                        c.private_key = Some("(redacted)".into());
+                    }
+                }
                 shown
             });
             json(&serde_json::json!({

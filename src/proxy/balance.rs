@@ -347,6 +347,7 @@ mod tests {
                 ..OutlierDetection::istio_default()
             }),
             connection_pool: None,
+            origination: None,
         };
         let headers = [("cookie", "a=1; user=jason")];
         let req = RequestKey {

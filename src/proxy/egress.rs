@@ -322,6 +322,8 @@ struct EgressHttp {
     conn: Arc<ConnLog>,
     /// One upstream connection per address this connection's requests went to.
     upstreams: Mutex<Vec<(SocketAddr, Arc<PlainUpstream>)>>,
+    /// The same for originated TLS, per address and settings.
+    tls_upstreams: Mutex<Vec<(SocketAddr, String, Arc<TlsUpstream>)>>,
     recorders: Mutex<Vec<(TcpLabels, Arc<Mutex<super::metrics::RequestRecorder>>)>>,
 }
 
@@ -346,6 +348,7 @@ async fn serve_http<I>(
             destination_principal: None,
         }),
         upstreams: Mutex::new(Vec::new()),
+        tls_upstreams: Mutex::new(Vec::new()),
         recorders: Mutex::new(Vec::new()),
     });
     server::serve_pipeline(ctx, io, state, "egress", None, Duration::ZERO).await;
@@ -383,6 +386,51 @@ impl EgressHttp {
         }));
         all.push((addr, u.clone()));
         u
+    }
+}
+
+impl EgressHttp {
+    fn tls_upstream(
+        &self,
+        addr: SocketAddr,
+        key: String,
+        o: super::originate::Originate,
+    ) -> Arc<TlsUpstream> {
+        let mut all = self.tls_upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, u)) = all.iter().find(|(a, k, _)| *a == addr && *k == key) {
+            return u.clone();
+        }
+        let u = Arc::new(HttpUpstream::new(OriginateConnector {
+            addr,
+            timeout: self.ctx.settings.connect_timeout,
+            handshake: self.ctx.settings.handshake_timeout,
+            originate: o,
+        }));
+        all.push((addr, key, u.clone()));
+        u
+    }
+}
+
+/// An HTTP client connection to one address outside the mesh over TLS the proxy originates.
+type TlsUpstream = HttpUpstream<OriginateConnector, Counted<Incoming>>;
+
+/// Dials an address and opens TLS on it as a DestinationRule's SIMPLE/MUTUAL says.
+struct OriginateConnector {
+    addr: SocketAddr,
+    timeout: Duration,
+    handshake: Duration,
+    originate: super::originate::Originate,
+}
+
+impl super::http::upstream::Connect for OriginateConnector {
+    type Io = tokio_rustls::client::TlsStream<TcpStream>;
+    async fn connect(&self) -> std::io::Result<Self::Io> {
+        let tcp = connect(self.addr, None, self.timeout).await?;
+        super::originate::handshake(&self.originate, tcp, self.handshake)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(addr = %self.addr, sni = ?self.originate.server_name, error = %e, "TLS origination handshake failed (the server's certificate is checked against the credentialName's ca.crt or the system roots, and its name against subjectAltNames or the SNI)");
+            })
     }
 }
 
@@ -424,12 +472,54 @@ impl server::Pipeline for EgressHttp {
             )
             .await;
         }
+        // A DestinationRule SIMPLE/MUTUAL for the declared host's port: the proxy originates
+        // TLS ([`super::originate`]); a setup that cannot be done as asked answers 503, never
+        // plaintext.
+        let originate = match &verdict {
+            Verdict::Declared(d) => snapshot
+                .service_named(&d.service.host, self.orig.port())
+                .and_then(|s| Some((s.tls.filter(|m| m.originates())?, s)))
+                .map(|(mode, s)| {
+                    let settings = s.traffic.origination.clone().unwrap_or_default();
+                    let mutual = mode == crate::snapshot::ClientTls::Mutual;
+                    let prepared = super::originate::prepare(
+                        &d.service.host,
+                        mutual,
+                        &settings,
+                        &snapshot.snapshot.credentials,
+                    );
+                    (settings, mutual, prepared)
+                }),
+            _ => None,
+        };
         let labels = labels_of(
             &snapshot,
             &verdict,
             Some(&host).filter(|h| !h.is_empty()).map(|h| h.as_str()),
         );
         let cluster = cluster_of(&verdict, self.orig.port());
+        if let Some((_, _, Err(why))) = &originate {
+            let record = self.record(
+                labels,
+                UpstreamLog {
+                    host: None,
+                    cluster,
+                },
+            );
+            tracing::warn!(destination = %self.orig, %host, reason = %why, "TLS origination refused (DestinationRule tls SIMPLE/MUTUAL)");
+            // Envoy's answer when a cluster's TLS context is not ready: no healthy upstream.
+            let why = Why {
+                flags: "UH",
+                details: Some("tls_origination_not_ready"),
+                failure: None,
+            };
+            return exchange.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                &record,
+                why,
+            );
+        }
         let target = match &verdict {
             Verdict::BlackHole => {
                 let record = self.record(
@@ -452,7 +542,12 @@ impl server::Pipeline for EgressHttp {
             }
             Verdict::Declared(d) => match d.resolves(self.orig) {
                 Some(name) => match resolved(name).await.first() {
-                    Some(ip) => SocketAddr::new(*ip, self.orig.port()),
+                    Some(ip) => match &originate {
+                        Some(_) => {
+                            SocketAddr::new(*ip, d.port.target_port.unwrap_or(self.orig.port()))
+                        }
+                        None => SocketAddr::new(*ip, self.orig.port()),
+                    },
                     None => {
                         let record = self.record(
                             labels,
@@ -475,6 +570,11 @@ impl server::Pipeline for EgressHttp {
                         );
                     }
                 },
+                None if originate.is_some() => d
+                    .tls_targets(self.orig)
+                    .first()
+                    .copied()
+                    .unwrap_or(self.orig),
                 None => d.targets(self.orig).first().copied().unwrap_or(self.orig),
             },
             Verdict::Passthrough => self.orig,
@@ -486,10 +586,20 @@ impl server::Pipeline for EgressHttp {
                 cluster,
             },
         );
-        let upstream = self.upstream(target);
         let request = Request::from_parts(parts, body);
         let idle = self.ctx.settings.idle_timeout;
-        match forward(&*upstream, request, &host, idle).await {
+        let sent = match originate {
+            Some((settings, mutual, Ok(o))) => {
+                let key = format!(
+                    "mutual={mutual} {}",
+                    serde_json::to_string(&settings).unwrap_or_default()
+                );
+                let upstream = self.tls_upstream(target, key, o);
+                forward(&*upstream, request, &host, idle).await
+            }
+            _ => forward(&*self.upstream(target), request, &host, idle).await,
+        };
+        match sent {
             Ok(resp) => exchange.respond(resp, record),
             Err(e) => {
                 tracing::debug!(%target, error = %e, "egress request failed");
@@ -647,6 +757,75 @@ mod tests {
             1.0,
             "{text}"
         );
+    }
+
+    /// Istio's egress TLS-origination task: the app calls `http://partner.weft.test:80`, the
+    /// ServiceEntry maps port 80 to targetPort 443-like (here the test server's port), and a
+    /// DestinationRule SIMPLE (as the control plane lays it: an address-less Service with the
+    /// mode, the CA from the proxy's `credentials`) makes the sidecar send TLS, verified.
+    #[tokio::test]
+    async fn a_declared_http_host_with_simple_or_mutual_gets_tls_originated_and_verified() {
+        use crate::proxy::originate::test_support::{Ca, server};
+        let ca = Ca::new("partner CA");
+        let client_ca = Ca::new("our client CA");
+        let simple = server(&ca, &["partner.weft.test"], None, true).await;
+        let mutual = server(&ca, &["partner.weft.test"], Some(&client_ca), true).await;
+        let (chain, key) = client_ca.leaf(&["client.weft.test"]);
+        let run = |target: SocketAddr, tls: &str, credential: serde_json::Value| {
+            let entries = compiled(
+                &[json!({"hosts": ["partner.weft.test"], "resolution": "DNS",
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP",
+                           "targetPort": target.port()}]})],
+            );
+            let (ctx, inputs) = ProxyContext::new(Default::default());
+            let snapshot = json!({
+                "schemaVersion": 1, "version": "v1",
+                "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
+                "trustDomain": "cluster.local",
+                "workload": {"name": "productpage", "namespace": "payments"},
+                "inbound": {"defaultMode": "PERMISSIVE"},
+                "outbound": {"policy": "REGISTRY_ONLY", "egress": entries, "headless": [{
+                    "port": 80, "name": "partner.weft.test", "protocol": "http",
+                    "tls": tls, "traffic": {"origination": {"credentialName": "partner"}}}]},
+                "credentials": {"partner": credential}
+            });
+            inputs
+                .snapshot
+                .offer(snapshot.to_string().as_bytes())
+                .unwrap();
+            ctx
+        };
+        let orig: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        // SIMPLE, the right CA: the server answers over TLS, no client certificate.
+        let ctx = run(simple, "SIMPLE", json!({"ca": ca.pem}));
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "partner.weft.test").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("no-client-cert\n"),
+            "{got}"
+        );
+        // Another CA: 503, nothing in plaintext.
+        let other = Ca::new("not the partner's CA");
+        let ctx = run(simple, "SIMPLE", json!({"ca": other.pem}));
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "partner.weft.test").await;
+        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+        // MUTUAL presents the Secret's client certificate.
+        let cred = json!({"ca": ca.pem, "certChain": chain, "privateKey": key});
+        let ctx = run(mutual, "MUTUAL", cred);
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "partner.weft.test").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200")
+                && got.ends_with("client-cert\n")
+                && !got.ends_with("no-client-cert\n"),
+            "{got}"
+        );
+        // MUTUAL whose Secret did not reach the proxy: 503 UH, never plaintext.
+        let ctx = run(mutual, "MUTUAL", json!({"ca": ca.pem}));
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "partner.weft.test").await;
+        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
     }
 
     #[tokio::test]

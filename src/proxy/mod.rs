@@ -31,6 +31,7 @@ pub mod inputs;
 pub mod iptables;
 pub mod metrics;
 pub mod net;
+pub mod originate;
 pub mod outbound;
 pub mod peer_meta;
 pub mod run;

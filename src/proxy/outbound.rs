@@ -63,10 +63,12 @@ impl Refusal {
     }
 }
 
-/// A connection to an upstream: plaintext or mTLS.
+/// A connection to an upstream: plaintext, mesh mTLS, or TLS the proxy originated for a
+/// DestinationRule's SIMPLE/MUTUAL ([`super::originate`]; no peer metadata on it).
 pub enum Upstream {
     Plain(TcpStream),
     Mtls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Upstream {
@@ -83,7 +85,7 @@ impl AsyncRead for Upstream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Mtls(s) | Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -96,7 +98,7 @@ impl AsyncWrite for Upstream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Mtls(s) | Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -109,28 +111,30 @@ impl AsyncWrite for Upstream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Upstream::Mtls(s) | Upstream::Tls(s) => {
+                Pin::new(s.as_mut()).poll_write_vectored(cx, bufs)
+            }
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Upstream::Plain(s) => s.is_write_vectored(),
-            Upstream::Mtls(s) => s.is_write_vectored(),
+            Upstream::Mtls(s) | Upstream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Mtls(s) | Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Mtls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Upstream::Mtls(s) | Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -428,7 +432,7 @@ pub async fn open_endpoint(
     service: Option<&Service>,
     security: UpstreamSecurity,
 ) -> Result<Upstream, Refusal> {
-    let mut upstream = connect_endpoint(ctx, ep, security).await?;
+    let mut upstream = connect_endpoint(ctx, ep, security, &snapshot.snapshot.credentials).await?;
     if let Upstream::Mtls(up) = &mut upstream {
         let meta = PeerMeta::of(
             snapshot.snapshot.workload.as_ref(),
@@ -447,6 +451,7 @@ async fn connect_endpoint(
     ctx: &Arc<ProxyContext>,
     ep: &Endpoint,
     security: UpstreamSecurity,
+    credentials: &std::collections::BTreeMap<String, crate::snapshot::TlsCredential>,
 ) -> Result<Upstream, Refusal> {
     let addr: SocketAddr = ep.addr();
     match security {
@@ -454,6 +459,29 @@ async fn connect_endpoint(
             .await
             .map(Upstream::Plain)
             .map_err(|_| Refusal::UpstreamUnreachable),
+        UpstreamSecurity::Originate {
+            mutual,
+            host,
+            settings,
+        } => {
+            // Fail closed: a TLS the proxy cannot set up as asked is no connection at all.
+            let o = super::originate::prepare(&host, mutual, &settings, credentials).map_err(
+                |why| {
+                    tracing::warn!(%addr, %host, reason = %why, "TLS origination refused (DestinationRule tls SIMPLE/MUTUAL)");
+                    Refusal::NoCertificate
+                },
+            )?;
+            let tcp = connect(addr, None, ctx.settings.connect_timeout)
+                .await
+                .map_err(|_| Refusal::UpstreamUnreachable)?;
+            match super::originate::handshake(&o, tcp, ctx.settings.handshake_timeout).await {
+                Ok(s) => Ok(Upstream::Tls(Box::new(s))),
+                Err(e) => {
+                    tracing::warn!(%addr, %host, sni = ?o.server_name, error = %e, "TLS origination handshake failed (the server's certificate is checked against the credentialName's ca.crt or the system roots, and its name against subjectAltNames or the SNI)");
+                    Err(Refusal::Handshake)
+                }
+            }
+        }
         UpstreamSecurity::Mtls { identity } => {
             // Fail closed: without our certificate there is no mTLS, and no plaintext fallback.
             let tls = ctx.tls().ok_or(Refusal::NoCertificate)?;

@@ -156,6 +156,11 @@ pub struct ExternalPort {
     /// picks); empty: to the address the app dialled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// `targetPort`, where it differs from `number`: the port a DNS or NONE host is dialled on
+    /// when the proxy originates TLS for it (Istio's TLS-origination form: the app calls
+    /// `http://host:80`, the proxy sends TLS to `host:443`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
 }
 
 /// Which namespaces see an entry (`exportTo`; default every namespace, as Istio's
@@ -321,6 +326,7 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
             protocol,
             name,
             endpoints: Vec::new(),
+            target_port: (target != number).then_some(target),
         });
     }
     match resolution {
@@ -599,6 +605,18 @@ impl Declared<'_> {
                 self.port.endpoints.iter().map(Endpoint::addr).collect()
             }
             _ => vec![dst],
+        }
+    }
+
+    /// Where a request the proxy originates TLS for goes: the STATIC endpoints (on their
+    /// ports), else where the app dialled on the port's `targetPort`.
+    pub fn tls_targets(&self, dst: SocketAddr) -> Vec<SocketAddr> {
+        match self.service.resolution {
+            Resolution::Static if !self.port.endpoints.is_empty() => self.targets(dst),
+            _ => vec![SocketAddr::new(
+                dst.ip(),
+                self.port.target_port.unwrap_or(dst.port()),
+            )],
         }
     }
 

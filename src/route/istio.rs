@@ -17,8 +17,8 @@ use super::istio_actions::{
 };
 use super::l4::{L4Match, L4Route, L4Table};
 use super::model::{
-    ClientTls, Destination, HostPolicy, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Pattern,
-    RequestMatch, StringMatch,
+    ClientTls, Destination, HostPolicy, HttpRoute, MAX_DESTINATIONS, MAX_ROUTES, Origination,
+    Pattern, RequestMatch, StringMatch,
 };
 
 pub const DESTINATION_RULE: &str = "DestinationRule";
@@ -180,26 +180,101 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
     ];
     out.extend(set_fields(&fields).iter().map(|f| format!("{at}.{f}")));
     if let Some(tls) = &p.tls {
+        let originates = matches!(tls.mode.as_deref(), Some("SIMPLE" | "MUTUAL"));
         match tls.mode.as_deref() {
-            None | Some("ISTIO_MUTUAL") | Some("DISABLE") => {}
+            None | Some("ISTIO_MUTUAL" | "DISABLE" | "SIMPLE" | "MUTUAL") => {}
             Some(mode) => out.push(format!("{at}.tls.mode {mode}")),
         }
-        let tls_fields: [(&str, bool); 8] = [
+        // Certificate files: a weft proxy has none (its certificates come from Secrets).
+        let files: [(&str, bool); 3] = [
             ("clientCertificate", tls.client_certificate.is_some()),
             ("privateKey", tls.private_key.is_some()),
             ("caCertificates", tls.ca_certificates.is_some()),
+        ];
+        out.extend(set_fields(&files).iter().map(|f| {
+            format!("{at}.tls.{f} (a file in the proxy: weft proxies read certificates from the credentialName Secret only; connections are refused until it is removed)")
+        }));
+        if tls.insecure_skip_verify.is_some() {
+            out.push(format!(
+                "{at}.tls.insecureSkipVerify (weft always verifies the server's certificate)"
+            ));
+        }
+        if tls.ca_crl.is_some() {
+            out.push(format!(
+                "{at}.tls.caCrl (no revocation lists yet; connections are refused until it is removed)"
+            ));
+        }
+        let named: [(&str, bool); 3] = [
             ("credentialName", tls.credential_name.is_some()),
             ("subjectAltNames", tls.subject_alt_names.is_some()),
             ("sni", tls.sni.is_some()),
-            ("insecureSkipVerify", tls.insecure_skip_verify.is_some()),
-            ("caCrl", tls.ca_crl.is_some()),
         ];
-        out.extend(
-            set_fields(&tls_fields)
-                .iter()
-                .map(|f| format!("{at}.tls.{f}")),
-        );
+        if !originates {
+            out.extend(
+                set_fields(&named)
+                    .iter()
+                    .map(|f| format!("{at}.tls.{f} (applies to mode SIMPLE and MUTUAL only)")),
+            );
+        } else if set_fields(&files).is_empty()
+            && tls.ca_crl.is_none()
+            && let Some(Origination {
+                refused: Some(why), ..
+            }) = origination(Some(p))
+        {
+            // The files and caCrl were named above; the rest is said here.
+            out.push(format!("{at}.tls: {why}"));
+        }
     }
+}
+
+/// The SIMPLE/MUTUAL settings a traffic policy sets (None for other modes). What cannot be
+/// honoured makes `refused` say why: the proxy then refuses the connections (fail closed),
+/// never sends them with less protection than asked.
+fn origination(p: Option<&TrafficPolicySpec>) -> Option<Origination> {
+    let tls = p?.tls.as_ref()?;
+    let mutual = match tls.mode.as_deref()? {
+        "SIMPLE" => false,
+        "MUTUAL" => true,
+        _ => return None,
+    };
+    let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_string);
+    let mut out = Origination {
+        credential_name: text(&tls.credential_name).filter(|n| !n.is_empty()),
+        sni: text(&tls.sni).filter(|n| !n.is_empty()),
+        subject_alt_names: tls
+            .subject_alt_names
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        refused: None,
+    };
+    let why = if tls.client_certificate.is_some()
+        || tls.private_key.is_some()
+        || tls.ca_certificates.is_some()
+    {
+        Some("certificate files are a file in the proxy (clientCertificate, privateKey, caCertificates); give credentialName instead".to_string())
+    } else if tls.ca_crl.is_some() {
+        Some("caCrl is not supported yet".to_string())
+    } else if tls.credential_name.is_some() && out.credential_name.is_none() {
+        Some("credentialName must name a Secret".to_string())
+    } else if mutual && out.credential_name.is_none() {
+        Some("mode MUTUAL needs credentialName (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt in the client's namespace); connections are refused until it is given".to_string())
+    } else if tls.subject_alt_names.as_ref().is_some_and(|v| {
+        !v.as_array()
+            .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())))
+    }) {
+        Some("subjectAltNames must be a list of names".to_string())
+    } else {
+        None
+    };
+    out.refused = why;
+    Some(out)
 }
 
 /// The names of the fields that are set, of `(name, is set)` pairs.
@@ -216,12 +291,14 @@ pub type NamedSubsets = Vec<(String, BTreeMap<String, String>)>;
 
 /// One DestinationRule: its host (FQDN) and subsets, or why none apply. Fields not
 /// implemented go to `ignored`.
-/// The mesh TLS mode a traffic policy sets (DISABLE or ISTIO_MUTUAL; others are reported
-/// by [`unsupported_policy`]).
+/// The TLS mode a traffic policy sets (DISABLE, ISTIO_MUTUAL, SIMPLE, MUTUAL; others are
+/// reported by [`unsupported_policy`]).
 fn client_tls(p: Option<&TrafficPolicySpec>) -> Option<ClientTls> {
     match p?.tls.as_ref()?.mode.as_deref()? {
         "DISABLE" => Some(ClientTls::Disable),
         "ISTIO_MUTUAL" => Some(ClientTls::IstioMutual),
+        "SIMPLE" => Some(ClientTls::Simple),
+        "MUTUAL" => Some(ClientTls::Mutual),
         _ => None,
     }
 }
@@ -259,8 +336,10 @@ pub fn compile_destination_rule(
         subsets.push((s.name.clone(), s.labels.clone()));
     }
     let traffic = |at: &str, p: Option<&TrafficPolicySpec>, ignored: &mut Vec<String>| {
-        p.map(|p| {
-            super::istio_policy::traffic_policy(
+        p.map(|p| super::TrafficPolicy {
+            // SIMPLE/MUTUAL settings ride with the policy (a subset's over the host's).
+            origination: origination(Some(p)),
+            ..super::istio_policy::traffic_policy(
                 at,
                 p.load_balancer.as_ref(),
                 p.outlier_detection.as_ref(),
@@ -333,6 +412,7 @@ pub fn compile_destination_rule(
             .iter()
             .filter_map(|s| Some((s.name.clone(), client_tls(s.traffic_policy.as_ref())?)))
             .collect(),
+
         rule: src.id(),
         rules: vec![src.id()],
         ports: port_policies(&spec, &traffic),
@@ -389,6 +469,7 @@ fn port_policies(
                 if let Some(mode) = client_tls(Some(&merged)) {
                     policy.subsets.insert(s.name.clone(), mode);
                 }
+
                 let t = traffic("", Some(&merged), &mut scratch);
                 if !t.is_empty() {
                     policy.subset_traffic.insert(s.name.clone(), t);
@@ -441,6 +522,8 @@ pub fn destination_rules_with_tls(
                     match known.mode {
                         None => {
                             known.mode = Some(mode);
+                            // The settings of SIMPLE/MUTUAL come with the mode.
+                            known.traffic.origination = tls.traffic.origination.clone();
                             known.rule = tls.rule.clone();
                         }
                         Some(first) if first != mode => notes.push(format!(
@@ -458,13 +541,22 @@ pub fn destination_rules_with_tls(
                 }
                 // Balancing and outlier detection: the oldest rule that sets them decides,
                 // as for the TLS mode.
-                if !tls.traffic.is_empty() {
-                    if known.traffic.is_empty() {
-                        known.traffic = tls.traffic.clone();
+                // (The origination settings went with the mode above.)
+                let without = |t: &super::TrafficPolicy| super::TrafficPolicy {
+                    origination: None,
+                    ..t.clone()
+                };
+                let (ours, theirs) = (without(&known.traffic), without(&tls.traffic));
+                if !theirs.is_empty() {
+                    if ours.is_empty() {
+                        known.traffic = super::TrafficPolicy {
+                            origination: known.traffic.origination.take(),
+                            ..theirs
+                        };
                         if known.rule.is_empty() {
                             known.rule = tls.rule.clone();
                         }
-                    } else if known.traffic != tls.traffic {
+                    } else if ours != theirs {
                         notes.push(format!(
                             "the traffic policy of {host} is already set by DestinationRule {} (older, which wins)",
                             known.rule
@@ -1748,7 +1840,7 @@ spec:
             "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
                               "connectionPool": {"tcp": {"maxConnections": 1}},
                               "outlierDetection": {"consecutive5xxErrors": 1},
-                              "tls": {"mode": "SIMPLE"}},
+                              "tls": {"mode": "SIMPLE", "caCertificates": "/etc/ca.pem"}},
             "subsets": [{"name": "v1", "labels": {"version": "v1"},
                          "trafficPolicy": {"portLevelSettings": []}}]
         });
@@ -1784,7 +1876,7 @@ spec:
             !m.contains("loadBalancer") && !m.contains("outlierDetection"),
             "{m}"
         );
-        for field in ["trafficPolicy.tls.mode SIMPLE", "workloadSelector"] {
+        for field in ["trafficPolicy.tls.caCertificates", "workloadSelector"] {
             assert!(m.contains(field), "{field} named in {m}");
         }
         assert!(m.contains("not supported yet"), "{m}");
@@ -2685,13 +2777,13 @@ spec:
         // What a port entry cannot apply is named at its path; a port given twice, or none,
         // refuses the rule.
         let named = json!({"host": "ratings", "trafficPolicy": {"portLevelSettings": [
-            {"port": {"number": 9080}, "tls": {"mode": "SIMPLE"}}]}});
+            {"port": {"number": 9080}, "tls": {"mode": "SIMPLE", "insecureSkipVerify": true}}]}});
         let mut problems = Vec::new();
         destination_rules_with_tls(&registry(), &[src("n", "t", &named)], &mut problems);
         assert!(
             problems[0]
                 .message
-                .contains("trafficPolicy.portLevelSettings[0].tls.mode SIMPLE"),
+                .contains("trafficPolicy.portLevelSettings[0].tls.insecureSkipVerify"),
             "{problems:?}"
         );
         for (bad, says) in [
@@ -2711,5 +2803,112 @@ spec:
             assert!(policies.is_empty());
             assert!(problems[0].message.contains(says), "{problems:?}");
         }
+    }
+
+    /// DestinationRule `tls.mode` SIMPLE / MUTUAL (TLS origination): the mode per host, port
+    /// and subset, its settings in the traffic policy; what weft cannot honour is named and
+    /// marks the settings refused (the proxy then refuses, never sends plaintext).
+    #[test]
+    fn simple_and_mutual_compile_to_origination_settings_per_host_port_and_subset() {
+        use crate::route::model::Origination;
+        let dr = json!({
+            "host": "ratings",
+            "trafficPolicy": {
+                "tls": {"mode": "SIMPLE", "credentialName": "ratings-ca",
+                        "sni": "ratings.example", "subjectAltNames": ["ratings.example"]},
+                "portLevelSettings": [{"port": {"number": 9080},
+                                       "tls": {"mode": "MUTUAL", "credentialName": "client"}}]},
+            "subsets": [{"name": "v2", "labels": {"version": "v2"},
+                         "trafficPolicy": {"tls": {"mode": "DISABLE"}}}]
+        });
+        let mut problems = Vec::new();
+        let (_, policies) =
+            destination_rules_with_tls(&registry(), &[src("o", "t", &dr)], &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let p = &policies["ratings.payments.svc.cluster.local"];
+        assert_eq!(p.mode, Some(ClientTls::Simple));
+        assert_eq!(
+            p.traffic.origination,
+            Some(Origination {
+                credential_name: Some("ratings-ca".into()),
+                sni: Some("ratings.example".into()),
+                subject_alt_names: vec!["ratings.example".into()],
+                refused: None,
+            })
+        );
+        assert_eq!(p.subsets["v2"], ClientTls::Disable);
+        let at_9080 = &p.ports[&9080];
+        assert_eq!(at_9080.mode, Some(ClientTls::Mutual));
+        assert_eq!(
+            at_9080
+                .traffic
+                .origination
+                .as_ref()
+                .and_then(|o| o.credential_name.as_deref()),
+            Some("client")
+        );
+        // Port level replaces the tls as a whole: no sni from the top level.
+        assert_eq!(
+            at_9080
+                .traffic
+                .origination
+                .as_ref()
+                .and_then(|o| o.sni.as_ref()),
+            None
+        );
+        // Refused by name, settings marked refused (fail closed at the proxy).
+        for (tls, says) in [
+            (
+                json!({"mode": "MUTUAL"}),
+                "trafficPolicy.tls: mode MUTUAL needs credentialName",
+            ),
+            (
+                json!({"mode": "SIMPLE", "caCertificates": "/etc/certs/ca.pem"}),
+                "trafficPolicy.tls.caCertificates (a file in the proxy",
+            ),
+            (
+                json!({"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem"}),
+                "trafficPolicy.tls.clientCertificate",
+            ),
+            (
+                json!({"mode": "SIMPLE", "caCrl": "/crl.pem"}),
+                "trafficPolicy.tls.caCrl",
+            ),
+        ] {
+            let dr = json!({"host": "ratings", "trafficPolicy": {"tls": tls}});
+            let mut problems = Vec::new();
+            let (_, policies) =
+                destination_rules_with_tls(&registry(), &[src("r", "t", &dr)], &mut problems);
+            assert!(
+                problems.iter().any(|p| p.message.contains(says)),
+                "{says}: {problems:?}"
+            );
+            let p = &policies["ratings.payments.svc.cluster.local"];
+            assert!(p.mode.is_some_and(ClientTls::originates));
+            assert!(
+                p.traffic
+                    .origination
+                    .as_ref()
+                    .is_some_and(|o| o.refused.is_some()),
+                "{tls}"
+            );
+        }
+        // Settings of SIMPLE/MUTUAL with another mode are named, not applied.
+        let dr = json!({"host": "ratings", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "sni": "x.example"}}});
+        let mut problems = Vec::new();
+        let (_, policies) =
+            destination_rules_with_tls(&registry(), &[src("m", "t", &dr)], &mut problems);
+        assert!(
+            problems[0]
+                .message
+                .contains("trafficPolicy.tls.sni (applies to mode SIMPLE and MUTUAL only)"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            policies["ratings.payments.svc.cluster.local"]
+                .traffic
+                .origination,
+            None
+        );
     }
 }

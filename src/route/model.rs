@@ -119,8 +119,9 @@ pub struct Destination {
     pub response_headers: HeaderEdits,
 }
 
-/// A DestinationRule's `tls.mode` for mesh traffic, as the snapshot carries it per Service
-/// (and per subset).
+/// A DestinationRule's `tls.mode`, as the snapshot carries it per Service (and per subset).
+/// `SIMPLE` and `MUTUAL` came later: a proxy older than them rejects the whole snapshot (an
+/// unknown value) and keeps its last one, rather than sending plaintext where TLS was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientTls {
@@ -128,6 +129,51 @@ pub enum ClientTls {
     Disable,
     /// mTLS with the mesh's certificates to every endpoint with a mesh identity.
     IstioMutual,
+    /// TLS origination ([`Origination`]): the proxy opens TLS to the endpoint and verifies
+    /// its certificate; the app sent plaintext.
+    Simple,
+    /// The same, presenting the client certificate of the `credentialName` Secret.
+    Mutual,
+}
+
+impl ClientTls {
+    /// The mode as a DestinationRule spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTls::Disable => "DISABLE",
+            ClientTls::IstioMutual => "ISTIO_MUTUAL",
+            ClientTls::Simple => "SIMPLE",
+            ClientTls::Mutual => "MUTUAL",
+        }
+    }
+
+    /// SIMPLE or MUTUAL: the proxy originates TLS.
+    pub fn originates(self) -> bool {
+        matches!(self, ClientTls::Simple | ClientTls::Mutual)
+    }
+}
+
+/// How a proxy originates TLS for `tls.mode` SIMPLE / MUTUAL (Istio's `ClientTLSSettings`),
+/// as the snapshot carries it: only names, never key material. The certificates are the
+/// proxy's own snapshot's `credentials` under `credential_name` (looked up in the proxy's
+/// namespace, as Istio's SDS does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origination {
+    /// The Secret holding `ca.crt` (the server's CA) and, for MUTUAL, `tls.crt`/`tls.key`.
+    /// None: the server is verified against the system roots (SIMPLE only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// The server name sent; None: the host of the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The server certificate must hold one of these names; empty: the SNI name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Why this origination cannot be done as asked (a field weft does not implement, such
+    /// as a certificate file path); the proxy then refuses the connection (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The client-side policy the DestinationRules of one host set, and which rule set it: TLS

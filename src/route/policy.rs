@@ -21,6 +21,10 @@ pub struct TrafficPolicy {
     /// None: no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+    /// `tls` SIMPLE/MUTUAL: how TLS is originated (read only when the Service's mode for the
+    /// request is one of those, [`crate::snapshot::Service::security_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origination: Option<super::model::Origination>,
 }
 
 /// `connectionPool`'s limits for one destination, as the client proxy enforces them (Envoy's
@@ -78,6 +82,7 @@ impl TrafficPolicy {
         self.load_balancer.is_none()
             && self.outlier_detection.is_none()
             && self.connection_pool.is_none()
+            && self.origination.is_none()
     }
 
     /// This policy's settings, and `base`'s where this one sets none.
@@ -89,6 +94,7 @@ impl TrafficPolicy {
             load_balancer: pick(&self.load_balancer, &base.load_balancer),
             outlier_detection: pick(&self.outlier_detection, &base.outlier_detection),
             connection_pool: pick(&self.connection_pool, &base.connection_pool),
+            origination: pick(&self.origination, &base.origination),
         }
     }
 
@@ -136,6 +142,7 @@ mod tests {
                 max_pending: Some(1),
                 ..Default::default()
             }),
+            origination: None,
         };
         let subset = TrafficPolicy {
             load_balancer: Some(LoadBalancer::LeastRequest),

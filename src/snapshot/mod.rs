@@ -163,6 +163,34 @@ pub struct ProxySnapshot {
     /// bound to them); absent for sidecars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<crate::route::gateway::GatewayConfig>,
+    /// The `credentialName` Secrets this proxy's DestinationRules name (SIMPLE/MUTUAL), read
+    /// in the proxy's namespace as Istio's SDS reads them: only this proxy's snapshot carries
+    /// them. Absent: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, TlsCredential>,
+}
+
+/// A `credentialName` Secret's certificates (PEM), for TLS origination: `ca.crt` verifies
+/// the server; `tls.crt`/`tls.key` are presented under MUTUAL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCredential {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for TlsCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCredential")
+            .field("ca", &self.ca.is_some())
+            .field("cert_chain", &self.cert_chain.is_some())
+            .field("private_key", &"(redacted)")
+            .finish()
+    }
 }
 
 /// A workload the control plane knows, and the SPIFFE identity of its pods' service account.
@@ -371,11 +399,19 @@ impl Service {
     /// endpoint without a mesh identity stays plaintext under ISTIO_MUTUAL: there is no
     /// identity to verify (Istio would fail the handshake; docs/traffic.md).
     pub fn security_of(&self, ep: &Endpoint, subset: Option<&str>) -> UpstreamSecurity {
-        let mode = subset
-            .and_then(|s| self.subset_tls.get(s))
-            .or(self.tls.as_ref());
+        // SIMPLE/MUTUAL settings travel in the traffic policy (a subset's merged over the
+        // host's), beside the mode that asks for them.
+        let (mode, origination) = match subset.and_then(|s| self.subset_tls.get(s)) {
+            Some(m) => (Some(m), self.traffic_of(subset).origination.as_ref()),
+            None => (self.tls.as_ref(), self.traffic.origination.as_ref()),
+        };
         match (mode, &ep.identity) {
             (None, _) => ep.security(),
+            (Some(m @ (ClientTls::Simple | ClientTls::Mutual)), _) => UpstreamSecurity::Originate {
+                mutual: *m == ClientTls::Mutual,
+                host: self.name.clone(),
+                settings: origination.cloned().unwrap_or_default(),
+            },
             (Some(ClientTls::Disable), _) | (Some(ClientTls::IstioMutual), None) => {
                 UpstreamSecurity::Plaintext
             }
@@ -409,6 +445,13 @@ pub enum UpstreamSecurity {
         identity: String,
     },
     Plaintext,
+    /// TLS origination (DestinationRule SIMPLE / MUTUAL): TLS to the server of `host`,
+    /// verified as `settings` say, with the client certificate when `mutual`.
+    Originate {
+        mutual: bool,
+        host: String,
+        settings: crate::route::model::Origination,
+    },
 }
 
 impl Endpoint {

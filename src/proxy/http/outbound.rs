@@ -490,6 +490,22 @@ struct Target<'a> {
     limits: Limits,
 }
 
+/// Where a mirrored copy goes: `ep` of the mirror destination, with that destination's own
+/// TLS mode and `connectionPool` (connectTimeout, maxRequestsPerConnection, idleTimeout), as
+/// for a routed request (it took the defaults before).
+fn mirror_target<'a>(service: &'a Service, ep: &'a Endpoint, subset: Option<&str>) -> Target<'a> {
+    let pool = service.traffic_of(subset).connection_pool.as_ref();
+    Target {
+        ep,
+        service: Some(service),
+        security: service.security_of(ep, subset),
+        connect_timeout: pool
+            .and_then(|c| c.connect_timeout_ms)
+            .map(Duration::from_millis),
+        limits: pool.map_or_else(Limits::default, Limits::of),
+    }
+}
+
 /// How a try ended without a response.
 enum TryError {
     Forward(ForwardError),
@@ -859,13 +875,7 @@ impl Outbound {
                 let Some(ep) = endpoints.first().copied() else {
                     return;
                 };
-                let target = Target {
-                    ep,
-                    service: Some(service),
-                    security: service.security_of(ep, destination.subset.as_deref()),
-                    connect_timeout: None,
-                    limits: Limits::default(),
-                };
+                let target = mirror_target(service, ep, destination.subset.as_deref());
                 let Ok((key, sender)) = connection(&ctx, &current, &target, h2).await else {
                     return;
                 };
@@ -1008,6 +1018,16 @@ async fn connection(
     let identity = match &target.security {
         UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
         UpstreamSecurity::Plaintext => None,
+        // An originated TLS connection is told apart from plaintext and mTLS ones to the same
+        // address, and from another origination's (other SNI, names or certificate).
+        UpstreamSecurity::Originate {
+            mutual,
+            host,
+            settings,
+        } => Some(format!(
+            "tls {host} mutual={mutual} {}",
+            serde_json::to_string(settings).unwrap_or_default()
+        )),
     };
     let key = Key {
         addr: target.ep.addr(),
@@ -1078,5 +1098,38 @@ impl SendRequest<RequestBody> for Picked<'_> {
         let connect = || open(self.ctx, self.snapshot, self.target);
         let pool = &self.ctx.outbound_pool;
         pool.send(&self.key, sender, req, connect).await
+    }
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    /// A mirrored copy takes its destination's DestinationRule connectionPool (the subset's
+    /// over the host's), not the defaults: maxRequestsPerConnection 1 and a 250 ms idle
+    /// timeout reach its pool key.
+    #[test]
+    fn a_mirror_target_takes_its_destinations_connection_pool() {
+        let json = serde_json::json!({
+            "clusterIp": "198.19.0.30", "port": 80, "name": "shadow.shop.svc.cluster.local",
+            "endpoints": [{"ip": "198.18.1.30", "port": 8080, "meshed": false}],
+            "subsets": {"v2": [0]},
+            "traffic": {"connectionPool": {"connectTimeoutMs": 700, "maxRequestsPerConnection": 1,
+                                           "idleTimeoutMs": 250}},
+            "subsetTraffic": {"v2": {"connectionPool": {"maxRequestsPerConnection": 3}}}
+        });
+        let service: Service = serde_json::from_value(json).unwrap();
+        let ep = &service.endpoints[0];
+        let host = mirror_target(&service, ep, None);
+        assert_eq!(
+            host.limits,
+            Limits {
+                max_requests: Some(1),
+                idle: Some(Duration::from_millis(250)),
+            }
+        );
+        assert_eq!(host.connect_timeout, Some(Duration::from_millis(700)));
+        let subset = mirror_target(&service, ep, Some("v2"));
+        assert_eq!(subset.limits.max_requests, Some(3));
     }
 }

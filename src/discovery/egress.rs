@@ -11,11 +11,16 @@ use super::policy::PolicyProblem;
 use crate::route::egress::{self, Export, ExternalService, SERVICE_ENTRY};
 use crate::snapshot::Endpoint;
 
-/// Every accepted ServiceEntry's services with who sees them, oldest entry first (Istio's
-/// order when two entries declare one host: the older wins, and the proxy takes the first).
+/// Every accepted ServiceEntry's services with who sees them and its `workloadSelector`,
+/// oldest entry first; a proxy's table merges what its namespace sees of one host as Istio's
+/// SidecarScope does ([`crate::route::se_merge`]).
 #[derive(Debug, Default)]
 pub struct EgressIndex {
-    entries: Vec<(Export, Vec<ExternalService>)>,
+    entries: Vec<(
+        Export,
+        Option<BTreeMap<String, String>>,
+        Vec<ExternalService>,
+    )>,
     pub problems: Vec<PolicyProblem>,
 }
 
@@ -74,7 +79,9 @@ impl EgressIndex {
                             s.allocated = Some(std::net::Ipv4Addr::UNSPECIFIED);
                         }
                     }
-                    index.entries.push((compiled.export, services));
+                    index
+                        .entries
+                        .push((compiled.export, compiled.selector, services));
                 }
                 Err(reasons) => {
                     index
@@ -98,25 +105,39 @@ impl EgressIndex {
         let hosts: BTreeSet<String> = self
             .entries
             .iter()
-            .flat_map(|(_, services)| services.iter())
+            .flat_map(|(_, _, services)| services.iter())
             .filter(|s| s.allocated.is_some())
             .map(|s| s.host.clone())
             .collect();
         let addresses = egress::allocate(&hosts);
-        for (_, services) in &mut self.entries {
+        for (_, _, services) in &mut self.entries {
             for s in services.iter_mut().filter(|s| s.allocated.is_some()) {
                 s.allocated = addresses.get(&s.host).copied();
             }
         }
     }
 
-    /// The table of a proxy in `namespace`: every service exported to it, in entry order.
+    /// The table of a proxy in `namespace`: one service per host it sees, as Istio's
+    /// SidecarScope builds it ([`crate::route::se_merge::table`]): its own namespace's entries
+    /// of the host first, else those exported to it; entries of that namespace merged when
+    /// their resolution, `exportTo` and `workloadSelector` agree. (The oldest entry exported
+    /// there won the host before, whatever its namespace, and same-namespace entries never
+    /// merged their endpoints.)
     pub fn table_for(&self, namespace: &str) -> Vec<ExternalService> {
-        self.entries
+        let decls: Vec<crate::route::se_merge::Declaration<'_>> = self
+            .entries
             .iter()
-            .filter(|(export, _)| export.visible_in(namespace))
-            .flat_map(|(_, services)| services.iter().cloned())
-            .collect()
+            .flat_map(|(export, selector, services)| {
+                services
+                    .iter()
+                    .map(move |service| crate::route::se_merge::Declaration {
+                        export,
+                        selector: selector.as_ref(),
+                        service,
+                    })
+            })
+            .collect();
+        crate::route::se_merge::table(&decls, namespace)
     }
 }
 
@@ -263,5 +284,81 @@ mod tests {
         v.service_entries.truncate(1);
         let (fewer, _) = MeshIndex::build(&v).snapshot_for("pets", "web-1").unwrap();
         assert_ne!(version, fewer);
+    }
+
+    /// One host declared by entries of two namespaces: a proxy takes its own namespace's
+    /// entry (the oldest exported to it won the host before, whatever its namespace); other
+    /// namespaces get the older namespace's entries merged (ports 80 and 8080 in one service),
+    /// and a private entry of that namespace with another exportTo stays out of their table.
+    #[test]
+    fn a_proxys_table_merges_one_hosts_entries_as_istios_sidecar_scope() {
+        let mut v = view();
+        let http = |n: u16| json!({"number": n, "name": format!("http-{n}"), "protocol": "HTTP"});
+        v.service_entries = vec![
+            entry(
+                "shop",
+                "partner",
+                "2026-01-01T00:00:00Z",
+                json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                    "ports": [http(80)], "endpoints": [{"address": "198.18.0.1"}]}),
+            ),
+            entry(
+                "pets",
+                "partner",
+                "2026-01-02T00:00:00Z",
+                json!({"hosts": ["partner.weft.test"], "resolution": "STATIC", "exportTo": ["."],
+                    "ports": [http(80)], "endpoints": [{"address": "198.18.0.2"}]}),
+            ),
+            entry(
+                "shop",
+                "partner-alt",
+                "2026-01-03T00:00:00Z",
+                json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                    "ports": [http(8080)], "endpoints": [{"address": "198.18.0.3"}]}),
+            ),
+            entry(
+                "shop",
+                "partner-private",
+                "2026-01-04T00:00:00Z",
+                json!({"hosts": ["partner.weft.test"], "resolution": "STATIC", "exportTo": ["."],
+                    "ports": [http(9090)], "endpoints": [{"address": "198.18.0.4"}]}),
+            ),
+        ];
+        let index = MeshIndex::build(&v);
+        let table = |ns: &str| -> Vec<(String, Vec<u16>, Vec<String>)> {
+            index
+                .egress()
+                .table_for(ns)
+                .into_iter()
+                .map(|s| {
+                    let eps = s
+                        .ports
+                        .iter()
+                        .flat_map(|p| &p.endpoints)
+                        .map(|e| e.ip.to_string())
+                        .collect();
+                    (s.source, s.ports.iter().map(|p| p.number).collect(), eps)
+                })
+                .collect()
+        };
+        assert_eq!(
+            table("pets"),
+            [(
+                "pets/partner".to_string(),
+                vec![80],
+                vec!["198.18.0.2".to_string()]
+            )]
+        );
+        assert_eq!(
+            table("other"),
+            [(
+                "shop/partner".to_string(),
+                vec![80, 8080],
+                vec!["198.18.0.1".to_string(), "198.18.0.3".into()]
+            )]
+        );
+        // shop's own proxies see its private entry too, but it has another exportTo: the
+        // older entry's declaration is used alone there, and the private one is named.
+        assert_eq!(table("shop")[0].1, vec![80, 8080]);
     }
 }

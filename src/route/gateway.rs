@@ -401,129 +401,71 @@ pub fn host_without_port(authority: &str) -> &str {
 /// The exact hosts of the accepted ServiceEntries with who sees them: Istio's egress-gateway
 /// pattern names them as a VirtualService's `hosts` (the sidecars' route to the egress gateway)
 /// and as a route destination (the gateway's route out). Several entries may declare one host:
-/// those of one namespace merge into one (ports and endpoints together, as Istio merges them),
-/// entries of other namespaces stay apart and a gateway takes the one its namespace sees
-/// ([`Self::fill_gateway`]); what cannot merge is named in [`Self::problems`], never dropped.
+/// each keeps its own `exportTo`, and a gateway takes what its namespace sees as
+/// [`super::se_merge`] picks and merges it (as a sidecar's egress table does); what cannot
+/// merge is named in [`Self::problems`], never dropped silently.
 #[derive(Debug, Default)]
 pub struct ExternalHosts {
-    /// Per host, one entry per namespace, oldest first.
+    /// Per host, one entry per ServiceEntry declaring it, oldest first.
     hosts: BTreeMap<String, Vec<HostEntry>>,
     problems: Vec<Problem>,
 }
 
-/// A value as its YAML spells it, upper case (`STATIC`, `HTTP`), for messages.
-fn upper<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_ascii_uppercase))
-        .unwrap_or_default()
-}
-
-/// One namespace's declaration of a host (its entries merged).
-#[derive(Debug)]
+/// One ServiceEntry's declaration of a host.
+#[derive(Debug, Clone)]
 struct HostEntry {
     export: super::egress::Export,
+    selector: Option<BTreeMap<String, String>>,
     service: super::egress::ExternalService,
     /// Port number -> `targetPort` (else the number): where a DNS host is dialled.
     target_ports: BTreeMap<u16, u16>,
 }
 
+impl HostEntry {
+    fn declaration(&self) -> super::se_merge::Declaration<'_> {
+        super::se_merge::Declaration {
+            export: &self.export,
+            selector: self.selector.as_ref(),
+            service: &self.service,
+        }
+    }
+}
+
 impl ExternalHosts {
     /// From compiled entries in age order (oldest first); wildcard hosts are left out (they
-    /// cannot be a destination, and a VirtualService host pattern matches exact hosts).
+    /// cannot be a destination, and a VirtualService host pattern matches exact hosts), but
+    /// their merge conflicts are named too.
     pub fn new(entries: impl IntoIterator<Item = super::egress::CompiledEntry>) -> Self {
+        let all: Vec<HostEntry> = entries
+            .into_iter()
+            .flat_map(|entry| {
+                entry.services.into_iter().map(move |service| HostEntry {
+                    export: entry.export.clone(),
+                    selector: entry.selector.clone(),
+                    target_ports: entry.target_ports.clone(),
+                    service,
+                })
+            })
+            .collect();
+        let decls: Vec<_> = all.iter().map(HostEntry::declaration).collect();
         let mut out = ExternalHosts::default();
-        for entry in entries {
-            for s in entry
-                .services
-                .into_iter()
-                .filter(|s| !s.host.starts_with('*'))
-            {
-                out.add(&entry.export, &entry.target_ports, s);
-            }
-        }
-        out
-    }
-
-    /// Adds one entry's host, merging it into an older entry of the same namespace: Istio
-    /// keys ServiceEntry services by host and namespace and merges their ports and endpoints.
-    /// What does not fit the older declaration (another resolution, a port number declared
-    /// with another protocol) is left out and named on the newer entry.
-    fn add(
-        &mut self,
-        export: &super::egress::Export,
-        target_ports: &BTreeMap<u16, u16>,
-        s: super::egress::ExternalService,
-    ) {
-        let list = self.hosts.entry(s.host.clone()).or_default();
-        let Some(older) = list.iter_mut().find(|e| e.service.namespace == s.namespace) else {
-            list.push(HostEntry {
-                export: export.clone(),
-                target_ports: target_ports.clone(),
-                service: s,
-            });
-            return;
-        };
-        let (ns, name) = s.source.split_once('/').unwrap_or(("", &s.source));
-        let mut conflict = |message: String| {
-            self.problems.push(Problem {
+        for (i, message) in super::se_merge::conflicts(&decls) {
+            let source = &all[i].service.source;
+            let (ns, name) = source.split_once('/').unwrap_or(("", source));
+            let p = Problem {
                 kind: super::egress::SERVICE_ENTRY,
                 namespace: ns.to_string(),
                 name: name.to_string(),
                 message,
-            })
-        };
-        let host = &s.host;
-        if older.service.resolution != s.resolution {
-            conflict(format!(
-                "host {host} is declared by the older ServiceEntry {} with resolution {}, this one says {}: entries of one namespace for one host merge only with the same resolution, so this one's declaration of {host} is not used (by the mesh's route tables and egress gateways)",
-                older.service.source,
-                upper(&older.service.resolution),
-                upper(&s.resolution)
-            ));
-            return;
-        }
-        for p in s.ports {
-            match older
-                .service
-                .ports
-                .iter_mut()
-                .find(|o| o.number == p.number)
-            {
-                Some(o) if o.protocol != p.protocol => conflict(format!(
-                    "host {host} port {} is declared by the older ServiceEntry {} with protocol {}, this one says {}: this port of this entry is not used (by the mesh's route tables and egress gateways)",
-                    p.number,
-                    older.service.source,
-                    upper(&o.protocol),
-                    upper(&p.protocol)
-                )),
-                Some(o) => {
-                    for ep in p.endpoints {
-                        if !o.endpoints.contains(&ep) {
-                            o.endpoints.push(ep);
-                        }
-                    }
-                }
-                None => {
-                    if let Some(t) = target_ports.get(&p.number) {
-                        older.target_ports.entry(p.number).or_insert(*t);
-                    }
-                    older.service.ports.push(p);
-                }
+            };
+            if !out.problems.contains(&p) {
+                out.problems.push(p);
             }
         }
-        for a in s.addresses {
-            if !older.service.addresses.contains(&a) {
-                older.service.addresses.push(a);
-            }
+        for e in all.into_iter().filter(|e| !e.service.host.starts_with('*')) {
+            out.hosts.entry(e.service.host.clone()).or_default().push(e);
         }
-        // Seen where either entry is seen (each entry's ports are the host's, as in Istio).
-        older.export = match (&older.export, export) {
-            (super::egress::Export::Namespaces(a), super::egress::Export::Namespaces(b)) => {
-                super::egress::Export::Namespaces(a.union(b).cloned().collect())
-            }
-            _ => super::egress::Export::All,
-        };
+        out
     }
 
     /// What could not be merged, on the newer ServiceEntry.
@@ -531,13 +473,30 @@ impl ExternalHosts {
         &self.problems
     }
 
-    /// The declaration of `host` a proxy of `namespace` uses: its own namespace's, else the
-    /// oldest exported to it (Istio's choice among one host's services of several namespaces).
-    fn seen_from(&self, host: &str, namespace: &str) -> Option<&HostEntry> {
+    /// The declaration of `host` a proxy of `namespace` uses, its namespace's entries merged
+    /// ([`super::se_merge::pick`]): its own namespace's, else one exported to it.
+    fn seen_from(&self, host: &str, namespace: &str) -> Option<HostEntry> {
         let list = self.hosts.get(host)?;
-        list.iter()
-            .find(|e| e.service.namespace == namespace)
-            .or_else(|| list.iter().find(|e| e.export.visible_in(namespace)))
+        let decls: Vec<_> = list.iter().map(HostEntry::declaration).collect();
+        let picked = super::se_merge::pick(&decls, namespace)
+            .into_iter()
+            .next()?;
+        let service = super::se_merge::merge(&decls, &picked)?;
+        let mut target_ports = BTreeMap::new();
+        for e in picked.iter().filter_map(|&i| list.get(i)) {
+            for p in &e.service.ports {
+                if let Some(t) = e.target_ports.get(&p.number) {
+                    target_ports.entry(p.number).or_insert(*t);
+                }
+            }
+        }
+        let first = list.get(*picked.first()?)?;
+        Some(HostEntry {
+            export: first.export.clone(),
+            selector: first.selector.clone(),
+            service,
+            target_ports,
+        })
     }
 
     /// Adds each host's ports to the registry, so VirtualServices may name them; a host that
@@ -680,6 +639,7 @@ impl ExternalHosts {
                 continue;
             };
             let entry = self.seen_from(&host, namespace);
+            let entry = entry.as_ref();
             let declared = entry.and_then(|e| e.service.ports.iter().find(|p| p.number == port));
             let why = match (entry, declared) {
                 (None, _) => Some(format!(
@@ -1997,6 +1957,63 @@ mod tests {
                 .any(|p| p.message.contains("declares no port 8080")),
             "{problems:?}"
         );
+    }
+
+    /// Two entries of one namespace for one host with different exportTo: the gateway of
+    /// another namespace sees only the one exported to it (the private entry's endpoints were
+    /// merged in and its exportTo unioned before: a private entry reached every gateway); a
+    /// gateway of the entries' own namespace sees both and uses the older one alone (Istio
+    /// merges only entries with equal exportTo), and the newer entry is named.
+    #[test]
+    fn a_private_entry_of_a_host_is_not_merged_into_what_other_namespaces_see() {
+        let entry =
+            |name: &str, spec: Value| super::super::egress::compile("shop", name, &spec).unwrap();
+        let private = entry(
+            "private",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC", "exportTo": ["."],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "198.18.0.1", "ports": {"http": 18080}}]}),
+        );
+        let public = entry(
+            "public",
+            json!({"hosts": ["partner.weft.test"], "resolution": "STATIC",
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": [{"address": "198.18.0.2", "ports": {"http": 18080}}]}),
+        );
+        let external = ExternalHosts::new([private, public]);
+        assert_eq!(external.problems().len(), 1, "{:?}", external.problems());
+        assert_eq!(external.problems()[0].name, "public");
+        assert!(
+            external.problems()[0]
+                .message
+                .contains("exportTo shop, this one says *"),
+            "{:?}",
+            external.problems()
+        );
+        let registry = egress_registry(&external);
+        let (_, gw, _) = egress_task();
+        let vs = json!({"hosts": ["partner.weft.test"], "gateways": ["istio-egress/egressgateway"],
+            "http": [{"route": [{"destination": {"host": "partner.weft.test", "port": {"number": 80}}}]}]});
+        let endpoints_in = |ns: &str| {
+            let mut problems = Vec::new();
+            let mut config = compile(
+                &registry,
+                &BTreeMap::new(),
+                &[src("istio-egress", "egressgateway", "1", &gw)],
+                &[src("shop", "vs", "1", &vs)],
+                None,
+                &mut problems,
+            );
+            external.fill_gateway(ns, &mut config, &mut problems);
+            assert!(problems.is_empty(), "{problems:?}");
+            config
+                .external
+                .iter()
+                .flat_map(|s| s.endpoints.iter().map(|e| e.addr().to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(endpoints_in("istio-egress"), ["198.18.0.2:18080"]);
+        assert_eq!(endpoints_in("shop"), ["198.18.0.1:18080"]);
     }
 
     #[test]

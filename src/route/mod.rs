@@ -22,6 +22,7 @@ pub mod model;
 pub mod outlier;
 pub mod policy;
 pub mod reference_grant;
+pub mod se_merge;
 pub mod select;
 pub mod smi;
 pub mod source;

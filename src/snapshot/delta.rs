@@ -226,14 +226,14 @@ mod tests {
     struct Rng(u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        fn step(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
+            (self.step() % n.max(1) as u64) as usize
         }
     }
 

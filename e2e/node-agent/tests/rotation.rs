@@ -350,6 +350,162 @@ fn an_abort_in_phase_b_rolls_back_to_the_old_root_with_no_failed_request() {
     every_proxy_chains_to(&mesh, &old_root, &new_root).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Whether each pod of `ips` accepts the client certificate `cert` (chain, key): `<ip> yes|no|<error>`
+/// one a line.
+fn acceptance(ips: &[String], cert: &(String, String)) -> String {
+    ips.iter()
+        .map(|ip| {
+            let verdict = match support::ca::proxy_accepts_client_cert(ip, &cert.0, &cert.1) {
+                Ok(true) => "yes".to_string(),
+                Ok(false) => "no".to_string(),
+                Err(e) => e,
+            };
+            format!("{ip} {verdict}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn all_say(answers: &str, word: &str) -> bool {
+    !answers.is_empty() && answers.lines().all(|l| l.ends_with(&format!(" {word}")))
+}
+
+/// `weft ca rotate --abort` in phase (a), under steady traffic: the new root had reached the
+/// root ConfigMaps and the running proxies' trust bundles (each accepts a client certificate
+/// of the new root, made with the key of Secret weft-ca-next), and the abort takes it out of
+/// every one: no root ConfigMap, no webhook caBundle holds it, every proxy refuses that client
+/// certificate again, weft-ca-next no longer holds its key, and every proxy's certificate still
+/// chains to the old root only. No request fails. The bookbuyer's proxy (an idle client) is
+/// stopped before the rotation, so (a), which waits for every connected proxy's report, cannot
+/// end before 60 s after its last poll: the abort lands in (a), not by luck in (b).
+#[test]
+fn an_abort_in_phase_a_takes_the_new_root_out_of_every_bundle_with_no_failed_request() {
+    let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    // A rotation left by an earlier test (one rolling back) ends first: the old root read below
+    // must be the mesh's whole bundle, not one on its way out.
+    wait_for(Duration::from_secs(240), phase, |p| {
+        !matches!(p, "Trusting" | "Reissuing" | "Dropping" | "RollingBack")
+    });
+    let old_root = root_pem(c);
+    let mesh = meshed_with_traffic(c, "rotate-abort-a");
+    let _guard = AbortIfUnderWay;
+    let buyer = mesh.jsonpath("pods -l app=bookbuyer", "{.items[0].metadata.name}");
+    let ip_of = |selector: &str| -> Vec<String> {
+        mesh.jsonpath(
+            &format!("pods {selector}"),
+            "{range .items[*]}{.status.podIP}{\"\\n\"}{end}",
+        )
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+    };
+    let running: Vec<String> = [ip_of("-l app=bookstore"), ip_of("-l app=loadgen")].concat();
+    assert_eq!(running.len(), 3, "bookstore x2, loadgen: {running:?}");
+    let away = Stopped::proxy_of(&buyer);
+
+    let started = unix_now();
+    let clock = Instant::now();
+    let go = weft(&["ca", "rotate", "--yes", "--renew-within", "10s"]);
+    assert!(go.status.success(), "{}", text(&go));
+    let new_root = state(c)["newRoots"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(new_root.contains("BEGIN CERTIFICATE"), "{}", state(c));
+    let new_key = secret_key(c, "weft-ca-next", "ca.key");
+    assert!(new_key.contains("PRIVATE KEY"), "weft-ca-next holds no key");
+    let probe = support::ca::client_cert_from(
+        &new_root,
+        &new_key,
+        &format!("spiffe://cluster.local/ns/{}/sa/probe", mesh.name),
+    );
+    // Before the new root has spread, the proxies refuse its certificates (the check can fail).
+    let before = acceptance(&running, &probe);
+    eprintln!(
+        "[{:>5.1}s] right after the start:\n{before}",
+        clock.elapsed().as_secs_f64()
+    );
+
+    // (a) spreads the new root: the mesh's root ConfigMap, then each running proxy's bundle.
+    let mesh_root = || {
+        mesh.ok(&[
+            "get",
+            "configmap",
+            "weft-ca-root-cert",
+            "-o",
+            "jsonpath={.data.root-cert\\.pem}",
+        ])
+    };
+    wait_for(Duration::from_secs(60), mesh_root, |pem| {
+        holds(pem, &old_root) && holds(pem, &new_root)
+    });
+    let trusted = wait_for(
+        Duration::from_secs(60),
+        || acceptance(&running, &probe),
+        |a| all_say(a, "yes"),
+    );
+    eprintln!(
+        "[{:>5.1}s] every running proxy trusts the new root:\n{trusted}",
+        clock.elapsed().as_secs_f64()
+    );
+    let status = text(&weft(&["ca", "rotate", "status"]));
+    assert_eq!(
+        phase(),
+        "Trusting",
+        "(a) is over before the abort: {status}"
+    );
+    eprintln!("{}", status.trim());
+
+    let abort = weft(&["ca", "rotate", "--abort"]);
+    assert!(abort.status.success(), "{}", text(&abort));
+    assert!(
+        text(&abort).contains("Trusting → Aborted"),
+        "{}",
+        text(&abort)
+    );
+    let aborted_at = clock.elapsed().as_secs_f64();
+    drop(away);
+    assert_eq!(phases_of(c), ["Trusting", "Aborted"], "{}", state(c));
+
+    // No trust bundle holds the new root: root ConfigMaps and webhook caBundles...
+    bundles_settle_on(c, &old_root, &new_root);
+    assert!(!holds(&mesh_root(), &new_root));
+    // ...nor any proxy's (the away one, continued, too): each refuses the new root's
+    // certificate again.
+    let all: Vec<String> = [running.clone(), ip_of("-l app=bookbuyer")].concat();
+    assert_eq!(all.len(), 4, "{all:?}");
+    let refused = wait_for(
+        Duration::from_secs(90),
+        || acceptance(&all, &probe),
+        |a| all_say(a, "no"),
+    );
+    eprintln!(
+        "[{:>5.1}s] every proxy refuses the new root again ({:.1}s after the abort):\n{refused}",
+        clock.elapsed().as_secs_f64(),
+        clock.elapsed().as_secs_f64() - aborted_at
+    );
+    // The mesh root is the old one; the abandoned root's key is gone from weft-ca-next.
+    assert_eq!(body(&secret_cert(c, "weft-ca")), body(&old_root));
+    assert!(
+        secret_key(c, "weft-ca-next", "ca.key").is_empty(),
+        "weft-ca-next still holds the abandoned root's key"
+    );
+    every_proxy_chains_to(&mesh, &old_root, &new_root).unwrap_or_else(|e| panic!("{e}"));
+
+    let finished = unix_now();
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started - 2, finished + 5);
+    eprintln!(
+        "requests during the rotation, its abort and after ({}s): {ok} ok, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
+}
+
 #[test]
 fn a_new_builtin_root_replaces_the_old_under_steady_traffic_with_no_failed_request() {
     let _one = ONE_ROTATION.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::encoding;
 use super::issuer::{
-    CERT_MANAGER_API_VERSION, CertManagerConfig, IssuerError, IssuerKind, SignFuture, SignedChain,
-    WorkloadCsr,
+    CA_BUNDLE_KEY, CERT_MANAGER_API_VERSION, CertManagerConfig, IssuerError, IssuerKind,
+    SignFuture, SignedChain, WorkloadCsr,
 };
 
 /// How long one CSR waits for cert-manager: inside the CSR endpoint's 10 s.
@@ -420,6 +420,15 @@ impl super::issuer::Issuer for CertManagerIssuer {
         self.roots.clone()
     }
 
+    fn roots_source(&self) -> Option<String> {
+        Some(format!(
+            "weft trusts for {} the roots in key {CA_BUNDLE_KEY} of Secret {}/{} (--ca-bundle-secret): put the root this issuer signs with there",
+            self.describe_(),
+            self.namespace,
+            self.config.ca_bundle_secret
+        ))
+    }
+
     fn sign<'a>(&'a self, csr: &'a WorkloadCsr<'a>, _now: SystemTime) -> SignFuture<'a> {
         Box::pin(async move {
             let request = certificate_request(csr, &self.config, &self.namespace);
@@ -699,6 +708,11 @@ mod tests {
         let err = run(issue(&issuer, &csr(&pem), &[], SystemTime::now())).unwrap_err();
         assert_eq!(err.metric_label(), "issuer_bad_leaf", "{err}");
         assert!(err.to_string().contains("does not chain"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("key ca.crt of Secret weft-system/osm-ca-bundle (--ca-bundle-secret)"),
+            "the refusal names the Secret to fix: {err}"
+        );
     }
 
     #[test]

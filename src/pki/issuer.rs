@@ -156,7 +156,15 @@ pub trait Issuer: Send + Sync + 'static {
     fn roots_pem(&self) -> Vec<String>;
     /// Signs an already checked CSR for `csr.spiffe_id`, valid for `csr.ttl`.
     fn sign<'a>(&'a self, csr: &'a WorkloadCsr<'a>, now: SystemTime) -> SignFuture<'a>;
+    /// Where [`Self::roots_pem`] come from and how to change them, when a person sets them (a
+    /// cert-manager ca-bundle Secret): added to the refusal of a leaf that does not chain to them.
+    fn roots_source(&self) -> Option<String> {
+        None
+    }
 }
+
+/// How [`check_leaf`]'s refusal of a leaf that chains to none of the issuer's roots begins.
+const NOT_CHAINED: &str = "it does not chain to a root the mesh trusts";
 
 /// Signs `csr` through `issuer`: the CSR must pass [`check_workload_csr`] first (whoever signs),
 /// and the leaf must pass [`check_leaf`] after. `trust_bundle` is what the mesh trusts now;
@@ -183,7 +191,10 @@ pub async fn issue(
     )
     .map_err(|reason| IssuerError::BadLeaf {
         issuer: issuer.describe(),
-        reason,
+        reason: match issuer.roots_source() {
+            Some(source) if reason.starts_with(NOT_CHAINED) => format!("{reason}; {source}"),
+            _ => reason,
+        },
     })?;
     let mut roots: Vec<String> = trust_bundle.to_vec();
     for root in issuer_roots {
@@ -273,7 +284,7 @@ pub fn check_leaf(
         return Err("the issuer has no root the mesh trusts yet".to_string());
     }
     verify_chain(leaf_der, intermediates, &roots, now)
-        .map_err(|e| format!("it does not chain to a root the mesh trusts: {e}"))?;
+        .map_err(|e| format!("{NOT_CHAINED}: {e}"))?;
     let validity = leaf.validity();
     Ok(CheckedLeaf {
         der: leaf_der.clone(),

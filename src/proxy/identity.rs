@@ -281,8 +281,14 @@ pub async fn run_csr_client(cfg: CsrClientConfig, sink: CertSink) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, reason = e.metric_label(), "certificate request failed; retrying");
-                next_backoff(&mut backoff)
+                let wait = next_backoff(&mut backoff);
+                tracing::warn!(
+                    error = %e,
+                    reason = e.metric_label(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "certificate request failed; retrying"
+                );
+                wait
             }
         };
         follow_trust(&cfg, &sink, &current, &mut polls, Instant::now() + wait).await;

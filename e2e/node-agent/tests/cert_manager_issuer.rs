@@ -753,3 +753,240 @@ fn cert_manager_signs_the_meshs_workload_certificates_and_its_refusals_are_named
         s.contains("Signing:  builtin") && s.contains("Trusted roots (1")
     });
 }
+
+/// The CN of the second CA of the re-sync test (not containing [`CA_CN`]).
+const SECOND_CN: &str = "weft-e2e second CA";
+
+/// Writes `pem` into the ca-bundle Secret's `ca.crt`, in place (a patch, as a person or
+/// trust-manager changes it).
+fn set_ca_bundle(c: &Cluster, pem: &str) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+    c.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "secret",
+        BUNDLE,
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"data": {"ca.crt": b64}}).to_string(),
+    ]);
+}
+
+/// The root ConfigMap of namespace `ns`.
+fn root_configmap(c: &Cluster, ns: &str) -> String {
+    c.ok(&[
+        "-n",
+        ns,
+        "get",
+        "configmap",
+        "weft-ca-root-cert",
+        "-o",
+        "jsonpath={.data.root-cert\\.pem}",
+    ])
+}
+
+/// Whether each pod of `ips` accepts the client certificate `cert`: `<ip> yes|no|<error>`.
+fn acceptance(ips: &[String], cert: &(String, String)) -> String {
+    ips.iter()
+        .map(|ip| {
+            let verdict = match support::ca::proxy_accepts_client_cert(ip, &cert.0, &cert.1) {
+                Ok(true) => "yes".to_string(),
+                Ok(false) => "no".to_string(),
+                Err(e) => e,
+            };
+            format!("{ip} {verdict}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn all_say(answers: &str, word: &str) -> bool {
+    !answers.is_empty() && answers.lines().all(|l| l.ends_with(&format!(" {word}")))
+}
+
+fn operator_pods(c: &Cluster) -> String {
+    c.ok(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=weft-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[*].restartCount}{\"\\n\"}{end}",
+    ])
+}
+
+/// The ca-bundle Secret changed in place is followed (issue 24 item 3, "kept in sync when it
+/// changes"), under steady meshed traffic, without a restart of the operator: a second root B
+/// added to `ca.crt` shows in `weft ca issuer`, in the root ConfigMaps (weft-system and the
+/// meshed namespace) and in every proxy's trust bundle (each accepts a client certificate of B,
+/// which each refused before); taken out again, it leaves all of them (each proxy refuses B's
+/// certificate again). A `ca.crt` the Issuer does not sign for (B alone while osm-ca signs with
+/// A) fails the dry signing naming the Secret, and osm-ca keeps signing with A trusted. No
+/// request fails throughout.
+#[test]
+fn a_changed_ca_bundle_is_followed_by_every_trust_bundle_without_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = deployed();
+    let _restore = Restore(c);
+    let (_manager, ca_crt) = cert_manager_with_a_ca_issuer(c);
+    let root_a = std::fs::read_to_string(&ca_crt).expect("ca.crt");
+    c.ok(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        BUNDLE,
+        &format!("--from-file=ca.crt={}", ca_crt.display()),
+    ]);
+    let set = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "cert-manager",
+        "--issuer",
+        ISSUER,
+        "--ca-bundle-secret",
+        BUNDLE,
+        "--without-rotation",
+        "--yes",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  cert-manager")
+            && s.contains("healthy since")
+            && s.contains("Trusted roots (2")
+    });
+    // Every replica reads the ConfigMap every 5 s: let the other one follow too.
+    std::thread::sleep(Duration::from_secs(7));
+    let operators = operator_pods(c);
+
+    let mesh = c.namespace("t-issuer-cm-resync");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(support::bookstore::APP);
+    support::bookstore::rollout(&mesh);
+    mesh.apply(LOADGEN);
+    mesh.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/loadgen",
+        "--timeout=180s",
+    ]);
+    wait_for(
+        MINUTE,
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+    let started = unix_now();
+    let ips: Vec<String> = mesh
+        .jsonpath("pods", "{range .items[*]}{.status.podIP}{\"\\n\"}{end}")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    assert_eq!(ips.len(), 4, "bookstore x2, bookbuyer, loadgen: {ips:?}");
+
+    // A second CA, B, with a client certificate of its own: no proxy trusts it yet.
+    let dir = std::env::temp_dir().join(format!("weft-cm-b-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    sh(
+        &dir,
+        &format!(
+            "openssl ecparam -name prime256v1 -genkey -noout -out b.key && \
+             openssl req -x509 -new -key b.key -subj '/CN={SECOND_CN}' -days 30 \
+               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out b.crt"
+        ),
+    );
+    let root_b = std::fs::read_to_string(dir.join("b.crt")).expect("b.crt");
+    let key_b = std::fs::read_to_string(dir.join("b.key")).expect("b.key");
+    let probe = support::ca::client_cert_from(
+        &root_b,
+        &key_b,
+        &format!("spiffe://cluster.local/ns/{}/sa/probe", mesh.name),
+    );
+    let before = acceptance(&ips, &probe);
+    assert!(
+        all_say(&before, "no"),
+        "B is trusted before it is in ca.crt:\n{before}"
+    );
+
+    // ca.crt = A + B: B is trusted everywhere within a pass or two, no restart.
+    let clock = std::time::Instant::now();
+    set_ca_bundle(c, &format!("{}\n{}", root_a.trim(), root_b.trim()));
+    let status = wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Trusted roots (3") && s.contains(SECOND_CN) && s.contains("healthy since")
+    });
+    assert!(status.contains("Signing:  cert-manager"), "{status}");
+    for ns in [NS, mesh.name.as_str()] {
+        wait_for(
+            MINUTE,
+            || root_configmap(c, ns),
+            |pem| holds(pem, &root_a) && holds(pem, &root_b),
+        );
+    }
+    let trusted = wait_for(MINUTE, || acceptance(&ips, &probe), |a| all_say(a, "yes"));
+    eprintln!(
+        "[{:>5.1}s] B added: every proxy trusts it:\n{trusted}",
+        clock.elapsed().as_secs_f64()
+    );
+
+    // ca.crt = A again: B leaves every bundle.
+    let clock = std::time::Instant::now();
+    set_ca_bundle(c, &root_a);
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Trusted roots (2") && !s.contains(SECOND_CN) && s.contains("healthy since")
+    });
+    for ns in [NS, mesh.name.as_str()] {
+        wait_for(
+            MINUTE,
+            || root_configmap(c, ns),
+            |pem| holds(pem, &root_a) && !holds(pem, &root_b),
+        );
+    }
+    let refused = wait_for(MINUTE, || acceptance(&ips, &probe), |a| all_say(a, "no"));
+    eprintln!(
+        "[{:>5.1}s] B taken out: every proxy refuses it again:\n{refused}",
+        clock.elapsed().as_secs_f64()
+    );
+
+    // Bad input: ca.crt = B alone while osm-ca signs with A. The dry signing's leaf does not
+    // chain to B: refused, naming the Secret; osm-ca keeps signing, A stays trusted.
+    set_ca_bundle(c, &root_b);
+    let line = wait_for(MINUTE, issuer_check_line, |l| {
+        l.contains("does not chain") && l.contains(&format!("Secret {NS}/{BUNDLE}"))
+    });
+    eprintln!("weft check, a ca.crt the Issuer does not sign for: {line}");
+    let status = issuer_status();
+    assert!(
+        status.contains("Signing:  cert-manager") && status.contains("UNHEALTHY"),
+        "{status}"
+    );
+    let token = token_of(&mesh, "web", "weft-ca");
+    let me = format!("spiffe://cluster.local/ns/{}/sa/web", mesh.name);
+    let answer = request_certificate(c, &token, &me, Some(3600));
+    assert_eq!(answer.status, 200, "osm-ca keeps signing: {}", answer.body);
+    support::bookstore::buy(&mesh, "http://bookstore/")
+        .unwrap_or_else(|e| panic!("meshed traffic with a wrong ca.crt: {e}"));
+    set_ca_bundle(c, &root_a);
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("healthy since") && s.contains("Trusted roots (2") && !s.contains(SECOND_CN)
+    });
+
+    // No request failed, and the operator was never restarted.
+    let finished = unix_now();
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, failed) = answers(&mesh, started, finished + 5);
+    eprintln!(
+        "requests while ca.crt changed ({}s): {ok} ok, {} failed",
+        finished - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
+    assert_eq!(operator_pods(c), operators, "the operator was restarted");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@ mod support;
 
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::ca::{request_certificate, token_of};
 use support::vault::{DevVault, ROOT_TOKEN};
@@ -659,4 +659,487 @@ fn vault_over_https_trusts_the_ca_cert_secret_and_names_a_wrong_one() {
     buy_n(&mesh, 5, "Vault-signed over HTTPS");
     eprintln!("right CA: {}", check_issuer_line());
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// Where the Vault of the renewal test listens.
+const VAULT_RENEWAL_PORT: u16 = 18217;
+
+/// The renewal test's mesh: a server whose proxy asks for three-minute certificates (it renews
+/// 81-99 s after each: half the lifetime, ±10 %), and a meshed client sending it a request every 200 ms, each a
+/// new connection (a new mTLS handshake), each line `<unix seconds> ok|FAIL`.
+const SHORT_LIVED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: store
+  labels: {app: store}
+  annotations: {proxy.weft.dev/cert-validity: 180s}
+spec:
+  containers:
+  - name: store
+    image: weft.dev/echo:dev
+    ports: [{containerPort: 8080, name: http}]
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: store}
+spec:
+  selector: {app: store}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: loadgen, labels: {app: loadgen}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: loadgen
+    image: busybox
+    command: [sh, -c, "while true; do if timeout 10 wget -qO- http://store/ >/dev/null; then echo \"$(date +%s) ok\"; else echo \"$(date +%s) FAIL\"; fi; sleep 0.2; done"]
+"#;
+
+/// The certificate a proxy presents to a weft/1 client, seen from outside with openssl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Presented {
+    serial: String,
+    not_after: i64,
+    issuer: String,
+}
+
+fn presented(ip: &str) -> Option<Presented> {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "leaf=$(timeout 5 openssl s_client -connect {ip}:8080 -alpn weft/1 </dev/null 2>/dev/null | openssl x509 2>/dev/null) \
+             && [ -n \"$leaf\" ] \
+             && echo \"$leaf\" | openssl x509 -noout -serial -issuer \
+             && date -u -d \"$(echo \"$leaf\" | openssl x509 -noout -enddate | cut -d= -f2)\" +notAfter=%s"
+        ))
+        .output()
+        .ok()?;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| {
+        shown
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    Some(Presented {
+        serial: field("serial=")?,
+        issuer: field("issuer=")?,
+        not_after: field("notAfter=")?.parse().ok()?,
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The loadgen's answers between `from` and `to` (unix seconds): (ok, the failed lines).
+fn answers(mesh: &Namespace, from: i64, to: i64) -> (usize, Vec<String>) {
+    let log = mesh.ok(&["logs", "loadgen", "-c", "loadgen"]);
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for line in log.lines() {
+        let Some((t, r)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(t) = t.parse::<i64>() else { continue };
+        if t < from || t > to {
+            continue;
+        }
+        if r == "ok" {
+            ok += 1;
+        } else {
+            failed.push(line.to_string());
+        }
+    }
+    (ok, failed)
+}
+
+/// The store proxy's failed certificate requests, as logged (`retry_in_ms` is its backoff).
+fn failed_renewals(mesh: &Namespace) -> Vec<String> {
+    mesh.ok(&["logs", "store", "-c", "weft-proxy"])
+        .lines()
+        .filter(|l| l.contains("certificate request failed; retrying"))
+        .map(String::from)
+        .collect()
+}
+
+fn retry_in_ms(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("retry_in_ms="))?
+        .parse()
+        .ok()
+}
+
+/// The operator pods and their restart counts: a restart of the operator would show here.
+fn operator_pods(c: &Cluster) -> String {
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=weft-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[*].restartCount}{\"\\n\"}{end}",
+    ])
+}
+
+/// A renewal that spans a Vault outage (issue 24, "Vault slow or down"): the store's proxy
+/// holds three-minute Vault-signed certificates; right after one renewal Vault is paused
+/// (SIGSTOP), so the next renewal falls in the outage. The proxy keeps presenting its working
+/// certificate and the meshed client's requests keep being answered; its renewals fail with
+/// the operator's 503 naming Vault and are retried with a doubling backoff; once Vault is
+/// continued, the next retry gets a fresh Vault-signed certificate, before the old one expires,
+/// without a restart of the proxy or the operator. No request fails throughout.
+#[test]
+#[ignore = "written in session 8, not yet run on the cluster (the Vault build had not finished): run it with --ignored and remove this"]
+fn a_renewal_during_a_vault_outage_keeps_the_working_certificate_and_retries_until_vault_is_back() {
+    let _turn = mesh_wide();
+    let c = deployed();
+    let vault = DevVault::start(VAULT_RENEWAL_PORT);
+    vault.pki_as_seed_002();
+    let _restore = BackToBuiltin(c);
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        "weft-vault-token",
+        &format!("--from-literal=token={ROOT_TOKEN}"),
+    ]);
+    let set = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "vault",
+        "--address",
+        &vault.address,
+        "--role",
+        "weft",
+        "--token-secret",
+        "weft-vault-token",
+        "--without-rotation",
+        "--yes",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  vault") && s.contains("healthy since")
+    });
+    replicas_follow();
+    let operators = operator_pods(c);
+
+    let mesh = c.namespace("t-issuer-renew");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(SHORT_LIVED);
+    for pod in ["pod/store", "pod/loadgen"] {
+        mesh.ok(&["wait", "--for=condition=Ready", pod, "--timeout=180s"]);
+    }
+    wait_for(
+        MINUTE,
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+    let started = unix_now();
+    let ip = mesh.jsonpath("pod store", "{.status.podIP}");
+    let show = |p: &Option<Presented>| format!("{p:?}");
+    let first = wait_for(MINUTE, || show(&presented(&ip)), |s| s.contains("osm.root"));
+    let first = presented(&ip).unwrap_or_else(|| panic!("{first}"));
+
+    // Wait for a renewal: the next one is then 81-99 s away, its certificate good for 180 s.
+    let renewed = wait_for(
+        Duration::from_secs(150),
+        || show(&presented(&ip)),
+        |s| s.contains("osm.root") && !s.contains(&format!("serial: \"{}\"", first.serial)),
+    );
+    let working = presented(&ip).unwrap_or_else(|| panic!("{renewed}"));
+    assert!(
+        working.not_after > first.not_after,
+        "{working:?} after {first:?}"
+    );
+    let failures_before = failed_renewals(&mesh).len();
+    vault.signal("-STOP");
+    let paused_at = unix_now();
+    eprintln!(
+        "Vault paused; the store's certificate {} expires in {} s",
+        working.serial,
+        working.not_after - paused_at
+    );
+
+    // The renewal falls in the outage: it fails and is retried with a growing backoff, while the
+    // proxy presents its working certificate all along.
+    let limit = Duration::from_secs((working.not_after - paused_at - 30).max(1) as u64);
+    let mut seen_while_paused = Vec::new();
+    let retries = wait_for(
+        limit,
+        || {
+            if let Some(p) = presented(&ip) {
+                seen_while_paused.push(p);
+            }
+            failed_renewals(&mesh)[failures_before..].join("\n")
+        },
+        |lines| lines.lines().count() >= 3,
+    );
+    eprintln!("renewals during the outage:\n{retries}");
+    assert!(
+        seen_while_paused.iter().all(|p| *p == working) && !seen_while_paused.is_empty(),
+        "the proxy changed or lost its certificate while Vault was paused: {seen_while_paused:?}"
+    );
+    let delays: Vec<u64> = retries.lines().filter_map(retry_in_ms).collect();
+    assert_eq!(delays.len(), retries.lines().count(), "{retries}");
+    assert!(
+        delays.windows(2).all(|w| w[1] == (w[0] * 2).min(30_000)) && delays[0] <= 1000,
+        "the retries do not back off by doubling: {delays:?}"
+    );
+    assert!(
+        retries
+            .lines()
+            .all(|l| l.contains("503") && l.contains("Vault at")),
+        "each failed renewal names Vault: {retries}"
+    );
+    assert!(
+        unix_now() < working.not_after,
+        "the certificate expired during the test's outage"
+    );
+
+    // Vault back: the next retry renews, before the working certificate expires.
+    vault.signal("-CONT");
+    let resumed = Instant::now();
+    let fresh = wait_for(
+        Duration::from_secs(60),
+        || show(&presented(&ip)),
+        |s| s.contains("osm.root") && !s.contains(&format!("serial: \"{}\"", working.serial)),
+    );
+    let renewed_at = unix_now();
+    let fresh = presented(&ip).unwrap_or_else(|| panic!("{fresh}"));
+    eprintln!(
+        "renewed {:.1} s after SIGCONT, {} s before the old certificate expired: {fresh:?}",
+        resumed.elapsed().as_secs_f64(),
+        working.not_after - renewed_at
+    );
+    assert!(renewed_at < working.not_after, "renewed only after expiry");
+    assert!(fresh.not_after > working.not_after, "{fresh:?}");
+    assert!(fresh.issuer.contains("osm.root"), "{fresh:?}");
+
+    // Nothing was restarted: the proxy, and the operator.
+    let restarts = mesh.jsonpath(
+        "pod store",
+        "{.status.initContainerStatuses[*].restartCount} {.status.containerStatuses[*].restartCount}",
+    );
+    assert!(
+        restarts.split_whitespace().all(|n| n == "0"),
+        "restart counts of store's containers: {restarts}"
+    );
+    assert_eq!(operator_pods(c), operators, "the operator was restarted");
+
+    // No request failed, from before the outage to after the renewal.
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed) = answers(&mesh, started, renewed_at + 3);
+    eprintln!(
+        "requests from before the outage to after the renewal ({} s): {ok} ok, {} failed",
+        renewed_at + 3 - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= renewed_at - started, "only {ok} requests");
+}
+
+/// Where the Vault of the misconfiguration test listens.
+const VAULT_MISCONFIGURED_PORT: u16 = 18219;
+
+/// Bad input of issue 24 on the cluster: a wrong Vault token, a PKI role that does not exist,
+/// and a role that refuses URI SANs, each chosen with `weft ca issuer set vault
+/// --without-rotation --yes` under steady meshed traffic. Each is named by `weft check`'s
+/// issuer line with its fix and by every revision's `Degraded=True IssuerUnavailable`
+/// condition; the builtin CA keeps signing (`weft ca issuer`: builtin, configured vault,
+/// UNHEALTHY), so the store's proxy, renewing its one-minute certificate meanwhile, keeps a
+/// working certificate from the mesh root and no request fails. Fixed, Vault signs.
+#[test]
+#[ignore = "written in session 8, not yet run on the cluster (the Vault build had not finished): run it with --ignored and remove this"]
+fn each_misconfigured_vault_is_named_while_proxies_keep_renewing_from_the_builtin_ca() {
+    let _turn = mesh_wide();
+    let c = deployed();
+    let vault = DevVault::start(VAULT_MISCONFIGURED_PORT);
+    vault.pki_as_seed_002();
+    // Seed 002's role with P-256 keys allowed but no URI SANs.
+    vault.must(&[
+        "write",
+        "pki/roles/nouri",
+        "allow_any_name=true",
+        "allow_subdomains=true",
+        "key_type=any",
+    ]);
+    let _restore = BackToBuiltin(c);
+    c.ok(&[
+        "-n",
+        "weft-system",
+        "create",
+        "secret",
+        "generic",
+        "weft-vault-token",
+        "--from-literal=token=not-a-vault-token",
+    ]);
+    let mesh_root = support::ca::root_pem(c);
+    let mesh = c.namespace("t-issuer-misconfigured");
+    assert!(weft(&["namespace", "add", &mesh.name]).status.success());
+    mesh.apply(&SHORT_LIVED.replace("cert-validity: 180s", "cert-validity: 60s"));
+    for pod in ["pod/store", "pod/loadgen"] {
+        mesh.ok(&["wait", "--for=condition=Ready", pod, "--timeout=180s"]);
+    }
+    wait_for(
+        MINUTE,
+        || mesh.ok(&["logs", "loadgen", "-c", "loadgen", "--tail=5"]),
+        |log| log.lines().filter(|l| l.ends_with(" ok")).count() >= 5,
+    );
+    let started = unix_now();
+    let ip = mesh.jsonpath("pod store", "{.status.podIP}");
+    let first = wait_for(
+        MINUTE,
+        || format!("{:?}", presented(&ip)),
+        |s| s.starts_with("Some"),
+    );
+    let first = presented(&ip).unwrap_or_else(|| panic!("{first}"));
+    let token = token_of(&mesh, "web", "weft-ca");
+    let me = format!("spiffe://cluster.local/ns/{}/sa/web", mesh.name);
+
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "a wrong token",
+            "weft",
+            &["permission denied", "Secret weft-system/weft-vault-token"],
+        ),
+        (
+            "a role that does not exist",
+            "nope",
+            &["unknown role", "vault write pki/roles/nope"],
+        ),
+        (
+            "a role that refuses URI SANs",
+            "nouri",
+            &[
+                "URI Subject Alternative Names",
+                "vault write pki/roles/nouri allowed_uri_sans=\"spiffe://cluster.local/*\"",
+            ],
+        ),
+    ];
+    for (what, role, named) in cases {
+        if role != "weft" {
+            // The right token from here on: the role is what is wrong.
+            c.ok(&[
+                "-n",
+                "weft-system",
+                "patch",
+                "secret",
+                "weft-vault-token",
+                "--type=merge",
+                "-p",
+                &format!("{{\"stringData\":{{\"token\":\"{ROOT_TOKEN}\"}}}}"),
+            ]);
+        }
+        let set = weft(&[
+            "ca",
+            "issuer",
+            "set",
+            "vault",
+            "--address",
+            &vault.address,
+            "--role",
+            role,
+            "--token-secret",
+            "weft-vault-token",
+            "--without-rotation",
+            "--yes",
+        ]);
+        assert!(set.status.success(), "{what}: {}", text(&set));
+        let line = wait_for(MINUTE, check_issuer_line, |l| {
+            named.iter().all(|n| l.contains(n))
+        });
+        eprintln!("{what}: {line}");
+        let seen = wait_for(
+            MINUTE,
+            || revisions_degraded(c),
+            |r| {
+                !r.trim().is_empty()
+                    && r.lines()
+                        .all(|l| l.contains("True IssuerUnavailable") && l.contains(named[1]))
+            },
+        );
+        assert!(seen.contains("Vault at"), "{what}: {seen}");
+        let status = issuer_status();
+        assert!(
+            status.contains("Signing:  builtin (configured: vault)")
+                && status.contains("UNHEALTHY"),
+            "{what}: {status}"
+        );
+        // A CSR now still gets a certificate, from the mesh root.
+        replicas_follow();
+        let answer = request_certificate(c, &token, &me, Some(3600));
+        assert_eq!(answer.status, 200, "{what}: {}", answer.body);
+        let response: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+        std::fs::write(
+            answer.dir.join("leaf.pem"),
+            response["certChain"][0].as_str().expect("a leaf"),
+        )
+        .expect("leaf.pem");
+        std::fs::write(answer.dir.join("mesh-root.pem"), &mesh_root).expect("mesh-root.pem");
+        let verify = Command::new("openssl")
+            .args(["verify", "-CAfile", "mesh-root.pem", "leaf.pem"])
+            .current_dir(&answer.dir)
+            .output()
+            .expect("openssl");
+        assert!(verify.status.success(), "{what}: {}", text(&verify));
+    }
+
+    // The store's proxy renewed its one-minute certificate during all this, from the mesh root.
+    let renewed = wait_for(
+        MINUTE,
+        || format!("{:?}", presented(&ip)),
+        |s| !s.contains(&format!("serial: \"{}\"", first.serial)) && s.starts_with("Some"),
+    );
+    let renewed = presented(&ip).unwrap_or_else(|| panic!("{renewed}"));
+    assert_eq!(renewed.issuer, first.issuer, "{renewed:?} after {first:?}");
+    assert!(!renewed.issuer.contains("osm.root"), "{renewed:?}");
+
+    // Fixed (the seed's role as weft needs it): Vault signs, without a restart.
+    let set = weft(&[
+        "ca",
+        "issuer",
+        "set",
+        "vault",
+        "--address",
+        &vault.address,
+        "--role",
+        "weft",
+        "--token-secret",
+        "weft-vault-token",
+        "--without-rotation",
+        "--yes",
+    ]);
+    assert!(set.status.success(), "{}", text(&set));
+    wait_for(MINUTE, issuer_status, |s| {
+        s.contains("Signing:  vault") && s.contains("healthy since")
+    });
+    wait_for(
+        MINUTE,
+        || revisions_degraded(c),
+        |r| !r.trim().is_empty() && r.lines().all(|l| l.contains("False CaHealthy")),
+    );
+    let finished = unix_now();
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed) = answers(&mesh, started, finished + 3);
+    eprintln!(
+        "requests through the three misconfigurations ({} s): {ok} ok, {} failed",
+        finished + 3 - started,
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok as i64 >= finished - started, "only {ok} requests");
 }

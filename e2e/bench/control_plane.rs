@@ -10,8 +10,9 @@
 //! - Config convergence: the real config routes (`weft::discovery::server::router`) served
 //!   over mTLS by the operator's own accept loop on 127.0.0.1, fed a `MeshIndex` of 1,000 meshed
 //!   pods through `DiscoveryState::from_index`, and 1,000 simulated proxy streams from this
-//!   process; then one change, timed from its publication to its arrival on every stream it
-//!   concerns. The operator and the simulated proxies run on separate tokio runtimes (one
+//!   process, which ask for deltas (`&delta=1`) as weft-proxy does; then two changes (a scale
+//!   change and a VirtualService weight change), each timed from its publication to its
+//!   arrival on every stream it concerns, with the bytes each stream received for it. The operator and the simulated proxies run on separate tokio runtimes (one
 //!   worker thread each), so a counting allocator can tell their heaps apart.
 //!
 //! - Served endpoints over real HTTPS (`served.rs`): CSRs with the TokenReview cached and
@@ -43,13 +44,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
-use weft::api::MeshConfig;
+use weft::api::{MeshConfig, VirtualService};
 use weft::contract;
 use weft::discovery::{DiscoverySettings, DiscoveryState, MeshIndex, MeshView};
 use weft::kube::metrics::OperatorMetrics;
 use weft::operator::serving::{ServingCertResolver, keep_serving_cert, serve_tls_on};
 use weft::pki::{MeshCa, WorkloadKey, certificates_from_pem};
-use weft::snapshot::stream::{Ack, LineDecoder, QUERY_POD};
+use weft::snapshot::delta::DELTA_PREFIX;
+use weft::snapshot::stream::{Ack, LineDecoder, QUERY_DELTA, QUERY_POD};
 use weft::webhook::{InjectorSettings, MeshState, review};
 
 #[path = "served.rs"]
@@ -346,11 +348,23 @@ fn pod_ip(n: usize, i: usize) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::new(127, 1, n as u8, i as u8 + 10))
 }
 
+/// [`weighted_mesh_view`] before the weight change.
+fn mesh_view(first_replicas: usize) -> MeshView {
+    weighted_mesh_view(first_replicas, WEIGHT_BEFORE)
+}
+
+/// The VirtualService's weight for `shop-000` before and after the weight change.
+const WEIGHT_BEFORE: u32 = 90;
+const WEIGHT_AFTER: u32 = 100;
+
 /// What the reflectors would hold: `NAMESPACES` namespaces, each with a Deployment `app` of
 /// `PODS_PER_NAMESPACE` meshed pods (service account `app`, one Service, one EndpointSlice
-/// with every pod ready), except that `shop-000` runs `first_replicas` pods (the change
-/// scales it up by one: a new pod and a new endpoint).
-fn mesh_view(first_replicas: usize) -> MeshView {
+/// with every pod ready), except that `shop-000` runs `first_replicas` pods (the first change
+/// scales it up by one: a new pod and a new endpoint); and a VirtualService in `shop-000`
+/// sending `weight` percent of `app`'s requests to it and the rest to `app.shop-001` (the
+/// second change moves the weight; exported to every namespace, Istio's default, so it
+/// concerns every proxy).
+fn weighted_mesh_view(first_replicas: usize, weight: u32) -> MeshView {
     let (mut pods, mut services, mut slices) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..NAMESPACES {
         let ns = namespace_name(n);
@@ -401,6 +415,14 @@ fn mesh_view(first_replicas: usize) -> MeshView {
         pods,
         services,
         slices,
+        virtual_services: vec![kube::<VirtualService>(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"namespace": namespace_name(0), "name": "app"},
+            "spec": {"hosts": ["app"], "http": [{"route": [
+                {"destination": {"host": "app"}, "weight": weight},
+                {"destination": {"host": format!("app.{}.svc.cluster.local", namespace_name(1))},
+                 "weight": 100 - weight}]}]}
+        }))],
         revisions: vec![kube::<MeshConfig>(json!({
             "apiVersion": "mesh.weft.dev/v1alpha1", "kind": "MeshConfig",
             "metadata": {"namespace": OPERATOR_NAMESPACE, "name": "stable"},
@@ -545,6 +567,9 @@ enum Heard {
         proxy: usize,
         version: String,
         at: Instant,
+        /// The line's bytes, with its newline: what the stream carried for this version.
+        bytes: usize,
+        delta: bool,
     },
     Failed {
         proxy: usize,
@@ -553,14 +578,20 @@ enum Heard {
 }
 
 /// The version of a snapshot line, read from its head (the operator writes `schemaVersion`
-/// then `version` first). A real proxy decodes the whole snapshot on its own CPU; 1,000 of
-/// them decoding here would share the operator's, and measure JSON parsing instead. The
-/// version is the content hash, so matching the expected one proves the right snapshot
-/// arrived whole.
+/// then `version` first, in a delta line too). A real proxy decodes the snapshot (or splices
+/// the delta) on its own CPU; 1,000 of them doing it here would share the operator's, and
+/// measure JSON parsing instead. The version is the content hash, so matching the expected
+/// one proves the right snapshot arrived; that a delta rebuilds exactly the whole snapshot
+/// is the unit tests' (`discovery::server`, `proxy::config_stream`).
 fn version_of(line: &[u8]) -> Option<String> {
-    const KEY: &[u8] = b"\"version\":\"";
+    string_at(line, b"\"version\":\"")
+}
+
+/// The string value after `key` in the line's first 256 bytes (a delta line starts with
+/// `{"delta":{"base":"…","snapshot":{"schemaVersion":1,"version":"…"`).
+fn string_at(line: &[u8], key: &[u8]) -> Option<String> {
     let head = &line[..line.len().min(256)];
-    let start = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let start = head.windows(key.len()).position(|w| w == key)? + key.len();
     let len = head[start..].iter().position(|&b| b == b'"')?;
     String::from_utf8(head[start..start + len].to_vec()).ok()
 }
@@ -609,7 +640,7 @@ async fn follow_config(
         .map_err(|e| format!("HTTP/2: {e}"))?;
     tokio::spawn(conn);
     let uri = format!(
-        "https://{OPERATOR_SERVER_NAME}{}?{QUERY_POD}={}",
+        "https://{OPERATOR_SERVER_NAME}{}?{QUERY_POD}={}&{QUERY_DELTA}=1",
         contract::PATH_CONFIG_STREAM,
         sim.pod
     );
@@ -630,17 +661,34 @@ async fn follow_config(
     }
     let mut body = Body::new(response.into_body()).into_data_stream();
     let mut lines = LineDecoder::default();
+    let mut running: Option<String> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("stream broke: {e}"))?;
         for line in lines.push(&chunk).map_err(|e| e.to_string())? {
             let at = Instant::now();
             let version = version_of(&line).ok_or("a snapshot line without a version")?;
+            // A delta applies only onto the version this proxy runs (weft-proxy would reopen
+            // the stream otherwise): the bench fails rather than count a line no proxy could use.
+            let delta = line.starts_with(DELTA_PREFIX);
+            if delta && string_at(&line, b"\"base\":\"") != running {
+                return Err(format!(
+                    "a delta onto {:?}, but this proxy runs {running:?}",
+                    string_at(&line, b"\"base\":\"")
+                ));
+            }
+            running = Some(version.clone());
             let ack = Ack {
                 pod: sim.pod.clone(),
                 version: Some(version.clone()),
                 rejected: None,
             };
-            let _ = heard.send(Heard::Version { proxy, version, at });
+            let _ = heard.send(Heard::Version {
+                proxy,
+                version,
+                at,
+                bytes: line.len() + 1,
+                delta,
+            });
             let ack = Request::post(format!(
                 "https://{OPERATOR_SERVER_NAME}{}",
                 contract::PATH_CONFIG_ACK
@@ -769,60 +817,28 @@ fn convergence() -> serde_json::Value {
     let rss_synced = rss_kb();
     let (operator_synced, proxies_synced) = (live(SIDE_OPERATOR), live(SIDE_PROXIES));
 
-    // One change: shop-000 scales up by one pod. Every proxy gets every ClusterIP Service,
-    // so the new endpoint moves every version; count the streams whose version moves.
-    let building = Instant::now();
-    let changed = Arc::new(MeshIndex::build(&mesh_view(PODS_PER_NAMESPACE + 1)));
-    let index_build = building.elapsed();
-    // What the operator's stream tasks will do, once, on this thread: every proxy's snapshot.
-    let serializing = Instant::now();
-    let expected: Vec<Option<String>> = pods
-        .iter()
-        .map(|(ns, pod, _)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
-        .collect();
-    let serialize_all = serializing.elapsed();
-    let concerned: HashSet<usize> = (0..PROXIES)
-        .filter(|&i| first[i].is_some() && expected[i] != first[i])
-        .collect();
-    PEAK[SIDE_OPERATOR].store(live(SIDE_OPERATOR), Ordering::Relaxed);
-    PEAK[SIDE_PROXIES].store(live(SIDE_PROXIES), Ordering::Relaxed);
-    let cpu_before = (thread_cpu_ms("operator"), thread_cpu_ms("proxies"));
-    let published = Instant::now();
-    // Held here until the end, so the old index is not freed on an operator thread.
-    let previous = index_tx.send_replace(changed);
-    let mut pending = concerned.clone();
-    let mut nanos = Vec::with_capacity(concerned.len());
-    let mut unexpected = 0;
-    while !pending.is_empty() {
-        let left = CONVERGE_TIMEOUT.saturating_sub(published.elapsed());
-        match heard.recv_timeout(left) {
-            Ok(Heard::Version { proxy, version, at }) => {
-                if expected[proxy].as_ref() == Some(&version) && pending.remove(&proxy) {
-                    nanos.push(at.duration_since(published).as_nanos() as u64);
-                } else {
-                    unexpected += 1;
-                }
-            }
-            Ok(Heard::Failed { proxy, error }) => {
-                pending.remove(&proxy);
-                failures.push(format!("{}: {error}", pods[proxy].1));
-            }
-            Err(_) => break,
-        }
-    }
-    let converged = published.elapsed();
-    let cpu_change = (
-        thread_cpu_ms("operator") - cpu_before.0,
-        thread_cpu_ms("proxies") - cpu_before.1,
+    // Two changes, one after the other: shop-000 scales up by one pod (every proxy gets every
+    // ClusterIP Service, so the new endpoint moves every version), then its VirtualService's
+    // weight moves (exported everywhere: every version moves again).
+    let mut running = first;
+    let scale = change(
+        &weighted_mesh_view(PODS_PER_NAMESPACE + 1, WEIGHT_BEFORE),
+        &pods,
+        &index_tx,
+        &heard,
+        &mut running,
+        &mut failures,
     );
-    let operator_peak = PEAK[SIDE_OPERATOR].load(Ordering::Relaxed);
-    let proxies_peak = PEAK[SIDE_PROXIES].load(Ordering::Relaxed);
-    std::thread::sleep(SETTLE);
-    while let Ok(Heard::Version { .. }) = heard.try_recv() {
-        unexpected += 1;
-    }
     let rss_changed = rss_kb();
     let operator_changed = live(SIDE_OPERATOR);
+    let weight = change(
+        &weighted_mesh_view(PODS_PER_NAMESPACE + 1, WEIGHT_AFTER),
+        &pods,
+        &index_tx,
+        &heard,
+        &mut running,
+        &mut failures,
+    );
 
     // The operator's own record: connected proxies and what they acknowledged.
     let listed = state.proxies("bench");
@@ -833,15 +849,10 @@ fn convergence() -> serde_json::Value {
         .count();
     proxies_rt.shutdown_background();
     operator_rt.shutdown_background();
-    drop(previous);
+    // `scale` and `weight` hold the replaced indexes until here: freed on this thread.
 
-    nanos.sort_unstable();
-    let m = Measured {
-        calls: nanos.len(),
-        elapsed: converged,
-        nanos,
-    };
     failures.truncate(5);
+    let m = &scale.measured;
     json!({
         "proxies": PROXIES,
         "namespaces": NAMESPACES,
@@ -849,19 +860,29 @@ fn convergence() -> serde_json::Value {
         "services": services,
         "endpoints": endpoints,
         "snapshot_bytes": snapshot_bytes,
+        "bytes_per_proxy_per_change": {
+            "scale": scale.bytes_json(),
+            "weight": weight.bytes_json(),
+            "whole_snapshot": snapshot_bytes,
+        },
         "synced": synced,
         "initial_sync_ms": round(initial_sync.as_secs_f64() * 1e3, 1),
         "change": "Deployment app in shop-000 scaled 10 → 11: a new meshed pod and a new ready endpoint in Service app.shop-000",
-        "index_build_ms": round(index_build.as_secs_f64() * 1e3, 2),
-        "serialize_all_snapshots_ms": round(serialize_all.as_secs_f64() * 1e3, 1),
-        "concerned": concerned.len(),
+        "index_build_ms": round(scale.index_build.as_secs_f64() * 1e3, 2),
+        "serialize_all_snapshots_ms": round(scale.serialize_all.as_secs_f64() * 1e3, 1),
+        "concerned": scale.concerned,
         "converged": m.calls,
-        "unexpected_snapshots": unexpected,
+        "unexpected_snapshots": scale.unexpected,
         "p50_ms": round(m.percentile_ms(50.0), 2),
         "p90_ms": round(m.percentile_ms(90.0), 2),
         "p99_ms": round(m.percentile_ms(99.0), 2),
         "max_ms": round(m.percentile_ms(100.0), 2),
-        "cpu_ms_during_change": {"operator": cpu_change.0, "proxies": cpu_change.1},
+        "cpu_ms_during_change": {"operator": scale.cpu.0, "proxies": scale.cpu.1},
+        "weight_change": weight.to_json(&format!(
+            "VirtualService shop-000/app (exported to every namespace) moves app's weight {WEIGHT_BEFORE}/{} → {WEIGHT_AFTER}/{} between app.shop-000 and app.shop-001",
+            100 - WEIGHT_BEFORE,
+            100 - WEIGHT_AFTER
+        )),
         "connected_at_end": listed.proxies.len(),
         "acked_current": acked,
         "failures": failures,
@@ -872,15 +893,171 @@ fn convergence() -> serde_json::Value {
             "rss_kb_per_proxy_both_sides": round((rss_synced - rss_before) as f64 / synced.max(1) as f64, 1),
             "operator_heap_kb_per_proxy": kib_per(operator_synced - operator_before, synced),
             "operator_heap_kb_per_proxy_after_change": kib_per(operator_changed - operator_before, synced),
-            "operator_heap_peak_kb_per_proxy_during_change": kib_per(operator_peak - operator_before, synced),
+            "operator_heap_peak_kb_per_proxy_during_change": kib_per(scale.operator_peak - operator_before, synced),
             "proxies_heap_kb_per_proxy": kib_per(proxies_synced - proxies_before, synced),
-            "proxies_heap_peak_kb_per_proxy_during_change": kib_per(proxies_peak - proxies_before, synced),
+            "proxies_heap_peak_kb_per_proxy_during_change": kib_per(scale.proxies_peak - proxies_before, synced),
         },
         "operator_threads": 1,
         "proxy_threads": 1,
         "seconds": round(started.elapsed().as_secs_f64(), 2),
-        "note": "One process: the operator (weft::discovery::server::router behind weft::operator::serving::serve_tls_on, mTLS on 127.0.0.1, fed by DiscoveryState::from_index) on one tokio worker thread, the simulated proxies (rustls + hyper HTTP/2, one workload certificate each, acks as weft-proxy sends them, snapshots framed with weft's LineDecoder and read for their version only: decoding 1,000 of them would load the shared CPU with the proxies' work) on another; pinned to one CPU they share it. Convergence: from publishing the new MeshIndex to a proxy holding the whole new snapshot line; the operator's debounce (100 ms) and MeshIndex::build (index_build_ms) come before that in a cluster. serialize_all_snapshots_ms: MeshIndex::snapshot_for for every proxy once on one thread, the serialization part of the operator's work; cpu_ms_during_change: CPU of each side's threads from publication to the last arrival (10 ms ticks). RSS per proxy covers both sides; the operator heap figures are the live bytes allocated by the operator's threads (a counting global allocator), before the streams vs after all are synced, per proxy, without allocator overhead."
+        "note": "One process: the operator (weft::discovery::server::router behind weft::operator::serving::serve_tls_on, mTLS on 127.0.0.1, fed by DiscoveryState::from_index) on one tokio worker thread, the simulated proxies (rustls + hyper HTTP/2, one workload certificate each, asking for deltas with delta=1 and acking as weft-proxy does, lines framed with weft's LineDecoder and read for their version and delta base only: decoding 1,000 of them would load the shared CPU with the proxies' work; a delta onto a version the proxy does not run fails the run) on another; pinned to one CPU they share it. Convergence: from publishing the new MeshIndex to a proxy holding the new version's line (a delta after the first line); the operator's debounce (100 ms) and MeshIndex::build (index_build_ms) come before that in a cluster. bytes_per_proxy_per_change: the bytes of the lines each concerned stream received for the change (JSON with newline; HTTP/2 and TLS framing not counted), mean and max; whole_snapshot: one whole line for comparison (what a proxy without delta=1 receives per change). serialize_all_snapshots_ms: MeshIndex::snapshot_for for every proxy once on one thread (whole snapshots); cpu_ms_during_change: CPU of each side's threads from publication to the last arrival (10 ms ticks). RSS per proxy covers both sides; the operator heap figures are the live bytes allocated by the operator's threads (a counting global allocator), before the streams vs after all are synced, per proxy, without allocator overhead."
     })
+}
+
+/// One change as the streams saw it.
+struct Change {
+    concerned: usize,
+    measured: Measured,
+    unexpected: usize,
+    /// Per concerned proxy that converged: the bytes of the lines it received for the change.
+    bytes: Vec<usize>,
+    deltas: usize,
+    wholes: usize,
+    index_build: Duration,
+    serialize_all: Duration,
+    cpu: (f64, f64),
+    operator_peak: isize,
+    proxies_peak: isize,
+    /// The index replaced, held so it is not freed on an operator thread.
+    _previous: Arc<MeshIndex>,
+}
+
+impl Change {
+    fn bytes_json(&self) -> serde_json::Value {
+        let mean = self.bytes.iter().sum::<usize>() as f64 / self.bytes.len().max(1) as f64;
+        json!({
+            "mean": round(mean, 1),
+            "max": self.bytes.iter().max().copied().unwrap_or(0),
+            "delta_lines": self.deltas,
+            "whole_lines": self.wholes,
+        })
+    }
+
+    fn to_json(&self, what: &str) -> serde_json::Value {
+        let m = &self.measured;
+        json!({
+            "change": what,
+            "index_build_ms": round(self.index_build.as_secs_f64() * 1e3, 2),
+            "concerned": self.concerned,
+            "converged": m.calls,
+            "unexpected_snapshots": self.unexpected,
+            "p50_ms": round(m.percentile_ms(50.0), 2),
+            "p90_ms": round(m.percentile_ms(90.0), 2),
+            "p99_ms": round(m.percentile_ms(99.0), 2),
+            "max_ms": round(m.percentile_ms(100.0), 2),
+            "cpu_ms_during_change": {"operator": self.cpu.0, "proxies": self.cpu.1},
+            "bytes_per_proxy": self.bytes_json(),
+        })
+    }
+}
+
+/// Publishes the index of `view` and waits for every stream whose version it moves.
+fn change(
+    view: &MeshView,
+    pods: &[(String, String, IpAddr)],
+    index_tx: &watch::Sender<Arc<MeshIndex>>,
+    heard: &mpsc::Receiver<Heard>,
+    running: &mut [Option<String>],
+    failures: &mut Vec<String>,
+) -> Change {
+    let building = Instant::now();
+    let changed = Arc::new(MeshIndex::build(view));
+    let index_build = building.elapsed();
+    // What the operator's stream tasks will do, once, on this thread: every proxy's snapshot.
+    let serializing = Instant::now();
+    let expected: Vec<Option<String>> = pods
+        .iter()
+        .map(|(ns, pod, _)| changed.snapshot_for(ns, pod).ok().map(|(v, _)| v))
+        .collect();
+    let serialize_all = serializing.elapsed();
+    let concerned: HashSet<usize> = (0..pods.len())
+        .filter(|&i| running[i].is_some() && expected[i] != running[i])
+        .collect();
+    PEAK[SIDE_OPERATOR].store(live(SIDE_OPERATOR), Ordering::Relaxed);
+    PEAK[SIDE_PROXIES].store(live(SIDE_PROXIES), Ordering::Relaxed);
+    let cpu_before = (thread_cpu_ms("operator"), thread_cpu_ms("proxies"));
+    let published = Instant::now();
+    let previous = index_tx.send_replace(changed);
+    let mut pending = concerned.clone();
+    let mut nanos = Vec::with_capacity(concerned.len());
+    let mut received = vec![0usize; pods.len()];
+    let (mut unexpected, mut deltas, mut wholes) = (0, 0, 0);
+    let mut heard_one = |proxy: usize, version: String, bytes: usize, delta: bool| {
+        received[proxy] += bytes;
+        if delta {
+            deltas += 1;
+        } else {
+            wholes += 1;
+        }
+        running[proxy] = Some(version);
+    };
+    while !pending.is_empty() {
+        let left = CONVERGE_TIMEOUT.saturating_sub(published.elapsed());
+        match heard.recv_timeout(left) {
+            Ok(Heard::Version {
+                proxy,
+                version,
+                at,
+                bytes,
+                delta,
+            }) => {
+                if expected[proxy].as_ref() == Some(&version) && pending.remove(&proxy) {
+                    nanos.push(at.duration_since(published).as_nanos() as u64);
+                } else {
+                    unexpected += 1;
+                }
+                heard_one(proxy, version, bytes, delta);
+            }
+            Ok(Heard::Failed { proxy, error }) => {
+                pending.remove(&proxy);
+                failures.push(format!("{}: {error}", pods[proxy].1));
+            }
+            Err(_) => break,
+        }
+    }
+    let converged = published.elapsed();
+    let cpu = (
+        thread_cpu_ms("operator") - cpu_before.0,
+        thread_cpu_ms("proxies") - cpu_before.1,
+    );
+    let operator_peak = PEAK[SIDE_OPERATOR].load(Ordering::Relaxed);
+    let proxies_peak = PEAK[SIDE_PROXIES].load(Ordering::Relaxed);
+    std::thread::sleep(SETTLE);
+    while let Ok(Heard::Version {
+        proxy,
+        version,
+        bytes,
+        delta,
+        ..
+    }) = heard.try_recv()
+    {
+        unexpected += 1;
+        heard_one(proxy, version, bytes, delta);
+    }
+    let bytes = concerned
+        .iter()
+        .filter(|&&p| !pending.contains(&p))
+        .map(|&p| received[p])
+        .collect();
+    nanos.sort_unstable();
+    Change {
+        concerned: concerned.len(),
+        measured: Measured {
+            calls: nanos.len(),
+            elapsed: converged,
+            nanos,
+        },
+        unexpected,
+        bytes,
+        deltas,
+        wholes,
+        index_build,
+        serialize_all,
+        cpu,
+        operator_peak,
+        proxies_peak,
+        _previous: previous,
+    }
 }
 
 fn main() {

@@ -29,7 +29,8 @@ use super::http::authz::ConnectionFacts;
 use super::metrics::Direction;
 use super::outbound::Refusal;
 use super::sniff::Prefixed;
-use crate::route::gateway::{L4Listener, ServedTls};
+use crate::route::gateway::{ServedTls, TlsChoice};
+use crate::route::l4::L4Table;
 use crate::snapshot::{OutboundRoute, SnapshotIndex};
 
 /// How long a client may take to send a request head before the gateway closes the
@@ -191,13 +192,57 @@ async fn connection(
         .gateway
         .as_ref()
         .and_then(|g| g.listener(local.port()));
-    if let Some(l4) = listener.and_then(|l| l.l4.as_ref()) {
-        if let Err(refusal) = relay(ctx, &snapshot, l4, stream, local, peer).await {
-            ctx.metrics.refuse(Direction::outbound, refusal);
-            tracing::debug!(%peer, port = local.port(), reason = refusal, "gateway connection not relayed");
+    let refused = |refusal: &'static str| {
+        ctx.metrics.refuse(Direction::outbound, refusal);
+        tracing::debug!(%peer, port = local.port(), reason = refusal, "gateway connection not relayed");
+    };
+    // A port with PASSTHROUGH servers reads the ClientHello first: its SNI picks a
+    // PASSTHROUGH server (relay the bytes, replayed) or a terminating one (the handshake
+    // then reads the same bytes).
+    let mut stream = stream;
+    let mut prefix = Vec::new();
+    if let Some(l) = listener.filter(|l| l.reads_sni_first()) {
+        let sni = super::outbound::read_sni(&mut stream, &mut prefix, HEADER_TIMEOUT).await;
+        match (l.tls_choice(sni.as_deref()), &l.l4) {
+            (TlsChoice::Passthrough, Some(l4)) => {
+                let client = Prefixed::new(prefix, stream);
+                let start = std::time::SystemTime::now();
+                let relayed = relay(
+                    ctx,
+                    &snapshot,
+                    &l4.routes,
+                    client,
+                    sni,
+                    (local, peer),
+                    start,
+                );
+                if let Err(refusal) = relayed.await {
+                    refused(refusal);
+                }
+                return;
+            }
+            // The handshake below reads the same ClientHello and picks the same server.
+            (TlsChoice::Terminate(_), _) => {}
+            (TlsChoice::Refuse | TlsChoice::Passthrough, _) => return refused("gateway_sni"),
+        }
+    } else if let Some(l4) = listener.and_then(|l| l.l4.as_ref()) {
+        // A TCP port: every connection is relayed, SNI unread.
+        let start = std::time::SystemTime::now();
+        let relayed = relay(
+            ctx,
+            &snapshot,
+            &l4.routes,
+            stream,
+            None,
+            (local, peer),
+            start,
+        );
+        if let Err(refusal) = relayed.await {
+            refused(refusal);
         }
         return;
     }
+    let stream = Prefixed::new(prefix, stream);
     if let Some(l) = listener.filter(|l| !l.mesh_mtls.is_empty()) {
         let hosts: Arc<[String]> = l.mesh_mtls.clone().into();
         if let Err(refusal) = mesh_mtls(ctx, snapshot.clone(), hosts, stream, local, peer).await {
@@ -209,7 +254,7 @@ async fn connection(
     // A client must start talking within the header timeout (before HTTP/1 or HTTP/2 is
     // known, hyper's own header timeout does not run yet); TLS has the handshake timeout.
     if !tls
-        && tokio::time::timeout(HEADER_TIMEOUT, stream.readable())
+        && tokio::time::timeout(HEADER_TIMEOUT, stream.get_ref().readable())
             .await
             .is_err()
     {
@@ -227,25 +272,37 @@ async fn connection(
             .map_err(|e| format!("client hello: {e}"))?;
         let sni = start.client_hello().server_name().map(str::to_string);
         let served = listener
-            .and_then(|l| l.served_tls(sni.as_deref()))
-            .ok_or_else(|| format!("no server of this port has the name {sni:?}"))?;
+            .and_then(|l| match l.tls_choice(sni.as_deref()) {
+                TlsChoice::Terminate(served) => Some(served),
+                TlsChoice::Passthrough | TlsChoice::Refuse => None,
+            })
+            .ok_or_else(|| format!("no terminating server of this port has the name {sni:?}"))?;
         let config = configs.get(served)?;
-        let hosts: Arc<[String]> = served.hosts.clone().into();
         start
             .into_stream(config)
             .await
-            .map(|tls| (tls, hosts, sni))
+            .map(|tls| (tls, served, sni))
             .map_err(|e| format!("handshake: {e}"))
     };
     match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
-        Ok(Ok((tls, hosts, sni))) => {
-            let snapshot = snapshot.clone();
+        Ok(Ok((tls, served, sni))) => {
             // SIMPLE or MUTUAL: a MUTUAL client's certificate chains to the server's
             // `credentialName` CA, not to the mesh's: it proves no mesh identity, so the
             // caller has no principal (a DENY on principals or notPrincipals never lets it
             // through).
+            if let Some(routes) = &served.relay {
+                // Terminated, then relayed by the server's own routes.
+                let start = std::time::SystemTime::now();
+                let relayed = relay(ctx, &snapshot, routes, tls, sni, (local, peer), start);
+                if let Err(refusal) = relayed.await {
+                    refused(refusal);
+                }
+                return;
+            }
+            let hosts: Arc<[String]> = served.hosts.clone().into();
             let facts = facts(peer, local, None, sni);
-            super::http::outbound::serve_gateway(ctx, tls, facts, snapshot, Some(hosts)).await;
+            super::http::outbound::serve_gateway(ctx, tls, facts, snapshot.clone(), Some(hosts))
+                .await;
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, port = local.port(), error = %e, "gateway TLS refused");
@@ -263,14 +320,17 @@ async fn connection(
 /// domain required; [`super::tls::TlsContext::server_config`]), the peer metadata the client
 /// sends first is read, and the requests are routed among `hosts` (the ISTIO_MUTUAL servers'
 /// hosts of this port). Err: the refusal's metric label.
-async fn mesh_mtls(
+async fn mesh_mtls<S>(
     ctx: &Arc<ProxyContext>,
     snapshot: Arc<SnapshotIndex>,
     hosts: Arc<[String]>,
-    stream: TcpStream,
+    stream: S,
     local: SocketAddr,
     peer: SocketAddr,
-) -> Result<(), &'static str> {
+) -> Result<(), &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let Some(tls) = ctx.tls() else {
         tracing::info!(%peer, port = local.port(), "ISTIO_MUTUAL gateway port: no workload certificate yet; connection refused");
         return Err("no_certificate");
@@ -330,31 +390,27 @@ fn facts(
     }
 }
 
-/// A TLS PASSTHROUGH or TCP port: the client's SNI (PASSTHROUGH; read within the header
-/// timeout and replayed) must name one of the servers' hosts; the port's `tls` or `tcp`
-/// routes pick the destination, relayed to as a sidecar relays a routed connection (mTLS to
-/// meshed endpoints, Istio's TCP metrics with `reporter="source"`). Err: the refusal's
-/// metric label.
-async fn relay(
+/// A connection relayed as bytes: on a PASSTHROUGH port (the client's ClientHello, already
+/// read and replayed from `client`, named `sni`), a TCP port (no SNI read), or after a
+/// terminated TLS server's handshake (`sni` from it). `routes` (`tls` routes by SNI, `tcp`
+/// routes by port) pick the destination, relayed to as a sidecar relays a routed connection
+/// (mTLS to meshed endpoints, Istio's TCP metrics with `reporter="source"`). Err: the
+/// refusal's metric label.
+async fn relay<S>(
     ctx: &Arc<ProxyContext>,
     snapshot: &SnapshotIndex,
-    l4: &L4Listener,
-    mut stream: TcpStream,
-    local: SocketAddr,
-    peer: SocketAddr,
-) -> Result<(), &'static str> {
-    let start = std::time::SystemTime::now();
-    let mut prefix = Vec::new();
-    let sni = if l4.sni_hosts.is_empty() {
-        None
-    } else {
-        super::outbound::read_sni(&mut stream, &mut prefix, HEADER_TIMEOUT).await
-    };
-    if !l4.admits(sni.as_deref()) {
-        return Err("gateway_sni");
-    }
-    // Authorized once per connection with its L4 fields (no principal: the gateway does
-    // not terminate this TLS), before any route is looked up.
+    routes: &L4Table,
+    client: S,
+    sni: Option<String>,
+    (local, peer): (SocketAddr, SocketAddr),
+    start: std::time::SystemTime,
+) -> Result<(), &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // Authorized once per connection with its L4 fields (no principal: a PASSTHROUGH
+    // client's TLS is not the gateway's, and a MUTUAL client's certificate proves no mesh
+    // identity), before any route is looked up.
     if !super::http::authz::authorize_gateway_connection(
         &facts(peer, local, None, sni.clone()),
         snapshot,
@@ -362,13 +418,12 @@ async fn relay(
         return Err("rbac_denied");
     }
     let (service, endpoints, subset) =
-        match super::outbound::l4_destination(snapshot, &l4.routes, local, sni.as_deref()) {
+        match super::outbound::l4_destination(snapshot, routes, local, sni.as_deref()) {
             Some(Ok(to)) => to,
             // No route takes it, or its destination is not in the config (Istio's NR).
             Some(Err(_)) | None => return Err(Refusal::NoRoute.metric_label()),
         };
     let route = OutboundRoute::Service { service, endpoints };
-    let client = Prefixed::new(prefix, stream);
     super::outbound::relay_service(
         ctx,
         snapshot,

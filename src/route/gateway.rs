@@ -276,6 +276,13 @@ pub struct ServedTls {
     pub private_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<String>,
+    /// Set: once TLS is terminated the connection is relayed by these routes, never served
+    /// as HTTP (Istio: protocol `TLS` with mode SIMPLE or MUTUAL, routed by its
+    /// VirtualServices' `tcp` routes; the Gateway API: a `TLS` listener in mode `Terminate`,
+    /// routed by its TLSRoutes). An older proxy ignores the field and would serve HTTP on
+    /// such a port, which no TCP client completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<L4Table>,
 }
 
 impl std::fmt::Debug for ServedTls {
@@ -284,6 +291,7 @@ impl std::fmt::Debug for ServedTls {
             .field("gateway", &self.gateway)
             .field("hosts", &self.hosts)
             .field("mutual", &self.mutual)
+            .field("relay", &self.relay)
             .field("private_key", &"(redacted)")
             .finish_non_exhaustive()
     }
@@ -324,20 +332,64 @@ fn fit(pattern: &str, host: &str) -> Option<usize> {
     }
 }
 
+/// What a TLS port does with a connection, by the server name its ClientHello carries
+/// ([`Listener::tls_choice`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum TlsChoice<'a> {
+    /// A PASSTHROUGH server's name fits best: relay the bytes as they come.
+    Passthrough,
+    /// A terminating server's name fits best: its certificate, then HTTP or its relay routes.
+    Terminate(&'a ServedTls),
+    /// No server of the port has the name: the connection is closed.
+    Refuse,
+}
+
 impl Listener {
     /// The server whose certificate a client's SNI picks: the best fit of the servers'
     /// hosts; without SNI, a server for `*`. None: the handshake is refused (Envoy's filter
     /// chains match on server names the same way).
     pub fn served_tls(&self, sni: Option<&str>) -> Option<&ServedTls> {
+        self.best_served(sni).map(|(_, t)| t)
+    }
+
+    fn best_served(&self, sni: Option<&str>) -> Option<(usize, &ServedTls)> {
         let host = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
         match host.as_deref() {
             Some(h) => self
                 .tls
                 .iter()
                 .flat_map(|t| t.hosts.iter().filter_map(move |p| Some((fit(p, h)?, t))))
-                .max_by_key(|(rank, _)| *rank)
-                .map(|(_, t)| t),
-            None => self.tls.iter().find(|t| t.hosts.iter().any(|h| h == "*")),
+                .max_by_key(|(rank, _)| *rank),
+            None => self
+                .tls
+                .iter()
+                .find(|t| t.hosts.iter().any(|h| h == "*"))
+                .map(|t| (0, t)),
+        }
+    }
+
+    /// Whether connections to this port must show their ClientHello before anything else is
+    /// decided: a port with PASSTHROUGH servers (its routes and, beside terminating servers,
+    /// the choice between them go by SNI).
+    pub fn reads_sni_first(&self) -> bool {
+        self.l4.as_ref().is_some_and(|l4| !l4.sni_hosts.is_empty())
+    }
+
+    /// Where a TLS connection whose ClientHello named `sni` goes on a port that mixes
+    /// PASSTHROUGH and terminating servers (or has one kind only): the server whose host
+    /// fits the name best, as Envoy picks a filter chain by server name (exact, then the
+    /// longest `*.` suffix, then `*`). Two servers never claim one host on a port
+    /// ([`compile`] serves the older one), so there is no tie to break.
+    pub fn tls_choice(&self, sni: Option<&str>) -> TlsChoice<'_> {
+        let passthrough = self.l4.as_ref().and_then(|l4| {
+            let host = sni?.trim_end_matches('.').to_ascii_lowercase();
+            l4.sni_hosts.iter().filter_map(|p| fit(p, &host)).max()
+        });
+        match (passthrough, self.best_served(sni)) {
+            (Some(p), Some((t, served))) if t > p => TlsChoice::Terminate(served),
+            (Some(_), _) => TlsChoice::Passthrough,
+            (None, Some((_, served))) => TlsChoice::Terminate(served),
+            (None, None) => TlsChoice::Refuse,
         }
     }
 
@@ -787,6 +839,31 @@ enum Framing {
     /// HTTPS with `tls.mode: ISTIO_MUTUAL`: mesh mTLS terminated with the gateway's own
     /// identity, then HTTP (an egress gateway's port for sidecars).
     MeshMtls,
+    /// TLS with `tls.mode: SIMPLE` or `MUTUAL`: TLS terminated with the server's credential,
+    /// then the bytes relayed by the `tcp` routes (Istio's TLS-terminated TCP).
+    TlsTerminated,
+}
+
+/// What may share a port: servers of one kind. HTTPS, PASSTHROUGH and terminated TLS servers
+/// all start with a ClientHello, so one port takes all three, told apart by SNI
+/// ([`Listener::tls_choice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortKind {
+    Http,
+    Tls,
+    Tcp,
+    MeshMtls,
+}
+
+impl PortKind {
+    fn name(self) -> &'static str {
+        match self {
+            PortKind::Http => "plaintext HTTP",
+            PortKind::Tls => "TLS (HTTPS, PASSTHROUGH, SIMPLE or MUTUAL)",
+            PortKind::Tcp => "TCP",
+            PortKind::MeshMtls => "HTTPS with ISTIO_MUTUAL",
+        }
+    }
 }
 
 impl Framing {
@@ -797,11 +874,25 @@ impl Framing {
             Framing::Passthrough => "TLS PASSTHROUGH",
             Framing::Tcp => "TCP",
             Framing::MeshMtls => "HTTPS with ISTIO_MUTUAL",
+            Framing::TlsTerminated => "TLS (SIMPLE or MUTUAL)",
         }
     }
 
+    /// Its connections are relayed as bytes (by `tls` or `tcp` routes), not served as HTTP.
     fn relayed(self) -> bool {
-        matches!(self, Framing::Passthrough | Framing::Tcp)
+        matches!(
+            self,
+            Framing::Passthrough | Framing::Tcp | Framing::TlsTerminated
+        )
+    }
+
+    fn port_kind(self) -> PortKind {
+        match self {
+            Framing::Http => PortKind::Http,
+            Framing::Https | Framing::Passthrough | Framing::TlsTerminated => PortKind::Tls,
+            Framing::Tcp => PortKind::Tcp,
+            Framing::MeshMtls => PortKind::MeshMtls,
+        }
     }
 }
 
@@ -931,9 +1022,14 @@ fn read_servers(
             .tls
             .as_ref()
             .is_some_and(|t| t.mode.as_deref() == Some("ISTIO_MUTUAL"));
+        let terminated = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| matches!(t.mode.as_deref(), Some("SIMPLE" | "MUTUAL")));
         let framing = match framing(&server.port.protocol) {
             Ok(Framing::Https) if passthrough => Framing::Passthrough,
             Ok(Framing::Https) if mesh_mtls => Framing::MeshMtls,
+            Ok(Framing::Passthrough) if terminated => Framing::TlsTerminated,
             Ok(f) => f,
             Err(e) => {
                 notes.push(format!("{at}.port.{e}; this server is not served"));
@@ -950,13 +1046,15 @@ fn read_servers(
         let tls = match framing {
             // An HTTPS server that cannot be served still makes its port a TLS port: a
             // plaintext server never takes it over when a Secret goes missing.
-            Framing::Https => match server_tls(&at, server.tls.as_ref(), credentials) {
-                Ok(tls) => tls,
-                Err(e) => {
-                    notes.push(format!("{e}; this server is not served"));
-                    None
+            Framing::Https | Framing::TlsTerminated => {
+                match server_tls(&at, server.tls.as_ref(), credentials) {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        notes.push(format!("{e}; this server is not served"));
+                        None
+                    }
                 }
-            },
+            }
             Framing::Passthrough => {
                 let tls = server.tls.as_ref();
                 let credential = tls.is_some_and(|t| t.credential_name.is_some());
@@ -968,15 +1066,9 @@ fn read_servers(
                         ));
                         continue;
                     }
-                    Some(m @ ("SIMPLE" | "MUTUAL")) => {
-                        notes.push(format!(
-                            "{at}.tls.mode {m} on protocol TLS (terminate, then relay bytes) is not supported yet: PASSTHROUGH is, and protocol HTTPS terminates TLS for HTTP; this server is not served"
-                        ));
-                        continue;
-                    }
                     Some(m @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL")) => {
                         notes.push(format!(
-                            "{at}.tls.mode {m} is not supported yet (PASSTHROUGH is); this server is not served"
+                            "{at}.tls.mode {m} is not supported yet on protocol TLS (PASSTHROUGH, SIMPLE and MUTUAL are); this server is not served"
                         ));
                         continue;
                     }
@@ -988,7 +1080,7 @@ fn read_servers(
                     }
                     None => {
                         notes.push(format!(
-                            "{at}.tls.mode is required for protocol TLS (PASSTHROUGH); this server is not served"
+                            "{at}.tls.mode is required for protocol TLS (PASSTHROUGH, or SIMPLE / MUTUAL to terminate); this server is not served"
                         ));
                         continue;
                     }
@@ -1248,25 +1340,46 @@ pub fn compile(
         .into_iter()
         .flat_map(|g| read_servers(g, credentials, problems))
         .collect();
-    // A port is plaintext or TLS: the oldest server on it decides; a later one that differs
-    // is not served, and says so.
-    let mut framings: BTreeMap<u16, (Framing, String)> = BTreeMap::new();
-    let mut servers = Vec::new();
+    // A port is of one kind (plaintext HTTP, TLS, TCP, ISTIO_MUTUAL): the oldest server on
+    // it decides; a later one of another kind is not served, and says so. On a TLS port the
+    // SNI picks the server, so a later server that claims a host an older one of another
+    // framing has (PASSTHROUGH against terminating) is not served either.
+    let mut kinds: BTreeMap<u16, (PortKind, String)> = BTreeMap::new();
+    let mut servers: Vec<Server> = Vec::new();
     for s in read {
-        let (framing, first) = framings
+        let (kind, first) = kinds
             .entry(s.port)
-            .or_insert((s.framing, s.gateway.clone()))
+            .or_insert((s.framing.port_kind(), s.gateway.clone()))
             .clone();
-        if framing == s.framing {
+        let clash = servers
+            .iter()
+            .filter(|o| o.port == s.port && o.framing != s.framing)
+            .find_map(|o| {
+                let host = o
+                    .hosts
+                    .iter()
+                    .find(|h| s.hosts.iter().any(|n| n.name.eq_ignore_ascii_case(&h.name)))?;
+                Some((o, host.name.clone()))
+            });
+        let message = if kind != s.framing.port_kind() {
+            format!(
+                "port {} is already served as {} by Gateway {first} (older); a server of another protocol cannot share it and is not served",
+                s.port,
+                kind.name(),
+            )
+        } else if let Some((o, host)) = clash {
+            format!(
+                "port {}: Gateway {} (older) serves host {host} as {}; a {} server cannot share the host (the SNI could not tell them apart) and is not served",
+                s.port,
+                o.gateway,
+                o.framing.name(),
+                s.framing.name(),
+            )
+        } else {
             servers.push(s);
             continue;
-        }
+        };
         let (namespace, name) = s.gateway.split_once('/').unwrap_or(("", &s.gateway));
-        let message = format!(
-            "port {} is already served as {} by Gateway {first} (older); a server of another protocol cannot share it and is not served",
-            s.port,
-            framing.name(),
-        );
         let p = Problem {
             kind: GATEWAY,
             namespace: namespace.to_string(),
@@ -1278,14 +1391,19 @@ pub fn compile(
         }
     }
     let selected: BTreeSet<&str> = servers.iter().map(|s| s.gateway.as_str()).collect();
-    // Relayed ports: port -> SNI names and routes.
+    // Relayed ports (PASSTHROUGH, TCP): port -> SNI names and routes. Terminated TLS servers
+    // relay by routes of their own (`relay`, by index into `servers`).
     let mut l4_ports: BTreeMap<u16, L4Listener> = BTreeMap::new();
-    for s in servers.iter().filter(|s| s.framing.relayed()) {
+    for s in servers
+        .iter()
+        .filter(|s| matches!(s.framing, Framing::Passthrough | Framing::Tcp))
+    {
         let l = l4_ports.entry(s.port).or_default();
         if s.framing == Framing::Passthrough {
             l.sni_hosts.extend(s.hosts.iter().map(|h| h.name.clone()));
         }
     }
+    let mut relay: BTreeMap<usize, L4Table> = BTreeMap::new();
     // Port -> domain -> (routes, httpsRedirect).
     let mut ports: BTreeMap<u16, BTreeMap<String, (Vec<HttpRoute>, bool)>> = BTreeMap::new();
     let mut opened: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
@@ -1312,10 +1430,15 @@ pub fn compile(
         // VirtualService refused on one server lays nothing on any (Istio refuses a resource
         // whole, too).
         let mut http_adds: Vec<(u16, String, Vec<HttpRoute>, bool)> = Vec::new();
-        let mut l4_adds: Vec<(u16, bool, Vec<super::l4::L4Route>)> = Vec::new();
+        // (port, server index for a terminated TLS server, tls routes?, routes)
+        let mut l4_adds: Vec<(u16, Option<usize>, bool, Vec<super::l4::L4Route>)> = Vec::new();
         let mut notes = Vec::new();
         let mut refused = false;
-        for server in servers.iter().filter(|s| bound.contains(&s.gateway)) {
+        for (index, server) in servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| bound.contains(&s.gateway))
+        {
             // Only the routes whose `match.gateways` (if any) name this Gateway.
             let spec = match routes_for(&spec, vs.namespace, &server.gateway) {
                 Ok(s) => s,
@@ -1344,7 +1467,8 @@ pub fn compile(
                                 dangling.join("; ")
                             ));
                         }
-                        l4_adds.push((server.port, tls, routes));
+                        let own = (server.framing == Framing::TlsTerminated).then_some(index);
+                        l4_adds.push((server.port, own, tls, routes));
                     }
                     Err(Refusal::Invalid(m)) => {
                         notes.push(m);
@@ -1392,8 +1516,11 @@ pub fn compile(
             }
         }
         if !refused {
-            for (port, tls, routes) in l4_adds {
-                let table = &mut l4_ports.entry(port).or_default().routes;
+            for (port, own, tls, routes) in l4_adds {
+                let table = match own {
+                    Some(index) => relay.entry(index).or_default(),
+                    None => &mut l4_ports.entry(port).or_default().routes,
+                };
                 let list = if tls { &mut table.tls } else { &mut table.tcp };
                 if !list.iter().any(|r| r.name == vs.id()) {
                     list.extend(routes);
@@ -1453,8 +1580,9 @@ pub fn compile(
                 .collect(),
             tls: servers
                 .iter()
-                .filter(|s| s.port == port)
-                .filter_map(|s| {
+                .enumerate()
+                .filter(|(_, s)| s.port == port)
+                .filter_map(|(index, s)| {
                     let (mutual, c) = s.tls.as_ref()?;
                     Some(ServedTls {
                         gateway: s.gateway.clone(),
@@ -1463,6 +1591,9 @@ pub fn compile(
                         cert_chain: c.cert_chain.clone(),
                         private_key: c.private_key.clone(),
                         client_ca: c.ca.clone(),
+                        // No route yet: connections are closed (NR) until one binds.
+                        relay: (s.framing == Framing::TlsTerminated)
+                            .then(|| relay.remove(&index).unwrap_or_default()),
                     })
                 })
                 .collect(),
@@ -1482,13 +1613,12 @@ pub fn compile(
                 hosts
             },
         })
-        // An HTTPS port whose servers all lack their certificate serves nothing (never
-        // plaintext in their place).
+        // A TLS port whose terminating servers all lack their certificate and that has no
+        // PASSTHROUGH server serves nothing (never plaintext in their place).
         .filter(|l| {
-            framings
-                .get(&l.port)
-                .is_none_or(|(f, _)| *f != Framing::Https)
+            kinds.get(&l.port).is_none_or(|(k, _)| *k != PortKind::Tls)
                 || !l.tls.is_empty()
+                || l.l4.is_some()
         })
         .collect();
     if listeners.len() > MAX_LISTENERS {
@@ -2288,8 +2418,7 @@ mod tests {
         );
         let all: String = problems.iter().map(|p| p.message.clone()).collect();
         for expected in [
-            "servers[0].tls.mode SIMPLE on protocol TLS",
-            "servers[1].tls.mode is required for protocol TLS (PASSTHROUGH)",
+            "servers[1].tls.mode is required for protocol TLS (PASSTHROUGH",
             "servers[2].tls.credentialName does not apply to PASSTHROUGH",
             "servers[3].tls applies to HTTPS and TLS servers",
             "port 80 is already served as plaintext HTTP",
@@ -2501,6 +2630,94 @@ mod tests {
         assert_eq!(https.tls[0].redacted().private_key, "(redacted)");
     }
 
+    /// Istio's servers of every TLS framing on one port: HTTPS (then HTTP), PASSTHROUGH (relayed
+    /// as is) and TLS SIMPLE / MUTUAL (terminated, then relayed by the `tcp` routes of the
+    /// VirtualServices bound to that server), told apart by the ClientHello's SNI. A newer
+    /// server that claims a host an older one of another framing has is not served.
+    #[test]
+    fn https_passthrough_and_terminated_tls_servers_share_a_port_by_sni() {
+        let mut r = registry();
+        r.add("nginx.shop.svc.cluster.local", 443, false);
+        r.add("db.shop.svc.cluster.local", 5432, false);
+        r.add("productpage.shop.svc.cluster.local", 9080, false);
+        let gw = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+             "hosts": ["shop.example.com"], "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}},
+            {"port": {"number": 443, "name": "pass", "protocol": "TLS"},
+             "hosts": ["nginx.example.com"], "tls": {"mode": "PASSTHROUGH"}},
+            {"port": {"number": 443, "name": "db", "protocol": "TLS"},
+             "hosts": ["db.example.com"], "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}},
+            {"port": {"number": 443, "name": "partners", "protocol": "TLS"},
+             "hosts": ["*.partners.example.com"],
+             "tls": {"mode": "MUTUAL", "credentialName": "mtls-cert"}}]});
+        let clash = json!({"selector": {"istio": "gw"}, "servers": [
+            {"port": {"number": 443, "name": "pass", "protocol": "TLS"},
+             "hosts": ["shop.example.com"], "tls": {"mode": "PASSTHROUGH"}}]});
+        let web = json!({"hosts": ["shop.example.com"], "gateways": ["edge"],
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        let nginx = json!({"hosts": ["nginx.example.com"], "gateways": ["edge"],
+            "tls": [{"match": [{"port": 443, "sniHosts": ["nginx.example.com"]}],
+                     "route": [{"destination": {"host": "nginx", "port": {"number": 443}}}]}]});
+        let db = json!({"hosts": ["db.example.com"], "gateways": ["edge"],
+            "tcp": [{"match": [{"port": 443}], "route": [{"destination": {"host": "db"}}]}]});
+        let mut problems = Vec::new();
+        let config = compile(
+            &r,
+            &BTreeMap::new(),
+            &[
+                src("shop", "edge", "1", &gw),
+                src("shop", "clash", "2", &clash),
+            ],
+            &[
+                src("shop", "web", "1", &web),
+                src("shop", "nginx", "2", &nginx),
+                src("shop", "db", "3", &db),
+            ],
+            Some(&credential),
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].name, "clash");
+        assert!(
+            problems[0]
+                .message
+                .contains("Gateway shop/edge (older) serves host shop.example.com as HTTPS"),
+            "{}",
+            problems[0].message
+        );
+        let l = config.listener(443).unwrap();
+        assert_eq!(l.tls.len(), 3);
+        assert_eq!(l.l4.as_ref().unwrap().sni_hosts, ["nginx.example.com"]);
+        assert!(l.reads_sni_first());
+        assert_eq!(
+            l.tls_choice(Some("nginx.example.com")),
+            TlsChoice::Passthrough
+        );
+        let terminated = |sni: &str| match l.tls_choice(Some(sni)) {
+            TlsChoice::Terminate(t) => t,
+            other => panic!("{sni}: {other:?}"),
+        };
+        let https = terminated("shop.example.com");
+        assert!(https.relay.is_none());
+        assert!(
+            l.virtual_host_within(&https.hosts, "shop.example.com")
+                .is_some()
+        );
+        let db = terminated("DB.example.com.");
+        assert!(!db.mutual);
+        let relay = db.relay.as_ref().expect("terminated, then relayed");
+        let dst: std::net::SocketAddr = "198.18.0.10:443".parse().unwrap();
+        let (route, _) = crate::route::l4::choose(relay, dst, Some("db.example.com")).unwrap();
+        assert_eq!(route.destinations[0].service, "db.shop.svc.cluster.local");
+        // MUTUAL: the client CA comes along; no VirtualService binds its hosts, so nothing is
+        // relayed (NR), never another server's routes.
+        let partners = terminated("a.partners.example.com");
+        assert!(partners.mutual && partners.client_ca.as_deref() == Some("CA"));
+        assert!(partners.relay.as_ref().is_some_and(|r| r.tcp.is_empty()));
+        assert_eq!(l.tls_choice(Some("other.example.com")), TlsChoice::Refuse);
+        assert_eq!(l.tls_choice(None), TlsChoice::Refuse);
+    }
+
     #[test]
     fn a_port_is_plaintext_or_tls_and_the_newer_server_that_differs_is_named() {
         let older = json!({"selector": {"istio": "gw"}, "servers": [
@@ -2553,7 +2770,7 @@ mod tests {
         assert!(
             problems
                 .iter()
-                .any(|p| p.name == "newer" && p.message.contains("already served as HTTPS"))
+                .any(|p| p.name == "newer" && p.message.contains("already served as TLS"))
         );
     }
 

@@ -187,6 +187,9 @@ enum Protocol {
     Https,
     /// `TLS`, `tls.mode: Passthrough`: relayed by the ClientHello's SNI, never terminated.
     TlsPassthrough,
+    /// `TLS`, `tls.mode: Terminate` (the spec's default): a certificate, then the bytes
+    /// relayed by the TLSRoutes (TLSRouteModeTerminate).
+    TlsTerminate,
     /// `TCP`: bytes relayed.
     Tcp,
 }
@@ -196,14 +199,20 @@ impl Protocol {
     fn kinds(self) -> Vec<RouteKind> {
         match self {
             Protocol::Http | Protocol::Https => vec![RouteKind::Http, RouteKind::Grpc],
-            Protocol::TlsPassthrough => vec![RouteKind::Tls],
+            Protocol::TlsPassthrough | Protocol::TlsTerminate => vec![RouteKind::Tls],
             Protocol::Tcp => vec![RouteKind::Tcp],
         }
     }
 
-    /// Relayed on the gateway's L4 path rather than served as HTTP.
-    fn relayed(self) -> bool {
-        matches!(self, Protocol::TlsPassthrough | Protocol::Tcp)
+    /// Which listeners may share a port: HTTPS and both TLS modes all begin with a
+    /// ClientHello and are told apart by its SNI (TLSRouteModeMixed), so they share one
+    /// family; HTTP and TCP each stand alone.
+    fn family(self) -> u8 {
+        match self {
+            Protocol::Http => 0,
+            Protocol::Https | Protocol::TlsPassthrough | Protocol::TlsTerminate => 1,
+            Protocol::Tcp => 2,
+        }
     }
 }
 
@@ -271,7 +280,7 @@ fn read_listener(
     read.protocol = match l.protocol.as_str() {
         "HTTP" => Protocol::Http,
         "HTTPS" => Protocol::Https,
-        // Its tls.mode is checked below: Passthrough only.
+        // Its tls.mode is read below: Passthrough, or Terminate.
         "TLS" => Protocol::TlsPassthrough,
         "TCP" => Protocol::Tcp,
         p => {
@@ -371,35 +380,43 @@ fn read_listener(
         }
     }
     status.supported_kinds = read.kinds.iter().map(|k| k.kind()).collect();
+    let tls = l
+        .tls
+        .as_ref()
+        .map(|t| strict::<ListenerTls>("tls", t))
+        .transpose();
     if protocol == Protocol::TlsPassthrough {
-        // The spec's default mode is Terminate, which weft does not implement on a TLS
-        // listener (TLSRouteModeTerminate, extended): the listener is refused, by name.
-        let mode = match l.tls.as_ref().map(|t| strict::<ListenerTls>("tls", t)) {
-            Some(Err(e)) => Err(e),
-            Some(Ok(t)) => Ok(t.mode.unwrap_or_else(|| "Terminate".into())),
-            None => Ok("Terminate".into()),
-        };
-        match mode {
-            Ok(m) if m == "Passthrough" => {}
-            Ok(m) => invalid(
+        // The spec's default mode is Terminate (TLSRouteModeTerminate): a certificate, then
+        // the TLSRoutes relay the bytes; Passthrough relays the TLS itself.
+        match &tls {
+            // certificateRefs are optional there and not used (the backend's certificate
+            // is the client's); docs/gateway.md says so.
+            Ok(Some(t)) if t.mode.as_deref() == Some("Passthrough") => {}
+            Ok(Some(t)) if t.mode.as_deref().is_none_or(|m| m == "Terminate") => {
+                read.protocol = Protocol::TlsTerminate;
+            }
+            Ok(Some(t)) => invalid(
                 &mut status,
                 REASON_UNSUPPORTED_VALUE,
-                format!("tls.mode {m} is not supported on a TLS listener (Passthrough is)"),
+                format!(
+                    "tls.mode {} is not one of the spec's (Terminate, Passthrough)",
+                    t.mode.as_deref().unwrap_or_default()
+                ),
             ),
-            Err(e) => invalid(&mut status, REASON_UNSUPPORTED_VALUE, e),
+            Ok(None) => invalid(
+                &mut status,
+                REASON_UNSUPPORTED_VALUE,
+                "a TLS listener needs tls (mode Passthrough, or Terminate with certificateRefs)"
+                    .into(),
+            ),
+            Err(e) => invalid(&mut status, REASON_UNSUPPORTED_VALUE, e.clone()),
         }
-        // A listener weft does not serve takes no route kind (the suite's
-        // TLSRouteListenerTerminateNotSupported wants supportedKinds empty).
+        // A listener weft does not serve takes no route kind.
         if !status.accepted.status {
             status.supported_kinds.clear();
         }
     }
-    if protocol == Protocol::Https {
-        let tls = l
-            .tls
-            .as_ref()
-            .map(|t| strict::<ListenerTls>("tls", t))
-            .transpose();
+    if matches!(read.protocol, Protocol::Https | Protocol::TlsTerminate) {
         match tls {
             Err(e) => invalid(&mut status, REASON_UNSUPPORTED_VALUE, e),
             Ok(None) => invalid(
@@ -490,7 +507,8 @@ fn certificate(
     })
 }
 
-/// Listeners sharing a port must share a protocol, and then differ by hostname.
+/// Listeners sharing a port must share a protocol family (HTTPS and TLS in either mode
+/// share one: the SNI tells them apart), and then differ by hostname.
 fn mark_conflicts(listeners: &mut [Read]) {
     let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, l) in listeners.iter().enumerate() {
@@ -500,8 +518,9 @@ fn mark_conflicts(listeners: &mut [Read]) {
     }
     for (port, ids) in by_port {
         let protocols: BTreeSet<Protocol> = ids.iter().map(|&i| listeners[i].protocol).collect();
+        let families: BTreeSet<u8> = protocols.iter().map(|p| p.family()).collect();
         for &i in &ids {
-            let conflict = if protocols.len() > 1 {
+            let conflict = if families.len() > 1 {
                 Some((
                     REASON_PROTOCOL_CONFLICT,
                     format!(
@@ -703,8 +722,9 @@ pub fn compile(
 struct Tables {
     /// (port, hostname) -> HTTP entries with their precedence keys.
     http: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
-    /// port -> relayed routes with their precedence keys.
-    l4: BTreeMap<u16, Vec<(L4Key, L4Route)>>,
+    /// (port, the name of a Terminate listener; None: the port's Passthrough or TCP
+    /// listeners) -> relayed routes with their precedence keys.
+    l4: BTreeMap<(u16, Option<String>), Vec<(L4Key, L4Route)>>,
 }
 
 /// The order of relayed routes on one port, first match wins: an exact SNI before any
@@ -840,7 +860,8 @@ fn attach(
             else {
                 continue;
             };
-            let entries = tables.l4.entry(l.port).or_default();
+            let own = (l.protocol == Protocol::TlsTerminate).then(|| l.name.clone());
+            let entries = tables.l4.entry((l.port, own)).or_default();
             if r.kind == RouteKind::Tls {
                 for h in hosts {
                     let m = L4Match {
@@ -1048,9 +1069,10 @@ fn relayed(cluster: &Cluster<'_>, r: &RouteSource<'_>) -> Result<Relayed, String
 }
 
 /// The proxy's listener table: one listener per port of a programmed Gateway listener. An
-/// HTTP(S) port gets a virtual host per hostname and an HTTPS port its certificates by
-/// listener hostname; a TLS (Passthrough) or TCP port gets its relayed routes, a TLS port
-/// admitting the SNIs of its listeners' hostnames.
+/// HTTP(S) port gets a virtual host per hostname and an HTTPS listener its certificate by
+/// listener hostname; a TLS Terminate listener its certificate and its relayed routes; TLS
+/// Passthrough and TCP listeners the port's relayed routes, Passthrough admitting the SNIs
+/// of its listeners' hostnames. HTTPS and both TLS modes share a port, told apart by SNI.
 fn config_of(id: &str, listeners: &[Read], mut tables: Tables) -> GatewayConfig {
     let ports: BTreeSet<u16> = listeners
         .iter()
@@ -1059,52 +1081,78 @@ fn config_of(id: &str, listeners: &[Read], mut tables: Tables) -> GatewayConfig 
         .collect();
     let mut out = Vec::new();
     for port in ports {
-        let on_port = || {
-            listeners
-                .iter()
-                .filter(move |l| l.port == port && l.status.programmed.status)
-        };
-        // Listeners of one port share a protocol (else they are conflicted, not programmed).
-        let protocol = on_port().map(|l| l.protocol).next();
-        if let Some(protocol) = protocol.filter(|p| p.relayed()) {
-            let mut entries = tables.l4.remove(&port).unwrap_or_default();
+        let on_port: Vec<&Read> = listeners
+            .iter()
+            .filter(|l| l.port == port && l.status.programmed.status)
+            .collect();
+        let mut sorted_routes = |key: (u16, Option<String>)| {
+            let mut entries = tables.l4.remove(&key).unwrap_or_default();
             entries.sort_by_key(|e| e.0);
             entries.truncate(MAX_ROUTES);
-            let routes: Vec<L4Route> = entries.into_iter().map(|(_, r)| r).collect();
-            let mut sni_hosts: Vec<String> = Vec::new();
-            let mut table = L4Table::default();
-            if protocol == Protocol::TlsPassthrough {
-                sni_hosts = on_port()
-                    .map(|l| l.hostname.clone().unwrap_or_else(|| "*".into()))
-                    .collect();
-                sni_hosts.sort();
-                sni_hosts.dedup();
-                table.tls = routes;
-            } else {
-                table.tcp = routes;
-            }
-            out.push(Listener {
-                port,
-                gateways: vec![id.to_string()],
-                virtual_hosts: Vec::new(),
-                tls: Vec::new(),
-                l4: Some(L4Listener {
-                    sni_hosts,
-                    routes: table,
-                }),
-                mesh_mtls: Vec::new(),
-            });
-            continue;
-        }
-        let tables = &mut tables.http;
+            entries
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect::<Vec<L4Route>>()
+        };
+        // Listeners of one port share a protocol family (else they are conflicted, not
+        // programmed).
+        let passthrough: Vec<&&Read> = on_port
+            .iter()
+            .filter(|l| l.protocol == Protocol::TlsPassthrough)
+            .collect();
+        let l4 = if on_port.iter().any(|l| l.protocol == Protocol::Tcp) {
+            Some(L4Listener {
+                sni_hosts: Vec::new(),
+                routes: L4Table {
+                    tcp: sorted_routes((port, None)),
+                    ..L4Table::default()
+                },
+            })
+        } else if !passthrough.is_empty() {
+            let mut sni_hosts: Vec<String> = passthrough
+                .iter()
+                .map(|l| l.hostname.clone().unwrap_or_else(|| "*".into()))
+                .collect();
+            sni_hosts.sort();
+            sni_hosts.dedup();
+            Some(L4Listener {
+                sni_hosts,
+                routes: L4Table {
+                    tls: sorted_routes((port, None)),
+                    ..L4Table::default()
+                },
+            })
+        } else {
+            None
+        };
+        let tls = on_port
+            .iter()
+            .filter_map(|l| {
+                let c = l.credential.as_ref()?;
+                let relay = (l.protocol == Protocol::TlsTerminate).then(|| L4Table {
+                    tls: sorted_routes((port, Some(l.name.clone()))),
+                    ..L4Table::default()
+                });
+                Some(ServedTls {
+                    gateway: id.to_string(),
+                    hosts: vec![l.hostname.clone().unwrap_or_else(|| "*".into())],
+                    mutual: false,
+                    cert_chain: c.cert_chain.clone(),
+                    private_key: c.private_key.clone(),
+                    client_ca: None,
+                    relay,
+                })
+            })
+            .collect();
+        let http = &mut tables.http;
         let mut virtual_hosts = Vec::new();
-        let keys: Vec<(u16, String)> = tables
+        let keys: Vec<(u16, String)> = http
             .range((port, String::new())..)
             .take_while(|((p, _), _)| *p == port)
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys.into_iter().take(MAX_VIRTUAL_HOSTS) {
-            let Some(mut list) = tables.remove(&key) else {
+            let Some(mut list) = http.remove(&key) else {
                 continue;
             };
             list.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1115,27 +1163,12 @@ fn config_of(id: &str, listeners: &[Read], mut tables: Tables) -> GatewayConfig 
                 https_redirect: false,
             });
         }
-        let tls = listeners
-            .iter()
-            .filter(|l| l.port == port && l.status.programmed.status)
-            .filter_map(|l| {
-                let c = l.credential.as_ref()?;
-                Some(ServedTls {
-                    gateway: id.to_string(),
-                    hosts: vec![l.hostname.clone().unwrap_or_else(|| "*".into())],
-                    mutual: false,
-                    cert_chain: c.cert_chain.clone(),
-                    private_key: c.private_key.clone(),
-                    client_ca: None,
-                })
-            })
-            .collect();
         out.push(Listener {
             port,
             gateways: vec![id.to_string()],
             virtual_hosts,
             tls,
-            l4: None,
+            l4,
             mesh_mtls: Vec::new(),
         });
     }
@@ -1856,12 +1889,14 @@ mod tests {
             routes: vec![],
         }
         .compile();
-        for name in ["terminate", "no-tls"] {
-            let l = listener(&c, name);
-            assert!(!l.accepted.status, "{name}");
-            assert_eq!(l.accepted.reason, REASON_UNSUPPORTED_VALUE, "{name}");
-            assert!(l.supported_kinds.is_empty(), "{name}: {l:?}");
-        }
+        let l = listener(&c, "no-tls");
+        assert!(!l.accepted.status);
+        assert_eq!(l.accepted.reason, REASON_UNSUPPORTED_VALUE);
+        assert!(l.supported_kinds.is_empty(), "{l:?}");
+        // Terminate (TLSRouteModeTerminate) is served: a certificate, then TLSRoutes.
+        let t = listener(&c, "terminate");
+        assert!(t.accepted.status && t.programmed.status, "{t:?}");
+        assert_eq!(t.supported_kinds, vec!["TLSRoute"]);
         let kinds = listener(&c, "kinds");
         assert_eq!(kinds.resolved_refs.reason, REASON_INVALID_ROUTE_KINDS);
         assert!(!kinds.resolved_refs.status);
@@ -1875,7 +1910,93 @@ mod tests {
             );
         }
         let ports: Vec<u16> = c.config.listeners.iter().map(|l| l.port).collect();
-        assert_eq!(ports, vec![443]);
+        assert_eq!(ports, vec![443, 8443]);
+        let served = &c.config.listener(8443).unwrap().tls;
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].hosts, ["t.example.com"]);
+        assert!(served[0].relay.as_ref().is_some_and(|r| r.tls.is_empty()));
+    }
+
+    /// TLSRouteModeMixed: an HTTPS listener, a Passthrough and a Terminate TLS listener on one
+    /// port, told apart by the ClientHello's SNI. Each TLSRoute relays only for the listener
+    /// it attached to; the Terminate one's routes run after the handshake.
+    #[test]
+    fn https_passthrough_and_terminate_listeners_share_a_port_by_sni() {
+        use crate::route::gateway::TlsChoice;
+        let c = Fixture {
+            grants: ReferenceGrants::default(),
+            gateway: json!({"gatewayClassName": "weft", "listeners": [
+                {"name": "web", "port": 443, "protocol": "HTTPS", "hostname": "web.example.com",
+                 "tls": {"certificateRefs": [{"name": "shop-cert"}]}},
+                {"name": "pass", "port": 443, "protocol": "TLS", "hostname": "pass.example.com",
+                 "tls": {"mode": "Passthrough"}},
+                {"name": "term", "port": 443, "protocol": "TLS", "hostname": "*.term.example.com",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"name": "shop-cert"}]}}]}),
+            routes: vec![
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "pass",
+                    "2026-01-02T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop", "sectionName": "pass"}),
+                        json!(["pass.example.com"]),
+                        json!({"name": "tls-backend", "port": 443}),
+                    ),
+                ),
+                (
+                    RouteKind::Tls,
+                    "apps",
+                    "term",
+                    "2026-01-03T00:00:00Z",
+                    tls_route(
+                        json!({"name": "shop", "sectionName": "term"}),
+                        json!(["a.term.example.com"]),
+                        json!({"name": "tcp-backend", "port": 3000}),
+                    ),
+                ),
+            ],
+        }
+        .compile();
+        for name in ["web", "pass", "term"] {
+            let l = listener(&c, name);
+            assert!(
+                l.accepted.status && l.programmed.status && !l.conflicted.status,
+                "{name}: {l:?}"
+            );
+        }
+        assert_eq!(listener(&c, "term").attached_routes, 1);
+        let l = c.config.listener(443).expect("443 bound");
+        let pass = l.l4.as_ref().expect("the Passthrough listener's routes");
+        assert_eq!(pass.sni_hosts, ["pass.example.com"]);
+        assert_eq!(
+            pass.routes.tls.len(),
+            1,
+            "only the Passthrough listener's route"
+        );
+        assert_eq!(
+            l.tls_choice(Some("pass.example.com")),
+            TlsChoice::Passthrough
+        );
+        let TlsChoice::Terminate(web) = l.tls_choice(Some("web.example.com")) else {
+            panic!("web.example.com is terminated");
+        };
+        assert!(web.relay.is_none(), "HTTPS: HTTP after the handshake");
+        let TlsChoice::Terminate(term) = l.tls_choice(Some("a.term.example.com")) else {
+            panic!("a.term.example.com is terminated");
+        };
+        let relay = term.relay.as_ref().expect("Terminate relays");
+        let dst: std::net::SocketAddr = ([198, 18, 0, 9], 443).into();
+        let (route, _) =
+            crate::route::l4::choose(relay, dst, Some("a.term.example.com")).expect("routed");
+        assert_eq!(
+            route.destinations[0].service,
+            "tcp-backend.apps.svc.cluster.local"
+        );
+        // A name of the wildcard listener no route has: terminated, then no route (NR).
+        assert!(crate::route::l4::choose(relay, dst, Some("b.term.example.com")).is_none());
+        assert_eq!(l.tls_choice(Some("other.example.com")), TlsChoice::Refuse);
+        assert_eq!(l.tls_choice(None), TlsChoice::Refuse);
     }
 
     #[test]

@@ -51,10 +51,12 @@ pub async fn handle(
     if let Some(declared) = egress::by_address(table, orig) {
         // Unless a mesh VirtualService routes the host's HTTP port (to an egress gateway):
         // then its requests are routed (egress-gw helper's hunk).
+        // Likewise when a DestinationRule originates TLS for it (SIMPLE/MUTUAL): its requests
+        // must not be relayed as the app's plaintext bytes.
         if declared.port.protocol == egress::PortProtocol::Http
             && snapshot
                 .service_named(&declared.service.host, orig.port())
-                .is_some_and(|s| !s.http.is_empty())
+                .is_some_and(|s| !s.http.is_empty() || s.tls.is_some_and(|m| m.originates()))
         {
             serve_http(ctx, stream, orig, peer, snapshot.clone()).await;
             return Ok(());
@@ -771,30 +773,34 @@ mod tests {
         let simple = server(&ca, &["partner.weft.test"], None, true).await;
         let mutual = server(&ca, &["partner.weft.test"], Some(&client_ca), true).await;
         let (chain, key) = client_ca.leaf(&["client.weft.test"]);
-        let run = |target: SocketAddr, tls: &str, credential: serde_json::Value| {
-            let entries = compiled(
-                &[json!({"hosts": ["partner.weft.test"], "resolution": "DNS",
+        let run_with =
+            |target: SocketAddr, tls: &str, credential: serde_json::Value, addresses: &[&str]| {
+                let entries =
+                    compiled(
+                        &[json!({"hosts": ["partner.weft.test"], "resolution": "DNS",
+                "addresses": addresses,
                 "ports": [{"number": 80, "name": "http", "protocol": "HTTP",
                            "targetPort": target.port()}]})],
-            );
-            let (ctx, inputs) = ProxyContext::new(Default::default());
-            let snapshot = json!({
-                "schemaVersion": 1, "version": "v1",
-                "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
-                "trustDomain": "cluster.local",
-                "workload": {"name": "productpage", "namespace": "payments"},
-                "inbound": {"defaultMode": "PERMISSIVE"},
-                "outbound": {"policy": "REGISTRY_ONLY", "egress": entries, "headless": [{
-                    "port": 80, "name": "partner.weft.test", "protocol": "http",
-                    "tls": tls, "traffic": {"origination": {"credentialName": "partner"}}}]},
-                "credentials": {"partner": credential}
-            });
-            inputs
-                .snapshot
-                .offer(snapshot.to_string().as_bytes())
-                .unwrap();
-            ctx
-        };
+                    );
+                let (ctx, inputs) = ProxyContext::new(Default::default());
+                let snapshot = json!({
+                    "schemaVersion": 1, "version": "v1",
+                    "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
+                    "trustDomain": "cluster.local",
+                    "workload": {"name": "productpage", "namespace": "payments"},
+                    "inbound": {"defaultMode": "PERMISSIVE"},
+                    "outbound": {"policy": "REGISTRY_ONLY", "egress": entries, "headless": [{
+                        "port": 80, "name": "partner.weft.test", "protocol": "http",
+                        "tls": tls, "traffic": {"origination": {"credentialName": "partner"}}}]},
+                    "credentials": {"partner": credential}
+                });
+                inputs
+                    .snapshot
+                    .offer(snapshot.to_string().as_bytes())
+                    .unwrap();
+                ctx
+            };
+        let run = |target, tls, credential| run_with(target, tls, credential, &[]);
         let orig: SocketAddr = "127.0.0.1:80".parse().unwrap();
         // SIMPLE, the right CA: the server answers over TLS, no client certificate.
         let ctx = run(simple, "SIMPLE", json!({"ca": ca.pem}));
@@ -819,6 +825,15 @@ mod tests {
             got.starts_with("HTTP/1.1 200")
                 && got.ends_with("client-cert\n")
                 && !got.ends_with("no-client-cert\n"),
+            "{got}"
+        );
+        // An entry with addresses is matched by address before any byte is read: its HTTP is
+        // still originated, not relayed as the app's plaintext bytes.
+        let ctx = run_with(simple, "SIMPLE", json!({"ca": ca.pem}), &["127.0.0.1"]);
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "partner.weft.test").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("no-client-cert\n"),
             "{got}"
         );
         // MUTUAL whose Secret did not reach the proxy: 503 UH, never plaintext.

@@ -74,9 +74,12 @@ pub fn checked_client_conflicts(index: &MeshIndex) -> ClientConflicts {
 
 /// [`client_conflicts`] over `pods`, with each pod's snapshot bytes and its namespace's TLS
 /// rules per host.
+/// A pod's snapshot bytes by (namespace, pod name), or why there are none.
+type SnapshotOf<'a> = &'a dyn Fn(&str, &str) -> Result<Vec<u8>, String>;
+
 fn conflicts_over(
     pods: &[&MeshedPod],
-    snapshot: &dyn Fn(&str, &str) -> Result<Vec<u8>, String>,
+    snapshot: SnapshotOf<'_>,
     rules_of: &dyn Fn(&str) -> BTreeMap<String, String>,
 ) -> ClientConflicts {
     // One pod per namespace: TLS modes and rules do not vary within a namespace (only

@@ -11,16 +11,19 @@ use super::policy::PolicyProblem;
 use crate::route::egress::{self, Export, ExternalService, SERVICE_ENTRY};
 use crate::snapshot::Endpoint;
 
+/// One accepted ServiceEntry: who sees it, its `workloadSelector`, its services.
+type Entry = (
+    Export,
+    Option<BTreeMap<String, String>>,
+    Vec<ExternalService>,
+);
+
 /// Every accepted ServiceEntry's services with who sees them and its `workloadSelector`,
 /// oldest entry first; a proxy's table merges what its namespace sees of one host as Istio's
 /// SidecarScope does ([`crate::route::se_merge`]).
 #[derive(Debug, Default)]
 pub struct EgressIndex {
-    entries: Vec<(
-        Export,
-        Option<BTreeMap<String, String>>,
-        Vec<ExternalService>,
-    )>,
+    entries: Vec<Entry>,
     pub problems: Vec<PolicyProblem>,
 }
 

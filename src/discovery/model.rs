@@ -806,8 +806,11 @@ struct RawList {
     len: usize,
     /// The pieces from recent base lists (by their `hash`) to this one, computed once for
     /// every stream that diffs the same pair.
-    diffs: Mutex<Vec<([u8; 32], Arc<Vec<Piece<usize>>>)>>,
+    diffs: Mutex<Vec<DiffFrom>>,
 }
+
+/// The pieces from the base list with this hash to a list.
+type DiffFrom = ([u8; 32], Arc<Vec<Piece<usize>>>);
 
 impl Serialize for RawList {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -368,10 +368,21 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
     );
     // An egress gateway's hop out: the external host's DestinationRule (TLS origination
     // SIMPLE/MUTUAL, Istio's egress-gateway TLS-origination task; balancing) on the Service
-    // the gateway sends to, as the shared lookup has it.
-    for config in gateways.0.values_mut() {
+    // the gateway sends to, as the gateway pods' namespace looks it up (a rule private to
+    // that namespace, `exportTo: ["."]`, included): the shared lookup's unless the namespace
+    // is a client with its own, looked up once per namespace.
+    let mut own_policies: HashMap<String, BTreeMap<String, crate::route::model::HostPolicy>> =
+        HashMap::new();
+    for ((ns, _), config) in gateways.0.iter_mut() {
+        let policies = if clients.contains(ns) {
+            &*own_policies.entry(ns.clone()).or_insert_with(|| {
+                compile::policies_for(&registry, resources.destination_rules, Some(ns))
+            })
+        } else {
+            &tables.tls
+        };
         for s in &mut config.external {
-            if let Some(tls) = tables.tls.get(&s.name) {
+            if let Some(tls) = policies.get(&s.name) {
                 lay_policy(tls, s);
             }
         }

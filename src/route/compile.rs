@@ -401,6 +401,16 @@ pub fn subsets_for(
     self::destination_rules(registry, destination_rules, client, &mut Vec::new()).0
 }
 
+/// The host policies (TLS mode, load balancing, connection pool, ...) of the DestinationRules
+/// `client`'s proxies apply, by the same lookup as [`subsets_for`].
+pub fn policies_for(
+    registry: &Registry,
+    destination_rules: &[Source<'_>],
+    client: Option<&str>,
+) -> BTreeMap<String, super::model::HostPolicy> {
+    self::destination_rules(registry, destination_rules, client, &mut Vec::new()).1
+}
+
 /// One set of DestinationRules merged per host pattern ([`istio::destination_rules_with_tls`]).
 type Level = (
     BTreeMap<String, SubsetLabels>,

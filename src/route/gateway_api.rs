@@ -724,8 +724,11 @@ struct Tables {
     http: BTreeMap<(u16, String), Vec<(Key, HttpRoute)>>,
     /// (port, the name of a Terminate listener; None: the port's Passthrough or TCP
     /// listeners) -> relayed routes with their precedence keys.
-    l4: BTreeMap<(u16, Option<String>), Vec<(L4Key, L4Route)>>,
+    l4: BTreeMap<(u16, Option<String>), Vec<Keyed>>,
 }
+
+/// A relayed route with its precedence key.
+type Keyed = (L4Key, L4Route);
 
 /// The order of relayed routes on one port, first match wins: an exact SNI before any
 /// wildcard, a longer wildcard before a shorter one (the spec's most specific hostname

@@ -51,7 +51,7 @@ use weft::kube::metrics::OperatorMetrics;
 use weft::operator::serving::{ServingCertResolver, keep_serving_cert, serve_tls_on};
 use weft::pki::{MeshCa, WorkloadKey, certificates_from_pem};
 use weft::snapshot::delta::DELTA_PREFIX;
-use weft::snapshot::stream::{Ack, LineDecoder, QUERY_DELTA, QUERY_POD};
+use weft::snapshot::stream::{Ack, LineDecoder, QUERY_DELTA, QUERY_FEATURES, QUERY_POD};
 use weft::webhook::{InjectorSettings, MeshState, review};
 
 #[path = "served.rs"]
@@ -640,9 +640,10 @@ async fn follow_config(
         .map_err(|e| format!("HTTP/2: {e}"))?;
     tokio::spawn(conn);
     let uri = format!(
-        "https://{OPERATOR_SERVER_NAME}{}?{QUERY_POD}={}&{QUERY_DELTA}=1",
+        "https://{OPERATOR_SERVER_NAME}{}?{QUERY_POD}={}&{QUERY_DELTA}=1&{QUERY_FEATURES}={}",
         contract::PATH_CONFIG_STREAM,
-        sim.pod
+        sim.pod,
+        weft::snapshot::compat::Features::all().query_value()
     );
     let request = Request::get(uri)
         .body(Body::empty())

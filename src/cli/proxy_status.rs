@@ -60,6 +60,10 @@ pub struct ProxyStatusRow {
     pub cert_expires: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_reason: Option<String>,
+    /// What the operator left out of this proxy's config, the proxy lacking a feature the
+    /// config uses (an older revision; [`crate::snapshot::compat`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lowered: Vec<String>,
 }
 
 impl Row for ProxyStatusRow {
@@ -114,6 +118,7 @@ pub fn merge(meshed: &[(String, String, String)], answers: &[ProxyList]) -> Vec<
                 operator: None,
                 cert_expires: None,
                 rejected_reason: None,
+                lowered: Vec::new(),
             },
         );
     }
@@ -134,6 +139,7 @@ pub fn merge(meshed: &[(String, String, String)], answers: &[ProxyList]) -> Vec<
             row.operator = Some(answer.instance.clone());
             row.cert_expires = r.cert_expires.clone();
             row.rejected_reason = r.rejected.as_ref().map(|x| x.reason.clone());
+            row.lowered = r.lowered.clone();
         }
     }
     rows.into_values().collect()
@@ -179,6 +185,14 @@ pub async fn proxy_status(args: ProxyStatusArgs) -> Result<(), CliError> {
     match output::render(&rows, args.list.output)? {
         Some(text) => print!("{text}"),
         None => eprintln!("No meshed pods found."),
+    }
+    for row in &rows {
+        for note in &row.lowered {
+            eprintln!(
+                "note: {}.{} runs config lowered for its older proxy: {note}",
+                row.pod, row.namespace
+            );
+        }
     }
     Ok(())
 }
@@ -362,6 +376,7 @@ mod tests {
             rejected: None,
             current: current.map(String::from),
             cert_expires: Some("2026-11-24T00:00:00Z".into()),
+            lowered: Vec::new(),
         }
     }
 

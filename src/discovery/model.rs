@@ -32,6 +32,7 @@ use crate::api::{
 };
 use crate::authz::Policy;
 use crate::contract;
+use crate::snapshot::compat::{self, Features};
 use crate::snapshot::{
     AccessLog, AccessLogFormat, DEFAULT_CLUSTER, Endpoint, InboundConfig, KnownPeer, MtlsMode,
     OutboundPolicy, Protocol, SNAPSHOT_SCHEMA_VERSION, Service, WorkloadMeta,
@@ -647,6 +648,39 @@ impl ProxyConfig<'_> {
         serde_json::to_vec(&self.snapshot(true)).unwrap_or_default()
     }
 
+    /// For a proxy lacking some of the features this config uses ([`compat`]): the whole
+    /// snapshot lowered for it (without origination credentials) and what lowering changed.
+    /// None: the proxy reads the config as it is ([`Self::whole`] or [`Self::delta`]).
+    pub fn lowered(&self, features: Features) -> Option<(Vec<u8>, Vec<String>)> {
+        let services = self.services.for_features(features);
+        let headless = self.headless.for_features(features);
+        if services.is_none() && headless.is_none() {
+            return None;
+        }
+        let mut notes: Vec<String> = [&services, &headless]
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, n)| n.iter().cloned())
+            .collect();
+        let mut egress = self.egress.clone();
+        notes.extend(compat::lower_egress(
+            features,
+            &self.headless.typed,
+            &mut egress,
+        ));
+        let mut snapshot = self.snapshot(true);
+        snapshot.outbound.egress = &egress;
+        if let Some((typed, _)) = &services {
+            snapshot.outbound.services = ServiceTable::Typed(typed);
+        }
+        if let Some((typed, _)) = &headless {
+            snapshot.outbound.headless = ServiceTable::Typed(typed);
+        }
+        snapshot.credentials = None;
+        let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
+        Some((bytes, notes))
+    }
+
     /// The delta line's JSON ([`crate::snapshot::delta`]) that turns `base` (this proxy's
     /// config in an earlier index, the one the stream last sent) into this one; None when a
     /// whole snapshot is due instead: it would not be smaller, a table was not serialized,
@@ -767,12 +801,26 @@ impl ServiceTable<'_> {
 struct Table {
     typed: Vec<Service>,
     raw: Option<RawList>,
+    /// What a proxy must implement to read it as it is ([`compat`]).
+    needs: Features,
 }
 
 impl Table {
     fn new(typed: Vec<Service>) -> Self {
         let raw = RawList::new(&typed);
-        Table { typed, raw }
+        let needs = compat::needed(&typed);
+        Table { typed, raw, needs }
+    }
+
+    /// The table for a proxy with `features`: as it is, or lowered ([`compat::lower`]) with
+    /// what lowering changed.
+    fn for_features(&self, features: Features) -> Option<(Vec<Service>, Vec<String>)> {
+        if !self.needs.beyond(features) {
+            return None;
+        }
+        let mut lowered = self.typed.clone();
+        let notes = compat::lower(features, &mut lowered);
+        Some((lowered, notes))
     }
 
     fn as_ref(&self) -> ServiceTable<'_> {

@@ -158,6 +158,10 @@ pub struct ProxyRecord {
     pub current: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires: Option<String>,
+    /// What the snapshot last sent left out for this proxy, lacking a feature the config uses
+    /// ([`crate::snapshot::compat`]): one line per Service, saying what its requests get.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lowered: Vec<String>,
 }
 
 /// `GET /debug/proxies`.
@@ -238,11 +242,12 @@ impl Streams {
 impl Registry {
     /// Notes `version` as sent on stream `id` (before it is sent: the proxy may ack it as
     /// soon as it arrives).
-    fn sending(&self, id: u64, version: &str) {
+    fn sending(&self, id: u64, version: &str, lowered: Vec<String>) {
         if let Ok(mut m) = self.streams.lock()
             && let Some(s) = m.open.get_mut(&id)
         {
             s.record.sent = Some(version.to_string());
+            s.record.lowered = lowered;
             if s.sent.len() == SENT_HISTORY {
                 s.sent.pop_front();
             }
@@ -675,6 +680,9 @@ struct StreamQuery {
     /// `delta=1`: the proxy reads delta lines ([`crate::snapshot::delta`]); without it (a
     /// proxy of an older revision) every line is a whole snapshot.
     delta: Option<String>,
+    /// What the proxy implements ([`crate::snapshot::compat::Features`]); absent: a proxy of
+    /// an older revision, which gets the config lowered where it uses newer features.
+    features: Option<String>,
 }
 
 async fn stream(
@@ -685,6 +693,7 @@ async fn stream(
     let peer = peer.map(|Extension(p)| p).unwrap_or_default();
     let pod = q.pod.unwrap_or_default();
     let deltas = q.delta.as_deref() == Some("1");
+    let features = crate::snapshot::compat::Features::parse(q.features.as_deref());
     let (namespace, pod) = match authorize(&state, &peer, &pod).await {
         Ok(who) => who,
         Err(refused) => return refused,
@@ -706,6 +715,7 @@ async fn stream(
             rejected: None,
             current: None,
             cert_expires: peer.expires.clone(),
+            lowered: Vec::new(),
         },
         connection: peer.connection.clone(),
         sent: VecDeque::new(),
@@ -756,20 +766,37 @@ async fn stream(
         let guard = guard;
         // The version last sent and an index that holds it: the base of the next delta.
         let mut last: Option<(String, Arc<MeshIndex>)> = None;
+        let mut told: Vec<String> = Vec::new();
         loop {
             let index = index_rx.borrow_and_update().clone();
             // A pod that left the caches keeps its last config until its proxy stops.
             if let Ok(config) = index.config_for(&namespace, &pod) {
                 let sent = last.as_ref().map(|(v, _)| v);
                 if sent != Some(&config.version) {
-                    let base = last
-                        .as_ref()
-                        .filter(|_| deltas)
-                        .and_then(|(_, i)| i.config_for(&namespace, &pod).ok());
-                    let bytes = base
-                        .and_then(|b| config.delta(&b))
-                        .unwrap_or_else(|| config.whole());
-                    guard.0.sending(guard.1, &config.version);
+                    // A proxy that lacks a feature this config uses gets it lowered, whole.
+                    let (bytes, lowered) = match config.lowered(features) {
+                        Some((bytes, notes)) => {
+                            // Logged when it changes, not on every send.
+                            if notes != told {
+                                for note in &notes {
+                                    tracing::warn!(%namespace, %pod, "config lowered for an older proxy: {note}");
+                                }
+                                told.clone_from(&notes);
+                            }
+                            (bytes, notes)
+                        }
+                        None => {
+                            let base = last
+                                .as_ref()
+                                .filter(|_| deltas)
+                                .and_then(|(_, i)| i.config_for(&namespace, &pod).ok());
+                            let bytes = base
+                                .and_then(|b| config.delta(&b))
+                                .unwrap_or_else(|| config.whole());
+                            (bytes, Vec::new())
+                        }
+                    };
+                    guard.0.sending(guard.1, &config.version, lowered);
                     if tx.send(Bytes::from(encode_line(&bytes))).await.is_err() {
                         return;
                     }
@@ -1238,6 +1265,72 @@ mod tests {
         // The same delta onto anything but its base is refused (the proxy resyncs).
         let delta = serde_json::from_slice::<DeltaLine>(&line).unwrap().delta;
         assert!(delta.rebuild(Some(&running)).is_err());
+    }
+
+    /// A stream of pets/web-1 opened with `query` after `pod=`.
+    async fn open_with(state: &DiscoveryState, query: &str) -> Stream {
+        let mut request =
+            Request::get(format!("{}?pod=web-1{query}", contract::PATH_CONFIG_STREAM))
+                .body(Body::empty())
+                .unwrap();
+        request.extensions_mut().insert(web_1());
+        Stream::of(router(state.clone()).oneshot(request).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_proxy_without_the_tls_origination_feature_gets_that_host_failing_closed() {
+        use crate::snapshot::compat::Features;
+        use crate::snapshot::{ClientTls, decode_snapshot};
+        let (state, index) = server(StreamLimits::default());
+        let mut v = mesh();
+        v.destination_rules = vec![Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"namespace": "pets", "name": "legacy",
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"host": "legacy", "trafficPolicy": {"tls": {"mode": "SIMPLE"}}}
+            }))
+            .unwrap(),
+        )];
+        index.send_replace(Arc::new(MeshIndex::build(&v)));
+        let legacy = |line: &[u8]| {
+            decode_snapshot(line.trim_ascii_end())
+                .unwrap()
+                .outbound
+                .services
+                .into_iter()
+                .find(|s| s.name == "legacy.pets.svc.cluster.local")
+                .expect("legacy in the snapshot")
+        };
+        // A current proxy announces its features and gets the rule as it is.
+        let features = format!("&features={}", Features::all().query_value());
+        let current = legacy(&open_with(&state, &features).await.next_line().await);
+        assert_eq!(current.tls, Some(ClientTls::Simple));
+        assert!(!current.endpoints.is_empty());
+        // An older one (no features) gets the host answering 503, with no endpoint to reach
+        // in plaintext, and nothing it cannot decode.
+        let line = open_with(&state, "").await.next_line().await;
+        let text = String::from_utf8_lossy(&line);
+        assert!(!text.contains("\"SIMPLE\""), "{text}");
+        let lowered = legacy(&line);
+        assert_eq!(lowered.tls, None);
+        assert!(lowered.endpoints.is_empty());
+        let answer = lowered.http[0].actions.direct_response.clone().unwrap();
+        assert_eq!(answer.status, 503);
+        // proxy-status names it for that stream only.
+        let records = state.proxies("test").proxies;
+        let notes: Vec<&Vec<String>> = records.iter().map(|p| &p.lowered).collect();
+        assert_eq!(
+            notes.iter().filter(|n| !n.is_empty()).count(),
+            1,
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n
+                .iter()
+                .any(|l| l.contains("legacy.pets.svc.cluster.local"))),
+            "{notes:?}"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The config-stream client (SPEC §8): once the proxy holds its workload certificate it opens
-//! `GET /v1/config/stream?pod=<POD_NAME>&delta=1` on the operator over mTLS (HTTP/2), offers
+//! `GET /v1/config/stream?pod=<POD_NAME>&delta=1&features=…` on the operator over mTLS (HTTP/2), offers
 //! every snapshot line to the [`SnapshotSink`] (a delta line is spliced onto the running
 //! snapshot first, [`crate::snapshot::delta`]), and acknowledges what it runs with
 //! `POST /v1/config/ack` on the same connection. A delta that does not apply reopens the
@@ -20,7 +20,9 @@ use super::inputs::SnapshotSink;
 use super::tls::TlsContext;
 use crate::contract::{PATH_CONFIG_ACK, PATH_CONFIG_STREAM};
 use crate::snapshot::delta::{DELTA_PREFIX, DeltaLine};
-use crate::snapshot::stream::{Ack, LineDecoder, QUERY_DELTA, QUERY_POD, Rejected, SILENCE_LIMIT};
+use crate::snapshot::stream::{
+    Ack, LineDecoder, QUERY_DELTA, QUERY_FEATURES, QUERY_POD, Rejected, SILENCE_LIMIT,
+};
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(15);
@@ -204,8 +206,9 @@ async fn follow(
     sink: &SnapshotSink,
 ) -> StreamError {
     let uri = format!(
-        "{PATH_CONFIG_STREAM}?{QUERY_POD}={}&{QUERY_DELTA}=1",
-        cfg.pod
+        "{PATH_CONFIG_STREAM}?{QUERY_POD}={}&{QUERY_DELTA}=1&{QUERY_FEATURES}={}",
+        cfg.pod,
+        crate::snapshot::compat::Features::all().query_value()
     );
     let req = match request(Method::GET, uri, &cfg.server_name, Bytes::new()) {
         Ok(r) => r,
@@ -405,6 +408,43 @@ mod tests {
         let why = offer_line(sink, &serde_json::to_vec(&doubled).unwrap()).unwrap_err();
         assert!(why.contains("outbound.services"), "{why}");
         assert_eq!(running(sink), before, "nothing applied");
+    }
+
+    #[test]
+    fn deltas_cannot_grow_a_snapshot_past_the_limit_a_whole_line_has() {
+        // One Service with 60,000 endpoints: well under the limit as a line, more than half
+        // of it as the proxy writes it back.
+        let big = |port: u16| {
+            let endpoints: Vec<Value> = (0..60_000u32)
+                .map(|i| {
+                    json!({"ip": format!("198.18.{}.{}", i / 250, i % 250 + 1),
+                                "port": 8080, "meshed": false})
+                })
+                .collect();
+            json!({"clusterIp": "198.19.0.10", "port": port,
+                   "name": "db.pets.svc.cluster.local", "endpoints": endpoints})
+        };
+        let (_ctx, inputs) = ProxyContext::new(Default::default());
+        let sink = &inputs.snapshot;
+        let mut first = whole("v1", &[]);
+        first["outbound"]["services"] = json!([big(80)]);
+        let first = serde_json::to_vec(&first).unwrap();
+        assert!(first.len() < crate::snapshot::MAX_SNAPSHOT_BYTES);
+        assert_eq!(offer_line(sink, &first), Ok(None));
+        // Keep it and add as much again: each line is small, the result is not.
+        let line = delta(
+            "v1",
+            whole("v2", &[]),
+            json!([{"keep": {"from": 0, "len": 1}}, {"add": [big(81)]}]),
+        );
+        let rejected = offer_line(sink, &line).unwrap().expect("rejected");
+        assert_eq!(rejected.version, "v2");
+        assert!(
+            rejected.reason.contains("byte limit"),
+            "{}",
+            rejected.reason
+        );
+        assert_eq!(sink.current_version().as_deref(), Some("v1"));
     }
 
     #[test]

@@ -107,9 +107,12 @@ impl SnapshotSink {
     }
 
     /// A snapshot rebuilt from a delta ([`crate::snapshot::delta`]): checked exactly as a
-    /// decoded one (schema version, [`ProxySnapshot::validate`]), then applied the same way.
+    /// decoded one (size limit, schema version, [`ProxySnapshot::validate`]), then applied the
+    /// same way.
     pub fn offer_snapshot(&self, snapshot: ProxySnapshot) -> Result<Offered, SnapshotError> {
-        let checked = if snapshot.schema_version != SNAPSHOT_SCHEMA_VERSION {
+        let checked = if let Err(e) = crate::snapshot::check_encoded_size(&snapshot) {
+            Err(e)
+        } else if snapshot.schema_version != SNAPSHOT_SCHEMA_VERSION {
             Err(SnapshotError::UnsupportedSchema {
                 got: snapshot.schema_version,
                 supported: SNAPSHOT_SCHEMA_VERSION,

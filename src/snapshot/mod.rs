@@ -67,6 +67,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+pub mod compat;
 pub mod delta;
 pub mod stream;
 
@@ -469,6 +470,34 @@ impl Endpoint {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// The bytes `snapshot` takes as compact JSON, counted without writing them anywhere, or
+/// [`SnapshotError::TooLarge`] once past [`MAX_SNAPSHOT_BYTES`] (counting stops there). A
+/// snapshot rebuilt from deltas is held to the same limit as a whole line: without it, deltas
+/// that keep everything and add more would grow a proxy's config past any bound.
+pub fn check_encoded_size(snapshot: &ProxySnapshot) -> Result<usize, SnapshotError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > MAX_SNAPSHOT_BYTES {
+                return Err(std::io::Error::other("over the snapshot limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, snapshot) {
+        Ok(()) => Ok(count.0),
+        Err(_) => Err(SnapshotError::TooLarge {
+            size: count.0,
+            max: MAX_SNAPSHOT_BYTES,
+        }),
     }
 }
 

@@ -20,6 +20,10 @@
 //!   19's ≤ 10 KB per change). Opt-in, so a proxy of an older revision (a canary upgrade runs
 //!   both) keeps getting whole snapshots only, and a newer proxy talking to an older operator
 //!   (which ignores the parameter) does too.
+//! - `&features=tls-origination,…` on the stream request: what the proxy implements
+//!   ([`super::compat`]). A proxy that names no feature (an older revision) gets the config
+//!   lowered, whole, wherever it uses a newer one: the Service in question answers 503 and
+//!   says why, instead of carrying a value the proxy would reject the whole snapshot for.
 //!
 //! Whole snapshots and deltas. A stream's first line is always a whole snapshot, so a
 //! (re)connecting proxy needs no history. With `delta=1`, a later line may be
@@ -54,6 +58,9 @@ pub const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 pub const QUERY_POD: &str = "pod";
 /// Query parameter asking for delta lines (value `1`).
 pub const QUERY_DELTA: &str = "delta";
+/// Query parameter naming what the proxy implements, comma-separated
+/// ([`super::compat::Features`]).
+pub const QUERY_FEATURES: &str = "features";
 /// Largest ack body the server reads.
 pub const MAX_ACK_BYTES: usize = 4096;
 

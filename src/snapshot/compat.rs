@@ -1,0 +1,374 @@
+//! Proxies of older revisions: the features a proxy announces on its config stream, and how a snapshot is lowered, failing closed, for one that lacks them.
+//!
+//! A canary upgrade runs two proxy revisions against one operator. A snapshot field an older
+//! proxy does not know is ignored by it (serde skips unknown fields), but a new *value* of a
+//! known field (an enum variant such as `tls: "SIMPLE"`) makes it reject the whole snapshot:
+//! one DestinationRule would freeze the config of every proxy of the older revision. So a
+//! proxy names what it implements (`&features=tls-origination,…`, [`Features::query_value`]),
+//! and the operator, for a proxy that lacks a feature the mesh's config uses, sends that proxy
+//! a snapshot in which each Service that needs the feature answers 503 with a body that says
+//! why, instead of the new value. Never plaintext where the config asks for TLS. The proxy
+//! runs the rest of its config as usual, and `weft proxy-status` names what was lowered.
+//!
+//! Proxies that predate this module send no `features`: they are the ones the lowering is
+//! for. An unknown feature name (from a newer proxy) is ignored.
+
+use super::{ClientTls, Service};
+use crate::route::action::{Actions, DirectResponse};
+use crate::route::model::HttpRoute;
+
+/// One capability a proxy may lack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// DestinationRule `tls.mode` SIMPLE / MUTUAL: the proxy originates TLS (issue 19/20).
+    TlsOrigination,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 1] = [Feature::TlsOrigination];
+
+    /// The name on the stream request.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::TlsOrigination => "tls-origination",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        match self {
+            Feature::TlsOrigination => 1,
+        }
+    }
+}
+
+/// A set of [`Feature`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features(u32);
+
+/// The longest `features` value the operator reads (a proxy names a few short words).
+pub const MAX_FEATURES_LEN: usize = 512;
+
+impl Features {
+    /// Every feature this build implements: what weft-proxy announces.
+    pub fn all() -> Self {
+        Features(Feature::ALL.iter().fold(0, |bits, f| bits | f.bit()))
+    }
+
+    /// The set a `features` query value names: comma-separated names, unknown ones (a newer
+    /// proxy's) ignored, a value past [`MAX_FEATURES_LEN`] read as none.
+    pub fn parse(value: Option<&str>) -> Self {
+        let Some(value) = value.filter(|v| v.len() <= MAX_FEATURES_LEN) else {
+            return Features::default();
+        };
+        Features(
+            value
+                .split(',')
+                .filter_map(|name| Feature::ALL.into_iter().find(|f| f.name() == name.trim()))
+                .fold(0, |bits, f| bits | f.bit()),
+        )
+    }
+
+    /// The value weft-proxy puts on its stream request.
+    pub fn query_value(self) -> String {
+        Feature::ALL
+            .into_iter()
+            .filter(|f| self.has(*f))
+            .map(Feature::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn has(self, f: Feature) -> bool {
+        self.0 & f.bit() != 0
+    }
+
+    fn with(self, f: Feature) -> Self {
+        Features(self.0 | f.bit())
+    }
+
+    /// Whether some feature of `self` is missing from `proxy`.
+    pub fn beyond(self, proxy: Features) -> bool {
+        self.0 & !proxy.0 != 0
+    }
+}
+
+/// The features a list of Services needs a proxy to have.
+pub fn needed(services: &[Service]) -> Features {
+    let mut needs = Features::default();
+    if services.iter().any(originates) {
+        needs = needs.with(Feature::TlsOrigination);
+    }
+    needs
+}
+
+fn originates(s: &Service) -> bool {
+    s.tls.is_some_and(ClientTls::originates) || s.subset_tls.values().any(|m| m.originates())
+}
+
+/// Lowers `services` in place for a proxy that has only `proxy`'s features, failing closed:
+/// one line per Service changed, naming what its requests now get.
+///
+/// TLS origination: a Service whose own mode is SIMPLE/MUTUAL loses its endpoints and routes
+/// and answers every request with 503 and the reason (a connection to a TCP port of it is
+/// closed: no endpoints); a subset whose mode is SIMPLE/MUTUAL loses its endpoints (requests
+/// routed to it get the proxy's 503 "no healthy upstream"). Coarser than the newer proxy's
+/// behaviour (a route of that host to another Service is lost too), never plaintext.
+pub fn lower(proxy: Features, services: &mut [Service]) -> Vec<String> {
+    let mut notes = Vec::new();
+    if proxy.has(Feature::TlsOrigination) {
+        return notes;
+    }
+    for s in services.iter_mut().filter(|s| originates(s)) {
+        let at = format!("{}:{}", s.name, s.port);
+        if let Some(mode) = s.tls.filter(|m| m.originates()) {
+            let why = format!(
+                "TLS origination to {at} (DestinationRule tls.mode {}) needs a weft-proxy with feature {}; this pod's proxy is of an older revision: upgrade it (weft proxy-status)",
+                mode.name(),
+                Feature::TlsOrigination.name()
+            );
+            s.endpoints.clear();
+            s.subsets.values_mut().for_each(Vec::clear);
+            s.subset_tls.clear();
+            s.l4 = Default::default();
+            s.http = vec![HttpRoute {
+                name: "weft/lowered".into(),
+                matches: Vec::new(),
+                destinations: Vec::new(),
+                actions: Actions {
+                    direct_response: Some(DirectResponse {
+                        status: 503,
+                        body: Some(format!("{why}\n")),
+                    }),
+                    ..Default::default()
+                },
+            }];
+            notes.push(format!("{at}: answers 503: {why}"));
+        }
+        s.tls = s.tls.filter(|m| !m.originates());
+        s.traffic.origination = None;
+        let lowered: Vec<String> = s
+            .subset_tls
+            .iter()
+            .filter(|(_, m)| m.originates())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for subset in &lowered {
+            if let Some(endpoints) = s.subsets.get_mut(subset) {
+                endpoints.clear();
+            }
+            s.subset_tls.remove(subset);
+            notes.push(format!(
+                "{at} subset {subset}: no endpoints (its DestinationRule tls.mode SIMPLE/MUTUAL needs feature {}; upgrade the proxy)",
+                Feature::TlsOrigination.name()
+            ));
+        }
+        for policy in s.subset_traffic.values_mut() {
+            policy.origination = None;
+        }
+    }
+    notes
+}
+
+/// For a proxy lacking TLS origination, the ports of ServiceEntry hosts it would relay as bytes
+/// although a DestinationRule originates TLS there: the operator lays that rule on an
+/// address-less Service named after the host (in `headless`, [`lower`] makes it answer 503),
+/// but an older proxy relays a TCP or TLS port of an entry by address without reading that
+/// Service. Such a port is given to it as HTTP instead, so it reads the app's bytes as HTTP
+/// and serves them by the lowered Service (503) or closes the connection: never plaintext on.
+pub fn lower_egress(
+    proxy: Features,
+    headless: &[Service],
+    egress: &mut [crate::route::egress::ExternalService],
+) -> Vec<String> {
+    use crate::route::egress::PortProtocol;
+    let mut notes = Vec::new();
+    if proxy.has(Feature::TlsOrigination) {
+        return notes;
+    }
+    for host in egress.iter_mut() {
+        for port in host
+            .ports
+            .iter_mut()
+            .filter(|p| p.protocol != PortProtocol::Http)
+        {
+            let originated = headless.iter().any(|s| {
+                s.name == host.host
+                    && s.port == port.number
+                    && s.tls.is_some_and(ClientTls::originates)
+            });
+            if originated {
+                port.protocol = PortProtocol::Http;
+                notes.push(format!(
+                    "{}:{} (ServiceEntry {}): read as HTTP and answered 503, not relayed: its DestinationRule originates TLS, which needs feature {}; upgrade the proxy",
+                    host.host,
+                    port.number,
+                    host.source,
+                    Feature::TlsOrigination.name()
+                ));
+            }
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ProxySnapshot, decode_snapshot};
+    use serde_json::json;
+
+    fn service(tls: Option<ClientTls>, subset: Option<(&str, ClientTls)>) -> Service {
+        let mut s: Service = serde_json::from_value(json!({
+            "clusterIp": "198.19.0.10", "port": 443, "name": "api.pets.svc.cluster.local",
+            "protocol": "http",
+            "endpoints": [{"ip": "198.18.0.7", "port": 8443, "meshed": false},
+                          {"ip": "198.18.0.8", "port": 8443, "meshed": false}],
+            "subsets": {"v1": [0], "v2": [1]}
+        }))
+        .unwrap();
+        s.tls = tls;
+        if let Some((name, mode)) = subset {
+            s.subset_tls.insert(name.into(), mode);
+        }
+        s
+    }
+
+    #[test]
+    fn features_round_trip_and_unknown_or_oversized_values_name_nothing() {
+        let all = Features::all();
+        assert!(all.has(Feature::TlsOrigination));
+        assert_eq!(all.query_value(), "tls-origination");
+        assert_eq!(Features::parse(Some(&all.query_value())), all);
+        assert_eq!(
+            Features::parse(Some("delta, tls-origination ,from-the-future")),
+            all
+        );
+        assert_eq!(Features::parse(None), Features::default());
+        assert_eq!(Features::parse(Some("tls")), Features::default());
+        let long = format!("tls-origination,{}", "x".repeat(MAX_FEATURES_LEN));
+        assert_eq!(Features::parse(Some(&long)), Features::default());
+        assert!(!Features::default().has(Feature::TlsOrigination));
+    }
+
+    #[test]
+    fn only_services_that_originate_need_the_feature() {
+        let plain = [
+            service(None, None),
+            service(
+                Some(ClientTls::IstioMutual),
+                Some(("v1", ClientTls::Disable)),
+            ),
+        ];
+        assert_eq!(needed(&plain), Features::default());
+        assert!(!needed(&plain).beyond(Features::default()));
+        for s in [
+            service(Some(ClientTls::Simple), None),
+            service(None, Some(("v2", ClientTls::Mutual))),
+        ] {
+            let needs = needed(std::slice::from_ref(&s));
+            assert!(needs.has(Feature::TlsOrigination));
+            assert!(needs.beyond(Features::default()));
+            assert!(!needs.beyond(Features::all()));
+        }
+    }
+
+    /// What an older proxy would decode: the snapshot schema minus the new variants. A
+    /// lowered list must decode with it (no `SIMPLE`/`MUTUAL` left).
+    fn older_proxy_reads(services: &[Service]) -> bool {
+        let text = serde_json::to_string(services).unwrap();
+        !text.contains("\"SIMPLE\"") && !text.contains("\"MUTUAL\"")
+    }
+
+    #[test]
+    fn a_host_that_originates_answers_503_with_the_reason_and_keeps_no_endpoint() {
+        let mut services = vec![
+            service(
+                Some(ClientTls::Mutual),
+                Some(("v1", ClientTls::IstioMutual)),
+            ),
+            service(None, None),
+        ];
+        services[1].port = 80;
+        let untouched = services[1].clone();
+        // A proxy with the feature gets the list as it is.
+        let mut same = services.clone();
+        assert!(lower(Features::all(), &mut same).is_empty());
+        assert_eq!(same, services);
+
+        let notes = lower(Features::default(), &mut services);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("api.pets.svc.cluster.local:443"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("MUTUAL") && notes[0].contains("upgrade"));
+        let s = &services[0];
+        assert!(s.endpoints.is_empty() && s.subsets.values().all(Vec::is_empty));
+        assert_eq!(s.tls, None);
+        assert!(s.subset_tls.is_empty());
+        let [route] = s.http.as_slice() else {
+            panic!("one route: {:?}", s.http)
+        };
+        let answer = route.actions.direct_response.as_ref().unwrap();
+        assert_eq!(answer.status, 503);
+        assert!(answer.body.as_ref().unwrap().contains("tls-origination"));
+        assert_eq!(services[1], untouched);
+        assert!(older_proxy_reads(&services));
+        // Every endpoint is gone, so no path of an older proxy reaches the server in
+        // plaintext; and the lowered snapshot is a valid one.
+        let snapshot: ProxySnapshot = serde_json::from_value(json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/pets/sa/web", "trustDomain": "cluster.local",
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"services": services}
+        }))
+        .unwrap();
+        decode_snapshot(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_serviceentry_tcp_port_that_originates_is_read_as_http_by_an_older_proxy() {
+        use crate::route::egress::{ExternalService, PortProtocol};
+        let entry: ExternalService = serde_json::from_value(json!({
+            "host": "db.example.com", "namespace": "pets", "source": "pets/db",
+            "ports": [{"number": 5432, "protocol": "tcp"}, {"number": 443, "protocol": "tls"},
+                      {"number": 80, "protocol": "http"}],
+            "resolution": "DNS", "location": "MESH_EXTERNAL"
+        }))
+        .unwrap();
+        let mut headless = vec![service(Some(ClientTls::Simple), None)];
+        headless[0].name = "db.example.com".into();
+        headless[0].port = 5432;
+        let mut egress = vec![entry.clone()];
+        assert!(lower_egress(Features::all(), &headless, &mut egress).is_empty());
+        assert_eq!(egress, std::slice::from_ref(&entry));
+        let notes = lower_egress(Features::default(), &headless, &mut egress);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("db.example.com:5432"), "{}", notes[0]);
+        let protocols: Vec<PortProtocol> = egress[0].ports.iter().map(|p| p.protocol).collect();
+        // Only the originated port changes; the TLS port with no rule is the app's own TLS.
+        assert_eq!(
+            protocols,
+            [PortProtocol::Http, PortProtocol::Tls, PortProtocol::Http]
+        );
+    }
+
+    #[test]
+    fn a_subset_that_originates_loses_its_endpoints_and_the_others_keep_theirs() {
+        let mut services = vec![service(
+            Some(ClientTls::IstioMutual),
+            Some(("v2", ClientTls::Simple)),
+        )];
+        let notes = lower(Features::default(), &mut services);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("subset v2"), "{}", notes[0]);
+        let s = &services[0];
+        assert_eq!(s.subsets["v2"], Vec::<usize>::new());
+        assert_eq!(s.subsets["v1"], vec![0]);
+        assert_eq!(s.endpoints.len(), 2);
+        assert_eq!(s.tls, Some(ClientTls::IstioMutual));
+        assert!(s.http.is_empty());
+        assert!(older_proxy_reads(&services));
+    }
+}

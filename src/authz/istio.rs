@@ -251,9 +251,10 @@ impl Errors {
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Whether a target reference of a policy in `namespace` is refused ([`compile`] names why):
-/// a kind weft cannot target, or another namespace. Such a reference selects no workload (Istio
-/// refuses the whole policy at admission, and attaches a policy only to what a target of a
-/// kind it supports names).
+/// a kind weft cannot target, or another namespace. Such a reference selects no workload, as in
+/// Istio, which attaches a policy only to what a target of a kind it supports names (it refuses
+/// some kinds at admission and takes GatewayClass and ServiceEntry targets for ambient
+/// waypoints, which weft does not have).
 pub fn target_refused(namespace: &str, t: &PolicyTargetReference) -> bool {
     target_kind(t).is_err() || t.namespace.as_deref().is_some_and(|n| n != namespace)
 }

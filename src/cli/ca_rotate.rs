@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 
 use super::error::CliError;
@@ -463,26 +463,15 @@ async fn abort(mesh: &MeshArgs) -> Result<(), CliError> {
         to.describe()
     );
     // From (a) the rotation ends here, not through the leader (which empties weft-ca-next when
-    // RollingBack ends): the abandoned root's key must not stay behind in the Secret.
+    // RollingBack ends): the abandoned root's key must not stay behind in the Secret. Should
+    // this command stop before, the leader empties it (it checks every ended rotation's).
     if to == Phase::Aborted {
         let secrets: Api<Secret> = Api::namespaced(configmaps.into_client(), ns);
-        let empty = serde_json::json!({
-            "metadata": {"annotations": {rotation::RETIRED_ANNOTATION: state.marker()}},
-            "data": null,
-        });
-        match secrets
-            .patch(
-                NEXT_CA_SECRET,
-                &PatchParams::default(),
-                &Patch::Merge(&empty),
-            )
-            .await
-        {
-            Ok(_) => println!("Secret {ns}/{NEXT_CA_SECRET} emptied: the new root's key is gone."),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
+        match crate::operator::rotation_controller::empty_next(&secrets, &state).await {
+            Ok(()) => println!("Secret {ns}/{NEXT_CA_SECRET} emptied: the new root's key is gone."),
             Err(e) => {
                 return Err(bad(format!(
-                    "the rotation is aborted, but emptying Secret {ns}/{NEXT_CA_SECRET} (the abandoned root's key) failed: {e}; delete it with `kubectl -n {ns} delete secret {NEXT_CA_SECRET}`"
+                    "the rotation is aborted, but emptying Secret {ns}/{NEXT_CA_SECRET} (the abandoned root's key) failed: {e}; the operator's leader empties it within seconds, or delete it with `kubectl -n {ns} delete secret {NEXT_CA_SECRET}`"
                 )));
             }
         }

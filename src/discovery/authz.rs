@@ -123,7 +123,7 @@ impl AuthzIndex {
                             "{message}. Until it is fixed, weft {}",
                             match &fallback {
                                 _ if selects_nothing =>
-                                    "applies it to no workload: none of its targets can be selected (Istio refuses such a policy)",
+                                    "applies it to no workload: none of its targets is one weft can select (a Service, or a Gateway API Gateway, of the policy's namespace)",
                                 Some(f) if f.action == Action::Allow =>
                                     "treats it as an ALLOW policy that matches nothing",
                                 Some(_) => "denies every request to the workloads it selects",

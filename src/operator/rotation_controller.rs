@@ -243,9 +243,33 @@ struct Loaded {
     published_acks: Option<String>,
 }
 
+/// Empties Secret [`NEXT_CA_SECRET`] for the rotation `state` ended, with its marker. Emptied,
+/// not deleted (the operator deletes nothing, config/rbac): its key is weft-ca's now, or was
+/// abandoned; the next `weft ca rotate` replaces it. A Secret already gone is fine.
+pub async fn empty_next(secrets: &Api<Secret>, state: &RotationState) -> Result<(), kube::Error> {
+    let empty = serde_json::json!({
+        "metadata": {"annotations": {rotation::RETIRED_ANNOTATION: state.marker()}},
+        "data": null,
+    });
+    match secrets
+        .patch(
+            NEXT_CA_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(&empty),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl RotationController {
     pub async fn run(self) {
         let mut loaded = Loaded::default();
+        // The ended rotation whose leftovers this leader has checked ([`Self::retire_leftover`]).
+        let mut retired: Option<String> = None;
         loop {
             match self.read(&mut loaded).await {
                 Ok(view) => {
@@ -268,6 +292,17 @@ impl RotationController {
                     && let Err(e) = self.lead(&state, rv.as_deref()).await
                 {
                     tracing::warn!("root rotation: {e}");
+                }
+            } else {
+                let ended = self.view.borrow().state.clone();
+                if let Some(state) = ended
+                    && self.leading.load(Ordering::Acquire)
+                    && retired.as_ref() != Some(&state.id)
+                {
+                    match self.retire_leftover(&state).await {
+                        Ok(()) => retired = Some(state.id.clone()),
+                        Err(e) => tracing::warn!("root rotation: {e}"),
+                    }
                 }
             }
             tokio::time::sleep(PERIOD).await;
@@ -381,6 +416,36 @@ impl RotationController {
     }
 
     /// The leader's pass: observe, decide, apply.
+    /// For a rotation that ended (done or aborted): if [`NEXT_CA_SECRET`] still holds its new
+    /// root, whoever wrote the end (a leader, or `weft ca rotate --abort` in (a)) stopped before
+    /// emptying it, and the key is emptied now. A Secret holding another root (a rotation
+    /// being started writes it before its state) is left alone.
+    async fn retire_leftover(&self, state: &RotationState) -> Result<(), String> {
+        let secret = self
+            .secrets()
+            .get_opt(NEXT_CA_SECRET)
+            .await
+            .map_err(|e| format!("reading Secret {NEXT_CA_SECRET}: {e}"))?;
+        let held: Vec<String> = secret
+            .and_then(|s| s.data)
+            .unwrap_or_default()
+            .values()
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .collect();
+        let ours = fingerprints_of_pem(&state.new_roots);
+        if fingerprints_of_pem(&held).is_disjoint(&ours) {
+            return Ok(());
+        }
+        empty_next(&self.secrets(), state).await.map_err(|e| {
+            format!(
+                "rotation {} ended ({}) but Secret {NEXT_CA_SECRET} still holds its new root's key, and emptying it failed: {e}",
+                state.id, state.phase
+            )
+        })?;
+        tracing::info!(rotation = %state.id, "root rotation: emptied Secret {NEXT_CA_SECRET}, left holding the ended rotation's key");
+        Ok(())
+    }
+
     async fn lead(&self, state: &RotationState, rv: Option<&str>) -> Result<(), String> {
         // In (c) the new root (and issuer) must be promoted before anything else: entering (c)
         // does it, and a failure there (or a leader change) is made up for here.
@@ -420,25 +485,9 @@ impl RotationController {
                     self.promote(&next).await?;
                 }
                 if retire_next {
-                    // Emptied, not deleted (the operator deletes nothing, config/rbac): its key
-                    // is weft-ca's now, or was abandoned; the next `weft ca rotate` replaces it.
-                    let empty = serde_json::json!({
-                        "metadata": {"annotations": {rotation::RETIRED_ANNOTATION: state.marker()}},
-                        "data": null,
-                    });
-                    match self
-                        .secrets()
-                        .patch(
-                            NEXT_CA_SECRET,
-                            &PatchParams::default(),
-                            &Patch::Merge(&empty),
-                        )
+                    empty_next(&self.secrets(), state)
                         .await
-                    {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(e) => return Err(format!("emptying Secret {NEXT_CA_SECRET}: {e}")),
-                    }
+                        .map_err(|e| format!("emptying Secret {NEXT_CA_SECRET}: {e}"))?;
                 }
                 Ok(())
             }
@@ -960,6 +1009,55 @@ mod controller_tests {
         });
         let trusting = Arc::new(old.also_trusting(&[new.own_roots_pem()]).unwrap());
         (controller(client, trusting), state, calls)
+    }
+
+    /// The reviewer's #13: `weft ca rotate --abort` in (a) writes Aborted, then empties
+    /// weft-ca-next; a CLI that stops in between left the abandoned root's key there. The
+    /// leader empties it for any ended rotation whose new root the Secret still holds, and
+    /// leaves a Secret with another root alone (a `weft ca rotate` writes it before its state).
+    #[tokio::test]
+    async fn the_leader_empties_the_key_an_ended_rotation_left_in_weft_ca_next() {
+        let (old, new, other) = (root(), root(), root());
+        let state = RotationState::new(
+            "r4".into(),
+            vec![old.own_roots_pem()],
+            vec![new.own_roots_pem()],
+            10,
+            "t".into(),
+        )
+        .entering(Phase::Aborted, "t".into());
+        for (held, expect_emptied) in [
+            (Some(new.to_secret_data()), true),
+            (Some(other.to_secret_data()), false),
+            (Some(BTreeMap::new()), false),
+            (None, false),
+        ] {
+            let (client, calls) = fake_client(move |method, path| {
+                match (method, path.strip_prefix(SECRETS).unwrap_or(path), &held) {
+                    ("GET", "/weft-ca-next", Some(data)) => {
+                        (200, secret_json(NEXT_CA_SECRET, data, None))
+                    }
+                    ("PATCH", "/weft-ca-next", _) => {
+                        (200, secret_json(NEXT_CA_SECRET, &BTreeMap::new(), None))
+                    }
+                    _ => status(404, "NotFound"),
+                }
+            });
+            let leader = controller(client, Arc::new(old.also_trusting(&[]).unwrap()));
+            leader.retire_leftover(&state).await.unwrap();
+            let writes = writes(&calls);
+            if !expect_emptied {
+                assert!(writes.is_empty(), "{writes:?}");
+                continue;
+            }
+            assert_eq!(writes.len(), 1, "{writes:?}");
+            let body: serde_json::Value = serde_json::from_str(&writes[0].2).unwrap();
+            assert!(body["data"].is_null(), "{body}");
+            assert_eq!(
+                body["metadata"]["annotations"][rotation::RETIRED_ANNOTATION],
+                "rotation-r4"
+            );
+        }
     }
 
     /// Commit 1d8141f: an abort written while the leader ends (b) makes the leader's write of

@@ -235,20 +235,6 @@ pub struct L4Listener {
     pub routes: L4Table,
 }
 
-impl L4Listener {
-    /// Whether a passthrough port takes a client whose ClientHello named `sni` (a TCP port
-    /// takes every client).
-    pub fn admits(&self, sni: Option<&str>) -> bool {
-        if self.sni_hosts.is_empty() {
-            return true;
-        }
-        let Some(host) = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase()) else {
-            return false;
-        };
-        self.sni_hosts.iter().any(|p| fit(p, &host).is_some())
-    }
-}
-
 /// The routes of requests whose host is one of `domains` (exact names, `*.suffix`, or `*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -261,7 +247,7 @@ pub struct VirtualHost {
 }
 
 /// One HTTPS server's certificate on a TLS listener, chosen by the client's SNI among
-/// `hosts` ([`Listener::served_tls`]).
+/// `hosts` ([`Listener::tls_choice`]).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServedTls {
@@ -345,13 +331,9 @@ pub enum TlsChoice<'a> {
 }
 
 impl Listener {
-    /// The server whose certificate a client's SNI picks: the best fit of the servers'
-    /// hosts; without SNI, a server for `*`. None: the handshake is refused (Envoy's filter
-    /// chains match on server names the same way).
-    pub fn served_tls(&self, sni: Option<&str>) -> Option<&ServedTls> {
-        self.best_served(sni).map(|(_, t)| t)
-    }
-
+    /// The terminating server whose certificate a client's SNI picks, with its fit: the best
+    /// fit of the servers' hosts; without SNI, a server for `*`. None: no terminating server
+    /// has the name (Envoy's filter chains match on server names the same way).
     fn best_served(&self, sni: Option<&str>) -> Option<(usize, &ServedTls)> {
         let host = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
         match host.as_deref() {
@@ -2332,13 +2314,23 @@ mod tests {
             (d.service.as_str(), d.port),
             ("nginx.shop.svc.cluster.local", 443)
         );
-        // Only the servers' names pass; no SNI, none.
-        assert!(l4.admits(Some("NGINX.example.com.")));
-        assert!(l4.admits(Some("a.pass.example.com")));
-        assert!(!l4.admits(Some("other.example.com")));
-        assert!(!l4.admits(None));
-        let tcp = config.listener(31400).unwrap().l4.as_ref().unwrap();
-        assert!(tcp.sni_hosts.is_empty() && tcp.admits(None));
+        // Only the servers' names pass (case and a trailing dot folded); no SNI, none.
+        assert!(tls.reads_sni_first());
+        assert_eq!(
+            tls.tls_choice(Some("NGINX.example.com.")),
+            TlsChoice::Passthrough
+        );
+        assert_eq!(
+            tls.tls_choice(Some("a.pass.example.com")),
+            TlsChoice::Passthrough
+        );
+        assert_eq!(tls.tls_choice(Some("other.example.com")), TlsChoice::Refuse);
+        assert_eq!(tls.tls_choice(None), TlsChoice::Refuse);
+        // A TCP port reads no SNI: every client is relayed.
+        let tcp_port = config.listener(31400).unwrap();
+        assert!(!tcp_port.reads_sni_first());
+        let tcp = tcp_port.l4.as_ref().unwrap();
+        assert!(tcp.sni_hosts.is_empty());
         // A destination without a port takes the Service's only one.
         let d = &tcp.routes.tcp[0].destinations[0];
         assert_eq!(
@@ -2573,22 +2565,22 @@ mod tests {
         assert_eq!(ports, [80, 443], "8443 and 9443 have no usable certificate");
         let https = config.listener(443).unwrap();
         assert_eq!(https.tls.len(), 2);
-        let pick = |sni: Option<&str>| https.served_tls(sni).unwrap().cert_chain.clone();
+        // What the proxy asks on a handshake: the terminating server the SNI picks.
+        let served = |sni: Option<&str>| match https.tls_choice(sni) {
+            TlsChoice::Terminate(t) => Some(t),
+            TlsChoice::Passthrough | TlsChoice::Refuse => None,
+        };
+        let pick = |sni: Option<&str>| served(sni).unwrap().cert_chain.clone();
         assert_eq!(pick(Some("shop.internal.contoso.com")), "CHAIN");
         assert_eq!(pick(Some("a.partners.contoso.com")), "CHAIN2");
-        assert!(
-            https
-                .served_tls(Some("a.partners.contoso.com"))
-                .unwrap()
-                .mutual
-        );
+        assert!(served(Some("a.partners.contoso.com")).unwrap().mutual);
         // No SNI, or a name no server has: no certificate (no `*` server on this port).
-        assert!(https.served_tls(None).is_none());
-        assert!(https.served_tls(Some("other.com")).is_none());
+        assert_eq!(https.tls_choice(None), TlsChoice::Refuse);
+        assert_eq!(https.tls_choice(Some("other.com")), TlsChoice::Refuse);
         // A connection whose handshake picked the SIMPLE server never reaches the MUTUAL
         // server's hosts, whatever its Host header says.
-        let simple = https.served_tls(Some("shop.internal.contoso.com")).unwrap();
-        let mutual = https.served_tls(Some("a.partners.contoso.com")).unwrap();
+        let simple = served(Some("shop.internal.contoso.com")).unwrap();
+        let mutual = served(Some("a.partners.contoso.com")).unwrap();
         assert!(
             https
                 .virtual_host_within(&simple.hosts, "shop.internal.contoso.com")

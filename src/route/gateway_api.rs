@@ -1696,9 +1696,14 @@ mod tests {
                "rules": [{"backendRefs": [backend]}]})
     }
 
+    /// Where the gateway proxy relays a connection to `port` whose ClientHello named `sni`:
+    /// a port that reads SNI first passes only what [`Listener::tls_choice`] passes through.
     fn relayed_to(c: &Compiled, port: u16, sni: Option<&str>) -> Option<String> {
-        let l4 = c.config.listener(port)?.l4.as_ref()?;
-        if !l4.admits(sni) {
+        let listener = c.config.listener(port)?;
+        let l4 = listener.l4.as_ref()?;
+        if listener.reads_sni_first()
+            && listener.tls_choice(sni) != crate::route::gateway::TlsChoice::Passthrough
+        {
             return None;
         }
         let dst: std::net::SocketAddr = ([198, 18, 0, 9], port).into();
@@ -1849,7 +1854,7 @@ mod tests {
             .and_then(|l| l.l4.as_ref())
             .expect("relayed");
         assert!(l4.sni_hosts.is_empty(), "a TCP port reads no SNI");
-        assert!(l4.admits(None));
+        assert!(!c.config.listener(5432).unwrap().reads_sni_first());
         let names: Vec<&str> = l4.routes.tcp.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["apps/split", "apps/later"], "oldest first");
         let weights: Vec<u32> = l4.routes.tcp[0]

@@ -436,11 +436,12 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
 }
 
 /// The `credentialName`s of SIMPLE/MUTUAL policies (anywhere in a DestinationRule), with the
-/// rule, per namespace whose proxies see the rule (its own; `exportTo`, default every one).
+/// rule and whether the mode is MUTUAL, per namespace whose proxies see the rule (its own;
+/// `exportTo`, default every one).
 fn origination_names<'a>(
     destination_rules: &'a [std::sync::Arc<crate::api::DestinationRule>],
     pods: &[std::sync::Arc<Pod>],
-) -> Vec<(String, String, &'a ObjectMeta)> {
+) -> Vec<(String, String, &'a ObjectMeta, bool)> {
     let mut out = Vec::new();
     for dr in destination_rules {
         let spec = &dr.spec.raw;
@@ -496,12 +497,11 @@ fn origination_names<'a>(
         });
         for p in policies {
             let Some(tls) = p.get("tls") else { continue };
-            if !matches!(
-                tls.get("mode").and_then(serde_json::Value::as_str),
-                Some("SIMPLE" | "MUTUAL")
-            ) {
-                continue;
-            }
+            let mutual = match tls.get("mode").and_then(serde_json::Value::as_str) {
+                Some("SIMPLE") => false,
+                Some("MUTUAL") => true,
+                _ => continue,
+            };
             let Some(name) = tls
                 .get("credentialName")
                 .and_then(serde_json::Value::as_str)
@@ -510,7 +510,7 @@ fn origination_names<'a>(
                 continue;
             };
             for client in &seen_by {
-                out.push((client.clone(), name.to_string(), &dr.metadata));
+                out.push((client.clone(), name.to_string(), &dr.metadata, mutual));
             }
         }
     }
@@ -526,34 +526,48 @@ pub fn origination_namespaces(
 ) -> std::collections::BTreeSet<String> {
     origination_names(destination_rules, pods)
         .into_iter()
-        .map(|(ns, _, _)| ns)
+        .map(|(ns, _, _, _)| ns)
         .collect()
 }
 
 /// Per proxy namespace, the Secrets its DestinationRules name for SIMPLE/MUTUAL, read in that
 /// namespace as Istio's SDS reads them for a proxy (so a MUTUAL key reaches only the proxies
-/// of the Secret's own namespace). A Secret missing or unusable is named on the rule; its
-/// connections are refused by the proxy (it has no credentials by that name).
+/// of the Secret's own namespace). Only what the mode needs is sent: SIMPLE verifies the
+/// server with `ca.crt` alone, so a Secret only SIMPLE rules name never ships its private key;
+/// MUTUAL also presents `tls.crt`/`tls.key`. A Secret missing or unusable is named on the
+/// rule; its connections are refused by the proxy (it has no credentials by that name).
 fn origination_credentials(
     view: &MeshView,
     problems: &mut Vec<compile::Problem>,
 ) -> BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>> {
+    let names = origination_names(&view.destination_rules, &view.pods);
+    let mutual: std::collections::BTreeSet<(&str, &str)> = names
+        .iter()
+        .filter(|(_, _, _, m)| *m)
+        .map(|(ns, name, _, _)| (ns.as_str(), name.as_str()))
+        .collect();
     let mut out: BTreeMap<String, BTreeMap<String, crate::snapshot::TlsCredential>> =
         BTreeMap::new();
-    for (ns, name, rule) in origination_names(&view.destination_rules, &view.pods) {
-        if out.get(&ns).is_some_and(|m| m.contains_key(&name)) {
+    for (ns, name, rule, _) in &names {
+        if out.get(ns).is_some_and(|m| m.contains_key(name)) {
             continue;
         }
-        match credential(view, &ns, &name) {
+        let read = if mutual.contains(&(ns.as_str(), name.as_str())) {
+            credential(view, ns, name).map(|c| crate::snapshot::TlsCredential {
+                ca: c.ca,
+                cert_chain: Some(c.cert_chain),
+                private_key: Some(c.private_key),
+            })
+        } else {
+            server_ca(view, ns, name).map(|ca| crate::snapshot::TlsCredential {
+                ca: Some(ca),
+                cert_chain: None,
+                private_key: None,
+            })
+        };
+        match read {
             Ok(c) => {
-                out.entry(ns).or_default().insert(
-                    name,
-                    crate::snapshot::TlsCredential {
-                        ca: c.ca,
-                        cert_chain: Some(c.cert_chain),
-                        private_key: Some(c.private_key),
-                    },
-                );
+                out.entry(ns.clone()).or_default().insert(name.clone(), c);
             }
             Err(e) => {
                 let p = compile::Problem {
@@ -681,11 +695,13 @@ fn lay_policy(tls: &crate::route::model::HostPolicy, s: &mut Service) {
     }
 }
 
-/// TLS origination for ServiceEntry hosts at sidecars (issue 20, docs/egress.md): each HTTP
-/// port of a declared host whose DestinationRule says SIMPLE or MUTUAL there becomes an
+/// TLS origination for ServiceEntry hosts at sidecars (issue 20, docs/egress.md): each port
+/// of a declared host whose DestinationRule says SIMPLE or MUTUAL there becomes an
 /// address-less Service holding that policy (unless one exists already, holding the host's
-/// mesh routes to an egress gateway), which the proxy applies to requests it matched to the
-/// host by Host (`proxy::egress`). Kubernetes Service hosts are laid by [`lay`].
+/// mesh routes to an egress gateway), which the proxy applies to the requests (HTTP ports)
+/// and connections (TCP, TLS and undeclared ports: the relayed stream goes inside the TLS
+/// it originates, as Envoy's cluster does) it matched to the host (`proxy::egress`).
+/// Kubernetes Service hosts are laid by [`lay`].
 fn originating_external(
     tls: &BTreeMap<String, crate::route::model::HostPolicy>,
     registry: &Registry,
@@ -696,12 +712,7 @@ fn originating_external(
         if is_service(host) {
             continue;
         }
-        for port in registry
-            .ports(host)
-            .into_iter()
-            .flatten()
-            .filter(|p| p.http)
-        {
+        for port in registry.ports(host).into_iter().flatten() {
             let mode = policy.ports.get(&port.port).map_or(policy.mode, |p| p.mode);
             if !mode.is_some_and(crate::route::model::ClientTls::originates)
                 || headless
@@ -714,7 +725,11 @@ fn originating_external(
                 cluster_ip: None,
                 port: port.port,
                 name: host.clone(),
-                protocol: Protocol::Http,
+                protocol: if port.http {
+                    Protocol::Http
+                } else {
+                    Protocol::Tcp
+                },
                 detect_protocol: false,
                 endpoints: Vec::new(),
                 subsets: BTreeMap::new(),
@@ -729,6 +744,40 @@ fn originating_external(
             headless.push(s);
         }
     }
+}
+
+/// The `ca.crt` of the `credentialName` Secret `name` of namespace `ns`, for a SIMPLE
+/// origination (the server is verified with it; the Secret's key is not read), or what is
+/// wrong with it.
+fn server_ca(view: &MeshView, ns: &str, name: &str) -> Result<String, String> {
+    let secret = view
+        .tls_secrets
+        .iter()
+        .find(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(name))
+        .ok_or_else(|| {
+            format!("no Secret of type kubernetes.io/tls named {name} in namespace {ns} (the gateway pods' namespace, where Istio reads it too), or weft may not read it: `weft gateway install` grants the operator reading TLS Secrets there (Role and RoleBinding {})", contract::GATEWAY_SECRETS_ROLE)
+        })?;
+    let ca = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .map(|b| {
+            String::from_utf8(b.0.clone())
+                .map_err(|_| format!("Secret {ns}/{name} key ca.crt is not PEM text"))
+        })
+        .transpose()?
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            format!("Secret {ns}/{name} has no ca.crt: mode SIMPLE verifies the server with it (put the server's CA there)")
+        })?;
+    let blocks =
+        ::pem::parse_many(&ca).map_err(|e| format!("Secret {ns}/{name} key ca.crt: {e}"))?;
+    if !blocks.iter().any(|b| b.tag().ends_with("CERTIFICATE")) {
+        return Err(format!(
+            "Secret {ns}/{name} key ca.crt holds no CERTIFICATE PEM block"
+        ));
+    }
+    Ok(ca)
 }
 
 /// The `credentialName` Secret `name` of namespace `ns` (a `kubernetes.io/tls` Secret, from
@@ -929,6 +978,104 @@ mod tests {
                 {"name": "app", "ports": [{"containerPort": 8080}]}]},
             "status": {"podIP": ip}
         }))
+    }
+
+    /// A pets proxy's snapshot with ServiceEntry partner.weft.test (HTTP 80, TCP 5432, TLS
+    /// 443 and a port without protocol, 6379), the Secret `partner` of pets, and these
+    /// DestinationRules.
+    fn originating(rules: &[serde_json::Value]) -> crate::snapshot::ProxySnapshot {
+        let mut v = view();
+        v.service_entries = vec![obj(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"namespace": "pets", "name": "partner"},
+            "spec": {"hosts": ["partner.weft.test"], "resolution": "DNS", "ports": [
+                {"number": 80, "name": "http", "protocol": "HTTP"},
+                {"number": 5432, "name": "pg", "protocol": "TCP"},
+                {"number": 443, "name": "tls", "protocol": "TLS"},
+                {"number": 6379, "name": "redis-undeclared"}]}
+        }))];
+        v.tls_secrets = vec![obj(json!({
+            "metadata": {"namespace": "pets", "name": "partner"},
+            "type": "kubernetes.io/tls",
+            "data": {
+                "ca.crt": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClkyRT0KLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=",
+                "tls.crt": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tClkzSjAKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=",
+                "tls.key": "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCmEyVjUKLS0tLS1FTkQgUFJJVkFURSBLRVktLS0tLQo="
+            }
+        }))];
+        v.destination_rules = rules.iter().cloned().map(obj).collect();
+        let index = MeshIndex::build(&v);
+        let (_, bytes) = index.snapshot_for("pets", "web-1").unwrap();
+        decode_snapshot(&bytes).unwrap()
+    }
+
+    fn rule(name: &str, tls: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"namespace": "pets", "name": name},
+            "spec": {"host": "partner.weft.test", "trafficPolicy": {"tls": tls}}
+        })
+    }
+
+    /// The reviewer's high (#2): TLS modes were laid only on a ServiceEntry's HTTP ports, and
+    /// its TCP/TLS ports were relayed in plaintext. Now every port of the host carries the
+    /// mode (HTTP ones as HTTP, the others as TCP, which the proxy wraps in TLS). And (#7)
+    /// SIMPLE ships only the Secret's ca.crt: the private key reaches the proxy only when a
+    /// MUTUAL rule it sees names the Secret.
+    #[test]
+    fn every_port_of_an_originated_entry_carries_the_mode_and_simple_ships_no_key() {
+        let simple = originating(&[rule(
+            "partner",
+            json!({"mode": "SIMPLE", "credentialName": "partner"}),
+        )]);
+        let ports: Vec<(
+            u16,
+            crate::snapshot::Protocol,
+            Option<crate::snapshot::ClientTls>,
+        )> = simple
+            .outbound
+            .headless
+            .iter()
+            .filter(|s| s.name == "partner.weft.test")
+            .map(|s| (s.port, s.protocol, s.tls))
+            .collect();
+        use crate::snapshot::{ClientTls::Simple, Protocol};
+        for want in [
+            (80, Protocol::Http, Some(Simple)),
+            (5432, Protocol::Tcp, Some(Simple)),
+            (443, Protocol::Tcp, Some(Simple)),
+            (6379, Protocol::Tcp, Some(Simple)),
+        ] {
+            assert!(ports.contains(&want), "{want:?} not in {ports:?}");
+        }
+        let cred = &simple.credentials["partner"];
+        assert!(cred.ca.as_deref().is_some_and(|c| c.contains("Y2E=")));
+        assert_eq!(cred.cert_chain, None);
+        assert_eq!(cred.private_key, None);
+        // A MUTUAL rule naming the same Secret: its certificate and key are sent.
+        let mutual = originating(&[
+            rule(
+                "partner",
+                json!({"mode": "SIMPLE", "credentialName": "partner"}),
+            ),
+            json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"namespace": "pets", "name": "partner-mtls"},
+                "spec": {"host": "other.weft.test", "trafficPolicy": {"tls":
+                    {"mode": "MUTUAL", "credentialName": "partner"}}}
+            }),
+        ]);
+        let cred = &mutual.credentials["partner"];
+        assert!(
+            cred.cert_chain
+                .as_deref()
+                .is_some_and(|c| c.contains("Y3J0"))
+        );
+        assert!(
+            cred.private_key
+                .as_deref()
+                .is_some_and(|k| k.contains("a2V5"))
+        );
     }
 
     /// route-l4 (issue 19): `sourceLabels` make per-proxy tables; tcp routes reach TCP ports.

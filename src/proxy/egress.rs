@@ -25,10 +25,12 @@ use super::http::server::{self, Counted, ResponseBody};
 use super::http::upstream::{TcpConnector, Upstream as HttpUpstream, forward};
 use super::metrics::{Reporter, SecurityPolicy, TcpLabels};
 use super::net::connect;
+use super::originate::{Alpn, Asked, Originate};
 use super::outbound::{Refusal, Upstream, open_endpoint};
 use super::sniff::{Prefixed, ServerName, server_name};
 use crate::route::egress::{self, BLACK_HOLE, Declared, PASSTHROUGH, Resolution, Seen, Verdict};
-use crate::snapshot::{OutboundPolicy, SnapshotIndex, spiffe_namespace};
+use crate::route::model::Origination;
+use crate::snapshot::{ClientTls, OutboundPolicy, SnapshotIndex, spiffe_namespace};
 
 /// What the client's first bytes said.
 enum Opening {
@@ -175,50 +177,99 @@ fn cluster_of(verdict: &Verdict<'_>, port: u16) -> String {
 
 /// Opens the upstream of a declared or passed-through connection: the entry's endpoints in
 /// turn for STATIC (mTLS to a meshed pod a `workloadSelector` picked), else where the app
-/// dialled.
+/// dialled. With `originate` (a DestinationRule's SIMPLE/MUTUAL for the host's port) the
+/// proxy opens TLS on it, as Envoy's cluster for the port does whatever its protocol: to the
+/// STATIC endpoints, else on the port's `targetPort`; never the app's bytes in plaintext.
 async fn open(
     ctx: &Arc<ProxyContext>,
     snapshot: &SnapshotIndex,
     orig: SocketAddr,
     declared: Option<&Declared<'_>>,
+    originate: Option<&Originate>,
 ) -> Result<(Upstream, SocketAddr), Refusal> {
+    let attempts = ctx.settings.connect_attempts.max(1);
     if let Some(d) = declared
         && d.service.resolution == Resolution::Static
         && !d.port.endpoints.is_empty()
     {
         let mut last = Refusal::UpstreamUnreachable;
-        for ep in d
-            .port
-            .endpoints
-            .iter()
-            .take(ctx.settings.connect_attempts.max(1))
-        {
-            match open_endpoint(ctx, snapshot, ep, None, ep.security()).await {
+        for ep in d.port.endpoints.iter().take(attempts) {
+            let opened = match originate {
+                Some(_) => dial(ctx, ep.addr(), originate).await,
+                None => {
+                    let security = ep.security();
+                    open_endpoint(ctx, snapshot, ep, None, security, Alpn::Opaque, None).await
+                }
+            };
+            match opened {
                 Ok(up) => return Ok((up, ep.addr())),
                 Err(r) => last = r,
             }
         }
         return Err(last);
     }
+    let port = match originate {
+        Some(_) => declared.and_then(|d| d.port.target_port),
+        None => None,
+    }
+    .unwrap_or(orig.port());
     if let Some(d) = declared
         && let Some(host) = d.resolves(orig)
     {
-        for ip in resolved(host)
-            .await
-            .into_iter()
-            .take(ctx.settings.connect_attempts.max(1))
-        {
-            let addr = SocketAddr::new(ip, orig.port());
-            if let Ok(up) = connect(addr, None, ctx.settings.connect_timeout).await {
-                return Ok((Upstream::Plain(up), addr));
+        let mut last = Refusal::UpstreamUnreachable;
+        for ip in resolved(host).await.into_iter().take(attempts) {
+            let addr = SocketAddr::new(ip, port);
+            match dial(ctx, addr, originate).await {
+                Ok(up) => return Ok((up, addr)),
+                Err(r) => last = r,
             }
         }
-        return Err(Refusal::UpstreamUnreachable);
+        return Err(last);
     }
-    let up = connect(orig, None, ctx.settings.connect_timeout)
+    let addr = SocketAddr::new(orig.ip(), port);
+    Ok((dial(ctx, addr, originate).await?, addr))
+}
+
+/// Dials `addr`, and opens TLS on it when `originate` says (fail closed: a failed handshake
+/// is no connection).
+async fn dial(
+    ctx: &ProxyContext,
+    addr: SocketAddr,
+    originate: Option<&Originate>,
+) -> Result<Upstream, Refusal> {
+    let tcp = connect(addr, None, ctx.settings.connect_timeout)
         .await
         .map_err(|_| Refusal::UpstreamUnreachable)?;
-    Ok((Upstream::Plain(up), orig))
+    let Some(o) = originate else {
+        return Ok(Upstream::Plain(tcp));
+    };
+    match super::originate::handshake(o, tcp, ctx.settings.handshake_timeout).await {
+        Ok(tls) => Ok(Upstream::Tls(Box::new(tls))),
+        Err(e) => {
+            tracing::warn!(%addr, sni = ?o.server_name, error = %e, "TLS origination handshake failed (the server's certificate is checked against the credentialName's ca.crt or the system roots, and its name against subjectAltNames or the SNI)");
+            Err(Refusal::Handshake)
+        }
+    }
+}
+
+/// The TLS origination a DestinationRule asks for on a declared host's port (SIMPLE or
+/// MUTUAL, laid by the control plane on an address-less Service of the host): whether
+/// MUTUAL, and its settings.
+fn origination_of<'a>(
+    snapshot: &'a SnapshotIndex,
+    d: &Declared<'_>,
+    port: u16,
+) -> Option<(bool, &'a Origination)> {
+    static NO_SETTINGS: Origination = Origination {
+        credential_name: None,
+        sni: None,
+        subject_alt_names: Vec::new(),
+        refused: None,
+    };
+    let s = snapshot.service_named(&d.service.host, port)?;
+    let mode = s.tls.filter(|m| m.originates())?;
+    let settings = s.traffic.origination.as_ref().unwrap_or(&NO_SETTINGS);
+    Some((mode == ClientTls::Mutual, settings))
 }
 
 /// The addresses the pod's nameservers give `host` (for a host dialled at its allocated
@@ -287,7 +338,35 @@ async fn relay_tcp(
         Verdict::Declared(d) => Some(d),
         Verdict::Passthrough => None,
     };
-    let (upstream, addr) = open(ctx, snapshot, orig, declared).await?;
+    // A DestinationRule SIMPLE/MUTUAL for the host's port: TLS on the relayed stream (the
+    // app's bytes inside, whatever they are), or no connection; never plaintext.
+    let asked = declared.and_then(|d| Some((d, origination_of(snapshot, d, orig.port())?)));
+    let originate = match asked {
+        Some((d, (mutual, settings))) => {
+            let asked = Asked {
+                host: &d.service.host,
+                authority: sni,
+                mutual,
+                settings,
+                credentials: &snapshot.snapshot.credentials,
+            };
+            match ctx.originations.prepare(&asked, Alpn::Opaque) {
+                Ok(o) => Some(o),
+                Err(why) => {
+                    tracing::warn!(destination = %orig, host = %d.service.host, reason = %why, "TLS origination refused (DestinationRule tls SIMPLE/MUTUAL): connection closed");
+                    // Envoy's answer when a cluster's TLS context is not ready: no healthy
+                    // upstream.
+                    labels.response_flags = "UH".into();
+                    m.tcp_opened.get_or_create(&labels).inc();
+                    m.tcp_closed.get_or_create(&labels).inc();
+                    log(&labels, 0, 0, None, "UH");
+                    return Err(Refusal::NoCertificate);
+                }
+            }
+        }
+        None => None,
+    };
+    let (upstream, addr) = open(ctx, snapshot, orig, declared, originate.as_ref()).await?;
     if let (Upstream::Mtls(_), Some(d)) = (&upstream, declared)
         && let Some(ep) = d.port.endpoints.iter().find(|e| e.addr() == addr)
     {
@@ -477,21 +556,22 @@ impl server::Pipeline for EgressHttp {
         // A DestinationRule SIMPLE/MUTUAL for the declared host's port: the proxy originates
         // TLS ([`super::originate`]); a setup that cannot be done as asked answers 503, never
         // plaintext.
+        // A wildcard host's SNI is the request's Host (Istio's auto-SNI); HTTP/2 is
+        // announced by ALPN.
+        let alpn = Alpn::of_http(parts.version == hyper::Version::HTTP_2);
         let originate = match &verdict {
-            Verdict::Declared(d) => snapshot
-                .service_named(&d.service.host, self.orig.port())
-                .and_then(|s| Some((s.tls.filter(|m| m.originates())?, s)))
-                .map(|(mode, s)| {
-                    let settings = s.traffic.origination.clone().unwrap_or_default();
-                    let mutual = mode == crate::snapshot::ClientTls::Mutual;
-                    let prepared = super::originate::prepare(
-                        &d.service.host,
+            Verdict::Declared(d) => {
+                origination_of(&snapshot, d, self.orig.port()).map(|(mutual, settings)| {
+                    let asked = Asked {
+                        host: &d.service.host,
+                        authority: Some(&host).filter(|h| !h.is_empty()).map(|h| h.as_str()),
                         mutual,
-                        &settings,
-                        &snapshot.snapshot.credentials,
-                    );
-                    (settings, mutual, prepared)
-                }),
+                        settings,
+                        credentials: &snapshot.snapshot.credentials,
+                    };
+                    self.ctx.originations.prepare(&asked, alpn)
+                })
+            }
             _ => None,
         };
         let labels = labels_of(
@@ -500,7 +580,7 @@ impl server::Pipeline for EgressHttp {
             Some(&host).filter(|h| !h.is_empty()).map(|h| h.as_str()),
         );
         let cluster = cluster_of(&verdict, self.orig.port());
-        if let Some((_, _, Err(why))) = &originate {
+        if let Some(Err(why)) = &originate {
             let record = self.record(
                 labels,
                 UpstreamLog {
@@ -591,11 +671,9 @@ impl server::Pipeline for EgressHttp {
         let request = Request::from_parts(parts, body);
         let idle = self.ctx.settings.idle_timeout;
         let sent = match originate {
-            Some((settings, mutual, Ok(o))) => {
-                let key = format!(
-                    "mutual={mutual} {}",
-                    serde_json::to_string(&settings).unwrap_or_default()
-                );
+            Some(Ok(o)) => {
+                // Per origination (its credential's material included) and ALPN.
+                let key = format!("{} {alpn:?}", o.key);
                 let upstream = self.tls_upstream(target, key, o);
                 forward(&*upstream, request, &host, idle).await
             }
@@ -840,6 +918,185 @@ mod tests {
         let ctx = run(mutual, "MUTUAL", json!({"ca": ca.pem}));
         let mut client = connect_via(&ctx, orig).await;
         let got = get(&mut client, "partner.weft.test").await;
+        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    }
+
+    /// A proxy whose egress table holds `entries` and whose DestinationRule lays `tls` with
+    /// credentialName `partner` on `host`:`port` (an address-less Service of `protocol`, as
+    /// the control plane lays it), the Secret being `credential`.
+    fn originating(
+        entries: &[serde_json::Value],
+        host: &str,
+        port: u16,
+        protocol: &str,
+        tls: &str,
+        credential: serde_json::Value,
+    ) -> Arc<ProxyContext> {
+        let (ctx, inputs) = ProxyContext::new(Default::default());
+        let snapshot = json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
+            "trustDomain": "cluster.local",
+            "workload": {"name": "productpage", "namespace": "payments"},
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"policy": "REGISTRY_ONLY", "egress": compiled(entries), "headless": [{
+                "port": port, "name": host, "protocol": protocol,
+                "tls": tls, "traffic": {"origination": {"credentialName": "partner"}}}]},
+            "credentials": {"partner": credential}
+        });
+        inputs
+            .snapshot
+            .offer(snapshot.to_string().as_bytes())
+            .unwrap();
+        ctx
+    }
+
+    /// Everything the proxy relays back until it closes (10 s at most).
+    async fn all_of(client: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// The reviewer's high: a ServiceEntry TCP port (or TLS, or one without protocol) whose
+    /// host a DestinationRule gives SIMPLE/MUTUAL was relayed in plaintext. Now the relayed
+    /// stream goes inside TLS the proxy originates and verifies (Envoy wraps a TCP cluster's
+    /// stream the same way), on the port's targetPort; a server the CA does not vouch for gets
+    /// nothing, and the client's connection is closed. The test servers speak first (their
+    /// line), so the client reads what came through the originated TLS.
+    #[tokio::test]
+    async fn a_declared_tcp_or_tls_port_with_simple_or_mutual_is_relayed_inside_originated_tls() {
+        use crate::proxy::originate::test_support::{Ca, server};
+        let ca = Ca::new("partner CA");
+        let client_ca = Ca::new("our client CA");
+        let simple = server(&ca, &["partner.weft.test"], None, false).await;
+        let mutual = server(&ca, &["partner.weft.test"], Some(&client_ca), false).await;
+        let (chain, key) = client_ca.leaf(&["client.weft.test"]);
+        // TCP, matched by the entry's address; and a port without protocol (TCP too).
+        let tcp_entry = |target: SocketAddr, protocol: Option<&str>| {
+            let mut port = json!({"number": 9000, "name": "db", "targetPort": target.port()});
+            if let Some(p) = protocol {
+                port["protocol"] = json!(p);
+            }
+            json!({"hosts": ["partner.weft.test"], "addresses": ["127.0.0.1"],
+                   "resolution": "NONE", "ports": [port]})
+        };
+        let orig: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        for protocol in [Some("TCP"), None] {
+            let ctx = originating(
+                &[tcp_entry(simple, protocol)],
+                "partner.weft.test",
+                9000,
+                "tcp",
+                "SIMPLE",
+                json!({"ca": ca.pem}),
+            );
+            let mut client = connect_via(&ctx, orig).await;
+            assert_eq!(
+                all_of(&mut client).await,
+                "no-client-cert\n",
+                "{protocol:?}"
+            );
+        }
+        // Another CA: closed, nothing relayed.
+        let other = Ca::new("not the partner's CA");
+        let ctx = originating(
+            &[tcp_entry(simple, Some("TCP"))],
+            "partner.weft.test",
+            9000,
+            "tcp",
+            "SIMPLE",
+            json!({"ca": other.pem}),
+        );
+        let mut client = connect_via(&ctx, orig).await;
+        assert_eq!(all_of(&mut client).await, "");
+        // MUTUAL presents the Secret's certificate; without one in the Secret: closed.
+        let cred = json!({"ca": ca.pem, "certChain": chain, "privateKey": key});
+        let ctx = originating(
+            &[tcp_entry(mutual, Some("TCP"))],
+            "partner.weft.test",
+            9000,
+            "tcp",
+            "MUTUAL",
+            cred,
+        );
+        let mut client = connect_via(&ctx, orig).await;
+        assert_eq!(all_of(&mut client).await, "client-cert\n");
+        let ctx = originating(
+            &[tcp_entry(mutual, Some("TCP"))],
+            "partner.weft.test",
+            9000,
+            "tcp",
+            "MUTUAL",
+            json!({"ca": ca.pem}),
+        );
+        let mut client = connect_via(&ctx, orig).await;
+        assert_eq!(all_of(&mut client).await, "");
+        // A TLS port picked by the ClientHello's server name, of a wildcard host: the outer
+        // TLS names (and verifies) the server name the app sent, its ClientHello goes inside.
+        let tls_entry = json!({"hosts": ["*.weft.test"], "resolution": "NONE",
+            "ports": [{"number": 9443, "name": "tls", "protocol": "TLS",
+                       "targetPort": simple.port()}]});
+        let ctx = originating(
+            &[tls_entry],
+            "*.weft.test",
+            9443,
+            "tcp",
+            "SIMPLE",
+            json!({"ca": ca.pem}),
+        );
+        let mut client = connect_via(&ctx, "127.0.0.1:9443".parse().unwrap()).await;
+        client
+            .write_all(&client_hello("partner.weft.test"))
+            .await
+            .unwrap();
+        assert_eq!(all_of(&mut client).await, "no-client-cert\n");
+    }
+
+    /// A ClientHello as rustls writes it, naming `server`.
+    fn client_hello(server: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    /// A wildcard ServiceEntry host originated for HTTP: the request's Host is the SNI and
+    /// the name verified (Istio's auto-SNI); before, the pattern was the SNI and every
+    /// request got 503.
+    #[tokio::test]
+    async fn a_wildcard_http_host_is_originated_to_the_requests_host() {
+        use crate::proxy::originate::test_support::{Ca, server};
+        let ca = Ca::new("partner CA");
+        let target = server(&ca, &["api.weft.test"], None, true).await;
+        let entry = json!({"hosts": ["*.weft.test"], "resolution": "NONE",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP",
+                       "targetPort": target.port()}]});
+        let ctx = originating(
+            &[entry],
+            "*.weft.test",
+            80,
+            "http",
+            "SIMPLE",
+            json!({"ca": ca.pem}),
+        );
+        let orig: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "api.weft.test").await;
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("no-client-cert\n"),
+            "{got}"
+        );
+        // A name the certificate does not hold: verified, refused (503), never plaintext.
+        let mut client = connect_via(&ctx, orig).await;
+        let got = get(&mut client, "www.weft.test").await;
         assert!(got.starts_with("HTTP/1.1 503"), "{got}");
     }
 

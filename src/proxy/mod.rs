@@ -94,6 +94,9 @@ pub struct ProxyContext {
     pub outbound_pool: http::pool::Pool<http::outbound::RequestBody>,
     /// Load balancing and outlier detection state of DestinationRule traffic policies.
     pub balancer: balance::Balancer,
+    /// The client configs of TLS origination (DestinationRule SIMPLE / MUTUAL), built once
+    /// per content.
+    pub originations: originate::Originations,
     tls: watch::Receiver<Option<Arc<TlsContext>>>,
     snapshot: watch::Receiver<Option<Arc<SnapshotIndex>>>,
     draining: watch::Sender<bool>,
@@ -116,6 +119,7 @@ impl ProxyContext {
             access_log: access_log::Writer::stdout(),
             outbound_pool,
             balancer: balance::Balancer::default(),
+            originations: originate::Originations::default(),
             tls,
             snapshot,
             draining: watch::Sender::new(false),

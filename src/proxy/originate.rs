@@ -4,9 +4,12 @@
 //! system roots, as Istio does with `VERIFY_CERTIFICATE_AT_CLIENT`), its name against
 //! `subjectAltNames` (else the SNI); MUTUAL presents the Secret's `tls.crt`/`tls.key`.
 //! Every failure refuses the connection: never plaintext, never an unverified server.
+//! Client configs are built once per content (settings, credential material, ALPN) and
+//! shared ([`Originations`]); a changed CA or certificate gives another config and another
+//! [`Originate::key`], so pooled connections made with the old one are not reused.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,50 +24,215 @@ use crate::snapshot::TlsCredential;
 /// origination without `credentialName` trusts.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// What one origination needs: the client config and the name sent as SNI.
+/// Most client configs kept; past it the cache starts over (configs change rarely, and a
+/// config in use stays alive in its connections).
+const MAX_CACHED: usize = 256;
+
+/// What the proxy speaks inside the TLS it originates, announced by ALPN as Istio's clusters
+/// do: `h2` for HTTP/2 (gRPC included; Istio's `ALPNH2Only`); `http/1.1` for HTTP/1.1 (Istio
+/// sends none there; a server choosing by ALPN then falls back to HTTP/1.1 anyway, and one
+/// that insists on ALPN is answered); nothing for a relayed TCP stream (the app's bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    H2,
+    Http11,
+    Opaque,
+}
+
+impl Alpn {
+    /// For an HTTP request of this version.
+    pub fn of_http(h2: bool) -> Alpn {
+        if h2 { Alpn::H2 } else { Alpn::Http11 }
+    }
+
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Http11 => vec![b"http/1.1".to_vec()],
+            Alpn::Opaque => Vec::new(),
+        }
+    }
+}
+
+/// One origination as a destination asks for it: everything its client config and its
+/// server name are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The destination's host (the DestinationRule's, the ServiceEntry's); may be a wildcard.
+    pub host: &'a str,
+    /// The name the app asked for on this request or connection (an HTTP Host or
+    /// `:authority`, port stripped; a ClientHello's SNI): the SNI for a wildcard host
+    /// without `sni`, as Istio's auto-SNI takes it.
+    pub authority: Option<&'a str>,
+    pub mutual: bool,
+    pub settings: &'a Origination,
+    /// The proxy's snapshot's `credentials`.
+    pub credentials: &'a BTreeMap<String, TlsCredential>,
+}
+
+impl Asked<'_> {
+    /// The name sent as SNI (and checked when there are no `subjectAltNames`): `sni`, else
+    /// the host; for a wildcard host the name the app asked for, which the wildcard must
+    /// cover.
+    fn server_name(&self) -> Result<String, String> {
+        if let Some(sni) = &self.settings.sni {
+            return Ok(sni.clone());
+        }
+        let Some(suffix) = self.host.strip_prefix('*') else {
+            return Ok(self.host.to_string());
+        };
+        let asked = self
+            .authority
+            .map(|a| strip_port(a).trim_end_matches('.').to_ascii_lowercase())
+            .filter(|a| !a.is_empty());
+        match asked {
+            Some(name) if name.ends_with(suffix) && name.len() > suffix.len() => Ok(name),
+            Some(name) => Err(format!(
+                "{name:?} is not a name under the wildcard host {}; set tls.sni",
+                self.host
+            )),
+            None => Err(format!(
+                "the wildcard host {} needs the name the app asked for (an HTTP Host, a TLS server name) as SNI, and this connection gave none; set tls.sni",
+                self.host
+            )),
+        }
+    }
+
+    fn credential(&self) -> Result<Option<&TlsCredential>, String> {
+        match &self.settings.credential_name {
+            Some(name) => self.credentials.get(name).map(Some).ok_or_else(|| {
+                format!("credentialName {name}: no such kubernetes.io/tls Secret reached this proxy (it is read in the proxy's namespace; the operator needs read access there, docs/egress.md)")
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// SHA-256 (hex) of what the client config is made of: mode, settings, and the material
+    /// of the credential this mode uses (`ca.crt`; with MUTUAL also `tls.crt`, `tls.key`).
+    fn config_digest(&self) -> String {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            d.update(&(bytes.len() as u64).to_be_bytes());
+            d.update(bytes);
+        };
+        field(if self.mutual { b"MUTUAL" } else { b"SIMPLE" });
+        field(
+            serde_json::to_string(self.settings)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        match self.credential() {
+            Ok(Some(c)) => {
+                field(b"credential");
+                field(c.ca.as_deref().unwrap_or_default().as_bytes());
+                if self.mutual {
+                    field(c.cert_chain.as_deref().unwrap_or_default().as_bytes());
+                    field(c.private_key.as_deref().unwrap_or_default().as_bytes());
+                }
+            }
+            Ok(None) => field(b"system roots"),
+            Err(_) => field(b"missing credential"),
+        }
+        hex(d.finish().as_ref())
+    }
+
+    /// What tells two client configs apart: `tls <digest>`.
+    pub fn config_key(&self) -> String {
+        format!("tls {}", self.config_digest())
+    }
+
+    /// What tells two originated connections apart: [`Self::config_key`] and the server
+    /// name. Equal keys are interchangeable connections; a changed CA, certificate or name
+    /// gives another.
+    pub fn key(&self) -> String {
+        let name = self
+            .server_name()
+            .unwrap_or_else(|e| format!("refused: {e}"));
+        format!("{} sni={name}", self.config_key())
+    }
+}
+
+/// What one origination needs: the client config, the name sent as SNI, and its pool key
+/// ([`Asked::key`]).
 #[derive(Clone)]
 pub struct Originate {
     pub config: Arc<ClientConfig>,
     pub server_name: ServerName<'static>,
+    pub key: String,
 }
 
 impl std::fmt::Debug for Originate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Originate")
             .field("server_name", &self.server_name)
+            .field("key", &self.key)
             .finish_non_exhaustive()
     }
 }
 
-/// The client side of an origination to `host` as `settings` say, with the certificates of
-/// `credentials` (the proxy's snapshot's). Err: why it cannot be done (the connection is then
-/// refused), naming what to change.
-pub fn prepare(
-    host: &str,
-    mutual: bool,
-    settings: &Origination,
-    credentials: &BTreeMap<String, TlsCredential>,
-) -> Result<Originate, String> {
-    if let Some(why) = &settings.refused {
-        return Err(format!("the DestinationRule's tls for {host}: {why}"));
+/// The client configs of the proxy's originations, built once per content and ALPN.
+#[derive(Default)]
+pub struct Originations {
+    built: Mutex<HashMap<(String, Alpn), Arc<ClientConfig>>>,
+}
+
+impl Originations {
+    /// The client side of `asked`, speaking `alpn`. Err: why it cannot be done (the
+    /// connection is then refused), naming what to change.
+    pub fn prepare(&self, asked: &Asked<'_>, alpn: Alpn) -> Result<Originate, String> {
+        if let Some(why) = &asked.settings.refused {
+            return Err(format!(
+                "the DestinationRule's tls for {}: {why}",
+                asked.host
+            ));
+        }
+        let sni = asked.server_name()?;
+        let server_name = ServerName::try_from(sni.clone())
+            .map_err(|_| format!("{sni:?} is not a server name to send as SNI; set tls.sni"))?;
+        let digest = asked.config_digest();
+        let key = format!("tls {digest} sni={sni}");
+        let cached = self
+            .built
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(digest.clone(), alpn))
+            .cloned();
+        let config = match cached {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(build(asked, alpn)?);
+                let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+                if built.len() >= MAX_CACHED {
+                    built.clear();
+                }
+                built.insert((digest, alpn), c.clone());
+                c
+            }
+        };
+        Ok(Originate {
+            config,
+            server_name,
+            key,
+        })
     }
-    let credential = match &settings.credential_name {
-        Some(name) => Some(credentials.get(name).ok_or_else(|| {
-            format!("credentialName {name}: no such kubernetes.io/tls Secret reached this proxy (it is read in the proxy's namespace; the operator needs read access there, docs/egress.md)")
-        })?),
-        None => None,
-    };
+
+    /// How many client configs are kept (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.built.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A client config for `asked`, speaking `alpn`.
+fn build(asked: &Asked<'_>, alpn: Alpn) -> Result<ClientConfig, String> {
+    let settings = asked.settings;
+    let credential = asked.credential()?;
+    let name = settings.credential_name.as_deref().unwrap_or_default();
     let roots = match credential.and_then(|c| c.ca.as_deref()) {
-        Some(pem) => roots_of(pem).map_err(|e| {
-            format!(
-                "credentialName {}: ca.crt {e}",
-                settings.credential_name.as_deref().unwrap_or_default()
-            )
-        })?,
+        Some(pem) => roots_of(pem).map_err(|e| format!("credentialName {name}: ca.crt {e}"))?,
         None if credential.is_some() => {
             return Err(format!(
-                "credentialName {}: the Secret has no ca.crt to verify the server with",
-                settings.credential_name.as_deref().unwrap_or_default()
+                "credentialName {name}: the Secret has no ca.crt to verify the server with"
             ));
         }
         None => system_roots()?,
@@ -92,8 +260,7 @@ pub fn prepare(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = if mutual {
-        let name = settings.credential_name.as_deref().unwrap_or_default();
+    let mut config = if asked.mutual {
         let c = credential.ok_or_else(|| {
             "mode MUTUAL needs credentialName (the client certificate)".to_string()
         })?;
@@ -112,13 +279,24 @@ pub fn prepare(
     } else {
         builder.with_no_client_auth()
     };
-    let sni = settings.sni.as_deref().unwrap_or(host);
-    let server_name = ServerName::try_from(sni.to_string())
-        .map_err(|_| format!("{sni:?} is not a server name to send as SNI; set tls.sni"))?;
-    Ok(Originate {
-        config: Arc::new(config),
-        server_name,
-    })
+    config.alpn_protocols = alpn.protocols();
+    Ok(config)
+}
+
+/// `host` without a `:port` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Opens TLS on `tcp` as `o` says, within `timeout`.
@@ -334,14 +512,86 @@ pub(crate) mod test_support {
         });
         addr
     }
+
+    /// A TLS server on loopback with a certificate for `names` signed by `ca`, offering
+    /// `protocols` by ALPN; each connection gets one line, `alpn=<negotiated>` (or
+    /// `alpn=none`), then is closed.
+    pub(crate) async fn alpn_server(
+        ca: &Ca,
+        names: &[&str],
+        protocols: &[&str],
+    ) -> std::net::SocketAddr {
+        let (chain, key) = ca.leaf(names);
+        let chain = certificates(&chain).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let alpn = tls
+                            .get_ref()
+                            .1
+                            .alpn_protocol()
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .unwrap_or_else(|| "none".into());
+                        let _ = tls.write_all(format!("alpn={alpn}\n").as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{Ca, server};
+    use super::test_support::{Ca, alpn_server, server};
     use super::*;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
+
+    /// A one-off origination to `host` (no name asked, HTTP/1.1).
+    fn prepare(
+        host: &str,
+        mutual: bool,
+        settings: &Origination,
+        credentials: &BTreeMap<String, TlsCredential>,
+    ) -> Result<Originate, String> {
+        let asked = Asked {
+            host,
+            authority: None,
+            mutual,
+            settings,
+            credentials,
+        };
+        Originations::default().prepare(&asked, Alpn::Http11)
+    }
+
+    /// Opens TLS to `addr` as `o` says; the server's line, or the failure.
+    async fn line_of(addr: std::net::SocketAddr, o: &Originate) -> Result<String, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut tls = handshake(o, tcp, std::time::Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        tls.read_to_string(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(line.trim().to_string())
+    }
 
     /// Originates to `addr` as `settings` say; the server's line, or the failure.
     async fn call(
@@ -351,15 +601,7 @@ mod tests {
         credentials: &BTreeMap<String, TlsCredential>,
     ) -> Result<String, String> {
         let o = prepare("partner.weft.test", mutual, settings, credentials)?;
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut tls = handshake(&o, tcp, std::time::Duration::from_secs(5))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        tls.read_to_string(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(line.trim().to_string())
+        line_of(addr, &o).await
     }
 
     fn with_ca(ca: &Ca) -> BTreeMap<String, TlsCredential> {
@@ -462,5 +704,136 @@ mod tests {
             ..Default::default()
         };
         assert!(err(false, &refused, &none).contains("give credentialName"));
+    }
+    /// Istio's clusters announce `h2` for HTTP/2; weft also names HTTP/1.1 and nothing for
+    /// relayed bytes. Before, no ALPN was sent at all: a server choosing its protocol by ALPN
+    /// answered an HTTP/2 (gRPC) client in HTTP/1.1.
+    #[tokio::test]
+    async fn alpn_names_the_protocol_spoken_inside() {
+        let ca = Ca::new("partner CA");
+        let addr = alpn_server(&ca, &["partner.weft.test"], &["h2", "http/1.1"]).await;
+        let origs = Originations::default();
+        let settings = named("partner-ca");
+        let creds = with_ca(&ca);
+        let asked = Asked {
+            host: "partner.weft.test",
+            authority: None,
+            mutual: false,
+            settings: &settings,
+            credentials: &creds,
+        };
+        for (alpn, want) in [
+            (Alpn::H2, "alpn=h2"),
+            (Alpn::Http11, "alpn=http/1.1"),
+            (Alpn::Opaque, "alpn=none"),
+        ] {
+            let o = origs.prepare(&asked, alpn).unwrap();
+            assert_eq!(line_of(addr, &o).await.as_deref(), Ok(want), "{alpn:?}");
+        }
+    }
+
+    /// One client config per content: asked again, the same config is shared (no rebuild
+    /// per connection); a changed CA (or, for MUTUAL, a changed certificate) gives another
+    /// config and another pool key, and SIMPLE's key does not hang on a key it never uses.
+    #[test]
+    fn configs_are_built_once_per_content_and_keyed_by_the_credential() {
+        let ca = Ca::new("partner CA");
+        let other = Ca::new("the partner's new CA");
+        let (chain, key) = ca.leaf(&["client.weft.test"]);
+        let (chain2, key2) = ca.leaf(&["client.weft.test"]);
+        let origs = Originations::default();
+        let settings = named("partner-ca");
+        let cred = |ca: &Ca, chain: &str, key: &str| {
+            BTreeMap::from([(
+                "partner-ca".to_string(),
+                TlsCredential {
+                    ca: Some(ca.pem.clone()),
+                    cert_chain: Some(chain.to_string()),
+                    private_key: Some(key.to_string()),
+                },
+            )])
+        };
+        let prepare = |mutual, creds: &BTreeMap<String, TlsCredential>| {
+            let asked = Asked {
+                host: "partner.weft.test",
+                authority: None,
+                mutual,
+                settings: &settings,
+                credentials: creds,
+            };
+            origs.prepare(&asked, Alpn::Http11).unwrap()
+        };
+        let first = prepare(false, &cred(&ca, &chain, &key));
+        let again = prepare(false, &cred(&ca, &chain, &key));
+        assert!(Arc::ptr_eq(&first.config, &again.config));
+        assert_eq!(first.key, again.key);
+        assert_eq!(origs.len(), 1);
+        // SIMPLE uses only ca.crt: another client key is the same origination.
+        let simple_other_key = prepare(false, &cred(&ca, &chain2, &key2));
+        assert_eq!(first.key, simple_other_key.key);
+        // A new CA: another config, another key.
+        let rotated = prepare(false, &cred(&other, &chain, &key));
+        assert_ne!(first.key, rotated.key);
+        assert!(!Arc::ptr_eq(&first.config, &rotated.config));
+        // MUTUAL: a new client certificate is another origination.
+        let m1 = prepare(true, &cred(&ca, &chain, &key));
+        let m2 = prepare(true, &cred(&ca, &chain2, &key2));
+        assert_ne!(m1.key, m2.key);
+        assert_ne!(m1.key, first.key);
+        assert_eq!(origs.len(), 4);
+    }
+
+    /// A wildcard host cannot be an SNI: the name the app asked for is sent and verified
+    /// (Istio's auto-SNI), if the wildcard covers it; with none, the connection is refused
+    /// naming `tls.sni`. Before, SNI was the pattern itself and every origination failed.
+    #[tokio::test]
+    async fn a_wildcard_host_sends_and_verifies_the_name_asked_for() {
+        let ca = Ca::new("partner CA");
+        let addr = server(&ca, &["api.partner.weft.test"], None, false).await;
+        let origs = Originations::default();
+        let settings = named("partner-ca");
+        let creds = with_ca(&ca);
+        let asked = |authority| Asked {
+            host: "*.partner.weft.test",
+            authority,
+            mutual: false,
+            settings: &settings,
+            credentials: &creds,
+        };
+        let o = origs
+            .prepare(&asked(Some("API.partner.weft.test:443")), Alpn::Http11)
+            .unwrap();
+        assert_eq!(line_of(addr, &o).await.as_deref(), Ok("no-client-cert"));
+        // Another name under the wildcard: sent, and the certificate does not hold it.
+        let o = origs
+            .prepare(&asked(Some("www.partner.weft.test")), Alpn::Http11)
+            .unwrap();
+        assert!(line_of(addr, &o).await.is_err());
+        // Two names, two pool keys.
+        let k1 = asked(Some("api.partner.weft.test")).key();
+        let k2 = asked(Some("www.partner.weft.test")).key();
+        assert_ne!(k1, k2);
+        // No name, or one the wildcard does not cover: refused, naming tls.sni.
+        let none = origs.prepare(&asked(None), Alpn::Http11).unwrap_err();
+        assert!(none.contains("set tls.sni"), "{none}");
+        let outside = origs
+            .prepare(&asked(Some("evil.weft.test")), Alpn::Http11)
+            .unwrap_err();
+        assert!(outside.contains("set tls.sni"), "{outside}");
+        // With sni set, that name is sent whatever was asked.
+        let with_sni = Origination {
+            sni: Some("api.partner.weft.test".into()),
+            ..named("partner-ca")
+        };
+        let o = origs
+            .prepare(
+                &Asked {
+                    settings: &with_sni,
+                    ..asked(None)
+                },
+                Alpn::Http11,
+            )
+            .unwrap();
+        assert_eq!(line_of(addr, &o).await.as_deref(), Ok("no-client-cert"));
     }
 }

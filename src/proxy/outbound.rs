@@ -25,6 +25,7 @@ use super::copy::relay;
 use super::http::detect::{Detected, read_until_detected};
 use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
 use super::net::{connect, redirected_dst};
+use super::originate::{Alpn, Asked};
 use super::peer_meta::PeerMeta;
 use super::sniff::Prefixed;
 use super::tls::upstream_server_name;
@@ -267,6 +268,8 @@ where
                 endpoint,
                 Some(service),
                 service.security_of(endpoint, None),
+                Alpn::Opaque,
+                None,
             )
             .await?,
             Some(endpoint),
@@ -283,7 +286,16 @@ where
                 .take(ctx.settings.connect_attempts.max(1))
             {
                 let security = service.security_of(ep, subset);
-                match open_endpoint(ctx, snapshot, ep, Some(service), security).await {
+                let opened = open_endpoint(
+                    ctx,
+                    snapshot,
+                    ep,
+                    Some(service),
+                    security,
+                    Alpn::Opaque,
+                    None,
+                );
+                match opened.await {
                     Ok(up) => {
                         connected = Some((up, Some(ep), Some(service)));
                         break;
@@ -424,15 +436,22 @@ pub fn source_labels(
 /// Opens a connection to an endpoint of `service` as its security requires; over mTLS it
 /// first says who we are and what we dialled, for the server's metrics (peer_meta). That frame
 /// is always sent, so the server never waits for it; without workload metadata it names
-/// nobody.
+/// nobody. `alpn` and `authority` (the name the app asked for) serve a TLS origination.
 pub async fn open_endpoint(
     ctx: &Arc<ProxyContext>,
     snapshot: &SnapshotIndex,
     ep: &Endpoint,
     service: Option<&Service>,
     security: UpstreamSecurity,
+    alpn: Alpn,
+    authority: Option<&str>,
 ) -> Result<Upstream, Refusal> {
-    let mut upstream = connect_endpoint(ctx, ep, security, &snapshot.snapshot.credentials).await?;
+    let originating = Originating {
+        credentials: &snapshot.snapshot.credentials,
+        alpn,
+        authority,
+    };
+    let mut upstream = connect_endpoint(ctx, ep, security, originating).await?;
     if let Upstream::Mtls(up) = &mut upstream {
         let meta = PeerMeta::of(
             snapshot.snapshot.workload.as_ref(),
@@ -447,11 +466,18 @@ pub async fn open_endpoint(
     Ok(upstream)
 }
 
+/// What a TLS origination to an endpoint needs besides its settings.
+struct Originating<'a> {
+    credentials: &'a std::collections::BTreeMap<String, crate::snapshot::TlsCredential>,
+    alpn: Alpn,
+    authority: Option<&'a str>,
+}
+
 async fn connect_endpoint(
     ctx: &Arc<ProxyContext>,
     ep: &Endpoint,
     security: UpstreamSecurity,
-    credentials: &std::collections::BTreeMap<String, crate::snapshot::TlsCredential>,
+    originating: Originating<'_>,
 ) -> Result<Upstream, Refusal> {
     let addr: SocketAddr = ep.addr();
     match security {
@@ -465,12 +491,20 @@ async fn connect_endpoint(
             settings,
         } => {
             // Fail closed: a TLS the proxy cannot set up as asked is no connection at all.
-            let o = super::originate::prepare(&host, mutual, &settings, credentials).map_err(
-                |why| {
+            let asked = Asked {
+                host: &host,
+                authority: originating.authority,
+                mutual,
+                settings: &settings,
+                credentials: originating.credentials,
+            };
+            let o = ctx
+                .originations
+                .prepare(&asked, originating.alpn)
+                .map_err(|why| {
                     tracing::warn!(%addr, %host, reason = %why, "TLS origination refused (DestinationRule tls SIMPLE/MUTUAL)");
                     Refusal::NoCertificate
-                },
-            )?;
+                })?;
             let tcp = connect(addr, None, ctx.settings.connect_timeout)
                 .await
                 .map_err(|_| Refusal::UpstreamUnreachable)?;

@@ -28,6 +28,7 @@ use super::replay::{Recorder, Recording, TryBody};
 use super::server::{self, Counted, ResponseBody};
 use super::upstream::{ForwardError, SendRequest, forward, wants_tunnel_head};
 use crate::proxy::metrics::{RequestRecorder, TcpLabels, grpc_status_value};
+use crate::proxy::originate::{Alpn, Asked};
 use crate::proxy::outbound::{open_endpoint, source_labels};
 use crate::proxy::{ProxyContext, balance};
 use crate::route::action::Mirror;
@@ -488,14 +489,23 @@ struct Target<'a> {
     connect_timeout: Option<Duration>,
     /// `connectionPool.http` maxRequestsPerConnection / idleTimeout (the pool applies them).
     limits: Limits,
+    /// The name the request asked for (Host or `:authority`): the SNI of a TLS origination
+    /// to a wildcard host ([`crate::proxy::originate::Asked::authority`]).
+    authority: Option<&'a str>,
 }
 
 /// Where a mirrored copy goes: `ep` of the mirror destination, with that destination's own
 /// TLS mode and `connectionPool` (connectTimeout, maxRequestsPerConnection, idleTimeout), as
 /// for a routed request (it took the defaults before).
-fn mirror_target<'a>(service: &'a Service, ep: &'a Endpoint, subset: Option<&str>) -> Target<'a> {
+fn mirror_target<'a>(
+    service: &'a Service,
+    ep: &'a Endpoint,
+    subset: Option<&str>,
+    authority: Option<&'a str>,
+) -> Target<'a> {
     let pool = service.traffic_of(subset).connection_pool.as_ref();
     Target {
+        authority,
         ep,
         service: Some(service),
         security: service.security_of(ep, subset),
@@ -686,6 +696,7 @@ impl Outbound {
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
         let mirrors: &[Mirror] = routed.as_ref().map_or(&[], |r| &r.route.actions.mirrors);
         let head = (attempts > 0 || !mirrors.is_empty()).then(|| Head::of(&parts));
+        let asked = asked_name(&parts.uri, &parts.headers);
         let (recording, recorder) = Recording::new(body);
         let mut first = Some((parts, recording));
         let connect_budget = self.ctx.settings.connect_attempts.max(1);
@@ -704,6 +715,7 @@ impl Outbound {
                 security: service.map_or_else(|| ep.security(), |s| s.security_of(ep, subset)),
                 connect_timeout,
                 limits,
+                authority: asked.as_deref(),
             };
             let mtls = matches!(target.security, UpstreamSecurity::Mtls { .. });
             let in_flight = traffic
@@ -819,6 +831,7 @@ impl Outbound {
             target,
             key,
             sender: tokio::sync::Mutex::new(Some(sender)),
+            h2,
         };
         // The fallback `:authority` of an HTTP/2 request that names none (nor a Host):
         // made only for such a request, as `prepare_request` reads it only then.
@@ -856,6 +869,7 @@ impl Outbound {
                 continue;
             };
             let mut request = head.request(Either::Right(body));
+            let asked = asked_name(&head.uri, &head.headers);
             shadow(&mut request);
             let ctx = self.ctx.clone();
             let Some(current) = ctx.snapshot() else {
@@ -875,7 +889,8 @@ impl Outbound {
                 let Some(ep) = endpoints.first().copied() else {
                     return;
                 };
-                let target = mirror_target(service, ep, destination.subset.as_deref());
+                let target =
+                    mirror_target(service, ep, destination.subset.as_deref(), asked.as_deref());
                 let Ok((key, sender)) = connection(&ctx, &current, &target, h2).await else {
                     return;
                 };
@@ -885,6 +900,7 @@ impl Outbound {
                     target: &target,
                     key,
                     sender: tokio::sync::Mutex::new(Some(sender)),
+                    h2,
                 };
                 let authority = format!("{}:{}", service.name, service.port);
                 let idle = ctx.settings.idle_timeout;
@@ -1015,39 +1031,78 @@ async fn connection(
     target: &Target<'_>,
     h2: bool,
 ) -> Result<(Key, Pooled<RequestBody>), ForwardError> {
-    let identity = match &target.security {
-        UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
-        UpstreamSecurity::Plaintext => None,
-        // An originated TLS connection is told apart from plaintext and mTLS ones to the same
-        // address, and from another origination's (other SNI, names or certificate).
-        UpstreamSecurity::Originate {
-            mutual,
-            host,
-            settings,
-        } => Some(format!(
-            "tls {host} mutual={mutual} {}",
-            serde_json::to_string(settings).unwrap_or_default()
-        )),
-    };
+    let identity = pool_identity(
+        &target.security,
+        &snapshot.snapshot.credentials,
+        target.authority,
+    );
     let key = Key {
         addr: target.ep.addr(),
         identity,
         service: target.service.map(|s| s.name.clone()),
         limits: target.limits,
     };
-    let connect = || open(ctx, snapshot, target);
+    let connect = || open(ctx, snapshot, target, h2);
     let sender = ctx.outbound_pool.get(&key, h2, connect).await?;
     Ok((key, sender))
 }
 
-/// A new connection to `target`, ready for HTTP (TLS done, peer metadata sent).
+/// What tells connections to one address apart besides the Service and limits: the mTLS
+/// identity proved, or an originated TLS's key (SNI, names, and the credential's material:
+/// a changed CA or certificate is another connection, [`Asked::key`]); None for plaintext.
+pub fn pool_identity(
+    security: &UpstreamSecurity,
+    credentials: &std::collections::BTreeMap<String, crate::snapshot::TlsCredential>,
+    authority: Option<&str>,
+) -> Option<String> {
+    match security {
+        UpstreamSecurity::Mtls { identity } => Some(identity.clone()),
+        UpstreamSecurity::Plaintext => None,
+        UpstreamSecurity::Originate {
+            mutual,
+            host,
+            settings,
+        } => Some(
+            Asked {
+                host,
+                authority,
+                mutual: *mutual,
+                settings,
+                credentials,
+            }
+            .key(),
+        ),
+    }
+}
+
+/// The name a request asks for: its `:authority` or Host, without the port.
+fn asked_name(uri: &hyper::Uri, headers: &hyper::HeaderMap) -> Option<String> {
+    let authority = uri.authority().map(|a| a.host().to_string());
+    authority.or_else(|| {
+        let host = headers.get(hyper::header::HOST)?.to_str().ok()?;
+        let parsed: hyper::http::uri::Authority = host.parse().ok()?;
+        Some(parsed.host().to_string())
+    })
+}
+
+/// A new connection to `target`, ready for HTTP (TLS done, peer metadata sent), speaking
+/// HTTP/2 when `h2` (an originated TLS announces it by ALPN).
 async fn open(
     ctx: &Arc<ProxyContext>,
     snapshot: &SnapshotIndex,
     target: &Target<'_>,
+    h2: bool,
 ) -> io::Result<crate::proxy::outbound::Upstream> {
     let security = target.security.clone();
-    let open = open_endpoint(ctx, snapshot, target.ep, target.service, security);
+    let open = open_endpoint(
+        ctx,
+        snapshot,
+        target.ep,
+        target.service,
+        security,
+        Alpn::of_http(h2),
+        target.authority,
+    );
     let opened = match target.connect_timeout {
         Some(limit) => tokio::time::timeout(limit, open).await.map_err(|_| {
             io::Error::new(io::ErrorKind::TimedOut, "connectionPool.tcp.connectTimeout")
@@ -1085,6 +1140,8 @@ struct Picked<'a> {
     target: &'a Target<'a>,
     key: Key,
     sender: tokio::sync::Mutex<Option<Pooled<RequestBody>>>,
+    /// The pooled connection speaks HTTP/2: a fresh one (the pooled one closed) must too.
+    h2: bool,
 }
 
 impl SendRequest<RequestBody> for Picked<'_> {
@@ -1095,7 +1152,7 @@ impl SendRequest<RequestBody> for Picked<'_> {
             .await
             .take()
             .ok_or(ForwardError::NotSent)?;
-        let connect = || open(self.ctx, self.snapshot, self.target);
+        let connect = || open(self.ctx, self.snapshot, self.target, self.h2);
         let pool = &self.ctx.outbound_pool;
         pool.send(&self.key, sender, req, connect).await
     }
@@ -1120,7 +1177,7 @@ mod mirror_tests {
         });
         let service: Service = serde_json::from_value(json).unwrap();
         let ep = &service.endpoints[0];
-        let host = mirror_target(&service, ep, None);
+        let host = mirror_target(&service, ep, None, None);
         assert_eq!(
             host.limits,
             Limits {
@@ -1129,7 +1186,7 @@ mod mirror_tests {
             }
         );
         assert_eq!(host.connect_timeout, Some(Duration::from_millis(700)));
-        let subset = mirror_target(&service, ep, Some("v2"));
+        let subset = mirror_target(&service, ep, Some("v2"), None);
         assert_eq!(subset.limits.max_requests, Some(3));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use super::model::{MeshView, MeshedPod};
 use super::policy::PolicyProblem;
@@ -25,6 +26,10 @@ type Entry = (
 pub struct EgressIndex {
     entries: Vec<Entry>,
     pub problems: Vec<PolicyProblem>,
+    /// Each namespace's merged table, made when a proxy of it first asks: the proxies of a
+    /// namespace (one config stream each) share one merge per index version, rather than
+    /// merging every entry again per stream.
+    tables: Mutex<HashMap<String, Vec<ExternalService>>>,
 }
 
 impl EgressIndex {
@@ -127,6 +132,20 @@ impl EgressIndex {
     /// there won the host before, whatever its namespace, and same-namespace entries never
     /// merged their endpoints.)
     pub fn table_for(&self, namespace: &str) -> Vec<ExternalService> {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        tables
+            .entry(namespace.to_string())
+            .or_insert_with(|| self.merged(namespace))
+            .clone()
+    }
+
+    /// How many namespaces' tables were merged in this index version (for tests).
+    #[cfg(test)]
+    fn merged_tables(&self) -> usize {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn merged(&self, namespace: &str) -> Vec<ExternalService> {
         let decls: Vec<crate::route::se_merge::Declaration<'_>> = self
             .entries
             .iter()
@@ -363,5 +382,26 @@ mod tests {
         // shop's own proxies see its private entry too, but it has another exportTo: the
         // older entry's declaration is used alone there, and the private one is named.
         assert_eq!(table("shop")[0].1, vec![80, 8080]);
+    }
+    /// The reviewer's #8: the table was merged again for every proxy's config stream on
+    /// every change. Now a namespace's table is merged once per index version and shared.
+    #[test]
+    fn a_namespaces_table_is_merged_once_per_index_version() {
+        let mut v = view();
+        v.service_entries = vec![entry(
+            "pets",
+            "partner",
+            "2024-01-01T00:00:00Z",
+            json!({"hosts": ["partner.weft.test"], "resolution": "DNS",
+                   "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}]}),
+        )];
+        let index = EgressIndex::build(&v, &HashMap::new());
+        assert_eq!(index.merged_tables(), 0);
+        let first = index.table_for("pets");
+        assert_eq!(first.len(), 1);
+        assert_eq!(index.table_for("pets"), first);
+        assert_eq!(index.merged_tables(), 1, "the second ask merged again");
+        assert_eq!(index.table_for("shop").len(), 1);
+        assert_eq!(index.merged_tables(), 2);
     }
 }

@@ -61,7 +61,7 @@ mkdir -p "$root/docs/conformance"
 cd "$root"
 exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} "${partial[@]}" \
   --gateway-class=weft \
-  --supported-features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TCPRoute,ReferenceGrant,Mesh \
+  --supported-features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TLSRouteModeTerminate,TLSRouteModeMixed,TCPRoute,ReferenceGrant,Mesh \
   --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,MESH-HTTP \
   --namespace-labels=istio-injection=enabled \
   --report-output="$report" \

@@ -963,7 +963,6 @@ const VAULT_MISCONFIGURED_PORT: u16 = 18219;
 /// UNHEALTHY), so the store's proxy, renewing its one-minute certificate meanwhile, keeps a
 /// working certificate from the mesh root and no request fails. Fixed, Vault signs.
 #[test]
-#[ignore = "written in session 8, not yet run on the cluster (the Vault build had not finished): run it with --ignored and remove this"]
 fn each_misconfigured_vault_is_named_while_proxies_keep_renewing_from_the_builtin_ca() {
     let _turn = mesh_wide();
     let c = deployed();

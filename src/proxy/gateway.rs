@@ -116,8 +116,11 @@ pub async fn serve(ctx: Arc<ProxyContext>) {
 /// Secret gives new PEM, so a renewed certificate is used from the next handshake on).
 #[derive(Default)]
 struct TlsConfigs {
-    built: Mutex<HashMap<(String, String, bool), Arc<ServerConfig>>>,
+    built: Mutex<HashMap<ConfigKey, Arc<ServerConfig>>>,
 }
+
+/// What a server config is built from: certificate chain, client CA, MUTUAL, relayed.
+type ConfigKey = (String, String, bool, bool);
 
 impl TlsConfigs {
     fn get(&self, served: &ServedTls) -> Result<Arc<ServerConfig>, String> {
@@ -125,6 +128,7 @@ impl TlsConfigs {
             served.cert_chain.clone(),
             served.client_ca.clone().unwrap_or_default(),
             served.mutual,
+            served.relay.is_some(),
         );
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = built.get(&key) {
@@ -140,8 +144,12 @@ impl TlsConfigs {
     }
 }
 
-/// A rustls server config for one HTTPS server: its certificate, TLS 1.2 and 1.3, ALPN h2
-/// then http/1.1, and for MUTUAL a client certificate chaining to its CA.
+/// A rustls server config for one terminating server: its certificate, TLS 1.2 and 1.3, for
+/// MUTUAL a client certificate chaining to its CA, and for an HTTPS server ALPN h2 then
+/// http/1.1. A server whose connections are relayed once terminated offers no ALPN, as
+/// Istio's TLS servers do: the bytes inside go to a backend whose protocol the gateway does
+/// not speak for it, so a client must not be told h2 (curl then sends HTTP/2 frames to an
+/// HTTP/1.1 backend).
 fn server_config(served: &ServedTls) -> Result<ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain: Vec<CertificateDer<'static>> =
@@ -171,7 +179,9 @@ fn server_config(served: &ServedTls) -> Result<ServerConfig, String> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if served.relay.is_none() {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     Ok(config)
 }
 
@@ -460,5 +470,39 @@ async fn accept(ctx: Arc<ProxyContext>, listener: TcpListener, mut stopped: watc
             // does not stop it at once ([`serve`]).
             _ = stopped.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(relay: Option<L4Table>) -> ServedTls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.example.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        ServedTls {
+            gateway: "edge/edge".into(),
+            hosts: vec!["db.example.test".into()],
+            mutual: false,
+            cert_chain: cert.pem(),
+            private_key: key.serialize_pem(),
+            client_ca: None,
+            relay,
+        }
+    }
+
+    /// The e2e's TLS SIMPLE server: curl offered h2, the gateway chose it, and the HTTP/2
+    /// frames were relayed to an HTTP/1.1 backend (503 from its sidecar).
+    #[test]
+    fn a_relayed_server_offers_no_alpn_and_an_https_server_offers_h2_and_http11() {
+        let configs = TlsConfigs::default();
+        let https = configs.get(&served(None)).unwrap();
+        assert_eq!(https.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        // Same certificate, relayed: another config, not the HTTPS one from the cache.
+        let relayed = configs.get(&served(Some(L4Table::default()))).unwrap();
+        assert!(relayed.alpn_protocols.is_empty());
     }
 }

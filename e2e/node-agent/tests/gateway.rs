@@ -347,9 +347,15 @@ fn certificate(dir: &std::path::Path, host: &str, serial: u32) {
         "-out",
         "leaf.csr",
         "-subj",
-        &format!("/CN={host}"),
+        &format!("/CN={}", host.split(',').next().unwrap_or(host)),
     ]);
-    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName=DNS:{host}\n")).unwrap();
+    // `host` may list several names, comma-separated: one SAN each, the first as CN.
+    let sans: Vec<String> = host.split(',').map(|h| format!("DNS:{h}")).collect();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName={}\n", sans.join(",")),
+    )
+    .unwrap();
     run(&[
         "x509",
         "-req",
@@ -372,13 +378,17 @@ fn certificate(dir: &std::path::Path, host: &str, serial: u32) {
 
 /// The secret `shop-cert` in the gateway's namespace, from `dir`'s leaf and key.
 fn tls_secret(ns: &Namespace, dir: &std::path::Path) {
+    tls_secret_named(ns, dir, "shop-cert");
+}
+
+fn tls_secret_named(ns: &Namespace, dir: &std::path::Path, name: &str) {
     let cert = format!("--cert={}", dir.join("leaf.pem").display());
     let key = format!("--key={}", dir.join("key.pem").display());
     let yaml = ok(ns.kubectl(&[
         "create",
         "secret",
         "tls",
-        "shop-cert",
+        name,
         &cert,
         &key,
         "--dry-run=client",
@@ -733,13 +743,17 @@ spec:
 /// (`mode: PASSTHROUGH`) relays by SNI to a backend that terminates TLS itself (here a
 /// second weft gateway with an HTTPS server: the client sees the backend's certificate, so
 /// the first gateway never terminated), and a TCP server relays bytes to a meshed Service.
-/// A name no server has is closed.
+/// The same port 443 also has an HTTPS server (terminated, then HTTP routed by Host) and a
+/// TLS SIMPLE server (terminated, then its bytes relayed by a `tcp` route), each picked by
+/// the ClientHello's SNI. A name no server has is closed.
 #[test]
 fn tls_passthrough_relays_by_sni_and_a_tcp_server_relays_bytes() {
     const NS: &str = "gw-l4";
     const EDGE: &str = "edge-gateway";
     const BACKEND: &str = "tls-backend";
     const SECURE: &str = "secure.example.test";
+    const WEB: &str = "web.example.test";
+    const DB: &str = "db.example.test";
     let c = support::deployed();
     let ns = c.namespace(NS);
     ok(weft(&["namespace", "add", NS]));
@@ -750,6 +764,9 @@ fn tls_passthrough_relays_by_sni_and_a_tcp_server_relays_bytes() {
     std::fs::create_dir_all(&dir).unwrap();
     certificate(&dir, SECURE, 1003);
     tls_secret(&ns, &dir);
+    // The edge's own certificate, for its terminating servers (serial 1004 = 0x3ec).
+    certificate(&dir, &format!("{WEB},{DB}"), 1004);
+    tls_secret_named(&ns, &dir, "edge-cert");
     ns.apply(&format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -781,8 +798,36 @@ spec:
   - port: {{number: 443, name: tls, protocol: TLS}}
     hosts: ["{SECURE}"]
     tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["{WEB}"]
+    tls: {{mode: SIMPLE, credentialName: edge-cert}}
+  - port: {{number: 443, name: tls-terminated, protocol: TLS}}
+    hosts: ["{DB}"]
+    tls: {{mode: SIMPLE, credentialName: edge-cert}}
   - port: {{number: 31400, name: tcp, protocol: TCP}}
     hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge-web}}
+spec:
+  hosts: ["{WEB}"]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {{host: productpage, port: {{number: 9080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge-db}}
+spec:
+  hosts: ["{DB}"]
+  gateways: [edge]
+  tcp:
+  - match:
+    - port: 443
+    route:
+    - destination: {{host: productpage, port: {{number: 9080}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -827,6 +872,48 @@ spec:
         serial.contains("3:eb") || serial.contains("3eb"),
         "{serial}"
     );
+    // The same port, another name: the edge terminates with its own certificate (0x3ec) and
+    // routes the request by Host.
+    let serial = wait_for(
+        Duration::from_secs(60),
+        || https_serial(&edge_ip, WEB, &ca).unwrap_or_else(|e| format!("not yet: {e}")),
+        |s| !s.starts_with("not yet"),
+    );
+    assert!(
+        serial.contains("3:ec") || serial.contains("3ec"),
+        "{serial}"
+    );
+    let edge_https = |name: &str, host: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-o", "-", "-w", " %{http_code}"])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--resolve", &format!("{name}:443:{edge_ip}")])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!("https://{name}/"))
+            .output()
+            .expect("curl runs");
+        // Body, then " <code>": an empty body leaves " 404", so only the end is trimmed.
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    // HTTP routing after the handshake: the server's Host is routed to productpage ...
+    let web = wait_for(
+        Duration::from_secs(60),
+        || edge_https(WEB, WEB),
+        |a| a.ends_with(" 200"),
+    );
+    assert!(web.contains("productpage"), "{web}");
+    // ... and a Host the server does not route is a 404 ...
+    let web_other = edge_https(WEB, "nomatch.example.test");
+    assert!(web_other.ends_with(" 404"), "{web_other}");
+    // ... while TLS SIMPLE relays the terminated bytes whatever they say: productpage
+    // answers a request whose Host no route names.
+    let relayed = wait_for(
+        Duration::from_secs(60),
+        || edge_https(DB, "nomatch.example.test"),
+        |a| a.ends_with(" 200"),
+    );
+    assert!(relayed.contains("productpage"), "{relayed}");
     // A name no TLS server of the edge has: closed, nothing relayed.
     let other = Command::new("curl")
         .args([

@@ -845,6 +845,7 @@ fn a_deny_on_admin_holds_against_path_tricks_and_the_app_gets_the_normalized_pat
     // Pipelined requests (one write) are answered in order, a denial in the middle too.
     let raw = mesh
         .api_raw(
+            Via::Mesh,
             b"GET /p1 HTTP/1.1\r\nHost: api\r\n\r\nGET /admin HTTP/1.1\r\nHost: api\r\n\r\n\
               GET /p3 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
         )
@@ -1099,6 +1100,34 @@ fn access_logs_follow_the_snapshot_json_per_request_and_text_per_tcp_connection(
         "rbac_access_denied_matched_policy[ns[demo]-policy[deny-refunds]-rule[0]]"
     );
     assert_eq!(denied["bytes_sent"], "RBAC: access denied".len());
+    assert_eq!(mesh.api_seen(), ["POST /v1/charges?id=7"]);
+
+    // CONNECT is refused with 403 before any route or policy, on either side, and recorded
+    // as Envoy records it: a log line with details `upgrade_failed` and a request sample.
+    let connect = b"CONNECT 198.18.0.2:9 HTTP/1.1\r\nHost: 198.18.0.2:9\r\n\r\n";
+    let refused = mesh.api_raw(Via::Plaintext, connect).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let line = wait_for(|| {
+        json_lines(&mesh.server_log())
+            .into_iter()
+            .find(|l| l["method"] == "CONNECT")
+    });
+    assert_eq!(line["response_code"], 403, "{line}");
+    assert_eq!(line["response_code_details"], "upgrade_failed", "{line}");
+    assert_eq!(line["upstream_cluster"], "inbound|8082||", "{line}");
+    let refused = mesh.api_raw(Via::Mesh, connect).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let unknown = [
+        "reporter=\"source\"",
+        "destination_service=\"unknown\"",
+        "response_code=\"403\"",
+    ];
+    let client = mesh.client_stats();
+    assert_eq!(
+        sample(&client, "istio_requests_total", &unknown),
+        Some(1.0),
+        "{client}"
+    );
     assert_eq!(mesh.api_seen(), ["POST /v1/charges?id=7"]);
 
     // Text, and no policies: the echo port's TCP connection is relayed and logged at its end.
@@ -1873,10 +1902,10 @@ mod support {
             self.client.run_in(move || api::upgrade(addr, &msg))
         }
 
-        /// Writes `bytes` to the api Service through the mesh at once and reads until the
-        /// connection closes.
-        pub fn api_raw(&self, bytes: &[u8]) -> Result<String, String> {
-            let addr = self.api_addr(Via::Mesh);
+        /// Writes `bytes` to the api app (through the mesh or straight to the pod) at once and
+        /// reads until the connection closes.
+        pub fn api_raw(&self, via: Via, bytes: &[u8]) -> Result<String, String> {
+            let addr = self.api_addr(via);
             let bytes = bytes.to_vec();
             self.client.run_in(move || {
                 let mut s =

@@ -377,14 +377,14 @@ Conflicts:
         let mut refused = fixed.clone();
         refused.virtual_services.push(obj(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"namespace": "pets", "name": "db-cors"},
-            "spec": {"hosts": ["db"], "http": [{"corsPolicy": {}, "route": [
+            "metadata": {"namespace": "pets", "name": "db-delegate"},
+            "spec": {"hosts": ["db"], "http": [{"delegate": {}, "route": [
                 {"destination": {"host": "db"}}]}]}
         })));
         let index = MeshIndex::build(&refused);
         let text = describe(&refused, &index, "pets", "web-1").expect("web-1 is meshed");
         assert!(
-            text.contains("Not applied as written:\n  VirtualService pets/db-cors: http[0].corsPolicy is not supported yet"),
+            text.contains("Not applied as written:\n  VirtualService pets/db-delegate: http[0].delegate is not supported yet"),
             "{text}"
         );
         // A pod that is not meshed is not described.

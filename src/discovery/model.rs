@@ -660,7 +660,7 @@ impl ProxyConfig<'_> {
         let mut notes: Vec<String> = [&services, &headless]
             .into_iter()
             .flatten()
-            .flat_map(|(_, n)| n.iter().cloned())
+            .flat_map(|l| l.notes.iter().cloned())
             .collect();
         let mut egress = self.egress.clone();
         notes.extend(compat::lower_egress(
@@ -670,11 +670,11 @@ impl ProxyConfig<'_> {
         ));
         let mut snapshot = self.snapshot(true);
         snapshot.outbound.egress = &egress;
-        if let Some((typed, _)) = &services {
-            snapshot.outbound.services = ServiceTable::Typed(typed);
+        if let Some(l) = &services {
+            snapshot.outbound.services = ServiceTable::Typed(&l.typed);
         }
-        if let Some((typed, _)) = &headless {
-            snapshot.outbound.headless = ServiceTable::Typed(typed);
+        if let Some(l) = &headless {
+            snapshot.outbound.headless = ServiceTable::Typed(&l.typed);
         }
         snapshot.credentials = None;
         let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
@@ -803,24 +803,44 @@ struct Table {
     raw: Option<RawList>,
     /// What a proxy must implement to read it as it is ([`compat`]).
     needs: Features,
+    /// The lowered copies made so far, one per feature set asked for: every older proxy
+    /// reading this table in this index shares one.
+    lowered: Mutex<Vec<(Features, Arc<Lowered>)>>,
+}
+
+/// A table lowered for proxies that lack some features, and what lowering changed.
+struct Lowered {
+    typed: Vec<Service>,
+    notes: Vec<String>,
 }
 
 impl Table {
     fn new(typed: Vec<Service>) -> Self {
         let raw = RawList::new(&typed);
         let needs = compat::needed(&typed);
-        Table { typed, raw, needs }
+        Table {
+            typed,
+            raw,
+            needs,
+            lowered: Mutex::new(Vec::new()),
+        }
     }
 
-    /// The table for a proxy with `features`: as it is, or lowered ([`compat::lower`]) with
-    /// what lowering changed.
-    fn for_features(&self, features: Features) -> Option<(Vec<Service>, Vec<String>)> {
+    /// The table for a proxy with `features`: none when it reads the table as it is, else
+    /// the table lowered ([`compat::lower`]), made once per feature set.
+    fn for_features(&self, features: Features) -> Option<Arc<Lowered>> {
         if !self.needs.beyond(features) {
             return None;
         }
-        let mut lowered = self.typed.clone();
-        let notes = compat::lower(features, &mut lowered);
-        Some((lowered, notes))
+        let mut made = self.lowered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, l)) = made.iter().find(|(f, _)| *f == features) {
+            return Some(l.clone());
+        }
+        let mut typed = self.typed.clone();
+        let notes = compat::lower(features, &mut typed);
+        let lowered = Arc::new(Lowered { typed, notes });
+        made.push((features, lowered.clone()));
+        Some(lowered)
     }
 
     fn as_ref(&self) -> ServiceTable<'_> {
@@ -1117,18 +1137,9 @@ fn service_tables(
             endpoints.dedup_by_key(|e| (e.ip, e.port));
             let entry = Service {
                 cluster_ip,
-                port: service_port,
-                name: host.clone(),
-                protocol,
                 detect_protocol: declared.is_none(),
                 endpoints,
-                subsets: BTreeMap::new(),
-                http: Vec::new(),
-                tls: None,
-                subset_tls: BTreeMap::new(),
-                traffic: Default::default(),
-                subset_traffic: BTreeMap::new(),
-                l4: Default::default(),
+                ..Service::bare(host.clone(), service_port, protocol)
             };
             match cluster_ip {
                 Some(_) => table.push(entry),
@@ -1749,5 +1760,33 @@ pub(crate) mod tests {
             assert_eq!(snap.access_log.map(|a| a.format), want, "{settings}");
             assert_eq!(version == v_off, want.is_none(), "{settings}");
         }
+    }
+
+    /// Every older proxy reading a table in one index shares one lowered copy per feature
+    /// set (it was cloned and lowered per stream per change); a proxy with the feature
+    /// reads the table as it is.
+    #[test]
+    fn a_table_is_lowered_once_per_feature_set() {
+        use crate::snapshot::{ClientTls, Service};
+        let mut s: Service = serde_json::from_value(json!({
+            "clusterIp": "198.19.0.10", "port": 443, "name": "api.pets.svc.cluster.local",
+            "protocol": "http",
+            "endpoints": [{"ip": "198.18.0.7", "port": 8443, "meshed": false}]
+        }))
+        .unwrap();
+        s.tls = Some(ClientTls::Simple);
+        let table = Table::new(vec![s]);
+        assert!(table.for_features(Features::all()).is_none());
+        let old = Features::default();
+        let first = table.for_features(old).unwrap();
+        assert!(first.typed[0].endpoints.is_empty(), "lowered fails closed");
+        assert_eq!(first.notes.len(), 1, "{:?}", first.notes);
+        let again = table.for_features(old).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(
+            table.typed[0].tls,
+            Some(ClientTls::Simple),
+            "the table is kept"
+        );
     }
 }

@@ -721,25 +721,12 @@ fn originating_external(
             {
                 continue;
             }
-            let mut s = Service {
-                cluster_ip: None,
-                port: port.port,
-                name: host.clone(),
-                protocol: if port.http {
-                    Protocol::Http
-                } else {
-                    Protocol::Tcp
-                },
-                detect_protocol: false,
-                endpoints: Vec::new(),
-                subsets: BTreeMap::new(),
-                http: Vec::new(),
-                tls: None,
-                subset_tls: BTreeMap::new(),
-                traffic: Default::default(),
-                subset_traffic: BTreeMap::new(),
-                l4: Default::default(),
+            let protocol = if port.http {
+                Protocol::Http
+            } else {
+                Protocol::Tcp
             };
+            let mut s = Service::bare(host.clone(), port.port, protocol);
             lay_policy(policy, &mut s);
             headless.push(s);
         }
@@ -1422,7 +1409,7 @@ mod tests {
         v.virtual_services.push(obj(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"namespace": "front", "name": "bad"},
-            "spec": {"hosts": ["db.pets.svc.cluster.local"], "http": [{"corsPolicy": {},
+            "spec": {"hosts": ["db.pets.svc.cluster.local"], "http": [{"delegate": {},
                 "route": [{"destination": {"host": "db.pets.svc.cluster.local"}}]}]}
         })));
         let index = MeshIndex::build(&v);
@@ -1430,7 +1417,7 @@ mod tests {
             index
                 .problems
                 .iter()
-                .any(|p| p.name == "bad" && p.message.contains("corsPolicy")),
+                .any(|p| p.name == "bad" && p.message.contains("delegate")),
             "{:?}",
             index.problems
         );

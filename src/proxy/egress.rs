@@ -23,14 +23,16 @@ use super::http::detect::{Detected, MAX_DETECT_BYTES, detect};
 use super::http::exchange::{ConnLog, Exchange, Record, UpstreamLog, Why};
 use super::http::server::{self, Counted, ResponseBody};
 use super::http::upstream::{TcpConnector, Upstream as HttpUpstream, forward};
-use super::metrics::{Reporter, SecurityPolicy, TcpLabels};
+use super::metrics::TcpLabels;
 use super::net::connect;
 use super::originate::{Alpn, Asked, Originate};
-use super::outbound::{Refusal, Upstream, open_endpoint};
+use super::outbound::{
+    Refusal, Upstream, l4_destination, open_endpoint, read_sni, relay_service, reporter_labels,
+};
 use super::sniff::{Prefixed, ServerName, server_name};
 use crate::route::egress::{self, BLACK_HOLE, Declared, PASSTHROUGH, Resolution, Seen, Verdict};
 use crate::route::model::Origination;
-use crate::snapshot::{ClientTls, OutboundPolicy, SnapshotIndex, spiffe_namespace};
+use crate::snapshot::{ClientTls, OutboundPolicy, OutboundRoute, SnapshotIndex};
 
 /// What the client's first bytes said.
 enum Opening {
@@ -153,12 +155,7 @@ async fn read_opening<S: AsyncRead + Unpin>(
 /// The source reporter's labels of a connection or request to no Service: the declared
 /// host's, or the passthrough / black hole cluster's (with the HTTP Host, if any).
 fn labels_of(snapshot: &SnapshotIndex, verdict: &Verdict<'_>, host: Option<&str>) -> TcpLabels {
-    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
-    if let Some(w) = &snapshot.snapshot.workload {
-        labels.fill_source(w);
-    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
-        labels.source_workload_namespace = ns.to_string();
-    }
+    let labels = reporter_labels(snapshot);
     match verdict {
         Verdict::Declared(d) => labels.with_external(&d.service.host, &d.service.namespace),
         Verdict::Passthrough => labels.with_cluster(PASSTHROUGH, host),
@@ -287,8 +284,8 @@ async fn resolved(host: &str) -> Vec<std::net::IpAddr> {
 #[allow(clippy::too_many_arguments)]
 async fn relay_tcp(
     ctx: &Arc<ProxyContext>,
-    stream: TcpStream,
-    prefix: Vec<u8>,
+    mut stream: TcpStream,
+    mut prefix: Vec<u8>,
     orig: SocketAddr,
     peer: Option<SocketAddr>,
     snapshot: &SnapshotIndex,
@@ -296,6 +293,34 @@ async fn relay_tcp(
     sni: Option<&str>,
 ) -> Result<(), Refusal> {
     let start = SystemTime::now();
+    // A mesh VirtualService's tls/tcp routes for the declared host's port (Istio's egress
+    // gateway pattern with TLS passthrough): the connection goes where they say, as to a
+    // Service; when none takes it, as the ServiceEntry says.
+    let mut read = None;
+    if let Verdict::Declared(d) = &verdict
+        && let Some(l4) = snapshot
+            .service_named(&d.service.host, orig.port())
+            .map(|s| &s.l4)
+            .filter(|l4| !l4.is_empty())
+    {
+        if sni.is_none() && prefix.is_empty() && !l4.tls.is_empty() {
+            read = read_sni(&mut stream, &mut prefix, ctx.settings.sniff_timeout).await;
+        }
+        match l4_destination(snapshot, l4, orig, sni.or(read.as_deref())) {
+            Some(Ok((service, endpoints, subset))) => {
+                let route = OutboundRoute::Service { service, endpoints };
+                let client = Prefixed::new(prefix, stream);
+                return relay_service(ctx, snapshot, client, route, subset, orig, peer, start)
+                    .await;
+            }
+            Some(Err(what)) => {
+                tracing::debug!(%orig, host = %d.service.host, route = %what, "tcp/tls route destination not in the config (NR)");
+                return Err(Refusal::NoRoute);
+            }
+            None => {}
+        }
+    }
+    let sni = sni.or(read.as_deref());
     let started = tokio::time::Instant::now();
     let mut labels = labels_of(snapshot, &verdict, None);
     let cluster = cluster_of(&verdict, orig.port());
@@ -516,6 +541,19 @@ impl super::http::upstream::Connect for OriginateConnector {
 }
 
 impl server::Pipeline for EgressHttp {
+    /// Recorded before any host is decided: destination `unknown`, as Istio reports a
+    /// request no route took.
+    fn refuse_connect(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (exchange, _, _) = Exchange::begin(&self.ctx, req);
+        let snapshot = self.ctx.snapshot().unwrap_or_else(|| self.snapshot.clone());
+        let upstream = UpstreamLog {
+            host: None,
+            cluster: "-".to_string(),
+        };
+        let record = self.record(reporter_labels(&snapshot).with_service("unknown"), upstream);
+        exchange.refused_upgrade(&record)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let (exchange, parts, body) = Exchange::begin(&self.ctx, req);
         let host = parts
@@ -1051,6 +1089,72 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all_of(&mut client).await, "no-client-cert\n");
+    }
+
+    /// Istio's egress gateway task, TLS passthrough: a mesh VirtualService's `tls` route for
+    /// a declared TLS host (laid by the control plane on an address-less Service of the
+    /// host) sends the connection, ClientHello and all, to the egress gateway's endpoint; a
+    /// declared host without such a route goes where the app dialled, as before.
+    #[tokio::test]
+    async fn a_declared_tls_host_with_a_mesh_tls_route_goes_to_the_egress_gateway() {
+        let host = external(false).await;
+        let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway_addr = gateway.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = gateway.accept().await {
+                let mut buf = vec![0u8; 4096];
+                if s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let _ = s.write_all(b"gateway").await;
+                }
+            }
+        });
+        let (ctx, inputs) = ProxyContext::new(Default::default());
+        let entry = json!({"hosts": ["partner.weft.test", "other.weft.test"],
+            "resolution": "DNS",
+            "ports": [{"number": host.port(), "name": "tls", "protocol": "TLS"}]});
+        let gw = "egressgateway.istio-egress.svc.cluster.local";
+        let snapshot = json!({
+            "schemaVersion": 1, "version": "v1",
+            "identity": "spiffe://cluster.local/ns/payments/sa/productpage",
+            "trustDomain": "cluster.local",
+            "workload": {"name": "productpage", "namespace": "payments"},
+            "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"policy": "REGISTRY_ONLY", "egress": compiled(&[entry]),
+                "services": [{"clusterIp": "198.19.0.30", "port": 443, "name": gw,
+                    "protocol": "tcp",
+                    "endpoints": [{"ip": "127.0.0.1", "port": gateway_addr.port(), "meshed": false}]}],
+                "headless": [{"port": host.port(), "name": "partner.weft.test", "protocol": "tcp",
+                    "l4": {"tls": [{"name": "payments/direct-partner",
+                        "matches": [{"sniHosts": ["partner.weft.test"]}],
+                        "destinations": [{"service": gw, "port": 443, "weight": 100}]}]}}]}
+        });
+        inputs
+            .snapshot
+            .offer(snapshot.to_string().as_bytes())
+            .unwrap();
+        let hello = client_hello("partner.weft.test");
+        let mut client = connect_via(&ctx, host).await;
+        client.write_all(&hello).await.unwrap();
+        assert_eq!(all_of(&mut client).await, "gateway");
+        // Another declared host: to the address dialled (the echo returns the ClientHello).
+        let other = client_hello("other.weft.test");
+        let mut client = connect_via(&ctx, host).await;
+        client.write_all(&other).await.unwrap();
+        let mut echoed = vec![0u8; other.len()];
+        client.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, other);
+        let routed = [
+            "reporter=\"source\"",
+            "destination_service=\"egressgateway.istio-egress.svc.cluster.local\"",
+        ];
+        eventually(|| {
+            count(
+                &metrics(&ctx),
+                "istio_tcp_connections_opened_total",
+                &routed,
+            ) == 1.0
+        })
+        .await;
     }
 
     /// A ClientHello as rustls writes it, naming `server`.

@@ -62,6 +62,9 @@ impl IdentityError {
             IdentityError::NoRoots(_) => "no_roots",
             IdentityError::Key(_) => "key",
             IdentityError::Connect { .. } => "connect",
+            // The operator or its issuer is down or busy (a Vault outage is a 503): worth
+            // telling apart from a refusal of this proxy's request.
+            IdentityError::Refused { status, .. } if *status >= 500 => "unavailable",
             IdentityError::Refused { .. } => "refused",
             IdentityError::BadResponse(_) => "bad_response",
             IdentityError::WrongIdentity { .. } => "wrong_identity",
@@ -576,6 +579,13 @@ mod tests {
             matches!(&err, IdentityError::Refused { status: 403, message } if message == "token not accepted"),
             "{err}"
         );
+        assert_eq!(err.metric_label(), "refused");
+        // An issuer outage (the operator's 503) is logged as one, not as a refusal.
+        let outage = IdentityError::Refused {
+            status: 503,
+            message: "Vault at http://198.18.0.1:18217 (pki/sign/weft) is unavailable".into(),
+        };
+        assert_eq!(outage.metric_label(), "unavailable");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -399,6 +399,17 @@ pub(super) async fn read_sni<S: AsyncRead + Unpin>(
     }
 }
 
+/// This proxy's labels as the source reporter, before any destination is known.
+pub(super) fn reporter_labels(snapshot: &SnapshotIndex) -> TcpLabels {
+    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
+    if let Some(w) = &snapshot.snapshot.workload {
+        labels.fill_source(w);
+    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
+        labels.source_workload_namespace = ns.to_string();
+    }
+    labels
+}
+
 /// The source reporter's labels for traffic to `endpoint` of `service` (None: passthrough),
 /// over mTLS or not. The same for a TCP connection and for an HTTP request.
 pub fn source_labels(
@@ -408,12 +419,7 @@ pub fn source_labels(
     endpoint: Option<&Endpoint>,
     mtls: bool,
 ) -> TcpLabels {
-    let mut labels = TcpLabels::new(Reporter::source, SecurityPolicy::none);
-    if let Some(w) = &snapshot.snapshot.workload {
-        labels.fill_source(w);
-    } else if let Some(ns) = spiffe_namespace(&snapshot.snapshot.identity) {
-        labels.source_workload_namespace = ns.to_string();
-    }
+    let mut labels = reporter_labels(snapshot);
     labels = match service {
         Some(s) => labels.with_service(&s.name),
         None => labels.with_cluster(crate::route::egress::PASSTHROUGH, None),

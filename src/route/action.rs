@@ -56,6 +56,10 @@ pub struct Actions {
     /// API's "no valid backend: 500" is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Istio's `corsPolicy`, the Gateway API's `CORS` filter ([`super::cors`]): preflights
+    /// answered by the proxy, allowed origins' responses given the `Access-Control-*` headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::cors::CorsPolicy>,
 }
 
 /// The proxy's own answer for a route: a status and an optional body.
@@ -156,6 +160,9 @@ impl Actions {
         }
         if !self.request_headers.is_empty() || !self.response_headers.is_empty() {
             parts.push("header edits".into());
+        }
+        if let Some(c) = &self.cors {
+            parts.push(c.summary());
         }
         for m in &self.mirrors {
             let d = &m.destination;
@@ -308,6 +315,9 @@ impl RetryOn {
 pub fn validate(a: &Actions) -> Result<(), String> {
     validate_edits(&a.request_headers)?;
     validate_edits(&a.response_headers)?;
+    if let Some(c) = &a.cors {
+        super::cors::validate("cors", c)?;
+    }
     let line = |what: &str, v: &str| {
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
             Err(format!(

@@ -564,6 +564,11 @@ fn compile_rule(
             },
         }
     }
+    if redirect.is_some() && actions.cors.is_some() {
+        return Err(
+            "CORS with RequestRedirect is not supported by weft yet: a redirect is answered by the proxy before CORS; put the CORS filter on the rule the redirect leads to".into(),
+        );
+    }
     if redirect.is_some() && !actions.mirrors.is_empty() {
         return Err(
             "RequestMirror with RequestRedirect: a redirect is answered by the proxy, nothing is sent to mirror".into(),
@@ -867,10 +872,69 @@ fn apply_filter(f: &FilterRef<'_>, actions: &mut Actions) -> Result<FilterEffect
                 m.ok_or("filter RequestMirror without requestMirror")?,
             ))
         }
-        "CORS" => Err("filter CORS is not supported by weft yet".into()),
+        "CORS" => {
+            let FilterRef::Http(f) = f else {
+                return Err("filter CORS is not a GRPCRoute filter".into());
+            };
+            let c = f.cors.as_ref().ok_or("filter CORS without cors")?;
+            actions.cors = Some(cors_policy(c)?);
+            Ok(FilterEffect::None)
+        }
         "ExtensionRef" => Err("filter ExtensionRef: weft implements no extension filters".into()),
         other => Err(format!("filter type {other:?} is not supported")),
     }
+}
+
+/// The Gateway API's default `maxAge` (the CRD's default, which the spec says a gateway
+/// applies when it is unset).
+const CORS_DEFAULT_MAX_AGE_SECS: u64 = 5;
+
+/// A `CORS` filter as the route's CORS policy ([`super::cors`]), the way Envoy serves it: an
+/// origin holding `*` in its host is a whole-value regex in which `*` takes any labels
+/// (`https://*.example.com` allows `https://a.b.example.com`, not `https://example.com`), `*`
+/// alone allows every origin; a matching origin is echoed (the spec's choice when
+/// `allowCredentials` is true, allowed when it is not). `*` in `allowMethods` and
+/// `allowHeaders` echoes what the preflight asks; `*` in `exposeHeaders` with credentials
+/// (which the spec forbids sending) is refused.
+fn cors_policy(c: &httproute::CorsFilter) -> Result<super::cors::CorsPolicy, String> {
+    let allow_origins = c
+        .allow_origins
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o.as_str() {
+            "" => Err(format!("cors.allowOrigins[{i}] is empty")),
+            "*" => Ok(StringMatch::Exact("*".into())),
+            o if o.contains('*') => {
+                let pieces: Vec<String> = o.split('*').map(regex_escape).collect();
+                regex(&format!("cors.allowOrigins[{i}]"), &pieces.join("[^/:]+"))
+            }
+            o => Ok(StringMatch::Exact(o.to_string())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let allow_credentials = c.allow_credentials.unwrap_or(false);
+    if allow_credentials && c.expose_headers.iter().any(|h| h == "*") {
+        return Err(
+            "cors.exposeHeaders * with allowCredentials true is not supported by weft (the response may not carry *): list the header names to expose".into(),
+        );
+    }
+    let max_age_secs = match c.max_age {
+        None => CORS_DEFAULT_MAX_AGE_SECS,
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or(format!("cors.maxAge {n} is not a number of seconds >= 1"))?,
+    };
+    let policy = super::cors::CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age_secs: Some(max_age_secs),
+        allow_credentials,
+        unmatched_preflights: super::cors::UnmatchedPreflights::Forward,
+    };
+    super::cors::validate("cors", &policy)?;
+    Ok(policy)
 }
 
 /// A header modifier: names lowercased (HTTP names are case-insensitive; the proxy's edits
@@ -1673,6 +1737,106 @@ mod tests {
     }
 
     #[test]
+    fn a_cors_filter_becomes_the_routes_cors_policy_as_the_spec_reads_it() {
+        use crate::route::cors::{ALLOW_ORIGIN, CorsRequest, MAX_AGE};
+        // The Gateway API conformance suite's `http-with-cors-exact` filter.
+        let cors = json!({"type": "CORS", "cors": {
+            "allowOrigins": ["https://www.foo.com", "https://www.bar.com", "https://*.foobar.com"],
+            "allowMethods": ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            "allowHeaders": ["x-header-1", "x-header-2"],
+            "exposeHeaders": ["x-header-3", "x-header-4"],
+            "allowCredentials": true,
+            "maxAge": 3600}});
+        let g = run(
+            &[http(
+                "c",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"filters": [cors], "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        assert!(status(&g, "c").accepted.status, "{:?}", status(&g, "c"));
+        let t = table(&g, "echo", 9080);
+        let p = t[0]
+            .actions
+            .cors
+            .as_ref()
+            .expect("the route carries the policy");
+        let cases = [
+            ("https://www.foo.com", true),
+            ("https://www.bar.com", true),
+            ("https://a.foobar.com", true),
+            ("https://a.b.foobar.com", true), // `*` takes any labels to its left
+            ("https://foobar.com", false),    // but at least one
+            ("http://a.foobar.com", false),   // another scheme
+            ("https://a.foobar.com:8443", false), // another port
+            ("https://a.foobar.com.evil", false),
+            ("https://www.baz.com", false),
+        ];
+        for (origin, want) in cases {
+            assert_eq!(p.allows_origin(origin), want, "{origin}");
+        }
+        assert!(p.allow_credentials);
+        assert_eq!(p.max_age_secs, Some(3600));
+        let answer = p
+            .preflight(&CorsRequest {
+                method: "OPTIONS",
+                origin: Some("https://www.foo.com"),
+                request_method: Some("GET"),
+                request_headers: None,
+            })
+            .expect("a preflight from an allowed origin is answered");
+        assert!(answer.contains(&(ALLOW_ORIGIN, "https://www.foo.com".to_string())));
+        assert!(answer.contains(&(MAX_AGE, "3600".to_string())));
+
+        // Unset maxAge: the spec's 5 s; `*` alone allows every origin.
+        let g = run(
+            &[http(
+                "d",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"]}}],
+                 "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+            )],
+            &[],
+        );
+        let t = table(&g, "echo", 9080);
+        let p = t[0].actions.cors.as_ref().unwrap();
+        assert_eq!(p.max_age_secs, Some(5));
+        assert!(p.allows_origin("https://anyone.example"));
+
+        // Refused, naming what to change: the rule is dropped.
+        for (bad, says) in [
+            (
+                json!({"allowOrigins": ["*"], "exposeHeaders": ["*"], "allowCredentials": true}),
+                "exposeHeaders *",
+            ),
+            (json!({"allowOrigins": ["*"], "maxAge": 0}), "cors.maxAge 0"),
+            (
+                json!({"allowHeaders": ["bad header"]}),
+                "cors.allowHeaders[0]",
+            ),
+            (json!({"allowOrigin": ["*"]}), "allowOrigin"),
+        ] {
+            let g = run(
+                &[http(
+                    "e",
+                    "t",
+                    json!({"parentRefs": [parent("echo")], "rules": [
+                    {"filters": [{"type": "CORS", "cors": bad.clone()}],
+                     "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                )],
+                &[],
+            );
+            let s = status(&g, "e");
+            assert!(!s.accepted.status, "{bad}");
+            assert!(s.accepted.message.contains(says), "{bad}: {s:?}");
+            assert!(table(&g, "echo", 9080).is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unsupported_filters_drop_their_rule_by_name_and_unknown_fields_refuse_the_route() {
         let g = run(
             &[http(
@@ -1695,19 +1859,24 @@ mod tests {
         );
         assert_eq!(table(&g, "echo", 9080).len(), 1);
 
+        // CORS with a redirect: the redirect would be answered before CORS; dropped, named.
         let g = run(
             &[http(
                 "all",
                 "t",
                 json!({"parentRefs": [parent("echo")], "rules": [
-                {"filters": [{"type": "CORS", "cors": {}}], "backendRefs": [{"name": "echo", "port": 9080}]}]}),
+                {"filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"]}},
+                             {"type": "RequestRedirect", "requestRedirect": {"hostname": "x.example"}}]}]}),
             )],
             &[],
         );
         let s = status(&g, "all");
         assert!(!s.accepted.status);
         assert_eq!(s.accepted.reason, REASON_UNSUPPORTED_VALUE);
-        assert!(s.accepted.message.contains("CORS"), "{s:?}");
+        assert!(
+            s.accepted.message.contains("CORS with RequestRedirect"),
+            "{s:?}"
+        );
         assert!(table(&g, "echo", 9080).is_empty());
 
         // An experimental-channel field weft does not implement is named, not ignored.

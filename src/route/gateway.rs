@@ -13,6 +13,7 @@ use super::compile::{Problem, Registry, Source, SubsetLabels, by_age};
 use super::istio::{Refusal, gateway_l4_routes, gateway_routes, read_virtual_service};
 use super::l4::L4Table;
 use super::model::HttpRoute;
+use crate::snapshot::{Protocol, Service};
 
 pub const GATEWAY: &str = "Gateway";
 
@@ -176,7 +177,7 @@ pub struct GatewayConfig {
     /// to any Service ([`crate::snapshot::SnapshotIndex`] adds them to its table). Only in
     /// a gateway's snapshot, so no sidecar learns a direct route to the external host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub external: Vec<crate::snapshot::Service>,
+    pub external: Vec<Service>,
     /// The `resolution: DNS` ones among `external` (sent without endpoints): the names the
     /// gateway proxy resolves, as Envoy's STRICT_DNS cluster does, to fill their endpoints in.
     /// An older proxy ignores the field and answers 503 (no endpoints) for them.
@@ -552,19 +553,20 @@ impl ExternalHosts {
     }
 
     /// The sidecars' side: each ServiceEntry host port a mesh VirtualService routes (`http`,
-    /// compiled on the registry [`Self::register`] filled) becomes an address-less Service
-    /// holding those routes, which the proxy applies to a request it matched to the host by
-    /// its `Host` (`proxy::egress`). Only routes whose every destination is a Service (the
-    /// egress gateway) are applied: a route back to the external host itself, and `tls`/`tcp`
-    /// routes of such hosts, are named in `problems` and not applied (the host stays as its
-    /// ServiceEntry says). `is_service`: whether a host is a Kubernetes Service.
+    /// `tls`, `tcp`, compiled on the registry [`Self::register`] filled) becomes an
+    /// address-less Service holding those routes, which the proxy applies to a request it
+    /// matched to the host by its `Host`, or a connection it matched by address or SNI
+    /// (`proxy::egress`). Only routes whose every destination is a Service (the egress
+    /// gateway) are applied: a route back to the external host itself is named in `problems`
+    /// and not applied (the host stays as its ServiceEntry says). `is_service`: whether a
+    /// host is a Kubernetes Service.
     pub fn mesh_services(
         &self,
         http: &BTreeMap<(String, u16), Vec<HttpRoute>>,
         l4: &BTreeMap<(String, u16), L4Table>,
         is_service: &dyn Fn(&str) -> bool,
         problems: &mut Vec<Problem>,
-    ) -> Vec<crate::snapshot::Service> {
+    ) -> Vec<Service> {
         let mut note = |vs: &str, message: String| {
             let (namespace, name) = vs.split_once('/').unwrap_or(("", vs));
             let p = Problem {
@@ -601,33 +603,35 @@ impl ExternalHosts {
                 );
                 continue;
             }
-            out.push(crate::snapshot::Service {
-                cluster_ip: None,
-                port: *port,
-                name: host.clone(),
-                protocol: crate::snapshot::Protocol::Http,
-                detect_protocol: false,
-                endpoints: Vec::new(),
-                subsets: BTreeMap::new(),
+            out.push(Service {
                 http: routes.clone(),
-                tls: None,
-                subset_tls: BTreeMap::new(),
-                traffic: Default::default(),
-                subset_traffic: BTreeMap::new(),
-                l4: L4Table::default(),
+                ..Service::bare(host.clone(), *port, Protocol::Http)
             });
         }
         for ((host, port), table) in l4 {
-            if !self.hosts.contains_key(host) || is_service(host) {
+            if !self.hosts.contains_key(host) || is_service(host) || table.is_empty() {
                 continue;
             }
-            if let Some(r) = table.tls.first().or(table.tcp.first()) {
+            let outside = table
+                .tls
+                .iter()
+                .chain(&table.tcp)
+                .find(|r| r.destinations.iter().any(|d| !is_service(&d.service)));
+            if let Some(r) = outside {
                 note(
                     &r.name,
                     format!(
-                        "tls/tcp routes for ServiceEntry host {host} port {port} are not applied by sidecars yet (http routes are); its connections go as its ServiceEntry says"
+                        "tls/tcp routes for ServiceEntry host {host} port {port} are applied by sidecars only when every destination is a mesh Service (an egress gateway); a destination outside the mesh (the host itself) is not supported yet, so this host's connections go as its ServiceEntry says"
                     ),
                 );
+                continue;
+            }
+            match out.iter_mut().find(|s| s.name == *host && s.port == *port) {
+                Some(s) => s.l4 = table.clone(),
+                None => out.push(Service {
+                    l4: table.clone(),
+                    ..Service::bare(host.clone(), *port, Protocol::Tcp)
+                }),
             }
         }
         out
@@ -725,20 +729,9 @@ impl ExternalHosts {
                     target_port: entry.target_ports.get(&port).copied().unwrap_or(port),
                 });
             }
-            config.external.push(crate::snapshot::Service {
-                cluster_ip: None,
-                port,
-                name: host.clone(),
-                protocol: crate::snapshot::Protocol::Http,
-                detect_protocol: false,
+            config.external.push(Service {
                 endpoints: declared.endpoints.clone(),
-                subsets: BTreeMap::new(),
-                http: Vec::new(),
-                tls: None,
-                subset_tls: BTreeMap::new(),
-                traffic: Default::default(),
-                subset_traffic: BTreeMap::new(),
-                l4: L4Table::default(),
+                ..Service::bare(host.clone(), port, Protocol::Http)
             });
         }
     }
@@ -1825,6 +1818,67 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(problems[0].name, "timeout");
+    }
+
+    /// Istio's egress gateway task, HTTPS variant (TLS passthrough): the sidecars' `tls`
+    /// route for the entry's TLS port sends connections by SNI to the egress gateway; a
+    /// `tcp` route back to the host itself is named and not applied.
+    #[test]
+    fn sidecars_get_the_hosts_tls_routes_to_the_egress_gateway() {
+        let se = json!({"hosts": ["partner.weft.test"], "location": "MESH_EXTERNAL",
+            "resolution": "DNS", "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}]});
+        let vs = json!({"hosts": ["partner.weft.test"],
+            "gateways": ["istio-egress/egressgateway", "mesh"],
+            "tls": [
+                {"match": [{"gateways": ["mesh"], "port": 443, "sniHosts": ["partner.weft.test"]}],
+                 "route": [{"destination": {"host": "egressgateway.istio-egress.svc.cluster.local",
+                            "subset": "partner", "port": {"number": 443}}}]},
+                {"match": [{"gateways": ["istio-egress/egressgateway"], "port": 443,
+                            "sniHosts": ["partner.weft.test"]}],
+                 "route": [{"destination": {"host": "partner.weft.test", "port": {"number": 443}}}]}]});
+        let external = external_of(&se);
+        let registry = egress_registry(&external);
+        let compiled = crate::route::istio::compile_virtual_service(
+            &registry,
+            &BTreeMap::new(),
+            &src("shop", "direct-partner", "1", &vs),
+        )
+        .unwrap();
+        let is_service = |h: &str| h.ends_with(".svc.cluster.local");
+        let mut problems = Vec::new();
+        let services =
+            external.mesh_services(&compiled.routes, &compiled.l4, &is_service, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(services.len(), 1, "{services:?}");
+        let s = &services[0];
+        assert_eq!(
+            (s.name.as_str(), s.port, s.cluster_ip),
+            ("partner.weft.test", 443, None)
+        );
+        assert!(s.http.is_empty() && s.endpoints.is_empty() && s.l4.tcp.is_empty());
+        assert_eq!(s.l4.tls.len(), 1, "only the mesh's route: {s:?}");
+        let d = &s.l4.tls[0].destinations[0];
+        assert_eq!(d.service, "egressgateway.istio-egress.svc.cluster.local");
+        assert_eq!((d.port, d.subset.as_deref()), (443, Some("partner")));
+        // A tcp route back to the host itself is not applied, and said.
+        let direct = json!({"hosts": ["partner.weft.test"], "tcp": [
+            {"route": [{"destination": {"host": "partner.weft.test", "port": {"number": 443}}}]}]});
+        let compiled = crate::route::istio::compile_virtual_service(
+            &registry,
+            &BTreeMap::new(),
+            &src("shop", "direct", "1", &direct),
+        )
+        .unwrap();
+        let services =
+            external.mesh_services(&compiled.routes, &compiled.l4, &is_service, &mut problems);
+        assert!(services.is_empty(), "{services:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("tls/tcp routes for ServiceEntry host partner.weft.test port 443"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].name, "direct");
     }
 
     #[test]

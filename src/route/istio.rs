@@ -696,9 +696,32 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub mirror_percentage: Option<super::istio_actions::PercentSpec>,
     #[serde(default)]
-    pub cors_policy: Option<Value>,
+    pub cors_policy: Option<CorsPolicySpec>,
     #[serde(default)]
     pub headers: Option<HeadersSpec>,
+}
+
+/// Istio's `CorsPolicy` ([`cors_policy`] reads it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicySpec {
+    /// Deprecated in Istio for `allowOrigins`: exact origins (`*`: all).
+    #[serde(default)]
+    pub allow_origin: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_origins: Option<Vec<StringMatchSpec>>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -816,6 +839,56 @@ fn string_match(at: &str, m: &StringMatchSpec) -> Result<StringMatch, String> {
         (None, None, None) => Ok(StringMatch::Prefix(String::new())),
         _ => Err(format!("{at}: give one of exact, prefix, regex")),
     }
+}
+
+/// A route's `corsPolicy` (`at`: `http[0].corsPolicy`) as Istio translates it for Envoy:
+/// `allowOrigins` as string matches (a regex under the same limits as a route's); the
+/// deprecated `allowOrigin` read as exact origins only when `allowOrigins` is not given;
+/// `maxAge` in whole seconds; `unmatchedPreflights` FORWARD (the default) or IGNORE.
+pub fn cors_policy(at: &str, c: &CorsPolicySpec) -> Result<super::cors::CorsPolicy, String> {
+    use super::cors::{CorsPolicy, UnmatchedPreflights};
+    let allow_origins = match (&c.allow_origins, &c.allow_origin) {
+        (Some(matches), _) => matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| string_match(&format!("{at}.allowOrigins[{i}]"), m))
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, Some(exact)) => exact.iter().cloned().map(StringMatch::Exact).collect(),
+        (None, None) => Vec::new(),
+    };
+    let max_age_secs = c
+        .max_age
+        .as_deref()
+        .map(|t| {
+            let d = crate::duration::parse(t).map_err(|e| format!("{at}.maxAge: {e}"))?;
+            if d.subsec_nanos() != 0 {
+                return Err(format!(
+                    "{at}.maxAge {t:?} is not whole seconds; Istio takes it to the second"
+                ));
+            }
+            Ok(d.as_secs())
+        })
+        .transpose()?;
+    let unmatched_preflights = match c.unmatched_preflights.as_deref() {
+        None | Some("UNSPECIFIED" | "FORWARD") => UnmatchedPreflights::Forward,
+        Some("IGNORE") => UnmatchedPreflights::Ignore,
+        Some(other) => {
+            return Err(format!(
+                "{at}.unmatchedPreflights {other:?} is not FORWARD or IGNORE"
+            ));
+        }
+    };
+    let policy = CorsPolicy {
+        allow_origins,
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age_secs,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        unmatched_preflights,
+    };
+    super::cors::validate(at, &policy)?;
+    Ok(policy)
 }
 
 fn header_matches(
@@ -1137,7 +1210,6 @@ fn pending_routes(
         let fields = set_fields(&[
             ("directResponse", h.direct_response.is_some()),
             ("delegate", h.delegate.is_some()),
-            ("corsPolicy", h.cors_policy.is_some()),
         ]);
         if !fields.is_empty() {
             return Err(invalid(not_supported(&at, &fields)));
@@ -2044,7 +2116,7 @@ spec:
 
     #[test]
     fn every_http_field_not_implemented_refuses_the_virtual_service_by_name() {
-        for field in ["corsPolicy", "delegate", "directResponse"] {
+        for field in ["delegate", "directResponse"] {
             let mut route = json!({"route": [{"destination": {"host": "reviews"}}]});
             route[field] = json!({});
             let m = vs_error(json!({"hosts": ["reviews"], "http": [route]}));
@@ -2092,6 +2164,127 @@ spec:
         );
         let m = vs_error(json!({"hosts": ["reviews"], "htp": []}));
         assert!(m.contains("htp"), "an unknown field is named: {m}");
+    }
+
+    #[test]
+    fn cors_policy_compiles_as_istio_translates_it_for_envoy() {
+        use crate::route::cors::{CorsPolicy, UnmatchedPreflights};
+        // Istio's VirtualService reference example (ratings), with each kind of origin.
+        let spec = json!({"hosts": ["ratings"], "http": [{
+            "route": [{"destination": {"host": "ratings"}}],
+            "corsPolicy": {
+                "allowOrigins": [{"exact": "https://example.com"}, {"prefix": "https://dev."},
+                                 {"regex": "https://.*\\.example\\.org"}],
+                "allowMethods": ["POST", "GET"],
+                "allowCredentials": false,
+                "allowHeaders": ["X-Foo-Bar"],
+                "exposeHeaders": ["X-Expose"],
+                "maxAge": "24h",
+                "unmatchedPreflights": "IGNORE"}}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &spec)).unwrap();
+        let routes = &c.routes[&("ratings.payments.svc.cluster.local".to_string(), 9080)];
+        let cors = routes[0]
+            .actions
+            .cors
+            .as_ref()
+            .expect("the route carries it");
+        assert_eq!(
+            *cors,
+            CorsPolicy {
+                allow_origins: vec![
+                    StringMatch::Exact("https://example.com".into()),
+                    StringMatch::Prefix("https://dev.".into()),
+                    StringMatch::Regex(Pattern::new(r"https://.*\.example\.org").unwrap()),
+                ],
+                allow_methods: vec!["POST".into(), "GET".into()],
+                allow_headers: vec!["X-Foo-Bar".into()],
+                expose_headers: vec!["X-Expose".into()],
+                max_age_secs: Some(86_400),
+                allow_credentials: false,
+                unmatched_preflights: UnmatchedPreflights::Ignore,
+            }
+        );
+        assert!(cors.allows_origin("https://shop.example.org"));
+        // Unset: FORWARD, no Max-Age; the deprecated allowOrigin is read as exact origins
+        // when allowOrigins is not given, and left aside when it is.
+        let old = json!({"hosts": ["ratings"], "http": [{
+            "route": [{"destination": {"host": "ratings"}}],
+            "corsPolicy": {"allowOrigin": ["https://old.example"]}}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &old)).unwrap();
+        let cors = c.routes[&("ratings.payments.svc.cluster.local".to_string(), 9080)][0]
+            .actions
+            .cors
+            .clone()
+            .unwrap();
+        assert_eq!(
+            cors.allow_origins,
+            vec![StringMatch::Exact("https://old.example".into())]
+        );
+        assert_eq!(cors.unmatched_preflights, UnmatchedPreflights::Forward);
+        assert_eq!(cors.max_age_secs, None);
+        let both = json!({"hosts": ["ratings"], "http": [{
+            "route": [{"destination": {"host": "ratings"}}],
+            "corsPolicy": {"allowOrigin": ["https://old.example"],
+                           "allowOrigins": [{"exact": "https://new.example"}]}}]});
+        let c =
+            compile_virtual_service(&registry(), &BTreeMap::new(), &src("vs", "t", &both)).unwrap();
+        let cors = c.routes[&("ratings.payments.svc.cluster.local".to_string(), 9080)][0]
+            .actions
+            .cors
+            .clone()
+            .unwrap();
+        assert!(!cors.allows_origin("https://old.example"));
+        assert!(cors.allows_origin("https://new.example"));
+    }
+
+    #[test]
+    fn a_bad_cors_policy_refuses_the_virtual_service_naming_the_field() {
+        let with = |cors: Value| {
+            vs_error(json!({"hosts": ["ratings"], "http": [
+                {"route": [{"destination": {"host": "ratings"}}]},
+                {"route": [{"destination": {"host": "ratings"}}], "corsPolicy": cors}]}))
+        };
+        let cases = [
+            (
+                json!({"allowOrigins": [{"regex": "(a"}]}),
+                "http[1].corsPolicy.allowOrigins[0].regex",
+            ),
+            (
+                json!({"allowOrigins": [{"regex": "(((a{100}){100}){100})"}]}),
+                "http[1].corsPolicy.allowOrigins[0].regex",
+            ),
+            (
+                json!({"allowOrigins": [{}]}),
+                "http[1].corsPolicy.allowOrigins[0] is empty",
+            ),
+            (
+                json!({"allowMethods": ["FETCH"]}),
+                "http[1].corsPolicy.allowMethods[0]",
+            ),
+            (
+                json!({"allowHeaders": ["bad header"]}),
+                "http[1].corsPolicy.allowHeaders[0]",
+            ),
+            (json!({"maxAge": "1.5s"}), "http[1].corsPolicy.maxAge"),
+            (json!({"maxAge": "soon"}), "http[1].corsPolicy.maxAge"),
+            (
+                json!({"unmatchedPreflights": "DROP"}),
+                "http[1].corsPolicy.unmatchedPreflights",
+            ),
+            (json!({"allowOrigns": []}), "allowOrigns"),
+        ];
+        for (cors, named) in cases {
+            let m = with(cors.clone());
+            assert!(m.contains(named), "{cors}: {m}");
+            assert!(m.contains("not applied"), "{m}");
+        }
+        let m = vs_error(
+            json!({"hosts": ["ratings"], "http": [{"redirect": {"uri": "/x"},
+            "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]}),
+        );
+        assert!(m.contains("http[0].corsPolicy with redirect"), "{m}");
     }
 
     #[test]

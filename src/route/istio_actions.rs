@@ -133,6 +133,12 @@ pub fn compile_actions(at: &str, h: &HttpRouteSpec) -> Result<Actions, String> {
             "{at} has both redirect and rewrite; a redirect is answered, nothing is rewritten"
         ));
     }
+    if h.redirect.is_some() && h.cors_policy.is_some() {
+        // The proxy answers a redirect route before CORS is looked at.
+        return Err(format!(
+            "{at}.corsPolicy with redirect is not supported yet; put the corsPolicy on the route the redirect leads to"
+        ));
+    }
     let (request_headers, response_headers) = match &h.headers {
         Some(spec) => header_edits(&format!("{at}.headers"), spec)?,
         None => Default::default(),
@@ -170,6 +176,11 @@ pub fn compile_actions(at: &str, h: &HttpRouteSpec) -> Result<Actions, String> {
         mirrors: Vec::new(),
         // Istio's `directResponse` is not read yet (the Gateway API's compiler sets it).
         direct_response: None,
+        cors: h
+            .cors_policy
+            .as_ref()
+            .map(|c| super::istio::cors_policy(&format!("{at}.corsPolicy"), c))
+            .transpose()?,
     })
 }
 

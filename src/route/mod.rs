@@ -8,6 +8,7 @@
 pub mod action;
 pub mod balance;
 pub mod compile;
+pub mod cors;
 pub mod egress;
 #[cfg(feature = "control-plane")]
 pub mod gamma;

@@ -388,6 +388,26 @@ pub struct Service {
 pub use crate::route::model::ClientTls;
 
 impl Service {
+    /// A Service of `name` and `port` with no address, endpoints, routes or policy yet: what
+    /// the control plane lays a ServiceEntry host's routes, TLS policy or endpoints on.
+    pub fn bare(name: String, port: u16, protocol: Protocol) -> Service {
+        Service {
+            cluster_ip: None,
+            port,
+            name,
+            protocol,
+            detect_protocol: false,
+            endpoints: Vec::new(),
+            subsets: BTreeMap::new(),
+            http: Vec::new(),
+            tls: None,
+            subset_tls: BTreeMap::new(),
+            traffic: Default::default(),
+            subset_traffic: BTreeMap::new(),
+            l4: Default::default(),
+        }
+    }
+
     /// The traffic policy for requests routed to `subset` (or to the whole host).
     pub fn traffic_of(&self, subset: Option<&str>) -> &crate::route::TrafficPolicy {
         subset

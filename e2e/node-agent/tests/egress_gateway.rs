@@ -529,6 +529,17 @@ fn external_server_on(port: u16) -> Seen {
 
 /// The HTTP status the pod's curl saw for `url`, with `resolve` pins (`host:port:addr`).
 fn curl_pinned(ns: &Namespace, pod: &str, url: &str, resolve: &[String]) -> String {
+    curl_pinned_with("-s", ns, pod, url, resolve)
+}
+
+/// [`curl_pinned`] with curl's flags `flags` (`-sk`: without verifying the server).
+fn curl_pinned_with(
+    flags: &str,
+    ns: &Namespace,
+    pod: &str,
+    url: &str,
+    resolve: &[String],
+) -> String {
     let mut args = vec![
         "exec",
         pod,
@@ -536,7 +547,7 @@ fn curl_pinned(ns: &Namespace, pod: &str, url: &str, resolve: &[String]) -> Stri
         "client",
         "--",
         "curl",
-        "-s",
+        flags,
         "-o",
         "/dev/null",
         "-w",
@@ -695,4 +706,239 @@ spec:
     let direct = format!("http://{NODE_IP}:{DNS_TARGET}/dns-direct");
     assert_eq!(curl_pinned(&apps, "client", &direct, &[]), "502");
     assert!(sources(&seen, "/dns-direct").is_empty());
+}
+
+// === TLS passthrough (the task's HTTPS variant): the app's own TLS through the gateway ===
+
+const TLS_GATEWAY_NS: &str = "istio-egress-tls";
+const TLS_GATEWAY: &str = "egressgateway-tls";
+const TLS_APPS: &str = "egress-tls-apps";
+const TLS_HOST: &str = "partner-tls.weft.test";
+/// Where the node's TLS server listens (the entry's STATIC endpoint port).
+const TLS_TARGET: u16 = 18453;
+
+/// Istio's egress-gateway task, the HTTPS variant (its `tls` routes, a `PASSTHROUGH` server),
+/// with the test's host, namespaces and a STATIC entry (the node as its endpoint).
+fn tls_task_yaml() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner-tls, namespace: {TLS_APPS}}}
+spec:
+  hosts: [{TLS_HOST}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  exportTo: [".", {TLS_GATEWAY_NS}]
+  ports:
+  - {{number: 443, name: tls, protocol: TLS}}
+  endpoints:
+  - address: {NODE_IP}
+    ports: {{tls: {TLS_TARGET}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {TLS_GATEWAY}, namespace: {TLS_GATEWAY_NS}}}
+spec:
+  selector: {{istio: {TLS_GATEWAY}}}
+  servers:
+  - port: {{number: 443, name: tls, protocol: TLS}}
+    hosts: [{TLS_HOST}]
+    tls: {{mode: PASSTHROUGH}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-partner-tls, namespace: {TLS_APPS}}}
+spec:
+  host: {TLS_GATEWAY}.{TLS_GATEWAY_NS}.svc.cluster.local
+  subsets:
+  - name: partner
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-partner-tls-through-egress-gateway, namespace: {TLS_APPS}}}
+spec:
+  hosts: [{TLS_HOST}]
+  gateways: [{TLS_GATEWAY_NS}/{TLS_GATEWAY}, mesh]
+  tls:
+  - match:
+    - gateways: [mesh]
+      port: 443
+      sniHosts: [{TLS_HOST}]
+    route:
+    - destination:
+        host: {TLS_GATEWAY}.{TLS_GATEWAY_NS}.svc.cluster.local
+        subset: partner
+        port: {{number: 443}}
+  - match:
+    - gateways: [{TLS_GATEWAY_NS}/{TLS_GATEWAY}]
+      port: 443
+      sniHosts: [{TLS_HOST}]
+    route:
+    - destination:
+        host: {TLS_HOST}
+        port: {{number: 443}}
+      weight: 100
+"#
+    )
+}
+
+/// `openssl s_server -www` (200 and a status page for every GET) on the node address with a
+/// self-signed certificate for [`TLS_HOST`]; killed when dropped.
+struct TlsServer(std::process::Child);
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn external_tls_server() -> TlsServer {
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("weft-egress-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", &format!("/CN={TLS_HOST}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{TLS_HOST}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl req");
+    assert!(made.success(), "openssl could not make the certificate");
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("{NODE_IP}:{TLS_TARGET}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    TlsServer(child)
+}
+
+/// The sum of the series of `metric` with every pair of `labels`.
+fn total(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    series(text, metric, labels).iter().map(|l| value(l)).sum()
+}
+
+#[test]
+fn a_tls_host_leaves_through_the_egress_gateways_passthrough_server_by_sni() {
+    let c = deployed();
+    let _server = external_tls_server();
+    c.apply_server_side(&format!(
+        r#"
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshConfig
+metadata: {{name: {REVISION}, namespace: weft-system}}
+spec:
+  proxy: {{image: "ghcr.io/weft-mesh/weft:0.1.0"}}
+  traffic: {{outboundTrafficPolicy: REGISTRY_ONLY}}
+  accessLog: {{enabled: true}}
+"#
+    ));
+    let gw_ns = c.namespace(TLS_GATEWAY_NS);
+    let apps = c.namespace(TLS_APPS);
+    c.ok(&[
+        "label",
+        "namespace",
+        TLS_APPS,
+        &format!("istio.io/rev={REVISION}"),
+    ]);
+    ok(weft(&[
+        "gateway",
+        "install",
+        "--name",
+        TLS_GATEWAY,
+        "--namespace",
+        TLS_GATEWAY_NS,
+        "--revision",
+        REVISION,
+    ]));
+    c.apply(&tls_task_yaml());
+    apps.apply(CLIENT);
+    gw_ns.ok(&[
+        "rollout",
+        "status",
+        &format!("deployment/{TLS_GATEWAY}"),
+        "--timeout=180s",
+    ]);
+    apps.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=90s",
+    ]);
+    let gateway_pod = gw_ns.jsonpath(
+        &format!("pods -l istio={TLS_GATEWAY}"),
+        "{.items[0].metadata.name}",
+    );
+
+    // The VirtualService is applied as written (its tls routes were refused for sidecars).
+    let vs = "virtualservice direct-partner-tls-through-egress-gateway";
+    let accepted = wait_for(
+        Duration::from_secs(30),
+        || {
+            apps.jsonpath(
+                vs,
+                "{.status.conditions[?(@.type==\"WeftAccepted\")].status}",
+            )
+        },
+        |s| s == "True",
+    );
+    let message = apps.jsonpath(
+        vs,
+        "{.status.conditions[?(@.type==\"WeftAccepted\")].message}",
+    );
+    assert_eq!(accepted, "True", "{message}");
+
+    // The app's own TLS, end to end: curl verifies nothing (a self-signed server) but the
+    // server's 200 came through the client's sidecar and the gateway, picked by SNI.
+    let url = format!("https://{TLS_HOST}/via-gateway");
+    let pin = [format!("{TLS_HOST}:443:{NODE_IP}")];
+    let code = wait_for(
+        Duration::from_secs(60),
+        || curl_pinned_with("-sk", &apps, "client", &url, &pin),
+        |code| code == "200",
+    );
+    assert_eq!(code, "200");
+    // The client's sidecar relayed it to the gateway's Service, the gateway to the host.
+    let client_metrics = apps.proxy_metrics("client");
+    let to_gateway = total(
+        &client_metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            (
+                "destination_service",
+                &format!("{TLS_GATEWAY}.{TLS_GATEWAY_NS}.svc.cluster.local"),
+            ),
+        ],
+    );
+    assert!(to_gateway >= 1.0, "{client_metrics}");
+    let gw_metrics = gw_ns.proxy_metrics(&gateway_pod);
+    let out = total(
+        &gw_metrics,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "source"), ("destination_service", TLS_HOST)],
+    );
+    assert!(out >= 1.0, "no gateway series for {TLS_HOST}: {gw_metrics}");
+
+    // Around the gateway: the node's port itself is not declared; REGISTRY_ONLY closes it.
+    let direct = format!("https://{NODE_IP}:{TLS_TARGET}/direct");
+    assert_eq!(
+        curl_pinned_with("-sk", &apps, "client", &direct, &[]),
+        "000"
+    );
 }

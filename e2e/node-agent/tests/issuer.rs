@@ -800,7 +800,6 @@ fn operator_pods(c: &Cluster) -> String {
 /// continued, the next retry gets a fresh Vault-signed certificate, before the old one expires,
 /// without a restart of the proxy or the operator. No request fails throughout.
 #[test]
-#[ignore = "written in session 8, not yet run on the cluster (the Vault build had not finished): run it with --ignored and remove this"]
 fn a_renewal_during_a_vault_outage_keeps_the_working_certificate_and_retries_until_vault_is_back() {
     let _turn = mesh_wide();
     let c = deployed();

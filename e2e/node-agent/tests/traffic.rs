@@ -1588,3 +1588,183 @@ spec:
         "portLevelSettings loadBalancer: 9080 40/40 on one pod (hash), 9081 {share}/40 on {first} (round robin)"
     );
 }
+
+/// One request from the client pod with curl arguments `args`: the status, the response's
+/// headers (names lowercased) and its body.
+fn one_exchange(ns: &Namespace, url: &str, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let mut argv = vec![
+        "exec",
+        "client",
+        "-c",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "-i",
+        "--max-time",
+        "20",
+    ];
+    argv.extend_from_slice(args);
+    argv.push(url);
+    let out = ns.kubectl(&argv);
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Issue 19's CORS with Istio's `corsPolicy`: the client's proxy answers a preflight from an
+/// allowed origin itself (200, the allow headers, the app never sees it), forwards one from
+/// another origin untouched, and gives an allowed origin's actual request the app's answer
+/// with `Access-Control-Allow-Origin` (and credentials, exposed headers); another origin's
+/// request gets no CORS header.
+#[test]
+fn a_cors_policy_answers_allowed_preflights_in_the_client_proxy_and_marks_allowed_origins() {
+    let c = support::deployed();
+    let ns = c.namespace("cors");
+    enrol(&ns);
+    ns.apply(&version("reviews", "v1", 9080));
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+    corsPolicy:
+      allowOrigins:
+      - exact: https://shop.example
+      - regex: "https://.*\\.partner\\.example"
+      allowMethods: [POST, GET]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-served-by]
+      maxAge: 24h
+      allowCredentials: true
+"#,
+    );
+    ns.apply(CLIENT);
+    rolled_out(&ns, &["reviews-v1"]);
+    let url = "http://reviews:9080/";
+    let preflight = |origin: &str| {
+        one_exchange(
+            &ns,
+            url,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: POST",
+                "-H",
+                "Access-Control-Request-Headers: x-token",
+            ],
+        )
+    };
+    // The policy reached the client's proxy when a preflight is answered with it.
+    wait_for(
+        Duration::from_secs(60),
+        || format!("{:?}", preflight("https://shop.example")),
+        |s| s.contains("access-control-allow-origin"),
+    );
+    let v1 = ns.jsonpath("pods -l version=v1", "{.items[0].metadata.name}");
+    let before = served_from(&ns, &v1, "client");
+
+    // Allowed preflights: answered by the client's proxy, with the policy's headers.
+    for _ in 0..5 {
+        let (status, headers, body) = preflight("https://shop.example");
+        assert_eq!(status, 200, "{headers:?} {body}");
+        let h = |n| header_of(&headers, n);
+        assert_eq!(
+            h("access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        assert_eq!(h("access-control-allow-methods"), Some("POST,GET"));
+        assert_eq!(h("access-control-allow-headers"), Some("x-token"));
+        assert_eq!(h("access-control-max-age"), Some("86400"));
+        assert_eq!(h("access-control-allow-credentials"), Some("true"));
+        // The echo app would have answered "v1 from <pod> ...".
+        assert!(body.is_empty(), "the app answered the preflight: {body}");
+    }
+    // A preflight from another origin is forwarded (unmatchedPreflights FORWARD): the app
+    // answers it, without CORS headers.
+    let (status, headers, body) = preflight("https://evil.example");
+    assert_eq!(status, 200, "{headers:?}");
+    assert!(body.starts_with("v1 from"), "{body}");
+    assert_eq!(header_of(&headers, "access-control-allow-origin"), None);
+
+    // Actual requests: allowed origins (exact and regex) get the app's answer marked for
+    // the browser; another origin and a request without Origin are left as the app sent them.
+    for origin in ["https://shop.example", "https://eu.partner.example"] {
+        let (status, headers, body) = one_exchange(&ns, url, &["-H", &format!("Origin: {origin}")]);
+        assert_eq!(status, 200);
+        assert!(body.starts_with("v1 from"), "{body}");
+        assert_eq!(
+            header_of(&headers, "access-control-allow-origin"),
+            Some(origin)
+        );
+        assert_eq!(
+            header_of(&headers, "access-control-allow-credentials"),
+            Some("true")
+        );
+        assert_eq!(
+            header_of(&headers, "access-control-expose-headers"),
+            Some("x-served-by")
+        );
+    }
+    for args in [&["-H", "Origin: https://evil.example"][..], &[][..]] {
+        let (status, headers, body) = one_exchange(&ns, url, args);
+        assert_eq!(status, 200);
+        assert!(body.starts_with("v1 from"), "{body}");
+        assert!(
+            headers
+                .iter()
+                .all(|(n, _)| !n.starts_with("access-control-")),
+            "{args:?}: {headers:?}"
+        );
+    }
+
+    // The app's proxy served the 1 forwarded preflight and the 4 actual requests, never the 5
+    // answered preflights.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let n = served_from(&ns, &v1, "client");
+        if n >= before + 5 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = served_from(&ns, &v1, "client");
+    assert_eq!((after, settled), (before + 5, before + 5), "from {before}");
+    // The route says so in `weft proxy-config routes`.
+    let out = weft(&["proxy-config", "routes", "client", "-n", "cors"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cors https://shop.example"), "{text}");
+}

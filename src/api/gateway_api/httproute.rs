@@ -2,7 +2,6 @@
 //! strictly by [`Spec::parse`] one rule at a time, so an error names the rule and the field.
 
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::common::{BackendRef, HeaderFilter, HeaderMatch, LocalObjectReference, MirrorFilter};
 use super::route::{RouteSpec, raw_route_resource};
@@ -77,7 +76,28 @@ pub struct Filter {
     #[serde(default)]
     pub extension_ref: Option<LocalObjectReference>,
     #[serde(default)]
-    pub cors: Option<Value>,
+    pub cors: Option<CorsFilter>,
+}
+
+/// `HTTPCORSFilter` (read by `route::gamma`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsFilter {
+    /// `<scheme>://<host>[:<port>]`, the host may hold `*` (any labels to its left); `*`
+    /// alone: every origin.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds; the CRD defaults it to 5.
+    #[serde(default)]
+    pub max_age: Option<i64>,
 }
 
 /// `HTTPRequestRedirectFilter`.

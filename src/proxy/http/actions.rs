@@ -12,6 +12,7 @@ use super::exchange::{grpc_reply, local_reply};
 use super::server::ResponseBody;
 use crate::proxy::metrics::grpc_status_from_http;
 use crate::route::action::{self, Abort, DirectResponse, HeaderEdits, Redirect};
+use crate::route::cors::{self, CorsRequest};
 use crate::snapshot::Routed;
 
 /// The body of a fault's abort, as Envoy's fault filter answers.
@@ -64,6 +65,62 @@ pub fn edit_request(parts: &mut Parts, routed: &Routed<'_>) {
 pub fn edit_response<B>(resp: &mut Response<B>, routed: &Routed<'_>) {
     edit_headers(resp.headers_mut(), &routed.destination.response_headers);
     edit_headers(resp.headers_mut(), &routed.route.actions.response_headers);
+}
+
+/// The parts of a request a route's CORS policy looks at.
+fn cors_request(parts: &Parts) -> CorsRequest<'_> {
+    let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    CorsRequest {
+        method: parts.method.as_str(),
+        origin: text(header::ORIGIN.as_str()),
+        request_method: text(cors::REQUEST_METHOD),
+        request_headers: text(cors::REQUEST_HEADERS),
+    }
+}
+
+/// The proxy's own answer to a CORS preflight when the route's policy answers it (200, the
+/// `Access-Control-Allow-*` headers, no body), as Envoy's CORS filter does; None: forward it.
+pub fn cors_preflight(parts: &Parts, routed: &Routed<'_>) -> Option<Response<ResponseBody>> {
+    let policy = routed.route.actions.cors.as_ref()?;
+    let headers = policy.preflight(&cors_request(parts))?;
+    let mut resp = local_reply(StatusCode::OK, "", false);
+    set_cors_headers(resp.headers_mut(), headers);
+    Some(resp)
+}
+
+/// The request's `Origin` when the route has a CORS policy that allows it: what its response
+/// is to be given ([`cors_response`]), kept before the request's header edits, as Envoy's
+/// CORS filter reads it before the router edits the request.
+pub fn cors_origin(parts: &Parts, routed: &Routed<'_>) -> Option<HeaderValue> {
+    let policy = routed.route.actions.cors.as_ref()?;
+    let origin = parts.headers.get(header::ORIGIN)?;
+    policy
+        .allows_origin(origin.to_str().ok()?)
+        .then(|| origin.clone())
+}
+
+/// A forwarded request's response gets the route's CORS headers for `origin` (see
+/// [`cors_origin`]), replacing the destination's, after the route's header edits.
+pub fn cors_response<B>(resp: &mut Response<B>, routed: &Routed<'_>, origin: Option<&HeaderValue>) {
+    let (Some(policy), Some(origin)) = (routed.route.actions.cors.as_ref(), origin) else {
+        return;
+    };
+    // [`cors_origin`] found the origin allowed; it is not matched again.
+    let Ok(origin) = origin.to_str() else {
+        return;
+    };
+    set_cors_headers(resp.headers_mut(), policy.decorate_allowed(origin));
+}
+
+fn set_cors_headers(map: &mut HeaderMap, headers: cors::CorsHeaders) {
+    for (name, value) in headers {
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                map.insert(HeaderName::from_static(name), v);
+            }
+            Err(_) => tracing::debug!(name, "CORS header value is not a header value; left out"),
+        }
+    }
 }
 
 fn set_path(uri: &mut Uri, path_and_query: &str) {
@@ -274,5 +331,81 @@ mod tests {
         };
         let (resp, _) = abort(&grpc, true);
         assert_eq!(resp.headers()["grpc-status"], "7");
+    }
+
+    #[test]
+    fn a_cors_route_answers_an_allowed_preflight_and_marks_the_allowed_origins_response() {
+        let route = HttpRoute {
+            name: "shop/reviews".into(),
+            actions: crate::route::Actions {
+                cors: Some(crate::route::cors::CorsPolicy {
+                    allow_origins: vec![StringMatch::Exact("https://shop.example".into())],
+                    allow_methods: vec!["GET".into(), "POST".into()],
+                    expose_headers: vec!["x-served-by".into()],
+                    allow_credentials: true,
+                    max_age_secs: Some(60),
+                    ..Default::default()
+                }),
+                response_headers: HeaderEdits {
+                    set: [(
+                        "access-control-allow-origin".to_string(),
+                        "https://edited.example".to_string(),
+                    )]
+                    .into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let dest = Destination::default();
+        let routed = Routed {
+            route: &route,
+            matched: None,
+            destination: &dest,
+        };
+        let request = |method: &str, origin: &str, asked: Option<&str>| {
+            let mut b = hyper::Request::builder()
+                .method(method)
+                .uri("/reviews")
+                .header("origin", origin);
+            if let Some(m) = asked {
+                b = b.header("access-control-request-method", m);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        // An allowed preflight: the proxy's 200 with the allow headers.
+        let resp = cors_preflight(
+            &request("OPTIONS", "https://shop.example", Some("POST")),
+            &routed,
+        )
+        .expect("answered by the proxy");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+        assert_eq!(h["access-control-allow-methods"], "GET,POST");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-max-age"], "60");
+        // Another origin's preflight and an actual request are forwarded.
+        let evil = request("OPTIONS", "https://evil.example", Some("POST"));
+        assert!(cors_preflight(&evil, &routed).is_none());
+        assert_eq!(cors_origin(&evil, &routed), None);
+        let get = request("GET", "https://shop.example", None);
+        assert!(cors_preflight(&get, &routed).is_none());
+        // Its response: the route's edits, then CORS over them (Envoy's encode order).
+        let origin = cors_origin(&get, &routed);
+        let mut resp = hyper::Response::new(());
+        resp.headers_mut()
+            .insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        edit_response(&mut resp, &routed);
+        cors_response(&mut resp, &routed, origin.as_ref());
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-expose-headers"], "x-served-by");
+        // A response to a request from no allowed origin is left as it came.
+        let mut resp = hyper::Response::new(());
+        cors_response(&mut resp, &routed, None);
+        assert!(resp.headers().is_empty());
     }
 }

@@ -233,6 +233,18 @@ impl Exchange {
         resp
     }
 
+    /// Answers a request refused before routing and policy: a CONNECT, which Envoy answers
+    /// on Istio's listeners with 403 and details `upgrade_failed` (no upgrade config names
+    /// it). Never a gRPC reply: the refusal is of the method, whatever the content type.
+    pub fn refused_upgrade(self, record: &Record) -> Response<ResponseBody> {
+        let resp = local_reply(StatusCode::FORBIDDEN, "", false);
+        let why = Why {
+            details: Some("upgrade_failed"),
+            ..Why::default()
+        };
+        self.local_response(resp, 0, record, why)
+    }
+
     /// Answers a request whose upstream gave no response (Envoy's 503 and flag).
     pub fn failed(self, e: &ForwardError, record: &Record) -> Response<ResponseBody> {
         let (details, failure) = match e {

@@ -74,6 +74,11 @@ pub async fn serve<I>(
 }
 
 impl server::Pipeline for Inbound {
+    fn refuse_connect(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (exchange, _, _) = Exchange::begin(&self.ctx, req);
+        exchange.refused_upgrade(&self.record)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let (exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
         let bad_request = |exchange: Exchange| {

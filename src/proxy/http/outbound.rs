@@ -244,6 +244,17 @@ async fn serve_front<I>(
 }
 
 impl server::Pipeline for Outbound {
+    /// Recorded before any route: its destination is `unknown`, as Istio reports a request
+    /// no route took.
+    fn refuse_connect(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (exchange, _, _) = Exchange::begin(&self.ctx, req);
+        let snapshot = self
+            .ctx
+            .snapshot()
+            .unwrap_or_else(|| self.accepted_with.clone());
+        exchange.refused_upgrade(&self.unrouted(&snapshot))
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let (exchange, mut parts, body) = Exchange::begin(&self.ctx, req);
         let snapshot = self
@@ -282,6 +293,7 @@ impl server::Pipeline for Outbound {
                     service: None,
                     candidates: Vec::new(),
                     routed: None,
+                    cors_origin: None,
                 };
                 self.send(exchange, parts, body, route).await
             }
@@ -407,6 +419,7 @@ impl Outbound {
                 return exchange.local(StatusCode::SERVICE_UNAVAILABLE, "", &record(), why);
             }
         };
+        let mut cors_origin = None;
         if let Some(routed) = &routed {
             if let Some(fault) = &routed.route.actions.fault {
                 if let Some(d) = &fault.delay
@@ -428,6 +441,17 @@ impl Outbound {
                     return exchange.local_response(resp, sent, &record, why);
                 }
             }
+            // The route's CORS policy, after the fault (Istio's filter order: fault, CORS,
+            // router): a preflight it answers is not forwarded.
+            if let Some(resp) = actions::cors_preflight(&parts, routed) {
+                let record = self.no_upstream(snapshot, service);
+                let why = Why {
+                    details: Some("cors_response"),
+                    ..Why::default()
+                };
+                return exchange.local_response(resp, 0, &record, why);
+            }
+            cors_origin = actions::cors_origin(&parts, routed);
             actions::edit_request(&mut parts, routed);
         }
         // A gateway's client may speak h2 to it; the Service gets HTTP/1.1 unless the request
@@ -444,6 +468,7 @@ impl Outbound {
             service: Some(service),
             candidates,
             routed,
+            cors_origin,
         };
         self.send(exchange, parts, body, route).await
     }
@@ -478,6 +503,8 @@ struct Route<'a> {
     service: Option<&'a Service>,
     candidates: Vec<&'a Endpoint>,
     routed: Option<Routed<'a>>,
+    /// The request's `Origin`, when the route's CORS policy allows it.
+    cors_origin: Option<hyper::header::HeaderValue>,
 }
 
 /// One endpoint to try and how to talk to it (the DestinationRule's TLS mode, else auto-mTLS;
@@ -569,6 +596,7 @@ impl Outbound {
             service,
             candidates,
             routed,
+            cors_origin,
         } = route;
         let subset = routed
             .as_ref()
@@ -776,6 +804,7 @@ impl Outbound {
                 Ok(mut resp) => {
                     if let Some(r) = &routed {
                         actions::edit_response(&mut resp, r);
+                        actions::cors_response(&mut resp, r, cors_origin.as_ref());
                     }
                     if let Some(head) = &head {
                         self.mirror(snapshot, mirrors, head, h2, &recorder);

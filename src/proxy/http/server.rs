@@ -95,10 +95,14 @@ where
     }
 }
 
-/// One side's per-request pipeline (inbound, outbound; later a gateway's).
+/// One side's per-request pipeline (inbound, outbound, a gateway's).
 pub trait Pipeline: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>)
     -> impl Future<Output = Response<ResponseBody>> + Send;
+
+    /// Answers a CONNECT, refused before any route or policy sees it ([`refuse_connect`]),
+    /// and records it (metrics, access log) where the side records its own replies.
+    fn refuse_connect(&self, req: Request<Incoming>) -> Response<ResponseBody>;
 }
 
 /// Serves `io` through `pipeline` until it closes, the proxy drains or it idles out.
@@ -139,7 +143,8 @@ pub async fn serve_pipeline<I, P>(
                     changed
                 });
                 if req.method() == Method::CONNECT {
-                    return Ok::<_, Infallible>(refuse_connect(version, &side));
+                    let refused = pipeline.refuse_connect(req);
+                    return Ok::<_, Infallible>(refuse_connect(refused, version, &side));
                 }
                 // Not on an upgrade: its connection becomes the tunnel.
                 let close = version < Version::HTTP_2;
@@ -178,14 +183,17 @@ pub async fn serve_pipeline<I, P>(
 /// config names CONNECT). A tunnel is neither routed nor authorized past its first request,
 /// so a CONNECT would carry a client to any address past the mesh's routes and policies.
 /// An HTTP/1 connection is closed after it: the client may already be sending the tunnel's
-/// bytes, which are not HTTP.
-fn refuse_connect(version: Version, side: &str) -> Response<ResponseBody> {
+/// bytes, which are not HTTP. `response`: the pipeline's recorded 403
+/// ([`Pipeline::refuse_connect`]).
+fn refuse_connect(
+    mut response: Response<ResponseBody>,
+    version: Version,
+    side: &str,
+) -> Response<ResponseBody> {
     tracing::debug!(
         side,
         "CONNECT refused with 403 (CONNECT is not enabled, as in Istio)"
     );
-    let mut response = Response::new(full(""));
-    *response.status_mut() = StatusCode::FORBIDDEN;
     if version < Version::HTTP_2 {
         response
             .headers_mut()
@@ -682,6 +690,12 @@ mod tests {
         ) -> impl Future<Output = Response<ResponseBody>> + Send {
             self.0.fetch_add(1, Ordering::Relaxed);
             std::future::ready(Response::new(full("ok")))
+        }
+
+        fn refuse_connect(&self, _req: Request<Incoming>) -> Response<ResponseBody> {
+            let mut response = Response::new(full(""));
+            *response.status_mut() = StatusCode::FORBIDDEN;
+            response
         }
     }
 

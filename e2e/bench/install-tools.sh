@@ -34,8 +34,7 @@ if ((${#need[@]})); then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
   fi
   trap '[[ $made_policy == 1 ]] && rm -f "$policy"' EXIT
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  bash "$here/../scripts/apt-install.sh" "${need[@]}"
 fi
 echo "haproxy=$(command -v haproxy)"
 echo "nginx=$(command -v nginx)"

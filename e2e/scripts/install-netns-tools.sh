@@ -9,12 +9,5 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "install-netns-tools: need root to install ${need[*]}" >&2
-    exit 1
-  fi
-  echo "installing Debian packages: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  bash "$(dirname "$0")/apt-install.sh" "${need[@]}"
 fi

@@ -10,10 +10,17 @@ use super::model::MeshView;
 use crate::route::compile::{Problem, Registry, RouteTables, Source};
 use crate::route::gamma::{self, RouteKind, RouteSource, RouteStatus};
 
-/// Compiles the view's GAMMA routes and puts their tables into `tables`: a Service port a
-/// VirtualService routes keeps the VirtualService's table (the route's parent is not
-/// accepted); one a TrafficSplit routes takes the GAMMA routes, and the split is reported.
-pub fn apply(view: &MeshView, registry: &Registry, tables: &mut RouteTables) -> Vec<RouteStatus> {
+/// Compiles the view's GAMMA routes as the proxies of namespace `client` take them (`None`:
+/// a namespace without consumer routes; see [`gamma::compile`]) and puts their tables into
+/// `tables`: a Service port a VirtualService routes keeps the VirtualService's table (the
+/// route's parent is not accepted); one a TrafficSplit routes takes the GAMMA routes, and the
+/// split is reported.
+pub fn apply(
+    view: &MeshView,
+    registry: &Registry,
+    tables: &mut RouteTables,
+    client: Option<&str>,
+) -> Vec<RouteStatus> {
     if view.http_routes.is_empty() && view.grpc_routes.is_empty() {
         return Vec::new();
     }
@@ -53,7 +60,7 @@ pub fn apply(view: &MeshView, registry: &Registry, tables: &mut RouteTables) -> 
             },
         });
     }
-    let compiled = gamma::compile(registry, &sources, &tables.virtual_service_hosts);
+    let compiled = gamma::compile(registry, &sources, &tables.virtual_service_hosts, client);
     for ((host, port), routes) in compiled.http {
         if let Some(split) = tables.http.get(&(host.clone(), port)) {
             // Only a TrafficSplit can be there: VirtualService hosts take no GAMMA routes.
@@ -71,6 +78,22 @@ pub fn apply(view: &MeshView, registry: &Registry, tables: &mut RouteTables) -> 
         tables.http.insert((host, port), routes);
     }
     compiled.statuses
+}
+
+/// The namespaces holding a consumer route (a parent Service in another namespace): their
+/// proxies get tables of their own.
+pub fn consumer_namespaces(view: &MeshView) -> std::collections::BTreeSet<String> {
+    let http = view.http_routes.iter().map(|o| (o.meta(), &o.spec.raw));
+    let grpc = view.grpc_routes.iter().map(|o| (o.meta(), &o.spec.raw));
+    http.chain(grpc)
+        .filter_map(|(meta, spec)| {
+            let namespace = meta.namespace.as_deref()?;
+            crate::api::gateway_api::common::parent_refs(spec)
+                .iter()
+                .any(|p| p.is_service() && p.namespace.as_deref().is_some_and(|n| n != namespace))
+                .then(|| namespace.to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,6 +169,57 @@ mod tests {
         assert_eq!(
             of("shop").parents[0].accepted.reason,
             REASON_NOT_ALLOWED_BY_PARENTS
+        );
+    }
+
+    #[test]
+    fn a_consumer_route_reaches_only_its_namespaces_snapshots_and_section_name_is_the_port_name() {
+        use super::super::model::tests::pod;
+        let mut v = view();
+        v.pods
+            .push(pod("shop", "cart-1", "198.18.1.20", "cart", true));
+        v.services
+            .push(service("pets", "db-v2", "198.19.0.40", "http"));
+        // pets' producer route: every client goes to db-v2; shop's consumer route names the
+        // port by its name and sends its clients to db itself (no backendRefs).
+        let producer = route_to("db", "db-v2");
+        let consumer = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"namespace": "shop", "name": "db-from-shop",
+                         "creationTimestamp": "2026-01-02T00:00:00Z"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "db",
+                                     "namespace": "pets", "sectionName": "http"}],
+                     "rules": [{"filters": [{"type": "RequestHeaderModifier",
+                         "requestHeaderModifier": {"set": [{"name": "x-from", "value": "shop"}]}}]}]}
+        });
+        v.http_routes = vec![obj(producer), obj(consumer)];
+        let index = MeshIndex::build(&v);
+        let routes_of = |ns: &str, pod: &str| {
+            let (_, bytes) = index.snapshot_for(ns, pod).expect("a snapshot");
+            let snap = decode_snapshot(&bytes).expect("the proxy accepts it");
+            snap.outbound
+                .services
+                .iter()
+                .find(|s| s.name == "db.pets.svc.cluster.local")
+                .map(|s| s.http.clone())
+                .unwrap_or_default()
+        };
+        let pets = routes_of("pets", "web-1");
+        assert_eq!(pets.len(), 1, "{pets:?}");
+        assert_eq!(pets[0].name, "pets/db");
+        let shop = routes_of("shop", "cart-1");
+        assert_eq!(shop.len(), 1, "{shop:?}");
+        assert_eq!(shop[0].name, "shop/db-from-shop");
+        assert_eq!(shop[0].destinations[0].service, "db.pets.svc.cluster.local");
+        let statuses = index.gamma_statuses();
+        let consumer = statuses
+            .iter()
+            .find(|s| s.name == "db-from-shop")
+            .expect("the consumer route's status");
+        assert!(
+            consumer.parents[0].accepted.status,
+            "{:?}",
+            consumer.parents[0]
         );
     }
 }

@@ -211,6 +211,22 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
             s.protocol == Protocol::Http || s.detect_protocol,
         );
     }
+    // Port names, which a GAMMA parent's sectionName gives.
+    for svc in &view.services {
+        let (Some(ns), Some(name)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let host = format!("{name}.{ns}.svc.{}", view.cluster_domain);
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+        for p in ports.into_iter().flatten() {
+            if let (Some(port_name), Ok(port)) = (p.name.as_deref(), u16::try_from(p.port)) {
+                registry.name_port(&host, port_name, port);
+            }
+        }
+    }
     // ServiceEntry hosts as VirtualService hosts and destinations (egress gateways).
     let kube_hosts: std::collections::HashSet<String> =
         registry.hosts().map(String::from).collect();
@@ -286,7 +302,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
         tables.problems.clear();
     }
     // GAMMA routes onto the same tables (a VirtualService's host keeps its own).
-    let gamma = super::gamma::apply(view, &registry, &mut tables);
+    let gamma = super::gamma::apply(view, &registry, &mut tables, None);
     // Pod labels by pod IP: an endpoint is a pod's IP (the view holds the meshed pods).
     let labels: HashMap<IpAddr, &BTreeMap<String, String>> = view
         .pods
@@ -321,7 +337,7 @@ pub fn apply(view: &MeshView, services: &mut [Service], headless: &mut Vec<Servi
             .collect();
         for ns in &clients {
             let mut own = compile::compile_for(&registry, resources, Some(ns.as_str()));
-            super::gamma::apply(view, &registry, &mut own);
+            super::gamma::apply(view, &registry, &mut own, Some(ns.as_str()));
             for p in std::mem::take(&mut own.problems) {
                 if !tables.problems.contains(&p) {
                     tables.problems.push(p);
@@ -596,10 +612,21 @@ fn origination_credentials(
 }
 
 /// The client namespaces that may see other routes than the shared tables: those holding a
-/// DestinationRule or VirtualService (their own rules come first, private ones included), and
-/// those an `exportTo` names. Empty when no such namespace differs: every proxy then shares
-/// one table.
+/// DestinationRule or VirtualService (their own rules come first, private ones included),
+/// those an `exportTo` names, and those holding a GAMMA consumer route. Empty when no such
+/// namespace differs: every proxy then shares one table.
 fn client_namespaces(
+    view: &MeshView,
+    drs: &[Source<'_>],
+    vss: &[Source<'_>],
+) -> std::collections::BTreeSet<String> {
+    let mut out = istio_client_namespaces(view, drs, vss);
+    out.extend(super::gamma::consumer_namespaces(view));
+    out
+}
+
+/// [`client_namespaces`] for DestinationRules and VirtualServices.
+fn istio_client_namespaces(
     view: &MeshView,
     drs: &[Source<'_>],
     vss: &[Source<'_>],

@@ -25,6 +25,8 @@ pub struct Registry {
     /// that a rule of any other namespace replaces for a host.
     pub root_namespace: String,
     services: BTreeMap<String, Vec<PortInfo>>,
+    /// Named ports of Services, (host, name) -> port (a GAMMA parent's `sectionName`).
+    port_names: BTreeMap<(String, String), u16>,
 }
 
 /// Istio's host matching: `*` takes every host, `*.suffix` every host ending in `.suffix`
@@ -63,6 +65,7 @@ impl Registry {
             cluster_domain: cluster_domain.to_string(),
             root_namespace: String::new(),
             services: BTreeMap::new(),
+            port_names: BTreeMap::new(),
         }
     }
 
@@ -104,6 +107,19 @@ impl Registry {
             Some(p) => p.http |= http,
             None => ports.push(PortInfo { port, http }),
         }
+    }
+
+    /// Records the name of a Service port.
+    pub fn name_port(&mut self, host: &str, name: &str, port: u16) {
+        self.port_names
+            .insert((host.to_string(), name.to_string()), port);
+    }
+
+    /// The port of Service `host` named `name`.
+    pub fn port_named(&self, host: &str, name: &str) -> Option<u16> {
+        self.port_names
+            .get(&(host.to_string(), name.to_string()))
+            .copied()
     }
 
     pub fn ports(&self, host: &str) -> Option<&[PortInfo]> {

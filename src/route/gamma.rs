@@ -123,13 +123,22 @@ pub struct Gamma {
     pub statuses: Vec<RouteStatus>,
 }
 
-/// Compiles every route with a Service parent. `virtual_service_hosts` are the Services a
-/// VirtualService routes: the VirtualService applies there and a route's parent on them is
-/// not accepted (one route table per Service; see docs/traffic.md).
+/// Compiles every route with a Service parent, as the proxies of client namespace `client`
+/// take them (`None`: a namespace with no route of its own). `virtual_service_hosts` are the
+/// Services a VirtualService routes: the VirtualService applies there and a route's parent on
+/// them is not accepted (one route table per Service; see docs/traffic.md).
+///
+/// A producer route (its parent Service in its own namespace) applies to every client; a
+/// consumer route (a parent Service in another namespace) only to the clients of its own
+/// namespace, and there its routes replace the producer routes of that Service port
+/// (GEP-1426: "requests from a namespace with consumer routes will utilize the set of routes
+/// in the consumer namespace"). Every route is checked whoever `client` is, so the statuses
+/// are the same from every call.
 pub fn compile(
     registry: &Registry,
     routes: &[RouteSource<'_>],
     virtual_service_hosts: &BTreeSet<String>,
+    client: Option<&str>,
 ) -> Gamma {
     // Oldest first, then by namespace and name (the spec's tie-breakers), so every replica
     // orders the same way.
@@ -143,7 +152,7 @@ pub fn compile(
         ))
     });
     // Entries of every table, with their precedence keys, before sorting.
-    let mut entries: BTreeMap<(String, u16), Vec<(Key, HttpRoute)>> = BTreeMap::new();
+    let mut entries = Entries::default();
     let mut statuses = Vec::new();
     for (age, r) in sorted.into_iter().enumerate() {
         let parents = compile_route(
@@ -152,6 +161,7 @@ pub fn compile(
             &r.source,
             age,
             virtual_service_hosts,
+            client,
             &mut entries,
         );
         if !parents.is_empty() {
@@ -164,16 +174,29 @@ pub fn compile(
             });
         }
     }
-    let http = entries
-        .into_iter()
-        .map(|(at, mut list)| {
+    let ordered = |table: Table| {
+        table.into_iter().map(|(at, mut list)| {
             list.sort_by(|a, b| a.0.cmp(&b.0));
             // The proxy refuses a larger table (and with it the whole snapshot).
             list.truncate(MAX_ROUTES);
-            (at, list.into_iter().map(|(_, r)| r).collect())
+            (at, list.into_iter().map(|(_, r)| r).collect::<Vec<_>>())
         })
-        .collect();
+    };
+    let mut http: BTreeMap<(String, u16), Vec<HttpRoute>> = ordered(entries.producer).collect();
+    // The client's consumer routes replace the producer routes of their Service ports.
+    http.extend(ordered(entries.consumer));
     Gamma { http, statuses }
+}
+
+/// Route entries with their precedence keys, per (Service FQDN, port), before sorting.
+type Table = BTreeMap<(String, u16), Vec<(Key, HttpRoute)>>;
+
+/// The tables being filled: producer routes, and the consumer routes of the client's own
+/// namespace.
+#[derive(Default)]
+struct Entries {
+    producer: Table,
+    consumer: Table,
 }
 
 // === Precedence ===
@@ -225,6 +248,8 @@ impl PartialOrd for Key {
 struct Parent {
     parent_ref: ParentReference,
     host: String,
+    /// The Service is in another namespace than the route (a consumer route).
+    consumer: bool,
     /// The HTTP ports the route attaches to; empty when it is not accepted.
     ports: Vec<u16>,
     refused: Option<Condition>,
@@ -239,7 +264,8 @@ fn compile_route(
     src: &Source<'_>,
     age: usize,
     vs_hosts: &BTreeSet<String>,
-    entries: &mut BTreeMap<(String, u16), Vec<(Key, HttpRoute)>>,
+    client: Option<&str>,
+    entries: &mut Entries,
 ) -> Vec<ParentStatus> {
     let parent_refs = crate::api::gateway_api::common::parent_refs(src.spec);
     let mut parents: Vec<Parent> = parent_refs
@@ -298,11 +324,19 @@ fn compile_route(
         let mut dropped: Vec<String> = Vec::new();
         let mut unresolved: Option<Condition> = None;
         let mut compiled_any = false;
+        // A consumer route of another namespace is compiled for its status only.
+        let mut table = match (parent.consumer, client == Some(src.namespace)) {
+            (false, _) => Some(&mut entries.producer),
+            (true, true) => Some(&mut entries.consumer),
+            (true, false) => None,
+        };
         for &port in &parent.ports {
             for (i, rule) in rules.iter().enumerate() {
                 let ctx = RuleCtx {
                     registry,
-                    grants: &super::reference_grant::NONE,
+                    backends: Backends::Mesh {
+                        parent: &parent.host,
+                    },
                     src,
                     kind,
                     parent_port: port,
@@ -315,10 +349,11 @@ fn compile_route(
                             unresolved = refs;
                         }
                         compiled_any = true;
-                        entries
-                            .entry((parent.host.clone(), port))
-                            .or_default()
-                            .extend(compiled);
+                        if let Some(t) = table.as_deref_mut() {
+                            t.entry((parent.host.clone(), port))
+                                .or_default()
+                                .extend(compiled);
+                        }
                     }
                     Err(e) => {
                         let m = format!("rule {i}{}: {e}", rule_name(rule));
@@ -331,12 +366,19 @@ fn compile_route(
         }
         let accepted = match (&parent.refused, compiled_any || rules.is_empty()) {
             (Some(c), _) => c.clone(),
-            (None, true) if has_hostnames => Condition::yes(
-                REASON_ACCEPTED,
-                "routes applied by weft for this Service; spec.hostnames are not used for a Service parent (GAMMA routes bind by Service)",
-            ),
             (None, true) => {
-                Condition::yes(REASON_ACCEPTED, "routes applied by weft for this Service")
+                let mut m = if parent.consumer {
+                    format!(
+                        "routes applied by weft for this Service's clients in namespace {} (a consumer route: they replace the Service's own routes for those clients)",
+                        src.namespace
+                    )
+                } else {
+                    "routes applied by weft for this Service".to_string()
+                };
+                if has_hostnames {
+                    m.push_str("; spec.hostnames are not used for a Service parent (GAMMA routes bind by Service)");
+                }
+                Condition::yes(REASON_ACCEPTED, m)
             }
             (None, false) => Condition::no(
                 REASON_UNSUPPORTED_VALUE,
@@ -404,7 +446,7 @@ pub(crate) fn compile_for_listener(
     for (i, rule) in rules.iter().enumerate() {
         let ctx = RuleCtx {
             registry,
-            grants,
+            backends: Backends::Granted(grants),
             src,
             kind,
             parent_port: port,
@@ -446,27 +488,36 @@ fn resolve_parent(
     let namespace = p.namespace.as_deref().unwrap_or(src.namespace);
     let host = format!("{}.{namespace}.svc.{}", p.name, registry.cluster_domain);
     let ports = registry.ports(&host)?;
+    let consumer = namespace != src.namespace;
     let refuse = |reason, message: String| Parent {
         parent_ref: p.clone(),
         host: host.clone(),
+        consumer,
         ports: Vec::new(),
         refused: Some(Condition::no(reason, message)),
     };
-    if namespace != src.namespace {
-        return Some(refuse(
-            REASON_UNSUPPORTED_VALUE,
-            format!(
-                "a consumer route (a parent Service in namespace {namespace}, the route in {}) is not supported by weft yet: put the route in the Service's namespace",
-                src.namespace
-            ),
-        ));
-    }
-    if p.section_name.is_some() {
-        return Some(refuse(
-            REASON_UNSUPPORTED_VALUE,
-            "parentRefs[].sectionName (a Service port name) is not supported by weft yet: name the port with parentRefs[].port".into(),
-        ));
-    }
+    // sectionName is a port name of the Service; with `port` too, both must name one port.
+    let want = match (p.section_name.as_deref(), p.port) {
+        (Some(section), port) => match registry.port_named(&host, section) {
+            Some(named) if port.is_none_or(|p| p == i32::from(named)) => Some(i32::from(named)),
+            Some(named) => {
+                return Some(refuse(
+                    REASON_NO_MATCHING_PARENT,
+                    format!(
+                        "sectionName {section} is port {named} of Service {host}, not port {}",
+                        port.unwrap_or_default()
+                    ),
+                ));
+            }
+            None => {
+                return Some(refuse(
+                    REASON_NO_MATCHING_PARENT,
+                    format!("Service {host} has no port named {section}"),
+                ));
+            }
+        },
+        (None, port) => port,
+    };
     if vs_hosts.contains(&host) {
         return Some(refuse(
             REASON_NOT_ALLOWED_BY_PARENTS,
@@ -475,7 +526,7 @@ fn resolve_parent(
             ),
         ));
     }
-    let http: Vec<u16> = match p.port {
+    let http: Vec<u16> = match want {
         Some(want) => {
             let Some(info) = ports.iter().find(|i| i32::from(i.port) == want) else {
                 return Some(refuse(
@@ -507,6 +558,7 @@ fn resolve_parent(
     Some(Parent {
         parent_ref: p,
         host,
+        consumer,
         ports: http,
         refused: None,
     })
@@ -519,10 +571,32 @@ enum RuleSpec {
     Grpc(Box<grpcroute::Rule>),
 }
 
+/// Which backends a rule may name, and where a rule without any sends its requests.
+#[derive(Clone, Copy)]
+enum Backends<'a> {
+    /// A mesh route: a Service of any namespace, without a ReferenceGrant (GEP-1426: mesh
+    /// routes augment Services, they expose nothing new); a rule without backendRefs goes to
+    /// the parent Service itself (Istio's and Linkerd's reading, and the conformance suite's
+    /// MeshConsumerRoute).
+    Mesh { parent: &'a str },
+    /// A Gateway listener's route: another namespace's Service only with a ReferenceGrant;
+    /// a rule without backendRefs answers 500.
+    Granted(&'a ReferenceGrants),
+}
+
+impl Backends<'_> {
+    /// Whether the route may send to Service `name` of `to`.
+    fn permits(&self, from: Ref<'_>, to: Ref<'_>, name: &str) -> bool {
+        match self {
+            Backends::Mesh { .. } => true,
+            Backends::Granted(g) => g.permits(from, to, name),
+        }
+    }
+}
+
 struct RuleCtx<'a> {
     registry: &'a Registry,
-    /// The ReferenceGrants a backend in another namespace needs (the mesh's: none yet).
-    grants: &'a ReferenceGrants,
+    backends: Backends<'a>,
     src: &'a Source<'a>,
     kind: RouteKind,
     parent_port: u16,
@@ -563,11 +637,6 @@ fn compile_rule(
                 }
             },
         }
-    }
-    if redirect.is_some() && actions.cors.is_some() {
-        return Err(
-            "CORS with RequestRedirect is not supported by weft yet: a redirect is answered by the proxy before CORS; put the CORS filter on the rule the redirect leads to".into(),
-        );
     }
     if redirect.is_some() && !actions.mirrors.is_empty() {
         return Err(
@@ -706,7 +775,7 @@ fn mirror(
             ),
         )));
     }
-    let permitted = ctx.grants.permits(
+    let permitted = ctx.backends.permits(
         Ref {
             group: crate::api::gateway_api::GROUP,
             kind: ctx.kind.kind(),
@@ -1040,6 +1109,17 @@ fn destinations(
     if refs.len() > MAX_DESTINATIONS {
         return Err(format!("more than {MAX_DESTINATIONS} backendRefs"));
     }
+    if let (true, Backends::Mesh { parent }) = (refs.is_empty(), ctx.backends) {
+        return Ok((
+            Dests::Some(vec![Destination {
+                service: parent.to_string(),
+                port: ctx.parent_port,
+                weight: 1,
+                ..Default::default()
+            }]),
+            None,
+        ));
+    }
     let mut out = Vec::new();
     let mut unresolved: Option<Condition> = None;
     let mut valid = 0;
@@ -1104,7 +1184,7 @@ fn destinations(
                     b.kind.as_deref().unwrap_or("Service")
                 ),
             ))
-        } else if !ctx.grants.permits(
+        } else if !ctx.backends.permits(
             Ref {
                 group: crate::api::gateway_api::GROUP,
                 kind: ctx.kind.kind(),
@@ -1458,7 +1538,7 @@ mod tests {
             })
             .collect();
         let vs: BTreeSet<String> = vs.iter().map(|s| s.to_string()).collect();
-        compile(&registry(), &sources, &vs)
+        compile(&registry(), &sources, &vs, None)
     }
 
     fn table<'a>(g: &'a Gamma, svc: &str, port: u16) -> &'a [HttpRoute] {
@@ -1859,7 +1939,7 @@ mod tests {
         );
         assert_eq!(table(&g, "echo", 9080).len(), 1);
 
-        // CORS with a redirect: the redirect would be answered before CORS; dropped, named.
+        // CORS with a redirect: both kept (the proxy answers a preflight, then redirects).
         let g = run(
             &[http(
                 "all",
@@ -1870,14 +1950,12 @@ mod tests {
             )],
             &[],
         );
-        let s = status(&g, "all");
-        assert!(!s.accepted.status);
-        assert_eq!(s.accepted.reason, REASON_UNSUPPORTED_VALUE);
+        assert!(status(&g, "all").accepted.status, "{:?}", g.statuses);
+        let t = table(&g, "echo", 9080);
         assert!(
-            s.accepted.message.contains("CORS with RequestRedirect"),
-            "{s:?}"
+            t[0].actions.cors.is_some() && t[0].actions.redirect.is_some(),
+            "{t:?}"
         );
-        assert!(table(&g, "echo", 9080).is_empty());
 
         // An experimental-channel field weft does not implement is named, not ignored.
         let g = run(
@@ -2081,5 +2159,172 @@ mod tests {
             Some("grpc")
         );
         assert!(status(&g, "g").accepted.status, "{:?}", g.statuses);
+    }
+
+    /// Routes of several namespaces, compiled for client namespace `client`.
+    fn run_in(routes: &[(&'static str, Route)], client: Option<&str>) -> Gamma {
+        let sources: Vec<RouteSource> = routes
+            .iter()
+            .map(|(ns, r)| RouteSource {
+                kind: r.kind,
+                generation: Some(1),
+                source: Source {
+                    namespace: ns,
+                    name: r.name,
+                    created: r.created,
+                    spec: &r.spec,
+                },
+            })
+            .collect();
+        let mut registry = registry();
+        registry.add("echo.web.svc.cluster.local", 9080, true);
+        compile(&registry, &sources, &BTreeSet::new(), client)
+    }
+
+    /// The conformance suite's MeshConsumerRoute, plus a producer route on the same port.
+    fn consumer_and_producer() -> Vec<(&'static str, Route)> {
+        vec![
+            (
+                "shop",
+                http(
+                    "producer",
+                    "2026-01-01T00:00:00Z",
+                    json!({"parentRefs": [parent("echo")],
+                       "rules": [{"backendRefs": [{"name": "reviews-v1", "port": 9080}]}]}),
+                ),
+            ),
+            (
+                "web",
+                http(
+                    "consumer",
+                    "2026-01-02T00:00:00Z",
+                    json!({"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "namespace": "shop"}],
+                       "rules": [{"filters": [{"type": "ResponseHeaderModifier",
+                           "responseHeaderModifier": {"set": [{"name": "X-Header-Set", "value": "set"}]}}]}]}),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_consumer_route_replaces_the_producer_routes_for_its_own_namespace_only() {
+        let routes = consumer_and_producer();
+        // Other namespaces (and the shared table) take the producer route.
+        for client in [None, Some("shop"), Some("other")] {
+            let g = run_in(&routes, client);
+            let t = table(&g, "echo", 9080);
+            assert_eq!(t.len(), 1, "{client:?}: {t:?}");
+            assert_eq!(t[0].name, "shop/producer", "{client:?}");
+            assert_eq!(
+                taken(t, "GET", "/", None, &[]).as_deref(),
+                Some("reviews-v1")
+            );
+            // The statuses are the same whoever the client is.
+            let c = status(&g, "consumer");
+            assert!(c.accepted.status, "{c:?}");
+            assert!(c.accepted.message.contains("namespace web"), "{c:?}");
+            assert!(c.resolved_refs.status, "{c:?}");
+            assert!(status(&g, "producer").accepted.status);
+        }
+        // web's clients take the consumer route alone: no backendRefs sends to the parent
+        // Service itself, with the response header set.
+        let g = run_in(&routes, Some("web"));
+        let t = table(&g, "echo", 9080);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].name, "web/consumer");
+        assert_eq!(t[0].destinations.len(), 1);
+        assert_eq!(t[0].destinations[0].service, "echo.shop.svc.cluster.local");
+        assert_eq!(t[0].destinations[0].port, 9080);
+        assert_eq!(
+            t[0].actions.response_headers.set.get("x-header-set"),
+            Some(&"set".to_string()),
+            "{:?}",
+            t[0].actions
+        );
+        // A Service web has of the same name is not the consumer route's parent.
+        assert!(
+            !g.http
+                .contains_key(&("echo.web.svc.cluster.local".to_string(), 9080))
+        );
+    }
+
+    #[test]
+    fn a_mesh_route_sends_to_any_namespace_without_a_reference_grant_and_a_rule_without_backends_goes_to_its_parent()
+     {
+        let g = run_in(
+            &[(
+                "web",
+                http(
+                    "r",
+                    "t",
+                    json!({"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 9080}],
+                       "rules": [
+                        {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                         "backendRefs": [{"name": "reviews-v2", "namespace": "shop", "port": 9080}]},
+                        {}]}),
+                ),
+            )],
+            None,
+        );
+        let s = status(&g, "r");
+        assert!(s.accepted.status && s.resolved_refs.status, "{s:?}");
+        let t = g
+            .http
+            .get(&("echo.web.svc.cluster.local".to_string(), 9080))
+            .expect("the producer route's table");
+        assert_eq!(
+            taken(t, "GET", "/v2/x", None, &[]).as_deref(),
+            Some("reviews-v2")
+        );
+        let rest = t
+            .iter()
+            .find(|r| r.matches[0].uri == Some(StringMatch::Prefix("/".into())))
+            .expect("the rule without matches or backends");
+        assert_eq!(rest.destinations[0].service, "echo.web.svc.cluster.local");
+        assert!(rest.actions.direct_response.is_none(), "{rest:?}");
+    }
+
+    #[test]
+    fn a_section_name_attaches_to_the_named_port_and_an_unknown_or_mismatched_one_is_no_matching_parent()
+     {
+        let mut registry = registry();
+        registry.add("echo.shop.svc.cluster.local", 8080, true);
+        registry.name_port("echo.shop.svc.cluster.local", "http-alt", 8080);
+        let specs = [
+            json!({"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "sectionName": "http-alt"}],
+                   "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]}),
+            json!({"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "sectionName": "nope"}],
+                   "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]}),
+            json!({"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "sectionName": "http-alt", "port": 9080}],
+                   "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]}),
+        ];
+        let names = ["named", "unknown", "mismatched"];
+        let sources: Vec<RouteSource> = specs
+            .iter()
+            .zip(names)
+            .map(|(spec, name)| RouteSource {
+                kind: RouteKind::Http,
+                generation: Some(1),
+                source: Source {
+                    namespace: "shop",
+                    name,
+                    created: "t",
+                    spec,
+                },
+            })
+            .collect();
+        let g = compile(&registry, &sources, &BTreeSet::new(), None);
+        assert!(status(&g, "named").accepted.status);
+        assert_eq!(table(&g, "echo", 8080).len(), 1);
+        assert!(table(&g, "echo", 9080).is_empty(), "only the named port");
+        for (name, says) in [
+            ("unknown", "no port named nope"),
+            ("mismatched", "is port 8080"),
+        ] {
+            let s = status(&g, name);
+            assert!(!s.accepted.status, "{s:?}");
+            assert_eq!(s.accepted.reason, REASON_NO_MATCHING_PARENT);
+            assert!(s.accepted.message.contains(says), "{s:?}");
+        }
     }
 }

@@ -2280,11 +2280,6 @@ spec:
             assert!(m.contains(named), "{cors}: {m}");
             assert!(m.contains("not applied"), "{m}");
         }
-        let m = vs_error(
-            json!({"hosts": ["ratings"], "http": [{"redirect": {"uri": "/x"},
-            "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]}),
-        );
-        assert!(m.contains("http[0].corsPolicy with redirect"), "{m}");
     }
 
     #[test]

@@ -133,12 +133,6 @@ pub fn compile_actions(at: &str, h: &HttpRouteSpec) -> Result<Actions, String> {
             "{at} has both redirect and rewrite; a redirect is answered, nothing is rewritten"
         ));
     }
-    if h.redirect.is_some() && h.cors_policy.is_some() {
-        // The proxy answers a redirect route before CORS is looked at.
-        return Err(format!(
-            "{at}.corsPolicy with redirect is not supported yet; put the corsPolicy on the route the redirect leads to"
-        ));
-    }
     let (request_headers, response_headers) = match &h.headers {
         Some(spec) => header_edits(&format!("{at}.headers"), spec)?,
         None => Default::default(),

@@ -734,8 +734,11 @@ pub enum RequestRoute<'a> {
         endpoints: Vec<&'a Endpoint>,
         routed: Option<Routed<'a>>,
     },
-    /// The chosen route answers with this redirect.
-    Redirect(&'a crate::route::action::Redirect),
+    /// The chosen route answers with this redirect, under its CORS policy if it has one.
+    Redirect(
+        &'a crate::route::action::Redirect,
+        Option<&'a crate::route::cors::CorsPolicy>,
+    ),
     /// The chosen route answers with this status itself (its `directResponse`).
     Direct(&'a crate::route::action::DirectResponse),
     /// The Service has routes and none takes the request (404 `NR`).
@@ -967,7 +970,7 @@ impl SnapshotIndex {
             Choice::NoRoute => return RequestRoute::NoRoute,
         };
         if let Some(redirect) = &route.actions.redirect {
-            return RequestRoute::Redirect(redirect);
+            return RequestRoute::Redirect(redirect, route.actions.cors.as_ref());
         }
         if let Some(direct) = &route.actions.direct_response {
             return RequestRoute::Direct(direct);

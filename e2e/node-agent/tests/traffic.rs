@@ -1293,6 +1293,123 @@ spec:
     );
 }
 
+/// GAMMA producer and consumer routes (GEP-1426, the conformance suite's MeshConsumerRoute):
+/// reviews (v1, v2) lives in `gcons-prod` with a producer HTTPRoute sending everything to
+/// reviews-v1; `gcons-cons` holds a consumer route for the same Service (its parent in
+/// gcons-prod, the port named by `sectionName`) sending to reviews-v2 of gcons-prod without a
+/// ReferenceGrant and setting a response header. Its clients get v2 with the header; the
+/// clients of gcons-prod and of a third namespace keep the producer route (v1, no header).
+#[test]
+fn a_gamma_consumer_route_applies_to_its_own_namespace_and_replaces_the_producer_route_there() {
+    let c = support::deployed();
+    let prod = c.namespace("gcons-prod");
+    let cons = c.namespace("gcons-cons");
+    let other = c.namespace("gcons-other");
+    for ns in [&prod, &cons, &other] {
+        enrol(ns);
+    }
+    prod.apply(&version("reviews", "v1", 9080));
+    prod.apply(&version("reviews", "v2", 9080));
+    prod.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, labels: {app: reviews}}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http-reviews, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1}
+spec:
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2}
+spec:
+  selector: {app: reviews, version: v2}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, port: 9080}
+  rules:
+  - backendRefs:
+    - {name: reviews-v1, port: 9080}
+"#,
+    );
+    cons.apply(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-v2}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: reviews, namespace: gcons-prod, sectionName: http-reviews}
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: x-route, value: consumer}]
+    backendRefs:
+    - {name: reviews-v2, namespace: gcons-prod, port: 9080}
+"#,
+    );
+    for ns in [&prod, &cons, &other] {
+        ns.apply(CLIENT);
+    }
+    rolled_out(&prod, &["reviews-v1", "reviews-v2"]);
+    for ns in [&cons, &other] {
+        rolled_out(ns, &[]);
+    }
+    let url = "http://reviews.gcons-prod:9080/";
+    for (ns, want) in [(&prod, "v1"), (&cons, "v2"), (&other, "v1")] {
+        converged(ns, url, &format!("{} reaches {want}", ns.name), |b| {
+            b.len() == 20 && b.iter().all(|v| v == want)
+        });
+        let answers = bodies(ns, url, 100);
+        assert_eq!(
+            share(&answers, 100, want, &["v1", "v2"]),
+            100.0,
+            "{}",
+            ns.name
+        );
+        let (status, headers, _) = one_exchange(ns, url, &[]);
+        assert_eq!(status, 200, "{}", ns.name);
+        let marked = header_of(&headers, "x-route");
+        assert_eq!(
+            marked,
+            (want == "v2").then_some("consumer"),
+            "{}: {headers:?}",
+            ns.name
+        );
+    }
+    // What each proxy was given, as weft shows it.
+    for (ns, route) in [
+        ("gcons-cons", "gcons-cons/reviews-v2"),
+        ("gcons-other", "gcons-prod/reviews"),
+    ] {
+        let out = weft(&["proxy-config", "routes", "client", "-n", ns]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(route), "{ns}: {text}");
+    }
+    let conditions = cons.jsonpath(
+        "httproute reviews-v2",
+        "{range .status.parents[*].conditions[*]}{.type}={.status}:{.message} {end}",
+    );
+    assert!(
+        conditions.contains("Accepted=True") && conditions.contains("ResolvedRefs=True"),
+        "{conditions}"
+    );
+    assert!(conditions.contains("namespace gcons-cons"), "{conditions}");
+}
+
 /// issue 19: `exportTo` and Istio's client-namespace DestinationRule lookup on the cluster.
 /// reviews (v1, v2) lives in `xns-svc` with its subsets and a VirtualService exported
 /// everywhere (all to v1), and a second one exported only to its own namespace (all to v2);
@@ -1633,7 +1750,8 @@ fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str>
 /// allowed origin itself (200, the allow headers, the app never sees it), forwards one from
 /// another origin untouched, and gives an allowed origin's actual request the app's answer
 /// with `Access-Control-Allow-Origin` (and credentials, exposed headers); another origin's
-/// request gets no CORS header.
+/// request gets no CORS header. A redirecting route's policy answers its preflights and marks
+/// its redirects.
 #[test]
 fn a_cors_policy_answers_allowed_preflights_in_the_client_proxy_and_marks_allowed_origins() {
     let c = support::deployed();
@@ -1655,6 +1773,13 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
+  - match:
+    - uri: {prefix: /old}
+    redirect: {uri: /new}
+    corsPolicy:
+      allowOrigins:
+      - exact: https://shop.example
+      allowMethods: [GET]
   - route:
     - destination: {host: reviews}
     corsPolicy:
@@ -1750,8 +1875,43 @@ spec:
         );
     }
 
+    // A redirecting route with a CORS policy: its preflight is answered, not redirected; an
+    // allowed origin's request gets the redirect marked for the browser (Envoy's order).
+    let old = "http://reviews:9080/old/x";
+    let (status, headers, _) = one_exchange(
+        &ns,
+        old,
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: https://shop.example",
+            "-H",
+            "Access-Control-Request-Method: GET",
+        ],
+    );
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(
+        header_of(&headers, "access-control-allow-methods"),
+        Some("GET")
+    );
+    assert_eq!(header_of(&headers, "location"), None);
+    let (status, headers, _) = one_exchange(&ns, old, &["-H", "Origin: https://shop.example"]);
+    assert_eq!(status, 301, "{headers:?}");
+    assert!(
+        header_of(&headers, "location").is_some_and(|l| l.ends_with("/new")),
+        "{headers:?}"
+    );
+    assert_eq!(
+        header_of(&headers, "access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    let (status, headers, _) = one_exchange(&ns, old, &["-H", "Origin: https://evil.example"]);
+    assert_eq!(status, 301);
+    assert_eq!(header_of(&headers, "access-control-allow-origin"), None);
+
     // The app's proxy served the 1 forwarded preflight and the 4 actual requests, never the 5
-    // answered preflights.
+    // answered preflights nor the redirected requests.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let after = loop {
         let n = served_from(&ns, &v1, "client");

@@ -12,7 +12,7 @@ use super::exchange::{grpc_reply, local_reply};
 use super::server::ResponseBody;
 use crate::proxy::metrics::grpc_status_from_http;
 use crate::route::action::{self, Abort, DirectResponse, HeaderEdits, Redirect};
-use crate::route::cors::{self, CorsRequest};
+use crate::route::cors::{self, CorsPolicy, CorsRequest};
 use crate::snapshot::Routed;
 
 /// The body of a fault's abort, as Envoy's fault filter answers.
@@ -80,9 +80,11 @@ fn cors_request(parts: &Parts) -> CorsRequest<'_> {
 
 /// The proxy's own answer to a CORS preflight when the route's policy answers it (200, the
 /// `Access-Control-Allow-*` headers, no body), as Envoy's CORS filter does; None: forward it.
-pub fn cors_preflight(parts: &Parts, routed: &Routed<'_>) -> Option<Response<ResponseBody>> {
-    let policy = routed.route.actions.cors.as_ref()?;
-    let headers = policy.preflight(&cors_request(parts))?;
+pub fn cors_preflight(
+    parts: &Parts,
+    policy: Option<&CorsPolicy>,
+) -> Option<Response<ResponseBody>> {
+    let headers = policy?.preflight(&cors_request(parts))?;
     let mut resp = local_reply(StatusCode::OK, "", false);
     set_cors_headers(resp.headers_mut(), headers);
     Some(resp)
@@ -91,18 +93,22 @@ pub fn cors_preflight(parts: &Parts, routed: &Routed<'_>) -> Option<Response<Res
 /// The request's `Origin` when the route has a CORS policy that allows it: what its response
 /// is to be given ([`cors_response`]), kept before the request's header edits, as Envoy's
 /// CORS filter reads it before the router edits the request.
-pub fn cors_origin(parts: &Parts, routed: &Routed<'_>) -> Option<HeaderValue> {
-    let policy = routed.route.actions.cors.as_ref()?;
+pub fn cors_origin(parts: &Parts, policy: Option<&CorsPolicy>) -> Option<HeaderValue> {
+    let policy = policy?;
     let origin = parts.headers.get(header::ORIGIN)?;
     policy
         .allows_origin(origin.to_str().ok()?)
         .then(|| origin.clone())
 }
 
-/// A forwarded request's response gets the route's CORS headers for `origin` (see
-/// [`cors_origin`]), replacing the destination's, after the route's header edits.
-pub fn cors_response<B>(resp: &mut Response<B>, routed: &Routed<'_>, origin: Option<&HeaderValue>) {
-    let (Some(policy), Some(origin)) = (routed.route.actions.cors.as_ref(), origin) else {
+/// A response (forwarded, or the proxy's redirect) gets the route's CORS headers for `origin`
+/// (see [`cors_origin`]), replacing the destination's, after the route's header edits.
+pub fn cors_response<B>(
+    resp: &mut Response<B>,
+    policy: Option<&CorsPolicy>,
+    origin: Option<&HeaderValue>,
+) {
+    let (Some(policy), Some(origin)) = (policy, origin) else {
         return;
     };
     // [`cors_origin`] found the origin allowed; it is not matched again.
@@ -374,10 +380,11 @@ mod tests {
             }
             b.body(()).unwrap().into_parts().0
         };
+        let cors = routed.route.actions.cors.as_ref();
         // An allowed preflight: the proxy's 200 with the allow headers.
         let resp = cors_preflight(
             &request("OPTIONS", "https://shop.example", Some("POST")),
-            &routed,
+            cors,
         )
         .expect("answered by the proxy");
         assert_eq!(resp.status(), StatusCode::OK);
@@ -388,24 +395,24 @@ mod tests {
         assert_eq!(h["access-control-max-age"], "60");
         // Another origin's preflight and an actual request are forwarded.
         let evil = request("OPTIONS", "https://evil.example", Some("POST"));
-        assert!(cors_preflight(&evil, &routed).is_none());
-        assert_eq!(cors_origin(&evil, &routed), None);
+        assert!(cors_preflight(&evil, cors).is_none());
+        assert_eq!(cors_origin(&evil, cors), None);
         let get = request("GET", "https://shop.example", None);
-        assert!(cors_preflight(&get, &routed).is_none());
+        assert!(cors_preflight(&get, cors).is_none());
         // Its response: the route's edits, then CORS over them (Envoy's encode order).
-        let origin = cors_origin(&get, &routed);
+        let origin = cors_origin(&get, cors);
         let mut resp = hyper::Response::new(());
         resp.headers_mut()
             .insert("access-control-allow-origin", HeaderValue::from_static("*"));
         edit_response(&mut resp, &routed);
-        cors_response(&mut resp, &routed, origin.as_ref());
+        cors_response(&mut resp, cors, origin.as_ref());
         let h = resp.headers();
         assert_eq!(h["access-control-allow-origin"], "https://shop.example");
         assert_eq!(h["access-control-allow-credentials"], "true");
         assert_eq!(h["access-control-expose-headers"], "x-served-by");
         // A response to a request from no allowed origin is left as it came.
         let mut resp = hyper::Response::new(());
-        cors_response(&mut resp, &routed, None);
+        cors_response(&mut resp, cors, None);
         assert!(resp.headers().is_empty());
     }
 }

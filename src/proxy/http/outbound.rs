@@ -61,6 +61,13 @@ static ISTIO_DEFAULT_RETRIES: std::sync::LazyLock<Retries> =
 /// How long one mirrored copy may take, answer included.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Why a CORS preflight was answered by the proxy (Envoy's response code details).
+const CORS_ANSWERED: Why<'static> = Why {
+    flags: "",
+    details: Some("cors_response"),
+    failure: None,
+};
+
 /// How a connection's requests find their route table.
 #[derive(Debug, Clone)]
 enum Front {
@@ -356,7 +363,7 @@ impl Outbound {
                 Some(match vhost {
                     // The server's `tls.httpsRedirect`: Envoy's 301 to https.
                     Some(vhost) if vhost.https_redirect => {
-                        (None, RequestRoute::Redirect(&HTTPS_REDIRECT))
+                        (None, RequestRoute::Redirect(&HTTPS_REDIRECT, None))
                     }
                     Some(vhost) => (None, snapshot.route_table(&vhost.routes, &view)),
                     // No virtual host names the request's host: Envoy's 404 NR.
@@ -389,8 +396,16 @@ impl Outbound {
                 endpoints,
                 routed,
             } => (service, endpoints, routed),
-            RequestRoute::Redirect(redirect) => {
-                let resp = actions::redirect(&parts, redirect, exchange.is_grpc());
+            RequestRoute::Redirect(redirect, cors) => {
+                // The route's CORS policy first (Istio's filter order: CORS, then the router
+                // that redirects): a preflight it answers is not redirected, and an allowed
+                // origin's redirect carries the CORS headers, as Envoy's does.
+                if let Some(resp) = actions::cors_preflight(&parts, cors) {
+                    return exchange.local_response(resp, 0, &record(), CORS_ANSWERED);
+                }
+                let mut resp = actions::redirect(&parts, redirect, exchange.is_grpc());
+                let origin = actions::cors_origin(&parts, cors);
+                actions::cors_response(&mut resp, cors, origin.as_ref());
                 return exchange.local_response(resp, 0, &record(), Why::default());
             }
             RequestRoute::Direct(direct) => {
@@ -443,15 +458,12 @@ impl Outbound {
             }
             // The route's CORS policy, after the fault (Istio's filter order: fault, CORS,
             // router): a preflight it answers is not forwarded.
-            if let Some(resp) = actions::cors_preflight(&parts, routed) {
+            let cors = routed.route.actions.cors.as_ref();
+            if let Some(resp) = actions::cors_preflight(&parts, cors) {
                 let record = self.no_upstream(snapshot, service);
-                let why = Why {
-                    details: Some("cors_response"),
-                    ..Why::default()
-                };
-                return exchange.local_response(resp, 0, &record, why);
+                return exchange.local_response(resp, 0, &record, CORS_ANSWERED);
             }
-            cors_origin = actions::cors_origin(&parts, routed);
+            cors_origin = actions::cors_origin(&parts, cors);
             actions::edit_request(&mut parts, routed);
         }
         // A gateway's client may speak h2 to it; the Service gets HTTP/1.1 unless the request
@@ -804,7 +816,11 @@ impl Outbound {
                 Ok(mut resp) => {
                     if let Some(r) = &routed {
                         actions::edit_response(&mut resp, r);
-                        actions::cors_response(&mut resp, r, cors_origin.as_ref());
+                        actions::cors_response(
+                            &mut resp,
+                            r.route.actions.cors.as_ref(),
+                            cors_origin.as_ref(),
+                        );
                     }
                     if let Some(head) = &head {
                         self.mirror(snapshot, mirrors, head, h2, &recorder);

@@ -24,7 +24,7 @@ use std::net::{IpAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Namespace, deployed, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, deployed, wait_for, weft};
 
 const REVISION: &str = "egress-gateway";
 const NODE_IP: &str = "198.18.0.1";
@@ -97,18 +97,6 @@ spec:
 "#
     )
 }
-
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
-"#;
 
 /// Who connected to the external server: (source address, request line and Host).
 type Seen = Arc<Mutex<Vec<(IpAddr, String)>>>;
@@ -262,8 +250,8 @@ spec:
         REVISION,
     ]));
     c.apply(&task_yaml());
-    apps.apply(CLIENT);
-    bypass.apply(CLIENT);
+    apps.apply(CURL_CLIENT);
+    bypass.apply(CURL_CLIENT);
     gw_ns.ok(&[
         "rollout",
         "status",
@@ -597,7 +585,7 @@ spec:
         REVISION,
     ]));
     c.apply(&dns_task_yaml());
-    apps.apply(CLIENT);
+    apps.apply(CURL_CLIENT);
     gw_ns.ok(&[
         "rollout",
         "status",
@@ -867,7 +855,7 @@ spec:
         REVISION,
     ]));
     c.apply(&tls_task_yaml());
-    apps.apply(CLIENT);
+    apps.apply(CURL_CLIENT);
     gw_ns.ok(&[
         "rollout",
         "status",

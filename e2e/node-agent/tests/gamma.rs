@@ -12,25 +12,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Namespace, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, wait_for, weft};
 
 /// Requests per measurement (issue 19: at least 1,000).
 const SAMPLE: usize = 1000;
 /// Allowed distance of a measured share from its weight, in percentage points.
 const TOLERANCE: f64 = 3.0;
 const CONTROLLER: &str = "weft.dev/gateway-controller";
-
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
-"#;
 
 /// `reviews` (both versions), `reviews-v1`, `reviews-v2` and `broken` (a parent whose route
 /// names a missing backend), each a Service on port 9080 over the echo app that answers its
@@ -202,36 +190,14 @@ fn status_says(ns: &Namespace, what: &str, type_: &str, status: &str) -> Value {
     serde_json::from_str(&seen[3..]).unwrap_or(Value::Null)
 }
 
-fn enrol(ns: &Namespace) {
-    let out = weft(&["namespace", "add", &ns.name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn an_httproute_splits_90_10_sends_one_user_to_v2_and_reports_its_status() {
     let c = support::deployed();
     let ns = c.namespace("t-gamma");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&reviews_app());
-    ns.apply(CLIENT);
-    for d in ["reviews-v1", "reviews-v2"] {
-        ns.ok(&[
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ]);
-    }
-    ns.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=180s",
-    ]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1", "reviews-v2"]);
     let url = "http://reviews:9080/";
     ns.apply(REVIEWS_ROUTE);
 
@@ -434,7 +400,7 @@ fn echo_versions(ns: &Namespace, count: usize) -> Vec<String> {
 fn a_grpcroute_sends_one_method_to_v2_and_the_rest_to_v1() {
     let c = support::deployed();
     let ns = c.namespace("t-gamma-grpc");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&grpc_version("v1"));
     ns.apply(&grpc_version("v2"));
     ns.apply(GRPC_SERVICE);

@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Namespace, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, wait_for, weft};
 
 const GATEWAY_NS: &str = "aks-istio-ingress";
 const GATEWAY: &str = "aks-istio-ingressgateway-internal";
@@ -86,19 +86,6 @@ metadata: {name: productpage, labels: {app: productpage}}
 spec:
   selector: {app: productpage}
   ports: [{name: http, port: 9080}]
-"#;
-
-/// A meshed curl pod (payments is enrolled), exec'd into.
-const MESHED_CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
 "#;
 
 fn ok(out: std::process::Output) -> String {
@@ -200,7 +187,7 @@ fn seed_003_storefront_gateway_routes_by_host_from_outside_the_mesh() {
     // A meshed pod calls the gateway's Service too (in-cluster ingress): its sidecar speaks
     // plaintext to the gateway, whose listener is plaintext HTTP (PeerAuthentication governs
     // sidecars, not gateway listeners, as in Istio).
-    payments.apply(MESHED_CLIENT);
+    payments.apply(CURL_CLIENT);
     payments.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -1023,7 +1010,7 @@ fn an_ingress_gateway_enforces_authorization_policy_before_routing() {
     let app = c.namespace(APP_NS);
     ok(weft(&["namespace", "add", APP_NS]));
     app.apply(PRODUCTPAGE);
-    app.apply(MESHED_CLIENT);
+    app.apply(CURL_CLIENT);
     install_gateway(GW, NS);
     app.apply(&format!(
         r#"

@@ -9,21 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Namespace, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, wait_for, weft};
 
 const NS: &str = "bookstore-ab";
-
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
-"#;
 
 fn version(version: &str) -> String {
     format!(
@@ -146,21 +134,8 @@ fn v1alpha4_matches_send_firefox_users_to_v2_and_everyone_else_to_the_root_servi
     ns.apply(&version("v1"));
     ns.apply(&version("v2"));
     ns.apply(SERVICES);
-    ns.apply(CLIENT);
-    for d in ["bookstore-v1", "bookstore-v2"] {
-        ns.ok(&[
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ]);
-    }
-    ns.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=180s",
-    ]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["bookstore-v1", "bookstore-v2"]);
     ns.apply(AB_TEST);
     // The split reached the client when a batch of Firefox requests is all v2.
     wait_for(

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Namespace, deployed, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, deployed, wait_for, weft};
 
 const REVISION: &str = "tls-origination";
 /// The node address (e2e/cluster/env.sh NODE_IP): "outside the cluster".
@@ -32,18 +32,6 @@ const APPS: &str = "tlsorig-apps";
 const GW_APPS: &str = "tlsorig-gw-apps";
 const GATEWAY_NS: &str = "tlsorig-egress";
 const GATEWAY: &str = "egressgateway-tls";
-
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
-"#;
 
 fn run(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -375,7 +363,7 @@ spec:
       tls: {{mode: SIMPLE, credentialName: partner-client}}
 "#
     ));
-    apps.apply(CLIENT);
+    apps.apply(CURL_CLIENT);
     apps.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -561,7 +549,7 @@ spec:
       tls: {{mode: SIMPLE, credentialName: partner-ca}}
 "#
     ));
-    apps.apply(CLIENT);
+    apps.apply(CURL_CLIENT);
     gw_ns.ok(&[
         "rollout",
         "status",

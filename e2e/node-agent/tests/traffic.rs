@@ -8,25 +8,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Namespace, wait_for, weft};
+use support::{CURL_CLIENT, Namespace, wait_for, weft};
 
 /// Requests per measurement (issue 19: at least 1,000).
 const SAMPLE: usize = 1000;
 /// Allowed distance of a measured share from its weight, in percentage points.
 const TOLERANCE: f64 = 3.0;
-
-/// A meshed curl client pod, exec'd into.
-const CLIENT: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: client, labels: {app: client}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: curlimages/curl
-    command: [sleep, "86400"]
-"#;
 
 /// One version of an app: the echo app answering `<version> from <pod> ...` on `port`.
 fn version(app: &str, version: &str, port: u16) -> String {
@@ -97,32 +84,6 @@ fn converged(ns: &Namespace, url: &str, what: &str, check: impl Fn(&[String]) ->
     );
 }
 
-fn enrol(ns: &Namespace) {
-    let out = weft(&["namespace", "add", &ns.name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn rolled_out(ns: &Namespace, deployments: &[&str]) {
-    for d in deployments {
-        ns.ok(&[
-            "rollout",
-            "status",
-            &format!("deployment/{d}"),
-            "--timeout=180s",
-        ]);
-    }
-    ns.ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=180s",
-    ]);
-}
-
 /// Seed 003, section 5, verbatim.
 const SEED_003_ROUTING: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -179,7 +140,7 @@ fn reviews_weights(v1: u32, v2: u32) -> String {
 fn seed_003_reviews_canary_90_10_then_100_0_drains_v2() {
     let c = support::deployed();
     let ns = c.namespace("payments");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(&version("reviews", "v2", 9080));
     ns.apply(
@@ -192,8 +153,8 @@ spec:
   ports: [{name: http, port: 9080}]
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1", "reviews-v2"]);
     let url = "http://reviews:9080/";
     // Round robin first: both versions answer.
     converged(&ns, url, "both versions before routing", |b| {
@@ -251,7 +212,7 @@ spec:
 fn seed_000_traffic_split_sends_80_20_to_the_bookstore_versions() {
     let c = support::deployed();
     let ns = c.namespace("bookstore");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("bookstore", "v1", 14001));
     ns.apply(&version("bookstore", "v2", 14001));
     // The root Service and bookstore-v1 as the seed implies them; bookstore-v2 verbatim.
@@ -286,8 +247,8 @@ spec:
     - port: 14001
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["bookstore-v1", "bookstore-v2"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["bookstore-v1", "bookstore-v2"]);
     let url = "http://bookstore:14001/";
     converged(&ns, url, "both versions before the split", |b| {
         b.iter().any(|v| v == "v1") && b.iter().any(|v| v == "v2")
@@ -409,7 +370,7 @@ fn count(answers: &[String], word: &str) -> usize {
 fn header_match_fault_abort_retries_and_a_tls_disable_rule_against_strict() {
     let c = support::deployed();
     let ns = c.namespace("shop");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(&version("reviews", "v2", 9080));
     // A backend whose every second answer is 503.
@@ -434,8 +395,8 @@ spec:
   ports: [{name: http, port: 9080}]
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["reviews-v1", "reviews-v2", "flaky-v1"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1", "reviews-v2", "flaky-v1"]);
 
     // Istio's "jason" example: one user to v2, everyone else to v1.
     ns.apply(
@@ -597,7 +558,7 @@ fn pods_with(ns: &Namespace, url: &str, n: usize, extra: &[&str]) -> Vec<String>
 fn outlier_detection_ejects_a_failing_pod_and_a_consistent_hash_keeps_each_user_on_one_pod() {
     let c = support::deployed();
     let ns = c.namespace("t-balance");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("api", "good", 8080));
     ns.apply(&version("api", "bad", 8080).replace(
         "        - {name: MESSAGE, value: bad}",
@@ -631,8 +592,8 @@ spec:
     retries: {attempts: 0}
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["api-good", "api-bad", "sticky-v1"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["api-good", "api-bad", "sticky-v1"]);
 
     // Without outlier detection, round robin sends every second request to the broken pod.
     let api = "http://api:8080/";
@@ -784,7 +745,7 @@ fn parallel_codes(ns: &Namespace, url: &str, n: usize) -> Vec<String> {
 fn connection_pool_limits_answer_overflow_with_503_as_istios_circuit_breaking_task() {
     let c = support::deployed();
     let ns = c.namespace("t-breaker");
-    enrol(&ns);
+    ns.enrol();
     // Each answer takes 300 ms, so concurrent requests overlap.
     ns.apply(&version("httpbin", "v1", 8000).replace(
         "        - {name: MESSAGE, value: v1}",
@@ -800,8 +761,8 @@ spec:
   ports: [{name: http, port: 8000}]
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["httpbin-v1"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["httpbin-v1"]);
     let url = "http://httpbin:8000/get";
     converged(&ns, url, "httpbin answers", |b| b.iter().all(|v| v == "v1"));
     let open = parallel_codes(&ns, url, 10);
@@ -898,7 +859,7 @@ fn served_from(ns: &Namespace, pod: &str, source: &str) -> u64 {
 fn a_mirror_copies_every_request_to_v2_while_every_answer_comes_from_v1() {
     let c = support::deployed();
     let ns = c.namespace("mirror");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(&version("reviews", "v2", 9080));
     ns.apply(
@@ -932,8 +893,8 @@ spec:
     mirrorPercentage: {value: 100.0}
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1", "reviews-v2"]);
     let url = "http://reviews:9080/";
     converged(&ns, url, "only v1 answers", |b| b.iter().all(|v| v == "v1"));
     let v2 = ns.jsonpath("pods -l version=v2", "{.items[0].metadata.name}");
@@ -1053,7 +1014,7 @@ spec:
 fn a_tcp_route_sends_a_tcp_port_to_v2_by_port_then_splits_connections_70_30() {
     let c = support::deployed();
     let ns = c.namespace("tcproute");
-    enrol(&ns);
+    ns.enrol();
     tcp_echo(
         &ns,
         "tcp-echo",
@@ -1064,8 +1025,8 @@ fn a_tcp_route_sends_a_tcp_port_to_v2_by_port_then_splits_connections_70_30() {
     - destination: {host: echo, subset: v2}
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["echo-v1", "echo-v2"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["echo-v1", "echo-v2"]);
     let url = "http://echo:9000/";
     converged_from(&ns, "client", url, "every connection to v2", |b| {
         b.len() == 20 && b.iter().all(|v| v == "v2")
@@ -1123,7 +1084,7 @@ spec:
 fn a_source_labels_route_is_seen_only_by_the_labelled_client() {
     let c = support::deployed();
     let ns = c.namespace("srclabels");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(&version("reviews", "v2", 9080));
     ns.apply(
@@ -1158,12 +1119,12 @@ spec:
     - destination: {host: reviews, subset: v1}
 "#,
     );
-    ns.apply(CLIENT);
-    ns.apply(&CLIENT.replace(
+    ns.apply(CURL_CLIENT);
+    ns.apply(&CURL_CLIENT.replace(
         "metadata: {name: client, labels: {app: client}}",
         "metadata: {name: tester, labels: {app: client, role: tester}}",
     ));
-    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    ns.rolled_out(&["reviews-v1", "reviews-v2"]);
     ns.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -1212,7 +1173,7 @@ spec:
 fn a_gamma_request_mirror_copies_every_request_to_v2_while_v1_answers() {
     let c = support::deployed();
     let ns = c.namespace("gammamirror");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(&version("reviews", "v2", 9080));
     ns.apply(
@@ -1253,8 +1214,8 @@ spec:
     - {name: reviews-v1, port: 9080}
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["reviews-v1", "reviews-v2"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1", "reviews-v2"]);
     let url = "http://reviews:9080/";
     converged(&ns, url, "only v1 answers", |b| {
         b.len() == 20 && b.iter().all(|v| v == "v1")
@@ -1306,7 +1267,7 @@ fn a_gamma_consumer_route_applies_to_its_own_namespace_and_replaces_the_producer
     let cons = c.namespace("gcons-cons");
     let other = c.namespace("gcons-other");
     for ns in [&prod, &cons, &other] {
-        enrol(ns);
+        ns.enrol();
     }
     prod.apply(&version("reviews", "v1", 9080));
     prod.apply(&version("reviews", "v2", 9080));
@@ -1362,11 +1323,11 @@ spec:
 "#,
     );
     for ns in [&prod, &cons, &other] {
-        ns.apply(CLIENT);
+        ns.apply(CURL_CLIENT);
     }
-    rolled_out(&prod, &["reviews-v1", "reviews-v2"]);
+    prod.rolled_out(&["reviews-v1", "reviews-v2"]);
     for ns in [&cons, &other] {
-        rolled_out(ns, &[]);
+        ns.rolled_out(&[]);
     }
     let url = "http://reviews.gcons-prod:9080/";
     for (ns, want) in [(&prod, "v1"), (&cons, "v2"), (&other, "v1")] {
@@ -1424,7 +1385,7 @@ fn export_to_and_the_client_namespace_destination_rule_decide_per_client_namespa
     let front = c.namespace("xns-front");
     let other = c.namespace("xns-other");
     for ns in [&svc, &front, &other] {
-        enrol(ns);
+        ns.enrol();
     }
     svc.apply(&version("reviews", "v1", 9080));
     svc.apply(&version("reviews", "v2", 9080));
@@ -1479,11 +1440,11 @@ spec:
 "#,
     );
     for ns in [&svc, &front, &other] {
-        ns.apply(CLIENT);
+        ns.apply(CURL_CLIENT);
     }
-    rolled_out(&svc, &["reviews-v1", "reviews-v2"]);
+    svc.rolled_out(&["reviews-v1", "reviews-v2"]);
     for ns in [&front, &other] {
-        rolled_out(ns, &[]);
+        ns.rolled_out(&[]);
     }
     let url = "http://reviews.xns-svc:9080/";
     for (ns, want) in [(&svc, "v2"), (&front, "v2"), (&other, "v1")] {
@@ -1594,7 +1555,7 @@ spec:
 fn port_level_settings_replace_the_tls_mode_and_the_load_balancer_of_one_port() {
     let c = support::deployed();
     let ns = c.namespace("t-ports");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("api", "v1", 9080).replace("replicas: 1", "replicas: 2"));
     ns.apply(
         r#"
@@ -1614,8 +1575,8 @@ spec:
   mtls: {mode: STRICT}
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["api-v1"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["api-v1"]);
     let (main, alt) = ("http://api:9080/", "http://api:9081/");
 
     // (a) The TLS mode per port.
@@ -1756,7 +1717,7 @@ fn header_of<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str>
 fn a_cors_policy_answers_allowed_preflights_in_the_client_proxy_and_marks_allowed_origins() {
     let c = support::deployed();
     let ns = c.namespace("cors");
-    enrol(&ns);
+    ns.enrol();
     ns.apply(&version("reviews", "v1", 9080));
     ns.apply(
         r#"
@@ -1793,8 +1754,8 @@ spec:
       allowCredentials: true
 "#,
     );
-    ns.apply(CLIENT);
-    rolled_out(&ns, &["reviews-v1"]);
+    ns.apply(CURL_CLIENT);
+    ns.rolled_out(&["reviews-v1"]);
     let url = "http://reviews:9080/";
     let preflight = |origin: &str| {
         one_exchange(

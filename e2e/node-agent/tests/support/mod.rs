@@ -241,7 +241,49 @@ pub struct Namespace {
     pub name: String,
 }
 
+/// A curl pod named `client` (label `app: client`) the tests exec into; meshed when its
+/// namespace is enrolled.
+pub const CURL_CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
+"#;
+
 impl Namespace {
+    /// Enrols the namespace as a user does: `weft namespace add`.
+    pub fn enrol(&self) {
+        let out = weft(&["namespace", "add", &self.name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until each Deployment has rolled out and the [`CURL_CLIENT`] pod is Ready.
+    pub fn rolled_out(&self, deployments: &[&str]) {
+        for d in deployments {
+            self.ok(&[
+                "rollout",
+                "status",
+                &format!("deployment/{d}"),
+                "--timeout=180s",
+            ]);
+        }
+        self.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=180s",
+        ]);
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);

@@ -261,6 +261,9 @@ fn origination_of<'a>(
         credential_name: None,
         sni: None,
         subject_alt_names: Vec::new(),
+        ca_certificates: None,
+        client_certificate: None,
+        private_key: None,
         refused: None,
     };
     let s = snapshot.service_named(&d.service.host, port)?;

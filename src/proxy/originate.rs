@@ -98,13 +98,54 @@ impl Asked<'_> {
         }
     }
 
-    fn credential(&self) -> Result<Option<&TlsCredential>, String> {
-        match &self.settings.credential_name {
-            Some(name) => self.credentials.get(name).map(Some).ok_or_else(|| {
+    /// The certificates this origination uses: the `credentialName` Secret's, or the files
+    /// named (read now, so a file replaced in the container is used by the next connection);
+    /// None: neither, the system roots verify the server.
+    fn material(&self) -> Result<Option<Material>, String> {
+        let s = self.settings;
+        if let Some(name) = &s.credential_name {
+            let c = self.credentials.get(name).ok_or_else(|| {
                 format!("credentialName {name}: no such kubernetes.io/tls Secret reached this proxy (it is read in the proxy's namespace; the operator needs read access there, docs/egress.md)")
-            }),
-            None => Ok(None),
+            })?;
+            return Ok(Some(Material {
+                ca: c.ca.clone(),
+                chain: c.cert_chain.clone(),
+                key: c.private_key.clone(),
+                names: [
+                    format!("credentialName {name}: ca.crt"),
+                    format!("credentialName {name}: tls.crt"),
+                    format!("credentialName {name}: tls.key"),
+                ],
+                secret: true,
+            }));
         }
+        let files = [&s.ca_certificates, &s.client_certificate, &s.private_key];
+        if files.iter().all(|f| f.is_none()) {
+            return Ok(None);
+        }
+        let [ca, chain, key] = [
+            ("caCertificates", &s.ca_certificates),
+            ("clientCertificate", &s.client_certificate),
+            ("privateKey", &s.private_key),
+        ]
+        .map(|(field, path)| match path {
+            Some(path) => read_file(field, path).map(Some),
+            None => Ok(None),
+        });
+        let name = |field: &str, path: &Option<String>| {
+            format!("{field} {}", path.as_deref().unwrap_or_default())
+        };
+        Ok(Some(Material {
+            ca: ca?,
+            chain: chain?,
+            key: key?,
+            names: [
+                name("caCertificates", &s.ca_certificates),
+                name("clientCertificate", &s.client_certificate),
+                name("privateKey", &s.private_key),
+            ],
+            secret: false,
+        }))
     }
 
     /// SHA-256 (hex) of what the client config is made of: mode, settings, and the material
@@ -121,17 +162,20 @@ impl Asked<'_> {
                 .unwrap_or_default()
                 .as_bytes(),
         );
-        match self.credential() {
-            Ok(Some(c)) => {
+        match self.material() {
+            Ok(Some(m)) => {
                 field(b"credential");
-                field(c.ca.as_deref().unwrap_or_default().as_bytes());
+                field(m.ca.as_deref().unwrap_or_default().as_bytes());
                 if self.mutual {
-                    field(c.cert_chain.as_deref().unwrap_or_default().as_bytes());
-                    field(c.private_key.as_deref().unwrap_or_default().as_bytes());
+                    field(m.chain.as_deref().unwrap_or_default().as_bytes());
+                    field(m.key.as_deref().unwrap_or_default().as_bytes());
                 }
             }
             Ok(None) => field(b"system roots"),
-            Err(_) => field(b"missing credential"),
+            Err(e) => {
+                field(b"missing credential");
+                field(e.as_bytes());
+            }
         }
         hex(d.finish().as_ref())
     }
@@ -226,13 +270,20 @@ impl Originations {
 /// A client config for `asked`, speaking `alpn`.
 fn build(asked: &Asked<'_>, alpn: Alpn) -> Result<ClientConfig, String> {
     let settings = asked.settings;
-    let credential = asked.credential()?;
-    let name = settings.credential_name.as_deref().unwrap_or_default();
-    let roots = match credential.and_then(|c| c.ca.as_deref()) {
-        Some(pem) => roots_of(pem).map_err(|e| format!("credentialName {name}: ca.crt {e}"))?,
-        None if credential.is_some() => {
+    let material = asked.material()?;
+    let [ca_name, chain_name, key_name] = material
+        .as_ref()
+        .map(|m| m.names.clone())
+        .unwrap_or_default();
+    let roots = match material.as_ref().and_then(|m| m.ca.as_deref()) {
+        Some(pem) => roots_of(pem).map_err(|e| format!("{ca_name} {e}"))?,
+        // A Secret must hold the CA; without caCertificates, files use the system roots
+        // (Istio: "If omitted, the proxy will verify the server's certificate using the OS
+        // CA certificates").
+        None if material.as_ref().is_some_and(|m| m.secret) => {
             return Err(format!(
-                "credentialName {name}: the Secret has no ca.crt to verify the server with"
+                "credentialName {}: the Secret has no ca.crt to verify the server with",
+                settings.credential_name.as_deref().unwrap_or_default()
             ));
         }
         None => system_roots()?,
@@ -261,26 +312,55 @@ fn build(asked: &Asked<'_>, alpn: Alpn) -> Result<ClientConfig, String> {
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = if asked.mutual {
-        let c = credential.ok_or_else(|| {
-            "mode MUTUAL needs credentialName (the client certificate)".to_string()
+        let m = material.as_ref().ok_or_else(|| {
+            "mode MUTUAL needs credentialName, or clientCertificate and privateKey (the client certificate)".to_string()
         })?;
-        let (Some(chain), Some(key)) = (&c.cert_chain, &c.private_key) else {
+        let (Some(chain), Some(key)) = (&m.chain, &m.key) else {
             return Err(format!(
-                "credentialName {name}: MUTUAL needs tls.crt and tls.key in the Secret"
+                "MUTUAL needs a client certificate and key: {chain_name}, {key_name}"
             ));
         };
-        let chain =
-            certificates(chain).map_err(|e| format!("credentialName {name}: tls.crt {e}"))?;
+        let chain = certificates(chain).map_err(|e| format!("{chain_name} {e}"))?;
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-            .map_err(|e| format!("credentialName {name}: tls.key ({e})"))?;
+            .map_err(|e| format!("{key_name} ({e})"))?;
         builder
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("credentialName {name}: tls.crt/tls.key unusable ({e})"))?
+            .map_err(|e| format!("{chain_name}, {key_name}: unusable together ({e})"))?
     } else {
         builder.with_no_client_auth()
     };
     config.alpn_protocols = alpn.protocols();
     Ok(config)
+}
+
+/// The certificates of one origination, as PEM text, and how to name each in an error.
+struct Material {
+    ca: Option<String>,
+    chain: Option<String>,
+    key: Option<String>,
+    /// How the CA, the chain and the key are named in messages.
+    names: [String; 3],
+    /// From a `credentialName` Secret (which must hold the CA), not from files.
+    secret: bool,
+}
+
+/// Largest certificate file read (a bundle of many CAs is well below it).
+const MAX_CERT_FILE: u64 = 1 << 20;
+
+/// The text of a certificate file named by DestinationRule field `field`.
+fn read_file(field: &str, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| {
+        format!("{field} {path}: cannot be read in the proxy's container ({e}); mount it with sidecar.istio.io/userVolume and userVolumeMount")
+    })?;
+    let mut text = String::new();
+    file.take(MAX_CERT_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{field} {path}: cannot be read as text ({e})"))?;
+    if text.len() as u64 > MAX_CERT_FILE {
+        return Err(format!("{field} {path}: larger than {MAX_CERT_FILE} bytes"));
+    }
+    Ok(text)
 }
 
 /// `host` without a `:port` (an IPv6 literal keeps its brackets).
@@ -677,6 +757,69 @@ mod tests {
         assert!(simple.is_err(), "{simple:?}");
     }
 
+    /// Istio's `caCertificates`, `clientCertificate` and `privateKey`: files in the proxy's
+    /// container, read when a connection is made, so a replaced file is used by the next one.
+    #[tokio::test]
+    async fn certificate_files_verify_the_server_and_present_the_client_certificate() {
+        let server_ca = Ca::new("partner CA");
+        let client_ca = Ca::new("our client CA");
+        let dir = std::env::temp_dir().join(format!("weft-originate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let (chain, key) = client_ca.leaf(&["client.weft.test"]);
+        std::fs::write(path("ca.pem"), &server_ca.pem).unwrap();
+        std::fs::write(path("client.pem"), &chain).unwrap();
+        std::fs::write(path("client.key"), &key).unwrap();
+        let none = BTreeMap::new();
+        let files = Origination {
+            ca_certificates: Some(path("ca.pem")),
+            client_certificate: Some(path("client.pem")),
+            private_key: Some(path("client.key")),
+            ..Default::default()
+        };
+        let mutual_server =
+            server(&server_ca, &["partner.weft.test"], Some(&client_ca), false).await;
+        assert_eq!(
+            call(mutual_server, true, &files, &none).await.as_deref(),
+            Ok("client-cert")
+        );
+        // SIMPLE with the CA file alone verifies the server.
+        let simple_server = server(&server_ca, &["partner.weft.test"], None, false).await;
+        let ca_only = Origination {
+            ca_certificates: Some(path("ca.pem")),
+            ..Default::default()
+        };
+        assert_eq!(
+            call(simple_server, false, &ca_only, &none).await.as_deref(),
+            Ok("no-client-cert")
+        );
+        // The file now holds another CA: the next connection gets another config (another
+        // pool key) and fails to verify the server.
+        let before = prepare("partner.weft.test", false, &ca_only, &none)
+            .unwrap()
+            .key;
+        std::fs::write(path("ca.pem"), &Ca::new("someone else").pem).unwrap();
+        let after = prepare("partner.weft.test", false, &ca_only, &none)
+            .unwrap()
+            .key;
+        assert_ne!(before, after);
+        assert!(call(simple_server, false, &ca_only, &none).await.is_err());
+        // A file that is not there: refused, naming the field and the path.
+        let missing = Origination {
+            ca_certificates: Some(path("nope.pem")),
+            ..Default::default()
+        };
+        let e = prepare("partner.weft.test", false, &missing, &none).unwrap_err();
+        assert!(
+            e.contains("caCertificates") && e.contains("nope.pem") && e.contains("userVolumeMount"),
+            "{e}"
+        );
+        // MUTUAL with only a CA file: no client certificate to present, refused.
+        let e = prepare("partner.weft.test", true, &ca_only, &none).unwrap_err();
+        assert!(e.contains("MUTUAL needs"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn what_cannot_be_done_as_asked_is_refused_naming_the_fix() {
         let ca = Ca::new("partner CA");
@@ -687,7 +830,13 @@ mod tests {
         // A Secret that did not reach the proxy.
         assert!(err(false, &named("partner-ca"), &none).contains("credentialName partner-ca"));
         // MUTUAL with a Secret holding only a CA.
-        assert!(err(true, &named("partner-ca"), &with_ca(&ca)).contains("tls.crt and tls.key"));
+        let e = err(true, &named("partner-ca"), &with_ca(&ca));
+        assert!(
+            e.contains("MUTUAL needs")
+                && e.contains("partner-ca: tls.crt")
+                && e.contains("tls.key"),
+            "{e}"
+        );
         // A Secret without ca.crt does not fall back to the system roots.
         let no_ca = BTreeMap::from([(
             "partner-ca".to_string(),

@@ -185,15 +185,11 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
             None | Some("ISTIO_MUTUAL" | "DISABLE" | "SIMPLE" | "MUTUAL") => {}
             Some(mode) => out.push(format!("{at}.tls.mode {mode}")),
         }
-        // Certificate files: a weft proxy has none (its certificates come from Secrets).
         let files: [(&str, bool); 3] = [
             ("clientCertificate", tls.client_certificate.is_some()),
             ("privateKey", tls.private_key.is_some()),
             ("caCertificates", tls.ca_certificates.is_some()),
         ];
-        out.extend(set_fields(&files).iter().map(|f| {
-            format!("{at}.tls.{f} (a file in the proxy: weft proxies read certificates from the credentialName Secret only; connections are refused until it is removed)")
-        }));
         if tls.insecure_skip_verify.is_some() {
             out.push(format!(
                 "{at}.tls.insecureSkipVerify (weft always verifies the server's certificate)"
@@ -215,14 +211,20 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
                     .iter()
                     .map(|f| format!("{at}.tls.{f} (applies to mode SIMPLE and MUTUAL only)")),
             );
-        } else if set_fields(&files).is_empty()
-            && tls.ca_crl.is_none()
+        } else if tls.ca_crl.is_none()
             && let Some(Origination {
                 refused: Some(why), ..
             }) = origination(Some(p))
         {
-            // The files and caCrl were named above; the rest is said here.
+            // caCrl was named above; the rest is said here.
             out.push(format!("{at}.tls: {why}"));
+        }
+        if !originates {
+            out.extend(
+                set_fields(&files)
+                    .iter()
+                    .map(|f| format!("{at}.tls.{f} (applies to mode SIMPLE and MUTUAL only)")),
+            );
         }
     }
 }
@@ -238,8 +240,12 @@ fn origination(p: Option<&TrafficPolicySpec>) -> Option<Origination> {
         _ => return None,
     };
     let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_string);
+    let file = |v: &Option<Value>| text(v).filter(|n| !n.is_empty());
     let mut out = Origination {
         credential_name: text(&tls.credential_name).filter(|n| !n.is_empty()),
+        ca_certificates: file(&tls.ca_certificates),
+        client_certificate: file(&tls.client_certificate),
+        private_key: file(&tls.private_key),
         sni: text(&tls.sni).filter(|n| !n.is_empty()),
         subject_alt_names: tls
             .subject_alt_names
@@ -254,17 +260,36 @@ fn origination(p: Option<&TrafficPolicySpec>) -> Option<Origination> {
             .unwrap_or_default(),
         refused: None,
     };
-    let why = if tls.client_certificate.is_some()
-        || tls.private_key.is_some()
-        || tls.ca_certificates.is_some()
-    {
-        Some("certificate files are a file in the proxy (clientCertificate, privateKey, caCertificates); give credentialName instead".to_string())
-    } else if tls.ca_crl.is_some() {
+    let files: Vec<(&str, &Option<Value>, &Option<String>)> = vec![
+        ("caCertificates", &tls.ca_certificates, &out.ca_certificates),
+        (
+            "clientCertificate",
+            &tls.client_certificate,
+            &out.client_certificate,
+        ),
+        ("privateKey", &tls.private_key, &out.private_key),
+    ];
+    let any_file = files.iter().any(|(_, raw, _)| raw.is_some());
+    let bad_file = files.iter().find(|(_, raw, read)| {
+        raw.is_some() && !read.as_deref().is_some_and(|p| p.starts_with('/'))
+    });
+    let why = if tls.ca_crl.is_some() {
         Some("caCrl is not supported yet".to_string())
     } else if tls.credential_name.is_some() && out.credential_name.is_none() {
         Some("credentialName must name a Secret".to_string())
-    } else if mutual && out.credential_name.is_none() {
-        Some("mode MUTUAL needs credentialName (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt in the client's namespace); connections are refused until it is given".to_string())
+    } else if out.credential_name.is_some() && any_file {
+        // Istio's validation: "cannot specify client certificates or CA certificate If
+        // credentialName is set".
+        Some("credentialName and certificate files (caCertificates, clientCertificate, privateKey) exclude each other: give one of them".to_string())
+    } else if let Some((field, _, _)) = bad_file {
+        Some(format!(
+            "{field} must be an absolute path to a file in the proxy's container"
+        ))
+    } else if mutual
+        && out.credential_name.is_none()
+        && (out.client_certificate.is_none() || out.private_key.is_none())
+    {
+        Some("mode MUTUAL needs credentialName (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt in the client's namespace), or clientCertificate and privateKey (files in the proxy's container); connections are refused until they are given".to_string())
     } else if tls.subject_alt_names.as_ref().is_some_and(|v| {
         !v.as_array()
             .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())))
@@ -1948,9 +1973,16 @@ spec:
             !m.contains("loadBalancer") && !m.contains("outlierDetection"),
             "{m}"
         );
-        for field in ["trafficPolicy.tls.caCertificates", "workloadSelector"] {
-            assert!(m.contains(field), "{field} named in {m}");
-        }
+        assert!(m.contains("workloadSelector"), "{m}");
+        // A CA file in the proxy is applied (read by the proxy), not named.
+        assert!(!m.contains("caCertificates"), "{m}");
+        assert_eq!(
+            host.traffic
+                .origination
+                .as_ref()
+                .and_then(|o| o.ca_certificates.as_deref()),
+            Some("/etc/ca.pem")
+        );
         assert!(m.contains("not supported yet"), "{m}");
         // exportTo is applied by the lookup (route::compile), so not named here.
         assert!(!m.contains("exportTo"), "{m}");
@@ -3022,6 +3054,7 @@ spec:
                 sni: Some("ratings.example".into()),
                 subject_alt_names: vec!["ratings.example".into()],
                 refused: None,
+                ..Default::default()
             })
         );
         assert_eq!(p.subsets["v2"], ClientTls::Disable);
@@ -3051,12 +3084,16 @@ spec:
                 "trafficPolicy.tls: mode MUTUAL needs credentialName",
             ),
             (
-                json!({"mode": "SIMPLE", "caCertificates": "/etc/certs/ca.pem"}),
-                "trafficPolicy.tls.caCertificates (a file in the proxy",
+                json!({"mode": "SIMPLE", "caCertificates": "/etc/certs/ca.pem", "credentialName": "c"}),
+                "credentialName and certificate files (caCertificates, clientCertificate, privateKey) exclude each other",
             ),
             (
-                json!({"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem"}),
-                "trafficPolicy.tls.clientCertificate",
+                json!({"mode": "MUTUAL", "clientCertificate": "/c.pem"}),
+                "or clientCertificate and privateKey",
+            ),
+            (
+                json!({"mode": "SIMPLE", "caCertificates": "certs/ca.pem"}),
+                "caCertificates must be an absolute path",
             ),
             (
                 json!({"mode": "SIMPLE", "caCrl": "/crl.pem"}),

@@ -170,10 +170,29 @@ pub struct Origination {
     /// The server certificate must hold one of these names; empty: the SNI name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// Certificate files in the proxy's container (Istio's `caCertificates`,
+    /// `clientCertificate`, `privateKey`; mounted with `sidecar.istio.io/userVolumeMount`),
+    /// read when a connection is made: the server's CA instead of the system roots, and for
+    /// MUTUAL the client's chain and key. Never beside `credential_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
     /// Why this origination cannot be done as asked (a field weft does not implement, such
     /// as a certificate file path); the proxy then refuses the connection (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+}
+
+impl Origination {
+    /// Whether it names certificate files in the proxy's container.
+    pub fn uses_files(&self) -> bool {
+        self.ca_certificates.is_some()
+            || self.client_certificate.is_some()
+            || self.private_key.is_some()
+    }
 }
 
 /// The client-side policy the DestinationRules of one host set, and which rule set it: TLS

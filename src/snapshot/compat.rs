@@ -15,28 +15,35 @@
 
 use super::{ClientTls, Service};
 use crate::route::action::{Actions, DirectResponse};
-use crate::route::model::HttpRoute;
+use crate::route::model::{HttpRoute, Origination};
 
 /// One capability a proxy may lack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feature {
     /// DestinationRule `tls.mode` SIMPLE / MUTUAL: the proxy originates TLS (issue 19/20).
     TlsOrigination,
+    /// Origination with certificate files in the proxy's container (`caCertificates`,
+    /// `clientCertificate`, `privateKey`). A proxy with [`Feature::TlsOrigination`] alone
+    /// would skip those fields and verify the server against the system roots: a wider trust
+    /// than the rule asks for.
+    TlsOriginationFiles,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 1] = [Feature::TlsOrigination];
+    pub const ALL: [Feature; 2] = [Feature::TlsOrigination, Feature::TlsOriginationFiles];
 
     /// The name on the stream request.
     pub fn name(self) -> &'static str {
         match self {
             Feature::TlsOrigination => "tls-origination",
+            Feature::TlsOriginationFiles => "tls-origination-files",
         }
     }
 
     fn bit(self) -> u32 {
         match self {
             Feature::TlsOrigination => 1,
+            Feature::TlsOriginationFiles => 2,
         }
     }
 }
@@ -98,11 +105,26 @@ pub fn needed(services: &[Service]) -> Features {
     if services.iter().any(originates) {
         needs = needs.with(Feature::TlsOrigination);
     }
+    if services
+        .iter()
+        .any(|s| originations(s).any(Origination::uses_files))
+    {
+        needs = needs.with(Feature::TlsOriginationFiles);
+    }
     needs
 }
 
 fn originates(s: &Service) -> bool {
     s.tls.is_some_and(ClientTls::originates) || s.subset_tls.values().any(|m| m.originates())
+}
+
+/// The origination settings of a Service: its own and its subsets'.
+fn originations(s: &Service) -> impl Iterator<Item = &Origination> {
+    s.traffic.origination.iter().chain(
+        s.subset_traffic
+            .values()
+            .filter_map(|t| t.origination.as_ref()),
+    )
 }
 
 /// Lowers `services` in place for a proxy that has only `proxy`'s features, failing closed:
@@ -116,6 +138,9 @@ fn originates(s: &Service) -> bool {
 pub fn lower(proxy: Features, services: &mut [Service]) -> Vec<String> {
     let mut notes = Vec::new();
     if proxy.has(Feature::TlsOrigination) {
+        if !proxy.has(Feature::TlsOriginationFiles) {
+            lower_files(services, &mut notes);
+        }
         return notes;
     }
     for s in services.iter_mut().filter(|s| originates(s)) {
@@ -167,6 +192,33 @@ pub fn lower(proxy: Features, services: &mut [Service]) -> Vec<String> {
         }
     }
     notes
+}
+
+/// For a proxy that originates TLS but does not read certificate files: each origination
+/// with files is marked refused (a field it knows), so it refuses those connections instead
+/// of skipping the files and trusting the system roots.
+fn lower_files(services: &mut [Service], notes: &mut Vec<String>) {
+    for s in services.iter_mut() {
+        let at = format!("{}:{}", s.name, s.port);
+        let subsets = s.subset_traffic.values_mut();
+        for o in s
+            .traffic
+            .origination
+            .iter_mut()
+            .chain(subsets.filter_map(|t| t.origination.as_mut()))
+        {
+            if o.uses_files() && o.refused.is_none() {
+                o.refused = Some(format!(
+                    "certificate files (caCertificates, clientCertificate, privateKey) need a weft-proxy with feature {}; this pod's proxy is of an older revision: upgrade it (weft proxy-status)",
+                    Feature::TlsOriginationFiles.name()
+                ));
+                notes.push(format!(
+                    "{at}: TLS origination refused: its certificate files need feature {}; upgrade the proxy",
+                    Feature::TlsOriginationFiles.name()
+                ));
+            }
+        }
+    }
 }
 
 /// For a proxy lacking TLS origination, the ports of ServiceEntry hosts it would relay as bytes
@@ -237,10 +289,12 @@ mod tests {
     fn features_round_trip_and_unknown_or_oversized_values_name_nothing() {
         let all = Features::all();
         assert!(all.has(Feature::TlsOrigination));
-        assert_eq!(all.query_value(), "tls-origination");
+        assert_eq!(all.query_value(), "tls-origination,tls-origination-files");
         assert_eq!(Features::parse(Some(&all.query_value())), all);
         assert_eq!(
-            Features::parse(Some("delta, tls-origination ,from-the-future")),
+            Features::parse(Some(
+                "delta, tls-origination-files ,from-the-future,tls-origination"
+            )),
             all
         );
         assert_eq!(Features::parse(None), Features::default());
@@ -370,5 +424,49 @@ mod tests {
         assert_eq!(s.tls, Some(ClientTls::IstioMutual));
         assert!(s.http.is_empty());
         assert!(older_proxy_reads(&services));
+    }
+
+    /// A proxy that originates but predates certificate files gets those originations marked
+    /// refused (it would otherwise skip the files and trust the system roots); one without
+    /// files, and a current proxy, are left as they are.
+    #[test]
+    fn origination_with_certificate_files_is_refused_for_a_proxy_that_cannot_read_them() {
+        let files = Origination {
+            ca_certificates: Some("/etc/partner/ca.pem".into()),
+            ..Default::default()
+        };
+        let mut with_files = service(Some(ClientTls::Simple), Some(("v2", ClientTls::Simple)));
+        with_files.traffic.origination = Some(files.clone());
+        let mut v2 = with_files.traffic.clone();
+        v2.origination = Some(files);
+        with_files.subset_traffic.insert("v2".into(), v2);
+        let mut secret = service(Some(ClientTls::Simple), None);
+        secret.traffic.origination = Some(Origination {
+            credential_name: Some("partner".into()),
+            ..Default::default()
+        });
+        let table = vec![with_files, secret];
+        let needs = needed(&table);
+        assert!(needs.has(Feature::TlsOriginationFiles));
+        let origination_only = Features::parse(Some("tls-origination"));
+        assert!(needs.beyond(origination_only));
+        assert!(!needs.beyond(Features::all()));
+
+        let mut lowered = table.clone();
+        let notes = lower(origination_only, &mut lowered);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        for o in [
+            lowered[0].traffic.origination.as_ref(),
+            lowered[0].subset_traffic["v2"].origination.as_ref(),
+        ] {
+            let why = o.and_then(|o| o.refused.as_deref()).unwrap_or_default();
+            assert!(why.contains("tls-origination-files"), "{why}");
+        }
+        assert_eq!(lowered[1], table[1], "a Secret's origination is left alone");
+        // Endpoints and modes stay: the proxy refuses these connections itself.
+        assert_eq!(lowered[0].endpoints, table[0].endpoints);
+        let mut current = table.clone();
+        assert!(lower(Features::all(), &mut current).is_empty());
+        assert_eq!(current, table);
     }
 }

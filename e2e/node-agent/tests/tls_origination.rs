@@ -2,7 +2,8 @@
 //! TLS-origination task and its egress-gateway variant do it (issues 19 and 20): the app sends
 //! plain HTTP (`curl http://partner.tlsorig.test`), its sidecar (or the egress gateway on its
 //! hop out) opens TLS to the server and verifies it with the CA of a `credentialName` Secret
-//! read in the proxy's namespace; MUTUAL presents the Secret's client certificate.
+//! read in the proxy's namespace, or of a `caCertificates` file mounted into the proxy's
+//! container; MUTUAL presents the Secret's (or the files') client certificate.
 //!
 //! "Outside the cluster" is the node: `openssl s_server -www` (which answers every GET with 200
 //! and a status page) on the node address 198.18.0.1, ports 18443 (server certificate only),
@@ -206,10 +207,15 @@ fn ok(out: std::process::Output) -> String {
 /// (HTTP status, body) of the client pod's plain-HTTP curl of `url`, `host:port` pinned to
 /// the node address.
 fn curl(ns: &Namespace, host: &str, port: u16, url: &str) -> (String, String) {
+    curl_from(ns, "client", host, port, url)
+}
+
+/// [`curl`] from pod `pod` (its container `client`).
+fn curl_from(ns: &Namespace, pod: &str, host: &str, port: u16, url: &str) -> (String, String) {
     let resolve = format!("{host}:{port}:{NODE_IP}");
     let out = ns.kubectl(&[
         "exec",
-        "client",
+        pod,
         "-c",
         "client",
         "--",
@@ -408,32 +414,99 @@ spec:
         .count();
     assert!(ok_series >= 1, "{metrics}");
 
-    // A file path is refused by name on the rule, and its requests refused (not plaintext).
+    // Certificate files in the proxy's container (Istio's caCertificates, clientCertificate,
+    // privateKey), mounted from the same Secret with Istio's userVolume annotations: SIMPLE
+    // verified with the CA file, MUTUAL presenting the client files, a missing file refused
+    // (503, not plaintext), files beside credentialName refused by name on the rule.
     apps.apply(&format!(
         r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: originate-with-a-file}}
-spec:
-  host: files.tlsorig.test
-  trafficPolicy:
-    tls: {{mode: SIMPLE, caCertificates: /etc/certs/ca.pem}}
----
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: files}}
 spec:
   hosts: [files.tlsorig.test]
+  location: MESH_EXTERNAL
   resolution: DNS
   ports:
-  - {{number: 80, name: http, protocol: HTTP, targetPort: {SIMPLE_PORT}}}
+  - {{number: 80, name: http-simple, protocol: HTTP, targetPort: {SIMPLE_PORT}}}
+  - {{number: 8080, name: http-mutual, protocol: HTTP, targetPort: {MUTUAL_PORT}}}
+  - {{number: 8081, name: http-missing, protocol: HTTP, targetPort: {SIMPLE_PORT}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-with-files}}
+spec:
+  host: files.tlsorig.test
+  exportTo: ["."]
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: SIMPLE, caCertificates: /etc/partner/ca.crt}}
+    - port: {{number: 8080}}
+      tls:
+        mode: MUTUAL
+        caCertificates: /etc/partner/ca.crt
+        clientCertificate: /etc/partner/tls.crt
+        privateKey: /etc/partner/tls.key
+    - port: {{number: 8081}}
+      tls: {{mode: SIMPLE, caCertificates: /etc/partner/missing.crt}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: files-and-secret}}
+spec:
+  host: both.tlsorig.test
+  exportTo: ["."]
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: /etc/partner/ca.crt, credentialName: partner-client}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: files-client
+  labels: {{app: files-client}}
+  annotations:
+    sidecar.istio.io/userVolume: '{{"partner-certs":{{"secret":{{"secretName":"partner-client"}}}}}}'
+    sidecar.istio.io/userVolumeMount: '{{"partner-certs":{{"mountPath":"/etc/partner","readOnly":true}}}}'
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: curlimages/curl
+    command: [sleep, "86400"]
 "#
     ));
-    let refused = weft_accepted(&apps, "destinationrule originate-with-a-file");
+    apps.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/files-client",
+        "--timeout=90s",
+    ]);
+    let files = |port: u16| {
+        curl_from(
+            &apps,
+            "files-client",
+            "files.tlsorig.test",
+            port,
+            &format!("http://files.tlsorig.test:{port}/"),
+        )
+    };
+    let (code, body) = until(Duration::from_secs(60), || files(80), |(c, _)| c == "200");
+    assert_eq!(code, "200", "SIMPLE with caCertificates: {body}");
+    assert!(body.contains("Cipher"), "not the TLS server's page: {body}");
+    let (code, body) = until(Duration::from_secs(30), || files(8080), |(c, _)| c == "200");
+    assert_eq!(code, "200", "MUTUAL with the client files: {body}");
+    let (code, body) = files(8081);
+    assert_eq!(code, "503", "a missing caCertificates file: {body}");
+    let accepted = weft_accepted(&apps, "destinationrule originate-with-files");
+    assert!(accepted.starts_with("True/"), "{accepted}");
+    let refused = weft_accepted(&apps, "destinationrule files-and-secret");
     assert!(
-        refused.starts_with("False/") && refused.contains("trafficPolicy.tls.caCertificates"),
+        refused.starts_with("False/") && refused.contains("exclude each other"),
         "{refused}"
     );
+    // The client pod without the mount: the same rule's files are not in its proxy's
+    // container, so its requests are refused, never sent unverified.
     let (code, _) = until(
         Duration::from_secs(30),
         || {

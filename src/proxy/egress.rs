@@ -264,6 +264,7 @@ fn origination_of<'a>(
         ca_certificates: None,
         client_certificate: None,
         private_key: None,
+        ca_crl: None,
         refused: None,
     };
     let s = snapshot.service_named(&d.service.host, port)?;

@@ -185,19 +185,15 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
             None | Some("ISTIO_MUTUAL" | "DISABLE" | "SIMPLE" | "MUTUAL") => {}
             Some(mode) => out.push(format!("{at}.tls.mode {mode}")),
         }
-        let files: [(&str, bool); 3] = [
+        let files: [(&str, bool); 4] = [
             ("clientCertificate", tls.client_certificate.is_some()),
             ("privateKey", tls.private_key.is_some()),
             ("caCertificates", tls.ca_certificates.is_some()),
+            ("caCrl", tls.ca_crl.is_some()),
         ];
         if tls.insecure_skip_verify.is_some() {
             out.push(format!(
                 "{at}.tls.insecureSkipVerify (weft always verifies the server's certificate)"
-            ));
-        }
-        if tls.ca_crl.is_some() {
-            out.push(format!(
-                "{at}.tls.caCrl (no revocation lists yet; connections are refused until it is removed)"
             ));
         }
         let named: [(&str, bool); 3] = [
@@ -211,12 +207,10 @@ fn unsupported_policy(at: &str, p: &TrafficPolicySpec, out: &mut Vec<String>) {
                     .iter()
                     .map(|f| format!("{at}.tls.{f} (applies to mode SIMPLE and MUTUAL only)")),
             );
-        } else if tls.ca_crl.is_none()
-            && let Some(Origination {
-                refused: Some(why), ..
-            }) = origination(Some(p))
+        } else if let Some(Origination {
+            refused: Some(why), ..
+        }) = origination(Some(p))
         {
-            // caCrl was named above; the rest is said here.
             out.push(format!("{at}.tls: {why}"));
         }
         if !originates {
@@ -246,6 +240,7 @@ fn origination(p: Option<&TrafficPolicySpec>) -> Option<Origination> {
         ca_certificates: file(&tls.ca_certificates),
         client_certificate: file(&tls.client_certificate),
         private_key: file(&tls.private_key),
+        ca_crl: file(&tls.ca_crl),
         sni: text(&tls.sni).filter(|n| !n.is_empty()),
         subject_alt_names: tls
             .subject_alt_names
@@ -268,19 +263,18 @@ fn origination(p: Option<&TrafficPolicySpec>) -> Option<Origination> {
             &out.client_certificate,
         ),
         ("privateKey", &tls.private_key, &out.private_key),
+        ("caCrl", &tls.ca_crl, &out.ca_crl),
     ];
     let any_file = files.iter().any(|(_, raw, _)| raw.is_some());
     let bad_file = files.iter().find(|(_, raw, read)| {
         raw.is_some() && !read.as_deref().is_some_and(|p| p.starts_with('/'))
     });
-    let why = if tls.ca_crl.is_some() {
-        Some("caCrl is not supported yet".to_string())
-    } else if tls.credential_name.is_some() && out.credential_name.is_none() {
+    let why = if tls.credential_name.is_some() && out.credential_name.is_none() {
         Some("credentialName must name a Secret".to_string())
     } else if out.credential_name.is_some() && any_file {
-        // Istio's validation: "cannot specify client certificates or CA certificate If
-        // credentialName is set".
-        Some("credentialName and certificate files (caCertificates, clientCertificate, privateKey) exclude each other: give one of them".to_string())
+        // Istio's validation: "cannot specify client certificates or CA certificate or CA
+        // CRL If credentialName is set".
+        Some("credentialName and certificate files (caCertificates, clientCertificate, privateKey, caCrl) exclude each other: give one of them".to_string())
     } else if let Some((field, _, _)) = bad_file {
         Some(format!(
             "{field} must be an absolute path to a file in the proxy's container"
@@ -3085,7 +3079,7 @@ spec:
             ),
             (
                 json!({"mode": "SIMPLE", "caCertificates": "/etc/certs/ca.pem", "credentialName": "c"}),
-                "credentialName and certificate files (caCertificates, clientCertificate, privateKey) exclude each other",
+                "credentialName and certificate files (caCertificates, clientCertificate, privateKey, caCrl) exclude each other",
             ),
             (
                 json!({"mode": "MUTUAL", "clientCertificate": "/c.pem"}),
@@ -3096,8 +3090,12 @@ spec:
                 "caCertificates must be an absolute path",
             ),
             (
-                json!({"mode": "SIMPLE", "caCrl": "/crl.pem"}),
-                "trafficPolicy.tls.caCrl",
+                json!({"mode": "SIMPLE", "caCrl": "/crl.pem", "credentialName": "c"}),
+                "exclude each other",
+            ),
+            (
+                json!({"mode": "SIMPLE", "caCrl": "crl.pem"}),
+                "caCrl must be an absolute path",
             ),
         ] {
             let dr = json!({"host": "ratings", "trafficPolicy": {"tls": tls}});

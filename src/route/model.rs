@@ -180,6 +180,10 @@ pub struct Origination {
     pub client_certificate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// Istio's `caCrl`: a file of certificate revocation lists the server's chain is checked
+    /// against (Envoy's `crl`: a CA of the chain without its CRL fails verification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
     /// Why this origination cannot be done as asked (a field weft does not implement, such
     /// as a certificate file path); the proxy then refuses the connection (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +196,7 @@ impl Origination {
         self.ca_certificates.is_some()
             || self.client_certificate.is_some()
             || self.private_key.is_some()
+            || self.ca_crl.is_some()
     }
 }
 

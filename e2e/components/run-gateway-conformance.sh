@@ -57,11 +57,15 @@ if [[ -n ${WEFT_CONFORMANCE_RUN:-}${WEFT_CONFORMANCE_TEST:-} ]]; then
   partial=(--cleanup-base-resources=false)
   [[ -n ${WEFT_CONFORMANCE_TEST:-} ]] && partial+=(--run-test="$WEFT_CONFORMANCE_TEST")
 fi
+# What weft claims: the profiles' core features and the extended ones whose tests pass.
+features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TLSRouteModeTerminate,TLSRouteModeMixed,TCPRoute,ReferenceGrant,Mesh
+features+=,${WEFT_CONFORMANCE_EXTRA_FEATURES:-}
+features=${features%,}
 mkdir -p "$root/docs/conformance"
 cd "$root"
 exec "$bin" -test.run "$run" -test.v -test.timeout ${WEFT_CONFORMANCE_TIMEOUT:-60m} "${partial[@]}" \
   --gateway-class=weft \
-  --supported-features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TLSRouteModeTerminate,TLSRouteModeMixed,TCPRoute,ReferenceGrant,Mesh \
+  --supported-features="$features" \
   --conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,MESH-HTTP \
   --namespace-labels=istio-injection=enabled \
   --report-output="$report" \

@@ -26,6 +26,8 @@ const REVISION: &str = "tls-origination";
 const NODE_IP: &str = "198.18.0.1";
 const HOST: &str = "partner.tlsorig.test";
 const GW_HOST: &str = "gw-partner.tlsorig.test";
+/// The host whose rule reads certificate files (the server's certificate holds it too).
+const FILES_HOST: &str = "files.tlsorig.test";
 const SIMPLE_PORT: u16 = 18443;
 const MUTUAL_PORT: u16 = 18444;
 const GATEWAY_PORT: u16 = 18445;
@@ -118,7 +120,7 @@ fn leaf(dir: &Path, name: &str, by: &str, sans: &[&str]) {
     );
 }
 
-/// The certificates of a test: the partner's CA and server certificate (both hosts), our
+/// The certificates of a test: the partner's CA and server certificate (every host), our
 /// client CA and client certificate, and a CA that vouches for nothing here.
 fn certificates(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weft-tlsorig-{tag}-{}", std::process::id()));
@@ -127,7 +129,7 @@ fn certificates(tag: &str) -> PathBuf {
     ca(&dir, "partner");
     ca(&dir, "client");
     ca(&dir, "wrong");
-    leaf(&dir, "server", "partner", &[HOST, GW_HOST]);
+    leaf(&dir, "server", "partner", &[HOST, GW_HOST, FILES_HOST]);
     leaf(&dir, "client", "client", &["client.tlsorig.test"]);
     dir
 }

@@ -874,7 +874,12 @@ fn gateway_configs(
     gateway::compile(registry, subsets, &all, &[], None, &mut problems);
     let selectors: Vec<Option<BTreeMap<String, String>>> =
         all.iter().map(|g| gateway::selector_of(g.spec)).collect();
-    let mut compiled: HashMap<(String, Vec<usize>), GatewayConfig> = HashMap::new();
+    // A match's sourceLabels / sourceNamespace are held against the gateway pods' own labels
+    // (Istio's sourceMatchHTTP): when some VirtualService has one, pods with other labels
+    // get tables of their own.
+    let labelled = virtual_services.iter().any(|vs| names_source(vs.spec));
+    type Key = (String, Vec<usize>, Option<BTreeMap<String, String>>);
+    let mut compiled: HashMap<Key, GatewayConfig> = HashMap::new();
     // Subsets as the DestinationRules visible in the pods' namespace define them, as Istio's
     // gateway looks them up (its namespace's private rules in, others' out): the shared
     // lookup's unless the namespace is a client with its own, looked up once per namespace.
@@ -891,7 +896,7 @@ fn gateway_configs(
             .filter(|(_, s)| s.as_ref().is_some_and(|s| gateway::selects(s, &labels)))
             .map(|(i, _)| i)
             .collect();
-        let key = (ns.clone(), chosen.clone());
+        let key = (ns.clone(), chosen.clone(), labelled.then(|| labels.clone()));
         let config = compiled.entry(key).or_insert_with(|| {
             let selected: Vec<Source> = chosen.iter().map(|i| all[*i]).collect();
             let mut found = Vec::new();
@@ -933,12 +938,17 @@ fn gateway_configs(
             } else {
                 subsets
             };
-            let mut config = gateway::compile(
+            let workload = gateway::Workload {
+                namespace: ns,
+                labels: &labels,
+            };
+            let mut config = gateway::compile_for(
                 registry,
                 subsets,
                 &selected,
                 &visible,
                 Some(&lookup),
+                Some(workload),
                 &mut found,
             );
             external.fill_gateway(ns, &mut config, &mut found);
@@ -952,6 +962,19 @@ fn gateway_configs(
         out.insert((ns.clone(), name.clone()), config.clone());
     }
     (out, problems)
+}
+
+/// Whether a VirtualService spec has a match with `sourceLabels` or `sourceNamespace`.
+fn names_source(spec: &serde_json::Value) -> bool {
+    ["http", "tls", "tcp"].iter().any(|field| {
+        spec.get(field)
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("match").and_then(|m| m.as_array()))
+            .flatten()
+            .any(|m| m.get("sourceLabels").is_some() || m.get("sourceNamespace").is_some())
+    })
 }
 
 /// Whether VirtualService `vs` names Gateway `gateway` ("namespace/name") in its `gateways`

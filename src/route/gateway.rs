@@ -1255,6 +1255,72 @@ pub fn routes_for(
     Ok(out)
 }
 
+/// The gateway pods a table is compiled for: their namespace and labels, which a match's
+/// `sourceLabels` and `sourceNamespace` are held against (Istio's `sourceMatchHTTP` takes
+/// the proxy's own labels and namespace, a gateway's included).
+#[derive(Debug, Clone, Copy)]
+pub struct Workload<'a> {
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+impl Workload<'_> {
+    fn holds(&self, labels: &BTreeMap<String, String>, namespace: &Option<String>) -> bool {
+        super::source::selects(labels, self.labels)
+            && namespace.as_deref().is_none_or(|n| n == self.namespace)
+    }
+}
+
+/// `spec` as the gateway pods of `workload` take it: matches whose `sourceLabels` /
+/// `sourceNamespace` do not hold of them left out (and a route with none left), the others
+/// kept without the condition, which holds.
+fn for_workload(
+    mut spec: super::istio::VirtualServiceSpec,
+    workload: Workload<'_>,
+) -> super::istio::VirtualServiceSpec {
+    keep_held(&mut spec.http, workload, |r| &mut r.matches);
+    keep_held(&mut spec.tls, workload, |r| &mut r.matches);
+    keep_held(&mut spec.tcp, workload, |r| &mut r.matches);
+    spec
+}
+
+/// A VirtualService match with a client condition (`http`, or `tls`/`tcp`).
+trait SourceCondition {
+    fn condition(&mut self) -> (&mut BTreeMap<String, String>, &mut Option<String>);
+}
+
+impl SourceCondition for super::istio::MatchSpec {
+    fn condition(&mut self) -> (&mut BTreeMap<String, String>, &mut Option<String>) {
+        (&mut self.source_labels, &mut self.source_namespace)
+    }
+}
+
+impl SourceCondition for super::istio::L4MatchSpec {
+    fn condition(&mut self) -> (&mut BTreeMap<String, String>, &mut Option<String>) {
+        (&mut self.source_labels, &mut self.source_namespace)
+    }
+}
+
+/// [`for_workload`] on one list of routes.
+fn keep_held<R, M: SourceCondition>(
+    routes: &mut Vec<R>,
+    workload: Workload<'_>,
+    matches: impl Fn(&mut R) -> &mut Vec<M>,
+) {
+    routes.retain_mut(|route| {
+        let list = matches(route);
+        let had = !list.is_empty();
+        list.retain_mut(|m| {
+            let (labels, namespace) = m.condition();
+            let held = workload.holds(labels, namespace);
+            labels.clear();
+            *namespace = None;
+            held
+        });
+        !had || !list.is_empty()
+    });
+}
+
 /// The ports on which the Gateways selecting a pod with `labels` serve `ISTIO_MUTUAL`: the
 /// pod's endpoints there want mesh mTLS (auto-mTLS), where its other ports are plaintext.
 /// Decided as [`compile`] decides a port (the oldest server's protocol wins).
@@ -1309,6 +1375,29 @@ pub fn compile(
     gateways: &[Source<'_>],
     virtual_services: &[Source<'_>],
     credentials: Option<Credentials<'_>>,
+    problems: &mut Vec<Problem>,
+) -> GatewayConfig {
+    compile_for(
+        registry,
+        subsets,
+        gateways,
+        virtual_services,
+        credentials,
+        None,
+        problems,
+    )
+}
+
+/// [`compile`] for the gateway pods of `workload`: a match's `sourceLabels` and
+/// `sourceNamespace` are held against them ([`for_workload`]). Without a workload, a
+/// VirtualService with such a match is refused by name.
+pub fn compile_for(
+    registry: &Registry,
+    subsets: &BTreeMap<String, SubsetLabels>,
+    gateways: &[Source<'_>],
+    virtual_services: &[Source<'_>],
+    credentials: Option<Credentials<'_>>,
+    workload: Option<Workload<'_>>,
     problems: &mut Vec<Problem>,
 ) -> GatewayConfig {
     let read: Vec<Server> = by_age(gateways)
@@ -1416,7 +1505,10 @@ pub fn compile(
         {
             // Only the routes whose `match.gateways` (if any) name this Gateway.
             let spec = match routes_for(&spec, vs.namespace, &server.gateway) {
-                Ok(s) => s,
+                Ok(s) => match workload {
+                    Some(w) => for_workload(s, w),
+                    None => s,
+                },
                 Err(m) => {
                     notes.push(format!("{m}; the VirtualService is not applied"));
                     refused = true;
@@ -1660,6 +1752,67 @@ mod tests {
             "gateways": ["storefront-internal"],
             "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
         (gw, vs)
+    }
+
+    /// Istio's `sourceLabels` / `sourceNamespace` at a gateway: held against the gateway
+    /// pods' own labels and namespace (`sourceMatchHTTP`), so each workload gets the routes
+    /// that name it; a route whose every match names another workload is left out.
+    #[test]
+    fn source_labels_and_namespace_are_held_against_the_gateway_pods() {
+        let (gw, _) = seed_003();
+        let vs = json!({"hosts": ["shop.internal.contoso.com"],
+            "gateways": ["storefront-internal"],
+            "http": [
+                {"match": [{"sourceLabels": {"istio": "aks-istio-ingressgateway-internal"},
+                            "uri": {"prefix": "/reviews"}}],
+                 "route": [{"destination": {"host": "reviews", "port": {"number": 9080}}}]},
+                {"match": [{"sourceNamespace": "elsewhere"}],
+                 "route": [{"destination": {"host": "reviews", "port": {"number": 9080}}}]},
+                {"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}]});
+        let compiled_for = |labels: &BTreeMap<String, String>, namespace: &str| {
+            let mut problems = Vec::new();
+            let config = compile_for(
+                &registry(),
+                &BTreeMap::new(),
+                &[src("payments", "storefront-internal", "1", &gw)],
+                &[src("payments", "storefront", "1", &vs)],
+                None,
+                Some(Workload { namespace, labels }),
+                &mut problems,
+            );
+            assert!(problems.is_empty(), "{problems:?}");
+            let vh = config
+                .listener(80)
+                .and_then(|l| l.virtual_host("shop.internal.contoso.com"))
+                .cloned()
+                .expect("the seed's host");
+            vh.routes
+                .iter()
+                .map(|r| {
+                    let m = r.matches.first();
+                    assert!(
+                        m.is_none_or(|m| m.source_labels.is_empty() && m.source_namespace.is_none()),
+                        "the condition is decided here, not sent: {r:?}"
+                    );
+                    r.destinations[0].service.split('.').next().unwrap().to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        let ours = BTreeMap::from([(
+            "istio".to_string(),
+            "aks-istio-ingressgateway-internal".to_string(),
+        )]);
+        assert_eq!(
+            compiled_for(&ours, "aks-istio-ingress"),
+            ["reviews", "productpage"]
+        );
+        let other = BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]);
+        assert_eq!(compiled_for(&other, "aks-istio-ingress"), ["productpage"]);
+        assert_eq!(
+            compiled_for(&other, "elsewhere"),
+            ["reviews", "productpage"],
+            "sourceNamespace names the gateway pods' namespace"
+        );
     }
 
     /// Istio's egress-gateway task (the mTLS variant): a ServiceEntry for the external host,

@@ -1116,9 +1116,9 @@ pub fn gateway_routes(
     spec: &VirtualServiceSpec,
     listener_port: u16,
 ) -> Result<(Vec<HttpRoute>, Vec<String>), Refusal> {
-    // What sidecars apply and gateways do not (a gateway would apply a labelled match to
-    // every client). `tcp` and `tls` routes serve the gateway's relayed ports
-    // ([`gateway_l4_routes`]).
+    // A gateway's table holds client conditions against its own pods before this
+    // (`gateway::compile_for`); one compiled for no pod cannot decide them. `tcp` and `tls`
+    // routes serve the gateway's relayed ports ([`gateway_l4_routes`]).
     let mut unsupported: Vec<String> = Vec::new();
     for (i, h) in spec.http.iter().enumerate() {
         for (j, m) in h.matches.iter().enumerate() {
@@ -1132,7 +1132,7 @@ pub fn gateway_routes(
     }
     if !unsupported.is_empty() {
         return Err(Refusal::Invalid(format!(
-            "{} not supported on gateways yet; the VirtualService is not applied",
+            "{} cannot be decided for a gateway table compiled for no pod; the VirtualService is not applied",
             unsupported.join(", ")
         )));
     }
@@ -1157,7 +1157,7 @@ pub fn gateway_routes(
 /// A VirtualService bound to a gateway, compiled for one of the gateway's relayed ports:
 /// its `tls` routes (`tls`: a TLS PASSTHROUGH port, picked by SNI) or its `tcp` routes (a TCP
 /// port), laid on `listener_port` as [`gateway_routes`] lays `http` routes, and what they name
-/// that does not exist. `sourceLabels` is refused: the gateway is every route's client.
+/// that does not exist. A client condition left (a table compiled for no pod) is refused.
 pub fn gateway_l4_routes(
     registry: &Registry,
     subsets: &BTreeMap<String, SubsetLabels>,
@@ -1188,7 +1188,7 @@ pub fn gateway_l4_routes(
         .collect();
     if !labelled.is_empty() {
         return Err(Refusal::Invalid(format!(
-            "{} not supported on gateways; the VirtualService is not applied",
+            "{} cannot be decided for a gateway table compiled for no pod; the VirtualService is not applied",
             labelled.join(", ")
         )));
     }

@@ -57,8 +57,19 @@ if [[ -n ${WEFT_CONFORMANCE_RUN:-}${WEFT_CONFORMANCE_TEST:-} ]]; then
   partial=(--cleanup-base-resources=false)
   [[ -n ${WEFT_CONFORMANCE_TEST:-} ]] && partial+=(--run-test="$WEFT_CONFORMANCE_TEST")
 fi
-# What weft claims: the profiles' core features and the extended ones whose tests pass.
+# What weft claims: the profiles' core features and the extended ones whose tests pass
+# (docs/conformance/README.md lists the rest). WEFT_CONFORMANCE_EXTRA_FEATURES adds more, to
+# try them in a partial run before claiming them.
 features=Gateway,HTTPRoute,GRPCRoute,TLSRoute,TLSRouteModeTerminate,TLSRouteModeMixed,TCPRoute,ReferenceGrant,Mesh
+features+=,HTTPRouteResponseHeaderModification,HTTPRouteBackendRequestHeaderModification
+features+=,HTTPRouteQueryParamMatching,HTTPRouteMethodMatching,HTTPRouteNamedRouteRule,GRPCRouteNamedRouteRule
+features+=,HTTPRoutePathRewrite,HTTPRouteHostRewrite,HTTPRoutePortRedirect,HTTPRouteSchemeRedirect
+features+=,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
+features+=,HTTPRouteRequestMirror,HTTPRouteRequestMultipleMirrors,HTTPRouteRequestPercentageMirror
+features+=,HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,HTTPRouteParentRefPort
+features+=,MeshConsumerRoute,MeshClusterIPMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteQueryParamMatching
+features+=,MeshHTTPRouteRedirectPort,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteBackendRequestHeaderModification
+features+=,MeshHTTPRouteRewritePath
 features+=,${WEFT_CONFORMANCE_EXTRA_FEATURES:-}
 features=${features%,}
 mkdir -p "$root/docs/conformance"

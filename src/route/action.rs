@@ -199,6 +199,10 @@ pub struct Redirect {
     pub port: Option<u16>,
     /// 301 unless given (Istio's default).
     pub code: u16,
+    /// The path prefix the route matched, which `uri` replaces, the rest of the path kept
+    /// (the Gateway API's `ReplacePrefixMatch`); None: `uri` is the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// Istio's `HTTPRewrite`: the path (or the prefix a prefix match matched) and the authority
@@ -565,7 +569,13 @@ pub fn redirect_location(
         out.push(':');
         out.push_str(&p);
     }
-    match &r.uri {
+    let replaced = match (&r.uri, &r.prefix) {
+        (Some(u), Some(p)) => path
+            .strip_prefix(p.as_str())
+            .map(|rest| format!("{u}{rest}")),
+        _ => None,
+    };
+    match replaced.as_ref().or(r.uri.as_ref()) {
         Some(u) => {
             out.push_str(u);
             if !u.contains('?')
@@ -751,6 +761,7 @@ mod tests {
                 scheme: None,
                 port: None,
                 code: 301,
+                prefix: None,
             }),
             ..direct(500, None)
         };
@@ -811,6 +822,7 @@ mod tests {
             scheme: scheme.map(Into::into),
             port,
             code: 301,
+            prefix: None,
         };
         assert_eq!(
             redirect_location(

@@ -674,12 +674,13 @@ fn compile_rule(
                     Some(edit.target(path_kind));
             }
             if let Some((r, edit)) = &redirect {
-                if let (Some(PathEdit::Prefix(_)), PathKind::Prefix) = (edit, path_kind) {
-                    return Err(
-                        "RequestRedirect path.type ReplacePrefixMatch is not supported by weft yet (ReplaceFullPath is)".into(),
-                    );
-                }
-                actions.redirect = Some(redirect_of(r, edit.as_ref(), path_kind, ctx.parent_port)?);
+                actions.redirect = Some(redirect_of(
+                    r,
+                    edit.as_ref(),
+                    path_kind,
+                    m.uri.as_ref(),
+                    ctx.parent_port,
+                )?);
             }
             let (destinations, actions) = match &destinations {
                 Dests::Some(d) => (d.clone(), actions),
@@ -1057,6 +1058,7 @@ fn redirect_of(
     r: &httproute::RedirectFilter,
     edit: Option<&PathEdit>,
     kind: PathKind,
+    matched: Option<&StringMatch>,
     parent_port: u16,
 ) -> Result<Redirect, String> {
     let code = match r.status_code.unwrap_or(302) {
@@ -1082,12 +1084,21 @@ fn redirect_of(
         Some(PathEdit::Full(p)) => Some(p.clone()),
         Some(e @ PathEdit::Prefix(_)) => Some(e.target(kind)),
     };
+    // ReplacePrefixMatch on a prefix entry replaces what it matched, the rest of the path
+    // kept (the entry matches `<prefix>/`; its target keeps the separator).
+    let prefix = match (edit, kind, matched) {
+        (Some(PathEdit::Prefix(_)), PathKind::Prefix, Some(StringMatch::Prefix(p))) => {
+            Some(p.clone())
+        }
+        _ => None,
+    };
     Ok(Redirect {
         uri,
         authority: r.hostname.clone(),
         scheme,
         port,
         code,
+        prefix,
     })
 }
 
@@ -2014,6 +2025,52 @@ mod tests {
         assert_eq!(vs.accepted.reason, REASON_NOT_ALLOWED_BY_PARENTS);
         assert!(!status(&g, "tcp").accepted.status);
         assert!(g.http.is_empty());
+    }
+
+    /// The conformance suite's HTTPRouteRedirectPath: ReplacePrefixMatch in a redirect
+    /// replaces the matched prefix element-wise and keeps the rest of the path.
+    #[test]
+    fn a_redirect_replaces_the_matched_prefix_and_keeps_the_rest() {
+        let g = run(
+            &[http(
+                "r",
+                "t",
+                json!({"parentRefs": [parent("echo")], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/original-prefix"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/replacement-prefix"}}}]}]}),
+            )],
+            &[],
+        );
+        assert!(status(&g, "r").accepted.status, "{:?}", g.statuses);
+        let t = table(&g, "echo", 9080);
+        let location = |path: &str| {
+            let headers: Vec<(&str, &str)> = vec![];
+            let view = RequestView {
+                method: "GET",
+                path,
+                query: None,
+                port: 9080,
+                headers: &headers,
+            };
+            let Choice::Route { route, .. } = choose_route(t, &view) else {
+                panic!("{path} is routed");
+            };
+            let r = route.actions.redirect.as_ref().expect("a redirect");
+            crate::route::action::redirect_location(r, "http", "echo:9080", path, None)
+        };
+        assert_eq!(
+            location("/original-prefix/lemon"),
+            "http://echo:9080/replacement-prefix/lemon"
+        );
+        assert_eq!(
+            location("/original-prefix"),
+            "http://echo:9080/replacement-prefix"
+        );
+        assert_eq!(
+            location("/original-prefix/a/b"),
+            "http://echo:9080/replacement-prefix/a/b"
+        );
     }
 
     #[test]

@@ -2339,7 +2339,8 @@ spec:
                 authority: Some("ratings".into()),
                 scheme: None,
                 port: None,
-                code: 308
+                code: 308,
+                prefix: None,
             })
         );
         let a = &routes[1].actions;

@@ -224,6 +224,7 @@ fn redirect(at: &str, r: &RedirectSpec) -> Result<Redirect, String> {
         scheme: r.scheme.clone(),
         port,
         code,
+        prefix: None,
     })
 }
 

@@ -27,16 +27,25 @@ pub enum Feature {
     /// would skip those fields and verify the server against the system roots: a wider trust
     /// than the rule asks for.
     TlsOriginationFiles,
+    /// A redirect that replaces the matched path prefix (the Gateway API's
+    /// `ReplacePrefixMatch`): an older proxy would skip the prefix and redirect to the new
+    /// prefix alone, dropping the rest of the path.
+    RedirectPrefix,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 2] = [Feature::TlsOrigination, Feature::TlsOriginationFiles];
+    pub const ALL: [Feature; 3] = [
+        Feature::TlsOrigination,
+        Feature::TlsOriginationFiles,
+        Feature::RedirectPrefix,
+    ];
 
     /// The name on the stream request.
     pub fn name(self) -> &'static str {
         match self {
             Feature::TlsOrigination => "tls-origination",
             Feature::TlsOriginationFiles => "tls-origination-files",
+            Feature::RedirectPrefix => "redirect-prefix",
         }
     }
 
@@ -44,6 +53,7 @@ impl Feature {
         match self {
             Feature::TlsOrigination => 1,
             Feature::TlsOriginationFiles => 2,
+            Feature::RedirectPrefix => 4,
         }
     }
 }
@@ -111,7 +121,21 @@ pub fn needed(services: &[Service]) -> Features {
     {
         needs = needs.with(Feature::TlsOriginationFiles);
     }
+    if services
+        .iter()
+        .flat_map(|s| &s.http)
+        .any(redirects_by_prefix)
+    {
+        needs = needs.with(Feature::RedirectPrefix);
+    }
     needs
+}
+
+fn redirects_by_prefix(r: &HttpRoute) -> bool {
+    r.actions
+        .redirect
+        .as_ref()
+        .is_some_and(|r| r.prefix.is_some())
 }
 
 fn originates(s: &Service) -> bool {
@@ -137,6 +161,9 @@ fn originations(s: &Service) -> impl Iterator<Item = &Origination> {
 /// behaviour (a route of that host to another Service is lost too), never plaintext.
 pub fn lower(proxy: Features, services: &mut [Service]) -> Vec<String> {
     let mut notes = Vec::new();
+    if !proxy.has(Feature::RedirectPrefix) {
+        lower_redirects(services, &mut notes);
+    }
     if proxy.has(Feature::TlsOrigination) {
         if !proxy.has(Feature::TlsOriginationFiles) {
             lower_files(services, &mut notes);
@@ -192,6 +219,29 @@ pub fn lower(proxy: Features, services: &mut [Service]) -> Vec<String> {
         }
     }
     notes
+}
+
+/// For a proxy that cannot redirect by prefix: each such route answers 503 with the reason
+/// instead of sending the client to a wrong path.
+fn lower_redirects(services: &mut [Service], notes: &mut Vec<String>) {
+    for s in services.iter_mut() {
+        let at = format!("{}:{}", s.name, s.port);
+        for r in s.http.iter_mut().filter(|r| redirects_by_prefix(r)) {
+            let why = format!(
+                "route {} redirects by path prefix (ReplacePrefixMatch), which needs a weft-proxy with feature {}; this pod's proxy is of an older revision: upgrade it (weft proxy-status)",
+                r.name,
+                Feature::RedirectPrefix.name()
+            );
+            notes.push(format!("{at}: {why}"));
+            r.actions = Actions {
+                direct_response: Some(DirectResponse {
+                    status: 503,
+                    body: Some(format!("{why}\n")),
+                }),
+                ..Default::default()
+            };
+        }
+    }
 }
 
 /// For a proxy that originates TLS but does not read certificate files: each origination
@@ -289,11 +339,14 @@ mod tests {
     fn features_round_trip_and_unknown_or_oversized_values_name_nothing() {
         let all = Features::all();
         assert!(all.has(Feature::TlsOrigination));
-        assert_eq!(all.query_value(), "tls-origination,tls-origination-files");
+        assert_eq!(
+            all.query_value(),
+            "tls-origination,tls-origination-files,redirect-prefix"
+        );
         assert_eq!(Features::parse(Some(&all.query_value())), all);
         assert_eq!(
             Features::parse(Some(
-                "delta, tls-origination-files ,from-the-future,tls-origination"
+                "delta, tls-origination-files ,from-the-future,tls-origination,redirect-prefix"
             )),
             all
         );
@@ -468,5 +521,50 @@ mod tests {
         let mut current = table.clone();
         assert!(lower(Features::all(), &mut current).is_empty());
         assert_eq!(current, table);
+    }
+
+    /// A proxy without `redirect-prefix` gets such a route answering 503 with the reason, not
+    /// a redirect to the new prefix alone; other routes stay.
+    #[test]
+    fn a_prefix_redirect_answers_503_for_a_proxy_that_cannot_do_it() {
+        use crate::route::action::Redirect;
+        let mut svc = service(None, None);
+        let redirect = |prefix: Option<&str>| HttpRoute {
+            name: "shop/r".into(),
+            matches: Vec::new(),
+            destinations: Vec::new(),
+            actions: Actions {
+                redirect: Some(Redirect {
+                    uri: Some("/new/".into()),
+                    authority: None,
+                    scheme: None,
+                    port: None,
+                    code: 302,
+                    prefix: prefix.map(str::to_string),
+                }),
+                ..Default::default()
+            },
+        };
+        svc.http = vec![redirect(Some("/old/")), redirect(None)];
+        let table = vec![svc];
+        let needs = needed(&table);
+        let older = Features::parse(Some("tls-origination,tls-origination-files"));
+        assert!(needs.has(Feature::RedirectPrefix) && needs.beyond(older));
+        let mut lowered = table.clone();
+        let notes = lower(older, &mut lowered);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let answer = lowered[0].http[0].actions.direct_response.as_ref();
+        assert_eq!(answer.map(|d| d.status), Some(503));
+        assert!(
+            answer
+                .and_then(|d| d.body.as_deref())
+                .is_some_and(|b| b.contains("redirect-prefix"))
+        );
+        assert_eq!(
+            lowered[0].http[1], table[0].http[1],
+            "a whole-path redirect stays"
+        );
+        let mut current = table.clone();
+        assert!(lower(Features::all(), &mut current).is_empty());
     }
 }

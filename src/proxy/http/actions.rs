@@ -292,6 +292,7 @@ mod tests {
             scheme: None,
             port: None,
             code: 302,
+            prefix: None,
         };
         let resp = redirect(&p, &r, false);
         assert_eq!(resp.status(), StatusCode::FOUND);

@@ -50,6 +50,7 @@ static HTTPS_REDIRECT: std::sync::LazyLock<crate::route::action::Redirect> =
         scheme: Some("https".into()),
         port: None,
         code: 301,
+        prefix: None,
     });
 
 /// Mirrored copies in flight at once, per proxy; more are not sent (a debug line says so).

@@ -139,6 +139,11 @@ impl CorsPolicy {
             }
             names => headers.push((ALLOW_HEADERS, names.to_string())),
         }
+        // Envoy's filter names the exposed headers on a preflight too (the Gateway API's
+        // conformance test HTTPRouteCORS expects them there).
+        if !self.expose_headers.is_empty() {
+            headers.push((EXPOSE_HEADERS, self.expose_headers.join(",")));
+        }
         if let Some(secs) = self.max_age_secs {
             headers.push((MAX_AGE, secs.to_string()));
         }
@@ -327,8 +332,9 @@ mod tests {
         assert_eq!(header(&h, MAX_AGE), Some("86400"));
         // Credentials not allowed: the header is left out, not "false".
         assert_eq!(header(&h, ALLOW_CREDENTIALS), None);
-        // Expose-Headers belongs to actual responses only.
-        assert_eq!(header(&h, EXPOSE_HEADERS), None);
+        // Expose-Headers is named on the preflight too (what the Gateway API's HTTPRouteCORS
+        // conformance test expects; a browser reads it from the actual response).
+        assert_eq!(header(&h, EXPOSE_HEADERS), Some("X-Expose"));
     }
 
     #[test]

@@ -1001,7 +1001,10 @@ fn cors_policy(c: &httproute::CorsFilter) -> Result<super::cors::CorsPolicy, Str
         expose_headers: c.expose_headers.clone(),
         max_age_secs: Some(max_age_secs),
         allow_credentials,
-        unmatched_preflights: super::cors::UnmatchedPreflights::Forward,
+        // The Gateway API's filter answers every preflight itself: one from an origin it
+        // does not allow gets no Access-Control-Allow-Origin and never reaches the backend
+        // (the conformance test HTTPRouteCORS checks it). Istio's corsPolicy forwards it.
+        unmatched_preflights: super::cors::UnmatchedPreflights::Ignore,
     };
     super::cors::validate("cors", &policy)?;
     Ok(policy)
@@ -1870,6 +1873,20 @@ mod tests {
         }
         assert!(p.allow_credentials);
         assert_eq!(p.max_age_secs, Some(3600));
+        // A preflight from an origin not allowed is answered too, without Allow-Origin.
+        let refused = p
+            .preflight(&CorsRequest {
+                method: "OPTIONS",
+                origin: Some("https://foobar.com"),
+                request_method: Some("GET"),
+                request_headers: None,
+            })
+            .expect("answered by the proxy, never forwarded");
+        assert!(
+            refused
+                .iter()
+                .all(|(n, _)| *n != "access-control-allow-origin")
+        );
         let answer = p
             .preflight(&CorsRequest {
                 method: "OPTIONS",

@@ -52,6 +52,7 @@ pub fn apply(
         sources.push(RouteSource {
             kind,
             generation: meta.generation,
+            uid: meta.uid.as_deref(),
             source: Source {
                 namespace,
                 name,
@@ -221,5 +222,27 @@ mod tests {
             "{:?}",
             consumer.parents[0]
         );
+    }
+
+    /// A route deleted and made again under its name (the conformance suite does it within
+    /// milliseconds, and the index may never see the gap) is another object: its status
+    /// differs by uid, so the leader writes it although every condition is the same.
+    #[test]
+    fn a_route_made_again_under_its_name_gets_a_status_of_its_own() {
+        let status_with_uid = |uid: &str| {
+            let mut v = view();
+            v.services
+                .push(service("pets", "db-v2", "198.19.0.40", "http"));
+            let mut route = route_to("db", "db-v2");
+            route["metadata"]["uid"] = serde_json::json!(uid);
+            v.http_routes = vec![obj(route)];
+            let index = MeshIndex::build(&v);
+            index.gamma_statuses()[0].clone()
+        };
+        let first = status_with_uid("uid-1");
+        let again = status_with_uid("uid-2");
+        assert_eq!(first.uid.as_deref(), Some("uid-1"));
+        assert_eq!(first.parents, again.parents);
+        assert_ne!(first, again, "the writer compares whole statuses");
     }
 }

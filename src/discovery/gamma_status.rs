@@ -249,6 +249,7 @@ mod tests {
             namespace: "shop".into(),
             name: "reviews".into(),
             generation: Some(4),
+            uid: None,
             parents: vec![ParentStatus {
                 parent_ref: ParentReference {
                     group: Some(String::new()),

@@ -109,6 +109,7 @@ pub fn apply(
         sources.push(RouteSource {
             kind,
             generation: meta.generation,
+            uid: meta.uid.as_deref(),
             source: Source {
                 namespace,
                 name,

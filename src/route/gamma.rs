@@ -66,6 +66,9 @@ impl RouteKind {
 pub struct RouteSource<'a> {
     pub kind: RouteKind,
     pub generation: Option<i64>,
+    /// The object's uid: a route deleted and made again under its name is another object,
+    /// whose status must be written although it says the same.
+    pub uid: Option<&'a str>,
     pub source: Source<'a>,
 }
 
@@ -112,6 +115,7 @@ pub struct RouteStatus {
     pub namespace: String,
     pub name: String,
     pub generation: Option<i64>,
+    pub uid: Option<String>,
     pub parents: Vec<ParentStatus>,
 }
 
@@ -170,6 +174,7 @@ pub fn compile(
                 namespace: r.source.namespace.to_string(),
                 name: r.source.name.to_string(),
                 generation: r.generation,
+                uid: r.uid.map(str::to_string),
                 parents,
             });
         }
@@ -1543,6 +1548,7 @@ mod tests {
             .map(|r| RouteSource {
                 kind: r.kind,
                 generation: Some(1),
+                uid: None,
                 source: Source {
                     namespace: "shop",
                     name: r.name,
@@ -2242,6 +2248,7 @@ mod tests {
             .map(|(ns, r)| RouteSource {
                 kind: r.kind,
                 generation: Some(1),
+                uid: None,
                 source: Source {
                     namespace: ns,
                     name: r.name,
@@ -2379,6 +2386,7 @@ mod tests {
             .map(|(spec, name)| RouteSource {
                 kind: RouteKind::Http,
                 generation: Some(1),
+                uid: None,
                 source: Source {
                     namespace: "shop",
                     name,

@@ -685,6 +685,7 @@ pub fn compile(
             namespace: r.source.namespace.to_string(),
             name: r.source.name.to_string(),
             generation: r.generation,
+            uid: r.uid.map(str::to_string),
             parents,
         });
     }
@@ -1230,6 +1231,7 @@ mod tests {
                 .map(|(kind, ns, name, created, spec)| RouteSource {
                     kind: *kind,
                     generation: Some(1),
+                    uid: None,
                     source: Source {
                         namespace: ns,
                         name,
@@ -1610,6 +1612,7 @@ mod tests {
         let routes = [RouteSource {
             kind: RouteKind::Http,
             generation: Some(1),
+            uid: None,
             source: Source {
                 namespace: "apps",
                 name: "web",

@@ -265,6 +265,61 @@ fn seed_003_storefront_gateway_routes_by_host_from_outside_the_mesh() {
     );
     assert_eq!(accepted, "True");
 
+    // sourceLabels at a gateway hold against the gateway's own pods (Istio's sourceMatchHTTP
+    // takes the proxy's labels): of two routes for one host, the one naming other labels is
+    // left out and the one naming the gateway's pods answers.
+    payments.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: labelled, namespace: payments}}
+spec:
+  selector: {{istio: {GATEWAY}}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [labels.contoso.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: labelled, namespace: payments}}
+spec:
+  hosts: [labels.contoso.com]
+  gateways: [labelled]
+  http:
+  - match: [{{sourceLabels: {{app: nobody}}}}]
+    headers: {{response: {{set: {{x-route: other-labels}}}}}}
+    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]
+  - match: [{{sourceLabels: {{istio: {GATEWAY}}}}}]
+    headers: {{response: {{set: {{x-route: gateway-labels}}}}}}
+    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]
+"#
+    ));
+    let routed_by = || {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-D", "-", "-o", "/dev/null"])
+            .args(["-H", "Host: labels.contoso.com"])
+            .arg(format!("http://{ip}/"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("x-route: ").map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let route = wait_for(Duration::from_secs(60), routed_by, |r| !r.is_empty());
+    assert_eq!(route, "gateway-labels");
+    let accepted = wait_for(
+        Duration::from_secs(30),
+        || {
+            payments.jsonpath(
+                "virtualservice labelled",
+                r#"{.status.conditions[?(@.type=="WeftAccepted")].status}"#,
+            )
+        },
+        |s| !s.is_empty(),
+    );
+    assert_eq!(accepted, "True");
+
     // Slowloris: a request head that never ends is cut off by the header timeout (10 s).
     let mut slow = TcpStream::connect((ip.as_str(), 80)).expect("connect to the gateway");
     slow.write_all(b"GET / HTTP/1.1\r\nHost: shop.internal.contoso.com\r\nX-Slow: ")

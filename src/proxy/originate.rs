@@ -158,6 +158,11 @@ impl Asked<'_> {
     /// SHA-256 (hex) of what the client config is made of: mode, settings, and the material
     /// of the credential this mode uses (`ca.crt`; with MUTUAL also `tls.crt`, `tls.key`).
     fn config_digest(&self) -> String {
+        self.digest_of(&self.material())
+    }
+
+    /// [`Self::config_digest`] of `material` read once by the caller ([`Self::material`]).
+    fn digest_of(&self, material: &Result<Option<Material>, String>) -> String {
         let mut d = ring::digest::Context::new(&ring::digest::SHA256);
         let mut field = |bytes: &[u8]| {
             d.update(&(bytes.len() as u64).to_be_bytes());
@@ -169,7 +174,7 @@ impl Asked<'_> {
                 .unwrap_or_default()
                 .as_bytes(),
         );
-        match self.material() {
+        match material {
             Ok(Some(m)) => {
                 field(b"credential");
                 field(m.ca.as_deref().unwrap_or_default().as_bytes());
@@ -241,7 +246,9 @@ impl Originations {
         let sni = asked.server_name()?;
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| format!("{sni:?} is not a server name to send as SNI; set tls.sni"))?;
-        let digest = asked.config_digest();
+        // Read once: the digest and the config are made of the same bytes.
+        let material = asked.material();
+        let digest = asked.digest_of(&material);
         let key = format!("tls {digest} sni={sni}");
         let cached = self
             .built
@@ -252,7 +259,7 @@ impl Originations {
         let config = match cached {
             Some(c) => c,
             None => {
-                let c = Arc::new(build(asked, alpn)?);
+                let c = Arc::new(build(asked, material?, alpn)?);
                 let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
                 if built.len() >= MAX_CACHED {
                     built.clear();
@@ -275,10 +282,13 @@ impl Originations {
     }
 }
 
-/// A client config for `asked`, speaking `alpn`.
-fn build(asked: &Asked<'_>, alpn: Alpn) -> Result<ClientConfig, String> {
+/// A client config for `asked` made of `material` ([`Asked::material`]), speaking `alpn`.
+fn build(
+    asked: &Asked<'_>,
+    material: Option<Material>,
+    alpn: Alpn,
+) -> Result<ClientConfig, String> {
     let settings = asked.settings;
-    let material = asked.material()?;
     let [ca_name, chain_name, key_name] = material
         .as_ref()
         .map(|m| m.names.clone())

@@ -1274,14 +1274,16 @@ impl Workload<'_> {
 /// `spec` as the gateway pods of `workload` take it: matches whose `sourceLabels` /
 /// `sourceNamespace` do not hold of them left out (and a route with none left), the others
 /// kept without the condition, which holds.
+/// Err: a `sourceNamespace` that is not a namespace name, named as the sidecars' compiler
+/// names it.
 fn for_workload(
     mut spec: super::istio::VirtualServiceSpec,
     workload: Workload<'_>,
-) -> super::istio::VirtualServiceSpec {
-    keep_held(&mut spec.http, workload, |r| &mut r.matches);
-    keep_held(&mut spec.tls, workload, |r| &mut r.matches);
-    keep_held(&mut spec.tcp, workload, |r| &mut r.matches);
-    spec
+) -> Result<super::istio::VirtualServiceSpec, String> {
+    keep_held(&mut spec.http, "http", workload, |r| &mut r.matches)?;
+    keep_held(&mut spec.tls, "tls", workload, |r| &mut r.matches)?;
+    keep_held(&mut spec.tcp, "tcp", workload, |r| &mut r.matches)?;
+    Ok(spec)
 }
 
 /// A VirtualService match with a client condition (`http`, or `tls`/`tcp`).
@@ -1304,9 +1306,16 @@ impl SourceCondition for super::istio::L4MatchSpec {
 /// [`for_workload`] on one list of routes.
 fn keep_held<R, M: SourceCondition>(
     routes: &mut Vec<R>,
+    field: &str,
     workload: Workload<'_>,
     matches: impl Fn(&mut R) -> &mut Vec<M>,
-) {
+) -> Result<(), String> {
+    for (i, route) in routes.iter_mut().enumerate() {
+        for (j, m) in matches(route).iter_mut().enumerate() {
+            let at = format!("{field}[{i}].match[{j}]");
+            super::istio::source_namespace(&at, m.condition().1.as_deref())?;
+        }
+    }
     routes.retain_mut(|route| {
         let list = matches(route);
         let had = !list.is_empty();
@@ -1319,6 +1328,7 @@ fn keep_held<R, M: SourceCondition>(
         });
         !had || !list.is_empty()
     });
+    Ok(())
 }
 
 /// The ports on which the Gateways selecting a pod with `labels` serve `ISTIO_MUTUAL`: the
@@ -1504,11 +1514,14 @@ pub fn compile_for(
             .filter(|(_, s)| bound.contains(&s.gateway))
         {
             // Only the routes whose `match.gateways` (if any) name this Gateway.
-            let spec = match routes_for(&spec, vs.namespace, &server.gateway) {
-                Ok(s) => match workload {
+            // Then, at a known workload, the matches whose client conditions hold of it.
+            let held =
+                routes_for(&spec, vs.namespace, &server.gateway).and_then(|s| match workload {
                     Some(w) => for_workload(s, w),
-                    None => s,
-                },
+                    None => Ok(s),
+                });
+            let spec = match held {
+                Ok(s) => s,
                 Err(m) => {
                     notes.push(format!("{m}; the VirtualService is not applied"));
                     refused = true;
@@ -1812,6 +1825,41 @@ mod tests {
             compiled_for(&other, "elsewhere"),
             ["reviews", "productpage"],
             "sourceNamespace names the gateway pods' namespace"
+        );
+        // A value that is no namespace name is refused by name, as on sidecars, not left
+        // to never hold.
+        let bad = json!({"hosts": ["shop.internal.contoso.com"],
+            "gateways": ["storefront-internal"],
+            "http": [{"route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]},
+                {"match": [{"uri": {"prefix": "/a"}}, {"sourceNamespace": "Not_A_Namespace"}],
+                 "route": [{"destination": {"host": "reviews", "port": {"number": 9080}}}]}]});
+        let mut problems = Vec::new();
+        let config = compile_for(
+            &registry(),
+            &BTreeMap::new(),
+            &[src("payments", "storefront-internal", "1", &gw)],
+            &[src("payments", "storefront", "1", &bad)],
+            None,
+            Some(Workload {
+                namespace: "aks-istio-ingress",
+                labels: &ours,
+            }),
+            &mut problems,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains(
+                "http[1].match[1].sourceNamespace \"Not_A_Namespace\" is not a namespace name"
+            ),
+            "{}",
+            problems[0].message
+        );
+        assert!(
+            config
+                .listener(80)
+                .and_then(|l| l.virtual_host("shop.internal.contoso.com"))
+                .is_none_or(|vh| vh.routes.is_empty()),
+            "a refused VirtualService lays nothing"
         );
     }
 

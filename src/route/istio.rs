@@ -976,7 +976,7 @@ fn compile_match(at: &str, m: &MatchSpec) -> Result<RequestMatch, String> {
 }
 
 /// `sourceNamespace`, a namespace name (Istio's validation).
-fn source_namespace(at: &str, ns: Option<&str>) -> Result<Option<String>, String> {
+pub(super) fn source_namespace(at: &str, ns: Option<&str>) -> Result<Option<String>, String> {
     match ns {
         None => Ok(None),
         Some(n) if super::compile::is_dns_label(n) => Ok(Some(n.to_string())),

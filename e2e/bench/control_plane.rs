@@ -22,6 +22,10 @@
 //! - Authorization: `weft::authz::evaluate_prefiltered` (the proxy's per-request path) and the
 //!   plain `evaluate` over 10 policies of 10 rules, every rule tried, timed in batches of 100.
 //!
+//! - Routing (issue 19): the client proxy's per-request lookup (`SnapshotIndex::route` then
+//!   `route_request`, as src/proxy/http/outbound.rs calls them) on route.sh's table of 20 match
+//!   rules the request misses and a 90/10 catch-all, beside the same Service without routes.
+//!
 //! `cargo bench --bench control_plane -- [--seconds N] [--out FILE] [--only SECTION]` prints
 //! one JSON object (and writes it to FILE). It reports and never asserts on speed.
 
@@ -506,6 +510,107 @@ fn authz(seconds: Duration) -> serde_json::Value {
         "p99_ns": per_eval(&m, 99.0),
         "without_prefilter_p50_ns": per_eval(&full, 50.0),
         "without_prefilter_p99_ns": per_eval(&full, 99.0),
+        "batch": AUTHZ_BATCH,
+    })
+}
+
+/// Issue 19's route table per request, as the client proxy of route.sh takes it: the
+/// snapshot's Service with 20 match rules (a header each, and a path prefix from the second)
+/// the request misses, then a 90/10 catch-all over two subsets; beside it the same Service
+/// without routes (weft-http's client). The request is fortio's: POST /echo with its headers.
+fn route_eval(seconds: Duration) -> serde_json::Value {
+    use weft::route::RequestView;
+    use weft::snapshot::{OutboundRoute, RequestRoute, SnapshotIndex, decode_snapshot};
+    let dest = |subset: &str, weight: u32| json!({"service": "server.bench.svc.cluster.local", "port": 80, "subset": subset, "weight": weight});
+    let mut routes = vec![json!({"name": "bench/nr",
+        "matches": [{"headers": {"x-bench-nr": {"exact": "1"}}}], "destinations": [dest("missing", 100)]})];
+    routes.extend((1..20).map(|i| {
+        json!({"name": format!("bench/rule-{i}"),
+        "matches": [{"uri": {"prefix": format!("/api/v{i}/")},
+                     "headers": {"end-user": {"exact": format!("user-{i}")}}}],
+        "destinations": [dest("v2", 100)]})
+    }));
+    routes.push(json!({"name": "bench/canary", "destinations": [dest("v1", 90), dest("v2", 10)]}));
+    let index = |routes: Option<&Vec<serde_json::Value>>| {
+        let mut service = json!({"clusterIp": "198.18.250.100", "port": 80,
+            "name": "server.bench.svc.cluster.local", "protocol": "http",
+            "endpoints": [{"ip": "198.18.250.2", "port": 8090, "meshed": true,
+                "identity": "spiffe://cluster.local/ns/bench/sa/server", "mtlsModeForPort": "STRICT",
+                "workload": {"name": "server", "namespace": "bench"}}]});
+        if let Some(routes) = routes {
+            service["subsets"] = json!({"v1": [0], "v2": [0]});
+            service["http"] = json!(routes);
+        }
+        let snapshot = json!({"schemaVersion": 1, "version": "bench-client",
+            "identity": "spiffe://cluster.local/ns/bench/sa/client", "trustDomain": "cluster.local",
+            "workload": {"name": "client", "namespace": "bench"}, "inbound": {"defaultMode": "PERMISSIVE"},
+            "outbound": {"policy": "REGISTRY_ONLY", "services": [service]}});
+        SnapshotIndex::new(
+            decode_snapshot(&serde_json::to_vec(&snapshot).expect("JSON"))
+                .expect("a valid snapshot"),
+        )
+    };
+    let (plain, routed) = (index(None), index(Some(&routes)));
+    let mut headers = hyper::HeaderMap::new();
+    for (k, v) in [
+        ("host", "198.18.250.100"),
+        ("user-agent", "fortio.org/fortio-1.69.5"),
+        ("content-length", "1024"),
+        ("content-type", "application/octet-stream"),
+    ] {
+        headers.insert(k, v.parse().expect("a header value"));
+    }
+    let dst: SocketAddr = "198.18.250.100:80".parse().expect("an address");
+    // One request as the proxy routes it: the Service by address, then its table. Some(None):
+    // routed as dialled (no table); Some(Some(subset)): by the table.
+    fn take<'a>(
+        index: &'a SnapshotIndex,
+        headers: &hyper::HeaderMap,
+        dst: SocketAddr,
+    ) -> Option<Option<&'a str>> {
+        let headers = weft::proxy::http::authz::HeaderView::new(headers);
+        let view = RequestView {
+            method: "POST",
+            path: "/echo",
+            query: None,
+            port: 80,
+            headers: &headers,
+        };
+        let OutboundRoute::Service { service, endpoints } = index.route(dst) else {
+            return None;
+        };
+        match index.route_request(service, endpoints, &view) {
+            RequestRoute::Endpoints { routed, .. } => {
+                Some(routed.map(|r| r.destination.subset.as_deref().unwrap_or_default()))
+            }
+            _ => None,
+        }
+    }
+    // The table is in force: the catch-all takes the request, v1 about 90 times in 100.
+    let picks: Vec<Option<&str>> = (0..1000)
+        .filter_map(|_| take(&routed, &headers, dst))
+        .collect();
+    assert_eq!(picks.len(), 1000, "every request routed");
+    let v1 = picks.iter().filter(|p| **p == Some("v1")).count();
+    assert!((850..=950).contains(&v1), "90/10: {v1} of 1000 to v1");
+    assert_eq!(take(&plain, &headers, dst), Some(None));
+    let run = |index: &SnapshotIndex| {
+        measure(Duration::from_millis(300), seconds, |_| {
+            for _ in 0..AUTHZ_BATCH {
+                std::hint::black_box(take(std::hint::black_box(index), &headers, dst));
+            }
+        })
+    };
+    let (with, without) = (run(&routed), run(&plain));
+    let per = |m: &Measured, p: f64| round(m.percentile_ms(p) * 1e6 / AUTHZ_BATCH as f64, 1);
+    json!({
+        "rules": routes.len(),
+        "p50_ns": per(&with, 50.0),
+        "p99_ns": per(&with, 99.0),
+        "without_routes_p50_ns": per(&without, 50.0),
+        "without_routes_p99_ns": per(&without, 99.0),
+        "added_p50_ns": round(per(&with, 50.0) - per(&without, 50.0), 1),
+        "added_p99_ns": round(per(&with, 99.0) - per(&without, 99.0), 1),
         "batch": AUTHZ_BATCH,
     })
 }
@@ -1093,11 +1198,12 @@ fn main() {
         .unwrap_or_default();
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let mut result = json!({ "threads": 1, "cpus_allowed": cpu });
-    let sections: [(&str, &dyn Fn() -> serde_json::Value); 5] = [
+    let sections: [(&str, &dyn Fn() -> serde_json::Value); 6] = [
         ("webhook", &|| webhook(seconds)),
         ("csr", &|| csr(seconds)),
         ("convergence", &convergence),
         ("authz", &|| authz(seconds)),
+        ("route_eval", &|| route_eval(seconds)),
         ("served", &|| served::served(seconds)),
     ];
     for (name, run) in sections {

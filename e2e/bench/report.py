@@ -15,7 +15,7 @@ import re
 import sys
 
 SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "weft-route", "weft-route-noretry",
-             "weft-authz", "haproxy", "nginx",
+             "weft-http-again", "weft-authz", "haproxy", "nginx",
              "haproxy-http", "nginx-http", "ghostunnel", "direct-h2", "null-h2", "weft-h2",
              "gw-weft", "gw-nginx", "gw-haproxy", "gw-weft-tls", "gw-nginx-tls", "gw-haproxy-tls"]
 FLOORS = ("null", "null-threads", "null-h2")
@@ -34,6 +34,7 @@ LABELS = {
     "weft-authz": "**weft-proxy pair, HTTP + 10 policies × 10 rules** (every rule tried)",
     "weft-route": "**weft-proxy pair, HTTP + 20 match rules then a 90/10 route** (Istio's default retries)",
     "weft-route-noretry": "**weft-proxy pair, HTTP + the same routes, retries off** (attempts 0)",
+    "weft-http-again": "weft-proxy pair, HTTP, run again after the route rows (the A/A control)",
     "haproxy-http": "HAProxy pair, HTTP mode (mutual TLS, keep-alive upstreams)",
     "nginx-http": "nginx pair, HTTP reverse proxy (mutual TLS, keep-alive upstreams)",
     "direct-h2": "direct, HTTP/2 (h2c, no proxy)",
@@ -264,6 +265,8 @@ def build(raw):
         result["config_convergence"] = conv
     if cp.get("authz"):
         result["authz"] = cp["authz"]
+    if cp.get("route_eval"):
+        result["route_eval"] = cp["route_eval"]
     if cp.get("served"):
         result["served"] = cp["served"]
     result["control_plane_cpus"] = cp.get("cpus_allowed")
@@ -311,26 +314,56 @@ def gateway_results(raw, pr, result):
 
 def paired_p99(r, path, base):
     """Median over rounds of path's p99 minus base's p99 in the same round (both measured
-    against the same direct run, so the direct path cancels), and the per-round list."""
+    against the same direct run, so the direct path cancels), and the per-round list. `base`
+    may be a tuple of paths: their mean in each round."""
+    bases = base if isinstance(base, tuple) else (base,)
     a = (r["scenarios"].get(path) or {}).get("added_p99_ms_by_round")
-    b = (r["scenarios"].get(base) or {}).get("added_p99_ms_by_round")
-    if not a or not b or len(a) != len(b):
+    bs = [(r["scenarios"].get(b) or {}).get("added_p99_ms_by_round") for b in bases]
+    if not a or not all(bs) or any(len(b) != len(a) for b in bs):
         return None, None
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [x - sum(ys) / len(ys) for x, ys in zip(a, zip(*bs))]
     return round(median(diffs), 4), [round(d, 4) for d in diffs]
 
 
+def aa_floor(r):
+    """The A/A control: median over rounds of |weft-http-again - weft-http| at p99, what two
+    runs of one path differ by on this machine in this run. None without the control."""
+    _, by_round = paired_p99(r, "weft-http-again", "weft-http")
+    if not by_round:
+        return None, None
+    return round(median(abs(d) for d in by_round), 4), by_round
+
+
 def route_targets(r):
-    """Issue 19's route rows (route.sh), each against its pair in the same run."""
+    """Issue 19's route rows (route.sh), each against its pair in the same run. With the A/A
+    control (weft-http-again) the route row is compared with the mean of the two plain runs
+    around it, and both rows carry the control's difference as the floor of what this run
+    resolves."""
     out = []
+    floor, floor_by_round = aa_floor(r)
+    plain = ("weft-http", "weft-http-again") if floor is not None else "weft-http"
+    evaluation = r.get("route_eval") or {}
     for key, what, path, base in (
             ("route_added_p99_ms", "HTTP pair + 20 match rules and a 90/10 route at 1,000 rps: "
-             "added p99 over the plain HTTP pair (weft-http), paired by round", "weft-route", "weft-http"),
+             "added p99 over the plain HTTP pair (weft-http" + (" and its A/A rerun, mean" if floor is not None else "")
+             + "), paired by round", "weft-route", plain),
             ("route_retries_off_p99_ms", "the same with retries off (attempts 0) minus with Istio's "
              "default retries: p99, paired by round", "weft-route-noretry", "weft-route")):
         v, by_round = paired_p99(r, path, base)
-        out.append({"key": key, "what": what, "target": "≤ 0.05 ms", "measured": v,
-                    "by_round": by_round, "met": None if v is None else v <= 0.05})
+        row = {"key": key, "what": what, "target": "≤ 0.05 ms", "measured": v,
+               "by_round": by_round, "met": None if v is None else v <= 0.05}
+        if floor is not None:
+            row["aa_floor_ms"], row["aa_floor_by_round"] = floor, floor_by_round
+        if v is not None:
+            notes = []
+            if floor is not None:
+                notes.append(f"A/A floor {fmt(floor)} ms")
+            if key == "route_added_p99_ms" and evaluation.get("p99_ns") is not None:
+                notes.append(f"the table's evaluation {fmt(evaluation['p50_ns'], 0)} / "
+                             f"{fmt(evaluation['p99_ns'], 0)} ns p50 / p99")
+            if notes:
+                row["shown"] = f"{fmt(v)} ms ({'; '.join(notes)})"
+        out.append(row)
     return out
 
 

@@ -28,6 +28,9 @@
 #   weft-route, weft-route-noretry  issue 19's rows: weft-http whose client routes through 20
 #               match rules then a 90/10 weighted route (Istio's default retries; retries off)
 #               (route.sh)
+#   weft-http-again  weft-http once more, after the route rows: the A/A control. Two runs of
+#               one path differ by this much, so a difference between paths below it is not
+#               resolved by this machine; the route rows are compared with the mean of the two
 # The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
@@ -48,9 +51,10 @@
 # Knobs (environment): WEFT_BENCH_DURATION (20s per round), WEFT_BENCH_ROUNDS (3),
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-route
-# weft-route-noretry weft-authz haproxy nginx
+# weft-route-noretry weft-http-again weft-authz haproxy nginx
 # haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy
-# gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage),
+# gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage; a section name such as
+# route_eval or authz runs that section only),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
 # WEFT_BENCH_PROXY (a prebuilt weft-proxy to measure instead of this tree's, for A/B runs),
 # WEFT_BENCH_NULL_RELAY (a prebuilt weft-null-relay: no cargo build at all with WEFT_BENCH_PROXY),
@@ -71,7 +75,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-route weft-route-noretry weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-route weft-route-noretry weft-http-again weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -190,7 +194,8 @@ else
   cp "$CARGO_TARGET_DIR/release/weft-null-relay" "$work/weft-null-relay"
 fi
 chmod 755 "$work/weft-proxy" "$work/weft-null-relay"
-if [[ ${WEFT_BENCH_CONTROL_PLANE:-1} == 1 ]]; then
+CONTROL_PLANE=${WEFT_BENCH_CONTROL_PLANE:-1}
+if [[ $CONTROL_PLANE != 0 ]]; then
   cp_bench=$(cd "$repo" && $CARGO bench --locked --bench control_plane --no-run --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*control_plane[^"]*\)".*/\1/p' | tail -1)
   [[ -x $cp_bench ]] || die "cannot find the control_plane benchmark executable"
@@ -225,9 +230,13 @@ fi
 
 # === control plane (before the namespaces: nothing else runs) ===
 
-if [[ ${WEFT_BENCH_CONTROL_PLANE:-1} == 1 ]]; then
+if [[ $CONTROL_PLANE == 1 ]]; then
   log "control plane: webhook reviews and CSR signing, ${CP_SECONDS}s each, then config convergence of 1,000 streams, on CPU $PROXY_CPU"
   (cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --out "$raw/control_plane.json" >/dev/null)
+elif [[ $CONTROL_PLANE != 0 ]]; then
+  log "control plane: the $CONTROL_PLANE section only, on CPU $PROXY_CPU"
+  (cd "$repo" && taskset -c "$PROXY_CPU" "$cp_bench" --seconds "$CP_SECONDS" --only "$CONTROL_PLANE" --out "$raw/control_plane.json" >/dev/null)
+  SKIPPED+=("control plane: only $CONTROL_PLANE (WEFT_BENCH_CONTROL_PLANE)")
 else
   SKIPPED+=("control plane: WEFT_BENCH_CONTROL_PLANE=0")
 fi
@@ -722,9 +731,9 @@ for s in $SCENARIOS; do
       check_weft_mtls
       stop weft-client weft-server
       ;;
-    weft-http)
+    weft-http | weft-http-again)
       start_weft http
-      scenario weft-http "http://$SVC_IP/echo" weft-client weft-server
+      scenario "$s" "http://$SVC_IP/echo" weft-client weft-server
       check_weft_mtls
       stop weft-client weft-server
       ;;

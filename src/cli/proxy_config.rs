@@ -478,7 +478,19 @@ pub fn egress(s: &ProxySnapshot) -> Vec<EgressRow> {
                     .into_iter()
                     .chain(e.addresses.iter().map(ToString::to_string))
                     .collect(),
-                targets: p.endpoints.iter().map(|ep| ep.addr().to_string()).collect(),
+                targets: p
+                    .endpoints
+                    .iter()
+                    .map(|ep| ep.addr().to_string())
+                    .chain(
+                        p.dns_endpoints
+                            .iter()
+                            .map(|ep| match ep.ip() {
+                                Some(ip) => std::net::SocketAddr::new(ip, ep.port).to_string(),
+                                None => format!("{}:{}", ep.address, ep.port),
+                            }),
+                    )
+                    .collect(),
                 source: e.source.clone(),
             })
         })

@@ -654,7 +654,10 @@ impl ProxyConfig<'_> {
     pub fn lowered(&self, features: Features) -> Option<(Vec<u8>, Vec<String>)> {
         let services = self.services.for_features(features);
         let headless = self.headless.for_features(features);
-        if services.is_none() && headless.is_none() {
+        if services.is_none()
+            && headless.is_none()
+            && !compat::egress_needed(&self.egress).beyond(features)
+        {
             return None;
         }
         let mut notes: Vec<String> = [&services, &headless]

@@ -30,7 +30,9 @@ use super::outbound::{
     Refusal, Upstream, l4_destination, open_endpoint, read_sni, relay_service, reporter_labels,
 };
 use super::sniff::{Prefixed, ServerName, server_name};
-use crate::route::egress::{self, BLACK_HOLE, Declared, PASSTHROUGH, Resolution, Seen, Verdict};
+use crate::route::egress::{
+    self, BLACK_HOLE, Declared, DnsEndpoint, PASSTHROUGH, Resolution, Seen, Verdict,
+};
 use crate::route::model::Origination;
 use crate::snapshot::{ClientTls, OutboundPolicy, OutboundRoute, SnapshotIndex};
 
@@ -210,6 +212,24 @@ async fn open(
         None => None,
     }
     .unwrap_or(orig.port());
+    if let Some(eps) = declared.and_then(|d| d.dns_endpoints()) {
+        // Each endpoint in turn, a name looked up only when the ones before it failed.
+        let mut last = Refusal::UpstreamUnreachable;
+        let mut tried = 0;
+        for ep in eps {
+            for addr in endpoint_addrs(ep).await {
+                if tried == attempts {
+                    return Err(last);
+                }
+                tried += 1;
+                match dial(ctx, addr, originate).await {
+                    Ok(up) => return Ok((up, addr)),
+                    Err(r) => last = r,
+                }
+            }
+        }
+        return Err(last);
+    }
     if let Some(d) = declared
         && let Some(host) = d.resolves(orig)
     {
@@ -271,6 +291,58 @@ fn origination_of<'a>(
     let mode = s.tls.filter(|m| m.originates())?;
     let settings = s.traffic.origination.as_ref().unwrap_or(&NO_SETTINGS);
     Some((mode == ClientTls::Mutual, settings))
+}
+
+/// Where a declared request goes when the proxy has to look it up.
+enum Looked {
+    /// Nothing to look up: where the app dialled (or the STATIC endpoints).
+    Dialled,
+    /// The first address of the DNS entry's endpoints, or of its host dialled at its allocated
+    /// address (on the port's `targetPort` when the proxy originates TLS).
+    Found(SocketAddr),
+    /// Nothing resolved: no healthy upstream.
+    Nothing,
+}
+
+impl Looked {
+    async fn up(d: &Declared<'_>, orig: SocketAddr, originates: bool) -> Looked {
+        let found = if let Some(eps) = d.dns_endpoints() {
+            first_endpoint_addr(eps).await
+        } else if let Some(name) = d.resolves(orig) {
+            let port = match originates {
+                true => d.port.target_port.unwrap_or(orig.port()),
+                false => orig.port(),
+            };
+            resolved(name)
+                .await
+                .first()
+                .map(|ip| SocketAddr::new(*ip, port))
+        } else {
+            return Looked::Dialled;
+        };
+        found.map_or(Looked::Nothing, Looked::Found)
+    }
+}
+
+/// Where a `resolution: DNS` endpoint leads: its IP, or the addresses its name resolves to,
+/// on its port.
+async fn endpoint_addrs(ep: &DnsEndpoint) -> Vec<SocketAddr> {
+    let ips = match ep.ip() {
+        Some(ip) => vec![ip],
+        None => resolved(&ep.address).await,
+    };
+    ips.into_iter().map(|ip| SocketAddr::new(ip, ep.port)).collect()
+}
+
+/// The first address of a `resolution: DNS` entry's endpoints that resolves (a request's
+/// upstream), looking names up in order.
+async fn first_endpoint_addr(eps: &[DnsEndpoint]) -> Option<SocketAddr> {
+    for ep in eps {
+        if let Some(addr) = endpoint_addrs(ep).await.first() {
+            return Some(*addr);
+        }
+    }
+    None
 }
 
 /// The addresses the pod's nameservers give `host` (for a host dialled at its allocated
@@ -664,15 +736,17 @@ impl server::Pipeline for EgressHttp {
                 };
                 return exchange.local(StatusCode::BAD_GATEWAY, "", &record, why);
             }
-            Verdict::Declared(d) => match d.resolves(self.orig) {
-                Some(name) => match resolved(name).await.first() {
-                    Some(ip) => match &originate {
-                        Some(_) => {
-                            SocketAddr::new(*ip, d.port.target_port.unwrap_or(self.orig.port()))
-                        }
-                        None => SocketAddr::new(*ip, self.orig.port()),
-                    },
-                    None => {
+            Verdict::Declared(d) => match Looked::up(&d, self.orig, originate.is_some()).await {
+                Looked::Dialled => match &originate {
+                    Some(_) => d
+                        .tls_targets(self.orig)
+                        .first()
+                        .copied()
+                        .unwrap_or(self.orig),
+                    None => d.targets(self.orig).first().copied().unwrap_or(self.orig),
+                },
+                Looked::Found(addr) => addr,
+                Looked::Nothing => {
                         let record = self.record(
                             labels,
                             UpstreamLog {
@@ -693,13 +767,6 @@ impl server::Pipeline for EgressHttp {
                             why,
                         );
                     }
-                },
-                None if originate.is_some() => d
-                    .tls_targets(self.orig)
-                    .first()
-                    .copied()
-                    .unwrap_or(self.orig),
-                None => d.targets(self.orig).first().copied().unwrap_or(self.orig),
             },
             Verdict::Passthrough => self.orig,
         };
@@ -1330,6 +1397,51 @@ mod tests {
                 "istio_tcp_connections_opened_total",
                 &declared,
             ) >= 2.0
+        })
+        .await;
+    }
+
+    /// Istio's `external-svc-dns` form: `resolution: DNS` with endpoints given by name, each
+    /// on its own port. The connection goes to the first endpoint whose name resolves, on that
+    /// endpoint's port, whatever address and port the app dialled; HTTP found by its Host.
+    #[tokio::test]
+    async fn a_dns_entry_with_endpoints_sends_to_the_endpoints_names_in_order() {
+        super::super::dns::set_upstreams(vec![super::super::dns::test_upstream()]);
+        let echo = external(false).await;
+        let http = external(true).await;
+        let mut table = compiled(&[
+            // The test nameserver resolves loopback.* to 127.0.0.1, nx.* to nothing.
+            json!({"hosts": ["partner.example"], "resolution": "DNS",
+                   "ports": [{"number": 7001, "name": "tcp", "protocol": "TCP"},
+                             {"number": 7002, "name": "http", "protocol": "HTTP"}],
+                   "endpoints": [
+                       {"address": "nx.partner.example", "ports": {"tcp": echo.port(), "http": http.port()}},
+                       {"address": "loopback.partner.example", "ports": {"tcp": echo.port(), "http": http.port()}}]}),
+        ]);
+        let vip = std::net::Ipv4Addr::new(198, 19, 240, 5);
+        table[0].allocated = Some(vip);
+        let ctx = proxy_with("REGISTRY_ONLY", table);
+        let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), 7001)).await;
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        // HTTP dialled at another address of the pods' range: the Host names the entry, the
+        // endpoints are where it goes (never the address dialled).
+        let mut client = connect_via(&ctx, "198.18.0.250:7002".parse().unwrap()).await;
+        let answer = get(&mut client, "partner.example").await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        let declared = ["destination_service=\"partner.example\""];
+        eventually(|| {
+            count(
+                &metrics(&ctx),
+                "istio_tcp_connections_opened_total",
+                &declared,
+            ) >= 1.0
+                && count(&metrics(&ctx), "istio_requests_total", &declared) >= 1.0
         })
         .await;
     }

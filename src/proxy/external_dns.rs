@@ -82,7 +82,14 @@ impl Resolver {
             if known.due.is_some_and(|d| d > now) {
                 continue;
             }
-            let outcome = dns::lookup(&self.servers, name).await;
+            // An endpoint given as an IP needs no lookup and never changes.
+            let outcome = match name.parse::<IpAddr>() {
+                Ok(ip) => Lookup::Found {
+                    ips: vec![ip],
+                    ttl: u32::MAX,
+                },
+                Err(_) => dns::lookup(&self.servers, name).await,
+            };
             let (wait, said) = match outcome {
                 Lookup::Found { mut ips, ttl } => {
                     // A nameserver that rotates its answer must not make every refresh a
@@ -156,28 +163,34 @@ pub fn laid(index: &SnapshotIndex, resolver: &Resolver) -> Option<ProxySnapshot>
             })
             .collect()
     };
-    let resolve = &index.snapshot.gateway.as_ref()?.resolve;
-    let stale = resolve.iter().any(|d| {
-        index
-            .snapshot
-            .outbound
-            .headless
+    // A host and port's endpoints: those of each of its destinations, in order.
+    let mut by_port: Vec<((&str, u16), Vec<Endpoint>)> = Vec::new();
+    for d in &index.snapshot.gateway.as_ref()?.resolve {
+        let key = (d.host.as_str(), d.port);
+        match by_port.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, eps)) => eps.extend(endpoints_of(d)),
+            None => by_port.push((key, endpoints_of(d))),
+        }
+    }
+    let service = |s: &crate::snapshot::Service| {
+        by_port
             .iter()
-            .find(|s| s.name == d.host && s.port == d.port)
-            .is_some_and(|s| s.endpoints != endpoints_of(d))
-    });
+            .find(|((host, port), _)| s.name == *host && s.port == *port)
+            .map(|(_, eps)| eps)
+    };
+    let stale = index
+        .snapshot
+        .outbound
+        .headless
+        .iter()
+        .any(|s| service(s).is_some_and(|eps| s.endpoints != *eps));
     if !stale {
         return None;
     }
     let mut next = index.snapshot.clone();
-    for d in resolve {
-        if let Some(s) = next
-            .outbound
-            .headless
-            .iter_mut()
-            .find(|s| s.name == d.host && s.port == d.port)
-        {
-            s.endpoints = endpoints_of(d);
+    for s in &mut next.outbound.headless {
+        if let Some(eps) = service(s) {
+            s.endpoints = eps.clone();
         }
     }
     Some(next)
@@ -318,6 +331,40 @@ mod tests {
         // A name the config no longer has is forgotten.
         resolver.refresh(&BTreeSet::new(), Instant::now()).await;
         assert!(resolver.names.is_empty());
+    }
+
+    /// A DNS entry with endpoints: one destination per endpoint for the same host and port,
+    /// their addresses together are its endpoints; an IP endpoint needs no nameserver.
+    #[tokio::test]
+    async fn the_endpoints_of_one_host_are_every_destinations_addresses() {
+        let mut snapshot = index(&[("partner.weft.test", 80)]).snapshot;
+        let resolve = &mut snapshot.gateway.as_mut().expect("a gateway").resolve;
+        resolve.push(DnsDestination {
+            host: "partner.weft.test".into(),
+            port: 80,
+            name: "198.18.0.9".into(),
+            target_port: 9090,
+        });
+        resolve.push(DnsDestination {
+            host: "partner.weft.test".into(),
+            port: 80,
+            name: "nx.weft.test".into(),
+            target_port: 9091,
+        });
+        let index = SnapshotIndex::new(snapshot);
+        // No nameserver at all: the IP one is there all the same.
+        let mut resolver = Resolver::new(Vec::new());
+        resolver.refresh(&wanted(&index), Instant::now()).await;
+        let next = SnapshotIndex::new(laid(&index, &resolver).expect("new endpoints"));
+        assert_eq!(endpoints(&next, "partner.weft.test"), ["198.18.0.9:9090"]);
+        let mut resolver = Resolver::new(vec![dns::test_upstream()]);
+        resolver.refresh(&wanted(&index), Instant::now()).await;
+        let next = SnapshotIndex::new(laid(&index, &resolver).expect("new endpoints"));
+        assert_eq!(
+            endpoints(&next, "partner.weft.test"),
+            ["198.18.0.1:18080", "198.18.0.9:9090"]
+        );
+        assert!(laid(&next, &resolver).is_none(), "steady: no new config");
     }
 
     #[tokio::test]

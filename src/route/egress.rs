@@ -110,7 +110,8 @@ pub enum Resolution {
     Static,
     /// Where the host resolves: a sidecar sends to the address the app dialled (the app's own
     /// lookup), or resolves the host when it was dialled at its allocated address; an egress
-    /// gateway resolves the host itself (`proxy::external_dns`). docs/egress.md.
+    /// gateway resolves the host itself (`proxy::external_dns`). With `endpoints`, the
+    /// endpoints' names (or IPs) instead, whatever was dialled. docs/egress.md.
     Dns,
 }
 
@@ -161,6 +162,28 @@ pub struct ExternalPort {
     /// `http://host:80`, the proxy sends TLS to `host:443`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
+    /// `resolution: DNS` with `endpoints`: where this port's traffic goes, each endpoint's
+    /// address (a DNS name, or an IP) on its port for this one. The proxy resolves the names
+    /// through the pod's nameservers when it connects, as Envoy's STRICT_DNS cluster of the
+    /// endpoints does; the host itself is not resolved then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_endpoints: Vec<DnsEndpoint>,
+}
+
+/// One endpoint of a `resolution: DNS` entry on one of its ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsEndpoint {
+    /// A DNS name (resolved when used) or an IP address (used as is).
+    pub address: String,
+    pub port: u16,
+}
+
+impl DnsEndpoint {
+    /// The address when it is an IP, which needs no lookup.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.address.parse().ok()
+    }
 }
 
 /// Which namespaces see an entry (`exportTo`; default every namespace, as Istio's
@@ -327,6 +350,7 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
             name,
             endpoints: Vec::new(),
             target_port: (target != number).then_some(target),
+            dns_endpoints: Vec::new(),
         });
     }
     match resolution {
@@ -347,12 +371,6 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
                     ));
                 }
             }
-        }
-        Resolution::Dns => {
-            errs.push(
-                "endpoints: endpoints with resolution DNS are not supported by weft yet (proxies resolve a DNS entry's host, not endpoint names); use STATIC with IP endpoints, or DNS without endpoints"
-                    .into(),
-            );
         }
         _ => {}
     }
@@ -386,20 +404,26 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
                 errs.push(format!("{at}.{field} is not supported by weft yet"));
             }
         }
-        let ip = match ep.address.as_deref().map(str::parse::<IpAddr>) {
-            Some(Ok(ip)) => ip,
-            Some(Err(_)) => {
-                errs.push(format!(
-                    "{at}.address: {:?} is not an IP address (unix sockets and names are not supported by weft yet)",
-                    ep.address.as_deref().unwrap_or_default()
-                ));
-                continue;
-            }
-            None => {
-                errs.push(format!("{at}.address is required"));
-                continue;
-            }
-        };
+        let address = ep.address.as_deref().unwrap_or_default();
+        let ip = address.parse::<IpAddr>().ok();
+        if address.is_empty() {
+            errs.push(format!("{at}.address is required"));
+            continue;
+        }
+        // DNS: a name (resolved by the proxy) or an IP; STATIC: an IP (Istio's validation).
+        let named = ip.is_none() && resolution == Resolution::Dns;
+        if named && (address.starts_with("*.") || !is_wildcard_domain(address)) {
+            errs.push(format!(
+                "{at}.address: {address:?} is neither an IP address nor a DNS name"
+            ));
+            continue;
+        }
+        if ip.is_none() && !named {
+            errs.push(format!(
+                "{at}.address: {address:?} is not an IP address (with resolution STATIC endpoints are IPs; a name needs resolution DNS; unix sockets are not supported by weft)"
+            ));
+            continue;
+        }
         for (pname, pnum) in &ep.ports {
             if !names.contains(pname) {
                 errs.push(format!(
@@ -412,7 +436,11 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
                 ));
             }
         }
-        addresses.push(IpNet::from(ip));
+        // STATIC endpoint IPs are the entry's addresses too (a connection to one is this
+        // entry's); a DNS entry's endpoints are only where its traffic goes.
+        if resolution == Resolution::Static {
+            addresses.extend(ip.map(IpNet::from));
+        }
         for port in &mut ports {
             let target = ep
                 .ports
@@ -424,6 +452,13 @@ pub fn compile(namespace: &str, name: &str, raw: &Value) -> Result<CompiledEntry
                         .copied()
                         .unwrap_or(port.number)
                 });
+            let Some(ip) = ip.filter(|_| resolution == Resolution::Static) else {
+                port.dns_endpoints.push(DnsEndpoint {
+                    address: address.to_ascii_lowercase(),
+                    port: target,
+                });
+                continue;
+            };
             port.endpoints.push(Endpoint {
                 ip,
                 port: target,
@@ -621,12 +656,21 @@ impl Declared<'_> {
     }
 
     /// The name the proxy must resolve (through the pod's upstream DNS) before it can relay:
-    /// `resolution: DNS` dialled at the host's allocated address, which leads nowhere itself
-    /// (Envoy's STRICT_DNS cluster of the host does the same).
+    /// `resolution: DNS` without endpoints dialled at the host's allocated address, which
+    /// leads nowhere itself (Envoy's STRICT_DNS cluster of the host does the same).
     pub fn resolves(&self, dst: SocketAddr) -> Option<&str> {
         let allocated = self.service.allocated.map(IpAddr::V4);
-        (self.service.resolution == Resolution::Dns && allocated == Some(dst.ip()))
-            .then_some(self.service.host.as_str())
+        (self.service.resolution == Resolution::Dns
+            && self.port.dns_endpoints.is_empty()
+            && allocated == Some(dst.ip()))
+        .then_some(self.service.host.as_str())
+    }
+
+    /// `resolution: DNS` with endpoints: they, and not the address dialled, are where the
+    /// connection goes (names resolved by the caller), whatever address the app dialled.
+    pub fn dns_endpoints(&self) -> Option<&[DnsEndpoint]> {
+        (self.service.resolution == Resolution::Dns && !self.port.dns_endpoints.is_empty())
+            .then_some(&self.port.dns_endpoints[..])
     }
 }
 
@@ -901,6 +945,27 @@ mod tests {
                        "endpoints": [{"address": "198.18.0.1", "ports": {"web": 8080}}]}),
                 "endpoint port 8080 (web) is not defined by the service entry",
             ),
+            // STATIC endpoints are IPs; a name needs DNS, and must be one.
+            (
+                json!({"hosts": ["a.com"], "resolution": "STATIC", "ports": [{"number": 80, "name": "http"}],
+                       "endpoints": [{"address": "us.a.com"}]}),
+                "endpoints[0].address: \"us.a.com\" is not an IP address (with resolution STATIC",
+            ),
+            (
+                json!({"hosts": ["a.com"], "resolution": "DNS", "ports": [{"number": 80, "name": "http"}],
+                       "endpoints": [{"address": "198.18.0.1"}, {"address": "not a name"}]}),
+                "endpoints[1].address: \"not a name\" is neither an IP address nor a DNS name",
+            ),
+            (
+                json!({"hosts": ["a.com"], "resolution": "DNS", "ports": [{"number": 80, "name": "http"}],
+                       "endpoints": [{"address": "*.a.com"}]}),
+                "endpoints[0].address: \"*.a.com\" is neither",
+            ),
+            (
+                json!({"hosts": ["a.com"], "resolution": "DNS", "ports": [{"number": 80, "name": "http"}],
+                       "endpoints": [{}]}),
+                "endpoints[0].address is required",
+            ),
         ];
         for (spec, expected) in cases {
             let got = refused(spec.clone());
@@ -909,6 +974,63 @@ mod tests {
                 "{spec}: expected {expected:?} in {got:?}"
             );
         }
+    }
+
+    /// Istio's `external-svc-dns` example: `resolution: DNS` with endpoints given by name,
+    /// each on its own port; the names (and an IP endpoint) are where the traffic goes, in
+    /// order, whatever address the app dialled, and they claim no address.
+    #[test]
+    fn dns_endpoints_are_where_a_dns_entry_sends_whatever_was_dialled() {
+        let entry = compile(
+            "egress",
+            "external-svc-dns",
+            &json!({"hosts": ["foo.bar.com"], "location": "MESH_EXTERNAL",
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "resolution": "DNS",
+                "endpoints": [{"address": "us.foo.bar.com", "ports": {"http": 8080}},
+                              {"address": "UK.foo.bar.com", "ports": {"http": 9080}},
+                              {"address": "198.18.0.1"}]}),
+        )
+        .unwrap();
+        let service = &entry.services[0];
+        assert!(service.addresses.is_empty(), "{:?}", service.addresses);
+        let port = &service.ports[0];
+        assert!(port.endpoints.is_empty());
+        let eps: Vec<(&str, u16)> = port
+            .dns_endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.port))
+            .collect();
+        assert_eq!(
+            eps,
+            [("us.foo.bar.com", 8080), ("uk.foo.bar.com", 9080), ("198.18.0.1", 80)]
+        );
+        assert_eq!(port.dns_endpoints[2].ip(), Some([198, 18, 0, 1].into()));
+        assert_eq!(port.dns_endpoints[0].ip(), None);
+        let d = Declared { service, port };
+        let dialled: SocketAddr = "198.51.100.7:80".parse().unwrap();
+        assert_eq!(d.dns_endpoints().map(<[_]>::len), Some(3));
+        assert_eq!(d.resolves(dialled), None, "the host itself is not resolved");
+        // Without endpoints nothing changes: the host is resolved when dialled at its
+        // allocated address, and no endpoint list stands in.
+        let mut bare = compile(
+            "egress",
+            "bare",
+            &json!({"hosts": ["foo.bar.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "resolution": "DNS"}),
+        )
+        .unwrap();
+        let vip = Ipv4Addr::new(198, 19, 240, 9);
+        bare.services[0].allocated = Some(vip);
+        let d = Declared {
+            service: &bare.services[0],
+            port: &bare.services[0].ports[0],
+        };
+        assert_eq!(d.dns_endpoints(), None);
+        assert_eq!(
+            d.resolves(SocketAddr::new(vip.into(), 80)),
+            Some("foo.bar.com")
+        );
     }
 
     #[test]

@@ -193,7 +193,9 @@ pub struct GatewayConfig {
 pub struct DnsDestination {
     pub host: String,
     pub port: u16,
-    /// The name resolved: the entry's host (Istio's DNS entry without endpoints).
+    /// The name resolved: the entry's host (Istio's DNS entry without endpoints), else one of
+    /// its endpoints' addresses (an IP stands for itself); the destinations of one host and
+    /// port together are its endpoints.
     pub name: String,
     /// The port dialled on each address: the entry port's `targetPort`, else its number.
     pub target_port: u16,
@@ -721,13 +723,24 @@ impl ExternalHosts {
             let (Some(entry), Some(declared)) = (entry, declared) else {
                 continue;
             };
-            if entry.service.resolution == Resolution::Dns {
+            if entry.service.resolution == Resolution::Dns && declared.dns_endpoints.is_empty() {
                 config.resolve.push(DnsDestination {
                     host: host.clone(),
                     port,
                     name: host.clone(),
                     target_port: entry.target_ports.get(&port).copied().unwrap_or(port),
                 });
+            }
+            // With endpoints, they are resolved instead of the host (an IP one stands for itself).
+            if entry.service.resolution == Resolution::Dns {
+                config
+                    .resolve
+                    .extend(declared.dns_endpoints.iter().map(|ep| DnsDestination {
+                        host: host.clone(),
+                        port,
+                        name: ep.address.clone(),
+                        target_port: ep.port,
+                    }));
             }
             config.external.push(Service {
                 endpoints: declared.endpoints.clone(),
@@ -2189,6 +2202,31 @@ mod tests {
         assert_eq!(wire["resolve"][0]["targetPort"], 80);
         let back: GatewayConfig = serde_json::from_value(wire).unwrap();
         assert_eq!(back, config);
+        // With endpoints, they are resolved instead of the host, each on its port.
+        dns["endpoints"] = json!([{"address": "eu.partner.weft.test", "ports": {"http": 18081}},
+                                  {"address": "198.18.0.1"}]);
+        let external = external_of(&dns);
+        let mut config = compile(
+            &registry,
+            &BTreeMap::new(),
+            &[src("istio-egress", "egressgateway", "1", &gw)],
+            &[src("shop", "direct-partner", "1", &vs)],
+            None,
+            &mut problems,
+        );
+        external.fill_gateway("istio-egress", &mut config, &mut problems);
+        let named: Vec<(&str, u16, &str, u16)> = config
+            .resolve
+            .iter()
+            .map(|d| (d.host.as_str(), d.port, d.name.as_str(), d.target_port))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("partner.weft.test", 80, "eu.partner.weft.test", 18081),
+                ("partner.weft.test", 80, "198.18.0.1", 80)
+            ]
+        );
     }
 
     /// Several ServiceEntries for one host: those of one namespace merge (ports and

@@ -177,6 +177,11 @@ pub fn merge(decls: &[Declaration<'_>], picked: &[usize]) -> Option<ExternalServ
                             o.endpoints.push(ep.clone());
                         }
                     }
+                    for ep in &p.dns_endpoints {
+                        if !o.dns_endpoints.contains(ep) {
+                            o.dns_endpoints.push(ep.clone());
+                        }
+                    }
                 }
                 None => out.ports.push(p.clone()),
             }

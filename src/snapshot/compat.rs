@@ -31,13 +31,17 @@ pub enum Feature {
     /// `ReplacePrefixMatch`): an older proxy would skip the prefix and redirect to the new
     /// prefix alone, dropping the rest of the path.
     RedirectPrefix,
+    /// ServiceEntry `resolution: DNS` with `endpoints` (`dnsEndpoints` of an egress port): an
+    /// older proxy would skip them and send to the address the app dialled.
+    DnsEndpoints,
 }
 
 impl Feature {
-    pub const ALL: [Feature; 3] = [
+    pub const ALL: [Feature; 4] = [
         Feature::TlsOrigination,
         Feature::TlsOriginationFiles,
         Feature::RedirectPrefix,
+        Feature::DnsEndpoints,
     ];
 
     /// The name on the stream request.
@@ -46,6 +50,7 @@ impl Feature {
             Feature::TlsOrigination => "tls-origination",
             Feature::TlsOriginationFiles => "tls-origination-files",
             Feature::RedirectPrefix => "redirect-prefix",
+            Feature::DnsEndpoints => "dns-endpoints",
         }
     }
 
@@ -54,6 +59,7 @@ impl Feature {
             Feature::TlsOrigination => 1,
             Feature::TlsOriginationFiles => 2,
             Feature::RedirectPrefix => 4,
+            Feature::DnsEndpoints => 8,
         }
     }
 }
@@ -127,6 +133,20 @@ pub fn needed(services: &[Service]) -> Features {
         .any(redirects_by_prefix)
     {
         needs = needs.with(Feature::RedirectPrefix);
+    }
+    needs
+}
+
+/// The features an egress table needs a proxy to have (those [`lower_egress`] lowers by
+/// itself; TLS origination on it shows in the headless Services).
+pub fn egress_needed(egress: &[crate::route::egress::ExternalService]) -> Features {
+    let mut needs = Features::default();
+    if egress
+        .iter()
+        .flat_map(|h| &h.ports)
+        .any(|p| !p.dns_endpoints.is_empty())
+    {
+        needs = needs.with(Feature::DnsEndpoints);
     }
     needs
 }
@@ -284,6 +304,23 @@ pub fn lower_egress(
 ) -> Vec<String> {
     use crate::route::egress::PortProtocol;
     let mut notes = Vec::new();
+    if !proxy.has(Feature::DnsEndpoints) {
+        for host in egress.iter_mut() {
+            host.ports.retain(|port| {
+                if port.dns_endpoints.is_empty() {
+                    return true;
+                }
+                notes.push(format!(
+                    "{}:{} (ServiceEntry {}): not declared to this proxy: its endpoints are resolved by name (resolution DNS), which needs feature {}; upgrade the proxy",
+                    host.host,
+                    port.number,
+                    host.source,
+                    Feature::DnsEndpoints.name()
+                ));
+                false
+            });
+        }
+    }
     if proxy.has(Feature::TlsOrigination) {
         return notes;
     }
@@ -341,12 +378,12 @@ mod tests {
         assert!(all.has(Feature::TlsOrigination));
         assert_eq!(
             all.query_value(),
-            "tls-origination,tls-origination-files,redirect-prefix"
+            "tls-origination,tls-origination-files,redirect-prefix,dns-endpoints"
         );
         assert_eq!(Features::parse(Some(&all.query_value())), all);
         assert_eq!(
             Features::parse(Some(
-                "delta, tls-origination-files ,from-the-future,tls-origination,redirect-prefix"
+                "delta, tls-origination-files ,from-the-future,tls-origination,redirect-prefix,dns-endpoints"
             )),
             all
         );
@@ -459,6 +496,39 @@ mod tests {
             protocols,
             [PortProtocol::Http, PortProtocol::Tls, PortProtocol::Http]
         );
+    }
+
+    /// An older proxy would skip `dnsEndpoints` and send to the address the app dialled: the
+    /// port is not declared to it (REGISTRY_ONLY refuses it, ALLOW_ANY passes it through as
+    /// any undeclared destination), and the note says why.
+    #[test]
+    fn a_port_with_dns_endpoints_is_not_declared_to_an_older_proxy() {
+        use crate::route::egress::ExternalService;
+        let entry: ExternalService = serde_json::from_value(json!({
+            "host": "foo.bar.com", "namespace": "egress", "source": "egress/external-svc-dns",
+            "ports": [{"number": 80, "protocol": "http",
+                       "dnsEndpoints": [{"address": "us.foo.bar.com", "port": 8080}]},
+                      {"number": 443, "protocol": "tls"}],
+            "resolution": "DNS", "location": "MESH_EXTERNAL"
+        }))
+        .unwrap();
+        let needs = egress_needed(std::slice::from_ref(&entry));
+        assert!(needs.has(Feature::DnsEndpoints));
+        assert!(!needs.beyond(Features::all()));
+        assert!(!egress_needed(&[]).beyond(Features::default()));
+        let mut egress = vec![entry.clone()];
+        assert!(lower_egress(Features::all(), &[], &mut egress).is_empty());
+        assert_eq!(egress, std::slice::from_ref(&entry));
+        let older = Features::parse(Some("tls-origination,tls-origination-files,redirect-prefix"));
+        let notes = lower_egress(older, &[], &mut egress);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("foo.bar.com:80") && notes[0].contains("dns-endpoints"),
+            "{}",
+            notes[0]
+        );
+        let ports: Vec<u16> = egress[0].ports.iter().map(|p| p.number).collect();
+        assert_eq!(ports, [443]);
     }
 
     #[test]

@@ -420,6 +420,37 @@ spec:
   ports: [{number: 8443, name: tls, protocol: TLS}]
   resolution: DNS
   location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: named-endpoints, namespace: dns-egress}
+spec:
+  hosts: [named-endpoints.weft.test]
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: nowhere.weft.test
+  - address: partner-node.dns-egress.svc.cluster.local
+---
+# A name CoreDNS resolves to the node (the "external" partner): a headless Service without
+# selector and its EndpointSlice.
+apiVersion: v1
+kind: Service
+metadata: {name: partner-node, namespace: dns-egress}
+spec:
+  clusterIP: None
+  ports: [{name: tls, port: 8443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: partner-node
+  namespace: dns-egress
+  labels: {kubernetes.io/service-name: partner-node}
+addressType: IPv4
+ports: [{name: tls, port: 8443}]
+endpoints: [{addresses: [198.18.0.1]}]
 "#;
 
 /// `curl -w '%{http_code} %{remote_ip}'` from the DNS client, the name resolved by the pod's
@@ -523,6 +554,14 @@ spec:
         "{dns_only} {err}"
     );
 
+    // A DNS entry with endpoints goes to them, not to the host: the first endpoint's name
+    // does not resolve, the second (a name CoreDNS knows) is the node, where the partner is.
+    let (named, err) = curl_dns(&ns, "https://named-endpoints.weft.test:8443/", None);
+    let named_vip = named.split(' ').nth(1).unwrap_or_default();
+    assert!(
+        named.starts_with("200 ") && allocated(named_vip) && named_vip != dns_vip,
+        "{named} {err}"
+    );
     // Every other name is CoreDNS's: a Service name resolves to its ClusterIP...
     let (api, err) = curl_dns(&ns, "https://kubernetes.default.svc/", None);
     assert!(api.ends_with(" 198.19.0.1"), "{api} {err}");

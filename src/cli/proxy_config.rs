@@ -482,14 +482,10 @@ pub fn egress(s: &ProxySnapshot) -> Vec<EgressRow> {
                     .endpoints
                     .iter()
                     .map(|ep| ep.addr().to_string())
-                    .chain(
-                        p.dns_endpoints
-                            .iter()
-                            .map(|ep| match ep.ip() {
-                                Some(ip) => std::net::SocketAddr::new(ip, ep.port).to_string(),
-                                None => format!("{}:{}", ep.address, ep.port),
-                            }),
-                    )
+                    .chain(p.dns_endpoints.iter().map(|ep| match ep.ip() {
+                        Some(ip) => std::net::SocketAddr::new(ip, ep.port).to_string(),
+                        None => format!("{}:{}", ep.address, ep.port),
+                    }))
                     .collect(),
                 source: e.source.clone(),
             })

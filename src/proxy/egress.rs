@@ -331,7 +331,9 @@ async fn endpoint_addrs(ep: &DnsEndpoint) -> Vec<SocketAddr> {
         Some(ip) => vec![ip],
         None => resolved(&ep.address).await,
     };
-    ips.into_iter().map(|ip| SocketAddr::new(ip, ep.port)).collect()
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, ep.port))
+        .collect()
 }
 
 /// The first address of a `resolution: DNS` entry's endpoints that resolves (a request's
@@ -747,26 +749,26 @@ impl server::Pipeline for EgressHttp {
                 },
                 Looked::Found(addr) => addr,
                 Looked::Nothing => {
-                        let record = self.record(
-                            labels,
-                            UpstreamLog {
-                                host: None,
-                                cluster,
-                            },
-                        );
-                        // Envoy's answer for a cluster without a healthy host.
-                        let why = Why {
-                            flags: "UH",
-                            details: Some("no_healthy_upstream"),
-                            failure: None,
-                        };
-                        return exchange.local(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "no healthy upstream",
-                            &record,
-                            why,
-                        );
-                    }
+                    let record = self.record(
+                        labels,
+                        UpstreamLog {
+                            host: None,
+                            cluster,
+                        },
+                    );
+                    // Envoy's answer for a cluster without a healthy host.
+                    let why = Why {
+                        flags: "UH",
+                        details: Some("no_healthy_upstream"),
+                        failure: None,
+                    };
+                    return exchange.local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no healthy upstream",
+                        &record,
+                        why,
+                    );
+                }
             },
             Verdict::Passthrough => self.orig,
         };
@@ -1433,7 +1435,10 @@ mod tests {
         // endpoints are where it goes (never the address dialled).
         let mut client = connect_via(&ctx, "198.18.0.250:7002".parse().unwrap()).await;
         let answer = get(&mut client, "partner.example").await;
-        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"),
+            "{answer}"
+        );
         let declared = ["destination_service=\"partner.example\""];
         eventually(|| {
             count(

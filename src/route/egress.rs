@@ -1003,7 +1003,11 @@ mod tests {
             .collect();
         assert_eq!(
             eps,
-            [("us.foo.bar.com", 8080), ("uk.foo.bar.com", 9080), ("198.18.0.1", 80)]
+            [
+                ("us.foo.bar.com", 8080),
+                ("uk.foo.bar.com", 9080),
+                ("198.18.0.1", 80)
+            ]
         );
         assert_eq!(port.dns_endpoints[2].ip(), Some([198, 18, 0, 1].into()));
         assert_eq!(port.dns_endpoints[0].ip(), None);

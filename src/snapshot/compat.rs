@@ -519,7 +519,9 @@ mod tests {
         let mut egress = vec![entry.clone()];
         assert!(lower_egress(Features::all(), &[], &mut egress).is_empty());
         assert_eq!(egress, std::slice::from_ref(&entry));
-        let older = Features::parse(Some("tls-origination,tls-origination-files,redirect-prefix"));
+        let older = Features::parse(Some(
+            "tls-origination,tls-origination-files,redirect-prefix",
+        ));
         let notes = lower_egress(older, &[], &mut egress);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(

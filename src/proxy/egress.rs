@@ -738,7 +738,7 @@ impl server::Pipeline for EgressHttp {
                 };
                 return exchange.local(StatusCode::BAD_GATEWAY, "", &record, why);
             }
-            Verdict::Declared(d) => match Looked::up(&d, self.orig, originate.is_some()).await {
+            Verdict::Declared(d) => match Looked::up(d, self.orig, originate.is_some()).await {
                 Looked::Dialled => match &originate {
                     Some(_) => d
                         .tls_targets(self.orig)

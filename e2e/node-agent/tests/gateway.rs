@@ -6,7 +6,8 @@
 //! metrics say it (reporter `source`), and a client that sends its request head too slowly is
 //! cut off (slowloris). Then HTTPS on the same gateway: a `credentialName` Secret served by
 //! SNI, replaced under a running gateway (the next handshake shows the new certificate), and
-//! a plaintext server's `httpsRedirect`.
+//! a plaintext server's `httpsRedirect`, and a TLS MUTUAL server for another host on the same
+//! port (a client certificate from its Secret's `ca.crt` gets 200, none gets no handshake).
 
 mod support;
 
@@ -23,6 +24,8 @@ const HOST: &str = "shop.internal.contoso.com";
 /// The HTTPS test's own gateway, so the two tests can run side by side.
 const HTTPS_GATEWAY_NS: &str = "shop-https-gw";
 const HTTPS_GATEWAY: &str = "shop-gateway";
+/// A second host on the HTTPS gateway's port 443, served with TLS MUTUAL.
+const PARTNERS: &str = "partners.contoso.com";
 
 /// Seed 003, section 4, verbatim.
 const SEED_003_INGRESS: &str = r#"
@@ -561,6 +564,91 @@ spec:
         .expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(text, format!("301 https://{HOST}:8080/buy?x=1"));
+
+    // TLS MUTUAL beside SIMPLE on the same port 443, told apart by SNI: the partners' host
+    // asks for a client certificate its Secret's ca.crt verifies; the shop's does not.
+    let partners = dir.join("partners");
+    std::fs::create_dir_all(&partners).unwrap();
+    certificate(&partners, PARTNERS, 2001);
+    for (from, to) in [("leaf.pem", "tls.crt"), ("key.pem", "tls.key"), ("ca.pem", "ca.crt")] {
+        std::fs::copy(partners.join(from), partners.join(to)).unwrap();
+    }
+    // A client certificate from the same CA (no extended key usage: any use).
+    certificate(&partners, "client.partners.contoso.com", 2002);
+    let yaml = ok(gw_ns.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "partners-cert",
+        "--type=kubernetes.io/tls",
+        &format!("--from-file={}", partners.join("tls.crt").display()),
+        &format!("--from-file={}", partners.join("tls.key").display()),
+        &format!("--from-file={}", partners.join("ca.crt").display()),
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]));
+    gw_ns.apply(&yaml);
+    payments.apply(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: partners-mtls}}
+spec:
+  selector: {{istio: shop-gateway}}
+  servers:
+  - port: {{number: 443, name: https-partners, protocol: HTTPS}}
+    hosts: ["{PARTNERS}"]
+    tls: {{mode: MUTUAL, credentialName: partners-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partners-mtls}}
+spec:
+  hosts: ["{PARTNERS}"]
+  gateways: [partners-mtls]
+  http:
+  - route:
+    - destination: {{host: productpage, port: {{number: 9080}}}}
+"#
+    ));
+    let call = |with_cert: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("--cacert")
+            .arg(partners.join("ca.crt"))
+            .args(["--resolve", &format!("{PARTNERS}:443:{ip}")]);
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(partners.join("leaf.pem"))
+                .arg("--key")
+                .arg(partners.join("key.pem"));
+        }
+        let out = cmd
+            .arg(format!("https://{PARTNERS}/"))
+            .output()
+            .expect("curl runs");
+        format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    let with_cert = wait_for(
+        Duration::from_secs(60),
+        || call(true),
+        |out| out.starts_with("200"),
+    );
+    assert!(with_cert.starts_with("200"), "{with_cert}");
+    // Without a client certificate the handshake fails (TLS 1.3: curl sees the alert when it
+    // reads), so no HTTP status.
+    let without = call(false);
+    assert!(without.starts_with("000"), "{without}");
+    // The SIMPLE server on the same port still asks for none.
+    assert!(
+        https_serial(&ip, HOST, &ca).is_ok(),
+        "the shop's host still answers without a client certificate"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -539,6 +539,35 @@ async fn serve_http<I>(
 }
 
 impl EgressHttp {
+    /// The proxy's own 503 `UH` (no healthy upstream), recorded under `labels` and
+    /// `cluster` with `details` as the response-code details.
+    fn unavailable(
+        &self,
+        exchange: Exchange,
+        labels: TcpLabels,
+        cluster: String,
+        details: &'static str,
+    ) -> Response<ResponseBody> {
+        let record = self.record(
+            labels,
+            UpstreamLog {
+                host: None,
+                cluster,
+            },
+        );
+        let why = Why {
+            flags: "UH",
+            details: Some(details),
+            failure: None,
+        };
+        exchange.local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            &record,
+            why,
+        )
+    }
+
     fn record(&self, labels: TcpLabels, upstream: UpstreamLog) -> Record {
         let recorder = {
             let mut recorders = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
@@ -697,26 +726,9 @@ impl server::Pipeline for EgressHttp {
         );
         let cluster = cluster_of(&verdict, self.orig.port());
         if let Some(Err(why)) = &originate {
-            let record = self.record(
-                labels,
-                UpstreamLog {
-                    host: None,
-                    cluster,
-                },
-            );
             tracing::warn!(destination = %self.orig, %host, reason = %why, "TLS origination refused (DestinationRule tls SIMPLE/MUTUAL)");
             // Envoy's answer when a cluster's TLS context is not ready: no healthy upstream.
-            let why = Why {
-                flags: "UH",
-                details: Some("tls_origination_not_ready"),
-                failure: None,
-            };
-            return exchange.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream",
-                &record,
-                why,
-            );
+            return self.unavailable(exchange, labels, cluster, "tls_origination_not_ready");
         }
         let target = match &verdict {
             Verdict::BlackHole => {
@@ -749,25 +761,8 @@ impl server::Pipeline for EgressHttp {
                 },
                 Looked::Found(addr) => addr,
                 Looked::Nothing => {
-                    let record = self.record(
-                        labels,
-                        UpstreamLog {
-                            host: None,
-                            cluster,
-                        },
-                    );
                     // Envoy's answer for a cluster without a healthy host.
-                    let why = Why {
-                        flags: "UH",
-                        details: Some("no_healthy_upstream"),
-                        failure: None,
-                    };
-                    return exchange.local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no healthy upstream",
-                        &record,
-                        why,
-                    );
+                    return self.unavailable(exchange, labels, cluster, "no_healthy_upstream");
                 }
             },
             Verdict::Passthrough => self.orig,

@@ -570,7 +570,11 @@ spec:
     let partners = dir.join("partners");
     std::fs::create_dir_all(&partners).unwrap();
     certificate(&partners, PARTNERS, 2001);
-    for (from, to) in [("leaf.pem", "tls.crt"), ("key.pem", "tls.key"), ("ca.pem", "ca.crt")] {
+    for (from, to) in [
+        ("leaf.pem", "tls.crt"),
+        ("key.pem", "tls.key"),
+        ("ca.pem", "ca.crt"),
+    ] {
         std::fs::copy(partners.join(from), partners.join(to)).unwrap();
     }
     // A client certificate from the same CA (no extended key usage: any use).

@@ -1012,7 +1012,7 @@ mod tests {
         assert_eq!(port.dns_endpoints[2].ip(), Some([198, 18, 0, 1].into()));
         assert_eq!(port.dns_endpoints[0].ip(), None);
         let d = Declared { service, port };
-        let dialled: SocketAddr = "198.51.100.7:80".parse().unwrap();
+        let dialled: SocketAddr = "198.18.0.250:80".parse().unwrap();
         assert_eq!(d.dns_endpoints().map(<[_]>::len), Some(3));
         assert_eq!(d.resolves(dialled), None, "the host itself is not resolved");
         // Without endpoints nothing changes: the host is resolved when dialled at its

@@ -30,9 +30,7 @@ use super::outbound::{
     Refusal, Upstream, l4_destination, open_endpoint, read_sni, relay_service, reporter_labels,
 };
 use super::sniff::{Prefixed, ServerName, server_name};
-use crate::route::egress::{
-    self, BLACK_HOLE, Declared, DnsEndpoint, PASSTHROUGH, Resolution, Seen, Verdict,
-};
+use crate::route::egress::{self, BLACK_HOLE, Declared, PASSTHROUGH, Resolution, Seen, Verdict};
 use crate::route::model::Origination;
 use crate::snapshot::{ClientTls, OutboundPolicy, OutboundRoute, SnapshotIndex};
 
@@ -212,12 +210,17 @@ async fn open(
         None => None,
     }
     .unwrap_or(orig.port());
-    if let Some(eps) = declared.and_then(|d| d.dns_endpoints()) {
-        // Each endpoint in turn, a name looked up only when the ones before it failed.
+    let mut lookups = declared
+        .map(|d| lookups(d, orig, port))
+        .into_iter()
+        .flatten()
+        .peekable();
+    if lookups.peek().is_some() {
+        // Each name in turn, looked up only when the ones before it gave no connection.
         let mut last = Refusal::UpstreamUnreachable;
         let mut tried = 0;
-        for ep in eps {
-            for addr in endpoint_addrs(ep).await {
+        for (name, port) in lookups {
+            for addr in addrs(name, port).await {
                 if tried == attempts {
                     return Err(last);
                 }
@@ -226,19 +229,6 @@ async fn open(
                     Ok(up) => return Ok((up, addr)),
                     Err(r) => last = r,
                 }
-            }
-        }
-        return Err(last);
-    }
-    if let Some(d) = declared
-        && let Some(host) = d.resolves(orig)
-    {
-        let mut last = Refusal::UpstreamUnreachable;
-        for ip in resolved(host).await.into_iter().take(attempts) {
-            let addr = SocketAddr::new(ip, port);
-            match dial(ctx, addr, originate).await {
-                Ok(up) => return Ok((up, addr)),
-                Err(r) => last = r,
             }
         }
         return Err(last);
@@ -293,12 +283,42 @@ fn origination_of<'a>(
     Some((mode == ClientTls::Mutual, settings))
 }
 
+/// What a declared `resolution: DNS` destination makes the proxy look up before it can send,
+/// in order, each name with the port it is dialled on: the entry's endpoints (each on its own
+/// port) whatever was dialled, or its host when dialled at its allocated address (on `port`,
+/// the port dialled or the `targetPort` the proxy originates TLS to). Nothing: the address
+/// dialled will do.
+fn lookups<'d>(
+    d: &'d Declared<'_>,
+    orig: SocketAddr,
+    port: u16,
+) -> impl Iterator<Item = (&'d str, u16)> {
+    let endpoints = d.dns_endpoints().unwrap_or_default();
+    // `resolves` is None for an entry with endpoints: one of the two is empty.
+    let host = d.resolves(orig).map(|h| (h, port));
+    endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.port))
+        .chain(host)
+}
+
+/// Where a name of [`lookups`] leads: an IP as it is, or the addresses the name resolves to,
+/// on `port`.
+async fn addrs(name: &str, port: u16) -> Vec<SocketAddr> {
+    let ips = match name.parse() {
+        Ok(ip) => vec![ip],
+        Err(_) => resolved(name).await,
+    };
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
 /// Where a declared request goes when the proxy has to look it up.
 enum Looked {
     /// Nothing to look up: where the app dialled (or the STATIC endpoints).
     Dialled,
-    /// The first address of the DNS entry's endpoints, or of its host dialled at its allocated
-    /// address (on the port's `targetPort` when the proxy originates TLS).
+    /// The first address of the first name of [`lookups`] that resolves.
     Found(SocketAddr),
     /// Nothing resolved: no healthy upstream.
     Nothing,
@@ -306,45 +326,21 @@ enum Looked {
 
 impl Looked {
     async fn up(d: &Declared<'_>, orig: SocketAddr, originates: bool) -> Looked {
-        let found = if let Some(eps) = d.dns_endpoints() {
-            first_endpoint_addr(eps).await
-        } else if let Some(name) = d.resolves(orig) {
-            let port = match originates {
-                true => d.port.target_port.unwrap_or(orig.port()),
-                false => orig.port(),
-            };
-            resolved(name)
-                .await
-                .first()
-                .map(|ip| SocketAddr::new(*ip, port))
-        } else {
-            return Looked::Dialled;
+        let port = match originates {
+            true => d.port.target_port.unwrap_or(orig.port()),
+            false => orig.port(),
         };
-        found.map_or(Looked::Nothing, Looked::Found)
-    }
-}
-
-/// Where a `resolution: DNS` endpoint leads: its IP, or the addresses its name resolves to,
-/// on its port.
-async fn endpoint_addrs(ep: &DnsEndpoint) -> Vec<SocketAddr> {
-    let ips = match ep.ip() {
-        Some(ip) => vec![ip],
-        None => resolved(&ep.address).await,
-    };
-    ips.into_iter()
-        .map(|ip| SocketAddr::new(ip, ep.port))
-        .collect()
-}
-
-/// The first address of a `resolution: DNS` entry's endpoints that resolves (a request's
-/// upstream), looking names up in order.
-async fn first_endpoint_addr(eps: &[DnsEndpoint]) -> Option<SocketAddr> {
-    for ep in eps {
-        if let Some(addr) = endpoint_addrs(ep).await.first() {
-            return Some(*addr);
+        let mut lookups = lookups(d, orig, port).peekable();
+        if lookups.peek().is_none() {
+            return Looked::Dialled;
         }
+        for (name, port) in lookups {
+            if let Some(addr) = addrs(name, port).await.first() {
+                return Looked::Found(*addr);
+            }
+        }
+        Looked::Nothing
     }
-    None
 }
 
 /// The addresses the pod's nameservers give `host` (for a host dialled at its allocated

@@ -1283,17 +1283,11 @@ mod tests {
         );
         // Dialled at the entry's address (nothing listens there): relayed to its endpoint.
         let mut client = connect_via(&ctx, "127.0.0.2:9000".parse().unwrap()).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        client.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
+        echoed(&mut client).await;
         drop(client);
         // Not declared: closed without a byte, even though the echo would answer.
         let mut client = connect_via(&ctx, "127.0.0.3:9000".parse().unwrap()).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
-        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
+        closed(&mut client, Duration::from_secs(5)).await;
         let text = metrics(&ctx);
         let blocked = [
             "destination_service=\"unknown\"",
@@ -1362,13 +1356,7 @@ mod tests {
         let ctx = proxy_with("REGISTRY_ONLY", table);
         // TCP to the allocated address: relayed to 127.0.0.1 on the dialled port.
         let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), echo.port())).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf, b"ping");
+        echoed(&mut client).await;
         // HTTP too, by the same address (relayed as the address's TCP, as any entry matched by
         // address is).
         let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), http.port())).await;
@@ -1379,10 +1367,7 @@ mod tests {
         );
         // A name that does not resolve: closed, nothing relayed.
         let mut client = connect_via(&ctx, SocketAddr::new(nx_vip.into(), echo.port())).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
-        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
+        closed(&mut client, Duration::from_secs(10)).await;
         let declared = ["destination_service=\"loopback.partner.example\""];
         eventually(|| {
             count(
@@ -1415,13 +1400,7 @@ mod tests {
         table[0].allocated = Some(vip);
         let ctx = proxy_with("REGISTRY_ONLY", table);
         let mut client = connect_via(&ctx, SocketAddr::new(vip.into(), 7001)).await;
-        client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf, b"ping");
+        echoed(&mut client).await;
         // HTTP dialled at another address of the pods' range: the Host names the entry, the
         // endpoints are where it goes (never the address dialled).
         let mut client = connect_via(&ctx, "198.18.0.250:7002".parse().unwrap()).await;
@@ -1440,6 +1419,25 @@ mod tests {
                 && count(&metrics(&ctx), "istio_requests_total", &declared) >= 1.0
         })
         .await;
+    }
+
+    /// The relay carries bytes both ways: "ping" comes back from the echo server.
+    async fn echoed(client: &mut TcpStream) {
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    /// The proxy closes the connection without relaying a byte, within `within`.
+    async fn closed(client: &mut TcpStream, within: Duration) {
+        client.write_all(b"ping").await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(within, client.read_to_end(&mut rest));
+        assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
     }
 
     async fn eventually(mut check: impl FnMut() -> bool) {

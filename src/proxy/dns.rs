@@ -244,8 +244,15 @@ pub enum Lookup {
 }
 
 /// One A query for `host` (absolute: the search list is not tried, ServiceEntry hosts are
-/// fully qualified) to the nameservers in turn, over UDP.
+/// fully qualified) to the nameservers in turn, over UDP. An IP address (a ServiceEntry
+/// endpoint may be one) is its own answer, asked of no nameserver, and never expires.
 pub async fn lookup(servers: &[SocketAddr], host: &str) -> Lookup {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Lookup::Found {
+            ips: vec![ip],
+            ttl: u32::MAX,
+        };
+    }
     let Ok(name) = Name::from_ascii(format!("{}.", host.trim_end_matches('.'))) else {
         return Lookup::Failed("not a DNS name");
     };

@@ -302,14 +302,12 @@ fn lookups<'d>(
         .chain(host)
 }
 
-/// Where a name of [`lookups`] leads: an IP as it is, or the addresses the name resolves to,
-/// on `port`.
+/// Where a name of [`lookups`] leads: the addresses it resolves to (an IP: itself, as
+/// `dns::lookup` answers one), on `port`.
 async fn addrs(name: &str, port: u16) -> Vec<SocketAddr> {
-    let ips = match name.parse() {
-        Ok(ip) => vec![ip],
-        Err(_) => resolved(name).await,
-    };
-    ips.into_iter()
+    resolved(name)
+        .await
+        .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
 }

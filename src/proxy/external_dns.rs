@@ -82,14 +82,8 @@ impl Resolver {
             if known.due.is_some_and(|d| d > now) {
                 continue;
             }
-            // An endpoint given as an IP needs no lookup and never changes.
-            let outcome = match name.parse::<IpAddr>() {
-                Ok(ip) => Lookup::Found {
-                    ips: vec![ip],
-                    ttl: u32::MAX,
-                },
-                Err(_) => dns::lookup(&self.servers, name).await,
-            };
+            // An endpoint given as an IP is its own answer (`dns::lookup`).
+            let outcome = dns::lookup(&self.servers, name).await;
             let (wait, said) = match outcome {
                 Lookup::Found { mut ips, ttl } => {
                     // A nameserver that rotates its answer must not make every refresh a

@@ -33,9 +33,9 @@
 #               resolved by this machine; the route rows are compared with the mean of the two
 # The load generator and the echo servers run on CPU 0, every proxy on CPU 1 (taskset), one
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
-# RSS sampled under load. Then each path at full speed (-qps 0) for its maximum throughput, and
-# new connections per second without keep-alive (direct and weft: every one a new mTLS
-# handshake between the proxies). The fixed-rate runs are repeated in rounds (every path once
+# RSS sampled under load. Then each path at full speed (-qps 0, every round) for its maximum
+# throughput, and new connections per second without keep-alive (direct and weft: every one
+# a new mTLS handshake between the proxies). The fixed-rate runs are repeated in rounds (every path once
 # per round, in the same order, proxies restarted): the report takes, per path, the median
 # over rounds of its percentile minus the direct path's in the same round, so a slow minute of
 # the machine lands on one round of every path instead of on one path.
@@ -411,8 +411,9 @@ measured() {
 
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$raw/procs.tsv"; }
 
-# scenario NAME URL PROXIES...: warm-up and the fixed-rate run of this round (kind fixed-rN);
-# in round 1 also idle RSS before it and the full-speed run after it.
+# scenario NAME URL PROXIES...: warm-up, the fixed-rate run of this round (kind fixed-rN) and
+# the full-speed run (kind max-rN: every round, so a peer comparison at full speed is paired
+# by round like the fixed-rate one); in round 1 also idle RSS before it.
 scenario() {
   local name=$1 url=$2
   shift 2
@@ -425,9 +426,8 @@ scenario() {
   log "$name (round $round/$ROUNDS): warm-up $WARMUP, then $QPS rps for $DURATION"
   load "$name-warmup" "$url" -qps "$QPS" -uniform -t "$WARMUP"
   measured "$name" "fixed-r$round" "$@" -- "$url" -qps "$QPS" -uniform -t "$DURATION"
-  ((round == 1)) || return 0
-  log "$name: full speed for $MAX_DURATION"
-  measured "$name" max "$@" -- "$url" -qps 0 -t "$MAX_DURATION"
+  log "$name (round $round/$ROUNDS): full speed for $MAX_DURATION"
+  measured "$name" "max-r$round" "$@" -- "$url" -qps 0 -t "$MAX_DURATION"
 }
 
 # === the echo servers (CPU 0) ===

@@ -415,6 +415,30 @@ impl Service {
             .unwrap_or(&self.traffic)
     }
 
+    /// Whether requests to `subset` (the host's own settings without one) originate TLS
+    /// (a DestinationRule's SIMPLE or MUTUAL), as [`Service::security_of`] decides.
+    pub fn originates(&self, subset: Option<&str>) -> bool {
+        matches!(
+            self.client_tls(subset).0,
+            Some(ClientTls::Simple | ClientTls::Mutual)
+        )
+    }
+
+    /// The DestinationRule's TLS mode for `subset` (the subset's first, else the host's) and
+    /// the origination settings that travel beside it.
+    fn client_tls(
+        &self,
+        subset: Option<&str>,
+    ) -> (
+        Option<&ClientTls>,
+        Option<&crate::route::model::Origination>,
+    ) {
+        match subset.and_then(|s| self.subset_tls.get(s)) {
+            Some(m) => (Some(m), self.traffic_of(subset).origination.as_ref()),
+            None => (self.tls.as_ref(), self.traffic.origination.as_ref()),
+        }
+    }
+
     /// How the outbound side talks to `ep` of this Service, for a request routed to `subset`:
     /// the DestinationRule's mode if it sets one (the subset's first), else auto-mTLS. An
     /// endpoint without a mesh identity stays plaintext under ISTIO_MUTUAL: there is no
@@ -422,10 +446,7 @@ impl Service {
     pub fn security_of(&self, ep: &Endpoint, subset: Option<&str>) -> UpstreamSecurity {
         // SIMPLE/MUTUAL settings travel in the traffic policy (a subset's merged over the
         // host's), beside the mode that asks for them.
-        let (mode, origination) = match subset.and_then(|s| self.subset_tls.get(s)) {
-            Some(m) => (Some(m), self.traffic_of(subset).origination.as_ref()),
-            None => (self.tls.as_ref(), self.traffic.origination.as_ref()),
-        };
+        let (mode, origination) = self.client_tls(subset);
         match (mode, &ep.identity) {
             (None, _) => ep.security(),
             (Some(m @ (ClientTls::Simple | ClientTls::Mutual)), _) => UpstreamSecurity::Originate {
@@ -1155,6 +1176,14 @@ mod tests {
             svc.security_of(&unmeshed, Some("v2")),
             UpstreamSecurity::Plaintext
         );
+        assert!(!svc.originates(None) && !svc.originates(Some("v2")));
+        // SIMPLE on a subset: only its requests originate TLS.
+        svc.subset_tls.insert("v3".into(), ClientTls::Simple);
+        assert!(svc.originates(Some("v3")) && !svc.originates(Some("v1")));
+        assert!(matches!(
+            svc.security_of(&strict, Some("v3")),
+            UpstreamSecurity::Originate { mutual: false, .. }
+        ));
     }
 
     #[test]

@@ -737,7 +737,12 @@ impl Outbound {
         let per_try = policy.per_try_timeout_ms.map(Duration::from_millis);
         let mirrors: &[Mirror] = routed.as_ref().map_or(&[], |r| &r.route.actions.mirrors);
         let head = (attempts > 0 || !mirrors.is_empty()).then(|| Head::of(&parts));
-        let asked = asked_name(&parts.uri, &parts.headers);
+        // Read only where a TLS origination needs it (an endpoint's own security is mTLS or
+        // plaintext).
+        let asked = service
+            .is_some_and(|s| s.originates(subset))
+            .then(|| asked_name(&parts.uri, &parts.headers))
+            .flatten();
         let (recording, recorder) = Recording::new(body);
         let mut first = Some((parts, recording));
         let connect_budget = self.ctx.settings.connect_attempts.max(1);

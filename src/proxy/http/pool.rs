@@ -1,6 +1,8 @@
 //! Upstream connections kept for reuse across downstream connections (the outbound side's
 //! endpoints): per endpoint one HTTP/2 connection that every HTTP/2 request multiplexes on,
-//! and idle HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each).
+//! and HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each):
+//! parked as soon as their response head is back, without a task per request, and taken
+//! again only once hyper reports them ready (their last response ended).
 //! It applies a DestinationRule's `connectionPool.http.maxRequestsPerConnection` (a
 //! connection is retired after that many requests) and `idleTimeout` (an idle connection is
 //! closed by the pool's reaper). A connection is keyed by everything that was said on it
@@ -24,7 +26,8 @@ use tokio::time::Instant;
 use super::upstream::{ForwardError, Sender, handshake};
 use crate::route::policy::ConnectionPool;
 
-/// Idle HTTP/1.1 connections parked per key; more are closed when their request ends.
+/// HTTP/1.1 connections parked per key (busy or idle); more are closed when their request
+/// ends.
 pub const MAX_IDLE_PER_KEY: usize = 16;
 
 /// The reaper's longest sleep: an idle connection outlives its timeout by at most this (or a
@@ -137,6 +140,20 @@ impl Drop for Busy {
     }
 }
 
+impl<B> Idle<B> {
+    /// Whether the connection stays parked at `now`: open, and busy (a response still
+    /// streaming: its idle time starts over) or idle for less than `idle`.
+    fn keep(&mut self, now: Instant, idle: Duration) -> bool {
+        if self.sender.is_closed() {
+            return false;
+        }
+        if !self.sender.is_ready() {
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since) < idle
+    }
+}
+
 /// The HTTP/2 connection every HTTP/2 request to one key multiplexes on.
 struct Shared<B> {
     sender: http2::SendRequest<B>,
@@ -144,16 +161,21 @@ struct Shared<B> {
     usage: Arc<Usage>,
 }
 
-/// A parked HTTP/1.1 connection: since when, and the requests it has carried.
+/// A parked HTTP/1.1 connection: since when it is idle (a busy one's is pushed forward
+/// whenever the pool sees it busy), and the requests it has carried.
 struct Idle<B> {
     since: Instant,
     served: u32,
     sender: http1::SendRequest<B>,
 }
 
+/// The pool's tables, looked up on every request: foldhash, not SipHash (keys come from the
+/// config, never from a peer, so flooding resistance buys nothing here).
+type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
+
 struct Inner<B> {
-    h2: Mutex<HashMap<Key, Shared<B>>>,
-    h1: Mutex<HashMap<Key, Vec<Idle<B>>>>,
+    h2: Mutex<Map<Shared<B>>>,
+    h1: Mutex<Map<Vec<Idle<B>>>>,
     /// The idle timeout of a key whose DestinationRule sets none.
     idle: Duration,
     epoch: Instant,
@@ -165,13 +187,13 @@ pub struct Pool<B> {
 }
 
 impl<B> Inner<B> {
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Shared<B>>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Map<Shared<B>>> {
         self.h2
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<Idle<B>>>> {
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Map<Vec<Idle<B>>>> {
         self.h1
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -192,10 +214,11 @@ impl<B> Inner<B> {
             let in_use = c.usage.active.load(Ordering::Acquire) > 0;
             !c.sender.is_closed() && (in_use || idle_for < idle)
         });
+        let now = Instant::now();
         self.lock_h1().retain(|key, list| {
             let idle = key.limits.idle_or(self.idle);
             shortest = shortest.min(idle);
-            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle);
+            list.retain_mut(|c| c.keep(now, idle));
             !list.is_empty()
         });
         shortest
@@ -213,8 +236,8 @@ where
     pub fn new(idle: Duration) -> Self {
         Pool {
             inner: Arc::new(Inner {
-                h2: Mutex::new(HashMap::new()),
-                h1: Mutex::new(HashMap::new()),
+                h2: Mutex::new(Map::default()),
+                h1: Mutex::new(Map::default()),
                 idle,
                 epoch: Instant::now(),
                 reaping: AtomicBool::new(false),
@@ -325,7 +348,7 @@ where
             }
         };
         if let Sender::Http1(s) = pooled.sender {
-            self.park_when_ready(key.clone(), s, pooled.served);
+            self.park(key, s, pooled.served);
         }
         Ok(resp)
     }
@@ -351,42 +374,42 @@ where
         retired
     }
 
-    /// The most recently parked connection that is still open and idle.
+    /// The most recently parked connection that is ready for a request (open, its last
+    /// response ended, idle for less than its timeout); busy ones stay parked.
     fn checkout_h1(&self, key: &Key) -> Option<Idle<B>> {
         let mut parked = self.inner.lock_h1();
         let list = parked.get_mut(key)?;
         let idle = key.limits.idle_or(self.inner.idle);
-        let fresh_after = Instant::now().checked_sub(idle);
-        list.retain(|c| c.sender.is_ready() && fresh_after.is_none_or(|t| c.since > t));
-        let found = list.pop();
-        if list.is_empty() {
-            parked.remove(key);
-        }
-        found
+        let now = Instant::now();
+        list.retain_mut(|c| c.keep(now, idle));
+        // An empty list stays (the reaper removes it): the next park needs no key clone.
+        let at = list.iter().rposition(|c| c.sender.is_ready())?;
+        Some(list.remove(at))
     }
 
-    /// Parks the connection once its response has ended (the connection is ready for the
-    /// next request); one that was upgraded or closed never becomes ready and is dropped, and
-    /// so is one that has carried its `maxRequestsPerConnection` (dropping the last sender
-    /// of an idle HTTP/1.1 connection closes it).
-    fn park_when_ready(&self, key: Key, mut sender: http1::SendRequest<B>, served: u32) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            // No timer per response: the task ends when the response does or when the
-            // connection closes (the exchange's own idle limits end a stalled one).
-            if sender.ready().await.is_err() || key.limits.spent(served) {
-                return;
+    /// Parks the connection whose response head just came back: busy until that response
+    /// ends (hyper's `is_ready`), which [`Pool::checkout_h1`] waits for. One that has carried
+    /// its `maxRequestsPerConnection` is dropped instead, and so is one past
+    /// [`MAX_IDLE_PER_KEY`]: dropping the last sender of an HTTP/1.1 connection closes it
+    /// once its response has ended (an upgraded one leaves HTTP and is never ready again).
+    fn park(&self, key: &Key, sender: http1::SendRequest<B>, served: u32) {
+        if key.limits.spent(served) {
+            return;
+        }
+        let conn = Idle {
+            since: Instant::now(),
+            served,
+            sender,
+        };
+        let mut parked = self.inner.lock_h1();
+        match parked.get_mut(key) {
+            Some(list) if list.len() < MAX_IDLE_PER_KEY => list.push(conn),
+            Some(_) => {}
+            None => {
+                parked.insert(key.clone(), vec![conn]);
             }
-            let mut parked = inner.lock_h1();
-            let list = parked.entry(key).or_default();
-            if list.len() < MAX_IDLE_PER_KEY {
-                list.push(Idle {
-                    since: Instant::now(),
-                    served,
-                    sender,
-                });
-            }
-        });
+        }
+        drop(parked);
         self.reap_in_background();
     }
 
@@ -442,13 +465,22 @@ mod tests {
     fn connector(
         counts: &Arc<Counts>,
     ) -> impl FnOnce() -> std::future::Ready<io::Result<tokio::io::DuplexStream>> {
+        answering(counts, Bytes::from("ok"))
+    }
+
+    /// The same server answering `body`.
+    fn answering(
+        counts: &Arc<Counts>,
+        body: Bytes,
+    ) -> impl FnOnce() -> std::future::Ready<io::Result<tokio::io::DuplexStream>> {
         let counts = counts.clone();
         move || {
             counts.opened.fetch_add(1, Ordering::SeqCst);
             let (client, server) = tokio::io::duplex(64 * 1024);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(body))) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(server), service)
@@ -517,7 +549,7 @@ mod tests {
         let counts = Arc::new(Counts::default());
         for _ in 0..5 {
             assert_eq!(call(&pool, &counts, false).await, "ok");
-            // The connection is parked by a task once its response has ended.
+            // The connection task marks it ready once it has read the response's end.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(counts.opened(), 1, "one connection, reused");
@@ -526,6 +558,46 @@ mod tests {
         assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
         assert_eq!(counts.opened(), 2);
         assert_eq!(counts.closed(), 0, "parked connections stay open");
+    }
+
+    /// A connection is parked with its response head, while the body still streams: no
+    /// other request is sent on it until that body has ended, then it is reused.
+    #[tokio::test]
+    async fn a_connection_whose_response_still_streams_is_not_taken_until_it_ends() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let counts = Arc::new(Counts::default());
+        // Larger than the in-memory pipe and hyper's buffers: the connection stays busy
+        // until the body is read.
+        let large = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let key = key();
+        let sender = pool
+            .get(&key, false, answering(&counts, large.clone()))
+            .await
+            .unwrap();
+        let req = Request::get("http://api.demo/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let streaming = pool
+            .send(&key, sender, req, answering(&counts, large))
+            .await
+            .unwrap();
+        assert_eq!(
+            pool.inner.lock_h1().get(&key).map(Vec::len),
+            Some(1),
+            "parked at its head"
+        );
+        // Meanwhile another request takes a new connection.
+        assert_eq!(call(&pool, &counts, false).await, "ok");
+        assert_eq!(counts.opened(), 2);
+        let body = streaming.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 1024 * 1024);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Both are ready now: the next two requests, one after the other, open none.
+        for _ in 0..2 {
+            assert_eq!(call(&pool, &counts, false).await, "ok");
+        }
+        assert_eq!(counts.opened(), 2, "no new connection");
+        assert_eq!(counts.closed(), 0);
     }
 
     #[tokio::test]

@@ -26,8 +26,9 @@ use tokio::time::Instant;
 use super::upstream::{ForwardError, Sender, handshake};
 use crate::route::policy::ConnectionPool;
 
-/// HTTP/1.1 connections parked per key (busy or idle); more are closed when their request
-/// ends.
+/// Idle HTTP/1.1 connections kept per key: the reaper's sweep closes the longest idle beyond
+/// it. Busy ones (parked with their response still streaming) do not count, so as many
+/// requests as are in flight at once each find their connection again.
 pub const MAX_IDLE_PER_KEY: usize = 16;
 
 /// The reaper's longest sleep: an idle connection outlives its timeout by at most this (or a
@@ -219,6 +220,17 @@ impl<B> Inner<B> {
             let idle = key.limits.idle_or(self.idle);
             shortest = shortest.min(idle);
             list.retain_mut(|c| c.keep(now, idle));
+            // Oldest first: the longest idle beyond the cap are closed.
+            let mut excess = list
+                .iter()
+                .filter(|c| c.sender.is_ready())
+                .count()
+                .saturating_sub(MAX_IDLE_PER_KEY);
+            list.retain(|c| {
+                let close = excess > 0 && c.sender.is_ready();
+                excess -= usize::from(close);
+                !close
+            });
             !list.is_empty()
         });
         shortest
@@ -389,9 +401,10 @@ where
 
     /// Parks the connection whose response head just came back: busy until that response
     /// ends (hyper's `is_ready`), which [`Pool::checkout_h1`] waits for. One that has carried
-    /// its `maxRequestsPerConnection` is dropped instead, and so is one past
-    /// [`MAX_IDLE_PER_KEY`]: dropping the last sender of an HTTP/1.1 connection closes it
-    /// once its response has ended (an upgraded one leaves HTTP and is never ready again).
+    /// its `maxRequestsPerConnection` is dropped instead: dropping the last sender of an
+    /// HTTP/1.1 connection closes it once its response has ended (an upgraded one leaves
+    /// HTTP, is never ready again and goes at the next look). The list holds at most the
+    /// requests in flight at once plus the idle ones the sweep keeps ([`MAX_IDLE_PER_KEY`]).
     fn park(&self, key: &Key, sender: http1::SendRequest<B>, served: u32) {
         if key.limits.spent(served) {
             return;
@@ -403,8 +416,7 @@ where
         };
         let mut parked = self.inner.lock_h1();
         match parked.get_mut(key) {
-            Some(list) if list.len() < MAX_IDLE_PER_KEY => list.push(conn),
-            Some(_) => {}
+            Some(list) => list.push(conn),
             None => {
                 parked.insert(key.clone(), vec![conn]);
             }
@@ -598,6 +610,35 @@ mod tests {
         }
         assert_eq!(counts.opened(), 2, "no new connection");
         assert_eq!(counts.closed(), 0);
+    }
+
+    /// More requests in flight at once than the idle cap: every connection is parked (none
+    /// closed, none opened again for the next requests); the sweep then closes the idle ones
+    /// beyond the cap.
+    #[tokio::test]
+    async fn connections_beyond_the_idle_cap_are_kept_while_busy_and_swept_when_idle() {
+        let pool = Pool::new(Duration::from_secs(60));
+        let counts = Arc::new(Counts::default());
+        let n = MAX_IDLE_PER_KEY + 4;
+        let calls = (0..n).map(|_| call(&pool, &counts, false));
+        for body in futures::future::join_all(calls).await {
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(counts.opened(), n);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.inner.lock_h1().get(&key()).map(Vec::len), Some(n));
+        let calls = (0..n).map(|_| call(&pool, &counts, false));
+        futures::future::join_all(calls).await;
+        assert_eq!(
+            counts.opened(),
+            n,
+            "every request found a parked connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pool.inner.reap();
+        let parked = pool.inner.lock_h1().get(&key()).map(Vec::len);
+        assert_eq!(parked, Some(MAX_IDLE_PER_KEY));
+        assert_eq!(closed_at_least(&counts, 4).await, 4);
     }
 
     #[tokio::test]

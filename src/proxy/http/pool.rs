@@ -1,8 +1,9 @@
 //! Upstream connections kept for reuse across downstream connections (the outbound side's
 //! endpoints): per endpoint one HTTP/2 connection that every HTTP/2 request multiplexes on,
-//! and HTTP/1.1 connections parked between requests (at most [`MAX_IDLE_PER_KEY`] each):
-//! parked as soon as their response head is back, without a task per request, and taken
-//! again only once hyper reports them ready (their last response ended).
+//! and HTTP/1.1 connections parked between requests (the idle ones at most
+//! [`MAX_IDLE_PER_KEY`] each after the reaper's sweep): parked as soon as their response head
+//! is back, without a task per request, and taken again only once hyper reports them ready
+//! (their last response ended).
 //! It applies a DestinationRule's `connectionPool.http.maxRequestsPerConnection` (a
 //! connection is retired after that many requests) and `idleTimeout` (an idle connection is
 //! closed by the pool's reaper). A connection is keyed by everything that was said on it

@@ -142,7 +142,7 @@ impl Drop for Busy {
     }
 }
 
-impl<B> Idle<B> {
+impl<B> Parked<B> {
     /// Whether the connection stays parked at `now`: open, and busy (a response still
     /// streaming: its idle time starts over) or idle for less than `idle`.
     fn keep(&mut self, now: Instant, idle: Duration) -> bool {
@@ -165,7 +165,7 @@ struct Shared<B> {
 
 /// A parked HTTP/1.1 connection: since when it is idle (a busy one's is pushed forward
 /// whenever the pool sees it busy), and the requests it has carried.
-struct Idle<B> {
+struct Parked<B> {
     since: Instant,
     served: u32,
     sender: http1::SendRequest<B>,
@@ -177,7 +177,7 @@ type Map<V> = HashMap<Key, V, foldhash::fast::RandomState>;
 
 struct Inner<B> {
     h2: Mutex<Map<Shared<B>>>,
-    h1: Mutex<Map<Vec<Idle<B>>>>,
+    h1: Mutex<Map<Vec<Parked<B>>>>,
     /// The idle timeout of a key whose DestinationRule sets none.
     idle: Duration,
     epoch: Instant,
@@ -195,7 +195,7 @@ impl<B> Inner<B> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Map<Vec<Idle<B>>>> {
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Map<Vec<Parked<B>>>> {
         self.h1
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -389,7 +389,7 @@ where
 
     /// The most recently parked connection that is ready for a request (open, its last
     /// response ended, idle for less than its timeout); busy ones stay parked.
-    fn checkout_h1(&self, key: &Key) -> Option<Idle<B>> {
+    fn checkout_h1(&self, key: &Key) -> Option<Parked<B>> {
         let mut parked = self.inner.lock_h1();
         let list = parked.get_mut(key)?;
         let idle = key.limits.idle_or(self.inner.idle);
@@ -410,7 +410,7 @@ where
         if key.limits.spent(served) {
             return;
         }
-        let conn = Idle {
+        let conn = Parked {
             since: Instant::now(),
             served,
             sender,

@@ -35,8 +35,8 @@
 # worker thread each. Per proxy: CPU seconds from /proc/<pid>/stat, RSS idle and the largest
 # RSS sampled under load. Then each path at full speed (-qps 0, every round) for its maximum
 # throughput, and new connections per second without keep-alive (direct and weft: every one
-# a new mTLS handshake between the proxies). The fixed-rate runs are repeated in rounds (every path once
-# per round, in the same order, proxies restarted): the report takes, per path, the median
+# a new mTLS handshake between the proxies). The fixed-rate runs are repeated in rounds (every
+# path once per round, in the same order, proxies restarted): the report takes, per path, the median
 # over rounds of its percentile minus the direct path's in the same round, so a slow minute of
 # the machine lands on one round of every path instead of on one path.
 #

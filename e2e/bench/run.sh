@@ -378,22 +378,35 @@ measured() {
   local -A before=()
   local p sampler=$raw/$name-$kind.rss t0 t1
   for p in "${procs[@]}"; do before[$p]=$(cpu_ticks "${PIDS[$p]}"); done
-  rm -f "$sampler" "$sampler.stop"
-  # Sample RSS every 100 ms on the load CPU while the load runs.
-  (
-    declare -A max=()
-    while [[ ! -e $sampler.stop ]]; do
-      for p in "${procs[@]}"; do
-        r=$(rss_kb "${PIDS[$p]}" 2>/dev/null) || r=0
-        ((r > ${max[$p]:-0})) && max[$p]=$r
-      done
-      sleep 0.1
-    done
-    for p in "${procs[@]}"; do echo "$p ${max[$p]:-0}"; done >"$sampler"
-  ) &
+  rm -f "$sampler" "$sampler.stop" "$sampler.ready"
+  # Sample RSS every 100 ms on the load CPU while the load runs: one process that sleeps in
+  # between (a shell loop would fork for every sample, and a fork ten times a second on the
+  # load CPU stalls the load generator: it showed in every proxied path's p99).
+  local pairs=()
+  for p in "${procs[@]}"; do pairs+=("$p=${PIDS[$p]}"); done
+  taskset -c "$LOAD_CPU" python3 -c '
+import os, sys, time
+out, stop, *pairs = sys.argv[1:]
+procs = [p.split("=", 1) for p in pairs]
+top = {name: 0 for name, _ in procs}
+open(out + ".ready", "w").close()
+while not os.path.exists(stop):
+    for name, pid in procs:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        top[name] = max(top[name], int(line.split()[1]))
+                        break
+        except OSError:
+            pass
+    time.sleep(0.1)
+with open(out, "w") as f:
+    f.writelines(f"{name} {top[name]}\n" for name, _ in procs)
+' "$sampler" "$sampler.stop" "${pairs[@]}" &
   local sampler_pid=$!
   PIDS[sampler]=$sampler_pid # stopped by cleanup should the run die meanwhile
-  taskset -pc "$LOAD_CPU" "$sampler_pid" >/dev/null
+  until [[ -e $sampler.ready ]]; do sleep 0.01; done
   t0=$(now_ns)
   load "$name-$kind" "$@"
   t1=$(now_ns)

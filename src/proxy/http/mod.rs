@@ -17,3 +17,15 @@ pub mod pool_retire;
 pub mod replay;
 pub mod server;
 pub mod upstream;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream of any kind (TCP, TLS, sniffed, coalescing), boxed where it enters hyper:
+/// hyper's and h2's connection machinery is then compiled once per protocol and service
+/// instead of once per stream type, which keeps the binary (most of the proxy's RSS,
+/// docs/proxy.md "Memory") smaller. One indirect call per read or write.
+pub type BoxIo = Box<dyn Io>;
+
+/// What [`BoxIo`] holds.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}

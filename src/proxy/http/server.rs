@@ -95,6 +95,10 @@ where
     }
 }
 
+/// A request handler of any pipeline, boxed ([`serve_pipeline`]), and its answer.
+type Handler = Box<dyn Fn(Request<Incoming>) -> Answer + Send + Sync>;
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 /// One side's per-request pipeline (inbound, outbound, a gateway's).
 pub trait Pipeline: Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>)
@@ -129,12 +133,14 @@ pub async fn serve_pipeline<I, P>(
     let side_owned: Arc<str> = Arc::from(side);
     // The version of the last request received (none yet).
     let received = Arc::new(watch::Sender::new(None::<Version>));
-    let handler = {
+    // Boxed, like the stream and the drain signal below: hyper's server is then compiled
+    // once for every pipeline (one allocation per request).
+    let handler: Handler = {
         let (ctx, received) = (ctx.clone(), received.clone());
-        move |req: Request<Incoming>| {
+        Box::new(move |req: Request<Incoming>| {
             let (pipeline, ctx, received) = (pipeline.clone(), ctx.clone(), received.clone());
             let side = side_owned.clone();
-            async move {
+            Box::pin(async move {
                 let version = req.version();
                 // Only a change is published: the drain waits for the first request.
                 received.send_if_modified(|last| {
@@ -158,12 +164,12 @@ pub async fn serve_pipeline<I, P>(
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response)
-            }
-        }
+            })
+        })
     };
     let idle = ctx.settings.idle_timeout;
     let ctx = ctx.clone();
-    let shutdown = async move {
+    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         ctx.drained().await;
         let mut received = received.subscribe();
         let Ok(version) = received.wait_for(Option::is_some).await.map(|v| *v) else {
@@ -172,7 +178,8 @@ pub async fn serve_pipeline<I, P>(
         if version < Some(Version::HTTP_2) {
             tokio::time::sleep(linger).await;
         }
-    };
+    });
+    let io: super::BoxIo = Box::new(io);
     if let Err(e) = serve(io, handler, shutdown, idle, header_timeout).await {
         tracing::debug!(error = %e, side, "HTTP connection ended with an error");
     }

@@ -84,6 +84,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let io: super::BoxIo = Box::new(io);
     if h2 {
         let io = TokioIo::new(super::coalesce::Coalesce::new(io));
         let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -97,7 +98,7 @@ where
 
 /// A request handler of any pipeline, boxed ([`serve_pipeline`]), and its answer.
 type Handler = Box<dyn Fn(Request<Incoming>) -> Answer + Send + Sync>;
-type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+type Answer = BoxFuture<'static, Result<Response<ResponseBody>, Infallible>>;
 
 /// One side's per-request pipeline (inbound, outbound, a gateway's).
 pub trait Pipeline: Send + Sync + 'static {
@@ -169,7 +170,7 @@ pub async fn serve_pipeline<I, P>(
     };
     let idle = ctx.settings.idle_timeout;
     let ctx = ctx.clone();
-    let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+    let shutdown: BoxFuture<'static, ()> = Box::pin(async move {
         ctx.drained().await;
         let mut received = received.subscribe();
         let Ok(version) = received.wait_for(Option::is_some).await.map(|v| *v) else {

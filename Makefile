@@ -44,6 +44,10 @@ check-install-yaml: cluster-components ## Fail when manifests/install.yaml diffe
 .PHONY: crds
 crds: generate ## Alias of generate: write crds/ (and manifests/install.yaml)
 
+.PHONY: prune-cache
+prune-cache: ## When the disk under the build cache has < 25 GB free, drop the workspace's own artifacts (third-party crates stay)
+	@bash e2e/scripts/prune-target.sh
+
 .PHONY: lint
 lint: tools ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
@@ -131,4 +135,4 @@ bench: ## Benchmarks, SPEC §14 (root, cluster stopped): weft-proxy pair vs dire
 	@bash e2e/bench/run.sh
 
 .PHONY: test
-test: lint check-proxy-kube-free unit check-install-yaml e2e ## The whole suite: lint, kube-free check, unit and golden tests, install-bundle drift, cluster tests
+test: prune-cache lint check-proxy-kube-free unit check-install-yaml e2e ## The whole suite: lint, kube-free check, unit and golden tests, install-bundle drift, cluster tests

@@ -17,7 +17,7 @@ import sys
 SCENARIOS = ["direct", "null", "null-threads", "weft", "weft-http", "weft-route", "weft-route-noretry",
              "weft-http-again", "weft-authz", "haproxy", "nginx",
              "haproxy-http", "nginx-http", "ghostunnel", "direct-h2", "null-h2", "weft-h2",
-             "gw-weft", "gw-nginx", "gw-haproxy", "gw-weft-tls", "gw-nginx-tls", "gw-haproxy-tls"]
+             "haproxy-h2", "gw-weft", "gw-nginx", "gw-haproxy", "gw-weft-tls", "gw-nginx-tls", "gw-haproxy-tls"]
 FLOORS = ("null", "null-threads", "null-h2")
 # Issue 20's ingress rows (gateway.sh): one proxy in front of the echo server, not a pair.
 GATEWAY_PEERS = ("weft", "nginx", "haproxy")
@@ -40,6 +40,7 @@ LABELS = {
     "direct-h2": "direct, HTTP/2 (h2c, no proxy)",
     "null-h2": "null relay pair, HTTP/2 (h2c through two bare hops)",
     "weft-h2": "**weft-proxy pair, HTTP/2 + 10 policies × 10 rules**",
+    "haproxy-h2": "HAProxy pair, HTTP mode, HTTP/2 end to end (mutual TLS with ALPN h2)",
     "gw-weft": "**weft-proxy gateway**",
     "gw-nginx": "nginx",
     "gw-haproxy": "HAProxy",
@@ -444,11 +445,40 @@ def targets(r):
         v = values.get(key)
         out.append({"key": key, "what": what, "target": target, "measured": v,
                     "met": None if v is None else bool(ok(v))})
+    peers_http_vs_l4(r, out)
     out.append(convergence_target(r.get("config_convergence")))
     out += gateway_targets(r)
     out += route_targets(r)
     out += issuer_targets(r)
     return out
+
+
+def peers_http_vs_l4(r, out):
+    """The floor beside issue 18's CPU ratios: what terminating HTTP costs the peers over their own
+    L4 relay, same run, same shape (mutual-TLS pair, busier proxy): HAProxy in http mode ÷ HAProxy
+    in tcp mode and nginx as an HTTP reverse proxy ÷ nginx's stream module for HTTP/1.1, HAProxy
+    with HTTP/2 end to end ÷ HAProxy in tcp mode for h2. Shown beside weft's ratio, never folded
+    into whether the target is met."""
+    sc = r["scenarios"]
+
+    def ratio(http, l4):
+        a, b = (sc.get(http) or {}).get("cpu_per_1000rps"), (sc.get(l4) or {}).get("cpu_per_1000rps")
+        return round(a / b, 3) if a and b else None
+
+    rows = {"authz_h1_cpu_vs_l4": (("HAProxy http ÷ tcp", "haproxy_http_vs_tcp", "haproxy-http", "haproxy"),
+                                   ("nginx http ÷ stream", "nginx_http_vs_stream", "nginx-http", "nginx")),
+            "authz_h2_cpu_vs_l4": (("HAProxy h2 ÷ tcp", "haproxy_h2_vs_tcp", "haproxy-h2", "haproxy"),)}
+    for t in out:
+        peers = rows.get(t["key"])
+        if not peers:
+            continue
+        floor = {key: ratio(http, l4) for _, key, http, l4 in peers}
+        shown = ", ".join(f"{label} {floor[key]:.2f}×" for label, key, _, _ in peers if floor[key])
+        if not shown:
+            continue
+        t["floor"] = floor
+        if t["measured"] is not None:
+            t["shown"] = f"{t['measured']:.2f}× (the peers' own, same run: {shown})"
 
 
 def issuer_targets(r):

@@ -18,6 +18,8 @@
 #   haproxy-http, nginx-http  the same peers as HTTP reverse proxies (HTTP/1.1 keep-alive
 #               upstream connections, mutual TLS between them): the HTTP-terminating peers
 #   direct-h2, null-h2  direct and the null relay pair with h2c: weft-h2's baselines
+#   haproxy-h2  the HAProxy http pair with HTTP/2 end to end (h2c in, ALPN h2 on the mutual-TLS
+#               hop, h2c to the echo server): the h2 peer of weft-h2
 #   ghostunnel  ghostunnel client/server pair (mutual TLS, URI SAN checks)
 #   null        weft-null-relay pair: plaintext byte copy on one event loop, nothing else (no
 #               TLS, no parsing, no capture): what two user-space hops cost on this machine
@@ -52,7 +54,7 @@
 # WEFT_BENCH_QPS (1000), WEFT_BENCH_WARMUP (2s),
 # WEFT_BENCH_MAX_DURATION (10s), WEFT_BENCH_SCENARIOS (all: "direct null null-threads weft weft-http weft-route
 # weft-route-noretry weft-http-again weft-authz haproxy nginx
-# haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy
+# haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 haproxy-h2 gw-weft gw-nginx gw-haproxy
 # gw-weft-tls gw-nginx-tls gw-haproxy-tls"), WEFT_BENCH_CONTROL_PLANE (1; 0 skips the control-plane stage; a section name such as
 # route_eval or authz runs that section only),
 # WEFT_BENCH_NO_README=1 (leave README.md alone), WEFT_BENCH_WORKDIR (/tmp/weft-bench),
@@ -75,7 +77,7 @@ MAX_DURATION=${WEFT_BENCH_MAX_DURATION:-10s}
 QPS=${WEFT_BENCH_QPS:-1000}
 CONNECTIONS=8
 PAYLOAD=1024
-SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-route weft-route-noretry weft-http-again weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
+SCENARIOS=${WEFT_BENCH_SCENARIOS:-direct null null-threads weft weft-http weft-route weft-route-noretry weft-http-again weft-authz haproxy nginx haproxy-http nginx-http ghostunnel direct-h2 null-h2 weft-h2 haproxy-h2 gw-weft gw-nginx gw-haproxy gw-weft-tls gw-nginx-tls gw-haproxy-tls}
 CP_SECONDS=${WEFT_BENCH_CP_SECONDS:-5}
 
 NS_C=weft-bench-client
@@ -86,9 +88,9 @@ SVC_IP=198.18.250.100 # the weft scenario's Service ClusterIP (known to the clie
 APP_PORT=8080         # fortio echo server: direct and the relays' upstream
 MESH_APP_PORT=8090    # a second echo server, behind the server-side weft-proxy
 PORT_HAPROXY=9443 PORT_NGINX=9444 PORT_GHOSTUNNEL=9445 PORT_NULL=9446 # server-side relays
-PORT_HAPROXY_HTTP=9447 PORT_NGINX_HTTP=9448
+PORT_HAPROXY_HTTP=9447 PORT_NGINX_HTTP=9448 PORT_HAPROXY_H2=9449
 LOCAL_HAPROXY=10443 LOCAL_NGINX=10444 LOCAL_GHOSTUNNEL=10445 LOCAL_NULL=10446 # client-side relays (plain)
-LOCAL_HAPROXY_HTTP=10447 LOCAL_NGINX_HTTP=10448
+LOCAL_HAPROXY_HTTP=10447 LOCAL_NGINX_HTTP=10448 LOCAL_HAPROXY_H2=10449
 CLIENT_ID=spiffe://cluster.local/ns/bench/sa/client
 SERVER_ID=spiffe://cluster.local/ns/bench/sa/server
 SERVER_DNS=server.bench.svc.cluster.local
@@ -284,7 +286,7 @@ done
 # Capture as an injected pod has it. Client: no inbound capture, outbound captured except
 # the direct and relay ports. Server: inbound capture of the meshed app's port only.
 ip netns exec $NS_C "$work/weft-proxy" init --include-inbound-ports= \
-  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL,$PORT_HAPROXY_HTTP,$PORT_NGINX_HTTP,$GW_PORTS" >"$raw/init-client.log"
+  --exclude-outbound-ports "$APP_PORT,$PORT_HAPROXY,$PORT_NGINX,$PORT_GHOSTUNNEL,$PORT_NULL,$PORT_HAPROXY_HTTP,$PORT_NGINX_HTTP,$PORT_HAPROXY_H2,$GW_PORTS" >"$raw/init-client.log"
 ip netns exec $NS_S "$work/weft-proxy" init --include-inbound-ports "$MESH_APP_PORT" >"$raw/init-server.log"
 
 # === processes ===
@@ -634,7 +636,14 @@ $(nginx_client_tls)" >"$work/nginx-client.conf"
   spawn nginx-client "$CLIENT_PROXY_CPU" $NS_C nginx -p "$work" -e "$raw/nginx-client.error.log" -c "$work/nginx-client.conf"
 }
 
+# start_haproxy_http [h2]: the HAProxy pair in http mode; with h2, HTTP/2 end to end (h2c from the
+# load generator, ALPN h2 on the mutual-TLS hop, h2c to the echo server): issue 18's h2 peer.
 start_haproxy_http() {
+  local name=haproxy-http port=$PORT_HAPROXY_HTTP local_port=$LOCAL_HAPROXY_HTTP front="" tls_alpn="" app_proto=""
+  if [[ ${1:-} == h2 ]]; then
+    name=haproxy-h2 port=$PORT_HAPROXY_H2 local_port=$LOCAL_HAPROXY_H2
+    front=" proto h2" tls_alpn=" alpn h2" app_proto=" proto h2"
+  fi
   local common="global
   nbthread 1
   maxconn 4096
@@ -646,24 +655,24 @@ defaults
   timeout client 60s
   timeout server 60s
   timeout http-keep-alive 60s"
-  cat >"$work/haproxy-http-server.cfg" <<EOF
+  cat >"$work/$name-server.cfg" <<EOF
 $common
 frontend tls_in
-  bind $S_IP:$PORT_HAPROXY_HTTP ssl crt $certs/server.pem ca-file $certs/ca.pem verify required
+  bind $S_IP:$port ssl crt $certs/server.pem ca-file $certs/ca.pem verify required$tls_alpn
   default_backend app
 backend app
-  server app 127.0.0.1:$APP_PORT
+  server app 127.0.0.1:$APP_PORT$app_proto
 EOF
-  cat >"$work/haproxy-http-client.cfg" <<EOF
+  cat >"$work/$name-client.cfg" <<EOF
 $common
 frontend plain_in
-  bind 127.0.0.1:$LOCAL_HAPROXY_HTTP
+  bind 127.0.0.1:$local_port$front
   default_backend tls_out
 backend tls_out
-  server server $S_IP:$PORT_HAPROXY_HTTP ssl crt $certs/client.pem ca-file $certs/ca.pem verify required sni str($SERVER_DNS) verifyhost $SERVER_DNS
+  server server $S_IP:$port ssl crt $certs/client.pem ca-file $certs/ca.pem verify required sni str($SERVER_DNS) verifyhost $SERVER_DNS$tls_alpn
 EOF
-  spawn haproxy-http-server "$SERVER_PROXY_CPU" $NS_S haproxy -db -f "$work/haproxy-http-server.cfg"
-  spawn haproxy-http-client "$CLIENT_PROXY_CPU" $NS_C haproxy -db -f "$work/haproxy-http-client.cfg"
+  spawn $name-server "$SERVER_PROXY_CPU" $NS_S haproxy -db -f "$work/$name-server.cfg"
+  spawn $name-client "$CLIENT_PROXY_CPU" $NS_C haproxy -db -f "$work/$name-client.cfg"
 }
 
 nginx_http_conf() { # SIDE UPSTREAM-SERVER LISTEN-BLOCK LOCATION-BLOCK
@@ -774,6 +783,11 @@ for s in $SCENARIOS; do
       start_haproxy_http
       scenario haproxy-http "http://127.0.0.1:$LOCAL_HAPROXY_HTTP/echo" haproxy-http-client haproxy-http-server
       stop haproxy-http-client haproxy-http-server
+      ;;
+    haproxy-h2)
+      start_haproxy_http h2
+      scenario haproxy-h2 "http://127.0.0.1:$LOCAL_HAPROXY_H2/echo" haproxy-h2-client haproxy-h2-server
+      stop haproxy-h2-client haproxy-h2-server
       ;;
     nginx-http)
       start_nginx_http

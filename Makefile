@@ -45,7 +45,7 @@ check-install-yaml: cluster-components ## Fail when manifests/install.yaml diffe
 crds: generate ## Alias of generate: write crds/ (and manifests/install.yaml)
 
 .PHONY: prune-cache
-prune-cache: ## When the disk under the build cache has < 25 GB free, drop the workspace's own artifacts (third-party crates stay)
+prune-cache: ## When the disk under the build cache has < 25 GB free, drop the workspace's own artifacts (third-party crates stay; < 10 GB after that: the debug profile)
 	@bash e2e/scripts/prune-target.sh
 
 .PHONY: lint

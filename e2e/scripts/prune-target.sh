@@ -6,11 +6,13 @@
 # disk and the next `make test` dies with ENOSPC. When the disk holding the cache has less than
 # WEFT_CACHE_FREE_FLOOR_GB free (default 25), this removes what is cheap to rebuild: the
 # incremental state and the workspace's own artifacts, keeping the third-party crates (the slow
-# part of a cold build). If that is not enough, the whole profile directory goes. Idempotent.
+# part of a cold build). If less than WEFT_CACHE_HARD_FLOOR_GB (default 10) is still free, the
+# debug profile directory goes too (the next build is cold). Idempotent.
 set -euo pipefail
 
 target=${CARGO_TARGET_DIR:-$HOME/.cache/weft/target}
 floor=${WEFT_CACHE_FREE_FLOOR_GB:-25}
+hard_floor=${WEFT_CACHE_HARD_FLOOR_GB:-10}
 [ -d "$target" ] || exit 0
 
 free_gb() { df --output=avail -B1G "$target" | tail -1 | tr -d ' '; }
@@ -27,6 +29,7 @@ names=$(cd "$here" && cargo metadata --no-deps --format-version 1 --offline 2>/d
   python3 -c 'import json, sys
 m = json.load(sys.stdin)
 print("\n".join(sorted({t["name"].replace("-", "_") for p in m["packages"] for t in p["targets"]})))') || names=""
+[ -n "$names" ] || echo "prune-target: cargo metadata did not list the workspace's targets; only the incremental state goes"
 
 for profile in debug release; do
   dir=$target/$profile
@@ -40,7 +43,7 @@ for profile in debug release; do
 done
 
 after=$(free_gb)
-if [ "$after" -lt "$floor" ]; then
+if [ "$after" -lt "$hard_floor" ]; then
   echo "prune-target: still ${after} GB free; removing $target/debug (the next build is cold)"
   rm -rf "$target/debug"
   after=$(free_gb)

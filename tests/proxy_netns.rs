@@ -168,6 +168,61 @@ fn permissive_accepts_both_mutual_tls_and_plaintext() {
     );
 }
 
+/// A plaintext connection accepted while the port was PERMISSIVE is closed when the port turns
+/// STRICT, TCP and HTTP keep-alive alike: STRICT holds for open connections, not only new ones.
+#[test]
+fn strict_closes_plaintext_connections_accepted_while_permissive() {
+    use std::io::{ErrorKind, Read, Write};
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut mesh = Mesh::start(MeshSpec::new(&ca, "PERMISSIVE"));
+    let (mut tcp, mut http) = mesh.hold_plaintext();
+
+    tcp.write_all(b"before").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before");
+    http.write_all(b"GET /first HTTP/1.1\r\nhost: api\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    while !String::from_utf8_lossy(&reply).contains("GET /first") {
+        let n = http.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the reply");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    mesh.update_server_snapshot(|s| s["inbound"]["defaultMode"] = "STRICT".into());
+    // The proxy reloads its snapshot within a second; both connections then end.
+    for (name, s) in [("tcp", &mut tcp), ("http", &mut http)] {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("{name}: the plaintext connection is still open: {other:?}"),
+        }
+    }
+    assert!(mesh.call_pod_directly(b"after").is_err());
+    let server = mesh.server_stats();
+    assert!(
+        has_metric(
+            &server,
+            "weft_connections_refused_total{direction=\"inbound\",reason=\"plaintext_on_strict\"}"
+        ),
+        "server metrics:\n{server}"
+    );
+    assert!(
+        mesh.server_log()
+            .contains("the port no longer accepts plaintext"),
+        "{}",
+        mesh.server_log()
+    );
+}
+
 #[test]
 fn a_flood_of_silent_and_half_open_connections_leaves_the_proxy_serving() {
     require_privileges();
@@ -1862,6 +1917,21 @@ mod support {
             let msg = msg.to_vec();
             self.client
                 .run_in(move || echo_call(&format!("{SERVER_IP}:{APP_PORT}"), &msg))
+        }
+
+        /// Two plaintext connections straight to the server pod, opened from the client pod and
+        /// left to the test: one to the echo app (TCP), one to the api app (HTTP).
+        pub fn hold_plaintext(&self) -> (TcpStream, TcpStream) {
+            self.client.run_in(|| {
+                let open = |port: u16| {
+                    let addr: SocketAddr = format!("{SERVER_IP}:{port}").parse().unwrap();
+                    let s =
+                        TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to the pod");
+                    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    s
+                };
+                (open(APP_PORT), open(API_PORT))
+            })
         }
 
         /// HTTP/1.1 requests `(method, target)` in order on one keep-alive connection to the

@@ -28,6 +28,9 @@ pub enum RelayError {
     Idle(Duration),
     #[error("relay: {0}")]
     Io(#[from] io::Error),
+    /// The caller's stop signal ([`relay_until`]): the config no longer allows the connection.
+    #[error("connection no longer allowed by the config")]
+    Revoked,
 }
 
 impl RelayError {
@@ -35,6 +38,7 @@ impl RelayError {
         match self {
             RelayError::Idle(_) => "idle_timeout",
             RelayError::Io(_) => "io",
+            RelayError::Revoked => "revoked",
         }
     }
 }
@@ -44,6 +48,21 @@ pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
     idle: Duration,
+) -> (Transferred, Result<(), RelayError>)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_until(downstream, upstream, idle, std::future::pending()).await
+}
+
+/// [`relay`], also ended (`RelayError::Revoked`) when `revoked` resolves; the bytes moved until
+/// then are still reported.
+pub async fn relay_until<D, U>(
+    downstream: D,
+    upstream: U,
+    idle: Duration,
+    revoked: impl Future<Output = ()>,
 ) -> (Transferred, Result<(), RelayError>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -71,6 +90,7 @@ where
     let result = tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()).map_err(RelayError::from),
         _ = watchdog => Err(RelayError::Idle(idle)),
+        () = revoked => Err(RelayError::Revoked),
     };
     (
         Transferred {

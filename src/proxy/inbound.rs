@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyContext;
 use super::access_log::{Entry, denial_details, known};
-use super::copy::relay;
+use super::copy::{RelayError, relay_until};
 use super::http::authz::ConnectionFacts;
 use super::http::detect::{Detected, read_until_detected};
 use super::http::upstream::TcpConnector;
@@ -75,6 +75,29 @@ pub fn decide(sniffed: &Sniffed, mode: MtlsMode, have_cert: bool) -> InboundDeci
         Sniffed::Weft => InboundDecision::Refuse(Refusal::NoCertificate),
         _ if mode.accepts_plaintext() => InboundDecision::ForwardPlaintext,
         _ => InboundDecision::Refuse(Refusal::PlaintextOnStrict),
+    }
+}
+
+/// Resolves once the current config stops accepting plaintext on `port` (a PeerAuthentication
+/// moved it to STRICT). A plaintext connection accepted before then is closed at that moment,
+/// as Envoy closes the connections of a filter chain its listener update removed: STRICT holds
+/// for open keep-alive and long-lived TCP connections too, not only for new ones (a keep-alive
+/// connection opened while the port was PERMISSIVE would otherwise carry plaintext requests
+/// for as long as the client kept it busy).
+async fn plaintext_revoked(ctx: &ProxyContext, port: u16) {
+    let mut changes = ctx.snapshot_changes();
+    loop {
+        let revoked = changes
+            .borrow_and_update()
+            .as_ref()
+            .is_some_and(|s| !s.snapshot.inbound_mode(port).accepts_plaintext());
+        if revoked {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The config source is gone: the mode can no longer change.
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -205,7 +228,8 @@ async fn handle(
                 }
             };
             let io = Prefixed::new(prefix, stream);
-            dispatch(ctx, &snapshot, io, http, facts, app, labels).await
+            let revoked = plaintext_revoked(ctx, orig.port());
+            dispatch(ctx, &snapshot, io, http, facts, app, labels, revoked).await
         }
         InboundDecision::TerminateMtls => {
             let tls = tls.ok_or(Refusal::NoCertificate)?;
@@ -276,14 +300,18 @@ async fn handle(
                 }
             };
             let io = Prefixed::new(early, tls_stream);
-            dispatch(ctx, &snapshot, io, http, facts, app, labels).await
+            // mTLS is accepted in every mode: nothing revokes it.
+            let revoked = std::future::pending();
+            dispatch(ctx, &snapshot, io, http, facts, app, labels, revoked).await
         }
     }
 }
 
 /// Serves a connection as HTTP, or authorizes it once (TCP semantics: `http: None`) and
 /// relays its bytes. HTTP connections get request metrics and no `istio_tcp_*` series, as
-/// Istio reports them.
+/// Istio reports them. The connection is closed when `revoked` resolves
+/// ([`plaintext_revoked`]), counted as a `plaintext_on_strict` refusal.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch<S>(
     ctx: &Arc<ProxyContext>,
     snapshot: &Arc<SnapshotIndex>,
@@ -292,18 +320,30 @@ async fn dispatch<S>(
     facts: ConnectionFacts,
     app: SocketAddr,
     labels: TcpLabels,
+    revoked: impl Future<Output = ()>,
 ) -> Result<(), Refusal>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let peer = facts.peer;
+    let closed = || {
+        tracing::info!(%peer, port = app.port(), "plaintext connection closed: the port no longer accepts plaintext (STRICT)");
+        Err(Refusal::PlaintextOnStrict)
+    };
     if http {
         let connector = TcpConnector {
             addr: app,
             source: app_source(app),
             timeout: ctx.settings.connect_timeout,
         };
-        super::http::inbound::serve(ctx, io, facts, connector, &labels, snapshot.clone()).await;
-        return Ok(());
+        // Request metrics are recorded per request: dropping the connection loses none.
+        let served =
+            super::http::inbound::serve(ctx, io, facts, connector, &labels, snapshot.clone());
+        tokio::select! {
+            biased;
+            () = served => return Ok(()),
+            () = revoked => return closed(),
+        }
     }
     let policies = &snapshot.snapshot.inbound.authz;
     if !policies.is_empty() {
@@ -327,7 +367,10 @@ where
             return Err(Refusal::RbacDenied);
         }
     }
-    forward(ctx, io, app, labels, &facts).await
+    match forward(ctx, io, app, labels, &facts, revoked).await {
+        Err(Refusal::PlaintextOnStrict) => closed(),
+        other => other,
+    }
 }
 
 /// An inbound TCP connection's access log entry, before anything moved.
@@ -369,6 +412,7 @@ async fn forward<S>(
     app: SocketAddr,
     labels: TcpLabels,
     facts: &ConnectionFacts,
+    revoked: impl Future<Output = ()>,
 ) -> Result<(), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -395,7 +439,8 @@ where
     };
     let m = &ctx.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
-    let (moved, result) = relay(downstream, upstream, ctx.settings.idle_timeout).await;
+    let (moved, result) =
+        relay_until(downstream, upstream, ctx.settings.idle_timeout, revoked).await;
     m.tcp_bytes(&labels, moved.sent, moved.received);
     m.tcp_closed.get_or_create(&labels).inc();
     ctx.log_access(&Entry {
@@ -405,8 +450,10 @@ where
         upstream_cluster: Some(&cluster),
         ..tcp_entry(facts, &labels, app, start)
     });
-    if let Err(e) = result {
-        tracing::debug!(%app, error = %e, "inbound connection ended with an error");
+    match result {
+        Err(RelayError::Revoked) => return Err(Refusal::PlaintextOnStrict),
+        Err(e) => tracing::debug!(%app, error = %e, "inbound connection ended with an error"),
+        Ok(()) => {}
     }
     Ok(())
 }

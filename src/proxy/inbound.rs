@@ -83,8 +83,8 @@ pub fn decide(sniffed: &Sniffed, mode: MtlsMode, have_cert: bool) -> InboundDeci
 /// as Envoy closes the connections of a filter chain its listener update removed: STRICT holds
 /// for open keep-alive and long-lived TCP connections too, not only for new ones (a keep-alive
 /// connection opened while the port was PERMISSIVE would otherwise carry plaintext requests
-/// for as long as the client kept it busy).
-async fn plaintext_revoked(ctx: &ProxyContext, port: u16) {
+/// for as long as the client kept it busy). Logs the closing of `peer`'s connection.
+async fn plaintext_revoked(ctx: &ProxyContext, peer: SocketAddr, port: u16) {
     let mut changes = ctx.snapshot_changes();
     loop {
         let revoked = changes
@@ -92,6 +92,7 @@ async fn plaintext_revoked(ctx: &ProxyContext, port: u16) {
             .as_ref()
             .is_some_and(|s| !s.snapshot.inbound_mode(port).accepts_plaintext());
         if revoked {
+            tracing::info!(%peer, port, "plaintext connection closed: the port no longer accepts plaintext (STRICT)");
             return;
         }
         if changes.changed().await.is_err() {
@@ -228,7 +229,7 @@ async fn handle(
                 }
             };
             let io = Prefixed::new(prefix, stream);
-            let revoked = plaintext_revoked(ctx, orig.port());
+            let revoked = plaintext_revoked(ctx, peer, orig.port());
             dispatch(ctx, &snapshot, io, http, facts, app, labels, revoked).await
         }
         InboundDecision::TerminateMtls => {
@@ -325,11 +326,6 @@ async fn dispatch<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let peer = facts.peer;
-    let closed = || {
-        tracing::info!(%peer, port = app.port(), "plaintext connection closed: the port no longer accepts plaintext (STRICT)");
-        Err(Refusal::PlaintextOnStrict)
-    };
     if http {
         let connector = TcpConnector {
             addr: app,
@@ -342,7 +338,7 @@ where
         tokio::select! {
             biased;
             () = served => return Ok(()),
-            () = revoked => return closed(),
+            () = revoked => return Err(Refusal::PlaintextOnStrict),
         }
     }
     let policies = &snapshot.snapshot.inbound.authz;
@@ -367,10 +363,7 @@ where
             return Err(Refusal::RbacDenied);
         }
     }
-    match forward(ctx, io, app, labels, &facts, revoked).await {
-        Err(Refusal::PlaintextOnStrict) => closed(),
-        other => other,
-    }
+    forward(ctx, io, app, labels, &facts, revoked).await
 }
 
 /// An inbound TCP connection's access log entry, before anything moved.

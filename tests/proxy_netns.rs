@@ -350,6 +350,53 @@ fn http_requests_are_counted_with_istio_request_metrics() {
     );
 }
 
+/// The client proxy keeps its upstream connection to the server between requests; the
+/// server labels each request by its current config, not by the one the connection was
+/// accepted under (the e2e failure: a headless Service the client already knew and the
+/// server learnt a moment later stayed `destination_service="server"` for good).
+#[test]
+fn requests_on_a_kept_connection_are_labelled_by_the_current_config() {
+    require_privileges();
+    let ca = TestCa::new("cluster.local root");
+    let mut mesh = Mesh::start(MeshSpec::new(&ca, "STRICT"));
+    let api = "destination_service=\"api.demo.svc.cluster.local\"";
+    let renamed = "destination_service=\"api-renamed.demo.svc.cluster.local\"";
+    let series = |stats: &str, service: &str| {
+        sample(
+            stats,
+            "istio_requests_total",
+            &["reporter=\"destination\"", service],
+        )
+    };
+    let call = |mesh: &Mesh| {
+        let replies = mesh
+            .api_h1(Via::Mesh, &[("GET", "/kept")])
+            .expect("through the mesh");
+        assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+    };
+    call(&mesh);
+    assert_eq!(series(&mesh.server_stats(), api), Some(1.0));
+
+    // The Service the client names is no longer the port's: the port's only one is.
+    mesh.update_server_snapshot(|s| {
+        s["inbound"]["services"][API_PORT.to_string()] =
+            serde_json::json!(["api-renamed.demo.svc.cluster.local"]);
+    });
+    let stats = wait_for(|| {
+        call(&mesh);
+        let stats = mesh.server_stats();
+        series(&stats, renamed).map(|_| stats)
+    });
+    // One connection carried them all (else a new connection would be labelled anew anyway).
+    let handshakes = "weft_tls_handshakes_total{direction=\"inbound\",result=\"success\"}";
+    assert_eq!(
+        sample(&stats, handshakes, &[]),
+        Some(1.0),
+        "server metrics:\n{stats}"
+    );
+    assert!(series(&stats, api).is_some(), "server metrics:\n{stats}");
+}
+
 #[test]
 fn outbound_http_sends_each_request_to_an_endpoint_of_its_own() {
     require_privileges();
@@ -1274,7 +1321,7 @@ mod support {
     /// The `api` Service (HTTP/1.1 and h2, a hyper app) and its app in the server pod; the
     /// client pod's init excludes the port, so a direct call is an unmeshed client's.
     const API_CLUSTER_IP: &str = "198.18.0.102";
-    const API_PORT: u16 = 8082;
+    pub const API_PORT: u16 = 8082;
     /// The `mixed` Service (HTTP): two endpoints, the web app and the api app, so which one
     /// answered shows where each request went.
     const MIXED_CLUSTER_IP: &str = "198.18.0.103";

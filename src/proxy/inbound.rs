@@ -18,7 +18,8 @@ use super::copy::{RelayError, relay_until};
 use super::http::authz::ConnectionFacts;
 use super::http::detect::{Detected, read_until_detected};
 use super::http::upstream::TcpConnector;
-use super::metrics::{Direction, Reporter, SecurityPolicy, TcpLabels};
+use super::inbound_labels::{LabelSource, MtlsPeer};
+use super::metrics::{Direction, TcpLabels};
 use super::net::{connect, redirected_dst};
 use super::peer_meta;
 use super::sniff::{MAX_SNIFF_BYTES, Prefixed, Sniffed, sniff};
@@ -27,7 +28,7 @@ use crate::authz::{Verdict, evaluate};
 use crate::contract::{
     INBOUND_PASSTHROUGH_SOURCE, INBOUND_PASSTHROUGH_SOURCE_V6, PORT_INBOUND, PORT_OUTBOUND,
 };
-use crate::snapshot::{InboundConfig, MtlsMode, Protocol, SnapshotIndex, spiffe_namespace};
+use crate::snapshot::{InboundConfig, MtlsMode, Protocol, SnapshotIndex};
 
 /// Why an inbound connection was not forwarded; each is a `weft_connections_refused_total`
 /// reason.
@@ -198,14 +199,7 @@ async fn handle(
         .unwrap_or(orig.ip());
     let app = SocketAddr::new(app_ip, orig.port());
 
-    let mut labels = TcpLabels::new(Reporter::destination, SecurityPolicy::none);
-    if let Some(w) = &snapshot.snapshot.workload {
-        labels.fill_destination(w);
-    }
     let inbound = &snapshot.snapshot.inbound;
-    if let Some(host) = inbound.destination_service(orig.port(), None) {
-        labels = labels.with_service(host);
-    }
 
     match decide(&sniffed, mode, tls.is_some()) {
         InboundDecision::Refuse(r) => Err(r),
@@ -230,6 +224,10 @@ async fn handle(
             };
             let io = Prefixed::new(prefix, stream);
             let revoked = plaintext_revoked(ctx, peer, orig.port());
+            let labels = LabelSource {
+                port: orig.port(),
+                mtls: None,
+            };
             dispatch(ctx, &snapshot, io, http, facts, app, labels, revoked).await
         }
         InboundDecision::TerminateMtls => {
@@ -266,31 +264,14 @@ async fn handle(
                 destination: orig,
                 sni,
             };
-            labels.connection_security_policy = SecurityPolicy::mutual_tls;
-            labels.destination_principal = tls.cert.identity.clone();
-            if let Some(id) = identity {
-                let proven_ns = spiffe_namespace(&id);
-                if let Some(ns) = proven_ns {
-                    labels.source_workload_namespace = ns.to_string();
-                }
-                // The client's word, taken where its certificate and our config agree.
-                if let Some(meta) = &meta {
-                    // A workload the control plane knows for that identity (peer_meta::vouched),
-                    // within the bound on peer-named series: else `unknown`.
-                    let peers = snapshot.snapshot.peers.as_deref();
-                    if let Some(workload) = peer_meta::vouched(peers, &id, meta)
-                        && ctx.metrics.peers.admit(&workload)
-                    {
-                        labels.fill_source(&workload);
-                    }
-                    if let Some(host) =
-                        inbound.destination_service(orig.port(), meta.service.as_deref())
-                    {
-                        labels = labels.with_service(host);
-                    }
-                }
-                labels.source_principal = id;
-            }
+            let labels = LabelSource {
+                port: orig.port(),
+                mtls: Some(MtlsPeer {
+                    own_identity: tls.cert.identity.clone(),
+                    identity,
+                    meta,
+                }),
+            };
             let http = match http_mode(inbound, orig.port()) {
                 HttpMode::Never => false,
                 HttpMode::Always => true,
@@ -320,7 +301,7 @@ async fn dispatch<S>(
     http: bool,
     facts: ConnectionFacts,
     app: SocketAddr,
-    labels: TcpLabels,
+    labels: LabelSource,
     revoked: impl Future<Output = ()>,
 ) -> Result<(), Refusal>
 where
@@ -334,13 +315,15 @@ where
         };
         // Request metrics are recorded per request: dropping the connection loses none.
         let served =
-            super::http::inbound::serve(ctx, io, facts, connector, &labels, snapshot.clone());
+            super::http::inbound::serve(ctx, io, facts, connector, labels, snapshot.clone());
         tokio::select! {
             biased;
             () = served => return Ok(()),
             () = revoked => return Err(Refusal::PlaintextOnStrict),
         }
     }
+    // A TCP connection is labelled once, by the config it was accepted with.
+    let labels = labels.labels(ctx, snapshot);
     let policies = &snapshot.snapshot.inbound.authz;
     if !policies.is_empty() {
         let decision = evaluate(policies, &facts.tcp_request());

@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod inbound_labels;
 pub mod inputs;
 pub mod iptables;
 pub mod metrics;

@@ -200,18 +200,36 @@ fn meshed_pods_are_ready_and_talk_mtls_with_their_identity() {
     ns.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: server-peers}\nspec:\n  clusterIP: None\n  selector: {app: server}\n  ports: [{name: http, port: 8080}]\n",
     );
+    // The probe keeps what a failure needs to be read: the call's outcome and, per request
+    // series, its service, security and count.
     support::wait_for(
         Duration::from_secs(60),
         || {
-            let _ = ns.wget("client", "client", "http://server-peers:8080/headless");
-            ns.proxy_metrics(&server)
+            let call = ns.wget("client", "client", "http://server-peers:8080/headless");
+            let series: Vec<String> = ns
+                .proxy_metrics(&server)
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .map(|l| {
+                    let label =
+                        |name: &str| l.split(&format!("{name}=\"")).nth(1)?.split('"').next();
+                    let count = l.rsplit(' ').next().unwrap_or("?");
+                    format!(
+                        "{} {} {count}",
+                        label("destination_service").unwrap_or("?"),
+                        label("connection_security_policy").unwrap_or("?"),
+                    )
+                })
+                .collect();
+            format!(
+                "call: {:?}; series: {}",
+                call.map(|_| "ok"),
+                series.join(", ")
+            )
         },
-        |m| {
-            m.lines().any(|l| {
-                l.starts_with("istio_requests_total{")
-                    && l.contains(&host("server-peers"))
-                    && l.contains("connection_security_policy=\"mutual_tls\"")
-            })
+        |seen| {
+            let wanted = format!("server-peers.{}.svc.cluster.local mutual_tls", ns.name);
+            seen.contains(&wanted)
         },
     );
     assert!(
